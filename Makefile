@@ -1,0 +1,127 @@
+# kvcd - one GNU Makefile. `make run` and `make test` set up everything on a fresh Debian 12.
+#
+#   make            build/kvcd, build/kvcctl, build/kvcbench, build/libkvcclient.{so,a}
+#   make deps       install the Debian packages (as root)
+#   make run        deps + build + kvcd in the foreground on its embedded defaults
+#   make test       deps + build + the whole Criterion suite
+#   make asan       the suite under AddressSanitizer and UBSan (build-asan/)
+#   make bench      kvcbench scenarios, results in bench/results/
+#   make install    PREFIX=/usr/local
+
+CC      ?= gcc
+BUILD   ?= build
+PREFIX  ?= /usr/local
+VERSION := 0.1.0
+PKGS    := libxxhash hwloc inih libsystemd
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Wshadow -Wno-missing-field-initializers -pthread \
+	   -fno-strict-aliasing -D_GNU_SOURCE -MMD -MP
+ifeq ($(CI),true)
+CFLAGS  += -Werror
+endif
+DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPS_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnuma
+TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
+
+DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
+	    libsystemd-dev libxxhash-dev libinih-dev
+
+DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
+	      daemon/store.c daemon/session.c daemon/worker.c
+CLIENT_SRC := libclient/client.c libclient/keys.c
+TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
+
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
+INC        := -Iproto -Ilibclient/include -Idaemon
+
+all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
+     $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $(INC) -c $< -o $@
+
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
+
+$(BUILD)/kvcd: $(BUILD)/daemon/main.o $(DAEMON_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPS_LIBS)
+
+$(BUILD)/libkvcclient.so: $(CLIENT_OBJ) libclient/libkvcclient.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libkvcclient.so.0 \
+		-Wl,--version-script=libclient/libkvcclient.map -o $@ $(CLIENT_OBJ) -lxxhash
+	ln -sf libkvcclient.so $(BUILD)/libkvcclient.so.0
+
+$(BUILD)/libkvcclient.a: $(CLIENT_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/kvcclient.pc: libclient/kvcclient.pc.in
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# Tools link the static library: they use only kvc.h, like any engine would.
+$(BUILD)/kvcctl: $(BUILD)/tools/kvcctl.o $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) -o $@ $^ -lxxhash
+
+$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) -o $@ $^ -lxxhash -lm
+
+$(BUILD)/tools/%.o: tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ilibclient/include -c $< -o $@
+
+# Tests: unit tests link the daemon objects; it_* tests drive a real kvcd through libkvcclient.
+$(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
+		$(DEPS_LIBS) $(TEST_LIBS)
+
+test-bin: all $(TESTS:%=$(BUILD)/tests/%)
+
+# Each suite runs with 2 jobs; it_* tests start their own kvcd on a private socket.
+test: deps
+	$(MAKE) test-bin
+	@set -e; fail=0; for t in $(TESTS); do \
+		echo "== $$t"; \
+		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd $(BUILD)/tests/$$t --jobs 2 || fail=1; \
+	done; \
+	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
+
+asan:
+	$(MAKE) BUILD=build-asan CC=clang \
+		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		test-bin
+	@set -e; for t in $(TESTS); do echo "== $$t (asan)"; \
+		KVCD_BIN=$(CURDIR)/build-asan/kvcd ASAN_OPTIONS=detect_leaks=1 build-asan/tests/$$t --jobs 1; done
+
+run: deps all
+	./$(BUILD)/kvcd --foreground
+
+bench: all
+	./tools/bench.sh
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install:$$missing"; exit 1; fi; \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libkvcclient.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libkvcclient.so $(DESTDIR)$(PREFIX)/lib/libkvcclient.so.0
+	ln -sf libkvcclient.so.0 $(DESTDIR)$(PREFIX)/lib/libkvcclient.so
+	install -m 644 libclient/include/kvc.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/kvcclient.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all test test-bin asan run bench deps install clean
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

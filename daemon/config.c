@@ -1,0 +1,260 @@
+/* config.c - embedded defaults and the INI configuration (libinih).
+ *
+ * [kvcd] holds the daemon's settings; each [namespace NAME] section holds the uids and gids
+ * allowed to attach to that namespace. See docs/kvcd.conf.example for every key.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <ini.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "kvcd.h"
+
+void kvcd_config_defaults(struct kvcd_config *c)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	memset(c, 0, sizeof(*c));
+	c->socket_mode = 0660;
+	c->pool_size = 256ull << 20;
+	c->workers = ncpu >= 8 ? (unsigned)(ncpu / 4) : 1;
+	if (c->workers > 8)
+		c->workers = 8;
+	c->staging_default = 32ull << 20;
+	c->staging_max = 1ull << 30;
+	c->sq_entries = 256;
+	c->cq_entries = 256;
+	c->scratch_size = 1u << 20;
+	c->hugepages = KVCD_HUGE_TRY;
+	c->checksum = true;
+	c->high_wm = 95;
+	c->low_wm = 90;
+	c->lease_max_ms = 60000;
+	c->busy_poll_us = 100;
+	c->max_clients = 256;
+}
+
+int kvcd_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	switch (toupper((unsigned char)*end)) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	case 'T': shift = 40; end++; break;
+	}
+	if (shift && (!strcasecmp(end, "iB") || !strcasecmp(end, "B")))
+		end += strlen(end);
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") ||
+	    !strcasecmp(v, "on"))
+		*out = true;
+	else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+		 !strcasecmp(v, "off"))
+		*out = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int parse_uint(const char *v, unsigned long max, unsigned *out)
+{
+	char *end;
+	unsigned long x;
+
+	errno = 0;
+	x = strtoul(v, &end, 0);
+	if (errno || end == v || *end || *v == '-' || x > max)
+		return -EINVAL;
+	*out = (unsigned)x;
+	return 0;
+}
+
+/* "0, alice, 1000" -> ids, resolving names with getpwnam/getgrnam. */
+static int parse_ids(const char *v, bool groups, uint32_t *ids, unsigned *n)
+{
+	char buf[1024], *save = NULL, *tok;
+
+	if (strlen(v) >= sizeof(buf))
+		return -EINVAL;
+	strcpy(buf, v);
+	for (tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+		unsigned id;
+
+		if (*n >= KVCD_MAX_IDS)
+			return -E2BIG;
+		if (parse_uint(tok, UINT32_MAX - 1, &id)) {
+			struct passwd *pw = groups ? NULL : getpwnam(tok);
+			struct group *gr = groups ? getgrnam(tok) : NULL;
+
+			if (!pw && !gr)
+				return -ENOENT;
+			id = pw ? pw->pw_uid : gr->gr_gid;
+		}
+		ids[(*n)++] = id;
+	}
+	return 0;
+}
+
+static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
+{
+	unsigned u;
+
+	if (!strcmp(k, "socket")) {
+		if (strlen(v) >= sizeof(c->socket))
+			return -ENAMETOOLONG;
+		strcpy(c->socket, v);
+	} else if (!strcmp(k, "socket_group")) {
+		if (strlen(v) >= sizeof(c->socket_group))
+			return -ENAMETOOLONG;
+		strcpy(c->socket_group, v);
+	} else if (!strcmp(k, "socket_mode")) {
+		return parse_uint(v, 0777, &c->socket_mode);
+	} else if (!strcmp(k, "pool_size")) {
+		return kvcd_parse_size(v, &c->pool_size);
+	} else if (!strcmp(k, "workers")) {
+		return parse_uint(v, 64, &c->workers) || !c->workers ? -EINVAL : 0;
+	} else if (!strcmp(k, "staging_size")) {
+		return kvcd_parse_size(v, &c->staging_default);
+	} else if (!strcmp(k, "staging_max")) {
+		return kvcd_parse_size(v, &c->staging_max);
+	} else if (!strcmp(k, "ring_entries")) {
+		if (parse_uint(v, 1u << 15, &u) || !kvcp_is_pow2(u) || u < 8)
+			return -EINVAL;
+		c->sq_entries = c->cq_entries = u;
+	} else if (!strcmp(k, "hugepages")) {
+		if (!strcmp(v, "never"))
+			c->hugepages = KVCD_HUGE_NEVER;
+		else if (!strcmp(v, "try"))
+			c->hugepages = KVCD_HUGE_TRY;
+		else if (!strcmp(v, "require"))
+			c->hugepages = KVCD_HUGE_REQUIRE;
+		else
+			return -EINVAL;
+	} else if (!strcmp(k, "checksum")) {
+		return parse_bool(v, &c->checksum);
+	} else if (!strcmp(k, "high_watermark")) {
+		return parse_uint(v, 100, &c->high_wm);
+	} else if (!strcmp(k, "low_watermark")) {
+		return parse_uint(v, 100, &c->low_wm);
+	} else if (!strcmp(k, "lease_max_ms")) {
+		return parse_uint(v, UINT32_MAX, &c->lease_max_ms) || !c->lease_max_ms ? -EINVAL : 0;
+	} else if (!strcmp(k, "busy_poll_us")) {
+		return parse_uint(v, 1000000, &c->busy_poll_us);
+	} else if (!strcmp(k, "max_clients")) {
+		return parse_uint(v, 1u << 16, &c->max_clients);
+	} else if (!strcmp(k, "strict_namespaces")) {
+		return parse_bool(v, &c->strict_ns);
+	} else {
+		return -ENOENT;
+	}
+	return 0;
+}
+
+static struct kvcd_ns_acl *ns_section(struct kvcd_config *c, const char *name)
+{
+	for (unsigned i = 0; i < c->nns; i++)
+		if (!strcmp(c->ns[i].name, name))
+			return &c->ns[i];
+	if (c->nns == KVCD_MAX_NS || !*name || strlen(name) >= KVCP_NS_MAX)
+		return NULL;
+	strcpy(c->ns[c->nns].name, name);
+	return &c->ns[c->nns++];
+}
+
+struct load_ctx {
+	struct kvcd_config *c;
+	const char *path;
+	int err;
+};
+
+static int on_kv(void *user, const char *section, const char *k, const char *v)
+{
+	struct load_ctx *x = user;
+	int err = -ENOENT;
+
+	if (!strcmp(section, "kvcd")) {
+		err = set_daemon_key(x->c, k, v);
+	} else if (!strncmp(section, "namespace ", 10)) {
+		struct kvcd_ns_acl *a = ns_section(x->c, section + 10);
+
+		if (!a)
+			err = -E2BIG;
+		else if (!strcmp(k, "allow_uids"))
+			err = parse_ids(v, false, a->uids, &a->nuids);
+		else if (!strcmp(k, "allow_gids"))
+			err = parse_ids(v, true, a->gids, &a->ngids);
+	}
+	if (err) {
+		fprintf(stderr, "kvcd: %s: [%s] %s = %s: %s\n", x->path, section, k, v,
+			err == -ENOENT ? "unknown key or name" : strerror(-err));
+		x->err = -EINVAL;
+	}
+	return 1;
+}
+
+int kvcd_config_load(struct kvcd_config *c, const char *path)
+{
+	struct load_ctx x = { c, path, 0 };
+	int r = ini_parse(path, on_kv, &x);
+
+	if (r == -1) {
+		fprintf(stderr, "kvcd: cannot open config %s: %s\n", path, strerror(errno));
+		return -ENOENT;
+	}
+	if (r > 0) {
+		fprintf(stderr, "kvcd: %s:%d: syntax error\n", path, r);
+		return -EINVAL;
+	}
+	if (!x.err && c->low_wm > c->high_wm) {
+		fprintf(stderr, "kvcd: %s: low_watermark (%u) is above high_watermark (%u)\n",
+			path, c->low_wm, c->high_wm);
+		return -EINVAL;
+	}
+	return x.err;
+}
+
+const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char *ns)
+{
+	for (unsigned i = 0; i < c->nns; i++)
+		if (!strcmp(c->ns[i].name, ns))
+			return &c->ns[i];
+	return NULL;
+}
+
+/* A listed namespace admits exactly its uids and gids; an unlisted one admits everyone who
+ * can open the socket, unless strict_namespaces is set. */
+bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid)
+{
+	const struct kvcd_ns_acl *a = kvcd_config_ns(c, ns);
+
+	if (!a)
+		return !c->strict_ns;
+	for (unsigned i = 0; i < a->nuids; i++)
+		if (a->uids[i] == uid)
+			return true;
+	for (unsigned i = 0; i < a->ngids; i++)
+		if (a->gids[i] == gid)
+			return true;
+	return false;
+}

@@ -1,0 +1,343 @@
+/* kvcd.h - the daemon's internal interfaces, one section per subsystem.
+ *
+ * Ownership in one paragraph: main.c owns the config, the topology, the pools, the store and
+ * every session; sessions are created and destroyed only by the main thread. A worker drains
+ * the rings of the sessions assigned to it and touches a session only between the main
+ * thread's hand-over and the worker's acknowledgement of its removal (worker.c). The store is
+ * shared by all workers under one mutex that is never held while bytes are copied.
+ */
+#ifndef KVCD_H
+#define KVCD_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../proto/kvcp.h"
+
+#define KVCD_MAX_NODES KVCP_MAX_NODES
+#define KVCD_MAX_NS 32
+#define KVCD_MAX_IDS 32
+
+/* ---- config.c ------------------------------------------------------------------------------ */
+
+struct kvcd_ns_acl {
+	char name[KVCP_NS_MAX];
+	uint32_t uids[KVCD_MAX_IDS], gids[KVCD_MAX_IDS];
+	unsigned nuids, ngids;
+};
+
+enum { KVCD_HUGE_NEVER, KVCD_HUGE_TRY, KVCD_HUGE_REQUIRE };
+
+struct kvcd_config {
+	char socket[108];
+	char socket_group[64];
+	unsigned socket_mode;
+	uint64_t pool_size;		/* per NUMA node */
+	unsigned workers;
+	uint64_t staging_default, staging_max;
+	unsigned sq_entries, cq_entries;
+	uint32_t scratch_size;
+	int hugepages;			/* KVCD_HUGE_* */
+	bool checksum;
+	unsigned high_wm, low_wm;	/* percent of a pool */
+	uint32_t lease_max_ms;
+	unsigned busy_poll_us;
+	unsigned max_clients;
+	bool strict_ns;			/* refuse namespaces the config does not list */
+	bool foreground;
+	struct kvcd_ns_acl ns[KVCD_MAX_NS];
+	unsigned nns;
+};
+
+void kvcd_config_defaults(struct kvcd_config *c);
+/* Parse INI @path into @c. Returns 0 or -errno; messages go to stderr with file:line. */
+int kvcd_config_load(struct kvcd_config *c, const char *path);
+/* "256M", "1G", "4096", "2MiB" -> bytes. Returns 0 or -EINVAL. */
+int kvcd_parse_size(const char *s, uint64_t *out);
+/* The ACL for @ns, or NULL when the namespace is not configured. */
+const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char *ns);
+/* May a peer with @uid/@gid use namespace @ns? */
+bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid);
+
+/* ---- os_linux.c: every raw syscall the daemon makes on memory goes through this table, so
+ * tests can inject failures (SQLite's VFS syscall table). -------------------------------------- */
+
+struct kvcd_os {
+	void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+	int (*munmap)(void *addr, size_t len);
+	int (*mlock)(const void *addr, size_t len);
+	int (*madvise)(void *addr, size_t len, int advice);
+	long (*mbind)(void *addr, unsigned long len, int mode, const unsigned long *nodemask,
+		      unsigned long maxnode, unsigned flags);
+	int (*memfd_create)(const char *name, unsigned flags);
+	int (*ftruncate)(int fd, off_t len);
+	int (*fallocate)(int fd, int mode, off_t off, off_t len);
+};
+
+extern struct kvcd_os kvcd_os;
+
+int kvcd_pidfd_open(pid_t pid);
+/* futex_waitv on up to 128 words; @abs_ns is an absolute CLOCK_MONOTONIC deadline. */
+struct futex_waitv;
+int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns);
+int kvcd_futex_wake(uint32_t *uaddr, int n, bool shared);
+bool kvcd_has_cap_ipc_lock(void);
+uint64_t kvcd_now_ns(void);
+
+/* ---- topo.c: NUMA topology and the placement decision -------------------------------------- */
+
+struct kvcd_topo {
+	unsigned nnodes;
+	int os_index[KVCD_MAX_NODES];
+	uint64_t cpus[KVCD_MAX_NODES][16];	/* CPU mask of each node, 1024 CPUs */
+	uint64_t dist[KVCD_MAX_NODES][KVCD_MAX_NODES]; /* relative latency; 0 = unknown */
+	uint8_t ancestor_depth[KVCD_MAX_NODES][KVCD_MAX_NODES]; /* deeper = closer */
+};
+
+/* Load the machine's topology, or the one in @spec: an hwloc synthetic description
+ * ("pack:2 [numa] core:2 pu:1") or a path to an hwloc XML export. NULL: the real machine
+ * (HWLOC_XMLFILE and HWLOC_SYNTHETIC are honoured by hwloc). Returns 0 or -errno. */
+int kvcd_topo_load(struct kvcd_topo *t, const char *spec);
+
+/* Order the nodes for a client: @hint (OS node id, -1 none) first when it exists, else the
+ * node with most of the client's @cpus, then the rest nearest first (distance matrix, else
+ * topology tree). Writes topo indices (not OS ids) to @order; returns the count. Pure. */
+unsigned kvcd_topo_order(const struct kvcd_topo *t, const uint64_t cpus[16], int hint,
+			 uint8_t order[KVCD_MAX_NODES]);
+
+/* ---- alloc.c: TLSF, O(1) allocation inside one pool ----------------------------------------- */
+
+#define KVCD_ALLOC_SL_LOG2 4
+#define KVCD_ALLOC_FL_MAX 48
+
+struct kvcd_alloc {
+	char *base;
+	size_t size;
+	size_t used;			/* payload + header bytes of allocated blocks */
+	uint64_t fl_bitmap;
+	uint32_t sl_bitmap[KVCD_ALLOC_FL_MAX];
+	struct kvcd_fblk *heads[KVCD_ALLOC_FL_MAX][1 << KVCD_ALLOC_SL_LOG2];
+};
+
+#define KVCD_ALLOC_ALIGN 64u
+#define KVCD_ALLOC_OVERHEAD 64u		/* in-band header per allocation */
+
+/* Manage [base, base + size). Returns 0 or -EINVAL when the region is too small. */
+int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size);
+/* A 64-byte aligned region of at least @n bytes, or NULL. O(1). */
+void *kvcd_alloc(struct kvcd_alloc *a, size_t n);
+void kvcd_free(struct kvcd_alloc *a, void *p);
+/* Bytes the pool charges for @p (header included). */
+size_t kvcd_alloc_charge(const void *p);
+/* Largest request that would succeed right now. */
+size_t kvcd_alloc_largest(const struct kvcd_alloc *a);
+/* Walk every block and check the invariants (test aid). Returns 0 or -EFAULT. */
+int kvcd_alloc_check(const struct kvcd_alloc *a);
+
+/* ---- pool.c: one pinned, NUMA-bound memory pool per node (a memory domain) ------------------- */
+
+enum kvcd_domain_kind { KVCD_DOMAIN_HOST = 0, KVCD_DOMAIN_GPU = 1 };
+
+struct kvcd_pool {
+	enum kvcd_domain_kind kind;
+	int node;			/* OS NUMA node id (host) or device ordinal (GPU) */
+	void *base;
+	size_t size;
+	bool huge;
+	struct kvcd_alloc alloc;
+	struct kvcd_block *hand;	/* CLOCK hand over this pool's blocks */
+	uint64_t blocks;
+};
+
+/* Map, bind to @node (when @bind), lock and prefault @size bytes. Errors are printed with
+ * what to change. Returns 0 or -errno. */
+int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, bool bind);
+void kvcd_pool_destroy(struct kvcd_pool *p);
+
+/* ---- store.c: index, blocks, eviction, pins ---------------------------------------------- */
+
+#define KVCD_BLK_WRITING 1u	/* being filled: invisible to lookups */
+#define KVCD_BLK_DEAD 2u	/* removed from the index; freed when refs drops to 0 */
+#define KVCD_BLK_REF 4u		/* CLOCK reference bit */
+
+struct kvcd_block {
+	struct kvcp_key key;
+	struct kvcd_block *hnext;		/* index chain */
+	struct kvcd_block *cprev, *cnext;	/* CLOCK ring of its pool */
+	void *data;
+	uint64_t checksum;
+	struct kvcp_layout layout;
+	uint64_t stored;			/* bytes held in the pool (after the codec) */
+	uint32_t hits;
+	uint32_t refs;				/* copies in flight */
+	uint16_t pins;
+	uint16_t ns;
+	uint8_t pool;
+	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
+	uint8_t has_sum;			/* checksum valid; fixed at commit */
+	uint8_t pad;
+};
+
+struct kvcd_pin {
+	struct kvcd_pin *next;
+	struct kvcd_block *b;
+	uint32_t owner;				/* session id */
+	uint64_t deadline_ns;
+};
+
+struct kvcd_store {
+	pthread_mutex_t lock;
+	struct kvcd_pool *pools;
+	unsigned npools;
+	struct kvcd_block **buckets;
+	size_t nbuckets, count;
+	struct kvcd_pin *pins;
+	unsigned high_wm, low_wm;
+	char ns_names[KVCD_MAX_NS * 8][KVCP_NS_MAX]; /* namespace id -> name */
+	unsigned nns;
+	/* counters, under lock */
+	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
+};
+
+int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npools,
+		    unsigned high_wm, unsigned low_wm);
+void kvcd_store_fini(struct kvcd_store *s);
+/* Id of namespace @name, creating it. Returns the id or -ENOSPC. */
+int kvcd_store_ns(struct kvcd_store *s, const char *name);
+
+/* Reserve room for a block of @stored bytes on the first pool of @order that has it, evicting
+ * when none does. The block is invisible until kvcd_store_commit(). Returns 0, -EEXIST,
+ * -ENOSPC (nothing evictable) or -ENOMEM. */
+int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		       const struct kvcp_layout *layout, uint64_t stored, const uint8_t *order,
+		       unsigned norder, struct kvcd_block **out);
+/* Publish (@ok) or drop a reserved block; @has_sum says whether @checksum is valid. */
+void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool has_sum,
+		       uint64_t checksum);
+/* Find a live block and take a reference. Returns 0 or -ENOENT. */
+int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		   struct kvcd_block **out);
+/* Drop a reference; @corrupt also removes the block from the index. */
+void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt);
+/* Length of the longest prefix of @keys that is cached. */
+size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
+			 size_t n);
+int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key);
+int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		   uint32_t owner, uint64_t deadline_ns);
+int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		     uint32_t owner);
+/* Drop pins whose lease ended before @now_ns, or that @owner (0 = none) holds. Returns the
+ * number dropped. */
+unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, uint32_t owner);
+/* Evict until every pool is under its low watermark, if it is over its high one; with
+ * @target_free, until that many bytes are free (UINT64_MAX: everything unpinned). Returns the
+ * number of blocks evicted. */
+uint64_t kvcd_store_reclaim(struct kvcd_store *s, uint64_t target_free);
+/* Fill the store's part of @st. */
+void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st);
+/* Up to @max blocks of @ns from position @start on, in index order. */
+unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
+			 struct kvcp_list_ent *out, unsigned max);
+
+/* ---- session.c: one attached client --------------------------------------------------------- */
+
+struct kvcd_session {
+	uint32_t id;
+	int sock, pidfd;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool admin;
+	uint16_t ns_id;
+	char ns[KVCP_NS_MAX];
+	uint8_t order[KVCD_MAX_NODES];	/* pools, nearest first */
+	unsigned norder;
+	unsigned worker;
+
+	struct kvcp_shm_hdr *hdr;
+	size_t ctrl_size;
+	struct kvcp_sqe *sq;
+	struct kvcp_cqe *cq;
+	char *scratch;
+	size_t scratch_size;
+	char *staging;
+	size_t staging_size;
+	uint32_t sq_entries, cq_entries;
+	/* daemon-private ring indices: never read back from shared memory */
+	uint32_t sq_cons, cq_prod, cq_cons_cache;
+
+	uint64_t requests, bad_requests;	/* written by the worker, read relaxed */
+	int broken;				/* protocol violation: main thread disconnects */
+};
+
+struct kvcd;
+
+/* Build a session for an accepted, authenticated peer: memfds, mappings, seals. Returns 0 or
+ * -errno; on success *@fds hold the two memfds to send (the caller closes them). */
+int kvcd_session_create(struct kvcd *d, const struct kvcp_attach_req *req, size_t staging,
+			struct kvcd_session *s, int fds[2]);
+void kvcd_session_destroy(struct kvcd_session *s);
+
+/* ---- worker.c ------------------------------------------------------------------------------ */
+
+#define KVCD_WORKER_MAX_SESSIONS 127	/* futex_waitv takes 128 words; one is the worker's */
+#define KVCD_HIST 256
+
+struct kvcd_hist {
+	uint64_t b[KVCD_HIST];
+};
+
+struct kvcd_worker {
+	struct kvcd *d;
+	unsigned id;
+	pthread_t thread;
+	pthread_mutex_t lock;		/* protects sessions[], gen */
+	pthread_cond_t acked;
+	struct kvcd_session *sessions[KVCD_WORKER_MAX_SESSIONS];
+	unsigned nsessions;
+	uint32_t gen, seen_gen;
+	uint32_t wake;			/* private futex: list changed or stop */
+	bool stop;
+	uint64_t count[KVCP_OP__COUNT], errors[KVCP_OP__COUNT];
+	struct kvcd_hist hist[KVCP_OP__COUNT];	/* service time, log-linear ns buckets */
+};
+
+int kvcd_worker_start(struct kvcd_worker *w, struct kvcd *d, unsigned id);
+void kvcd_worker_stop(struct kvcd_worker *w);
+/* Hand @s to @w / take it back. Removal returns once the worker no longer touches @s. */
+int kvcd_worker_add(struct kvcd_worker *w, struct kvcd_session *s);
+void kvcd_worker_remove(struct kvcd_worker *w, struct kvcd_session *s);
+/* Execute one validated-on-entry request of @s (exported for tests). */
+void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
+		  const struct kvcp_sqe *sqe, struct kvcp_cqe *cqe);
+unsigned kvcd_hist_bucket(uint64_t ns);
+uint64_t kvcd_hist_value(unsigned bucket);
+
+/* ---- main.c: the daemon object --------------------------------------------------------------- */
+
+struct kvcd {
+	struct kvcd_config cfg;
+	struct kvcd_topo topo;
+	struct kvcd_pool pools[KVCD_MAX_NODES];
+	unsigned npools;
+	struct kvcd_store store;
+	struct kvcd_worker *workers;
+	uint64_t boot_token, start_ns;
+	uid_t euid;
+	int reap_fd;				/* eventfd: a worker found a broken session */
+
+	pthread_mutex_t sessions_lock;		/* protects the list for CLIENTS */
+	struct kvcd_session **sessions;
+	unsigned nsessions, cap_sessions;
+	uint32_t next_id;
+};
+
+/* Snapshot of the attached clients, for the CLIENTS request. Returns the count. */
+unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max);
+/* Fill the whole STATS answer. */
+void kvcd_stats(struct kvcd *d, struct kvcp_stats *st);
+
+#endif /* KVCD_H */

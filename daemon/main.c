@@ -1,0 +1,781 @@
+/* main.c - kvcd: start-up, the accept/attach path, client death, housekeeping, shutdown.
+ *
+ * The main thread owns one epoll set: the listening socket, a signalfd (SIGTERM/SIGINT), a
+ * 100 ms timerfd (lease expiry, watermark eviction, systemd watchdog), an eventfd on which
+ * workers report broken sessions, and for every client its socket (EOF = gone) and pidfd
+ * (readable = exited). Attach handshakes are non-blocking: a client that connects and says
+ * nothing is dropped after a second without holding anyone up.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <numa.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "kvcd.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+#define MAX_PENDING 64
+#define HANDSHAKE_NS 1000000000ull
+#define TICK_MS 100
+
+enum ev_type { EV_LISTEN, EV_SIGNAL, EV_TIMER, EV_REAP, EV_PENDING, EV_SOCK, EV_PIDFD };
+
+struct ev {
+	enum ev_type type;
+	void *ptr;
+};
+
+struct pending {
+	struct ev ev;
+	int fd;
+	uint64_t deadline;
+};
+
+struct client {
+	struct kvcd_session s;
+	struct ev ev_sock, ev_pidfd;
+};
+
+static struct {
+	struct kvcd d;
+	int epfd, lfd, sigfd, timerfd;
+	struct ev ev_listen, ev_signal, ev_timer, ev_reap;
+	struct pending pending[MAX_PENDING];
+	uint64_t watchdog_usec, last_watchdog;
+	uint64_t bad_closed, requests_closed;	/* counters of sessions already gone */
+	int ready_pipe;				/* daemonized: tell the parent we are up */
+} g = { .lfd = -1, .ready_pipe = -1 };
+
+/* ---- sessions list (CLIENTS, STATS) ------------------------------------------------------ */
+
+unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&d->sessions_lock);
+	for (unsigned i = 0; i < d->nsessions && n < max; i++, n++) {
+		struct kvcd_session *s = d->sessions[i];
+		struct kvcp_client_ent e = { 0 };
+
+		e.client_id = s->id;
+		e.pid = s->pid;
+		e.uid = s->uid;
+		e.gid = s->gid;
+		e.node = d->pools[s->order[0]].node;
+		e.worker = s->worker;
+		e.requests = __atomic_load_n(&s->requests, __ATOMIC_RELAXED);
+		e.bad_requests = __atomic_load_n(&s->bad_requests, __ATOMIC_RELAXED);
+		memcpy(e.ns, s->ns, sizeof(e.ns));
+		memcpy(&out[n], &e, sizeof(e));
+	}
+	pthread_mutex_unlock(&d->sessions_lock);
+	return n;
+}
+
+static uint64_t percentile(const struct kvcd_hist *h, uint64_t total, double q)
+{
+	uint64_t want = (uint64_t)(q * (double)total), seen = 0;
+
+	if (!total)
+		return 0;
+	for (unsigned b = 0; b < KVCD_HIST; b++) {
+		seen += h->b[b];
+		if (seen > want)
+			return kvcd_hist_value(b);
+	}
+	return kvcd_hist_value(KVCD_HIST - 1);
+}
+
+void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	kvcd_store_stats(&d->store, st);
+	st->boot_token = d->boot_token;
+	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
+	pthread_mutex_lock(&d->sessions_lock);
+	st->clients = d->nsessions;
+	st->bad_requests = __atomic_load_n(&g.bad_closed, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < d->nsessions; i++)
+		st->bad_requests += __atomic_load_n(&d->sessions[i]->bad_requests, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&d->sessions_lock);
+	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
+		struct kvcd_hist h = { { 0 } };
+
+		for (unsigned w = 0; w < d->cfg.workers; w++) {
+			struct kvcd_worker *wk = &d->workers[w];
+
+			st->op[op].count += __atomic_load_n(&wk->count[op], __ATOMIC_RELAXED);
+			st->op[op].errors += __atomic_load_n(&wk->errors[op], __ATOMIC_RELAXED);
+			for (unsigned b = 0; b < KVCD_HIST; b++)
+				h.b[b] += __atomic_load_n(&wk->hist[op].b[b], __ATOMIC_RELAXED);
+		}
+		uint64_t total = 0;
+
+		for (unsigned b = 0; b < KVCD_HIST; b++)
+			total += h.b[b];
+		st->op[op].p50_ns = percentile(&h, total, 0.50);
+		st->op[op].p99_ns = percentile(&h, total, 0.99);
+		st->op[op].p999_ns = percentile(&h, total, 0.999);
+	}
+}
+
+/* ---- epoll helpers ------------------------------------------------------------------------ */
+
+static int watch(int fd, struct ev *ev, uint32_t events)
+{
+	struct epoll_event e = { .events = events, .data.ptr = ev };
+
+	return epoll_ctl(g.epfd, EPOLL_CTL_ADD, fd, &e) ? -errno : 0;
+}
+
+static void unwatch(int fd)
+{
+	if (fd >= 0)
+		epoll_ctl(g.epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* ---- attach -------------------------------------------------------------------------------- */
+
+static void reply(int fd, int status, const struct kvcd_session *s, const int fds[2])
+{
+	struct kvcp_attach_rep rep = { .status = status };
+	char cbuf[CMSG_SPACE(2 * sizeof(int))] = { 0 };
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (s) {
+		rep.client_id = s->id;
+		rep.boot_token = g.d.boot_token;
+		rep.ctrl_size = s->ctrl_size;
+		rep.staging_size = s->staging_size;
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(2 * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, 2 * sizeof(int));
+	}
+	if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && s)
+		fprintf(stderr, "kvcd: attach reply to client %u: %s\n", s->id, strerror(errno));
+}
+
+/* Read the attach request once; close any descriptors a client tried to pass us. */
+static int read_request(int fd, struct kvcp_attach_req *req)
+{
+	char buf[sizeof(*req) + 1];
+	char cbuf[CMSG_SPACE(16 * sizeof(int))];
+	struct iovec iov = { buf, sizeof(buf) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	if (n < 0)
+		return errno == EAGAIN ? -EAGAIN : -errno;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int x;
+
+				memcpy(&x, CMSG_DATA(cm) + i * sizeof(int), sizeof(x));
+				close(x);
+			}
+	if (n != (ssize_t)sizeof(*req) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+		return -EBADMSG;
+	memcpy(req, buf, sizeof(*req));
+	if (req->magic32 != KVCP_ATTACH_MAGIC)
+		return -EBADMSG;
+	if (req->major != KVCP_MAJOR)
+		return -EPROTO;
+	if (req->flags || req->reserved[0] || req->reserved[1] || req->reserved[2] ||
+	    req->reserved[3] || !memchr(req->ns, 0, sizeof(req->ns)) || !req->ns[0])
+		return -EBADMSG;
+	for (const char *p = req->ns; *p; p++)
+		if (*p <= ' ' || *p > '~')
+			return -EINVAL;
+	return 0;
+}
+
+static int peer_pidfd(int fd, pid_t pid)
+{
+	int pidfd = -1;
+	socklen_t len = sizeof(pidfd);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0)
+		return pidfd;
+	return pid > 0 ? kvcd_pidfd_open(pid) : -1;
+}
+
+static unsigned pick_worker(struct kvcd *d)
+{
+	unsigned best = 0;
+
+	for (unsigned i = 1; i < d->cfg.workers; i++)
+		if (d->workers[i].nsessions < d->workers[best].nsessions)
+			best = i;
+	return best;
+}
+
+static int add_session(struct kvcd *d, struct kvcd_session *s)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&d->sessions_lock);
+	if (d->nsessions == d->cap_sessions) {
+		unsigned cap = d->cap_sessions ? 2 * d->cap_sessions : 16;
+		struct kvcd_session **n = realloc(d->sessions, cap * sizeof(*n));
+
+		if (n) {
+			d->sessions = n;
+			d->cap_sessions = cap;
+		} else {
+			err = -ENOMEM;
+		}
+	}
+	if (!err)
+		d->sessions[d->nsessions++] = s;
+	pthread_mutex_unlock(&d->sessions_lock);
+	return err;
+}
+
+static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req,
+		  struct client **out)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uint64_t staging = req->staging_size ? req->staging_size : d->cfg.staging_default;
+	struct client *c;
+	int fds[2], err, ns;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
+		return -errno;
+	if (!kvcd_config_allows(&d->cfg, req->ns, cred.uid, cred.gid)) {
+		fprintf(stderr, "kvcd: refused pid %d uid %u gid %u: not allowed in namespace '%s'\n",
+			(int)cred.pid, cred.uid, cred.gid, req->ns);
+		return -EACCES;
+	}
+	if (d->nsessions >= d->cfg.max_clients)
+		return -EUSERS;
+	if (staging > d->cfg.staging_max)
+		return -E2BIG;
+	ns = kvcd_store_ns(&d->store, req->ns);
+	if (ns < 0)
+		return ns;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->s.sock = fd;
+	c->s.pid = cred.pid;
+	c->s.uid = cred.uid;
+	c->s.gid = cred.gid;
+	c->s.admin = cred.uid == 0 || cred.uid == d->euid;
+	c->s.ns_id = (uint16_t)ns;
+	memcpy(c->s.ns, req->ns, sizeof(c->s.ns));
+	c->s.id = ++d->next_id;
+	c->s.pidfd = peer_pidfd(fd, cred.pid);
+	err = kvcd_session_create(d, req, staging, &c->s, fds);
+	if (err)
+		goto out_free;
+	c->ev_sock = (struct ev){ EV_SOCK, c };
+	c->ev_pidfd = (struct ev){ EV_PIDFD, c };
+	err = add_session(d, &c->s);
+	if (err)
+		goto out_destroy;
+	reply(fd, 0, &c->s, fds);
+	close(fds[0]);
+	close(fds[1]);
+	watch(fd, &c->ev_sock, EPOLLIN | EPOLLRDHUP);
+	if (c->s.pidfd >= 0)
+		watch(c->s.pidfd, &c->ev_pidfd, EPOLLIN);
+	err = kvcd_worker_add(&d->workers[pick_worker(d)], &c->s);
+	*out = c;
+	return err; /* on error the caller tears the session down like any other */
+out_destroy:
+	close(fds[0]);
+	close(fds[1]);
+out_free:
+	c->s.sock = -1; /* the caller owns and closes fd */
+	kvcd_session_destroy(&c->s);
+	free(c);
+	return err;
+}
+
+static void detach(struct kvcd *d, struct client *c)
+{
+	struct kvcd_session *s = &c->s;
+
+	unwatch(s->sock);
+	unwatch(s->pidfd);
+	kvcd_worker_remove(&d->workers[s->worker], s);
+	kvcd_store_release_pins(&d->store, 0, s->id);
+	pthread_mutex_lock(&d->sessions_lock);
+	for (unsigned i = 0; i < d->nsessions; i++)
+		if (d->sessions[i] == s) {
+			d->sessions[i] = d->sessions[--d->nsessions];
+			break;
+		}
+	g.bad_closed += s->bad_requests;
+	pthread_mutex_unlock(&d->sessions_lock);
+	kvcd_session_destroy(s);
+	free(c);
+}
+
+static void finish_handshake(struct kvcd *d, struct pending *p)
+{
+	struct kvcp_attach_req req;
+	struct client *c = NULL;
+	int err = read_request(p->fd, &req);
+
+	if (err == -EAGAIN)
+		return;
+	unwatch(p->fd);
+	if (!err)
+		err = attach(d, p->fd, &req, &c);
+	if (err && c) {
+		fprintf(stderr, "kvcd: client %u: %s\n", c->s.id, strerror(-err));
+		detach(d, c); /* closes the socket: the client sees EOF */
+	} else if (err) {
+		reply(p->fd, err, NULL, NULL);
+		close(p->fd);
+	}
+	p->fd = -1;
+}
+
+static void accept_all(void)
+{
+	for (;;) {
+		int fd = accept4(g.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct pending *p = NULL;
+
+		if (fd < 0)
+			return;
+		for (unsigned i = 0; i < MAX_PENDING && !p; i++)
+			if (g.pending[i].fd < 0)
+				p = &g.pending[i];
+		if (!p) { /* too many half-open attaches: refuse this one */
+			close(fd);
+			continue;
+		}
+		p->fd = fd;
+		p->deadline = kvcd_now_ns() + HANDSHAKE_NS;
+		p->ev = (struct ev){ EV_PENDING, p };
+		if (watch(fd, &p->ev, EPOLLIN | EPOLLRDHUP)) {
+			close(fd);
+			p->fd = -1;
+		}
+	}
+}
+
+/* ---- housekeeping ------------------------------------------------------------------------- */
+
+static void reap_broken(struct kvcd *d)
+{
+	uint64_t v;
+
+	if (read(g.d.reap_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		perror("kvcd: eventfd read");
+	for (unsigned i = 0; i < d->nsessions;) {
+		struct kvcd_session *s = d->sessions[i];
+
+		if (__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE))
+			detach(d, (struct client *)s); /* swaps the last one into slot i */
+		else
+			i++;
+	}
+}
+
+static void tick(struct kvcd *d)
+{
+	uint64_t now = kvcd_now_ns(), exp;
+
+	if (read(g.timerfd, &exp, sizeof(exp)) < 0 && errno != EAGAIN)
+		perror("kvcd: timerfd read");
+	kvcd_store_release_pins(&d->store, now, 0);
+	kvcd_store_reclaim(&d->store, 0);
+	for (unsigned i = 0; i < MAX_PENDING; i++) {
+		struct pending *p = &g.pending[i];
+
+		if (p->fd >= 0 && now > p->deadline) { /* connected but never said who it is */
+			unwatch(p->fd);
+			close(p->fd);
+			p->fd = -1;
+		}
+	}
+	if (g.watchdog_usec && now - g.last_watchdog >= g.watchdog_usec * 1000 / 2) {
+		sd_notifyf(0, "WATCHDOG=1\nSTATUS=serving %u clients, %zu blocks", d->nsessions,
+			   d->store.count);
+		g.last_watchdog = now;
+	}
+}
+
+/* ---- start-up ------------------------------------------------------------------------------ */
+
+static void default_socket(struct kvcd_config *c)
+{
+	const char *env = getenv("KVCD_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
+
+	if (c->socket[0])
+		return;
+	if (env && *env && strlen(env) < sizeof(c->socket))
+		strcpy(c->socket, env);
+	else if (access("/run/kvcd", W_OK) == 0)
+		strcpy(c->socket, "/run/kvcd/kvcd.sock");
+	else if (xdg && *xdg && strlen(xdg) + 10 < sizeof(c->socket))
+		snprintf(c->socket, sizeof(c->socket), "%s/kvcd.sock", xdg);
+	else
+		strcpy(c->socket, "/tmp/kvcd.sock");
+}
+
+static int listen_socket(const struct kvcd_config *c)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), probe;
+
+	if (fd < 0)
+		return -errno;
+	strcpy(sa.sun_path, c->socket);
+	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+		fprintf(stderr, "kvcd: another kvcd is already serving %s\n", c->socket);
+		close(probe);
+		close(fd);
+		return -EADDRINUSE;
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(c->socket); /* stale socket of a dead daemon */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 128))
+		goto out_err;
+	if (c->socket_group[0]) {
+		struct group *gr = getgrnam(c->socket_group);
+
+		if (!gr || chown(c->socket, (uid_t)-1, gr->gr_gid)) {
+			fprintf(stderr, "kvcd: cannot give %s to group '%s': %s\n", c->socket,
+				c->socket_group, gr ? strerror(errno) : "no such group");
+			errno = EINVAL;
+			goto out_err;
+		}
+	}
+	if (chmod(c->socket, (mode_t)c->socket_mode))
+		goto out_err;
+	return fd;
+out_err:
+	fprintf(stderr, "kvcd: cannot listen on %s: %s\n", c->socket, strerror(errno));
+	close(fd);
+	return -errno;
+}
+
+/* Fail before READY when the pools cannot be locked, saying what to raise. */
+static int check_memlock(const struct kvcd_config *c, unsigned nodes)
+{
+	struct rlimit rl;
+	uint64_t need = c->pool_size * nodes;
+
+	if (kvcd_has_cap_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &rl) || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= need)
+		return 0;
+	fprintf(stderr,
+		"kvcd: memlock limit too low: %u pool(s) of %llu MiB need %llu MiB locked, but "
+		"RLIMIT_MEMLOCK is %llu KiB and kvcd lacks CAP_IPC_LOCK. Raise the limit "
+		"(LimitMEMLOCK=infinity in kvcd.service, or `ulimit -l unlimited`) or lower "
+		"--pool-size.\n",
+		nodes, (unsigned long long)(c->pool_size >> 20), (unsigned long long)(need >> 20),
+		(unsigned long long)(rl.rlim_cur >> 10));
+	return -ENOMEM;
+}
+
+static int setup_pools(struct kvcd *d)
+{
+	bool bind = numa_available() >= 0;
+	int err;
+
+	err = kvcd_topo_load(&d->topo, NULL);
+	if (err) { /* no topology: one pool, unbound */
+		fprintf(stderr, "kvcd: hwloc could not read the topology (%s); one unbound pool\n",
+			strerror(-err));
+		memset(&d->topo, 0, sizeof(d->topo));
+		d->topo.nnodes = 1;
+		bind = false;
+	}
+	err = check_memlock(&d->cfg, d->topo.nnodes);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < d->topo.nnodes; i++) {
+		err = kvcd_pool_create(&d->pools[i], d->topo.os_index[i], d->cfg.pool_size,
+				       d->cfg.hugepages, bind);
+		if (err)
+			return err;
+		d->npools++;
+		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s pages, locked\n",
+			d->topo.os_index[i], (unsigned long long)(d->cfg.pool_size >> 20),
+			d->pools[i].huge ? "2 MiB huge" : "4 KiB");
+	}
+	return kvcd_store_init(&d->store, d->pools, d->npools, d->cfg.high_wm, d->cfg.low_wm);
+}
+
+static int setup_loop(void)
+{
+	sigset_t mask;
+	struct itimerspec its = { { 0, TICK_MS * 1000000 }, { 0, TICK_MS * 1000000 } };
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL); /* before any thread: they inherit the mask */
+	signal(SIGPIPE, SIG_IGN);
+	g.epfd = epoll_create1(EPOLL_CLOEXEC);
+	g.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	g.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	g.d.reap_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (g.epfd < 0 || g.sigfd < 0 || g.timerfd < 0 || g.d.reap_fd < 0 ||
+	    timerfd_settime(g.timerfd, 0, &its, NULL))
+		return -errno;
+	g.ev_signal = (struct ev){ EV_SIGNAL, NULL };
+	g.ev_timer = (struct ev){ EV_TIMER, NULL };
+	g.ev_reap = (struct ev){ EV_REAP, NULL };
+	if (watch(g.sigfd, &g.ev_signal, EPOLLIN) || watch(g.timerfd, &g.ev_timer, EPOLLIN) ||
+	    watch(g.d.reap_fd, &g.ev_reap, EPOLLIN))
+		return -errno;
+	for (unsigned i = 0; i < MAX_PENDING; i++)
+		g.pending[i].fd = -1;
+	return 0;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
+		"            [--foreground] [--version]\n"
+		"  --config FILE     INI configuration (default: embedded defaults)\n"
+		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
+		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
+		"  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
+		"  --workers N       ring-draining threads\n"
+		"  --foreground      do not detach (implied under systemd)\n");
+}
+
+static int parse_args(int argc, char **argv, struct kvcd_config *c)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, 0, 'c' }, { "socket", required_argument, 0, 's' },
+		{ "pool-size", required_argument, 0, 'p' }, { "workers", required_argument, 0, 'w' },
+		{ "foreground", no_argument, 0, 'f' }, { "help", no_argument, 0, 'h' },
+		{ "version", no_argument, 0, 'V' }, { 0, 0, 0, 0 }
+	};
+	const char *config = NULL, *sock = NULL, *pool = NULL, *workers = NULL;
+	int o;
+
+	while ((o = getopt_long(argc, argv, "c:s:p:w:fhV", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': config = optarg; break;
+		case 's': sock = optarg; break;
+		case 'p': pool = optarg; break;
+		case 'w': workers = optarg; break;
+		case 'f': c->foreground = true; break;
+		case 'h': usage(stdout); exit(0);
+		case 'V': printf("kvcd protocol %d.%d\n", KVCP_MAJOR, KVCP_MINOR); exit(0);
+		default: usage(stderr); return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return -EINVAL;
+	}
+	if (config && kvcd_config_load(c, config))
+		return -EINVAL;
+	/* the command line wins over the file */
+	if (sock && strlen(sock) >= sizeof(c->socket)) {
+		fprintf(stderr, "kvcd: socket path too long: %s\n", sock);
+		return -EINVAL;
+	}
+	if (sock)
+		strcpy(c->socket, sock);
+	if (pool && (kvcd_parse_size(pool, &c->pool_size) || c->pool_size < (1u << 20))) {
+		fprintf(stderr, "kvcd: --pool-size %s: expected a size of at least 1M\n", pool);
+		return -EINVAL;
+	}
+	if (workers && (sscanf(workers, "%u", &c->workers) != 1 || !c->workers ||
+			c->workers > 64)) {
+		fprintf(stderr, "kvcd: --workers %s: expected 1..64\n", workers);
+		return -EINVAL;
+	}
+	if (getenv("NOTIFY_SOCKET"))
+		c->foreground = true;
+	return 0;
+}
+
+/* Classic daemonization with a readiness pipe: the parent exits 0 only once the child is
+ * serving, and with the child's failure otherwise. */
+static void daemonize(void)
+{
+	int p[2];
+	pid_t pid;
+	char st = 1;
+
+	if (pipe2(p, O_CLOEXEC) || (pid = fork()) < 0) {
+		perror("kvcd: fork");
+		exit(1);
+	}
+	if (pid > 0) {
+		close(p[1]);
+		if (read(p[0], &st, 1) != 1)
+			st = 1;
+		_exit(st);
+	}
+	close(p[0]);
+	setsid();
+	g.ready_pipe = p[1];
+}
+
+static void announce_ready(struct kvcd *d)
+{
+	char st = 0;
+	int devnull;
+
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %u pool(s) of %llu MiB\nMAINPID=%d",
+		   d->cfg.socket, d->npools, (unsigned long long)(d->cfg.pool_size >> 20),
+		   (int)getpid());
+	fprintf(stderr, "kvcd: ready on %s (%u worker(s), boot token %016llx)\n", d->cfg.socket,
+		d->cfg.workers, (unsigned long long)d->boot_token);
+	if (g.ready_pipe >= 0) {
+		if (write(g.ready_pipe, &st, 1) != 1)
+			perror("kvcd: readiness pipe");
+		close(g.ready_pipe);
+		devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+			dup2(devnull, 2);
+			close(devnull);
+		}
+	}
+	uint64_t usec;
+
+	if (sd_watchdog_enabled(0, &usec) > 0)
+		g.watchdog_usec = usec;
+}
+
+static void serve(struct kvcd *d)
+{
+	struct epoll_event evs[64];
+
+	for (;;) {
+		int n = epoll_wait(g.epfd, evs, 64, -1);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		for (int i = 0; i < n; i++) {
+			struct ev *e = evs[i].data.ptr;
+
+			switch (e->type) {
+			case EV_LISTEN: accept_all(); break;
+			case EV_SIGNAL: return;
+			case EV_TIMER: tick(d); break;
+			case EV_REAP: reap_broken(d); break;
+			case EV_PENDING: finish_handshake(d, e->ptr); break;
+			case EV_SOCK: /* fall through: EOF or unexpected data, either way gone */
+			case EV_PIDFD:
+				detach(d, e->ptr);
+				/* later events of this batch may name the same client: skip them */
+				for (int j = i + 1; j < n; j++) {
+					struct ev *f = evs[j].data.ptr;
+
+					if ((f->type == EV_SOCK || f->type == EV_PIDFD) &&
+					    f->ptr == e->ptr)
+						evs[j].data.ptr = &g.ev_reap;
+				}
+				break;
+			}
+		}
+	}
+}
+
+static void shutdown_all(struct kvcd *d)
+{
+	sd_notify(0, "STOPPING=1");
+	unwatch(g.lfd);
+	close(g.lfd);
+	unlink(d->cfg.socket);
+	while (d->nsessions)
+		detach(d, (struct client *)d->sessions[0]);
+	for (unsigned i = 0; i < d->cfg.workers; i++)
+		kvcd_worker_stop(&d->workers[i]);
+	kvcd_store_fini(&d->store);
+	for (unsigned i = 0; i < d->npools; i++)
+		kvcd_pool_destroy(&d->pools[i]);
+	free(d->workers);
+	free(d->sessions);
+	fprintf(stderr, "kvcd: stopped\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct kvcd *d = &g.d;
+	int err;
+
+	static_assert(offsetof(struct client, s) == 0, "a session is its client");
+	kvcd_config_defaults(&d->cfg);
+	if (parse_args(argc, argv, &d->cfg))
+		return 2;
+	default_socket(&d->cfg);
+	if (!d->cfg.foreground)
+		daemonize();
+	d->start_ns = kvcd_now_ns();
+	d->euid = geteuid();
+	pthread_mutex_init(&d->sessions_lock, NULL);
+	if (getrandom(&d->boot_token, sizeof(d->boot_token), 0) != sizeof(d->boot_token))
+		d->boot_token = d->start_ns ^ (uint64_t)getpid() << 32;
+	err = setup_pools(d);
+	if (err)
+		goto fail;
+	err = setup_loop();
+	if (err)
+		goto fail;
+	g.lfd = listen_socket(&d->cfg);
+	if (g.lfd < 0) {
+		err = g.lfd;
+		goto fail;
+	}
+	g.ev_listen = (struct ev){ EV_LISTEN, NULL };
+	watch(g.lfd, &g.ev_listen, EPOLLIN);
+	d->workers = calloc(d->cfg.workers, sizeof(*d->workers));
+	if (!d->workers) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	for (unsigned i = 0; i < d->cfg.workers; i++) {
+		err = kvcd_worker_start(&d->workers[i], d, i);
+		if (err) {
+			d->cfg.workers = i;
+			goto fail;
+		}
+	}
+	announce_ready(d);
+	serve(d);
+	shutdown_all(d);
+	return 0;
+fail:
+	fprintf(stderr, "kvcd: failed to start: %s\n", strerror(-err));
+	sd_notifyf(0, "STATUS=failed to start: %s\nERRNO=%d", strerror(-err), -err);
+	return 1;
+}

@@ -1,0 +1,471 @@
+/* worker.c - threads that drain client rings and execute requests.
+ *
+ * Each session belongs to exactly one worker, which is therefore the only consumer of its SQ
+ * and the only producer of its CQ (SPSC on both rings). A worker polls its sessions, spins
+ * for busy_poll_us after the last request, then sleeps in futex_waitv on every session's SQ
+ * doorbell plus its own private wake word (io_uring's NEED_WAKEUP protocol, see kvcp.h).
+ *
+ * Every SQE is copied once into a local (kvcp_entry_read) and only the copy is validated and
+ * used. Bad requests get an error completion and a counter; impossible ring indices mark the
+ * session broken and the main thread disconnects it.
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY	/* XXH3_state_t on the stack */
+#include <xxhash.h>
+#include <xxh_x86dispatch.h>	/* libxxhash's run-time SSE2/AVX2/AVX-512 selection */
+
+#include "kvcd.h"
+
+#ifndef FUTEX2_SIZE_U32
+#define FUTEX2_SIZE_U32 FUTEX_32	/* older uapi headers name it FUTEX_32 */
+#endif
+#ifndef FUTEX2_PRIVATE
+#define FUTEX2_PRIVATE FUTEX_PRIVATE_FLAG
+#endif
+
+#define BATCH 32
+#define COPY_CHUNK (32u << 10)	/* fits L1d: the hash re-reads the chunk from L1 */
+
+/* ---- latency histogram: 8 buckets per power of two ---------------------------------------- */
+
+unsigned kvcd_hist_bucket(uint64_t ns)
+{
+	unsigned e, b;
+
+	if (ns < 8)
+		return (unsigned)ns;
+	e = 63u - (unsigned)__builtin_clzll(ns);
+	b = 8 + (e - 3) * 8 + (unsigned)((ns >> (e - 3)) & 7);
+	return b < KVCD_HIST ? b : KVCD_HIST - 1;
+}
+
+uint64_t kvcd_hist_value(unsigned b)
+{
+	unsigned e, m;
+
+	if (b < 8)
+		return b;
+	e = (b - 8) / 8 + 3;
+	m = (b - 8) % 8;
+	return ((8ull + m) << (e - 3)) + ((1ull << (e - 3)) >> 1); /* bucket midpoint */
+}
+
+/* ---- copies ---------------------------------------------------------------------------------
+ * The checksum is computed over the pool's copy in cache-sized chunks right after each chunk
+ * is copied, so the second pass reads from cache, not DRAM. */
+
+static uint64_t copy_in(void *dst, const void *src, size_t n, bool sum)
+{
+	XXH3_state_t st;
+
+	if (!sum) {
+		memcpy(dst, src, n);
+		return 0;
+	}
+	XXH3_64bits_reset(&st);
+	for (size_t o = 0; o < n; o += COPY_CHUNK) {
+		size_t k = n - o < COPY_CHUNK ? n - o : COPY_CHUNK;
+
+		memcpy((char *)dst + o, (const char *)src + o, k);
+		XXH3_64bits_update_dispatch(&st, (char *)dst + o, k);
+	}
+	return XXH3_64bits_digest(&st);
+}
+
+static uint64_t copy_out(void *dst, const void *src, size_t n, bool sum)
+{
+	XXH3_state_t st;
+
+	if (!sum) {
+		memcpy(dst, src, n);
+		return 0;
+	}
+	XXH3_64bits_reset(&st);
+	for (size_t o = 0; o < n; o += COPY_CHUNK) {
+		size_t k = n - o < COPY_CHUNK ? n - o : COPY_CHUNK;
+
+		memcpy((char *)dst + o, (const char *)src + o, k);
+		XXH3_64bits_update_dispatch(&st, (const char *)src + o, k);
+	}
+	return XXH3_64bits_digest(&st);
+}
+
+/* ---- request execution ------------------------------------------------------------------- */
+
+static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *size)
+{
+	if (v->flags & KVCP_SQE_F_SCRATCH) {
+		*size = s->scratch_size;
+		return s->scratch;
+	}
+	*size = s->staging_size;
+	return s->staging;
+}
+
+static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf)
+{
+	uint64_t bytes = kvcp_layout_bytes(&v->layout);
+	struct kvcd_block *b;
+	uint64_t sum;
+	int err;
+
+	if (!bytes || v->layout.codec || v->len != bytes)
+		return -EINVAL;
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &v->layout, bytes, s->order,
+				 s->norder, &b);
+	if (err)
+		return err;
+	sum = copy_in(b->data, buf + v->off, bytes, d->cfg.checksum);
+	kvcd_store_commit(&d->store, b, true, d->cfg.checksum, sum);
+	return 0;
+}
+
+static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf, struct kvcp_cqe *cqe)
+{
+	struct kvcd_block *b;
+	bool sum, bad = false;
+	int err;
+
+	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
+	if (err)
+		return err;
+	cqe->value = b->stored;
+	cqe->layout = b->layout;
+	if (b->stored > v->len) {
+		kvcd_store_put(&d->store, b, false);
+		return -ENOSPC;
+	}
+	sum = b->has_sum;
+	if (copy_out(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
+		bad = true;
+	kvcd_store_put(&d->store, b, bad);
+	return bad ? -EIO : 0;
+}
+
+static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf)
+{
+	if (v->len % sizeof(struct kvcp_key) || v->off % 8)
+		return -EINVAL;
+	return (int)kvcd_store_lookup(&d->store, s->ns_id, (const struct kvcp_key *)(buf + v->off),
+				      v->len / sizeof(struct kvcp_key));
+}
+
+static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf, struct kvcp_cqe *cqe)
+{
+	unsigned n;
+
+	switch (v->opcode) {
+	case KVCP_OP_STATS: {
+		struct kvcp_stats st;
+
+		if (v->len < sizeof(st))
+			return -ENOSPC;
+		kvcd_stats(d, &st);
+		memcpy(buf + v->off, &st, sizeof(st));
+		cqe->value = sizeof(st);
+		return 0;
+	}
+	case KVCP_OP_LIST:
+		if (v->off % 8)
+			return -EINVAL;
+		n = kvcd_store_list(&d->store, s->ns_id, v->arg, (struct kvcp_list_ent *)(buf + v->off),
+				    (unsigned)(v->len / sizeof(struct kvcp_list_ent)));
+		cqe->value = n * sizeof(struct kvcp_list_ent);
+		return (int)n;
+	case KVCP_OP_CLIENTS:
+		if (v->off % 8)
+			return -EINVAL;
+		n = kvcd_clients(d, (struct kvcp_client_ent *)(buf + v->off),
+				 (unsigned)(v->len / sizeof(struct kvcp_client_ent)));
+		cqe->value = n * sizeof(struct kvcp_client_ent);
+		return (int)n;
+	case KVCP_OP_EVICT:
+		if (!s->admin)
+			return -EPERM;
+		return (int)kvcd_store_reclaim(&d->store,
+					       v->arg ? (uint64_t)v->arg << 20 : UINT64_MAX);
+	}
+	return -EBADMSG;
+}
+
+void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
+		  const struct kvcp_sqe *v, struct kvcp_cqe *cqe)
+{
+	uint64_t t0 = kvcd_now_ns(), ms;
+	size_t size;
+	char *buf = region(s, v, &size);
+	int res;
+
+	memset(cqe, 0, sizeof(*cqe));
+	cqe->user_data = v->user_data;
+	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) || v->reserved0) {
+		res = -EBADMSG;
+		goto out;
+	}
+	if (v->opcode != KVCP_OP_NOP && v->opcode != KVCP_OP_DELETE && v->opcode != KVCP_OP_PIN &&
+	    v->opcode != KVCP_OP_UNPIN && v->opcode != KVCP_OP_EVICT &&
+	    !kvcp_range_ok(v->off, v->len, size)) {
+		res = -EINVAL;
+		goto out;
+	}
+	switch (v->opcode) {
+	case KVCP_OP_NOP:
+		res = 0;
+		break;
+	case KVCP_OP_STORE:
+		res = do_store(d, s, v, buf);
+		break;
+	case KVCP_OP_FETCH:
+		res = do_fetch(d, s, v, buf, cqe);
+		break;
+	case KVCP_OP_LOOKUP:
+		res = do_lookup(d, s, v, buf);
+		break;
+	case KVCP_OP_DELETE:
+		res = kvcd_store_delete(&d->store, s->ns_id, &v->key);
+		break;
+	case KVCP_OP_PIN:
+		ms = v->arg && v->arg < d->cfg.lease_max_ms ? v->arg : d->cfg.lease_max_ms;
+		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, s->id, t0 + ms * 1000000ull);
+		break;
+	case KVCP_OP_UNPIN:
+		res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id);
+		break;
+	default:
+		res = do_admin(d, s, v, buf, cqe);
+		break;
+	}
+out:
+	cqe->res = res;
+	if (res == -EBADMSG || res == -EINVAL)
+		__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
+	if (w) {
+		unsigned op = v->opcode < KVCP_OP__COUNT ? v->opcode : KVCP_OP_NOP;
+
+		__atomic_fetch_add(&w->count[op], 1, __ATOMIC_RELAXED);
+		if (res < 0 && res != -ENOENT)
+			__atomic_fetch_add(&w->errors[op], 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&w->hist[op].b[kvcd_hist_bucket(kvcd_now_ns() - t0)], 1,
+				   __ATOMIC_RELAXED);
+	}
+}
+
+/* ---- the polling loop --------------------------------------------------------------------- */
+
+static void mark_broken(struct kvcd *d, struct kvcd_session *s, const char *why)
+{
+	uint64_t one = 1;
+
+	if (s->broken)
+		return;
+	fprintf(stderr, "kvcd: client %u (pid %d): %s; disconnecting\n", s->id, (int)s->pid, why);
+	__atomic_store_n(&s->broken, 1, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
+	if (write(d->reap_fd, &one, sizeof(one)) < 0)
+		perror("kvcd: eventfd");
+}
+
+/* Room for one more completion? Reloads the client's consumer index when the cached one says
+ * full, and checks it is possible. */
+static bool cq_room(struct kvcd *d, struct kvcd_session *s)
+{
+	uint32_t cons;
+
+	if (s->cq_prod - s->cq_cons_cache < s->cq_entries)
+		return true;
+	/* A3: pairs with R2 of the client's kvcp_ring_pop() on the CQ */
+	cons = kvcp_load_acquire(&s->hdr->cq.cons);
+	if (s->cq_prod - cons > s->cq_entries) {
+		mark_broken(d, s, "completion ring consumer index out of range");
+		return false;
+	}
+	s->cq_cons_cache = cons;
+	return s->cq_prod - cons < s->cq_entries;
+}
+
+static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s)
+{
+	struct kvcp_sqe sqe;
+	struct kvcp_cqe cqe;
+	unsigned n = 0;
+	int r;
+
+	while (n < BATCH && !s->broken && cq_room(d, s)) {
+		r = kvcp_ring_pop(&s->hdr->sq, s->sq, s->sq_entries, &s->sq_cons, &sqe);
+		if (r < 0)
+			mark_broken(d, s, "submission ring producer index out of range");
+		if (r != 1)
+			break;
+		kvcd_execute(d, w, s, &sqe, &cqe);
+		kvcp_ring_push(&s->hdr->cq, s->cq, s->cq_entries, &s->cq_prod, &s->cq_cons_cache,
+			       &cqe);
+		n++;
+	}
+	if (n) {
+		/* Pairs with the client's fence between setting NEED_WAKEUP and re-checking. */
+		kvcp_fence();
+		if (kvcp_load_relaxed(&s->hdr->cq.flags) & KVCP_RING_NEED_WAKEUP) {
+			__atomic_fetch_add(&s->hdr->cq.futex, 1, __ATOMIC_RELEASE);
+			kvcd_futex_wake(&s->hdr->cq.futex, 1, true);
+		}
+	}
+	return n;
+}
+
+static bool has_work(struct kvcd_session *s)
+{
+	return !s->broken && kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons) &&
+	       (s->cq_prod - s->cq_cons_cache < s->cq_entries ||
+		s->cq_prod - kvcp_load_acquire(&s->hdr->cq.cons) < s->cq_entries);
+}
+
+/* Sleep until a client rings, the session list changes or one second passes. */
+static void sleep_on(struct kvcd_worker *w, struct kvcd_session **ss, unsigned n)
+{
+	struct futex_waitv wv[KVCD_WORKER_MAX_SESSIONS + 1];
+	unsigned k = 1;
+	bool work = false;
+
+	memset(wv, 0, sizeof(wv));
+	wv[0].uaddr = (uintptr_t)&w->wake;
+	wv[0].val = __atomic_load_n(&w->wake, __ATOMIC_ACQUIRE);
+	wv[0].flags = FUTEX2_SIZE_U32 | FUTEX2_PRIVATE;
+	for (unsigned i = 0; i < n; i++) {
+		if (ss[i]->broken)
+			continue;
+		wv[k].uaddr = (uintptr_t)&ss[i]->hdr->sq.futex;
+		wv[k].val = kvcp_load_acquire(&ss[i]->hdr->sq.futex);
+		wv[k].flags = FUTEX2_SIZE_U32;
+		k++;
+		kvcp_store_relaxed(&ss[i]->hdr->sq.flags, KVCP_RING_NEED_WAKEUP);
+	}
+	/* Pairs with the client's fence in ring_doorbell(): it sees our flag or we its prod. */
+	kvcp_fence();
+	for (unsigned i = 0; i < n && !work; i++)
+		work = has_work(ss[i]);
+	if (!work && __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) == w->seen_gen)
+		kvcd_futex_waitv(wv, k, kvcd_now_ns() + 1000000000ull);
+	for (unsigned i = 0; i < n; i++)
+		kvcp_store_relaxed(&ss[i]->hdr->sq.flags, 0);
+}
+
+static void *worker_main(void *arg)
+{
+	struct kvcd_worker *w = arg;
+	struct kvcd_session *local[KVCD_WORKER_MAX_SESSIONS];
+	unsigned n = 0;
+	uint64_t last = kvcd_now_ns(), spin_ns = w->d->cfg.busy_poll_us * 1000ull;
+
+	for (;;) {
+		if (__atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) != w->seen_gen) {
+			pthread_mutex_lock(&w->lock);
+			if (w->stop) {
+				w->seen_gen = w->gen;
+				pthread_cond_broadcast(&w->acked);
+				pthread_mutex_unlock(&w->lock);
+				return NULL;
+			}
+			n = w->nsessions;
+			memcpy(local, w->sessions, n * sizeof(local[0]));
+			w->seen_gen = w->gen;
+			pthread_cond_broadcast(&w->acked);
+			pthread_mutex_unlock(&w->lock);
+		}
+		unsigned did = 0;
+
+		for (unsigned i = 0; i < n; i++)
+			did += process(w->d, w, local[i]);
+		if (did) {
+			last = kvcd_now_ns();
+			continue;
+		}
+		if (kvcd_now_ns() - last < spin_ns) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		sleep_on(w, local, n);
+		last = kvcd_now_ns();
+	}
+}
+
+static void kick(struct kvcd_worker *w)
+{
+	__atomic_fetch_add(&w->wake, 1, __ATOMIC_RELEASE);
+	kvcd_futex_wake(&w->wake, 1, false);
+}
+
+/* Bump the generation and wait until the worker has taken the new list. Lock held. */
+static void publish_and_wait(struct kvcd_worker *w)
+{
+	uint32_t gen = ++w->gen;
+
+	kick(w);
+	while (w->seen_gen != gen)
+		pthread_cond_wait(&w->acked, &w->lock);
+}
+
+int kvcd_worker_start(struct kvcd_worker *w, struct kvcd *d, unsigned id)
+{
+	int err;
+
+	memset(w, 0, sizeof(*w));
+	w->d = d;
+	w->id = id;
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->acked, NULL);
+	err = -pthread_create(&w->thread, NULL, worker_main, w);
+	if (!err) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "kvcd-w%u", id);
+		pthread_setname_np(w->thread, name);
+	}
+	return err;
+}
+
+void kvcd_worker_stop(struct kvcd_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	w->stop = true;
+	publish_and_wait(w);
+	pthread_mutex_unlock(&w->lock);
+	pthread_join(w->thread, NULL);
+}
+
+int kvcd_worker_add(struct kvcd_worker *w, struct kvcd_session *s)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->nsessions == KVCD_WORKER_MAX_SESSIONS) {
+		err = -EUSERS;
+	} else {
+		w->sessions[w->nsessions++] = s;
+		s->worker = w->id;
+		++w->gen;
+		kick(w);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return err;
+}
+
+void kvcd_worker_remove(struct kvcd_worker *w, struct kvcd_session *s)
+{
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < w->nsessions; i++)
+		if (w->sessions[i] == s) {
+			w->sessions[i] = w->sessions[--w->nsessions];
+			break;
+		}
+	publish_and_wait(w);
+	pthread_mutex_unlock(&w->lock);
+}

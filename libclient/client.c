@@ -1,0 +1,743 @@
+/* client.c - libkvcclient: attach, rings, waiting, re-attach after a daemon restart.
+ *
+ * The client owns the SQ producer index and the CQ consumer index of its two rings and keeps
+ * private copies of both; it never trusts the daemon-owned indices beyond a range check.
+ * Completions that arrive while a synchronous call waits for its own ticket are stashed and
+ * returned later by kvc_poll/kvc_wait, in order.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvc.h"
+#include "../proto/kvcp.h"
+
+static_assert(sizeof(struct kvc_key) == sizeof(struct kvcp_key), "key ABI");
+static_assert(sizeof(struct kvc_layout) == sizeof(struct kvcp_layout), "layout ABI");
+static_assert(sizeof(struct kvc_stats) == sizeof(struct kvcp_stats), "stats ABI");
+static_assert(sizeof(struct kvc_block_info) == sizeof(struct kvcp_list_ent), "list ABI");
+static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), "client ABI");
+static_assert(KVCP_OP__COUNT == 11, "kvc_stats.op has 11 entries");
+
+struct kvc_client {
+	int sock;
+	int dead;			/* the daemon went away; re-attach before the next request */
+	struct kvc_attach_opts opts;
+	char sockpath[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char ns[KVCP_NS_MAX];
+
+	struct kvcp_shm_hdr *hdr;	/* control segment: header, rings, scratch */
+	size_t ctrl_size;
+	struct kvcp_sqe *sq;
+	struct kvcp_cqe *cq;
+	uint32_t sq_entries, cq_entries;
+	void *scratch;
+	size_t scratch_size;
+	void *staging;
+	size_t staging_size;
+
+	uint32_t sq_prod, sq_cons_cache, cq_cons;
+	uint64_t next_ticket;
+	uint64_t boot_token;
+
+	struct kvcp_cqe *stash;		/* completions reaped while waiting for another ticket */
+	uint32_t stash_head, stash_n, stash_cap;
+};
+
+unsigned kvc_version(void)
+{
+	return KVC_VERSION_MAJOR << 16 | KVC_VERSION_MINOR << 8 | KVC_VERSION_PATCH;
+}
+
+size_t kvc_layout_bytes(const struct kvc_layout *l)
+{
+	return kvcp_layout_bytes((const struct kvcp_layout *)l);
+}
+
+const char *kvc_default_socket(void)
+{
+	static __thread char buf[108];
+	const char *env = getenv("KVCD_SOCKET");
+	const char *xdg;
+
+	if (env && *env)
+		return env;
+	if (access("/run/kvcd/kvcd.sock", F_OK) == 0)
+		return "/run/kvcd/kvcd.sock";
+	xdg = getenv("XDG_RUNTIME_DIR");
+	if (xdg && *xdg && snprintf(buf, sizeof(buf), "%s/kvcd.sock", xdg) < (int)sizeof(buf) &&
+	    access(buf, F_OK) == 0)
+		return buf;
+	return "/tmp/kvcd.sock";
+}
+
+void kvc_attach_opts_init(struct kvc_attach_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->numa_node = -1;
+}
+
+static int futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
+{
+	return (int)syscall(SYS_futex, uaddr, op, val, ts, NULL, 0);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- attach ------------------------------------------------------------------------------ */
+
+static int recv_reply(int sock, struct kvcp_attach_rep *rep, int fds[2])
+{
+	char cbuf[CMSG_SPACE(2 * sizeof(int))];
+	struct iovec iov = { rep, sizeof(*rep) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cm;
+	ssize_t n;
+
+	fds[0] = fds[1] = -1;
+	do
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n != (ssize_t)sizeof(*rep))
+		return n == 0 ? -ECONNRESET : -EBADMSG;
+	for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+		memcpy(fds, CMSG_DATA(cm), (nfd > 2 ? 2 : nfd) * sizeof(int));
+		for (size_t i = 2; i < nfd; i++) { /* never leak what we did not ask for */
+			int extra;
+
+			memcpy(&extra, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			close(extra);
+		}
+	}
+	if (rep->status)
+		return rep->status < 0 ? rep->status : -EBADMSG;
+	if (fds[0] < 0 || fds[1] < 0)
+		return -EBADMSG;
+	return 0;
+}
+
+static void unmap_ctrl(kvc_client *c)
+{
+	if (c->hdr)
+		munmap(c->hdr, c->ctrl_size);
+	c->hdr = NULL;
+	if (c->sock >= 0)
+		close(c->sock);
+	c->sock = -1;
+}
+
+/* Map the two segments. The staging buffer keeps its address across re-attaches: the new
+ * segment replaces the old pages in place (MAP_FIXED), so pointers the engine holds stay
+ * valid. */
+static int map_segments(kvc_client *c, const struct kvcp_attach_rep *rep, const int fds[2])
+{
+	void *ctrl, *stg;
+	int err;
+
+	if (rep->ctrl_size < sizeof(struct kvcp_shm_hdr) || rep->ctrl_size > (1ull << 32) ||
+	    rep->staging_size > (1ull << 40))
+		return -EBADMSG;
+	if (c->staging && rep->staging_size != c->staging_size)
+		return -EPROTO; /* the new daemon grants a different size: cannot keep the address */
+	ctrl = mmap(NULL, rep->ctrl_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+	if (ctrl == MAP_FAILED)
+		return -errno;
+	err = kvcp_hdr_validate(ctrl, rep->ctrl_size);
+	if (err)
+		goto out_unmap;
+	if (rep->staging_size) {
+		stg = mmap(c->staging, rep->staging_size, PROT_READ | PROT_WRITE,
+			   MAP_SHARED | (c->staging ? MAP_FIXED : 0), fds[1], 0);
+		if (stg == MAP_FAILED) {
+			err = -errno;
+			goto out_unmap;
+		}
+		c->staging = stg;
+	}
+	c->staging_size = rep->staging_size;
+	c->hdr = ctrl;
+	c->ctrl_size = rep->ctrl_size;
+	c->sq_entries = c->hdr->sq_entries;
+	c->cq_entries = c->hdr->cq_entries;
+	c->sq = (struct kvcp_sqe *)((char *)ctrl + c->hdr->sq_off);
+	c->cq = (struct kvcp_cqe *)((char *)ctrl + c->hdr->cq_off);
+	c->scratch = (char *)ctrl + c->hdr->scratch_off;
+	c->scratch_size = c->hdr->scratch_size;
+	/* the daemon starts both rings at 0; a fresh segment means fresh indices */
+	c->sq_prod = c->sq_cons_cache = kvcp_load_acquire(&c->hdr->sq.prod);
+	c->cq_cons = kvcp_load_acquire(&c->hdr->cq.cons);
+	c->boot_token = rep->boot_token;
+	return 0;
+out_unmap:
+	munmap(ctrl, rep->ctrl_size);
+	return err;
+}
+
+static void fill_cpus(struct kvcp_attach_req *req)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return;
+	for (int cpu = 0; cpu < 1024 && cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, &set))
+			req->cpus[cpu / 64] |= 1ull << (cpu % 64);
+}
+
+static int do_attach(kvc_client *c)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct kvcp_attach_req req = { 0 };
+	struct kvcp_attach_rep rep;
+	int fds[2] = { -1, -1 };
+	int err;
+
+	c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c->sock < 0)
+		return -errno;
+	memcpy(sa.sun_path, c->sockpath, sizeof(sa.sun_path));
+	if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa))) {
+		err = -errno;
+		goto out_close;
+	}
+	req.magic32 = KVCP_ATTACH_MAGIC;
+	req.major = KVCP_MAJOR;
+	req.minor = KVCP_MINOR;
+	req.staging_size = c->staging ? c->staging_size : c->opts.staging_size;
+	req.numa_node = c->opts.numa_node;
+	fill_cpus(&req);
+	memcpy(req.ns, c->ns, sizeof(req.ns));
+	if (send(c->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
+		err = -errno;
+		goto out_close;
+	}
+	err = recv_reply(c->sock, &rep, fds);
+	if (!err)
+		err = map_segments(c, &rep, fds);
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (err)
+		goto out_close;
+	c->dead = 0;
+	c->stash_n = c->stash_head = 0;
+	return 0;
+out_close:
+	close(c->sock);
+	c->sock = -1;
+	return err;
+}
+
+int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out)
+{
+	struct kvc_attach_opts def;
+	const char *path;
+	kvc_client *c;
+	int err;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	if (!o) {
+		kvc_attach_opts_init(&def);
+		o = &def;
+	}
+	path = o->socket ? o->socket : kvc_default_socket();
+	if (strlen(path) >= sizeof(c->sockpath) || (o->ns && strlen(o->ns) >= KVCP_NS_MAX))
+		return -ENAMETOOLONG;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->sock = -1;
+	c->opts = *o;
+	c->opts.socket = NULL;
+	c->opts.ns = NULL;
+	if (!c->opts.spin_us)
+		c->opts.spin_us = 50;
+	strcpy(c->sockpath, path);
+	strcpy(c->ns, o->ns && *o->ns ? o->ns : "default");
+	err = do_attach(c);
+	if (err)
+		goto out_free;
+	c->stash_cap = c->sq_entries + c->cq_entries;
+	c->stash = calloc(c->stash_cap, sizeof(*c->stash));
+	if (!c->stash) {
+		err = -ENOMEM;
+		goto out_unmap;
+	}
+	*out = c;
+	return 0;
+out_unmap:
+	unmap_ctrl(c);
+	munmap(c->staging, c->staging_size);
+out_free:
+	free(c);
+	return err;
+}
+
+void kvc_detach(kvc_client *c)
+{
+	if (!c)
+		return;
+	unmap_ctrl(c);
+	if (c->staging)
+		munmap(c->staging, c->staging_size);
+	free(c->stash);
+	free(c);
+}
+
+void *kvc_staging(kvc_client *c, size_t *size)
+{
+	if (size)
+		*size = c->staging_size;
+	return c->staging;
+}
+
+/* The daemon never writes to the socket after the attach reply: readable or hung up means
+ * it is gone (or misbehaving, which we treat the same). */
+static int daemon_gone(kvc_client *c)
+{
+	struct pollfd p = { .fd = c->sock, .events = POLLIN };
+
+	if (c->sock < 0)
+		return 1;
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* Drop the dead daemon's segments and try to attach to its successor. The in-flight
+ * requests are lost either way; the caller reports -ECONNRESET. */
+static void reattach(kvc_client *c)
+{
+	unmap_ctrl(c);
+	c->dead = 1;
+	c->stash_n = c->stash_head = 0;
+	if (do_attach(c) == 0 && c->sq_entries + c->cq_entries > c->stash_cap) {
+		struct kvcp_cqe *s = realloc(c->stash, (c->sq_entries + c->cq_entries) *
+					     sizeof(*s));
+
+		if (s) {
+			c->stash = s;
+			c->stash_cap = c->sq_entries + c->cq_entries;
+		} else {
+			unmap_ctrl(c);
+			c->dead = 1;
+		}
+	}
+}
+
+static int ensure_attached(kvc_client *c)
+{
+	if (!c->dead && c->hdr)
+		return 0;
+	return do_attach(c);
+}
+
+/* ---- submission --------------------------------------------------------------------------- */
+
+static void ring_doorbell(kvc_client *c)
+{
+	struct kvcp_ring *sq = &c->hdr->sq;
+
+	/* Pairs with the daemon's fence between setting NEED_WAKEUP and re-checking prod:
+	 * either it sees our prod, or we see its flag. */
+	kvcp_fence();
+	if (kvcp_load_relaxed(&sq->flags) & KVCP_RING_NEED_WAKEUP) {
+		__atomic_fetch_add(&sq->futex, 1, __ATOMIC_RELEASE);
+		futex(&sq->futex, FUTEX_WAKE, 1, NULL);
+	}
+}
+
+static void to_sqe(struct kvcp_sqe *s, uint8_t op, uint8_t flags, uint32_t arg, uint64_t ud,
+		   const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
+		   uint64_t len)
+{
+	memset(s, 0, sizeof(*s));
+	s->opcode = op;
+	s->flags = flags;
+	s->arg = arg;
+	s->user_data = ud;
+	if (key)
+		memcpy(&s->key, key, sizeof(s->key));
+	if (layout)
+		memcpy(&s->layout, layout, sizeof(s->layout));
+	s->off = off;
+	s->len = len;
+}
+
+static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
+		      const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
+		      uint64_t len, uint64_t *ticket)
+{
+	struct kvcp_sqe s;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	to_sqe(&s, op, flags, arg, c->next_ticket, key, layout, off, len);
+	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache,
+			     &s);
+	if (err)
+		return err;
+	*ticket = c->next_ticket++;
+	ring_doorbell(c);
+	return 0;
+}
+
+int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *tickets)
+{
+	struct kvcp_sqe s;
+	unsigned i;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	for (i = 0; i < n; i++) {
+		if (reqs[i].op > KVC_OP_UNPIN)
+			break;
+		to_sqe(&s, reqs[i].op, 0, reqs[i].arg, c->next_ticket, &reqs[i].key,
+		       &reqs[i].layout, reqs[i].off, reqs[i].len);
+		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
+				   &c->sq_cons_cache, &s))
+			break;
+		if (tickets)
+			tickets[i] = c->next_ticket;
+		c->next_ticket++;
+	}
+	if (i)
+		ring_doorbell(c);
+	if (i == 0 && n)
+		return reqs[0].op > KVC_OP_UNPIN ? -EINVAL : -EAGAIN;
+	return (int)i;
+}
+
+/* ---- completion --------------------------------------------------------------------------- */
+
+static void to_cqe(struct kvc_cqe *o, const struct kvcp_cqe *e)
+{
+	o->ticket = e->user_data;
+	o->res = e->res;
+	o->reserved = 0;
+	o->value = e->value;
+	memcpy(&o->layout, &e->layout, sizeof(o->layout));
+}
+
+/* Pop one completion from the CQ. Returns 1, 0 (empty) or -EBADMSG (corrupt indices). */
+static int cq_pop(kvc_client *c, struct kvcp_cqe *e)
+{
+	if (c->dead || !c->hdr)
+		return 0;
+	return kvcp_ring_pop(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons, e);
+}
+
+int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
+{
+	struct kvcp_cqe e;
+	unsigned got = 0;
+
+	while (got < max && c->stash_n) {
+		to_cqe(&out[got++], &c->stash[c->stash_head]);
+		c->stash_head = (c->stash_head + 1) % c->stash_cap;
+		c->stash_n--;
+	}
+	while (got < max && cq_pop(c, &e) == 1)
+		to_cqe(&out[got++], &e);
+	return (int)got;
+}
+
+/* Wait until the CQ holds something, @deadline_ns passes (0: never) or the daemon is gone.
+ * Returns 0, -ETIMEDOUT or -ECONNRESET (after re-attaching if possible). */
+static int wait_cq(kvc_client *c, uint64_t deadline_ns)
+{
+	struct kvcp_ring *cq;
+	uint64_t t0 = now_ns(), spin_end = t0 + c->opts.spin_us * 1000ull, next_check = t0;
+	uint32_t fv;
+
+	if (c->dead || !c->hdr)
+		return -ECONNRESET;
+	cq = &c->hdr->cq;
+	for (;;) {
+		if (kvcp_ring_pending(cq, c->cq_entries, c->cq_cons))
+			return 0;
+		uint64_t t = now_ns();
+
+		if (deadline_ns && t >= deadline_ns)
+			return -ETIMEDOUT;
+		if (t >= next_check) { /* a syscall, so at most every 10 ms */
+			if (daemon_gone(c)) {
+				reattach(c);
+				return -ECONNRESET;
+			}
+			next_check = t + 10000000ull;
+		}
+		if (t < spin_end || (c->opts.flags & KVC_ATTACH_BUSY_POLL)) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		fv = kvcp_load_acquire(&cq->futex);
+		kvcp_store_relaxed(&cq->flags, KVCP_RING_NEED_WAKEUP);
+		/* Pairs with the daemon's fence between publishing prod and reading flags. */
+		kvcp_fence();
+		if (!kvcp_ring_pending(cq, c->cq_entries, c->cq_cons)) {
+			struct timespec ts = { 0, 10000000 }; /* wake to check the daemon's health */
+
+			futex(&cq->futex, FUTEX_WAIT, fv, &ts);
+		}
+		kvcp_store_relaxed(&cq->flags, 0);
+	}
+}
+
+int kvc_wait(kvc_client *c, struct kvc_cqe *out, unsigned min, unsigned max, int timeout_ms)
+{
+	uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	unsigned got = 0;
+	int err;
+
+	if (min > max)
+		return -EINVAL;
+	for (;;) {
+		got += (unsigned)kvc_poll(c, out + got, max - got);
+		if (got >= min)
+			return (int)got;
+		err = wait_cq(c, deadline);
+		if (err)
+			return got ? (int)got : err;
+	}
+}
+
+/* Wait for the completion of @ticket, stashing the others. */
+static int wait_ticket(kvc_client *c, uint64_t ticket, struct kvcp_cqe *out)
+{
+	struct kvcp_cqe e;
+	int r;
+
+	for (uint32_t i = 0; i < c->stash_n; i++) {
+		uint32_t k = (c->stash_head + i) % c->stash_cap;
+
+		if (c->stash[k].user_data != ticket)
+			continue;
+		*out = c->stash[k];
+		for (; i + 1 < c->stash_n; i++) { /* close the gap, keeping order */
+			uint32_t a = (c->stash_head + i) % c->stash_cap;
+
+			c->stash[a] = c->stash[(a + 1) % c->stash_cap];
+		}
+		c->stash_n--;
+		return 0;
+	}
+	for (;;) {
+		r = cq_pop(c, &e);
+		if (r < 0)
+			return r;
+		if (r == 1 && e.user_data == ticket) {
+			*out = e;
+			return 0;
+		}
+		if (r == 1) {
+			if (c->stash_n == c->stash_cap)
+				return -EOVERFLOW; /* the daemon completed more than we submitted */
+			c->stash[(c->stash_head + c->stash_n++) % c->stash_cap] = e;
+			continue;
+		}
+		r = wait_cq(c, 0);
+		if (r)
+			return r;
+	}
+}
+
+static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
+		   const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
+		   uint64_t len, struct kvcp_cqe *cqe)
+{
+	struct kvcp_cqe local;
+	uint64_t ticket;
+	int err;
+
+	if (!cqe)
+		cqe = &local;
+	err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
+	while (err == -EAGAIN) { /* ring full of async requests: let the daemon drain it */
+		sched_yield();
+		err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
+	}
+	if (err)
+		return err;
+	err = wait_ticket(c, ticket, cqe);
+	return err ? err : cqe->res;
+}
+
+int kvc_nop(kvc_client *c)
+{
+	return sync_op(c, KVCP_OP_NOP, 0, 0, NULL, NULL, 0, 0, NULL);
+}
+
+int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
+	      size_t off)
+{
+	return sync_op(c, KVCP_OP_STORE, 0, 0, key, layout, off, kvc_layout_bytes(layout), NULL);
+}
+
+int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
+	      struct kvc_layout *layout)
+{
+	struct kvcp_cqe e;
+	int err = sync_op(c, KVCP_OP_FETCH, 0, 0, key, NULL, off, cap, &e);
+
+	if (err >= 0 && layout)
+		memcpy(layout, &e.layout, sizeof(*layout));
+	return err < 0 ? err : 0;
+}
+
+int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits)
+{
+	size_t done = 0;
+	int err;
+
+	*hits = 0;
+	err = ensure_attached(c);
+	if (err)
+		return err;
+	while (done < n) {
+		size_t batch = n - done, max = c->scratch_size / sizeof(*keys);
+
+		if (batch > max)
+			batch = max;
+		memcpy(c->scratch, keys + done, batch * sizeof(*keys));
+		err = sync_op(c, KVCP_OP_LOOKUP, KVCP_SQE_F_SCRATCH, 0, NULL, NULL, 0,
+			      batch * sizeof(*keys), NULL);
+		if (err < 0)
+			return err;
+		done += (size_t)err;
+		*hits = done;
+		if ((size_t)err < batch)
+			break;
+	}
+	return 0;
+}
+
+int kvc_delete(kvc_client *c, const struct kvc_key *key)
+{
+	return sync_op(c, KVCP_OP_DELETE, 0, 0, key, NULL, 0, 0, NULL);
+}
+
+int kvc_pin(kvc_client *c, const struct kvc_key *key, uint32_t lease_ms)
+{
+	return sync_op(c, KVCP_OP_PIN, 0, lease_ms, key, NULL, 0, 0, NULL);
+}
+
+int kvc_unpin(kvc_client *c, const struct kvc_key *key)
+{
+	return sync_op(c, KVCP_OP_UNPIN, 0, 0, key, NULL, 0, 0, NULL);
+}
+
+/* Admin requests write their answer into the scratch area; copy it out before returning. */
+static int scratch_op(kvc_client *c, uint8_t op, uint32_t arg, void *dst, size_t cap)
+{
+	struct kvcp_cqe e;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	err = sync_op(c, op, KVCP_SQE_F_SCRATCH, arg, NULL, NULL, 0, c->scratch_size, &e);
+	if (err < 0)
+		return err;
+	if (e.value > c->scratch_size)
+		return -EBADMSG;
+	memcpy(dst, c->scratch, e.value < cap ? e.value : cap);
+	return err;
+}
+
+int kvc_stats(kvc_client *c, struct kvc_stats *st)
+{
+	int err;
+
+	memset(st, 0, sizeof(*st));
+	err = scratch_op(c, KVCP_OP_STATS, 0, st, sizeof(*st));
+	return err < 0 ? err : 0;
+}
+
+int kvc_list(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max)
+{
+	size_t cap = max * sizeof(*out);
+	int n;
+
+	if (start > UINT32_MAX)
+		return 0;
+	if (cap > c->scratch_size)
+		cap = c->scratch_size / sizeof(*out) * sizeof(*out);
+	n = scratch_op(c, KVCP_OP_LIST, (uint32_t)start, out, cap);
+	if (n > (int)(cap / sizeof(*out)))
+		n = (int)(cap / sizeof(*out));
+	return n;
+}
+
+int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max)
+{
+	int n = scratch_op(c, KVCP_OP_CLIENTS, 0, out, max * sizeof(*out));
+
+	if (n > (int)max)
+		n = (int)max;
+	return n;
+}
+
+int kvc_evict(kvc_client *c, uint32_t mib)
+{
+	return sync_op(c, KVCP_OP_EVICT, 0, mib, NULL, NULL, 0, 0, NULL);
+}
+
+const char *kvc_op_name(unsigned i)
+{
+	static const char *const names[] = { "nop", "store", "fetch", "lookup", "delete", "pin",
+					     "unpin", "stats", "list", "clients", "evict" };
+
+	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
+}
+
+const char *kvc_strerror(int err)
+{
+	switch (err) {
+	case 0: return "Success";
+	case -ENOENT: return "not cached (or no daemon at the socket path)";
+	case -ENOSPC: return "no space: pool full of pinned blocks, or buffer too small";
+	case -EBADMSG: return "malformed request or response";
+	case -EPROTO: return "protocol version mismatch with kvcd";
+	case -EAGAIN: return "submission ring full";
+	case -EACCES: return "uid/gid not allowed for this namespace";
+	case -ECONNRESET: return "kvcd restarted; requests in flight were lost";
+	case -ECONNREFUSED: return "kvcd is not running at the socket path";
+	case -EEXIST: return "block already stored";
+	case -EIO: return "checksum mismatch: block was corrupt and has been dropped";
+	case -EUSERS: return "kvcd has too many clients";
+	case -ETIMEDOUT: return "timed out waiting for kvcd";
+	}
+	if (err < 0) {
+		const char *s = strerrordesc_np(-err);
+
+		return s ? s : "unknown error";
+	}
+	return "not an error code";
+}

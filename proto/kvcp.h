@@ -1,0 +1,354 @@
+/* kvcp.h - the contract between kvcd and its clients.
+ *
+ * Everything here is shared-memory layout, wire formats and ring operations: fixed-width types,
+ * offsets never pointers, no syscalls, no allocation. The daemon and libkvcclient both include
+ * this file and nothing else of each other. Every size and offset that is ABI is pinned by a
+ * static_assert at the bottom. Layout changes bump KVCP_MAJOR (incompatible) or KVCP_MINOR
+ * (compatible additions in reserved space).
+ */
+#ifndef KVCP_H
+#define KVCP_H
+
+#include <assert.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KVCP_MAGIC 0x3144434b4356434bull /* "KCVCKCD1" little-endian */
+#define KVCP_MAJOR 1
+#define KVCP_MINOR 0
+#define KVCP_CACHELINE 64
+
+/* Feature bits. A client refuses a segment with incompat bits it does not know. */
+#define KVCP_INCOMPAT_KNOWN 0ull
+#define KVCP_COMPAT_CHECKSUM (1ull << 0) /* blocks carry an xxh3 checksum */
+
+/* ---- attach handshake (UNIX socket, SOCK_SEQPACKET) ---------------------------------- */
+
+#define KVCP_NS_MAX 64 /* namespace name, NUL included */
+
+struct kvcp_attach_req {
+	uint32_t magic32;	/* KVCP_ATTACH_MAGIC */
+	uint16_t major, minor;
+	uint64_t staging_size;	/* bytes wanted; 0 = daemon default */
+	int32_t numa_node;	/* placement hint, -1 = from the CPUs the client runs on */
+	uint32_t flags;		/* reserved, 0 */
+	uint64_t cpus[16];	/* the client's CPU affinity mask, 1024 CPUs */
+	char ns[KVCP_NS_MAX];	/* namespace, NUL-terminated */
+	uint64_t reserved[4];	/* 0 */
+};
+
+#define KVCP_ATTACH_MAGIC 0x4b564341u /* "ACVK" */
+
+struct kvcp_attach_rep {
+	int32_t status;		/* 0 or -errno; fds follow only on 0 */
+	uint32_t client_id;
+	uint64_t boot_token;	/* changes each time kvcd starts */
+	uint64_t ctrl_size;	/* size of fd 0, the control segment */
+	uint64_t staging_size;	/* size of fd 1, the staging segment */
+	uint64_t reserved[4];
+};
+
+/* ---- shared segment header -------------------------------------------------------------- */
+
+/* One SPSC ring's indices. Free-running uint32 counters, masked on use. The producer owns
+ * @prod, the consumer owns @cons; each sits on its own cache line. @flags and @futex carry the
+ * sleep/wake protocol (see KVCP_RING_NEED_WAKEUP). */
+struct kvcp_ring {
+	uint32_t prod;
+	uint32_t pad0[15];
+	uint32_t cons;
+	uint32_t pad1[15];
+	uint32_t flags;		/* written by the side that may sleep */
+	uint32_t futex;		/* bumped by the side that wakes it, then FUTEX_WAKE */
+	uint32_t pad2[14];
+};
+
+/* SQ: the daemon sets NEED_WAKEUP before it sleeps; a client that sees it after publishing
+ * bumps sq.futex and wakes. CQ: the client sets NEED_WAKEUP before it sleeps; the daemon that
+ * sees it after publishing bumps cq.futex and wakes. */
+#define KVCP_RING_NEED_WAKEUP 1u
+
+struct kvcp_shm_hdr {
+	uint64_t magic;		/* stored last, with release order */
+	uint16_t major, minor;
+	uint32_t hdr_size;
+	uint64_t incompat, compat;
+	uint64_t boot_token;
+	uint32_t client_id;
+	uint32_t sq_entries, cq_entries;
+	uint32_t scratch_size;
+	uint64_t sq_off, cq_off;	/* offsets of the struct kvcp_sqe/cqe arrays */
+	uint64_t scratch_off;		/* library-owned scratch area for small requests */
+	uint64_t ctrl_size, staging_size;
+	uint64_t reserved[20];		/* 0 */
+	struct kvcp_ring sq;		/* cache-line aligned from here on */
+	struct kvcp_ring cq;
+};
+
+/* ---- blocks, keys, layouts -------------------------------------------------------------- */
+
+struct kvcp_key {
+	uint64_t hi, lo;
+};
+
+enum kvcp_dtype { KVCP_F32 = 1, KVCP_F16 = 2, KVCP_BF16 = 3 };
+
+/* A block is the KV of one chunk of tokens for all layers of a model, memory order
+ * [layer][K,V][token][head][dim]. */
+struct kvcp_layout {
+	uint8_t dtype;
+	uint8_t codec;		/* how the pool copy is encoded; 0 = none (raw) */
+	uint16_t layers;
+	uint16_t kv_heads;
+	uint16_t head_dim;
+	uint32_t tokens;
+	uint32_t reserved;	/* 0 */
+};
+
+static inline uint32_t kvcp_dtype_size(uint32_t dtype)
+{
+	return dtype == KVCP_F32 ? 4 : (dtype == KVCP_F16 || dtype == KVCP_BF16) ? 2 : 0;
+}
+
+/* Bytes of a raw block with layout @l, or 0 when the layout is invalid or overflows. */
+static inline uint64_t kvcp_layout_bytes(const struct kvcp_layout *l)
+{
+	uint64_t n = kvcp_dtype_size(l->dtype);
+
+	if (!n || !l->layers || !l->kv_heads || !l->head_dim || !l->tokens || l->reserved)
+		return 0;
+	n *= 2ull * l->layers * l->kv_heads * l->head_dim; /* < 2^51, cannot overflow */
+	if (l->tokens > (UINT64_C(1) << 40) / n)
+		return 0;
+	return n * l->tokens;
+}
+
+/* ---- requests and completions ----------------------------------------------------------- */
+
+enum kvcp_op {
+	KVCP_OP_NOP = 0,
+	KVCP_OP_STORE = 1,	/* key, layout, off, len: store len bytes from staging[off] */
+	KVCP_OP_FETCH = 2,	/* key, off, len = capacity: write the block to staging[off] */
+	KVCP_OP_LOOKUP = 3,	/* off, len = n keys * 16: res = longest cached prefix (count) */
+	KVCP_OP_DELETE = 4,	/* key */
+	KVCP_OP_PIN = 5,	/* key, arg = lease in ms (0 = daemon maximum) */
+	KVCP_OP_UNPIN = 6,	/* key */
+	KVCP_OP_STATS = 7,	/* off, len: write struct kvcp_stats */
+	KVCP_OP_LIST = 8,	/* off, len, arg = start index: write struct kvcp_list_ent[] */
+	KVCP_OP_CLIENTS = 9,	/* off, len: write struct kvcp_client_ent[] */
+	KVCP_OP_EVICT = 10,	/* arg = MiB to free (0 = all unpinned); admin only */
+	KVCP_OP__COUNT
+};
+
+#define KVCP_SQE_F_SCRATCH 1u	/* off/len address the scratch area, not staging */
+#define KVCP_SQE_F_KNOWN KVCP_SQE_F_SCRATCH
+
+struct kvcp_sqe {
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t reserved0;	/* 0 */
+	uint32_t arg;		/* op-specific (lease ms, list start, MiB) */
+	uint64_t user_data;	/* echoed in the completion */
+	struct kvcp_key key;
+	uint64_t off;
+	uint64_t len;
+	struct kvcp_layout layout;
+};
+
+struct kvcp_cqe {
+	uint64_t user_data;
+	int32_t res;		/* >= 0 op-specific, or -errno */
+	uint32_t flags;		/* reserved, 0 */
+	uint64_t value;		/* bytes written (FETCH, STATS, LIST) */
+	struct kvcp_layout layout; /* FETCH: layout of the block written */
+	uint64_t reserved[3];
+};
+
+/* ---- admin payloads written into the scratch area --------------------------------------- */
+
+#define KVCP_MAX_NODES 16
+#define KVCP_HIST_BUCKETS 64
+
+struct kvcp_node_stats {
+	int32_t node;		/* OS NUMA node id */
+	uint32_t hugepages;	/* 1 when the pool is backed by huge pages */
+	uint64_t bytes_total, bytes_used, blocks;
+};
+
+struct kvcp_op_stats {
+	uint64_t count, errors;
+	uint64_t p50_ns, p99_ns, p999_ns; /* service time inside the daemon */
+};
+
+struct kvcp_stats {
+	uint32_t nnodes, clients;
+	uint64_t boot_token, uptime_ms;
+	uint64_t blocks, bytes_used, bytes_free, bytes_in, bytes_stored;
+	uint64_t hits, misses, evictions, pinned, bad_requests, checksum_failures;
+	uint64_t metadata_bytes;	/* daemon bytes spent on index and block records */
+	struct kvcp_node_stats node[KVCP_MAX_NODES];
+	struct kvcp_op_stats op[KVCP_OP__COUNT];
+};
+
+struct kvcp_list_ent {
+	struct kvcp_key key;
+	struct kvcp_layout layout;
+	uint64_t bytes;
+	int32_t node;
+	uint32_t pins;
+	uint64_t hits;
+};
+
+struct kvcp_client_ent {
+	uint32_t client_id;
+	int32_t pid;
+	uint32_t uid, gid;
+	int32_t node;
+	uint32_t worker;
+	uint64_t requests, bad_requests;
+	char ns[KVCP_NS_MAX];
+};
+
+/* ---- ring operations -------------------------------------------------------------------- */
+
+#define kvcp_load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define kvcp_store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define kvcp_load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define kvcp_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define kvcp_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+
+static inline int kvcp_is_pow2(uint32_t n)
+{
+	return n && !(n & (n - 1));
+}
+
+/* Entries in a ring whose producer is at @prod and consumer at @cons: wrap-around safe. */
+static inline uint32_t kvcp_ring_count(uint32_t prod, uint32_t cons)
+{
+	return prod - cons;
+}
+
+/* Copy one 64-byte entry word by word with relaxed atomic loads: the peer may be writing it,
+ * and the copy is what gets validated and used (read once). */
+static inline void kvcp_entry_read(void *dst, const void *src)
+{
+	const uint64_t *s = (const uint64_t *)src;
+	uint64_t *d = (uint64_t *)dst;
+
+	for (int i = 0; i < 8; i++)
+		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+}
+
+/* Producer side, used by the side that owns @ring->prod and keeps its own copy @*prod and a
+ * cached copy of the consumer index @*cons_cache. Returns 0 or -EAGAIN when full. */
+static inline int kvcp_ring_push(struct kvcp_ring *ring, void *entries, uint32_t nentries,
+				 uint32_t *prod, uint32_t *cons_cache, const void *entry)
+{
+	if (kvcp_ring_count(*prod, *cons_cache) >= nentries) {
+		/* A2: pairs with R2 in kvcp_ring_pop(): the consumer is done with the slots */
+		*cons_cache = kvcp_load_acquire(&ring->cons);
+		if (kvcp_ring_count(*prod, *cons_cache) >= nentries)
+			return -EAGAIN;
+	}
+	memcpy((char *)entries + (size_t)(*prod & (nentries - 1)) * 64, entry, 64);
+	(*prod)++;
+	/* R1: pairs with A1 in kvcp_ring_pop(): the entry is written before prod moves */
+	kvcp_store_release(&ring->prod, *prod);
+	return 0;
+}
+
+/* Consumer side. @*cons is the consumer's own index. Pops one entry into @entry. Returns 1,
+ * 0 when empty, or -EBADMSG when the producer's index is impossible (more than @nentries
+ * ahead): the producer is corrupt or hostile. */
+static inline int kvcp_ring_pop(struct kvcp_ring *ring, const void *entries, uint32_t nentries,
+				uint32_t *cons, void *entry)
+{
+	/* A1: pairs with R1 in kvcp_ring_push(): entry contents visible once prod is */
+	uint32_t prod = kvcp_load_acquire(&ring->prod);
+	uint32_t n = kvcp_ring_count(prod, *cons);
+
+	if (n == 0)
+		return 0;
+	if (n > nentries)
+		return -EBADMSG;
+	kvcp_entry_read(entry, (const char *)entries + (size_t)(*cons & (nentries - 1)) * 64);
+	(*cons)++;
+	/* R2: pairs with A2 in kvcp_ring_push(): slot read before cons moves */
+	kvcp_store_release(&ring->cons, *cons);
+	return 1;
+}
+
+/* Entries waiting for the consumer whose index is @cons, or UINT32_MAX when impossible. */
+static inline uint32_t kvcp_ring_pending(const struct kvcp_ring *ring, uint32_t nentries,
+					 uint32_t cons)
+{
+	uint32_t n = kvcp_ring_count(kvcp_load_acquire(&ring->prod), cons);
+
+	return n > nentries ? UINT32_MAX : n;
+}
+
+/* ---- validators ------------------------------------------------------------------------- */
+
+/* Check a segment header read by a client. Returns 0, -EBADMSG when it is not a kvcd
+ * segment at all, -EPROTO when it is one of another major version or with unknown
+ * incompatible features, or -EINVAL when its geometry does not fit @size bytes. */
+static inline int kvcp_hdr_validate(const struct kvcp_shm_hdr *h, uint64_t size)
+{
+	uint64_t sq_end, cq_end;
+
+	if (size < sizeof(*h) || kvcp_load_acquire(&h->magic) != KVCP_MAGIC)
+		return -EBADMSG;
+	if (h->major != KVCP_MAJOR || (h->incompat & ~KVCP_INCOMPAT_KNOWN))
+		return -EPROTO;
+	if (h->hdr_size < sizeof(*h) || h->hdr_size > size)
+		return -EINVAL;
+	for (unsigned i = 0; i < sizeof(h->reserved) / sizeof(h->reserved[0]); i++)
+		if (h->reserved[i])
+			return -EINVAL;
+	if (!kvcp_is_pow2(h->sq_entries) || !kvcp_is_pow2(h->cq_entries))
+		return -EINVAL;
+	if (h->sq_entries > (1u << 16) || h->cq_entries > (1u << 16))
+		return -EINVAL;
+	sq_end = h->sq_off + (uint64_t)h->sq_entries * sizeof(struct kvcp_sqe);
+	cq_end = h->cq_off + (uint64_t)h->cq_entries * sizeof(struct kvcp_cqe);
+	if (h->sq_off < h->hdr_size || sq_end > size || h->cq_off < sq_end || cq_end > size)
+		return -EINVAL;
+	if (h->sq_off % 64 || h->cq_off % 64 || h->scratch_off % 64)
+		return -EINVAL;
+	if (h->scratch_off < cq_end || h->scratch_off + h->scratch_size > size)
+		return -EINVAL;
+	if (h->ctrl_size != size)
+		return -EINVAL;
+	return 0;
+}
+
+/* Is [off, off + len) inside a region of @size bytes? Overflow-safe. */
+static inline int kvcp_range_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+	return off <= size && len <= size - off;
+}
+
+/* ---- ABI pins --------------------------------------------------------------------------- */
+
+static_assert(sizeof(struct kvcp_sqe) == 64, "sqe is 64 bytes");
+static_assert(sizeof(struct kvcp_cqe) == 64, "cqe is 64 bytes");
+static_assert(sizeof(struct kvcp_key) == 16, "key is 128 bits");
+static_assert(sizeof(struct kvcp_layout) == 16, "layout is 16 bytes");
+static_assert(offsetof(struct kvcp_sqe, key) == 16, "sqe.key");
+static_assert(offsetof(struct kvcp_sqe, off) == 32, "sqe.off");
+static_assert(offsetof(struct kvcp_sqe, layout) == 48, "sqe.layout");
+static_assert(offsetof(struct kvcp_cqe, res) == 8, "cqe.res");
+static_assert(offsetof(struct kvcp_cqe, layout) == 24, "cqe.layout");
+static_assert(sizeof(struct kvcp_ring) == 3 * KVCP_CACHELINE, "ring is 3 lines");
+static_assert(offsetof(struct kvcp_ring, cons) == KVCP_CACHELINE, "cons on its own line");
+static_assert(offsetof(struct kvcp_ring, flags) == 2 * KVCP_CACHELINE, "flags on its own line");
+static_assert(offsetof(struct kvcp_shm_hdr, sq) == 4 * KVCP_CACHELINE, "sq at 256");
+static_assert(sizeof(struct kvcp_shm_hdr) == 10 * KVCP_CACHELINE, "header is 640 bytes");
+static_assert(sizeof(struct kvcp_attach_req) == 248, "attach request size");
+static_assert(sizeof(struct kvcp_attach_rep) == 64, "attach reply size");
+static_assert(sizeof(struct kvcp_list_ent) == 56, "list entry size");
+static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
+
+#endif /* KVCP_H */
