@@ -316,7 +316,7 @@ void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
 unsigned kvcd_hist_bucket(uint64_t ns);
 uint64_t kvcd_hist_value(unsigned bucket);
 
-/* ---- main.c: the daemon object --------------------------------------------------------------- */
+/* ---- main.c and stats.c: the daemon object --------------------------------------------------------------- */
 
 struct kvcd {
 	struct kvcd_config cfg;
@@ -329,7 +329,8 @@ struct kvcd {
 	uid_t euid;
 	int reap_fd;				/* eventfd: a worker found a broken session */
 
-	pthread_mutex_t sessions_lock;		/* protects the list for CLIENTS */
+	pthread_mutex_t sessions_lock;		/* protects the list and bad_closed */
+	uint64_t bad_closed;			/* bad requests of sessions already gone */
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;

@@ -61,82 +61,8 @@ static struct {
 	struct ev ev_listen, ev_signal, ev_timer, ev_reap;
 	struct pending pending[MAX_PENDING];
 	uint64_t watchdog_usec, last_watchdog;
-	uint64_t bad_closed, requests_closed;	/* counters of sessions already gone */
 	int ready_pipe;				/* daemonized: tell the parent we are up */
 } g = { .lfd = -1, .ready_pipe = -1 };
-
-/* ---- sessions list (CLIENTS, STATS) ------------------------------------------------------ */
-
-unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
-{
-	unsigned n = 0;
-
-	pthread_mutex_lock(&d->sessions_lock);
-	for (unsigned i = 0; i < d->nsessions && n < max; i++, n++) {
-		struct kvcd_session *s = d->sessions[i];
-		struct kvcp_client_ent e = { 0 };
-
-		e.client_id = s->id;
-		e.pid = s->pid;
-		e.uid = s->uid;
-		e.gid = s->gid;
-		e.node = d->pools[s->order[0]].node;
-		e.worker = s->worker;
-		e.requests = __atomic_load_n(&s->requests, __ATOMIC_RELAXED);
-		e.bad_requests = __atomic_load_n(&s->bad_requests, __ATOMIC_RELAXED);
-		memcpy(e.ns, s->ns, sizeof(e.ns));
-		memcpy(&out[n], &e, sizeof(e));
-	}
-	pthread_mutex_unlock(&d->sessions_lock);
-	return n;
-}
-
-static uint64_t percentile(const struct kvcd_hist *h, uint64_t total, double q)
-{
-	uint64_t want = (uint64_t)(q * (double)total), seen = 0;
-
-	if (!total)
-		return 0;
-	for (unsigned b = 0; b < KVCD_HIST; b++) {
-		seen += h->b[b];
-		if (seen > want)
-			return kvcd_hist_value(b);
-	}
-	return kvcd_hist_value(KVCD_HIST - 1);
-}
-
-void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	kvcd_store_stats(&d->store, st);
-	st->boot_token = d->boot_token;
-	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
-	pthread_mutex_lock(&d->sessions_lock);
-	st->clients = d->nsessions;
-	st->bad_requests = __atomic_load_n(&g.bad_closed, __ATOMIC_RELAXED);
-	for (unsigned i = 0; i < d->nsessions; i++)
-		st->bad_requests += __atomic_load_n(&d->sessions[i]->bad_requests, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&d->sessions_lock);
-	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
-		struct kvcd_hist h = { { 0 } };
-
-		for (unsigned w = 0; w < d->cfg.workers; w++) {
-			struct kvcd_worker *wk = &d->workers[w];
-
-			st->op[op].count += __atomic_load_n(&wk->count[op], __ATOMIC_RELAXED);
-			st->op[op].errors += __atomic_load_n(&wk->errors[op], __ATOMIC_RELAXED);
-			for (unsigned b = 0; b < KVCD_HIST; b++)
-				h.b[b] += __atomic_load_n(&wk->hist[op].b[b], __ATOMIC_RELAXED);
-		}
-		uint64_t total = 0;
-
-		for (unsigned b = 0; b < KVCD_HIST; b++)
-			total += h.b[b];
-		st->op[op].p50_ns = percentile(&h, total, 0.50);
-		st->op[op].p99_ns = percentile(&h, total, 0.99);
-		st->op[op].p999_ns = percentile(&h, total, 0.999);
-	}
-}
 
 /* ---- epoll helpers ------------------------------------------------------------------------ */
 
@@ -334,7 +260,7 @@ static void detach(struct kvcd *d, struct client *c)
 			d->sessions[i] = d->sessions[--d->nsessions];
 			break;
 		}
-	g.bad_closed += s->bad_requests;
+	d->bad_closed += s->bad_requests;
 	pthread_mutex_unlock(&d->sessions_lock);
 	kvcd_session_destroy(s);
 	free(c);

@@ -1,0 +1,260 @@
+/* t_util.h - test helpers: a real kvcd per test on a private socket, a raw protocol client
+ * for malformed-request tests, and small process utilities. Header-only; t_ prefix. */
+#ifndef T_UTIL_H
+#define T_UTIL_H
+
+#include <dirent.h>
+#include <libgen.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "kvc.h"
+#include "kvcp.h"
+
+struct t_daemon {
+	pid_t pid;
+	char dir[64];
+	char sock[108];
+	char log[128];
+};
+
+static inline void t_sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+static inline const char *t_kvcd_bin(void)
+{
+	const char *b = getenv("KVCD_BIN");
+
+	return b ? b : "build/kvcd";
+}
+
+/* Start kvcd with extra arguments (NULL-terminated) and wait until it answers. The log goes
+ * to t->log. Returns 0, or the daemon's exit status + 1000 when it exited instead. */
+static inline int t_daemon_start_args(struct t_daemon *t, const char *const *extra)
+{
+	const char *argv[32] = { t_kvcd_bin(), "--foreground", "--socket", t->sock };
+	int n = 4;
+
+	if (!t->dir[0]) {
+		strcpy(t->dir, "/tmp/kvcd-test-XXXXXX");
+		cr_assert_not_null(mkdtemp(t->dir));
+		chmod(t->dir, 0755);
+		snprintf(t->sock, sizeof(t->sock), "%s/kvcd.sock", t->dir);
+		snprintf(t->log, sizeof(t->log), "%s/kvcd.log", t->dir);
+	}
+	for (; extra && *extra && n < 30; extra++)
+		argv[n++] = *extra;
+	argv[n] = NULL;
+	t->pid = fork();
+	cr_assert(t->pid >= 0);
+	if (t->pid == 0) {
+		int fd = open(t->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+		dup2(fd, 2);
+		dup2(fd, 1);
+		unsetenv("NOTIFY_SOCKET");
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		struct kvc_attach_opts o;
+		kvc_client *c;
+		int st;
+
+		if (waitpid(t->pid, &st, WNOHANG) == t->pid) {
+			t->pid = 0;
+			return 1000 + (WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+		}
+		kvc_attach_opts_init(&o);
+		o.socket = t->sock;
+		o.staging_size = 4096;
+		if (kvc_attach(&o, &c) == 0) {
+			kvc_detach(c);
+			return 0;
+		}
+		t_sleep_ms(10);
+	}
+	cr_assert_fail("kvcd did not come up in 5 s");
+	return -1;
+}
+
+static inline void t_daemon_start(struct t_daemon *t, const char *pool)
+{
+	const char *extra[] = { "--pool-size", pool ? pool : "64M", NULL };
+
+	cr_assert_eq(t_daemon_start_args(t, extra), 0, "kvcd failed to start");
+}
+
+/* SIGTERM and reap; returns the exit status (0 = clean shutdown). */
+static inline int t_daemon_stop(struct t_daemon *t)
+{
+	int st = 0;
+
+	if (t->pid > 0) {
+		kill(t->pid, SIGTERM);
+		for (int i = 0; i < 500 && waitpid(t->pid, &st, WNOHANG) == 0; i++)
+			t_sleep_ms(10);
+		if (waitpid(t->pid, &st, WNOHANG) == 0) { /* still there: never leave it running */
+			kill(t->pid, SIGKILL);
+			waitpid(t->pid, &st, 0);
+			st = -1;
+		}
+		t->pid = 0;
+	}
+	return st;
+}
+
+static inline void t_daemon_cleanup(struct t_daemon *t)
+{
+	char cmd[160];
+
+	t_daemon_stop(t);
+	if (t->dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", t->dir);
+		if (system(cmd))
+			fprintf(stderr, "cleanup of %s failed\n", t->dir);
+	}
+}
+
+static inline kvc_client *t_attach(const struct t_daemon *t, const char *ns, size_t staging)
+{
+	struct kvc_attach_opts o;
+	kvc_client *c = NULL;
+	int err;
+
+	kvc_attach_opts_init(&o);
+	o.socket = t->sock;
+	o.ns = ns;
+	o.staging_size = staging;
+	err = kvc_attach(&o, &c);
+	cr_assert_eq(err, 0, "attach: %s", kvc_strerror(err));
+	return c;
+}
+
+static inline unsigned t_count_fds(pid_t pid)
+{
+	char path[64];
+	unsigned n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static inline void t_fill(void *p, size_t n, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+	unsigned char *b = p;
+
+	for (size_t i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		b[i] = (unsigned char)x;
+	}
+}
+
+/* ---- raw protocol client: speaks kvcp.h directly, for requests libkvcclient never sends -- */
+
+struct t_raw {
+	int sock;
+	struct kvcp_shm_hdr *hdr;
+	size_t ctrl_size, staging_size;
+	char *staging;
+	uint32_t sq_prod, sq_cons_cache, cq_cons;
+};
+
+/* Send @req (NULL: a valid one for namespace "default") and return the reply status; on
+ * success map the segments into @r. */
+static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *req,
+			       struct t_raw *r)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct kvcp_attach_req def = { .magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR,
+				       .minor = KVCP_MINOR, .staging_size = 1 << 20,
+				       .numa_node = -1, .ns = "default" };
+	struct kvcp_attach_rep rep = { 0 };
+	char cbuf[CMSG_SPACE(2 * sizeof(int))];
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
+	int fds[2];
+
+	memset(r, 0, sizeof(*r));
+	r->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	strcpy(sa.sun_path, sock);
+	cr_assert_eq(connect(r->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(send(r->sock, req ? req : &def, sizeof(def), 0), (ssize_t)sizeof(def));
+	if (recvmsg(r->sock, &mh, 0) != (ssize_t)sizeof(rep))
+		return -ECONNRESET;
+	if (rep.status)
+		return rep.status;
+	memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(fds));
+	r->ctrl_size = rep.ctrl_size;
+	r->staging_size = rep.staging_size;
+	r->hdr = mmap(NULL, rep.ctrl_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+	r->staging = mmap(NULL, rep.staging_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+	cr_assert(r->hdr != MAP_FAILED && r->staging != MAP_FAILED);
+	close(fds[0]);
+	close(fds[1]);
+	cr_assert_eq(kvcp_hdr_validate(r->hdr, r->ctrl_size), 0);
+	return 0;
+}
+
+static inline void t_raw_close(struct t_raw *r)
+{
+	if (r->hdr)
+		munmap(r->hdr, r->ctrl_size);
+	if (r->staging)
+		munmap(r->staging, r->staging_size);
+	close(r->sock);
+}
+
+/* Submit @sqe and wait (up to 2 s) for its completion. Returns 0 or -ETIMEDOUT. */
+static inline int t_raw_call(struct t_raw *r, const struct kvcp_sqe *sqe, struct kvcp_cqe *cqe)
+{
+	struct kvcp_ring *sq = &r->hdr->sq;
+	char *base = (char *)r->hdr;
+
+	cr_assert_eq(kvcp_ring_push(sq, base + r->hdr->sq_off, r->hdr->sq_entries, &r->sq_prod,
+				    &r->sq_cons_cache, sqe), 0);
+	kvcp_fence();
+	if (kvcp_load_relaxed(&sq->flags) & KVCP_RING_NEED_WAKEUP) {
+		__atomic_fetch_add(&sq->futex, 1, __ATOMIC_RELEASE);
+		syscall(SYS_futex, &sq->futex, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+	}
+	for (int i = 0; i < 200000; i++) {
+		if (kvcp_ring_pop(&r->hdr->cq, base + r->hdr->cq_off, r->hdr->cq_entries,
+				  &r->cq_cons, cqe) == 1)
+			return 0;
+		if (i > 1000)
+			usleep(10);
+	}
+	return -ETIMEDOUT;
+}
+
+#endif /* T_UTIL_H */

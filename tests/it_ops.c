@@ -1,0 +1,293 @@
+/* it_ops.c - every operation against a real kvcd: bit-exact round trips in f32/f16/bf16,
+ * errors, LOOKUP, pins, async batches, several client processes at once, eviction. */
+#include "t_util.h"
+
+static struct t_daemon D;
+
+static void up(void)
+{
+	t_daemon_start(&D, "64M");
+}
+
+static void down(void)
+{
+	cr_assert_eq(t_daemon_stop(&D), 0, "kvcd exits 0 on SIGTERM");
+	cr_assert(access(D.sock, F_OK) != 0, "the socket is removed on shutdown");
+	t_daemon_cleanup(&D);
+}
+
+TestSuite(ops, .init = up, .fini = down, .timeout = 60);
+
+static struct kvc_layout lay(uint8_t dtype, uint32_t tokens)
+{
+	return (struct kvc_layout){ .dtype = dtype, .layers = 4, .kv_heads = 2, .head_dim = 64,
+				    .tokens = tokens };
+}
+
+Test(ops, nop_and_stats)
+{
+	kvc_client *c = t_attach(&D, NULL, 4096);
+	struct kvc_stats st;
+
+	cr_assert_eq(kvc_nop(c), 0);
+	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(st.clients, 1);
+	cr_assert_eq(st.nnodes, 1);
+	cr_assert_eq(st.bytes_used + st.bytes_free, st.node[0].bytes_total);
+	cr_assert_geq(st.op[0].count, 1);
+	kvc_detach(c);
+}
+
+Test(ops, round_trip_is_bit_exact_in_every_dtype)
+{
+	kvc_client *c = t_attach(&D, "rt", 4 << 20);
+	size_t sz;
+	unsigned char *stg = kvc_staging(c, &sz);
+	const uint8_t dts[] = { KVC_F32, KVC_F16, KVC_BF16 };
+
+	for (unsigned i = 0; i < 3; i++) {
+		struct kvc_layout l = lay(dts[i], 16 + 16 * i), got;
+		size_t n = kvc_layout_bytes(&l);
+		struct kvc_key k = { 1, i };
+
+		cr_assert_gt(n, 0);
+		t_fill(stg, n, i + 1);
+		cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+		memset(stg + (1 << 20), 0, n);
+		cr_assert_eq(kvc_fetch(c, &k, 1 << 20, sz - (1 << 20), &got), 0);
+		cr_assert_eq(memcmp(stg, stg + (1 << 20), n), 0, "dtype %u differs", dts[i]);
+		cr_assert_eq(got.dtype, dts[i]);
+		cr_assert_eq(got.tokens, l.tokens);
+		cr_assert_eq(got.layers, 4);
+		cr_assert_eq(got.codec, 0);
+	}
+	kvc_detach(c);
+}
+
+Test(ops, errors_are_clear_and_lose_nothing)
+{
+	kvc_client *c = t_attach(&D, "err", 1 << 20);
+	size_t sz;
+	unsigned char *stg = kvc_staging(c, &sz);
+	struct kvc_layout l = lay(KVC_F16, 8), bad = l, got;
+	struct kvc_key k = { 2, 2 }, none = { 9, 9 };
+
+	t_fill(stg, kvc_layout_bytes(&l), 5);
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	cr_assert_eq(kvc_store(c, &k, &l, 0), -EEXIST);
+	cr_assert_eq(kvc_fetch(c, &none, 0, sz, &got), -ENOENT);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 100, &got), -ENOSPC, "capacity too small");
+	cr_assert_eq(kvc_store(c, &none, &l, sz - 10), -EINVAL, "range past staging");
+	bad.dtype = 7;
+	cr_assert_eq(kvc_store(c, &none, &bad, 0), -EINVAL, "unknown dtype");
+	cr_assert_eq(kvc_delete(c, &none), -ENOENT);
+	cr_assert_eq(kvc_unpin(c, &k), -ENOENT);
+	memset(stg, 0, sz);
+	cr_assert_eq(kvc_fetch(c, &k, 65536, sz - 65536, &got), 0, "still there");
+	t_fill(stg, kvc_layout_bytes(&l), 5);
+	cr_assert_eq(memcmp(stg, stg + 65536, kvc_layout_bytes(&l)), 0);
+	kvc_detach(c);
+}
+
+Test(ops, lookup_finds_the_longest_cached_prefix)
+{
+	kvc_client *c = t_attach(&D, "llama", 1 << 20);
+	int32_t toks[8 * 16];
+	struct kvc_key keys[8];
+	struct kvc_layout l = lay(KVC_F16, 16);
+	size_t hits;
+
+	for (int i = 0; i < 8 * 16; i++)
+		toks[i] = i % 500;
+	cr_assert_eq(kvc_key_chain_all("llama", toks, 8 * 16, 16, keys, 8), 8);
+	cr_assert_eq(kvc_lookup(c, keys, 8, &hits), 0);
+	cr_assert_eq(hits, 0);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(kvc_store(c, &keys[i], &l, 0), 0);
+	cr_assert_eq(kvc_lookup(c, keys, 8, &hits), 0);
+	cr_assert_eq(hits, 5);
+	cr_assert_eq(kvc_delete(c, &keys[2]), 0);
+	cr_assert_eq(kvc_lookup(c, keys, 8, &hits), 0);
+	cr_assert_eq(hits, 2, "a hole ends the prefix");
+	kvc_detach(c);
+
+	kvc_client *other = t_attach(&D, "mistral", 4096);
+
+	cr_assert_eq(kvc_lookup(other, keys, 8, &hits), 0);
+	cr_assert_eq(hits, 0, "namespaces are isolated");
+	kvc_detach(other);
+}
+
+Test(ops, async_batch_of_many_requests)
+{
+	kvc_client *c = t_attach(&D, "async", 4 << 20);
+	struct kvc_req reqs[200];
+	struct kvc_cqe cqes[200];
+	uint64_t tickets[200];
+	struct kvc_layout l = lay(KVC_F16, 4); /* 8 KiB */
+	size_t n = kvc_layout_bytes(&l);
+	unsigned char *stg = kvc_staging(c, NULL);
+	int got = 0, sub = 0;
+
+	t_fill(stg, 200 * n, 3);
+	for (int i = 0; i < 200; i++)
+		reqs[i] = (struct kvc_req){ .op = KVC_OP_STORE, .key = { 7, (uint64_t)i },
+					    .layout = l, .off = i * n, .len = n };
+	while (sub < 200) { /* the ring holds 256; a batch of 200 goes in at once */
+		int r = kvc_submit(c, reqs + sub, 200 - sub, tickets + sub);
+
+		cr_assert_gt(r, 0, "%s", kvc_strerror(r));
+		sub += r;
+	}
+	while (got < 200) {
+		int r = kvc_wait(c, cqes + got, 1, 200 - got, 5000);
+
+		cr_assert_gt(r, 0, "%s", kvc_strerror(r));
+		got += r;
+	}
+	for (int i = 0; i < 200; i++) {
+		cr_assert_eq(cqes[i].res, 0);
+		cr_assert_eq(cqes[i].ticket, tickets[i], "in order");
+	}
+	struct kvc_stats st;
+
+	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(st.blocks, 200);
+	cr_assert_eq(st.bytes_in, 200 * n);
+	kvc_detach(c);
+}
+
+Test(ops, many_processes_at_once)
+{
+	enum { PROCS = 4, BLOCKS = 40 };
+	struct kvc_layout l = lay(KVC_BF16, 8);
+	size_t n = kvc_layout_bytes(&l);
+
+	for (int p = 0; p < PROCS; p++) {
+		if (fork())
+			continue;
+		struct kvc_attach_opts o;
+		kvc_client *c;
+		int bad = 0;
+
+		kvc_attach_opts_init(&o);
+		o.socket = D.sock;
+		o.ns = "shared";
+		o.staging_size = 1 << 20;
+		if (kvc_attach(&o, &c))
+			_exit(10);
+		unsigned char *stg = kvc_staging(c, NULL);
+
+		for (int i = 0; i < BLOCKS; i++) {
+			struct kvc_key k = { (uint64_t)p, (uint64_t)i };
+
+			t_fill(stg, n, (uint64_t)(p * 1000 + i));
+			if (kvc_store(c, &k, &l, 0))
+				bad++;
+		}
+		/* read everyone's blocks, retrying until the writer got there */
+		for (int q = 0; q < PROCS; q++)
+			for (int i = 0; i < BLOCKS; i++) {
+				struct kvc_key k = { (uint64_t)q, (uint64_t)i };
+				int err, tries = 0;
+
+				while ((err = kvc_fetch(c, &k, 65536, 65536, NULL)) == -ENOENT &&
+				       tries++ < 2000)
+					usleep(1000);
+				t_fill(stg, n, (uint64_t)(q * 1000 + i));
+				if (err || memcmp(stg, stg + 65536, n))
+					bad++;
+			}
+		kvc_detach(c);
+		_exit(bad ? 1 : 0);
+	}
+	for (int p = 0; p < PROCS; p++) {
+		int st;
+
+		wait(&st);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a client saw wrong data");
+	}
+}
+
+Test(ops, eviction_under_pressure_spares_pinned_blocks)
+{
+	kvc_client *c = t_attach(&D, "evict", 2 << 20);
+	struct kvc_layout l = { .dtype = KVC_F32, .layers = 2, .kv_heads = 4, .head_dim = 64,
+				.tokens = 256 }; /* 1 MiB */
+	struct kvc_key pinned = { 5, 0 };
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_stats st;
+
+	t_fill(stg, kvc_layout_bytes(&l), 77);
+	cr_assert_eq(kvc_store(c, &pinned, &l, 0), 0);
+	cr_assert_eq(kvc_pin(c, &pinned, 0), 0);
+	for (uint64_t i = 1; i < 200; i++) { /* 200 MiB through a 64 MiB pool */
+		struct kvc_key k = { 5, i };
+
+		cr_assert_eq(kvc_store(c, &k, &l, 0), 0, "store %lu", (unsigned long)i);
+	}
+	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_gt(st.evictions, 130);
+	cr_assert_eq(st.pinned, 1);
+	cr_assert_leq(st.bytes_used, 64ull << 20);
+	memset(stg + (1 << 20), 0, 1 << 20);
+	int err = kvc_fetch(c, &pinned, 1 << 20, 1 << 20, NULL);
+
+	cr_assert_eq(err, 0, "the pinned block stayed: %s", kvc_strerror(err));
+	cr_assert_eq(memcmp(stg, stg + (1 << 20), 1 << 20), 0);
+	struct kvc_key last = { 5, 199 };
+
+	cr_assert_eq(kvc_fetch(c, &last, 1 << 20, 1 << 20, NULL), 0, "the newest is there");
+	cr_assert_eq(kvc_evict(c, 0), (int)st.blocks - 1, "admin evicts all but the pinned");
+	cr_assert_eq(kvc_unpin(c, &pinned), 0);
+	kvc_detach(c);
+}
+
+Test(ops, pool_full_of_pins_says_enospc)
+{
+	kvc_client *c = t_attach(&D, "full", 16 << 20);
+	struct kvc_layout l = { .dtype = KVC_F32, .layers = 8, .kv_heads = 8, .head_dim = 64,
+				.tokens = 512 }; /* 16 MiB */
+	struct kvc_key k;
+	int stored = 0, err = 0;
+
+	for (uint64_t i = 0; i < 8 && !err; i++) {
+		k = (struct kvc_key){ 6, i };
+		err = kvc_store(c, &k, &l, 0);
+		if (!err) {
+			cr_assert_eq(kvc_pin(c, &k, 60000), 0);
+			stored++;
+		}
+	}
+	cr_assert_eq(err, -ENOSPC, "%s", kvc_strerror(err));
+	cr_assert_eq(stored, 3, "64 MiB holds three 16 MiB blocks plus headers");
+	for (uint64_t i = 0; i < 3; i++) {
+		k = (struct kvc_key){ 6, i };
+		cr_assert_eq(kvc_fetch(c, &k, 0, 16 << 20, NULL), 0);
+	}
+	kvc_detach(c); /* detaching drops the pins */
+	c = t_attach(&D, "full", 16 << 20);
+	k = (struct kvc_key){ 6, 100 };
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0, "pins died with their client");
+	kvc_detach(c);
+}
+
+Test(ops, kvcctl_speaks_json)
+{
+	char cmd[256], buf[4096] = { 0 };
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s stats --json", getenv("KVCD_BIN") ?
+		 dirname(strdup(getenv("KVCD_BIN"))) : "build", D.sock);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
+	cr_assert_eq(pclose(f), 0);
+	for (const char *k = "blocks\0bytes_used\0bytes_free\0hits\0misses\0evictions\0clients\0";
+	     *k; k += strlen(k) + 1) {
+		char want[64];
+
+		snprintf(want, sizeof(want), "\"%s\":", k);
+		cr_assert_not_null(strstr(buf, want), "missing %s in %s", want, buf);
+	}
+}

@@ -1,0 +1,223 @@
+/* unit_store.c - index, placement across pools, CLOCK eviction, pins and leases, references.
+ * Pools are plain heap memory here; pool.c's pinning is covered by the integration tests. */
+#include "t_util.h"
+#include "kvcd.h"
+
+#define POOL (1u << 20)
+
+static struct kvcd_pool pools[2];
+static struct kvcd_store st;
+static const struct kvcp_layout L = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 1,
+				      .head_dim = 64, .tokens = 512 }; /* 128 KiB */
+
+static void setup(void)
+{
+	for (int i = 0; i < 2; i++) {
+		memset(&pools[i], 0, sizeof(pools[i]));
+		pools[i].node = i;
+		pools[i].size = POOL;
+		cr_assert_eq(posix_memalign(&pools[i].base, 4096, POOL), 0);
+		cr_assert_eq(kvcd_alloc_init(&pools[i].alloc, pools[i].base, POOL), 0);
+	}
+	cr_assert_eq(kvcd_store_init(&st, pools, 2, 95, 50), 0);
+}
+
+static void teardown(void)
+{
+	kvcd_store_fini(&st);
+	free(pools[0].base);
+	free(pools[1].base);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+static struct kvcp_key K(uint64_t i)
+{
+	return (struct kvcp_key){ .hi = i * 7919, .lo = i };
+}
+
+/* Store block @i (contents = i) on the pools in @order. */
+static int put(uint64_t i, const uint8_t *order, unsigned n)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(i);
+	int err = kvcd_store_reserve(&st, 0, &k, &L, kvcp_layout_bytes(&L), order, n, &b);
+
+	if (err)
+		return err;
+	memset(b->data, (int)i, kvcp_layout_bytes(&L));
+	kvcd_store_commit(&st, b, true, false, 0);
+	return 0;
+}
+
+static const uint8_t NEAR0[] = { 0, 1 }, ONLY0[] = { 0 };
+
+Test(store, put_get_delete)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(1);
+
+	cr_assert_eq(put(1, NEAR0, 2), 0);
+	cr_assert_eq(put(1, NEAR0, 2), -EEXIST);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), 0);
+	cr_assert_eq(((unsigned char *)b->data)[100], 1);
+	kvcd_store_put(&st, b, false);
+	cr_assert_eq(kvcd_store_get(&st, 1, &k, &b), -ENOENT, "other namespace");
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), -ENOENT);
+	cr_assert_eq(pools[0].alloc.used, 0, "memory returned");
+	cr_assert_eq(st.hits, 1);
+	cr_assert_eq(st.misses, 2);
+}
+
+Test(store, placement_prefers_the_first_pool_then_falls_back)
+{
+	unsigned n0 = 0, n1 = 0;
+
+	for (uint64_t i = 0; i < 14; i++)
+		cr_assert_eq(put(i, NEAR0, 2), 0);
+	n0 = (unsigned)pools[0].blocks;
+	n1 = (unsigned)pools[1].blocks;
+	cr_assert_eq(n0, 7, "pool 0 holds what fits: %u", n0);
+	cr_assert_eq(n1, 7, "the rest went to pool 1 without evicting: %u", n1);
+	cr_assert_eq(st.evictions, 0);
+}
+
+Test(store, lookup_counts_the_cached_prefix)
+{
+	struct kvcp_key keys[5] = { K(1), K(2), K(3), K(4), K(5) };
+
+	cr_assert_eq(put(1, NEAR0, 2), 0);
+	cr_assert_eq(put(2, NEAR0, 2), 0);
+	cr_assert_eq(put(4, NEAR0, 2), 0);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys, 5), 2);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys + 3, 1), 1);
+	cr_assert_eq(kvcd_store_lookup(&st, 7, keys, 5), 0);
+}
+
+Test(store, clock_evicts_unreferenced_first)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k1 = K(1);
+
+	for (uint64_t i = 0; i < 7; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k1, &b), 0); /* referenced: second chance */
+	kvcd_store_put(&st, b, false);
+	cr_assert_eq(put(100, ONLY0, 1), 0);
+	cr_assert_eq(st.evictions, 1);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k1, &b), 0, "the referenced block survived");
+	kvcd_store_put(&st, b, false);
+	struct kvcp_key k0 = K(0);
+
+	cr_assert_eq(kvcd_store_get(&st, 0, &k0, &b), -ENOENT, "the oldest unreferenced went");
+}
+
+Test(store, pinned_and_in_flight_blocks_are_never_evicted)
+{
+	struct kvcd_block *held;
+	struct kvcp_key k;
+
+	for (uint64_t i = 0; i < 7; i++) {
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+		k = K(i);
+		if (i < 6)
+			cr_assert_eq(kvcd_store_pin(&st, 0, &k, 42, UINT64_MAX), 0);
+	}
+	k = K(6);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &held), 0); /* a FETCH in flight */
+	cr_assert_eq(put(100, ONLY0, 1), -ENOSPC, "nothing evictable");
+	cr_assert_eq(kvcd_store_delete(&st, 0, &(struct kvcp_key){ K(0).hi, K(0).lo }), -EBUSY);
+	for (uint64_t i = 0; i < 7; i++) { /* nothing lost, contents intact */
+		struct kvcd_block *b;
+
+		k = K(i);
+		cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), 0);
+		cr_assert_eq(((unsigned char *)b->data)[5], i);
+		kvcd_store_put(&st, b, false);
+	}
+	kvcd_store_put(&st, held, false);
+	cr_assert_eq(put(100, ONLY0, 1), 0, "the unpinned block was evicted");
+	cr_assert_eq(kvcd_store_release_pins(&st, 0, 42), 6, "owner's pins released");
+	cr_assert_eq(st.npins, 0);
+}
+
+Test(store, leases_expire)
+{
+	struct kvcp_key k = K(1);
+
+	cr_assert_eq(put(1, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, 7, 1000), 0);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, 7, 5000), 0);
+	cr_assert_eq(kvcd_store_release_pins(&st, 999, 0), 0);
+	cr_assert_eq(kvcd_store_release_pins(&st, 1000, 0), 1);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), -EBUSY, "one pin left");
+	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, 8), -ENOENT, "not this owner's pin");
+	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, 7), 0);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0);
+}
+
+Test(store, deleted_while_fetching_is_freed_by_the_last_reference)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(3);
+
+	cr_assert_eq(put(3, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), 0);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0);
+	cr_assert_neq(pools[0].alloc.used, 0, "still held by the reader");
+	cr_assert_eq(((unsigned char *)b->data)[7], 3, "the reader's bytes are intact");
+	kvcd_store_put(&st, b, false);
+	cr_assert_eq(pools[0].alloc.used, 0);
+}
+
+Test(store, corrupt_block_is_dropped)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(3);
+
+	cr_assert_eq(put(3, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), 0);
+	kvcd_store_put(&st, b, true);
+	cr_assert_eq(st.checksum_failures, 1);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), -ENOENT);
+	cr_assert_eq(pools[0].alloc.used, 0);
+}
+
+Test(store, writing_blocks_are_invisible)
+{
+	struct kvcd_block *w, *b;
+	struct kvcp_key k = K(9);
+
+	cr_assert_eq(kvcd_store_reserve(&st, 0, &k, &L, 1000, ONLY0, 1, &w), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), -ENOENT);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, &k, 1), 0);
+	cr_assert_eq(kvcd_store_reserve(&st, 0, &k, &L, 1000, ONLY0, 1, &b), -EEXIST);
+	kvcd_store_commit(&st, w, false, false, 0); /* a failed STORE leaves nothing behind */
+	cr_assert_eq(pools[0].alloc.used, 0);
+	cr_assert_eq(st.count, 0);
+}
+
+Test(store, watermarks_and_index_growth)
+{
+	struct kvcp_layout small = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 1,
+				     .tokens = 8 };
+
+	for (uint64_t i = 0; i < 5000; i++) { /* 64 B + 64 B header each: 640 KB per pool */
+		struct kvcd_block *b;
+		struct kvcp_key k = K(i);
+
+		cr_assert_eq(kvcd_store_reserve(&st, 0, &k, &small, 64, NEAR0, 2, &b), 0);
+		kvcd_store_commit(&st, b, true, false, 0);
+	}
+	cr_assert_gt(st.nbuckets, 4096, "the index grew");
+	for (uint64_t i = 0; i < 5000; i += 250) {
+		struct kvcp_key k = K(i);
+
+		cr_assert_eq(kvcd_store_lookup(&st, 0, &k, 1), 1);
+	}
+	cr_assert_eq(kvcd_store_reclaim(&st, 0), 0, "below the high watermark");
+	uint64_t n = kvcd_store_reclaim(&st, POOL); /* free everything */
+	cr_assert_eq(n, 5000);
+	cr_assert_eq(pools[0].alloc.used + pools[1].alloc.used, 0);
+}

@@ -1,0 +1,85 @@
+/* unit_topo.c - placement on synthetic multi-node machines (hwloc synthetic topologies) and on
+ * hand-made distance matrices. This machine has one node; the decision does not care. */
+#include "t_util.h"
+#include "kvcd.h"
+
+static void cpus_of(const struct kvcd_topo *t, unsigned node, uint64_t m[16])
+{
+	memcpy(m, t->cpus[node], 16 * sizeof(uint64_t));
+}
+
+Test(topo, real_machine_has_at_least_one_node)
+{
+	struct kvcd_topo t;
+
+	cr_assert_eq(kvcd_topo_load(&t, NULL), 0);
+	cr_assert_geq(t.nnodes, 1);
+}
+
+Test(topo, two_sockets_client_gets_its_own_node_first)
+{
+	struct kvcd_topo t;
+	uint64_t m[16];
+	uint8_t order[KVCD_MAX_NODES];
+
+	cr_assert_eq(kvcd_topo_load(&t, "pack:2 [numa] core:4 pu:1"), 0);
+	cr_assert_eq(t.nnodes, 2);
+	cpus_of(&t, 1, m);
+	cr_assert_eq(kvcd_topo_order(&t, m, -1, order), 2);
+	cr_assert_eq(order[0], 1);
+	cr_assert_eq(order[1], 0);
+	cpus_of(&t, 0, m);
+	kvcd_topo_order(&t, m, -1, order);
+	cr_assert_eq(order[0], 0);
+}
+
+Test(topo, explicit_hint_wins_over_cpus)
+{
+	struct kvcd_topo t;
+	uint64_t m[16];
+	uint8_t order[KVCD_MAX_NODES];
+
+	cr_assert_eq(kvcd_topo_load(&t, "pack:2 [numa] core:2 pu:1"), 0);
+	cpus_of(&t, 0, m);
+	kvcd_topo_order(&t, m, t.os_index[1], order);
+	cr_assert_eq(order[0], 1);
+	kvcd_topo_order(&t, m, 77, order); /* no such node: fall back to the CPUs */
+	cr_assert_eq(order[0], 0);
+}
+
+Test(topo, same_package_before_remote_packages)
+{
+	struct kvcd_topo t;
+	uint64_t m[16];
+	uint8_t order[KVCD_MAX_NODES];
+
+	/* 2 packages x 2 NUMA nodes each: nodes 0,1 in package 0; nodes 2,3 in package 1 */
+	cr_assert_eq(kvcd_topo_load(&t, "pack:2 group:2 [numa] core:2 pu:1"), 0);
+	cr_assert_eq(t.nnodes, 4);
+	cpus_of(&t, 2, m);
+	cr_assert_eq(kvcd_topo_order(&t, m, -1, order), 4);
+	cr_assert_eq(order[0], 2);
+	cr_assert_eq(order[1], 3, "the sibling in the same package is next");
+	cr_assert(order[2] < 2 && order[3] < 2);
+}
+
+Test(topo, distance_matrix_orders_the_fallbacks)
+{
+	struct kvcd_topo t = { .nnodes = 4 };
+	uint64_t m[16] = { 0 };
+	uint8_t order[KVCD_MAX_NODES];
+	static const uint64_t d[4][4] = { { 10, 32, 21, 40 }, { 32, 10, 40, 21 },
+					  { 21, 40, 10, 32 }, { 40, 21, 32, 10 } };
+
+	for (unsigned i = 0; i < 4; i++) {
+		t.os_index[i] = (int)i;
+		t.cpus[i][0] = 0xfull << (4 * i);
+		memcpy(t.dist[i], d[i], sizeof(d[i]));
+	}
+	m[0] = 0x3; /* runs on two CPUs of node 0 */
+	kvcd_topo_order(&t, m, -1, order);
+	cr_assert_arr_eq(order, ((uint8_t[]){ 0, 2, 1, 3 }), 4);
+	m[0] = 0x1f0; /* 4 CPUs on node 1, one on node 2 */
+	kvcd_topo_order(&t, m, -1, order);
+	cr_assert_arr_eq(order, ((uint8_t[]){ 1, 3, 0, 2 }), 4);
+}
