@@ -165,6 +165,22 @@ static inline unsigned t_count_fds(pid_t pid)
 	return n;
 }
 
+/* Descriptor count once it has stopped changing (sessions closing asynchronously). */
+static inline unsigned t_count_fds_settled(pid_t pid)
+{
+	unsigned n = t_count_fds(pid), same = 0;
+
+	for (int i = 0; i < 200 && same < 5; i++) {
+		unsigned m;
+
+		t_sleep_ms(20);
+		m = t_count_fds(pid);
+		same = m == n ? same + 1 : 0;
+		n = m;
+	}
+	return n;
+}
+
 static inline void t_fill(void *p, size_t n, uint64_t seed)
 {
 	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;

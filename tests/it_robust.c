@@ -1,0 +1,324 @@
+/* it_robust.c - hostile and dying clients, bad attaches, access control, memlock, and a
+ * daemon restart under an attached client. The daemon must keep serving and leak nothing. */
+#include <pwd.h>
+#include <sys/resource.h>
+
+#include "t_util.h"
+
+static struct t_daemon D;
+
+static void up(void)
+{
+	t_daemon_start(&D, "64M");
+}
+
+static void down(void)
+{
+	t_daemon_cleanup(&D);
+}
+
+TestSuite(robust, .init = up, .fini = down, .timeout = 60);
+
+static struct kvc_stats stats_of(void)
+{
+	kvc_client *c = t_attach(&D, NULL, 4096);
+	struct kvc_stats st;
+
+	cr_assert_eq(kvc_stats(c, &st), 0);
+	kvc_detach(c);
+	return st;
+}
+
+/* Wait until only @n clients (plus the one asking) remain. */
+static void wait_clients(unsigned n)
+{
+	for (int i = 0; i < 300; i++) {
+		if (stats_of().clients == n + 1)
+			return;
+		t_sleep_ms(10);
+	}
+	cr_assert_fail("clients did not drop to %u", n);
+}
+
+Test(robust, kill_9_in_the_middle_of_stores)
+{
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 8, .kv_heads = 8, .head_dim = 64,
+				.tokens = 256 }; /* 4 MiB */
+	unsigned fds0 = t_count_fds_settled(D.pid);
+	kvc_client *survivor = t_attach(&D, "kill", 4 << 20);
+	struct kvc_key sk = { 1, 1 };
+
+	t_fill(kvc_staging(survivor, NULL), kvc_layout_bytes(&l), 1);
+	cr_assert_eq(kvc_store(survivor, &sk, &l, 0), 0);
+	cr_assert_eq(kvc_pin(survivor, &sk, 0), 0);
+	for (int round = 0; round < 10; round++) {
+		pid_t pid = fork();
+
+		if (pid == 0) { /* stream async STOREs and PINs forever */
+			struct kvc_attach_opts o;
+			kvc_client *c;
+			struct kvc_cqe cq[64];
+
+			kvc_attach_opts_init(&o);
+			o.socket = D.sock;
+			o.ns = "kill";
+			o.staging_size = 8 << 20;
+			if (kvc_attach(&o, &c))
+				_exit(1);
+			for (uint64_t i = 0;; i++) {
+				struct kvc_req r[2] = {
+					{ .op = KVC_OP_STORE, .key = { 100 + (uint64_t)round, i },
+					  .layout = l, .off = (i % 2) << 22, .len = 4 << 20 },
+					{ .op = KVC_OP_PIN, .key = { 100 + (uint64_t)round, i } },
+				};
+
+				kvc_submit(c, r, 2, NULL);
+				kvc_poll(c, cq, 64);
+			}
+		}
+		t_sleep_ms(20 + 7 * round);
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	wait_clients(1);
+	/* the survivor and the daemon are fine, and nothing leaked */
+	memset(kvc_staging(survivor, NULL), 0, 4 << 20);
+	cr_assert_eq(kvc_fetch(survivor, &sk, 0, 4 << 20, NULL), 0);
+	unsigned char ref[4096];
+
+	t_fill(ref, sizeof(ref), 1);
+	cr_assert_eq(memcmp(kvc_staging(survivor, NULL), ref, sizeof(ref)), 0);
+	struct kvc_stats st = stats_of();
+
+	cr_assert_eq(st.pinned, 1, "the dead clients' pins were released");
+	cr_assert_eq(kvc_evict(survivor, 0) + 1, (int)st.blocks, "everything else evictable");
+	kvc_detach(survivor);
+	wait_clients(0);
+	cr_assert_eq(t_count_fds_settled(D.pid), fds0, "no descriptor leaked");
+}
+
+Test(robust, malformed_requests_get_errors_not_crashes)
+{
+	struct t_raw r;
+	struct kvcp_cqe cqe;
+	struct kvcp_sqe bad[] = {
+		{ .opcode = 200, .user_data = 1 },
+		{ .opcode = KVCP_OP_NOP, .flags = 0x80, .user_data = 2 },
+		{ .opcode = KVCP_OP_NOP, .reserved0 = 1, .user_data = 3 },
+		{ .opcode = KVCP_OP_FETCH, .off = UINT64_MAX - 10, .len = 100, .user_data = 4 },
+		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 1ull << 40, .user_data = 5,
+		  .layout = { .dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 1 } },
+		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 8, .user_data = 6,
+		  .layout = { .dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 2 } },
+		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 8, .user_data = 7,
+		  .layout = { .dtype = 1, .codec = 9, .layers = 1, .kv_heads = 1, .head_dim = 1,
+			      .tokens = 1 } },
+		{ .opcode = KVCP_OP_LOOKUP, .off = 3, .len = 17, .user_data = 8 },
+		{ .opcode = KVCP_OP_STATS, .flags = KVCP_SQE_F_SCRATCH, .off = 0, .len = 10,
+		  .user_data = 9 },
+		{ .opcode = KVCP_OP_EVICT, .user_data = 10 },
+	};
+	const int want[] = { -EBADMSG, -EBADMSG, -EBADMSG, -EINVAL, -EINVAL, -EINVAL, -EINVAL,
+			     -EINVAL, -ENOSPC, 0 };
+
+	cr_assert_eq(t_raw_attach(D.sock, NULL, &r), 0);
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cr_assert_eq(t_raw_call(&r, &bad[i], &cqe), 0, "request %u answered", i);
+		cr_assert_eq(cqe.user_data, bad[i].user_data);
+		cr_assert_eq(cqe.res, want[i], "request %u: got %d want %d", i, cqe.res, want[i]);
+	}
+	struct kvc_stats st = stats_of();
+
+	cr_assert_geq(st.bad_requests, 8);
+	/* now break the ring itself: a producer index far ahead of anything written */
+	__atomic_store_n(&r.hdr->sq.prod, r.sq_prod + 100000, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&r.hdr->sq.futex, 1, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &r.hdr->sq.futex, 1, 1, NULL, NULL, 0);
+	char b;
+
+	struct timeval tv = { 3, 0 };
+
+	setsockopt(r.sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	cr_assert_eq(recv(r.sock, &b, 1, 0), 0, "the daemon hung up on the corrupt client");
+	t_raw_close(&r);
+	kvc_client *c = t_attach(&D, NULL, 4096);
+
+	cr_assert_eq(kvc_nop(c), 0, "and goes on serving others");
+	kvc_detach(c);
+}
+
+Test(robust, hostile_attaches_are_refused_without_leaks)
+{
+	struct kvcp_attach_req req = { .magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR + 1,
+				       .numa_node = -1, .ns = "x" };
+	struct t_raw r;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	unsigned fds0;
+	int s;
+
+	strcpy(sa.sun_path, D.sock);
+	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EPROTO, "other major version");
+	close(r.sock);
+	req.major = KVCP_MAJOR;
+	req.magic32 = 0xdead;
+	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EBADMSG, "bad magic");
+	close(r.sock);
+	req.magic32 = KVCP_ATTACH_MAGIC;
+	memset(req.ns, 'a', sizeof(req.ns)); /* not NUL-terminated */
+	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EBADMSG);
+	close(r.sock);
+	strcpy(req.ns, "x");
+	req.staging_size = 1ull << 40;
+	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -E2BIG, "staging above staging_max");
+	close(r.sock);
+	fds0 = t_count_fds_settled(D.pid);
+	for (int i = 0; i < 200; i++) { /* short messages, passed descriptors, silence */
+		char junk[7] = "garbage";
+		int pass[3] = { 0, 1, 2 };
+		char cbuf[CMSG_SPACE(sizeof(pass))] = { 0 };
+		struct iovec iov = { junk, sizeof(junk) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(pass));
+		memcpy(CMSG_DATA(cm), pass, sizeof(pass));
+		s = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+		cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		if (i % 3 == 0)
+			sendmsg(s, &mh, 0);
+		else if (i % 3 == 1)
+			send(s, junk, 3, 0);
+		close(s); /* i % 3 == 2: connect and leave */
+	}
+	s = socket(AF_UNIX, SOCK_SEQPACKET, 0); /* one that stays silent: dropped after 1 s */
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	t_sleep_ms(1500);
+	char b;
+
+	cr_assert_eq(recv(s, &b, 1, MSG_DONTWAIT), 0, "silent connection closed by kvcd");
+	close(s);
+	t_sleep_ms(50);
+	unsigned fds1 = t_count_fds_settled(D.pid);
+
+	if (fds1 != fds0) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)D.pid);
+		if (system(cmd))
+			fprintf(stderr, "ls failed\n");
+	}
+	cr_assert_eq(fds1, fds0, "no descriptor leaked: %u then %u", fds0, fds1);
+	kvc_client *c = t_attach(&D, NULL, 4096);
+
+	cr_assert_eq(kvc_nop(c), 0);
+	kvc_detach(c);
+}
+
+Test(robust, daemon_restart_is_noticed_and_reattached)
+{
+	kvc_client *c = t_attach(&D, "restart", 1 << 20);
+	struct kvc_stats st1, st2;
+	void *stg = kvc_staging(c, NULL);
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 8,
+				.tokens = 8 };
+	struct kvc_key k = { 3, 3 };
+
+	cr_assert_eq(kvc_stats(c, &st1), 0);
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_start(&D, "64M");
+	int err = kvc_nop(c);
+
+	cr_assert_eq(err, -ECONNRESET, "the first request reports the restart: %s",
+		     kvc_strerror(err));
+	cr_assert_eq(kvc_nop(c), 0, "then the handle works again");
+	cr_assert_eq(kvc_staging(c, NULL), stg, "the staging buffer kept its address");
+	cr_assert_eq(kvc_stats(c, &st2), 0);
+	cr_assert_neq(st1.boot_token, st2.boot_token);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 4096, NULL), -ENOENT, "a new daemon starts empty");
+	kvc_detach(c);
+}
+
+static uid_t nobody(void)
+{
+	struct passwd *pw = getpwnam("nobody");
+
+	return pw ? pw->pw_uid : 65534;
+}
+
+Test(robust, uid_outside_the_allow_list_is_refused)
+{
+	char conf[128];
+	FILE *f;
+	struct t_daemon d2 = { 0 };
+	const char *args[] = { "--config", conf, "--pool-size", "16M", NULL };
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to act as another uid");
+	snprintf(conf, sizeof(conf), "%s/acl.conf", D.dir);
+	f = fopen(conf, "w");
+	fprintf(f, "[kvcd]\nsocket_mode = 0666\n[namespace secret]\nallow_uids = 0\n");
+	fclose(f);
+	strcpy(d2.dir, D.dir);
+	snprintf(d2.sock, sizeof(d2.sock), "%s/acl.sock", D.dir);
+	snprintf(d2.log, sizeof(d2.log), "%s/acl.log", D.dir);
+	cr_assert_eq(t_daemon_start_args(&d2, args), 0);
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct kvc_attach_opts o;
+		kvc_client *c;
+		int e1, e2;
+
+		if (setgid(nobody()) || setuid(nobody()))
+			_exit(90);
+		kvc_attach_opts_init(&o);
+		o.socket = d2.sock;
+		o.ns = "secret";
+		o.staging_size = 4096;
+		e1 = kvc_attach(&o, &c);
+		o.ns = "public";
+		e2 = kvc_attach(&o, &c);
+		_exit(e1 == -EACCES && e2 == 0 ? 0 : 1);
+	}
+	int st;
+
+	waitpid(pid, &st, 0);
+	kvc_client *c = t_attach(&d2, "secret", 4096); /* root is on the list */
+
+	kvc_detach(c);
+	cr_assert_eq(t_daemon_stop(&d2), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "nobody must get EACCES for 'secret' and a session for 'public' (status %d)", st);
+}
+
+Test(robust, too_little_memlock_fails_before_ready)
+{
+	char cmd[512], log[128], buf[2048] = { 0 };
+	FILE *f;
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to drop CAP_IPC_LOCK by changing uid");
+	snprintf(log, sizeof(log), "%s/memlock.log", D.dir);
+	/* as nobody: no CAP_IPC_LOCK, and RLIMIT_MEMLOCK of 8 MiB against a 64 MiB pool */
+	snprintf(cmd, sizeof(cmd),
+		 "setpriv --reuid=%u --regid=%u --clear-groups sh -c 'ulimit -l 8192; exec %s "
+		 "--foreground --socket %s/memlock.sock --pool-size 64M' >%s 2>&1",
+		 nobody(), nobody(), t_kvcd_bin(), D.dir, log);
+	int st = system(cmd);
+
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "kvcd must exit 1, got %d", st);
+	f = fopen(log, "r");
+	cr_assert_not_null(f);
+	if (fread(buf, 1, sizeof(buf) - 1, f) == 0)
+		buf[0] = 0;
+	fclose(f);
+	cr_assert_not_null(strstr(buf, "RLIMIT_MEMLOCK"), "says what to raise: %s", buf);
+	cr_assert_null(strstr(buf, "ready"), "never reported ready: %s", buf);
+	cr_assert(access("/tmp/nonexistent", F_OK) != 0);
+	snprintf(cmd, sizeof(cmd), "%s/memlock.sock", D.dir);
+	cr_assert(access(cmd, F_OK) != 0, "no socket was left behind");
+}
