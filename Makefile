@@ -14,10 +14,11 @@ PREFIX  ?= /usr/local
 VERSION := 0.1.0
 PKGS    := libxxhash hwloc inih libsystemd
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 -Wall -Wextra -Wshadow -Wno-missing-field-initializers -pthread \
+# project flags: kept even when CFLAGS is given on the command line (make asan does)
+KFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -Wno-missing-field-initializers -pthread \
 	   -fno-strict-aliasing -D_GNU_SOURCE -MMD -MP
 ifeq ($(CI),true)
-CFLAGS  += -Werror
+KFLAGS  += -Werror
 endif
 DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPS_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnuma
@@ -40,17 +41,17 @@ all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $(INC) -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
 $(BUILD)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
 $(BUILD)/kvcd: $(BUILD)/daemon/main.o $(DAEMON_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(DEPS_LIBS)
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ $(DEPS_LIBS)
 
 $(BUILD)/libkvcclient.so: $(CLIENT_OBJ) libclient/libkvcclient.map
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libkvcclient.so.0 \
+	$(CC) $(CFLAGS) $(KFLAGS) -shared -Wl,-soname,libkvcclient.so.0 \
 		-Wl,--version-script=libclient/libkvcclient.map -o $@ $(CLIENT_OBJ) -lxxhash
 	ln -sf libkvcclient.so $(BUILD)/libkvcclient.so.0
 
@@ -63,19 +64,19 @@ $(BUILD)/kvcclient.pc: libclient/kvcclient.pc.in
 
 # Tools link the static library: they use only kvc.h, like any engine would.
 $(BUILD)/kvcctl: $(BUILD)/tools/kvcctl.o $(BUILD)/libkvcclient.a
-	$(CC) $(CFLAGS) -o $@ $^ -lxxhash
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash
 
 $(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/libkvcclient.a
-	$(CC) $(CFLAGS) -o $@ $^ -lxxhash -lm
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
 $(BUILD)/tools/%.o: tools/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Ilibclient/include -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -c $< -o $@
 
 # Tests: unit tests link the daemon objects; it_* tests drive a real kvcd through libkvcclient.
 $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
 		$(DEPS_LIBS) $(TEST_LIBS)
 
 test-bin: all $(TESTS:%=$(BUILD)/tests/%)

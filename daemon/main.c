@@ -53,6 +53,8 @@ struct pending {
 struct client {
 	struct kvcd_session s;
 	struct ev ev_sock, ev_pidfd;
+	struct client *next_dead;	/* detached; freed after the current epoll batch */
+	bool dead;
 };
 
 static struct {
@@ -62,6 +64,7 @@ static struct {
 	struct pending pending[MAX_PENDING];
 	uint64_t watchdog_usec, last_watchdog;
 	int ready_pipe;				/* daemonized: tell the parent we are up */
+	struct client *dead;			/* detached clients, freed by bury_dead() */
 } g = { .lfd = -1, .ready_pipe = -1 };
 
 /* ---- epoll helpers ------------------------------------------------------------------------ */
@@ -246,10 +249,15 @@ out_free:
 	return err;
 }
 
+/* Tear a client down now; its memory is freed by bury_dead() once no event of the current
+ * epoll batch can still name it. Safe to call twice. */
 static void detach(struct kvcd *d, struct client *c)
 {
 	struct kvcd_session *s = &c->s;
 
+	if (c->dead)
+		return;
+	c->dead = true;
 	unwatch(s->sock);
 	unwatch(s->pidfd);
 	kvcd_worker_remove(&d->workers[s->worker], s);
@@ -263,7 +271,18 @@ static void detach(struct kvcd *d, struct client *c)
 	d->bad_closed += s->bad_requests;
 	pthread_mutex_unlock(&d->sessions_lock);
 	kvcd_session_destroy(s);
-	free(c);
+	c->next_dead = g.dead;
+	g.dead = c;
+}
+
+static void bury_dead(void)
+{
+	while (g.dead) {
+		struct client *c = g.dead;
+
+		g.dead = c->next_dead;
+		free(c);
+	}
 }
 
 static void finish_handshake(struct kvcd *d, struct pending *p)
@@ -622,17 +641,10 @@ static void serve(struct kvcd *d)
 			case EV_SOCK: /* fall through: EOF or unexpected data, either way gone */
 			case EV_PIDFD:
 				detach(d, e->ptr);
-				/* later events of this batch may name the same client: skip them */
-				for (int j = i + 1; j < n; j++) {
-					struct ev *f = evs[j].data.ptr;
-
-					if ((f->type == EV_SOCK || f->type == EV_PIDFD) &&
-					    f->ptr == e->ptr)
-						evs[j].data.ptr = &g.ev_reap;
-				}
 				break;
 			}
 		}
+		bury_dead();
 	}
 }
 
@@ -644,6 +656,7 @@ static void shutdown_all(struct kvcd *d)
 	unlink(d->cfg.socket);
 	while (d->nsessions)
 		detach(d, (struct client *)d->sessions[0]);
+	bury_dead();
 	for (unsigned i = 0; i < d->cfg.workers; i++)
 		kvcd_worker_stop(&d->workers[i]);
 	kvcd_store_fini(&d->store);

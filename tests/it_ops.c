@@ -274,11 +274,11 @@ Test(ops, pool_full_of_pins_says_enospc)
 
 Test(ops, kvcctl_speaks_json)
 {
-	char cmd[256], buf[4096] = { 0 };
+	char cmd[512], bin[256], buf[4096] = { 0 };
 	FILE *f;
 
-	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s stats --json", getenv("KVCD_BIN") ?
-		 dirname(strdup(getenv("KVCD_BIN"))) : "build", D.sock);
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s stats --json", dirname(bin), D.sock);
 	f = popen(cmd, "r");
 	cr_assert_not_null(f);
 	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
