@@ -205,7 +205,7 @@ struct t_raw {
 };
 
 /* Send @req (NULL: a valid one for namespace "default") and return the reply status; on
- * success map the segments into @r. */
+ * success map the segments into @r. Never asserts, so forked helpers may use it. */
 static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *req,
 			       struct t_raw *r)
 {
@@ -218,27 +218,35 @@ static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *r
 	struct iovec iov = { &rep, sizeof(rep) };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
 			     .msg_controllen = sizeof(cbuf) };
+	struct timeval tv = { 5, 0 };
+	struct cmsghdr *cm;
 	int fds[2];
 
 	memset(r, 0, sizeof(*r));
 	r->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	strcpy(sa.sun_path, sock);
-	cr_assert_eq(connect(r->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(send(r->sock, req ? req : &def, sizeof(def), 0), (ssize_t)sizeof(def));
+	setsockopt(r->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(r->sock, (struct sockaddr *)&sa, sizeof(sa)))
+		return -errno;
+	if (send(r->sock, req ? req : &def, sizeof(def), 0) != (ssize_t)sizeof(def))
+		return -errno;
 	if (recvmsg(r->sock, &mh, 0) != (ssize_t)sizeof(rep))
 		return -ECONNRESET;
 	if (rep.status)
 		return rep.status;
-	memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(fds));
+	cm = CMSG_FIRSTHDR(&mh);
+	if (!cm || cm->cmsg_type != SCM_RIGHTS)
+		return -EBADMSG;
+	memcpy(fds, CMSG_DATA(cm), sizeof(fds));
 	r->ctrl_size = rep.ctrl_size;
 	r->staging_size = rep.staging_size;
 	r->hdr = mmap(NULL, rep.ctrl_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
 	r->staging = mmap(NULL, rep.staging_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-	cr_assert(r->hdr != MAP_FAILED && r->staging != MAP_FAILED);
 	close(fds[0]);
 	close(fds[1]);
-	cr_assert_eq(kvcp_hdr_validate(r->hdr, r->ctrl_size), 0);
-	return 0;
+	if (r->hdr == MAP_FAILED || r->staging == MAP_FAILED)
+		return -ENOMEM;
+	return kvcp_hdr_validate(r->hdr, r->ctrl_size);
 }
 
 static inline void t_raw_close(struct t_raw *r)
