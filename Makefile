@@ -84,6 +84,11 @@ test-bin: all $(TESTS:%=$(BUILD)/tests/%)
 # Each suite runs with 2 jobs; it_* tests start their own kvcd on a private socket.
 test: deps
 	$(MAKE) test-bin
+	@# the shared library exports the public API and nothing else
+	@bad=$$(readelf --dyn-syms --wide $(BUILD)/libkvcclient.so | awk '$$5=="GLOBAL" && $$7!="UND" && $$8 !~ /^(kvc_|KVC_)/ {print $$8}'); \
+	n=$$(readelf --dyn-syms --wide $(BUILD)/libkvcclient.so | awk '$$7!="UND" && $$8 ~ /^kvc_/' | wc -l); \
+	if [ -n "$$bad" ] || [ "$$n" -lt 20 ]; then echo "libkvcclient.so exports: $$bad ($$n kvc_ symbols)"; exit 1; fi; \
+	echo "libkvcclient.so exports $$n kvc_* symbols and nothing else"
 	@set -e; fail=0; for t in $(TESTS); do \
 		echo "== $$t"; \
 		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd $(BUILD)/tests/$$t --jobs 2 || fail=1; \

@@ -129,8 +129,11 @@ Test(stress, hostile_client_cannot_hurt_kvcd_or_others)
 		struct kvc_key k = { 77, i };
 
 		t_fill(stg, n, i);
-		cr_assert_eq(kvc_store(good, &k, &l, 0), 0);
-		cr_assert_eq(kvc_fetch(good, &k, 65536, n, NULL), 0);
+		int err = kvc_store(good, &k, &l, 0);
+
+		cr_assert_eq(err, 0, "store %lu: %s", (unsigned long)i, kvc_strerror(err));
+		err = kvc_fetch(good, &k, 65536, n, NULL);
+		cr_assert_eq(err, 0, "fetch %lu: %s", (unsigned long)i, kvc_strerror(err));
 		cr_assert_eq(memcmp(stg, stg + 65536, n), 0, "the good client saw a wrong byte");
 		if (i % 100 == 0)
 			t_sleep_ms(10);
