@@ -188,8 +188,13 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, int 
 			tp_worker(bs, iters, p, &res[p]);
 			_exit(0);
 		}
-	for (unsigned p = 0; p < procs; p++)
-		wait(NULL);
+	for (unsigned p = 0; p < procs; p++) {
+		int st;
+
+		wait(&st);
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			err = -ECHILD;
+	}
 	wall = now_ns() - t0;
 	for (unsigned p = 0; p < procs; p++) {
 		store += res[p].store_ns;
@@ -198,6 +203,8 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, int 
 		if (res[p].err)
 			err = res[p].err;
 	}
+	if (!err && (!store || !fetch))
+		err = -ECHILD;
 	if (err) {
 		fprintf(stderr, "kvcbench: throughput: %s\n", kvc_strerror(err));
 		return 1;
