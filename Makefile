@@ -16,7 +16,7 @@ PKGS    := libxxhash hwloc inih libsystemd
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
 KFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -Wno-missing-field-initializers -pthread \
-	   -fno-strict-aliasing -D_GNU_SOURCE -MMD -MP
+	   -fno-strict-aliasing -ffp-contract=off -D_GNU_SOURCE -MMD -MP
 ifeq ($(CI),true)
 KFLAGS  += -Werror
 endif
@@ -28,13 +28,14 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 	    libsystemd-dev libxxhash-dev libinih-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
-	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c
+	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c \
+	      daemon/codec/quant.c
 CLIENT_SRC := libclient/client.c libclient/keys.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
 
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
-INC        := -Iproto -Ilibclient/include -Idaemon
+INC        := -Iproto -Ilibclient/include -Idaemon -Idaemon/codec
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
      $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc
@@ -48,7 +49,7 @@ $(BUILD)/pic/%.o: %.c
 	$(CC) $(CFLAGS) $(KFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
 $(BUILD)/kvcd: $(BUILD)/daemon/main.o $(DAEMON_OBJ)
-	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ $(DEPS_LIBS)
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ $(DEPS_LIBS) -lm
 
 $(BUILD)/libkvcclient.so: $(CLIENT_OBJ) libclient/libkvcclient.map
 	$(CC) $(CFLAGS) $(KFLAGS) -shared -Wl,-soname,libkvcclient.so.0 \
@@ -77,7 +78,7 @@ $(BUILD)/tools/%.o: tools/%.c
 $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
-		$(DEPS_LIBS) $(TEST_LIBS)
+		$(DEPS_LIBS) $(TEST_LIBS) -lm
 
 test-bin: all $(TESTS:%=$(BUILD)/tests/%)
 

@@ -1,0 +1,45 @@
+/* quant.h - group quantization kernels: pure functions over float arrays, no daemon state.
+ *
+ * Asymmetric min/max quantization to b bits (2..8) per group (FlexGen): for a group x[0..n)
+ *   zero  = f16(min x),  scale = f16((max x - zero) / (2^b - 1))
+ *   q[i]  = clamp(round_half_even((x[i] - zero) / scale), 0, 2^b - 1)
+ *   x'[i] = q[i] * scale + zero
+ * with scale and zero rounded to f16 before they are used, so the encoder and the decoder see
+ * the same values. A constant group has scale 0 and decodes exactly to zero. Codes are packed
+ * little-endian, LSB first, with no wasted bits (kvcd_pack / kvcd_unpack).
+ *
+ * Every kernel has a scalar reference and AVX2 / AVX-512 versions chosen at run time; the
+ * SIMD versions produce the same bits as the reference (tests/unit_quant.c checks it).
+ */
+#ifndef KVCD_QUANT_H
+#define KVCD_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum kvcd_isa { KVCD_ISA_SCALAR = 0, KVCD_ISA_AVX2 = 1, KVCD_ISA_AVX512 = 2 };
+
+/* Best ISA this CPU supports (cached after the first call). */
+enum kvcd_isa kvcd_isa_best(void);
+const char *kvcd_isa_name(enum kvcd_isa isa);
+
+uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
+float kvcd_f16_to_f32(uint16_t h);
+
+/* Quantize @n values of one group at @bits. Writes one code per byte to @q and the f16 scale
+ * and zero. Returns 0, or -EINVAL for bits outside 2..8 or a non-finite input. */
+int kvcd_quant_group(enum kvcd_isa isa, const float *x, size_t n, unsigned bits, uint8_t *q,
+		     uint16_t *scale, uint16_t *zero);
+/* x'[i] = q[i] * scale + zero. */
+void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t scale,
+			uint16_t zero, float *out);
+
+/* Pack @n codes of @bits each (one per byte in @q) into @out: ceil(n * bits / 8) bytes. */
+void kvcd_pack(const uint8_t *q, size_t n, unsigned bits, uint8_t *out);
+void kvcd_unpack(const uint8_t *in, size_t n, unsigned bits, uint8_t *q);
+static inline size_t kvcd_packed_bytes(size_t n, unsigned bits)
+{
+	return (n * bits + 7) / 8;
+}
+
+#endif /* KVCD_QUANT_H */

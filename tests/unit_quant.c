@@ -1,0 +1,194 @@
+/* unit_quant.c - group quantization kernels: f16 conversion, known answers, the per-group error
+ * bound, clean rejection of non-finite and out-of-range input, bit packing, and SIMD output
+ * equal to the scalar reference bit for bit on random and adversarial groups. */
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+
+#include "t_util.h"
+#include "quant.h"
+
+__attribute__((target("f16c"))) static uint16_t hw_f16(float f)
+{
+	return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+
+Test(quant, f16_conversion)
+{
+	cr_assert_eq(kvcd_f32_to_f16(1.0f), 0x3c00);
+	cr_assert_eq(kvcd_f32_to_f16(-2.0f), 0xc000);
+	cr_assert_eq(kvcd_f32_to_f16(65504.0f), 0x7bff);
+	cr_assert_eq(kvcd_f32_to_f16(65520.0f), 0x7c00, "rounds to inf");
+	cr_assert_eq(kvcd_f32_to_f16(0x1p-24f), 0x0001, "smallest subnormal");
+	cr_assert_eq(kvcd_f32_to_f16(0x1p-26f), 0x0000, "below half of it: zero");
+	cr_assert_eq(kvcd_f32_to_f16(1.0f + 0x1p-11f), 0x3c00, "tie to even (down)");
+	cr_assert_eq(kvcd_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02, "tie to even (up)");
+	for (uint32_t h = 0; h < 0x10000; h++) { /* every f16 survives a round trip */
+		if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff))
+			continue; /* NaN payloads */
+		cr_assert_eq(kvcd_f32_to_f16(kvcd_f16_to_f32((uint16_t)h)), h, "0x%04x", h);
+	}
+	if (!__builtin_cpu_supports("f16c"))
+		return;
+	uint64_t x = 99;
+	for (int i = 0; i < 200000; i++) { /* agrees with vcvtps2ph on random floats */
+		uint32_t u;
+		float f;
+
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		u = (uint32_t)x;
+		memcpy(&f, &u, 4);
+		if (isnan(f))
+			continue;
+		cr_assert_eq(kvcd_f32_to_f16(f), hw_f16(f), "%a", f);
+	}
+}
+
+static void roundtrip(enum kvcd_isa isa, const float *x, size_t n, unsigned bits, float *out,
+		      uint16_t *s, uint16_t *z)
+{
+	uint8_t q[4096];
+
+	cr_assert_eq(kvcd_quant_group(isa, x, n, bits, q, s, z), 0);
+	kvcd_dequant_group(isa, q, n, *s, *z, out);
+}
+
+Test(quant, known_answers)
+{
+	const float a[4] = { 0, 1, 2, 3 }, b[3] = { -1, 0.5f, 2 };
+	uint8_t q[8];
+	uint16_t s, z;
+
+	cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, a, 4, 2, q, &s, &z), 0);
+	cr_assert_eq(z, 0x0000);
+	cr_assert_eq(s, 0x3c00, "scale (3 - 0) / 3 = 1");
+	cr_assert_arr_eq(q, ((uint8_t[]){ 0, 1, 2, 3 }), 4);
+	cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, b, 3, 2, q, &s, &z), 0);
+	cr_assert_eq(z, 0xbc00, "zero = -1");
+	cr_assert_eq(s, 0x3c00, "scale (2 + 1) / 3 = 1");
+	cr_assert_arr_eq(q, ((uint8_t[]){ 0, 2, 3 }), 3, "1.5 rounds half to even: 2");
+	const float c[8] = { 0, 0.25f, 0.5f, 0.75f, 1, 1.25f, 1.5f, 2 }; /* int3: scale 2/7 */
+
+	cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, c, 8, 3, q, &s, &z), 0);
+	/* 2/7 = 0.285714 lies between f16 0x3492 (0.285645) and 0x3493 (0.285889): round up so
+	 * that zero + 7 * scale covers the maximum */
+	cr_assert_eq(s, 0x3493, "scale 0x%04x", s);
+	cr_assert_arr_eq(q, ((uint8_t[]){ 0, 1, 2, 3, 3, 4, 5, 7 }), 8, "%u %u %u %u %u %u %u %u",
+			 q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]);
+}
+
+Test(quant, constant_and_bad_groups)
+{
+	float x[33], out[33];
+	uint8_t q[33];
+	uint16_t s, z;
+
+	for (int i = 0; i < 33; i++)
+		x[i] = 3.0f;
+	roundtrip(KVCD_ISA_SCALAR, x, 33, 4, out, &s, &z);
+	cr_assert_eq(s, 0, "a constant group has scale 0");
+	for (int i = 0; i < 33; i++)
+		cr_assert_eq(out[i], 3.0f, "and decodes exactly");
+	for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
+		x[17] = NAN;
+		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -EINVAL, "%s", kvcd_isa_name(isa));
+		x[17] = INFINITY;
+		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -EINVAL);
+		x[17] = 1e6f;
+		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -ERANGE, "outside f16");
+		x[17] = 3.0f;
+	}
+	cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, x, 33, 1, q, &s, &z), -EINVAL);
+	cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, x, 33, 9, q, &s, &z), -EINVAL);
+}
+
+static void fill_group(float *x, size_t n, uint64_t *r, int kind)
+{
+	for (size_t i = 0; i < n; i++) {
+		*r ^= *r << 13; *r ^= *r >> 7; *r ^= *r << 17;
+		float u = (float)(*r >> 40) / (float)(1 << 24) * 2 - 1; /* [-1, 1) */
+
+		switch (kind) {
+		case 0: x[i] = u; break;
+		case 1: x[i] = u * 60000; break;			/* extreme range */
+		case 2: x[i] = u * 1e-40f; break;			/* denormals */
+		case 3: x[i] = 0.7f; break;				/* constant */
+		case 4: x[i] = (float)((*r >> 8) % 16) * 0.5f; break;	/* exact ties */
+		case 5: x[i] = i == 3 ? 40.0f : u * 0.01f; break;	/* one huge outlier */
+		}
+	}
+}
+
+Test(quant, error_bound_holds_per_group)
+{
+	float x[300], out[300];
+	uint16_t s, z;
+	uint64_t r = 7;
+
+	for (unsigned bits = 2; bits <= 8; bits++)
+		for (int kind = 0; kind < 6; kind++)
+			for (size_t n = 1; n <= 300; n += 37) {
+				fill_group(x, n, &r, kind);
+				roundtrip(KVCD_ISA_SCALAR, x, n, bits, out, &s, &z);
+				float sf = kvcd_f16_to_f32(s), zf = kvcd_f16_to_f32(z);
+
+				for (size_t i = 0; i < n; i++) {
+					float tol = sf / 2 + 4 * FLT_EPSILON *
+						    (fabsf(x[i]) + fabsf(zf) + sf * ((1u << bits) - 1)) +
+						    FLT_MIN;
+
+					cr_assert_leq(fabsf(x[i] - out[i]), tol,
+						      "bits %u kind %d n %zu i %zu: %a vs %a (scale %a)",
+						      bits, kind, n, i, x[i], out[i], sf);
+				}
+			}
+}
+
+Test(quant, simd_equals_scalar_bit_for_bit)
+{
+	float x[300], a[300], b[300];
+	uint8_t qa[300], qb[300];
+	uint16_t sa, za, sb, zb;
+	uint64_t r = 12345;
+
+	if (kvcd_isa_best() == KVCD_ISA_SCALAR)
+		cr_skip_test("this CPU has neither AVX2 nor AVX-512");
+	for (enum kvcd_isa isa = KVCD_ISA_AVX2; isa <= kvcd_isa_best(); isa++)
+		for (unsigned bits = 2; bits <= 8; bits++)
+			for (int kind = 0; kind < 6; kind++)
+				for (size_t n = 1; n <= 300; n += 13) {
+					fill_group(x, n, &r, kind);
+					cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, x, n, bits, qa, &sa, &za), 0);
+					cr_assert_eq(kvcd_quant_group(isa, x, n, bits, qb, &sb, &zb), 0);
+					cr_assert(sa == sb && za == zb, "%s params", kvcd_isa_name(isa));
+					cr_assert_eq(memcmp(qa, qb, n), 0, "%s codes, bits %u kind %d n %zu",
+						     kvcd_isa_name(isa), bits, kind, n);
+					kvcd_dequant_group(KVCD_ISA_SCALAR, qa, n, sa, za, a);
+					kvcd_dequant_group(isa, qb, n, sb, zb, b);
+					cr_assert_eq(memcmp(a, b, n * sizeof(float)), 0, "%s values",
+						     kvcd_isa_name(isa));
+				}
+}
+
+Test(quant, packing)
+{
+	const uint8_t codes[8] = { 1, 2, 3, 4, 5, 6, 7, 0 };
+	uint8_t packed[8] = { 0 }, back[300], q[300], buf[300];
+	uint64_t r = 3;
+
+	kvcd_pack(codes, 8, 3, packed);
+	cr_assert_eq(kvcd_packed_bytes(8, 3), 3, "no wasted bits");
+	cr_assert_arr_eq(packed, ((uint8_t[]){ 0xd1, 0x58, 0x1f }), 3);
+	for (unsigned bits = 2; bits <= 8; bits++)
+		for (size_t n = 1; n < 300; n += 7) {
+			for (size_t i = 0; i < n; i++) {
+				r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+				q[i] = (uint8_t)(r & ((1u << bits) - 1));
+			}
+			memset(buf, 0xee, sizeof(buf));
+			kvcd_pack(q, n, bits, buf);
+			cr_assert_eq(buf[kvcd_packed_bytes(n, bits)], 0xee, "wrote past the end");
+			kvcd_unpack(buf, n, bits, back);
+			cr_assert_eq(memcmp(q, back, n), 0, "bits %u n %zu", bits, n);
+		}
+}
