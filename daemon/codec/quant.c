@@ -98,6 +98,20 @@ static int params(float lo, float hi, unsigned bits, uint16_t *scale, uint16_t *
 	return 0;
 }
 
+/* Fold x[from..n) into the range [lo, hi] found so far, rejecting non-finite values, then
+ * derive the group's parameters. Shared by every variant: the scalar tails must agree. */
+static int finish_range(const float *x, size_t from, size_t n, float lo, float hi,
+			unsigned bits, uint16_t *scale, uint16_t *zero, float *s, float *z)
+{
+	for (size_t j = from; j < n; j++) {
+		if (!isfinite(x[j]))
+			return -EINVAL;
+		lo = x[j] < lo ? x[j] : lo;
+		hi = x[j] > hi ? x[j] : hi;
+	}
+	return params(lo, hi, bits, scale, zero, s, z);
+}
+
 static inline uint8_t quant_one(float x, float z, float s, float levels)
 {
 	float q = s > 0.0f ? nearbyintf((x - z) / s) : 0.0f;
@@ -111,16 +125,9 @@ static inline uint8_t quant_one(float x, float z, float s, float levels)
 static int quant_scalar(const float *x, size_t n, unsigned bits, uint8_t *q, uint16_t *scale,
 			uint16_t *zero)
 {
-	float lo = INFINITY, hi = -INFINITY, s, z, levels = (float)((1u << bits) - 1);
-	int err;
+	float s, z, levels = (float)((1u << bits) - 1);
+	int err = finish_range(x, 0, n, INFINITY, -INFINITY, bits, scale, zero, &s, &z);
 
-	for (size_t i = 0; i < n; i++) {
-		if (!isfinite(x[i]))
-			return -EINVAL;
-		lo = x[i] < lo ? x[i] : lo;
-		hi = x[i] > hi ? x[i] : hi;
-	}
-	err = params(lo, hi, bits, scale, zero, &s, &z);
 	if (err)
 		return err;
 	for (size_t i = 0; i < n; i++)
@@ -164,13 +171,7 @@ __attribute__((target("avx2"))) static int quant_avx2(const float *x, size_t n, 
 	hi = t[0];
 	for (int k = 1; k < 8; k++)
 		hi = t[k] > hi ? t[k] : hi;
-	for (size_t j = i; j < n; j++) {
-		if (!isfinite(x[j]))
-			return -EINVAL;
-		lo = x[j] < lo ? x[j] : lo;
-		hi = x[j] > hi ? x[j] : hi;
-	}
-	err = params(lo, hi, bits, scale, zero, &s, &z);
+	err = finish_range(x, i, n, lo, hi, bits, scale, zero, &s, &z);
 	if (err)
 		return err;
 	if (s > 0.0f) {
@@ -234,13 +235,7 @@ __attribute__((target("avx512f,avx512bw"))) static int quant_avx512(const float 
 		return -EINVAL;
 	lo = _mm512_reduce_min_ps(vlo);
 	hi = _mm512_reduce_max_ps(vhi);
-	for (size_t j = i; j < n; j++) {
-		if (!isfinite(x[j]))
-			return -EINVAL;
-		lo = x[j] < lo ? x[j] : lo;
-		hi = x[j] > hi ? x[j] : hi;
-	}
-	err = params(lo, hi, bits, scale, zero, &s, &z);
+	err = finish_range(x, i, n, lo, hi, bits, scale, zero, &s, &z);
 	if (err)
 		return err;
 	i = 0;
