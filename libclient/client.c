@@ -498,6 +498,10 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 			__builtin_ia32_pause();
 			continue;
 		}
+		/* The worker stops draining our SQ while our CQ is full and may have gone to
+		 * sleep; we have since made room, so wake it before we sleep ourselves. */
+		if (c->sq_prod != kvcp_load_acquire(&c->hdr->sq.cons))
+			ring_doorbell(c);
 		fv = kvcp_load_acquire(&cq->futex);
 		kvcp_store_relaxed(&cq->flags, KVCP_RING_NEED_WAKEUP);
 		/* Pairs with the daemon's fence between publishing prod and reading flags. */

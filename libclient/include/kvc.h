@@ -145,7 +145,7 @@ int kvc_nop(kvc_client *c);
 
 /* Store the @layout block at staging[@off, @off + kvc_layout_bytes(@layout)) under @key.
  * Returns 0, -EEXIST (already stored; kept as is), -ENOSPC (pool full of pinned blocks),
- * -EINVAL (bad layout or range), -EACCES. */
+ * -EINVAL (bad layout or range). */
 int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
 	      size_t off);
 
