@@ -166,15 +166,10 @@ Test(ops, many_processes_at_once)
 	for (int p = 0; p < PROCS; p++) {
 		if (fork())
 			continue;
-		struct kvc_attach_opts o;
-		kvc_client *c;
+		kvc_client *c = t_try_attach(&D, "shared", 1 << 20);
 		int bad = 0;
 
-		kvc_attach_opts_init(&o);
-		o.socket = D.sock;
-		o.ns = "shared";
-		o.staging_size = 1 << 20;
-		if (kvc_attach(&o, &c))
+		if (!c)
 			_exit(10);
 		unsigned char *stg = kvc_staging(c, NULL);
 
@@ -290,4 +285,40 @@ Test(ops, kvcctl_speaks_json)
 		snprintf(want, sizeof(want), "\"%s\":", k);
 		cr_assert_not_null(strstr(buf, want), "missing %s in %s", want, buf);
 	}
+}
+
+/* More requests in flight than the completion ring holds: the worker stops draining the SQ
+ * while the CQ is full and goes to sleep; the client that then drains the CQ and waits must
+ * wake it, or the rest stalls until the worker's 1 s safety timeout. */
+Test(ops, backlog_beyond_the_completion_ring_does_not_stall)
+{
+	kvc_client *c = t_attach(&D, NULL, 4096);
+	struct kvc_req nop[256] = { { .op = KVC_OP_NOP } };
+	struct kvc_cqe cq[512];
+	int sub = 0, got = 0;
+
+	for (int round = 0; round < 3; round++) {
+		while (sub < 512) { /* SQ and CQ both full: 256 + 256 in flight */
+			int r = kvc_submit(c, nop, (unsigned)(512 - sub > 256 ? 256 : 512 - sub), NULL);
+
+			if (r == -EAGAIN) {
+				t_sleep_ms(1);
+				continue;
+			}
+			cr_assert_gt(r, 0, "%s", kvc_strerror(r));
+			sub += r;
+		}
+		t_sleep_ms(20); /* the worker fills the CQ, cannot go on, and falls asleep */
+		got = 0;
+		while (got < 512) {
+			/* 500 ms is half the worker's fallback timeout: only a wake-up gets here */
+			int r = kvc_wait(c, cq, 1, 512, 500);
+
+			cr_assert_gt(r, 0, "round %d: %d of 512 completions, then %s", round, got,
+				     kvc_strerror(r));
+			got += r;
+		}
+		sub = 0;
+	}
+	kvc_detach(c);
 }

@@ -57,15 +57,10 @@ Test(robust, kill_9_in_the_middle_of_stores)
 		pid_t pid = fork();
 
 		if (pid == 0) { /* stream async STOREs and PINs forever */
-			struct kvc_attach_opts o;
-			kvc_client *c;
+			kvc_client *c = t_try_attach(&D, "kill", 8 << 20);
 			struct kvc_cqe cq[64];
 
-			kvc_attach_opts_init(&o);
-			o.socket = D.sock;
-			o.ns = "kill";
-			o.staging_size = 8 << 20;
-			if (kvc_attach(&o, &c))
+			if (!c)
 				_exit(1);
 			for (uint64_t i = 0;; i++) {
 				struct kvc_req r[2] = {

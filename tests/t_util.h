@@ -134,18 +134,33 @@ static inline void t_daemon_cleanup(struct t_daemon *t)
 	}
 }
 
-static inline kvc_client *t_attach(const struct t_daemon *t, const char *ns, size_t staging)
+/* Attach to @t; NULL on failure, with the error in *@err when given. Never asserts, so
+ * forked children may use it. */
+static inline kvc_client *t_try_attach_err(const struct t_daemon *t, const char *ns,
+					   size_t staging, int *err)
 {
 	struct kvc_attach_opts o;
 	kvc_client *c = NULL;
-	int err;
+	int e;
 
 	kvc_attach_opts_init(&o);
 	o.socket = t->sock;
 	o.ns = ns;
 	o.staging_size = staging;
-	err = kvc_attach(&o, &c);
-	cr_assert_eq(err, 0, "attach: %s", kvc_strerror(err));
+	e = kvc_attach(&o, &c);
+	if (err)
+		*err = e;
+	return e ? NULL : c;
+}
+
+#define t_try_attach(t, ns, staging) t_try_attach_err(t, ns, staging, NULL)
+
+static inline kvc_client *t_attach(const struct t_daemon *t, const char *ns, size_t staging)
+{
+	int err;
+	kvc_client *c = t_try_attach_err(t, ns, staging, &err);
+
+	cr_assert_not_null(c, "attach: %s", kvc_strerror(err));
 	return c;
 }
 
