@@ -257,7 +257,9 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 	b->stored = stored;
 	b->data = data;
 	b->pool = (uint8_t)pool;
-	b->flags = KVCD_BLK_WRITING;
+	/* Enters CLOCK referenced: otherwise, once every older block has been read, a sweep
+	 * clears them all and takes the one block nobody has had a chance to fetch yet. */
+	b->flags = KVCD_BLK_WRITING | KVCD_BLK_REF;
 	b->refs = 1;
 	b->hnext = s->buckets[slot(s, ns, key)];
 	s->buckets[slot(s, ns, key)] = b;

@@ -113,6 +113,27 @@ Test(store, clock_evicts_unreferenced_first)
 	cr_assert_eq(kvcd_store_get(&st, 0, &k0, &b), -ENOENT, "the oldest unreferenced went");
 }
 
+/* Found by stress_fuzz under CI: every older block had been read once, the newest not yet, and
+ * the watermark sweep cleared all the bits and evicted the newest before its owner fetched it. */
+Test(store, a_new_block_is_not_the_first_victim)
+{
+	struct kvcd_block *b;
+
+	for (uint64_t i = 0; i < 6; i++) {
+		struct kvcp_key k = K(i);
+
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+		cr_assert_eq(kvcd_store_get(&st, 0, &k, &b), 0);
+		kvcd_store_put(&st, b, false);
+	}
+	cr_assert_eq(put(6, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_reclaim(&st, 200u << 10), 1, "room for one more block");
+	struct kvcp_key k6 = K(6), k0 = K(0);
+
+	cr_assert_eq(kvcd_store_lookup(&st, 0, &k6, 1), 1, "the newest block survived");
+	cr_assert_eq(kvcd_store_lookup(&st, 0, &k0, 1), 0, "the oldest went");
+}
+
 Test(store, pinned_and_in_flight_blocks_are_never_evicted)
 {
 	struct kvcd_block *held;
