@@ -1,0 +1,869 @@
+/* codec.c - encode and decode whole KV blocks under a policy (see codec.h for the model).
+ *
+ * Encoded block: struct kvcd_codec_hdr, then one unit per (layer, K/V, head) in that order.
+ * A unit of T tokens x D channels is, with every size fixed by (policy, layout, scores?):
+ *   u32 exact[ne], u32 important[nh]        token indices, ascending
+ *   exact rows                              ne x D in the engine's dtype, bit for bit
+ *   important params, codes                 nh x ceil(D/gch) (f16 scale, f16 zero); packed
+ *   regular params, codes                   int, kivi V: nr x ceil(D/gch) (scale, zero);
+ *                                           fp8: nr x ceil(D/gch) f16 scales, one byte each;
+ *                                           kivi K: (nr / G) x D (scale, zero), codes in
+ *                                           [group][channel][token] order
+ *   residual rows                           kivi K: nr % G newest regular tokens, exact
+ *   u32 sparse positions[ns], f32 values[ns] in the quantized regular values (row r, chan d:
+ *                                           r * D + d), ascending
+ * Rotated tokens (important and quantized regular ones) are rotated before everything above,
+ * sparse values included, and rotated back after decoding.
+ */
+#include <cpuid.h>
+#include <errno.h>
+#include <stddef.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+/* ---- dtype conversion ---------------------------------------------------------------------- */
+
+static bool has_f16c(void)
+{
+	static int known = -1;
+	unsigned a, b, c, d;
+
+	if (known < 0)
+		known = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) ? 1 : 0;
+	return known;
+}
+
+static float bf16_to_f32(uint16_t h)
+{
+	uint32_t x = (uint32_t)h << 16;
+	float f;
+
+	memcpy(&f, &x, 4);
+	return f;
+}
+
+static uint16_t f32_to_bf16(float f)
+{
+	uint32_t x;
+
+	memcpy(&x, &f, 4);
+	if ((x & 0x7fffffff) > 0x7f800000)
+		return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+	x += 0x7fff + ((x >> 16) & 1);
+	return (uint16_t)(x >> 16);
+}
+
+/* Decoded values can overshoot the input range by half a step: keep f16 output finite. */
+static inline float sat16(float f)
+{
+	return f > 65504.0f ? 65504.0f : f < -65504.0f ? -65504.0f : f;
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t *s, float *d,
+								  size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+	for (; i < n; i++)
+		d[i] = kvcd_f16_to_f32(s[i]);
+}
+
+__attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *s, uint16_t *d,
+								  size_t n)
+{
+	const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(s + i), lo), hi);
+
+		_mm_storeu_si128((__m128i *)(d + i),
+				 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+	}
+	for (; i < n; i++)
+		d[i] = kvcd_f32_to_f16(sat16(s[i]));
+}
+
+void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n)
+{
+	if (dtype == KVCP_F32) {
+		memcpy(dst, src, n * 4);
+	} else if (dtype == KVCP_F16) {
+		const uint16_t *s = src;
+
+		if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2 && has_f16c()) {
+			f16_to_f32_avx2(s, dst, n);
+			return;
+		}
+		for (size_t i = 0; i < n; i++)
+			dst[i] = kvcd_f16_to_f32(s[i]);
+	} else {
+		const uint16_t *s = src;
+
+		for (size_t i = 0; i < n; i++) /* the compiler vectorizes the shift */
+			dst[i] = bf16_to_f32(s[i]);
+	}
+}
+
+void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n)
+{
+	if (dtype == KVCP_F32) {
+		memcpy(dst, src, n * 4);
+	} else if (dtype == KVCP_F16) {
+		uint16_t *d = dst;
+
+		if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2 && has_f16c()) {
+			f32_to_f16_avx2(src, d, n);
+			return;
+		}
+		for (size_t i = 0; i < n; i++)
+			d[i] = kvcd_f32_to_f16(sat16(src[i]));
+	} else {
+		uint16_t *d = dst;
+
+		for (size_t i = 0; i < n; i++)
+			d[i] = f32_to_bf16(src[i]);
+	}
+}
+
+/* ---- fp8 e4m3 ------------------------------------------------------------------------------ */
+
+uint8_t kvcd_f32_to_e4m3(float f)
+{
+	uint32_t x, m, rem;
+	uint8_t sign;
+	int e;
+	float a = fabsf(f);
+
+	memcpy(&x, &f, 4);
+	sign = (uint8_t)((x >> 24) & 0x80);
+	if (isnan(f))
+		return sign | 0x7f;
+	if (a >= 448.0f)
+		return sign | 0x7e; /* saturate */
+	if (a < 0x1p-6f) /* subnormal: multiples of 2^-9; 8 * 2^-9 is the smallest normal */
+		return sign | (uint8_t)nearbyintf(a * 512.0f);
+	e = (int)((x >> 23) & 0xff) - 127;
+	m = (x >> 20) & 7;
+	rem = x & 0xfffff;
+	if (rem > 0x80000 || (rem == 0x80000 && (m & 1)))
+		m++;
+	if (m == 8) {
+		m = 0;
+		e++;
+	}
+	if (e > 8 || (e == 8 && m > 6))
+		return sign | 0x7e;
+	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
+}
+
+float kvcd_e4m3_to_f32(uint8_t b)
+{
+	unsigned e = (b >> 3) & 15, m = b & 7;
+	float f;
+
+	if ((b & 0x7f) == 0x7f)
+		return NAN;
+	f = e ? ldexpf(1.0f + (float)m / 8.0f, (int)e - 7) : ldexpf((float)m, -9);
+	return b & 0x80 ? -f : f;
+}
+
+static float e4m3_table[256];
+
+static void e4m3_init(void)
+{
+	static int done;
+
+	if (!__atomic_load_n(&done, __ATOMIC_ACQUIRE)) {
+		for (int i = 0; i < 256; i++)
+			e4m3_table[i] = kvcd_e4m3_to_f32((uint8_t)i);
+		__atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+	}
+}
+
+/* Smallest f16 scale s with s * 448 >= amax. */
+static uint16_t fp8_scale(float amax)
+{
+	uint16_t h = kvcd_f32_to_f16(amax / 448.0f);
+
+	while (kvcd_f16_to_f32(h) * 448.0f < amax)
+		h++;
+	return h;
+}
+
+/* ---- Walsh-Hadamard ------------------------------------------------------------------------ */
+
+void kvcd_hadamard(float *x, unsigned n)
+{
+	float norm = 1.0f / sqrtf((float)n);
+
+	for (unsigned h = 1; h < n; h <<= 1)
+		for (unsigned i = 0; i < n; i += 2 * h)
+			for (unsigned j = i; j < i + h; j++) {
+				float a = x[j], b = x[j + h];
+
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+	for (unsigned i = 0; i < n; i++)
+		x[i] *= norm;
+}
+
+/* ---- shapes: every size is a function of (policy, layout, scores?) ---------------------- */
+
+struct shape {
+	uint32_t t, d, es;		/* tokens, channels, bytes per element */
+	uint32_t ne, nh, nr;		/* exact, important, regular tokens */
+	uint32_t gch, ngt;		/* per-token groups: channels each, groups per token */
+	uint32_t nq;			/* regular tokens that are quantized */
+	uint32_t nres;			/* kivi K: regular tokens kept exact */
+	uint64_t nsp;			/* sparse values */
+	uint64_t reg_bytes;		/* regular params and codes */
+	unsigned bits;			/* regular bits */
+	bool per_channel;		/* kivi K */
+	uint64_t bytes;			/* the whole unit */
+};
+
+static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+		     int kv, struct shape *s)
+{
+	uint32_t t = l->tokens, d = l->head_dim;
+	uint32_t sink = p->sink < t ? p->sink : t;
+	uint64_t b = 0, params;
+
+	memset(s, 0, sizeof(*s));
+	s->t = t;
+	s->d = d;
+	s->es = kvcp_dtype_size(l->dtype);
+	s->ne = sink + (p->outliers < t - sink ? p->outliers : t - sink);
+	s->nh = scores && p->hibits ? (uint32_t)((uint64_t)(t - s->ne) * p->hipct / 100) : 0;
+	s->nr = t - s->ne - s->nh;
+	s->gch = p->group && p->group < d ? p->group : d;
+	s->ngt = (d + s->gch - 1) / s->gch;
+	s->bits = kv ? p->vbits : p->kbits;
+	s->per_channel = p->kind == KVCD_CODEC_KIVI && kv == 0;
+	if (s->per_channel) {
+		s->nq = s->nr / p->group * p->group;
+		s->nres = s->nr - s->nq;
+	} else {
+		s->nq = s->nr;
+	}
+	if (p->sparse_ppm)
+		s->nsp = ((uint64_t)s->nq * d * p->sparse_ppm + 999999) / 1000000;
+	b += (uint64_t)(s->ne + s->nh) * 4;
+	b += (uint64_t)s->ne * d * s->es;
+	b += (uint64_t)s->nh * s->ngt * 4 + kvcd_packed_bytes((size_t)s->nh * d, p->hibits);
+	if (p->kind == KVCD_CODEC_FP8) {
+		s->reg_bytes = (uint64_t)s->nq * s->ngt * 2 + (uint64_t)s->nq * d;
+	} else {
+		params = s->per_channel ? (uint64_t)(s->nq / p->group) * d : (uint64_t)s->nq * s->ngt;
+		s->reg_bytes = params * 4 + kvcd_packed_bytes((size_t)s->nq * d, s->bits);
+	}
+	b += s->reg_bytes;
+	b += (uint64_t)s->nres * d * s->es;
+	b += s->nsp * 8;
+	s->bytes = b;
+}
+
+uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores)
+{
+	struct shape k, v;
+	char why[8];
+
+	if (kvcd_policy_check(p, l, why, sizeof(why)))
+		return 0;
+	if (p->kind == KVCD_CODEC_NONE)
+		return kvcp_layout_bytes(l);
+	shape_of(p, l, scores, 0, &k);
+	shape_of(p, l, scores, 1, &v);
+	return sizeof(struct kvcd_codec_hdr) + (uint64_t)l->layers * l->kv_heads * (k.bytes + v.bytes);
+}
+
+/* ---- working memory ------------------------------------------------------------------------ */
+
+struct work {
+	float *tile;		/* T x D, f32, one unit */
+	uint8_t *codes;		/* T x D */
+	uint8_t *mask;		/* T x D: sparse marks over the quantized regular values */
+	float *mag;		/* T x D: magnitudes, for the sparse threshold */
+	uint8_t *cls;		/* T: 0 regular, 1 exact, 2 important */
+	uint32_t *reg, *hi;	/* T */
+	uint32_t *order;	/* T: tokens by descending importance */
+	uint32_t *exact;	/* heads x ne: exact tokens per head, chosen on K */
+	float *gbuf;		/* max(G, D) */
+	uint8_t *gq;		/* max(G, D) */
+	void *mem;
+};
+
+static int work_init(struct work *w, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		     uint32_t ne)
+{
+	size_t t = l->tokens, d = l->head_dim, td = t * d, g = p->group > d ? p->group : d;
+	size_t sz = td * 4 * 2 + td * 2 + t + t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
+	char *m = malloc(sz);
+
+	if (!m)
+		return -ENOMEM;
+	w->mem = m;
+	w->tile = (float *)m;
+	w->mag = w->tile + td;
+	w->reg = (uint32_t *)(w->mag + td);
+	w->hi = w->reg + t;
+	w->order = w->hi + t;
+	w->exact = w->order + t;
+	w->gbuf = (float *)(w->exact + (size_t)l->kv_heads * ne);
+	w->codes = (uint8_t *)(w->gbuf + g);
+	w->mask = w->codes + td;
+	w->cls = w->mask + td;
+	w->gq = w->cls + t;
+	return 0;
+}
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+static inline void put(uint8_t **o, const void *v, size_t n)
+{
+	memcpy(*o, v, n);
+	*o += n;
+}
+
+static inline void get(const uint8_t **i, void *v, size_t n)
+{
+	memcpy(v, *i, n);
+	*i += n;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Descending score, then ascending index: a total order, so the choice is deterministic. */
+static int cmp_score(const void *a, const void *b, void *scores)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	float sx = ((const float *)scores)[x], sy = ((const float *)scores)[y];
+
+	if (sx != sy)
+		return sx > sy ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+/* The @k-th largest (0-based) of @n values; reorders @a (Hoare's selection). */
+static float kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
+{
+	ptrdiff_t lo = 0, hi = n - 1;
+
+	while (lo < hi) {
+		float pivot = a[lo + (hi - lo) / 2], tmp;
+		ptrdiff_t i = lo, j = hi;
+
+		while (i <= j) {
+			while (a[i] > pivot)
+				i++;
+			while (a[j] < pivot)
+				j--;
+			if (i <= j) {
+				tmp = a[i];
+				a[i++] = a[j];
+				a[j--] = tmp;
+			}
+		}
+		if (k <= j)
+			hi = j;
+		else if (k >= i)
+			lo = i;
+		else
+			return a[k];
+	}
+	return a[k];
+}
+
+/* Group x[0..n) with sparse-marked values replaced by the group's first unmarked value, so
+ * outliers do not stretch its range (their exact values are restored after decoding). Returns
+ * @x itself when nothing is marked, else @out (which may be @x). */
+static const float *dense_group(const float *x, const uint8_t *mask, size_t n, float *out)
+{
+	size_t first = n;
+	bool any = false;
+	float fill;
+
+	for (size_t i = 0; i < n; i++) {
+		any |= mask[i] != 0;
+		if (!mask[i] && first == n)
+			first = i;
+	}
+	if (!any)
+		return x;
+	fill = first < n ? x[first] : 0.0f;
+	for (size_t i = 0; i < n; i++)
+		out[i] = mask[i] ? fill : x[i];
+	return out;
+}
+
+/* ---- one unit ------------------------------------------------------------------------------ */
+
+struct unit_io {
+	const struct kvcd_policy *p;
+	const struct shape *s;
+	enum kvcd_isa isa;
+	uint8_t dtype;
+	size_t row_stride;	/* bytes between tokens in the raw block */
+};
+
+static const uint8_t *raw_row(const struct unit_io *u, const void *base, uint32_t t)
+{
+	return (const uint8_t *)base + (size_t)t * u->row_stride;
+}
+
+/* Per-token groups of @rows tokens of the tile at @bits: params then packed codes. */
+static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
+			 uint32_t n, unsigned bits, const uint8_t *mask, uint8_t **o)
+{
+	const struct shape *s = u->s;
+	int err;
+
+	for (uint32_t r = 0; r < n; r++) {
+		const float *x = w->tile + (size_t)rows[r] * s->d;
+
+		for (uint32_t g = 0; g < s->ngt; g++) {
+			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			const float *src = mask ? dense_group(x + c0, mask + (size_t)r * s->d + c0, len,
+							      w->gbuf) : x + c0;
+			uint16_t sz[2];
+
+			err = kvcd_quant_group(u->isa, src, len, bits, w->codes + (size_t)r * s->d + c0,
+					       &sz[0], &sz[1]);
+			if (err)
+				return err;
+			put(o, sz, 4);
+		}
+	}
+	kvcd_pack(w->codes, (size_t)n * s->d, bits, *o);
+	*o += kvcd_packed_bytes((size_t)n * s->d, bits);
+	return 0;
+}
+
+static void dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
+			  uint32_t n, unsigned bits, const uint8_t **in)
+{
+	const struct shape *s = u->s;
+	const uint8_t *par = *in;
+
+	*in += (size_t)n * s->ngt * 4;
+	kvcd_unpack(*in, (size_t)n * s->d, bits, w->codes);
+	*in += kvcd_packed_bytes((size_t)n * s->d, bits);
+	for (uint32_t r = 0; r < n; r++) {
+		float *x = w->tile + (size_t)rows[r] * s->d;
+
+		for (uint32_t g = 0; g < s->ngt; g++, par += 4) {
+			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			uint16_t sz[2];
+
+			memcpy(sz, par, 4);
+			kvcd_dequant_group(u->isa, w->codes + (size_t)r * s->d + c0, len, sz[0], sz[1],
+					   x + c0);
+		}
+	}
+}
+
+static int enc_fp8(const struct unit_io *u, struct work *w, uint8_t **o)
+{
+	const struct shape *s = u->s;
+	uint8_t *codes = *o + (size_t)s->nq * s->ngt * 2;
+
+	for (uint32_t r = 0; r < s->nq; r++) {
+		const float *x = w->tile + (size_t)w->reg[r] * s->d;
+
+		for (uint32_t g = 0; g < s->ngt; g++) {
+			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			const float *v = s->nsp ? dense_group(x + c0, w->mask + (size_t)r * s->d + c0,
+							      len, w->gbuf) : x + c0;
+			float amax = 0.0f, inv;
+			uint16_t h;
+
+			for (uint32_t i = 0; i < len; i++)
+				amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+			if (amax > 65504.0f)
+				return -ERANGE; /* as for int: the f16 range */
+			h = fp8_scale(amax);
+			put(o, &h, 2);
+			inv = kvcd_f16_to_f32(h);
+			for (uint32_t i = 0; i < len; i++)
+				codes[(size_t)r * s->d + c0 + i] = inv > 0.0f ?
+					kvcd_f32_to_e4m3(v[i] / inv) : 0;
+		}
+	}
+	*o = codes + (size_t)s->nq * s->d;
+	return 0;
+}
+
+static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
+{
+	const struct shape *s = u->s;
+	const uint8_t *par = *in, *codes = *in + (size_t)s->nq * s->ngt * 2;
+
+	for (uint32_t r = 0; r < s->nq; r++) {
+		float *x = w->tile + (size_t)w->reg[r] * s->d;
+		const uint8_t *c = codes + (size_t)r * s->d;
+
+		for (uint32_t g = 0; g < s->ngt; g++, par += 2) {
+			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			uint16_t h;
+			float sc;
+
+			memcpy(&h, par, 2);
+			sc = kvcd_f16_to_f32(h);
+			for (uint32_t i = 0; i < len; i++)
+				x[c0 + i] = e4m3_table[c[c0 + i]] * sc;
+		}
+	}
+	*in = codes + (size_t)s->nq * s->d;
+}
+
+/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. */
+static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
+{
+	const struct shape *s = u->s;
+	uint32_t gsz = u->p->group, ng = s->nq / gsz;
+	int err;
+
+	for (uint32_t g = 0; g < ng; g++)
+		for (uint32_t c = 0; c < s->d; c++) {
+			uint8_t *q = w->codes + ((size_t)g * s->d + c) * gsz;
+			uint16_t sz[2];
+
+			for (uint32_t i = 0; i < gsz; i++) {
+				uint32_t r = g * gsz + i;
+
+				w->gbuf[i] = w->tile[(size_t)w->reg[r] * s->d + c];
+				w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
+			}
+			if (s->nsp)
+				dense_group(w->gbuf, w->gq, gsz, w->gbuf);
+			err = kvcd_quant_group(u->isa, w->gbuf, gsz, s->bits, q, &sz[0], &sz[1]);
+			if (err)
+				return err;
+			put(o, sz, 4);
+		}
+	kvcd_pack(w->codes, (size_t)s->nq * s->d, s->bits, *o);
+	*o += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
+	return 0;
+}
+
+static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
+{
+	const struct shape *s = u->s;
+	uint32_t gsz = u->p->group, ng = s->nq / gsz;
+	const uint8_t *par = *in;
+
+	*in += (size_t)ng * s->d * 4;
+	kvcd_unpack(*in, (size_t)s->nq * s->d, s->bits, w->codes);
+	*in += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
+	for (uint32_t g = 0; g < ng; g++)
+		for (uint32_t c = 0; c < s->d; c++, par += 4) {
+			uint16_t sz[2];
+
+			memcpy(sz, par, 4);
+			kvcd_dequant_group(u->isa, w->codes + ((size_t)g * s->d + c) * gsz, gsz, sz[0],
+					   sz[1], w->gbuf);
+			for (uint32_t i = 0; i < gsz; i++)
+				w->tile[(size_t)w->reg[g * gsz + i] * s->d + c] = w->gbuf[i];
+		}
+}
+
+/* Choose the exact tokens of one head from its keys (tile holds K): the sinks, then the
+ * `outliers` tokens with the largest max |k|. Ascending. */
+static void choose_exact(const struct shape *s, const struct kvcd_policy *p, struct work *w,
+			 uint32_t *exact)
+{
+	uint32_t sink = p->sink < s->t ? p->sink : s->t;
+
+	for (uint32_t t = 0; t < s->t; t++) {
+		float m = 0.0f;
+
+		for (uint32_t c = 0; c < s->d; c++)
+			m = fabsf(w->tile[(size_t)t * s->d + c]) > m ? fabsf(w->tile[(size_t)t * s->d + c]) : m;
+		w->mag[t] = t < sink ? -1.0f : m;
+	}
+	for (uint32_t i = 0; i < sink; i++)
+		exact[i] = i;
+	for (uint32_t n = sink; n < s->ne; n++) { /* few outliers: repeated selection is fine */
+		uint32_t arg = sink;
+
+		for (uint32_t t = sink; t < s->t; t++)
+			if (w->mag[t] > w->mag[arg])
+				arg = t;
+		exact[n] = arg;
+		w->mag[arg] = -1.0f;
+	}
+	qsort(exact, s->ne, 4, cmp_u32);
+}
+
+/* Mark the nsp largest-magnitude quantized regular values; write positions and values. */
+static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
+{
+	size_t n = (size_t)s->nq * s->d, want = s->nsp, got = 0;
+	uint8_t *pos = o, *val = o + want * 4;
+	float thr;
+
+	memset(w->mask, 0, n);
+	for (size_t i = 0; i < n; i++)
+		w->mag[i] = fabsf(w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d]);
+	thr = kth_largest(w->mag, (ptrdiff_t)n, (ptrdiff_t)want - 1);
+	for (int pass = 0; pass < 2; pass++) /* strictly above first, then ties, in order */
+		for (size_t i = 0; i < n && got < want; i++) {
+			float v = w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d];
+
+			if (!w->mask[i] && (pass ? fabsf(v) == thr : fabsf(v) > thr)) {
+				w->mask[i] = 1;
+				got++;
+			}
+		}
+	for (size_t i = 0, k = 0; i < n; i++)
+		if (w->mask[i]) {
+			uint32_t p32 = (uint32_t)i;
+			float v = w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d];
+
+			memcpy(pos + k * 4, &p32, 4);
+			memcpy(val + k * 4, &v, 4);
+			k++;
+		}
+}
+
+static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *src,
+		       uint32_t *exact, bool choose, uint8_t **o)
+{
+	const struct shape *s = u->s;
+	const struct kvcd_policy *p = u->p;
+	uint32_t nhi = 0, nreg = 0;
+	uint8_t *sparse_at;
+	int err;
+
+	for (uint32_t t = 0; t < s->t; t++)
+		kvcd_to_f32(u->isa, u->dtype, raw_row(u, src, t), w->tile + (size_t)t * s->d, s->d);
+	for (size_t i = 0; i < (size_t)s->t * s->d; i++)
+		if (!isfinite(w->tile[i]))
+			return -EINVAL;
+	if (choose)
+		choose_exact(s, p, w, exact);
+	memset(w->cls, 0, s->t);
+	for (uint32_t i = 0; i < s->ne; i++)
+		w->cls[exact[i]] = 1;
+	for (uint32_t i = 0; i < s->t && nhi < s->nh; i++)
+		if (!w->cls[w->order[i]]) {
+			w->cls[w->order[i]] = 2;
+			w->hi[nhi++] = w->order[i];
+		}
+	qsort(w->hi, nhi, 4, cmp_u32);
+	for (uint32_t t = 0; t < s->t; t++)
+		if (!w->cls[t])
+			w->reg[nreg++] = t;
+	put(o, exact, (size_t)s->ne * 4);
+	put(o, w->hi, (size_t)s->nh * 4);
+	for (uint32_t i = 0; i < s->ne; i++)
+		put(o, raw_row(u, src, exact[i]), (size_t)s->d * s->es);
+	if (p->rotate) {
+		for (uint32_t i = 0; i < s->nh; i++)
+			kvcd_hadamard(w->tile + (size_t)w->hi[i] * s->d, s->d);
+		for (uint32_t i = 0; i < s->nq; i++)
+			kvcd_hadamard(w->tile + (size_t)w->reg[i] * s->d, s->d);
+	}
+	if (s->nh) {
+		err = enc_per_token(u, w, w->hi, s->nh, p->hibits, NULL, o);
+		if (err)
+			return err;
+	}
+	/* the sparse list goes last but is chosen first: the dense groups exclude it */
+	sparse_at = *o + s->reg_bytes + (size_t)s->nres * s->d * s->es;
+	if (s->nsp)
+		choose_sparse(s, w, sparse_at);
+	if (p->kind == KVCD_CODEC_FP8)
+		err = enc_fp8(u, w, o);
+	else if (s->per_channel)
+		err = enc_per_channel(u, w, o);
+	else
+		err = enc_per_token(u, w, w->reg, s->nq, s->bits, s->nsp ? w->mask : NULL, o);
+	if (err)
+		return err;
+	for (uint32_t i = s->nq; i < s->nr; i++)
+		put(o, raw_row(u, src, w->reg[i]), (size_t)s->d * s->es);
+	*o = sparse_at + s->nsp * 8;
+	return 0;
+}
+
+/* Read an ascending, in-range, disjoint token list. */
+static int read_tokens(const uint8_t **in, uint32_t *list, uint32_t n, uint32_t t, uint8_t *cls,
+		       uint8_t mark)
+{
+	get(in, list, (size_t)n * 4);
+	for (uint32_t i = 0; i < n; i++) {
+		if (list[i] >= t || cls[list[i]] || (i && list[i] <= list[i - 1]))
+			return -EBADMSG;
+		cls[list[i]] = mark;
+	}
+	return 0;
+}
+
+static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **in, uint8_t *dst)
+{
+	const struct shape *s = u->s;
+	const struct kvcd_policy *p = u->p;
+	uint32_t nreg = 0, *exact = w->exact;
+
+	memset(w->cls, 0, s->t);
+	if (read_tokens(in, exact, s->ne, s->t, w->cls, 1) ||
+	    read_tokens(in, w->hi, s->nh, s->t, w->cls, 2))
+		return -EBADMSG;
+	for (uint32_t t = 0; t < s->t; t++)
+		if (!w->cls[t])
+			w->reg[nreg++] = t;
+	for (uint32_t i = 0; i < s->ne; i++)
+		get(in, dst + (size_t)exact[i] * u->row_stride, (size_t)s->d * s->es);
+	if (s->nh)
+		dec_per_token(u, w, w->hi, s->nh, p->hibits, in);
+	if (p->kind == KVCD_CODEC_FP8)
+		dec_fp8(u, w, in);
+	else if (s->per_channel)
+		dec_per_channel(u, w, in);
+	else
+		dec_per_token(u, w, w->reg, s->nq, s->bits, in);
+	for (uint32_t i = s->nq; i < s->nr; i++)
+		get(in, dst + (size_t)w->reg[i] * u->row_stride, (size_t)s->d * s->es);
+	if (s->nsp) {
+		const uint8_t *pos = *in, *val = *in + s->nsp * 4;
+
+		for (uint64_t k = 0; k < s->nsp; k++) {
+			uint32_t i;
+			float v;
+
+			memcpy(&i, pos + k * 4, 4);
+			memcpy(&v, val + k * 4, 4);
+			if (i >= (uint64_t)s->nq * s->d)
+				return -EBADMSG;
+			w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d] = v;
+		}
+		*in += s->nsp * 8;
+	}
+	if (p->rotate) {
+		for (uint32_t i = 0; i < s->nh; i++)
+			kvcd_hadamard(w->tile + (size_t)w->hi[i] * s->d, s->d);
+		for (uint32_t i = 0; i < s->nq; i++)
+			kvcd_hadamard(w->tile + (size_t)w->reg[i] * s->d, s->d);
+	}
+	for (uint32_t i = 0; i < s->nh; i++)
+		kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)w->hi[i] * s->d,
+			      dst + (size_t)w->hi[i] * u->row_stride, s->d);
+	for (uint32_t i = 0; i < s->nq; i++)
+		kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)w->reg[i] * s->d,
+			      dst + (size_t)w->reg[i] * u->row_stride, s->d);
+	return 0;
+}
+
+/* ---- blocks ---------------------------------------------------------------------------------- */
+
+/* Byte offset of token 0 of unit (layer, kv, head) in the raw block. */
+static size_t unit_base(const struct kvcp_layout *l, uint32_t layer, int kv, uint32_t head)
+{
+	size_t es = kvcp_dtype_size(l->dtype), row = (size_t)l->kv_heads * l->head_dim * es;
+
+	return ((size_t)layer * 2 + (size_t)kv) * l->tokens * row + (size_t)head * l->head_dim * es;
+}
+
+int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      const void *src, const float *scores, void *dst)
+{
+	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = 1 };
+	struct shape sh[2];
+	struct work w;
+	uint8_t *o = dst;
+	char why[8];
+	int err = 0;
+
+	if (kvcd_policy_check(p, l, why, sizeof(why)))
+		return -EINVAL;
+	if (p->kind == KVCD_CODEC_NONE) {
+		memcpy(dst, src, kvcp_layout_bytes(l));
+		return 0;
+	}
+	scores = p->hibits ? scores : NULL;
+	for (uint32_t t = 0; scores && t < l->tokens; t++)
+		if (!isfinite(scores[t]))
+			return -EINVAL;
+	shape_of(p, l, scores, 0, &sh[0]);
+	shape_of(p, l, scores, 1, &sh[1]);
+	err = work_init(&w, p, l, sh[0].ne);
+	if (err)
+		return err;
+	for (uint32_t t = 0; t < l->tokens; t++)
+		w.order[t] = t;
+	if (scores) {
+		qsort_r(w.order, l->tokens, 4, cmp_score, (void *)scores);
+	}
+	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
+	h.pol = *p;
+	h.layout = *l;
+	h.layout.codec = 0;
+	h.bytes = kvcd_codec_size(p, l, scores);
+	put(&o, &h, sizeof(h));
+	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
+		for (int kv = 0; kv < 2 && !err; kv++)
+			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
+				struct unit_io u = { p, &sh[kv], isa, l->dtype,
+						     (size_t)l->kv_heads * l->head_dim * sh[kv].es };
+
+				err = encode_unit(&u, &w, (const uint8_t *)src + unit_base(l, layer, kv, head),
+						  w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
+			}
+	free(w.mem);
+	return err;
+}
+
+int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
+		      struct kvcp_layout *l)
+{
+	struct kvcd_codec_hdr h;
+	struct shape sh[2];
+	struct work w;
+	const uint8_t *in = src;
+	char why[8];
+	int err = 0;
+
+	if (n < sizeof(h))
+		return -EBADMSG;
+	get(&in, &h, sizeof(h));
+	if (h.magic != KVCD_CODEC_MAGIC || h.version != 1 || (h.flags & ~KVCD_CODEC_F_SCORES) ||
+	    h.pol.kind == KVCD_CODEC_NONE || h.layout.codec ||
+	    kvcd_policy_check(&h.pol, &h.layout, why, sizeof(why)) ||
+	    kvcd_codec_size(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES) != n || h.bytes != n)
+		return -EBADMSG;
+	*l = h.layout;
+	if (kvcp_layout_bytes(&h.layout) > cap)
+		return -ENOSPC;
+	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, 0, &sh[0]);
+	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, 1, &sh[1]);
+	err = work_init(&w, &h.pol, &h.layout, sh[0].ne);
+	if (err)
+		return err;
+	e4m3_init();
+	for (uint32_t layer = 0; layer < h.layout.layers && !err; layer++)
+		for (int kv = 0; kv < 2 && !err; kv++)
+			for (uint32_t head = 0; head < h.layout.kv_heads && !err; head++) {
+				struct unit_io u = { &h.pol, &sh[kv], isa, h.layout.dtype,
+						     (size_t)h.layout.kv_heads * h.layout.head_dim *
+						     sh[kv].es };
+
+				err = decode_unit(&u, &w, &in,
+						  (uint8_t *)dst + unit_base(&h.layout, layer, kv, head));
+			}
+	free(w.mem);
+	return err;
+}

@@ -1,0 +1,132 @@
+/* codec.h - block codecs: how kvcd compresses a KV block on STORE and restores it on FETCH.
+ *
+ * Pure functions over a block in the engine's layout [layer][K,V][token][head][dim] (f32, f16
+ * or bf16); nothing here knows about rings, pools or sessions, so tools and tests use it as is.
+ *
+ * A policy names a codec and its knobs; policies are written as strings, in the config and in
+ * requests, e.g. "kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard". Every encoded block
+ * starts with a header holding the whole policy and the engine's layout, so a block decodes
+ * the same way whatever policy its namespace has later.
+ *
+ * Within a block each (layer, K or V, head) is one unit: T tokens x D channels. Each token of
+ * a unit is in one of three classes:
+ *   exact      the first `sink` tokens (attention sinks, IntactKV/KVQuant) and the `outliers`
+ *              tokens whose keys have the largest magnitude in this (layer, head) (the same
+ *              tokens for K and V); stored bit for bit in the engine's dtype
+ *   important  when the STORE carries per-token importance scores and `hibits` is set: the
+ *              top `hipct` percent of the other tokens by score, quantized per token at
+ *              `hibits` (MiKV)
+ *   regular    the rest, in token order, encoded by the codec:
+ *     int   asymmetric min/max per group of `group` channels of one token (FlexGen), bits
+ *           `kbits` for K and `vbits` for V (2..8), f16 scale and zero per group
+ *     fp8   e4m3 with an f16 scale per group of `group` channels (amax / 448)
+ *     kivi  K per channel over groups of `group` tokens, V per token over groups of `group`
+ *           channels (KIVI); K tokens that do not fill a whole group stay exact
+ * Options that compose with every codec:
+ *   rotate=hadamard   orthonormal Walsh-Hadamard rotation of each token's channels before
+ *                     quantizing, inverted after (QuaRot's idea, transparent to the engine);
+ *                     needs a power-of-two head_dim
+ *   sparse=F          dense-and-sparse (KVQuant): the fraction F of quantized values with the
+ *                     largest magnitude in each unit is kept exact (f32) in a sparse list
+ */
+#ifndef KVCD_CODEC_H
+#define KVCD_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../proto/kvcp.h"
+#include "quant.h"
+
+enum kvcd_codec_kind {
+	KVCD_CODEC_NONE = 0,
+	KVCD_CODEC_INT = 1,
+	KVCD_CODEC_FP8 = 2,
+	KVCD_CODEC_KIVI = 3,
+};
+
+#define KVCD_POLICY_STR 96	/* longest canonical policy string, NUL included */
+
+/* A parsed policy. Plain data, stored verbatim in every encoded block's header. */
+struct kvcd_policy {
+	uint8_t kind;		/* enum kvcd_codec_kind */
+	uint8_t kbits, vbits;	/* int, kivi: 2..8 */
+	uint8_t rotate;		/* 1: Walsh-Hadamard */
+	uint16_t group;		/* channels (int, fp8, kivi V) or tokens (kivi K); 0: head_dim */
+	uint16_t sink;		/* first tokens kept exact */
+	uint16_t outliers;	/* largest-key tokens per (layer, head) kept exact */
+	uint8_t hibits;		/* bits for important tokens; 0: scores are ignored */
+	uint8_t hipct;		/* percent of non-exact tokens that are important */
+	uint32_t sparse_ppm;	/* values kept exact, parts per million of the quantized ones */
+};
+
+/* Parse @s into @p. Returns 0, or -EINVAL with a one-line reason in @why. */
+int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t whylen);
+/* The canonical string of @p (parses back to the same policy). */
+void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len);
+/* Can @p encode blocks of layout @l? Returns 0 or -EINVAL with the reason in @why. */
+int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, char *why,
+		      size_t whylen);
+
+#define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
+#define KVCD_CODEC_F_SCORES 1u
+
+/* First bytes of every encoded block. */
+struct kvcd_codec_hdr {
+	uint32_t magic;
+	uint16_t version;	/* 1 */
+	uint16_t flags;		/* KVCD_CODEC_F_* */
+	struct kvcd_policy pol;
+	struct kvcp_layout layout; /* the engine's layout (codec 0) */
+	uint64_t bytes;		/* encoded size, this header included */
+};
+
+/* Exact encoded size of a block of layout @l under @p (with or without importance scores),
+ * or 0 when @p cannot encode @l. For KVCD_CODEC_NONE this is the raw size. */
+uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores);
+
+/* Encode the raw block @src (layout @l) into @dst, which has kvcd_codec_size() bytes.
+ * @scores is NULL or one f32 importance score per token. Returns 0, -EINVAL (policy does not
+ * fit the layout, or a value is inf/nan), -ENOMEM. */
+int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      const void *src, const float *scores, void *dst);
+
+/* Decode an encoded block of @n bytes into @dst (@cap bytes). *@l receives the engine's
+ * layout. Never trusts @src: returns -EBADMSG when the header or sizes are inconsistent,
+ * -ENOSPC when @cap is too small, -ENOMEM. */
+int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
+		      struct kvcp_layout *l);
+
+/* ---- conversions shared with tools -------------------------------------------------------- */
+
+/* Widen @n elements of @dtype to f32, and narrow back with round-to-nearest-even. */
+void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n);
+void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n);
+
+/* fp8 e4m3 (OCP, no infinities, max 448), round to nearest even, saturating. */
+uint8_t kvcd_f32_to_e4m3(float f);
+float kvcd_e4m3_to_f32(uint8_t b);
+
+/* In-place orthonormal Walsh-Hadamard transform of @n (a power of two) values; its own
+ * inverse. */
+void kvcd_hadamard(float *x, unsigned n);
+
+/* ---- quality (quality.c) ------------------------------------------------------------------ */
+
+struct kvcd_quality {
+	double rel_frob;	/* ||X - X'||_F / ||X||_F */
+	double cosine;		/* <X, X'> / (||X|| ||X'||) */
+};
+
+/* Compare @n values. */
+struct kvcd_quality kvcd_quality_of(const float *x, const float *y, size_t n);
+
+/* Attention-output error for one head: for each of @nq probe queries q (D values each),
+ * o = softmax(q K^T / sqrt(D)) V over T tokens, against o' computed with K', V'. Reports the
+ * relative L2 error and cosine of all outputs together. K, V are [T][D] contiguous. */
+struct kvcd_quality kvcd_quality_attention(const float *q, size_t nq, const float *k,
+					   const float *v, const float *k2, const float *v2,
+					   size_t t, size_t d);
+
+#endif /* KVCD_CODEC_H */

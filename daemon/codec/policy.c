@@ -1,0 +1,199 @@
+/* policy.c - compression policies as strings: "codec[:key=value,...]".
+ *
+ *   none                       raw
+ *   int[:bits=B]  int2..int8   fixed precision, per token, groups along head_dim (default 8
+ *                              bits, group 64)
+ *   fp8                        e4m3, f16 scale per group (default group = head_dim)
+ *   kivi[:kbits=B,vbits=B]     K per channel, V per token (default 4 and 4 bits, group 32)
+ * keys: bits, kbits, vbits, group, sink, outliers, rotate=hadamard|none, sparse=F (fraction,
+ * or percent with a trailing %), hibits, hipct.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+#define WHY(...) (snprintf(why, whylen, __VA_ARGS__), -EINVAL)
+
+static int num(const char *v, unsigned long max, unsigned long *out)
+{
+	char *end;
+
+	if (!*v || *v == '-' || *v == '+')
+		return -EINVAL;
+	errno = 0;
+	*out = strtoul(v, &end, 10);
+	return errno || *end || *out > max ? -EINVAL : 0;
+}
+
+static int set_kind(const char *name, struct kvcd_policy *p)
+{
+	memset(p, 0, sizeof(*p));
+	if (!strcmp(name, "none") || !strcmp(name, "raw")) {
+		p->kind = KVCD_CODEC_NONE;
+	} else if (!strcmp(name, "int")) {
+		p->kind = KVCD_CODEC_INT;
+		p->kbits = p->vbits = 8;
+		p->group = 64;
+	} else if (!strncmp(name, "int", 3) && name[3] >= '2' && name[3] <= '8' && !name[4]) {
+		p->kind = KVCD_CODEC_INT;
+		p->kbits = p->vbits = (uint8_t)(name[3] - '0');
+		p->group = 64;
+	} else if (!strcmp(name, "fp8")) {
+		p->kind = KVCD_CODEC_FP8;
+	} else if (!strcmp(name, "kivi")) {
+		p->kind = KVCD_CODEC_KIVI;
+		p->kbits = p->vbits = 4;
+		p->group = 32;
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *why, size_t whylen)
+{
+	unsigned long n;
+	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
+
+	if (p->kind == KVCD_CODEC_NONE)
+		return WHY("'none' takes no options (got '%s')", k);
+	if (!strcmp(k, "bits") || !strcmp(k, "kbits") || !strcmp(k, "vbits")) {
+		if (!quant)
+			return WHY("'%s' applies to int and kivi, not fp8", k);
+		if (num(v, 8, &n) || n < 2)
+			return WHY("%s=%s: bits are 2..8", k, v);
+		if (k[0] != 'v')
+			p->kbits = (uint8_t)n;
+		if (k[0] != 'k')
+			p->vbits = (uint8_t)n;
+	} else if (!strcmp(k, "group")) {
+		if (num(v, 65535, &n) || (!n && p->kind == KVCD_CODEC_KIVI))
+			return WHY("group=%s: 1..65535%s", v, p->kind == KVCD_CODEC_KIVI ? "" :
+				   " (0: head_dim)");
+		p->group = (uint16_t)n;
+	} else if (!strcmp(k, "sink") || !strcmp(k, "outliers")) {
+		if (num(v, 65535, &n))
+			return WHY("%s=%s: a token count 0..65535", k, v);
+		*(k[0] == 's' ? &p->sink : &p->outliers) = (uint16_t)n;
+	} else if (!strcmp(k, "rotate")) {
+		if (strcmp(v, "hadamard") && strcmp(v, "none"))
+			return WHY("rotate=%s: hadamard or none", v);
+		p->rotate = v[0] == 'h';
+	} else if (!strcmp(k, "sparse")) {
+		char *end;
+		double f = strtod(v, &end);
+
+		if (end != v && *end == '%' && !end[1]) {
+			f /= 100;
+			end++;
+		}
+		if (end == v || *end || !(f >= 0 && f <= 0.1))
+			return WHY("sparse=%s: a fraction 0..0.1 (or 0..10%%)", v);
+		p->sparse_ppm = (uint32_t)(f * 1e6 + 0.5);
+	} else if (!strcmp(k, "hibits")) {
+		if (num(v, 8, &n) || (n && n < 2))
+			return WHY("hibits=%s: 2..8 (0: off)", v);
+		p->hibits = (uint8_t)n;
+		if (n && !p->hipct)
+			p->hipct = 10;
+	} else if (!strcmp(k, "hipct")) {
+		if (num(v, 100, &n) || !n)
+			return WHY("hipct=%s: 1..100", v);
+		p->hipct = (uint8_t)n;
+	} else {
+		return WHY("unknown option '%s'", k);
+	}
+	return 0;
+}
+
+int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t whylen)
+{
+	char buf[256], *opts, *tok, *save = NULL;
+	int err;
+
+	if (!s || strlen(s) >= sizeof(buf))
+		return WHY("policy too long");
+	strcpy(buf, s);
+	opts = strchr(buf, ':');
+	if (opts)
+		*opts++ = '\0';
+	if (set_kind(buf, p))
+		return WHY("unknown codec '%s' (none, int, int2..int8, fp8, kivi)", buf);
+	if (!opts)
+		return 0;
+	for (tok = strtok_r(opts, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+
+		if (!eq)
+			return WHY("'%s' is not key=value", tok);
+		*eq = '\0';
+		err = set_key(p, tok, eq + 1, why, whylen);
+		if (err)
+			return err;
+	}
+	if (p->hipct && !p->hibits)
+		return WHY("hipct needs hibits");
+	return 0;
+}
+
+void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
+{
+	static const char *names[] = { "none", "int", "fp8", "kivi" };
+	size_t o;
+
+	if (p->kind > KVCD_CODEC_KIVI) {
+		snprintf(buf, len, "unknown(%u)", p->kind);
+		return;
+	}
+	o = (size_t)snprintf(buf, len, "%s", names[p->kind]);
+#define ADD(...) (o += o < len ? (size_t)snprintf(buf + o, len - o, __VA_ARGS__) : 0)
+	if (p->kind == KVCD_CODEC_NONE)
+		return;
+	ADD(":");
+	if (p->kind == KVCD_CODEC_INT && p->kbits == p->vbits)
+		ADD("bits=%u,", p->kbits);
+	else if (p->kind != KVCD_CODEC_FP8)
+		ADD("kbits=%u,vbits=%u,", p->kbits, p->vbits);
+	ADD("group=%u", p->group);
+	if (p->sink)
+		ADD(",sink=%u", p->sink);
+	if (p->outliers)
+		ADD(",outliers=%u", p->outliers);
+	if (p->rotate)
+		ADD(",rotate=hadamard");
+	if (p->sparse_ppm)
+		ADD(",sparse=%g", p->sparse_ppm / 1e6);
+	if (p->hibits)
+		ADD(",hibits=%u,hipct=%u", p->hibits, p->hipct);
+#undef ADD
+}
+
+int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, char *why,
+		      size_t whylen)
+{
+	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
+
+	if (!kvcp_layout_bytes(l))
+		return WHY("invalid layout");
+	if (p->kind > KVCD_CODEC_KIVI)
+		return WHY("unknown codec %u", p->kind);
+	if (p->kind == KVCD_CODEC_NONE)
+		return 0;
+	if (quant && (p->kbits < 2 || p->kbits > 8 || p->vbits < 2 || p->vbits > 8))
+		return WHY("bits outside 2..8");
+	if (p->kind == KVCD_CODEC_FP8 && (p->kbits || p->vbits))
+		return WHY("fp8 has no bit widths");
+	if (p->kind == KVCD_CODEC_KIVI && !p->group)
+		return WHY("kivi needs a group");
+	if (p->rotate > 1 || (p->rotate && (l->head_dim & (l->head_dim - 1))))
+		return WHY("rotate=hadamard needs a power-of-two head_dim (got %u)", l->head_dim);
+	if (p->sparse_ppm > 100000)
+		return WHY("sparse above 10%%");
+	if ((p->hibits && (p->hibits < 2 || p->hibits > 8 || !p->hipct || p->hipct > 100)) ||
+	    (!p->hibits && p->hipct))
+		return WHY("bad hibits/hipct");
+	return 0;
+}

@@ -1,0 +1,497 @@
+/* unit_codec.c - block codecs: policy strings, known answers worked out by hand, error bounds,
+ * sinks/outliers/residuals kept bit for bit, rotation and sparse outliers lowering the error,
+ * importance scores, SIMD equal to scalar on whole blocks, and decode never trusting its input. */
+#include <math.h>
+
+#include "t_util.h"
+#include "codec.h"
+
+static struct kvcd_policy P(const char *s)
+{
+	struct kvcd_policy p;
+	char why[128];
+
+	cr_assert_eq(kvcd_policy_parse(s, &p, why, sizeof(why)), 0, "%s: %s", s, why);
+	return p;
+}
+
+static uint64_t rng = 88172645463325252ull;
+
+static double urand(void) /* [0, 1) */
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (double)(rng >> 11) * 0x1p-53;
+}
+
+static double nrand(void)
+{
+	return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand());
+}
+
+/* A random f32 block with KV-cache-like structure: per-channel offsets and a few big channels. */
+static float *block_f32(const struct kvcp_layout *l, float big)
+{
+	size_t n = kvcp_layout_bytes(l) / 4, d = l->head_dim;
+	float *x = malloc(n * 4);
+
+	for (size_t i = 0; i < n; i++) {
+		size_t c = i % d;
+
+		x[i] = (float)(nrand() + 0.3 * (double)(c % 5)) * (c % 17 == 3 ? big : 1.0f);
+	}
+	return x;
+}
+
+/* Encode then decode @src (layout @l) under @pol; returns the decoded block (malloc). */
+static void *roundtrip(const char *pol, const struct kvcp_layout *l, const void *src,
+		       const float *scores, uint64_t *enc_bytes)
+{
+	struct kvcd_policy p = P(pol);
+	uint64_t n = kvcd_codec_size(&p, l, scores != NULL), raw = kvcp_layout_bytes(l);
+	void *e = malloc(n), *d = malloc(raw);
+	struct kvcp_layout back;
+
+	cr_assert_gt(n, 0, "%s fits the layout", pol);
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, l, src, scores, e), 0, "%s", pol);
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n, d, raw, &back), 0, "%s", pol);
+	cr_assert_eq(memcmp(&back, l, sizeof(back)), 0, "the engine's layout comes back");
+	if (enc_bytes)
+		*enc_bytes = n;
+	free(e);
+	return d;
+}
+
+Test(codec, policy_strings)
+{
+	struct kvcd_policy p = P("kivi:kbits=4,vbits=2,group=32,sink=4,rotate=hadamard");
+	char buf[KVCD_POLICY_STR], why[128];
+
+	cr_assert_eq(p.kind, KVCD_CODEC_KIVI);
+	cr_assert_eq(p.kbits, 4);
+	cr_assert_eq(p.vbits, 2);
+	cr_assert_eq(p.sink, 4);
+	cr_assert_eq(p.rotate, 1);
+	kvcd_policy_format(&p, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "kivi:kbits=4,vbits=2,group=32,sink=4,rotate=hadamard");
+	p = P("int4:sparse=1%,outliers=2,hibits=8");
+	kvcd_policy_format(&p, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "int:bits=4,group=64,outliers=2,sparse=0.01,hibits=8,hipct=10");
+	struct kvcd_policy q = P(buf);
+
+	cr_assert_eq(memcmp(&p, &q, sizeof(p)), 0, "the canonical string parses back");
+	p = P("none");
+	kvcd_policy_format(&p, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "none");
+	const char *bad[] = { "int9", "zstd", "int:bits=1", "int:bits=9", "fp8:bits=4",
+			      "kivi:group=0", "int:rotate=yes", "int:sparse=0.5", "int:sink=-1",
+			      "int:bits", "int:color=red", "none:bits=4", "int:hipct=5",
+			      "int:group=70000", "" };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why[0] = '\0';
+		cr_assert_eq(kvcd_policy_parse(bad[i], &p, why, sizeof(why)), -EINVAL, "'%s'", bad[i]);
+		cr_assert_neq(why[0], '\0', "'%s' says why", bad[i]);
+	}
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 1, .head_dim = 96,
+				 .tokens = 8 };
+
+	p = P("int4:rotate=hadamard");
+	cr_assert_eq(kvcd_policy_check(&p, &l, why, sizeof(why)), -EINVAL, "96 is no power of two");
+	cr_assert_eq(kvcd_codec_size(&p, &l, false), 0);
+}
+
+Test(codec, fp8_e4m3)
+{
+	cr_assert_eq(kvcd_f32_to_e4m3(1.0f), 0x38);
+	cr_assert_eq(kvcd_f32_to_e4m3(-1.0f), 0xb8);
+	cr_assert_eq(kvcd_f32_to_e4m3(448.0f), 0x7e);
+	cr_assert_eq(kvcd_f32_to_e4m3(1e6f), 0x7e, "saturates");
+	cr_assert_eq(kvcd_f32_to_e4m3(0x1p-9f), 0x01, "smallest subnormal");
+	cr_assert_eq(kvcd_f32_to_e4m3(0x1p-6f), 0x08, "smallest normal");
+	cr_assert_eq(kvcd_f32_to_e4m3(1.0625f), 0x38, "tie to even (down)");
+	cr_assert_eq(kvcd_f32_to_e4m3(1.1875f), 0x3a, "tie to even (up)");
+	cr_assert_eq(kvcd_f32_to_e4m3(15.5f), 0x58, "carry into the exponent: 16");
+	for (int b = 0; b < 256; b++) {
+		if ((b & 0x7f) == 0x7f)
+			continue;
+		cr_assert_eq(kvcd_f32_to_e4m3(kvcd_e4m3_to_f32((uint8_t)b)), b == 0x80 ? 0x80 : b,
+			     "0x%02x", b);
+	}
+}
+
+Test(codec, hadamard)
+{
+	float a[2] = { 1, 0 }, b[4] = { 1, 1, 1, 1 }, x[128], y[128];
+	double n1 = 0, n2 = 0;
+
+	kvcd_hadamard(a, 2);
+	cr_assert_float_eq(a[0], (float)M_SQRT1_2, 1e-7);
+	cr_assert_float_eq(a[1], (float)M_SQRT1_2, 1e-7);
+	kvcd_hadamard(b, 4);
+	cr_assert_float_eq(b[0], 2.0f, 1e-7);
+	cr_assert_float_eq(b[1] + b[2] + b[3], 0.0f, 1e-7);
+	for (int i = 0; i < 128; i++) {
+		x[i] = y[i] = (float)nrand();
+		n1 += (double)x[i] * x[i];
+	}
+	kvcd_hadamard(y, 128);
+	for (int i = 0; i < 128; i++)
+		n2 += (double)y[i] * y[i];
+	cr_assert_float_eq(n1, n2, 1e-4 * n1, "orthonormal");
+	kvcd_hadamard(y, 128);
+	for (int i = 0; i < 128; i++)
+		cr_assert_float_eq(x[i], y[i], 1e-5, "its own inverse");
+}
+
+/* Worked out by hand: int2, one group of 4 channels, f32. K token 0 = 0,1,2,3 gives zero 0,
+ * scale 1, codes 0,1,2,3 packed LSB first: 0b11100100 = 0xe4. */
+Test(codec, int2_known_answer)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 4,
+				 .tokens = 2 };
+	float x[16] = { 0, 1, 2, 3, 3, 2, 1, 0,		/* K: tokens 0 and 1 */
+			-1, -0.5f, 0, 0.5f, 2, 2, 2, 2 };	/* V: token 1 is constant */
+	struct kvcd_policy p = P("int2:group=4");
+	uint64_t n = kvcd_codec_size(&p, &l, false);
+	uint8_t e[256];
+	const uint8_t *k = e + sizeof(struct kvcd_codec_hdr), *v = k + 10;
+	float y[16];
+	struct kvcp_layout back;
+
+	cr_assert_eq(n, sizeof(struct kvcd_codec_hdr) + 2 * (2 * 4 + 2), "scale+zero per token, 2 bits");
+	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, x, NULL, e), 0);
+	uint16_t kp[4], vp[4];
+
+	memcpy(kp, k, 8);
+	memcpy(vp, v, 8);
+	cr_assert_eq(kp[0], 0x3c00, "scale 1.0");
+	cr_assert_eq(kp[1], 0x0000, "zero 0.0");
+	cr_assert_eq(k[8], 0xe4, "codes 0,1,2,3");
+	cr_assert_eq(k[9], 0x1b, "codes 3,2,1,0");
+	cr_assert_eq(vp[0], 0x3800, "scale 0.5");
+	cr_assert_eq(vp[1], 0xbc00, "zero -1.0");
+	cr_assert_eq(vp[2], 0x0000, "constant group: scale 0");
+	cr_assert_eq(vp[3], 0x4000, "zero 2.0");
+	cr_assert_eq(v[8], 0xe4);
+	cr_assert_eq(v[9], 0x00);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, e, n, y, sizeof(y), &back), 0);
+	cr_assert_eq(memcmp(x, y, sizeof(x)), 0, "every value lies on the grid: exact");
+}
+
+/* Per group |x - x'| <= scale / 2, with scale the f16 rounded-up (max - min) / (2^b - 1). */
+Test(codec, error_bounds_per_group)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64,
+				 .tokens = 64 };
+	float *x = block_f32(&l, 8.0f);
+	const char *pols[] = { "int8", "int4", "int2", "int3:group=16", "int:bits=5,group=0",
+			       "kivi:kbits=2,vbits=4,group=32", "kivi:kbits=8,vbits=8,group=16" };
+
+	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
+		struct kvcd_policy p = P(pols[pi]);
+		float *y = roundtrip(pols[pi], &l, x, NULL, NULL);
+		size_t d = l.head_dim, t = l.tokens, row = l.kv_heads * d;
+
+		for (size_t u = 0; u < (size_t)l.layers * 2 * l.kv_heads; u++) {
+			size_t lk = u / l.kv_heads, h = u % l.kv_heads, kv = lk % 2;
+			size_t base = lk * t * row + h * d;
+			bool per_channel = p.kind == KVCD_CODEC_KIVI && kv == 0;
+			unsigned bits = kv ? p.vbits : p.kbits;
+			size_t gs = per_channel ? p.group : (p.group && p.group < d ? p.group : d);
+			size_t ngroups = per_channel ? (t / gs) * d : t * ((d + gs - 1) / gs);
+
+			for (size_t g = 0; g < ngroups; g++) {
+				float lo = INFINITY, hi = -INFINITY, err = 0;
+
+				for (size_t i = 0; i < gs; i++) {
+					size_t at = per_channel ? base + ((g / d) * gs + i) * row + g % d :
+						    base + (g / (d / gs)) * row + (g % (d / gs)) * gs + i;
+
+					lo = fminf(lo, x[at]);
+					hi = fmaxf(hi, x[at]);
+					err = fmaxf(err, fabsf(x[at] - y[at]));
+				}
+				/* zero rounds down to f16 (|lo| 2^-10 at most), scale rounds up */
+				float scale = (hi - lo + fabsf(lo) * 0x1p-10f) /
+					      (float)((1 << bits) - 1) * (1 + 0x1p-10f);
+
+				cr_assert_leq(err, scale / 2 + 1e-5f,
+					      "%s unit %zu group %zu: error %g, scale %g", pols[pi], u, g,
+					      err, scale);
+			}
+		}
+		free(y);
+	}
+	free(x);
+}
+
+Test(codec, fp8_relative_error)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32,
+				 .tokens = 16 };
+	float *x = block_f32(&l, 100.0f), *y = roundtrip("fp8", &l, x, NULL, NULL);
+	size_t n = kvcp_layout_bytes(&l) / 4;
+
+	for (size_t i = 0; i < n; i++) {
+		size_t tok = i / (2 * 32), c0 = (i / 32) * 32;
+		float amax = 0;
+
+		(void)tok;
+		for (size_t c = c0; c < c0 + 32; c++)
+			amax = fmaxf(amax, fabsf(x[c]));
+		/* 3 mantissa bits: half an ulp is 1/16 relative; below 2^-6 the step is 2^-9 */
+		cr_assert_leq(fabsf(x[i] - y[i]), fabsf(x[i]) / 16 + amax / 448 * 0x1p-10f + 1e-7f,
+			      "value %zu: %g -> %g", i, x[i], y[i]);
+	}
+	free(x);
+	free(y);
+}
+
+/* A few channels 50x larger than the rest: rotation spreads them, int4 error drops. */
+Test(codec, hadamard_rotation_lowers_error)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64,
+				 .tokens = 64 };
+	float *x = block_f32(&l, 50.0f);
+	size_t n = kvcp_layout_bytes(&l) / 4;
+	float *a = roundtrip("int4", &l, x, NULL, NULL);
+	float *b = roundtrip("int4:rotate=hadamard", &l, x, NULL, NULL);
+	float *c = roundtrip("kivi:kbits=2,vbits=2,rotate=hadamard", &l, x, NULL, NULL);
+	struct kvcd_quality qa = kvcd_quality_of(x, a, n), qb = kvcd_quality_of(x, b, n);
+
+	cr_assert_lt(qb.rel_frob, qa.rel_frob * 0.8, "rotated %g vs plain %g", qb.rel_frob,
+		     qa.rel_frob);
+	cr_assert_gt(kvcd_quality_of(x, c, n).cosine, 0.9);
+	free(x);
+	free(a);
+	free(b);
+	free(c);
+}
+
+/* f16 block: sinks and the outlier token come back bit for bit; so do KIVI's residual keys. */
+Test(codec, exact_tokens_are_bit_exact)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 32,
+				 .tokens = 40 };
+	size_t n = kvcp_layout_bytes(&l) / 2, row = 2 * 32;
+	uint16_t *x = malloc(n * 2), *y;
+
+	for (size_t i = 0; i < n; i++)
+		x[i] = kvcd_f32_to_f16((float)nrand());
+	for (size_t c = 0; c < row; c++) /* token 17 of layer 0 K is an outlier on every head */
+		x[17 * row + c] = kvcd_f32_to_f16(300.0f + (float)c);
+	y = roundtrip("kivi:kbits=2,vbits=2,group=16,sink=3,outliers=1", &l, x, NULL, NULL);
+	for (size_t lk = 0; lk < 4; lk++)
+		for (size_t t = 0; t < 40; t++) {
+			/* exact: tokens 0-2 (sinks), 17 (outlier, layer 0; V follows K), and for
+			 * K the 36 regular tokens leave 36 % 16 = 4 residual ones: 36..39 */
+			bool exact = t < 3 || (t == 17 && lk < 2) || (lk % 2 == 0 && t >= 36);
+
+			if (lk >= 2 && t == 17)
+				continue; /* layer 1 picks its own outlier */
+			if (exact)
+				cr_assert_eq(memcmp(x + (lk * 40 + t) * row, y + (lk * 40 + t) * row, row * 2),
+					     0, "layer-kv %zu token %zu is exact", lk, t);
+		}
+	free(x);
+	free(y);
+}
+
+Test(codec, sparse_outliers_are_kept_exactly)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 64,
+				 .tokens = 64 };
+	float *x = block_f32(&l, 1.0f);
+	size_t n = kvcp_layout_bytes(&l) / 4;
+
+	for (size_t i = 0; i < n; i += 97)
+		x[i] = 40.0f + (float)(i % 7); /* 43 outliers in K, 42 in V: about 1% */
+	uint64_t plain_n, sparse_n;
+	float *a = roundtrip("int4", &l, x, NULL, &plain_n);
+	float *b = roundtrip("int4:sparse=0.02", &l, x, NULL, &sparse_n);
+
+	for (size_t i = 0; i < n; i += 97)
+		cr_assert_eq(x[i], b[i], "outlier %zu kept exactly", i);
+	cr_assert_eq(sparse_n - plain_n, 2 * ((64 * 64 * 20000 + 999999) / 1000000) * 8,
+		     "2%% of the values of K and V, 8 bytes each");
+	cr_assert_lt(kvcd_quality_of(x, b, n).rel_frob, kvcd_quality_of(x, a, n).rel_frob / 2);
+	free(x);
+	free(a);
+	free(b);
+}
+
+Test(codec, importance_scores_buy_precision)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32,
+				 .tokens = 100 };
+	float *x = block_f32(&l, 1.0f), scores[100];
+	uint64_t with, without;
+
+	for (int t = 0; t < 100; t++)
+		scores[t] = t % 10 == 0 ? 5.0f : 1.0f / (float)(t + 1); /* tokens 0, 10, ... 90 */
+	float *a = roundtrip("int2:hibits=8,hipct=10", &l, x, scores, &with);
+	float *b = roundtrip("int2:hibits=8,hipct=10", &l, x, NULL, &without);
+	double imp = 0, rest = 0;
+
+	for (size_t i = 0; i < kvcp_layout_bytes(&l) / 4; i++) {
+		size_t t = (i / 64) % 100;
+		double e = fabs((double)x[i] - a[i]);
+
+		if (t % 10 == 0)
+			imp = fmax(imp, e);
+		else
+			rest = fmax(rest, e);
+	}
+	cr_assert_lt(imp * 20, rest, "8-bit tokens: %g, 2-bit tokens: %g", imp, rest);
+	cr_assert_gt(with, without, "scores cost the bits they buy");
+	free(x);
+	free(a);
+	free(b);
+}
+
+Test(codec, dtypes_round_trip)
+{
+	struct kvcp_layout l = { .layers = 1, .kv_heads = 2, .head_dim = 32, .tokens = 32 };
+	uint8_t dt[] = { KVCP_F16, KVCP_BF16 };
+
+	for (int i = 0; i < 2; i++) {
+		l.dtype = dt[i];
+		size_t n = kvcp_layout_bytes(&l) / 2;
+		uint16_t *x = malloc(n * 2);
+		float *f = malloc(n * 4), *g = malloc(n * 4);
+
+		for (size_t j = 0; j < n; j++)
+			f[j] = (float)nrand();
+		kvcd_from_f32(KVCD_ISA_SCALAR, l.dtype, f, x, n);
+		kvcd_to_f32(KVCD_ISA_SCALAR, l.dtype, x, f, n);
+		uint16_t *y = roundtrip("int8:group=32", &l, x, NULL, NULL);
+
+		kvcd_to_f32(KVCD_ISA_SCALAR, l.dtype, y, g, n);
+		struct kvcd_quality q = kvcd_quality_of(f, g, n);
+
+		cr_assert_lt(q.rel_frob, 0.01, "dtype %u: %g", l.dtype, q.rel_frob);
+		cr_assert_gt(q.cosine, 0.9999);
+		free(x);
+		free(y);
+		free(f);
+		free(g);
+	}
+}
+
+/* Every ISA encodes to the same bytes and decodes to the same bytes. */
+Test(codec, simd_equals_scalar_on_blocks)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 64,
+				 .tokens = 48 };
+	const char *pols[] = { "int8", "int4:group=32", "int3", "kivi:kbits=2,vbits=4,group=16",
+			       "fp8", "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1" };
+	size_t raw = kvcp_layout_bytes(&l);
+	uint16_t *x = malloc(raw);
+
+	for (size_t i = 0; i < raw / 2; i++)
+		x[i] = kvcd_f32_to_f16((float)(nrand() * (i % 64 == 5 ? 30 : 1)));
+	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
+		struct kvcd_policy p = P(pols[pi]);
+		uint64_t n = kvcd_codec_size(&p, &l, false);
+		void *e[3], *d[3];
+		struct kvcp_layout back;
+
+		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
+			e[isa] = malloc(n);
+			d[isa] = malloc(raw);
+			cr_assert_eq(kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, x, NULL, e[isa]), 0);
+			cr_assert_eq(kvcd_codec_decode((enum kvcd_isa)isa, e[isa], n, d[isa], raw, &back), 0);
+			if (isa) {
+				cr_assert_eq(memcmp(e[0], e[isa], n), 0, "%s: %s encodes like scalar",
+					     pols[pi], kvcd_isa_name((enum kvcd_isa)isa));
+				cr_assert_eq(memcmp(d[0], d[isa], raw), 0, "%s: %s decodes like scalar",
+					     pols[pi], kvcd_isa_name((enum kvcd_isa)isa));
+			}
+		}
+		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
+			free(e[isa]);
+			free(d[isa]);
+		}
+	}
+	free(x);
+}
+
+Test(codec, bad_input_is_refused_cleanly)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,
+				 .tokens = 32 };
+	struct kvcd_policy p = P("int4:sink=2");
+	uint64_t n = kvcd_codec_size(&p, &l, false), raw = kvcp_layout_bytes(&l);
+	float *x = block_f32(&l, 1.0f), *y = malloc(raw);
+	uint8_t *e = malloc(n), *f = malloc(n);
+	struct kvcp_layout back;
+	float scores[32] = { 0 };
+
+	x[100] = NAN;
+	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, x, NULL, e), -EINVAL, "nan");
+	x[100] = INFINITY;
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), -EINVAL, "inf");
+	x[100] = 1e6f;
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), -ERANGE, "beyond f16");
+	x[100] = 1.0f;
+	struct kvcd_policy h = P("int4:hibits=8");
+
+	scores[3] = NAN;
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &h, &l, x, scores, e),
+		     -EINVAL, "nan score");
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), 0);
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n, y, raw - 1, &back), -ENOSPC);
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n - 1, y, raw, &back), -EBADMSG);
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, 10, y, raw, &back), -EBADMSG);
+	for (size_t i = 0; i < sizeof(struct kvcd_codec_hdr); i++) { /* any header byte */
+		memcpy(f, e, n);
+		f[i] ^= 0x5a;
+		int err = kvcd_codec_decode(kvcd_isa_best(), f, n, y, raw, &back);
+
+		cr_assert(err == -EBADMSG || err == 0 || err == -ENOSPC, "byte %zu: %d", i, err);
+	}
+	memcpy(f, e, n);
+	f[sizeof(struct kvcd_codec_hdr)] = 1; /* sink list 0,1 becomes 1,1 */
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), f, n, y, raw, &back), -EBADMSG,
+		     "token lists are checked");
+	for (int round = 0; round < 2000; round++) { /* random damage anywhere: never a crash */
+		memcpy(f, e, n);
+		for (int k = 0; k < 4; k++)
+			f[(size_t)(urand() * (double)n)] ^= (uint8_t)(1 + urand() * 255);
+		(void)kvcd_codec_decode(kvcd_isa_best(), f, n, y, raw, &back);
+	}
+	free(x);
+	free(y);
+	free(e);
+	free(f);
+}
+
+Test(codec, quality_library)
+{
+	float k[4 * 8], v[4 * 8], k2[4 * 8], q[2 * 8];
+
+	for (int i = 0; i < 32; i++) {
+		k[i] = k2[i] = (float)nrand();
+		v[i] = (float)nrand();
+	}
+	for (int i = 0; i < 16; i++)
+		q[i] = (float)nrand();
+	struct kvcd_quality a = kvcd_quality_attention(q, 2, k, v, k2, v, 4, 8);
+
+	cr_assert_float_eq(a.rel_frob, 0, 1e-12);
+	cr_assert_float_eq(a.cosine, 1, 1e-12);
+	float x[3] = { 3, 4, 0 }, y[3] = { 3, 4, 5 };
+	struct kvcd_quality b = kvcd_quality_of(x, y, 3);
+
+	cr_assert_float_eq(b.rel_frob, 1.0, 1e-12, "|(0,0,5)| / |(3,4,0)|");
+	cr_assert_float_eq(b.cosine, 25 / (5 * sqrt(50)), 1e-12);
+	/* all values of V equal: attention output is that value whatever K is */
+	for (int i = 0; i < 32; i++) {
+		v[i] = 2.0f;
+		k2[i] = (float)nrand();
+	}
+	a = kvcd_quality_attention(q, 2, k, v, k2, v, 4, 8);
+	cr_assert_float_eq(a.rel_frob, 0, 1e-12);
+}
