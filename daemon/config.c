@@ -116,6 +116,17 @@ static int parse_ids(const char *v, bool groups, uint32_t *ids, unsigned *n)
 	return 0;
 }
 
+static int parse_policy(const char *v, struct kvcd_policy *p)
+{
+	char why[128];
+
+	if (kvcd_policy_parse(v, p, why, sizeof(why))) {
+		fprintf(stderr, "kvcd: policy '%s': %s\n", v, why);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 {
 	unsigned u;
@@ -165,6 +176,8 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 		return parse_uint(v, 1u << 16, &c->max_clients);
 	} else if (!strcmp(k, "strict_namespaces")) {
 		return parse_bool(v, &c->strict_ns);
+	} else if (!strcmp(k, "policy")) {
+		return parse_policy(v, &c->policy);
 	} else {
 		return -ENOENT;
 	}
@@ -204,6 +217,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = parse_ids(v, false, a->uids, &a->nuids);
 		else if (!strcmp(k, "allow_gids"))
 			err = parse_ids(v, true, a->gids, &a->ngids);
+		else if (!strcmp(k, "policy") && !(err = parse_policy(v, &a->policy)))
+			a->has_policy = true;
 	}
 	if (err) {
 		fprintf(stderr, "kvcd: %s: [%s] %s = %s: %s\n", x->path, section, k, v,
@@ -234,6 +249,13 @@ int kvcd_config_load(struct kvcd_config *c, const char *path)
 	return x.err;
 }
 
+const struct kvcd_policy *kvcd_config_policy(const struct kvcd_config *c, const char *ns)
+{
+	const struct kvcd_ns_acl *a = kvcd_config_ns(c, ns);
+
+	return a && a->has_policy ? &a->policy : &c->policy;
+}
+
 const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char *ns)
 {
 	for (unsigned i = 0; i < c->nns; i++)
@@ -250,6 +272,8 @@ bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, 
 
 	if (!a)
 		return !c->strict_ns;
+	if (!a->nuids && !a->ngids)
+		return true; /* listed for its policy only: no access control */
 	for (unsigned i = 0; i < a->nuids; i++)
 		if (a->uids[i] == uid)
 			return true;

@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "../proto/kvcp.h"
+#include "codec/codec.h"
 
 #define KVCD_MAX_NODES KVCP_MAX_NODES
 #define KVCD_MAX_NS 32
@@ -26,6 +27,8 @@ struct kvcd_ns_acl {
 	char name[KVCP_NS_MAX];
 	uint32_t uids[KVCD_MAX_IDS], gids[KVCD_MAX_IDS];
 	unsigned nuids, ngids;
+	bool has_policy;
+	struct kvcd_policy policy;	/* [namespace NAME] policy = ... */
 };
 
 enum { KVCD_HUGE_NEVER, KVCD_HUGE_TRY, KVCD_HUGE_REQUIRE };
@@ -47,6 +50,7 @@ struct kvcd_config {
 	unsigned max_clients;
 	bool strict_ns;			/* refuse namespaces the config does not list */
 	bool foreground;
+	struct kvcd_policy policy;	/* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
 	unsigned nns;
 };
@@ -58,6 +62,8 @@ int kvcd_config_load(struct kvcd_config *c, const char *path);
 int kvcd_parse_size(const char *s, uint64_t *out);
 /* The ACL for @ns, or NULL when the namespace is not configured. */
 const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char *ns);
+/* The policy namespace @ns starts with. */
+const struct kvcd_policy *kvcd_config_policy(const struct kvcd_config *c, const char *ns);
 /* May a peer with @uid/@gid use namespace @ns? */
 bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid);
 
@@ -195,7 +201,11 @@ struct kvcd_store {
 	size_t nbuckets, count;
 	struct kvcd_pin *pins;
 	unsigned high_wm, low_wm;
-	char ns_names[KVCD_MAX_NS * 8][KVCP_NS_MAX]; /* namespace id -> name */
+	struct kvcd_store_ns {
+		char name[KVCP_NS_MAX];
+		struct kvcd_policy policy;	/* applied to STOREs with layout.codec 0 */
+		uint64_t blocks, bytes_in, bytes_stored, fallbacks;
+	} ns[KVCD_MAX_NS * 8];			/* namespace id -> namespace */
 	unsigned nns;
 	/* counters, under lock */
 	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
@@ -204,8 +214,13 @@ struct kvcd_store {
 int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npools,
 		    unsigned high_wm, unsigned low_wm);
 void kvcd_store_fini(struct kvcd_store *s);
-/* Id of namespace @name, creating it. Returns the id or -ENOSPC. */
-int kvcd_store_ns(struct kvcd_store *s, const char *name);
+/* Id of namespace @name, creating it with policy @init. Returns the id or -ENOSPC. */
+int kvcd_store_ns(struct kvcd_store *s, const char *name, const struct kvcd_policy *init);
+/* Read or replace namespace @ns's policy. */
+void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out);
+void kvcd_store_set_policy(struct kvcd_store *s, uint16_t ns, const struct kvcd_policy *p);
+/* Count a STORE the namespace policy could not encode (kept raw). */
+void kvcd_store_fallback(struct kvcd_store *s, uint16_t ns);
 
 /* Reserve room for a block of @stored bytes on the first pool of @order that has it, evicting
  * when none does. The block is invisible until kvcd_store_commit(). Returns 0, -EEXIST,
@@ -268,6 +283,10 @@ struct kvcd_session {
 	uint32_t sq_entries, cq_entries;
 	/* daemon-private ring indices: never read back from shared memory */
 	uint32_t sq_cons, cq_prod, cq_cons_cache;
+
+	/* policies registered with KVCP_OP_POLICY: slot i is layout.codec i + 1 (worker only) */
+	struct kvcd_policy pol[KVCP_POLICY_SLOTS];
+	unsigned npol;
 
 	uint64_t requests, bad_requests;	/* written by the worker, read relaxed */
 	int broken;				/* protocol violation: main thread disconnects */

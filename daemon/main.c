@@ -207,7 +207,7 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req,
 		return -EUSERS;
 	if (staging > d->cfg.staging_max)
 		return -E2BIG;
-	ns = kvcd_store_ns(&d->store, req->ns);
+	ns = kvcd_store_ns(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns));
 	if (ns < 0)
 		return ns;
 	c = calloc(1, sizeof(*c));

@@ -82,20 +82,44 @@ void kvcd_store_fini(struct kvcd_store *s)
 	pthread_mutex_destroy(&s->lock);
 }
 
-int kvcd_store_ns(struct kvcd_store *s, const char *name)
+int kvcd_store_ns(struct kvcd_store *s, const char *name, const struct kvcd_policy *init)
 {
 	int id = -ENOSPC;
 
 	pthread_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nns; i++)
-		if (!strcmp(s->ns_names[i], name))
+		if (!strcmp(s->ns[i].name, name))
 			id = (int)i;
-	if (id < 0 && s->nns < sizeof(s->ns_names) / sizeof(s->ns_names[0])) {
-		strcpy(s->ns_names[s->nns], name);
+	if (id < 0 && s->nns < sizeof(s->ns) / sizeof(s->ns[0])) {
+		memset(&s->ns[s->nns], 0, sizeof(s->ns[0]));
+		strcpy(s->ns[s->nns].name, name);
+		if (init)
+			s->ns[s->nns].policy = *init;
 		id = (int)s->nns++;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return id;
+}
+
+void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out)
+{
+	pthread_mutex_lock(&s->lock);
+	*out = s->ns[ns].policy;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void kvcd_store_set_policy(struct kvcd_store *s, uint16_t ns, const struct kvcd_policy *p)
+{
+	pthread_mutex_lock(&s->lock);
+	s->ns[ns].policy = *p;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void kvcd_store_fallback(struct kvcd_store *s, uint16_t ns)
+{
+	pthread_mutex_lock(&s->lock);
+	s->ns[ns].fallbacks++;
+	pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- CLOCK ring of a pool ----------------------------------------------------------------- */
@@ -170,6 +194,9 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 	if (!(b->flags & KVCD_BLK_WRITING)) {
 		s->bytes_in -= kvcp_layout_bytes(&b->layout);
 		s->bytes_stored -= b->stored;
+		s->ns[b->ns].blocks--;
+		s->ns[b->ns].bytes_in -= kvcp_layout_bytes(&b->layout);
+		s->ns[b->ns].bytes_stored -= b->stored;
 	}
 	b->flags |= KVCD_BLK_DEAD;
 	if (!b->refs)
@@ -284,6 +311,9 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 		b->flags &= (uint8_t)~KVCD_BLK_WRITING;
 		s->bytes_in += kvcp_layout_bytes(&b->layout);
 		s->bytes_stored += b->stored;
+		s->ns[b->ns].blocks++;
+		s->ns[b->ns].bytes_in += kvcp_layout_bytes(&b->layout);
+		s->ns[b->ns].bytes_stored += b->stored;
 	} else {
 		kill(s, b);
 	}
@@ -475,6 +505,17 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st)
 	}
 	st->bytes_in = s->bytes_in;
 	st->bytes_stored = s->bytes_stored;
+	st->nns = s->nns < KVCP_MAX_NS_STATS ? s->nns : KVCP_MAX_NS_STATS;
+	for (unsigned i = 0; i < st->nns; i++) {
+		struct kvcp_ns_stats *n = &st->ns[i];
+
+		memcpy(n->name, s->ns[i].name, sizeof(n->name));
+		kvcd_policy_format(&s->ns[i].policy, n->policy, sizeof(n->policy));
+		n->blocks = s->ns[i].blocks;
+		n->bytes_in = s->ns[i].bytes_in;
+		n->bytes_stored = s->ns[i].bytes_stored;
+		n->fallbacks = s->ns[i].fallbacks;
+	}
 	st->hits = s->hits;
 	st->misses = s->misses;
 	st->evictions = s->evictions;

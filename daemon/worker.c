@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY	/* XXH3_state_t on the stack */
@@ -106,46 +107,156 @@ static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *si
 	return s->staging;
 }
 
+/* Encode @src under @pol into a new block. Returns 0 or -errno; nothing is left behind on
+ * failure. */
+static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    const struct kvcd_policy *pol, const char *src, const float *scores)
+{
+	struct kvcp_layout l = v->layout;
+	uint64_t bytes = kvcp_layout_bytes(&l), stored, sum = 0;
+	struct kvcd_block *b;
+	int err;
+
+	l.codec = 0;
+	stored = kvcd_codec_size(pol, &l, scores != NULL, v->arg);
+	if (!stored)
+		return -EINVAL;
+	l.codec = pol->kind;
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, stored, s->order, s->norder,
+				 &b);
+	if (err)
+		return err;
+	if (pol->kind == KVCD_CODEC_NONE) {
+		sum = copy_in(b->data, src, bytes, d->cfg.checksum);
+	} else {
+		l.codec = 0;
+		err = kvcd_codec_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores, b->data);
+		if (!err && d->cfg.checksum)
+			sum = XXH3_64bits_dispatch(b->data, stored);
+	}
+	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
+	return err;
+}
+
+/* STORE: layout.codec 0 takes the namespace's policy, which falls back to raw (counted) when
+ * it cannot encode this block; 1..8 take a policy this session registered, whose failures go
+ * back to the client. */
 static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		    char *buf)
 {
 	uint64_t bytes = kvcp_layout_bytes(&v->layout);
-	struct kvcd_block *b;
-	uint64_t sum;
+	bool scored = v->flags & KVCP_SQE_F_SCORES;
+	struct kvcd_policy pol;
+	float *scores = NULL;
 	int err;
 
-	if (!bytes || v->layout.codec || v->len != bytes)
+	if (!bytes || v->len != bytes + (scored ? 4ull * v->layout.tokens : 0) ||
+	    (scored && (v->off + bytes) % 4))
 		return -EINVAL;
-	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &v->layout, bytes, s->order,
-				 s->norder, &b);
-	if (err)
-		return err;
-	sum = copy_in(b->data, buf + v->off, bytes, d->cfg.checksum);
-	kvcd_store_commit(&d->store, b, true, d->cfg.checksum, sum);
-	return 0;
+	if (!v->layout.codec)
+		kvcd_store_policy(&d->store, s->ns_id, &pol);
+	else if (v->layout.codec <= s->npol)
+		pol = s->pol[v->layout.codec - 1];
+	else
+		return -EINVAL;
+	if (scored && pol.hibits && pol.kind != KVCD_CODEC_NONE) {
+		scores = malloc(4ull * v->layout.tokens);
+		if (!scores)
+			return -ENOMEM;
+		memcpy(scores, buf + v->off + bytes, 4ull * v->layout.tokens); /* read once */
+	}
+	err = store_as(d, s, v, &pol, buf + v->off, scores);
+	free(scores);
+	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec && pol.kind != KVCD_CODEC_NONE) {
+		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
+
+		kvcd_store_fallback(&d->store, s->ns_id);
+		err = store_as(d, s, v, &raw, buf + v->off, NULL);
+	}
+	return err;
 }
 
 static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		    char *buf, struct kvcp_cqe *cqe)
 {
 	struct kvcd_block *b;
+	struct kvcp_layout l;
+	uint64_t raw;
 	bool sum, bad = false;
 	int err;
 
 	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
 	if (err)
 		return err;
-	cqe->value = b->stored;
+	raw = kvcp_layout_bytes(&b->layout);
+	cqe->value = raw;
 	cqe->layout = b->layout;
-	if (b->stored > v->len) {
+	if (raw > v->len) {
 		kvcd_store_put(&d->store, b, false);
 		return -ENOSPC;
 	}
 	sum = b->has_sum;
-	if (copy_out(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
+	if (b->layout.codec == KVCD_CODEC_NONE) {
+		if (copy_out(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
+			bad = true;
+	} else if (sum && XXH3_64bits_dispatch(b->data, b->stored) != b->checksum) {
 		bad = true;
+	} else {
+		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len, &l);
+		bad = err == -EBADMSG;
+		if (err && !bad) {
+			kvcd_store_put(&d->store, b, false);
+			return err;
+		}
+	}
 	kvcd_store_put(&d->store, b, bad);
 	return bad ? -EIO : 0;
+}
+
+/* POLICY: parse the string at off (read once); register it in a session slot, or set the
+ * namespace's policy (admin). On -EINVAL the reason goes back at off. */
+static int do_policy(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf, size_t size, struct kvcp_cqe *cqe)
+{
+	char str[KVCP_POLICY_MAX], why[128] = "";
+	struct kvcd_policy p;
+	int err = 0;
+
+	if (!v->len || v->len >= sizeof(str) || v->arg > KVCP_POLICY_NS) {
+		snprintf(why, sizeof(why), "policy string of 1..%d bytes, arg 0 or %u",
+			 KVCP_POLICY_MAX - 1, KVCP_POLICY_NS);
+		err = -EINVAL;
+	} else {
+		memcpy(str, buf + v->off, v->len);
+		str[v->len] = '\0';
+		if (strlen(str) != v->len) {
+			snprintf(why, sizeof(why), "NUL inside the policy string");
+			err = -EINVAL;
+		} else {
+			err = kvcd_policy_parse(str, &p, why, sizeof(why));
+		}
+	}
+	if (err) {
+		size_t n = strlen(why) + 1, room = size - v->off;
+
+		n = n < room ? n : room;
+		memcpy(buf + v->off, why, n);
+		cqe->value = n;
+		return err;
+	}
+	if (v->arg == KVCP_POLICY_NS) {
+		if (!s->admin)
+			return -EPERM;
+		kvcd_store_set_policy(&d->store, s->ns_id, &p);
+		return 0;
+	}
+	for (unsigned i = 0; i < s->npol; i++)
+		if (!memcmp(&s->pol[i], &p, sizeof(p)))
+			return (int)i + 1;
+	if (s->npol == KVCP_POLICY_SLOTS)
+		return -ENOSPC;
+	s->pol[s->npol++] = p;
+	return (int)s->npol;
 }
 
 static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
@@ -206,7 +317,8 @@ void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
 
 	memset(cqe, 0, sizeof(*cqe));
 	cqe->user_data = v->user_data;
-	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) || v->reserved0) {
+	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) || v->reserved0 ||
+	    ((v->flags & KVCP_SQE_F_SCORES) && v->opcode != KVCP_OP_STORE)) {
 		res = -EBADMSG;
 		goto out;
 	}
@@ -238,6 +350,9 @@ void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
 		break;
 	case KVCP_OP_UNPIN:
 		res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id);
+		break;
+	case KVCP_OP_POLICY:
+		res = do_policy(d, s, v, buf, size, cqe);
 		break;
 	default:
 		res = do_admin(d, s, v, buf, cqe);

@@ -29,7 +29,9 @@ static_assert(sizeof(struct kvc_layout) == sizeof(struct kvcp_layout), "layout A
 static_assert(sizeof(struct kvc_stats) == sizeof(struct kvcp_stats), "stats ABI");
 static_assert(sizeof(struct kvc_block_info) == sizeof(struct kvcp_list_ent), "list ABI");
 static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), "client ABI");
-static_assert(KVCP_OP__COUNT == 11, "kvc_stats.op has 11 entries");
+static_assert(KVCP_OP__COUNT == 12, "kvc_stats.op has 12 entries");
+static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
+static_assert(offsetof(struct kvc_stats, ns) == offsetof(struct kvcp_stats, ns), "ns stats ABI");
 
 struct kvc_client {
 	int sock;
@@ -417,9 +419,9 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (err)
 		return err;
 	for (i = 0; i < n; i++) {
-		if (reqs[i].op > KVC_OP_UNPIN)
+		if (reqs[i].op > KVC_OP_UNPIN || (reqs[i].flags & ~KVC_REQ_SCORES))
 			break;
-		to_sqe(&s, reqs[i].op, 0, reqs[i].arg, c->next_ticket, &reqs[i].key,
+		to_sqe(&s, reqs[i].op, reqs[i].flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
 		       &reqs[i].layout, reqs[i].off, reqs[i].len);
 		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
 				   &c->sq_cons_cache, &s))
@@ -431,7 +433,8 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (i)
 		ring_doorbell(c);
 	if (i == 0 && n)
-		return reqs[0].op > KVC_OP_UNPIN ? -EINVAL : -EAGAIN;
+		return reqs[0].op > KVC_OP_UNPIN || (reqs[0].flags & ~KVC_REQ_SCORES) ? -EINVAL :
+		       -EAGAIN;
 	return (int)i;
 }
 
@@ -605,6 +608,17 @@ int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout 
 	return sync_op(c, KVCP_OP_STORE, 0, 0, key, layout, off, kvc_layout_bytes(layout), NULL);
 }
 
+int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
+		     size_t off)
+{
+	size_t n = kvc_layout_bytes(layout);
+
+	if (!n)
+		return -EINVAL;
+	return sync_op(c, KVCP_OP_STORE, KVCP_SQE_F_SCORES, 0, key, layout, off,
+		       n + 4ull * layout->tokens, NULL);
+}
+
 int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
 	      struct kvc_layout *layout)
 {
@@ -675,6 +689,34 @@ static int scratch_op(kvc_client *c, uint8_t op, uint32_t arg, void *dst, size_t
 	return err;
 }
 
+int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, size_t whylen)
+{
+	struct kvcp_cqe e;
+	size_t n = policy ? strlen(policy) : 0;
+	int err = ensure_attached(c);
+
+	if (why && whylen)
+		why[0] = '\0';
+	if (err)
+		return err;
+	if (!n || n >= KVCP_POLICY_MAX || (flags & ~KVC_POLICY_NAMESPACE)) {
+		if (why && whylen)
+			snprintf(why, whylen, "policy string empty or longer than %d bytes",
+				 KVCP_POLICY_MAX - 1);
+		return -EINVAL;
+	}
+	memcpy(c->scratch, policy, n);
+	err = sync_op(c, KVCP_OP_POLICY, KVCP_SQE_F_SCRATCH,
+		      flags & KVC_POLICY_NAMESPACE ? KVCP_POLICY_NS : 0, NULL, NULL, 0, n, &e);
+	if (err == -EINVAL && why && whylen && e.value && e.value < KVCP_POLICY_MAX) {
+		size_t k = e.value < whylen ? e.value : whylen - 1;
+
+		memcpy(why, c->scratch, k);
+		why[k] = '\0';
+	}
+	return err;
+}
+
 int kvc_stats(kvc_client *c, struct kvc_stats *st)
 {
 	int err;
@@ -716,7 +758,7 @@ int kvc_evict(kvc_client *c, uint32_t mib)
 const char *kvc_op_name(unsigned i)
 {
 	static const char *const names[] = { "nop", "store", "fetch", "lookup", "delete", "pin",
-					     "unpin", "stats", "list", "clients", "evict" };
+					     "unpin", "stats", "list", "clients", "evict", "policy" };
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }
@@ -737,6 +779,7 @@ const char *kvc_strerror(int err)
 	case -EIO: return "checksum mismatch: block was corrupt and has been dropped";
 	case -EUSERS: return "kvcd has too many clients";
 	case -ETIMEDOUT: return "timed out waiting for kvcd";
+	case -ERANGE: return "a value is beyond what the compression policy's f16 scales hold";
 	}
 	if (err < 0) {
 		const char *s = strerrordesc_np(-err);

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define KVCP_MAGIC 0x3144434b4356434bull /* "KCVCKCD1" little-endian */
-#define KVCP_MAJOR 1
+#define KVCP_MAJOR 2
 #define KVCP_MINOR 0
 #define KVCP_CACHELINE 64
 
@@ -129,7 +129,8 @@ static inline uint64_t kvcp_layout_bytes(const struct kvcp_layout *l)
 
 enum kvcp_op {
 	KVCP_OP_NOP = 0,
-	KVCP_OP_STORE = 1,	/* key, layout, off, len: store len bytes from staging[off] */
+	KVCP_OP_STORE = 1,	/* key, layout, off, len: store len bytes from staging[off];
+				 * arg = position of the block's first token in its sequence */
 	KVCP_OP_FETCH = 2,	/* key, off, len = capacity: write the block to staging[off] */
 	KVCP_OP_LOOKUP = 3,	/* off, len = n keys * 16: res = longest cached prefix (count) */
 	KVCP_OP_DELETE = 4,	/* key */
@@ -139,11 +140,25 @@ enum kvcp_op {
 	KVCP_OP_LIST = 8,	/* off, len, arg = start index: write struct kvcp_list_ent[] */
 	KVCP_OP_CLIENTS = 9,	/* off, len: write struct kvcp_client_ent[] */
 	KVCP_OP_EVICT = 10,	/* arg = MiB to free (0 = all unpinned); admin only */
+	KVCP_OP_POLICY = 11,	/* off, len: policy string; arg = 0: res = session slot 1..8 for
+				 * layout.codec on STORE; arg = KVCP_POLICY_NS: set the
+				 * namespace's policy (admin only). On -EINVAL the reason is
+				 * written at off (NUL-terminated, cqe.value bytes). */
 	KVCP_OP__COUNT
 };
 
 #define KVCP_SQE_F_SCRATCH 1u	/* off/len address the scratch area, not staging */
-#define KVCP_SQE_F_KNOWN KVCP_SQE_F_SCRATCH
+#define KVCP_SQE_F_SCORES 2u	/* STORE: one f32 importance score per token follows the block;
+				 * len = block bytes + 4 * tokens, off + block bytes 4-aligned */
+#define KVCP_SQE_F_KNOWN (KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES)
+
+/* STORE's layout.codec: 0 = the namespace's policy, 1..KVCP_POLICY_SLOTS = a policy this
+ * session registered with KVCP_OP_POLICY. FETCH's layout.codec: the codec that held the block
+ * (0 raw, 1 int, 2 fp8, 3 kivi); the bytes written are always in the engine's dtype. */
+#define KVCP_POLICY_SLOTS 8
+#define KVCP_POLICY_NS 1u
+#define KVCP_POLICY_MAX 256	/* policy string, NUL included */
+#define KVCP_POLICY_STR 96	/* canonical policy string in stats */
 
 struct kvcp_sqe {
 	uint8_t opcode;
@@ -169,6 +184,7 @@ struct kvcp_cqe {
 /* ---- admin payloads written into the scratch area --------------------------------------- */
 
 #define KVCP_MAX_NODES 16
+#define KVCP_MAX_NS_STATS 32
 #define KVCP_HIST_BUCKETS 64
 
 struct kvcp_node_stats {
@@ -182,6 +198,13 @@ struct kvcp_op_stats {
 	uint64_t p50_ns, p99_ns, p999_ns; /* service time inside the daemon */
 };
 
+struct kvcp_ns_stats {
+	char name[KVCP_NS_MAX];
+	char policy[KVCP_POLICY_STR];	/* canonical string */
+	uint64_t blocks, bytes_in, bytes_stored;
+	uint64_t fallbacks;		/* STOREs kept raw: the policy did not fit the layout */
+};
+
 struct kvcp_stats {
 	uint32_t nnodes, clients;
 	uint64_t boot_token, uptime_ms;
@@ -190,6 +213,8 @@ struct kvcp_stats {
 	uint64_t metadata_bytes;	/* daemon bytes spent on index and block records */
 	struct kvcp_node_stats node[KVCP_MAX_NODES];
 	struct kvcp_op_stats op[KVCP_OP__COUNT];
+	uint32_t nns, pad;
+	struct kvcp_ns_stats ns[KVCP_MAX_NS_STATS];
 };
 
 struct kvcp_list_ent {
@@ -350,5 +375,6 @@ static_assert(sizeof(struct kvcp_attach_req) == 248, "attach request size");
 static_assert(sizeof(struct kvcp_attach_rep) == 64, "attach reply size");
 static_assert(sizeof(struct kvcp_list_ent) == 56, "list entry size");
 static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
+static_assert(sizeof(struct kvcp_ns_stats) == 192, "namespace stats size");
 
 #endif /* KVCP_H */

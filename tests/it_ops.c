@@ -269,7 +269,7 @@ Test(ops, pool_full_of_pins_says_enospc)
 
 Test(ops, kvcctl_speaks_json)
 {
-	char cmd[512], bin[256], buf[4096] = { 0 };
+	char cmd[512], bin[256], buf[32768] = { 0 };
 	FILE *f;
 
 	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());

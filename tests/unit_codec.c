@@ -49,12 +49,12 @@ static void *roundtrip(const char *pol, const struct kvcp_layout *l, const void 
 		       const float *scores, uint64_t *enc_bytes)
 {
 	struct kvcd_policy p = P(pol);
-	uint64_t n = kvcd_codec_size(&p, l, scores != NULL), raw = kvcp_layout_bytes(l);
+	uint64_t n = kvcd_codec_size(&p, l, scores != NULL, 0), raw = kvcp_layout_bytes(l);
 	void *e = malloc(n), *d = malloc(raw);
 	struct kvcp_layout back;
 
 	cr_assert_gt(n, 0, "%s fits the layout", pol);
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, l, src, scores, e), 0, "%s", pol);
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, l, 0, src, scores, e), 0, "%s", pol);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n, d, raw, &back), 0, "%s", pol);
 	cr_assert_eq(memcmp(&back, l, sizeof(back)), 0, "the engine's layout comes back");
 	if (enc_bytes)
@@ -99,7 +99,7 @@ Test(codec, policy_strings)
 
 	p = P("int4:rotate=hadamard");
 	cr_assert_eq(kvcd_policy_check(&p, &l, why, sizeof(why)), -EINVAL, "96 is no power of two");
-	cr_assert_eq(kvcd_codec_size(&p, &l, false), 0);
+	cr_assert_eq(kvcd_codec_size(&p, &l, false, 0), 0);
 }
 
 Test(codec, fp8_e4m3)
@@ -154,14 +154,14 @@ Test(codec, int2_known_answer)
 	float x[16] = { 0, 1, 2, 3, 3, 2, 1, 0,		/* K: tokens 0 and 1 */
 			-1, -0.5f, 0, 0.5f, 2, 2, 2, 2 };	/* V: token 1 is constant */
 	struct kvcd_policy p = P("int2:group=4");
-	uint64_t n = kvcd_codec_size(&p, &l, false);
+	uint64_t n = kvcd_codec_size(&p, &l, false, 0);
 	uint8_t e[256];
 	const uint8_t *k = e + sizeof(struct kvcd_codec_hdr), *v = k + 10;
 	float y[16];
 	struct kvcp_layout back;
 
 	cr_assert_eq(n, sizeof(struct kvcd_codec_hdr) + 2 * (2 * 4 + 2), "scale+zero per token, 2 bits");
-	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, x, NULL, e), 0);
+	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, 0, x, NULL, e), 0);
 	uint16_t kp[4], vp[4];
 
 	memcpy(kp, k, 8);
@@ -299,6 +299,33 @@ Test(codec, exact_tokens_are_bit_exact)
 	free(y);
 }
 
+/* Sinks are the sequence's first tokens: a block starting at position 2 holds two of four, one
+ * starting later holds none; the header records the position, so each decodes alone. */
+Test(codec, sinks_follow_the_block_position)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,
+				 .tokens = 32 };
+	struct kvcd_policy p = P("int4:sink=4");
+	uint64_t n0 = kvcd_codec_size(&p, &l, false, 0), n2 = kvcd_codec_size(&p, &l, false, 2);
+	uint64_t n9 = kvcd_codec_size(&p, &l, false, 900);
+	/* an exact f32 token costs 4 (index) + 128 bytes; a 4-bit token 4 (params) + 16 */
+	uint64_t delta = (4 + 128) - (4 + 16);
+
+	cr_assert_eq(n0 - n2, 2 * 2 * delta, "two sinks fewer, in K and V");
+	cr_assert_eq(n2 - n9, 2 * 2 * delta);
+	float *x = block_f32(&l, 1.0f), *y = malloc(kvcp_layout_bytes(&l));
+	uint8_t *e = malloc(n2);
+	struct kvcp_layout back;
+
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 2, x, NULL, e), 0);
+	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n2, y, kvcp_layout_bytes(&l), &back), 0);
+	cr_assert_eq(memcmp(x, y, 2 * 32 * 4), 0, "tokens 0, 1 (positions 2, 3) are exact");
+	cr_assert_neq(memcmp(x + 64, y + 64, 32 * 4), 0, "token 2 (position 4) is quantized");
+	free(x);
+	free(y);
+	free(e);
+}
+
 Test(codec, sparse_outliers_are_kept_exactly)
 {
 	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 64,
@@ -394,14 +421,14 @@ Test(codec, simd_equals_scalar_on_blocks)
 		x[i] = kvcd_f32_to_f16((float)(nrand() * (i % 64 == 5 ? 30 : 1)));
 	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
 		struct kvcd_policy p = P(pols[pi]);
-		uint64_t n = kvcd_codec_size(&p, &l, false);
+		uint64_t n = kvcd_codec_size(&p, &l, false, 0);
 		void *e[3], *d[3];
 		struct kvcp_layout back;
 
 		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
 			e[isa] = malloc(n);
 			d[isa] = malloc(raw);
-			cr_assert_eq(kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, x, NULL, e[isa]), 0);
+			cr_assert_eq(kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 0, x, NULL, e[isa]), 0);
 			cr_assert_eq(kvcd_codec_decode((enum kvcd_isa)isa, e[isa], n, d[isa], raw, &back), 0);
 			if (isa) {
 				cr_assert_eq(memcmp(e[0], e[isa], n), 0, "%s: %s encodes like scalar",
@@ -423,25 +450,25 @@ Test(codec, bad_input_is_refused_cleanly)
 	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,
 				 .tokens = 32 };
 	struct kvcd_policy p = P("int4:sink=2");
-	uint64_t n = kvcd_codec_size(&p, &l, false), raw = kvcp_layout_bytes(&l);
+	uint64_t n = kvcd_codec_size(&p, &l, false, 0), raw = kvcp_layout_bytes(&l);
 	float *x = block_f32(&l, 1.0f), *y = malloc(raw);
 	uint8_t *e = malloc(n), *f = malloc(n);
 	struct kvcp_layout back;
 	float scores[32] = { 0 };
 
 	x[100] = NAN;
-	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, x, NULL, e), -EINVAL, "nan");
+	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, 0, x, NULL, e), -EINVAL, "nan");
 	x[100] = INFINITY;
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), -EINVAL, "inf");
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), -EINVAL, "inf");
 	x[100] = 1e6f;
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), -ERANGE, "beyond f16");
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), -ERANGE, "beyond f16");
 	x[100] = 1.0f;
 	struct kvcd_policy h = P("int4:hibits=8");
 
 	scores[3] = NAN;
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &h, &l, x, scores, e),
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &h, &l, 0, x, scores, e),
 		     -EINVAL, "nan score");
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, x, NULL, e), 0);
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), 0);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n, y, raw - 1, &back), -ENOSPC);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n - 1, y, raw, &back), -EBADMSG);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, 10, y, raw, &back), -EBADMSG);

@@ -36,7 +36,9 @@ Test(config, file_with_namespaces)
 	struct kvcd_config c;
 	const char *p = write_tmp("[kvcd]\npool_size = 1G\nworkers = 3\nhugepages = never\n"
 				  "checksum = no\nhigh_watermark = 80\nlow_watermark = 60\n"
-				  "[namespace llama-7b]\nallow_uids = 0, 1000\nallow_gids = 44\n");
+				  "[namespace llama-7b]\nallow_uids = 0, 1000\nallow_gids = 44\n"
+				  "policy = kivi:kbits=2,vbits=4\n"
+				  "[namespace open]\npolicy = int4\n[kvcd]\npolicy = fp8\n");
 
 	kvcd_config_defaults(&c);
 	cr_assert_eq(kvcd_config_load(&c, p), 0);
@@ -49,6 +51,11 @@ Test(config, file_with_namespaces)
 	cr_assert(kvcd_config_allows(&c, "llama-7b", 5, 44), "by group");
 	cr_assert_not(kvcd_config_allows(&c, "llama-7b", 65534, 65534));
 	cr_assert(kvcd_config_allows(&c, "other", 65534, 65534), "unlisted namespaces are open");
+	cr_assert(kvcd_config_allows(&c, "open", 65534, 65534), "so are ones listed for a policy");
+	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kind, KVCD_CODEC_KIVI);
+	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kbits, 2);
+	cr_assert_eq(kvcd_config_policy(&c, "open")->kbits, 4);
+	cr_assert_eq(kvcd_config_policy(&c, "other")->kind, KVCD_CODEC_FP8, "the [kvcd] default");
 	c.strict_ns = true;
 	cr_assert_not(kvcd_config_allows(&c, "other", 0, 0), "unless strict");
 }

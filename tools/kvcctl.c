@@ -1,7 +1,7 @@
 /* kvcctl - inspect and steer a running kvcd, through the public client API only.
  *
  *   kvcctl [--socket PATH] [--ns NAME] ping | stats [--json] | ls [--json] | clients [--json]
- *                                      | evict [MiB]
+ *                                      | evict [MiB] | policy [STRING]
  */
 #include <errno.h>
 #include <getopt.h>
@@ -48,6 +48,13 @@ static void print_stats_json(const struct kvc_stats *st)
 		       st->node[i].hugepages ? "true" : "false", st->node[i].bytes_total,
 		       st->node[i].bytes_used, st->node[i].bytes_total - st->node[i].bytes_used,
 		       st->node[i].blocks);
+	printf("], \"namespaces\": [");
+	for (unsigned i = 0; i < st->nns && i < 32; i++)
+		printf("%s{\"name\": \"%s\", \"policy\": \"%s\", \"blocks\": %" PRIu64
+		       ", \"bytes_in\": %" PRIu64 ", \"bytes_stored\": %" PRIu64
+		       ", \"fallbacks\": %" PRIu64 "}", i ? ", " : "", st->ns[i].name,
+		       st->ns[i].policy, st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
+		       st->ns[i].fallbacks);
 	printf("], \"ops\": {");
 	for (unsigned i = 0; kvc_op_name(i); i++)
 		printf("%s\"%s\": {\"count\": %" PRIu64 ", \"errors\": %" PRIu64
@@ -76,6 +83,13 @@ static void print_stats(const struct kvc_stats *st)
 		printf("%-6d %5s %12.1f %12.1f %12" PRIu64 "\n", st->node[i].node,
 		       st->node[i].hugepages ? "yes" : "no", st->node[i].bytes_total / 1048576.0,
 		       st->node[i].bytes_used / 1048576.0, st->node[i].blocks);
+	printf("\n%-16s %10s %14s %14s %6s %9s  %s\n", "namespace", "blocks", "bytes in",
+	       "bytes stored", "ratio", "fallbacks", "policy");
+	for (unsigned i = 0; i < st->nns && i < 32; i++)
+		printf("%-16s %10" PRIu64 " %14" PRIu64 " %14" PRIu64 " %6.2f %9" PRIu64 "  %s\n",
+		       st->ns[i].name, st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
+		       st->ns[i].bytes_stored ? (double)st->ns[i].bytes_in / st->ns[i].bytes_stored : 0.0,
+		       st->ns[i].fallbacks, st->ns[i].policy);
 	printf("\n%-8s %12s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
 	       "p99.9 us");
 	for (unsigned i = 0; kvc_op_name(i); i++)
@@ -117,6 +131,33 @@ static int cmd_ls(kvc_client *c, int json)
 	return n < 0 ? n : 0;
 }
 
+/* Show the namespace's policy, or set it. */
+static int cmd_policy(kvc_client *c, const char *ns, const char *policy)
+{
+	struct kvc_stats st;
+	char why[160];
+	int err;
+
+	if (!ns)
+		ns = "default";
+	if (policy) {
+		err = kvc_policy(c, policy, KVC_POLICY_NAMESPACE, why, sizeof(why));
+		if (err == -EINVAL && why[0]) {
+			fprintf(stderr, "kvcctl policy: %s\n", why);
+			return err;
+		}
+		if (err < 0)
+			return err;
+	}
+	err = kvc_stats(c, &st);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < st.nns && i < 32; i++)
+		if (!strcmp(st.ns[i].name, ns))
+			printf("%s\n", st.ns[i].policy);
+	return 0;
+}
+
 static int cmd_clients(kvc_client *c, int json)
 {
 	struct kvc_client_info ci[256];
@@ -153,7 +194,11 @@ static void usage(FILE *f)
 		   "  stats [--json]     pools, blocks, hits, evictions, per-op latency\n"
 		   "  ls [--json]        blocks of the namespace\n"
 		   "  clients [--json]   attached clients\n"
-		   "  evict [MiB]        evict unpinned blocks until MiB are free (default: all)\n");
+		   "  evict [MiB]        evict unpinned blocks until MiB are free (default: all)\n"
+		   "  policy [STRING]    show the namespace's compression policy, or set it\n"
+		   "                     (e.g. int8, int4:rotate=hadamard, fp8,\n"
+		   "                     kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
+		   "                     the encoding they were written with\n");
 }
 
 int main(int argc, char **argv)
@@ -206,6 +251,8 @@ int main(int argc, char **argv)
 		err = kvc_evict(c, (uint32_t)mib);
 		if (err >= 0)
 			printf("evicted %d blocks\n", err);
+	} else if (!strcmp(cmd, "policy")) {
+		err = cmd_policy(c, ns, optind < argc ? argv[optind] : NULL);
 	} else {
 		usage(stderr);
 		kvc_detach(c);

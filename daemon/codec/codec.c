@@ -219,7 +219,7 @@ void kvcd_hadamard(float *x, unsigned n)
 
 struct shape {
 	uint32_t t, d, es;		/* tokens, channels, bytes per element */
-	uint32_t ne, nh, nr;		/* exact, important, regular tokens */
+	uint32_t nsink, ne, nh, nr;	/* sinks, exact (sinks included), important, regular */
 	uint32_t gch, ngt;		/* per-token groups: channels each, groups per token */
 	uint32_t nq;			/* regular tokens that are quantized */
 	uint32_t nres;			/* kivi K: regular tokens kept exact */
@@ -231,15 +231,16 @@ struct shape {
 };
 
 static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
-		     int kv, struct shape *s)
+		     uint32_t pos, int kv, struct shape *s)
 {
 	uint32_t t = l->tokens, d = l->head_dim;
-	uint32_t sink = p->sink < t ? p->sink : t;
+	uint32_t sink = p->sink > pos ? (p->sink - pos < t ? p->sink - pos : t) : 0;
 	uint64_t b = 0, params;
 
 	memset(s, 0, sizeof(*s));
 	s->t = t;
 	s->d = d;
+	s->nsink = sink;
 	s->es = kvcp_dtype_size(l->dtype);
 	s->ne = sink + (p->outliers < t - sink ? p->outliers : t - sink);
 	s->nh = scores && p->hibits ? (uint32_t)((uint64_t)(t - s->ne) * p->hipct / 100) : 0;
@@ -271,7 +272,8 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	s->bytes = b;
 }
 
-uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores)
+uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+			 uint32_t pos)
 {
 	struct shape k, v;
 	char why[8];
@@ -280,8 +282,8 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 		return 0;
 	if (p->kind == KVCD_CODEC_NONE)
 		return kvcp_layout_bytes(l);
-	shape_of(p, l, scores, 0, &k);
-	shape_of(p, l, scores, 1, &v);
+	shape_of(p, l, scores, pos, 0, &k);
+	shape_of(p, l, scores, pos, 1, &v);
 	return sizeof(struct kvcd_codec_hdr) + (uint64_t)l->layers * l->kv_heads * (k.bytes + v.bytes);
 }
 
@@ -582,10 +584,9 @@ static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8
 
 /* Choose the exact tokens of one head from its keys (tile holds K): the sinks, then the
  * `outliers` tokens with the largest max |k|. Ascending. */
-static void choose_exact(const struct shape *s, const struct kvcd_policy *p, struct work *w,
-			 uint32_t *exact)
+static void choose_exact(const struct shape *s, struct work *w, uint32_t *exact)
 {
-	uint32_t sink = p->sink < s->t ? p->sink : s->t;
+	uint32_t sink = s->nsink;
 
 	for (uint32_t t = 0; t < s->t; t++) {
 		float m = 0.0f;
@@ -654,7 +655,7 @@ static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *s
 		if (!isfinite(w->tile[i]))
 			return -EINVAL;
 	if (choose)
-		choose_exact(s, p, w, exact);
+		choose_exact(s, w, exact);
 	memset(w->cls, 0, s->t);
 	for (uint32_t i = 0; i < s->ne; i++)
 		w->cls[exact[i]] = 1;
@@ -779,7 +780,7 @@ static size_t unit_base(const struct kvcp_layout *l, uint32_t layer, int kv, uin
 }
 
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		      const void *src, const float *scores, void *dst)
+		      uint32_t pos, const void *src, const float *scores, void *dst)
 {
 	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = 1 };
 	struct shape sh[2];
@@ -798,8 +799,8 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	for (uint32_t t = 0; scores && t < l->tokens; t++)
 		if (!isfinite(scores[t]))
 			return -EINVAL;
-	shape_of(p, l, scores, 0, &sh[0]);
-	shape_of(p, l, scores, 1, &sh[1]);
+	shape_of(p, l, scores, pos, 0, &sh[0]);
+	shape_of(p, l, scores, pos, 1, &sh[1]);
 	err = work_init(&w, p, l, sh[0].ne);
 	if (err)
 		return err;
@@ -812,7 +813,8 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	h.pol = *p;
 	h.layout = *l;
 	h.layout.codec = 0;
-	h.bytes = kvcd_codec_size(p, l, scores);
+	h.pos = pos;
+	h.bytes = kvcd_codec_size(p, l, scores, pos);
 	put(&o, &h, sizeof(h));
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++)
@@ -841,15 +843,16 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 		return -EBADMSG;
 	get(&in, &h, sizeof(h));
 	if (h.magic != KVCD_CODEC_MAGIC || h.version != 1 || (h.flags & ~KVCD_CODEC_F_SCORES) ||
-	    h.pol.kind == KVCD_CODEC_NONE || h.layout.codec ||
+	    h.pol.kind == KVCD_CODEC_NONE || h.layout.codec || h.reserved ||
 	    kvcd_policy_check(&h.pol, &h.layout, why, sizeof(why)) ||
-	    kvcd_codec_size(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES) != n || h.bytes != n)
+	    kvcd_codec_size(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos) != n ||
+	    h.bytes != n)
 		return -EBADMSG;
 	*l = h.layout;
 	if (kvcp_layout_bytes(&h.layout) > cap)
 		return -ENOSPC;
-	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, 0, &sh[0]);
-	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, 1, &sh[1]);
+	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos, 0, &sh[0]);
+	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos, 1, &sh[1]);
 	err = work_init(&w, &h.pol, &h.layout, sh[0].ne);
 	if (err)
 		return err;

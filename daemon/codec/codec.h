@@ -10,7 +10,8 @@
  *
  * Within a block each (layer, K or V, head) is one unit: T tokens x D channels. Each token of
  * a unit is in one of three classes:
- *   exact      the first `sink` tokens (attention sinks, IntactKV/KVQuant) and the `outliers`
+ *   exact      the first `sink` tokens of the sequence (attention sinks, IntactKV/KVQuant:
+ *              only in blocks that start before position `sink`) and the `outliers`
  *              tokens whose keys have the largest magnitude in this (layer, head) (the same
  *              tokens for K and V); stored bit for bit in the engine's dtype
  *   important  when the STORE carries per-token importance scores and `hibits` is set: the
@@ -79,18 +80,23 @@ struct kvcd_codec_hdr {
 	uint16_t flags;		/* KVCD_CODEC_F_* */
 	struct kvcd_policy pol;
 	struct kvcp_layout layout; /* the engine's layout (codec 0) */
+	uint32_t pos;		/* position of the block's first token in its sequence */
+	uint32_t reserved;	/* 0 */
 	uint64_t bytes;		/* encoded size, this header included */
 };
 
-/* Exact encoded size of a block of layout @l under @p (with or without importance scores),
- * or 0 when @p cannot encode @l. For KVCD_CODEC_NONE this is the raw size. */
-uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores);
+/* Exact encoded size of a block of layout @l whose first token is at position @pos of its
+ * sequence (sinks are the sequence's first tokens, so only blocks near its start hold any),
+ * under @p, with or without importance scores; 0 when @p cannot encode @l. For
+ * KVCD_CODEC_NONE this is the raw size. */
+uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+			 uint32_t pos);
 
 /* Encode the raw block @src (layout @l) into @dst, which has kvcd_codec_size() bytes.
  * @scores is NULL or one f32 importance score per token. Returns 0, -EINVAL (policy does not
  * fit the layout, or a value is inf/nan), -ENOMEM. */
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		      const void *src, const float *scores, void *dst);
+		      uint32_t pos, const void *src, const float *scores, void *dst);
 
 /* Decode an encoded block of @n bytes into @dst (@cap bytes). *@l receives the engine's
  * layout. Never trusts @src: returns -EBADMSG when the header or sizes are inconsistent,

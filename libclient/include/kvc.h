@@ -35,8 +35,10 @@ struct kvc_key {
 enum kvc_dtype { KVC_F32 = 1, KVC_F16 = 2, KVC_BF16 = 3 };
 
 /* One block: the K and V of @tokens tokens for every layer, memory order
- * [layer][K,V][token][head][dim], elements of @dtype. @codec and @reserved are 0 on STORE;
- * on FETCH @codec reports how kvcd held the block (0 = raw). */
+ * [layer][K,V][token][head][dim], elements of @dtype. On STORE @codec picks the compression
+ * policy: 0 = the namespace's, 1..8 = one registered with kvc_policy(). On FETCH @codec reports
+ * how kvcd held the block (0 raw, 1 int, 2 fp8, 3 kivi); the bytes written are always the
+ * engine's own dtype and layout. @reserved is 0. */
 struct kvc_layout {
 	uint8_t dtype;
 	uint8_t codec;
@@ -102,7 +104,10 @@ const char *kvc_default_socket(void);
 
 enum kvc_op {
 	KVC_OP_NOP = 0,
-	KVC_OP_STORE = 1,	/* @key, @layout, @off, @len = kvc_layout_bytes(@layout) */
+	KVC_OP_STORE = 1,	/* @key, @layout, @off, @len = kvc_layout_bytes(@layout); @arg =
+				 * position of the block's first token in its sequence (policies
+				 * keep the sequence's first `sink` tokens exact; kvc_store and
+				 * kvc_store_scored pass 0) */
 	KVC_OP_FETCH = 2,	/* @key, @off, @len = capacity; cqe.value = bytes written */
 	KVC_OP_LOOKUP = 3,	/* @off: @len / 16 keys; cqe.res = longest cached prefix */
 	KVC_OP_DELETE = 4,	/* @key */
@@ -110,9 +115,13 @@ enum kvc_op {
 	KVC_OP_UNPIN = 6,	/* @key */
 };
 
+#define KVC_REQ_SCORES 2u	/* STORE: @layout->tokens f32 importance scores follow the block
+				 * in staging; @len = kvc_layout_bytes(@layout) + 4 * tokens */
+
 struct kvc_req {
 	uint8_t op;
-	uint8_t reserved[3];
+	uint8_t flags;		/* KVC_REQ_* */
+	uint8_t reserved[2];
 	uint32_t arg;
 	struct kvc_key key;
 	struct kvc_layout layout;
@@ -148,6 +157,21 @@ int kvc_nop(kvc_client *c);
  * -EINVAL (bad layout or range). */
 int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
 	      size_t off);
+
+/* As kvc_store, with one f32 importance score per token (higher = more important) at
+ * staging[@off + kvc_layout_bytes(@layout)], 4-byte aligned: policies with `hibits` spend more
+ * bits on the important tokens (MiKV). */
+int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
+		     size_t off);
+
+/* Register compression policy @policy (e.g. "kivi:kbits=4,vbits=4,group=32,sink=4",
+ * "int4:rotate=hadamard", "fp8", "none") for this client. Returns the id (1..8) to put in
+ * kvc_layout.codec on STORE, or -EINVAL with the reason in @why (may be NULL), -ENOSPC when
+ * all 8 slots hold other policies. With KVC_POLICY_NAMESPACE, sets the policy of the
+ * client's namespace instead (daemon's uid or root; -EPERM otherwise) and returns 0: blocks
+ * already stored keep the encoding they were written with. */
+#define KVC_POLICY_NAMESPACE 1u
+int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, size_t whylen);
 
 /* Fetch block @key into staging[@off, @off + @cap). On success *@layout (may be NULL)
  * describes what was written; the bytes stay valid until the next request that names the same
@@ -186,7 +210,16 @@ struct kvc_stats {
 		uint32_t hugepages;
 		uint64_t bytes_total, bytes_used, blocks;
 	} node[KVC_MAX_NODES];
-	struct kvc_op_stats op[11];	/* indexed by KVC_OP_* and the admin ops below */
+	struct kvc_op_stats op[12];	/* indexed by KVC_OP_* and the admin ops below */
+	uint32_t nns, pad;
+	struct {
+		char name[64];
+		char policy[96];	/* canonical policy string */
+		uint64_t blocks;
+		uint64_t bytes_in;	/* what the engines sent */
+		uint64_t bytes_stored;	/* what the pool holds: codes, scales, headers */
+		uint64_t fallbacks;	/* STOREs kept raw: the policy did not fit the layout */
+	} ns[32];
 };
 
 /* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */

@@ -1,0 +1,286 @@
+/* it_codec.c - compression policies through a real kvcd: namespace policies from the config,
+ * policies registered per client, FETCH restoring the engine's dtype and layout within the
+ * codec's bound, importance scores, the raw fallback, per-namespace bytes in and stored, and
+ * old blocks staying readable across policy changes. */
+#include <libgen.h>
+#include <math.h>
+
+#include "t_util.h"
+#include "codec.h"
+
+static struct t_daemon D;
+
+static void up(void)
+{
+	char conf[160];
+	FILE *f;
+	const char *args[] = { "--config", conf, "--pool-size", "64M", NULL };
+
+	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(D.dir));
+	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
+	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
+	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
+	f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "[kvcd]\npolicy = int8\n"
+		   "[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard\n"
+		   "[namespace raw]\npolicy = none\n"
+		   "[namespace rot]\npolicy = int4:rotate=hadamard\n");
+	fclose(f);
+	cr_assert_eq(t_daemon_start_args(&D, args), 0);
+}
+
+static void down(void)
+{
+	if (D.pid > 0)
+		cr_assert_eq(t_daemon_stop(&D), 0, "kvcd exits 0");
+	t_daemon_cleanup(&D);
+}
+
+TestSuite(codec_ops, .init = up, .fini = down, .timeout = 60);
+
+static const struct kvc_layout L = { .dtype = KVC_F16, .layers = 4, .kv_heads = 2,
+				     .head_dim = 64, .tokens = 64 };
+
+/* f16 values ~N(0,1)-ish from a seed, at staging offset 0. */
+static void fill_f16(void *stg, const struct kvc_layout *l, uint64_t seed)
+{
+	size_t n = kvc_layout_bytes(l) / 2;
+	uint16_t *x = stg;
+
+	for (size_t i = 0; i < n; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		x[i] = kvcd_f32_to_f16((float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 22));
+	}
+}
+
+/* Relative Frobenius error between the f16 blocks at @a and @b. */
+static double rel_err(const void *a, const void *b, const struct kvc_layout *l)
+{
+	size_t n = kvc_layout_bytes(l) / 2;
+	float *x = malloc(n * 4), *y = malloc(n * 4);
+
+	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, a, x, n);
+	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, b, y, n);
+	double e = kvcd_quality_of(x, y, n).rel_frob;
+
+	free(x);
+	free(y);
+	return e;
+}
+
+static const struct kvc_stats *ns_stats(kvc_client *c, const char *ns, unsigned *i)
+{
+	static struct kvc_stats st;
+
+	cr_assert_eq(kvc_stats(c, &st), 0);
+	for (*i = 0; *i < st.nns; (*i)++)
+		if (!strcmp(st.ns[*i].name, ns))
+			return &st;
+	cr_assert_fail("namespace %s not in stats", ns);
+	return NULL;
+}
+
+Test(codec_ops, namespace_policies_compress_and_restore)
+{
+	const char *nss[] = { "default", "kivi", "raw" };
+	const char *pols[] = { "int:bits=8,group=64",
+			       "kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard", "none" };
+	const double max_err[] = { 0.01, 0.15, 0 }, min_ratio[] = { 1.8, 3.0, 1.0 };
+	size_t n = kvc_layout_bytes(&L);
+
+	for (int i = 0; i < 3; i++) {
+		kvc_client *c = t_attach(&D, nss[i], 4 << 20);
+		unsigned char *stg = kvc_staging(c, NULL);
+		struct kvc_key k = { 0xc0dec, (uint64_t)i };
+		struct kvc_layout got;
+		unsigned j;
+
+		fill_f16(stg, &L, (uint64_t)i + 1);
+		/* the second block of a sequence (first token at position 64): no sinks in it */
+		struct kvc_req r = { .op = KVC_OP_STORE, .arg = 64, .key = k, .layout = L, .len = n };
+		struct kvc_cqe cqe;
+
+		cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
+		cr_assert_eq(kvc_wait(c, &cqe, 1, 1, 5000), 1);
+		cr_assert_eq(cqe.res, 0, "%s: %s", nss[i], kvc_strerror(cqe.res));
+		memset(stg + n, 0xee, n);
+		cr_assert_eq(kvc_fetch(c, &k, n, n, &got), 0);
+		cr_assert_eq(got.dtype, L.dtype, "the engine's dtype comes back");
+		cr_assert_eq(got.tokens, L.tokens);
+		cr_assert_eq(got.codec, i == 0 ? KVCD_CODEC_INT : i == 1 ? KVCD_CODEC_KIVI : 0);
+		double e = rel_err(stg, stg + n, &L);
+
+		cr_assert_leq(e, max_err[i], "%s: relative error %g", nss[i], e);
+		cr_assert_eq(kvc_fetch(c, &k, 0, n - 1, NULL), -ENOSPC, "room for the decoded block");
+		const struct kvc_stats *st = ns_stats(c, nss[i], &j);
+
+		cr_assert_str_eq(st->ns[j].policy, pols[i]);
+		cr_assert_eq(st->ns[j].blocks, 1);
+		cr_assert_eq(st->ns[j].bytes_in, n);
+		cr_assert_geq((double)st->ns[j].bytes_in / (double)st->ns[j].bytes_stored, min_ratio[i],
+			      "%s: %lu in, %lu stored", nss[i], (unsigned long)st->ns[j].bytes_in,
+			      (unsigned long)st->ns[j].bytes_stored);
+		kvc_detach(c);
+	}
+}
+
+Test(codec_ops, client_policies_and_their_errors)
+{
+	kvc_client *c = t_attach(&D, "mine", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	size_t n = kvc_layout_bytes(&L);
+	char why[160];
+	struct kvc_layout l = L, got;
+
+	int a = kvc_policy(c, "fp8", 0, why, sizeof(why));
+	int b = kvc_policy(c, "int2:hibits=8,hipct=25", 0, why, sizeof(why));
+
+	cr_assert_eq(a, 1);
+	cr_assert_eq(b, 2);
+	cr_assert_eq(kvc_policy(c, "fp8:group=0", 0, NULL, 0), 1, "the same policy, the same slot");
+	cr_assert_eq(kvc_policy(c, "int9", 0, why, sizeof(why)), -EINVAL);
+	cr_assert_not_null(strstr(why, "unknown codec"), "the reason comes back: %s", why);
+	cr_assert_eq(kvc_policy(c, "kivi:group=0", 0, why, sizeof(why)), -EINVAL);
+	cr_assert_not_null(strstr(why, "group"), "%s", why);
+	for (int i = 3; i <= 8; i++) {
+		char p[32];
+
+		snprintf(p, sizeof(p), "int%d", i);
+		cr_assert_eq(kvc_policy(c, p, 0, NULL, 0), i);
+	}
+	cr_assert_eq(kvc_policy(c, "int4:group=16", 0, NULL, 0), -ENOSPC, "8 slots");
+
+	fill_f16(stg, &l, 7);
+	l.codec = 1;
+	struct kvc_key k1 = { 1, 1 }, k2 = { 1, 2 }, k3 = { 1, 3 };
+
+	cr_assert_eq(kvc_store(c, &k1, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &k1, n, n, &got), 0);
+	cr_assert_eq(got.codec, KVCD_CODEC_FP8);
+	cr_assert_leq(rel_err(stg, stg + n, &L), 0.05);
+
+	/* importance scores: tokens 0..15 matter, with hipct=25 exactly those get 8 bits */
+	float *scores = (float *)(stg + n);
+
+	for (uint32_t t = 0; t < L.tokens; t++)
+		scores[t] = t < 16 ? 1.0f : 0.0f;
+	l.codec = 2;
+	cr_assert_eq(kvc_store_scored(c, &k2, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &k2, 2 * n, n, &got), 0);
+	double imp = 0, rest = 0;
+	const uint16_t *x = (const uint16_t *)stg, *y = (const uint16_t *)(stg + 2 * n);
+
+	for (size_t i = 0; i < n / 2; i++) {
+		size_t t = (i / (2 * 64)) % 64;
+		double e = fabs(kvcd_f16_to_f32(x[i]) - kvcd_f16_to_f32(y[i]));
+
+		if (t < 16)
+			imp = fmax(imp, e);
+		else
+			rest = fmax(rest, e);
+	}
+	cr_assert_lt(imp * 10, rest, "important tokens at 8 bits: %g vs %g", imp, rest);
+
+	l.codec = 9;
+	cr_assert_eq(kvc_store(c, &k3, &l, 0), -EINVAL, "no such slot");
+	l.codec = 0;
+	cr_assert_eq(kvc_store_scored(c, &k3, &l, 1), -EINVAL, "scores need 4-byte alignment");
+	kvc_detach(c);
+}
+
+Test(codec_ops, policy_that_does_not_fit_falls_back_to_raw)
+{
+	kvc_client *c = t_attach(&D, "rot", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_layout odd = L;
+	struct kvc_key k = { 2, 1 };
+	size_t n;
+	unsigned j;
+
+	odd.head_dim = 48; /* no Hadamard of 48 */
+	n = kvc_layout_bytes(&odd);
+	fill_f16(stg, &odd, 3);
+	cr_assert_eq(kvc_store(c, &k, &odd, 0), 0, "the namespace policy never refuses a block");
+	cr_assert_eq(kvc_fetch(c, &k, n, n, NULL), 0);
+	cr_assert_eq(memcmp(stg, stg + n, n), 0, "kept raw, bit for bit");
+	const struct kvc_stats *st = ns_stats(c, "rot", &j);
+
+	cr_assert_eq(st->ns[j].fallbacks, 1);
+	cr_assert_eq(st->ns[j].bytes_stored, n);
+	/* a registered policy that does not fit is the client's error */
+	int id = kvc_policy(c, "int4:rotate=hadamard", 0, NULL, 0);
+
+	odd.codec = (uint8_t)id;
+	k.lo = 2;
+	cr_assert_eq(kvc_store(c, &k, &odd, 0), -EINVAL);
+	kvc_detach(c);
+}
+
+/* The namespace's policy changes three times; every block still decodes as it was written. */
+Test(codec_ops, old_blocks_stay_readable_across_policy_changes)
+{
+	kvc_client *c = t_attach(&D, "changing", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	const char *pols[] = { "int4", "fp8", "kivi:kbits=2,vbits=2,group=16", "none" };
+	const uint8_t codecs[] = { 1, 2, 3, 0 };
+	const double bound[] = { 0.12, 0.05, 0.5, 0 };
+	size_t n = kvc_layout_bytes(&L);
+	char why[160];
+	unsigned j;
+
+	for (int i = 0; i < 4; i++) {
+		struct kvc_key k = { 3, (uint64_t)i };
+
+		cr_assert_eq(kvc_policy(c, pols[i], KVC_POLICY_NAMESPACE, why, sizeof(why)), 0,
+			     "%s: %s", pols[i], why);
+		fill_f16(stg + (size_t)i * n, &L, 100 + (uint64_t)i);
+		cr_assert_eq(kvc_store(c, &k, &L, (size_t)i * n), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		struct kvc_key k = { 3, (uint64_t)i };
+		struct kvc_layout got;
+
+		cr_assert_eq(kvc_fetch(c, &k, 4 * n, n, &got), 0, "%s block", pols[i]);
+		cr_assert_eq(got.codec, codecs[i]);
+		double e = rel_err(stg + (size_t)i * n, stg + 4 * n, &L);
+
+		cr_assert_leq(e, bound[i], "%s: %g", pols[i], e);
+	}
+	const struct kvc_stats *st = ns_stats(c, "changing", &j);
+
+	cr_assert_str_eq(st->ns[j].policy, "none");
+	cr_assert_eq(kvc_policy(c, "int4:bogus=1", KVC_POLICY_NAMESPACE, why, sizeof(why)), -EINVAL);
+	cr_assert_not_null(strstr(why, "bogus"), "%s", why);
+	kvc_detach(c);
+}
+
+Test(codec_ops, kvcctl_shows_and_sets_policies)
+{
+	char cmd[600], bin[256], buf[256] = { 0 };
+	FILE *f;
+
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s --ns kivi policy", dirname(bin), D.sock);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
+	cr_assert_eq(pclose(f), 0);
+	cr_assert_str_eq(buf, "kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard\n");
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s --ns kivi policy int4:sink=2",
+		 dirname(bin), D.sock);
+	f = popen(cmd, "r");
+	memset(buf, 0, sizeof(buf));
+	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
+	cr_assert_eq(pclose(f), 0);
+	cr_assert_str_eq(buf, "int:bits=4,group=64,sink=2\n");
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s policy int99 2>&1", dirname(bin), D.sock);
+	f = popen(cmd, "r");
+	memset(buf, 0, sizeof(buf));
+	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
+	cr_assert_neq(pclose(f), 0, "a bad policy fails");
+	cr_assert_not_null(strstr(buf, "unknown codec"), "%s", buf);
+}
