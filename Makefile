@@ -67,12 +67,14 @@ $(BUILD)/kvcclient.pc: libclient/kvcclient.pc.in
 $(BUILD)/kvcctl: $(BUILD)/tools/kvcctl.o $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash
 
-$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/libkvcclient.a
+# kvcbench also links the codec library, which is pure functions (daemon/codec/).
+CODEC_OBJ := $(filter $(BUILD)/daemon/codec/%,$(DAEMON_OBJ))
+$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(CODEC_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
 $(BUILD)/tools/%.o: tools/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -Idaemon/codec -c $< -o $@
 
 # Tests: unit tests link the daemon objects; it_* tests drive a real kvcd through libkvcclient.
 $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a

@@ -191,7 +191,52 @@ Test(quant, packing)
 			memset(buf, 0xee, sizeof(buf));
 			kvcd_pack(q, n, bits, buf);
 			cr_assert_eq(buf[kvcd_packed_bytes(n, bits)], 0xee, "wrote past the end");
+			for (size_t i = 0; i < n; i++) { /* LSB-first stream, read bit by bit */
+				unsigned v = 0;
+
+				for (unsigned b = 0; b < bits; b++) {
+					size_t at = i * bits + b;
+
+					v |= ((buf[at / 8] >> (at % 8)) & 1u) << b;
+				}
+				cr_assert_eq(v, q[i], "bits %u n %zu code %zu", bits, n, i);
+			}
 			kvcd_unpack(buf, n, bits, back);
 			cr_assert_eq(memcmp(q, back, n), 0, "bits %u n %zu", bits, n);
 		}
+}
+
+/* The batched parameter path (8 groups per step with F16C) against the scalar reference, on
+ * ranges chosen to hit every directed-rounding case: signs, zeros, subnormals, f16 ties, the
+ * top of the f16 range, equal ends. */
+Test(quant, batched_params_equal_scalar)
+{
+	static const float edge[] = { 0.0f, -0.0f, 1.0f, -1.0f, 0x1p-24f, -0x1p-24f, 0x1p-25f,
+				      -0x1p-20f, 1.0f + 0x1p-11f, -(1.0f + 0x1p-11f), 65504.0f,
+				      -65504.0f, 65500.0f, 3.14159f, -2.71828f, 1e-6f, -1e-6f,
+				      0.33333334f, -0.1f, 100.5f };
+	const size_t ne = sizeof(edge) / sizeof(edge[0]);
+	float lo[400], hi[400];
+	uint16_t a[800], b[800];
+	size_t n = 0;
+
+	for (size_t i = 0; i < ne; i++)
+		for (size_t j = 0; j < ne; j++)
+			if (edge[i] <= edge[j]) {
+				lo[n] = edge[i];
+				hi[n++] = edge[j];
+			}
+	for (unsigned bits = 2; bits <= 8; bits++) {
+		int ea = kvcd_quant_params(KVCD_ISA_SCALAR, lo, hi, n, bits, a);
+		int eb = kvcd_quant_params(kvcd_isa_best(), lo, hi, n, bits, b);
+
+		cr_assert_eq(ea, eb, "bits %u", bits);
+		if (!ea)
+			for (size_t g = 0; g < 2 * n; g++)
+				cr_assert_eq(a[g], b[g], "bits %u group %zu [%g, %g]: %04x vs %04x",
+					     bits, g / 2, lo[g / 2], hi[g / 2], a[g], b[g]);
+	}
+	lo[5] = -70000.0f; /* out of f16 range in one lane of a batch */
+	cr_assert_eq(kvcd_quant_params(kvcd_isa_best(), lo, hi, n, 4, b), -ERANGE);
+	cr_assert_eq(kvcd_quant_params(KVCD_ISA_SCALAR, lo, hi, n, 4, a), -ERANGE);
 }

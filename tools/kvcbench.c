@@ -7,6 +7,12 @@
  *       Each process STOREs a block, FETCHes it back and DELETEs it, N times; store and
  *       fetch bandwidth against memcpy of the same bytes between two buffers of the same
  *       size, measured in the same run.
+ *   kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers 32] [--heads 8]
+ *                  [--dim 128] [--tokens 256] [--iters N] [--json]
+ *       In-process, no daemon: encode and decode one f16 block (default 32 x 8 x 128 x 256,
+ *       32 MiB) under each policy (default: int8, int4, int2, fp8, kivi) and each ISA this
+ *       CPU has, against memcpy of the same bytes in the same run; compression ratio and
+ *       relative error beside it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +26,8 @@
 #include <unistd.h>
 
 #include <kvc.h>
+
+#include "codec.h"
 
 static const char *g_sock;
 
@@ -226,11 +234,124 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, int 
 	return 0;
 }
 
+/* ---- codec ---------------------------------------------------------------------------------- */
+
+struct codec_args {
+	const char *policy;
+	int isa;			/* -1: every ISA this CPU has */
+	unsigned layers, heads, dim, tokens;
+	unsigned long iters;
+};
+
+static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp_layout *l,
+			   const void *raw, unsigned long iters, double mc, int json)
+{
+	struct kvcd_policy p;
+	char why[128], canon[KVCD_POLICY_STR];
+	uint64_t n = kvcp_layout_bytes(l), e, t0, te = 0, td = 0;
+	void *enc, *dec = malloc(n);
+	struct kvcp_layout back;
+	size_t cnt = n / 2;
+	float *x = malloc(cnt * 4), *y = malloc(cnt * 4);
+	int err = 0;
+
+	if (kvcd_policy_parse(pol, &p, why, sizeof(why))) {
+		fprintf(stderr, "kvcbench: policy '%s': %s\n", pol, why);
+		return 2;
+	}
+	kvcd_policy_format(&p, canon, sizeof(canon));
+	e = kvcd_codec_size(&p, l, false, 256);
+	if (!e) {
+		fprintf(stderr, "kvcbench: policy '%s' does not fit the layout\n", pol);
+		return 2;
+	}
+	enc = malloc(e);
+	/* warm up once, then time encode and decode separately */
+	if (kvcd_codec_encode(isa, &p, l, 256, raw, NULL, enc) ||
+	    kvcd_codec_decode(isa, enc, e, dec, n, &back))
+		err = 1;
+	for (unsigned long i = 0; i < iters && !err; i++) {
+		t0 = now_ns();
+		err |= kvcd_codec_encode(isa, &p, l, 256, raw, NULL, enc);
+		te += now_ns() - t0;
+		t0 = now_ns();
+		err |= kvcd_codec_decode(isa, enc, e, dec, n, &back);
+		td += now_ns() - t0;
+	}
+	if (err) {
+		fprintf(stderr, "kvcbench: codec '%s' failed\n", pol);
+		return 1;
+	}
+	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, raw, x, cnt);
+	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, dec, y, cnt);
+	struct kvcd_quality q = kvcd_quality_of(x, y, cnt);
+	double eg = (double)n * iters / te, dg = (double)n * iters / td;
+
+	if (json)
+		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
+		       "\"bytes_stored\": %llu, \"ratio\": %.3f, \"encode_gbps\": %.3f, "
+		       "\"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, \"encode_vs_memcpy\": %.3f, "
+		       "\"decode_vs_memcpy\": %.3f, \"rel_frob\": %.6f, \"cosine\": %.6f}\n", canon,
+		       kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
+		       (double)n / e, eg, dg, mc, eg / mc, dg / mc, q.rel_frob, q.cosine);
+	else
+		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
+		       "memcpy %6.2f  err %.4f\n", canon, kvcd_isa_name(isa), (double)n / e, eg,
+		       100 * eg / mc, dg, 100 * dg / mc, mc, q.rel_frob);
+	free(enc);
+	free(dec);
+	free(x);
+	free(y);
+	return 0;
+}
+
+static int bench_codec(const struct codec_args *a, int json)
+{
+	static const char *const dflt[] = { "int8", "int4", "int2", "fp8",
+					    "kivi:kbits=4,vbits=4,group=32", NULL };
+	const char *one[] = { a->policy, NULL };
+	const char *const *pols = a->policy ? one : dflt;
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = (uint16_t)a->layers,
+				 .kv_heads = (uint16_t)a->heads, .head_dim = (uint16_t)a->dim,
+				 .tokens = a->tokens };
+	uint64_t n = kvcp_layout_bytes(&l), seed = 12345;
+	uint16_t *raw;
+	double mc;
+	int err = 0;
+
+	if (!n || a->layers > 65535 || a->heads > 65535 || a->dim > 65535) {
+		fprintf(stderr, "kvcbench: bad block shape\n");
+		return 2;
+	}
+	raw = malloc(n);
+	for (size_t i = 0; i < n / 2; i++) { /* N(0,1) by Box-Muller; a few larger channels */
+		double u1, u2;
+
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		u1 = ((seed >> 11) + 1) * 0x1p-53;
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		u2 = (seed >> 11) * 0x1p-53;
+		raw[i] = kvcd_f32_to_f16((float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2) *
+						 (i % a->dim == 7 ? 8 : 1)));
+	}
+	mc = memcpy_gbps(n, a->iters * 4);
+	for (int p = 0; pols[p] && !err; p++)
+		for (int isa = a->isa < 0 ? (int)kvcd_isa_best() : a->isa; isa >= 0 && !err; isa--) {
+			err = bench_one_codec(pols[p], (enum kvcd_isa)isa, &l, raw, a->iters, mc, json);
+			if (a->isa >= 0)
+				break;
+		}
+	free(raw);
+	return err;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]\n"
 		   "       kvcbench [--socket PATH] throughput [--block-size SIZE] [--procs N]\n"
-		   "                [--iters N] [--json]\n");
+		   "                [--iters N] [--json]\n"
+		   "       kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers N]\n"
+		   "                [--heads N] [--dim N] [--tokens N] [--iters N] [--json]\n");
 }
 
 int main(int argc, char **argv)
@@ -240,17 +361,21 @@ int main(int argc, char **argv)
 		{ "sleep", no_argument, 0, 'S' }, { "json", no_argument, 0, 'j' },
 		{ "block-size", required_argument, 0, 'b' }, { "procs", required_argument, 0, 'p' },
 		{ "iters", required_argument, 0, 'i' }, { "help", no_argument, 0, 'h' },
+		{ "policy", required_argument, 0, 'P' }, { "isa", required_argument, 0, 'I' },
+		{ "layers", required_argument, 0, 'L' }, { "heads", required_argument, 0, 'H' },
+		{ "dim", required_argument, 0, 'D' }, { "tokens", required_argument, 0, 'T' },
 		{ 0, 0, 0, 0 }
 	};
 	unsigned long count = 100000, iters = 0;
 	size_t bs = 2 << 20;
 	unsigned procs = 1;
 	int o, json = 0, sleep_mode = 0;
+	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 0 };
 	const char *cmd = NULL;
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:h", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:I:L:H:D:T:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -271,6 +396,21 @@ int main(int argc, char **argv)
 		case 'p': procs = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'i': iters = strtoul(optarg, NULL, 10); break;
 		case 'h': usage(stdout); return 0;
+		case 'P': ca.policy = optarg; break;
+		case 'I':
+			ca.isa = !strcmp(optarg, "scalar") ? KVCD_ISA_SCALAR :
+				 !strcmp(optarg, "avx2") ? KVCD_ISA_AVX2 :
+				 !strcmp(optarg, "avx512") ? KVCD_ISA_AVX512 : -2;
+			if (ca.isa == -2 || ca.isa > (int)kvcd_isa_best()) {
+				fprintf(stderr, "kvcbench: --isa %s: not available here (best: %s)\n",
+					optarg, kvcd_isa_name(kvcd_isa_best()));
+				return 2;
+			}
+			break;
+		case 'L': ca.layers = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'H': ca.heads = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'D': ca.dim = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'T': ca.tokens = (unsigned)strtoul(optarg, NULL, 10); break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -278,12 +418,15 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	ca.iters = iters ? iters : 5;
 	if (!iters) /* about 1 GiB moved per process by default */
 		iters = bs >= (1u << 30) ? 1 : (1u << 30) / bs;
 	if (!strcmp(cmd, "nop"))
 		return bench_nop(count, sleep_mode, json);
 	if (!strcmp(cmd, "throughput"))
 		return bench_throughput(bs, procs, iters, json);
+	if (!strcmp(cmd, "codec"))
+		return bench_codec(&ca, json);
 	usage(stderr);
 	return 2;
 }

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -290,34 +291,89 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 /* ---- working memory ------------------------------------------------------------------------ */
 
 struct work {
-	float *tile;		/* T x D, f32, one unit */
+	float *plane;		/* T x H x D, f32: one (layer, K/V) of the block */
+	float *tile;		/* the unit's rows: plane + head * D, rows ts apart */
+	size_t ts;
 	uint8_t *codes;		/* T x D */
 	uint8_t *mask;		/* T x D: sparse marks over the quantized regular values */
 	float *mag;		/* T x D: magnitudes, for the sparse threshold */
 	uint8_t *cls;		/* T: 0 regular, 1 exact, 2 important */
-	uint32_t *reg, *hi;	/* T */
+	uint32_t *reg, *imp;	/* T: regular and important tokens */
 	uint32_t *order;	/* T: tokens by descending importance */
 	uint32_t *exact;	/* heads x ne: exact tokens per head, chosen on K */
+	float *lo, *hi;		/* T x D: group ranges */
+	uint16_t *par;		/* T x D x 2: group scale and zero */
 	float *gbuf;		/* max(G, D) */
 	uint8_t *gq;		/* max(G, D) */
 	void *mem;
 };
 
+/* Working memory is kept per thread and only grows: a fresh malloc of this size per block is
+ * an mmap, and its page faults cost more than the encoding. Freed when the thread exits. */
+struct work_cache {
+	void *mem;
+	size_t size;
+};
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_free(void *p)
+{
+	struct work_cache *c = p;
+
+	free(c->mem);
+	free(c);
+}
+
+static void cache_init(void)
+{
+	if (pthread_key_create(&cache_key, cache_free))
+		abort(); /* only fails when the process is out of keys: a programming error */
+}
+
+static void *work_mem(size_t sz)
+{
+	struct work_cache *c;
+
+	pthread_once(&cache_once, cache_init);
+	c = pthread_getspecific(cache_key);
+	if (!c) {
+		c = calloc(1, sizeof(*c));
+		if (!c || pthread_setspecific(cache_key, c)) {
+			free(c);
+			return NULL;
+		}
+	}
+	if (c->size < sz) {
+		free(c->mem);
+		c->mem = malloc(sz);
+		c->size = c->mem ? sz : 0;
+	}
+	return c->mem;
+}
+
 static int work_init(struct work *w, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		     uint32_t ne)
 {
 	size_t t = l->tokens, d = l->head_dim, td = t * d, g = p->group > d ? p->group : d;
-	size_t sz = td * 4 * 2 + td * 2 + t + t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
-	char *m = malloc(sz);
+	size_t plane = td * l->kv_heads;
+	size_t sz = plane * 4 + td * 4 * 3 + td * 4 + td * 2 + t + t * 4 * 3 +
+		    (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
+	char *m = work_mem(sz);
 
 	if (!m)
 		return -ENOMEM;
 	w->mem = m;
-	w->tile = (float *)m;
-	w->mag = w->tile + td;
-	w->reg = (uint32_t *)(w->mag + td);
-	w->hi = w->reg + t;
-	w->order = w->hi + t;
+	w->plane = w->tile = (float *)m;
+	w->ts = d * l->kv_heads;
+	w->mag = w->plane + plane;
+	w->lo = w->mag + td;
+	w->hi = w->lo + td;
+	w->par = (uint16_t *)(w->hi + td);
+	w->reg = (uint32_t *)(w->par + 2 * td);
+	w->imp = w->reg + t;
+	w->order = w->imp + t;
 	w->exact = w->order + t;
 	w->gbuf = (float *)(w->exact + (size_t)l->kv_heads * ne);
 	w->codes = (uint8_t *)(w->gbuf + g);
@@ -426,32 +482,54 @@ static const uint8_t *raw_row(const struct unit_io *u, const void *base, uint32_
 	return (const uint8_t *)base + (size_t)t * u->row_stride;
 }
 
-/* Per-token groups of @rows tokens of the tile at @bits: params then packed codes. */
+/* Per-token groups of @n tile rows at @bits: params, then packed codes. The three phases run
+ * over all the rows in turn, so independent groups overlap in the CPU. */
 static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			 uint32_t n, unsigned bits, const uint8_t *mask, uint8_t **o)
+			 uint32_t n, unsigned bits, uint8_t **o)
 {
 	const struct shape *s = u->s;
-	int err;
+	uint32_t full = s->d / s->gch, tail = s->d - full * s->gch, ngt = s->ngt;
+	int err = 0;
 
-	for (uint32_t r = 0; r < n; r++) {
-		const float *x = w->tile + (size_t)rows[r] * s->d;
+	for (uint32_t r = 0; r < n && !err; r++) {
+		const float *x = w->tile + (size_t)rows[r] * w->ts;
 
-		for (uint32_t g = 0; g < s->ngt; g++) {
-			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			const float *src = mask ? dense_group(x + c0, mask + (size_t)r * s->d + c0, len,
-							      w->gbuf) : x + c0;
-			uint16_t sz[2];
-
-			err = kvcd_quant_group(u->isa, src, len, bits, w->codes + (size_t)r * s->d + c0,
-					       &sz[0], &sz[1]);
-			if (err)
-				return err;
-			put(o, sz, 4);
-		}
+		err = kvcd_quant_ranges(u->isa, x, full, s->gch, w->lo + r * ngt, w->hi + r * ngt);
+		if (!err && tail)
+			err = kvcd_quant_ranges(u->isa, x + full * s->gch, 1, tail,
+						w->lo + r * ngt + full, w->hi + r * ngt + full);
 	}
+	if (!err)
+		err = kvcd_quant_params(u->isa, w->lo, w->hi, (size_t)n * ngt, bits, w->par);
+	if (err)
+		return err;
+	for (uint32_t r = 0; r < n; r++) {
+		const float *x = w->tile + (size_t)rows[r] * w->ts;
+		const uint16_t *par = w->par + (size_t)r * ngt * 2;
+		uint8_t *q = w->codes + (size_t)r * s->d;
+
+		kvcd_quant_apply(u->isa, x, full, s->gch, bits, par, q);
+		if (tail)
+			kvcd_quant_apply(u->isa, x + full * s->gch, 1, tail, bits, par + 2 * full,
+					 q + full * s->gch);
+	}
+	put(o, w->par, (size_t)n * ngt * 4);
 	kvcd_pack(w->codes, (size_t)n * s->d, bits, *o);
 	*o += kvcd_packed_bytes((size_t)n * s->d, bits);
 	return 0;
+}
+
+/* Replace the sparse-marked values of each per-token group of the quantized regular rows by
+ * the group's first unmarked value, in the tile: their exact values are already written. */
+static void dense_rows(const struct shape *s, struct work *w)
+{
+	for (uint32_t r = 0; r < s->nq; r++)
+		for (uint32_t c0 = 0; c0 < s->d; c0 += s->gch) {
+			uint32_t len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			float *x = w->tile + (size_t)w->reg[r] * w->ts + c0;
+
+			dense_group(x, w->mask + (size_t)r * s->d + c0, len, x);
+		}
 }
 
 static void dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
@@ -464,7 +542,7 @@ static void dec_per_token(const struct unit_io *u, struct work *w, const uint32_
 	kvcd_unpack(*in, (size_t)n * s->d, bits, w->codes);
 	*in += kvcd_packed_bytes((size_t)n * s->d, bits);
 	for (uint32_t r = 0; r < n; r++) {
-		float *x = w->tile + (size_t)rows[r] * s->d;
+		float *x = w->tile + (size_t)rows[r] * w->ts;
 
 		for (uint32_t g = 0; g < s->ngt; g++, par += 4) {
 			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
@@ -483,12 +561,11 @@ static int enc_fp8(const struct unit_io *u, struct work *w, uint8_t **o)
 	uint8_t *codes = *o + (size_t)s->nq * s->ngt * 2;
 
 	for (uint32_t r = 0; r < s->nq; r++) {
-		const float *x = w->tile + (size_t)w->reg[r] * s->d;
+		const float *x = w->tile + (size_t)w->reg[r] * w->ts;
 
 		for (uint32_t g = 0; g < s->ngt; g++) {
 			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			const float *v = s->nsp ? dense_group(x + c0, w->mask + (size_t)r * s->d + c0,
-							      len, w->gbuf) : x + c0;
+			const float *v = x + c0;
 			float amax = 0.0f, inv;
 			uint16_t h;
 
@@ -514,7 +591,7 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 	const uint8_t *par = *in, *codes = *in + (size_t)s->nq * s->ngt * 2;
 
 	for (uint32_t r = 0; r < s->nq; r++) {
-		float *x = w->tile + (size_t)w->reg[r] * s->d;
+		float *x = w->tile + (size_t)w->reg[r] * w->ts;
 		const uint8_t *c = codes + (size_t)r * s->d;
 
 		for (uint32_t g = 0; g < s->ngt; g++, par += 2) {
@@ -546,7 +623,7 @@ static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 			for (uint32_t i = 0; i < gsz; i++) {
 				uint32_t r = g * gsz + i;
 
-				w->gbuf[i] = w->tile[(size_t)w->reg[r] * s->d + c];
+				w->gbuf[i] = w->tile[(size_t)w->reg[r] * w->ts + c];
 				w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
 			}
 			if (s->nsp)
@@ -578,7 +655,7 @@ static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8
 			kvcd_dequant_group(u->isa, w->codes + ((size_t)g * s->d + c) * gsz, gsz, sz[0],
 					   sz[1], w->gbuf);
 			for (uint32_t i = 0; i < gsz; i++)
-				w->tile[(size_t)w->reg[g * gsz + i] * s->d + c] = w->gbuf[i];
+				w->tile[(size_t)w->reg[g * gsz + i] * w->ts + c] = w->gbuf[i];
 		}
 }
 
@@ -588,15 +665,17 @@ static void choose_exact(const struct shape *s, struct work *w, uint32_t *exact)
 {
 	uint32_t sink = s->nsink;
 
+	for (uint32_t i = 0; i < sink; i++)
+		exact[i] = i;
+	if (s->ne == sink)
+		return; /* no outlier tokens asked for */
 	for (uint32_t t = 0; t < s->t; t++) {
 		float m = 0.0f;
 
 		for (uint32_t c = 0; c < s->d; c++)
-			m = fabsf(w->tile[(size_t)t * s->d + c]) > m ? fabsf(w->tile[(size_t)t * s->d + c]) : m;
+			m = fabsf(w->tile[(size_t)t * w->ts + c]) > m ? fabsf(w->tile[(size_t)t * w->ts + c]) : m;
 		w->mag[t] = t < sink ? -1.0f : m;
 	}
-	for (uint32_t i = 0; i < sink; i++)
-		exact[i] = i;
 	for (uint32_t n = sink; n < s->ne; n++) { /* few outliers: repeated selection is fine */
 		uint32_t arg = sink;
 
@@ -618,11 +697,11 @@ static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
 
 	memset(w->mask, 0, n);
 	for (size_t i = 0; i < n; i++)
-		w->mag[i] = fabsf(w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d]);
+		w->mag[i] = fabsf(w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d]);
 	thr = kth_largest(w->mag, (ptrdiff_t)n, (ptrdiff_t)want - 1);
 	for (int pass = 0; pass < 2; pass++) /* strictly above first, then ties, in order */
 		for (size_t i = 0; i < n && got < want; i++) {
-			float v = w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d];
+			float v = w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d];
 
 			if (!w->mask[i] && (pass ? fabsf(v) == thr : fabsf(v) > thr)) {
 				w->mask[i] = 1;
@@ -632,12 +711,40 @@ static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
 	for (size_t i = 0, k = 0; i < n; i++)
 		if (w->mask[i]) {
 			uint32_t p32 = (uint32_t)i;
-			float v = w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d];
+			float v = w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d];
 
 			memcpy(pos + k * 4, &p32, 4);
 			memcpy(val + k * 4, &v, 4);
 			k++;
 		}
+}
+
+/* Any inf or nan in x[0..n)? (x - x is nan exactly for those.) */
+__attribute__((target("avx2"))) static bool all_finite_avx2(const float *x, size_t n)
+{
+	__m256 bad = _mm256_setzero_ps();
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256 v = _mm256_loadu_ps(x + i);
+
+		bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(),
+						      _CMP_NEQ_UQ));
+	}
+	for (; i < n; i++)
+		if (!isfinite(x[i]))
+			return false;
+	return !_mm256_movemask_ps(bad);
+}
+
+static bool all_finite(enum kvcd_isa isa, const float *x, size_t n)
+{
+	if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2)
+		return all_finite_avx2(x, n);
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return false;
+	return true;
 }
 
 static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *src,
@@ -649,11 +756,6 @@ static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *s
 	uint8_t *sparse_at;
 	int err;
 
-	for (uint32_t t = 0; t < s->t; t++)
-		kvcd_to_f32(u->isa, u->dtype, raw_row(u, src, t), w->tile + (size_t)t * s->d, s->d);
-	for (size_t i = 0; i < (size_t)s->t * s->d; i++)
-		if (!isfinite(w->tile[i]))
-			return -EINVAL;
 	if (choose)
 		choose_exact(s, w, exact);
 	memset(w->cls, 0, s->t);
@@ -662,37 +764,40 @@ static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *s
 	for (uint32_t i = 0; i < s->t && nhi < s->nh; i++)
 		if (!w->cls[w->order[i]]) {
 			w->cls[w->order[i]] = 2;
-			w->hi[nhi++] = w->order[i];
+			w->imp[nhi++] = w->order[i];
 		}
-	qsort(w->hi, nhi, 4, cmp_u32);
+	qsort(w->imp, nhi, 4, cmp_u32);
 	for (uint32_t t = 0; t < s->t; t++)
 		if (!w->cls[t])
 			w->reg[nreg++] = t;
 	put(o, exact, (size_t)s->ne * 4);
-	put(o, w->hi, (size_t)s->nh * 4);
+	put(o, w->imp, (size_t)s->nh * 4);
 	for (uint32_t i = 0; i < s->ne; i++)
 		put(o, raw_row(u, src, exact[i]), (size_t)s->d * s->es);
 	if (p->rotate) {
 		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->hi[i] * s->d, s->d);
+			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * s->d, s->d);
+			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
 	}
 	if (s->nh) {
-		err = enc_per_token(u, w, w->hi, s->nh, p->hibits, NULL, o);
+		err = enc_per_token(u, w, w->imp, s->nh, p->hibits, o);
 		if (err)
 			return err;
 	}
 	/* the sparse list goes last but is chosen first: the dense groups exclude it */
 	sparse_at = *o + s->reg_bytes + (size_t)s->nres * s->d * s->es;
-	if (s->nsp)
+	if (s->nsp) {
 		choose_sparse(s, w, sparse_at);
+		if (!s->per_channel)
+			dense_rows(s, w);
+	}
 	if (p->kind == KVCD_CODEC_FP8)
 		err = enc_fp8(u, w, o);
 	else if (s->per_channel)
 		err = enc_per_channel(u, w, o);
 	else
-		err = enc_per_token(u, w, w->reg, s->nq, s->bits, s->nsp ? w->mask : NULL, o);
+		err = enc_per_token(u, w, w->reg, s->nq, s->bits, o);
 	if (err)
 		return err;
 	for (uint32_t i = s->nq; i < s->nr; i++)
@@ -714,7 +819,7 @@ static int read_tokens(const uint8_t **in, uint32_t *list, uint32_t n, uint32_t 
 	return 0;
 }
 
-static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **in, uint8_t *dst)
+static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **in)
 {
 	const struct shape *s = u->s;
 	const struct kvcd_policy *p = u->p;
@@ -722,23 +827,27 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 
 	memset(w->cls, 0, s->t);
 	if (read_tokens(in, exact, s->ne, s->t, w->cls, 1) ||
-	    read_tokens(in, w->hi, s->nh, s->t, w->cls, 2))
+	    read_tokens(in, w->imp, s->nh, s->t, w->cls, 2))
 		return -EBADMSG;
 	for (uint32_t t = 0; t < s->t; t++)
 		if (!w->cls[t])
 			w->reg[nreg++] = t;
-	for (uint32_t i = 0; i < s->ne; i++)
-		get(in, dst + (size_t)exact[i] * u->row_stride, (size_t)s->d * s->es);
+	for (uint32_t i = 0; i < s->ne; i++) { /* into the plane, which goes out in one pass */
+		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)exact[i] * w->ts, s->d);
+		*in += (size_t)s->d * s->es;
+	}
 	if (s->nh)
-		dec_per_token(u, w, w->hi, s->nh, p->hibits, in);
+		dec_per_token(u, w, w->imp, s->nh, p->hibits, in);
 	if (p->kind == KVCD_CODEC_FP8)
 		dec_fp8(u, w, in);
 	else if (s->per_channel)
 		dec_per_channel(u, w, in);
 	else
 		dec_per_token(u, w, w->reg, s->nq, s->bits, in);
-	for (uint32_t i = s->nq; i < s->nr; i++)
-		get(in, dst + (size_t)w->reg[i] * u->row_stride, (size_t)s->d * s->es);
+	for (uint32_t i = s->nq; i < s->nr; i++) {
+		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)w->reg[i] * w->ts, s->d);
+		*in += (size_t)s->d * s->es;
+	}
 	if (s->nsp) {
 		const uint8_t *pos = *in, *val = *in + s->nsp * 4;
 
@@ -750,22 +859,16 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 			memcpy(&v, val + k * 4, 4);
 			if (i >= (uint64_t)s->nq * s->d)
 				return -EBADMSG;
-			w->tile[(size_t)w->reg[i / s->d] * s->d + i % s->d] = v;
+			w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d] = v;
 		}
 		*in += s->nsp * 8;
 	}
 	if (p->rotate) {
 		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->hi[i] * s->d, s->d);
+			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * s->d, s->d);
+			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
 	}
-	for (uint32_t i = 0; i < s->nh; i++)
-		kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)w->hi[i] * s->d,
-			      dst + (size_t)w->hi[i] * u->row_stride, s->d);
-	for (uint32_t i = 0; i < s->nq; i++)
-		kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)w->reg[i] * s->d,
-			      dst + (size_t)w->reg[i] * u->row_stride, s->d);
 	return 0;
 }
 
@@ -816,16 +919,22 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	h.pos = pos;
 	h.bytes = kvcd_codec_size(p, l, scores, pos);
 	put(&o, &h, sizeof(h));
+	/* one (layer, K/V) plane at a time, read in one sequential pass */
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
-		for (int kv = 0; kv < 2 && !err; kv++)
+		for (int kv = 0; kv < 2 && !err; kv++) {
+			kvcd_to_f32(isa, l->dtype, (const uint8_t *)src + unit_base(l, layer, kv, 0),
+				    w.plane, (size_t)l->tokens * w.ts);
+			if (!all_finite(isa, w.plane, (size_t)l->tokens * w.ts))
+				err = -EINVAL;
 			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
 				struct unit_io u = { p, &sh[kv], isa, l->dtype,
 						     (size_t)l->kv_heads * l->head_dim * sh[kv].es };
 
+				w.tile = w.plane + (size_t)head * l->head_dim;
 				err = encode_unit(&u, &w, (const uint8_t *)src + unit_base(l, layer, kv, head),
 						  w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
 			}
-	free(w.mem);
+		}
 	return err;
 }
 
@@ -858,15 +967,19 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 		return err;
 	e4m3_init();
 	for (uint32_t layer = 0; layer < h.layout.layers && !err; layer++)
-		for (int kv = 0; kv < 2 && !err; kv++)
+		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < h.layout.kv_heads && !err; head++) {
 				struct unit_io u = { &h.pol, &sh[kv], isa, h.layout.dtype,
 						     (size_t)h.layout.kv_heads * h.layout.head_dim *
 						     sh[kv].es };
 
-				err = decode_unit(&u, &w, &in,
-						  (uint8_t *)dst + unit_base(&h.layout, layer, kv, head));
+				w.tile = w.plane + (size_t)head * h.layout.head_dim;
+				err = decode_unit(&u, &w, &in);
 			}
-	free(w.mem);
+			if (!err) /* the whole plane out in one sequential pass */
+				kvcd_from_f32(isa, h.layout.dtype, w.plane,
+					      (uint8_t *)dst + unit_base(&h.layout, layer, kv, 0),
+					      (size_t)h.layout.tokens * w.ts);
+		}
 	return err;
 }

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "quant.h"
@@ -63,11 +64,41 @@ float kvcd_f16_to_f32(uint16_t h)
 	return f;
 }
 
-/* Largest f16 <= v (@down) or smallest f16 >= v; v finite and inside the f16 range. */
-static uint16_t f16_directed(float v, int down)
+/* F16C converts exactly like kvcd_f32_to_f16 / kvcd_f16_to_f32 on finite values
+ * (unit_quant checks it), at a fraction of the cost: the SIMD variants use it for their
+ * per-group parameters. */
+static bool has_f16c(void)
 {
-	uint16_t h = kvcd_f32_to_f16(v);
-	float back = kvcd_f16_to_f32(h);
+	static int known = -1;
+
+	if (known < 0) {
+		__builtin_cpu_init();
+		known = kvcd_isa_best() >= KVCD_ISA_AVX2 && __builtin_cpu_supports("avx2");
+		if (known) {
+			unsigned a, b, c, d;
+
+			__asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+			known = (c >> 29) & 1; /* F16C */
+		}
+	}
+	return known;
+}
+
+__attribute__((target("f16c"))) static uint16_t hw_to_f16(float f)
+{
+	return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+__attribute__((target("f16c"))) static float hw_from_f16(uint16_t h)
+{
+	return _cvtsh_ss(h);
+}
+
+/* Largest f16 <= v (@down) or smallest f16 >= v; v finite and inside the f16 range. */
+static uint16_t f16_directed(float v, int down, bool hw)
+{
+	uint16_t h = hw ? hw_to_f16(v) : kvcd_f32_to_f16(v);
+	float back = hw ? hw_from_f16(h) : kvcd_f16_to_f32(h);
 
 	if (down ? back <= v : back >= v)
 		return h;
@@ -80,36 +111,20 @@ static uint16_t f16_directed(float v, int down)
 }
 
 /* Scale and zero from the group's range. Returns -ERANGE when f16 cannot hold them. */
-static int params(float lo, float hi, unsigned bits, uint16_t *scale, uint16_t *zero,
-		  float *s, float *z)
+static int params(float lo, float hi, unsigned bits, uint16_t *scale, uint16_t *zero, bool hw)
 {
-	float levels = (float)((1u << bits) - 1);
+	float levels = (float)((1u << bits) - 1), z;
 
 	if (!(fabsf(lo) <= 65504.0f) || !(fabsf(hi) <= 65504.0f))
 		return -ERANGE;
-	*zero = f16_directed(lo, 1);
-	*z = kvcd_f16_to_f32(*zero);
-	float want = (hi - *z) / levels;
+	*zero = f16_directed(lo, 1, hw);
+	z = hw ? hw_from_f16(*zero) : kvcd_f16_to_f32(*zero);
+	float want = (hi - z) / levels;
 
 	if (!(want <= 65504.0f))
 		return -ERANGE;
-	*scale = f16_directed(want, 0);
-	*s = kvcd_f16_to_f32(*scale);
+	*scale = f16_directed(want, 0, hw);
 	return 0;
-}
-
-/* Fold x[from..n) into the range [lo, hi] found so far, rejecting non-finite values, then
- * derive the group's parameters. Shared by every variant: the scalar tails must agree. */
-static int finish_range(const float *x, size_t from, size_t n, float lo, float hi,
-			unsigned bits, uint16_t *scale, uint16_t *zero, float *s, float *z)
-{
-	for (size_t j = from; j < n; j++) {
-		if (!isfinite(x[j]))
-			return -EINVAL;
-		lo = x[j] < lo ? x[j] : lo;
-		hi = x[j] > hi ? x[j] : hi;
-	}
-	return params(lo, hi, bits, scale, zero, s, z);
 }
 
 static inline uint8_t quant_one(float x, float z, float s, float levels)
@@ -122,17 +137,25 @@ static inline uint8_t quant_one(float x, float z, float s, float levels)
 
 /* ---- scalar reference ------------------------------------------------------------------- */
 
-static int quant_scalar(const float *x, size_t n, unsigned bits, uint8_t *q, uint16_t *scale,
-			uint16_t *zero)
+static int range_scalar(const float *x, size_t n, float *lo, float *hi)
 {
-	float s, z, levels = (float)((1u << bits) - 1);
-	int err = finish_range(x, 0, n, INFINITY, -INFINITY, bits, scale, zero, &s, &z);
+	float l = INFINITY, h = -INFINITY;
 
-	if (err)
-		return err;
+	for (size_t j = 0; j < n; j++) {
+		if (!isfinite(x[j]))
+			return -EINVAL;
+		l = x[j] < l ? x[j] : l;
+		h = x[j] > h ? x[j] : h;
+	}
+	*lo = l;
+	*hi = h;
+	return 0;
+}
+
+static void apply_scalar(const float *x, size_t n, float s, float z, float levels, uint8_t *q)
+{
 	for (size_t i = 0; i < n; i++)
 		q[i] = quant_one(x[i], z, s, levels);
-	return 0;
 }
 
 static void dequant_scalar(const uint8_t *q, size_t n, float s, float z, float *out)
@@ -143,15 +166,13 @@ static void dequant_scalar(const uint8_t *q, size_t n, float s, float z, float *
 
 /* ---- AVX2 -------------------------------------------------------------------------------- */
 
-__attribute__((target("avx2"))) static int quant_avx2(const float *x, size_t n, unsigned bits,
-						      uint8_t *q, uint16_t *scale,
-						      uint16_t *zero)
+__attribute__((target("avx2"))) static int range_avx2(const float *x, size_t n, float *lo,
+						      float *hi)
 {
 	__m256 vlo = _mm256_set1_ps(INFINITY), vhi = _mm256_set1_ps(-INFINITY);
 	__m256 bad = _mm256_setzero_ps();
-	float lo, hi, s, z, levels = (float)((1u << bits) - 1), t[8];
+	float l, h, t[8];
 	size_t i = 0;
-	int err;
 
 	for (; i + 8 <= n; i += 8) {
 		__m256 v = _mm256_loadu_ps(x + i);
@@ -164,21 +185,30 @@ __attribute__((target("avx2"))) static int quant_avx2(const float *x, size_t n, 
 	if (_mm256_movemask_ps(bad))
 		return -EINVAL;
 	_mm256_storeu_ps(t, vlo);
-	lo = t[0];
+	l = t[0];
 	for (int k = 1; k < 8; k++)
-		lo = t[k] < lo ? t[k] : lo;
+		l = t[k] < l ? t[k] : l;
 	_mm256_storeu_ps(t, vhi);
-	hi = t[0];
+	h = t[0];
 	for (int k = 1; k < 8; k++)
-		hi = t[k] > hi ? t[k] : hi;
-	err = finish_range(x, i, n, lo, hi, bits, scale, zero, &s, &z);
-	if (err)
-		return err;
+		h = t[k] > h ? t[k] : h;
+	if (range_scalar(x + i, n - i, lo, hi))
+		return -EINVAL;
+	*lo = *lo < l ? *lo : l;
+	*hi = *hi > h ? *hi : h;
+	return 0;
+}
+
+__attribute__((target("avx2"))) static void apply_avx2(const float *x, size_t n, float s,
+						       float z, float levels, uint8_t *q)
+{
+	size_t i = 0;
+
 	if (s > 0.0f) {
 		__m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s);
 		__m256 vmax = _mm256_set1_ps(levels), v0 = _mm256_setzero_ps();
 
-		for (i = 0; i + 8 <= n; i += 8) {
+		for (; i + 8 <= n; i += 8) {
 			__m256 v = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vz), vs);
 
 			v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -189,12 +219,8 @@ __attribute__((target("avx2"))) static int quant_avx2(const float *x, size_t n, 
 
 			_mm_storel_epi64((__m128i *)(q + i), _mm_packus_epi16(lo16, lo16));
 		}
-	} else {
-		i = 0;
 	}
-	for (; i < n; i++)
-		q[i] = quant_one(x[i], z, s, levels);
-	return 0;
+	apply_scalar(x + i, n - i, s, z, levels, q + i);
 }
 
 __attribute__((target("avx2"))) static void dequant_avx2(const uint8_t *q, size_t n, float s,
@@ -208,21 +234,18 @@ __attribute__((target("avx2"))) static void dequant_avx2(const uint8_t *q, size_
 
 		_mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(w), vs), vz));
 	}
-	for (; i < n; i++)
-		out[i] = (float)q[i] * s + z;
+	dequant_scalar(q + i, n - i, s, z, out + i);
 }
 
 /* ---- AVX-512 ----------------------------------------------------------------------------- */
 
-__attribute__((target("avx512f,avx512bw"))) static int quant_avx512(const float *x, size_t n,
-								    unsigned bits, uint8_t *q,
-								    uint16_t *scale, uint16_t *zero)
+__attribute__((target("avx512f,avx512bw"))) static int range_avx512(const float *x, size_t n,
+								    float *lo, float *hi)
 {
 	__m512 vlo = _mm512_set1_ps(INFINITY), vhi = _mm512_set1_ps(-INFINITY);
 	__mmask16 bad = 0;
-	float lo, hi, s, z, levels = (float)((1u << bits) - 1);
+	float l, h;
 	size_t i = 0;
-	int err;
 
 	for (; i + 16 <= n; i += 16) {
 		__m512 v = _mm512_loadu_ps(x + i);
@@ -233,12 +256,21 @@ __attribute__((target("avx512f,avx512bw"))) static int quant_avx512(const float 
 	}
 	if (bad)
 		return -EINVAL;
-	lo = _mm512_reduce_min_ps(vlo);
-	hi = _mm512_reduce_max_ps(vhi);
-	err = finish_range(x, i, n, lo, hi, bits, scale, zero, &s, &z);
-	if (err)
-		return err;
-	i = 0;
+	l = _mm512_reduce_min_ps(vlo);
+	h = _mm512_reduce_max_ps(vhi);
+	if (range_scalar(x + i, n - i, lo, hi))
+		return -EINVAL;
+	*lo = *lo < l ? *lo : l;
+	*hi = *hi > h ? *hi : h;
+	return 0;
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void apply_avx512(const float *x, size_t n,
+								     float s, float z, float levels,
+								     uint8_t *q)
+{
+	size_t i = 0;
+
 	if (s > 0.0f) {
 		__m512 vz = _mm512_set1_ps(z), vs = _mm512_set1_ps(s);
 		__m512 vmax = _mm512_set1_ps(levels), v0 = _mm512_setzero_ps();
@@ -251,9 +283,7 @@ __attribute__((target("avx512f,avx512bw"))) static int quant_avx512(const float 
 			_mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
 		}
 	}
-	for (; i < n; i++)
-		q[i] = quant_one(x[i], z, s, levels);
-	return 0;
+	apply_scalar(x + i, n - i, s, z, levels, q + i);
 }
 
 __attribute__((target("avx512f,avx512bw"))) static void dequant_avx512(const uint8_t *q,
@@ -268,8 +298,7 @@ __attribute__((target("avx512f,avx512bw"))) static void dequant_avx512(const uin
 
 		_mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(w), vs), vz));
 	}
-	for (; i < n; i++)
-		out[i] = (float)q[i] * s + z;
+	dequant_scalar(q + i, n - i, s, z, out + i);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
@@ -292,27 +321,139 @@ const char *kvcd_isa_name(enum kvcd_isa isa)
 	return isa == KVCD_ISA_AVX512 ? "avx512" : isa == KVCD_ISA_AVX2 ? "avx2" : "scalar";
 }
 
+static enum kvcd_isa clamp_isa(enum kvcd_isa isa)
+{
+	return isa > kvcd_isa_best() ? kvcd_isa_best() : isa;
+}
+
+int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo,
+		      float *hi)
+{
+	int (*range)(const float *, size_t, float *, float *);
+
+	isa = clamp_isa(isa);
+	range = isa == KVCD_ISA_AVX512 ? range_avx512 : isa == KVCD_ISA_AVX2 ? range_avx2 :
+		range_scalar;
+	for (size_t g = 0; g < ng; g++)
+		if (range(x + g * n, n, &lo[g], &hi[g]))
+			return -EINVAL;
+	return 0;
+}
+
+/* f16_directed on 8 lanes: @h holds round-to-nearest of @v; lanes where that went the wrong
+ * way step one f16 towards the side wanted, exactly as the scalar code does. */
+__attribute__((target("avx2,f16c"))) static __m128i directed_x8(__m256 v, __m128i h, int down)
+{
+	__m256 back = _mm256_cvtph_ps(h);
+	__m256 wrong = _mm256_cmp_ps(back, v, down ? _CMP_GT_OQ : _CMP_LT_OQ);
+	__m256i w32 = _mm256_castps_si256(wrong);
+	__m128i wrong16 = _mm_packs_epi32(_mm256_castsi256_si128(w32),
+					  _mm256_extracti128_si256(w32, 1));
+	__m128i one = _mm_set1_epi16(1);
+	__m128i mag0 = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_setzero_si128());
+	__m128i neg = _mm_srai_epi16(h, 15); /* all ones where the sign is set */
+	/* down: positive h - 1, negative h + 1; up: the opposite; +-0 goes to -/+ smallest */
+	__m128i away = down ? neg : _mm_xor_si128(neg, _mm_set1_epi16(-1));
+	__m128i step = _mm_blendv_epi8(_mm_sub_epi16(h, one), _mm_add_epi16(h, one), away);
+	step = _mm_blendv_epi8(step, _mm_set1_epi16(down ? (short)0x8001 : 0x0001), mag0);
+	return _mm_blendv_epi8(h, step, wrong16);
+}
+
+/* params() on 8 groups. Returns -ERANGE when any of them is out of range. */
+__attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const float *hi,
+							   unsigned bits, uint16_t *sz)
+{
+	const __m256 lim = _mm256_set1_ps(65504.0f), absmask = _mm256_castsi256_ps(
+		_mm256_set1_epi32(0x7fffffff));
+	__m256 vlo = _mm256_loadu_ps(lo), vhi = _mm256_loadu_ps(hi), z, want;
+	__m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(vlo, absmask), lim, _CMP_LE_OQ),
+				  _mm256_cmp_ps(_mm256_and_ps(vhi, absmask), lim, _CMP_LE_OQ));
+	__m128i zh, sh;
+
+	if (_mm256_movemask_ps(ok) != 0xff)
+		return -ERANGE;
+	zh = directed_x8(vlo, _mm256_cvtps_ph(vlo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 1);
+	z = _mm256_cvtph_ps(zh);
+	want = _mm256_div_ps(_mm256_sub_ps(vhi, z), _mm256_set1_ps((float)((1u << bits) - 1)));
+	if (_mm256_movemask_ps(_mm256_cmp_ps(want, lim, _CMP_LE_OQ)) != 0xff)
+		return -ERANGE;
+	sh = directed_x8(want, _mm256_cvtps_ph(want, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0);
+	_mm_storeu_si128((__m128i *)sz, _mm_unpacklo_epi16(sh, zh));
+	_mm_storeu_si128((__m128i *)(sz + 8), _mm_unpackhi_epi16(sh, zh));
+	return 0;
+}
+
+int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
+		      unsigned bits, uint16_t *sz)
+{
+	bool hw = clamp_isa(isa) > KVCD_ISA_SCALAR && has_f16c();
+	size_t g = 0;
+
+	if (bits < 2 || bits > 8)
+		return -EINVAL;
+	for (; hw && g + 8 <= ng; g += 8)
+		if (params_x8(lo + g, hi + g, bits, sz + 2 * g))
+			return -ERANGE;
+	for (; g < ng; g++)
+		if (params(lo[g], hi[g], bits, &sz[2 * g], &sz[2 * g + 1], hw))
+			return -ERANGE;
+	return 0;
+}
+
+void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, unsigned bits,
+		      const uint16_t *sz, uint8_t *q)
+{
+	float levels = (float)((1u << bits) - 1);
+	bool hw;
+
+	isa = clamp_isa(isa);
+	hw = isa > KVCD_ISA_SCALAR && has_f16c();
+	for (size_t g = 0; g < ng; g++) {
+		float s = hw ? hw_from_f16(sz[2 * g]) : kvcd_f16_to_f32(sz[2 * g]);
+		float z = hw ? hw_from_f16(sz[2 * g + 1]) : kvcd_f16_to_f32(sz[2 * g + 1]);
+
+		if (isa == KVCD_ISA_AVX512)
+			apply_avx512(x + g * n, n, s, z, levels, q + g * n);
+		else if (isa == KVCD_ISA_AVX2)
+			apply_avx2(x + g * n, n, s, z, levels, q + g * n);
+		else
+			apply_scalar(x + g * n, n, s, z, levels, q + g * n);
+	}
+}
+
 int kvcd_quant_group(enum kvcd_isa isa, const float *x, size_t n, unsigned bits, uint8_t *q,
 		     uint16_t *scale, uint16_t *zero)
 {
+	float lo, hi;
+	uint16_t sz[2];
+	int err;
+
 	if (bits < 2 || bits > 8 || !n)
 		return -EINVAL;
-	if (isa > kvcd_isa_best())
-		isa = kvcd_isa_best();
-	if (isa == KVCD_ISA_AVX512)
-		return quant_avx512(x, n, bits, q, scale, zero);
-	if (isa == KVCD_ISA_AVX2)
-		return quant_avx2(x, n, bits, q, scale, zero);
-	return quant_scalar(x, n, bits, q, scale, zero);
+	err = kvcd_quant_ranges(isa, x, 1, n, &lo, &hi);
+	if (!err)
+		err = kvcd_quant_params(isa, &lo, &hi, 1, bits, sz);
+	if (err)
+		return err;
+	kvcd_quant_apply(isa, x, 1, n, bits, sz, q);
+	*scale = sz[0];
+	*zero = sz[1];
+	return 0;
 }
 
 void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t scale,
 			uint16_t zero, float *out)
 {
-	float s = kvcd_f16_to_f32(scale), z = kvcd_f16_to_f32(zero);
+	float s, z;
 
-	if (isa > kvcd_isa_best())
-		isa = kvcd_isa_best();
+	isa = clamp_isa(isa);
+	if (isa > KVCD_ISA_SCALAR && has_f16c()) {
+		s = hw_from_f16(scale);
+		z = hw_from_f16(zero);
+	} else {
+		s = kvcd_f16_to_f32(scale);
+		z = kvcd_f16_to_f32(zero);
+	}
 	if (isa == KVCD_ISA_AVX512)
 		dequant_avx512(q, n, s, z, out);
 	else if (isa == KVCD_ISA_AVX2)
@@ -323,11 +464,66 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 
 /* ---- packing: little-endian bit stream, LSB first ---------------------------------------- */
 
+/* 4-bit codes, two per byte, low nibble first: 32 codes per step. */
+__attribute__((target("avx2"))) static size_t pack4_avx2(const uint8_t *q, size_t n, uint8_t *out)
+{
+	const __m256i lo4 = _mm256_set1_epi16(0x000f), hi4 = _mm256_set1_epi16(0x00f0);
+	size_t i = 0;
+
+	for (; i + 64 <= n; i += 64) {
+		__m256i a = _mm256_loadu_si256((const __m256i *)(q + i));
+		__m256i b = _mm256_loadu_si256((const __m256i *)(q + i + 32));
+		/* per 16-bit lane: low byte | high byte << 4 */
+		a = _mm256_or_si256(_mm256_and_si256(a, lo4), _mm256_and_si256(_mm256_srli_epi16(a, 4), hi4));
+		b = _mm256_or_si256(_mm256_and_si256(b, lo4), _mm256_and_si256(_mm256_srli_epi16(b, 4), hi4));
+		__m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(a, b), 0xd8);
+
+		_mm256_storeu_si256((__m256i *)(out + i / 2), p);
+	}
+	return i;
+}
+
+__attribute__((target("avx2"))) static size_t unpack4_avx2(const uint8_t *in, size_t n, uint8_t *q)
+{
+	const __m256i m = _mm256_set1_epi8(0x0f);
+	size_t i = 0;
+
+	for (; i + 64 <= n; i += 64) {
+		__m256i b = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(in + i / 2)), 0xd8);
+		__m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+
+		_mm256_storeu_si256((__m256i *)(q + i), _mm256_unpacklo_epi8(lo, hi));
+		_mm256_storeu_si256((__m256i *)(q + i + 32), _mm256_unpackhi_epi8(lo, hi));
+	}
+	return i;
+}
+
 void kvcd_pack(const uint8_t *q, size_t n, unsigned bits, uint8_t *out)
 {
 	uint64_t acc = 0;
 	unsigned have = 0;
 	size_t o = 0;
+
+	/* the common widths, same bit order as the general loop, in loops the compiler vectorizes */
+	if (bits == 8) {
+		memcpy(out, q, n);
+		return;
+	}
+	if (bits == 4) {
+		size_t done = kvcd_isa_best() >= KVCD_ISA_AVX2 ? pack4_avx2(q, n, out) : 0;
+
+		for (size_t i = done / 2; i < n / 2; i++)
+			out[i] = (uint8_t)((q[2 * i] & 15) | (q[2 * i + 1] << 4));
+		if (n & 1)
+			out[n / 2] = q[n - 1] & 15;
+		return;
+	}
+	if (bits == 2 && n % 4 == 0) {
+		for (size_t i = 0; i < n / 4; i++)
+			out[i] = (uint8_t)((q[4 * i] & 3) | (q[4 * i + 1] & 3) << 2 |
+					   (q[4 * i + 2] & 3) << 4 | (q[4 * i + 3] << 6));
+		return;
+	}
 
 	for (size_t i = 0; i < n; i++) {
 		acc |= (uint64_t)(q[i] & ((1u << bits) - 1)) << have;
@@ -347,6 +543,31 @@ void kvcd_unpack(const uint8_t *in, size_t n, unsigned bits, uint8_t *q)
 	uint64_t acc = 0;
 	unsigned have = 0;
 	size_t o = 0;
+
+	if (bits == 8) {
+		memcpy(q, in, n);
+		return;
+	}
+	if (bits == 4) {
+		size_t done = kvcd_isa_best() >= KVCD_ISA_AVX2 ? unpack4_avx2(in, n, q) : 0;
+
+		for (size_t i = done / 2; i < n / 2; i++) {
+			q[2 * i] = in[i] & 15;
+			q[2 * i + 1] = in[i] >> 4;
+		}
+		if (n & 1)
+			q[n - 1] = in[n / 2] & 15;
+		return;
+	}
+	if (bits == 2 && n % 4 == 0) {
+		for (size_t i = 0; i < n / 4; i++) {
+			q[4 * i] = in[i] & 3;
+			q[4 * i + 1] = (in[i] >> 2) & 3;
+			q[4 * i + 2] = (in[i] >> 4) & 3;
+			q[4 * i + 3] = in[i] >> 6;
+		}
+		return;
+	}
 
 	for (size_t i = 0; i < n; i++) {
 		while (have < bits) {

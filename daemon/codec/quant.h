@@ -30,6 +30,17 @@ float kvcd_f16_to_f32(uint16_t h);
  * and zero. Returns 0, or -EINVAL for bits outside 2..8 or a non-finite input. */
 int kvcd_quant_group(enum kvcd_isa isa, const float *x, size_t n, unsigned bits, uint8_t *q,
 		     uint16_t *scale, uint16_t *zero);
+/* The same in three phases over @ng groups of @n values each (group g at x + g * n), so a
+ * caller can batch many groups and let independent groups overlap in the CPU:
+ * ranges (-EINVAL on a non-finite value), then params (f16 scale and zero interleaved in @sz,
+ * -ERANGE when f16 cannot hold them), then apply (codes, one per byte). Bit-identical to
+ * kvcd_quant_group, which is these three for one group. */
+int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo,
+		      float *hi);
+int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
+		      unsigned bits, uint16_t *sz);
+void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, unsigned bits,
+		      const uint16_t *sz, uint8_t *q);
 /* x'[i] = q[i] * scale + zero. */
 void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t scale,
 			uint16_t zero, float *out);
