@@ -18,3 +18,5 @@ for bs in 16K 256K 2M 32M; do
 done
 ./build/kvcbench --socket "$sock" throughput --block-size 2M --procs 2 --json | tee "$out/throughput_2M_2procs.json"
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
+# codecs: in-process, each ISA this CPU has, against memcpy of the same bytes
+./build/kvcbench codec --iters 10 --json | tee "$out/codec.json"
