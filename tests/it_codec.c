@@ -2,7 +2,6 @@
  * policies registered per client, FETCH restoring the engine's dtype and layout within the
  * codec's bound, importance scores, the raw fallback, per-namespace bytes in and stored, and
  * old blocks staying readable across policy changes. */
-#include <libgen.h>
 #include <math.h>
 
 #include "t_util.h"
@@ -12,23 +11,11 @@ static struct t_daemon D;
 
 static void up(void)
 {
-	char conf[160];
-	FILE *f;
-	const char *args[] = { "--config", conf, "--pool-size", "64M", NULL };
-
-	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(D.dir));
-	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
-	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
-	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
-	f = fopen(conf, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "[kvcd]\npolicy = int8\n"
-		   "[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard\n"
-		   "[namespace raw]\npolicy = none\n"
-		   "[namespace rot]\npolicy = int4:rotate=hadamard\n");
-	fclose(f);
-	cr_assert_eq(t_daemon_start_args(&D, args), 0);
+	t_daemon_start_conf(&D, "[kvcd]\npolicy = int8\n"
+			   "[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,"
+			   "rotate=hadamard\n"
+			   "[namespace raw]\npolicy = none\n"
+			   "[namespace rot]\npolicy = int4:rotate=hadamard\n");
 }
 
 static void down(void)
@@ -258,29 +245,12 @@ Test(codec_ops, old_blocks_stay_readable_across_policy_changes)
 
 Test(codec_ops, kvcctl_shows_and_sets_policies)
 {
-	char cmd[600], bin[256], buf[256] = { 0 };
-	FILE *f;
+	char buf[512];
 
-	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
-	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s --ns kivi policy", dirname(bin), D.sock);
-	f = popen(cmd, "r");
-	cr_assert_not_null(f);
-	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
-	cr_assert_eq(pclose(f), 0);
+	cr_assert_eq(t_kvcctl(&D, "--ns kivi policy", buf, sizeof(buf)), 0, "%s", buf);
 	cr_assert_str_eq(buf, "kivi:kbits=4,vbits=4,group=32,sink=4,rotate=hadamard\n");
-	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
-	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s --ns kivi policy int4:sink=2",
-		 dirname(bin), D.sock);
-	f = popen(cmd, "r");
-	memset(buf, 0, sizeof(buf));
-	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
-	cr_assert_eq(pclose(f), 0);
+	cr_assert_eq(t_kvcctl(&D, "--ns kivi policy int4:sink=2", buf, sizeof(buf)), 0, "%s", buf);
 	cr_assert_str_eq(buf, "int:bits=4,group=64,sink=2\n");
-	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
-	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s policy int99 2>&1", dirname(bin), D.sock);
-	f = popen(cmd, "r");
-	memset(buf, 0, sizeof(buf));
-	cr_assert_gt(fread(buf, 1, sizeof(buf) - 1, f), 0);
-	cr_assert_neq(pclose(f), 0, "a bad policy fails");
+	cr_assert_neq(t_kvcctl(&D, "policy int99", buf, sizeof(buf)), 0, "a bad policy fails");
 	cr_assert_not_null(strstr(buf, "unknown codec"), "%s", buf);
 }

@@ -12,21 +12,7 @@ static struct t_daemon D;
 /* The socket is opened to everyone so the hostile client can be an unprivileged user. */
 static void up(void)
 {
-	char conf[160];
-	FILE *f;
-	const char *args[] = { "--config", conf, "--pool-size", "64M", NULL };
-
-	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(D.dir));
-	chmod(D.dir, 0755);
-	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
-	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
-	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
-	f = fopen(conf, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "[kvcd]\nsocket_mode = 0666\n");
-	fclose(f);
-	cr_assert_eq(t_daemon_start_args(&D, args), 0);
+	t_daemon_start_conf(&D, "[kvcd]\nsocket_mode = 0666\n");
 }
 
 static void down(void)

@@ -103,6 +103,45 @@ static inline void t_daemon_start(struct t_daemon *t, const char *pool)
 	cr_assert_eq(t_daemon_start_args(t, extra), 0, "kvcd failed to start");
 }
 
+/* Start kvcd with a 64M pool and the config @conf (INI text), written to its directory. The
+ * directory is world-readable, so a test may open the socket to other users. */
+static inline void t_daemon_start_conf(struct t_daemon *t, const char *conf)
+{
+	char path[160];
+	const char *args[] = { "--config", path, "--pool-size", "64M", NULL };
+	FILE *f;
+
+	strcpy(t->dir, "/tmp/kvcd-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(t->dir));
+	chmod(t->dir, 0755);
+	snprintf(t->sock, sizeof(t->sock), "%s/kvcd.sock", t->dir);
+	snprintf(t->log, sizeof(t->log), "%s/kvcd.log", t->dir);
+	snprintf(path, sizeof(path), "%s/kvcd.conf", t->dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs(conf, f);
+	fclose(f);
+	cr_assert_eq(t_daemon_start_args(t, args), 0);
+}
+
+/* Run `kvcctl --socket SOCK @args` (stderr too) into @buf; returns its exit status. */
+static inline int t_kvcctl(const struct t_daemon *t, const char *args, char *buf, size_t len)
+{
+	char cmd[1024], bin[256];
+	size_t n;
+	FILE *f;
+	int st;
+
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s %s 2>&1", dirname(bin), t->sock, args);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	n = fread(buf, 1, len - 1, f);
+	buf[n] = '\0';
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* SIGTERM and reap; returns the exit status (0 = clean shutdown). */
 static inline int t_daemon_stop(struct t_daemon *t)
 {
