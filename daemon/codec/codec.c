@@ -15,7 +15,6 @@
  * Rotated tokens (important and quantized regular ones) are rotated before everything above,
  * sparse values included, and rotated back after decoding.
  */
-#include <cpuid.h>
 #include <errno.h>
 #include <stddef.h>
 #include <immintrin.h>
@@ -27,16 +26,6 @@
 #include "codec.h"
 
 /* ---- dtype conversion ---------------------------------------------------------------------- */
-
-static bool has_f16c(void)
-{
-	static int known = -1;
-	unsigned a, b, c, d;
-
-	if (known < 0)
-		known = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) ? 1 : 0;
-	return known;
-}
 
 static float bf16_to_f32(uint16_t h)
 {
@@ -98,7 +87,7 @@ void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, 
 	} else if (dtype == KVCP_F16) {
 		const uint16_t *s = src;
 
-		if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2 && has_f16c()) {
+		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
 			f16_to_f32_avx2(s, dst, n);
 			return;
 		}
@@ -119,7 +108,7 @@ void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst
 	} else if (dtype == KVCP_F16) {
 		uint16_t *d = dst;
 
-		if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2 && has_f16c()) {
+		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
 			f32_to_f16_avx2(src, d, n);
 			return;
 		}
@@ -474,12 +463,14 @@ struct unit_io {
 	const struct shape *s;
 	enum kvcd_isa isa;
 	uint8_t dtype;
-	size_t row_stride;	/* bytes between tokens in the raw block */
 };
 
-static const uint8_t *raw_row(const struct unit_io *u, const void *base, uint32_t t)
+/* Write tile row @t back in the engine's dtype: bit for bit, since every finite f16, bf16 or
+ * f32 survives the trip through f32. The staging copy is never read a second time. */
+static void put_row(const struct unit_io *u, const struct work *w, uint32_t t, uint8_t **o)
 {
-	return (const uint8_t *)base + (size_t)t * u->row_stride;
+	kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)t * w->ts, *o, u->s->d);
+	*o += (size_t)u->s->d * u->s->es;
 }
 
 /* Per-token groups of @n tile rows at @bits: params, then packed codes. The three phases run
@@ -747,8 +738,7 @@ static bool all_finite(enum kvcd_isa isa, const float *x, size_t n)
 	return true;
 }
 
-static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *src,
-		       uint32_t *exact, bool choose, uint8_t **o)
+static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose, uint8_t **o)
 {
 	const struct shape *s = u->s;
 	const struct kvcd_policy *p = u->p;
@@ -773,7 +763,7 @@ static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *s
 	put(o, exact, (size_t)s->ne * 4);
 	put(o, w->imp, (size_t)s->nh * 4);
 	for (uint32_t i = 0; i < s->ne; i++)
-		put(o, raw_row(u, src, exact[i]), (size_t)s->d * s->es);
+		put_row(u, w, exact[i], o);
 	if (p->rotate) {
 		for (uint32_t i = 0; i < s->nh; i++)
 			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
@@ -801,7 +791,7 @@ static int encode_unit(const struct unit_io *u, struct work *w, const uint8_t *s
 	if (err)
 		return err;
 	for (uint32_t i = s->nq; i < s->nr; i++)
-		put(o, raw_row(u, src, w->reg[i]), (size_t)s->d * s->es);
+		put_row(u, w, w->reg[i], o);
 	*o = sparse_at + s->nsp * 8;
 	return 0;
 }
@@ -874,12 +864,12 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 
 /* ---- blocks ---------------------------------------------------------------------------------- */
 
-/* Byte offset of token 0 of unit (layer, kv, head) in the raw block. */
-static size_t unit_base(const struct kvcp_layout *l, uint32_t layer, int kv, uint32_t head)
+/* Byte offset of the (layer, K/V) plane [token][head][dim] in the raw block. */
+static size_t plane_base(const struct kvcp_layout *l, uint32_t layer, int kv)
 {
-	size_t es = kvcp_dtype_size(l->dtype), row = (size_t)l->kv_heads * l->head_dim * es;
+	size_t row = (size_t)l->kv_heads * l->head_dim * kvcp_dtype_size(l->dtype);
 
-	return ((size_t)layer * 2 + (size_t)kv) * l->tokens * row + (size_t)head * l->head_dim * es;
+	return ((size_t)layer * 2 + (size_t)kv) * l->tokens * row;
 }
 
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
@@ -922,17 +912,15 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	/* one (layer, K/V) plane at a time, read in one sequential pass */
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
-			kvcd_to_f32(isa, l->dtype, (const uint8_t *)src + unit_base(l, layer, kv, 0),
+			kvcd_to_f32(isa, l->dtype, (const uint8_t *)src + plane_base(l, layer, kv),
 				    w.plane, (size_t)l->tokens * w.ts);
 			if (!all_finite(isa, w.plane, (size_t)l->tokens * w.ts))
 				err = -EINVAL;
 			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, l->dtype,
-						     (size_t)l->kv_heads * l->head_dim * sh[kv].es };
+				struct unit_io u = { p, &sh[kv], isa, l->dtype };
 
 				w.tile = w.plane + (size_t)head * l->head_dim;
-				err = encode_unit(&u, &w, (const uint8_t *)src + unit_base(l, layer, kv, head),
-						  w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
+				err = encode_unit(&u, &w, w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
 			}
 		}
 	return err;
@@ -969,16 +957,14 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	for (uint32_t layer = 0; layer < h.layout.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < h.layout.kv_heads && !err; head++) {
-				struct unit_io u = { &h.pol, &sh[kv], isa, h.layout.dtype,
-						     (size_t)h.layout.kv_heads * h.layout.head_dim *
-						     sh[kv].es };
+				struct unit_io u = { &h.pol, &sh[kv], isa, h.layout.dtype };
 
 				w.tile = w.plane + (size_t)head * h.layout.head_dim;
 				err = decode_unit(&u, &w, &in);
 			}
 			if (!err) /* the whole plane out in one sequential pass */
 				kvcd_from_f32(isa, h.layout.dtype, w.plane,
-					      (uint8_t *)dst + unit_base(&h.layout, layer, kv, 0),
+					      (uint8_t *)dst + plane_base(&h.layout, layer, kv),
 					      (size_t)h.layout.tokens * w.ts);
 		}
 	return err;

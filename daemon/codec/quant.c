@@ -5,6 +5,7 @@
  * to even, clamp (quantize), and one multiplication then one addition (dequantize). The file
  * is compiled with -ffp-contract=off so no compiler turns the latter into an FMA.
  */
+#include <cpuid.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
@@ -65,22 +66,15 @@ float kvcd_f16_to_f32(uint16_t h)
 }
 
 /* F16C converts exactly like kvcd_f32_to_f16 / kvcd_f16_to_f32 on finite values
- * (unit_quant checks it), at a fraction of the cost: the SIMD variants use it for their
- * per-group parameters. */
-static bool has_f16c(void)
+ * (unit_quant checks it), at a fraction of the cost: the SIMD variants use it. */
+bool kvcd_has_f16c(void)
 {
 	static int known = -1;
+	unsigned a, b, c, d;
 
-	if (known < 0) {
-		__builtin_cpu_init();
-		known = kvcd_isa_best() >= KVCD_ISA_AVX2 && __builtin_cpu_supports("avx2");
-		if (known) {
-			unsigned a, b, c, d;
-
-			__asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-			known = (c >> 29) & 1; /* F16C */
-		}
-	}
+	if (known < 0)
+		known = kvcd_isa_best() >= KVCD_ISA_AVX2 && __get_cpuid(1, &a, &b, &c, &d) &&
+			(c & bit_F16C);
 	return known;
 }
 
@@ -386,7 +380,7 @@ __attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const
 int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
 		      unsigned bits, uint16_t *sz)
 {
-	bool hw = clamp_isa(isa) > KVCD_ISA_SCALAR && has_f16c();
+	bool hw = clamp_isa(isa) > KVCD_ISA_SCALAR && kvcd_has_f16c();
 	size_t g = 0;
 
 	if (bits < 2 || bits > 8)
@@ -407,7 +401,7 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
 	bool hw;
 
 	isa = clamp_isa(isa);
-	hw = isa > KVCD_ISA_SCALAR && has_f16c();
+	hw = isa > KVCD_ISA_SCALAR && kvcd_has_f16c();
 	for (size_t g = 0; g < ng; g++) {
 		float s = hw ? hw_from_f16(sz[2 * g]) : kvcd_f16_to_f32(sz[2 * g]);
 		float z = hw ? hw_from_f16(sz[2 * g + 1]) : kvcd_f16_to_f32(sz[2 * g + 1]);
@@ -447,7 +441,7 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 	float s, z;
 
 	isa = clamp_isa(isa);
-	if (isa > KVCD_ISA_SCALAR && has_f16c()) {
+	if (isa > KVCD_ISA_SCALAR && kvcd_has_f16c()) {
 		s = hw_from_f16(scale);
 		z = hw_from_f16(zero);
 	} else {
@@ -504,7 +498,7 @@ void kvcd_pack(const uint8_t *q, size_t n, unsigned bits, uint8_t *out)
 	unsigned have = 0;
 	size_t o = 0;
 
-	/* the common widths, same bit order as the general loop, in loops the compiler vectorizes */
+	/* the common widths, same bit order as the general loop */
 	if (bits == 8) {
 		memcpy(out, q, n);
 		return;

@@ -14,6 +14,7 @@
 #ifndef KVCD_QUANT_H
 #define KVCD_QUANT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,8 @@ enum kvcd_isa { KVCD_ISA_SCALAR = 0, KVCD_ISA_AVX2 = 1, KVCD_ISA_AVX512 = 2 };
 /* Best ISA this CPU supports (cached after the first call). */
 enum kvcd_isa kvcd_isa_best(void);
 const char *kvcd_isa_name(enum kvcd_isa isa);
+/* AVX2 and F16C both present: the SIMD paths convert f16 in hardware. */
+bool kvcd_has_f16c(void);
 
 uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
 float kvcd_f16_to_f32(uint16_t h);
