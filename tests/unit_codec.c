@@ -445,6 +445,60 @@ Test(codec, simd_equals_scalar_on_blocks)
 	free(x);
 }
 
+/* The fused one-pass encoder writes the same bytes, and refuses the same blocks, as the
+ * unit-by-unit path, in every ISA and dtype, with fewer tokens than heads too. */
+Test(codec, fused_pass_writes_the_unit_path_bytes)
+{
+	const char *pols[] = { "int8", "int4:group=32", "int3", "int2:rotate=hadamard", "int5:group=16",
+			       "int4:sink=4" };
+	const uint8_t dtypes[] = { KVCP_F16, KVCP_BF16, KVCP_F32 };
+	const uint32_t tokens[] = { 40, 2 };
+
+	for (size_t di = 0; di < 3; di++)
+		for (size_t ti = 0; ti < 2; ti++)
+			for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
+				struct kvcp_layout l = { .dtype = dtypes[di], .layers = 2, .kv_heads = 3,
+							 .head_dim = 64, .tokens = tokens[ti] };
+				struct kvcd_policy p = P(pols[pi]);
+				uint64_t n = kvcd_codec_size(&p, &l, false, 8);
+				struct kvcp_layout lf = l;
+				size_t raw = kvcp_layout_bytes(&l), es = kvcp_dtype_size(l.dtype);
+				float *f;
+
+				lf.dtype = KVCP_F32;
+				f = block_f32(&lf, 20.0f);
+				uint8_t *x = malloc(raw), *a = malloc(n), *b = malloc(n);
+
+				kvcd_from_f32(KVCD_ISA_SCALAR, l.dtype, f, x, raw / es);
+				for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
+					int ea, eb;
+
+					kvcd_codec_fused = true;
+					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, a);
+					kvcd_codec_fused = false;
+					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, b);
+					cr_assert_eq(ea, 0, "%s", pols[pi]);
+					cr_assert_eq(eb, 0, "%s", pols[pi]);
+					cr_assert_eq(memcmp(a, b, n), 0, "%s dtype %u tokens %u isa %d", pols[pi],
+						     l.dtype, l.tokens, isa);
+					/* a nan in the last plane: both refuse it */
+					memset(x + raw - 3 * es, 0xff, es);
+					kvcd_codec_fused = true;
+					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, a);
+					kvcd_codec_fused = false;
+					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, b);
+					cr_assert_eq(ea, -EINVAL);
+					cr_assert_eq(eb, -EINVAL);
+					kvcd_from_f32(KVCD_ISA_SCALAR, l.dtype, f, x, raw / es);
+				}
+				kvcd_codec_fused = true;
+				free(f);
+				free(x);
+				free(a);
+				free(b);
+			}
+}
+
 Test(codec, bad_input_is_refused_cleanly)
 {
 	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,

@@ -291,6 +291,11 @@ struct work {
 	uint32_t *order;	/* T: tokens by descending importance */
 	uint32_t *exact;	/* heads x ne: exact tokens per head, chosen on K */
 	float *lo, *hi;		/* T x D: group ranges */
+	float *plo, *phi;	/* T x H x ngt: per-token group ranges over the whole plane, found
+				 * while converting it; valid for the rows when @pre */
+	const float *ulo, *uhi;	/* the unit's: plo + head * ngt, rows prs apart */
+	size_t prs;
+	bool pre;
 	uint16_t *par;		/* T x D x 2: group scale and zero */
 	float *gbuf;		/* max(G, D) */
 	uint8_t *gq;		/* max(G, D) */
@@ -347,8 +352,12 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 {
 	size_t t = l->tokens, d = l->head_dim, td = t * d, g = p->group > d ? p->group : d;
 	size_t plane = td * l->kv_heads;
-	size_t sz = plane * 4 + td * 4 * 3 + td * 4 + td * 2 + t + t * 4 * 3 +
-		    (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
+	/* group ranges, parameters and codes serve a unit's T rows or a plane row's H heads */
+	size_t gd = (t > l->kv_heads ? t : l->kv_heads) * d;
+	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
+		((d + gch - 1) / gch);
+	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 + gd * 4 * 2 + gd * 4 + gd + td + t +
+		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
 	char *m = work_mem(sz);
 
 	if (!m)
@@ -356,17 +365,19 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	w->mem = m;
 	w->plane = w->tile = (float *)m;
 	w->ts = d * l->kv_heads;
-	w->mag = w->plane + plane;
+	w->plo = w->plane + plane;
+	w->phi = w->plo + pr;
+	w->mag = w->phi + pr;
 	w->lo = w->mag + td;
-	w->hi = w->lo + td;
-	w->par = (uint16_t *)(w->hi + td);
-	w->reg = (uint32_t *)(w->par + 2 * td);
+	w->hi = w->lo + gd;
+	w->par = (uint16_t *)(w->hi + gd);
+	w->reg = (uint32_t *)(w->par + 2 * gd);
 	w->imp = w->reg + t;
 	w->order = w->imp + t;
 	w->exact = w->order + t;
 	w->gbuf = (float *)(w->exact + (size_t)l->kv_heads * ne);
 	w->codes = (uint8_t *)(w->gbuf + g);
-	w->mask = w->codes + td;
+	w->mask = w->codes + gd;
 	w->cls = w->mask + td;
 	w->gq = w->cls + t;
 	return 0;
@@ -482,7 +493,11 @@ static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t
 	uint32_t full = s->d / s->gch, tail = s->d - full * s->gch, ngt = s->ngt;
 	int err = 0;
 
-	for (uint32_t r = 0; r < n && !err; r++) {
+	for (uint32_t r = 0; r < n && w->pre; r++) {
+		memcpy(w->lo + r * ngt, w->ulo + rows[r] * w->prs, ngt * 4);
+		memcpy(w->hi + r * ngt, w->uhi + rows[r] * w->prs, ngt * 4);
+	}
+	for (uint32_t r = 0; r < n && !w->pre && !err; r++) {
 		const float *x = w->tile + (size_t)rows[r] * w->ts;
 
 		err = kvcd_quant_ranges(u->isa, x, full, s->gch, w->lo + r * ngt, w->hi + r * ngt);
@@ -711,31 +726,24 @@ static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
 }
 
 /* Any inf or nan in x[0..n)? (x - x is nan exactly for those.) */
-__attribute__((target("avx2"))) static bool all_finite_avx2(const float *x, size_t n)
+/* Convert one (layer, K/V) plane from staging in one sequential pass, a plane row (all heads
+ * of one token) at a time, rejecting inf and nan. While the row is still in L1, find the range
+ * of each per-token group for the quantizer, or of each head's row when groups do not tile it. */
+static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *src,
+		      struct work *w)
 {
-	__m256 bad = _mm256_setzero_ps();
-	size_t i = 0;
+	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
+	size_t chunk = hd / w->prs;
 
-	for (; i + 8 <= n; i += 8) {
-		__m256 v = _mm256_loadu_ps(x + i);
+	for (uint32_t t = 0; t < l->tokens; t++) {
+		float *x = w->plane + t * hd;
 
-		bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(),
-						      _CMP_NEQ_UQ));
+		kvcd_to_f32(isa, l->dtype, src + t * hd * es, x, hd);
+		if (kvcd_quant_ranges(isa, x, w->prs, chunk, w->plo + t * w->prs,
+				      w->phi + t * w->prs))
+			return -EINVAL;
 	}
-	for (; i < n; i++)
-		if (!isfinite(x[i]))
-			return false;
-	return !_mm256_movemask_ps(bad);
-}
-
-static bool all_finite(enum kvcd_isa isa, const float *x, size_t n)
-{
-	if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2)
-		return all_finite_avx2(x, n);
-	for (size_t i = 0; i < n; i++)
-		if (!isfinite(x[i]))
-			return false;
-	return true;
+	return 0;
 }
 
 static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose, uint8_t **o)
@@ -872,6 +880,63 @@ static size_t plane_base(const struct kvcp_layout *l, uint32_t layer, int kv)
 	return ((size_t)layer * 2 + (size_t)kv) * l->tokens * row;
 }
 
+bool kvcd_codec_fused = true;
+
+/* Can the block go through encode_fused()? Every token of every unit regular and quantized per
+ * token, each group within one head and each row's codes a whole number of bytes. */
+static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
+{
+	for (int kv = 0; kv < 2; kv++) {
+		const struct shape *s = &sh[kv];
+
+		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel || s->d % s->gch ||
+		    s->d * s->bits % 8)
+			return false;
+	}
+	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT;
+}
+
+/* The common case in one pass: each plane row (one token, every head) goes from staging into
+ * an L1 buffer, is rotated, ranged, quantized and packed there, and its codes and parameters
+ * are written straight to each head's unit. Writes the same bytes as the unit-by-unit path. */
+static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
+			const struct kvcp_layout *l, const uint8_t *src, const struct shape *sh,
+			struct work *w, uint8_t *o)
+{
+	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
+	size_t ngt = sh[0].ngt, ng = heads * ngt, gch = sh[0].gch, t = l->tokens;
+	float *x = w->plane;
+	int err;
+
+	for (uint32_t layer = 0; layer < l->layers; layer++)
+		for (int kv = 0; kv < 2; kv++) {
+			const uint8_t *in = src + plane_base(l, layer, kv);
+			uint8_t *base = o + layer * heads * (sh[0].bytes + sh[1].bytes) +
+					kv * heads * sh[0].bytes;
+			unsigned bits = sh[kv].bits;
+			size_t rowb = d * bits / 8;
+
+			for (size_t r = 0; r < t; r++) {
+				kvcd_to_f32(isa, l->dtype, in + r * hd * es, x, hd);
+				for (size_t h = 0; p->rotate && h < heads; h++)
+					kvcd_hadamard(x + h * d, (unsigned)d);
+				if (kvcd_quant_ranges(isa, x, ng, gch, w->lo, w->hi))
+					return -EINVAL;
+				err = kvcd_quant_params(isa, w->lo, w->hi, ng, bits, w->par);
+				if (err)
+					return err;
+				kvcd_quant_apply(isa, x, ng, gch, bits, w->par, w->codes);
+				for (size_t h = 0; h < heads; h++) {
+					uint8_t *u = base + h * sh[kv].bytes;
+
+					memcpy(u + r * ngt * 4, w->par + h * ngt * 2, ngt * 4);
+					kvcd_pack(w->codes + h * d, d, bits, u + t * ngt * 4 + r * rowb);
+				}
+			}
+		}
+	return 0;
+}
+
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		      uint32_t pos, const void *src, const float *scores, void *dst)
 {
@@ -897,6 +962,9 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	err = work_init(&w, p, l, sh[0].ne);
 	if (err)
 		return err;
+	/* ranges found during conversion serve the quantizer unless the rows change first */
+	w.pre = l->head_dim % sh[0].gch == 0 && !p->rotate && !p->sparse_ppm;
+	w.prs = (size_t)l->kv_heads * (w.pre ? sh[0].ngt : 1);
 	for (uint32_t t = 0; t < l->tokens; t++)
 		w.order[t] = t;
 	if (scores) {
@@ -909,17 +977,18 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	h.pos = pos;
 	h.bytes = kvcd_codec_size(p, l, scores, pos);
 	put(&o, &h, sizeof(h));
+	if (fusable(p, sh))
+		return encode_fused(isa, p, l, src, sh, &w, o);
 	/* one (layer, K/V) plane at a time, read in one sequential pass */
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
-			kvcd_to_f32(isa, l->dtype, (const uint8_t *)src + plane_base(l, layer, kv),
-				    w.plane, (size_t)l->tokens * w.ts);
-			if (!all_finite(isa, w.plane, (size_t)l->tokens * w.ts))
-				err = -EINVAL;
+			err = load_plane(isa, l, (const uint8_t *)src + plane_base(l, layer, kv), &w);
 			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
 				struct unit_io u = { p, &sh[kv], isa, l->dtype };
 
 				w.tile = w.plane + (size_t)head * l->head_dim;
+				w.ulo = w.plo + (size_t)head * w.prs / l->kv_heads;
+				w.uhi = w.phi + (size_t)head * w.prs / l->kv_heads;
 				err = encode_unit(&u, &w, w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
 			}
 		}

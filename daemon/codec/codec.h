@@ -94,9 +94,14 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 
 /* Encode the raw block @src (layout @l) into @dst, which has kvcd_codec_size() bytes.
  * @scores is NULL or one f32 importance score per token. Returns 0, -EINVAL (policy does not
- * fit the layout, or a value is inf/nan), -ENOMEM. */
+ * fit the layout, or a value is inf/nan), -ERANGE (a group's scale or zero overflows f16),
+ * -ENOMEM. Reads @src once. */
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		      uint32_t pos, const void *src, const float *scores, void *dst);
+
+/* Blocks that every token of are quantized per token go through one fused pass per plane row;
+ * false sends them unit by unit like every other block (same bytes; for tests and kvcbench). */
+extern bool kvcd_codec_fused;
 
 /* Decode an encoded block of @n bytes into @dst (@cap bytes). *@l receives the engine's
  * layout. Never trusts @src: returns -EBADMSG when the header or sizes are inconsistent,
