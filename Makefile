@@ -38,7 +38,7 @@ CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
 INC        := -Iproto -Ilibclient/include -Idaemon -Idaemon/codec
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
-     $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc
+     $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -72,6 +72,14 @@ CODEC_OBJ := $(filter $(BUILD)/daemon/codec/%,$(DAEMON_OBJ))
 $(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(CODEC_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
+# kvc-llama and kvc-eval: a small real engine (tools/llama.c) and its kvcd side (engine.c).
+ENGINE_OBJ := $(BUILD)/tools/llama.o $(BUILD)/tools/engine.o
+$(BUILD)/kvc-llama: $(BUILD)/tools/kvc-llama.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
+
+$(BUILD)/kvc-eval: $(BUILD)/tools/kvc-eval.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
+
 $(BUILD)/tools/%.o: tools/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -Idaemon/codec -c $< -o $@
@@ -81,6 +89,13 @@ $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
 		$(DEPS_LIBS) $(TEST_LIBS) -lm
+
+# it_llama drives the engine in-process too
+$(BUILD)/tests/it_llama: tests/it_llama.c tests/t_util.h tools/llama.h $(ENGINE_OBJ) $(DAEMON_OBJ) \
+			 $(BUILD)/libkvcclient.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -Itools -o $@ $< $(ENGINE_OBJ) $(DAEMON_OBJ) \
+		$(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
 
 test-bin: all $(TESTS:%=$(BUILD)/tests/%)
 

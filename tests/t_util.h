@@ -124,22 +124,29 @@ static inline void t_daemon_start_conf(struct t_daemon *t, const char *conf)
 	cr_assert_eq(t_daemon_start_args(t, args), 0);
 }
 
-/* Run `kvcctl --socket SOCK @args` (stderr too) into @buf; returns its exit status. */
-static inline int t_kvcctl(const struct t_daemon *t, const char *args, char *buf, size_t len)
+/* Run `build/TOOL --socket SOCK @args` (stderr too; TOOL beside kvcd) into @buf; returns its
+ * exit status. */
+static inline int t_tool(const struct t_daemon *t, const char *tool, const char *args, char *buf,
+			 size_t len)
 {
-	char cmd[1024], bin[256];
+	char cmd[2048], bin[256];
 	size_t n;
 	FILE *f;
 	int st;
 
 	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
-	snprintf(cmd, sizeof(cmd), "%s/kvcctl --socket %s %s 2>&1", dirname(bin), t->sock, args);
+	snprintf(cmd, sizeof(cmd), "%s/%s --socket %s %s 2>&1", dirname(bin), tool, t->sock, args);
 	f = popen(cmd, "r");
 	cr_assert_not_null(f);
 	n = fread(buf, 1, len - 1, f);
 	buf[n] = '\0';
 	st = pclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static inline int t_kvcctl(const struct t_daemon *t, const char *args, char *buf, size_t len)
+{
+	return t_tool(t, "kvcctl", args, buf, len);
 }
 
 /* SIGTERM and reap; returns the exit status (0 = clean shutdown). */

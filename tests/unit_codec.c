@@ -499,6 +499,48 @@ Test(codec, fused_pass_writes_the_unit_path_bytes)
 			}
 }
 
+/* A group longer than head_dim covers the token's row across heads: the encoding is that of
+ * the same bytes seen as one head of kv_heads * head_dim, and costs fewer parameters. */
+Test(codec, groups_longer_than_head_dim_span_heads)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 4, .head_dim = 8,
+				 .tokens = 64 };
+	struct kvcp_layout one = l;
+	const char *pols[] = { "int4:group=32", "int3:group=16,rotate=hadamard", "fp8:group=32",
+			       "kivi:kbits=4,vbits=2,group=32,sink=2,outliers=1" };
+	size_t raw = kvcp_layout_bytes(&l), hs = sizeof(struct kvcd_codec_hdr);
+	float *x = block_f32(&l, 10.0f), *y = malloc(raw);
+
+	one.kv_heads = 1;
+	one.head_dim = 32;
+	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
+		struct kvcd_policy p = P(pols[pi]), capped = p;
+		uint64_t n = kvcd_codec_size(&p, &l, false, 0);
+		uint8_t *a = malloc(n), *b = malloc(n);
+		struct kvcp_layout back;
+
+		cr_assert(kvcd_policy_spans(&p, &l), "%s", pols[pi]);
+		cr_assert(!kvcd_policy_spans(&p, &one));
+		cr_assert_eq(n, kvcd_codec_size(&p, &one, false, 0));
+		cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, 0, x, NULL, a), 0);
+		cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &one, 0, x, NULL, b), 0);
+		cr_assert_eq(memcmp(a + hs, b + hs, n - hs), 0, "%s: same codes as one wide head",
+			     pols[pi]);
+		cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, a, n, y, raw, &back), 0);
+		cr_assert_eq(back.kv_heads, 4);
+		cr_assert_eq(back.head_dim, 8);
+		cr_assert_lt(kvcd_quality_of(x, y, raw / 4).rel_frob, 0.5);
+		if (p.kind == KVCD_CODEC_INT) { /* per-head groups: more scales and zeros */
+			capped.group = 8;
+			cr_assert_gt(kvcd_codec_size(&capped, &l, false, 0), n, "%s", pols[pi]);
+		}
+		free(a);
+		free(b);
+	}
+	free(x);
+	free(y);
+}
+
 Test(codec, bad_input_is_refused_cleanly)
 {
 	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,

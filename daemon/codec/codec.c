@@ -262,19 +262,41 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	s->bytes = b;
 }
 
+/* The layout the codec works on. [token][head][dim] is [token][1][head * dim]: when groups
+ * span heads, each token's whole row is one unit row. */
+static struct kvcp_layout view_of(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	struct kvcp_layout v = *l;
+
+	if (kvcd_policy_spans(p, l)) {
+		v.head_dim = (uint16_t)(l->kv_heads * l->head_dim);
+		v.kv_heads = 1;
+	}
+	return v;
+}
+
+static uint64_t size_of_view(const struct kvcd_policy *p, const struct kvcp_layout *v,
+			     bool scores, uint32_t pos)
+{
+	struct shape k, s;
+
+	shape_of(p, v, scores, pos, 0, &k);
+	shape_of(p, v, scores, pos, 1, &s);
+	return sizeof(struct kvcd_codec_hdr) + (uint64_t)v->layers * v->kv_heads * (k.bytes + s.bytes);
+}
+
 uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
 			 uint32_t pos)
 {
-	struct shape k, v;
+	struct kvcp_layout v;
 	char why[8];
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)))
 		return 0;
 	if (p->kind == KVCD_CODEC_NONE)
 		return kvcp_layout_bytes(l);
-	shape_of(p, l, scores, pos, 0, &k);
-	shape_of(p, l, scores, pos, 1, &v);
-	return sizeof(struct kvcd_codec_hdr) + (uint64_t)l->layers * l->kv_heads * (k.bytes + v.bytes);
+	v = view_of(p, l);
+	return size_of_view(p, &v, scores, pos);
 }
 
 /* ---- working memory ------------------------------------------------------------------------ */
@@ -937,22 +959,25 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 	return 0;
 }
 
-int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		      uint32_t pos, const void *src, const float *scores, void *dst)
+int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
+		      const struct kvcp_layout *engine, uint32_t pos, const void *src,
+		      const float *scores, void *dst)
 {
-	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = 1 };
+	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
+	struct kvcp_layout view, *l = &view;
 	struct shape sh[2];
 	struct work w;
 	uint8_t *o = dst;
 	char why[8];
 	int err = 0;
 
-	if (kvcd_policy_check(p, l, why, sizeof(why)))
+	if (kvcd_policy_check(p, engine, why, sizeof(why)))
 		return -EINVAL;
 	if (p->kind == KVCD_CODEC_NONE) {
-		memcpy(dst, src, kvcp_layout_bytes(l));
+		memcpy(dst, src, kvcp_layout_bytes(engine));
 		return 0;
 	}
+	view = view_of(p, engine);
 	scores = p->hibits ? scores : NULL;
 	for (uint32_t t = 0; scores && t < l->tokens; t++)
 		if (!isfinite(scores[t]))
@@ -972,10 +997,10 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	}
 	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
 	h.pol = *p;
-	h.layout = *l;
+	h.layout = *engine;
 	h.layout.codec = 0;
 	h.pos = pos;
-	h.bytes = kvcd_codec_size(p, l, scores, pos);
+	h.bytes = size_of_view(p, l, scores, pos);
 	put(&o, &h, sizeof(h));
 	if (fusable(p, sh))
 		return encode_fused(isa, p, l, src, sh, &w, o);
@@ -999,6 +1024,7 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 		      struct kvcp_layout *l)
 {
 	struct kvcd_codec_hdr h;
+	struct kvcp_layout v;
 	struct shape sh[2];
 	struct work w;
 	const uint8_t *in = src;
@@ -1008,7 +1034,7 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	if (n < sizeof(h))
 		return -EBADMSG;
 	get(&in, &h, sizeof(h));
-	if (h.magic != KVCD_CODEC_MAGIC || h.version != 1 || (h.flags & ~KVCD_CODEC_F_SCORES) ||
+	if (h.magic != KVCD_CODEC_MAGIC || h.version != KVCD_CODEC_VERSION || (h.flags & ~KVCD_CODEC_F_SCORES) ||
 	    h.pol.kind == KVCD_CODEC_NONE || h.layout.codec || h.reserved ||
 	    kvcd_policy_check(&h.pol, &h.layout, why, sizeof(why)) ||
 	    kvcd_codec_size(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos) != n ||
@@ -1017,24 +1043,25 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	*l = h.layout;
 	if (kvcp_layout_bytes(&h.layout) > cap)
 		return -ENOSPC;
-	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos, 0, &sh[0]);
-	shape_of(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos, 1, &sh[1]);
-	err = work_init(&w, &h.pol, &h.layout, sh[0].ne);
+	v = view_of(&h.pol, &h.layout);
+	shape_of(&h.pol, &v, h.flags & KVCD_CODEC_F_SCORES, h.pos, 0, &sh[0]);
+	shape_of(&h.pol, &v, h.flags & KVCD_CODEC_F_SCORES, h.pos, 1, &sh[1]);
+	err = work_init(&w, &h.pol, &v, sh[0].ne);
 	if (err)
 		return err;
 	e4m3_init();
-	for (uint32_t layer = 0; layer < h.layout.layers && !err; layer++)
+	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
-			for (uint32_t head = 0; head < h.layout.kv_heads && !err; head++) {
-				struct unit_io u = { &h.pol, &sh[kv], isa, h.layout.dtype };
+			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
+				struct unit_io u = { &h.pol, &sh[kv], isa, v.dtype };
 
-				w.tile = w.plane + (size_t)head * h.layout.head_dim;
+				w.tile = w.plane + (size_t)head * v.head_dim;
 				err = decode_unit(&u, &w, &in);
 			}
 			if (!err) /* the whole plane out in one sequential pass */
-				kvcd_from_f32(isa, h.layout.dtype, w.plane,
-					      (uint8_t *)dst + plane_base(&h.layout, layer, kv),
-					      (size_t)h.layout.tokens * w.ts);
+				kvcd_from_f32(isa, v.dtype, w.plane,
+					      (uint8_t *)dst + plane_base(&v, layer, kv),
+					      (size_t)v.tokens * w.ts);
 		}
 	return err;
 }

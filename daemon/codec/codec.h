@@ -70,13 +70,20 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len);
 int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, char *why,
 		      size_t whylen);
 
+/* Do @p's per-token groups span heads on @l? A group longer than head_dim covers the token's
+ * row across heads (kv_heads * head_dim values at most): the codec then sees each (layer, K/V)
+ * as one head of kv_heads * head_dim channels, and rotation, outlier tokens and groups work
+ * on whole rows. The memory order [token][head][dim] is the same either way. */
+bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l);
+
 #define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
+#define KVCD_CODEC_VERSION 2	/* 2: groups longer than head_dim span heads */
 #define KVCD_CODEC_F_SCORES 1u
 
 /* First bytes of every encoded block. */
 struct kvcd_codec_hdr {
 	uint32_t magic;
-	uint16_t version;	/* 1 */
+	uint16_t version;	/* KVCD_CODEC_VERSION */
 	uint16_t flags;		/* KVCD_CODEC_F_* */
 	struct kvcd_policy pol;
 	struct kvcp_layout layout; /* the engine's layout (codec 0) */

@@ -2,7 +2,8 @@
  *
  *   none                       raw
  *   int[:bits=B]  int2..int8   fixed precision, per token, groups along head_dim (default 8
- *                              bits, group 64)
+ *                              bits, group 64); a group longer than head_dim spans the heads
+ *                              of the token's row (kvcd_policy_spans)
  *   fp8                        e4m3, f16 scale per group (default group = head_dim)
  *   kivi[:kbits=B,vbits=B]     K per channel, V per token (default 4 and 4 bits, group 32)
  * keys: bits, kbits, vbits, group, sink, outliers, rotate=hadamard|none, sparse=F (fraction,
@@ -171,10 +172,17 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 #undef ADD
 }
 
+bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return p->kind != KVCD_CODEC_NONE && l->kv_heads > 1 && p->group > l->head_dim &&
+	       (uint32_t)l->kv_heads * l->head_dim <= UINT16_MAX;
+}
+
 int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, char *why,
 		      size_t whylen)
 {
 	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
+	uint32_t dim;
 
 	if (!kvcp_layout_bytes(l))
 		return WHY("invalid layout");
@@ -188,8 +196,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("fp8 has no bit widths");
 	if (p->kind == KVCD_CODEC_KIVI && !p->group)
 		return WHY("kivi needs a group");
-	if (p->rotate > 1 || (p->rotate && (l->head_dim & (l->head_dim - 1))))
-		return WHY("rotate=hadamard needs a power-of-two head_dim (got %u)", l->head_dim);
+	dim = kvcd_policy_spans(p, l) ? (uint32_t)l->kv_heads * l->head_dim : l->head_dim;
+	if (p->rotate > 1 || (p->rotate && (dim & (dim - 1))))
+		return WHY("rotate=hadamard needs a power-of-two %s (got %u)",
+			   dim == l->head_dim ? "head_dim" : "kv_heads x head_dim", dim);
 	if (p->sparse_ppm > 100000)
 		return WHY("sparse above 10%%");
 	if ((p->hibits && (p->hibits < 2 || p->hibits > 8 || !p->hipct || p->hipct > 100)) ||

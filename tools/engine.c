@@ -1,0 +1,119 @@
+/* engine.c - the engine's side of kvcd for kvc-llama and kvc-eval: chained chunk keys,
+ * LOOKUP of the longest cached prefix, FETCH into the KV cache, STORE of new chunks. */
+#include "llama.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void llm_kvc_keyns(const struct llm *m, uint8_t kv_dtype, const char *ns, struct llm_kvc *k)
+{
+	const struct llm_config *c = &m->c;
+	size_t n = (size_t)(m->rms_final + c->dim - m->mem);
+	const uint8_t *b = (const uint8_t *)m->mem;
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the weights */
+
+	for (size_t i = 0; i < n * 4; i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	snprintf(k->keyns, sizeof(k->keyns), "%s/%016llx/%s", ns ? ns : "default",
+		 (unsigned long long)h, kv_dtype == KVC_F16 ? "f16" : kv_dtype == KVC_BF16 ? "bf16" : "f32");
+}
+
+int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
+		    const int32_t *tok, size_t n, size_t max)
+{
+	size_t nk = (n < max ? n : max) / k->chunk, hits = 0, cap;
+	struct kvc_key *keys;
+	struct kvc_layout l;
+	void *stage = kvc_staging(k->c, &cap);
+	int err;
+
+	if (!nk)
+		return 0;
+	llm_block_layout(m, s, k->chunk, &l);
+	if (kvc_layout_bytes(&l) > cap)
+		return -ENOSPC;
+	keys = malloc(nk * sizeof(*keys));
+	if (!keys)
+		return -ENOMEM;
+	err = kvc_key_chain_all(k->keyns, tok, nk * k->chunk, k->chunk, keys, nk);
+	if (err >= 0)
+		err = kvc_lookup(k->c, keys, nk, &hits);
+	for (size_t i = 0; err >= 0 && i < hits; i++) {
+		struct kvc_layout got;
+
+		err = kvc_fetch(k->c, &keys[i], 0, cap, &got);
+		if (err == -ENOENT) { /* evicted since the lookup: the prefix ends here */
+			hits = i;
+			err = 0;
+			break;
+		}
+		if (!err)
+			err = llm_block_get(m, s, (uint32_t)(i * k->chunk), stage, &got);
+		if (!err)
+			k->bytes_fetched += kvc_layout_bytes(&got);
+	}
+	free(keys);
+	return err < 0 ? err : (int)(hits * k->chunk);
+}
+
+/* STORE through kvc_submit, which carries the block's position in @arg. */
+static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct kvc_layout *l,
+		    uint32_t pos)
+{
+	struct kvc_req r = { .op = KVC_OP_STORE, .arg = pos, .key = *key, .layout = *l };
+	struct kvc_cqe cqe;
+	int err;
+
+	r.len = kvc_layout_bytes(l);
+	if (k->scores) {
+		r.flags = KVC_REQ_SCORES;
+		r.len += (uint64_t)l->tokens * 4;
+	}
+	err = kvc_submit(k->c, &r, 1, NULL);
+	if (err == 0)
+		return -EAGAIN;
+	if (err < 0)
+		return err;
+	err = kvc_wait(k->c, &cqe, 1, 1, -1);
+	return err < 0 ? err : cqe.res;
+}
+
+int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc *k,
+		 const int32_t *tok, size_t first, size_t last)
+{
+	struct kvc_layout l;
+	struct kvc_key *keys;
+	size_t cap, bytes;
+	uint8_t *stage = kvc_staging(k->c, &cap);
+	int err = 0, stored = 0;
+
+	if (first >= last)
+		return 0;
+	llm_block_layout(m, s, k->chunk, &l);
+	l.codec = k->codec;
+	bytes = kvc_layout_bytes(&l);
+	if (bytes + (k->scores ? (size_t)k->chunk * 4 : 0) > cap)
+		return -ENOSPC;
+	keys = malloc(last * sizeof(*keys));
+	if (!keys)
+		return -ENOMEM;
+	err = kvc_key_chain_all(k->keyns, tok, last * k->chunk, k->chunk, keys, last);
+	for (size_t i = first; err >= 0 && i < last; i++) {
+		uint32_t t0 = (uint32_t)(i * k->chunk);
+
+		llm_block_put(m, s, t0, k->chunk, stage);
+		if (k->scores)
+			llm_block_scores(s, t0, k->chunk, (float *)(stage + bytes));
+		err = store_at(k, &keys[i], &l, t0);
+		if (!err)
+			k->bytes_stored += bytes;
+		if (!err || err == -EEXIST) {
+			err = 0;
+			stored++;
+		}
+	}
+	free(keys);
+	return err < 0 ? err : stored;
+}

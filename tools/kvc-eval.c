@@ -1,0 +1,529 @@
+/* kvc-eval - what each kvcd policy costs in quality and saves in memory, on a real model.
+ *
+ *   kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]
+ *            --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]
+ *            [--plot FILE.png] [--md FILE]
+ *
+ * For each sequence of P + C + 1 tokens (sampled from the model from BOS, or the first
+ * P + C + 1 ids of a line of --tokens FILE) and each policy:
+ *   - the KV of the prefix's whole chunks is STOREd through kvcd under the policy (with each
+ *     token's accumulated attention as its score), FETCHed back into a fresh cache; prefix
+ *     tokens after the last whole chunk are recomputed on top of it, as an engine would;
+ *   - the C continuation tokens are teacher-forced at positions P .. P+C-1 (their own KV stays
+ *     exact), and the prediction of each next token is compared with the run that kept the
+ *     whole prefix exact (the cache dtype, f16 by default).
+ * Reported per policy: compression ratio (bytes the engine sent / bytes the pool holds, from
+ * kvcd's per-namespace counters), perplexity ratio exp(mean NLL - mean base NLL), top-1
+ * agreement with the exact run, mean KL(exact || policy) of the next-token distributions, and
+ * the relative error of each layer's attention output over the continuation.
+ */
+#include "llama.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct seq {
+	int32_t *tok;		/* P + C + 1 */
+	float *acc;		/* accumulated attention of the prefix when it was complete */
+	float *kc, *vc;		/* the exact prefix cache, as llm_state holds it */
+	float *logp;		/* C x vocab: exact run's log-probabilities */
+	float *attn;		/* C x layers x dim: exact run's attention outputs */
+};
+
+struct result {
+	const char *policy;
+	double ratio, ppl_ratio, top1, kl;
+	double *attn_err;	/* per layer */
+	int err;		/* -errno when the policy could not run */
+	char why[128];
+};
+
+static struct {
+	const char *sock, *model, *tokens, *policies, *plot, *md;
+	int seqs, prefix, cont, chunk, json;
+	float temp;
+	unsigned long seed;
+} opt = { .seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1 };
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]\n"
+		"                --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]\n"
+		"                [--plot FILE.png] [--md FILE]\n");
+	exit(2);
+}
+
+static void log_softmax(const float *x, int n, float *out)
+{
+	double max = x[0], sum = 0.0;
+
+	for (int i = 1; i < n; i++)
+		max = x[i] > max ? x[i] : max;
+	for (int i = 0; i < n; i++)
+		sum += exp((double)x[i] - max);
+	for (int i = 0; i < n; i++)
+		out[i] = (float)((double)x[i] - max - log(sum));
+}
+
+static int argmax(const float *x, int n)
+{
+	int b = 0;
+
+	for (int i = 1; i < n; i++)
+		b = x[i] > x[b] ? i : b;
+	return b;
+}
+
+/* Read sequences from @path: one per line, whitespace-separated ids; lines too short are an
+ * error, longer ones are cut. */
+static int read_tokens(const struct llm *m, const char *path, int need, struct seq **out, int *n)
+{
+	FILE *f = fopen(path, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	int ln = 0, cnt = 0;
+	struct seq *s = NULL;
+
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		int32_t *tok = malloc((size_t)need * 4);
+		char *p = line, *end;
+		int k = 0;
+
+		ln++;
+		while (k < need) {
+			long v = strtol(p, &end, 10);
+
+			if (end == p)
+				break;
+			if (v < 0 || v >= m->c.vocab) {
+				fprintf(stderr, "kvc-eval: %s:%d: token %ld is not below %d\n", path, ln,
+					v, m->c.vocab);
+				return -EINVAL;
+			}
+			tok[k++] = (int32_t)v;
+			p = end;
+		}
+		if (k == 0) {
+			free(tok);
+			continue;
+		}
+		if (k < need) {
+			fprintf(stderr, "kvc-eval: %s:%d: %d tokens, need prefix + cont + 1 = %d\n",
+				path, ln, k, need);
+			return -EINVAL;
+		}
+		s = realloc(s, (size_t)(cnt + 1) * sizeof(*s));
+		memset(&s[cnt], 0, sizeof(*s));
+		s[cnt++].tok = tok;
+	}
+	free(line);
+	fclose(f);
+	*out = s;
+	*n = cnt;
+	return cnt ? 0 : -ENODATA;
+}
+
+/* The exact run: prefix, then continuation, recording what the policies are compared with. */
+static int exact_run(const struct llm *m, struct seq *q, double *nll)
+{
+	const struct llm_config *c = &m->c;
+	struct llm_state s;
+	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim;
+	int P = opt.prefix, C = opt.cont;
+
+	if (llm_state_init(m, &s, KVC_F16))
+		return -ENOMEM;
+	q->acc = malloc((size_t)P * 4);
+	q->kc = malloc(cache * 4);
+	q->vc = malloc(cache * 4);
+	q->logp = malloc((size_t)C * c->vocab * 4);
+	q->attn = malloc((size_t)C * c->layers * c->dim * 4);
+	if (!q->acc || !q->kc || !q->vc || !q->logp || !q->attn)
+		return -ENOMEM;
+	for (int p = 0; p < P; p++)
+		llm_forward(m, &s, q->tok[p], p);
+	memcpy(q->acc, s.acc, (size_t)P * 4);
+	memcpy(q->kc, s.kc, cache * 4);
+	memcpy(q->vc, s.vc, cache * 4);
+	for (int j = 0; j < C; j++) {
+		float *lp = q->logp + (size_t)j * c->vocab;
+
+		llm_forward(m, &s, q->tok[P + j], P + j);
+		log_softmax(s.logits, c->vocab, lp);
+		memcpy(q->attn + (size_t)j * c->layers * c->dim, s.attn, (size_t)c->layers * c->dim * 4);
+		*nll -= lp[q->tok[P + j + 1]];
+	}
+	llm_state_free(&s);
+	return 0;
+}
+
+static int ns_counters(kvc_client *c, const char *ns, uint64_t *in, uint64_t *stored)
+{
+	static struct kvc_stats st;
+	int err = kvc_stats(c, &st);
+
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < st.nns && i < 32; i++)
+		if (!strcmp(st.ns[i].name, ns)) {
+			*in = st.ns[i].bytes_in;
+			*stored = st.ns[i].bytes_stored;
+			return 0;
+		}
+	*in = *stored = 0;
+	return 0;
+}
+
+static void run_policy(const struct llm *m, struct seq *seqs, int n, double base_nll, int idx,
+		       struct result *r)
+{
+	const struct llm_config *c = &m->c;
+	struct kvc_attach_opts ao;
+	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk, .scores = true };
+	struct llm_state s;
+	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim, nchunks = opt.prefix / opt.chunk;
+	uint64_t in0, st0, in1, st1;
+	double nll = 0.0, kl = 0.0, *num, *den;
+	float *lp = malloc((size_t)c->vocab * 4);
+	long agree = 0, count = 0;
+	int err;
+
+	kvc_attach_opts_init(&ao);
+	ao.socket = opt.sock;
+	ao.ns = "kvc-eval";
+	r->attn_err = calloc((size_t)c->layers, sizeof(double));
+	num = calloc((size_t)c->layers, sizeof(double));
+	den = calloc((size_t)c->layers, sizeof(double));
+	err = kvc_attach(&ao, &k.c);
+	if (err) {
+		snprintf(r->why, sizeof(r->why), "attach: %s", kvc_strerror(err));
+		r->err = err;
+		return;
+	}
+	err = kvc_policy(k.c, r->policy, 0, r->why, sizeof(r->why));
+	if (err < 0) {
+		r->err = err;
+		kvc_detach(k.c);
+		return;
+	}
+	k.codec = (uint8_t)err;
+	/* blocks of this run and policy only: a fresh key namespace */
+	snprintf(k.keyns, sizeof(k.keyns), "kvc-eval/%ld.%ld/%d", (long)getpid(), (long)time(NULL),
+		 idx);
+	err = ns_counters(k.c, "kvc-eval", &in0, &st0);
+	for (int i = 0; !err && i < n; i++) {
+		if ((err = llm_state_init(m, &s, KVC_F16)))
+			break;
+		/* the engine's cache when the prefix was complete, stored under the policy */
+		memcpy(s.kc, seqs[i].kc, cache * 4);
+		memcpy(s.vc, seqs[i].vc, cache * 4);
+		memcpy(s.acc, seqs[i].acc, (size_t)opt.prefix * 4);
+		err = llm_kvc_save(m, &s, &k, seqs[i].tok, 0, nchunks);
+		llm_state_free(&s);
+		if (err < 0)
+			break;
+		err = 0;
+	}
+	if (!err)
+		err = ns_counters(k.c, "kvc-eval", &in1, &st1);
+	if (err) {
+		snprintf(r->why, sizeof(r->why), "store: %s", kvc_strerror(err));
+		r->err = err;
+		kvc_detach(k.c);
+		return;
+	}
+	r->ratio = st1 > st0 ? (double)(in1 - in0) / (double)(st1 - st0) : 0.0;
+	for (int i = 0; !err && i < n; i++) {
+		struct seq *q = &seqs[i];
+		int got;
+
+		if ((err = llm_state_init(m, &s, KVC_F16)))
+			break;
+		got = llm_kvc_restore(m, &s, &k, q->tok, (size_t)opt.prefix, nchunks * opt.chunk);
+		if (got != (int)(nchunks * opt.chunk)) {
+			err = got < 0 ? got : -ENOENT;
+			llm_state_free(&s);
+			break;
+		}
+		for (int p = got; p < opt.prefix; p++)
+			llm_forward(m, &s, q->tok[p], p);
+		for (int j = 0; j < opt.cont; j++) {
+			const float *bp = q->logp + (size_t)j * c->vocab;
+			const float *ba = q->attn + (size_t)j * c->layers * c->dim;
+			double d = 0.0;
+
+			llm_forward(m, &s, q->tok[opt.prefix + j], opt.prefix + j);
+			log_softmax(s.logits, c->vocab, lp);
+			nll -= lp[q->tok[opt.prefix + j + 1]];
+			for (int v = 0; v < c->vocab; v++)
+				d += exp((double)bp[v]) * ((double)bp[v] - (double)lp[v]);
+			kl += d;
+			agree += argmax(lp, c->vocab) == argmax(bp, c->vocab);
+			count++;
+			for (int l = 0; l < c->layers; l++)
+				for (int e = 0; e < c->dim; e++) {
+					double a = ba[l * c->dim + e], b = s.attn[l * c->dim + e];
+
+					num[l] += (a - b) * (a - b);
+					den[l] += a * a;
+				}
+		}
+		llm_state_free(&s);
+	}
+	/* leave the daemon as it was */
+	for (int i = 0; i < n; i++) {
+		struct kvc_key keys[64];
+		int nk = kvc_key_chain_all(k.keyns, seqs[i].tok, nchunks * opt.chunk, opt.chunk,
+					   keys, 64);
+
+		for (int j = 0; j < nk; j++)
+			kvc_delete(k.c, &keys[j]);
+	}
+	kvc_detach(k.c);
+	if (err) {
+		snprintf(r->why, sizeof(r->why), "fetch: %s", kvc_strerror(err));
+		r->err = err;
+		return;
+	}
+	r->ppl_ratio = exp(nll / (double)count - base_nll);
+	r->top1 = (double)agree / (double)count;
+	r->kl = kl / (double)count;
+	for (int l = 0; l < c->layers; l++)
+		r->attn_err[l] = den[l] > 0 ? sqrt(num[l] / den[l]) : 0.0;
+	free(num);
+	free(den);
+	free(lp);
+}
+
+static void family(const char *policy, char *out, size_t n)
+{
+	size_t k = strcspn(policy, ":");
+
+	snprintf(out, n, "%.*s", (int)k, policy);
+}
+
+static int write_plot(const struct result *r, int np, const char *png)
+{
+	char data[] = "/tmp/kvc-eval-XXXXXX", fam[32], names[512] = "";
+	FILE *f, *g;
+	int fd = mkstemp(data), nf = 0;
+
+	if (fd < 0 || !(f = fdopen(fd, "w")))
+		return -errno;
+	/* one gnuplot data block per family (the policy's name before ':'), two blank lines
+	 * apart, in order of first appearance */
+	for (int first = 0; first < np; first++) {
+		int seen = 0;
+
+		family(r[first].policy, fam, sizeof(fam));
+		for (int j = 0; j < first; j++) {
+			char fj[32];
+
+			family(r[j].policy, fj, sizeof(fj));
+			seen |= !r[j].err && !strcmp(fj, fam);
+		}
+		if (r[first].err || seen)
+			continue;
+		for (int i = first; i < np; i++) {
+			char fi[32];
+
+			family(r[i].policy, fi, sizeof(fi));
+			if (!r[i].err && !strcmp(fi, fam))
+				fprintf(f, "%.4f %.5f\n", r[i].ratio, r[i].ppl_ratio);
+		}
+		fprintf(f, "\n\n");
+		snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", nf ? " " : "",
+			 fam);
+		nf++;
+	}
+	fclose(f);
+	g = popen("gnuplot", "w");
+	if (!g) {
+		unlink(data);
+		return -errno;
+	}
+	fprintf(g, "set terminal pngcairo size 900,600\nset output '%s'\n"
+		   "set xlabel 'compression ratio (bytes sent / bytes stored)'\n"
+		   "set ylabel 'perplexity ratio (log scale)'\nset logscale y\nset grid\n"
+		   "set key outside right\nset title 'kvcd policies on stories260K'\n", png);
+	fprintf(g, "names = '%s'\nplot for [i=0:%d] '%s' index i using 1:2 with points pt 7 "
+		   "ps 1.3 title word(names, i + 1)\n", names, nf - 1, data);
+	fprintf(g, "\n");
+	fflush(g);
+	int st = pclose(g);
+
+	unlink(data);
+	return st == 0 ? 0 : -EIO;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", 1, 0, 'S' }, { "model", 1, 0, 'm' }, { "tokens", 1, 0, 'T' },
+		{ "seqs", 1, 0, 'n' }, { "temp", 1, 0, 't' }, { "seed", 1, 0, 'r' },
+		{ "prefix", 1, 0, 'P' }, { "cont", 1, 0, 'C' }, { "policies", 1, 0, 'p' },
+		{ "chunk", 1, 0, 'k' }, { "json", 0, 0, 'j' }, { "plot", 1, 0, 'g' },
+		{ "md", 1, 0, 'M' }, { "help", 0, 0, 'h' }, { 0 }
+	};
+	struct llm m;
+	struct seq *seqs = NULL;
+	struct result *res = NULL;
+	const char *why = NULL;
+	char *pols, *save = NULL;
+	int n = 0, np = 0, o, err, need;
+	double base_nll = 0.0;
+
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'S': opt.sock = optarg; break;
+		case 'm': opt.model = optarg; break;
+		case 'T': opt.tokens = optarg; break;
+		case 'n': opt.seqs = atoi(optarg); break;
+		case 't': opt.temp = strtof(optarg, NULL); break;
+		case 'r': opt.seed = strtoul(optarg, NULL, 10); break;
+		case 'P': opt.prefix = atoi(optarg); break;
+		case 'C': opt.cont = atoi(optarg); break;
+		case 'p': opt.policies = optarg; break;
+		case 'k': opt.chunk = atoi(optarg); break;
+		case 'j': opt.json = 1; break;
+		case 'g': opt.plot = optarg; break;
+		case 'M': opt.md = optarg; break;
+		default: usage();
+		}
+	}
+	if (!opt.model || !opt.policies || opt.seqs <= 0 || opt.prefix <= 0 || opt.cont <= 0 ||
+	    opt.chunk <= 0 || opt.chunk > opt.prefix || opt.prefix / opt.chunk > 64)
+		usage();
+	err = llm_load(opt.model, &m, &why);
+	if (err) {
+		fprintf(stderr, "kvc-eval: %s: %s\n", opt.model, why ? why : strerror(-err));
+		return 1;
+	}
+	need = opt.prefix + opt.cont + 1;
+	if (need > m.c.seq_len) {
+		fprintf(stderr, "kvc-eval: prefix + cont + 1 = %d exceeds the model's %d positions\n",
+			need, m.c.seq_len);
+		return 2;
+	}
+	if (opt.tokens) {
+		err = read_tokens(&m, opt.tokens, need, &seqs, &n);
+		if (err) {
+			fprintf(stderr, "kvc-eval: %s: %s\n", opt.tokens, strerror(-err));
+			return 1;
+		}
+	} else {
+		n = opt.seqs;
+		seqs = calloc((size_t)n, sizeof(*seqs));
+		for (int i = 0; i < n; i++) {
+			struct llm_state s;
+			uint64_t rng = (opt.seed * 1000003ull + (uint64_t)i) * 2 + 1;
+
+			if (llm_state_init(&m, &s, KVC_F16))
+				return 1;
+			seqs[i].tok = malloc((size_t)need * 4);
+			seqs[i].tok[0] = 1;
+			for (int p = 0; p + 1 < need; p++) {
+				llm_forward(&m, &s, seqs[i].tok[p], p);
+				seqs[i].tok[p + 1] = llm_sample(s.logits, m.c.vocab, opt.temp, &rng);
+			}
+			llm_state_free(&s);
+		}
+	}
+	for (int i = 0; i < n; i++)
+		if (exact_run(&m, &seqs[i], &base_nll))
+			return 1;
+	base_nll /= (double)n * opt.cont;
+
+	pols = strdup(opt.policies);
+	for (char *p = strtok_r(pols, ";", &save); p; p = strtok_r(NULL, ";", &save)) {
+		while (*p == ' ')
+			p++;
+		if (!*p)
+			continue;
+		res = realloc(res, (size_t)(np + 1) * sizeof(*res));
+		memset(&res[np], 0, sizeof(*res));
+		res[np].policy = p;
+		run_policy(&m, seqs, n, base_nll, np, &res[np]);
+		if (res[np].err)
+			fprintf(stderr, "kvc-eval: policy '%s': %s\n", p, res[np].why);
+		np++;
+	}
+
+	if (opt.json) {
+		printf("{\"model\": \"%s\", \"seqs\": %d, \"prefix\": %d, \"cont\": %d, \"chunk\": %d, "
+		       "\"temp\": %g, \"seed\": %lu, \"base_nll\": %.6f, \"policies\": [",
+		       opt.model, n, opt.prefix, opt.cont, opt.chunk, opt.temp, opt.seed, base_nll);
+		for (int i = 0; i < np; i++) {
+			printf("%s\n  {\"policy\": \"%s\"", i ? "," : "", res[i].policy);
+			if (res[i].err) {
+				printf(", \"error\": \"%s\"}", res[i].why);
+				continue;
+			}
+			printf(", \"compression_ratio\": %.4f, \"ppl_ratio\": %.6f, \"top1\": %.6f, "
+			       "\"kl\": %.6g, \"attn_err\": [", res[i].ratio, res[i].ppl_ratio,
+			       res[i].top1, res[i].kl);
+			for (int l = 0; l < m.c.layers; l++)
+				printf("%s%.5f", l ? ", " : "", res[i].attn_err[l]);
+			printf("]}");
+		}
+		printf("\n]}\n");
+	} else {
+		printf("%d sequences, prefix %d, continuation %d, chunk %d; base NLL %.4f "
+		       "(perplexity %.3f)\n", n, opt.prefix, opt.cont, opt.chunk, base_nll,
+		       exp(base_nll));
+		printf("%-48s %7s %9s %7s %9s  attention-output error per layer\n", "policy",
+		       "ratio", "ppl ratio", "top-1", "KL");
+		for (int i = 0; i < np; i++) {
+			if (res[i].err) {
+				printf("%-48s error: %s\n", res[i].policy, res[i].why);
+				continue;
+			}
+			printf("%-48s %6.2fx %9.4f %6.1f%% %9.5f ", res[i].policy, res[i].ratio,
+			       res[i].ppl_ratio, 100.0 * res[i].top1, res[i].kl);
+			for (int l = 0; l < m.c.layers; l++)
+				printf(" %.4f", res[i].attn_err[l]);
+			printf("\n");
+		}
+	}
+	if (opt.md) {
+		FILE *f = fopen(opt.md, "w");
+
+		if (!f) {
+			fprintf(stderr, "kvc-eval: %s: %s\n", opt.md, strerror(errno));
+			return 1;
+		}
+		fprintf(f, "| policy | compression | perplexity ratio | top-1 | KL | attention-output "
+			   "error, layers 0..%d |\n|---|---|---|---|---|---|\n", m.c.layers - 1);
+		for (int i = 0; i < np; i++) {
+			if (res[i].err) {
+				fprintf(f, "| `%s` | error: %s | | | | |\n", res[i].policy, res[i].why);
+				continue;
+			}
+			fprintf(f, "| `%s` | %.2fx | %.3f | %.1f%% | %.4f |", res[i].policy,
+				res[i].ratio, res[i].ppl_ratio, 100.0 * res[i].top1, res[i].kl);
+			for (int l = 0; l < m.c.layers; l++)
+				fprintf(f, " %.3f", res[i].attn_err[l]);
+			fprintf(f, " |\n");
+		}
+		fclose(f);
+	}
+	if (opt.plot) {
+		err = write_plot(res, np, opt.plot);
+		if (err)
+			fprintf(stderr, "kvc-eval: plot %s: gnuplot failed (%s)\n", opt.plot,
+				strerror(-err));
+	}
+	for (int i = 0; i < np; i++)
+		if (res[i].err)
+			return 1;
+	return 0;
+}
