@@ -6,6 +6,7 @@
 #   make test       deps + build + the whole Criterion suite
 #   make asan       the suite under AddressSanitizer and UBSan (build-asan/)
 #   make bench      kvcbench scenarios, results in bench/results/
+#   make eval       kvc-eval of every policy on the real model: docs/quality.md
 #   make install    PREFIX=/usr/local
 
 CC      ?= gcc
@@ -25,7 +26,7 @@ DEPS_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnuma
 TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
-	    libsystemd-dev libxxhash-dev libinih-dev
+	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c \
@@ -126,6 +127,10 @@ run: deps all
 bench: all
 	./tools/bench.sh
 
+# docs/quality.md and docs/quality.png: every policy family measured by kvc-eval
+eval: deps all
+	./tools/eval.sh
+
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -147,5 +152,5 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench deps install clean
+.PHONY: all test test-bin asan run bench eval deps install clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -304,9 +304,10 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 	free(lp);
 }
 
+/* The codec's name: "int4:group=8" and "int6" are both "int". */
 static void family(const char *policy, char *out, size_t n)
 {
-	size_t k = strcspn(policy, ":");
+	size_t k = strcspn(policy, ":0123456789");
 
 	snprintf(out, n, "%.*s", (int)k, policy);
 }
@@ -513,6 +514,21 @@ int main(int argc, char **argv)
 			for (int l = 0; l < m.c.layers; l++)
 				fprintf(f, " %.3f", res[i].attn_err[l]);
 			fprintf(f, " |\n");
+		}
+		/* the frontier: at each compression, the best perplexity any policy reached */
+		fprintf(f, "\nFrontier: the policy with the lowest perplexity ratio among those that "
+			   "compress at least as much.\n\n| at least | policy | compression | "
+			   "perplexity ratio | top-1 |\n|---|---|---|---|---|\n");
+		for (double at = 1.5; at <= 8.0; at += at < 3.0 ? 0.5 : at < 3.2 ? 0.2 : at < 4 ? 0.8 : 1) {
+			int b = -1;
+
+			for (int i = 0; i < np; i++)
+				if (!res[i].err && res[i].ratio >= at &&
+				    (b < 0 || res[i].ppl_ratio < res[b].ppl_ratio))
+					b = i;
+			if (b >= 0)
+				fprintf(f, "| %.1fx | `%s` | %.2fx | %.3f | %.1f%% |\n", at, res[b].policy,
+					res[b].ratio, res[b].ppl_ratio, 100.0 * res[b].top1);
 		}
 		fclose(f);
 	}
