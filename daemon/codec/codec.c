@@ -321,6 +321,7 @@ struct work {
 	uint16_t *par;		/* T x D x 2: group scale and zero */
 	float *gbuf;		/* max(G, D) */
 	uint8_t *gq;		/* max(G, D) */
+	float *rcos, *rsin;	/* T x head_dim / 2: RoPE angles, for policies with rope */
 	void *mem;
 };
 
@@ -379,7 +380,7 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
 		((d + gch - 1) / gch);
 	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 + gd * 4 * 2 + gd * 4 + gd + td + t +
-		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + 64;
+		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + td * 4 + 64;
 	char *m = work_mem(sz);
 
 	if (!m)
@@ -402,6 +403,8 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	w->mask = w->codes + gd;
 	w->cls = w->mask + td;
 	w->gq = w->cls + t;
+	w->rcos = (float *)(((uintptr_t)(w->gq + g) + 3) & ~(uintptr_t)3);
+	w->rsin = w->rcos + td / 2;
 	return 0;
 }
 
@@ -496,7 +499,45 @@ struct unit_io {
 	const struct shape *s;
 	enum kvcd_isa isa;
 	uint8_t dtype;
+	int kv;			/* 0 K, 1 V */
+	uint32_t hd;		/* the engine's head_dim, for RoPE pairs */
 };
+
+/* RoPE angles of the block's tokens: cos and sin of (pos + t) * base^(-2k / head_dim). */
+static void rope_tables(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t pos,
+			struct work *w)
+{
+	uint32_t half = l->head_dim / 2;
+
+	for (uint32_t t = 0; p->rope && t < l->tokens; t++)
+		for (uint32_t k = 0; k < half; k++) {
+			double a = (double)(pos + t) * pow((double)p->rope, -2.0 * k / l->head_dim);
+
+			w->rcos[(size_t)t * half + k] = (float)cos(a);
+			w->rsin[(size_t)t * half + k] = (float)sin(a);
+		}
+}
+
+/* Rotate pairs (2i, 2i+1) of each head of tile rows @rows by their token's angle: @dir -1
+ * takes keys back to before RoPE, +1 applies it again. */
+static void rope_rows(const struct unit_io *u, struct work *w, const uint32_t *rows, uint32_t n,
+		      float dir)
+{
+	uint32_t half = u->hd / 2;
+
+	for (uint32_t i = 0; i < n; i++) {
+		float *x = w->tile + (size_t)rows[i] * w->ts;
+		const float *c = w->rcos + (size_t)rows[i] * half, *sn = w->rsin + (size_t)rows[i] * half;
+
+		for (uint32_t o = 0; o < u->s->d; o += 2) {
+			uint32_t k = (o % u->hd) / 2;
+			float a = x[o], b = x[o + 1], cs = c[k], ss = dir * sn[k];
+
+			x[o] = a * cs - b * ss;
+			x[o + 1] = a * ss + b * cs;
+		}
+	}
+}
 
 /* Write tile row @t back in the engine's dtype: bit for bit, since every finite f16, bf16 or
  * f32 survives the trip through f32. The staging copy is never read a second time. */
@@ -794,6 +835,10 @@ static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact,
 	put(o, w->imp, (size_t)s->nh * 4);
 	for (uint32_t i = 0; i < s->ne; i++)
 		put_row(u, w, exact[i], o);
+	if (p->rope && u->kv == 0) {
+		rope_rows(u, w, w->imp, s->nh, -1.0f);
+		rope_rows(u, w, w->reg, s->nq, -1.0f);
+	}
 	if (p->rotate) {
 		for (uint32_t i = 0; i < s->nh; i++)
 			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
@@ -889,6 +934,10 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 		for (uint32_t i = 0; i < s->nq; i++)
 			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
 	}
+	if (p->rope && u->kv == 0) {
+		rope_rows(u, w, w->imp, s->nh, 1.0f);
+		rope_rows(u, w, w->reg, s->nq, 1.0f);
+	}
 	return 0;
 }
 
@@ -915,7 +964,7 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 		    s->d * s->bits % 8)
 			return false;
 	}
-	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT;
+	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope;
 }
 
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
@@ -988,7 +1037,8 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
 	if (err)
 		return err;
 	/* ranges found during conversion serve the quantizer unless the rows change first */
-	w.pre = l->head_dim % sh[0].gch == 0 && !p->rotate && !p->sparse_ppm;
+	w.pre = l->head_dim % sh[0].gch == 0 && !p->rotate && !p->sparse_ppm && !p->rope;
+	rope_tables(p, engine, pos, &w);
 	w.prs = (size_t)l->kv_heads * (w.pre ? sh[0].ngt : 1);
 	for (uint32_t t = 0; t < l->tokens; t++)
 		w.order[t] = t;
@@ -1009,7 +1059,7 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			err = load_plane(isa, l, (const uint8_t *)src + plane_base(l, layer, kv), &w);
 			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, l->dtype };
+				struct unit_io u = { p, &sh[kv], isa, l->dtype, kv, engine->head_dim };
 
 				w.tile = w.plane + (size_t)head * l->head_dim;
 				w.ulo = w.plo + (size_t)head * w.prs / l->kv_heads;
@@ -1049,11 +1099,13 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	err = work_init(&w, &h.pol, &v, sh[0].ne);
 	if (err)
 		return err;
+	rope_tables(&h.pol, &h.layout, h.pos, &w);
 	e4m3_init();
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
-				struct unit_io u = { &h.pol, &sh[kv], isa, v.dtype };
+				struct unit_io u = { &h.pol, &sh[kv], isa, v.dtype, kv,
+						     h.layout.head_dim };
 
 				w.tile = w.plane + (size_t)head * v.head_dim;
 				err = decode_unit(&u, &w, &in);

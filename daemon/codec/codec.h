@@ -60,6 +60,8 @@ struct kvcd_policy {
 	uint8_t hibits;		/* bits for important tokens; 0: scores are ignored */
 	uint8_t hipct;		/* percent of non-exact tokens that are important */
 	uint32_t sparse_ppm;	/* values kept exact, parts per million of the quantized ones */
+	uint32_t rope;		/* RoPE base (e.g. 10000): quantize keys before RoPE (KVQuant);
+				 * 0: keys as stored. Pairs (2i, 2i+1) in each head, llama style */
 };
 
 /* Parse @s into @p. Returns 0, or -EINVAL with a one-line reason in @why. */
@@ -77,7 +79,7 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l);
 
 #define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
-#define KVCD_CODEC_VERSION 2	/* 2: groups longer than head_dim span heads */
+#define KVCD_CODEC_VERSION 2	/* 2: groups longer than head_dim span heads; rope */
 #define KVCD_CODEC_F_SCORES 1u
 
 /* First bytes of every encoded block. */

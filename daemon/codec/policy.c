@@ -7,7 +7,7 @@
  *   fp8                        e4m3, f16 scale per group (default group = head_dim)
  *   kivi[:kbits=B,vbits=B]     K per channel, V per token (default 4 and 4 bits, group 32)
  * keys: bits, kbits, vbits, group, sink, outliers, rotate=hadamard|none, sparse=F (fraction,
- * or percent with a trailing %), hibits, hipct.
+ * or percent with a trailing %), hibits, hipct, rope=BASE (keys quantized before RoPE).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -100,6 +100,12 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		p->hibits = (uint8_t)n;
 		if (n && !p->hipct)
 			p->hipct = 10;
+	} else if (!strcmp(k, "rope")) {
+		if (p->kind == KVCD_CODEC_FP8)
+			return WHY("rope applies to int and kivi, not fp8");
+		if (num(v, 100000000, &n))
+			return WHY("rope=%s: the model's RoPE base, e.g. 10000 (0: off)", v);
+		p->rope = (uint32_t)n;
 	} else if (!strcmp(k, "hipct")) {
 		if (num(v, 100, &n) || !n)
 			return WHY("hipct=%s: 1..100", v);
@@ -169,6 +175,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		ADD(",sparse=%g", p->sparse_ppm / 1e6);
 	if (p->hibits)
 		ADD(",hibits=%u,hipct=%u", p->hibits, p->hipct);
+	if (p->rope)
+		ADD(",rope=%u", p->rope);
 #undef ADD
 }
 
@@ -200,6 +208,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->rotate > 1 || (p->rotate && (dim & (dim - 1))))
 		return WHY("rotate=hadamard needs a power-of-two %s (got %u)",
 			   dim == l->head_dim ? "head_dim" : "kv_heads x head_dim", dim);
+	if (p->rope && l->head_dim % 2)
+		return WHY("rope needs an even head_dim (got %u)", l->head_dim);
+	if (p->rope && p->kind == KVCD_CODEC_FP8)
+		return WHY("rope applies to int and kivi, not fp8");
 	if (p->sparse_ppm > 100000)
 		return WHY("sparse above 10%%");
 	if ((p->hibits && (p->hibits < 2 || p->hibits > 8 || !p->hipct || p->hipct > 100)) ||
