@@ -195,6 +195,7 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 	double nll = 0.0, kl = 0.0, *num, *den;
 	float *lp = malloc((size_t)c->vocab * 4);
 	long agree = 0, count = 0;
+	const char *what = "attach";
 	int err;
 
 	kvc_attach_opts_init(&ao);
@@ -203,19 +204,20 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 	r->attn_err = calloc((size_t)c->layers, sizeof(double));
 	num = calloc((size_t)c->layers, sizeof(double));
 	den = calloc((size_t)c->layers, sizeof(double));
-	err = kvc_attach(&ao, &k.c);
-	if (err) {
-		snprintf(r->why, sizeof(r->why), "attach: %s", kvc_strerror(err));
-		r->err = err;
-		return;
+	if (!lp || !r->attn_err || !num || !den) {
+		err = -ENOMEM;
+		goto out;
 	}
+	err = kvc_attach(&ao, &k.c);
+	if (err)
+		goto out;
 	err = kvc_policy(k.c, r->policy, 0, r->why, sizeof(r->why));
 	if (err < 0) {
-		r->err = err;
-		kvc_detach(k.c);
-		return;
+		r->err = err; /* the daemon's reason is in r->why already */
+		goto detach;
 	}
 	k.codec = (uint8_t)err;
+	what = "store";
 	/* blocks of this run and policy only: a fresh key namespace */
 	snprintf(k.keyns, sizeof(k.keyns), "kvc-eval/%ld.%ld/%d", (long)getpid(), (long)time(NULL),
 		 idx);
@@ -235,13 +237,10 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 	}
 	if (!err)
 		err = ns_counters(k.c, "kvc-eval", &in1, &st1);
-	if (err) {
-		snprintf(r->why, sizeof(r->why), "store: %s", kvc_strerror(err));
-		r->err = err;
-		kvc_detach(k.c);
-		return;
+	if (!err) {
+		r->ratio = st1 > st0 ? (double)(in1 - in0) / (double)(st1 - st0) : 0.0;
+		what = "fetch";
 	}
-	r->ratio = st1 > st0 ? (double)(in1 - in0) / (double)(st1 - st0) : 0.0;
 	for (int i = 0; !err && i < n; i++) {
 		struct seq *q = &seqs[i];
 		int got;
@@ -279,7 +278,7 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 		}
 		llm_state_free(&s);
 	}
-	/* leave the daemon as it was */
+	/* leave the daemon as it was, whatever went wrong */
 	for (int i = 0; i < n; i++) {
 		struct kvc_key keys[64];
 		int nk = kvc_key_chain_all(k.keyns, seqs[i].tok, nchunks * opt.chunk, opt.chunk,
@@ -288,10 +287,17 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 		for (int j = 0; j < nk; j++)
 			kvc_delete(k.c, &keys[j]);
 	}
+detach:
 	kvc_detach(k.c);
-	if (err) {
-		snprintf(r->why, sizeof(r->why), "fetch: %s", kvc_strerror(err));
+out:
+	if (err && !r->err) {
+		snprintf(r->why, sizeof(r->why), "%s: %s", what, kvc_strerror(err));
 		r->err = err;
+	}
+	if (r->err) {
+		free(num);
+		free(den);
+		free(lp);
 		return;
 	}
 	r->ppl_ratio = exp(nll / (double)count - base_nll);
