@@ -26,7 +26,7 @@ DEPS_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnuma
 TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
-	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox
+	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c \
@@ -68,13 +68,15 @@ $(BUILD)/kvcclient.pc: libclient/kvcclient.pc.in
 $(BUILD)/kvcctl: $(BUILD)/tools/kvcctl.o $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash
 
-# kvcbench also links the codec library, which is pure functions (daemon/codec/).
-CODEC_OBJ := $(filter $(BUILD)/daemon/codec/%,$(DAEMON_OBJ))
-$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(CODEC_OBJ) $(BUILD)/libkvcclient.a
-	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
-
 # kvc-llama and kvc-eval: a small real engine (tools/llama.c) and its kvcd side (engine.c).
 ENGINE_OBJ := $(BUILD)/tools/llama.o $(BUILD)/tools/engine.o
+
+# kvcbench also links the codec library, which is pure functions (daemon/codec/), the engine
+# (the prefix scenario) and its peers: Redis through hiredis, a minimal socket server.
+CODEC_OBJ := $(filter $(BUILD)/daemon/codec/%,$(DAEMON_OBJ))
+$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(ENGINE_OBJ) $(CODEC_OBJ) \
+		   $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
 $(BUILD)/kvc-llama: $(BUILD)/tools/kvc-llama.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 

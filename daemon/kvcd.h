@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -168,9 +169,17 @@ void kvcd_pool_destroy(struct kvcd_pool *p);
 #define KVCD_BLK_DEAD 2u	/* removed from the index; freed when refs drops to 0 */
 #define KVCD_BLK_REF 4u		/* CLOCK reference bit */
 
+/* 96 bytes, in slabs (store.c). What a lookup reads (key, chain, namespace, flags) is the
+ * first 32 bytes, which never straddle a cache line at a 96-byte stride. */
 struct kvcd_block {
 	struct kvcp_key key;
-	struct kvcd_block *hnext;		/* index chain */
+	struct kvcd_block *hnext;		/* index chain; the free list in a slab */
+	uint16_t ns;
+	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
+	uint8_t pool;
+	uint16_t pins;
+	uint8_t has_sum;			/* checksum valid; fixed at commit */
+	uint8_t pad;
 	struct kvcd_block *cprev, *cnext;	/* CLOCK ring of its pool */
 	void *data;
 	uint64_t checksum;
@@ -178,13 +187,9 @@ struct kvcd_block {
 	uint64_t stored;			/* bytes held in the pool (after the codec) */
 	uint32_t hits;
 	uint32_t refs;				/* copies in flight */
-	uint16_t pins;
-	uint16_t ns;
-	uint8_t pool;
-	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
-	uint8_t has_sum;			/* checksum valid; fixed at commit */
-	uint8_t pad;
 };
+_Static_assert(sizeof(struct kvcd_block) == 96, "block record size");
+_Static_assert(offsetof(struct kvcd_block, cprev) == 32, "lookup fields in the first 32 bytes");
 
 struct kvcd_pin {
 	struct kvcd_pin *next;
@@ -199,6 +204,9 @@ struct kvcd_store {
 	unsigned npools;
 	struct kvcd_block **buckets;
 	size_t nbuckets, count;
+	struct kvcd_block *free_recs;		/* block records not in use */
+	void **slabs;				/* KVCD_SLAB_BYTES each */
+	size_t nslabs;
 	struct kvcd_pin *pins;
 	unsigned high_wm, low_wm;
 	struct kvcd_store_ns {

@@ -1,22 +1,97 @@
 #!/usr/bin/env bash
-# make bench: start a private kvcd, run the kvcbench scenarios, write bench/results/*.json
-# and print a summary. Every figure is a ratio against memcpy measured in the same run.
+# make bench: run every kvcbench scenario against its references in the same run and write
+# bench/results/*.json, the plots docs/perf-*.png and the summary docs/performance.md.
+#
+# Peers: a private redis-server on a UNIX socket (no TCP port, no persistence), the minimal
+# socket server kvcbench forks itself, memcpy of the same bytes, and the model recomputing a
+# prefix. Every daemon and server started here is stopped on exit, whatever happens.
+# POOLS="64M 512M 2G 8G" overrides the pool sizes of the pool scaling run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results
+model=${MODEL:-../shared/models/stories260K.bin}
 mkdir -p "$out"
 dir=$(mktemp -d /tmp/kvcd-bench-XXXXXX)
-sock="$dir/kvcd.sock"
-./build/kvcd --foreground --socket "$sock" --pool-size "${POOL:-1G}" 2>"$dir/kvcd.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
-for i in $(seq 100); do ./build/kvcctl --socket "$sock" ping >/dev/null 2>&1 && break; sleep 0.05; done
-./build/kvcbench --socket "$sock" nop --count 200000 --json | tee "$out/nop_busy.json"
-./build/kvcbench --socket "$sock" nop --count 100000 --sleep --json | tee "$out/nop_sleep.json"
-for bs in 16K 256K 2M 32M; do
-	./build/kvcbench --socket "$sock" throughput --block-size $bs --json | tee "$out/throughput_$bs.json"
-done
-./build/kvcbench --socket "$sock" throughput --block-size 2M --procs 2 --json | tee "$out/throughput_2M_2procs.json"
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+B=./build/kvcbench
+
+# start_kvcd NAME POOL: a private kvcd; sets $sock and $kpid, and $ready_s (start to ready)
+start_kvcd() {
+	sock="$dir/$1.sock"
+	local t0=$(date +%s.%N)
+	./build/kvcd --foreground --socket "$sock" --pool-size "$2" 2>"$dir/$1.log" </dev/null &
+	kpid=$!
+	pids+=("$kpid")
+	for i in $(seq 600); do
+		./build/kvcctl --socket "$sock" ping >/dev/null 2>&1 && break
+		kill -0 "$kpid" 2>/dev/null || { cat "$dir/$1.log" >&2; exit 1; }
+		sleep 0.05
+	done
+	ready_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
+}
+stop_kvcd() {
+	kill "$kpid"
+	wait "$kpid" 2>/dev/null || true
+}
+
+redis-server --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 --save '' \
+	--appendonly no --daemonize no >"$dir/redis.log" 2>&1 </dev/null &
+pids+=($!)
+for i in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
+redis=(--redis "$dir/redis.sock")
+
+echo "== latency: NOP round trip against Redis PING and the minimal socket server"
+start_kvcd main 1G
+$B --socket "$sock" nop --count 200000 "${redis[@]}" --json | tee "$out/nop_busy.json"
+$B --socket "$sock" nop --count 100000 --sleep "${redis[@]}" --json | tee "$out/nop_sleep.json"
+
+echo "== throughput: STORE+FETCH against Redis SET+GET, the socket server and memcpy"
+for bs in 16K 64K 256K 1M 2M 8M 32M; do
+	$B --socket "$sock" throughput --block-size $bs "${redis[@]}" --json
+done | tee "$dir/tp.jsonl"
+jq -s . "$dir/tp.jsonl" > "$out/throughput.json"
+
+echo "== scaling: client processes (2 MiB blocks)"
+for n in 1 2 4 8 16; do
+	$B --socket "$sock" throughput --block-size 2M --procs $n --iters 128 --no-peers --json
+done | tee "$dir/procs.jsonl"
+jq -s . "$dir/procs.jsonl" > "$out/scaling_procs.json"
+
+echo "== scaling: index size (LOOKUP and STORE of 256-byte blocks, memory per block)"
+$B --socket "$sock" index --blocks 1000000 --pid "$kpid" --json | tee "$out/index.json"
+
+if [ -r "$model" ]; then
+	echo "== prefix hit path against recomputing the prefix ($model)"
+	$B --socket "$sock" prefix --model "$model" --json | tee "$out/prefix.json"
+else
+	echo "== prefix: model $model is absent; skipped"
+	rm -f "$out/prefix.json"
+fi
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
-# codecs: in-process, each ISA this CPU has, against memcpy of the same bytes
-./build/kvcbench codec --iters 10 --json | tee "$out/codec.json"
+stop_kvcd
+
+echo "== scaling: pool size"
+for pool in ${POOLS:-64M 512M 2G 8G}; do
+	start_kvcd "pool$pool" "$pool"
+	tp=$($B --socket "$sock" throughput --block-size 2M --iters 64 --no-peers --json)
+	ix=$($B --socket "$sock" index --blocks 100000 --pid "$kpid" --json)
+	rss=$(awk '/VmRSS/ {print $2 * 1024}' "/proc/$kpid/status")
+	jq -nc --arg pool "$pool" --argjson ready "$ready_s" --argjson tp "$tp" --argjson ix "$ix" \
+		--argjson rss "$rss" '{pool: $pool, ready_s: $ready, rss_bytes: $rss,
+		store_fetch_gbps: $tp.store_fetch_gbps, ratio_vs_memcpy: $tp.ratio_vs_memcpy,
+		index: $ix.points[-1]}'
+	stop_kvcd
+done | tee "$dir/pools.jsonl"
+jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
+
+echo "== codecs (in-process, each ISA this CPU has)"
+$B codec --iters 10 --json | tee "$dir/codec.jsonl"
+jq -s . "$dir/codec.jsonl" > "$out/codec.json"
+
+./tools/bench_report.sh

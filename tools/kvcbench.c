@@ -28,6 +28,8 @@
 #include <kvc.h>
 
 #include "codec.h"
+#include "llama.h"
+#include "peers.h"
 
 static const char *g_sock;
 
@@ -81,42 +83,115 @@ static kvc_client *attach(size_t staging, unsigned flags)
 	return c;
 }
 
-static int bench_nop(unsigned long count, int sleep_mode, int json)
+struct lat {
+	double p50, p99, p999, mean, max;	/* microseconds */
+};
+
+static int lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct lat *out)
 {
-	kvc_client *c = attach(4096, sleep_mode ? 0 : KVC_ATTACH_BUSY_POLL);
+	qsort(lat, count, sizeof(*lat), cmp_u64);
+	*out = (struct lat){ lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
+			     lat[count * 999 / 1000] / 1e3, (double)sum / count / 1e3,
+			     lat[count - 1] / 1e3 };
+	return 0;
+}
+
+/* Round trips of one client: kvcd NOP when @ops is NULL, else the peer's no-op. */
+static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long count,
+		   int sleep_mode, struct lat *out)
+{
+	kvc_client *c = NULL;
+	struct peer *p = NULL;
 	uint64_t *lat = malloc(count * sizeof(*lat)), sum = 0;
+	int err = 0;
 
 	if (!lat)
-		return 1;
-	for (unsigned long i = 0; i < count / 10 + 100; i++) /* warm-up */
-		kvc_nop(c);
-	for (unsigned long i = 0; i < count; i++) {
+		return -ENOMEM;
+	if (ops)
+		p = ops->open(addr, 0);
+	else
+		c = attach(4096, sleep_mode ? 0 : KVC_ATTACH_BUSY_POLL);
+	if (ops && !p) {
+		free(lat);
+		return -ECONNREFUSED;
+	}
+	for (unsigned long i = 0; i < count / 10 + 100 && !err; i++) /* warm-up */
+		err = ops ? ops->nop(p) : kvc_nop(c);
+	for (unsigned long i = 0; i < count && !err; i++) {
 		uint64_t t0 = now_ns();
-		int err = kvc_nop(c);
 
+		err = ops ? ops->nop(p) : kvc_nop(c);
 		lat[i] = now_ns() - t0;
 		sum += lat[i];
-		if (err) {
-			fprintf(stderr, "kvcbench: nop: %s\n", kvc_strerror(err));
-			return 1;
-		}
 		if (sleep_mode)
 			usleep(0); /* let the worker go idle now and then: measures the wake path */
 	}
-	qsort(lat, count, sizeof(*lat), cmp_u64);
-	double p50 = lat[count / 2] / 1e3, p99 = lat[count * 99 / 100] / 1e3,
-	       p999 = lat[count * 999 / 1000] / 1e3, mean = (double)sum / count / 1e3;
-
-	if (json)
-		printf("{\"mode\": \"%s\", \"count\": %lu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
-		       "\"p999_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f}\n",
-		       sleep_mode ? "sleep" : "busy-poll", count, p50, p99, p999, mean,
-		       lat[count - 1] / 1e3);
+	if (!err)
+		lat_summary(lat, count, sum, out);
 	else
-		printf("nop %s: %lu round trips, p50 %.2f us, p99 %.2f us, p99.9 %.2f us, mean %.2f us\n",
-		       sleep_mode ? "sleep" : "busy-poll", count, p50, p99, p999, mean);
+		fprintf(stderr, "kvcbench: nop on %s: %s\n", ops ? ops->name : "kvcd",
+			kvc_strerror(err));
 	free(lat);
-	kvc_detach(c);
+	if (ops)
+		ops->close(p);
+	else
+		kvc_detach(c);
+	return err;
+}
+
+static void lat_json(const char *name, const struct lat *l, int comma)
+{
+	printf("\"%s\": {\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"mean_us\": %.3f, "
+	       "\"max_us\": %.3f}%s", name, l->p50, l->p99, l->p999, l->mean, l->max,
+	       comma ? ", " : "");
+}
+
+/* NOP round trips on kvcd, then the same count of no-ops on each peer (the minimal socket
+ * server always, Redis PING when @redis names its socket). */
+static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int json)
+{
+	char path[64];
+	struct lat k, sk, rd;
+	pid_t srv;
+	int err, have_redis = 0;
+
+	err = nop_run(NULL, NULL, count, sleep_mode, &k);
+	if (err)
+		return 1;
+	snprintf(path, sizeof(path), "/tmp/kvcbench-sock-%d", (int)getpid());
+	srv = peer_sock_start(path);
+	if (srv < 0) {
+		fprintf(stderr, "kvcbench: socket server: %s\n", strerror((int)-srv));
+		return 1;
+	}
+	err = nop_run(&peer_sock, path, count, 0, &sk);
+	peer_sock_stop(srv);
+	unlink(path);
+	if (!err && redis) {
+		err = nop_run(&peer_redis, redis, count, 0, &rd);
+		have_redis = !err;
+	}
+	if (err)
+		return 1;
+	if (json) {
+		printf("{\"mode\": \"%s\", \"count\": %lu, ", sleep_mode ? "sleep" : "busy-poll", count);
+		lat_json("kvcd", &k, 1);
+		lat_json("socket", &sk, 1);
+		if (have_redis)
+			lat_json("redis", &rd, 1);
+		printf("\"p50_socket_over_kvcd\": %.2f", sk.p50 / k.p50);
+		if (have_redis)
+			printf(", \"p50_redis_over_kvcd\": %.2f", rd.p50 / k.p50);
+		printf("}\n");
+		return 0;
+	}
+	printf("nop %s: %lu round trips, p50 %.2f us, p99 %.2f us, p99.9 %.2f us, mean %.2f us\n",
+	       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean);
+	printf("  socket server: p50 %.2f us, p99 %.2f us, p99.9 %.2f us (p50 %.1fx kvcd)\n",
+	       sk.p50, sk.p99, sk.p999, sk.p50 / k.p50);
+	if (have_redis)
+		printf("  redis PING:    p50 %.2f us, p99 %.2f us, p99.9 %.2f us (p50 %.1fx kvcd)\n",
+		       rd.p50, rd.p99, rd.p999, rd.p50 / k.p50);
 	return 0;
 }
 
@@ -125,6 +200,13 @@ struct tp_result {
 	int err;
 };
 
+static void fill(unsigned char *b, size_t n, unsigned id)
+{
+	for (size_t i = 0; i < n; i++)
+		b[i] = (unsigned char)(i * 131 + id);
+}
+
+/* kvcd: the engine's block is in staging already (that is where it writes it). */
 static void tp_worker(size_t bs, unsigned long iters, unsigned id, struct tp_result *r)
 {
 	kvc_client *c = attach(2 * bs, KVC_ATTACH_BUSY_POLL);
@@ -135,8 +217,7 @@ static void tp_worker(size_t bs, unsigned long iters, unsigned id, struct tp_res
 
 	l.tokens = (uint32_t)(bs / (2 * 2 * 64));
 	memset(r, 0, sizeof(*r));
-	for (size_t i = 0; i < bs; i++)
-		stg[i] = (unsigned char)(i * 131 + id);
+	fill(stg, bs, id);
 	for (unsigned long i = 0; i < iters && !r->err; i++) {
 		struct kvc_key k = { id + 1, i + 1 };
 		uint64_t t0 = now_ns(), t1, t2;
@@ -155,6 +236,43 @@ static void tp_worker(size_t bs, unsigned long iters, unsigned id, struct tp_res
 	if (!r->err && memcmp(stg, stg + bs, bs))
 		r->err = -EIO;
 	kvc_detach(c);
+}
+
+/* A peer: SET from the engine's buffer, GET (bytes left in the client library's buffer),
+ * DEL; the last GET is checked byte for byte. */
+static void peer_worker(const struct peer_ops *ops, const char *addr, size_t bs,
+			unsigned long iters, unsigned id, struct tp_result *r)
+{
+	unsigned char *buf = malloc(bs);
+	struct peer *p = ops->open(addr, bs);
+	const void *got = NULL;
+
+	memset(r, 0, sizeof(*r));
+	if (!buf || !p) {
+		r->err = -ECONNREFUSED;
+		goto out;
+	}
+	fill(buf, bs, id);
+	for (unsigned long i = 0; i < iters && !r->err; i++) {
+		uint64_t key = ((uint64_t)id << 32) | i, t0 = now_ns(), t1, t2;
+
+		r->err = ops->set(p, key, buf, bs);
+		t1 = now_ns();
+		if (!r->err)
+			r->err = ops->get(p, key, bs, &got);
+		t2 = now_ns();
+		if (!r->err && i + 1 == iters && memcmp(buf, got, bs))
+			r->err = -EIO;
+		if (!r->err)
+			r->err = ops->del(p, key);
+		r->store_ns += t1 - t0;
+		r->fetch_ns += t2 - t1;
+		r->bytes += bs;
+	}
+out:
+	if (p)
+		ops->close(p);
+	free(buf);
 }
 
 static double memcpy_gbps(size_t bs, unsigned long iters)
@@ -177,33 +295,42 @@ static double memcpy_gbps(size_t bs, unsigned long iters)
 	return (double)bs * iters / t;
 }
 
-static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, int json)
+struct tp_sum {
+	double store, fetch, both;	/* GB/s, per-process bandwidth summed over processes */
+};
+
+/* @procs processes each move @iters blocks of @bs through kvcd (@ops NULL) or a peer. */
+static int tp_run(const struct peer_ops *ops, const char *addr, size_t bs, unsigned procs,
+		  unsigned long iters, struct tp_sum *out)
 {
 	struct tp_result *res = mmap(NULL, procs * sizeof(*res), PROT_READ | PROT_WRITE,
 				     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t store = 0, fetch = 0, bytes = 0, t0, wall;
-	double mc, sg, fg, both;
+	uint64_t store = 0, fetch = 0, bytes = 0;
 	int err = 0;
 
-	if (bs < 256 || bs % 256 || res == MAP_FAILED) {
-		fprintf(stderr, "kvcbench: block size must be a multiple of 256 bytes\n");
-		return 2;
-	}
-	mc = memcpy_gbps(bs, iters);
-	t0 = now_ns();
-	for (unsigned p = 0; p < procs; p++)
-		if (fork() == 0) {
-			tp_worker(bs, iters, p, &res[p]);
+	if (res == MAP_FAILED)
+		return -ENOMEM;
+	pid_t pids[256];
+
+	for (unsigned p = 0; p < procs; p++) {
+		pids[p] = fork();
+		if (pids[p] == 0) {
+			if (ops)
+				peer_worker(ops, addr, bs, iters, p, &res[p]);
+			else
+				tp_worker(bs, iters, p, &res[p]);
 			_exit(0);
 		}
-	for (unsigned p = 0; p < procs; p++) {
+		if (pids[p] < 0)
+			err = -errno;
+	}
+	for (unsigned p = 0; p < procs; p++) { /* only ours: the socket server is a child too */
 		int st;
 
-		wait(&st);
-		if (!WIFEXITED(st) || WEXITSTATUS(st))
+		if (pids[p] > 0 && (waitpid(pids[p], &st, 0) < 0 || !WIFEXITED(st) ||
+				    WEXITSTATUS(st)))
 			err = -ECHILD;
 	}
-	wall = now_ns() - t0;
 	for (unsigned p = 0; p < procs; p++) {
 		store += res[p].store_ns;
 		fetch += res[p].fetch_ns;
@@ -211,27 +338,290 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, int 
 		if (res[p].err)
 			err = res[p].err;
 	}
+	munmap(res, procs * sizeof(*res));
 	if (!err && (!store || !fetch))
 		err = -ECHILD;
 	if (err) {
-		fprintf(stderr, "kvcbench: throughput: %s\n", kvc_strerror(err));
-		return 1;
+		fprintf(stderr, "kvcbench: throughput on %s: %s\n", ops ? ops->name : "kvcd",
+			kvc_strerror(err));
+		return err;
 	}
-	/* per-process bandwidth summed over processes */
-	sg = (double)bytes / ((double)store / procs);
-	fg = (double)bytes / ((double)fetch / procs);
-	both = 2.0 * bytes / ((double)(store + fetch) / procs);
-	if (json)
+	out->store = (double)bytes / ((double)store / procs);
+	out->fetch = (double)bytes / ((double)fetch / procs);
+	out->both = 2.0 * bytes / ((double)(store + fetch) / procs);
+	return 0;
+}
+
+/* STORE+FETCH on kvcd against memcpy of the same bytes, the minimal socket server and (with
+ * @redis) Redis SET+GET, all in this run. */
+static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, const char *redis,
+			    int peers, int json)
+{
+	struct tp_sum k, sk = { 0 }, rd = { 0 };
+	char path[64];
+	double mc;
+	pid_t srv;
+	int err;
+
+	if (bs < 256 || bs % 256) {
+		fprintf(stderr, "kvcbench: block size must be a multiple of 256 bytes\n");
+		return 2;
+	}
+	mc = memcpy_gbps(bs, iters);
+	if (tp_run(NULL, NULL, bs, procs, iters, &k))
+		return 1;
+	if (peers) {
+		snprintf(path, sizeof(path), "/tmp/kvcbench-sock-%d", (int)getpid());
+		srv = peer_sock_start(path);
+		if (srv < 0)
+			return 1;
+		err = tp_run(&peer_sock, path, bs, procs, iters, &sk);
+		peer_sock_stop(srv);
+		unlink(path);
+		if (err || (redis && tp_run(&peer_redis, redis, bs, procs, iters, &rd)))
+			return 1;
+	}
+	if (json) {
 		printf("{\"block_size\": %zu, \"procs\": %u, \"iters\": %lu, \"store_gbps\": %.3f, "
 		       "\"fetch_gbps\": %.3f, \"store_fetch_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-		       "\"ratio_vs_memcpy\": %.3f, \"wall_s\": %.3f}\n", bs, procs, iters, sg, fg, both,
-		       mc, both / mc, wall / 1e9);
-	else
-		printf("throughput %zu B x %lu x %u procs: store %.2f GB/s, fetch %.2f GB/s, "
-		       "store+fetch %.2f GB/s, memcpy %.2f GB/s (%.0f%%)\n", bs, iters, procs, sg, fg,
-		       both, mc, 100 * both / mc);
-	munmap(res, procs * sizeof(*res));
+		       "\"ratio_vs_memcpy\": %.3f", bs, procs, iters, k.store, k.fetch, k.both, mc,
+		       k.both / mc);
+		if (peers)
+			printf(", \"socket\": {\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, "
+			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_socket\": %.3f", sk.store,
+			       sk.fetch, sk.both, k.both / sk.both);
+		if (peers && redis)
+			printf(", \"redis\": {\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, "
+			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_redis\": %.3f", rd.store,
+			       rd.fetch, rd.both, k.both / rd.both);
+		printf("}\n");
+		return 0;
+	}
+	printf("throughput %zu B x %lu x %u procs: store %.2f GB/s, fetch %.2f GB/s, "
+	       "store+fetch %.2f GB/s, memcpy %.2f GB/s (%.0f%%)\n", bs, iters, procs, k.store,
+	       k.fetch, k.both, mc, 100 * k.both / mc);
+	if (peers)
+		printf("  socket server: set %.2f GB/s, get %.2f GB/s, set+get %.2f GB/s "
+		       "(kvcd %.1fx)\n", sk.store, sk.fetch, sk.both, k.both / sk.both);
+	if (peers && redis)
+		printf("  redis:         set %.2f GB/s, get %.2f GB/s, set+get %.2f GB/s "
+		       "(kvcd %.1fx)\n", rd.store, rd.fetch, rd.both, k.both / rd.both);
 	return 0;
+}
+
+/* ---- index: LOOKUP and STORE cost as the index grows ------------------------------------------ */
+
+static struct kvc_key index_key(uint64_t i)
+{
+	return (struct kvc_key){ i * 0x9e3779b97f4a7c15ull + 1, i ^ 0x5bd1e995ull };
+}
+
+/* Resident set of @pid in bytes, or 0 when it cannot be read. */
+static uint64_t rss_of(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned long long kb = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb * 1024;
+}
+
+/* Fill the index with 256-byte blocks up to 1k, 10k, 100k, 1M ... @max blocks; at each size
+ * time LOOKUP of one random stored key and STORE of a new one (p50/p99 over @samples), and
+ * read metadata bytes per block from STATS and, with @pid, the daemon's RSS growth per
+ * block. Deletes everything it stored. */
+static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int json)
+{
+	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64,
+				.tokens = 1 };
+	uint64_t *lat = malloc(samples * sizeof(*lat)), rss0 = pid ? rss_of(pid) : 0, rng = 1;
+	unsigned long n = 0;
+	struct kvc_stats *st = malloc(sizeof(*st));
+	int err = 0, first = 1;
+
+	if (!lat || !st)
+		return 1;
+	memset(kvc_staging(c, NULL), 7, 256);
+	if (json)
+		printf("{\"block_bytes\": 256, \"points\": [");
+	for (unsigned long target = 1000; target <= max && !err; target *= 10) {
+		struct lat lk, ls;
+		uint64_t sum = 0;
+
+		for (; n < target && !err; n++) {
+			struct kvc_key k = index_key(n);
+
+			err = kvc_store(c, &k, &l, 0);
+		}
+		for (unsigned long i = 0; i < samples && !err; i++) {
+			struct kvc_key k;
+			size_t hits = 0;
+			uint64_t t0;
+
+			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+			k = index_key((rng >> 33) % n);
+			t0 = now_ns();
+			err = kvc_lookup(c, &k, 1, &hits);
+			lat[i] = now_ns() - t0;
+			sum += lat[i];
+			if (!err && hits != 1)
+				err = -ENOENT;
+		}
+		if (!err)
+			lat_summary(lat, samples, sum, &lk);
+		sum = 0;
+		for (unsigned long i = 0; i < samples && !err; i++) { /* new blocks, deleted after */
+			struct kvc_key k = index_key(n + i);
+			uint64_t t0 = now_ns();
+
+			err = kvc_store(c, &k, &l, 0);
+			lat[i] = now_ns() - t0;
+			sum += lat[i];
+		}
+		for (unsigned long i = 0; i < samples && !err; i++) {
+			struct kvc_key k = index_key(n + i);
+
+			err = kvc_delete(c, &k);
+		}
+		if (!err)
+			lat_summary(lat, samples, sum, &ls);
+		if (!err)
+			err = kvc_stats(c, st);
+		if (err)
+			break;
+		double meta = (double)st->metadata_bytes / st->blocks,
+		       rss = pid ? ((double)rss_of(pid) - (double)rss0) / n : 0,
+		       pool = (double)st->bytes_used / st->blocks;
+
+		if (json)
+			printf("%s{\"blocks\": %lu, \"lookup_p50_us\": %.3f, \"lookup_p99_us\": %.3f, "
+			       "\"store_p50_us\": %.3f, \"store_p99_us\": %.3f, "
+			       "\"metadata_bytes_per_block\": %.1f, \"rss_growth_bytes_per_block\": "
+			       "%.1f, \"pool_bytes_per_block\": %.1f}", first ? "" : ", ", n, lk.p50,
+			       lk.p99, ls.p50, ls.p99, meta, rss, pool);
+		else
+			printf("%8lu blocks: lookup p50 %.2f us p99 %.2f us, store p50 %.2f us p99 "
+			       "%.2f us; metadata %.1f B/block, daemon RSS +%.1f B/block, pool %.1f "
+			       "B/block\n", n, lk.p50, lk.p99, ls.p50, ls.p99, meta, rss, pool);
+		first = 0;
+	}
+	if (json && !err)
+		printf("]}\n");
+	for (unsigned long i = 0; i < n; i++) {
+		struct kvc_key k = index_key(i);
+		int e = kvc_delete(c, &k);
+
+		if (e && e != -ENOENT && !err)
+			err = e;
+	}
+	if (err)
+		fprintf(stderr, "kvcbench: index at %lu blocks: %s\n", n, kvc_strerror(err));
+	free(lat);
+	free(st);
+	kvc_detach(c);
+	return err ? 1 : 0;
+}
+
+/* ---- prefix: the hit path against recomputing the prefix ------------------------------------- */
+
+/* A prompt of @chunks chunks: recompute it with the model (the cost a hit saves), store it,
+ * then time LOOKUP of the whole chain and LOOKUP + FETCH of every hit into a fresh KV cache,
+ * as kvc-llama does on a hit. p50 over @reps. */
+static int bench_prefix(const char *model, unsigned chunk, unsigned chunks, unsigned reps,
+			int json)
+{
+	struct llm m;
+	struct llm_state s;
+	struct llm_kvc k = { .chunk = chunk };
+	const char *why = NULL;
+	size_t n = (size_t)chunk * chunks;
+	int32_t *tok = NULL;
+	uint64_t *tc = malloc(reps * sizeof(*tc)), *tl = malloc(reps * sizeof(*tl)),
+		 *th = malloc(reps * sizeof(*th)), rng = 42;
+	struct kvc_key *keys = malloc(chunks * sizeof(*keys));
+	int err = llm_load(model, &m, &why);
+
+	if (err) {
+		fprintf(stderr, "kvcbench: model %s: %s\n", model, why ? why : strerror(-err));
+		return 1;
+	}
+	if (!tc || !tl || !th || !keys || n > (size_t)m.c.seq_len ||
+	    llm_state_init(&m, &s, KVC_F16)) {
+		fprintf(stderr, "kvcbench: prefix: %zu tokens do not fit this model (seq_len %d)\n",
+			n, m.c.seq_len);
+		return 2;
+	}
+	tok = malloc(n * sizeof(*tok));
+	for (size_t i = 0; tok && i < n; i++) { /* random ids: the cost does not depend on them */
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		tok[i] = i ? (int32_t)((rng >> 33) % (uint64_t)m.c.vocab) : 1;
+	}
+	k.c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
+	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &k);
+	err = tok ? kvc_key_chain_all(k.keyns, tok, n, chunk, keys, chunks) : -ENOMEM;
+	for (unsigned r = 0; r < reps && err >= 0; r++) {
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < n; i++)
+			llm_forward(&m, &s, tok[i], (int)i);
+		tc[r] = now_ns() - t0;
+	}
+	if (err >= 0)
+		err = llm_kvc_save(&m, &s, &k, tok, 0, chunks);
+	for (unsigned r = 0; r < reps && err >= 0; r++) {
+		size_t hits = 0;
+		uint64_t t0 = now_ns();
+
+		err = kvc_lookup(k.c, keys, chunks, &hits);
+		tl[r] = now_ns() - t0;
+		if (err >= 0 && hits != chunks)
+			err = -ENOENT;
+		t0 = now_ns();
+		if (err >= 0)
+			err = llm_kvc_restore(&m, &s, &k, tok, n, n);
+		th[r] = now_ns() - t0;
+		if (err >= 0 && (size_t)err != n)
+			err = -ENOENT;
+	}
+	for (unsigned i = 0; i < chunks; i++)
+		kvc_delete(k.c, &keys[i]);
+	if (err < 0) {
+		fprintf(stderr, "kvcbench: prefix: %s\n", kvc_strerror(err));
+	} else {
+		qsort(tc, reps, sizeof(*tc), cmp_u64);
+		qsort(tl, reps, sizeof(*tl), cmp_u64);
+		qsort(th, reps, sizeof(*th), cmp_u64);
+		double c50 = tc[reps / 2] / 1e3, l50 = tl[reps / 2] / 1e3, h50 = th[reps / 2] / 1e3;
+
+		if (json)
+			printf("{\"tokens\": %zu, \"chunks\": %u, \"chunk\": %u, \"block_bytes\": %llu, "
+			       "\"recompute_p50_us\": %.1f, \"lookup_p50_us\": %.2f, "
+			       "\"lookup_fetch_p50_us\": %.1f, \"recompute_over_hit\": %.1f}\n", n,
+			       chunks, chunk, (unsigned long long)(k.bytes_fetched / reps / chunks),
+			       c50, l50, h50, c50 / h50);
+		else
+			printf("prefix of %zu tokens (%u chunks of %u): recompute p50 %.1f us; LOOKUP "
+			       "p50 %.2f us; LOOKUP + FETCH into the cache p50 %.1f us (%.1fx faster)\n",
+			       n, chunks, chunk, c50, l50, h50, c50 / h50);
+	}
+	kvc_detach(k.c);
+	llm_state_free(&s);
+	llm_free(&m);
+	free(tok);
+	free(tc);
+	free(tl);
+	free(th);
+	free(keys);
+	return err < 0 ? 1 : 0;
 }
 
 /* ---- codec ---------------------------------------------------------------------------------- */
@@ -349,6 +739,9 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]\n"
 		   "       kvcbench [--socket PATH] throughput [--block-size SIZE] [--procs N]\n"
+		   "                [--iters N] [--redis PATH] [--no-peers] [--json]\n"
+		   "       kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]\n"
+		   "       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
 		   "                [--iters N] [--json]\n"
 		   "       kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers N]\n"
 		   "                [--heads N] [--dim N] [--tokens N] [--iters N] [--json]\n");
@@ -364,18 +757,24 @@ int main(int argc, char **argv)
 		{ "policy", required_argument, 0, 'P' }, { "isa", required_argument, 0, 'I' },
 		{ "layers", required_argument, 0, 'L' }, { "heads", required_argument, 0, 'H' },
 		{ "dim", required_argument, 0, 'D' }, { "tokens", required_argument, 0, 'T' },
+		{ "redis", required_argument, 0, 'R' }, { "no-peers", no_argument, 0, 'N' },
+		{ "blocks", required_argument, 0, 'B' }, { "pid", required_argument, 0, 'd' },
+		{ "model", required_argument, 0, 'M' }, { "chunk", required_argument, 0, 'k' },
+		{ "chunks", required_argument, 0, 'K' },
 		{ 0, 0, 0, 0 }
 	};
-	unsigned long count = 100000, iters = 0;
+	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
-	unsigned procs = 1;
-	int o, json = 0, sleep_mode = 0;
+	unsigned procs = 1, chunk = 8, chunks = 64, reps;
+	int o, json = 0, sleep_mode = 0, peers = 1;
+	const char *redis = NULL, *model = NULL;
+	pid_t pid = 0;
 	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 0 };
 	const char *cmd = NULL;
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:I:L:H:D:T:", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:I:L:H:D:T:R:NB:d:M:k:K:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -411,6 +810,13 @@ int main(int argc, char **argv)
 		case 'H': ca.heads = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'D': ca.dim = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'T': ca.tokens = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'R': redis = optarg; break;
+		case 'N': peers = 0; break;
+		case 'B': blocks = strtoul(optarg, NULL, 10); break;
+		case 'd': pid = (pid_t)strtol(optarg, NULL, 10); break;
+		case 'M': model = optarg; break;
+		case 'k': chunk = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'K': chunks = (unsigned)strtoul(optarg, NULL, 10); break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -419,12 +825,22 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	ca.iters = iters ? iters : 5;
+	reps = iters ? (unsigned)iters : 21;
 	if (!iters) /* about 1 GiB moved per process by default */
 		iters = bs >= (1u << 30) ? 1 : (1u << 30) / bs;
 	if (!strcmp(cmd, "nop"))
-		return bench_nop(count, sleep_mode, json);
+		return bench_nop(count, sleep_mode, redis, json);
 	if (!strcmp(cmd, "throughput"))
-		return bench_throughput(bs, procs, iters, json);
+		return bench_throughput(bs, procs, iters, redis, peers, json);
+	if (!strcmp(cmd, "index"))
+		return bench_index(blocks, count == 100000 ? 20000 : count, pid, json);
+	if (!strcmp(cmd, "prefix")) {
+		if (!model || !chunk || !chunks) {
+			usage(stderr);
+			return 2;
+		}
+		return bench_prefix(model, chunk, chunks, reps, json);
+	}
 	if (!strcmp(cmd, "codec"))
 		return bench_codec(&ca, json);
 	usage(stderr);
