@@ -79,7 +79,7 @@ stop_kvcd
 echo "== scaling: pool size"
 for pool in ${POOLS:-64M 512M 2G 8G}; do
 	start_kvcd "pool$pool" "$pool"
-	tp=$($B --socket "$sock" throughput --block-size 2M --iters 64 --no-peers --json)
+	tp=$($B --socket "$sock" throughput --block-size 2M --iters 256 --no-peers --json)
 	ix=$($B --socket "$sock" index --blocks 100000 --pid "$kpid" --json)
 	rss=$(awk '/VmRSS/ {print $2 * 1024}' "/proc/$kpid/status")
 	jq -nc --arg pool "$pool" --argjson ready "$ready_s" --argjson tp "$tp" --argjson ix "$ix" \

@@ -93,7 +93,7 @@ PING and the minimal socket server are blocking request/response over a UNIX str
 TXT
 for f in "$nb busy-poll" "$ns sleep"; do
 	set -- $f
-	j --arg m "$2" '"| kvcd NOP (\($m)) | \(.kvcd.p50_us) | \(.kvcd.p99_us) | \(.kvcd.p999_us) |"' $1
+	j --arg m "$2" '"| kvcd NOP (\($m)) | \(.p50_us) | \(.p99_us) | \(.p999_us) |"' $1
 done
 j '"| minimal socket server | \(.socket.p50_us) | \(.socket.p99_us) | \(.socket.p999_us) |"' $nb
 j '"| Redis PING | \(.redis.p50_us) | \(.redis.p99_us) | \(.redis.p999_us) |"' $nb
