@@ -302,6 +302,54 @@ Test(codec, exact_tokens_are_bit_exact)
 	free(y);
 }
 
+/* resid=quant: KIVI's leftover keys (nr % G) become one short per-channel group instead of
+ * exact rows: the block shrinks by exactly their exact bytes less their codes and params, and
+ * every key stays within its group's error bound (range / (2^bits - 1), half of it rounding). */
+Test(codec, kivi_resid_quant_quantizes_the_leftover_keys)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 8,
+				 .tokens = 37 };
+	struct kvcd_policy pe = P("kivi:kbits=4,vbits=4,group=16,sink=1"),
+			   pq = P("kivi:kbits=4,vbits=4,group=16,sink=1,resid=quant");
+	uint64_t ne = kvcd_codec_size(&pe, &l, false, 0), nq = kvcd_codec_size(&pq, &l, false, 0);
+	/* 36 regular tokens: 2 groups of 16, then 4 leftover keys: exact 4 x 8 x 4 bytes against
+	 * one more group per channel (8 x 4 bytes of params) and their 4-bit codes (16 bytes) */
+	cr_assert_eq(ne - nq, 4 * 8 * 4 - (8 * 4 + 16), "%llu vs %llu", (unsigned long long)ne,
+		     (unsigned long long)nq);
+	float *x = block_f32(&l, 1.0f), *y;
+	uint64_t got;
+
+	y = roundtrip("kivi:kbits=4,vbits=4,group=16,sink=1,resid=quant", &l, x, NULL, &got);
+	cr_assert_eq(got, nq);
+	cr_assert_eq(memcmp(x, y, 8 * 4), 0, "the sink stays exact");
+	unsigned moved = 0;
+
+	for (unsigned c = 0; c < 8; c++) {
+		float lo = INFINITY, hi = -INFINITY;
+
+		for (unsigned t = 33; t < 37; t++) {
+			lo = fminf(lo, x[t * 8 + c]);
+			hi = fmaxf(hi, x[t * 8 + c]);
+		}
+		for (unsigned t = 33; t < 37; t++) {
+			float err = fabsf(x[t * 8 + c] - y[t * 8 + c]);
+
+			cr_assert_leq(err, (hi - lo) / 15 * 0.5f + 1e-2f * (hi - lo) + 1e-6f,
+				      "token %u channel %u: %g", t, c, err);
+			moved += x[t * 8 + c] != y[t * 8 + c];
+		}
+	}
+	cr_assert_gt(moved, 16, "the leftover keys are quantized, not copied (%u of 32 moved)", moved);
+	char buf[KVCD_POLICY_STR], why[128];
+
+	kvcd_policy_format(&pq, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "kivi:kbits=4,vbits=4,group=16,sink=1,resid=quant");
+	cr_assert_eq(kvcd_policy_parse("int4:resid=quant", &pq, why, sizeof(why)), -EINVAL);
+	cr_assert_eq(kvcd_policy_parse("kivi:resid=maybe", &pq, why, sizeof(why)), -EINVAL);
+	free(x);
+	free(y);
+}
+
 /* Sinks are the sequence's first tokens: a block starting at position 2 holds two of four, one
  * starting later holds none; the header records the position, so each decodes alone. */
 Test(codec, sinks_follow_the_block_position)

@@ -240,7 +240,7 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	s->bits = kv ? p->vbits : p->kbits;
 	s->per_channel = p->kind == KVCD_CODEC_KIVI && kv == 0;
 	if (s->per_channel) {
-		s->nq = s->nr / p->group * p->group;
+		s->nq = p->resid ? s->nr : s->nr / p->group * p->group;
 		s->nres = s->nr - s->nq;
 	} else {
 		s->nq = s->nr;
@@ -253,7 +253,8 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	if (p->kind == KVCD_CODEC_FP8) {
 		s->reg_bytes = (uint64_t)s->nq * s->ngt * 2 + (uint64_t)s->nq * d;
 	} else {
-		params = s->per_channel ? (uint64_t)(s->nq / p->group) * d : (uint64_t)s->nq * s->ngt;
+		params = s->per_channel ? (uint64_t)((s->nq + p->group - 1) / p->group) * d :
+					  (uint64_t)s->nq * s->ngt;
 		s->reg_bytes = params * 4 + kvcd_packed_bytes((size_t)s->nq * d, s->bits);
 	}
 	b += s->reg_bytes;
@@ -677,20 +678,22 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 	*in = codes + (size_t)s->nq * s->d;
 }
 
-/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. */
+/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
+ * resid=quant the last group may be shorter (nq % G tokens). */
 static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 {
 	const struct shape *s = u->s;
-	uint32_t gsz = u->p->group, ng = s->nq / gsz;
+	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G;
 	int err;
 
 	for (uint32_t g = 0; g < ng; g++)
 		for (uint32_t c = 0; c < s->d; c++) {
-			uint8_t *q = w->codes + ((size_t)g * s->d + c) * gsz;
+			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+			uint8_t *q = w->codes + (size_t)g * G * s->d + (size_t)c * gsz;
 			uint16_t sz[2];
 
 			for (uint32_t i = 0; i < gsz; i++) {
-				uint32_t r = g * gsz + i;
+				uint32_t r = g * G + i;
 
 				w->gbuf[i] = w->tile[(size_t)w->reg[r] * w->ts + c];
 				w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
@@ -710,7 +713,7 @@ static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
 {
 	const struct shape *s = u->s;
-	uint32_t gsz = u->p->group, ng = s->nq / gsz;
+	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G;
 	const uint8_t *par = *in;
 
 	*in += (size_t)ng * s->d * 4;
@@ -718,13 +721,14 @@ static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8
 	*in += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
 	for (uint32_t g = 0; g < ng; g++)
 		for (uint32_t c = 0; c < s->d; c++, par += 4) {
+			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
 			uint16_t sz[2];
 
 			memcpy(sz, par, 4);
-			kvcd_dequant_group(u->isa, w->codes + ((size_t)g * s->d + c) * gsz, gsz, sz[0],
-					   sz[1], w->gbuf);
+			kvcd_dequant_group(u->isa, w->codes + (size_t)g * G * s->d + (size_t)c * gsz,
+					   gsz, sz[0], sz[1], w->gbuf);
 			for (uint32_t i = 0; i < gsz; i++)
-				w->tile[(size_t)w->reg[g * gsz + i] * w->ts + c] = w->gbuf[i];
+				w->tile[(size_t)w->reg[g * G + i] * w->ts + c] = w->gbuf[i];
 		}
 }
 

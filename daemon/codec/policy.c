@@ -106,6 +106,12 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		if (num(v, 100000000, &n))
 			return WHY("rope=%s: the model's RoPE base, e.g. 10000 (0: off)", v);
 		p->rope = (uint32_t)n;
+	} else if (!strcmp(k, "resid")) {
+		if (p->kind != KVCD_CODEC_KIVI)
+			return WHY("resid applies to kivi");
+		if (strcmp(v, "exact") && strcmp(v, "quant"))
+			return WHY("resid=%s: exact or quant", v);
+		p->resid = v[0] == 'q';
 	} else if (!strcmp(k, "hipct")) {
 		if (num(v, 100, &n) || !n)
 			return WHY("hipct=%s: 1..100", v);
@@ -177,6 +183,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		ADD(",hibits=%u,hipct=%u", p->hibits, p->hipct);
 	if (p->rope)
 		ADD(",rope=%u", p->rope);
+	if (p->resid)
+		ADD(",resid=quant");
 #undef ADD
 }
 
@@ -214,6 +222,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("rope applies to int and kivi, not fp8");
 	if (p->sparse_ppm > 100000)
 		return WHY("sparse above 10%%");
+	if (p->resid > 1 || (p->resid && p->kind != KVCD_CODEC_KIVI) || p->pad[0] || p->pad[1] ||
+	    p->pad[2])
+		return WHY("bad resid");
 	if ((p->hibits && (p->hibits < 2 || p->hibits > 8 || !p->hipct || p->hipct > 100)) ||
 	    (!p->hibits && p->hipct))
 		return WHY("bad hibits/hipct");
