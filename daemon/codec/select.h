@@ -1,0 +1,61 @@
+/* select.h - token selection and budget allocation (issue 5), as pure functions over one
+ * block's keys and what the engine hands over, the way quant.c is for quantization.
+ *
+ * Built and unit-tested; not yet wired into policies, STORE or FETCH (see docs/architecture.md,
+ * "Selection"). Keys are f32 rows of one (layer, KV head): @keys[t * stride + c], c < d. */
+#ifndef KVCD_SELECT_H
+#define KVCD_SELECT_H
+
+#include <stdint.h>
+
+/* ---- scores: higher means keep ---------------------------------------------------------- */
+
+/* SnapKV: the attention each prefix token gets from the observation window. @q holds the
+ * window's post-RoPE queries of the @g query heads that share this KV head (GQA), [g][w][d];
+ * window query i sits at block token t - w + i and sees keys 0..t - w + i (causal). Softmax
+ * of q.k / sqrt(d) per query, summed over the window and the group, then max-pooled over
+ * @kernel neighbouring tokens (odd; 1: none). @score[t]. @tmp: t floats. */
+void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
+		       const float *q, uint32_t g, uint32_t w, uint32_t kernel, float *tmp,
+		       float *score);
+
+/* Key-norm: the smaller a key's L2 norm, the higher its score (-||k||). */
+void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
+			float *score);
+
+/* StreamingLLM: recency (score = token index), so the top tokens are the most recent. */
+void kvcd_score_recency(uint32_t t, float *score);
+
+/* ---- which tokens -------------------------------------------------------------------------- */
+
+/* Keep @n of @t tokens: the first @sink and the last @window always (as many as @n allows,
+ * sinks first), then the highest @score among the rest (ties: the earlier token). Writes
+ * the kept indices ascending to @keep[0..n). Returns n (clamped to t). @tmp: t uint32s. */
+uint32_t kvcd_select_keep(const float *score, uint32_t t, uint32_t n, uint32_t sink,
+			  uint32_t window, uint32_t *tmp, uint32_t *keep);
+
+/* ---- budgets --------------------------------------------------------------------------------- */
+
+/* PyramidKV: per-layer budgets falling linearly with depth from 2m - m/beta to m/beta, where
+ * m = total / layers, summing to @total exactly (remainders go to the shallowest layers).
+ * @beta >= 1 (PyramidKV: 20). */
+void kvcd_budget_pyramid(uint64_t total, uint32_t layers, double beta, uint32_t *out);
+
+/* Ada-KV: the @heads heads of a layer share @heads * @budget tokens. Each head's count is its
+ * share n_i of the joint top-(heads * budget) of @score ([head][t]), pulled towards the
+ * uniform budget: round(n_i (1 - alpha) + alpha budget), so no head gets less than
+ * floor(alpha budget) (Ada-KV's floor; alpha in [0, 1]); counts are capped at @t and sum to
+ * heads * budget exactly (budget <= t). @tmp: heads * t floats. */
+void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t budget,
+		       double alpha, float *tmp, uint32_t *counts);
+
+/* ---- Quest ------------------------------------------------------------------------------------ */
+
+/* Channel-wise min and max of the keys. */
+void kvcd_quest_minmax(const float *keys, uint32_t stride, uint32_t t, uint32_t d, float *mn,
+		       float *mx);
+/* Upper bound of q.k over every key k between @mn and @mx channel-wise:
+ * sum_c max(q_c mn_c, q_c mx_c), summed in double and rounded up. */
+float kvcd_quest_bound(const float *q, const float *mn, const float *mx, uint32_t d);
+
+#endif
