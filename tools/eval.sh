@@ -14,7 +14,8 @@ kivi:kbits=4,vbits=4,group=32;kivi:kbits=4,vbits=4,group=64;kivi:kbits=5,vbits=4
 kivi:kbits=6,vbits=4,group=64;kivi:kbits=5,vbits=5,group=64;kivi:kbits=6,vbits=5,group=64;\
 kivi:kbits=4,vbits=3,group=64;kivi:kbits=3,vbits=3,group=64;kivi:kbits=2,vbits=2,group=64;\
 kivi:kbits=4,vbits=4,group=32,rope=10000;kivi:kbits=5,vbits=4,group=64,rope=10000;\
-kivi:kbits=4,vbits=4,group=64,sink=1;kivi:kbits=8,vbits=4,group=64;kivi:kbits=4,vbits=8,group=64"
+kivi:kbits=4,vbits=4,group=64,sink=1;kivi:kbits=5,vbits=4,group=64,sink=1,resid=quant;\
+kivi:kbits=8,vbits=4,group=64;kivi:kbits=4,vbits=8,group=64"
 dir=$(mktemp -d /tmp/kvcd-eval-XXXXXX)
 sock="$dir/kvcd.sock"
 ./build/kvcd --foreground --socket "$sock" --pool-size 256M 2>"$dir/kvcd.log" &
