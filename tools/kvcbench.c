@@ -87,13 +87,12 @@ struct lat {
 	double p50, p99, p999, mean, max;	/* microseconds */
 };
 
-static int lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct lat *out)
+static void lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct lat *out)
 {
 	qsort(lat, count, sizeof(*lat), cmp_u64);
 	*out = (struct lat){ lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
 			     lat[count * 999 / 1000] / 1e3, (double)sum / count / 1e3,
 			     lat[count - 1] / 1e3 };
-	return 0;
 }
 
 /* Round trips of one client: kvcd NOP when @ops is NULL, else the peer's no-op. */

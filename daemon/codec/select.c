@@ -151,7 +151,8 @@ void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t 
 				counts[h]++;
 				taken++;
 			}
-	/* pull towards uniform, then largest remainders so the sum is exact */
+	/* pull towards uniform, then largest remainders so the sum is exact: the deficit is the
+	 * sum of the fractional parts, so only heads with one (hence below t) get the +1 */
 	for (uint32_t h = 0; h < heads; h++) {
 		double r = counts[h] * (1 - alpha) + alpha * budget;
 
@@ -163,7 +164,7 @@ void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t 
 		uint32_t best = 0;
 
 		for (uint32_t h = 1; h < heads; h++)
-			if (tmp[h] > tmp[best] || (counts[best] >= t && counts[h] < t))
+			if (tmp[h] > tmp[best])
 				best = h;
 		counts[best]++;
 		tmp[best] = -1.0f;
