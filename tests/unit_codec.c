@@ -724,3 +724,50 @@ Test(codec, quality_library)
 	a = kvcd_quality_attention(q, 2, k, v, k2, v, 4, 8);
 	cr_assert_float_eq(a.rel_frob, 0, 1e-12);
 }
+
+/* params=u8: each params list costs a 12-byte reference and 2 bytes per group instead of 4,
+ * and the error stays close to the f16 params' (scales at most 2^(1/16) coarser). */
+Test(codec, compact_params_save_bytes_and_keep_the_error)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 1, .head_dim = 8,
+				 .tokens = 32 };
+	const char *pol[][2] = { { "kivi:kbits=5,vbits=4,group=16", "kivi:kbits=5,vbits=4,group=16,params=u8" },
+				 { "int4:group=8", "int4:group=8,params=u8" } };
+	/* kivi: K 2 groups x 8 channels, V 32 tokens x 1 group; int4: 32 x 1 for K and for V */
+	const uint64_t saved[] = { 2 * ((16 * 4 - (12 + 16 * 2)) + (32 * 4 - (12 + 32 * 2))),
+				   2 * 2 * (32 * 4 - (12 + 32 * 2)) };
+	float *x = block_f32(&l, 4.0f);
+	size_t n = kvcp_layout_bytes(&l) / 4;
+
+	for (size_t i = 0; i < 2; i++) {
+		uint64_t nf, nu;
+		float *yf = roundtrip(pol[i][0], &l, x, NULL, &nf);
+		float *yu = roundtrip(pol[i][1], &l, x, NULL, &nu);
+		double ef = 0, eu = 0;
+
+		cr_assert_eq(nf - nu, saved[i], "%s: %llu against %llu bytes", pol[i][1],
+			     (unsigned long long)nu, (unsigned long long)nf);
+		for (size_t k = 0; k < n; k++) {
+			ef += (double)(x[k] - yf[k]) * (x[k] - yf[k]);
+			eu += (double)(x[k] - yu[k]) * (x[k] - yu[k]);
+		}
+		cr_assert_gt(eu, 0.0);
+		cr_assert_leq(sqrt(eu), 1.25 * sqrt(ef), "%s: rms error %g against f16 params' %g",
+			      pol[i][1], sqrt(eu / n), sqrt(ef / n));
+		free(yf);
+		free(yu);
+	}
+	struct kvcd_policy p = P("kivi:kbits=5,vbits=4,group=64,params=u8"), q;
+	char buf[KVCD_POLICY_STR], why[128];
+
+	kvcd_policy_format(&p, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "kivi:kbits=5,vbits=4,group=64,params=u8");
+	q = P(buf);
+	cr_assert_eq(memcmp(&p, &q, sizeof(p)), 0);
+	cr_assert_eq(P("int4:params=f16").params, 0);
+	cr_assert_eq(kvcd_policy_parse("fp8:params=u8", &q, why, sizeof(why)), -EINVAL);
+	cr_assert_eq(kvcd_policy_parse("int4:params=u4", &q, why, sizeof(why)), -EINVAL);
+	p.params = 2;
+	cr_assert_eq(kvcd_policy_check(&p, &l, why, sizeof(why)), -EINVAL);
+	free(x);
+}

@@ -240,3 +240,52 @@ Test(quant, batched_params_equal_scalar)
 	cr_assert_eq(kvcd_quant_params(kvcd_isa_best(), lo, hi, n, 4, b), -ERANGE);
 	cr_assert_eq(kvcd_quant_params(KVCD_ISA_SCALAR, lo, hi, n, 4, a), -ERANGE);
 }
+
+/* params=u8: every group's range stays covered by its f16 pair, the scale is at most 2^(1/16)
+ * (plus f16 rounding) above what the group needs, the zero at most one step of the zeros'
+ * span below its minimum, and the reader gives back the same pairs. */
+Test(quant, compact_params_cover_and_stay_tight)
+{
+	enum { NG = 300 };
+	static float lo[NG], hi[NG];
+	static uint16_t sz[2 * NG], back[2 * NG];
+	static uint8_t codes[2 * NG];
+	uint8_t ref[KVCD_QREF_BYTES];
+	uint64_t r = 7;
+
+	for (unsigned bits = 2; bits <= 8; bits++) {
+		float levels = (float)((1u << bits) - 1), l0 = INFINITY, l1 = -INFINITY;
+
+		for (size_t g = 0; g < NG; g++) { /* offsets up to +-40, ranges from 1e-3 to 20 */
+			r = r * 6364136223846793005ull + 1442695040888963407ull;
+			lo[g] = (float)((int64_t)(r >> 40) % 8000) / 100.0f - 40.0f;
+			hi[g] = lo[g] + (float)exp2((double)((r >> 20) % 1400) / 100.0 - 10.0);
+			if (g == 5)
+				hi[g] = lo[g]; /* a constant group */
+			l0 = fminf(l0, lo[g]);
+			l1 = fmaxf(l1, lo[g]);
+		}
+		cr_assert_eq(kvcd_quant_params_u8(lo, hi, NG, bits, ref, codes, sz), 0);
+		for (size_t g = 0; g < NG; g++) {
+			float s = kvcd_f16_to_f32(sz[2 * g]), z = kvcd_f16_to_f32(sz[2 * g + 1]);
+			float need = (hi[g] - z) / levels;
+
+			cr_assert_leq(z, lo[g], "bits %u group %zu: zero %g above min %g", bits, g,
+				      z, lo[g]);
+			cr_assert_geq(z, lo[g] - (l1 - l0) / 255.0f * 1.001f - 0.04f,
+				      "bits %u group %zu: zero %g far below %g", bits, g, z, lo[g]);
+			cr_assert_geq(s, need, "bits %u group %zu: scale %g < %g", bits, g, s, need);
+			cr_assert_leq(s, need * 1.0443f * 1.001f + 1e-7f,
+				      "bits %u group %zu: scale %g, need %g", bits, g, s, need);
+		}
+		cr_assert_eq(kvcd_quant_params_u8_read(ref, codes, NG, back), 0);
+		cr_assert_eq(memcmp(sz, back, sizeof(sz)), 0, "bits %u: the reader agrees", bits);
+	}
+	float nan = NAN;
+
+	memcpy(ref, &nan, 4);
+	cr_assert_eq(kvcd_quant_params_u8_read(ref, codes, NG, back), -EBADMSG);
+	lo[0] = 70000.0f;
+	cr_assert_eq(kvcd_quant_params_u8(lo, hi, NG, 4, ref, codes, sz), -ERANGE);
+	cr_assert_eq(kvcd_quant_params_u8(lo, hi, NG, 9, ref, codes, sz), -EINVAL);
+}

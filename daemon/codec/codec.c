@@ -5,6 +5,8 @@
  *   u32 exact[ne], u32 important[nh]        token indices, ascending
  *   exact rows                              ne x D in the engine's dtype, bit for bit
  *   important params, codes                 nh x ceil(D/gch) (f16 scale, f16 zero); packed
+ *                                           (params=u8: every params list is a 12-byte
+ *                                           reference, then 2 bytes per group)
  *   regular params, codes                   int, kivi V: nr x ceil(D/gch) (scale, zero);
  *                                           fp8: nr x ceil(D/gch) f16 scales, one byte each;
  *                                           kivi K: (nr / G) x D (scale, zero), codes in
@@ -249,13 +251,15 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 		s->nsp = ((uint64_t)s->nq * d * p->sparse_ppm + 999999) / 1000000;
 	b += (uint64_t)(s->ne + s->nh) * 4;
 	b += (uint64_t)s->ne * d * s->es;
-	b += (uint64_t)s->nh * s->ngt * 4 + kvcd_packed_bytes((size_t)s->nh * d, p->hibits);
+	b += kvcd_params_bytes((size_t)s->nh * s->ngt, p->params) +
+	     kvcd_packed_bytes((size_t)s->nh * d, p->hibits);
 	if (p->kind == KVCD_CODEC_FP8) {
 		s->reg_bytes = (uint64_t)s->nq * s->ngt * 2 + (uint64_t)s->nq * d;
 	} else {
 		params = s->per_channel ? (uint64_t)((s->nq + p->group - 1) / p->group) * d :
 					  (uint64_t)s->nq * s->ngt;
-		s->reg_bytes = params * 4 + kvcd_packed_bytes((size_t)s->nq * d, s->bits);
+		s->reg_bytes = kvcd_params_bytes(params, p->params) +
+			       kvcd_packed_bytes((size_t)s->nq * d, s->bits);
 	}
 	b += s->reg_bytes;
 	b += (uint64_t)s->nres * d * s->es;
@@ -320,6 +324,7 @@ struct work {
 	size_t prs;
 	bool pre;
 	uint16_t *par;		/* T x D x 2: group scale and zero */
+	uint8_t *pc;		/* T x D x 2: the same as params=u8 codes */
 	float *gbuf;		/* max(G, D) */
 	uint8_t *gq;		/* max(G, D) */
 	float *rcos, *rsin;	/* T x head_dim / 2: RoPE angles, for policies with rope */
@@ -381,7 +386,7 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
 		((d + gch - 1) / gch);
 	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 + gd * 4 * 2 + gd * 4 + gd + td + t +
-		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + td * 4 + 64;
+		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + td * 4 + gd * 2 + 64;
 	char *m = work_mem(sz);
 
 	if (!m)
@@ -406,6 +411,7 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	w->gq = w->cls + t;
 	w->rcos = (float *)(((uintptr_t)(w->gq + g) + 3) & ~(uintptr_t)3);
 	w->rsin = w->rcos + td / 2;
+	w->pc = (uint8_t *)(w->rsin + td / 2);
 	return 0;
 }
 
@@ -548,6 +554,44 @@ static void put_row(const struct unit_io *u, const struct work *w, uint32_t t, u
 	*o += (size_t)u->s->d * u->s->es;
 }
 
+/* Params of @ng groups from their ranges in w->lo and w->hi: the f16 pairs the kernels use
+ * in w->par, and the unit's bytes of them (f16 pairs, or params=u8's reference and codes). */
+static int put_params(const struct unit_io *u, struct work *w, size_t ng, unsigned bits,
+		      uint8_t **o)
+{
+	int err;
+
+	if (!u->p->params) {
+		err = kvcd_quant_params(u->isa, w->lo, w->hi, ng, bits, w->par);
+		if (!err)
+			put(o, w->par, ng * 4);
+		return err;
+	}
+	if (!ng)
+		return 0;
+	err = kvcd_quant_params_u8(w->lo, w->hi, ng, bits, *o, w->pc, w->par);
+	if (err)
+		return err;
+	*o += KVCD_QREF_BYTES;
+	put(o, w->pc, ng * 2);
+	return 0;
+}
+
+/* The f16 pairs of @ng groups into w->par, from either form. */
+static int get_params(const struct unit_io *u, struct work *w, size_t ng, const uint8_t **in)
+{
+	if (!u->p->params) {
+		get(in, w->par, ng * 4);
+		return 0;
+	}
+	if (!ng)
+		return 0;
+	if (kvcd_quant_params_u8_read(*in, *in + KVCD_QREF_BYTES, ng, w->par))
+		return -EBADMSG;
+	*in += kvcd_params_bytes(ng, true);
+	return 0;
+}
+
 /* Per-token groups of @n tile rows at @bits: params, then packed codes. The three phases run
  * over all the rows in turn, so independent groups overlap in the CPU. */
 static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
@@ -570,7 +614,7 @@ static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t
 						w->lo + r * ngt + full, w->hi + r * ngt + full);
 	}
 	if (!err)
-		err = kvcd_quant_params(u->isa, w->lo, w->hi, (size_t)n * ngt, bits, w->par);
+		err = put_params(u, w, (size_t)n * ngt, bits, o);
 	if (err)
 		return err;
 	for (uint32_t r = 0; r < n; r++) {
@@ -583,7 +627,6 @@ static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t
 			kvcd_quant_apply(u->isa, x + full * s->gch, 1, tail, bits, par + 2 * full,
 					 q + full * s->gch);
 	}
-	put(o, w->par, (size_t)n * ngt * 4);
 	kvcd_pack(w->codes, (size_t)n * s->d, bits, *o);
 	*o += kvcd_packed_bytes((size_t)n * s->d, bits);
 	return 0;
@@ -602,27 +645,27 @@ static void dense_rows(const struct shape *s, struct work *w)
 		}
 }
 
-static void dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			  uint32_t n, unsigned bits, const uint8_t **in)
+static int dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
+			 uint32_t n, unsigned bits, const uint8_t **in)
 {
 	const struct shape *s = u->s;
-	const uint8_t *par = *in;
+	const uint16_t *par = w->par;
 
-	*in += (size_t)n * s->ngt * 4;
+	if (get_params(u, w, (size_t)n * s->ngt, in))
+		return -EBADMSG;
 	kvcd_unpack(*in, (size_t)n * s->d, bits, w->codes);
 	*in += kvcd_packed_bytes((size_t)n * s->d, bits);
 	for (uint32_t r = 0; r < n; r++) {
 		float *x = w->tile + (size_t)rows[r] * w->ts;
 
-		for (uint32_t g = 0; g < s->ngt; g++, par += 4) {
+		for (uint32_t g = 0; g < s->ngt; g++, par += 2) {
 			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			uint16_t sz[2];
 
-			memcpy(sz, par, 4);
-			kvcd_dequant_group(u->isa, w->codes + (size_t)r * s->d + c0, len, sz[0], sz[1],
-					   x + c0);
+			kvcd_dequant_group(u->isa, w->codes + (size_t)r * s->d + c0, len, par[0],
+					   par[1], x + c0);
 		}
 	}
+	return 0;
 }
 
 static int enc_fp8(const struct unit_io *u, struct work *w, uint8_t **o)
@@ -680,6 +723,22 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 
 /* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
  * resid=quant the last group may be shorter (nq % G tokens). */
+/* Group (g, c)'s values into w->gbuf, sparse ones replaced as dense_group does. */
+static void gather_channel(const struct shape *s, struct work *w, uint32_t G, uint32_t g,
+			   uint32_t c, uint32_t gsz)
+{
+	for (uint32_t i = 0; i < gsz; i++) {
+		uint32_t r = g * G + i;
+
+		w->gbuf[i] = w->tile[(size_t)w->reg[r] * w->ts + c];
+		w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
+	}
+	if (s->nsp)
+		dense_group(w->gbuf, w->gq, gsz, w->gbuf);
+}
+
+/* Ranges of every group, then their params, then the codes: the same bits as
+ * kvcd_quant_group per group. */
 static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 {
 	const struct shape *s = u->s;
@@ -689,47 +748,50 @@ static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 	for (uint32_t g = 0; g < ng; g++)
 		for (uint32_t c = 0; c < s->d; c++) {
 			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
-			uint8_t *q = w->codes + (size_t)g * G * s->d + (size_t)c * gsz;
-			uint16_t sz[2];
 
-			for (uint32_t i = 0; i < gsz; i++) {
-				uint32_t r = g * G + i;
-
-				w->gbuf[i] = w->tile[(size_t)w->reg[r] * w->ts + c];
-				w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
-			}
-			if (s->nsp)
-				dense_group(w->gbuf, w->gq, gsz, w->gbuf);
-			err = kvcd_quant_group(u->isa, w->gbuf, gsz, s->bits, q, &sz[0], &sz[1]);
+			gather_channel(s, w, G, g, c, gsz);
+			err = kvcd_quant_ranges(u->isa, w->gbuf, 1, gsz, &w->lo[g * s->d + c],
+						&w->hi[g * s->d + c]);
 			if (err)
 				return err;
-			put(o, sz, 4);
+		}
+	err = put_params(u, w, (size_t)ng * s->d, s->bits, o);
+	if (err)
+		return err;
+	for (uint32_t g = 0; g < ng; g++)
+		for (uint32_t c = 0; c < s->d; c++) {
+			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+
+			gather_channel(s, w, G, g, c, gsz);
+			kvcd_quant_apply(u->isa, w->gbuf, 1, gsz, s->bits,
+					 w->par + 2 * ((size_t)g * s->d + c),
+					 w->codes + (size_t)g * G * s->d + (size_t)c * gsz);
 		}
 	kvcd_pack(w->codes, (size_t)s->nq * s->d, s->bits, *o);
 	*o += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
 	return 0;
 }
 
-static void dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
+static int dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
 {
 	const struct shape *s = u->s;
 	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G;
-	const uint8_t *par = *in;
+	const uint16_t *par = w->par;
 
-	*in += (size_t)ng * s->d * 4;
+	if (get_params(u, w, (size_t)ng * s->d, in))
+		return -EBADMSG;
 	kvcd_unpack(*in, (size_t)s->nq * s->d, s->bits, w->codes);
 	*in += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
 	for (uint32_t g = 0; g < ng; g++)
-		for (uint32_t c = 0; c < s->d; c++, par += 4) {
+		for (uint32_t c = 0; c < s->d; c++, par += 2) {
 			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
-			uint16_t sz[2];
 
-			memcpy(sz, par, 4);
 			kvcd_dequant_group(u->isa, w->codes + (size_t)g * G * s->d + (size_t)c * gsz,
-					   gsz, sz[0], sz[1], w->gbuf);
+					   gsz, par[0], par[1], w->gbuf);
 			for (uint32_t i = 0; i < gsz; i++)
 				w->tile[(size_t)w->reg[g * G + i] * w->ts + c] = w->gbuf[i];
 		}
+	return 0;
 }
 
 /* Choose the exact tokens of one head from its keys (tile holds K): the sinks, then the
@@ -905,14 +967,13 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)exact[i] * w->ts, s->d);
 		*in += (size_t)s->d * s->es;
 	}
-	if (s->nh)
-		dec_per_token(u, w, w->imp, s->nh, p->hibits, in);
+	if (s->nh && dec_per_token(u, w, w->imp, s->nh, p->hibits, in))
+		return -EBADMSG;
 	if (p->kind == KVCD_CODEC_FP8)
 		dec_fp8(u, w, in);
-	else if (s->per_channel)
-		dec_per_channel(u, w, in);
-	else
-		dec_per_token(u, w, w->reg, s->nq, s->bits, in);
+	else if (s->per_channel ? dec_per_channel(u, w, in) :
+				  dec_per_token(u, w, w->reg, s->nq, s->bits, in))
+		return -EBADMSG;
 	for (uint32_t i = s->nq; i < s->nr; i++) {
 		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)w->reg[i] * w->ts, s->d);
 		*in += (size_t)s->d * s->es;
@@ -968,7 +1029,7 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 		    s->d * s->bits % 8)
 			return false;
 	}
-	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope;
+	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope && !p->params;
 }
 
 /* The common case in one pass: each plane row (one token, every head) goes from staging into

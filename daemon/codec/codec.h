@@ -64,7 +64,9 @@ struct kvcd_policy {
 				 * 0: keys as stored. Pairs (2i, 2i+1) in each head, llama style */
 	uint8_t resid;		/* kivi K: the last nr % group regular tokens are 0: kept exact
 				 * (KIVI's residual), 1: quantized per channel as one short group */
-	uint8_t pad[3];		/* 0 */
+	uint8_t params;		/* int, kivi: 0: f16 scale and zero per group; 1: a reference
+				 * per unit and one byte each (kvcd_quant_params_u8) */
+	uint8_t pad[2];		/* 0 */
 };
 
 /* Parse @s into @p. Returns 0, or -EINVAL with a one-line reason in @why. */
@@ -82,8 +84,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l);
 
 #define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
-#define KVCD_CODEC_VERSION 3	/* 2: groups longer than head_dim span heads; rope;
-				 * 3: kivi resid */
+#define KVCD_CODEC_VERSION 4	/* 2: groups longer than head_dim span heads; rope;
+				 * 3: kivi resid; 4: params=u8 */
 #define KVCD_CODEC_F_SCORES 1u
 
 /* First bytes of every encoded block. */

@@ -7,7 +7,8 @@
  *   fp8                        e4m3, f16 scale per group (default group = head_dim)
  *   kivi[:kbits=B,vbits=B]     K per channel, V per token (default 4 and 4 bits, group 32)
  * keys: bits, kbits, vbits, group, sink, outliers, rotate=hadamard|none, sparse=F (fraction,
- * or percent with a trailing %), hibits, hipct, rope=BASE (keys quantized before RoPE).
+ * or percent with a trailing %), hibits, hipct, rope=BASE (keys quantized before RoPE),
+ * resid=exact|quant (kivi), params=f16|u8 (group scale and zero as two f16 or two bytes).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -112,6 +113,12 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		if (strcmp(v, "exact") && strcmp(v, "quant"))
 			return WHY("resid=%s: exact or quant", v);
 		p->resid = v[0] == 'q';
+	} else if (!strcmp(k, "params")) {
+		if (!quant)
+			return WHY("params applies to int and kivi, not fp8");
+		if (strcmp(v, "f16") && strcmp(v, "u8"))
+			return WHY("params=%s: f16 or u8", v);
+		p->params = v[0] == 'u';
 	} else if (!strcmp(k, "hipct")) {
 		if (num(v, 100, &n) || !n)
 			return WHY("hipct=%s: 1..100", v);
@@ -185,6 +192,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		ADD(",rope=%u", p->rope);
 	if (p->resid)
 		ADD(",resid=quant");
+	if (p->params)
+		ADD(",params=u8");
 #undef ADD
 }
 
@@ -222,9 +231,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("rope applies to int and kivi, not fp8");
 	if (p->sparse_ppm > 100000)
 		return WHY("sparse above 10%%");
-	if (p->resid > 1 || (p->resid && p->kind != KVCD_CODEC_KIVI) || p->pad[0] || p->pad[1] ||
-	    p->pad[2])
+	if (p->resid > 1 || (p->resid && p->kind != KVCD_CODEC_KIVI) || p->pad[0] || p->pad[1])
 		return WHY("bad resid");
+	if (p->params > 1 || (p->params && !quant))
+		return WHY("bad params");
 	if ((p->hibits && (p->hibits < 2 || p->hibits > 8 || !p->hipct || p->hipct > 100)) ||
 	    (!p->hibits && p->hipct))
 		return WHY("bad hibits/hipct");

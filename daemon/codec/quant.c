@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -428,6 +429,100 @@ int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_
 	for (; g < ng; g++)
 		if (params(lo[g], hi[g], bits, &sz[2 * g], &sz[2 * g + 1], hw))
 			return -ERANGE;
+	return 0;
+}
+
+/* ---- compact parameters (params=u8) ------------------------------------------------------
+ * Group g's zero is L0 + zc[g] * step (the zeros' span in 255 steps, rounded down) and its
+ * scale smax * 2^(-sc[g] / 16) (rounded up, at most 4.4% coarser than needed), both then
+ * taken to f16 in the same directions as kvcd_quant_params, so the f16 pairs the kernels use
+ * come out bit for bit the same in the encoder and the decoder. */
+
+static float pow2_16th[256]; /* 2^(-k/16) */
+static pthread_once_t pow2_once = PTHREAD_ONCE_INIT;
+
+static void pow2_init(void)
+{
+	for (int k = 0; k < 256; k++)
+		pow2_16th[k] = exp2f((float)-k / 16.0f);
+}
+
+struct qref {
+	float l0, step, smax;
+};
+
+/* The f16 pair of one group; -ERANGE when f16 cannot hold it. */
+static int u8_pair(const struct qref *r, uint8_t zc, uint8_t sc, uint16_t *sz)
+{
+	float z = r->l0 + (float)zc * r->step, s = r->smax * pow2_16th[sc];
+
+	if (!(fabsf(z) <= 65504.0f) || !(s <= 65504.0f))
+		return -ERANGE;
+	sz[1] = f16_directed(z, 1, false);
+	sz[0] = f16_directed(s, 0, false);
+	return 0;
+}
+
+int kvcd_quant_params_u8(const float *lo, const float *hi, size_t ng, unsigned bits,
+			 uint8_t ref[KVCD_QREF_BYTES], uint8_t *codes, uint16_t *sz)
+{
+	float levels = (float)((1u << bits) - 1), l1 = -INFINITY;
+	struct qref r = { INFINITY, 0.0f, 0.0f };
+
+	if (bits < 2 || bits > 8 || !ng)
+		return -EINVAL;
+	pthread_once(&pow2_once, pow2_init);
+	for (size_t g = 0; g < ng; g++) {
+		if (!(fabsf(lo[g]) <= 65504.0f) || !(fabsf(hi[g]) <= 65504.0f))
+			return -ERANGE;
+		r.l0 = lo[g] < r.l0 ? lo[g] : r.l0;
+		l1 = lo[g] > l1 ? lo[g] : l1;
+	}
+	r.step = (l1 - r.l0) / 255.0f;
+	/* zeros first (scale code 0 for now), then the largest scale any group needs */
+	for (size_t g = 0; g < ng; g++) {
+		float f = r.step > 0.0f ? floorf((lo[g] - r.l0) / r.step) : 0.0f;
+		uint8_t zc = (uint8_t)(f < 0.0f ? 0.0f : f > 255.0f ? 255.0f : f);
+
+		while (zc && r.l0 + (float)zc * r.step > lo[g])
+			zc--;
+		codes[2 * g] = zc;
+		codes[2 * g + 1] = 0;
+		if (u8_pair(&r, zc, 0, &sz[2 * g]))
+			return -ERANGE;
+		/* what the f16 zero leaves to cover */
+		float need = (hi[g] - kvcd_f16_to_f32(sz[2 * g + 1])) / levels;
+
+		r.smax = need > r.smax ? need : r.smax;
+	}
+	for (size_t g = 0; g < ng; g++) {
+		float need = (hi[g] - kvcd_f16_to_f32(sz[2 * g + 1])) / levels;
+		float f = need > 0.0f ? floorf(-16.0f * log2f(need / r.smax)) : 255.0f;
+		uint8_t sc = (uint8_t)(f < 0.0f ? 0.0f : f > 255.0f ? 255.0f : f);
+
+		while (sc && r.smax * pow2_16th[sc] < need)
+			sc--;
+		codes[2 * g + 1] = sc;
+		if (u8_pair(&r, codes[2 * g], sc, &sz[2 * g]))
+			return -ERANGE;
+	}
+	memcpy(ref, &r, KVCD_QREF_BYTES);
+	return 0;
+}
+
+int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes,
+			      size_t ng, uint16_t *sz)
+{
+	struct qref r;
+
+	memcpy(&r, ref, KVCD_QREF_BYTES);
+	if (!(fabsf(r.l0) <= 65504.0f) || !(r.step >= 0.0f && r.step <= 65504.0f) ||
+	    !(r.smax >= 0.0f && r.smax <= 65504.0f))
+		return -EBADMSG;
+	pthread_once(&pow2_once, pow2_init);
+	for (size_t g = 0; g < ng; g++)
+		if (u8_pair(&r, codes[2 * g], codes[2 * g + 1], &sz[2 * g]))
+			return -EBADMSG;
 	return 0;
 }
 

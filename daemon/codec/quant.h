@@ -44,6 +44,22 @@ int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_
 		      unsigned bits, uint16_t *sz);
 void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, unsigned bits,
 		      const uint16_t *sz, uint8_t *q);
+/* Compact parameters for @ng groups from their ranges: a 12-byte reference (f32 lowest zero,
+ * zero step, largest scale) and 2 bytes per group (zero step count, then scale as 2^(-k/16) of
+ * the largest), decoded to the f16 pairs in @sz that kvcd_quant_apply takes. Each group's
+ * range stays covered (up to f16 rounding); scales are at most 2^(1/16) coarser than
+ * kvcd_quant_params' and zeros up to 1/255 of the zeros' span lower. Returns 0, -EINVAL or
+ * -ERANGE (f16 cannot hold a value). */
+#define KVCD_QREF_BYTES 12
+int kvcd_quant_params_u8(const float *lo, const float *hi, size_t ng, unsigned bits,
+			 uint8_t ref[KVCD_QREF_BYTES], uint8_t *codes, uint16_t *sz);
+/* The f16 pairs back from a reference and codes; -EBADMSG when they are out of range. */
+int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes,
+			      size_t ng, uint16_t *sz);
+static inline size_t kvcd_params_bytes(size_t ng, bool u8)
+{
+	return !ng ? 0 : u8 ? KVCD_QREF_BYTES + 2 * ng : 4 * ng;
+}
 /* x'[i] = q[i] * scale + zero. */
 void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t scale,
 			uint16_t zero, float *out);
