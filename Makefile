@@ -29,7 +29,7 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
-	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c \
+	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c daemon/sum.c \
 	      daemon/codec/quant.c daemon/codec/codec.c daemon/codec/policy.c daemon/codec/quality.c \
 	      daemon/codec/select.c
 CLIENT_SRC := libclient/client.c libclient/keys.c

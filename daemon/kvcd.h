@@ -163,6 +163,13 @@ struct kvcd_pool {
 int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, bool bind);
 void kvcd_pool_destroy(struct kvcd_pool *p);
 
+/* ---- sum.c: the block checksum ---------------------------------------------------------------- */
+
+/* Copy @n bytes from @src to @dst (NULL: only read @src) and return their checksum
+ * (Fletcher-4 over 8 lanes, finished by XXH3; sum.c). Each source byte is read once. The
+ * same value whatever @isa; @isa above what the CPU has is lowered. */
+uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
+
 /* ---- store.c: index, blocks, eviction, pins ---------------------------------------------- */
 
 #define KVCD_BLK_WRITING 1u	/* being filled: invisible to lookups */

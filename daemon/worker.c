@@ -15,9 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY	/* XXH3_state_t on the stack */
-#include <xxhash.h>
-#include <xxh_x86dispatch.h>	/* libxxhash's run-time SSE2/AVX2/AVX-512 selection */
 
 #include "kvcd.h"
 
@@ -29,7 +26,6 @@
 #endif
 
 #define BATCH 32
-#define COPY_CHUNK (32u << 10)	/* fits L1d: the hash re-reads the chunk from L1 */
 
 /* ---- latency histogram: 8 buckets per power of two ---------------------------------------- */
 
@@ -56,43 +52,16 @@ uint64_t kvcd_hist_value(unsigned b)
 }
 
 /* ---- copies ---------------------------------------------------------------------------------
- * The checksum is computed over the pool's copy in cache-sized chunks right after each chunk
- * is copied, so the second pass reads from cache, not DRAM. */
+ * With checksums on, the checksum is computed in the copy itself (sum.c): over the bytes
+ * written to the pool on STORE, over the pool's bytes on FETCH. */
 
-static uint64_t copy_in(void *dst, const void *src, size_t n, bool sum)
+static uint64_t copy_sum(void *dst, const void *src, size_t n, bool sum)
 {
-	XXH3_state_t st;
-
 	if (!sum) {
 		memcpy(dst, src, n);
 		return 0;
 	}
-	XXH3_64bits_reset(&st);
-	for (size_t o = 0; o < n; o += COPY_CHUNK) {
-		size_t k = n - o < COPY_CHUNK ? n - o : COPY_CHUNK;
-
-		memcpy((char *)dst + o, (const char *)src + o, k);
-		XXH3_64bits_update_dispatch(&st, (char *)dst + o, k);
-	}
-	return XXH3_64bits_digest(&st);
-}
-
-static uint64_t copy_out(void *dst, const void *src, size_t n, bool sum)
-{
-	XXH3_state_t st;
-
-	if (!sum) {
-		memcpy(dst, src, n);
-		return 0;
-	}
-	XXH3_64bits_reset(&st);
-	for (size_t o = 0; o < n; o += COPY_CHUNK) {
-		size_t k = n - o < COPY_CHUNK ? n - o : COPY_CHUNK;
-
-		memcpy((char *)dst + o, (const char *)src + o, k);
-		XXH3_64bits_update_dispatch(&st, (const char *)src + o, k);
-	}
-	return XXH3_64bits_digest(&st);
+	return kvcd_copy_sum(kvcd_isa_best(), dst, src, n);
 }
 
 /* ---- request execution ------------------------------------------------------------------- */
@@ -127,12 +96,12 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	if (err)
 		return err;
 	if (pol->kind == KVCD_CODEC_NONE) {
-		sum = copy_in(b->data, src, bytes, d->cfg.checksum);
+		sum = copy_sum(b->data, src, bytes, d->cfg.checksum);
 	} else {
 		l.codec = 0;
 		err = kvcd_codec_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores, b->data);
 		if (!err && d->cfg.checksum)
-			sum = XXH3_64bits_dispatch(b->data, stored);
+			sum = kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, stored);
 	}
 	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
 	return err;
@@ -197,9 +166,9 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	}
 	sum = b->has_sum;
 	if (b->layout.codec == KVCD_CODEC_NONE) {
-		if (copy_out(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
+		if (copy_sum(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
 			bad = true;
-	} else if (sum && XXH3_64bits_dispatch(b->data, b->stored) != b->checksum) {
+	} else if (sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {
 		bad = true;
 	} else {
 		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len, &l);
