@@ -150,8 +150,7 @@ A LOOKUP of one random key reads a hash bucket and then one 96-byte block record
 the buckets (8 MiB) and records (96 MiB) are larger than this machine's last-level cache, so
 the record is a DRAM access and the bucket often is one too. Each DRAM access costs about
 140–160 ns here, and on a VM it can also need a nested page walk. That is a large share of
-a 0.3–0.9 µs ring round trip. LOOKUPs of many keys (a prefix) overlap these accesses; one
-key cannot.
+a 0.3–0.9 µs ring round trip.
 
 ![index scaling](perf-index.png)
 
