@@ -471,9 +471,11 @@ static int setup_pools(struct kvcd *d)
 		if (err)
 			return err;
 		d->npools++;
-		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s pages, locked\n",
+		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s, locked\n",
 			d->topo.os_index[i], (unsigned long long)(d->cfg.pool_size >> 20),
-			d->pools[i].huge ? "2 MiB huge" : "4 KiB");
+			d->pools[i].huge ? "2 MiB hugetlb pages" :
+			d->cfg.hugepages == KVCD_HUGE_TRY ?
+				"no hugetlb pages, transparent huge pages advised" : "4 KiB pages");
 	}
 	return kvcd_store_init(&d->store, d->pools, d->npools, d->cfg.high_wm, d->cfg.low_wm);
 }
