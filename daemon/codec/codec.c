@@ -721,8 +721,6 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 	*in = codes + (size_t)s->nq * s->d;
 }
 
-/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
- * resid=quant the last group may be shorter (nq % G tokens). */
 /* Group (g, c)'s values into w->gbuf, sparse ones replaced as dense_group does. */
 static void gather_channel(const struct shape *s, struct work *w, uint32_t G, uint32_t g,
 			   uint32_t c, uint32_t gsz)
@@ -737,8 +735,9 @@ static void gather_channel(const struct shape *s, struct work *w, uint32_t G, ui
 		dense_group(w->gbuf, w->gq, gsz, w->gbuf);
 }
 
-/* Ranges of every group, then their params, then the codes: the same bits as
- * kvcd_quant_group per group. */
+/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
+ * resid=quant the last group may be shorter (nq % G tokens). Ranges of every group, then
+ * their params, then the codes: the same bits as kvcd_quant_group per group. */
 static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 {
 	const struct shape *s = u->s;
