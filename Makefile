@@ -31,7 +31,7 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c daemon/sum.c \
 	      daemon/codec/quant.c daemon/codec/codec.c daemon/codec/policy.c daemon/codec/quality.c \
-	      daemon/codec/select.c
+	      daemon/codec/select.c daemon/codec/sel.c
 CLIENT_SRC := libclient/client.c libclient/keys.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
 

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <linux/futex.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,32 +80,94 @@ static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *si
 /* Encode @src under @pol into a new block. Returns 0 or -errno; nothing is left behind on
  * failure. */
 static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		    const struct kvcd_policy *pol, const char *src, const float *scores)
+		    const struct kvcd_policy *pol, const char *src, const float *scores,
+		    const struct kvcd_aux *aux)
 {
 	struct kvcp_layout l = v->layout;
 	uint64_t bytes = kvcp_layout_bytes(&l), stored, sum = 0;
+	uint32_t *counts = NULL;
 	struct kvcd_block *b;
 	int err;
 
 	l.codec = 0;
-	stored = kvcd_codec_size(pol, &l, scores != NULL, v->arg);
-	if (!stored)
+	if (pol->select) {
+		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
+		counts = malloc((size_t)l.layers * l.kv_heads * 4);
+		if (!counts)
+			return -ENOMEM;
+		err = kvcd_sel_plan(kvcd_isa_best(), pol, &l, v->arg, src, aux, counts);
+		stored = err ? 0 : kvcd_sel_size(pol, &l, scores != NULL, v->arg, counts);
+	} else {
+		stored = kvcd_codec_size(pol, &l, scores != NULL, v->arg);
+	}
+	if (!stored) {
+		free(counts);
 		return -EINVAL;
-	l.codec = pol->kind;
+	}
+	l.codec = pol->kind | (pol->select ? KVCP_CODEC_SPARSE : 0);
 	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, stored, s->order, s->norder,
 				 &b);
-	if (err)
+	if (err) {
+		free(counts);
 		return err;
-	if (pol->kind == KVCD_CODEC_NONE) {
+	}
+	if (pol->kind == KVCD_CODEC_NONE && !pol->select) {
 		sum = copy_sum(b->data, src, bytes, d->cfg.checksum);
 	} else {
 		l.codec = 0;
-		err = kvcd_codec_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores, b->data);
+		if (pol->select)
+			err = kvcd_sel_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores, aux,
+					      counts, b->data);
+		else
+			err = kvcd_codec_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores,
+						b->data);
 		if (!err && d->cfg.checksum)
 			sum = kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, stored);
 	}
 	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
+	free(counts);
 	return err;
+}
+
+/* The auxiliary section of a STORE at @buf[@off, @off + @len): header checked against the
+ * block's layout, arrays copied (read once) and checked finite. *@mem is the copy. */
+static int read_aux(const char *buf, uint64_t off, uint64_t len, const struct kvcp_layout *l,
+		    struct kvcd_aux *a, float **mem)
+{
+	struct kvcp_aux h;
+	uint64_t n;
+	float *f;
+
+	if (len < sizeof(h) || off % 4)
+		return -EINVAL;
+	memcpy(&h, buf + off, sizeof(h));
+	n = kvcp_aux_bytes(&h, l);
+	if (!n || len != sizeof(h) + n)
+		return -EINVAL;
+	f = malloc(n);
+	if (!f)
+		return -ENOMEM;
+	memcpy(f, buf + off + sizeof(h), n);
+	for (uint64_t i = 0; i < n / 4; i++)
+		if (!isfinite(f[i])) {
+			free(f);
+			return -EINVAL;
+		}
+	memset(a, 0, sizeof(*a));
+	a->what = h.what;
+	a->q_heads = h.q_heads;
+	a->window = h.window;
+	a->q_pos = h.q_pos;
+	if (h.what & KVCP_AUX_ATTN) {
+		a->attn = f;
+		f += (size_t)l->layers * l->kv_heads * l->tokens;
+	}
+	if (h.what & KVCP_AUX_QUERIES) {
+		a->q = f;
+		a->lse = f + (size_t)l->layers * h.q_heads * h.window * l->head_dim;
+	}
+	*mem = a->attn ? (float *)a->attn : (float *)a->q;
+	return 0;
 }
 
 /* STORE: layout.codec 0 takes the namespace's policy, which falls back to raw (counted) when
@@ -114,13 +177,15 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		    char *buf)
 {
 	uint64_t bytes = kvcp_layout_bytes(&v->layout);
-	bool scored = v->flags & KVCP_SQE_F_SCORES;
+	bool scored = v->flags & KVCP_SQE_F_SCORES, has_aux = v->flags & KVCP_SQE_F_AUX;
+	uint64_t sbytes = scored ? 4ull * v->layout.tokens : 0;
+	struct kvcd_aux aux, *ap = NULL;
 	struct kvcd_policy pol;
-	float *scores = NULL;
+	float *scores = NULL, *auxmem = NULL;
 	int err;
 
-	if (!bytes || v->len != bytes + (scored ? 4ull * v->layout.tokens : 0) ||
-	    (scored && (v->off + bytes) % 4))
+	if (!bytes || (!has_aux && v->len != bytes + sbytes) ||
+	    (has_aux && v->len <= bytes + sbytes) || (scored && (v->off + bytes) % 4))
 		return -EINVAL;
 	if (!v->layout.codec)
 		kvcd_store_policy(&d->store, s->ns_id, &pol);
@@ -128,19 +193,30 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		pol = s->pol[v->layout.codec - 1];
 	else
 		return -EINVAL;
+	if (has_aux) {
+		err = read_aux(buf, v->off + bytes + sbytes, v->len - bytes - sbytes, &v->layout, &aux,
+			       &auxmem);
+		if (err)
+			return err;
+		ap = &aux;
+	}
 	if (scored && pol.hibits && pol.kind != KVCD_CODEC_NONE) {
 		scores = malloc(4ull * v->layout.tokens);
-		if (!scores)
+		if (!scores) {
+			free(auxmem);
 			return -ENOMEM;
+		}
 		memcpy(scores, buf + v->off + bytes, 4ull * v->layout.tokens); /* read once */
 	}
-	err = store_as(d, s, v, &pol, buf + v->off, scores);
+	err = store_as(d, s, v, &pol, buf + v->off, scores, ap);
 	free(scores);
-	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec && pol.kind != KVCD_CODEC_NONE) {
+	free(auxmem);
+	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
+	    (pol.kind != KVCD_CODEC_NONE || pol.select)) {
 		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
 
 		kvcd_store_fallback(&d->store, s->ns_id);
-		err = store_as(d, s, v, &raw, buf + v->off, NULL);
+		err = store_as(d, s, v, &raw, buf + v->off, NULL, NULL);
 	}
 	return err;
 }
@@ -157,7 +233,8 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
 	if (err)
 		return err;
-	raw = kvcp_layout_bytes(&b->layout);
+	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored) :
+						    kvcp_layout_bytes(&b->layout);
 	cqe->value = raw;
 	cqe->layout = b->layout;
 	if (raw > v->len) {
@@ -165,7 +242,9 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		return -ENOSPC;
 	}
 	sum = b->has_sum;
-	if (b->layout.codec == KVCD_CODEC_NONE) {
+	if (!raw) { /* a header that does not check out */
+		bad = true;
+	} else if (b->layout.codec == KVCD_CODEC_NONE) {
 		if (copy_sum(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
 			bad = true;
 	} else if (sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {

@@ -31,6 +31,12 @@ static_assert(sizeof(struct kvc_block_info) == sizeof(struct kvcp_list_ent), "li
 static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), "client ABI");
 static_assert(KVCP_OP__COUNT == 12, "kvc_stats.op has 12 entries");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
+static_assert(KVC_REQ_AUX == KVCP_SQE_F_AUX && KVC_AUX_MAGIC == KVCP_AUX_MAGIC &&
+	      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES, "aux ABI");
+static_assert(sizeof(struct kvc_aux) == sizeof(struct kvcp_aux), "aux ABI");
+static_assert(sizeof(struct kvc_sparse) == sizeof(struct kvcp_sparse) &&
+	      KVC_SPARSE_MAGIC == KVCP_SPARSE_MAGIC && KVC_CODEC_SPARSE == KVCP_CODEC_SPARSE,
+	      "sparse ABI");
 static_assert(offsetof(struct kvc_stats, ns) == offsetof(struct kvcp_stats, ns), "ns stats ABI");
 
 struct kvc_client {
@@ -66,6 +72,11 @@ unsigned kvc_version(void)
 size_t kvc_layout_bytes(const struct kvc_layout *l)
 {
 	return kvcp_layout_bytes((const struct kvcp_layout *)l);
+}
+
+uint64_t kvc_aux_bytes(const struct kvc_aux *a, const struct kvc_layout *l)
+{
+	return kvcp_aux_bytes((const struct kvcp_aux *)a, (const struct kvcp_layout *)l);
 }
 
 const char *kvc_default_socket(void)
@@ -419,7 +430,7 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (err)
 		return err;
 	for (i = 0; i < n; i++) {
-		if (reqs[i].op > KVC_OP_UNPIN || (reqs[i].flags & ~KVC_REQ_SCORES))
+		if (reqs[i].op > KVC_OP_UNPIN || (reqs[i].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX)))
 			break;
 		to_sqe(&s, reqs[i].op, reqs[i].flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
 		       &reqs[i].layout, reqs[i].off, reqs[i].len);
@@ -433,7 +444,7 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (i)
 		ring_doorbell(c);
 	if (i == 0 && n)
-		return reqs[0].op > KVC_OP_UNPIN || (reqs[0].flags & ~KVC_REQ_SCORES) ? -EINVAL :
+		return reqs[0].op > KVC_OP_UNPIN || (reqs[0].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX)) ? -EINVAL :
 		       -EAGAIN;
 	return (int)i;
 }

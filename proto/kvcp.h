@@ -150,11 +150,88 @@ enum kvcp_op {
 #define KVCP_SQE_F_SCRATCH 1u	/* off/len address the scratch area, not staging */
 #define KVCP_SQE_F_SCORES 2u	/* STORE: one f32 importance score per token follows the block;
 				 * len = block bytes + 4 * tokens, off + block bytes 4-aligned */
-#define KVCP_SQE_F_KNOWN (KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES)
+#define KVCP_SQE_F_AUX 4u	/* STORE: a struct kvcp_aux and its arrays follow the block (and
+				 * the scores, if any), 4-aligned; len includes them */
+#define KVCP_SQE_F_KNOWN (KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX)
+
+/* What an engine hands over for token selection (policies with select=h2o or snapkv). After
+ * the header, f32 arrays in this order, each present when its bit is in @what:
+ *   KVCP_AUX_ATTN     [layers][kv_heads][tokens]: the attention each token of the block has
+ *                     received, summed over the query heads of its KV head's group and over
+ *                     the later queries (H2O's accumulated score)
+ *   KVCP_AUX_QUERIES  [layers][q_heads][window][head_dim]: the post-RoPE queries of an
+ *                     observation window (SnapKV); query i sits at block-relative position
+ *                     q_pos + i and sees the block's tokens up to there. Then
+ *                     [layers][q_heads][window]: each query's log-sum-exp of q.k / sqrt(d)
+ *                     over every key it attended in its sequence, so kvcd computes its true
+ *                     attention over the block's keys. */
+#define KVCP_AUX_MAGIC 0x5841564bu /* "KVAX" */
+#define KVCP_AUX_ATTN 1u
+#define KVCP_AUX_QUERIES 2u
+#define KVCP_AUX_MAX_WINDOW 4096
+
+struct kvcp_aux {
+	uint32_t magic;		/* KVCP_AUX_MAGIC */
+	uint32_t what;		/* KVCP_AUX_* */
+	uint16_t q_heads;	/* QUERIES: query heads, a multiple of kv_heads */
+	uint16_t window;	/* QUERIES: 1..KVCP_AUX_MAX_WINDOW */
+	int32_t q_pos;		/* QUERIES: block-relative position of the first window query */
+	uint64_t reserved[2];	/* 0 */
+};
+
+/* Bytes of the arrays after a struct kvcp_aux for blocks of layout @l, or 0 when @a is invalid
+ * for it (unknown bits, no bits, bad magic, a QUERIES header that does not fit). */
+static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvcp_layout *l)
+{
+	uint64_t n = 0;
+
+	if (a->magic != KVCP_AUX_MAGIC || !a->what || (a->what & ~(KVCP_AUX_ATTN | KVCP_AUX_QUERIES)) ||
+	    a->reserved[0] || a->reserved[1] || !kvcp_layout_bytes(l))
+		return 0;
+	if (a->what & KVCP_AUX_ATTN)
+		n += 4ull * l->layers * l->kv_heads * l->tokens;
+	if (a->what & KVCP_AUX_QUERIES) {
+		if (!a->q_heads || a->q_heads % l->kv_heads || !a->window ||
+		    a->window > KVCP_AUX_MAX_WINDOW)
+			return 0;
+		n += 4ull * l->layers * a->q_heads * a->window * (l->head_dim + 1u);
+	} else if (a->q_heads || a->window || a->q_pos) {
+		return 0;
+	}
+	return n;
+}
 
 /* STORE's layout.codec: 0 = the namespace's policy, 1..KVCP_POLICY_SLOTS = a policy this
  * session registered with KVCP_OP_POLICY. FETCH's layout.codec: the codec that held the block
- * (0 raw, 1 int, 2 fp8, 3 kivi); the bytes written are always in the engine's dtype. */
+ * (0 raw, 1 int, 2 fp8, 3 kivi), plus KVCP_CODEC_SPARSE when its policy dropped tokens; the
+ * bytes written are always in the engine's dtype. */
+#define KVCP_CODEC_SPARSE 0x80u
+
+/* What FETCH writes for a block whose policy selected tokens (layout.codec has
+ * KVCP_CODEC_SPARSE): this header, then
+ *   uint32_t count[layers][kv_heads]   tokens kept per (layer, KV head); they may differ
+ *   uint32_t token[total]              block-relative index of each kept token, ascending per
+ *                                      (layer, head), the (layer, head) lists in that order
+ *   float bias[total]                  log of how many tokens each kept token stands for
+ *                                      (0 unless others were merged into it): add it to the
+ *                                      token's attention logit
+ *   K and V rows                       in the engine's dtype: per layer, K then V, per head,
+ *                                      count[layer][head] rows of head_dim
+ * Tokens not listed were dropped: the engine masks them out of attention. */
+#define KVCP_SPARSE_MAGIC 0x3153564bu /* "KVS1" */
+
+struct kvcp_sparse {
+	uint32_t magic;		/* KVCP_SPARSE_MAGIC */
+	uint32_t total;		/* kept tokens over every (layer, head) */
+	uint32_t tokens;	/* tokens of the block as stored */
+	uint32_t reserved;	/* 0 */
+};
+
+static inline uint64_t kvcp_sparse_bytes(const struct kvcp_layout *l, uint64_t total)
+{
+	return sizeof(struct kvcp_sparse) + 4ull * l->layers * l->kv_heads +
+	       total * (8ull + 2ull * l->head_dim * kvcp_dtype_size(l->dtype));
+}
 #define KVCP_POLICY_SLOTS 8
 #define KVCP_POLICY_NS 1u
 #define KVCP_POLICY_MAX 256	/* policy string, NUL included */

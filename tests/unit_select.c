@@ -100,7 +100,7 @@ Test(select, snapkv_follows_the_window_causally_and_over_the_group)
 		q[(0 * W + i) * D + 0] = 40.0f; /* head 0 of the group looks at token 10 */
 		q[(1 * W + i) * D + 1] = 40.0f; /* head 1 at token 29 */
 	}
-	kvcd_score_snapkv(keys, D, T, D, q, 2, W, 1, tmp, score);
+	kvcd_score_snapkv(keys, D, T, D, q, NULL, 2, W, T - W, 1, tmp, score);
 	float total = 0;
 
 	for (int k = 0; k < T; k++)
@@ -112,10 +112,49 @@ Test(select, snapkv_follows_the_window_causally_and_over_the_group)
 	cr_assert_lt(score[29], 3.1f, "causal: three of four queries see token 29");
 	/* query 28 of head 1 sees nothing it matches: uniform over its 29 keys */
 	cr_assert_float_eq(score[5], 1.0f / 29, 1e-4, "%g", score[5]);
-	kvcd_score_snapkv(keys, D, T, D, q, 1, W, 3, tmp, score); /* head 0 alone, pooled */
+	kvcd_score_snapkv(keys, D, T, D, q, NULL, 1, W, T - W, 3, tmp, score); /* head 0 alone, pooled */
 	cr_assert_float_eq(score[9], score[10], 1e-6, "max pooling spreads to neighbours");
 	cr_assert_float_eq(score[11], score[10], 1e-6);
 	cr_assert_lt(score[12], 0.1f);
+}
+
+Test(select, snapkv_with_the_sequence_lse_is_each_query_share_of_attention)
+{
+	enum { T = 16, D = 4, W = 3 };
+	float keys[T * D], q[W * D], lse[W], tmp[T], score[T], want[T] = { 0 };
+
+	for (int i = 0; i < T * D; i++)
+		keys[i] = nrand();
+	for (int i = 0; i < W * D; i++)
+		q[i] = nrand();
+	for (int i = 0; i < W; i++) { /* the sequence had more keys than this block holds */
+		double s = 0;
+
+		for (int k = 0; k < T; k++) {
+			double dot = 0;
+
+			for (int c = 0; c < D; c++)
+				dot += q[i * D + c] * keys[k * D + c];
+			s += exp(dot / 2);
+		}
+		lse[i] = (float)log(s + 5.0); /* keys outside the block took a share */
+	}
+	for (int i = 0; i < W; i++)
+		for (int k = 0; k < T; k++) {
+			double dot = 0;
+
+			for (int c = 0; c < D; c++)
+				dot += q[i * D + c] * keys[k * D + c];
+			want[k] += (float)exp(dot / 2 - lse[i]);
+		}
+	/* a window after the block: every query sees every key */
+	kvcd_score_snapkv(keys, D, T, D, q, lse, 1, W, T + 40, 1, tmp, score);
+	for (int k = 0; k < T; k++)
+		cr_assert_float_eq(score[k], want[k], 1e-5 + 1e-4 * want[k], "token %d", k);
+	/* a window before the block: nothing seen */
+	kvcd_score_snapkv(keys, D, T, D, q, lse, 1, W, -W, 1, tmp, score);
+	for (int k = 0; k < T; k++)
+		cr_assert_eq(score[k], 0.0f);
 }
 
 Test(select, pyramid_budgets_sum_to_the_total_and_fall_with_depth)

@@ -49,7 +49,10 @@ int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
 			err = 0;
 			break;
 		}
-		if (!err)
+		if (!err && (got.codec & KVC_CODEC_SPARSE))
+			err = llm_block_get_sparse(m, s, (uint32_t)(i * k->chunk), stage, cap,
+						   &got);
+		else if (!err)
 			err = llm_block_get(m, s, (uint32_t)(i * k->chunk), stage, &got);
 		if (!err)
 			k->bytes_fetched += kvc_layout_bytes(&got);
@@ -58,9 +61,48 @@ int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
 	return err < 0 ? err : (int)(hits * k->chunk);
 }
 
-/* STORE through kvc_submit, which carries the block's position in @arg. */
+/* The aux header for blocks of layout @l whose stored prefix ends at @end. */
+static struct kvc_aux aux_of(const struct llm *m, const struct llm_kvc *k, uint32_t t0,
+			     uint32_t end)
+{
+	struct kvc_aux a = { .magic = KVC_AUX_MAGIC, .what = k->aux };
+
+	if (k->aux & KVC_AUX_QUERIES) {
+		a.q_heads = (uint16_t)m->c.heads;
+		a.window = (uint16_t)(k->window < end ? k->window : end);
+		a.q_pos = (int32_t)(end - a.window) - (int32_t)t0;
+	}
+	return a;
+}
+
+/* Write the aux section for the block at @t0 to @dst: the header, then its arrays. */
+static void aux_put(const struct llm *m, const struct llm_state *s, const struct kvc_aux *a,
+		    uint32_t t0, uint32_t n, uint8_t *dst)
+{
+	const struct llm_config *c = &m->c;
+	float *f = (float *)(dst + sizeof(*a));
+
+	memcpy(dst, a, sizeof(*a));
+	if (a->what & KVC_AUX_ATTN)
+		for (int lh = 0; lh < c->layers * c->kv_heads; lh++, f += n)
+			memcpy(f, s->acc_lh + (size_t)lh * c->seq_len + t0, (size_t)n * 4);
+	if (!(a->what & KVC_AUX_QUERIES))
+		return;
+	for (int l = 0; l < c->layers; l++)
+		for (int h = 0; h < c->heads; h++)
+			for (int i = 0; i < a->window; i++, f += c->head_dim)
+				memcpy(f, s->qs + ((size_t)(t0 + a->q_pos + i) * c->layers + l) * c->dim +
+				       (size_t)h * c->head_dim, (size_t)c->head_dim * 4);
+	for (int l = 0; l < c->layers; l++)
+		for (int h = 0; h < c->heads; h++)
+			for (int i = 0; i < a->window; i++)
+				*f++ = s->lse[((size_t)(t0 + a->q_pos + i) * c->layers + l) * c->heads + h];
+}
+
+/* STORE through kvc_submit, which carries the block's position in @arg; @aux bytes of aux
+ * section follow the block (and scores). */
 static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct kvc_layout *l,
-		    uint32_t pos)
+		    uint32_t pos, uint64_t aux)
 {
 	struct kvc_req r = { .op = KVC_OP_STORE, .arg = pos, .key = *key, .layout = *l };
 	struct kvc_cqe cqe;
@@ -70,6 +112,10 @@ static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct k
 	if (k->scores) {
 		r.flags = KVC_REQ_SCORES;
 		r.len += (uint64_t)l->tokens * 4;
+	}
+	if (aux) {
+		r.flags |= KVC_REQ_AUX;
+		r.len += aux;
 	}
 	err = kvc_submit(k->c, &r, 1, NULL);
 	if (err == 0)
@@ -85,7 +131,7 @@ int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc 
 {
 	struct kvc_layout l;
 	struct kvc_key *keys;
-	size_t cap, bytes;
+	size_t cap, bytes, sbytes, abytes = 0;
 	uint8_t *stage = kvc_staging(k->c, &cap);
 	int err = 0, stored = 0;
 
@@ -94,7 +140,15 @@ int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc 
 	llm_block_layout(m, s, k->chunk, &l);
 	l.codec = k->codec;
 	bytes = kvc_layout_bytes(&l);
-	if (bytes + (k->scores ? (size_t)k->chunk * 4 : 0) > cap)
+	sbytes = k->scores ? (size_t)k->chunk * 4 : 0;
+	if (k->aux) {
+		struct kvc_aux a = aux_of(m, k, 0, (uint32_t)(last * k->chunk));
+
+		abytes = sizeof(a) + kvc_aux_bytes(&a, &l);
+		if (abytes == sizeof(a))
+			return -EINVAL;
+	}
+	if (bytes + sbytes + abytes > cap)
 		return -ENOSPC;
 	keys = malloc(last * sizeof(*keys));
 	if (!keys)
@@ -106,7 +160,12 @@ int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc 
 		llm_block_put(m, s, t0, k->chunk, stage);
 		if (k->scores)
 			llm_block_scores(s, t0, k->chunk, (float *)(stage + bytes));
-		err = store_at(k, &keys[i], &l, t0);
+		if (k->aux) {
+			struct kvc_aux a = aux_of(m, k, t0, (uint32_t)(last * k->chunk));
+
+			aux_put(m, s, &a, t0, k->chunk, stage + bytes + sbytes);
+		}
+		err = store_at(k, &keys[i], &l, t0, abytes);
 		if (!err)
 			k->bytes_stored += bytes;
 		if (!err || err == -EEXIST) {

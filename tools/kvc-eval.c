@@ -2,12 +2,14 @@
  *
  *   kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]
  *            --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]
- *            [--plot FILE.png] [--md FILE]
+ *            [--plot FILE.png] [--md FILE] [--window W]
  *
  * For each sequence of P + C + 1 tokens (sampled from the model from BOS, or the first
  * P + C + 1 ids of a line of --tokens FILE) and each policy:
  *   - the KV of the prefix's whole chunks is STOREd through kvcd under the policy (with each
- *     token's accumulated attention as its score), FETCHed back into a fresh cache; prefix
+ *     token's accumulated attention as its score, and for selection policies the same per
+ *     (layer, KV head) and the prefix's last W queries), FETCHed back into a fresh cache
+ *     (tokens a policy dropped masked out of attention); prefix
  *     tokens after the last whole chunk are recomputed on top of it, as an engine would;
  *   - the C continuation tokens are teacher-forced at positions P .. P+C-1 (their own KV stays
  *     exact), and the prediction of each next token is compared with the run that kept the
@@ -31,6 +33,7 @@
 struct seq {
 	int32_t *tok;		/* P + C + 1 */
 	float *acc;		/* accumulated attention of the prefix when it was complete */
+	float *acc_lh, *qs, *lse; /* the same per (layer, KV head); queries and their lse */
 	float *kc, *vc;		/* the exact prefix cache, as llm_state holds it */
 	float *logp;		/* C x vocab: exact run's log-probabilities */
 	float *attn;		/* C x layers x dim: exact run's attention outputs */
@@ -46,17 +49,18 @@ struct result {
 
 static struct {
 	const char *sock, *model, *tokens, *policies, *plot, *md;
-	int seqs, prefix, cont, chunk, json;
+	int seqs, prefix, cont, chunk, json, window;
 	float temp;
 	unsigned long seed;
-} opt = { .seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1 };
+} opt = { .seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1,
+	  .window = 16 };
 
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]\n"
 		"                --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]\n"
-		"                [--plot FILE.png] [--md FILE]\n");
+		"                [--plot FILE.png] [--md FILE] [--window W]\n");
 	exit(2);
 }
 
@@ -138,6 +142,7 @@ static int exact_run(const struct llm *m, struct seq *q, double *nll)
 	const struct llm_config *c = &m->c;
 	struct llm_state s;
 	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim;
+	size_t lhs = (size_t)c->layers * c->kv_heads * c->seq_len;
 	int P = opt.prefix, C = opt.cont;
 
 	if (llm_state_init(m, &s, KVC_F16))
@@ -152,6 +157,14 @@ static int exact_run(const struct llm *m, struct seq *q, double *nll)
 	for (int p = 0; p < P; p++)
 		llm_forward(m, &s, q->tok[p], p);
 	memcpy(q->acc, s.acc, (size_t)P * 4);
+	q->acc_lh = malloc(lhs * 4);
+	q->qs = malloc((size_t)P * c->layers * c->dim * 4);
+	q->lse = malloc((size_t)P * c->layers * c->heads * 4);
+	if (!q->acc_lh || !q->qs || !q->lse)
+		return -ENOMEM;
+	memcpy(q->acc_lh, s.acc_lh, lhs * 4);
+	memcpy(q->qs, s.qs, (size_t)P * c->layers * c->dim * 4);
+	memcpy(q->lse, s.lse, (size_t)P * c->layers * c->heads * 4);
 	memcpy(q->kc, s.kc, cache * 4);
 	memcpy(q->vc, s.vc, cache * 4);
 	for (int j = 0; j < C; j++) {
@@ -188,7 +201,8 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 {
 	const struct llm_config *c = &m->c;
 	struct kvc_attach_opts ao;
-	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk, .scores = true };
+	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk, .scores = true,
+			     .aux = KVC_AUX_ATTN | KVC_AUX_QUERIES, .window = (uint32_t)opt.window };
 	struct llm_state s;
 	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim, nchunks = opt.prefix / opt.chunk;
 	uint64_t in0, st0, in1, st1;
@@ -229,6 +243,9 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 		memcpy(s.kc, seqs[i].kc, cache * 4);
 		memcpy(s.vc, seqs[i].vc, cache * 4);
 		memcpy(s.acc, seqs[i].acc, (size_t)opt.prefix * 4);
+		memcpy(s.acc_lh, seqs[i].acc_lh, (size_t)c->layers * c->kv_heads * c->seq_len * 4);
+		memcpy(s.qs, seqs[i].qs, (size_t)opt.prefix * c->layers * c->dim * 4);
+		memcpy(s.lse, seqs[i].lse, (size_t)opt.prefix * c->layers * c->heads * 4);
 		err = llm_kvc_save(m, &s, &k, seqs[i].tok, 0, nchunks);
 		llm_state_free(&s);
 		if (err < 0)
@@ -379,7 +396,7 @@ int main(int argc, char **argv)
 		{ "seqs", 1, 0, 'n' }, { "temp", 1, 0, 't' }, { "seed", 1, 0, 'r' },
 		{ "prefix", 1, 0, 'P' }, { "cont", 1, 0, 'C' }, { "policies", 1, 0, 'p' },
 		{ "chunk", 1, 0, 'k' }, { "json", 0, 0, 'j' }, { "plot", 1, 0, 'g' },
-		{ "md", 1, 0, 'M' }, { "help", 0, 0, 'h' }, { 0 }
+		{ "md", 1, 0, 'M' }, { "window", 1, 0, 'w' }, { "help", 0, 0, 'h' }, { 0 }
 	};
 	struct llm m;
 	struct seq *seqs = NULL;
@@ -404,11 +421,13 @@ int main(int argc, char **argv)
 		case 'j': opt.json = 1; break;
 		case 'g': opt.plot = optarg; break;
 		case 'M': opt.md = optarg; break;
+		case 'w': opt.window = atoi(optarg); break;
 		default: usage();
 		}
 	}
 	if (!opt.model || !opt.policies || opt.seqs <= 0 || opt.prefix <= 0 || opt.cont <= 0 ||
-	    opt.chunk <= 0 || opt.chunk > opt.prefix || opt.prefix / opt.chunk > 64)
+	    opt.chunk <= 0 || opt.chunk > opt.prefix || opt.prefix / opt.chunk > 64 ||
+	    opt.window <= 0 || opt.window > 4096)
 		usage();
 	err = llm_load(opt.model, &m, &why);
 	if (err) {

@@ -194,8 +194,13 @@ int llm_state_init(const struct llm *m, struct llm_state *s, uint8_t kv_dtype)
 	s->vc = calloc(cache, 4);
 	s->acc = calloc(c->seq_len, 4);
 	s->attn = calloc((size_t)c->layers * c->dim, 4);
+	s->acc_lh = calloc((size_t)c->layers * c->kv_heads * c->seq_len, 4);
+	s->bias = calloc((size_t)c->layers * c->kv_heads * c->seq_len, 4);
+	s->qs = calloc((size_t)c->seq_len * c->layers * c->dim, 4);
+	s->lse = calloc((size_t)c->seq_len * c->layers * c->heads, 4);
 	if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->att || !s->logits ||
-	    !s->kc || !s->vc || !s->acc || !s->attn) {
+	    !s->kc || !s->vc || !s->acc || !s->attn || !s->acc_lh || !s->bias || !s->qs ||
+	    !s->lse) {
 		llm_state_free(s);
 		return -ENOMEM;
 	}
@@ -216,6 +221,10 @@ void llm_state_free(struct llm_state *s)
 	free(s->vc);
 	free(s->acc);
 	free(s->attn);
+	free(s->acc_lh);
+	free(s->bias);
+	free(s->qs);
+	free(s->lse);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -258,7 +267,8 @@ static void rope(float *v, int n, int head_dim, int pos)
 	}
 }
 
-static void softmax(float *x, int n)
+/* In place; returns log(sum(exp(x))). */
+static float softmax(float *x, int n)
 {
 	float max = x[0], sum = 0.0f;
 
@@ -270,6 +280,7 @@ static void softmax(float *x, int n)
 	}
 	for (int i = 0; i < n; i++)
 		x[i] /= sum;
+	return max + logf(sum);
 }
 
 void llm_forward(const struct llm *m, struct llm_state *s, int token, int pos)
@@ -292,9 +303,11 @@ void llm_forward(const struct llm *m, struct llm_state *s, int token, int pos)
 		rope(k, kvd, hd, pos);
 		round_elems(s->kv_dtype, k, (size_t)kvd);
 		round_elems(s->kv_dtype, v, (size_t)kvd);
+		memcpy(s->qs + ((size_t)pos * c->layers + l) * dim, s->q, (size_t)dim * 4);
 		for (int h = 0; h < c->heads; h++) {
 			const float *q = s->q + h * hd;
 			int kh = h / rep;
+			size_t lh = ((size_t)l * c->kv_heads + kh) * c->seq_len;
 
 			for (int t = 0; t <= pos; t++) {
 				const float *kt = s->kc + lo + (size_t)t * kvd + kh * hd;
@@ -302,9 +315,9 @@ void llm_forward(const struct llm *m, struct llm_state *s, int token, int pos)
 
 				for (int i = 0; i < hd; i++)
 					d += q[i] * kt[i];
-				s->att[t] = d * scale;
+				s->att[t] = d * scale + s->bias[lh + t];
 			}
-			softmax(s->att, pos + 1);
+			s->lse[((size_t)pos * c->layers + l) * c->heads + h] = softmax(s->att, pos + 1);
 			memset(out + h * hd, 0, (size_t)hd * 4);
 			for (int t = 0; t <= pos; t++) {
 				const float *vt = s->vc + lo + (size_t)t * kvd + kh * hd;
@@ -312,6 +325,7 @@ void llm_forward(const struct llm *m, struct llm_state *s, int token, int pos)
 				for (int i = 0; i < hd; i++)
 					out[h * hd + i] += s->att[t] * vt[i];
 				s->acc[t] += s->att[t];
+				s->acc_lh[lh + t] += s->att[t];
 			}
 		}
 		matmul(s->xb2, out, m->wo + (size_t)l * dim * dim, dim, dim);
@@ -411,6 +425,57 @@ int llm_block_get(const struct llm *m, struct llm_state *s, uint32_t t0, const v
 			if (l->dtype != s->kv_dtype)
 				round_elems(s->kv_dtype, dst, plane);
 			in += plane * es;
+		}
+	return 0;
+}
+
+int llm_block_get_sparse(const struct llm *m, struct llm_state *s, uint32_t t0, const void *src,
+			 size_t n, const struct kvc_layout *l)
+{
+	const struct llm_config *c = &m->c;
+	size_t lh = (size_t)c->layers * c->kv_heads, es = l->dtype == KVC_F32 ? 4 : 2, hd = c->head_dim;
+	const uint8_t *in = src;
+	struct kvc_sparse sp;
+	const uint32_t *cnt, *tok;
+	const float *bias;
+	const uint8_t *rows;
+	uint64_t total = 0;
+
+	if (l->layers != c->layers || l->kv_heads != c->kv_heads || l->head_dim != c->head_dim ||
+	    (l->dtype != KVC_F32 && l->dtype != KVC_F16 && l->dtype != KVC_BF16) ||
+	    (uint64_t)t0 + l->tokens > (uint64_t)c->seq_len || n < sizeof(sp) + lh * 4)
+		return -EINVAL;
+	memcpy(&sp, in, sizeof(sp));
+	cnt = (const uint32_t *)(in + sizeof(sp));
+	for (size_t i = 0; i < lh; i++)
+		total += cnt[i];
+	if (sp.magic != KVC_SPARSE_MAGIC || sp.tokens != l->tokens || sp.total != total ||
+	    n < sizeof(sp) + lh * 4 + total * (8 + 2 * hd * es))
+		return -EINVAL;
+	tok = cnt + lh;
+	bias = (const float *)(tok + total);
+	rows = (const uint8_t *)(bias + total);
+	for (int ly = 0; ly < c->layers; ly++)
+		for (int h = 0; h < c->kv_heads; h++) {
+			size_t u = (size_t)ly * c->kv_heads + h, k = cnt[u];
+			float *b = s->bias + u * c->seq_len + t0;
+
+			for (uint32_t t = 0; t < l->tokens; t++)
+				b[t] = -INFINITY; /* dropped unless listed */
+			for (size_t i = 0; i < k; i++) {
+				size_t at = ((size_t)ly * c->seq_len + t0 + tok[i]) * c->kv_dim + h * hd;
+
+				if (tok[i] >= l->tokens)
+					return -EINVAL;
+				b[tok[i]] = bias[i];
+				get_elems(l->dtype, rows + i * hd * es, s->kc + at, hd);
+				get_elems(l->dtype, rows + (k + i) * hd * es, s->vc + at, hd);
+				round_elems(s->kv_dtype, s->kc + at, hd);
+				round_elems(s->kv_dtype, s->vc + at, hd);
+			}
+			rows += 2 * k * hd * es;
+			tok += k;
+			bias += k;
 		}
 	return 0;
 }

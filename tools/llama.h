@@ -36,6 +36,11 @@ struct llm_state {
 				 * layers, heads and later queries (H2O's accumulated score) */
 	float *attn;		/* [layers][dim]: the last step's attention output per layer,
 				 * heads concatenated, before wo */
+	float *acc_lh;		/* [layers][kv_heads][seq_len]: acc per (layer, KV head) */
+	float *bias;		/* [layers][kv_heads][seq_len]: added to the attention logit of
+				 * each cached token; -inf: dropped by a selection policy */
+	float *qs;		/* [seq_len][layers][dim]: each position's post-RoPE queries */
+	float *lse;		/* [seq_len][layers][heads]: log-sum-exp of its attention logits */
 };
 
 /* Load a llama2.c checkpoint. Returns 0, -errno from open/read, or -EINVAL when the header is
@@ -63,6 +68,12 @@ void llm_block_put(const struct llm *m, const struct llm_state *s, uint32_t t0, 
 int llm_block_get(const struct llm *m, struct llm_state *s, uint32_t t0, const void *src,
 		  const struct kvc_layout *l);
 
+/* Write a block FETCH returned in kvc_sparse form (within @n bytes; layout @l, codec has
+ * KVC_CODEC_SPARSE) into the cache at @t0: kept rows at their positions with their bias,
+ * dropped tokens masked. Returns -EINVAL when it does not match this model. */
+int llm_block_get_sparse(const struct llm *m, struct llm_state *s, uint32_t t0, const void *src,
+			 size_t n, const struct kvc_layout *l);
+
 /* Per-token scores for kvc_store_scored: s->acc[t0 .. t0 + n). */
 void llm_block_scores(const struct llm_state *s, uint32_t t0, uint32_t n, float *dst);
 
@@ -77,6 +88,8 @@ struct llm_kvc {
 	uint32_t chunk;
 	uint8_t codec;		/* kvc_layout.codec on STORE: 0 namespace policy, 1..8 registered */
 	bool scores;		/* send s->acc with each STORE (kvc_store_scored) */
+	uint32_t aux;		/* KVC_AUX_* sent with each STORE (kvc_aux) */
+	uint32_t window;	/* KVC_AUX_QUERIES: the last queries before the stored prefix ends */
 	uint64_t bytes_fetched, bytes_stored;
 };
 

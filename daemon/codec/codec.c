@@ -298,6 +298,8 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)))
 		return 0;
+	if (p->select)
+		return kvcd_sel_size(p, l, scores, pos, NULL);
 	if (p->kind == KVCD_CODEC_NONE)
 		return kvcp_layout_bytes(l);
 	v = view_of(p, l);
@@ -1072,29 +1074,16 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 	return 0;
 }
 
-int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *engine, uint32_t pos, const void *src,
-		      const float *scores, void *dst)
+/* The units of a block under @p (a codec, not NONE), without the header, to @o. */
+static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
+		       const struct kvcp_layout *engine, uint32_t pos, const void *src,
+		       const float *scores, uint8_t *o)
 {
-	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
-	struct kvcp_layout view, *l = &view;
+	struct kvcp_layout view = view_of(p, engine), *l = &view;
 	struct shape sh[2];
 	struct work w;
-	uint8_t *o = dst;
-	char why[8];
 	int err = 0;
 
-	if (kvcd_policy_check(p, engine, why, sizeof(why)))
-		return -EINVAL;
-	if (p->kind == KVCD_CODEC_NONE) {
-		memcpy(dst, src, kvcp_layout_bytes(engine));
-		return 0;
-	}
-	view = view_of(p, engine);
-	scores = p->hibits ? scores : NULL;
-	for (uint32_t t = 0; scores && t < l->tokens; t++)
-		if (!isfinite(scores[t]))
-			return -EINVAL;
 	shape_of(p, l, scores, pos, 0, &sh[0]);
 	shape_of(p, l, scores, pos, 1, &sh[1]);
 	err = work_init(&w, p, l, sh[0].ne);
@@ -1106,16 +1095,8 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
 	w.prs = (size_t)l->kv_heads * (w.pre ? sh[0].ngt : 1);
 	for (uint32_t t = 0; t < l->tokens; t++)
 		w.order[t] = t;
-	if (scores) {
+	if (scores)
 		qsort_r(w.order, l->tokens, 4, cmp_score, (void *)scores);
-	}
-	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
-	h.pol = *p;
-	h.layout = *engine;
-	h.layout.codec = 0;
-	h.pos = pos;
-	h.bytes = size_of_view(p, l, scores, pos);
-	put(&o, &h, sizeof(h));
 	if (fusable(p, sh))
 		return encode_fused(isa, p, l, src, sh, &w, o);
 	/* one (layer, K/V) plane at a time, read in one sequential pass */
@@ -1134,42 +1115,81 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
 	return err;
 }
 
-int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
-		      struct kvcp_layout *l)
+uint64_t kvcd_codec_body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
+			      bool scores, uint32_t pos)
 {
-	struct kvcd_codec_hdr h;
 	struct kvcp_layout v;
+
+	if (p->kind == KVCD_CODEC_NONE)
+		return kvcp_layout_bytes(l);
+	v = view_of(p, l);
+	return size_of_view(p, &v, scores && p->hibits, pos) - sizeof(struct kvcd_codec_hdr);
+}
+
+int kvcd_codec_body_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
+			   const struct kvcp_layout *l, uint32_t pos, const void *src,
+			   const float *scores, void *dst)
+{
+	if (p->kind == KVCD_CODEC_NONE) {
+		memcpy(dst, src, kvcp_layout_bytes(l));
+		return 0;
+	}
+	return encode_body(isa, p, l, pos, src, p->hibits ? scores : NULL, dst);
+}
+
+int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
+		      const struct kvcp_layout *engine, uint32_t pos, const void *src,
+		      const float *scores, void *dst)
+{
+	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
+	struct kvcp_layout view;
+	char why[8];
+
+	if (kvcd_policy_check(p, engine, why, sizeof(why)))
+		return -EINVAL;
+	if (p->select)
+		return kvcd_sel_encode(isa, p, engine, pos, src, scores, NULL, NULL, dst);
+	if (p->kind == KVCD_CODEC_NONE) {
+		memcpy(dst, src, kvcp_layout_bytes(engine));
+		return 0;
+	}
+	view = view_of(p, engine);
+	scores = p->hibits ? scores : NULL;
+	for (uint32_t t = 0; scores && t < engine->tokens; t++)
+		if (!isfinite(scores[t]))
+			return -EINVAL;
+	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
+	h.pol = *p;
+	h.layout = *engine;
+	h.layout.codec = 0;
+	h.pos = pos;
+	h.bytes = size_of_view(p, &view, scores, pos);
+	memcpy(dst, &h, sizeof(h));
+	return encode_body(isa, p, engine, pos, src, scores, (uint8_t *)dst + sizeof(h));
+}
+
+/* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
+ * has checked against kvcd_codec_body_size(), into @dst (layout @engine). */
+static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
+		       const struct kvcp_layout *engine, uint32_t pos, bool scores,
+		       const uint8_t *in, void *dst)
+{
+	struct kvcp_layout v = view_of(p, engine);
 	struct shape sh[2];
 	struct work w;
-	const uint8_t *in = src;
-	char why[8];
 	int err = 0;
 
-	if (n < sizeof(h))
-		return -EBADMSG;
-	get(&in, &h, sizeof(h));
-	if (h.magic != KVCD_CODEC_MAGIC || h.version != KVCD_CODEC_VERSION || (h.flags & ~KVCD_CODEC_F_SCORES) ||
-	    h.pol.kind == KVCD_CODEC_NONE || h.layout.codec || h.reserved ||
-	    kvcd_policy_check(&h.pol, &h.layout, why, sizeof(why)) ||
-	    kvcd_codec_size(&h.pol, &h.layout, h.flags & KVCD_CODEC_F_SCORES, h.pos) != n ||
-	    h.bytes != n)
-		return -EBADMSG;
-	*l = h.layout;
-	if (kvcp_layout_bytes(&h.layout) > cap)
-		return -ENOSPC;
-	v = view_of(&h.pol, &h.layout);
-	shape_of(&h.pol, &v, h.flags & KVCD_CODEC_F_SCORES, h.pos, 0, &sh[0]);
-	shape_of(&h.pol, &v, h.flags & KVCD_CODEC_F_SCORES, h.pos, 1, &sh[1]);
-	err = work_init(&w, &h.pol, &v, sh[0].ne);
+	shape_of(p, &v, scores, pos, 0, &sh[0]);
+	shape_of(p, &v, scores, pos, 1, &sh[1]);
+	err = work_init(&w, p, &v, sh[0].ne);
 	if (err)
 		return err;
-	rope_tables(&h.pol, &h.layout, h.pos, &w);
+	rope_tables(p, engine, pos, &w);
 	e4m3_init();
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
-				struct unit_io u = { &h.pol, &sh[kv], isa, v.dtype, kv,
-						     h.layout.head_dim };
+				struct unit_io u = { p, &sh[kv], isa, v.dtype, kv, engine->head_dim };
 
 				w.tile = w.plane + (size_t)head * v.head_dim;
 				err = decode_unit(&u, &w, &in);
@@ -1180,4 +1200,62 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 					      (size_t)v.tokens * w.ts);
 		}
 	return err;
+}
+
+int kvcd_codec_body_decode(enum kvcd_isa isa, const struct kvcd_policy *p,
+			   const struct kvcp_layout *l, uint32_t pos, bool scores, const void *in,
+			   void *dst)
+{
+	if (p->kind == KVCD_CODEC_NONE) {
+		memcpy(dst, in, kvcp_layout_bytes(l));
+		return 0;
+	}
+	return decode_body(isa, p, l, pos, scores && p->hibits, in, dst);
+}
+
+/* Read and check the header of an encoded block of @n bytes. */
+static int read_hdr(const void *src, uint64_t n, struct kvcd_codec_hdr *h)
+{
+	char why[8];
+
+	if (n < sizeof(*h))
+		return -EBADMSG;
+	memcpy(h, src, sizeof(*h));
+	if (h->magic != KVCD_CODEC_MAGIC || h->version != KVCD_CODEC_VERSION ||
+	    (h->flags & ~KVCD_CODEC_F_SCORES) || (h->pol.kind == KVCD_CODEC_NONE && !h->pol.select) ||
+	    h->layout.codec || h->reserved || h->bytes != n ||
+	    kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
+		return -EBADMSG;
+	return 0;
+}
+
+uint64_t kvcd_codec_out_size(const void *src, uint64_t n)
+{
+	struct kvcd_codec_hdr h;
+
+	if (read_hdr(src, n, &h))
+		return 0;
+	if (h.pol.select)
+		return kvcd_sel_out_size(&h, src, n);
+	return kvcp_layout_bytes(&h.layout);
+}
+
+int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
+		      struct kvcp_layout *l)
+{
+	struct kvcd_codec_hdr h;
+	bool scores;
+
+	if (read_hdr(src, n, &h))
+		return -EBADMSG;
+	if (h.pol.select)
+		return kvcd_sel_decode(isa, &h, src, n, dst, cap, l);
+	scores = h.flags & KVCD_CODEC_F_SCORES;
+	if (kvcd_codec_size(&h.pol, &h.layout, scores, h.pos) != n)
+		return -EBADMSG;
+	*l = h.layout;
+	if (kvcp_layout_bytes(&h.layout) > cap)
+		return -ENOSPC;
+	return decode_body(isa, &h.pol, &h.layout, h.pos, scores, (const uint8_t *)src + sizeof(h),
+			   dst);
 }

@@ -47,7 +47,7 @@ enum kvcd_codec_kind {
 	KVCD_CODEC_KIVI = 3,
 };
 
-#define KVCD_POLICY_STR 96	/* longest canonical policy string, NUL included */
+#define KVCD_POLICY_STR 192	/* longest canonical policy string, NUL included */
 
 /* A parsed policy. Plain data, stored verbatim in every encoded block's header. */
 struct kvcd_policy {
@@ -66,7 +66,35 @@ struct kvcd_policy {
 				 * (KIVI's residual), 1: quantized per channel as one short group */
 	uint8_t params;		/* int, kivi: 0: f16 scale and zero per group; 1: a reference
 				 * per unit and one byte each (kvcd_quant_params_u8) */
-	uint8_t pad[2];		/* 0 */
+	/* token selection (sel.c): which tokens of each (layer, KV head) are kept at all */
+	uint8_t select;		/* enum kvcd_select; 0: every token */
+	uint8_t budget;		/* enum kvcd_budget */
+	uint16_t keep;		/* tokens kept, in 1/10000 of the block's tokens */
+	uint16_t window;	/* the block's last tokens, always kept */
+	uint8_t merge;		/* enum kvcd_merge */
+	uint8_t kernel;		/* snapkv: max-pooling width (odd; 0 or 1: none) */
+};
+
+enum kvcd_select {
+	KVCD_SELECT_NONE = 0,
+	KVCD_SELECT_RECENT = 1,	/* StreamingLLM: sinks and the most recent tokens */
+	KVCD_SELECT_KEYNORM = 2,	/* smallest key norm first; needs nothing from the engine */
+	KVCD_SELECT_H2O = 3,	/* accumulated attention (KVCP_AUX_ATTN) */
+	KVCD_SELECT_SNAPKV = 4,	/* the observation window's attention (KVCP_AUX_QUERIES) */
+};
+
+enum kvcd_budget {
+	KVCD_BUDGET_UNIFORM = 0,	/* every (layer, head) keeps the same count */
+	KVCD_BUDGET_PYRAMID = 1,	/* PyramidKV: per-layer counts falling with depth */
+	KVCD_BUDGET_ADAKV = 2,	/* Ada-KV: a layer's heads share its budget by score */
+};
+
+enum kvcd_merge {
+	KVCD_MERGE_NONE = 0,
+	KVCD_MERGE_KEY = 1,	/* each dropped token's value folded into the kept token of most
+				 * similar key (cosine), weighted by attention mass; the group's
+				 * mass recorded as an attention bias (f16 per kept token) */
+	KVCD_MERGE_VALUE = 2,	/* the same without the bias (CaM-style value merging) */
 };
 
 /* Parse @s into @p. Returns 0, or -EINVAL with a one-line reason in @why. */
@@ -84,8 +112,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l);
 
 #define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
-#define KVCD_CODEC_VERSION 4	/* 2: groups longer than head_dim span heads; rope;
-				 * 3: kivi resid; 4: params=u8 */
+#define KVCD_CODEC_VERSION 5	/* 2: groups longer than head_dim span heads; rope;
+				 * 3: kivi resid; 4: params=u8; 5: token selection */
 #define KVCD_CODEC_F_SCORES 1u
 
 /* First bytes of every encoded block. */
@@ -123,6 +151,61 @@ extern bool kvcd_codec_fused;
  * -ENOSPC when @cap is too small, -ENOMEM. */
 int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
 		      struct kvcp_layout *l);
+
+/* Bytes FETCH writes for the encoded block @src of @n bytes: the raw block, or for a block
+ * whose policy selected tokens its struct kvcp_sparse form; 0 when the header is bad. */
+uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
+
+/* ---- token selection (sel.c) ---------------------------------------------------------------
+ * A policy with select= keeps, per (layer, KV head), count[layer][head] of the block's T
+ * tokens (budget= decides the counts, select= which tokens, merge= whether the dropped ones
+ * are folded into kept ones) and encodes the kept rows of each (layer, head) under the
+ * policy's codec as a block of one layer, one head and count tokens. The encoded block:
+ *   struct kvcd_codec_hdr
+ *   u32 count[layers * kv_heads]
+ *   kept-token bitmaps, ceil(T / 8) bytes per (layer, head), bit t of byte t / 8
+ *   merge=key: f16 bias[total], log of the attention mass each kept token stands for over
+ *              its own (>= 0)
+ *   per (layer, head): the codec's units for its kept rows ([K, V][count][head_dim])
+ * FETCH writes struct kvcp_sparse (proto/kvcp.h). */
+
+/* What the engine sent with the STORE (KVCP_SQE_F_AUX), checked and copied by the caller. */
+struct kvcd_aux {
+	uint32_t what;		/* KVCP_AUX_* */
+	uint32_t q_heads, window;
+	int32_t q_pos;
+	const float *attn;	/* [layers][kv_heads][tokens] */
+	const float *q;		/* [layers][q_heads][window][head_dim] */
+	const float *lse;	/* [layers][q_heads][window] */
+};
+
+/* Kept tokens per (layer, head) into @counts[layers * kv_heads]. Only budget=adakv looks at
+ * the data (@src, @aux); the counts then fix the encoded size, so a block re-read for encoding
+ * cannot outgrow its reservation. Returns 0, -EINVAL (@aux lacks what select= needs, or a
+ * value is inf/nan), -ENOMEM. */
+int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts);
+/* Encoded size with @counts (NULL: plan without data; 0 for budget=adakv). */
+uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+		       uint32_t pos, const uint32_t *counts);
+/* Encode; @counts NULL plans first (budget=adakv then needs @aux or keynorm). */
+int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
+		    const uint32_t *counts, void *dst);
+/* For kvcd_codec_decode and _out_size, after the header checked out. */
+int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src,
+		    uint64_t n, void *dst, uint64_t cap, struct kvcp_layout *l);
+uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n);
+
+/* The units of a block without the header, for sel.c: @p's codec (NONE: the raw bytes). */
+uint64_t kvcd_codec_body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
+			      bool scores, uint32_t pos);
+int kvcd_codec_body_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
+			   const struct kvcp_layout *l, uint32_t pos, const void *src,
+			   const float *scores, void *dst);
+int kvcd_codec_body_decode(enum kvcd_isa isa, const struct kvcd_policy *p,
+			   const struct kvcp_layout *l, uint32_t pos, bool scores, const void *in,
+			   void *dst);
 
 /* ---- conversions shared with tools -------------------------------------------------------- */
 

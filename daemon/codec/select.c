@@ -7,17 +7,17 @@
 #include <string.h>
 
 void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-		       const float *q, uint32_t g, uint32_t w, uint32_t kernel, float *tmp,
-		       float *score)
+		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
+		       uint32_t kernel, float *tmp, float *score)
 {
 	float inv = 1.0f / sqrtf((float)d);
 
 	memset(score, 0, (size_t)t * sizeof(*score));
-	w = w < t ? w : t;
 	for (uint32_t h = 0; h < g; h++)
 		for (uint32_t i = 0; i < w; i++) {
 			const float *qi = q + ((size_t)h * w + i) * d;
-			uint32_t seen = t - w + i + 1; /* causal: keys 0 .. its own position */
+			int64_t last = qpos + i; /* causal: keys up to its own position */
+			uint32_t seen = last < 0 ? 0 : last >= t ? t : (uint32_t)last + 1;
 			float mx = -INFINITY, sum = 0.0f;
 
 			for (uint32_t k = 0; k < seen; k++) {
@@ -29,10 +29,13 @@ void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 				tmp[k] = dot * inv;
 				mx = tmp[k] > mx ? tmp[k] : mx;
 			}
+			if (lse) /* the sequence's normaliser: the block's share of attention */
+				mx = lse[(size_t)h * w + i];
 			for (uint32_t k = 0; k < seen; k++) {
 				tmp[k] = expf(tmp[k] - mx);
 				sum += tmp[k];
 			}
+			sum = lse ? 1.0f : sum;
 			for (uint32_t k = 0; k < seen; k++)
 				score[k] += tmp[k] / sum;
 		}

@@ -1,8 +1,8 @@
 /* select.h - token selection and budget allocation (issue 5), as pure functions over one
  * block's keys and what the engine hands over, the way quant.c is for quantization.
  *
- * Built and unit-tested; not yet wired into policies, STORE or FETCH (see docs/architecture.md,
- * "Selection"). Keys are f32 rows of one (layer, KV head): @keys[t * stride + c], c < d. */
+ * sel.c applies them to blocks. Keys are f32 rows of one (layer, KV head):
+ * @keys[t * stride + c], c < d. */
 #ifndef KVCD_SELECT_H
 #define KVCD_SELECT_H
 
@@ -10,14 +10,16 @@
 
 /* ---- scores: higher means keep ---------------------------------------------------------- */
 
-/* SnapKV: the attention each prefix token gets from the observation window. @q holds the
- * window's post-RoPE queries of the @g query heads that share this KV head (GQA), [g][w][d];
- * window query i sits at block token t - w + i and sees keys 0..t - w + i (causal). Softmax
- * of q.k / sqrt(d) per query, summed over the window and the group, then max-pooled over
- * @kernel neighbouring tokens (odd; 1: none). @score[t]. @tmp: t floats. */
+/* SnapKV: the attention each token gets from an observation window. @q holds the window's
+ * post-RoPE queries of the @g query heads that share this KV head (GQA), [g][w][d]; query i
+ * sits at block position @qpos + i and sees keys 0..qpos + i (causal; a window after the
+ * block sees all of it). With @lse ([g][w], each query's log-sum-exp of q.k / sqrt(d) over
+ * every key it attended) the weights are its true softmax; with NULL, a softmax over the
+ * block's keys it sees. Summed over the window and the group, then max-pooled over @kernel
+ * neighbouring tokens (odd; 1: none). @score[t]. @tmp: t floats. */
 void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-		       const float *q, uint32_t g, uint32_t w, uint32_t kernel, float *tmp,
-		       float *score);
+		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
+		       uint32_t kernel, float *tmp, float *score);
 
 /* Key-norm: the smaller a key's L2 norm, the higher its score (-||k||). */
 void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,

@@ -117,6 +117,48 @@ enum kvc_op {
 
 #define KVC_REQ_SCORES 2u	/* STORE: @layout->tokens f32 importance scores follow the block
 				 * in staging; @len = kvc_layout_bytes(@layout) + 4 * tokens */
+#define KVC_REQ_AUX 4u		/* STORE: a struct kvc_aux and its arrays follow the block (and
+				 * the scores, if any), 4-aligned; @len includes them */
+
+/* What an engine hands over for token selection (policies with select=h2o or snapkv). After
+ * this header, f32 arrays in this order, each present when its bit is in @what:
+ *   KVC_AUX_ATTN     [layers][kv_heads][tokens]: attention each token of the block has
+ *                    received, summed over its KV head's query heads and the later queries
+ *   KVC_AUX_QUERIES  [layers][q_heads][window][head_dim]: post-RoPE queries of an observation
+ *                    window, query i at block-relative position @q_pos + i (it sees the
+ *                    block's tokens up to there); then [layers][q_heads][window]: each query's
+ *                    log-sum-exp of q.k / sqrt(head_dim) over every key it attended */
+#define KVC_AUX_MAGIC 0x5841564bu
+#define KVC_AUX_ATTN 1u
+#define KVC_AUX_QUERIES 2u
+
+struct kvc_aux {
+	uint32_t magic;		/* KVC_AUX_MAGIC */
+	uint32_t what;		/* KVC_AUX_* */
+	uint16_t q_heads;	/* QUERIES: a multiple of kv_heads */
+	uint16_t window;	/* QUERIES: 1..4096 */
+	int32_t q_pos;
+	uint64_t reserved[2];	/* 0 */
+};
+
+/* Bytes of the arrays that follow @a for blocks of layout @l (0: @a is invalid for it). */
+uint64_t kvc_aux_bytes(const struct kvc_aux *a, const struct kvc_layout *l);
+
+/* FETCH of a block whose policy dropped tokens sets KVC_CODEC_SPARSE in layout.codec and
+ * writes a struct kvc_sparse, then uint32_t count[layers][kv_heads], uint32_t token[total]
+ * (block-relative, ascending per (layer, head)), float bias[total] (add to the token's
+ * attention logit: log of the tokens it stands for after merging, else 0), then per layer K
+ * then V, per head count rows of head_dim in the block's dtype. Tokens not listed are dropped:
+ * mask them out of attention. */
+#define KVC_CODEC_SPARSE 0x80u
+#define KVC_SPARSE_MAGIC 0x3153564bu
+
+struct kvc_sparse {
+	uint32_t magic;		/* KVC_SPARSE_MAGIC */
+	uint32_t total;		/* kept tokens over every (layer, head) */
+	uint32_t tokens;	/* tokens of the block as stored */
+	uint32_t reserved;
+};
 
 struct kvc_req {
 	uint8_t op;

@@ -1,0 +1,467 @@
+/* sel.c - token selection on whole blocks (codec.h, "token selection"): per (layer, KV head)
+ * scores and keep sets from select.c, budgets, merging of dropped tokens, and the kept rows of
+ * each (layer, head) through the policy's codec as a block of their own. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "select.h"
+
+#define PYRAMID_BETA 20.0	/* PyramidKV's default: the deepest layer keeps m / 20 */
+#define ADAKV_ALPHA 0.2		/* Ada-KV's safeguard: a head keeps at least 20% of the mean */
+
+static uint32_t sinks_in(const struct kvcd_policy *p, uint32_t pos, uint32_t t)
+{
+	return p->sink > pos ? (p->sink - pos < t ? p->sink - pos : t) : 0;
+}
+
+static uint32_t mean_count(const struct kvcd_policy *p, uint32_t t)
+{
+	uint64_t n = ((uint64_t)t * p->keep + 5000) / 10000;
+
+	return n ? (n < t ? (uint32_t)n : t) : 1;
+}
+
+static struct kvcp_layout mini_of(const struct kvcp_layout *l, uint32_t n)
+{
+	struct kvcp_layout m = { .dtype = l->dtype, .layers = 1, .kv_heads = 1,
+				 .head_dim = l->head_dim, .tokens = n };
+
+	return m;
+}
+
+/* PyramidKV's per-layer counts, none above @t: what a shallow layer cannot take goes to the
+ * next layers down, so the total stays layers * mean whenever it fits. */
+static void pyramid(uint32_t layers, uint32_t t, uint32_t mean, uint32_t *out)
+{
+	uint64_t spill = 0;
+
+	kvcd_budget_pyramid((uint64_t)mean * layers, layers, PYRAMID_BETA, out);
+	for (uint32_t l = 0; l < layers; l++) {
+		uint64_t want = out[l] + spill;
+
+		out[l] = want > t ? t : (uint32_t)want;
+		spill = want - out[l];
+	}
+}
+
+static int need_aux(const struct kvcd_policy *p, const struct kvcd_aux *a)
+{
+	if (p->select == KVCD_SELECT_H2O && !(a && (a->what & KVCP_AUX_ATTN) && a->attn))
+		return -EINVAL;
+	if (p->select == KVCD_SELECT_SNAPKV &&
+	    !(a && (a->what & KVCP_AUX_QUERIES) && a->q && a->lse && a->window && a->q_heads))
+		return -EINVAL;
+	return 0;
+}
+
+/* Working memory for one block. */
+struct sel_work {
+	float *kp, *vp;		/* T x H x D: one layer's K and V planes, f32 */
+	float *score, *tmp;	/* H x T, T */
+	uint32_t *keep, *utmp;	/* T, T */
+	float *rows;		/* 2 x T x D: a head's kept K rows, then V rows */
+	float *bias;		/* T: log of the mass each kept row stands for over its own */
+	float *mass;		/* T: attention mass of each token, for merging */
+	float *sc;		/* T: importance scores of the kept tokens */
+	void *raw;		/* 2 x T x D in the engine's dtype */
+};
+
+static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
+{
+	size_t t = l->tokens, hd = (size_t)l->kv_heads * l->head_dim, td = t * l->head_dim;
+
+	memset(w, 0, sizeof(*w));
+	w->kp = malloc(t * hd * 4 * 2 + (size_t)l->kv_heads * t * 4 + t * 4 * 6 + td * 4 * 2 +
+		       td * 2 * kvcp_dtype_size(l->dtype));
+	if (!w->kp)
+		return -ENOMEM;
+	w->vp = w->kp + t * hd;
+	w->score = w->vp + t * hd;
+	w->tmp = w->score + (size_t)l->kv_heads * t;
+	w->keep = (uint32_t *)(w->tmp + t);
+	w->utmp = w->keep + t;
+	w->bias = (float *)(w->utmp + t);
+	w->mass = w->bias + t;
+	w->sc = w->mass + t;
+	w->rows = w->sc + t;
+	w->raw = w->rows + td * 2;
+	return 0;
+}
+
+/* One layer's planes as f32; -EINVAL on inf/nan. */
+static int load_layer(enum kvcd_isa isa, const struct kvcp_layout *l, const void *src,
+		      uint32_t layer, bool values, struct sel_work *w)
+{
+	size_t hd = (size_t)l->kv_heads * l->head_dim, n = hd * l->tokens;
+	size_t plane = n * kvcp_dtype_size(l->dtype);
+	const uint8_t *k = (const uint8_t *)src + (size_t)layer * 2 * plane;
+
+	kvcd_to_f32(isa, l->dtype, k, w->kp, n);
+	if (values)
+		kvcd_to_f32(isa, l->dtype, k + plane, w->vp, n);
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(w->kp[i]) || (values && !isfinite(w->vp[i])))
+			return -EINVAL;
+	return 0;
+}
+
+/* Scores of (@layer, @head): higher is kept first. */
+static void score_head(const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       const struct kvcd_aux *a, uint32_t layer, uint32_t head,
+		       struct sel_work *w, float *score)
+{
+	uint32_t t = l->tokens, d = l->head_dim, h = l->kv_heads;
+	const float *keys = w->kp + (size_t)head * d;
+
+	switch (p->select) {
+	case KVCD_SELECT_RECENT:
+		kvcd_score_recency(t, score);
+		break;
+	case KVCD_SELECT_KEYNORM:
+		kvcd_score_keynorm(keys, h * d, t, d, score);
+		break;
+	case KVCD_SELECT_H2O:
+		memcpy(score, a->attn + ((size_t)layer * h + head) * t, (size_t)t * 4);
+		break;
+	default: { /* snapkv */
+		uint32_t g = a->q_heads / h;
+		size_t q0 = ((size_t)layer * a->q_heads + (size_t)head * g) * a->window;
+
+		kvcd_score_snapkv(keys, h * d, t, d, a->q + q0 * d, a->lse + q0, g, a->window,
+				  a->q_pos, p->kernel ? p->kernel : 1, w->tmp, score);
+	}
+	}
+}
+
+int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
+{
+	uint32_t t = l->tokens, h = l->kv_heads, n = mean_count(p, t), nsink = sinks_in(p, pos, t);
+	struct sel_work w;
+	int err;
+
+	if (p->budget == KVCD_BUDGET_UNIFORM) {
+		for (size_t i = 0; i < (size_t)l->layers * h; i++)
+			counts[i] = n;
+		return 0;
+	}
+	if (p->budget == KVCD_BUDGET_PYRAMID) {
+		pyramid(l->layers, t, n, counts);
+		for (uint32_t ly = l->layers; ly-- > 0;)
+			for (uint32_t hh = 0; hh < h; hh++)
+				counts[(size_t)ly * h + hh] = counts[ly];
+		return 0;
+	}
+	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
+		return src ? err : -EINVAL;
+	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+		err = load_layer(isa, l, src, ly, false, &w);
+		for (uint32_t hh = 0; hh < h && !err; hh++) {
+			float *s = w.score + (size_t)hh * t;
+
+			score_head(p, l, aux, ly, hh, &w, s);
+			/* sinks and the window are kept whatever their scores: they count first */
+			for (uint32_t i = 0; i < t; i++)
+				if (i < nsink || i + p->window >= t)
+					s[i] = INFINITY;
+		}
+		if (!err) /* the K plane is done with: it is the joint top-k's scratch */
+			kvcd_budget_adakv(w.score, h, t, n, ADAKV_ALPHA, w.kp, counts + (size_t)ly * h);
+	}
+	free(w.kp);
+	return err;
+}
+
+uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+		       uint32_t pos, const uint32_t *counts)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads;
+	uint32_t *own = NULL;
+	uint64_t b, total = 0;
+
+	if (!kvcp_layout_bytes(l))
+		return 0;
+	if (!counts) {
+		if (p->budget == KVCD_BUDGET_ADAKV || !(own = malloc(lh * 4)) ||
+		    kvcd_sel_plan(KVCD_ISA_SCALAR, p, l, pos, NULL, NULL, own)) {
+			free(own);
+			return 0;
+		}
+		counts = own;
+	}
+	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + lh * ((l->tokens + 7) / 8);
+	for (size_t i = 0; i < lh; i++) {
+		struct kvcp_layout m = mini_of(l, counts[i]);
+
+		if (counts[i] > l->tokens) {
+			free(own);
+			return 0;
+		}
+		total += counts[i];
+		if (counts[i])
+			b += kvcd_codec_body_size(p, &m, scores, pos);
+	}
+	free(own);
+	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
+}
+
+static float dot(const float *a, const float *b, uint32_t d)
+{
+	float s = 0.0f;
+
+	for (uint32_t c = 0; c < d; c++)
+		s += a[c] * b[c];
+	return s;
+}
+
+/* Merging (D2O's assignment, CaM's value merge): each dropped token goes to the kept token
+ * (sinks aside) whose key is most similar by cosine. Tokens weigh by their attention mass
+ * @mass: a kept token's value becomes the mass-weighted mean of the values it stands for and
+ * its key stays; w->bias gets log(its group's mass / its own), which merge=key records so the
+ * attention the group drew is not lost, and merge=value drops. */
+static void merge_head(const struct kvcp_layout *l, uint32_t head, uint32_t m, uint32_t nsink,
+		       const float *mass, struct sel_work *w)
+{
+	uint32_t t = l->tokens, d = l->head_dim, stride = l->kv_heads * d, k = 0;
+	float *kr = w->rows, *vr = w->rows + (size_t)m * d, *grp = w->bias;
+	for (uint32_t i = 0; i < m; i++) { /* norms of the kept keys, in w->tmp */
+		float mi = mass[w->keep[i]];
+
+		w->tmp[i] = sqrtf(dot(kr + (size_t)i * d, kr + (size_t)i * d, d));
+		grp[i] = mi;
+		for (uint32_t c = 0; c < d; c++)
+			vr[(size_t)i * d + c] *= mi;
+	}
+	for (uint32_t j = 0; j < t; j++) {
+		const float *kj = w->kp + (size_t)j * stride + (size_t)head * d;
+		const float *vj = w->vp + (size_t)j * stride + (size_t)head * d;
+		float nj, best = -INFINITY;
+		uint32_t bi = m;
+
+		if (k < m && w->keep[k] == j) {
+			k++;
+			continue;
+		}
+		nj = sqrtf(dot(kj, kj, d));
+		for (uint32_t i = 0; i < m; i++) {
+			float c;
+
+			if (w->keep[i] < nsink)
+				continue;
+			c = dot(kj, w->kp + (size_t)w->keep[i] * stride + (size_t)head * d, d) /
+			    (nj * w->tmp[i] + 1e-20f);
+			if (c > best) {
+				best = c;
+				bi = i;
+			}
+		}
+		if (bi == m)
+			continue; /* only sinks kept: dropped */
+		for (uint32_t c = 0; c < d; c++)
+			vr[(size_t)bi * d + c] += mass[j] * vj[c];
+		grp[bi] += mass[j];
+	}
+	for (uint32_t i = 0; i < m; i++) {
+		float mi = mass[w->keep[i]];
+
+		for (uint32_t c = 0; c < d; c++)
+			vr[(size_t)i * d + c] /= grp[i];
+		grp[i] = logf(grp[i] / mi);
+	}
+}
+
+int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
+		    const uint32_t *counts, void *dst)
+{
+	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
+	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
+	uint32_t t = l->tokens, d = l->head_dim, nsink = sinks_in(p, pos, t), *own = NULL;
+	uint64_t total = 0;
+	uint8_t *o = dst, *bits, *wts, *body;
+	struct sel_work w;
+	char why[8];
+	int err;
+
+	if (kvcd_policy_check(p, l, why, sizeof(why)) || !p->select || need_aux(p, aux))
+		return -EINVAL;
+	scores = p->hibits ? scores : NULL;
+	for (uint32_t i = 0; scores && i < t; i++)
+		if (!isfinite(scores[i]))
+			return -EINVAL;
+	if (!counts) {
+		own = malloc(lh * 4);
+		if (!own)
+			return -ENOMEM;
+		err = kvcd_sel_plan(isa, p, l, pos, src, aux, own);
+		if (err) {
+			free(own);
+			return err;
+		}
+		counts = own;
+	}
+	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
+	h.pol = *p;
+	h.layout = *l;
+	h.layout.codec = 0;
+	h.pos = pos;
+	h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
+	err = h.bytes ? work_alloc(&w, l) : -EINVAL;
+	if (err) {
+		free(own);
+		return err;
+	}
+	for (size_t i = 0; i < lh; i++)
+		total += counts[i];
+	memcpy(o, &h, sizeof(h));
+	memcpy(o + sizeof(h), counts, lh * 4);
+	bits = o + sizeof(h) + lh * 4;
+	memset(bits, 0, lh * bm);
+	wts = bits + lh * bm;
+	body = wts + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
+	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+		err = load_layer(isa, l, src, ly, true, &w);
+		for (uint32_t hh = 0; hh < l->kv_heads && !err; hh++) {
+			size_t u = (size_t)ly * l->kv_heads + hh, stride = (size_t)l->kv_heads * d;
+			uint32_t m = counts[u];
+			struct kvcp_layout mini = mini_of(l, m);
+
+			if (!m)
+				continue;
+			score_head(p, l, aux, ly, hh, &w, w.score);
+			m = kvcd_select_keep(w.score, t, m, nsink, p->window, w.utmp, w.keep);
+			for (uint32_t i = 0; i < m; i++) {
+				memcpy(w.rows + (size_t)i * d, w.kp + w.keep[i] * stride + hh * d, d * 4);
+				memcpy(w.rows + ((size_t)m + i) * d, w.vp + w.keep[i] * stride + hh * d,
+				       d * 4);
+				bits[u * bm + w.keep[i] / 8] |= (uint8_t)(1u << (w.keep[i] % 8));
+				if (scores)
+					w.sc[i] = scores[w.keep[i]];
+			}
+			if (p->merge) {
+				bool attn = p->select == KVCD_SELECT_H2O || p->select == KVCD_SELECT_SNAPKV;
+
+				/* mass: snapkv's window attention; h2o's accumulated attention per
+				 * query that saw the token (assuming they reach the block's end: it
+				 * grows with their number); else one per token */
+				for (uint32_t j = 0; j < t; j++)
+					w.mass[j] = !attn ? 1.0f : fmaxf(w.score[j], 1e-6f) /
+						(p->select == KVCD_SELECT_H2O ? (float)(t - j) : 1.0f);
+				merge_head(l, hh, m, nsink, w.mass, &w);
+				if (p->merge == KVCD_MERGE_KEY) {
+					kvcd_from_f32(isa, KVCP_F16, w.bias, wts, m);
+					wts += (size_t)m * 2;
+				}
+			}
+			kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
+			err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
+			body += kvcd_codec_body_size(p, &mini, scores, pos);
+		}
+	}
+	free(w.kp);
+	free(own);
+	return err;
+}
+
+/* Counts and bitmaps of an encoded block, checked against each other and its size. */
+static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
+		    uint32_t *counts, uint64_t *total)
+{
+	const struct kvcp_layout *l = &h->layout;
+	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
+	const uint8_t *bits = (const uint8_t *)src + sizeof(*h) + lh * 4;
+
+	*total = 0;
+	if (n < sizeof(*h) + lh * (4 + bm))
+		return -EBADMSG;
+	memcpy(counts, (const uint8_t *)src + sizeof(*h), lh * 4);
+	for (size_t i = 0; i < lh; i++) {
+		uint32_t pop = 0;
+
+		for (size_t b = 0; b < bm; b++)
+			pop += (uint32_t)__builtin_popcount(bits[i * bm + b]);
+		if (counts[i] > l->tokens || pop != counts[i] ||
+		    (l->tokens % 8 && bits[i * bm + bm - 1] >> (l->tokens % 8)))
+			return -EBADMSG;
+		*total += counts[i];
+	}
+	if (kvcd_sel_size(&h->pol, l, h->flags & KVCD_CODEC_F_SCORES, h->pos, counts) != n)
+		return -EBADMSG;
+	return 0;
+}
+
+uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n)
+{
+	uint32_t *counts = malloc((size_t)h->layout.layers * h->layout.kv_heads * 4);
+	uint64_t total, out = 0;
+
+	if (counts && !read_sel(h, src, n, counts, &total))
+		out = kvcp_sparse_bytes(&h->layout, total);
+	free(counts);
+	return out;
+}
+
+int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src,
+		    uint64_t n, void *dst, uint64_t cap, struct kvcp_layout *l)
+{
+	const struct kvcp_layout *hl = &h->layout;
+	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
+	size_t row = (size_t)hl->head_dim * kvcp_dtype_size(hl->dtype);
+	bool scores = h->flags & KVCD_CODEC_F_SCORES;
+	uint32_t *counts = malloc(lh * 4), *tok;
+	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
+	const uint8_t *bits, *wts, *in;
+	uint64_t total;
+	float *bias;
+	uint8_t *rows;
+	int err = 0;
+
+	if (!counts)
+		return -ENOMEM;
+	if (read_sel(h, src, n, counts, &total)) {
+		free(counts);
+		return -EBADMSG;
+	}
+	*l = *hl;
+	l->codec = KVCP_CODEC_SPARSE;
+	if (kvcp_sparse_bytes(hl, total) > cap) {
+		free(counts);
+		return -ENOSPC;
+	}
+	sp.total = (uint32_t)total;
+	bits = (const uint8_t *)src + sizeof(*h) + lh * 4;
+	wts = bits + lh * bm;
+	in = wts + (h->pol.merge == KVCD_MERGE_KEY ? total * 2 : 0);
+	memcpy(dst, &sp, sizeof(sp));
+	memcpy((uint8_t *)dst + sizeof(sp), counts, lh * 4);
+	tok = (uint32_t *)((uint8_t *)dst + sizeof(sp) + lh * 4);
+	bias = (float *)(tok + total);
+	rows = (uint8_t *)(bias + total);
+	for (size_t i = 0, k = 0; i < lh; i++)
+		for (uint32_t t = 0; t < hl->tokens; t++)
+			if (bits[i * bm + t / 8] >> (t % 8) & 1)
+				tok[k++] = t;
+	if (h->pol.merge == KVCD_MERGE_KEY)
+		kvcd_to_f32(isa, KVCP_F16, wts, bias, total);
+	else
+		memset(bias, 0, total * 4);
+	for (uint64_t k = 0; k < total; k++)
+		if (!(bias[k] >= 0.0f) || isinf(bias[k])) {
+			free(counts);
+			return -EBADMSG;
+		}
+	for (size_t i = 0; i < lh && !err; i++) {
+		struct kvcp_layout mini = mini_of(hl, counts[i]);
+
+		if (!counts[i])
+			continue;
+		err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
+		in += kvcd_codec_body_size(&h->pol, &mini, scores, h->pos);
+		rows += 2 * (size_t)counts[i] * row;
+	}
+	free(counts);
+	return err;
+}
