@@ -205,6 +205,86 @@ Test(codec_ops, policy_that_does_not_fit_falls_back_to_raw)
 	kvc_detach(c);
 }
 
+/* STORE one request with @flags; returns the completion's res. */
+static int store_req(kvc_client *c, const struct kvc_key *k, const struct kvc_layout *l,
+		     uint8_t flags, uint64_t len)
+{
+	struct kvc_req r = { .op = KVC_OP_STORE, .flags = flags, .key = *k, .layout = *l,
+			     .len = len };
+	struct kvc_cqe cqe;
+
+	cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
+	cr_assert_eq(kvc_wait(c, &cqe, 1, 1, 5000), 1);
+	return cqe.res;
+}
+
+/* Token selection through kvcd: the auxiliary section after the block, a sparse FETCH, and
+ * every malformed section refused with nothing stored. */
+Test(codec_ops, selection_takes_attention_and_fetches_sparse)
+{
+	kvc_client *c = t_attach(&D, "sel", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_layout l = L, got;
+	size_t n = kvc_layout_bytes(&L), lh = (size_t)L.layers * L.kv_heads;
+	struct kvc_aux a = { .magic = KVC_AUX_MAGIC, .what = KVC_AUX_ATTN };
+	uint64_t ab = kvc_aux_bytes(&a, &L);
+	float *attn = (float *)(stg + n + sizeof(a));
+	struct kvc_key k = { 5, 1 };
+	char why[128];
+	unsigned j;
+
+	cr_assert_eq(ab, lh * L.tokens * 4);
+	fill_f16(stg, &L, 11);
+	memcpy(stg + n, &a, sizeof(a));
+	for (size_t i = 0; i < lh * L.tokens; i++) /* token t of every head: t odd matters */
+		attn[i] = (float)(i % L.tokens % 2);
+	int id = kvc_policy(c, "none:select=h2o,keep=50%", 0, why, sizeof(why));
+
+	cr_assert_gt(id, 0, "%s", why);
+	l.codec = (uint8_t)id;
+	cr_assert_eq(store_req(c, &k, &l, 0, n), -EINVAL, "h2o without attention");
+	cr_assert_eq(store_req(c, &k, &l, KVC_REQ_AUX, n + sizeof(a) + ab - 4), -EINVAL, "short");
+	a.what = 4;
+	memcpy(stg + n, &a, sizeof(a));
+	cr_assert_eq(store_req(c, &k, &l, KVC_REQ_AUX, n + sizeof(a) + ab), -EINVAL, "unknown bit");
+	a.what = KVC_AUX_ATTN;
+	memcpy(stg + n, &a, sizeof(a));
+	attn[3] = NAN;
+	cr_assert_eq(store_req(c, &k, &l, KVC_REQ_AUX, n + sizeof(a) + ab), -EINVAL, "nan");
+	cr_assert_eq(kvc_fetch(c, &k, 0, n, NULL), -ENOENT, "nothing stored by the refusals");
+	attn[3] = 1.0f;
+	cr_assert_eq(store_req(c, &k, &l, KVC_REQ_AUX, n + sizeof(a) + ab), 0);
+
+	size_t out = sizeof(struct kvc_sparse) + lh * 4 + lh * 32 * (8 + 2 * 64 * 2);
+	unsigned char *dst = stg + n + sizeof(a) + ab;
+
+	cr_assert_eq(kvc_fetch(c, &k, n + sizeof(a) + ab, out - 1, &got), -ENOSPC);
+	cr_assert_eq(kvc_fetch(c, &k, n + sizeof(a) + ab, out, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_SPARSE | 0, "raw rows, tokens selected");
+	struct kvc_sparse sp;
+
+	memcpy(&sp, dst, sizeof(sp));
+	cr_assert_eq(sp.magic, KVC_SPARSE_MAGIC);
+	cr_assert_eq(sp.total, lh * 32);
+	const uint32_t *tok = (const uint32_t *)(dst + sizeof(sp)) + lh;
+	const uint16_t *rows = (const uint16_t *)(dst + sizeof(sp) + lh * 4 + sp.total * 8);
+
+	for (size_t h = 0; h < lh; h++)
+		for (uint32_t i = 0; i < 32; i++) {
+			uint32_t t = tok[h * 32 + i];
+
+			cr_assert_eq(t, 2 * i + 1, "the odd tokens");
+			cr_assert_eq(memcmp(rows + (h * 64 + i) * 64,
+					    stg + (((h / 2) * 2 * 64 + t) * 2 + h % 2) * 64 * 2, 128), 0,
+				     "K of (layer %zu, head %zu, token %u) as stored", h / 2, h % 2, t);
+		}
+	const struct kvc_stats *st = ns_stats(c, "sel", &j);
+
+	cr_assert_eq(st->ns[j].bytes_in, n);
+	cr_assert_lt(st->ns[j].bytes_stored, n / 2 + 4096, "half the tokens and a header");
+	kvc_detach(c);
+}
+
 /* The namespace's policy changes three times; every block still decodes as it was written. */
 Test(codec_ops, old_blocks_stay_readable_across_policy_changes)
 {

@@ -1,0 +1,399 @@
+/* unit_sel.c - token selection on whole blocks (daemon/codec/sel.c): each selector keeps
+ * exactly its budget per (layer, head) with the sinks and the window; PyramidKV's and Ada-KV's
+ * counts reach the encoded block; FETCH's sparse form gives the kept tokens' positions and
+ * values; merging keeps the attention mass; blocks compose with quantization; missing
+ * auxiliary data and corrupt blocks are refused. */
+#include <math.h>
+
+#include "t_util.h"
+#include "codec.h"
+#include "select.h"
+
+enum { LY = 3, H = 2, D = 8, T = 50, QH = 4, W = 6 };
+
+static const struct kvcp_layout LAY = { .dtype = KVCP_F32, .layers = LY, .kv_heads = H,
+					.head_dim = D, .tokens = T };
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float nrand(void)
+{
+	double u, v;
+
+	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+	u = (double)(rng >> 11) * 0x1p-53 + 1e-300;
+	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+	v = (double)(rng >> 11) * 0x1p-53;
+	return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
+}
+
+struct blk {
+	float x[LY * 2 * T * H * D];	/* [layer][K,V][token][head][dim] */
+	float attn[LY * H * T];
+	float q[LY * QH * W * D], lse[LY * QH * W];
+	struct kvcd_aux aux;
+};
+
+static float *row(struct blk *b, uint32_t ly, int kv, uint32_t t, uint32_t h)
+{
+	return b->x + ((((size_t)ly * 2 + kv) * T + t) * H + h) * D;
+}
+
+static void make(struct blk *b)
+{
+	for (size_t i = 0; i < sizeof(b->x) / 4; i++)
+		b->x[i] = nrand();
+	for (size_t i = 0; i < sizeof(b->attn) / 4; i++)
+		b->attn[i] = fabsf(nrand()) * 3;
+	for (size_t i = 0; i < sizeof(b->q) / 4; i++)
+		b->q[i] = nrand();
+	for (size_t i = 0; i < sizeof(b->lse) / 4; i++)
+		b->lse[i] = 4.0f + fabsf(nrand());
+	b->aux = (struct kvcd_aux){ .what = KVCP_AUX_ATTN | KVCP_AUX_QUERIES, .q_heads = QH,
+				    .window = W, .q_pos = T, .attn = b->attn, .q = b->q,
+				    .lse = b->lse };
+}
+
+static struct kvcd_policy pol(const char *s)
+{
+	struct kvcd_policy p;
+	char why[128];
+
+	cr_assert_eq(kvcd_policy_parse(s, &p, why, sizeof(why)), 0, "%s: %s", s, why);
+	return p;
+}
+
+/* The parts of a decoded sparse block. */
+struct view {
+	struct kvcp_sparse h;
+	const uint32_t *count, *tok;
+	const float *bias, *rows;
+};
+
+static struct view view_of(const void *out)
+{
+	struct view v;
+
+	memcpy(&v.h, out, sizeof(v.h));
+	v.count = (const uint32_t *)((const uint8_t *)out + sizeof(v.h));
+	v.tok = v.count + LY * H;
+	v.bias = (const float *)(v.tok + v.h.total);
+	v.rows = v.bias + v.h.total;
+	return v;
+}
+
+/* Encode @b under @s, decode, check sizes and the sparse header. Returns the output (free). */
+static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *v)
+{
+	struct kvcd_policy p = pol(s);
+	uint32_t counts[LY * H];
+	uint64_t n, out;
+	struct kvcp_layout got;
+	void *enc, *dec;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, pos, b->x, &b->aux, counts), 0, "%s", s);
+	n = kvcd_sel_size(&p, &LAY, false, pos, counts);
+	cr_assert_gt(n, 0);
+	enc = malloc(n);
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, pos, b->x, NULL, &b->aux, counts,
+				     enc), 0, "%s", s);
+	out = kvcd_codec_out_size(enc, n);
+	cr_assert_gt(out, 0);
+	dec = malloc(out);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out - 1, &got), -ENOSPC);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), 0, "%s", s);
+	cr_assert_eq(got.codec, KVCP_CODEC_SPARSE);
+	cr_assert_eq(got.tokens, T);
+	*v = view_of(dec);
+	cr_assert_eq(v->h.magic, KVCP_SPARSE_MAGIC);
+	cr_assert_eq(v->h.tokens, T);
+	cr_assert_eq(out, kvcp_sparse_bytes(&LAY, v->h.total));
+	for (int i = 0; i < LY * H; i++)
+		cr_assert_eq(v->count[i], counts[i], "%s: head %d", s, i);
+	free(enc);
+	return dec;
+}
+
+Test(sel, each_selector_keeps_its_budget_sinks_window_and_exact_rows)
+{
+	static struct blk b;
+	const char *sels[] = { "recent", "keynorm", "h2o", "snapkv" };
+
+	make(&b);
+	for (int si = 0; si < 4; si++) {
+		char s[128];
+		struct view v;
+		void *dec;
+
+		snprintf(s, sizeof(s), "none:select=%s,keep=40%%,window=5,sink=3", sels[si]);
+		dec = roundtrip(&b, s, 0, &v);
+		cr_assert_eq(v.h.total, LY * H * 20, "%s: 40%% of 50 per head", s);
+		const uint32_t *tok = v.tok;
+		const float *r = v.rows;
+
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t h = 0; h < H; h++) {
+				uint32_t n = v.count[ly * H + h];
+				bool in[T] = { 0 };
+
+				for (uint32_t i = 0; i < n; i++) {
+					cr_assert(i == 0 || tok[i] > tok[i - 1], "ascending");
+					in[tok[i]] = true;
+					cr_assert_eq(memcmp(r + i * D, row(&b, ly, 0, tok[i], h), D * 4), 0,
+						     "%s: K of token %u exact", s, tok[i]);
+					cr_assert_eq(memcmp(r + (n + i) * D, row(&b, ly, 1, tok[i], h),
+							    D * 4), 0, "%s: V exact", s);
+					cr_assert_eq(v.bias[tok - v.tok + i], 0.0f);
+				}
+				for (uint32_t t = 0; t < 3; t++)
+					cr_assert(in[t], "%s: sink %u kept", s, t);
+				for (uint32_t t = T - 5; t < T; t++)
+					cr_assert(in[t], "%s: window token %u kept", s, t);
+				if (si == 0) /* StreamingLLM: sinks and the most recent */
+					for (uint32_t t = 3; t < T; t++)
+						cr_assert_eq(in[t], t >= T - 17, "recent: token %u", t);
+				if (si == 2) { /* H2O: the rest are the highest accumulated attention */
+					const float *a = b.attn + (ly * H + h) * T;
+					float lo = INFINITY, hi = -INFINITY;
+
+					for (uint32_t t = 3; t < T - 5; t++) {
+						if (in[t])
+							lo = fminf(lo, a[t]);
+						else
+							hi = fmaxf(hi, a[t]);
+					}
+					cr_assert_geq(lo, hi, "every kept score >= every dropped one");
+				}
+				tok += n;
+				r += 2 * n * D;
+			}
+		free(dec);
+	}
+}
+
+Test(sel, sinks_are_the_sequence_first_tokens_and_keep_all_is_the_block)
+{
+	static struct blk b;
+	struct view v;
+	void *dec;
+
+	make(&b);
+	/* a block at position 100: the sequence's sinks are elsewhere, none kept for them */
+	dec = roundtrip(&b, "none:select=recent,keep=20%,sink=4", 100, &v);
+	for (uint32_t i = 0; i < v.count[0]; i++)
+		cr_assert_eq(v.tok[i], T - 10 + i, "only the most recent 10");
+	free(dec);
+	dec = roundtrip(&b, "none:select=keynorm,keep=100%", 0, &v);
+	cr_assert_eq(v.h.total, LY * H * T);
+	for (uint32_t ly = 0; ly < LY; ly++)
+		for (uint32_t h = 0; h < H; h++)
+			for (int kv = 0; kv < 2; kv++)
+				for (uint32_t t = 0; t < T; t++)
+					cr_assert_eq(memcmp(v.rows + (((ly * H + h) * 2 + kv) * T + t) * D,
+							    row(&b, ly, kv, t, h), D * 4), 0);
+	free(dec);
+}
+
+Test(sel, pyramid_and_adakv_counts_reach_the_block)
+{
+	static struct blk b;
+	struct view v;
+	void *dec;
+	uint32_t sum = 0;
+
+	make(&b);
+	dec = roundtrip(&b, "none:select=h2o,keep=30%,window=2,budget=pyramid", 0, &v);
+	for (uint32_t ly = 0; ly < LY; ly++) {
+		cr_assert_eq(v.count[ly * H], v.count[ly * H + 1], "one count per layer");
+		if (ly)
+			cr_assert_lt(v.count[ly * H], v.count[(ly - 1) * H], "falls with depth");
+		sum += v.count[ly * H];
+	}
+	cr_assert_eq(sum, LY * 15, "the uniform total");
+	free(dec);
+	for (int a = 0; a < 3; a++) { /* uneven heads: head 1 gets all of layer 0's attention */
+		for (uint32_t t = 0; t < T; t++) {
+			b.attn[t] = a == 0 ? 0.001f : 1.0f;
+			b.attn[T + t] = 10.0f + t;
+		}
+		dec = roundtrip(&b, "none:select=h2o,keep=30%,window=2,budget=adakv", 0, &v);
+		for (uint32_t ly = 0; ly < LY; ly++) {
+			cr_assert_eq(v.count[ly * H] + v.count[ly * H + 1], 2 * 15, "layer %u", ly);
+			cr_assert_geq(v.count[ly * H], 3, "the floor: 20%% of 15");
+			cr_assert_geq(v.count[ly * H + 1], 3);
+		}
+		if (a == 0)
+			cr_assert_gt(v.count[1], v.count[0] + 10, "the attended head takes more");
+		free(dec);
+	}
+}
+
+Test(sel, merging_folds_dropped_values_and_keeps_the_attention_mass)
+{
+	static struct blk b;
+	struct view vk, vv;
+	void *dk, *dv;
+
+	make(&b);
+	dk = roundtrip(&b, "none:select=h2o,keep=40%,window=4,sink=2,merge=key", 0, &vk);
+	dv = roundtrip(&b, "none:select=h2o,keep=40%,window=4,sink=2,merge=value", 0, &vv);
+	cr_assert_eq(vk.h.total, vv.h.total);
+	const uint32_t *tok = vk.tok;
+	const float *r = vk.rows, *rv = vv.rows;
+
+	for (uint32_t ly = 0; ly < LY; ly++)
+		for (uint32_t h = 0; h < H; h++) {
+			uint32_t n = vk.count[ly * H + h];
+			const float *a = b.attn + (ly * H + h) * T;
+			double mass = 0, kept = 0, vs[D] = { 0 }, ks[D] = { 0 };
+
+			for (uint32_t t = 2; t < T; t++) { /* sinks are never merge targets */
+				double m = fmax(a[t], 1e-6) / (T - t);
+
+				mass += m;
+				for (int c = 0; c < D; c++)
+					vs[c] += m * row(&b, ly, 1, t, h)[c];
+			}
+			for (uint32_t i = 0; i < n; i++) {
+				size_t k = (size_t)(tok - vk.tok) + i;
+				double m = fmax(a[tok[i]], 1e-6) / (T - tok[i]), g;
+
+				cr_assert_eq(vv.bias[k], 0.0f, "merge=value: no bias");
+				cr_assert_eq(memcmp(r + i * D, row(&b, ly, 0, tok[i], h), D * 4), 0,
+					     "keys stay");
+				cr_assert_eq(memcmp(r + (n + i) * D, rv + (n + i) * D, D * 4), 0,
+					     "the same values either way");
+				if (tok[i] < 2) {
+					cr_assert_eq(vk.bias[k], 0.0f, "sinks take nothing");
+					continue;
+				}
+				cr_assert_geq(vk.bias[k], 0.0f);
+				g = m * exp(vk.bias[k]);
+				kept += g;
+				for (int c = 0; c < D; c++)
+					ks[c] += g * r[(n + i) * D + c];
+			}
+			cr_assert_float_eq(kept, mass, 5e-3 * mass, "mass %g kept %g", mass, kept);
+			for (int c = 0; c < D; c++)
+				cr_assert_float_eq(ks[c], vs[c], 5e-3 * mass, "channel %d", c);
+			tok += n;
+			r += 2 * n * D;
+			rv += 2 * n * D;
+		}
+	free(dk);
+	free(dv);
+}
+
+Test(sel, composes_with_quantization)
+{
+	static struct blk b;
+	struct view v;
+	void *dec;
+	const char *pols[] = { "int8:select=snapkv,keep=50%,window=4",
+			       "kivi:kbits=4,vbits=4,group=8,select=h2o,keep=50%,sink=2,"
+			       "budget=adakv" };
+	const double bound[] = { 0.01, 0.2 };
+
+	make(&b);
+	for (int pi = 0; pi < 2; pi++) {
+		double num = 0, den = 0;
+
+		dec = roundtrip(&b, pols[pi], 0, &v);
+		const uint32_t *tok = v.tok;
+		const float *r = v.rows;
+
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t h = 0; h < H; h++) {
+				uint32_t n = v.count[ly * H + h];
+
+				for (int kv = 0; kv < 2; kv++)
+					for (uint32_t i = 0; i < n; i++)
+						for (int c = 0; c < D; c++) {
+							double x = row(&b, ly, kv, tok[i], h)[c];
+							double y = r[(kv * n + i) * D + c];
+
+							num += (x - y) * (x - y);
+							den += x * x;
+						}
+				tok += n;
+				r += 2 * n * D;
+			}
+		cr_assert_lt(sqrt(num / den), bound[pi], "%s: %g", pols[pi], sqrt(num / den));
+		cr_assert_gt(sqrt(num / den), 0.0, "quantized, not raw");
+		free(dec);
+	}
+}
+
+Test(sel, missing_aux_and_corrupt_blocks_are_refused)
+{
+	static struct blk b;
+	struct kvcd_policy h2o = pol("none:select=h2o,keep=50%"), snap = pol("int8:select=snapkv");
+	struct kvcd_aux only_attn;
+	uint32_t counts[LY * H];
+	uint64_t n;
+	uint8_t *enc, *dec;
+	struct kvcp_layout got;
+
+	make(&b);
+	only_attn = (struct kvcd_aux){ .what = KVCP_AUX_ATTN, .attn = b.attn };
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &h2o, &LAY, 0, b.x, NULL, NULL, NULL, NULL),
+		     -EINVAL, "h2o needs accumulated attention");
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &snap, &LAY, 0, b.x, NULL, &only_attn, NULL,
+				     NULL), -EINVAL, "snapkv needs window queries");
+	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &h2o, &LAY, 0, b.x, NULL, &b), -EINVAL);
+	b.x[7] = NAN;
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &h2o, &LAY, 0, b.x, &b.aux, counts), 0,
+		     "uniform counts need no data");
+	n = kvcd_sel_size(&h2o, &LAY, false, 0, counts);
+	enc = malloc(n);
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &h2o, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     -EINVAL, "nan");
+	b.x[7] = 1.0f;
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &h2o, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     0);
+	dec = malloc(kvcd_codec_out_size(enc, n));
+	size_t cap = kvcd_codec_out_size(enc, n), bm = sizeof(struct kvcd_codec_hdr) + LY * H * 4;
+
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n - 1, dec, cap, &got), -EBADMSG);
+	enc[bm] ^= 1; /* one kept token more or less than its count says */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, cap, &got), -EBADMSG);
+	cr_assert_eq(kvcd_codec_out_size(enc, n), 0);
+	enc[bm] ^= 1;
+	enc[bm + 6] |= 0x80; /* a bit past the block's 50 tokens */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, cap, &got), -EBADMSG);
+	enc[bm + 6] &= 0x7f;
+	counts[0] = T + 1;
+	memcpy(enc + sizeof(struct kvcd_codec_hdr), counts, 4);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, cap, &got), -EBADMSG);
+	free(enc);
+	free(dec);
+}
+
+Test(sel, policy_strings)
+{
+	const char *ok[] = { "none:select=h2o", "kivi:kbits=5,vbits=4,group=64,select=snapkv,"
+			     "keep=25%,window=16,budget=adakv,merge=key,kernel=7",
+			     "none:select=recent,keep=0.5,sink=4", "int8:select=keynorm,merge=value" };
+	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
+			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
+			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
+			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%" };
+	char buf[KVCD_POLICY_STR], why[128];
+
+	for (int i = 0; i < 4; i++) {
+		struct kvcd_policy p = pol(ok[i]), q;
+
+		kvcd_policy_format(&p, buf, sizeof(buf));
+		cr_assert_eq(kvcd_policy_parse(buf, &q, why, sizeof(why)), 0, "%s: %s", buf, why);
+		cr_assert_eq(memcmp(&p, &q, sizeof(p)), 0, "%s round-trips as %s", ok[i], buf);
+		cr_assert_eq(kvcd_policy_check(&p, &LAY, why, sizeof(why)), 0, "%s", why);
+	}
+	cr_assert_eq(pol("none:select=h2o").keep, 5000, "half by default");
+	for (int i = 0; i < 10; i++) {
+		struct kvcd_policy p;
+
+		why[0] = 0;
+		cr_assert_eq(kvcd_policy_parse(bad[i], &p, why, sizeof(why)), -EINVAL, "%s", bad[i]);
+		cr_assert_neq(why[0], 0, "%s says why", bad[i]);
+	}
+}
