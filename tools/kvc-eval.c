@@ -327,12 +327,17 @@ out:
 	free(lp);
 }
 
-/* The codec's name: "int4:group=8" and "int6" are both "int". */
+/* The codec's name: "int4:group=8" and "int6" are both "int"; with token selection,
+ * "kivi+select" ("none" alone: "select"). */
 static void family(const char *policy, char *out, size_t n)
 {
 	size_t k = strcspn(policy, ":0123456789");
+	bool sel = strstr(policy, "select=") != NULL;
 
-	snprintf(out, n, "%.*s", (int)k, policy);
+	if (sel && !strncmp(policy, "none", 4))
+		snprintf(out, n, "select");
+	else
+		snprintf(out, n, "%.*s%s", (int)k, policy, sel ? "+select" : "");
 }
 
 static int write_plot(const struct result *r, int np, const char *png)
@@ -540,20 +545,34 @@ int main(int argc, char **argv)
 				fprintf(f, " %.3f", res[i].attn_err[l]);
 			fprintf(f, " |\n");
 		}
-		/* the frontier: at each compression, the best perplexity any policy reached */
-		fprintf(f, "\nFrontier: the policy with the lowest perplexity ratio among those that "
-			   "compress at least as much.\n\n| at least | policy | compression | "
-			   "perplexity ratio | top-1 |\n|---|---|---|---|---|\n");
-		for (double at = 1.5; at <= 8.0; at += at < 3.0 ? 0.5 : at < 3.2 ? 0.2 : at < 4 ? 0.8 : 1) {
-			int b = -1;
+		/* the frontier: at each compression, the best perplexity among pure quantization
+		 * policies and among those that select tokens (alone or composed) */
+		fprintf(f, "\nFrontier: at each compression, the policy with the lowest perplexity "
+			   "ratio among those that compress at least as much, without and with token "
+			   "selection.\n\n| at least | quantization only | ratio | perplexity ratio | "
+			   "with selection | ratio | perplexity ratio |\n|---|---|---|---|---|---|---|\n");
+		static const double at[] = { 1.5, 2, 2.5, 3, 3.2, 4, 5, 6, 8, 10, 12, 16 };
 
-			for (int i = 0; i < np; i++)
-				if (!res[i].err && res[i].ratio >= at &&
-				    (b < 0 || res[i].ppl_ratio < res[b].ppl_ratio))
-					b = i;
-			if (b >= 0)
-				fprintf(f, "| %.1fx | `%s` | %.2fx | %.3f | %.1f%% |\n", at, res[b].policy,
-					res[b].ratio, res[b].ppl_ratio, 100.0 * res[b].top1);
+		for (size_t a = 0; a < sizeof(at) / sizeof(at[0]); a++) {
+			int b[2] = { -1, -1 };
+
+			for (int i = 0; i < np; i++) {
+				int sel = strstr(res[i].policy, "select=") != NULL;
+
+				if (!res[i].err && res[i].ratio >= at[a] &&
+				    (b[sel] < 0 || res[i].ppl_ratio < res[b[sel]].ppl_ratio))
+					b[sel] = i;
+			}
+			if (b[0] < 0 && b[1] < 0)
+				continue;
+			fprintf(f, "| %gx |", at[a]);
+			for (int k = 0; k < 2; k++)
+				if (b[k] < 0)
+					fprintf(f, " none | | |");
+				else
+					fprintf(f, " `%s` | %.2fx | %.3f |", res[b[k]].policy,
+						res[b[k]].ratio, res[b[k]].ppl_ratio);
+			fprintf(f, "\n");
 		}
 		fclose(f);
 	}
