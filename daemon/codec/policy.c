@@ -36,6 +36,20 @@ static int num(const char *v, unsigned long max, unsigned long *out)
 	return errno || *end || *out > max ? -EINVAL : 0;
 }
 
+/* A fraction, or a percentage with a trailing %, within [@lo, @hi]. */
+static int fraction(const char *v, double lo, double hi, double *out)
+{
+	char *end;
+	double f = strtod(v, &end);
+
+	if (end != v && *end == '%' && !end[1]) {
+		f /= 100;
+		end++;
+	}
+	*out = f;
+	return end == v || *end || !(f >= lo && f <= hi) ? -EINVAL : 0;
+}
+
 static int set_kind(const char *name, struct kvcd_policy *p)
 {
 	memset(p, 0, sizeof(*p));
@@ -81,14 +95,9 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		if (n && !p->keep)
 			p->keep = 5000;
 	} else if (!strcmp(k, "keep")) {
-		char *end;
-		double f = strtod(v, &end);
+		double f;
 
-		if (end != v && *end == '%' && !end[1]) {
-			f /= 100;
-			end++;
-		}
-		if (end == v || *end || !(f >= 1e-4 && f <= 1))
+		if (fraction(v, 1e-4, 1, &f))
 			return WHY("keep=%s: a fraction 0.0001..1 (or 0.01..100%%)", v);
 		p->keep = (uint16_t)(f * 1e4 + 0.5);
 	} else if (!strcmp(k, "window")) {
@@ -132,14 +141,9 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 			return WHY("rotate=%s: hadamard or none", v);
 		p->rotate = v[0] == 'h';
 	} else if (!strcmp(k, "sparse")) {
-		char *end;
-		double f = strtod(v, &end);
+		double f;
 
-		if (end != v && *end == '%' && !end[1]) {
-			f /= 100;
-			end++;
-		}
-		if (end == v || *end || !(f >= 0 && f <= 0.1))
+		if (fraction(v, 0, 0.1, &f))
 			return WHY("sparse=%s: a fraction 0..0.1 (or 0..10%%)", v);
 		p->sparse_ppm = (uint32_t)(f * 1e6 + 0.5);
 	} else if (!strcmp(k, "hibits")) {
