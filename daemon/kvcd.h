@@ -186,7 +186,9 @@ struct kvcd_block {
 	uint8_t pool;
 	uint16_t pins;
 	uint8_t has_sum;			/* checksum valid; fixed at commit */
-	uint8_t pad;
+	uint8_t bounds;				/* tokens per page of the Quest bounds of its
+						 * keys (0: none), at data +
+						 * KVCD_BOUNDS_AT(stored) (kvcd_quest_block) */
 	struct kvcd_block *cprev, *cnext;	/* CLOCK ring of its pool */
 	void *data;
 	uint64_t checksum;
@@ -197,6 +199,8 @@ struct kvcd_block {
 };
 _Static_assert(sizeof(struct kvcd_block) == 96, "block record size");
 _Static_assert(offsetof(struct kvcd_block, cprev) == 32, "lookup fields in the first 32 bytes");
+
+#define KVCD_BOUNDS_AT(stored) (((stored) + 7) & ~(uint64_t)7)
 
 struct kvcd_pin {
 	struct kvcd_pin *next;
@@ -247,6 +251,12 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool has_sum,
 		       uint64_t checksum);
 /* Find a live block and take a reference. Returns 0 or -ENOENT. */
+/* SELECT: a reference on each of @keys[0..n) that is committed, in @out[i] (NULL when not),
+ * with no hit counted and no CLOCK bit set; keys are copied once. Release with
+ * kvcd_store_put_many(). */
+void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
+			 size_t n, struct kvcd_block **out);
+void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n);
 int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
 		   struct kvcd_block **out);
 /* Drop a reference; @corrupt also removes the block from the index. */

@@ -410,6 +410,38 @@ void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt)
 	pthread_mutex_unlock(&s->lock);
 }
 
+void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
+			 size_t n, struct kvcd_block **out)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct kvcp_key k;
+		struct kvcd_block *b;
+
+		memcpy(&k, &keys[i], sizeof(k)); /* keys may sit in client memory: copy once */
+		b = find(s, ns, &k);
+		if (b && !(b->flags & KVCD_BLK_WRITING))
+			b->refs++;
+		else
+			b = NULL;
+		out[i] = b;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (!b[i])
+			continue;
+		b[i]->refs--;
+		if ((b[i]->flags & KVCD_BLK_DEAD) && !b[i]->refs)
+			destroy(s, b[i]);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
 			 size_t n)
 {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "kvcd.h"
+#include "codec/select.h"
 
 #ifndef FUTEX2_SIZE_U32
 #define FUTEX2_SIZE_U32 FUTEX_32	/* older uapi headers name it FUTEX_32 */
@@ -84,12 +85,13 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		    const struct kvcd_aux *aux)
 {
 	struct kvcp_layout l = v->layout;
-	uint64_t bytes = kvcp_layout_bytes(&l), stored, sum = 0;
+	uint64_t bytes = kvcp_layout_bytes(&l), stored, sum = 0, qb;
 	uint32_t *counts = NULL;
 	struct kvcd_block *b;
 	int err;
 
 	l.codec = 0;
+	qb = pol->bounds ? kvcd_quest_bytes(&l, pol->page) : 0;
 	if (pol->select) {
 		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
 		counts = malloc((size_t)l.layers * l.kv_heads * 4);
@@ -105,12 +107,14 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		return -EINVAL;
 	}
 	l.codec = pol->kind | (pol->select ? KVCP_CODEC_SPARSE : 0);
-	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, stored, s->order, s->norder,
-				 &b);
+	/* with bounds=quest the block's Quest bounds (SELECT) follow it in the same allocation */
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, KVCD_BOUNDS_AT(stored) + qb,
+				 s->order, s->norder, &b);
 	if (err) {
 		free(counts);
 		return err;
 	}
+	b->stored = stored;
 	if (pol->kind == KVCD_CODEC_NONE && !pol->select) {
 		sum = copy_sum(b->data, src, bytes, d->cfg.checksum);
 	} else {
@@ -123,6 +127,13 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 						b->data);
 		if (!err && d->cfg.checksum)
 			sum = kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, stored);
+	}
+	if (!err && pol->bounds) { /* of the keys as stored raw; of the engine's keys if encoded */
+		l.codec = 0;
+		err = kvcd_quest_block(kvcd_isa_best(), &l, pol->page,
+				       pol->kind == KVCD_CODEC_NONE && !pol->select ? b->data : src,
+				       (uint16_t *)((char *)b->data + KVCD_BOUNDS_AT(stored)));
+		b->bounds = err ? 0 : pol->page;
 	}
 	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
 	free(counts);
@@ -307,6 +318,105 @@ static int do_policy(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	return (int)s->npol;
 }
 
+static int by_score(const void *a, const void *b)
+{
+	const struct kvcp_select_hit *x = a, *y = b;
+
+	if (x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Ask for the layer's bounds of @b before they are needed. */
+static void prefetch_bounds(const struct kvcd_block *b, uint32_t layer)
+{
+	const struct kvcp_layout *l = &b->layout;
+	size_t per = (size_t)l->kv_heads * kvcd_quest_pages(l, b->bounds) * 2 * l->head_dim * 2;
+	const char *p = (const char *)b->data + KVCD_BOUNDS_AT(b->stored);
+
+	if (layer >= l->layers)
+		return;
+	p += per * layer;
+	for (size_t o = 0; o < per; o += 64)
+		__builtin_prefetch(p + o);
+}
+
+/* SELECT: score each candidate by the Quest bound of its keys, answer the best k in place. */
+static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf, struct kvcp_cqe *cqe)
+{
+	enum { CHUNK = 1024 }; /* references held at a time */
+	struct kvcd_block *blk[CHUNK];
+	struct kvcp_select h;
+	struct kvcp_select_hit *hits;
+	const struct kvcp_key *keys;
+	uint32_t found = 0;
+	float *q, *pos, *neg, l1 = 0.0f;
+	size_t qn;
+
+	if (v->len < sizeof(h) || v->off % 8)
+		return -EINVAL;
+	memcpy(&h, buf + v->off, sizeof(h)); /* read once */
+	qn = (size_t)h.q_heads * h.head_dim;
+	if (!h.nkeys || h.nkeys > KVCP_SELECT_MAX_KEYS || !h.k || h.k > h.nkeys || !qn ||
+	    qn > KVCP_SELECT_MAX_QUERY || h.reserved0 || h.reserved[0] || h.reserved[1] ||
+	    v->len != sizeof(h) + (uint64_t)h.nkeys * sizeof(*keys) + qn * 4)
+		return -EINVAL;
+	keys = (const struct kvcp_key *)(buf + v->off + sizeof(h));
+	q = malloc(qn * 4 * 3);
+	hits = malloc((size_t)h.nkeys * sizeof(*hits));
+	if (!q || !hits) {
+		free(q);
+		free(hits);
+		return -ENOMEM;
+	}
+	pos = q + qn;
+	neg = pos + qn;
+	memcpy(q, keys + h.nkeys, qn * 4); /* read once */
+	for (size_t i = 0; i < qn; i++) {
+		if (!isfinite(q[i])) {
+			free(q);
+			free(hits);
+			return -EINVAL;
+		}
+	}
+	for (uint32_t j = 0; j < h.q_heads; j++) {
+		float a = 0.0f;
+
+		for (uint32_t c = 0; c < h.head_dim; c++)
+			a += fabsf(q[(size_t)j * h.head_dim + c]);
+		l1 = a > l1 ? a : l1;
+	}
+	l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */
+	kvcd_quest_prep(q, (uint32_t)qn, pos, neg);
+	for (uint32_t i0 = 0; i0 < h.nkeys; i0 += CHUNK) {
+		uint32_t n = h.nkeys - i0 < CHUNK ? h.nkeys - i0 : CHUNK;
+
+		kvcd_store_ref_many(&d->store, s->ns_id, keys + i0, n, blk);
+		for (uint32_t i = 0; i < n; i++) {
+			const struct kvcd_block *b = blk[i];
+
+			if (i + 2 < n && blk[i + 2] && blk[i + 2]->bounds) /* DRAM-bound: fetch ahead */
+				prefetch_bounds(blk[i + 2], h.layer);
+			if (!b || !b->bounds || h.layer >= b->layout.layers ||
+			    h.head_dim != b->layout.head_dim || h.q_heads % b->layout.kv_heads)
+				continue;
+			hits[found].index = i0 + i;
+			hits[found++].score = kvcd_quest_score(kvcd_isa_best(), &b->layout, b->bounds,
+				(const uint16_t *)((const char *)b->data + KVCD_BOUNDS_AT(b->stored)),
+				h.layer, pos, neg, l1, h.q_heads);
+		}
+		kvcd_store_put_many(&d->store, blk, n);
+	}
+	qsort(hits, found, sizeof(*hits), by_score);
+	found = found < h.k ? found : h.k;
+	memcpy(buf + v->off, hits, (size_t)found * sizeof(*hits));
+	cqe->value = (uint64_t)found * sizeof(*hits);
+	free(q);
+	free(hits);
+	return (int)found;
+}
+
 static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		     char *buf)
 {
@@ -401,6 +511,9 @@ void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
 		break;
 	case KVCP_OP_POLICY:
 		res = do_policy(d, s, v, buf, size, cqe);
+		break;
+	case KVCP_OP_SELECT:
+		res = do_select(d, s, v, buf, cqe);
 		break;
 	default:
 		res = do_admin(d, s, v, buf, cqe);

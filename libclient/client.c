@@ -29,7 +29,8 @@ static_assert(sizeof(struct kvc_layout) == sizeof(struct kvcp_layout), "layout A
 static_assert(sizeof(struct kvc_stats) == sizeof(struct kvcp_stats), "stats ABI");
 static_assert(sizeof(struct kvc_block_info) == sizeof(struct kvcp_list_ent), "list ABI");
 static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), "client ABI");
-static_assert(KVCP_OP__COUNT == 12, "kvc_stats.op has 12 entries");
+static_assert(KVCP_OP__COUNT == 13, "kvc_stats.op has 13 entries");
+static_assert(sizeof(struct kvc_select_hit) == sizeof(struct kvcp_select_hit), "select ABI");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
 static_assert(KVC_REQ_AUX == KVCP_SQE_F_AUX && KVC_AUX_MAGIC == KVCP_AUX_MAGIC &&
 	      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES, "aux ABI");
@@ -728,6 +729,37 @@ int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, siz
 	return err;
 }
 
+int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer,
+	       const float *q, uint32_t q_heads, uint32_t head_dim, uint32_t k,
+	       struct kvc_select_hit *out)
+{
+	struct kvcp_select h = { .nkeys = (uint32_t)n, .k = k, .layer = (uint16_t)layer,
+				 .q_heads = (uint16_t)q_heads, .head_dim = (uint16_t)head_dim };
+	size_t qb = (size_t)q_heads * head_dim * 4, len = sizeof(h) + n * sizeof(*keys) + qb;
+	uint8_t *p;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	if (!n || n > KVCP_SELECT_MAX_KEYS || !k || k > n || layer > UINT16_MAX || !q_heads ||
+	    q_heads > UINT16_MAX || !head_dim || head_dim > UINT16_MAX ||
+	    (size_t)q_heads * head_dim > KVCP_SELECT_MAX_QUERY)
+		return -EINVAL;
+	if (len > c->scratch_size)
+		return -EMSGSIZE;
+	p = c->scratch;
+	memcpy(p, &h, sizeof(h));
+	memcpy(p + sizeof(h), keys, n * sizeof(*keys));
+	memcpy(p + sizeof(h) + n * sizeof(*keys), q, qb);
+	err = sync_op(c, KVCP_OP_SELECT, KVCP_SQE_F_SCRATCH, 0, NULL, NULL, 0, len, NULL);
+	if (err < 0)
+		return err;
+	if ((uint32_t)err > k)
+		return -EBADMSG;
+	memcpy(out, c->scratch, (size_t)err * sizeof(*out));
+	return err;
+}
+
 int kvc_stats(kvc_client *c, struct kvc_stats *st)
 {
 	int err;
@@ -769,7 +801,8 @@ int kvc_evict(kvc_client *c, uint32_t mib)
 const char *kvc_op_name(unsigned i)
 {
 	static const char *const names[] = { "nop", "store", "fetch", "lookup", "delete", "pin",
-					     "unpin", "stats", "list", "clients", "evict", "policy" };
+					     "unpin", "stats", "list", "clients", "evict", "policy",
+					     "select" };
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }

@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC 0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR 2
-#define KVCP_MINOR 0
+#define KVCP_MINOR 1
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -144,6 +144,8 @@ enum kvcp_op {
 				 * layout.codec on STORE; arg = KVCP_POLICY_NS: set the
 				 * namespace's policy (admin only). On -EINVAL the reason is
 				 * written at off (NUL-terminated, cqe.value bytes). */
+	KVCP_OP_SELECT = 12,	/* off, len: struct kvcp_select, its keys, its queries; res = n
+				 * blocks, struct kvcp_select_hit[n] written back at off */
 	KVCP_OP__COUNT
 };
 
@@ -256,6 +258,32 @@ struct kvcp_cqe {
 	uint64_t value;		/* bytes written (FETCH, STATS, LIST) */
 	struct kvcp_layout layout; /* FETCH: layout of the block written */
 	uint64_t reserved[3];
+};
+
+/* SELECT (Quest): which of @nkeys candidate blocks matter most for the current queries. Every
+ * stored block keeps the channel-wise min and max of its keys per (layer, KV head); a block's
+ * score is the largest upper bound of q.k / sqrt(head_dim) over its keys at @layer and the
+ * query heads (query head h reads KV head h / (q_heads / kv_heads)). After this header:
+ * struct kvcp_key keys[nkeys], then float q[q_heads][head_dim]. The answer replaces the
+ * request: the best min(k, candidates found) blocks, highest score first (ties: lower index).
+ * Candidates that are not stored, or whose layout has no such layer, another head_dim, or a
+ * kv_heads that does not divide q_heads, are skipped. */
+#define KVCP_SELECT_MAX_KEYS 65536
+#define KVCP_SELECT_MAX_QUERY 65536	/* q_heads * head_dim */
+
+struct kvcp_select {
+	uint32_t nkeys;		/* 1..KVCP_SELECT_MAX_KEYS */
+	uint32_t k;		/* 1..nkeys */
+	uint16_t layer;
+	uint16_t q_heads;
+	uint16_t head_dim;
+	uint16_t reserved0;	/* 0 */
+	uint64_t reserved[2];	/* 0 */
+};
+
+struct kvcp_select_hit {
+	uint32_t index;		/* into keys[] */
+	float score;		/* the Quest bound */
 };
 
 /* ---- admin payloads written into the scratch area --------------------------------------- */

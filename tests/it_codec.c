@@ -285,6 +285,60 @@ Test(codec_ops, selection_takes_attention_and_fetches_sparse)
 	kvc_detach(c);
 }
 
+/* SELECT: blocks stored with bounds=quest are ranked by their Quest bound; blocks without
+ * bounds, not stored, or of another head_dim are skipped; a bad query is refused. */
+Test(codec_ops, select_ranks_blocks_by_their_bounds)
+{
+	kvc_client *c = t_attach(&D, "quest", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_layout l = L;
+	size_t n = kvc_layout_bytes(&L);
+	struct kvc_key keys[8];
+	struct kvc_select_hit hits[8];
+	float q[4 * 64] = { 0 };
+	char why[128];
+	int with = kvc_policy(c, "int8:bounds=quest,page=8", 0, why, sizeof(why));
+	int without = kvc_policy(c, "int8", 0, why, sizeof(why));
+
+	cr_assert_gt(with, 0, "%s", why);
+	cr_assert_gt(without, 0);
+	for (int i = 0; i < 6; i++) { /* block i: channel 5 of layer 1, head 1 peaks at i */
+		uint16_t *x = (uint16_t *)stg;
+
+		fill_f16(stg, &L, 100 + (uint64_t)i);
+		for (size_t e = 0; e < n / 2; e++)
+			x[e] = kvcd_f32_to_f16(kvcd_f16_to_f32(x[e]) * 0.01f);
+		x[((size_t)(1 * 2 * 64 + 9) * 2 + 1) * 64 + 5] = kvcd_f32_to_f16((float)i);
+		keys[i] = (struct kvc_key){ 77, (uint64_t)i };
+		l.codec = (uint8_t)(i == 4 ? without : with);
+		cr_assert_eq(kvc_store(c, &keys[i], &l, 0), 0);
+	}
+	keys[6] = (struct kvc_key){ 77, 99 }; /* not stored */
+	keys[7] = keys[2];
+	for (int h = 2; h < 4; h++) /* query heads 2 and 3 read KV head 1 */
+		q[h * 64 + 5] = 1.0f;
+	int got = kvc_select(c, keys, 8, 1, q, 4, 64, 8, hits);
+
+	cr_assert_eq(got, 6, "5 stored with bounds, one of them twice");
+	cr_assert_eq(hits[0].index, 5, "block 5 holds the best key");
+	cr_assert_eq(hits[1].index, 3, "block 4 has no bounds: skipped");
+	cr_assert_eq(hits[2].index, 2);
+	cr_assert_eq(hits[3].index, 7, "ties: the lower index first");
+	cr_assert_geq(hits[0].score, 5.0f / 8, "a bound of q.k / sqrt(64)");
+	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 64, 2, hits), 2, "k caps the answer");
+	cr_assert_eq(kvc_select(c, keys, 8, 4, q, 4, 64, 2, hits), 0, "no layer 4");
+	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 32, 2, hits), 0, "another head_dim");
+	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 3, 64, 2, hits), 0, "3 heads over 2 KV heads");
+	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 64, 9, hits), -EINVAL, "k > n");
+	q[0] = NAN;
+	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 64, 2, hits), -EINVAL, "nan query");
+	struct kvc_layout got_l;
+
+	cr_assert_eq(kvc_fetch(c, &keys[5], n, n, &got_l), 0, "the block itself is unchanged");
+	cr_assert_eq(got_l.codec, 1);
+	kvc_detach(c);
+}
+
 /* The namespace's policy changes three times; every block still decodes as it was written. */
 Test(codec_ops, old_blocks_stay_readable_across_policy_changes)
 {

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "t_util.h"
+#include "codec.h"
 #include "select.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -230,5 +231,67 @@ Test(select, quest_bound_is_never_below_the_true_maximum)
 		cr_assert_geq((double)bound, best, "trial %d: bound %g < max %g", trial, bound, best);
 		if (t == 1)
 			cr_assert_leq((double)bound - best, 1e-5 * (fabs(best) + 1), "tight for one key");
+	}
+}
+
+/* Stored bounds (f16, per page) and the SELECT score: for random blocks in f16 and f32, pages
+ * of 1, 3 and 16 tokens, head_dim 8, 16 and 24 and every ISA, the score is never below the
+ * largest q.k / sqrt(d) over the block's keys and query heads; with one-token pages of f16
+ * keys it is that maximum up to rounding; the ISAs agree. */
+Test(select, stored_bounds_score_never_below_the_best_key)
+{
+	static const uint32_t dims[] = { 8, 16, 24 }, pages[] = { 1, 3, 16 };
+	static float raw[2 * 4 * 2 * 20 * 24];
+	static uint16_t half[sizeof(raw) / 4], bounds[4096];
+	float q[8 * 24], pos[8 * 24], neg[8 * 24];
+
+	for (int trial = 0; trial < 300; trial++) {
+		struct kvcp_layout l = { .dtype = trial % 2 ? KVCP_F32 : KVCP_F16, .layers = 2,
+					 .kv_heads = 2, .head_dim = (uint16_t)dims[trial % 3],
+					 .tokens = 1 + (uint32_t)(urand() * 20) };
+		uint32_t page = pages[(trial / 3) % 3], d = l.head_dim, qh = 4 + 4 * (trial % 2);
+		uint32_t layer = (uint32_t)(urand() * 2), g = qh / 2;
+		size_t n = (size_t)2 * 2 * l.tokens * 2 * d;
+		double best = -INFINITY;
+		float l1 = 0, sc[3];
+
+		for (size_t i = 0; i < n; i++) {
+			raw[i] = nrand() * (i % d == 1 ? 8.0f : 1.0f);
+			half[i] = kvcd_f32_to_f16(raw[i]);
+			if (l.dtype == KVCP_F16)
+				raw[i] = kvcd_f16_to_f32(half[i]);
+		}
+		for (uint32_t i = 0; i < qh * d; i++)
+			q[i] = nrand();
+		for (uint32_t j = 0; j < qh; j++) {
+			float a = 0;
+
+			for (uint32_t c = 0; c < d; c++)
+				a += fabsf(q[j * d + c]);
+			l1 = a > l1 ? a : l1;
+		}
+		for (uint32_t t = 0; t < l.tokens; t++) /* K of @layer: [token][head][dim] */
+			for (uint32_t j = 0; j < qh; j++) {
+				const float *k = raw + ((size_t)layer * 2 * l.tokens + t) * 2 * d +
+						 (j / g) * d;
+				double dot = 0;
+
+				for (uint32_t c = 0; c < d; c++)
+					dot += (double)q[j * d + c] * k[c];
+				best = fmax(best, dot / sqrt(d));
+			}
+		kvcd_quest_prep(q, qh * d, pos, neg);
+		cr_assert_leq(kvcd_quest_bytes(&l, page), sizeof(bounds));
+		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
+			cr_assert_eq(kvcd_quest_block(isa, &l, page, l.dtype == KVCP_F16 ?
+						      (const void *)half : (const void *)raw, bounds), 0);
+			sc[isa] = kvcd_quest_score(isa, &l, page, bounds, layer, pos, neg, l1, qh);
+			cr_assert_geq((double)sc[isa], best, "trial %d isa %d: %g < %g", trial, isa,
+				      sc[isa], best);
+			if (page == 1 && l.dtype == KVCP_F16)
+				cr_assert_leq((double)sc[isa] - best, 1e-4 * (fabs(best) + 1),
+					      "one-token pages of f16 keys: tight");
+			cr_assert_float_eq(sc[isa], sc[0], 1e-4 * (fabsf(sc[0]) + 1), "isa %d", isa);
+		}
 	}
 }

@@ -125,6 +125,16 @@ else
 fi
 cat <<'TXT'
 
+## SELECT (Quest retrieval)
+
+TXT
+if [ -r $r/select.json ]; then
+	j '"SELECT of the top \(.k) among \(.candidates) blocks stored with `bounds=quest` (one layer, \(.kv_heads) KV heads of head_dim \(.head_dim), \(.q_heads) query heads): p50 \(.select_p50_us) µs, p99 \(.select_p99_us) µs (target: under 5000 µs). On real keys (stories260K, chunks of 16 tokens, the model'"'"'s own queries, \(.recall_candidates) candidates on average), the chunk holding the best key is ranked first in \(.recall_top1 * 100 | floor)% of trials, in the top 4 in \(.recall_top4 * 100 | floor)%, in the top 8 in \(.recall_top8 * 100 | floor)% (target: 95%)."' $r/select.json
+else
+	echo "Not measured."
+fi
+cat <<'TXT'
+
 ## Scaling
 
 Client processes (2 MiB blocks, each process its own blocks; per-process bandwidth summed):

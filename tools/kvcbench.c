@@ -625,6 +625,186 @@ static int bench_prefix(const char *model, unsigned chunk, unsigned chunks, unsi
 	return err < 0 ? 1 : 0;
 }
 
+/* ---- select: Quest retrieval over many blocks --------------------------------------------- */
+
+static struct kvc_key select_key(unsigned long i)
+{
+	struct kvc_key k = { 0x5e1ec7ull, i };
+
+	return k;
+}
+
+/* Timing: @nblocks blocks of one layer, 8 KV heads x 128, 4 tokens of random keys, stored with
+ * bounds; SELECT of the top 16 for 32 query heads over all of them, p50 over @reps. */
+static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, int slot,
+			 double *p50, double *p99)
+{
+	struct kvc_layout l = { .dtype = KVC_F16, .codec = (uint8_t)slot, .layers = 1,
+				.kv_heads = 8, .head_dim = 128, .tokens = 4 };
+	size_t bytes = kvc_layout_bytes(&l);
+	uint16_t *stg = kvc_staging(c, NULL);
+	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));
+	struct kvc_select_hit hits[16];
+	float q[32 * 128];
+	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7;
+	int err = keys && t ? 0 : -ENOMEM;
+
+	for (unsigned long b = 0; b < nblocks && !err; b++) {
+		for (size_t i = 0; i < bytes / 2; i++) {
+			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+			stg[i] = kvcd_f32_to_f16((float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22));
+		}
+		keys[b] = select_key(b);
+		err = kvc_store(c, &keys[b], &l, 0);
+	}
+	for (int i = 0; i < 32 * 128; i++) {
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		q[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22);
+	}
+	for (unsigned r = 0; r < reps && !err; r++) {
+		uint64_t t0 = now_ns();
+		int n = kvc_select(c, keys, nblocks, 0, q, 32, 128, 16, hits);
+
+		t[r] = now_ns() - t0;
+		err = n < 0 ? n : n != 16 ? -ENOENT : 0;
+	}
+	for (unsigned long b = 0; keys && b < nblocks; b++)
+		kvc_delete(c, &keys[b]);
+	if (!err) {
+		qsort(t, reps, sizeof(*t), cmp_u64);
+		*p50 = t[reps / 2] / 1e3;
+		*p99 = t[reps - 1 - reps / 100] / 1e3;
+	}
+	free(keys);
+	free(t);
+	return err;
+}
+
+/* Recall on real keys: the model's KV of a sampled sequence in chunks of @chunk tokens, stored
+ * with bounds; at random positions and layers, the model's own queries there SELECT the top
+ * 8 of the chunks before them. @recall: how often the chunk holding the largest true
+ * q.k / sqrt(d) (over the query heads and the chunk's keys) is first, in the top 4, the top 8. */
+static int select_recall(kvc_client *c, const char *model, unsigned chunk, unsigned trials,
+			 int slot, double recall[3], unsigned *cands)
+{
+	struct llm m;
+	struct llm_state s;
+	struct llm_kvc e = { .c = c, .chunk = chunk, .codec = (uint8_t)slot };
+	const char *why = NULL;
+	int err = llm_load(model, &m, &why), ok[3] = { 0 };
+	uint64_t rng = 99;
+	const unsigned k = 8;
+
+	if (err) {
+		fprintf(stderr, "kvcbench: model %s: %s\n", model, why ? why : strerror(-err));
+		return err;
+	}
+	const struct llm_config *cf = &m.c;
+	unsigned nchunks = (unsigned)cf->seq_len / chunk, hd = (unsigned)cf->head_dim;
+	int32_t *tok = malloc((size_t)cf->seq_len * 4);
+	struct kvc_key *keys = malloc(nchunks * sizeof(*keys));
+	struct kvc_select_hit *hits = malloc(k * sizeof(*hits));
+
+	if (!tok || !keys || !hits || llm_state_init(&m, &s, KVC_F16))
+		return -ENOMEM;
+	tok[0] = 1;
+	for (int p = 0; p + 1 < cf->seq_len; p++) {
+		llm_forward(&m, &s, tok[p], p);
+		tok[p + 1] = llm_sample(s.logits, cf->vocab, 0.8f, &rng);
+	}
+	llm_forward(&m, &s, tok[cf->seq_len - 1], cf->seq_len - 1);
+	llm_kvc_keyns(&m, KVC_F16, "kvcbench-select", &e);
+	err = kvc_key_chain_all(e.keyns, tok, (size_t)nchunks * chunk, chunk, keys, nchunks);
+	if (err >= 0)
+		err = llm_kvc_save(&m, &s, &e, tok, 0, nchunks);
+	*cands = 0;
+	for (unsigned tr = 0; tr < trials && err >= 0; tr++) {
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		unsigned layer = (unsigned)(rng >> 33) % (unsigned)cf->layers;
+		unsigned pos = cf->seq_len / 2 + (unsigned)(rng >> 40) % (cf->seq_len / 2);
+		unsigned n = pos / chunk, best = 0; /* the chunks wholly before pos */
+		const float *q = s.qs + ((size_t)pos * cf->layers + layer) * cf->dim;
+		double top = -INFINITY;
+		int rep = cf->heads / cf->kv_heads, got;
+
+		if (n < k) { /* a window of candidates large enough to choose from */
+			tr--;
+			continue;
+		}
+
+		for (unsigned b = 0; b < n; b++)
+			for (unsigned t = b * chunk; t < (b + 1) * chunk; t++)
+				for (int h = 0; h < cf->heads; h++) {
+					const float *kk = s.kc + ((size_t)layer * cf->seq_len + t) *
+						cf->kv_dim + (size_t)(h / rep) * hd;
+					double dot = 0;
+
+					for (unsigned i = 0; i < hd; i++)
+						dot += (double)q[h * hd + i] * kk[i];
+					if (dot > top) {
+						top = dot;
+						best = b;
+					}
+				}
+		got = kvc_select(c, keys, n, layer, q, (uint32_t)cf->heads, hd, k < n ? k : n, hits);
+		if (got < 0) {
+			err = got;
+			break;
+		}
+		for (int i = 0; i < got; i++)
+			if (hits[i].index == best)
+				for (int j = 0; j < 3; j++)
+					ok[j] += i < (j == 0 ? 1 : j == 1 ? 4 : 8);
+		*cands += n;
+	}
+	for (unsigned i = 0; i < nchunks; i++)
+		kvc_delete(c, &keys[i]);
+	for (int j = 0; j < 3; j++)
+		recall[j] = (double)ok[j] / trials;
+	*cands /= trials;
+	llm_state_free(&s);
+	llm_free(&m);
+	free(tok);
+	free(keys);
+	free(hits);
+	return err < 0 ? err : 0;
+}
+
+static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
+			const char *policy, int json)
+{
+	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
+	char why[128];
+	int slot = kvc_policy(c, policy ? policy : "none:bounds=quest", 0, why, sizeof(why)), err;
+	double p50 = 0, p99 = 0, recall[3] = { -1, -1, -1 };
+	unsigned cands = 0;
+
+	if (slot < 0) {
+		fprintf(stderr, "kvcbench: select: policy: %s\n", why);
+		return 1;
+	}
+	err = select_timing(c, nblocks, reps, slot, &p50, &p99);
+	if (!err && model)
+		err = select_recall(c, model, 16, 400, slot, recall, &cands);
+	kvc_detach(c);
+	if (err) {
+		fprintf(stderr, "kvcbench: select: %s\n", kvc_strerror(err));
+		return 1;
+	}
+	if (json)
+		printf("{\"candidates\": %lu, \"kv_heads\": 8, \"q_heads\": 32, \"head_dim\": 128, "
+		       "\"k\": 16, \"select_p50_us\": %.1f, \"select_p99_us\": %.1f, "
+		       "\"recall_top1\": %.4f, \"recall_top4\": %.4f, \"recall_top8\": %.4f, "
+		       "\"recall_candidates\": %u}\n", nblocks, p50, p99, recall[0], recall[1],
+		       recall[2], cands);
+	else
+		printf("select over %lu blocks (8 KV heads x 128, 32 query heads, top 16): p50 %.1f us, "
+		       "p99 %.1f us; real keys, %u candidates: the best chunk first %.1f%%, in the top "
+		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, p50, p99, cands, 100 * recall[0],
+		       100 * recall[1], 100 * recall[2]);
+	return 0;
+}
+
 /* ---- codec ---------------------------------------------------------------------------------- */
 
 struct codec_args {
@@ -744,6 +924,8 @@ static void usage(FILE *f)
 		   "       kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]\n"
 		   "       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
 		   "                [--iters N] [--json]\n"
+		   "       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
+		   "                [--policy P] [--json]\n"
 		   "       kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers N]\n"
 		   "                [--heads N] [--dim N] [--tokens N] [--iters N] [--json]\n");
 }
@@ -844,6 +1026,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "codec"))
 		return bench_codec(&ca, json);
+	if (!strcmp(cmd, "select"))
+		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, ca.policy, json);
 	usage(stderr);
 	return 2;
 }

@@ -73,6 +73,8 @@ struct kvcd_policy {
 	uint16_t window;	/* the block's last tokens, always kept */
 	uint8_t merge;		/* enum kvcd_merge */
 	uint8_t kernel;		/* snapkv: max-pooling width (odd; 0 or 1: none) */
+	uint8_t bounds;		/* 1: keep the block's Quest bounds for SELECT (kvcd_quest_block) */
+	uint8_t page;		/* bounds: tokens per page, 1..255 */
 };
 
 enum kvcd_select {

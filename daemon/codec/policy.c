@@ -13,6 +13,8 @@
  * select=recent|keynorm|h2o|snapkv, keep=F (fraction of each block's tokens, or percent
  * with %; default 50%), window=N (the block's last N tokens always kept), sink=N (the
  * sequence's first N tokens always kept, and exact), budget=uniform|pyramid|adakv,
+ * bounds=quest (any policy, "none:bounds=quest" included): keep the block's Quest bounds so
+ * SELECT can score it (an extra pass over the keys at STORE), per page=N tokens (default 16).
  * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
  * long-context 7 costs a factor 3 in perplexity on stories260K).
  */
@@ -80,6 +82,19 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	unsigned long n;
 	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
 
+	if (!strcmp(k, "bounds")) {
+		if (strcmp(v, "quest") && strcmp(v, "none"))
+			return WHY("bounds=%s: quest or none", v);
+		p->bounds = v[0] == 'q';
+		p->page = p->bounds ? (p->page ? p->page : 16) : 0;
+		return 0;
+	}
+	if (!strcmp(k, "page")) {
+		if (num(v, 255, &n) || !n)
+			return WHY("page=%s: tokens per bounds page, 1..255", v);
+		p->page = (uint8_t)n;
+		return 0;
+	}
 	if (p->kind == KVCD_CODEC_NONE && strcmp(k, "sink") && strcmp(k, "select") &&
 	    strcmp(k, "keep") && strcmp(k, "window") && strcmp(k, "budget") &&
 	    strcmp(k, "merge") && strcmp(k, "kernel"))
@@ -207,6 +222,8 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 	}
 	if (p->hipct && !p->hibits)
 		return WHY("hipct needs hibits");
+	if (p->page && !p->bounds)
+		return WHY("page needs bounds=quest");
 	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel))
 		return WHY("keep, window, budget, merge and kernel need select=");
 	if (p->select && p->rope)
@@ -228,8 +245,11 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 	o = (size_t)snprintf(buf, len, "%s", names[p->kind]);
 #define ADD(...) (o += o < len ? (size_t)snprintf(buf + o, len - o, __VA_ARGS__) : 0)
 	if (p->kind == KVCD_CODEC_NONE) {
-		if (!p->select)
+		if (!p->select) {
+			if (p->bounds)
+				ADD(":bounds=quest,page=%u", p->page);
 			return;
+		}
 		ADD(":sink=%u", p->sink);
 	} else {
 		ADD(":");
@@ -252,6 +272,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		if (p->kernel)
 			ADD(",kernel=%u", p->kernel);
 	}
+	if (p->bounds && (p->select || p->kind != KVCD_CODEC_NONE))
+		ADD(",bounds=quest,page=%u", p->page);
 	if (p->kind == KVCD_CODEC_NONE)
 		return;
 	if (p->sink)
@@ -289,6 +311,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("invalid layout");
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
+	if (p->bounds > 1 || (p->bounds && !p->page) || (!p->bounds && p->page))
+		return WHY("bad bounds");
 	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
 	    p->merge > KVCD_MERGE_VALUE || (p->kernel && !(p->kernel & 1)) || p->keep > 10000 ||
 	    (p->select && (!p->keep || p->rope)) ||

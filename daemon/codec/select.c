@@ -1,7 +1,10 @@
 /* select.c - token selection scores, keep sets, PyramidKV and Ada-KV budgets, Quest bounds
  * (see select.h). Pure functions; the caller owns every buffer. */
 #include "select.h"
+#include "codec.h"
 
+#include <immintrin.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,4 +206,268 @@ float kvcd_quest_bound(const float *q, const float *mn, const float *mx, uint32_
 	}
 	f = (float)s;
 	return (double)f < s ? nextafterf(f, INFINITY) : f; /* a bound: round up */
+}
+
+uint32_t kvcd_quest_pages(const struct kvcp_layout *l, uint32_t page)
+{
+	return (l->tokens + page - 1) / page;
+}
+
+size_t kvcd_quest_bytes(const struct kvcp_layout *l, uint32_t page)
+{
+	return (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, page) * 2 * l->head_dim * 2;
+}
+
+/* f16 nearest to @x on the side of @up (toward +inf) or not (toward -inf). */
+static uint16_t f16_toward(float x, bool up)
+{
+	uint16_t h = kvcd_f32_to_f16(x);
+	float y = kvcd_f16_to_f32(h);
+
+	if (up ? y >= x : y <= x)
+		return h;
+	if (up) /* one step toward +inf */
+		return h == 0x8000 ? 0x0001 : (h & 0x8000) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
+	return h == 0x0000 ? 0x8001 : (h & 0x8000) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
+}
+
+/* Channel-wise min and max of @rows f16 rows of @hd values (a multiple of 8), 64 channels at
+ * a time held in registers. */
+__attribute__((target("avx2,f16c"))) static void minmax_f16_avx2(const uint16_t *k, size_t rows,
+								 size_t hd, float *mn, float *mx)
+{
+	size_t c0 = 0;
+
+	for (; c0 + 64 <= hd; c0 += 64) {
+		__m256 lo[8], hi[8];
+
+		for (int j = 0; j < 8; j++) {
+			lo[j] = _mm256_set1_ps(INFINITY);
+			hi[j] = _mm256_set1_ps(-INFINITY);
+		}
+		for (size_t t = 0; t < rows; t++)
+			for (int j = 0; j < 8; j++) {
+				__m256 v = _mm256_cvtph_ps(_mm_loadu_si128(
+					(const __m128i *)(k + t * hd + c0 + 8 * j)));
+
+				lo[j] = _mm256_min_ps(v, lo[j]);
+				hi[j] = _mm256_max_ps(v, hi[j]);
+			}
+		for (int j = 0; j < 8; j++) {
+			_mm256_storeu_ps(mn + c0 + 8 * j, lo[j]);
+			_mm256_storeu_ps(mx + c0 + 8 * j, hi[j]);
+		}
+	}
+	for (; c0 < hd; c0 += 8) {
+		__m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY);
+
+		for (size_t t = 0; t < rows; t++) {
+			__m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t * hd + c0)));
+
+			lo = _mm256_min_ps(v, lo);
+			hi = _mm256_max_ps(v, hi);
+		}
+		_mm256_storeu_ps(mn + c0, lo);
+		_mm256_storeu_ps(mx + c0, hi);
+	}
+}
+
+/* The same for any dtype, a row at a time through f32 in @row. */
+static void minmax_rows(enum kvcd_isa isa, uint8_t dtype, const uint8_t *k, size_t rows,
+			size_t hd, float *row, float *mn, float *mx)
+{
+	size_t es = kvcp_dtype_size(dtype);
+
+	for (size_t c = 0; c < hd; c++) {
+		mn[c] = INFINITY;
+		mx[c] = -INFINITY;
+	}
+	for (size_t t = 0; t < rows; t++) {
+		kvcd_to_f32(isa, dtype, k + t * hd * es, row, hd);
+		for (size_t c = 0; c < hd; c++) {
+			mn[c] = row[c] < mn[c] ? row[c] : mn[c];
+			mx[c] = row[c] > mx[c] ? row[c] : mx[c];
+		}
+	}
+}
+
+int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const void *block,
+		     uint16_t *out)
+{
+	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
+	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
+	float *row = malloc(hd * 3 * sizeof(float)), *mn = row + hd, *mx = mn + hd;
+	bool fast = isa != KVCD_ISA_SCALAR && l->dtype == KVCP_F16 && hd % 8 == 0 &&
+		    kvcd_has_f16c();
+
+	if (!row)
+		return -ENOMEM;
+	for (uint32_t ly = 0; ly < l->layers; ly++)
+		for (size_t pg = 0; pg < np; pg++) {
+			const uint8_t *k = (const uint8_t *)block + (size_t)ly * 2 * plane +
+					   pg * page * hd * es;
+			size_t rows = l->tokens - pg * page < page ? l->tokens - pg * page : page;
+
+			if (fast)
+				minmax_f16_avx2((const uint16_t *)k, rows, hd, mn, mx);
+			else
+				minmax_rows((enum kvcd_isa)isa, l->dtype, k, rows, hd, row, mn, mx);
+			for (uint32_t h = 0; h < l->kv_heads; h++) {
+				uint16_t *o = out + (((size_t)ly * l->kv_heads + h) * np + pg) * 2 *
+						    l->head_dim;
+
+				for (uint32_t c = 0; c < l->head_dim; c++) {
+					o[c] = f16_toward(mn[h * l->head_dim + c], false);
+					o[l->head_dim + c] = f16_toward(mx[h * l->head_dim + c], true);
+				}
+			}
+		}
+	free(row);
+	return 0;
+}
+
+void kvcd_quest_prep(const float *q, uint32_t n, float *pos, float *neg)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		pos[i] = q[i] > 0 ? q[i] : 0.0f;
+		neg[i] = q[i] < 0 ? q[i] : 0.0f;
+	}
+}
+
+/* sum_c pos_c mx_c + neg_c mn_c for @g queries of @d channels against one page's bounds
+ * (f16 [min d][max d]), the largest into *@best; *@mag: the largest |bound value|. Each bound
+ * is converted once and serves up to 8 queries held in registers. */
+__attribute__((target("avx2,f16c,fma"))) static void page_avx2(const uint16_t *b, uint32_t d,
+							       const float *pos, const float *neg,
+							       uint32_t g, float *best, float *mag)
+{
+	__m256 m = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+
+	for (uint32_t j0 = 0; j0 < g; j0 += 8) {
+		uint32_t gn = g - j0 < 8 ? g - j0 : 8;
+		__m256 acc[8];
+
+		for (uint32_t j = 0; j < 8; j++)
+			acc[j] = _mm256_setzero_ps();
+		for (uint32_t c = 0; c < d; c += 8) {
+			__m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + c)));
+			__m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + d + c)));
+
+			if (!j0)
+				m = _mm256_max_ps(m, _mm256_max_ps(_mm256_andnot_ps(sign, lo),
+								   _mm256_andnot_ps(sign, hi)));
+			for (uint32_t j = 0; j < gn; j++) {
+				size_t o = (size_t)(j0 + j) * d + c;
+
+				acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(pos + o), hi, acc[j]);
+				acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(neg + o), lo, acc[j]);
+			}
+		}
+		for (uint32_t j = 0; j < gn; j++) {
+			__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[j]),
+					       _mm256_extractf128_ps(acc[j], 1));
+			float v;
+
+			s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+			s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+			v = _mm_cvtss_f32(s4);
+			v = v != v ? INFINITY : v; /* 0 x inf: a bound past f16 bounds nothing */
+			*best = v > *best ? v : *best;
+		}
+	}
+	__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+	m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+	m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+	*mag = _mm_cvtss_f32(m4);
+}
+
+/* The same sixteen channels at a time (head_dim a multiple of 16). */
+__attribute__((target("avx512f"))) static void page_avx512(const uint16_t *b, uint32_t d,
+							   const float *pos, const float *neg,
+							   uint32_t g, float *best, float *mag)
+{
+	__m512 m = _mm512_setzero_ps();
+
+	for (uint32_t j0 = 0; j0 < g; j0 += 8) {
+		uint32_t gn = g - j0 < 8 ? g - j0 : 8;
+		__m512 acc[8];
+
+		for (uint32_t j = 0; j < 8; j++)
+			acc[j] = _mm512_setzero_ps();
+		for (uint32_t c = 0; c < d; c += 16) {
+			__m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + c)));
+			__m512 hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + d + c)));
+
+			if (!j0)
+				m = _mm512_max_ps(m, _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+			for (uint32_t j = 0; j < gn; j++) {
+				size_t o = (size_t)(j0 + j) * d + c;
+
+				acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(pos + o), hi, acc[j]);
+				acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(neg + o), lo, acc[j]);
+			}
+		}
+		for (uint32_t j = 0; j < gn; j++) {
+			float v = _mm512_reduce_add_ps(acc[j]);
+
+			v = v != v ? INFINITY : v; /* 0 x inf: a bound past f16 bounds nothing */
+			*best = v > *best ? v : *best;
+		}
+	}
+	*mag = _mm512_reduce_max_ps(m);
+}
+
+static void page_scalar(const uint16_t *b, uint32_t d, const float *pos, const float *neg,
+			uint32_t g, float *best, float *mag)
+{
+	*mag = 0.0f;
+	for (uint32_t c = 0; c < 2 * d; c++) {
+		float v = fabsf(kvcd_f16_to_f32(b[c]));
+
+		*mag = v > *mag ? v : *mag;
+	}
+	for (uint32_t j = 0; j < g; j++) {
+		float acc = 0.0f;
+
+		for (uint32_t c = 0; c < d; c++)
+			acc += pos[(size_t)j * d + c] * kvcd_f16_to_f32(b[d + c]) +
+			       neg[(size_t)j * d + c] * kvcd_f16_to_f32(b[c]);
+		acc = acc != acc ? INFINITY : acc; /* 0 x inf: a bound past f16 bounds nothing */
+		*best = acc > *best ? acc : *best;
+	}
+}
+
+float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
+		       const uint16_t *bounds, uint32_t layer, const float *pos, const float *neg,
+		       float l1, uint32_t q_heads)
+{
+	uint32_t d = l->head_dim, g = q_heads / l->kv_heads, np = kvcd_quest_pages(l, page);
+	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
+	bool wide = isa == KVCD_ISA_AVX512 && d % 16 == 0;
+	float best = -INFINITY, mag = 0.0f;
+
+	for (uint32_t h = 0; h < l->kv_heads; h++) {
+		const uint16_t *b = bounds + ((size_t)layer * l->kv_heads + h) * np * 2 * d;
+
+		for (uint32_t pg = 0; pg < np; pg++, b += 2 * d) {
+			float m;
+
+			if (wide)
+				page_avx512(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
+					    &best, &m);
+			else if (fast)
+				page_avx2(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
+					  &best, &m);
+			else
+				page_scalar(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
+					    &best, &m);
+			mag = m > mag ? m : mag;
+		}
+	}
+	/* float sums of 2d products err by at most (2d + 1) 2^-24 of sum |terms| <= l1 * mag:
+	 * add that, then scale rounding up, so the result stays a bound */
+	double r = ((double)best + (2.0 * d + 2) * 0x1p-24 * (double)l1 * mag) / sqrt((double)d);
+	float f = (float)r;
+
+	return (double)f < r ? nextafterf(f, INFINITY) : f;
 }

@@ -6,6 +6,8 @@
 #ifndef KVCD_SELECT_H
 #define KVCD_SELECT_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* ---- scores: higher means keep ---------------------------------------------------------- */
@@ -59,5 +61,29 @@ void kvcd_quest_minmax(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 /* Upper bound of q.k over every key k between @mn and @mx channel-wise:
  * sum_c max(q_c mn_c, q_c mx_c), summed in double and rounded up. */
 float kvcd_quest_bound(const float *q, const float *mn, const float *mx, uint32_t d);
+
+/* ---- Quest bounds of whole blocks (kept per stored block for SELECT) -------------------------- */
+
+struct kvcp_layout;
+
+/* A block's bounds are per page of @page tokens (the last page may be shorter), f16,
+ * [layers][kv_heads][pages][min, max][head_dim]. */
+uint32_t kvcd_quest_pages(const struct kvcp_layout *l, uint32_t page);
+size_t kvcd_quest_bytes(const struct kvcp_layout *l, uint32_t page);
+/* The bounds of the keys of the raw block @block (layout @l), each rounded outwards to f16
+ * (min down, max up), so a bound computed from them is still a bound. @isa: enum kvcd_isa.
+ * Returns 0 or -ENOMEM. */
+int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const void *block,
+		     uint16_t *out);
+/* The query split by sign, once per request: @pos = max(q, 0), @neg = min(q, 0). */
+void kvcd_quest_prep(const float *q, uint32_t n, float *pos, float *neg);
+/* A block's SELECT score at @layer for queries [q_heads][head_dim] (q_heads a multiple of
+ * kv_heads; query head h reads KV head h / (q_heads / kv_heads)), given as kvcd_quest_prep's
+ * halves and @l1, the largest L1 norm of a query head: the largest Quest bound over the
+ * query heads and pages, over sqrt(head_dim). Never below the block's largest
+ * q.k / sqrt(head_dim) (float rounding included). */
+float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
+		       const uint16_t *bounds, uint32_t layer, const float *pos, const float *neg,
+		       float l1, uint32_t q_heads);
 
 #endif

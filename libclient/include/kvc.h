@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define KVC_VERSION_MAJOR 0
-#define KVC_VERSION_MINOR 1
+#define KVC_VERSION_MINOR 2
 #define KVC_VERSION_PATCH 0
 
 /* Library version as MAJOR << 16 | MINOR << 8 | PATCH (independent of the protocol). */
@@ -222,6 +222,23 @@ int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, siz
 int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
 	      struct kvc_layout *layout);
 
+/* SELECT (Quest): which of the candidate blocks @keys[0..n) matter most for the queries @q
+ * ([q_heads][head_dim] f32, post-RoPE) at @layer. kvcd keeps the channel-wise min and max of
+ * every stored block's keys per (layer, KV head) and scores a block by the largest upper bound
+ * of q.k / sqrt(head_dim) over its keys and the query heads (query head h reads KV head
+ * h / (q_heads / kv_heads)), so a block that holds the best key always scores at least its
+ * q.k. Writes the best min(@k, candidates found) to @out, highest score first, and returns
+ * their count. Candidates not stored, or whose layout does not fit the query, are skipped.
+ * -EINVAL: n, k or the query out of range; -EMSGSIZE: the request exceeds the scratch area. */
+struct kvc_select_hit {
+	uint32_t index;		/* into @keys */
+	float score;
+};
+
+int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer,
+	       const float *q, uint32_t q_heads, uint32_t head_dim, uint32_t k,
+	       struct kvc_select_hit *out);
+
 /* Length of the longest prefix of @keys[0..n) that kvcd holds, in *@hits. */
 int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits);
 
@@ -252,7 +269,7 @@ struct kvc_stats {
 		uint32_t hugepages;
 		uint64_t bytes_total, bytes_used, blocks;
 	} node[KVC_MAX_NODES];
-	struct kvc_op_stats op[12];	/* indexed by KVC_OP_* and the admin ops below */
+	struct kvc_op_stats op[13];	/* indexed by KVC_OP_*, the admin ops and SELECT */
 	uint32_t nns, pad;
 	struct {
 		char name[64];
