@@ -149,7 +149,8 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 extern bool kvcd_codec_fused;
 
 /* Decode an encoded block of @n bytes into @dst (@cap bytes). *@l receives the engine's
- * layout. Never trusts @src: returns -EBADMSG when the header or sizes are inconsistent,
+ * layout; for a block whose policy selected tokens, @dst gets the struct kvcp_sparse form
+ * (kvcd_codec_out_size bytes) and l->codec is KVCP_CODEC_SPARSE. Never trusts @src: returns -EBADMSG when the header or sizes are inconsistent,
  * -ENOSPC when @cap is too small, -ENOMEM. */
 int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
 		      struct kvcp_layout *l);
