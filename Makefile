@@ -26,7 +26,8 @@ DEPS_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnuma
 TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
-	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev
+	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
+	    liblapacke-dev libopenblas-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c daemon/sum.c \

@@ -92,7 +92,7 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 
 	l.codec = 0;
 	qb = pol->bounds ? kvcd_quest_bytes(&l, pol->page) : 0;
-	if (pol->select) {
+	if (kvcd_policy_sel(pol)) {
 		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
 		counts = malloc((size_t)l.layers * l.kv_heads * 4);
 		if (!counts)
@@ -106,7 +106,7 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		free(counts);
 		return -EINVAL;
 	}
-	l.codec = pol->kind | (pol->select ? KVCP_CODEC_SPARSE : 0);
+	l.codec = pol->kind | (kvcd_policy_sel(pol) ? KVCP_CODEC_SPARSE : 0);
 	/* with bounds=quest the block's Quest bounds (SELECT) follow it in the same allocation */
 	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, KVCD_BOUNDS_AT(stored) + qb,
 				 s->order, s->norder, &b);
@@ -115,11 +115,11 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		return err;
 	}
 	b->stored = stored;
-	if (pol->kind == KVCD_CODEC_NONE && !pol->select) {
+	if (pol->kind == KVCD_CODEC_NONE && !kvcd_policy_sel(pol)) {
 		sum = copy_sum(b->data, src, bytes, d->cfg.checksum);
 	} else {
 		l.codec = 0;
-		if (pol->select)
+		if (kvcd_policy_sel(pol))
 			err = kvcd_sel_encode(kvcd_isa_best(), pol, &l, v->arg, src, scores, aux,
 					      counts, b->data);
 		else
@@ -131,7 +131,8 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	if (!err && pol->bounds) { /* of the keys as stored raw; of the engine's keys if encoded */
 		l.codec = 0;
 		err = kvcd_quest_block(kvcd_isa_best(), &l, pol->page,
-				       pol->kind == KVCD_CODEC_NONE && !pol->select ? b->data : src,
+				       pol->kind == KVCD_CODEC_NONE && !kvcd_policy_sel(pol) ? b->data :
+				       src,
 				       (uint16_t *)((char *)b->data + KVCD_BOUNDS_AT(stored)));
 		b->bounds = err ? 0 : pol->page;
 	}
@@ -223,7 +224,7 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	free(scores);
 	free(auxmem);
 	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
-	    (pol.kind != KVCD_CODEC_NONE || pol.select)) {
+	    (pol.kind != KVCD_CODEC_NONE || kvcd_policy_sel(&pol))) {
 		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
 
 		kvcd_store_fallback(&d->store, s->ns_id);

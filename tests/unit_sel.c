@@ -373,14 +373,16 @@ Test(sel, policy_strings)
 {
 	const char *ok[] = { "none:select=h2o", "kivi:kbits=5,vbits=4,group=64,select=snapkv,"
 			     "keep=25%,window=16,budget=adakv,merge=key,kernel=7",
-			     "none:select=recent,keep=0.5,sink=4", "int8:select=keynorm,merge=value" };
+			     "none:select=recent,keep=0.5,sink=4", "int8:select=keynorm,merge=value",
+			     "none:rank=6,bounds=quest,page=4", "none:select=h2o,rank=3" };
 	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
 			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
 			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
-			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%" };
+			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%",
+			      "int8:rank=4", "none:rank=256", "none:page=4" };
 	char buf[KVCD_POLICY_STR], why[128];
 
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 6; i++) {
 		struct kvcd_policy p = pol(ok[i]), q;
 
 		kvcd_policy_format(&p, buf, sizeof(buf));
@@ -389,11 +391,62 @@ Test(sel, policy_strings)
 		cr_assert_eq(kvcd_policy_check(&p, &LAY, why, sizeof(why)), 0, "%s", why);
 	}
 	cr_assert_eq(pol("none:select=h2o").keep, 5000, "half by default");
-	for (int i = 0; i < 10; i++) {
+	for (int i = 0; i < 13; i++) {
 		struct kvcd_policy p;
 
 		why[0] = 0;
 		cr_assert_eq(kvcd_policy_parse(bad[i], &p, why, sizeof(why)), -EINVAL, "%s", bad[i]);
 		cr_assert_neq(why[0], 0, "%s says why", bad[i]);
 	}
+}
+
+/* Low-rank: at full rank the block comes back to float precision; a rank-1 K is exact at
+ * rank 1; the error never grows with the rank; with select= the factors cover the kept rows. */
+Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
+{
+	static struct blk b;
+	double prev = INFINITY;
+
+	make(&b);
+	for (uint32_t t = 0; t < T; t++) /* layer 0, head 0: K = u v^T */
+		for (int c = 0; c < D; c++)
+			row(&b, 0, 0, t, 0)[c] = (float)((int)(t % 7) - 3) * (float)(c + 1) * 0.25f;
+	for (uint32_t r = 1; r <= D; r++) {
+		char s[64];
+		struct view v;
+		double num = 0, den = 0, k00 = 0;
+		void *dec;
+
+		snprintf(s, sizeof(s), "none:rank=%u", r);
+		dec = roundtrip(&b, s, 0, &v);
+		cr_assert_eq(v.h.total, LY * H * T, "every token kept");
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t h = 0; h < H; h++)
+				for (int kv = 0; kv < 2; kv++)
+					for (uint32_t t = 0; t < T; t++)
+						for (int c = 0; c < D; c++) {
+							double x = row(&b, ly, kv, t, h)[c];
+							double y = v.rows[(((ly * H + h) * 2 + kv) * T + t) * D + c];
+
+							num += (x - y) * (x - y);
+							den += x * x;
+							if (!ly && !h && !kv)
+								k00 = fmax(k00, fabs(x - y));
+						}
+		cr_assert_leq(k00, 1e-4, "rank %u: a rank-1 K is exact (%g)", r, k00);
+		cr_assert_leq(sqrt(num / den), prev + 1e-6, "rank %u: no worse than rank %u", r, r - 1);
+		prev = sqrt(num / den);
+		if (r < D)
+			cr_assert_gt(prev, 1e-3, "rank %u < %u of random rows loses something", r, D);
+		free(dec);
+	}
+	cr_assert_leq(prev, 1e-5, "full rank: float precision (%g)", prev);
+	struct view v;
+	void *dec = roundtrip(&b, "none:select=recent,keep=50%,rank=8", 0, &v);
+
+	for (uint32_t i = 0; i < v.count[1]; i++) /* (layer 0, head 1): the last 25 tokens */
+		for (int c = 0; c < D; c++)
+			cr_assert_float_eq(v.rows[(v.count[0] * 2 + i) * D + c],
+					   row(&b, 0, 0, v.tok[v.count[0] + i], 1)[c], 1e-4);
+	free(dec);
 }

@@ -298,7 +298,7 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)))
 		return 0;
-	if (p->select)
+	if (kvcd_policy_sel(p))
 		return kvcd_sel_size(p, l, scores, pos, NULL);
 	if (p->kind == KVCD_CODEC_NONE)
 		return kvcp_layout_bytes(l);
@@ -1147,7 +1147,7 @@ int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
 
 	if (kvcd_policy_check(p, engine, why, sizeof(why)))
 		return -EINVAL;
-	if (p->select)
+	if (kvcd_policy_sel(p))
 		return kvcd_sel_encode(isa, p, engine, pos, src, scores, NULL, NULL, dst);
 	if (p->kind == KVCD_CODEC_NONE) {
 		memcpy(dst, src, kvcp_layout_bytes(engine));
@@ -1222,7 +1222,7 @@ static int read_hdr(const void *src, uint64_t n, struct kvcd_codec_hdr *h)
 		return -EBADMSG;
 	memcpy(h, src, sizeof(*h));
 	if (h->magic != KVCD_CODEC_MAGIC || h->version != KVCD_CODEC_VERSION ||
-	    (h->flags & ~KVCD_CODEC_F_SCORES) || (h->pol.kind == KVCD_CODEC_NONE && !h->pol.select) ||
+	    (h->flags & ~KVCD_CODEC_F_SCORES) || (h->pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&h->pol)) ||
 	    h->layout.codec || h->reserved || h->bytes != n ||
 	    kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
 		return -EBADMSG;
@@ -1235,7 +1235,7 @@ uint64_t kvcd_codec_out_size(const void *src, uint64_t n)
 
 	if (read_hdr(src, n, &h))
 		return 0;
-	if (h.pol.select)
+	if (kvcd_policy_sel(&h.pol))
 		return kvcd_sel_out_size(&h, src, n);
 	return kvcp_layout_bytes(&h.layout);
 }
@@ -1248,7 +1248,7 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 
 	if (read_hdr(src, n, &h))
 		return -EBADMSG;
-	if (h.pol.select)
+	if (kvcd_policy_sel(&h.pol))
 		return kvcd_sel_decode(isa, &h, src, n, dst, cap, l);
 	scores = h.flags & KVCD_CODEC_F_SCORES;
 	if (kvcd_codec_size(&h.pol, &h.layout, scores, h.pos) != n)

@@ -75,7 +75,16 @@ struct kvcd_policy {
 	uint8_t kernel;		/* snapkv: max-pooling width (odd; 0 or 1: none) */
 	uint8_t bounds;		/* 1: keep the block's Quest bounds for SELECT (kvcd_quest_block) */
 	uint8_t page;		/* bounds: tokens per page, 1..255 */
+	uint8_t rank;		/* low-rank (sel.c): K and V of each (layer, KV head) kept as a
+				 * truncated SVD of this rank; 0: off */
+	uint8_t pad[3];		/* 0 */
 };
+
+/* Does @p go through sel.c (token selection or low-rank)? */
+static inline bool kvcd_policy_sel(const struct kvcd_policy *p)
+{
+	return p->select || p->rank;
+}
 
 enum kvcd_select {
 	KVCD_SELECT_NONE = 0,
@@ -170,7 +179,10 @@ uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
  *   merge=key: f16 bias[total], log of the attention mass each kept token stands for over
  *              its own (>= 0)
  *   per (layer, head): the codec's units for its kept rows ([K, V][count][head_dim])
- * FETCH writes struct kvcp_sparse (proto/kvcp.h). */
+ * With rank=R the kept rows of K and of V are each stored as a truncated SVD instead of
+ * through the codec (which must then be none): U_r S_r [count][r] and V_r^T [r][head_dim],
+ * r = min(R, count, head_dim), in the engine's dtype (LAPACKE sgesdd). Without select= every
+ * token is kept. FETCH writes struct kvcp_sparse (proto/kvcp.h). */
 
 /* What the engine sent with the STORE (KVCP_SQE_F_AUX), checked and copied by the caller. */
 struct kvcd_aux {

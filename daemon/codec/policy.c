@@ -15,6 +15,7 @@
  * sequence's first N tokens always kept, and exact), budget=uniform|pyramid|adakv,
  * bounds=quest (any policy, "none:bounds=quest" included): keep the block's Quest bounds so
  * SELECT can score it (an extra pass over the keys at STORE), per page=N tokens (default 16).
+ * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R.
  * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
  * long-context 7 costs a factor 3 in perplexity on stories260K).
  */
@@ -89,6 +90,15 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		p->page = p->bounds ? (p->page ? p->page : 16) : 0;
 		return 0;
 	}
+	if (!strcmp(k, "rank")) {
+		if (p->kind != KVCD_CODEC_NONE)
+			return WHY("rank applies to none (factors in the engine's dtype), not to %s",
+				   "a quantizing codec");
+		if (num(v, 255, &n))
+			return WHY("rank=%s: 0..255 (0: off)", v);
+		p->rank = (uint8_t)n;
+		return 0;
+	}
 	if (!strcmp(k, "page")) {
 		if (num(v, 255, &n) || !n)
 			return WHY("page=%s: tokens per bounds page, 1..255", v);
@@ -98,7 +108,7 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	if (p->kind == KVCD_CODEC_NONE && strcmp(k, "sink") && strcmp(k, "select") &&
 	    strcmp(k, "keep") && strcmp(k, "window") && strcmp(k, "budget") &&
 	    strcmp(k, "merge") && strcmp(k, "kernel"))
-		return WHY("'none' takes only selection options (got '%s')", k);
+		return WHY("'none' takes only selection, rank and bounds options (got '%s')", k);
 	if (!strcmp(k, "select")) {
 		static const char *names[] = { "none", "recent", "keynorm", "h2o", "snapkv" };
 
@@ -246,11 +256,17 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 #define ADD(...) (o += o < len ? (size_t)snprintf(buf + o, len - o, __VA_ARGS__) : 0)
 	if (p->kind == KVCD_CODEC_NONE) {
 		if (!p->select) {
+			if (p->rank || p->bounds)
+				ADD(":");
+			if (p->rank)
+				ADD("rank=%u%s", p->rank, p->bounds ? "," : "");
 			if (p->bounds)
-				ADD(":bounds=quest,page=%u", p->page);
+				ADD("bounds=quest,page=%u", p->page);
 			return;
 		}
 		ADD(":sink=%u", p->sink);
+		if (p->rank)
+			ADD(",rank=%u", p->rank);
 	} else {
 		ADD(":");
 		if (p->kind == KVCD_CODEC_INT && p->kbits == p->vbits)
@@ -313,6 +329,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("unknown codec %u", p->kind);
 	if (p->bounds > 1 || (p->bounds && !p->page) || (!p->bounds && p->page))
 		return WHY("bad bounds");
+	if (p->pad[0] || p->pad[1] || p->pad[2] || (p->rank && p->kind != KVCD_CODEC_NONE))
+		return WHY("bad rank");
 	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
 	    p->merge > KVCD_MERGE_VALUE || (p->kernel && !(p->kernel & 1)) || p->keep > 10000 ||
 	    (p->select && (!p->keep || p->rope)) ||

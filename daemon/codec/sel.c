@@ -1,8 +1,11 @@
 /* sel.c - token selection on whole blocks (codec.h, "token selection"): per (layer, KV head)
  * scores and keep sets from select.c, budgets, merging of dropped tokens, and the kept rows of
  * each (layer, head) through the policy's codec as a block of their own. */
+#include <dlfcn.h>
 #include <errno.h>
+#include <lapacke.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +33,92 @@ static struct kvcp_layout mini_of(const struct kvcp_layout *l, uint32_t n)
 				 .head_dim = l->head_dim, .tokens = n };
 
 	return m;
+}
+
+/* ---- low-rank: a (layer, head)'s kept rows of K, and of V, as a truncated SVD ----------- */
+
+static uint32_t rank_of(const struct kvcd_policy *p, uint32_t n, uint32_t d)
+{
+	uint32_t r = p->rank < n ? p->rank : n;
+
+	return r < d ? r : d;
+}
+
+/* Bytes of the body of @n kept rows: the codec's units, or the K and V factors. */
+static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t n,
+			  bool scores, uint32_t pos)
+{
+	struct kvcp_layout m = mini_of(l, n);
+	uint64_t r = rank_of(p, n, l->head_dim);
+
+	if (!n)
+		return 0;
+	if (!p->rank)
+		return kvcd_codec_body_size(p, &m, scores, pos);
+	return 2 * ((uint64_t)n * r + r * l->head_dim) * kvcp_dtype_size(l->dtype);
+}
+
+/* LAPACKE (on OpenBLAS, from Debian) is loaded at first use rather than linked: OpenBLAS's
+ * threaded build starts a thread pool in a library constructor, before kvcd's main() blocks
+ * the signals it takes through signalfd, and such a thread would take SIGTERM's default
+ * action. Loaded from a worker, whose signals are blocked, its threads inherit that mask. */
+typedef lapack_int (*sgesdd_fn)(int, char, lapack_int, lapack_int, float *, lapack_int, float *,
+				float *, lapack_int, float *, lapack_int);
+static sgesdd_fn sgesdd;
+
+static void lapack_load(void)
+{
+	void *h = dlopen("liblapacke.so.3", RTLD_NOW | RTLD_LOCAL);
+	void (*threads)(int);
+
+	if (!h)
+		return;
+	sgesdd = (sgesdd_fn)dlsym(h, "LAPACKE_sgesdd");
+	threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
+	if (threads)
+		threads(1); /* tiny matrices, on the worker's own core */
+}
+
+/* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], in
+ * @dtype to @o. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1 floats. */
+static int lowrank_put(enum kvcd_isa isa, uint8_t dtype, float *x, uint32_t n, uint32_t d,
+		       uint32_t r, float *u, float *sv, float *vt, uint8_t *o)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	uint32_t k = n < d ? n : d;
+	size_t es = kvcp_dtype_size(dtype);
+
+	pthread_once(&once, lapack_load);
+	if (!sgesdd)
+		return -ENOSYS; /* liblapacke.so.3 is not installed: make deps */
+	if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
+		   (lapack_int)k, vt, (lapack_int)d))
+		return -EINVAL; /* no convergence */
+	for (uint32_t i = 0; i < n; i++) { /* U_r S_r, compacted in place to n x r */
+		for (uint32_t j = 0; j < r; j++)
+			x[(size_t)i * r + j] = u[(size_t)i * k + j] * sv[j];
+	}
+	kvcd_from_f32(isa, dtype, x, o, (size_t)n * r);
+	kvcd_from_f32(isa, dtype, vt, o + (size_t)n * r * es, (size_t)r * d);
+	return 0;
+}
+
+/* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
+static void lowrank_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n,
+			uint32_t d, uint32_t r, float *a, uint8_t *out)
+{
+	size_t es = kvcp_dtype_size(dtype);
+	float *b = a + (size_t)n * r, *row = b + (size_t)r * d;
+
+	kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
+	kvcd_to_f32(isa, dtype, in + (size_t)n * r * es, b, (size_t)r * d);
+	for (uint32_t i = 0; i < n; i++) {
+		memset(row, 0, (size_t)d * 4);
+		for (uint32_t j = 0; j < r; j++)
+			for (uint32_t c = 0; c < d; c++)
+				row[c] += a[(size_t)i * r + j] * b[(size_t)j * d + c];
+		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
+	}
 }
 
 /* PyramidKV's per-layer counts, none above @t: what a shallow layer cannot take goes to the
@@ -67,6 +156,7 @@ struct sel_work {
 	float *mass;		/* T: attention mass of each token, for merging */
 	float *sc;		/* T: importance scores of the kept tokens */
 	void *raw;		/* 2 x T x D in the engine's dtype */
+	float *u, *sv, *vt;	/* low-rank: T x D, D + 1, D x D */
 };
 
 static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
@@ -75,7 +165,8 @@ static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
 
 	memset(w, 0, sizeof(*w));
 	w->kp = malloc(t * hd * 4 * 2 + (size_t)l->kv_heads * t * 4 + t * 4 * 6 + td * 4 * 2 +
-		       td * 2 * kvcp_dtype_size(l->dtype));
+		       td * 2 * kvcp_dtype_size(l->dtype) + (td + l->head_dim + 1 +
+		       (size_t)l->head_dim * l->head_dim) * 4);
 	if (!w->kp)
 		return -ENOMEM;
 	w->vp = w->kp + t * hd;
@@ -88,6 +179,9 @@ static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
 	w->sc = w->mass + t;
 	w->rows = w->sc + t;
 	w->raw = w->rows + td * 2;
+	w->u = (float *)((uint8_t *)w->raw + td * 2 * kvcp_dtype_size(l->dtype));
+	w->sv = w->u + td;
+	w->vt = w->sv + l->head_dim + 1;
 	return 0;
 }
 
@@ -143,9 +237,9 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 	struct sel_work w;
 	int err;
 
-	if (p->budget == KVCD_BUDGET_UNIFORM) {
+	if (p->budget == KVCD_BUDGET_UNIFORM) { /* low-rank alone keeps every token */
 		for (size_t i = 0; i < (size_t)l->layers * h; i++)
-			counts[i] = n;
+			counts[i] = p->select ? n : t;
 		return 0;
 	}
 	if (p->budget == KVCD_BUDGET_PYRAMID) {
@@ -194,15 +288,12 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	}
 	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + lh * ((l->tokens + 7) / 8);
 	for (size_t i = 0; i < lh; i++) {
-		struct kvcp_layout m = mini_of(l, counts[i]);
-
 		if (counts[i] > l->tokens) {
 			free(own);
 			return 0;
 		}
 		total += counts[i];
-		if (counts[i])
-			b += kvcd_codec_body_size(p, &m, scores, pos);
+		b += body_size(p, l, counts[i], scores, pos);
 	}
 	free(own);
 	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -286,7 +377,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	char why[8];
 	int err;
 
-	if (kvcd_policy_check(p, l, why, sizeof(why)) || !p->select || need_aux(p, aux))
+	if (kvcd_policy_check(p, l, why, sizeof(why)) || !kvcd_policy_sel(p) || need_aux(p, aux))
 		return -EINVAL;
 	scores = p->hibits ? scores : NULL;
 	for (uint32_t i = 0; scores && i < t; i++)
@@ -331,8 +422,13 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 
 			if (!m)
 				continue;
-			score_head(p, l, aux, ly, hh, &w, w.score);
-			m = kvcd_select_keep(w.score, t, m, nsink, p->window, w.utmp, w.keep);
+			if (p->select) {
+				score_head(p, l, aux, ly, hh, &w, w.score);
+				m = kvcd_select_keep(w.score, t, m, nsink, p->window, w.utmp, w.keep);
+			} else {
+				for (uint32_t i = 0; i < m; i++)
+					w.keep[i] = i;
+			}
 			for (uint32_t i = 0; i < m; i++) {
 				memcpy(w.rows + (size_t)i * d, w.kp + w.keep[i] * stride + hh * d, d * 4);
 				memcpy(w.rows + ((size_t)m + i) * d, w.vp + w.keep[i] * stride + hh * d,
@@ -356,9 +452,20 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 					wts += (size_t)m * 2;
 				}
 			}
-			kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
-			err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
-			body += kvcd_codec_body_size(p, &mini, scores, pos);
+			if (p->rank) {
+				uint32_t r = rank_of(p, m, d);
+				size_t half = ((size_t)m * r + (size_t)r * d) *
+					      kvcp_dtype_size(l->dtype);
+
+				err = lowrank_put(isa, l->dtype, w.rows, m, d, r, w.u, w.sv, w.vt, body);
+				if (!err)
+					err = lowrank_put(isa, l->dtype, w.rows + (size_t)m * d, m, d, r,
+							  w.u, w.sv, w.vt, body + half);
+			} else {
+				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
+				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
+			}
+			body += body_size(p, l, m, scores, pos);
 		}
 	}
 	free(w.kp);
@@ -412,6 +519,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	size_t row = (size_t)hl->head_dim * kvcp_dtype_size(hl->dtype);
 	bool scores = h->flags & KVCD_CODEC_F_SCORES;
 	uint32_t *counts = malloc(lh * 4), *tok;
+	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	const uint8_t *bits, *wts, *in;
 	uint64_t total;
@@ -425,10 +533,18 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		free(counts);
 		return -EBADMSG;
 	}
+	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d */
+	fac = h->pol.rank ? malloc(((size_t)hl->tokens * hl->head_dim + (size_t)hl->head_dim *
+				    hl->head_dim + hl->head_dim) * 4) : NULL;
+	if (h->pol.rank && !fac) {
+		free(counts);
+		return -ENOMEM;
+	}
 	*l = *hl;
 	l->codec = KVCP_CODEC_SPARSE;
 	if (kvcp_sparse_bytes(hl, total) > cap) {
 		free(counts);
+		free(fac);
 		return -ENOSPC;
 	}
 	sp.total = (uint32_t)total;
@@ -451,6 +567,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	for (uint64_t k = 0; k < total; k++)
 		if (!(bias[k] >= 0.0f) || isinf(bias[k])) {
 			free(counts);
+			free(fac);
 			return -EBADMSG;
 		}
 	for (size_t i = 0; i < lh && !err; i++) {
@@ -458,10 +575,19 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 
 		if (!counts[i])
 			continue;
-		err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
-		in += kvcd_codec_body_size(&h->pol, &mini, scores, h->pos);
+		if (h->pol.rank) {
+			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
+			size_t half = ((size_t)c * r + (size_t)r * d) * kvcp_dtype_size(hl->dtype);
+
+			lowrank_get(isa, hl->dtype, in, c, d, r, fac, rows);
+			lowrank_get(isa, hl->dtype, in + half, c, d, r, fac, rows + (size_t)c * row);
+		} else {
+			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
+		}
+		in += body_size(&h->pol, hl, counts[i], scores, h->pos);
 		rows += 2 * (size_t)counts[i] * row;
 	}
 	free(counts);
+	free(fac);
 	return err;
 }
