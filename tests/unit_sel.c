@@ -450,3 +450,72 @@ Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 					   row(&b, 0, 0, v.tok[v.count[0] + i], 1)[c], 1e-4);
 	free(dec);
 }
+
+/* MiniCache: layers 1 and 2 share directions; with t = 0 layer 1 comes back exactly and with
+ * t = 1 layer 2 does (up to float rounding), the other keeping its norms; retained tokens are
+ * exact in both; layer 0 is untouched; a bitmap that lies is refused. */
+Test(sel, minicache_at_t0_and_t1_returns_one_layer_exactly)
+{
+	static struct blk b;
+	const char *pols[] = { "none:minicache=1,slerp=0,retain=0",
+			       "none:minicache=1,slerp=1,retain=0",
+			       "none:minicache=1,slerp=0.6,retain=20%" };
+
+	make(&b);
+	for (int pi = 0; pi < 3; pi++) {
+		struct view v;
+		void *dec = roundtrip(&b, pols[pi], 0, &v);
+		uint32_t exact_layer = pi == 0 ? 1 : pi == 1 ? 2 : 0, other = pi == 1 ? 1 : 2;
+		unsigned kept = 0;
+
+		cr_assert_eq(v.h.total, LY * H * T);
+		for (uint32_t h = 0; h < H; h++)
+			for (int kv = 0; kv < 2; kv++)
+				for (uint32_t t = 0; t < T; t++) {
+					const float *x = row(&b, exact_layer, kv, t, h);
+					const float *y = v.rows + (((exact_layer * H + h) * 2 + kv) * T + t) * D;
+					const float *xo = row(&b, other, kv, t, h);
+					const float *yo = v.rows + (((other * H + h) * 2 + kv) * T + t) * D;
+					double nx = 0, ny = 0, dot = 0, diff = 0;
+
+					for (int c = 0; c < D; c++) {
+						if (pi < 2 || exact_layer == 0)
+							cr_assert_float_eq(y[c], x[c], 1e-5 * (fabsf(x[c]) + 1),
+									   "%s: layer %u", pols[pi], exact_layer);
+						nx += (double)xo[c] * xo[c];
+						ny += (double)yo[c] * yo[c];
+						dot += (double)xo[c] * yo[c];
+						diff += fabs(xo[c] - yo[c]);
+					}
+					cr_assert_float_eq(sqrt(ny), sqrt(nx), 1e-4 * (sqrt(nx) + 1),
+							   "the merged layer keeps its norms");
+					kept += diff < 1e-6;
+					if (pi < 2 && diff > 1e-6)
+						cr_assert_lt(dot / sqrt(nx * ny), 1.0 - 1e-6,
+							     "merged: the other layer's direction");
+				}
+		if (pi == 2) /* 20% of 50 tokens kept unmerged per (head, K/V), exact in both */
+			cr_assert_geq(kept, H * 2 * 10);
+		free(dec);
+	}
+
+	struct kvcd_policy p = pol("none:minicache=1,retain=20%");
+	uint32_t counts[LY * H];
+	uint64_t n;
+	uint8_t *enc, *dec;
+	struct kvcp_layout got;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, counts), 0);
+	n = kvcd_sel_size(&p, &LAY, false, 0, counts);
+	enc = malloc(n);
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, NULL, counts, enc), 0);
+	dec = malloc(kvcd_codec_out_size(enc, n));
+	size_t pair = sizeof(struct kvcd_codec_hdr) + LY * H * 4 + LY * H * 7 + 2 * (T * 2 * D * 4);
+
+	enc[pair] ^= 1; /* the first pair's K bitmap: one token more or less kept */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, kvcd_codec_out_size(enc, n),
+				       &got), -EBADMSG);
+	free(enc);
+	free(dec);
+	cr_assert_eq(kvcd_policy_parse("int8:minicache=1", &p, NULL, 0), -EINVAL);
+}

@@ -54,7 +54,8 @@ $q54,$snap,keep=50%,resid=quant;kivi:kbits=4,vbits=4,group=64,params=u8,$snap,ke
 $q65,$snap,keep=25%;$q54,$snap,keep=25%,resid=quant;\
 kivi:kbits=4,vbits=3,group=64,params=u8,$snap,keep=25%,resid=quant;\
 $q54,$snap,keep=12.5%,resid=quant;\
-none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7"
+none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7;\
+none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel")
 ./build/kvc-eval "${sargs[@]}" --md "$dir/select.md" --plot docs/quality_select.png |
@@ -112,7 +113,8 @@ their log-sum-exp so it is their true softmax). Budgets: \`uniform\`, \`pyramid\
 \`adakv\` (Ada-KV, floor 20%). \`merge=key\` folds each dropped token's value into the kept
 token of most similar key by attention mass and records the mass as an attention bias;
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
-V as a truncated SVD of rank R (LAPACKE). The pure quantization policies are measured
+V as a truncated SVD of rank R (LAPACKE); \`minicache=L\` merges pairs of adjacent layers from
+layer L on (MiniCache). The pure quantization policies are measured
 again on the same blocks so the frontier compares them at equal memory.
 
 SEL
@@ -140,6 +142,11 @@ What the numbers say on this model:
   loses a whole direction of 8 (rank 7: 1.1x for a perplexity ratio of about 4.6; rank 6: 1.3x
   for about 13, the independent baseline's 13). It is there for models whose heads are
   larger and whose keys are closer to low-rank.
+- MiniCache on the last two layers (layers 3 and 4 share one direction per token, SLERP at
+  t = 0.6, 5% of tokens kept unmerged) saves 14% of the memory for a perplexity ratio of
+  about 3.4, the independent baseline's figure; t = 0 (layer 4 takes layer 3's directions
+  with its own norms) is better here, and merging from layer 1 is far worse. Cross-layer
+  merging does not pay off on this model: quantization gives 2.6x for 1.03.
 - Below 3.2x pure quantization wins; from about 3.5x on, SnapKV+Ada-KV at 75% or 50% on top of
   KIVI beats every pure quantization policy at the same memory, and above 6x nothing else
   is usable.

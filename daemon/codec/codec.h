@@ -77,13 +77,16 @@ struct kvcd_policy {
 	uint8_t page;		/* bounds: tokens per page, 1..255 */
 	uint8_t rank;		/* low-rank (sel.c): K and V of each (layer, KV head) kept as a
 				 * truncated SVD of this rank; 0: off */
-	uint8_t pad[3];		/* 0 */
+	uint8_t mc;		/* MiniCache (sel.c): 1 + the first layer merged with the next
+				 * (then every following pair); 0: off */
+	uint8_t mc_t;		/* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
+	uint8_t mc_keep;	/* MiniCache: percent of tokens per (pair, head) kept unmerged */
 };
 
-/* Does @p go through sel.c (token selection or low-rank)? */
+/* Does @p go through sel.c (token selection, low-rank or MiniCache)? */
 static inline bool kvcd_policy_sel(const struct kvcd_policy *p)
 {
-	return p->select || p->rank;
+	return p->select || p->rank || p->mc;
 }
 
 enum kvcd_select {
@@ -182,7 +185,11 @@ uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
  * With rank=R the kept rows of K and of V are each stored as a truncated SVD instead of
  * through the codec (which must then be none): U_r S_r [count][r] and V_r^T [r][head_dim],
  * r = min(R, count, head_dim), in the engine's dtype (LAPACKE sgesdd). Without select= every
- * token is kept. FETCH writes struct kvcp_sparse (proto/kvcp.h). */
+ * token is kept. With minicache=L (codec none, no select or rank), from layer L on each pair of
+ * adjacent layers stores, per (head, K/V), the mc_keep% tokens whose directions differ most
+ * in both layers (a bitmap, then their rows) and for the others one SLERP'd direction and
+ * both layers' norms (MiniCache), all in the engine's dtype; FETCH gives both layers back.
+ * FETCH writes struct kvcp_sparse (proto/kvcp.h). */
 
 /* What the engine sent with the STORE (KVCP_SQE_F_AUX), checked and copied by the caller. */
 struct kvcd_aux {

@@ -16,6 +16,8 @@
  * bounds=quest (any policy, "none:bounds=quest" included): keep the block's Quest bounds so
  * SELECT can score it (an extra pass over the keys at STORE), per page=N tokens (default 16).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R.
+ * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
+ * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
  * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
  * long-context 7 costs a factor 3 in perplexity on stories260K).
  */
@@ -99,6 +101,28 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		p->rank = (uint8_t)n;
 		return 0;
 	}
+	if (!strcmp(k, "minicache") || !strcmp(k, "slerp") || !strcmp(k, "retain")) {
+		double f;
+
+		if (p->kind != KVCD_CODEC_NONE)
+			return WHY("%s applies to none", k);
+		if (k[0] == 'm') {
+			if (num(v, 254, &n))
+				return WHY("minicache=%s: the first merged layer, 0..254", v);
+			p->mc = (uint8_t)(n + 1);
+			p->mc_t = p->mc_t ? p->mc_t : 60;
+			p->mc_keep = p->mc_keep ? p->mc_keep : 5;
+		} else if (k[0] == 's') {
+			if (fraction(v, 0, 1, &f))
+				return WHY("slerp=%s: t in 0..1", v);
+			p->mc_t = (uint8_t)(f * 100 + 0.5);
+		} else {
+			if (fraction(v, 0, 1, &f))
+				return WHY("retain=%s: a fraction 0..1 (or percent)", v);
+			p->mc_keep = (uint8_t)(f * 100 + 0.5);
+		}
+		return 0;
+	}
 	if (!strcmp(k, "page")) {
 		if (num(v, 255, &n) || !n)
 			return WHY("page=%s: tokens per bounds page, 1..255", v);
@@ -108,7 +132,8 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	if (p->kind == KVCD_CODEC_NONE && strcmp(k, "sink") && strcmp(k, "select") &&
 	    strcmp(k, "keep") && strcmp(k, "window") && strcmp(k, "budget") &&
 	    strcmp(k, "merge") && strcmp(k, "kernel"))
-		return WHY("'none' takes only selection, rank and bounds options (got '%s')", k);
+		return WHY("'none' takes only selection, rank, minicache and bounds options (got "
+			   "'%s')", k);
 	if (!strcmp(k, "select")) {
 		static const char *names[] = { "none", "recent", "keynorm", "h2o", "snapkv" };
 
@@ -234,6 +259,10 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		return WHY("hipct needs hibits");
 	if (p->page && !p->bounds)
 		return WHY("page needs bounds=quest");
+	if (!p->mc && (p->mc_t || p->mc_keep))
+		return WHY("slerp and retain need minicache=");
+	if (p->mc && (p->select || p->rank))
+		return WHY("minicache does not compose with select or rank yet");
 	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel))
 		return WHY("keep, window, budget, merge and kernel need select=");
 	if (p->select && p->rope)
@@ -256,8 +285,11 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 #define ADD(...) (o += o < len ? (size_t)snprintf(buf + o, len - o, __VA_ARGS__) : 0)
 	if (p->kind == KVCD_CODEC_NONE) {
 		if (!p->select) {
-			if (p->rank || p->bounds)
+			if (p->rank || p->bounds || p->mc)
 				ADD(":");
+			if (p->mc)
+				ADD("minicache=%u,slerp=%g,retain=%u%%%s", p->mc - 1, p->mc_t / 100.0,
+				    p->mc_keep, p->rank || p->bounds ? "," : "");
 			if (p->rank)
 				ADD("rank=%u%s", p->rank, p->bounds ? "," : "");
 			if (p->bounds)
@@ -329,8 +361,12 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("unknown codec %u", p->kind);
 	if (p->bounds > 1 || (p->bounds && !p->page) || (!p->bounds && p->page))
 		return WHY("bad bounds");
-	if (p->pad[0] || p->pad[1] || p->pad[2] || (p->rank && p->kind != KVCD_CODEC_NONE))
+	if (p->rank && p->kind != KVCD_CODEC_NONE)
 		return WHY("bad rank");
+	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||
+		       p->mc_keep > 100 || p->mc > l->layers)) || (!p->mc && (p->mc_t || p->mc_keep)))
+		return WHY("bad minicache (first merged layer %d of %u layers)", (int)p->mc - 1,
+			   l->layers);
 	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
 	    p->merge > KVCD_MERGE_VALUE || (p->kernel && !(p->kernel & 1)) || p->keep > 10000 ||
 	    (p->select && (!p->keep || p->rope)) ||

@@ -44,15 +44,46 @@ static uint32_t rank_of(const struct kvcd_policy *p, uint32_t n, uint32_t d)
 	return r < d ? r : d;
 }
 
-/* Bytes of the body of @n kept rows: the codec's units, or the K and V factors. */
-static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t n,
-			  bool scores, uint32_t pos)
+/* ---- MiniCache: adjacent layers sharing one direction per token ---------------------------- */
+
+/* Layer @ly under @p: 0 on its own, 1 the first of a merged pair, 2 the second. */
+static int mc_role(const struct kvcd_policy *p, uint32_t layers, uint32_t ly)
+{
+	uint32_t first = (uint32_t)p->mc - 1;
+
+	if (!p->mc || ly < first)
+		return 0;
+	if ((ly - first) % 2)
+		return 2;
+	return ly + 1 < layers ? 1 : 0; /* an odd last layer stays on its own */
+}
+
+static uint32_t mc_kept(const struct kvcd_policy *p, uint32_t t)
+{
+	return (uint32_t)(((uint64_t)t * p->mc_keep + 50) / 100);
+}
+
+/* One (pair, head): for K then V, a bitmap of the tokens kept unmerged, their rows in both
+ * layers, then for the others one direction and the two layers' norms. */
+static uint64_t mc_pair_size(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	uint64_t t = l->tokens, nk = mc_kept(p, l->tokens), es = kvcp_dtype_size(l->dtype);
+
+	return 2 * ((t + 7) / 8 + (nk * 2 * l->head_dim + (t - nk) * (l->head_dim + 2)) * es);
+}
+
+/* Bytes of the body of @n kept rows of @layer: the codec's units, the K and V factors, or
+ * (MiniCache) the pair's whole body on its first layer and nothing on its second. */
+static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
+			  uint32_t layer, uint32_t n, bool scores, uint32_t pos)
 {
 	struct kvcp_layout m = mini_of(l, n);
 	uint64_t r = rank_of(p, n, l->head_dim);
 
 	if (!n)
 		return 0;
+	if (p->mc && mc_role(p, l->layers, layer))
+		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
 	if (!p->rank)
 		return kvcd_codec_body_size(p, &m, scores, pos);
 	return 2 * ((uint64_t)n * r + r * l->head_dim) * kvcp_dtype_size(l->dtype);
@@ -121,6 +152,134 @@ static void lowrank_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uin
 	}
 }
 
+static float mc_norm(const float *x, uint32_t d)
+{
+	double s = 0;
+
+	for (uint32_t c = 0; c < d; c++)
+		s += (double)x[c] * x[c];
+	return (float)sqrt(s);
+}
+
+/* SLERP between the unit vectors @a and @b (either may be zero: the other is taken) into @e. */
+static void slerp(const float *a, float na, const float *b, float nb, uint32_t d, float t,
+		  float *e)
+{
+	double dot = 0, th, s, wa, wb;
+
+	if (!(na > 0) || !(nb > 0)) {
+		for (uint32_t c = 0; c < d; c++)
+			e[c] = na > 0 ? a[c] / na : nb > 0 ? b[c] / nb : 0.0f;
+		return;
+	}
+	for (uint32_t c = 0; c < d; c++)
+		dot += (double)a[c] * b[c];
+	dot /= (double)na * nb;
+	dot = dot > 1 ? 1 : dot < -1 ? -1 : dot;
+	th = acos(dot);
+	s = sin(th);
+	if (s < 1e-6) { /* (anti)parallel: the linear blend */
+		wa = 1 - t;
+		wb = t;
+	} else {
+		wa = sin((1 - t) * th) / s;
+		wb = sin(t * th) / s;
+	}
+	for (uint32_t c = 0; c < d; c++)
+		e[c] = (float)(wa * a[c] / na + wb * b[c] / nb);
+}
+
+/* Encode K or V of one (pair, head): rows @a (first layer) and @b (second), @stride apart.
+ * @tmp: 2 x T floats, @f: T x (D + 2) floats, @keep: T. Returns the bytes written. */
+static size_t mc_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		     const float *a, const float *b, size_t stride, float *cosv, uint32_t *idx,
+		     float *f, uint8_t *o)
+{
+	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), m = 0;
+	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8;
+	uint8_t *bits = o, *out = o + bm;
+
+	for (uint32_t i = 0; i < t; i++) { /* keep unmerged the least aligned: lowest cosine */
+		const float *x = a + i * stride, *y = b + i * stride;
+		float nx = mc_norm(x, d), ny = mc_norm(y, d);
+		double dot = 0;
+
+		for (uint32_t c = 0; c < d; c++)
+			dot += (double)x[c] * y[c];
+		cosv[i] = nx > 0 && ny > 0 ? (float)(dot / ((double)nx * ny)) : 1.0f;
+		cosv[i] = -cosv[i];
+	}
+	kvcd_select_keep(cosv, t, nk, 0, 0, idx + t, idx);
+	memset(bits, 0, bm);
+	for (uint32_t i = 0; i < nk; i++)
+		bits[idx[i] / 8] |= (uint8_t)(1u << (idx[i] % 8));
+	for (int layer = 0; layer < 2; layer++)
+		for (uint32_t i = 0; i < nk; i++) {
+			kvcd_from_f32(isa, l->dtype, (layer ? b : a) + idx[i] * stride, out, d);
+			out += d * es;
+		}
+	for (uint32_t i = 0; i < t; i++) {
+		const float *x = a + i * stride, *y = b + i * stride;
+		float nx, ny;
+
+		if (bits[i / 8] >> (i % 8) & 1)
+			continue;
+		nx = mc_norm(x, d);
+		ny = mc_norm(y, d);
+		slerp(x, nx, y, ny, d, p->mc_t / 100.0f, f + (size_t)m * d);
+		f[(size_t)(t - nk) * d + 2 * m] = nx;
+		f[(size_t)(t - nk) * d + 2 * m + 1] = ny;
+		m++;
+	}
+	kvcd_from_f32(isa, l->dtype, f, out, (size_t)m * d);
+	kvcd_from_f32(isa, l->dtype, f + (size_t)m * d, out + (size_t)m * d * es, (size_t)m * 2);
+	return (size_t)(out - o) + (size_t)m * (d + 2) * es;
+}
+
+/* Decode K or V of one (pair, head) into @x (first layer's T rows) and @y (second's). @f: as
+ * mc_put's. Returns the bytes read, or 0 when the bitmap does not hold exactly its count. */
+static size_t mc_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		     const uint8_t *in, float *f, uint8_t *x, uint8_t *y)
+{
+	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), pop = 0, k = 0, m = 0;
+	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8, row = d * es;
+	const uint8_t *bits = in, *kept = in + bm, *dirs = kept + 2 * (size_t)nk * row;
+
+	for (size_t i = 0; i < bm; i++)
+		pop += (uint32_t)__builtin_popcount(bits[i]);
+	if (pop != nk || (t % 8 && bits[bm - 1] >> (t % 8)))
+		return 0;
+	kvcd_to_f32(isa, l->dtype, dirs, f, (size_t)(t - nk) * (d + 2));
+	for (uint32_t i = 0; i < t; i++) {
+		if (bits[i / 8] >> (i % 8) & 1) {
+			memcpy(x + i * row, kept + (size_t)k * row, row);
+			memcpy(y + i * row, kept + ((size_t)nk + k) * row, row);
+			k++;
+			continue;
+		}
+		float *e = f + (size_t)m * d, nx = f[(size_t)(t - nk) * d + 2 * m];
+		float ny = f[(size_t)(t - nk) * d + 2 * m + 1];
+
+		for (int layer = 0; layer < 2; layer++) {
+			float *v = f + (size_t)(t - nk) * (d + 2) + (size_t)layer * d;
+
+			for (uint32_t c = 0; c < d; c++)
+				v[c] = e[c] * (layer ? ny : nx);
+			kvcd_from_f32(isa, l->dtype, v, (layer ? y : x) + i * row, d);
+		}
+		m++;
+	}
+	return bm + ((size_t)nk * 2 * d + (size_t)(t - nk) * (d + 2)) * es;
+}
+
+/* A kept-token bitmap with every one of @t tokens. */
+static void all_kept(uint8_t *bits, uint32_t t)
+{
+	memset(bits, 0, (t + 7) / 8);
+	for (uint32_t i = 0; i < t; i++)
+		bits[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
 /* PyramidKV's per-layer counts, none above @t: what a shallow layer cannot take goes to the
  * next layers down, so the total stays layers * mean whenever it fits. */
 static void pyramid(uint32_t layers, uint32_t t, uint32_t mean, uint32_t *out)
@@ -157,6 +316,9 @@ struct sel_work {
 	float *sc;		/* T: importance scores of the kept tokens */
 	void *raw;		/* 2 x T x D in the engine's dtype */
 	float *u, *sv, *vt;	/* low-rank: T x D, D + 1, D x D */
+	float *kp2, *vp2;	/* MiniCache: the pair's second layer */
+	float *mcf;		/* MiniCache: T x (D + 2) + 2 D */
+	uint32_t *idx;		/* MiniCache: 2 T */
 };
 
 static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
@@ -166,7 +328,8 @@ static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
 	memset(w, 0, sizeof(*w));
 	w->kp = malloc(t * hd * 4 * 2 + (size_t)l->kv_heads * t * 4 + t * 4 * 6 + td * 4 * 2 +
 		       td * 2 * kvcp_dtype_size(l->dtype) + (td + l->head_dim + 1 +
-		       (size_t)l->head_dim * l->head_dim) * 4);
+		       (size_t)l->head_dim * l->head_dim) * 4 + t * hd * 4 * 2 +
+		       (t * (l->head_dim + 2) + 2 * (size_t)l->head_dim) * 4 + t * 2 * 4);
 	if (!w->kp)
 		return -ENOMEM;
 	w->vp = w->kp + t * hd;
@@ -182,24 +345,34 @@ static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
 	w->u = (float *)((uint8_t *)w->raw + td * 2 * kvcp_dtype_size(l->dtype));
 	w->sv = w->u + td;
 	w->vt = w->sv + l->head_dim + 1;
+	w->kp2 = w->vt + (size_t)l->head_dim * l->head_dim;
+	w->vp2 = w->kp2 + t * hd;
+	w->mcf = w->vp2 + t * hd;
+	w->idx = (uint32_t *)(w->mcf + t * (l->head_dim + 2) + 2 * (size_t)l->head_dim);
 	return 0;
 }
 
-/* One layer's planes as f32; -EINVAL on inf/nan. */
-static int load_layer(enum kvcd_isa isa, const struct kvcp_layout *l, const void *src,
-		      uint32_t layer, bool values, struct sel_work *w)
+/* One layer's planes as f32 into @kp and @vp (NULL: keys only); -EINVAL on inf/nan. */
+static int load_planes(enum kvcd_isa isa, const struct kvcp_layout *l, const void *src,
+		       uint32_t layer, float *kp, float *vp)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, n = hd * l->tokens;
 	size_t plane = n * kvcp_dtype_size(l->dtype);
 	const uint8_t *k = (const uint8_t *)src + (size_t)layer * 2 * plane;
 
-	kvcd_to_f32(isa, l->dtype, k, w->kp, n);
-	if (values)
-		kvcd_to_f32(isa, l->dtype, k + plane, w->vp, n);
+	kvcd_to_f32(isa, l->dtype, k, kp, n);
+	if (vp)
+		kvcd_to_f32(isa, l->dtype, k + plane, vp, n);
 	for (size_t i = 0; i < n; i++)
-		if (!isfinite(w->kp[i]) || (values && !isfinite(w->vp[i])))
+		if (!isfinite(kp[i]) || (vp && !isfinite(vp[i])))
 			return -EINVAL;
 	return 0;
+}
+
+static int load_layer(enum kvcd_isa isa, const struct kvcp_layout *l, const void *src,
+		      uint32_t layer, bool values, struct sel_work *w)
+{
+	return load_planes(isa, l, src, layer, w->kp, values ? w->vp : NULL);
 }
 
 /* Scores of (@layer, @head): higher is kept first. */
@@ -293,7 +466,7 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 			return 0;
 		}
 		total += counts[i];
-		b += body_size(p, l, counts[i], scores, pos);
+		b += body_size(p, l, (uint32_t)(i / l->kv_heads), counts[i], scores, pos);
 	}
 	free(own);
 	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -414,7 +587,16 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	wts = bits + lh * bm;
 	body = wts + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+		int role = mc_role(p, l->layers, ly);
+
+		if (role == 2) { /* written with the pair's first layer */
+			for (uint32_t hh = 0; hh < l->kv_heads; hh++)
+				all_kept(bits + ((size_t)ly * l->kv_heads + hh) * bm, t);
+			continue;
+		}
 		err = load_layer(isa, l, src, ly, true, &w);
+		if (!err && role == 1)
+			err = load_planes(isa, l, src, ly + 1, w.kp2, w.vp2);
 		for (uint32_t hh = 0; hh < l->kv_heads && !err; hh++) {
 			size_t u = (size_t)ly * l->kv_heads + hh, stride = (size_t)l->kv_heads * d;
 			uint32_t m = counts[u];
@@ -422,6 +604,16 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 
 			if (!m)
 				continue;
+			if (role == 1) { /* every token of both layers, K then V */
+				size_t kb = mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d, stride,
+						   w.tmp, w.idx, w.mcf, body);
+
+				mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
+				       w.mcf, body + kb);
+				all_kept(bits + u * bm, t);
+				body += body_size(p, l, ly, m, scores, pos);
+				continue;
+			}
 			if (p->select) {
 				score_head(p, l, aux, ly, hh, &w, w.score);
 				m = kvcd_select_keep(w.score, t, m, nsink, p->window, w.utmp, w.keep);
@@ -465,7 +657,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
 				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
 			}
-			body += body_size(p, l, m, scores, pos);
+			body += body_size(p, l, ly, m, scores, pos);
 		}
 	}
 	free(w.kp);
@@ -533,10 +725,11 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		free(counts);
 		return -EBADMSG;
 	}
-	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d */
-	fac = h->pol.rank ? malloc(((size_t)hl->tokens * hl->head_dim + (size_t)hl->head_dim *
-				    hl->head_dim + hl->head_dim) * 4) : NULL;
-	if (h->pol.rank && !fac) {
+	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d; MiniCache:
+	 * T x (d + 2) + 2d */
+	fac = h->pol.rank || h->pol.mc ? malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
+		(size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4) : NULL;
+	if ((h->pol.rank || h->pol.mc) && !fac) {
 		free(counts);
 		return -ENOMEM;
 	}
@@ -572,9 +765,31 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		}
 	for (size_t i = 0; i < lh && !err; i++) {
 		struct kvcp_layout mini = mini_of(hl, counts[i]);
+		uint32_t ly = (uint32_t)(i / hl->kv_heads);
+		int role = mc_role(&h->pol, hl->layers, ly);
 
 		if (!counts[i])
 			continue;
+		if (role) { /* every (layer, head) holds all T rows: the pair's second is H on */
+			size_t tr = (size_t)hl->tokens * row, kb;
+
+			if (counts[i] != hl->tokens) {
+				err = -EBADMSG;
+				break;
+			}
+			if (role == 1) {
+				kb = mc_get(isa, &h->pol, hl, in, fac, rows,
+					    rows + (size_t)hl->kv_heads * 2 * tr);
+				if (!kb || !mc_get(isa, &h->pol, hl, in + kb, fac, rows + tr,
+						   rows + (size_t)hl->kv_heads * 2 * tr + tr)) {
+					err = -EBADMSG;
+					break;
+				}
+			}
+			in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos);
+			rows += 2 * tr;
+			continue;
+		}
 		if (h->pol.rank) {
 			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
 			size_t half = ((size_t)c * r + (size_t)r * d) * kvcp_dtype_size(hl->dtype);
@@ -584,7 +799,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else {
 			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
-		in += body_size(&h->pol, hl, counts[i], scores, h->pos);
+		in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos);
 		rows += 2 * (size_t)counts[i] * row;
 	}
 	free(counts);
