@@ -328,6 +328,42 @@ static int by_score(const void *a, const void *b)
 	return x->index < y->index ? -1 : x->index > y->index;
 }
 
+/* The best @k of @n hits (by_score order) to the front of @h, sorted; returns how many. A
+ * min-heap of the k best so far: n log k, where sorting all of them was n log n. */
+static uint32_t top_k(struct kvcp_select_hit *h, uint32_t n, uint32_t k)
+{
+	k = k < n ? k : n;
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvcp_select_hit x = h[i];
+		uint32_t j;
+
+		if (i >= k) {
+			if (by_score(&x, &h[0]) >= 0) /* not better than the worst kept */
+				continue;
+			j = 0; /* replace the root and sift down */
+			for (;;) {
+				uint32_t c = 2 * j + 1;
+
+				if (c >= k)
+					break;
+				if (c + 1 < k && by_score(&h[c + 1], &h[c]) > 0)
+					c++;
+				if (by_score(&h[c], &x) <= 0)
+					break;
+				h[j] = h[c];
+				j = c;
+			}
+			h[j] = x;
+			continue;
+		}
+		for (j = i; j && by_score(&h[(j - 1) / 2], &x) < 0; j = (j - 1) / 2) /* sift up */
+			h[j] = h[(j - 1) / 2];
+		h[j] = x;
+	}
+	qsort(h, k, sizeof(*h), by_score);
+	return k;
+}
+
 /* Ask for the layer's bounds of @b before they are needed. */
 static void prefetch_bounds(const struct kvcd_block *b, uint32_t layer)
 {
@@ -409,8 +445,7 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		}
 		kvcd_store_put_many(&d->store, blk, n);
 	}
-	qsort(hits, found, sizeof(*hits), by_score);
-	found = found < h.k ? found : h.k;
+	found = top_k(hits, found, h.k);
 	memcpy(buf + v->off, hits, (size_t)found * sizeof(*hits));
 	cqe->value = (uint64_t)found * sizeof(*hits);
 	free(q);

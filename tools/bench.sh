@@ -76,7 +76,9 @@ fi
 echo "== select: Quest retrieval over 10,000 blocks (8 KV heads x 128), recall on real keys"
 sel_model=()
 [ -r "$model" ] && sel_model=(--model "$model")
-$B --socket "$sock" select --blocks 10000 "${sel_model[@]}" --json | tee "$out/select.json"
+$B --socket "$sock" select --blocks 10000 --heads 8 "${sel_model[@]}" --json |
+	tee "$out/select.json"
+$B --socket "$sock" select --blocks 10000 --heads 32 --json | tee "$out/select_gqa.json"
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
 stop_kvcd
 

@@ -133,6 +133,10 @@ if [ -r $r/select.json ]; then
 else
 	echo "Not measured."
 fi
+if [ -r $r/select_gqa.json ]; then
+	echo
+	j '"With \(.q_heads) query heads (GQA, 4 per KV head) over the same blocks: p50 \(.select_p50_us) µs, p99 \(.select_p99_us) µs."' $r/select_gqa.json
+fi
 cat <<'TXT'
 
 ## Scaling

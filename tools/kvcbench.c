@@ -635,9 +635,9 @@ static struct kvc_key select_key(unsigned long i)
 }
 
 /* Timing: @nblocks blocks of one layer, 8 KV heads x 128, 4 tokens of random keys, stored with
- * bounds; SELECT of the top 16 for 32 query heads over all of them, p50 over @reps. */
+ * bounds; SELECT of the top 16 for @qheads query heads over all of them, p50 over @reps. */
 static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, int slot,
-			 double *p50, double *p99)
+			 unsigned qheads, double *p50, double *p99)
 {
 	struct kvc_layout l = { .dtype = KVC_F16, .codec = (uint8_t)slot, .layers = 1,
 				.kv_heads = 8, .head_dim = 128, .tokens = 4 };
@@ -645,7 +645,7 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 	uint16_t *stg = kvc_staging(c, NULL);
 	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));
 	struct kvc_select_hit hits[16];
-	float q[32 * 128];
+	float q[64 * 128];
 	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7;
 	int err = keys && t ? 0 : -ENOMEM;
 
@@ -657,13 +657,13 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 		keys[b] = select_key(b);
 		err = kvc_store(c, &keys[b], &l, 0);
 	}
-	for (int i = 0; i < 32 * 128; i++) {
+	for (unsigned i = 0; i < qheads * 128; i++) {
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 		q[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22);
 	}
 	for (unsigned r = 0; r < reps && !err; r++) {
 		uint64_t t0 = now_ns();
-		int n = kvc_select(c, keys, nblocks, 0, q, 32, 128, 16, hits);
+		int n = kvc_select(c, keys, nblocks, 0, q, qheads, 128, 16, hits);
 
 		t[r] = now_ns() - t0;
 		err = n < 0 ? n : n != 16 ? -ENOENT : 0;
@@ -771,7 +771,7 @@ static int select_recall(kvc_client *c, const char *model, unsigned chunk, unsig
 }
 
 static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
-			const char *policy, int json)
+			const char *policy, unsigned qheads, int json)
 {
 	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
 	char why[128];
@@ -783,7 +783,12 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		fprintf(stderr, "kvcbench: select: policy: %s\n", why);
 		return 1;
 	}
-	err = select_timing(c, nblocks, reps, slot, &p50, &p99);
+	if (!qheads || qheads > 64 || qheads % 8) {
+		fprintf(stderr, "kvcbench: select: --heads: query heads, a multiple of 8 up to 64\n");
+		kvc_detach(c);
+		return 2;
+	}
+	err = select_timing(c, nblocks, reps, slot, qheads, &p50, &p99);
 	if (!err && model)
 		err = select_recall(c, model, 16, 400, slot, recall, &cands);
 	kvc_detach(c);
@@ -792,16 +797,16 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		return 1;
 	}
 	if (json)
-		printf("{\"candidates\": %lu, \"kv_heads\": 8, \"q_heads\": 32, \"head_dim\": 128, "
+		printf("{\"candidates\": %lu, \"kv_heads\": 8, \"q_heads\": %u, \"head_dim\": 128, "
 		       "\"k\": 16, \"select_p50_us\": %.1f, \"select_p99_us\": %.1f, "
 		       "\"recall_top1\": %.4f, \"recall_top4\": %.4f, \"recall_top8\": %.4f, "
-		       "\"recall_candidates\": %u}\n", nblocks, p50, p99, recall[0], recall[1],
-		       recall[2], cands);
+		       "\"recall_candidates\": %u}\n", nblocks, qheads, p50, p99, recall[0],
+		       recall[1], recall[2], cands);
 	else
-		printf("select over %lu blocks (8 KV heads x 128, 32 query heads, top 16): p50 %.1f us, "
+		printf("select over %lu blocks (8 KV heads x 128, %u query heads, top 16): p50 %.1f us, "
 		       "p99 %.1f us; real keys, %u candidates: the best chunk first %.1f%%, in the top "
-		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, p50, p99, cands, 100 * recall[0],
-		       100 * recall[1], 100 * recall[2]);
+		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, qheads, p50, p99, cands,
+		       100 * recall[0], 100 * recall[1], 100 * recall[2]);
 	return 0;
 }
 
@@ -925,7 +930,7 @@ static void usage(FILE *f)
 		   "       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
 		   "                [--iters N] [--json]\n"
 		   "       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
-		   "                [--policy P] [--json]\n"
+		   "                [--policy P] [--heads QUERY_HEADS] [--json]\n"
 		   "       kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers N]\n"
 		   "                [--heads N] [--dim N] [--tokens N] [--iters N] [--json]\n");
 }
@@ -953,6 +958,7 @@ int main(int argc, char **argv)
 	const char *redis = NULL, *model = NULL;
 	pid_t pid = 0;
 	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 0 };
+	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
 	const char *cmd = NULL;
 
 	/* options may come before or after the command */
@@ -990,7 +996,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'L': ca.layers = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'H': ca.heads = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'H': ca.heads = (unsigned)strtoul(optarg, NULL, 10); qheads = ca.heads; break;
 		case 'D': ca.dim = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'T': ca.tokens = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'R': redis = optarg; break;
@@ -1027,7 +1033,8 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "codec"))
 		return bench_codec(&ca, json);
 	if (!strcmp(cmd, "select"))
-		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, ca.policy, json);
+		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, ca.policy,
+				    qheads, json);
 	usage(stderr);
 	return 2;
 }
