@@ -186,9 +186,9 @@ struct kvcd_block {
 	uint8_t pool;
 	uint16_t pins;
 	uint8_t has_sum;			/* checksum valid; fixed at commit */
-	uint8_t bounds;				/* tokens per page of the Quest bounds of its
-						 * keys (0: none), at data +
-						 * KVCD_BOUNDS_AT(stored) (kvcd_quest_block) */
+	uint8_t bounds;				/* nonzero: a SELECT summary of its keys
+						 * (struct kvcd_summary, select.h) at data +
+						 * KVCD_BOUNDS_AT(stored) */
 	struct kvcd_block *cprev, *cnext;	/* CLOCK ring of its pool */
 	void *data;
 	uint64_t checksum;

@@ -86,12 +86,13 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 {
 	struct kvcp_layout l = v->layout;
 	uint64_t bytes = kvcp_layout_bytes(&l), stored, sum = 0, qb;
+	struct kvcd_summary sm = { .kind = pol->bounds, .page = pol->page, .reps = pol->reps };
 	uint32_t *counts = NULL;
 	struct kvcd_block *b;
 	int err;
 
 	l.codec = 0;
-	qb = pol->bounds ? kvcd_quest_bytes(&l, pol->page) : 0;
+	qb = pol->bounds ? kvcd_summary_bytes(&l, &sm) : 0;
 	if (kvcd_policy_sel(pol)) {
 		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
 		counts = malloc((size_t)l.layers * l.kv_heads * 4);
@@ -130,10 +131,10 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	}
 	if (!err && pol->bounds) { /* of the keys as stored raw; of the engine's keys if encoded */
 		l.codec = 0;
-		err = kvcd_quest_block(kvcd_isa_best(), &l, pol->page,
+		err = kvcd_summary_make(kvcd_isa_best(), &l, &sm,
 				       pol->kind == KVCD_CODEC_NONE && !kvcd_policy_sel(pol) ? b->data :
 				       src,
-				       (uint16_t *)((char *)b->data + KVCD_BOUNDS_AT(stored)));
+				       (char *)b->data + KVCD_BOUNDS_AT(stored));
 		b->bounds = err ? 0 : pol->page;
 	}
 	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
@@ -364,16 +365,19 @@ static uint32_t top_k(struct kvcp_select_hit *h, uint32_t n, uint32_t k)
 	return k;
 }
 
-/* Ask for the layer's bounds of @b before they are needed. */
+/* Ask for the layer's summary of @b before it is needed. */
 static void prefetch_bounds(const struct kvcd_block *b, uint32_t layer)
 {
 	const struct kvcp_layout *l = &b->layout;
-	size_t per = (size_t)l->kv_heads * kvcd_quest_pages(l, b->bounds) * 2 * l->head_dim * 2;
 	const char *p = (const char *)b->data + KVCD_BOUNDS_AT(b->stored);
+	struct kvcd_summary s;
+	size_t per;
 
-	if (layer >= l->layers)
+	memcpy(&s, p, sizeof(s));
+	if (layer >= l->layers || !s.page)
 		return;
-	p += per * layer;
+	per = (kvcd_summary_bytes(l, &s) - sizeof(s)) / l->layers;
+	p += sizeof(s) + per * layer;
 	for (size_t o = 0; o < per; o += 64)
 		__builtin_prefetch(p + o);
 }
@@ -439,9 +443,9 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 			    h.head_dim != b->layout.head_dim || h.q_heads % b->layout.kv_heads)
 				continue;
 			hits[found].index = i0 + i;
-			hits[found++].score = kvcd_quest_score(kvcd_isa_best(), &b->layout, b->bounds,
-				(const uint16_t *)((const char *)b->data + KVCD_BOUNDS_AT(b->stored)),
-				h.layer, pos, neg, l1, h.q_heads);
+			hits[found++].score = kvcd_summary_score(kvcd_isa_best(), &b->layout,
+				(const char *)b->data + KVCD_BOUNDS_AT(b->stored), h.layer, q, pos,
+				neg, l1, h.q_heads);
 		}
 		kvcd_store_put_many(&d->store, blk, n);
 	}

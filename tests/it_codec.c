@@ -285,9 +285,8 @@ Test(codec_ops, selection_takes_attention_and_fetches_sparse)
 	kvc_detach(c);
 }
 
-/* SELECT: blocks stored with bounds=quest are ranked by their Quest bound; blocks without
- * bounds, not stored, or of another head_dim are skipped; a bad query is refused. */
-Test(codec_ops, select_ranks_blocks_by_their_bounds)
+/* One run of the SELECT test below for @summary ("bounds=quest,page=8", ...). */
+static void select_case(const char *summary, uint64_t ns)
 {
 	kvc_client *c = t_attach(&D, "quest", 4 << 20);
 	unsigned char *stg = kvc_staging(c, NULL);
@@ -296,11 +295,12 @@ Test(codec_ops, select_ranks_blocks_by_their_bounds)
 	struct kvc_key keys[8];
 	struct kvc_select_hit hits[8];
 	float q[4 * 64] = { 0 };
-	char why[128];
-	int with = kvc_policy(c, "int8:bounds=quest,page=8", 0, why, sizeof(why));
-	int without = kvc_policy(c, "int8", 0, why, sizeof(why));
+	char why[128], pol[64];
+	int with, without = kvc_policy(c, "int8", 0, why, sizeof(why));
 
-	cr_assert_gt(with, 0, "%s", why);
+	snprintf(pol, sizeof(pol), "int8:%s", summary);
+	with = kvc_policy(c, pol, 0, why, sizeof(why));
+	cr_assert_gt(with, 0, "%s: %s", pol, why);
 	cr_assert_gt(without, 0);
 	for (int i = 0; i < 6; i++) { /* block i: channel 5 of layer 1, head 1 peaks at i */
 		uint16_t *x = (uint16_t *)stg;
@@ -309,22 +309,22 @@ Test(codec_ops, select_ranks_blocks_by_their_bounds)
 		for (size_t e = 0; e < n / 2; e++)
 			x[e] = kvcd_f32_to_f16(kvcd_f16_to_f32(x[e]) * 0.01f);
 		x[((size_t)(1 * 2 * 64 + 9) * 2 + 1) * 64 + 5] = kvcd_f32_to_f16((float)i);
-		keys[i] = (struct kvc_key){ 77, (uint64_t)i };
+		keys[i] = (struct kvc_key){ ns, (uint64_t)i };
 		l.codec = (uint8_t)(i == 4 ? without : with);
 		cr_assert_eq(kvc_store(c, &keys[i], &l, 0), 0);
 	}
-	keys[6] = (struct kvc_key){ 77, 99 }; /* not stored */
+	keys[6] = (struct kvc_key){ ns, 99 }; /* not stored */
 	keys[7] = keys[2];
 	for (int h = 2; h < 4; h++) /* query heads 2 and 3 read KV head 1 */
 		q[h * 64 + 5] = 1.0f;
 	int got = kvc_select(c, keys, 8, 1, q, 4, 64, 8, hits);
 
-	cr_assert_eq(got, 6, "5 stored with bounds, one of them twice");
-	cr_assert_eq(hits[0].index, 5, "block 5 holds the best key");
-	cr_assert_eq(hits[1].index, 3, "block 4 has no bounds: skipped");
+	cr_assert_eq(got, 6, "%s: 5 stored with a summary, one of them twice", summary);
+	cr_assert_eq(hits[0].index, 5, "%s: block 5 holds the best key", summary);
+	cr_assert_eq(hits[1].index, 3, "block 4 has no summary: skipped");
 	cr_assert_eq(hits[2].index, 2);
 	cr_assert_eq(hits[3].index, 7, "ties: the lower index first");
-	cr_assert_geq(hits[0].score, 5.0f / 8, "a bound of q.k / sqrt(64)");
+	cr_assert_geq(hits[0].score, 5.0f / 8 - 1e-3, "q.k / sqrt(64) of the best key");
 	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 64, 2, hits), 2, "k caps the answer");
 	cr_assert_eq(kvc_select(c, keys, 8, 4, q, 4, 64, 2, hits), 0, "no layer 4");
 	cr_assert_eq(kvc_select(c, keys, 8, 1, q, 4, 32, 2, hits), 0, "another head_dim");
@@ -337,6 +337,15 @@ Test(codec_ops, select_ranks_blocks_by_their_bounds)
 	cr_assert_eq(kvc_fetch(c, &keys[5], n, n, &got_l), 0, "the block itself is unchanged");
 	cr_assert_eq(got_l.codec, 1);
 	kvc_detach(c);
+}
+
+/* SELECT: blocks stored with a summary (Quest bounds, representative keys) are ranked by it;
+ * blocks without one, not stored, or of another head_dim are skipped; a bad query is
+ * refused. */
+Test(codec_ops, select_ranks_blocks_by_their_summary)
+{
+	select_case("bounds=quest,page=8", 77);
+	select_case("bounds=reps,reps=2", 78);
 }
 
 /* The namespace's policy changes three times; every block still decodes as it was written. */

@@ -295,3 +295,55 @@ Test(select, stored_bounds_score_never_below_the_best_key)
 		}
 	}
 }
+
+/* Representative keys: a summary with at least as many reps as a page has tokens scores the
+ * block's exact best q.k (its keys in f16); with fewer it keeps the largest-norm keys, so a
+ * query along the largest key finds it; a header kvcd does not write scores -inf. */
+Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
+{
+	enum { TT = 12, DD = 16 };
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2, .head_dim = DD,
+				 .tokens = TT };
+	static uint16_t block[2 * TT * 2 * DD], sum[4096];
+	float q[4 * DD], pos[4 * DD], neg[4 * DD];
+	struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS, .page = 4, .reps = 4 };
+	struct kvcd_summary one = { .kind = KVCD_SUMMARY_REPS, .page = 16, .reps = 1 };
+
+	for (int trial = 0; trial < 50; trial++) {
+		double best = -INFINITY;
+
+		for (size_t i = 0; i < sizeof(block) / 2; i++)
+			block[i] = kvcd_f32_to_f16(nrand());
+		for (int i = 0; i < 4 * DD; i++)
+			q[i] = nrand();
+		kvcd_quest_prep(q, 4 * DD, pos, neg);
+		for (int t = 0; t < TT; t++)
+			for (int j = 0; j < 4; j++) {
+				double dot = 0;
+
+				for (int c = 0; c < DD; c++)
+					dot += (double)q[j * DD + c] *
+					       kvcd_f16_to_f32(block[(t * 2 + j / 2) * DD + c]);
+				best = fmax(best, dot / 4);
+			}
+		cr_assert_leq(kvcd_summary_bytes(&l, &all), sizeof(sum));
+		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
+			cr_assert_eq(kvcd_summary_make(isa, &l, &all, block, sum), 0);
+			cr_assert_float_eq(kvcd_summary_score(isa, &l, sum, 0, q, pos, neg, 0, 4), best,
+					   1e-4 * (fabs(best) + 1), "every key kept: the exact best");
+		}
+	}
+	/* one rep per page of 16: the key of largest norm, here token 7 of head 1 */
+	for (size_t i = 0; i < sizeof(block) / 2; i++)
+		block[i] = kvcd_f32_to_f16(0.1f * nrand());
+	for (int c = 0; c < DD; c++)
+		block[(7 * 2 + 1) * DD + c] = kvcd_f32_to_f16(c % 2 ? 3.0f : -3.0f);
+	memset(q, 0, sizeof(q));
+	for (int c = 0; c < DD; c++)
+		q[2 * DD + c] = c % 2 ? 1.0f : -1.0f; /* query head 2 reads KV head 1 */
+	cr_assert_eq(kvcd_summary_make(KVCD_ISA_SCALAR, &l, &one, block, sum), 0);
+	cr_assert_float_eq(kvcd_summary_score(KVCD_ISA_SCALAR, &l, sum, 0, q, pos, neg, 0, 4),
+			   3.0f * DD / 4, 1e-3);
+	sum[0] = 7; /* not a summary kind */
+	cr_assert_eq(kvcd_summary_score(KVCD_ISA_SCALAR, &l, sum, 0, q, pos, neg, 0, 4), -INFINITY);
+}

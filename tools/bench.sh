@@ -79,6 +79,10 @@ sel_model=()
 $B --socket "$sock" select --blocks 10000 --heads 8 "${sel_model[@]}" --json |
 	tee "$out/select.json"
 $B --socket "$sock" select --blocks 10000 --heads 32 --json | tee "$out/select_gqa.json"
+for r in 2 4; do
+	$B --socket "$sock" select --blocks 10000 --heads 8 --policy "none:bounds=reps,reps=$r" \
+		"${sel_model[@]}" --json | tee "$out/select_reps$r.json"
+done
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
 stop_kvcd
 

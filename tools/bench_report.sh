@@ -137,6 +137,12 @@ if [ -r $r/select_gqa.json ]; then
 	echo
 	j '"With \(.q_heads) query heads (GQA, 4 per KV head) over the same blocks: p50 \(.select_p50_us) µs, p99 \(.select_p99_us) µs."' $r/select_gqa.json
 fi
+for n in 2 4; do
+	if [ -r $r/select_reps$n.json ]; then
+		echo
+		j '"With representative keys instead (`bounds=reps,reps='$n'`: the '$n' keys of largest norm per 16 tokens, '$( [ $n = 2 ] && echo "the same bytes as Quest" || echo "twice the bytes of Quest")'; scores are their best q.k, not a bound): p50 \(.select_p50_us) µs; the best chunk first in \(.recall_top1 * 100 | floor)%, in the top 4 in \(.recall_top4 * 100 | floor)%, in the top 8 in \(.recall_top8 * 100 | floor)%."' $r/select_reps$n.json
+	fi
+done
 cat <<'TXT'
 
 ## Scaling

@@ -634,13 +634,13 @@ static struct kvc_key select_key(unsigned long i)
 	return k;
 }
 
-/* Timing: @nblocks blocks of one layer, 8 KV heads x 128, 4 tokens of random keys, stored with
+/* Timing: @nblocks blocks of one layer, 8 KV heads x 128, 16 tokens of random keys, stored with
  * bounds; SELECT of the top 16 for @qheads query heads over all of them, p50 over @reps. */
 static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, int slot,
 			 unsigned qheads, double *p50, double *p99)
 {
 	struct kvc_layout l = { .dtype = KVC_F16, .codec = (uint8_t)slot, .layers = 1,
-				.kv_heads = 8, .head_dim = 128, .tokens = 4 };
+				.kv_heads = 8, .head_dim = 128, .tokens = 16 };
 	size_t bytes = kvc_layout_bytes(&l);
 	uint16_t *stg = kvc_staging(c, NULL);
 	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));

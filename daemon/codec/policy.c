@@ -13,8 +13,10 @@
  * select=recent|keynorm|h2o|snapkv, keep=F (fraction of each block's tokens, or percent
  * with %; default 50%), window=N (the block's last N tokens always kept), sink=N (the
  * sequence's first N tokens always kept, and exact), budget=uniform|pyramid|adakv,
- * bounds=quest (any policy, "none:bounds=quest" included): keep the block's Quest bounds so
- * SELECT can score it (an extra pass over the keys at STORE), per page=N tokens (default 16).
+ * bounds=quest|reps (any policy, "none:bounds=quest" included): keep a summary of the block's
+ * keys so SELECT can score it (an extra pass over the keys at STORE), per page=N tokens
+ * (default 16): Quest's channel-wise bounds, or the reps=R keys of largest norm (default 2:
+ * the same bytes as Quest's bounds).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R.
  * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
  * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
@@ -86,10 +88,17 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
 
 	if (!strcmp(k, "bounds")) {
-		if (strcmp(v, "quest") && strcmp(v, "none"))
-			return WHY("bounds=%s: quest or none", v);
-		p->bounds = v[0] == 'q';
+		if (strcmp(v, "quest") && strcmp(v, "reps") && strcmp(v, "none"))
+			return WHY("bounds=%s: quest, reps or none", v);
+		p->bounds = v[0] == 'q' ? 1 : v[0] == 'r' ? 2 : 0;
 		p->page = p->bounds ? (p->page ? p->page : 16) : 0;
+		p->reps = p->bounds == 2 ? (p->reps ? p->reps : 2) : 0;
+		return 0;
+	}
+	if (!strcmp(k, "reps")) {
+		if (num(v, 16, &n) || !n)
+			return WHY("reps=%s: keys kept per page, 1..16", v);
+		p->reps = (uint8_t)n;
 		return 0;
 	}
 	if (!strcmp(k, "rank")) {
@@ -257,8 +266,10 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 	}
 	if (p->hipct && !p->hibits)
 		return WHY("hipct needs hibits");
-	if (p->page && !p->bounds)
-		return WHY("page needs bounds=quest");
+	if ((p->page || p->reps) && !p->bounds)
+		return WHY("page and reps need bounds=quest or bounds=reps");
+	if (p->reps && p->bounds != 2)
+		return WHY("reps needs bounds=reps");
 	if (!p->mc && (p->mc_t || p->mc_keep))
 		return WHY("slerp and retain need minicache=");
 	if (p->mc && (p->select || p->rank))
@@ -293,7 +304,9 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			if (p->rank)
 				ADD("rank=%u%s", p->rank, p->bounds ? "," : "");
 			if (p->bounds)
-				ADD("bounds=quest,page=%u", p->page);
+				ADD("bounds=%s,page=%u", p->bounds == 2 ? "reps" : "quest", p->page);
+			if (p->reps)
+				ADD(",reps=%u", p->reps);
 			return;
 		}
 		ADD(":sink=%u", p->sink);
@@ -321,7 +334,9 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			ADD(",kernel=%u", p->kernel);
 	}
 	if (p->bounds && (p->select || p->kind != KVCD_CODEC_NONE))
-		ADD(",bounds=quest,page=%u", p->page);
+		ADD(",bounds=%s,page=%u", p->bounds == 2 ? "reps" : "quest", p->page);
+	if (p->reps && (p->select || p->kind != KVCD_CODEC_NONE))
+		ADD(",reps=%u", p->reps);
 	if (p->kind == KVCD_CODEC_NONE)
 		return;
 	if (p->sink)
@@ -359,7 +374,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("invalid layout");
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
-	if (p->bounds > 1 || (p->bounds && !p->page) || (!p->bounds && p->page))
+	if (p->bounds > 2 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
+	    (p->bounds == 2) != (p->reps > 0) || p->reps > 16 || p->pad[0] || p->pad[1] ||
+	    p->pad[2])
 		return WHY("bad bounds");
 	if (p->rank && p->kind != KVCD_CODEC_NONE)
 		return WHY("bad rank");

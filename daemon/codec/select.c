@@ -471,3 +471,145 @@ float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
 
 	return (double)f < r ? nextafterf(f, INFINITY) : f;
 }
+
+/* ---- summaries ---------------------------------------------------------------------------- */
+
+size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary *s)
+{
+	size_t per = s->kind == KVCD_SUMMARY_REPS ? s->reps : 2;
+
+	return sizeof(*s) + (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, s->page) * per *
+				    l->head_dim * 2;
+}
+
+/* Representative keys: per (layer, head, page) the @reps keys of largest norm, f16,
+ * [layers][kv_heads][pages][reps][head_dim]; a page shorter than reps repeats its best. */
+static int reps_make(int isa, const struct kvcp_layout *l, uint32_t page, uint32_t reps,
+		     const void *block, uint16_t *out)
+{
+	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
+	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
+	float *row = malloc((hd * page + (size_t)page * 2) * sizeof(float)), *nrm = row + hd * page;
+	uint32_t *ord = (uint32_t *)(nrm + page);
+
+	if (!row)
+		return -ENOMEM;
+	for (uint32_t ly = 0; ly < l->layers; ly++)
+		for (size_t pg = 0; pg < np; pg++) {
+			const uint8_t *k = (const uint8_t *)block + (size_t)ly * 2 * plane +
+					   pg * page * hd * es;
+			uint32_t rows = (uint32_t)(l->tokens - pg * page < page ?
+						   l->tokens - pg * page : page);
+
+			kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, row, rows * hd);
+			for (uint32_t h = 0; h < l->kv_heads; h++) {
+				uint16_t *o = out + ((((size_t)ly * l->kv_heads + h) * np + pg) * reps) *
+						    l->head_dim;
+
+				for (uint32_t t = 0; t < rows; t++) {
+					double n = 0;
+
+					for (uint32_t c = 0; c < l->head_dim; c++) {
+						float v = row[t * hd + h * l->head_dim + c];
+
+						n += (double)v * v;
+					}
+					nrm[t] = (float)n;
+					ord[t] = t;
+				}
+				for (uint32_t i = 0; i < reps && i < rows; i++) /* partial selection */
+					for (uint32_t j = i + 1; j < rows; j++)
+						if (nrm[ord[j]] > nrm[ord[i]]) {
+							uint32_t x = ord[i];
+
+							ord[i] = ord[j];
+							ord[j] = x;
+						}
+				for (uint32_t i = 0; i < reps; i++)
+					for (uint32_t c = 0; c < l->head_dim; c++)
+						o[(size_t)i * l->head_dim + c] = kvcd_f32_to_f16(
+							row[ord[i < rows ? i : 0] * hd + h * l->head_dim + c]);
+			}
+		}
+	free(row);
+	return 0;
+}
+
+int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
+		      const void *block, void *out)
+{
+	uint16_t *data = (uint16_t *)((uint8_t *)out + sizeof(*s));
+
+	memcpy(out, s, sizeof(*s));
+	if (s->kind == KVCD_SUMMARY_REPS)
+		return reps_make(isa, l, s->page, s->reps, block, data);
+	return kvcd_quest_block(isa, l, s->page, block, data);
+}
+
+/* Best q.k over @reps f16 keys and @g queries of @d. */
+__attribute__((target("avx2,f16c,fma"))) static float reps_avx2(const uint16_t *k, uint32_t reps,
+								uint32_t d, const float *q,
+								uint32_t g)
+{
+	float best = -INFINITY;
+
+	for (uint32_t r = 0; r < reps; r++)
+		for (uint32_t j = 0; j < g; j++) {
+			__m256 acc = _mm256_setzero_ps();
+
+			for (uint32_t c = 0; c < d; c += 8)
+				acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)j * d + c),
+					_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)
+						(k + (size_t)r * d + c))), acc);
+			__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc),
+					       _mm256_extractf128_ps(acc, 1));
+
+			s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+			s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+			best = fmaxf(best, _mm_cvtss_f32(s4));
+		}
+	return best;
+}
+
+static float reps_scalar(const uint16_t *k, uint32_t reps, uint32_t d, const float *q, uint32_t g)
+{
+	float best = -INFINITY;
+
+	for (uint32_t r = 0; r < reps; r++)
+		for (uint32_t j = 0; j < g; j++) {
+			float acc = 0.0f;
+
+			for (uint32_t c = 0; c < d; c++)
+				acc += q[(size_t)j * d + c] * kvcd_f16_to_f32(k[(size_t)r * d + c]);
+			best = fmaxf(best, acc);
+		}
+	return best;
+}
+
+float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
+			 const float *q, const float *pos, const float *neg, float l1,
+			 uint32_t q_heads)
+{
+	struct kvcd_summary s;
+	const uint16_t *data = (const uint16_t *)((const uint8_t *)sum + sizeof(s));
+	uint32_t d = l->head_dim, g = q_heads / l->kv_heads, np;
+	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
+	float best = -INFINITY;
+
+	memcpy(&s, sum, sizeof(s));
+	if (!s.page)
+		return -INFINITY;
+	if (s.kind == KVCD_SUMMARY_QUEST)
+		return kvcd_quest_score(isa, l, s.page, data, layer, pos, neg, l1, q_heads);
+	if (s.kind != KVCD_SUMMARY_REPS || !s.reps)
+		return -INFINITY;
+	np = kvcd_quest_pages(l, s.page);
+	for (uint32_t h = 0; h < l->kv_heads; h++) {
+		const uint16_t *k = data + ((size_t)layer * l->kv_heads + h) * np * s.reps * d;
+		float v = fast ? reps_avx2(k, np * s.reps, d, q + (size_t)h * g * d, g) :
+				 reps_scalar(k, np * s.reps, d, q + (size_t)h * g * d, g);
+
+		best = fmaxf(best, v);
+	}
+	return best / sqrtf((float)d);
+}

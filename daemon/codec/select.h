@@ -86,4 +86,30 @@ float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
 		       const uint16_t *bounds, uint32_t layer, const float *pos, const float *neg,
 		       float l1, uint32_t q_heads);
 
+/* ---- a block's SELECT summary: Quest bounds or representative keys ------------------------ */
+
+#define KVCD_SUMMARY_QUEST 1	/* kvcd_quest_block's bounds: scores are upper bounds */
+#define KVCD_SUMMARY_REPS 2	/* per page, the @reps keys of largest norm (InfLLM-style
+				 * representatives): scores are their best q.k, not a bound */
+
+/* First bytes of the summary kept after a block's data. */
+struct kvcd_summary {
+	uint8_t kind;		/* KVCD_SUMMARY_* */
+	uint8_t page;		/* tokens per page, 1..255 */
+	uint8_t reps;		/* REPS: keys kept per page, 1..16 */
+	uint8_t pad[5];		/* 0 */
+};
+
+/* Bytes of the summary of a block of layout @l, header included. */
+size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary *s);
+/* Write the summary of the raw block @block to @out. Returns 0 or -ENOMEM. */
+int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
+		      const void *block, void *out);
+/* The SELECT score of a block from its summary (see kvcd_quest_score for the arguments; @q
+ * is the query itself, @pos, @neg and @l1 serve Quest). -INFINITY when the summary's header
+ * is not one kvcd writes. */
+float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
+			 const float *q, const float *pos, const float *neg, float l1,
+			 uint32_t q_heads);
+
 #endif
