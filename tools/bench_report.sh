@@ -139,8 +139,10 @@ if [ -r $r/select_gqa.json ]; then
 fi
 for n in 2 4; do
 	if [ -r $r/select_reps$n.json ]; then
+		bytes="the same bytes as Quest"
+		[ $n = 2 ] || bytes="twice the bytes of Quest"
 		echo
-		j '"With representative keys instead (`bounds=reps,reps='$n'`: the '$n' keys of largest norm per 16 tokens, '$( [ $n = 2 ] && echo "the same bytes as Quest" || echo "twice the bytes of Quest")'; scores are their best q.k, not a bound): p50 \(.select_p50_us) µs; the best chunk first in \(.recall_top1 * 100 | floor)%, in the top 4 in \(.recall_top4 * 100 | floor)%, in the top 8 in \(.recall_top8 * 100 | floor)%."' $r/select_reps$n.json
+		j --arg n $n --arg bytes "$bytes" '"With representative keys instead (`bounds=reps,reps=\($n)`: the \($n) keys of largest norm per 16 tokens, \($bytes); scores are their best q.k, not a bound): p50 \(.select_p50_us) µs; the best chunk first in \(.recall_top1 * 100 | floor)%, in the top 4 in \(.recall_top4 * 100 | floor)%, in the top 8 in \(.recall_top8 * 100 | floor)%."' $r/select_reps$n.json
 	fi
 done
 cat <<'TXT'
