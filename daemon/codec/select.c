@@ -272,35 +272,17 @@ __attribute__((target("avx2,f16c"))) static void minmax_f16_avx2(const uint16_t 
 	}
 }
 
-/* The same for any dtype, a row at a time through f32 in @row. */
-static void minmax_rows(enum kvcd_isa isa, uint8_t dtype, const uint8_t *k, size_t rows,
-			size_t hd, float *row, float *mn, float *mx)
-{
-	size_t es = kvcp_dtype_size(dtype);
-
-	for (size_t c = 0; c < hd; c++) {
-		mn[c] = INFINITY;
-		mx[c] = -INFINITY;
-	}
-	for (size_t t = 0; t < rows; t++) {
-		kvcd_to_f32(isa, dtype, k + t * hd * es, row, hd);
-		for (size_t c = 0; c < hd; c++) {
-			mn[c] = row[c] < mn[c] ? row[c] : mn[c];
-			mx[c] = row[c] > mx[c] ? row[c] : mx[c];
-		}
-	}
-}
-
 int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const void *block,
 		     uint16_t *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
 	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
-	float *row = malloc(hd * 3 * sizeof(float)), *mn = row + hd, *mx = mn + hd;
+	float *mn = malloc((hd * 2 + (size_t)page * hd) * sizeof(float)), *mx = mn + hd;
+	float *rows_f = mx + hd;
 	bool fast = isa != KVCD_ISA_SCALAR && l->dtype == KVCP_F16 && hd % 8 == 0 &&
 		    kvcd_has_f16c();
 
-	if (!row)
+	if (!mn)
 		return -ENOMEM;
 	for (uint32_t ly = 0; ly < l->layers; ly++)
 		for (size_t pg = 0; pg < np; pg++) {
@@ -308,10 +290,13 @@ int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const 
 					   pg * page * hd * es;
 			size_t rows = l->tokens - pg * page < page ? l->tokens - pg * page : page;
 
-			if (fast)
+			if (fast) {
 				minmax_f16_avx2((const uint16_t *)k, rows, hd, mn, mx);
-			else
-				minmax_rows((enum kvcd_isa)isa, l->dtype, k, rows, hd, row, mn, mx);
+			} else { /* the page through f32, every head's channels at once */
+				kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, rows_f, rows * hd);
+				kvcd_quest_minmax(rows_f, (uint32_t)hd, (uint32_t)rows, (uint32_t)hd,
+						  mn, mx);
+			}
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
 				uint16_t *o = out + (((size_t)ly * l->kv_heads + h) * np + pg) * 2 *
 						    l->head_dim;
@@ -322,7 +307,7 @@ int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const 
 				}
 			}
 		}
-	free(row);
+	free(mn);
 	return 0;
 }
 
@@ -489,8 +474,8 @@ static int reps_make(int isa, const struct kvcp_layout *l, uint32_t page, uint32
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
 	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
-	float *row = malloc((hd * page + (size_t)page * 2) * sizeof(float)), *nrm = row + hd * page;
-	uint32_t *ord = (uint32_t *)(nrm + page);
+	float *row = malloc((hd * page + (size_t)page * 3) * sizeof(float)), *nrm = row + hd * page;
+	uint32_t *keep = (uint32_t *)(nrm + page), *tmp = keep + page;
 
 	if (!row)
 		return -ENOMEM;
@@ -499,36 +484,23 @@ static int reps_make(int isa, const struct kvcp_layout *l, uint32_t page, uint32
 			const uint8_t *k = (const uint8_t *)block + (size_t)ly * 2 * plane +
 					   pg * page * hd * es;
 			uint32_t rows = (uint32_t)(l->tokens - pg * page < page ?
-						   l->tokens - pg * page : page);
+						   l->tokens - pg * page : page), m;
 
 			kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, row, rows * hd);
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
 				uint16_t *o = out + ((((size_t)ly * l->kv_heads + h) * np + pg) * reps) *
 						    l->head_dim;
 
-				for (uint32_t t = 0; t < rows; t++) {
-					double n = 0;
-
-					for (uint32_t c = 0; c < l->head_dim; c++) {
-						float v = row[t * hd + h * l->head_dim + c];
-
-						n += (double)v * v;
-					}
-					nrm[t] = (float)n;
-					ord[t] = t;
-				}
-				for (uint32_t i = 0; i < reps && i < rows; i++) /* partial selection */
-					for (uint32_t j = i + 1; j < rows; j++)
-						if (nrm[ord[j]] > nrm[ord[i]]) {
-							uint32_t x = ord[i];
-
-							ord[i] = ord[j];
-							ord[j] = x;
-						}
-				for (uint32_t i = 0; i < reps; i++)
-					for (uint32_t c = 0; c < l->head_dim; c++)
-						o[(size_t)i * l->head_dim + c] = kvcd_f32_to_f16(
-							row[ord[i < rows ? i : 0] * hd + h * l->head_dim + c]);
+				/* largest norm first: key-norm scores are -||k||, flipped */
+				kvcd_score_keynorm(row + h * l->head_dim, (uint32_t)hd, rows, l->head_dim,
+						   nrm);
+				for (uint32_t t = 0; t < rows; t++)
+					nrm[t] = -nrm[t];
+				m = kvcd_select_keep(nrm, rows, reps, 0, 0, tmp, keep);
+				for (uint32_t i = 0; i < reps; i++) /* a short page repeats one */
+					kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16,
+						      row + keep[i < m ? i : 0] * hd + h * l->head_dim,
+						      o + (size_t)i * l->head_dim, l->head_dim);
 			}
 		}
 	free(row);
