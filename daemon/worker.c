@@ -387,12 +387,14 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		     char *buf, struct kvcp_cqe *cqe)
 {
 	enum { CHUNK = 1024 }; /* references held at a time */
+	enum { PF_HEAD = 12, PF_BODY = 4 }; /* prefetch distances, in candidates */
 	struct kvcd_block *blk[CHUNK];
 	struct kvcp_select h;
 	struct kvcp_select_hit *hits;
 	const struct kvcp_key *keys;
+	struct kvcd_query x;
 	uint32_t found = 0;
-	float *q, *pos, *neg, l1 = 0.0f;
+	float *q;
 	size_t qn;
 
 	if (v->len < sizeof(h) || v->off % 8)
@@ -404,15 +406,13 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	    v->len != sizeof(h) + (uint64_t)h.nkeys * sizeof(*keys) + qn * 4)
 		return -EINVAL;
 	keys = (const struct kvcp_key *)(buf + v->off + sizeof(h));
-	q = malloc(qn * 4 * 3);
+	q = malloc(qn * 4);
 	hits = malloc((size_t)h.nkeys * sizeof(*hits));
 	if (!q || !hits) {
 		free(q);
 		free(hits);
 		return -ENOMEM;
 	}
-	pos = q + qn;
-	neg = pos + qn;
 	memcpy(q, keys + h.nkeys, qn * 4); /* read once */
 	for (size_t i = 0; i < qn; i++) {
 		if (!isfinite(q[i])) {
@@ -421,15 +421,11 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 			return -EINVAL;
 		}
 	}
-	for (uint32_t j = 0; j < h.q_heads; j++) {
-		float a = 0.0f;
-
-		for (uint32_t c = 0; c < h.head_dim; c++)
-			a += fabsf(q[(size_t)j * h.head_dim + c]);
-		l1 = a > l1 ? a : l1;
+	if (kvcd_query_init(&x, q, h.q_heads, h.head_dim)) {
+		free(q);
+		free(hits);
+		return -ENOMEM;
 	}
-	l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */
-	kvcd_quest_prep(q, (uint32_t)qn, pos, neg);
 	for (uint32_t i0 = 0; i0 < h.nkeys; i0 += CHUNK) {
 		uint32_t n = h.nkeys - i0 < CHUNK ? h.nkeys - i0 : CHUNK;
 
@@ -437,21 +433,26 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		for (uint32_t i = 0; i < n; i++) {
 			const struct kvcd_block *b = blk[i];
 
-			if (i + 2 < n && blk[i + 2] && blk[i + 2]->bounds) /* DRAM-bound: fetch ahead */
-				prefetch_bounds(blk[i + 2], h.layer);
+			/* DRAM-bound: ask for a summary's header well ahead, its layer once the
+			 * header (which says how large it is) has arrived */
+			if (i + PF_HEAD < n && blk[i + PF_HEAD] && blk[i + PF_HEAD]->bounds)
+				__builtin_prefetch((const char *)blk[i + PF_HEAD]->data +
+						   KVCD_BOUNDS_AT(blk[i + PF_HEAD]->stored));
+			if (i + PF_BODY < n && blk[i + PF_BODY] && blk[i + PF_BODY]->bounds)
+				prefetch_bounds(blk[i + PF_BODY], h.layer);
 			if (!b || !b->bounds || h.layer >= b->layout.layers ||
 			    h.head_dim != b->layout.head_dim || h.q_heads % b->layout.kv_heads)
 				continue;
 			hits[found].index = i0 + i;
 			hits[found++].score = kvcd_summary_score(kvcd_isa_best(), &b->layout,
-				(const char *)b->data + KVCD_BOUNDS_AT(b->stored), h.layer, q, pos,
-				neg, l1, h.q_heads);
+				(const char *)b->data + KVCD_BOUNDS_AT(b->stored), h.layer, &x);
 		}
 		kvcd_store_put_many(&d->store, blk, n);
 	}
 	found = top_k(hits, found, h.k);
 	memcpy(buf + v->off, hits, (size_t)found * sizeof(*hits));
 	cqe->value = (uint64_t)found * sizeof(*hits);
+	kvcd_query_fini(&x);
 	free(q);
 	free(hits);
 	return (int)found;

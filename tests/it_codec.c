@@ -339,13 +339,14 @@ static void select_case(const char *summary, uint64_t ns)
 	kvc_detach(c);
 }
 
-/* SELECT: blocks stored with a summary (Quest bounds, representative keys) are ranked by it;
- * blocks without one, not stored, or of another head_dim are skipped; a bad query is
- * refused. */
+/* SELECT: blocks stored with a summary (Quest bounds, representative keys in f16 or int8) are
+ * ranked by it; blocks without one, not stored, or of another head_dim are skipped; a bad
+ * query is refused. */
 Test(codec_ops, select_ranks_blocks_by_their_summary)
 {
 	select_case("bounds=quest,page=8", 77);
 	select_case("bounds=reps,reps=2", 78);
+	select_case("bounds=reps8", 79);
 }
 
 /* The namespace's policy changes three times; every block still decodes as it was written. */

@@ -374,15 +374,18 @@ Test(sel, policy_strings)
 	const char *ok[] = { "none:select=h2o", "kivi:kbits=5,vbits=4,group=64,select=snapkv,"
 			     "keep=25%,window=16,budget=adakv,merge=key,kernel=7",
 			     "none:select=recent,keep=0.5,sink=4", "int8:select=keynorm,merge=value",
-			     "none:rank=6,bounds=quest,page=4", "none:select=h2o,rank=3" };
+			     "none:rank=6,bounds=quest,page=4", "none:select=h2o,rank=3",
+			     "int8:bounds=reps8", "none:bounds=reps8,reps=6,page=8",
+			     "none:select=h2o,bounds=reps,reps=3" };
 	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
 			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
 			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
 			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%",
-			      "int8:rank=4", "none:rank=256", "none:page=4" };
+			      "int8:rank=4", "none:rank=256", "none:page=4",
+			      "none:bounds=quest,reps=2", "none:bounds=reps9", "none:bounds=reps8,reps=17" };
 	char buf[KVCD_POLICY_STR], why[128];
 
-	for (int i = 0; i < 6; i++) {
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
 		struct kvcd_policy p = pol(ok[i]), q;
 
 		kvcd_policy_format(&p, buf, sizeof(buf));
@@ -391,7 +394,9 @@ Test(sel, policy_strings)
 		cr_assert_eq(kvcd_policy_check(&p, &LAY, why, sizeof(why)), 0, "%s", why);
 	}
 	cr_assert_eq(pol("none:select=h2o").keep, 5000, "half by default");
-	for (int i = 0; i < 13; i++) {
+	cr_assert_eq(pol("int8:bounds=reps8").reps, 4, "int8 representatives: 4 by default");
+	cr_assert_eq(pol("int8:bounds=reps").reps, 2, "f16 representatives: 2 by default");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct kvcd_policy p;
 
 		why[0] = 0;

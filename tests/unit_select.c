@@ -305,7 +305,8 @@ Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
 	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2, .head_dim = DD,
 				 .tokens = TT };
 	static uint16_t block[2 * TT * 2 * DD], sum[4096];
-	float q[4 * DD], pos[4 * DD], neg[4 * DD];
+	float q[4 * DD];
+	struct kvcd_query x;
 	struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS, .page = 4, .reps = 4 };
 	struct kvcd_summary one = { .kind = KVCD_SUMMARY_REPS, .page = 16, .reps = 1 };
 
@@ -316,7 +317,7 @@ Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
 			block[i] = kvcd_f32_to_f16(nrand());
 		for (int i = 0; i < 4 * DD; i++)
 			q[i] = nrand();
-		kvcd_quest_prep(q, 4 * DD, pos, neg);
+		cr_assert_eq(kvcd_query_init(&x, q, 4, DD), 0);
 		for (int t = 0; t < TT; t++)
 			for (int j = 0; j < 4; j++) {
 				double dot = 0;
@@ -329,9 +330,10 @@ Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
 		cr_assert_leq(kvcd_summary_bytes(&l, &all), sizeof(sum));
 		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
 			cr_assert_eq(kvcd_summary_make(isa, &l, &all, block, sum), 0);
-			cr_assert_float_eq(kvcd_summary_score(isa, &l, sum, 0, q, pos, neg, 0, 4), best,
+			cr_assert_float_eq(kvcd_summary_score(isa, &l, sum, 0, &x), best,
 					   1e-4 * (fabs(best) + 1), "every key kept: the exact best");
 		}
+		kvcd_query_fini(&x);
 	}
 	/* one rep per page of 16: the key of largest norm, here token 7 of head 1 */
 	for (size_t i = 0; i < sizeof(block) / 2; i++)
@@ -341,9 +343,71 @@ Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
 	memset(q, 0, sizeof(q));
 	for (int c = 0; c < DD; c++)
 		q[2 * DD + c] = c % 2 ? 1.0f : -1.0f; /* query head 2 reads KV head 1 */
-	cr_assert_eq(kvcd_summary_make(KVCD_ISA_SCALAR, &l, &one, block, sum), 0);
-	cr_assert_float_eq(kvcd_summary_score(KVCD_ISA_SCALAR, &l, sum, 0, q, pos, neg, 0, 4),
-			   3.0f * DD / 4, 1e-3);
+	cr_assert_eq(kvcd_query_init(&x, q, 4, DD), 0);
+	for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
+		cr_assert_eq(kvcd_summary_make(isa, &l, &one, block, sum), 0);
+		cr_assert_float_eq(kvcd_summary_score(isa, &l, sum, 0, &x), 3.0f * DD / 4, 1e-3);
+		one.kind = KVCD_SUMMARY_REPS8; /* int8: the same key, to its rounding */
+		cr_assert_eq(kvcd_summary_make(isa, &l, &one, block, sum), 0);
+		cr_assert_float_eq(kvcd_summary_score(isa, &l, sum, 0, &x), 3.0f * DD / 4, 1e-2);
+		one.kind = KVCD_SUMMARY_REPS;
+	}
 	sum[0] = 7; /* not a summary kind */
-	cr_assert_eq(kvcd_summary_score(KVCD_ISA_SCALAR, &l, sum, 0, q, pos, neg, 0, 4), -INFINITY);
+	cr_assert_eq(kvcd_summary_score(KVCD_ISA_SCALAR, &l, sum, 0, &x), -INFINITY);
+	kvcd_query_fini(&x);
+}
+
+/* int8 representatives (REPS8): with every key kept, the score is the exact best q.k to within
+ * the rounding of keys and, on VNNI, of the query to int8: |q|_1 max|k| / 254 + |k|_1 max|q|
+ * / 254 per dot. Head dims that leave a tail to every ISA (12, 16, 72), 1 and 4 query heads
+ * per KV head, every ISA; the result never lies outside that band. */
+Test(select, int8_representatives_score_the_best_dot_within_their_rounding)
+{
+	enum { TT = 8, DMAX = 72, QH = 8 };
+	static const uint32_t dims[] = { 12, 16, 72 };
+	static uint16_t block[2 * TT * 2 * DMAX];
+	static uint8_t sum[8 + 2 * TT * (DMAX + 4)];
+	static float q[QH * DMAX];
+	struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS8, .page = 4, .reps = 4 };
+
+	for (int trial = 0; trial < 60; trial++) {
+		uint32_t d = dims[trial % 3], qh = trial % 2 ? 8 : 2, g = qh / 2;
+		struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2,
+					 .head_dim = (uint16_t)d, .tokens = TT };
+		double best = -INFINITY, tol = 0;
+		struct kvcd_query x;
+
+		for (size_t i = 0; i < 2 * TT * 2 * d; i++)
+			block[i] = kvcd_f32_to_f16(nrand() * (1 + trial % 4));
+		for (uint32_t i = 0; i < qh * d; i++)
+			q[i] = nrand();
+		cr_assert_eq(kvcd_query_init(&x, q, qh, d), 0);
+		for (uint32_t t = 0; t < TT; t++)
+			for (uint32_t j = 0; j < qh; j++) {
+				const uint16_t *k = block + (t * 2 + j / g) * d;
+				double dot = 0, q1 = 0, k1 = 0, qm = 0, km = 0;
+
+				for (uint32_t c = 0; c < d; c++) {
+					double kc = kvcd_f16_to_f32(k[c]), qc = q[j * d + c];
+
+					dot += qc * kc;
+					q1 += fabs(qc);
+					k1 += fabs(kc);
+					qm = fmax(qm, fabs(qc));
+					km = fmax(km, fabs(kc));
+				}
+				best = fmax(best, dot / sqrt(d));
+				tol = fmax(tol, (q1 * km + k1 * qm) / 254 * 1.01 / sqrt(d));
+			}
+		cr_assert_leq(kvcd_summary_bytes(&l, &all), sizeof(sum));
+		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
+			float sc;
+
+			cr_assert_eq(kvcd_summary_make(isa, &l, &all, block, sum), 0);
+			sc = kvcd_summary_score(isa, &l, sum, 0, &x);
+			cr_assert_leq(fabs(sc - best), tol + 1e-5, "trial %d d %u isa %d: %g vs %g "
+				      "(band %g)", trial, d, isa, sc, best, tol);
+		}
+		kvcd_query_fini(&x);
+	}
 }

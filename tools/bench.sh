@@ -73,16 +73,22 @@ else
 	echo "== prefix: model $model is absent; skipped"
 	rm -f "$out/prefix.json"
 fi
-echo "== select: Quest retrieval over 10,000 blocks (8 KV heads x 128), recall on real keys"
+echo "== select: retrieval over 10,000 blocks (8 KV heads x 128), recall on real keys"
 sel_model=()
 [ -r "$model" ] && sel_model=(--model "$model")
-$B --socket "$sock" select --blocks 10000 --heads 8 "${sel_model[@]}" --json |
-	tee "$out/select.json"
-$B --socket "$sock" select --blocks 10000 --heads 32 --json | tee "$out/select_gqa.json"
-for r in 2 4; do
-	$B --socket "$sock" select --blocks 10000 --heads 8 --policy "none:bounds=reps,reps=$r" \
-		"${sel_model[@]}" --json | tee "$out/select_reps$r.json"
-done
+rm -f "$out"/select*.json
+# name, summary policy, query heads (32: GQA, 4 per KV head)
+while read -r name pol heads; do
+	$B --socket "$sock" select --blocks 10000 --heads "$heads" --policy "$pol" \
+		"${sel_model[@]}" --json | tee "$out/select_$name.json"
+done <<'SEL'
+quest none:bounds=quest 8
+quest_gqa none:bounds=quest 32
+reps2 none:bounds=reps,reps=2 8
+reps4 none:bounds=reps,reps=4 8
+reps8 none:bounds=reps8 8
+reps8_gqa none:bounds=reps8 32
+SEL
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
 stop_kvcd
 

@@ -29,6 +29,7 @@
 
 #include "codec.h"
 #include "llama.h"
+#include "select.h"
 #include "peers.h"
 
 static const char *g_sock;
@@ -778,11 +779,23 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 	int slot = kvc_policy(c, policy ? policy : "none:bounds=quest", 0, why, sizeof(why)), err;
 	double p50 = 0, p99 = 0, recall[3] = { -1, -1, -1 };
 	unsigned cands = 0;
+	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 8, .head_dim = 128,
+				 .tokens = 16 };
+	struct kvcd_policy p;
+	char canon[KVCD_POLICY_STR];
+	size_t sum_bytes;
 
 	if (slot < 0) {
 		fprintf(stderr, "kvcbench: select: policy: %s\n", why);
 		return 1;
 	}
+	/* the summary each block carries, as the daemon sizes it */
+	if (kvcd_policy_parse(policy ? policy : "none:bounds=quest", &p, why, sizeof(why)))
+		return 1;
+	kvcd_policy_format(&p, canon, sizeof(canon));
+	sum_bytes = kvcd_summary_bytes(&l, &(struct kvcd_summary){ .kind = p.bounds,
+								   .page = p.page,
+								   .reps = p.reps });
 	if (!qheads || qheads > 64 || qheads % 8) {
 		fprintf(stderr, "kvcbench: select: --heads: query heads, a multiple of 8 up to 64\n");
 		kvc_detach(c);
@@ -797,12 +810,15 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		return 1;
 	}
 	if (json)
-		printf("{\"candidates\": %lu, \"kv_heads\": 8, \"q_heads\": %u, \"head_dim\": 128, "
+		printf("{\"policy\": \"%s\", \"summary_bytes\": %zu, \"candidates\": %lu, "
+		       "\"kv_heads\": 8, \"q_heads\": %u, \"head_dim\": 128, "
 		       "\"k\": 16, \"select_p50_us\": %.1f, \"select_p99_us\": %.1f, "
 		       "\"recall_top1\": %.4f, \"recall_top4\": %.4f, \"recall_top8\": %.4f, "
-		       "\"recall_candidates\": %u}\n", nblocks, qheads, p50, p99, recall[0],
-		       recall[1], recall[2], cands);
+		       "\"recall_candidates\": %u}\n", canon, sum_bytes, nblocks, qheads, p50,
+		       p99, recall[0], recall[1], recall[2], cands);
 	else
+		printf("%s (%zu bytes of summary per block): ", canon, sum_bytes);
+	if (!json)
 		printf("select over %lu blocks (8 KV heads x 128, %u query heads, top 16): p50 %.1f us, "
 		       "p99 %.1f us; real keys, %u candidates: the best chunk first %.1f%%, in the top "
 		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, qheads, p50, p99, cands,

@@ -73,8 +73,9 @@ struct kvcd_policy {
 	uint16_t window;	/* the block's last tokens, always kept */
 	uint8_t merge;		/* enum kvcd_merge */
 	uint8_t kernel;		/* snapkv: max-pooling width (odd; 0 or 1: none) */
-	uint8_t bounds;		/* SELECT summary kept with the block: 0 none, 1 Quest bounds,
-				 * 2 representative keys (KVCD_SUMMARY_*, select.h) */
+	uint8_t bounds;		/* SELECT summary kept with the block: 0 none, else its
+				 * KVCD_SUMMARY_* kind (select.h): Quest bounds, or
+				 * representative keys in f16 or int8 */
 	uint8_t page;		/* bounds: tokens per page, 1..255 */
 	uint8_t rank;		/* low-rank (sel.c): K and V of each (layer, KV head) kept as a
 				 * truncated SVD of this rank; 0: off */
@@ -82,7 +83,7 @@ struct kvcd_policy {
 				 * (then every following pair); 0: off */
 	uint8_t mc_t;		/* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
 	uint8_t mc_keep;	/* MiniCache: percent of tokens per (pair, head) kept unmerged */
-	uint8_t reps;		/* bounds=reps: keys kept per page, 1..16 */
+	uint8_t reps;		/* bounds=reps, reps8: keys kept per page, 1..16 */
 	uint8_t pad[3];		/* 0 */
 };
 

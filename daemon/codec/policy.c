@@ -13,10 +13,11 @@
  * select=recent|keynorm|h2o|snapkv, keep=F (fraction of each block's tokens, or percent
  * with %; default 50%), window=N (the block's last N tokens always kept), sink=N (the
  * sequence's first N tokens always kept, and exact), budget=uniform|pyramid|adakv,
- * bounds=quest|reps (any policy, "none:bounds=quest" included): keep a summary of the block's
- * keys so SELECT can score it (an extra pass over the keys at STORE), per page=N tokens
- * (default 16): Quest's channel-wise bounds, or the reps=R keys of largest norm (default 2:
- * the same bytes as Quest's bounds).
+ * bounds=quest|reps|reps8 (any policy, "none:bounds=quest" included): keep a summary of the
+ * block's keys so SELECT can score it (an extra pass over the keys at STORE), per page=N
+ * tokens (default 16): Quest's channel-wise bounds, or the reps=R keys of largest norm, f16
+ * (reps; default 2: the same bytes as Quest's bounds) or int8 with a scale per key (reps8;
+ * default 4: about the same bytes again).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R.
  * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
  * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
@@ -29,6 +30,10 @@
 #include <string.h>
 
 #include "codec.h"
+#include "select.h"
+
+/* by KVCD_SUMMARY_* */
+static const char *const bounds_name[] = { "none", "quest", "reps", "reps8" };
 
 #define WHY(...) (snprintf(why, whylen, __VA_ARGS__), -EINVAL)
 
@@ -88,11 +93,14 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
 
 	if (!strcmp(k, "bounds")) {
-		if (strcmp(v, "quest") && strcmp(v, "reps") && strcmp(v, "none"))
-			return WHY("bounds=%s: quest, reps or none", v);
-		p->bounds = v[0] == 'q' ? 1 : v[0] == 'r' ? 2 : 0;
+		if (strcmp(v, "quest") && strcmp(v, "reps") && strcmp(v, "reps8") &&
+		    strcmp(v, "none"))
+			return WHY("bounds=%s: quest, reps, reps8 or none", v);
+		p->bounds = !strcmp(v, "quest") ? KVCD_SUMMARY_QUEST : !strcmp(v, "reps") ?
+			    KVCD_SUMMARY_REPS : !strcmp(v, "reps8") ? KVCD_SUMMARY_REPS8 : 0;
 		p->page = p->bounds ? (p->page ? p->page : 16) : 0;
-		p->reps = p->bounds == 2 ? (p->reps ? p->reps : 2) : 0;
+		p->reps = p->bounds == KVCD_SUMMARY_REPS ? (p->reps ? p->reps : 2) :
+			  p->bounds == KVCD_SUMMARY_REPS8 ? (p->reps ? p->reps : 4) : 0;
 		return 0;
 	}
 	if (!strcmp(k, "reps")) {
@@ -267,9 +275,9 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 	if (p->hipct && !p->hibits)
 		return WHY("hipct needs hibits");
 	if ((p->page || p->reps) && !p->bounds)
-		return WHY("page and reps need bounds=quest or bounds=reps");
-	if (p->reps && p->bounds != 2)
-		return WHY("reps needs bounds=reps");
+		return WHY("page and reps need bounds=quest, reps or reps8");
+	if (p->reps && p->bounds == KVCD_SUMMARY_QUEST)
+		return WHY("reps needs bounds=reps or reps8");
 	if (!p->mc && (p->mc_t || p->mc_keep))
 		return WHY("slerp and retain need minicache=");
 	if (p->mc && (p->select || p->rank))
@@ -304,7 +312,7 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			if (p->rank)
 				ADD("rank=%u%s", p->rank, p->bounds ? "," : "");
 			if (p->bounds)
-				ADD("bounds=%s,page=%u", p->bounds == 2 ? "reps" : "quest", p->page);
+				ADD("bounds=%s,page=%u", bounds_name[p->bounds], p->page);
 			if (p->reps)
 				ADD(",reps=%u", p->reps);
 			return;
@@ -334,7 +342,7 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			ADD(",kernel=%u", p->kernel);
 	}
 	if (p->bounds && (p->select || p->kind != KVCD_CODEC_NONE))
-		ADD(",bounds=%s,page=%u", p->bounds == 2 ? "reps" : "quest", p->page);
+		ADD(",bounds=%s,page=%u", bounds_name[p->bounds], p->page);
 	if (p->reps && (p->select || p->kind != KVCD_CODEC_NONE))
 		ADD(",reps=%u", p->reps);
 	if (p->kind == KVCD_CODEC_NONE)
@@ -374,8 +382,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("invalid layout");
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
-	if (p->bounds > 2 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
-	    (p->bounds == 2) != (p->reps > 0) || p->reps > 16 || p->pad[0] || p->pad[1] ||
+	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
+	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0] || p->pad[1] ||
 	    p->pad[2])
 		return WHY("bad bounds");
 	if (p->rank && p->kind != KVCD_CODEC_NONE)

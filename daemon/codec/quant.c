@@ -348,6 +348,15 @@ enum kvcd_isa kvcd_isa_best(void)
 	return (enum kvcd_isa)best;
 }
 
+bool kvcd_has_vnni(void)
+{
+	static int known = -1;
+
+	if (known < 0)
+		known = kvcd_isa_best() == KVCD_ISA_AVX512 && __builtin_cpu_supports("avx512vnni");
+	return known;
+}
+
 const char *kvcd_isa_name(enum kvcd_isa isa)
 {
 	return isa == KVCD_ISA_AVX512 ? "avx512" : isa == KVCD_ISA_AVX2 ? "avx2" : "scalar";

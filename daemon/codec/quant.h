@@ -25,6 +25,8 @@ enum kvcd_isa kvcd_isa_best(void);
 const char *kvcd_isa_name(enum kvcd_isa isa);
 /* AVX2 and F16C both present: the SIMD paths convert f16 in hardware. */
 bool kvcd_has_f16c(void);
+/* AVX-512 VNNI (int8 dot products) on top of AVX-512 F and BW. */
+bool kvcd_has_vnni(void);
 
 uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
 float kvcd_f16_to_f32(uint16_t h);

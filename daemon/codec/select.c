@@ -461,19 +461,24 @@ float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
 
 size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary *s)
 {
-	size_t per = s->kind == KVCD_SUMMARY_REPS ? s->reps : 2;
+	size_t rows = (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, s->page);
 
-	return sizeof(*s) + (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, s->page) * per *
-				    l->head_dim * 2;
+	if (s->kind == KVCD_SUMMARY_REPS8)
+		return sizeof(*s) + rows * s->reps * (l->head_dim + sizeof(float));
+	return sizeof(*s) + rows * (s->kind == KVCD_SUMMARY_REPS ? s->reps : 2) * l->head_dim * 2;
 }
 
-/* Representative keys: per (layer, head, page) the @reps keys of largest norm, f16,
- * [layers][kv_heads][pages][reps][head_dim]; a page shorter than reps repeats its best. */
-static int reps_make(int isa, const struct kvcp_layout *l, uint32_t page, uint32_t reps,
-		     const void *block, uint16_t *out)
+/* Representative keys: per (layer, head, page) the @reps keys of largest norm, a page shorter
+ * than reps repeating its best. REPS: f16 [layers][kv_heads][pages][reps][head_dim]. REPS8:
+ * per (layer, head) int8 [pages][reps][head_dim] and then each row's f32 scale [pages][reps]
+ * (symmetric: absmax / 127). */
+static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
+		     const void *block, void *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
+	uint32_t page = s->page, reps = s->reps, d = l->head_dim;
 	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
+	size_t per8 = np * reps * (d + sizeof(float)); /* REPS8 bytes per (layer, head) */
 	float *row = malloc((hd * page + (size_t)page * 3) * sizeof(float)), *nrm = row + hd * page;
 	uint32_t *keep = (uint32_t *)(nrm + page), *tmp = keep + page;
 
@@ -488,19 +493,32 @@ static int reps_make(int isa, const struct kvcp_layout *l, uint32_t page, uint32
 
 			kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, row, rows * hd);
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
-				uint16_t *o = out + ((((size_t)ly * l->kv_heads + h) * np + pg) * reps) *
-						    l->head_dim;
+				size_t lh = (size_t)ly * l->kv_heads + h;
 
 				/* largest norm first: key-norm scores are -||k||, flipped */
-				kvcd_score_keynorm(row + h * l->head_dim, (uint32_t)hd, rows, l->head_dim,
-						   nrm);
+				kvcd_score_keynorm(row + h * d, (uint32_t)hd, rows, d, nrm);
 				for (uint32_t t = 0; t < rows; t++)
 					nrm[t] = -nrm[t];
 				m = kvcd_select_keep(nrm, rows, reps, 0, 0, tmp, keep);
-				for (uint32_t i = 0; i < reps; i++) /* a short page repeats one */
-					kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16,
-						      row + keep[i < m ? i : 0] * hd + h * l->head_dim,
-						      o + (size_t)i * l->head_dim, l->head_dim);
+				for (uint32_t i = 0; i < reps; i++) { /* a short page repeats one */
+					const float *x = row + keep[i < m ? i : 0] * hd + h * d;
+					size_t r = pg * reps + i;
+					int8_t *o8 = (int8_t *)out + lh * per8 + r * d;
+					float amax = 0.0f, sc;
+
+					if (s->kind == KVCD_SUMMARY_REPS) {
+						kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16, x,
+							      (uint16_t *)out + (lh * np * reps + r) * d, d);
+						continue;
+					}
+					for (uint32_t c = 0; c < d; c++)
+						amax = fmaxf(amax, fabsf(x[c]));
+					sc = amax / 127.0f;
+					for (uint32_t c = 0; c < d; c++)
+						o8[c] = (int8_t)(sc > 0.0f ? lrintf(x[c] / sc) : 0);
+					memcpy((uint8_t *)out + lh * per8 + np * reps * d + r * sizeof(sc),
+					       &sc, sizeof(sc));
+				}
 			}
 		}
 	free(row);
@@ -513,75 +531,248 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
 	uint16_t *data = (uint16_t *)((uint8_t *)out + sizeof(*s));
 
 	memcpy(out, s, sizeof(*s));
-	if (s->kind == KVCD_SUMMARY_REPS)
-		return reps_make(isa, l, s->page, s->reps, block, data);
+	if (s->kind == KVCD_SUMMARY_REPS || s->kind == KVCD_SUMMARY_REPS8)
+		return reps_make(isa, l, s, block, data);
 	return kvcd_quest_block(isa, l, s->page, block, data);
 }
 
-/* Best q.k over @reps f16 keys and @g queries of @d. */
-__attribute__((target("avx2,f16c,fma"))) static float reps_avx2(const uint16_t *k, uint32_t reps,
-								uint32_t d, const float *q,
-								uint32_t g)
+/* ---- representative-key scores --------------------------------------------------------------
+ * The best (scale times) q.k over @n key rows (f16, or int8 with @sc per row) and @g queries
+ * of @d channels. A tile of KN keys by JN queries is held in registers, so each key is
+ * converted once per JN queries and each query loaded once per KN keys; rows past the end
+ * repeat the last one, which a maximum does not notice. Each ISA and key type is its own
+ * function, unrolled, so the accumulators stay in registers. */
+
+#define REPS_TILE(ISA, VEC, NAME, W, ZERO, LOADQ, KEY, FMA, FIN)                                 \
+	__attribute__((target(ISA), always_inline)) static inline float                          \
+	NAME##_tile(const void *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,          \
+		    const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0, const uint32_t kn, \
+		    const uint32_t jn)                                                           \
+	{                                                                                        \
+		VEC acc[4][4];                                                                   \
+		size_t kr[4], qi[4];                                                             \
+		float best = -INFINITY;                                                          \
+                                                                                                 \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                        \
+			kr[i] = (size_t)(r + i < n ? r + i : n - 1);                             \
+		_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                        \
+			qi[j] = q0 + (j0 + j < g ? j0 + j : g - 1);                              \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                        \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                \
+				acc[i][j] = ZERO;                                                \
+		for (uint32_t c = 0; c < d; c += W) {                                            \
+			VEC kv[4];                                                               \
+                                                                                                 \
+			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                \
+				kv[i] = KEY(k, kr[i] * d + c, d - c);                            \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
+				VEC qv = LOADQ(x, qi[j] * d + c, d - c);                         \
+                                                                                                 \
+				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)        \
+					acc[i][j] = FMA(qv, kv[i], acc[i][j]);                   \
+			}                                                                        \
+		}                                                                                \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++) {                      \
+			float s = sc ? sc[kr[i]] : 1.0f;                                         \
+                                                                                                 \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
+				float v = s * FIN(acc[i][j], x, qi[j]);                          \
+                                                                                                 \
+				best = v > best ? v : best;                                      \
+			}                                                                        \
+		}                                                                                \
+		return best;                                                                     \
+	}                                                                                        \
+                                                                                                 \
+	__attribute__((target(ISA))) static float NAME(const void *k, const float *sc, uint32_t n, \
+						       uint32_t d, const struct kvcd_query *x,   \
+						       uint32_t q0, uint32_t g)                  \
+	{                                                                                        \
+		uint32_t kn = n >= 4 ? 4 : n >= 2 ? 2 : 1, jn = g >= 4 ? 4 : g >= 2 ? 2 : 1;     \
+		float best = -INFINITY;                                                          \
+                                                                                                 \
+		for (uint32_t r = 0; r < n; r += kn)                                             \
+			for (uint32_t j0 = 0; j0 < g; j0 += jn) {                                \
+				float v;                                                         \
+                                                                                                 \
+				if (kn == 4)                                                     \
+					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 4) : \
+					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 2) : \
+						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 1); \
+				else if (kn == 2)                                                \
+					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 4) : \
+					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 2) : \
+						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 1); \
+				else                                                             \
+					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 4) : \
+					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 2) : \
+						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 1); \
+				best = v > best ? v : best;                                      \
+			}                                                                        \
+		return best;                                                                     \
+	}
+
+/* Loads of 16 (AVX-512) or 8 (AVX2) channels at offset o; m: channels left (unused here). */
+#define F16_16(k, o, m) \
+	_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(k) + (o))))
+#define I8_16(k, o, m) \
+	_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)(k) \
+										  + (o)))))
+#define Q_16(x, o, m) _mm512_loadu_ps((x)->q + (o))
+#define F16_8(k, o, m) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
+#define I8_8(k, o, m) \
+	_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)(k) \
+										  + (o)))))
+#define Q_8(x, o, m) _mm256_loadu_ps((x)->q + (o))
+#define FIN_F(acc, x, j) SUMF(acc)
+
+/* VNNI: 64 int8 channels at a time, the tail masked to zero. Keys are read as unsigned k + 128
+ * (the sign bit flipped) against the signed int8 query; FIN takes the query's 128 sum(q)
+ * back off and applies its scale. */
+#define MASK64(m) ((m) >= 64 ? ~0ull : (1ull << (m)) - 1)
+#define K_VNNI(k, o, m) \
+	_mm512_xor_si512(_mm512_maskz_loadu_epi8(MASK64(m), (const int8_t *)(k) + (o)), \
+			 _mm512_set1_epi8((char)0x80))
+#define Q_VNNI(x, o, m) _mm512_maskz_loadu_epi8(MASK64(m), (x)->q8 + (o))
+#define FIN_VNNI(acc, x, j) \
+	((float)(_mm512_reduce_add_epi32(acc) - (x)->q8_bias[j]) * (x)->q8_scale[j])
+
+__attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
 {
-	float best = -INFINITY;
+	__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
 
-	for (uint32_t r = 0; r < reps; r++)
-		for (uint32_t j = 0; j < g; j++) {
-			__m256 acc = _mm256_setzero_ps();
-
-			for (uint32_t c = 0; c < d; c += 8)
-				acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)j * d + c),
-					_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)
-						(k + (size_t)r * d + c))), acc);
-			__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc),
-					       _mm256_extractf128_ps(acc, 1));
-
-			s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-			s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-			best = fmaxf(best, _mm_cvtss_f32(s4));
-		}
-	return best;
+	s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+	s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+	return _mm_cvtss_f32(s4);
 }
 
-static float reps_scalar(const uint16_t *k, uint32_t reps, uint32_t d, const float *q, uint32_t g)
+#define SUMF _mm512_reduce_add_ps
+REPS_TILE("avx512f", __m512, reps_f16_avx512, 16, _mm512_setzero_ps(), Q_16, F16_16,
+	  _mm512_fmadd_ps, FIN_F)
+REPS_TILE("avx512f", __m512, reps_i8_avx512, 16, _mm512_setzero_ps(), Q_16, I8_16,
+	  _mm512_fmadd_ps, FIN_F)
+#undef SUMF
+#define SUMF hsum8
+REPS_TILE("avx2,f16c,fma", __m256, reps_f16_avx2, 8, _mm256_setzero_ps(), Q_8, F16_8,
+	  _mm256_fmadd_ps, FIN_F)
+REPS_TILE("avx2,f16c,fma", __m256, reps_i8_avx2, 8, _mm256_setzero_ps(), Q_8, I8_8,
+	  _mm256_fmadd_ps, FIN_F)
+#undef SUMF
+#define DPBUSD(qv, kv, acc) _mm512_dpbusd_epi32(acc, kv, qv)
+REPS_TILE("avx512f,avx512bw,avx512vnni", __m512i, reps_i8_vnni, 64, _mm512_setzero_si512(),
+	  Q_VNNI, K_VNNI, DPBUSD, FIN_VNNI)
+
+/* @sc: the scales' bytes, read one at a time (int8 rows of odd head_dim leave them
+ * unaligned). */
+static float reps_scalar(const void *k, const uint8_t *sc, uint32_t n, uint32_t d,
+			 const float *q, uint32_t g)
 {
 	float best = -INFINITY;
 
-	for (uint32_t r = 0; r < reps; r++)
+	for (uint32_t r = 0; r < n; r++) {
+		float s = 1.0f;
+
+		if (sc)
+			memcpy(&s, sc + (size_t)r * sizeof(s), sizeof(s));
 		for (uint32_t j = 0; j < g; j++) {
 			float acc = 0.0f;
 
 			for (uint32_t c = 0; c < d; c++)
-				acc += q[(size_t)j * d + c] * kvcd_f16_to_f32(k[(size_t)r * d + c]);
-			best = fmaxf(best, acc);
+				acc += q[(size_t)j * d + c] *
+				       (sc ? (float)((const int8_t *)k)[(size_t)r * d + c] :
+					     kvcd_f16_to_f32(((const uint16_t *)k)[(size_t)r * d + c]));
+			best = s * acc > best ? s * acc : best;
 		}
+	}
 	return best;
 }
 
+int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim)
+{
+	size_t n = (size_t)q_heads * head_dim;
+
+	memset(x, 0, sizeof(*x));
+	x->q = q;
+	x->q_heads = q_heads;
+	x->head_dim = head_dim;
+	x->pos = malloc(n * 2 * sizeof(float) + q_heads * (sizeof(float) + sizeof(int32_t)) + n);
+	if (!x->pos)
+		return -ENOMEM;
+	x->neg = x->pos + n;
+	x->q8_scale = x->neg + n;
+	x->q8_bias = (int32_t *)(x->q8_scale + q_heads);
+	x->q8 = (int8_t *)(x->q8_bias + q_heads);
+	kvcd_quest_prep(q, (uint32_t)n, x->pos, x->neg);
+	for (uint32_t j = 0; j < q_heads; j++) {
+		const float *qj = q + (size_t)j * head_dim;
+		float a = 0.0f, amax = 0.0f, sc;
+		int32_t sum = 0;
+
+		for (uint32_t c = 0; c < head_dim; c++) {
+			a += fabsf(qj[c]);
+			amax = fmaxf(amax, fabsf(qj[c]));
+		}
+		x->l1 = a > x->l1 ? a : x->l1;
+		sc = amax / 127.0f;
+		for (uint32_t c = 0; c < head_dim; c++) {
+			int8_t v = (int8_t)(sc > 0.0f ? lrintf(qj[c] / sc) : 0);
+
+			x->q8[(size_t)j * head_dim + c] = v;
+			sum += v;
+		}
+		x->q8_scale[j] = sc;
+		x->q8_bias[j] = 128 * sum;
+	}
+	x->l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */
+	return 0;
+}
+
+void kvcd_query_fini(struct kvcd_query *x)
+{
+	free(x->pos);
+	x->pos = NULL;
+}
+
 float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
-			 const float *q, const float *pos, const float *neg, float l1,
-			 uint32_t q_heads)
+			 const struct kvcd_query *x)
 {
 	struct kvcd_summary s;
-	const uint16_t *data = (const uint16_t *)((const uint8_t *)sum + sizeof(s));
-	uint32_t d = l->head_dim, g = q_heads / l->kv_heads, np;
+	const uint8_t *data = (const uint8_t *)sum + sizeof(s);
+	uint32_t d = l->head_dim, g = x->q_heads / l->kv_heads;
+	bool wide = isa == KVCD_ISA_AVX512 && d % 16 == 0;
 	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
+	bool vnni = isa == KVCD_ISA_AVX512 && d % 4 == 0 && kvcd_has_vnni();
 	float best = -INFINITY;
+	size_t n, per;
+	bool i8;
 
 	memcpy(&s, sum, sizeof(s));
-	if (!s.page)
+	if (!s.page || d != x->head_dim)
 		return -INFINITY;
 	if (s.kind == KVCD_SUMMARY_QUEST)
-		return kvcd_quest_score(isa, l, s.page, data, layer, pos, neg, l1, q_heads);
-	if (s.kind != KVCD_SUMMARY_REPS || !s.reps)
+		return kvcd_quest_score(isa, l, s.page, (const uint16_t *)data, layer, x->pos,
+					x->neg, x->l1, x->q_heads);
+	if ((s.kind != KVCD_SUMMARY_REPS && s.kind != KVCD_SUMMARY_REPS8) || !s.reps)
 		return -INFINITY;
-	np = kvcd_quest_pages(l, s.page);
+	i8 = s.kind == KVCD_SUMMARY_REPS8;
+	n = (size_t)kvcd_quest_pages(l, s.page) * s.reps;
+	per = n * (i8 ? d + sizeof(float) : 2 * (size_t)d);
 	for (uint32_t h = 0; h < l->kv_heads; h++) {
-		const uint16_t *k = data + ((size_t)layer * l->kv_heads + h) * np * s.reps * d;
-		float v = fast ? reps_avx2(k, np * s.reps, d, q + (size_t)h * g * d, g) :
-				 reps_scalar(k, np * s.reps, d, q + (size_t)h * g * d, g);
+		const uint8_t *k = data + ((size_t)layer * l->kv_heads + h) * per;
+		const uint8_t *sc = i8 ? k + n * d : NULL; /* 4-aligned when d % 4 == 0 */
+		float v;
 
-		best = fmaxf(best, v);
+		if (i8 && vnni)
+			v = reps_i8_vnni(k, (const float *)sc, (uint32_t)n, d, x, h * g, g);
+		else if (wide)
+			v = (i8 ? reps_i8_avx512 : reps_f16_avx512)(k, (const float *)sc,
+								   (uint32_t)n, d, x, h * g, g);
+		else if (fast)
+			v = (i8 ? reps_i8_avx2 : reps_f16_avx2)(k, (const float *)sc, (uint32_t)n,
+								 d, x, h * g, g);
+		else
+			v = reps_scalar(k, sc, (uint32_t)n, d, x->q + (size_t)h * g * d, g);
+		best = v > best ? v : best;
 	}
 	return best / sqrtf((float)d);
 }

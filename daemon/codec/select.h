@@ -91,12 +91,14 @@ float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
 #define KVCD_SUMMARY_QUEST 1	/* kvcd_quest_block's bounds: scores are upper bounds */
 #define KVCD_SUMMARY_REPS 2	/* per page, the @reps keys of largest norm (InfLLM-style
 				 * representatives): scores are their best q.k, not a bound */
+#define KVCD_SUMMARY_REPS8 3	/* the same keys in int8 with a scale per key: half the
+				 * bytes of REPS for a small error in the score */
 
 /* First bytes of the summary kept after a block's data. */
 struct kvcd_summary {
 	uint8_t kind;		/* KVCD_SUMMARY_* */
 	uint8_t page;		/* tokens per page, 1..255 */
-	uint8_t reps;		/* REPS: keys kept per page, 1..16 */
+	uint8_t reps;		/* REPS, REPS8: keys kept per page, 1..16 */
 	uint8_t pad[5];		/* 0 */
 };
 
@@ -105,11 +107,26 @@ size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary
 /* Write the summary of the raw block @block to @out. Returns 0 or -ENOMEM. */
 int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
 		      const void *block, void *out);
-/* The SELECT score of a block from its summary (see kvcd_quest_score for the arguments; @q
- * is the query itself, @pos, @neg and @l1 serve Quest). -INFINITY when the summary's header
- * is not one kvcd writes. */
+/* A SELECT request's queries [q_heads][head_dim], prepared once for every summary kind. */
+struct kvcd_query {
+	const float *q;		/* the caller's; must outlive this */
+	uint32_t q_heads, head_dim;
+	float *pos, *neg;	/* Quest: kvcd_quest_prep's halves */
+	float l1;		/* Quest: the largest L1 norm of a query head, rounded up */
+	int8_t *q8;		/* REPS8 on VNNI: each query head in int8, symmetric */
+	float *q8_scale;	/* its scale (absmax / 127) */
+	int32_t *q8_bias;	/* 128 x the sum of its int8 values */
+};
+/* Prepare @q (finite). Returns 0 or -ENOMEM; kvcd_query_fini frees what it holds. */
+int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim);
+void kvcd_query_fini(struct kvcd_query *x);
+
+/* The SELECT score of a block from its summary at @layer, for queries @x (q_heads a multiple
+ * of kv_heads; query head h reads KV head h / (q_heads / kv_heads)), over sqrt(head_dim):
+ * Quest's bound (see kvcd_quest_score), or the best q.k over the representatives. With REPS8
+ * on a CPU with AVX-512 VNNI the query is taken in int8 too. -INFINITY when the summary's
+ * header is not one kvcd writes or the head_dim differs. */
 float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
-			 const float *q, const float *pos, const float *neg, float l1,
-			 uint32_t q_heads);
+			 const struct kvcd_query *x);
 
 #endif
