@@ -543,7 +543,7 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
  * repeat the last one, which a maximum does not notice. Each ISA and key type is its own
  * function, unrolled, so the accumulators stay in registers. */
 
-#define REPS_TILE(ISA, VEC, NAME, W, ZERO, LOADQ, KEY, FMA, FIN)                                 \
+#define REPS_TILE(ISA, VEC, NAME, W, ZERO, LOADQ, KEY, FMA, SUM)                                 \
 	__attribute__((target(ISA), always_inline)) static inline float                          \
 	NAME##_tile(const void *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,          \
 		    const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0, const uint32_t kn, \
@@ -564,9 +564,9 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
 			VEC kv[4];                                                               \
                                                                                                  \
 			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                \
-				kv[i] = KEY(k, kr[i] * d + c, d - c);                            \
+				kv[i] = KEY(k, kr[i] * d + c);                            \
 			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
-				VEC qv = LOADQ(x, qi[j] * d + c, d - c);                         \
+				VEC qv = LOADQ(x, qi[j] * d + c);                         \
                                                                                                  \
 				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)        \
 					acc[i][j] = FMA(qv, kv[i], acc[i][j]);                   \
@@ -576,7 +576,7 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
 			float s = sc ? sc[kr[i]] : 1.0f;                                         \
                                                                                                  \
 			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
-				float v = s * FIN(acc[i][j], x, qi[j]);                          \
+				float v = s * SUM(acc[i][j]);                          \
                                                                                                  \
 				best = v > best ? v : best;                                      \
 			}                                                                        \
@@ -612,30 +612,19 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
 		return best;                                                                     \
 	}
 
-/* Loads of 16 (AVX-512) or 8 (AVX2) channels at offset o; m: channels left (unused here). */
-#define F16_16(k, o, m) \
+/* Loads of 16 (AVX-512) or 8 (AVX2) channels of a key or query row at offset o, as floats. */
+#define F16_16(k, o) \
 	_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(k) + (o))))
-#define I8_16(k, o, m) \
+#define I8_16(k, o) \
 	_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)(k) \
 										  + (o)))))
-#define Q_16(x, o, m) _mm512_loadu_ps((x)->q + (o))
-#define F16_8(k, o, m) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
-#define I8_8(k, o, m) \
+#define Q_16(x, o) _mm512_loadu_ps((x)->q + (o))
+#define F16_8(k, o) \
+	_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
+#define I8_8(k, o) \
 	_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)(k) \
 										  + (o)))))
-#define Q_8(x, o, m) _mm256_loadu_ps((x)->q + (o))
-#define FIN_F(acc, x, j) SUMF(acc)
-
-/* VNNI: 64 int8 channels at a time, the tail masked to zero. Keys are read as unsigned k + 128
- * (the sign bit flipped) against the signed int8 query; FIN takes the query's 128 sum(q)
- * back off and applies its scale. */
-#define MASK64(m) ((m) >= 64 ? ~0ull : (1ull << (m)) - 1)
-#define K_VNNI(k, o, m) \
-	_mm512_xor_si512(_mm512_maskz_loadu_epi8(MASK64(m), (const int8_t *)(k) + (o)), \
-			 _mm512_set1_epi8((char)0x80))
-#define Q_VNNI(x, o, m) _mm512_maskz_loadu_epi8(MASK64(m), (x)->q8 + (o))
-#define FIN_VNNI(acc, x, j) \
-	((float)(_mm512_reduce_add_epi32(acc) - (x)->q8_bias[j]) * (x)->q8_scale[j])
+#define Q_8(x, o) _mm256_loadu_ps((x)->q + (o))
 
 __attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
 {
@@ -646,21 +635,109 @@ __attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
 	return _mm_cvtss_f32(s4);
 }
 
-#define SUMF _mm512_reduce_add_ps
 REPS_TILE("avx512f", __m512, reps_f16_avx512, 16, _mm512_setzero_ps(), Q_16, F16_16,
-	  _mm512_fmadd_ps, FIN_F)
+	  _mm512_fmadd_ps, _mm512_reduce_add_ps)
 REPS_TILE("avx512f", __m512, reps_i8_avx512, 16, _mm512_setzero_ps(), Q_16, I8_16,
-	  _mm512_fmadd_ps, FIN_F)
-#undef SUMF
-#define SUMF hsum8
+	  _mm512_fmadd_ps, _mm512_reduce_add_ps)
 REPS_TILE("avx2,f16c,fma", __m256, reps_f16_avx2, 8, _mm256_setzero_ps(), Q_8, F16_8,
-	  _mm256_fmadd_ps, FIN_F)
+	  _mm256_fmadd_ps, hsum8)
 REPS_TILE("avx2,f16c,fma", __m256, reps_i8_avx2, 8, _mm256_setzero_ps(), Q_8, I8_8,
-	  _mm256_fmadd_ps, FIN_F)
-#undef SUMF
-#define DPBUSD(qv, kv, acc) _mm512_dpbusd_epi32(acc, kv, qv)
-REPS_TILE("avx512f,avx512bw,avx512vnni", __m512i, reps_i8_vnni, 64, _mm512_setzero_si512(),
-	  Q_VNNI, K_VNNI, DPBUSD, FIN_VNNI)
+	  _mm256_fmadd_ps, hsum8)
+
+/* int8 keys on AVX-512 VNNI: 64 channels per vpdpbusd, the tail masked to zero. The keys are
+ * read as unsigned k + 128 (sign bit flipped) against the signed int8 query, each
+ * accumulator starting at -128 sum(q) in its first lane to take that back off. A tile is 4
+ * keys by 1 query head (g == 1) or by 4 (heads past g repeat the last), and its sums are
+ * reduced together: a transpose-and-add tree leaves the sum of key i and query j in lane 4i+j
+ * (4 by 4) or i (4 by 1), where one multiply applies every key and query scale. */
+#define VNNI_TILE(JN)                                                                            \
+	__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float                       \
+	vnni_tile##JN(const int8_t *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,      \
+		      const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0)         \
+	{                                                                                        \
+		__m512i acc[4][JN], flip = _mm512_set1_epi8((char)0x80);                         \
+		size_t kr[4], qi[JN];                                                            \
+		float qs[4];                                                                     \
+                                                                                                 \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                         \
+			kr[i] = (size_t)(r + i < n ? r + i : n - 1);                             \
+		_Pragma("GCC unroll 4") for (uint32_t j = 0; j < JN; j++) {                      \
+			qi[j] = q0 + (j0 + j < g ? j0 + j : g - 1);                              \
+			qs[j] = x->q8_scale[qi[j]];                                              \
+			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                 \
+				acc[i][j] = _mm512_maskz_set1_epi32(1, -x->q8_bias[qi[j]]);      \
+		}                                                                                \
+		for (uint32_t c = 0; c < d; c += 64) {                                           \
+			__mmask64 m = d - c >= 64 ? ~0ull : (1ull << (d - c)) - 1;               \
+			__m512i kv[4];                                                           \
+                                                                                                 \
+			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                 \
+				kv[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, k + kr[i] *  \
+										 d + c), flip);  \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < JN; j++) {              \
+				__m512i qv = _mm512_maskz_loadu_epi8(m, x->q8 + qi[j] * d + c);  \
+                                                                                                 \
+				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)         \
+					acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], kv[i], qv);   \
+			}                                                                        \
+		}                                                                                \
+		__m128 ks = _mm_set_ps(sc[kr[3]], sc[kr[2]], sc[kr[1]], sc[kr[0]]);              \
+		return vnni_finish##JN(acc, ks, qs);                                             \
+	}
+
+/* Pairs of vectors to one: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3]; then, of two such,
+ * [a, b, c, d] partial sums. */
+#define ADD32(a, b) _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+#define ADD64(a, b) _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+#define ADD128(a, b) \
+	_mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xdd))
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline float
+vnni_finish1(__m512i acc[4][1], __m128 ks, const float *qs)
+{
+	__m512i v = ADD64(ADD32(acc[0][0], acc[1][0]), ADD32(acc[2][0], acc[3][0]));
+	__m256i h = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+	__m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+	__m128 f = _mm_mul_ps(_mm_cvtepi32_ps(t), _mm_mul_ps(ks, _mm_set1_ps(qs[0])));
+
+	f = _mm_max_ps(f, _mm_movehl_ps(f, f));
+	return _mm_cvtss_f32(_mm_max_ss(f, _mm_movehdup_ps(f)));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline float
+vnni_finish4(__m512i acc[4][4], __m128 ks, const float *qs)
+{
+	__m512i b[4], v;
+
+	_Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+		b[i] = ADD64(ADD32(acc[i][0], acc[i][1]), ADD32(acc[i][2], acc[i][3]));
+	v = ADD128(ADD128(b[0], b[1]), ADD128(b[2], b[3]));
+	__m512 s = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1,
+									1, 1, 1, 0, 0, 0, 0),
+						       _mm512_castps128_ps512(ks)),
+				 _mm512_broadcast_f32x4(_mm_loadu_ps(qs)));
+
+	return _mm512_reduce_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+}
+
+VNNI_TILE(1)
+VNNI_TILE(4)
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
+reps_i8_vnni(const void *k, const float *sc, uint32_t n, uint32_t d, const struct kvcd_query *x,
+	     uint32_t q0, uint32_t g)
+{
+	float best = -INFINITY;
+
+	for (uint32_t r = 0; r < n; r += 4)
+		for (uint32_t j0 = 0; j0 < g; j0 += g == 1 ? 1 : 4) {
+			float v = g == 1 ? vnni_tile1(k, sc, n, r, d, x, q0, g, j0) :
+					   vnni_tile4(k, sc, n, r, d, x, q0, g, j0);
+
+			best = v > best ? v : best;
+		}
+	return best;
+}
 
 /* @sc: the scales' bytes, read one at a time (int8 rows of odd head_dim leave them
  * unaligned). */
