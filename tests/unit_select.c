@@ -359,7 +359,7 @@ Test(select, representative_keys_keep_the_largest_and_score_their_best_dot)
 
 /* int8 representatives (REPS8): with every key kept, the score is the exact best q.k to within
  * the rounding of keys and, on VNNI, of the query to int8: |q|_1 max|k| / 254 + |k|_1 max|q|
- * / 254 per dot. Head dims that leave a tail to every ISA (12, 16, 72), 1 and 4 query heads
+ * / 254 per dot. Head dims that leave a tail to every ISA (12, 16, 72), 1, 2 and 4 query heads
  * per KV head, every ISA; the result never lies outside that band. */
 Test(select, int8_representatives_score_the_best_dot_within_their_rounding)
 {
@@ -371,7 +371,7 @@ Test(select, int8_representatives_score_the_best_dot_within_their_rounding)
 	struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS8, .page = 4, .reps = 4 };
 
 	for (int trial = 0; trial < 60; trial++) {
-		uint32_t d = dims[trial % 3], qh = trial % 2 ? 8 : 2, g = qh / 2;
+		uint32_t d = dims[trial % 3], qh = 2u << (trial / 3 % 3), g = qh / 2;
 		struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2,
 					 .head_dim = (uint16_t)d, .tokens = TT };
 		double best = -INFINITY, tol = 0;
