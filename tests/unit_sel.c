@@ -376,13 +376,15 @@ Test(sel, policy_strings)
 			     "none:select=recent,keep=0.5,sink=4", "int8:select=keynorm,merge=value",
 			     "none:rank=6,bounds=quest,page=4", "none:select=h2o,rank=3",
 			     "int8:bounds=reps8", "none:bounds=reps8,reps=6,page=8",
-			     "none:select=h2o,bounds=reps,reps=3" };
+			     "none:select=h2o,bounds=reps,reps=3", "none:rank=4,factors=int8",
+			     "none:select=snapkv,rank=6,factors=int8,bounds=quest" };
 	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
 			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
 			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
 			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%",
 			      "int8:rank=4", "none:rank=256", "none:page=4",
-			      "none:bounds=quest,reps=2", "none:bounds=reps9", "none:bounds=reps8,reps=17" };
+			      "none:bounds=quest,reps=2", "none:bounds=reps9", "none:bounds=reps8,reps=17",
+			      "none:factors=int8", "none:rank=4,factors=int4" };
 	char buf[KVCD_POLICY_STR], why[128];
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -407,10 +409,33 @@ Test(sel, policy_strings)
 
 /* Low-rank: at full rank the block comes back to float precision; a rank-1 K is exact at
  * rank 1; the error never grows with the rank; with select= the factors cover the kept rows. */
+/* Relative Frobenius error of every row of @v against @b; *@k00: the largest error in K of
+ * (layer 0, head 0). */
+static double rel_err(struct blk *b, const struct view *v, double *k00)
+{
+	double num = 0, den = 0;
+
+	*k00 = 0;
+	for (uint32_t ly = 0; ly < LY; ly++)
+		for (uint32_t h = 0; h < H; h++)
+			for (int kv = 0; kv < 2; kv++)
+				for (uint32_t t = 0; t < T; t++)
+					for (int c = 0; c < D; c++) {
+						double x = row(b, ly, kv, t, h)[c];
+						double y = v->rows[(((ly * H + h) * 2 + kv) * T + t) * D + c];
+
+						num += (x - y) * (x - y);
+						den += x * x;
+						if (!ly && !h && !kv)
+							*k00 = fmax(*k00, fabs(x - y));
+					}
+	return sqrt(num / den);
+}
+
 Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 {
 	static struct blk b;
-	double prev = INFINITY;
+	double prev = INFINITY, k00;
 
 	make(&b);
 	for (uint32_t t = 0; t < T; t++) /* layer 0, head 0: K = u v^T */
@@ -419,28 +444,16 @@ Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 	for (uint32_t r = 1; r <= D; r++) {
 		char s[64];
 		struct view v;
-		double num = 0, den = 0, k00 = 0;
 		void *dec;
 
 		snprintf(s, sizeof(s), "none:rank=%u", r);
 		dec = roundtrip(&b, s, 0, &v);
 		cr_assert_eq(v.h.total, LY * H * T, "every token kept");
-		for (uint32_t ly = 0; ly < LY; ly++)
-			for (uint32_t h = 0; h < H; h++)
-				for (int kv = 0; kv < 2; kv++)
-					for (uint32_t t = 0; t < T; t++)
-						for (int c = 0; c < D; c++) {
-							double x = row(&b, ly, kv, t, h)[c];
-							double y = v.rows[(((ly * H + h) * 2 + kv) * T + t) * D + c];
+		double e = rel_err(&b, &v, &k00);
 
-							num += (x - y) * (x - y);
-							den += x * x;
-							if (!ly && !h && !kv)
-								k00 = fmax(k00, fabs(x - y));
-						}
 		cr_assert_leq(k00, 1e-4, "rank %u: a rank-1 K is exact (%g)", r, k00);
-		cr_assert_leq(sqrt(num / den), prev + 1e-6, "rank %u: no worse than rank %u", r, r - 1);
-		prev = sqrt(num / den);
+		cr_assert_leq(e, prev + 1e-6, "rank %u: no worse than rank %u", r, r - 1);
+		prev = e;
 		if (r < D)
 			cr_assert_gt(prev, 1e-3, "rank %u < %u of random rows loses something", r, D);
 		free(dec);
@@ -453,6 +466,14 @@ Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 		for (int c = 0; c < D; c++)
 			cr_assert_float_eq(v.rows[(v.count[0] * 2 + i) * D + c],
 					   row(&b, 0, 0, v.tok[v.count[0] + i], 1)[c], 1e-4);
+	free(dec);
+	/* factors=int8: at full rank, int8 precision (each factor row to 1/254 of its largest
+	 * value); not float precision, so the int8 path really ran */
+	dec = roundtrip(&b, "none:rank=8,factors=int8", 0, &v);
+	double e8 = rel_err(&b, &v, &k00);
+
+	cr_assert_leq(e8, 0.01, "int8 factors at full rank (%g)", e8);
+	cr_assert_gt(e8, 1e-4, "int8 factors are not exact (%g)", e8);
 	free(dec);
 }
 

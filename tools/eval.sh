@@ -54,7 +54,8 @@ $q54,$snap,keep=50%,resid=quant;kivi:kbits=4,vbits=4,group=64,params=u8,$snap,ke
 $q65,$snap,keep=25%;$q54,$snap,keep=25%,resid=quant;\
 kivi:kbits=4,vbits=3,group=64,params=u8,$snap,keep=25%,resid=quant;\
 $q54,$snap,keep=12.5%,resid=quant;\
-none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7;\
+none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7;none:rank=8,factors=int8;\
+none:rank=6,factors=int8;\
 none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel")
@@ -113,7 +114,8 @@ their log-sum-exp so it is their true softmax). Budgets: \`uniform\`, \`pyramid\
 \`adakv\` (Ada-KV, floor 20%). \`merge=key\` folds each dropped token's value into the kept
 token of most similar key by attention mass and records the mass as an attention bias;
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
-V as a truncated SVD of rank R (LAPACKE); \`minicache=L\` merges pairs of adjacent layers from
+V as a truncated SVD of rank R (LAPACKE), \`factors=int8\` its factors as int8 rows with a
+scale each; \`minicache=L\` merges pairs of adjacent layers from
 layer L on (MiniCache). The pure quantization policies are measured
 again on the same blocks so the frontier compares them at equal memory.
 
@@ -140,8 +142,10 @@ What the numbers say on this model:
   selectors (StreamingLLM, key-norm), which are far behind anyway.
 - Low-rank does not pay off on this model: with head_dim 8 a per-head SVD saves little and
   loses a whole direction of 8 (rank 7: 1.1x for a perplexity ratio of about 4.6; rank 6: 1.3x
-  for about 13, the independent baseline's 13). It is there for models whose heads are
-  larger and whose keys are closer to low-rank.
+  for about 13, the independent baseline's 13). int8 factors do not change that: at full
+  rank they cost 12 bytes per 8-value row (int8 plus a scale) against int8 quantization's
+  ~9, so they sit behind it. It is there for models whose heads are larger and whose keys
+  are closer to low-rank.
 - MiniCache on the last two layers (layers 3 and 4 share one direction per token, SLERP at
   t = 0.6, 5% of tokens kept unmerged) saves 14% of the memory for a perplexity ratio of
   about 3.4, the independent baseline's figure; t = 0 (layer 4 takes layer 3's directions

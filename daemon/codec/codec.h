@@ -84,7 +84,9 @@ struct kvcd_policy {
 	uint8_t mc_t;		/* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
 	uint8_t mc_keep;	/* MiniCache: percent of tokens per (pair, head) kept unmerged */
 	uint8_t reps;		/* bounds=reps, reps8: keys kept per page, 1..16 */
-	uint8_t pad[3];		/* 0 */
+	uint8_t factors;	/* rank: 0 factors in the engine's dtype, 8 int8 rows with an
+				 * f32 scale each (sel.c) */
+	uint8_t pad[2];		/* 0 */
 };
 
 /* Does @p go through sel.c (token selection, low-rank or MiniCache)? */

@@ -18,7 +18,8 @@
  * tokens (default 16): Quest's channel-wise bounds, or the reps=R keys of largest norm, f16
  * (reps; default 2: the same bytes as Quest's bounds) or int8 with a scale per key (reps8;
  * default 4: about the same bytes again).
- * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R.
+ * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R;
+ * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype).
  * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
  * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
  * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
@@ -107,6 +108,12 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		if (num(v, 16, &n) || !n)
 			return WHY("reps=%s: keys kept per page, 1..16", v);
 		p->reps = (uint8_t)n;
+		return 0;
+	}
+	if (!strcmp(k, "factors")) {
+		if (strcmp(v, "int8") && strcmp(v, "dtype"))
+			return WHY("factors=%s: int8 or dtype (the engine's)", v);
+		p->factors = v[0] == 'i' ? 8 : 0;
 		return 0;
 	}
 	if (!strcmp(k, "rank")) {
@@ -280,6 +287,8 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		return WHY("reps needs bounds=reps or reps8");
 	if (!p->mc && (p->mc_t || p->mc_keep))
 		return WHY("slerp and retain need minicache=");
+	if (p->factors && !p->rank)
+		return WHY("factors needs rank=");
 	if (p->mc && (p->select || p->rank))
 		return WHY("minicache does not compose with select or rank yet");
 	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel))
@@ -310,7 +319,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 				ADD("minicache=%u,slerp=%g,retain=%u%%%s", p->mc - 1, p->mc_t / 100.0,
 				    p->mc_keep, p->rank || p->bounds ? "," : "");
 			if (p->rank)
-				ADD("rank=%u%s", p->rank, p->bounds ? "," : "");
+				ADD("rank=%u%s%s", p->rank, p->factors ? ",factors=int8" : "",
+				    p->bounds ? "," : "");
 			if (p->bounds)
 				ADD("bounds=%s,page=%u", bounds_name[p->bounds], p->page);
 			if (p->reps)
@@ -319,7 +329,7 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		}
 		ADD(":sink=%u", p->sink);
 		if (p->rank)
-			ADD(",rank=%u", p->rank);
+			ADD(",rank=%u%s", p->rank, p->factors ? ",factors=int8" : "");
 	} else {
 		ADD(":");
 		if (p->kind == KVCD_CODEC_INT && p->kbits == p->vbits)
@@ -383,10 +393,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
 	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
-	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0] || p->pad[1] ||
-	    p->pad[2])
+	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0] ||
+	    p->pad[1])
 		return WHY("bad bounds");
-	if (p->rank && p->kind != KVCD_CODEC_NONE)
+	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->factors && (!p->rank || p->factors != 8)))
 		return WHY("bad rank");
 	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||
 		       p->mc_keep > 100 || p->mc > l->layers)) || (!p->mc && (p->mc_t || p->mc_keep)))

@@ -44,6 +44,16 @@ static uint32_t rank_of(const struct kvcd_policy *p, uint32_t n, uint32_t d)
 	return r < d ? r : d;
 }
 
+/* Bytes of one of K's or V's factors for @n rows: U_r S_r [n][r] and V_r^T [r][d], in the
+ * engine's dtype, or (factors=int8) as int8 rows followed by each row's f32 scale. */
+static uint64_t factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t n, uint32_t r,
+			     uint32_t d)
+{
+	uint64_t e = (uint64_t)n * r + (uint64_t)r * d;
+
+	return p->factors ? e + ((uint64_t)n + r) * sizeof(float) : e * kvcp_dtype_size(dtype);
+}
+
 /* ---- MiniCache: adjacent layers sharing one direction per token ---------------------------- */
 
 /* Layer @ly under @p: 0 on its own, 1 the first of a merged pair, 2 the second. */
@@ -86,7 +96,7 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
 	if (!p->rank)
 		return kvcd_codec_body_size(p, &m, scores, pos);
-	return 2 * ((uint64_t)n * r + r * l->head_dim) * kvcp_dtype_size(l->dtype);
+	return 2 * factor_bytes(p, l->dtype, n, (uint32_t)r, l->head_dim);
 }
 
 /* LAPACKE (on OpenBLAS, from Debian) is loaded at first use rather than linked: OpenBLAS's
@@ -110,14 +120,45 @@ static void lapack_load(void)
 		threads(1); /* tiny matrices, on the worker's own core */
 }
 
-/* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], in
- * @dtype to @o. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1 floats. */
-static int lowrank_put(enum kvcd_isa isa, uint8_t dtype, float *x, uint32_t n, uint32_t d,
-		       uint32_t r, float *u, float *sv, float *vt, uint8_t *o)
+/* @rows x @cols floats as int8 rows (symmetric, absmax / 127) to @o, their f32 scales to
+ * @scales. */
+static void rows_to_i8(const float *x, uint32_t rows, uint32_t cols, int8_t *o, uint8_t *scales)
+{
+	for (uint32_t i = 0; i < rows; i++) {
+		const float *xi = x + (size_t)i * cols;
+		float amax = 0.0f, sc;
+
+		for (uint32_t c = 0; c < cols; c++)
+			amax = fmaxf(amax, fabsf(xi[c]));
+		sc = amax / 127.0f;
+		for (uint32_t c = 0; c < cols; c++)
+			o[(size_t)i * cols + c] = (int8_t)(sc > 0.0f ? lrintf(xi[c] / sc) : 0);
+		memcpy(scales + (size_t)i * sizeof(sc), &sc, sizeof(sc));
+	}
+}
+
+static void rows_from_i8(const int8_t *in, const uint8_t *scales, uint32_t rows, uint32_t cols,
+			 float *x)
+{
+	for (uint32_t i = 0; i < rows; i++) {
+		float sc;
+
+		memcpy(&sc, scales + (size_t)i * sizeof(sc), sizeof(sc));
+		for (uint32_t c = 0; c < cols; c++)
+			x[(size_t)i * cols + c] = sc * in[(size_t)i * cols + c];
+	}
+}
+
+/* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], to @o
+ * as factor_bytes() lays them out. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1
+ * floats. */
+static int lowrank_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x,
+		       uint32_t n, uint32_t d, uint32_t r, float *u, float *sv, float *vt,
+		       uint8_t *o)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	uint32_t k = n < d ? n : d;
-	size_t es = kvcp_dtype_size(dtype);
+	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
 
 	pthread_once(&once, lapack_load);
 	if (!sgesdd)
@@ -129,20 +170,32 @@ static int lowrank_put(enum kvcd_isa isa, uint8_t dtype, float *x, uint32_t n, u
 		for (uint32_t j = 0; j < r; j++)
 			x[(size_t)i * r + j] = u[(size_t)i * k + j] * sv[j];
 	}
+	if (p->factors) {
+		rows_to_i8(x, n, r, (int8_t *)o, o + e);
+		rows_to_i8(vt, r, d, (int8_t *)o + (size_t)n * r, o + e + (size_t)n * sizeof(float));
+		return 0;
+	}
 	kvcd_from_f32(isa, dtype, x, o, (size_t)n * r);
 	kvcd_from_f32(isa, dtype, vt, o + (size_t)n * r * es, (size_t)r * d);
 	return 0;
 }
 
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
-static void lowrank_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n,
-			uint32_t d, uint32_t r, float *a, uint8_t *out)
+static void lowrank_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
+			const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, float *a,
+			uint8_t *out)
 {
-	size_t es = kvcp_dtype_size(dtype);
+	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
 	float *b = a + (size_t)n * r, *row = b + (size_t)r * d;
 
-	kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
-	kvcd_to_f32(isa, dtype, in + (size_t)n * r * es, b, (size_t)r * d);
+	if (p->factors) {
+		rows_from_i8((const int8_t *)in, in + e, n, r, a);
+		rows_from_i8((const int8_t *)in + (size_t)n * r, in + e + (size_t)n * sizeof(float),
+			     r, d, b);
+	} else {
+		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
+		kvcd_to_f32(isa, dtype, in + (size_t)n * r * es, b, (size_t)r * d);
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		memset(row, 0, (size_t)d * 4);
 		for (uint32_t j = 0; j < r; j++)
@@ -646,13 +699,13 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			}
 			if (p->rank) {
 				uint32_t r = rank_of(p, m, d);
-				size_t half = ((size_t)m * r + (size_t)r * d) *
-					      kvcp_dtype_size(l->dtype);
+				size_t half = factor_bytes(p, l->dtype, m, r, d);
 
-				err = lowrank_put(isa, l->dtype, w.rows, m, d, r, w.u, w.sv, w.vt, body);
+				err = lowrank_put(isa, p, l->dtype, w.rows, m, d, r, w.u, w.sv, w.vt,
+						  body);
 				if (!err)
-					err = lowrank_put(isa, l->dtype, w.rows + (size_t)m * d, m, d, r,
-							  w.u, w.sv, w.vt, body + half);
+					err = lowrank_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
+							  r, w.u, w.sv, w.vt, body + half);
 			} else {
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
 				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
@@ -792,10 +845,11 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		}
 		if (h->pol.rank) {
 			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
-			size_t half = ((size_t)c * r + (size_t)r * d) * kvcp_dtype_size(hl->dtype);
+			size_t half = factor_bytes(&h->pol, hl->dtype, c, r, d);
 
-			lowrank_get(isa, hl->dtype, in, c, d, r, fac, rows);
-			lowrank_get(isa, hl->dtype, in + half, c, d, r, fac, rows + (size_t)c * row);
+			lowrank_get(isa, &h->pol, hl->dtype, in, c, d, r, fac, rows);
+			lowrank_get(isa, &h->pol, hl->dtype, in + half, c, d, r, fac,
+				    rows + (size_t)c * row);
 		} else {
 			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
