@@ -82,6 +82,8 @@ static struct view view_of(const void *out)
 	return v;
 }
 
+static uint64_t last_bytes; /* the encoded size of roundtrip's last block */
+
 /* Encode @b under @s, decode, check sizes and the sparse header. Returns the output (free). */
 static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *v)
 {
@@ -108,8 +110,9 @@ static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *
 	cr_assert_eq(v->h.magic, KVCP_SPARSE_MAGIC);
 	cr_assert_eq(v->h.tokens, T);
 	cr_assert_eq(out, kvcp_sparse_bytes(&LAY, v->h.total));
-	for (int i = 0; i < LY * H; i++)
-		cr_assert_eq(v->count[i], counts[i], "%s: head %d", s, i);
+	for (int i = 0; i < LY * H; i++) /* cold=: every token comes back */
+		cr_assert_eq(v->count[i], p.cold ? T : counts[i], "%s: head %d", s, i);
+	last_bytes = n;
 	free(enc);
 	return dec;
 }
@@ -377,14 +380,18 @@ Test(sel, policy_strings)
 			     "none:rank=6,bounds=quest,page=4", "none:select=h2o,rank=3",
 			     "int8:bounds=reps8", "none:bounds=reps8,reps=6,page=8",
 			     "none:select=h2o,bounds=reps,reps=3", "none:rank=4,factors=int8",
-			     "none:select=snapkv,rank=6,factors=int8,bounds=quest" };
+			     "none:select=snapkv,rank=6,factors=int8,bounds=quest",
+			     "kivi:kbits=5,vbits=4,group=64,select=snapkv,keep=25%,cold=2",
+			     "none:select=h2o,window=8,cold=8,bounds=reps8" };
 	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
 			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
 			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
 			      "none:select=h2o,budget=greedy", "none:select=h2o,keep=101%",
 			      "int8:rank=4", "none:rank=256", "none:page=4",
 			      "none:bounds=quest,reps=2", "none:bounds=reps9", "none:bounds=reps8,reps=17",
-			      "none:factors=int8", "none:rank=4,factors=int4" };
+			      "none:factors=int8", "none:rank=4,factors=int4", "none:cold=4",
+			      "none:select=h2o,merge=key,cold=4", "none:select=h2o,cold=1",
+			      "none:select=h2o,cold=9", "none:select=h2o,rank=4,cold=4" };
 	char buf[KVCD_POLICY_STR], why[128];
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -475,6 +482,64 @@ Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 	cr_assert_leq(e8, 0.01, "int8 factors at full rank (%g)", e8);
 	cr_assert_gt(e8, 1e-4, "int8 factors are not exact (%g)", e8);
 	free(dec);
+}
+
+/* cold=B: the tokens selection drops come back too, every token in order; the kept ones
+ * exactly as without cold=, the others to B-bit precision (8 bits: a few percent, 2 bits:
+ * far worse); fewer bits store fewer bytes, and all of them fewer than the raw block. */
+Test(sel, cold_tokens_come_back_at_their_precision)
+{
+	static struct blk b;
+	struct view v, v0;
+	void *d0, *dec;
+	double prev_err = 0;
+	uint64_t prev_bytes = ~0ull;
+
+	make(&b);
+	d0 = roundtrip(&b, "none:select=keynorm,keep=50%", 0, &v0);
+	for (int bits = 8; bits >= 2; bits -= 3) { /* 8, 5, 2 */
+		char s[64];
+		double num = 0, den = 0;
+		size_t hot = 0;
+
+		snprintf(s, sizeof(s), "none:select=keynorm,keep=50%%,cold=%d", bits);
+		dec = roundtrip(&b, s, 0, &v);
+		cr_assert_eq(v.h.total, LY * H * T);
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t h = 0; h < H; h++) {
+				size_t u = (size_t)ly * H + h, k = 0;
+
+				for (uint32_t t = 0; t < T; t++) {
+					bool kept = k < v0.count[u] && v0.tok[hot + k] == t;
+
+					cr_assert_eq(v.tok[u * T + t], t, "%s: every token, in order", s);
+					for (int kv = 0; kv < 2; kv++)
+						for (int c = 0; c < D; c++) {
+							double x = row(&b, ly, kv, t, h)[c];
+							double y = v.rows[((u * 2 + kv) * T + t) * D + c];
+
+							if (kept)
+								cr_assert_eq(x, y, "%s: kept rows exact", s);
+							else
+								num += (x - y) * (x - y), den += x * x;
+						}
+					k += kept;
+				}
+				hot += v0.count[u];
+			}
+		double e = sqrt(num / den);
+
+		cr_assert_gt(e, prev_err, "%s: fewer bits, more error (%g)", s, e);
+		cr_assert_leq(e, bits == 8 ? 0.02 : bits == 5 ? 0.1 : 0.6, "%s: error %g", s, e);
+		cr_assert_lt(last_bytes, prev_bytes, "%s: fewer bits, fewer bytes", s);
+		cr_assert_lt(last_bytes, kvcp_layout_bytes(&LAY), "%s: smaller than raw", s);
+		for (uint64_t i = 0; i < v.h.total; i++)
+			cr_assert_eq(v.bias[i], 0.0f);
+		prev_err = e;
+		prev_bytes = last_bytes;
+		free(dec);
+	}
+	free(d0);
 }
 
 /* MiniCache: layers 1 and 2 share directions; with t = 0 layer 1 comes back exactly and with

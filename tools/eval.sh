@@ -56,6 +56,8 @@ kivi:kbits=4,vbits=3,group=64,params=u8,$snap,keep=25%,resid=quant;\
 $q54,$snap,keep=12.5%,resid=quant;\
 none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7;none:rank=8,factors=int8;\
 none:rank=6,factors=int8;\
+none:$snap,keep=50%,cold=8;none:$snap,keep=50%,cold=4;none:$snap,keep=25%,cold=4;\
+none:$snap,keep=50%,cold=2;$q54,$snap,keep=50%,resid=quant,cold=2;\
 none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel")
@@ -115,7 +117,8 @@ their log-sum-exp so it is their true softmax). Budgets: \`uniform\`, \`pyramid\
 token of most similar key by attention mass and records the mass as an attention bias;
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
 V as a truncated SVD of rank R (LAPACKE), \`factors=int8\` its factors as int8 rows with a
-scale each; \`minicache=L\` merges pairs of adjacent layers from
+scale each; \`cold=B\` keeps the tokens selection drops as B-bit ints instead of losing them;
+\`minicache=L\` merges pairs of adjacent layers from
 layer L on (MiniCache). The pure quantization policies are measured
 again on the same blocks so the frontier compares them at equal memory.
 
@@ -146,6 +149,11 @@ What the numbers say on this model:
   rank they cost 12 bytes per 8-value row (int8 plus a scale) against int8 quantization's
   ~9, so they sit behind it. It is there for models whose heads are larger and whose keys
   are closer to low-rank.
+- Demoting dropped tokens (\`cold=B\`) rather than dropping them brings SnapKV+Ada-KV at 50%
+  from a ratio of about 1.41 (1.98x) to about 1.013 with 4-bit cold tokens (1.44x), but the
+  raw kept half makes it dearer than plain quantization at that quality (int8: 1.78x at about
+  1.004). 2-bit cold rows are per-token int2 groups of 8 values here and lose most of what
+  they keep.
 - MiniCache on the last two layers (layers 3 and 4 share one direction per token, SLERP at
   t = 0.6, 5% of tokens kept unmerged) saves 14% of the memory for a perplexity ratio of
   about 3.4, the independent baseline's figure; t = 0 (layer 4 takes layer 3's directions

@@ -86,7 +86,9 @@ struct kvcd_policy {
 	uint8_t reps;		/* bounds=reps, reps8: keys kept per page, 1..16 */
 	uint8_t factors;	/* rank: 0 factors in the engine's dtype, 8 int8 rows with an
 				 * f32 scale each (sel.c) */
-	uint8_t pad[2];		/* 0 */
+	uint8_t cold;		/* select: the dropped tokens kept too, as int of this many bits
+				 * (2..8, params=u8) after the kept ones; 0: dropped for good */
+	uint8_t pad[1];		/* 0 */
 };
 
 /* Does @p go through sel.c (token selection, low-rank or MiniCache)? */

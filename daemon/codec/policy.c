@@ -20,6 +20,8 @@
  * default 4: about the same bytes again).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R;
  * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype).
+ * cold=B (with select=): the dropped tokens are not lost but demoted, kept as B-bit ints
+ * (2..8, params=u8) after the kept ones; a FETCH then returns every token.
  * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
  * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
  * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
@@ -155,7 +157,7 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	}
 	if (p->kind == KVCD_CODEC_NONE && strcmp(k, "sink") && strcmp(k, "select") &&
 	    strcmp(k, "keep") && strcmp(k, "window") && strcmp(k, "budget") &&
-	    strcmp(k, "merge") && strcmp(k, "kernel"))
+	    strcmp(k, "merge") && strcmp(k, "kernel") && strcmp(k, "cold"))
 		return WHY("'none' takes only selection, rank, minicache and bounds options (got "
 			   "'%s')", k);
 	if (!strcmp(k, "select")) {
@@ -183,6 +185,10 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 			return WHY("budget=%s: uniform, pyramid or adakv", v);
 		p->budget = v[0] == 'u' ? KVCD_BUDGET_UNIFORM : v[0] == 'p' ? KVCD_BUDGET_PYRAMID :
 					  KVCD_BUDGET_ADAKV;
+	} else if (!strcmp(k, "cold")) {
+		if (num(v, 8, &n) || n < 2)
+			return WHY("cold=%s: bits of the demoted tokens, 2..8", v);
+		p->cold = (uint8_t)n;
 	} else if (!strcmp(k, "merge")) {
 		if (strcmp(v, "none") && strcmp(v, "key") && strcmp(v, "value"))
 			return WHY("merge=%s: none, key or value", v);
@@ -291,8 +297,10 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		return WHY("factors needs rank=");
 	if (p->mc && (p->select || p->rank))
 		return WHY("minicache does not compose with select or rank yet");
-	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel))
-		return WHY("keep, window, budget, merge and kernel need select=");
+	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel || p->cold))
+		return WHY("keep, window, budget, merge, kernel and cold need select=");
+	if (p->cold && (p->merge || p->rank))
+		return WHY("cold keeps the dropped tokens: it does not compose with merge or rank");
 	if (p->select && p->rope)
 		return WHY("rope does not compose with select (kept tokens are not contiguous)");
 	if (p->kind == KVCD_CODEC_NONE && p->sink && !p->select)
@@ -348,6 +356,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			ADD(",budget=%s", p->budget <= KVCD_BUDGET_ADAKV ? bud[p->budget] : "?");
 		if (p->merge)
 			ADD(",merge=%s", p->merge == KVCD_MERGE_KEY ? "key" : "value");
+		if (p->cold)
+			ADD(",cold=%u", p->cold);
 		if (p->kernel)
 			ADD(",kernel=%u", p->kernel);
 	}
@@ -393,8 +403,7 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
 	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
-	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0] ||
-	    p->pad[1])
+	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0])
 		return WHY("bad bounds");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->factors && (!p->rank || p->factors != 8)))
 		return WHY("bad rank");
@@ -405,7 +414,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
 	    p->merge > KVCD_MERGE_VALUE || (p->kernel && !(p->kernel & 1)) || p->keep > 10000 ||
 	    (p->select && (!p->keep || p->rope)) ||
-	    (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel)))
+	    (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel)) ||
+	    (p->cold && (!p->select || p->cold < 2 || p->cold > 8 || p->merge || p->rank)))
 		return WHY("bad selection fields");
 	if (p->kind == KVCD_CODEC_NONE)
 		return (p->outliers | p->rotate | p->kbits | p->vbits | p->group | p->hibits |

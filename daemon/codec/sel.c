@@ -6,6 +6,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,8 +83,34 @@ static uint64_t mc_pair_size(const struct kvcd_policy *p, const struct kvcp_layo
 	return 2 * ((t + 7) / 8 + (nk * 2 * l->head_dim + (t - nk) * (l->head_dim + 2)) * es);
 }
 
-/* Bytes of the body of @n kept rows of @layer: the codec's units, the K and V factors, or
- * (MiniCache) the pair's whole body on its first layer and nothing on its second. */
+/* The codec of demoted tokens (cold=B): B-bit ints with one-byte parameters. */
+static struct kvcd_policy cold_of(const struct kvcd_policy *p)
+{
+	struct kvcd_policy c;
+	char s[32], why[8];
+
+	snprintf(s, sizeof(s), "int%u:params=u8", p->cold);
+	if (kvcd_policy_parse(s, &c, why, sizeof(why)))
+		memset(&c, 0, sizeof(c)); /* 2..8 always parse; none encodes nothing wrong */
+	return c;
+}
+
+/* Bytes of the cold rows of a (layer, head) that keeps @n of @l's tokens. */
+static uint64_t cold_size(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t n,
+			  uint32_t pos)
+{
+	struct kvcd_policy c;
+	struct kvcp_layout m = mini_of(l, l->tokens - n);
+
+	if (!p->cold || n >= l->tokens)
+		return 0;
+	c = cold_of(p);
+	return kvcd_codec_body_size(&c, &m, false, pos);
+}
+
+/* Bytes of the body of @n kept rows of @layer: the codec's units (and with cold=, the
+ * dropped rows' after them), the K and V factors, or (MiniCache) the pair's whole body on
+ * its first layer and nothing on its second. */
 static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 			  uint32_t layer, uint32_t n, bool scores, uint32_t pos)
 {
@@ -91,11 +118,11 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 	uint64_t r = rank_of(p, n, l->head_dim);
 
 	if (!n)
-		return 0;
+		return cold_size(p, l, n, pos);
 	if (p->mc && mc_role(p, l->layers, layer))
 		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
 	if (!p->rank)
-		return kvcd_codec_body_size(p, &m, scores, pos);
+		return kvcd_codec_body_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
 	return 2 * factor_bytes(p, l->dtype, n, (uint32_t)r, l->head_dim);
 }
 
@@ -590,6 +617,29 @@ static void merge_head(const struct kvcp_layout *l, uint32_t head, uint32_t m, u
 	}
 }
 
+/* cold=: the rows of head @hh that w->keep (@m, ascending) leaves out, K then V, through
+ * the cold codec to @o. */
+static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		    uint32_t pos, uint32_t hh, uint32_t m, struct sel_work *w, uint8_t *o)
+{
+	uint32_t t = l->tokens, d = l->head_dim, c = t - m, k = 0, i = 0;
+	size_t stride = (size_t)l->kv_heads * d;
+	struct kvcd_policy cp = cold_of(p);
+	struct kvcp_layout mini = mini_of(l, c);
+
+	for (uint32_t j = 0; j < t; j++) {
+		if (k < m && w->keep[k] == j) {
+			k++;
+			continue;
+		}
+		memcpy(w->rows + (size_t)i * d, w->kp + j * stride + hh * d, d * 4);
+		memcpy(w->rows + ((size_t)c + i) * d, w->vp + j * stride + hh * d, d * 4);
+		i++;
+	}
+	kvcd_from_f32(isa, l->dtype, w->rows, w->raw, (size_t)c * d * 2);
+	return kvcd_codec_body_encode(isa, &cp, &mini, pos, w->raw, NULL, o);
+}
+
 int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
 		    const uint32_t *counts, void *dst)
@@ -655,7 +705,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			uint32_t m = counts[u];
 			struct kvcp_layout mini = mini_of(l, m);
 
-			if (!m)
+			if (!m && !p->cold)
 				continue;
 			if (role == 1) { /* every token of both layers, K then V */
 				size_t kb = mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d, stride,
@@ -706,10 +756,13 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				if (!err)
 					err = lowrank_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
 							  r, w.u, w.sv, w.vt, body + half);
-			} else {
+			} else if (m) {
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
 				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
 			}
+			if (!err && p->cold && m < t)
+				err = cold_put(isa, p, l, pos, hh, m, &w,
+					       body + (m ? kvcd_codec_body_size(p, &mini, scores, pos) : 0));
 			body += body_size(p, l, ly, m, scores, pos);
 		}
 	}
@@ -745,15 +798,55 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 	return 0;
 }
 
+/* Rows a FETCH returns for @kept stored ones: with cold=, every token of every head. */
+static uint64_t out_total(const struct kvcd_codec_hdr *h, uint64_t kept)
+{
+	const struct kvcp_layout *l = &h->layout;
+
+	return h->pol.cold ? (uint64_t)l->layers * l->kv_heads * l->tokens : kept;
+}
+
 uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n)
 {
 	uint32_t *counts = malloc((size_t)h->layout.layers * h->layout.kv_heads * 4);
 	uint64_t total, out = 0;
 
 	if (counts && !read_sel(h, src, n, counts, &total))
-		out = kvcp_sparse_bytes(&h->layout, total);
+		out = kvcp_sparse_bytes(&h->layout, out_total(h, total));
 	free(counts);
 	return out;
+}
+
+/* cold=: a head's @m kept rows (bitmap @bits) and T - m cold rows from @in, K then V, back
+ * into token order at @out (every token: T K rows, then T V rows). @tmp: 2T rows. */
+static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		    uint32_t pos, bool scores, const uint8_t *bits, uint32_t m, const uint8_t *in,
+		    uint8_t *tmp, uint8_t *out)
+{
+	uint32_t t = l->tokens, c = t - m, hi = 0, ci = 0;
+	size_t row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
+	struct kvcd_policy cp = cold_of(p);
+	struct kvcp_layout hm = mini_of(l, m), cm = mini_of(l, c);
+	uint8_t *hot = tmp, *cold = tmp + 2 * (size_t)m * row;
+	int err = 0;
+
+	if (m)
+		err = kvcd_codec_body_decode(isa, p, &hm, pos, scores, in, hot);
+	if (!err && c)
+		err = kvcd_codec_body_decode(isa, &cp, &cm, pos, false,
+					     in + (m ? kvcd_codec_body_size(p, &hm, scores, pos) : 0),
+					     cold);
+	for (uint32_t j = 0; j < t && !err; j++) {
+		bool kept = bits[j / 8] >> (j % 8) & 1;
+		const uint8_t *k = kept ? hot + (size_t)hi * row : cold + (size_t)ci * row;
+		const uint8_t *v = kept ? hot + ((size_t)m + hi) * row : cold + ((size_t)c + ci) * row;
+
+		memcpy(out + (size_t)j * row, k, row);
+		memcpy(out + ((size_t)t + j) * row, v, row);
+		hi += kept;
+		ci += !kept;
+	}
+	return err;
 }
 
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src,
@@ -767,7 +860,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	const uint8_t *bits, *wts, *in;
-	uint64_t total;
+	uint64_t total, all;
 	float *bias;
 	uint8_t *rows;
 	int err = 0;
@@ -778,38 +871,44 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		free(counts);
 		return -EBADMSG;
 	}
+	all = out_total(h, total);
 	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d; MiniCache:
-	 * T x (d + 2) + 2d */
-	fac = h->pol.rank || h->pol.mc ? malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
-		(size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4) : NULL;
-	if ((h->pol.rank || h->pol.mc) && !fac) {
+	 * T x (d + 2) + 2d; cold=: the cold rows of a head, 2T rows */
+	fac = h->pol.rank || h->pol.mc || h->pol.cold ?
+	      malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
+		      (size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4 +
+		     2 * (size_t)hl->tokens * row) : NULL;
+	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);
 		return -ENOMEM;
 	}
 	*l = *hl;
 	l->codec = KVCP_CODEC_SPARSE;
-	if (kvcp_sparse_bytes(hl, total) > cap) {
+	if (kvcp_sparse_bytes(hl, all) > cap) {
 		free(counts);
 		free(fac);
 		return -ENOSPC;
 	}
-	sp.total = (uint32_t)total;
+	sp.total = (uint32_t)all;
 	bits = (const uint8_t *)src + sizeof(*h) + lh * 4;
 	wts = bits + lh * bm;
 	in = wts + (h->pol.merge == KVCD_MERGE_KEY ? total * 2 : 0);
 	memcpy(dst, &sp, sizeof(sp));
-	memcpy((uint8_t *)dst + sizeof(sp), counts, lh * 4);
 	tok = (uint32_t *)((uint8_t *)dst + sizeof(sp) + lh * 4);
-	bias = (float *)(tok + total);
-	rows = (uint8_t *)(bias + total);
-	for (size_t i = 0, k = 0; i < lh; i++)
+	bias = (float *)(tok + all);
+	rows = (uint8_t *)(bias + all);
+	for (size_t i = 0, k = 0; i < lh; i++) { /* kept tokens (cold=: every token) */
+		uint32_t c = h->pol.cold ? hl->tokens : counts[i];
+
+		memcpy((uint8_t *)dst + sizeof(sp) + i * 4, &c, 4);
 		for (uint32_t t = 0; t < hl->tokens; t++)
-			if (bits[i * bm + t / 8] >> (t % 8) & 1)
+			if (h->pol.cold || bits[i * bm + t / 8] >> (t % 8) & 1)
 				tok[k++] = t;
+	}
 	if (h->pol.merge == KVCD_MERGE_KEY)
 		kvcd_to_f32(isa, KVCP_F16, wts, bias, total);
 	else
-		memset(bias, 0, total * 4);
+		memset(bias, 0, all * 4);
 	for (uint64_t k = 0; k < total; k++)
 		if (!(bias[k] >= 0.0f) || isinf(bias[k])) {
 			free(counts);
@@ -821,7 +920,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		uint32_t ly = (uint32_t)(i / hl->kv_heads);
 		int role = mc_role(&h->pol, hl->layers, ly);
 
-		if (!counts[i])
+		if (!counts[i] && !h->pol.cold)
 			continue;
 		if (role) { /* every (layer, head) holds all T rows: the pair's second is H on */
 			size_t tr = (size_t)hl->tokens * row, kb;
@@ -850,11 +949,14 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			lowrank_get(isa, &h->pol, hl->dtype, in, c, d, r, fac, rows);
 			lowrank_get(isa, &h->pol, hl->dtype, in + half, c, d, r, fac,
 				    rows + (size_t)c * row);
-		} else {
+		} else if (h->pol.cold) {
+			err = cold_get(isa, &h->pol, hl, h->pos, scores,
+				       bits + i * bm, counts[i], in, (uint8_t *)fac, rows);
+		} else if (counts[i]) {
 			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
 		in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos);
-		rows += 2 * (size_t)counts[i] * row;
+		rows += 2 * (size_t)(h->pol.cold ? hl->tokens : counts[i]) * row;
 	}
 	free(counts);
 	free(fac);
