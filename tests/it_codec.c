@@ -285,6 +285,51 @@ Test(codec_ops, selection_takes_attention_and_fetches_sparse)
 	kvc_detach(c);
 }
 
+/* cold=: a FETCH of a block whose dropped tokens were demoted returns every token in order,
+ * the kept ones exactly; the reply needs room for all of them. */
+Test(codec_ops, cold_tokens_fetch_every_token)
+{
+	kvc_client *c = t_attach(&D, "cold", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_layout l = L, got;
+	size_t n = kvc_layout_bytes(&L), lh = (size_t)L.layers * L.kv_heads, kept = 0;
+	size_t out = sizeof(struct kvc_sparse) + lh * 4 + lh * L.tokens * (8 + 2 * 64 * 2);
+	struct kvc_key k = { 6, 1 };
+	char why[128];
+	int id = kvc_policy(c, "none:select=keynorm,keep=50%,cold=8", 0, why, sizeof(why));
+
+	cr_assert_gt(id, 0, "%s", why);
+	fill_f16(stg, &L, 21);
+	l.codec = (uint8_t)id;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &k, n, out - 1, &got), -ENOSPC, "room for every token");
+	cr_assert_eq(kvc_fetch(c, &k, n, out, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
+
+	const unsigned char *dst = stg + n;
+	struct kvc_sparse sp;
+
+	memcpy(&sp, dst, sizeof(sp));
+	cr_assert_eq(sp.total, lh * L.tokens);
+	const uint32_t *cnt = (const uint32_t *)(dst + sizeof(sp)), *tok = cnt + lh;
+	const uint16_t *rows = (const uint16_t *)(dst + sizeof(sp) + lh * 4 + sp.total * 8);
+
+	for (size_t h = 0; h < lh; h++) {
+		cr_assert_eq(cnt[h], L.tokens);
+		for (uint32_t t = 0; t < L.tokens; t++) {
+			const uint16_t *x = (const uint16_t *)stg +
+					    (((h / 2) * 2 * 64 + t) * 2 + h % 2) * 64;
+			const uint16_t *y = rows + (h * 2 * L.tokens + t) * 64;
+
+			cr_assert_eq(tok[h * L.tokens + t], t, "every token, in order");
+			kept += !memcmp(x, y, 128);
+		}
+	}
+	cr_assert_geq(kept, lh * L.tokens / 2, "the kept half exact (and some 8-bit rows too)");
+	cr_assert_lt(kept, lh * L.tokens, "the demoted rows are 8-bit, not exact");
+	kvc_detach(c);
+}
+
 /* One run of the SELECT test below for @summary ("bounds=quest,page=8", ...). */
 static void select_case(const char *summary, uint64_t ns)
 {
