@@ -149,7 +149,7 @@ What the numbers say on this model:
   rank they cost 12 bytes per 8-value row (int8 plus a scale) against int8 quantization's
   ~9, so they sit behind it. It is there for models whose heads are larger and whose keys
   are closer to low-rank.
-- Demoting dropped tokens (\`cold=B\`) rather than dropping them brings SnapKV+Ada-KV at 50%
+- Demoting dropped tokens (`cold=B`) rather than dropping them brings SnapKV+Ada-KV at 50%
   from a ratio of about 1.41 (1.98x) to about 1.013 with 4-bit cold tokens (1.44x), but the
   raw kept half makes it dearer than plain quantization at that quality (int8: 1.78x at about
   1.004). 2-bit cold rows are per-token int2 groups of 8 values here and lose most of what
