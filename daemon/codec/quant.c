@@ -348,6 +348,18 @@ enum kvcd_isa kvcd_isa_best(void)
 	return (enum kvcd_isa)best;
 }
 
+float kvcd_to_i8(const float *x, uint32_t n, int8_t *o)
+{
+	float amax = 0.0f, sc;
+
+	for (uint32_t c = 0; c < n; c++)
+		amax = fmaxf(amax, fabsf(x[c]));
+	sc = amax / 127.0f;
+	for (uint32_t c = 0; c < n; c++)
+		o[c] = (int8_t)(sc > 0.0f ? lrintf(x[c] / sc) : 0);
+	return sc;
+}
+
 bool kvcd_has_vnni(void)
 {
 	static int known = -1;

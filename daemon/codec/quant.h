@@ -28,6 +28,9 @@ bool kvcd_has_f16c(void);
 /* AVX-512 VNNI (int8 dot products) on top of AVX-512 F and BW. */
 bool kvcd_has_vnni(void);
 
+/* @n floats to symmetric int8 (scale absmax / 127, 0 for a zero row); returns the scale. */
+float kvcd_to_i8(const float *x, uint32_t n, int8_t *o);
+
 uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
 float kvcd_f16_to_f32(uint16_t h);
 

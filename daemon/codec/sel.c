@@ -152,14 +152,8 @@ static void lapack_load(void)
 static void rows_to_i8(const float *x, uint32_t rows, uint32_t cols, int8_t *o, uint8_t *scales)
 {
 	for (uint32_t i = 0; i < rows; i++) {
-		const float *xi = x + (size_t)i * cols;
-		float amax = 0.0f, sc;
+		float sc = kvcd_to_i8(x + (size_t)i * cols, cols, o + (size_t)i * cols);
 
-		for (uint32_t c = 0; c < cols; c++)
-			amax = fmaxf(amax, fabsf(xi[c]));
-		sc = amax / 127.0f;
-		for (uint32_t c = 0; c < cols; c++)
-			o[(size_t)i * cols + c] = (int8_t)(sc > 0.0f ? lrintf(xi[c] / sc) : 0);
 		memcpy(scales + (size_t)i * sizeof(sc), &sc, sizeof(sc));
 	}
 }

@@ -503,19 +503,14 @@ static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_sum
 				for (uint32_t i = 0; i < reps; i++) { /* a short page repeats one */
 					const float *x = row + keep[i < m ? i : 0] * hd + h * d;
 					size_t r = pg * reps + i;
-					int8_t *o8 = (int8_t *)out + lh * per8 + r * d;
-					float amax = 0.0f, sc;
+					float sc;
 
 					if (s->kind == KVCD_SUMMARY_REPS) {
 						kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16, x,
 							      (uint16_t *)out + (lh * np * reps + r) * d, d);
 						continue;
 					}
-					for (uint32_t c = 0; c < d; c++)
-						amax = fmaxf(amax, fabsf(x[c]));
-					sc = amax / 127.0f;
-					for (uint32_t c = 0; c < d; c++)
-						o8[c] = (int8_t)(sc > 0.0f ? lrintf(x[c] / sc) : 0);
+					sc = kvcd_to_i8(x, d, (int8_t *)out + lh * per8 + r * d);
 					memcpy((uint8_t *)out + lh * per8 + np * reps * d + r * sizeof(sc),
 					       &sc, sizeof(sc));
 				}
@@ -782,22 +777,16 @@ int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint
 	kvcd_quest_prep(q, (uint32_t)n, x->pos, x->neg);
 	for (uint32_t j = 0; j < q_heads; j++) {
 		const float *qj = q + (size_t)j * head_dim;
-		float a = 0.0f, amax = 0.0f, sc;
+		int8_t *q8 = x->q8 + (size_t)j * head_dim;
+		float a = 0.0f;
 		int32_t sum = 0;
 
-		for (uint32_t c = 0; c < head_dim; c++) {
+		for (uint32_t c = 0; c < head_dim; c++)
 			a += fabsf(qj[c]);
-			amax = fmaxf(amax, fabsf(qj[c]));
-		}
 		x->l1 = a > x->l1 ? a : x->l1;
-		sc = amax / 127.0f;
-		for (uint32_t c = 0; c < head_dim; c++) {
-			int8_t v = (int8_t)(sc > 0.0f ? lrintf(qj[c] / sc) : 0);
-
-			x->q8[(size_t)j * head_dim + c] = v;
-			sum += v;
-		}
-		x->q8_scale[j] = sc;
+		x->q8_scale[j] = kvcd_to_i8(qj, head_dim, q8);
+		for (uint32_t c = 0; c < head_dim; c++)
+			sum += q8[c];
 		x->q8_bias[j] = 128 * sum;
 	}
 	x->l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */
