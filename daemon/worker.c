@@ -95,7 +95,7 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	qb = pol->bounds ? kvcd_summary_bytes(&l, &sm) : 0;
 	if (kvcd_policy_sel(pol)) {
 		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
-		counts = malloc((size_t)l.layers * l.kv_heads * 4);
+		counts = malloc(kvcd_sel_plan_words(pol, &l) * 4);
 		if (!counts)
 			return -ENOMEM;
 		err = kvcd_sel_plan(kvcd_isa_best(), pol, &l, v->arg, src, aux, counts);

@@ -88,7 +88,7 @@ static uint64_t last_bytes; /* the encoded size of roundtrip's last block */
 static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *v)
 {
 	struct kvcd_policy p = pol(s);
-	uint32_t counts[LY * H];
+	uint32_t counts[3 * LY * H]; /* energy=: ranks too */
 	uint64_t n, out;
 	struct kvcp_layout got;
 	void *enc, *dec;
@@ -382,7 +382,8 @@ Test(sel, policy_strings)
 			     "none:select=h2o,bounds=reps,reps=3", "none:rank=4,factors=int8",
 			     "none:select=snapkv,rank=6,factors=int8,bounds=quest",
 			     "kivi:kbits=5,vbits=4,group=64,select=snapkv,keep=25%,cold=2",
-			     "none:select=h2o,window=8,cold=8,bounds=reps8" };
+			     "none:select=h2o,window=8,cold=8,bounds=reps8",
+			     "none:rank=8,energy=90%", "none:select=snapkv,rank=6,energy=0.75,factors=int8" };
 	const char *bad[] = { "none:select=h2o,keep=0", "none:keep=50%", "int8:merge=key",
 			      "int4:select=h2o,rope=10000", "none:select=snapkv,kernel=4",
 			      "none:select=h2o,outliers=2", "none:sink=4", "none:select=lru",
@@ -391,7 +392,9 @@ Test(sel, policy_strings)
 			      "none:bounds=quest,reps=2", "none:bounds=reps9", "none:bounds=reps8,reps=17",
 			      "none:factors=int8", "none:rank=4,factors=int4", "none:cold=4",
 			      "none:select=h2o,merge=key,cold=4", "none:select=h2o,cold=1",
-			      "none:select=h2o,cold=9", "none:select=h2o,rank=4,cold=4" };
+			      "none:select=h2o,cold=9", "none:select=h2o,rank=4,cold=4",
+			      "none:energy=90%", "none:rank=4,energy=0", "none:rank=4,energy=90.5%",
+			      "none:select=h2o,merge=value,rank=4,energy=90%" };
 	char buf[KVCD_POLICY_STR], why[128];
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -540,6 +543,78 @@ Test(sel, cold_tokens_come_back_at_their_precision)
 		free(dec);
 	}
 	free(d0);
+}
+
+/* energy=E: each K and V takes the smallest rank that keeps E of its squared singular values,
+ * so its relative squared error is at most 1 - E; a rank-1 K takes rank 1 and comes back
+ * exactly; E = 100% is full rank; lower E stores fewer bytes; a rank byte past its cap or a
+ * zero rank is refused. */
+Test(sel, energy_picks_the_smallest_rank_that_keeps_it)
+{
+	static struct blk b;
+	uint64_t prev = ~0ull;
+
+	make(&b);
+	for (uint32_t t = 0; t < T; t++) /* layer 0, head 0: K = u v^T */
+		for (int c = 0; c < D; c++)
+			row(&b, 0, 0, t, 0)[c] = (float)((int)(t % 7) - 3) * (float)(c + 1) * 0.25f;
+	for (int e = 100; e >= 50; e -= 25) {
+		char s[64];
+		struct view v;
+		double k00;
+		void *dec;
+
+		snprintf(s, sizeof(s), "none:rank=8,energy=%d%%", e);
+		dec = roundtrip(&b, s, 0, &v);
+		cr_assert_leq(rel_err(&b, &v, &k00), e == 100 ? 1e-5 : 1.0, "%s", s);
+		cr_assert_leq(k00, 1e-4, "%s: the rank-1 K exact at rank 1", s);
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t h = 0; h < H; h++)
+				for (int kv = 0; kv < 2; kv++) {
+					double num = 0, den = 0;
+
+					for (uint32_t t = 0; t < T; t++)
+						for (int c = 0; c < D; c++) {
+							double x = row(&b, ly, kv, t, h)[c];
+							double y = v.rows[(((ly * H + h) * 2 + kv) * T + t) *
+									  D + c];
+
+							num += (x - y) * (x - y);
+							den += x * x;
+						}
+					cr_assert_leq(num / den, 1 - e / 100.0 + 1e-4,
+						      "%s: (%u, %u, %d) keeps its energy", s, ly, h, kv);
+				}
+		cr_assert_lt(last_bytes, prev, "%s: less energy, fewer bytes", s);
+		prev = last_bytes;
+		free(dec);
+	}
+	/* the stored ranks are checked on decode */
+	struct kvcd_policy p = pol("none:rank=8,energy=90%");
+	uint32_t counts[3 * LY * H];
+	size_t lh = LY * H, at = sizeof(struct kvcd_codec_hdr) + lh * 4;
+	struct kvcp_layout got;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, counts), 0);
+	cr_assert_eq(counts[lh], 1, "the rank-1 K of (0, 0)");
+	cr_assert_gt(counts[lh + 1], 1, "its random V needs more");
+	uint64_t n = kvcd_sel_size(&p, &LAY, false, 0, counts), out;
+	uint8_t *enc = malloc(n);
+	void *dec;
+
+	cr_assert_eq(kvcd_sel_size(&p, &LAY, false, 0, NULL), 0, "no size without the data");
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, NULL, counts, enc), 0);
+	out = kvcd_codec_out_size(enc, n);
+	dec = malloc(out);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), 0);
+	enc[at] = 9; /* above the cap (rank=8, head_dim 8) */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), -EBADMSG);
+	enc[at] = 0; /* a kept head with rank 0 */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), -EBADMSG);
+	enc[at] = 2; /* in range, but the body's size no longer matches */
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), -EBADMSG);
+	free(enc);
+	free(dec);
 }
 
 /* MiniCache: layers 1 and 2 share directions; with t = 0 layer 1 comes back exactly and with

@@ -88,7 +88,9 @@ struct kvcd_policy {
 				 * f32 scale each (sel.c) */
 	uint8_t cold;		/* select: the dropped tokens kept too, as int of this many bits
 				 * (2..8, params=u8) after the kept ones; 0: dropped for good */
-	uint8_t pad[1];		/* 0 */
+	uint8_t energy;		/* rank: percent of each matrix's squared singular values kept;
+				 * its rank is the smallest that reaches it, at most rank= (the
+				 * plan takes the SVDs); 0: every matrix has rank= */
 };
 
 /* Does @p go through sel.c (token selection, low-rank or MiniCache)? */
@@ -209,13 +211,17 @@ struct kvcd_aux {
 	const float *lse;	/* [layers][q_heads][window] */
 };
 
-/* Kept tokens per (layer, head) into @counts[layers * kv_heads]. Only budget=adakv looks at
- * the data (@src, @aux); the counts then fix the encoded size, so a block re-read for encoding
+/* Kept tokens per (layer, head) into @counts[layers * kv_heads], and with energy= each one's
+ * K and V rank after them (kvcd_sel_plan_words in all). Only budget=adakv and energy= look at
+ * the data (@src, @aux); the plan then fixes the encoded size, so a block re-read for encoding
  * cannot outgrow its reservation. Returns 0, -EINVAL (@aux lacks what select= needs, or a
  * value is inf/nan), -ENOMEM. */
 int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts);
-/* Encoded size with @counts (NULL: plan without data; 0 for budget=adakv). */
+/* u32 words of a plan (what kvcd_sel_plan writes to @counts): a count per (layer, KV head),
+ * and with energy= then a K and a V rank each. */
+size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l);
+/* Encoded size with @counts (NULL: plan without data; 0 for budget=adakv or energy=). */
 uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
 		       uint32_t pos, const uint32_t *counts);
 /* Encode; @counts NULL plans first (budget=adakv then needs @aux or keynorm). */

@@ -19,7 +19,9 @@
  * (reps; default 2: the same bytes as Quest's bounds) or int8 with a scale per key (reps8;
  * default 4: about the same bytes again).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R;
- * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype).
+ * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype);
+ * energy=F (fraction, or percent with %) makes rank= a cap: each K or V takes the smallest
+ * rank that keeps that share of its squared singular values.
  * cold=B (with select=): the dropped tokens are not lost but demoted, kept as B-bit ints
  * (2..8, params=u8) after the kept ones; a FETCH then returns every token.
  * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
@@ -28,6 +30,7 @@
  * long-context 7 costs a factor 3 in perplexity on stories260K).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +113,14 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		if (num(v, 16, &n) || !n)
 			return WHY("reps=%s: keys kept per page, 1..16", v);
 		p->reps = (uint8_t)n;
+		return 0;
+	}
+	if (!strcmp(k, "energy")) {
+		double f;
+
+		if (fraction(v, 0.01, 1, &f) || fabs(f * 100 - round(f * 100)) > 1e-9)
+			return WHY("energy=%s: a whole percent, 1%%..100%% (or 0.01..1)", v);
+		p->energy = (uint8_t)round(f * 100);
 		return 0;
 	}
 	if (!strcmp(k, "factors")) {
@@ -293,8 +304,10 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		return WHY("reps needs bounds=reps or reps8");
 	if (!p->mc && (p->mc_t || p->mc_keep))
 		return WHY("slerp and retain need minicache=");
-	if (p->factors && !p->rank)
-		return WHY("factors needs rank=");
+	if ((p->factors || p->energy) && !p->rank)
+		return WHY("factors and energy need rank=");
+	if (p->energy && p->merge)
+		return WHY("energy picks ranks before merging: it does not compose with merge");
 	if (p->mc && (p->select || p->rank))
 		return WHY("minicache does not compose with select or rank yet");
 	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel || p->cold))
@@ -327,8 +340,11 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 				ADD("minicache=%u,slerp=%g,retain=%u%%%s", p->mc - 1, p->mc_t / 100.0,
 				    p->mc_keep, p->rank || p->bounds ? "," : "");
 			if (p->rank)
-				ADD("rank=%u%s%s", p->rank, p->factors ? ",factors=int8" : "",
-				    p->bounds ? "," : "");
+				ADD("rank=%u%s", p->rank, p->factors ? ",factors=int8" : "");
+			if (p->energy)
+				ADD(",energy=%u%%", p->energy);
+			if (p->rank && p->bounds)
+				ADD(",");
 			if (p->bounds)
 				ADD("bounds=%s,page=%u", bounds_name[p->bounds], p->page);
 			if (p->reps)
@@ -338,6 +354,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		ADD(":sink=%u", p->sink);
 		if (p->rank)
 			ADD(",rank=%u%s", p->rank, p->factors ? ",factors=int8" : "");
+		if (p->energy)
+			ADD(",energy=%u%%", p->energy);
 	} else {
 		ADD(":");
 		if (p->kind == KVCD_CODEC_INT && p->kbits == p->vbits)
@@ -403,9 +421,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
 	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
-	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16 || p->pad[0])
+	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16)
 		return WHY("bad bounds");
-	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->factors && (!p->rank || p->factors != 8)))
+	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->factors && (!p->rank || p->factors != 8)) ||
+	    (p->energy && (!p->rank || p->energy > 100 || p->merge)))
 		return WHY("bad rank");
 	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||
 		       p->mc_keep > 100 || p->mc > l->layers)) || (!p->mc && (p->mc_t || p->mc_keep)))

@@ -108,14 +108,31 @@ static uint64_t cold_size(const struct kvcd_policy *p, const struct kvcp_layout 
 	return kvcd_codec_body_size(&c, &m, false, pos);
 }
 
+/* energy=: the plan also holds each (layer, head)'s K and V ranks, after the counts; the
+ * block stores them as bytes after its counts. */
+static size_t plan_words(const struct kvcd_policy *p, size_t lh)
+{
+	return p->energy ? 3 * lh : lh;
+}
+
+static size_t ranks_bytes(const struct kvcd_policy *p, size_t lh)
+{
+	return p->energy ? 2 * lh : 0;
+}
+
+size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return plan_words(p, (size_t)l->layers * l->kv_heads);
+}
+
 /* Bytes of the body of @n kept rows of @layer: the codec's units (and with cold=, the
  * dropped rows' after them), the K and V factors, or (MiniCache) the pair's whole body on
- * its first layer and nothing on its second. */
+ * its first layer and nothing on its second. @rk: energy='s K and V ranks, else NULL. */
 static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
-			  uint32_t layer, uint32_t n, bool scores, uint32_t pos)
+			  uint32_t layer, uint32_t n, bool scores, uint32_t pos, const uint32_t *rk)
 {
 	struct kvcp_layout m = mini_of(l, n);
-	uint64_t r = rank_of(p, n, l->head_dim);
+	uint32_t r = rank_of(p, n, l->head_dim);
 
 	if (!n)
 		return cold_size(p, l, n, pos);
@@ -123,7 +140,10 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
 	if (!p->rank)
 		return kvcd_codec_body_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
-	return 2 * factor_bytes(p, l->dtype, n, (uint32_t)r, l->head_dim);
+	if (rk) /* energy=: the plan's ranks of K and V */
+		return factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
+		       factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
+	return 2 * factor_bytes(p, l->dtype, n, r, l->head_dim);
 }
 
 /* LAPACKE (on OpenBLAS, from Debian) is loaded at first use rather than linked: OpenBLAS's
@@ -170,6 +190,40 @@ static void rows_from_i8(const int8_t *in, const uint8_t *scales, uint32_t rows,
 	}
 }
 
+static int lapack_ready(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, lapack_load);
+	return sgesdd ? 0 : -ENOSYS; /* liblapacke.so.3 is not installed: make deps */
+}
+
+/* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
+ * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). @u, @sv, @vt as
+ * for lowrank_put. */
+static uint32_t energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap,
+			    float *u, float *sv, float *vt, int *err)
+{
+	uint32_t k = n < d ? n : d, r = 0;
+	double total = 0, acc = 0;
+
+	if ((*err = lapack_ready()))
+		return 0;
+	if (sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
+		   (lapack_int)k, vt, (lapack_int)d)) {
+		*err = -EINVAL;
+		return 0;
+	}
+	for (uint32_t i = 0; i < k; i++)
+		total += (double)sv[i] * sv[i];
+	while (r < k && acc < total * pct / 100.0 * (1 - 1e-12)) {
+		acc += (double)sv[r] * sv[r];
+		r++;
+	}
+	r = r ? r : 1;
+	return r < cap ? r : cap;
+}
+
 /* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], to @o
  * as factor_bytes() lays them out. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1
  * floats. */
@@ -177,13 +231,12 @@ static int lowrank_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t d
 		       uint32_t n, uint32_t d, uint32_t r, float *u, float *sv, float *vt,
 		       uint8_t *o)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	uint32_t k = n < d ? n : d;
 	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
+	int err = lapack_ready();
 
-	pthread_once(&once, lapack_load);
-	if (!sgesdd)
-		return -ENOSYS; /* liblapacke.so.3 is not installed: make deps */
+	if (err)
+		return err;
 	if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
 		   (lapack_int)k, vt, (lapack_int)d))
 		return -EINVAL; /* no convergence */
@@ -477,8 +530,64 @@ static void score_head(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	}
 }
 
-int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
+/* The @m rows (@ly, @hh) keeps under @p, its layer's planes loaded: w->keep (ascending), and
+ * in w->rows their K rows then their V rows. w->score keeps the head's scores. Returns m. */
+static uint32_t gather(const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       const struct kvcd_aux *aux, uint32_t ly, uint32_t hh, uint32_t m,
+		       uint32_t nsink, struct sel_work *w)
+{
+	size_t stride = (size_t)l->kv_heads * l->head_dim;
+	uint32_t d = l->head_dim;
+
+	if (p->select) {
+		score_head(p, l, aux, ly, hh, w, w->score);
+		m = kvcd_select_keep(w->score, l->tokens, m, nsink, p->window, w->utmp, w->keep);
+	} else {
+		for (uint32_t i = 0; i < m; i++)
+			w->keep[i] = i;
+	}
+	for (uint32_t i = 0; i < m; i++) {
+		memcpy(w->rows + (size_t)i * d, w->kp + w->keep[i] * stride + hh * d, d * 4);
+		memcpy(w->rows + ((size_t)m + i) * d, w->vp + w->keep[i] * stride + hh * d, d * 4);
+	}
+	return m;
+}
+
+/* energy=: each (layer, head)'s K and V rank from the SVD of its kept rows, after @counts. */
+static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p,
+		      const struct kvcp_layout *l, uint32_t pos, const void *src,
+		      const struct kvcd_aux *aux, uint32_t *counts)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads;
+	uint32_t d = l->head_dim, nsink = sinks_in(p, pos, l->tokens), *rk = counts + lh;
+	struct sel_work w;
+	int err;
+
+	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
+		return src ? err : -EINVAL;
+	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+		err = load_layer(isa, l, src, ly, true, &w);
+		for (uint32_t hh = 0; hh < l->kv_heads && !err; hh++) {
+			size_t u = (size_t)ly * l->kv_heads + hh;
+			uint32_t m = gather(p, l, aux, ly, hh, counts[u], nsink, &w);
+			uint32_t cap = rank_of(p, m, d);
+
+			rk[2 * u] = rk[2 * u + 1] = 0;
+			if (!m)
+				continue;
+			rk[2 * u] = energy_rank(w.rows, m, d, p->energy, cap, w.u, w.sv, w.vt, &err);
+			if (!err)
+				rk[2 * u + 1] = energy_rank(w.rows + (size_t)m * d, m, d, p->energy,
+							    cap, w.u, w.sv, w.vt, &err);
+		}
+	}
+	free(w.kp);
+	return err;
+}
+
+static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p,
+		       const struct kvcp_layout *l, uint32_t pos, const void *src,
+		       const struct kvcd_aux *aux, uint32_t *counts)
 {
 	uint32_t t = l->tokens, h = l->kv_heads, n = mean_count(p, t), nsink = sinks_in(p, pos, t);
 	struct sel_work w;
@@ -516,6 +625,14 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 	return err;
 }
 
+int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
+{
+	int err = plan_counts(isa, p, l, pos, src, aux, counts);
+
+	return err || !p->energy ? err : plan_ranks(isa, p, l, pos, src, aux, counts);
+}
+
 uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
 		       uint32_t pos, const uint32_t *counts)
 {
@@ -525,22 +642,25 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 
 	if (!kvcp_layout_bytes(l))
 		return 0;
-	if (!counts) {
-		if (p->budget == KVCD_BUDGET_ADAKV || !(own = malloc(lh * 4)) ||
+	if (!counts) { /* without data: not for Ada-KV's or energy's data-chosen sizes */
+		if (p->budget == KVCD_BUDGET_ADAKV || p->energy || !(own = malloc(lh * 4)) ||
 		    kvcd_sel_plan(KVCD_ISA_SCALAR, p, l, pos, NULL, NULL, own)) {
 			free(own);
 			return 0;
 		}
 		counts = own;
 	}
-	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + lh * ((l->tokens + 7) / 8);
+	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, lh) +
+	    lh * ((l->tokens + 7) / 8);
 	for (size_t i = 0; i < lh; i++) {
+		const uint32_t *rk = p->energy ? counts + lh + 2 * i : NULL;
+
 		if (counts[i] > l->tokens) {
 			free(own);
 			return 0;
 		}
 		total += counts[i];
-		b += body_size(p, l, (uint32_t)(i / l->kv_heads), counts[i], scores, pos);
+		b += body_size(p, l, (uint32_t)(i / l->kv_heads), counts[i], scores, pos, rk);
 	}
 	free(own);
 	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -654,7 +774,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		if (!isfinite(scores[i]))
 			return -EINVAL;
 	if (!counts) {
-		own = malloc(lh * 4);
+		own = malloc(plan_words(p, lh) * 4);
 		if (!own)
 			return -ENOMEM;
 		err = kvcd_sel_plan(isa, p, l, pos, src, aux, own);
@@ -679,7 +799,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		total += counts[i];
 	memcpy(o, &h, sizeof(h));
 	memcpy(o + sizeof(h), counts, lh * 4);
-	bits = o + sizeof(h) + lh * 4;
+	for (size_t i = 0; i < ranks_bytes(p, lh); i++) /* energy=: each rank, 1..255 */
+		o[sizeof(h) + lh * 4 + i] = (uint8_t)counts[lh + i];
+	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, lh);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
 	body = wts + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -708,20 +830,11 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
 				       w.mcf, body + kb);
 				all_kept(bits + u * bm, t);
-				body += body_size(p, l, ly, m, scores, pos);
+				body += body_size(p, l, ly, m, scores, pos, NULL);
 				continue;
 			}
-			if (p->select) {
-				score_head(p, l, aux, ly, hh, &w, w.score);
-				m = kvcd_select_keep(w.score, t, m, nsink, p->window, w.utmp, w.keep);
-			} else {
-				for (uint32_t i = 0; i < m; i++)
-					w.keep[i] = i;
-			}
+			m = gather(p, l, aux, ly, hh, m, nsink, &w);
 			for (uint32_t i = 0; i < m; i++) {
-				memcpy(w.rows + (size_t)i * d, w.kp + w.keep[i] * stride + hh * d, d * 4);
-				memcpy(w.rows + ((size_t)m + i) * d, w.vp + w.keep[i] * stride + hh * d,
-				       d * 4);
 				bits[u * bm + w.keep[i] / 8] |= (uint8_t)(1u << (w.keep[i] % 8));
 				if (scores)
 					w.sc[i] = scores[w.keep[i]];
@@ -742,14 +855,15 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				}
 			}
 			if (p->rank) {
-				uint32_t r = rank_of(p, m, d);
-				size_t half = factor_bytes(p, l->dtype, m, r, d);
+				uint32_t rk = p->energy ? counts[lh + 2 * u] : rank_of(p, m, d);
+				uint32_t rv = p->energy ? counts[lh + 2 * u + 1] : rk;
+				size_t half = factor_bytes(p, l->dtype, m, rk, d);
 
-				err = lowrank_put(isa, p, l->dtype, w.rows, m, d, r, w.u, w.sv, w.vt,
+				err = lowrank_put(isa, p, l->dtype, w.rows, m, d, rk, w.u, w.sv, w.vt,
 						  body);
 				if (!err)
 					err = lowrank_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
-							  r, w.u, w.sv, w.vt, body + half);
+							  rv, w.u, w.sv, w.vt, body + half);
 			} else if (m) {
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
 				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
@@ -757,7 +871,8 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			if (!err && p->cold && m < t)
 				err = cold_put(isa, p, l, pos, hh, m, &w,
 					       body + (m ? kvcd_codec_body_size(p, &mini, scores, pos) : 0));
-			body += body_size(p, l, ly, m, scores, pos);
+			body += body_size(p, l, ly, m, scores, pos,
+					  p->energy ? counts + lh + 2 * u : NULL);
 		}
 	}
 	free(w.kp);
@@ -771,10 +886,11 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 {
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
-	const uint8_t *bits = (const uint8_t *)src + sizeof(*h) + lh * 4;
+	size_t rb = ranks_bytes(&h->pol, lh);
+	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4, *bits = rk + rb;
 
 	*total = 0;
-	if (n < sizeof(*h) + lh * (4 + bm))
+	if (n < sizeof(*h) + lh * (4 + bm) + rb)
 		return -EBADMSG;
 	memcpy(counts, (const uint8_t *)src + sizeof(*h), lh * 4);
 	for (size_t i = 0; i < lh; i++) {
@@ -785,6 +901,12 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		if (counts[i] > l->tokens || pop != counts[i] ||
 		    (l->tokens % 8 && bits[i * bm + bm - 1] >> (l->tokens % 8)))
 			return -EBADMSG;
+		for (size_t j = 2 * i; j < 2 * i + 2 && rb; j++) { /* energy=: 1..cap, 0 if empty */
+			counts[lh + j] = rk[j];
+			if ((rk[j] == 0) != (counts[i] == 0) ||
+			    rk[j] > rank_of(&h->pol, counts[i], l->head_dim))
+				return -EBADMSG;
+		}
 		*total += counts[i];
 	}
 	if (kvcd_sel_size(&h->pol, l, h->flags & KVCD_CODEC_F_SCORES, h->pos, counts) != n)
@@ -802,7 +924,7 @@ static uint64_t out_total(const struct kvcd_codec_hdr *h, uint64_t kept)
 
 uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n)
 {
-	uint32_t *counts = malloc((size_t)h->layout.layers * h->layout.kv_heads * 4);
+	uint32_t *counts = malloc(kvcd_sel_plan_words(&h->pol, &h->layout) * 4);
 	uint64_t total, out = 0;
 
 	if (counts && !read_sel(h, src, n, counts, &total))
@@ -850,7 +972,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
 	size_t row = (size_t)hl->head_dim * kvcp_dtype_size(hl->dtype);
 	bool scores = h->flags & KVCD_CODEC_F_SCORES;
-	uint32_t *counts = malloc(lh * 4), *tok;
+	uint32_t *counts = malloc(plan_words(&h->pol, lh) * 4), *tok;
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	const uint8_t *bits, *wts, *in;
@@ -884,7 +1006,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		return -ENOSPC;
 	}
 	sp.total = (uint32_t)all;
-	bits = (const uint8_t *)src + sizeof(*h) + lh * 4;
+	bits = (const uint8_t *)src + sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, lh);
 	wts = bits + lh * bm;
 	in = wts + (h->pol.merge == KVCD_MERGE_KEY ? total * 2 : 0);
 	memcpy(dst, &sp, sizeof(sp));
@@ -932,16 +1054,18 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 					break;
 				}
 			}
-			in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos);
+			in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos, NULL);
 			rows += 2 * tr;
 			continue;
 		}
 		if (h->pol.rank) {
 			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
-			size_t half = factor_bytes(&h->pol, hl->dtype, c, r, d);
+			uint32_t rk = h->pol.energy ? counts[lh + 2 * i] : r;
+			uint32_t rv = h->pol.energy ? counts[lh + 2 * i + 1] : r;
+			size_t half = factor_bytes(&h->pol, hl->dtype, c, rk, d);
 
-			lowrank_get(isa, &h->pol, hl->dtype, in, c, d, r, fac, rows);
-			lowrank_get(isa, &h->pol, hl->dtype, in + half, c, d, r, fac,
+			lowrank_get(isa, &h->pol, hl->dtype, in, c, d, rk, fac, rows);
+			lowrank_get(isa, &h->pol, hl->dtype, in + half, c, d, rv, fac,
 				    rows + (size_t)c * row);
 		} else if (h->pol.cold) {
 			err = cold_get(isa, &h->pol, hl, h->pos, scores,
@@ -949,7 +1073,8 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (counts[i]) {
 			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
-		in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos);
+		in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos,
+				h->pol.energy ? counts + lh + 2 * i : NULL);
 		rows += 2 * (size_t)(h->pol.cold ? hl->tokens : counts[i]) * row;
 	}
 	free(counts);
