@@ -55,7 +55,8 @@ $q65,$snap,keep=25%;$q54,$snap,keep=25%,resid=quant;\
 kivi:kbits=4,vbits=3,group=64,params=u8,$snap,keep=25%,resid=quant;\
 $q54,$snap,keep=12.5%,resid=quant;\
 none:rank=7;none:rank=6;none:rank=4;none:$snap,keep=75%,rank=7;none:rank=8,factors=int8;\
-none:rank=6,factors=int8;\
+none:rank=6,factors=int8;none:rank=8,energy=95%;none:rank=8,energy=90%;\
+none:rank=28,svd=layer;none:rank=24,svd=layer;none:rank=24,svd=layer,factors=int8;\
 none:$snap,keep=50%,cold=8;none:$snap,keep=50%,cold=4;none:$snap,keep=25%,cold=4;\
 none:$snap,keep=50%,cold=2;$q54,$snap,keep=50%,resid=quant,cold=2;\
 none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1"
@@ -117,7 +118,8 @@ their log-sum-exp so it is their true softmax). Budgets: \`uniform\`, \`pyramid\
 token of most similar key by attention mass and records the mass as an attention bias;
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
 V as a truncated SVD of rank R (LAPACKE), \`factors=int8\` its factors as int8 rows with a
-scale each; \`cold=B\` keeps the tokens selection drops as B-bit ints instead of losing them;
+scale each, \`energy=E\` each rank as the smallest keeping E of the squared singular values,
+\`svd=layer\` one SVD per layer across its heads; \`cold=B\` keeps the tokens selection drops as B-bit ints instead of losing them;
 \`minicache=L\` merges pairs of adjacent layers from
 layer L on (MiniCache). The pure quantization policies are measured
 again on the same blocks so the frontier compares them at equal memory.
@@ -145,7 +147,9 @@ What the numbers say on this model:
   selectors (StreamingLLM, key-norm), which are far behind anyway.
 - Low-rank does not pay off on this model: with head_dim 8 a per-head SVD saves little and
   loses a whole direction of 8 (rank 7: 1.1x for a perplexity ratio of about 4.6; rank 6: 1.3x
-  for about 13, the independent baseline's 13). int8 factors do not change that: at full
+  for about 13, the independent baseline's 13). Ranks chosen by energy (95%: 1.07x for about
+  3.6) and one SVD across a layer's heads (rank 28 of 32: 1.01x for about 2.3) do a little
+  better per byte, still far from the frontier. int8 factors do not change that: at full
   rank they cost 12 bytes per 8-value row (int8 plus a scale) against int8 quantization's
   ~9, so they sit behind it. It is there for models whose heads are larger and whose keys
   are closer to low-rank.

@@ -84,14 +84,18 @@ struct kvcd_policy {
 	uint8_t mc_t;		/* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
 	uint8_t mc_keep;	/* MiniCache: percent of tokens per (pair, head) kept unmerged */
 	uint8_t reps;		/* bounds=reps, reps8: keys kept per page, 1..16 */
-	uint8_t factors;	/* rank: 0 factors in the engine's dtype, 8 int8 rows with an
-				 * f32 scale each (sel.c) */
+	uint8_t lowrank;	/* rank: KVCD_LOWRANK_* flags (sel.c) */
 	uint8_t cold;		/* select: the dropped tokens kept too, as int of this many bits
 				 * (2..8, params=u8) after the kept ones; 0: dropped for good */
 	uint8_t energy;		/* rank: percent of each matrix's squared singular values kept;
 				 * its rank is the smallest that reaches it, at most rank= (the
 				 * plan takes the SVDs); 0: every matrix has rank= */
 };
+
+#define KVCD_LOWRANK_INT8 1	/* factors as int8 rows with an f32 scale each; else the
+				 * engine's dtype */
+#define KVCD_LOWRANK_LAYER 2	/* one SVD per layer across its heads ([tokens][heads x
+				 * head_dim]); else one per (layer, KV head) */
 
 /* Does @p go through sel.c (token selection, low-rank or MiniCache)? */
 static inline bool kvcd_policy_sel(const struct kvcd_policy *p)

@@ -20,6 +20,7 @@
  * default 4: about the same bytes again).
  * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R;
  * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype);
+ * svd=layer takes one SVD per layer across its KV heads (not with select= or energy=);
  * energy=F (fraction, or percent with %) makes rank= a cap: each K or V takes the smallest
  * rank that keeps that share of its squared singular values.
  * cold=B (with select=): the dropped tokens are not lost but demoted, kept as B-bit ints
@@ -123,10 +124,19 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 		p->energy = (uint8_t)round(f * 100);
 		return 0;
 	}
+	if (!strcmp(k, "svd")) {
+		if (strcmp(v, "head") && strcmp(v, "layer"))
+			return WHY("svd=%s: head (one per layer and KV head) or layer (across heads)",
+				   v);
+		p->lowrank = (uint8_t)(v[0] == 'l' ? p->lowrank | KVCD_LOWRANK_LAYER :
+					   p->lowrank & ~KVCD_LOWRANK_LAYER);
+		return 0;
+	}
 	if (!strcmp(k, "factors")) {
 		if (strcmp(v, "int8") && strcmp(v, "dtype"))
 			return WHY("factors=%s: int8 or dtype (the engine's)", v);
-		p->factors = v[0] == 'i' ? 8 : 0;
+		p->lowrank = (uint8_t)(v[0] == 'i' ? p->lowrank | KVCD_LOWRANK_INT8 :
+					   p->lowrank & ~KVCD_LOWRANK_INT8);
 		return 0;
 	}
 	if (!strcmp(k, "rank")) {
@@ -304,8 +314,11 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		return WHY("reps needs bounds=reps or reps8");
 	if (!p->mc && (p->mc_t || p->mc_keep))
 		return WHY("slerp and retain need minicache=");
-	if ((p->factors || p->energy) && !p->rank)
-		return WHY("factors and energy need rank=");
+	if ((p->lowrank || p->energy) && !p->rank)
+		return WHY("factors, svd and energy need rank=");
+	if ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy))
+		return WHY("svd=layer needs every head's tokens and a fixed rank: not with select "
+			   "or energy");
 	if (p->energy && p->merge)
 		return WHY("energy picks ranks before merging: it does not compose with merge");
 	if (p->mc && (p->select || p->rank))
@@ -340,7 +353,9 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 				ADD("minicache=%u,slerp=%g,retain=%u%%%s", p->mc - 1, p->mc_t / 100.0,
 				    p->mc_keep, p->rank || p->bounds ? "," : "");
 			if (p->rank)
-				ADD("rank=%u%s", p->rank, p->factors ? ",factors=int8" : "");
+				ADD("rank=%u%s%s", p->rank,
+				    p->lowrank & KVCD_LOWRANK_INT8 ? ",factors=int8" : "",
+				    p->lowrank & KVCD_LOWRANK_LAYER ? ",svd=layer" : "");
 			if (p->energy)
 				ADD(",energy=%u%%", p->energy);
 			if (p->rank && p->bounds)
@@ -353,7 +368,8 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 		}
 		ADD(":sink=%u", p->sink);
 		if (p->rank)
-			ADD(",rank=%u%s", p->rank, p->factors ? ",factors=int8" : "");
+			ADD(",rank=%u%s", p->rank,
+			    p->lowrank & KVCD_LOWRANK_INT8 ? ",factors=int8" : "");
 		if (p->energy)
 			ADD(",energy=%u%%", p->energy);
 	} else {
@@ -423,7 +439,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
 	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16)
 		return WHY("bad bounds");
-	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->factors && (!p->rank || p->factors != 8)) ||
+	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
+	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER)) ||
+	    ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy)) ||
 	    (p->energy && (!p->rank || p->energy > 100 || p->merge)))
 		return WHY("bad rank");
 	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||

@@ -52,7 +52,8 @@ static uint64_t factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_
 {
 	uint64_t e = (uint64_t)n * r + (uint64_t)r * d;
 
-	return p->factors ? e + ((uint64_t)n + r) * sizeof(float) : e * kvcp_dtype_size(dtype);
+	return p->lowrank & KVCD_LOWRANK_INT8 ? e + ((uint64_t)n + r) * sizeof(float) :
+						 e * kvcp_dtype_size(dtype);
 }
 
 /* ---- MiniCache: adjacent layers sharing one direction per token ---------------------------- */
@@ -125,14 +126,16 @@ size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout
 	return plan_words(p, (size_t)l->layers * l->kv_heads);
 }
 
-/* Bytes of the body of @n kept rows of @layer: the codec's units (and with cold=, the
- * dropped rows' after them), the K and V factors, or (MiniCache) the pair's whole body on
- * its first layer and nothing on its second. @rk: energy='s K and V ranks, else NULL. */
-static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
-			  uint32_t layer, uint32_t n, bool scores, uint32_t pos, const uint32_t *rk)
+/* Bytes of the body of (layer, head) @u's @n kept rows: the codec's units (and with cold=,
+ * the dropped rows' after them), the K and V factors (svd=layer: the layer's, on its first
+ * head), or (MiniCache) the pair's whole body on its first layer and nothing on its second.
+ * @rk: energy='s K and V ranks, else NULL. */
+static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l, size_t u,
+			  uint32_t n, bool scores, uint32_t pos, const uint32_t *rk)
 {
 	struct kvcp_layout m = mini_of(l, n);
-	uint32_t r = rank_of(p, n, l->head_dim);
+	uint32_t layer = (uint32_t)(u / l->kv_heads), r = rank_of(p, n, l->head_dim);
+	uint32_t hd = (uint32_t)l->kv_heads * l->head_dim;
 
 	if (!n)
 		return cold_size(p, l, n, pos);
@@ -140,6 +143,8 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
 	if (!p->rank)
 		return kvcd_codec_body_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
+	if (p->lowrank & KVCD_LOWRANK_LAYER)
+		return u % l->kv_heads ? 0 : 2 * factor_bytes(p, l->dtype, n, rank_of(p, n, hd), hd);
 	if (rk) /* energy=: the plan's ranks of K and V */
 		return factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
 		       factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
@@ -244,7 +249,7 @@ static int lowrank_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t d
 		for (uint32_t j = 0; j < r; j++)
 			x[(size_t)i * r + j] = u[(size_t)i * k + j] * sv[j];
 	}
-	if (p->factors) {
+	if (p->lowrank & KVCD_LOWRANK_INT8) {
 		rows_to_i8(x, n, r, (int8_t *)o, o + e);
 		rows_to_i8(vt, r, d, (int8_t *)o + (size_t)n * r, o + e + (size_t)n * sizeof(float));
 		return 0;
@@ -262,7 +267,7 @@ static void lowrank_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t 
 	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
 	float *b = a + (size_t)n * r, *row = b + (size_t)r * d;
 
-	if (p->factors) {
+	if (p->lowrank & KVCD_LOWRANK_INT8) {
 		rows_from_i8((const int8_t *)in, in + e, n, r, a);
 		rows_from_i8((const int8_t *)in + (size_t)n * r, in + e + (size_t)n * sizeof(float),
 			     r, d, b);
@@ -660,7 +665,7 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 			return 0;
 		}
 		total += counts[i];
-		b += body_size(p, l, (uint32_t)(i / l->kv_heads), counts[i], scores, pos, rk);
+		b += body_size(p, l, i, counts[i], scores, pos, rk);
 	}
 	free(own);
 	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -731,6 +736,57 @@ static void merge_head(const struct kvcp_layout *l, uint32_t head, uint32_t m, u
 	}
 }
 
+/* svd=layer: the layer's K and V planes (w->kp, w->vp: [T][heads x d]) as rank-r factors to
+ * @o. @buf: T x hd + T x k + k + 1 + k x hd floats, hd = heads x d, k = min(T, hd). */
+static int layer_put(enum kvcd_isa isa, const struct kvcd_policy *p,
+		     const struct kvcp_layout *l, const struct sel_work *w, float *buf, uint8_t *o)
+{
+	uint32_t t = l->tokens, hd = (uint32_t)l->kv_heads * l->head_dim, k = t < hd ? t : hd;
+	uint32_t r = rank_of(p, t, hd);
+	float *x = buf, *u = x + (size_t)t * hd, *sv = u + (size_t)t * k, *vt = sv + k + 1;
+	int err;
+
+	memcpy(x, w->kp, (size_t)t * hd * 4);
+	err = lowrank_put(isa, p, l->dtype, x, t, hd, r, u, sv, vt, o);
+	if (err)
+		return err;
+	memcpy(x, w->vp, (size_t)t * hd * 4);
+	return lowrank_put(isa, p, l->dtype, x, t, hd, r, u, sv, vt,
+			   o + factor_bytes(p, l->dtype, t, r, hd));
+}
+
+/* svd=layer: a layer's factors at @in back into every head's K and V rows at @out (the
+ * sparse form: per head T K rows, then T V rows). @buf: T x r + r x hd + hd floats, then
+ * T x hd elements. */
+static void layer_get(enum kvcd_isa isa, const struct kvcd_policy *p,
+		      const struct kvcp_layout *l, const uint8_t *in, float *buf, uint8_t *out)
+{
+	uint32_t t = l->tokens, h = l->kv_heads, hd = h * (uint32_t)l->head_dim;
+	uint32_t r = rank_of(p, t, hd);
+	size_t row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
+	uint8_t *plane = (uint8_t *)(buf + (size_t)t * r + (size_t)r * hd + hd);
+
+	for (int kv = 0; kv < 2; kv++) {
+		lowrank_get(isa, p, l->dtype, in + kv * factor_bytes(p, l->dtype, t, r, hd), t, hd,
+			    r, buf, plane);
+		for (uint32_t hh = 0; hh < h; hh++)
+			for (uint32_t j = 0; j < t; j++)
+				memcpy(out + (((size_t)hh * 2 + kv) * t + j) * row,
+				       plane + ((size_t)j * h + hh) * row, row);
+	}
+}
+
+/* What layer_get's @buf needs (0 unless svd=layer). */
+static size_t layer_get_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	size_t t = l->tokens, hd = (size_t)l->kv_heads * l->head_dim;
+	size_t r = rank_of(p, l->tokens, (uint32_t)hd);
+
+	if (!(p->lowrank & KVCD_LOWRANK_LAYER))
+		return 0;
+	return (t * r + r * hd + hd) * 4 + t * hd * kvcp_dtype_size(l->dtype);
+}
+
 /* cold=: the rows of head @hh that w->keep (@m, ascending) leaves out, K then V, through
  * the cold codec to @o. */
 static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
@@ -763,6 +819,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	uint32_t t = l->tokens, d = l->head_dim, nsink = sinks_in(p, pos, t), *own = NULL;
 	uint64_t total = 0;
 	uint8_t *o = dst, *bits, *wts, *body;
+	float *lbuf = NULL; /* svd=layer */
 	struct sel_work w;
 	char why[8];
 	int err;
@@ -791,6 +848,14 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	h.pos = pos;
 	h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
 	err = h.bytes ? work_alloc(&w, l) : -EINVAL;
+	if (!err && (p->lowrank & KVCD_LOWRANK_LAYER)) {
+		size_t hd = (size_t)l->kv_heads * d, k = t < hd ? t : hd;
+
+		lbuf = malloc((t * hd + t * k + k + 1 + k * hd) * 4);
+		err = lbuf ? 0 : -ENOMEM;
+		if (err)
+			free(w.kp);
+	}
 	if (err) {
 		free(own);
 		return err;
@@ -830,7 +895,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
 				       w.mcf, body + kb);
 				all_kept(bits + u * bm, t);
-				body += body_size(p, l, ly, m, scores, pos, NULL);
+				body += body_size(p, l, u, m, scores, pos, NULL);
 				continue;
 			}
 			m = gather(p, l, aux, ly, hh, m, nsink, &w);
@@ -854,7 +919,10 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 					wts += (size_t)m * 2;
 				}
 			}
-			if (p->rank) {
+			if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
+				if (!hh) /* the whole layer, stored with its first head */
+					err = layer_put(isa, p, l, &w, lbuf, body);
+			} else if (p->rank) {
 				uint32_t rk = p->energy ? counts[lh + 2 * u] : rank_of(p, m, d);
 				uint32_t rv = p->energy ? counts[lh + 2 * u + 1] : rk;
 				size_t half = factor_bytes(p, l->dtype, m, rk, d);
@@ -871,11 +939,12 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			if (!err && p->cold && m < t)
 				err = cold_put(isa, p, l, pos, hh, m, &w,
 					       body + (m ? kvcd_codec_body_size(p, &mini, scores, pos) : 0));
-			body += body_size(p, l, ly, m, scores, pos,
+			body += body_size(p, l, u, m, scores, pos,
 					  p->energy ? counts + lh + 2 * u : NULL);
 		}
 	}
 	free(w.kp);
+	free(lbuf);
 	free(own);
 	return err;
 }
@@ -899,7 +968,8 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		for (size_t b = 0; b < bm; b++)
 			pop += (uint32_t)__builtin_popcount(bits[i * bm + b]);
 		if (counts[i] > l->tokens || pop != counts[i] ||
-		    (l->tokens % 8 && bits[i * bm + bm - 1] >> (l->tokens % 8)))
+		    (l->tokens % 8 && bits[i * bm + bm - 1] >> (l->tokens % 8)) ||
+		    ((h->pol.lowrank & KVCD_LOWRANK_LAYER) && counts[i] != l->tokens))
 			return -EBADMSG;
 		for (size_t j = 2 * i; j < 2 * i + 2 && rb; j++) { /* energy=: 1..cap, 0 if empty */
 			counts[lh + j] = rk[j];
@@ -989,11 +1059,11 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	}
 	all = out_total(h, total);
 	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d; MiniCache:
-	 * T x (d + 2) + 2d; cold=: the cold rows of a head, 2T rows */
+	 * T x (d + 2) + 2d; cold=: the cold rows of a head, 2T rows; svd=layer: layer_get's */
 	fac = h->pol.rank || h->pol.mc || h->pol.cold ?
 	      malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
 		      (size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4 +
-		     2 * (size_t)hl->tokens * row) : NULL;
+		     2 * (size_t)hl->tokens * row + layer_get_bytes(&h->pol, hl)) : NULL;
 	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);
 		return -ENOMEM;
@@ -1054,11 +1124,14 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 					break;
 				}
 			}
-			in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos, NULL);
+			in += body_size(&h->pol, hl, i, counts[i], scores, h->pos, NULL);
 			rows += 2 * tr;
 			continue;
 		}
-		if (h->pol.rank) {
+		if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
+			if (!(i % hl->kv_heads)) /* writes every head of the layer */
+				layer_get(isa, &h->pol, hl, in, fac, rows);
+		} else if (h->pol.rank) {
 			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
 			uint32_t rk = h->pol.energy ? counts[lh + 2 * i] : r;
 			uint32_t rv = h->pol.energy ? counts[lh + 2 * i + 1] : r;
@@ -1073,7 +1146,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (counts[i]) {
 			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
-		in += body_size(&h->pol, hl, ly, counts[i], scores, h->pos,
+		in += body_size(&h->pol, hl, i, counts[i], scores, h->pos,
 				h->pol.energy ? counts + lh + 2 * i : NULL);
 		rows += 2 * (size_t)(h->pol.cold ? hl->tokens : counts[i]) * row;
 	}
