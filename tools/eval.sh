@@ -119,7 +119,8 @@ token of most similar key by attention mass and records the mass as an attention
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
 V as a truncated SVD of rank R (LAPACKE), \`factors=int8\` its factors as int8 rows with a
 scale each, \`energy=E\` each rank as the smallest keeping E of the squared singular values,
-\`svd=layer\` one SVD per layer across its heads; \`cold=B\` keeps the tokens selection drops as B-bit ints instead of losing them;
+\`svd=layer\` one SVD per layer across its heads; \`cold=B\` keeps the tokens selection
+drops as B-bit ints instead of losing them;
 \`minicache=L\` merges pairs of adjacent layers from
 layer L on (MiniCache). The pure quantization policies are measured
 again on the same blocks so the frontier compares them at equal memory.
