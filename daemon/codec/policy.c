@@ -141,8 +141,8 @@ static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *wh
 	}
 	if (!strcmp(k, "rank")) {
 		if (p->kind != KVCD_CODEC_NONE)
-			return WHY("rank applies to none (factors in the engine's dtype), not to %s",
-				   "a quantizing codec");
+			return WHY("rank applies to none, not to %s (factors=int8 quantizes the "
+				   "factors)", "a quantizing codec");
 		if (num(v, 255, &n))
 			return WHY("rank=%s: 0..255 (0: off)", v);
 		p->rank = (uint8_t)n;
