@@ -119,7 +119,7 @@ test: deps
 	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
 
 asan:
-	$(MAKE) BUILD=build-asan CC=clang \
+	$(MAKE) BUILD=build-asan CC=gcc \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 		test-bin
 	@set -e; for t in $(TESTS); do echo "== $$t (asan)"; \

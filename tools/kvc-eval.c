@@ -582,8 +582,21 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kvc-eval: plot %s: gnuplot failed (%s)\n", opt.plot,
 				strerror(-err));
 	}
-	for (int i = 0; i < np; i++)
-		if (res[i].err)
-			return 1;
-	return 0;
+	err = 0;
+	for (int i = 0; i < np; i++) {
+		err |= res[i].err;
+		free(res[i].attn_err);
+	}
+	for (int i = 0; i < n; i++) {
+		void *own[] = { seqs[i].tok, seqs[i].acc, seqs[i].acc_lh, seqs[i].qs, seqs[i].lse,
+				seqs[i].kc, seqs[i].vc, seqs[i].logp, seqs[i].attn };
+
+		for (size_t j = 0; j < sizeof(own) / sizeof(own[0]); j++)
+			free(own[j]);
+	}
+	free(seqs);
+	free(res);
+	free(pols);
+	llm_free(&m);
+	return err ? 1 : 0;
 }

@@ -398,7 +398,8 @@ int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, fl
 __attribute__((target("avx2,f16c"))) static __m128i directed_x8(__m256 v, __m128i h, int down)
 {
 	__m256 back = _mm256_cvtph_ps(h);
-	__m256 wrong = _mm256_cmp_ps(back, v, down ? _CMP_GT_OQ : _CMP_LT_OQ);
+	__m256 wrong = down ? _mm256_cmp_ps(back, v, _CMP_GT_OQ) : /* immediates, for clang */
+			      _mm256_cmp_ps(back, v, _CMP_LT_OQ);
 	__m256i w32 = _mm256_castps_si256(wrong);
 	__m128i wrong16 = _mm_packs_epi32(_mm256_castsi256_si128(w32),
 					  _mm256_extracti128_si256(w32, 1));
