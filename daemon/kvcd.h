@@ -154,7 +154,8 @@ struct kvcd_pool {
 	size_t size;
 	bool huge;
 	struct kvcd_alloc alloc;
-	struct kvcd_block *hand;	/* CLOCK hand over this pool's blocks */
+	uint32_t hand;			/* CLOCK hand over this pool's blocks (record id;
+					 * 0: none) */
 	uint64_t blocks;
 };
 
@@ -176,29 +177,43 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
 #define KVCD_BLK_DEAD 2u	/* removed from the index; freed when refs drops to 0 */
 #define KVCD_BLK_REF 4u		/* CLOCK reference bit */
 
-/* 96 bytes, in slabs (store.c). What a lookup reads (key, chain, namespace, flags) is the
- * first 32 bytes, which never straddle a cache line at a 96-byte stride. */
-struct kvcd_block {
+/* A block's entry in the index, which holds all a lookup reads: a LOOKUP at a million
+ * blocks costs this one cache miss, not also its record's. 24 bytes, open addressing with
+ * linear probing (store.c). */
+struct kvcd_slot {
 	struct kvcp_key key;
-	struct kvcd_block *hnext;		/* index chain; the free list in a slab */
+	uint32_t rec;				/* record id (struct kvcd_block) */
 	uint16_t ns;
-	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
-	uint8_t pool;
-	uint16_t pins;
-	uint8_t has_sum;			/* checksum valid; fixed at commit */
-	uint8_t bounds;				/* nonzero: a SELECT summary of its keys
-						 * (struct kvcd_summary, select.h) at data +
-						 * KVCD_BOUNDS_AT(stored) */
-	struct kvcd_block *cprev, *cnext;	/* CLOCK ring of its pool */
+	uint8_t state;				/* KVCD_SLOT_* */
+	uint8_t pad;
+};
+_Static_assert(sizeof(struct kvcd_slot) == 24, "index slot size");
+
+#define KVCD_SLOT_EMPTY 0
+#define KVCD_SLOT_LIVE 1
+#define KVCD_SLOT_WRITING 2			/* reserved, not committed: not found by lookups */
+
+/* A block's record: 64 bytes, one cache line, in 2 MiB slabs (store.c). Records never move,
+ * so workers hold pointers; the index and the CLOCK rings name them by 32-bit id. */
+struct kvcd_block {
 	void *data;
 	uint64_t checksum;
-	struct kvcp_layout layout;
 	uint64_t stored;			/* bytes held in the pool (after the codec) */
+	struct kvcp_layout layout;
+	uint32_t slot;				/* its entry in the index, while in it */
+	uint32_t cprev, cnext;			/* CLOCK ring of its pool; cnext: free list */
 	uint32_t hits;
 	uint32_t refs;				/* copies in flight */
+	uint16_t pins;
+	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
+	uint8_t pool : 6;
+	uint8_t has_sum : 1;			/* checksum valid; fixed at commit */
+	uint8_t bounds : 1;			/* a SELECT summary of its keys (struct
+						 * kvcd_summary, select.h) at data +
+						 * KVCD_BOUNDS_AT(stored); set before commit */
 };
-_Static_assert(sizeof(struct kvcd_block) == 96, "block record size");
-_Static_assert(offsetof(struct kvcd_block, cprev) == 32, "lookup fields in the first 32 bytes");
+_Static_assert(sizeof(struct kvcd_block) == 64, "block record size");
+_Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 
 #define KVCD_BOUNDS_AT(stored) (((stored) + 7) & ~(uint64_t)7)
 
@@ -213,10 +228,11 @@ struct kvcd_store {
 	pthread_mutex_t lock;
 	struct kvcd_pool *pools;
 	unsigned npools;
-	struct kvcd_block **buckets;
-	size_t nbuckets, count;
-	struct kvcd_block *free_recs;		/* block records not in use */
-	void **slabs;				/* KVCD_SLAB_BYTES each */
+	struct kvcd_slot *slots;		/* the index: nslots, a power of two */
+	size_t nslots, count;
+	uint64_t seed;				/* of the slot hash: keys are the client's */
+	uint32_t free_recs;			/* block records not in use (id; 0: none) */
+	void **slabs;				/* 2 MiB each, record id >> 15 */
 	size_t nslabs;
 	struct kvcd_pin *pins;
 	unsigned high_wm, low_wm;

@@ -1,41 +1,115 @@
 /* store.c - the block index, CLOCK eviction and pins, over the pools.
  *
- * One mutex guards the hash table, every block record, the pools' allocators and CLOCK
- * rings, and the pin list. It is held for bookkeeping only: bytes are copied with the lock
- * dropped while the block holds a reference (refs), and a block with references, pins or an
- * unfinished STORE is never evicted or freed. A deleted or evicted block leaves the index
- * at once (DEAD) and its memory is freed when the last reference goes.
+ * One mutex guards the index, every block record, the pools' allocators and CLOCK rings, and
+ * the pin list. It is held for bookkeeping only: bytes are copied with the lock dropped while
+ * the block holds a reference (refs), and a block with references, pins or an unfinished
+ * STORE is never evicted or freed. A deleted or evicted block leaves the index at once (DEAD)
+ * and its memory is freed when the last reference goes.
  *
- * Blocks are keyed by (namespace id, 128-bit key). The key is already a hash, so its low bits
- * index the table; chains grow the table at load factor 1.
+ * The index is an open-addressing table of 24-byte slots with linear probing, kept at most
+ * 4/5 full and emptied by backward shift (no tombstones). A slot holds the whole key, the
+ * namespace, whether the block is committed and its record's id: a LOOKUP reads slots only,
+ * so at a million blocks it costs one cache miss, where a chained table costs a bucket and
+ * then a record. Keys are (namespace id, 128-bit key) chosen by clients, so the slot is a
+ * hash under a seed drawn at start-up (XXH3), not the key's own bits: a client cannot aim
+ * keys at one run of slots.
  *
- * Block records come from 2 MiB slabs advised as huge pages, and the bucket array too once it
- * is that large: at a million blocks a lookup then costs a bucket and one record line, not
- * also a TLB walk each, and a record costs its 96 bytes with no allocator header. Slabs are
- * kept for reuse, never returned.
+ * Records (64 bytes) come from 2 MiB slabs advised as huge pages, and the slot array too once
+ * it is that large: at a million blocks a lookup costs no TLB walk and a record no allocator
+ * header. A record's id is slab << 15 | index; record 0 of each slab holds the slab's number,
+ * so a pointer finds its id, and id 0 is never a block. Slabs are kept for reuse.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <xxhash.h>
 
 #include "kvcd.h"
 
-static size_t slot(const struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
-{
-	return (size_t)((k->lo ^ (k->hi >> 17) ^ ((uint64_t)ns * 0x9e3779b97f4a7c15ull)) &
-			(s->nbuckets - 1));
-}
-
-static struct kvcd_block *find(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
-{
-	for (struct kvcd_block *b = s->buckets[slot(s, ns, k)]; b; b = b->hnext)
-		if (b->key.lo == k->lo && b->key.hi == k->hi && b->ns == ns)
-			return b;
-	return NULL;
-}
-
 #define SLAB_BYTES (2u << 20)
+#define SLAB_SHIFT 15 /* records per slab: SLAB_BYTES / 64 */
+#define SLAB_RECS (1u << SLAB_SHIFT)
+#define MAX_SLABS (1u << (32 - SLAB_SHIFT))
+_Static_assert(SLAB_RECS * sizeof(struct kvcd_block) == SLAB_BYTES, "records fill a slab");
+
+static inline struct kvcd_block *rec_at(const struct kvcd_store *s, uint32_t id)
+{
+	return (struct kvcd_block *)s->slabs[id >> SLAB_SHIFT] + (id & (SLAB_RECS - 1));
+}
+
+static inline uint32_t rec_id(const struct kvcd_block *b)
+{
+	uintptr_t base = (uintptr_t)b & ~(uintptr_t)(SLAB_BYTES - 1);
+
+	return *(const uint32_t *)base << SLAB_SHIFT |
+	       (uint32_t)(((uintptr_t)b - base) / sizeof(*b));
+}
+
+/* ---- the index ---------------------------------------------------------------------------- */
+
+static inline size_t home(const struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
+{
+	return (size_t)XXH3_64bits_withSeed(k, sizeof(*k), s->seed + ns) & (s->nslots - 1);
+}
+
+/* The slot holding (@ns, @k), or the empty slot where the probe ended (-1 - its index). */
+static inline ptrdiff_t probe(const struct kvcd_store *s, size_t i, uint16_t ns,
+			      const struct kvcp_key *k)
+{
+	for (;; i = (i + 1) & (s->nslots - 1)) {
+		const struct kvcd_slot *e = &s->slots[i];
+
+		if (e->state == KVCD_SLOT_EMPTY)
+			return -1 - (ptrdiff_t)i;
+		if (e->key.lo == k->lo && e->key.hi == k->hi && e->ns == ns)
+			return (ptrdiff_t)i;
+	}
+}
+
+static struct kvcd_slot *find(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
+{
+	ptrdiff_t i = probe(s, home(s, ns, k), ns, k);
+
+	return i < 0 ? NULL : &s->slots[i];
+}
+
+/* Put (@ns, @k) -> @id in the first free slot of its run; it must not be there already. */
+static void slot_add(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k, uint32_t id,
+		     uint8_t state)
+{
+	size_t i = (size_t)(-1 - probe(s, home(s, ns, k), ns, k));
+	struct kvcd_slot *e = &s->slots[i];
+
+	e->key = *k;
+	e->ns = ns;
+	e->rec = id;
+	e->state = state;
+	rec_at(s, id)->slot = (uint32_t)i;
+	s->count++;
+}
+
+/* Empty slot @i and close the gap: each later entry of the run whose home is not between the
+ * gap and itself moves back into it. */
+static void slot_remove(struct kvcd_store *s, size_t i)
+{
+	size_t m = s->nslots - 1;
+
+	for (size_t j = (i + 1) & m; s->slots[j].state != KVCD_SLOT_EMPTY; j = (j + 1) & m) {
+		struct kvcd_slot *e = &s->slots[j];
+		size_t h = home(s, e->ns, &e->key);
+
+		if (((j - h) & m) >= ((j - i) & m)) {
+			s->slots[i] = *e;
+			rec_at(s, e->rec)->slot = (uint32_t)i;
+			i = j;
+		}
+	}
+	memset(&s->slots[i], 0, sizeof(s->slots[i]));
+	s->count--;
+}
 
 /* Zeroed memory for @n bytes; from 2 MiB up, 2 MiB-aligned and advised as huge pages. */
 static void *table_alloc(size_t n)
@@ -53,66 +127,80 @@ static void *table_alloc(size_t n)
 	return m;
 }
 
-static struct kvcd_block *rec_alloc(struct kvcd_store *s)
+/* Make room for one more entry: double the table past 4/5 full. Fails (-ENOMEM) only when
+ * the table cannot grow and is already 7/8 full: probes stay short either way. */
+static int room(struct kvcd_store *s)
 {
-	struct kvcd_block *b;
+	size_t n = s->nslots * 2, old = s->nslots;
+	struct kvcd_slot *ns, *os = s->slots;
+
+	if ((s->count + 1) * 5 <= s->nslots * 4)
+		return 0;
+	ns = n <= SIZE_MAX / sizeof(*ns) ? table_alloc(n * sizeof(*ns)) : NULL;
+	if (!ns)
+		return (s->count + 1) * 8 <= s->nslots * 7 ? 0 : -ENOMEM;
+	s->slots = ns;
+	s->nslots = n;
+	s->count = 0;
+	for (size_t i = 0; i < old; i++)
+		if (os[i].state != KVCD_SLOT_EMPTY)
+			slot_add(s, os[i].ns, &os[i].key, os[i].rec, os[i].state);
+	free(os);
+	return 0;
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+/* A zeroed record, or 0 when out of memory. */
+static uint32_t rec_alloc(struct kvcd_store *s)
+{
+	uint32_t id;
 
 	if (!s->free_recs) {
-		void **sl = realloc(s->slabs, (s->nslabs + 1) * sizeof(*sl));
-		size_t per = SLAB_BYTES / sizeof(*b);
+		void **sl = s->nslabs < MAX_SLABS ?
+			    realloc(s->slabs, (s->nslabs + 1) * sizeof(*sl)) : NULL;
+		struct kvcd_block *b;
+		uint32_t j = (uint32_t)s->nslabs;
 
 		if (!sl)
-			return NULL;
+			return 0;
 		s->slabs = sl;
 		b = table_alloc(SLAB_BYTES);
 		if (!b)
-			return NULL;
+			return 0;
 		s->slabs[s->nslabs++] = b;
-		for (size_t i = per; i-- > 0;) {
-			b[i].hnext = s->free_recs;
-			s->free_recs = &b[i];
+		*(uint32_t *)b = j; /* record 0: the slab's number, for rec_id() */
+		for (uint32_t i = SLAB_RECS; i-- > 1;) {
+			b[i].cnext = s->free_recs;
+			s->free_recs = j << SLAB_SHIFT | i;
 		}
 	}
-	b = s->free_recs;
-	s->free_recs = b->hnext;
-	memset(b, 0, sizeof(*b));
-	return b;
+	id = s->free_recs;
+	s->free_recs = rec_at(s, id)->cnext;
+	memset(rec_at(s, id), 0, sizeof(struct kvcd_block));
+	return id;
 }
 
 static void rec_free(struct kvcd_store *s, struct kvcd_block *b)
 {
 	b->flags = 0;
-	b->hnext = s->free_recs;
-	s->free_recs = b;
-}
-
-static void grow(struct kvcd_store *s)
-{
-	size_t n = s->nbuckets * 2, old = s->nbuckets;
-	struct kvcd_block **nb = table_alloc(n * sizeof(*nb)), **ob = s->buckets;
-
-	if (!nb)
-		return; /* keep the longer chains; correctness does not depend on the size */
-	s->buckets = nb;
-	s->nbuckets = n;
-	for (size_t i = 0; i < old; i++)
-		for (struct kvcd_block *b = ob[i], *next; b; b = next) {
-			size_t j = slot(s, b->ns, &b->key);
-
-			next = b->hnext;
-			b->hnext = nb[j];
-			nb[j] = b;
-		}
-	free(ob);
+	b->cnext = s->free_recs;
+	s->free_recs = rec_id(b);
 }
 
 int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npools,
 		    unsigned high_wm, unsigned low_wm)
 {
+	struct timespec t;
+
 	memset(s, 0, sizeof(*s));
-	s->nbuckets = 1024;
-	s->buckets = table_alloc(s->nbuckets * sizeof(*s->buckets));
-	if (!s->buckets)
+	if (getrandom(&s->seed, sizeof(s->seed), GRND_NONBLOCK) != sizeof(s->seed)) {
+		clock_gettime(CLOCK_MONOTONIC, &t); /* no entropy yet: still not the client's */
+		s->seed = XXH3_64bits(&t, sizeof(t)) ^ (uintptr_t)s;
+	}
+	s->nslots = 1024;
+	s->slots = table_alloc(s->nslots * sizeof(*s->slots));
+	if (!s->slots)
 		return -ENOMEM;
 	s->pools = pools;
 	s->npools = npools;
@@ -133,7 +221,7 @@ void kvcd_store_fini(struct kvcd_store *s)
 		s->pins = p->next;
 		free(p);
 	}
-	free(s->buckets);
+	free(s->slots);
 	pthread_mutex_destroy(&s->lock);
 }
 
@@ -179,45 +267,39 @@ void kvcd_store_fallback(struct kvcd_store *s, uint16_t ns)
 
 /* ---- CLOCK ring of a pool ----------------------------------------------------------------- */
 
-static void ring_insert(struct kvcd_pool *p, struct kvcd_block *b)
+static void ring_insert(struct kvcd_store *s, struct kvcd_pool *p, uint32_t id)
 {
+	struct kvcd_block *b = rec_at(s, id), *hand, *prev;
+
 	if (!p->hand) {
-		b->cnext = b->cprev = b;
-		p->hand = b;
+		b->cnext = b->cprev = id;
+		p->hand = id;
 		return;
 	}
 	/* just behind the hand: the newest block is the last one the hand reaches */
+	hand = rec_at(s, p->hand);
+	prev = rec_at(s, hand->cprev);
 	b->cnext = p->hand;
-	b->cprev = p->hand->cprev;
-	b->cprev->cnext = b;
-	p->hand->cprev = b;
+	b->cprev = hand->cprev;
+	prev->cnext = id;
+	hand->cprev = id;
 }
 
-static void ring_remove(struct kvcd_pool *p, struct kvcd_block *b)
+static void ring_remove(struct kvcd_store *s, struct kvcd_pool *p, struct kvcd_block *b,
+			uint32_t id)
 {
-	if (b->cnext == b) {
-		p->hand = NULL;
+	if (b->cnext == id) {
+		p->hand = 0;
 	} else {
-		b->cprev->cnext = b->cnext;
-		b->cnext->cprev = b->cprev;
-		if (p->hand == b)
+		rec_at(s, b->cprev)->cnext = b->cnext;
+		rec_at(s, b->cnext)->cprev = b->cprev;
+		if (p->hand == id)
 			p->hand = b->cnext;
 	}
-	b->cnext = b->cprev = NULL;
+	b->cnext = b->cprev = 0;
 }
 
 /* ---- removal ------------------------------------------------------------------------------ */
-
-static void unlink_index(struct kvcd_store *s, struct kvcd_block *b)
-{
-	struct kvcd_block **pp = &s->buckets[slot(s, b->ns, &b->key)];
-
-	while (*pp != b)
-		pp = &(*pp)->hnext;
-	*pp = b->hnext;
-	b->hnext = NULL;
-	s->count--;
-}
 
 static void destroy(struct kvcd_store *s, struct kvcd_block *b)
 {
@@ -232,6 +314,8 @@ static void destroy(struct kvcd_store *s, struct kvcd_block *b)
  * Pins on it are dropped. */
 static void kill(struct kvcd_store *s, struct kvcd_block *b)
 {
+	uint16_t ns = s->slots[b->slot].ns;
+
 	for (struct kvcd_pin **pp = &s->pins; *pp;) {
 		struct kvcd_pin *p = *pp;
 
@@ -244,14 +328,14 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 		}
 	}
 	b->pins = 0;
-	unlink_index(s, b);
-	ring_remove(&s->pools[b->pool], b);
+	slot_remove(s, b->slot);
+	ring_remove(s, &s->pools[b->pool], b, rec_id(b));
 	if (!(b->flags & KVCD_BLK_WRITING)) {
 		s->bytes_in -= kvcp_layout_bytes(&b->layout);
 		s->bytes_stored -= b->stored;
-		s->ns[b->ns].blocks--;
-		s->ns[b->ns].bytes_in -= kvcp_layout_bytes(&b->layout);
-		s->ns[b->ns].bytes_stored -= b->stored;
+		s->ns[ns].blocks--;
+		s->ns[ns].bytes_in -= kvcp_layout_bytes(&b->layout);
+		s->ns[ns].bytes_stored -= b->stored;
 	}
 	b->flags |= KVCD_BLK_DEAD;
 	if (!b->refs)
@@ -265,7 +349,7 @@ static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p)
 	uint64_t steps = 2 * p->blocks + 1;
 
 	while (p->hand && steps--) {
-		struct kvcd_block *b = p->hand;
+		struct kvcd_block *b = rec_at(s, p->hand);
 
 		p->hand = b->cnext;
 		if (b->pins || b->refs || (b->flags & KVCD_BLK_WRITING))
@@ -314,6 +398,7 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 {
 	struct kvcd_block *b;
 	unsigned pool = 0;
+	uint32_t id;
 	void *data;
 	int err = 0;
 
@@ -322,33 +407,32 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 		err = -EEXIST;
 		goto out;
 	}
-	b = rec_alloc(s);
-	if (!b) {
+	err = room(s);
+	if (err)
+		goto out;
+	id = rec_alloc(s);
+	if (!id) {
 		err = -ENOMEM;
 		goto out;
 	}
-	data = place(s, stored, order, norder, &pool);
+	b = rec_at(s, id);
+	data = place(s, stored, order, norder, &pool); /* may evict: slots move */
 	if (!data) {
 		rec_free(s, b);
 		err = -ENOSPC;
 		goto out;
 	}
-	b->key = *key;
-	b->ns = ns;
 	b->layout = *layout;
 	b->stored = stored;
 	b->data = data;
-	b->pool = (uint8_t)pool;
+	b->pool = pool & 63;
 	/* Enters CLOCK referenced: otherwise, once every older block has been read, a sweep
 	 * clears them all and takes the one block nobody has had a chance to fetch yet. */
 	b->flags = KVCD_BLK_WRITING | KVCD_BLK_REF;
 	b->refs = 1;
-	b->hnext = s->buckets[slot(s, ns, key)];
-	s->buckets[slot(s, ns, key)] = b;
+	slot_add(s, ns, key, id, KVCD_SLOT_WRITING);
 	s->pools[pool].blocks++;
-	ring_insert(&s->pools[pool], b);
-	if (++s->count > s->nbuckets)
-		grow(s);
+	ring_insert(s, &s->pools[pool], id);
 	*out = b;
 out:
 	pthread_mutex_unlock(&s->lock);
@@ -363,16 +447,27 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 	b->has_sum = has_sum;
 	b->refs--;
 	if (ok) {
+		uint16_t ns = s->slots[b->slot].ns;
+
 		b->flags &= (uint8_t)~KVCD_BLK_WRITING;
+		s->slots[b->slot].state = KVCD_SLOT_LIVE;
 		s->bytes_in += kvcp_layout_bytes(&b->layout);
 		s->bytes_stored += b->stored;
-		s->ns[b->ns].blocks++;
-		s->ns[b->ns].bytes_in += kvcp_layout_bytes(&b->layout);
-		s->ns[b->ns].bytes_stored += b->stored;
+		s->ns[ns].blocks++;
+		s->ns[ns].bytes_in += kvcp_layout_bytes(&b->layout);
+		s->ns[ns].bytes_stored += b->stored;
 	} else {
 		kill(s, b);
 	}
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* The committed block of (@ns, @k), or NULL. */
+static struct kvcd_block *live(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
+{
+	const struct kvcd_slot *e = find(s, ns, k);
+
+	return e && e->state == KVCD_SLOT_LIVE ? rec_at(s, e->rec) : NULL;
 }
 
 int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
@@ -382,8 +477,8 @@ int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 	int err = 0;
 
 	pthread_mutex_lock(&s->lock);
-	b = find(s, ns, key);
-	if (!b || (b->flags & KVCD_BLK_WRITING)) {
+	b = live(s, ns, key);
+	if (!b) {
 		s->misses++;
 		err = -ENOENT;
 	} else {
@@ -410,21 +505,42 @@ void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* Keys come in batches: the slots of a whole batch are asked for before the first is read,
+ * so a LOOKUP of a long prefix waits for about one cache miss, not one per key. */
+#define BATCH 16
+
+/* Hash @n <= BATCH keys (copied once: they may sit in client memory) and prefetch their
+ * slots. */
+static void batch_start(const struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
+			size_t n, struct kvcp_key *k, size_t *at)
+{
+	for (size_t i = 0; i < n; i++) {
+		memcpy(&k[i], &keys[i], sizeof(k[i]));
+		at[i] = home(s, ns, &k[i]);
+		__builtin_prefetch(&s->slots[at[i]]);
+	}
+}
+
 void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
 			 size_t n, struct kvcd_block **out)
 {
 	pthread_mutex_lock(&s->lock);
-	for (size_t i = 0; i < n; i++) {
-		struct kvcp_key k;
-		struct kvcd_block *b;
+	for (size_t i0 = 0; i0 < n; i0 += BATCH) {
+		struct kvcp_key k[BATCH];
+		size_t at[BATCH], m = n - i0 < BATCH ? n - i0 : BATCH;
 
-		memcpy(&k, &keys[i], sizeof(k)); /* keys may sit in client memory: copy once */
-		b = find(s, ns, &k);
-		if (b && !(b->flags & KVCD_BLK_WRITING))
-			b->refs++;
-		else
-			b = NULL;
-		out[i] = b;
+		batch_start(s, ns, keys + i0, m, k, at);
+		for (size_t i = 0; i < m; i++) { /* ask for the records before touching one */
+			ptrdiff_t e = probe(s, at[i], ns, &k[i]);
+
+			out[i0 + i] = e >= 0 && s->slots[e].state == KVCD_SLOT_LIVE ?
+				      rec_at(s, s->slots[e].rec) : NULL;
+			if (out[i0 + i])
+				__builtin_prefetch(out[i0 + i], 1);
+		}
+		for (size_t i = 0; i < m; i++)
+			if (out[i0 + i])
+				out[i0 + i]->refs++;
 	}
 	pthread_mutex_unlock(&s->lock);
 }
@@ -445,17 +561,20 @@ void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n)
 size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
 			 size_t n)
 {
-	size_t i;
+	size_t i0 = 0, i = 0;
 
 	pthread_mutex_lock(&s->lock);
-	for (i = 0; i < n; i++) {
-		struct kvcp_key k;
-		struct kvcd_block *b;
+	for (; i0 < n && i == i0; i0 += BATCH) {
+		struct kvcp_key k[BATCH];
+		size_t at[BATCH], m = n - i0 < BATCH ? n - i0 : BATCH;
 
-		memcpy(&k, &keys[i], sizeof(k)); /* keys may sit in client memory: copy once */
-		b = find(s, ns, &k);
-		if (!b || (b->flags & KVCD_BLK_WRITING))
-			break;
+		batch_start(s, ns, keys + i0, m, k, at);
+		for (; i < i0 + m; i++) {
+			ptrdiff_t e = probe(s, at[i - i0], ns, &k[i - i0]);
+
+			if (e < 0 || s->slots[e].state != KVCD_SLOT_LIVE)
+				break;
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	return i;
@@ -467,8 +586,8 @@ int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *
 	int err = 0;
 
 	pthread_mutex_lock(&s->lock);
-	b = find(s, ns, key);
-	if (!b || (b->flags & KVCD_BLK_WRITING))
+	b = live(s, ns, key);
+	if (!b)
 		err = -ENOENT;
 	else if (b->pins)
 		err = -EBUSY;
@@ -486,8 +605,8 @@ int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 	int err = 0;
 
 	pthread_mutex_lock(&s->lock);
-	b = find(s, ns, key);
-	if (!b || (b->flags & KVCD_BLK_WRITING)) {
+	b = live(s, ns, key);
+	if (!b) {
 		err = -ENOENT;
 	} else if (b->pins == UINT16_MAX) {
 		err = -EOVERFLOW;
@@ -515,8 +634,10 @@ int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k
 	for (struct kvcd_pin **pp = &s->pins; *pp; pp = &(*pp)->next) {
 		struct kvcd_pin *p = *pp;
 
-		if (p->owner != owner || p->b->ns != ns || p->b->key.lo != key->lo ||
-		    p->b->key.hi != key->hi)
+		const struct kvcd_slot *e = &s->slots[p->b->slot]; /* pinned: indexed */
+
+		if (p->owner != owner || e->ns != ns || e->key.lo != key->lo ||
+		    e->key.hi != key->hi)
 			continue;
 		*pp = p->next;
 		p->b->pins--;
@@ -609,7 +730,7 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st)
 	st->pinned = s->npins;
 	st->checksum_failures = s->checksum_failures;
 	st->metadata_bytes = s->nslabs * SLAB_BYTES + s->nslabs * sizeof(void *) +
-			     s->nbuckets * sizeof(struct kvcd_block *) +
+			     s->nslots * sizeof(struct kvcd_slot) +
 			     s->npins * sizeof(struct kvcd_pin);
 	pthread_mutex_unlock(&s->lock);
 }
@@ -621,19 +742,22 @@ unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
 	uint64_t seen = 0;
 
 	pthread_mutex_lock(&s->lock);
-	for (size_t i = 0; i < s->nbuckets && n < max; i++)
-		for (struct kvcd_block *b = s->buckets[i]; b && n < max; b = b->hnext) {
-			if (b->ns != ns || (b->flags & KVCD_BLK_WRITING) || seen++ < start)
-				continue;
-			memset(&out[n], 0, sizeof(out[n]));
-			out[n].key = b->key;
-			out[n].layout = b->layout;
-			out[n].bytes = b->stored;
-			out[n].node = s->pools[b->pool].node;
-			out[n].pins = b->pins;
-			out[n].hits = b->hits;
-			n++;
-		}
+	for (size_t i = 0; i < s->nslots && n < max; i++) {
+		const struct kvcd_slot *e = &s->slots[i];
+		const struct kvcd_block *b;
+
+		if (e->state != KVCD_SLOT_LIVE || e->ns != ns || seen++ < start)
+			continue;
+		b = rec_at(s, e->rec);
+		memset(&out[n], 0, sizeof(out[n]));
+		out[n].key = e->key;
+		out[n].layout = b->layout;
+		out[n].bytes = b->stored;
+		out[n].node = s->pools[b->pool].node;
+		out[n].pins = b->pins;
+		out[n].hits = b->hits;
+		n++;
+	}
 	pthread_mutex_unlock(&s->lock);
 	return n;
 }

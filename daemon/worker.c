@@ -135,7 +135,7 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 				       pol->kind == KVCD_CODEC_NONE && !kvcd_policy_sel(pol) ? b->data :
 				       src,
 				       (char *)b->data + KVCD_BOUNDS_AT(stored));
-		b->bounds = err ? 0 : pol->page;
+		b->bounds = !err;
 	}
 	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
 	free(counts);

@@ -231,7 +231,7 @@ Test(store, watermarks_and_index_growth)
 		cr_assert_eq(kvcd_store_reserve(&st, 0, &k, &small, 64, NEAR0, 2, &b), 0);
 		kvcd_store_commit(&st, b, true, false, 0);
 	}
-	cr_assert_gt(st.nbuckets, 4096, "the index grew");
+	cr_assert_gt(st.nslots, 4096, "the index grew");
 	for (uint64_t i = 0; i < 5000; i += 250) {
 		struct kvcp_key k = K(i);
 
@@ -241,4 +241,131 @@ Test(store, watermarks_and_index_growth)
 	uint64_t n = kvcd_store_reclaim(&st, POOL); /* free everything */
 	cr_assert_eq(n, 5000);
 	cr_assert_eq(pools[0].alloc.used + pools[1].alloc.used, 0);
+}
+
+/* Store a 64-byte block under (@ns, @k) on either pool. */
+static int put_small(uint16_t ns, struct kvcp_key k)
+{
+	static const struct kvcp_layout tiny = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1,
+						 .head_dim = 1, .tokens = 8 };
+	struct kvcd_block *b;
+	int err = kvcd_store_reserve(&st, ns, &k, &tiny, 64, NEAR0, 2, &b);
+
+	if (!err)
+		kvcd_store_commit(&st, b, true, false, 0);
+	return err;
+}
+
+/* Whether (@ns, @k) is found, checking that its record and its slot name each other. */
+static bool present(uint16_t ns, struct kvcp_key k)
+{
+	struct kvcd_block *b;
+
+	if (kvcd_store_get(&st, ns, &k, &b))
+		return false;
+	cr_assert_lt(b->slot, st.nslots);
+	cr_assert(st.slots[b->slot].key.lo == k.lo && st.slots[b->slot].key.hi == k.hi &&
+		  st.slots[b->slot].ns == ns, "the record points at its own slot");
+	kvcd_store_put(&st, b, false);
+	return true;
+}
+
+Test(store, the_index_agrees_with_a_model_through_inserts_deletes_and_evictions)
+{
+	enum { KEYS = 3000, NS = 3, OPS = 40000 };
+	static bool in[NS][KEYS];
+	uint64_t rng = 99, count = 0;
+
+	memset(in, 0, sizeof(in));
+	for (int op = 0; op < OPS; op++) {
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		unsigned key = (unsigned)(rng >> 33) % KEYS, ns = (unsigned)(rng >> 20) % NS;
+		/* keys that share their low bits and namespaces: long runs and moves on delete */
+		struct kvcp_key k = { .lo = key & 15, .hi = key };
+
+		if ((rng >> 60) < 9) {
+			int err = put_small((uint16_t)ns, k);
+
+			cr_assert_eq(err, in[ns][key] ? -EEXIST : 0, "op %d", op);
+			count += !in[ns][key];
+			in[ns][key] = true;
+		} else {
+			cr_assert_eq(kvcd_store_delete(&st, (uint16_t)ns, &k),
+				     in[ns][key] ? 0 : -ENOENT, "op %d", op);
+			count -= in[ns][key];
+			in[ns][key] = false;
+		}
+		if (op % 10000 == 9999) { /* evict about a third, then find out which went */
+			uint64_t gone = kvcd_store_reclaim(&st, POOL + POOL / 3), seen = 0;
+
+			for (unsigned n = 0; n < NS; n++)
+				for (unsigned i = 0; i < KEYS; i++)
+					if (in[n][i] && !present((uint16_t)n,
+						(struct kvcp_key){ .lo = i & 15, .hi = i })) {
+						in[n][i] = false;
+						seen++;
+					}
+			cr_assert_eq(seen, gone, "exactly the evicted blocks left the index");
+			count -= gone;
+		}
+		cr_assert_eq(st.count, count);
+	}
+	cr_assert_gt(st.nslots, 1024, "the index grew");
+	for (unsigned n = 0; n < NS; n++)
+		for (unsigned i = 0; i < KEYS; i++)
+			cr_assert_eq(present((uint16_t)n, (struct kvcp_key){ .lo = i & 15, .hi = i }),
+				     in[n][i], "ns %u key %u", n, i);
+	for (unsigned n = 0; n < NS; n++) { /* LIST pages through each live block once */
+		static struct kvcp_list_ent ent[KEYS];
+		unsigned got = 0, want = 0, page;
+
+		while ((page = kvcd_store_list(&st, (uint16_t)n, got, ent + got, 100)) > 0)
+			got += page;
+		for (unsigned i = 0; i < KEYS; i++)
+			want += in[n][i];
+		cr_assert_eq(got, want);
+		for (unsigned i = 0; i < got; i++) {
+			cr_assert(in[n][ent[i].key.hi] && ent[i].key.lo == (ent[i].key.hi & 15));
+			in[n][ent[i].key.hi] = false; /* a second listing would fail here */
+		}
+	}
+}
+
+Test(store, a_long_prefix_lookup_stops_at_the_first_miss_across_batches)
+{
+	struct kvcp_key keys[40];
+
+	for (uint64_t i = 0; i < 40; i++) {
+		keys[i] = K(i);
+		if (i != 37)
+			cr_assert_eq(put_small(0, keys[i]), 0);
+	}
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys, 40), 37);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys, 32), 32, "two whole batches");
+	cr_assert_eq(kvcd_store_delete(&st, 0, &keys[16]), 0);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys, 40), 16, "a miss first in a batch");
+	cr_assert_eq(kvcd_store_lookup(&st, 0, keys + 17, 23), 20);
+	cr_assert_eq(kvcd_store_lookup(&st, 1, keys, 40), 0);
+}
+
+Test(store, select_references_find_blocks_across_batches)
+{
+	struct kvcp_key keys[35];
+	struct kvcd_block *b[35];
+
+	for (uint64_t i = 0; i < 35; i++) {
+		keys[i] = K(i);
+		if (i % 3)
+			cr_assert_eq(put_small(0, keys[i]), 0);
+	}
+	keys[34] = keys[1]; /* a key twice: two references */
+	kvcd_store_ref_many(&st, 0, keys, 35, b);
+	for (unsigned i = 0; i < 34; i++)
+		cr_assert_eq(b[i] != NULL, i % 3 != 0, "key %u", i);
+	cr_assert_eq(b[34], b[1]);
+	cr_assert_eq(b[1]->refs, 2);
+	cr_assert_eq(kvcd_store_reclaim(&st, 2 * POOL), 1, "only the one not referenced");
+	kvcd_store_put_many(&st, b, 35);
+	cr_assert_eq(kvcd_store_reclaim(&st, 2 * POOL), 22);
+	cr_assert_eq(st.count, 0);
 }
