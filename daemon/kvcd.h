@@ -231,6 +231,7 @@ struct kvcd_store {
 	struct kvcd_slot *slots;		/* the index: nslots, a power of two */
 	size_t nslots, count;
 	uint64_t seed;				/* of the slot hash: keys are the client's */
+	bool growing;				/* a STORE is making a larger slot array */
 	uint32_t free_recs;			/* block records not in use (id; 0: none) */
 	void **slabs;				/* 2 MiB each, record id >> 15 */
 	size_t nslabs;

@@ -7,12 +7,17 @@
  * and its memory is freed when the last reference goes.
  *
  * The index is an open-addressing table of 24-byte slots with linear probing, kept at most
- * 4/5 full and emptied by backward shift (no tombstones). A slot holds the whole key, the
- * namespace, whether the block is committed and its record's id: a LOOKUP reads slots only,
- * so at a million blocks it costs one cache miss, where a chained table costs a bucket and
- * then a record. Keys are (namespace id, 128-bit key) chosen by clients, so the slot is a
- * hash under a seed drawn at start-up (XXH3), not the key's own bits: a client cannot aim
- * keys at one run of slots.
+ * 4/5 full (7/8 while a larger one is being made) and emptied by backward shift (no
+ * tombstones). A slot holds the whole key, the namespace, whether the block is committed and
+ * its record's id: a LOOKUP reads slots only, so at a million blocks it costs one cache miss,
+ * where a chained table costs a bucket and then a record. Keys (namespace id, 128-bit key)
+ * are chosen by clients, so the slot is a hash under a seed drawn at start-up (XXH3), not the
+ * key's own bits: a client cannot aim keys at one run of slots.
+ *
+ * Growing: the STORE that finds the table 4/5 full makes one twice as large with the lock
+ * dropped (faulting in 48 MiB of huge pages takes about 0.1 s here), then moves the entries
+ * under the lock (about 20 ms at two million slots, as long as the chained table's growth
+ * took); other STOREs go on meanwhile up to 7/8.
  *
  * Records (64 bytes) come from 2 MiB slabs advised as huge pages, and the slot array too once
  * it is that large: at a million blocks a lookup costs no TLB walk and a record no allocator
@@ -127,26 +132,37 @@ static void *table_alloc(size_t n)
 	return m;
 }
 
-/* Make room for one more entry: double the table past 4/5 full. Fails (-ENOMEM) only when
- * the table cannot grow and is already 7/8 full: probes stay short either way. */
-static int room(struct kvcd_store *s)
+/* Past 4/5 full the table doubles; up to 7/8 it may go on filling while the larger one is
+ * being made (or when it cannot be had). */
+static bool want_larger(const struct kvcd_store *s)
 {
-	size_t n = s->nslots * 2, old = s->nslots;
-	struct kvcd_slot *ns, *os = s->slots;
+	return (s->count + 1) * 5 > s->nslots * 4;
+}
 
-	if ((s->count + 1) * 5 <= s->nslots * 4)
-		return 0;
-	ns = n <= SIZE_MAX / sizeof(*ns) ? table_alloc(n * sizeof(*ns)) : NULL;
-	if (!ns)
-		return (s->count + 1) * 8 <= s->nslots * 7 ? 0 : -ENOMEM;
-	s->slots = ns;
-	s->nslots = n;
+static bool too_full(const struct kvcd_store *s)
+{
+	return (s->count + 1) * 8 > s->nslots * 7;
+}
+
+/* Move every entry into @to (zeroed, twice as many slots) and return the old array, for the
+ * caller to free once the lock is dropped. Scanning the old slots in order fills the new
+ * array in two ascending streams (home i or i + n), so the cost is a pass over both arrays
+ * and a write to each record, asked for ahead. */
+static struct kvcd_slot *rehash(struct kvcd_store *s, struct kvcd_slot *to)
+{
+	struct kvcd_slot *from = s->slots;
+	size_t old = s->nslots;
+
+	s->slots = to;
+	s->nslots = old * 2;
 	s->count = 0;
-	for (size_t i = 0; i < old; i++)
-		if (os[i].state != KVCD_SLOT_EMPTY)
-			slot_add(s, os[i].ns, &os[i].key, os[i].rec, os[i].state);
-	free(os);
-	return 0;
+	for (size_t i = 0; i < old; i++) {
+		if (i + 32 < old && from[i + 32].state != KVCD_SLOT_EMPTY) /* the record's line */
+			__builtin_prefetch(rec_at(s, from[i + 32].rec), 1);
+		if (from[i].state != KVCD_SLOT_EMPTY)
+			slot_add(s, from[i].ns, &from[i].key, from[i].rec, from[i].state);
+	}
+	return from;
 }
 
 /* ---- records ------------------------------------------------------------------------------ */
@@ -396,6 +412,8 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 		       const struct kvcp_layout *layout, uint64_t stored, const uint8_t *order,
 		       unsigned norder, struct kvcd_block **out)
 {
+	struct kvcd_slot *spare = NULL, *old = NULL; /* freed with the lock dropped */
+	size_t spare_n = 0;
 	struct kvcd_block *b;
 	unsigned pool = 0;
 	uint32_t id;
@@ -403,13 +421,35 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 	int err = 0;
 
 	pthread_mutex_lock(&s->lock);
+again:
 	if (find(s, ns, key)) {
 		err = -EEXIST;
 		goto out;
 	}
-	err = room(s);
-	if (err)
-		goto out;
+	if (want_larger(s) && spare_n == s->nslots * 2) {
+		old = rehash(s, spare);
+		spare = NULL;
+	} else if (want_larger(s) && (!s->growing || too_full(s))) {
+		/* Faulting in the larger array (48 MiB at a million blocks, with huge-page
+		 * compaction: about 0.1 s here) is done with the lock dropped: only this STORE
+		 * waits for it, and the others go on filling the table up to 7/8. */
+		size_t n = s->nslots * 2;
+
+		s->growing = true;
+		pthread_mutex_unlock(&s->lock);
+		free(spare);
+		/* slot numbers are 32-bit (struct kvcd_block.slot) */
+		spare = n <= (size_t)UINT32_MAX + 1 ? table_alloc(n * sizeof(*spare)) : NULL;
+		spare_n = spare ? n : 0;
+		pthread_mutex_lock(&s->lock);
+		s->growing = false;
+		if (spare)
+			goto again; /* the table may have changed meanwhile */
+		if (too_full(s)) {
+			err = -ENOMEM;
+			goto out;
+		}
+	}
 	id = rec_alloc(s);
 	if (!id) {
 		err = -ENOMEM;
@@ -436,6 +476,8 @@ int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key 
 	*out = b;
 out:
 	pthread_mutex_unlock(&s->lock);
+	free(spare);
+	free(old);
 	return err;
 }
 

@@ -369,3 +369,39 @@ Test(store, select_references_find_blocks_across_batches)
 	cr_assert_eq(kvcd_store_reclaim(&st, 2 * POOL), 22);
 	cr_assert_eq(st.count, 0);
 }
+
+static void *fill(void *arg)
+{
+	uint64_t first = (uint64_t)(uintptr_t)arg;
+
+	for (uint64_t i = first; i < 60000; i += 2) /* 128 B with its header: 7.7 of 8 MiB */
+		if (put_small(0, K(i)))
+			return (void *)1;
+	return NULL;
+}
+
+Test(store, two_writers_grow_the_index_together)
+{
+	pthread_t t[2];
+	void *r[2];
+
+	kvcd_store_fini(&st); /* pools large enough that nothing is evicted */
+	for (int i = 0; i < 2; i++) {
+		free(pools[i].base);
+		pools[i].size = 4 * POOL;
+		cr_assert_eq(posix_memalign(&pools[i].base, 4096, 4 * POOL), 0);
+		cr_assert_eq(kvcd_alloc_init(&pools[i].alloc, pools[i].base, 4 * POOL), 0);
+	}
+	cr_assert_eq(kvcd_store_init(&st, pools, 2, 95, 50), 0);
+	for (uintptr_t i = 0; i < 2; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, fill, (void *)i), 0);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], &r[i]);
+		cr_assert_null(r[i]);
+	}
+	cr_assert_eq(st.count, 60000);
+	cr_assert_eq(st.evictions, 0);
+	cr_assert_geq(st.nslots, 65536, "grown six times");
+	for (uint64_t i = 0; i < 60000; i++)
+		cr_assert(present(0, K(i)), "block %lu", (unsigned long)i);
+}
