@@ -215,7 +215,10 @@ struct kvcd_block {
 _Static_assert(sizeof(struct kvcd_block) == 64, "block record size");
 _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 
-#define KVCD_BOUNDS_AT(stored) (((stored) + 7) & ~(uint64_t)7)
+/* Where a block's SELECT summary starts: after its @stored bytes, placed so that the data
+ * after the summary's 8-byte header is 64-byte aligned (pool blocks are): vector loads of
+ * the representative keys then never split a cache line. */
+#define KVCD_BOUNDS_AT(stored) ((((stored) + 8 + 63) & ~(uint64_t)63) - 8)
 
 struct kvcd_pin {
 	struct kvcd_pin *next;

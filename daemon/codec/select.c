@@ -459,32 +459,77 @@ float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
 
 /* ---- summaries ---------------------------------------------------------------------------- */
 
+/* REPS8, per layer: for each KV head, its n = pages x reps keys padded to n4 (a multiple of
+ * 4, the last key repeated), their channels to dp (a multiple of 4, zeros), in int8
+ * interleaved for VNNI: [n4 / 4 key groups][dp / 4 channel groups][4 keys][4 channels], so
+ * that 64 bytes are four channel groups of four keys. Then each key's f32 scale
+ * [kv_heads][n4], and the int32 sum of its int8 values [kv_heads][n4] (vpdpbusd's unsigned
+ * operand adds 128 x that sum, which is taken back off). The keys of every head start
+ * 64-byte aligned when n4 x dp is a multiple of 64 (KVCD_BOUNDS_AT aligns the first). */
+static inline uint32_t up4(uint32_t v)
+{
+	return (v + 3) & ~3u;
+}
+
+static inline size_t r8_at(uint32_t i, uint32_t c, uint32_t dp)
+{
+	return ((size_t)(i >> 2) * dp + (c & ~3u)) * 4 + (i & 3) * 4 + (c & 3);
+}
+
+static inline size_t r8_head_bytes(size_t n, uint32_t d)
+{
+	size_t n4 = (n + 3) & ~(size_t)3;
+
+	return n4 * up4(d) + n4 * (sizeof(float) + sizeof(int32_t));
+}
+
 size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary *s)
 {
 	size_t rows = (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, s->page);
 
 	if (s->kind == KVCD_SUMMARY_REPS8)
-		return sizeof(*s) + rows * s->reps * (l->head_dim + sizeof(float));
+		return sizeof(*s) + (size_t)l->layers * l->kv_heads *
+		       r8_head_bytes(kvcd_quest_pages(l, s->page) * s->reps, l->head_dim);
 	return sizeof(*s) + rows * (s->kind == KVCD_SUMMARY_REPS ? s->reps : 2) * l->head_dim * 2;
+}
+
+/* Key @i of KV head @h of a REPS8 layer at @ly (@kv heads): @q8 (int8, @d channels) with
+ * scale @sc, into its places. */
+static void r8_put(uint8_t *ly, uint32_t kv, uint32_t h, size_t n4, uint32_t d, uint32_t i,
+		   const int8_t *q8, float sc)
+{
+	uint32_t dp = up4(d);
+	uint8_t *sums = ly + kv * n4 * (dp + sizeof(float));
+	int32_t sum = 0;
+
+	for (uint32_t c = 0; c < dp; c++) {
+		int8_t v = c < d ? q8[c] : 0;
+
+		ly[h * n4 * dp + r8_at(i, c, dp)] = (uint8_t)v;
+		sum += v;
+	}
+	memcpy(ly + kv * n4 * dp + (h * n4 + i) * sizeof(float), &sc, sizeof(sc));
+	memcpy(sums + (h * n4 + i) * sizeof(sum), &sum, sizeof(sum));
 }
 
 /* Representative keys: per (layer, head, page) the @reps keys of largest norm, a page shorter
  * than reps repeating its best. REPS: f16 [layers][kv_heads][pages][reps][head_dim]. REPS8:
- * per (layer, head) int8 [pages][reps][head_dim] and then each row's f32 scale [pages][reps]
- * (symmetric: absmax / 127). */
+ * per (layer, head) as r8_at() lays them out, key pg x reps + i, padded with the last. */
 static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
 		     const void *block, void *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
-	uint32_t page = s->page, reps = s->reps, d = l->head_dim;
-	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
-	size_t per8 = np * reps * (d + sizeof(float)); /* REPS8 bytes per (layer, head) */
-	float *row = malloc((hd * page + (size_t)page * 3) * sizeof(float)), *nrm = row + hd * page;
+	uint32_t page = s->page, reps = s->reps, d = l->head_dim, dp = up4(d);
+	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page), n = np * reps;
+	size_t n4 = (n + 3) & ~(size_t)3, per8 = r8_head_bytes(n, d);
+	float *row = malloc((hd * page + (size_t)page * 3) * sizeof(float) + d),
+	      *nrm = row + hd * page;
 	uint32_t *keep = (uint32_t *)(nrm + page), *tmp = keep + page;
+	int8_t *q8 = (int8_t *)(tmp + page);
 
 	if (!row)
 		return -ENOMEM;
-	for (uint32_t ly = 0; ly < l->layers; ly++)
+	for (uint32_t ly = 0; ly < l->layers; ly++) {
 		for (size_t pg = 0; pg < np; pg++) {
 			const uint8_t *k = (const uint8_t *)block + (size_t)ly * 2 * plane +
 					   pg * page * hd * es;
@@ -503,19 +548,30 @@ static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_sum
 				for (uint32_t i = 0; i < reps; i++) { /* a short page repeats one */
 					const float *x = row + keep[i < m ? i : 0] * hd + h * d;
 					size_t r = pg * reps + i;
-					float sc;
 
 					if (s->kind == KVCD_SUMMARY_REPS) {
 						kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16, x,
-							      (uint16_t *)out + (lh * np * reps + r) * d, d);
+							      (uint16_t *)out + (lh * n + r) * d, d);
 						continue;
 					}
-					sc = kvcd_to_i8(x, d, (int8_t *)out + lh * per8 + r * d);
-					memcpy((uint8_t *)out + lh * per8 + np * reps * d + r * sizeof(sc),
-					       &sc, sizeof(sc));
+					r8_put((uint8_t *)out + (size_t)ly * l->kv_heads * per8,
+					       l->kv_heads, h, n4, d, (uint32_t)r, q8,
+					       kvcd_to_i8(x, d, q8));
 				}
 			}
 		}
+		for (uint32_t h = 0; s->kind == KVCD_SUMMARY_REPS8 && h < l->kv_heads; h++) {
+			uint8_t *o8 = (uint8_t *)out + (size_t)ly * l->kv_heads * per8;
+			float sc;
+
+			for (uint32_t c = 0; c < d; c++) /* key n - 1 back in a row */
+				q8[c] = (int8_t)o8[h * n4 * dp + r8_at((uint32_t)n - 1, c, dp)];
+			memcpy(&sc, o8 + l->kv_heads * n4 * dp + (h * n4 + n - 1) * sizeof(sc),
+			       sizeof(sc));
+			for (size_t r = n; r < n4; r++)
+				r8_put(o8, l->kv_heads, h, n4, d, (uint32_t)r, q8, sc);
+		}
+	}
 	free(row);
 	return 0;
 }
@@ -610,15 +666,9 @@ int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_su
 /* Loads of 16 (AVX-512) or 8 (AVX2) channels of a key or query row at offset o, as floats. */
 #define F16_16(k, o) \
 	_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(k) + (o))))
-#define I8_16(k, o) \
-	_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)(k) \
-										  + (o)))))
 #define Q_16(x, o) _mm512_loadu_ps((x)->q + (o))
 #define F16_8(k, o) \
 	_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
-#define I8_8(k, o) \
-	_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)(k) \
-										  + (o)))))
 #define Q_8(x, o) _mm256_loadu_ps((x)->q + (o))
 
 __attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
@@ -632,162 +682,351 @@ __attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
 
 REPS_TILE("avx512f", __m512, reps_f16_avx512, 16, _mm512_setzero_ps(), Q_16, F16_16,
 	  _mm512_fmadd_ps, _mm512_reduce_add_ps)
-REPS_TILE("avx512f", __m512, reps_i8_avx512, 16, _mm512_setzero_ps(), Q_16, I8_16,
-	  _mm512_fmadd_ps, _mm512_reduce_add_ps)
 REPS_TILE("avx2,f16c,fma", __m256, reps_f16_avx2, 8, _mm256_setzero_ps(), Q_8, F16_8,
 	  _mm256_fmadd_ps, hsum8)
-REPS_TILE("avx2,f16c,fma", __m256, reps_i8_avx2, 8, _mm256_setzero_ps(), Q_8, I8_8,
-	  _mm256_fmadd_ps, hsum8)
 
-/* int8 keys on AVX-512 VNNI: 64 channels per vpdpbusd, the tail masked to zero. The keys are
- * read as unsigned k + 128 (sign bit flipped) against the signed int8 query, each
- * accumulator starting at -128 sum(q) in its first lane to take that back off. A tile is 4
- * keys by 1 query head (g == 1) or by 4 (heads past g repeat the last), and its sums are
- * reduced together: a transpose-and-add tree leaves the sum of key i and query j in lane 4i+j
- * (4 by 4) or i (4 by 1), where one multiply applies every key and query scale. */
-#define VNNI_TILE(JN)                                                                            \
-	__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float                       \
-	vnni_tile##JN(const int8_t *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,      \
-		      const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0)         \
-	{                                                                                        \
-		__m512i acc[4][JN], flip = _mm512_set1_epi8((char)0x80);                         \
-		size_t kr[4], qi[JN];                                                            \
-		float qs[4];                                                                     \
-                                                                                                 \
-		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                         \
-			kr[i] = (size_t)(r + i < n ? r + i : n - 1);                             \
-		_Pragma("GCC unroll 4") for (uint32_t j = 0; j < JN; j++) {                      \
-			qi[j] = q0 + (j0 + j < g ? j0 + j : g - 1);                              \
-			qs[j] = x->q8_scale[qi[j]];                                              \
-			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                 \
-				acc[i][j] = _mm512_maskz_set1_epi32(1, -x->q8_bias[qi[j]]);      \
-		}                                                                                \
-		for (uint32_t c = 0; c < d; c += 64) {                                           \
-			__mmask64 m = d - c >= 64 ? ~0ull : (1ull << (d - c)) - 1;               \
-			__m512i kv[4];                                                           \
-                                                                                                 \
-			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)                 \
-				kv[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, k + kr[i] *  \
-										 d + c), flip);  \
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < JN; j++) {              \
-				__m512i qv = _mm512_maskz_loadu_epi8(m, x->q8 + qi[j] * d + c);  \
-                                                                                                 \
-				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < 4; i++)         \
-					acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], kv[i], qv);   \
-			}                                                                        \
-		}                                                                                \
-		__m128 ks = _mm_set_ps(sc[kr[3]], sc[kr[2]], sc[kr[1]], sc[kr[0]]);              \
-		return vnni_finish##JN(acc, ks, qs);                                             \
-	}
+/* ---- REPS8 scores: int8 keys as r8_at() lays them out ----------------------------------------
+ * Each returns the best scale x q.k of KV heads [0, kv) of one layer: @k the layer's bytes,
+ * @per the bytes of a head's keys (n4 x dp), @n4 keys a head, g query heads per KV head.
+ * Padded keys repeat a real one and padded channels are zero: neither changes the maximum. */
+struct r8 {
+	const uint8_t *k;
+	size_t per, n4;
+	uint32_t d, dp, kv, g;
+};
 
-/* Pairs of vectors to one: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3]; then, of two such,
- * [a, b, c, d] partial sums. */
-#define ADD32(a, b) _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
-#define ADD64(a, b) _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-#define ADD128(a, b) \
-	_mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xdd))
-
-__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline float
-vnni_finish1(__m512i acc[4][1], __m128 ks, const float *qs)
+/* Bytes of a channel group's row of kvcd_query.q8c: the heads and three more, in 64s. */
+static inline size_t r8_qrow(uint32_t q_heads)
 {
-	__m512i v = ADD64(ADD32(acc[0][0], acc[1][0]), ADD32(acc[2][0], acc[3][0]));
-	__m256i h = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-	__m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-	__m128 f = _mm_mul_ps(_mm_cvtepi32_ps(t), _mm_mul_ps(ks, _mm_set1_ps(qs[0])));
-
-	f = _mm_max_ps(f, _mm_movehl_ps(f, f));
-	return _mm_cvtss_f32(_mm_max_ss(f, _mm_movehdup_ps(f)));
+	return ((size_t)(q_heads + 3) * 16 + 63) & ~(size_t)63;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline float
-vnni_finish4(__m512i acc[4][4], __m128 ks, const float *qs)
+/* Head @h's scales and sums (4-aligned: n4 dp is a multiple of 16). */
+static inline const float *r8_scales(const struct r8 *r, uint32_t h)
 {
-	__m512i b[4], v;
-
-	_Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
-		b[i] = ADD64(ADD32(acc[i][0], acc[i][1]), ADD32(acc[i][2], acc[i][3]));
-	v = ADD128(ADD128(b[0], b[1]), ADD128(b[2], b[3]));
-	__m512 s = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1,
-									1, 1, 1, 0, 0, 0, 0),
-						       _mm512_castps128_ps512(ks)),
-				 _mm512_broadcast_f32x4(_mm_loadu_ps(qs)));
-
-	return _mm512_reduce_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+	return (const float *)(const void *)(r->k + r->kv * r->per) + h * r->n4;
 }
 
-VNNI_TILE(1)
-VNNI_TILE(4)
+static inline const int32_t *r8_sums(const struct r8 *r, uint32_t h)
+{
+	return (const int32_t *)(const void *)(r->k + r->kv * (r->per + r->n4 * sizeof(float))) +
+	       h * r->n4;
+}
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
-reps_i8_vnni(const void *k, const float *sc, uint32_t n, uint32_t d, const struct kvcd_query *x,
-	     uint32_t q0, uint32_t g)
+static float r8_scalar(const struct r8 *r, const struct kvcd_query *x)
 {
 	float best = -INFINITY;
 
-	for (uint32_t r = 0; r < n; r += 4)
-		for (uint32_t j0 = 0; j0 < g; j0 += g == 1 ? 1 : 4) {
-			float v = g == 1 ? vnni_tile1(k, sc, n, r, d, x, q0, g, j0) :
-					   vnni_tile4(k, sc, n, r, d, x, q0, g, j0);
+	for (uint32_t h = 0; h < r->kv; h++) {
+		const uint8_t *k = r->k + h * r->per;
 
-			best = v > best ? v : best;
-		}
+		for (uint32_t i = 0; i < r->n4; i++)
+			for (uint32_t j = 0; j < r->g; j++) {
+				const float *q = x->q + (size_t)(h * r->g + j) * r->d;
+				float acc = 0.0f, v;
+
+				for (uint32_t c = 0; c < r->d; c++)
+					acc += q[c] * (float)(int8_t)k[r8_at(i, c, r->dp)];
+				v = r8_scales(r, h)[i] * acc;
+				best = v > best ? v : best;
+			}
+	}
 	return best;
 }
 
-/* @sc: the scales' bytes, read one at a time (int8 rows of odd head_dim leave them
- * unaligned). */
-static float reps_scalar(const void *k, const uint8_t *sc, uint32_t n, uint32_t d,
-			 const float *q, uint32_t g)
+/* AVX2 and AVX-512 F: lanes are (key, channel of the group); a query's four channels are
+ * broadcast to every key, and the four lanes of each key are added at the end. Up to four
+ * query heads share each key load (heads past g repeat the last). */
+__attribute__((target("avx512f"))) static float r8_avx512(const struct r8 *r,
+							  const struct kvcd_query *x)
+{
+	const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+	__m512 best = _mm512_set1_ps(-INFINITY);
+	uint32_t C = r->dp / 4;
+
+	for (uint32_t h = 0; h < r->kv; h++) {
+		const uint8_t *k = r->k + h * r->per;
+
+		for (uint32_t j0 = 0; j0 < r->g; j0 += 4) {
+			const float *q[4];
+
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+				q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j :
+								    r->g - 1)) * r->dp;
+			for (uint32_t i = 0; i < r->n4; i += 4) {
+				const uint8_t *kg = k + (size_t)i * r->dp;
+				__m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(),
+						  _mm512_setzero_ps(), _mm512_setzero_ps() };
+				__m512 sc = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(
+						_mm_loadu_ps(r8_scales(r, h) + i)));
+
+				for (uint32_t c = 0; c < C; c++) {
+					__m512 kv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+						_mm_loadu_si128((const __m128i *)(kg + c * 16))));
+
+					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+						acc[j] = _mm512_fmadd_ps(kv, _mm512_broadcast_f32x4(
+							_mm_loadu_ps(q[j] + 4 * c)), acc[j]);
+				}
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
+					__m512 v = _mm512_add_ps(acc[j],
+								 _mm512_permute_ps(acc[j], 0xb1));
+
+					v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));
+					best = _mm512_max_ps(best, _mm512_mul_ps(v, sc));
+				}
+			}
+		}
+	}
+	return _mm512_reduce_max_ps(best);
+}
+
+__attribute__((target("avx2,fma"))) static float r8_avx2(const struct r8 *r,
+							 const struct kvcd_query *x)
+{
+	__m256 best = _mm256_set1_ps(-INFINITY);
+	uint32_t C = r->dp / 4;
+	float out[8];
+
+	for (uint32_t h = 0; h < r->kv; h++) {
+		const uint8_t *k = r->k + h * r->per;
+
+		for (uint32_t j0 = 0; j0 < r->g; j0 += 4) {
+			const float *q[4];
+
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+				q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j :
+								    r->g - 1)) * r->dp;
+			for (uint32_t i = 0; i < r->n4; i += 2) { /* two keys a vector */
+				const uint8_t *kg = k + (size_t)(i & ~3u) * r->dp + (i & 2) * 4;
+				const float *s = r8_scales(r, h) + i;
+				__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(),
+						  _mm256_setzero_ps(), _mm256_setzero_ps() };
+				__m256 sc = _mm256_set_m128(_mm_set1_ps(s[1]), _mm_set1_ps(s[0]));
+
+				for (uint32_t c = 0; c < C; c++) {
+					__m256 kv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+						_mm_loadl_epi64((const __m128i *)(kg + c * 16))));
+
+					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+						acc[j] = _mm256_fmadd_ps(kv, _mm256_broadcast_ps(
+							(const __m128 *)(q[j] + 4 * c)), acc[j]);
+				}
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
+					__m256 v = _mm256_add_ps(acc[j],
+								 _mm256_permute_ps(acc[j], 0xb1));
+
+					v = _mm256_add_ps(v, _mm256_permute_ps(v, 0x4e));
+					best = _mm256_max_ps(best, _mm256_mul_ps(v, sc));
+				}
+			}
+		}
+	}
+	_mm256_storeu_ps(out, best);
+	for (int i = 1; i < 8; i++)
+		out[0] = out[i] > out[0] ? out[i] : out[0];
+	return out[0];
+}
+
+/* AVX-512 VNNI, keys signed and queries unsigned (q + 128: kvcd_query's q8u), so each lane
+ * sums q.k + 128 sum(k) and the key's stored sum takes the second term back off.
+ * One query head a KV head: lanes are (channel group, key) over four channel groups, and the
+ * four 128-bit lanes are added at the end. Two or more: lanes are (query head, key); a
+ * 16-byte channel group of four keys is broadcast to the four query heads, and there is
+ * nothing to add across lanes. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
+r8_vnni1(const struct r8 *r, const struct kvcd_query *x)
+{
+	uint32_t C = r->dp / 4;
+	__m128 best = _mm_set1_ps(-INFINITY);
+
+	for (uint32_t h = 0; h < r->kv; h++) {
+		const uint8_t *k = r->k + h * r->per, *q = x->q8h + (size_t)h * C * 16;
+		__m128 qs = _mm_set1_ps(x->q8_scale[h]);
+
+		for (uint32_t i = 0; i < r->n4; i += 4) {
+			const uint8_t *kg = k + (size_t)i * r->dp;
+			__m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+			uint32_t c = 0;
+
+			for (; c + 8 <= C; c += 8) {
+				a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(q + c * 16),
+							 _mm512_loadu_si512(kg + c * 16));
+				a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(q + c * 16 + 64),
+							 _mm512_loadu_si512(kg + c * 16 + 64));
+			}
+			for (; c < C; c += 4) {
+				__mmask64 m = C - c >= 4 ? ~0ull : (1ull << ((C - c) * 16)) - 1;
+
+				a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_loadu_epi8(m, q + c * 16),
+							 _mm512_maskz_loadu_epi8(m, kg + c * 16));
+			}
+			a0 = _mm512_add_epi32(a0, a1);
+			a0 = _mm512_add_epi32(a0, _mm512_shuffle_i32x4(a0, a0, 0x4e));
+			a0 = _mm512_add_epi32(a0, _mm512_shuffle_i32x4(a0, a0, 0xb1));
+			__m128i dot = _mm_sub_epi32(_mm512_castsi512_si128(a0), _mm_slli_epi32(
+				_mm_loadu_si128((const __m128i *)(r8_sums(r, h) + i)), 7));
+			__m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dot), qs),
+					      _mm_loadu_ps(r8_scales(r, h) + i));
+
+			best = _mm_max_ps(best, v);
+		}
+	}
+	best = _mm_max_ps(best, _mm_movehl_ps(best, best));
+	return _mm_cvtss_f32(_mm_max_ss(best, _mm_movehdup_ps(best)));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
+r8_vnni4(const struct r8 *r, const struct kvcd_query *x)
+{
+	uint32_t C = r->dp / 4;
+	__m512 best = _mm512_set1_ps(-INFINITY);
+
+	for (uint32_t h = 0; h < r->kv; h++) {
+		const uint8_t *k = r->k + h * r->per;
+
+		for (uint32_t j0 = 0; j0 < r->g; j0 += 4) {
+			const uint8_t *q[4];
+			uint32_t nj = r->g - j0 < 4 ? r->g - j0 : 4;
+			/* the lanes of this KV head's query heads */
+			__mmask16 live = (__mmask16)((1u << (4 * nj)) - 1);
+			__m512 qs = _mm512_loadu_ps(x->q8s4 + (size_t)(h * r->g + j0) * 4);
+
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+				q[j] = x->q8h +
+				       (size_t)(h * r->g + (j < nj ? j0 + j : j0)) * C * 16;
+			for (uint32_t i = 0; i < r->n4; i += 4) {
+				const uint8_t *kg = k + (size_t)i * r->dp;
+				__m512i a[4], b[4]; /* b: every other block of channel groups */
+				uint32_t c = 0;
+
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+					a[j] = b[j] = _mm512_setzero_si512();
+				for (; c + 8 <= C; c += 8) {
+					__m512i ka = _mm512_loadu_si512(kg + c * 16),
+						kb = _mm512_loadu_si512(kg + c * 16 + 64);
+
+					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
+						a[j] = _mm512_dpbusd_epi32(a[j], _mm512_loadu_si512(
+							q[j] + c * 16), ka);
+						b[j] = _mm512_dpbusd_epi32(b[j], _mm512_loadu_si512(
+							q[j] + c * 16 + 64), kb);
+					}
+				}
+				for (; c < C; c += 4) {
+					__mmask64 m = C - c >= 4 ? ~0ull :
+						      (1ull << ((C - c) * 16)) - 1;
+					__m512i kv = _mm512_maskz_loadu_epi8(m, kg + c * 16);
+
+					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+						a[j] = _mm512_dpbusd_epi32(a[j],
+							_mm512_maskz_loadu_epi8(m, q[j] + c * 16),
+							kv);
+				}
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+					a[j] = _mm512_add_epi32(a[j], b[j]);
+				/* lanes (channel group, key) of four heads to (head, key) */
+				__m512i u = _mm512_add_epi32(
+					_mm512_shuffle_i32x4(a[0], a[1], 0x88),
+					_mm512_shuffle_i32x4(a[0], a[1], 0xdd));
+				__m512i w = _mm512_add_epi32(
+					_mm512_shuffle_i32x4(a[2], a[3], 0x88),
+					_mm512_shuffle_i32x4(a[2], a[3], 0xdd));
+				__m512i dot = _mm512_sub_epi32(
+					_mm512_add_epi32(_mm512_shuffle_i32x4(u, w, 0x88),
+							 _mm512_shuffle_i32x4(u, w, 0xdd)),
+					_mm512_slli_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128(
+						(const __m128i *)(r8_sums(r, h) + i))), 7));
+				__m512 ks = _mm512_broadcast_f32x4(
+					_mm_loadu_ps(r8_scales(r, h) + i));
+				__m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), qs),
+							 ks);
+
+				best = _mm512_mask_max_ps(best, live, best, v);
+			}
+		}
+	}
+	return _mm512_reduce_max_ps(best);
+}
+
+/* @isa with KVCD_SELECT_NO_VNNI: the AVX-512 F kernel even where VNNI is present. */
+static float r8_score(int isa, const struct r8 *r, const struct kvcd_query *x)
+{
+	enum kvcd_isa base = (enum kvcd_isa)(isa & 0xff);
+
+	if (base == KVCD_ISA_AVX512 && !(isa & KVCD_SELECT_NO_VNNI) && kvcd_has_vnni())
+		return r->g == 1 ? r8_vnni1(r, x) : r8_vnni4(r, x);
+	if (base == KVCD_ISA_AVX512)
+		return r8_avx512(r, x);
+	if (base == KVCD_ISA_AVX2)
+		return r8_avx2(r, x);
+	return r8_scalar(r, x);
+}
+
+static float reps_scalar(const uint16_t *k, uint32_t n, uint32_t d, const float *q, uint32_t g)
 {
 	float best = -INFINITY;
 
-	for (uint32_t r = 0; r < n; r++) {
-		float s = 1.0f;
-
-		if (sc)
-			memcpy(&s, sc + (size_t)r * sizeof(s), sizeof(s));
+	for (uint32_t r = 0; r < n; r++)
 		for (uint32_t j = 0; j < g; j++) {
 			float acc = 0.0f;
 
 			for (uint32_t c = 0; c < d; c++)
-				acc += q[(size_t)j * d + c] *
-				       (sc ? (float)((const int8_t *)k)[(size_t)r * d + c] :
-					     kvcd_f16_to_f32(((const uint16_t *)k)[(size_t)r * d + c]));
-			best = s * acc > best ? s * acc : best;
+				acc += q[(size_t)j * d + c] * kvcd_f16_to_f32(k[(size_t)r * d + c]);
+			best = acc > best ? acc : best;
 		}
-	}
 	return best;
 }
 
 int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim)
 {
-	size_t n = (size_t)q_heads * head_dim;
+	size_t n = (size_t)q_heads * head_dim, dp = up4(head_dim), qp = (size_t)q_heads * dp;
+	size_t q8c = (size_t)(dp / 4) * r8_qrow(q_heads), pats = (qp * 4 + q8c + 63) & ~(size_t)63;
+	uint8_t *m;
 
 	memset(x, 0, sizeof(*x));
 	x->q = q;
 	x->q_heads = q_heads;
 	x->head_dim = head_dim;
-	x->pos = malloc(n * 2 * sizeof(float) + q_heads * (sizeof(float) + sizeof(int32_t)) + n);
-	if (!x->pos)
+	/* the VNNI patterns first, 64-byte aligned: their loads never split a cache line */
+	m = aligned_alloc(64, (pats + (n * 2 + q_heads + qp + (q_heads + 3) * 4) * sizeof(float) +
+			       n + 63) & ~(size_t)63);
+	if (!m)
 		return -ENOMEM;
+	x->buf = m;
+	x->q8h = m;
+	x->q8c = m + qp * 4;
+	x->pos = (float *)(m + pats);
 	x->neg = x->pos + n;
 	x->q8_scale = x->neg + n;
-	x->q8_bias = (int32_t *)(x->q8_scale + q_heads);
-	x->q8 = (int8_t *)(x->q8_bias + q_heads);
+	x->qp = x->q8_scale + q_heads;
+	x->q8s4 = x->qp + qp;
+	x->q8 = (int8_t *)(x->q8s4 + (q_heads + 3) * 4);
 	kvcd_quest_prep(q, (uint32_t)n, x->pos, x->neg);
+	memset(x->qp, 0, qp * sizeof(float));
+	memset(x->q8s4, 0, (q_heads + 3) * 4 * sizeof(float));
+	memset(x->q8c, 128, q8c); /* q = 0 */
 	for (uint32_t j = 0; j < q_heads; j++) {
 		const float *qj = q + (size_t)j * head_dim;
 		int8_t *q8 = x->q8 + (size_t)j * head_dim;
 		float a = 0.0f;
-		int32_t sum = 0;
 
 		for (uint32_t c = 0; c < head_dim; c++)
 			a += fabsf(qj[c]);
 		x->l1 = a > x->l1 ? a : x->l1;
+		memcpy(x->qp + (size_t)j * dp, qj, head_dim * sizeof(float));
 		x->q8_scale[j] = kvcd_to_i8(qj, head_dim, q8);
-		for (uint32_t c = 0; c < head_dim; c++)
-			sum += q8[c];
-		x->q8_bias[j] = 128 * sum;
+		for (uint32_t t = 0; t < 4; t++)
+			x->q8s4[(size_t)j * 4 + t] = x->q8_scale[j];
+		for (uint32_t c = 0; c < dp; c++) { /* as unsigned q + 128, once for each key */
+			uint8_t u = (uint8_t)((c < head_dim ? q8[c] : 0) + 128);
+
+			for (uint32_t t = 0; t < 4; t++) {
+				x->q8h[((size_t)j * dp / 4 + c / 4) * 16 + t * 4 + c % 4] = u;
+				x->q8c[(size_t)(c / 4) * r8_qrow(q_heads) + j * 16 + t * 4 +
+				       c % 4] = u;
+			}
+		}
 	}
 	x->l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */
 	return 0;
@@ -795,8 +1034,8 @@ int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint
 
 void kvcd_query_fini(struct kvcd_query *x)
 {
-	free(x->pos);
-	x->pos = NULL;
+	free(x->buf);
+	x->buf = NULL;
 }
 
 float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
@@ -804,40 +1043,42 @@ float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, 
 {
 	struct kvcd_summary s;
 	const uint8_t *data = (const uint8_t *)sum + sizeof(s);
+	enum kvcd_isa base = (enum kvcd_isa)(isa & 0xff);
 	uint32_t d = l->head_dim, g = x->q_heads / l->kv_heads;
-	bool wide = isa == KVCD_ISA_AVX512 && d % 16 == 0;
-	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
-	bool vnni = isa == KVCD_ISA_AVX512 && d % 4 == 0 && kvcd_has_vnni();
+	bool wide = base == KVCD_ISA_AVX512 && d % 16 == 0;
+	bool fast = base != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
 	float best = -INFINITY;
 	size_t n, per;
-	bool i8;
 
 	memcpy(&s, sum, sizeof(s));
 	if (!s.page || d != x->head_dim)
 		return -INFINITY;
 	if (s.kind == KVCD_SUMMARY_QUEST)
-		return kvcd_quest_score(isa, l, s.page, (const uint16_t *)data, layer, x->pos,
+		return kvcd_quest_score(base, l, s.page, (const uint16_t *)data, layer, x->pos,
 					x->neg, x->l1, x->q_heads);
 	if ((s.kind != KVCD_SUMMARY_REPS && s.kind != KVCD_SUMMARY_REPS8) || !s.reps)
 		return -INFINITY;
-	i8 = s.kind == KVCD_SUMMARY_REPS8;
 	n = (size_t)kvcd_quest_pages(l, s.page) * s.reps;
-	per = n * (i8 ? d + sizeof(float) : 2 * (size_t)d);
+	if (s.kind == KVCD_SUMMARY_REPS8) {
+		struct r8 r = { .n4 = (n + 3) & ~(size_t)3, .d = d, .dp = up4(d),
+				.kv = l->kv_heads, .g = g };
+
+		r.per = r.n4 * r.dp;
+		r.k = data + (size_t)layer * l->kv_heads * r8_head_bytes(n, d);
+		return r8_score(isa, &r, x) / sqrtf((float)d);
+	}
+	per = n * 2 * (size_t)d;
 	for (uint32_t h = 0; h < l->kv_heads; h++) {
-		const uint8_t *k = data + ((size_t)layer * l->kv_heads + h) * per;
-		const uint8_t *sc = i8 ? k + n * d : NULL; /* 4-aligned when d % 4 == 0 */
+		const uint16_t *k =
+			(const uint16_t *)(data + ((size_t)layer * l->kv_heads + h) * per);
 		float v;
 
-		if (i8 && vnni)
-			v = reps_i8_vnni(k, (const float *)sc, (uint32_t)n, d, x, h * g, g);
-		else if (wide)
-			v = (i8 ? reps_i8_avx512 : reps_f16_avx512)(k, (const float *)sc,
-								   (uint32_t)n, d, x, h * g, g);
+		if (wide)
+			v = reps_f16_avx512(k, NULL, (uint32_t)n, d, x, h * g, g);
 		else if (fast)
-			v = (i8 ? reps_i8_avx2 : reps_f16_avx2)(k, (const float *)sc, (uint32_t)n,
-								 d, x, h * g, g);
+			v = reps_f16_avx2(k, NULL, (uint32_t)n, d, x, h * g, g);
 		else
-			v = reps_scalar(k, sc, (uint32_t)n, d, x->q + (size_t)h * g * d, g);
+			v = reps_scalar(k, (uint32_t)n, d, x->q + (size_t)h * g * d, g);
 		best = v > best ? v : best;
 	}
 	return best / sqrtf((float)d);

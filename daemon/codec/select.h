@@ -113,9 +113,15 @@ struct kvcd_query {
 	uint32_t q_heads, head_dim;
 	float *pos, *neg;	/* Quest: kvcd_quest_prep's halves */
 	float l1;		/* Quest: the largest L1 norm of a query head, rounded up */
+	float *qp;		/* REPS8: each head's channels padded to a multiple of 4 */
 	int8_t *q8;		/* REPS8 on VNNI: each query head in int8, symmetric */
 	float *q8_scale;	/* its scale (absmax / 127) */
-	int32_t *q8_bias;	/* 128 x the sum of its int8 values */
+	float *q8s4;		/* the scales, each four times, [q_heads + 3][4] */
+	uint8_t *q8h, *q8c;	/* q8 + 128 per channel group of 4, four times (once for each
+				 * key of a group): [q_heads][groups][16] and [groups][row],
+				 * a row the heads' 16 bytes and three more heads (q = 0),
+				 * padded to 64 bytes */
+	void *buf;		/* all of the above */
 };
 /* Prepare @q (finite). Returns 0 or -ENOMEM; kvcd_query_fini frees what it holds. */
 int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim);
@@ -124,8 +130,10 @@ void kvcd_query_fini(struct kvcd_query *x);
 /* The SELECT score of a block from its summary at @layer, for queries @x (q_heads a multiple
  * of kv_heads; query head h reads KV head h / (q_heads / kv_heads)), over sqrt(head_dim):
  * Quest's bound (see kvcd_quest_score), or the best q.k over the representatives. With REPS8
- * on a CPU with AVX-512 VNNI the query is taken in int8 too. -INFINITY when the summary's
- * header is not one kvcd writes or the head_dim differs. */
+ * on a CPU with AVX-512 VNNI the query is taken in int8 too; @isa | KVCD_SELECT_NO_VNNI
+ * takes the AVX-512 F path there instead (tests). -INFINITY when the summary's header is not
+ * one kvcd writes or the head_dim differs. */
+#define KVCD_SELECT_NO_VNNI 0x100
 float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
 			 const struct kvcd_query *x);
 
