@@ -828,12 +828,14 @@ __attribute__((target("avx2,fma"))) static float r8_avx2(const struct r8 *r,
 	return out[0];
 }
 
-/* AVX-512 VNNI, keys signed and queries unsigned (q + 128: kvcd_query's q8u), so each lane
- * sums q.k + 128 sum(k) and the key's stored sum takes the second term back off.
- * One query head a KV head: lanes are (channel group, key) over four channel groups, and the
- * four 128-bit lanes are added at the end. Two or more: lanes are (query head, key); a
- * 16-byte channel group of four keys is broadcast to the four query heads, and there is
- * nothing to add across lanes. */
+/* AVX-512 VNNI, keys signed and queries unsigned (q + 128: kvcd_query's q8h), so each lane
+ * sums q.k + 128 sum(k) and the key's stored sum takes the second term back off. Each
+ * vpdpbusd takes 64 bytes of keys, four channel groups of four keys, against the query's
+ * pattern for them: lanes are (channel group, key), and the four 128-bit lanes are added at
+ * the end. With two or more query heads a KV head, four of them share each key load, and six
+ * shuffles and three adds turn their four accumulators into lanes (query head, key). (A
+ * 16-byte group broadcast to lanes (query head, key) needs no adds but two loads a
+ * vpdpbusd: it measured slower.) */
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
 r8_vnni1(const struct r8 *r, const struct kvcd_query *x)
 {
