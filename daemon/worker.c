@@ -387,7 +387,7 @@ static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		     char *buf, struct kvcp_cqe *cqe)
 {
 	enum { CHUNK = 1024 }; /* references held at a time */
-	enum { PF_HEAD = 12, PF_BODY = 4 }; /* prefetch distances, in candidates */
+	enum { PF_HEAD = 20, PF_BODY = 8 }; /* prefetch distances, in candidates (measured) */
 	struct kvcd_block *blk[CHUNK];
 	struct kvcp_select h;
 	struct kvcp_select_hit *hits;
