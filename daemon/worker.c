@@ -108,9 +108,9 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		return -EINVAL;
 	}
 	l.codec = pol->kind | (kvcd_policy_sel(pol) ? KVCP_CODEC_SPARSE : 0);
-	/* with bounds=quest the block's Quest bounds (SELECT) follow it in the same allocation */
-	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, KVCD_BOUNDS_AT(stored) + qb,
-				 s->order, s->norder, &b);
+	/* with bounds= the block's SELECT summary follows it in the same allocation */
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l,
+				 qb ? KVCD_BOUNDS_AT(stored) + qb : stored, s->order, s->norder, &b);
 	if (err) {
 		free(counts);
 		return err;

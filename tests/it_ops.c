@@ -38,6 +38,25 @@ Test(ops, nop_and_stats)
 	kvc_detach(c);
 }
 
+Test(ops, a_raw_block_costs_its_bytes_and_the_allocator_header)
+{
+	kvc_client *c = t_attach(&D, "cost", 4096);
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64,
+				.tokens = 1 }; /* 256 bytes */
+	struct kvc_key k = { 7, 7 };
+	struct kvc_stats a, b;
+
+	cr_assert_eq(kvc_layout_bytes(&l), 256);
+	cr_assert_eq(kvc_stats(c, &a), 0);
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	cr_assert_eq(kvc_stats(c, &b), 0);
+	/* TLSF: 64-byte granules and a 64-byte header; no room kept for a SELECT summary */
+	cr_assert_eq(b.bytes_used - a.bytes_used, 256 + 64, "%llu",
+		     (unsigned long long)(b.bytes_used - a.bytes_used));
+	cr_assert_eq(kvc_delete(c, &k), 0);
+	kvc_detach(c);
+}
+
 Test(ops, round_trip_is_bit_exact_in_every_dtype)
 {
 	kvc_client *c = t_attach(&D, "rt", 4 << 20);
