@@ -737,6 +737,13 @@ static float r8_scalar(const struct r8 *r, const struct kvcd_query *x)
 /* AVX2 and AVX-512 F: lanes are (key, channel of the group); a query's four channels are
  * broadcast to every key, and the four lanes of each key are added at the end. Up to four
  * query heads share each key load (heads past g repeat the last). */
+static inline void r8_rows(const struct r8 *r, const struct kvcd_query *x, uint32_t h,
+			   uint32_t j0, const float *q[4])
+{
+	for (uint32_t j = 0; j < 4; j++)
+		q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j : r->g - 1)) * r->dp;
+}
+
 __attribute__((target("avx512f"))) static float r8_avx512(const struct r8 *r,
 							  const struct kvcd_query *x)
 {
@@ -750,9 +757,7 @@ __attribute__((target("avx512f"))) static float r8_avx512(const struct r8 *r,
 		for (uint32_t j0 = 0; j0 < r->g; j0 += 4) {
 			const float *q[4];
 
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-				q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j :
-								    r->g - 1)) * r->dp;
+			r8_rows(r, x, h, j0, q);
 			for (uint32_t i = 0; i < r->n4; i += 4) {
 				const uint8_t *kg = k + (size_t)i * r->dp;
 				__m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(),
@@ -794,9 +799,7 @@ __attribute__((target("avx2,fma"))) static float r8_avx2(const struct r8 *r,
 		for (uint32_t j0 = 0; j0 < r->g; j0 += 4) {
 			const float *q[4];
 
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-				q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j :
-								    r->g - 1)) * r->dp;
+			r8_rows(r, x, h, j0, q);
 			for (uint32_t i = 0; i < r->n4; i += 2) { /* two keys a vector */
 				const uint8_t *kg = k + (size_t)(i & ~3u) * r->dp + (i & 2) * 4;
 				const float *s = r8_scales(r, h) + i;
