@@ -173,7 +173,8 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
 
 /* ---- store.c: index, blocks, eviction, pins ---------------------------------------------- */
 
-#define KVCD_BLK_WRITING 1u	/* being filled: invisible to lookups */
+#define KVCD_BLK_WRITING 1u	/* being filled: invisible to lookups (the slot's state says
+				 * so too; this copy spares CLOCK a read of the slot) */
 #define KVCD_BLK_DEAD 2u	/* removed from the index; freed when refs drops to 0 */
 #define KVCD_BLK_REF 4u		/* CLOCK reference bit */
 
