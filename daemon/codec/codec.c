@@ -327,8 +327,8 @@ struct work {
 	bool pre;
 	uint16_t *par;		/* T x D x 2: group scale and zero */
 	uint8_t *pc;		/* T x D x 2: the same as params=u8 codes */
-	float *gbuf;		/* max(G, D) */
-	uint8_t *gq;		/* max(G, D) */
+	float *chan;		/* T x D: KIVI keys by [group][channel][token] */
+	uint8_t *chanm;		/* T x D: their sparse marks, the same way */
 	float *rcos, *rsin;	/* T x head_dim / 2: RoPE angles, for policies with rope */
 	void *mem;
 };
@@ -381,14 +381,14 @@ static void *work_mem(size_t sz)
 static int work_init(struct work *w, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		     uint32_t ne)
 {
-	size_t t = l->tokens, d = l->head_dim, td = t * d, g = p->group > d ? p->group : d;
+	size_t t = l->tokens, d = l->head_dim, td = t * d;
 	size_t plane = td * l->kv_heads;
 	/* group ranges, parameters and codes serve a unit's T rows or a plane row's H heads */
 	size_t gd = (t > l->kv_heads ? t : l->kv_heads) * d;
 	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
 		((d + gch - 1) / gch);
-	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 + gd * 4 * 2 + gd * 4 + gd + td + t +
-		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + g * 5 + td * 4 + gd * 2 + 64;
+	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 * 2 + gd * 4 * 2 + gd * 4 + gd + td + t +
+		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + td * 4 + gd * 2 + td + 64;
 	char *m = work_mem(sz);
 
 	if (!m)
@@ -399,21 +399,21 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	w->plo = w->plane + plane;
 	w->phi = w->plo + pr;
 	w->mag = w->phi + pr;
-	w->lo = w->mag + td;
+	w->chan = w->mag + td;
+	w->lo = w->chan + td;
 	w->hi = w->lo + gd;
 	w->par = (uint16_t *)(w->hi + gd);
 	w->reg = (uint32_t *)(w->par + 2 * gd);
 	w->imp = w->reg + t;
 	w->order = w->imp + t;
 	w->exact = w->order + t;
-	w->gbuf = (float *)(w->exact + (size_t)l->kv_heads * ne);
-	w->codes = (uint8_t *)(w->gbuf + g);
+	w->codes = (uint8_t *)(w->exact + (size_t)l->kv_heads * ne);
 	w->mask = w->codes + gd;
 	w->cls = w->mask + td;
-	w->gq = w->cls + t;
-	w->rcos = (float *)(((uintptr_t)(w->gq + g) + 3) & ~(uintptr_t)3);
+	w->rcos = (float *)(((uintptr_t)(w->cls + t) + 3) & ~(uintptr_t)3);
 	w->rsin = w->rcos + td / 2;
 	w->pc = (uint8_t *)(w->rsin + td / 2);
+	w->chanm = w->pc + gd * 2;
 	return 0;
 }
 
@@ -723,75 +723,76 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 	*in = codes + (size_t)s->nq * s->d;
 }
 
-/* Group (g, c)'s values into w->gbuf, sparse ones replaced as dense_group does. */
-static void gather_channel(const struct shape *s, struct work *w, uint32_t G, uint32_t g,
-			   uint32_t c, uint32_t gsz)
-{
-	for (uint32_t i = 0; i < gsz; i++) {
-		uint32_t r = g * G + i;
-
-		w->gbuf[i] = w->tile[(size_t)w->reg[r] * w->ts + c];
-		w->gq[i] = s->nsp ? w->mask[(size_t)r * s->d + c] : 0;
-	}
-	if (s->nsp)
-		dense_group(w->gbuf, w->gq, gsz, w->gbuf);
-}
-
 /* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
- * resid=quant the last group may be shorter (nq % G tokens). Ranges of every group, then
- * their params, then the codes: the same bits as kvcd_quant_group per group. */
+ * resid=quant the last group may be shorter (nq % G tokens). Each group is transposed once
+ * into w->chan, [channel][token] (sparse values replaced as dense_group does), so ranges,
+ * params and codes are each one call over its D channel groups, with the same bits as
+ * kvcd_quant_group per channel group. */
 static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 {
 	const struct shape *s = u->s;
-	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G;
-	int err;
+	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G, d = s->d;
+	int err = 0;
 
-	for (uint32_t g = 0; g < ng; g++)
-		for (uint32_t c = 0; c < s->d; c++) {
-			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+	for (uint32_t g = 0; g < ng && !err; g++) {
+		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+		float *xt = w->chan + (size_t)g * G * d;
+		uint8_t *mt = w->chanm + (size_t)g * G * d;
 
-			gather_channel(s, w, G, g, c, gsz);
-			err = kvcd_quant_ranges(u->isa, w->gbuf, 1, gsz, &w->lo[g * s->d + c],
-						&w->hi[g * s->d + c]);
-			if (err)
-				return err;
+		for (uint32_t i = 0; i < gsz; i++) {
+			const float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
+			const uint8_t *m = w->mask + (size_t)(g * G + i) * d;
+
+			for (uint32_t c = 0; c < d; c++)
+				xt[(size_t)c * gsz + i] = x[c];
+			for (uint32_t c = 0; s->nsp && c < d; c++)
+				mt[(size_t)c * gsz + i] = m[c];
 		}
-	err = put_params(u, w, (size_t)ng * s->d, s->bits, o);
+		for (uint32_t c = 0; s->nsp && c < d; c++)
+			dense_group(xt + (size_t)c * gsz, mt + (size_t)c * gsz, gsz,
+				    xt + (size_t)c * gsz);
+		err = kvcd_quant_ranges(u->isa, xt, d, gsz, &w->lo[(size_t)g * d],
+					&w->hi[(size_t)g * d]);
+	}
+	if (!err)
+		err = put_params(u, w, (size_t)ng * d, s->bits, o);
 	if (err)
 		return err;
-	for (uint32_t g = 0; g < ng; g++)
-		for (uint32_t c = 0; c < s->d; c++) {
-			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+	for (uint32_t g = 0; g < ng; g++) {
+		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
 
-			gather_channel(s, w, G, g, c, gsz);
-			kvcd_quant_apply(u->isa, w->gbuf, 1, gsz, s->bits,
-					 w->par + 2 * ((size_t)g * s->d + c),
-					 w->codes + (size_t)g * G * s->d + (size_t)c * gsz);
-		}
-	kvcd_pack(w->codes, (size_t)s->nq * s->d, s->bits, *o);
-	*o += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
+		kvcd_quant_apply(u->isa, w->chan + (size_t)g * G * d, d, gsz, s->bits,
+				 w->par + 2 * (size_t)g * d, w->codes + (size_t)g * G * d);
+	}
+	kvcd_pack(w->codes, (size_t)s->nq * d, s->bits, *o);
+	*o += kvcd_packed_bytes((size_t)s->nq * d, s->bits);
 	return 0;
 }
 
 static int dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
 {
 	const struct shape *s = u->s;
-	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G;
+	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G, d = s->d;
 	const uint16_t *par = w->par;
 
-	if (get_params(u, w, (size_t)ng * s->d, in))
+	if (get_params(u, w, (size_t)ng * d, in))
 		return -EBADMSG;
-	kvcd_unpack(*in, (size_t)s->nq * s->d, s->bits, w->codes);
-	*in += kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
-	for (uint32_t g = 0; g < ng; g++)
-		for (uint32_t c = 0; c < s->d; c++, par += 2) {
-			uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+	kvcd_unpack(*in, (size_t)s->nq * d, s->bits, w->codes);
+	*in += kvcd_packed_bytes((size_t)s->nq * d, s->bits);
+	for (uint32_t g = 0; g < ng; g++) {
+		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
+		const uint8_t *q = w->codes + (size_t)g * G * d;
 
-			kvcd_dequant_group(u->isa, w->codes + (size_t)g * G * s->d + (size_t)c * gsz,
-					   gsz, par[0], par[1], w->gbuf);
-			for (uint32_t i = 0; i < gsz; i++)
-				w->tile[(size_t)w->reg[g * G + i] * w->ts + c] = w->gbuf[i];
+		for (uint32_t c = 0; c < d; c++, par += 2)
+			kvcd_dequant_group(u->isa, q + (size_t)c * gsz, gsz, par[0], par[1],
+					   w->chan + (size_t)c * gsz);
+		for (uint32_t i = 0; i < gsz; i++) { /* back to token rows */
+			float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
+
+			for (uint32_t c = 0; c < d; c++)
+				x[c] = w->chan[(size_t)c * gsz + i];
 		}
+	}
 	return 0;
 }
 
