@@ -124,6 +124,65 @@ Test(codec, fp8_e4m3)
 	}
 }
 
+/* The SIMD conversion gives kvcd_f32_to_e4m3's byte for every value class: each code, the
+ * ties halfway between neighbours (both ways of even), subnormals and their ties, values
+ * past 448, infinities, NaN, both zeros, and divided by a scale that is not a power of 2. */
+Test(codec, fp8_e4m3_vectors_equal_the_scalar_conversion)
+{
+	enum { N = 4096 };
+	static float v[N];
+	static uint8_t got[N];
+	size_t n = 0;
+
+	for (int b = 0; b < 256; b++) {
+		float f = kvcd_e4m3_to_f32((uint8_t)b), g = kvcd_e4m3_to_f32((uint8_t)(b + 1));
+
+		if ((b & 0x7f) == 0x7f)
+			continue;
+		v[n++] = f;
+		if ((b & 0x7f) < 0x7e && ((b + 1) & 0x7f) != 0x7f) { /* halfway and either side */
+			float mid = (f + g) / 2;
+
+			v[n++] = mid;
+			v[n++] = nextafterf(mid, INFINITY);
+			v[n++] = nextafterf(mid, -INFINITY);
+		}
+	}
+	for (float f = 0x1p-12f; f < 1000.0f; f *= 1.37f) { /* a spread of magnitudes */
+		v[n++] = f;
+		v[n++] = -f;
+	}
+	v[n++] = 0.0f;
+	v[n++] = -0.0f;
+	v[n++] = 448.0f;
+	v[n++] = 463.99f;
+	v[n++] = 464.0f;
+	v[n++] = 1e30f;
+	v[n++] = -INFINITY;
+	v[n++] = INFINITY;
+	v[n++] = NAN;
+	v[n++] = -NAN;
+	v[n++] = 0x1p-6f;
+	v[n++] = nextafterf(0x1p-6f, 0.0f);
+	v[n++] = 0x1p-10f; /* a subnormal tie: 0.5 x 2^-9 */
+	v[n++] = 3 * 0x1p-10f;
+	cr_assert_lt(n, N);
+	for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++)
+		for (int k = 0; k < 2; k++) {
+			float div = k ? 0.37f : 1.0f;
+
+			kvcd_e4m3_n((enum kvcd_isa)isa, v, n, div, got);
+			for (size_t i = 0; i < n; i++)
+				cr_assert_eq(got[i], kvcd_f32_to_e4m3(v[i] / div),
+					     "isa %d value %a / %g: 0x%02x, want 0x%02x", isa,
+					     (double)v[i], (double)div, got[i],
+					     kvcd_f32_to_e4m3(v[i] / div));
+		}
+	kvcd_e4m3_n(kvcd_isa_best(), v, n, 0.0f, got);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(got[i], 0, "no scale: all zero");
+}
+
 Test(codec, hadamard)
 {
 	float a[2] = { 1, 0 }, b[4] = { 1, 1, 1, 1 }, x[128], y[128];

@@ -155,6 +155,114 @@ uint8_t kvcd_f32_to_e4m3(float f)
 	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
 }
 
+/* kvcd_f32_to_e4m3 on 16 or 8 lanes, the same bits. Rounding to nearest even is an integer
+ * add on the float's exponent-and-mantissa bits (a carry moves into the exponent), then the
+ * exponent is rebiased from 127 to 7 (960 = 120 << 3) and the code saturates at 0x7e; below
+ * 2^-6 the value is a multiple of 2^-9, and NaN is 0x7f. */
+__attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
+								       float div, uint8_t *out)
+{
+	const __m512i abs = _mm512_set1_epi32(0x7fffffff), half = _mm512_set1_epi32(0x7ffff);
+	const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(960);
+	const __m512i top = _mm512_set1_epi32(0x7e), inf = _mm512_set1_epi32(0x7f800000);
+	const __m512 vd = _mm512_set1_ps(div), tiny = _mm512_set1_ps(0x1p-6f);
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512i x = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + i), vd));
+		__m512i ax = _mm512_and_si512(x, abs);
+		__m512i t = _mm512_add_epi32(ax, _mm512_add_epi32(half, _mm512_and_si512(
+						     _mm512_srli_epi32(ax, 20), one)));
+		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias), top);
+		__m512 a = _mm512_castsi512_ps(ax);
+		__m512i sub = _mm512_cvtps_epi32(_mm512_roundscale_ps(
+			_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
+			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+
+		code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
+		code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
+					     _mm512_set1_epi32(0x7f));
+		code = _mm512_or_si512(code, _mm512_srli_epi32(_mm512_andnot_si512(abs, x), 24));
+		_mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(code));
+	}
+	return i;
+}
+
+__attribute__((target("avx2"))) static size_t e4m3_avx2(const float *v, size_t n, float div,
+							uint8_t *out)
+{
+	const __m256i abs = _mm256_set1_epi32(0x7fffffff), half = _mm256_set1_epi32(0x7ffff);
+	const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(960);
+	const __m256i top = _mm256_set1_epi32(0x7e), inf = _mm256_set1_epi32(0x7f800000);
+	const __m256 vd = _mm256_set1_ps(div), tiny = _mm256_set1_ps(0x1p-6f);
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256i x = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + i), vd));
+		__m256i ax = _mm256_and_si256(x, abs);
+		__m256i t = _mm256_add_epi32(ax, _mm256_add_epi32(half, _mm256_and_si256(
+						     _mm256_srli_epi32(ax, 20), one)));
+		__m256i code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_srli_epi32(t, 20), bias), top);
+		__m256 a = _mm256_castsi256_ps(ax);
+		__m256i sub = _mm256_cvtps_epi32(_mm256_round_ps(
+			_mm256_mul_ps(a, _mm256_set1_ps(512.0f)),
+			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		__m256i p;
+
+		code = _mm256_blendv_epi8(code, sub, _mm256_castps_si256(
+						  _mm256_cmp_ps(a, tiny, _CMP_LT_OQ)));
+		code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f), _mm256_cmpgt_epi32(ax, inf));
+		code = _mm256_or_si256(code, _mm256_srli_epi32(_mm256_andnot_si256(abs, x), 24));
+		p = _mm256_packus_epi16(_mm256_packus_epi32(code, code), code); /* bytes 0-3 a lane */
+		_mm_storel_epi64((__m128i *)(out + i),
+				 _mm_unpacklo_epi32(_mm256_castsi256_si128(p),
+						    _mm256_extracti128_si256(p, 1)));
+	}
+	return i;
+}
+
+/* The largest |v[i]|, NaNs ignored (vmaxps returns its second operand when either is NaN). */
+__attribute__((target("avx512f"))) static float absmax_avx512(const float *v, size_t n,
+							      size_t *done)
+{
+	__m512 acc = _mm512_setzero_ps();
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		acc = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(v + i)), acc);
+	*done = i;
+	return _mm512_reduce_max_ps(acc);
+}
+
+static float absmax(enum kvcd_isa isa, const float *v, size_t n)
+{
+	float m = 0.0f;
+	size_t i = 0;
+
+	if (isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512)
+		m = absmax_avx512(v, n, &i);
+	for (; i < n; i++)
+		m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+	return m;
+}
+
+void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t *out)
+{
+	size_t i = 0;
+
+	isa = isa < kvcd_isa_best() ? isa : kvcd_isa_best();
+	if (!(div > 0.0f)) {
+		memset(out, 0, n);
+		return;
+	}
+	if (isa == KVCD_ISA_AVX512)
+		i = e4m3_avx512(v, n, div, out);
+	else if (isa == KVCD_ISA_AVX2)
+		i = e4m3_avx2(v, n, div, out);
+	for (; i < n; i++)
+		out[i] = kvcd_f32_to_e4m3(v[i] / div);
+}
+
 float kvcd_e4m3_to_f32(uint8_t b)
 {
 	unsigned e = (b >> 3) & 15, m = b & 7;
@@ -681,19 +789,15 @@ static int enc_fp8(const struct unit_io *u, struct work *w, uint8_t **o)
 		for (uint32_t g = 0; g < s->ngt; g++) {
 			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
 			const float *v = x + c0;
-			float amax = 0.0f, inv;
+			float amax = absmax(u->isa, v, len), inv;
 			uint16_t h;
 
-			for (uint32_t i = 0; i < len; i++)
-				amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
 			if (amax > 65504.0f)
 				return -ERANGE; /* as for int: the f16 range */
 			h = fp8_scale(amax);
 			put(o, &h, 2);
 			inv = kvcd_f16_to_f32(h);
-			for (uint32_t i = 0; i < len; i++)
-				codes[(size_t)r * s->d + c0 + i] = inv > 0.0f ?
-					kvcd_f32_to_e4m3(v[i] / inv) : 0;
+			kvcd_e4m3_n(u->isa, v, len, inv, codes + (size_t)r * s->d + c0);
 		}
 	}
 	*o = codes + (size_t)s->nq * s->d;

@@ -255,6 +255,9 @@ void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst
 
 /* fp8 e4m3 (OCP, no infinities, max 448), round to nearest even, saturating. */
 uint8_t kvcd_f32_to_e4m3(float f);
+/* @n values v[i] / @div as kvcd_f32_to_e4m3 gives them (all 0 when @div is not positive);
+ * the same bytes whatever @isa. */
+void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t *out);
 float kvcd_e4m3_to_f32(uint8_t b);
 
 /* In-place orthonormal Walsh-Hadamard transform of @n (a power of two) values; its own
