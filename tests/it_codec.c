@@ -20,9 +20,7 @@ static void up(void)
 
 static void down(void)
 {
-	if (D.pid > 0)
-		cr_assert_eq(t_daemon_stop(&D), 0, "kvcd exits 0");
-	t_daemon_cleanup(&D);
+	cr_assert_eq(t_daemon_down(&D), 0, "kvcd exits 0");
 }
 
 TestSuite(codec_ops, .init = up, .fini = down, .timeout = 60);

@@ -230,9 +230,7 @@ static void up(void)
 
 static void down(void)
 {
-	if (D.pid > 0)
-		cr_assert_eq(t_daemon_stop(&D), 0, "kvcd exits 0");
-	t_daemon_cleanup(&D);
+	cr_assert_eq(t_daemon_down(&D), 0, "kvcd exits 0");
 }
 
 Test(llama, greedy_from_bos_matches_the_published_ids)

@@ -11,9 +11,12 @@ static void up(void)
 
 static void down(void)
 {
-	cr_assert_eq(t_daemon_stop(&D), 0, "kvcd exits 0 on SIGTERM");
-	cr_assert(access(D.sock, F_OK) != 0, "the socket is removed on shutdown");
-	t_daemon_cleanup(&D);
+	int st = t_daemon_stop(&D);
+	bool gone = access(D.sock, F_OK) != 0;
+
+	t_daemon_cleanup(&D); /* first: a failed assertion must not leave the directory */
+	cr_assert_eq(st, 0, "kvcd exits 0 on SIGTERM");
+	cr_assert(gone, "the socket is removed on shutdown");
 }
 
 TestSuite(ops, .init = up, .fini = down, .timeout = 60);

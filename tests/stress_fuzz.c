@@ -17,9 +17,7 @@ static void up(void)
 
 static void down(void)
 {
-	if (D.pid > 0)
-		cr_assert_eq(t_daemon_stop(&D), 0, "kvcd survived and exits 0");
-	t_daemon_cleanup(&D);
+	cr_assert_eq(t_daemon_down(&D), 0, "kvcd survived and exits 0");
 }
 
 TestSuite(stress, .init = up, .fini = down, .timeout = 60);

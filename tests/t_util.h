@@ -180,6 +180,16 @@ static inline void t_daemon_cleanup(struct t_daemon *t)
 	}
 }
 
+/* Stop @t and remove its directory; returns the exit status (0: clean, or not running).
+ * Suites assert on it afterwards, so a failed assertion leaves no directory behind. */
+static inline int t_daemon_down(struct t_daemon *t)
+{
+	int st = t->pid > 0 ? t_daemon_stop(t) : 0;
+
+	t_daemon_cleanup(t);
+	return st;
+}
+
 /* Attach to @t; NULL on failure, with the error in *@err when given. Never asserts, so
  * forked children may use it. */
 static inline kvc_client *t_try_attach_err(const struct t_daemon *t, const char *ns,
