@@ -695,12 +695,6 @@ struct r8 {
 	uint32_t d, dp, kv, g;
 };
 
-/* Bytes of a channel group's row of kvcd_query.q8c: the heads and three more, in 64s. */
-static inline size_t r8_qrow(uint32_t q_heads)
-{
-	return ((size_t)(q_heads + 3) * 16 + 63) & ~(size_t)63;
-}
-
 /* Head @h's scales and sums (4-aligned: n4 dp is a multiple of 16). */
 static inline const float *r8_scales(const struct r8 *r, uint32_t h)
 {
@@ -986,21 +980,20 @@ static float reps_scalar(const uint16_t *k, uint32_t n, uint32_t d, const float 
 int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim)
 {
 	size_t n = (size_t)q_heads * head_dim, dp = up4(head_dim), qp = (size_t)q_heads * dp;
-	size_t q8c = (size_t)(dp / 4) * r8_qrow(q_heads), pats = (qp * 4 + q8c + 63) & ~(size_t)63;
+	size_t pats = (qp * 4 + 63) & ~(size_t)63;
 	uint8_t *m;
 
 	memset(x, 0, sizeof(*x));
 	x->q = q;
 	x->q_heads = q_heads;
 	x->head_dim = head_dim;
-	/* the VNNI patterns first, 64-byte aligned: their loads never split a cache line */
+	/* the VNNI pattern first, 64-byte aligned: its loads never split a cache line */
 	m = aligned_alloc(64, (pats + (n * 2 + q_heads + qp + (q_heads + 3) * 4) * sizeof(float) +
 			       n + 63) & ~(size_t)63);
 	if (!m)
 		return -ENOMEM;
 	x->buf = m;
 	x->q8h = m;
-	x->q8c = m + qp * 4;
 	x->pos = (float *)(m + pats);
 	x->neg = x->pos + n;
 	x->q8_scale = x->neg + n;
@@ -1010,7 +1003,6 @@ int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint
 	kvcd_quest_prep(q, (uint32_t)n, x->pos, x->neg);
 	memset(x->qp, 0, qp * sizeof(float));
 	memset(x->q8s4, 0, (q_heads + 3) * 4 * sizeof(float));
-	memset(x->q8c, 128, q8c); /* q = 0 */
 	for (uint32_t j = 0; j < q_heads; j++) {
 		const float *qj = q + (size_t)j * head_dim;
 		int8_t *q8 = x->q8 + (size_t)j * head_dim;
@@ -1026,11 +1018,8 @@ int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint
 		for (uint32_t c = 0; c < dp; c++) { /* as unsigned q + 128, once for each key */
 			uint8_t u = (uint8_t)((c < head_dim ? q8[c] : 0) + 128);
 
-			for (uint32_t t = 0; t < 4; t++) {
+			for (uint32_t t = 0; t < 4; t++)
 				x->q8h[((size_t)j * dp / 4 + c / 4) * 16 + t * 4 + c % 4] = u;
-				x->q8c[(size_t)(c / 4) * r8_qrow(q_heads) + j * 16 + t * 4 +
-				       c % 4] = u;
-			}
 		}
 	}
 	x->l1 *= 1.0f + 0x1p-10f; /* the float sum above may have rounded down */

@@ -117,10 +117,8 @@ struct kvcd_query {
 	int8_t *q8;		/* REPS8 on VNNI: each query head in int8, symmetric */
 	float *q8_scale;	/* its scale (absmax / 127) */
 	float *q8s4;		/* the scales, each four times, [q_heads + 3][4] */
-	uint8_t *q8h, *q8c;	/* q8 + 128 per channel group of 4, four times (once for each
-				 * key of a group): [q_heads][groups][16] and [groups][row],
-				 * a row the heads' 16 bytes and three more heads (q = 0),
-				 * padded to 64 bytes */
+	uint8_t *q8h;		/* q8 + 128 per channel group of 4, four times (once for each
+				 * key of a group): [q_heads][groups][16] */
 	void *buf;		/* all of the above */
 };
 /* Prepare @q (finite). Returns 0 or -ENOMEM; kvcd_query_fini frees what it holds. */
