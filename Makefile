@@ -30,18 +30,31 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 	    liblapacke-dev libopenblas-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
-	      daemon/store.c daemon/session.c daemon/worker.c daemon/stats.c daemon/sum.c \
-	      daemon/codec/quant.c daemon/codec/codec.c daemon/codec/policy.c daemon/codec/quality.c \
-	      daemon/codec/select.c daemon/codec/sel.c
+	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c
+# libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
+CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
+	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
 CLIENT_SRC := libclient/client.c libclient/keys.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
 
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+CODEC_OBJ  := $(CODEC_SRC:%.c=$(BUILD)/%.o)
+CODEC_LIB  := $(BUILD)/libkvccodec.a
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
 INC        := -Iproto -Ilibclient/include -Idaemon -Idaemon/codec
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
-     $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval
+     $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval \
+     $(BUILD)/kvccodec-bench
+
+# The codec sees proto/ and its own folder only: no daemon header, no package flags.
+$(BUILD)/daemon/codec/%.o: daemon/codec/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -c $< -o $@
+
+$(CODEC_LIB): $(CODEC_OBJ)
+	rm -f $@
+	ar rcs $@ $^
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -51,7 +64,7 @@ $(BUILD)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
-$(BUILD)/kvcd: $(BUILD)/daemon/main.o $(DAEMON_OBJ)
+$(BUILD)/kvcd: $(BUILD)/daemon/main.o $(DAEMON_OBJ) $(CODEC_LIB)
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ $(DEPS_LIBS) -lm
 
 $(BUILD)/libkvcclient.so: $(CLIENT_OBJ) libclient/libkvcclient.map
@@ -73,34 +86,42 @@ $(BUILD)/kvcctl: $(BUILD)/tools/kvcctl.o $(BUILD)/libkvcclient.a
 # kvc-llama and kvc-eval: a small real engine (tools/llama.c) and its kvcd side (engine.c).
 ENGINE_OBJ := $(BUILD)/tools/llama.o $(BUILD)/tools/engine.o
 
-# kvcbench also links the codec library, which is pure functions (daemon/codec/), the engine
-# (the prefix scenario) and its peers: Redis through hiredis, a minimal socket server.
-CODEC_OBJ := $(filter $(BUILD)/daemon/codec/%,$(DAEMON_OBJ))
-$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(ENGINE_OBJ) $(CODEC_OBJ) \
+# kvcbench: the engine (the prefix scenario) and its peers: Redis through hiredis, a minimal
+# socket server.
+$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(ENGINE_OBJ) \
 		   $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
+
+# kvccodec-bench: the codec in-process, no daemon; it links libkvccodec.a openly.
+$(BUILD)/tools/kvccodec-bench.o: tools/kvccodec-bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -c $< -o $@
+$(BUILD)/kvccodec-bench: $(BUILD)/tools/kvccodec-bench.o $(CODEC_LIB)
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lm
+
 $(BUILD)/kvc-llama: $(BUILD)/tools/kvc-llama.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
 $(BUILD)/kvc-eval: $(BUILD)/tools/kvc-eval.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
+# Tools use the public API only, as any engine would.
 $(BUILD)/tools/%.o: tools/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -Idaemon/codec -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -Iproto -c $< -o $@
 
 # Tests: unit tests link the daemon objects; it_* tests drive a real kvcd through libkvcclient.
-$(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(BUILD)/libkvcclient.a
+$(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(CODEC_LIB) $(BUILD)/libkvcclient.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(BUILD)/libkvcclient.a \
-		$(DEPS_LIBS) $(TEST_LIBS) -lm
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(CODEC_LIB) \
+		$(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
 
 # it_llama drives the engine in-process too
 $(BUILD)/tests/it_llama: tests/it_llama.c tests/t_util.h tools/llama.h $(ENGINE_OBJ) $(DAEMON_OBJ) \
-			 $(BUILD)/libkvcclient.a
+			 $(CODEC_LIB) $(BUILD)/libkvcclient.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -Itools -o $@ $< $(ENGINE_OBJ) $(DAEMON_OBJ) \
-		$(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
+		$(CODEC_LIB) $(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
 
 test-bin: all $(TESTS:%=$(BUILD)/tests/%)
 

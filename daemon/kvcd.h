@@ -209,17 +209,12 @@ struct kvcd_block {
 	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
 	uint8_t pool : 6;
 	uint8_t has_sum : 1;			/* checksum valid; fixed at commit */
-	uint8_t bounds : 1;			/* a SELECT summary of its keys (struct
-						 * kvcd_summary, select.h) at data +
-						 * KVCD_BOUNDS_AT(stored); set before commit */
+	uint8_t summary : 1;			/* a SELECT summary of its keys at data +
+						 * KVCD_SUMMARY_AT(stored) (codec.h); set
+						 * before commit */
 };
 _Static_assert(sizeof(struct kvcd_block) == 64, "block record size");
 _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
-
-/* Where a block's SELECT summary starts: after its @stored bytes, placed so that the data
- * after the summary's 8-byte header is 64-byte aligned (pool blocks are): vector loads of
- * the representative keys then never split a cache line. */
-#define KVCD_BOUNDS_AT(stored) ((((stored) + 8 + 63) & ~(uint64_t)63) - 8)
 
 struct kvcd_pin {
 	struct kvcd_pin *next;
@@ -346,14 +341,30 @@ int kvcd_session_create(struct kvcd *d, const struct kvcp_attach_req *req, size_
 			struct kvcd_session *s, int fds[2]);
 void kvcd_session_destroy(struct kvcd_session *s);
 
-/* ---- worker.c ------------------------------------------------------------------------------ */
+/* ---- stats.c: per-op counts and service-time histograms ---------------------------------- */
 
-#define KVCD_WORKER_MAX_SESSIONS 127	/* futex_waitv takes 128 words; one is the worker's */
 #define KVCD_HIST 256
 
+/* Service times, log-linear: 8 buckets per power of two of nanoseconds. */
 struct kvcd_hist {
 	uint64_t b[KVCD_HIST];
 };
+
+/* One worker's record of the requests it executed; read by STATS with relaxed loads. */
+struct kvcd_op_stats {
+	uint64_t count[KVCP_OP__COUNT], errors[KVCP_OP__COUNT];
+	struct kvcd_hist hist[KVCP_OP__COUNT];
+};
+
+/* Count a request of @opcode (any value: unknown ones count as NOP) that returned @res and
+ * took @ns. Only @st's worker writes it. */
+void kvcd_op_record(struct kvcd_op_stats *st, uint8_t opcode, int32_t res, uint64_t ns);
+unsigned kvcd_hist_bucket(uint64_t ns);
+uint64_t kvcd_hist_value(unsigned bucket);
+
+/* ---- worker.c ------------------------------------------------------------------------------ */
+
+#define KVCD_WORKER_MAX_SESSIONS 127	/* futex_waitv takes 128 words; one is the worker's */
 
 struct kvcd_worker {
 	struct kvcd *d;
@@ -366,8 +377,7 @@ struct kvcd_worker {
 	uint32_t gen, seen_gen;
 	uint32_t wake;			/* private futex: list changed or stop */
 	bool stop;
-	uint64_t count[KVCP_OP__COUNT], errors[KVCP_OP__COUNT];
-	struct kvcd_hist hist[KVCP_OP__COUNT];	/* service time, log-linear ns buckets */
+	struct kvcd_op_stats ops;	/* what this worker executed (stats.c) */
 };
 
 int kvcd_worker_start(struct kvcd_worker *w, struct kvcd *d, unsigned id);
@@ -375,11 +385,13 @@ void kvcd_worker_stop(struct kvcd_worker *w);
 /* Hand @s to @w / take it back. Removal returns once the worker no longer touches @s. */
 int kvcd_worker_add(struct kvcd_worker *w, struct kvcd_session *s);
 void kvcd_worker_remove(struct kvcd_worker *w, struct kvcd_session *s);
-/* Execute one validated-on-entry request of @s (exported for tests). */
-void kvcd_execute(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s,
-		  const struct kvcp_sqe *sqe, struct kvcp_cqe *cqe);
-unsigned kvcd_hist_bucket(uint64_t ns);
-uint64_t kvcd_hist_value(unsigned bucket);
+
+/* ---- ops.c: the request handlers ------------------------------------------------------------ */
+
+/* Validate and execute @sqe, a copy of what @s submitted, into @cqe. Called by @s's worker
+ * (and by tests); never blocks on anything but the store lock. */
+void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *sqe,
+		  struct kvcp_cqe *cqe);
 
 /* ---- main.c and stats.c: the daemon object --------------------------------------------------------------- */
 

@@ -1,10 +1,50 @@
-/* stats.c - the answers to STATS and CLIENTS: a consistent-enough snapshot of the store,
- * the sessions and the workers' per-op counters and latency histograms. Runs on a worker
- * thread; takes the store lock and the sessions lock, one after the other, never both.
+/* stats.c - per-op counters and service-time histograms (each worker records its own, so
+ * recording takes no lock and shares no cache line), and the answers to STATS and CLIENTS:
+ * a consistent-enough snapshot of the store, the sessions and those records. The answers run
+ * on a worker thread and take the store lock and the sessions lock, one after the other,
+ * never both.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "kvcd.h"
+
+/* ---- recording ---------------------------------------------------------------------------- */
+
+unsigned kvcd_hist_bucket(uint64_t ns)
+{
+	unsigned e, b;
+
+	if (ns < 8)
+		return (unsigned)ns;
+	e = 63u - (unsigned)__builtin_clzll(ns);
+	b = 8 + (e - 3) * 8 + (unsigned)((ns >> (e - 3)) & 7);
+	return b < KVCD_HIST ? b : KVCD_HIST - 1;
+}
+
+uint64_t kvcd_hist_value(unsigned b)
+{
+	unsigned e, m;
+
+	if (b < 8)
+		return b;
+	e = (b - 8) / 8 + 3;
+	m = (b - 8) % 8;
+	return ((8ull + m) << (e - 3)) + ((1ull << (e - 3)) >> 1); /* bucket midpoint */
+}
+
+void kvcd_op_record(struct kvcd_op_stats *st, uint8_t opcode, int32_t res, uint64_t ns)
+{
+	unsigned op = opcode < KVCP_OP__COUNT ? opcode : KVCP_OP_NOP;
+
+	__atomic_fetch_add(&st->count[op], 1, __ATOMIC_RELAXED);
+	if (res < 0 && res != -ENOENT)
+		__atomic_fetch_add(&st->errors[op], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&st->hist[op].b[kvcd_hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+}
+
+/* ---- answers -------------------------------------------------------------------------------- */
+
 
 unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
 {
@@ -62,10 +102,10 @@ void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
 		for (unsigned w = 0; w < d->cfg.workers; w++) {
 			struct kvcd_worker *wk = &d->workers[w];
 
-			st->op[op].count += __atomic_load_n(&wk->count[op], __ATOMIC_RELAXED);
-			st->op[op].errors += __atomic_load_n(&wk->errors[op], __ATOMIC_RELAXED);
+			st->op[op].count += __atomic_load_n(&wk->ops.count[op], __ATOMIC_RELAXED);
+			st->op[op].errors += __atomic_load_n(&wk->ops.errors[op], __ATOMIC_RELAXED);
 			for (unsigned b = 0; b < KVCD_HIST; b++)
-				h.b[b] += __atomic_load_n(&wk->hist[op].b[b], __ATOMIC_RELAXED);
+				h.b[b] += __atomic_load_n(&wk->ops.hist[op].b[b], __ATOMIC_RELAXED);
 		}
 		uint64_t total = 0;
 

@@ -114,7 +114,7 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n)
 
 	memset(&s, 0, sizeof(s));
 	isa = isa > kvcd_isa_best() ? kvcd_isa_best() : isa;
-	if (isa == KVCD_ISA_AVX512) {
+	if (isa >= KVCD_ISA_AVX512) {
 		done = n & ~(size_t)63;
 		run_avx512(&s, dst, src, done);
 	}

@@ -4,6 +4,7 @@
 #define T_UTIL_H
 
 #include <dirent.h>
+#include <math.h>
 #include <libgen.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +32,22 @@ struct t_daemon {
 	char sock[108];
 	char log[128];
 };
+
+/* Reproducible random numbers for property tests: xorshift64, one stream per test binary. */
+static uint64_t t_rng = 0x2545f4914f6cdd1dull;
+
+static inline double t_urand(void) /* [0, 1) */
+{
+	t_rng ^= t_rng << 13;
+	t_rng ^= t_rng >> 7;
+	t_rng ^= t_rng << 17;
+	return (double)(t_rng >> 11) * 0x1p-53;
+}
+
+static inline float t_nrand(void) /* N(0, 1) */
+{
+	return (float)(sqrt(-2 * log(t_urand() + 1e-300)) * cos(6.283185307179586 * t_urand()));
+}
 
 static inline void t_sleep_ms(unsigned ms)
 {

@@ -4,7 +4,7 @@
 #include <math.h>
 
 #include "t_util.h"
-#include "codec.h"
+#include "internal.h"
 
 static struct kvcd_policy P(const char *s)
 {

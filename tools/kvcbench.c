@@ -7,12 +7,18 @@
  *       Each process STOREs a block, FETCHes it back and DELETEs it, N times; store and
  *       fetch bandwidth against memcpy of the same bytes between two buffers of the same
  *       size, measured in the same run.
- *   kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers 32] [--heads 8]
- *                  [--dim 128] [--tokens 256] [--iters N] [--json]
- *       In-process, no daemon: encode and decode one f16 block (default 32 x 8 x 128 x 256,
- *       32 MiB) under each policy (default: int8, int4, int2, fp8, kivi) and each ISA this
- *       CPU has, against memcpy of the same bytes in the same run; compression ratio and
- *       relative error beside it.
+ *       With --redis SOCK the same against Redis SET/GET, and (unless --no-peers) against
+ *       the minimal socket server of peers.c; --procs N runs N client processes.
+ *   kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]
+ *       LOOKUP and STORE latency, and metadata bytes per block (kvcd's STATS and, with
+ *       --pid, its RSS), at 1k, 10k, ... N blocks.
+ *   kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N] [--json]
+ *       LOOKUP + FETCH of a prefix of N chunks of a real model against recomputing it.
+ *   kvcbench [--socket PATH] select [--blocks N] [--policy P] [--heads Q] [--model FILE]
+ *       SELECT over N blocks stored under a policy with a summary; with --model, recall of
+ *       the chunk that matters on the model's own keys and queries.
+ *
+ * Codec speed in-process, without a daemon, is kvccodec-bench's. kvcbench uses kvc.h only.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -27,12 +33,19 @@
 
 #include <kvc.h>
 
-#include "codec.h"
 #include "llama.h"
-#include "select.h"
 #include "peers.h"
 
 static const char *g_sock;
+
+static uint16_t f32_to_f16(float f)
+{
+	_Float16 h = (_Float16)f;
+	uint16_t u;
+
+	memcpy(&u, &h, sizeof(u));
+	return u;
+}
 
 static uint64_t now_ns(void)
 {
@@ -637,8 +650,9 @@ static struct kvc_key select_key(unsigned long i)
 
 /* Timing: @nblocks blocks of one layer, 8 KV heads x 128, 16 tokens of random keys, stored with
  * bounds; SELECT of the top 16 for @qheads query heads over all of them, p50 over @reps. */
+/* @per_block: pool bytes each block takes, its summary included (kvcd's own STATS). */
 static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, int slot,
-			 unsigned qheads, double *p50, double *p99)
+			 unsigned qheads, double *p50, double *p99, double *per_block)
 {
 	struct kvc_layout l = { .dtype = KVC_F16, .codec = (uint8_t)slot, .layers = 1,
 				.kv_heads = 8, .head_dim = 128, .tokens = 16 };
@@ -647,17 +661,21 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));
 	struct kvc_select_hit hits[16];
 	float q[64 * 128];
-	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7;
-	int err = keys && t ? 0 : -ENOMEM;
+	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7, used0 = 0;
+	struct kvc_stats st;
+	int err = keys && t ? kvc_stats(c, &st) : -ENOMEM;
 
+	used0 = st.bytes_used;
 	for (unsigned long b = 0; b < nblocks && !err; b++) {
 		for (size_t i = 0; i < bytes / 2; i++) {
 			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-			stg[i] = kvcd_f32_to_f16((float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22));
+			stg[i] = f32_to_f16((float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22));
 		}
 		keys[b] = select_key(b);
 		err = kvc_store(c, &keys[b], &l, 0);
 	}
+	if (!err && !(err = kvc_stats(c, &st)))
+		*per_block = (double)(st.bytes_used - used0) / (double)nblocks;
 	for (unsigned i = 0; i < qheads * 128; i++) {
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 		q[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22);
@@ -776,32 +794,22 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 {
 	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
 	char why[128];
-	int slot = kvc_policy(c, policy ? policy : "none:bounds=quest", 0, why, sizeof(why)), err;
+	int slot = kvc_policy(c, policy ? policy : "none:summary=quest", 0, why, sizeof(why)), err;
 	double p50 = 0, p99 = 0, recall[3] = { -1, -1, -1 };
 	unsigned cands = 0;
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 8, .head_dim = 128,
-				 .tokens = 16 };
-	struct kvcd_policy p;
-	char canon[KVCD_POLICY_STR];
-	size_t sum_bytes;
+	const char *canon = policy ? policy : "none:summary=quest";
+	double per_block = 0;
 
 	if (slot < 0) {
 		fprintf(stderr, "kvcbench: select: policy: %s\n", why);
 		return 1;
 	}
-	/* the summary each block carries, as the daemon sizes it */
-	if (kvcd_policy_parse(policy ? policy : "none:bounds=quest", &p, why, sizeof(why)))
-		return 1;
-	kvcd_policy_format(&p, canon, sizeof(canon));
-	sum_bytes = kvcd_summary_bytes(&l, &(struct kvcd_summary){ .kind = p.bounds,
-								   .page = p.page,
-								   .reps = p.reps });
 	if (!qheads || qheads > 64 || qheads % 8) {
 		fprintf(stderr, "kvcbench: select: --heads: query heads, a multiple of 8 up to 64\n");
 		kvc_detach(c);
 		return 2;
 	}
-	err = select_timing(c, nblocks, reps, slot, qheads, &p50, &p99);
+	err = select_timing(c, nblocks, reps, slot, qheads, &p50, &p99, &per_block);
 	if (!err && model)
 		err = select_recall(c, model, 16, 400, slot, recall, &cands);
 	kvc_detach(c);
@@ -810,131 +818,20 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		return 1;
 	}
 	if (json)
-		printf("{\"policy\": \"%s\", \"summary_bytes\": %zu, \"candidates\": %lu, "
+		printf("{\"policy\": \"%s\", \"pool_bytes_per_block\": %.0f, \"candidates\": %lu, "
 		       "\"kv_heads\": 8, \"q_heads\": %u, \"head_dim\": 128, "
 		       "\"k\": 16, \"select_p50_us\": %.1f, \"select_p99_us\": %.1f, "
 		       "\"recall_top1\": %.4f, \"recall_top4\": %.4f, \"recall_top8\": %.4f, "
-		       "\"recall_candidates\": %u}\n", canon, sum_bytes, nblocks, qheads, p50,
+		       "\"recall_candidates\": %u}\n", canon, per_block, nblocks, qheads, p50,
 		       p99, recall[0], recall[1], recall[2], cands);
 	else
-		printf("%s (%zu bytes of summary per block): ", canon, sum_bytes);
+		printf("%s (%.0f pool bytes per block, summary included): ", canon, per_block);
 	if (!json)
 		printf("select over %lu blocks (8 KV heads x 128, %u query heads, top 16): p50 %.1f us, "
 		       "p99 %.1f us; real keys, %u candidates: the best chunk first %.1f%%, in the top "
 		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, qheads, p50, p99, cands,
 		       100 * recall[0], 100 * recall[1], 100 * recall[2]);
 	return 0;
-}
-
-/* ---- codec ---------------------------------------------------------------------------------- */
-
-struct codec_args {
-	const char *policy;
-	int isa;			/* -1: every ISA this CPU has */
-	unsigned layers, heads, dim, tokens;
-	unsigned long iters;
-};
-
-static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp_layout *l,
-			   const void *raw, unsigned long iters, double mc, int json)
-{
-	struct kvcd_policy p;
-	char why[128], canon[KVCD_POLICY_STR];
-	uint64_t n = kvcp_layout_bytes(l), e, t0, te = 0, td = 0;
-	void *enc, *dec = malloc(n);
-	struct kvcp_layout back;
-	size_t cnt = n / 2;
-	float *x = malloc(cnt * 4), *y = malloc(cnt * 4);
-	int err = 0;
-
-	if (kvcd_policy_parse(pol, &p, why, sizeof(why))) {
-		fprintf(stderr, "kvcbench: policy '%s': %s\n", pol, why);
-		return 2;
-	}
-	kvcd_policy_format(&p, canon, sizeof(canon));
-	e = kvcd_codec_size(&p, l, false, 256);
-	if (!e) {
-		fprintf(stderr, "kvcbench: policy '%s' does not fit the layout\n", pol);
-		return 2;
-	}
-	enc = malloc(e);
-	/* warm up once, then time encode and decode separately */
-	if (kvcd_codec_encode(isa, &p, l, 256, raw, NULL, enc) ||
-	    kvcd_codec_decode(isa, enc, e, dec, n, &back))
-		err = 1;
-	for (unsigned long i = 0; i < iters && !err; i++) {
-		t0 = now_ns();
-		err |= kvcd_codec_encode(isa, &p, l, 256, raw, NULL, enc);
-		te += now_ns() - t0;
-		t0 = now_ns();
-		err |= kvcd_codec_decode(isa, enc, e, dec, n, &back);
-		td += now_ns() - t0;
-	}
-	if (err) {
-		fprintf(stderr, "kvcbench: codec '%s' failed\n", pol);
-		return 1;
-	}
-	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, raw, x, cnt);
-	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, dec, y, cnt);
-	struct kvcd_quality q = kvcd_quality_of(x, y, cnt);
-	double eg = (double)n * iters / te, dg = (double)n * iters / td;
-
-	if (json)
-		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
-		       "\"bytes_stored\": %llu, \"ratio\": %.3f, \"encode_gbps\": %.3f, "
-		       "\"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, \"encode_vs_memcpy\": %.3f, "
-		       "\"decode_vs_memcpy\": %.3f, \"rel_frob\": %.6f, \"cosine\": %.6f}\n", canon,
-		       kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
-		       (double)n / e, eg, dg, mc, eg / mc, dg / mc, q.rel_frob, q.cosine);
-	else
-		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
-		       "memcpy %6.2f  err %.4f\n", canon, kvcd_isa_name(isa), (double)n / e, eg,
-		       100 * eg / mc, dg, 100 * dg / mc, mc, q.rel_frob);
-	free(enc);
-	free(dec);
-	free(x);
-	free(y);
-	return 0;
-}
-
-static int bench_codec(const struct codec_args *a, int json)
-{
-	static const char *const dflt[] = { "int8", "int4", "int2", "fp8",
-					    "kivi:kbits=4,vbits=4,group=32", NULL };
-	const char *one[] = { a->policy, NULL };
-	const char *const *pols = a->policy ? one : dflt;
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = (uint16_t)a->layers,
-				 .kv_heads = (uint16_t)a->heads, .head_dim = (uint16_t)a->dim,
-				 .tokens = a->tokens };
-	uint64_t n = kvcp_layout_bytes(&l), seed = 12345;
-	uint16_t *raw;
-	double mc;
-	int err = 0;
-
-	if (!n || a->layers > 65535 || a->heads > 65535 || a->dim > 65535) {
-		fprintf(stderr, "kvcbench: bad block shape\n");
-		return 2;
-	}
-	raw = malloc(n);
-	for (size_t i = 0; i < n / 2; i++) { /* N(0,1) by Box-Muller; a few larger channels */
-		double u1, u2;
-
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		u1 = ((seed >> 11) + 1) * 0x1p-53;
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		u2 = (seed >> 11) * 0x1p-53;
-		raw[i] = kvcd_f32_to_f16((float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2) *
-						 (i % a->dim == 7 ? 8 : 1)));
-	}
-	mc = memcpy_gbps(n, a->iters * 4);
-	for (int p = 0; pols[p] && !err; p++)
-		for (int isa = a->isa < 0 ? (int)kvcd_isa_best() : a->isa; isa >= 0 && !err; isa--) {
-			err = bench_one_codec(pols[p], (enum kvcd_isa)isa, &l, raw, a->iters, mc, json);
-			if (a->isa >= 0)
-				break;
-		}
-	free(raw);
-	return err;
 }
 
 static void usage(FILE *f)
@@ -947,8 +844,7 @@ static void usage(FILE *f)
 		   "                [--iters N] [--json]\n"
 		   "       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
 		   "                [--policy P] [--heads QUERY_HEADS] [--json]\n"
-		   "       kvcbench codec [--policy P] [--isa scalar|avx2|avx512] [--layers N]\n"
-		   "                [--heads N] [--dim N] [--tokens N] [--iters N] [--json]\n");
+		   "kvccodec-bench measures the codecs in-process.\n");
 }
 
 int main(int argc, char **argv)
@@ -958,9 +854,7 @@ int main(int argc, char **argv)
 		{ "sleep", no_argument, 0, 'S' }, { "json", no_argument, 0, 'j' },
 		{ "block-size", required_argument, 0, 'b' }, { "procs", required_argument, 0, 'p' },
 		{ "iters", required_argument, 0, 'i' }, { "help", no_argument, 0, 'h' },
-		{ "policy", required_argument, 0, 'P' }, { "isa", required_argument, 0, 'I' },
-		{ "layers", required_argument, 0, 'L' }, { "heads", required_argument, 0, 'H' },
-		{ "dim", required_argument, 0, 'D' }, { "tokens", required_argument, 0, 'T' },
+		{ "policy", required_argument, 0, 'P' }, { "heads", required_argument, 0, 'H' },
 		{ "redis", required_argument, 0, 'R' }, { "no-peers", no_argument, 0, 'N' },
 		{ "blocks", required_argument, 0, 'B' }, { "pid", required_argument, 0, 'd' },
 		{ "model", required_argument, 0, 'M' }, { "chunk", required_argument, 0, 'k' },
@@ -973,13 +867,13 @@ int main(int argc, char **argv)
 	int o, json = 0, sleep_mode = 0, peers = 1;
 	const char *redis = NULL, *model = NULL;
 	pid_t pid = 0;
-	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 0 };
+	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
 	const char *cmd = NULL;
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:I:L:H:D:T:R:NB:d:M:k:K:", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -1000,21 +894,8 @@ int main(int argc, char **argv)
 		case 'p': procs = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'i': iters = strtoul(optarg, NULL, 10); break;
 		case 'h': usage(stdout); return 0;
-		case 'P': ca.policy = optarg; break;
-		case 'I':
-			ca.isa = !strcmp(optarg, "scalar") ? KVCD_ISA_SCALAR :
-				 !strcmp(optarg, "avx2") ? KVCD_ISA_AVX2 :
-				 !strcmp(optarg, "avx512") ? KVCD_ISA_AVX512 : -2;
-			if (ca.isa == -2 || ca.isa > (int)kvcd_isa_best()) {
-				fprintf(stderr, "kvcbench: --isa %s: not available here (best: %s)\n",
-					optarg, kvcd_isa_name(kvcd_isa_best()));
-				return 2;
-			}
-			break;
-		case 'L': ca.layers = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'H': ca.heads = (unsigned)strtoul(optarg, NULL, 10); qheads = ca.heads; break;
-		case 'D': ca.dim = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'T': ca.tokens = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'P': policy = optarg; break;
+		case 'H': qheads = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'R': redis = optarg; break;
 		case 'N': peers = 0; break;
 		case 'B': blocks = strtoul(optarg, NULL, 10); break;
@@ -1029,7 +910,6 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	ca.iters = iters ? iters : 5;
 	reps = iters ? (unsigned)iters : 21;
 	if (!iters) /* about 1 GiB moved per process by default */
 		iters = bs >= (1u << 30) ? 1 : (1u << 30) / bs;
@@ -1046,10 +926,8 @@ int main(int argc, char **argv)
 		}
 		return bench_prefix(model, chunk, chunks, reps, json);
 	}
-	if (!strcmp(cmd, "codec"))
-		return bench_codec(&ca, json);
 	if (!strcmp(cmd, "select"))
-		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, ca.policy,
+		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, policy,
 				    qheads, json);
 	usage(stderr);
 	return 2;

@@ -1,407 +1,121 @@
-/* codec.c - encode and decode whole KV blocks under a policy (see codec.h for the model).
- *
- * Encoded block: struct kvcd_codec_hdr, then one unit per (layer, K/V, head) in that order.
- * A unit of T tokens x D channels is, with every size fixed by (policy, layout, scores?):
- *   u32 exact[ne], u32 important[nh]        token indices, ascending
- *   exact rows                              ne x D in the engine's dtype, bit for bit
- *   important params, codes                 nh x ceil(D/gch) (f16 scale, f16 zero); packed
- *                                           (params=u8: every params list is a 12-byte
- *                                           reference, then 2 bytes per group)
- *   regular params, codes                   int, kivi V: nr x ceil(D/gch) (scale, zero);
- *                                           fp8: nr x ceil(D/gch) f16 scales, one byte each;
- *                                           kivi K: (nr / G) x D (scale, zero), codes in
- *                                           [group][channel][token] order
- *   residual rows                           kivi K: nr % G newest regular tokens, exact
- *   u32 sparse positions[ns], f32 values[ns] in the quantized regular values (row r, chan d:
- *                                           r * D + d), ascending
- * Rotated tokens (important and quantized regular ones) are rotated before everything above,
- * sparse values included, and rotated back after decoding.
+/* codec.c - the library's entry points (codec.h): plan, write, summarize, decode and score
+ * a block, whatever technique its policy names. Here is the one place that tells the three
+ * block forms apart:
+ *   raw      the engine's bytes as sent (policy none without selection, low-rank or MiniCache)
+ *   units    struct kvcd_codec_hdr, then the quantizing codec's units (units.c)
+ *   sparse   struct kvcd_codec_hdr, then counts, bitmaps and per-(layer, head) bodies
+ *            (sparse.c, with lowrank.c and minicache.c)
+ * A SELECT summary (summary.c) may follow any of them, at KVCD_SUMMARY_AT(stored).
  */
 #include <errno.h>
-#include <stddef.h>
-#include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec.h"
+#include "internal.h"
 
-/* ---- dtype conversion ---------------------------------------------------------------------- */
-
-static float bf16_to_f32(uint16_t h)
+static uint8_t stored_codec(const struct kvcd_policy *p)
 {
-	uint32_t x = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &x, 4);
-	return f;
+	return (uint8_t)(p->kind | (kvcd_policy_sel(p) ? KVCP_CODEC_SPARSE : 0));
 }
 
-static uint16_t f32_to_bf16(float f)
+int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		    uint32_t pos, const void *src, const float *scores,
+		    const struct kvcd_aux *aux, struct kvcd_plan *plan)
 {
-	uint32_t x;
+	struct kvcd_summary sm = { .kind = p->summary, .page = p->page, .reps = p->reps };
+	char why[8];
+	int err;
 
-	memcpy(&x, &f, 4);
-	if ((x & 0x7fffffff) > 0x7f800000)
-		return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
-	x += 0x7fff + ((x >> 16) & 1);
-	return (uint16_t)(x >> 16);
-}
-
-/* Decoded values can overshoot the input range by half a step: keep f16 output finite. */
-static inline float sat16(float f)
-{
-	return f > 65504.0f ? 65504.0f : f < -65504.0f ? -65504.0f : f;
-}
-
-__attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t *s, float *d,
-								  size_t n)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-	for (; i < n; i++)
-		d[i] = kvcd_f16_to_f32(s[i]);
-}
-
-__attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *s, uint16_t *d,
-								  size_t n)
-{
-	const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		__m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(s + i), lo), hi);
-
-		_mm_storeu_si128((__m128i *)(d + i),
-				 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-	}
-	for (; i < n; i++)
-		d[i] = kvcd_f32_to_f16(sat16(s[i]));
-}
-
-void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n)
-{
-	if (dtype == KVCP_F32) {
-		memcpy(dst, src, n * 4);
-	} else if (dtype == KVCP_F16) {
-		const uint16_t *s = src;
-
-		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
-			f16_to_f32_avx2(s, dst, n);
-			return;
-		}
-		for (size_t i = 0; i < n; i++)
-			dst[i] = kvcd_f16_to_f32(s[i]);
+	memset(plan, 0, sizeof(*plan));
+	plan->pol = *p;
+	plan->layout = *l;
+	plan->layout.codec = 0;
+	plan->pos = pos;
+	plan->scores = scores && p->hibits && p->kind != KVCD_CODEC_NONE;
+	plan->raw = p->kind == KVCD_CODEC_NONE && !kvcd_policy_sel(p);
+	plan->codec = stored_codec(p);
+	if (kvcd_policy_check(p, &plan->layout, why, sizeof(why)))
+		return -EINVAL;
+	if (kvcd_policy_sel(p)) {
+		/* the counts fix the size: encoding keeps to them whatever staging holds by then */
+		plan->words = malloc(kvcd_sel_plan_words(p, &plan->layout) * 4);
+		if (!plan->words)
+			return -ENOMEM;
+		err = kvcd_sel_plan(isa, p, &plan->layout, pos, src, aux, plan->words);
+		if (err)
+			return err;
+		plan->stored = kvcd_sel_size(p, &plan->layout, plan->scores, pos, plan->words);
 	} else {
-		const uint16_t *s = src;
-
-		for (size_t i = 0; i < n; i++) /* the compiler vectorizes the shift */
-			dst[i] = bf16_to_f32(s[i]);
+		plan->stored = kvcd_codec_size(p, &plan->layout, plan->scores, pos);
 	}
-}
-
-void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n)
-{
-	if (dtype == KVCP_F32) {
-		memcpy(dst, src, n * 4);
-	} else if (dtype == KVCP_F16) {
-		uint16_t *d = dst;
-
-		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
-			f32_to_f16_avx2(src, d, n);
-			return;
-		}
-		for (size_t i = 0; i < n; i++)
-			d[i] = kvcd_f32_to_f16(sat16(src[i]));
-	} else {
-		uint16_t *d = dst;
-
-		for (size_t i = 0; i < n; i++)
-			d[i] = f32_to_bf16(src[i]);
+	if (!plan->stored)
+		return -EINVAL;
+	plan->bytes = plan->stored;
+	if (p->summary) {
+		plan->summary_at = KVCD_SUMMARY_AT(plan->stored);
+		plan->bytes = plan->summary_at + kvcd_summary_bytes(&plan->layout, &sm);
 	}
+	return 0;
 }
 
-/* ---- fp8 e4m3 ------------------------------------------------------------------------------ */
-
-uint8_t kvcd_f32_to_e4m3(float f)
+void kvcd_plan_fini(struct kvcd_plan *plan)
 {
-	uint32_t x, m, rem;
-	uint8_t sign;
-	int e;
-	float a = fabsf(f);
+	free(plan->words);
+	plan->words = NULL;
+}
 
-	memcpy(&x, &f, 4);
-	sign = (uint8_t)((x >> 24) & 0x80);
-	if (isnan(f))
-		return sign | 0x7f;
-	if (a >= 448.0f)
-		return sign | 0x7e; /* saturate */
-	if (a < 0x1p-6f) /* subnormal: multiples of 2^-9; 8 * 2^-9 is the smallest normal */
-		return sign | (uint8_t)nearbyintf(a * 512.0f);
-	e = (int)((x >> 23) & 0xff) - 127;
-	m = (x >> 20) & 7;
-	rem = x & 0xfffff;
-	if (rem > 0x80000 || (rem == 0x80000 && (m & 1)))
-		m++;
-	if (m == 8) {
-		m = 0;
-		e++;
+/* The header of a block in the units or the sparse form. */
+static void put_hdr(const struct kvcd_plan *plan, void *dst)
+{
+	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
+
+	h.flags = plan->scores ? KVCD_CODEC_F_SCORES : 0;
+	h.pol = plan->pol;
+	h.layout = plan->layout;
+	h.pos = plan->pos;
+	h.bytes = plan->stored;
+	memcpy(dst, &h, sizeof(h));
+}
+
+int kvcd_codec_write(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src,
+		     const float *scores, const struct kvcd_aux *aux, void *dst)
+{
+	const struct kvcp_layout *l = &plan->layout;
+
+	if (plan->raw) {
+		memcpy(dst, src, kvcp_layout_bytes(l));
+		return 0;
 	}
-	if (e > 8 || (e == 8 && m > 6))
-		return sign | 0x7e;
-	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
+	scores = plan->scores ? scores : NULL;
+	if (plan->scores && !scores)
+		return -EINVAL;
+	for (uint32_t t = 0; scores && t < l->tokens; t++)
+		if (!isfinite(scores[t]))
+			return -EINVAL;
+	if (kvcd_policy_sel(&plan->pol))
+		return kvcd_sel_encode(isa, &plan->pol, l, plan->pos, src, scores, aux, plan->words,
+				       dst);
+	put_hdr(plan, dst);
+	return kvcd_units_encode(isa, &plan->pol, l, plan->pos, src, scores,
+				 (uint8_t *)dst + sizeof(struct kvcd_codec_hdr));
 }
 
-/* kvcd_f32_to_e4m3 on 16 or 8 lanes, the same bits. Rounding to nearest even is an integer
- * add on the float's exponent-and-mantissa bits (a carry moves into the exponent), then the
- * exponent is rebiased from 127 to 7 (960 = 120 << 3) and the code saturates at 0x7e; below
- * 2^-6 the value is a multiple of 2^-9, and NaN is 0x7f. */
-__attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
-								       float div, uint8_t *out)
+int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src,
+		       void *dst)
 {
-	const __m512i abs = _mm512_set1_epi32(0x7fffffff), half = _mm512_set1_epi32(0x7ffff);
-	const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(960);
-	const __m512i top = _mm512_set1_epi32(0x7e), inf = _mm512_set1_epi32(0x7f800000);
-	const __m512 vd = _mm512_set1_ps(div), tiny = _mm512_set1_ps(0x1p-6f);
-	size_t i = 0;
+	const struct kvcd_policy *p = &plan->pol;
+	struct kvcd_summary sm = { .kind = p->summary, .page = p->page, .reps = p->reps };
 
-	for (; i + 16 <= n; i += 16) {
-		__m512i x = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + i), vd));
-		__m512i ax = _mm512_and_si512(x, abs);
-		__m512i t = _mm512_add_epi32(ax, _mm512_add_epi32(half, _mm512_and_si512(
-						     _mm512_srli_epi32(ax, 20), one)));
-		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias), top);
-		__m512 a = _mm512_castsi512_ps(ax);
-		__m512i sub = _mm512_cvtps_epi32(_mm512_roundscale_ps(
-			_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
-			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-
-		code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
-		code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
-					     _mm512_set1_epi32(0x7f));
-		code = _mm512_or_si512(code, _mm512_srli_epi32(_mm512_andnot_si512(abs, x), 24));
-		_mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(code));
-	}
-	return i;
-}
-
-__attribute__((target("avx2"))) static size_t e4m3_avx2(const float *v, size_t n, float div,
-							uint8_t *out)
-{
-	const __m256i abs = _mm256_set1_epi32(0x7fffffff), half = _mm256_set1_epi32(0x7ffff);
-	const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(960);
-	const __m256i top = _mm256_set1_epi32(0x7e), inf = _mm256_set1_epi32(0x7f800000);
-	const __m256 vd = _mm256_set1_ps(div), tiny = _mm256_set1_ps(0x1p-6f);
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		__m256i x = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + i), vd));
-		__m256i ax = _mm256_and_si256(x, abs);
-		__m256i t = _mm256_add_epi32(ax, _mm256_add_epi32(half, _mm256_and_si256(
-						     _mm256_srli_epi32(ax, 20), one)));
-		__m256i code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_srli_epi32(t, 20), bias), top);
-		__m256 a = _mm256_castsi256_ps(ax);
-		__m256i sub = _mm256_cvtps_epi32(_mm256_round_ps(
-			_mm256_mul_ps(a, _mm256_set1_ps(512.0f)),
-			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-		__m256i p;
-
-		code = _mm256_blendv_epi8(code, sub, _mm256_castps_si256(
-						  _mm256_cmp_ps(a, tiny, _CMP_LT_OQ)));
-		code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f), _mm256_cmpgt_epi32(ax, inf));
-		code = _mm256_or_si256(code, _mm256_srli_epi32(_mm256_andnot_si256(abs, x), 24));
-		p = _mm256_packus_epi16(_mm256_packus_epi32(code, code), code); /* bytes 0-3 a lane */
-		_mm_storel_epi64((__m128i *)(out + i),
-				 _mm_unpacklo_epi32(_mm256_castsi256_si128(p),
-						    _mm256_extracti128_si256(p, 1)));
-	}
-	return i;
-}
-
-/* The largest |v[i]|, NaNs ignored (vmaxps returns its second operand when either is NaN). */
-__attribute__((target("avx512f"))) static float absmax_avx512(const float *v, size_t n,
-							      size_t *done)
-{
-	__m512 acc = _mm512_setzero_ps();
-	size_t i = 0;
-
-	for (; i + 16 <= n; i += 16)
-		acc = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(v + i)), acc);
-	*done = i;
-	return _mm512_reduce_max_ps(acc);
-}
-
-static float absmax(enum kvcd_isa isa, const float *v, size_t n)
-{
-	float m = 0.0f;
-	size_t i = 0;
-
-	if (isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512)
-		m = absmax_avx512(v, n, &i);
-	for (; i < n; i++)
-		m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
-	return m;
-}
-
-void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t *out)
-{
-	size_t i = 0;
-
-	isa = isa < kvcd_isa_best() ? isa : kvcd_isa_best();
-	if (!(div > 0.0f)) {
-		memset(out, 0, n);
-		return;
-	}
-	if (isa == KVCD_ISA_AVX512)
-		i = e4m3_avx512(v, n, div, out);
-	else if (isa == KVCD_ISA_AVX2)
-		i = e4m3_avx2(v, n, div, out);
-	for (; i < n; i++)
-		out[i] = kvcd_f32_to_e4m3(v[i] / div);
-}
-
-float kvcd_e4m3_to_f32(uint8_t b)
-{
-	unsigned e = (b >> 3) & 15, m = b & 7;
-	float f;
-
-	if ((b & 0x7f) == 0x7f)
-		return NAN;
-	f = e ? ldexpf(1.0f + (float)m / 8.0f, (int)e - 7) : ldexpf((float)m, -9);
-	return b & 0x80 ? -f : f;
-}
-
-static float e4m3_table[256];
-
-static void e4m3_init(void)
-{
-	static int done;
-
-	if (!__atomic_load_n(&done, __ATOMIC_ACQUIRE)) {
-		for (int i = 0; i < 256; i++)
-			e4m3_table[i] = kvcd_e4m3_to_f32((uint8_t)i);
-		__atomic_store_n(&done, 1, __ATOMIC_RELEASE);
-	}
-}
-
-/* Smallest f16 scale s with s * 448 >= amax. */
-static uint16_t fp8_scale(float amax)
-{
-	uint16_t h = kvcd_f32_to_f16(amax / 448.0f);
-
-	while (kvcd_f16_to_f32(h) * 448.0f < amax)
-		h++;
-	return h;
-}
-
-/* ---- Walsh-Hadamard ------------------------------------------------------------------------ */
-
-void kvcd_hadamard(float *x, unsigned n)
-{
-	float norm = 1.0f / sqrtf((float)n);
-
-	for (unsigned h = 1; h < n; h <<= 1)
-		for (unsigned i = 0; i < n; i += 2 * h)
-			for (unsigned j = i; j < i + h; j++) {
-				float a = x[j], b = x[j + h];
-
-				x[j] = a + b;
-				x[j + h] = a - b;
-			}
-	for (unsigned i = 0; i < n; i++)
-		x[i] *= norm;
-}
-
-/* ---- shapes: every size is a function of (policy, layout, scores?) ---------------------- */
-
-struct shape {
-	uint32_t t, d, es;		/* tokens, channels, bytes per element */
-	uint32_t nsink, ne, nh, nr;	/* sinks, exact (sinks included), important, regular */
-	uint32_t gch, ngt;		/* per-token groups: channels each, groups per token */
-	uint32_t nq;			/* regular tokens that are quantized */
-	uint32_t nres;			/* kivi K: regular tokens kept exact */
-	uint64_t nsp;			/* sparse values */
-	uint64_t reg_bytes;		/* regular params and codes */
-	unsigned bits;			/* regular bits */
-	bool per_channel;		/* kivi K */
-	uint64_t bytes;			/* the whole unit */
-};
-
-static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
-		     uint32_t pos, int kv, struct shape *s)
-{
-	uint32_t t = l->tokens, d = l->head_dim;
-	uint32_t sink = p->sink > pos ? (p->sink - pos < t ? p->sink - pos : t) : 0;
-	uint64_t b = 0, params;
-
-	memset(s, 0, sizeof(*s));
-	s->t = t;
-	s->d = d;
-	s->nsink = sink;
-	s->es = kvcp_dtype_size(l->dtype);
-	s->ne = sink + (p->outliers < t - sink ? p->outliers : t - sink);
-	s->nh = scores && p->hibits ? (uint32_t)((uint64_t)(t - s->ne) * p->hipct / 100) : 0;
-	s->nr = t - s->ne - s->nh;
-	s->gch = p->group && p->group < d ? p->group : d;
-	s->ngt = (d + s->gch - 1) / s->gch;
-	s->bits = kv ? p->vbits : p->kbits;
-	s->per_channel = p->kind == KVCD_CODEC_KIVI && kv == 0;
-	if (s->per_channel) {
-		s->nq = p->resid ? s->nr : s->nr / p->group * p->group;
-		s->nres = s->nr - s->nq;
-	} else {
-		s->nq = s->nr;
-	}
-	if (p->sparse_ppm)
-		s->nsp = ((uint64_t)s->nq * d * p->sparse_ppm + 999999) / 1000000;
-	b += (uint64_t)(s->ne + s->nh) * 4;
-	b += (uint64_t)s->ne * d * s->es;
-	b += kvcd_params_bytes((size_t)s->nh * s->ngt, p->params) +
-	     kvcd_packed_bytes((size_t)s->nh * d, p->hibits);
-	if (p->kind == KVCD_CODEC_FP8) {
-		s->reg_bytes = (uint64_t)s->nq * s->ngt * 2 + (uint64_t)s->nq * d;
-	} else {
-		params = s->per_channel ? (uint64_t)((s->nq + p->group - 1) / p->group) * d :
-					  (uint64_t)s->nq * s->ngt;
-		s->reg_bytes = kvcd_params_bytes(params, p->params) +
-			       kvcd_packed_bytes((size_t)s->nq * d, s->bits);
-	}
-	b += s->reg_bytes;
-	b += (uint64_t)s->nres * d * s->es;
-	b += s->nsp * 8;
-	s->bytes = b;
-}
-
-/* The layout the codec works on. [token][head][dim] is [token][1][head * dim]: when groups
- * span heads, each token's whole row is one unit row. */
-static struct kvcp_layout view_of(const struct kvcd_policy *p, const struct kvcp_layout *l)
-{
-	struct kvcp_layout v = *l;
-
-	if (kvcd_policy_spans(p, l)) {
-		v.head_dim = (uint16_t)(l->kv_heads * l->head_dim);
-		v.kv_heads = 1;
-	}
-	return v;
-}
-
-static uint64_t size_of_view(const struct kvcd_policy *p, const struct kvcp_layout *v,
-			     bool scores, uint32_t pos)
-{
-	struct shape k, s;
-
-	shape_of(p, v, scores, pos, 0, &k);
-	shape_of(p, v, scores, pos, 1, &s);
-	return sizeof(struct kvcd_codec_hdr) + (uint64_t)v->layers * v->kv_heads * (k.bytes + s.bytes);
+	if (!p->summary)
+		return 0;
+	return kvcd_summary_make(isa, &plan->layout, &sm, plan->raw ? dst : src,
+				 (uint8_t *)dst + plan->summary_at);
 }
 
 uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
 			 uint32_t pos)
 {
-	struct kvcp_layout v;
 	char why[8];
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)))
@@ -410,912 +124,21 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 		return kvcd_sel_size(p, l, scores, pos, NULL);
 	if (p->kind == KVCD_CODEC_NONE)
 		return kvcp_layout_bytes(l);
-	v = view_of(p, l);
-	return size_of_view(p, &v, scores, pos);
-}
-
-/* ---- working memory ------------------------------------------------------------------------ */
-
-struct work {
-	float *plane;		/* T x H x D, f32: one (layer, K/V) of the block */
-	float *tile;		/* the unit's rows: plane + head * D, rows ts apart */
-	size_t ts;
-	uint8_t *codes;		/* T x D */
-	uint8_t *mask;		/* T x D: sparse marks over the quantized regular values */
-	float *mag;		/* T x D: magnitudes, for the sparse threshold */
-	uint8_t *cls;		/* T: 0 regular, 1 exact, 2 important */
-	uint32_t *reg, *imp;	/* T: regular and important tokens */
-	uint32_t *order;	/* T: tokens by descending importance */
-	uint32_t *exact;	/* heads x ne: exact tokens per head, chosen on K */
-	float *lo, *hi;		/* T x D: group ranges */
-	float *plo, *phi;	/* T x H x ngt: per-token group ranges over the whole plane, found
-				 * while converting it; valid for the rows when @pre */
-	const float *ulo, *uhi;	/* the unit's: plo + head * ngt, rows prs apart */
-	size_t prs;
-	bool pre;
-	uint16_t *par;		/* T x D x 2: group scale and zero */
-	uint8_t *pc;		/* T x D x 2: the same as params=u8 codes */
-	float *chan;		/* T x D: KIVI keys by [group][channel][token] */
-	uint8_t *chanm;		/* T x D: their sparse marks, the same way */
-	float *rcos, *rsin;	/* T x head_dim / 2: RoPE angles, for policies with rope */
-	void *mem;
-};
-
-/* Working memory is kept per thread and only grows: a fresh malloc of this size per block is
- * an mmap, and its page faults cost more than the encoding. Freed when the thread exits. */
-struct work_cache {
-	void *mem;
-	size_t size;
-};
-
-static pthread_key_t cache_key;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-
-static void cache_free(void *p)
-{
-	struct work_cache *c = p;
-
-	free(c->mem);
-	free(c);
-}
-
-static void cache_init(void)
-{
-	if (pthread_key_create(&cache_key, cache_free))
-		abort(); /* only fails when the process is out of keys: a programming error */
-}
-
-static void *work_mem(size_t sz)
-{
-	struct work_cache *c;
-
-	pthread_once(&cache_once, cache_init);
-	c = pthread_getspecific(cache_key);
-	if (!c) {
-		c = calloc(1, sizeof(*c));
-		if (!c || pthread_setspecific(cache_key, c)) {
-			free(c);
-			return NULL;
-		}
-	}
-	if (c->size < sz) {
-		free(c->mem);
-		c->mem = malloc(sz);
-		c->size = c->mem ? sz : 0;
-	}
-	return c->mem;
-}
-
-static int work_init(struct work *w, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		     uint32_t ne)
-{
-	size_t t = l->tokens, d = l->head_dim, td = t * d;
-	size_t plane = td * l->kv_heads;
-	/* group ranges, parameters and codes serve a unit's T rows or a plane row's H heads */
-	size_t gd = (t > l->kv_heads ? t : l->kv_heads) * d;
-	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
-		((d + gch - 1) / gch);
-	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 * 2 + gd * 4 * 2 + gd * 4 + gd + td + t +
-		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + td * 4 + gd * 2 + td + 64;
-	char *m = work_mem(sz);
-
-	if (!m)
-		return -ENOMEM;
-	w->mem = m;
-	w->plane = w->tile = (float *)m;
-	w->ts = d * l->kv_heads;
-	w->plo = w->plane + plane;
-	w->phi = w->plo + pr;
-	w->mag = w->phi + pr;
-	w->chan = w->mag + td;
-	w->lo = w->chan + td;
-	w->hi = w->lo + gd;
-	w->par = (uint16_t *)(w->hi + gd);
-	w->reg = (uint32_t *)(w->par + 2 * gd);
-	w->imp = w->reg + t;
-	w->order = w->imp + t;
-	w->exact = w->order + t;
-	w->codes = (uint8_t *)(w->exact + (size_t)l->kv_heads * ne);
-	w->mask = w->codes + gd;
-	w->cls = w->mask + td;
-	w->rcos = (float *)(((uintptr_t)(w->cls + t) + 3) & ~(uintptr_t)3);
-	w->rsin = w->rcos + td / 2;
-	w->pc = (uint8_t *)(w->rsin + td / 2);
-	w->chanm = w->pc + gd * 2;
-	return 0;
-}
-
-/* ---- helpers --------------------------------------------------------------------------------- */
-
-static inline void put(uint8_t **o, const void *v, size_t n)
-{
-	memcpy(*o, v, n);
-	*o += n;
-}
-
-static inline void get(const uint8_t **i, void *v, size_t n)
-{
-	memcpy(v, *i, n);
-	*i += n;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Descending score, then ascending index: a total order, so the choice is deterministic. */
-static int cmp_score(const void *a, const void *b, void *scores)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	float sx = ((const float *)scores)[x], sy = ((const float *)scores)[y];
-
-	if (sx != sy)
-		return sx > sy ? -1 : 1;
-	return x < y ? -1 : x > y;
-}
-
-/* The @k-th largest (0-based) of @n values; reorders @a (Hoare's selection). */
-static float kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
-{
-	ptrdiff_t lo = 0, hi = n - 1;
-
-	while (lo < hi) {
-		float pivot = a[lo + (hi - lo) / 2], tmp;
-		ptrdiff_t i = lo, j = hi;
-
-		while (i <= j) {
-			while (a[i] > pivot)
-				i++;
-			while (a[j] < pivot)
-				j--;
-			if (i <= j) {
-				tmp = a[i];
-				a[i++] = a[j];
-				a[j--] = tmp;
-			}
-		}
-		if (k <= j)
-			hi = j;
-		else if (k >= i)
-			lo = i;
-		else
-			return a[k];
-	}
-	return a[k];
-}
-
-/* Group x[0..n) with sparse-marked values replaced by the group's first unmarked value, so
- * outliers do not stretch its range (their exact values are restored after decoding). Returns
- * @x itself when nothing is marked, else @out (which may be @x). */
-static const float *dense_group(const float *x, const uint8_t *mask, size_t n, float *out)
-{
-	size_t first = n;
-	bool any = false;
-	float fill;
-
-	for (size_t i = 0; i < n; i++) {
-		any |= mask[i] != 0;
-		if (!mask[i] && first == n)
-			first = i;
-	}
-	if (!any)
-		return x;
-	fill = first < n ? x[first] : 0.0f;
-	for (size_t i = 0; i < n; i++)
-		out[i] = mask[i] ? fill : x[i];
-	return out;
-}
-
-/* ---- one unit ------------------------------------------------------------------------------ */
-
-struct unit_io {
-	const struct kvcd_policy *p;
-	const struct shape *s;
-	enum kvcd_isa isa;
-	uint8_t dtype;
-	int kv;			/* 0 K, 1 V */
-	uint32_t hd;		/* the engine's head_dim, for RoPE pairs */
-};
-
-/* RoPE angles of the block's tokens: cos and sin of (pos + t) * base^(-2k / head_dim). */
-static void rope_tables(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t pos,
-			struct work *w)
-{
-	uint32_t half = l->head_dim / 2;
-
-	for (uint32_t t = 0; p->rope && t < l->tokens; t++)
-		for (uint32_t k = 0; k < half; k++) {
-			double a = (double)(pos + t) * pow((double)p->rope, -2.0 * k / l->head_dim);
-
-			w->rcos[(size_t)t * half + k] = (float)cos(a);
-			w->rsin[(size_t)t * half + k] = (float)sin(a);
-		}
-}
-
-/* Rotate pairs (2i, 2i+1) of each head of tile rows @rows by their token's angle: @dir -1
- * takes keys back to before RoPE, +1 applies it again. */
-static void rope_rows(const struct unit_io *u, struct work *w, const uint32_t *rows, uint32_t n,
-		      float dir)
-{
-	uint32_t half = u->hd / 2;
-
-	for (uint32_t i = 0; i < n; i++) {
-		float *x = w->tile + (size_t)rows[i] * w->ts;
-		const float *c = w->rcos + (size_t)rows[i] * half, *sn = w->rsin + (size_t)rows[i] * half;
-
-		for (uint32_t o = 0; o < u->s->d; o += 2) {
-			uint32_t k = (o % u->hd) / 2;
-			float a = x[o], b = x[o + 1], cs = c[k], ss = dir * sn[k];
-
-			x[o] = a * cs - b * ss;
-			x[o + 1] = a * ss + b * cs;
-		}
-	}
-}
-
-/* Write tile row @t back in the engine's dtype: bit for bit, since every finite f16, bf16 or
- * f32 survives the trip through f32. The staging copy is never read a second time. */
-static void put_row(const struct unit_io *u, const struct work *w, uint32_t t, uint8_t **o)
-{
-	kvcd_from_f32(u->isa, u->dtype, w->tile + (size_t)t * w->ts, *o, u->s->d);
-	*o += (size_t)u->s->d * u->s->es;
-}
-
-/* Params of @ng groups from their ranges in w->lo and w->hi: the f16 pairs the kernels use
- * in w->par, and the unit's bytes of them (f16 pairs, or params=u8's reference and codes). */
-static int put_params(const struct unit_io *u, struct work *w, size_t ng, unsigned bits,
-		      uint8_t **o)
-{
-	int err;
-
-	if (!u->p->params) {
-		err = kvcd_quant_params(u->isa, w->lo, w->hi, ng, bits, w->par);
-		if (!err)
-			put(o, w->par, ng * 4);
-		return err;
-	}
-	if (!ng)
-		return 0;
-	err = kvcd_quant_params_u8(w->lo, w->hi, ng, bits, *o, w->pc, w->par);
-	if (err)
-		return err;
-	*o += KVCD_QREF_BYTES;
-	put(o, w->pc, ng * 2);
-	return 0;
-}
-
-/* The f16 pairs of @ng groups into w->par, from either form. */
-static int get_params(const struct unit_io *u, struct work *w, size_t ng, const uint8_t **in)
-{
-	if (!u->p->params) {
-		get(in, w->par, ng * 4);
-		return 0;
-	}
-	if (!ng)
-		return 0;
-	if (kvcd_quant_params_u8_read(*in, *in + KVCD_QREF_BYTES, ng, w->par))
-		return -EBADMSG;
-	*in += kvcd_params_bytes(ng, true);
-	return 0;
-}
-
-/* Per-token groups of @n tile rows at @bits: params, then packed codes. The three phases run
- * over all the rows in turn, so independent groups overlap in the CPU. */
-static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			 uint32_t n, unsigned bits, uint8_t **o)
-{
-	const struct shape *s = u->s;
-	uint32_t full = s->d / s->gch, tail = s->d - full * s->gch, ngt = s->ngt;
-	int err = 0;
-
-	for (uint32_t r = 0; r < n && w->pre; r++) {
-		memcpy(w->lo + r * ngt, w->ulo + rows[r] * w->prs, ngt * 4);
-		memcpy(w->hi + r * ngt, w->uhi + rows[r] * w->prs, ngt * 4);
-	}
-	for (uint32_t r = 0; r < n && !w->pre && !err; r++) {
-		const float *x = w->tile + (size_t)rows[r] * w->ts;
-
-		err = kvcd_quant_ranges(u->isa, x, full, s->gch, w->lo + r * ngt, w->hi + r * ngt);
-		if (!err && tail)
-			err = kvcd_quant_ranges(u->isa, x + full * s->gch, 1, tail,
-						w->lo + r * ngt + full, w->hi + r * ngt + full);
-	}
-	if (!err)
-		err = put_params(u, w, (size_t)n * ngt, bits, o);
-	if (err)
-		return err;
-	for (uint32_t r = 0; r < n; r++) {
-		const float *x = w->tile + (size_t)rows[r] * w->ts;
-		const uint16_t *par = w->par + (size_t)r * ngt * 2;
-		uint8_t *q = w->codes + (size_t)r * s->d;
-
-		kvcd_quant_apply(u->isa, x, full, s->gch, bits, par, q);
-		if (tail)
-			kvcd_quant_apply(u->isa, x + full * s->gch, 1, tail, bits, par + 2 * full,
-					 q + full * s->gch);
-	}
-	kvcd_pack(w->codes, (size_t)n * s->d, bits, *o);
-	*o += kvcd_packed_bytes((size_t)n * s->d, bits);
-	return 0;
-}
-
-/* Replace the sparse-marked values of each per-token group of the quantized regular rows by
- * the group's first unmarked value, in the tile: their exact values are already written. */
-static void dense_rows(const struct shape *s, struct work *w)
-{
-	for (uint32_t r = 0; r < s->nq; r++)
-		for (uint32_t c0 = 0; c0 < s->d; c0 += s->gch) {
-			uint32_t len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			float *x = w->tile + (size_t)w->reg[r] * w->ts + c0;
-
-			dense_group(x, w->mask + (size_t)r * s->d + c0, len, x);
-		}
-}
-
-static int dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			 uint32_t n, unsigned bits, const uint8_t **in)
-{
-	const struct shape *s = u->s;
-	const uint16_t *par = w->par;
-
-	if (get_params(u, w, (size_t)n * s->ngt, in))
-		return -EBADMSG;
-	kvcd_unpack(*in, (size_t)n * s->d, bits, w->codes);
-	*in += kvcd_packed_bytes((size_t)n * s->d, bits);
-	for (uint32_t r = 0; r < n; r++) {
-		float *x = w->tile + (size_t)rows[r] * w->ts;
-
-		for (uint32_t g = 0; g < s->ngt; g++, par += 2) {
-			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-
-			kvcd_dequant_group(u->isa, w->codes + (size_t)r * s->d + c0, len, par[0],
-					   par[1], x + c0);
-		}
-	}
-	return 0;
-}
-
-static int enc_fp8(const struct unit_io *u, struct work *w, uint8_t **o)
-{
-	const struct shape *s = u->s;
-	uint8_t *codes = *o + (size_t)s->nq * s->ngt * 2;
-
-	for (uint32_t r = 0; r < s->nq; r++) {
-		const float *x = w->tile + (size_t)w->reg[r] * w->ts;
-
-		for (uint32_t g = 0; g < s->ngt; g++) {
-			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			const float *v = x + c0;
-			float amax = absmax(u->isa, v, len), inv;
-			uint16_t h;
-
-			if (amax > 65504.0f)
-				return -ERANGE; /* as for int: the f16 range */
-			h = fp8_scale(amax);
-			put(o, &h, 2);
-			inv = kvcd_f16_to_f32(h);
-			kvcd_e4m3_n(u->isa, v, len, inv, codes + (size_t)r * s->d + c0);
-		}
-	}
-	*o = codes + (size_t)s->nq * s->d;
-	return 0;
-}
-
-static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
-{
-	const struct shape *s = u->s;
-	const uint8_t *par = *in, *codes = *in + (size_t)s->nq * s->ngt * 2;
-
-	for (uint32_t r = 0; r < s->nq; r++) {
-		float *x = w->tile + (size_t)w->reg[r] * w->ts;
-		const uint8_t *c = codes + (size_t)r * s->d;
-
-		for (uint32_t g = 0; g < s->ngt; g++, par += 2) {
-			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
-			uint16_t h;
-			float sc;
-
-			memcpy(&h, par, 2);
-			sc = kvcd_f16_to_f32(h);
-			for (uint32_t i = 0; i < len; i++)
-				x[c0 + i] = e4m3_table[c[c0 + i]] * sc;
-		}
-	}
-	*in = codes + (size_t)s->nq * s->d;
-}
-
-/* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
- * resid=quant the last group may be shorter (nq % G tokens). Each group is transposed once
- * into w->chan, [channel][token] (sparse values replaced as dense_group does), so ranges,
- * params and codes are each one call over its D channel groups, with the same bits as
- * kvcd_quant_group per channel group. */
-static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
-{
-	const struct shape *s = u->s;
-	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G, d = s->d;
-	int err = 0;
-
-	for (uint32_t g = 0; g < ng && !err; g++) {
-		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
-		float *xt = w->chan + (size_t)g * G * d;
-		uint8_t *mt = w->chanm + (size_t)g * G * d;
-
-		for (uint32_t i = 0; i < gsz; i++) {
-			const float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
-			const uint8_t *m = w->mask + (size_t)(g * G + i) * d;
-
-			for (uint32_t c = 0; c < d; c++)
-				xt[(size_t)c * gsz + i] = x[c];
-			for (uint32_t c = 0; s->nsp && c < d; c++)
-				mt[(size_t)c * gsz + i] = m[c];
-		}
-		for (uint32_t c = 0; s->nsp && c < d; c++)
-			dense_group(xt + (size_t)c * gsz, mt + (size_t)c * gsz, gsz,
-				    xt + (size_t)c * gsz);
-		err = kvcd_quant_ranges(u->isa, xt, d, gsz, &w->lo[(size_t)g * d],
-					&w->hi[(size_t)g * d]);
-	}
-	if (!err)
-		err = put_params(u, w, (size_t)ng * d, s->bits, o);
-	if (err)
-		return err;
-	for (uint32_t g = 0; g < ng; g++) {
-		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
-
-		kvcd_quant_apply(u->isa, w->chan + (size_t)g * G * d, d, gsz, s->bits,
-				 w->par + 2 * (size_t)g * d, w->codes + (size_t)g * G * d);
-	}
-	kvcd_pack(w->codes, (size_t)s->nq * d, s->bits, *o);
-	*o += kvcd_packed_bytes((size_t)s->nq * d, s->bits);
-	return 0;
-}
-
-static int dec_per_channel(const struct unit_io *u, struct work *w, const uint8_t **in)
-{
-	const struct shape *s = u->s;
-	uint32_t G = u->p->group, ng = (s->nq + G - 1) / G, d = s->d;
-	const uint16_t *par = w->par;
-
-	if (get_params(u, w, (size_t)ng * d, in))
-		return -EBADMSG;
-	kvcd_unpack(*in, (size_t)s->nq * d, s->bits, w->codes);
-	*in += kvcd_packed_bytes((size_t)s->nq * d, s->bits);
-	for (uint32_t g = 0; g < ng; g++) {
-		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
-		const uint8_t *q = w->codes + (size_t)g * G * d;
-
-		for (uint32_t c = 0; c < d; c++, par += 2)
-			kvcd_dequant_group(u->isa, q + (size_t)c * gsz, gsz, par[0], par[1],
-					   w->chan + (size_t)c * gsz);
-		for (uint32_t i = 0; i < gsz; i++) { /* back to token rows */
-			float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
-
-			for (uint32_t c = 0; c < d; c++)
-				x[c] = w->chan[(size_t)c * gsz + i];
-		}
-	}
-	return 0;
-}
-
-/* Choose the exact tokens of one head from its keys (tile holds K): the sinks, then the
- * `outliers` tokens with the largest max |k|. Ascending. */
-static void choose_exact(const struct shape *s, struct work *w, uint32_t *exact)
-{
-	uint32_t sink = s->nsink;
-
-	for (uint32_t i = 0; i < sink; i++)
-		exact[i] = i;
-	if (s->ne == sink)
-		return; /* no outlier tokens asked for */
-	for (uint32_t t = 0; t < s->t; t++) {
-		float m = 0.0f;
-
-		for (uint32_t c = 0; c < s->d; c++)
-			m = fabsf(w->tile[(size_t)t * w->ts + c]) > m ? fabsf(w->tile[(size_t)t * w->ts + c]) : m;
-		w->mag[t] = t < sink ? -1.0f : m;
-	}
-	for (uint32_t n = sink; n < s->ne; n++) { /* few outliers: repeated selection is fine */
-		uint32_t arg = sink;
-
-		for (uint32_t t = sink; t < s->t; t++)
-			if (w->mag[t] > w->mag[arg])
-				arg = t;
-		exact[n] = arg;
-		w->mag[arg] = -1.0f;
-	}
-	qsort(exact, s->ne, 4, cmp_u32);
-}
-
-/* Mark the nsp largest-magnitude quantized regular values; write positions and values. */
-static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
-{
-	size_t n = (size_t)s->nq * s->d, want = s->nsp, got = 0;
-	uint8_t *pos = o, *val = o + want * 4;
-	float thr;
-
-	memset(w->mask, 0, n);
-	for (size_t i = 0; i < n; i++)
-		w->mag[i] = fabsf(w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d]);
-	thr = kth_largest(w->mag, (ptrdiff_t)n, (ptrdiff_t)want - 1);
-	for (int pass = 0; pass < 2; pass++) /* strictly above first, then ties, in order */
-		for (size_t i = 0; i < n && got < want; i++) {
-			float v = w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d];
-
-			if (!w->mask[i] && (pass ? fabsf(v) == thr : fabsf(v) > thr)) {
-				w->mask[i] = 1;
-				got++;
-			}
-		}
-	for (size_t i = 0, k = 0; i < n; i++)
-		if (w->mask[i]) {
-			uint32_t p32 = (uint32_t)i;
-			float v = w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d];
-
-			memcpy(pos + k * 4, &p32, 4);
-			memcpy(val + k * 4, &v, 4);
-			k++;
-		}
-}
-
-/* Any inf or nan in x[0..n)? (x - x is nan exactly for those.) */
-/* Convert one (layer, K/V) plane from staging in one sequential pass, a plane row (all heads
- * of one token) at a time, rejecting inf and nan. While the row is still in L1, find the range
- * of each per-token group for the quantizer, or of each head's row when groups do not tile it. */
-static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *src,
-		      struct work *w)
-{
-	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
-	size_t chunk = hd / w->prs;
-
-	for (uint32_t t = 0; t < l->tokens; t++) {
-		float *x = w->plane + t * hd;
-
-		kvcd_to_f32(isa, l->dtype, src + t * hd * es, x, hd);
-		if (kvcd_quant_ranges(isa, x, w->prs, chunk, w->plo + t * w->prs,
-				      w->phi + t * w->prs))
-			return -EINVAL;
-	}
-	return 0;
-}
-
-static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose, uint8_t **o)
-{
-	const struct shape *s = u->s;
-	const struct kvcd_policy *p = u->p;
-	uint32_t nhi = 0, nreg = 0;
-	uint8_t *sparse_at;
-	int err;
-
-	if (choose)
-		choose_exact(s, w, exact);
-	memset(w->cls, 0, s->t);
-	for (uint32_t i = 0; i < s->ne; i++)
-		w->cls[exact[i]] = 1;
-	for (uint32_t i = 0; i < s->t && nhi < s->nh; i++)
-		if (!w->cls[w->order[i]]) {
-			w->cls[w->order[i]] = 2;
-			w->imp[nhi++] = w->order[i];
-		}
-	qsort(w->imp, nhi, 4, cmp_u32);
-	for (uint32_t t = 0; t < s->t; t++)
-		if (!w->cls[t])
-			w->reg[nreg++] = t;
-	put(o, exact, (size_t)s->ne * 4);
-	put(o, w->imp, (size_t)s->nh * 4);
-	for (uint32_t i = 0; i < s->ne; i++)
-		put_row(u, w, exact[i], o);
-	if (p->rope && u->kv == 0) {
-		rope_rows(u, w, w->imp, s->nh, -1.0f);
-		rope_rows(u, w, w->reg, s->nq, -1.0f);
-	}
-	if (p->rotate) {
-		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
-		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
-	}
-	if (s->nh) {
-		err = enc_per_token(u, w, w->imp, s->nh, p->hibits, o);
-		if (err)
-			return err;
-	}
-	/* the sparse list goes last but is chosen first: the dense groups exclude it */
-	sparse_at = *o + s->reg_bytes + (size_t)s->nres * s->d * s->es;
-	if (s->nsp) {
-		choose_sparse(s, w, sparse_at);
-		if (!s->per_channel)
-			dense_rows(s, w);
-	}
-	if (p->kind == KVCD_CODEC_FP8)
-		err = enc_fp8(u, w, o);
-	else if (s->per_channel)
-		err = enc_per_channel(u, w, o);
-	else
-		err = enc_per_token(u, w, w->reg, s->nq, s->bits, o);
-	if (err)
-		return err;
-	for (uint32_t i = s->nq; i < s->nr; i++)
-		put_row(u, w, w->reg[i], o);
-	*o = sparse_at + s->nsp * 8;
-	return 0;
-}
-
-/* Read an ascending, in-range, disjoint token list. */
-static int read_tokens(const uint8_t **in, uint32_t *list, uint32_t n, uint32_t t, uint8_t *cls,
-		       uint8_t mark)
-{
-	get(in, list, (size_t)n * 4);
-	for (uint32_t i = 0; i < n; i++) {
-		if (list[i] >= t || cls[list[i]] || (i && list[i] <= list[i - 1]))
-			return -EBADMSG;
-		cls[list[i]] = mark;
-	}
-	return 0;
-}
-
-static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **in)
-{
-	const struct shape *s = u->s;
-	const struct kvcd_policy *p = u->p;
-	uint32_t nreg = 0, *exact = w->exact;
-
-	memset(w->cls, 0, s->t);
-	if (read_tokens(in, exact, s->ne, s->t, w->cls, 1) ||
-	    read_tokens(in, w->imp, s->nh, s->t, w->cls, 2))
-		return -EBADMSG;
-	for (uint32_t t = 0; t < s->t; t++)
-		if (!w->cls[t])
-			w->reg[nreg++] = t;
-	for (uint32_t i = 0; i < s->ne; i++) { /* into the plane, which goes out in one pass */
-		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)exact[i] * w->ts, s->d);
-		*in += (size_t)s->d * s->es;
-	}
-	if (s->nh && dec_per_token(u, w, w->imp, s->nh, p->hibits, in))
-		return -EBADMSG;
-	if (p->kind == KVCD_CODEC_FP8)
-		dec_fp8(u, w, in);
-	else if (s->per_channel ? dec_per_channel(u, w, in) :
-				  dec_per_token(u, w, w->reg, s->nq, s->bits, in))
-		return -EBADMSG;
-	for (uint32_t i = s->nq; i < s->nr; i++) {
-		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)w->reg[i] * w->ts, s->d);
-		*in += (size_t)s->d * s->es;
-	}
-	if (s->nsp) {
-		const uint8_t *pos = *in, *val = *in + s->nsp * 4;
-
-		for (uint64_t k = 0; k < s->nsp; k++) {
-			uint32_t i;
-			float v;
-
-			memcpy(&i, pos + k * 4, 4);
-			memcpy(&v, val + k * 4, 4);
-			if (i >= (uint64_t)s->nq * s->d)
-				return -EBADMSG;
-			w->tile[(size_t)w->reg[i / s->d] * w->ts + i % s->d] = v;
-		}
-		*in += s->nsp * 8;
-	}
-	if (p->rotate) {
-		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
-		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
-	}
-	if (p->rope && u->kv == 0) {
-		rope_rows(u, w, w->imp, s->nh, 1.0f);
-		rope_rows(u, w, w->reg, s->nq, 1.0f);
-	}
-	return 0;
-}
-
-/* ---- blocks ---------------------------------------------------------------------------------- */
-
-/* Byte offset of the (layer, K/V) plane [token][head][dim] in the raw block. */
-static size_t plane_base(const struct kvcp_layout *l, uint32_t layer, int kv)
-{
-	size_t row = (size_t)l->kv_heads * l->head_dim * kvcp_dtype_size(l->dtype);
-
-	return ((size_t)layer * 2 + (size_t)kv) * l->tokens * row;
-}
-
-bool kvcd_codec_fused = true;
-
-/* Can the block go through encode_fused()? Every token of every unit regular and quantized per
- * token, each group within one head and each row's codes a whole number of bytes. */
-static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
-{
-	for (int kv = 0; kv < 2; kv++) {
-		const struct shape *s = &sh[kv];
-
-		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel || s->d % s->gch ||
-		    s->d * s->bits % 8)
-			return false;
-	}
-	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope && !p->params;
-}
-
-/* The common case in one pass: each plane row (one token, every head) goes from staging into
- * an L1 buffer, is rotated, ranged, quantized and packed there, and its codes and parameters
- * are written straight to each head's unit. Writes the same bytes as the unit-by-unit path. */
-static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
-			const struct kvcp_layout *l, const uint8_t *src, const struct shape *sh,
-			struct work *w, uint8_t *o)
-{
-	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
-	size_t ngt = sh[0].ngt, ng = heads * ngt, gch = sh[0].gch, t = l->tokens;
-	float *x = w->plane;
-	int err;
-
-	for (uint32_t layer = 0; layer < l->layers; layer++)
-		for (int kv = 0; kv < 2; kv++) {
-			const uint8_t *in = src + plane_base(l, layer, kv);
-			uint8_t *base = o + layer * heads * (sh[0].bytes + sh[1].bytes) +
-					kv * heads * sh[0].bytes;
-			unsigned bits = sh[kv].bits;
-			size_t rowb = d * bits / 8;
-
-			for (size_t r = 0; r < t; r++) {
-				kvcd_to_f32(isa, l->dtype, in + r * hd * es, x, hd);
-				for (size_t h = 0; p->rotate && h < heads; h++)
-					kvcd_hadamard(x + h * d, (unsigned)d);
-				if (kvcd_quant_ranges(isa, x, ng, gch, w->lo, w->hi))
-					return -EINVAL;
-				err = kvcd_quant_params(isa, w->lo, w->hi, ng, bits, w->par);
-				if (err)
-					return err;
-				kvcd_quant_apply(isa, x, ng, gch, bits, w->par, w->codes);
-				for (size_t h = 0; h < heads; h++) {
-					uint8_t *u = base + h * sh[kv].bytes;
-
-					memcpy(u + r * ngt * 4, w->par + h * ngt * 2, ngt * 4);
-					kvcd_pack(w->codes + h * d, d, bits, u + t * ngt * 4 + r * rowb);
-				}
-			}
-		}
-	return 0;
-}
-
-/* The units of a block under @p (a codec, not NONE), without the header, to @o. */
-static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
-		       const struct kvcp_layout *engine, uint32_t pos, const void *src,
-		       const float *scores, uint8_t *o)
-{
-	struct kvcp_layout view = view_of(p, engine), *l = &view;
-	struct shape sh[2];
-	struct work w;
-	int err = 0;
-
-	shape_of(p, l, scores, pos, 0, &sh[0]);
-	shape_of(p, l, scores, pos, 1, &sh[1]);
-	err = work_init(&w, p, l, sh[0].ne);
-	if (err)
-		return err;
-	/* ranges found during conversion serve the quantizer unless the rows change first */
-	w.pre = l->head_dim % sh[0].gch == 0 && !p->rotate && !p->sparse_ppm && !p->rope;
-	rope_tables(p, engine, pos, &w);
-	w.prs = (size_t)l->kv_heads * (w.pre ? sh[0].ngt : 1);
-	for (uint32_t t = 0; t < l->tokens; t++)
-		w.order[t] = t;
-	if (scores)
-		qsort_r(w.order, l->tokens, 4, cmp_score, (void *)scores);
-	if (fusable(p, sh))
-		return encode_fused(isa, p, l, src, sh, &w, o);
-	/* one (layer, K/V) plane at a time, read in one sequential pass */
-	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
-		for (int kv = 0; kv < 2 && !err; kv++) {
-			err = load_plane(isa, l, (const uint8_t *)src + plane_base(l, layer, kv), &w);
-			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, l->dtype, kv, engine->head_dim };
-
-				w.tile = w.plane + (size_t)head * l->head_dim;
-				w.ulo = w.plo + (size_t)head * w.prs / l->kv_heads;
-				w.uhi = w.phi + (size_t)head * w.prs / l->kv_heads;
-				err = encode_unit(&u, &w, w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
-			}
-		}
-	return err;
-}
-
-uint64_t kvcd_codec_body_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
-			      bool scores, uint32_t pos)
-{
-	struct kvcp_layout v;
-
-	if (p->kind == KVCD_CODEC_NONE)
-		return kvcp_layout_bytes(l);
-	v = view_of(p, l);
-	return size_of_view(p, &v, scores && p->hibits, pos) - sizeof(struct kvcd_codec_hdr);
-}
-
-int kvcd_codec_body_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, const void *src,
-			   const float *scores, void *dst)
-{
-	if (p->kind == KVCD_CODEC_NONE) {
-		memcpy(dst, src, kvcp_layout_bytes(l));
-		return 0;
-	}
-	return encode_body(isa, p, l, pos, src, p->hibits ? scores : NULL, dst);
+	return sizeof(struct kvcd_codec_hdr) + kvcd_units_size(p, l, scores, pos);
 }
 
 int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *engine, uint32_t pos, const void *src,
+		      const struct kvcp_layout *l, uint32_t pos, const void *src,
 		      const float *scores, void *dst)
 {
-	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
-	struct kvcp_layout view;
-	char why[8];
+	struct kvcd_plan plan;
+	int err;
 
-	if (kvcd_policy_check(p, engine, why, sizeof(why)))
-		return -EINVAL;
-	if (kvcd_policy_sel(p))
-		return kvcd_sel_encode(isa, p, engine, pos, src, scores, NULL, NULL, dst);
-	if (p->kind == KVCD_CODEC_NONE) {
-		memcpy(dst, src, kvcp_layout_bytes(engine));
-		return 0;
-	}
-	view = view_of(p, engine);
-	scores = p->hibits ? scores : NULL;
-	for (uint32_t t = 0; scores && t < engine->tokens; t++)
-		if (!isfinite(scores[t]))
-			return -EINVAL;
-	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
-	h.pol = *p;
-	h.layout = *engine;
-	h.layout.codec = 0;
-	h.pos = pos;
-	h.bytes = size_of_view(p, &view, scores, pos);
-	memcpy(dst, &h, sizeof(h));
-	return encode_body(isa, p, engine, pos, src, scores, (uint8_t *)dst + sizeof(h));
-}
-
-/* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
- * has checked against kvcd_codec_body_size(), into @dst (layout @engine). */
-static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
-		       const struct kvcp_layout *engine, uint32_t pos, bool scores,
-		       const uint8_t *in, void *dst)
-{
-	struct kvcp_layout v = view_of(p, engine);
-	struct shape sh[2];
-	struct work w;
-	int err = 0;
-
-	shape_of(p, &v, scores, pos, 0, &sh[0]);
-	shape_of(p, &v, scores, pos, 1, &sh[1]);
-	err = work_init(&w, p, &v, sh[0].ne);
-	if (err)
-		return err;
-	rope_tables(p, engine, pos, &w);
-	e4m3_init();
-	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
-		for (int kv = 0; kv < 2 && !err; kv++) {
-			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, v.dtype, kv, engine->head_dim };
-
-				w.tile = w.plane + (size_t)head * v.head_dim;
-				err = decode_unit(&u, &w, &in);
-			}
-			if (!err) /* the whole plane out in one sequential pass */
-				kvcd_from_f32(isa, v.dtype, w.plane,
-					      (uint8_t *)dst + plane_base(&v, layer, kv),
-					      (size_t)v.tokens * w.ts);
-		}
+	err = kvcd_codec_plan(isa, p, l, pos, src, scores, NULL, &plan);
+	if (!err)
+		err = kvcd_codec_write(isa, &plan, src, scores, NULL, dst);
+	kvcd_plan_fini(&plan);
 	return err;
-}
-
-int kvcd_codec_body_decode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, bool scores, const void *in,
-			   void *dst)
-{
-	if (p->kind == KVCD_CODEC_NONE) {
-		memcpy(dst, in, kvcp_layout_bytes(l));
-		return 0;
-	}
-	return decode_body(isa, p, l, pos, scores && p->hibits, in, dst);
 }
 
 /* Read and check the header of an encoded block of @n bytes. */
@@ -1327,8 +150,9 @@ static int read_hdr(const void *src, uint64_t n, struct kvcd_codec_hdr *h)
 		return -EBADMSG;
 	memcpy(h, src, sizeof(*h));
 	if (h->magic != KVCD_CODEC_MAGIC || h->version != KVCD_CODEC_VERSION ||
-	    (h->flags & ~KVCD_CODEC_F_SCORES) || (h->pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&h->pol)) ||
-	    h->layout.codec || h->reserved || h->bytes != n ||
+	    (h->flags & ~KVCD_CODEC_F_SCORES) ||
+	    (h->pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&h->pol)) || h->layout.codec ||
+	    h->reserved || h->bytes != n ||
 	    kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
 		return -EBADMSG;
 	return 0;
@@ -1361,6 +185,6 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	*l = h.layout;
 	if (kvcp_layout_bytes(&h.layout) > cap)
 		return -ENOSPC;
-	return decode_body(isa, &h.pol, &h.layout, h.pos, scores, (const uint8_t *)src + sizeof(h),
-			   dst);
+	return kvcd_units_decode(isa, &h.pol, &h.layout, h.pos, scores,
+				 (const uint8_t *)src + sizeof(h), dst);
 }

@@ -1,62 +1,325 @@
-/* policy.c - compression policies as strings: "codec[:key=value,...]".
+/* policy.c - compression policies as strings, "codec[:key=value,...]", declared once.
  *
- *   none                       raw
- *   int[:bits=B]  int2..int8   fixed precision, per token, groups along head_dim (default 8
- *                              bits, group 64); a group longer than head_dim spans the heads
- *                              of the token's row (kvcd_policy_spans)
- *   fp8                        e4m3, f16 scale per group (default group = head_dim)
- *   kivi[:kbits=B,vbits=B]     K per channel, V per token (default 4 and 4 bits, group 32)
- * keys: bits, kbits, vbits, group, sink, outliers, rotate=hadamard|none, sparse=F (fraction,
- * or percent with a trailing %), hibits, hipct, rope=BASE (keys quantized before RoPE),
- * resid=exact|quant (kivi), params=f16|u8 (group scale and zero as two f16 or two bytes).
- * Token selection, with any codec ("none:select=h2o,keep=50%" keeps half the tokens raw):
- * select=recent|keynorm|h2o|snapkv, keep=F (fraction of each block's tokens, or percent
- * with %; default 50%), window=N (the block's last N tokens always kept), sink=N (the
- * sequence's first N tokens always kept, and exact), budget=uniform|pyramid|adakv,
- * bounds=quest|reps|reps8 (any policy, "none:bounds=quest" included): keep a summary of the
- * block's keys so SELECT can score it (an extra pass over the keys at STORE), per page=N
- * tokens (default 16): Quest's channel-wise bounds, or the reps=R keys of largest norm, f16
- * (reps; default 2: the same bytes as Quest's bounds) or int8 with a scale per key (reps8;
- * default 4: about the same bytes again).
- * rank=R (with none): K and V of each (layer, KV head) as a truncated SVD of rank R;
- * factors=int8 keeps its factors as int8 rows with a scale each (default: the engine's dtype);
- * svd=layer takes one SVD per layer across its KV heads (not with select= or energy=);
- * energy=F (fraction, or percent with %) makes rank= a cap: each K or V takes the smallest
- * rank that keeps that share of its squared singular values.
- * cold=B (with select=): the dropped tokens are not lost but demoted, kept as B-bit ints
- * (2..8, params=u8) after the kept ones; a FETCH then returns every token.
- * minicache=L (with none): layers L and L+1 (then L+2 and L+3, ...) share one direction per
- * token (MiniCache), slerp=T (default 0.6), retain=P (tokens kept unmerged, default 5%).
- * merge=none|key|value, kernel=K (snapkv max-pooling width, odd; default none: SnapKV's
- * long-context 7 costs a factor 3 in perplexity on stories260K).
+ * Every key is one row of `keys` below: its name, type, range, the field it sets, the codecs
+ * it applies to, its default and what it does. One generic loop parses a string with it,
+ * another prints the canonical string, and kvcd_policy_doc prints the table as
+ * docs/policies.md (Redis's config.c does the same for its configuration). Rules about
+ * keys together are the rows of `rules`, also printed into the docs.
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec.h"
-#include "select.h"
-
-/* by KVCD_SUMMARY_* */
-static const char *const bounds_name[] = { "none", "quest", "reps", "reps8" };
+#include "policy.h"
 
 #define WHY(...) (snprintf(why, whylen, __VA_ARGS__), -EINVAL)
 
-static int num(const char *v, unsigned long max, unsigned long *out)
-{
-	char *end;
+enum key_type {
+	K_UINT,		/* a whole number in [lo, hi] */
+	K_FRAC,		/* a fraction in [lo, hi], or a percent with a trailing %; stored as
+			 * round(f * scale) */
+	K_ENUM,		/* one of names[]; stored as its index */
+	K_FLAG,		/* names[0] clears, names[1] sets the bit mask in the field */
+};
 
-	if (!*v || *v == '-' || *v == '+')
-		return -EINVAL;
-	errno = 0;
-	*out = strtoul(v, &end, 10);
-	return errno || *end || *out > max ? -EINVAL : 0;
+#define C_NONE (1u << KVCD_CODEC_NONE)
+#define C_INT (1u << KVCD_CODEC_INT)
+#define C_FP8 (1u << KVCD_CODEC_FP8)
+#define C_KIVI (1u << KVCD_CODEC_KIVI)
+#define C_QUANT (C_INT | C_FP8 | C_KIVI)
+#define C_ALL (C_NONE | C_QUANT)
+
+#define F_ZERO_OFF 1u	/* 0 (off) is allowed besides [lo, hi] */
+#define F_ODD 2u	/* odd values only */
+#define F_WHOLE 4u	/* K_FRAC: only whole multiples of 1 / scale */
+#define F_PCT 8u	/* K_FRAC: printed as a percent */
+#define F_BIAS 16u	/* stored as value + 1, so that 0 means off */
+#define F_ALWAYS 32u	/* printed whenever the field at `with` is non-zero, even as 0 */
+
+struct key {
+	const char *name, *alias;	/* alias: an older spelling, still accepted */
+	uint8_t type, codecs, flags;	/* enum key_type, C_*, F_* */
+	uint16_t off, off2;		/* fields set (off2: a second one, 0: none) */
+	uint8_t size;			/* bytes of the field(s) */
+	uint32_t mask;			/* K_FLAG: the bit */
+	double lo, hi, scale;
+	const char *const *names;	/* K_ENUM, K_FLAG; NULL-terminated */
+	uint16_t with;			/* F_ALWAYS: printed when this field is non-zero */
+	const char *dflt, *help;
+};
+
+#define FIELD(f) (uint16_t)offsetof(struct kvcd_policy, f), 0, \
+	(uint8_t)sizeof(((struct kvcd_policy *)0)->f)
+#define FIELD2(f, g) (uint16_t)offsetof(struct kvcd_policy, f), \
+	(uint16_t)offsetof(struct kvcd_policy, g), (uint8_t)sizeof(((struct kvcd_policy *)0)->f)
+#define WITH(f) (uint16_t)offsetof(struct kvcd_policy, f)
+
+static const char *const codec_names[] = { "none", "int", "fp8", "kivi", NULL };
+static const char *const off_on_rotate[] = { "none", "hadamard", NULL };
+static const char *const resid_names[] = { "exact", "quant", NULL };
+static const char *const params_names[] = { "f16", "u8", NULL };
+static const char *const select_names[] = { "none", "recent", "keynorm", "h2o", "snapkv", NULL };
+static const char *const budget_names[] = { "uniform", "pyramid", "adakv", NULL };
+static const char *const merge_names[] = { "none", "key", "value", NULL };
+static const char *const summary_names[] = { "none", "quest", "reps", "reps8", NULL };
+static const char *const factors_names[] = { "dtype", "int8", NULL };
+static const char *const svd_names[] = { "head", "layer", NULL };
+
+/* In the order the canonical string lists them. */
+static const struct key keys[] = {
+	{ "bits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD2(kbits, vbits), 0, 2, 8, 1, NULL, 0,
+	  "int: 8 (intN: N)", "bits of K and V codes" },
+	{ "kbits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD(kbits), 0, 2, 8, 1, NULL, 0, "kivi: 4",
+	  "bits of K codes" },
+	{ "vbits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD(vbits), 0, 2, 8, 1, NULL, 0, "kivi: 4",
+	  "bits of V codes" },
+	{ "group", NULL, K_UINT, C_QUANT, F_ALWAYS, FIELD(group), 0, 0, 65535, 1, NULL, WITH(kind),
+	  "int: 64, kivi: 32, fp8: 0",
+	  "channels per group of a token (int, fp8, kivi V; 0: head_dim; longer than head_dim: "
+	  "the group spans the token's heads), tokens per group of a channel (kivi K)" },
+	{ "minicache", NULL, K_UINT, C_NONE, F_BIAS, FIELD(mc), 0, 0, 254, 1, NULL, 0, "off",
+	  "MiniCache: layers L and L+1, L+2 and L+3, ... share one direction per token" },
+	{ "slerp", NULL, K_FRAC, C_NONE, F_ALWAYS, FIELD(mc_t), 0, 0, 1, 100, NULL, WITH(mc), "0.6",
+	  "MiniCache: interpolation t between the two layers' directions" },
+	{ "retain", NULL, K_FRAC, C_NONE, F_ALWAYS | F_PCT, FIELD(mc_keep), 0, 0, 1, 100, NULL,
+	  WITH(mc), "5%", "MiniCache: share of tokens per (pair, head) kept unmerged" },
+	{ "rank", NULL, K_UINT, C_NONE, 0, FIELD(rank), 0, 0, 255, 1, NULL, 0, "0 (off)",
+	  "K and V of each (layer, KV head) as a truncated SVD of this rank" },
+	{ "factors", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_INT8, 0, 0, 1,
+	  factors_names, 0, "dtype", "low-rank factors in the engine's dtype, or int8 rows with "
+	  "an f32 scale each" },
+	{ "svd", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LAYER, 0, 0, 1, svd_names,
+	  0, "head", "one SVD per (layer, KV head), or per layer across its heads" },
+	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL,
+	  0, "off", "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
+	  "of its squared singular values (whole percents)" },
+	{ "select", NULL, K_ENUM, C_ALL, 0, FIELD(select), 0, 0, 0, 1, select_names, 0, "none",
+	  "token selection: StreamingLLM (recent), key norm, H2O (the engine's accumulated "
+	  "attention), SnapKV (the engine's observation-window queries)" },
+	{ "keep", NULL, K_FRAC, C_ALL, F_ALWAYS | F_PCT, FIELD(keep), 0, 1e-4, 1, 1e4, NULL,
+	  WITH(select), "50%", "select: share of each block's tokens kept (mean over heads)" },
+	{ "window", NULL, K_UINT, C_ALL, F_ALWAYS, FIELD(window), 0, 0, 65535, 1, NULL,
+	  WITH(select), "0", "select: the block's last tokens, always kept" },
+	{ "budget", NULL, K_ENUM, C_ALL, 0, FIELD(budget), 0, 0, 0, 1, budget_names, 0,
+	  "uniform", "select: counts per (layer, head): equal, PyramidKV, or Ada-KV" },
+	{ "merge", NULL, K_ENUM, C_ALL, 0, FIELD(merge), 0, 0, 0, 1, merge_names, 0, "none",
+	  "select: fold dropped tokens into the kept token of most similar key; key also keeps "
+	  "the attention mass as a bias" },
+	{ "cold", NULL, K_UINT, C_ALL, 0, FIELD(cold), 0, 2, 8, 1, NULL, 0, "off",
+	  "select: keep the dropped tokens too, as ints of this many bits" },
+	{ "kernel", NULL, K_UINT, C_ALL, F_ODD, FIELD(kernel), 0, 1, 63, 1, NULL, 0, "none",
+	  "snapkv: max-pooling width over neighbouring tokens" },
+	{ "summary", "bounds", K_ENUM, C_ALL, 0, FIELD(summary), 0, 0, 0, 1, summary_names, 0,
+	  "none", "a SELECT summary of the block's keys: Quest's bounds, or the keys of largest "
+	  "norm in f16 or int8" },
+	{ "page", NULL, K_UINT, C_ALL, 0, FIELD(page), 0, 1, 255, 1, NULL, 0, "16",
+	  "summary: tokens per page" },
+	{ "reps", NULL, K_UINT, C_ALL, 0, FIELD(reps), 0, 1, 16, 1, NULL, 0, "reps: 2, reps8: 4",
+	  "summary=reps, reps8: keys kept per page" },
+	{ "sink", NULL, K_UINT, C_ALL, 0, FIELD(sink), 0, 0, 65535, 1, NULL, 0, "0",
+	  "the sequence's first tokens, kept exact (and always kept by select)" },
+	{ "outliers", NULL, K_UINT, C_QUANT, 0, FIELD(outliers), 0, 0, 65535, 1, NULL, 0, "0",
+	  "tokens of largest key magnitude per (layer, head), kept exact" },
+	{ "rotate", NULL, K_ENUM, C_QUANT, 0, FIELD(rotate), 0, 0, 0, 1, off_on_rotate, 0, "none",
+	  "Walsh-Hadamard rotation of each token's channels before quantizing (power-of-two "
+	  "head_dim)" },
+	{ "sparse", NULL, K_FRAC, C_QUANT, 0, FIELD(sparse_ppm), 0, 0, 0.1, 1e6, NULL, 0, "0",
+	  "share of quantized values of largest magnitude kept exact (KVQuant's dense-and-sparse)" },
+	{ "hibits", NULL, K_UINT, C_QUANT, F_ZERO_OFF, FIELD(hibits), 0, 2, 8, 1, NULL, 0,
+	  "0 (off)", "bits of the tokens the STORE's importance scores rank highest (MiKV)" },
+	{ "hipct", NULL, K_UINT, C_QUANT, 0, FIELD(hipct), 0, 1, 100, 1, NULL, 0, "10",
+	  "hibits: percent of tokens that are important" },
+	{ "rope", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD(rope), 0, 0, 1e8, 1, NULL, 0, "0 (off)",
+	  "the model's RoPE base: keys are quantized before RoPE (KVQuant)" },
+	{ "resid", NULL, K_ENUM, C_KIVI, 0, FIELD(resid), 0, 0, 0, 1, resid_names, 0, "exact",
+	  "kivi: the keys that do not fill a whole group, exact or quantized" },
+	{ "params", NULL, K_ENUM, C_INT | C_KIVI, 0, FIELD(params), 0, 0, 0, 1, params_names, 0,
+	  "f16", "group scale and zero as two f16, or two bytes against a per-unit reference" },
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+/* ---- rules about keys together ------------------------------------------------------------- */
+
+#define SEEN(name) (seen & (1ull << key_index(name)))
+
+static unsigned key_index(const char *name)
+{
+	for (unsigned i = 0; i < NKEYS; i++)
+		if (!strcmp(keys[i].name, name))
+			return i;
+	return 63; /* never seen */
 }
 
-/* A fraction, or a percentage with a trailing %, within [@lo, @hi]. */
-static int fraction(const char *v, double lo, double hi, double *out)
+struct rule {
+	bool (*bad)(const struct kvcd_policy *p, uint64_t seen);
+	const char *why;
+};
+
+static bool r_hipct(const struct kvcd_policy *p, uint64_t seen)
+{
+	return SEEN("hipct") && !p->hibits;
+}
+
+static bool r_page(const struct kvcd_policy *p, uint64_t seen)
+{
+	return (SEEN("page") || SEEN("reps")) && !p->summary;
+}
+
+static bool r_reps(const struct kvcd_policy *p, uint64_t seen)
+{
+	return SEEN("reps") && p->summary == KVCD_SUMMARY_QUEST;
+}
+
+static bool r_mc(const struct kvcd_policy *p, uint64_t seen)
+{
+	return (SEEN("slerp") || SEEN("retain")) && !p->mc;
+}
+
+static bool r_rank(const struct kvcd_policy *p, uint64_t seen)
+{
+	return (SEEN("factors") || SEEN("svd") || SEEN("energy")) && !p->rank;
+}
+
+static bool r_svd(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return (p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy);
+}
+
+static bool r_energy(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->energy && p->merge;
+}
+
+static bool r_mc_alone(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->mc && (p->select || p->rank);
+}
+
+static bool r_select(const struct kvcd_policy *p, uint64_t seen)
+{
+	return !p->select && (SEEN("keep") || SEEN("window") || SEEN("budget") || SEEN("merge") ||
+			      SEEN("kernel") || SEEN("cold"));
+}
+
+static bool r_cold(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->cold && (p->merge || p->rank);
+}
+
+static bool r_rope(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->select && p->rope;
+}
+
+static bool r_sink(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->kind == KVCD_CODEC_NONE && p->sink && !p->select;
+}
+
+static bool r_kivi(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->kind == KVCD_CODEC_KIVI && !p->group;
+}
+
+static const struct rule rules[] = {
+	{ r_hipct, "hipct needs hibits" },
+	{ r_page, "page and reps need summary=quest, reps or reps8" },
+	{ r_reps, "reps needs summary=reps or reps8" },
+	{ r_mc, "slerp and retain need minicache=" },
+	{ r_rank, "factors, svd and energy need rank=" },
+	{ r_svd, "svd=layer needs every head's tokens and a fixed rank: not with select or energy" },
+	{ r_energy, "energy picks ranks before merging: it does not compose with merge" },
+	{ r_mc_alone, "minicache does not compose with select or rank yet" },
+	{ r_select, "keep, window, budget, merge, kernel and cold need select=" },
+	{ r_cold, "cold keeps the dropped tokens: it does not compose with merge or rank" },
+	{ r_rope, "rope does not compose with select (kept tokens are not contiguous)" },
+	{ r_sink, "'none' takes sink only with select=" },
+	{ r_kivi, "kivi needs a group of 1..65535 tokens" },
+};
+
+/* ---- parsing ---------------------------------------------------------------------------------- */
+
+static uint64_t get_field(const struct kvcd_policy *p, uint16_t off, uint8_t size)
+{
+	const uint8_t *f = (const uint8_t *)p + off;
+	uint32_t v32;
+	uint16_t v16;
+
+	if (size == 4) {
+		memcpy(&v32, f, 4);
+		return v32;
+	}
+	if (size == 2) {
+		memcpy(&v16, f, 2);
+		return v16;
+	}
+	return *f;
+}
+
+static void set_field(struct kvcd_policy *p, uint16_t off, uint8_t size, uint64_t v)
+{
+	uint8_t *f = (uint8_t *)p + off;
+	uint32_t v32 = (uint32_t)v;
+	uint16_t v16 = (uint16_t)v;
+
+	if (size == 4)
+		memcpy(f, &v32, 4);
+	else if (size == 2)
+		memcpy(f, &v16, 2);
+	else
+		*f = (uint8_t)v;
+}
+
+static int name_index(const char *const *names, const char *v)
+{
+	for (int i = 0; names[i]; i++)
+		if (!strcmp(names[i], v))
+			return i;
+	return -1;
+}
+
+static const char *name_at(const char *const *names, uint64_t v)
+{
+	for (uint64_t i = 0; names[i]; i++)
+		if (i == v)
+			return names[i];
+	return "?";
+}
+
+/* What @k accepts, for error messages and the docs. */
+static void describe(const struct key *k, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	switch (k->type) {
+	case K_UINT:
+		snprintf(buf, len, "%s%.0f..%.0f%s", k->flags & F_ODD ? "odd, " : "", k->lo, k->hi,
+			 k->flags & F_ZERO_OFF ? " (0: off)" : "");
+		break;
+	case K_FRAC:
+		snprintf(buf, len, "%g..%g, or %g%%..%g%%%s", k->lo, k->hi, k->lo * 100, k->hi * 100,
+			 k->flags & F_WHOLE ? " (whole percents)" : "");
+		break;
+	default:
+		buf[0] = '\0';
+		for (int i = 0; k->names[i] && o < len; i++)
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? "|" : "", k->names[i]);
+	}
+}
+
+/* A fraction, or a percentage with a trailing %. */
+static int fraction(const char *v, double *out)
 {
 	char *end;
 	double f = strtod(v, &end);
@@ -66,7 +329,42 @@ static int fraction(const char *v, double lo, double hi, double *out)
 		end++;
 	}
 	*out = f;
-	return end == v || *end || !(f >= lo && f <= hi) ? -EINVAL : 0;
+	return end == v || *end ? -EINVAL : 0;
+}
+
+/* The stored value of @v for @k, or -EINVAL. */
+static int value_of(const struct key *k, const char *v, uint64_t *out)
+{
+	unsigned long long n;
+	double f;
+	char *end;
+	int i;
+
+	switch (k->type) {
+	case K_UINT:
+		if (!*v || *v == '-' || *v == '+')
+			return -EINVAL;
+		errno = 0;
+		n = strtoull(v, &end, 10);
+		if (errno || *end || (double)n > k->hi || ((double)n < k->lo &&
+		    !(n == 0 && (k->flags & F_ZERO_OFF))) || ((k->flags & F_ODD) && !(n & 1)))
+			return -EINVAL;
+		*out = n + (k->flags & F_BIAS ? 1 : 0);
+		return 0;
+	case K_FRAC:
+		if (fraction(v, &f) || !(f >= k->lo && f <= k->hi))
+			return -EINVAL;
+		if ((k->flags & F_WHOLE) && fabs(f * k->scale - round(f * k->scale)) > 1e-9)
+			return -EINVAL;
+		*out = (uint64_t)(f * k->scale + 0.5);
+		return 0;
+	default:
+		i = name_index(k->names, v);
+		if (i < 0)
+			return -EINVAL;
+		*out = (uint64_t)i;
+		return 0;
+	}
 }
 
 static int set_kind(const char *name, struct kvcd_policy *p)
@@ -94,196 +392,60 @@ static int set_kind(const char *name, struct kvcd_policy *p)
 	return 0;
 }
 
-static int set_key(struct kvcd_policy *p, const char *k, const char *v, char *why, size_t whylen)
+static int set_key(struct kvcd_policy *p, const char *name, const char *v, uint64_t *seen,
+		   char *why, size_t whylen)
 {
-	unsigned long n;
-	bool quant = p->kind == KVCD_CODEC_INT || p->kind == KVCD_CODEC_KIVI;
+	const struct key *k = NULL;
+	char what[96];
+	uint64_t x;
 
-	if (!strcmp(k, "bounds")) {
-		if (strcmp(v, "quest") && strcmp(v, "reps") && strcmp(v, "reps8") &&
-		    strcmp(v, "none"))
-			return WHY("bounds=%s: quest, reps, reps8 or none", v);
-		p->bounds = !strcmp(v, "quest") ? KVCD_SUMMARY_QUEST : !strcmp(v, "reps") ?
-			    KVCD_SUMMARY_REPS : !strcmp(v, "reps8") ? KVCD_SUMMARY_REPS8 : 0;
-		p->page = p->bounds ? (p->page ? p->page : 16) : 0;
-		p->reps = p->bounds == KVCD_SUMMARY_REPS ? (p->reps ? p->reps : 2) :
-			  p->bounds == KVCD_SUMMARY_REPS8 ? (p->reps ? p->reps : 4) : 0;
-		return 0;
-	}
-	if (!strcmp(k, "reps")) {
-		if (num(v, 16, &n) || !n)
-			return WHY("reps=%s: keys kept per page, 1..16", v);
-		p->reps = (uint8_t)n;
-		return 0;
-	}
-	if (!strcmp(k, "energy")) {
-		double f;
-
-		if (fraction(v, 0.01, 1, &f) || fabs(f * 100 - round(f * 100)) > 1e-9)
-			return WHY("energy=%s: a whole percent, 1%%..100%% (or 0.01..1)", v);
-		p->energy = (uint8_t)round(f * 100);
-		return 0;
-	}
-	if (!strcmp(k, "svd")) {
-		if (strcmp(v, "head") && strcmp(v, "layer"))
-			return WHY("svd=%s: head (one per layer and KV head) or layer (across heads)",
-				   v);
-		p->lowrank = (uint8_t)(v[0] == 'l' ? p->lowrank | KVCD_LOWRANK_LAYER :
-					   p->lowrank & ~KVCD_LOWRANK_LAYER);
-		return 0;
-	}
-	if (!strcmp(k, "factors")) {
-		if (strcmp(v, "int8") && strcmp(v, "dtype"))
-			return WHY("factors=%s: int8 or dtype (the engine's)", v);
-		p->lowrank = (uint8_t)(v[0] == 'i' ? p->lowrank | KVCD_LOWRANK_INT8 :
-					   p->lowrank & ~KVCD_LOWRANK_INT8);
-		return 0;
-	}
-	if (!strcmp(k, "rank")) {
-		if (p->kind != KVCD_CODEC_NONE)
-			return WHY("rank applies to none, not to %s (factors=int8 quantizes the "
-				   "factors)", "a quantizing codec");
-		if (num(v, 255, &n))
-			return WHY("rank=%s: 0..255 (0: off)", v);
-		p->rank = (uint8_t)n;
-		return 0;
-	}
-	if (!strcmp(k, "minicache") || !strcmp(k, "slerp") || !strcmp(k, "retain")) {
-		double f;
-
-		if (p->kind != KVCD_CODEC_NONE)
-			return WHY("%s applies to none", k);
-		if (k[0] == 'm') {
-			if (num(v, 254, &n))
-				return WHY("minicache=%s: the first merged layer, 0..254", v);
-			p->mc = (uint8_t)(n + 1);
-			p->mc_t = p->mc_t ? p->mc_t : 60;
-			p->mc_keep = p->mc_keep ? p->mc_keep : 5;
-		} else if (k[0] == 's') {
-			if (fraction(v, 0, 1, &f))
-				return WHY("slerp=%s: t in 0..1", v);
-			p->mc_t = (uint8_t)(f * 100 + 0.5);
-		} else {
-			if (fraction(v, 0, 1, &f))
-				return WHY("retain=%s: a fraction 0..1 (or percent)", v);
-			p->mc_keep = (uint8_t)(f * 100 + 0.5);
+	for (unsigned i = 0; i < NKEYS && !k; i++)
+		if (!strcmp(keys[i].name, name) || (keys[i].alias && !strcmp(keys[i].alias, name))) {
+			k = &keys[i];
+			*seen |= 1ull << i;
 		}
-		return 0;
+	if (!k)
+		return WHY("unknown option '%s' (docs/policies.md lists them)", name);
+	if (!(k->codecs & (1u << p->kind)))
+		return WHY("'%s' does not apply to %s", name, codec_names[p->kind]);
+	if (value_of(k, v, &x)) {
+		describe(k, what, sizeof(what));
+		return WHY("%s=%s: %s", name, v, what);
 	}
-	if (!strcmp(k, "page")) {
-		if (num(v, 255, &n) || !n)
-			return WHY("page=%s: tokens per bounds page, 1..255", v);
-		p->page = (uint8_t)n;
-		return 0;
+	if (k->type == K_FLAG) {
+		uint64_t f = get_field(p, k->off, k->size);
+
+		x = x ? f | k->mask : f & ~(uint64_t)k->mask;
 	}
-	if (p->kind == KVCD_CODEC_NONE && strcmp(k, "sink") && strcmp(k, "select") &&
-	    strcmp(k, "keep") && strcmp(k, "window") && strcmp(k, "budget") &&
-	    strcmp(k, "merge") && strcmp(k, "kernel") && strcmp(k, "cold"))
-		return WHY("'none' takes only selection, rank, minicache and bounds options (got "
-			   "'%s')", k);
-	if (!strcmp(k, "select")) {
-		static const char *names[] = { "none", "recent", "keynorm", "h2o", "snapkv" };
-
-		for (n = 0; n < 5 && strcmp(v, names[n]); n++)
-			;
-		if (n == 5)
-			return WHY("select=%s: recent, keynorm, h2o, snapkv or none", v);
-		p->select = (uint8_t)n;
-		if (n && !p->keep)
-			p->keep = 5000;
-	} else if (!strcmp(k, "keep")) {
-		double f;
-
-		if (fraction(v, 1e-4, 1, &f))
-			return WHY("keep=%s: a fraction 0.0001..1 (or 0.01..100%%)", v);
-		p->keep = (uint16_t)(f * 1e4 + 0.5);
-	} else if (!strcmp(k, "window")) {
-		if (num(v, 65535, &n))
-			return WHY("window=%s: a token count 0..65535", v);
-		p->window = (uint16_t)n;
-	} else if (!strcmp(k, "budget")) {
-		if (strcmp(v, "uniform") && strcmp(v, "pyramid") && strcmp(v, "adakv"))
-			return WHY("budget=%s: uniform, pyramid or adakv", v);
-		p->budget = v[0] == 'u' ? KVCD_BUDGET_UNIFORM : v[0] == 'p' ? KVCD_BUDGET_PYRAMID :
-					  KVCD_BUDGET_ADAKV;
-	} else if (!strcmp(k, "cold")) {
-		if (num(v, 8, &n) || n < 2)
-			return WHY("cold=%s: bits of the demoted tokens, 2..8", v);
-		p->cold = (uint8_t)n;
-	} else if (!strcmp(k, "merge")) {
-		if (strcmp(v, "none") && strcmp(v, "key") && strcmp(v, "value"))
-			return WHY("merge=%s: none, key or value", v);
-		p->merge = v[0] == 'k' ? KVCD_MERGE_KEY : v[0] == 'v' ? KVCD_MERGE_VALUE :
-					 KVCD_MERGE_NONE;
-	} else if (!strcmp(k, "kernel")) {
-		if (num(v, 63, &n) || !(n & 1))
-			return WHY("kernel=%s: an odd width 1..63", v);
-		p->kernel = (uint8_t)n;
-	} else if (!strcmp(k, "bits") || !strcmp(k, "kbits") || !strcmp(k, "vbits")) {
-		if (!quant)
-			return WHY("'%s' applies to int and kivi, not fp8", k);
-		if (num(v, 8, &n) || n < 2)
-			return WHY("%s=%s: bits are 2..8", k, v);
-		if (k[0] != 'v')
-			p->kbits = (uint8_t)n;
-		if (k[0] != 'k')
-			p->vbits = (uint8_t)n;
-	} else if (!strcmp(k, "group")) {
-		if (num(v, 65535, &n) || (!n && p->kind == KVCD_CODEC_KIVI))
-			return WHY("group=%s: 1..65535%s", v, p->kind == KVCD_CODEC_KIVI ? "" :
-				   " (0: head_dim)");
-		p->group = (uint16_t)n;
-	} else if (!strcmp(k, "sink") || !strcmp(k, "outliers")) {
-		if (num(v, 65535, &n))
-			return WHY("%s=%s: a token count 0..65535", k, v);
-		*(k[0] == 's' ? &p->sink : &p->outliers) = (uint16_t)n;
-	} else if (!strcmp(k, "rotate")) {
-		if (strcmp(v, "hadamard") && strcmp(v, "none"))
-			return WHY("rotate=%s: hadamard or none", v);
-		p->rotate = v[0] == 'h';
-	} else if (!strcmp(k, "sparse")) {
-		double f;
-
-		if (fraction(v, 0, 0.1, &f))
-			return WHY("sparse=%s: a fraction 0..0.1 (or 0..10%%)", v);
-		p->sparse_ppm = (uint32_t)(f * 1e6 + 0.5);
-	} else if (!strcmp(k, "hibits")) {
-		if (num(v, 8, &n) || (n && n < 2))
-			return WHY("hibits=%s: 2..8 (0: off)", v);
-		p->hibits = (uint8_t)n;
-		if (n && !p->hipct)
-			p->hipct = 10;
-	} else if (!strcmp(k, "rope")) {
-		if (p->kind == KVCD_CODEC_FP8)
-			return WHY("rope applies to int and kivi, not fp8");
-		if (num(v, 100000000, &n))
-			return WHY("rope=%s: the model's RoPE base, e.g. 10000 (0: off)", v);
-		p->rope = (uint32_t)n;
-	} else if (!strcmp(k, "resid")) {
-		if (p->kind != KVCD_CODEC_KIVI)
-			return WHY("resid applies to kivi");
-		if (strcmp(v, "exact") && strcmp(v, "quant"))
-			return WHY("resid=%s: exact or quant", v);
-		p->resid = v[0] == 'q';
-	} else if (!strcmp(k, "params")) {
-		if (!quant)
-			return WHY("params applies to int and kivi, not fp8");
-		if (strcmp(v, "f16") && strcmp(v, "u8"))
-			return WHY("params=%s: f16 or u8", v);
-		p->params = v[0] == 'u';
-	} else if (!strcmp(k, "hipct")) {
-		if (num(v, 100, &n) || !n)
-			return WHY("hipct=%s: 1..100", v);
-		p->hipct = (uint8_t)n;
-	} else {
-		return WHY("unknown option '%s'", k);
-	}
+	set_field(p, k->off, k->size, x);
+	if (k->off2)
+		set_field(p, k->off2, k->size, x);
 	return 0;
+}
+
+/* Defaults that depend on other keys, for the keys the string did not give. */
+static void defaults(struct kvcd_policy *p, uint64_t seen)
+{
+	if (p->select && !SEEN("keep"))
+		p->keep = 5000;
+	if (p->summary && !SEEN("page"))
+		p->page = 16;
+	if (p->summary == KVCD_SUMMARY_REPS && !SEEN("reps"))
+		p->reps = 2;
+	if (p->summary == KVCD_SUMMARY_REPS8 && !SEEN("reps"))
+		p->reps = 4;
+	if (p->mc && !SEEN("slerp"))
+		p->mc_t = 60;
+	if (p->mc && !SEEN("retain"))
+		p->mc_keep = 5;
+	if (p->hibits && !SEEN("hipct"))
+		p->hipct = 10;
 }
 
 int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t whylen)
 {
 	char buf[256], *opts, *tok, *save = NULL;
+	uint64_t seen = 0;
 	int err;
 
 	if (!s || strlen(s) >= sizeof(buf))
@@ -294,130 +456,121 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		*opts++ = '\0';
 	if (set_kind(buf, p))
 		return WHY("unknown codec '%s' (none, int, int2..int8, fp8, kivi)", buf);
-	if (!opts)
-		return 0;
-	for (tok = strtok_r(opts, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+	for (tok = opts ? strtok_r(opts, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
 
 		if (!eq)
 			return WHY("'%s' is not key=value", tok);
 		*eq = '\0';
-		err = set_key(p, tok, eq + 1, why, whylen);
+		err = set_key(p, tok, eq + 1, &seen, why, whylen);
 		if (err)
 			return err;
 	}
-	if (p->hipct && !p->hibits)
-		return WHY("hipct needs hibits");
-	if ((p->page || p->reps) && !p->bounds)
-		return WHY("page and reps need bounds=quest, reps or reps8");
-	if (p->reps && p->bounds == KVCD_SUMMARY_QUEST)
-		return WHY("reps needs bounds=reps or reps8");
-	if (!p->mc && (p->mc_t || p->mc_keep))
-		return WHY("slerp and retain need minicache=");
-	if ((p->lowrank || p->energy) && !p->rank)
-		return WHY("factors, svd and energy need rank=");
-	if ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy))
-		return WHY("svd=layer needs every head's tokens and a fixed rank: not with select "
-			   "or energy");
-	if (p->energy && p->merge)
-		return WHY("energy picks ranks before merging: it does not compose with merge");
-	if (p->mc && (p->select || p->rank))
-		return WHY("minicache does not compose with select or rank yet");
-	if (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel || p->cold))
-		return WHY("keep, window, budget, merge, kernel and cold need select=");
-	if (p->cold && (p->merge || p->rank))
-		return WHY("cold keeps the dropped tokens: it does not compose with merge or rank");
-	if (p->select && p->rope)
-		return WHY("rope does not compose with select (kept tokens are not contiguous)");
-	if (p->kind == KVCD_CODEC_NONE && p->sink && !p->select)
-		return WHY("'none' takes sink only with select=");
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
+		if (rules[i].bad(p, seen))
+			return WHY("%s", rules[i].why);
+	defaults(p, seen);
 	return 0;
+}
+
+/* ---- the canonical string ------------------------------------------------------------------- */
+
+static bool shown(const struct kvcd_policy *p, const struct key *k, uint64_t v)
+{
+	bool same = p->kbits == p->vbits;
+
+	if (!strcmp(k->name, "bits"))
+		return p->kind == KVCD_CODEC_INT && same;
+	if (!strcmp(k->name, "kbits") || !strcmp(k->name, "vbits"))
+		return p->kind == KVCD_CODEC_KIVI || (p->kind == KVCD_CODEC_INT && !same);
+	if (k->type == K_FLAG)
+		return v & k->mask;
+	return v || ((k->flags & F_ALWAYS) && get_field(p, k->with, 1));
 }
 
 void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 {
-	static const char *names[] = { "none", "int", "fp8", "kivi" };
 	size_t o;
+	char sep = ':';
 
 	if (p->kind > KVCD_CODEC_KIVI) {
 		snprintf(buf, len, "unknown(%u)", p->kind);
 		return;
 	}
-	o = (size_t)snprintf(buf, len, "%s", names[p->kind]);
-#define ADD(...) (o += o < len ? (size_t)snprintf(buf + o, len - o, __VA_ARGS__) : 0)
-	if (p->kind == KVCD_CODEC_NONE) {
-		if (!p->select) {
-			if (p->rank || p->bounds || p->mc)
-				ADD(":");
-			if (p->mc)
-				ADD("minicache=%u,slerp=%g,retain=%u%%%s", p->mc - 1, p->mc_t / 100.0,
-				    p->mc_keep, p->rank || p->bounds ? "," : "");
-			if (p->rank)
-				ADD("rank=%u%s%s", p->rank,
-				    p->lowrank & KVCD_LOWRANK_INT8 ? ",factors=int8" : "",
-				    p->lowrank & KVCD_LOWRANK_LAYER ? ",svd=layer" : "");
-			if (p->energy)
-				ADD(",energy=%u%%", p->energy);
-			if (p->rank && p->bounds)
-				ADD(",");
-			if (p->bounds)
-				ADD("bounds=%s,page=%u", bounds_name[p->bounds], p->page);
-			if (p->reps)
-				ADD(",reps=%u", p->reps);
-			return;
-		}
-		ADD(":sink=%u", p->sink);
-		if (p->rank)
-			ADD(",rank=%u%s", p->rank,
-			    p->lowrank & KVCD_LOWRANK_INT8 ? ",factors=int8" : "");
-		if (p->energy)
-			ADD(",energy=%u%%", p->energy);
-	} else {
-		ADD(":");
-		if (p->kind == KVCD_CODEC_INT && p->kbits == p->vbits)
-			ADD("bits=%u,", p->kbits);
-		else if (p->kind != KVCD_CODEC_FP8)
-			ADD("kbits=%u,vbits=%u,", p->kbits, p->vbits);
-		ADD("group=%u", p->group);
-	}
-	if (p->select) {
-		static const char *sel[] = { "none", "recent", "keynorm", "h2o", "snapkv" };
-		static const char *bud[] = { "uniform", "pyramid", "adakv" };
+	o = (size_t)snprintf(buf, len, "%s", codec_names[p->kind]);
+	for (size_t i = 0; i < NKEYS && o < len; i++) {
+		const struct key *k = &keys[i];
+		uint64_t v = get_field(p, k->off, k->size);
+		size_t room = len - o;
 
-		ADD(",select=%s,keep=%g%%,window=%u", p->select <= KVCD_SELECT_SNAPKV ?
-		    sel[p->select] : "?", p->keep / 100.0, p->window);
-		if (p->budget)
-			ADD(",budget=%s", p->budget <= KVCD_BUDGET_ADAKV ? bud[p->budget] : "?");
-		if (p->merge)
-			ADD(",merge=%s", p->merge == KVCD_MERGE_KEY ? "key" : "value");
-		if (p->cold)
-			ADD(",cold=%u", p->cold);
-		if (p->kernel)
-			ADD(",kernel=%u", p->kernel);
+		if (!(k->codecs & (1u << p->kind)) || !shown(p, k, v))
+			continue;
+		switch (k->type) {
+		case K_UINT:
+			o += (size_t)snprintf(buf + o, room, "%c%s=%llu", sep, k->name,
+					      (unsigned long long)(v - (k->flags & F_BIAS ? 1 : 0)));
+			break;
+		case K_FRAC:
+			o += (size_t)snprintf(buf + o, room, k->flags & F_PCT ? "%c%s=%g%%" : "%c%s=%g",
+					      sep, k->name,
+					      (double)v / k->scale * (k->flags & F_PCT ? 100 : 1));
+			break;
+		case K_FLAG:
+			o += (size_t)snprintf(buf + o, room, "%c%s=%s", sep, k->name, k->names[1]);
+			break;
+		default:
+			o += (size_t)snprintf(buf + o, room, "%c%s=%s", sep, k->name,
+					      name_at(k->names, v));
+		}
+		sep = ',';
 	}
-	if (p->bounds && (p->select || p->kind != KVCD_CODEC_NONE))
-		ADD(",bounds=%s,page=%u", bounds_name[p->bounds], p->page);
-	if (p->reps && (p->select || p->kind != KVCD_CODEC_NONE))
-		ADD(",reps=%u", p->reps);
-	if (p->kind == KVCD_CODEC_NONE)
+}
+
+/* ---- the documentation ------------------------------------------------------------------------ */
+
+static void codecs_of(uint8_t c, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	if (c == C_ALL) {
+		snprintf(buf, len, "all");
 		return;
-	if (p->sink)
-		ADD(",sink=%u", p->sink);
-	if (p->outliers)
-		ADD(",outliers=%u", p->outliers);
-	if (p->rotate)
-		ADD(",rotate=hadamard");
-	if (p->sparse_ppm)
-		ADD(",sparse=%g", p->sparse_ppm / 1e6);
-	if (p->hibits)
-		ADD(",hibits=%u,hipct=%u", p->hibits, p->hipct);
-	if (p->rope)
-		ADD(",rope=%u", p->rope);
-	if (p->resid)
-		ADD(",resid=quant");
-	if (p->params)
-		ADD(",params=u8");
-#undef ADD
+	}
+	for (int i = 0; codec_names[i] && o < len; i++)
+		if (c & (1u << i))
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", codec_names[i]);
+}
+
+void kvcd_policy_doc(FILE *f)
+{
+	char what[96], where[32];
+
+	fprintf(f, "# Compression policies\n\n"
+		   "<!-- generated by `kvccodec-bench policies` from daemon/codec/policy.c; "
+		   "`make docs` rewrites it, `make test` checks it -->\n\n"
+		   "A policy is `codec[:key=value,...]`, set per namespace (`policy =` in the "
+		   "config, `kvcctl --ns NAME policy P`) or registered by an engine "
+		   "(`kvc_policy()`).\n\n"
+		   "Codecs: `none` (raw, or the token-level techniques alone), `int` and "
+		   "`int2`..`int8` (per-token groups, 8 bits unless named), `fp8` (e4m3 with an "
+		   "f16 scale per group), `kivi` (K per channel, V per token).\n\n"
+		   "| key | values | codecs | default | what it does |\n"
+		   "|---|---|---|---|---|\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct key *k = &keys[i];
+
+		describe(k, what, sizeof(what));
+		codecs_of(k->codecs, where, sizeof(where));
+		fprintf(f, "| `%s`%s%s%s | %s | %s | %s | %s |\n", k->name,
+			k->alias ? " (`" : "", k->alias ? k->alias : "", k->alias ? "`)" : "", what,
+			where, k->dflt, k->help);
+	}
+	fprintf(f, "\nFractions may be written as percents (`keep=25%%`). Keys together:\n\n");
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
+		fprintf(f, "- %s\n", rules[i].why);
+	fprintf(f, "\nThe canonical form (what `kvcctl policy` and STATS print) lists the keys in "
+		   "the order above.\n");
 }
 
 bool kvcd_policy_spans(const struct kvcd_policy *p, const struct kvcp_layout *l)
@@ -436,9 +589,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("invalid layout");
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
-	if (p->bounds > KVCD_SUMMARY_REPS8 || (p->bounds && !p->page) || (!p->bounds && p->page) ||
-	    (p->bounds >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16)
-		return WHY("bad bounds");
+	if (p->summary > KVCD_SUMMARY_REPS8 || (p->summary && !p->page) || (!p->summary && p->page) ||
+	    (p->summary >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16)
+		return WHY("bad summary");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
 	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER)) ||
 	    ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy)) ||

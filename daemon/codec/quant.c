@@ -15,69 +15,6 @@
 
 #include "quant.h"
 
-/* ---- f16 ------------------------------------------------------------------------------- */
-
-uint16_t kvcd_f32_to_f16(float f)
-{
-	uint32_t x;
-	uint32_t sign, mant;
-	int32_t exp;
-
-	memcpy(&x, &f, 4);
-	sign = (x >> 16) & 0x8000;
-	exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-	mant = x & 0x7fffff;
-	if (((x >> 23) & 0xff) == 0xff) /* inf or nan */
-		return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 | (mant >> 13) : 0));
-	if (exp >= 31)
-		return (uint16_t)(sign | 0x7c00);
-	if (exp <= 0) { /* subnormal f16 or zero */
-		if (exp < -10)
-			return (uint16_t)sign;
-		mant |= 0x800000;
-		uint32_t shift = (uint32_t)(14 - exp), h = mant >> shift;
-		uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-
-		if (rem > half || (rem == half && (h & 1)))
-			h++;
-		return (uint16_t)(sign | h);
-	}
-	uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rem = mant & 0x1fff;
-
-	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-		h++; /* may carry into the exponent, up to inf: correct */
-	return (uint16_t)(sign | h);
-}
-
-float kvcd_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, x;
-	float f;
-
-	if (exp == 0x1f) {
-		x = sign | 0x7f800000 | (mant << 13);
-	} else if (exp == 0) {
-		f = (float)mant * 0x1p-24f;
-		return sign ? -f : f;
-	} else {
-		x = sign | ((exp + 112) << 23) | (mant << 13);
-	}
-	memcpy(&f, &x, 4);
-	return f;
-}
-
-/* F16C converts exactly like kvcd_f32_to_f16 / kvcd_f16_to_f32 on finite values
- * (unit_quant checks it), at a fraction of the cost: the SIMD variants use it. */
-bool kvcd_has_f16c(void)
-{
-	static int known = -1;
-	unsigned a, b, c, d;
-
-	if (known < 0)
-		known = kvcd_isa_best() >= KVCD_ISA_AVX2 && __get_cpuid(1, &a, &b, &c, &d) &&
-			(c & bit_F16C);
-	return known;
-}
 
 __attribute__((target("f16c"))) static uint16_t hw_to_f16(float f)
 {
@@ -335,19 +272,6 @@ GROUP_LOOPS(avx512, "avx512f,avx512bw,f16c")
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
-enum kvcd_isa kvcd_isa_best(void)
-{
-	static int best = -1;
-
-	if (best < 0) {
-		__builtin_cpu_init();
-		best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ?
-		       KVCD_ISA_AVX512 : __builtin_cpu_supports("avx2") ? KVCD_ISA_AVX2 :
-		       KVCD_ISA_SCALAR;
-	}
-	return (enum kvcd_isa)best;
-}
-
 float kvcd_to_i8(const float *x, uint32_t n, int8_t *o)
 {
 	float amax = 0.0f, sc;
@@ -360,30 +284,11 @@ float kvcd_to_i8(const float *x, uint32_t n, int8_t *o)
 	return sc;
 }
 
-bool kvcd_has_vnni(void)
-{
-	static int known = -1;
-
-	if (known < 0)
-		known = kvcd_isa_best() == KVCD_ISA_AVX512 && __builtin_cpu_supports("avx512vnni");
-	return known;
-}
-
-const char *kvcd_isa_name(enum kvcd_isa isa)
-{
-	return isa == KVCD_ISA_AVX512 ? "avx512" : isa == KVCD_ISA_AVX2 ? "avx2" : "scalar";
-}
-
-static enum kvcd_isa clamp_isa(enum kvcd_isa isa)
-{
-	return isa > kvcd_isa_best() ? kvcd_isa_best() : isa;
-}
-
 int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo,
 		      float *hi)
 {
-	isa = clamp_isa(isa);
-	if (isa == KVCD_ISA_AVX512 && kvcd_has_f16c())
+	isa = kvcd_isa_clamp(isa);
+	if (isa >= KVCD_ISA_AVX512 && kvcd_has_f16c())
 		return ranges_avx512(x, ng, n, lo, hi);
 	if (isa == KVCD_ISA_AVX2 && kvcd_has_f16c())
 		return ranges_avx2(x, ng, n, lo, hi);
@@ -440,7 +345,7 @@ __attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const
 int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
 		      unsigned bits, uint16_t *sz)
 {
-	bool hw = clamp_isa(isa) > KVCD_ISA_SCALAR && kvcd_has_f16c();
+	bool hw = kvcd_isa_clamp(isa) > KVCD_ISA_SCALAR && kvcd_has_f16c();
 	size_t g = 0;
 
 	if (bits < 2 || bits > 8)
@@ -554,9 +459,9 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
 	float levels = (float)((1u << bits) - 1);
 	bool hw;
 
-	isa = clamp_isa(isa);
+	isa = kvcd_isa_clamp(isa);
 	hw = isa > KVCD_ISA_SCALAR && kvcd_has_f16c();
-	if (hw && isa == KVCD_ISA_AVX512) {
+	if (hw && isa >= KVCD_ISA_AVX512) {
 		applies_avx512(x, ng, n, levels, sz, q);
 		return;
 	}
@@ -568,7 +473,7 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
 		float s = hw ? hw_from_f16(sz[2 * g]) : kvcd_f16_to_f32(sz[2 * g]);
 		float z = hw ? hw_from_f16(sz[2 * g + 1]) : kvcd_f16_to_f32(sz[2 * g + 1]);
 
-		if (isa == KVCD_ISA_AVX512)
+		if (isa >= KVCD_ISA_AVX512)
 			apply_avx512(x + g * n, n, s, z, levels, q + g * n);
 		else if (isa == KVCD_ISA_AVX2)
 			apply_avx2(x + g * n, n, s, z, levels, q + g * n);
@@ -602,7 +507,7 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 {
 	float s, z;
 
-	isa = clamp_isa(isa);
+	isa = kvcd_isa_clamp(isa);
 	if (isa > KVCD_ISA_SCALAR && kvcd_has_f16c()) {
 		s = hw_from_f16(scale);
 		z = hw_from_f16(zero);
@@ -610,7 +515,7 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 		s = kvcd_f16_to_f32(scale);
 		z = kvcd_f16_to_f32(zero);
 	}
-	if (isa == KVCD_ISA_AVX512)
+	if (isa >= KVCD_ISA_AVX512)
 		dequant_avx512(q, n, s, z, out);
 	else if (isa == KVCD_ISA_AVX2)
 		dequant_avx2(q, n, s, z, out);

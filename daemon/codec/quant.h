@@ -18,21 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum kvcd_isa { KVCD_ISA_SCALAR = 0, KVCD_ISA_AVX2 = 1, KVCD_ISA_AVX512 = 2 };
-
-/* Best ISA this CPU supports (cached after the first call). */
-enum kvcd_isa kvcd_isa_best(void);
-const char *kvcd_isa_name(enum kvcd_isa isa);
-/* AVX2 and F16C both present: the SIMD paths convert f16 in hardware. */
-bool kvcd_has_f16c(void);
-/* AVX-512 VNNI (int8 dot products) on top of AVX-512 F and BW. */
-bool kvcd_has_vnni(void);
+#include "codec.h"
 
 /* @n floats to symmetric int8 (scale absmax / 127, 0 for a zero row); returns the scale. */
 float kvcd_to_i8(const float *x, uint32_t n, int8_t *o);
-
-uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
-float kvcd_f16_to_f32(uint16_t h);
 
 /* Quantize @n values of one group at @bits. Writes one code per byte to @q and the f16 scale
  * and zero. Returns 0, or -EINVAL for bits outside 2..8 or a non-finite input. */

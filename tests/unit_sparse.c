@@ -1,4 +1,4 @@
-/* unit_sel.c - token selection on whole blocks (daemon/codec/sel.c): each selector keeps
+/* unit_sparse.c - token selection on whole blocks (daemon/codec/sparse.c): each selector keeps
  * exactly its budget per (layer, head) with the sinks and the window; PyramidKV's and Ada-KV's
  * counts reach the encoded block; FETCH's sparse form gives the kept tokens' positions and
  * values; merging keeps the attention mass; blocks compose with quantization; missing
@@ -6,8 +6,7 @@
 #include <math.h>
 
 #include "t_util.h"
-#include "codec.h"
-#include "select.h"
+#include "internal.h"
 
 enum { LY = 3, H = 2, D = 8, T = 50, QH = 4, W = 6 };
 
@@ -117,7 +116,7 @@ static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *
 	return dec;
 }
 
-Test(sel, each_selector_keeps_its_budget_sinks_window_and_exact_rows)
+Test(sparse, each_selector_keeps_its_budget_sinks_window_and_exact_rows)
 {
 	static struct blk b;
 	const char *sels[] = { "recent", "keynorm", "h2o", "snapkv" };
@@ -174,7 +173,7 @@ Test(sel, each_selector_keeps_its_budget_sinks_window_and_exact_rows)
 	}
 }
 
-Test(sel, sinks_are_the_sequence_first_tokens_and_keep_all_is_the_block)
+Test(sparse, sinks_are_the_sequence_first_tokens_and_keep_all_is_the_block)
 {
 	static struct blk b;
 	struct view v;
@@ -197,7 +196,7 @@ Test(sel, sinks_are_the_sequence_first_tokens_and_keep_all_is_the_block)
 	free(dec);
 }
 
-Test(sel, pyramid_and_adakv_counts_reach_the_block)
+Test(sparse, pyramid_and_adakv_counts_reach_the_block)
 {
 	static struct blk b;
 	struct view v;
@@ -231,7 +230,7 @@ Test(sel, pyramid_and_adakv_counts_reach_the_block)
 	}
 }
 
-Test(sel, merging_folds_dropped_values_and_keeps_the_attention_mass)
+Test(sparse, merging_folds_dropped_values_and_keeps_the_attention_mass)
 {
 	static struct blk b;
 	struct view vk, vv;
@@ -287,7 +286,7 @@ Test(sel, merging_folds_dropped_values_and_keeps_the_attention_mass)
 	free(dv);
 }
 
-Test(sel, composes_with_quantization)
+Test(sparse, composes_with_quantization)
 {
 	static struct blk b;
 	struct view v;
@@ -327,7 +326,7 @@ Test(sel, composes_with_quantization)
 	}
 }
 
-Test(sel, missing_aux_and_corrupt_blocks_are_refused)
+Test(sparse, missing_aux_and_corrupt_blocks_are_refused)
 {
 	static struct blk b;
 	struct kvcd_policy h2o = pol("none:select=h2o,keep=50%"), snap = pol("int8:select=snapkv");
@@ -372,7 +371,7 @@ Test(sel, missing_aux_and_corrupt_blocks_are_refused)
 	free(dec);
 }
 
-Test(sel, policy_strings)
+Test(sparse, policy_strings)
 {
 	const char *ok[] = { "none:select=h2o", "kivi:kbits=5,vbits=4,group=64,select=snapkv,"
 			     "keep=25%,window=16,budget=adakv,merge=key,kernel=7",
@@ -445,7 +444,7 @@ static double rel_err(struct blk *b, const struct view *v, double *k00)
 	return sqrt(num / den);
 }
 
-Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
+Test(sparse, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 {
 	static struct blk b;
 	double prev = INFINITY, k00;
@@ -493,7 +492,7 @@ Test(sel, low_rank_is_exact_at_full_rank_and_improves_with_rank)
 /* cold=B: the tokens selection drops come back too, every token in order; the kept ones
  * exactly as without cold=, the others to B-bit precision (8 bits: a few percent, 2 bits:
  * far worse); fewer bits store fewer bytes, and all of them fewer than the raw block. */
-Test(sel, cold_tokens_come_back_at_their_precision)
+Test(sparse, cold_tokens_come_back_at_their_precision)
 {
 	static struct blk b;
 	struct view v, v0;
@@ -552,7 +551,7 @@ Test(sel, cold_tokens_come_back_at_their_precision)
  * so its relative squared error is at most 1 - E; a rank-1 K takes rank 1 and comes back
  * exactly; E = 100% is full rank; lower E stores fewer bytes; a rank byte past its cap or a
  * zero rank is refused. */
-Test(sel, energy_picks_the_smallest_rank_that_keeps_it)
+Test(sparse, energy_picks_the_smallest_rank_that_keeps_it)
 {
 	static struct blk b;
 	uint64_t prev = ~0ull;
@@ -624,7 +623,7 @@ Test(sel, energy_picks_the_smallest_rank_that_keeps_it)
  * it is exact; a layer whose heads share one token direction (K_h = u v_h^T) comes back
  * exactly at rank 1, in fewer bytes than rank 1 per head; the error never grows with the
  * rank; int8 factors stay within 1%. */
-Test(sel, layer_svd_spans_the_heads)
+Test(sparse, layer_svd_spans_the_heads)
 {
 	static struct blk b;
 	struct view v;
@@ -676,7 +675,7 @@ Test(sel, layer_svd_spans_the_heads)
 /* MiniCache: layers 1 and 2 share directions; with t = 0 layer 1 comes back exactly and with
  * t = 1 layer 2 does (up to float rounding), the other keeping its norms; retained tokens are
  * exact in both; layer 0 is untouched; a bitmap that lies is refused. */
-Test(sel, minicache_at_t0_and_t1_returns_one_layer_exactly)
+Test(sparse, minicache_at_t0_and_t1_returns_one_layer_exactly)
 {
 	static struct blk b;
 	const char *pols[] = { "none:minicache=1,slerp=0,retain=0",

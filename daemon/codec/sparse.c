@@ -1,17 +1,16 @@
-/* sel.c - token selection on whole blocks (codec.h, "token selection"): per (layer, KV head)
- * scores and keep sets from select.c, budgets, merging of dropped tokens, and the kept rows of
- * each (layer, head) through the policy's codec as a block of their own. */
-#include <dlfcn.h>
+/* sparse.c - the block forms that do not keep every token of every (layer, KV head) as its
+ * codec would: token selection (select=, with budgets from scores.c, merging of the dropped
+ * tokens, cold= demotion of them), and the block layout that low-rank (lowrank.c) and
+ * MiniCache (minicache.c) bodies share with it: counts, kept-token bitmaps, then per
+ * (layer, head) a body. Kept rows go through the policy's codec (units.c) as a block of one
+ * layer, one head and count tokens. FETCH gets the struct kvcp_sparse form. */
 #include <errno.h>
-#include <lapacke.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec.h"
-#include "select.h"
+#include "internal.h"
 
 #define PYRAMID_BETA 20.0	/* PyramidKV's default: the deepest layer keeps m / 20 */
 #define ADAKV_ALPHA 0.2		/* Ada-KV's safeguard: a head keeps at least 20% of the mean */
@@ -36,53 +35,6 @@ static struct kvcp_layout mini_of(const struct kvcp_layout *l, uint32_t n)
 	return m;
 }
 
-/* ---- low-rank: a (layer, head)'s kept rows of K, and of V, as a truncated SVD ----------- */
-
-static uint32_t rank_of(const struct kvcd_policy *p, uint32_t n, uint32_t d)
-{
-	uint32_t r = p->rank < n ? p->rank : n;
-
-	return r < d ? r : d;
-}
-
-/* Bytes of one of K's or V's factors for @n rows: U_r S_r [n][r] and V_r^T [r][d], in the
- * engine's dtype, or (factors=int8) as int8 rows followed by each row's f32 scale. */
-static uint64_t factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t n, uint32_t r,
-			     uint32_t d)
-{
-	uint64_t e = (uint64_t)n * r + (uint64_t)r * d;
-
-	return p->lowrank & KVCD_LOWRANK_INT8 ? e + ((uint64_t)n + r) * sizeof(float) :
-						 e * kvcp_dtype_size(dtype);
-}
-
-/* ---- MiniCache: adjacent layers sharing one direction per token ---------------------------- */
-
-/* Layer @ly under @p: 0 on its own, 1 the first of a merged pair, 2 the second. */
-static int mc_role(const struct kvcd_policy *p, uint32_t layers, uint32_t ly)
-{
-	uint32_t first = (uint32_t)p->mc - 1;
-
-	if (!p->mc || ly < first)
-		return 0;
-	if ((ly - first) % 2)
-		return 2;
-	return ly + 1 < layers ? 1 : 0; /* an odd last layer stays on its own */
-}
-
-static uint32_t mc_kept(const struct kvcd_policy *p, uint32_t t)
-{
-	return (uint32_t)(((uint64_t)t * p->mc_keep + 50) / 100);
-}
-
-/* One (pair, head): for K then V, a bitmap of the tokens kept unmerged, their rows in both
- * layers, then for the others one direction and the two layers' norms. */
-static uint64_t mc_pair_size(const struct kvcd_policy *p, const struct kvcp_layout *l)
-{
-	uint64_t t = l->tokens, nk = mc_kept(p, l->tokens), es = kvcp_dtype_size(l->dtype);
-
-	return 2 * ((t + 7) / 8 + (nk * 2 * l->head_dim + (t - nk) * (l->head_dim + 2)) * es);
-}
 
 /* The codec of demoted tokens (cold=B): B-bit ints with one-byte parameters. */
 static struct kvcd_policy cold_of(const struct kvcd_policy *p)
@@ -106,7 +58,7 @@ static uint64_t cold_size(const struct kvcd_policy *p, const struct kvcp_layout 
 	if (!p->cold || n >= l->tokens)
 		return 0;
 	c = cold_of(p);
-	return kvcd_codec_body_size(&c, &m, false, pos);
+	return kvcd_units_size(&c, &m, false, pos);
 }
 
 /* energy=: the plan also holds each (layer, head)'s K and V ranks, after the counts; the
@@ -134,275 +86,23 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 			  uint32_t n, bool scores, uint32_t pos, const uint32_t *rk)
 {
 	struct kvcp_layout m = mini_of(l, n);
-	uint32_t layer = (uint32_t)(u / l->kv_heads), r = rank_of(p, n, l->head_dim);
+	uint32_t layer = (uint32_t)(u / l->kv_heads), r = kvcd_lr_rank(p, n, l->head_dim);
 	uint32_t hd = (uint32_t)l->kv_heads * l->head_dim;
 
 	if (!n)
 		return cold_size(p, l, n, pos);
-	if (p->mc && mc_role(p, l->layers, layer))
-		return mc_role(p, l->layers, layer) == 1 ? mc_pair_size(p, l) : 0;
+	if (p->mc && kvcd_mc_role(p, l->layers, layer))
+		return kvcd_mc_role(p, l->layers, layer) == 1 ? kvcd_mc_pair_size(p, l) : 0;
 	if (!p->rank)
-		return kvcd_codec_body_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
+		return kvcd_units_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
 	if (p->lowrank & KVCD_LOWRANK_LAYER)
-		return u % l->kv_heads ? 0 : 2 * factor_bytes(p, l->dtype, n, rank_of(p, n, hd), hd);
+		return u % l->kv_heads ? 0 : 2 * kvcd_lr_factor_bytes(p, l->dtype, n, kvcd_lr_rank(p, n, hd), hd);
 	if (rk) /* energy=: the plan's ranks of K and V */
-		return factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
-		       factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
-	return 2 * factor_bytes(p, l->dtype, n, r, l->head_dim);
+		return kvcd_lr_factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
+		       kvcd_lr_factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
+	return 2 * kvcd_lr_factor_bytes(p, l->dtype, n, r, l->head_dim);
 }
 
-/* LAPACKE (on OpenBLAS, from Debian) is loaded at first use rather than linked: OpenBLAS's
- * threaded build starts a thread pool in a library constructor, before kvcd's main() blocks
- * the signals it takes through signalfd, and such a thread would take SIGTERM's default
- * action. Loaded from a worker, whose signals are blocked, its threads inherit that mask. */
-typedef lapack_int (*sgesdd_fn)(int, char, lapack_int, lapack_int, float *, lapack_int, float *,
-				float *, lapack_int, float *, lapack_int);
-static sgesdd_fn sgesdd;
-
-static void lapack_load(void)
-{
-	void *h = dlopen("liblapacke.so.3", RTLD_NOW | RTLD_LOCAL);
-	void (*threads)(int);
-
-	if (!h)
-		return;
-	sgesdd = (sgesdd_fn)dlsym(h, "LAPACKE_sgesdd");
-	threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
-	if (threads)
-		threads(1); /* tiny matrices, on the worker's own core */
-}
-
-/* @rows x @cols floats as int8 rows (symmetric, absmax / 127) to @o, their f32 scales to
- * @scales. */
-static void rows_to_i8(const float *x, uint32_t rows, uint32_t cols, int8_t *o, uint8_t *scales)
-{
-	for (uint32_t i = 0; i < rows; i++) {
-		float sc = kvcd_to_i8(x + (size_t)i * cols, cols, o + (size_t)i * cols);
-
-		memcpy(scales + (size_t)i * sizeof(sc), &sc, sizeof(sc));
-	}
-}
-
-static void rows_from_i8(const int8_t *in, const uint8_t *scales, uint32_t rows, uint32_t cols,
-			 float *x)
-{
-	for (uint32_t i = 0; i < rows; i++) {
-		float sc;
-
-		memcpy(&sc, scales + (size_t)i * sizeof(sc), sizeof(sc));
-		for (uint32_t c = 0; c < cols; c++)
-			x[(size_t)i * cols + c] = sc * in[(size_t)i * cols + c];
-	}
-}
-
-static int lapack_ready(void)
-{
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-	pthread_once(&once, lapack_load);
-	return sgesdd ? 0 : -ENOSYS; /* liblapacke.so.3 is not installed: make deps */
-}
-
-/* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
- * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). @u, @sv, @vt as
- * for lowrank_put. */
-static uint32_t energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap,
-			    float *u, float *sv, float *vt, int *err)
-{
-	uint32_t k = n < d ? n : d, r = 0;
-	double total = 0, acc = 0;
-
-	if ((*err = lapack_ready()))
-		return 0;
-	if (sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
-		   (lapack_int)k, vt, (lapack_int)d)) {
-		*err = -EINVAL;
-		return 0;
-	}
-	for (uint32_t i = 0; i < k; i++)
-		total += (double)sv[i] * sv[i];
-	while (r < k && acc < total * pct / 100.0 * (1 - 1e-12)) {
-		acc += (double)sv[r] * sv[r];
-		r++;
-	}
-	r = r ? r : 1;
-	return r < cap ? r : cap;
-}
-
-/* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], to @o
- * as factor_bytes() lays them out. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1
- * floats. */
-static int lowrank_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x,
-		       uint32_t n, uint32_t d, uint32_t r, float *u, float *sv, float *vt,
-		       uint8_t *o)
-{
-	uint32_t k = n < d ? n : d;
-	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
-	int err = lapack_ready();
-
-	if (err)
-		return err;
-	if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
-		   (lapack_int)k, vt, (lapack_int)d))
-		return -EINVAL; /* no convergence */
-	for (uint32_t i = 0; i < n; i++) { /* U_r S_r, compacted in place to n x r */
-		for (uint32_t j = 0; j < r; j++)
-			x[(size_t)i * r + j] = u[(size_t)i * k + j] * sv[j];
-	}
-	if (p->lowrank & KVCD_LOWRANK_INT8) {
-		rows_to_i8(x, n, r, (int8_t *)o, o + e);
-		rows_to_i8(vt, r, d, (int8_t *)o + (size_t)n * r, o + e + (size_t)n * sizeof(float));
-		return 0;
-	}
-	kvcd_from_f32(isa, dtype, x, o, (size_t)n * r);
-	kvcd_from_f32(isa, dtype, vt, o + (size_t)n * r * es, (size_t)r * d);
-	return 0;
-}
-
-/* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
-static void lowrank_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
-			const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, float *a,
-			uint8_t *out)
-{
-	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
-	float *b = a + (size_t)n * r, *row = b + (size_t)r * d;
-
-	if (p->lowrank & KVCD_LOWRANK_INT8) {
-		rows_from_i8((const int8_t *)in, in + e, n, r, a);
-		rows_from_i8((const int8_t *)in + (size_t)n * r, in + e + (size_t)n * sizeof(float),
-			     r, d, b);
-	} else {
-		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
-		kvcd_to_f32(isa, dtype, in + (size_t)n * r * es, b, (size_t)r * d);
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		memset(row, 0, (size_t)d * 4);
-		for (uint32_t j = 0; j < r; j++)
-			for (uint32_t c = 0; c < d; c++)
-				row[c] += a[(size_t)i * r + j] * b[(size_t)j * d + c];
-		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
-	}
-}
-
-static float mc_norm(const float *x, uint32_t d)
-{
-	double s = 0;
-
-	for (uint32_t c = 0; c < d; c++)
-		s += (double)x[c] * x[c];
-	return (float)sqrt(s);
-}
-
-/* SLERP between the unit vectors @a and @b (either may be zero: the other is taken) into @e. */
-static void slerp(const float *a, float na, const float *b, float nb, uint32_t d, float t,
-		  float *e)
-{
-	double dot = 0, th, s, wa, wb;
-
-	if (!(na > 0) || !(nb > 0)) {
-		for (uint32_t c = 0; c < d; c++)
-			e[c] = na > 0 ? a[c] / na : nb > 0 ? b[c] / nb : 0.0f;
-		return;
-	}
-	for (uint32_t c = 0; c < d; c++)
-		dot += (double)a[c] * b[c];
-	dot /= (double)na * nb;
-	dot = dot > 1 ? 1 : dot < -1 ? -1 : dot;
-	th = acos(dot);
-	s = sin(th);
-	if (s < 1e-6) { /* (anti)parallel: the linear blend */
-		wa = 1 - t;
-		wb = t;
-	} else {
-		wa = sin((1 - t) * th) / s;
-		wb = sin(t * th) / s;
-	}
-	for (uint32_t c = 0; c < d; c++)
-		e[c] = (float)(wa * a[c] / na + wb * b[c] / nb);
-}
-
-/* Encode K or V of one (pair, head): rows @a (first layer) and @b (second), @stride apart.
- * @tmp: 2 x T floats, @f: T x (D + 2) floats, @keep: T. Returns the bytes written. */
-static size_t mc_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		     const float *a, const float *b, size_t stride, float *cosv, uint32_t *idx,
-		     float *f, uint8_t *o)
-{
-	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), m = 0;
-	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8;
-	uint8_t *bits = o, *out = o + bm;
-
-	for (uint32_t i = 0; i < t; i++) { /* keep unmerged the least aligned: lowest cosine */
-		const float *x = a + i * stride, *y = b + i * stride;
-		float nx = mc_norm(x, d), ny = mc_norm(y, d);
-		double dot = 0;
-
-		for (uint32_t c = 0; c < d; c++)
-			dot += (double)x[c] * y[c];
-		cosv[i] = nx > 0 && ny > 0 ? (float)(dot / ((double)nx * ny)) : 1.0f;
-		cosv[i] = -cosv[i];
-	}
-	kvcd_select_keep(cosv, t, nk, 0, 0, idx + t, idx);
-	memset(bits, 0, bm);
-	for (uint32_t i = 0; i < nk; i++)
-		bits[idx[i] / 8] |= (uint8_t)(1u << (idx[i] % 8));
-	for (int layer = 0; layer < 2; layer++)
-		for (uint32_t i = 0; i < nk; i++) {
-			kvcd_from_f32(isa, l->dtype, (layer ? b : a) + idx[i] * stride, out, d);
-			out += d * es;
-		}
-	for (uint32_t i = 0; i < t; i++) {
-		const float *x = a + i * stride, *y = b + i * stride;
-		float nx, ny;
-
-		if (bits[i / 8] >> (i % 8) & 1)
-			continue;
-		nx = mc_norm(x, d);
-		ny = mc_norm(y, d);
-		slerp(x, nx, y, ny, d, p->mc_t / 100.0f, f + (size_t)m * d);
-		f[(size_t)(t - nk) * d + 2 * m] = nx;
-		f[(size_t)(t - nk) * d + 2 * m + 1] = ny;
-		m++;
-	}
-	kvcd_from_f32(isa, l->dtype, f, out, (size_t)m * d);
-	kvcd_from_f32(isa, l->dtype, f + (size_t)m * d, out + (size_t)m * d * es, (size_t)m * 2);
-	return (size_t)(out - o) + (size_t)m * (d + 2) * es;
-}
-
-/* Decode K or V of one (pair, head) into @x (first layer's T rows) and @y (second's). @f: as
- * mc_put's. Returns the bytes read, or 0 when the bitmap does not hold exactly its count. */
-static size_t mc_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		     const uint8_t *in, float *f, uint8_t *x, uint8_t *y)
-{
-	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), pop = 0, k = 0, m = 0;
-	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8, row = d * es;
-	const uint8_t *bits = in, *kept = in + bm, *dirs = kept + 2 * (size_t)nk * row;
-
-	for (size_t i = 0; i < bm; i++)
-		pop += (uint32_t)__builtin_popcount(bits[i]);
-	if (pop != nk || (t % 8 && bits[bm - 1] >> (t % 8)))
-		return 0;
-	kvcd_to_f32(isa, l->dtype, dirs, f, (size_t)(t - nk) * (d + 2));
-	for (uint32_t i = 0; i < t; i++) {
-		if (bits[i / 8] >> (i % 8) & 1) {
-			memcpy(x + i * row, kept + (size_t)k * row, row);
-			memcpy(y + i * row, kept + ((size_t)nk + k) * row, row);
-			k++;
-			continue;
-		}
-		float *e = f + (size_t)m * d, nx = f[(size_t)(t - nk) * d + 2 * m];
-		float ny = f[(size_t)(t - nk) * d + 2 * m + 1];
-
-		for (int layer = 0; layer < 2; layer++) {
-			float *v = f + (size_t)(t - nk) * (d + 2) + (size_t)layer * d;
-
-			for (uint32_t c = 0; c < d; c++)
-				v[c] = e[c] * (layer ? ny : nx);
-			kvcd_from_f32(isa, l->dtype, v, (layer ? y : x) + i * row, d);
-		}
-		m++;
-	}
-	return bm + ((size_t)nk * 2 * d + (size_t)(t - nk) * (d + 2)) * es;
-}
 
 /* A kept-token bitmap with every one of @t tokens. */
 static void all_kept(uint8_t *bits, uint32_t t)
@@ -575,14 +275,14 @@ static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p,
 		for (uint32_t hh = 0; hh < l->kv_heads && !err; hh++) {
 			size_t u = (size_t)ly * l->kv_heads + hh;
 			uint32_t m = gather(p, l, aux, ly, hh, counts[u], nsink, &w);
-			uint32_t cap = rank_of(p, m, d);
+			uint32_t cap = kvcd_lr_rank(p, m, d);
 
 			rk[2 * u] = rk[2 * u + 1] = 0;
 			if (!m)
 				continue;
-			rk[2 * u] = energy_rank(w.rows, m, d, p->energy, cap, w.u, w.sv, w.vt, &err);
+			rk[2 * u] = kvcd_lr_energy_rank(w.rows, m, d, p->energy, cap, w.u, w.sv, w.vt, &err);
 			if (!err)
-				rk[2 * u + 1] = energy_rank(w.rows + (size_t)m * d, m, d, p->energy,
+				rk[2 * u + 1] = kvcd_lr_energy_rank(w.rows + (size_t)m * d, m, d, p->energy,
 							    cap, w.u, w.sv, w.vt, &err);
 		}
 	}
@@ -736,57 +436,6 @@ static void merge_head(const struct kvcp_layout *l, uint32_t head, uint32_t m, u
 	}
 }
 
-/* svd=layer: the layer's K and V planes (w->kp, w->vp: [T][heads x d]) as rank-r factors to
- * @o. @buf: T x hd + T x k + k + 1 + k x hd floats, hd = heads x d, k = min(T, hd). */
-static int layer_put(enum kvcd_isa isa, const struct kvcd_policy *p,
-		     const struct kvcp_layout *l, const struct sel_work *w, float *buf, uint8_t *o)
-{
-	uint32_t t = l->tokens, hd = (uint32_t)l->kv_heads * l->head_dim, k = t < hd ? t : hd;
-	uint32_t r = rank_of(p, t, hd);
-	float *x = buf, *u = x + (size_t)t * hd, *sv = u + (size_t)t * k, *vt = sv + k + 1;
-	int err;
-
-	memcpy(x, w->kp, (size_t)t * hd * 4);
-	err = lowrank_put(isa, p, l->dtype, x, t, hd, r, u, sv, vt, o);
-	if (err)
-		return err;
-	memcpy(x, w->vp, (size_t)t * hd * 4);
-	return lowrank_put(isa, p, l->dtype, x, t, hd, r, u, sv, vt,
-			   o + factor_bytes(p, l->dtype, t, r, hd));
-}
-
-/* svd=layer: a layer's factors at @in back into every head's K and V rows at @out (the
- * sparse form: per head T K rows, then T V rows). @buf: T x r + r x hd + hd floats, then
- * T x hd elements. */
-static void layer_get(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *l, const uint8_t *in, float *buf, uint8_t *out)
-{
-	uint32_t t = l->tokens, h = l->kv_heads, hd = h * (uint32_t)l->head_dim;
-	uint32_t r = rank_of(p, t, hd);
-	size_t row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
-	uint8_t *plane = (uint8_t *)(buf + (size_t)t * r + (size_t)r * hd + hd);
-
-	for (int kv = 0; kv < 2; kv++) {
-		lowrank_get(isa, p, l->dtype, in + kv * factor_bytes(p, l->dtype, t, r, hd), t, hd,
-			    r, buf, plane);
-		for (uint32_t hh = 0; hh < h; hh++)
-			for (uint32_t j = 0; j < t; j++)
-				memcpy(out + (((size_t)hh * 2 + kv) * t + j) * row,
-				       plane + ((size_t)j * h + hh) * row, row);
-	}
-}
-
-/* What layer_get's @buf needs (0 unless svd=layer). */
-static size_t layer_get_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
-{
-	size_t t = l->tokens, hd = (size_t)l->kv_heads * l->head_dim;
-	size_t r = rank_of(p, l->tokens, (uint32_t)hd);
-
-	if (!(p->lowrank & KVCD_LOWRANK_LAYER))
-		return 0;
-	return (t * r + r * hd + hd) * 4 + t * hd * kvcp_dtype_size(l->dtype);
-}
-
 /* cold=: the rows of head @hh that w->keep (@m, ascending) leaves out, K then V, through
  * the cold codec to @o. */
 static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
@@ -807,7 +456,7 @@ static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		i++;
 	}
 	kvcd_from_f32(isa, l->dtype, w->rows, w->raw, (size_t)c * d * 2);
-	return kvcd_codec_body_encode(isa, &cp, &mini, pos, w->raw, NULL, o);
+	return kvcd_units_encode(isa, &cp, &mini, pos, w->raw, NULL, o);
 }
 
 int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
@@ -871,7 +520,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	wts = bits + lh * bm;
 	body = wts + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
-		int role = mc_role(p, l->layers, ly);
+		int role = kvcd_mc_role(p, l->layers, ly);
 
 		if (role == 2) { /* written with the pair's first layer */
 			for (uint32_t hh = 0; hh < l->kv_heads; hh++)
@@ -889,10 +538,10 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			if (!m && !p->cold)
 				continue;
 			if (role == 1) { /* every token of both layers, K then V */
-				size_t kb = mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d, stride,
+				size_t kb = kvcd_mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d, stride,
 						   w.tmp, w.idx, w.mcf, body);
 
-				mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
+				kvcd_mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
 				       w.mcf, body + kb);
 				all_kept(bits + u * bm, t);
 				body += body_size(p, l, u, m, scores, pos, NULL);
@@ -921,24 +570,24 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			}
 			if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
 				if (!hh) /* the whole layer, stored with its first head */
-					err = layer_put(isa, p, l, &w, lbuf, body);
+					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
 			} else if (p->rank) {
-				uint32_t rk = p->energy ? counts[lh + 2 * u] : rank_of(p, m, d);
+				uint32_t rk = p->energy ? counts[lh + 2 * u] : kvcd_lr_rank(p, m, d);
 				uint32_t rv = p->energy ? counts[lh + 2 * u + 1] : rk;
-				size_t half = factor_bytes(p, l->dtype, m, rk, d);
+				size_t half = kvcd_lr_factor_bytes(p, l->dtype, m, rk, d);
 
-				err = lowrank_put(isa, p, l->dtype, w.rows, m, d, rk, w.u, w.sv, w.vt,
+				err = kvcd_lr_put(isa, p, l->dtype, w.rows, m, d, rk, w.u, w.sv, w.vt,
 						  body);
 				if (!err)
-					err = lowrank_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
+					err = kvcd_lr_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
 							  rv, w.u, w.sv, w.vt, body + half);
 			} else if (m) {
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
-				err = kvcd_codec_body_encode(isa, p, &mini, pos, w.raw, w.sc, body);
+				err = kvcd_units_encode(isa, p, &mini, pos, w.raw, w.sc, body);
 			}
 			if (!err && p->cold && m < t)
 				err = cold_put(isa, p, l, pos, hh, m, &w,
-					       body + (m ? kvcd_codec_body_size(p, &mini, scores, pos) : 0));
+					       body + (m ? kvcd_units_size(p, &mini, scores, pos) : 0));
 			body += body_size(p, l, u, m, scores, pos,
 					  p->energy ? counts + lh + 2 * u : NULL);
 		}
@@ -974,7 +623,7 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		for (size_t j = 2 * i; j < 2 * i + 2 && rb; j++) { /* energy=: 1..cap, 0 if empty */
 			counts[lh + j] = rk[j];
 			if ((rk[j] == 0) != (counts[i] == 0) ||
-			    rk[j] > rank_of(&h->pol, counts[i], l->head_dim))
+			    rk[j] > kvcd_lr_rank(&h->pol, counts[i], l->head_dim))
 				return -EBADMSG;
 		}
 		*total += counts[i];
@@ -1017,10 +666,10 @@ static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	int err = 0;
 
 	if (m)
-		err = kvcd_codec_body_decode(isa, p, &hm, pos, scores, in, hot);
+		err = kvcd_units_decode(isa, p, &hm, pos, scores, in, hot);
 	if (!err && c)
-		err = kvcd_codec_body_decode(isa, &cp, &cm, pos, false,
-					     in + (m ? kvcd_codec_body_size(p, &hm, scores, pos) : 0),
+		err = kvcd_units_decode(isa, &cp, &cm, pos, false,
+					     in + (m ? kvcd_units_size(p, &hm, scores, pos) : 0),
 					     cold);
 	for (uint32_t j = 0; j < t && !err; j++) {
 		bool kept = bits[j / 8] >> (j % 8) & 1;
@@ -1063,7 +712,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	fac = h->pol.rank || h->pol.mc || h->pol.cold ?
 	      malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
 		      (size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4 +
-		     2 * (size_t)hl->tokens * row + layer_get_bytes(&h->pol, hl)) : NULL;
+		     2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl)) : NULL;
 	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);
 		return -ENOMEM;
@@ -1104,7 +753,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	for (size_t i = 0; i < lh && !err; i++) {
 		struct kvcp_layout mini = mini_of(hl, counts[i]);
 		uint32_t ly = (uint32_t)(i / hl->kv_heads);
-		int role = mc_role(&h->pol, hl->layers, ly);
+		int role = kvcd_mc_role(&h->pol, hl->layers, ly);
 
 		if (!counts[i] && !h->pol.cold)
 			continue;
@@ -1116,9 +765,9 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 				break;
 			}
 			if (role == 1) {
-				kb = mc_get(isa, &h->pol, hl, in, fac, rows,
+				kb = kvcd_mc_get(isa, &h->pol, hl, in, fac, rows,
 					    rows + (size_t)hl->kv_heads * 2 * tr);
-				if (!kb || !mc_get(isa, &h->pol, hl, in + kb, fac, rows + tr,
+				if (!kb || !kvcd_mc_get(isa, &h->pol, hl, in + kb, fac, rows + tr,
 						   rows + (size_t)hl->kv_heads * 2 * tr + tr)) {
 					err = -EBADMSG;
 					break;
@@ -1130,21 +779,21 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		}
 		if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
-				layer_get(isa, &h->pol, hl, in, fac, rows);
+				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
 		} else if (h->pol.rank) {
-			uint32_t c = counts[i], d = hl->head_dim, r = rank_of(&h->pol, c, d);
+			uint32_t c = counts[i], d = hl->head_dim, r = kvcd_lr_rank(&h->pol, c, d);
 			uint32_t rk = h->pol.energy ? counts[lh + 2 * i] : r;
 			uint32_t rv = h->pol.energy ? counts[lh + 2 * i + 1] : r;
-			size_t half = factor_bytes(&h->pol, hl->dtype, c, rk, d);
+			size_t half = kvcd_lr_factor_bytes(&h->pol, hl->dtype, c, rk, d);
 
-			lowrank_get(isa, &h->pol, hl->dtype, in, c, d, rk, fac, rows);
-			lowrank_get(isa, &h->pol, hl->dtype, in + half, c, d, rv, fac,
+			kvcd_lr_get(isa, &h->pol, hl->dtype, in, c, d, rk, fac, rows);
+			kvcd_lr_get(isa, &h->pol, hl->dtype, in + half, c, d, rv, fac,
 				    rows + (size_t)c * row);
 		} else if (h->pol.cold) {
 			err = cold_get(isa, &h->pol, hl, h->pos, scores,
 				       bits + i * bm, counts[i], in, (uint8_t *)fac, rows);
 		} else if (counts[i]) {
-			err = kvcd_codec_body_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
+			err = kvcd_units_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
 		in += body_size(&h->pol, hl, i, counts[i], scores, h->pos,
 				h->pol.energy ? counts + lh + 2 * i : NULL);

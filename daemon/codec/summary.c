@@ -1,182 +1,15 @@
-/* select.c - token selection scores, keep sets, PyramidKV and Ada-KV budgets, Quest bounds
- * (see select.h). Pure functions; the caller owns every buffer. */
-#include "select.h"
-#include "codec.h"
-
+/* summary.c - the SELECT summary kept after a block's bytes (Quest's channel bounds, or
+ * representative keys in f16 or int8) and the scoring of a block from it for a query.
+ * Built once per STORE from the engine's keys; read by SELECT with the query prepared once
+ * (kvcd_query_init). Each kernel has a scalar reference and AVX2 / AVX-512 (VNNI) variants
+ * that unit_summary checks against it. */
 #include <immintrin.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
-		       uint32_t kernel, float *tmp, float *score)
-{
-	float inv = 1.0f / sqrtf((float)d);
-
-	memset(score, 0, (size_t)t * sizeof(*score));
-	for (uint32_t h = 0; h < g; h++)
-		for (uint32_t i = 0; i < w; i++) {
-			const float *qi = q + ((size_t)h * w + i) * d;
-			int64_t last = qpos + i; /* causal: keys up to its own position */
-			uint32_t seen = last < 0 ? 0 : last >= t ? t : (uint32_t)last + 1;
-			float mx = -INFINITY, sum = 0.0f;
-
-			for (uint32_t k = 0; k < seen; k++) {
-				const float *kk = keys + (size_t)k * stride;
-				float dot = 0.0f;
-
-				for (uint32_t c = 0; c < d; c++)
-					dot += qi[c] * kk[c];
-				tmp[k] = dot * inv;
-				mx = tmp[k] > mx ? tmp[k] : mx;
-			}
-			if (lse) /* the sequence's normaliser: the block's share of attention */
-				mx = lse[(size_t)h * w + i];
-			for (uint32_t k = 0; k < seen; k++) {
-				tmp[k] = expf(tmp[k] - mx);
-				sum += tmp[k];
-			}
-			sum = lse ? 1.0f : sum;
-			for (uint32_t k = 0; k < seen; k++)
-				score[k] += tmp[k] / sum;
-		}
-	if (kernel <= 1)
-		return;
-	memcpy(tmp, score, (size_t)t * sizeof(*tmp));
-	for (uint32_t k = 0; k < t; k++) { /* max pooling, same padding */
-		uint32_t lo = k > kernel / 2 ? k - kernel / 2 : 0, hi = k + kernel / 2;
-		float m = tmp[k];
-
-		for (uint32_t j = lo; j <= hi && j < t; j++)
-			m = tmp[j] > m ? tmp[j] : m;
-		score[k] = m;
-	}
-}
-
-void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-			float *score)
-{
-	for (uint32_t k = 0; k < t; k++) {
-		double s = 0;
-
-		for (uint32_t c = 0; c < d; c++)
-			s += (double)keys[(size_t)k * stride + c] * keys[(size_t)k * stride + c];
-		score[k] = -(float)sqrt(s);
-	}
-}
-
-void kvcd_score_recency(uint32_t t, float *score)
-{
-	for (uint32_t k = 0; k < t; k++)
-		score[k] = (float)k;
-}
-
-/* descending score, then ascending index */
-static int by_score(const void *a, const void *b, void *ctx)
-{
-	const float *s = ctx;
-	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-
-	if (s[i] != s[j])
-		return s[i] > s[j] ? -1 : 1;
-	return i < j ? -1 : i > j;
-}
-
-static int by_index(const void *a, const void *b)
-{
-	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-
-	return i < j ? -1 : i > j;
-}
-
-uint32_t kvcd_select_keep(const float *score, uint32_t t, uint32_t n, uint32_t sink,
-			  uint32_t window, uint32_t *tmp, uint32_t *keep)
-{
-	uint32_t ns, nw, m = 0, nc = 0;
-
-	n = n < t ? n : t;
-	ns = sink < n ? sink : n;
-	nw = window < n - ns ? window : n - ns;
-	for (uint32_t k = 0; k < ns; k++)
-		keep[m++] = k;
-	for (uint32_t k = t - nw; k < t; k++)
-		if (k >= ns)
-			keep[m++] = k;
-	for (uint32_t k = ns; k < t - nw; k++) /* the rest compete on score */
-		tmp[nc++] = k;
-	qsort_r(tmp, nc, sizeof(*tmp), by_score, (void *)score);
-	for (uint32_t i = 0; m < n && i < nc; i++)
-		keep[m++] = tmp[i];
-	qsort(keep, m, sizeof(*keep), by_index);
-	return m;
-}
-
-void kvcd_budget_pyramid(uint64_t total, uint32_t layers, double beta, uint32_t *out)
-{
-	double m = (double)total / layers, lo = m / beta, hi = 2 * m - lo;
-	uint64_t sum = 0;
-
-	for (uint32_t l = 0; l < layers; l++) {
-		double b = layers > 1 ? hi - (hi - lo) * l / (layers - 1) : m;
-
-		out[l] = (uint32_t)floor(b);
-		sum += out[l];
-	}
-	for (uint32_t l = 0; sum < total; l = (l + 1) % layers, sum++) /* floors lost < layers */
-		out[l]++;
-}
-
-static int desc(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
-
-	return x > y ? -1 : x < y;
-}
-
-void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t budget,
-		       double alpha, float *tmp, uint32_t *counts)
-{
-	uint64_t k = (uint64_t)heads * budget, n = (uint64_t)heads * t, taken = 0, sum = 0;
-	float thr;
-
-	memcpy(tmp, score, n * sizeof(*tmp));
-	qsort(tmp, n, sizeof(*tmp), desc);
-	thr = k ? tmp[k - 1] : INFINITY;
-	/* joint top-k: every score above the threshold, then ties in head order */
-	for (uint32_t h = 0; h < heads; h++) {
-		counts[h] = 0;
-		for (uint32_t i = 0; i < t; i++)
-			counts[h] += score[(size_t)h * t + i] > thr;
-		taken += counts[h];
-	}
-	for (uint32_t h = 0; h < heads && taken < k; h++)
-		for (uint32_t i = 0; i < t && taken < k; i++)
-			if (score[(size_t)h * t + i] == thr) {
-				counts[h]++;
-				taken++;
-			}
-	/* pull towards uniform, then largest remainders so the sum is exact: the deficit is the
-	 * sum of the fractional parts, so only heads with one (hence below t) get the +1 */
-	for (uint32_t h = 0; h < heads; h++) {
-		double r = counts[h] * (1 - alpha) + alpha * budget;
-
-		counts[h] = (uint32_t)floor(r);
-		tmp[h] = (float)(r - floor(r));
-		sum += counts[h];
-	}
-	while (sum < k) {
-		uint32_t best = 0;
-
-		for (uint32_t h = 1; h < heads; h++)
-			if (tmp[h] > tmp[best])
-				best = h;
-		counts[best]++;
-		tmp[best] = -1.0f;
-		sum++;
-	}
-}
+#include "internal.h"
 
 void kvcd_quest_minmax(const float *keys, uint32_t stride, uint32_t t, uint32_t d, float *mn,
 		       float *mx)
@@ -272,7 +105,7 @@ __attribute__((target("avx2,f16c"))) static void minmax_f16_avx2(const uint16_t 
 	}
 }
 
-int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const void *block,
+int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page, const void *block,
 		     uint16_t *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
@@ -293,7 +126,7 @@ int kvcd_quest_block(int isa, const struct kvcp_layout *l, uint32_t page, const 
 			if (fast) {
 				minmax_f16_avx2((const uint16_t *)k, rows, hd, mn, mx);
 			} else { /* the page through f32, every head's channels at once */
-				kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, rows_f, rows * hd);
+				kvcd_to_f32(isa, l->dtype, k, rows_f, rows * hd);
 				kvcd_quest_minmax(rows_f, (uint32_t)hd, (uint32_t)rows, (uint32_t)hd,
 						  mn, mx);
 			}
@@ -422,13 +255,13 @@ static void page_scalar(const uint16_t *b, uint32_t d, const float *pos, const f
 	}
 }
 
-float kvcd_quest_score(int isa, const struct kvcp_layout *l, uint32_t page,
+float kvcd_quest_score(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page,
 		       const uint16_t *bounds, uint32_t layer, const float *pos, const float *neg,
 		       float l1, uint32_t q_heads)
 {
 	uint32_t d = l->head_dim, g = q_heads / l->kv_heads, np = kvcd_quest_pages(l, page);
 	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
-	bool wide = isa == KVCD_ISA_AVX512 && d % 16 == 0;
+	bool wide = isa >= KVCD_ISA_AVX512 && d % 16 == 0;
 	float best = -INFINITY, mag = 0.0f;
 
 	for (uint32_t h = 0; h < l->kv_heads; h++) {
@@ -515,7 +348,7 @@ static void r8_put(uint8_t *ly, uint32_t kv, uint32_t h, size_t n4, uint32_t d, 
 /* Representative keys: per (layer, head, page) the @reps keys of largest norm, a page shorter
  * than reps repeating its best. REPS: f16 [layers][kv_heads][pages][reps][head_dim]. REPS8:
  * per (layer, head) as r8_at() lays them out, key pg x reps + i, padded with the last. */
-static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
+static int reps_make(enum kvcd_isa isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
 		     const void *block, void *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
@@ -536,7 +369,7 @@ static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_sum
 			uint32_t rows = (uint32_t)(l->tokens - pg * page < page ?
 						   l->tokens - pg * page : page), m;
 
-			kvcd_to_f32((enum kvcd_isa)isa, l->dtype, k, row, rows * hd);
+			kvcd_to_f32(isa, l->dtype, k, row, rows * hd);
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
 				size_t lh = (size_t)ly * l->kv_heads + h;
 
@@ -550,7 +383,7 @@ static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_sum
 					size_t r = pg * reps + i;
 
 					if (s->kind == KVCD_SUMMARY_REPS) {
-						kvcd_from_f32((enum kvcd_isa)isa, KVCP_F16, x,
+						kvcd_from_f32(isa, KVCP_F16, x,
 							      (uint16_t *)out + (lh * n + r) * d, d);
 						continue;
 					}
@@ -576,7 +409,7 @@ static int reps_make(int isa, const struct kvcp_layout *l, const struct kvcd_sum
 	return 0;
 }
 
-int kvcd_summary_make(int isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
+int kvcd_summary_make(enum kvcd_isa isa, const struct kvcp_layout *l, const struct kvcd_summary *s,
 		      const void *block, void *out)
 {
 	uint16_t *data = (uint16_t *)((uint8_t *)out + sizeof(*s));
@@ -948,16 +781,14 @@ r8_vnni4(const struct r8 *r, const struct kvcd_query *x)
 	return _mm512_reduce_max_ps(best);
 }
 
-/* @isa with KVCD_SELECT_NO_VNNI: the AVX-512 F kernel even where VNNI is present. */
-static float r8_score(int isa, const struct r8 *r, const struct kvcd_query *x)
+/* @isa KVCD_ISA_AVX512 takes the AVX-512 F kernel even where VNNI is present (tests). */
+static float r8_score(enum kvcd_isa isa, const struct r8 *r, const struct kvcd_query *x)
 {
-	enum kvcd_isa base = (enum kvcd_isa)(isa & 0xff);
-
-	if (base == KVCD_ISA_AVX512 && !(isa & KVCD_SELECT_NO_VNNI) && kvcd_has_vnni())
+	if (isa >= KVCD_ISA_AVX512_VNNI)
 		return r->g == 1 ? r8_vnni1(r, x) : r8_vnni4(r, x);
-	if (base == KVCD_ISA_AVX512)
+	if (isa >= KVCD_ISA_AVX512)
 		return r8_avx512(r, x);
-	if (base == KVCD_ISA_AVX2)
+	if (isa >= KVCD_ISA_AVX2)
 		return r8_avx2(r, x);
 	return r8_scalar(r, x);
 }
@@ -1032,15 +863,14 @@ void kvcd_query_fini(struct kvcd_query *x)
 	x->buf = NULL;
 }
 
-float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
+float kvcd_codec_score(enum kvcd_isa isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
 			 const struct kvcd_query *x)
 {
 	struct kvcd_summary s;
 	const uint8_t *data = (const uint8_t *)sum + sizeof(s);
-	enum kvcd_isa base = (enum kvcd_isa)(isa & 0xff);
 	uint32_t d = l->head_dim, g = x->q_heads / l->kv_heads;
-	bool wide = base == KVCD_ISA_AVX512 && d % 16 == 0;
-	bool fast = base != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
+	bool wide = isa >= KVCD_ISA_AVX512 && d % 16 == 0;
+	bool fast = isa != KVCD_ISA_SCALAR && d % 8 == 0 && kvcd_has_f16c();
 	float best = -INFINITY;
 	size_t n, per;
 
@@ -1048,7 +878,7 @@ float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, 
 	if (!s.page || d != x->head_dim)
 		return -INFINITY;
 	if (s.kind == KVCD_SUMMARY_QUEST)
-		return kvcd_quest_score(base, l, s.page, (const uint16_t *)data, layer, x->pos,
+		return kvcd_quest_score(isa, l, s.page, (const uint16_t *)data, layer, x->pos,
 					x->neg, x->l1, x->q_heads);
 	if ((s.kind != KVCD_SUMMARY_REPS && s.kind != KVCD_SUMMARY_REPS8) || !s.reps)
 		return -INFINITY;
@@ -1076,4 +906,19 @@ float kvcd_summary_score(int isa, const struct kvcp_layout *l, const void *sum, 
 		best = v > best ? v : best;
 	}
 	return best / sqrtf((float)d);
+}
+
+void kvcd_codec_score_prefetch(const struct kvcp_layout *l, const void *sum, uint32_t layer)
+{
+	const char *p = sum;
+	struct kvcd_summary s;
+	size_t per;
+
+	memcpy(&s, p, sizeof(s));
+	if (layer >= l->layers || !s.page)
+		return;
+	per = (kvcd_summary_bytes(l, &s) - sizeof(s)) / l->layers;
+	p += sizeof(s) + per * layer;
+	for (size_t o = 0; o < per; o += 64)
+		__builtin_prefetch(p + o);
 }

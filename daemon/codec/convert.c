@@ -1,0 +1,321 @@
+/* convert.c - element conversions the codecs share: f16 and bf16 to and from f32 (round to
+ * nearest even, vectorised with F16C), fp8 e4m3, and the orthonormal Walsh-Hadamard
+ * transform. Pure functions. */
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- f16 ------------------------------------------------------------------------------- */
+
+uint16_t kvcd_f32_to_f16(float f)
+{
+	uint32_t x;
+	uint32_t sign, mant;
+	int32_t exp;
+
+	memcpy(&x, &f, 4);
+	sign = (x >> 16) & 0x8000;
+	exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+	mant = x & 0x7fffff;
+	if (((x >> 23) & 0xff) == 0xff) /* inf or nan */
+		return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 | (mant >> 13) : 0));
+	if (exp >= 31)
+		return (uint16_t)(sign | 0x7c00);
+	if (exp <= 0) { /* subnormal f16 or zero */
+		if (exp < -10)
+			return (uint16_t)sign;
+		mant |= 0x800000;
+		uint32_t shift = (uint32_t)(14 - exp), h = mant >> shift;
+		uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+
+		if (rem > half || (rem == half && (h & 1)))
+			h++;
+		return (uint16_t)(sign | h);
+	}
+	uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rem = mant & 0x1fff;
+
+	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+		h++; /* may carry into the exponent, up to inf: correct */
+	return (uint16_t)(sign | h);
+}
+
+float kvcd_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, x;
+	float f;
+
+	if (exp == 0x1f) {
+		x = sign | 0x7f800000 | (mant << 13);
+	} else if (exp == 0) {
+		f = (float)mant * 0x1p-24f;
+		return sign ? -f : f;
+	} else {
+		x = sign | ((exp + 112) << 23) | (mant << 13);
+	}
+	memcpy(&f, &x, 4);
+	return f;
+}
+
+
+/* ---- dtype conversion ---------------------------------------------------------------------- */
+
+static float bf16_to_f32(uint16_t h)
+{
+	uint32_t x = (uint32_t)h << 16;
+	float f;
+
+	memcpy(&f, &x, 4);
+	return f;
+}
+
+static uint16_t f32_to_bf16(float f)
+{
+	uint32_t x;
+
+	memcpy(&x, &f, 4);
+	if ((x & 0x7fffffff) > 0x7f800000)
+		return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+	x += 0x7fff + ((x >> 16) & 1);
+	return (uint16_t)(x >> 16);
+}
+
+/* Decoded values can overshoot the input range by half a step: keep f16 output finite. */
+static inline float sat16(float f)
+{
+	return f > 65504.0f ? 65504.0f : f < -65504.0f ? -65504.0f : f;
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t *s, float *d,
+								  size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+	for (; i < n; i++)
+		d[i] = kvcd_f16_to_f32(s[i]);
+}
+
+__attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *s, uint16_t *d,
+								  size_t n)
+{
+	const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(s + i), lo), hi);
+
+		_mm_storeu_si128((__m128i *)(d + i),
+				 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+	}
+	for (; i < n; i++)
+		d[i] = kvcd_f32_to_f16(sat16(s[i]));
+}
+
+void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n)
+{
+	if (dtype == KVCP_F32) {
+		memcpy(dst, src, n * 4);
+	} else if (dtype == KVCP_F16) {
+		const uint16_t *s = src;
+
+		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
+			f16_to_f32_avx2(s, dst, n);
+			return;
+		}
+		for (size_t i = 0; i < n; i++)
+			dst[i] = kvcd_f16_to_f32(s[i]);
+	} else {
+		const uint16_t *s = src;
+
+		for (size_t i = 0; i < n; i++) /* the compiler vectorizes the shift */
+			dst[i] = bf16_to_f32(s[i]);
+	}
+}
+
+void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n)
+{
+	if (dtype == KVCP_F32) {
+		memcpy(dst, src, n * 4);
+	} else if (dtype == KVCP_F16) {
+		uint16_t *d = dst;
+
+		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
+			f32_to_f16_avx2(src, d, n);
+			return;
+		}
+		for (size_t i = 0; i < n; i++)
+			d[i] = kvcd_f32_to_f16(sat16(src[i]));
+	} else {
+		uint16_t *d = dst;
+
+		for (size_t i = 0; i < n; i++)
+			d[i] = f32_to_bf16(src[i]);
+	}
+}
+
+/* ---- fp8 e4m3 ------------------------------------------------------------------------------ */
+
+uint8_t kvcd_f32_to_e4m3(float f)
+{
+	uint32_t x, m, rem;
+	uint8_t sign;
+	int e;
+	float a = fabsf(f);
+
+	memcpy(&x, &f, 4);
+	sign = (uint8_t)((x >> 24) & 0x80);
+	if (isnan(f))
+		return sign | 0x7f;
+	if (a >= 448.0f)
+		return sign | 0x7e; /* saturate */
+	if (a < 0x1p-6f) /* subnormal: multiples of 2^-9; 8 * 2^-9 is the smallest normal */
+		return sign | (uint8_t)nearbyintf(a * 512.0f);
+	e = (int)((x >> 23) & 0xff) - 127;
+	m = (x >> 20) & 7;
+	rem = x & 0xfffff;
+	if (rem > 0x80000 || (rem == 0x80000 && (m & 1)))
+		m++;
+	if (m == 8) {
+		m = 0;
+		e++;
+	}
+	if (e > 8 || (e == 8 && m > 6))
+		return sign | 0x7e;
+	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
+}
+
+/* kvcd_f32_to_e4m3 on 16 or 8 lanes, the same bits. Rounding to nearest even is an integer
+ * add on the float's exponent-and-mantissa bits (a carry moves into the exponent), then the
+ * exponent is rebiased from 127 to 7 (960 = 120 << 3) and the code saturates at 0x7e; below
+ * 2^-6 the value is a multiple of 2^-9, and NaN is 0x7f. */
+__attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
+								       float div, uint8_t *out)
+{
+	const __m512i abs = _mm512_set1_epi32(0x7fffffff), half = _mm512_set1_epi32(0x7ffff);
+	const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(960);
+	const __m512i top = _mm512_set1_epi32(0x7e), inf = _mm512_set1_epi32(0x7f800000);
+	const __m512 vd = _mm512_set1_ps(div), tiny = _mm512_set1_ps(0x1p-6f);
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512i x = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + i), vd));
+		__m512i ax = _mm512_and_si512(x, abs);
+		__m512i t = _mm512_add_epi32(ax, _mm512_add_epi32(half, _mm512_and_si512(
+						     _mm512_srli_epi32(ax, 20), one)));
+		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias), top);
+		__m512 a = _mm512_castsi512_ps(ax);
+		__m512i sub = _mm512_cvtps_epi32(_mm512_roundscale_ps(
+			_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
+			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+
+		code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
+		code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
+					     _mm512_set1_epi32(0x7f));
+		code = _mm512_or_si512(code, _mm512_srli_epi32(_mm512_andnot_si512(abs, x), 24));
+		_mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(code));
+	}
+	return i;
+}
+
+__attribute__((target("avx2"))) static size_t e4m3_avx2(const float *v, size_t n, float div,
+							uint8_t *out)
+{
+	const __m256i abs = _mm256_set1_epi32(0x7fffffff), half = _mm256_set1_epi32(0x7ffff);
+	const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(960);
+	const __m256i top = _mm256_set1_epi32(0x7e), inf = _mm256_set1_epi32(0x7f800000);
+	const __m256 vd = _mm256_set1_ps(div), tiny = _mm256_set1_ps(0x1p-6f);
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256i x = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + i), vd));
+		__m256i ax = _mm256_and_si256(x, abs);
+		__m256i t = _mm256_add_epi32(ax, _mm256_add_epi32(half, _mm256_and_si256(
+						     _mm256_srli_epi32(ax, 20), one)));
+		__m256i code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_srli_epi32(t, 20), bias), top);
+		__m256 a = _mm256_castsi256_ps(ax);
+		__m256i sub = _mm256_cvtps_epi32(_mm256_round_ps(
+			_mm256_mul_ps(a, _mm256_set1_ps(512.0f)),
+			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		__m256i p;
+
+		code = _mm256_blendv_epi8(code, sub, _mm256_castps_si256(
+						  _mm256_cmp_ps(a, tiny, _CMP_LT_OQ)));
+		code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f), _mm256_cmpgt_epi32(ax, inf));
+		code = _mm256_or_si256(code, _mm256_srli_epi32(_mm256_andnot_si256(abs, x), 24));
+		p = _mm256_packus_epi16(_mm256_packus_epi32(code, code), code); /* bytes 0-3 a lane */
+		_mm_storel_epi64((__m128i *)(out + i),
+				 _mm_unpacklo_epi32(_mm256_castsi256_si128(p),
+						    _mm256_extracti128_si256(p, 1)));
+	}
+	return i;
+}
+
+void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t *out)
+{
+	size_t i = 0;
+
+	isa = isa < kvcd_isa_best() ? isa : kvcd_isa_best();
+	if (!(div > 0.0f)) {
+		memset(out, 0, n);
+		return;
+	}
+	if (isa >= KVCD_ISA_AVX512)
+		i = e4m3_avx512(v, n, div, out);
+	else if (isa == KVCD_ISA_AVX2)
+		i = e4m3_avx2(v, n, div, out);
+	for (; i < n; i++)
+		out[i] = kvcd_f32_to_e4m3(v[i] / div);
+}
+
+float kvcd_e4m3_to_f32(uint8_t b)
+{
+	unsigned e = (b >> 3) & 15, m = b & 7;
+	float f;
+
+	if ((b & 0x7f) == 0x7f)
+		return NAN;
+	f = e ? ldexpf(1.0f + (float)m / 8.0f, (int)e - 7) : ldexpf((float)m, -9);
+	return b & 0x80 ? -f : f;
+}
+
+
+/* Decoding reads a table: one load per value instead of a ldexpf. Built once, then read-only. */
+static float e4m3_table[256];
+
+static void e4m3_init(void)
+{
+	for (int i = 0; i < 256; i++)
+		e4m3_table[i] = kvcd_e4m3_to_f32((uint8_t)i);
+}
+
+const float *kvcd_e4m3_lut(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, e4m3_init);
+	return e4m3_table;
+}
+
+/* ---- Walsh-Hadamard ------------------------------------------------------------------------ */
+
+void kvcd_hadamard(float *x, unsigned n)
+{
+	float norm = 1.0f / sqrtf((float)n);
+
+	for (unsigned h = 1; h < n; h <<= 1)
+		for (unsigned i = 0; i < n; i += 2 * h)
+			for (unsigned j = i; j < i + h; j++) {
+				float a = x[j], b = x[j + h];
+
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+	for (unsigned i = 0; i < n; i++)
+		x[i] *= norm;
+}

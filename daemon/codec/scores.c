@@ -1,0 +1,178 @@
+/* scores.c - which tokens of a block matter: SnapKV, H2O's accumulated attention (sent by the
+ * engine), key norm and recency scores; the keep set (sinks, window, top scores); PyramidKV's
+ * per-layer and Ada-KV's per-head budgets. Pure functions over f32 key rows; the caller owns
+ * every buffer. sparse.c applies them to whole blocks. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
+		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
+		       uint32_t kernel, float *tmp, float *score)
+{
+	float inv = 1.0f / sqrtf((float)d);
+
+	memset(score, 0, (size_t)t * sizeof(*score));
+	for (uint32_t h = 0; h < g; h++)
+		for (uint32_t i = 0; i < w; i++) {
+			const float *qi = q + ((size_t)h * w + i) * d;
+			int64_t last = qpos + i; /* causal: keys up to its own position */
+			uint32_t seen = last < 0 ? 0 : last >= t ? t : (uint32_t)last + 1;
+			float mx = -INFINITY, sum = 0.0f;
+
+			for (uint32_t k = 0; k < seen; k++) {
+				const float *kk = keys + (size_t)k * stride;
+				float dot = 0.0f;
+
+				for (uint32_t c = 0; c < d; c++)
+					dot += qi[c] * kk[c];
+				tmp[k] = dot * inv;
+				mx = tmp[k] > mx ? tmp[k] : mx;
+			}
+			if (lse) /* the sequence's normaliser: the block's share of attention */
+				mx = lse[(size_t)h * w + i];
+			for (uint32_t k = 0; k < seen; k++) {
+				tmp[k] = expf(tmp[k] - mx);
+				sum += tmp[k];
+			}
+			sum = lse ? 1.0f : sum;
+			for (uint32_t k = 0; k < seen; k++)
+				score[k] += tmp[k] / sum;
+		}
+	if (kernel <= 1)
+		return;
+	memcpy(tmp, score, (size_t)t * sizeof(*tmp));
+	for (uint32_t k = 0; k < t; k++) { /* max pooling, same padding */
+		uint32_t lo = k > kernel / 2 ? k - kernel / 2 : 0, hi = k + kernel / 2;
+		float m = tmp[k];
+
+		for (uint32_t j = lo; j <= hi && j < t; j++)
+			m = tmp[j] > m ? tmp[j] : m;
+		score[k] = m;
+	}
+}
+
+void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
+			float *score)
+{
+	for (uint32_t k = 0; k < t; k++) {
+		double s = 0;
+
+		for (uint32_t c = 0; c < d; c++)
+			s += (double)keys[(size_t)k * stride + c] * keys[(size_t)k * stride + c];
+		score[k] = -(float)sqrt(s);
+	}
+}
+
+void kvcd_score_recency(uint32_t t, float *score)
+{
+	for (uint32_t k = 0; k < t; k++)
+		score[k] = (float)k;
+}
+
+/* descending score, then ascending index */
+static int by_score(const void *a, const void *b, void *ctx)
+{
+	const float *s = ctx;
+	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+
+	if (s[i] != s[j])
+		return s[i] > s[j] ? -1 : 1;
+	return i < j ? -1 : i > j;
+}
+
+static int by_index(const void *a, const void *b)
+{
+	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+
+	return i < j ? -1 : i > j;
+}
+
+uint32_t kvcd_select_keep(const float *score, uint32_t t, uint32_t n, uint32_t sink,
+			  uint32_t window, uint32_t *tmp, uint32_t *keep)
+{
+	uint32_t ns, nw, m = 0, nc = 0;
+
+	n = n < t ? n : t;
+	ns = sink < n ? sink : n;
+	nw = window < n - ns ? window : n - ns;
+	for (uint32_t k = 0; k < ns; k++)
+		keep[m++] = k;
+	for (uint32_t k = t - nw; k < t; k++)
+		if (k >= ns)
+			keep[m++] = k;
+	for (uint32_t k = ns; k < t - nw; k++) /* the rest compete on score */
+		tmp[nc++] = k;
+	qsort_r(tmp, nc, sizeof(*tmp), by_score, (void *)score);
+	for (uint32_t i = 0; m < n && i < nc; i++)
+		keep[m++] = tmp[i];
+	qsort(keep, m, sizeof(*keep), by_index);
+	return m;
+}
+
+void kvcd_budget_pyramid(uint64_t total, uint32_t layers, double beta, uint32_t *out)
+{
+	double m = (double)total / layers, lo = m / beta, hi = 2 * m - lo;
+	uint64_t sum = 0;
+
+	for (uint32_t l = 0; l < layers; l++) {
+		double b = layers > 1 ? hi - (hi - lo) * l / (layers - 1) : m;
+
+		out[l] = (uint32_t)floor(b);
+		sum += out[l];
+	}
+	for (uint32_t l = 0; sum < total; l = (l + 1) % layers, sum++) /* floors lost < layers */
+		out[l]++;
+}
+
+static int desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return x > y ? -1 : x < y;
+}
+
+void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t budget,
+		       double alpha, float *tmp, uint32_t *counts)
+{
+	uint64_t k = (uint64_t)heads * budget, n = (uint64_t)heads * t, taken = 0, sum = 0;
+	float thr;
+
+	memcpy(tmp, score, n * sizeof(*tmp));
+	qsort(tmp, n, sizeof(*tmp), desc);
+	thr = k ? tmp[k - 1] : INFINITY;
+	/* joint top-k: every score above the threshold, then ties in head order */
+	for (uint32_t h = 0; h < heads; h++) {
+		counts[h] = 0;
+		for (uint32_t i = 0; i < t; i++)
+			counts[h] += score[(size_t)h * t + i] > thr;
+		taken += counts[h];
+	}
+	for (uint32_t h = 0; h < heads && taken < k; h++)
+		for (uint32_t i = 0; i < t && taken < k; i++)
+			if (score[(size_t)h * t + i] == thr) {
+				counts[h]++;
+				taken++;
+			}
+	/* pull towards uniform, then largest remainders so the sum is exact: the deficit is the
+	 * sum of the fractional parts, so only heads with one (hence below t) get the +1 */
+	for (uint32_t h = 0; h < heads; h++) {
+		double r = counts[h] * (1 - alpha) + alpha * budget;
+
+		counts[h] = (uint32_t)floor(r);
+		tmp[h] = (float)(r - floor(r));
+		sum += counts[h];
+	}
+	while (sum < k) {
+		uint32_t best = 0;
+
+		for (uint32_t h = 1; h < heads; h++)
+			if (tmp[h] > tmp[best])
+				best = h;
+		counts[best]++;
+		tmp[best] = -1.0f;
+		sum++;
+	}
+}

@@ -1,0 +1,496 @@
+/* ops.c - the request handlers: one function per operation, called by a worker for each
+ * entry it took from a session's ring (kvcd_execute). A handler reads what the client wrote
+ * (the entry, staging or scratch) once into its own memory, checks it, and calls the store
+ * and the codec; it never touches the rings and never sleeps. Bad input is an error
+ * completion (and a count on the session), never a crash.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvcd.h"
+
+/* ---- copies ---------------------------------------------------------------------------------
+ * With checksums on, the checksum is computed in the copy itself (sum.c): over the bytes
+ * written to the pool on STORE, over the pool's bytes on FETCH. */
+
+static uint64_t copy_sum(void *dst, const void *src, size_t n, bool sum)
+{
+	if (!sum) {
+		memcpy(dst, src, n);
+		return 0;
+	}
+	return kvcd_copy_sum(kvcd_isa_best(), dst, src, n);
+}
+
+/* ---- request execution ------------------------------------------------------------------- */
+
+static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *size)
+{
+	if (v->flags & KVCP_SQE_F_SCRATCH) {
+		*size = s->scratch_size;
+		return s->scratch;
+	}
+	*size = s->staging_size;
+	return s->staging;
+}
+
+/* Store @src under @pol as a new block: the codec plans its size, the store reserves it, the
+ * codec (or, for raw blocks, the checksumming copy) fills it, and the block is published.
+ * Returns 0 or -errno; nothing is left behind on failure. */
+static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    const struct kvcd_policy *pol, const char *src, const float *scores,
+		    const struct kvcd_aux *aux)
+{
+	enum kvcd_isa isa = kvcd_isa_best();
+	struct kvcd_plan plan;
+	struct kvcp_layout l;
+	struct kvcd_block *b;
+	uint64_t sum = 0;
+	int err;
+
+	err = kvcd_codec_plan(isa, pol, &v->layout, v->arg, src, scores, aux, &plan);
+	if (err)
+		goto out;
+	l = plan.layout;
+	l.codec = plan.codec;
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, plan.bytes, s->order,
+				 s->norder, &b);
+	if (err)
+		goto out;
+	b->stored = plan.stored;
+	if (plan.raw) {
+		sum = copy_sum(b->data, src, plan.stored, d->cfg.checksum);
+	} else {
+		err = kvcd_codec_write(isa, &plan, src, scores, aux, b->data);
+		if (!err && d->cfg.checksum)
+			sum = kvcd_copy_sum(isa, NULL, b->data, plan.stored);
+	}
+	if (!err && plan.summary_at) {
+		err = kvcd_codec_summary(isa, &plan, src, b->data);
+		b->summary = !err;
+	}
+	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
+out:
+	kvcd_plan_fini(&plan);
+	return err;
+}
+
+/* The auxiliary section of a STORE at @buf[@off, @off + @len): header checked against the
+ * block's layout, arrays copied (read once) and checked finite. *@mem is the copy. */
+static int read_aux(const char *buf, uint64_t off, uint64_t len, const struct kvcp_layout *l,
+		    struct kvcd_aux *a, float **mem)
+{
+	struct kvcp_aux h;
+	uint64_t n;
+	float *f;
+
+	if (len < sizeof(h) || off % 4)
+		return -EINVAL;
+	memcpy(&h, buf + off, sizeof(h));
+	n = kvcp_aux_bytes(&h, l);
+	if (!n || len != sizeof(h) + n)
+		return -EINVAL;
+	f = malloc(n);
+	if (!f)
+		return -ENOMEM;
+	memcpy(f, buf + off + sizeof(h), n);
+	for (uint64_t i = 0; i < n / 4; i++)
+		if (!isfinite(f[i])) {
+			free(f);
+			return -EINVAL;
+		}
+	memset(a, 0, sizeof(*a));
+	a->what = h.what;
+	a->q_heads = h.q_heads;
+	a->window = h.window;
+	a->q_pos = h.q_pos;
+	if (h.what & KVCP_AUX_ATTN) {
+		a->attn = f;
+		f += (size_t)l->layers * l->kv_heads * l->tokens;
+	}
+	if (h.what & KVCP_AUX_QUERIES) {
+		a->q = f;
+		a->lse = f + (size_t)l->layers * h.q_heads * h.window * l->head_dim;
+	}
+	*mem = a->attn ? (float *)a->attn : (float *)a->q;
+	return 0;
+}
+
+/* STORE: layout.codec 0 takes the namespace's policy, which falls back to raw (counted) when
+ * it cannot encode this block; 1..8 take a policy this session registered, whose failures go
+ * back to the client. */
+static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf)
+{
+	uint64_t bytes = kvcp_layout_bytes(&v->layout);
+	bool scored = v->flags & KVCP_SQE_F_SCORES, has_aux = v->flags & KVCP_SQE_F_AUX;
+	uint64_t sbytes = scored ? 4ull * v->layout.tokens : 0;
+	struct kvcd_aux aux, *ap = NULL;
+	struct kvcd_policy pol;
+	float *scores = NULL, *auxmem = NULL;
+	int err;
+
+	if (!bytes || (!has_aux && v->len != bytes + sbytes) ||
+	    (has_aux && v->len <= bytes + sbytes) || (scored && (v->off + bytes) % 4))
+		return -EINVAL;
+	if (!v->layout.codec)
+		kvcd_store_policy(&d->store, s->ns_id, &pol);
+	else if (v->layout.codec <= s->npol)
+		pol = s->pol[v->layout.codec - 1];
+	else
+		return -EINVAL;
+	if (has_aux) {
+		err = read_aux(buf, v->off + bytes + sbytes, v->len - bytes - sbytes, &v->layout, &aux,
+			       &auxmem);
+		if (err)
+			return err;
+		ap = &aux;
+	}
+	if (scored && pol.hibits && pol.kind != KVCD_CODEC_NONE) {
+		scores = malloc(4ull * v->layout.tokens);
+		if (!scores) {
+			err = -ENOMEM;
+			goto out;
+		}
+		memcpy(scores, buf + v->off + bytes, 4ull * v->layout.tokens); /* read once */
+	}
+	err = store_as(d, s, v, &pol, buf + v->off, scores, ap);
+	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
+	    (pol.kind != KVCD_CODEC_NONE || kvcd_policy_sel(&pol))) {
+		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
+
+		kvcd_store_fallback(&d->store, s->ns_id);
+		err = store_as(d, s, v, &raw, buf + v->off, NULL, NULL);
+	}
+out:
+	free(scores);
+	free(auxmem);
+	return err;
+}
+
+static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf, struct kvcp_cqe *cqe)
+{
+	struct kvcd_block *b;
+	struct kvcp_layout l;
+	uint64_t raw;
+	bool sum, bad = false;
+	int err;
+
+	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
+	if (err)
+		return err;
+	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored) :
+						    kvcp_layout_bytes(&b->layout);
+	cqe->value = raw;
+	cqe->layout = b->layout;
+	if (raw > v->len) {
+		kvcd_store_put(&d->store, b, false);
+		return -ENOSPC;
+	}
+	sum = b->has_sum;
+	if (!raw) { /* a header that does not check out */
+		bad = true;
+	} else if (b->layout.codec == KVCD_CODEC_NONE) {
+		if (copy_sum(buf + v->off, b->data, b->stored, sum) != b->checksum && sum)
+			bad = true;
+	} else if (sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {
+		bad = true;
+	} else {
+		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len, &l);
+		bad = err == -EBADMSG;
+		if (err && !bad) {
+			kvcd_store_put(&d->store, b, false);
+			return err;
+		}
+	}
+	kvcd_store_put(&d->store, b, bad);
+	return bad ? -EIO : 0;
+}
+
+/* POLICY: parse the string at off (read once); register it in a session slot, or set the
+ * namespace's policy (admin). On -EINVAL the reason goes back at off. */
+static int do_policy(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf, size_t size, struct kvcp_cqe *cqe)
+{
+	char str[KVCP_POLICY_MAX], why[128] = "";
+	struct kvcd_policy p;
+	int err = 0;
+
+	if (!v->len || v->len >= sizeof(str) || v->arg > KVCP_POLICY_NS) {
+		snprintf(why, sizeof(why), "policy string of 1..%d bytes, arg 0 or %u",
+			 KVCP_POLICY_MAX - 1, KVCP_POLICY_NS);
+		err = -EINVAL;
+	} else {
+		memcpy(str, buf + v->off, v->len);
+		str[v->len] = '\0';
+		if (strlen(str) != v->len) {
+			snprintf(why, sizeof(why), "NUL inside the policy string");
+			err = -EINVAL;
+		} else {
+			err = kvcd_policy_parse(str, &p, why, sizeof(why));
+		}
+	}
+	if (err) {
+		size_t n = strlen(why) + 1, room = size - v->off;
+
+		n = n < room ? n : room;
+		memcpy(buf + v->off, why, n);
+		cqe->value = n;
+		return err;
+	}
+	if (v->arg == KVCP_POLICY_NS) {
+		if (!s->admin)
+			return -EPERM;
+		kvcd_store_set_policy(&d->store, s->ns_id, &p);
+		return 0;
+	}
+	for (unsigned i = 0; i < s->npol; i++)
+		if (!memcmp(&s->pol[i], &p, sizeof(p)))
+			return (int)i + 1;
+	if (s->npol == KVCP_POLICY_SLOTS)
+		return -ENOSPC;
+	s->pol[s->npol++] = p;
+	return (int)s->npol;
+}
+
+static int by_score(const void *a, const void *b)
+{
+	const struct kvcp_select_hit *x = a, *y = b;
+
+	if (x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Where @b's SELECT summary is (b->summary says there is one). */
+static const void *summary_of(const struct kvcd_block *b)
+{
+	return (const char *)b->data + KVCD_SUMMARY_AT(b->stored);
+}
+
+/* The best @k of @n hits (by_score order) to the front of @h, sorted; returns how many. A
+ * min-heap of the k best so far: n log k, where sorting all of them was n log n. */
+static uint32_t top_k(struct kvcp_select_hit *h, uint32_t n, uint32_t k)
+{
+	k = k < n ? k : n;
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvcp_select_hit x = h[i];
+		uint32_t j;
+
+		if (i >= k) {
+			if (by_score(&x, &h[0]) >= 0) /* not better than the worst kept */
+				continue;
+			j = 0; /* replace the root and sift down */
+			for (;;) {
+				uint32_t c = 2 * j + 1;
+
+				if (c >= k)
+					break;
+				if (c + 1 < k && by_score(&h[c + 1], &h[c]) > 0)
+					c++;
+				if (by_score(&h[c], &x) <= 0)
+					break;
+				h[j] = h[c];
+				j = c;
+			}
+			h[j] = x;
+			continue;
+		}
+		for (j = i; j && by_score(&h[(j - 1) / 2], &x) < 0; j = (j - 1) / 2) /* sift up */
+			h[j] = h[(j - 1) / 2];
+		h[j] = x;
+	}
+	qsort(h, k, sizeof(*h), by_score);
+	return k;
+}
+
+/* SELECT: score each candidate by its summary, answer the best k in place. */
+static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf, struct kvcp_cqe *cqe)
+{
+	enum { CHUNK = 1024 }; /* references held at a time */
+	enum { PF_HEAD = 20, PF_BODY = 8 }; /* prefetch distances, in candidates (measured) */
+	struct kvcd_block *blk[CHUNK];
+	struct kvcp_select h;
+	struct kvcp_select_hit *hits = NULL;
+	const struct kvcp_key *keys;
+	struct kvcd_query x;
+	uint32_t found = 0;
+	float *q = NULL;
+	size_t qn;
+	int res;
+
+	if (v->len < sizeof(h) || v->off % 8)
+		return -EINVAL;
+	memcpy(&h, buf + v->off, sizeof(h)); /* read once */
+	qn = (size_t)h.q_heads * h.head_dim;
+	if (!h.nkeys || h.nkeys > KVCP_SELECT_MAX_KEYS || !h.k || h.k > h.nkeys || !qn ||
+	    qn > KVCP_SELECT_MAX_QUERY || h.reserved0 || h.reserved[0] || h.reserved[1] ||
+	    v->len != sizeof(h) + (uint64_t)h.nkeys * sizeof(*keys) + qn * 4)
+		return -EINVAL;
+	keys = (const struct kvcp_key *)(buf + v->off + sizeof(h));
+	q = malloc(qn * 4);
+	hits = malloc((size_t)h.nkeys * sizeof(*hits));
+	if (!q || !hits) {
+		res = -ENOMEM;
+		goto out;
+	}
+	memcpy(q, keys + h.nkeys, qn * 4); /* read once */
+	for (size_t i = 0; i < qn; i++) {
+		if (!isfinite(q[i])) {
+			res = -EINVAL;
+			goto out;
+		}
+	}
+	if (kvcd_query_init(&x, q, h.q_heads, h.head_dim)) {
+		res = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i0 = 0; i0 < h.nkeys; i0 += CHUNK) {
+		uint32_t n = h.nkeys - i0 < CHUNK ? h.nkeys - i0 : CHUNK;
+
+		kvcd_store_ref_many(&d->store, s->ns_id, keys + i0, n, blk);
+		for (uint32_t i = 0; i < n; i++) {
+			const struct kvcd_block *b = blk[i];
+
+			/* DRAM-bound: ask for a summary's header well ahead, its layer once the
+			 * header (which says how large it is) has arrived */
+			if (i + PF_HEAD < n && blk[i + PF_HEAD] && blk[i + PF_HEAD]->summary)
+				__builtin_prefetch(summary_of(blk[i + PF_HEAD]));
+			if (i + PF_BODY < n && blk[i + PF_BODY] && blk[i + PF_BODY]->summary)
+				kvcd_codec_score_prefetch(&blk[i + PF_BODY]->layout,
+							  summary_of(blk[i + PF_BODY]), h.layer);
+			if (!b || !b->summary || h.layer >= b->layout.layers ||
+			    h.head_dim != b->layout.head_dim || h.q_heads % b->layout.kv_heads)
+				continue;
+			hits[found].index = i0 + i;
+			hits[found++].score = kvcd_codec_score(kvcd_isa_best(), &b->layout,
+							       summary_of(b), h.layer, &x);
+		}
+		kvcd_store_put_many(&d->store, blk, n);
+	}
+	found = top_k(hits, found, h.k);
+	memcpy(buf + v->off, hits, (size_t)found * sizeof(*hits));
+	cqe->value = (uint64_t)found * sizeof(*hits);
+	kvcd_query_fini(&x);
+	res = (int)found;
+out:
+	free(q);
+	free(hits);
+	return res;
+}
+
+static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     char *buf)
+{
+	if (v->len % sizeof(struct kvcp_key) || v->off % 8)
+		return -EINVAL;
+	return (int)kvcd_store_lookup(&d->store, s->ns_id, (const struct kvcp_key *)(buf + v->off),
+				      v->len / sizeof(struct kvcp_key));
+}
+
+static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		    char *buf, struct kvcp_cqe *cqe)
+{
+	unsigned n;
+
+	switch (v->opcode) {
+	case KVCP_OP_STATS: {
+		struct kvcp_stats st;
+
+		if (v->len < sizeof(st))
+			return -ENOSPC;
+		kvcd_stats(d, &st);
+		memcpy(buf + v->off, &st, sizeof(st));
+		cqe->value = sizeof(st);
+		return 0;
+	}
+	case KVCP_OP_LIST:
+		if (v->off % 8)
+			return -EINVAL;
+		n = kvcd_store_list(&d->store, s->ns_id, v->arg, (struct kvcp_list_ent *)(buf + v->off),
+				    (unsigned)(v->len / sizeof(struct kvcp_list_ent)));
+		cqe->value = n * sizeof(struct kvcp_list_ent);
+		return (int)n;
+	case KVCP_OP_CLIENTS:
+		if (v->off % 8)
+			return -EINVAL;
+		n = kvcd_clients(d, (struct kvcp_client_ent *)(buf + v->off),
+				 (unsigned)(v->len / sizeof(struct kvcp_client_ent)));
+		cqe->value = n * sizeof(struct kvcp_client_ent);
+		return (int)n;
+	case KVCP_OP_EVICT:
+		if (!s->admin)
+			return -EPERM;
+		return (int)kvcd_store_reclaim(&d->store,
+					       v->arg ? (uint64_t)v->arg << 20 : UINT64_MAX);
+	}
+	return -EBADMSG;
+}
+
+void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		  struct kvcp_cqe *cqe)
+{
+	uint64_t ms;
+	size_t size;
+	char *buf = region(s, v, &size);
+	int res;
+
+	memset(cqe, 0, sizeof(*cqe));
+	cqe->user_data = v->user_data;
+	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) || v->reserved0 ||
+	    ((v->flags & KVCP_SQE_F_SCORES) && v->opcode != KVCP_OP_STORE)) {
+		res = -EBADMSG;
+		goto out;
+	}
+	if (v->opcode != KVCP_OP_NOP && v->opcode != KVCP_OP_DELETE && v->opcode != KVCP_OP_PIN &&
+	    v->opcode != KVCP_OP_UNPIN && v->opcode != KVCP_OP_EVICT &&
+	    !kvcp_range_ok(v->off, v->len, size)) {
+		res = -EINVAL;
+		goto out;
+	}
+	switch (v->opcode) {
+	case KVCP_OP_NOP:
+		res = 0;
+		break;
+	case KVCP_OP_STORE:
+		res = do_store(d, s, v, buf);
+		break;
+	case KVCP_OP_FETCH:
+		res = do_fetch(d, s, v, buf, cqe);
+		break;
+	case KVCP_OP_LOOKUP:
+		res = do_lookup(d, s, v, buf);
+		break;
+	case KVCP_OP_DELETE:
+		res = kvcd_store_delete(&d->store, s->ns_id, &v->key);
+		break;
+	case KVCP_OP_PIN:
+		ms = v->arg && v->arg < d->cfg.lease_max_ms ? v->arg : d->cfg.lease_max_ms;
+		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, s->id,
+				     kvcd_now_ns() + ms * 1000000ull);
+		break;
+	case KVCP_OP_UNPIN:
+		res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id);
+		break;
+	case KVCP_OP_POLICY:
+		res = do_policy(d, s, v, buf, size, cqe);
+		break;
+	case KVCP_OP_SELECT:
+		res = do_select(d, s, v, buf, cqe);
+		break;
+	default:
+		res = do_admin(d, s, v, buf, cqe);
+		break;
+	}
+out:
+	cqe->res = res;
+	if (res == -EBADMSG || res == -EINVAL)
+		__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
+}
+

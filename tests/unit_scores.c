@@ -1,0 +1,187 @@
+/* unit_scores.c - token selection scores and budgets (daemon/codec/scores.c): each selector
+ * keeps exactly its budget and the tokens it must keep; PyramidKV's budgets sum to the total
+ * and fall with depth; Ada-KV's sum to the layer budget and respect the floor; SnapKV's
+ * scores follow the window's attention, causally and over the GQA group. */
+#include <math.h>
+
+#include "t_util.h"
+#include "internal.h"
+
+Test(scores, keep_is_exactly_the_budget_with_sinks_window_and_top_scores)
+{
+	enum { T = 100 };
+	float score[T];
+	uint32_t tmp[T], keep[T];
+
+	for (int trial = 0; trial < 200; trial++) {
+		uint32_t n = (uint32_t)(t_urand() * (T + 20)), sink = (uint32_t)(t_urand() * 8),
+			 win = (uint32_t)(t_urand() * 30), m, want = n < T ? n : T;
+		bool in[T] = { 0 };
+
+		for (int i = 0; i < T; i++)
+			score[i] = (float)t_urand();
+		m = kvcd_select_keep(score, T, n, sink, win, tmp, keep);
+		cr_assert_eq(m, want, "n %u: kept %u", n, m);
+		for (uint32_t i = 0; i < m; i++) {
+			cr_assert_lt(keep[i], T);
+			if (i)
+				cr_assert_gt(keep[i], keep[i - 1], "ascending, no repeats");
+			in[keep[i]] = true;
+		}
+		uint32_t ns = sink < want ? sink : want, nw = win < want - ns ? win : want - ns;
+		float worst_kept = INFINITY, best_dropped = -INFINITY;
+
+		for (uint32_t k = 0; k < ns; k++)
+			cr_assert(in[k], "sink %u kept", k);
+		for (uint32_t k = T - nw; k < T; k++)
+			cr_assert(in[k], "window token %u kept", k);
+		for (uint32_t k = ns; k < T - nw; k++) {
+			if (in[k] && score[k] < worst_kept)
+				worst_kept = score[k];
+			if (!in[k] && score[k] > best_dropped)
+				best_dropped = score[k];
+		}
+		cr_assert_geq(worst_kept, best_dropped, "the rest are the top scores");
+	}
+}
+
+Test(scores, streamingllm_is_sinks_plus_the_most_recent)
+{
+	float score[64];
+	uint32_t tmp[64], keep[64];
+
+	kvcd_score_recency(64, score);
+	cr_assert_eq(kvcd_select_keep(score, 64, 20, 4, 0, tmp, keep), 20);
+	for (uint32_t i = 0; i < 4; i++)
+		cr_assert_eq(keep[i], i);
+	for (uint32_t i = 4; i < 20; i++)
+		cr_assert_eq(keep[i], 64 - 20 + i, "slot %u: %u", i, keep[i]);
+}
+
+Test(scores, keynorm_keeps_the_smallest_keys)
+{
+	float keys[16 * 4], score[16];
+	uint32_t tmp[16], keep[16];
+
+	for (int k = 0; k < 16; k++)
+		for (int c = 0; c < 4; c++)
+			keys[k * 4 + c] = (float)(k % 5 + 1) * (c % 2 ? 1.0f : -1.0f);
+	kvcd_score_keynorm(keys, 4, 16, 4, score);
+	cr_assert_float_eq(score[0], -2.0f, 1e-6);
+	cr_assert_eq(kvcd_select_keep(score, 16, 4, 0, 0, tmp, keep), 4);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(keep[i] % 5, 0, "token %u has norm 2, the smallest", keep[i]);
+}
+
+Test(scores, snapkv_follows_the_window_causally_and_over_the_group)
+{
+	enum { T = 32, D = 8, W = 4 };
+	float keys[T * D] = { 0 }, q[2 * W * D] = { 0 }, tmp[T], score[T];
+
+	keys[10 * D + 0] = 1.0f; /* only token 10 and 29 have a key the queries can see */
+	keys[29 * D + 1] = 1.0f;
+	for (int i = 0; i < W; i++) {
+		q[(0 * W + i) * D + 0] = 40.0f; /* head 0 of the group looks at token 10 */
+		q[(1 * W + i) * D + 1] = 40.0f; /* head 1 at token 29 */
+	}
+	kvcd_score_snapkv(keys, D, T, D, q, NULL, 2, W, T - W, 1, tmp, score);
+	float total = 0;
+
+	for (int k = 0; k < T; k++)
+		total += score[k];
+	cr_assert_float_eq(total, 2.0f * W, 1e-3, "each query's softmax sums to 1");
+	cr_assert_gt(score[10], 3.9f, "head 0: all four window queries");
+	/* token 29 is inside the window (28..31): query 28 cannot see it */
+	cr_assert_gt(score[29], 2.9f);
+	cr_assert_lt(score[29], 3.1f, "causal: three of four queries see token 29");
+	/* query 28 of head 1 sees nothing it matches: uniform over its 29 keys */
+	cr_assert_float_eq(score[5], 1.0f / 29, 1e-4, "%g", score[5]);
+	kvcd_score_snapkv(keys, D, T, D, q, NULL, 1, W, T - W, 3, tmp, score); /* head 0 alone, pooled */
+	cr_assert_float_eq(score[9], score[10], 1e-6, "max pooling spreads to neighbours");
+	cr_assert_float_eq(score[11], score[10], 1e-6);
+	cr_assert_lt(score[12], 0.1f);
+}
+
+Test(scores, snapkv_with_the_sequence_lse_is_each_query_share_of_attention)
+{
+	enum { T = 16, D = 4, W = 3 };
+	float keys[T * D], q[W * D], lse[W], tmp[T], score[T], want[T] = { 0 };
+
+	for (int i = 0; i < T * D; i++)
+		keys[i] = t_nrand();
+	for (int i = 0; i < W * D; i++)
+		q[i] = t_nrand();
+	for (int i = 0; i < W; i++) { /* the sequence had more keys than this block holds */
+		double s = 0;
+
+		for (int k = 0; k < T; k++) {
+			double dot = 0;
+
+			for (int c = 0; c < D; c++)
+				dot += q[i * D + c] * keys[k * D + c];
+			s += exp(dot / 2);
+		}
+		lse[i] = (float)log(s + 5.0); /* keys outside the block took a share */
+	}
+	for (int i = 0; i < W; i++)
+		for (int k = 0; k < T; k++) {
+			double dot = 0;
+
+			for (int c = 0; c < D; c++)
+				dot += q[i * D + c] * keys[k * D + c];
+			want[k] += (float)exp(dot / 2 - lse[i]);
+		}
+	/* a window after the block: every query sees every key */
+	kvcd_score_snapkv(keys, D, T, D, q, lse, 1, W, T + 40, 1, tmp, score);
+	for (int k = 0; k < T; k++)
+		cr_assert_float_eq(score[k], want[k], 1e-5 + 1e-4 * want[k], "token %d", k);
+	/* a window before the block: nothing seen */
+	kvcd_score_snapkv(keys, D, T, D, q, lse, 1, W, -W, 1, tmp, score);
+	for (int k = 0; k < T; k++)
+		cr_assert_eq(score[k], 0.0f);
+}
+
+Test(scores, pyramid_budgets_sum_to_the_total_and_fall_with_depth)
+{
+	uint32_t b[40];
+
+	for (int trial = 0; trial < 100; trial++) {
+		uint32_t layers = 1 + (uint32_t)(t_urand() * 40);
+		uint64_t total = (uint64_t)(t_urand() * 100000), sum = 0;
+
+		kvcd_budget_pyramid(total, layers, 20, b);
+		for (uint32_t l = 0; l < layers; l++) {
+			sum += b[l];
+			if (l)
+				cr_assert_leq(b[l], b[l - 1] + 1, "falls with depth (rounding aside)");
+		}
+		cr_assert_eq(sum, total, "%u layers", layers);
+		if (layers > 1 && total > 100 * layers)
+			cr_assert_gt(b[0], 3 * b[layers - 1], "steep: beta 20");
+	}
+}
+
+Test(scores, adakv_budgets_sum_to_the_layer_and_respect_the_floor)
+{
+	enum { H = 8, T = 64 };
+	float score[H * T], tmp[H * T];
+	uint32_t counts[H];
+
+	for (int trial = 0; trial < 100; trial++) {
+		uint32_t budget = 1 + (uint32_t)(t_urand() * (T - 1)), sum = 0;
+		double alpha = t_urand();
+
+		for (int h = 0; h < H; h++) /* head h's scores are scaled by h: later heads win */
+			for (int i = 0; i < T; i++)
+				score[h * T + i] = (float)(t_urand() * (h + 1) * (h + 1));
+		kvcd_budget_adakv(score, H, T, budget, alpha, tmp, counts);
+		for (int h = 0; h < H; h++) {
+			sum += counts[h];
+			cr_assert_geq(counts[h], (uint32_t)floor(alpha * budget), "floor");
+			cr_assert_leq(counts[h], T);
+		}
+		cr_assert_eq(sum, H * budget);
+		if (alpha < 0.5 && budget < T / 2)
+			cr_assert_gt(counts[H - 1], counts[0], "the head with more mass gets more");
+	}
+}
