@@ -7,12 +7,13 @@
 #   make asan       the suite under AddressSanitizer and UBSan (build-asan/)
 #   make bench      kvcbench scenarios, results in bench/results/
 #   make eval       kvc-eval of every policy on the real model: docs/quality.md
+#   make docs       docs/policies.md from the policy table
 #   make install    PREFIX=/usr/local
 
 CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
-VERSION := 0.1.0
+VERSION := 0.3.0	# the one place: kvc.h, kvc_version(), kvcd --version and the .pc read it
 PKGS    := libxxhash hwloc inih libsystemd
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
@@ -41,7 +42,8 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 CODEC_OBJ  := $(CODEC_SRC:%.c=$(BUILD)/%.o)
 CODEC_LIB  := $(BUILD)/libkvccodec.a
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
-INC        := -Iproto -Ilibclient/include -Idaemon -Idaemon/codec
+INC        := -Iproto -Ilibclient/include -I$(BUILD)/include -Idaemon -Idaemon/codec
+VERSION_H  := $(BUILD)/include/kvc_version.h
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
      $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval \
@@ -56,11 +58,18 @@ $(CODEC_LIB): $(CODEC_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+# Written only when VERSION changes, so that nothing rebuilds for nothing.
+$(VERSION_H): Makefile
+	@mkdir -p $(dir $@)
+	@v='$(VERSION)'; maj=$${v%%.*}; rest=$${v#*.}; min=$${rest%%.*}; pat=$${rest#*.}; \
+	printf '/* generated from the Makefile'"'"'s VERSION: do not edit */\n#define KVC_VERSION_MAJOR %s\n#define KVC_VERSION_MINOR %s\n#define KVC_VERSION_PATCH %s\n#define KVC_VERSION_STRING "%s"\n' \
+		$$maj $$min $$pat $$v > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
+
+$(BUILD)/%.o: %.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
-$(BUILD)/pic/%.o: %.c
+$(BUILD)/pic/%.o: %.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) -fPIC $(DEPS_CFLAGS) $(INC) -c $< -o $@
 
@@ -106,9 +115,9 @@ $(BUILD)/kvc-eval: $(BUILD)/tools/kvc-eval.o $(ENGINE_OBJ) $(BUILD)/libkvcclient
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
 # Tools use the public API only, as any engine would.
-$(BUILD)/tools/%.o: tools/%.c
+$(BUILD)/tools/%.o: tools/%.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -Iproto -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -Ilibclient/include -I$(BUILD)/include -Iproto -c $< -o $@
 
 # Tests: unit tests link the daemon objects; it_* tests drive a real kvcd through libkvcclient.
 $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(CODEC_LIB) $(BUILD)/libkvcclient.a
@@ -123,7 +132,21 @@ $(BUILD)/tests/it_llama: tests/it_llama.c tests/t_util.h tools/llama.h $(ENGINE_
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -Itools -o $@ $< $(ENGINE_OBJ) $(DAEMON_OBJ) \
 		$(CODEC_LIB) $(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
 
-test-bin: all $(TESTS:%=$(BUILD)/tests/%)
+# The previous release's ABI as a program built then sees it: its header, and a link-time
+# stand-in of its library with its symbol versions (tests/abi/). At run time the program
+# loads this tree's library from beside it; it_abi runs it against a real kvcd.
+$(BUILD)/abi/libkvcclient.so: tests/abi/kvc-0.2.h tests/abi/kvc-0.2.map
+	@mkdir -p $(dir $@)
+	grep -o 'kvc_[a-z0-9_]*(' tests/abi/kvc-0.2.h | sort -u | \
+		sed -e 's/^/void /' -e 's/($$/(void) {}/' > $(BUILD)/abi/stub.c
+	$(CC) -shared -fPIC -Wl,-soname,libkvcclient.so.0 -Wl,--version-script=tests/abi/kvc-0.2.map \
+		-o $@ $(BUILD)/abi/stub.c
+
+$(BUILD)/abi-0.2-client: tests/abi/old_client.c $(BUILD)/abi/libkvcclient.so $(BUILD)/libkvcclient.so
+	$(CC) $(CFLAGS) $(KFLAGS) -Itests/abi -o $@ $< -L$(BUILD)/abi -lkvcclient \
+		-Wl,-rpath,'$$ORIGIN'
+
+test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client
 
 # Each suite runs with 2 jobs; it_* tests start their own kvcd on a private socket.
 test: deps
@@ -133,6 +156,9 @@ test: deps
 	n=$$(readelf --dyn-syms --wide $(BUILD)/libkvcclient.so | awk '$$7!="UND" && $$8 ~ /^kvc_/' | wc -l); \
 	if [ -n "$$bad" ] || [ "$$n" -lt 20 ]; then echo "libkvcclient.so exports: $$bad ($$n kvc_ symbols)"; exit 1; fi; \
 	echo "libkvcclient.so exports $$n kvc_* symbols and nothing else"
+	@# the policy grammar in the docs is the parser's own table
+	@./$(BUILD)/kvccodec-bench policies | cmp -s - docs/policies.md || \
+		{ echo "docs/policies.md differs from the policy table: run make docs"; exit 1; }
 	@set -e; fail=0; for t in $(TESTS); do \
 		echo "== $$t"; \
 		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd $(BUILD)/tests/$$t --jobs 2 || fail=1; \
@@ -145,6 +171,10 @@ asan:
 		test-bin
 	@set -e; for t in $(TESTS); do echo "== $$t (asan)"; \
 		KVCD_BIN=$(CURDIR)/build-asan/kvcd ASAN_OPTIONS=detect_leaks=1 build-asan/tests/$$t --jobs 1; done
+
+# Documents generated from the code.
+docs: all
+	./$(BUILD)/kvccodec-bench policies > docs/policies.md
 
 run: deps all
 	./$(BUILD)/kvcd --foreground
@@ -171,11 +201,11 @@ install: all
 	install -m 644 $(BUILD)/libkvcclient.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libkvcclient.so $(DESTDIR)$(PREFIX)/lib/libkvcclient.so.0
 	ln -sf libkvcclient.so.0 $(DESTDIR)$(PREFIX)/lib/libkvcclient.so
-	install -m 644 libclient/include/kvc.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 libclient/include/kvc.h $(VERSION_H) $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/kvcclient.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench eval deps install clean
+.PHONY: all test test-bin asan run bench eval deps install clean docs
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

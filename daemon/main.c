@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "kvcd.h"
+#include "kvc_version.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -540,7 +541,9 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 		case 'w': workers = optarg; break;
 		case 'f': c->foreground = true; break;
 		case 'h': usage(stdout); exit(0);
-		case 'V': printf("kvcd protocol %d.%d\n", KVCP_MAJOR, KVCP_MINOR); exit(0);
+		case 'V':
+			printf("kvcd %s (protocol %d.%d)\n", KVC_VERSION_STRING, KVCP_MAJOR, KVCP_MINOR);
+			exit(0);
 		default: usage(stderr); return -EINVAL;
 		}
 	}

@@ -760,37 +760,114 @@ int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t lay
 	return err;
 }
 
-int kvc_stats(kvc_client *c, struct kvc_stats *st)
+/* Growing structs: the caller's @size says how much of ours it has room for. Entries of
+ * @n, each @size bytes in @out, from @ent bytes each in @in; what the caller has beyond ours
+ * is zeroed. */
+static void copy_sized(void *out, size_t size, const void *in, size_t ent, size_t n)
 {
+	for (size_t i = 0; i < n; i++) {
+		uint8_t *o = (uint8_t *)out + i * size;
+
+		memcpy(o, (const uint8_t *)in + i * ent, size < ent ? size : ent);
+		if (size > ent)
+			memset(o + ent, 0, size - ent);
+	}
+}
+
+/* kvc_stats, kvc_list and kvc_clients of release 0.3 on (the default a program links to); the
+ * versions of release 0.2 follow. */
+__asm__(".symver kvc_stats_0_3, kvc_stats@@KVC_0.3");
+__asm__(".symver kvc_list_0_3, kvc_list@@KVC_0.3");
+__asm__(".symver kvc_clients_0_3, kvc_clients@@KVC_0.3");
+int kvc_stats_0_3(kvc_client *c, struct kvc_stats *st, size_t size);
+int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max,
+		 size_t size);
+int kvc_clients_0_3(kvc_client *c, struct kvc_client_info *out, size_t max, size_t size);
+
+int kvc_stats_0_3(kvc_client *c, struct kvc_stats *st, size_t size)
+{
+	struct kvcp_stats all;
 	int err;
 
-	memset(st, 0, sizeof(*st));
-	err = scratch_op(c, KVCP_OP_STATS, 0, st, sizeof(*st));
-	return err < 0 ? err : 0;
+	if (!size)
+		return -EINVAL;
+	memset(&all, 0, sizeof(all));
+	err = scratch_op(c, KVCP_OP_STATS, 0, &all, sizeof(all));
+	if (err < 0)
+		return err;
+	copy_sized(st, size, &all, sizeof(all), 1);
+	return 0;
 }
 
-int kvc_list(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max)
+/* At most @max entries of @ent bytes that the scratch area holds. */
+static size_t fit(const kvc_client *c, size_t max, size_t ent)
 {
-	size_t cap = max * sizeof(*out);
+	return max < c->scratch_size / ent ? max : c->scratch_size / ent;
+}
+
+static int list_sized(kvc_client *c, uint8_t op, uint32_t arg, void *out, size_t max,
+		      size_t size, size_t ent)
+{
+	size_t cap;
+	void *tmp;
 	int n;
 
-	if (start > UINT32_MAX)
-		return 0;
-	if (cap > c->scratch_size)
-		cap = c->scratch_size / sizeof(*out) * sizeof(*out);
-	n = scratch_op(c, KVCP_OP_LIST, (uint32_t)start, out, cap);
-	if (n > (int)(cap / sizeof(*out)))
-		n = (int)(cap / sizeof(*out));
+	if (!size)
+		return -EINVAL;
+	cap = fit(c, max, ent);
+	tmp = malloc(cap * ent + 1);
+	if (!tmp)
+		return -ENOMEM;
+	n = scratch_op(c, op, arg, tmp, cap * ent);
+	if (n > (int)cap)
+		n = (int)cap;
+	if (n > 0)
+		copy_sized(out, size, tmp, ent, (size_t)n);
+	free(tmp);
 	return n;
 }
 
-int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max)
+int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max,
+		 size_t size)
 {
-	int n = scratch_op(c, KVCP_OP_CLIENTS, 0, out, max * sizeof(*out));
+	if (start > UINT32_MAX)
+		return 0;
+	return list_sized(c, KVCP_OP_LIST, (uint32_t)start, out, max, size,
+			  sizeof(struct kvcp_list_ent));
+}
 
-	if (n > (int)max)
-		n = (int)max;
-	return n;
+int kvc_clients_0_3(kvc_client *c, struct kvc_client_info *out, size_t max, size_t size)
+{
+	return list_sized(c, KVCP_OP_CLIENTS, 0, out, max, size, sizeof(struct kvcp_client_ent));
+}
+
+/* ---- release 0.2 (symbol version KVC_0.1): the same calls without the caller's sizes ---------
+ * Programs built against it pass structs of that release's sizes, which these fix. */
+
+#define STATS_SIZE_0_2 7304
+#define BLOCK_INFO_SIZE_0_2 56
+#define CLIENT_INFO_SIZE_0_2 104
+
+__asm__(".symver kvc_stats_0_2, kvc_stats@KVC_0.1");
+__asm__(".symver kvc_list_0_2, kvc_list@KVC_0.1");
+__asm__(".symver kvc_clients_0_2, kvc_clients@KVC_0.1");
+int kvc_stats_0_2(kvc_client *c, void *st);
+int kvc_list_0_2(kvc_client *c, size_t start, void *out, size_t max);
+int kvc_clients_0_2(kvc_client *c, void *out, size_t max);
+
+int kvc_stats_0_2(kvc_client *c, void *st)
+{
+	return kvc_stats_0_3(c, st, STATS_SIZE_0_2);
+}
+
+int kvc_list_0_2(kvc_client *c, size_t start, void *out, size_t max)
+{
+	return kvc_list_0_3(c, start, out, max, BLOCK_INFO_SIZE_0_2);
+}
+
+int kvc_clients_0_2(kvc_client *c, void *out, size_t max)
+{
+	return kvc_clients_0_3(c, out, max, CLIENT_INFO_SIZE_0_2);
 }
 
 int kvc_evict(kvc_client *c, uint32_t mib)

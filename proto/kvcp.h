@@ -207,6 +207,10 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
  * session registered with KVCP_OP_POLICY. FETCH's layout.codec: the codec that held the block
  * (0 raw, 1 int, 2 fp8, 3 kivi), plus KVCP_CODEC_SPARSE when its policy dropped tokens; the
  * bytes written are always in the engine's dtype. */
+#define KVCP_CODEC_NONE 0u
+#define KVCP_CODEC_INT 1u
+#define KVCP_CODEC_FP8 2u
+#define KVCP_CODEC_KIVI 3u
 #define KVCP_CODEC_SPARSE 0x80u
 
 /* What FETCH writes for a block whose policy selected tokens (layout.codec has

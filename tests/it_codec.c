@@ -59,7 +59,7 @@ static const struct kvc_stats *ns_stats(kvc_client *c, const char *ns, unsigned 
 {
 	static struct kvc_stats st;
 
-	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	for (*i = 0; *i < st.nns; (*i)++)
 		if (!strcmp(st.ns[*i].name, ns))
 			return &st;

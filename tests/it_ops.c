@@ -33,7 +33,7 @@ Test(ops, nop_and_stats)
 	struct kvc_stats st;
 
 	cr_assert_eq(kvc_nop(c), 0);
-	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	cr_assert_eq(st.clients, 1);
 	cr_assert_eq(st.nnodes, 1);
 	cr_assert_eq(st.bytes_used + st.bytes_free, st.node[0].bytes_total);
@@ -50,9 +50,9 @@ Test(ops, a_raw_block_costs_its_bytes_and_the_allocator_header)
 	struct kvc_stats a, b;
 
 	cr_assert_eq(kvc_layout_bytes(&l), 256);
-	cr_assert_eq(kvc_stats(c, &a), 0);
+	cr_assert_eq(kvc_stats(c, &a, sizeof(a)), 0);
 	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
-	cr_assert_eq(kvc_stats(c, &b), 0);
+	cr_assert_eq(kvc_stats(c, &b, sizeof(b)), 0);
 	/* TLSF: 64-byte granules and a 64-byte header; no room kept for a SELECT summary */
 	cr_assert_eq(b.bytes_used - a.bytes_used, 256 + 64, "%llu",
 		     (unsigned long long)(b.bytes_used - a.bytes_used));
@@ -173,7 +173,7 @@ Test(ops, async_batch_of_many_requests)
 	}
 	struct kvc_stats st;
 
-	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	cr_assert_eq(st.blocks, 200);
 	cr_assert_eq(st.bytes_in, 200 * n);
 	kvc_detach(c);
@@ -243,7 +243,7 @@ Test(ops, eviction_under_pressure_spares_pinned_blocks)
 
 		cr_assert_eq(kvc_store(c, &k, &l, 0), 0, "store %lu", (unsigned long)i);
 	}
-	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	cr_assert_gt(st.evictions, 130);
 	cr_assert_eq(st.pinned, 1);
 	cr_assert_leq(st.bytes_used, 64ull << 20);

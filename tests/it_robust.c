@@ -25,7 +25,7 @@ static struct kvc_stats stats_of(void)
 	kvc_client *c = t_attach(&D, NULL, 4096);
 	struct kvc_stats st;
 
-	cr_assert_eq(kvc_stats(c, &st), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	kvc_detach(c);
 	return st;
 }
@@ -222,7 +222,7 @@ Test(robust, daemon_restart_is_noticed_and_reattached)
 				.tokens = 8 };
 	struct kvc_key k = { 3, 3 };
 
-	cr_assert_eq(kvc_stats(c, &st1), 0);
+	cr_assert_eq(kvc_stats(c, &st1, sizeof(st1)), 0);
 	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
 	cr_assert_eq(t_daemon_stop(&D), 0);
 	t_daemon_start(&D, "64M");
@@ -232,7 +232,7 @@ Test(robust, daemon_restart_is_noticed_and_reattached)
 		     kvc_strerror(err));
 	cr_assert_eq(kvc_nop(c), 0, "then the handle works again");
 	cr_assert_eq(kvc_staging(c, NULL), stg, "the staging buffer kept its address");
-	cr_assert_eq(kvc_stats(c, &st2), 0);
+	cr_assert_eq(kvc_stats(c, &st2, sizeof(st2)), 0);
 	cr_assert_neq(st1.boot_token, st2.boot_token);
 	cr_assert_eq(kvc_fetch(c, &k, 0, 4096, NULL), -ENOENT, "a new daemon starts empty");
 	kvc_detach(c);

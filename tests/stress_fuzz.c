@@ -129,7 +129,7 @@ Test(stress, hostile_client_cannot_hurt_kvcd_or_others)
 	}
 	struct kvc_stats s;
 
-	cr_assert_eq(kvc_stats(good, &s), 0);
+	cr_assert_eq(kvc_stats(good, &s, sizeof(s)), 0);
 	cr_assert_gt(s.bad_requests, 0);
 	kvc_detach(good);
 }

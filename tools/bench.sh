@@ -82,12 +82,12 @@ while read -r name pol heads; do
 	$B --socket "$sock" select --blocks 10000 --heads "$heads" --policy "$pol" \
 		"${sel_model[@]}" --json | tee "$out/select_$name.json"
 done <<'SEL'
-quest none:bounds=quest 8
-quest_gqa none:bounds=quest 32
-reps2 none:bounds=reps,reps=2 8
-reps4 none:bounds=reps,reps=4 8
-reps8 none:bounds=reps8 8
-reps8_gqa none:bounds=reps8 32
+quest none:summary=quest 8
+quest_gqa none:summary=quest 32
+reps2 none:summary=reps,reps=2 8
+reps4 none:summary=reps,reps=4 8
+reps8 none:summary=reps8 8
+reps8_gqa none:summary=reps8 32
 SEL
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
 stop_kvcd
@@ -107,7 +107,7 @@ done | tee "$dir/pools.jsonl"
 jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
 
 echo "== codecs (in-process, each ISA this CPU has)"
-$B codec --iters 10 --json | tee "$dir/codec.jsonl"
+"$(dirname "$B")/kvccodec-bench" codec --iters 10 --json | tee "$dir/codec.jsonl"
 jq -s . "$dir/codec.jsonl" > "$out/codec.json"
 
 ./tools/bench_report.sh

@@ -131,15 +131,15 @@ Top 16 of 10,000 candidate blocks of 16 tokens, one layer of 8 KV heads with hea
 one core (target: p50 under 5000 µs). Recall on real keys: stories260K's KV of a sampled
 sequence in 16-token chunks, the model's own queries at 400 random positions and layers
 against the chunks before them; how often the chunk holding the largest true q.k is ranked
-first, in the top 4, in the top 8 (target: 95%). Summary bytes are per block (8 KV heads,
-one page).
+first, in the top 4, in the top 8 (target: 95%). Pool bytes are what each stored block takes
+in kvcd's pool, summary and allocator header included (kvcd's STATS; the raw block is 64 KiB).
 
-| summary | query heads | bytes | p50 µs | p99 µs | first | top 4 | top 8 |
+| summary | query heads | pool bytes per block | p50 µs | p99 µs | first | top 4 | top 8 |
 |---|---|---|---|---|---|---|---|
 TXT
 for n in quest quest_gqa reps2 reps4 reps8 reps8_gqa; do
 	[ -r $r/select_$n.json ] || continue
-	j '"| `\(.policy)` | \(.q_heads) | \(.summary_bytes) | \(.select_p50_us) | \(.select_p99_us) | " + (if .recall_top1 < 0 then "— | — | —" else "\(.recall_top1 * 1000 | round / 10)% | \(.recall_top4 * 1000 | round / 10)% | \(.recall_top8 * 1000 | round / 10)%" end) + " |"' $r/select_$n.json
+	j '"| `\(.policy)` | \(.q_heads) | \(.pool_bytes_per_block) | \(.select_p50_us) | \(.select_p99_us) | " + (if .recall_top1 < 0 then "— | — | —" else "\(.recall_top1 * 1000 | round / 10)% | \(.recall_top4 * 1000 | round / 10)% | \(.recall_top8 * 1000 | round / 10)%" end) + " |"' $r/select_$n.json
 done
 cat <<'TXT'
 

@@ -182,7 +182,7 @@ static int exact_run(const struct llm *m, struct seq *q, double *nll)
 static int ns_counters(kvc_client *c, const char *ns, uint64_t *in, uint64_t *stored)
 {
 	static struct kvc_stats st;
-	int err = kvc_stats(c, &st);
+	int err = kvc_stats(c, &st, sizeof(st));
 
 	if (err)
 		return err;

@@ -510,7 +510,7 @@ static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int 
 		if (!err)
 			lat_summary(lat, samples, sum, &ls);
 		if (!err)
-			err = kvc_stats(c, st);
+			err = kvc_stats(c, st, sizeof(*st));
 		if (err)
 			break;
 		double meta = (double)st->metadata_bytes / st->blocks,
@@ -663,7 +663,7 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 	float q[64 * 128];
 	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7, used0 = 0;
 	struct kvc_stats st;
-	int err = keys && t ? kvc_stats(c, &st) : -ENOMEM;
+	int err = keys && t ? kvc_stats(c, &st, sizeof(st)) : -ENOMEM;
 
 	used0 = st.bytes_used;
 	for (unsigned long b = 0; b < nblocks && !err; b++) {
@@ -674,7 +674,7 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 		keys[b] = select_key(b);
 		err = kvc_store(c, &keys[b], &l, 0);
 	}
-	if (!err && !(err = kvc_stats(c, &st)))
+	if (!err && !(err = kvc_stats(c, &st, sizeof(st))))
 		*per_block = (double)(st.bytes_used - used0) / (double)nblocks;
 	for (unsigned i = 0; i < qheads * 128; i++) {
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;

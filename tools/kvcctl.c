@@ -107,7 +107,7 @@ static int cmd_ls(kvc_client *c, int json)
 
 	if (json)
 		printf("[");
-	while ((n = kvc_list(c, start, b, 256)) > 0) {
+	while ((n = kvc_list(c, start, b, 256, sizeof(b[0]))) > 0) {
 		for (int i = 0; i < n; i++) {
 			const struct kvc_block_info *x = &b[i];
 
@@ -149,7 +149,7 @@ static int cmd_policy(kvc_client *c, const char *ns, const char *policy)
 		if (err < 0)
 			return err;
 	}
-	err = kvc_stats(c, &st);
+	err = kvc_stats(c, &st, sizeof(st));
 	if (err)
 		return err;
 	for (unsigned i = 0; i < st.nns && i < 32; i++)
@@ -161,7 +161,7 @@ static int cmd_policy(kvc_client *c, const char *ns, const char *policy)
 static int cmd_clients(kvc_client *c, int json)
 {
 	struct kvc_client_info ci[256];
-	int n = kvc_clients(c, ci, 256);
+	int n = kvc_clients(c, ci, 256, sizeof(ci[0]));
 
 	if (n < 0)
 		return n;
@@ -237,7 +237,7 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "stats")) {
 		struct kvc_stats st;
 
-		err = kvc_stats(c, &st);
+		err = kvc_stats(c, &st, sizeof(st));
 		if (!err)
 			json ? print_stats_json(&st) : print_stats(&st);
 	} else if (!strcmp(cmd, "ls")) {

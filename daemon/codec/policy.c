@@ -95,7 +95,7 @@ static const struct key keys[] = {
 	  0, "head", "one SVD per (layer, KV head), or per layer across its heads" },
 	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL,
 	  0, "off", "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
-	  "of its squared singular values (whole percents)" },
+	  "of its squared singular values" },
 	{ "select", NULL, K_ENUM, C_ALL, 0, FIELD(select), 0, 0, 0, 1, select_names, 0, "none",
 	  "token selection: StreamingLLM (recent), key norm, H2O (the engine's accumulated "
 	  "attention), SnapKV (the engine's observation-window queries)" },
@@ -314,7 +314,7 @@ static void describe(const struct key *k, char *buf, size_t len)
 	default:
 		buf[0] = '\0';
 		for (int i = 0; k->names[i] && o < len; i++)
-			o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? "|" : "", k->names[i]);
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? ", " : "", k->names[i]);
 	}
 }
 

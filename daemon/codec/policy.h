@@ -16,11 +16,12 @@
 
 #include "../../proto/kvcp.h"
 
+/* The codec ids are the protocol's: a FETCH reports them in layout.codec. */
 enum kvcd_codec_kind {
-	KVCD_CODEC_NONE = 0,
-	KVCD_CODEC_INT = 1,
-	KVCD_CODEC_FP8 = 2,
-	KVCD_CODEC_KIVI = 3,
+	KVCD_CODEC_NONE = KVCP_CODEC_NONE,
+	KVCD_CODEC_INT = KVCP_CODEC_INT,
+	KVCD_CODEC_FP8 = KVCP_CODEC_FP8,
+	KVCD_CODEC_KIVI = KVCP_CODEC_KIVI,
 };
 
 #define KVCD_POLICY_STR 192	/* longest canonical policy string, NUL included */

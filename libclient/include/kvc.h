@@ -18,11 +18,14 @@
 extern "C" {
 #endif
 
-#define KVC_VERSION_MAJOR 0
-#define KVC_VERSION_MINOR 2
-#define KVC_VERSION_PATCH 0
+/* KVC_VERSION_MAJOR, _MINOR, _PATCH and KVC_VERSION_STRING: the release this header belongs
+ * to, written by the build from the Makefile's VERSION (the one place it is set). */
+#include "kvc_version.h"
 
-/* Library version as MAJOR << 16 | MINOR << 8 | PATCH (independent of the protocol). */
+/* Library version as MAJOR << 16 | MINOR << 8 | PATCH (independent of the protocol). A program
+ * built against an older release keeps working with a newer library: symbols are versioned
+ * per release (KVC_0.1, KVC_0.3, ...), and calls that fill structs which may grow take the
+ * caller's sizeof. */
 unsigned kvc_version(void);
 
 typedef struct kvc_client kvc_client;
@@ -37,8 +40,8 @@ enum kvc_dtype { KVC_F32 = 1, KVC_F16 = 2, KVC_BF16 = 3 };
 /* One block: the K and V of @tokens tokens for every layer, memory order
  * [layer][K,V][token][head][dim], elements of @dtype. On STORE @codec picks the compression
  * policy: 0 = the namespace's, 1..8 = one registered with kvc_policy(). On FETCH @codec reports
- * how kvcd held the block (0 raw, 1 int, 2 fp8, 3 kivi); the bytes written are always the
- * engine's own dtype and layout. @reserved is 0. */
+ * how kvcd held the block (KVC_CODEC_*, with KVC_CODEC_SPARSE when tokens were selected); the
+ * bytes written are always the engine's own dtype and layout. @reserved is 0. */
 struct kvc_layout {
 	uint8_t dtype;
 	uint8_t codec;
@@ -47,6 +50,14 @@ struct kvc_layout {
 	uint16_t head_dim;
 	uint32_t tokens;
 	uint32_t reserved;
+};
+
+/* How kvcd held a fetched block (kvc_layout.codec on FETCH). */
+enum kvc_codec {
+	KVC_CODEC_NONE = 0,	/* raw */
+	KVC_CODEC_INT = 1,	/* int2..int8 groups */
+	KVC_CODEC_FP8 = 2,	/* e4m3 */
+	KVC_CODEC_KIVI = 3,	/* K per channel, V per token */
 };
 
 /* Bytes of a block with layout @l, or 0 if @l is invalid. */
@@ -284,7 +295,9 @@ struct kvc_stats {
 /* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */
 const char *kvc_op_name(unsigned i);
 
-int kvc_stats(kvc_client *c, struct kvc_stats *st);
+/* Fill the first @size bytes of @st (pass sizeof(*st)); fields beyond what this library knows
+ * are zeroed. Returns 0 or -errno. */
+int kvc_stats(kvc_client *c, struct kvc_stats *st, size_t size);
 
 struct kvc_block_info {
 	struct kvc_key key;
@@ -295,9 +308,9 @@ struct kvc_block_info {
 	uint64_t hits;
 };
 
-/* Blocks of this client's namespace from index @start on: up to @max into @out.
- * Returns the count (0 at the end). */
-int kvc_list(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max);
+/* Blocks of this client's namespace from index @start on: up to @max entries of @size bytes
+ * each (pass sizeof(*out)) into @out. Returns the count (0 at the end). */
+int kvc_list(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max, size_t size);
 
 struct kvc_client_info {
 	uint32_t client_id;
@@ -309,8 +322,9 @@ struct kvc_client_info {
 	char ns[64];
 };
 
-/* Attached clients, up to @max. Returns the count. */
-int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max);
+/* Attached clients: up to @max entries of @size bytes each (pass sizeof(*out)). Returns the
+ * count. */
+int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max, size_t size);
 
 /* Evict unpinned blocks until @mib MiB are free (0: evict every unpinned block). Needs the
  * daemon's uid or root. Returns the number of blocks evicted, or -EPERM. */

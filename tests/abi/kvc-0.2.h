@@ -1,0 +1,325 @@
+/* kvc.h - libkvcclient, the public API of kvcd.
+ *
+ * An engine attaches once over kvcd's UNIX socket and then talks to the daemon through two
+ * shared-memory rings: no syscall per request while the daemon is polling. Data moves through
+ * a staging buffer that the daemon creates and both sides map: STORE reads it, FETCH writes it.
+ *
+ * Conventions: every action returns 0 (or a count) on success and -errno on failure;
+ * kvc_strerror() decodes. A kvc_client is not thread-safe: use one per thread (like an
+ * io_uring). It is not inherited across fork(). If this header does not say it, it is not API.
+ */
+#ifndef KVC_H
+#define KVC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVC_VERSION_MAJOR 0
+#define KVC_VERSION_MINOR 2
+#define KVC_VERSION_PATCH 0
+
+/* Library version as MAJOR << 16 | MINOR << 8 | PATCH (independent of the protocol). */
+unsigned kvc_version(void);
+
+typedef struct kvc_client kvc_client;
+
+/* A 128-bit chained prefix hash (see kvc_key_chain). */
+struct kvc_key {
+	uint64_t hi, lo;
+};
+
+enum kvc_dtype { KVC_F32 = 1, KVC_F16 = 2, KVC_BF16 = 3 };
+
+/* One block: the K and V of @tokens tokens for every layer, memory order
+ * [layer][K,V][token][head][dim], elements of @dtype. On STORE @codec picks the compression
+ * policy: 0 = the namespace's, 1..8 = one registered with kvc_policy(). On FETCH @codec reports
+ * how kvcd held the block (0 raw, 1 int, 2 fp8, 3 kivi); the bytes written are always the
+ * engine's own dtype and layout. @reserved is 0. */
+struct kvc_layout {
+	uint8_t dtype;
+	uint8_t codec;
+	uint16_t layers;
+	uint16_t kv_heads;
+	uint16_t head_dim;
+	uint32_t tokens;
+	uint32_t reserved;
+};
+
+/* Bytes of a block with layout @l, or 0 if @l is invalid. */
+size_t kvc_layout_bytes(const struct kvc_layout *l);
+
+/* ---- keys ---------------------------------------------------------------------------------
+ * key(i) = XXH3-128 over (key(i-1), namespace, token ids of chunk i as little-endian int32),
+ * with key(-1) = {0, 0}. Identical across processes and machines. */
+
+/* Key of one chunk. @prev is the previous chunk's key or NULL for the first chunk. */
+int kvc_key_chain(const struct kvc_key *prev, const char *ns, const int32_t *tokens,
+		  size_t ntokens, struct kvc_key *out);
+
+/* Keys of every full chunk of @chunk tokens in @tokens[0..ntokens): writes at most @max keys
+ * to @out and returns how many (ntokens / chunk, capped by @max), or -EINVAL. */
+int kvc_key_chain_all(const char *ns, const int32_t *tokens, size_t ntokens, size_t chunk,
+		      struct kvc_key *out, size_t max);
+
+/* ---- attach ------------------------------------------------------------------------------- */
+
+#define KVC_ATTACH_BUSY_POLL 1u	/* waiters spin and never sleep in the kernel */
+
+struct kvc_attach_opts {
+	const char *socket;	/* NULL: $KVCD_SOCKET, else kvcd's default path */
+	const char *ns;		/* namespace (model fingerprint); NULL: "default" */
+	size_t staging_size;	/* 0: the daemon's default */
+	int numa_node;		/* -1: let kvcd place by the CPUs this thread runs on */
+	unsigned flags;		/* KVC_ATTACH_* */
+	unsigned spin_us;	/* busy-poll this long before sleeping; 0: 50 us */
+};
+
+/* Fill @o with the defaults above. */
+void kvc_attach_opts_init(struct kvc_attach_opts *o);
+
+/* Connect to kvcd and map the rings and the staging buffer. On success *@out owns them until
+ * kvc_detach(). Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -EACCES (uid/gid not allowed
+ * for this namespace), -EPROTO (incompatible daemon), -EUSERS (too many clients), -ENOMEM. */
+int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out);
+
+/* Release everything @c owns; requests in flight are abandoned. NULL is a no-op. */
+void kvc_detach(kvc_client *c);
+
+/* The staging buffer: valid from kvc_attach() to kvc_detach(), at the same address even after
+ * a daemon restart (its contents are then lost). *@size receives its length. */
+void *kvc_staging(kvc_client *c, size_t *size);
+
+/* Socket path used when kvc_attach_opts.socket is NULL: $KVCD_SOCKET, else
+ * /run/kvcd/kvcd.sock, $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock, the first that exists. */
+const char *kvc_default_socket(void);
+
+/* ---- asynchronous requests ----------------------------------------------------------------
+ * Fill requests, submit a batch with one doorbell, then reap completions with kvc_poll or
+ * kvc_wait. Completions carry the ticket kvc_submit assigned. Ranges (@off, @len) address
+ * the staging buffer. */
+
+enum kvc_op {
+	KVC_OP_NOP = 0,
+	KVC_OP_STORE = 1,	/* @key, @layout, @off, @len = kvc_layout_bytes(@layout); @arg =
+				 * position of the block's first token in its sequence (policies
+				 * keep the sequence's first `sink` tokens exact; kvc_store and
+				 * kvc_store_scored pass 0) */
+	KVC_OP_FETCH = 2,	/* @key, @off, @len = capacity; cqe.value = bytes written */
+	KVC_OP_LOOKUP = 3,	/* @off: @len / 16 keys; cqe.res = longest cached prefix */
+	KVC_OP_DELETE = 4,	/* @key */
+	KVC_OP_PIN = 5,		/* @key, @arg = lease in ms (0: daemon maximum) */
+	KVC_OP_UNPIN = 6,	/* @key */
+};
+
+#define KVC_REQ_SCORES 2u	/* STORE: @layout->tokens f32 importance scores follow the block
+				 * in staging; @len = kvc_layout_bytes(@layout) + 4 * tokens */
+#define KVC_REQ_AUX 4u		/* STORE: a struct kvc_aux and its arrays follow the block (and
+				 * the scores, if any), 4-aligned; @len includes them */
+
+/* What an engine hands over for token selection (policies with select=h2o or snapkv). After
+ * this header, f32 arrays in this order, each present when its bit is in @what:
+ *   KVC_AUX_ATTN     [layers][kv_heads][tokens]: attention each token of the block has
+ *                    received, summed over its KV head's query heads and the later queries
+ *   KVC_AUX_QUERIES  [layers][q_heads][window][head_dim]: post-RoPE queries of an observation
+ *                    window, query i at block-relative position @q_pos + i (it sees the
+ *                    block's tokens up to there); then [layers][q_heads][window]: each query's
+ *                    log-sum-exp of q.k / sqrt(head_dim) over every key it attended */
+#define KVC_AUX_MAGIC 0x5841564bu
+#define KVC_AUX_ATTN 1u
+#define KVC_AUX_QUERIES 2u
+
+struct kvc_aux {
+	uint32_t magic;		/* KVC_AUX_MAGIC */
+	uint32_t what;		/* KVC_AUX_* */
+	uint16_t q_heads;	/* QUERIES: a multiple of kv_heads */
+	uint16_t window;	/* QUERIES: 1..4096 */
+	int32_t q_pos;
+	uint64_t reserved[2];	/* 0 */
+};
+
+/* Bytes of the arrays that follow @a for blocks of layout @l (0: @a is invalid for it). */
+uint64_t kvc_aux_bytes(const struct kvc_aux *a, const struct kvc_layout *l);
+
+/* FETCH of a block whose policy dropped tokens sets KVC_CODEC_SPARSE in layout.codec and
+ * writes a struct kvc_sparse, then uint32_t count[layers][kv_heads], uint32_t token[total]
+ * (block-relative, ascending per (layer, head)), float bias[total] (add to the token's
+ * attention logit: log of the tokens it stands for after merging, else 0), then per layer K
+ * then V, per head count rows of head_dim in the block's dtype. Tokens not listed are dropped:
+ * mask them out of attention. */
+#define KVC_CODEC_SPARSE 0x80u
+#define KVC_SPARSE_MAGIC 0x3153564bu
+
+struct kvc_sparse {
+	uint32_t magic;		/* KVC_SPARSE_MAGIC */
+	uint32_t total;		/* kept tokens over every (layer, head) */
+	uint32_t tokens;	/* tokens of the block as stored */
+	uint32_t reserved;
+};
+
+struct kvc_req {
+	uint8_t op;
+	uint8_t flags;		/* KVC_REQ_* */
+	uint8_t reserved[2];
+	uint32_t arg;
+	struct kvc_key key;
+	struct kvc_layout layout;
+	uint64_t off, len;
+};
+
+struct kvc_cqe {
+	uint64_t ticket;
+	int32_t res;		/* >= 0 on success, else -errno */
+	uint32_t reserved;
+	uint64_t value;
+	struct kvc_layout layout;
+};
+
+/* Queue @n requests and ring the doorbell once. Tickets go to @tickets (may be NULL).
+ * Returns how many were queued (fewer than @n when the ring fills), or -errno. */
+int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *tickets);
+
+/* Reap up to @max completions without blocking. Returns the count. */
+int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max);
+
+/* Reap between @min and @max completions, waiting up to @timeout_ms (-1: forever).
+ * Returns the count, -ETIMEDOUT, or -ECONNRESET when kvcd restarted: requests in flight
+ * are lost, and @c is attached to the new daemon. */
+int kvc_wait(kvc_client *c, struct kvc_cqe *out, unsigned min, unsigned max, int timeout_ms);
+
+/* ---- synchronous requests (submit one, wait for it) --------------------------------------- */
+
+int kvc_nop(kvc_client *c);
+
+/* Store the @layout block at staging[@off, @off + kvc_layout_bytes(@layout)) under @key.
+ * Returns 0, -EEXIST (already stored; kept as is), -ENOSPC (pool full of pinned blocks),
+ * -EINVAL (bad layout or range). */
+int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
+	      size_t off);
+
+/* As kvc_store, with one f32 importance score per token (higher = more important) at
+ * staging[@off + kvc_layout_bytes(@layout)], 4-byte aligned: policies with `hibits` spend more
+ * bits on the important tokens (MiKV). */
+int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
+		     size_t off);
+
+/* Register compression policy @policy (e.g. "kivi:kbits=4,vbits=4,group=32,sink=4",
+ * "int4:rotate=hadamard", "fp8", "none") for this client. Returns the id (1..8) to put in
+ * kvc_layout.codec on STORE, or -EINVAL with the reason in @why (may be NULL), -ENOSPC when
+ * all 8 slots hold other policies. With KVC_POLICY_NAMESPACE, sets the policy of the
+ * client's namespace instead (daemon's uid or root; -EPERM otherwise) and returns 0: blocks
+ * already stored keep the encoding they were written with. */
+#define KVC_POLICY_NAMESPACE 1u
+int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, size_t whylen);
+
+/* Fetch block @key into staging[@off, @off + @cap). On success *@layout (may be NULL)
+ * describes what was written; the bytes stay valid until the next request that names the same
+ * staging range. Returns 0, -ENOENT (not cached), -ENOSPC (@cap too small), -EIO (checksum
+ * mismatch: the block was dropped), -EINVAL. */
+int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
+	      struct kvc_layout *layout);
+
+/* SELECT (Quest): which of the candidate blocks @keys[0..n) matter most for the queries @q
+ * ([q_heads][head_dim] f32, post-RoPE) at @layer. kvcd keeps the channel-wise min and max of
+ * every stored block's keys per (layer, KV head) and scores a block by the largest upper bound
+ * of q.k / sqrt(head_dim) over its keys and the query heads (query head h reads KV head
+ * h / (q_heads / kv_heads)), so a block that holds the best key always scores at least its
+ * q.k. Writes the best min(@k, candidates found) to @out, highest score first, and returns
+ * their count. Candidates not stored, or whose layout does not fit the query, are skipped.
+ * -EINVAL: n, k or the query out of range; -EMSGSIZE: the request exceeds the scratch area. */
+struct kvc_select_hit {
+	uint32_t index;		/* into @keys */
+	float score;
+};
+
+int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer,
+	       const float *q, uint32_t q_heads, uint32_t head_dim, uint32_t k,
+	       struct kvc_select_hit *out);
+
+/* Length of the longest prefix of @keys[0..n) that kvcd holds, in *@hits. */
+int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits);
+
+int kvc_delete(kvc_client *c, const struct kvc_key *key);
+
+/* Keep @key from eviction for @lease_ms (0: daemon maximum) or until kvc_unpin or this client
+ * detaches. Pins nest. */
+int kvc_pin(kvc_client *c, const struct kvc_key *key, uint32_t lease_ms);
+int kvc_unpin(kvc_client *c, const struct kvc_key *key);
+
+/* ---- introspection (what kvcctl shows) ---------------------------------------------------- */
+
+#define KVC_MAX_NODES 16
+
+struct kvc_op_stats {
+	uint64_t count, errors;
+	uint64_t p50_ns, p99_ns, p999_ns;
+};
+
+struct kvc_stats {
+	uint32_t nnodes, clients;
+	uint64_t boot_token, uptime_ms;
+	uint64_t blocks, bytes_used, bytes_free, bytes_in, bytes_stored;
+	uint64_t hits, misses, evictions, pinned, bad_requests, checksum_failures;
+	uint64_t metadata_bytes;
+	struct {
+		int32_t node;
+		uint32_t hugepages;
+		uint64_t bytes_total, bytes_used, blocks;
+	} node[KVC_MAX_NODES];
+	struct kvc_op_stats op[13];	/* indexed by KVC_OP_*, the admin ops and SELECT */
+	uint32_t nns, pad;
+	struct {
+		char name[64];
+		char policy[96];	/* canonical policy string */
+		uint64_t blocks;
+		uint64_t bytes_in;	/* what the engines sent */
+		uint64_t bytes_stored;	/* what the pool holds: codes, scales, headers */
+		uint64_t fallbacks;	/* STOREs kept raw: the policy did not fit the layout */
+	} ns[32];
+};
+
+/* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */
+const char *kvc_op_name(unsigned i);
+
+int kvc_stats(kvc_client *c, struct kvc_stats *st);
+
+struct kvc_block_info {
+	struct kvc_key key;
+	struct kvc_layout layout;
+	uint64_t bytes;
+	int32_t node;
+	uint32_t pins;
+	uint64_t hits;
+};
+
+/* Blocks of this client's namespace from index @start on: up to @max into @out.
+ * Returns the count (0 at the end). */
+int kvc_list(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max);
+
+struct kvc_client_info {
+	uint32_t client_id;
+	int32_t pid;
+	uint32_t uid, gid;
+	int32_t node;
+	uint32_t worker;
+	uint64_t requests, bad_requests;
+	char ns[64];
+};
+
+/* Attached clients, up to @max. Returns the count. */
+int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max);
+
+/* Evict unpinned blocks until @mib MiB are free (0: evict every unpinned block). Needs the
+ * daemon's uid or root. Returns the number of blocks evicted, or -EPERM. */
+int kvc_evict(kvc_client *c, uint32_t mib);
+
+/* Message for a return value of this library ("Success" for 0). Never NULL. */
+const char *kvc_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVC_H */
