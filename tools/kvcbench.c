@@ -661,11 +661,12 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));
 	struct kvc_select_hit hits[16];
 	float q[64 * 128];
-	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7, used0 = 0;
-	struct kvc_stats st;
+	uint64_t *t = malloc(reps * sizeof(*t)), rng = 7, used0, blocks0;
+	struct kvc_stats st = { 0 };
 	int err = keys && t ? kvc_stats(c, &st, sizeof(st)) : -ENOMEM;
 
-	used0 = st.bytes_used;
+	used0 = st.bytes_used; /* a pool too small for them all evicts: count what stays */
+	blocks0 = st.blocks;
 	for (unsigned long b = 0; b < nblocks && !err; b++) {
 		for (size_t i = 0; i < bytes / 2; i++) {
 			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -675,7 +676,8 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 		err = kvc_store(c, &keys[b], &l, 0);
 	}
 	if (!err && !(err = kvc_stats(c, &st, sizeof(st))))
-		*per_block = (double)(st.bytes_used - used0) / (double)nblocks;
+		*per_block = st.blocks > blocks0 ? (double)(st.bytes_used - used0) /
+						   (double)(st.blocks - blocks0) : 0;
 	for (unsigned i = 0; i < qheads * 128; i++) {
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 		q[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22);

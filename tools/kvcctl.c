@@ -198,7 +198,8 @@ static void usage(FILE *f)
 		   "  policy [STRING]    show the namespace's compression policy, or set it\n"
 		   "                     (e.g. int8, int4:rotate=hadamard, fp8,\n"
 		   "                     kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
-		   "                     the encoding they were written with\n");
+		   "                     the encoding they were written with; every key:\n"
+		   "                     docs/policies.md\n");
 }
 
 int main(int argc, char **argv)
