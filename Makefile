@@ -8,6 +8,7 @@
 #   make bench      kvcbench scenarios, results in bench/results/
 #   make eval       kvc-eval of every policy on the real model: docs/quality.md
 #   make docs       docs/policies.md from the policy table
+#   make format     clang-format the tree (make test runs make format-check)
 #   make install    PREFIX=/usr/local
 
 CC      ?= gcc
@@ -28,7 +29,7 @@ TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterio
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
-	    liblapacke-dev libopenblas-dev
+	    liblapacke-dev libopenblas-dev clang-format-14
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c
@@ -148,8 +149,19 @@ $(BUILD)/abi-0.2-client: tests/abi/old_client.c $(BUILD)/abi/libkvcclient.so $(B
 
 test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client
 
+# The tree follows .clang-format (clang-format 14, Debian 12's); tests/abi/ keeps the previous
+# release's header as it was.
+CLANG_FORMAT ?= clang-format-14
+FORMAT_FILES = $(filter-out tests/abi/kvc-0.2.h,$(shell git ls-files '*.c' '*.h' 2>/dev/null))
+format-check:
+	@$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES) && echo "format-check: the tree follows .clang-format"
+
+format:
+	$(CLANG_FORMAT) -i $(FORMAT_FILES)
+
 # Each suite runs with 2 jobs; it_* tests start their own kvcd on a private socket.
 test: deps
+	$(MAKE) format-check
 	$(MAKE) test-bin
 	@# the shared library exports the public API and nothing else
 	@bad=$$(readelf --dyn-syms --wide $(BUILD)/libkvcclient.so | awk '$$5=="GLOBAL" && $$7!="UND" && $$8 !~ /^(kvc_|KVC_)/ {print $$8}'); \
@@ -207,5 +219,5 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench eval deps install clean docs
+.PHONY: all test test-bin asan run bench eval deps install clean docs format format-check
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

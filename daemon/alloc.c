@@ -18,16 +18,16 @@
 
 #include "kvcd.h"
 
-#define SL_COUNT (1u << KVCD_ALLOC_SL_LOG2)
+#define SL_COUNT   (1u << KVCD_ALLOC_SL_LOG2)
 #define ALIGN_LOG2 6
-#define FL_SHIFT (KVCD_ALLOC_SL_LOG2 + ALIGN_LOG2)
-#define SMALL (1ull << FL_SHIFT)
-#define HDR KVCD_ALLOC_OVERHEAD
-#define F_FREE 1ull
+#define FL_SHIFT   (KVCD_ALLOC_SL_LOG2 + ALIGN_LOG2)
+#define SMALL	   (1ull << FL_SHIFT)
+#define HDR	   KVCD_ALLOC_OVERHEAD
+#define F_FREE	   1ull
 
 struct kvcd_fblk {
-	struct kvcd_fblk *prev_phys;	/* NULL for the first block */
-	uint64_t size;			/* payload bytes | F_FREE */
+	struct kvcd_fblk *prev_phys; /* NULL for the first block */
+	uint64_t size;		     /* payload bytes | F_FREE */
 	struct kvcd_fblk *next_free, *prev_free;
 	uint64_t pad[4];
 };
@@ -127,7 +127,8 @@ void *kvcd_alloc(struct kvcd_alloc *a, size_t n)
 	if (n > a->size)
 		return NULL;
 	if (size >= SMALL) /* round up so that every block of the list found fits */
-		search += (1ull << (63u - (unsigned)__builtin_clzll(size) - KVCD_ALLOC_SL_LOG2)) - 1;
+		search += (1ull << (63u - (unsigned)__builtin_clzll(size) - KVCD_ALLOC_SL_LOG2)) -
+			  1;
 	mapping(search, &fl, &sl);
 	if (fl >= KVCD_ALLOC_FL_MAX)
 		return NULL;

@@ -51,10 +51,22 @@ int kvcd_parse_size(const char *s, uint64_t *out)
 	if (errno || end == s || *s == '-')
 		return -EINVAL;
 	switch (toupper((unsigned char)*end)) {
-	case 'K': shift = 10; end++; break;
-	case 'M': shift = 20; end++; break;
-	case 'G': shift = 30; end++; break;
-	case 'T': shift = 40; end++; break;
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 'T':
+		shift = 40;
+		end++;
+		break;
 	}
 	if (shift && (!strcasecmp(end, "iB") || !strcasecmp(end, "B")))
 		end += strlen(end);
@@ -169,7 +181,8 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 	} else if (!strcmp(k, "low_watermark")) {
 		return parse_uint(v, 100, &c->low_wm);
 	} else if (!strcmp(k, "lease_max_ms")) {
-		return parse_uint(v, UINT32_MAX, &c->lease_max_ms) || !c->lease_max_ms ? -EINVAL : 0;
+		return parse_uint(v, UINT32_MAX, &c->lease_max_ms) || !c->lease_max_ms ? -EINVAL
+										       : 0;
 	} else if (!strcmp(k, "busy_poll_us")) {
 		return parse_uint(v, 1000000, &c->busy_poll_us);
 	} else if (!strcmp(k, "max_clients")) {
@@ -242,8 +255,8 @@ int kvcd_config_load(struct kvcd_config *c, const char *path)
 		return -EINVAL;
 	}
 	if (!x.err && c->low_wm > c->high_wm) {
-		fprintf(stderr, "kvcd: %s: low_watermark (%u) is above high_watermark (%u)\n",
-			path, c->low_wm, c->high_wm);
+		fprintf(stderr, "kvcd: %s: low_watermark (%u) is above high_watermark (%u)\n", path,
+			c->low_wm, c->high_wm);
 		return -EINVAL;
 	}
 	return x.err;

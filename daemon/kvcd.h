@@ -19,8 +19,8 @@
 #include "codec/codec.h"
 
 #define KVCD_MAX_NODES KVCP_MAX_NODES
-#define KVCD_MAX_NS 32
-#define KVCD_MAX_IDS 32
+#define KVCD_MAX_NS    32
+#define KVCD_MAX_IDS   32
 
 /* ---- config.c ------------------------------------------------------------------------------ */
 
@@ -29,29 +29,33 @@ struct kvcd_ns_acl {
 	uint32_t uids[KVCD_MAX_IDS], gids[KVCD_MAX_IDS];
 	unsigned nuids, ngids;
 	bool has_policy;
-	struct kvcd_policy policy;	/* [namespace NAME] policy = ... */
+	struct kvcd_policy policy; /* [namespace NAME] policy = ... */
 };
 
-enum { KVCD_HUGE_NEVER, KVCD_HUGE_TRY, KVCD_HUGE_REQUIRE };
+enum {
+	KVCD_HUGE_NEVER,
+	KVCD_HUGE_TRY,
+	KVCD_HUGE_REQUIRE
+};
 
 struct kvcd_config {
 	char socket[108];
 	char socket_group[64];
 	unsigned socket_mode;
-	uint64_t pool_size;		/* per NUMA node */
+	uint64_t pool_size; /* per NUMA node */
 	unsigned workers;
 	uint64_t staging_default, staging_max;
 	unsigned sq_entries, cq_entries;
 	uint32_t scratch_size;
-	int hugepages;			/* KVCD_HUGE_* */
+	int hugepages; /* KVCD_HUGE_* */
 	bool checksum;
-	unsigned high_wm, low_wm;	/* percent of a pool */
+	unsigned high_wm, low_wm; /* percent of a pool */
 	uint32_t lease_max_ms;
 	unsigned busy_poll_us;
 	unsigned max_clients;
-	bool strict_ns;			/* refuse namespaces the config does not list */
+	bool strict_ns; /* refuse namespaces the config does not list */
 	bool foreground;
-	struct kvcd_policy policy;	/* [kvcd] policy: namespaces without their own */
+	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
 	unsigned nns;
 };
@@ -98,7 +102,7 @@ uint64_t kvcd_now_ns(void);
 struct kvcd_topo {
 	unsigned nnodes;
 	int os_index[KVCD_MAX_NODES];
-	uint64_t cpus[KVCD_MAX_NODES][16];	/* CPU mask of each node, 1024 CPUs */
+	uint64_t cpus[KVCD_MAX_NODES][16];	       /* CPU mask of each node, 1024 CPUs */
 	uint64_t dist[KVCD_MAX_NODES][KVCD_MAX_NODES]; /* relative latency; 0 = unknown */
 	uint8_t ancestor_depth[KVCD_MAX_NODES][KVCD_MAX_NODES]; /* deeper = closer */
 };
@@ -117,19 +121,19 @@ unsigned kvcd_topo_order(const struct kvcd_topo *t, const uint64_t cpus[16], int
 /* ---- alloc.c: TLSF, O(1) allocation inside one pool ----------------------------------------- */
 
 #define KVCD_ALLOC_SL_LOG2 4
-#define KVCD_ALLOC_FL_MAX 48
+#define KVCD_ALLOC_FL_MAX  48
 
 struct kvcd_alloc {
 	char *base;
 	size_t size;
-	size_t used;			/* payload + header bytes of allocated blocks */
+	size_t used; /* payload + header bytes of allocated blocks */
 	uint64_t fl_bitmap;
 	uint32_t sl_bitmap[KVCD_ALLOC_FL_MAX];
 	struct kvcd_fblk *heads[KVCD_ALLOC_FL_MAX][1 << KVCD_ALLOC_SL_LOG2];
 };
 
-#define KVCD_ALLOC_ALIGN 64u
-#define KVCD_ALLOC_OVERHEAD 64u		/* in-band header per allocation */
+#define KVCD_ALLOC_ALIGN    64u
+#define KVCD_ALLOC_OVERHEAD 64u /* in-band header per allocation */
 
 /* Manage [base, base + size). Returns 0 or -EINVAL when the region is too small. */
 int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size);
@@ -145,16 +149,19 @@ int kvcd_alloc_check(const struct kvcd_alloc *a);
 
 /* ---- pool.c: one pinned, NUMA-bound memory pool per node (a memory domain) ------------------- */
 
-enum kvcd_domain_kind { KVCD_DOMAIN_HOST = 0, KVCD_DOMAIN_GPU = 1 };
+enum kvcd_domain_kind {
+	KVCD_DOMAIN_HOST = 0,
+	KVCD_DOMAIN_GPU = 1
+};
 
 struct kvcd_pool {
 	enum kvcd_domain_kind kind;
-	int node;			/* OS NUMA node id (host) or device ordinal (GPU) */
+	int node; /* OS NUMA node id (host) or device ordinal (GPU) */
 	void *base;
 	size_t size;
 	bool huge;
 	struct kvcd_alloc alloc;
-	uint32_t hand;			/* CLOCK hand over this pool's blocks (record id;
+	uint32_t hand; /* CLOCK hand over this pool's blocks (record id;
 					 * 0: none) */
 	uint64_t blocks;
 };
@@ -173,43 +180,44 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
 
 /* ---- store.c: index, blocks, eviction, pins ---------------------------------------------- */
 
-#define KVCD_BLK_WRITING 1u	/* being filled: invisible to lookups (the slot's state says
+#define KVCD_BLK_WRITING \
+	1u		 /* being filled: invisible to lookups (the slot's state says
 				 * so too; this copy spares CLOCK a read of the slot) */
-#define KVCD_BLK_DEAD 2u	/* removed from the index; freed when refs drops to 0 */
-#define KVCD_BLK_REF 4u		/* CLOCK reference bit */
+#define KVCD_BLK_DEAD 2u /* removed from the index; freed when refs drops to 0 */
+#define KVCD_BLK_REF  4u /* CLOCK reference bit */
 
 /* A block's entry in the index, which holds all a lookup reads: a LOOKUP at a million
  * blocks costs this one cache miss, not also its record's. 24 bytes, open addressing with
  * linear probing (store.c). */
 struct kvcd_slot {
 	struct kvcp_key key;
-	uint32_t rec;				/* record id (struct kvcd_block) */
+	uint32_t rec; /* record id (struct kvcd_block) */
 	uint16_t ns;
-	uint8_t state;				/* KVCD_SLOT_* */
+	uint8_t state; /* KVCD_SLOT_* */
 	uint8_t pad;
 };
 _Static_assert(sizeof(struct kvcd_slot) == 24, "index slot size");
 
-#define KVCD_SLOT_EMPTY 0
-#define KVCD_SLOT_LIVE 1
-#define KVCD_SLOT_WRITING 2			/* reserved, not committed: not found by lookups */
+#define KVCD_SLOT_EMPTY	  0
+#define KVCD_SLOT_LIVE	  1
+#define KVCD_SLOT_WRITING 2 /* reserved, not committed: not found by lookups */
 
 /* A block's record: 64 bytes, one cache line, in 2 MiB slabs (store.c). Records never move,
  * so workers hold pointers; the index and the CLOCK rings name them by 32-bit id. */
 struct kvcd_block {
 	void *data;
 	uint64_t checksum;
-	uint64_t stored;			/* bytes held in the pool (after the codec) */
+	uint64_t stored; /* bytes held in the pool (after the codec) */
 	struct kvcp_layout layout;
-	uint32_t slot;				/* its entry in the index, while in it */
-	uint32_t cprev, cnext;			/* CLOCK ring of its pool; cnext: free list */
+	uint32_t slot;	       /* its entry in the index, while in it */
+	uint32_t cprev, cnext; /* CLOCK ring of its pool; cnext: free list */
 	uint32_t hits;
-	uint32_t refs;				/* copies in flight */
+	uint32_t refs; /* copies in flight */
 	uint16_t pins;
-	uint8_t flags;				/* KVCD_BLK_*, under the store lock */
+	uint8_t flags; /* KVCD_BLK_*, under the store lock */
 	uint8_t pool : 6;
-	uint8_t has_sum : 1;			/* checksum valid; fixed at commit */
-	uint8_t summary : 1;			/* a SELECT summary of its keys at data +
+	uint8_t has_sum : 1; /* checksum valid; fixed at commit */
+	uint8_t summary : 1; /* a SELECT summary of its keys at data +
 						 * KVCD_SUMMARY_AT(stored) (codec.h); set
 						 * before commit */
 };
@@ -219,7 +227,7 @@ _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 struct kvcd_pin {
 	struct kvcd_pin *next;
 	struct kvcd_block *b;
-	uint32_t owner;				/* session id */
+	uint32_t owner; /* session id */
 	uint64_t deadline_ns;
 };
 
@@ -227,20 +235,20 @@ struct kvcd_store {
 	pthread_mutex_t lock;
 	struct kvcd_pool *pools;
 	unsigned npools;
-	struct kvcd_slot *slots;		/* the index: nslots, a power of two */
+	struct kvcd_slot *slots; /* the index: nslots, a power of two */
 	size_t nslots, count;
-	uint64_t seed;				/* of the slot hash: keys are the client's */
-	bool growing;				/* a STORE is making a larger slot array */
-	uint32_t free_recs;			/* block records not in use (id; 0: none) */
-	void **slabs;				/* 2 MiB each, record id >> 15 */
+	uint64_t seed;	    /* of the slot hash: keys are the client's */
+	bool growing;	    /* a STORE is making a larger slot array */
+	uint32_t free_recs; /* block records not in use (id; 0: none) */
+	void **slabs;	    /* 2 MiB each, record id >> 15 */
 	size_t nslabs;
 	struct kvcd_pin *pins;
 	unsigned high_wm, low_wm;
 	struct kvcd_store_ns {
 		char name[KVCP_NS_MAX];
-		struct kvcd_policy policy;	/* applied to STOREs with layout.codec 0 */
+		struct kvcd_policy policy; /* applied to STOREs with layout.codec 0 */
 		uint64_t blocks, bytes_in, bytes_stored, fallbacks;
-	} ns[KVCD_MAX_NS * 8];			/* namespace id -> namespace */
+	} ns[KVCD_MAX_NS * 8]; /* namespace id -> namespace */
 	unsigned nns;
 	/* counters, under lock */
 	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
@@ -270,21 +278,19 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 /* SELECT: a reference on each of @keys[0..n) that is committed, in @out[i] (NULL when not),
  * with no hit counted and no CLOCK bit set; keys are copied once. Release with
  * kvcd_store_put_many(). */
-void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
-			 size_t n, struct kvcd_block **out);
+void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n,
+			 struct kvcd_block **out);
 void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n);
 int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
 		   struct kvcd_block **out);
 /* Drop a reference; @corrupt also removes the block from the index. */
 void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt);
 /* Length of the longest prefix of @keys that is cached. */
-size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
-			 size_t n);
+size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n);
 int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key);
-int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
-		   uint32_t owner, uint64_t deadline_ns);
-int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
-		     uint32_t owner);
+int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner,
+		   uint64_t deadline_ns);
+int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner);
 /* Drop pins whose lease ended before @now_ns, or that @owner (0 = none) holds. Returns the
  * number dropped. */
 unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, uint32_t owner);
@@ -309,7 +315,7 @@ struct kvcd_session {
 	bool admin;
 	uint16_t ns_id;
 	char ns[KVCP_NS_MAX];
-	uint8_t order[KVCD_MAX_NODES];	/* pools, nearest first */
+	uint8_t order[KVCD_MAX_NODES]; /* pools, nearest first */
 	unsigned norder;
 	unsigned worker;
 
@@ -329,8 +335,8 @@ struct kvcd_session {
 	struct kvcd_policy pol[KVCP_POLICY_SLOTS];
 	unsigned npol;
 
-	uint64_t requests, bad_requests;	/* written by the worker, read relaxed */
-	int broken;				/* protocol violation: main thread disconnects */
+	uint64_t requests, bad_requests; /* written by the worker, read relaxed */
+	int broken;			 /* protocol violation: main thread disconnects */
 };
 
 struct kvcd;
@@ -364,20 +370,20 @@ uint64_t kvcd_hist_value(unsigned bucket);
 
 /* ---- worker.c ------------------------------------------------------------------------------ */
 
-#define KVCD_WORKER_MAX_SESSIONS 127	/* futex_waitv takes 128 words; one is the worker's */
+#define KVCD_WORKER_MAX_SESSIONS 127 /* futex_waitv takes 128 words; one is the worker's */
 
 struct kvcd_worker {
 	struct kvcd *d;
 	unsigned id;
 	pthread_t thread;
-	pthread_mutex_t lock;		/* protects sessions[], gen */
+	pthread_mutex_t lock; /* protects sessions[], gen */
 	pthread_cond_t acked;
 	struct kvcd_session *sessions[KVCD_WORKER_MAX_SESSIONS];
 	unsigned nsessions;
 	uint32_t gen, seen_gen;
-	uint32_t wake;			/* private futex: list changed or stop */
+	uint32_t wake; /* private futex: list changed or stop */
 	bool stop;
-	struct kvcd_op_stats ops;	/* what this worker executed (stats.c) */
+	struct kvcd_op_stats ops; /* what this worker executed (stats.c) */
 };
 
 int kvcd_worker_start(struct kvcd_worker *w, struct kvcd *d, unsigned id);
@@ -404,10 +410,10 @@ struct kvcd {
 	struct kvcd_worker *workers;
 	uint64_t boot_token, start_ns;
 	uid_t euid;
-	int reap_fd;				/* eventfd: a worker found a broken session */
+	int reap_fd; /* eventfd: a worker found a broken session */
 
-	pthread_mutex_t sessions_lock;		/* protects the list and bad_closed */
-	uint64_t bad_closed;			/* bad requests of sessions already gone */
+	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
+	uint64_t bad_closed;	       /* bad requests of sessions already gone */
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;

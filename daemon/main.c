@@ -34,11 +34,19 @@
 #define SO_PEERPIDFD 77
 #endif
 
-#define MAX_PENDING 64
+#define MAX_PENDING  64
 #define HANDSHAKE_NS 1000000000ull
-#define TICK_MS 100
+#define TICK_MS	     100
 
-enum ev_type { EV_LISTEN, EV_SIGNAL, EV_TIMER, EV_REAP, EV_PENDING, EV_SOCK, EV_PIDFD };
+enum ev_type {
+	EV_LISTEN,
+	EV_SIGNAL,
+	EV_TIMER,
+	EV_REAP,
+	EV_PENDING,
+	EV_SOCK,
+	EV_PIDFD
+};
 
 struct ev {
 	enum ev_type type;
@@ -54,7 +62,7 @@ struct pending {
 struct client {
 	struct kvcd_session s;
 	struct ev ev_sock, ev_pidfd;
-	struct client *next_dead;	/* detached; freed after the current epoll batch */
+	struct client *next_dead; /* detached; freed after the current epoll batch */
 	bool dead;
 };
 
@@ -64,8 +72,8 @@ static struct {
 	struct ev ev_listen, ev_signal, ev_timer, ev_reap;
 	struct pending pending[MAX_PENDING];
 	uint64_t watchdog_usec, last_watchdog;
-	int ready_pipe;				/* daemonized: tell the parent we are up */
-	struct client *dead;			/* detached clients, freed by bury_dead() */
+	int ready_pipe;	     /* daemonized: tell the parent we are up */
+	struct client *dead; /* detached clients, freed by bury_dead() */
 } g = { .lfd = -1, .ready_pipe = -1 };
 
 /* ---- epoll helpers ------------------------------------------------------------------------ */
@@ -116,8 +124,10 @@ static int read_request(int fd, struct kvcp_attach_req *req)
 	char buf[sizeof(*req) + 1];
 	char cbuf[CMSG_SPACE(16 * sizeof(int))];
 	struct iovec iov = { buf, sizeof(buf) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
 	ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 
 	if (n < 0)
@@ -188,8 +198,7 @@ static int add_session(struct kvcd *d, struct kvcd_session *s)
 	return err;
 }
 
-static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req,
-		  struct client **out)
+static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, struct client **out)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
@@ -200,7 +209,8 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req,
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
 		return -errno;
 	if (!kvcd_config_allows(&d->cfg, req->ns, cred.uid, cred.gid)) {
-		fprintf(stderr, "kvcd: refused pid %d uid %u gid %u: not allowed in namespace '%s'\n",
+		fprintf(stderr,
+			"kvcd: refused pid %d uid %u gid %u: not allowed in namespace '%s'\n",
 			(int)cred.pid, cred.uid, cred.gid, req->ns);
 		return -EACCES;
 	}
@@ -437,8 +447,8 @@ static int check_memlock(const struct kvcd_config *c, unsigned nodes)
 	struct rlimit rl;
 	uint64_t need = c->pool_size * nodes;
 
-	if (kvcd_has_cap_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &rl) || rl.rlim_cur == RLIM_INFINITY ||
-	    rl.rlim_cur >= need)
+	if (kvcd_has_cap_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &rl) ||
+	    rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
 		return 0;
 	fprintf(stderr,
 		"kvcd: memlock limit too low: %u pool(s) of %llu MiB need %llu MiB locked, but "
@@ -472,11 +482,12 @@ static int setup_pools(struct kvcd *d)
 		if (err)
 			return err;
 		d->npools++;
-		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s, locked\n",
-			d->topo.os_index[i], (unsigned long long)(d->cfg.pool_size >> 20),
-			d->pools[i].huge ? "2 MiB hugetlb pages" :
-			d->cfg.hugepages == KVCD_HUGE_TRY ?
-				"no hugetlb pages, transparent huge pages advised" : "4 KiB pages");
+		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s, locked\n", d->topo.os_index[i],
+			(unsigned long long)(d->cfg.pool_size >> 20),
+			d->pools[i].huge ? "2 MiB hugetlb pages"
+			: d->cfg.hugepages == KVCD_HUGE_TRY
+				? "no hugetlb pages, transparent huge pages advised"
+				: "4 KiB pages");
 	}
 	return kvcd_store_init(&d->store, d->pools, d->npools, d->cfg.high_wm, d->cfg.low_wm);
 }
@@ -511,25 +522,26 @@ static int setup_loop(void)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
-		"            [--foreground] [--version]\n"
-		"  --config FILE     INI configuration (default: embedded defaults)\n"
-		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
-		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
-		"  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
-		"  --workers N       ring-draining threads\n"
-		"  --foreground      do not detach (implied under systemd)\n");
+	fprintf(f, "usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
+		   "            [--foreground] [--version]\n"
+		   "  --config FILE     INI configuration (default: embedded defaults)\n"
+		   "  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
+		   "                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
+		   "  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
+		   "  --workers N       ring-draining threads\n"
+		   "  --foreground      do not detach (implied under systemd)\n");
 }
 
 static int parse_args(int argc, char **argv, struct kvcd_config *c)
 {
-	static const struct option opts[] = {
-		{ "config", required_argument, 0, 'c' }, { "socket", required_argument, 0, 's' },
-		{ "pool-size", required_argument, 0, 'p' }, { "workers", required_argument, 0, 'w' },
-		{ "foreground", no_argument, 0, 'f' }, { "help", no_argument, 0, 'h' },
-		{ "version", no_argument, 0, 'V' }, { 0, 0, 0, 0 }
-	};
+	static const struct option opts[] = { { "config", required_argument, 0, 'c' },
+					      { "socket", required_argument, 0, 's' },
+					      { "pool-size", required_argument, 0, 'p' },
+					      { "workers", required_argument, 0, 'w' },
+					      { "foreground", no_argument, 0, 'f' },
+					      { "help", no_argument, 0, 'h' },
+					      { "version", no_argument, 0, 'V' },
+					      { 0, 0, 0, 0 } };
 	const char *config = NULL, *sock = NULL, *pool = NULL, *workers = NULL;
 	int o;
 
@@ -542,7 +554,8 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 		case 'f': c->foreground = true; break;
 		case 'h': usage(stdout); exit(0);
 		case 'V':
-			printf("kvcd %s (protocol %d.%d)\n", KVC_VERSION_STRING, KVCP_MAJOR, KVCP_MINOR);
+			printf("kvcd %s (protocol %d.%d)\n", KVC_VERSION_STRING, KVCP_MAJOR,
+			       KVCP_MINOR);
 			exit(0);
 		default: usage(stderr); return -EINVAL;
 		}
@@ -564,8 +577,8 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 		fprintf(stderr, "kvcd: --pool-size %s: expected a size of at least 1M\n", pool);
 		return -EINVAL;
 	}
-	if (workers && (sscanf(workers, "%u", &c->workers) != 1 || !c->workers ||
-			c->workers > 64)) {
+	if (workers &&
+	    (sscanf(workers, "%u", &c->workers) != 1 || !c->workers || c->workers > 64)) {
 		fprintf(stderr, "kvcd: --workers %s: expected 1..64\n", workers);
 		return -EINVAL;
 	}
@@ -644,9 +657,7 @@ static void serve(struct kvcd *d)
 			case EV_REAP: reap_broken(d); break;
 			case EV_PENDING: finish_handshake(d, e->ptr); break;
 			case EV_SOCK: /* fall through: EOF or unexpected data, either way gone */
-			case EV_PIDFD:
-				detach(d, e->ptr);
-				break;
+			case EV_PIDFD: detach(d, e->ptr); break;
 			}
 		}
 		bury_dead();

@@ -56,8 +56,8 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		goto out;
 	l = plan.layout;
 	l.codec = plan.codec;
-	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, plan.bytes, s->order,
-				 s->norder, &b);
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, plan.bytes, s->order, s->norder,
+				 &b);
 	if (err)
 		goto out;
 	b->stored = plan.stored;
@@ -122,8 +122,7 @@ static int read_aux(const char *buf, uint64_t off, uint64_t len, const struct kv
 /* STORE: layout.codec 0 takes the namespace's policy, which falls back to raw (counted) when
  * it cannot encode this block; 1..8 take a policy this session registered, whose failures go
  * back to the client. */
-static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		    char *buf)
+static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf)
 {
 	uint64_t bytes = kvcp_layout_bytes(&v->layout);
 	bool scored = v->flags & KVCP_SQE_F_SCORES, has_aux = v->flags & KVCP_SQE_F_AUX;
@@ -143,8 +142,8 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	else
 		return -EINVAL;
 	if (has_aux) {
-		err = read_aux(buf, v->off + bytes + sbytes, v->len - bytes - sbytes, &v->layout, &aux,
-			       &auxmem);
+		err = read_aux(buf, v->off + bytes + sbytes, v->len - bytes - sbytes, &v->layout,
+			       &aux, &auxmem);
 		if (err)
 			return err;
 		ap = &aux;
@@ -171,8 +170,8 @@ out:
 	return err;
 }
 
-static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		    char *buf, struct kvcp_cqe *cqe)
+static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
+		    struct kvcp_cqe *cqe)
 {
 	struct kvcd_block *b;
 	struct kvcp_layout l;
@@ -183,8 +182,8 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
 	if (err)
 		return err;
-	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored) :
-						    kvcp_layout_bytes(&b->layout);
+	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored)
+						  : kvcp_layout_bytes(&b->layout);
 	cqe->value = raw;
 	cqe->layout = b->layout;
 	if (raw > v->len) {
@@ -200,7 +199,8 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	} else if (sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {
 		bad = true;
 	} else {
-		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len, &l);
+		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len,
+					&l);
 		bad = err == -EBADMSG;
 		if (err && !bad) {
 			kvcd_store_put(&d->store, b, false);
@@ -213,8 +213,8 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 
 /* POLICY: parse the string at off (read once); register it in a session slot, or set the
  * namespace's policy (admin). On -EINVAL the reason goes back at off. */
-static int do_policy(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		     char *buf, size_t size, struct kvcp_cqe *cqe)
+static int do_policy(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
+		     size_t size, struct kvcp_cqe *cqe)
 {
 	char str[KVCP_POLICY_MAX], why[128] = "";
 	struct kvcd_policy p;
@@ -309,11 +309,16 @@ static uint32_t top_k(struct kvcp_select_hit *h, uint32_t n, uint32_t k)
 }
 
 /* SELECT: score each candidate by its summary, answer the best k in place. */
-static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		     char *buf, struct kvcp_cqe *cqe)
+static int do_select(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
+		     struct kvcp_cqe *cqe)
 {
-	enum { CHUNK = 1024 }; /* references held at a time */
-	enum { PF_HEAD = 20, PF_BODY = 8 }; /* prefetch distances, in candidates (measured) */
+	enum {
+		CHUNK = 1024
+	}; /* references held at a time */
+	enum {
+		PF_HEAD = 20,
+		PF_BODY = 8
+	}; /* prefetch distances, in candidates (measured) */
 	struct kvcd_block *blk[CHUNK];
 	struct kvcp_select h;
 	struct kvcp_select_hit *hits = NULL;
@@ -384,8 +389,7 @@ out:
 	return res;
 }
 
-static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		     char *buf)
+static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf)
 {
 	if (v->len % sizeof(struct kvcp_key) || v->off % 8)
 		return -EINVAL;
@@ -393,8 +397,8 @@ static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 				      v->len / sizeof(struct kvcp_key));
 }
 
-static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
-		    char *buf, struct kvcp_cqe *cqe)
+static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
+		    struct kvcp_cqe *cqe)
 {
 	unsigned n;
 
@@ -412,7 +416,8 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	case KVCP_OP_LIST:
 		if (v->off % 8)
 			return -EINVAL;
-		n = kvcd_store_list(&d->store, s->ns_id, v->arg, (struct kvcp_list_ent *)(buf + v->off),
+		n = kvcd_store_list(&d->store, s->ns_id, v->arg,
+				    (struct kvcp_list_ent *)(buf + v->off),
 				    (unsigned)(v->len / sizeof(struct kvcp_list_ent)));
 		cqe->value = n * sizeof(struct kvcp_list_ent);
 		return (int)n;
@@ -454,38 +459,20 @@ void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 		goto out;
 	}
 	switch (v->opcode) {
-	case KVCP_OP_NOP:
-		res = 0;
-		break;
-	case KVCP_OP_STORE:
-		res = do_store(d, s, v, buf);
-		break;
-	case KVCP_OP_FETCH:
-		res = do_fetch(d, s, v, buf, cqe);
-		break;
-	case KVCP_OP_LOOKUP:
-		res = do_lookup(d, s, v, buf);
-		break;
-	case KVCP_OP_DELETE:
-		res = kvcd_store_delete(&d->store, s->ns_id, &v->key);
-		break;
+	case KVCP_OP_NOP: res = 0; break;
+	case KVCP_OP_STORE: res = do_store(d, s, v, buf); break;
+	case KVCP_OP_FETCH: res = do_fetch(d, s, v, buf, cqe); break;
+	case KVCP_OP_LOOKUP: res = do_lookup(d, s, v, buf); break;
+	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
 	case KVCP_OP_PIN:
 		ms = v->arg && v->arg < d->cfg.lease_max_ms ? v->arg : d->cfg.lease_max_ms;
 		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, s->id,
 				     kvcd_now_ns() + ms * 1000000ull);
 		break;
-	case KVCP_OP_UNPIN:
-		res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id);
-		break;
-	case KVCP_OP_POLICY:
-		res = do_policy(d, s, v, buf, size, cqe);
-		break;
-	case KVCP_OP_SELECT:
-		res = do_select(d, s, v, buf, cqe);
-		break;
-	default:
-		res = do_admin(d, s, v, buf, cqe);
-		break;
+	case KVCP_OP_UNPIN: res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id); break;
+	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;
+	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
+	default: res = do_admin(d, s, v, buf, cqe); break;
 	}
 out:
 	cqe->res = res;
@@ -493,4 +480,3 @@ out:
 		__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
 }
-

@@ -52,8 +52,8 @@ int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns)
 
 int kvcd_futex_wake(uint32_t *uaddr, int n, bool shared)
 {
-	return (int)syscall(SYS_futex, uaddr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n,
-			    NULL, NULL, 0);
+	return (int)syscall(SYS_futex, uaddr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n, NULL,
+			    NULL, 0);
 }
 
 /* CAP_IPC_LOCK (bit 14) in the effective set lifts RLIMIT_MEMLOCK. */

@@ -31,7 +31,8 @@ static void *map_pool(size_t size, int hugepages, bool *huge)
 		p = kvcd_os.mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 				 -1, 0);
 		if (p != MAP_FAILED && hugepages == KVCD_HUGE_TRY)
-			kvcd_os.madvise(p, size, MADV_HUGEPAGE); /* transparent huge pages, best effort */
+			kvcd_os.madvise(p, size,
+					MADV_HUGEPAGE); /* transparent huge pages, best effort */
 	}
 	return p;
 }
@@ -62,13 +63,17 @@ int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, 
 	if (p->base == MAP_FAILED) {
 		err = -errno;
 		fprintf(stderr, "kvcd: cannot map %zu MiB for node %d%s: %s\n", size >> 20, node,
-			hugepages == KVCD_HUGE_REQUIRE ? " with huge pages (hugepages=require; "
-			"reserve them in /proc/sys/vm/nr_hugepages)" : "", strerror(-err));
+			hugepages == KVCD_HUGE_REQUIRE
+				? " with huge pages (hugepages=require; "
+				  "reserve them in /proc/sys/vm/nr_hugepages)"
+				: "",
+			strerror(-err));
 		p->base = NULL;
 		return err;
 	}
 	if (bind && node >= 0 && (size_t)node < sizeof(mask) * 8) {
-		mask[node / (8 * sizeof(unsigned long))] |= 1ul << (node % (8 * sizeof(unsigned long)));
+		mask[node / (8 * sizeof(unsigned long))] |= 1ul
+							    << (node % (8 * sizeof(unsigned long)));
 		if (kvcd_os.mbind(p->base, size, MPOL_BIND, mask, sizeof(mask) * 8, 0)) {
 			err = -errno;
 			fprintf(stderr, "kvcd: cannot bind pool to NUMA node %d: %s\n", node,

@@ -16,8 +16,8 @@
 
 #include "kvcd.h"
 
-#define PAGE 4096ull
-#define ROUND_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+#define PAGE	       4096ull
+#define ROUND_UP(x, a) (((x) + (a)-1) / (a) * (a))
 
 static int make_segment(const char *name, size_t size, int *fd, void **map)
 {

@@ -45,7 +45,6 @@ void kvcd_op_record(struct kvcd_op_stats *st, uint8_t opcode, int32_t res, uint6
 
 /* ---- answers -------------------------------------------------------------------------------- */
 
-
 unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
 {
 	unsigned n = 0;
@@ -94,7 +93,8 @@ void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
 	st->clients = d->nsessions;
 	st->bad_requests = d->bad_closed;
 	for (unsigned i = 0; i < d->nsessions; i++)
-		st->bad_requests += __atomic_load_n(&d->sessions[i]->bad_requests, __ATOMIC_RELAXED);
+		st->bad_requests += __atomic_load_n(&d->sessions[i]->bad_requests,
+						    __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&d->sessions_lock);
 	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
 		struct kvcd_hist h = { { 0 } };
@@ -116,4 +116,3 @@ void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
 		st->op[op].p999_ns = percentile(&h, total, 0.999);
 	}
 }
-

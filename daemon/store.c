@@ -36,8 +36,8 @@
 
 #define SLAB_BYTES (2u << 20)
 #define SLAB_SHIFT 15 /* records per slab: SLAB_BYTES / 64 */
-#define SLAB_RECS (1u << SLAB_SHIFT)
-#define MAX_SLABS (1u << (32 - SLAB_SHIFT))
+#define SLAB_RECS  (1u << SLAB_SHIFT)
+#define MAX_SLABS  (1u << (32 - SLAB_SHIFT))
 _Static_assert(SLAB_RECS * sizeof(struct kvcd_block) == SLAB_BYTES, "records fill a slab");
 
 static inline struct kvcd_block *rec_at(const struct kvcd_store *s, uint32_t id)
@@ -173,8 +173,8 @@ static uint32_t rec_alloc(struct kvcd_store *s)
 	uint32_t id;
 
 	if (!s->free_recs) {
-		void **sl = s->nslabs < MAX_SLABS ?
-			    realloc(s->slabs, (s->nslabs + 1) * sizeof(*sl)) : NULL;
+		void **sl = s->nslabs < MAX_SLABS ? realloc(s->slabs, (s->nslabs + 1) * sizeof(*sl))
+						  : NULL;
 		struct kvcd_block *b;
 		uint32_t j = (uint32_t)s->nslabs;
 
@@ -563,8 +563,8 @@ static void batch_start(const struct kvcd_store *s, uint16_t ns, const struct kv
 	}
 }
 
-void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
-			 size_t n, struct kvcd_block **out)
+void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n,
+			 struct kvcd_block **out)
 {
 	pthread_mutex_lock(&s->lock);
 	for (size_t i0 = 0; i0 < n; i0 += BATCH) {
@@ -575,8 +575,9 @@ void kvcd_store_ref_many(struct kvcd_store *s, uint16_t ns, const struct kvcp_ke
 		for (size_t i = 0; i < m; i++) { /* ask for the records before touching one */
 			ptrdiff_t e = probe(s, at[i], ns, &k[i]);
 
-			out[i0 + i] = e >= 0 && s->slots[e].state == KVCD_SLOT_LIVE ?
-				      rec_at(s, s->slots[e].rec) : NULL;
+			out[i0 + i] = e >= 0 && s->slots[e].state == KVCD_SLOT_LIVE
+					      ? rec_at(s, s->slots[e].rec)
+					      : NULL;
 			if (out[i0 + i])
 				__builtin_prefetch(out[i0 + i], 1);
 		}
@@ -600,8 +601,7 @@ void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n)
 	pthread_mutex_unlock(&s->lock);
 }
 
-size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys,
-			 size_t n)
+size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n)
 {
 	size_t i0 = 0, i = 0;
 
@@ -639,8 +639,8 @@ int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *
 	return err;
 }
 
-int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
-		   uint32_t owner, uint64_t deadline_ns)
+int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner,
+		   uint64_t deadline_ns)
 {
 	struct kvcd_block *b;
 	struct kvcd_pin *p;
@@ -667,8 +667,7 @@ int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 	return err;
 }
 
-int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
-		     uint32_t owner)
+int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner)
 {
 	int err = -ENOENT;
 

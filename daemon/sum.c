@@ -47,16 +47,16 @@ static void run_scalar(struct f4 *s, uint8_t *dst, const uint8_t *src, size_t n)
 	}
 }
 
-#define ADD4(a, b, c, d, w, add)                                                               \
-	do {                                                                                   \
-		a = add(a, w);                                                                 \
-		b = add(b, a);                                                                 \
-		c = add(c, b);                                                                 \
-		d = add(d, c);                                                                 \
+#define ADD4(a, b, c, d, w, add) \
+	do {                     \
+		a = add(a, w);   \
+		b = add(b, a);   \
+		c = add(c, b);   \
+		d = add(d, c);   \
 	} while (0)
 
-__attribute__((target("avx2"))) static void run_avx2(struct f4 *s, uint8_t *dst,
-						     const uint8_t *src, size_t n)
+__attribute__((target("avx2"))) static void run_avx2(struct f4 *s, uint8_t *dst, const uint8_t *src,
+						     size_t n)
 {
 	__m256i al = _mm256_loadu_si256((void *)s->a), ah = _mm256_loadu_si256((void *)(s->a + 4));
 	__m256i bl = _mm256_loadu_si256((void *)s->b), bh = _mm256_loadu_si256((void *)(s->b + 4));

@@ -17,9 +17,7 @@ static void cpuset_to_mask(hwloc_const_bitmap_t set, uint64_t mask[16])
 	int i;
 
 	memset(mask, 0, 16 * sizeof(uint64_t));
-	hwloc_bitmap_foreach_begin(i, set)
-		if (i < 1024)
-			mask[i / 64] |= 1ull << (i % 64);
+	hwloc_bitmap_foreach_begin(i, set) if (i < 1024) mask[i / 64] |= 1ull << (i % 64);
 	hwloc_bitmap_foreach_end();
 }
 
@@ -29,7 +27,8 @@ static void load_distances(struct kvcd_topo *t, hwloc_topology_t topo, hwloc_obj
 	unsigned nr = 1;
 
 	if (hwloc_distances_get_by_type(topo, HWLOC_OBJ_NUMANODE, &nr, dist,
-					HWLOC_DISTANCES_KIND_MEANS_LATENCY, 0) || nr == 0)
+					HWLOC_DISTANCES_KIND_MEANS_LATENCY, 0) ||
+	    nr == 0)
 		return;
 	for (unsigned a = 0; a < t->nnodes; a++)
 		for (unsigned b = 0; b < t->nnodes; b++) {

@@ -20,7 +20,7 @@
 #include "kvcd.h"
 
 #ifndef FUTEX2_SIZE_U32
-#define FUTEX2_SIZE_U32 FUTEX_32	/* older uapi headers name it FUTEX_32 */
+#define FUTEX2_SIZE_U32 FUTEX_32 /* older uapi headers name it FUTEX_32 */
 #endif
 #ifndef FUTEX2_PRIVATE
 #define FUTEX2_PRIVATE FUTEX_PRIVATE_FLAG

@@ -33,21 +33,23 @@ static_assert(KVCP_OP__COUNT == 13, "kvc_stats.op has 13 entries");
 static_assert(sizeof(struct kvc_select_hit) == sizeof(struct kvcp_select_hit), "select ABI");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
 static_assert(KVC_REQ_AUX == KVCP_SQE_F_AUX && KVC_AUX_MAGIC == KVCP_AUX_MAGIC &&
-	      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES, "aux ABI");
+		      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES,
+	      "aux ABI");
 static_assert(sizeof(struct kvc_aux) == sizeof(struct kvcp_aux), "aux ABI");
 static_assert(sizeof(struct kvc_sparse) == sizeof(struct kvcp_sparse) &&
-	      KVC_SPARSE_MAGIC == KVCP_SPARSE_MAGIC && KVC_CODEC_SPARSE == KVCP_CODEC_SPARSE,
+		      KVC_SPARSE_MAGIC == KVCP_SPARSE_MAGIC &&
+		      KVC_CODEC_SPARSE == KVCP_CODEC_SPARSE,
 	      "sparse ABI");
 static_assert(offsetof(struct kvc_stats, ns) == offsetof(struct kvcp_stats, ns), "ns stats ABI");
 
 struct kvc_client {
 	int sock;
-	int dead;			/* the daemon went away; re-attach before the next request */
+	int dead; /* the daemon went away; re-attach before the next request */
 	struct kvc_attach_opts opts;
 	char sockpath[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char ns[KVCP_NS_MAX];
 
-	struct kvcp_shm_hdr *hdr;	/* control segment: header, rings, scratch */
+	struct kvcp_shm_hdr *hdr; /* control segment: header, rings, scratch */
 	size_t ctrl_size;
 	struct kvcp_sqe *sq;
 	struct kvcp_cqe *cq;
@@ -61,7 +63,7 @@ struct kvc_client {
 	uint64_t next_ticket;
 	uint64_t boot_token;
 
-	struct kvcp_cqe *stash;		/* completions reaped while waiting for another ticket */
+	struct kvcp_cqe *stash; /* completions reaped while waiting for another ticket */
 	uint32_t stash_head, stash_n, stash_cap;
 };
 
@@ -122,8 +124,10 @@ static int recv_reply(int sock, struct kvcp_attach_rep *rep, int fds[2])
 {
 	char cbuf[CMSG_SPACE(2 * sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
 	struct cmsghdr *cm;
 	ssize_t n;
 
@@ -351,8 +355,8 @@ static void reattach(kvc_client *c)
 	c->dead = 1;
 	c->stash_n = c->stash_head = 0;
 	if (do_attach(c) == 0 && c->sq_entries + c->cq_entries > c->stash_cap) {
-		struct kvcp_cqe *s = realloc(c->stash, (c->sq_entries + c->cq_entries) *
-					     sizeof(*s));
+		struct kvcp_cqe *s = realloc(c->stash,
+					     (c->sq_entries + c->cq_entries) * sizeof(*s));
 
 		if (s) {
 			c->stash = s;
@@ -413,8 +417,7 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 	if (err)
 		return err;
 	to_sqe(&s, op, flags, arg, c->next_ticket, key, layout, off, len);
-	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache,
-			     &s);
+	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache, &s);
 	if (err)
 		return err;
 	*ticket = c->next_ticket++;
@@ -445,8 +448,10 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (i)
 		ring_doorbell(c);
 	if (i == 0 && n)
-		return reqs[0].op > KVC_OP_UNPIN || (reqs[0].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX)) ? -EINVAL :
-		       -EAGAIN;
+		return reqs[0].op > KVC_OP_UNPIN ||
+				       (reqs[0].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX))
+			       ? -EINVAL
+			       : -EAGAIN;
 	return (int)i;
 }
 
@@ -522,7 +527,8 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 		/* Pairs with the daemon's fence between publishing prod and reading flags. */
 		kvcp_fence();
 		if (!kvcp_ring_pending(cq, c->cq_entries, c->cq_cons)) {
-			struct timespec ts = { 0, 10000000 }; /* wake to check the daemon's health */
+			struct timespec ts = { 0,
+					       10000000 }; /* wake to check the daemon's health */
 
 			futex(&cq->futex, FUTEX_WAIT, fv, &ts);
 		}
@@ -614,8 +620,7 @@ int kvc_nop(kvc_client *c)
 	return sync_op(c, KVCP_OP_NOP, 0, 0, NULL, NULL, 0, 0, NULL);
 }
 
-int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
-	      size_t off)
+int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout, size_t off)
 {
 	return sync_op(c, KVCP_OP_STORE, 0, 0, key, layout, off, kvc_layout_bytes(layout), NULL);
 }
@@ -729,12 +734,14 @@ int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, siz
 	return err;
 }
 
-int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer,
-	       const float *q, uint32_t q_heads, uint32_t head_dim, uint32_t k,
-	       struct kvc_select_hit *out)
+int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
+	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out)
 {
-	struct kvcp_select h = { .nkeys = (uint32_t)n, .k = k, .layer = (uint16_t)layer,
-				 .q_heads = (uint16_t)q_heads, .head_dim = (uint16_t)head_dim };
+	struct kvcp_select h = { .nkeys = (uint32_t)n,
+				 .k = k,
+				 .layer = (uint16_t)layer,
+				 .q_heads = (uint16_t)q_heads,
+				 .head_dim = (uint16_t)head_dim };
 	size_t qb = (size_t)q_heads * head_dim * 4, len = sizeof(h) + n * sizeof(*keys) + qb;
 	uint8_t *p;
 	int err = ensure_attached(c);
@@ -780,8 +787,7 @@ __asm__(".symver kvc_stats_0_3, kvc_stats@@KVC_0.3");
 __asm__(".symver kvc_list_0_3, kvc_list@@KVC_0.3");
 __asm__(".symver kvc_clients_0_3, kvc_clients@@KVC_0.3");
 int kvc_stats_0_3(kvc_client *c, struct kvc_stats *st, size_t size);
-int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max,
-		 size_t size);
+int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max, size_t size);
 int kvc_clients_0_3(kvc_client *c, struct kvc_client_info *out, size_t max, size_t size);
 
 int kvc_stats_0_3(kvc_client *c, struct kvc_stats *st, size_t size)
@@ -805,8 +811,8 @@ static size_t fit(const kvc_client *c, size_t max, size_t ent)
 	return max < c->scratch_size / ent ? max : c->scratch_size / ent;
 }
 
-static int list_sized(kvc_client *c, uint8_t op, uint32_t arg, void *out, size_t max,
-		      size_t size, size_t ent)
+static int list_sized(kvc_client *c, uint8_t op, uint32_t arg, void *out, size_t max, size_t size,
+		      size_t ent)
 {
 	size_t cap;
 	void *tmp;
@@ -827,8 +833,7 @@ static int list_sized(kvc_client *c, uint8_t op, uint32_t arg, void *out, size_t
 	return n;
 }
 
-int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max,
-		 size_t size)
+int kvc_list_0_3(kvc_client *c, size_t start, struct kvc_block_info *out, size_t max, size_t size)
 {
 	if (start > UINT32_MAX)
 		return 0;
@@ -844,8 +849,8 @@ int kvc_clients_0_3(kvc_client *c, struct kvc_client_info *out, size_t max, size
 /* ---- release 0.2 (symbol version KVC_0.1): the same calls without the caller's sizes ---------
  * Programs built against it pass structs of that release's sizes, which these fix. */
 
-#define STATS_SIZE_0_2 7304
-#define BLOCK_INFO_SIZE_0_2 56
+#define STATS_SIZE_0_2	     7304
+#define BLOCK_INFO_SIZE_0_2  56
 #define CLIENT_INFO_SIZE_0_2 104
 
 __asm__(".symver kvc_stats_0_2, kvc_stats@KVC_0.1");
@@ -877,9 +882,9 @@ int kvc_evict(kvc_client *c, uint32_t mib)
 
 const char *kvc_op_name(unsigned i)
 {
-	static const char *const names[] = { "nop", "store", "fetch", "lookup", "delete", "pin",
-					     "unpin", "stats", "list", "clients", "evict", "policy",
-					     "select" };
+	static const char *const names[] = { "nop",   "store",	"fetch", "lookup", "delete",
+					     "pin",   "unpin",	"stats", "list",   "clients",
+					     "evict", "policy", "select" };
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }

@@ -17,8 +17,8 @@ static void put_le64(unsigned char *p, uint64_t v)
 		p[i] = (unsigned char)(v >> (8 * i));
 }
 
-int kvc_key_chain(const struct kvc_key *prev, const char *ns, const int32_t *tokens,
-		  size_t ntokens, struct kvc_key *out)
+int kvc_key_chain(const struct kvc_key *prev, const char *ns, const int32_t *tokens, size_t ntokens,
+		  struct kvc_key *out)
 {
 	XXH3_state_t st;
 	unsigned char head[20];

@@ -15,13 +15,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#define KVCP_MAGIC 0x3144434b4356434bull /* "KCVCKCD1" little-endian */
-#define KVCP_MAJOR 2
-#define KVCP_MINOR 1
+#define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
+#define KVCP_MAJOR     2
+#define KVCP_MINOR     1
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
-#define KVCP_INCOMPAT_KNOWN 0ull
+#define KVCP_INCOMPAT_KNOWN  0ull
 #define KVCP_COMPAT_CHECKSUM (1ull << 0) /* blocks carry an xxh3 checksum */
 
 /* ---- attach handshake (UNIX socket, SOCK_SEQPACKET) ---------------------------------- */
@@ -29,24 +29,24 @@
 #define KVCP_NS_MAX 64 /* namespace name, NUL included */
 
 struct kvcp_attach_req {
-	uint32_t magic32;	/* KVCP_ATTACH_MAGIC */
+	uint32_t magic32; /* KVCP_ATTACH_MAGIC */
 	uint16_t major, minor;
-	uint64_t staging_size;	/* bytes wanted; 0 = daemon default */
-	int32_t numa_node;	/* placement hint, -1 = from the CPUs the client runs on */
-	uint32_t flags;		/* reserved, 0 */
-	uint64_t cpus[16];	/* the client's CPU affinity mask, 1024 CPUs */
-	char ns[KVCP_NS_MAX];	/* namespace, NUL-terminated */
-	uint64_t reserved[4];	/* 0 */
+	uint64_t staging_size; /* bytes wanted; 0 = daemon default */
+	int32_t numa_node;     /* placement hint, -1 = from the CPUs the client runs on */
+	uint32_t flags;	       /* reserved, 0 */
+	uint64_t cpus[16];     /* the client's CPU affinity mask, 1024 CPUs */
+	char ns[KVCP_NS_MAX];  /* namespace, NUL-terminated */
+	uint64_t reserved[4];  /* 0 */
 };
 
 #define KVCP_ATTACH_MAGIC 0x4b564341u /* "ACVK" */
 
 struct kvcp_attach_rep {
-	int32_t status;		/* 0 or -errno; fds follow only on 0 */
+	int32_t status; /* 0 or -errno; fds follow only on 0 */
 	uint32_t client_id;
-	uint64_t boot_token;	/* changes each time kvcd starts */
-	uint64_t ctrl_size;	/* size of fd 0, the control segment */
-	uint64_t staging_size;	/* size of fd 1, the staging segment */
+	uint64_t boot_token;   /* changes each time kvcd starts */
+	uint64_t ctrl_size;    /* size of fd 0, the control segment */
+	uint64_t staging_size; /* size of fd 1, the staging segment */
 	uint64_t reserved[4];
 };
 
@@ -60,8 +60,8 @@ struct kvcp_ring {
 	uint32_t pad0[15];
 	uint32_t cons;
 	uint32_t pad1[15];
-	uint32_t flags;		/* written by the side that may sleep */
-	uint32_t futex;		/* bumped by the side that wakes it, then FUTEX_WAKE */
+	uint32_t flags; /* written by the side that may sleep */
+	uint32_t futex; /* bumped by the side that wakes it, then FUTEX_WAKE */
 	uint32_t pad2[14];
 };
 
@@ -71,7 +71,7 @@ struct kvcp_ring {
 #define KVCP_RING_NEED_WAKEUP 1u
 
 struct kvcp_shm_hdr {
-	uint64_t magic;		/* stored last, with release order */
+	uint64_t magic; /* stored last, with release order */
 	uint16_t major, minor;
 	uint32_t hdr_size;
 	uint64_t incompat, compat;
@@ -79,11 +79,11 @@ struct kvcp_shm_hdr {
 	uint32_t client_id;
 	uint32_t sq_entries, cq_entries;
 	uint32_t scratch_size;
-	uint64_t sq_off, cq_off;	/* offsets of the struct kvcp_sqe/cqe arrays */
-	uint64_t scratch_off;		/* library-owned scratch area for small requests */
+	uint64_t sq_off, cq_off; /* offsets of the struct kvcp_sqe/cqe arrays */
+	uint64_t scratch_off;	 /* library-owned scratch area for small requests */
 	uint64_t ctrl_size, staging_size;
-	uint64_t reserved[20];		/* 0 */
-	struct kvcp_ring sq;		/* cache-line aligned from here on */
+	uint64_t reserved[20]; /* 0 */
+	struct kvcp_ring sq;   /* cache-line aligned from here on */
 	struct kvcp_ring cq;
 };
 
@@ -93,18 +93,22 @@ struct kvcp_key {
 	uint64_t hi, lo;
 };
 
-enum kvcp_dtype { KVCP_F32 = 1, KVCP_F16 = 2, KVCP_BF16 = 3 };
+enum kvcp_dtype {
+	KVCP_F32 = 1,
+	KVCP_F16 = 2,
+	KVCP_BF16 = 3
+};
 
 /* A block is the KV of one chunk of tokens for all layers of a model, memory order
  * [layer][K,V][token][head][dim]. */
 struct kvcp_layout {
 	uint8_t dtype;
-	uint8_t codec;		/* how the pool copy is encoded; 0 = none (raw) */
+	uint8_t codec; /* how the pool copy is encoded; 0 = none (raw) */
 	uint16_t layers;
 	uint16_t kv_heads;
 	uint16_t head_dim;
 	uint32_t tokens;
-	uint32_t reserved;	/* 0 */
+	uint32_t reserved; /* 0 */
 };
 
 static inline uint32_t kvcp_dtype_size(uint32_t dtype)
@@ -129,30 +133,32 @@ static inline uint64_t kvcp_layout_bytes(const struct kvcp_layout *l)
 
 enum kvcp_op {
 	KVCP_OP_NOP = 0,
-	KVCP_OP_STORE = 1,	/* key, layout, off, len: store len bytes from staging[off];
+	KVCP_OP_STORE = 1,   /* key, layout, off, len: store len bytes from staging[off];
 				 * arg = position of the block's first token in its sequence */
-	KVCP_OP_FETCH = 2,	/* key, off, len = capacity: write the block to staging[off] */
-	KVCP_OP_LOOKUP = 3,	/* off, len = n keys * 16: res = longest cached prefix (count) */
-	KVCP_OP_DELETE = 4,	/* key */
-	KVCP_OP_PIN = 5,	/* key, arg = lease in ms (0 = daemon maximum) */
-	KVCP_OP_UNPIN = 6,	/* key */
-	KVCP_OP_STATS = 7,	/* off, len: write struct kvcp_stats */
-	KVCP_OP_LIST = 8,	/* off, len, arg = start index: write struct kvcp_list_ent[] */
-	KVCP_OP_CLIENTS = 9,	/* off, len: write struct kvcp_client_ent[] */
-	KVCP_OP_EVICT = 10,	/* arg = MiB to free (0 = all unpinned); admin only */
-	KVCP_OP_POLICY = 11,	/* off, len: policy string; arg = 0: res = session slot 1..8 for
+	KVCP_OP_FETCH = 2,   /* key, off, len = capacity: write the block to staging[off] */
+	KVCP_OP_LOOKUP = 3,  /* off, len = n keys * 16: res = longest cached prefix (count) */
+	KVCP_OP_DELETE = 4,  /* key */
+	KVCP_OP_PIN = 5,     /* key, arg = lease in ms (0 = daemon maximum) */
+	KVCP_OP_UNPIN = 6,   /* key */
+	KVCP_OP_STATS = 7,   /* off, len: write struct kvcp_stats */
+	KVCP_OP_LIST = 8,    /* off, len, arg = start index: write struct kvcp_list_ent[] */
+	KVCP_OP_CLIENTS = 9, /* off, len: write struct kvcp_client_ent[] */
+	KVCP_OP_EVICT = 10,  /* arg = MiB to free (0 = all unpinned); admin only */
+	KVCP_OP_POLICY = 11, /* off, len: policy string; arg = 0: res = session slot 1..8 for
 				 * layout.codec on STORE; arg = KVCP_POLICY_NS: set the
 				 * namespace's policy (admin only). On -EINVAL the reason is
 				 * written at off (NUL-terminated, cqe.value bytes). */
-	KVCP_OP_SELECT = 12,	/* off, len: struct kvcp_select, its keys, its queries; res = n
+	KVCP_OP_SELECT = 12, /* off, len: struct kvcp_select, its keys, its queries; res = n
 				 * blocks, struct kvcp_select_hit[n] written back at off */
 	KVCP_OP__COUNT
 };
 
-#define KVCP_SQE_F_SCRATCH 1u	/* off/len address the scratch area, not staging */
-#define KVCP_SQE_F_SCORES 2u	/* STORE: one f32 importance score per token follows the block;
+#define KVCP_SQE_F_SCRATCH 1u /* off/len address the scratch area, not staging */
+#define KVCP_SQE_F_SCORES \
+	2u /* STORE: one f32 importance score per token follows the block;
 				 * len = block bytes + 4 * tokens, off + block bytes 4-aligned */
-#define KVCP_SQE_F_AUX 4u	/* STORE: a struct kvcp_aux and its arrays follow the block (and
+#define KVCP_SQE_F_AUX \
+	4u /* STORE: a struct kvcp_aux and its arrays follow the block (and
 				 * the scores, if any), 4-aligned; len includes them */
 #define KVCP_SQE_F_KNOWN (KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX)
 
@@ -167,18 +173,18 @@ enum kvcp_op {
  *                     [layers][q_heads][window]: each query's log-sum-exp of q.k / sqrt(d)
  *                     over every key it attended in its sequence, so kvcd computes its true
  *                     attention over the block's keys. */
-#define KVCP_AUX_MAGIC 0x5841564bu /* "KVAX" */
-#define KVCP_AUX_ATTN 1u
-#define KVCP_AUX_QUERIES 2u
+#define KVCP_AUX_MAGIC	    0x5841564bu /* "KVAX" */
+#define KVCP_AUX_ATTN	    1u
+#define KVCP_AUX_QUERIES    2u
 #define KVCP_AUX_MAX_WINDOW 4096
 
 struct kvcp_aux {
-	uint32_t magic;		/* KVCP_AUX_MAGIC */
-	uint32_t what;		/* KVCP_AUX_* */
-	uint16_t q_heads;	/* QUERIES: query heads, a multiple of kv_heads */
-	uint16_t window;	/* QUERIES: 1..KVCP_AUX_MAX_WINDOW */
-	int32_t q_pos;		/* QUERIES: block-relative position of the first window query */
-	uint64_t reserved[2];	/* 0 */
+	uint32_t magic;	      /* KVCP_AUX_MAGIC */
+	uint32_t what;	      /* KVCP_AUX_* */
+	uint16_t q_heads;     /* QUERIES: query heads, a multiple of kv_heads */
+	uint16_t window;      /* QUERIES: 1..KVCP_AUX_MAX_WINDOW */
+	int32_t q_pos;	      /* QUERIES: block-relative position of the first window query */
+	uint64_t reserved[2]; /* 0 */
 };
 
 /* Bytes of the arrays after a struct kvcp_aux for blocks of layout @l, or 0 when @a is invalid
@@ -187,8 +193,9 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
 {
 	uint64_t n = 0;
 
-	if (a->magic != KVCP_AUX_MAGIC || !a->what || (a->what & ~(KVCP_AUX_ATTN | KVCP_AUX_QUERIES)) ||
-	    a->reserved[0] || a->reserved[1] || !kvcp_layout_bytes(l))
+	if (a->magic != KVCP_AUX_MAGIC || !a->what ||
+	    (a->what & ~(KVCP_AUX_ATTN | KVCP_AUX_QUERIES)) || a->reserved[0] || a->reserved[1] ||
+	    !kvcp_layout_bytes(l))
 		return 0;
 	if (a->what & KVCP_AUX_ATTN)
 		n += 4ull * l->layers * l->kv_heads * l->tokens;
@@ -207,10 +214,10 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
  * session registered with KVCP_OP_POLICY. FETCH's layout.codec: the codec that held the block
  * (0 raw, 1 int, 2 fp8, 3 kivi), plus KVCP_CODEC_SPARSE when its policy dropped tokens; the
  * bytes written are always in the engine's dtype. */
-#define KVCP_CODEC_NONE 0u
-#define KVCP_CODEC_INT 1u
-#define KVCP_CODEC_FP8 2u
-#define KVCP_CODEC_KIVI 3u
+#define KVCP_CODEC_NONE	  0u
+#define KVCP_CODEC_INT	  1u
+#define KVCP_CODEC_FP8	  2u
+#define KVCP_CODEC_KIVI	  3u
 #define KVCP_CODEC_SPARSE 0x80u
 
 /* What FETCH writes for a block whose policy selected tokens (layout.codec has
@@ -227,10 +234,10 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
 #define KVCP_SPARSE_MAGIC 0x3153564bu /* "KVS1" */
 
 struct kvcp_sparse {
-	uint32_t magic;		/* KVCP_SPARSE_MAGIC */
-	uint32_t total;		/* kept tokens over every (layer, head) */
-	uint32_t tokens;	/* tokens of the block as stored */
-	uint32_t reserved;	/* 0 */
+	uint32_t magic;	   /* KVCP_SPARSE_MAGIC */
+	uint32_t total;	   /* kept tokens over every (layer, head) */
+	uint32_t tokens;   /* tokens of the block as stored */
+	uint32_t reserved; /* 0 */
 };
 
 static inline uint64_t kvcp_sparse_bytes(const struct kvcp_layout *l, uint64_t total)
@@ -239,16 +246,16 @@ static inline uint64_t kvcp_sparse_bytes(const struct kvcp_layout *l, uint64_t t
 	       total * (8ull + 2ull * l->head_dim * kvcp_dtype_size(l->dtype));
 }
 #define KVCP_POLICY_SLOTS 8
-#define KVCP_POLICY_NS 1u
-#define KVCP_POLICY_MAX 256	/* policy string, NUL included */
-#define KVCP_POLICY_STR 96	/* canonical policy string in stats */
+#define KVCP_POLICY_NS	  1u
+#define KVCP_POLICY_MAX	  256 /* policy string, NUL included */
+#define KVCP_POLICY_STR	  96  /* canonical policy string in stats */
 
 struct kvcp_sqe {
 	uint8_t opcode;
 	uint8_t flags;
-	uint16_t reserved0;	/* 0 */
-	uint32_t arg;		/* op-specific (lease ms, list start, MiB) */
-	uint64_t user_data;	/* echoed in the completion */
+	uint16_t reserved0; /* 0 */
+	uint32_t arg;	    /* op-specific (lease ms, list start, MiB) */
+	uint64_t user_data; /* echoed in the completion */
 	struct kvcp_key key;
 	uint64_t off;
 	uint64_t len;
@@ -257,9 +264,9 @@ struct kvcp_sqe {
 
 struct kvcp_cqe {
 	uint64_t user_data;
-	int32_t res;		/* >= 0 op-specific, or -errno */
-	uint32_t flags;		/* reserved, 0 */
-	uint64_t value;		/* bytes written (FETCH, STATS, LIST) */
+	int32_t res;		   /* >= 0 op-specific, or -errno */
+	uint32_t flags;		   /* reserved, 0 */
+	uint64_t value;		   /* bytes written (FETCH, STATS, LIST) */
 	struct kvcp_layout layout; /* FETCH: layout of the block written */
 	uint64_t reserved[3];
 };
@@ -272,33 +279,33 @@ struct kvcp_cqe {
  * request: the best min(k, candidates found) blocks, highest score first (ties: lower index).
  * Candidates that are not stored, or whose layout has no such layer, another head_dim, or a
  * kv_heads that does not divide q_heads, are skipped. */
-#define KVCP_SELECT_MAX_KEYS 65536
-#define KVCP_SELECT_MAX_QUERY 65536	/* q_heads * head_dim */
+#define KVCP_SELECT_MAX_KEYS  65536
+#define KVCP_SELECT_MAX_QUERY 65536 /* q_heads * head_dim */
 
 struct kvcp_select {
-	uint32_t nkeys;		/* 1..KVCP_SELECT_MAX_KEYS */
-	uint32_t k;		/* 1..nkeys */
+	uint32_t nkeys; /* 1..KVCP_SELECT_MAX_KEYS */
+	uint32_t k;	/* 1..nkeys */
 	uint16_t layer;
 	uint16_t q_heads;
 	uint16_t head_dim;
-	uint16_t reserved0;	/* 0 */
-	uint64_t reserved[2];	/* 0 */
+	uint16_t reserved0;   /* 0 */
+	uint64_t reserved[2]; /* 0 */
 };
 
 struct kvcp_select_hit {
-	uint32_t index;		/* into keys[] */
-	float score;		/* the Quest bound */
+	uint32_t index; /* into keys[] */
+	float score;	/* the Quest bound */
 };
 
 /* ---- admin payloads written into the scratch area --------------------------------------- */
 
-#define KVCP_MAX_NODES 16
+#define KVCP_MAX_NODES	  16
 #define KVCP_MAX_NS_STATS 32
 #define KVCP_HIST_BUCKETS 64
 
 struct kvcp_node_stats {
-	int32_t node;		/* OS NUMA node id */
-	uint32_t hugepages;	/* 1 when the pool is backed by huge pages */
+	int32_t node;	    /* OS NUMA node id */
+	uint32_t hugepages; /* 1 when the pool is backed by huge pages */
 	uint64_t bytes_total, bytes_used, blocks;
 };
 
@@ -309,9 +316,9 @@ struct kvcp_op_stats {
 
 struct kvcp_ns_stats {
 	char name[KVCP_NS_MAX];
-	char policy[KVCP_POLICY_STR];	/* canonical string */
+	char policy[KVCP_POLICY_STR]; /* canonical string */
 	uint64_t blocks, bytes_in, bytes_stored;
-	uint64_t fallbacks;		/* STOREs kept raw: the policy did not fit the layout */
+	uint64_t fallbacks; /* STOREs kept raw: the policy did not fit the layout */
 };
 
 struct kvcp_stats {
@@ -319,7 +326,7 @@ struct kvcp_stats {
 	uint64_t boot_token, uptime_ms;
 	uint64_t blocks, bytes_used, bytes_free, bytes_in, bytes_stored;
 	uint64_t hits, misses, evictions, pinned, bad_requests, checksum_failures;
-	uint64_t metadata_bytes;	/* daemon bytes spent on index and block records */
+	uint64_t metadata_bytes; /* daemon bytes spent on index and block records */
 	struct kvcp_node_stats node[KVCP_MAX_NODES];
 	struct kvcp_op_stats op[KVCP_OP__COUNT];
 	uint32_t nns, pad;
@@ -347,11 +354,11 @@ struct kvcp_client_ent {
 
 /* ---- ring operations -------------------------------------------------------------------- */
 
-#define kvcp_load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define kvcp_load_acquire(p)	 __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define kvcp_store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define kvcp_load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define kvcp_load_relaxed(p)	 __atomic_load_n((p), __ATOMIC_RELAXED)
 #define kvcp_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-#define kvcp_fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define kvcp_fence()		 __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
 static inline int kvcp_is_pow2(uint32_t n)
 {

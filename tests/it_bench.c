@@ -65,8 +65,10 @@ Test(it_bench, throughput_moves_every_byte_through_kvcd_redis_and_the_socket_ser
 	char rs[160], args[512], out[4096];
 	pid_t r = redis_start(rs, sizeof(rs));
 
-	snprintf(args, sizeof(args), "throughput --block-size 64K --iters 8 --procs 2 --redis %s "
-		 "--json", rs);
+	snprintf(args, sizeof(args),
+		 "throughput --block-size 64K --iters 8 --procs 2 --redis %s "
+		 "--json",
+		 rs);
 	cr_assert_eq(t_tool(&D, "kvcbench", args, out, sizeof(out)), 0, "%s", out);
 	cr_expect_not_null(strstr(out, "\"ratio_vs_redis\""), "%s", out);
 	cr_expect_not_null(strstr(out, "\"ratio_vs_socket\""), "%s", out);
@@ -94,7 +96,8 @@ Test(it_bench, index_reports_each_size_and_leaves_nothing_behind)
 {
 	char args[128], out[4096];
 
-	snprintf(args, sizeof(args), "index --blocks 10000 --count 500 --pid %d --json", (int)D.pid);
+	snprintf(args, sizeof(args), "index --blocks 10000 --count 500 --pid %d --json",
+		 (int)D.pid);
 	cr_assert_eq(t_tool(&D, "kvcbench", args, out, sizeof(out)), 0, "%s", out);
 	cr_expect_not_null(strstr(out, "\"blocks\": 1000,"), "%s", out);
 	cr_expect_not_null(strstr(out, "\"blocks\": 10000,"), "%s", out);

@@ -12,10 +12,10 @@ static struct t_daemon D;
 static void up(void)
 {
 	t_daemon_start_conf(&D, "[kvcd]\npolicy = int8\n"
-			   "[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,"
-			   "rotate=hadamard\n"
-			   "[namespace raw]\npolicy = none\n"
-			   "[namespace rot]\npolicy = int4:rotate=hadamard\n");
+				"[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,"
+				"rotate=hadamard\n"
+				"[namespace raw]\npolicy = none\n"
+				"[namespace rot]\npolicy = int4:rotate=hadamard\n");
 }
 
 static void down(void)
@@ -25,8 +25,9 @@ static void down(void)
 
 TestSuite(codec_ops, .init = up, .fini = down, .timeout = 60);
 
-static const struct kvc_layout L = { .dtype = KVC_F16, .layers = 4, .kv_heads = 2,
-				     .head_dim = 64, .tokens = 64 };
+static const struct kvc_layout L = {
+	.dtype = KVC_F16, .layers = 4, .kv_heads = 2, .head_dim = 64, .tokens = 64
+};
 
 /* f16 values ~N(0,1)-ish from a seed, at staging offset 0. */
 static void fill_f16(void *stg, const struct kvc_layout *l, uint64_t seed)
@@ -36,7 +37,8 @@ static void fill_f16(void *stg, const struct kvc_layout *l, uint64_t seed)
 
 	for (size_t i = 0; i < n; i++) {
 		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		x[i] = kvcd_f32_to_f16((float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 22));
+		x[i] = kvcd_f32_to_f16((float)((int64_t)(seed >> 40) - (1 << 23)) /
+				       (float)(1 << 22));
 	}
 }
 
@@ -84,7 +86,9 @@ Test(codec_ops, namespace_policies_compress_and_restore)
 
 		fill_f16(stg, &L, (uint64_t)i + 1);
 		/* the second block of a sequence (first token at position 64): no sinks in it */
-		struct kvc_req r = { .op = KVC_OP_STORE, .arg = 64, .key = k, .layout = L, .len = n };
+		struct kvc_req r = {
+			.op = KVC_OP_STORE, .arg = 64, .key = k, .layout = L, .len = n
+		};
 		struct kvc_cqe cqe;
 
 		cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
@@ -98,14 +102,16 @@ Test(codec_ops, namespace_policies_compress_and_restore)
 		double e = rel_err(stg, stg + n, &L);
 
 		cr_assert_leq(e, max_err[i], "%s: relative error %g", nss[i], e);
-		cr_assert_eq(kvc_fetch(c, &k, 0, n - 1, NULL), -ENOSPC, "room for the decoded block");
+		cr_assert_eq(kvc_fetch(c, &k, 0, n - 1, NULL), -ENOSPC,
+			     "room for the decoded block");
 		const struct kvc_stats *st = ns_stats(c, nss[i], &j);
 
 		cr_assert_str_eq(st->ns[j].policy, pols[i]);
 		cr_assert_eq(st->ns[j].blocks, 1);
 		cr_assert_eq(st->ns[j].bytes_in, n);
-		cr_assert_geq((double)st->ns[j].bytes_in / (double)st->ns[j].bytes_stored, min_ratio[i],
-			      "%s: %lu in, %lu stored", nss[i], (unsigned long)st->ns[j].bytes_in,
+		cr_assert_geq((double)st->ns[j].bytes_in / (double)st->ns[j].bytes_stored,
+			      min_ratio[i], "%s: %lu in, %lu stored", nss[i],
+			      (unsigned long)st->ns[j].bytes_in,
 			      (unsigned long)st->ns[j].bytes_stored);
 		kvc_detach(c);
 	}
@@ -207,8 +213,9 @@ Test(codec_ops, policy_that_does_not_fit_falls_back_to_raw)
 static int store_req(kvc_client *c, const struct kvc_key *k, const struct kvc_layout *l,
 		     uint8_t flags, uint64_t len)
 {
-	struct kvc_req r = { .op = KVC_OP_STORE, .flags = flags, .key = *k, .layout = *l,
-			     .len = len };
+	struct kvc_req r = {
+		.op = KVC_OP_STORE, .flags = flags, .key = *k, .layout = *l, .len = len
+	};
 	struct kvc_cqe cqe;
 
 	cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
@@ -273,8 +280,10 @@ Test(codec_ops, selection_takes_attention_and_fetches_sparse)
 
 			cr_assert_eq(t, 2 * i + 1, "the odd tokens");
 			cr_assert_eq(memcmp(rows + (h * 64 + i) * 64,
-					    stg + (((h / 2) * 2 * 64 + t) * 2 + h % 2) * 64 * 2, 128), 0,
-				     "K of (layer %zu, head %zu, token %u) as stored", h / 2, h % 2, t);
+					    stg + (((h / 2) * 2 * 64 + t) * 2 + h % 2) * 64 * 2,
+					    128),
+				     0, "K of (layer %zu, head %zu, token %u) as stored", h / 2,
+				     h % 2, t);
 		}
 	const struct kvc_stats *st = ns_stats(c, "sel", &j);
 
@@ -425,7 +434,8 @@ Test(codec_ops, old_blocks_stay_readable_across_policy_changes)
 	const struct kvc_stats *st = ns_stats(c, "changing", &j);
 
 	cr_assert_str_eq(st->ns[j].policy, "none");
-	cr_assert_eq(kvc_policy(c, "int4:bogus=1", KVC_POLICY_NAMESPACE, why, sizeof(why)), -EINVAL);
+	cr_assert_eq(kvc_policy(c, "int4:bogus=1", KVC_POLICY_NAMESPACE, why, sizeof(why)),
+		     -EINVAL);
 	cr_assert_not_null(strstr(why, "bogus"), "%s", why);
 	kvc_detach(c);
 }

@@ -58,7 +58,8 @@ static void full_recompute(const struct llm *m, const int *tok, int n, float *lo
 				}
 			}
 			for (int i = 0; i < D; i += 2) { /* RoPE on q and k */
-				double a = t * pow(10000.0, -(double)(i % hd) / hd), cs = cos(a), sn = sin(a);
+				double a = t * pow(10000.0, -(double)(i % hd) / hd), cs = cos(a),
+				       sn = sin(a);
 				double q0 = q[t * D + i], q1 = q[t * D + i + 1];
 
 				q[t * D + i] = q0 * cs - q1 * sn;
@@ -79,7 +80,8 @@ static void full_recompute(const struct llm *m, const int *tok, int n, float *lo
 				for (int s = 0; s <= t; s++) {
 					p[s] = 0;
 					for (int i = 0; i < hd; i++)
-						p[s] += q[t * D + h * hd + i] * k[s * KV + kh * hd + i];
+						p[s] += q[t * D + h * hd + i] *
+							k[s * KV + kh * hd + i];
 					p[s] /= sqrt((double)hd);
 					max = p[s] > max ? p[s] : max;
 				}
@@ -88,7 +90,8 @@ static void full_recompute(const struct llm *m, const int *tok, int n, float *lo
 				for (int i = 0; i < hd; i++) {
 					att[t * D + h * hd + i] = 0;
 					for (int s = 0; s <= t; s++)
-						att[t * D + h * hd + i] += p[s] / sum * v[s * KV + kh * hd + i];
+						att[t * D + h * hd + i] += p[s] / sum *
+									   v[s * KV + kh * hd + i];
 				}
 			}
 		for (int t = 0; t < n; t++) {
@@ -126,7 +129,8 @@ static void full_recompute(const struct llm *m, const int *tok, int n, float *lo
 			double s = 0;
 
 			for (int i = 0; i < D; i++)
-				s += (double)m->wcls[(size_t)o * D + i] * m->rms_final[i] * xl[i] * ss;
+				s += (double)m->wcls[(size_t)o * D + i] * m->rms_final[i] * xl[i] *
+				     ss;
 			logits[o] = (float)s;
 		}
 	}
@@ -157,7 +161,8 @@ Test(llama, cached_decode_equals_full_recompute, .timeout = 120)
 				err = fmax(err, fabs((double)s.logits[i] - ref[i]));
 				norm = fmax(norm, fabs((double)ref[i]));
 			}
-			cr_assert_lt(err, 1e-4 * norm, "position %d: cached decode off by %g", p, err);
+			cr_assert_lt(err, 1e-4 * norm, "position %d: cached decode off by %g", p,
+				     err);
 		}
 		if (p + 1 < 40)
 			tok[p + 1] = llm_sample(s.logits, m.c.vocab, 1.0f, &rng);
@@ -186,7 +191,8 @@ Test(llama, blocks_round_trip_the_cache_bit_for_bit)
 	llm_block_put(&m, &a, 8, 16, blk);
 	cr_assert_eq(llm_block_get(&m, &b, 8, blk, &l), 0);
 	for (int ly = 0; ly < m.c.layers; ly++) {
-		size_t off = ((size_t)ly * m.c.seq_len + 8) * m.c.kv_dim, n = 16 * (size_t)m.c.kv_dim;
+		size_t off = ((size_t)ly * m.c.seq_len + 8) * m.c.kv_dim,
+		       n = 16 * (size_t)m.c.kv_dim;
 
 		cr_assert_eq(memcmp(a.kc + off, b.kc + off, n * 4), 0);
 		cr_assert_eq(memcmp(a.vc + off, b.vc + off, n * 4), 0);
@@ -239,8 +245,9 @@ Test(llama, greedy_from_bos_matches_the_published_ids)
 
 	need_model();
 	snprintf(args, sizeof(args), "--model %s --no-kvcd --steps 16", model_path());
-	cr_assert_eq(t_tool(&(struct t_daemon){ .sock = "unused" }, "kvc-llama", args, out,
-			    sizeof(out)), 0, "%s", out);
+	cr_assert_eq(
+		t_tool(&(struct t_daemon){ .sock = "unused" }, "kvc-llama", args, out, sizeof(out)),
+		0, "%s", out);
 	cr_assert_str_eq(out, "461 461 401 401 401 461 378 455 473 456 435 299 362 409 283 264\n");
 }
 
@@ -251,7 +258,8 @@ Test(llama, cached_prefix_equals_cold_bit_for_bit, .init = up, .fini = down, .ti
 
 	need_model();
 	for (int i = 0; i < 50; i++)
-		snprintf(prompt + strlen(prompt), sizeof(prompt) - strlen(prompt), " %d", 1 + i * 7);
+		snprintf(prompt + strlen(prompt), sizeof(prompt) - strlen(prompt), " %d",
+			 1 + i * 7);
 	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
 		snprintf(args, sizeof(args), "--model %s --check --steps 12 %s %s", model_path(),
 			 pols[pi], prompt);
@@ -278,21 +286,29 @@ Test(llama, eval_of_the_lossless_policy_is_exact, .init = up, .fini = down, .tim
 	const char *p;
 
 	need_model();
-	snprintf(args, sizeof(args), "--model %s --seqs 2 --prefix 64 --cont 16 --chunk 32 "
-		 "--policies 'none;int4' --json", model_path());
+	snprintf(args, sizeof(args),
+		 "--model %s --seqs 2 --prefix 64 --cont 16 --chunk 32 "
+		 "--policies 'none;int4' --json",
+		 model_path());
 	cr_assert_eq(t_tool(&D, "kvc-eval", args, out, sizeof(out)), 0, "%s", out);
 	p = strstr(out, "{\"policy\": \"none\"");
 	cr_assert_not_null(p, "%s", out);
-	cr_assert_eq(sscanf(p, "{\"policy\": \"none\", \"compression_ratio\": %lf, \"ppl_ratio\": "
-			    "%lf, \"top1\": %lf, \"kl\": %lf", &ratio, &ppl, &top1, &kl), 4, "%s", p);
+	cr_assert_eq(sscanf(p,
+			    "{\"policy\": \"none\", \"compression_ratio\": %lf, \"ppl_ratio\": "
+			    "%lf, \"top1\": %lf, \"kl\": %lf",
+			    &ratio, &ppl, &top1, &kl),
+		     4, "%s", p);
 	cr_assert_eq(ratio, 1.0);
 	cr_assert_eq(ppl, 1.0);
 	cr_assert_eq(top1, 1.0);
 	cr_assert_eq(kl, 0.0);
 	p = strstr(out, "{\"policy\": \"int4\"");
 	cr_assert_not_null(p, "%s", out);
-	cr_assert_eq(sscanf(p, "{\"policy\": \"int4\", \"compression_ratio\": %lf, \"ppl_ratio\": "
-			    "%lf, \"top1\": %lf, \"kl\": %lf", &ratio, &ppl, &top1, &kl), 4, "%s", p);
+	cr_assert_eq(sscanf(p,
+			    "{\"policy\": \"int4\", \"compression_ratio\": %lf, \"ppl_ratio\": "
+			    "%lf, \"top1\": %lf, \"kl\": %lf",
+			    &ratio, &ppl, &top1, &kl),
+		     4, "%s", p);
 	cr_assert_gt(ratio, 2.5, "int4 with 32-channel groups stores about 3.2x less");
 	cr_assert_neq(ppl, 1.0);
 	cr_assert_gt(kl, 0.0);
@@ -309,12 +325,16 @@ Test(llama, eval_refuses_bad_input, .init = up, .fini = down)
 	need_model();
 	cr_assert_eq(write(fd, "1 2 3\n", 6), 6);
 	close(fd);
-	snprintf(args, sizeof(args), "--model %s --tokens %s --prefix 64 --cont 16 "
-		 "--policies none", model_path(), path);
+	snprintf(args, sizeof(args),
+		 "--model %s --tokens %s --prefix 64 --cont 16 "
+		 "--policies none",
+		 model_path(), path);
 	cr_assert_eq(t_tool(&D, "kvc-eval", args, out, sizeof(out)), 1, "%s", out);
 	cr_assert(strstr(out, "need prefix + cont + 1"), "%s", out);
-	snprintf(args, sizeof(args), "--model %s --seqs 1 --prefix 32 --cont 4 --chunk 16 "
-		 "--policies 'int9'", model_path());
+	snprintf(args, sizeof(args),
+		 "--model %s --seqs 1 --prefix 32 --cont 4 --chunk 16 "
+		 "--policies 'int9'",
+		 model_path());
 	cr_assert_eq(t_tool(&D, "kvc-eval", args, out, sizeof(out)), 1, "%s", out);
 	cr_assert(strstr(out, "policy 'int9'"), "%s", out);
 	unlink(path);

@@ -23,8 +23,9 @@ TestSuite(ops, .init = up, .fini = down, .timeout = 60);
 
 static struct kvc_layout lay(uint8_t dtype, uint32_t tokens)
 {
-	return (struct kvc_layout){ .dtype = dtype, .layers = 4, .kv_heads = 2, .head_dim = 64,
-				    .tokens = tokens };
+	return (struct kvc_layout){
+		.dtype = dtype, .layers = 4, .kv_heads = 2, .head_dim = 64, .tokens = tokens
+	};
 }
 
 Test(ops, nop_and_stats)
@@ -44,8 +45,9 @@ Test(ops, nop_and_stats)
 Test(ops, a_raw_block_costs_its_bytes_and_the_allocator_header)
 {
 	kvc_client *c = t_attach(&D, "cost", 4096);
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64,
-				.tokens = 1 }; /* 256 bytes */
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 1
+	}; /* 256 bytes */
 	struct kvc_key k = { 7, 7 };
 	struct kvc_stats a, b;
 
@@ -153,8 +155,11 @@ Test(ops, async_batch_of_many_requests)
 
 	t_fill(stg, 200 * n, 3);
 	for (int i = 0; i < 200; i++)
-		reqs[i] = (struct kvc_req){ .op = KVC_OP_STORE, .key = { 7, (uint64_t)i },
-					    .layout = l, .off = i * n, .len = n };
+		reqs[i] = (struct kvc_req){ .op = KVC_OP_STORE,
+					    .key = { 7, (uint64_t)i },
+					    .layout = l,
+					    .off = i * n,
+					    .len = n };
 	while (sub < 200) { /* the ring holds 256; a batch of 200 goes in at once */
 		int r = kvc_submit(c, reqs + sub, 200 - sub, tickets + sub);
 
@@ -181,7 +186,10 @@ Test(ops, async_batch_of_many_requests)
 
 Test(ops, many_processes_at_once)
 {
-	enum { PROCS = 4, BLOCKS = 40 };
+	enum {
+		PROCS = 4,
+		BLOCKS = 40
+	};
 	struct kvc_layout l = lay(KVC_BF16, 8);
 	size_t n = kvc_layout_bytes(&l);
 
@@ -229,8 +237,9 @@ Test(ops, many_processes_at_once)
 Test(ops, eviction_under_pressure_spares_pinned_blocks)
 {
 	kvc_client *c = t_attach(&D, "evict", 2 << 20);
-	struct kvc_layout l = { .dtype = KVC_F32, .layers = 2, .kv_heads = 4, .head_dim = 64,
-				.tokens = 256 }; /* 1 MiB */
+	struct kvc_layout l = {
+		.dtype = KVC_F32, .layers = 2, .kv_heads = 4, .head_dim = 64, .tokens = 256
+	}; /* 1 MiB */
 	struct kvc_key pinned = { 5, 0 };
 	unsigned char *stg = kvc_staging(c, NULL);
 	struct kvc_stats st;
@@ -263,8 +272,9 @@ Test(ops, eviction_under_pressure_spares_pinned_blocks)
 Test(ops, pool_full_of_pins_says_enospc)
 {
 	kvc_client *c = t_attach(&D, "full", 16 << 20);
-	struct kvc_layout l = { .dtype = KVC_F32, .layers = 8, .kv_heads = 8, .head_dim = 64,
-				.tokens = 512 }; /* 16 MiB */
+	struct kvc_layout l = {
+		.dtype = KVC_F32, .layers = 8, .kv_heads = 8, .head_dim = 64, .tokens = 512
+	}; /* 16 MiB */
 	struct kvc_key k;
 	int stored = 0, err = 0;
 
@@ -316,7 +326,8 @@ Test(ops, backlog_beyond_the_completion_ring_does_not_stall)
 
 	for (int round = 0; round < 3; round++) {
 		while (sub < 512) { /* SQ and CQ both full: 256 + 256 in flight */
-			int r = kvc_submit(c, nop, (unsigned)(512 - sub > 256 ? 256 : 512 - sub), NULL);
+			int r = kvc_submit(c, nop, (unsigned)(512 - sub > 256 ? 256 : 512 - sub),
+					   NULL);
 
 			if (r == -EAGAIN) {
 				t_sleep_ms(1);

@@ -43,8 +43,9 @@ static void wait_clients(unsigned n)
 
 Test(robust, kill_9_in_the_middle_of_stores)
 {
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 8, .kv_heads = 8, .head_dim = 64,
-				.tokens = 256 }; /* 4 MiB */
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 8, .kv_heads = 8, .head_dim = 64, .tokens = 256
+	}; /* 4 MiB */
 	unsigned fds0 = t_count_fds_settled(D.pid);
 	kvc_client *survivor = t_attach(&D, "kill", 4 << 20);
 	struct kvc_key sk = { 1, 1 };
@@ -63,8 +64,11 @@ Test(robust, kill_9_in_the_middle_of_stores)
 				_exit(1);
 			for (uint64_t i = 0;; i++) {
 				struct kvc_req r[2] = {
-					{ .op = KVC_OP_STORE, .key = { 100 + (uint64_t)round, i },
-					  .layout = l, .off = (i % 2) << 22, .len = 4 << 20 },
+					{ .op = KVC_OP_STORE,
+					  .key = { 100 + (uint64_t)round, i },
+					  .layout = l,
+					  .off = (i % 2) << 22,
+					  .len = 4 << 20 },
 					{ .op = KVC_OP_PIN, .key = { 100 + (uint64_t)round, i } },
 				};
 
@@ -102,20 +106,36 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 		{ .opcode = KVCP_OP_NOP, .flags = 0x80, .user_data = 2 },
 		{ .opcode = KVCP_OP_NOP, .reserved0 = 1, .user_data = 3 },
 		{ .opcode = KVCP_OP_FETCH, .off = UINT64_MAX - 10, .len = 100, .user_data = 4 },
-		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 1ull << 40, .user_data = 5,
+		{ .opcode = KVCP_OP_STORE,
+		  .off = 0,
+		  .len = 1ull << 40,
+		  .user_data = 5,
 		  .layout = { .dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 1 } },
-		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 8, .user_data = 6,
+		{ .opcode = KVCP_OP_STORE,
+		  .off = 0,
+		  .len = 8,
+		  .user_data = 6,
 		  .layout = { .dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 2 } },
-		{ .opcode = KVCP_OP_STORE, .off = 0, .len = 8, .user_data = 7,
-		  .layout = { .dtype = 1, .codec = 9, .layers = 1, .kv_heads = 1, .head_dim = 1,
+		{ .opcode = KVCP_OP_STORE,
+		  .off = 0,
+		  .len = 8,
+		  .user_data = 7,
+		  .layout = { .dtype = 1,
+			      .codec = 9,
+			      .layers = 1,
+			      .kv_heads = 1,
+			      .head_dim = 1,
 			      .tokens = 1 } },
 		{ .opcode = KVCP_OP_LOOKUP, .off = 3, .len = 17, .user_data = 8 },
-		{ .opcode = KVCP_OP_STATS, .flags = KVCP_SQE_F_SCRATCH, .off = 0, .len = 10,
+		{ .opcode = KVCP_OP_STATS,
+		  .flags = KVCP_SQE_F_SCRATCH,
+		  .off = 0,
+		  .len = 10,
 		  .user_data = 9 },
 		{ .opcode = KVCP_OP_EVICT, .user_data = 10 },
 	};
-	const int want[] = { -EBADMSG, -EBADMSG, -EBADMSG, -EINVAL, -EINVAL, -EINVAL, -EINVAL,
-			     -EINVAL, -ENOSPC, 0 };
+	const int want[] = { -EBADMSG, -EBADMSG, -EBADMSG, -EINVAL, -EINVAL,
+			     -EINVAL,  -EINVAL,	 -EINVAL,  -ENOSPC, 0 };
 
 	cr_assert_eq(t_raw_attach(D.sock, NULL, &r), 0);
 	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -145,8 +165,9 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 
 Test(robust, hostile_attaches_are_refused_without_leaks)
 {
-	struct kvcp_attach_req req = { .magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR + 1,
-				       .numa_node = -1, .ns = "x" };
+	struct kvcp_attach_req req = {
+		.magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR + 1, .numa_node = -1, .ns = "x"
+	};
 	struct t_raw r;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	unsigned fds0;
@@ -173,7 +194,9 @@ Test(robust, hostile_attaches_are_refused_without_leaks)
 		int pass[3] = { 0, 1, 2 };
 		char cbuf[CMSG_SPACE(sizeof(pass))] = { 0 };
 		struct iovec iov = { junk, sizeof(junk) };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = cbuf,
 				     .msg_controllen = sizeof(cbuf) };
 		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 
@@ -218,8 +241,9 @@ Test(robust, daemon_restart_is_noticed_and_reattached)
 	kvc_client *c = t_attach(&D, "restart", 1 << 20);
 	struct kvc_stats st1, st2;
 	void *stg = kvc_staging(c, NULL);
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 8,
-				.tokens = 8 };
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 8, .tokens = 8
+	};
 	struct kvc_key k = { 3, 3 };
 
 	cr_assert_eq(kvc_stats(c, &st1, sizeof(st1)), 0);

@@ -55,7 +55,9 @@ static void hostile(const char *sock, uint64_t seed, unsigned ms)
 			char b;
 
 			switch (rnd(&x) % 8) {
-			case 0: case 1: case 2: /* random entry, then a plausible doorbell */
+			case 0:
+			case 1:
+			case 2: /* random entry, then a plausible doorbell */
 				for (int w = 0; w < 8; w++)
 					sq[(rnd(&x) % n) * 8 + (unsigned)w] = rnd(&x);
 				/* fall through */
@@ -100,8 +102,9 @@ Test(stress, hostile_client_cannot_hurt_kvcd_or_others)
 {
 	kvc_client *good = t_attach(&D, "default", 1 << 20);
 	unsigned char *stg = kvc_staging(good, NULL);
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 2, .kv_heads = 2, .head_dim = 32,
-				.tokens = 64 };
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 2, .kv_heads = 2, .head_dim = 32, .tokens = 64
+	};
 	size_t n = kvc_layout_bytes(&l);
 	pid_t pids[2];
 	int st;

@@ -209,8 +209,8 @@ static inline int t_daemon_down(struct t_daemon *t)
 
 /* Attach to @t; NULL on failure, with the error in *@err when given. Never asserts, so
  * forked children may use it. */
-static inline kvc_client *t_try_attach_err(const struct t_daemon *t, const char *ns,
-					   size_t staging, int *err)
+static inline kvc_client *t_try_attach_err(const struct t_daemon *t, const char *ns, size_t staging,
+					   int *err)
 {
 	struct kvc_attach_opts o;
 	kvc_client *c = NULL;
@@ -294,17 +294,21 @@ struct t_raw {
 
 /* Send @req (NULL: a valid one for namespace "default") and return the reply status; on
  * success map the segments into @r. Never asserts, so forked helpers may use it. */
-static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *req,
-			       struct t_raw *r)
+static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *req, struct t_raw *r)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct kvcp_attach_req def = { .magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR,
-				       .minor = KVCP_MINOR, .staging_size = 1 << 20,
-				       .numa_node = -1, .ns = "default" };
+	struct kvcp_attach_req def = { .magic32 = KVCP_ATTACH_MAGIC,
+				       .major = KVCP_MAJOR,
+				       .minor = KVCP_MINOR,
+				       .staging_size = 1 << 20,
+				       .numa_node = -1,
+				       .ns = "default" };
 	struct kvcp_attach_rep rep = { 0 };
 	char cbuf[CMSG_SPACE(2 * sizeof(int))];
 	struct iovec iov = { &rep, sizeof(rep) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
 			     .msg_controllen = sizeof(cbuf) };
 	struct timeval tv = { 5, 0 };
 	struct cmsghdr *cm;
@@ -353,7 +357,8 @@ static inline int t_raw_call(struct t_raw *r, const struct kvcp_sqe *sqe, struct
 	char *base = (char *)r->hdr;
 
 	cr_assert_eq(kvcp_ring_push(sq, base + r->hdr->sq_off, r->hdr->sq_entries, &r->sq_prod,
-				    &r->sq_cons_cache, sqe), 0);
+				    &r->sq_cons_cache, sqe),
+		     0);
 	kvcp_fence();
 	if (kvcp_load_relaxed(&sq->flags) & KVCP_RING_NEED_WAKEUP) {
 		__atomic_fetch_add(&sq->futex, 1, __ATOMIC_RELEASE);

@@ -6,11 +6,11 @@
 
 #include "t_util.h"
 
-#define SAME(a, b, f)                                                                          \
-	do {                                                                                   \
+#define SAME(a, b, f)                                                                            \
+	do {                                                                                     \
 		cr_expect_eq(offsetof(struct a, f), offsetof(struct b, f), #a "." #f " offset"); \
-		cr_expect_eq(sizeof(((struct a *)0)->f), sizeof(((struct b *)0)->f),            \
-			     #a "." #f " size");                                               \
+		cr_expect_eq(sizeof(((struct a *)0)->f), sizeof(((struct b *)0)->f),             \
+			     #a "." #f " size");                                                 \
 	} while (0)
 #define SIZE(a, b) cr_expect_eq(sizeof(struct a), sizeof(struct b), #a " size")
 

@@ -68,13 +68,17 @@ Test(alloc, too_large_fails_cleanly)
 
 Test(alloc, random_stress_keeps_invariants)
 {
-	enum { SLOTS = 512 };
+	enum {
+		SLOTS = 512
+	};
 	void *slot[SLOTS] = { 0 };
 	size_t len[SLOTS] = { 0 };
 	uint64_t x = 42;
 
 	for (int step = 0; step < 20000; step++) {
-		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
 		unsigned i = (unsigned)(x % SLOTS);
 
 		if (slot[i]) {

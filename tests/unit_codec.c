@@ -6,8 +6,7 @@
 #include "t_util.h"
 #include "internal.h"
 
-static struct kvcd_policy P(const char *s)
-{
+static struct kvcd_policy P(const char *s) {
 	struct kvcd_policy p;
 	char why[128];
 
@@ -87,18 +86,33 @@ Test(codec, policy_strings)
 	p = P("none");
 	kvcd_policy_format(&p, buf, sizeof(buf));
 	cr_assert_str_eq(buf, "none");
-	const char *bad[] = { "int9", "zstd", "int:bits=1", "int:bits=9", "fp8:bits=4",
-			      "kivi:group=0", "int:rotate=yes", "int:sparse=0.5", "int:sink=-1",
-			      "int:bits", "int:color=red", "none:bits=4", "int:hipct=5",
-			      "int:group=70000", "fp8:rope=10000", "int:rope=x", "" };
+	const char *bad[] = { "int9",
+			      "zstd",
+			      "int:bits=1",
+			      "int:bits=9",
+			      "fp8:bits=4",
+			      "kivi:group=0",
+			      "int:rotate=yes",
+			      "int:sparse=0.5",
+			      "int:sink=-1",
+			      "int:bits",
+			      "int:color=red",
+			      "none:bits=4",
+			      "int:hipct=5",
+			      "int:group=70000",
+			      "fp8:rope=10000",
+			      "int:rope=x",
+			      "" };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		why[0] = '\0';
-		cr_assert_eq(kvcd_policy_parse(bad[i], &p, why, sizeof(why)), -EINVAL, "'%s'", bad[i]);
+		cr_assert_eq(kvcd_policy_parse(bad[i], &p, why, sizeof(why)), -EINVAL, "'%s'",
+			     bad[i]);
 		cr_assert_neq(why[0], '\0', "'%s' says why", bad[i]);
 	}
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 1, .head_dim = 96,
-				 .tokens = 8 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 1, .kv_heads = 1, .head_dim = 96, .tokens = 8
+	};
 
 	p = P("int4:rotate=hadamard");
 	cr_assert_eq(kvcd_policy_check(&p, &l, why, sizeof(why)), -EINVAL, "96 is no power of two");
@@ -129,7 +143,9 @@ Test(codec, fp8_e4m3)
  * past 448, infinities, NaN, both zeros, and divided by a scale that is not a power of 2. */
 Test(codec, fp8_e4m3_vectors_equal_the_scalar_conversion)
 {
-	enum { N = 4096 };
+	enum {
+		N = 4096
+	};
 	static float v[N];
 	static uint8_t got[N];
 	size_t n = 0;
@@ -211,10 +227,11 @@ Test(codec, hadamard)
  * scale 1, codes 0,1,2,3 packed LSB first: 0b11100100 = 0xe4. */
 Test(codec, int2_known_answer)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 4,
-				 .tokens = 2 };
-	float x[16] = { 0, 1, 2, 3, 3, 2, 1, 0,		/* K: tokens 0 and 1 */
-			-1, -0.5f, 0, 0.5f, 2, 2, 2, 2 };	/* V: token 1 is constant */
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 4, .tokens = 2
+	};
+	float x[16] = { 0,  1,	   2, 3,    3, 2, 1, 0,	  /* K: tokens 0 and 1 */
+			-1, -0.5f, 0, 0.5f, 2, 2, 2, 2 }; /* V: token 1 is constant */
 	struct kvcd_policy p = P("int2:group=4");
 	uint64_t n = kvcd_codec_size(&p, &l, false, 0);
 	uint8_t e[256];
@@ -222,7 +239,8 @@ Test(codec, int2_known_answer)
 	float y[16];
 	struct kvcp_layout back;
 
-	cr_assert_eq(n, sizeof(struct kvcd_codec_hdr) + 2 * (2 * 4 + 2), "scale+zero per token, 2 bits");
+	cr_assert_eq(n, sizeof(struct kvcd_codec_hdr) + 2 * (2 * 4 + 2),
+		     "scale+zero per token, 2 bits");
 	cr_assert_eq(kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, 0, x, NULL, e), 0);
 	uint16_t kp[4], vp[4];
 
@@ -245,11 +263,17 @@ Test(codec, int2_known_answer)
 /* Per group |x - x'| <= scale / 2, with scale the f16 rounded-up (max - min) / (2^b - 1). */
 Test(codec, error_bounds_per_group)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64,
-				 .tokens = 64 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64, .tokens = 64
+	};
 	float *x = block_f32(&l, 8.0f);
-	const char *pols[] = { "int8", "int4", "int2", "int3:group=16", "int:bits=5,group=0",
-			       "kivi:kbits=2,vbits=4,group=32", "kivi:kbits=8,vbits=8,group=16" };
+	const char *pols[] = { "int8",
+			       "int4",
+			       "int2",
+			       "int3:group=16",
+			       "int:bits=5,group=0",
+			       "kivi:kbits=2,vbits=4,group=32",
+			       "kivi:kbits=8,vbits=8,group=16" };
 
 	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
 		struct kvcd_policy p = P(pols[pi]);
@@ -268,8 +292,10 @@ Test(codec, error_bounds_per_group)
 				float lo = INFINITY, hi = -INFINITY, err = 0;
 
 				for (size_t i = 0; i < gs; i++) {
-					size_t at = per_channel ? base + ((g / d) * gs + i) * row + g % d :
-						    base + (g / (d / gs)) * row + (g % (d / gs)) * gs + i;
+					size_t at = per_channel ? base + ((g / d) * gs + i) * row +
+									  g % d
+								: base + (g / (d / gs)) * row +
+									  (g % (d / gs)) * gs + i;
 
 					lo = fminf(lo, x[at]);
 					hi = fmaxf(hi, x[at]);
@@ -280,8 +306,8 @@ Test(codec, error_bounds_per_group)
 					      (float)((1 << bits) - 1) * (1 + 0x1p-10f);
 
 				cr_assert_leq(err, scale / 2 + 1e-5f,
-					      "%s unit %zu group %zu: error %g, scale %g", pols[pi], u, g,
-					      err, scale);
+					      "%s unit %zu group %zu: error %g, scale %g", pols[pi],
+					      u, g, err, scale);
 			}
 		}
 		free(y);
@@ -291,8 +317,9 @@ Test(codec, error_bounds_per_group)
 
 Test(codec, fp8_relative_error)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32,
-				 .tokens = 16 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32, .tokens = 16
+	};
 	float *x = block_f32(&l, 100.0f), *y = roundtrip("fp8", &l, x, NULL, NULL);
 	size_t n = kvcp_layout_bytes(&l) / 4;
 
@@ -314,8 +341,9 @@ Test(codec, fp8_relative_error)
 /* A few channels 50x larger than the rest: rotation spreads them, int4 error drops. */
 Test(codec, hadamard_rotation_lowers_error)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64,
-				 .tokens = 64 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 2, .kv_heads = 2, .head_dim = 64, .tokens = 64
+	};
 	float *x = block_f32(&l, 50.0f);
 	size_t n = kvcp_layout_bytes(&l) / 4;
 	float *a = roundtrip("int4", &l, x, NULL, NULL);
@@ -335,8 +363,9 @@ Test(codec, hadamard_rotation_lowers_error)
 /* f16 block: sinks and the outlier token come back bit for bit; so do KIVI's residual keys. */
 Test(codec, exact_tokens_are_bit_exact)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 32,
-				 .tokens = 40 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 32, .tokens = 40
+	};
 	size_t n = kvcp_layout_bytes(&l) / 2, row = 2 * 32;
 	uint16_t *x = malloc(n * 2), *y;
 
@@ -354,7 +383,8 @@ Test(codec, exact_tokens_are_bit_exact)
 			if (lk >= 2 && t == 17)
 				continue; /* layer 1 picks its own outlier */
 			if (exact)
-				cr_assert_eq(memcmp(x + (lk * 40 + t) * row, y + (lk * 40 + t) * row, row * 2),
+				cr_assert_eq(memcmp(x + (lk * 40 + t) * row,
+						    y + (lk * 40 + t) * row, row * 2),
 					     0, "layer-kv %zu token %zu is exact", lk, t);
 		}
 	free(x);
@@ -366,8 +396,9 @@ Test(codec, exact_tokens_are_bit_exact)
  * every key stays within its group's error bound (range / (2^bits - 1), half of it rounding). */
 Test(codec, kivi_resid_quant_quantizes_the_leftover_keys)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 8,
-				 .tokens = 37 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 8, .tokens = 37
+	};
 	struct kvcd_policy pe = P("kivi:kbits=4,vbits=4,group=16,sink=1"),
 			   pq = P("kivi:kbits=4,vbits=4,group=16,sink=1,resid=quant");
 	uint64_t ne = kvcd_codec_size(&pe, &l, false, 0), nq = kvcd_codec_size(&pq, &l, false, 0);
@@ -398,7 +429,8 @@ Test(codec, kivi_resid_quant_quantizes_the_leftover_keys)
 			moved += x[t * 8 + c] != y[t * 8 + c];
 		}
 	}
-	cr_assert_gt(moved, 16, "the leftover keys are quantized, not copied (%u of 32 moved)", moved);
+	cr_assert_gt(moved, 16, "the leftover keys are quantized, not copied (%u of 32 moved)",
+		     moved);
 	char buf[KVCD_POLICY_STR], why[128];
 
 	kvcd_policy_format(&pq, buf, sizeof(buf));
@@ -413,8 +445,9 @@ Test(codec, kivi_resid_quant_quantizes_the_leftover_keys)
  * starting later holds none; the header records the position, so each decodes alone. */
 Test(codec, sinks_follow_the_block_position)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,
-				 .tokens = 32 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32, .tokens = 32
+	};
 	struct kvcd_policy p = P("int4:sink=4");
 	uint64_t n0 = kvcd_codec_size(&p, &l, false, 0), n2 = kvcd_codec_size(&p, &l, false, 2);
 	uint64_t n9 = kvcd_codec_size(&p, &l, false, 900);
@@ -438,8 +471,9 @@ Test(codec, sinks_follow_the_block_position)
 
 Test(codec, sparse_outliers_are_kept_exactly)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 64,
-				 .tokens = 64 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 64
+	};
 	float *x = block_f32(&l, 1.0f);
 	size_t n = kvcp_layout_bytes(&l) / 4;
 
@@ -461,8 +495,9 @@ Test(codec, sparse_outliers_are_kept_exactly)
 
 Test(codec, importance_scores_buy_precision)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32,
-				 .tokens = 100 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 32, .tokens = 100
+	};
 	float *x = block_f32(&l, 1.0f), scores[100];
 	uint64_t with, without;
 
@@ -520,10 +555,12 @@ Test(codec, dtypes_round_trip)
 /* Every ISA encodes to the same bytes and decodes to the same bytes. */
 Test(codec, simd_equals_scalar_on_blocks)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 64,
-				 .tokens = 48 };
-	const char *pols[] = { "int8", "int4:group=32", "int3", "kivi:kbits=2,vbits=4,group=16",
-			       "fp8", "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1" };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 64, .tokens = 48
+	};
+	const char *pols[] = { "int8", "int4:group=32",
+			       "int3", "kivi:kbits=2,vbits=4,group=16",
+			       "fp8",  "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1" };
 	size_t raw = kvcp_layout_bytes(&l);
 	uint16_t *x = malloc(raw);
 
@@ -538,13 +575,19 @@ Test(codec, simd_equals_scalar_on_blocks)
 		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
 			e[isa] = malloc(n);
 			d[isa] = malloc(raw);
-			cr_assert_eq(kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 0, x, NULL, e[isa]), 0);
-			cr_assert_eq(kvcd_codec_decode((enum kvcd_isa)isa, e[isa], n, d[isa], raw, &back), 0);
+			cr_assert_eq(
+				kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 0, x, NULL, e[isa]),
+				0);
+			cr_assert_eq(kvcd_codec_decode((enum kvcd_isa)isa, e[isa], n, d[isa], raw,
+						       &back),
+				     0);
 			if (isa) {
-				cr_assert_eq(memcmp(e[0], e[isa], n), 0, "%s: %s encodes like scalar",
-					     pols[pi], kvcd_isa_name((enum kvcd_isa)isa));
-				cr_assert_eq(memcmp(d[0], d[isa], raw), 0, "%s: %s decodes like scalar",
-					     pols[pi], kvcd_isa_name((enum kvcd_isa)isa));
+				cr_assert_eq(memcmp(e[0], e[isa], n), 0,
+					     "%s: %s encodes like scalar", pols[pi],
+					     kvcd_isa_name((enum kvcd_isa)isa));
+				cr_assert_eq(memcmp(d[0], d[isa], raw), 0,
+					     "%s: %s decodes like scalar", pols[pi],
+					     kvcd_isa_name((enum kvcd_isa)isa));
 			}
 		}
 		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {
@@ -559,16 +602,19 @@ Test(codec, simd_equals_scalar_on_blocks)
  * unit-by-unit path, in every ISA and dtype, with fewer tokens than heads too. */
 Test(codec, fused_pass_writes_the_unit_path_bytes)
 {
-	const char *pols[] = { "int8", "int4:group=32", "int3", "int2:rotate=hadamard", "int5:group=16",
-			       "int4:sink=4" };
+	const char *pols[] = { "int8",		"int4:group=32", "int3", "int2:rotate=hadamard",
+			       "int5:group=16", "int4:sink=4" };
 	const uint8_t dtypes[] = { KVCP_F16, KVCP_BF16, KVCP_F32 };
 	const uint32_t tokens[] = { 40, 2 };
 
 	for (size_t di = 0; di < 3; di++)
 		for (size_t ti = 0; ti < 2; ti++)
 			for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
-				struct kvcp_layout l = { .dtype = dtypes[di], .layers = 2, .kv_heads = 3,
-							 .head_dim = 64, .tokens = tokens[ti] };
+				struct kvcp_layout l = { .dtype = dtypes[di],
+							 .layers = 2,
+							 .kv_heads = 3,
+							 .head_dim = 64,
+							 .tokens = tokens[ti] };
 				struct kvcd_policy p = P(pols[pi]);
 				uint64_t n = kvcd_codec_size(&p, &l, false, 8);
 				struct kvcp_layout lf = l;
@@ -584,19 +630,24 @@ Test(codec, fused_pass_writes_the_unit_path_bytes)
 					int ea, eb;
 
 					kvcd_codec_fused = true;
-					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, a);
+					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x,
+							       NULL, a);
 					kvcd_codec_fused = false;
-					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, b);
+					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x,
+							       NULL, b);
 					cr_assert_eq(ea, 0, "%s", pols[pi]);
 					cr_assert_eq(eb, 0, "%s", pols[pi]);
-					cr_assert_eq(memcmp(a, b, n), 0, "%s dtype %u tokens %u isa %d", pols[pi],
+					cr_assert_eq(memcmp(a, b, n), 0,
+						     "%s dtype %u tokens %u isa %d", pols[pi],
 						     l.dtype, l.tokens, isa);
 					/* a nan in the last plane: both refuse it */
 					memset(x + raw - 3 * es, 0xff, es);
 					kvcd_codec_fused = true;
-					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, a);
+					ea = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x,
+							       NULL, a);
 					kvcd_codec_fused = false;
-					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x, NULL, b);
+					eb = kvcd_codec_encode((enum kvcd_isa)isa, &p, &l, 8, x,
+							       NULL, b);
 					cr_assert_eq(ea, -EINVAL);
 					cr_assert_eq(eb, -EINVAL);
 					kvcd_from_f32(KVCD_ISA_SCALAR, l.dtype, f, x, raw / es);
@@ -613,8 +664,9 @@ Test(codec, fused_pass_writes_the_unit_path_bytes)
  * the same bytes seen as one head of kv_heads * head_dim, and costs fewer parameters. */
 Test(codec, groups_longer_than_head_dim_span_heads)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 4, .head_dim = 8,
-				 .tokens = 64 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 2, .kv_heads = 4, .head_dim = 8, .tokens = 64
+	};
 	struct kvcp_layout one = l;
 	const char *pols[] = { "int4:group=32", "int3:group=16,rotate=hadamard", "fp8:group=32",
 			       "kivi:kbits=4,vbits=2,group=32,sink=2,outliers=1" };
@@ -655,8 +707,9 @@ Test(codec, groups_longer_than_head_dim_span_heads)
  * to before RoPE (rope=BASE) they barely vary, and per-channel quantization gets far better. */
 Test(codec, rope_quantizes_keys_before_rope)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 16,
-				 .tokens = 64 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 16, .tokens = 64
+	};
 	size_t raw = kvcp_layout_bytes(&l), plane = (size_t)l.tokens * 2 * 16;
 	float *x = malloc(raw), *a, *b, base[2][16];
 	uint32_t pos = 1000;
@@ -682,7 +735,8 @@ Test(codec, rope_quantizes_keys_before_rope)
 	{
 		struct kvcd_policy pa = P("kivi:kbits=4,vbits=4,group=32"),
 				   pb = P("kivi:kbits=4,vbits=4,group=32,rope=10000");
-		uint64_t na = kvcd_codec_size(&pa, &l, false, pos), nb = kvcd_codec_size(&pb, &l, false, pos);
+		uint64_t na = kvcd_codec_size(&pa, &l, false, pos),
+			 nb = kvcd_codec_size(&pb, &l, false, pos);
 		uint8_t *ea = malloc(na), *eb = malloc(nb);
 		struct kvcp_layout back;
 
@@ -708,8 +762,9 @@ Test(codec, rope_quantizes_keys_before_rope)
 
 Test(codec, bad_input_is_refused_cleanly)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32,
-				 .tokens = 32 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 32, .tokens = 32
+	};
 	struct kvcd_policy p = P("int4:sink=2");
 	uint64_t n = kvcd_codec_size(&p, &l, false, 0), raw = kvcp_layout_bytes(&l);
 	float *x = block_f32(&l, 1.0f), *y = malloc(raw);
@@ -722,13 +777,14 @@ Test(codec, bad_input_is_refused_cleanly)
 	x[100] = INFINITY;
 	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), -EINVAL, "inf");
 	x[100] = 1e6f;
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), -ERANGE, "beyond f16");
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), -ERANGE,
+		     "beyond f16");
 	x[100] = 1.0f;
 	struct kvcd_policy h = P("int4:hibits=8");
 
 	scores[3] = NAN;
-	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &h, &l, 0, x, scores, e),
-		     -EINVAL, "nan score");
+	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &h, &l, 0, x, scores, e), -EINVAL,
+		     "nan score");
 	cr_assert_eq(kvcd_codec_encode(kvcd_isa_best(), &p, &l, 0, x, NULL, e), 0);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n, y, raw - 1, &back), -ENOSPC);
 	cr_assert_eq(kvcd_codec_decode(kvcd_isa_best(), e, n - 1, y, raw, &back), -EBADMSG);
@@ -788,9 +844,11 @@ Test(codec, quality_library)
  * and the error stays close to the f16 params' (scales at most 2^(1/16) coarser). */
 Test(codec, compact_params_save_bytes_and_keep_the_error)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F32, .layers = 2, .kv_heads = 1, .head_dim = 8,
-				 .tokens = 32 };
-	const char *pol[][2] = { { "kivi:kbits=5,vbits=4,group=16", "kivi:kbits=5,vbits=4,group=16,params=u8" },
+	struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 2, .kv_heads = 1, .head_dim = 8, .tokens = 32
+	};
+	const char *pol[][2] = { { "kivi:kbits=5,vbits=4,group=16",
+				   "kivi:kbits=5,vbits=4,group=16,params=u8" },
 				 { "int4:group=8", "int4:group=8,params=u8" } };
 	/* kivi: K 2 groups x 8 channels, V 32 tokens x 1 group; int4: 32 x 1 for K and for V */
 	const uint64_t saved[] = { 2 * ((16 * 4 - (12 + 16 * 2)) + (32 * 4 - (12 + 32 * 2))),

@@ -25,7 +25,8 @@ static int count_munmap(void *a, size_t l)
 
 static int fail_mlock(const void *a, size_t l)
 {
-	(void)a; (void)l;
+	(void)a;
+	(void)l;
 	errno = ENOMEM;
 	return -1;
 }
@@ -33,14 +34,20 @@ static int fail_mlock(const void *a, size_t l)
 static long fail_mbind(void *a, unsigned long l, int m, const unsigned long *n, unsigned long mx,
 		       unsigned f)
 {
-	(void)a; (void)l; (void)m; (void)n; (void)mx; (void)f;
+	(void)a;
+	(void)l;
+	(void)m;
+	(void)n;
+	(void)mx;
+	(void)f;
 	errno = EINVAL;
 	return -1;
 }
 
 static int fail_memfd(const char *n, unsigned f)
 {
-	(void)n; (void)f;
+	(void)n;
+	(void)f;
 	errno = EMFILE;
 	return -1;
 }

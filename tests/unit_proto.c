@@ -134,8 +134,9 @@ Test(proto, header_validation)
 
 Test(proto, layout_bytes)
 {
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 32, .kv_heads = 8, .head_dim = 128,
-				 .tokens = 256 };
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 32, .kv_heads = 8, .head_dim = 128, .tokens = 256
+	};
 
 	cr_assert_eq(kvcp_layout_bytes(&l), 2ull * 2 * 32 * 8 * 128 * 256);
 	l.dtype = KVCP_F32;
@@ -148,8 +149,9 @@ Test(proto, layout_bytes)
 	l.tokens = UINT32_MAX;
 	l.layers = l.kv_heads = l.head_dim = UINT16_MAX;
 	cr_assert_eq(kvcp_layout_bytes(&l), 0, "overflow is rejected, not wrapped");
-	l = (struct kvcp_layout){ .dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 1,
-				  .reserved = 1 };
+	l = (struct kvcp_layout){
+		.dtype = 1, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 1, .reserved = 1
+	};
 	cr_assert_eq(kvcp_layout_bytes(&l), 0, "reserved must be zero");
 }
 

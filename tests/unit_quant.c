@@ -38,7 +38,9 @@ Test(quant, f16_conversion)
 		uint32_t u;
 		float f;
 
-		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
 		u = (uint32_t)x;
 		memcpy(&f, &u, 4);
 		if (isnan(f))
@@ -94,7 +96,8 @@ Test(quant, constant_and_bad_groups)
 		cr_assert_eq(out[i], 3.0f, "and decodes exactly");
 	for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
 		x[17] = NAN;
-		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -EINVAL, "%s", kvcd_isa_name(isa));
+		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -EINVAL, "%s",
+			     kvcd_isa_name(isa));
 		x[17] = INFINITY;
 		cr_assert_eq(kvcd_quant_group(isa, x, 33, 4, q, &s, &z), -EINVAL);
 		x[17] = 1e6f;
@@ -108,16 +111,18 @@ Test(quant, constant_and_bad_groups)
 static void fill_group(float *x, size_t n, uint64_t *r, int kind)
 {
 	for (size_t i = 0; i < n; i++) {
-		*r ^= *r << 13; *r ^= *r >> 7; *r ^= *r << 17;
+		*r ^= *r << 13;
+		*r ^= *r >> 7;
+		*r ^= *r << 17;
 		float u = (float)(*r >> 40) / (float)(1 << 24) * 2 - 1; /* [-1, 1) */
 
 		switch (kind) {
 		case 0: x[i] = u; break;
-		case 1: x[i] = u * 60000; break;			/* extreme range */
-		case 2: x[i] = u * 1e-40f; break;			/* denormals */
-		case 3: x[i] = 0.7f; break;				/* constant */
-		case 4: x[i] = (float)((*r >> 8) % 16) * 0.5f; break;	/* exact ties */
-		case 5: x[i] = i == 3 ? 40.0f : u * 0.01f; break;	/* one huge outlier */
+		case 1: x[i] = u * 60000; break;		      /* extreme range */
+		case 2: x[i] = u * 1e-40f; break;		      /* denormals */
+		case 3: x[i] = 0.7f; break;			      /* constant */
+		case 4: x[i] = (float)((*r >> 8) % 16) * 0.5f; break; /* exact ties */
+		case 5: x[i] = i == 3 ? 40.0f : u * 0.01f; break;     /* one huge outlier */
 		}
 	}
 }
@@ -136,13 +141,16 @@ Test(quant, error_bound_holds_per_group)
 				float sf = kvcd_f16_to_f32(s), zf = kvcd_f16_to_f32(z);
 
 				for (size_t i = 0; i < n; i++) {
-					float tol = sf / 2 + 4 * FLT_EPSILON *
-						    (fabsf(x[i]) + fabsf(zf) + sf * ((1u << bits) - 1)) +
+					float tol = sf / 2 +
+						    4 * FLT_EPSILON *
+							    (fabsf(x[i]) + fabsf(zf) +
+							     sf * ((1u << bits) - 1)) +
 						    FLT_MIN;
 
-					cr_assert_leq(fabsf(x[i] - out[i]), tol,
-						      "bits %u kind %d n %zu i %zu: %a vs %a (scale %a)",
-						      bits, kind, n, i, x[i], out[i], sf);
+					cr_assert_leq(
+						fabsf(x[i] - out[i]), tol,
+						"bits %u kind %d n %zu i %zu: %a vs %a (scale %a)",
+						bits, kind, n, i, x[i], out[i], sf);
 				}
 			}
 }
@@ -161,15 +169,20 @@ Test(quant, simd_equals_scalar_bit_for_bit)
 			for (int kind = 0; kind < 6; kind++)
 				for (size_t n = 1; n <= 300; n += 13) {
 					fill_group(x, n, &r, kind);
-					cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, x, n, bits, qa, &sa, &za), 0);
-					cr_assert_eq(kvcd_quant_group(isa, x, n, bits, qb, &sb, &zb), 0);
-					cr_assert(sa == sb && za == zb, "%s params", kvcd_isa_name(isa));
-					cr_assert_eq(memcmp(qa, qb, n), 0, "%s codes, bits %u kind %d n %zu",
+					cr_assert_eq(kvcd_quant_group(KVCD_ISA_SCALAR, x, n, bits,
+								      qa, &sa, &za),
+						     0);
+					cr_assert_eq(
+						kvcd_quant_group(isa, x, n, bits, qb, &sb, &zb), 0);
+					cr_assert(sa == sb && za == zb, "%s params",
+						  kvcd_isa_name(isa));
+					cr_assert_eq(memcmp(qa, qb, n), 0,
+						     "%s codes, bits %u kind %d n %zu",
 						     kvcd_isa_name(isa), bits, kind, n);
 					kvcd_dequant_group(KVCD_ISA_SCALAR, qa, n, sa, za, a);
 					kvcd_dequant_group(isa, qb, n, sb, zb, b);
-					cr_assert_eq(memcmp(a, b, n * sizeof(float)), 0, "%s values",
-						     kvcd_isa_name(isa));
+					cr_assert_eq(memcmp(a, b, n * sizeof(float)), 0,
+						     "%s values", kvcd_isa_name(isa));
 				}
 }
 
@@ -185,7 +198,9 @@ Test(quant, packing)
 	for (unsigned bits = 2; bits <= 8; bits++)
 		for (size_t n = 1; n < 300; n += 7) {
 			for (size_t i = 0; i < n; i++) {
-				r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+				r ^= r << 13;
+				r ^= r >> 7;
+				r ^= r << 17;
 				q[i] = (uint8_t)(r & ((1u << bits) - 1));
 			}
 			memset(buf, 0xee, sizeof(buf));
@@ -211,10 +226,12 @@ Test(quant, packing)
  * top of the f16 range, equal ends. */
 Test(quant, batched_params_equal_scalar)
 {
-	static const float edge[] = { 0.0f, -0.0f, 1.0f, -1.0f, 0x1p-24f, -0x1p-24f, 0x1p-25f,
-				      -0x1p-20f, 1.0f + 0x1p-11f, -(1.0f + 0x1p-11f), 65504.0f,
-				      -65504.0f, 65500.0f, 3.14159f, -2.71828f, 1e-6f, -1e-6f,
-				      0.33333334f, -0.1f, 100.5f };
+	static const float edge[] = {
+		0.0f,	   -0.0f,     1.0f,	   -1.0f,	    0x1p-24f,
+		-0x1p-24f, 0x1p-25f,  -0x1p-20f,   1.0f + 0x1p-11f, -(1.0f + 0x1p-11f),
+		65504.0f,  -65504.0f, 65500.0f,	   3.14159f,	    -2.71828f,
+		1e-6f,	   -1e-6f,    0.33333334f, -0.1f,	    100.5f
+	};
 	const size_t ne = sizeof(edge) / sizeof(edge[0]);
 	float lo[400], hi[400];
 	uint16_t a[800], b[800];
@@ -246,7 +263,9 @@ Test(quant, batched_params_equal_scalar)
  * span below its minimum, and the reader gives back the same pairs. */
 Test(quant, compact_params_cover_and_stay_tight)
 {
-	enum { NG = 300 };
+	enum {
+		NG = 300
+	};
 	static float lo[NG], hi[NG];
 	static uint16_t sz[2 * NG], back[2 * NG];
 	static uint8_t codes[2 * NG];
@@ -274,7 +293,8 @@ Test(quant, compact_params_cover_and_stay_tight)
 				      z, lo[g]);
 			cr_assert_geq(z, lo[g] - (l1 - l0) / 255.0f * 1.001f - 0.04f,
 				      "bits %u group %zu: zero %g far below %g", bits, g, z, lo[g]);
-			cr_assert_geq(s, need, "bits %u group %zu: scale %g < %g", bits, g, s, need);
+			cr_assert_geq(s, need, "bits %u group %zu: scale %g < %g", bits, g, s,
+				      need);
 			cr_assert_leq(s, need * 1.0443f * 1.001f + 1e-7f,
 				      "bits %u group %zu: scale %g, need %g", bits, g, s, need);
 		}

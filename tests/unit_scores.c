@@ -9,7 +9,9 @@
 
 Test(scores, keep_is_exactly_the_budget_with_sinks_window_and_top_scores)
 {
-	enum { T = 100 };
+	enum {
+		T = 100
+	};
 	float score[T];
 	uint32_t tmp[T], keep[T];
 
@@ -75,7 +77,11 @@ Test(scores, keynorm_keeps_the_smallest_keys)
 
 Test(scores, snapkv_follows_the_window_causally_and_over_the_group)
 {
-	enum { T = 32, D = 8, W = 4 };
+	enum {
+		T = 32,
+		D = 8,
+		W = 4
+	};
 	float keys[T * D] = { 0 }, q[2 * W * D] = { 0 }, tmp[T], score[T];
 
 	keys[10 * D + 0] = 1.0f; /* only token 10 and 29 have a key the queries can see */
@@ -96,7 +102,8 @@ Test(scores, snapkv_follows_the_window_causally_and_over_the_group)
 	cr_assert_lt(score[29], 3.1f, "causal: three of four queries see token 29");
 	/* query 28 of head 1 sees nothing it matches: uniform over its 29 keys */
 	cr_assert_float_eq(score[5], 1.0f / 29, 1e-4, "%g", score[5]);
-	kvcd_score_snapkv(keys, D, T, D, q, NULL, 1, W, T - W, 3, tmp, score); /* head 0 alone, pooled */
+	kvcd_score_snapkv(keys, D, T, D, q, NULL, 1, W, T - W, 3, tmp,
+			  score); /* head 0 alone, pooled */
 	cr_assert_float_eq(score[9], score[10], 1e-6, "max pooling spreads to neighbours");
 	cr_assert_float_eq(score[11], score[10], 1e-6);
 	cr_assert_lt(score[12], 0.1f);
@@ -104,7 +111,11 @@ Test(scores, snapkv_follows_the_window_causally_and_over_the_group)
 
 Test(scores, snapkv_with_the_sequence_lse_is_each_query_share_of_attention)
 {
-	enum { T = 16, D = 4, W = 3 };
+	enum {
+		T = 16,
+		D = 4,
+		W = 3
+	};
 	float keys[T * D], q[W * D], lse[W], tmp[T], score[T], want[T] = { 0 };
 
 	for (int i = 0; i < T * D; i++)
@@ -153,7 +164,8 @@ Test(scores, pyramid_budgets_sum_to_the_total_and_fall_with_depth)
 		for (uint32_t l = 0; l < layers; l++) {
 			sum += b[l];
 			if (l)
-				cr_assert_leq(b[l], b[l - 1] + 1, "falls with depth (rounding aside)");
+				cr_assert_leq(b[l], b[l - 1] + 1,
+					      "falls with depth (rounding aside)");
 		}
 		cr_assert_eq(sum, total, "%u layers", layers);
 		if (layers > 1 && total > 100 * layers)
@@ -163,7 +175,10 @@ Test(scores, pyramid_budgets_sum_to_the_total_and_fall_with_depth)
 
 Test(scores, adakv_budgets_sum_to_the_layer_and_respect_the_floor)
 {
-	enum { H = 8, T = 64 };
+	enum {
+		H = 8,
+		T = 64
+	};
 	float score[H * T], tmp[H * T];
 	uint32_t counts[H];
 

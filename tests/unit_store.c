@@ -7,8 +7,9 @@
 
 static struct kvcd_pool pools[2];
 static struct kvcd_store st;
-static const struct kvcp_layout L = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 1,
-				      .head_dim = 64, .tokens = 512 }; /* 128 KiB */
+static const struct kvcp_layout L = {
+	.dtype = KVCP_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 512
+}; /* 128 KiB */
 
 static void setup(void)
 {
@@ -31,13 +32,13 @@ static void teardown(void)
 
 TestSuite(store, .init = setup, .fini = teardown);
 
-static struct kvcp_key K(uint64_t i)
-{
+static struct kvcp_key K(uint64_t i) {
 	return (struct kvcp_key){ .hi = i * 7919, .lo = i };
 }
 
 /* Store block @i (contents = i) on the pools in @order. */
-static int put(uint64_t i, const uint8_t *order, unsigned n)
+static int
+put(uint64_t i, const uint8_t *order, unsigned n)
 {
 	struct kvcd_block *b;
 	struct kvcp_key k = K(i);
@@ -221,8 +222,9 @@ Test(store, writing_blocks_are_invisible)
 
 Test(store, watermarks_and_index_growth)
 {
-	struct kvcp_layout small = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 1,
-				     .tokens = 8 };
+	struct kvcp_layout small = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 8
+	};
 
 	for (uint64_t i = 0; i < 5000; i++) { /* 64 B + 64 B header each: 640 KB per pool */
 		struct kvcd_block *b;
@@ -246,8 +248,9 @@ Test(store, watermarks_and_index_growth)
 /* Store a 64-byte block under (@ns, @k) on either pool. */
 static int put_small(uint16_t ns, struct kvcp_key k)
 {
-	static const struct kvcp_layout tiny = { .dtype = KVCP_F32, .layers = 1, .kv_heads = 1,
-						 .head_dim = 1, .tokens = 8 };
+	static const struct kvcp_layout tiny = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 1, .head_dim = 1, .tokens = 8
+	};
 	struct kvcd_block *b;
 	int err = kvcd_store_reserve(&st, ns, &k, &tiny, 64, NEAR0, 2, &b);
 
@@ -265,14 +268,19 @@ static bool present(uint16_t ns, struct kvcp_key k)
 		return false;
 	cr_assert_lt(b->slot, st.nslots);
 	cr_assert(st.slots[b->slot].key.lo == k.lo && st.slots[b->slot].key.hi == k.hi &&
-		  st.slots[b->slot].ns == ns, "the record points at its own slot");
+			  st.slots[b->slot].ns == ns,
+		  "the record points at its own slot");
 	kvcd_store_put(&st, b, false);
 	return true;
 }
 
 Test(store, the_index_agrees_with_a_model_through_inserts_deletes_and_evictions)
 {
-	enum { KEYS = 3000, NS = 3, OPS = 40000 };
+	enum {
+		KEYS = 3000,
+		NS = 3,
+		OPS = 40000
+	};
 	static bool in[NS][KEYS];
 	uint64_t rng = 99, count = 0;
 
@@ -300,8 +308,9 @@ Test(store, the_index_agrees_with_a_model_through_inserts_deletes_and_evictions)
 
 			for (unsigned n = 0; n < NS; n++)
 				for (unsigned i = 0; i < KEYS; i++)
-					if (in[n][i] && !present((uint16_t)n,
-						(struct kvcp_key){ .lo = i & 15, .hi = i })) {
+					if (in[n][i] &&
+					    !present((uint16_t)n,
+						     (struct kvcp_key){ .lo = i & 15, .hi = i })) {
 						in[n][i] = false;
 						seen++;
 					}
@@ -313,8 +322,9 @@ Test(store, the_index_agrees_with_a_model_through_inserts_deletes_and_evictions)
 	cr_assert_gt(st.nslots, 1024, "the index grew");
 	for (unsigned n = 0; n < NS; n++)
 		for (unsigned i = 0; i < KEYS; i++)
-			cr_assert_eq(present((uint16_t)n, (struct kvcp_key){ .lo = i & 15, .hi = i }),
-				     in[n][i], "ns %u key %u", n, i);
+			cr_assert_eq(
+				present((uint16_t)n, (struct kvcp_key){ .lo = i & 15, .hi = i }),
+				in[n][i], "ns %u key %u", n, i);
 	for (unsigned n = 0; n < NS; n++) { /* LIST pages through each live block once */
 		static struct kvcp_list_ent ent[KEYS];
 		unsigned got = 0, want = 0, page;

@@ -17,8 +17,8 @@ Test(sum, every_isa_copies_and_sums_the_same)
 {
 	size_t cap = (1u << 20) + 300;
 	uint8_t *src = malloc(cap + 64), *dst = malloc(cap + 64);
-	const size_t lens[] = { 0, 1, 3, 4, 31, 32, 33, 63, 64, 65, 127, 200, 4096, 65536 + 17,
-				1u << 20, cap };
+	const size_t lens[] = { 0,  1,	3,   4,	  31,	32,	    33,	      63,
+				64, 65, 127, 200, 4096, 65536 + 17, 1u << 20, cap };
 
 	for (size_t i = 0; i < cap + 64; i++)
 		src[i] = rbyte();
@@ -31,7 +31,8 @@ Test(sum, every_isa_copies_and_sums_the_same)
 				memset(dst, 0xa5, cap + 64);
 				cr_assert_eq(kvcd_copy_sum(isa, dst + 1, src + off, n), ref,
 					     "isa %d, %zu bytes at +%zu", isa, n, off);
-				cr_assert_eq(memcmp(dst + 1, src + off, n), 0, "isa %d copies %zu", isa, n);
+				cr_assert_eq(memcmp(dst + 1, src + off, n), 0, "isa %d copies %zu",
+					     isa, n);
 				cr_assert_eq(dst[0], 0xa5, "nothing before");
 				cr_assert_eq(dst[n + 1], 0xa5, "nothing after (%zu bytes)", n);
 				cr_assert_eq(kvcd_copy_sum(isa, NULL, src + off, n), ref);
@@ -43,7 +44,9 @@ Test(sum, every_isa_copies_and_sums_the_same)
 
 Test(sum, errors_change_the_sum)
 {
-	enum { N = 1000 };
+	enum {
+		N = 1000
+	};
 	uint8_t a[N], b[N];
 	uint64_t s;
 
@@ -60,7 +63,8 @@ Test(sum, errors_change_the_sum)
 		memcpy(b + i, a + i + 4, 4);
 		memcpy(b + i + 4, a + i, 4);
 		if (memcmp(a, b, N))
-			cr_assert_neq(kvcd_copy_sum(kvcd_isa_best(), NULL, b, N), s, "swap at %zu", i);
+			cr_assert_neq(kvcd_copy_sum(kvcd_isa_best(), NULL, b, N), s, "swap at %zu",
+				      i);
 	}
 	memcpy(b, a, N);
 	memset(b + 960, 0, 40); /* a zeroed tail, and the same bytes one zero longer */

@@ -10,7 +10,10 @@
  * and is reached exactly when the block holds one key. */
 Test(summary, quest_bound_is_never_below_the_true_maximum)
 {
-	enum { D = 16, T = 24 };
+	enum {
+		D = 16,
+		T = 24
+	};
 	float keys[T * D], q[D], mn[D], mx[D];
 
 	for (int trial = 0; trial < 2000; trial++) {
@@ -31,9 +34,11 @@ Test(summary, quest_bound_is_never_below_the_true_maximum)
 		}
 		float bound = kvcd_quest_bound(q, mn, mx, D);
 
-		cr_assert_geq((double)bound, best, "trial %d: bound %g < max %g", trial, bound, best);
+		cr_assert_geq((double)bound, best, "trial %d: bound %g < max %g", trial, bound,
+			      best);
 		if (t == 1)
-			cr_assert_leq((double)bound - best, 1e-5 * (fabs(best) + 1), "tight for one key");
+			cr_assert_leq((double)bound - best, 1e-5 * (fabs(best) + 1),
+				      "tight for one key");
 	}
 }
 
@@ -49,8 +54,10 @@ Test(summary, stored_bounds_score_never_below_the_best_key)
 	float q[8 * 24], pos[8 * 24], neg[8 * 24];
 
 	for (int trial = 0; trial < 300; trial++) {
-		struct kvcp_layout l = { .dtype = trial % 2 ? KVCP_F32 : KVCP_F16, .layers = 2,
-					 .kv_heads = 2, .head_dim = (uint16_t)dims[trial % 3],
+		struct kvcp_layout l = { .dtype = trial % 2 ? KVCP_F32 : KVCP_F16,
+					 .layers = 2,
+					 .kv_heads = 2,
+					 .head_dim = (uint16_t)dims[trial % 3],
 					 .tokens = 1 + (uint32_t)(t_urand() * 20) };
 		uint32_t page = pages[(trial / 3) % 3], d = l.head_dim, qh = 4 + 4 * (trial % 2);
 		uint32_t layer = (uint32_t)(t_urand() * 2), g = qh / 2;
@@ -86,15 +93,19 @@ Test(summary, stored_bounds_score_never_below_the_best_key)
 		kvcd_quest_prep(q, qh * d, pos, neg);
 		cr_assert_leq(kvcd_quest_bytes(&l, page), sizeof(bounds));
 		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
-			cr_assert_eq(kvcd_quest_block(isa, &l, page, l.dtype == KVCP_F16 ?
-						      (const void *)half : (const void *)raw, bounds), 0);
+			cr_assert_eq(kvcd_quest_block(isa, &l, page,
+						      l.dtype == KVCP_F16 ? (const void *)half
+									  : (const void *)raw,
+						      bounds),
+				     0);
 			sc[isa] = kvcd_quest_score(isa, &l, page, bounds, layer, pos, neg, l1, qh);
 			cr_assert_geq((double)sc[isa], best, "trial %d isa %d: %g < %g", trial, isa,
 				      sc[isa], best);
 			if (page == 1 && l.dtype == KVCP_F16)
 				cr_assert_leq((double)sc[isa] - best, 1e-4 * (fabs(best) + 1),
 					      "one-token pages of f16 keys: tight");
-			cr_assert_float_eq(sc[isa], sc[0], 1e-4 * (fabsf(sc[0]) + 1), "isa %d", isa);
+			cr_assert_float_eq(sc[isa], sc[0], 1e-4 * (fabsf(sc[0]) + 1), "isa %d",
+					   isa);
 		}
 	}
 }
@@ -104,9 +115,13 @@ Test(summary, stored_bounds_score_never_below_the_best_key)
  * query along the largest key finds it; a header kvcd does not write scores -inf. */
 Test(summary, representative_keys_keep_the_largest_and_score_their_best_dot)
 {
-	enum { TT = 12, DD = 16 };
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2, .head_dim = DD,
-				 .tokens = TT };
+	enum {
+		TT = 12,
+		DD = 16
+	};
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 1, .kv_heads = 2, .head_dim = DD, .tokens = TT
+	};
 	static uint16_t block[2 * TT * 2 * DD], sum[4096];
 	float q[4 * DD];
 	struct kvcd_query x;
@@ -134,7 +149,8 @@ Test(summary, representative_keys_keep_the_largest_and_score_their_best_dot)
 		for (enum kvcd_isa isa = 0; isa <= kvcd_isa_best(); isa++) {
 			cr_assert_eq(kvcd_summary_make(isa, &l, &all, block, sum), 0);
 			cr_assert_float_eq(kvcd_codec_score(isa, &l, sum, 0, &x), best,
-					   1e-4 * (fabs(best) + 1), "every key kept: the exact best");
+					   1e-4 * (fabs(best) + 1),
+					   "every key kept: the exact best");
 		}
 		kvcd_query_fini(&x);
 	}
@@ -170,7 +186,11 @@ Test(summary, int8_representatives_score_the_best_dot_within_their_rounding)
 	 * all up to int8 rounding. Shapes: head_dim on and off multiples of 4, 16 and 64; 1, 2,
 	 * 3, 4 and 8 query heads a KV head; 8 keys, or 9 (pages of 3, short last page), so the
 	 * key groups of 4 are padded. */
-	enum { TT = 8, DMAX = 128, QHMAX = 16 };
+	enum {
+		TT = 8,
+		DMAX = 128,
+		QHMAX = 16
+	};
 	static const uint32_t dims[] = { 12, 16, 20, 72, 128, 7 };
 	static const uint32_t qhs[] = { 2, 4, 6, 8, 16 };
 	static uint16_t block[2 * TT * 2 * DMAX];
@@ -179,10 +199,14 @@ Test(summary, int8_representatives_score_the_best_dot_within_their_rounding)
 
 	for (int trial = 0; trial < 90; trial++) {
 		uint32_t d = dims[trial % 6], qh = qhs[trial / 6 % 5], g = qh / 2;
-		struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS8, .page = trial % 2 ? 3 : 4,
+		struct kvcd_summary all = { .kind = KVCD_SUMMARY_REPS8,
+					    .page = trial % 2 ? 3 : 4,
 					    .reps = trial % 2 ? 3 : 4 };
-		struct kvcp_layout l = { .dtype = KVCP_F16, .layers = 1, .kv_heads = 2,
-					 .head_dim = (uint16_t)d, .tokens = TT };
+		struct kvcp_layout l = { .dtype = KVCP_F16,
+					 .layers = 1,
+					 .kv_heads = 2,
+					 .head_dim = (uint16_t)d,
+					 .tokens = TT };
 		double best = -INFINITY, tol = 0;
 		struct kvcd_query x;
 
@@ -215,8 +239,10 @@ Test(summary, int8_representatives_score_the_best_dot_within_their_rounding)
 
 			cr_assert_eq(kvcd_summary_make(isa, &l, &all, block, sum), 0);
 			sc = kvcd_codec_score(isa, &l, sum, 0, &x);
-			cr_assert_leq(fabs(sc - best), tol + 1e-5, "trial %d d %u g %u isa %s: %g vs "
-				      "%g (band %g)", trial, d, g, kvcd_isa_name(isa), sc, best, tol);
+			cr_assert_leq(fabs(sc - best), tol + 1e-5,
+				      "trial %d d %u g %u isa %s: %g vs "
+				      "%g (band %g)",
+				      trial, d, g, kvcd_isa_name(isa), sc, best, tol);
 		}
 		kvcd_query_fini(&x);
 	}

@@ -68,8 +68,9 @@ Test(topo, distance_matrix_orders_the_fallbacks)
 	struct kvcd_topo t = { .nnodes = 4 };
 	uint64_t m[16] = { 0 };
 	uint8_t order[KVCD_MAX_NODES];
-	static const uint64_t d[4][4] = { { 10, 32, 21, 40 }, { 32, 10, 40, 21 },
-					  { 21, 40, 10, 32 }, { 40, 21, 32, 10 } };
+	static const uint64_t d[4][4] = {
+		{ 10, 32, 21, 40 }, { 32, 10, 40, 21 }, { 21, 40, 10, 32 }, { 40, 21, 32, 10 }
+	};
 
 	for (unsigned i = 0; i < 4; i++) {
 		t.os_index[i] = (int)i;

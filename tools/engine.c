@@ -17,11 +17,14 @@ void llm_kvc_keyns(const struct llm *m, uint8_t kv_dtype, const char *ns, struct
 	for (size_t i = 0; i < n * 4; i++)
 		h = (h ^ b[i]) * 0x100000001b3ull;
 	snprintf(k->keyns, sizeof(k->keyns), "%s/%016llx/%s", ns ? ns : "default",
-		 (unsigned long long)h, kv_dtype == KVC_F16 ? "f16" : kv_dtype == KVC_BF16 ? "bf16" : "f32");
+		 (unsigned long long)h,
+		 kv_dtype == KVC_F16	? "f16"
+		 : kv_dtype == KVC_BF16 ? "bf16"
+					: "f32");
 }
 
-int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
-		    const int32_t *tok, size_t n, size_t max)
+int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k, const int32_t *tok,
+		    size_t n, size_t max)
 {
 	size_t nk = (n < max ? n : max) / k->chunk, hits = 0, cap;
 	struct kvc_key *keys;
@@ -91,12 +94,18 @@ static void aux_put(const struct llm *m, const struct llm_state *s, const struct
 	for (int l = 0; l < c->layers; l++)
 		for (int h = 0; h < c->heads; h++)
 			for (int i = 0; i < a->window; i++, f += c->head_dim)
-				memcpy(f, s->qs + ((size_t)(t0 + a->q_pos + i) * c->layers + l) * c->dim +
-				       (size_t)h * c->head_dim, (size_t)c->head_dim * 4);
+				memcpy(f,
+				       s->qs +
+					       ((size_t)(t0 + a->q_pos + i) * c->layers + l) *
+						       c->dim +
+					       (size_t)h * c->head_dim,
+				       (size_t)c->head_dim * 4);
 	for (int l = 0; l < c->layers; l++)
 		for (int h = 0; h < c->heads; h++)
 			for (int i = 0; i < a->window; i++)
-				*f++ = s->lse[((size_t)(t0 + a->q_pos + i) * c->layers + l) * c->heads + h];
+				*f++ = s->lse[((size_t)(t0 + a->q_pos + i) * c->layers + l) *
+						      c->heads +
+					      h];
 }
 
 /* STORE through kvc_submit, which carries the block's position in @arg; @aux bytes of aux

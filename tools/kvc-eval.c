@@ -31,19 +31,19 @@
 #include <unistd.h>
 
 struct seq {
-	int32_t *tok;		/* P + C + 1 */
-	float *acc;		/* accumulated attention of the prefix when it was complete */
+	int32_t *tok;		  /* P + C + 1 */
+	float *acc;		  /* accumulated attention of the prefix when it was complete */
 	float *acc_lh, *qs, *lse; /* the same per (layer, KV head); queries and their lse */
-	float *kc, *vc;		/* the exact prefix cache, as llm_state holds it */
-	float *logp;		/* C x vocab: exact run's log-probabilities */
-	float *attn;		/* C x layers x dim: exact run's attention outputs */
+	float *kc, *vc;		  /* the exact prefix cache, as llm_state holds it */
+	float *logp;		  /* C x vocab: exact run's log-probabilities */
+	float *attn;		  /* C x layers x dim: exact run's attention outputs */
 };
 
 struct result {
 	const char *policy;
 	double ratio, ppl_ratio, top1, kl;
-	double *attn_err;	/* per layer */
-	int err;		/* -errno when the policy could not run */
+	double *attn_err; /* per layer */
+	int err;	  /* -errno when the policy could not run */
 	char why[128];
 };
 
@@ -52,8 +52,9 @@ static struct {
 	int seqs, prefix, cont, chunk, json, window;
 	float temp;
 	unsigned long seed;
-} opt = { .seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1,
-	  .window = 16 };
+} opt = {
+	.seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1, .window = 16
+};
 
 static void usage(void)
 {
@@ -109,8 +110,8 @@ static int read_tokens(const struct llm *m, const char *path, int need, struct s
 			if (end == p)
 				break;
 			if (v < 0 || v >= m->c.vocab) {
-				fprintf(stderr, "kvc-eval: %s:%d: token %ld is not below %d\n", path, ln,
-					v, m->c.vocab);
+				fprintf(stderr, "kvc-eval: %s:%d: token %ld is not below %d\n",
+					path, ln, v, m->c.vocab);
 				return -EINVAL;
 			}
 			tok[k++] = (int32_t)v;
@@ -172,7 +173,8 @@ static int exact_run(const struct llm *m, struct seq *q, double *nll)
 
 		llm_forward(m, &s, q->tok[P + j], P + j);
 		log_softmax(s.logits, c->vocab, lp);
-		memcpy(q->attn + (size_t)j * c->layers * c->dim, s.attn, (size_t)c->layers * c->dim * 4);
+		memcpy(q->attn + (size_t)j * c->layers * c->dim, s.attn,
+		       (size_t)c->layers * c->dim * 4);
 		*nll -= lp[q->tok[P + j + 1]];
 	}
 	llm_state_free(&s);
@@ -201,8 +203,10 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 {
 	const struct llm_config *c = &m->c;
 	struct kvc_attach_opts ao;
-	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk, .scores = true,
-			     .aux = KVC_AUX_ATTN | KVC_AUX_QUERIES, .window = (uint32_t)opt.window };
+	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk,
+			     .scores = true,
+			     .aux = KVC_AUX_ATTN | KVC_AUX_QUERIES,
+			     .window = (uint32_t)opt.window };
 	struct llm_state s;
 	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim, nchunks = opt.prefix / opt.chunk;
 	uint64_t in0, st0, in1, st1;
@@ -370,8 +374,8 @@ static int write_plot(const struct result *r, int np, const char *png)
 				fprintf(f, "%.4f %.5f\n", r[i].ratio, r[i].ppl_ratio);
 		}
 		fprintf(f, "\n\n");
-		snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", nf ? " " : "",
-			 fam);
+		snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+			 nf ? " " : "", fam);
 		nf++;
 	}
 	fclose(f);
@@ -380,12 +384,16 @@ static int write_plot(const struct result *r, int np, const char *png)
 		unlink(data);
 		return -errno;
 	}
-	fprintf(g, "set terminal pngcairo size 900,600\nset output '%s'\n"
-		   "set xlabel 'compression ratio (bytes sent / bytes stored)'\n"
-		   "set ylabel 'perplexity ratio (log scale)'\nset logscale y\nset grid\n"
-		   "set key outside right\nset title 'kvcd policies on stories260K'\n", png);
-	fprintf(g, "names = '%s'\nplot for [i=0:%d] '%s' index i using 1:2 with points pt 7 "
-		   "ps 1.3 title word(names, i + 1)\n", names, nf - 1, data);
+	fprintf(g,
+		"set terminal pngcairo size 900,600\nset output '%s'\n"
+		"set xlabel 'compression ratio (bytes sent / bytes stored)'\n"
+		"set ylabel 'perplexity ratio (log scale)'\nset logscale y\nset grid\n"
+		"set key outside right\nset title 'kvcd policies on stories260K'\n",
+		png);
+	fprintf(g,
+		"names = '%s'\nplot for [i=0:%d] '%s' index i using 1:2 with points pt 7 "
+		"ps 1.3 title word(names, i + 1)\n",
+		names, nf - 1, data);
 	fprintf(g, "\n");
 	fflush(g);
 	int st = pclose(g);
@@ -396,13 +404,14 @@ static int write_plot(const struct result *r, int np, const char *png)
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "socket", 1, 0, 'S' }, { "model", 1, 0, 'm' }, { "tokens", 1, 0, 'T' },
-		{ "seqs", 1, 0, 'n' }, { "temp", 1, 0, 't' }, { "seed", 1, 0, 'r' },
-		{ "prefix", 1, 0, 'P' }, { "cont", 1, 0, 'C' }, { "policies", 1, 0, 'p' },
-		{ "chunk", 1, 0, 'k' }, { "json", 0, 0, 'j' }, { "plot", 1, 0, 'g' },
-		{ "md", 1, 0, 'M' }, { "window", 1, 0, 'w' }, { "help", 0, 0, 'h' }, { 0 }
-	};
+	static const struct option opts[] = { { "socket", 1, 0, 'S' },	 { "model", 1, 0, 'm' },
+					      { "tokens", 1, 0, 'T' },	 { "seqs", 1, 0, 'n' },
+					      { "temp", 1, 0, 't' },	 { "seed", 1, 0, 'r' },
+					      { "prefix", 1, 0, 'P' },	 { "cont", 1, 0, 'C' },
+					      { "policies", 1, 0, 'p' }, { "chunk", 1, 0, 'k' },
+					      { "json", 0, 0, 'j' },	 { "plot", 1, 0, 'g' },
+					      { "md", 1, 0, 'M' },	 { "window", 1, 0, 'w' },
+					      { "help", 0, 0, 'h' },	 { 0 } };
 	struct llm m;
 	struct seq *seqs = NULL;
 	struct result *res = NULL;
@@ -441,8 +450,9 @@ int main(int argc, char **argv)
 	}
 	need = opt.prefix + opt.cont + 1;
 	if (need > m.c.seq_len) {
-		fprintf(stderr, "kvc-eval: prefix + cont + 1 = %d exceeds the model's %d positions\n",
-			need, m.c.seq_len);
+		fprintf(stderr,
+			"kvc-eval: prefix + cont + 1 = %d exceeds the model's %d positions\n", need,
+			m.c.seq_len);
 		return 2;
 	}
 	if (opt.tokens) {
@@ -464,7 +474,8 @@ int main(int argc, char **argv)
 			seqs[i].tok[0] = 1;
 			for (int p = 0; p + 1 < need; p++) {
 				llm_forward(&m, &s, seqs[i].tok[p], p);
-				seqs[i].tok[p + 1] = llm_sample(s.logits, m.c.vocab, opt.temp, &rng);
+				seqs[i].tok[p + 1] = llm_sample(s.logits, m.c.vocab, opt.temp,
+								&rng);
 			}
 			llm_state_free(&s);
 		}
@@ -500,8 +511,8 @@ int main(int argc, char **argv)
 				continue;
 			}
 			printf(", \"compression_ratio\": %.4f, \"ppl_ratio\": %.6f, \"top1\": %.6f, "
-			       "\"kl\": %.6g, \"attn_err\": [", res[i].ratio, res[i].ppl_ratio,
-			       res[i].top1, res[i].kl);
+			       "\"kl\": %.6g, \"attn_err\": [",
+			       res[i].ratio, res[i].ppl_ratio, res[i].top1, res[i].kl);
 			for (int l = 0; l < m.c.layers; l++)
 				printf("%s%.5f", l ? ", " : "", res[i].attn_err[l]);
 			printf("]}");
@@ -509,8 +520,8 @@ int main(int argc, char **argv)
 		printf("\n]}\n");
 	} else {
 		printf("%d sequences, prefix %d, continuation %d, chunk %d; base NLL %.4f "
-		       "(perplexity %.3f)\n", n, opt.prefix, opt.cont, opt.chunk, base_nll,
-		       exp(base_nll));
+		       "(perplexity %.3f)\n",
+		       n, opt.prefix, opt.cont, opt.chunk, base_nll, exp(base_nll));
 		printf("%-48s %7s %9s %7s %9s  attention-output error per layer\n", "policy",
 		       "ratio", "ppl ratio", "top-1", "KL");
 		for (int i = 0; i < np; i++) {
@@ -532,11 +543,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kvc-eval: %s: %s\n", opt.md, strerror(errno));
 			return 1;
 		}
-		fprintf(f, "| policy | compression | perplexity ratio | top-1 | KL | attention-output "
-			   "error, layers 0..%d |\n|---|---|---|---|---|---|\n", m.c.layers - 1);
+		fprintf(f,
+			"| policy | compression | perplexity ratio | top-1 | KL | attention-output "
+			"error, layers 0..%d |\n|---|---|---|---|---|---|\n",
+			m.c.layers - 1);
 		for (int i = 0; i < np; i++) {
 			if (res[i].err) {
-				fprintf(f, "| `%s` | error: %s | | | | |\n", res[i].policy, res[i].why);
+				fprintf(f, "| `%s` | error: %s | | | | |\n", res[i].policy,
+					res[i].why);
 				continue;
 			}
 			fprintf(f, "| `%s` | %.2fx | %.3f | %.1f%% | %.4f |", res[i].policy,
@@ -547,10 +561,11 @@ int main(int argc, char **argv)
 		}
 		/* the frontier: at each compression, the best perplexity among pure quantization
 		 * policies and among those that select tokens (alone or composed) */
-		fprintf(f, "\nFrontier: at each compression, the policy with the lowest perplexity "
-			   "ratio among those that compress at least as much, without and with token "
-			   "selection.\n\n| at least | quantization only | ratio | perplexity ratio | "
-			   "with selection | ratio | perplexity ratio |\n|---|---|---|---|---|---|---|\n");
+		fprintf(f,
+			"\nFrontier: at each compression, the policy with the lowest perplexity "
+			"ratio among those that compress at least as much, without and with token "
+			"selection.\n\n| at least | quantization only | ratio | perplexity ratio | "
+			"with selection | ratio | perplexity ratio |\n|---|---|---|---|---|---|---|\n");
 		static const double at[] = { 1.5, 2, 2.5, 3, 3.2, 4, 5, 6, 8, 10, 12, 16 };
 
 		for (size_t a = 0; a < sizeof(at) / sizeof(at[0]); a++) {
@@ -588,8 +603,8 @@ int main(int argc, char **argv)
 		free(res[i].attn_err);
 	}
 	for (int i = 0; i < n; i++) {
-		void *own[] = { seqs[i].tok, seqs[i].acc, seqs[i].acc_lh, seqs[i].qs, seqs[i].lse,
-				seqs[i].kc, seqs[i].vc, seqs[i].logp, seqs[i].attn };
+		void *own[] = { seqs[i].tok, seqs[i].acc, seqs[i].acc_lh, seqs[i].qs,  seqs[i].lse,
+				seqs[i].kc,  seqs[i].vc,  seqs[i].logp,	  seqs[i].attn };
 
 		for (size_t j = 0; j < sizeof(own) / sizeof(own[0]); j++)
 			free(own[j]);

@@ -39,19 +39,21 @@ static void usage(void)
 
 static int parse_dtype(const char *s)
 {
-	return !strcmp(s, "f16") ? KVC_F16 : !strcmp(s, "bf16") ? KVC_BF16 :
-	       !strcmp(s, "f32") ? KVC_F32 : -1;
+	return !strcmp(s, "f16")    ? KVC_F16
+	       : !strcmp(s, "bf16") ? KVC_BF16
+	       : !strcmp(s, "f32")  ? KVC_F32
+				    : -1;
 }
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "model", 1, 0, 'm' }, { "socket", 1, 0, 'S' }, { "ns", 1, 0, 'n' },
-		{ "chunk", 1, 0, 'c' }, { "policy", 1, 0, 'p' }, { "scores", 0, 0, 'a' },
-		{ "kv-dtype", 1, 0, 'd' }, { "steps", 1, 0, 's' }, { "temp", 1, 0, 't' },
-		{ "seed", 1, 0, 'r' }, { "no-kvcd", 0, 0, 'N' }, { "check", 0, 0, 'C' },
-		{ "help", 0, 0, 'h' }, { 0 }
-	};
+	static const struct option opts[] = { { "model", 1, 0, 'm' },	 { "socket", 1, 0, 'S' },
+					      { "ns", 1, 0, 'n' },	 { "chunk", 1, 0, 'c' },
+					      { "policy", 1, 0, 'p' },	 { "scores", 0, 0, 'a' },
+					      { "kv-dtype", 1, 0, 'd' }, { "steps", 1, 0, 's' },
+					      { "temp", 1, 0, 't' },	 { "seed", 1, 0, 'r' },
+					      { "no-kvcd", 0, 0, 'N' },	 { "check", 0, 0, 'C' },
+					      { "help", 0, 0, 'h' },	 { 0 } };
 	const char *model = NULL, *sock = NULL, *ns = NULL, *policy = NULL, *why = NULL;
 	int steps = 32, dtype = KVC_F16, use_kvcd = 1, check = 0, o, err;
 	unsigned long chunk = 16;
@@ -117,7 +119,8 @@ int main(int argc, char **argv)
 		ao.ns = ns;
 		err = kvc_attach(&ao, &k.c);
 		if (err) {
-			fprintf(stderr, "kvc-llama: attach to kvcd: %s (--no-kvcd runs without it)\n",
+			fprintf(stderr,
+				"kvc-llama: attach to kvcd: %s (--no-kvcd runs without it)\n",
 				kvc_strerror(err));
 			return 1;
 		}
@@ -134,8 +137,8 @@ int main(int argc, char **argv)
 			}
 			k.codec = (uint8_t)err;
 			/* blocks of another policy are other blocks */
-			snprintf(k.keyns + strlen(k.keyns), sizeof(k.keyns) - strlen(k.keyns), "/%s",
-				 policy);
+			snprintf(k.keyns + strlen(k.keyns), sizeof(k.keyns) - strlen(k.keyns),
+				 "/%s", policy);
 		}
 		/* at least the last prompt token is computed: its logits start generation */
 		t0 = now_ms();
@@ -175,8 +178,9 @@ int main(int argc, char **argv)
 			d = fmax(d, fabs((double)cold.logits[i] - (double)s.logits[i]));
 		fprintf(stderr, "check: cold prefill %.3f ms; last logits %s (max |diff| %g)\n",
 			now_ms() - t0,
-			memcmp(cold.logits, s.logits, (size_t)m.c.vocab * 4) ? "differ" :
-			"equal bit for bit", d);
+			memcmp(cold.logits, s.logits, (size_t)m.c.vocab * 4) ? "differ"
+									     : "equal bit for bit",
+			d);
 		llm_state_free(&cold);
 	}
 	for (int i = 0; i < steps; i++) {

@@ -68,9 +68,21 @@ static int parse_size(const char *s, size_t *out)
 	unsigned long long v = strtoull(s, &end, 10);
 
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
+	case 'k':
+	case 'K':
+		v <<= 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		end++;
+		break;
 	}
 	if (end == s || (*end && strcmp(end, "iB") && strcmp(end, "B")))
 		return -EINVAL;
@@ -98,7 +110,7 @@ static kvc_client *attach(size_t staging, unsigned flags)
 }
 
 struct lat {
-	double p50, p99, p999, mean, max;	/* microseconds */
+	double p50, p99, p999, mean, max; /* microseconds */
 };
 
 static void lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct lat *out)
@@ -155,8 +167,8 @@ static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long c
 static void lat_json(const char *name, const struct lat *l, int comma)
 {
 	printf("\"%s\": {\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"mean_us\": %.3f, "
-	       "\"max_us\": %.3f}%s", name, l->p50, l->p99, l->p999, l->mean, l->max,
-	       comma ? ", " : "");
+	       "\"max_us\": %.3f}%s",
+	       name, l->p50, l->p99, l->p999, l->mean, l->max, comma ? ", " : "");
 }
 
 /* NOP round trips on kvcd, then the same count of no-ops on each peer (the minimal socket
@@ -190,7 +202,8 @@ static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int
 		/* kvcd's figures at the top level (what scripts read), the peers' inside */
 		printf("{\"mode\": \"%s\", \"count\": %lu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
 		       "\"p999_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f, ",
-		       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean, k.max);
+		       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean,
+		       k.max);
 		lat_json("socket", &sk, 1);
 		if (have_redis)
 			lat_json("redis", &rd, 1);
@@ -311,7 +324,7 @@ static double memcpy_gbps(size_t bs, unsigned long iters)
 }
 
 struct tp_sum {
-	double store, fetch, both;	/* GB/s, per-process bandwidth summed over processes */
+	double store, fetch, both; /* GB/s, per-process bandwidth summed over processes */
 };
 
 /* @procs processes each move @iters blocks of @bs through kvcd (@ops NULL) or a peer. */
@@ -342,8 +355,8 @@ static int tp_run(const struct peer_ops *ops, const char *addr, size_t bs, unsig
 	for (unsigned p = 0; p < procs; p++) { /* only ours: the socket server is a child too */
 		int st;
 
-		if (pids[p] > 0 && (waitpid(pids[p], &st, 0) < 0 || !WIFEXITED(st) ||
-				    WEXITSTATUS(st)))
+		if (pids[p] > 0 &&
+		    (waitpid(pids[p], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)))
 			err = -ECHILD;
 	}
 	for (unsigned p = 0; p < procs; p++) {
@@ -399,28 +412,30 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, cons
 	if (json) {
 		printf("{\"block_size\": %zu, \"procs\": %u, \"iters\": %lu, \"store_gbps\": %.3f, "
 		       "\"fetch_gbps\": %.3f, \"store_fetch_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-		       "\"ratio_vs_memcpy\": %.3f", bs, procs, iters, k.store, k.fetch, k.both, mc,
-		       k.both / mc);
+		       "\"ratio_vs_memcpy\": %.3f",
+		       bs, procs, iters, k.store, k.fetch, k.both, mc, k.both / mc);
 		if (peers)
 			printf(", \"socket\": {\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, "
-			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_socket\": %.3f", sk.store,
-			       sk.fetch, sk.both, k.both / sk.both);
+			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_socket\": %.3f",
+			       sk.store, sk.fetch, sk.both, k.both / sk.both);
 		if (peers && redis)
 			printf(", \"redis\": {\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, "
-			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_redis\": %.3f", rd.store,
-			       rd.fetch, rd.both, k.both / rd.both);
+			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_redis\": %.3f",
+			       rd.store, rd.fetch, rd.both, k.both / rd.both);
 		printf("}\n");
 		return 0;
 	}
 	printf("throughput %zu B x %lu x %u procs: store %.2f GB/s, fetch %.2f GB/s, "
-	       "store+fetch %.2f GB/s, memcpy %.2f GB/s (%.0f%%)\n", bs, iters, procs, k.store,
-	       k.fetch, k.both, mc, 100 * k.both / mc);
+	       "store+fetch %.2f GB/s, memcpy %.2f GB/s (%.0f%%)\n",
+	       bs, iters, procs, k.store, k.fetch, k.both, mc, 100 * k.both / mc);
 	if (peers)
 		printf("  socket server: set %.2f GB/s, get %.2f GB/s, set+get %.2f GB/s "
-		       "(kvcd %.1fx)\n", sk.store, sk.fetch, sk.both, k.both / sk.both);
+		       "(kvcd %.1fx)\n",
+		       sk.store, sk.fetch, sk.both, k.both / sk.both);
 	if (peers && redis)
 		printf("  redis:         set %.2f GB/s, get %.2f GB/s, set+get %.2f GB/s "
-		       "(kvcd %.1fx)\n", rd.store, rd.fetch, rd.both, k.both / rd.both);
+		       "(kvcd %.1fx)\n",
+		       rd.store, rd.fetch, rd.both, k.both / rd.both);
 	return 0;
 }
 
@@ -456,8 +471,9 @@ static uint64_t rss_of(pid_t pid)
 static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int json)
 {
 	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64,
-				.tokens = 1 };
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 1
+	};
 	uint64_t *lat = malloc(samples * sizeof(*lat)), rss0 = pid ? rss_of(pid) : 0, rng = 1;
 	unsigned long n = 0;
 	struct kvc_stats *st = malloc(sizeof(*st));
@@ -494,7 +510,8 @@ static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int 
 		if (!err)
 			lat_summary(lat, samples, sum, &lk);
 		sum = 0;
-		for (unsigned long i = 0; i < samples && !err; i++) { /* new blocks, deleted after */
+		for (unsigned long i = 0; i < samples && !err;
+		     i++) { /* new blocks, deleted after */
 			struct kvc_key k = index_key(n + i);
 			uint64_t t0 = now_ns();
 
@@ -521,12 +538,14 @@ static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int 
 			printf("%s{\"blocks\": %lu, \"lookup_p50_us\": %.3f, \"lookup_p99_us\": %.3f, "
 			       "\"store_p50_us\": %.3f, \"store_p99_us\": %.3f, "
 			       "\"metadata_bytes_per_block\": %.1f, \"rss_growth_bytes_per_block\": "
-			       "%.1f, \"pool_bytes_per_block\": %.1f}", first ? "" : ", ", n, lk.p50,
-			       lk.p99, ls.p50, ls.p99, meta, rss, pool);
+			       "%.1f, \"pool_bytes_per_block\": %.1f}",
+			       first ? "" : ", ", n, lk.p50, lk.p99, ls.p50, ls.p99, meta, rss,
+			       pool);
 		else
 			printf("%8lu blocks: lookup p50 %.2f us p99 %.2f us, store p50 %.2f us p99 "
 			       "%.2f us; metadata %.1f B/block, daemon RSS +%.1f B/block, pool %.1f "
-			       "B/block\n", n, lk.p50, lk.p99, ls.p50, ls.p99, meta, rss, pool);
+			       "B/block\n",
+			       n, lk.p50, lk.p99, ls.p50, ls.p99, meta, rss, pool);
 		first = 0;
 	}
 	if (json && !err)
@@ -551,8 +570,7 @@ static int bench_index(unsigned long max, unsigned long samples, pid_t pid, int 
 /* A prompt of @chunks chunks: recompute it with the model (the cost a hit saves), store it,
  * then time LOOKUP of the whole chain and LOOKUP + FETCH of every hit into a fresh KV cache,
  * as kvc-llama does on a hit. p50 over @reps. */
-static int bench_prefix(const char *model, unsigned chunk, unsigned chunks, unsigned reps,
-			int json)
+static int bench_prefix(const char *model, unsigned chunk, unsigned chunks, unsigned reps, int json)
 {
 	struct llm m;
 	struct llm_state s;
@@ -620,9 +638,10 @@ static int bench_prefix(const char *model, unsigned chunk, unsigned chunks, unsi
 		if (json)
 			printf("{\"tokens\": %zu, \"chunks\": %u, \"chunk\": %u, \"block_bytes\": %llu, "
 			       "\"recompute_p50_us\": %.1f, \"lookup_p50_us\": %.2f, "
-			       "\"lookup_fetch_p50_us\": %.1f, \"recompute_over_hit\": %.1f}\n", n,
-			       chunks, chunk, (unsigned long long)(k.bytes_fetched / reps / chunks),
-			       c50, l50, h50, c50 / h50);
+			       "\"lookup_fetch_p50_us\": %.1f, \"recompute_over_hit\": %.1f}\n",
+			       n, chunks, chunk,
+			       (unsigned long long)(k.bytes_fetched / reps / chunks), c50, l50, h50,
+			       c50 / h50);
 		else
 			printf("prefix of %zu tokens (%u chunks of %u): recompute p50 %.1f us; LOOKUP "
 			       "p50 %.2f us; LOOKUP + FETCH into the cache p50 %.1f us (%.1fx faster)\n",
@@ -654,8 +673,12 @@ static struct kvc_key select_key(unsigned long i)
 static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, int slot,
 			 unsigned qheads, double *p50, double *p99, double *per_block)
 {
-	struct kvc_layout l = { .dtype = KVC_F16, .codec = (uint8_t)slot, .layers = 1,
-				.kv_heads = 8, .head_dim = 128, .tokens = 16 };
+	struct kvc_layout l = { .dtype = KVC_F16,
+				.codec = (uint8_t)slot,
+				.layers = 1,
+				.kv_heads = 8,
+				.head_dim = 128,
+				.tokens = 16 };
 	size_t bytes = kvc_layout_bytes(&l);
 	uint16_t *stg = kvc_staging(c, NULL);
 	struct kvc_key *keys = malloc(nblocks * sizeof(*keys));
@@ -677,7 +700,8 @@ static int select_timing(kvc_client *c, unsigned long nblocks, unsigned reps, in
 	}
 	if (!err && !(err = kvc_stats(c, &st, sizeof(st))))
 		*per_block = st.blocks > blocks0 ? (double)(st.bytes_used - used0) /
-						   (double)(st.blocks - blocks0) : 0;
+							   (double)(st.blocks - blocks0)
+						 : 0;
 	for (unsigned i = 0; i < qheads * 128; i++) {
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 		q[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (1 << 22);
@@ -756,8 +780,10 @@ static int select_recall(kvc_client *c, const char *model, unsigned chunk, unsig
 		for (unsigned b = 0; b < n; b++)
 			for (unsigned t = b * chunk; t < (b + 1) * chunk; t++)
 				for (int h = 0; h < cf->heads; h++) {
-					const float *kk = s.kc + ((size_t)layer * cf->seq_len + t) *
-						cf->kv_dim + (size_t)(h / rep) * hd;
+					const float *kk = s.kc +
+							  ((size_t)layer * cf->seq_len + t) *
+								  cf->kv_dim +
+							  (size_t)(h / rep) * hd;
 					double dot = 0;
 
 					for (unsigned i = 0; i < hd; i++)
@@ -767,7 +793,8 @@ static int select_recall(kvc_client *c, const char *model, unsigned chunk, unsig
 						best = b;
 					}
 				}
-		got = kvc_select(c, keys, n, layer, q, (uint32_t)cf->heads, hd, k < n ? k : n, hits);
+		got = kvc_select(c, keys, n, layer, q, (uint32_t)cf->heads, hd, k < n ? k : n,
+				 hits);
 		if (got < 0) {
 			err = got;
 			break;
@@ -791,8 +818,8 @@ static int select_recall(kvc_client *c, const char *model, unsigned chunk, unsig
 	return err < 0 ? err : 0;
 }
 
-static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
-			const char *policy, unsigned qheads, int json)
+static int bench_select(unsigned long nblocks, unsigned reps, const char *model, const char *policy,
+			unsigned qheads, int json)
 {
 	kvc_client *c = attach(1 << 20, KVC_ATTACH_BUSY_POLL);
 	char why[128];
@@ -807,7 +834,8 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		return 1;
 	}
 	if (!qheads || qheads > 64 || qheads % 8) {
-		fprintf(stderr, "kvcbench: select: --heads: query heads, a multiple of 8 up to 64\n");
+		fprintf(stderr,
+			"kvcbench: select: --heads: query heads, a multiple of 8 up to 64\n");
 		kvc_detach(c);
 		return 2;
 	}
@@ -824,45 +852,54 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 		       "\"kv_heads\": 8, \"q_heads\": %u, \"head_dim\": 128, "
 		       "\"k\": 16, \"select_p50_us\": %.1f, \"select_p99_us\": %.1f, "
 		       "\"recall_top1\": %.4f, \"recall_top4\": %.4f, \"recall_top8\": %.4f, "
-		       "\"recall_candidates\": %u}\n", canon, per_block, nblocks, qheads, p50,
-		       p99, recall[0], recall[1], recall[2], cands);
+		       "\"recall_candidates\": %u}\n",
+		       canon, per_block, nblocks, qheads, p50, p99, recall[0], recall[1], recall[2],
+		       cands);
 	else
 		printf("%s (%.0f pool bytes per block, summary included): ", canon, per_block);
 	if (!json)
 		printf("select over %lu blocks (8 KV heads x 128, %u query heads, top 16): p50 %.1f us, "
 		       "p99 %.1f us; real keys, %u candidates: the best chunk first %.1f%%, in the top "
-		       "4 %.1f%%, in the top 8 %.1f%%\n", nblocks, qheads, p50, p99, cands,
-		       100 * recall[0], 100 * recall[1], 100 * recall[2]);
+		       "4 %.1f%%, in the top 8 %.1f%%\n",
+		       nblocks, qheads, p50, p99, cands, 100 * recall[0], 100 * recall[1],
+		       100 * recall[2]);
 	return 0;
 }
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]\n"
-		   "       kvcbench [--socket PATH] throughput [--block-size SIZE] [--procs N]\n"
-		   "                [--iters N] [--redis PATH] [--no-peers] [--json]\n"
-		   "       kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]\n"
-		   "       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
-		   "                [--iters N] [--json]\n"
-		   "       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
-		   "                [--policy P] [--heads QUERY_HEADS] [--json]\n"
-		   "kvccodec-bench measures the codecs in-process.\n");
+	fprintf(f,
+		"usage: kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]\n"
+		"       kvcbench [--socket PATH] throughput [--block-size SIZE] [--procs N]\n"
+		"                [--iters N] [--redis PATH] [--no-peers] [--json]\n"
+		"       kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]\n"
+		"       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
+		"                [--iters N] [--json]\n"
+		"       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
+		"                [--policy P] [--heads QUERY_HEADS] [--json]\n"
+		"kvccodec-bench measures the codecs in-process.\n");
 }
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "socket", required_argument, 0, 's' }, { "count", required_argument, 0, 'c' },
-		{ "sleep", no_argument, 0, 'S' }, { "json", no_argument, 0, 'j' },
-		{ "block-size", required_argument, 0, 'b' }, { "procs", required_argument, 0, 'p' },
-		{ "iters", required_argument, 0, 'i' }, { "help", no_argument, 0, 'h' },
-		{ "policy", required_argument, 0, 'P' }, { "heads", required_argument, 0, 'H' },
-		{ "redis", required_argument, 0, 'R' }, { "no-peers", no_argument, 0, 'N' },
-		{ "blocks", required_argument, 0, 'B' }, { "pid", required_argument, 0, 'd' },
-		{ "model", required_argument, 0, 'M' }, { "chunk", required_argument, 0, 'k' },
-		{ "chunks", required_argument, 0, 'K' },
-		{ 0, 0, 0, 0 }
-	};
+	static const struct option opts[] = { { "socket", required_argument, 0, 's' },
+					      { "count", required_argument, 0, 'c' },
+					      { "sleep", no_argument, 0, 'S' },
+					      { "json", no_argument, 0, 'j' },
+					      { "block-size", required_argument, 0, 'b' },
+					      { "procs", required_argument, 0, 'p' },
+					      { "iters", required_argument, 0, 'i' },
+					      { "help", no_argument, 0, 'h' },
+					      { "policy", required_argument, 0, 'P' },
+					      { "heads", required_argument, 0, 'H' },
+					      { "redis", required_argument, 0, 'R' },
+					      { "no-peers", no_argument, 0, 'N' },
+					      { "blocks", required_argument, 0, 'B' },
+					      { "pid", required_argument, 0, 'd' },
+					      { "model", required_argument, 0, 'M' },
+					      { "chunk", required_argument, 0, 'k' },
+					      { "chunks", required_argument, 0, 'K' },
+					      { 0, 0, 0, 0 } };
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
 	unsigned procs = 1, chunk = 8, chunks = 64, reps;
@@ -929,8 +966,8 @@ int main(int argc, char **argv)
 		return bench_prefix(model, chunk, chunks, reps, json);
 	}
 	if (!strcmp(cmd, "select"))
-		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, policy,
-				    qheads, json);
+		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, policy, qheads,
+				    json);
 	usage(stderr);
 	return 2;
 }

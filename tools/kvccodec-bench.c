@@ -49,7 +49,7 @@ static double memcpy_gbps(size_t bs, unsigned long iters)
 
 struct codec_args {
 	const char *policy;
-	int isa;			/* -1: every ISA this CPU has */
+	int isa; /* -1: every ISA this CPU has */
 	unsigned layers, heads, dim, tokens;
 	unsigned long iters;
 };
@@ -113,13 +113,14 @@ static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp
 		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
 		       "\"bytes_stored\": %llu, \"ratio\": %.3f, \"encode_gbps\": %.3f, "
 		       "\"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, \"encode_vs_memcpy\": %.3f, "
-		       "\"decode_vs_memcpy\": %.3f, \"rel_frob\": %.6f, \"cosine\": %.6f}\n", canon,
-		       kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
+		       "\"decode_vs_memcpy\": %.3f, \"rel_frob\": %.6f, \"cosine\": %.6f}\n",
+		       canon, kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
 		       (double)n / e, eg, dg, mc, eg / mc, dg / mc, q.rel_frob, q.cosine);
 	else
 		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
-		       "memcpy %6.2f  err %.4f\n", canon, kvcd_isa_name(isa), (double)n / e, eg,
-		       100 * eg / mc, dg, 100 * dg / mc, mc, q.rel_frob);
+		       "memcpy %6.2f  err %.4f\n",
+		       canon, kvcd_isa_name(isa), (double)n / e, eg, 100 * eg / mc, dg,
+		       100 * dg / mc, mc, q.rel_frob);
 out:
 	free(enc);
 	free(dec);
@@ -130,12 +131,15 @@ out:
 
 static int bench_codec(const struct codec_args *a, int json)
 {
-	static const char *const dflt[] = { "int8", "int4", "int2", "fp8",
-					    "kivi:kbits=4,vbits=4,group=32", NULL };
+	static const char *const dflt[] = {
+		"int8", "int4", "int2", "fp8", "kivi:kbits=4,vbits=4,group=32", NULL
+	};
 	const char *one[] = { a->policy, NULL };
 	const char *const *pols = a->policy ? one : dflt;
-	struct kvcp_layout l = { .dtype = KVCP_F16, .layers = (uint16_t)a->layers,
-				 .kv_heads = (uint16_t)a->heads, .head_dim = (uint16_t)a->dim,
+	struct kvcp_layout l = { .dtype = KVCP_F16,
+				 .layers = (uint16_t)a->layers,
+				 .kv_heads = (uint16_t)a->heads,
+				 .head_dim = (uint16_t)a->dim,
 				 .tokens = a->tokens };
 	uint64_t n = kvcp_layout_bytes(&l), seed = 12345;
 	uint16_t *raw;
@@ -161,8 +165,12 @@ static int bench_codec(const struct codec_args *a, int json)
 	}
 	mc = memcpy_gbps(n, a->iters * 4);
 	for (int p = 0; pols[p] && !err; p++)
-		for (int isa = a->isa >= 0 ? a->isa : kvcd_isa_best() < KVCD_ISA_AVX512 ? (int)kvcd_isa_best() : KVCD_ISA_AVX512; isa >= 0 && !err; isa--) {
-			err = bench_one_codec(pols[p], (enum kvcd_isa)isa, &l, raw, a->iters, mc, json);
+		for (int isa = a->isa >= 0			   ? a->isa
+			       : kvcd_isa_best() < KVCD_ISA_AVX512 ? (int)kvcd_isa_best()
+								   : KVCD_ISA_AVX512;
+		     isa >= 0 && !err; isa--) {
+			err = bench_one_codec(pols[p], (enum kvcd_isa)isa, &l, raw, a->iters, mc,
+					      json);
 			if (a->isa >= 0)
 				break;
 		}
@@ -170,13 +178,13 @@ static int bench_codec(const struct codec_args *a, int json)
 	return err;
 }
 
-
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kvccodec-bench [codec] [--policy P] [--isa scalar|avx2|avx512|avx512vnni]\n"
-		   "                      [--layers N] [--heads N] [--dim N] [--tokens N] [--iters N]\n"
-		   "                      [--json]\n"
-		   "       kvccodec-bench policies\n");
+	fprintf(f,
+		"usage: kvccodec-bench [codec] [--policy P] [--isa scalar|avx2|avx512|avx512vnni]\n"
+		"                      [--layers N] [--heads N] [--dim N] [--tokens N] [--iters N]\n"
+		"                      [--json]\n"
+		"       kvccodec-bench policies\n");
 }
 
 static int parse_isa(const char *s)
@@ -205,9 +213,9 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "policy", required_argument, 0, 'P' }, { "isa", required_argument, 0, 'I' },
 		{ "layers", required_argument, 0, 'L' }, { "heads", required_argument, 0, 'H' },
-		{ "dim", required_argument, 0, 'D' }, { "tokens", required_argument, 0, 'T' },
-		{ "iters", required_argument, 0, 'i' }, { "json", no_argument, 0, 'j' },
-		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+		{ "dim", required_argument, 0, 'D' },	 { "tokens", required_argument, 0, 'T' },
+		{ "iters", required_argument, 0, 'i' },	 { "json", no_argument, 0, 'j' },
+		{ "help", no_argument, 0, 'h' },	 { 0, 0, 0, 0 }
 	};
 	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 5 };
 	const char *cmd = "codec";
@@ -220,8 +228,8 @@ int main(int argc, char **argv)
 		case 'I':
 			ca.isa = parse_isa(optarg);
 			if (ca.isa < 0) {
-				fprintf(stderr, "kvccodec-bench: --isa %s: %s (best here: %s)\n", optarg,
-					ca.isa == -2 ? "not available here" : "unknown",
+				fprintf(stderr, "kvccodec-bench: --isa %s: %s (best here: %s)\n",
+					optarg, ca.isa == -2 ? "not available here" : "unknown",
 					kvcd_isa_name(kvcd_isa_best()));
 				return 2;
 			}

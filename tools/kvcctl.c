@@ -25,8 +25,8 @@ static int attach(const char *sock, const char *ns, kvc_client **c)
 	o.staging_size = 4096; /* admin requests use the scratch area */
 	err = kvc_attach(&o, c);
 	if (err)
-		fprintf(stderr, "kvcctl: cannot attach to %s: %s\n", sock ? sock : kvc_default_socket(),
-			kvc_strerror(err));
+		fprintf(stderr, "kvcctl: cannot attach to %s: %s\n",
+			sock ? sock : kvc_default_socket(), kvc_strerror(err));
 	return err;
 }
 
@@ -44,21 +44,22 @@ static void print_stats_json(const struct kvc_stats *st)
 	for (unsigned i = 0; i < st->nnodes && i < KVC_MAX_NODES; i++)
 		printf("%s{\"node\": %d, \"hugepages\": %s, \"bytes_total\": %" PRIu64
 		       ", \"bytes_used\": %" PRIu64 ", \"bytes_free\": %" PRIu64
-		       ", \"blocks\": %" PRIu64 "}", i ? ", " : "", st->node[i].node,
-		       st->node[i].hugepages ? "true" : "false", st->node[i].bytes_total,
-		       st->node[i].bytes_used, st->node[i].bytes_total - st->node[i].bytes_used,
-		       st->node[i].blocks);
+		       ", \"blocks\": %" PRIu64 "}",
+		       i ? ", " : "", st->node[i].node, st->node[i].hugepages ? "true" : "false",
+		       st->node[i].bytes_total, st->node[i].bytes_used,
+		       st->node[i].bytes_total - st->node[i].bytes_used, st->node[i].blocks);
 	printf("], \"namespaces\": [");
 	for (unsigned i = 0; i < st->nns && i < 32; i++)
 		printf("%s{\"name\": \"%s\", \"policy\": \"%s\", \"blocks\": %" PRIu64
 		       ", \"bytes_in\": %" PRIu64 ", \"bytes_stored\": %" PRIu64
-		       ", \"fallbacks\": %" PRIu64 "}", i ? ", " : "", st->ns[i].name,
-		       st->ns[i].policy, st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
-		       st->ns[i].fallbacks);
+		       ", \"fallbacks\": %" PRIu64 "}",
+		       i ? ", " : "", st->ns[i].name, st->ns[i].policy, st->ns[i].blocks,
+		       st->ns[i].bytes_in, st->ns[i].bytes_stored, st->ns[i].fallbacks);
 	printf("], \"ops\": {");
 	for (unsigned i = 0; kvc_op_name(i); i++)
 		printf("%s\"%s\": {\"count\": %" PRIu64 ", \"errors\": %" PRIu64
-		       ", \"p50_ns\": %" PRIu64 ", \"p99_ns\": %" PRIu64 ", \"p999_ns\": %" PRIu64 "}",
+		       ", \"p50_ns\": %" PRIu64 ", \"p99_ns\": %" PRIu64 ", \"p999_ns\": %" PRIu64
+		       "}",
 		       i ? ", " : "", kvc_op_name(i), st->op[i].count, st->op[i].errors,
 		       st->op[i].p50_ns, st->op[i].p99_ns, st->op[i].p999_ns);
 	printf("}}\n");
@@ -67,8 +68,10 @@ static void print_stats_json(const struct kvc_stats *st)
 static void print_stats(const struct kvc_stats *st)
 {
 	printf("blocks          %" PRIu64 "\n", st->blocks);
-	printf("bytes used      %" PRIu64 " (%.1f MiB)\n", st->bytes_used, st->bytes_used / 1048576.0);
-	printf("bytes free      %" PRIu64 " (%.1f MiB)\n", st->bytes_free, st->bytes_free / 1048576.0);
+	printf("bytes used      %" PRIu64 " (%.1f MiB)\n", st->bytes_used,
+	       st->bytes_used / 1048576.0);
+	printf("bytes free      %" PRIu64 " (%.1f MiB)\n", st->bytes_free,
+	       st->bytes_free / 1048576.0);
 	printf("bytes in/stored %" PRIu64 " / %" PRIu64 "\n", st->bytes_in, st->bytes_stored);
 	printf("hits / misses   %" PRIu64 " / %" PRIu64 "\n", st->hits, st->misses);
 	printf("evictions       %" PRIu64 "\n", st->evictions);
@@ -88,15 +91,17 @@ static void print_stats(const struct kvc_stats *st)
 	for (unsigned i = 0; i < st->nns && i < 32; i++)
 		printf("%-16s %10" PRIu64 " %14" PRIu64 " %14" PRIu64 " %6.2f %9" PRIu64 "  %s\n",
 		       st->ns[i].name, st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
-		       st->ns[i].bytes_stored ? (double)st->ns[i].bytes_in / st->ns[i].bytes_stored : 0.0,
+		       st->ns[i].bytes_stored ? (double)st->ns[i].bytes_in / st->ns[i].bytes_stored
+					      : 0.0,
 		       st->ns[i].fallbacks, st->ns[i].policy);
 	printf("\n%-8s %12s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
 	       "p99.9 us");
 	for (unsigned i = 0; kvc_op_name(i); i++)
 		if (st->op[i].count)
-			printf("%-8s %12" PRIu64 " %8" PRIu64 " %10.2f %10.2f %10.2f\n", kvc_op_name(i),
-			       st->op[i].count, st->op[i].errors, st->op[i].p50_ns / 1e3,
-			       st->op[i].p99_ns / 1e3, st->op[i].p999_ns / 1e3);
+			printf("%-8s %12" PRIu64 " %8" PRIu64 " %10.2f %10.2f %10.2f\n",
+			       kvc_op_name(i), st->op[i].count, st->op[i].errors,
+			       st->op[i].p50_ns / 1e3, st->op[i].p99_ns / 1e3,
+			       st->op[i].p999_ns / 1e3);
 }
 
 static int cmd_ls(kvc_client *c, int json)
@@ -112,17 +117,21 @@ static int cmd_ls(kvc_client *c, int json)
 			const struct kvc_block_info *x = &b[i];
 
 			if (json)
-				printf("%s{\"key\": \"%016" PRIx64 "%016" PRIx64 "\", \"dtype\": %u, "
+				printf("%s{\"key\": \"%016" PRIx64 "%016" PRIx64
+				       "\", \"dtype\": %u, "
 				       "\"layers\": %u, \"kv_heads\": %u, \"head_dim\": %u, \"tokens\": %u, "
-				       "\"bytes\": %" PRIu64 ", \"node\": %d, \"pins\": %u, \"hits\": %" PRIu64 "}",
-				       start + (size_t)i ? ", " : "", x->key.hi, x->key.lo, x->layout.dtype,
-				       x->layout.layers, x->layout.kv_heads, x->layout.head_dim,
-				       x->layout.tokens, x->bytes, x->node, x->pins, x->hits);
+				       "\"bytes\": %" PRIu64
+				       ", \"node\": %d, \"pins\": %u, \"hits\": %" PRIu64 "}",
+				       start + (size_t)i ? ", " : "", x->key.hi, x->key.lo,
+				       x->layout.dtype, x->layout.layers, x->layout.kv_heads,
+				       x->layout.head_dim, x->layout.tokens, x->bytes, x->node,
+				       x->pins, x->hits);
 			else
 				printf("%016" PRIx64 "%016" PRIx64 "  %ux%ux%ux%u dt%u  %10" PRIu64
-				       " B  node %d  pins %u  hits %" PRIu64 "\n", x->key.hi, x->key.lo,
-				       x->layout.layers, x->layout.kv_heads, x->layout.head_dim,
-				       x->layout.tokens, x->layout.dtype, x->bytes, x->node, x->pins, x->hits);
+				       " B  node %d  pins %u  hits %" PRIu64 "\n",
+				       x->key.hi, x->key.lo, x->layout.layers, x->layout.kv_heads,
+				       x->layout.head_dim, x->layout.tokens, x->layout.dtype,
+				       x->bytes, x->node, x->pins, x->hits);
 		}
 		start += (size_t)n;
 	}
@@ -173,10 +182,11 @@ static int cmd_clients(kvc_client *c, int json)
 	for (int i = 0; i < n; i++) {
 		if (json)
 			printf("%s{\"id\": %u, \"pid\": %d, \"uid\": %u, \"gid\": %u, \"node\": %d, "
-			       "\"worker\": %u, \"requests\": %" PRIu64 ", \"bad_requests\": %" PRIu64
-			       ", \"namespace\": \"%s\"}", i ? ", " : "", ci[i].client_id, ci[i].pid,
-			       ci[i].uid, ci[i].gid, ci[i].node, ci[i].worker, ci[i].requests,
-			       ci[i].bad_requests, ci[i].ns);
+			       "\"worker\": %u, \"requests\": %" PRIu64
+			       ", \"bad_requests\": %" PRIu64 ", \"namespace\": \"%s\"}",
+			       i ? ", " : "", ci[i].client_id, ci[i].pid, ci[i].uid, ci[i].gid,
+			       ci[i].node, ci[i].worker, ci[i].requests, ci[i].bad_requests,
+			       ci[i].ns);
 		else
 			printf("%-6u %-8d %-6u %-6u %-4d %-6u %12" PRIu64 " %8" PRIu64 "  %s\n",
 			       ci[i].client_id, ci[i].pid, ci[i].uid, ci[i].gid, ci[i].node,
@@ -189,17 +199,18 @@ static int cmd_clients(kvc_client *c, int json)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kvcctl [--socket PATH] [--ns NAME] COMMAND\n"
-		   "  ping               exit 0 once kvcd answers\n"
-		   "  stats [--json]     pools, blocks, hits, evictions, per-op latency\n"
-		   "  ls [--json]        blocks of the namespace\n"
-		   "  clients [--json]   attached clients\n"
-		   "  evict [MiB]        evict unpinned blocks until MiB are free (default: all)\n"
-		   "  policy [STRING]    show the namespace's compression policy, or set it\n"
-		   "                     (e.g. int8, int4:rotate=hadamard, fp8,\n"
-		   "                     kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
-		   "                     the encoding they were written with; every key:\n"
-		   "                     docs/policies.md\n");
+	fprintf(f,
+		"usage: kvcctl [--socket PATH] [--ns NAME] COMMAND\n"
+		"  ping               exit 0 once kvcd answers\n"
+		"  stats [--json]     pools, blocks, hits, evictions, per-op latency\n"
+		"  ls [--json]        blocks of the namespace\n"
+		"  clients [--json]   attached clients\n"
+		"  evict [MiB]        evict unpinned blocks until MiB are free (default: all)\n"
+		"  policy [STRING]    show the namespace's compression policy, or set it\n"
+		"                     (e.g. int8, int4:rotate=hadamard, fp8,\n"
+		"                     kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
+		"                     the encoding they were written with; every key:\n"
+		"                     docs/policies.md\n");
 }
 
 int main(int argc, char **argv)
@@ -207,7 +218,8 @@ int main(int argc, char **argv)
 	static const struct option opts[] = { { "socket", required_argument, 0, 's' },
 					      { "ns", required_argument, 0, 'n' },
 					      { "json", no_argument, 0, 'j' },
-					      { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
+					      { "help", no_argument, 0, 'h' },
+					      { 0, 0, 0, 0 } };
 	const char *sock = NULL, *ns = NULL, *cmd;
 	int o, json = 0, err;
 	kvc_client *c;
@@ -246,8 +258,9 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "clients")) {
 		err = cmd_clients(c, json);
 	} else if (!strcmp(cmd, "evict")) {
-		unsigned long mib = optind < argc && argv[optind][0] != '-' ?
-				    strtoul(argv[optind], NULL, 10) : 0;
+		unsigned long mib = optind < argc && argv[optind][0] != '-'
+					    ? strtoul(argv[optind], NULL, 10)
+					    : 0;
 
 		err = kvc_evict(c, (uint32_t)mib);
 		if (err >= 0)

@@ -317,7 +317,8 @@ void llm_forward(const struct llm *m, struct llm_state *s, int token, int pos)
 					d += q[i] * kt[i];
 				s->att[t] = d * scale + s->bias[lh + t];
 			}
-			s->lse[((size_t)pos * c->layers + l) * c->heads + h] = softmax(s->att, pos + 1);
+			s->lse[((size_t)pos * c->layers + l) * c->heads + h] = softmax(s->att,
+										       pos + 1);
 			memset(out + h * hd, 0, (size_t)hd * 4);
 			for (int t = 0; t <= pos; t++) {
 				const float *vt = s->vc + lo + (size_t)t * kvd + kh * hd;
@@ -399,7 +400,8 @@ void llm_block_put(const struct llm *m, const struct llm_state *s, uint32_t t0, 
 
 	for (int l = 0; l < c->layers; l++)
 		for (int kv = 0; kv < 2; kv++) {
-			const float *src = (kv ? s->vc : s->kc) + ((size_t)l * c->seq_len + t0) * c->kv_dim;
+			const float *src = (kv ? s->vc : s->kc) +
+					   ((size_t)l * c->seq_len + t0) * c->kv_dim;
 
 			put_elems(s->kv_dtype, src, o, plane);
 			o += plane * es;
@@ -419,7 +421,8 @@ int llm_block_get(const struct llm *m, struct llm_state *s, uint32_t t0, const v
 		return -EINVAL;
 	for (int ly = 0; ly < c->layers; ly++)
 		for (int kv = 0; kv < 2; kv++) {
-			float *dst = (kv ? s->vc : s->kc) + ((size_t)ly * c->seq_len + t0) * c->kv_dim;
+			float *dst = (kv ? s->vc : s->kc) +
+				     ((size_t)ly * c->seq_len + t0) * c->kv_dim;
 
 			get_elems(l->dtype, in, dst, plane);
 			if (l->dtype != s->kv_dtype)
@@ -433,7 +436,8 @@ int llm_block_get_sparse(const struct llm *m, struct llm_state *s, uint32_t t0, 
 			 size_t n, const struct kvc_layout *l)
 {
 	const struct llm_config *c = &m->c;
-	size_t lh = (size_t)c->layers * c->kv_heads, es = l->dtype == KVC_F32 ? 4 : 2, hd = c->head_dim;
+	size_t lh = (size_t)c->layers * c->kv_heads, es = l->dtype == KVC_F32 ? 4 : 2,
+	       hd = c->head_dim;
 	const uint8_t *in = src;
 	struct kvc_sparse sp;
 	const uint32_t *cnt, *tok;
@@ -463,7 +467,8 @@ int llm_block_get_sparse(const struct llm *m, struct llm_state *s, uint32_t t0, 
 			for (uint32_t t = 0; t < l->tokens; t++)
 				b[t] = -INFINITY; /* dropped unless listed */
 			for (size_t i = 0; i < k; i++) {
-				size_t at = ((size_t)ly * c->seq_len + t0 + tok[i]) * c->kv_dim + h * hd;
+				size_t at = ((size_t)ly * c->seq_len + t0 + tok[i]) * c->kv_dim +
+					    h * hd;
 
 				if (tok[i] >= l->tokens)
 					return -EINVAL;

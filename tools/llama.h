@@ -29,18 +29,18 @@ struct llm {
 
 /* One sequence being decoded. Caches are [layer][position][kv_dim]. */
 struct llm_state {
-	uint8_t kv_dtype;	/* KVC_F32, KVC_F16 or KVC_BF16: what the cache rounds to */
+	uint8_t kv_dtype; /* KVC_F32, KVC_F16 or KVC_BF16: what the cache rounds to */
 	float *x, *xb, *xb2, *hb, *hb2, *q, *att, *logits;
 	float *kc, *vc;
-	float *acc;		/* [seq_len]: attention each position received, summed over
+	float *acc;    /* [seq_len]: attention each position received, summed over
 				 * layers, heads and later queries (H2O's accumulated score) */
-	float *attn;		/* [layers][dim]: the last step's attention output per layer,
+	float *attn;   /* [layers][dim]: the last step's attention output per layer,
 				 * heads concatenated, before wo */
-	float *acc_lh;		/* [layers][kv_heads][seq_len]: acc per (layer, KV head) */
-	float *bias;		/* [layers][kv_heads][seq_len]: added to the attention logit of
+	float *acc_lh; /* [layers][kv_heads][seq_len]: acc per (layer, KV head) */
+	float *bias;   /* [layers][kv_heads][seq_len]: added to the attention logit of
 				 * each cached token; -inf: dropped by a selection policy */
-	float *qs;		/* [seq_len][layers][dim]: each position's post-RoPE queries */
-	float *lse;		/* [seq_len][layers][heads]: log-sum-exp of its attention logits */
+	float *qs;     /* [seq_len][layers][dim]: each position's post-RoPE queries */
+	float *lse;    /* [seq_len][layers][heads]: log-sum-exp of its attention logits */
 };
 
 /* Load a llama2.c checkpoint. Returns 0, -errno from open/read, or -EINVAL when the header is
@@ -86,10 +86,10 @@ struct llm_kvc {
 	kvc_client *c;
 	char keyns[128];
 	uint32_t chunk;
-	uint8_t codec;		/* kvc_layout.codec on STORE: 0 namespace policy, 1..8 registered */
-	bool scores;		/* send s->acc with each STORE (kvc_store_scored) */
-	uint32_t aux;		/* KVC_AUX_* sent with each STORE (kvc_aux) */
-	uint32_t window;	/* KVC_AUX_QUERIES: the last queries before the stored prefix ends */
+	uint8_t codec;	 /* kvc_layout.codec on STORE: 0 namespace policy, 1..8 registered */
+	bool scores;	 /* send s->acc with each STORE (kvc_store_scored) */
+	uint32_t aux;	 /* KVC_AUX_* sent with each STORE (kvc_aux) */
+	uint32_t window; /* KVC_AUX_QUERIES: the last queries before the stored prefix ends */
 	uint64_t bytes_fetched, bytes_stored;
 };
 
@@ -98,8 +98,8 @@ void llm_kvc_keyns(const struct llm *m, uint8_t kv_dtype, const char *ns, struct
 
 /* Restore the longest cached prefix of @tok[0..n), whole chunks of at most @max tokens in all,
  * into the cache. Returns the tokens restored, or -errno (-ENOSPC: staging too small). */
-int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
-		    const int32_t *tok, size_t n, size_t max);
+int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k, const int32_t *tok,
+		    size_t n, size_t max);
 
 /* Store chunks [@first, @last) of @tok, whose K and V are in the cache, each with its first
  * token's position. Already cached chunks count as stored. Returns the count, or -errno. */

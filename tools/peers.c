@@ -24,8 +24,8 @@
 
 struct peer {
 	redisContext *rc;
-	redisReply *last;		/* the reply get() handed out */
-	int fd;				/* socket server */
+	redisReply *last; /* the reply get() handed out */
+	int fd;		  /* socket server */
 	void *buf;
 	size_t max;
 };
@@ -83,8 +83,8 @@ static int redis_get(struct peer *p, uint64_t key, size_t n, const void **out)
 
 static int redis_del(struct peer *p, uint64_t key)
 {
-	return redis_check(redisCommand(p->rc, "DEL %b", &key, sizeof(key)),
-			   REDIS_REPLY_INTEGER, NULL);
+	return redis_check(redisCommand(p->rc, "DEL %b", &key, sizeof(key)), REDIS_REPLY_INTEGER,
+			   NULL);
 }
 
 static void redis_close(struct peer *p)
@@ -95,23 +95,28 @@ static void redis_close(struct peer *p)
 	free(p);
 }
 
-const struct peer_ops peer_redis = { "redis", redis_open, redis_nop, redis_set, redis_get,
-				     redis_del, redis_close };
+const struct peer_ops peer_redis = { "redis",	redis_open, redis_nop,	redis_set,
+				     redis_get, redis_del,  redis_close };
 
 /* ---- minimal socket server -------------------------------------------------------------------- */
 
-enum { SOP_NOP, SOP_SET, SOP_GET, SOP_DEL };
+enum {
+	SOP_NOP,
+	SOP_SET,
+	SOP_GET,
+	SOP_DEL
+};
 
 struct sock_hdr {
-	uint32_t op, status;		/* status: 0 or an errno */
+	uint32_t op, status; /* status: 0 or an errno */
 	uint64_t key, len;
 };
 
 static int xfer(int fd, void *buf, size_t n, int out)
 {
 	for (size_t done = 0; done < n;) {
-		ssize_t r = out ? write(fd, (char *)buf + done, n - done) :
-				  read(fd, (char *)buf + done, n - done);
+		ssize_t r = out ? write(fd, (char *)buf + done, n - done)
+				: read(fd, (char *)buf + done, n - done);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -172,7 +177,8 @@ static void sock_serve(int fd)
 					_exit(1);
 				left -= (size_t)w;
 				for (int i = 0; i < 2 && w; i++) {
-					size_t k = (size_t)w < iov[i].iov_len ? (size_t)w : iov[i].iov_len;
+					size_t k = (size_t)w < iov[i].iov_len ? (size_t)w
+									      : iov[i].iov_len;
 
 					iov[i].iov_base = (char *)iov[i].iov_base + k;
 					iov[i].iov_len -= k;
@@ -337,5 +343,5 @@ static void sock_close(struct peer *p)
 	free(p);
 }
 
-const struct peer_ops peer_sock = { "socket", sock_open, sock_nop, sock_set, sock_get, sock_del,
-				    sock_close };
+const struct peer_ops peer_sock = { "socket", sock_open, sock_nop,  sock_set,
+				    sock_get, sock_del,	 sock_close };

@@ -20,8 +20,8 @@ static uint8_t stored_codec(const struct kvcd_policy *p)
 }
 
 int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		    uint32_t pos, const void *src, const float *scores,
-		    const struct kvcd_aux *aux, struct kvcd_plan *plan)
+		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
+		    struct kvcd_plan *plan)
 {
 	struct kvcd_summary sm = { .kind = p->summary, .page = p->page, .reps = p->reps };
 	char why[8];
@@ -101,8 +101,7 @@ int kvcd_codec_write(enum kvcd_isa isa, const struct kvcd_plan *plan, const void
 				 (uint8_t *)dst + sizeof(struct kvcd_codec_hdr));
 }
 
-int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src,
-		       void *dst)
+int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src, void *dst)
 {
 	const struct kvcd_policy *p = &plan->pol;
 	struct kvcd_summary sm = { .kind = p->summary, .page = p->page, .reps = p->reps };
@@ -127,9 +126,8 @@ uint64_t kvcd_codec_size(const struct kvcd_policy *p, const struct kvcp_layout *
 	return sizeof(struct kvcd_codec_hdr) + kvcd_units_size(p, l, scores, pos);
 }
 
-int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *l, uint32_t pos, const void *src,
-		      const float *scores, void *dst)
+int kvcd_codec_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, const void *src, const float *scores, void *dst)
 {
 	struct kvcd_plan plan;
 	int err;

@@ -49,12 +49,12 @@
 
 /* What the engine sent with the STORE (KVCP_SQE_F_AUX), checked and copied by the caller. */
 struct kvcd_aux {
-	uint32_t what;		/* KVCP_AUX_* */
+	uint32_t what; /* KVCP_AUX_* */
 	uint32_t q_heads, window;
 	int32_t q_pos;
-	const float *attn;	/* [layers][kv_heads][tokens] */
-	const float *q;		/* [layers][q_heads][window][head_dim] */
-	const float *lse;	/* [layers][q_heads][window] */
+	const float *attn; /* [layers][kv_heads][tokens] */
+	const float *q;	   /* [layers][q_heads][window][head_dim] */
+	const float *lse;  /* [layers][q_heads][window] */
 };
 
 /* ---- the entry points ------------------------------------------------------------------ */
@@ -64,15 +64,15 @@ struct kvcd_aux {
  * reserved. */
 struct kvcd_plan {
 	struct kvcd_policy pol;
-	struct kvcp_layout layout;	/* the engine's; codec 0 */
-	uint32_t pos;			/* position of the block's first token in its sequence */
-	bool scores;			/* the encoder takes the STORE's importance scores */
-	bool raw;			/* stored as sent: the caller copies the bytes itself */
-	uint8_t codec;			/* the stored block's layout.codec (KVCP_CODEC_*) */
-	uint64_t stored;		/* bytes of the block */
-	uint64_t summary_at;		/* where its SELECT summary starts; 0: none */
-	uint64_t bytes;			/* what to reserve: the block and its summary */
-	uint32_t *words;		/* sparse forms: per (layer, head) counts and ranks */
+	struct kvcp_layout layout; /* the engine's; codec 0 */
+	uint32_t pos;		   /* position of the block's first token in its sequence */
+	bool scores;		   /* the encoder takes the STORE's importance scores */
+	bool raw;		   /* stored as sent: the caller copies the bytes itself */
+	uint8_t codec;		   /* the stored block's layout.codec (KVCP_CODEC_*) */
+	uint64_t stored;	   /* bytes of the block */
+	uint64_t summary_at;	   /* where its SELECT summary starts; 0: none */
+	uint64_t bytes;		   /* what to reserve: the block and its summary */
+	uint32_t *words;	   /* sparse forms: per (layer, head) counts and ranks */
 };
 
 /* Plan a block of layout @l whose first token is at position @pos of its sequence (sinks are
@@ -81,8 +81,8 @@ struct kvcd_plan {
  * @aux or NULL. Returns 0, -EINVAL (@p does not fit @l, @aux lacks what select= needs, a value
  * is inf/nan) or -ENOMEM. kvcd_plan_fini releases what a plan holds, also after an error. */
 int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		    uint32_t pos, const void *src, const float *scores,
-		    const struct kvcd_aux *aux, struct kvcd_plan *plan);
+		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
+		    struct kvcd_plan *plan);
 void kvcd_plan_fini(struct kvcd_plan *plan);
 
 /* Encode @src as planned into @dst (plan->stored bytes). For a raw plan this is a copy; the
@@ -94,8 +94,7 @@ int kvcd_codec_write(enum kvcd_isa isa, const struct kvcd_plan *plan, const void
 /* Write the SELECT summary of the block at @dst (plan->summary_at bytes on) from the raw
  * block: @dst itself for a raw plan (the pool's copy, which no client can change), else the
  * engine's @src. Returns 0, or -ENOMEM. */
-int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src,
-		       void *dst);
+int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src, void *dst);
 
 /* Where a block's SELECT summary starts: after its @stored bytes, placed so that the data
  * after the summary's 8-byte header is 64-byte aligned (pool blocks are): vector loads of
@@ -129,17 +128,17 @@ uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
 
 /* A SELECT request's queries [q_heads][head_dim], prepared once for every summary kind. */
 struct kvcd_query {
-	const float *q;		/* the caller's; must outlive this */
+	const float *q; /* the caller's; must outlive this */
 	uint32_t q_heads, head_dim;
-	float *pos, *neg;	/* Quest: kvcd_quest_prep's halves */
-	float l1;		/* Quest: the largest L1 norm of a query head, rounded up */
-	float *qp;		/* REPS8: each head's channels padded to a multiple of 4 */
-	int8_t *q8;		/* REPS8 on VNNI: each query head in int8, symmetric */
-	float *q8_scale;	/* its scale (absmax / 127) */
-	float *q8s4;		/* the scales, each four times, [q_heads + 3][4] */
-	uint8_t *q8h;		/* q8 + 128 per channel group of 4, four times (once for each
+	float *pos, *neg; /* Quest: kvcd_quest_prep's halves */
+	float l1;	  /* Quest: the largest L1 norm of a query head, rounded up */
+	float *qp;	  /* REPS8: each head's channels padded to a multiple of 4 */
+	int8_t *q8;	  /* REPS8 on VNNI: each query head in int8, symmetric */
+	float *q8_scale;  /* its scale (absmax / 127) */
+	float *q8s4;	  /* the scales, each four times, [q_heads + 3][4] */
+	uint8_t *q8h;	  /* q8 + 128 per channel group of 4, four times (once for each
 				 * key of a group): [q_heads][groups][16] */
-	void *buf;		/* all of the above */
+	void *buf;	  /* all of the above */
 };
 /* Prepare @q (finite). Returns 0 or -ENOMEM; kvcd_query_fini frees what it holds. */
 int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint32_t head_dim);
@@ -156,7 +155,7 @@ void kvcd_codec_score_prefetch(const struct kvcp_layout *l, const void *sum, uin
 
 /* ---- conversions and measures, shared with tools -------------------------------------------- */
 
-uint16_t kvcd_f32_to_f16(float f);	/* round to nearest even, like vcvtps2ph */
+uint16_t kvcd_f32_to_f16(float f); /* round to nearest even, like vcvtps2ph */
 float kvcd_f16_to_f32(uint16_t h);
 /* Widen @n elements of @dtype to f32, and narrow back with round-to-nearest-even. */
 void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n);
@@ -174,8 +173,8 @@ float kvcd_e4m3_to_f32(uint8_t b);
 void kvcd_hadamard(float *x, unsigned n);
 
 struct kvcd_quality {
-	double rel_frob;	/* ||X - X'||_F / ||X||_F */
-	double cosine;		/* <X, X'> / (||X|| ||X'||) */
+	double rel_frob; /* ||X - X'||_F / ||X||_F */
+	double cosine;	 /* <X, X'> / (||X|| ||X'||) */
 };
 
 /* Compare @n values. */

@@ -61,7 +61,6 @@ float kvcd_f16_to_f32(uint16_t h)
 	return f;
 }
 
-
 /* ---- dtype conversion ---------------------------------------------------------------------- */
 
 static float bf16_to_f32(uint16_t h)
@@ -91,7 +90,7 @@ static inline float sat16(float f)
 }
 
 __attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t *s, float *d,
-								  size_t n)
+								 size_t n)
 {
 	size_t i = 0;
 
@@ -102,7 +101,7 @@ __attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t 
 }
 
 __attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *s, uint16_t *d,
-								  size_t n)
+								 size_t n)
 {
 	const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
 	size_t i = 0;
@@ -195,7 +194,7 @@ uint8_t kvcd_f32_to_e4m3(float f)
  * exponent is rebiased from 127 to 7 (960 = 120 << 3) and the code saturates at 0x7e; below
  * 2^-6 the value is a multiple of 2^-9, and NaN is 0x7f. */
 __attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
-								       float div, uint8_t *out)
+								      float div, uint8_t *out)
 {
 	const __m512i abs = _mm512_set1_epi32(0x7fffffff), half = _mm512_set1_epi32(0x7ffff);
 	const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(960);
@@ -206,13 +205,15 @@ __attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const floa
 	for (; i + 16 <= n; i += 16) {
 		__m512i x = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + i), vd));
 		__m512i ax = _mm512_and_si512(x, abs);
-		__m512i t = _mm512_add_epi32(ax, _mm512_add_epi32(half, _mm512_and_si512(
-						     _mm512_srli_epi32(ax, 20), one)));
-		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias), top);
+		__m512i t = _mm512_add_epi32(
+			ax,
+			_mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ax, 20), one)));
+		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias),
+						top);
 		__m512 a = _mm512_castsi512_ps(ax);
-		__m512i sub = _mm512_cvtps_epi32(_mm512_roundscale_ps(
-			_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
-			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		__m512i sub = _mm512_cvtps_epi32(
+			_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
+					     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 
 		code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
 		code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
@@ -235,20 +236,24 @@ __attribute__((target("avx2"))) static size_t e4m3_avx2(const float *v, size_t n
 	for (; i + 8 <= n; i += 8) {
 		__m256i x = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + i), vd));
 		__m256i ax = _mm256_and_si256(x, abs);
-		__m256i t = _mm256_add_epi32(ax, _mm256_add_epi32(half, _mm256_and_si256(
-						     _mm256_srli_epi32(ax, 20), one)));
-		__m256i code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_srli_epi32(t, 20), bias), top);
+		__m256i t = _mm256_add_epi32(
+			ax,
+			_mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(ax, 20), one)));
+		__m256i code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_srli_epi32(t, 20), bias),
+						top);
 		__m256 a = _mm256_castsi256_ps(ax);
-		__m256i sub = _mm256_cvtps_epi32(_mm256_round_ps(
-			_mm256_mul_ps(a, _mm256_set1_ps(512.0f)),
-			_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		__m256i sub = _mm256_cvtps_epi32(
+			_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)),
+					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 		__m256i p;
 
-		code = _mm256_blendv_epi8(code, sub, _mm256_castps_si256(
-						  _mm256_cmp_ps(a, tiny, _CMP_LT_OQ)));
-		code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f), _mm256_cmpgt_epi32(ax, inf));
+		code = _mm256_blendv_epi8(code, sub,
+					  _mm256_castps_si256(_mm256_cmp_ps(a, tiny, _CMP_LT_OQ)));
+		code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f),
+					  _mm256_cmpgt_epi32(ax, inf));
 		code = _mm256_or_si256(code, _mm256_srli_epi32(_mm256_andnot_si256(abs, x), 24));
-		p = _mm256_packus_epi16(_mm256_packus_epi32(code, code), code); /* bytes 0-3 a lane */
+		p = _mm256_packus_epi16(_mm256_packus_epi32(code, code),
+					code); /* bytes 0-3 a lane */
 		_mm_storel_epi64((__m128i *)(out + i),
 				 _mm_unpacklo_epi32(_mm256_castsi256_si128(p),
 						    _mm256_extracti128_si256(p, 1)));
@@ -283,7 +288,6 @@ float kvcd_e4m3_to_f32(uint8_t b)
 	f = e ? ldexpf(1.0f + (float)m / 8.0f, (int)e - 7) : ldexpf((float)m, -9);
 	return b & 0x80 ? -f : f;
 }
-
 
 /* Decoding reads a table: one load per value instead of a ldexpf. Built once, then read-only. */
 static float e4m3_table[256];

@@ -14,35 +14,32 @@
 /* ---- codec.c: the header every encoded block starts with ---------------------------------- */
 
 #define KVCD_CODEC_MAGIC 0x3151564bu /* "KVQ1" */
-#define KVCD_CODEC_VERSION 5	/* 2: groups longer than head_dim span heads; rope;
+#define KVCD_CODEC_VERSION \
+	5 /* 2: groups longer than head_dim span heads; rope;
 				 * 3: kivi resid; 4: params=u8; 5: token selection */
 #define KVCD_CODEC_F_SCORES 1u
 
 /* First bytes of every encoded block. */
 struct kvcd_codec_hdr {
 	uint32_t magic;
-	uint16_t version;	/* KVCD_CODEC_VERSION */
-	uint16_t flags;		/* KVCD_CODEC_F_* */
+	uint16_t version; /* KVCD_CODEC_VERSION */
+	uint16_t flags;	  /* KVCD_CODEC_F_* */
 	struct kvcd_policy pol;
 	struct kvcp_layout layout; /* the engine's layout (codec 0) */
-	uint32_t pos;		/* position of the block's first token in its sequence */
-	uint32_t reserved;	/* 0 */
-	uint64_t bytes;		/* encoded size, this header included */
+	uint32_t pos;		   /* position of the block's first token in its sequence */
+	uint32_t reserved;	   /* 0 */
+	uint64_t bytes;		   /* encoded size, this header included */
 };
-
 
 /* ---- units.c ---------------------------------------------------------------------------- */
 
 /* units.c: the units of a block without the header, for codec.c and sparse.c: @p's codec (NONE: the raw bytes). */
-uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
-			      bool scores, uint32_t pos);
-int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, const void *src,
-			   const float *scores, void *dst);
-int kvcd_units_decode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, bool scores, const void *in,
-			   void *dst);
-
+uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+			 uint32_t pos);
+int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, const void *src, const float *scores, void *dst);
+int kvcd_units_decode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, bool scores, const void *in, void *dst);
 
 /* The e4m3 decoding table: kvcd_e4m3_to_f32 of every byte (convert.c). */
 const float *kvcd_e4m3_lut(void);
@@ -85,10 +82,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
 		    const uint32_t *counts, void *dst);
 /* For kvcd_codec_decode and _out_size, after the header checked out. */
-int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src,
-		    uint64_t n, void *dst, uint64_t cap, struct kvcp_layout *l);
+int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
+		    void *dst, uint64_t cap, struct kvcp_layout *l);
 uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n);
-
 
 /* ---- lowrank.c ---------------------------------------------------------------------------- */
 
@@ -100,21 +96,20 @@ uint64_t kvcd_lr_factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32
 			      uint32_t d);
 /* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
  * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). */
-uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap,
-			     float *u, float *sv, float *vt, int *err);
+uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap, float *u,
+			     float *sv, float *vt, int *err);
 /* The rank-@r factors of @x ([n][d] f32, destroyed) to @o. @u: n x min(n, d), @vt:
  * min(n, d) x d, @sv: min(n, d) + 1 floats. Returns 0, -ENOSYS (no LAPACKE), -EINVAL. */
-int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x,
-		uint32_t n, uint32_t d, uint32_t r, float *u, float *sv, float *vt, uint8_t *o);
+int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x, uint32_t n,
+		uint32_t d, uint32_t r, float *u, float *sv, float *vt, uint8_t *o);
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
-void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
-		 const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, float *a, uint8_t *out);
+void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const uint8_t *in,
+		 uint32_t n, uint32_t d, uint32_t r, float *a, uint8_t *out);
 /* svd=layer: a layer's K and V planes as factors, and back into every head's rows. */
-int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *l, const float *kp, const float *vp, float *buf,
-		      uint8_t *o);
-void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p,
-		       const struct kvcp_layout *l, const uint8_t *in, float *buf, uint8_t *out);
+int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      const float *kp, const float *vp, float *buf, uint8_t *o);
+void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       const uint8_t *in, float *buf, uint8_t *out);
 size_t kvcd_lr_layer_get_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l);
 
 /* ---- minicache.c ---------------------------------------------------------------------------- */
@@ -142,13 +137,12 @@ size_t kvcd_mc_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct 
  * every key it attended) the weights are its true softmax; with NULL, a softmax over the
  * block's keys it sees. Summed over the window and the group, then max-pooled over @kernel
  * neighbouring tokens (odd; 1: none). @score[t]. @tmp: t floats. */
-void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
-		       uint32_t kernel, float *tmp, float *score);
+void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d, const float *q,
+		       const float *lse, uint32_t g, uint32_t w, int64_t qpos, uint32_t kernel,
+		       float *tmp, float *score);
 
 /* Key-norm: the smaller a key's L2 norm, the higher its score (-||k||). */
-void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-			float *score);
+void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d, float *score);
 
 /* StreamingLLM: recency (score = token index), so the top tokens are the most recent. */
 void kvcd_score_recency(uint32_t t, float *score);
@@ -193,8 +187,8 @@ uint32_t kvcd_quest_pages(const struct kvcp_layout *l, uint32_t page);
 size_t kvcd_quest_bytes(const struct kvcp_layout *l, uint32_t page);
 /* The bounds of the keys of the raw block @block (layout @l), each rounded outwards to f16
  * (min down, max up), so a bound computed from them is still a bound. Returns 0 or -ENOMEM. */
-int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page, const void *block,
-		     uint16_t *out);
+int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page,
+		     const void *block, uint16_t *out);
 /* The query split by sign, once per request: @pos = max(q, 0), @neg = min(q, 0). */
 void kvcd_quest_prep(const float *q, uint32_t n, float *pos, float *neg);
 /* A block's SELECT score at @layer for queries [q_heads][head_dim] (q_heads a multiple of
@@ -210,10 +204,10 @@ float kvcd_quest_score(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t 
 
 /* First bytes of the summary kept after a block's data. */
 struct kvcd_summary {
-	uint8_t kind;		/* KVCD_SUMMARY_* */
-	uint8_t page;		/* tokens per page, 1..255 */
-	uint8_t reps;		/* REPS, REPS8: keys kept per page, 1..16 */
-	uint8_t pad[5];		/* 0 */
+	uint8_t kind;	/* KVCD_SUMMARY_* */
+	uint8_t page;	/* tokens per page, 1..255 */
+	uint8_t reps;	/* REPS, REPS8: keys kept per page, 1..16 */
+	uint8_t pad[5]; /* 0 */
 };
 
 /* Bytes of the summary of a block of layout @l, header included. */

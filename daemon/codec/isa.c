@@ -10,8 +10,8 @@ enum kvcd_isa kvcd_isa_best(void)
 	if (best < 0) {
 		__builtin_cpu_init();
 		if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
-			best = __builtin_cpu_supports("avx512vnni") ? KVCD_ISA_AVX512_VNNI :
-								      KVCD_ISA_AVX512;
+			best = __builtin_cpu_supports("avx512vnni") ? KVCD_ISA_AVX512_VNNI
+								    : KVCD_ISA_AVX512;
 		else
 			best = __builtin_cpu_supports("avx2") ? KVCD_ISA_AVX2 : KVCD_ISA_SCALAR;
 	}

@@ -11,9 +11,9 @@
 
 enum kvcd_isa {
 	KVCD_ISA_SCALAR = 0,
-	KVCD_ISA_AVX2 = 1,		/* AVX2 (with F16C where the CPU has it) */
-	KVCD_ISA_AVX512 = 2,		/* AVX-512 F and BW */
-	KVCD_ISA_AVX512_VNNI = 3,	/* AVX-512 VNNI on top: int8 dot products */
+	KVCD_ISA_AVX2 = 1,	  /* AVX2 (with F16C where the CPU has it) */
+	KVCD_ISA_AVX512 = 2,	  /* AVX-512 F and BW */
+	KVCD_ISA_AVX512_VNNI = 3, /* AVX-512 VNNI on top: int8 dot products */
 };
 
 /* Best level this CPU supports (cached after the first call). */

@@ -23,12 +23,12 @@ uint32_t kvcd_lr_rank(const struct kvcd_policy *p, uint32_t n, uint32_t d)
 /* Bytes of one of K's or V's factors for @n rows: U_r S_r [n][r] and V_r^T [r][d], in the
  * engine's dtype, or (factors=int8) as int8 rows followed by each row's f32 scale. */
 uint64_t kvcd_lr_factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t n, uint32_t r,
-			     uint32_t d)
+			      uint32_t d)
 {
 	uint64_t e = (uint64_t)n * r + (uint64_t)r * d;
 
-	return p->lowrank & KVCD_LOWRANK_INT8 ? e + ((uint64_t)n + r) * sizeof(float) :
-						 e * kvcp_dtype_size(dtype);
+	return p->lowrank & KVCD_LOWRANK_INT8 ? e + ((uint64_t)n + r) * sizeof(float)
+					      : e * kvcp_dtype_size(dtype);
 }
 
 /* LAPACKE (on OpenBLAS, from Debian) is loaded at first use rather than linked: OpenBLAS's
@@ -86,8 +86,8 @@ static int lapack_ready(void)
 /* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
  * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). @u, @sv, @vt as
  * for lowrank_put. */
-uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap,
-			    float *u, float *sv, float *vt, int *err)
+uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap, float *u,
+			     float *sv, float *vt, int *err)
 {
 	uint32_t k = n < d ? n : d, r = 0;
 	double total = 0, acc = 0;
@@ -112,9 +112,8 @@ uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uin
 /* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], to @o
  * as kvcd_lr_factor_bytes() lays them out. @u: n x min(n, d), @vt: min(n, d) x d, @sv: min(n, d) + 1
  * floats. */
-int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x,
-		       uint32_t n, uint32_t d, uint32_t r, float *u, float *sv, float *vt,
-		       uint8_t *o)
+int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, float *x, uint32_t n,
+		uint32_t d, uint32_t r, float *u, float *sv, float *vt, uint8_t *o)
 {
 	uint32_t k = n < d ? n : d;
 	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
@@ -124,14 +123,15 @@ int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, f
 		return err;
 	if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
 		   (lapack_int)k, vt, (lapack_int)d))
-		return -EINVAL; /* no convergence */
+		return -EINVAL;		   /* no convergence */
 	for (uint32_t i = 0; i < n; i++) { /* U_r S_r, compacted in place to n x r */
 		for (uint32_t j = 0; j < r; j++)
 			x[(size_t)i * r + j] = u[(size_t)i * k + j] * sv[j];
 	}
 	if (p->lowrank & KVCD_LOWRANK_INT8) {
 		rows_to_i8(x, n, r, (int8_t *)o, o + e);
-		rows_to_i8(vt, r, d, (int8_t *)o + (size_t)n * r, o + e + (size_t)n * sizeof(float));
+		rows_to_i8(vt, r, d, (int8_t *)o + (size_t)n * r,
+			   o + e + (size_t)n * sizeof(float));
 		return 0;
 	}
 	kvcd_from_f32(isa, dtype, x, o, (size_t)n * r);
@@ -140,9 +140,8 @@ int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, f
 }
 
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
-void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
-			const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, float *a,
-			uint8_t *out)
+void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const uint8_t *in,
+		 uint32_t n, uint32_t d, uint32_t r, float *a, uint8_t *out)
 {
 	size_t es = kvcp_dtype_size(dtype), e = (size_t)n * r + (size_t)r * d;
 	float *b = a + (size_t)n * r, *row = b + (size_t)r * d;
@@ -166,9 +165,8 @@ void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
 
 /* svd=layer: the layer's K and V planes (@kp, @vp: [T][heads x d]) as rank-r factors to
  * @o. @buf: T x hd + T x k + k + 1 + k x hd floats, hd = heads x d, k = min(T, hd). */
-int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p,
-		     const struct kvcp_layout *l, const float *kp, const float *vp, float *buf,
-		      uint8_t *o)
+int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      const float *kp, const float *vp, float *buf, uint8_t *o)
 {
 	uint32_t t = l->tokens, hd = (uint32_t)l->kv_heads * l->head_dim, k = t < hd ? t : hd;
 	uint32_t r = kvcd_lr_rank(p, t, hd);
@@ -187,8 +185,8 @@ int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p,
 /* svd=layer: a layer's factors at @in back into every head's K and V rows at @out (the
  * sparse form: per head T K rows, then T V rows). @buf: T x r + r x hd + hd floats, then
  * T x hd elements. */
-void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *l, const uint8_t *in, float *buf, uint8_t *out)
+void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       const uint8_t *in, float *buf, uint8_t *out)
 {
 	uint32_t t = l->tokens, h = l->kv_heads, hd = h * (uint32_t)l->head_dim;
 	uint32_t r = kvcd_lr_rank(p, t, hd);
@@ -196,8 +194,8 @@ void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p,
 	uint8_t *plane = (uint8_t *)(buf + (size_t)t * r + (size_t)r * hd + hd);
 
 	for (int kv = 0; kv < 2; kv++) {
-		kvcd_lr_get(isa, p, l->dtype, in + kv * kvcd_lr_factor_bytes(p, l->dtype, t, r, hd), t, hd,
-			    r, buf, plane);
+		kvcd_lr_get(isa, p, l->dtype, in + kv * kvcd_lr_factor_bytes(p, l->dtype, t, r, hd),
+			    t, hd, r, buf, plane);
 		for (uint32_t hh = 0; hh < h; hh++)
 			for (uint32_t j = 0; j < t; j++)
 				memcpy(out + (((size_t)hh * 2 + kv) * t + j) * row,

@@ -35,7 +35,6 @@ uint64_t kvcd_mc_pair_size(const struct kvcd_policy *p, const struct kvcp_layout
 	return 2 * ((t + 7) / 8 + (nk * 2 * l->head_dim + (t - nk) * (l->head_dim + 2)) * es);
 }
 
-
 static float mc_norm(const float *x, uint32_t d)
 {
 	double s = 0;
@@ -46,8 +45,7 @@ static float mc_norm(const float *x, uint32_t d)
 }
 
 /* SLERP between the unit vectors @a and @b (either may be zero: the other is taken) into @e. */
-static void slerp(const float *a, float na, const float *b, float nb, uint32_t d, float t,
-		  float *e)
+static void slerp(const float *a, float na, const float *b, float nb, uint32_t d, float t, float *e)
 {
 	double dot = 0, th, s, wa, wb;
 
@@ -76,8 +74,8 @@ static void slerp(const float *a, float na, const float *b, float nb, uint32_t d
 /* Encode K or V of one (pair, head): rows @a (first layer) and @b (second), @stride apart.
  * @tmp: 2 x T floats, @f: T x (D + 2) floats, @keep: T. Returns the bytes written. */
 size_t kvcd_mc_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		     const float *a, const float *b, size_t stride, float *cosv, uint32_t *idx,
-		     float *f, uint8_t *o)
+		   const float *a, const float *b, size_t stride, float *cosv, uint32_t *idx,
+		   float *f, uint8_t *o)
 {
 	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), m = 0;
 	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8;
@@ -123,7 +121,7 @@ size_t kvcd_mc_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct 
 /* Decode K or V of one (pair, head) into @x (first layer's T rows) and @y (second's). @f: as
  * mc_put's. Returns the bytes read, or 0 when the bitmap does not hold exactly its count. */
 size_t kvcd_mc_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
-		     const uint8_t *in, float *f, uint8_t *x, uint8_t *y)
+		   const uint8_t *in, float *f, uint8_t *x, uint8_t *y)
 {
 	uint32_t t = l->tokens, d = l->head_dim, nk = mc_kept(p, t), pop = 0, k = 0, m = 0;
 	size_t es = kvcp_dtype_size(l->dtype), bm = (t + 7) / 8, row = d * es;

@@ -18,44 +18,45 @@
 #define WHY(...) (snprintf(why, whylen, __VA_ARGS__), -EINVAL)
 
 enum key_type {
-	K_UINT,		/* a whole number in [lo, hi] */
-	K_FRAC,		/* a fraction in [lo, hi], or a percent with a trailing %; stored as
+	K_UINT, /* a whole number in [lo, hi] */
+	K_FRAC, /* a fraction in [lo, hi], or a percent with a trailing %; stored as
 			 * round(f * scale) */
-	K_ENUM,		/* one of names[]; stored as its index */
-	K_FLAG,		/* names[0] clears, names[1] sets the bit mask in the field */
+	K_ENUM, /* one of names[]; stored as its index */
+	K_FLAG, /* names[0] clears, names[1] sets the bit mask in the field */
 };
 
-#define C_NONE (1u << KVCD_CODEC_NONE)
-#define C_INT (1u << KVCD_CODEC_INT)
-#define C_FP8 (1u << KVCD_CODEC_FP8)
-#define C_KIVI (1u << KVCD_CODEC_KIVI)
+#define C_NONE	(1u << KVCD_CODEC_NONE)
+#define C_INT	(1u << KVCD_CODEC_INT)
+#define C_FP8	(1u << KVCD_CODEC_FP8)
+#define C_KIVI	(1u << KVCD_CODEC_KIVI)
 #define C_QUANT (C_INT | C_FP8 | C_KIVI)
-#define C_ALL (C_NONE | C_QUANT)
+#define C_ALL	(C_NONE | C_QUANT)
 
-#define F_ZERO_OFF 1u	/* 0 (off) is allowed besides [lo, hi] */
-#define F_ODD 2u	/* odd values only */
-#define F_WHOLE 4u	/* K_FRAC: only whole multiples of 1 / scale */
-#define F_PCT 8u	/* K_FRAC: printed as a percent */
-#define F_BIAS 16u	/* stored as value + 1, so that 0 means off */
-#define F_ALWAYS 32u	/* printed whenever the field at `with` is non-zero, even as 0 */
+#define F_ZERO_OFF 1u  /* 0 (off) is allowed besides [lo, hi] */
+#define F_ODD	   2u  /* odd values only */
+#define F_WHOLE	   4u  /* K_FRAC: only whole multiples of 1 / scale */
+#define F_PCT	   8u  /* K_FRAC: printed as a percent */
+#define F_BIAS	   16u /* stored as value + 1, so that 0 means off */
+#define F_ALWAYS   32u /* printed whenever the field at `with` is non-zero, even as 0 */
 
 struct key {
-	const char *name, *alias;	/* alias: an older spelling, still accepted */
-	uint8_t type, codecs, flags;	/* enum key_type, C_*, F_* */
-	uint16_t off, off2;		/* fields set (off2: a second one, 0: none) */
-	uint8_t size;			/* bytes of the field(s) */
-	uint32_t mask;			/* K_FLAG: the bit */
+	const char *name, *alias;    /* alias: an older spelling, still accepted */
+	uint8_t type, codecs, flags; /* enum key_type, C_*, F_* */
+	uint16_t off, off2;	     /* fields set (off2: a second one, 0: none) */
+	uint8_t size;		     /* bytes of the field(s) */
+	uint32_t mask;		     /* K_FLAG: the bit */
 	double lo, hi, scale;
-	const char *const *names;	/* K_ENUM, K_FLAG; NULL-terminated */
-	uint16_t with;			/* F_ALWAYS: printed when this field is non-zero */
+	const char *const *names; /* K_ENUM, K_FLAG; NULL-terminated */
+	uint16_t with;		  /* F_ALWAYS: printed when this field is non-zero */
 	const char *dflt, *help;
 };
 
-#define FIELD(f) (uint16_t)offsetof(struct kvcd_policy, f), 0, \
-	(uint8_t)sizeof(((struct kvcd_policy *)0)->f)
-#define FIELD2(f, g) (uint16_t)offsetof(struct kvcd_policy, f), \
-	(uint16_t)offsetof(struct kvcd_policy, g), (uint8_t)sizeof(((struct kvcd_policy *)0)->f)
-#define WITH(f) (uint16_t)offsetof(struct kvcd_policy, f)
+#define FIELD(f) \
+	(uint16_t) offsetof(struct kvcd_policy, f), 0, (uint8_t)sizeof(((struct kvcd_policy *)0)->f)
+#define FIELD2(f, g)                                                                           \
+	(uint16_t) offsetof(struct kvcd_policy, f), (uint16_t)offsetof(struct kvcd_policy, g), \
+		(uint8_t)sizeof(((struct kvcd_policy *)0)->f)
+#define WITH(f) (uint16_t) offsetof(struct kvcd_policy, f)
 
 static const char *const codec_names[] = { "none", "int", "fp8", "kivi", NULL };
 static const char *const off_on_rotate[] = { "none", "hadamard", NULL };
@@ -89,12 +90,14 @@ static const struct key keys[] = {
 	{ "rank", NULL, K_UINT, C_NONE, 0, FIELD(rank), 0, 0, 255, 1, NULL, 0, "0 (off)",
 	  "K and V of each (layer, KV head) as a truncated SVD of this rank" },
 	{ "factors", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_INT8, 0, 0, 1,
-	  factors_names, 0, "dtype", "low-rank factors in the engine's dtype, or int8 rows with "
+	  factors_names, 0, "dtype",
+	  "low-rank factors in the engine's dtype, or int8 rows with "
 	  "an f32 scale each" },
-	{ "svd", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LAYER, 0, 0, 1, svd_names,
-	  0, "head", "one SVD per (layer, KV head), or per layer across its heads" },
-	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL,
-	  0, "off", "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
+	{ "svd", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LAYER, 0, 0, 1, svd_names, 0,
+	  "head", "one SVD per (layer, KV head), or per layer across its heads" },
+	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL, 0,
+	  "off",
+	  "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
 	  "of its squared singular values" },
 	{ "select", NULL, K_ENUM, C_ALL, 0, FIELD(select), 0, 0, 0, 1, select_names, 0, "none",
 	  "token selection: StreamingLLM (recent), key norm, H2O (the engine's accumulated "
@@ -103,8 +106,8 @@ static const struct key keys[] = {
 	  WITH(select), "50%", "select: share of each block's tokens kept (mean over heads)" },
 	{ "window", NULL, K_UINT, C_ALL, F_ALWAYS, FIELD(window), 0, 0, 65535, 1, NULL,
 	  WITH(select), "0", "select: the block's last tokens, always kept" },
-	{ "budget", NULL, K_ENUM, C_ALL, 0, FIELD(budget), 0, 0, 0, 1, budget_names, 0,
-	  "uniform", "select: counts per (layer, head): equal, PyramidKV, or Ada-KV" },
+	{ "budget", NULL, K_ENUM, C_ALL, 0, FIELD(budget), 0, 0, 0, 1, budget_names, 0, "uniform",
+	  "select: counts per (layer, head): equal, PyramidKV, or Ada-KV" },
 	{ "merge", NULL, K_ENUM, C_ALL, 0, FIELD(merge), 0, 0, 0, 1, merge_names, 0, "none",
 	  "select: fold dropped tokens into the kept token of most similar key; key also keeps "
 	  "the attention mass as a bias" },
@@ -113,7 +116,8 @@ static const struct key keys[] = {
 	{ "kernel", NULL, K_UINT, C_ALL, F_ODD, FIELD(kernel), 0, 1, 63, 1, NULL, 0, "none",
 	  "snapkv: max-pooling width over neighbouring tokens" },
 	{ "summary", "bounds", K_ENUM, C_ALL, 0, FIELD(summary), 0, 0, 0, 1, summary_names, 0,
-	  "none", "a SELECT summary of the block's keys: Quest's bounds, or the keys of largest "
+	  "none",
+	  "a SELECT summary of the block's keys: Quest's bounds, or the keys of largest "
 	  "norm in f16 or int8" },
 	{ "page", NULL, K_UINT, C_ALL, 0, FIELD(page), 0, 1, 255, 1, NULL, 0, "16",
 	  "summary: tokens per page" },
@@ -238,7 +242,8 @@ static const struct rule rules[] = {
 	{ r_reps, "reps needs summary=reps or reps8" },
 	{ r_mc, "slerp and retain need minicache=" },
 	{ r_rank, "factors, svd and energy need rank=" },
-	{ r_svd, "svd=layer needs every head's tokens and a fixed rank: not with select or energy" },
+	{ r_svd,
+	  "svd=layer needs every head's tokens and a fixed rank: not with select or energy" },
 	{ r_energy, "energy picks ranks before merging: it does not compose with merge" },
 	{ r_mc_alone, "minicache does not compose with select or rank yet" },
 	{ r_select, "keep, window, budget, merge, kernel and cold need select=" },
@@ -308,8 +313,8 @@ static void describe(const struct key *k, char *buf, size_t len)
 			 k->flags & F_ZERO_OFF ? " (0: off)" : "");
 		break;
 	case K_FRAC:
-		snprintf(buf, len, "%g..%g, or %g%%..%g%%%s", k->lo, k->hi, k->lo * 100, k->hi * 100,
-			 k->flags & F_WHOLE ? " (whole percents)" : "");
+		snprintf(buf, len, "%g..%g, or %g%%..%g%%%s", k->lo, k->hi, k->lo * 100,
+			 k->hi * 100, k->flags & F_WHOLE ? " (whole percents)" : "");
 		break;
 	default:
 		buf[0] = '\0';
@@ -346,8 +351,9 @@ static int value_of(const struct key *k, const char *v, uint64_t *out)
 			return -EINVAL;
 		errno = 0;
 		n = strtoull(v, &end, 10);
-		if (errno || *end || (double)n > k->hi || ((double)n < k->lo &&
-		    !(n == 0 && (k->flags & F_ZERO_OFF))) || ((k->flags & F_ODD) && !(n & 1)))
+		if (errno || *end || (double)n > k->hi ||
+		    ((double)n < k->lo && !(n == 0 && (k->flags & F_ZERO_OFF))) ||
+		    ((k->flags & F_ODD) && !(n & 1)))
 			return -EINVAL;
 		*out = n + (k->flags & F_BIAS ? 1 : 0);
 		return 0;
@@ -400,7 +406,8 @@ static int set_key(struct kvcd_policy *p, const char *name, const char *v, uint6
 	uint64_t x;
 
 	for (unsigned i = 0; i < NKEYS && !k; i++)
-		if (!strcmp(keys[i].name, name) || (keys[i].alias && !strcmp(keys[i].alias, name))) {
+		if (!strcmp(keys[i].name, name) ||
+		    (keys[i].alias && !strcmp(keys[i].alias, name))) {
 			k = &keys[i];
 			*seen |= 1ull << i;
 		}
@@ -456,7 +463,8 @@ int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t wh
 		*opts++ = '\0';
 	if (set_kind(buf, p))
 		return WHY("unknown codec '%s' (none, int, int2..int8, fp8, kivi)", buf);
-	for (tok = opts ? strtok_r(opts, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save)) {
+	for (tok = opts ? strtok_r(opts, ",", &save) : NULL; tok;
+	     tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
 
 		if (!eq)
@@ -507,13 +515,14 @@ void kvcd_policy_format(const struct kvcd_policy *p, char *buf, size_t len)
 			continue;
 		switch (k->type) {
 		case K_UINT:
-			o += (size_t)snprintf(buf + o, room, "%c%s=%llu", sep, k->name,
-					      (unsigned long long)(v - (k->flags & F_BIAS ? 1 : 0)));
+			o += (size_t)snprintf(
+				buf + o, room, "%c%s=%llu", sep, k->name,
+				(unsigned long long)(v - (k->flags & F_BIAS ? 1 : 0)));
 			break;
 		case K_FRAC:
-			o += (size_t)snprintf(buf + o, room, k->flags & F_PCT ? "%c%s=%g%%" : "%c%s=%g",
-					      sep, k->name,
-					      (double)v / k->scale * (k->flags & F_PCT ? 100 : 1));
+			o += (size_t)snprintf(
+				buf + o, room, k->flags & F_PCT ? "%c%s=%g%%" : "%c%s=%g", sep,
+				k->name, (double)v / k->scale * (k->flags & F_PCT ? 100 : 1));
 			break;
 		case K_FLAG:
 			o += (size_t)snprintf(buf + o, room, "%c%s=%s", sep, k->name, k->names[1]);
@@ -539,7 +548,8 @@ static void codecs_of(uint8_t c, char *buf, size_t len)
 	}
 	for (int i = 0; codec_names[i] && o < len; i++)
 		if (c & (1u << i))
-			o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", codec_names[i]);
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "",
+					      codec_names[i]);
 }
 
 void kvcd_policy_doc(FILE *f)
@@ -562,9 +572,9 @@ void kvcd_policy_doc(FILE *f)
 
 		describe(k, what, sizeof(what));
 		codecs_of(k->codecs, where, sizeof(where));
-		fprintf(f, "| `%s`%s%s%s | %s | %s | %s | %s |\n", k->name,
-			k->alias ? " (`" : "", k->alias ? k->alias : "", k->alias ? "`)" : "", what,
-			where, k->dflt, k->help);
+		fprintf(f, "| `%s`%s%s%s | %s | %s | %s | %s |\n", k->name, k->alias ? " (`" : "",
+			k->alias ? k->alias : "", k->alias ? "`)" : "", what, where, k->dflt,
+			k->help);
 	}
 	fprintf(f, "\nFractions may be written as percents (`keep=25%%`). Keys together:\n\n");
 	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
@@ -589,8 +599,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("invalid layout");
 	if (p->kind > KVCD_CODEC_KIVI)
 		return WHY("unknown codec %u", p->kind);
-	if (p->summary > KVCD_SUMMARY_REPS8 || (p->summary && !p->page) || (!p->summary && p->page) ||
-	    (p->summary >= KVCD_SUMMARY_REPS) != (p->reps > 0) || p->reps > 16)
+	if (p->summary > KVCD_SUMMARY_REPS8 || (p->summary && !p->page) ||
+	    (!p->summary && p->page) || (p->summary >= KVCD_SUMMARY_REPS) != (p->reps > 0) ||
+	    p->reps > 16)
 		return WHY("bad summary");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
 	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER)) ||
@@ -598,7 +609,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	    (p->energy && (!p->rank || p->energy > 100 || p->merge)))
 		return WHY("bad rank");
 	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||
-		       p->mc_keep > 100 || p->mc > l->layers)) || (!p->mc && (p->mc_t || p->mc_keep)))
+		       p->mc_keep > 100 || p->mc > l->layers)) ||
+	    (!p->mc && (p->mc_t || p->mc_keep)))
 		return WHY("bad minicache (first merged layer %d of %u layers)", (int)p->mc - 1,
 			   l->layers);
 	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
@@ -610,7 +622,9 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->kind == KVCD_CODEC_NONE)
 		return (p->outliers | p->rotate | p->kbits | p->vbits | p->group | p->hibits |
 			p->hipct | p->sparse_ppm | p->rope | p->resid | p->params) ||
-		       (p->sink && !p->select) ? WHY("'none' with codec options") : 0;
+				       (p->sink && !p->select)
+			       ? WHY("'none' with codec options")
+			       : 0;
 	if (quant && (p->kbits < 2 || p->kbits > 8 || p->vbits < 2 || p->vbits > 8))
 		return WHY("bits outside 2..8");
 	if (p->kind == KVCD_CODEC_FP8 && (p->kbits || p->vbits))

@@ -24,54 +24,56 @@ enum kvcd_codec_kind {
 	KVCD_CODEC_KIVI = KVCP_CODEC_KIVI,
 };
 
-#define KVCD_POLICY_STR 192	/* longest canonical policy string, NUL included */
+#define KVCD_POLICY_STR 192 /* longest canonical policy string, NUL included */
 
 /* A parsed policy. Plain data, stored verbatim in every encoded block's header. */
 struct kvcd_policy {
-	uint8_t kind;		/* enum kvcd_codec_kind */
-	uint8_t kbits, vbits;	/* int, kivi: 2..8 */
-	uint8_t rotate;		/* 1: Walsh-Hadamard */
-	uint16_t group;		/* channels (int, fp8, kivi V) or tokens (kivi K); 0: head_dim */
-	uint16_t sink;		/* first tokens kept exact */
-	uint16_t outliers;	/* largest-key tokens per (layer, head) kept exact */
-	uint8_t hibits;		/* bits for important tokens; 0: scores are ignored */
-	uint8_t hipct;		/* percent of non-exact tokens that are important */
-	uint32_t sparse_ppm;	/* values kept exact, parts per million of the quantized ones */
-	uint32_t rope;		/* RoPE base (e.g. 10000): quantize keys before RoPE (KVQuant);
+	uint8_t kind;	      /* enum kvcd_codec_kind */
+	uint8_t kbits, vbits; /* int, kivi: 2..8 */
+	uint8_t rotate;	      /* 1: Walsh-Hadamard */
+	uint16_t group;	      /* channels (int, fp8, kivi V) or tokens (kivi K); 0: head_dim */
+	uint16_t sink;	      /* first tokens kept exact */
+	uint16_t outliers;    /* largest-key tokens per (layer, head) kept exact */
+	uint8_t hibits;	      /* bits for important tokens; 0: scores are ignored */
+	uint8_t hipct;	      /* percent of non-exact tokens that are important */
+	uint32_t sparse_ppm;  /* values kept exact, parts per million of the quantized ones */
+	uint32_t rope;	      /* RoPE base (e.g. 10000): quantize keys before RoPE (KVQuant);
 				 * 0: keys as stored. Pairs (2i, 2i+1) in each head, llama style */
-	uint8_t resid;		/* kivi K: the last nr % group regular tokens are 0: kept exact
+	uint8_t resid;	      /* kivi K: the last nr % group regular tokens are 0: kept exact
 				 * (KIVI's residual), 1: quantized per channel as one short group */
-	uint8_t params;		/* int, kivi: 0: f16 scale and zero per group; 1: a reference
+	uint8_t params;	      /* int, kivi: 0: f16 scale and zero per group; 1: a reference
 				 * per unit and one byte each (kvcd_quant_params_u8) */
 	/* token selection (sparse.c): which tokens of each (layer, KV head) are kept at all */
-	uint8_t select;		/* enum kvcd_select; 0: every token */
-	uint8_t budget;		/* enum kvcd_budget */
-	uint16_t keep;		/* tokens kept, in 1/10000 of the block's tokens */
-	uint16_t window;	/* the block's last tokens, always kept */
-	uint8_t merge;		/* enum kvcd_merge */
-	uint8_t kernel;		/* snapkv: max-pooling width (odd; 0 or 1: none) */
-	uint8_t summary;	/* SELECT summary kept with the block: 0 none, else its
+	uint8_t select;	 /* enum kvcd_select; 0: every token */
+	uint8_t budget;	 /* enum kvcd_budget */
+	uint16_t keep;	 /* tokens kept, in 1/10000 of the block's tokens */
+	uint16_t window; /* the block's last tokens, always kept */
+	uint8_t merge;	 /* enum kvcd_merge */
+	uint8_t kernel;	 /* snapkv: max-pooling width (odd; 0 or 1: none) */
+	uint8_t summary; /* SELECT summary kept with the block: 0 none, else its
 				 * KVCD_SUMMARY_* kind: Quest bounds, or representative keys
 				 * in f16 or int8 */
-	uint8_t page;		/* summary: tokens per page, 1..255 */
-	uint8_t rank;		/* low-rank (sparse.c): K and V of each (layer, KV head) kept as a
+	uint8_t page;	 /* summary: tokens per page, 1..255 */
+	uint8_t rank;	 /* low-rank (sparse.c): K and V of each (layer, KV head) kept as a
 				 * truncated SVD of this rank; 0: off */
-	uint8_t mc;		/* MiniCache (sparse.c): 1 + the first layer merged with the next
+	uint8_t mc;	 /* MiniCache (sparse.c): 1 + the first layer merged with the next
 				 * (then every following pair); 0: off */
-	uint8_t mc_t;		/* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
-	uint8_t mc_keep;	/* MiniCache: percent of tokens per (pair, head) kept unmerged */
-	uint8_t reps;		/* summary=reps, reps8: keys kept per page, 1..16 */
-	uint8_t lowrank;	/* rank: KVCD_LOWRANK_* flags (sparse.c) */
-	uint8_t cold;		/* select: the dropped tokens kept too, as int of this many bits
+	uint8_t mc_t;	 /* MiniCache SLERP t, in 1/100 (0: the first layer's direction) */
+	uint8_t mc_keep; /* MiniCache: percent of tokens per (pair, head) kept unmerged */
+	uint8_t reps;	 /* summary=reps, reps8: keys kept per page, 1..16 */
+	uint8_t lowrank; /* rank: KVCD_LOWRANK_* flags (sparse.c) */
+	uint8_t cold;	 /* select: the dropped tokens kept too, as int of this many bits
 				 * (2..8, params=u8) after the kept ones; 0: dropped for good */
-	uint8_t energy;		/* rank: percent of each matrix's squared singular values kept;
+	uint8_t energy;	 /* rank: percent of each matrix's squared singular values kept;
 				 * its rank is the smallest that reaches it, at most rank= (the
 				 * plan takes the SVDs); 0: every matrix has rank= */
 };
 
-#define KVCD_LOWRANK_INT8 1	/* factors as int8 rows with an f32 scale each; else the
+#define KVCD_LOWRANK_INT8 \
+	1 /* factors as int8 rows with an f32 scale each; else the
 				 * engine's dtype */
-#define KVCD_LOWRANK_LAYER 2	/* one SVD per layer across its heads ([tokens][heads x
+#define KVCD_LOWRANK_LAYER \
+	2 /* one SVD per layer across its heads ([tokens][heads x
 				 * head_dim]); else one per (layer, KV head) */
 
 /* Does @p go through sparse.c (token selection, low-rank or MiniCache)? */
@@ -82,31 +84,33 @@ static inline bool kvcd_policy_sel(const struct kvcd_policy *p)
 
 enum kvcd_select {
 	KVCD_SELECT_NONE = 0,
-	KVCD_SELECT_RECENT = 1,	/* StreamingLLM: sinks and the most recent tokens */
-	KVCD_SELECT_KEYNORM = 2,	/* smallest key norm first; needs nothing from the engine */
-	KVCD_SELECT_H2O = 3,	/* accumulated attention (KVCP_AUX_ATTN) */
-	KVCD_SELECT_SNAPKV = 4,	/* the observation window's attention (KVCP_AUX_QUERIES) */
+	KVCD_SELECT_RECENT = 1,	 /* StreamingLLM: sinks and the most recent tokens */
+	KVCD_SELECT_KEYNORM = 2, /* smallest key norm first; needs nothing from the engine */
+	KVCD_SELECT_H2O = 3,	 /* accumulated attention (KVCP_AUX_ATTN) */
+	KVCD_SELECT_SNAPKV = 4,	 /* the observation window's attention (KVCP_AUX_QUERIES) */
 };
 
 enum kvcd_budget {
-	KVCD_BUDGET_UNIFORM = 0,	/* every (layer, head) keeps the same count */
-	KVCD_BUDGET_PYRAMID = 1,	/* PyramidKV: per-layer counts falling with depth */
-	KVCD_BUDGET_ADAKV = 2,	/* Ada-KV: a layer's heads share its budget by score */
+	KVCD_BUDGET_UNIFORM = 0, /* every (layer, head) keeps the same count */
+	KVCD_BUDGET_PYRAMID = 1, /* PyramidKV: per-layer counts falling with depth */
+	KVCD_BUDGET_ADAKV = 2,	 /* Ada-KV: a layer's heads share its budget by score */
 };
 
 enum kvcd_merge {
 	KVCD_MERGE_NONE = 0,
-	KVCD_MERGE_KEY = 1,	/* each dropped token's value folded into the kept token of most
+	KVCD_MERGE_KEY = 1,   /* each dropped token's value folded into the kept token of most
 				 * similar key (cosine), weighted by attention mass; the group's
 				 * mass recorded as an attention bias (f16 per kept token) */
-	KVCD_MERGE_VALUE = 2,	/* the same without the bias (CaM-style value merging) */
+	KVCD_MERGE_VALUE = 2, /* the same without the bias (CaM-style value merging) */
 };
 
-#define KVCD_SUMMARY_QUEST 1	/* Quest's channel-wise key bounds per page: scores are upper
+#define KVCD_SUMMARY_QUEST \
+	1 /* Quest's channel-wise key bounds per page: scores are upper
 				 * bounds of q.k */
-#define KVCD_SUMMARY_REPS 2	/* per page, the @reps keys of largest norm (InfLLM-style
+#define KVCD_SUMMARY_REPS \
+	2		     /* per page, the @reps keys of largest norm (InfLLM-style
 				 * representatives): scores are their best q.k, not a bound */
-#define KVCD_SUMMARY_REPS8 3	/* the same keys in int8 with a scale per key */
+#define KVCD_SUMMARY_REPS8 3 /* the same keys in int8 with a scale per key */
 
 /* Parse @s into @p. Returns 0, or -EINVAL with a one-line reason in @why. */
 int kvcd_policy_parse(const char *s, struct kvcd_policy *p, char *why, size_t whylen);

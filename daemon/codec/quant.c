@@ -15,7 +15,6 @@
 
 #include "quant.h"
 
-
 __attribute__((target("f16c"))) static uint16_t hw_to_f16(float f)
 {
 	return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -113,8 +112,8 @@ __attribute__((target("avx2"))) static int range_avx2(const float *x, size_t n, 
 	for (; i + 8 <= n; i += 8) {
 		__m256 v = _mm256_loadu_ps(x + i);
 
-		bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(),
-						      _CMP_NEQ_UQ));
+		bad = _mm256_or_ps(
+			bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));
 		vlo = _mm256_min_ps(vlo, v);
 		vhi = _mm256_max_ps(vhi, v);
 	}
@@ -139,8 +138,8 @@ __attribute__((target("avx2"))) static int range_avx2(const float *x, size_t n, 
 	return 0;
 }
 
-__attribute__((target("avx2"))) static void apply_avx2(const float *x, size_t n, float s,
-						       float z, float levels, uint8_t *q)
+__attribute__((target("avx2"))) static void apply_avx2(const float *x, size_t n, float s, float z,
+						       float levels, uint8_t *q)
 {
 	size_t i = 0;
 
@@ -173,7 +172,8 @@ __attribute__((target("avx2"))) static void dequant_avx2(const uint8_t *q, size_
 	for (; i + 8 <= n; i += 8) {
 		__m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
 
-		_mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(w), vs), vz));
+		_mm256_storeu_ps(out + i,
+				 _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(w), vs), vz));
 	}
 	if (i < n)
 		dequant_scalar(q + i, n - i, s, z, out + i);
@@ -226,16 +226,16 @@ __attribute__((target("avx512f,avx512bw"))) static void apply_avx512(const float
 
 			v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 			v = _mm512_min_ps(_mm512_max_ps(v, v0), vmax);
-			_mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+			_mm_storeu_si128((__m128i *)(q + i),
+					 _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
 		}
 	}
 	if (i < n)
 		apply_scalar(x + i, n - i, s, z, levels, q + i);
 }
 
-__attribute__((target("avx512f,avx512bw"))) static void dequant_avx512(const uint8_t *q,
-								       size_t n, float s, float z,
-								       float *out)
+__attribute__((target("avx512f,avx512bw"))) static void dequant_avx512(const uint8_t *q, size_t n,
+								       float s, float z, float *out)
 {
 	__m512 vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z);
 	size_t i = 0;
@@ -243,29 +243,29 @@ __attribute__((target("avx512f,avx512bw"))) static void dequant_avx512(const uin
 	for (; i + 16 <= n; i += 16) {
 		__m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
 
-		_mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(w), vs), vz));
+		_mm512_storeu_ps(out + i,
+				 _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(w), vs), vz));
 	}
 	if (i < n)
 		dequant_scalar(q + i, n - i, s, z, out + i);
 }
 
 /* Loops over @ng groups of @n values, one per ISA so the kernels inline into them. */
-#define GROUP_LOOPS(isa, tgt)                                                              \
-	__attribute__((target(tgt))) static int ranges_##isa(const float *x, size_t ng,      \
-								size_t n, float *lo, float *hi) \
-	{                                                                                     \
-		for (size_t g = 0; g < ng; g++)                                               \
-			if (range_##isa(x + g * n, n, &lo[g], &hi[g]))                        \
-				return -EINVAL;                                               \
-		return 0;                                                                     \
-	}                                                                                     \
-	__attribute__((target(tgt))) static void applies_##isa(const float *x, size_t ng,    \
-								  size_t n, float levels,       \
-								  const uint16_t *sz, uint8_t *q) \
-	{                                                                                     \
-		for (size_t g = 0; g < ng; g++)                                               \
-			apply_##isa(x + g * n, n, hw_from_f16(sz[2 * g]),                     \
-				    hw_from_f16(sz[2 * g + 1]), levels, q + g * n);           \
+#define GROUP_LOOPS(isa, tgt)                                                                      \
+	__attribute__((target(tgt))) static int ranges_##isa(const float *x, size_t ng, size_t n,  \
+							     float *lo, float *hi)                 \
+	{                                                                                          \
+		for (size_t g = 0; g < ng; g++)                                                    \
+			if (range_##isa(x + g * n, n, &lo[g], &hi[g]))                             \
+				return -EINVAL;                                                    \
+		return 0;                                                                          \
+	}                                                                                          \
+	__attribute__((target(tgt))) static void applies_##isa(                                    \
+		const float *x, size_t ng, size_t n, float levels, const uint16_t *sz, uint8_t *q) \
+	{                                                                                          \
+		for (size_t g = 0; g < ng; g++)                                                    \
+			apply_##isa(x + g * n, n, hw_from_f16(sz[2 * g]),                          \
+				    hw_from_f16(sz[2 * g + 1]), levels, q + g * n);                \
 	}
 GROUP_LOOPS(avx2, "avx2,f16c")
 GROUP_LOOPS(avx512, "avx512f,avx512bw,f16c")
@@ -284,8 +284,7 @@ float kvcd_to_i8(const float *x, uint32_t n, int8_t *o)
 	return sc;
 }
 
-int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo,
-		      float *hi)
+int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo, float *hi)
 {
 	isa = kvcd_isa_clamp(isa);
 	if (isa >= KVCD_ISA_AVX512 && kvcd_has_f16c())
@@ -304,12 +303,13 @@ __attribute__((target("avx2,f16c"))) static __m128i directed_x8(__m256 v, __m128
 {
 	__m256 back = _mm256_cvtph_ps(h);
 	__m256 wrong = down ? _mm256_cmp_ps(back, v, _CMP_GT_OQ) : /* immediates, for clang */
-			      _mm256_cmp_ps(back, v, _CMP_LT_OQ);
+			       _mm256_cmp_ps(back, v, _CMP_LT_OQ);
 	__m256i w32 = _mm256_castps_si256(wrong);
 	__m128i wrong16 = _mm_packs_epi32(_mm256_castsi256_si128(w32),
 					  _mm256_extracti128_si256(w32, 1));
 	__m128i one = _mm_set1_epi16(1);
-	__m128i mag0 = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_setzero_si128());
+	__m128i mag0 = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)),
+				       _mm_setzero_si128());
 	__m128i neg = _mm_srai_epi16(h, 15); /* all ones where the sign is set */
 	/* down: positive h - 1, negative h + 1; up: the opposite; +-0 goes to -/+ smallest */
 	__m128i away = down ? neg : _mm_xor_si128(neg, _mm_set1_epi16(-1));
@@ -320,10 +320,10 @@ __attribute__((target("avx2,f16c"))) static __m128i directed_x8(__m256 v, __m128
 
 /* params() on 8 groups. Returns -ERANGE when any of them is out of range. */
 __attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const float *hi,
-							   unsigned bits, uint16_t *sz)
+							  unsigned bits, uint16_t *sz)
 {
-	const __m256 lim = _mm256_set1_ps(65504.0f), absmask = _mm256_castsi256_ps(
-		_mm256_set1_epi32(0x7fffffff));
+	const __m256 lim = _mm256_set1_ps(65504.0f),
+		     absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	__m256 vlo = _mm256_loadu_ps(lo), vhi = _mm256_loadu_ps(hi), z, want;
 	__m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(vlo, absmask), lim, _CMP_LE_OQ),
 				  _mm256_cmp_ps(_mm256_and_ps(vhi, absmask), lim, _CMP_LE_OQ));
@@ -331,19 +331,21 @@ __attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const
 
 	if (_mm256_movemask_ps(ok) != 0xff)
 		return -ERANGE;
-	zh = directed_x8(vlo, _mm256_cvtps_ph(vlo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 1);
+	zh = directed_x8(vlo, _mm256_cvtps_ph(vlo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+			 1);
 	z = _mm256_cvtph_ps(zh);
 	want = _mm256_div_ps(_mm256_sub_ps(vhi, z), _mm256_set1_ps((float)((1u << bits) - 1)));
 	if (_mm256_movemask_ps(_mm256_cmp_ps(want, lim, _CMP_LE_OQ)) != 0xff)
 		return -ERANGE;
-	sh = directed_x8(want, _mm256_cvtps_ph(want, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0);
+	sh = directed_x8(want, _mm256_cvtps_ph(want, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+			 0);
 	_mm_storeu_si128((__m128i *)sz, _mm_unpacklo_epi16(sh, zh));
 	_mm_storeu_si128((__m128i *)(sz + 8), _mm_unpackhi_epi16(sh, zh));
 	return 0;
 }
 
-int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
-		      unsigned bits, uint16_t *sz)
+int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng, unsigned bits,
+		      uint16_t *sz)
 {
 	bool hw = kvcd_isa_clamp(isa) > KVCD_ISA_SCALAR && kvcd_has_f16c();
 	size_t g = 0;
@@ -437,8 +439,8 @@ int kvcd_quant_params_u8(const float *lo, const float *hi, size_t ng, unsigned b
 	return 0;
 }
 
-int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes,
-			      size_t ng, uint16_t *sz)
+int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes, size_t ng,
+			      uint16_t *sz)
 {
 	struct qref r;
 
@@ -535,8 +537,10 @@ __attribute__((target("avx2"))) static size_t pack4_avx2(const uint8_t *q, size_
 		__m256i a = _mm256_loadu_si256((const __m256i *)(q + i));
 		__m256i b = _mm256_loadu_si256((const __m256i *)(q + i + 32));
 		/* per 16-bit lane: low byte | high byte << 4 */
-		a = _mm256_or_si256(_mm256_and_si256(a, lo4), _mm256_and_si256(_mm256_srli_epi16(a, 4), hi4));
-		b = _mm256_or_si256(_mm256_and_si256(b, lo4), _mm256_and_si256(_mm256_srli_epi16(b, 4), hi4));
+		a = _mm256_or_si256(_mm256_and_si256(a, lo4),
+				    _mm256_and_si256(_mm256_srli_epi16(a, 4), hi4));
+		b = _mm256_or_si256(_mm256_and_si256(b, lo4),
+				    _mm256_and_si256(_mm256_srli_epi16(b, 4), hi4));
 		__m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(a, b), 0xd8);
 
 		_mm256_storeu_si256((__m256i *)(out + i / 2), p);
@@ -550,8 +554,10 @@ __attribute__((target("avx2"))) static size_t unpack4_avx2(const uint8_t *in, si
 	size_t i = 0;
 
 	for (; i + 64 <= n; i += 64) {
-		__m256i b = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)(in + i / 2)), 0xd8);
-		__m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+		__m256i b = _mm256_permute4x64_epi64(
+			_mm256_loadu_si256((const __m256i *)(in + i / 2)), 0xd8);
+		__m256i lo = _mm256_and_si256(b, m),
+			hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
 
 		_mm256_storeu_si256((__m256i *)(q + i), _mm256_unpacklo_epi8(lo, hi));
 		_mm256_storeu_si256((__m256i *)(q + i + 32), _mm256_unpackhi_epi8(lo, hi));

@@ -32,10 +32,9 @@ int kvcd_quant_group(enum kvcd_isa isa, const float *x, size_t n, unsigned bits,
  * ranges (-EINVAL on a non-finite value), then params (f16 scale and zero interleaved in @sz,
  * -ERANGE when f16 cannot hold them), then apply (codes, one per byte). Bit-identical to
  * kvcd_quant_group, which is these three for one group. */
-int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo,
-		      float *hi);
-int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng,
-		      unsigned bits, uint16_t *sz);
+int kvcd_quant_ranges(enum kvcd_isa isa, const float *x, size_t ng, size_t n, float *lo, float *hi);
+int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_t ng, unsigned bits,
+		      uint16_t *sz);
 void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, unsigned bits,
 		      const uint16_t *sz, uint8_t *q);
 /* Compact parameters for @ng groups from their ranges: a 12-byte reference (f32 lowest zero,
@@ -48,8 +47,8 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
 int kvcd_quant_params_u8(const float *lo, const float *hi, size_t ng, unsigned bits,
 			 uint8_t ref[KVCD_QREF_BYTES], uint8_t *codes, uint16_t *sz);
 /* The f16 pairs back from a reference and codes; -EBADMSG when they are out of range. */
-int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes,
-			      size_t ng, uint16_t *sz);
+int kvcd_quant_params_u8_read(const uint8_t ref[KVCD_QREF_BYTES], const uint8_t *codes, size_t ng,
+			      uint16_t *sz);
 static inline size_t kvcd_params_bytes(size_t ng, bool u8)
 {
 	return !ng ? 0 : u8 ? KVCD_QREF_BYTES + 2 * ng : 4 * ng;

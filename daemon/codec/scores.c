@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "internal.h"
-void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-		       const float *q, const float *lse, uint32_t g, uint32_t w, int64_t qpos,
-		       uint32_t kernel, float *tmp, float *score)
+void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d, const float *q,
+		       const float *lse, uint32_t g, uint32_t w, int64_t qpos, uint32_t kernel,
+		       float *tmp, float *score)
 {
 	float inv = 1.0f / sqrtf((float)d);
 
@@ -54,8 +54,7 @@ void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 	}
 }
 
-void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d,
-			float *score)
+void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d, float *score)
 {
 	for (uint32_t k = 0; k < t; k++) {
 		double s = 0;

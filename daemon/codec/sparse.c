@@ -12,8 +12,8 @@
 
 #include "internal.h"
 
-#define PYRAMID_BETA 20.0	/* PyramidKV's default: the deepest layer keeps m / 20 */
-#define ADAKV_ALPHA 0.2		/* Ada-KV's safeguard: a head keeps at least 20% of the mean */
+#define PYRAMID_BETA 20.0 /* PyramidKV's default: the deepest layer keeps m / 20 */
+#define ADAKV_ALPHA  0.2  /* Ada-KV's safeguard: a head keeps at least 20% of the mean */
 
 static uint32_t sinks_in(const struct kvcd_policy *p, uint32_t pos, uint32_t t)
 {
@@ -29,12 +29,12 @@ static uint32_t mean_count(const struct kvcd_policy *p, uint32_t t)
 
 static struct kvcp_layout mini_of(const struct kvcp_layout *l, uint32_t n)
 {
-	struct kvcp_layout m = { .dtype = l->dtype, .layers = 1, .kv_heads = 1,
-				 .head_dim = l->head_dim, .tokens = n };
+	struct kvcp_layout m = {
+		.dtype = l->dtype, .layers = 1, .kv_heads = 1, .head_dim = l->head_dim, .tokens = n
+	};
 
 	return m;
 }
-
 
 /* The codec of demoted tokens (cold=B): B-bit ints with one-byte parameters. */
 static struct kvcd_policy cold_of(const struct kvcd_policy *p)
@@ -96,13 +96,14 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 	if (!p->rank)
 		return kvcd_units_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
 	if (p->lowrank & KVCD_LOWRANK_LAYER)
-		return u % l->kv_heads ? 0 : 2 * kvcd_lr_factor_bytes(p, l->dtype, n, kvcd_lr_rank(p, n, hd), hd);
+		return u % l->kv_heads ? 0
+				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
+								  kvcd_lr_rank(p, n, hd), hd);
 	if (rk) /* energy=: the plan's ranks of K and V */
 		return kvcd_lr_factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
 		       kvcd_lr_factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
 	return 2 * kvcd_lr_factor_bytes(p, l->dtype, n, r, l->head_dim);
 }
-
 
 /* A kept-token bitmap with every one of @t tokens. */
 static void all_kept(uint8_t *bits, uint32_t t)
@@ -139,18 +140,18 @@ static int need_aux(const struct kvcd_policy *p, const struct kvcd_aux *a)
 
 /* Working memory for one block. */
 struct sel_work {
-	float *kp, *vp;		/* T x H x D: one layer's K and V planes, f32 */
-	float *score, *tmp;	/* H x T, T */
-	uint32_t *keep, *utmp;	/* T, T */
-	float *rows;		/* 2 x T x D: a head's kept K rows, then V rows */
-	float *bias;		/* T: log of the mass each kept row stands for over its own */
-	float *mass;		/* T: attention mass of each token, for merging */
-	float *sc;		/* T: importance scores of the kept tokens */
-	void *raw;		/* 2 x T x D in the engine's dtype */
-	float *u, *sv, *vt;	/* low-rank: T x D, D + 1, D x D */
-	float *kp2, *vp2;	/* MiniCache: the pair's second layer */
-	float *mcf;		/* MiniCache: T x (D + 2) + 2 D */
-	uint32_t *idx;		/* MiniCache: 2 T */
+	float *kp, *vp;	       /* T x H x D: one layer's K and V planes, f32 */
+	float *score, *tmp;    /* H x T, T */
+	uint32_t *keep, *utmp; /* T, T */
+	float *rows;	       /* 2 x T x D: a head's kept K rows, then V rows */
+	float *bias;	       /* T: log of the mass each kept row stands for over its own */
+	float *mass;	       /* T: attention mass of each token, for merging */
+	float *sc;	       /* T: importance scores of the kept tokens */
+	void *raw;	       /* 2 x T x D in the engine's dtype */
+	float *u, *sv, *vt;    /* low-rank: T x D, D + 1, D x D */
+	float *kp2, *vp2;      /* MiniCache: the pair's second layer */
+	float *mcf;	       /* MiniCache: T x (D + 2) + 2 D */
+	uint32_t *idx;	       /* MiniCache: 2 T */
 };
 
 static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
@@ -159,9 +160,10 @@ static int work_alloc(struct sel_work *w, const struct kvcp_layout *l)
 
 	memset(w, 0, sizeof(*w));
 	w->kp = malloc(t * hd * 4 * 2 + (size_t)l->kv_heads * t * 4 + t * 4 * 6 + td * 4 * 2 +
-		       td * 2 * kvcp_dtype_size(l->dtype) + (td + l->head_dim + 1 +
-		       (size_t)l->head_dim * l->head_dim) * 4 + t * hd * 4 * 2 +
-		       (t * (l->head_dim + 2) + 2 * (size_t)l->head_dim) * 4 + t * 2 * 4);
+		       td * 2 * kvcp_dtype_size(l->dtype) +
+		       (td + l->head_dim + 1 + (size_t)l->head_dim * l->head_dim) * 4 +
+		       t * hd * 4 * 2 + (t * (l->head_dim + 2) + 2 * (size_t)l->head_dim) * 4 +
+		       t * 2 * 4);
 	if (!w->kp)
 		return -ENOMEM;
 	w->vp = w->kp + t * hd;
@@ -209,19 +211,15 @@ static int load_layer(enum kvcd_isa isa, const struct kvcp_layout *l, const void
 
 /* Scores of (@layer, @head): higher is kept first. */
 static void score_head(const struct kvcd_policy *p, const struct kvcp_layout *l,
-		       const struct kvcd_aux *a, uint32_t layer, uint32_t head,
-		       struct sel_work *w, float *score)
+		       const struct kvcd_aux *a, uint32_t layer, uint32_t head, struct sel_work *w,
+		       float *score)
 {
 	uint32_t t = l->tokens, d = l->head_dim, h = l->kv_heads;
 	const float *keys = w->kp + (size_t)head * d;
 
 	switch (p->select) {
-	case KVCD_SELECT_RECENT:
-		kvcd_score_recency(t, score);
-		break;
-	case KVCD_SELECT_KEYNORM:
-		kvcd_score_keynorm(keys, h * d, t, d, score);
-		break;
+	case KVCD_SELECT_RECENT: kvcd_score_recency(t, score); break;
+	case KVCD_SELECT_KEYNORM: kvcd_score_keynorm(keys, h * d, t, d, score); break;
 	case KVCD_SELECT_H2O:
 		memcpy(score, a->attn + ((size_t)layer * h + head) * t, (size_t)t * 4);
 		break;
@@ -259,9 +257,8 @@ static uint32_t gather(const struct kvcd_policy *p, const struct kvcp_layout *l,
 }
 
 /* energy=: each (layer, head)'s K and V rank from the SVD of its kept rows, after @counts. */
-static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p,
-		      const struct kvcp_layout *l, uint32_t pos, const void *src,
-		      const struct kvcd_aux *aux, uint32_t *counts)
+static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
 {
 	size_t lh = (size_t)l->layers * l->kv_heads;
 	uint32_t d = l->head_dim, nsink = sinks_in(p, pos, l->tokens), *rk = counts + lh;
@@ -280,19 +277,20 @@ static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p,
 			rk[2 * u] = rk[2 * u + 1] = 0;
 			if (!m)
 				continue;
-			rk[2 * u] = kvcd_lr_energy_rank(w.rows, m, d, p->energy, cap, w.u, w.sv, w.vt, &err);
+			rk[2 * u] = kvcd_lr_energy_rank(w.rows, m, d, p->energy, cap, w.u, w.sv,
+							w.vt, &err);
 			if (!err)
-				rk[2 * u + 1] = kvcd_lr_energy_rank(w.rows + (size_t)m * d, m, d, p->energy,
-							    cap, w.u, w.sv, w.vt, &err);
+				rk[2 * u + 1] = kvcd_lr_energy_rank(w.rows + (size_t)m * d, m, d,
+								    p->energy, cap, w.u, w.sv, w.vt,
+								    &err);
 		}
 	}
 	free(w.kp);
 	return err;
 }
 
-static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p,
-		       const struct kvcp_layout *l, uint32_t pos, const void *src,
-		       const struct kvcd_aux *aux, uint32_t *counts)
+static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
 {
 	uint32_t t = l->tokens, h = l->kv_heads, n = mean_count(p, t), nsink = sinks_in(p, pos, t);
 	struct sel_work w;
@@ -324,7 +322,8 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p,
 					s[i] = INFINITY;
 		}
 		if (!err) /* the K plane is done with: it is the joint top-k's scratch */
-			kvcd_budget_adakv(w.score, h, t, n, ADAKV_ALPHA, w.kp, counts + (size_t)ly * h);
+			kvcd_budget_adakv(w.score, h, t, n, ADAKV_ALPHA, w.kp,
+					  counts + (size_t)ly * h);
 	}
 	free(w.kp);
 	return err;
@@ -538,11 +537,11 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			if (!m && !p->cold)
 				continue;
 			if (role == 1) { /* every token of both layers, K then V */
-				size_t kb = kvcd_mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d, stride,
-						   w.tmp, w.idx, w.mcf, body);
+				size_t kb = kvcd_mc_put(isa, p, l, w.kp + hh * d, w.kp2 + hh * d,
+							stride, w.tmp, w.idx, w.mcf, body);
 
-				kvcd_mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp, w.idx,
-				       w.mcf, body + kb);
+				kvcd_mc_put(isa, p, l, w.vp + hh * d, w.vp2 + hh * d, stride, w.tmp,
+					    w.idx, w.mcf, body + kb);
 				all_kept(bits + u * bm, t);
 				body += body_size(p, l, u, m, scores, pos, NULL);
 				continue;
@@ -554,14 +553,18 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 					w.sc[i] = scores[w.keep[i]];
 			}
 			if (p->merge) {
-				bool attn = p->select == KVCD_SELECT_H2O || p->select == KVCD_SELECT_SNAPKV;
+				bool attn = p->select == KVCD_SELECT_H2O ||
+					    p->select == KVCD_SELECT_SNAPKV;
 
 				/* mass: snapkv's window attention; h2o's accumulated attention per
 				 * query that saw the token (assuming they reach the block's end: it
 				 * grows with their number); else one per token */
 				for (uint32_t j = 0; j < t; j++)
-					w.mass[j] = !attn ? 1.0f : fmaxf(w.score[j], 1e-6f) /
-						(p->select == KVCD_SELECT_H2O ? (float)(t - j) : 1.0f);
+					w.mass[j] = !attn ? 1.0f
+							  : fmaxf(w.score[j], 1e-6f) /
+								    (p->select == KVCD_SELECT_H2O
+									     ? (float)(t - j)
+									     : 1.0f);
 				merge_head(l, hh, m, nsink, w.mass, &w);
 				if (p->merge == KVCD_MERGE_KEY) {
 					kvcd_from_f32(isa, KVCP_F16, w.bias, wts, m);
@@ -572,22 +575,24 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
 			} else if (p->rank) {
-				uint32_t rk = p->energy ? counts[lh + 2 * u] : kvcd_lr_rank(p, m, d);
+				uint32_t rk = p->energy ? counts[lh + 2 * u]
+							: kvcd_lr_rank(p, m, d);
 				uint32_t rv = p->energy ? counts[lh + 2 * u + 1] : rk;
 				size_t half = kvcd_lr_factor_bytes(p, l->dtype, m, rk, d);
 
-				err = kvcd_lr_put(isa, p, l->dtype, w.rows, m, d, rk, w.u, w.sv, w.vt,
-						  body);
+				err = kvcd_lr_put(isa, p, l->dtype, w.rows, m, d, rk, w.u, w.sv,
+						  w.vt, body);
 				if (!err)
-					err = kvcd_lr_put(isa, p, l->dtype, w.rows + (size_t)m * d, m, d,
-							  rv, w.u, w.sv, w.vt, body + half);
+					err = kvcd_lr_put(isa, p, l->dtype, w.rows + (size_t)m * d,
+							  m, d, rv, w.u, w.sv, w.vt, body + half);
 			} else if (m) {
 				kvcd_from_f32(isa, l->dtype, w.rows, w.raw, (size_t)m * d * 2);
 				err = kvcd_units_encode(isa, p, &mini, pos, w.raw, w.sc, body);
 			}
 			if (!err && p->cold && m < t)
-				err = cold_put(isa, p, l, pos, hh, m, &w,
-					       body + (m ? kvcd_units_size(p, &mini, scores, pos) : 0));
+				err = cold_put(
+					isa, p, l, pos, hh, m, &w,
+					body + (m ? kvcd_units_size(p, &mini, scores, pos) : 0));
 			body += body_size(p, l, u, m, scores, pos,
 					  p->energy ? counts + lh + 2 * u : NULL);
 		}
@@ -599,8 +604,8 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 }
 
 /* Counts and bitmaps of an encoded block, checked against each other and its size. */
-static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
-		    uint32_t *counts, uint64_t *total)
+static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n, uint32_t *counts,
+		    uint64_t *total)
 {
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
@@ -669,12 +674,12 @@ static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		err = kvcd_units_decode(isa, p, &hm, pos, scores, in, hot);
 	if (!err && c)
 		err = kvcd_units_decode(isa, &cp, &cm, pos, false,
-					     in + (m ? kvcd_units_size(p, &hm, scores, pos) : 0),
-					     cold);
+					in + (m ? kvcd_units_size(p, &hm, scores, pos) : 0), cold);
 	for (uint32_t j = 0; j < t && !err; j++) {
 		bool kept = bits[j / 8] >> (j % 8) & 1;
 		const uint8_t *k = kept ? hot + (size_t)hi * row : cold + (size_t)ci * row;
-		const uint8_t *v = kept ? hot + ((size_t)m + hi) * row : cold + ((size_t)c + ci) * row;
+		const uint8_t *v = kept ? hot + ((size_t)m + hi) * row
+					: cold + ((size_t)c + ci) * row;
 
 		memcpy(out + (size_t)j * row, k, row);
 		memcpy(out + ((size_t)t + j) * row, v, row);
@@ -684,8 +689,8 @@ static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	return err;
 }
 
-int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src,
-		    uint64_t n, void *dst, uint64_t cap, struct kvcp_layout *l)
+int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
+		    void *dst, uint64_t cap, struct kvcp_layout *l)
 {
 	const struct kvcp_layout *hl = &h->layout;
 	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
@@ -709,10 +714,12 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	all = out_total(h, total);
 	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d; MiniCache:
 	 * T x (d + 2) + 2d; cold=: the cold rows of a head, 2T rows; svd=layer: layer_get's */
-	fac = h->pol.rank || h->pol.mc || h->pol.cold ?
-	      malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
-		      (size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) * 4 +
-		     2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl)) : NULL;
+	fac = h->pol.rank || h->pol.mc || h->pol.cold
+		      ? malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
+				(size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) *
+				       4 +
+			       2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl))
+		      : NULL;
 	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);
 		return -ENOMEM;
@@ -766,9 +773,10 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			}
 			if (role == 1) {
 				kb = kvcd_mc_get(isa, &h->pol, hl, in, fac, rows,
-					    rows + (size_t)hl->kv_heads * 2 * tr);
-				if (!kb || !kvcd_mc_get(isa, &h->pol, hl, in + kb, fac, rows + tr,
-						   rows + (size_t)hl->kv_heads * 2 * tr + tr)) {
+						 rows + (size_t)hl->kv_heads * 2 * tr);
+				if (!kb ||
+				    !kvcd_mc_get(isa, &h->pol, hl, in + kb, fac, rows + tr,
+						 rows + (size_t)hl->kv_heads * 2 * tr + tr)) {
 					err = -EBADMSG;
 					break;
 				}
@@ -790,8 +798,8 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			kvcd_lr_get(isa, &h->pol, hl->dtype, in + half, c, d, rv, fac,
 				    rows + (size_t)c * row);
 		} else if (h->pol.cold) {
-			err = cold_get(isa, &h->pol, hl, h->pos, scores,
-				       bits + i * bm, counts[i], in, (uint8_t *)fac, rows);
+			err = cold_get(isa, &h->pol, hl, h->pos, scores, bits + i * bm, counts[i],
+				       in, (uint8_t *)fac, rows);
 		} else if (counts[i]) {
 			err = kvcd_units_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}

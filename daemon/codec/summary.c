@@ -95,7 +95,8 @@ __attribute__((target("avx2,f16c"))) static void minmax_f16_avx2(const uint16_t 
 		__m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY);
 
 		for (size_t t = 0; t < rows; t++) {
-			__m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t * hd + c0)));
+			__m256 v = _mm256_cvtph_ps(
+				_mm_loadu_si128((const __m128i *)(k + t * hd + c0)));
 
 			lo = _mm256_min_ps(v, lo);
 			hi = _mm256_max_ps(v, hi);
@@ -105,8 +106,8 @@ __attribute__((target("avx2,f16c"))) static void minmax_f16_avx2(const uint16_t 
 	}
 }
 
-int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page, const void *block,
-		     uint16_t *out)
+int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t page,
+		     const void *block, uint16_t *out)
 {
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
 	size_t plane = hd * l->tokens * es, np = kvcd_quest_pages(l, page);
@@ -127,16 +128,17 @@ int kvcd_quest_block(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t pa
 				minmax_f16_avx2((const uint16_t *)k, rows, hd, mn, mx);
 			} else { /* the page through f32, every head's channels at once */
 				kvcd_to_f32(isa, l->dtype, k, rows_f, rows * hd);
-				kvcd_quest_minmax(rows_f, (uint32_t)hd, (uint32_t)rows, (uint32_t)hd,
-						  mn, mx);
+				kvcd_quest_minmax(rows_f, (uint32_t)hd, (uint32_t)rows,
+						  (uint32_t)hd, mn, mx);
 			}
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
 				uint16_t *o = out + (((size_t)ly * l->kv_heads + h) * np + pg) * 2 *
-						    l->head_dim;
+							    l->head_dim;
 
 				for (uint32_t c = 0; c < l->head_dim; c++) {
 					o[c] = f16_toward(mn[h * l->head_dim + c], false);
-					o[l->head_dim + c] = f16_toward(mx[h * l->head_dim + c], true);
+					o[l->head_dim + c] = f16_toward(mx[h * l->head_dim + c],
+									true);
 				}
 			}
 		}
@@ -214,10 +216,12 @@ __attribute__((target("avx512f"))) static void page_avx512(const uint16_t *b, ui
 			acc[j] = _mm512_setzero_ps();
 		for (uint32_t c = 0; c < d; c += 16) {
 			__m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + c)));
-			__m512 hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + d + c)));
+			__m512 hi =
+				_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + d + c)));
 
 			if (!j0)
-				m = _mm512_max_ps(m, _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+				m = _mm512_max_ps(
+					m, _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
 			for (uint32_t j = 0; j < gn; j++) {
 				size_t o = (size_t)(j0 + j) * d + c;
 
@@ -271,14 +275,14 @@ float kvcd_quest_score(enum kvcd_isa isa, const struct kvcp_layout *l, uint32_t 
 			float m;
 
 			if (wide)
-				page_avx512(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
-					    &best, &m);
+				page_avx512(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d,
+					    g, &best, &m);
 			else if (fast)
 				page_avx2(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
 					  &best, &m);
 			else
-				page_scalar(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d, g,
-					    &best, &m);
+				page_scalar(b, d, pos + (size_t)h * g * d, neg + (size_t)h * g * d,
+					    g, &best, &m);
 			mag = m > mag ? m : mag;
 		}
 	}
@@ -321,8 +325,9 @@ size_t kvcd_summary_bytes(const struct kvcp_layout *l, const struct kvcd_summary
 	size_t rows = (size_t)l->layers * l->kv_heads * kvcd_quest_pages(l, s->page);
 
 	if (s->kind == KVCD_SUMMARY_REPS8)
-		return sizeof(*s) + (size_t)l->layers * l->kv_heads *
-		       r8_head_bytes(kvcd_quest_pages(l, s->page) * s->reps, l->head_dim);
+		return sizeof(*s) +
+		       (size_t)l->layers * l->kv_heads *
+			       r8_head_bytes(kvcd_quest_pages(l, s->page) * s->reps, l->head_dim);
 	return sizeof(*s) + rows * (s->kind == KVCD_SUMMARY_REPS ? s->reps : 2) * l->head_dim * 2;
 }
 
@@ -366,8 +371,10 @@ static int reps_make(enum kvcd_isa isa, const struct kvcp_layout *l, const struc
 		for (size_t pg = 0; pg < np; pg++) {
 			const uint8_t *k = (const uint8_t *)block + (size_t)ly * 2 * plane +
 					   pg * page * hd * es;
-			uint32_t rows = (uint32_t)(l->tokens - pg * page < page ?
-						   l->tokens - pg * page : page), m;
+			uint32_t rows = (uint32_t)(l->tokens - pg * page < page
+							   ? l->tokens - pg * page
+							   : page),
+				 m;
 
 			kvcd_to_f32(isa, l->dtype, k, row, rows * hd);
 			for (uint32_t h = 0; h < l->kv_heads; h++) {
@@ -384,7 +391,8 @@ static int reps_make(enum kvcd_isa isa, const struct kvcp_layout *l, const struc
 
 					if (s->kind == KVCD_SUMMARY_REPS) {
 						kvcd_from_f32(isa, KVCP_F16, x,
-							      (uint16_t *)out + (lh * n + r) * d, d);
+							      (uint16_t *)out + (lh * n + r) * d,
+							      d);
 						continue;
 					}
 					r8_put((uint8_t *)out + (size_t)ly * l->kv_heads * per8,
@@ -427,82 +435,93 @@ int kvcd_summary_make(enum kvcd_isa isa, const struct kvcp_layout *l, const stru
  * repeat the last one, which a maximum does not notice. Each ISA and key type is its own
  * function, unrolled, so the accumulators stay in registers. */
 
-#define REPS_TILE(ISA, VEC, NAME, W, ZERO, LOADQ, KEY, FMA, SUM)                                 \
-	__attribute__((target(ISA), always_inline)) static inline float                          \
-	NAME##_tile(const void *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,          \
-		    const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0, const uint32_t kn, \
-		    const uint32_t jn)                                                           \
-	{                                                                                        \
-		VEC acc[4][4];                                                                   \
-		size_t kr[4], qi[4];                                                             \
-		float best = -INFINITY;                                                          \
-                                                                                                 \
-		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                        \
-			kr[i] = (size_t)(r + i < n ? r + i : n - 1);                             \
-		_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                        \
-			qi[j] = q0 + (j0 + j < g ? j0 + j : g - 1);                              \
-		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                        \
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                \
-				acc[i][j] = ZERO;                                                \
-		for (uint32_t c = 0; c < d; c += W) {                                            \
-			VEC kv[4];                                                               \
-                                                                                                 \
-			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                \
-				kv[i] = KEY(k, kr[i] * d + c);                            \
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
-				VEC qv = LOADQ(x, qi[j] * d + c);                         \
-                                                                                                 \
-				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)        \
-					acc[i][j] = FMA(qv, kv[i], acc[i][j]);                   \
-			}                                                                        \
-		}                                                                                \
-		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++) {                      \
-			float s = sc ? sc[kr[i]] : 1.0f;                                         \
-                                                                                                 \
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++) {              \
-				float v = s * SUM(acc[i][j]);                          \
-                                                                                                 \
-				best = v > best ? v : best;                                      \
-			}                                                                        \
-		}                                                                                \
-		return best;                                                                     \
-	}                                                                                        \
-                                                                                                 \
-	__attribute__((target(ISA))) static float NAME(const void *k, const float *sc, uint32_t n, \
-						       uint32_t d, const struct kvcd_query *x,   \
-						       uint32_t q0, uint32_t g)                  \
-	{                                                                                        \
-		uint32_t kn = n >= 4 ? 4 : n >= 2 ? 2 : 1, jn = g >= 4 ? 4 : g >= 2 ? 2 : 1;     \
-		float best = -INFINITY;                                                          \
-                                                                                                 \
-		for (uint32_t r = 0; r < n; r += kn)                                             \
-			for (uint32_t j0 = 0; j0 < g; j0 += jn) {                                \
-				float v;                                                         \
-                                                                                                 \
-				if (kn == 4)                                                     \
-					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 4) : \
-					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 2) : \
-						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, 1); \
-				else if (kn == 2)                                                \
-					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 4) : \
-					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 2) : \
-						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, 1); \
-				else                                                             \
-					v = jn == 4 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 4) : \
-					    jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 2) : \
-						      NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, 1); \
-				best = v > best ? v : best;                                      \
-			}                                                                        \
-		return best;                                                                     \
+#define REPS_TILE(ISA, VEC, NAME, W, ZERO, LOADQ, KEY, FMA, SUM)                                     \
+	__attribute__((target(ISA), always_inline)) static inline float NAME##_tile(                 \
+		const void *k, const float *sc, uint32_t n, uint32_t r, uint32_t d,                  \
+		const struct kvcd_query *x, uint32_t q0, uint32_t g, uint32_t j0,                    \
+		const uint32_t kn, const uint32_t jn)                                                \
+	{                                                                                            \
+		VEC acc[4][4];                                                                       \
+		size_t kr[4], qi[4];                                                                 \
+		float best = -INFINITY;                                                              \
+                                                                                                     \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                            \
+			kr[i] = (size_t)(r + i < n ? r + i : n - 1);                                 \
+		_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                            \
+			qi[j] = q0 + (j0 + j < g ? j0 + j : g - 1);                                  \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                            \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                    \
+				acc[i][j] = ZERO;                                                    \
+		for (uint32_t c = 0; c < d; c += W) {                                                \
+			VEC kv[4];                                                                   \
+                                                                                                     \
+			_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                    \
+				kv[i] = KEY(k, kr[i] * d + c);                                       \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                    \
+			{                                                                            \
+				VEC qv = LOADQ(x, qi[j] * d + c);                                    \
+                                                                                                     \
+				_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)            \
+					acc[i][j] = FMA(qv, kv[i], acc[i][j]);                       \
+			}                                                                            \
+		}                                                                                    \
+		_Pragma("GCC unroll 4") for (uint32_t i = 0; i < kn; i++)                            \
+		{                                                                                    \
+			float s = sc ? sc[kr[i]] : 1.0f;                                             \
+                                                                                                     \
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < jn; j++)                    \
+			{                                                                            \
+				float v = s * SUM(acc[i][j]);                                        \
+                                                                                                     \
+				best = v > best ? v : best;                                          \
+			}                                                                            \
+		}                                                                                    \
+		return best;                                                                         \
+	}                                                                                            \
+                                                                                                     \
+	__attribute__((target(ISA))) static float NAME(const void *k, const float *sc, uint32_t n,   \
+						       uint32_t d, const struct kvcd_query *x,       \
+						       uint32_t q0, uint32_t g)                      \
+	{                                                                                            \
+		uint32_t kn = n >= 4 ? 4 : n >= 2 ? 2 : 1, jn = g >= 4 ? 4 : g >= 2 ? 2 : 1;         \
+		float best = -INFINITY;                                                              \
+                                                                                                     \
+		for (uint32_t r = 0; r < n; r += kn)                                                 \
+			for (uint32_t j0 = 0; j0 < g; j0 += jn) {                                    \
+				float v;                                                             \
+                                                                                                     \
+				if (kn == 4)                                                         \
+					v = jn == 4   ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 4, \
+								    4)                               \
+					    : jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    4, 2)                            \
+						      : NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    4, 1);                           \
+				else if (kn == 2)                                                    \
+					v = jn == 4   ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 2, \
+								    4)                               \
+					    : jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    2, 2)                            \
+						      : NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    2, 1);                           \
+				else                                                                 \
+					v = jn == 4   ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0, 1, \
+								    4)                               \
+					    : jn == 2 ? NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    1, 2)                            \
+						      : NAME##_tile(k, sc, n, r, d, x, q0, g, j0,    \
+								    1, 1);                           \
+				best = v > best ? v : best;                                          \
+			}                                                                            \
+		return best;                                                                         \
 	}
 
 /* Loads of 16 (AVX-512) or 8 (AVX2) channels of a key or query row at offset o, as floats. */
 #define F16_16(k, o) \
 	_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(k) + (o))))
-#define Q_16(x, o) _mm512_loadu_ps((x)->q + (o))
-#define F16_8(k, o) \
-	_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
-#define Q_8(x, o) _mm256_loadu_ps((x)->q + (o))
+#define Q_16(x, o)  _mm512_loadu_ps((x)->q + (o))
+#define F16_8(k, o) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(k) + (o))))
+#define Q_8(x, o)   _mm256_loadu_ps((x)->q + (o))
 
 __attribute__((target("avx2,f16c,fma"))) static inline float hsum8(__m256 v)
 {
@@ -564,8 +583,8 @@ static float r8_scalar(const struct r8 *r, const struct kvcd_query *x)
 /* AVX2 and AVX-512 F: lanes are (key, channel of the group); a query's four channels are
  * broadcast to every key, and the four lanes of each key are added at the end. Up to four
  * query heads share each key load (heads past g repeat the last). */
-static inline void r8_rows(const struct r8 *r, const struct kvcd_query *x, uint32_t h,
-			   uint32_t j0, const float *q[4])
+static inline void r8_rows(const struct r8 *r, const struct kvcd_query *x, uint32_t h, uint32_t j0,
+			   const float *q[4])
 {
 	for (uint32_t j = 0; j < 4; j++)
 		q[j] = x->qp + (size_t)(h * r->g + (j0 + j < r->g ? j0 + j : r->g - 1)) * r->dp;
@@ -589,18 +608,23 @@ __attribute__((target("avx512f"))) static float r8_avx512(const struct r8 *r,
 				const uint8_t *kg = k + (size_t)i * r->dp;
 				__m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(),
 						  _mm512_setzero_ps(), _mm512_setzero_ps() };
-				__m512 sc = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(
-						_mm_loadu_ps(r8_scales(r, h) + i)));
+				__m512 sc = _mm512_permutexvar_ps(
+					spread,
+					_mm512_castps128_ps512(_mm_loadu_ps(r8_scales(r, h) + i)));
 
 				for (uint32_t c = 0; c < C; c++) {
 					__m512 kv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
 						_mm_loadu_si128((const __m128i *)(kg + c * 16))));
 
 					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-						acc[j] = _mm512_fmadd_ps(kv, _mm512_broadcast_f32x4(
-							_mm_loadu_ps(q[j] + 4 * c)), acc[j]);
+						acc[j] = _mm512_fmadd_ps(
+							kv,
+							_mm512_broadcast_f32x4(
+								_mm_loadu_ps(q[j] + 4 * c)),
+							acc[j]);
 				}
-				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+				{
 					__m512 v = _mm512_add_ps(acc[j],
 								 _mm512_permute_ps(acc[j], 0xb1));
 
@@ -639,10 +663,14 @@ __attribute__((target("avx2,fma"))) static float r8_avx2(const struct r8 *r,
 						_mm_loadl_epi64((const __m128i *)(kg + c * 16))));
 
 					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-						acc[j] = _mm256_fmadd_ps(kv, _mm256_broadcast_ps(
-							(const __m128 *)(q[j] + 4 * c)), acc[j]);
+						acc[j] = _mm256_fmadd_ps(
+							kv,
+							_mm256_broadcast_ps(
+								(const __m128 *)(q[j] + 4 * c)),
+							acc[j]);
 				}
-				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
+				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+				{
 					__m256 v = _mm256_add_ps(acc[j],
 								 _mm256_permute_ps(acc[j], 0xb1));
 
@@ -666,8 +694,8 @@ __attribute__((target("avx2,fma"))) static float r8_avx2(const struct r8 *r,
  * shuffles and three adds turn their four accumulators into lanes (query head, key). (A
  * 16-byte group broadcast to lanes (query head, key) needs no adds but two loads a
  * vpdpbusd: it measured slower.) */
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
-r8_vnni1(const struct r8 *r, const struct kvcd_query *x)
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float r8_vnni1(
+	const struct r8 *r, const struct kvcd_query *x)
 {
 	uint32_t C = r->dp / 4;
 	__m128 best = _mm_set1_ps(-INFINITY);
@@ -696,8 +724,10 @@ r8_vnni1(const struct r8 *r, const struct kvcd_query *x)
 			a0 = _mm512_add_epi32(a0, a1);
 			a0 = _mm512_add_epi32(a0, _mm512_shuffle_i32x4(a0, a0, 0x4e));
 			a0 = _mm512_add_epi32(a0, _mm512_shuffle_i32x4(a0, a0, 0xb1));
-			__m128i dot = _mm_sub_epi32(_mm512_castsi512_si128(a0), _mm_slli_epi32(
-				_mm_loadu_si128((const __m128i *)(r8_sums(r, h) + i)), 7));
+			__m128i dot = _mm_sub_epi32(
+				_mm512_castsi512_si128(a0),
+				_mm_slli_epi32(
+					_mm_loadu_si128((const __m128i *)(r8_sums(r, h) + i)), 7));
 			__m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dot), qs),
 					      _mm_loadu_ps(r8_scales(r, h) + i));
 
@@ -708,8 +738,8 @@ r8_vnni1(const struct r8 *r, const struct kvcd_query *x)
 	return _mm_cvtss_f32(_mm_max_ss(best, _mm_movehdup_ps(best)));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float
-r8_vnni4(const struct r8 *r, const struct kvcd_query *x)
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float r8_vnni4(
+	const struct r8 *r, const struct kvcd_query *x)
 {
 	uint32_t C = r->dp / 4;
 	__m512 best = _mm512_set1_ps(-INFINITY);
@@ -724,9 +754,8 @@ r8_vnni4(const struct r8 *r, const struct kvcd_query *x)
 			__mmask16 live = (__mmask16)((1u << (4 * nj)) - 1);
 			__m512 qs = _mm512_loadu_ps(x->q8s4 + (size_t)(h * r->g + j0) * 4);
 
-			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-				q[j] = x->q8h +
-				       (size_t)(h * r->g + (j < nj ? j0 + j : j0)) * C * 16;
+			_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) q[j] =
+				x->q8h + (size_t)(h * r->g + (j < nj ? j0 + j : j0)) * C * 16;
 			for (uint32_t i = 0; i < r->n4; i += 4) {
 				const uint8_t *kg = k + (size_t)i * r->dp;
 				__m512i a[4], b[4]; /* b: every other block of channel groups */
@@ -738,39 +767,45 @@ r8_vnni4(const struct r8 *r, const struct kvcd_query *x)
 					__m512i ka = _mm512_loadu_si512(kg + c * 16),
 						kb = _mm512_loadu_si512(kg + c * 16 + 64);
 
-					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {
-						a[j] = _mm512_dpbusd_epi32(a[j], _mm512_loadu_si512(
-							q[j] + c * 16), ka);
-						b[j] = _mm512_dpbusd_epi32(b[j], _mm512_loadu_si512(
-							q[j] + c * 16 + 64), kb);
+					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
+					{
+						a[j] = _mm512_dpbusd_epi32(
+							a[j], _mm512_loadu_si512(q[j] + c * 16),
+							ka);
+						b[j] = _mm512_dpbusd_epi32(
+							b[j],
+							_mm512_loadu_si512(q[j] + c * 16 + 64), kb);
 					}
 				}
 				for (; c < C; c += 4) {
-					__mmask64 m = C - c >= 4 ? ~0ull :
-						      (1ull << ((C - c) * 16)) - 1;
+					__mmask64 m = C - c >= 4 ? ~0ull
+								 : (1ull << ((C - c) * 16)) - 1;
 					__m512i kv = _mm512_maskz_loadu_epi8(m, kg + c * 16);
 
 					_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
-						a[j] = _mm512_dpbusd_epi32(a[j],
+						a[j] = _mm512_dpbusd_epi32(
+							a[j],
 							_mm512_maskz_loadu_epi8(m, q[j] + c * 16),
 							kv);
 				}
 				_Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)
 					a[j] = _mm512_add_epi32(a[j], b[j]);
 				/* lanes (channel group, key) of four heads to (head, key) */
-				__m512i u = _mm512_add_epi32(
-					_mm512_shuffle_i32x4(a[0], a[1], 0x88),
-					_mm512_shuffle_i32x4(a[0], a[1], 0xdd));
-				__m512i w = _mm512_add_epi32(
-					_mm512_shuffle_i32x4(a[2], a[3], 0x88),
-					_mm512_shuffle_i32x4(a[2], a[3], 0xdd));
+				__m512i u =
+					_mm512_add_epi32(_mm512_shuffle_i32x4(a[0], a[1], 0x88),
+							 _mm512_shuffle_i32x4(a[0], a[1], 0xdd));
+				__m512i w =
+					_mm512_add_epi32(_mm512_shuffle_i32x4(a[2], a[3], 0x88),
+							 _mm512_shuffle_i32x4(a[2], a[3], 0xdd));
 				__m512i dot = _mm512_sub_epi32(
 					_mm512_add_epi32(_mm512_shuffle_i32x4(u, w, 0x88),
 							 _mm512_shuffle_i32x4(u, w, 0xdd)),
-					_mm512_slli_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128(
-						(const __m128i *)(r8_sums(r, h) + i))), 7));
-				__m512 ks = _mm512_broadcast_f32x4(
-					_mm_loadu_ps(r8_scales(r, h) + i));
+					_mm512_slli_epi32(
+						_mm512_broadcast_i32x4(_mm_loadu_si128(
+							(const __m128i *)(r8_sums(r, h) + i))),
+						7));
+				__m512 ks =
+					_mm512_broadcast_f32x4(_mm_loadu_ps(r8_scales(r, h) + i));
 				__m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), qs),
 							 ks);
 
@@ -819,8 +854,9 @@ int kvcd_query_init(struct kvcd_query *x, const float *q, uint32_t q_heads, uint
 	x->q_heads = q_heads;
 	x->head_dim = head_dim;
 	/* the VNNI pattern first, 64-byte aligned: its loads never split a cache line */
-	m = aligned_alloc(64, (pats + (n * 2 + q_heads + qp + (q_heads + 3) * 4) * sizeof(float) +
-			       n + 63) & ~(size_t)63);
+	m = aligned_alloc(
+		64, (pats + (n * 2 + q_heads + qp + (q_heads + 3) * 4) * sizeof(float) + n + 63) &
+			    ~(size_t)63);
 	if (!m)
 		return -ENOMEM;
 	x->buf = m;
@@ -863,8 +899,8 @@ void kvcd_query_fini(struct kvcd_query *x)
 	x->buf = NULL;
 }
 
-float kvcd_codec_score(enum kvcd_isa isa, const struct kvcp_layout *l, const void *sum, uint32_t layer,
-			 const struct kvcd_query *x)
+float kvcd_codec_score(enum kvcd_isa isa, const struct kvcp_layout *l, const void *sum,
+		       uint32_t layer, const struct kvcd_query *x)
 {
 	struct kvcd_summary s;
 	const uint8_t *data = (const uint8_t *)sum + sizeof(s);
@@ -884,8 +920,9 @@ float kvcd_codec_score(enum kvcd_isa isa, const struct kvcp_layout *l, const voi
 		return -INFINITY;
 	n = (size_t)kvcd_quest_pages(l, s.page) * s.reps;
 	if (s.kind == KVCD_SUMMARY_REPS8) {
-		struct r8 r = { .n4 = (n + 3) & ~(size_t)3, .d = d, .dp = up4(d),
-				.kv = l->kv_heads, .g = g };
+		struct r8 r = {
+			.n4 = (n + 3) & ~(size_t)3, .d = d, .dp = up4(d), .kv = l->kv_heads, .g = g
+		};
 
 		r.per = r.n4 * r.dp;
 		r.k = data + (size_t)layer * l->kv_heads * r8_head_bytes(n, d);

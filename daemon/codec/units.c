@@ -53,7 +53,6 @@ static float absmax(enum kvcd_isa isa, const float *v, size_t n)
 	return m;
 }
 
-
 /* Smallest f16 scale s with s * 448 >= amax. */
 static uint16_t fp8_scale(float amax)
 {
@@ -67,16 +66,16 @@ static uint16_t fp8_scale(float amax)
 /* ---- shapes: every size is a function of (policy, layout, scores?) ---------------------- */
 
 struct shape {
-	uint32_t t, d, es;		/* tokens, channels, bytes per element */
-	uint32_t nsink, ne, nh, nr;	/* sinks, exact (sinks included), important, regular */
-	uint32_t gch, ngt;		/* per-token groups: channels each, groups per token */
-	uint32_t nq;			/* regular tokens that are quantized */
-	uint32_t nres;			/* kivi K: regular tokens kept exact */
-	uint64_t nsp;			/* sparse values */
-	uint64_t reg_bytes;		/* regular params and codes */
-	unsigned bits;			/* regular bits */
-	bool per_channel;		/* kivi K */
-	uint64_t bytes;			/* the whole unit */
+	uint32_t t, d, es;	    /* tokens, channels, bytes per element */
+	uint32_t nsink, ne, nh, nr; /* sinks, exact (sinks included), important, regular */
+	uint32_t gch, ngt;	    /* per-token groups: channels each, groups per token */
+	uint32_t nq;		    /* regular tokens that are quantized */
+	uint32_t nres;		    /* kivi K: regular tokens kept exact */
+	uint64_t nsp;		    /* sparse values */
+	uint64_t reg_bytes;	    /* regular params and codes */
+	unsigned bits;		    /* regular bits */
+	bool per_channel;	    /* kivi K */
+	uint64_t bytes;		    /* the whole unit */
 };
 
 static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
@@ -113,8 +112,8 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	if (p->kind == KVCD_CODEC_FP8) {
 		s->reg_bytes = (uint64_t)s->nq * s->ngt * 2 + (uint64_t)s->nq * d;
 	} else {
-		params = s->per_channel ? (uint64_t)((s->nq + p->group - 1) / p->group) * d :
-					  (uint64_t)s->nq * s->ngt;
+		params = s->per_channel ? (uint64_t)((s->nq + p->group - 1) / p->group) * d
+					: (uint64_t)s->nq * s->ngt;
 		s->reg_bytes = kvcd_params_bytes(params, p->params) +
 			       kvcd_packed_bytes((size_t)s->nq * d, s->bits);
 	}
@@ -137,21 +136,22 @@ static struct kvcp_layout view_of(const struct kvcd_policy *p, const struct kvcp
 	return v;
 }
 
-static uint64_t size_of_view(const struct kvcd_policy *p, const struct kvcp_layout *v,
-			     bool scores, uint32_t pos)
+static uint64_t size_of_view(const struct kvcd_policy *p, const struct kvcp_layout *v, bool scores,
+			     uint32_t pos)
 {
 	struct shape k, s;
 
 	shape_of(p, v, scores, pos, 0, &k);
 	shape_of(p, v, scores, pos, 1, &s);
-	return sizeof(struct kvcd_codec_hdr) + (uint64_t)v->layers * v->kv_heads * (k.bytes + s.bytes);
+	return sizeof(struct kvcd_codec_hdr) +
+	       (uint64_t)v->layers * v->kv_heads * (k.bytes + s.bytes);
 }
 
 /* ---- working memory ------------------------------------------------------------------------ */
 
 struct work {
-	float *plane;		/* T x H x D, f32: one (layer, K/V) of the block */
-	float *tile;		/* the unit's rows: plane + head * D, rows ts apart */
+	float *plane; /* T x H x D, f32: one (layer, K/V) of the block */
+	float *tile;  /* the unit's rows: plane + head * D, rows ts apart */
 	size_t ts;
 	uint8_t *codes;		/* T x D */
 	uint8_t *mask;		/* T x D: sparse marks over the quantized regular values */
@@ -163,14 +163,14 @@ struct work {
 	float *lo, *hi;		/* T x D: group ranges */
 	float *plo, *phi;	/* T x H x ngt: per-token group ranges over the whole plane, found
 				 * while converting it; valid for the rows when @pre */
-	const float *ulo, *uhi;	/* the unit's: plo + head * ngt, rows prs apart */
+	const float *ulo, *uhi; /* the unit's: plo + head * ngt, rows prs apart */
 	size_t prs;
 	bool pre;
-	uint16_t *par;		/* T x D x 2: group scale and zero */
-	uint8_t *pc;		/* T x D x 2: the same as params=u8 codes */
-	float *chan;		/* T x D: KIVI keys by [group][channel][token] */
-	uint8_t *chanm;		/* T x D: their sparse marks, the same way */
-	float *rcos, *rsin;	/* T x head_dim / 2: RoPE angles, for policies with rope */
+	uint16_t *par;	    /* T x D x 2: group scale and zero */
+	uint8_t *pc;	    /* T x D x 2: the same as params=u8 codes */
+	float *chan;	    /* T x D: KIVI keys by [group][channel][token] */
+	uint8_t *chanm;	    /* T x D: their sparse marks, the same way */
+	float *rcos, *rsin; /* T x head_dim / 2: RoPE angles, for policies with rope */
 	void *mem;
 };
 
@@ -226,8 +226,8 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	size_t plane = td * l->kv_heads;
 	/* group ranges, parameters and codes serve a unit's T rows or a plane row's H heads */
 	size_t gd = (t > l->kv_heads ? t : l->kv_heads) * d;
-	size_t gch = p->group && p->group < d ? p->group : d, pr = t * l->kv_heads *
-		((d + gch - 1) / gch);
+	size_t gch = p->group && p->group < d ? p->group : d,
+	       pr = t * l->kv_heads * ((d + gch - 1) / gch);
 	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 * 2 + gd * 4 * 2 + gd * 4 + gd + td + t +
 		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + td * 4 + gd * 2 + td + 64;
 	char *m = work_mem(sz);
@@ -349,8 +349,8 @@ struct unit_io {
 	const struct shape *s;
 	enum kvcd_isa isa;
 	uint8_t dtype;
-	int kv;			/* 0 K, 1 V */
-	uint32_t hd;		/* the engine's head_dim, for RoPE pairs */
+	int kv;	     /* 0 K, 1 V */
+	uint32_t hd; /* the engine's head_dim, for RoPE pairs */
 };
 
 /* RoPE angles of the block's tokens: cos and sin of (pos + t) * base^(-2k / head_dim). */
@@ -377,7 +377,8 @@ static void rope_rows(const struct unit_io *u, struct work *w, const uint32_t *r
 
 	for (uint32_t i = 0; i < n; i++) {
 		float *x = w->tile + (size_t)rows[i] * w->ts;
-		const float *c = w->rcos + (size_t)rows[i] * half, *sn = w->rsin + (size_t)rows[i] * half;
+		const float *c = w->rcos + (size_t)rows[i] * half,
+			    *sn = w->rsin + (size_t)rows[i] * half;
 
 		for (uint32_t o = 0; o < u->s->d; o += 2) {
 			uint32_t k = (o % u->hd) / 2;
@@ -437,8 +438,8 @@ static int get_params(const struct unit_io *u, struct work *w, size_t ng, const 
 
 /* Per-token groups of @n tile rows at @bits: params, then packed codes. The three phases run
  * over all the rows in turn, so independent groups overlap in the CPU. */
-static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			 uint32_t n, unsigned bits, uint8_t **o)
+static int enc_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows, uint32_t n,
+			 unsigned bits, uint8_t **o)
 {
 	const struct shape *s = u->s;
 	uint32_t full = s->d / s->gch, tail = s->d - full * s->gch, ngt = s->ngt;
@@ -488,8 +489,8 @@ static void dense_rows(const struct shape *s, struct work *w)
 		}
 }
 
-static int dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows,
-			 uint32_t n, unsigned bits, const uint8_t **in)
+static int dec_per_token(const struct unit_io *u, struct work *w, const uint32_t *rows, uint32_t n,
+			 unsigned bits, const uint8_t **in)
 {
 	const struct shape *s = u->s;
 	const uint16_t *par = w->par;
@@ -648,7 +649,9 @@ static void choose_exact(const struct shape *s, struct work *w, uint32_t *exact)
 		float m = 0.0f;
 
 		for (uint32_t c = 0; c < s->d; c++)
-			m = fabsf(w->tile[(size_t)t * w->ts + c]) > m ? fabsf(w->tile[(size_t)t * w->ts + c]) : m;
+			m = fabsf(w->tile[(size_t)t * w->ts + c]) > m
+				    ? fabsf(w->tile[(size_t)t * w->ts + c])
+				    : m;
 		w->mag[t] = t < sink ? -1.0f : m;
 	}
 	for (uint32_t n = sink; n < s->ne; n++) { /* few outliers: repeated selection is fine */
@@ -715,7 +718,8 @@ static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint
 	return 0;
 }
 
-static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose, uint8_t **o)
+static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose,
+		       uint8_t **o)
 {
 	const struct shape *s = u->s;
 	const struct kvcd_policy *p = u->p;
@@ -811,8 +815,8 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 		return -EBADMSG;
 	if (p->kind == KVCD_CODEC_FP8)
 		dec_fp8(u, w, in);
-	else if (s->per_channel ? dec_per_channel(u, w, in) :
-				  dec_per_token(u, w, w->reg, s->nq, s->bits, in))
+	else if (s->per_channel ? dec_per_channel(u, w, in)
+				: dec_per_token(u, w, w->reg, s->nq, s->bits, in))
 		return -EBADMSG;
 	for (uint32_t i = s->nq; i < s->nr; i++) {
 		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)w->reg[i] * w->ts, s->d);
@@ -875,9 +879,8 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
  * an L1 buffer, is rotated, ranged, quantized and packed there, and its codes and parameters
  * are written straight to each head's unit. Writes the same bytes as the unit-by-unit path. */
-static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
-			const struct kvcp_layout *l, const uint8_t *src, const struct shape *sh,
-			struct work *w, uint8_t *o)
+static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+			const uint8_t *src, const struct shape *sh, struct work *w, uint8_t *o)
 {
 	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
 	size_t ngt = sh[0].ngt, ng = heads * ngt, gch = sh[0].gch, t = l->tokens;
@@ -906,7 +909,8 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 					uint8_t *u = base + h * sh[kv].bytes;
 
 					memcpy(u + r * ngt * 4, w->par + h * ngt * 2, ngt * 4);
-					kvcd_pack(w->codes + h * d, d, bits, u + t * ngt * 4 + r * rowb);
+					kvcd_pack(w->codes + h * d, d, bits,
+						  u + t * ngt * 4 + r * rowb);
 				}
 			}
 		}
@@ -941,21 +945,25 @@ static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	/* one (layer, K/V) plane at a time, read in one sequential pass */
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
-			err = load_plane(isa, l, (const uint8_t *)src + plane_base(l, layer, kv), &w);
+			err = load_plane(isa, l, (const uint8_t *)src + plane_base(l, layer, kv),
+					 &w);
 			for (uint32_t head = 0; head < l->kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, l->dtype, kv, engine->head_dim };
+				struct unit_io u = {
+					p, &sh[kv], isa, l->dtype, kv, engine->head_dim
+				};
 
 				w.tile = w.plane + (size_t)head * l->head_dim;
 				w.ulo = w.plo + (size_t)head * w.prs / l->kv_heads;
 				w.uhi = w.phi + (size_t)head * w.prs / l->kv_heads;
-				err = encode_unit(&u, &w, w.exact + (size_t)head * sh[0].ne, kv == 0, &o);
+				err = encode_unit(&u, &w, w.exact + (size_t)head * sh[0].ne,
+						  kv == 0, &o);
 			}
 		}
 	return err;
 }
 
-uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
-			      bool scores, uint32_t pos)
+uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
+			 uint32_t pos)
 {
 	struct kvcp_layout v;
 
@@ -965,9 +973,8 @@ uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *
 	return size_of_view(p, &v, scores && p->hibits, pos) - sizeof(struct kvcd_codec_hdr);
 }
 
-int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, const void *src,
-			   const float *scores, void *dst)
+int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, const void *src, const float *scores, void *dst)
 {
 	if (p->kind == KVCD_CODEC_NONE) {
 		memcpy(dst, src, kvcp_layout_bytes(l));
@@ -996,7 +1003,9 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
-				struct unit_io u = { p, &sh[kv], isa, v.dtype, kv, engine->head_dim };
+				struct unit_io u = {
+					p, &sh[kv], isa, v.dtype, kv, engine->head_dim
+				};
 
 				w.tile = w.plane + (size_t)head * v.head_dim;
 				err = decode_unit(&u, &w, &in);
@@ -1009,9 +1018,8 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	return err;
 }
 
-int kvcd_units_decode(enum kvcd_isa isa, const struct kvcd_policy *p,
-			   const struct kvcp_layout *l, uint32_t pos, bool scores, const void *in,
-			   void *dst)
+int kvcd_units_decode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
+		      uint32_t pos, bool scores, const void *in, void *dst)
 {
 	if (p->kind == KVCD_CODEC_NONE) {
 		memcpy(dst, in, kvcp_layout_bytes(l));

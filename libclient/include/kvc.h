@@ -35,7 +35,11 @@ struct kvc_key {
 	uint64_t hi, lo;
 };
 
-enum kvc_dtype { KVC_F32 = 1, KVC_F16 = 2, KVC_BF16 = 3 };
+enum kvc_dtype {
+	KVC_F32 = 1,
+	KVC_F16 = 2,
+	KVC_BF16 = 3
+};
 
 /* One block: the K and V of @tokens tokens for every layer, memory order
  * [layer][K,V][token][head][dim], elements of @dtype. On STORE @codec picks the compression
@@ -54,10 +58,10 @@ struct kvc_layout {
 
 /* How kvcd held a fetched block (kvc_layout.codec on FETCH). */
 enum kvc_codec {
-	KVC_CODEC_NONE = 0,	/* raw */
-	KVC_CODEC_INT = 1,	/* int2..int8 groups */
-	KVC_CODEC_FP8 = 2,	/* e4m3 */
-	KVC_CODEC_KIVI = 3,	/* K per channel, V per token */
+	KVC_CODEC_NONE = 0, /* raw */
+	KVC_CODEC_INT = 1,  /* int2..int8 groups */
+	KVC_CODEC_FP8 = 2,  /* e4m3 */
+	KVC_CODEC_KIVI = 3, /* K per channel, V per token */
 };
 
 /* Bytes of a block with layout @l, or 0 if @l is invalid. */
@@ -68,8 +72,8 @@ size_t kvc_layout_bytes(const struct kvc_layout *l);
  * with key(-1) = {0, 0}. Identical across processes and machines. */
 
 /* Key of one chunk. @prev is the previous chunk's key or NULL for the first chunk. */
-int kvc_key_chain(const struct kvc_key *prev, const char *ns, const int32_t *tokens,
-		  size_t ntokens, struct kvc_key *out);
+int kvc_key_chain(const struct kvc_key *prev, const char *ns, const int32_t *tokens, size_t ntokens,
+		  struct kvc_key *out);
 
 /* Keys of every full chunk of @chunk tokens in @tokens[0..ntokens): writes at most @max keys
  * to @out and returns how many (ntokens / chunk, capped by @max), or -EINVAL. */
@@ -78,15 +82,15 @@ int kvc_key_chain_all(const char *ns, const int32_t *tokens, size_t ntokens, siz
 
 /* ---- attach ------------------------------------------------------------------------------- */
 
-#define KVC_ATTACH_BUSY_POLL 1u	/* waiters spin and never sleep in the kernel */
+#define KVC_ATTACH_BUSY_POLL 1u /* waiters spin and never sleep in the kernel */
 
 struct kvc_attach_opts {
-	const char *socket;	/* NULL: $KVCD_SOCKET, else kvcd's default path */
-	const char *ns;		/* namespace (model fingerprint); NULL: "default" */
-	size_t staging_size;	/* 0: the daemon's default */
-	int numa_node;		/* -1: let kvcd place by the CPUs this thread runs on */
-	unsigned flags;		/* KVC_ATTACH_* */
-	unsigned spin_us;	/* busy-poll this long before sleeping; 0: 50 us */
+	const char *socket;  /* NULL: $KVCD_SOCKET, else kvcd's default path */
+	const char *ns;	     /* namespace (model fingerprint); NULL: "default" */
+	size_t staging_size; /* 0: the daemon's default */
+	int numa_node;	     /* -1: let kvcd place by the CPUs this thread runs on */
+	unsigned flags;	     /* KVC_ATTACH_* */
+	unsigned spin_us;    /* busy-poll this long before sleeping; 0: 50 us */
 };
 
 /* Fill @o with the defaults above. */
@@ -115,20 +119,22 @@ const char *kvc_default_socket(void);
 
 enum kvc_op {
 	KVC_OP_NOP = 0,
-	KVC_OP_STORE = 1,	/* @key, @layout, @off, @len = kvc_layout_bytes(@layout); @arg =
+	KVC_OP_STORE = 1,  /* @key, @layout, @off, @len = kvc_layout_bytes(@layout); @arg =
 				 * position of the block's first token in its sequence (policies
 				 * keep the sequence's first `sink` tokens exact; kvc_store and
 				 * kvc_store_scored pass 0) */
-	KVC_OP_FETCH = 2,	/* @key, @off, @len = capacity; cqe.value = bytes written */
-	KVC_OP_LOOKUP = 3,	/* @off: @len / 16 keys; cqe.res = longest cached prefix */
-	KVC_OP_DELETE = 4,	/* @key */
-	KVC_OP_PIN = 5,		/* @key, @arg = lease in ms (0: daemon maximum) */
-	KVC_OP_UNPIN = 6,	/* @key */
+	KVC_OP_FETCH = 2,  /* @key, @off, @len = capacity; cqe.value = bytes written */
+	KVC_OP_LOOKUP = 3, /* @off: @len / 16 keys; cqe.res = longest cached prefix */
+	KVC_OP_DELETE = 4, /* @key */
+	KVC_OP_PIN = 5,	   /* @key, @arg = lease in ms (0: daemon maximum) */
+	KVC_OP_UNPIN = 6,  /* @key */
 };
 
-#define KVC_REQ_SCORES 2u	/* STORE: @layout->tokens f32 importance scores follow the block
+#define KVC_REQ_SCORES \
+	2u /* STORE: @layout->tokens f32 importance scores follow the block
 				 * in staging; @len = kvc_layout_bytes(@layout) + 4 * tokens */
-#define KVC_REQ_AUX 4u		/* STORE: a struct kvc_aux and its arrays follow the block (and
+#define KVC_REQ_AUX \
+	4u /* STORE: a struct kvc_aux and its arrays follow the block (and
 				 * the scores, if any), 4-aligned; @len includes them */
 
 /* What an engine hands over for token selection (policies with select=h2o or snapkv). After
@@ -139,17 +145,17 @@ enum kvc_op {
  *                    window, query i at block-relative position @q_pos + i (it sees the
  *                    block's tokens up to there); then [layers][q_heads][window]: each query's
  *                    log-sum-exp of q.k / sqrt(head_dim) over every key it attended */
-#define KVC_AUX_MAGIC 0x5841564bu
-#define KVC_AUX_ATTN 1u
+#define KVC_AUX_MAGIC	0x5841564bu
+#define KVC_AUX_ATTN	1u
 #define KVC_AUX_QUERIES 2u
 
 struct kvc_aux {
-	uint32_t magic;		/* KVC_AUX_MAGIC */
-	uint32_t what;		/* KVC_AUX_* */
-	uint16_t q_heads;	/* QUERIES: a multiple of kv_heads */
-	uint16_t window;	/* QUERIES: 1..4096 */
+	uint32_t magic;	  /* KVC_AUX_MAGIC */
+	uint32_t what;	  /* KVC_AUX_* */
+	uint16_t q_heads; /* QUERIES: a multiple of kv_heads */
+	uint16_t window;  /* QUERIES: 1..4096 */
 	int32_t q_pos;
-	uint64_t reserved[2];	/* 0 */
+	uint64_t reserved[2]; /* 0 */
 };
 
 /* Bytes of the arrays that follow @a for blocks of layout @l (0: @a is invalid for it). */
@@ -165,15 +171,15 @@ uint64_t kvc_aux_bytes(const struct kvc_aux *a, const struct kvc_layout *l);
 #define KVC_SPARSE_MAGIC 0x3153564bu
 
 struct kvc_sparse {
-	uint32_t magic;		/* KVC_SPARSE_MAGIC */
-	uint32_t total;		/* kept tokens over every (layer, head) */
-	uint32_t tokens;	/* tokens of the block as stored */
+	uint32_t magic;	 /* KVC_SPARSE_MAGIC */
+	uint32_t total;	 /* kept tokens over every (layer, head) */
+	uint32_t tokens; /* tokens of the block as stored */
 	uint32_t reserved;
 };
 
 struct kvc_req {
 	uint8_t op;
-	uint8_t flags;		/* KVC_REQ_* */
+	uint8_t flags; /* KVC_REQ_* */
 	uint8_t reserved[2];
 	uint32_t arg;
 	struct kvc_key key;
@@ -183,7 +189,7 @@ struct kvc_req {
 
 struct kvc_cqe {
 	uint64_t ticket;
-	int32_t res;		/* >= 0 on success, else -errno */
+	int32_t res; /* >= 0 on success, else -errno */
 	uint32_t reserved;
 	uint64_t value;
 	struct kvc_layout layout;
@@ -242,13 +248,12 @@ int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
  * their count. Candidates not stored, or whose layout does not fit the query, are skipped.
  * -EINVAL: n, k or the query out of range; -EMSGSIZE: the request exceeds the scratch area. */
 struct kvc_select_hit {
-	uint32_t index;		/* into @keys */
+	uint32_t index; /* into @keys */
 	float score;
 };
 
-int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer,
-	       const float *q, uint32_t q_heads, uint32_t head_dim, uint32_t k,
-	       struct kvc_select_hit *out);
+int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
+	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out);
 
 /* Length of the longest prefix of @keys[0..n) that kvcd holds, in *@hits. */
 int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits);
@@ -280,15 +285,15 @@ struct kvc_stats {
 		uint32_t hugepages;
 		uint64_t bytes_total, bytes_used, blocks;
 	} node[KVC_MAX_NODES];
-	struct kvc_op_stats op[13];	/* indexed by KVC_OP_*, the admin ops and SELECT */
+	struct kvc_op_stats op[13]; /* indexed by KVC_OP_*, the admin ops and SELECT */
 	uint32_t nns, pad;
 	struct {
 		char name[64];
-		char policy[96];	/* canonical policy string */
+		char policy[96]; /* canonical policy string */
 		uint64_t blocks;
-		uint64_t bytes_in;	/* what the engines sent */
-		uint64_t bytes_stored;	/* what the pool holds: codes, scales, headers */
-		uint64_t fallbacks;	/* STOREs kept raw: the policy did not fit the layout */
+		uint64_t bytes_in;     /* what the engines sent */
+		uint64_t bytes_stored; /* what the pool holds: codes, scales, headers */
+		uint64_t fallbacks;    /* STOREs kept raw: the policy did not fit the layout */
 	} ns[32];
 };
 

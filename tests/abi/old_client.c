@@ -11,19 +11,23 @@
 
 #include "kvc-0.2.h"
 
-#define CHECK(cond, ...)                                                                       \
-	do {                                                                                   \
-		if (!(cond)) {                                                                 \
-			fprintf(stderr, "abi-0.2-client: " __VA_ARGS__);                       \
-			fputc('\n', stderr);                                                   \
-			exit(1);                                                               \
-		}                                                                              \
+#define CHECK(cond, ...)                                                 \
+	do {                                                             \
+		if (!(cond)) {                                           \
+			fprintf(stderr, "abi-0.2-client: " __VA_ARGS__); \
+			fputc('\n', stderr);                             \
+			exit(1);                                         \
+		}                                                        \
 	} while (0)
 
 int main(int argc, char **argv)
 {
-	struct kvc_layout l = { .dtype = KVC_F16, .layers = 2, .kv_heads = 2, .head_dim = 8,
-				.tokens = 4 }, back;
+	struct kvc_layout l = { .dtype = KVC_F16,
+				.layers = 2,
+				.kv_heads = 2,
+				.head_dim = 8,
+				.tokens = 4 },
+			  back;
 	struct kvc_attach_opts o;
 	struct kvc_block_info bi[4];
 	struct kvc_client_info ci[4];
