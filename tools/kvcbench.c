@@ -35,6 +35,7 @@
 
 #include "llama.h"
 #include "peers.h"
+#include "timing.h"
 
 static const char *g_sock;
 
@@ -45,14 +46,6 @@ static uint16_t f32_to_f16(float f)
 
 	memcpy(&u, &h, sizeof(u));
 	return u;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -301,26 +294,6 @@ out:
 	if (p)
 		ops->close(p);
 	free(buf);
-}
-
-static double memcpy_gbps(size_t bs, unsigned long iters)
-{
-	unsigned char *a = malloc(bs), *b = malloc(bs);
-	uint64_t t0, t;
-
-	memset(a, 1, bs);
-	memset(b, 2, bs);
-	for (int i = 0; i < 3; i++)
-		memcpy(b, a, bs);
-	t0 = now_ns();
-	for (unsigned long i = 0; i < iters; i++) {
-		memcpy(b, a, bs);
-		__asm__ volatile("" : : "r"(b) : "memory");
-	}
-	t = now_ns() - t0;
-	free(a);
-	free(b);
-	return (double)bs * iters / t;
 }
 
 struct tp_sum {

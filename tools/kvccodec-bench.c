@@ -18,34 +18,7 @@
 #include <time.h>
 
 #include "codec.h"
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static double memcpy_gbps(size_t bs, unsigned long iters)
-{
-	unsigned char *a = malloc(bs), *b = malloc(bs);
-	uint64_t t0, t;
-
-	memset(a, 1, bs);
-	memset(b, 2, bs);
-	for (int i = 0; i < 3; i++)
-		memcpy(b, a, bs);
-	t0 = now_ns();
-	for (unsigned long i = 0; i < iters; i++) {
-		memcpy(b, a, bs);
-		__asm__ volatile("" : : "r"(b) : "memory");
-	}
-	t = now_ns() - t0;
-	free(a);
-	free(b);
-	return (double)bs * iters / t;
-}
+#include "timing.h"
 
 struct codec_args {
 	const char *policy;
