@@ -852,6 +852,11 @@ int kvc_clients_0_3(kvc_client *c, struct kvc_client_info *out, size_t max, size
 #define STATS_SIZE_0_2	     7304
 #define BLOCK_INFO_SIZE_0_2  56
 #define CLIENT_INFO_SIZE_0_2 104
+/* a struct may grow from one release to the next, never shrink */
+static_assert(sizeof(struct kvc_stats) >= STATS_SIZE_0_2 &&
+		      sizeof(struct kvc_block_info) >= BLOCK_INFO_SIZE_0_2 &&
+		      sizeof(struct kvc_client_info) >= CLIENT_INFO_SIZE_0_2,
+	      "release 0.2's structs are prefixes of this release's");
 
 __asm__(".symver kvc_stats_0_2, kvc_stats@KVC_0.1");
 __asm__(".symver kvc_list_0_2, kvc_list@KVC_0.1");

@@ -169,6 +169,7 @@ struct work {
 	uint16_t *par;	    /* T x D x 2: group scale and zero */
 	uint8_t *pc;	    /* T x D x 2: the same as params=u8 codes */
 	float *chan;	    /* T x D: KIVI keys by [group][channel][token] */
+	const float *e4m3;  /* decode: kvcd_e4m3_lut(), looked up once per block */
 	uint8_t *chanm;	    /* T x D: their sparse marks, the same way */
 	float *rcos, *rsin; /* T x head_dim / 2: RoPE angles, for policies with rope */
 	void *mem;
@@ -542,7 +543,7 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 {
 	const struct shape *s = u->s;
 	const uint8_t *par = *in, *codes = *in + (size_t)s->nq * s->ngt * 2;
-	const float *lut = kvcd_e4m3_lut();
+	const float *lut = w->e4m3;
 
 	for (uint32_t r = 0; r < s->nq; r++) {
 		float *x = w->tile + (size_t)w->reg[r] * w->ts;
@@ -1000,6 +1001,7 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	if (err)
 		return err;
 	rope_tables(p, engine, pos, &w);
+	w.e4m3 = p->kind == KVCD_CODEC_FP8 ? kvcd_e4m3_lut() : NULL;
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
