@@ -569,7 +569,7 @@ Test(codec, simd_equals_scalar_on_blocks)
 	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
 		struct kvcd_policy p = P(pols[pi]);
 		uint64_t n = kvcd_codec_size(&p, &l, false, 0);
-		void *e[3], *d[3];
+		void *e[KVCD_ISA_AVX512_VNNI + 1], *d[KVCD_ISA_AVX512_VNNI + 1];
 		struct kvcp_layout back;
 
 		for (int isa = 0; isa <= (int)kvcd_isa_best(); isa++) {

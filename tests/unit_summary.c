@@ -63,7 +63,7 @@ Test(summary, stored_bounds_score_never_below_the_best_key)
 		uint32_t layer = (uint32_t)(t_urand() * 2), g = qh / 2;
 		size_t n = (size_t)2 * 2 * l.tokens * 2 * d;
 		double best = -INFINITY;
-		float l1 = 0, sc[3];
+		float l1 = 0, sc[KVCD_ISA_AVX512_VNNI + 1];
 
 		for (size_t i = 0; i < n; i++) {
 			raw[i] = t_nrand() * (i % d == 1 ? 8.0f : 1.0f);
