@@ -14,7 +14,7 @@
 CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
-VERSION := 0.3.0	# the one place: kvc.h, kvc_version(), kvcd --version and the .pc read it
+VERSION := 0.4.0	# the one place: kvc.h, kvc_version(), kvcd --version and the .pc read it
 PKGS    := libxxhash hwloc inih libsystemd
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
@@ -147,7 +147,12 @@ $(BUILD)/abi-0.2-client: tests/abi/old_client.c $(BUILD)/abi/libkvcclient.so $(B
 	$(CC) $(CFLAGS) $(KFLAGS) -Itests/abi -o $@ $< -L$(BUILD)/abi -lkvcclient \
 		-Wl,-rpath,'$$ORIGIN'
 
-test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client
+test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client $(BUILD)/ubsan/kvcd
+
+# kvcd with -fsanitize=alignment, for it_align: any misaligned element access aborts it.
+$(BUILD)/ubsan/kvcd: $(DAEMON_SRC) $(CODEC_SRC) daemon/main.c daemon/*.h daemon/codec/*.h proto/*.h
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/ubsan \
+		CFLAGS="-O1 -g -fsanitize=alignment -fno-sanitize-recover=alignment" $(BUILD)/ubsan/kvcd
 
 # The tree follows .clang-format (clang-format 14, Debian 12's); tests/abi/ keeps the previous
 # release's header as it was.
@@ -173,7 +178,8 @@ test: deps
 		{ echo "docs/policies.md differs from the policy table: run make docs"; exit 1; }
 	@set -e; fail=0; for t in $(TESTS); do \
 		echo "== $$t"; \
-		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd $(BUILD)/tests/$$t --jobs 2 || fail=1; \
+		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd KVCD_UBSAN_BIN=$(CURDIR)/$(BUILD)/ubsan/kvcd \
+			$(BUILD)/tests/$$t --jobs 2 || fail=1; \
 	done; \
 	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
 

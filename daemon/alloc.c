@@ -115,10 +115,22 @@ int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size)
 	return 0;
 }
 
-void *kvcd_alloc(struct kvcd_alloc *a, size_t n)
+/* The payload a request of @n bytes takes, and the least free block size that is sure to
+ * be found for it (every block of the list searched is large enough). */
+static uint64_t request_size(size_t n, uint64_t *search)
 {
 	uint64_t size = n < HDR ? HDR : ((uint64_t)n + HDR - 1) & ~(uint64_t)(HDR - 1);
-	uint64_t search = size;
+
+	*search = size;
+	if (size >= SMALL)
+		*search += (1ull << (63u - (unsigned)__builtin_clzll(size) - KVCD_ALLOC_SL_LOG2)) -
+			   1;
+	return size;
+}
+
+void *kvcd_alloc(struct kvcd_alloc *a, size_t n)
+{
+	uint64_t search, size = request_size(n, &search);
 	unsigned fl, sl;
 	uint32_t slmap;
 	uint64_t flmap;
@@ -126,9 +138,6 @@ void *kvcd_alloc(struct kvcd_alloc *a, size_t n)
 
 	if (n > a->size)
 		return NULL;
-	if (size >= SMALL) /* round up so that every block of the list found fits */
-		search += (1ull << (63u - (unsigned)__builtin_clzll(size) - KVCD_ALLOC_SL_LOG2)) -
-			  1;
 	mapping(search, &fl, &sl);
 	if (fl >= KVCD_ALLOC_FL_MAX)
 		return NULL;
@@ -175,6 +184,93 @@ void kvcd_free(struct kvcd_alloc *a, void *p)
 	}
 	next_phys(b)->prev_phys = b;
 	insert_free(a, b);
+}
+
+void *kvcd_alloc_tag(void *p)
+{
+	return (char *)p - HDR + offsetof(struct kvcd_fblk, next_free);
+}
+
+static_assert(HDR - offsetof(struct kvcd_fblk, next_free) == KVCD_ALLOC_TAG_BYTES, "tag size");
+
+/* Would a free block of @size be found by a search that starts at @search's list? */
+static bool class_at_least(uint64_t size, uint64_t search)
+{
+	unsigned fl, sl, sfl, ssl;
+
+	mapping(size, &fl, &sl);
+	mapping(search, &sfl, &ssl);
+	return fl > sfl || (fl == sfl && sl >= ssl);
+}
+
+bool kvcd_alloc_frees_room(const struct kvcd_alloc *a, void *p, size_t n,
+			   bool (*gone)(void *payload, void *arg), void *arg)
+{
+	struct kvcd_fblk *b = (struct kvcd_fblk *)((char *)p - HDR), *x;
+	uint64_t search, run = bsize(b);
+
+	request_size(n, &search);
+	if (n > a->size)
+		return false;
+	for (x = b->prev_phys; x && ((x->size & F_FREE) || gone((char *)x + HDR, arg));
+	     x = x->prev_phys)
+		run += HDR + bsize(x);
+	for (x = next_phys(b); bsize(x) && ((x->size & F_FREE) || gone((char *)x + HDR, arg));
+	     x = next_phys(x))
+		run += HDR + bsize(x);
+	return class_at_least(run, search);
+}
+
+int kvcd_alloc_adopt(struct kvcd_alloc *a, void *base, size_t size,
+		     bool (*keep)(void *payload, void *arg), void *arg)
+{
+	uintptr_t start = ((uintptr_t)base + HDR - 1) & ~(uintptr_t)(HDR - 1);
+	struct kvcd_fblk *b, *prev = NULL, *run = NULL;
+	uint64_t usable;
+	char *end;
+
+	memset(a, 0, sizeof(*a));
+	if (start - (uintptr_t)base + 3 * HDR > size)
+		return -EINVAL;
+	usable = (size - (start - (uintptr_t)base)) & ~(uint64_t)(HDR - 1);
+	if (usable >= (1ull << (KVCD_ALLOC_FL_MAX + FL_SHIFT - 1)))
+		return -EINVAL;
+	a->base = (char *)start;
+	a->size = usable;
+	end = a->base + usable - HDR; /* the sentinel */
+	/* First pass: the chain of sizes must lead exactly to the sentinel. Nothing is
+	 * written until it does, so a pool that is not ours is left as it was. */
+	for (b = (struct kvcd_fblk *)a->base; (char *)b != end; b = next_phys(b))
+		if ((char *)b > end || bsize(b) % HDR || !bsize(b) ||
+		    bsize(b) > (uint64_t)(end - (char *)b) - HDR)
+			return -EBADMSG;
+	if (bsize(b))
+		return -EBADMSG;
+	/* Second pass: keep what @keep keeps; everything else becomes free, coalesced. */
+	for (b = (struct kvcd_fblk *)a->base; (char *)b != end;) {
+		struct kvcd_fblk *next = next_phys(b);
+		bool kept = !(b->size & F_FREE) && keep((char *)b + HDR, arg);
+
+		b->prev_phys = prev;
+		b->size &= ~F_FREE;
+		if (kept) {
+			if (run)
+				insert_free(a, run);
+			run = NULL;
+			a->used += bsize(b) + HDR;
+			prev = b;
+		} else if (run) {
+			run->size = bsize(run) + HDR + bsize(b);
+		} else {
+			run = b;
+			prev = b;
+		}
+		b = next;
+	}
+	if (run)
+		insert_free(a, run);
+	b->prev_phys = prev;
+	return 0;
 }
 
 size_t kvcd_alloc_charge(const void *p)

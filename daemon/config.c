@@ -38,6 +38,11 @@ void kvcd_config_defaults(struct kvcd_config *c)
 	c->lease_max_ms = 60000;
 	c->busy_poll_us = 100;
 	c->max_clients = 256;
+	c->max_pending = 64;
+	c->max_pending_per_uid = 8;
+	c->handshake_ms = 500;
+	c->max_pins = 65536;
+	c->max_lookup_keys = 1u << 18;
 }
 
 int kvcd_parse_size(const char *s, uint64_t *out)
@@ -100,6 +105,11 @@ static int parse_uint(const char *v, unsigned long max, unsigned *out)
 		return -EINVAL;
 	*out = (unsigned)x;
 	return 0;
+}
+
+static int parse_positive(const char *v, unsigned long max, unsigned *out)
+{
+	return parse_uint(v, max, out) || !*out ? -EINVAL : 0;
 }
 
 /* "0, alice, 1000" -> ids, resolving names with getpwnam/getgrnam. */
@@ -186,7 +196,24 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 	} else if (!strcmp(k, "busy_poll_us")) {
 		return parse_uint(v, 1000000, &c->busy_poll_us);
 	} else if (!strcmp(k, "max_clients")) {
-		return parse_uint(v, 1u << 16, &c->max_clients);
+		return parse_positive(v, 1u << 16, &c->max_clients);
+	} else if (!strcmp(k, "max_pending")) {
+		return parse_positive(v, 4096, &c->max_pending);
+	} else if (!strcmp(k, "max_pending_per_uid")) {
+		return parse_positive(v, 4096, &c->max_pending_per_uid);
+	} else if (!strcmp(k, "handshake_timeout_ms")) {
+		return parse_positive(v, 60000, &c->handshake_ms);
+	} else if (!strcmp(k, "max_pins")) {
+		return parse_positive(v, 1u << 24, &c->max_pins);
+	} else if (!strcmp(k, "max_lookup_keys")) {
+		return parse_positive(v, 1u << 26, &c->max_lookup_keys);
+	} else if (!strcmp(k, "admin_uids")) {
+		c->nadmin = 0;
+		return parse_ids(v, false, c->admin_uids, &c->nadmin);
+	} else if (!strcmp(k, "state_dir")) {
+		if (strlen(v) >= sizeof(c->state_dir) - 16)
+			return -ENAMETOOLONG;
+		strcpy(c->state_dir, v);
 	} else if (!strcmp(k, "strict_namespaces")) {
 		return parse_bool(v, &c->strict_ns);
 	} else if (!strcmp(k, "policy")) {
@@ -232,6 +259,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = parse_ids(v, true, a->gids, &a->ngids);
 		else if (!strcmp(k, "policy") && !(err = parse_policy(v, &a->policy)))
 			a->has_policy = true;
+		else if (!strcmp(k, "quota"))
+			err = kvcd_parse_size(v, &a->quota) || !a->quota ? -EINVAL : 0;
 	}
 	if (err) {
 		fprintf(stderr, "kvcd: %s: [%s] %s = %s: %s\n", x->path, section, k, v,
@@ -254,12 +283,55 @@ int kvcd_config_load(struct kvcd_config *c, const char *path)
 		fprintf(stderr, "kvcd: %s:%d: syntax error\n", path, r);
 		return -EINVAL;
 	}
-	if (!x.err && c->low_wm > c->high_wm) {
-		fprintf(stderr, "kvcd: %s: low_watermark (%u) is above high_watermark (%u)\n", path,
-			c->low_wm, c->high_wm);
+	return x.err;
+}
+
+int kvcd_config_check(const struct kvcd_config *c)
+{
+	const char *why = NULL;
+	char buf[160];
+
+	if (c->low_wm > c->high_wm) {
+		snprintf(buf, sizeof(buf), "low_watermark (%u) is above high_watermark (%u)",
+			 c->low_wm, c->high_wm);
+		why = buf;
+	} else if (c->staging_default > c->staging_max) {
+		snprintf(buf, sizeof(buf),
+			 "staging_size (%llu) is larger than staging_max (%llu): every attach "
+			 "that takes the default would fail",
+			 (unsigned long long)c->staging_default,
+			 (unsigned long long)c->staging_max);
+		why = buf;
+	} else if (!c->max_clients || !c->max_pending || !c->max_pending_per_uid) {
+		why = "max_clients, max_pending and max_pending_per_uid must be at least 1";
+	} else if (c->max_pending_per_uid > c->max_pending) {
+		snprintf(buf, sizeof(buf), "max_pending_per_uid (%u) is above max_pending (%u)",
+			 c->max_pending_per_uid, c->max_pending);
+		why = buf;
+	} else if (c->pool_size < (1u << 20)) {
+		why = "pool_size must be at least 1M";
+	}
+	for (unsigned i = 0; !why && i < c->nns; i++)
+		if (c->ns[i].quota && c->ns[i].quota < (1u << 20)) {
+			snprintf(buf, sizeof(buf), "[namespace %s] quota must be at least 1M",
+				 c->ns[i].name);
+			why = buf;
+		}
+	if (why) {
+		fprintf(stderr, "kvcd: configuration: %s\n", why);
 		return -EINVAL;
 	}
-	return x.err;
+	return 0;
+}
+
+bool kvcd_config_admin(const struct kvcd_config *c, uid_t uid, uid_t euid)
+{
+	if (uid == 0 || uid == euid)
+		return true;
+	for (unsigned i = 0; i < c->nadmin; i++)
+		if (c->admin_uids[i] == uid)
+			return true;
+	return false;
 }
 
 const struct kvcd_policy *kvcd_config_policy(const struct kvcd_config *c, const char *ns)
@@ -279,7 +351,8 @@ const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char
 
 /* A listed namespace admits exactly its uids and gids; an unlisted one admits everyone who
  * can open the socket, unless strict_namespaces is set. */
-bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid)
+bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid,
+			const gid_t *groups, unsigned ngroups)
 {
 	const struct kvcd_ns_acl *a = kvcd_config_ns(c, ns);
 
@@ -290,8 +363,12 @@ bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, 
 	for (unsigned i = 0; i < a->nuids; i++)
 		if (a->uids[i] == uid)
 			return true;
-	for (unsigned i = 0; i < a->ngids; i++)
+	for (unsigned i = 0; i < a->ngids; i++) {
 		if (a->gids[i] == gid)
 			return true;
+		for (unsigned j = 0; j < ngroups; j++)
+			if (a->gids[i] == groups[j])
+				return true;
+	}
 	return false;
 }

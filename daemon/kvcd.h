@@ -30,6 +30,7 @@ struct kvcd_ns_acl {
 	unsigned nuids, ngids;
 	bool has_policy;
 	struct kvcd_policy policy; /* [namespace NAME] policy = ... */
+	uint64_t quota;		   /* pool bytes the namespace may hold; 0: no quota */
 };
 
 enum {
@@ -53,7 +54,15 @@ struct kvcd_config {
 	uint32_t lease_max_ms;
 	unsigned busy_poll_us;
 	unsigned max_clients;
-	bool strict_ns; /* refuse namespaces the config does not list */
+	unsigned max_pending;	      /* connections that have not finished attaching */
+	unsigned max_pending_per_uid; /* of them, from one uid */
+	unsigned handshake_ms;	      /* a connection that says nothing this long is dropped */
+	unsigned max_pins;	      /* pins one client may hold */
+	unsigned max_lookup_keys;     /* keys in one LOOKUP */
+	uint32_t admin_uids[KVCD_MAX_IDS]; /* besides root and kvcd's own uid */
+	unsigned nadmin;
+	char state_dir[108]; /* pools kept here as files, for warm restarts; "": memfds */
+	bool strict_ns;	     /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
@@ -69,8 +78,15 @@ int kvcd_parse_size(const char *s, uint64_t *out);
 const struct kvcd_ns_acl *kvcd_config_ns(const struct kvcd_config *c, const char *ns);
 /* The policy namespace @ns starts with. */
 const struct kvcd_policy *kvcd_config_policy(const struct kvcd_config *c, const char *ns);
-/* May a peer with @uid/@gid use namespace @ns? */
-bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid);
+/* May a peer with @uid, primary @gid and supplementary @groups[0..@ngroups) use namespace
+ * @ns? */
+bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, gid_t gid,
+			const gid_t *groups, unsigned ngroups);
+/* Check values against each other (after the file and the command line). Returns 0 or
+ * -EINVAL with the reason on stderr. */
+int kvcd_config_check(const struct kvcd_config *c);
+/* Is @uid an administrator: root, kvcd's own uid, or listed in admin_uids? */
+bool kvcd_config_admin(const struct kvcd_config *c, uid_t uid, uid_t euid);
 
 /* ---- os_linux.c: every raw syscall the daemon makes on memory goes through this table, so
  * tests can inject failures (SQLite's VFS syscall table). -------------------------------------- */
@@ -144,6 +160,19 @@ void kvcd_free(struct kvcd_alloc *a, void *p);
 size_t kvcd_alloc_charge(const void *p);
 /* Largest request that would succeed right now. */
 size_t kvcd_alloc_largest(const struct kvcd_alloc *a);
+/* The KVCD_ALLOC_TAG_BYTES of @p's header its owner may use while @p is allocated (the
+ * store keeps its block record there). */
+#define KVCD_ALLOC_TAG_BYTES 48u
+void *kvcd_alloc_tag(void *p);
+/* Would freeing allocated block @p, with its neighbours that are free or that @gone says
+ * will be freed too, make room for a request of @n bytes? Walks @p's run only. */
+bool kvcd_alloc_frees_room(const struct kvcd_alloc *a, void *p, size_t n,
+			   bool (*gone)(void *payload, void *arg), void *arg);
+/* Take over the blocks an earlier kvcd_alloc left in [base, base + size): the chain of
+ * block sizes must be intact (-EBADMSG, nothing written, when it is not); allocated blocks
+ * that @keep keeps stay allocated, the rest is freed. Returns 0, -EINVAL or -EBADMSG. */
+int kvcd_alloc_adopt(struct kvcd_alloc *a, void *base, size_t size,
+		     bool (*keep)(void *payload, void *arg), void *arg);
 /* Walk every block and check the invariants (test aid). Returns 0 or -EFAULT. */
 int kvcd_alloc_check(const struct kvcd_alloc *a);
 
@@ -164,6 +193,7 @@ struct kvcd_pool {
 	uint32_t hand; /* CLOCK hand over this pool's blocks (record id;
 					 * 0: none) */
 	uint64_t blocks;
+	uint64_t pinned; /* blocks with pins */
 };
 
 /* Map, bind to @node (when @bind), lock and prefault @size bytes. Errors are printed with
@@ -184,7 +214,8 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
 	1u		 /* being filled: invisible to lookups (the slot's state says
 				 * so too; this copy spares CLOCK a read of the slot) */
 #define KVCD_BLK_DEAD 2u /* removed from the index; freed when refs drops to 0 */
-#define KVCD_BLK_REF  4u /* CLOCK reference bit */
+#define KVCD_BLK_REF	 4u /* CLOCK reference bit */
+#define KVCD_BLK_VICTIM 8u /* chosen for eviction by a STORE that may yet give up */
 
 /* A block's entry in the index, which holds all a lookup reads: a LOOKUP at a million
  * blocks costs this one cache miss, not also its record's. 24 bytes, open addressing with
@@ -224,12 +255,25 @@ struct kvcd_block {
 _Static_assert(sizeof(struct kvcd_block) == 64, "block record size");
 _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 
-struct kvcd_pin {
-	struct kvcd_pin *next;
-	struct kvcd_block *b;
-	uint32_t owner; /* session id */
-	uint64_t deadline_ns;
+/* Who holds pins: a session. Under the store lock. */
+struct kvcd_pin_owner {
+	uint32_t id;	/* session id */
+	uint32_t count; /* pins held */
+	uint32_t head;	/* first of its pins + 1; 0: none */
 };
+
+/* A pin: a lease on block record @rec. Pins sit in one dense array, chained by (rec, owner)
+ * hash and listed per owner, so pinning, unpinning and dropping a client's pins cost neither
+ * a malloc nor a walk of everyone's pins (store.c). */
+struct kvcd_pin {
+	uint32_t rec;
+	uint32_t hnext; /* next pin of its hash chain + 1; 0: end */
+	uint64_t deadline_ns;
+	struct kvcd_pin_owner *owner;
+	uint32_t onext, oprev; /* the owner's list, index + 1 */
+};
+
+#define KVCD_STORE_NS 256 /* namespace ids: a block record keeps one in 8 bits */
 
 struct kvcd_store {
 	pthread_mutex_t lock;
@@ -242,14 +286,26 @@ struct kvcd_store {
 	uint32_t free_recs; /* block records not in use (id; 0: none) */
 	void **slabs;	    /* 2 MiB each, record id >> 15 */
 	size_t nslabs;
-	struct kvcd_pin *pins;
+	struct kvcd_pin *pins;	/* npins in use of cap_pins */
+	uint32_t *pin_heads;	/* hash chains (index + 1), npin_heads a power of two */
+	size_t cap_pins, npin_heads;
+	uint64_t pin_next_deadline; /* no lease ends before this */
+	uint64_t *picked;	    /* victims and REF bits cleared by one STORE's sweep */
+	size_t npicked, cap_picked;
 	unsigned high_wm, low_wm;
 	struct kvcd_store_ns {
-		char name[KVCP_NS_MAX];
+		char name[KVCP_NS_MAX];	   /* "": a free entry */
 		struct kvcd_policy policy; /* applied to STOREs with layout.codec 0 */
 		uint64_t blocks, bytes_in, bytes_stored, fallbacks;
-	} ns[KVCD_MAX_NS * 8]; /* namespace id -> namespace */
-	unsigned nns;
+		uint64_t quota;	  /* pool bytes it may hold; 0: none */
+		uint64_t charged; /* pool bytes it holds, unfinished STOREs included */
+		uint64_t pinned;  /* of them, in blocks with pins */
+		uint32_t attached; /* sessions (references): reclaimed when 0 and empty */
+	} ns[KVCD_STORE_NS]; /* namespace id -> namespace */
+	unsigned nns;	     /* ids below this may be in use */
+	void (*ns_changed)(struct kvcd_store *s, unsigned id, void *arg); /* names, for
+									    * restarts */
+	void *ns_arg;
 	/* counters, under lock */
 	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
 };
@@ -257,8 +313,12 @@ struct kvcd_store {
 int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npools,
 		    unsigned high_wm, unsigned low_wm);
 void kvcd_store_fini(struct kvcd_store *s);
-/* Id of namespace @name, creating it with policy @init. Returns the id or -ENOSPC. */
-int kvcd_store_ns(struct kvcd_store *s, const char *name, const struct kvcd_policy *init);
+/* Take a reference on namespace @name, creating it with policy @init and @quota (bytes, 0:
+ * none). Returns its id, or -ENFILE when the table is full. */
+int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_policy *init,
+		      uint64_t quota);
+/* Drop a reference; a namespace with no reference and no block is forgotten. */
+void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns);
 /* Read or replace namespace @ns's policy. */
 void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out);
 void kvcd_store_set_policy(struct kvcd_store *s, uint16_t ns, const struct kvcd_policy *p);
@@ -266,8 +326,10 @@ void kvcd_store_set_policy(struct kvcd_store *s, uint16_t ns, const struct kvcd_
 void kvcd_store_fallback(struct kvcd_store *s, uint16_t ns);
 
 /* Reserve room for a block of @stored bytes on the first pool of @order that has it, evicting
- * when none does. The block is invisible until kvcd_store_commit(). Returns 0, -EEXIST,
- * -ENOSPC (nothing evictable) or -ENOMEM. */
+ * when none does; a namespace over its quota evicts its own blocks, and never another's that
+ * is within its quota. The block is invisible until kvcd_store_commit(). Returns 0, -EEXIST,
+ * -ENOSPC (not even evicting would make room), -EDQUOT (nor within the quota) or -ENOMEM; on
+ * error nothing was evicted. */
 int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
 		       const struct kvcp_layout *layout, uint64_t stored, const uint8_t *order,
 		       unsigned norder, struct kvcd_block **out);
@@ -285,21 +347,25 @@ int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 		   struct kvcd_block **out);
 /* Drop a reference; @corrupt also removes the block from the index. */
 void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt);
-/* Length of the longest prefix of @keys that is cached. */
+/* Length of the longest prefix of @keys that is cached. The lock is taken per slice of
+ * keys, so a long LOOKUP does not hold other workers up. */
 size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n);
 int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key);
-int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner,
-		   uint64_t deadline_ns);
-int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner);
-/* Drop pins whose lease ended before @now_ns, or that @owner (0 = none) holds. Returns the
- * number dropped. */
-unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, uint32_t owner);
+/* Pin a block for @o until @deadline_ns; @o holds at most @max pins (-EDQUOT beyond). */
+int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		   struct kvcd_pin_owner *o, uint64_t deadline_ns, unsigned max);
+int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		     struct kvcd_pin_owner *o);
+/* Drop every pin @o holds (@o non-NULL), or the pins whose lease ended by @now_ns. Returns
+ * the number dropped. */
+unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, struct kvcd_pin_owner *o);
 /* Evict until every pool is under its low watermark, if it is over its high one; with
  * @target_free, until that many bytes are free (UINT64_MAX: everything unpinned). Returns the
  * number of blocks evicted. */
 uint64_t kvcd_store_reclaim(struct kvcd_store *s, uint64_t target_free);
-/* Fill the store's part of @st. */
-void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st);
+/* Fill the store's part of @st, listing the namespaces @show (NULL: all) shows. */
+void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
+		      bool (*show)(const char *name, void *arg), void *arg);
 /* Up to @max blocks of @ns from position @start on, in index order. */
 unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
 			 struct kvcp_list_ent *out, unsigned max);
@@ -334,6 +400,16 @@ struct kvcd_session {
 	/* policies registered with KVCP_OP_POLICY: slot i is layout.codec i + 1 (worker only) */
 	struct kvcd_policy pol[KVCP_POLICY_SLOTS];
 	unsigned npol;
+	struct kvcd_pin_owner pins; /* under the store lock */
+
+	/* a request executed in slices (a long LOOKUP): the worker serves other sessions in
+	 * between and takes nothing else from this ring until it is done */
+	struct kvcd_cont {
+		bool active;
+		struct kvcp_sqe sqe; /* the request, as read */
+		uint64_t done;	     /* keys looked up so far, all cached */
+		uint64_t ns;	     /* service time so far */
+	} cont;
 
 	uint64_t requests, bad_requests; /* written by the worker, read relaxed */
 	int broken;			 /* protocol violation: main thread disconnects */
@@ -395,9 +471,12 @@ void kvcd_worker_remove(struct kvcd_worker *w, struct kvcd_session *s);
 /* ---- ops.c: the request handlers ------------------------------------------------------------ */
 
 /* Validate and execute @sqe, a copy of what @s submitted, into @cqe. Called by @s's worker
- * (and by tests); never blocks on anything but the store lock. */
-void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *sqe,
+ * (and by tests); never blocks on anything but the store lock. Returns false when the
+ * request was only begun (s->cont): kvcd_resume() goes on with it later. */
+bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *sqe,
 		  struct kvcp_cqe *cqe);
+/* Go on with s->cont for one more slice; true when @cqe holds its completion. */
+bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe);
 
 /* ---- main.c and stats.c: the daemon object --------------------------------------------------------------- */
 
@@ -407,7 +486,8 @@ struct kvcd {
 	struct kvcd_pool pools[KVCD_MAX_NODES];
 	unsigned npools;
 	struct kvcd_store store;
-	struct kvcd_worker *workers;
+	struct kvcd_worker *workers; /* max_workers slots, nworkers running */
+	unsigned nworkers, max_workers;
 	uint64_t boot_token, start_ns;
 	uid_t euid;
 	int reap_fd; /* eventfd: a worker found a broken session */
@@ -419,9 +499,12 @@ struct kvcd {
 	uint32_t next_id;
 };
 
-/* Snapshot of the attached clients, for the CLIENTS request. Returns the count. */
-unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max);
-/* Fill the whole STATS answer. */
-void kvcd_stats(struct kvcd *d, struct kvcp_stats *st);
+/* Snapshot of the attached clients @asker may see (all for an admin, else its uid's), for
+ * the CLIENTS request. Returns the count. */
+unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker,
+		      struct kvcp_client_ent *out, unsigned max);
+/* Fill the whole STATS answer; a non-admin @asker sees only the namespaces its uid is
+ * attached to. */
+void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_stats *st);
 
 #endif /* KVCD_H */

@@ -3,8 +3,10 @@
  * The main thread owns one epoll set: the listening socket, a signalfd (SIGTERM/SIGINT), a
  * 100 ms timerfd (lease expiry, watermark eviction, systemd watchdog), an eventfd on which
  * workers report broken sessions, and for every client its socket (EOF = gone) and pidfd
- * (readable = exited). Attach handshakes are non-blocking: a client that connects and says
- * nothing is dropped after a second without holding anyone up.
+ * (readable = exited). Attach handshakes are non-blocking: a connection that says nothing is
+ * dropped after handshake_timeout_ms, one uid holds at most max_pending_per_uid of the
+ * max_pending handshakes, and when they are all taken the newest connection displaces the
+ * oldest of the uid that holds most, so silent connections cannot lock others out.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,9 +36,11 @@
 #define SO_PEERPIDFD 77
 #endif
 
-#define MAX_PENDING  64
-#define HANDSHAKE_NS 1000000000ull
-#define TICK_MS	     100
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+#define TICK_MS 100
 
 enum ev_type {
 	EV_LISTEN,
@@ -56,7 +60,8 @@ struct ev {
 struct pending {
 	struct ev ev;
 	int fd;
-	uint64_t deadline;
+	uid_t uid;
+	uint64_t deadline; /* also the order of arrival */
 };
 
 struct client {
@@ -70,7 +75,9 @@ static struct {
 	struct kvcd d;
 	int epfd, lfd, sigfd, timerfd;
 	struct ev ev_listen, ev_signal, ev_timer, ev_reap;
-	struct pending pending[MAX_PENDING];
+	struct pending *pending; /* cfg.max_pending of them; fd -1: free */
+	dev_t sock_dev;		 /* the socket file we bound, so that we only remove ours */
+	ino_t sock_ino;
 	uint64_t watchdog_usec, last_watchdog;
 	int ready_pipe;	     /* daemonized: tell the parent we are up */
 	struct client *dead; /* detached clients, freed by bury_dead() */
@@ -166,14 +173,30 @@ static int peer_pidfd(int fd, pid_t pid)
 	return pid > 0 ? kvcd_pidfd_open(pid) : -1;
 }
 
-static unsigned pick_worker(struct kvcd *d)
+/* The least busy of the configured workers with room; when they are all full, the first
+ * overflow worker with room, started on demand (each worker waits on at most
+ * KVCD_WORKER_MAX_SESSIONS rings, so max_clients may need more than cfg.workers). Returns
+ * the index or -EUSERS. */
+static int pick_worker(struct kvcd *d)
 {
-	unsigned best = 0;
+	int best = -1;
 
-	for (unsigned i = 1; i < d->cfg.workers; i++)
-		if (d->workers[i].nsessions < d->workers[best].nsessions)
-			best = i;
-	return best;
+	for (unsigned i = 0; i < d->cfg.workers; i++)
+		if (d->workers[i].nsessions < KVCD_WORKER_MAX_SESSIONS &&
+		    (best < 0 || d->workers[i].nsessions < d->workers[best].nsessions))
+			best = (int)i;
+	for (unsigned i = d->cfg.workers; best < 0 && i < d->max_workers; i++) {
+		if (i == d->nworkers) {
+			if (kvcd_worker_start(&d->workers[i], d, i))
+				return -EUSERS;
+			d->nworkers++;
+			fprintf(stderr, "kvcd: %u clients: started overflow worker %u\n",
+				d->nsessions, i);
+		}
+		if (d->workers[i].nsessions < KVCD_WORKER_MAX_SESSIONS)
+			best = (int)i;
+	}
+	return best < 0 ? -EUSERS : best;
 }
 
 static int add_session(struct kvcd *d, struct kvcd_session *s)
@@ -203,12 +226,19 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	uint64_t staging = req->staging_size ? req->staging_size : d->cfg.staging_default;
+	gid_t groups[256];
+	socklen_t glen = sizeof(groups);
+	unsigned ngroups;
 	struct client *c;
-	int fds[2], err, ns;
+	int fds[2], err, ns, worker;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
 		return -errno;
-	if (!kvcd_config_allows(&d->cfg, req->ns, cred.uid, cred.gid)) {
+	/* the peer's supplementary groups as they were at connect(); none if the kernel cannot
+	 * say (or has more than we look at), which only ever refuses */
+	ngroups = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) ? 0
+									   : glen / sizeof(gid_t);
+	if (!kvcd_config_allows(&d->cfg, req->ns, cred.uid, cred.gid, groups, ngroups)) {
 		fprintf(stderr,
 			"kvcd: refused pid %d uid %u gid %u: not allowed in namespace '%s'\n",
 			(int)cred.pid, cred.uid, cred.gid, req->ns);
@@ -218,44 +248,63 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 		return -EUSERS;
 	if (staging > d->cfg.staging_max)
 		return -E2BIG;
-	ns = kvcd_store_ns(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns));
-	if (ns < 0)
+	worker = pick_worker(d);
+	if (worker < 0)
+		return worker;
+	const struct kvcd_ns_acl *acl = kvcd_config_ns(&d->cfg, req->ns);
+
+	ns = kvcd_store_ns_get(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns),
+			       acl ? acl->quota : 0);
+	if (ns < 0) {
+		fprintf(stderr, "kvcd: refused pid %d: namespace '%s': %s\n", (int)cred.pid,
+			req->ns, ns == -ENFILE ? "the namespace table is full" : strerror(-ns));
 		return ns;
+	}
 	c = calloc(1, sizeof(*c));
-	if (!c)
+	if (!c) {
+		kvcd_store_ns_put(&d->store, (uint16_t)ns);
 		return -ENOMEM;
+	}
 	c->s.sock = fd;
 	c->s.pid = cred.pid;
 	c->s.uid = cred.uid;
 	c->s.gid = cred.gid;
-	c->s.admin = cred.uid == 0 || cred.uid == d->euid;
+	c->s.admin = kvcd_config_admin(&d->cfg, cred.uid, d->euid);
 	c->s.ns_id = (uint16_t)ns;
 	memcpy(c->s.ns, req->ns, sizeof(c->s.ns));
 	c->s.id = ++d->next_id;
+	c->s.pins.id = c->s.id;
 	c->s.pidfd = peer_pidfd(fd, cred.pid);
 	err = kvcd_session_create(d, req, staging, &c->s, fds);
 	if (err)
 		goto out_free;
 	c->ev_sock = (struct ev){ EV_SOCK, c };
 	c->ev_pidfd = (struct ev){ EV_PIDFD, c };
-	err = add_session(d, &c->s);
+	/* a worker with room was picked above and only this thread adds sessions: the client
+	 * is told it is attached only once a worker serves it */
+	err = kvcd_worker_add(&d->workers[worker], &c->s);
 	if (err)
 		goto out_destroy;
+	err = add_session(d, &c->s);
+	if (err) {
+		kvcd_worker_remove(&d->workers[worker], &c->s);
+		goto out_destroy;
+	}
 	reply(fd, 0, &c->s, fds);
 	close(fds[0]);
 	close(fds[1]);
 	watch(fd, &c->ev_sock, EPOLLIN | EPOLLRDHUP);
 	if (c->s.pidfd >= 0)
 		watch(c->s.pidfd, &c->ev_pidfd, EPOLLIN);
-	err = kvcd_worker_add(&d->workers[pick_worker(d)], &c->s);
 	*out = c;
-	return err; /* on error the caller tears the session down like any other */
+	return 0;
 out_destroy:
 	close(fds[0]);
 	close(fds[1]);
 out_free:
 	c->s.sock = -1; /* the caller owns and closes fd */
 	kvcd_session_destroy(&c->s);
+	kvcd_store_ns_put(&d->store, c->s.ns_id);
 	free(c);
 	return err;
 }
@@ -272,7 +321,7 @@ static void detach(struct kvcd *d, struct client *c)
 	unwatch(s->sock);
 	unwatch(s->pidfd);
 	kvcd_worker_remove(&d->workers[s->worker], s);
-	kvcd_store_release_pins(&d->store, 0, s->id);
+	kvcd_store_release_pins(&d->store, 0, &s->pins);
 	pthread_mutex_lock(&d->sessions_lock);
 	for (unsigned i = 0; i < d->nsessions; i++)
 		if (d->sessions[i] == s) {
@@ -282,6 +331,7 @@ static void detach(struct kvcd *d, struct client *c)
 	d->bad_closed += s->bad_requests;
 	pthread_mutex_unlock(&d->sessions_lock);
 	kvcd_session_destroy(s);
+	kvcd_store_ns_put(&d->store, s->ns_id);
 	c->next_dead = g.dead;
 	g.dead = c;
 }
@@ -317,23 +367,67 @@ static void finish_handshake(struct kvcd *d, struct pending *p)
 	p->fd = -1;
 }
 
-static void accept_all(void)
+static void drop_pending(struct pending *p)
+{
+	unwatch(p->fd);
+	close(p->fd);
+	p->fd = -1;
+}
+
+/* A slot for a new connection from @uid: a free one, else the oldest of the uid holding
+ * most (its connection is dropped). NULL when @uid already holds its share. */
+static struct pending *pending_slot(const struct kvcd_config *c, uid_t uid)
+{
+	struct pending *free_slot = NULL, *victim = NULL;
+	unsigned mine = 0, most = 0;
+
+	for (unsigned i = 0; i < c->max_pending; i++) {
+		struct pending *p = &g.pending[i];
+		unsigned n = 0;
+
+		if (p->fd < 0) {
+			free_slot = free_slot ? free_slot : p;
+			continue;
+		}
+		mine += p->uid == uid;
+		for (unsigned j = 0; j < c->max_pending; j++) /* small: max_pending */
+			n += g.pending[j].fd >= 0 && g.pending[j].uid == p->uid;
+		if (n > most || (n == most && victim && p->deadline < victim->deadline)) {
+			most = n;
+			victim = p;
+		}
+	}
+	if (mine >= c->max_pending_per_uid)
+		return NULL;
+	if (free_slot)
+		return free_slot;
+	fprintf(stderr, "kvcd: %u attach handshakes pending: dropping the oldest of uid %u\n",
+		c->max_pending, victim->uid);
+	reply(victim->fd, -EBUSY, NULL, NULL);
+	drop_pending(victim);
+	return victim;
+}
+
+static void accept_all(const struct kvcd_config *c)
 {
 	for (;;) {
 		int fd = accept4(g.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		struct pending *p = NULL;
+		struct ucred cred = { .uid = (uid_t)-1 };
+		socklen_t len = sizeof(cred);
+		struct pending *p;
 
 		if (fd < 0)
 			return;
-		for (unsigned i = 0; i < MAX_PENDING && !p; i++)
-			if (g.pending[i].fd < 0)
-				p = &g.pending[i];
-		if (!p) { /* too many half-open attaches: refuse this one */
+		getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+		p = pending_slot(c, cred.uid);
+		if (!p) { /* this uid has enough half-open attaches: refuse, saying why */
+			reply(fd, -EBUSY, NULL, NULL);
 			close(fd);
 			continue;
 		}
 		p->fd = fd;
-		p->deadline = kvcd_now_ns() + HANDSHAKE_NS;
+		p->uid = cred.uid;
+		p->deadline = kvcd_now_ns() + c->handshake_ms * 1000000ull;
 		p->ev = (struct ev){ EV_PENDING, p };
 		if (watch(fd, &p->ev, EPOLLIN | EPOLLRDHUP)) {
 			close(fd);
@@ -366,15 +460,14 @@ static void tick(struct kvcd *d)
 
 	if (read(g.timerfd, &exp, sizeof(exp)) < 0 && errno != EAGAIN)
 		perror("kvcd: timerfd read");
-	kvcd_store_release_pins(&d->store, now, 0);
+	kvcd_store_release_pins(&d->store, now, NULL);
 	kvcd_store_reclaim(&d->store, 0);
-	for (unsigned i = 0; i < MAX_PENDING; i++) {
+	for (unsigned i = 0; i < d->cfg.max_pending; i++) {
 		struct pending *p = &g.pending[i];
 
 		if (p->fd >= 0 && now > p->deadline) { /* connected but never said who it is */
-			unwatch(p->fd);
-			close(p->fd);
-			p->fd = -1;
+			reply(p->fd, -ETIMEDOUT, NULL, NULL);
+			drop_pending(p);
 		}
 	}
 	if (g.watchdog_usec && now - g.last_watchdog >= g.watchdog_usec * 1000 / 2) {
@@ -406,22 +499,41 @@ static int listen_socket(const struct kvcd_config *c)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), probe;
+	struct stat st;
 
 	if (fd < 0)
 		return -errno;
 	strcpy(sa.sun_path, c->socket);
-	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		fprintf(stderr, "kvcd: another kvcd is already serving %s\n", c->socket);
-		close(probe);
-		close(fd);
-		return -EADDRINUSE;
+	/* Remove only a socket nobody listens on (a dead kvcd's): never a file, a directory
+	 * or the live socket of any server, kvcd or not. */
+	if (lstat(c->socket, &st) == 0) {
+		const char *why = NULL;
+
+		probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (!S_ISSOCK(st.st_mode))
+			why = "it is not a socket";
+		else if (probe < 0)
+			why = strerror(errno);
+		else if (connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			why = "another kvcd is serving it";
+		else if (errno != ECONNREFUSED)
+			why = errno == EPROTOTYPE ? "another server (not kvcd) is listening on it"
+						  : strerror(errno);
+		if (probe >= 0)
+			close(probe);
+		if (why) {
+			fprintf(stderr, "kvcd: will not replace %s: %s\n", c->socket, why);
+			close(fd);
+			return -EADDRINUSE;
+		}
+		unlink(c->socket); /* the stale socket of a kvcd that died */
 	}
-	if (probe >= 0)
-		close(probe);
-	unlink(c->socket); /* stale socket of a dead daemon */
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 128))
 		goto out_err;
+	if (stat(c->socket, &st) == 0) {
+		g.sock_dev = st.st_dev;
+		g.sock_ino = st.st_ino;
+	}
 	if (c->socket_group[0]) {
 		struct group *gr = getgrnam(c->socket_group);
 
@@ -515,7 +627,10 @@ static int setup_loop(void)
 	if (watch(g.sigfd, &g.ev_signal, EPOLLIN) || watch(g.timerfd, &g.ev_timer, EPOLLIN) ||
 	    watch(g.d.reap_fd, &g.ev_reap, EPOLLIN))
 		return -errno;
-	for (unsigned i = 0; i < MAX_PENDING; i++)
+	g.pending = calloc(g.d.cfg.max_pending, sizeof(*g.pending));
+	if (!g.pending)
+		return -ENOMEM;
+	for (unsigned i = 0; i < g.d.cfg.max_pending; i++)
 		g.pending[i].fd = -1;
 	return 0;
 }
@@ -584,7 +699,7 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 	}
 	if (getenv("NOTIFY_SOCKET"))
 		c->foreground = true;
-	return 0;
+	return kvcd_config_check(c);
 }
 
 /* Classic daemonization with a readiness pipe: the parent exits 0 only once the child is
@@ -651,7 +766,7 @@ static void serve(struct kvcd *d)
 			struct ev *e = evs[i].data.ptr;
 
 			switch (e->type) {
-			case EV_LISTEN: accept_all(); break;
+			case EV_LISTEN: accept_all(&d->cfg); break;
 			case EV_SIGNAL: return;
 			case EV_TIMER: tick(d); break;
 			case EV_REAP: reap_broken(d); break;
@@ -667,13 +782,21 @@ static void serve(struct kvcd *d)
 static void shutdown_all(struct kvcd *d)
 {
 	sd_notify(0, "STOPPING=1");
+	struct stat st;
+
 	unwatch(g.lfd);
 	close(g.lfd);
-	unlink(d->cfg.socket);
+	/* ours only: an operator may have started another server there meanwhile */
+	if (stat(d->cfg.socket, &st) == 0 && st.st_dev == g.sock_dev && st.st_ino == g.sock_ino)
+		unlink(d->cfg.socket);
+	for (unsigned i = 0; i < d->cfg.max_pending; i++)
+		if (g.pending[i].fd >= 0)
+			drop_pending(&g.pending[i]);
+	free(g.pending);
 	while (d->nsessions)
 		detach(d, (struct client *)d->sessions[0]);
 	bury_dead();
-	for (unsigned i = 0; i < d->cfg.workers; i++)
+	for (unsigned i = 0; i < d->nworkers; i++)
 		kvcd_worker_stop(&d->workers[i]);
 	kvcd_store_fini(&d->store);
 	for (unsigned i = 0; i < d->npools; i++)
@@ -713,17 +836,21 @@ int main(int argc, char **argv)
 	}
 	g.ev_listen = (struct ev){ EV_LISTEN, NULL };
 	watch(g.lfd, &g.ev_listen, EPOLLIN);
-	d->workers = calloc(d->cfg.workers, sizeof(*d->workers));
+	/* room for the overflow workers max_clients may need (pick_worker) */
+	d->max_workers = (d->cfg.max_clients + KVCD_WORKER_MAX_SESSIONS - 1) /
+			 KVCD_WORKER_MAX_SESSIONS;
+	if (d->max_workers < d->cfg.workers)
+		d->max_workers = d->cfg.workers;
+	d->workers = calloc(d->max_workers, sizeof(*d->workers));
 	if (!d->workers) {
 		err = -ENOMEM;
 		goto fail;
 	}
 	for (unsigned i = 0; i < d->cfg.workers; i++) {
 		err = kvcd_worker_start(&d->workers[i], d, i);
-		if (err) {
-			d->cfg.workers = i;
+		if (err)
 			goto fail;
-		}
+		d->nworkers++;
 	}
 	announce_ready(d);
 	serve(d);

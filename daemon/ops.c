@@ -25,6 +25,17 @@ static uint64_t copy_sum(void *dst, const void *src, size_t n, bool sum)
 	return kvcd_copy_sum(kvcd_isa_best(), dst, src, n);
 }
 
+/* The codec reads and writes f16, bf16 and f32 elements through typed pointers, so it is
+ * only ever given addresses aligned for them (C makes a misaligned access undefined, even
+ * where x86 tolerates it). A client may name any staging offset: a misaligned block goes
+ * through an aligned copy. */
+#define CODEC_ALIGN 8u
+
+static bool misaligned(const void *p)
+{
+	return (uintptr_t)p % CODEC_ALIGN != 0;
+}
+
 /* ---- request execution ------------------------------------------------------------------- */
 
 static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *size)
@@ -130,6 +141,8 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	struct kvcd_aux aux, *ap = NULL;
 	struct kvcd_policy pol;
 	float *scores = NULL, *auxmem = NULL;
+	const char *src = buf + v->off;
+	void *bounce = NULL;
 	int err;
 
 	if (!bytes || (!has_aux && v->len != bytes + sbytes) ||
@@ -156,15 +169,25 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		}
 		memcpy(scores, buf + v->off + bytes, 4ull * v->layout.tokens); /* read once */
 	}
-	err = store_as(d, s, v, &pol, buf + v->off, scores, ap);
+	if (misaligned(src)) {
+		bounce = aligned_alloc(CODEC_ALIGN,
+				       (bytes + CODEC_ALIGN - 1) & ~(CODEC_ALIGN - 1ull));
+		if (!bounce) {
+			err = -ENOMEM;
+			goto out;
+		}
+		src = memcpy(bounce, src, bytes); /* read once, like the rest */
+	}
+	err = store_as(d, s, v, &pol, src, scores, ap);
 	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
 	    (pol.kind != KVCD_CODEC_NONE || kvcd_policy_sel(&pol))) {
 		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
 
 		kvcd_store_fallback(&d->store, s->ns_id);
-		err = store_as(d, s, v, &raw, buf + v->off, NULL, NULL);
+		err = store_as(d, s, v, &raw, src, NULL, NULL);
 	}
 out:
+	free(bounce);
 	free(scores);
 	free(auxmem);
 	return err;
@@ -199,8 +222,21 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	} else if (sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {
 		bad = true;
 	} else {
-		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, buf + v->off, v->len,
-					&l);
+		char *dst = buf + v->off;
+		void *bounce = misaligned(dst)
+				       ? aligned_alloc(CODEC_ALIGN, (raw + CODEC_ALIGN - 1) &
+									    ~(CODEC_ALIGN - 1ull))
+				       : NULL;
+
+		if (misaligned(dst) && !bounce) {
+			kvcd_store_put(&d->store, b, false);
+			return -ENOMEM;
+		}
+		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, bounce ? bounce : dst,
+					bounce ? raw : v->len, &l);
+		if (bounce && !err)
+			memcpy(dst, bounce, raw);
+		free(bounce);
 		bad = err == -EBADMSG;
 		if (err && !bad) {
 			kvcd_store_put(&d->store, b, false);
@@ -389,12 +425,35 @@ out:
 	return res;
 }
 
-static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf)
+/* Keys a LOOKUP looks up before its worker turns to other sessions' rings. */
+#define LOOKUP_SLICE 4096u
+
+/* One slice of the LOOKUP in s->cont. Returns the longest cached prefix once it is known,
+ * or -EINPROGRESS while keys remain and every one so far is cached. */
+static int lookup_slice(struct kvcd *d, struct kvcd_session *s)
+{
+	struct kvcd_cont *c = &s->cont;
+	size_t size, n = c->sqe.len / sizeof(struct kvcp_key), m, hit;
+	const struct kvcp_key *keys =
+		(const struct kvcp_key *)(region(s, &c->sqe, &size) + c->sqe.off);
+
+	m = n - c->done < LOOKUP_SLICE ? n - c->done : LOOKUP_SLICE;
+	hit = kvcd_store_lookup(&d->store, s->ns_id, keys + c->done, m);
+	c->done += hit;
+	if (hit < m || c->done == n)
+		return (int)c->done;
+	return -EINPROGRESS;
+}
+
+static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v)
 {
 	if (v->len % sizeof(struct kvcp_key) || v->off % 8)
 		return -EINVAL;
-	return (int)kvcd_store_lookup(&d->store, s->ns_id, (const struct kvcp_key *)(buf + v->off),
-				      v->len / sizeof(struct kvcp_key));
+	if (v->len / sizeof(struct kvcp_key) > d->cfg.max_lookup_keys)
+		return -E2BIG;
+	s->cont.sqe = *v;
+	s->cont.done = 0;
+	return lookup_slice(d, s);
 }
 
 static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
@@ -408,7 +467,7 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 
 		if (v->len < sizeof(st))
 			return -ENOSPC;
-		kvcd_stats(d, &st);
+		kvcd_stats(d, s, &st);
 		memcpy(buf + v->off, &st, sizeof(st));
 		cqe->value = sizeof(st);
 		return 0;
@@ -416,6 +475,7 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	case KVCP_OP_LIST:
 		if (v->off % 8)
 			return -EINVAL;
+		/* a session lists its own namespace: nothing to hide from it */
 		n = kvcd_store_list(&d->store, s->ns_id, v->arg,
 				    (struct kvcp_list_ent *)(buf + v->off),
 				    (unsigned)(v->len / sizeof(struct kvcp_list_ent)));
@@ -424,7 +484,7 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	case KVCP_OP_CLIENTS:
 		if (v->off % 8)
 			return -EINVAL;
-		n = kvcd_clients(d, (struct kvcp_client_ent *)(buf + v->off),
+		n = kvcd_clients(d, s, (struct kvcp_client_ent *)(buf + v->off),
 				 (unsigned)(v->len / sizeof(struct kvcp_client_ent)));
 		cqe->value = n * sizeof(struct kvcp_client_ent);
 		return (int)n;
@@ -437,7 +497,16 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	return -EBADMSG;
 }
 
-void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+/* The completion of a request: its result, and the session's count of bad ones. */
+static void complete(struct kvcd_session *s, struct kvcp_cqe *cqe, int res)
+{
+	cqe->res = res;
+	if (res == -EBADMSG || res == -EINVAL)
+		__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
+}
+
+bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		  struct kvcp_cqe *cqe)
 {
 	uint64_t ms;
@@ -462,21 +531,36 @@ void kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_NOP: res = 0; break;
 	case KVCP_OP_STORE: res = do_store(d, s, v, buf); break;
 	case KVCP_OP_FETCH: res = do_fetch(d, s, v, buf, cqe); break;
-	case KVCP_OP_LOOKUP: res = do_lookup(d, s, v, buf); break;
+	case KVCP_OP_LOOKUP: res = do_lookup(d, s, v); break;
 	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
 	case KVCP_OP_PIN:
 		ms = v->arg && v->arg < d->cfg.lease_max_ms ? v->arg : d->cfg.lease_max_ms;
-		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, s->id,
-				     kvcd_now_ns() + ms * 1000000ull);
+		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, &s->pins,
+				     kvcd_now_ns() + ms * 1000000ull, d->cfg.max_pins);
 		break;
-	case KVCP_OP_UNPIN: res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, s->id); break;
+	case KVCP_OP_UNPIN: res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, &s->pins); break;
 	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;
 	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
 	default: res = do_admin(d, s, v, buf, cqe); break;
 	}
+	if (res == -EINPROGRESS) {
+		s->cont.active = true;
+		return false;
+	}
 out:
-	cqe->res = res;
-	if (res == -EBADMSG || res == -EINVAL)
-		__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
+	complete(s, cqe, res);
+	return true;
+}
+
+bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
+{
+	int res = lookup_slice(d, s); /* the only request that runs in slices */
+
+	if (res == -EINPROGRESS)
+		return false;
+	s->cont.active = false;
+	memset(cqe, 0, sizeof(*cqe));
+	cqe->user_data = s->cont.sqe.user_data;
+	complete(s, cqe, res);
+	return true;
 }

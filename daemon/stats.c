@@ -45,15 +45,18 @@ void kvcd_op_record(struct kvcd_op_stats *st, uint8_t opcode, int32_t res, uint6
 
 /* ---- answers -------------------------------------------------------------------------------- */
 
-unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
+unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker,
+		      struct kvcp_client_ent *out, unsigned max)
 {
 	unsigned n = 0;
 
 	pthread_mutex_lock(&d->sessions_lock);
-	for (unsigned i = 0; i < d->nsessions && n < max; i++, n++) {
+	for (unsigned i = 0; i < d->nsessions && n < max; i++) {
 		struct kvcd_session *s = d->sessions[i];
 		struct kvcp_client_ent e = { 0 };
 
+		if (!asker->admin && s->uid != asker->uid)
+			continue; /* another user's pid, uid and namespace are not this one's */
 		e.client_id = s->id;
 		e.pid = s->pid;
 		e.uid = s->uid;
@@ -63,7 +66,7 @@ unsigned kvcd_clients(struct kvcd *d, struct kvcp_client_ent *out, unsigned max)
 		e.requests = __atomic_load_n(&s->requests, __ATOMIC_RELAXED);
 		e.bad_requests = __atomic_load_n(&s->bad_requests, __ATOMIC_RELAXED);
 		memcpy(e.ns, s->ns, sizeof(e.ns));
-		memcpy(&out[n], &e, sizeof(e));
+		memcpy(&out[n++], &e, sizeof(e));
 	}
 	pthread_mutex_unlock(&d->sessions_lock);
 	return n;
@@ -83,10 +86,31 @@ static uint64_t percentile(const struct kvcd_hist *h, uint64_t total, double q)
 	return kvcd_hist_value(KVCD_HIST - 1);
 }
 
-void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
+struct ns_filter {
+	struct kvcd *d;
+	uid_t uid;
+};
+
+/* Is a session of the asker's uid attached to namespace @name? sessions_lock held. */
+static bool ns_visible(const char *name, void *arg)
 {
+	const struct ns_filter *f = arg;
+
+	for (unsigned i = 0; i < f->d->nsessions; i++)
+		if (f->d->sessions[i]->uid == f->uid && !strcmp(f->d->sessions[i]->ns, name))
+			return true;
+	return false;
+}
+
+void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_stats *st)
+{
+	struct ns_filter f = { d, asker ? asker->uid : 0 };
+	unsigned nworkers = __atomic_load_n(&d->nworkers, __ATOMIC_ACQUIRE);
+
 	memset(st, 0, sizeof(*st));
-	kvcd_store_stats(&d->store, st);
+	pthread_mutex_lock(&d->sessions_lock); /* before the store lock, as everywhere */
+	kvcd_store_stats(&d->store, st, asker && !asker->admin ? ns_visible : NULL, &f);
+	pthread_mutex_unlock(&d->sessions_lock);
 	st->boot_token = d->boot_token;
 	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
 	pthread_mutex_lock(&d->sessions_lock);
@@ -99,7 +123,7 @@ void kvcd_stats(struct kvcd *d, struct kvcp_stats *st)
 	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
 		struct kvcd_hist h = { { 0 } };
 
-		for (unsigned w = 0; w < d->cfg.workers; w++) {
+		for (unsigned w = 0; w < nworkers; w++) {
 			struct kvcd_worker *wk = &d->workers[w];
 
 			st->op[op].count += __atomic_load_n(&wk->ops.count[op], __ATOMIC_RELAXED);

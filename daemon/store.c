@@ -53,6 +53,50 @@ static inline uint32_t rec_id(const struct kvcd_block *b)
 	       (uint32_t)(((uintptr_t)b - base) / sizeof(*b));
 }
 
+/* ---- block tags ------------------------------------------------------------------------------
+ * Each block's allocation header carries its record (alloc.c's tag): the key, namespace,
+ * layout, size and checksum, so a restarted kvcd can find every block in the pool again
+ * (kvcd_store_adopt), and the record id, so a walk of the pool finds each block's record. */
+
+#define TAG_MAGIC     0xb7u
+#define TAG_COMMITTED 1u
+#define TAG_HAS_SUM   2u
+#define TAG_SUMMARY   4u
+
+struct kvcd_btag {
+	struct kvcp_key key;
+	uint8_t dtype, codec;
+	uint16_t layers, kv_heads, head_dim;
+	uint32_t tokens;
+	uint32_t rec;	   /* this run's record id; meaningless after a restart */
+	uint64_t checksum; /* of the stored bytes, when TAG_HAS_SUM */
+	uint64_t word;	   /* stored bytes (40 bits) | ns << 40 | flags << 48 | magic << 56 */
+};
+_Static_assert(sizeof(struct kvcd_btag) == KVCD_ALLOC_TAG_BYTES, "a tag fills the header");
+_Static_assert(KVCD_STORE_NS <= 256, "a tag keeps the namespace id in 8 bits");
+
+static inline struct kvcd_btag *tag_of(void *data)
+{
+	return kvcd_alloc_tag(data);
+}
+
+static void tag_write(struct kvcd_block *b, uint16_t ns, const struct kvcp_key *k, uint32_t id)
+{
+	struct kvcd_btag *t = tag_of(b->data);
+
+	t->key = *k;
+	t->dtype = b->layout.dtype;
+	t->codec = b->layout.codec;
+	t->layers = b->layout.layers;
+	t->kv_heads = b->layout.kv_heads;
+	t->head_dim = b->layout.head_dim;
+	t->tokens = b->layout.tokens;
+	t->rec = id;
+	t->checksum = 0;
+	t->word = (b->stored & ((1ull << 40) - 1)) | (uint64_t)(ns & 0xff) << 40 |
+		  (uint64_t)TAG_MAGIC << 56;
+}
+
 /* ---- the index ---------------------------------------------------------------------------- */
 
 static inline size_t home(const struct kvcd_store *s, uint16_t ns, const struct kvcp_key *k)
@@ -222,6 +266,7 @@ int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npoo
 	s->npools = npools;
 	s->high_wm = high_wm;
 	s->low_wm = low_wm;
+	s->pin_next_deadline = UINT64_MAX;
 	pthread_mutex_init(&s->lock, NULL);
 	return 0;
 }
@@ -231,33 +276,64 @@ void kvcd_store_fini(struct kvcd_store *s)
 	for (size_t i = 0; i < s->nslabs; i++)
 		free(s->slabs[i]);
 	free(s->slabs);
-	while (s->pins) {
-		struct kvcd_pin *p = s->pins;
-
-		s->pins = p->next;
-		free(p);
-	}
+	free(s->pins);
+	free(s->pin_heads);
+	free(s->picked);
 	free(s->slots);
 	pthread_mutex_destroy(&s->lock);
 }
 
-int kvcd_store_ns(struct kvcd_store *s, const char *name, const struct kvcd_policy *init)
+int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_policy *init,
+		      uint64_t quota)
 {
-	int id = -ENOSPC;
+	int id = -1, spare = -1;
 
 	pthread_mutex_lock(&s->lock);
-	for (unsigned i = 0; i < s->nns; i++)
+	for (unsigned i = 0; i < s->nns && id < 0; i++) {
 		if (!strcmp(s->ns[i].name, name))
 			id = (int)i;
-	if (id < 0 && s->nns < sizeof(s->ns) / sizeof(s->ns[0])) {
-		memset(&s->ns[s->nns], 0, sizeof(s->ns[0]));
-		strcpy(s->ns[s->nns].name, name);
-		if (init)
-			s->ns[s->nns].policy = *init;
-		id = (int)s->nns++;
+		else if (!s->ns[i].name[0] && spare < 0)
+			spare = (int)i;
 	}
+	if (id < 0 && spare < 0 && s->nns < KVCD_STORE_NS)
+		spare = (int)s->nns++;
+	if (id < 0 && spare >= 0) {
+		struct kvcd_store_ns *n = &s->ns[spare];
+
+		memset(n, 0, sizeof(*n));
+		strcpy(n->name, name);
+		if (init)
+			n->policy = *init;
+		n->quota = quota;
+		id = spare;
+		if (s->ns_changed)
+			s->ns_changed(s, (unsigned)id, s->ns_arg);
+	}
+	if (id >= 0)
+		s->ns[id].attached++;
 	pthread_mutex_unlock(&s->lock);
-	return id;
+	return id >= 0 ? id : -ENFILE;
+}
+
+/* Forget namespace @id if nobody is attached to it and it holds nothing. Lock held. */
+static void ns_maybe_free(struct kvcd_store *s, uint16_t id)
+{
+	struct kvcd_store_ns *n = &s->ns[id];
+
+	if (!n->name[0] || n->attached || n->blocks || n->charged)
+		return;
+	memset(n, 0, sizeof(*n));
+	if (s->ns_changed)
+		s->ns_changed(s, id, s->ns_arg);
+}
+
+void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->ns[ns].attached)
+		s->ns[ns].attached--;
+	ns_maybe_free(s, ns);
+	pthread_mutex_unlock(&s->lock);
 }
 
 void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out)
@@ -315,6 +391,110 @@ static void ring_remove(struct kvcd_store *s, struct kvcd_pool *p, struct kvcd_b
 	b->cnext = b->cprev = 0;
 }
 
+/* ---- pins ----------------------------------------------------------------------------------- */
+
+static size_t pin_hash(const struct kvcd_store *s, uint32_t rec, const struct kvcd_pin_owner *o)
+{
+	uint64_t k = (uint64_t)rec << 32 | o->id;
+
+	return (size_t)XXH3_64bits_withSeed(&k, sizeof(k), s->seed) & (s->npin_heads - 1);
+}
+
+static void pin_link(struct kvcd_store *s, uint32_t i)
+{
+	struct kvcd_pin *p = &s->pins[i];
+	uint32_t *head = &s->pin_heads[pin_hash(s, p->rec, p->owner)];
+
+	p->hnext = *head;
+	*head = i + 1;
+}
+
+/* Take pin @i off its hash chain (chains are short: the table grows with the pins). */
+static void pin_unlink(struct kvcd_store *s, uint32_t i)
+{
+	struct kvcd_pin *p = &s->pins[i];
+	uint32_t *pp = &s->pin_heads[pin_hash(s, p->rec, p->owner)];
+
+	while (*pp != i + 1)
+		pp = &s->pins[*pp - 1].hnext;
+	*pp = p->hnext;
+}
+
+/* Point whatever names pin @from (its owner's list) at @to instead. */
+static void pin_renumber(struct kvcd_store *s, uint32_t from, uint32_t to)
+{
+	struct kvcd_pin *p = &s->pins[from];
+
+	if (p->oprev)
+		s->pins[p->oprev - 1].onext = to + 1;
+	else
+		p->owner->head = to + 1;
+	if (p->onext)
+		s->pins[p->onext - 1].oprev = to + 1;
+}
+
+/* A block gains or loses its first pin: what its pool and namespace hold pinned. */
+static void pinned_account(struct kvcd_store *s, struct kvcd_block *b, bool on)
+{
+	struct kvcd_store_ns *n = &s->ns[s->slots[b->slot].ns];
+	uint64_t c = kvcd_alloc_charge(b->data);
+
+	s->pools[b->pool].pinned += on ? 1 : -1;
+	n->pinned += on ? c : -c;
+}
+
+static void pin_remove(struct kvcd_store *s, uint32_t i)
+{
+	struct kvcd_pin *p = &s->pins[i];
+	struct kvcd_block *b = rec_at(s, p->rec);
+	uint32_t last;
+
+	pin_unlink(s, i);
+	if (p->oprev)
+		s->pins[p->oprev - 1].onext = p->onext;
+	else
+		p->owner->head = p->onext;
+	if (p->onext)
+		s->pins[p->onext - 1].oprev = p->oprev;
+	p->owner->count--;
+	if (--b->pins == 0)
+		pinned_account(s, b, false);
+	last = (uint32_t)--s->npins;
+	if (i != last) { /* keep the array dense: the last pin moves into the hole */
+		pin_unlink(s, last);
+		pin_renumber(s, last, i);
+		s->pins[i] = s->pins[last];
+		pin_link(s, i);
+	}
+}
+
+/* Room for one more pin: the array and the hash table grow by doubling. */
+static int pin_reserve(struct kvcd_store *s)
+{
+	if (s->npins == s->cap_pins) {
+		size_t cap = s->cap_pins ? 2 * s->cap_pins : 64;
+		struct kvcd_pin *n = realloc(s->pins, cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		s->pins = n;
+		s->cap_pins = cap;
+	}
+	if (s->npins + 1 > s->npin_heads) {
+		size_t nh = s->npin_heads ? 2 * s->npin_heads : 64;
+		uint32_t *h = calloc(nh, sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		free(s->pin_heads);
+		s->pin_heads = h;
+		s->npin_heads = nh;
+		for (uint32_t i = 0; i < s->npins; i++)
+			pin_link(s, i);
+	}
+	return 0;
+}
+
 /* ---- removal ------------------------------------------------------------------------------ */
 
 static void destroy(struct kvcd_store *s, struct kvcd_block *b)
@@ -331,19 +511,13 @@ static void destroy(struct kvcd_store *s, struct kvcd_block *b)
 static void kill(struct kvcd_store *s, struct kvcd_block *b)
 {
 	uint16_t ns = s->slots[b->slot].ns;
+	uint32_t id = rec_id(b);
 
-	for (struct kvcd_pin **pp = &s->pins; *pp;) {
-		struct kvcd_pin *p = *pp;
-
-		if (p->b == b) {
-			*pp = p->next;
-			free(p);
-			s->npins--;
-		} else {
-			pp = &p->next;
-		}
-	}
-	b->pins = 0;
+	/* only a corrupt block is killed pinned (DELETE refuses, eviction skips): rare enough
+	 * for a walk of the pins */
+	for (size_t i = s->npins; b->pins && i-- > 0;)
+		if (s->pins[i].rec == id)
+			pin_remove(s, (uint32_t)i);
 	slot_remove(s, b->slot);
 	ring_remove(s, &s->pools[b->pool], b, rec_id(b));
 	if (!(b->flags & KVCD_BLK_WRITING)) {
@@ -353,14 +527,34 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 		s->ns[ns].bytes_in -= kvcp_layout_bytes(&b->layout);
 		s->ns[ns].bytes_stored -= b->stored;
 	}
+	s->ns[ns].charged -= kvcd_alloc_charge(b->data);
 	b->flags |= KVCD_BLK_DEAD;
 	if (!b->refs)
 		destroy(s, b);
+	ns_maybe_free(s, ns);
 }
 
-/* Evict one block of pool @p by CLOCK: skip busy blocks, give referenced ones a second chance.
- * Returns true when a block was evicted. */
-static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p)
+/* Who is asking for room: a STORE's namespace, or one of these. */
+#define FOR_ADMIN     (-1) /* EVICT: anything not in use */
+#define FOR_WATERMARK (-2) /* background: what no quota protects */
+
+/* May eviction on behalf of @who take @b? Never a block in use; never, unless an admin asks,
+ * a block of another namespace that is within its quota. */
+static bool evictable(const struct kvcd_store *s, const struct kvcd_block *b, int who)
+{
+	const struct kvcd_store_ns *n;
+	uint16_t ns;
+
+	if (b->pins || b->refs || (b->flags & KVCD_BLK_WRITING))
+		return false;
+	ns = s->slots[b->slot].ns;
+	n = &s->ns[ns];
+	return who == FOR_ADMIN || ns == who || !n->quota || n->charged > n->quota;
+}
+
+/* Evict one block of pool @p by CLOCK: skip what @who may not take, give referenced ones a
+ * second chance. Returns true when a block was evicted. */
+static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p, int who)
 {
 	uint64_t steps = 2 * p->blocks + 1;
 
@@ -368,7 +562,7 @@ static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p)
 		struct kvcd_block *b = rec_at(s, p->hand);
 
 		p->hand = b->cnext;
-		if (b->pins || b->refs || (b->flags & KVCD_BLK_WRITING))
+		if (!evictable(s, b, who))
 			continue;
 		if (b->flags & KVCD_BLK_REF) {
 			b->flags &= (uint8_t)~KVCD_BLK_REF;
@@ -381,10 +575,102 @@ static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p)
 	return false;
 }
 
+static bool is_victim(void *payload, void *arg)
+{
+	const struct kvcd_store *s = arg;
+
+	return rec_at(s, tag_of(payload)->rec)->flags & KVCD_BLK_VICTIM;
+}
+
+#define PICK_CLEARED (1ull << 32) /* a REF bit cleared, not a victim */
+
+static bool pick_push(struct kvcd_store *s, uint64_t v)
+{
+	if (s->npicked == s->cap_picked) {
+		size_t cap = s->cap_picked ? 2 * s->cap_picked : 64;
+		uint64_t *n = realloc(s->picked, cap * sizeof(*n));
+
+		if (!n)
+			return false;
+		s->picked = n;
+		s->cap_picked = cap;
+	}
+	s->picked[s->npicked++] = v;
+	return true;
+}
+
+/* Choose victims in pool @p by CLOCK for a STORE of namespace @who, marking them and adding
+ * them to s->picked, until there is room for @stored bytes (@own < 0), or until they hold
+ * *@need more bytes of namespace @own's (counted down). Nothing is freed: evict_picked()
+ * evicts them, unpick() puts everything back as it was. True when that is enough. */
+static bool pick_victims(struct kvcd_store *s, struct kvcd_pool *p, int who, uint64_t stored,
+			 int own, uint64_t *need)
+{
+	for (uint64_t steps = 2 * p->blocks + 1; p->hand && steps--;) {
+		uint32_t id = p->hand;
+		struct kvcd_block *b = rec_at(s, id);
+		uint64_t c;
+
+		p->hand = b->cnext;
+		if ((b->flags & KVCD_BLK_VICTIM) || !evictable(s, b, who) ||
+		    (own >= 0 && s->slots[b->slot].ns != own))
+			continue;
+		if (b->flags & KVCD_BLK_REF) {
+			if (!pick_push(s, id | PICK_CLEARED))
+				return false;
+			b->flags &= (uint8_t)~KVCD_BLK_REF;
+			continue;
+		}
+		if (!pick_push(s, id))
+			return false;
+		b->flags |= KVCD_BLK_VICTIM;
+		if (own >= 0) {
+			c = kvcd_alloc_charge(b->data);
+			*need = c >= *need ? 0 : *need - c;
+			if (!*need)
+				return true;
+		} else if (kvcd_alloc_frees_room(&p->alloc, b->data, stored, is_victim, s)) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Undo pick_victims(): marks and REF bits as they were; the caller restores the hands. */
+static void unpick(struct kvcd_store *s)
+{
+	for (size_t i = 0; i < s->npicked; i++) {
+		struct kvcd_block *b = rec_at(s, (uint32_t)s->picked[i]);
+
+		if (s->picked[i] & PICK_CLEARED)
+			b->flags |= KVCD_BLK_REF;
+		else
+			b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
+	}
+	s->npicked = 0;
+}
+
+/* Evict what pick_victims() chose. */
+static void evict_picked(struct kvcd_store *s)
+{
+	for (size_t i = 0; i < s->npicked; i++) {
+		struct kvcd_block *b = rec_at(s, (uint32_t)s->picked[i]);
+
+		if (s->picked[i] & PICK_CLEARED)
+			continue;
+		b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
+		kill(s, b);
+		s->evictions++;
+	}
+	s->npicked = 0;
+}
+
 /* ---- operations --------------------------------------------------------------------------- */
 
-static void *place(struct kvcd_store *s, uint64_t stored, const uint8_t *order, unsigned n,
-		   unsigned *pool)
+/* Room for @stored bytes on the nearest pool of @order that has it, evicting for namespace
+ * @ns where none has; NULL (nothing evicted) when no pool can have it. */
+static void *place(struct kvcd_store *s, int ns, uint64_t stored, const uint8_t *order,
+		   unsigned n, unsigned *pool)
 {
 	void *data;
 
@@ -395,17 +681,55 @@ static void *place(struct kvcd_store *s, uint64_t stored, const uint8_t *order, 
 		}
 	for (unsigned i = 0; i < n; i++) { /* then make room, nearest first */
 		struct kvcd_pool *p = &s->pools[order[i]];
+		uint32_t hand0 = p->hand;
 
 		if (stored > p->alloc.size)
 			continue;
-		while (!(data = kvcd_alloc(&p->alloc, stored)) && evict_one(s, p))
-			;
-		if (data) {
+		s->npicked = 0;
+		if (!pick_victims(s, p, ns, stored, -1, NULL)) {
+			unpick(s);
+			p->hand = hand0;
+			continue;
+		}
+		evict_picked(s);
+		data = kvcd_alloc(&p->alloc, stored);
+		if (data) { /* always: the victims' run had room */
 			*pool = order[i];
 			return data;
 		}
 	}
 	return NULL;
+}
+
+/* Keep namespace @ns within its quota for @stored more bytes, evicting its own blocks from
+ * any pool. Returns 0, or -EDQUOT with nothing evicted. */
+static int make_quota(struct kvcd_store *s, uint16_t ns, uint64_t stored)
+{
+	struct kvcd_store_ns *n = &s->ns[ns];
+	uint64_t est = ((stored + KVCD_ALLOC_ALIGN - 1) & ~(uint64_t)(KVCD_ALLOC_ALIGN - 1)) +
+		       KVCD_ALLOC_OVERHEAD;
+	uint32_t hand0[KVCD_MAX_NODES];
+	uint64_t need;
+	bool enough = false;
+
+	if (!n->quota || n->charged + est <= n->quota)
+		return 0;
+	if (n->pinned + est > n->quota) /* not even evicting all it may */
+		return -EDQUOT;
+	need = n->charged + est - n->quota;
+	s->npicked = 0;
+	for (unsigned i = 0; i < s->npools && !enough; i++) {
+		hand0[i] = s->pools[i].hand;
+		enough = pick_victims(s, &s->pools[i], ns, 0, ns, &need);
+	}
+	if (!enough) {
+		unpick(s);
+		for (unsigned i = 0; i < s->npools; i++)
+			s->pools[i].hand = hand0[i];
+		return -EDQUOT;
+	}
+	evict_picked(s);
+	return 0;
 }
 
 int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
@@ -456,21 +780,24 @@ again:
 		goto out;
 	}
 	b = rec_at(s, id);
-	data = place(s, stored, order, norder, &pool); /* may evict: slots move */
+	err = make_quota(s, ns, stored); /* may evict: slots move */
+	data = err ? NULL : place(s, ns, stored, order, norder, &pool);
 	if (!data) {
 		rec_free(s, b);
-		err = -ENOSPC;
+		err = err ? err : -ENOSPC;
 		goto out;
 	}
 	b->layout = *layout;
 	b->stored = stored;
 	b->data = data;
 	b->pool = pool & 63;
+	s->ns[ns].charged += kvcd_alloc_charge(data);
 	/* Enters CLOCK referenced: otherwise, once every older block has been read, a sweep
 	 * clears them all and takes the one block nobody has had a chance to fetch yet. */
 	b->flags = KVCD_BLK_WRITING | KVCD_BLK_REF;
 	b->refs = 1;
 	slot_add(s, ns, key, id, KVCD_SLOT_WRITING);
+	tag_write(b, ns, key, id);
 	s->pools[pool].blocks++;
 	ring_insert(s, &s->pools[pool], id);
 	*out = b;
@@ -491,8 +818,16 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 	if (ok) {
 		uint16_t ns = s->slots[b->slot].ns;
 
+		struct kvcd_btag *t = tag_of(b->data);
+
 		b->flags &= (uint8_t)~KVCD_BLK_WRITING;
 		s->slots[b->slot].state = KVCD_SLOT_LIVE;
+		/* the tag says committed last: a restart never adopts a half-written block */
+		t->checksum = checksum;
+		t->word = (t->word & ~(0xffull << 48)) |
+			  (uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) |
+				     (b->summary ? TAG_SUMMARY : 0))
+				  << 48;
 		s->bytes_in += kvcp_layout_bytes(&b->layout);
 		s->bytes_stored += b->stored;
 		s->ns[ns].blocks++;
@@ -603,22 +938,29 @@ void kvcd_store_put_many(struct kvcd_store *s, struct kvcd_block **b, size_t n)
 
 size_t kvcd_store_lookup(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *keys, size_t n)
 {
+	enum {
+		SLICE = 64 * BATCH /* keys per hold of the lock */
+	};
 	size_t i0 = 0, i = 0;
 
-	pthread_mutex_lock(&s->lock);
-	for (; i0 < n && i == i0; i0 += BATCH) {
-		struct kvcp_key k[BATCH];
-		size_t at[BATCH], m = n - i0 < BATCH ? n - i0 : BATCH;
+	while (i0 < n && i == i0) {
+		size_t end = n - i0 < SLICE ? n : i0 + SLICE;
 
-		batch_start(s, ns, keys + i0, m, k, at);
-		for (; i < i0 + m; i++) {
-			ptrdiff_t e = probe(s, at[i - i0], ns, &k[i - i0]);
+		pthread_mutex_lock(&s->lock);
+		for (; i0 < end && i == i0; i0 += BATCH) {
+			struct kvcp_key k[BATCH];
+			size_t at[BATCH], m = end - i0 < BATCH ? end - i0 : BATCH;
 
-			if (e < 0 || s->slots[e].state != KVCD_SLOT_LIVE)
-				break;
+			batch_start(s, ns, keys + i0, m, k, at);
+			for (; i < i0 + m; i++) {
+				ptrdiff_t e = probe(s, at[i - i0], ns, &k[i - i0]);
+
+				if (e < 0 || s->slots[e].state != KVCD_SLOT_LIVE)
+					break;
+			}
 		}
+		pthread_mutex_unlock(&s->lock);
 	}
-	pthread_mutex_unlock(&s->lock);
 	return i;
 }
 
@@ -639,75 +981,91 @@ int kvcd_store_delete(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *
 	return err;
 }
 
-int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner,
-		   uint64_t deadline_ns)
+int kvcd_store_pin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		   struct kvcd_pin_owner *o, uint64_t deadline_ns, unsigned max)
 {
 	struct kvcd_block *b;
 	struct kvcd_pin *p;
+	uint32_t i;
 	int err = 0;
 
 	pthread_mutex_lock(&s->lock);
 	b = live(s, ns, key);
-	if (!b) {
+	if (!b)
 		err = -ENOENT;
-	} else if (b->pins == UINT16_MAX) {
+	else if (b->pins == UINT16_MAX)
 		err = -EOVERFLOW;
-	} else if (!(p = malloc(sizeof(*p)))) {
-		err = -ENOMEM;
-	} else {
-		p->b = b;
-		p->owner = owner;
+	else if (o->count >= max)
+		err = -EDQUOT;
+	else
+		err = pin_reserve(s);
+	if (!err) {
+		i = (uint32_t)s->npins++;
+		p = &s->pins[i];
+		p->rec = rec_id(b);
 		p->deadline_ns = deadline_ns;
-		p->next = s->pins;
-		s->pins = p;
-		s->npins++;
-		b->pins++;
+		p->owner = o;
+		p->oprev = 0;
+		p->onext = o->head;
+		if (o->head)
+			s->pins[o->head - 1].oprev = i + 1;
+		o->head = i + 1;
+		o->count++;
+		pin_link(s, i);
+		if (b->pins++ == 0)
+			pinned_account(s, b, true);
+		if (deadline_ns < s->pin_next_deadline)
+			s->pin_next_deadline = deadline_ns;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return err;
 }
 
-int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key, uint32_t owner)
+int kvcd_store_unpin(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
+		     struct kvcd_pin_owner *o)
 {
+	struct kvcd_block *b;
 	int err = -ENOENT;
 
 	pthread_mutex_lock(&s->lock);
-	for (struct kvcd_pin **pp = &s->pins; *pp; pp = &(*pp)->next) {
-		struct kvcd_pin *p = *pp;
+	b = live(s, ns, key);
+	if (b && b->pins) {
+		uint32_t id = rec_id(b);
 
-		const struct kvcd_slot *e = &s->slots[p->b->slot]; /* pinned: indexed */
-
-		if (p->owner != owner || e->ns != ns || e->key.lo != key->lo ||
-		    e->key.hi != key->hi)
-			continue;
-		*pp = p->next;
-		p->b->pins--;
-		s->npins--;
-		free(p);
-		err = 0;
-		break;
+		for (uint32_t i = s->pin_heads[pin_hash(s, id, o)]; i; i = s->pins[i - 1].hnext)
+			if (s->pins[i - 1].rec == id && s->pins[i - 1].owner == o) {
+				pin_remove(s, i - 1);
+				err = 0;
+				break;
+			}
 	}
 	pthread_mutex_unlock(&s->lock);
 	return err;
 }
 
-unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, uint32_t owner)
+unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, struct kvcd_pin_owner *o)
 {
 	unsigned n = 0;
 
 	pthread_mutex_lock(&s->lock);
-	for (struct kvcd_pin **pp = &s->pins; *pp;) {
-		struct kvcd_pin *p = *pp;
-
-		if ((owner && p->owner == owner) || p->deadline_ns <= now_ns) {
-			*pp = p->next;
-			p->b->pins--;
-			s->npins--;
-			free(p);
+	if (o) {
+		while (o->head) {
+			pin_remove(s, o->head - 1);
 			n++;
-		} else {
-			pp = &p->next;
 		}
+	} else if (now_ns >= s->pin_next_deadline) {
+		uint64_t next = UINT64_MAX;
+
+		/* from the top: the pin that moves into a hole has been looked at already */
+		for (size_t i = s->npins; i-- > 0;) {
+			if (s->pins[i].deadline_ns <= now_ns) {
+				pin_remove(s, (uint32_t)i);
+				n++;
+			} else if (s->pins[i].deadline_ns < next) {
+				next = s->pins[i].deadline_ns;
+			}
+		}
+		s->pin_next_deadline = next;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return n;
@@ -729,14 +1087,16 @@ uint64_t kvcd_store_reclaim(struct kvcd_store *s, uint64_t target_free)
 				continue;
 			goal = size / 100 * s->low_wm;
 		}
-		while (p->alloc.used > goal && evict_one(s, p))
+		while (p->alloc.used > goal &&
+		       evict_one(s, p, target_free ? FOR_ADMIN : FOR_WATERMARK))
 			n++;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return n;
 }
 
-void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st)
+void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
+		      bool (*show)(const char *name, void *arg), void *arg)
 {
 	pthread_mutex_lock(&s->lock);
 	st->nnodes = s->npools;
@@ -754,10 +1114,13 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st)
 	}
 	st->bytes_in = s->bytes_in;
 	st->bytes_stored = s->bytes_stored;
-	st->nns = s->nns < KVCP_MAX_NS_STATS ? s->nns : KVCP_MAX_NS_STATS;
-	for (unsigned i = 0; i < st->nns; i++) {
-		struct kvcp_ns_stats *n = &st->ns[i];
+	st->nns = 0;
+	for (unsigned i = 0; i < s->nns && st->nns < KVCP_MAX_NS_STATS; i++) {
+		struct kvcp_ns_stats *n = &st->ns[st->nns];
 
+		if (!s->ns[i].name[0] || (show && !show(s->ns[i].name, arg)))
+			continue;
+		st->nns++;
 		memcpy(n->name, s->ns[i].name, sizeof(n->name));
 		kvcd_policy_format(&s->ns[i].policy, n->policy, sizeof(n->policy));
 		n->blocks = s->ns[i].blocks;
@@ -772,7 +1135,8 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st)
 	st->checksum_failures = s->checksum_failures;
 	st->metadata_bytes = s->nslabs * SLAB_BYTES + s->nslabs * sizeof(void *) +
 			     s->nslots * sizeof(struct kvcd_slot) +
-			     s->npins * sizeof(struct kvcd_pin);
+			     s->cap_pins * sizeof(struct kvcd_pin) +
+			     s->npin_heads * sizeof(*s->pin_heads);
 	pthread_mutex_unlock(&s->lock);
 }
 

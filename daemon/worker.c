@@ -67,20 +67,30 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 	struct kvcp_cqe cqe;
 	unsigned n = 0;
 	uint64_t t0;
+	bool done;
 	int r;
 
 	while (n < BATCH && !s->broken && cq_room(d, s)) {
-		r = kvcp_ring_pop(&s->hdr->sq, s->sq, s->sq_entries, &s->sq_cons, &sqe);
-		if (r < 0)
-			mark_broken(d, s, "submission ring producer index out of range");
-		if (r != 1)
-			break;
 		t0 = kvcd_now_ns();
-		kvcd_execute(d, s, &sqe, &cqe);
-		kvcd_op_record(&w->ops, sqe.opcode, cqe.res, kvcd_now_ns() - t0);
+		if (s->cont.active) { /* a long request: one more slice, then the next ring */
+			sqe = s->cont.sqe;
+			done = kvcd_resume(d, s, &cqe);
+		} else {
+			r = kvcp_ring_pop(&s->hdr->sq, s->sq, s->sq_entries, &s->sq_cons, &sqe);
+			if (r < 0)
+				mark_broken(d, s, "submission ring producer index out of range");
+			if (r != 1)
+				break;
+			s->cont.ns = 0;
+			done = kvcd_execute(d, s, &sqe, &cqe);
+		}
+		s->cont.ns += kvcd_now_ns() - t0;
+		n++;
+		if (!done)
+			break;
+		kvcd_op_record(&w->ops, sqe.opcode, cqe.res, s->cont.ns);
 		kvcp_ring_push(&s->hdr->cq, s->cq, s->cq_entries, &s->cq_prod, &s->cq_cons_cache,
 			       &cqe);
-		n++;
 	}
 	if (n) {
 		/* Pairs with the client's fence between setting NEED_WAKEUP and re-checking. */
@@ -95,7 +105,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
-	return !s->broken && kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons) &&
+	return !s->broken && (s->cont.active || kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons)) &&
 	       (s->cq_prod - s->cq_cons_cache < s->cq_entries ||
 		s->cq_prod - kvcp_load_acquire(&s->hdr->cq.cons) < s->cq_entries);
 }

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdio.h>
@@ -65,6 +66,8 @@ struct kvc_client {
 
 	struct kvcp_cqe *stash; /* completions reaped while waiting for another ticket */
 	uint32_t stash_head, stash_n, stash_cap;
+	uint64_t *cancelled; /* tickets of timed-out calls: their completions are dropped */
+	uint32_t ncancelled;
 };
 
 unsigned kvc_version(void)
@@ -99,10 +102,43 @@ const char *kvc_default_socket(void)
 	return "/tmp/kvcd.sock";
 }
 
-void kvc_attach_opts_init(struct kvc_attach_opts *o)
+__asm__(".symver kvc_attach_opts_init_0_4, kvc_attach_opts_init@@KVC_0.4");
+__asm__(".symver kvc_attach_0_4, kvc_attach@@KVC_0.4");
+void kvc_attach_opts_init_0_4(struct kvc_attach_opts *o);
+int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out);
+
+void kvc_attach_opts_init_0_4(struct kvc_attach_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->numa_node = -1;
+}
+
+/* ---- release 0.3's kvc_attach_opts: without op_timeout_ms ----------------------------------
+ * Binaries built against 0.3 or earlier call these: their struct ends before op_timeout_ms,
+ * so only that much is read or written. */
+#define ATTACH_OPTS_SIZE_0_3 offsetof(struct kvc_attach_opts, op_timeout_ms)
+
+__asm__(".symver kvc_attach_opts_init_0_1, kvc_attach_opts_init@KVC_0.1");
+__asm__(".symver kvc_attach_0_1, kvc_attach@KVC_0.1");
+void kvc_attach_opts_init_0_1(void *o);
+int kvc_attach_0_1(const void *o, kvc_client **out);
+
+void kvc_attach_opts_init_0_1(void *o)
+{
+	struct kvc_attach_opts x;
+
+	kvc_attach_opts_init_0_4(&x);
+	memcpy(o, &x, ATTACH_OPTS_SIZE_0_3);
+}
+
+int kvc_attach_0_1(const void *o, kvc_client **out)
+{
+	struct kvc_attach_opts x;
+
+	kvc_attach_opts_init_0_4(&x);
+	if (o)
+		memcpy(&x, o, ATTACH_OPTS_SIZE_0_3);
+	return kvc_attach_0_4(o ? &x : NULL, out);
 }
 
 static int futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
@@ -251,7 +287,13 @@ static int do_attach(kvc_client *c)
 	fill_cpus(&req);
 	memcpy(req.ns, c->ns, sizeof(req.ns));
 	if (send(c->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
+		/* kvcd may have refused us before we spoke (too many attaches in progress):
+		 * its reason is queued before the hang-up */
 		err = -errno;
+		if (recv(c->sock, &rep, sizeof(rep), MSG_DONTWAIT | MSG_PEEK) ==
+			    (ssize_t)sizeof(rep) &&
+		    rep.status < 0)
+			err = rep.status;
 		goto out_close;
 	}
 	err = recv_reply(c->sock, &rep, fds);
@@ -271,7 +313,7 @@ out_close:
 	return err;
 }
 
-int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out)
+int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 {
 	struct kvc_attach_opts def;
 	const char *path;
@@ -282,7 +324,7 @@ int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out)
 		return -EINVAL;
 	*out = NULL;
 	if (!o) {
-		kvc_attach_opts_init(&def);
+		kvc_attach_opts_init_0_4(&def);
 		o = &def;
 	}
 	path = o->socket ? o->socket : kvc_default_socket();
@@ -297,6 +339,8 @@ int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out)
 	c->opts.ns = NULL;
 	if (!c->opts.spin_us)
 		c->opts.spin_us = 50;
+	if (!c->opts.op_timeout_ms)
+		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;
 	strcpy(c->sockpath, path);
 	strcpy(c->ns, o->ns && *o->ns ? o->ns : "default");
 	err = do_attach(c);
@@ -304,7 +348,8 @@ int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out)
 		goto out_free;
 	c->stash_cap = c->sq_entries + c->cq_entries;
 	c->stash = calloc(c->stash_cap, sizeof(*c->stash));
-	if (!c->stash) {
+	c->cancelled = calloc(c->stash_cap, sizeof(*c->cancelled));
+	if (!c->stash || !c->cancelled) {
 		err = -ENOMEM;
 		goto out_unmap;
 	}
@@ -314,6 +359,8 @@ out_unmap:
 	unmap_ctrl(c);
 	munmap(c->staging, c->staging_size);
 out_free:
+	free(c->stash);
+	free(c->cancelled);
 	free(c);
 	return err;
 }
@@ -326,6 +373,7 @@ void kvc_detach(kvc_client *c)
 	if (c->staging)
 		munmap(c->staging, c->staging_size);
 	free(c->stash);
+	free(c->cancelled);
 	free(c);
 }
 
@@ -354,13 +402,18 @@ static void reattach(kvc_client *c)
 	unmap_ctrl(c);
 	c->dead = 1;
 	c->stash_n = c->stash_head = 0;
+	c->ncancelled = 0; /* the dead daemon's requests will never complete */
 	if (do_attach(c) == 0 && c->sq_entries + c->cq_entries > c->stash_cap) {
-		struct kvcp_cqe *s = realloc(c->stash,
-					     (c->sq_entries + c->cq_entries) * sizeof(*s));
+		size_t cap = c->sq_entries + c->cq_entries;
+		struct kvcp_cqe *s = realloc(c->stash, cap * sizeof(*s));
+		uint64_t *t = s ? realloc(c->cancelled, cap * sizeof(*t)) : NULL;
 
-		if (s) {
+		if (s)
 			c->stash = s;
-			c->stash_cap = c->sq_entries + c->cq_entries;
+		if (t)
+			c->cancelled = t;
+		if (s && t) {
+			c->stash_cap = (uint32_t)cap;
 		} else {
 			unmap_ctrl(c);
 			c->dead = 1;
@@ -466,12 +519,29 @@ static void to_cqe(struct kvc_cqe *o, const struct kvcp_cqe *e)
 	memcpy(&o->layout, &e->layout, sizeof(o->layout));
 }
 
-/* Pop one completion from the CQ. Returns 1, 0 (empty) or -EBADMSG (corrupt indices). */
+/* Is @ticket one a timed-out call gave up on? Then forget it: it completed. */
+static bool was_cancelled(kvc_client *c, uint64_t ticket)
+{
+	for (uint32_t i = 0; i < c->ncancelled; i++)
+		if (c->cancelled[i] == ticket) {
+			c->cancelled[i] = c->cancelled[--c->ncancelled];
+			return true;
+		}
+	return false;
+}
+
+/* Pop one completion from the CQ, skipping those of cancelled calls. Returns 1, 0 (empty)
+ * or -EBADMSG (corrupt indices). */
 static int cq_pop(kvc_client *c, struct kvcp_cqe *e)
 {
+	int r;
+
 	if (c->dead || !c->hdr)
 		return 0;
-	return kvcp_ring_pop(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons, e);
+	do
+		r = kvcp_ring_pop(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons, e);
+	while (r == 1 && c->ncancelled && was_cancelled(c, e->user_data));
+	return r;
 }
 
 int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
@@ -554,8 +624,9 @@ int kvc_wait(kvc_client *c, struct kvc_cqe *out, unsigned min, unsigned max, int
 	}
 }
 
-/* Wait for the completion of @ticket, stashing the others. */
-static int wait_ticket(kvc_client *c, uint64_t ticket, struct kvcp_cqe *out)
+/* Wait for the completion of @ticket until @deadline_ns (0: forever), stashing the others. On
+ * -ETIMEDOUT the ticket is cancelled: its completion will be dropped when it comes. */
+static int wait_ticket(kvc_client *c, uint64_t ticket, struct kvcp_cqe *out, uint64_t deadline_ns)
 {
 	struct kvcp_cqe e;
 	int r;
@@ -588,10 +659,18 @@ static int wait_ticket(kvc_client *c, uint64_t ticket, struct kvcp_cqe *out)
 			c->stash[(c->stash_head + c->stash_n++) % c->stash_cap] = e;
 			continue;
 		}
-		r = wait_cq(c, 0);
+		r = wait_cq(c, deadline_ns);
+		if (r == -ETIMEDOUT && c->ncancelled < c->stash_cap)
+			c->cancelled[c->ncancelled++] = ticket;
 		if (r)
 			return r;
 	}
+}
+
+static uint64_t op_deadline(const kvc_client *c)
+{
+	return c->opts.op_timeout_ms < 0 ? 0
+					 : now_ns() + (uint64_t)c->opts.op_timeout_ms * 1000000ull;
 }
 
 static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
@@ -602,16 +681,20 @@ static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 	uint64_t ticket;
 	int err;
 
+	uint64_t deadline = op_deadline(c);
+
 	if (!cqe)
 		cqe = &local;
 	err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
 	while (err == -EAGAIN) { /* ring full of async requests: let the daemon drain it */
+		if (deadline && now_ns() >= deadline)
+			return -ETIMEDOUT;
 		sched_yield();
 		err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
 	}
 	if (err)
 		return err;
-	err = wait_ticket(c, ticket, cqe);
+	err = wait_ticket(c, ticket, cqe, deadline);
 	return err ? err : cqe->res;
 }
 
@@ -900,6 +983,10 @@ const char *kvc_strerror(int err)
 	case 0: return "Success";
 	case -ENOENT: return "not cached (or no daemon at the socket path)";
 	case -ENOSPC: return "no space: pool full of pinned blocks, or buffer too small";
+	case -EDQUOT: return "a kvcd limit was reached: the namespace's quota or max_pins";
+	case -EBUSY: return "busy: block pinned, or too many attaches in progress (retry)";
+	case -ENFILE: return "kvcd's namespace table is full";
+	case -E2BIG: return "request too large for kvcd's limits (staging_max, max_lookup_keys)";
 	case -EBADMSG: return "malformed request or response";
 	case -EPROTO: return "protocol version mismatch with kvcd";
 	case -EAGAIN: return "submission ring full";
@@ -909,7 +996,8 @@ const char *kvc_strerror(int err)
 	case -EEXIST: return "block already stored";
 	case -EIO: return "checksum mismatch: block was corrupt and has been dropped";
 	case -EUSERS: return "kvcd has too many clients";
-	case -ETIMEDOUT: return "timed out waiting for kvcd";
+	case -ETIMEDOUT:
+		return "timed out waiting for kvcd (op_timeout_ms, or the attach deadline)";
 	case -ERANGE: return "a value is beyond what the compression policy's f16 scales hold";
 	}
 	if (err < 0) {

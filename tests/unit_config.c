@@ -47,17 +47,19 @@ Test(config, file_with_namespaces)
 	cr_assert_eq(c.workers, 3);
 	cr_assert_eq(c.hugepages, KVCD_HUGE_NEVER);
 	cr_assert_not(c.checksum);
-	cr_assert(kvcd_config_allows(&c, "llama-7b", 1000, 5));
-	cr_assert(kvcd_config_allows(&c, "llama-7b", 5, 44), "by group");
-	cr_assert_not(kvcd_config_allows(&c, "llama-7b", 65534, 65534));
-	cr_assert(kvcd_config_allows(&c, "other", 65534, 65534), "unlisted namespaces are open");
-	cr_assert(kvcd_config_allows(&c, "open", 65534, 65534), "so are ones listed for a policy");
+	cr_assert(kvcd_config_allows(&c, "llama-7b", 1000, 5, NULL, 0));
+	cr_assert(kvcd_config_allows(&c, "llama-7b", 5, 44, NULL, 0), "by group");
+	cr_assert(kvcd_config_allows(&c, "llama-7b", 5, 5, (gid_t[]){ 7, 44 }, 2),
+		  "by a supplementary group");
+	cr_assert_not(kvcd_config_allows(&c, "llama-7b", 65534, 65534, (gid_t[]){ 7 }, 1));
+	cr_assert(kvcd_config_allows(&c, "other", 65534, 65534, NULL, 0), "unlisted namespaces are open");
+	cr_assert(kvcd_config_allows(&c, "open", 65534, 65534, NULL, 0), "so are ones listed for a policy");
 	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kind, KVCD_CODEC_KIVI);
 	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kbits, 2);
 	cr_assert_eq(kvcd_config_policy(&c, "open")->kbits, 4);
 	cr_assert_eq(kvcd_config_policy(&c, "other")->kind, KVCD_CODEC_FP8, "the [kvcd] default");
 	c.strict_ns = true;
-	cr_assert_not(kvcd_config_allows(&c, "other", 0, 0), "unless strict");
+	cr_assert_not(kvcd_config_allows(&c, "other", 0, 0, NULL, 0), "unless strict");
 }
 
 Test(config, errors_are_reported_not_ignored)
@@ -72,11 +74,46 @@ Test(config, errors_are_reported_not_ignored)
 	p = write_tmp("[kvcd]\nworkers = many\n");
 	cr_assert_eq(kvcd_config_load(&c, p), -EINVAL);
 	unlink(p);
-	p = write_tmp("[kvcd]\nhigh_watermark = 50\nlow_watermark = 70\n");
-	cr_assert_eq(kvcd_config_load(&c, p), -EINVAL, "low above high");
+	p = write_tmp("[kvcd]\nmax_clients = 0\n");
+	cr_assert_eq(kvcd_config_load(&c, p), -EINVAL, "max_clients = 0");
 	unlink(p);
 	p = write_tmp("[namespace x]\nallow_uids = no-such-user-kvcd\n");
 	cr_assert_eq(kvcd_config_load(&c, p), -EINVAL);
 	unlink(p);
 	cr_assert_eq(kvcd_config_load(&c, "/nonexistent/kvcd.conf"), -ENOENT);
+}
+
+/* Values that are each fine but contradict another are refused before kvcd serves anyone. */
+Test(config, values_checked_against_each_other)
+{
+	struct kvcd_config c;
+	const char *p;
+
+	kvcd_config_defaults(&c);
+	cr_assert_eq(kvcd_config_check(&c), 0, "the defaults agree");
+	p = write_tmp("[kvcd]\nstaging_size = 64M\nstaging_max = 16M\n");
+	cr_assert_eq(kvcd_config_load(&c, p), 0, "each value alone is fine");
+	unlink(p);
+	cr_assert_eq(kvcd_config_check(&c), -EINVAL, "staging_size above staging_max");
+	kvcd_config_defaults(&c);
+	p = write_tmp("[kvcd]\nhigh_watermark = 50\nlow_watermark = 70\n");
+	cr_assert_eq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+	cr_assert_eq(kvcd_config_check(&c), -EINVAL, "low above high");
+	kvcd_config_defaults(&c);
+	p = write_tmp("[kvcd]\nmax_pending = 4\nmax_pending_per_uid = 8\n");
+	cr_assert_eq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+	cr_assert_eq(kvcd_config_check(&c), -EINVAL, "per-uid pending above the total");
+	kvcd_config_defaults(&c);
+	p = write_tmp("[kvcd]\nadmin_uids = 1000, 1001\nmax_pins = 10\n"
+		      "[namespace q]\nquota = 2G\n");
+	cr_assert_eq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+	cr_assert_eq(kvcd_config_check(&c), 0);
+	cr_assert(kvcd_config_admin(&c, 1001, 5000));
+	cr_assert(kvcd_config_admin(&c, 5000, 5000), "kvcd's own uid");
+	cr_assert_not(kvcd_config_admin(&c, 1002, 5000));
+	cr_assert_eq(kvcd_config_ns(&c, "q")->quota, 2ull << 30);
+	cr_assert_eq(c.max_pins, 10);
 }

@@ -137,6 +137,7 @@ Test(store, a_new_block_is_not_the_first_victim)
 
 Test(store, pinned_and_in_flight_blocks_are_never_evicted)
 {
+	struct kvcd_pin_owner o = { .id = 42 };
 	struct kvcd_block *held;
 	struct kvcp_key k;
 
@@ -144,7 +145,7 @@ Test(store, pinned_and_in_flight_blocks_are_never_evicted)
 		cr_assert_eq(put(i, ONLY0, 1), 0);
 		k = K(i);
 		if (i < 6)
-			cr_assert_eq(kvcd_store_pin(&st, 0, &k, 42, UINT64_MAX), 0);
+			cr_assert_eq(kvcd_store_pin(&st, 0, &k, &o, UINT64_MAX, 100), 0);
 	}
 	k = K(6);
 	cr_assert_eq(kvcd_store_get(&st, 0, &k, &held), 0); /* a FETCH in flight */
@@ -160,22 +161,26 @@ Test(store, pinned_and_in_flight_blocks_are_never_evicted)
 	}
 	kvcd_store_put(&st, held, false);
 	cr_assert_eq(put(100, ONLY0, 1), 0, "the unpinned block was evicted");
-	cr_assert_eq(kvcd_store_release_pins(&st, 0, 42), 6, "owner's pins released");
+	cr_assert_eq(kvcd_store_release_pins(&st, 0, &o), 6, "owner's pins released");
 	cr_assert_eq(st.npins, 0);
+	cr_assert_eq(o.count, 0);
+	cr_assert_eq(pools[0].pinned, 0);
 }
 
 Test(store, leases_expire)
 {
+	struct kvcd_pin_owner o7 = { .id = 7 }, o8 = { .id = 8 };
 	struct kvcp_key k = K(1);
 
 	cr_assert_eq(put(1, ONLY0, 1), 0);
-	cr_assert_eq(kvcd_store_pin(&st, 0, &k, 7, 1000), 0);
-	cr_assert_eq(kvcd_store_pin(&st, 0, &k, 7, 5000), 0);
-	cr_assert_eq(kvcd_store_release_pins(&st, 999, 0), 0);
-	cr_assert_eq(kvcd_store_release_pins(&st, 1000, 0), 1);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, &o7, 1000, 100), 0);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, &o7, 5000, 100), 0);
+	cr_assert_eq(kvcd_store_release_pins(&st, 999, NULL), 0);
+	cr_assert_eq(kvcd_store_release_pins(&st, 1000, NULL), 1);
 	cr_assert_eq(kvcd_store_delete(&st, 0, &k), -EBUSY, "one pin left");
-	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, 8), -ENOENT, "not this owner's pin");
-	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, 7), 0);
+	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, &o8), -ENOENT, "not this owner's pin");
+	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, &o7), 0);
+	cr_assert_eq(o7.count, 0);
 	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0);
 }
 
@@ -414,4 +419,151 @@ Test(store, two_writers_grow_the_index_together)
 	cr_assert_geq(st.nslots, 65536, "grown six times");
 	for (uint64_t i = 0; i < 60000; i++)
 		cr_assert(present(0, K(i)), "block %lu", (unsigned long)i);
+}
+
+/* A client holds at most max pins: the next one is -EDQUOT, and pins are found again after
+ * others have come and gone (the pin array moves pins to stay dense). */
+Test(store, pins_per_client_are_bounded_and_found_again)
+{
+	struct kvcd_pin_owner a = { .id = 1 }, b = { .id = 2 };
+	struct kvcp_key k;
+
+	for (uint64_t i = 0; i < 6; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	for (int round = 0; round < 50; round++)
+		for (uint64_t i = 0; i < 6; i++) {
+			k = K(i);
+			cr_assert_eq(kvcd_store_pin(&st, 0, &k, &b, UINT64_MAX, 1000), 0);
+		}
+	for (uint64_t i = 0; i < 4; i++) {
+		k = K(i);
+		cr_assert_eq(kvcd_store_pin(&st, 0, &k, &a, UINT64_MAX, 4), 0);
+	}
+	k = K(5);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, &a, UINT64_MAX, 4), -EDQUOT, "over the limit");
+	cr_assert_eq(a.count, 4);
+	/* unpin b's pins in an order unlike the pinning one: each is found, none twice */
+	for (int round = 0; round < 50; round++)
+		for (uint64_t i = 6; i-- > 0;) {
+			k = K(i);
+			cr_assert_eq(kvcd_store_unpin(&st, 0, &k, &b), 0);
+		}
+	k = K(0);
+	cr_assert_eq(kvcd_store_unpin(&st, 0, &k, &b), -ENOENT);
+	cr_assert_eq(b.count, 0);
+	cr_assert_eq(st.npins, 4);
+	k = K(4);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0, "unpinned block deletable");
+	k = K(3);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), -EBUSY, "a's pin holds it");
+	cr_assert_eq(kvcd_store_release_pins(&st, 0, &a), 4);
+	cr_assert_eq(st.npins, 0);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k), 0);
+}
+
+/* A STORE that cannot be placed even by evicting everything evictable fails without
+ * evicting anything (a pinned block splits the pool into runs too short for it). */
+Test(store, failed_store_evicts_nothing)
+{
+	struct kvcd_pin_owner o = { .id = 9 };
+	struct kvcp_layout big = L;
+	struct kvcd_block *b;
+	struct kvcp_key k = K(3), kb = K(100);
+	uint64_t ev;
+
+	for (uint64_t i = 0; i < 7; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_pin(&st, 0, &k, &o, UINT64_MAX, 10), 0);
+	big.tokens = 4 * L.tokens; /* 512 KiB: more than either side of block 3 */
+	ev = st.evictions;
+	cr_assert_eq(kvcd_store_reserve(&st, 0, &kb, &big, kvcp_layout_bytes(&big), ONLY0, 1, &b),
+		     -ENOSPC);
+	cr_assert_eq(st.evictions, ev, "nothing evicted");
+	for (uint64_t i = 0; i < 7; i++) {
+		k = K(i);
+		cr_assert_eq(kvcd_store_lookup(&st, 0, &k, 1), 1, "block %d kept", (int)i);
+	}
+	big.tokens = 3 * L.tokens; /* fits once blocks 0-2 (or 4-6) go */
+	cr_assert_eq(kvcd_store_reserve(&st, 0, &kb, &big, kvcp_layout_bytes(&big), ONLY0, 1, &b),
+		     0);
+	kvcd_store_commit(&st, b, true, false, 0);
+	cr_assert_eq(st.evictions, ev + 3);
+	cr_assert_eq(kvcd_alloc_check(&pools[0].alloc), 0);
+	kvcd_store_release_pins(&st, 0, &o);
+}
+
+/* Store block @i of 128 KiB into namespace @ns. */
+static int put_ns(uint16_t ns, uint64_t i)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(i);
+	int err = kvcd_store_reserve(&st, ns, &k, &L, kvcp_layout_bytes(&L), ONLY0, 1, &b);
+
+	if (!err)
+		kvcd_store_commit(&st, b, true, false, 0);
+	return err;
+}
+
+/* A namespace over its quota evicts its own blocks; others cannot evict it while it is
+ * within its quota, and evict their own instead. */
+Test(store, quotas)
+{
+	uint64_t q = 2 * (kvcp_layout_bytes(&L) + KVCD_ALLOC_OVERHEAD);
+	int a = kvcd_store_ns_get(&st, "a", NULL, q), b = kvcd_store_ns_get(&st, "b", NULL, 0);
+	struct kvcp_key k;
+
+	cr_assert_geq(a, 0);
+	cr_assert_geq(b, 0);
+	cr_assert_eq(put_ns(a, 1), 0);
+	cr_assert_eq(put_ns(a, 2), 0);
+	cr_assert_eq(put_ns(a, 3), 0, "over quota: evicts its own");
+	cr_assert_eq(st.ns[a].blocks, 2);
+	cr_assert_leq(st.ns[a].charged, q);
+	k = K(1);
+	cr_assert_eq(kvcd_store_lookup(&st, a, &k, 1), 0, "its oldest went");
+	for (uint64_t i = 10; i < 30; i++) /* b fills the pool many times over */
+		cr_assert_eq(put_ns(b, i), 0);
+	for (uint64_t i = 2; i <= 3; i++) {
+		k = K(i);
+		cr_assert_eq(kvcd_store_lookup(&st, a, &k, 1), 1, "a within quota keeps %d", (int)i);
+	}
+	cr_assert_eq(kvcd_store_reclaim(&st, UINT64_MAX) > 0, 1, "an admin's EVICT takes all");
+	k = K(2);
+	cr_assert_eq(kvcd_store_lookup(&st, a, &k, 1), 0);
+	struct kvcp_layout huge = L;
+	struct kvcd_block *blk;
+
+	huge.tokens = 3 * L.tokens;
+	k = K(50);
+	cr_assert_eq(kvcd_store_reserve(&st, (uint16_t)a, &k, &huge, kvcp_layout_bytes(&huge),
+				       ONLY0, 1, &blk),
+		     -EDQUOT, "larger than its whole quota");
+	kvcd_store_ns_put(&st, (uint16_t)a);
+	kvcd_store_ns_put(&st, (uint16_t)b);
+}
+
+/* Namespaces nobody is attached to and that hold nothing are forgotten, so attaching to
+ * ever new names never fills the table for good. */
+Test(store, empty_namespaces_are_reclaimed)
+{
+	char name[32];
+	int keep;
+
+	keep = kvcd_store_ns_get(&st, "keep", NULL, 0);
+	cr_assert_eq(put_ns((uint16_t)keep, 1), 0);
+	kvcd_store_ns_put(&st, (uint16_t)keep); /* detached, but it holds a block */
+	for (int i = 0; i < 10 * KVCD_STORE_NS; i++) {
+		snprintf(name, sizeof(name), "tenant-%d", i);
+		int id = kvcd_store_ns_get(&st, name, NULL, 0);
+
+		cr_assert_geq(id, 0, "namespace %d: %d", i, id);
+		kvcd_store_ns_put(&st, (uint16_t)id);
+	}
+	cr_assert_eq(kvcd_store_ns_get(&st, "keep", NULL, 0), keep, "kept: not empty");
+	for (int i = 0; i < KVCD_STORE_NS; i++) { /* a full table is an error, not a crash */
+		snprintf(name, sizeof(name), "held-%d", i);
+		int id = kvcd_store_ns_get(&st, name, NULL, 0);
+
+		cr_assert(id >= 0 || (id == -ENFILE && i == KVCD_STORE_NS - 1), "%d: %d", i, id);
+	}
 }

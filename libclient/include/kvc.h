@@ -91,7 +91,13 @@ struct kvc_attach_opts {
 	int numa_node;	     /* -1: let kvcd place by the CPUs this thread runs on */
 	unsigned flags;	     /* KVC_ATTACH_* */
 	unsigned spin_us;    /* busy-poll this long before sleeping; 0: 50 us */
+	int op_timeout_ms;   /* a synchronous call gives up after this long (-ETIMEDOUT):
+			      * 0: KVC_OP_TIMEOUT_MS_DEFAULT, < 0: never. Its request may
+			      * still run later (kvcd stopped, not dead): its completion is
+			      * then discarded, but its staging range may still be read or
+			      * written until then. */
 };
+#define KVC_OP_TIMEOUT_MS_DEFAULT 5000
 
 /* Fill @o with the defaults above. */
 void kvc_attach_opts_init(struct kvc_attach_opts *o);
