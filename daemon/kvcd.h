@@ -54,11 +54,11 @@ struct kvcd_config {
 	uint32_t lease_max_ms;
 	unsigned busy_poll_us;
 	unsigned max_clients;
-	unsigned max_pending;	      /* connections that have not finished attaching */
-	unsigned max_pending_per_uid; /* of them, from one uid */
-	unsigned handshake_ms;	      /* a connection that says nothing this long is dropped */
-	unsigned max_pins;	      /* pins one client may hold */
-	unsigned max_lookup_keys;     /* keys in one LOOKUP */
+	unsigned max_pending;		   /* connections that have not finished attaching */
+	unsigned max_pending_per_uid;	   /* of them, from one uid */
+	unsigned handshake_ms;		   /* a connection that says nothing this long is dropped */
+	unsigned max_pins;		   /* pins one client may hold */
+	unsigned max_lookup_keys;	   /* keys in one LOOKUP */
 	uint32_t admin_uids[KVCD_MAX_IDS]; /* besides root and kvcd's own uid */
 	unsigned nadmin;
 	char state_dir[108]; /* pools kept here as files, for warm restarts; "": memfds */
@@ -176,19 +176,43 @@ int kvcd_alloc_adopt(struct kvcd_alloc *a, void *base, size_t size,
 /* Walk every block and check the invariants (test aid). Returns 0 or -EFAULT. */
 int kvcd_alloc_check(const struct kvcd_alloc *a);
 
-/* ---- pool.c: one pinned, NUMA-bound memory pool per node (a memory domain) ------------------- */
+/* ---- pool.c: one pinned, NUMA-bound memory pool per node (a memory domain) -------------------
+ * A pool is a shared file (a memfd, or a file in the state directory) so that it can outlive
+ * kvcd: its first KVCD_SB_BYTES hold a superblock, the rest is the allocator's arena, whose
+ * blocks describe themselves (store.c's tags). A restarted kvcd that is handed the same file
+ * rebuilds its index from it (kvcd_store_adopt). */
 
 enum kvcd_domain_kind {
 	KVCD_DOMAIN_HOST = 0,
 	KVCD_DOMAIN_GPU = 1
 };
 
+#define KVCD_SB_BYTES	(32u << 10)
+#define KVCD_SB_VERSION 1 /* the superblock's and the block tags' format */
+#define KVCD_SB_MAGIC	"KVCDPOOL"
+
+struct kvcd_sb {
+	char magic[8]; /* KVCD_SB_MAGIC */
+	uint32_t version;
+	uint32_t sb_bytes;
+	uint64_t size; /* of the whole pool */
+	int32_t node;
+	uint32_t index;
+	uint64_t sum; /* XXH3 of the superblock with this field 0 */
+	uint8_t reserved[24];
+	char ns[256][KVCP_NS_MAX]; /* namespace names by id ("": unused), as the tags name them */
+};
+_Static_assert(sizeof(struct kvcd_sb) <= KVCD_SB_BYTES, "superblock size");
+
 struct kvcd_pool {
 	enum kvcd_domain_kind kind;
 	int node; /* OS NUMA node id (host) or device ordinal (GPU) */
+	unsigned index;
 	void *base;
 	size_t size;
 	bool huge;
+	int fd;	   /* the pool's file: kept for the service manager's store */
+	bool warm; /* opened with an intact superblock: to be adopted, else formatted */
 	struct kvcd_alloc alloc;
 	uint32_t hand; /* CLOCK hand over this pool's blocks (record id;
 					 * 0: none) */
@@ -196,9 +220,18 @@ struct kvcd_pool {
 	uint64_t pinned; /* blocks with pins */
 };
 
-/* Map, bind to @node (when @bind), lock and prefault @size bytes. Errors are printed with
- * what to change. Returns 0 or -errno. */
+/* Map the pool's file, bind it to @node (when @bind), lock and prefault @size bytes. The file
+ * is @fd when >= 0 (handed back by the service manager), else @path when given (created or
+ * reused), else a new memfd. p->warm says whether it holds an intact superblock of this
+ * format for this size: then kvcd_store_adopt() takes its blocks, else kvcd_pool_format()
+ * empties it. Errors are printed with what to change. Returns 0 or -errno. */
+int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, int hugepages,
+		   bool bind, int fd, const char *path);
+/* An empty pool on a new memfd: kvcd_pool_open() + kvcd_pool_format(). */
 int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, bool bind);
+void kvcd_pool_format(struct kvcd_pool *p);
+/* Record namespace names (by id) in the superblock. */
+void kvcd_pool_set_names(struct kvcd_pool *p, const char (*names)[KVCP_NS_MAX], unsigned n);
 void kvcd_pool_destroy(struct kvcd_pool *p);
 
 /* ---- sum.c: the block checksum ---------------------------------------------------------------- */
@@ -211,10 +244,10 @@ uint64_t kvcd_copy_sum(enum kvcd_isa isa, void *dst, const void *src, size_t n);
 /* ---- store.c: index, blocks, eviction, pins ---------------------------------------------- */
 
 #define KVCD_BLK_WRITING \
-	1u		 /* being filled: invisible to lookups (the slot's state says
+	1u		   /* being filled: invisible to lookups (the slot's state says
 				 * so too; this copy spares CLOCK a read of the slot) */
-#define KVCD_BLK_DEAD 2u /* removed from the index; freed when refs drops to 0 */
-#define KVCD_BLK_REF	 4u /* CLOCK reference bit */
+#define KVCD_BLK_DEAD	2u /* removed from the index; freed when refs drops to 0 */
+#define KVCD_BLK_REF	4u /* CLOCK reference bit */
 #define KVCD_BLK_VICTIM 8u /* chosen for eviction by a STORE that may yet give up */
 
 /* A block's entry in the index, which holds all a lookup reads: a LOOKUP at a million
@@ -286,8 +319,8 @@ struct kvcd_store {
 	uint32_t free_recs; /* block records not in use (id; 0: none) */
 	void **slabs;	    /* 2 MiB each, record id >> 15 */
 	size_t nslabs;
-	struct kvcd_pin *pins;	/* npins in use of cap_pins */
-	uint32_t *pin_heads;	/* hash chains (index + 1), npin_heads a power of two */
+	struct kvcd_pin *pins; /* npins in use of cap_pins */
+	uint32_t *pin_heads;   /* hash chains (index + 1), npin_heads a power of two */
 	size_t cap_pins, npin_heads;
 	uint64_t pin_next_deadline; /* no lease ends before this */
 	uint64_t *picked;	    /* victims and REF bits cleared by one STORE's sweep */
@@ -297,12 +330,12 @@ struct kvcd_store {
 		char name[KVCP_NS_MAX];	   /* "": a free entry */
 		struct kvcd_policy policy; /* applied to STOREs with layout.codec 0 */
 		uint64_t blocks, bytes_in, bytes_stored, fallbacks;
-		uint64_t quota;	  /* pool bytes it may hold; 0: none */
-		uint64_t charged; /* pool bytes it holds, unfinished STOREs included */
-		uint64_t pinned;  /* of them, in blocks with pins */
+		uint64_t quota;	   /* pool bytes it may hold; 0: none */
+		uint64_t charged;  /* pool bytes it holds, unfinished STOREs included */
+		uint64_t pinned;   /* of them, in blocks with pins */
 		uint32_t attached; /* sessions (references): reclaimed when 0 and empty */
-	} ns[KVCD_STORE_NS]; /* namespace id -> namespace */
-	unsigned nns;	     /* ids below this may be in use */
+	} ns[KVCD_STORE_NS];	   /* namespace id -> namespace */
+	unsigned nns;		   /* ids below this may be in use */
 	void (*ns_changed)(struct kvcd_store *s, unsigned id, void *arg); /* names, for
 									    * restarts */
 	void *ns_arg;
@@ -363,6 +396,21 @@ unsigned kvcd_store_release_pins(struct kvcd_store *s, uint64_t now_ns, struct k
  * @target_free, until that many bytes are free (UINT64_MAX: everything unpinned). Returns the
  * number of blocks evicted. */
 uint64_t kvcd_store_reclaim(struct kvcd_store *s, uint64_t target_free);
+/* What a restart found in a pool. */
+struct kvcd_adopt_stats {
+	uint64_t seen;	      /* allocated blocks */
+	uint64_t kept, bytes; /* back in the index */
+	uint64_t uncommitted; /* a STORE the previous kvcd never finished, or a dead block */
+	uint64_t bad_tag;     /* a record that does not check out, or a key seen twice */
+	uint64_t bad_sum;     /* bytes that no longer match their checksum */
+};
+
+/* Rebuild the index from pool @pool, which a previous kvcd filled (p->warm): every committed
+ * block whose record and (with @verify) checksum check out is kept under namespace
+ * @ns_map[its recorded id] (-1: dropped); everything else is freed. Start-up only. Returns 0,
+ * or -EBADMSG when the pool's chain of blocks is broken (nothing written: format it). */
+int kvcd_store_adopt(struct kvcd_store *s, unsigned pool, const int ns_map[256], bool verify,
+		     struct kvcd_adopt_stats *st);
 /* Fill the store's part of @st, listing the namespaces @show (NULL: all) shows. */
 void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
 		      bool (*show)(const char *name, void *arg), void *arg);
@@ -501,8 +549,8 @@ struct kvcd {
 
 /* Snapshot of the attached clients @asker may see (all for an admin, else its uid's), for
  * the CLIENTS request. Returns the count. */
-unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker,
-		      struct kvcp_client_ent *out, unsigned max);
+unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_client_ent *out,
+		      unsigned max);
 /* Fill the whole STATS answer; a non-admin @asker sees only the namespaces its uid is
  * attached to. */
 void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_stats *st);

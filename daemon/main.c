@@ -572,10 +572,80 @@ static int check_memlock(const struct kvcd_config *c, unsigned nodes)
 	return -ENOMEM;
 }
 
+/* The pools' namespace names in their superblocks follow the store's table (restarts read
+ * them back). Called with the store lock held. */
+static void sync_names(struct kvcd_store *s, unsigned id, void *arg)
+{
+	static char names[KVCD_STORE_NS][KVCP_NS_MAX];
+	struct kvcd *d = arg;
+
+	(void)id;
+	for (unsigned i = 0; i < KVCD_STORE_NS; i++)
+		memcpy(names[i], s->ns[i].name, KVCP_NS_MAX);
+	for (unsigned i = 0; i < d->npools; i++)
+		kvcd_pool_set_names(&d->pools[i], (const char(*)[KVCP_NS_MAX])names, KVCD_STORE_NS);
+}
+
+/* The descriptor systemd's file descriptor store handed back for pool @index, or -1. */
+static int stored_fd(int n, char **names, unsigned index)
+{
+	char want[32];
+
+	snprintf(want, sizeof(want), "kvcd-pool-%u", index);
+	for (int i = 0; i < n; i++)
+		if (names && names[i] && !strcmp(names[i], want))
+			return SD_LISTEN_FDS_START + i;
+	return -1;
+}
+
+/* Take back the blocks of pool @i, which a previous kvcd filled: its namespaces by name, its
+ * blocks by their records. Returns 0, or -errno when it must be formatted instead. */
+static int adopt_pool(struct kvcd *d, unsigned i, int refs[KVCD_STORE_NS])
+{
+	const struct kvcd_sb *sb = d->pools[i].base;
+	struct kvcd_adopt_stats st;
+	int map[256];
+	uint64_t t0 = kvcd_now_ns();
+	int err;
+
+	for (unsigned k = 0; k < 256; k++) {
+		const char *name = sb->ns[k];
+		const struct kvcd_ns_acl *acl;
+		int id;
+
+		map[k] = -1;
+		if (!name[0] || !memchr(name, 0, KVCP_NS_MAX))
+			continue;
+		acl = kvcd_config_ns(&d->cfg, name);
+		id = kvcd_store_ns_get(&d->store, name, kvcd_config_policy(&d->cfg, name),
+				       acl ? acl->quota : 0);
+		if (id < 0)
+			continue;
+		map[k] = id;
+		refs[id]++; /* dropped once every pool is in: empty ones are then forgotten */
+	}
+	err = kvcd_store_adopt(&d->store, i, map, d->cfg.checksum, &st);
+	if (err) {
+		fprintf(stderr,
+			"kvcd: node %d: the pool's blocks do not chain up: starting it empty\n",
+			d->pools[i].node);
+		return err;
+	}
+	fprintf(stderr,
+		"kvcd: node %d: warm: %llu blocks (%llu MiB) back in the index in %llu ms; dropped "
+		"%llu unfinished, %llu with a bad record, %llu failing their checksum\n",
+		d->pools[i].node, (unsigned long long)st.kept, (unsigned long long)(st.bytes >> 20),
+		(unsigned long long)((kvcd_now_ns() - t0) / 1000000),
+		(unsigned long long)st.uncommitted, (unsigned long long)st.bad_tag,
+		(unsigned long long)st.bad_sum);
+	return 0;
+}
+
 static int setup_pools(struct kvcd *d)
 {
 	bool bind = numa_available() >= 0;
-	int err;
+	char **names = NULL, path[sizeof(d->cfg.state_dir) + 32];
+	int refs[KVCD_STORE_NS] = { 0 }, nfds, err;
 
 	err = kvcd_topo_load(&d->topo, NULL);
 	if (err) { /* no topology: one pool, unbound */
@@ -588,20 +658,59 @@ static int setup_pools(struct kvcd *d)
 	err = check_memlock(&d->cfg, d->topo.nnodes);
 	if (err)
 		return err;
-	for (unsigned i = 0; i < d->topo.nnodes; i++) {
-		err = kvcd_pool_create(&d->pools[i], d->topo.os_index[i], d->cfg.pool_size,
-				       d->cfg.hugepages, bind);
+	nfds = sd_listen_fds_with_names(1, &names); /* the pools systemd kept for us */
+	for (unsigned i = 0; i < d->topo.nnodes && !err; i++) {
+		int fd = stored_fd(nfds, names, i);
+
+		snprintf(path, sizeof(path), "%s/kvcd-pool-%u", d->cfg.state_dir, i);
+		err = kvcd_pool_open(&d->pools[i], i, d->topo.os_index[i], d->cfg.pool_size,
+				     d->cfg.hugepages, bind, fd,
+				     fd < 0 && d->cfg.state_dir[0] ? path : NULL);
 		if (err)
-			return err;
+			break;
 		d->npools++;
-		fprintf(stderr, "kvcd: node %d: %llu MiB pool, %s, locked\n", d->topo.os_index[i],
+		fprintf(stderr, "kvcd: node %d: %llu MiB pool%s, %s, locked\n", d->topo.os_index[i],
 			(unsigned long long)(d->cfg.pool_size >> 20),
+			fd >= 0		      ? " kept by systemd"
+			: d->cfg.state_dir[0] ? " in the state directory"
+					      : "",
 			d->pools[i].huge ? "2 MiB hugetlb pages"
 			: d->cfg.hugepages == KVCD_HUGE_TRY
 				? "no hugetlb pages, transparent huge pages advised"
 				: "4 KiB pages");
 	}
-	return kvcd_store_init(&d->store, d->pools, d->npools, d->cfg.high_wm, d->cfg.low_wm);
+	for (int i = 0; names && i < nfds; i++)
+		free(names[i]);
+	free(names);
+	if (err)
+		return err;
+	err = kvcd_store_init(&d->store, d->pools, d->npools, d->cfg.high_wm, d->cfg.low_wm);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < d->npools; i++)
+		if (!d->pools[i].warm || adopt_pool(d, i, refs))
+			kvcd_pool_format(&d->pools[i]);
+	for (unsigned id = 0; id < KVCD_STORE_NS; id++)
+		while (refs[id]--)
+			kvcd_store_ns_put(&d->store, (uint16_t)id);
+	pthread_mutex_lock(&d->store.lock);
+	d->store.ns_arg = d;
+	d->store.ns_changed = sync_names;
+	sync_names(&d->store, 0, d);
+	pthread_mutex_unlock(&d->store.lock);
+	/* Under systemd the pools outlive us in its file descriptor store (FileDescriptorStoreMax=
+	 * in kvcd.service): a restart, crash or upgrade gets them back warm. */
+	for (unsigned i = 0; i < d->npools && getenv("NOTIFY_SOCKET"); i++) {
+		char msg[64];
+
+		snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=kvcd-pool-%u", i);
+		if (sd_pid_notify_with_fds(0, 0, msg, &d->pools[i].fd, 1) <= 0)
+			fprintf(stderr,
+				"kvcd: pool %u could not be given to systemd to keep: a "
+				"restart will find it empty\n",
+				i);
+	}
+	return 0;
 }
 
 static int setup_loop(void)
@@ -637,14 +746,17 @@ static int setup_loop(void)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
-		   "            [--foreground] [--version]\n"
-		   "  --config FILE     INI configuration (default: embedded defaults)\n"
-		   "  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
-		   "                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
-		   "  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
-		   "  --workers N       ring-draining threads\n"
-		   "  --foreground      do not detach (implied under systemd)\n");
+	fprintf(f,
+		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
+		"            [--state-dir DIR] [--foreground] [--version]\n"
+		"  --config FILE     INI configuration (default: embedded defaults)\n"
+		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
+		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
+		"  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
+		"  --workers N       ring-draining threads\n"
+		"  --state-dir DIR   keep the pools in DIR (tmpfs or hugetlbfs) so that a restart\n"
+		"                    finds the cache warm (under systemd they are kept anyway)\n"
+		"  --foreground      do not detach (implied under systemd)\n");
 }
 
 static int parse_args(int argc, char **argv, struct kvcd_config *c)
@@ -653,19 +765,21 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { "socket", required_argument, 0, 's' },
 					      { "pool-size", required_argument, 0, 'p' },
 					      { "workers", required_argument, 0, 'w' },
+					      { "state-dir", required_argument, 0, 'd' },
 					      { "foreground", no_argument, 0, 'f' },
 					      { "help", no_argument, 0, 'h' },
 					      { "version", no_argument, 0, 'V' },
 					      { 0, 0, 0, 0 } };
-	const char *config = NULL, *sock = NULL, *pool = NULL, *workers = NULL;
+	const char *config = NULL, *sock = NULL, *pool = NULL, *workers = NULL, *state = NULL;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "c:s:p:w:fhV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "c:s:p:w:d:fhV", opts, NULL)) != -1) {
 		switch (o) {
 		case 'c': config = optarg; break;
 		case 's': sock = optarg; break;
 		case 'p': pool = optarg; break;
 		case 'w': workers = optarg; break;
+		case 'd': state = optarg; break;
 		case 'f': c->foreground = true; break;
 		case 'h': usage(stdout); exit(0);
 		case 'V':
@@ -688,6 +802,12 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 	}
 	if (sock)
 		strcpy(c->socket, sock);
+	if (state && strlen(state) >= sizeof(c->state_dir) - 16) {
+		fprintf(stderr, "kvcd: --state-dir: path too long: %s\n", state);
+		return -EINVAL;
+	}
+	if (state)
+		strcpy(c->state_dir, state);
 	if (pool && (kvcd_parse_size(pool, &c->pool_size) || c->pool_size < (1u << 20))) {
 		fprintf(stderr, "kvcd: --pool-size %s: expected a size of at least 1M\n", pool);
 		return -EINVAL;

@@ -45,8 +45,8 @@ void kvcd_op_record(struct kvcd_op_stats *st, uint8_t opcode, int32_t res, uint6
 
 /* ---- answers -------------------------------------------------------------------------------- */
 
-unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker,
-		      struct kvcp_client_ent *out, unsigned max)
+unsigned kvcd_clients(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_client_ent *out,
+		      unsigned max)
 {
 	unsigned n = 0;
 

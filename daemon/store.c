@@ -528,6 +528,8 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 		s->ns[ns].bytes_stored -= b->stored;
 	}
 	s->ns[ns].charged -= kvcd_alloc_charge(b->data);
+	/* gone from the index: a restart must not find it again, even while a reader holds it */
+	tag_of(b->data)->word &= ~((uint64_t)TAG_COMMITTED << 48);
 	b->flags |= KVCD_BLK_DEAD;
 	if (!b->refs)
 		destroy(s, b);
@@ -669,8 +671,8 @@ static void evict_picked(struct kvcd_store *s)
 
 /* Room for @stored bytes on the nearest pool of @order that has it, evicting for namespace
  * @ns where none has; NULL (nothing evicted) when no pool can have it. */
-static void *place(struct kvcd_store *s, int ns, uint64_t stored, const uint8_t *order,
-		   unsigned n, unsigned *pool)
+static void *place(struct kvcd_store *s, int ns, uint64_t stored, const uint8_t *order, unsigned n,
+		   unsigned *pool)
 {
 	void *data;
 
@@ -1165,4 +1167,104 @@ unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
 	}
 	pthread_mutex_unlock(&s->lock);
 	return n;
+}
+
+/* ---- adoption: the index rebuilt from a pool a previous kvcd filled --------------------------- */
+
+struct adopt_ctx {
+	struct kvcd_store *s;
+	unsigned pool;
+	const int *ns_map; /* the tags' namespace ids -> this run's (-1: none) */
+	bool verify;
+	struct kvcd_adopt_stats *st;
+};
+
+/* Double the index now (start-up: nobody else is waiting). */
+static int grow_now(struct kvcd_store *s)
+{
+	struct kvcd_slot *to = table_alloc(s->nslots * 2 * sizeof(*to));
+
+	if (!to)
+		return -ENOMEM;
+	free(rehash(s, to));
+	return 0;
+}
+
+/* Keep block @data if its tag and checksum check out: it enters the index as committed. */
+static bool adopt_one(void *data, void *arg)
+{
+	struct adopt_ctx *x = arg;
+	struct kvcd_store *s = x->s;
+	struct kvcd_btag *t = tag_of(data);
+	struct kvcp_layout l = { .dtype = t->dtype,
+				 .codec = t->codec,
+				 .layers = t->layers,
+				 .kv_heads = t->kv_heads,
+				 .head_dim = t->head_dim,
+				 .tokens = t->tokens };
+	uint64_t stored = t->word & ((1ull << 40) - 1);
+	unsigned flags = (unsigned)(t->word >> 48) & 0xff, tns = (unsigned)(t->word >> 40) & 0xff;
+	uint64_t room = kvcd_alloc_charge(data) - KVCD_ALLOC_OVERHEAD;
+	struct kvcd_block *b;
+	uint32_t id;
+	int ns;
+
+	x->st->seen++;
+	if ((t->word >> 56) != TAG_MAGIC || !(flags & TAG_COMMITTED)) {
+		x->st->uncommitted++;
+		return false;
+	}
+	ns = x->ns_map[tns];
+	if (ns < 0 || !stored || stored > room || !kvcp_layout_bytes(&l) ||
+	    (!l.codec && stored != kvcp_layout_bytes(&l))) {
+		x->st->bad_tag++;
+		return false;
+	}
+	if (x->verify && (flags & TAG_HAS_SUM) &&
+	    kvcd_copy_sum(kvcd_isa_best(), NULL, data, stored) != t->checksum) {
+		x->st->bad_sum++;
+		return false;
+	}
+	if (find(s, (uint16_t)ns, &t->key) || (want_larger(s) && grow_now(s)) ||
+	    !(id = rec_alloc(s))) {
+		x->st->bad_tag++; /* a key twice, or no memory for it */
+		return false;
+	}
+	b = rec_at(s, id);
+	b->data = data;
+	b->stored = stored;
+	b->layout = l;
+	b->checksum = t->checksum;
+	b->has_sum = !!(flags & TAG_HAS_SUM);
+	b->summary = !!(flags & TAG_SUMMARY);
+	b->pool = x->pool & 63;
+	slot_add(s, (uint16_t)ns, &t->key, id, KVCD_SLOT_LIVE);
+	t->rec = id;
+	t->word = (t->word & ~(0xffull << 40)) | (uint64_t)(ns & 0xff) << 40;
+	s->pools[x->pool].blocks++;
+	ring_insert(s, &s->pools[x->pool], id);
+	s->bytes_in += kvcp_layout_bytes(&l);
+	s->bytes_stored += stored;
+	s->ns[ns].blocks++;
+	s->ns[ns].bytes_in += kvcp_layout_bytes(&l);
+	s->ns[ns].bytes_stored += stored;
+	s->ns[ns].charged += kvcd_alloc_charge(data);
+	x->st->kept++;
+	x->st->bytes += stored;
+	return true;
+}
+
+int kvcd_store_adopt(struct kvcd_store *s, unsigned pool, const int ns_map[256], bool verify,
+		     struct kvcd_adopt_stats *st)
+{
+	struct kvcd_pool *p = &s->pools[pool];
+	struct adopt_ctx x = { s, pool, ns_map, verify, st };
+	int err;
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&s->lock);
+	err = kvcd_alloc_adopt(&p->alloc, (char *)p->base + KVCD_SB_BYTES, p->size - KVCD_SB_BYTES,
+			       adopt_one, &x);
+	pthread_mutex_unlock(&s->lock);
+	return err;
 }

@@ -105,7 +105,8 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
-	return !s->broken && (s->cont.active || kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons)) &&
+	return !s->broken &&
+	       (s->cont.active || kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons)) &&
 	       (s->cq_prod - s->cq_cons_cache < s->cq_entries ||
 		s->cq_prod - kvcp_load_acquire(&s->hdr->cq.cons) < s->cq_entries);
 }

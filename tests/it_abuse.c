@@ -14,6 +14,16 @@ static uid_t nobody(void)
 	return pw ? pw->pw_uid : 65534;
 }
 
+static struct t_daemon D;
+
+/* Runs after each test, passed or failed: no daemon or directory is left behind. */
+static void cleanup(void)
+{
+	t_daemon_cleanup(&D);
+}
+
+TestSuite(abuse, .fini = cleanup);
+
 static void start_with(struct t_daemon *d, const char *conf)
 {
 	memset(d, 0, sizeof(*d));
@@ -24,13 +34,12 @@ static void start_with(struct t_daemon *d, const char *conf)
  * handshakes: another uid still attaches at once. */
 Test(abuse, silent_connections_do_not_lock_others_out)
 {
-	struct t_daemon d;
 	int ready[2], done[2];
 	char b;
 
 	if (geteuid() != 0)
 		cr_skip_test("needs root to act as another uid");
-	start_with(&d, "[kvcd]\nsocket_mode = 0666\nhandshake_timeout_ms = 60000\n");
+	start_with(&D, "[kvcd]\nsocket_mode = 0666\nhandshake_timeout_ms = 60000\n");
 	cr_assert_eq(pipe(ready), 0);
 	cr_assert_eq(pipe(done), 0);
 	pid_t pid = fork();
@@ -38,7 +47,7 @@ Test(abuse, silent_connections_do_not_lock_others_out)
 	if (pid == 0) { /* the attacker: 100 connections that never say who they are */
 		struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
-		strcpy(sa.sun_path, d.sock);
+		strcpy(sa.sun_path, D.sock);
 		if (setgid(nobody()) || setuid(nobody()))
 			_exit(90);
 		for (int i = 0; i < 100; i++) {
@@ -54,14 +63,14 @@ Test(abuse, silent_connections_do_not_lock_others_out)
 	cr_assert_eq(read(ready[0], &b, 1), 1);
 	t_sleep_ms(100);
 	int err;
-	kvc_client *c = t_try_attach_err(&d, NULL, 4096, &err);
+	kvc_client *c = t_try_attach_err(&D, NULL, 4096, &err);
 
 	cr_assert_not_null(c, "attach beside 100 silent connections: %s", kvc_strerror(err));
 	cr_assert_eq(kvc_nop(c), 0);
 	kvc_detach(c);
 	cr_assert_eq(write(done[1], "d", 1), 1);
 	waitpid(pid, NULL, 0);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
 /* A worker waits on at most 127 rings; max_clients beyond that is served by more workers,
@@ -72,27 +81,26 @@ Test(abuse, every_client_up_to_max_clients_is_served, .timeout = 120)
 		N = 130
 	};
 	static kvc_client *c[N + 1];
-	struct t_daemon d;
 	int err;
 
-	start_with(&d, "[kvcd]\nworkers = 1\nmax_clients = 130\nstaging_size = 64K\n");
+	start_with(&D, "[kvcd]\nworkers = 1\nmax_clients = 130\nstaging_size = 64K\n");
 	for (int i = 0; i < N; i++) {
-		c[i] = t_try_attach_err(&d, NULL, 0, &err);
+		c[i] = t_try_attach_err(&D, NULL, 0, &err);
 		cr_assert_not_null(c[i], "client %d: %s", i, kvc_strerror(err));
 	}
 	for (int i = 0; i < N; i++)
 		cr_assert_eq(kvc_nop(c[i]), 0, "client %d is served", i);
-	c[N] = t_try_attach_err(&d, NULL, 0, &err);
+	c[N] = t_try_attach_err(&D, NULL, 0, &err);
 	cr_assert_null(c[N]);
 	cr_assert_eq(err, -EUSERS, "past max_clients: %s", kvc_strerror(err));
 	kvc_detach(c[0]);
 	t_sleep_ms(100);
-	c[0] = t_try_attach_err(&d, NULL, 0, &err);
+	c[0] = t_try_attach_err(&D, NULL, 0, &err);
 	cr_assert_not_null(c[0], "room again once one left: %s", kvc_strerror(err));
 	cr_assert_eq(kvc_nop(c[0]), 0);
 	for (int i = 0; i < N; i++)
 		kvc_detach(c[i]);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
 static int start_on(struct t_daemon *d, const char *dir, const char *sock)
@@ -111,7 +119,6 @@ Test(abuse, socket_path_of_someone_else_is_left_alone)
 {
 	char dir[] = "/tmp/kvcd-sock-XXXXXX", path[128];
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct t_daemon d;
 	struct stat st;
 	int fd, srv, cl;
 
@@ -120,7 +127,7 @@ Test(abuse, socket_path_of_someone_else_is_left_alone)
 	fd = open(path, O_CREAT | O_WRONLY, 0644);
 	cr_assert_eq(write(fd, "data", 4), 4);
 	close(fd);
-	cr_assert_eq(start_on(&d, dir, "file.sock"), 1001, "refuses to start");
+	cr_assert_eq(start_on(&D, dir, "file.sock"), 1001, "refuses to start");
 	cr_assert_eq(stat(path, &st), 0);
 	cr_assert(S_ISREG(st.st_mode) && st.st_size == 4, "the file is intact");
 
@@ -128,14 +135,14 @@ Test(abuse, socket_path_of_someone_else_is_left_alone)
 	srv = socket(AF_UNIX, SOCK_STREAM, 0);
 	cr_assert_eq(bind(srv, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	cr_assert_eq(listen(srv, 4), 0);
-	cr_assert_eq(start_on(&d, dir, "other.sock"), 1001, "refuses to start");
+	cr_assert_eq(start_on(&D, dir, "other.sock"), 1001, "refuses to start");
 	cl = socket(AF_UNIX, SOCK_STREAM, 0);
 	cr_assert_eq(connect(cl, (struct sockaddr *)&sa, sizeof(sa)), 0,
 		     "its clients still reach it");
 	close(cl);
 	close(srv); /* now it is a stale socket nobody listens on: kvcd may take it */
-	cr_assert_eq(start_on(&d, dir, "other.sock"), 0);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(start_on(&D, dir, "other.sock"), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 	unlink(path);
 	snprintf(path, sizeof(path), "rm -rf %s", dir);
 	cr_assert_eq(system(path), 0);
@@ -149,7 +156,6 @@ Test(abuse, long_lookups_do_not_hold_a_shared_worker)
 		NKEYS = 1 << 18,
 		NREQ = 8
 	};
-	struct t_daemon d;
 	struct kvc_layout l = {
 		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 16
 	};
@@ -158,8 +164,8 @@ Test(abuse, long_lookups_do_not_hold_a_shared_worker)
 	struct kvc_cqe cq[NREQ];
 	size_t size;
 
-	start_with(&d, "[kvcd]\nworkers = 1\n");
-	kvc_client *a = t_attach(&d, NULL, 8u << 20), *b = t_attach(&d, NULL, 4096);
+	start_with(&D, "[kvcd]\nworkers = 1\n");
+	kvc_client *a = t_attach(&D, NULL, 8u << 20), *b = t_attach(&D, NULL, 4096);
 	struct kvc_key *keys = kvc_staging(a, &size);
 
 	cr_assert_eq(kvc_store(a, &key, &l, 0), 0);
@@ -188,20 +194,19 @@ Test(abuse, long_lookups_do_not_hold_a_shared_worker)
 	cr_assert_eq(cq[0].res, -E2BIG, "more keys than max_lookup_keys");
 	kvc_detach(a);
 	kvc_detach(b);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
 /* A client holds at most max_pins pins; they go when it detaches. */
 Test(abuse, pins_per_client_are_bounded)
 {
-	struct t_daemon d;
 	struct kvc_layout l = {
 		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 16
 	};
 	struct kvc_stats st;
 
-	start_with(&d, "[kvcd]\nmax_pins = 4\n");
-	kvc_client *a = t_attach(&d, NULL, 1u << 20), *b = t_attach(&d, NULL, 1u << 20);
+	start_with(&D, "[kvcd]\nmax_pins = 4\n");
+	kvc_client *a = t_attach(&D, NULL, 1u << 20), *b = t_attach(&D, NULL, 1u << 20);
 
 	for (uint64_t i = 0; i < 5; i++) {
 		struct kvc_key k = { i, 7 };
@@ -212,37 +217,36 @@ Test(abuse, pins_per_client_are_bounded)
 	}
 	kvc_detach(a);
 	kvc_detach(b);
-	kvc_client *c = t_attach(&d, NULL, 1u << 20);
+	kvc_client *c = t_attach(&D, NULL, 1u << 20);
 
 	t_sleep_ms(100);
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	cr_assert_eq(st.pinned, 0, "a detached client's pins are dropped");
 	kvc_detach(c);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
 /* Values that each parse but contradict another stop kvcd before it serves, saying which. */
 Test(abuse, contradictory_config_refuses_to_start)
 {
-	struct t_daemon d = { 0 };
 	char conf[160], buf[4096] = { 0 };
 	const char *args[] = { "--config", conf, "--pool-size", "16M", NULL };
 	FILE *f;
 
-	strcpy(d.dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(d.dir));
-	snprintf(d.sock, sizeof(d.sock), "%s/kvcd.sock", d.dir);
-	snprintf(d.log, sizeof(d.log), "%s/kvcd.log", d.dir);
-	snprintf(conf, sizeof(conf), "%s/kvcd.conf", d.dir);
+	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(D.dir));
+	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
+	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
+	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
 	f = fopen(conf, "w");
 	fputs("[kvcd]\nstaging_size = 64M\nstaging_max = 16M\n", f);
 	fclose(f);
-	cr_assert_eq(t_daemon_start_args(&d, args), 1002, "exits 2: bad configuration");
-	f = fopen(d.log, "r");
+	cr_assert_eq(t_daemon_start_args(&D, args), 1002, "exits 2: bad configuration");
+	f = fopen(D.log, "r");
 	cr_assert_eq(fread(buf, 1, sizeof(buf) - 1, f) > 0, 1);
 	fclose(f);
 	cr_assert_not_null(strstr(buf, "staging_size"), "says what is wrong: %s", buf);
-	snprintf(buf, sizeof(buf), "rm -rf %s", d.dir);
+	snprintf(buf, sizeof(buf), "rm -rf %s", D.dir);
 	cr_assert_eq(system(buf), 0);
 }
 
@@ -251,7 +255,6 @@ Test(abuse, contradictory_config_refuses_to_start)
  * calls get their own answers. */
 Test(abuse, stopped_daemon_times_out_calls)
 {
-	struct t_daemon d;
 	struct kvc_attach_opts o;
 	struct kvc_layout l = { .dtype = KVC_F16,
 				.layers = 1,
@@ -263,9 +266,9 @@ Test(abuse, stopped_daemon_times_out_calls)
 	kvc_client *c;
 	size_t size, n = kvc_layout_bytes(&l);
 
-	start_with(&d, "[kvcd]\n");
+	start_with(&D, "[kvcd]\n");
 	kvc_attach_opts_init(&o);
-	o.socket = d.sock;
+	o.socket = D.sock;
 	o.staging_size = 1u << 20;
 	o.op_timeout_ms = 200;
 	cr_assert_eq(kvc_attach(&o, &c), 0);
@@ -273,32 +276,31 @@ Test(abuse, stopped_daemon_times_out_calls)
 
 	t_fill(stg, n, 42);
 	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
-	cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+	cr_assert_eq(kill(D.pid, SIGSTOP), 0);
 	t_sleep_ms(50);
 	cr_assert_eq(kvc_nop(c), -ETIMEDOUT);
 	size_t hits;
 
 	cr_assert_eq(kvc_lookup(c, &k, 1, &hits), -ETIMEDOUT);
-	cr_assert_eq(kill(d.pid, SIGCONT), 0);
+	cr_assert_eq(kill(D.pid, SIGCONT), 0);
 	memset(stg + n, 0, n);
 	cr_assert_eq(kvc_fetch(c, &k, n, n, &got), 0, "this call's own answer");
 	cr_assert_eq(memcmp(stg, stg + n, n), 0);
 	cr_assert_eq(kvc_nop(c), 0);
 	kvc_detach(c);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
 /* Without admin rights a client sees its own uid's clients and namespaces only. */
 Test(abuse, listings_show_other_users_nothing)
 {
-	struct t_daemon d;
 	int ready[2], done[2];
 	char b;
 
 	if (geteuid() != 0)
 		cr_skip_test("needs root to act as another uid");
-	start_with(&d, "[kvcd]\nsocket_mode = 0666\n");
-	kvc_client *root = t_attach(&d, "root-secret", 1u << 20);
+	start_with(&D, "[kvcd]\nsocket_mode = 0666\n");
+	kvc_client *root = t_attach(&D, "root-secret", 1u << 20);
 
 	cr_assert_eq(pipe(ready), 0);
 	cr_assert_eq(pipe(done), 0);
@@ -311,7 +313,7 @@ Test(abuse, listings_show_other_users_nothing)
 
 		if (setgid(nobody()) || setuid(nobody()))
 			_exit(90);
-		kvc_client *c = t_try_attach(&d, "mine", 1u << 20);
+		kvc_client *c = t_try_attach(&D, "mine", 1u << 20);
 
 		if (!c)
 			_exit(91);
@@ -336,5 +338,5 @@ Test(abuse, listings_show_other_users_nothing)
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nobody saw only itself (status %d)",
 		  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 	kvc_detach(root);
-	cr_assert_eq(t_daemon_stop(&d), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
 }

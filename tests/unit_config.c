@@ -52,8 +52,10 @@ Test(config, file_with_namespaces)
 	cr_assert(kvcd_config_allows(&c, "llama-7b", 5, 5, (gid_t[]){ 7, 44 }, 2),
 		  "by a supplementary group");
 	cr_assert_not(kvcd_config_allows(&c, "llama-7b", 65534, 65534, (gid_t[]){ 7 }, 1));
-	cr_assert(kvcd_config_allows(&c, "other", 65534, 65534, NULL, 0), "unlisted namespaces are open");
-	cr_assert(kvcd_config_allows(&c, "open", 65534, 65534, NULL, 0), "so are ones listed for a policy");
+	cr_assert(kvcd_config_allows(&c, "other", 65534, 65534, NULL, 0),
+		  "unlisted namespaces are open");
+	cr_assert(kvcd_config_allows(&c, "open", 65534, 65534, NULL, 0),
+		  "so are ones listed for a policy");
 	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kind, KVCD_CODEC_KIVI);
 	cr_assert_eq(kvcd_config_policy(&c, "llama-7b")->kbits, 2);
 	cr_assert_eq(kvcd_config_policy(&c, "open")->kbits, 4);

@@ -525,7 +525,8 @@ Test(store, quotas)
 		cr_assert_eq(put_ns(b, i), 0);
 	for (uint64_t i = 2; i <= 3; i++) {
 		k = K(i);
-		cr_assert_eq(kvcd_store_lookup(&st, a, &k, 1), 1, "a within quota keeps %d", (int)i);
+		cr_assert_eq(kvcd_store_lookup(&st, a, &k, 1), 1, "a within quota keeps %d",
+			     (int)i);
 	}
 	cr_assert_eq(kvcd_store_reclaim(&st, UINT64_MAX) > 0, 1, "an admin's EVICT takes all");
 	k = K(2);
@@ -536,7 +537,7 @@ Test(store, quotas)
 	huge.tokens = 3 * L.tokens;
 	k = K(50);
 	cr_assert_eq(kvcd_store_reserve(&st, (uint16_t)a, &k, &huge, kvcp_layout_bytes(&huge),
-				       ONLY0, 1, &blk),
+					ONLY0, 1, &blk),
 		     -EDQUOT, "larger than its whole quota");
 	kvcd_store_ns_put(&st, (uint16_t)a);
 	kvcd_store_ns_put(&st, (uint16_t)b);
@@ -566,4 +567,63 @@ Test(store, empty_namespaces_are_reclaimed)
 
 		cr_assert(id >= 0 || (id == -ENFILE && i == KVCD_STORE_NS - 1), "%d: %d", i, id);
 	}
+}
+
+/* A restart adopts committed blocks whose bytes match their checksum, and nothing else: not
+ * a STORE that never finished, not a block deleted while a reader held it, not one whose
+ * bytes changed. */
+Test(store, adoption_keeps_only_committed_intact_blocks)
+{
+	static struct kvcd_pool p2[1];
+	struct kvcd_store s2;
+	struct kvcd_adopt_stats as;
+	struct kvcd_block *b, *held;
+	struct kvcp_key k;
+	int map[256];
+	void *mem;
+
+	/* a pool with a superblock, as kvcd makes them */
+	cr_assert_eq(posix_memalign(&mem, 4096, 2 * POOL), 0);
+	memset(&p2[0], 0, sizeof(p2[0]));
+	p2[0].base = mem;
+	p2[0].size = 2 * POOL;
+	kvcd_pool_format(&p2[0]);
+	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	for (uint64_t i = 0; i < 4; i++) { /* 0, 1, 2 committed and checksummed; 3 unfinished */
+		k = K(i);
+		cr_assert_eq(
+			kvcd_store_reserve(&s2, 0, &k, &L, kvcp_layout_bytes(&L), ONLY0, 1, &b), 0);
+		memset(b->data, (int)i + 1, kvcp_layout_bytes(&L));
+		if (i < 3)
+			kvcd_store_commit(&s2, b, true, true,
+					  kvcd_copy_sum(KVCD_ISA_SCALAR, NULL, b->data, b->stored));
+	}
+	k = K(2);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k, &held), 0);
+	cr_assert_eq(kvcd_store_delete(&s2, 0, &k), 0); /* dead, but still held */
+	k = K(1);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k, &b), 0);
+	((unsigned char *)b->data)[1000] ^= 1; /* bytes changed behind the checksum */
+	kvcd_store_put(&s2, b, false);
+	/* the process dies here: its records are gone, the pool's bytes stay */
+	free(s2.slabs[0]);
+	free(s2.slabs);
+	free(s2.slots);
+	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	for (int i = 0; i < 256; i++)
+		map[i] = i;
+	cr_assert_eq(kvcd_store_adopt(&s2, 0, map, true, &as), 0);
+	cr_assert_eq(as.seen, 4);
+	cr_assert_eq(as.kept, 1, "block 0 only");
+	cr_assert_eq(as.uncommitted, 2, "the unfinished and the deleted one");
+	cr_assert_eq(as.bad_sum, 1);
+	k = K(0);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k, &b), 0);
+	cr_assert_eq(((unsigned char *)b->data)[7], 1);
+	kvcd_store_put(&s2, b, false);
+	cr_assert_eq(kvcd_alloc_check(&p2[0].alloc), 0, "the freed blocks coalesced");
+	cr_assert_eq(p2[0].alloc.used, kvcd_alloc_charge(b->data));
+	cr_assert_eq(s2.ns[0].blocks, 1);
+	kvcd_store_fini(&s2);
+	free(mem);
 }
