@@ -106,6 +106,10 @@ for pool in ${POOLS:-64M 512M 2G 8G}; do
 done | tee "$dir/pools.jsonl"
 jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
 
+echo "== warm restart: SIGKILL under 8 verifying readers, against the cold start of the same pool"
+$B restart --kvcd ./build/kvcd --pool-size ${RESTART_POOL:-4G} --procs 8 --json \
+	| tee "$out/restart.json"
+
 echo "== codecs (in-process, each ISA this CPU has)"
 "$(dirname "$B")/kvccodec-bench" codec --iters 10 --json | tee "$dir/codec.jsonl"
 jq -s . "$dir/codec.jsonl" > "$out/codec.json"

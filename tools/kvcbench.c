@@ -21,7 +21,9 @@
  * Codec speed in-process, without a daemon, is kvccodec-bench's. kvcbench uses kvc.h only.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -839,6 +841,189 @@ static int bench_select(unsigned long nblocks, unsigned reps, const char *model,
 	return 0;
 }
 
+/* ---- restart: the cache across a kvcd crash ----------------------------------------------
+ * kvcbench starts kvcd itself on a state directory, fills most of the pool, runs @clients
+ * verifying readers, SIGKILLs kvcd and starts it again on the same pools: time to READY, the
+ * blocks before and after, and the readers' hit rate before and after. */
+
+struct restart_share {
+	volatile int phase; /* 0: before the crash, 1: after, 2: stop */
+	struct {
+		uint64_t hits, misses, resets, down, other, corrupt;
+	} r[2][64];
+};
+
+static pid_t spawn_kvcd(const char *bin, const char *sock, const char *pool, const char *dir)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+
+		dup2(fd, 1);
+		execl(bin, bin, "--foreground", "--socket", sock, "--pool-size", pool,
+		      "--state-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Wait until kvcd answers an attach; returns the ns waited, or 0 if it died. */
+static uint64_t wait_ready(pid_t pid, uint64_t t0)
+{
+	for (;;) {
+		struct kvc_attach_opts o;
+		kvc_client *c;
+
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return 0;
+		kvc_attach_opts_init(&o);
+		o.socket = g_sock;
+		o.staging_size = 4096;
+		if (kvc_attach(&o, &c) == 0) {
+			kvc_detach(c);
+			return now_ns() - t0;
+		}
+		usleep(1000);
+	}
+}
+
+static void restart_reader(struct restart_share *sh, unsigned id, unsigned long nblocks, size_t bs)
+{
+	kvc_client *c = attach(2 * bs, 0);
+	size_t ssz;
+	unsigned char *stg = kvc_staging(c, &ssz), *want = malloc(bs);
+	uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1);
+
+	while (sh->phase < 2) {
+		int ph = sh->phase;
+		unsigned long i;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		i = x % nblocks;
+		struct kvc_key k = { 0x5e57a27, i };
+		int r = kvc_fetch(c, &k, 0, bs, NULL);
+
+		if (r == 0) {
+			fill(want, bs, (unsigned)i);
+			sh->r[ph][id].hits++;
+			sh->r[ph][id].corrupt += memcmp(want, stg, bs) != 0;
+		} else if (r == -ENOENT && kvc_nop(c) == 0) { /* not: no daemon at the path */
+			sh->r[ph][id].misses++;
+		} else if (r == -ECONNRESET) {
+			sh->r[ph][id].resets++;
+		} else if (r == -ENOENT || r == -ECONNREFUSED) { /* kvcd is down: retry soon */
+			sh->r[ph][id].down++;
+			usleep(1000);
+		} else {
+			sh->r[ph][id].other++;
+		}
+	}
+	free(want);
+	kvc_detach(c);
+	_exit(0);
+}
+
+static int bench_restart(const char *bin, const char *pool, unsigned clients, size_t bs, int json)
+{
+	char dir[] = "/dev/shm/kvcbench-restart-XXXXXX", sock[128];
+	struct restart_share *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+					MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 };
+	struct kvc_stats st;
+	uint64_t t_cold, t_warm, before, after, hits[2] = { 0 }, tries[2] = { 0 }, bad = 0,
+						other = 0;
+	unsigned long n = 0;
+	size_t pool_bytes;
+	pid_t kvcd, readers[64];
+
+	if (sh == MAP_FAILED || !mkdtemp(dir) || clients > 64 || parse_size(pool, &pool_bytes))
+		return 1;
+	memset(sh, 0, sizeof(*sh));
+	snprintf(sock, sizeof(sock), "%s/kvcd.sock", dir);
+	g_sock = sock;
+	kvcd = spawn_kvcd(bin, sock, pool, dir);
+	t_cold = wait_ready(kvcd, now_ns());
+	if (!t_cold)
+		return 1;
+	/* fill 90% of the pool: blocks of @bs bytes */
+	kvc_client *c = attach(bs, 0);
+	size_t ssz;
+	unsigned char *stg = kvc_staging(c, &ssz);
+
+	l.tokens = (uint32_t)(bs / (2 * 2 * 64));
+	for (; (n + 1) * (bs + 64) < pool_bytes / 10 * 9; n++) {
+		struct kvc_key k = { 0x5e57a27, n };
+
+		fill(stg, bs, (unsigned)n);
+		if (kvc_store(c, &k, &l, 0))
+			break;
+	}
+	kvc_stats(c, &st, sizeof(st));
+	kvc_detach(c);
+	for (unsigned i = 0; i < clients; i++)
+		if ((readers[i] = fork()) == 0)
+			restart_reader(sh, i, n, bs);
+	usleep(1000000);
+	c = attach(4096, 0);
+	kvc_stats(c, &st, sizeof(st));
+	before = st.blocks;
+	kvc_detach(c);
+	kill(kvcd, SIGKILL); /* a crash, under load */
+	waitpid(kvcd, NULL, 0);
+	sh->phase = 1;
+	uint64_t t0 = now_ns();
+
+	kvcd = spawn_kvcd(bin, sock, pool, dir);
+	t_warm = wait_ready(kvcd, t0);
+	usleep(1000000);
+	sh->phase = 2;
+	for (unsigned i = 0; i < clients; i++)
+		waitpid(readers[i], NULL, 0);
+	c = attach(4096, 0);
+	kvc_stats(c, &st, sizeof(st));
+	after = st.blocks;
+	kvc_detach(c);
+	kill(kvcd, SIGTERM);
+	waitpid(kvcd, NULL, 0);
+	for (unsigned i = 0; i < clients; i++)
+		for (int ph = 0; ph < 2; ph++) {
+			hits[ph] += sh->r[ph][i].hits;
+			tries[ph] += sh->r[ph][i].hits + sh->r[ph][i].misses;
+			bad += sh->r[ph][i].corrupt;
+			other += sh->r[ph][i].other;
+		}
+	char cmd[160];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd))
+		fprintf(stderr, "kvcbench: could not remove %s\n", dir);
+	if (json)
+		printf("{\"scenario\": \"restart\", \"pool\": \"%s\", \"block_bytes\": %zu, "
+		       "\"clients\": %u, \"blocks_before\": %llu, \"blocks_after\": %llu, "
+		       "\"ready_cold_ms\": %.1f, \"ready_warm_ms\": %.1f, \"warm_vs_cold\": %.3f, "
+		       "\"hit_rate_before\": %.4f, "
+		       "\"hit_rate_after\": %.4f, \"fetches_after\": %llu, \"corrupt\": %llu, "
+		       "\"errors\": %llu}\n",
+		       pool, bs, clients, (unsigned long long)before, (unsigned long long)after,
+		       t_cold / 1e6, t_warm / 1e6, (double)t_warm / t_cold,
+		       tries[0] ? (double)hits[0] / tries[0] : 0,
+		       tries[1] ? (double)hits[1] / tries[1] : 0, (unsigned long long)tries[1],
+		       (unsigned long long)bad, (unsigned long long)other);
+	else
+		printf("restart of a %s pool (%llu blocks of %zu KiB) under %u readers: READY in "
+		       "%.1f ms cold, %.1f ms warm; blocks %llu before, %llu after; hit rate %.4f "
+		       "before, %.4f after (%llu fetches); %llu corrupt, %llu other errors\n",
+		       pool, (unsigned long long)before, bs >> 10, clients, t_cold / 1e6,
+		       t_warm / 1e6, (unsigned long long)before, (unsigned long long)after,
+		       tries[0] ? (double)hits[0] / tries[0] : 0,
+		       tries[1] ? (double)hits[1] / tries[1] : 0, (unsigned long long)tries[1],
+		       (unsigned long long)bad, (unsigned long long)other);
+	return bad || after != before ? 1 : 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -850,6 +1035,8 @@ static void usage(FILE *f)
 		"                [--iters N] [--json]\n"
 		"       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
 		"                [--policy P] [--heads QUERY_HEADS] [--json]\n"
+		"       kvcbench restart --kvcd BIN [--pool-size SIZE] [--procs N]\n"
+		"                [--block-size SIZE] [--json]\n"
 		"kvccodec-bench measures the codecs in-process.\n");
 }
 
@@ -872,12 +1059,14 @@ int main(int argc, char **argv)
 					      { "model", required_argument, 0, 'M' },
 					      { "chunk", required_argument, 0, 'k' },
 					      { "chunks", required_argument, 0, 'K' },
+					      { "kvcd", required_argument, 0, 'D' },
+					      { "pool-size", required_argument, 0, 'z' },
 					      { 0, 0, 0, 0 } };
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
 	unsigned procs = 1, chunk = 8, chunks = 64, reps;
 	int o, json = 0, sleep_mode = 0, peers = 1;
-	const char *redis = NULL, *model = NULL;
+	const char *redis = NULL, *model = NULL, *kvcd = NULL, *pool = "4G";
 	pid_t pid = 0;
 	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
@@ -885,7 +1074,7 @@ int main(int argc, char **argv)
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -915,6 +1104,8 @@ int main(int argc, char **argv)
 		case 'M': model = optarg; break;
 		case 'k': chunk = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'K': chunks = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'D': kvcd = optarg; break;
+		case 'z': pool = optarg; break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -937,6 +1128,14 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return bench_prefix(model, chunk, chunks, reps, json);
+	}
+	if (!strcmp(cmd, "restart")) {
+		if (!kvcd) {
+			usage(stderr);
+			return 2;
+		}
+		return bench_restart(kvcd, pool, procs == 1 ? 8 : procs,
+				     bs == (2 << 20) ? 256 << 10 : bs, json);
 	}
 	if (!strcmp(cmd, "select"))
 		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, policy, qheads,
