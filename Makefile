@@ -9,6 +9,7 @@
 #   make eval       kvc-eval of every policy on the real model: docs/quality.md
 #   make docs       docs/policies.md from the policy table
 #   make format     clang-format the tree (make test runs make format-check)
+#   make fuzz       each libFuzzer harness FUZZ_S (60) seconds under ASan+UBSan
 #   make install    PREFIX=/usr/local
 
 CC      ?= gcc
@@ -29,7 +30,7 @@ TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterio
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
-	    liblapacke-dev libopenblas-dev clang-format-14
+	    liblapacke-dev libopenblas-dev clang-format-14 clang-14 libclang-rt-14-dev
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c
@@ -147,7 +148,35 @@ $(BUILD)/abi-0.2-client: tests/abi/old_client.c $(BUILD)/abi/libkvcclient.so $(B
 	$(CC) $(CFLAGS) $(KFLAGS) -Itests/abi -o $@ $< -L$(BUILD)/abi -lkvcclient \
 		-Wl,-rpath,'$$ORIGIN'
 
-test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client $(BUILD)/ubsan/kvcd
+test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client $(BUILD)/ubsan/kvcd \
+	  $(FUZZERS:%=$(BUILD)/fuzz-replay/fuzz_%)
+
+# Fuzzers (make fuzz): clang's libFuzzer under ASan and UBSan, each FUZZ_S seconds from its
+# seed corpus in tests/fuzz/seeds/. make test replays the seeds (and every input a fuzzer
+# once crashed on, kept there) through the same harnesses, built by $(CC) without libFuzzer.
+FUZZERS := policy config request decode
+FUZZ_S ?= 60
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(DAEMON_OBJ) $(CODEC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -fsanitize=fuzzer -o $@ $^ $(DEPS_LIBS) -lm
+
+$(BUILD)/fuzz-replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(DAEMON_OBJ) $(CODEC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $^ $(DEPS_LIBS) -lm
+
+$(BUILD)/fuzz-mkseeds: tests/fuzz/mkseeds.c $(CODEC_LIB)
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -o $@ $^ -lm
+
+fuzz: deps
+	$(MAKE) BUILD=build-fuzz CC=clang-14 CFLAGS="$(FUZZ_CFLAGS)" \
+		$(FUZZERS:%=build-fuzz/fuzz/fuzz_%)
+	@set -e; for f in $(FUZZERS); do mkdir -p build-fuzz/corpus/$$f; \
+		echo "== fuzz_$$f ($(FUZZ_S) s, seeds in tests/fuzz/seeds/$$f)"; \
+		build-fuzz/fuzz/fuzz_$$f -max_total_time=$(FUZZ_S) -print_final_stats=1 \
+			-artifact_prefix=build-fuzz/ build-fuzz/corpus/$$f tests/fuzz/seeds/$$f; \
+	done
 
 # kvcd with -fsanitize=alignment, for it_align: any misaligned element access aborts it.
 $(BUILD)/ubsan/kvcd: $(DAEMON_SRC) $(CODEC_SRC) daemon/main.c daemon/*.h daemon/codec/*.h proto/*.h
@@ -181,6 +210,7 @@ test: deps
 		KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd KVCD_UBSAN_BIN=$(CURDIR)/$(BUILD)/ubsan/kvcd \
 			$(BUILD)/tests/$$t --jobs 2 || fail=1; \
 	done; \
+	for f in $(FUZZERS); do $(BUILD)/fuzz-replay/fuzz_$$f tests/fuzz/seeds/$$f || fail=1; done; \
 	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
 
 asan:
