@@ -10,6 +10,7 @@
 #   make docs       docs/policies.md from the policy table
 #   make format     clang-format the tree (make test runs make format-check)
 #   make fuzz       each libFuzzer harness FUZZ_S (60) seconds under ASan+UBSan
+#   make chaos      the chaos suite, CHAOS_S (600) seconds against the ASan+UBSan kvcd
 #   make install    PREFIX=/usr/local
 
 CC      ?= gcc
@@ -49,7 +50,7 @@ VERSION_H  := $(BUILD)/include/kvc_version.h
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
      $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval \
-     $(BUILD)/kvccodec-bench
+     $(BUILD)/kvccodec-bench $(BUILD)/kvc-chaos
 
 # The codec sees proto/ and its own folder only: no daemon header, no package flags.
 $(BUILD)/daemon/codec/%.o: daemon/codec/%.c
@@ -110,6 +111,9 @@ $(BUILD)/tools/kvccodec-bench.o: tools/kvccodec-bench.c
 $(BUILD)/kvccodec-bench: $(BUILD)/tools/kvccodec-bench.o $(CODEC_LIB)
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lm
 
+$(BUILD)/kvc-chaos: $(BUILD)/tools/kvc-chaos.o $(BUILD)/libkvcclient.a
+	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash
+
 $(BUILD)/kvc-llama: $(BUILD)/tools/kvc-llama.o $(ENGINE_OBJ) $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lxxhash -lm
 
@@ -160,11 +164,13 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(DAEMON_OBJ) $(CODEC_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -fsanitize=fuzzer -o $@ $^ $(DEPS_LIBS) -lm
+	$(CC) $(CFLAGS) $(filter-out -MMD -MP,$(KFLAGS)) $(DEPS_CFLAGS) $(INC) -fsanitize=fuzzer \
+		-o $@ $(filter %.c %.o %.a,$^) $(DEPS_LIBS) -lm
 
 $(BUILD)/fuzz-replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(DAEMON_OBJ) $(CODEC_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $^ $(DEPS_LIBS) -lm
+	$(CC) $(CFLAGS) $(filter-out -MMD -MP,$(KFLAGS)) $(DEPS_CFLAGS) $(INC) -o $@ \
+		$(filter %.c %.o %.a,$^) $(DEPS_LIBS) -lm
 
 $(BUILD)/fuzz-mkseeds: tests/fuzz/mkseeds.c $(CODEC_LIB)
 	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -o $@ $^ -lm
@@ -213,12 +219,21 @@ test: deps
 	for f in $(FUZZERS); do $(BUILD)/fuzz-replay/fuzz_$$f tests/fuzz/seeds/$$f || fail=1; done; \
 	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
 
+ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	       -fno-sanitize-recover=undefined
+
 asan:
-	$(MAKE) BUILD=build-asan CC=gcc \
-		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-		test-bin
+	$(MAKE) BUILD=build-asan CC=gcc CFLAGS="$(ASAN_CFLAGS)" test-bin
 	@set -e; for t in $(TESTS); do echo "== $$t (asan)"; \
 		KVCD_BIN=$(CURDIR)/build-asan/kvcd ASAN_OPTIONS=detect_leaks=1 build-asan/tests/$$t --jobs 1; done
+
+# The chaos suite: tools/kvc-chaos against the ASan+UBSan kvcd, CHAOS_S seconds over its five
+# scenarios (make test runs each for two seconds, tests/it_chaos.c).
+CHAOS_S ?= 600
+chaos: deps all
+	$(MAKE) BUILD=build-asan CC=gcc CFLAGS="$(ASAN_CFLAGS)" build-asan/kvcd
+	ASAN_OPTIONS=detect_leaks=1 ./$(BUILD)/kvc-chaos --kvcd $(CURDIR)/build-asan/kvcd \
+		--seconds $(CHAOS_S)
 
 # Documents generated from the code.
 docs: all
@@ -255,5 +270,5 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench eval deps install clean docs format format-check
+.PHONY: all test test-bin asan run bench eval deps install clean docs format format-check fuzz chaos
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

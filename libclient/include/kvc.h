@@ -104,7 +104,13 @@ void kvc_attach_opts_init(struct kvc_attach_opts *o);
 
 /* Connect to kvcd and map the rings and the staging buffer. On success *@out owns them until
  * kvc_detach(). Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -EACCES (uid/gid not allowed
- * for this namespace), -EPROTO (incompatible daemon), -EUSERS (too many clients), -ENOMEM. */
+ * for this namespace), -EPROTO (incompatible daemon), -EUSERS (too many clients), -EBUSY (too
+ * many attaches of this uid in progress: retry), -E2BIG (staging_size above kvcd's
+ * staging_max), -ENFILE (kvcd's namespace table is full), -ENOMEM.
+ *
+ * After kvcd restarts, the next call returns -ECONNRESET and the handle re-attaches on its
+ * own; policies registered with kvc_policy() belong to the old session: register them
+ * again. */
 int kvc_attach(const struct kvc_attach_opts *o, kvc_client **out);
 
 /* Release everything @c owns; requests in flight are abandoned. NULL is a no-op. */
@@ -267,7 +273,7 @@ int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits
 int kvc_delete(kvc_client *c, const struct kvc_key *key);
 
 /* Keep @key from eviction for @lease_ms (0: daemon maximum) or until kvc_unpin or this client
- * detaches. Pins nest. */
+ * detaches. Pins nest; a client holds at most kvcd's max_pins (-EDQUOT beyond). */
 int kvc_pin(kvc_client *c, const struct kvc_key *key, uint32_t lease_ms);
 int kvc_unpin(kvc_client *c, const struct kvc_key *key);
 
