@@ -231,3 +231,88 @@ Test(restart, another_format_version_starts_cold)
 	fclose(f);
 	cr_assert_not_null(strstr(buf, "starting it empty"), "%s", buf);
 }
+
+/* ---- systemd's file descriptor store, played by the test ------------------------------------
+ * kvcd under systemd hands its pools over with sd_notify("FDSTORE=1") and gets them back at
+ * the next start in LISTEN_FDS. The test plays the service manager on both ends. */
+
+static pid_t spawn(int notify_fd, const char *notify_path, int pool_fd)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		int log = open(D.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		char pidbuf[16];
+
+		dup2(log, 1);
+		dup2(log, 2);
+		if (notify_fd >= 0)
+			setenv("NOTIFY_SOCKET", notify_path, 1);
+		if (pool_fd >= 0) { /* as systemd passes stored descriptors: from fd 3 on */
+			dup2(pool_fd, 3);
+			snprintf(pidbuf, sizeof(pidbuf), "%d", (int)getpid());
+			setenv("LISTEN_PID", pidbuf, 1);
+			setenv("LISTEN_FDS", "1", 1);
+			setenv("LISTEN_FDNAMES", "kvcd-pool-0", 1);
+		}
+		execl(t_kvcd_bin(), t_kvcd_bin(), "--foreground", "--socket", D.sock, "--config",
+		      conf, "--pool-size", "32M", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Read notifications until READY=1; returns the descriptor stored as kvcd-pool-0, or -1. */
+static int collect_fdstore(int ns)
+{
+	int pool = -1;
+
+	for (int i = 0; i < 100; i++) {
+		char buf[512] = { 0 }, cbuf[CMSG_SPACE(8 * sizeof(int))];
+		struct iovec iov = { buf, sizeof(buf) - 1 };
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm;
+
+		if (recvmsg(ns, &mh, 0) < 0)
+			break;
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+			if (cm->cmsg_type == SCM_RIGHTS && strstr(buf, "FDNAME=kvcd-pool-0"))
+				memcpy(&pool, CMSG_DATA(cm), sizeof(int));
+		if (strstr(buf, "READY=1"))
+			break;
+	}
+	return pool;
+}
+
+Test(restart, systemd_fd_store_keeps_the_pools)
+{
+	static unsigned char raw[NBLK * 16384];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { 10, 0 };
+	int ns, pool;
+
+	prepare();
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/notify", D.dir);
+	ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(ns, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	setsockopt(ns, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	D.pid = spawn(ns, sa.sun_path, -1);
+	pool = collect_fdstore(ns);
+	cr_assert_geq(pool, 0, "kvcd gave its pool to the store before READY");
+	kvc_client *a = attach_ns("default");
+
+	fill(a, raw);
+	cr_assert_eq(kill(D.pid, SIGKILL), 0); /* systemd would restart it: Restart=on-failure */
+	waitpid(D.pid, NULL, 0);
+	D.pid = spawn(ns, sa.sun_path, pool);
+	cr_assert_geq(collect_fdstore(ns), 0, "and gives it again");
+	cr_assert_eq(kvc_nop(a), -ECONNRESET);
+	cr_assert_eq(check(a, raw), NBLK, "every block back from the store");
+	kvc_detach(a);
+	close(pool);
+	close(ns);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+}
