@@ -91,11 +91,12 @@ static void remove_free(struct kvcd_alloc *a, struct kvcd_fblk *b)
 	b->size &= ~F_FREE;
 }
 
-int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size)
+/* The arena of [base, base + size): aligned, whole headers, within what the lists index.
+ * The same for a new arena and an adopted one. */
+static int arena(struct kvcd_alloc *a, void *base, size_t size)
 {
 	uintptr_t start = ((uintptr_t)base + HDR - 1) & ~(uintptr_t)(HDR - 1);
 	uint64_t usable;
-	struct kvcd_fblk *b, *sentinel;
 
 	memset(a, 0, sizeof(*a));
 	if (start - (uintptr_t)base + 3 * HDR > size)
@@ -105,6 +106,17 @@ int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size)
 		return -EINVAL;
 	a->base = (char *)start;
 	a->size = usable;
+	return 0;
+}
+
+int kvcd_alloc_init(struct kvcd_alloc *a, void *base, size_t size)
+{
+	struct kvcd_fblk *b, *sentinel;
+	uint64_t usable;
+
+	if (arena(a, base, size))
+		return -EINVAL;
+	usable = a->size;
 	b = (struct kvcd_fblk *)a->base;
 	b->prev_phys = NULL;
 	b->size = usable - 2 * HDR;
@@ -224,20 +236,12 @@ bool kvcd_alloc_frees_room(const struct kvcd_alloc *a, void *p, size_t n,
 int kvcd_alloc_adopt(struct kvcd_alloc *a, void *base, size_t size,
 		     bool (*keep)(void *payload, void *arg), void *arg)
 {
-	uintptr_t start = ((uintptr_t)base + HDR - 1) & ~(uintptr_t)(HDR - 1);
 	struct kvcd_fblk *b, *prev = NULL, *run = NULL;
-	uint64_t usable;
 	char *end;
 
-	memset(a, 0, sizeof(*a));
-	if (start - (uintptr_t)base + 3 * HDR > size)
+	if (arena(a, base, size))
 		return -EINVAL;
-	usable = (size - (start - (uintptr_t)base)) & ~(uint64_t)(HDR - 1);
-	if (usable >= (1ull << (KVCD_ALLOC_FL_MAX + FL_SHIFT - 1)))
-		return -EINVAL;
-	a->base = (char *)start;
-	a->size = usable;
-	end = a->base + usable - HDR; /* the sentinel */
+	end = a->base + a->size - HDR; /* the sentinel */
 	/* First pass: the chain of sizes must lead exactly to the sentinel. Nothing is
 	 * written until it does, so a pool that is not ours is left as it was. */
 	for (b = (struct kvcd_fblk *)a->base; (char *)b != end; b = next_phys(b))

@@ -233,11 +233,7 @@ Test(abuse, contradictory_config_refuses_to_start)
 	const char *args[] = { "--config", conf, "--pool-size", "16M", NULL };
 	FILE *f;
 
-	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(D.dir));
-	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
-	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
-	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
+	t_daemon_dir(&D, conf, sizeof(conf));
 	f = fopen(conf, "w");
 	fputs("[kvcd]\nstaging_size = 64M\nstaging_max = 16M\n", f);
 	fclose(f);

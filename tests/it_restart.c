@@ -39,11 +39,7 @@ static void prepare(void)
 	FILE *f;
 
 	memset(&D, 0, sizeof(D));
-	strcpy(D.dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(D.dir));
-	snprintf(D.sock, sizeof(D.sock), "%s/kvcd.sock", D.dir);
-	snprintf(D.log, sizeof(D.log), "%s/kvcd.log", D.dir);
-	snprintf(conf, sizeof(conf), "%s/kvcd.conf", D.dir);
+	t_daemon_dir(&D, conf, sizeof(conf));
 	f = fopen(conf, "w");
 	fputs("[namespace packed]\npolicy = int8\n", f);
 	fclose(f);

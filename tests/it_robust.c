@@ -99,7 +99,7 @@ Test(robust, kill_9_in_the_middle_of_stores)
 
 Test(robust, malformed_requests_get_errors_not_crashes)
 {
-	struct t_raw r;
+	struct kvcp_raw r;
 	struct kvcp_cqe cqe;
 	struct kvcp_sqe bad[] = {
 		{ .opcode = 200, .user_data = 1 },
@@ -137,7 +137,7 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 	const int want[] = { -EBADMSG, -EBADMSG, -EBADMSG, -EINVAL, -EINVAL,
 			     -EINVAL,  -EINVAL,	 -EINVAL,  -ENOSPC, 0 };
 
-	cr_assert_eq(t_raw_attach(D.sock, NULL, &r), 0);
+	cr_assert_eq(kvcp_raw_attach(D.sock, NULL, &r), 0);
 	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		cr_assert_eq(t_raw_call(&r, &bad[i], &cqe), 0, "request %u answered", i);
 		cr_assert_eq(cqe.user_data, bad[i].user_data);
@@ -156,7 +156,7 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 
 	setsockopt(r.sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	cr_assert_eq(recv(r.sock, &b, 1, 0), 0, "the daemon hung up on the corrupt client");
-	t_raw_close(&r);
+	kvcp_raw_close(&r);
 	kvc_client *c = t_attach(&D, NULL, 4096);
 
 	cr_assert_eq(kvc_nop(c), 0, "and goes on serving others");
@@ -168,25 +168,25 @@ Test(robust, hostile_attaches_are_refused_without_leaks)
 	struct kvcp_attach_req req = {
 		.magic32 = KVCP_ATTACH_MAGIC, .major = KVCP_MAJOR + 1, .numa_node = -1, .ns = "x"
 	};
-	struct t_raw r;
+	struct kvcp_raw r;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	unsigned fds0;
 	int s;
 
 	strcpy(sa.sun_path, D.sock);
-	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EPROTO, "other major version");
+	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -EPROTO, "other major version");
 	close(r.sock);
 	req.major = KVCP_MAJOR;
 	req.magic32 = 0xdead;
-	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EBADMSG, "bad magic");
+	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -EBADMSG, "bad magic");
 	close(r.sock);
 	req.magic32 = KVCP_ATTACH_MAGIC;
 	memset(req.ns, 'a', sizeof(req.ns)); /* not NUL-terminated */
-	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -EBADMSG);
+	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -EBADMSG);
 	close(r.sock);
 	strcpy(req.ns, "x");
 	req.staging_size = 1ull << 40;
-	cr_assert_eq(t_raw_attach(D.sock, &req, &r), -E2BIG, "staging above staging_max");
+	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -E2BIG, "staging above staging_max");
 	close(r.sock);
 	fds0 = t_count_fds_settled(D.pid);
 	for (int i = 0; i < 200; i++) { /* short messages, passed descriptors, silence */

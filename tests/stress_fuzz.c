@@ -33,7 +33,7 @@ static uint64_t rnd(uint64_t *x)
 static void hostile(const char *sock, uint64_t seed, unsigned ms)
 {
 	uint64_t x = seed, end;
-	struct t_raw r;
+	struct kvcp_raw r;
 	struct timespec ts;
 	unsigned attaches = 0;
 
@@ -45,7 +45,7 @@ static void hostile(const char *sock, uint64_t seed, unsigned ms)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	end = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + ms;
 	for (;;) {
-		if (t_raw_attach(sock, NULL, &r))
+		if (kvcp_raw_attach(sock, NULL, &r))
 			_exit(2);
 		attaches++;
 		for (int i = 0; i < 100000; i++) {
@@ -90,11 +90,11 @@ static void hostile(const char *sock, uint64_t seed, unsigned ms)
 				break; /* kvcd hung up on us: attach again */
 			clock_gettime(CLOCK_MONOTONIC, &ts);
 			if ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 > end) {
-				t_raw_close(&r);
+				kvcp_raw_close(&r);
 				_exit(attaches > 1 ? 0 : 3);
 			}
 		}
-		t_raw_close(&r);
+		kvcp_raw_close(&r);
 	}
 }
 

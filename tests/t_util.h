@@ -63,6 +63,19 @@ static inline const char *t_kvcd_bin(void)
 	return b ? b : "build/kvcd";
 }
 
+/* A fresh, world-readable directory for @t with its socket and log paths in it; @conf (may be
+ * NULL) receives the path of a file kvcd.conf there. */
+static inline void t_daemon_dir(struct t_daemon *t, char *conf, size_t len)
+{
+	strcpy(t->dir, "/tmp/kvcd-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(t->dir));
+	chmod(t->dir, 0755);
+	snprintf(t->sock, sizeof(t->sock), "%s/kvcd.sock", t->dir);
+	snprintf(t->log, sizeof(t->log), "%s/kvcd.log", t->dir);
+	if (conf)
+		snprintf(conf, len, "%s/kvcd.conf", t->dir);
+}
+
 /* Start kvcd with extra arguments (NULL-terminated) and wait until it answers. The log goes
  * to t->log. Returns 0, or the daemon's exit status + 1000 when it exited instead. */
 static inline int t_daemon_start_args(struct t_daemon *t, const char *const *extra)
@@ -70,13 +83,8 @@ static inline int t_daemon_start_args(struct t_daemon *t, const char *const *ext
 	const char *argv[32] = { t_kvcd_bin(), "--foreground", "--socket", t->sock };
 	int n = 4;
 
-	if (!t->dir[0]) {
-		strcpy(t->dir, "/tmp/kvcd-test-XXXXXX");
-		cr_assert_not_null(mkdtemp(t->dir));
-		chmod(t->dir, 0755);
-		snprintf(t->sock, sizeof(t->sock), "%s/kvcd.sock", t->dir);
-		snprintf(t->log, sizeof(t->log), "%s/kvcd.log", t->dir);
-	}
+	if (!t->dir[0])
+		t_daemon_dir(t, NULL, 0);
 	for (; extra && *extra && n < 30; extra++)
 		argv[n++] = *extra;
 	argv[n] = NULL;
@@ -128,12 +136,7 @@ static inline void t_daemon_start_conf(struct t_daemon *t, const char *conf)
 	const char *args[] = { "--config", path, "--pool-size", "64M", NULL };
 	FILE *f;
 
-	strcpy(t->dir, "/tmp/kvcd-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(t->dir));
-	chmod(t->dir, 0755);
-	snprintf(t->sock, sizeof(t->sock), "%s/kvcd.sock", t->dir);
-	snprintf(t->log, sizeof(t->log), "%s/kvcd.log", t->dir);
-	snprintf(path, sizeof(path), "%s/kvcd.conf", t->dir);
+	t_daemon_dir(t, path, sizeof(path));
 	f = fopen(path, "w");
 	cr_assert_not_null(f);
 	fputs(conf, f);
@@ -284,74 +287,10 @@ static inline void t_fill(void *p, size_t n, uint64_t seed)
 
 /* ---- raw protocol client: speaks kvcp.h directly, for requests libkvcclient never sends -- */
 
-struct t_raw {
-	int sock;
-	struct kvcp_shm_hdr *hdr;
-	size_t ctrl_size, staging_size;
-	char *staging;
-	uint32_t sq_prod, sq_cons_cache, cq_cons;
-};
-
-/* Send @req (NULL: a valid one for namespace "default") and return the reply status; on
- * success map the segments into @r. Never asserts, so forked helpers may use it. */
-static inline int t_raw_attach(const char *sock, const struct kvcp_attach_req *req, struct t_raw *r)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct kvcp_attach_req def = { .magic32 = KVCP_ATTACH_MAGIC,
-				       .major = KVCP_MAJOR,
-				       .minor = KVCP_MINOR,
-				       .staging_size = 1 << 20,
-				       .numa_node = -1,
-				       .ns = "default" };
-	struct kvcp_attach_rep rep = { 0 };
-	char cbuf[CMSG_SPACE(2 * sizeof(int))];
-	struct iovec iov = { &rep, sizeof(rep) };
-	struct msghdr mh = { .msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = cbuf,
-			     .msg_controllen = sizeof(cbuf) };
-	struct timeval tv = { 5, 0 };
-	struct cmsghdr *cm;
-	int fds[2];
-
-	memset(r, 0, sizeof(*r));
-	r->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	strcpy(sa.sun_path, sock);
-	setsockopt(r->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(r->sock, (struct sockaddr *)&sa, sizeof(sa)))
-		return -errno;
-	if (send(r->sock, req ? req : &def, sizeof(def), 0) != (ssize_t)sizeof(def))
-		return -errno;
-	if (recvmsg(r->sock, &mh, 0) != (ssize_t)sizeof(rep))
-		return -ECONNRESET;
-	if (rep.status)
-		return rep.status;
-	cm = CMSG_FIRSTHDR(&mh);
-	if (!cm || cm->cmsg_type != SCM_RIGHTS)
-		return -EBADMSG;
-	memcpy(fds, CMSG_DATA(cm), sizeof(fds));
-	r->ctrl_size = rep.ctrl_size;
-	r->staging_size = rep.staging_size;
-	r->hdr = mmap(NULL, rep.ctrl_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
-	r->staging = mmap(NULL, rep.staging_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-	close(fds[0]);
-	close(fds[1]);
-	if (r->hdr == MAP_FAILED || r->staging == MAP_FAILED)
-		return -ENOMEM;
-	return kvcp_hdr_validate(r->hdr, r->ctrl_size);
-}
-
-static inline void t_raw_close(struct t_raw *r)
-{
-	if (r->hdr)
-		munmap(r->hdr, r->ctrl_size);
-	if (r->staging)
-		munmap(r->staging, r->staging_size);
-	close(r->sock);
-}
+#include "../tools/kvcp_raw.h"
 
 /* Submit @sqe and wait (up to 2 s) for its completion. Returns 0 or -ETIMEDOUT. */
-static inline int t_raw_call(struct t_raw *r, const struct kvcp_sqe *sqe, struct kvcp_cqe *cqe)
+static inline int t_raw_call(struct kvcp_raw *r, const struct kvcp_sqe *sqe, struct kvcp_cqe *cqe)
 {
 	struct kvcp_ring *sq = &r->hdr->sq;
 	char *base = (char *)r->hdr;

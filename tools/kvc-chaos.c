@@ -35,6 +35,7 @@
 #include <kvc.h>
 #include <kvcp.h>
 
+#include "kvcp_raw.h"
 #include "timing.h"
 
 #define NKEYS	   32
@@ -149,16 +150,12 @@ static int stop_kvcd(void)
 	return st;
 }
 
-static unsigned count_fds(pid_t pid)
+/* The number a shell command prints (0 when it prints none). */
+static unsigned shell_count(const char *cmd)
 {
-	char path[64];
 	unsigned n = 0;
-	FILE *p;
-	char cmd[96];
+	FILE *p = popen(cmd, "r");
 
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	snprintf(cmd, sizeof(cmd), "ls %s 2>/dev/null | wc -l", path);
-	p = popen(cmd, "r");
 	if (p && fscanf(p, "%u", &n) != 1)
 		n = 0;
 	if (p)
@@ -166,21 +163,22 @@ static unsigned count_fds(pid_t pid)
 	return n;
 }
 
+static unsigned count_fds(pid_t pid)
+{
+	char cmd[96];
+
+	snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd 2>/dev/null | wc -l", (int)pid);
+	return shell_count(cmd);
+}
+
 /* Sanitizer reports in kvcd's log. */
 static unsigned sanitizer_reports(void)
 {
 	char cmd[320];
-	unsigned n = 0;
-	FILE *p;
 
 	snprintf(cmd, sizeof(cmd),
 		 "grep -cE 'runtime error|ERROR: AddressSanitizer|ERROR: LeakSanitizer' %s", g_log);
-	p = popen(cmd, "r");
-	if (p && fscanf(p, "%u", &n) != 1)
-		n = 0;
-	if (p)
-		pclose(p);
-	return n;
+	return shell_count(cmd);
 }
 
 /* ---- verifying clients ----------------------------------------------------------------------
@@ -369,62 +367,6 @@ static void verifier(unsigned id)
 
 /* ---- antagonists ---------------------------------------------------------------------------- */
 
-struct raw {
-	int sock;
-	struct kvcp_shm_hdr *hdr;
-	size_t ctrl_size, staging_size;
-	char *staging;
-	uint32_t sq_prod, sq_cons_cache;
-};
-
-static int raw_attach(struct raw *r, const char *ns)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct kvcp_attach_req req = { .magic32 = KVCP_ATTACH_MAGIC,
-				       .major = KVCP_MAJOR,
-				       .minor = KVCP_MINOR,
-				       .staging_size = 1 << 20,
-				       .numa_node = -1 };
-	struct kvcp_attach_rep rep = { 0 };
-	char cbuf[CMSG_SPACE(2 * sizeof(int))];
-	struct iovec iov = { &rep, sizeof(rep) };
-	struct msghdr mh = { .msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = cbuf,
-			     .msg_controllen = sizeof(cbuf) };
-	struct timeval tv = { 2, 0 };
-	struct cmsghdr *cm;
-	int fds[2];
-
-	memset(r, 0, sizeof(*r));
-	snprintf(req.ns, sizeof(req.ns), "%s", ns);
-	r->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g_sock);
-	setsockopt(r->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(r->sock, (struct sockaddr *)&sa, sizeof(sa)) ||
-	    send(r->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req) ||
-	    recvmsg(r->sock, &mh, 0) != (ssize_t)sizeof(rep) || rep.status ||
-	    !(cm = CMSG_FIRSTHDR(&mh)) || cm->cmsg_type != SCM_RIGHTS) {
-		close(r->sock);
-		return -1;
-	}
-	memcpy(fds, CMSG_DATA(cm), sizeof(fds));
-	r->ctrl_size = rep.ctrl_size;
-	r->staging_size = rep.staging_size;
-	r->hdr = mmap(NULL, rep.ctrl_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
-	r->staging = mmap(NULL, rep.staging_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-	close(fds[0]);
-	close(fds[1]);
-	return r->hdr == MAP_FAILED || r->staging == MAP_FAILED ? -1 : 0;
-}
-
-static void raw_close(struct raw *r)
-{
-	munmap(r->hdr, r->ctrl_size);
-	munmap(r->staging, r->staging_size);
-	close(r->sock);
-}
-
 /* A request with random fields, leaning towards the valid ones kvcd checks most. */
 static void random_sqe(struct kvcp_sqe *e, uint64_t *x, size_t staging)
 {
@@ -469,9 +411,12 @@ static void hostile(unsigned id)
 	if (geteuid() == 0 && pw && (setgid(pw->pw_gid) || setuid(pw->pw_uid)))
 		_exit(90);
 	while (!sh->stop) {
-		struct raw r;
+		struct kvcp_attach_req req = kvcp_raw_request(id % 2 ? "chaos-hostile"
+								     : "chaos-hostile-2");
+		struct kvcp_raw r;
 
-		if (raw_attach(&r, id % 2 ? "chaos-hostile" : "chaos-hostile-2")) {
+		if (kvcp_raw_attach(g_sock, &req, &r)) {
+			kvcp_raw_close(&r);
 			sleep_ms(5);
 			continue;
 		}
@@ -526,7 +471,7 @@ static void hostile(unsigned id)
 					break; /* kvcd hung up on us: attach again */
 			}
 		}
-		raw_close(&r);
+		kvcp_raw_close(&r);
 	}
 	_exit(0);
 }
