@@ -189,7 +189,8 @@ static int pick_worker(struct kvcd *d)
 		if (i == d->nworkers) {
 			if (kvcd_worker_start(&d->workers[i], d, i))
 				return -EUSERS;
-			d->nworkers++;
+			/* STATS reads the count from workers: the new one is whole before it counts */
+			__atomic_store_n(&d->nworkers, d->nworkers + 1, __ATOMIC_RELEASE);
 			fprintf(stderr, "kvcd: %u clients: started overflow worker %u\n",
 				d->nsessions, i);
 		}

@@ -336,3 +336,39 @@ Test(abuse, listings_show_other_users_nothing)
 	kvc_detach(root);
 	cr_assert_eq(t_daemon_stop(&D), 0);
 }
+
+/* Attaching to ever new namespace names (any allowed uid may) never fills the namespace table
+ * for good: a namespace nobody is attached to and that holds nothing is forgotten, while one
+ * that holds blocks stays. */
+Test(abuse, namespace_table_does_not_fill_up)
+{
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64, .tokens = 16
+	};
+	struct kvc_key k = { 3, 3 };
+	char ns[32];
+	int err;
+
+	start_with(&D, "[kvcd]\n");
+	kvc_client *keep = t_attach(&D, "keeps-a-block", 1u << 20);
+
+	cr_assert_eq(kvc_store(keep, &k, &l, 0), 0);
+	kvc_detach(keep);
+	for (int i = 0; i < 600; i++) { /* more than the table's 256 entries */
+		snprintf(ns, sizeof(ns), "tenant-%d", i);
+		kvc_client *c = t_try_attach_err(&D, ns, 4096, &err);
+
+		cr_assert_not_null(c, "namespace %d: %s", i, kvc_strerror(err));
+		cr_assert_eq(kvc_nop(c), 0);
+		kvc_detach(c);
+		if (i % 64 == 63)
+			t_sleep_ms(50); /* kvcd's main thread tears detached sessions down */
+	}
+	keep = t_attach(&D, "keeps-a-block", 1u << 20);
+	size_t hits;
+
+	cr_assert_eq(kvc_lookup(keep, &k, 1, &hits), 0);
+	cr_assert_eq(hits, 1, "a namespace that holds blocks is kept");
+	kvc_detach(keep);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+}
