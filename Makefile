@@ -17,7 +17,7 @@ CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
 VERSION := 0.4.0	# the one place: kvc.h, kvc_version(), kvcd --version and the .pc read it
-PKGS    := libxxhash hwloc inih libsystemd
+PKGS    := libxxhash hwloc inih libsystemd libmicrohttpd
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
 KFLAGS  := -std=gnu11 -Wall -Wextra -Wshadow -Wno-missing-field-initializers -pthread \
@@ -31,14 +31,16 @@ TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterio
 
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
-	    liblapacke-dev libopenblas-dev clang-format-14 clang-14 libclang-rt-14-dev
+	    liblapacke-dev libopenblas-dev clang-format-14 clang-14 libclang-rt-14-dev \
+	    libmicrohttpd-dev prometheus
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
-	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c
+	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
+	      daemon/metrics.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
 	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
-CLIENT_SRC := libclient/client.c libclient/keys.c
+CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
 
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)

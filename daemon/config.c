@@ -248,6 +248,11 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 
 	if (!strcmp(section, "kvcd")) {
 		err = set_daemon_key(x->c, k, v);
+	} else if (!strcmp(section, "metrics")) {
+		if (!strcmp(k, "listen") && strlen(v) < sizeof(x->c->metrics_listen))
+			err = (strcpy(x->c->metrics_listen, v), 0);
+		else if (!strcmp(k, "listen"))
+			err = -ENAMETOOLONG;
 	} else if (!strncmp(section, "namespace ", 10)) {
 		struct kvcd_ns_acl *a = ns_section(x->c, section + 10);
 

@@ -61,8 +61,9 @@ struct kvcd_config {
 	unsigned max_lookup_keys;	   /* keys in one LOOKUP */
 	uint32_t admin_uids[KVCD_MAX_IDS]; /* besides root and kvcd's own uid */
 	unsigned nadmin;
-	char state_dir[108]; /* pools kept here as files, for warm restarts; "": memfds */
-	bool strict_ns;	     /* refuse namespaces the config does not list */
+	char state_dir[108];	 /* pools kept here as files, for warm restarts; "": memfds */
+	char metrics_listen[64]; /* [metrics] listen = HOST:PORT; "": off */
+	bool strict_ns;		 /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
@@ -330,9 +331,10 @@ struct kvcd_store {
 		char name[KVCP_NS_MAX];	   /* "": a free entry */
 		struct kvcd_policy policy; /* applied to STOREs with layout.codec 0 */
 		uint64_t blocks, bytes_in, bytes_stored, fallbacks;
-		uint64_t quota;	   /* pool bytes it may hold; 0: none */
-		uint64_t charged;  /* pool bytes it holds, unfinished STOREs included */
-		uint64_t pinned;   /* of them, in blocks with pins */
+		uint64_t quota;	  /* pool bytes it may hold; 0: none */
+		uint64_t charged; /* pool bytes it holds, unfinished STOREs included */
+		uint64_t pinned;  /* of them, in blocks with pins */
+		uint64_t hits, misses, evictions;
 		uint32_t attached; /* sessions (references): reclaimed when 0 and empty */
 	} ns[KVCD_STORE_NS];	   /* namespace id -> namespace */
 	unsigned nns;		   /* ids below this may be in use */
@@ -540,12 +542,19 @@ struct kvcd {
 	uid_t euid;
 	int reap_fd; /* eventfd: a worker found a broken session */
 
+	void *metrics; /* the HTTP server of metrics.c, or NULL */
+
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;
 };
+
+/* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
+ * Returns 0 or -errno (printed). */
+int kvcd_metrics_start(struct kvcd *d);
+void kvcd_metrics_stop(struct kvcd *d);
 
 /* Snapshot of the attached clients @asker may see (all for an admin, else its uid's), for
  * the CLIENTS request. Returns the count. */

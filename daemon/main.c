@@ -903,6 +903,7 @@ static void serve(struct kvcd *d)
 static void shutdown_all(struct kvcd *d)
 {
 	sd_notify(0, "STOPPING=1");
+	kvcd_metrics_stop(d);
 	struct stat st;
 
 	unwatch(g.lfd);
@@ -973,6 +974,9 @@ int main(int argc, char **argv)
 			goto fail;
 		d->nworkers++;
 	}
+	err = kvcd_metrics_start(d);
+	if (err)
+		goto fail;
 	announce_ready(d);
 	serve(d);
 	shutdown_all(d);

@@ -463,13 +463,14 @@ static int do_admin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 
 	switch (v->opcode) {
 	case KVCP_OP_STATS: {
-		struct kvcp_stats st;
+		static __thread struct kvcp_stats st; /* 14 KiB: not on a worker's stack */
+		size_t len = v->len < sizeof(st) ? v->len : sizeof(st);
 
-		if (v->len < sizeof(st))
+		if (v->len < KVCP_STATS_SIZE_2_1) /* a 2.1 client asks for that much */
 			return -ENOSPC;
 		kvcd_stats(d, s, &st);
-		memcpy(buf + v->off, &st, sizeof(st));
-		cqe->value = sizeof(st);
+		memcpy(buf + v->off, &st, len);
+		cqe->value = len;
 		return 0;
 	}
 	case KVCP_OP_LIST:

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kvcd.h"
+#include "kvc_version.h"
 
 /* ---- recording ---------------------------------------------------------------------------- */
 
@@ -112,6 +113,8 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 	kvcd_store_stats(&d->store, st, asker && !asker->admin ? ns_visible : NULL, &f);
 	pthread_mutex_unlock(&d->sessions_lock);
 	st->boot_token = d->boot_token;
+	st->version = KVC_VERSION_MAJOR << 16 | KVC_VERSION_MINOR << 8 | KVC_VERSION_PATCH;
+	st->protocol = KVCP_MAJOR << 16 | KVCP_MINOR;
 	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
 	pthread_mutex_lock(&d->sessions_lock);
 	st->clients = d->nsessions;
@@ -135,6 +138,13 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 
 		for (unsigned b = 0; b < KVCD_HIST; b++)
 			total += h.b[b];
+		for (unsigned b = 0; b < KVCD_HIST; b++) { /* log-linear to powers of two */
+			uint64_t lo = b < 8 ? b : kvcd_hist_value(b);
+			unsigned k = lo ? 64u - (unsigned)__builtin_clzll(lo) : 0;
+
+			st->op_hist[op][k < KVCP_HIST_BUCKETS ? k : KVCP_HIST_BUCKETS - 1] +=
+				h.b[b];
+		}
 		st->op[op].p50_ns = percentile(&h, total, 0.50);
 		st->op[op].p99_ns = percentile(&h, total, 0.99);
 		st->op[op].p999_ns = percentile(&h, total, 0.999);

@@ -570,6 +570,7 @@ static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p, int who)
 			b->flags &= (uint8_t)~KVCD_BLK_REF;
 			continue;
 		}
+		s->ns[s->slots[b->slot].ns].evictions++;
 		kill(s, b);
 		s->evictions++;
 		return true;
@@ -661,6 +662,7 @@ static void evict_picked(struct kvcd_store *s)
 		if (s->picked[i] & PICK_CLEARED)
 			continue;
 		b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
+		s->ns[s->slots[b->slot].ns].evictions++;
 		kill(s, b);
 		s->evictions++;
 	}
@@ -859,9 +861,11 @@ int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 	b = live(s, ns, key);
 	if (!b) {
 		s->misses++;
+		s->ns[ns].misses++;
 		err = -ENOENT;
 	} else {
 		s->hits++;
+		s->ns[ns].hits++;
 		b->hits++;
 		b->refs++;
 		b->flags |= KVCD_BLK_REF;
@@ -1129,6 +1133,9 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
 		n->bytes_in = s->ns[i].bytes_in;
 		n->bytes_stored = s->ns[i].bytes_stored;
 		n->fallbacks = s->ns[i].fallbacks;
+		st->ns_ext[st->nns - 1] = (struct kvcp_ns_ext){ s->ns[i].hits, s->ns[i].misses,
+								s->ns[i].evictions, s->ns[i].quota,
+								s->ns[i].charged };
 	}
 	st->hits = s->hits;
 	st->misses = s->misses;

@@ -42,6 +42,10 @@ static_assert(sizeof(struct kvc_sparse) == sizeof(struct kvcp_sparse) &&
 		      KVC_CODEC_SPARSE == KVCP_CODEC_SPARSE,
 	      "sparse ABI");
 static_assert(offsetof(struct kvc_stats, ns) == offsetof(struct kvcp_stats, ns), "ns stats ABI");
+static_assert(offsetof(struct kvc_stats, ns_ext) == offsetof(struct kvcp_stats, ns_ext) &&
+		      offsetof(struct kvc_stats, op_hist) == offsetof(struct kvcp_stats, op_hist) &&
+		      sizeof(struct kvc_stats) == sizeof(struct kvcp_stats),
+	      "0.4 stats ABI");
 
 struct kvc_client {
 	int sock;
@@ -966,15 +970,6 @@ int kvc_clients_0_2(kvc_client *c, void *out, size_t max)
 int kvc_evict(kvc_client *c, uint32_t mib)
 {
 	return sync_op(c, KVCP_OP_EVICT, 0, mib, NULL, NULL, 0, 0, NULL);
-}
-
-const char *kvc_op_name(unsigned i)
-{
-	static const char *const names[] = { "nop",   "store",	"fetch", "lookup", "delete",
-					     "pin",   "unpin",	"stats", "list",   "clients",
-					     "evict", "policy", "select" };
-
-	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }
 
 const char *kvc_strerror(int err)

@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     1
+#define KVCP_MINOR     2
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -321,6 +321,13 @@ struct kvcp_ns_stats {
 	uint64_t fallbacks; /* STOREs kept raw: the policy did not fit the layout */
 };
 
+/* Since 2.2: what the namespace of ns[i] did, in ns_ext[i]. */
+struct kvcp_ns_ext {
+	uint64_t hits, misses, evictions;
+	uint64_t quota;	  /* bytes; 0: none */
+	uint64_t charged; /* pool bytes it holds */
+};
+
 struct kvcp_stats {
 	uint32_t nnodes, clients;
 	uint64_t boot_token, uptime_ms;
@@ -331,7 +338,15 @@ struct kvcp_stats {
 	struct kvcp_op_stats op[KVCP_OP__COUNT];
 	uint32_t nns, pad;
 	struct kvcp_ns_stats ns[KVCP_MAX_NS_STATS];
+	/* 2.2: appended; a STATS of KVCP_STATS_SIZE_2_1 bytes gets what 2.1 sent */
+	struct kvcp_ns_ext ns_ext[KVCP_MAX_NS_STATS];
+	/* service times: op_hist[op][k] counts requests of k == 0: 0 ns, else [2^(k-1), 2^k) ns */
+	uint64_t op_hist[KVCP_OP__COUNT][KVCP_HIST_BUCKETS];
+	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch */
+	uint32_t protocol; /* KVCP_MAJOR << 16 | KVCP_MINOR */
 };
+
+#define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)
 
 struct kvcp_list_ent {
 	struct kvcp_key key;

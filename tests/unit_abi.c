@@ -63,6 +63,9 @@ Test(abi, introspection_structs_match_the_protocol)
 	SAME(kvc_stats, kvcp_stats, bad_requests);
 	SAME(kvc_stats, kvcp_stats, checksum_failures);
 	SAME(kvc_stats, kvcp_stats, metadata_bytes);
+	SAME(kvc_stats, kvcp_stats, ns_ext[0].hits);
+	SAME(kvc_stats, kvcp_stats, ns_ext[31].charged);
+	SAME(kvc_stats, kvcp_stats, op_hist[12][63]);
 	SAME(kvc_stats, kvcp_stats, node);
 	SAME(kvc_stats, kvcp_stats, op);
 	SAME(kvc_stats, kvcp_stats, nns);

@@ -10,6 +10,7 @@
  * --temp with --seed) and prints their ids on one line. What kvcd saved goes to stderr.
  * --check also runs the prefill cold and compares the last logits bit for bit.
  */
+#include "cli.h"
 #include "llama.h"
 
 #include <errno.h>
@@ -119,9 +120,8 @@ int main(int argc, char **argv)
 		ao.ns = ns;
 		err = kvc_attach(&ao, &k.c);
 		if (err) {
-			fprintf(stderr,
-				"kvc-llama: attach to kvcd: %s (--no-kvcd runs without it)\n",
-				kvc_strerror(err));
+			cli_attach_error("kvc-llama", sock, ns, err);
+			fprintf(stderr, "kvc-llama: --no-kvcd runs without kvcd\n");
 			return 1;
 		}
 		k.chunk = (uint32_t)chunk;

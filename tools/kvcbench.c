@@ -35,6 +35,7 @@
 
 #include <kvc.h>
 
+#include "cli.h"
 #include "llama.h"
 #include "peers.h"
 #include "timing.h"
@@ -59,30 +60,11 @@ static int cmp_u64(const void *a, const void *b)
 
 static int parse_size(const char *s, size_t *out)
 {
-	char *end;
-	unsigned long long v = strtoull(s, &end, 10);
+	uint64_t v = 0;
+	int err = cli_size("kvcbench", "size", s, &v);
 
-	switch (*end) {
-	case 'k':
-	case 'K':
-		v <<= 10;
-		end++;
-		break;
-	case 'm':
-	case 'M':
-		v <<= 20;
-		end++;
-		break;
-	case 'g':
-	case 'G':
-		v <<= 30;
-		end++;
-		break;
-	}
-	if (end == s || (*end && strcmp(end, "iB") && strcmp(end, "B")))
-		return -EINVAL;
 	*out = (size_t)v;
-	return 0;
+	return err;
 }
 
 static kvc_client *attach(size_t staging, unsigned flags)
@@ -98,7 +80,7 @@ static kvc_client *attach(size_t staging, unsigned flags)
 	o.flags = flags;
 	err = kvc_attach(&o, &c);
 	if (err) {
-		fprintf(stderr, "kvcbench: attach: %s\n", kvc_strerror(err));
+		cli_attach_error("kvcbench", g_sock, "kvcbench", err);
 		exit(1);
 	}
 	return c;

@@ -1,10 +1,14 @@
 /* kvcctl - inspect and steer a running kvcd, through the public client API only.
  *
- *   kvcctl [--socket PATH] [--ns NAME] ping | stats [--json] | ls [--json] | clients [--json]
- *                                      | evict [MiB] | policy [STRING]
+ *   kvcctl [--socket PATH] [--ns NAME] ping | stats [--json|--prometheus] | ls [--json]
+ *          | clients [--json] | evict SIZE|--all | policy [STRING] | top [--interval S]
+ *
+ * Every argument is parsed strictly: an unknown command, flag or malformed number is an error
+ * that names it, and changes nothing.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +17,8 @@
 #include <unistd.h>
 
 #include <kvc.h>
+
+#include "cli.h"
 
 static int attach(const char *sock, const char *ns, kvc_client **c)
 {
@@ -25,22 +31,44 @@ static int attach(const char *sock, const char *ns, kvc_client **c)
 	o.staging_size = 4096; /* admin requests use the scratch area */
 	err = kvc_attach(&o, c);
 	if (err)
-		fprintf(stderr, "kvcctl: cannot attach to %s: %s\n",
-			sock ? sock : kvc_default_socket(), kvc_strerror(err));
+		cli_attach_error("kvcctl", sock, ns, err);
 	return err;
+}
+
+static double ratio(uint64_t a, uint64_t b)
+{
+	return b ? (double)a / (double)b : 0.0;
+}
+
+static const char *dtype_name(unsigned d)
+{
+	return d == KVC_F32 ? "f32" : d == KVC_F16 ? "f16" : d == KVC_BF16 ? "bf16" : "?";
+}
+
+/* The width of the namespace column: its longest name, at least 9. */
+static int ns_width(const struct kvc_stats *st)
+{
+	int w = 9;
+
+	for (unsigned i = 0; i < st->nns && i < 32; i++)
+		if ((int)strlen(st->ns[i].name) > w)
+			w = (int)strlen(st->ns[i].name);
+	return w;
 }
 
 static void print_stats_json(const struct kvc_stats *st)
 {
 	printf("{\"blocks\": %" PRIu64 ", \"bytes_used\": %" PRIu64 ", \"bytes_free\": %" PRIu64
 	       ", \"bytes_in\": %" PRIu64 ", \"bytes_stored\": %" PRIu64 ", \"hits\": %" PRIu64
-	       ", \"misses\": %" PRIu64 ", \"evictions\": %" PRIu64 ", \"pinned\": %" PRIu64
-	       ", \"bad_requests\": %" PRIu64 ", \"checksum_failures\": %" PRIu64
-	       ", \"metadata_bytes\": %" PRIu64 ", \"clients\": %u, \"uptime_ms\": %" PRIu64
-	       ", \"boot_token\": \"%016" PRIx64 "\", \"nodes\": [",
+	       ", \"misses\": %" PRIu64 ", \"hit_ratio\": %.6f, \"evictions\": %" PRIu64
+	       ", \"pinned\": %" PRIu64 ", \"bad_requests\": %" PRIu64
+	       ", \"checksum_failures\": %" PRIu64 ", \"metadata_bytes\": %" PRIu64
+	       ", \"clients\": %u, \"uptime_ms\": %" PRIu64 ", \"boot_token\": \"%016" PRIx64
+	       "\", \"nodes\": [",
 	       st->blocks, st->bytes_used, st->bytes_free, st->bytes_in, st->bytes_stored, st->hits,
-	       st->misses, st->evictions, st->pinned, st->bad_requests, st->checksum_failures,
-	       st->metadata_bytes, st->clients, st->uptime_ms, st->boot_token);
+	       st->misses, ratio(st->hits, st->hits + st->misses), st->evictions, st->pinned,
+	       st->bad_requests, st->checksum_failures, st->metadata_bytes, st->clients,
+	       st->uptime_ms, st->boot_token);
 	for (unsigned i = 0; i < st->nnodes && i < KVC_MAX_NODES; i++)
 		printf("%s{\"node\": %d, \"hugepages\": %s, \"bytes_total\": %" PRIu64
 		       ", \"bytes_used\": %" PRIu64 ", \"bytes_free\": %" PRIu64
@@ -52,9 +80,12 @@ static void print_stats_json(const struct kvc_stats *st)
 	for (unsigned i = 0; i < st->nns && i < 32; i++)
 		printf("%s{\"name\": \"%s\", \"policy\": \"%s\", \"blocks\": %" PRIu64
 		       ", \"bytes_in\": %" PRIu64 ", \"bytes_stored\": %" PRIu64
-		       ", \"fallbacks\": %" PRIu64 "}",
+		       ", \"fallbacks\": %" PRIu64 ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64
+		       ", \"evictions\": %" PRIu64 ", \"quota\": %" PRIu64 "}",
 		       i ? ", " : "", st->ns[i].name, st->ns[i].policy, st->ns[i].blocks,
-		       st->ns[i].bytes_in, st->ns[i].bytes_stored, st->ns[i].fallbacks);
+		       st->ns[i].bytes_in, st->ns[i].bytes_stored, st->ns[i].fallbacks,
+		       st->ns_ext[i].hits, st->ns_ext[i].misses, st->ns_ext[i].evictions,
+		       st->ns_ext[i].quota);
 	printf("], \"ops\": {");
 	for (unsigned i = 0; kvc_op_name(i); i++)
 		printf("%s\"%s\": {\"count\": %" PRIu64 ", \"errors\": %" PRIu64
@@ -73,7 +104,8 @@ static void print_stats(const struct kvc_stats *st)
 	printf("bytes free      %" PRIu64 " (%.1f MiB)\n", st->bytes_free,
 	       st->bytes_free / 1048576.0);
 	printf("bytes in/stored %" PRIu64 " / %" PRIu64 "\n", st->bytes_in, st->bytes_stored);
-	printf("hits / misses   %" PRIu64 " / %" PRIu64 "\n", st->hits, st->misses);
+	printf("hits / misses   %" PRIu64 " / %" PRIu64 " (hit ratio %.4f)\n", st->hits, st->misses,
+	       ratio(st->hits, st->hits + st->misses));
 	printf("evictions       %" PRIu64 "\n", st->evictions);
 	printf("pinned          %" PRIu64 "\n", st->pinned);
 	printf("bad requests    %" PRIu64 "\n", st->bad_requests);
@@ -86,14 +118,17 @@ static void print_stats(const struct kvc_stats *st)
 		printf("%-6d %5s %12.1f %12.1f %12" PRIu64 "\n", st->node[i].node,
 		       st->node[i].hugepages ? "yes" : "no", st->node[i].bytes_total / 1048576.0,
 		       st->node[i].bytes_used / 1048576.0, st->node[i].blocks);
-	printf("\n%-16s %10s %14s %14s %6s %9s  %s\n", "namespace", "blocks", "bytes in",
-	       "bytes stored", "ratio", "fallbacks", "policy");
+	int w = ns_width(st);
+
+	printf("\n%-*s %10s %14s %14s %6s %9s %9s %9s  %s\n", w, "namespace", "blocks", "bytes in",
+	       "bytes stored", "ratio", "hit ratio", "evicted", "fallbacks", "policy");
 	for (unsigned i = 0; i < st->nns && i < 32; i++)
-		printf("%-16s %10" PRIu64 " %14" PRIu64 " %14" PRIu64 " %6.2f %9" PRIu64 "  %s\n",
-		       st->ns[i].name, st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
-		       st->ns[i].bytes_stored ? (double)st->ns[i].bytes_in / st->ns[i].bytes_stored
-					      : 0.0,
-		       st->ns[i].fallbacks, st->ns[i].policy);
+		printf("%-*s %10" PRIu64 " %14" PRIu64 " %14" PRIu64 " %6.2f %9.4f %9" PRIu64
+		       " %9" PRIu64 "  %s\n",
+		       w, st->ns[i].name, st->ns[i].blocks, st->ns[i].bytes_in,
+		       st->ns[i].bytes_stored, ratio(st->ns[i].bytes_in, st->ns[i].bytes_stored),
+		       ratio(st->ns_ext[i].hits, st->ns_ext[i].hits + st->ns_ext[i].misses),
+		       st->ns_ext[i].evictions, st->ns[i].fallbacks, st->ns[i].policy);
 	printf("\n%-8s %12s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
 	       "p99.9 us");
 	for (unsigned i = 0; kvc_op_name(i); i++)
@@ -104,34 +139,45 @@ static void print_stats(const struct kvc_stats *st)
 			       st->op[i].p999_ns / 1e3);
 }
 
+static const char *shape(const struct kvc_layout *l, char *buf, size_t len)
+{
+	snprintf(buf, len, "%ux%ux%ux%u", l->layers, l->kv_heads, l->head_dim, l->tokens);
+	return buf;
+}
+
 static int cmd_ls(kvc_client *c, int json)
 {
+	char sh[64];
 	struct kvc_block_info b[256];
 	size_t start = 0;
 	int n;
 
 	if (json)
 		printf("[");
+	else
+		printf("%-32s  %-17s %-5s %5s %12s %5s %5s %8s\n", "key",
+		       "layers x heads x dim x tokens", "dtype", "codec", "bytes", "node", "pins",
+		       "hits");
 	while ((n = kvc_list(c, start, b, 256, sizeof(b[0]))) > 0) {
 		for (int i = 0; i < n; i++) {
 			const struct kvc_block_info *x = &b[i];
 
 			if (json)
 				printf("%s{\"key\": \"%016" PRIx64 "%016" PRIx64
-				       "\", \"dtype\": %u, "
+				       "\", \"dtype\": \"%s\", \"codec\": %u, "
 				       "\"layers\": %u, \"kv_heads\": %u, \"head_dim\": %u, \"tokens\": %u, "
 				       "\"bytes\": %" PRIu64
 				       ", \"node\": %d, \"pins\": %u, \"hits\": %" PRIu64 "}",
 				       start + (size_t)i ? ", " : "", x->key.hi, x->key.lo,
-				       x->layout.dtype, x->layout.layers, x->layout.kv_heads,
-				       x->layout.head_dim, x->layout.tokens, x->bytes, x->node,
-				       x->pins, x->hits);
+				       dtype_name(x->layout.dtype), x->layout.codec,
+				       x->layout.layers, x->layout.kv_heads, x->layout.head_dim,
+				       x->layout.tokens, x->bytes, x->node, x->pins, x->hits);
 			else
-				printf("%016" PRIx64 "%016" PRIx64 "  %ux%ux%ux%u dt%u  %10" PRIu64
-				       " B  node %d  pins %u  hits %" PRIu64 "\n",
-				       x->key.hi, x->key.lo, x->layout.layers, x->layout.kv_heads,
-				       x->layout.head_dim, x->layout.tokens, x->layout.dtype,
-				       x->bytes, x->node, x->pins, x->hits);
+				printf("%016" PRIx64 "%016" PRIx64 "  %-29s %-5s %5u %12" PRIu64
+				       " %5d %5u %8" PRIu64 "\n",
+				       x->key.hi, x->key.lo, shape(&x->layout, sh, sizeof(sh)),
+				       dtype_name(x->layout.dtype), x->layout.codec, x->bytes,
+				       x->node, x->pins, x->hits);
 		}
 		start += (size_t)n;
 	}
@@ -197,50 +243,237 @@ static int cmd_clients(kvc_client *c, int json)
 	return 0;
 }
 
+/* top: a live view, refreshed every @interval seconds (@count times; 0: until interrupted). */
+static int cmd_top(kvc_client *c, double interval, unsigned long long count)
+{
+	static struct kvc_stats a, b;
+	struct kvc_stats *prev = &a, *cur = &b, *t;
+	int err = kvc_stats(c, prev, sizeof(*prev)), tty = isatty(1);
+
+	for (unsigned long long n = 0; !err && (!count || n < count); n++) {
+		struct timespec ts = { (time_t)interval,
+				       (long)((interval - (time_t)interval) * 1e9) };
+		uint64_t ops = 0, ops0 = 0;
+		double dt;
+		int w;
+
+		nanosleep(&ts, NULL);
+		err = kvc_stats(c, cur, sizeof(*cur));
+		if (err)
+			break;
+		dt = (double)(cur->uptime_ms - prev->uptime_ms) / 1e3;
+		dt = dt > 0 ? dt : interval;
+		for (unsigned i = 0; kvc_op_name(i); i++) {
+			ops += cur->op[i].count;
+			ops0 += prev->op[i].count;
+		}
+		if (tty)
+			printf("\033[H\033[2J");
+		printf("kvcd up %.0f s, %u clients, %" PRIu64 " blocks, %.1f of %.1f MiB used\n"
+		       "%.0f ops/s, hit ratio %.4f, %.1f evictions/s\n\n",
+		       cur->uptime_ms / 1e3, cur->clients, cur->blocks, cur->bytes_used / 1048576.0,
+		       (cur->bytes_used + cur->bytes_free) / 1048576.0, (double)(ops - ops0) / dt,
+		       ratio(cur->hits - prev->hits,
+			     cur->hits - prev->hits + cur->misses - prev->misses),
+		       (double)(cur->evictions - prev->evictions) / dt);
+		w = ns_width(cur);
+		printf("%-*s %10s %12s %10s %10s %9s %11s\n", w, "namespace", "blocks",
+		       "stored MiB", "hits/s", "misses/s", "hit ratio", "evictions/s");
+		for (unsigned i = 0; i < cur->nns && i < 32; i++) {
+			uint64_t h = cur->ns_ext[i].hits, m = cur->ns_ext[i].misses,
+				 e = cur->ns_ext[i].evictions;
+
+			for (unsigned j = 0; j < prev->nns && j < 32; j++)
+				if (!strcmp(prev->ns[j].name, cur->ns[i].name)) {
+					h -= prev->ns_ext[j].hits;
+					m -= prev->ns_ext[j].misses;
+					e -= prev->ns_ext[j].evictions;
+				}
+			printf("%-*s %10" PRIu64 " %12.1f %10.1f %10.1f %9.4f %11.1f\n", w,
+			       cur->ns[i].name, cur->ns[i].blocks,
+			       cur->ns[i].bytes_stored / 1048576.0, (double)h / dt, (double)m / dt,
+			       ratio(h, h + m), (double)e / dt);
+		}
+		fflush(stdout);
+		t = prev;
+		prev = cur;
+		cur = t;
+	}
+	return err;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kvcctl [--socket PATH] [--ns NAME] COMMAND\n"
-		"  ping               exit 0 once kvcd answers\n"
-		"  stats [--json]     pools, blocks, hits, evictions, per-op latency\n"
-		"  ls [--json]        blocks of the namespace\n"
-		"  clients [--json]   attached clients\n"
-		"  evict [MiB]        evict unpinned blocks until MiB are free (default: all)\n"
-		"  policy [STRING]    show the namespace's compression policy, or set it\n"
-		"                     (e.g. int8, int4:rotate=hadamard, fp8,\n"
-		"                     kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
-		"                     the encoding they were written with; every key:\n"
-		"                     docs/policies.md\n");
+		"usage: kvcctl [--socket PATH] [--ns NAME] COMMAND [ARGS]\n"
+		"  ping                 exit 0 once kvcd answers\n"
+		"  stats [--json | --prometheus]\n"
+		"                       pools, blocks, hit ratios, evictions, per-op latency;\n"
+		"                       --prometheus: the text kvcd serves on /metrics\n"
+		"  ls [--json]          blocks of the namespace\n"
+		"  clients [--json]     attached clients (your uid's, unless you are an admin)\n"
+		"  evict SIZE | --all   evict unpinned blocks until SIZE (e.g. 512M, 2G) is free,\n"
+		"                       or every unpinned block\n"
+		"  policy [STRING]      show the namespace's compression policy, or set it\n"
+		"                       (e.g. int8, int4:rotate=hadamard, fp8,\n"
+		"                       kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
+		"                       the encoding they were written with; every key:\n"
+		"                       docs/policies.md\n"
+		"  top [--interval SECONDS] [--count N]\n"
+		"                       live view: ops/s, hit ratio, bytes and evictions per\n"
+		"                       namespace\n"
+		"  --version            the version of kvcctl and of the kvcd it reaches\n");
+}
+
+/* The command's own arguments: the flags in @flags (each "--x"), at most @maxpos others. */
+static int args_ok(const char *cmd, int argc, char **argv, const char *const *flags, int maxpos)
+{
+	int pos = 0;
+
+	for (int i = 0; i < argc; i++) {
+		bool known = false;
+
+		for (const char *const *f = flags; *f && !known; f++)
+			known = !strcmp(argv[i], *f);
+		if (known)
+			continue;
+		if (argv[i][0] == '-' && argv[i][1] && !(argv[i][1] >= '0' && argv[i][1] <= '9')) {
+			fprintf(stderr, "kvcctl %s: unknown option '%s'\n", cmd, argv[i]);
+			return 0;
+		}
+		if (++pos > maxpos) {
+			fprintf(stderr, "kvcctl %s: unexpected argument '%s'\n", cmd, argv[i]);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static bool has(int argc, char **argv, const char *flag)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], flag))
+			return true;
+	return false;
+}
+
+/* The argument after @flag, or NULL. */
+static const char *value(int argc, char **argv, const char *flag)
+{
+	for (int i = 0; i + 1 < argc; i++)
+		if (!strcmp(argv[i], flag))
+			return argv[i + 1];
+	return NULL;
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = { { "socket", required_argument, 0, 's' },
 					      { "ns", required_argument, 0, 'n' },
-					      { "json", no_argument, 0, 'j' },
 					      { "help", no_argument, 0, 'h' },
+					      { "version", no_argument, 0, 'V' },
 					      { 0, 0, 0, 0 } };
+	static const char *const none[] = { NULL }, *const json_flag[] = { "--json", NULL },
+				 *const stats_flags[] = { "--json", "--prometheus", NULL },
+				 *const evict_flags[] = { "--all", NULL };
 	const char *sock = NULL, *ns = NULL, *cmd;
-	int o, json = 0, err;
+	int o, err, version = 0, n;
+	char **rest;
 	kvc_client *c;
 
-	while ((o = getopt_long(argc, argv, "+s:n:jh", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+s:n:hV", opts, NULL)) != -1) {
 		switch (o) {
 		case 's': sock = optarg; break;
 		case 'n': ns = optarg; break;
-		case 'j': json = 1; break;
 		case 'h': usage(stdout); return 0;
+		case 'V': version = 1; break;
 		default: usage(stderr); return 2;
 		}
+	}
+	if (version) { /* ours, and the daemon's when one answers */
+		static struct kvc_stats st;
+
+		printf("kvcctl %s\n", KVC_VERSION_STRING);
+		if (optind < argc)
+			return 2;
+		if (attach(sock, ns, &c))
+			return 1;
+		err = kvc_stats(c, &st, sizeof(st));
+		if (!err)
+			printf("kvcd %u.%u.%u (protocol %u.%u)\n", st.version >> 16,
+			       st.version >> 8 & 0xff, st.version & 0xff, st.protocol >> 16,
+			       st.protocol & 0xffff);
+		kvc_detach(c);
+		return err ? 1 : 0;
 	}
 	if (optind >= argc) {
 		usage(stderr);
 		return 2;
 	}
 	cmd = argv[optind++];
-	for (int i = optind; i < argc; i++)
-		if (!strcmp(argv[i], "--json"))
-			json = 1;
+	rest = argv + optind;
+	n = argc - optind;
+	/* check the whole command line before touching kvcd */
+	if (!strcmp(cmd, "ping") || !strcmp(cmd, "top")) {
+		static const char *const top_flags[] = { "--interval", "--count", NULL };
+
+		if (!args_ok(cmd, n, rest, !strcmp(cmd, "top") ? top_flags : none,
+			     !strcmp(cmd, "top") ? 2 : 0))
+			return 2;
+	} else if (!strcmp(cmd, "stats")) {
+		if (!args_ok(cmd, n, rest, stats_flags, 0))
+			return 2;
+	} else if (!strcmp(cmd, "ls") || !strcmp(cmd, "clients")) {
+		if (!args_ok(cmd, n, rest, json_flag, 0))
+			return 2;
+	} else if (!strcmp(cmd, "evict")) {
+		if (!args_ok(cmd, n, rest, evict_flags, 1))
+			return 2;
+		if (n != 1) {
+			fprintf(stderr,
+				"kvcctl evict: give either a SIZE to free (e.g. 512M) or --all "
+				"to evict every unpinned block\n");
+			return 2;
+		}
+	} else if (!strcmp(cmd, "policy")) {
+		if (!args_ok(cmd, n, rest, none, 1))
+			return 2;
+	} else {
+		fprintf(stderr, "kvcctl: unknown command '%s' (kvcctl --help lists them)\n", cmd);
+		return 2;
+	}
+	uint64_t bytes = 0;
+	unsigned long long count = 0;
+	double interval = 1.0;
+
+	if (!strcmp(cmd, "evict") && !has(n, rest, "--all")) {
+		if (cli_size("kvcctl evict", "SIZE", rest[0], &bytes))
+			return 2;
+		if (!bytes) {
+			fprintf(stderr,
+				"kvcctl evict: SIZE must be above 0 (--all evicts everything)\n");
+			return 2;
+		}
+	}
+	if (!strcmp(cmd, "top")) {
+		const char *iv = value(n, rest, "--interval"), *cn = value(n, rest, "--count");
+		char *end;
+
+		if (iv) {
+			interval = strtod(iv, &end);
+			if (*end || end == iv || !(interval >= 0.05 && interval <= 3600)) {
+				fprintf(stderr,
+					"kvcctl top: --interval '%s': expected seconds from "
+					"0.05 to 3600\n",
+					iv);
+				return 2;
+			}
+		}
+		if (cn && cli_uint("kvcctl top", "--count", cn, 1, 1ull << 40, &count))
+			return 2;
+		if ((iv && !has(n, rest, "--interval")) || (n % 2))
+			return 2;
+	}
 	if (attach(sock, ns, &c))
 		return 1;
 	if (!strcmp(cmd, "ping")) {
@@ -248,29 +481,38 @@ int main(int argc, char **argv)
 		if (!err)
 			printf("ok\n");
 	} else if (!strcmp(cmd, "stats")) {
-		struct kvc_stats st;
+		static struct kvc_stats st;
 
 		err = kvc_stats(c, &st, sizeof(st));
-		if (!err)
-			json ? print_stats_json(&st) : print_stats(&st);
-	} else if (!strcmp(cmd, "ls")) {
-		err = cmd_ls(c, json);
-	} else if (!strcmp(cmd, "clients")) {
-		err = cmd_clients(c, json);
-	} else if (!strcmp(cmd, "evict")) {
-		unsigned long mib = optind < argc && argv[optind][0] != '-'
-					    ? strtoul(argv[optind], NULL, 10)
-					    : 0;
+		if (!err && has(n, rest, "--prometheus")) {
+			size_t len = kvc_stats_prometheus(&st, NULL, 0);
+			char *text = malloc(len + 1);
 
-		err = kvc_evict(c, (uint32_t)mib);
+			if (text) {
+				kvc_stats_prometheus(&st, text, len + 1);
+				fputs(text, stdout);
+				free(text);
+			} else {
+				err = -ENOMEM;
+			}
+		} else if (!err) {
+			has(n, rest, "--json") ? print_stats_json(&st) : print_stats(&st);
+		}
+	} else if (!strcmp(cmd, "ls")) {
+		err = cmd_ls(c, has(n, rest, "--json"));
+	} else if (!strcmp(cmd, "clients")) {
+		err = cmd_clients(c, has(n, rest, "--json"));
+	} else if (!strcmp(cmd, "evict")) {
+		/* the protocol counts MiB: a size is rounded up to whole MiB */
+		uint64_t mib = bytes ? (bytes + (1u << 20) - 1) >> 20 : 0;
+
+		err = mib > UINT32_MAX ? -ERANGE : kvc_evict(c, (uint32_t)mib);
 		if (err >= 0)
 			printf("evicted %d blocks\n", err);
 	} else if (!strcmp(cmd, "policy")) {
-		err = cmd_policy(c, ns, optind < argc ? argv[optind] : NULL);
+		err = cmd_policy(c, ns, n ? rest[0] : NULL);
 	} else {
-		usage(stderr);
-		kvc_detach(c);
-		return 2;
+		err = cmd_top(c, interval, count);
 	}
 	if (err < 0)
 		fprintf(stderr, "kvcctl %s: %s\n", cmd, kvc_strerror(err));

@@ -307,6 +307,17 @@ struct kvc_stats {
 		uint64_t bytes_stored; /* what the pool holds: codes, scales, headers */
 		uint64_t fallbacks;    /* STOREs kept raw: the policy did not fit the layout */
 	} ns[32];
+	/* since 0.4 */
+	struct {
+		uint64_t hits, misses, evictions; /* of ns[i] */
+		uint64_t quota;			  /* pool bytes it may hold; 0: no quota */
+		uint64_t charged;		  /* pool bytes it holds */
+	} ns_ext[32];
+	/* service times in kvcd: op_hist[op][k] counts requests that took 0 ns (k = 0) or
+	 * [2^(k-1), 2^k) ns */
+	uint64_t op_hist[13][64];
+	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch (0: before 0.4) */
+	uint32_t protocol; /* its protocol: major << 16 | minor */
 };
 
 /* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */
@@ -315,6 +326,11 @@ const char *kvc_op_name(unsigned i);
 /* Fill the first @size bytes of @st (pass sizeof(*st)); fields beyond what this library knows
  * are zeroed. Returns 0 or -errno. */
 int kvc_stats(kvc_client *c, struct kvc_stats *st, size_t size);
+
+/* @st in the Prometheus text exposition format (what kvcd serves on /metrics), into @buf of
+ * @len bytes, NUL-terminated when it fits. Returns the length of the whole text: when it is
+ * not below @len, call again with a larger buffer. */
+size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len);
 
 struct kvc_block_info {
 	struct kvc_key key;

@@ -1,0 +1,181 @@
+/* metrics.c - a STATS answer in the Prometheus text exposition format (version 0.0.4).
+ *
+ * One renderer for both ends: kvcd serves it on /metrics (daemon/metrics.c) and `kvcctl stats
+ * --prometheus` prints it for node_exporter's textfile collector, so the two never differ.
+ * Names follow Prometheus conventions: the kvcd_ prefix, base units (_bytes, _seconds),
+ * _total for counters, labels for the node, the namespace and the operation.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kvc.h"
+
+/* Here rather than in client.c: kvcd links this file, and names its operations the same. */
+const char *kvc_op_name(unsigned i)
+{
+	static const char *const names[] = { "nop",   "store",	"fetch", "lookup", "delete",
+					     "pin",   "unpin",	"stats", "list",   "clients",
+					     "evict", "policy", "select" };
+
+	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
+}
+
+struct out {
+	char *buf;
+	size_t len, used; /* used may pass len: the size needed */
+};
+
+static void put(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(o->used < o->len ? o->buf + o->used : NULL,
+		      o->used < o->len ? o->len - o->used : 0, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		o->used += (size_t)n;
+}
+
+static void head(struct out *o, const char *name, const char *type, const char *help)
+{
+	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value: backslash, double quote and newline escaped. */
+static const char *label(const char *s, char *buf, size_t len)
+{
+	size_t j = 0;
+
+	for (; *s && j + 3 < len; s++) {
+		if (*s == '\\' || *s == '"' || *s == '\n')
+			buf[j++] = '\\';
+		buf[j++] = *s == '\n' ? 'n' : *s;
+	}
+	buf[j] = '\0';
+	return buf;
+}
+
+/* One family over the nodes, the namespaces or the operations. */
+#define PER_NODE(N, T, H, E)                                                   \
+	do {                                                                   \
+		head(o, N, T, H);                                              \
+		for (unsigned i = 0; i < st->nnodes && i < KVC_MAX_NODES; i++) \
+			put(o, "%s{node=\"%d\"} %llu\n", N, st->node[i].node,  \
+			    (unsigned long long)(E));                          \
+	} while (0)
+
+#define PER_NS(N, T, H, F, E)                                          \
+	do {                                                           \
+		head(o, N, T, H);                                      \
+		for (unsigned i = 0; i < st->nns && i < 32; i++)       \
+			put(o, "%s{namespace=\"%s\"} " F "\n", N,      \
+			    label(st->ns[i].name, lb, sizeof(lb)), E); \
+	} while (0)
+
+#define PER_OP(N, T, H, E)                                                \
+	do {                                                              \
+		head(o, N, T, H);                                         \
+		for (unsigned i = 0; kvc_op_name(i); i++)                 \
+			put(o, "%s{op=\"%s\"} %llu\n", N, kvc_op_name(i), \
+			    (unsigned long long)(E));                     \
+	} while (0)
+
+size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
+{
+	struct out out = { buf, len, 0 }, *o = &out;
+	uint64_t lookups = st->hits + st->misses;
+	char lb[2 * 64 + 4];
+
+	head(o, "kvcd_info", "gauge", "kvcd's release and protocol, as labels.");
+	put(o, "kvcd_info{version=\"%u.%u.%u\",protocol=\"%u.%u\"} 1\n", st->version >> 16,
+	    st->version >> 8 & 0xff, st->version & 0xff, st->protocol >> 16, st->protocol & 0xffff);
+	head(o, "kvcd_uptime_seconds", "gauge", "Time since kvcd started.");
+	put(o, "kvcd_uptime_seconds %.3f\n", st->uptime_ms / 1e3);
+	head(o, "kvcd_clients", "gauge", "Attached clients.");
+	put(o, "kvcd_clients %u\n", st->clients);
+	head(o, "kvcd_blocks", "gauge", "Blocks in the cache.");
+	put(o, "kvcd_blocks %llu\n", (unsigned long long)st->blocks);
+	head(o, "kvcd_hits_total", "counter", "FETCHes that found their block.");
+	put(o, "kvcd_hits_total %llu\n", (unsigned long long)st->hits);
+	head(o, "kvcd_misses_total", "counter", "FETCHes that did not.");
+	put(o, "kvcd_misses_total %llu\n", (unsigned long long)st->misses);
+	head(o, "kvcd_hit_ratio", "gauge", "Hits over FETCHes since kvcd started.");
+	put(o, "kvcd_hit_ratio %.6f\n", lookups ? (double)st->hits / (double)lookups : 0.0);
+	head(o, "kvcd_evictions_total", "counter", "Blocks evicted to make room.");
+	put(o, "kvcd_evictions_total %llu\n", (unsigned long long)st->evictions);
+	head(o, "kvcd_pinned_blocks", "gauge", "Pins held by clients.");
+	put(o, "kvcd_pinned_blocks %llu\n", (unsigned long long)st->pinned);
+	head(o, "kvcd_bad_requests_total", "counter", "Requests refused as malformed.");
+	put(o, "kvcd_bad_requests_total %llu\n", (unsigned long long)st->bad_requests);
+	head(o, "kvcd_checksum_failures_total", "counter",
+	     "Blocks dropped because their bytes no longer matched their checksum.");
+	put(o, "kvcd_checksum_failures_total %llu\n", (unsigned long long)st->checksum_failures);
+	head(o, "kvcd_input_bytes", "gauge", "Bytes the engines sent for the blocks held.");
+	put(o, "kvcd_input_bytes %llu\n", (unsigned long long)st->bytes_in);
+	head(o, "kvcd_stored_bytes", "gauge", "Bytes the held blocks take after compression.");
+	put(o, "kvcd_stored_bytes %llu\n", (unsigned long long)st->bytes_stored);
+	head(o, "kvcd_metadata_bytes", "gauge", "kvcd's own memory for the index and records.");
+	put(o, "kvcd_metadata_bytes %llu\n", (unsigned long long)st->metadata_bytes);
+
+	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
+		 st->node[i].bytes_total);
+	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",
+		 st->node[i].bytes_used);
+	PER_NODE("kvcd_pool_blocks", "gauge", "Blocks per NUMA node.", st->node[i].blocks);
+	PER_NODE("kvcd_pool_hugepages", "gauge", "1 when the pool is backed by huge pages.",
+		 st->node[i].hugepages);
+
+	PER_NS("kvcd_namespace_blocks", "gauge", "Blocks per namespace.", "%llu",
+	       (unsigned long long)st->ns[i].blocks);
+	PER_NS("kvcd_namespace_input_bytes", "gauge", "Bytes the engines sent, per namespace.",
+	       "%llu", (unsigned long long)st->ns[i].bytes_in);
+	PER_NS("kvcd_namespace_stored_bytes", "gauge", "Bytes held after compression.", "%llu",
+	       (unsigned long long)st->ns[i].bytes_stored);
+	PER_NS("kvcd_namespace_compression_ratio", "gauge", "Input bytes over stored bytes.",
+	       "%.4f",
+	       st->ns[i].bytes_stored ? (double)st->ns[i].bytes_in / (double)st->ns[i].bytes_stored
+				      : 1.0);
+	PER_NS("kvcd_namespace_hits_total", "counter", "FETCH hits per namespace.", "%llu",
+	       (unsigned long long)st->ns_ext[i].hits);
+	PER_NS("kvcd_namespace_misses_total", "counter", "FETCH misses per namespace.", "%llu",
+	       (unsigned long long)st->ns_ext[i].misses);
+	PER_NS("kvcd_namespace_evictions_total", "counter", "Evictions per namespace.", "%llu",
+	       (unsigned long long)st->ns_ext[i].evictions);
+	PER_NS("kvcd_namespace_fallbacks_total", "counter",
+	       "STOREs kept raw because the policy did not fit.", "%llu",
+	       (unsigned long long)st->ns[i].fallbacks);
+	PER_NS("kvcd_namespace_quota_bytes", "gauge", "Pool bytes it may hold (0: no quota).",
+	       "%llu", (unsigned long long)st->ns_ext[i].quota);
+
+	PER_OP("kvcd_requests_total", "counter", "Requests executed, per operation.",
+	       st->op[i].count);
+	PER_OP("kvcd_request_errors_total", "counter",
+	       "Requests that failed (not counting misses), per operation.", st->op[i].errors);
+	/* service times: buckets from 128 ns to 2^34 ns (17 s), powers of two */
+	head(o, "kvcd_request_duration_seconds", "histogram",
+	     "Service time inside kvcd, per operation.");
+	for (unsigned i = 0; kvc_op_name(i); i++) {
+		uint64_t cum = 0, sum_ns = 0;
+
+		for (unsigned k = 0; k < 64; k++) {
+			cum += st->op_hist[i][k];
+			/* a bucket's midpoint stands for its requests in the sum */
+			sum_ns += st->op_hist[i][k] * (k ? 3ull << (k - 1) >> 1 : 0);
+			if (k >= 7 && k <= 34)
+				put(o,
+				    "kvcd_request_duration_seconds_bucket{op=\"%s\",le=\"%.9g\"} %llu\n",
+				    kvc_op_name(i), (double)(1ull << k) / 1e9,
+				    (unsigned long long)cum);
+		}
+		put(o, "kvcd_request_duration_seconds_bucket{op=\"%s\",le=\"+Inf\"} %llu\n",
+		    kvc_op_name(i), (unsigned long long)cum);
+		put(o, "kvcd_request_duration_seconds_sum{op=\"%s\"} %.9f\n", kvc_op_name(i),
+		    sum_ns / 1e9);
+		put(o, "kvcd_request_duration_seconds_count{op=\"%s\"} %llu\n", kvc_op_name(i),
+		    (unsigned long long)cum);
+	}
+	return out.used;
+}
