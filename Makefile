@@ -32,7 +32,7 @@ TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterio
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
 	    liblapacke-dev libopenblas-dev clang-format-14 clang-14 libclang-rt-14-dev \
-	    libmicrohttpd-dev prometheus
+	    libmicrohttpd-dev prometheus python3-numpy python3-torch python3-pytest
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
@@ -219,6 +219,9 @@ test: deps
 			$(BUILD)/tests/$$t --jobs 2 || fail=1; \
 	done; \
 	for f in $(FUZZERS); do $(BUILD)/fuzz-replay/fuzz_$$f tests/fuzz/seeds/$$f || fail=1; done; \
+	echo "== python (libclient/python/tests)"; \
+	KVCD_BIN=$(CURDIR)/$(BUILD)/kvcd KVCD_LIB=$(CURDIR)/$(BUILD)/libkvcclient.so \
+		/usr/bin/python3 -m pytest -q -p no:cacheprovider libclient/python/tests || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test suites passed"; else echo "some test suites FAILED"; exit 1; fi
 
 ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \

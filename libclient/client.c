@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "kvc.h"
 #include "../proto/kvcp.h"
 
@@ -317,6 +319,20 @@ out_close:
 	return err;
 }
 
+/* The namespace kvcd sees: @ns itself when it fits, else (a long model fingerprint, say) its
+ * first 46 bytes, '~' and the XXH64 of the whole name in hex: 63 bytes, the same in every
+ * process. */
+static void ns_name(const char *ns, char out[KVCP_NS_MAX])
+{
+	size_t n = strlen(ns);
+
+	if (n < KVCP_NS_MAX) {
+		memcpy(out, ns, n + 1);
+		return;
+	}
+	snprintf(out, KVCP_NS_MAX, "%.46s~%016llx", ns, (unsigned long long)XXH64(ns, n, 0));
+}
+
 int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 {
 	struct kvc_attach_opts def;
@@ -332,7 +348,7 @@ int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 		o = &def;
 	}
 	path = o->socket ? o->socket : kvc_default_socket();
-	if (strlen(path) >= sizeof(c->sockpath) || (o->ns && strlen(o->ns) >= KVCP_NS_MAX))
+	if (strlen(path) >= sizeof(c->sockpath))
 		return -ENAMETOOLONG;
 	c = calloc(1, sizeof(*c));
 	if (!c)
@@ -346,7 +362,7 @@ int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 	if (!c->opts.op_timeout_ms)
 		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;
 	strcpy(c->sockpath, path);
-	strcpy(c->ns, o->ns && *o->ns ? o->ns : "default");
+	ns_name(o->ns && *o->ns ? o->ns : "default", c->ns);
 	err = do_attach(c);
 	if (err)
 		goto out_free;

@@ -86,7 +86,9 @@ int kvc_key_chain_all(const char *ns, const int32_t *tokens, size_t ntokens, siz
 
 struct kvc_attach_opts {
 	const char *socket;  /* NULL: $KVCD_SOCKET, else kvcd's default path */
-	const char *ns;	     /* namespace (model fingerprint); NULL: "default" */
+	const char *ns;	     /* namespace (model fingerprint); NULL: "default". Names of
+			      * 64 bytes or more become their first 46 bytes, '~' and 16
+			      * hex digits of their XXH64 (63 bytes: kvcd's limit) */
 	size_t staging_size; /* 0: the daemon's default */
 	int numa_node;	     /* -1: let kvcd place by the CPUs this thread runs on */
 	unsigned flags;	     /* KVC_ATTACH_* */

@@ -1,0 +1,353 @@
+"""kvcd from Python: a ctypes binding of libkvcclient.
+
+A :class:`Client` attaches to kvcd once; blocks move through its staging buffer, which numpy
+sees without a copy (:attr:`Client.staging`). Keys are the C library's chained prefix keys
+(:func:`key_chain`), so a prefix stored by a C engine (kvc-llama) is a hit for a Python one and
+the other way round.
+
+    import numpy as np, kvcd
+    with kvcd.Client(ns="my-model") as c:
+        keys = kvcd.key_chain("my-model", tokens, chunk=16)
+        hits = c.lookup(keys)                    # leading chunks kvcd holds
+        c.store(keys[0], kv)                     # kv: [layers, 2, tokens, kv_heads, head_dim]
+        block = c.fetch(keys[0])                 # a numpy array of that shape
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._ffi import AttachOpts, Cqe, Key, Layout, Req, Stats, lib
+
+__all__ = ["Client", "KvcdError", "Key", "Layout", "key_chain", "layout_of", "__version__",
+           "F32", "F16", "BF16", "OP_STORE", "OP_FETCH", "OP_LOOKUP", "OP_DELETE"]
+
+_v = lib.kvc_version()
+__version__ = f"{_v >> 16}.{(_v >> 8) & 0xff}.{_v & 0xff}"  # the C library's: one source
+
+F32, F16, BF16 = 1, 2, 3
+OP_NOP, OP_STORE, OP_FETCH, OP_LOOKUP, OP_DELETE, OP_PIN, OP_UNPIN = range(7)
+ATTACH_BUSY_POLL = 1
+POLICY_NAMESPACE = 1
+
+_NP = {F32: np.dtype(np.float32), F16: np.dtype(np.float16)}
+
+
+class KvcdError(OSError):
+    """A call kvcd or the library refused: ``errno`` and kvc_strerror's words."""
+
+    def __init__(self, err: int, what: str = "", detail: str = ""):
+        msg = lib.kvc_strerror(-abs(err)).decode()
+        if detail:
+            msg = f"{msg}: {detail}"
+        super().__init__(abs(err), f"{what}: {msg}" if what else msg)
+
+
+def _check(res: int, what: str, detail: str = "") -> int:
+    if res < 0:
+        raise KvcdError(res, what, detail)
+    return res
+
+
+def _dtype_code(dt: Any) -> int:
+    name = str(dt).replace("torch.", "")
+    if name in ("float32", "f32"):
+        return F32
+    if name in ("float16", "f16", "half"):
+        return F16
+    if name in ("bfloat16", "bf16"):
+        return BF16
+    raise ValueError(f"kvcd stores float32, float16 or bfloat16 blocks, not {dt}")
+
+
+def layout_of(shape: Sequence[int], dtype: Any) -> Layout:
+    """The layout of a block of shape [layers, 2, tokens, kv_heads, head_dim] (K then V)."""
+    if len(shape) != 5 or shape[1] != 2:
+        raise ValueError(f"a block is [layers, 2, tokens, kv_heads, head_dim], not {shape}")
+    layers, _, tokens, heads, dim = (int(x) for x in shape)
+    return Layout(dtype=_dtype_code(dtype), layers=layers, kv_heads=heads, head_dim=dim,
+                  tokens=tokens)
+
+
+def key_chain(ns: str, tokens: Sequence[int], chunk: int) -> List[Key]:
+    """Keys of every full chunk of ``chunk`` tokens, chained from the first (kvc_key_chain_all:
+    the same bytes in every process and language)."""
+    toks = np.ascontiguousarray(np.asarray(tokens, dtype=np.int32))
+    n = len(toks) // chunk if chunk > 0 else 0
+    if chunk <= 0:
+        raise ValueError("chunk must be positive")
+    keys = (Key * max(n, 1))()
+    got = lib.kvc_key_chain_all(ns.encode(), toks.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                                len(toks), chunk, keys, n)
+    _check(got, "key_chain")
+    return [Key(k.hi, k.lo) for k in keys[:got]]
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    """A numpy view of an array or a CPU torch tensor (bfloat16 as its raw uint16 bits)."""
+    if isinstance(a, np.ndarray):
+        return a
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        t = a.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+    return np.asarray(a)
+
+
+class Client:
+    """One attachment to kvcd: rings and a staging buffer shared with the daemon.
+
+    ``socket``: the daemon's UNIX socket (None: $KVCD_SOCKET, then the default paths);
+    ``ns``: the namespace (model fingerprint), at most 63 bytes; ``staging_size``: bytes of the
+    staging buffer (0: kvcd's default); ``op_timeout_ms``: synchronous calls give up after this
+    long (0: the library's default, < 0: never). Raises :class:`KvcdError` when kvcd refuses.
+    """
+
+    def __init__(self, socket: Optional[str] = None, ns: str = "default", staging_size: int = 0,
+                 numa_node: int = -1, busy_poll: bool = False, op_timeout_ms: int = 0):
+        o = AttachOpts()
+        lib.kvc_attach_opts_init(ctypes.byref(o))
+        self._sock = socket.encode() if socket else None
+        self._ns = ns.encode()
+        o.socket = self._sock
+        o.ns = self._ns
+        o.staging_size = staging_size
+        o.numa_node = numa_node
+        o.flags = ATTACH_BUSY_POLL if busy_poll else 0
+        o.op_timeout_ms = op_timeout_ms
+        self._c = ctypes.c_void_p()
+        _check(lib.kvc_attach(ctypes.byref(o), ctypes.byref(self._c)), "attach",
+               socket or lib.kvc_default_socket().decode())
+        self.ns = ns
+        size = ctypes.c_size_t()
+        ptr = lib.kvc_staging(self._c, ctypes.byref(size))
+        self._staging = np.ctypeslib.as_array((ctypes.c_uint8 * size.value).from_address(ptr))
+
+    # -- lifetime --
+    def close(self) -> None:
+        """Detach; requests in flight are abandoned. Idempotent."""
+        if self._c:
+            lib.kvc_detach(self._c)
+            self._c = ctypes.c_void_p()
+            self._staging = np.zeros(0, np.uint8)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _live(self) -> ctypes.c_void_p:
+        if not self._c:
+            raise KvcdError(_errno.EBADF, "closed client")
+        return self._c
+
+    # -- the staging buffer --
+    @property
+    def staging(self) -> np.ndarray:
+        """The staging buffer as a uint8 array: writes go straight to what STORE reads."""
+        return self._staging
+
+    def view(self, off: int, layout: Layout) -> np.ndarray:
+        """Staging bytes at ``off`` seen as a block of ``layout`` (no copy)."""
+        n = lib.kvc_layout_bytes(ctypes.byref(layout))
+        raw = self._staging[off:off + n]
+        shape = (layout.layers, 2, layout.tokens, layout.kv_heads, layout.head_dim)
+        if layout.dtype == BF16:
+            return raw.view(np.uint16).reshape(shape)
+        return raw.view(_NP[layout.dtype]).reshape(shape)
+
+    def _put(self, block: Any, off: int) -> Layout:
+        arr = _as_numpy(block)
+        dt = block.dtype if type(block).__module__.startswith("torch") else arr.dtype
+        if arr.dtype == np.uint16 and "bfloat16" in str(dt):
+            lay = layout_of(arr.shape, "bfloat16")
+        else:
+            lay = layout_of(arr.shape, dt)
+        n = arr.nbytes
+        if off + n > self._staging.size:
+            raise KvcdError(_errno.ENOSPC, "store", f"{n} bytes at {off} exceed staging")
+        dst = self._staging[off:off + n]
+        if not (arr.ctypes.data == dst.ctypes.data):  # already in place: no copy
+            dst[:] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        return lay
+
+    # -- requests --
+    def nop(self) -> None:
+        _check(lib.kvc_nop(self._live()), "nop")
+
+    def store(self, key: Key, block: Any, off: int = 0, policy_slot: int = 0) -> None:
+        """Store ``block`` ([layers, 2, tokens, kv_heads, head_dim], float32/16 or bfloat16;
+        numpy or torch) under ``key``. It is copied into staging at ``off`` unless it already
+        is a view of that place. ``policy_slot``: a slot :meth:`policy` returned (0: the
+        namespace's policy)."""
+        lay = self._put(block, off)
+        lay.codec = policy_slot
+        _check(lib.kvc_store(self._live(), ctypes.byref(key), ctypes.byref(lay), off), "store")
+
+    def fetch(self, key: Key, off: int = 0, copy: bool = True,
+              torch: bool = False) -> Optional[Any]:
+        """The block under ``key`` as [layers, 2, tokens, kv_heads, head_dim], or None when
+        kvcd does not hold it. ``copy=False`` returns a view of staging (valid until the next
+        request naming that range); ``torch=True`` a torch tensor."""
+        lay = Layout()
+        res = lib.kvc_fetch(self._live(), ctypes.byref(key), off, self._staging.size - off,
+                            ctypes.byref(lay))
+        if res == -_errno.ENOENT:
+            return None
+        _check(res, "fetch")
+        if lay.codec & 0x80:
+            raise KvcdError(_errno.EPROTO, "fetch",
+                            "the block holds selected tokens (the sparse form of kvc.h): "
+                            "this binding reads dense blocks only")
+        arr = self.view(off, lay)
+        if copy:
+            arr = arr.copy()
+        if torch:
+            import torch as _t
+
+            if lay.dtype == BF16:
+                return _t.from_numpy(arr.view(np.int16)).view(_t.bfloat16)
+            return _t.from_numpy(arr)
+        return arr
+
+    def lookup(self, keys: Sequence[Key]) -> int:
+        """How many leading keys of ``keys`` kvcd holds."""
+        arr = (Key * max(len(keys), 1))(*keys)
+        hits = ctypes.c_size_t()
+        _check(lib.kvc_lookup(self._live(), arr, len(keys), ctypes.byref(hits)), "lookup")
+        return hits.value
+
+    def delete(self, key: Key) -> bool:
+        """Remove ``key``; False when kvcd did not hold it."""
+        res = lib.kvc_delete(self._live(), ctypes.byref(key))
+        if res == -_errno.ENOENT:
+            return False
+        _check(res, "delete")
+        return True
+
+    def pin(self, key: Key, lease_ms: int = 0) -> None:
+        _check(lib.kvc_pin(self._live(), ctypes.byref(key), lease_ms), "pin")
+
+    def unpin(self, key: Key) -> None:
+        _check(lib.kvc_unpin(self._live(), ctypes.byref(key)), "unpin")
+
+    def policy(self, policy: str, namespace: bool = False) -> int:
+        """Register a compression policy (docs/policies.md) and return its slot for
+        :meth:`store`; ``namespace=True`` sets the namespace's policy instead (admin)."""
+        why = ctypes.create_string_buffer(160)
+        res = lib.kvc_policy(self._live(), policy.encode(),
+                             POLICY_NAMESPACE if namespace else 0, why, len(why))
+        return _check(res, "policy", why.value.decode())
+
+    def evict(self, mib: int = 0) -> int:
+        """Evict unpinned blocks until ``mib`` MiB are free (0: all); admin only."""
+        return _check(lib.kvc_evict(self._live(), mib), "evict")
+
+    def stats(self) -> Dict[str, Any]:
+        """kvcd's STATS as a dict: totals, ``nodes``, ``namespaces`` and ``ops``."""
+        st = Stats()
+        _check(lib.kvc_stats(self._live(), ctypes.byref(st), ctypes.sizeof(st)), "stats")
+        out: Dict[str, Any] = {k: getattr(st, k) for k in (
+            "clients", "uptime_ms", "blocks", "bytes_used", "bytes_free", "bytes_in",
+            "bytes_stored", "hits", "misses", "evictions", "pinned", "bad_requests",
+            "checksum_failures", "metadata_bytes")}
+        out["hit_ratio"] = st.hits / (st.hits + st.misses) if st.hits + st.misses else 0.0
+        out["version"] = f"{st.version >> 16}.{(st.version >> 8) & 0xff}.{st.version & 0xff}"
+        out["nodes"] = [{"node": n.node, "hugepages": bool(n.hugepages),
+                         "bytes_total": n.bytes_total, "bytes_used": n.bytes_used,
+                         "blocks": n.blocks} for n in st.node[:st.nnodes]]
+        out["namespaces"] = [{"name": s.name.decode(), "policy": s.policy.decode(),
+                              "blocks": s.blocks, "bytes_in": s.bytes_in,
+                              "bytes_stored": s.bytes_stored, "fallbacks": s.fallbacks,
+                              "hits": e.hits, "misses": e.misses, "evictions": e.evictions}
+                             for s, e in zip(st.ns[:st.nns], st.ns_ext[:st.nns])]
+        out["ops"] = {}
+        for i in range(13):
+            name = lib.kvc_op_name(i)
+            if name:
+                o = st.op[i]
+                out["ops"][name.decode()] = {"count": o.count, "errors": o.errors,
+                                             "p50_ns": o.p50_ns, "p99_ns": o.p99_ns}
+        return out
+
+    # -- batches --
+    def submit(self, reqs: Iterable[Req]) -> List[int]:
+        """Queue requests with one doorbell; returns their tickets (fewer when the ring is
+        full)."""
+        rs = list(reqs)
+        arr = (Req * max(len(rs), 1))(*rs)
+        tickets = (ctypes.c_uint64 * max(len(rs), 1))()
+        n = _check(lib.kvc_submit(self._live(), arr, len(rs), tickets), "submit")
+        return list(tickets[:n])
+
+    def wait(self, min_n: int = 1, max_n: int = 64, timeout_ms: int = -1) -> List[Cqe]:
+        """Completions: at least ``min_n`` (unless the timeout passes), at most ``max_n``."""
+        out = (Cqe * max_n)()
+        n = lib.kvc_wait(self._live(), out, min_n, max_n, timeout_ms)
+        if n == -_errno.ETIMEDOUT:
+            return []
+        _check(n, "wait")
+        return [Cqe.from_buffer_copy(out[i]) for i in range(n)]
+
+    def run(self, reqs: Sequence[Req]) -> List[Cqe]:
+        """Submit ``reqs`` (more than the ring holds, if need be) and return their completions
+        in the order of ``reqs``."""
+        pending: Dict[int, int] = {}
+        done: Dict[int, Cqe] = {}
+        i = 0
+        while i < len(reqs) or pending:
+            if i < len(reqs):
+                ts = self.submit(reqs[i:])
+                for t in ts:
+                    pending[t] = i
+                    i += 1
+            if pending:
+                for c in self.wait(1, 64):
+                    if c.ticket in pending:
+                        done[pending.pop(c.ticket)] = c
+        return [done[j] for j in range(len(reqs))]
+
+    def store_many(self, items: Sequence[Tuple[Key, Any]], policy_slot: int = 0) -> None:
+        """Store several blocks with one doorbell per ring-full: each is placed in staging
+        one after the other."""
+        reqs, off = [], 0
+        for key, block in items:
+            lay = self._put(block, off)
+            lay.codec = policy_slot
+            n = lib.kvc_layout_bytes(ctypes.byref(lay))
+            reqs.append(Req(op=OP_STORE, key=key, layout=lay, off=off, len=n))
+            off += (n + 63) & ~63
+        for r, c in zip(reqs, self.run(reqs)):
+            if c.res < 0 and c.res != -_errno.EEXIST:
+                raise KvcdError(c.res, "store")
+
+    def fetch_many(self, keys: Sequence[Key], block_bytes: int) -> List[Optional[np.ndarray]]:
+        """Fetch several blocks of at most ``block_bytes`` each in one batch; None where kvcd
+        does not hold the block. Returns copies."""
+        reqs = [Req(op=OP_FETCH, key=k, off=i * block_bytes, len=block_bytes)
+                for i, k in enumerate(keys)]
+        if len(keys) * block_bytes > self._staging.size:
+            raise KvcdError(_errno.ENOSPC, "fetch_many", "the blocks exceed staging")
+        out: List[Optional[np.ndarray]] = []
+        for i, c in enumerate(self.run(reqs)):
+            if c.res == -_errno.ENOENT:
+                out.append(None)
+                continue
+            if c.res < 0:
+                raise KvcdError(c.res, "fetch")
+            out.append(self.view(i * block_bytes, c.layout).copy())
+        return out

@@ -1,0 +1,130 @@
+"""The Python binding: attach, blocks through staging, keys equal to C's, errors, stats."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import subprocess
+
+import numpy as np
+import pytest
+
+import kvcd
+from kvcd import _ffi
+from conftest import BUILD
+
+
+def test_one_version_everywhere():
+    out = subprocess.run([str(BUILD / "kvcd"), "--version"], capture_output=True, text=True)
+    assert out.stdout.split()[1] == kvcd.__version__
+
+
+def test_structures_match_the_c_library():
+    # sizes of kvc.h's structures on this ABI (x86-64), as the C compiler lays them out
+    assert ctypes.sizeof(_ffi.Key) == 16
+    assert ctypes.sizeof(_ffi.Layout) == 16
+    assert ctypes.sizeof(_ffi.AttachOpts) == 40
+    assert ctypes.sizeof(_ffi.Req) == 56
+    assert ctypes.sizeof(_ffi.Cqe) == 40
+    assert ctypes.sizeof(_ffi.Stats) == 15248
+
+
+def block(dtype=np.float16, layers=2, tokens=16, heads=2, dim=32, seed=0):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((layers, 2, tokens, heads, dim)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_store_and_fetch_arrays(daemon, dtype):
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        k = kvcd.Key(1, 2)
+        b = block(dtype)
+        c.store(k, b)
+        got = c.fetch(k, off=65536)
+        assert got.dtype == b.dtype and got.shape == b.shape
+        assert np.array_equal(got, b)
+        assert c.fetch(kvcd.Key(9, 9)) is None
+        assert c.delete(k) and not c.delete(k)
+
+
+def test_zero_copy_from_staging(daemon):
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        lay = kvcd.layout_of((2, 2, 16, 2, 32), "float16")
+        v = c.view(4096, lay)  # the engine writes its KV straight into staging
+        v[...] = block()
+        c.store(kvcd.Key(5, 5), v, off=4096)
+        assert np.array_equal(c.fetch(kvcd.Key(5, 5)), block())
+
+
+def test_torch_tensors(daemon):
+    torch = pytest.importorskip("torch")
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        t = torch.randn(2, 2, 16, 2, 32).to(torch.bfloat16)
+        c.store(kvcd.Key(7, 7), t)
+        got = c.fetch(kvcd.Key(7, 7), torch=True)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, t)
+
+
+def test_keys_chain_like_the_c_library(daemon):
+    toks = list(range(1, 50))
+    keys = kvcd.key_chain("model-a", toks, 16)
+    assert len(keys) == 3
+    assert keys == kvcd.key_chain("model-a", toks + [7], 16)[:3], "a prefix keeps its keys"
+    assert keys[0] != kvcd.key_chain("model-b", toks, 16)[0], "namespaces are salted in"
+    assert keys[1] != kvcd.key_chain("model-a", [99] + toks[1:], 16)[1], "chained"
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        for k in keys[:2]:
+            c.store(k, block())
+        assert c.lookup(keys) == 2
+        assert c.lookup(keys[1:]) == 1
+        assert c.lookup([kvcd.Key(0, 0)] + keys) == 0
+
+
+def test_errors_carry_errno_and_words(daemon):
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        c.store(kvcd.Key(1, 1), block())
+        with pytest.raises(kvcd.KvcdError) as e:
+            c.store(kvcd.Key(1, 1), block())
+        assert e.value.errno == errno.EEXIST and "already stored" in str(e.value)
+        with pytest.raises(kvcd.KvcdError) as e:
+            c.policy("int9")
+        assert e.value.errno == errno.EINVAL and "int9" in str(e.value) or "bits" in str(e.value)
+        with pytest.raises(ValueError):
+            c.store(kvcd.Key(2, 2), np.zeros((3, 3), np.float16))
+    with pytest.raises(kvcd.KvcdError) as e:
+        kvcd.Client(socket=daemon.sock + ".none")
+    assert e.value.errno == errno.ENOENT
+
+
+def test_policy_slots_and_stats(daemon):
+    with kvcd.Client(socket=daemon.sock, ns="py-stats", staging_size=1 << 20) as c:
+        slot = c.policy("int8")
+        c.store(kvcd.Key(3, 3), block(), policy_slot=slot)
+        got = c.fetch(kvcd.Key(3, 3))
+        assert np.abs(got.astype(np.float32) - block().astype(np.float32)).max() < 0.1
+        st = c.stats()
+        assert st["blocks"] == 1 and st["hits"] == 1 and st["hit_ratio"] == 1.0
+        ns = [n for n in st["namespaces"] if n["name"] == "py-stats"][0]
+        assert ns["bytes_stored"] < ns["bytes_in"], "int8 is smaller"
+        assert st["ops"]["store"]["count"] >= 1
+        assert st["version"] == kvcd.__version__
+
+
+def test_batches(daemon):
+    with kvcd.Client(socket=daemon.sock, staging_size=4 << 20) as c:
+        keys = [kvcd.Key(100, i) for i in range(40)]
+        c.store_many([(k, block(seed=i)) for i, k in enumerate(keys)])
+        n = block().nbytes
+        got = c.fetch_many(keys + [kvcd.Key(0, 1)], n)
+        assert got[-1] is None
+        for i, g in enumerate(got[:-1]):
+            assert np.array_equal(g, block(seed=i))
+
+
+def test_long_namespaces_are_hashed_the_same_everywhere(daemon):
+    long_ns = "llama-3-8b@sha256:" + "ab" * 32  # longer than kvcd's 63 bytes
+    with kvcd.Client(socket=daemon.sock, ns=long_ns, staging_size=1 << 20) as a, \
+            kvcd.Client(socket=daemon.sock, ns=long_ns, staging_size=1 << 20) as b:
+        a.store(kvcd.Key(4, 4), block())
+        assert b.lookup([kvcd.Key(4, 4)]) == 1, "one namespace for one long name"
+        names = [n["name"] for n in a.stats()["namespaces"]]
+        assert any(n.startswith(long_ns[:46] + "~") and len(n) == 63 for n in names), names
