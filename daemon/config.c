@@ -43,6 +43,7 @@ void kvcd_config_defaults(struct kvcd_config *c)
 	c->handshake_ms = 500;
 	c->max_pins = 65536;
 	c->max_lookup_keys = 1u << 18;
+	c->log_level = LOG_INFO;
 }
 
 int kvcd_parse_size(const char *s, uint64_t *out)
@@ -143,7 +144,7 @@ static int parse_policy(const char *v, struct kvcd_policy *p)
 	char why[128];
 
 	if (kvcd_policy_parse(v, p, why, sizeof(why))) {
-		fprintf(stderr, "kvcd: policy '%s': %s\n", v, why);
+		kvcd_log(LOG_ERR, "policy '%s': %s", v, why);
 		return -EINVAL;
 	}
 	return 0;
@@ -210,6 +211,9 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 	} else if (!strcmp(k, "admin_uids")) {
 		c->nadmin = 0;
 		return parse_ids(v, false, c->admin_uids, &c->nadmin);
+	} else if (!strcmp(k, "log_level")) {
+		c->log_level = kvcd_log_parse_level(v);
+		return c->log_level < 0 ? -EINVAL : 0;
 	} else if (!strcmp(k, "state_dir")) {
 		if (strlen(v) >= sizeof(c->state_dir) - 16)
 			return -ENAMETOOLONG;
@@ -268,8 +272,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = kvcd_parse_size(v, &a->quota) || !a->quota ? -EINVAL : 0;
 	}
 	if (err) {
-		fprintf(stderr, "kvcd: %s: [%s] %s = %s: %s\n", x->path, section, k, v,
-			err == -ENOENT ? "unknown key or name" : strerror(-err));
+		kvcd_log(LOG_ERR, "%s: [%s] %s = %s: %s", x->path, section, k, v,
+			 err == -ENOENT ? "unknown key or name" : strerror(-err));
 		x->err = -EINVAL;
 	}
 	return 1;
@@ -281,11 +285,11 @@ int kvcd_config_load(struct kvcd_config *c, const char *path)
 	int r = ini_parse(path, on_kv, &x);
 
 	if (r == -1) {
-		fprintf(stderr, "kvcd: cannot open config %s: %s\n", path, strerror(errno));
+		kvcd_log(LOG_ERR, "cannot open config %s: %s", path, strerror(errno));
 		return -ENOENT;
 	}
 	if (r > 0) {
-		fprintf(stderr, "kvcd: %s:%d: syntax error\n", path, r);
+		kvcd_log(LOG_ERR, "%s:%d: syntax error", path, r);
 		return -EINVAL;
 	}
 	return x.err;
@@ -323,7 +327,7 @@ int kvcd_config_check(const struct kvcd_config *c)
 			why = buf;
 		}
 	if (why) {
-		fprintf(stderr, "kvcd: configuration: %s\n", why);
+		kvcd_log(LOG_ERR, "configuration: %s", why);
 		return -EINVAL;
 	}
 	return 0;

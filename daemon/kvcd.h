@@ -63,6 +63,7 @@ struct kvcd_config {
 	unsigned nadmin;
 	char state_dir[108];	 /* pools kept here as files, for warm restarts; "": memfds */
 	char metrics_listen[64]; /* [metrics] listen = HOST:PORT; "": off */
+	int log_level;		 /* LOG_ERR .. LOG_DEBUG */
 	bool strict_ns;		 /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
@@ -88,6 +89,21 @@ bool kvcd_config_allows(const struct kvcd_config *c, const char *ns, uid_t uid, 
 int kvcd_config_check(const struct kvcd_config *c);
 /* Is @uid an administrator: root, kvcd's own uid, or listed in admin_uids? */
 bool kvcd_config_admin(const struct kvcd_config *c, uid_t uid, uid_t euid);
+
+/* ---- log.c: the journal under systemd, stderr in the foreground, syslog when detached ---- */
+
+#include <syslog.h> /* LOG_ERR ... LOG_DEBUG */
+
+void kvcd_log_init(bool detached);
+void kvcd_log_level(int prio);
+/* "err", "warning", "notice", "info", "debug" ... -> LOG_*, or -1. */
+int kvcd_log_parse_level(const char *s);
+/* One message (no trailing newline) at @prio. */
+void kvcd_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct kvcd_session;
+/* The same about a client: its id, pid, uid and namespace become structured journal fields. */
+void kvcd_log_client(int prio, const struct kvcd_session *s, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 /* ---- os_linux.c: every raw syscall the daemon makes on memory goes through this table, so
  * tests can inject failures (SQLite's VFS syscall table). -------------------------------------- */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <grp.h>
 #include <numa.h>
 #include <signal.h>
@@ -122,7 +123,7 @@ static void reply(int fd, int status, const struct kvcd_session *s, const int fd
 		memcpy(CMSG_DATA(cm), fds, 2 * sizeof(int));
 	}
 	if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && s)
-		fprintf(stderr, "kvcd: attach reply to client %u: %s\n", s->id, strerror(errno));
+		kvcd_log(LOG_WARNING, "attach reply to client %u: %s", s->id, strerror(errno));
 }
 
 /* Read the attach request once; close any descriptors a client tried to pass us. */
@@ -191,8 +192,8 @@ static int pick_worker(struct kvcd *d)
 				return -EUSERS;
 			/* STATS reads the count from workers: the new one is whole before it counts */
 			__atomic_store_n(&d->nworkers, d->nworkers + 1, __ATOMIC_RELEASE);
-			fprintf(stderr, "kvcd: %u clients: started overflow worker %u\n",
-				d->nsessions, i);
+			kvcd_log(LOG_NOTICE, "%u clients: started overflow worker %u", d->nsessions,
+				 i);
 		}
 		if (d->workers[i].nsessions < KVCD_WORKER_MAX_SESSIONS)
 			best = (int)i;
@@ -240,9 +241,8 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	ngroups = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) ? 0
 									   : glen / sizeof(gid_t);
 	if (!kvcd_config_allows(&d->cfg, req->ns, cred.uid, cred.gid, groups, ngroups)) {
-		fprintf(stderr,
-			"kvcd: refused pid %d uid %u gid %u: not allowed in namespace '%s'\n",
-			(int)cred.pid, cred.uid, cred.gid, req->ns);
+		kvcd_log(LOG_WARNING, "refused pid %d uid %u gid %u: not allowed in namespace '%s'",
+			 (int)cred.pid, cred.uid, cred.gid, req->ns);
 		return -EACCES;
 	}
 	if (d->nsessions >= d->cfg.max_clients)
@@ -257,8 +257,8 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	ns = kvcd_store_ns_get(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns),
 			       acl ? acl->quota : 0);
 	if (ns < 0) {
-		fprintf(stderr, "kvcd: refused pid %d: namespace '%s': %s\n", (int)cred.pid,
-			req->ns, ns == -ENFILE ? "the namespace table is full" : strerror(-ns));
+		kvcd_log(LOG_WARNING, "refused pid %d: namespace '%s': %s", (int)cred.pid, req->ns,
+			 ns == -ENFILE ? "the namespace table is full" : strerror(-ns));
 		return ns;
 	}
 	c = calloc(1, sizeof(*c));
@@ -359,7 +359,7 @@ static void finish_handshake(struct kvcd *d, struct pending *p)
 	if (!err)
 		err = attach(d, p->fd, &req, &c);
 	if (err && c) {
-		fprintf(stderr, "kvcd: client %u: %s\n", c->s.id, strerror(-err));
+		kvcd_log(LOG_WARNING, "client %u: %s", c->s.id, strerror(-err));
 		detach(d, c); /* closes the socket: the client sees EOF */
 	} else if (err) {
 		reply(p->fd, err, NULL, NULL);
@@ -402,8 +402,8 @@ static struct pending *pending_slot(const struct kvcd_config *c, uid_t uid)
 		return NULL;
 	if (free_slot)
 		return free_slot;
-	fprintf(stderr, "kvcd: %u attach handshakes pending: dropping the oldest of uid %u\n",
-		c->max_pending, victim->uid);
+	kvcd_log(LOG_WARNING, "%u attach handshakes pending: dropping the oldest of uid %u",
+		 c->max_pending, victim->uid);
 	reply(victim->fd, -EBUSY, NULL, NULL);
 	drop_pending(victim);
 	return victim;
@@ -444,7 +444,7 @@ static void reap_broken(struct kvcd *d)
 	uint64_t v;
 
 	if (read(g.d.reap_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		perror("kvcd: eventfd read");
+		kvcd_log(LOG_ERR, "eventfd read: %s", strerror(errno));
 	for (unsigned i = 0; i < d->nsessions;) {
 		struct kvcd_session *s = d->sessions[i];
 
@@ -460,7 +460,7 @@ static void tick(struct kvcd *d)
 	uint64_t now = kvcd_now_ns(), exp;
 
 	if (read(g.timerfd, &exp, sizeof(exp)) < 0 && errno != EAGAIN)
-		perror("kvcd: timerfd read");
+		kvcd_log(LOG_ERR, "timerfd read: %s", strerror(errno));
 	kvcd_store_release_pins(&d->store, now, NULL);
 	kvcd_store_reclaim(&d->store, 0);
 	for (unsigned i = 0; i < d->cfg.max_pending; i++) {
@@ -523,7 +523,7 @@ static int listen_socket(const struct kvcd_config *c)
 		if (probe >= 0)
 			close(probe);
 		if (why) {
-			fprintf(stderr, "kvcd: will not replace %s: %s\n", c->socket, why);
+			kvcd_log(LOG_ERR, "will not replace %s: %s", c->socket, why);
 			close(fd);
 			return -EADDRINUSE;
 		}
@@ -539,8 +539,8 @@ static int listen_socket(const struct kvcd_config *c)
 		struct group *gr = getgrnam(c->socket_group);
 
 		if (!gr || chown(c->socket, (uid_t)-1, gr->gr_gid)) {
-			fprintf(stderr, "kvcd: cannot give %s to group '%s': %s\n", c->socket,
-				c->socket_group, gr ? strerror(errno) : "no such group");
+			kvcd_log(LOG_ERR, "cannot give %s to group '%s': %s", c->socket,
+				 c->socket_group, gr ? strerror(errno) : "no such group");
 			errno = EINVAL;
 			goto out_err;
 		}
@@ -549,7 +549,7 @@ static int listen_socket(const struct kvcd_config *c)
 		goto out_err;
 	return fd;
 out_err:
-	fprintf(stderr, "kvcd: cannot listen on %s: %s\n", c->socket, strerror(errno));
+	kvcd_log(LOG_ERR, "cannot listen on %s: %s", c->socket, strerror(errno));
 	close(fd);
 	return -errno;
 }
@@ -563,13 +563,13 @@ static int check_memlock(const struct kvcd_config *c, unsigned nodes)
 	if (kvcd_has_cap_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &rl) ||
 	    rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
 		return 0;
-	fprintf(stderr,
-		"kvcd: memlock limit too low: %u pool(s) of %llu MiB need %llu MiB locked, but "
-		"RLIMIT_MEMLOCK is %llu KiB and kvcd lacks CAP_IPC_LOCK. Raise the limit "
-		"(LimitMEMLOCK=infinity in kvcd.service, or `ulimit -l unlimited`) or lower "
-		"--pool-size.\n",
-		nodes, (unsigned long long)(c->pool_size >> 20), (unsigned long long)(need >> 20),
-		(unsigned long long)(rl.rlim_cur >> 10));
+	kvcd_log(LOG_ERR,
+		 "memlock limit too low: %u pool(s) of %llu MiB need %llu MiB locked, but "
+		 "RLIMIT_MEMLOCK is %llu KiB and kvcd lacks CAP_IPC_LOCK. Raise the limit "
+		 "(LimitMEMLOCK=infinity in kvcd.service, or `ulimit -l unlimited`) or lower "
+		 "--pool-size.",
+		 nodes, (unsigned long long)(c->pool_size >> 20), (unsigned long long)(need >> 20),
+		 (unsigned long long)(rl.rlim_cur >> 10));
 	return -ENOMEM;
 }
 
@@ -627,18 +627,19 @@ static int adopt_pool(struct kvcd *d, unsigned i, int refs[KVCD_STORE_NS])
 	}
 	err = kvcd_store_adopt(&d->store, i, map, d->cfg.checksum, &st);
 	if (err) {
-		fprintf(stderr,
-			"kvcd: node %d: the pool's blocks do not chain up: starting it empty\n",
-			d->pools[i].node);
+		kvcd_log(LOG_WARNING,
+			 "node %d: the pool's blocks do not chain up: starting it empty",
+			 d->pools[i].node);
 		return err;
 	}
-	fprintf(stderr,
-		"kvcd: node %d: warm: %llu blocks (%llu MiB) back in the index in %llu ms; dropped "
-		"%llu unfinished, %llu with a bad record, %llu failing their checksum\n",
-		d->pools[i].node, (unsigned long long)st.kept, (unsigned long long)(st.bytes >> 20),
-		(unsigned long long)((kvcd_now_ns() - t0) / 1000000),
-		(unsigned long long)st.uncommitted, (unsigned long long)st.bad_tag,
-		(unsigned long long)st.bad_sum);
+	kvcd_log(LOG_INFO,
+		 "node %d: warm: %llu blocks (%llu MiB) back in the index in %llu ms; dropped "
+		 "%llu unfinished, %llu with a bad record, %llu failing their checksum",
+		 d->pools[i].node, (unsigned long long)st.kept,
+		 (unsigned long long)(st.bytes >> 20),
+		 (unsigned long long)((kvcd_now_ns() - t0) / 1000000),
+		 (unsigned long long)st.uncommitted, (unsigned long long)st.bad_tag,
+		 (unsigned long long)st.bad_sum);
 	return 0;
 }
 
@@ -650,8 +651,8 @@ static int setup_pools(struct kvcd *d)
 
 	err = kvcd_topo_load(&d->topo, NULL);
 	if (err) { /* no topology: one pool, unbound */
-		fprintf(stderr, "kvcd: hwloc could not read the topology (%s); one unbound pool\n",
-			strerror(-err));
+		kvcd_log(LOG_WARNING, "hwloc could not read the topology (%s); one unbound pool",
+			 strerror(-err));
 		memset(&d->topo, 0, sizeof(d->topo));
 		d->topo.nnodes = 1;
 		bind = false;
@@ -670,15 +671,15 @@ static int setup_pools(struct kvcd *d)
 		if (err)
 			break;
 		d->npools++;
-		fprintf(stderr, "kvcd: node %d: %llu MiB pool%s, %s, locked\n", d->topo.os_index[i],
-			(unsigned long long)(d->cfg.pool_size >> 20),
-			fd >= 0		      ? " kept by systemd"
-			: d->cfg.state_dir[0] ? " in the state directory"
-					      : "",
-			d->pools[i].huge ? "2 MiB hugetlb pages"
-			: d->cfg.hugepages == KVCD_HUGE_TRY
-				? "no hugetlb pages, transparent huge pages advised"
-				: "4 KiB pages");
+		kvcd_log(LOG_INFO, "node %d: %llu MiB pool%s, %s, locked", d->topo.os_index[i],
+			 (unsigned long long)(d->cfg.pool_size >> 20),
+			 fd >= 0	       ? " kept by systemd"
+			 : d->cfg.state_dir[0] ? " in the state directory"
+					       : "",
+			 d->pools[i].huge ? "2 MiB hugetlb pages"
+			 : d->cfg.hugepages == KVCD_HUGE_TRY
+				 ? "no hugetlb pages, transparent huge pages advised"
+				 : "4 KiB pages");
 	}
 	for (int i = 0; names && i < nfds; i++)
 		free(names[i]);
@@ -706,10 +707,10 @@ static int setup_pools(struct kvcd *d)
 
 		snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=kvcd-pool-%u", i);
 		if (sd_pid_notify_with_fds(0, 0, msg, &d->pools[i].fd, 1) <= 0)
-			fprintf(stderr,
-				"kvcd: pool %u could not be given to systemd to keep: a "
-				"restart will find it empty\n",
-				i);
+			kvcd_log(LOG_WARNING,
+				 "pool %u could not be given to systemd to keep: a "
+				 "restart will find it empty",
+				 i);
 	}
 	return 0;
 }
@@ -722,6 +723,7 @@ static int setup_loop(void)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
 	sigprocmask(SIG_BLOCK, &mask, NULL); /* before any thread: they inherit the mask */
 	signal(SIGPIPE, SIG_IGN);
 	g.epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -749,7 +751,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
-		"            [--state-dir DIR] [--foreground] [--version]\n"
+		"            [--state-dir DIR] [--log-level LEVEL] [--pidfile FILE] [--foreground]\n"
+		"            [--version]\n"
 		"  --config FILE     INI configuration (default: embedded defaults)\n"
 		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
 		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
@@ -757,7 +760,56 @@ static void usage(FILE *f)
 		"  --workers N       ring-draining threads\n"
 		"  --state-dir DIR   keep the pools in DIR (tmpfs or hugetlbfs) so that a restart\n"
 		"                    finds the cache warm (under systemd they are kept anyway)\n"
-		"  --foreground      do not detach (implied under systemd)\n");
+		"  --log-level LEVEL err, warning, notice, info (default) or debug\n"
+		"  --pidfile FILE    write kvcd's pid there once it is ready\n"
+		"  --foreground      do not detach (implied under systemd)\n"
+		"Logs go to the journal under systemd, to stderr in the foreground, to syslog once\n"
+		"detached. SIGHUP reloads --config; SIGTERM stops.\n");
+}
+
+/* The command line, kept: a reload reads the file again and applies it on top, as at start. */
+static struct {
+	const char *config, *sock, *pool, *workers, *state, *log_level, *pidfile;
+	bool foreground;
+} cli;
+
+/* The configuration from the embedded defaults, the file and the command line (which wins),
+ * checked. Returns 0 or -EINVAL (said). */
+static int configure(struct kvcd_config *c)
+{
+	kvcd_config_defaults(c);
+	c->foreground = cli.foreground;
+	if (cli.config && kvcd_config_load(c, cli.config))
+		return -EINVAL;
+	if (cli.sock && strlen(cli.sock) >= sizeof(c->socket)) {
+		kvcd_log(LOG_ERR, "socket path too long: %s", cli.sock);
+		return -EINVAL;
+	}
+	if (cli.sock)
+		strcpy(c->socket, cli.sock);
+	if (cli.state && strlen(cli.state) >= sizeof(c->state_dir) - 16) {
+		kvcd_log(LOG_ERR, "--state-dir: path too long: %s", cli.state);
+		return -EINVAL;
+	}
+	if (cli.state)
+		strcpy(c->state_dir, cli.state);
+	if (cli.pool && (kvcd_parse_size(cli.pool, &c->pool_size) || c->pool_size < (1u << 20))) {
+		kvcd_log(LOG_ERR, "--pool-size %s: expected a size of at least 1M", cli.pool);
+		return -EINVAL;
+	}
+	if (cli.workers &&
+	    (sscanf(cli.workers, "%u", &c->workers) != 1 || !c->workers || c->workers > 64)) {
+		kvcd_log(LOG_ERR, "--workers %s: expected 1..64", cli.workers);
+		return -EINVAL;
+	}
+	if (cli.log_level && (c->log_level = kvcd_log_parse_level(cli.log_level)) < 0) {
+		kvcd_log(LOG_ERR, "--log-level %s: expected err, warning, notice, info or debug",
+			 cli.log_level);
+		return -EINVAL;
+	}
+	if (getenv("NOTIFY_SOCKET"))
+		c->foreground = true;
+	return kvcd_config_check(c);
 }
 
 static int parse_args(int argc, char **argv, struct kvcd_config *c)
@@ -767,21 +819,24 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { "pool-size", required_argument, 0, 'p' },
 					      { "workers", required_argument, 0, 'w' },
 					      { "state-dir", required_argument, 0, 'd' },
+					      { "log-level", required_argument, 0, 'l' },
+					      { "pidfile", required_argument, 0, 'P' },
 					      { "foreground", no_argument, 0, 'f' },
 					      { "help", no_argument, 0, 'h' },
 					      { "version", no_argument, 0, 'V' },
 					      { 0, 0, 0, 0 } };
-	const char *config = NULL, *sock = NULL, *pool = NULL, *workers = NULL, *state = NULL;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "c:s:p:w:d:fhV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "c:s:p:w:d:l:P:fhV", opts, NULL)) != -1) {
 		switch (o) {
-		case 'c': config = optarg; break;
-		case 's': sock = optarg; break;
-		case 'p': pool = optarg; break;
-		case 'w': workers = optarg; break;
-		case 'd': state = optarg; break;
-		case 'f': c->foreground = true; break;
+		case 'c': cli.config = optarg; break;
+		case 's': cli.sock = optarg; break;
+		case 'p': cli.pool = optarg; break;
+		case 'w': cli.workers = optarg; break;
+		case 'd': cli.state = optarg; break;
+		case 'l': cli.log_level = optarg; break;
+		case 'P': cli.pidfile = optarg; break;
+		case 'f': cli.foreground = true; break;
 		case 'h': usage(stdout); exit(0);
 		case 'V':
 			printf("kvcd %s (protocol %d.%d)\n", KVC_VERSION_STRING, KVCP_MAJOR,
@@ -794,33 +849,93 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 		usage(stderr);
 		return -EINVAL;
 	}
-	if (config && kvcd_config_load(c, config))
-		return -EINVAL;
-	/* the command line wins over the file */
-	if (sock && strlen(sock) >= sizeof(c->socket)) {
-		fprintf(stderr, "kvcd: socket path too long: %s\n", sock);
-		return -EINVAL;
+	return configure(c);
+}
+
+/* What a reload cannot change while kvcd runs: said, and kept as it is. */
+#define KEEP(field, fmt)                                                                               \
+	do {                                                                                           \
+		if (memcmp(&n->field, &d->cfg.field, sizeof(n->field))) {                              \
+			kvcd_log(                                                                      \
+				LOG_WARNING,                                                           \
+				"reload: %s cannot change while kvcd runs (restart it); keeping " fmt, \
+				#field, d->cfg.field);                                                 \
+			memcpy(&n->field, &d->cfg.field, sizeof(n->field));                            \
+		}                                                                                      \
+	} while (0)
+
+/* SIGHUP: read the configuration again. ACLs, policies and quotas of configured namespaces,
+ * admin uids, limits, watermarks, the log level and the metrics listener change at once; a
+ * file that does not load or check out changes nothing. */
+static void reload(struct kvcd *d)
+{
+	static struct kvcd_config fresh;
+	struct kvcd_config *n = &fresh;
+	bool checksum;
+	unsigned pins, keys;
+	uint32_t lease;
+
+	if (!cli.config) {
+		kvcd_log(LOG_NOTICE, "SIGHUP: kvcd runs without --config: nothing to reload");
+		return;
 	}
-	if (sock)
-		strcpy(c->socket, sock);
-	if (state && strlen(state) >= sizeof(c->state_dir) - 16) {
-		fprintf(stderr, "kvcd: --state-dir: path too long: %s\n", state);
-		return -EINVAL;
+	sd_notify(0, "RELOADING=1");
+	if (configure(n)) {
+		kvcd_log(LOG_ERR, "reload of %s failed: keeping the running configuration",
+			 cli.config);
+		sd_notify(0, "READY=1");
+		return;
 	}
-	if (state)
-		strcpy(c->state_dir, state);
-	if (pool && (kvcd_parse_size(pool, &c->pool_size) || c->pool_size < (1u << 20))) {
-		fprintf(stderr, "kvcd: --pool-size %s: expected a size of at least 1M\n", pool);
-		return -EINVAL;
+	KEEP(socket, "%s");
+	KEEP(socket_group, "%s");
+	KEEP(socket_mode, "%o");
+	KEEP(pool_size, "%" PRIu64);
+	KEEP(workers, "%u");
+	KEEP(hugepages, "%d");
+	KEEP(state_dir, "%s");
+	KEEP(max_clients, "%u");
+	KEEP(max_pending, "%u");
+	n->foreground = d->cfg.foreground;
+	if (strcmp(n->metrics_listen, d->cfg.metrics_listen)) {
+		kvcd_metrics_stop(d);
+		memcpy(d->cfg.metrics_listen, n->metrics_listen, sizeof(n->metrics_listen));
+		kvcd_metrics_start(d); /* says so when it cannot */
 	}
-	if (workers &&
-	    (sscanf(workers, "%u", &c->workers) != 1 || !c->workers || c->workers > 64)) {
-		fprintf(stderr, "kvcd: --workers %s: expected 1..64\n", workers);
-		return -EINVAL;
+	/* configured namespaces that exist take their new policy and quota */
+	for (unsigned i = 0; i < n->nns; i++) {
+		pthread_mutex_lock(&d->store.lock);
+		for (unsigned id = 0; id < d->store.nns; id++) {
+			struct kvcd_store_ns *s = &d->store.ns[id];
+
+			if (strcmp(s->name, n->ns[i].name))
+				continue;
+			if (n->ns[i].has_policy)
+				s->policy = n->ns[i].policy;
+			s->quota = n->ns[i].quota;
+		}
+		pthread_mutex_unlock(&d->store.lock);
 	}
-	if (getenv("NOTIFY_SOCKET"))
-		c->foreground = true;
-	return kvcd_config_check(c);
+	pthread_mutex_lock(&d->store.lock);
+	d->store.high_wm = n->high_wm;
+	d->store.low_wm = n->low_wm;
+	pthread_mutex_unlock(&d->store.lock);
+	kvcd_log_level(n->log_level);
+	/* workers read these four while we write: they change by single atomic stores */
+	checksum = n->checksum;
+	pins = n->max_pins;
+	keys = n->max_lookup_keys;
+	lease = n->lease_max_ms;
+	n->checksum = d->cfg.checksum;
+	n->max_pins = d->cfg.max_pins;
+	n->max_lookup_keys = d->cfg.max_lookup_keys;
+	n->lease_max_ms = d->cfg.lease_max_ms;
+	d->cfg = *n;
+	__atomic_store_n(&d->cfg.checksum, checksum, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->cfg.max_pins, pins, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->cfg.max_lookup_keys, keys, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->cfg.lease_max_ms, lease, __ATOMIC_RELAXED);
+	kvcd_log(LOG_NOTICE, "configuration reloaded from %s", cli.config);
+	sd_notify(0, "READY=1");
 }
 
 /* Classic daemonization with a readiness pipe: the parent exits 0 only once the child is
@@ -832,7 +947,7 @@ static void daemonize(void)
 	char st = 1;
 
 	if (pipe2(p, O_CLOEXEC) || (pid = fork()) < 0) {
-		perror("kvcd: fork");
+		kvcd_log(LOG_ERR, "fork: %s", strerror(errno));
 		exit(1);
 	}
 	if (pid > 0) {
@@ -854,11 +969,11 @@ static void announce_ready(struct kvcd *d)
 	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %u pool(s) of %llu MiB\nMAINPID=%d",
 		   d->cfg.socket, d->npools, (unsigned long long)(d->cfg.pool_size >> 20),
 		   (int)getpid());
-	fprintf(stderr, "kvcd: ready on %s (%u worker(s), boot token %016llx)\n", d->cfg.socket,
-		d->cfg.workers, (unsigned long long)d->boot_token);
+	kvcd_log(LOG_INFO, "ready on %s (%u worker(s), boot token %016llx)", d->cfg.socket,
+		 d->cfg.workers, (unsigned long long)d->boot_token);
 	if (g.ready_pipe >= 0) {
 		if (write(g.ready_pipe, &st, 1) != 1)
-			perror("kvcd: readiness pipe");
+			kvcd_log(LOG_ERR, "readiness pipe: %s", strerror(errno));
 		close(g.ready_pipe);
 		devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 		if (devnull >= 0) {
@@ -872,6 +987,22 @@ static void announce_ready(struct kvcd *d)
 
 	if (sd_watchdog_enabled(0, &usec) > 0)
 		g.watchdog_usec = usec;
+	if (g.ready_pipe >= 0)
+		kvcd_log_init(true); /* detached: stderr is /dev/null from here on */
+	if (cli.pidfile) {
+		FILE *f = fopen(cli.pidfile, "w");
+
+		if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f))
+			kvcd_log(LOG_WARNING, "--pidfile %s: %s", cli.pidfile, strerror(errno));
+	}
+}
+
+/* The signal the signalfd holds (SIGTERM, SIGINT or SIGHUP), or 0. */
+static int signalled(void)
+{
+	struct signalfd_siginfo si;
+
+	return read(g.sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si) ? (int)si.ssi_signo : 0;
 }
 
 static void serve(struct kvcd *d)
@@ -888,7 +1019,11 @@ static void serve(struct kvcd *d)
 
 			switch (e->type) {
 			case EV_LISTEN: accept_all(&d->cfg); break;
-			case EV_SIGNAL: return;
+			case EV_SIGNAL:
+				if (signalled() != SIGHUP)
+					return;
+				reload(d);
+				break;
 			case EV_TIMER: tick(d); break;
 			case EV_REAP: reap_broken(d); break;
 			case EV_PENDING: finish_handshake(d, e->ptr); break;
@@ -925,7 +1060,9 @@ static void shutdown_all(struct kvcd *d)
 		kvcd_pool_destroy(&d->pools[i]);
 	free(d->workers);
 	free(d->sessions);
-	fprintf(stderr, "kvcd: stopped\n");
+	if (cli.pidfile)
+		unlink(cli.pidfile);
+	kvcd_log(LOG_INFO, "stopped");
 }
 
 int main(int argc, char **argv)
@@ -934,9 +1071,10 @@ int main(int argc, char **argv)
 	int err;
 
 	static_assert(offsetof(struct client, s) == 0, "a session is its client");
-	kvcd_config_defaults(&d->cfg);
+	kvcd_log_init(false);
 	if (parse_args(argc, argv, &d->cfg))
 		return 2;
+	kvcd_log_level(d->cfg.log_level);
 	default_socket(&d->cfg);
 	if (!d->cfg.foreground)
 		daemonize();
@@ -982,7 +1120,7 @@ int main(int argc, char **argv)
 	shutdown_all(d);
 	return 0;
 fail:
-	fprintf(stderr, "kvcd: failed to start: %s\n", strerror(-err));
+	kvcd_log(LOG_ERR, "failed to start: %s", strerror(-err));
 	sd_notifyf(0, "STATUS=failed to start: %s\nERRNO=%d", strerror(-err), -err);
 	return 1;
 }

@@ -78,15 +78,15 @@ int kvcd_metrics_start(struct kvcd *d)
 	if (!colon || colon == d->cfg.metrics_listen ||
 	    (size_t)(colon - d->cfg.metrics_listen) >= sizeof(host) ||
 	    sscanf(colon + 1, "%u", &port) != 1 || port > 65535) {
-		fprintf(stderr, "kvcd: [metrics] listen = %s: expected HOST:PORT\n",
-			d->cfg.metrics_listen);
+		kvcd_log(LOG_ERR, "[metrics] listen = %s: expected HOST:PORT",
+			 d->cfg.metrics_listen);
 		return -EINVAL;
 	}
 	memcpy(host, d->cfg.metrics_listen, (size_t)(colon - d->cfg.metrics_listen));
 	host[colon - d->cfg.metrics_listen] = '\0';
 	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-		fprintf(stderr, "kvcd: [metrics] listen = %s: HOST must be an IPv4 address\n",
-			d->cfg.metrics_listen);
+		kvcd_log(LOG_ERR, "[metrics] listen = %s: HOST must be an IPv4 address",
+			 d->cfg.metrics_listen);
 		return -EINVAL;
 	}
 	sa.sin_port = htons((uint16_t)port);
@@ -95,11 +95,11 @@ int kvcd_metrics_start(struct kvcd *d)
 				      &sa, MHD_OPTION_CONNECTION_LIMIT, 16u,
 				      MHD_OPTION_CONNECTION_TIMEOUT, 5u, MHD_OPTION_END);
 	if (!d->metrics) {
-		fprintf(stderr, "kvcd: cannot serve metrics on %s: %s\n", d->cfg.metrics_listen,
-			strerror(errno ? errno : EADDRINUSE));
+		kvcd_log(LOG_ERR, "cannot serve metrics on %s: %s", d->cfg.metrics_listen,
+			 strerror(errno ? errno : EADDRINUSE));
 		return -EADDRINUSE;
 	}
-	fprintf(stderr, "kvcd: metrics on http://%s/metrics\n", d->cfg.metrics_listen);
+	kvcd_log(LOG_INFO, "metrics on http://%s/metrics", d->cfg.metrics_listen);
 	return 0;
 }
 

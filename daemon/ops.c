@@ -56,6 +56,8 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		    const struct kvcd_aux *aux)
 {
 	enum kvcd_isa isa = kvcd_isa_best();
+	bool sum_on = __atomic_load_n(&d->cfg.checksum,
+				      __ATOMIC_RELAXED); /* SIGHUP may change it */
 	struct kvcd_plan plan;
 	struct kvcp_layout l;
 	struct kvcd_block *b;
@@ -73,17 +75,17 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		goto out;
 	b->stored = plan.stored;
 	if (plan.raw) {
-		sum = copy_sum(b->data, src, plan.stored, d->cfg.checksum);
+		sum = copy_sum(b->data, src, plan.stored, sum_on);
 	} else {
 		err = kvcd_codec_write(isa, &plan, src, scores, aux, b->data);
-		if (!err && d->cfg.checksum)
+		if (!err && sum_on)
 			sum = kvcd_copy_sum(isa, NULL, b->data, plan.stored);
 	}
 	if (!err && plan.summary_at) {
 		err = kvcd_codec_summary(isa, &plan, src, b->data);
 		b->summary = !err;
 	}
-	kvcd_store_commit(&d->store, b, !err, d->cfg.checksum, sum);
+	kvcd_store_commit(&d->store, b, !err, sum_on, sum);
 out:
 	kvcd_plan_fini(&plan);
 	return err;
@@ -449,7 +451,8 @@ static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 {
 	if (v->len % sizeof(struct kvcp_key) || v->off % 8)
 		return -EINVAL;
-	if (v->len / sizeof(struct kvcp_key) > d->cfg.max_lookup_keys)
+	if (v->len / sizeof(struct kvcp_key) >
+	    __atomic_load_n(&d->cfg.max_lookup_keys, __ATOMIC_RELAXED))
 		return -E2BIG;
 	s->cont.sqe = *v;
 	s->cont.done = 0;
@@ -535,9 +538,12 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_LOOKUP: res = do_lookup(d, s, v); break;
 	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
 	case KVCP_OP_PIN:
-		ms = v->arg && v->arg < d->cfg.lease_max_ms ? v->arg : d->cfg.lease_max_ms;
+		ms = __atomic_load_n(&d->cfg.lease_max_ms,
+				     __ATOMIC_RELAXED); /* SIGHUP may change it */
+		ms = v->arg && v->arg < ms ? v->arg : ms;
 		res = kvcd_store_pin(&d->store, s->ns_id, &v->key, &s->pins,
-				     kvcd_now_ns() + ms * 1000000ull, d->cfg.max_pins);
+				     kvcd_now_ns() + ms * 1000000ull,
+				     __atomic_load_n(&d->cfg.max_pins, __ATOMIC_RELAXED));
 		break;
 	case KVCP_OP_UNPIN: res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, &s->pins); break;
 	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;

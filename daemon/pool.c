@@ -87,19 +87,19 @@ static bool sb_intact(const struct kvcd_pool *p)
 		return false;
 	if (sb->version != KVCD_SB_VERSION || sb->sb_bytes != KVCD_SB_BYTES ||
 	    sb->size != p->size) {
-		fprintf(stderr,
-			"kvcd: pool %u: format %u of %llu bytes, this kvcd writes format %u of %zu: "
-			"starting it empty\n",
-			p->index, sb->version, (unsigned long long)sb->size, KVCD_SB_VERSION,
-			p->size);
+		kvcd_log(LOG_WARNING,
+			 "pool %u: format %u of %llu bytes, this kvcd writes format %u of %zu: "
+			 "starting it empty",
+			 p->index, sb->version, (unsigned long long)sb->size, KVCD_SB_VERSION,
+			 p->size);
 		return false;
 	}
 	sb->sum = 0;
 	got = XXH3_64bits(sb, sizeof(*sb));
 	sb->sum = sum;
 	if (got != sum)
-		fprintf(stderr, "kvcd: pool %u: superblock checksum mismatch: starting it empty\n",
-			p->index);
+		kvcd_log(LOG_WARNING, "pool %u: superblock checksum mismatch: starting it empty",
+			 p->index);
 	return got == sum;
 }
 
@@ -140,12 +140,12 @@ static void memlock_advice(size_t size, int err)
 	struct rlimit rl = { 0, 0 };
 
 	getrlimit(RLIMIT_MEMLOCK, &rl);
-	fprintf(stderr,
-		"kvcd: cannot lock %zu MiB of pool memory in RAM (%s); RLIMIT_MEMLOCK is %s%llu KiB. "
-		"Raise it (LimitMEMLOCK=infinity in kvcd.service, `ulimit -l unlimited`, or "
-		"memlock in /etc/security/limits.conf), grant CAP_IPC_LOCK, or lower pool_size.\n",
-		size >> 20, strerror(err), rl.rlim_cur == RLIM_INFINITY ? "unlimited, " : "",
-		rl.rlim_cur == RLIM_INFINITY ? 0ull : (unsigned long long)rl.rlim_cur >> 10);
+	kvcd_log(LOG_ERR,
+		 "cannot lock %zu MiB of pool memory in RAM (%s); RLIMIT_MEMLOCK is %s%llu KiB. "
+		 "Raise it (LimitMEMLOCK=infinity in kvcd.service, `ulimit -l unlimited`, or "
+		 "memlock in /etc/security/limits.conf), grant CAP_IPC_LOCK, or lower pool_size.",
+		 size >> 20, strerror(err), rl.rlim_cur == RLIM_INFINITY ? "unlimited, " : "",
+		 rl.rlim_cur == RLIM_INFINITY ? 0ull : (unsigned long long)rl.rlim_cur >> 10);
 }
 
 int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, int hugepages,
@@ -172,21 +172,21 @@ int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, i
 		p->fd = pool_memfd(size, hugepages, &p->huge, &p->base);
 	if (p->fd < 0) {
 		err = fd >= 0 ? -EINVAL : -errno;
-		fprintf(stderr, "kvcd: cannot make the %zu MiB pool for node %d%s%s: %s\n",
-			size >> 20, node, path ? " in " : "", path ? path : "",
-			fd >= 0 ? "the descriptor handed back has another size"
-			: hugepages == KVCD_HUGE_REQUIRE
-				? "huge pages required (hugepages=require; reserve them in "
-				  "/proc/sys/vm/nr_hugepages)"
-				: strerror(-err));
+		kvcd_log(LOG_ERR, "cannot make the %zu MiB pool for node %d%s%s: %s", size >> 20,
+			 node, path ? " in " : "", path ? path : "",
+			 fd >= 0 ? "the descriptor handed back has another size"
+			 : hugepages == KVCD_HUGE_REQUIRE
+				 ? "huge pages required (hugepages=require; reserve them in "
+				   "/proc/sys/vm/nr_hugepages)"
+				 : strerror(-err));
 		return err;
 	}
 	if (p->base == MAP_FAILED)
 		p->base = kvcd_os.mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd, 0);
 	if (p->base == MAP_FAILED) {
 		err = -errno;
-		fprintf(stderr, "kvcd: cannot map %zu MiB for node %d: %s\n", size >> 20, node,
-			strerror(-err));
+		kvcd_log(LOG_ERR, "cannot map %zu MiB for node %d: %s", size >> 20, node,
+			 strerror(-err));
 		p->base = NULL;
 		goto out_close;
 	}
@@ -197,14 +197,14 @@ int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, i
 							    << (node % (8 * sizeof(unsigned long)));
 		if (kvcd_os.mbind(p->base, size, MPOL_BIND, mask, sizeof(mask) * 8, 0)) {
 			err = -errno;
-			fprintf(stderr, "kvcd: cannot bind pool to NUMA node %d: %s\n", node,
-				strerror(-err));
+			kvcd_log(LOG_ERR, "cannot bind pool to NUMA node %d: %s", node,
+				 strerror(-err));
 			goto out_unmap;
 		}
 	}
 	if (kvcd_os.madvise(p->base, size, MADV_DONTFORK)) {
 		err = -errno;
-		fprintf(stderr, "kvcd: madvise(MADV_DONTFORK) failed: %s\n", strerror(-err));
+		kvcd_log(LOG_ERR, "madvise(MADV_DONTFORK) failed: %s", strerror(-err));
 		goto out_unmap;
 	}
 	if (kvcd_os.mlock(p->base, size)) { /* faults every page in, on the bound node */

@@ -63,7 +63,7 @@ int kvcd_topo_load(struct kvcd_topo *t, const char *spec)
 		goto out;
 	}
 	if (n > KVCD_MAX_NODES) {
-		fprintf(stderr, "kvcd: %d NUMA nodes, using the first %d\n", n, KVCD_MAX_NODES);
+		kvcd_log(LOG_WARNING, "%d NUMA nodes, using the first %d", n, KVCD_MAX_NODES);
 		n = KVCD_MAX_NODES;
 	}
 	t->nnodes = (unsigned)n;

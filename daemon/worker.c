@@ -36,11 +36,12 @@ static void mark_broken(struct kvcd *d, struct kvcd_session *s, const char *why)
 
 	if (s->broken)
 		return;
-	fprintf(stderr, "kvcd: client %u (pid %d): %s; disconnecting\n", s->id, (int)s->pid, why);
+	kvcd_log_client(LOG_WARNING, s, "client %u (pid %d): %s; disconnecting", s->id, (int)s->pid,
+			why);
 	__atomic_store_n(&s->broken, 1, __ATOMIC_RELEASE);
 	__atomic_fetch_add(&s->bad_requests, 1, __ATOMIC_RELAXED);
 	if (write(d->reap_fd, &one, sizeof(one)) < 0)
-		perror("kvcd: eventfd");
+		kvcd_log(LOG_ERR, "eventfd: %s", strerror(errno));
 }
 
 /* Room for one more completion? Reloads the client's consumer index when the cached one says

@@ -212,3 +212,69 @@ Test(cli, metrics_over_http_pass_promtool)
 	kvc_detach(c);
 	cr_assert_eq(t_daemon_stop(&D), 0);
 }
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert_not_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static bool log_has(const char *what)
+{
+	char buf[16384] = { 0 };
+	FILE *f = fopen(D.log, "r");
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, what) != NULL;
+}
+
+/* SIGHUP reloads the configuration: an ACL changes live; what cannot change is named and kept;
+ * a file that does not load changes nothing and kvcd serves on; --pidfile holds the pid. */
+Test(cli, sighup_reloads_the_configuration)
+{
+	char conf[160], pidfile[160], args[256], out[2048];
+	const char *argv[] = { "--config", conf, "--pool-size", "64M", "--pidfile", pidfile, NULL };
+	FILE *f;
+	int pid = 0;
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to act as another uid");
+	memset(&D, 0, sizeof(D));
+	t_daemon_dir(&D, conf, sizeof(conf));
+	snprintf(pidfile, sizeof(pidfile), "%s/kvcd.pid", D.dir);
+	write_file(conf, "[kvcd]\nsocket_mode = 0666\n[namespace secret]\nallow_uids = 0\n");
+	cr_assert_eq(t_daemon_start_args(&D, argv), 0);
+	f = fopen(pidfile, "r");
+	cr_assert_not_null(f, "--pidfile written once ready");
+	cr_assert_eq(fscanf(f, "%d", &pid), 1);
+	fclose(f);
+	cr_assert_eq(pid, D.pid);
+	snprintf(args, sizeof(args), "--socket %s --ns secret ping", D.sock);
+	cr_assert_eq(kvcctl_as_nobody(args, out, sizeof(out)), 1, "%s", out);
+	snprintf(out, sizeof(out),
+		 "[kvcd]\nsocket_mode = 0666\nworkers = 3\nlog_level = debug\n"
+		 "[namespace secret]\nallow_uids = 0, %u\n",
+		 nobody());
+	write_file(conf, out);
+	cr_assert_eq(kill(D.pid, SIGHUP), 0);
+	for (int i = 0; i < 100 && !log_has("configuration reloaded"); i++)
+		t_sleep_ms(20);
+	cr_assert(log_has("configuration reloaded"));
+	cr_assert(log_has("workers cannot change while kvcd runs"), "names what it kept");
+	cr_assert_eq(kvcctl_as_nobody(args, out, sizeof(out)), 0, "the new ACL admits nobody: %s",
+		     out);
+	write_file(conf, "[kvcd]\nworkers = many\n");
+	cr_assert_eq(kill(D.pid, SIGHUP), 0);
+	for (int i = 0; i < 100 && !log_has("keeping the running configuration"); i++)
+		t_sleep_ms(20);
+	cr_assert(log_has("keeping the running configuration"));
+	cr_assert_eq(kvcctl_as_nobody(args, out, sizeof(out)), 0, "still the last good one: %s",
+		     out);
+	cr_assert_eq(t_daemon_stop(&D), 0, "SIGHUP never stopped it");
+	cr_assert_neq(access(pidfile, F_OK), 0, "the pidfile goes with kvcd");
+}
