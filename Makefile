@@ -11,7 +11,7 @@
 #   make format     clang-format the tree (make test runs make format-check)
 #   make fuzz       each libFuzzer harness FUZZ_S (60) seconds under ASan+UBSan
 #   make chaos      the chaos suite, CHAOS_S (600) seconds against the ASan+UBSan kvcd
-#   make install    PREFIX=/usr/local
+#   make install    PREFIX=/usr/local, DESTDIR; make uninstall removes it all again
 
 CC      ?= gcc
 BUILD   ?= build
@@ -32,7 +32,7 @@ TEST_LIBS   = $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterio
 DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriterion-dev \
 	    libsystemd-dev libxxhash-dev libinih-dev gnuplot-nox jq redis-server libhiredis-dev \
 	    liblapacke-dev libopenblas-dev clang-format-14 clang-14 libclang-rt-14-dev \
-	    libmicrohttpd-dev prometheus python3-numpy python3-torch python3-pytest
+	    libmicrohttpd-dev prometheus python3-numpy python3-torch python3-pytest man-db
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
@@ -107,9 +107,9 @@ $(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(ENGINE_OBJ
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
 
 # kvccodec-bench: the codec in-process, no daemon; it links libkvccodec.a openly.
-$(BUILD)/tools/kvccodec-bench.o: tools/kvccodec-bench.c
+$(BUILD)/tools/kvccodec-bench.o: tools/kvccodec-bench.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -c $< -o $@
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -I$(BUILD)/include -c $< -o $@
 $(BUILD)/kvccodec-bench: $(BUILD)/tools/kvccodec-bench.o $(CODEC_LIB)
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lm
 
@@ -263,17 +263,44 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# make install [PREFIX=/usr/local] [DESTDIR=]: what is installed is also what make uninstall
+# removes. The .pc and the unit name the install-time PREFIX.
+BINS       := kvcd kvcctl kvcbench kvc-llama kvc-eval kvccodec-bench kvc-chaos
+MANS       := man/kvcd.8 man/kvcctl.1 man/kvcd.conf.5 man/kvc.3
+DOCS       := README.md docs/architecture.md docs/reliability.md docs/policies.md \
+	      docs/quality.md docs/performance.md docs/kvcd.conf.example \
+	      libclient/examples/prefix_cache.c
+PY_FILES   := $(wildcard libclient/python/kvcd/*.py)
+I          := $(DESTDIR)$(PREFIX)
+PYDIR      := $(I)/lib/python3/dist-packages/kvcd
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
-	install -m 755 $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(BUILD)/libkvcclient.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BUILD)/libkvcclient.so $(DESTDIR)$(PREFIX)/lib/libkvcclient.so.0
-	ln -sf libkvcclient.so.0 $(DESTDIR)$(PREFIX)/lib/libkvcclient.so
-	install -m 644 libclient/include/kvc.h $(VERSION_H) $(DESTDIR)$(PREFIX)/include/
-	install -m 644 $(BUILD)/kvcclient.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -d $(I)/bin $(I)/lib/pkgconfig $(I)/include $(I)/lib/systemd/system \
+		$(I)/share/doc/kvcd $(PYDIR) $(addprefix $(I)/share/man/man,1 3 5 8)
+	install -m 755 $(addprefix $(BUILD)/,$(BINS)) $(I)/bin/
+	install -m 644 $(BUILD)/libkvcclient.a $(I)/lib/
+	install -m 755 $(BUILD)/libkvcclient.so $(I)/lib/libkvcclient.so.0
+	ln -sf libkvcclient.so.0 $(I)/lib/libkvcclient.so
+	install -m 644 libclient/include/kvc.h $(VERSION_H) $(I)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' libclient/kvcclient.pc.in \
+		> $(I)/lib/pkgconfig/kvcclient.pc
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|' -e 's|/usr/local/share/|$(PREFIX)/share/|' \
+		kvcd.service > $(I)/lib/systemd/system/kvcd.service
+	for m in $(MANS); do install -m 644 $$m $(I)/share/man/man$${m##*.}/; done
+	install -m 644 $(DOCS) $(I)/share/doc/kvcd/
+	install -m 644 $(PY_FILES) $(PYDIR)/
+	printf 'LIBDIR = "%s"\n' '$(PREFIX)/lib' > $(PYDIR)/_paths.py
+
+uninstall:
+	rm -f $(addprefix $(I)/bin/,$(BINS)) $(I)/lib/libkvcclient.a $(I)/lib/libkvcclient.so \
+		$(I)/lib/libkvcclient.so.0 $(I)/include/kvc.h $(I)/include/kvc_version.h \
+		$(I)/lib/pkgconfig/kvcclient.pc $(I)/lib/systemd/system/kvcd.service
+	for m in $(MANS); do rm -f $(I)/share/man/man$${m##*.}/$${m#man/}; done
+	rm -rf $(I)/share/doc/kvcd $(PYDIR)
 
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench eval deps install clean docs format format-check fuzz chaos
+.PHONY: all test test-bin asan run bench eval deps install uninstall clean docs format format-check \
+	fuzz chaos
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

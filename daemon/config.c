@@ -239,6 +239,46 @@ static struct kvcd_ns_acl *ns_section(struct kvcd_config *c, const char *name)
 	return &c->ns[c->nns++];
 }
 
+/* What a key takes, for the message when a value is refused. */
+static const char *expected(const char *k)
+{
+	static const struct {
+		const char *key, *what;
+	} forms[] = {
+		{ "socket_mode", "an octal mode such as 0660" },
+		{ "pool_size", "a size such as 256M or 4G" },
+		{ "staging_size", "a size such as 32M" },
+		{ "staging_max", "a size such as 1G" },
+		{ "quota", "a size of at least 1M, such as 2G" },
+		{ "workers", "1 to 64" },
+		{ "ring_entries", "a power of two from 8 to 32768" },
+		{ "hugepages", "never, try or require" },
+		{ "checksum", "yes or no" },
+		{ "strict_namespaces", "yes or no" },
+		{ "high_watermark", "a percentage, 0 to 100" },
+		{ "low_watermark", "a percentage, 0 to 100" },
+		{ "lease_max_ms", "milliseconds, at least 1" },
+		{ "busy_poll_us", "microseconds, 0 to 1000000" },
+		{ "max_clients", "1 to 65536" },
+		{ "max_pending", "1 to 4096" },
+		{ "max_pending_per_uid", "1 to 4096" },
+		{ "handshake_timeout_ms", "1 to 60000" },
+		{ "max_pins", "1 to 16777216" },
+		{ "max_lookup_keys", "1 to 67108864" },
+		{ "log_level", "err, warning, notice, info or debug" },
+		{ "allow_uids", "user names or uids, comma-separated" },
+		{ "allow_gids", "group names or gids, comma-separated" },
+		{ "admin_uids", "user names or uids, comma-separated" },
+		{ "policy", "a policy (docs/policies.md), such as int8 or kivi:kbits=4,vbits=4" },
+		{ "listen", "IPV4:PORT, such as 127.0.0.1:9464" },
+	};
+
+	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++)
+		if (!strcmp(forms[i].key, k))
+			return forms[i].what;
+	return "invalid value";
+}
+
 struct load_ctx {
 	struct kvcd_config *c;
 	const char *path;
@@ -272,8 +312,13 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = kvcd_parse_size(v, &a->quota) || !a->quota ? -EINVAL : 0;
 	}
 	if (err) {
-		kvcd_log(LOG_ERR, "%s: [%s] %s = %s: %s", x->path, section, k, v,
-			 err == -ENOENT ? "unknown key or name" : strerror(-err));
+		bool ids = strstr(k, "_uids") || strstr(k, "_gids");
+
+		kvcd_log(LOG_ERR, "%s: [%s] %s = %s: %s%s", x->path, section, k, v,
+			 err == -ENOENT	  ? (ids ? "no such user or group" : "unknown key")
+			 : err == -EINVAL ? "expected "
+					  : strerror(-err),
+			 err == -EINVAL ? expected(k) : "");
 		x->err = -EINVAL;
 	}
 	return 1;

@@ -64,6 +64,16 @@ static inline int cli_uint(const char *prog, const char *what, const char *s,
 	return 0;
 }
 
+/* `TOOL --version` anywhere on the command line: print the release and exit. */
+static inline void cli_version(int argc, char **argv, const char *tool)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--version")) {
+			printf("%s %s\n", tool, KVC_VERSION_STRING);
+			exit(0);
+		}
+}
+
 /* Say why attaching to @path (NULL: the default) for namespace @ns failed with @err. */
 static inline void cli_attach_error(const char *prog, const char *path, const char *ns, int err)
 {

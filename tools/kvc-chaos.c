@@ -36,6 +36,7 @@
 #include <kvcp.h>
 
 #include "kvcp_raw.h"
+#include "cli.h"
 #include "timing.h"
 
 #define NKEYS	   32
@@ -721,6 +722,7 @@ int main(int argc, char **argv)
 	unsigned seconds = 600;
 	int o, fails = 0, ran = 0;
 	char cmd[192];
+	cli_version(argc, argv, "kvc-chaos");
 
 	while ((o = getopt_long(argc, argv, "k:s:S:d:", opts, NULL)) != -1) {
 		switch (o) {

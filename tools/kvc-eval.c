@@ -19,6 +19,7 @@
  * agreement with the exact run, mean KL(exact || policy) of the next-token distributions, and
  * the relative error of each layer's attention output over the continuation.
  */
+#include "cli.h"
 #include "llama.h"
 
 #include <errno.h>
@@ -419,6 +420,7 @@ int main(int argc, char **argv)
 	char *pols, *save = NULL;
 	int n = 0, np = 0, o, err, need;
 	double base_nll = 0.0;
+	cli_version(argc, argv, "kvc-eval");
 
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {

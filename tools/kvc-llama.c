@@ -66,6 +66,7 @@ int main(int argc, char **argv)
 	int32_t *tok;
 	size_t n = 0, restored = 0;
 	double t0, t_restore = 0, t_compute;
+	cli_version(argc, argv, "kvc-llama");
 
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {

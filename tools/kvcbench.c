@@ -1053,6 +1053,7 @@ int main(int argc, char **argv)
 	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
 	const char *cmd = NULL;
+	cli_version(argc, argv, "kvcbench");
 
 	/* options may come before or after the command */
 	while (optind < argc) {

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "kvc_version.h"
 #include "timing.h"
 
 struct codec_args {
@@ -190,6 +191,12 @@ int main(int argc, char **argv)
 		{ "iters", required_argument, 0, 'i' },	 { "json", no_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },	 { 0, 0, 0, 0 }
 	};
+
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--version")) {
+			printf("kvccodec-bench %s\n", KVC_VERSION_STRING);
+			return 0;
+		}
 	struct codec_args ca = { NULL, -1, 32, 8, 128, 256, 5 };
 	const char *cmd = "codec";
 	unsigned iters = 5;

@@ -92,6 +92,13 @@ def _find_library() -> str:
     env = os.environ.get("KVCD_LIB")
     if env:
         return env
+    try:  # written by make install: the library installed beside this package
+        from ._paths import LIBDIR
+
+        if Path(LIBDIR, "libkvcclient.so.0").exists():
+            return str(Path(LIBDIR, "libkvcclient.so.0"))
+    except ImportError:
+        pass
     here = Path(__file__).resolve()
     for up in here.parents:
         cand = up / "build" / "libkvcclient.so"
