@@ -57,13 +57,25 @@ Test(install, installed_tree_works_and_uninstalls)
 	cr_assert_eq(
 		sh(out, sizeof(out), "make -s install BUILD=%s PREFIX=%s/usr 2>&1", build, prefix),
 		0, "%s", out);
+	/* a library built by make asan needs its runtime first, in the example and in Python */
+	bool asan = sh(out, sizeof(out), "ldd %s/usr/lib/libkvcclient.so.0 | grep -q libasan",
+		       prefix) == 0;
+	char preload[8448] = "";
+
+	if (asan) {
+		cr_assert_eq(sh(out, sizeof(out), "gcc -print-file-name=libasan.so"), 0);
+		out[strcspn(out, "\n")] = '\0';
+		snprintf(preload, sizeof(preload), "LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0",
+			 out);
+	}
 	/* the README's example, built as a user would */
 	cr_assert_eq(
 		sh(out, sizeof(out),
-		   "PKG_CONFIG_PATH=%s/usr/lib/pkgconfig cc -o %s/prefix_cache "
+		   "PKG_CONFIG_PATH=%s/usr/lib/pkgconfig cc %s -o %s/prefix_cache "
 		   "%s/usr/share/doc/kvcd/prefix_cache.c $(PKG_CONFIG_PATH=%s/usr/lib/pkgconfig "
 		   "pkg-config --cflags --libs kvcclient) -Wl,-rpath,%s/usr/lib 2>&1",
-		   prefix, prefix, prefix, prefix, prefix),
+		   prefix, asan ? "-fsanitize=address,undefined" : "", prefix, prefix, prefix,
+		   prefix),
 		0, "%s", out);
 	memset(&D, 0, sizeof(D));
 	t_daemon_start(&D, "64M");
@@ -75,9 +87,9 @@ Test(install, installed_tree_works_and_uninstalls)
 	cr_assert_not_null(strstr(out, prefix), "linked to the installed library: %s", out);
 	/* the Python package finds the installed library */
 	cr_assert_eq(sh(out, sizeof(out),
-			"PYTHONPATH=%s/usr/lib/python3/dist-packages /usr/bin/python3 -c "
+			"%s PYTHONPATH=%s/usr/lib/python3/dist-packages /usr/bin/python3 -c "
 			"'import kvcd; print(kvcd.__version__, kvcd._ffi.lib._name)' 2>&1",
-			prefix),
+			preload, prefix),
 		     0, "%s", out);
 	cr_assert_not_null(strstr(out, KVC_VERSION_STRING " "), "%s", out);
 	cr_assert_not_null(strstr(out, prefix), "%s", out);
