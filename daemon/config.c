@@ -44,6 +44,10 @@ void kvcd_config_defaults(struct kvcd_config *c)
 	c->max_pins = 65536;
 	c->max_lookup_keys = 1u << 18;
 	c->log_level = LOG_INFO;
+	c->remote_connect_ms = 200;
+	c->remote_op_ms = 500;
+	c->remote_ttl = 86400;
+	c->remote_queue = 256ull << 20;
 }
 
 int kvcd_parse_size(const char *s, uint64_t *out)
@@ -236,6 +240,7 @@ static struct kvcd_ns_acl *ns_section(struct kvcd_config *c, const char *name)
 	if (c->nns == KVCD_MAX_NS || !*name || strlen(name) >= KVCP_NS_MAX)
 		return NULL;
 	strcpy(c->ns[c->nns].name, name);
+	c->ns[c->nns].remote = -1;
 	return &c->ns[c->nns++];
 }
 
@@ -271,6 +276,12 @@ static const char *expected(const char *k)
 		{ "admin_uids", "user names or uids, comma-separated" },
 		{ "policy", "a policy (docs/policies.md), such as int8 or kivi:kbits=4,vbits=4" },
 		{ "listen", "IPV4:PORT, such as 127.0.0.1:9464" },
+		{ "remote", "off, evicted or all" },
+		{ "redis", "host:port,host:port,... (cluster seeds) or unix:/path" },
+		{ "connect_timeout_ms", "1 to 60000" },
+		{ "op_timeout_ms", "1 to 60000" },
+		{ "ttl", "seconds, 0 (none) to 31536000" },
+		{ "queue", "a size such as 256M" },
 	};
 
 	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++)
@@ -292,6 +303,27 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 
 	if (!strcmp(section, "kvcd")) {
 		err = set_daemon_key(x->c, k, v);
+	} else if (!strcmp(section, "remote")) {
+		struct kvcd_config *c = x->c;
+
+		if (!strcmp(k, "redis"))
+			err = strlen(v) < sizeof(c->remote_redis) ? (strcpy(c->remote_redis, v), 0)
+								  : -ENAMETOOLONG;
+		else if (!strcmp(k, "user"))
+			err = strlen(v) < sizeof(c->remote_user) ? (strcpy(c->remote_user, v), 0)
+								 : -ENAMETOOLONG;
+		else if (!strcmp(k, "password"))
+			err = strlen(v) < sizeof(c->remote_password)
+				      ? (strcpy(c->remote_password, v), 0)
+				      : -ENAMETOOLONG;
+		else if (!strcmp(k, "connect_timeout_ms"))
+			err = parse_positive(v, 60000, &c->remote_connect_ms);
+		else if (!strcmp(k, "op_timeout_ms"))
+			err = parse_positive(v, 60000, &c->remote_op_ms);
+		else if (!strcmp(k, "ttl"))
+			err = parse_uint(v, 365u * 86400, &c->remote_ttl);
+		else if (!strcmp(k, "queue"))
+			err = kvcd_parse_size(v, &c->remote_queue);
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(k, "listen") && strlen(v) < sizeof(x->c->metrics_listen))
 			err = (strcpy(x->c->metrics_listen, v), 0);
@@ -310,6 +342,13 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			a->has_policy = true;
 		else if (!strcmp(k, "quota"))
 			err = kvcd_parse_size(v, &a->quota) || !a->quota ? -EINVAL : 0;
+		else if (!strcmp(k, "remote"))
+			err = (a->remote = !strcmp(v, "off")	   ? KVCD_REMOTE_OFF
+					   : !strcmp(v, "evicted") ? KVCD_REMOTE_EVICTED
+					   : !strcmp(v, "all")	   ? KVCD_REMOTE_ALL
+								   : -2) == -2
+				      ? -EINVAL
+				      : 0;
 	}
 	if (err) {
 		bool ids = strstr(k, "_uids") || strstr(k, "_gids");

@@ -31,6 +31,13 @@ struct kvcd_ns_acl {
 	bool has_policy;
 	struct kvcd_policy policy; /* [namespace NAME] policy = ... */
 	uint64_t quota;		   /* pool bytes the namespace may hold; 0: no quota */
+	int remote;		   /* KVCD_REMOTE_*; -1: the [remote] default */
+};
+
+enum {
+	KVCD_REMOTE_OFF,
+	KVCD_REMOTE_EVICTED, /* what kvcd evicts goes to the cluster */
+	KVCD_REMOTE_ALL	     /* every block it stores, too */
 };
 
 enum {
@@ -63,8 +70,13 @@ struct kvcd_config {
 	unsigned nadmin;
 	char state_dir[108];	 /* pools kept here as files, for warm restarts; "": memfds */
 	char metrics_listen[64]; /* [metrics] listen = HOST:PORT; "": off */
-	int log_level;		 /* LOG_ERR .. LOG_DEBUG */
-	bool strict_ns;		 /* refuse namespaces the config does not list */
+	/* [remote]: a Redis Cluster (or one Redis) under the pools; remote_redis "": none */
+	char remote_redis[512];
+	char remote_user[64], remote_password[128];
+	unsigned remote_connect_ms, remote_op_ms, remote_ttl;
+	uint64_t remote_queue; /* bytes of puts waiting; beyond, dropped */
+	int log_level;	       /* LOG_ERR .. LOG_DEBUG */
+	bool strict_ns;	       /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
@@ -352,10 +364,15 @@ struct kvcd_store {
 		uint64_t pinned;  /* of them, in blocks with pins */
 		uint64_t hits, misses, evictions;
 		uint32_t attached; /* sessions (references): reclaimed when 0 and empty */
+		int remote;	   /* KVCD_REMOTE_* */
 	} ns[KVCD_STORE_NS];	   /* namespace id -> namespace */
 	unsigned nns;		   /* ids below this may be in use */
 	void (*ns_changed)(struct kvcd_store *s, unsigned id, void *arg); /* names, for
 									    * restarts */
+	/* a block about to be evicted from a namespace with remote >= EVICTED (store lock
+	 * held): the remote tier copies it */
+	void (*evicting)(struct kvcd_store *s, const struct kvcd_block *b, uint16_t ns, void *arg);
+	void *evicting_arg;
 	void *ns_arg;
 	/* counters, under lock */
 	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
@@ -368,6 +385,8 @@ void kvcd_store_fini(struct kvcd_store *s);
  * none). Returns its id, or -ENFILE when the table is full. */
 int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_policy *init,
 		      uint64_t quota);
+/* Whether namespace @ns spills to the remote tier (KVCD_REMOTE_*). */
+void kvcd_store_ns_remote(struct kvcd_store *s, uint16_t ns, int mode);
 /* Drop a reference; a namespace with no reference and no block is forgotten. */
 void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns);
 /* Read or replace namespace @ns's policy. */
@@ -472,13 +491,21 @@ struct kvcd_session {
 	 * between and takes nothing else from this ring until it is done */
 	struct kvcd_cont {
 		bool active;
-		struct kvcp_sqe sqe; /* the request, as read */
-		uint64_t done;	     /* keys looked up so far, all cached */
-		uint64_t ns;	     /* service time so far */
+		uint8_t kind;		/* KVCD_CONT_* */
+		struct kvcp_sqe sqe;	/* the request, as read */
+		uint64_t done;		/* keys looked up so far, all cached */
+		uint64_t ns;		/* service time so far */
+		struct kvcd_rget *rget; /* blocks asked of the remote tier */
 	} cont;
 
 	uint64_t requests, bad_requests; /* written by the worker, read relaxed */
 	int broken;			 /* protocol violation: main thread disconnects */
+};
+
+enum {
+	KVCD_CONT_LOOKUP,	 /* a LOOKUP, a slice at a time */
+	KVCD_CONT_REMOTE_LOOKUP, /* the chunks after the local prefix, asked of the remote tier */
+	KVCD_CONT_REMOTE_FETCH	 /* a local miss, asked of the remote tier */
 };
 
 struct kvcd;
@@ -558,7 +585,8 @@ struct kvcd {
 	uid_t euid;
 	int reap_fd; /* eventfd: a worker found a broken session */
 
-	void *metrics; /* the HTTP server of metrics.c, or NULL */
+	void *metrics;		    /* the HTTP server of metrics.c, or NULL */
+	struct kvcd_remote *remote; /* remote.c, or NULL */
 
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
@@ -566,6 +594,40 @@ struct kvcd {
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;
 };
+
+/* remote.c: the remote tier. */
+struct kvcd_remote;
+
+/* A batch of blocks a worker wants from the cluster; the remote thread fills val[] (header
+ * and bytes, checked) and sets done, then bumps *wake. */
+#define KVCD_RGET_MAX 64
+struct kvcd_rget {
+	struct kvcd_rget *next;
+	uint64_t ns_hash;
+	unsigned n;
+	struct kvcp_key keys[KVCD_RGET_MAX];
+	void *val[KVCD_RGET_MAX];
+	size_t len[KVCD_RGET_MAX];
+	int sent[KVCD_RGET_MAX];
+	uint32_t *wake; /* the waiting worker's futex word */
+	int done;
+};
+
+int kvcd_remote_start(struct kvcd *d);
+void kvcd_remote_stop(struct kvcd *d);
+uint64_t kvcd_remote_ns_hash(const char *ns);
+/* Queue a copy of a block for the cluster (dropped and counted when the queue is full). */
+void kvcd_remote_put(struct kvcd *d, const char *ns, const struct kvcp_key *key,
+		     const struct kvcp_layout *l, const void *bytes, uint64_t stored);
+/* Queue @g; the remote thread sets g->done when every value is in (or known missing). */
+void kvcd_remote_get(struct kvcd *d, struct kvcd_rget *g);
+/* Value @i of a done get: its bytes, layout, size and checksum; NULL when missing. */
+const void *kvcd_remote_value(const struct kvcd_rget *g, unsigned i, struct kvcp_layout *l,
+			      uint64_t *stored, uint64_t *checksum);
+void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
+/* A session that goes away drops its get: freed now if done, else by the remote thread. */
+void kvcd_rget_release(struct kvcd_rget *g);
+void kvcd_rget_free(struct kvcd_rget *g);
 
 /* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
  * Returns 0 or -errno (printed). */

@@ -256,6 +256,11 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 
 	ns = kvcd_store_ns_get(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns),
 			       acl ? acl->quota : 0);
+	if (ns >= 0) /* whether it spills to the remote tier: the config's word, else evicted */
+		kvcd_store_ns_remote(&d->store, (uint16_t)ns,
+				     !d->remote		       ? KVCD_REMOTE_OFF
+				     : acl && acl->remote >= 0 ? acl->remote
+							       : KVCD_REMOTE_EVICTED);
 	if (ns < 0) {
 		kvcd_log(LOG_WARNING, "refused pid %d: namespace '%s': %s", (int)cred.pid, req->ns,
 			 ns == -ENFILE ? "the namespace table is full" : strerror(-ns));
@@ -997,6 +1002,15 @@ static void announce_ready(struct kvcd *d)
 	}
 }
 
+/* The store evicts a block of a namespace that spills: the remote tier copies it (under the
+ * store lock: an eviction is already the slow path of a STORE). */
+static void remote_evicting(struct kvcd_store *s, const struct kvcd_block *b, uint16_t ns,
+			    void *arg)
+{
+	kvcd_remote_put(arg, s->ns[ns].name, &s->slots[b->slot].key, &b->layout, b->data,
+			b->stored);
+}
+
 /* The signal the signalfd holds (SIGTERM, SIGINT or SIGHUP), or 0. */
 static int signalled(void)
 {
@@ -1055,6 +1069,7 @@ static void shutdown_all(struct kvcd *d)
 	bury_dead();
 	for (unsigned i = 0; i < d->nworkers; i++)
 		kvcd_worker_stop(&d->workers[i]);
+	kvcd_remote_stop(d); /* after the workers: they queue gets */
 	kvcd_store_fini(&d->store);
 	for (unsigned i = 0; i < d->npools; i++)
 		kvcd_pool_destroy(&d->pools[i]);
@@ -1113,8 +1128,16 @@ int main(int argc, char **argv)
 		d->nworkers++;
 	}
 	err = kvcd_metrics_start(d);
+	if (!err)
+		err = kvcd_remote_start(d); /* a cluster that is down only delays the remote tier */
 	if (err)
 		goto fail;
+	if (d->remote) {
+		pthread_mutex_lock(&d->store.lock);
+		d->store.evicting_arg = d;
+		d->store.evicting = remote_evicting;
+		pthread_mutex_unlock(&d->store.lock);
+	}
 	announce_ready(d);
 	serve(d);
 	shutdown_all(d);

@@ -85,6 +85,8 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		err = kvcd_codec_summary(isa, &plan, src, b->data);
 		b->summary = !err;
 	}
+	if (!err && d->remote && d->store.ns[s->ns_id].remote == KVCD_REMOTE_ALL)
+		kvcd_remote_put(d, s->ns, &v->key, &l, b->data, plan.stored); /* write-through */
 	kvcd_store_commit(&d->store, b, !err, sum_on, sum);
 out:
 	kvcd_plan_fini(&plan);
@@ -427,6 +429,58 @@ out:
 	return res;
 }
 
+/* ---- the remote tier ---------------------------------------------------------------------
+ * A local miss (FETCH) and the chunks after the local prefix (LOOKUP) are asked of the
+ * remote tier when the namespace spills there. The worker queues the get and serves other
+ * rings (s->cont.rget); the remote thread wakes it when the values are in. */
+
+static bool remote_on(const struct kvcd *d, const struct kvcd_session *s)
+{
+	return d->remote && d->store.ns[s->ns_id].remote != KVCD_REMOTE_OFF;
+}
+
+/* Queue a get of @keys[0..n) for @s; returns -EINPROGRESS, or -ENOMEM. */
+static int remote_ask(struct kvcd *d, struct kvcd_session *s, const struct kvcp_key *keys,
+		      unsigned n, uint8_t kind)
+{
+	struct kvcd_rget *g = calloc(1, sizeof(*g));
+
+	if (!g)
+		return -ENOMEM;
+	g->ns_hash = kvcd_remote_ns_hash(s->ns);
+	g->n = n < KVCD_RGET_MAX ? n : KVCD_RGET_MAX;
+	memcpy(g->keys, keys, g->n * sizeof(*keys)); /* read once */
+	g->wake = &d->workers[s->worker].wake;
+	s->cont.kind = kind;
+	s->cont.rget = g;
+	kvcd_remote_get(d, g);
+	return -EINPROGRESS;
+}
+
+/* Value @i of a done get into the local pool, committed. Returns 0 (also when a client
+ * stored it meanwhile) or -errno. */
+static int remote_adopt(struct kvcd *d, struct kvcd_session *s, const struct kvcd_rget *g,
+			unsigned i)
+{
+	struct kvcp_layout l;
+	struct kvcd_block *b;
+	uint64_t stored, sum;
+	const void *v = kvcd_remote_value(g, i, &l, &stored, &sum);
+	int err;
+
+	if (!v)
+		return -ENOENT;
+	err = kvcd_store_reserve(&d->store, s->ns_id, &g->keys[i], &l, stored, s->order, s->norder,
+				 &b);
+	if (err)
+		return err == -EEXIST ? 0 : err;
+	b->stored = stored;
+	memcpy(b->data, v, stored);
+	/* the remote thread checked these bytes against this checksum */
+	kvcd_store_commit(&d->store, b, true, true, sum);
+	return 0;
+}
+
 /* Keys a LOOKUP looks up before its worker turns to other sessions' rings. */
 #define LOOKUP_SLICE 4096u
 
@@ -442,9 +496,12 @@ static int lookup_slice(struct kvcd *d, struct kvcd_session *s)
 	m = n - c->done < LOOKUP_SLICE ? n - c->done : LOOKUP_SLICE;
 	hit = kvcd_store_lookup(&d->store, s->ns_id, keys + c->done, m);
 	c->done += hit;
-	if (hit < m || c->done == n)
-		return (int)c->done;
-	return -EINPROGRESS;
+	if (c->done < n && hit == m)
+		return -EINPROGRESS;
+	if (c->done < n && remote_on(d, s)) /* the rest of the chain may be in the cluster */
+		return remote_ask(d, s, keys + c->done, (unsigned)(n - c->done),
+				  KVCD_CONT_REMOTE_LOOKUP);
+	return (int)c->done;
 }
 
 static int do_lookup(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v)
@@ -534,8 +591,17 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	switch (v->opcode) {
 	case KVCP_OP_NOP: res = 0; break;
 	case KVCP_OP_STORE: res = do_store(d, s, v, buf); break;
-	case KVCP_OP_FETCH: res = do_fetch(d, s, v, buf, cqe); break;
-	case KVCP_OP_LOOKUP: res = do_lookup(d, s, v); break;
+	case KVCP_OP_FETCH:
+		res = do_fetch(d, s, v, buf, cqe);
+		if (res == -ENOENT && remote_on(d, s)) {
+			s->cont.sqe = *v;
+			res = remote_ask(d, s, &v->key, 1, KVCD_CONT_REMOTE_FETCH);
+		}
+		break;
+	case KVCP_OP_LOOKUP:
+		s->cont.kind = KVCD_CONT_LOOKUP;
+		res = do_lookup(d, s, v);
+		break;
 	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
 	case KVCP_OP_PIN:
 		ms = __atomic_load_n(&d->cfg.lease_max_ms,
@@ -561,13 +627,37 @@ out:
 
 bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 {
-	int res = lookup_slice(d, s); /* the only request that runs in slices */
+	struct kvcd_cont *c = &s->cont;
+	struct kvcd_rget *g = c->rget;
+	uint64_t got = 0;
+	size_t size;
+	int res;
 
-	if (res == -EINPROGRESS)
-		return false;
-	s->cont.active = false;
 	memset(cqe, 0, sizeof(*cqe));
-	cqe->user_data = s->cont.sqe.user_data;
+	cqe->user_data = c->sqe.user_data;
+	if (c->kind == KVCD_CONT_LOOKUP) {
+		res = lookup_slice(d, s);
+		if (res == -EINPROGRESS)
+			return false;
+	} else if (!g || __atomic_load_n(&g->done, __ATOMIC_ACQUIRE) != 1) {
+		return false;
+	} else if (c->kind == KVCD_CONT_REMOTE_LOOKUP) {
+		/* the consecutive chunks the cluster had enter the pool: res counts the local
+		 * ones, value those that came from the cluster */
+		while (got < g->n && remote_adopt(d, s, g, (unsigned)got) == 0)
+			got++;
+		res = (int)c->done;
+		cqe->value = got;
+	} else {
+		res = remote_adopt(d, s, g, 0);
+		if (!res || res == -ENOENT)
+			res = do_fetch(d, s, &c->sqe, region(s, &c->sqe, &size), cqe);
+	}
+	if (g && c->kind != KVCD_CONT_LOOKUP) {
+		kvcd_rget_free(g);
+		c->rget = NULL;
+	}
+	c->active = false;
 	complete(s, cqe, res);
 	return true;
 }

@@ -110,6 +110,9 @@ out_ctrl:
 
 void kvcd_session_destroy(struct kvcd_session *s)
 {
+	if (s->cont.rget) /* a remote get still out for this session */
+		kvcd_rget_release(s->cont.rget);
+	s->cont.rget = NULL;
 	if (s->hdr)
 		kvcd_os.munmap(s->hdr, s->ctrl_size);
 	if (s->staging)

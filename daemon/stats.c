@@ -115,6 +115,7 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 	st->boot_token = d->boot_token;
 	st->version = KVC_VERSION_MAJOR << 16 | KVC_VERSION_MINOR << 8 | KVC_VERSION_PATCH;
 	st->protocol = KVCP_MAJOR << 16 | KVCP_MINOR;
+	kvcd_remote_stats(d, &st->remote);
 	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
 	pthread_mutex_lock(&d->sessions_lock);
 	st->clients = d->nsessions;

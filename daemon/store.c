@@ -327,6 +327,13 @@ static void ns_maybe_free(struct kvcd_store *s, uint16_t id)
 		s->ns_changed(s, id, s->ns_arg);
 }
 
+void kvcd_store_ns_remote(struct kvcd_store *s, uint16_t ns, int mode)
+{
+	pthread_mutex_lock(&s->lock);
+	s->ns[ns].remote = mode;
+	pthread_mutex_unlock(&s->lock);
+}
+
 void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns)
 {
 	pthread_mutex_lock(&s->lock);
@@ -536,6 +543,17 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 	ns_maybe_free(s, ns);
 }
 
+/* @b is about to be evicted: counted, and offered to the remote tier when its namespace
+ * spills there. */
+static void evicting(struct kvcd_store *s, const struct kvcd_block *b)
+{
+	uint16_t ns = s->slots[b->slot].ns;
+
+	s->ns[ns].evictions++;
+	if (s->evicting && s->ns[ns].remote >= KVCD_REMOTE_EVICTED)
+		s->evicting(s, b, ns, s->evicting_arg);
+}
+
 /* Who is asking for room: a STORE's namespace, or one of these. */
 #define FOR_ADMIN     (-1) /* EVICT: anything not in use */
 #define FOR_WATERMARK (-2) /* background: what no quota protects */
@@ -570,7 +588,7 @@ static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p, int who)
 			b->flags &= (uint8_t)~KVCD_BLK_REF;
 			continue;
 		}
-		s->ns[s->slots[b->slot].ns].evictions++;
+		evicting(s, b);
 		kill(s, b);
 		s->evictions++;
 		return true;
@@ -662,7 +680,7 @@ static void evict_picked(struct kvcd_store *s)
 		if (s->picked[i] & PICK_CLEARED)
 			continue;
 		b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
-		s->ns[s->slots[b->slot].ns].evictions++;
+		evicting(s, b);
 		kill(s, b);
 		s->evictions++;
 	}

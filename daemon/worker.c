@@ -73,6 +73,9 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 	while (n < BATCH && !s->broken && cq_room(d, s)) {
 		t0 = kvcd_now_ns();
+		if (s->cont.active && s->cont.rget &&
+		    __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) != 1)
+			break;	      /* waiting on the remote tier, which wakes us */
 		if (s->cont.active) { /* a long request: one more slice, then the next ring */
 			sqe = s->cont.sqe;
 			done = kvcd_resume(d, s, &cqe);
@@ -106,6 +109,8 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
+	if (s->cont.active && s->cont.rget) /* waiting on the remote tier: it wakes us */
+		return !s->broken && __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) == 1;
 	return !s->broken &&
 	       (s->cont.active || kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons)) &&
 	       (s->cq_prod - s->cq_cons_cache < s->cq_entries ||

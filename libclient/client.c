@@ -750,31 +750,55 @@ int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
 	return err < 0 ? err : 0;
 }
 
-int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits)
+int kvc_lookup_tiers(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *local,
+		     size_t *remote)
 {
 	size_t done = 0;
+	bool local_prefix = true;
 	int err;
 
-	*hits = 0;
+	*local = *remote = 0;
 	err = ensure_attached(c);
 	if (err)
 		return err;
 	while (done < n) {
-		size_t batch = n - done, max = c->scratch_size / sizeof(*keys);
+		size_t batch = n - done, max = c->scratch_size / sizeof(*keys), res, more;
+		struct kvcp_cqe cqe;
 
 		if (batch > max)
 			batch = max;
 		memcpy(c->scratch, keys + done, batch * sizeof(*keys));
 		err = sync_op(c, KVCP_OP_LOOKUP, KVCP_SQE_F_SCRATCH, 0, NULL, NULL, 0,
-			      batch * sizeof(*keys), NULL);
+			      batch * sizeof(*keys), &cqe);
 		if (err < 0)
 			return err;
-		done += (size_t)err;
-		*hits = done;
-		if ((size_t)err < batch)
+		/* res: the blocks kvcd held; value: the ones after them that its remote tier had
+		 * (in its pool now too; it asks for a bounded number per request) */
+		res = (size_t)err;
+		more = (size_t)cqe.value;
+		if (local_prefix) {
+			*local += res;
+			local_prefix = res == batch;
+			*remote += more;
+		} else {
+			*remote += res + more;
+		}
+		done += res + more;
+		if (res + more == batch)
+			continue;
+		if (!more) /* the chain ends here */
 			break;
 	}
 	return 0;
+}
+
+int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits)
+{
+	size_t local, remote;
+	int err = kvc_lookup_tiers(c, keys, n, &local, &remote);
+
+	*hits = local + remote;
+	return err;
 }
 
 int kvc_delete(kvc_client *c, const struct kvc_key *key)

@@ -328,6 +328,17 @@ struct kvcp_ns_ext {
 	uint64_t charged; /* pool bytes it holds */
 };
 
+/* Since 2.2: the remote tier (zero when none is configured). */
+struct kvcp_remote_stats {
+	uint32_t enabled, nodes;
+	uint64_t slots_ok; /* of 16384, with a connected owner */
+	uint64_t puts, gets, hits, misses, errors;
+	uint64_t dropped;  /* puts refused: the queue was full */
+	uint64_t rejected; /* values that did not check out */
+	uint64_t bytes_out, bytes_in;
+	uint64_t get_p50_ns, get_p99_ns; /* of a batch of gets */
+};
+
 struct kvcp_stats {
 	uint32_t nnodes, clients;
 	uint64_t boot_token, uptime_ms;
@@ -344,6 +355,7 @@ struct kvcp_stats {
 	uint64_t op_hist[KVCP_OP__COUNT][KVCP_HIST_BUCKETS];
 	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch */
 	uint32_t protocol; /* KVCP_MAJOR << 16 | KVCP_MINOR */
+	struct kvcp_remote_stats remote;
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)

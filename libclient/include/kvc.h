@@ -269,8 +269,13 @@ struct kvc_select_hit {
 int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
 	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out);
 
-/* Length of the longest prefix of @keys[0..n) that kvcd holds, in *@hits. */
+/* Length of the longest prefix of @keys[0..n) that kvcd holds, in *@hits: in its pools, or
+ * (when it has a remote tier) in the cluster, from where it brings them into its pools. */
 int kvc_lookup(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *hits);
+/* The same, told apart: *@local leading blocks were in kvcd's pools, the *@remote after
+ * them came from its remote tier. */
+int kvc_lookup_tiers(kvc_client *c, const struct kvc_key *keys, size_t n, size_t *local,
+		     size_t *remote);
 
 int kvc_delete(kvc_client *c, const struct kvc_key *key);
 
@@ -320,6 +325,15 @@ struct kvc_stats {
 	uint64_t op_hist[13][64];
 	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch (0: before 0.4) */
 	uint32_t protocol; /* its protocol: major << 16 | minor */
+	struct {
+		uint32_t enabled, nodes; /* a remote tier is configured; cluster nodes known */
+		uint64_t slots_ok;	 /* of 16384, with a connected owner */
+		uint64_t puts, gets, hits, misses, errors;
+		uint64_t dropped;  /* puts dropped: the queue was full */
+		uint64_t rejected; /* values that did not check out */
+		uint64_t bytes_out, bytes_in;
+		uint64_t get_p50_ns, get_p99_ns;
+	} remote;
 };
 
 /* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */

@@ -275,6 +275,8 @@ class Client:
                               "bytes_stored": s.bytes_stored, "fallbacks": s.fallbacks,
                               "hits": e.hits, "misses": e.misses, "evictions": e.evictions}
                              for s, e in zip(st.ns[:st.nns], st.ns_ext[:st.nns])]
+        r = st.remote
+        out["remote"] = {k: getattr(r, k) for k, _ in r._fields_} if r.enabled else None
         out["ops"] = {}
         for i in range(13):
             name = lib.kvc_op_name(i)

@@ -76,6 +76,13 @@ class NsExt(ctypes.Structure):
                 ("charged", c_u64)]
 
 
+class RemoteStats(ctypes.Structure):
+    _fields_ = [("enabled", c_u32), ("nodes", c_u32), ("slots_ok", c_u64), ("puts", c_u64),
+                ("gets", c_u64), ("hits", c_u64), ("misses", c_u64), ("errors", c_u64),
+                ("dropped", c_u64), ("rejected", c_u64), ("bytes_out", c_u64),
+                ("bytes_in", c_u64), ("get_p50_ns", c_u64), ("get_p99_ns", c_u64)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("nnodes", c_u32), ("clients", c_u32), ("boot_token", c_u64),
                 ("uptime_ms", c_u64), ("blocks", c_u64), ("bytes_used", c_u64),
@@ -84,7 +91,8 @@ class Stats(ctypes.Structure):
                 ("bad_requests", c_u64), ("checksum_failures", c_u64),
                 ("metadata_bytes", c_u64), ("node", NodeStats * 16), ("op", OpStats * 13),
                 ("nns", c_u32), ("pad", c_u32), ("ns", NsStats * 32), ("ns_ext", NsExt * 32),
-                ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32)]
+                ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
+                ("remote", RemoteStats)]
 
 
 def _find_library() -> str:
