@@ -120,6 +120,40 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 	head(o, "kvcd_metadata_bytes", "gauge", "kvcd's own memory for the index and records.");
 	put(o, "kvcd_metadata_bytes %llu\n", (unsigned long long)st->metadata_bytes);
 
+	if (st->remote.enabled) {
+		const struct {
+			const char *name, *type, *help;
+			uint64_t v;
+		} rm[] = {
+			{ "kvcd_remote_nodes", "gauge", "Cluster nodes the remote tier knows.",
+			  st->remote.nodes },
+			{ "kvcd_remote_slots_ok", "gauge",
+			  "Slots (of 16384) with a connected owner.", st->remote.slots_ok },
+			{ "kvcd_remote_puts_total", "counter", "Blocks written to the cluster.",
+			  st->remote.puts },
+			{ "kvcd_remote_gets_total", "counter", "Blocks asked of the cluster.",
+			  st->remote.gets },
+			{ "kvcd_remote_hits_total", "counter", "Blocks the cluster had.",
+			  st->remote.hits },
+			{ "kvcd_remote_misses_total", "counter", "Blocks it did not have.",
+			  st->remote.misses },
+			{ "kvcd_remote_errors_total", "counter", "Remote requests that failed.",
+			  st->remote.errors },
+			{ "kvcd_remote_dropped_total", "counter",
+			  "Writes dropped because the queue was full.", st->remote.dropped },
+			{ "kvcd_remote_rejected_total", "counter",
+			  "Values under kvcd's keys that did not check out.", st->remote.rejected },
+			{ "kvcd_remote_sent_bytes_total", "counter",
+			  "Bytes written to the cluster.", st->remote.bytes_out },
+			{ "kvcd_remote_received_bytes_total", "counter",
+			  "Bytes read back from the cluster.", st->remote.bytes_in },
+		};
+
+		for (size_t i = 0; i < sizeof(rm) / sizeof(rm[0]); i++) {
+			head(o, rm[i].name, rm[i].type, rm[i].help);
+			put(o, "%s %llu\n", rm[i].name, (unsigned long long)rm[i].v);
+		}
+	}
 	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
 		 st->node[i].bytes_total);
 	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",

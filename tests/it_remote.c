@@ -266,6 +266,25 @@ Test(remote, shared_spilled_rejected_and_failed_over)
 	kvcd_on(&B, "64M", "[namespace shared]\nremote = all\n");
 	b = t_attach(&B, "shared", 1u << 20);
 	kvc_detach(c);
+	/* slots move while B's map is stale: MOVED (and ASK during the move) are followed */
+	char id0[64], id1[64];
+
+	snprintf(cmd, sizeof(cmd), "redis-cli -p %d cluster myid", C.port[0]);
+	cr_assert_eq(sh(id0, sizeof(id0), cmd), 0);
+	snprintf(cmd, sizeof(cmd), "redis-cli -p %d cluster myid", C.port[1]);
+	cr_assert_eq(sh(id1, sizeof(id1), cmd), 0);
+	id0[strcspn(id0, "\n")] = id1[strcspn(id1, "\n")] = '\0';
+	snprintf(cmd, sizeof(cmd),
+		 "redis-cli --cluster reshard 127.0.0.1:%d --cluster-from %s --cluster-to %s "
+		 "--cluster-slots 3000 --cluster-yes >/dev/null 2>&1",
+		 C.port[0], id0, id1);
+	cr_assert_eq(sh(out, sizeof(out), cmd), 0, "reshard");
+	for (unsigned i = 0; i < 32; i++)
+		cr_assert_eq(get_block(b, i), 0, "block %u found where it moved", i);
+	kvc_detach(b);
+	t_daemon_cleanup(&B);
+	kvcd_on(&B, "64M", "[namespace shared]\nremote = all\n");
+	b = t_attach(&B, "shared", 1u << 20);
 	t_sleep_ms(300); /* replication of the last SETs */
 	kill(C.pid[0], SIGKILL);
 	waitpid(C.pid[0], NULL, 0);
@@ -313,6 +332,12 @@ Test(remote, cluster_down_at_start)
 	cr_assert_eq(stats(&A)->remote.slots_ok, 16384, "found the cluster later");
 	put_blocks(a, 1000, 1004);
 	wait_puts(&A, 1);
+	char out[16384];
+
+	cr_assert_eq(t_kvcctl(&A, "stats --json", out, sizeof(out)), 0);
+	cr_assert_not_null(strstr(out, "\"slots_ok\": 16384"), "%s", out);
+	cr_assert_eq(t_kvcctl(&A, "stats --prometheus", out, sizeof(out)), 0);
+	cr_assert_not_null(strstr(out, "\nkvcd_remote_slots_ok 16384\n"), "%s", out);
 	kvc_detach(a);
 	cr_assert_eq(t_daemon_stop(&A), 0);
 }

@@ -93,7 +93,19 @@ static void print_stats_json(const struct kvc_stats *st)
 		       "}",
 		       i ? ", " : "", kvc_op_name(i), st->op[i].count, st->op[i].errors,
 		       st->op[i].p50_ns, st->op[i].p99_ns, st->op[i].p999_ns);
-	printf("}}\n");
+	printf("}, \"remote\": ");
+	if (!st->remote.enabled)
+		printf("null}\n");
+	else
+		printf("{\"nodes\": %u, \"slots_ok\": %" PRIu64 ", \"puts\": %" PRIu64
+		       ", \"gets\": %" PRIu64 ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64
+		       ", \"errors\": %" PRIu64 ", \"dropped\": %" PRIu64 ", \"rejected\": %" PRIu64
+		       ", \"bytes_out\": %" PRIu64 ", \"bytes_in\": %" PRIu64
+		       ", \"get_p50_ns\": %" PRIu64 ", \"get_p99_ns\": %" PRIu64 "}}\n",
+		       st->remote.nodes, st->remote.slots_ok, st->remote.puts, st->remote.gets,
+		       st->remote.hits, st->remote.misses, st->remote.errors, st->remote.dropped,
+		       st->remote.rejected, st->remote.bytes_out, st->remote.bytes_in,
+		       st->remote.get_p50_ns, st->remote.get_p99_ns);
 }
 
 static void print_stats(const struct kvc_stats *st)
@@ -113,6 +125,12 @@ static void print_stats(const struct kvc_stats *st)
 	printf("metadata bytes  %" PRIu64 "\n", st->metadata_bytes);
 	printf("clients         %u\n", st->clients);
 	printf("uptime          %.1f s\n", st->uptime_ms / 1000.0);
+	if (st->remote.enabled)
+		printf("remote tier     %u nodes, %" PRIu64 " of 16384 slots up; %" PRIu64
+		       " puts, %" PRIu64 " gets (%" PRIu64 " hits), %" PRIu64 " errors, %" PRIu64
+		       " dropped, %" PRIu64 " rejected\n",
+		       st->remote.nodes, st->remote.slots_ok, st->remote.puts, st->remote.gets,
+		       st->remote.hits, st->remote.errors, st->remote.dropped, st->remote.rejected);
 	printf("\n%-6s %5s %12s %12s %12s\n", "node", "huge", "total MiB", "used MiB", "blocks");
 	for (unsigned i = 0; i < st->nnodes && i < KVC_MAX_NODES; i++)
 		printf("%-6d %5s %12.1f %12.1f %12" PRIu64 "\n", st->node[i].node,
