@@ -606,7 +606,7 @@ struct kvcd_rget {
 	uint64_t ns_hash;
 	unsigned n;
 	struct kvcp_key keys[KVCD_RGET_MAX];
-	void *val[KVCD_RGET_MAX];
+	void *val[KVCD_RGET_MAX]; /* the replies (redisReply), header checked */
 	size_t len[KVCD_RGET_MAX];
 	int sent[KVCD_RGET_MAX];
 	uint32_t *wake; /* the waiting worker's futex word */
@@ -621,13 +621,16 @@ void kvcd_remote_put(struct kvcd *d, const char *ns, const struct kvcp_key *key,
 		     const struct kvcp_layout *l, const void *bytes, uint64_t stored);
 /* Queue @g; the remote thread sets g->done when every value is in (or known missing). */
 void kvcd_remote_get(struct kvcd *d, struct kvcd_rget *g);
-/* Value @i of a done get: its bytes, layout, size and checksum; NULL when missing. */
+/* Value @i of a done get: its bytes, layout, size and the checksum they must have (checked
+ * by the caller as it copies them); NULL when missing. */
 const void *kvcd_remote_value(const struct kvcd_rget *g, unsigned i, struct kvcp_layout *l,
 			      uint64_t *stored, uint64_t *checksum);
 void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
 /* A session that goes away drops its get: freed now if done, else by the remote thread. */
 void kvcd_rget_release(struct kvcd_rget *g);
 void kvcd_rget_free(struct kvcd_rget *g);
+/* A value whose bytes did not match its checksum as they were copied in: counted. */
+void kvcd_remote_rejected(struct kvcd *d);
 
 /* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
  * Returns 0 or -errno (printed). */

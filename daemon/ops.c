@@ -475,8 +475,12 @@ static int remote_adopt(struct kvcd *d, struct kvcd_session *s, const struct kvc
 	if (err)
 		return err == -EEXIST ? 0 : err;
 	b->stored = stored;
-	memcpy(b->data, v, stored);
-	/* the remote thread checked these bytes against this checksum */
+	/* the copy and the check in one pass: bytes that do not match never become visible */
+	if (kvcd_copy_sum(kvcd_isa_best(), b->data, v, stored) != sum) {
+		kvcd_store_commit(&d->store, b, false, false, 0);
+		kvcd_remote_rejected(d);
+		return -EBADMSG;
+	}
 	kvcd_store_commit(&d->store, b, true, true, sum);
 	return 0;
 }
@@ -649,8 +653,8 @@ bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 		res = (int)c->done;
 		cqe->value = got;
 	} else {
-		res = remote_adopt(d, s, g, 0);
-		if (!res || res == -ENOENT)
+		res = remote_adopt(d, s, g, 0); /* rejected bytes are a miss, like none */
+		if (!res || res == -ENOENT || res == -EBADMSG)
 			res = do_fetch(d, s, &c->sqe, region(s, &c->sqe, &size), cqe);
 	}
 	if (g && c->kind != KVCD_CONT_LOOKUP) {

@@ -15,6 +15,7 @@ dir=$(mktemp -d /tmp/kvcd-bench-XXXXXX)
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	[ -d "$dir/cluster" ] && ./tools/redis-cluster.sh stop "$dir/cluster"
 	wait 2>/dev/null || true
 	rm -rf "$dir"
 }
@@ -109,6 +110,12 @@ jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
 echo "== warm restart: SIGKILL under 8 verifying readers, against the cold start of the same pool"
 $B restart --kvcd ./build/kvcd --pool-size ${RESTART_POOL:-4G} --procs 8 --json \
 	| tee "$out/restart.json"
+
+echo "== remote tier: fetch-through from a 3+3 Redis Cluster against raw GETs on the same cluster"
+seeds=$(./tools/redis-cluster.sh start "$dir/cluster" "${CLUSTER_PORT:-21000}")
+$B remote --kvcd ./build/kvcd --cluster "$seeds" --block-size 2M --blocks 32 --json \
+	| tee "$out/remote.json"
+./tools/redis-cluster.sh stop "$dir/cluster"
 
 echo "== codecs (in-process, each ISA this CPU has)"
 "$(dirname "$B")/kvccodec-bench" codec --iters 10 --json | tee "$dir/codec.jsonl"

@@ -33,7 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
 #include <kvc.h>
+#include <xxhash.h>
 
 #include "cli.h"
 #include "llama.h"
@@ -1006,6 +1008,210 @@ static int bench_restart(const char *bin, const char *pool, unsigned clients, si
 	return bad || after != before ? 1 : 0;
 }
 
+/* ---- remote: fetch-through from a Redis Cluster ---------------------------------------------
+ * Two kvcd on one cluster: A stores N blocks (write-through), B fetches them through (each a
+ * GET, a check and an adoption into its pool), then again from its pool; against GETs of the
+ * same values straight from the cluster (hiredis, following MOVED), and a 64-chunk prefix
+ * fetched through (one LOOKUP brings the chain, pipelined per node) against one chunk. */
+
+static pid_t spawn_kvcd_conf(const char *bin, const char *sock, const char *conf)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--foreground", "--socket", sock, "--pool-size", "1G", "--config",
+		      conf, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static kvc_client *attach_to(const char *sock, const char *ns, size_t staging)
+{
+	struct kvc_attach_opts o;
+	kvc_client *c = NULL;
+
+	kvc_attach_opts_init(&o);
+	o.socket = sock;
+	o.ns = ns;
+	o.staging_size = staging;
+	if (kvc_attach(&o, &c))
+		return NULL;
+	return c;
+}
+
+/* GET @key from the cluster at @seed, following one MOVED: the bytes' length, or -1. */
+static long long cluster_get(const char *seed, const char *key)
+{
+	static redisContext *conn[8];
+	static char addr[8][64];
+	char host[64], where[64];
+	long long len = -1;
+
+	snprintf(where, sizeof(where), "%s", seed);
+	for (int hop = 0; hop < 3; hop++) {
+		redisContext *c = NULL;
+		redisReply *r;
+		int i;
+
+		for (i = 0; i < 8 && addr[i][0] && strcmp(addr[i], where); i++)
+			;
+		if (i == 8)
+			return -1;
+		if (!addr[i][0]) {
+			char *colon = strrchr(where, ':');
+
+			snprintf(host, sizeof(host), "%.*s", (int)(colon - where), where);
+			conn[i] = redisConnect(host, atoi(colon + 1));
+			snprintf(addr[i], sizeof(addr[i]), "%s", where);
+		}
+		c = conn[i];
+		r = c && !c->err ? redisCommand(c, "GET %s", key) : NULL;
+		if (!r)
+			return -1;
+		if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "MOVED ", 6)) {
+			snprintf(where, sizeof(where), "%s", strrchr(r->str, ' ') + 1);
+			freeReplyObject(r);
+			continue;
+		}
+		len = r->type == REDIS_REPLY_STRING ? (long long)r->len : -1;
+		freeReplyObject(r);
+		break;
+	}
+	return len;
+}
+
+static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigned n, int json)
+{
+	char dir[] = "/tmp/kvcbench-remote-XXXXXX", conf[128], sa[128], sb[128], seed[64];
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 }, sl = {
+		.dtype = KVC_F16, .layers = 5, .kv_heads = 4, .head_dim = 8, .tokens = 16
+	}; /* a chunk of stories260K's KV, as kvc-llama stores it */
+	kvc_client *a, *b;
+	pid_t pa, pb;
+	FILE *f;
+	uint64_t t, t_remote, t_local, t_raw, t_chain, t_one;
+	unsigned long long ns_hash = XXH64("bench", 5, 0x6b766364);
+	struct kvc_stats st;
+	size_t ssz, local, remote;
+	int bad = 0;
+
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(seed, sizeof(seed), "%.*s", (int)strcspn(cluster, ","), cluster);
+	snprintf(conf, sizeof(conf), "%s/kvcd.conf", dir);
+	f = fopen(conf, "w");
+	fprintf(f, "[remote]\nredis = %s\nop_timeout_ms = 2000\n[namespace bench]\nremote = all\n",
+		cluster);
+	fclose(f);
+	snprintf(sa, sizeof(sa), "%s/a.sock", dir);
+	snprintf(sb, sizeof(sb), "%s/b.sock", dir);
+	pa = spawn_kvcd_conf(bin, sa, conf);
+	pb = spawn_kvcd_conf(bin, sb, conf);
+	g_sock = sa;
+	wait_ready(pa, now_ns());
+	g_sock = sb;
+	wait_ready(pb, now_ns());
+	a = attach_to(sa, "bench", 2 * bs);
+	b = attach_to(sb, "bench", 2 * bs);
+	if (!a || !b)
+		return 1;
+	unsigned char *sta = kvc_staging(a, &ssz), *stb = kvc_staging(b, &ssz);
+
+	l.tokens = (uint32_t)(bs / (2 * 2 * 64));
+	for (unsigned i = 0; i < n; i++) {
+		struct kvc_key k = { 0xbe7c, i };
+
+		fill(sta, bs, i);
+		bad |= kvc_store(a, &k, &l, 0) != 0;
+	}
+	/* the 64-chunk chain and a one-chunk chain, for the prefix figures */
+	for (unsigned i = 0; i < 65; i++) {
+		struct kvc_key k = { i < 64 ? 0xc4a1 : 0x0e, i };
+
+		fill(sta, kvc_layout_bytes(&sl), i);
+		bad |= kvc_store(a, &k, &sl, 0) != 0;
+	}
+	for (int w = 0; w < 3000; w++) { /* the writes reach the cluster */
+		kvc_stats(a, &st, sizeof(st));
+		if (st.remote.puts >= n + 65)
+			break;
+		usleep(1000);
+	}
+	t = now_ns();
+	for (unsigned i = 0; i < n; i++) {
+		struct kvc_key k = { 0xbe7c, i };
+
+		bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
+	}
+	t_remote = now_ns() - t;
+	fill(sta, bs, n - 1);
+	bad |= memcmp(sta, stb, bs) != 0;
+	t = now_ns();
+	for (unsigned i = 0; i < n; i++) {
+		struct kvc_key k = { 0xbe7c, i };
+
+		bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
+	}
+	t_local = now_ns() - t;
+	t = now_ns();
+	for (unsigned i = 0; i < n; i++) {
+		char key[80];
+
+		snprintf(key, sizeof(key), "kvcd:%016llx:%016llx%016llx", ns_hash, 0xbe7cull,
+			 (unsigned long long)i);
+		bad |= cluster_get(seed, key) < (long long)bs;
+	}
+	t_raw = now_ns() - t;
+	struct kvc_key chain[64], one = { 0x0e, 64 };
+
+	for (unsigned i = 0; i < 64; i++)
+		chain[i] = (struct kvc_key){ 0xc4a1, i };
+	t = now_ns();
+	bad |= kvc_lookup_tiers(b, chain, 64, &local, &remote) != 0 || remote != 64;
+	for (unsigned i = 0; i < 64; i++)
+		bad |= kvc_fetch(b, &chain[i], 0, bs, NULL) != 0;
+	t_chain = now_ns() - t;
+	t = now_ns();
+	bad |= kvc_fetch(b, &one, 0, bs, NULL) != 0;
+	t_one = now_ns() - t;
+	kvc_stats(b, &st, sizeof(st));
+	kvc_detach(a);
+	kvc_detach(b);
+	kill(pa, SIGTERM);
+	kill(pb, SIGTERM);
+	waitpid(pa, NULL, 0);
+	waitpid(pb, NULL, 0);
+	snprintf(conf, sizeof(conf), "rm -rf %s", dir);
+	if (system(conf))
+		fprintf(stderr, "kvcbench: could not remove %s\n", dir);
+	double gb = (double)bs * n / 1e9;
+
+	if (json)
+		printf("{\"scenario\": \"remote\", \"block_bytes\": %zu, \"blocks\": %u, "
+		       "\"remote_fetch_gbps\": %.3f, \"local_fetch_gbps\": %.3f, "
+		       "\"raw_redis_get_gbps\": %.3f, \"remote_vs_raw_redis\": %.3f, "
+		       "\"prefix64_us\": %.1f, \"one_chunk_us\": %.1f, \"prefix64_vs_one_chunk\": "
+		       "%.2f, \"remote_get_p50_us\": %.1f, \"remote_get_p99_us\": %.1f, "
+		       "\"errors\": %d}\n",
+		       bs, n, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
+		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
+		       (double)t_chain / t_one, st.remote.get_p50_ns / 1e3,
+		       st.remote.get_p99_ns / 1e3, bad);
+	else
+		printf("remote fetch-through of %u blocks of %zu KiB: %.2f GB/s (local hit %.2f GB/s, "
+		       "raw Redis GET %.2f GB/s: %.2fx of it); a 64-chunk prefix in %.0f us, one "
+		       "chunk in %.0f us (%.1fx)%s\n",
+		       n, bs >> 10, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
+		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
+		       (double)t_chain / t_one, bad ? "; ERRORS" : "");
+	return bad;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -1018,6 +1224,9 @@ static void usage(FILE *f)
 		"       kvcbench [--socket PATH] select [--blocks N] [--iters N] [--model FILE]\n"
 		"                [--policy P] [--heads QUERY_HEADS] [--json]\n"
 		"       kvcbench restart --kvcd BIN [--pool-size SIZE] [--procs N]\n"
+		"                [--block-size SIZE] [--json]\n"
+		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
+		"                [--blocks N] [--json]\n"
 		"                [--block-size SIZE] [--json]\n"
 		"kvccodec-bench measures the codecs in-process.\n");
 }
@@ -1043,12 +1252,13 @@ int main(int argc, char **argv)
 					      { "chunks", required_argument, 0, 'K' },
 					      { "kvcd", required_argument, 0, 'D' },
 					      { "pool-size", required_argument, 0, 'z' },
+					      { "cluster", required_argument, 0, 'C' },
 					      { 0, 0, 0, 0 } };
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
 	unsigned procs = 1, chunk = 8, chunks = 64, reps;
 	int o, json = 0, sleep_mode = 0, peers = 1;
-	const char *redis = NULL, *model = NULL, *kvcd = NULL, *pool = "4G";
+	const char *redis = NULL, *model = NULL, *kvcd = NULL, *pool = "4G", *cluster = NULL;
 	pid_t pid = 0;
 	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
@@ -1057,7 +1267,7 @@ int main(int argc, char **argv)
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -1089,6 +1299,7 @@ int main(int argc, char **argv)
 		case 'K': chunks = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'D': kvcd = optarg; break;
 		case 'z': pool = optarg; break;
+		case 'C': cluster = optarg; break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -1111,6 +1322,14 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return bench_prefix(model, chunk, chunks, reps, json);
+	}
+	if (!strcmp(cmd, "remote")) {
+		if (!kvcd || !cluster) {
+			usage(stderr);
+			return 2;
+		}
+		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 32 : (unsigned)blocks,
+				    json);
 	}
 	if (!strcmp(cmd, "restart")) {
 		if (!kvcd) {
