@@ -328,6 +328,15 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 				g->sent[i] = n;
 		}
 	}
+	/* hiredis sends a context's buffer when a reply is first read from it: send every
+	 * node's now, so that the nodes work at the same time */
+	for (unsigned i = 0; i < r->nnodes; i++) {
+		int done = 0;
+
+		while (r->nodes[i].c && !done)
+			if (redisBufferWrite(r->nodes[i].c, &done) != REDIS_OK)
+				break;
+	}
 	for (struct kvcd_rget *g = list; g; g = g->next) {
 		for (unsigned i = 0; i < g->n; i++) {
 			redisReply *rep = NULL;

@@ -196,5 +196,29 @@ cat <<'TXT'
 |---|---|---|---|---|---|---|---|
 TXT
 j '.[] | "| \(.policy) | \(.isa) | \(.ratio) | \(.encode_gbps) | \(.encode_vs_memcpy) | \(.decode_gbps) | \(.decode_vs_memcpy) | \(.rel_frob) |"' $r/codec.json
+if [ -f $r/restart.json ]; then
+cat <<'TXT'
+
+## Warm restart (kvcbench restart: kvcd SIGKILLed under 8 verifying readers, started again on
+## its state directory)
+
+| pool | blocks before | after | READY cold ms | READY warm ms | warm / cold | hit rate after | corrupt |
+|---|---|---|---|---|---|---|---|
+TXT
+j '"| \(.pool) | \(.blocks_before) | \(.blocks_after) | \(.ready_cold_ms) | \(.ready_warm_ms) | \(.warm_vs_cold) | \(.hit_rate_after) | \(.corrupt) |"' $r/restart.json
+fi
+if [ -f $r/remote.json ]; then
+cat <<'TXT'
+
+## Remote tier (kvcbench remote: a 3+3 Redis Cluster on loopback, two kvcd)
+
+| figure | value | target |
+|---|---|---|
+TXT
+j '"| 2 MiB fetch-through GB/s (raw Redis GET on the same cluster) | \(.remote_fetch_gbps) (\(.raw_redis_get_gbps)) | ratio \(.remote_vs_raw_redis) ≥ 0.8 |",
+   "| the model'"'"'s 63-chunk prefix from the cluster / one of its chunks | \(.model_prefix_vs_one_chunk) | ≤ 3 |",
+   "| recomputing that prefix / restoring it from the cluster | \(.recompute_over_remote_prefix) | ≥ 10 |",
+   "| remote get batch p50 / p99 µs | \(.remote_get_p50_us) / \(.remote_get_p99_us) | |"' $r/remote.json
+fi
 } > docs/performance.md
 echo "wrote docs/performance.md and docs/perf-*.png"

@@ -1085,7 +1085,75 @@ static long long cluster_get(const char *seed, const char *key)
 	return len;
 }
 
-static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigned n, int json)
+/* The model's prefix through the cluster, as kvc-llama restores it: @chunks chunks of 8 (63:
+ * with one chunk more, all of stories260K's 512 positions)
+ * tokens stored by @a, restored by @b (a LOOKUP brings the chain, then a FETCH per chunk),
+ * against one chunk and against recomputing the prefix. Times in *@t_prefix, *@t_one and
+ * *@t_recompute; returns 0 or -errno. */
+static int remote_model_prefix(const char *model, const char *sa, const char *sb, unsigned chunks,
+			       uint64_t *t_prefix, uint64_t *t_one, uint64_t *t_recompute)
+{
+	struct llm m;
+	struct llm_state s, s2;
+	struct llm_kvc ka = { .chunk = 8 }, kb = { .chunk = 8 };
+	const char *why = NULL;
+	size_t n = 8 * (size_t)chunks;
+	int32_t *tok = malloc((n + 8) * sizeof(*tok)), *one;
+	uint64_t rng = 7, t;
+	int err = llm_load(model, &m, &why);
+
+	if (err || !tok || n + 8 > (size_t)m.c.seq_len || llm_state_init(&m, &s, KVC_F16) ||
+	    llm_state_init(&m, &s2, KVC_F16))
+		return err ? err : -EINVAL;
+	for (size_t i = 0; i < n + 8; i++) {
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		tok[i] = i % (n ? n : 1) ? (int32_t)((rng >> 33) % (uint64_t)m.c.vocab) : 1;
+	}
+	one = tok + n; /* a chunk of its own, another chain */
+	ka.c = attach_to(sa, "bench", 1 << 20);
+	kb.c = attach_to(sb, "bench", 1 << 20);
+	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &ka);
+	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &kb);
+	t = now_ns();
+	for (size_t i = 0; i < n; i++)
+		llm_forward(&m, &s, tok[i], (int)i);
+	*t_recompute = now_ns() - t;
+	err = llm_kvc_save(&m, &s, &ka, tok, 0, chunks);
+	for (size_t i = 0; err >= 0 && i < 8; i++)
+		llm_forward(&m, &s2, one[i], (int)i);
+	if (err >= 0)
+		err = llm_kvc_save(&m, &s2, &ka, one, 0, 1);
+	for (int w = 0; err >= 0 && w < 3000; w++) {
+		struct kvc_stats st;
+
+		kvc_stats(ka.c, &st, sizeof(st));
+		if (st.remote.puts >= chunks + 1 + 65 + 32)
+			break;
+		usleep(1000);
+	}
+	t = now_ns();
+	if (err >= 0)
+		err = llm_kvc_restore(&m, &s, &kb, tok, n, n);
+	*t_prefix = now_ns() - t;
+	if (err >= 0 && (size_t)err != n)
+		err = -ENOENT;
+	t = now_ns();
+	if (err >= 0)
+		err = llm_kvc_restore(&m, &s2, &kb, one, 8, 8);
+	*t_one = now_ns() - t;
+	if (err >= 0 && err != 8)
+		err = -ENOENT;
+	kvc_detach(ka.c);
+	kvc_detach(kb.c);
+	llm_state_free(&s);
+	llm_state_free(&s2);
+	llm_free(&m);
+	free(tok);
+	return err < 0 ? err : 0;
+}
+
+static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigned n, int json,
+			const char *model)
 {
 	char dir[] = "/tmp/kvcbench-remote-XXXXXX", conf[128], sa[128], sb[128], seed[64];
 	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 }, sl = {
@@ -1182,6 +1250,16 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	kvc_stats(b, &st, sizeof(st));
 	kvc_detach(a);
 	kvc_detach(b);
+	uint64_t m_prefix = 0, m_one = 0, m_recompute = 0;
+
+	if (model) {
+		int e = remote_model_prefix(model, sa, sb, 63, &m_prefix, &m_one, &m_recompute);
+
+		if (e)
+			fprintf(stderr, "kvcbench remote: the model's prefix: %s\n",
+				kvc_strerror(e));
+		bad |= e != 0;
+	}
 	kill(pa, SIGTERM);
 	kill(pb, SIGTERM);
 	waitpid(pa, NULL, 0);
@@ -1197,18 +1275,26 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 		       "\"raw_redis_get_gbps\": %.3f, \"remote_vs_raw_redis\": %.3f, "
 		       "\"prefix64_us\": %.1f, \"one_chunk_us\": %.1f, \"prefix64_vs_one_chunk\": "
 		       "%.2f, \"remote_get_p50_us\": %.1f, \"remote_get_p99_us\": %.1f, "
-		       "\"errors\": %d}\n",
+		       "\"model_prefix63_us\": %.1f, \"model_one_chunk_us\": %.1f, "
+		       "\"model_prefix_vs_one_chunk\": %.2f, \"model_recompute_us\": %.1f, "
+		       "\"recompute_over_remote_prefix\": %.1f, \"errors\": %d}\n",
 		       bs, n, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
 		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
 		       (double)t_chain / t_one, st.remote.get_p50_ns / 1e3,
-		       st.remote.get_p99_ns / 1e3, bad);
+		       st.remote.get_p99_ns / 1e3, m_prefix / 1e3, m_one / 1e3,
+		       m_one ? (double)m_prefix / m_one : 0.0, m_recompute / 1e3,
+		       m_prefix ? (double)m_recompute / m_prefix : 0.0, bad);
 	else
 		printf("remote fetch-through of %u blocks of %zu KiB: %.2f GB/s (local hit %.2f GB/s, "
 		       "raw Redis GET %.2f GB/s: %.2fx of it); a 64-chunk prefix in %.0f us, one "
-		       "chunk in %.0f us (%.1fx)%s\n",
+		       "chunk in %.0f us (%.1fx); the model's 63-chunk prefix from the cluster in "
+		       "%.0f us, one of its chunks in %.0f us (%.1fx), recomputed in %.0f us (%.1fx "
+		       "the remote hit)%s\n",
 		       n, bs >> 10, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
 		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
-		       (double)t_chain / t_one, bad ? "; ERRORS" : "");
+		       (double)t_chain / t_one, m_prefix / 1e3, m_one / 1e3,
+		       m_one ? (double)m_prefix / m_one : 0.0, m_recompute / 1e3,
+		       m_prefix ? (double)m_recompute / m_prefix : 0.0, bad ? "; ERRORS" : "");
 	return bad;
 }
 
@@ -1329,7 +1415,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 32 : (unsigned)blocks,
-				    json);
+				    json, model);
 	}
 	if (!strcmp(cmd, "restart")) {
 		if (!kvcd) {
