@@ -332,7 +332,7 @@ Test(remote, cluster_down_at_start)
 	cr_assert_eq(stats(&A)->remote.slots_ok, 16384, "found the cluster later");
 	put_blocks(a, 1000, 1004);
 	wait_puts(&A, 1);
-	char out[16384];
+	static char out[1 << 17];
 
 	cr_assert_eq(t_kvcctl(&A, "stats --json", out, sizeof(out)), 0);
 	cr_assert_not_null(strstr(out, "\"slots_ok\": 16384"), "%s", out);
