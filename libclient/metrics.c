@@ -44,6 +44,20 @@ static void head(struct out *o, const char *name, const char *type, const char *
 	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* One unlabelled value per family, from a table ending in a NULL name. */
+struct scalar {
+	const char *name, *type, *help;
+	uint64_t v;
+};
+
+static void scalars(struct out *o, const struct scalar *t)
+{
+	for (; t->name; t++) {
+		head(o, t->name, t->type, t->help);
+		put(o, "%s %llu\n", t->name, (unsigned long long)t->v);
+	}
+}
+
 /* A label value: backslash, double quote and newline escaped. */
 static const char *label(const char *s, char *buf, size_t len)
 {
@@ -94,66 +108,58 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 	    st->version >> 8 & 0xff, st->version & 0xff, st->protocol >> 16, st->protocol & 0xffff);
 	head(o, "kvcd_uptime_seconds", "gauge", "Time since kvcd started.");
 	put(o, "kvcd_uptime_seconds %.3f\n", st->uptime_ms / 1e3);
-	head(o, "kvcd_clients", "gauge", "Attached clients.");
-	put(o, "kvcd_clients %u\n", st->clients);
-	head(o, "kvcd_blocks", "gauge", "Blocks in the cache.");
-	put(o, "kvcd_blocks %llu\n", (unsigned long long)st->blocks);
-	head(o, "kvcd_hits_total", "counter", "FETCHes that found their block.");
-	put(o, "kvcd_hits_total %llu\n", (unsigned long long)st->hits);
-	head(o, "kvcd_misses_total", "counter", "FETCHes that did not.");
-	put(o, "kvcd_misses_total %llu\n", (unsigned long long)st->misses);
 	head(o, "kvcd_hit_ratio", "gauge", "Hits over FETCHes since kvcd started.");
 	put(o, "kvcd_hit_ratio %.6f\n", lookups ? (double)st->hits / (double)lookups : 0.0);
-	head(o, "kvcd_evictions_total", "counter", "Blocks evicted to make room.");
-	put(o, "kvcd_evictions_total %llu\n", (unsigned long long)st->evictions);
-	head(o, "kvcd_pinned_blocks", "gauge", "Pins held by clients.");
-	put(o, "kvcd_pinned_blocks %llu\n", (unsigned long long)st->pinned);
-	head(o, "kvcd_bad_requests_total", "counter", "Requests refused as malformed.");
-	put(o, "kvcd_bad_requests_total %llu\n", (unsigned long long)st->bad_requests);
-	head(o, "kvcd_checksum_failures_total", "counter",
-	     "Blocks dropped because their bytes no longer matched their checksum.");
-	put(o, "kvcd_checksum_failures_total %llu\n", (unsigned long long)st->checksum_failures);
-	head(o, "kvcd_input_bytes", "gauge", "Bytes the engines sent for the blocks held.");
-	put(o, "kvcd_input_bytes %llu\n", (unsigned long long)st->bytes_in);
-	head(o, "kvcd_stored_bytes", "gauge", "Bytes the held blocks take after compression.");
-	put(o, "kvcd_stored_bytes %llu\n", (unsigned long long)st->bytes_stored);
-	head(o, "kvcd_metadata_bytes", "gauge", "kvcd's own memory for the index and records.");
-	put(o, "kvcd_metadata_bytes %llu\n", (unsigned long long)st->metadata_bytes);
+	scalars(o, (const struct scalar[]){
+			   { "kvcd_clients", "gauge", "Attached clients.", st->clients },
+			   { "kvcd_blocks", "gauge", "Blocks in the cache.", st->blocks },
+			   { "kvcd_hits_total", "counter", "FETCHes that found their block.",
+			     st->hits },
+			   { "kvcd_misses_total", "counter", "FETCHes that did not.", st->misses },
+			   { "kvcd_evictions_total", "counter", "Blocks evicted to make room.",
+			     st->evictions },
+			   { "kvcd_pinned_blocks", "gauge", "Pins held by clients.", st->pinned },
+			   { "kvcd_bad_requests_total", "counter", "Requests refused as malformed.",
+			     st->bad_requests },
+			   { "kvcd_checksum_failures_total", "counter",
+			     "Blocks dropped because their bytes no longer matched their checksum.",
+			     st->checksum_failures },
+			   { "kvcd_input_bytes", "gauge",
+			     "Bytes the engines sent for the blocks held.", st->bytes_in },
+			   { "kvcd_stored_bytes", "gauge",
+			     "Bytes the held blocks take after compression.", st->bytes_stored },
+			   { "kvcd_metadata_bytes", "gauge",
+			     "kvcd's own memory for the index and records.", st->metadata_bytes },
+			   { NULL, NULL, NULL, 0 } });
 
-	if (st->remote.enabled) {
-		const struct {
-			const char *name, *type, *help;
-			uint64_t v;
-		} rm[] = {
-			{ "kvcd_remote_nodes", "gauge", "Cluster nodes the remote tier knows.",
-			  st->remote.nodes },
-			{ "kvcd_remote_slots_ok", "gauge",
-			  "Slots (of 16384) with a connected owner.", st->remote.slots_ok },
-			{ "kvcd_remote_puts_total", "counter", "Blocks written to the cluster.",
-			  st->remote.puts },
-			{ "kvcd_remote_gets_total", "counter", "Blocks asked of the cluster.",
-			  st->remote.gets },
-			{ "kvcd_remote_hits_total", "counter", "Blocks the cluster had.",
-			  st->remote.hits },
-			{ "kvcd_remote_misses_total", "counter", "Blocks it did not have.",
-			  st->remote.misses },
-			{ "kvcd_remote_errors_total", "counter", "Remote requests that failed.",
-			  st->remote.errors },
-			{ "kvcd_remote_dropped_total", "counter",
-			  "Writes dropped because the queue was full.", st->remote.dropped },
-			{ "kvcd_remote_rejected_total", "counter",
-			  "Values under kvcd's keys that did not check out.", st->remote.rejected },
-			{ "kvcd_remote_sent_bytes_total", "counter",
-			  "Bytes written to the cluster.", st->remote.bytes_out },
-			{ "kvcd_remote_received_bytes_total", "counter",
-			  "Bytes read back from the cluster.", st->remote.bytes_in },
-		};
-
-		for (size_t i = 0; i < sizeof(rm) / sizeof(rm[0]); i++) {
-			head(o, rm[i].name, rm[i].type, rm[i].help);
-			put(o, "%s %llu\n", rm[i].name, (unsigned long long)rm[i].v);
-		}
-	}
+	if (st->remote.enabled)
+		scalars(o,
+			(const struct scalar[]){
+				{ "kvcd_remote_nodes", "gauge",
+				  "Cluster nodes the remote tier knows.", st->remote.nodes },
+				{ "kvcd_remote_slots_ok", "gauge",
+				  "Slots (of 16384) with a connected owner.", st->remote.slots_ok },
+				{ "kvcd_remote_puts_total", "counter",
+				  "Blocks written to the cluster.", st->remote.puts },
+				{ "kvcd_remote_gets_total", "counter",
+				  "Blocks asked of the cluster.", st->remote.gets },
+				{ "kvcd_remote_hits_total", "counter", "Blocks the cluster had.",
+				  st->remote.hits },
+				{ "kvcd_remote_misses_total", "counter", "Blocks it did not have.",
+				  st->remote.misses },
+				{ "kvcd_remote_errors_total", "counter",
+				  "Remote requests that failed.", st->remote.errors },
+				{ "kvcd_remote_dropped_total", "counter",
+				  "Writes dropped because the queue was full.",
+				  st->remote.dropped },
+				{ "kvcd_remote_rejected_total", "counter",
+				  "Values under kvcd's keys that did not check out.",
+				  st->remote.rejected },
+				{ "kvcd_remote_sent_bytes_total", "counter",
+				  "Bytes written to the cluster.", st->remote.bytes_out },
+				{ "kvcd_remote_received_bytes_total", "counter",
+				  "Bytes read back from the cluster.", st->remote.bytes_in },
+				{ NULL, NULL, NULL, 0 } });
 	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
 		 st->node[i].bytes_total);
 	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",

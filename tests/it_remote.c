@@ -32,16 +32,6 @@ static bool port_free(int port)
 	return ok;
 }
 
-static int sh(char *out, size_t len, const char *cmd)
-{
-	FILE *f = popen(cmd, "r");
-	size_t n = f ? fread(out, 1, len - 1, f) : 0;
-	int st = f ? pclose(f) : -1;
-
-	out[n] = '\0';
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void node_start(struct cluster *c, int i)
 {
 	char conf[160];
@@ -82,18 +72,18 @@ static void cluster_start(struct cluster *c)
 		node_start(c, i);
 	for (int i = 0; i < NODES; i++) {
 		snprintf(cmd, sizeof(cmd), "redis-cli -p %d ping 2>/dev/null", c->port[i]);
-		for (int t = 0; t < 200 && sh(out, sizeof(out), cmd); t++)
+		for (int t = 0; t < 200 && t_sh(out, sizeof(out), "%s", cmd); t++)
 			t_sleep_ms(20);
 	}
 	n = snprintf(cmd, sizeof(cmd), "redis-cli --cluster create");
 	for (int i = 0; i < NODES; i++)
 		n += snprintf(cmd + n, sizeof(cmd) - (size_t)n, " 127.0.0.1:%d", c->port[i]);
 	snprintf(cmd + n, sizeof(cmd) - (size_t)n, " --cluster-replicas 1 --cluster-yes 2>&1");
-	cr_assert_eq(sh(out, sizeof(out), cmd), 0, "%s", out);
+	cr_assert_eq(t_sh(out, sizeof(out), "%s", cmd), 0, "%s", out);
 	for (int i = 0; i < NODES; i++) { /* every node agrees the cluster is up */
 		snprintf(cmd, sizeof(cmd), "redis-cli -p %d cluster info", c->port[i]);
 		for (int t = 0; t < 500; t++) {
-			sh(out, sizeof(out), cmd);
+			t_sh(out, sizeof(out), "%s", cmd);
 			if (strstr(out, "cluster_state:ok"))
 				break;
 			t_sleep_ms(20);
@@ -103,7 +93,7 @@ static void cluster_start(struct cluster *c)
 	for (int i = 0; i < NODES; i++) { /* every replica has its first copy: it may fail over */
 		snprintf(cmd, sizeof(cmd), "redis-cli -p %d info replication", c->port[i]);
 		for (int t = 0; t < 500; t++) {
-			sh(out, sizeof(out), cmd);
+			t_sh(out, sizeof(out), "%s", cmd);
 			if (strstr(out, "role:master") || strstr(out, "master_link_status:up"))
 				break;
 			t_sleep_ms(20);
@@ -253,7 +243,7 @@ Test(remote, shared_spilled_rejected_and_failed_over)
 	snprintf(cmd, sizeof(cmd),
 		 "redis-cli -c -p %d SET kvcd:%016llx:%016llx%016llx not-a-block >/dev/null",
 		 C.port[0], (unsigned long long)XXH64("spill", 5, 0x6b766364), 0xfeedull, 999ull);
-	cr_assert_eq(sh(out, sizeof(out), cmd), 0);
+	cr_assert_eq(t_sh(out, sizeof(out), "%s", cmd), 0);
 	cr_assert_eq(get_block(a, 999), -ENOENT);
 	cr_assert_eq(stats(&A)->remote.rejected, 1);
 
@@ -270,15 +260,15 @@ Test(remote, shared_spilled_rejected_and_failed_over)
 	char id0[64], id1[64];
 
 	snprintf(cmd, sizeof(cmd), "redis-cli -p %d cluster myid", C.port[0]);
-	cr_assert_eq(sh(id0, sizeof(id0), cmd), 0);
+	cr_assert_eq(t_sh(id0, sizeof(id0), "%s", cmd), 0);
 	snprintf(cmd, sizeof(cmd), "redis-cli -p %d cluster myid", C.port[1]);
-	cr_assert_eq(sh(id1, sizeof(id1), cmd), 0);
+	cr_assert_eq(t_sh(id1, sizeof(id1), "%s", cmd), 0);
 	id0[strcspn(id0, "\n")] = id1[strcspn(id1, "\n")] = '\0';
 	snprintf(cmd, sizeof(cmd),
 		 "redis-cli --cluster reshard 127.0.0.1:%d --cluster-from %s --cluster-to %s "
 		 "--cluster-slots 3000 --cluster-yes >/dev/null 2>&1",
 		 C.port[0], id0, id1);
-	cr_assert_eq(sh(out, sizeof(out), cmd), 0, "reshard");
+	cr_assert_eq(t_sh(out, sizeof(out), "%s", cmd), 0, "reshard");
 	for (unsigned i = 0; i < 32; i++)
 		cr_assert_eq(get_block(b, i), 0, "block %u found where it moved", i);
 	kvc_detach(b);

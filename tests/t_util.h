@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,29 @@ static inline void t_daemon_start_conf(struct t_daemon *t, const char *conf)
 	fputs(conf, f);
 	fclose(f);
 	cr_assert_eq(t_daemon_start_args(t, args), 0);
+}
+
+/* Run a shell command (printf-style); its output, both streams if the command says so, in
+ * @out; returns its exit status. Never asserts, so forked helpers may use it. */
+static inline int __attribute__((format(printf, 3, 4)))
+t_sh(char *out, size_t len, const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	FILE *f;
+	size_t n;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	n = fread(out, 1, len - 1, f);
+	out[n] = '\0';
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Run `build/TOOL --socket SOCK @args` (stderr too; TOOL beside kvcd) into @buf; returns its
