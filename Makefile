@@ -16,7 +16,8 @@
 CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
-VERSION := 0.4.0	# the one place: kvc.h, kvc_version(), kvcd --version and the .pc read it
+# the one place: kvc.h, kvc_version(), kvcd --version, the .pc and Python's __version__
+VERSION := 0.4.0
 PKGS    := libxxhash hwloc inih libsystemd libmicrohttpd hiredis
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
