@@ -47,6 +47,12 @@ Test(install, installed_tree_works_and_uninstalls)
 		snprintf(preload, sizeof(preload), "LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0",
 			 out);
 	}
+	/* one version everywhere: the .pc says what kvc.h says */
+	cr_assert_eq(t_sh(out, sizeof(out),
+			  "PKG_CONFIG_PATH=%s/usr/lib/pkgconfig pkg-config --modversion kvcclient",
+			  prefix),
+		     0);
+	cr_assert_str_eq(out, KVC_VERSION_STRING "\n");
 	/* the README's example, built as a user would */
 	cr_assert_eq(
 		t_sh(out, sizeof(out),
