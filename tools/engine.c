@@ -43,22 +43,68 @@ int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
 	err = kvc_key_chain_all(k->keyns, tok, nk * k->chunk, k->chunk, keys, nk);
 	if (err >= 0)
 		err = kvc_lookup(k->c, keys, nk, &hits);
-	for (size_t i = 0; err >= 0 && i < hits; i++) {
-		struct kvc_layout got;
+	/* The hits are fetched in batches, each block into its own slot of staging (room for the
+	 * sparse form too): one doorbell and one wait per batch, not a round trip per chunk. */
+	size_t slot = (2 * kvc_layout_bytes(&l) + 4096 + 63) & ~(size_t)63;
+	size_t per = cap / slot ? cap / slot : 1;
 
-		err = kvc_fetch(k->c, &keys[i], 0, cap, &got);
-		if (err == -ENOENT) { /* evicted since the lookup: the prefix ends here */
-			hits = i;
-			err = 0;
+	if (per == 1)
+		slot = cap;
+	for (size_t i0 = 0; err >= 0 && i0 < hits;) {
+		struct kvc_req r[64];
+		struct kvc_cqe cq[64];
+		size_t batch = hits - i0 < per ? hits - i0 : per;
+		int sent, done = 0;
+
+		batch = batch < 64 ? batch : 64;
+		memset(r, 0, sizeof(r));
+		for (size_t j = 0; j < batch; j++) {
+			r[j].op = KVC_OP_FETCH;
+			r[j].key = keys[i0 + j];
+			r[j].off = j * slot;
+			r[j].len = slot;
+		}
+		sent = kvc_submit(k->c, r, (unsigned)batch, NULL);
+		if (sent <= 0) {
+			err = sent ? sent : -EAGAIN;
 			break;
 		}
-		if (!err && (got.codec & KVC_CODEC_SPARSE))
-			err = llm_block_get_sparse(m, s, (uint32_t)(i * k->chunk), stage, cap,
-						   &got);
-		else if (!err)
-			err = llm_block_get(m, s, (uint32_t)(i * k->chunk), stage, &got);
-		if (!err)
-			k->bytes_fetched += kvc_layout_bytes(&got);
+		while (done < sent) { /* completions come in the order the requests went */
+			int w = kvc_wait(k->c, cq + done, 1, (unsigned)(sent - done), -1);
+
+			if (w < 0) {
+				err = w;
+				break;
+			}
+			done += w;
+		}
+		for (int j = 0; err >= 0 && j < done; j++) {
+			const char *at = (const char *)stage + (size_t)j * slot;
+			uint32_t t0 = (uint32_t)((i0 + (size_t)j) * k->chunk);
+
+			if (cq[j].res == -ENOENT) { /* evicted since the lookup: the prefix ends */
+				hits = i0 + (size_t)j;
+				break;
+			}
+			struct kvc_layout got = cq[j].layout;
+			size_t room = slot;
+
+			err = cq[j].res;
+			if (err == -ENOSPC && slot < cap) { /* larger than its slot: alone, then */
+				at = stage;
+				room = cap;
+				err = kvc_fetch(k->c, &keys[i0 + (size_t)j], 0, cap, &got);
+			}
+			if (!err && (got.codec & KVC_CODEC_SPARSE))
+				err = llm_block_get_sparse(m, s, t0, at, room, &got);
+			else if (!err)
+				err = llm_block_get(m, s, t0, at, &got);
+			if (!err)
+				k->bytes_fetched += kvc_layout_bytes(&got);
+		}
+		if (i0 + (size_t)done > hits) /* the prefix ended inside this batch */
+			break;
+		i0 += (size_t)done;
 	}
 	free(keys);
 	return err < 0 ? err : (int)(hits * k->chunk);
