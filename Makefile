@@ -43,6 +43,7 @@ CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c 
 	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
 CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
+FUZZERS    := policy config request decode # tests/fuzz/fuzz_*.c
 
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 CODEC_OBJ  := $(CODEC_SRC:%.c=$(BUILD)/%.o)
@@ -161,7 +162,6 @@ test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client $(BUILD)/ubsan
 # Fuzzers (make fuzz): clang's libFuzzer under ASan and UBSan, each FUZZ_S seconds from its
 # seed corpus in tests/fuzz/seeds/. make test replays the seeds (and every input a fuzzer
 # once crashed on, kept there) through the same harnesses, built by $(CC) without libFuzzer.
-FUZZERS := policy config request decode
 FUZZ_S ?= 60
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
 
