@@ -608,8 +608,9 @@ struct kvcd_rget {
 	struct kvcp_key keys[KVCD_RGET_MAX];
 	void *val[KVCD_RGET_MAX]; /* the replies (redisReply), header checked */
 	size_t len[KVCD_RGET_MAX];
-	int sent[KVCD_RGET_MAX];
-	uint32_t *wake; /* the waiting worker's futex word */
+	int sent[KVCD_RGET_MAX];     /* the node each GET went to, or -1 */
+	unsigned gen[KVCD_RGET_MAX]; /* and that node's connection generation */
+	uint32_t *wake;		     /* the waiting worker's futex word */
 	int done;
 };
 

@@ -52,6 +52,7 @@ struct rnode {
 	char host[64];
 	int port;
 	redisContext *c;
+	unsigned gen; /* bumped when the connection is closed: its pipelined replies are gone */
 };
 
 struct rput {
@@ -128,6 +129,7 @@ static void node_close(struct rnode *n)
 	if (n->c)
 		redisFree(n->c);
 	n->c = NULL;
+	n->gen++;
 }
 
 /* A live connection to node @n, or NULL. */
@@ -324,8 +326,10 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 			n = r->slot_node[key_slot(key)] - 1;
 			g->sent[i] = -1;
 			if (n >= 0 && node_conn(r, &r->nodes[n]) &&
-			    redisAppendCommand(r->nodes[n].c, "GET %s", key) == REDIS_OK)
+			    redisAppendCommand(r->nodes[n].c, "GET %s", key) == REDIS_OK) {
 				g->sent[i] = n;
+				g->gen[i] = r->nodes[n].gen;
+			}
 		}
 	}
 	/* hiredis sends a context's buffer when a reply is first read from it: send every
@@ -343,9 +347,13 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 			char key[64];
 
 			key_name(key, g->ns_hash, &g->keys[i]);
-			if (g->sent[i] >= 0 &&
-			    redisGetReply(r->nodes[g->sent[i]].c, (void **)&rep) != REDIS_OK) {
-				node_close(&r->nodes[g->sent[i]]);
+			struct rnode *nd = g->sent[i] >= 0 ? &r->nodes[g->sent[i]] : NULL;
+
+			/* read the pipelined reply only from the connection it was sent on: one
+			 * closed since (a failure earlier in this batch) has none to give */
+			if (nd && nd->c && nd->gen == g->gen[i] &&
+			    redisGetReply(nd->c, (void **)&rep) != REDIS_OK) {
+				node_close(nd);
 				r->map_dirty = true;
 				rep = NULL;
 			}
