@@ -282,6 +282,7 @@ static const char *expected(const char *k)
 		{ "op_timeout_ms", "1 to 60000" },
 		{ "ttl", "seconds, 0 (none) to 31536000" },
 		{ "queue", "a size such as 256M" },
+		{ "read_replicas", "yes or no" },
 	};
 
 	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++)
@@ -324,6 +325,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = parse_uint(v, 365u * 86400, &c->remote_ttl);
 		else if (!strcmp(k, "queue"))
 			err = kvcd_parse_size(v, &c->remote_queue);
+		else if (!strcmp(k, "read_replicas"))
+			err = parse_bool(v, &c->remote_read_replicas);
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(k, "listen") && strlen(v) < sizeof(x->c->metrics_listen))
 			err = (strcpy(x->c->metrics_listen, v), 0);

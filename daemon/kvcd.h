@@ -74,9 +74,10 @@ struct kvcd_config {
 	char remote_redis[512];
 	char remote_user[64], remote_password[128];
 	unsigned remote_connect_ms, remote_op_ms, remote_ttl;
-	uint64_t remote_queue; /* bytes of puts waiting; beyond, dropped */
-	int log_level;	       /* LOG_ERR .. LOG_DEBUG */
-	bool strict_ns;	       /* refuse namespaces the config does not list */
+	uint64_t remote_queue;	   /* bytes of puts waiting; beyond, dropped */
+	bool remote_read_replicas; /* GETs go to a replica of the slot (READONLY) */
+	int log_level;		   /* LOG_ERR .. LOG_DEBUG */
+	bool strict_ns;		   /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];

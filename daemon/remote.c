@@ -72,7 +72,8 @@ struct kvcd_remote {
 	bool cluster, map_dirty;
 	struct rnode nodes[MAX_NODES];
 	unsigned nnodes;
-	uint8_t slot_node[NSLOTS]; /* node index + 1; 0: unknown */
+	uint8_t slot_node[NSLOTS];    /* node index + 1; 0: unknown */
+	uint8_t slot_replica[NSLOTS]; /* a replica of it, for read_replicas; 0: none */
 	uint64_t next_refresh_ns;
 	/* queues */
 	struct kvcd_rget *gets, **gets_tail;
@@ -162,6 +163,12 @@ static redisContext *node_conn(struct kvcd_remote *r, struct rnode *n)
 			return NULL;
 		}
 	}
+	if (c->remote_read_replicas && n->port) { /* a replica then serves reads of its slots */
+		redisReply *ro = redisCommand(n->c, "READONLY");
+
+		if (ro)
+			freeReplyObject(ro);
+	}
 	return n->c;
 }
 
@@ -220,6 +227,7 @@ static int refresh_map(struct kvcd_remote *r)
 		}
 		if (rep->type == REDIS_REPLY_ARRAY && rep->elements) {
 			memset(r->slot_node, 0, sizeof(r->slot_node));
+			memset(r->slot_replica, 0, sizeof(r->slot_replica));
 			for (size_t j = 0; j < rep->elements; j++) {
 				redisReply *e = rep->element[j];
 				int n;
@@ -228,11 +236,19 @@ static int refresh_map(struct kvcd_remote *r)
 				    e->element[2]->type != REDIS_REPLY_ARRAY ||
 				    e->element[2]->elements < 2)
 					continue;
+				int rep_n = -1;
+
 				n = node_find(r, e->element[2]->element[0]->str,
 					      (int)e->element[2]->element[1]->integer);
+				if (e->elements > 3 && e->element[3]->type == REDIS_REPLY_ARRAY &&
+				    e->element[3]->elements >= 2)
+					rep_n = node_find(r, e->element[3]->element[0]->str,
+							  (int)e->element[3]->element[1]->integer);
 				for (long long s = e->element[0]->integer;
-				     n >= 0 && s <= e->element[1]->integer && s < NSLOTS; s++)
+				     n >= 0 && s <= e->element[1]->integer && s < NSLOTS; s++) {
 					r->slot_node[s] = (uint8_t)(n + 1);
+					r->slot_replica[s] = (uint8_t)(rep_n + 1);
+				}
 			}
 			r->cluster = true;
 			r->map_dirty = false;
@@ -324,6 +340,8 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 
 			key_name(key, g->ns_hash, &g->keys[i]);
 			n = r->slot_node[key_slot(key)] - 1;
+			if (r->d->cfg.remote_read_replicas && r->slot_replica[key_slot(key)])
+				n = r->slot_replica[key_slot(key)] - 1; /* a redirect falls back */
 			g->sent[i] = -1;
 			if (n >= 0 && node_conn(r, &r->nodes[n]) &&
 			    redisAppendCommand(r->nodes[n].c, "GET %s", key) == REDIS_OK) {

@@ -18,7 +18,7 @@ struct cluster {
 };
 
 static struct cluster C;
-static struct t_daemon A, B;
+static struct t_daemon A, B, R; /* R reads from replicas */
 
 static bool port_free(int port)
 {
@@ -125,6 +125,7 @@ static void cleanup(void)
 {
 	t_daemon_cleanup(&A);
 	t_daemon_cleanup(&B);
+	t_daemon_cleanup(&R);
 	cluster_stop(&C);
 }
 
@@ -275,6 +276,9 @@ Test(remote, shared_spilled_rejected_and_failed_over)
 	t_daemon_cleanup(&B);
 	kvcd_on(&B, "64M", "[namespace shared]\nremote = all\n");
 	b = t_attach(&B, "shared", 1u << 20);
+	kvcd_on(&R, "64M", "read_replicas = yes\n[namespace shared]\nremote = all\n");
+	kvc_client *rr = t_attach(&R, "shared", 1u << 20);
+
 	t_sleep_ms(300); /* replication of the last SETs */
 	kill(C.pid[0], SIGKILL);
 	waitpid(C.pid[0], NULL, 0);
@@ -289,6 +293,11 @@ Test(remote, shared_spilled_rejected_and_failed_over)
 		hits += r == 0;
 	}
 	cr_assert_lt(hits, 32, "the dead master's blocks are misses for now");
+	for (unsigned i = 0; i < 32; i++) /* read_replicas: the dead master's replica serves */
+		cr_assert_eq(get_block(rr, i), 0, "block %u read from a replica", i);
+	kvc_detach(rr);
+	cr_assert_eq(t_daemon_stop(&R), 0);
+	t_daemon_cleanup(&R);
 	put_blocks(b, 200, 210); /* local traffic goes on */
 	for (unsigned i = 200; i < 210; i++)
 		cr_assert_eq(get_block(b, i), 0);
