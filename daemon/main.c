@@ -1136,6 +1136,16 @@ int main(int argc, char **argv)
 		pthread_mutex_lock(&d->store.lock);
 		d->store.evicting_arg = d;
 		d->store.evicting = remote_evicting;
+		/* namespaces a warm restart brought back spill as an attach would make them */
+		for (unsigned i = 0; i < d->store.nns; i++) {
+			const struct kvcd_ns_acl *acl = kvcd_config_ns(&d->cfg,
+								       d->store.ns[i].name);
+
+			if (d->store.ns[i].name[0])
+				d->store.ns[i].remote = acl && acl->remote >= 0
+								? acl->remote
+								: KVCD_REMOTE_EVICTED;
+		}
 		pthread_mutex_unlock(&d->store.lock);
 	}
 	announce_ready(d);
