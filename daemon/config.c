@@ -112,6 +112,15 @@ static int parse_uint(const char *v, unsigned long max, unsigned *out)
 	return 0;
 }
 
+/* A string value into @dst of @size bytes. Returns 0 or -ENAMETOOLONG. */
+static int set_str(char *dst, size_t size, const char *v)
+{
+	if (strlen(v) >= size)
+		return -ENAMETOOLONG;
+	strcpy(dst, v);
+	return 0;
+}
+
 static int parse_positive(const char *v, unsigned long max, unsigned *out)
 {
 	return parse_uint(v, max, out) || !*out ? -EINVAL : 0;
@@ -159,13 +168,9 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 	unsigned u;
 
 	if (!strcmp(k, "socket")) {
-		if (strlen(v) >= sizeof(c->socket))
-			return -ENAMETOOLONG;
-		strcpy(c->socket, v);
+		return set_str(c->socket, sizeof(c->socket), v);
 	} else if (!strcmp(k, "socket_group")) {
-		if (strlen(v) >= sizeof(c->socket_group))
-			return -ENAMETOOLONG;
-		strcpy(c->socket_group, v);
+		return set_str(c->socket_group, sizeof(c->socket_group), v);
 	} else if (!strcmp(k, "socket_mode")) {
 		return parse_uint(v, 0777, &c->socket_mode);
 	} else if (!strcmp(k, "pool_size")) {
@@ -218,10 +223,8 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 	} else if (!strcmp(k, "log_level")) {
 		c->log_level = kvcd_log_parse_level(v);
 		return c->log_level < 0 ? -EINVAL : 0;
-	} else if (!strcmp(k, "state_dir")) {
-		if (strlen(v) >= sizeof(c->state_dir) - 16)
-			return -ENAMETOOLONG;
-		strcpy(c->state_dir, v);
+	} else if (!strcmp(k, "state_dir")) { /* room for "/kvcd-pool-N" */
+		return set_str(c->state_dir, sizeof(c->state_dir) - 16, v);
 	} else if (!strcmp(k, "strict_namespaces")) {
 		return parse_bool(v, &c->strict_ns);
 	} else if (!strcmp(k, "policy")) {
@@ -308,15 +311,11 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 		struct kvcd_config *c = x->c;
 
 		if (!strcmp(k, "redis"))
-			err = strlen(v) < sizeof(c->remote_redis) ? (strcpy(c->remote_redis, v), 0)
-								  : -ENAMETOOLONG;
+			err = set_str(c->remote_redis, sizeof(c->remote_redis), v);
 		else if (!strcmp(k, "user"))
-			err = strlen(v) < sizeof(c->remote_user) ? (strcpy(c->remote_user, v), 0)
-								 : -ENAMETOOLONG;
+			err = set_str(c->remote_user, sizeof(c->remote_user), v);
 		else if (!strcmp(k, "password"))
-			err = strlen(v) < sizeof(c->remote_password)
-				      ? (strcpy(c->remote_password, v), 0)
-				      : -ENAMETOOLONG;
+			err = set_str(c->remote_password, sizeof(c->remote_password), v);
 		else if (!strcmp(k, "connect_timeout_ms"))
 			err = parse_positive(v, 60000, &c->remote_connect_ms);
 		else if (!strcmp(k, "op_timeout_ms"))
@@ -328,10 +327,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 		else if (!strcmp(k, "read_replicas"))
 			err = parse_bool(v, &c->remote_read_replicas);
 	} else if (!strcmp(section, "metrics")) {
-		if (!strcmp(k, "listen") && strlen(v) < sizeof(x->c->metrics_listen))
-			err = (strcpy(x->c->metrics_listen, v), 0);
-		else if (!strcmp(k, "listen"))
-			err = -ENAMETOOLONG;
+		if (!strcmp(k, "listen"))
+			err = set_str(x->c->metrics_listen, sizeof(x->c->metrics_listen), v);
 	} else if (!strncmp(section, "namespace ", 10)) {
 		struct kvcd_ns_acl *a = ns_section(x->c, section + 10);
 

@@ -382,12 +382,11 @@ struct kvcd_store {
 int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npools,
 		    unsigned high_wm, unsigned low_wm);
 void kvcd_store_fini(struct kvcd_store *s);
-/* Take a reference on namespace @name, creating it with policy @init and @quota (bytes, 0:
- * none). Returns its id, or -ENFILE when the table is full. */
+/* Take a reference on namespace @name, creating it with policy @init, @quota (bytes, 0: none)
+ * and @remote (KVCD_REMOTE_*: whether it spills to the remote tier). Returns its id, or
+ * -ENFILE when the table is full. */
 int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_policy *init,
-		      uint64_t quota);
-/* Whether namespace @ns spills to the remote tier (KVCD_REMOTE_*). */
-void kvcd_store_ns_remote(struct kvcd_store *s, uint16_t ns, int mode);
+		      uint64_t quota, int remote);
 /* Drop a reference; a namespace with no reference and no block is forgotten. */
 void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns);
 /* Read or replace namespace @ns's policy. */
@@ -631,8 +630,8 @@ void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
 /* A session that goes away drops its get: freed now if done, else by the remote thread. */
 void kvcd_rget_release(struct kvcd_rget *g);
 void kvcd_rget_free(struct kvcd_rget *g);
-/* A value whose bytes did not match its checksum as they were copied in: counted. */
-void kvcd_remote_rejected(struct kvcd *d);
+/* A value's bytes were checked as they were copied in: a hit, or (@ok false) a rejection. */
+void kvcd_remote_checked(struct kvcd *d, bool ok);
 
 /* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
  * Returns 0 or -errno (printed). */

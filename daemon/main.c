@@ -223,6 +223,19 @@ static int add_session(struct kvcd *d, struct kvcd_session *s)
 	return err;
 }
 
+/* A reference on namespace @name, created as the configuration says: its policy, its quota,
+ * and whether it spills to the remote tier (its own word, else evicted; off without one). */
+static int open_ns(struct kvcd *d, const char *name)
+{
+	const struct kvcd_ns_acl *acl = kvcd_config_ns(&d->cfg, name);
+	int remote = !d->remote		       ? KVCD_REMOTE_OFF
+		     : acl && acl->remote >= 0 ? acl->remote
+					       : KVCD_REMOTE_EVICTED;
+
+	return kvcd_store_ns_get(&d->store, name, kvcd_config_policy(&d->cfg, name),
+				 acl ? acl->quota : 0, remote);
+}
+
 static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, struct client **out)
 {
 	struct ucred cred;
@@ -252,15 +265,7 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	worker = pick_worker(d);
 	if (worker < 0)
 		return worker;
-	const struct kvcd_ns_acl *acl = kvcd_config_ns(&d->cfg, req->ns);
-
-	ns = kvcd_store_ns_get(&d->store, req->ns, kvcd_config_policy(&d->cfg, req->ns),
-			       acl ? acl->quota : 0);
-	if (ns >= 0) /* whether it spills to the remote tier: the config's word, else evicted */
-		kvcd_store_ns_remote(&d->store, (uint16_t)ns,
-				     !d->remote		       ? KVCD_REMOTE_OFF
-				     : acl && acl->remote >= 0 ? acl->remote
-							       : KVCD_REMOTE_EVICTED);
+	ns = open_ns(d, req->ns);
 	if (ns < 0) {
 		kvcd_log(LOG_WARNING, "refused pid %d: namespace '%s': %s", (int)cred.pid, req->ns,
 			 ns == -ENFILE ? "the namespace table is full" : strerror(-ns));
@@ -616,15 +621,12 @@ static int adopt_pool(struct kvcd *d, unsigned i, int refs[KVCD_STORE_NS])
 
 	for (unsigned k = 0; k < 256; k++) {
 		const char *name = sb->ns[k];
-		const struct kvcd_ns_acl *acl;
 		int id;
 
 		map[k] = -1;
 		if (!name[0] || !memchr(name, 0, KVCP_NS_MAX))
 			continue;
-		acl = kvcd_config_ns(&d->cfg, name);
-		id = kvcd_store_ns_get(&d->store, name, kvcd_config_policy(&d->cfg, name),
-				       acl ? acl->quota : 0);
+		id = open_ns(d, name);
 		if (id < 0)
 			continue;
 		map[k] = id;
@@ -1098,7 +1100,10 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&d->sessions_lock, NULL);
 	if (getrandom(&d->boot_token, sizeof(d->boot_token), 0) != sizeof(d->boot_token))
 		d->boot_token = d->start_ns ^ (uint64_t)getpid() << 32;
-	err = setup_pools(d);
+	/* before the pools: namespaces a warm restart brings back spill as an attach makes them */
+	err = kvcd_remote_start(d); /* a cluster that is down only delays the remote tier */
+	if (!err)
+		err = setup_pools(d);
 	if (err)
 		goto fail;
 	err = setup_loop();
@@ -1128,24 +1133,12 @@ int main(int argc, char **argv)
 		d->nworkers++;
 	}
 	err = kvcd_metrics_start(d);
-	if (!err)
-		err = kvcd_remote_start(d); /* a cluster that is down only delays the remote tier */
 	if (err)
 		goto fail;
 	if (d->remote) {
 		pthread_mutex_lock(&d->store.lock);
 		d->store.evicting_arg = d;
 		d->store.evicting = remote_evicting;
-		/* namespaces a warm restart brought back spill as an attach would make them */
-		for (unsigned i = 0; i < d->store.nns; i++) {
-			const struct kvcd_ns_acl *acl = kvcd_config_ns(&d->cfg,
-								       d->store.ns[i].name);
-
-			if (d->store.ns[i].name[0])
-				d->store.ns[i].remote = acl && acl->remote >= 0
-								? acl->remote
-								: KVCD_REMOTE_EVICTED;
-		}
 		pthread_mutex_unlock(&d->store.lock);
 	}
 	announce_ready(d);

@@ -466,6 +466,7 @@ static int remote_adopt(struct kvcd *d, struct kvcd_session *s, const struct kvc
 	struct kvcd_block *b;
 	uint64_t stored, sum;
 	const void *v = kvcd_remote_value(g, i, &l, &stored, &sum);
+	bool ok;
 	int err;
 
 	if (!v)
@@ -476,13 +477,10 @@ static int remote_adopt(struct kvcd *d, struct kvcd_session *s, const struct kvc
 		return err == -EEXIST ? 0 : err;
 	b->stored = stored;
 	/* the copy and the check in one pass: bytes that do not match never become visible */
-	if (kvcd_copy_sum(kvcd_isa_best(), b->data, v, stored) != sum) {
-		kvcd_store_commit(&d->store, b, false, false, 0);
-		kvcd_remote_rejected(d);
-		return -EBADMSG;
-	}
-	kvcd_store_commit(&d->store, b, true, true, sum);
-	return 0;
+	ok = kvcd_copy_sum(kvcd_isa_best(), b->data, v, stored) == sum;
+	kvcd_store_commit(&d->store, b, ok, ok, sum);
+	kvcd_remote_checked(d, ok);
+	return ok ? 0 : -EBADMSG;
 }
 
 /* Keys a LOOKUP looks up before its worker turns to other sessions' rings. */

@@ -22,6 +22,7 @@
  * ASK: ASKING and retry there, once) are handled here; what still fails counts as a miss.
  */
 #include <errno.h>
+#include <signal.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -388,10 +389,9 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 			}
 			pthread_mutex_lock(&r->lock);
 			r->st.gets++;
-			if (g->val[i]) {
-				r->st.hits++;
+			if (g->val[i]) /* a hit once its bytes check out too (ops.c) */
 				r->st.bytes_in += g->len[i];
-			} else if (rep && rep->type == REDIS_REPLY_STRING) {
+			else if (rep && rep->type == REDIS_REPLY_STRING) {
 				r->st.rejected++;
 			} else if (rep && rep->type == REDIS_REPLY_NIL) {
 				r->st.misses++;
@@ -521,6 +521,8 @@ int kvcd_remote_start(struct kvcd *d)
 {
 	struct kvcd_remote *r;
 	char seeds[sizeof(d->cfg.remote_redis)], *save = NULL;
+	sigset_t all, old;
+	int err;
 
 	if (!d->cfg.remote_redis[0])
 		return 0;
@@ -552,7 +554,12 @@ int kvcd_remote_start(struct kvcd *d)
 		kvcd_log(LOG_INFO, "remote: %s, %s", d->cfg.remote_redis,
 			 r->cluster ? "a cluster" : "one Redis");
 	count_slots(r);
-	if (pthread_create(&r->thread, NULL, remote_main, r)) {
+	/* the thread takes no signal: kvcd's main thread reads them from its signalfd */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	err = pthread_create(&r->thread, NULL, remote_main, r);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
 		free(r);
 		return -EAGAIN;
 	}
@@ -641,13 +648,15 @@ void kvcd_rget_free(struct kvcd_rget *g)
 	free(g);
 }
 
-void kvcd_remote_rejected(struct kvcd *d)
+void kvcd_remote_checked(struct kvcd *d, bool ok)
 {
 	struct kvcd_remote *r = d->remote;
 
 	pthread_mutex_lock(&r->lock);
-	r->st.rejected++;
-	r->st.hits--; /* it was counted as one when its header checked out */
+	if (ok)
+		r->st.hits++;
+	else
+		r->st.rejected++;
 	pthread_mutex_unlock(&r->lock);
 }
 

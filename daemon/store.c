@@ -284,7 +284,7 @@ void kvcd_store_fini(struct kvcd_store *s)
 }
 
 int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_policy *init,
-		      uint64_t quota)
+		      uint64_t quota, int remote)
 {
 	int id = -1, spare = -1;
 
@@ -305,6 +305,7 @@ int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_
 		if (init)
 			n->policy = *init;
 		n->quota = quota;
+		n->remote = remote;
 		id = spare;
 		if (s->ns_changed)
 			s->ns_changed(s, (unsigned)id, s->ns_arg);
@@ -325,13 +326,6 @@ static void ns_maybe_free(struct kvcd_store *s, uint16_t id)
 	memset(n, 0, sizeof(*n));
 	if (s->ns_changed)
 		s->ns_changed(s, id, s->ns_arg);
-}
-
-void kvcd_store_ns_remote(struct kvcd_store *s, uint16_t ns, int mode)
-{
-	pthread_mutex_lock(&s->lock);
-	s->ns[ns].remote = mode;
-	pthread_mutex_unlock(&s->lock);
 }
 
 void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns)

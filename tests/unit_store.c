@@ -509,7 +509,8 @@ static int put_ns(uint16_t ns, uint64_t i)
 Test(store, quotas)
 {
 	uint64_t q = 2 * (kvcp_layout_bytes(&L) + KVCD_ALLOC_OVERHEAD);
-	int a = kvcd_store_ns_get(&st, "a", NULL, q), b = kvcd_store_ns_get(&st, "b", NULL, 0);
+	int a = kvcd_store_ns_get(&st, "a", NULL, q, KVCD_REMOTE_OFF),
+	    b = kvcd_store_ns_get(&st, "b", NULL, 0, KVCD_REMOTE_OFF);
 	struct kvcp_key k;
 
 	cr_assert_geq(a, 0);
@@ -550,20 +551,21 @@ Test(store, empty_namespaces_are_reclaimed)
 	char name[32];
 	int keep;
 
-	keep = kvcd_store_ns_get(&st, "keep", NULL, 0);
+	keep = kvcd_store_ns_get(&st, "keep", NULL, 0, KVCD_REMOTE_OFF);
 	cr_assert_eq(put_ns((uint16_t)keep, 1), 0);
 	kvcd_store_ns_put(&st, (uint16_t)keep); /* detached, but it holds a block */
 	for (int i = 0; i < 10 * KVCD_STORE_NS; i++) {
 		snprintf(name, sizeof(name), "tenant-%d", i);
-		int id = kvcd_store_ns_get(&st, name, NULL, 0);
+		int id = kvcd_store_ns_get(&st, name, NULL, 0, KVCD_REMOTE_OFF);
 
 		cr_assert_geq(id, 0, "namespace %d: %d", i, id);
 		kvcd_store_ns_put(&st, (uint16_t)id);
 	}
-	cr_assert_eq(kvcd_store_ns_get(&st, "keep", NULL, 0), keep, "kept: not empty");
+	cr_assert_eq(kvcd_store_ns_get(&st, "keep", NULL, 0, KVCD_REMOTE_OFF), keep,
+		     "kept: not empty");
 	for (int i = 0; i < KVCD_STORE_NS; i++) { /* a full table is an error, not a crash */
 		snprintf(name, sizeof(name), "held-%d", i);
-		int id = kvcd_store_ns_get(&st, name, NULL, 0);
+		int id = kvcd_store_ns_get(&st, name, NULL, 0, KVCD_REMOTE_OFF);
 
 		cr_assert(id >= 0 || (id == -ENFILE && i == KVCD_STORE_NS - 1), "%d: %d", i, id);
 	}

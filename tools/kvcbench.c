@@ -69,19 +69,29 @@ static int parse_size(const char *s, size_t *out)
 	return err;
 }
 
-static kvc_client *attach(size_t staging, unsigned flags)
+/* Attach to @sock in namespace @ns; NULL (and the reason in *@err) on failure. */
+static kvc_client *attach_to(const char *sock, const char *ns, size_t staging, unsigned flags,
+			     int *err)
 {
 	struct kvc_attach_opts o;
-	kvc_client *c;
-	int err;
+	kvc_client *c = NULL;
 
 	kvc_attach_opts_init(&o);
-	o.socket = g_sock;
-	o.ns = "kvcbench";
+	o.socket = sock;
+	o.ns = ns;
 	o.staging_size = staging;
 	o.flags = flags;
-	err = kvc_attach(&o, &c);
-	if (err) {
+	*err = kvc_attach(&o, &c);
+	return *err ? NULL : c;
+}
+
+/* Attach to the benchmarked kvcd, or exit saying why. */
+static kvc_client *attach(size_t staging, unsigned flags)
+{
+	int err;
+	kvc_client *c = attach_to(g_sock, "kvcbench", staging, flags, &err);
+
+	if (!c) {
 		cli_attach_error("kvcbench", g_sock, "kvcbench", err);
 		exit(1);
 	}
@@ -837,7 +847,10 @@ struct restart_share {
 	} r[2][64];
 };
 
-static pid_t spawn_kvcd(const char *bin, const char *sock, const char *pool, const char *dir)
+/* Start kvcd @bin on @sock with a @pool pool and one more option (@o1 @v1); its log goes to
+ * stderr. */
+static pid_t spawn_kvcd(const char *bin, const char *sock, const char *pool, const char *o1,
+			const char *v1)
 {
 	pid_t pid = fork();
 
@@ -845,8 +858,8 @@ static pid_t spawn_kvcd(const char *bin, const char *sock, const char *pool, con
 		int fd = open("/dev/null", O_WRONLY);
 
 		dup2(fd, 1);
-		execl(bin, bin, "--foreground", "--socket", sock, "--pool-size", pool,
-		      "--state-dir", dir, (char *)NULL);
+		execl(bin, bin, "--foreground", "--socket", sock, "--pool-size", pool, o1, v1,
+		      (char *)NULL);
 		_exit(127);
 	}
 	return pid;
@@ -928,7 +941,7 @@ static int bench_restart(const char *bin, const char *pool, unsigned clients, si
 	memset(sh, 0, sizeof(*sh));
 	snprintf(sock, sizeof(sock), "%s/kvcd.sock", dir);
 	g_sock = sock;
-	kvcd = spawn_kvcd(bin, sock, pool, dir);
+	kvcd = spawn_kvcd(bin, sock, pool, "--state-dir", dir);
 	t_cold = wait_ready(kvcd, now_ns());
 	if (!t_cold)
 		return 1;
@@ -960,7 +973,7 @@ static int bench_restart(const char *bin, const char *pool, unsigned clients, si
 	sh->phase = 1;
 	uint64_t t0 = now_ns();
 
-	kvcd = spawn_kvcd(bin, sock, pool, dir);
+	kvcd = spawn_kvcd(bin, sock, pool, "--state-dir", dir);
 	t_warm = wait_ready(kvcd, t0);
 	usleep(1000000);
 	sh->phase = 2;
@@ -1013,36 +1026,6 @@ static int bench_restart(const char *bin, const char *pool, unsigned clients, si
  * GET, a check and an adoption into its pool), then again from its pool; against GETs of the
  * same values straight from the cluster (hiredis, following MOVED), and a 64-chunk prefix
  * fetched through (one LOOKUP brings the chain, pipelined per node) against one chunk. */
-
-static pid_t spawn_kvcd_conf(const char *bin, const char *sock, const char *conf)
-{
-	pid_t pid = fork();
-
-	if (pid == 0) {
-		int fd = open("/dev/null", O_WRONLY);
-
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl(bin, bin, "--foreground", "--socket", sock, "--pool-size", "1G", "--config",
-		      conf, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
-}
-
-static kvc_client *attach_to(const char *sock, const char *ns, size_t staging)
-{
-	struct kvc_attach_opts o;
-	kvc_client *c = NULL;
-
-	kvc_attach_opts_init(&o);
-	o.socket = sock;
-	o.ns = ns;
-	o.staging_size = staging;
-	if (kvc_attach(&o, &c))
-		return NULL;
-	return c;
-}
 
 /* GET @key from the cluster at @seed, following one MOVED: the bytes' length, or -1. */
 static long long cluster_get(const char *seed, const char *key)
@@ -1110,8 +1093,8 @@ static int remote_model_prefix(const char *model, const char *sa, const char *sb
 		tok[i] = i % (n ? n : 1) ? (int32_t)((rng >> 33) % (uint64_t)m.c.vocab) : 1;
 	}
 	one = tok + n; /* a chunk of its own, another chain */
-	ka.c = attach_to(sa, "bench", 1 << 20);
-	kb.c = attach_to(sb, "bench", 1 << 20);
+	ka.c = attach_to(sa, "bench", 1 << 20, 0, &err);
+	kb.c = attach_to(sb, "bench", 1 << 20, 0, &err);
 	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &ka);
 	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &kb);
 	t = now_ns();
@@ -1166,7 +1149,7 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	unsigned long long ns_hash = XXH64("bench", 5, 0x6b766364);
 	struct kvc_stats st;
 	size_t ssz, local, remote;
-	int bad = 0;
+	int bad = 0, err;
 
 	if (!mkdtemp(dir))
 		return 1;
@@ -1178,14 +1161,14 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	fclose(f);
 	snprintf(sa, sizeof(sa), "%s/a.sock", dir);
 	snprintf(sb, sizeof(sb), "%s/b.sock", dir);
-	pa = spawn_kvcd_conf(bin, sa, conf);
-	pb = spawn_kvcd_conf(bin, sb, conf);
+	pa = spawn_kvcd(bin, sa, "1G", "--config", conf);
+	pb = spawn_kvcd(bin, sb, "1G", "--config", conf);
 	g_sock = sa;
 	wait_ready(pa, now_ns());
 	g_sock = sb;
 	wait_ready(pb, now_ns());
-	a = attach_to(sa, "bench", 2 * bs);
-	b = attach_to(sb, "bench", 2 * bs);
+	a = attach_to(sa, "bench", 2 * bs, 0, &err);
+	b = attach_to(sb, "bench", 2 * bs, 0, &err);
 	if (!a || !b)
 		return 1;
 	unsigned char *sta = kvc_staging(a, &ssz), *stb = kvc_staging(b, &ssz);

@@ -43,7 +43,7 @@ static void setup(void)
 	s.scratch = scratch;
 	s.scratch_size = SCRATCH;
 	s.norder = 1;
-	s.ns_id = (uint16_t)kvcd_store_ns_get(&d.store, "fuzz", NULL, 0);
+	s.ns_id = (uint16_t)kvcd_store_ns_get(&d.store, "fuzz", NULL, 0, KVCD_REMOTE_OFF);
 	strcpy(s.ns, "fuzz");
 }
 
