@@ -389,6 +389,8 @@ int kvcd_store_ns_get(struct kvcd_store *s, const char *name, const struct kvcd_
 		      uint64_t quota, int remote);
 /* Drop a reference; a namespace with no reference and no block is forgotten. */
 void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns);
+/* One more hold on namespace @ns, which is held already (released by kvcd_store_ns_put). */
+void kvcd_store_ns_hold(struct kvcd_store *s, uint16_t ns);
 /* Read or replace namespace @ns's policy. */
 void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out);
 void kvcd_store_set_policy(struct kvcd_store *s, uint16_t ns, const struct kvcd_policy *p);
@@ -552,6 +554,7 @@ struct kvcd_worker {
 	uint32_t gen, seen_gen;
 	uint32_t wake; /* private futex: list changed or stop */
 	bool stop;
+	bool parked; /* the latest request it began waits on the remote tier: sleep, not spin */
 	struct kvcd_op_stats ops; /* what this worker executed (stats.c) */
 };
 
@@ -598,16 +601,21 @@ struct kvcd {
 /* remote.c: the remote tier. */
 struct kvcd_remote;
 
-/* A batch of blocks a worker wants from the cluster; the remote thread fills val[] (header
- * and bytes, checked) and sets done, then bumps *wake. */
+/* A batch of blocks a worker wants from the cluster. The remote thread puts each value that
+ * checks out into the pool (namespace @ns_id, which the get holds, on the pools of @order),
+ * says in err[] what became of each, sets done and bumps *wake. */
 #define KVCD_RGET_MAX 64
 struct kvcd_rget {
 	struct kvcd_rget *next;
+	struct kvcd_store *store;
+	uint16_t ns_id;
+	uint8_t order[KVCD_MAX_NODES];
+	unsigned norder;
 	uint64_t ns_hash;
 	unsigned n;
 	struct kvcp_key keys[KVCD_RGET_MAX];
-	void *val[KVCD_RGET_MAX]; /* the replies (redisReply), header checked */
-	size_t len[KVCD_RGET_MAX];
+	int err[KVCD_RGET_MAX];	     /* 0: in the pool; -ENOENT: not in the cluster (or lost);
+				      * -EBADMSG: rejected; else the pool's error */
 	int sent[KVCD_RGET_MAX];     /* the node each GET went to, or -1 */
 	unsigned gen[KVCD_RGET_MAX]; /* and that node's connection generation */
 	uint32_t *wake;		     /* the waiting worker's futex word */
@@ -622,16 +630,11 @@ void kvcd_remote_put(struct kvcd *d, const char *ns, const struct kvcp_key *key,
 		     const struct kvcp_layout *l, const void *bytes, uint64_t stored);
 /* Queue @g; the remote thread sets g->done when every value is in (or known missing). */
 void kvcd_remote_get(struct kvcd *d, struct kvcd_rget *g);
-/* Value @i of a done get: its bytes, layout, size and the checksum they must have (checked
- * by the caller as it copies them); NULL when missing. */
-const void *kvcd_remote_value(const struct kvcd_rget *g, unsigned i, struct kvcp_layout *l,
-			      uint64_t *stored, uint64_t *checksum);
 void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
-/* A session that goes away drops its get: freed now if done, else by the remote thread. */
+/* A session that goes away drops its get: freed now if done, else by the remote thread.
+ * Freeing releases the get's hold on its namespace. */
 void kvcd_rget_release(struct kvcd_rget *g);
 void kvcd_rget_free(struct kvcd_rget *g);
-/* A value's bytes were checked as they were copied in: a hit, or (@ok false) a rejection. */
-void kvcd_remote_checked(struct kvcd *d, bool ok);
 
 /* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
  * Returns 0 or -errno (printed). */

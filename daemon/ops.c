@@ -447,6 +447,11 @@ static int remote_ask(struct kvcd *d, struct kvcd_session *s, const struct kvcp_
 
 	if (!g)
 		return -ENOMEM;
+	g->store = &d->store;
+	g->ns_id = s->ns_id;
+	kvcd_store_ns_hold(&d->store, s->ns_id); /* the session may go before the get is done */
+	memcpy(g->order, s->order, sizeof(g->order));
+	g->norder = s->norder;
 	g->ns_hash = kvcd_remote_ns_hash(s->ns);
 	g->n = n < KVCD_RGET_MAX ? n : KVCD_RGET_MAX;
 	memcpy(g->keys, keys, g->n * sizeof(*keys)); /* read once */
@@ -455,32 +460,6 @@ static int remote_ask(struct kvcd *d, struct kvcd_session *s, const struct kvcp_
 	s->cont.rget = g;
 	kvcd_remote_get(d, g);
 	return -EINPROGRESS;
-}
-
-/* Value @i of a done get into the local pool, committed. Returns 0 (also when a client
- * stored it meanwhile) or -errno. */
-static int remote_adopt(struct kvcd *d, struct kvcd_session *s, const struct kvcd_rget *g,
-			unsigned i)
-{
-	struct kvcp_layout l;
-	struct kvcd_block *b;
-	uint64_t stored, sum;
-	const void *v = kvcd_remote_value(g, i, &l, &stored, &sum);
-	bool ok;
-	int err;
-
-	if (!v)
-		return -ENOENT;
-	err = kvcd_store_reserve(&d->store, s->ns_id, &g->keys[i], &l, stored, s->order, s->norder,
-				 &b);
-	if (err)
-		return err == -EEXIST ? 0 : err;
-	b->stored = stored;
-	/* the copy and the check in one pass: bytes that do not match never become visible */
-	ok = kvcd_copy_sum(kvcd_isa_best(), b->data, v, stored) == sum;
-	kvcd_store_commit(&d->store, b, ok, ok, sum);
-	kvcd_remote_checked(d, ok);
-	return ok ? 0 : -EBADMSG;
 }
 
 /* Keys a LOOKUP looks up before its worker turns to other sessions' rings. */
@@ -644,14 +623,14 @@ bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 	} else if (!g || __atomic_load_n(&g->done, __ATOMIC_ACQUIRE) != 1) {
 		return false;
 	} else if (c->kind == KVCD_CONT_REMOTE_LOOKUP) {
-		/* the consecutive chunks the cluster had enter the pool: res counts the local
+		/* the consecutive chunks the cluster had are in the pool: res counts the local
 		 * ones, value those that came from the cluster */
-		while (got < g->n && remote_adopt(d, s, g, (unsigned)got) == 0)
+		while (got < g->n && !g->err[got])
 			got++;
 		res = (int)c->done;
 		cqe->value = got;
 	} else {
-		res = remote_adopt(d, s, g, 0); /* rejected bytes are a miss, like none */
+		res = g->err[0]; /* rejected bytes are a miss, like none */
 		if (!res || res == -ENOENT || res == -EBADMSG)
 			res = do_fetch(d, s, &c->sqe, region(s, &c->sqe, &size), cqe);
 	}

@@ -7,6 +7,10 @@
  * back: on a local miss a FETCH, and a LOOKUP for the chunks after the local prefix, ask the
  * cluster; blocks that check out enter the local pool and are served from there.
  *
+ * A value enters the pool on this thread, straight from hiredis's read buffer as its reply is
+ * parsed (a reader whose createString adopts it: sink_string), while the replies after it are
+ * still arriving; no reply object holds a copy of it, and the worker only serves it.
+ *
  * Keys are "kvcd:<XXH64 of the namespace, hex>:<the block's 128-bit key, hex>": namespaces are
  * apart in the key space, and no braces, so no hash tag: a chain's blocks spread over every
  * master as the CRC16 slots fall. We chose that over tagging a chain onto one node because a
@@ -84,17 +88,32 @@ struct kvcd_remote {
 	struct kvcd_hist lat; /* get batches */
 };
 
+/* hiredis's reply functions, and ours (sink_string) that every connection reads with */
+static redisReplyObjectFunctions plain_fns, sink_fns;
+
 /* ---- keys and slots ------------------------------------------------------------------------ */
+
+/* CRC16-CCITT (XMODEM), as Redis Cluster hashes keys; a table, filled at start from the
+ * bitwise definition, since every GET of a batch hashes its key. */
+static uint16_t crc16_tab[256];
+
+static void crc16_init(void)
+{
+	for (unsigned v = 0; v < 256; v++) {
+		uint16_t crc = (uint16_t)(v << 8);
+
+		for (int b = 0; b < 8; b++)
+			crc = crc & 0x8000 ? (uint16_t)(crc << 1 ^ 0x1021) : (uint16_t)(crc << 1);
+		crc16_tab[v] = crc;
+	}
+}
 
 static uint16_t crc16(const char *buf, size_t len)
 {
 	uint16_t crc = 0;
 
-	for (size_t i = 0; i < len; i++) {
-		crc ^= (uint16_t)((unsigned char)buf[i] << 8);
-		for (int b = 0; b < 8; b++)
-			crc = crc & 0x8000 ? (uint16_t)(crc << 1 ^ 0x1021) : (uint16_t)(crc << 1);
-	}
+	for (size_t i = 0; i < len; i++)
+		crc = (uint16_t)(crc << 8 ^ crc16_tab[(crc >> 8 ^ (unsigned char)buf[i]) & 0xff]);
 	return crc;
 }
 
@@ -149,6 +168,7 @@ static redisContext *node_conn(struct kvcd_remote *r, struct rnode *n)
 		return NULL;
 	}
 	redisSetTimeout(n->c, ms_tv(c->remote_op_ms));
+	n->c->reader->fn = &sink_fns;
 	if (c->remote_password[0]) {
 		redisReply *a = c->remote_user[0]
 					? redisCommand(n->c, "AUTH %s %s", c->remote_user,
@@ -329,6 +349,68 @@ static bool header_ok(const char *v, size_t len, uint64_t ns_hash, const struct 
 	       (h.layout.codec || h.stored == kvcp_layout_bytes(&h.layout));
 }
 
+/* Value @i of @g, read back as @v (@len bytes), into the pool, its bytes checked as they are
+ * copied: 0 (also when a client stored it meanwhile), -EBADMSG when the header or the bytes
+ * do not check out, or the error of a pool with no room for it. */
+static int adopt(struct kvcd_rget *g, unsigned i, const char *v, size_t len)
+{
+	struct kvcd_rhdr h;
+	struct kvcd_block *b;
+	bool ok;
+	int err;
+
+	if (!header_ok(v, len, g->ns_hash, &g->keys[i]))
+		return -EBADMSG;
+	memcpy(&h, v, sizeof(h));
+	err = kvcd_store_reserve(g->store, g->ns_id, &g->keys[i], &h.layout, h.stored, g->order,
+				 g->norder, &b);
+	if (err)
+		return err == -EEXIST ? 0 : err;
+	b->stored = h.stored;
+	/* the copy and the check in one pass: bytes that do not match never become visible */
+	ok = kvcd_copy_sum(kvcd_isa_best(), b->data, v + sizeof(h), h.stored) == h.checksum;
+	kvcd_store_commit(g->store, b, ok, ok, h.checksum);
+	return ok ? 0 : -EBADMSG;
+}
+
+/* What the reader is parsing: the reply to GET @i of @g. */
+struct sink {
+	struct kvcd_rget *g;
+	unsigned i;
+	bool seen; /* a value came, and g->err[i] says what became of it */
+};
+
+/* hiredis's createString for every connection: a value read for a sink is adopted from the
+ * read buffer and stands as an empty string reply of its length; the rest as hiredis does. */
+static void *sink_string(const redisReadTask *t, char *str, size_t len)
+{
+	struct sink *k = t->privdata;
+	redisReply *rep;
+
+	if (!k || t->parent || t->type != REDIS_REPLY_STRING)
+		return plain_fns.createString(t, str, len);
+	rep = calloc(1, sizeof(*rep));
+	if (!rep)
+		return NULL; /* hiredis: out of memory, the connection fails */
+	rep->type = REDIS_REPLY_STRING;
+	rep->len = len;
+	k->g->err[k->i] = adopt(k->g, k->i, str, len);
+	k->seen = true;
+	return rep;
+}
+
+static void sink_init(void)
+{
+	redisReader *rd = redisReaderCreate();
+
+	if (rd) { /* hiredis's own functions, to fall back on */
+		plain_fns = *rd->fn;
+		redisReaderFree(rd);
+	}
+	sink_fns = plain_fns;
+	sink_fns.createString = sink_string;
+}
+
 /* Every queued get, pipelined: all GETs go out to their nodes before a reply is read. */
 static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 {
@@ -336,16 +418,23 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 
 	for (struct kvcd_rget *g = list; g; g = g->next) {
 		for (unsigned i = 0; i < g->n; i++) {
-			char key[64];
-			int n;
+			char key[64], cmd[96];
+			unsigned slot;
+			int n, len;
 
 			key_name(key, g->ns_hash, &g->keys[i]);
-			n = r->slot_node[key_slot(key)] - 1;
-			if (r->d->cfg.remote_read_replicas && r->slot_replica[key_slot(key)])
-				n = r->slot_replica[key_slot(key)] - 1; /* a redirect falls back */
+			slot = key_slot(key);
+			n = r->slot_node[slot] - 1;
+			if (r->d->cfg.remote_read_replicas && r->slot_replica[slot])
+				n = r->slot_replica[slot] - 1; /* a redirect falls back */
+			/* the RESP of GET written out here: hiredis's printf-like formatting would
+			 * cost more than the rest of the batch's preparation */
+			len = snprintf(cmd, sizeof(cmd), "*2\r\n$3\r\nGET\r\n$%zu\r\n%s\r\n",
+				       strlen(key), key);
 			g->sent[i] = -1;
 			if (n >= 0 && node_conn(r, &r->nodes[n]) &&
-			    redisAppendCommand(r->nodes[n].c, "GET %s", key) == REDIS_OK) {
+			    redisAppendFormattedCommand(r->nodes[n].c, cmd, (size_t)len) ==
+				    REDIS_OK) {
 				g->sent[i] = n;
 				g->gen[i] = r->nodes[n].gen;
 			}
@@ -368,38 +457,46 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 			key_name(key, g->ns_hash, &g->keys[i]);
 			struct rnode *nd = g->sent[i] >= 0 ? &r->nodes[g->sent[i]] : NULL;
 
+			struct sink k = { g, i, false };
+
+			g->err[i] = -ENOENT;
 			/* read the pipelined reply only from the connection it was sent on: one
 			 * closed since (a failure earlier in this batch) has none to give */
-			if (nd && nd->c && nd->gen == g->gen[i] &&
-			    redisGetReply(nd->c, (void **)&rep) != REDIS_OK) {
-				node_close(nd);
-				r->map_dirty = true;
-				rep = NULL;
+			if (nd && nd->c && nd->gen == g->gen[i]) {
+				int ok;
+
+				nd->c->reader->privdata = &k;
+				ok = redisGetReply(nd->c, (void **)&rep);
+				nd->c->reader->privdata = NULL;
+				if (ok != REDIS_OK) {
+					node_close(nd);
+					r->map_dirty = true;
+					rep = NULL;
+				}
 			}
 			if (!rep || rep->type == REDIS_REPLY_ERROR) { /* redirected, or lost */
 				if (rep)
 					freeReplyObject(rep);
 				rep = command(r, key, "GET %s", NULL, 0);
-			}
-			g->val[i] = NULL;
-			if (rep && rep->type == REDIS_REPLY_STRING &&
-			    header_ok(rep->str, rep->len, g->ns_hash, &g->keys[i])) {
-				g->val[i] = rep; /* the worker reads it in place: no copy */
-				g->len[i] = rep->len;
+				if (rep && rep->type == REDIS_REPLY_STRING) {
+					g->err[i] = adopt(g, i, rep->str, rep->len);
+					k.seen = true;
+				}
 			}
 			pthread_mutex_lock(&r->lock);
 			r->st.gets++;
-			if (g->val[i]) /* a hit once its bytes check out too (ops.c) */
-				r->st.bytes_in += g->len[i];
-			else if (rep && rep->type == REDIS_REPLY_STRING) {
+			if (k.seen && g->err[i] != -EBADMSG) /* checked, if perhaps with no room */
+				r->st.bytes_in += rep->len;
+			if (k.seen && !g->err[i])
+				r->st.hits++;
+			else if (k.seen && g->err[i] == -EBADMSG)
 				r->st.rejected++;
-			} else if (rep && rep->type == REDIS_REPLY_NIL) {
+			else if (rep && rep->type == REDIS_REPLY_NIL)
 				r->st.misses++;
-			} else {
+			else if (!k.seen)
 				r->st.errors++;
-			}
 			pthread_mutex_unlock(&r->lock);
-			if (rep && !g->val[i])
+			if (rep)
 				freeReplyObject(rep);
 		}
 	}
@@ -529,6 +626,8 @@ int kvcd_remote_start(struct kvcd *d)
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
+	crc16_init();
+	sink_init();
 	r->d = d;
 	r->gets_tail = &r->gets;
 	r->puts_tail = &r->puts;
@@ -642,22 +741,8 @@ void kvcd_remote_put(struct kvcd *d, const char *ns, const struct kvcp_key *key,
 
 void kvcd_rget_free(struct kvcd_rget *g)
 {
-	for (unsigned i = 0; i < g->n; i++)
-		if (g->val[i])
-			freeReplyObject(g->val[i]);
+	kvcd_store_ns_put(g->store, g->ns_id);
 	free(g);
-}
-
-void kvcd_remote_checked(struct kvcd *d, bool ok)
-{
-	struct kvcd_remote *r = d->remote;
-
-	pthread_mutex_lock(&r->lock);
-	if (ok)
-		r->st.hits++;
-	else
-		r->st.rejected++;
-	pthread_mutex_unlock(&r->lock);
 }
 
 void kvcd_rget_release(struct kvcd_rget *g)
@@ -681,21 +766,6 @@ void kvcd_remote_get(struct kvcd *d, struct kvcd_rget *g)
 	r->gets_tail = &g->next;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
-}
-
-const void *kvcd_remote_value(const struct kvcd_rget *g, unsigned i, struct kvcp_layout *l,
-			      uint64_t *stored, uint64_t *checksum)
-{
-	const redisReply *rep = g->val[i];
-	struct kvcd_rhdr h;
-
-	if (!rep)
-		return NULL;
-	memcpy(&h, rep->str, sizeof(h));
-	*l = h.layout;
-	*stored = h.stored;
-	*checksum = h.checksum;
-	return rep->str + sizeof(h);
 }
 
 void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st)

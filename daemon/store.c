@@ -337,6 +337,13 @@ void kvcd_store_ns_put(struct kvcd_store *s, uint16_t ns)
 	pthread_mutex_unlock(&s->lock);
 }
 
+void kvcd_store_ns_hold(struct kvcd_store *s, uint16_t ns)
+{
+	pthread_mutex_lock(&s->lock);
+	s->ns[ns].attached++;
+	pthread_mutex_unlock(&s->lock);
+}
+
 void kvcd_store_policy(struct kvcd_store *s, uint16_t ns, struct kvcd_policy *out)
 {
 	pthread_mutex_lock(&s->lock);

@@ -90,8 +90,12 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		}
 		s->cont.ns += kvcd_now_ns() - t0;
 		n++;
-		if (!done)
+		if (!done) {
+			if (s->cont.rget)
+				w->parked = true;
 			break;
+		}
+		w->parked = false;
 		kvcd_op_record(&w->ops, sqe.opcode, cqe.res, s->cont.ns);
 		kvcp_ring_push(&s->hdr->cq, s->cq, s->cq_entries, &s->cq_prod, &s->cq_cons_cache,
 			       &cqe);
@@ -177,7 +181,9 @@ static void *worker_main(void *arg)
 			last = kvcd_now_ns();
 			continue;
 		}
-		if (kvcd_now_ns() - last < spin_ns) {
+		/* A request that waits on the remote tier is woken by the remote thread: spinning
+		 * for it would only take a core from that thread and from the cluster's nodes. */
+		if (!w->parked && kvcd_now_ns() - last < spin_ns) {
 			__builtin_ia32_pause();
 			continue;
 		}

@@ -113,7 +113,7 @@ $B restart --kvcd ./build/kvcd --pool-size ${RESTART_POOL:-4G} --procs 8 --json 
 
 echo "== remote tier: fetch-through from a 3+3 Redis Cluster against raw GETs on the same cluster"
 seeds=$(./tools/redis-cluster.sh start "$dir/cluster" "${CLUSTER_PORT:-21000}")
-$B remote --kvcd ./build/kvcd --cluster "$seeds" --block-size 2M --blocks 32 --json \
+$B remote --kvcd ./build/kvcd --cluster "$seeds" --block-size 2M --json \
 	$( [ -f "$model" ] && echo --model "$model") \
 	| tee "$out/remote.json"
 ./tools/redis-cluster.sh stop "$dir/cluster"

@@ -60,6 +60,13 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
 static int parse_size(const char *s, size_t *out)
 {
 	uint64_t v = 0;
@@ -1027,33 +1034,42 @@ static int bench_restart(const char *bin, const char *pool, unsigned clients, si
  * same values straight from the cluster (hiredis, following MOVED), and a 64-chunk prefix
  * fetched through (one LOOKUP brings the chain, pipelined per node) against one chunk. */
 
-/* GET @key from the cluster at @seed, following one MOVED: the bytes' length, or -1. */
-static long long cluster_get(const char *seed, const char *key)
+/* Connections to the cluster's nodes, by "host:port", opened as first needed. */
+static redisContext *cluster_conn(const char *where)
 {
 	static redisContext *conn[8];
 	static char addr[8][64];
-	char host[64], where[64];
+	char host[64];
+	int i;
+
+	for (i = 0; i < 8 && addr[i][0] && strcmp(addr[i], where); i++)
+		;
+	if (i == 8)
+		return NULL;
+	if (!addr[i][0]) {
+		const char *colon = strrchr(where, ':');
+
+		if (!colon)
+			return NULL;
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - where), where);
+		conn[i] = redisConnect(host, atoi(colon + 1));
+		snprintf(addr[i], sizeof(addr[i]), "%s", where);
+	}
+	return conn[i] && !conn[i]->err ? conn[i] : NULL;
+}
+
+/* GET @key from the cluster at @seed, following MOVED: the bytes' length, or -1. The node
+ * that answered in @owner when not NULL. */
+static long long cluster_get(const char *seed, const char *key, redisContext **owner)
+{
+	char where[64];
 	long long len = -1;
 
 	snprintf(where, sizeof(where), "%s", seed);
 	for (int hop = 0; hop < 3; hop++) {
-		redisContext *c = NULL;
-		redisReply *r;
-		int i;
+		redisContext *c = cluster_conn(where);
+		redisReply *r = c ? redisCommand(c, "GET %s", key) : NULL;
 
-		for (i = 0; i < 8 && addr[i][0] && strcmp(addr[i], where); i++)
-			;
-		if (i == 8)
-			return -1;
-		if (!addr[i][0]) {
-			char *colon = strrchr(where, ':');
-
-			snprintf(host, sizeof(host), "%.*s", (int)(colon - where), where);
-			conn[i] = redisConnect(host, atoi(colon + 1));
-			snprintf(addr[i], sizeof(addr[i]), "%s", where);
-		}
-		c = conn[i];
-		r = c && !c->err ? redisCommand(c, "GET %s", key) : NULL;
 		if (!r)
 			return -1;
 		if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "MOVED ", 6)) {
@@ -1062,19 +1078,69 @@ static long long cluster_get(const char *seed, const char *key)
 			continue;
 		}
 		len = r->type == REDIS_REPLY_STRING ? (long long)r->len : -1;
+		if (owner)
+			*owner = c;
 		freeReplyObject(r);
 		break;
 	}
 	return len;
 }
 
+/* The floor under a remote prefix: GETs of the values of @keys straight from their nodes
+ * (found beforehand), pipelined as kvcd does: every GET sent before a reply is read. The
+ * time of the pipelined batch, or 0 when a value is missing. */
+static uint64_t cluster_pipelined(const char *seed, const char *ns, const struct kvc_key *keys,
+				  unsigned n)
+{
+	unsigned long long h = XXH64(ns, strlen(ns), 0x6b766364);
+	redisContext *own[64];
+	char name[64][80];
+	uint64_t t;
+
+	n = n < 64 ? n : 64;
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(name[i], sizeof(name[i]), "kvcd:%016llx:%016llx%016llx", h,
+			 (unsigned long long)keys[i].hi, (unsigned long long)keys[i].lo);
+		if (cluster_get(seed, name[i], &own[i]) <= 0)
+			return 0;
+	}
+	t = now_ns();
+	for (unsigned i = 0; i < n; i++)
+		redisAppendCommand(own[i], "GET %s", name[i]);
+	for (unsigned i = 0; i < n; i++) {
+		int done = 0;
+
+		while (!done && redisBufferWrite(own[i], &done) == REDIS_OK)
+			;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		redisReply *r = NULL;
+
+		if (redisGetReply(own[i], (void **)&r) != REDIS_OK || !r ||
+		    r->type != REDIS_REPLY_STRING) {
+			t = 0;
+		}
+		if (r)
+			freeReplyObject(r);
+	}
+	return t ? now_ns() - t : 0;
+}
+
+/* What remote_model_prefix measures, each the median over its rounds. */
+struct model_prefix_times {
+	uint64_t prefix, one;	      /* kvc-llama's restore from the cluster */
+	uint64_t raw_prefix, raw_one; /* the same values GET from the cluster directly */
+	uint64_t recompute;	      /* the prefix computed again */
+};
+
 /* The model's prefix through the cluster, as kvc-llama restores it: @chunks chunks of 8 (63:
- * with one chunk more, all of stories260K's 512 positions)
- * tokens stored by @a, restored by @b (a LOOKUP brings the chain, then a FETCH per chunk),
- * against one chunk and against recomputing the prefix. Times in *@t_prefix, *@t_one and
- * *@t_recompute; returns 0 or -errno. */
-static int remote_model_prefix(const char *model, const char *sa, const char *sb, unsigned chunks,
-			       uint64_t *t_prefix, uint64_t *t_one, uint64_t *t_recompute)
+ * with one chunk more, all of stories260K's 512 positions) tokens stored by kvcd @sa,
+ * restored by kvcd @sb (a LOOKUP brings the chain, then one batch of FETCHes), against one
+ * chunk of another chain, against the same values read from the cluster directly, and
+ * against recomputing the prefix. Each of @rounds rounds has new tokens, so every restore
+ * comes from the cluster. Returns 0 or -errno. */
+static int remote_model_prefix(const char *model, const char *sa, const char *sb, const char *seed,
+			       unsigned chunks, unsigned rounds, struct model_prefix_times *out)
 {
 	struct llm m;
 	struct llm_state s, s2;
@@ -1082,50 +1148,78 @@ static int remote_model_prefix(const char *model, const char *sa, const char *sb
 	const char *why = NULL;
 	size_t n = 8 * (size_t)chunks;
 	int32_t *tok = malloc((n + 8) * sizeof(*tok)), *one;
-	uint64_t rng = 7, t;
+	struct kvc_key keys[64];
+	uint64_t rng = 7, t, tp[16], t1[16], rp[16], r1[16], tr[16];
 	int err = llm_load(model, &m, &why);
 
-	if (err || !tok || n + 8 > (size_t)m.c.seq_len || llm_state_init(&m, &s, KVC_F16) ||
-	    llm_state_init(&m, &s2, KVC_F16))
+	rounds = rounds < 16 ? rounds : 16;
+	if (err || !tok || chunks > 64 || n + 8 > (size_t)m.c.seq_len ||
+	    llm_state_init(&m, &s, KVC_F16) || llm_state_init(&m, &s2, KVC_F16))
 		return err ? err : -EINVAL;
-	for (size_t i = 0; i < n + 8; i++) {
-		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-		tok[i] = i % (n ? n : 1) ? (int32_t)((rng >> 33) % (uint64_t)m.c.vocab) : 1;
-	}
 	one = tok + n; /* a chunk of its own, another chain */
 	ka.c = attach_to(sa, "bench", 1 << 20, 0, &err);
 	kb.c = attach_to(sb, "bench", 1 << 20, 0, &err);
+	if (!ka.c || !kb.c)
+		return err ? err : -EIO;
 	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &ka);
 	llm_kvc_keyns(&m, KVC_F16, "kvcbench", &kb);
-	t = now_ns();
-	for (size_t i = 0; i < n; i++)
-		llm_forward(&m, &s, tok[i], (int)i);
-	*t_recompute = now_ns() - t;
-	err = llm_kvc_save(&m, &s, &ka, tok, 0, chunks);
-	for (size_t i = 0; err >= 0 && i < 8; i++)
-		llm_forward(&m, &s2, one[i], (int)i);
-	if (err >= 0)
-		err = llm_kvc_save(&m, &s2, &ka, one, 0, 1);
-	for (int w = 0; err >= 0 && w < 3000; w++) {
+	for (unsigned r = 0; err >= 0 && r < rounds; r++) {
 		struct kvc_stats st;
+		uint64_t puts0;
 
+		for (size_t i = 0; i < n + 8; i++) {
+			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+			tok[i] = i % (n ? n : 1) ? (int32_t)((rng >> 33) % (uint64_t)m.c.vocab) : 1;
+		}
 		kvc_stats(ka.c, &st, sizeof(st));
-		if (st.remote.puts >= chunks + 1 + 65 + 32)
-			break;
-		usleep(1000);
+		puts0 = st.remote.puts;
+		t = now_ns();
+		for (size_t i = 0; i < n; i++)
+			llm_forward(&m, &s, tok[i], (int)i);
+		tr[r] = now_ns() - t;
+		err = llm_kvc_save(&m, &s, &ka, tok, 0, chunks);
+		for (size_t i = 0; err >= 0 && i < 8; i++)
+			llm_forward(&m, &s2, one[i], (int)i);
+		if (err >= 0)
+			err = llm_kvc_save(&m, &s2, &ka, one, 0, 1);
+		for (int w = 0; err >= 0 && w < 3000; w++) { /* the writes reach the cluster */
+			kvc_stats(ka.c, &st, sizeof(st));
+			if (st.remote.puts >= puts0 + chunks + 1)
+				break;
+			usleep(1000);
+		}
+		t = now_ns();
+		if (err >= 0)
+			err = llm_kvc_restore(&m, &s, &kb, tok, n, n);
+		tp[r] = now_ns() - t;
+		if (err >= 0 && (size_t)err != n)
+			err = -ENOENT;
+		t = now_ns();
+		if (err >= 0)
+			err = llm_kvc_restore(&m, &s2, &kb, one, 8, 8);
+		t1[r] = now_ns() - t;
+		if (err >= 0 && err != 8)
+			err = -ENOENT;
+		if (err >= 0)
+			err = kvc_key_chain_all(ka.keyns, tok, n, 8, keys, chunks);
+		if (err >= 0) {
+			rp[r] = cluster_pipelined(seed, "bench", keys, chunks);
+			err = kvc_key_chain_all(ka.keyns, one, 8, 8, keys, 1);
+		}
+		if (err >= 0)
+			r1[r] = cluster_pipelined(seed, "bench", keys, 1);
+		if (err >= 0 && (!rp[r] || !r1[r]))
+			err = -ENOENT;
 	}
-	t = now_ns();
-	if (err >= 0)
-		err = llm_kvc_restore(&m, &s, &kb, tok, n, n);
-	*t_prefix = now_ns() - t;
-	if (err >= 0 && (size_t)err != n)
-		err = -ENOENT;
-	t = now_ns();
-	if (err >= 0)
-		err = llm_kvc_restore(&m, &s2, &kb, one, 8, 8);
-	*t_one = now_ns() - t;
-	if (err >= 0 && err != 8)
-		err = -ENOENT;
+	if (err >= 0) {
+		qsort(tp, rounds, sizeof(*tp), cmp_u64);
+		qsort(t1, rounds, sizeof(*t1), cmp_u64);
+		qsort(rp, rounds, sizeof(*rp), cmp_u64);
+		qsort(r1, rounds, sizeof(*r1), cmp_u64);
+		qsort(tr, rounds, sizeof(*tr), cmp_u64);
+		*out = (struct model_prefix_times){ tp[rounds / 2], t1[rounds / 2], rp[rounds / 2],
+						    r1[rounds / 2], tr[rounds / 2] };
+	}
 	kvc_detach(ka.c);
 	kvc_detach(kb.c);
 	llm_state_free(&s);
@@ -1135,8 +1229,12 @@ static int remote_model_prefix(const char *model, const char *sa, const char *sb
 	return err < 0 ? err : 0;
 }
 
-static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigned n, int json,
-			const char *model)
+/* The remote tier: kvcd A writes through to the cluster at @cluster, kvcd B fetches through
+ * it. Per round, fresh blocks: B's fetch-through of @n blocks of @bs bytes against GETs of
+ * the same sizes straight from the cluster (alternating), and a 64-chunk chain against one
+ * chunk; then the model's prefix (remote_model_prefix). Figures are medians over @rounds. */
+static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigned n,
+			unsigned rounds, int json, const char *model)
 {
 	char dir[] = "/tmp/kvcbench-remote-XXXXXX", conf[128], sa[128], sb[128], seed[64];
 	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 }, sl = {
@@ -1145,12 +1243,14 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	kvc_client *a, *b;
 	pid_t pa, pb;
 	FILE *f;
-	uint64_t t, t_remote, t_local, t_raw, t_chain, t_one;
+	uint64_t t, t_remote[16], t_local[16], t_raw[16], t_chain[16], t_one[16];
+	double ratio[16];
 	unsigned long long ns_hash = XXH64("bench", 5, 0x6b766364);
 	struct kvc_stats st;
 	size_t ssz, local, remote;
 	int bad = 0, err;
 
+	rounds = rounds < 1 ? 1 : rounds > 16 ? 16 : rounds;
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(seed, sizeof(seed), "%.*s", (int)strcspn(cluster, ","), cluster);
@@ -1174,69 +1274,81 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	unsigned char *sta = kvc_staging(a, &ssz), *stb = kvc_staging(b, &ssz);
 
 	l.tokens = (uint32_t)(bs / (2 * 2 * 64));
-	for (unsigned i = 0; i < n; i++) {
-		struct kvc_key k = { 0xbe7c, i };
+	for (unsigned r = 0; r < rounds; r++) {
+		uint64_t puts0;
+		struct kvc_key chain[64], one = { 0x0e + r, 64 };
 
-		fill(sta, bs, i);
-		bad |= kvc_store(a, &k, &l, 0) != 0;
-	}
-	/* the 64-chunk chain and a one-chunk chain, for the prefix figures */
-	for (unsigned i = 0; i < 65; i++) {
-		struct kvc_key k = { i < 64 ? 0xc4a1 : 0x0e, i };
-
-		fill(sta, kvc_layout_bytes(&sl), i);
-		bad |= kvc_store(a, &k, &sl, 0) != 0;
-	}
-	for (int w = 0; w < 3000; w++) { /* the writes reach the cluster */
 		kvc_stats(a, &st, sizeof(st));
-		if (st.remote.puts >= n + 65)
-			break;
-		usleep(1000);
-	}
-	t = now_ns();
-	for (unsigned i = 0; i < n; i++) {
-		struct kvc_key k = { 0xbe7c, i };
+		puts0 = st.remote.puts;
+		for (unsigned i = 0; i < n; i++) {
+			struct kvc_key k = { 0xbe7c + r, i };
 
-		bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
-	}
-	t_remote = now_ns() - t;
-	fill(sta, bs, n - 1);
-	bad |= memcmp(sta, stb, bs) != 0;
-	t = now_ns();
-	for (unsigned i = 0; i < n; i++) {
-		struct kvc_key k = { 0xbe7c, i };
+			fill(sta, bs, i + r);
+			bad |= kvc_store(a, &k, &l, 0) != 0;
+		}
+		/* the 64-chunk chain and a one-chunk chain, for the prefix figures */
+		for (unsigned i = 0; i < 65; i++) {
+			struct kvc_key k = { i < 64 ? 0xc4a1 + r : 0x0e + r, i };
 
-		bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
-	}
-	t_local = now_ns() - t;
-	t = now_ns();
-	for (unsigned i = 0; i < n; i++) {
-		char key[80];
+			fill(sta, kvc_layout_bytes(&sl), i);
+			bad |= kvc_store(a, &k, &sl, 0) != 0;
+		}
+		for (int w = 0; w < 5000; w++) { /* the writes reach the cluster */
+			kvc_stats(a, &st, sizeof(st));
+			if (st.remote.puts >= puts0 + n + 65)
+				break;
+			usleep(1000);
+		}
+		/* raw GETs first in odd rounds, kvcd first in even ones */
+		for (int pass = 0; pass < 2; pass++) {
+			if ((pass == 0) == (r % 2 == 1)) {
+				t = now_ns();
+				for (unsigned i = 0; i < n; i++) {
+					char key[80];
 
-		snprintf(key, sizeof(key), "kvcd:%016llx:%016llx%016llx", ns_hash, 0xbe7cull,
-			 (unsigned long long)i);
-		bad |= cluster_get(seed, key) < (long long)bs;
-	}
-	t_raw = now_ns() - t;
-	struct kvc_key chain[64], one = { 0x0e, 64 };
+					snprintf(key, sizeof(key), "kvcd:%016llx:%016llx%016llx",
+						 ns_hash, 0xbe7cull + r, (unsigned long long)i);
+					bad |= cluster_get(seed, key, NULL) < (long long)bs;
+				}
+				t_raw[r] = now_ns() - t;
+				continue;
+			}
+			t = now_ns();
+			for (unsigned i = 0; i < n; i++) {
+				struct kvc_key k = { 0xbe7c + r, i };
 
-	for (unsigned i = 0; i < 64; i++)
-		chain[i] = (struct kvc_key){ 0xc4a1, i };
-	t = now_ns();
-	bad |= kvc_lookup_tiers(b, chain, 64, &local, &remote) != 0 || remote != 64;
-	for (unsigned i = 0; i < 64; i++)
-		bad |= kvc_fetch(b, &chain[i], 0, bs, NULL) != 0;
-	t_chain = now_ns() - t;
-	t = now_ns();
-	bad |= kvc_fetch(b, &one, 0, bs, NULL) != 0;
-	t_one = now_ns() - t;
+				bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
+			}
+			t_remote[r] = now_ns() - t;
+		}
+		fill(sta, bs, n - 1 + r);
+		bad |= memcmp(sta, stb, bs) != 0;
+		t = now_ns();
+		for (unsigned i = 0; i < n; i++) {
+			struct kvc_key k = { 0xbe7c + r, i };
+
+			bad |= kvc_fetch(b, &k, 0, bs, NULL) != 0;
+		}
+		t_local[r] = now_ns() - t;
+		ratio[r] = (double)t_raw[r] / (double)t_remote[r];
+		for (unsigned i = 0; i < 64; i++)
+			chain[i] = (struct kvc_key){ 0xc4a1 + r, i };
+		t = now_ns();
+		bad |= kvc_lookup_tiers(b, chain, 64, &local, &remote) != 0 || remote != 64;
+		for (unsigned i = 0; i < 64; i++)
+			bad |= kvc_fetch(b, &chain[i], 0, bs, NULL) != 0;
+		t_chain[r] = now_ns() - t;
+		t = now_ns();
+		bad |= kvc_fetch(b, &one, 0, bs, NULL) != 0;
+		t_one[r] = now_ns() - t;
+	}
 	kvc_stats(b, &st, sizeof(st));
 	kvc_detach(a);
 	kvc_detach(b);
-	uint64_t m_prefix = 0, m_one = 0, m_recompute = 0;
+	struct model_prefix_times mt = { 0 };
 
 	if (model) {
-		int e = remote_model_prefix(model, sa, sb, 63, &m_prefix, &m_one, &m_recompute);
+		int e = remote_model_prefix(model, sa, sb, seed, 63, rounds, &mt);
 
 		if (e)
 			fprintf(stderr, "kvcbench remote: the model's prefix: %s\n",
@@ -1250,34 +1362,52 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 	snprintf(conf, sizeof(conf), "rm -rf %s", dir);
 	if (system(conf))
 		fprintf(stderr, "kvcbench: could not remove %s\n", dir);
-	double gb = (double)bs * n / 1e9;
+	double gb = (double)bs * n / 1e9, rmin, rmax;
+
+	qsort(t_remote, rounds, sizeof(*t_remote), cmp_u64);
+	qsort(t_local, rounds, sizeof(*t_local), cmp_u64);
+	qsort(t_raw, rounds, sizeof(*t_raw), cmp_u64);
+	qsort(t_chain, rounds, sizeof(*t_chain), cmp_u64);
+	qsort(t_one, rounds, sizeof(*t_one), cmp_u64);
+	qsort(ratio, rounds, sizeof(*ratio), cmp_double);
+	rmin = ratio[0];
+	rmax = ratio[rounds - 1];
+	unsigned h = rounds / 2;
+	uint64_t m_prefix = mt.prefix, m_one = mt.one, m_recompute = mt.recompute;
 
 	if (json)
 		printf("{\"scenario\": \"remote\", \"block_bytes\": %zu, \"blocks\": %u, "
-		       "\"remote_fetch_gbps\": %.3f, \"local_fetch_gbps\": %.3f, "
+		       "\"rounds\": %u, \"remote_fetch_gbps\": %.3f, \"local_fetch_gbps\": %.3f, "
 		       "\"raw_redis_get_gbps\": %.3f, \"remote_vs_raw_redis\": %.3f, "
+		       "\"remote_vs_raw_redis_min\": %.3f, \"remote_vs_raw_redis_max\": %.3f, "
 		       "\"prefix64_us\": %.1f, \"one_chunk_us\": %.1f, \"prefix64_vs_one_chunk\": "
 		       "%.2f, \"remote_get_p50_us\": %.1f, \"remote_get_p99_us\": %.1f, "
 		       "\"model_prefix63_us\": %.1f, \"model_one_chunk_us\": %.1f, "
-		       "\"model_prefix_vs_one_chunk\": %.2f, \"model_recompute_us\": %.1f, "
+		       "\"model_prefix_vs_one_chunk\": %.2f, \"raw_prefix63_us\": %.1f, "
+		       "\"raw_one_chunk_us\": %.1f, \"raw_prefix_vs_one_chunk\": %.2f, "
+		       "\"model_recompute_us\": %.1f, "
 		       "\"recompute_over_remote_prefix\": %.1f, \"errors\": %d}\n",
-		       bs, n, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
-		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
-		       (double)t_chain / t_one, st.remote.get_p50_ns / 1e3,
+		       bs, n, rounds, gb / (t_remote[h] / 1e9), gb / (t_local[h] / 1e9),
+		       gb / (t_raw[h] / 1e9), ratio[h], rmin, rmax, t_chain[h] / 1e3,
+		       t_one[h] / 1e3, (double)t_chain[h] / t_one[h], st.remote.get_p50_ns / 1e3,
 		       st.remote.get_p99_ns / 1e3, m_prefix / 1e3, m_one / 1e3,
-		       m_one ? (double)m_prefix / m_one : 0.0, m_recompute / 1e3,
-		       m_prefix ? (double)m_recompute / m_prefix : 0.0, bad);
+		       m_one ? (double)m_prefix / m_one : 0.0, mt.raw_prefix / 1e3,
+		       mt.raw_one / 1e3, mt.raw_one ? (double)mt.raw_prefix / mt.raw_one : 0.0,
+		       m_recompute / 1e3, m_prefix ? (double)m_recompute / m_prefix : 0.0, bad);
 	else
-		printf("remote fetch-through of %u blocks of %zu KiB: %.2f GB/s (local hit %.2f GB/s, "
-		       "raw Redis GET %.2f GB/s: %.2fx of it); a 64-chunk prefix in %.0f us, one "
-		       "chunk in %.0f us (%.1fx); the model's 63-chunk prefix from the cluster in "
-		       "%.0f us, one of its chunks in %.0f us (%.1fx), recomputed in %.0f us (%.1fx "
-		       "the remote hit)%s\n",
-		       n, bs >> 10, gb / (t_remote / 1e9), gb / (t_local / 1e9), gb / (t_raw / 1e9),
-		       (double)t_raw / t_remote, t_chain / 1e3, t_one / 1e3,
-		       (double)t_chain / t_one, m_prefix / 1e3, m_one / 1e3,
-		       m_one ? (double)m_prefix / m_one : 0.0, m_recompute / 1e3,
-		       m_prefix ? (double)m_recompute / m_prefix : 0.0, bad ? "; ERRORS" : "");
+		printf("medians of %u rounds: remote fetch-through of %u blocks of %zu KiB: %.2f "
+		       "GB/s (local hit %.2f GB/s, raw Redis GET %.2f GB/s: %.2fx of it, rounds "
+		       "%.2f-%.2f); a 64-chunk prefix in %.0f us, one chunk in %.0f us (%.1fx); "
+		       "the model's 63-chunk prefix from the cluster in %.0f us, one of its chunks "
+		       "in %.0f us (%.1fx; the same values GET directly, pipelined: %.0f us and "
+		       "%.0f us, %.1fx), recomputed in %.0f us (%.1fx the remote hit)%s\n",
+		       rounds, n, bs >> 10, gb / (t_remote[h] / 1e9), gb / (t_local[h] / 1e9),
+		       gb / (t_raw[h] / 1e9), ratio[h], rmin, rmax, t_chain[h] / 1e3,
+		       t_one[h] / 1e3, (double)t_chain[h] / t_one[h], m_prefix / 1e3, m_one / 1e3,
+		       m_one ? (double)m_prefix / m_one : 0.0, mt.raw_prefix / 1e3,
+		       mt.raw_one / 1e3, mt.raw_one ? (double)mt.raw_prefix / mt.raw_one : 0.0,
+		       m_recompute / 1e3, m_prefix ? (double)m_recompute / m_prefix : 0.0,
+		       bad ? "; ERRORS" : "");
 	return bad;
 }
 
@@ -1295,8 +1425,7 @@ static void usage(FILE *f)
 		"       kvcbench restart --kvcd BIN [--pool-size SIZE] [--procs N]\n"
 		"                [--block-size SIZE] [--json]\n"
 		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
-		"                [--blocks N] [--json]\n"
-		"                [--block-size SIZE] [--json]\n"
+		"                [--blocks N] [--iters ROUNDS] [--model FILE] [--json]\n"
 		"kvccodec-bench measures the codecs in-process.\n");
 }
 
@@ -1376,8 +1505,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	reps = iters ? (unsigned)iters : 21;
-	if (!iters) /* about 1 GiB moved per process by default */
+	reps = iters ? (unsigned)iters : 21; /* remote: 5 when not given */
+	if (!iters)			     /* about 1 GiB moved per process by default */
 		iters = bs >= (1u << 30) ? 1 : (1u << 30) / bs;
 	if (!strcmp(cmd, "nop"))
 		return bench_nop(count, sleep_mode, redis, json);
@@ -1397,8 +1526,8 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
-		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 32 : (unsigned)blocks,
-				    json, model);
+		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 16 : (unsigned)blocks,
+				    reps == 21 ? 5 : reps, json, model);
 	}
 	if (!strcmp(cmd, "restart")) {
 		if (!kvcd) {
