@@ -2,7 +2,7 @@
  * started and stopped here): two kvcd share blocks through it, evicted blocks spill there and
  * come back on a miss, values that are not kvcd's are rejected, a killed master fails its
  * slots fast until its replica takes over, and a cluster that is down at start is found
- * later. */
+ * later; and AUTH with a user and password against one ACL-protected Redis. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <xxhash.h>
@@ -19,6 +19,8 @@ struct cluster {
 
 static struct cluster C;
 static struct t_daemon A, B, R; /* R reads from replicas */
+static pid_t auth_redis;	/* the single Redis of the AUTH test */
+static char auth_dir[64];
 
 static bool port_free(int port)
 {
@@ -127,9 +129,37 @@ static void cleanup(void)
 	t_daemon_cleanup(&B);
 	t_daemon_cleanup(&R);
 	cluster_stop(&C);
+	if (auth_redis > 0) {
+		kill(auth_redis, SIGKILL);
+		waitpid(auth_redis, NULL, 0);
+		auth_redis = 0;
+	}
+	if (auth_dir[0]) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", auth_dir);
+		if (system(cmd))
+			fprintf(stderr, "cleanup of %s failed\n", auth_dir);
+		auth_dir[0] = '\0';
+	}
 }
 
 TestSuite(remote, .fini = cleanup, .timeout = 120);
+
+/* kvcd with the [remote] section (and what follows it) @remote. */
+static void kvcd_with(struct t_daemon *d, const char *pool, const char *remote)
+{
+	char conf[512];
+	const char *args[] = { "--config", conf, "--pool-size", pool, NULL };
+	FILE *f;
+
+	memset(d, 0, sizeof(*d));
+	t_daemon_dir(d, conf, sizeof(conf));
+	f = fopen(conf, "w");
+	fprintf(f, "%s", remote);
+	fclose(f);
+	cr_assert_eq(t_daemon_start_args(d, args), 0);
+}
 
 static void kvcd_on(struct t_daemon *d, const char *pool, const char *extra)
 {
@@ -338,5 +368,79 @@ Test(remote, cluster_down_at_start)
 	cr_assert_eq(t_kvcctl(&A, "stats --prometheus", out, sizeof(out)), 0);
 	cr_assert_not_null(strstr(out, "\nkvcd_remote_slots_ok 16384\n"), "%s", out);
 	kvc_detach(a);
+	cr_assert_eq(t_daemon_stop(&A), 0);
+}
+
+/* One Redis (not a cluster) on a UNIX socket whose only user is "kvcd" with a password, as
+ * Redis 6 ACLs make it: kvcd with that user and password puts and gets; with a wrong password
+ * it is refused (says so), counts errors, and its misses stay misses. */
+Test(remote, auth_user_and_password)
+{
+	char conf[256], sock[128], out[4096], remote[512];
+	FILE *f;
+
+	strcpy(auth_dir, "/tmp/kvcd-redis-auth-XXXXXX");
+	cr_assert_not_null(mkdtemp(auth_dir));
+	snprintf(sock, sizeof(sock), "%s/redis.sock", auth_dir);
+	snprintf(conf, sizeof(conf), "%s/redis.conf", auth_dir);
+	f = fopen(conf, "w");
+	fprintf(f,
+		"port 0\nunixsocket %s\nsave \"\"\nappendonly no\ndir %s\nlogfile %s/redis.log\n"
+		"user default off\nuser kvcd on >s3cret ~kvcd:* +@all\n",
+		sock, auth_dir, auth_dir);
+	fclose(f);
+	auth_redis = fork();
+	if (auth_redis == 0) {
+		execlp("redis-server", "redis-server", conf, (char *)NULL);
+		_exit(127);
+	}
+	for (int t = 0; t < 200 && access(sock, F_OK); t++)
+		t_sleep_ms(20);
+	cr_assert_eq(access(sock, F_OK), 0, "redis-server listens on %s", sock);
+
+	snprintf(remote, sizeof(remote),
+		 "[remote]\nredis = unix:%s\nuser = kvcd\npassword = s3cret\n"
+		 "[namespace shared]\nremote = all\n",
+		 sock);
+	kvcd_with(&A, "64M", remote);
+	kvc_client *a = t_attach(&A, "shared", 1u << 20);
+
+	put_blocks(a, 0, 4);
+	wait_puts(&A, 4);
+	cr_assert_eq(t_sh(out, sizeof(out),
+			  "redis-cli -s %s --user kvcd --pass s3cret --no-auth-warning dbsize",
+			  sock),
+		     0);
+	cr_assert_eq(atoi(out), 4, "the cluster holds the 4 blocks: %s", out);
+	kvc_detach(a);
+
+	/* the right user and password: another kvcd gets them */
+	kvcd_with(&B, "64M", remote);
+	kvc_client *b = t_attach(&B, "shared", 1u << 20);
+
+	for (unsigned i = 0; i < 4; i++)
+		cr_assert_eq(get_block(b, i), 0, "block %u through AUTH", i);
+	kvc_detach(b);
+	cr_assert_eq(t_daemon_stop(&B), 0);
+
+	/* a wrong password: refused, counted, and a FETCH is a plain miss */
+	snprintf(remote, sizeof(remote),
+		 "[remote]\nredis = unix:%s\nuser = kvcd\npassword = wrong\n"
+		 "[namespace shared]\nremote = all\n",
+		 sock);
+	kvcd_with(&R, "64M", remote);
+	kvc_client *r = t_attach(&R, "shared", 1u << 20);
+
+	cr_assert_eq(get_block(r, 0), -ENOENT);
+	put_blocks(r, 100, 102);
+	for (int t = 0; t < 200 && !stats(&R)->remote.errors; t++)
+		t_sleep_ms(10);
+	cr_assert_gt(stats(&R)->remote.errors, 0);
+	cr_assert_eq(stats(&R)->remote.puts, 0);
+	cr_assert_eq(stats(&R)->remote.hits, 0);
+	kvc_detach(r);
+	cr_assert_eq(t_daemon_stop(&R), 0);
+	cr_assert_eq(t_sh(out, sizeof(out), "grep -c 'AUTH refused' %s", R.log), 0,
+		     "the log says why: %s", out);
 	cr_assert_eq(t_daemon_stop(&A), 0);
 }
