@@ -318,6 +318,18 @@ struct kvcd_block {
 _Static_assert(sizeof(struct kvcd_block) == 64, "block record size");
 _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 
+/* What eviction knows of a block beyond its record (which is full): its place in a chain,
+ * from a STORE that named its parent, and how often it was read. Under the store lock. */
+struct kvcd_chain {
+	uint32_t parent;     /* record id + 1 of the block before it in its chain; 0: none;
+			      * UINT32_MAX: it was not cached when this one was stored */
+	uint32_t parent_gen; /* that record's gen when linked: another value means it is gone */
+	uint32_t gen;	     /* bumped each time this record's block is removed */
+	uint16_t children;   /* blocks linked to this one, still in the index */
+	uint8_t freq;	     /* reads, saturating: second chances beyond the REF bit */
+	uint8_t pad;
+};
+
 /* Who holds pins: a session. Under the store lock. */
 struct kvcd_pin_owner {
 	uint32_t id;	/* session id */
@@ -344,10 +356,11 @@ struct kvcd_store {
 	unsigned npools;
 	struct kvcd_slot *slots; /* the index: nslots, a power of two */
 	size_t nslots, count;
-	uint64_t seed;	    /* of the slot hash: keys are the client's */
-	bool growing;	    /* a STORE is making a larger slot array */
-	uint32_t free_recs; /* block records not in use (id; 0: none) */
-	void **slabs;	    /* 2 MiB each, record id >> 15 */
+	uint64_t seed;		    /* of the slot hash: keys are the client's */
+	bool growing;		    /* a STORE is making a larger slot array */
+	uint32_t free_recs;	    /* block records not in use (id; 0: none) */
+	void **slabs;		    /* 2 MiB each, record id >> 15 */
+	struct kvcd_chain **chains; /* beside each slab: its records' chain links */
 	size_t nslabs;
 	struct kvcd_pin *pins; /* npins in use of cap_pins */
 	uint32_t *pin_heads;   /* hash chains (index + 1), npin_heads a power of two */
@@ -405,6 +418,10 @@ void kvcd_store_fallback(struct kvcd_store *s, uint16_t ns);
 int kvcd_store_reserve(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key,
 		       const struct kvcp_layout *layout, uint64_t stored, const uint8_t *order,
 		       unsigned norder, struct kvcd_block **out);
+/* Link reserved block @b to its parent @parent of namespace @ns, when that is in the index:
+ * eviction then takes chains from their tails, and @b first once the parent is gone. */
+void kvcd_store_link(struct kvcd_store *s, uint16_t ns, struct kvcd_block *b,
+		     const struct kvcp_key *parent);
 /* Publish (@ok) or drop a reserved block; @has_sum says whether @checksum is valid. */
 void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool has_sum,
 		       uint64_t checksum);

@@ -53,7 +53,7 @@ static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *si
  * Returns 0 or -errno; nothing is left behind on failure. */
 static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		    const struct kvcd_policy *pol, const char *src, const float *scores,
-		    const struct kvcd_aux *aux)
+		    const struct kvcd_aux *aux, const struct kvcp_key *parent)
 {
 	enum kvcd_isa isa = kvcd_isa_best();
 	bool sum_on = __atomic_load_n(&d->cfg.checksum,
@@ -73,6 +73,8 @@ static int store_as(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 				 &b);
 	if (err)
 		goto out;
+	if (parent)
+		kvcd_store_link(&d->store, s->ns_id, b, parent);
 	b->stored = plan.stored;
 	if (plan.raw) {
 		sum = copy_sum(b->data, src, plan.stored, sum_on);
@@ -93,10 +95,11 @@ out:
 	return err;
 }
 
-/* The auxiliary section of a STORE at @buf[@off, @off + @len): header checked against the
- * block's layout, arrays copied (read once) and checked finite. *@mem is the copy. */
-static int read_aux(const char *buf, uint64_t off, uint64_t len, const struct kvcp_layout *l,
-		    struct kvcd_aux *a, float **mem)
+/* The auxiliary section of a STORE at @buf[@off, @off + @len) (up to @slack bytes of padding
+ * after it): header checked against the block's layout, arrays copied (read once) and checked
+ * finite. *@mem is the copy. */
+static int read_aux(const char *buf, uint64_t off, uint64_t len, uint64_t slack,
+		    const struct kvcp_layout *l, struct kvcd_aux *a, float **mem)
 {
 	struct kvcp_aux h;
 	uint64_t n;
@@ -106,7 +109,7 @@ static int read_aux(const char *buf, uint64_t off, uint64_t len, const struct kv
 		return -EINVAL;
 	memcpy(&h, buf + off, sizeof(h));
 	n = kvcp_aux_bytes(&h, l);
-	if (!n || len != sizeof(h) + n)
+	if (!n || len < sizeof(h) + n || len - (sizeof(h) + n) > slack)
 		return -EINVAL;
 	f = malloc(n);
 	if (!f)
@@ -141,7 +144,8 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 {
 	uint64_t bytes = kvcp_layout_bytes(&v->layout);
 	bool scored = v->flags & KVCP_SQE_F_SCORES, has_aux = v->flags & KVCP_SQE_F_AUX;
-	uint64_t sbytes = scored ? 4ull * v->layout.tokens : 0;
+	uint64_t sbytes = scored ? 4ull * v->layout.tokens : 0, len = v->len;
+	struct kvcp_key parent, *pp = NULL;
 	struct kvcd_aux aux, *ap = NULL;
 	struct kvcd_policy pol;
 	float *scores = NULL, *auxmem = NULL;
@@ -149,8 +153,18 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	void *bounce = NULL;
 	int err;
 
-	if (!bytes || (!has_aux && v->len != bytes + sbytes) ||
-	    (has_aux && v->len <= bytes + sbytes) || (scored && (v->off + bytes) % 4))
+	if (v->flags & KVCP_SQE_F_PARENT) { /* the last 16 bytes, read once */
+		if (len < sizeof(parent) + bytes || (v->off + len - sizeof(parent)) % 8)
+			return -EINVAL;
+		len -= sizeof(parent);
+		memcpy(&parent, buf + v->off + len, sizeof(parent));
+		pp = &parent;
+		/* the block, its scores and aux, then up to 7 bytes of padding */
+		if (!has_aux && len > bytes + sbytes && len - (bytes + sbytes) < 8)
+			len = bytes + sbytes;
+	}
+	if (!bytes || (!has_aux && len != bytes + sbytes) || (has_aux && len <= bytes + sbytes) ||
+	    (scored && (v->off + bytes) % 4))
 		return -EINVAL;
 	if (!v->layout.codec)
 		kvcd_store_policy(&d->store, s->ns_id, &pol);
@@ -159,8 +173,8 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	else
 		return -EINVAL;
 	if (has_aux) {
-		err = read_aux(buf, v->off + bytes + sbytes, v->len - bytes - sbytes, &v->layout,
-			       &aux, &auxmem);
+		err = read_aux(buf, v->off + bytes + sbytes, len - bytes - sbytes, pp ? 7 : 0,
+			       &v->layout, &aux, &auxmem);
 		if (err)
 			return err;
 		ap = &aux;
@@ -182,13 +196,13 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		}
 		src = memcpy(bounce, src, bytes); /* read once, like the rest */
 	}
-	err = store_as(d, s, v, &pol, src, scores, ap);
+	err = store_as(d, s, v, &pol, src, scores, ap, pp);
 	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
 	    (pol.kind != KVCD_CODEC_NONE || kvcd_policy_sel(&pol))) {
 		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
 
 		kvcd_store_fallback(&d->store, s->ns_id);
-		err = store_as(d, s, v, &raw, src, NULL, NULL);
+		err = store_as(d, s, v, &raw, src, NULL, NULL, pp);
 	}
 out:
 	free(bounce);

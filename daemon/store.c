@@ -34,6 +34,7 @@
 
 #include "kvcd.h"
 
+#define FREQ_MAX   3 /* reads a block is credited with, each a second chance */
 #define SLAB_BYTES (2u << 20)
 #define SLAB_SHIFT 15 /* records per slab: SLAB_BYTES / 64 */
 #define SLAB_RECS  (1u << SLAB_SHIFT)
@@ -43,6 +44,21 @@ _Static_assert(SLAB_RECS * sizeof(struct kvcd_block) == SLAB_BYTES, "records fil
 static inline struct kvcd_block *rec_at(const struct kvcd_store *s, uint32_t id)
 {
 	return (struct kvcd_block *)s->slabs[id >> SLAB_SHIFT] + (id & (SLAB_RECS - 1));
+}
+
+static inline struct kvcd_chain *chain_at(const struct kvcd_store *s, uint32_t id)
+{
+	return &s->chains[id >> SLAB_SHIFT][id & (SLAB_RECS - 1)];
+}
+
+#define PARENT_GONE UINT32_MAX /* chain.parent of a block stored after its parent went */
+
+/* Has the block with chain record @c lost its prefix? Then no LOOKUP of its chain reaches
+ * it. */
+static inline bool orphan(const struct kvcd_store *s, const struct kvcd_chain *c)
+{
+	return c->parent == PARENT_GONE ||
+	       (c->parent && chain_at(s, c->parent - 1)->gen != c->parent_gen);
 }
 
 static inline uint32_t rec_id(const struct kvcd_block *b)
@@ -214,20 +230,29 @@ static struct kvcd_slot *rehash(struct kvcd_store *s, struct kvcd_slot *to)
 /* A zeroed record, or 0 when out of memory. */
 static uint32_t rec_alloc(struct kvcd_store *s)
 {
+	struct kvcd_chain *c;
 	uint32_t id;
 
 	if (!s->free_recs) {
 		void **sl = s->nslabs < MAX_SLABS ? realloc(s->slabs, (s->nslabs + 1) * sizeof(*sl))
 						  : NULL;
+		struct kvcd_chain **ch;
 		struct kvcd_block *b;
 		uint32_t j = (uint32_t)s->nslabs;
 
 		if (!sl)
 			return 0;
 		s->slabs = sl;
-		b = table_alloc(SLAB_BYTES);
-		if (!b)
+		ch = realloc(s->chains, (s->nslabs + 1) * sizeof(*ch));
+		if (!ch)
 			return 0;
+		s->chains = ch;
+		ch[j] = calloc(SLAB_RECS, sizeof(**ch));
+		b = ch[j] ? table_alloc(SLAB_BYTES) : NULL;
+		if (!b) {
+			free(ch[j]);
+			return 0;
+		}
 		s->slabs[s->nslabs++] = b;
 		*(uint32_t *)b = j; /* record 0: the slab's number, for rec_id() */
 		for (uint32_t i = SLAB_RECS; i-- > 1;) {
@@ -238,6 +263,8 @@ static uint32_t rec_alloc(struct kvcd_store *s)
 	id = s->free_recs;
 	s->free_recs = rec_at(s, id)->cnext;
 	memset(rec_at(s, id), 0, sizeof(struct kvcd_block));
+	c = chain_at(s, id);
+	*c = (struct kvcd_chain){ .gen = c->gen }; /* gen outlives the block: links check it */
 	return id;
 }
 
@@ -273,9 +300,12 @@ int kvcd_store_init(struct kvcd_store *s, struct kvcd_pool *pools, unsigned npoo
 
 void kvcd_store_fini(struct kvcd_store *s)
 {
-	for (size_t i = 0; i < s->nslabs; i++)
+	for (size_t i = 0; i < s->nslabs; i++) {
 		free(s->slabs[i]);
+		free(s->chains[i]);
+	}
 	free(s->slabs);
+	free(s->chains);
 	free(s->pins);
 	free(s->pin_heads);
 	free(s->picked);
@@ -520,6 +550,12 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 {
 	uint16_t ns = s->slots[b->slot].ns;
 	uint32_t id = rec_id(b);
+	struct kvcd_chain *c = chain_at(s, id);
+
+	if (c->parent && !orphan(s, c))
+		chain_at(s, c->parent - 1)->children--;
+	c->parent = 0;
+	c->gen++; /* the blocks linked to it see their prefix is gone */
 
 	/* only a corrupt block is killed pinned (DELETE refuses, eviction skips): rare enough
 	 * for a walk of the pins */
@@ -573,22 +609,54 @@ static bool evictable(const struct kvcd_store *s, const struct kvcd_block *b, in
 	return who == FOR_ADMIN || ns == who || !n->quota || n->charged > n->quota;
 }
 
-/* Evict one block of pool @p by CLOCK: skip what @who may not take, give referenced ones a
- * second chance. Returns true when a block was evicted. */
+/* The CLOCK, prefix-aware. A block whose parent is gone goes first: no LOOKUP of its chain
+ * reaches it any more. Others get a second chance for their REF bit (recency) and one per
+ * read up to FREQ_MAX (frequency); then leaves go before the blocks they extend, so that what
+ * stays of a chain is still a prefix. After FREQ_MAX + 2 sweeps, inner blocks go too. */
+enum {
+	TAKE,
+	SPARE_REF,
+	SPARE_FREQ,
+	SPARE_INNER
+};
+
+static int clock_visit(struct kvcd_store *s, struct kvcd_block *b, uint32_t id, bool late)
+{
+	struct kvcd_chain *c = chain_at(s, id);
+
+	if (orphan(s, c))
+		return TAKE;
+	if (b->flags & KVCD_BLK_REF) {
+		b->flags &= (uint8_t)~KVCD_BLK_REF;
+		return SPARE_REF;
+	}
+	if (c->freq) {
+		c->freq--;
+		return SPARE_FREQ;
+	}
+	return c->children && !late ? SPARE_INNER : TAKE;
+}
+
+/* Steps of the hand that make FREQ_MAX + 3 sweeps of pool @p: the last one may take inner
+ * blocks. */
+static uint64_t clock_budget(const struct kvcd_pool *p)
+{
+	return (FREQ_MAX + 3) * p->blocks + 1;
+}
+
+/* Evict one block of pool @p by CLOCK (clock_visit), skipping what @who may not take.
+ * Returns true when a block was evicted. */
 static bool evict_one(struct kvcd_store *s, struct kvcd_pool *p, int who)
 {
-	uint64_t steps = 2 * p->blocks + 1;
+	uint64_t steps = clock_budget(p);
 
 	while (p->hand && steps--) {
-		struct kvcd_block *b = rec_at(s, p->hand);
+		uint32_t id = p->hand;
+		struct kvcd_block *b = rec_at(s, id);
 
 		p->hand = b->cnext;
-		if (!evictable(s, b, who))
+		if (!evictable(s, b, who) || clock_visit(s, b, id, steps < p->blocks) != TAKE)
 			continue;
-		if (b->flags & KVCD_BLK_REF) {
-			b->flags &= (uint8_t)~KVCD_BLK_REF;
-			continue;
-		}
 		evicting(s, b);
 		kill(s, b);
 		s->evictions++;
@@ -605,6 +673,7 @@ static bool is_victim(void *payload, void *arg)
 }
 
 #define PICK_CLEARED (1ull << 32) /* a REF bit cleared, not a victim */
+#define PICK_FREQ    (1ull << 33) /* a read spent, not a victim */
 
 static bool pick_push(struct kvcd_store *s, uint64_t v)
 {
@@ -628,23 +697,28 @@ static bool pick_push(struct kvcd_store *s, uint64_t v)
 static bool pick_victims(struct kvcd_store *s, struct kvcd_pool *p, int who, uint64_t stored,
 			 int own, uint64_t *need)
 {
-	for (uint64_t steps = 2 * p->blocks + 1; p->hand && steps--;) {
+	for (uint64_t steps = clock_budget(p); p->hand && steps--;) {
 		uint32_t id = p->hand;
 		struct kvcd_block *b = rec_at(s, id);
 		uint64_t c;
+		int v;
 
 		p->hand = b->cnext;
 		if ((b->flags & KVCD_BLK_VICTIM) || !evictable(s, b, who) ||
 		    (own >= 0 && s->slots[b->slot].ns != own))
 			continue;
-		if (b->flags & KVCD_BLK_REF) {
-			if (!pick_push(s, id | PICK_CLEARED))
-				return false;
-			b->flags &= (uint8_t)~KVCD_BLK_REF;
-			continue;
-		}
+		/* room for the undo first: a failed push must leave nothing changed */
 		if (!pick_push(s, id))
 			return false;
+		v = clock_visit(s, b, id, steps < p->blocks);
+		if (v != TAKE) {
+			if (v == SPARE_INNER)
+				s->npicked--;
+			else
+				s->picked[s->npicked - 1] |= v == SPARE_REF ? PICK_CLEARED
+									    : PICK_FREQ;
+			continue;
+		}
 		b->flags |= KVCD_BLK_VICTIM;
 		if (own >= 0) {
 			c = kvcd_alloc_charge(b->data);
@@ -666,6 +740,8 @@ static void unpick(struct kvcd_store *s)
 
 		if (s->picked[i] & PICK_CLEARED)
 			b->flags |= KVCD_BLK_REF;
+		else if (s->picked[i] & PICK_FREQ)
+			chain_at(s, (uint32_t)s->picked[i])->freq++;
 		else
 			b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
 	}
@@ -678,7 +754,7 @@ static void evict_picked(struct kvcd_store *s)
 	for (size_t i = 0; i < s->npicked; i++) {
 		struct kvcd_block *b = rec_at(s, (uint32_t)s->picked[i]);
 
-		if (s->picked[i] & PICK_CLEARED)
+		if (s->picked[i] & (PICK_CLEARED | PICK_FREQ))
 			continue;
 		b->flags &= (uint8_t)~KVCD_BLK_VICTIM;
 		evicting(s, b);
@@ -831,6 +907,33 @@ out:
 	return err;
 }
 
+void kvcd_store_link(struct kvcd_store *s, uint16_t ns, struct kvcd_block *b,
+		     const struct kvcp_key *parent)
+{
+	struct kvcd_chain *c;
+	struct kvcd_slot *e;
+	uint32_t id;
+
+	pthread_mutex_lock(&s->lock);
+	e = find(s, ns, parent);
+	id = rec_id(b);
+	c = chain_at(s, id);
+	if (c->parent || (e && e->rec == id)) {
+		/* linked already, or its own parent: leave it a root */
+	} else if (!e || orphan(s, chain_at(s, e->rec))) {
+		/* its prefix is not cached (evicted, perhaps to make room for it): no LOOKUP of
+		 * the chain reaches it, so it is worth least */
+		c->parent = PARENT_GONE;
+	} else {
+		struct kvcd_chain *p = chain_at(s, e->rec);
+
+		c->parent = e->rec + 1;
+		c->parent_gen = p->gen;
+		p->children += p->children < UINT16_MAX;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool has_sum,
 		       uint64_t checksum)
 {
@@ -883,11 +986,17 @@ int kvcd_store_get(struct kvcd_store *s, uint16_t ns, const struct kvcp_key *key
 		s->ns[ns].misses++;
 		err = -ENOENT;
 	} else {
+		struct kvcd_chain *c = chain_at(s, rec_id(b));
+
 		s->hits++;
 		s->ns[ns].hits++;
 		b->hits++;
 		b->refs++;
 		b->flags |= KVCD_BLK_REF;
+		/* the first read counts as the REF bit a new block enters with: only reads
+		 * beyond it earn more, so an unread new block is no likelier victim than a
+		 * block read once */
+		c->freq += b->hits > 1 && c->freq < FREQ_MAX;
 		*out = b;
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -1161,8 +1270,8 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
 	st->evictions = s->evictions;
 	st->pinned = s->npins;
 	st->checksum_failures = s->checksum_failures;
-	st->metadata_bytes = s->nslabs * SLAB_BYTES + s->nslabs * sizeof(void *) +
-			     s->nslots * sizeof(struct kvcd_slot) +
+	st->metadata_bytes = s->nslabs * (SLAB_BYTES + SLAB_RECS * sizeof(struct kvcd_chain)) +
+			     s->nslabs * 2 * sizeof(void *) + s->nslots * sizeof(struct kvcd_slot) +
 			     s->cap_pins * sizeof(struct kvcd_pin) +
 			     s->npin_heads * sizeof(*s->pin_heads);
 	pthread_mutex_unlock(&s->lock);

@@ -35,6 +35,7 @@ static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), 
 static_assert(KVCP_OP__COUNT == 13, "kvc_stats.op has 13 entries");
 static_assert(sizeof(struct kvc_select_hit) == sizeof(struct kvcp_select_hit), "select ABI");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
+static_assert(KVC_REQ_PARENT == KVCP_SQE_F_PARENT, "parent flag");
 static_assert(KVC_REQ_AUX == KVCP_SQE_F_AUX && KVC_AUX_MAGIC == KVCP_AUX_MAGIC &&
 		      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES,
 	      "aux ABI");
@@ -498,6 +499,8 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 	return 0;
 }
 
+#define REQ_FLAGS (KVC_REQ_SCORES | KVC_REQ_AUX | KVC_REQ_PARENT)
+
 int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *tickets)
 {
 	struct kvcp_sqe s;
@@ -507,10 +510,18 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (err)
 		return err;
 	for (i = 0; i < n; i++) {
-		if (reqs[i].op > KVC_OP_UNPIN || (reqs[i].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX)))
+		uint8_t flags = reqs[i].flags;
+		uint64_t len = reqs[i].len;
+
+		if (reqs[i].op > KVC_OP_UNPIN || (flags & ~REQ_FLAGS) ||
+		    ((flags & KVC_REQ_PARENT) && len < sizeof(struct kvc_key)))
 			break;
-		to_sqe(&s, reqs[i].op, reqs[i].flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
-		       &reqs[i].layout, reqs[i].off, reqs[i].len);
+		if ((flags & KVC_REQ_PARENT) && c->hdr->minor < 3) { /* a hint it cannot take */
+			flags &= (uint8_t)~KVC_REQ_PARENT;
+			len -= sizeof(struct kvc_key);
+		}
+		to_sqe(&s, reqs[i].op, flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
+		       &reqs[i].layout, reqs[i].off, len);
 		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
 				   &c->sq_cons_cache, &s))
 			break;
@@ -521,8 +532,9 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 	if (i)
 		ring_doorbell(c);
 	if (i == 0 && n)
-		return reqs[0].op > KVC_OP_UNPIN ||
-				       (reqs[0].flags & ~(KVC_REQ_SCORES | KVC_REQ_AUX))
+		return reqs[0].op > KVC_OP_UNPIN || (reqs[0].flags & ~REQ_FLAGS) ||
+				       ((reqs[0].flags & KVC_REQ_PARENT) &&
+					reqs[0].len < sizeof(struct kvc_key))
 			       ? -EINVAL
 			       : -EAGAIN;
 	return (int)i;
@@ -737,6 +749,26 @@ int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_
 		return -EINVAL;
 	return sync_op(c, KVCP_OP_STORE, KVCP_SQE_F_SCORES, 0, key, layout, off,
 		       n + 4ull * layout->tokens, NULL);
+}
+
+int kvc_store_chained(kvc_client *c, const struct kvc_key *key, const struct kvc_key *parent,
+		      const struct kvc_layout *layout, size_t off)
+{
+	size_t n = kvc_layout_bytes(layout), at = (off + n + 7) & ~(size_t)7, size;
+	char *stg = kvc_staging(c, &size);
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	if (!n)
+		return -EINVAL;
+	if (!parent || !stg || c->hdr->minor < 3)
+		return kvc_store(c, key, layout, off);
+	if (at + sizeof(*parent) > size || at < off)
+		return -EINVAL;
+	memcpy(stg + at, parent, sizeof(*parent));
+	return sync_op(c, KVCP_OP_STORE, KVCP_SQE_F_PARENT, 0, key, layout, off,
+		       at + sizeof(*parent) - off, NULL);
 }
 
 int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,

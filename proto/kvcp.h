@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     2
+#define KVCP_MINOR     3
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -160,7 +160,12 @@ enum kvcp_op {
 #define KVCP_SQE_F_AUX \
 	4u /* STORE: a struct kvcp_aux and its arrays follow the block (and
 				 * the scores, if any), 4-aligned; len includes them */
-#define KVCP_SQE_F_KNOWN (KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX)
+#define KVCP_SQE_F_PARENT \
+	8u /* STORE (2.3): the last 16 bytes of off..off + len are the
+				 * block's parent, the struct kvcp_key of the chunk before it in
+				 * its chain, 8-aligned; len includes them. A hint for eviction */
+#define KVCP_SQE_F_KNOWN \
+	(KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX | KVCP_SQE_F_PARENT)
 
 /* What an engine hands over for token selection (policies with select=h2o or snapkv). After
  * the header, f32 arrays in this order, each present when its bit is in @what:

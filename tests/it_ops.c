@@ -350,3 +350,50 @@ Test(ops, backlog_beyond_the_completion_ring_does_not_stall)
 	}
 	kvc_detach(c);
 }
+
+/* A chain twice the pool, stored with its parents named: eviction keeps its head, so a LOOKUP
+ * of the chain still finds a long prefix (plain CLOCK keeps its newest blocks, the tail, which
+ * no LOOKUP reaches). Bad parent trailers are refused and store nothing. */
+Test(ops, chained_stores_keep_a_prefix_under_pressure)
+{
+	kvc_client *c = t_attach(&D, "chain", 2 << 20);
+	struct kvc_layout l = {
+		.dtype = KVC_F32, .layers = 2, .kv_heads = 4, .head_dim = 64, .tokens = 256
+	}; /* 1 MiB */
+	struct kvc_key keys[128];
+	size_t hits = 0, size;
+	unsigned char *stg = kvc_staging(c, &size);
+
+	for (uint64_t i = 0; i < 128; i++) { /* 128 MiB through a 64 MiB pool */
+		keys[i] = (struct kvc_key){ 9, i };
+		t_fill(stg, kvc_layout_bytes(&l), i);
+		cr_assert_eq(kvc_store_chained(c, &keys[i], i ? &keys[i - 1] : NULL, &l, 0), 0,
+			     "store %lu", (unsigned long)i);
+	}
+	cr_assert_eq(kvc_lookup(c, keys, 128, &hits), 0);
+	cr_assert_geq(hits, 40, "a prefix of %zu blocks stayed", hits);
+	memset(stg, 0, kvc_layout_bytes(&l));
+	cr_assert_eq(kvc_fetch(c, &keys[hits - 1], 0, size, NULL), 0);
+	unsigned char *want = malloc(kvc_layout_bytes(&l));
+
+	t_fill(want, kvc_layout_bytes(&l), hits - 1);
+	cr_assert_eq(memcmp(stg, want, kvc_layout_bytes(&l)), 0, "its last block intact");
+	free(want);
+
+	/* the trailer: too short for a key, or a parent not 8-aligned */
+	struct kvc_key k = { 9, 1000 };
+	struct kvc_req r = { .op = KVC_OP_STORE, .flags = KVC_REQ_PARENT, .key = k, .layout = l };
+	struct kvc_cqe cq;
+
+	r.len = kvc_layout_bytes(&l) + 8;
+	cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
+	cr_assert_eq(kvc_wait(c, &cq, 1, 1, 5000), 1);
+	cr_assert_eq(cq.res, -EINVAL);
+	r.off = 4;
+	r.len = kvc_layout_bytes(&l) + 16;
+	cr_assert_eq(kvc_submit(c, &r, 1, NULL), 1);
+	cr_assert_eq(kvc_wait(c, &cq, 1, 1, 5000), 1);
+	cr_assert_eq(cq.res, -EINVAL);
+	cr_assert_eq(kvc_fetch(c, &k, 0, size, NULL), -ENOENT, "nothing stored");
+	kvc_detach(c);
+}

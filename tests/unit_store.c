@@ -53,6 +53,28 @@ put(uint64_t i, const uint8_t *order, unsigned n)
 
 static const uint8_t NEAR0[] = { 0, 1 }, ONLY0[] = { 0 };
 
+/* Store block @i on pool 0 as the child of block @parent in its chain. */
+static int put_child(uint64_t i, uint64_t parent)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k = K(i), pk = K(parent);
+	int err = kvcd_store_reserve(&st, 0, &k, &L, kvcp_layout_bytes(&L), ONLY0, 1, &b);
+
+	if (err)
+		return err;
+	kvcd_store_link(&st, 0, b, &pk);
+	memset(b->data, (int)i, kvcp_layout_bytes(&L));
+	kvcd_store_commit(&st, b, true, false, 0);
+	return 0;
+}
+
+static bool cached(uint64_t i)
+{
+	struct kvcp_key k = K(i);
+
+	return kvcd_store_lookup(&st, 0, &k, 1) == 1;
+}
+
 Test(store, put_get_delete)
 {
 	struct kvcd_block *b;
@@ -628,4 +650,63 @@ Test(store, adoption_keeps_only_committed_intact_blocks)
 	cr_assert_eq(s2.ns[0].blocks, 1);
 	kvcd_store_fini(&s2);
 	free(mem);
+}
+
+/* Plain CLOCK would take the chain's oldest block, its head, and leave six blocks no lookup
+ * of the chain reaches; taken from its tail, the chain keeps a usable prefix of six. */
+Test(store, chains_are_evicted_from_their_tails)
+{
+	struct kvcp_key chain[7];
+
+	cr_assert_eq(put(0, ONLY0, 1), 0);
+	for (uint64_t i = 1; i < 7; i++)
+		cr_assert_eq(put_child(i, i - 1), 0);
+	for (uint64_t i = 0; i < 7; i++)
+		chain[i] = K(i);
+	cr_assert_eq(put(100, ONLY0, 1), 0);
+	cr_assert_eq(st.evictions, 1);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, chain, 7), 6, "the prefix of six stays");
+	cr_assert(!cached(6), "the tail went");
+	cr_assert_eq(put(101, ONLY0, 1), 0);
+	cr_assert_eq(kvcd_store_lookup(&st, 0, chain, 7), 5, "then the new tail");
+}
+
+/* A block whose parent is gone is reached by no lookup of its chain: it goes before older
+ * blocks, referenced or not, and its own child follows it. */
+Test(store, a_block_whose_prefix_is_gone_goes_first)
+{
+	for (uint64_t i = 3; i < 7; i++) /* older: plain CLOCK would take them first */
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(put(0, ONLY0, 1), 0);
+	cr_assert_eq(put_child(1, 0), 0);
+	cr_assert_eq(put_child(2, 1), 0);
+	struct kvcp_key k0 = K(0);
+
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k0), 0);
+	for (uint64_t i = 100; i < 103; i++) /* the first takes the deleted block's room */
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(st.evictions, 2);
+	cr_assert(!cached(1) && !cached(2), "the orphans went");
+	for (uint64_t i = 3; i < 7; i++)
+		cr_assert(cached(i), "block %llu stayed", (unsigned long long)i);
+}
+
+/* Reads beyond the first earn second chances: after its REF bit, a block read three times
+ * outlives blocks read once, which plain CLOCK would not have let it. */
+Test(store, reads_beyond_the_first_earn_second_chances)
+{
+	struct kvcd_block *b;
+	struct kvcp_key k0 = K(0);
+
+	for (uint64_t i = 0; i < 7; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	for (int r = 0; r < 3; r++) {
+		cr_assert_eq(kvcd_store_get(&st, 0, &k0, &b), 0);
+		kvcd_store_put(&st, b, false);
+	}
+	for (uint64_t i = 100; i < 103; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(st.evictions, 3);
+	cr_assert(cached(0), "the block read three times stayed");
+	cr_assert(!cached(1) && !cached(2) && !cached(3), "the blocks stored with it went");
 }

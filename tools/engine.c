@@ -156,8 +156,10 @@ static void aux_put(const struct llm *m, const struct llm_state *s, const struct
 
 /* STORE through kvc_submit, which carries the block's position in @arg; @aux bytes of aux
  * section follow the block (and scores). */
-static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct kvc_layout *l,
-		    uint32_t pos, uint64_t aux)
+/* STORE the block in staging (then its scores and aux) as @key, naming its @parent in the
+ * chain (NULL for the first), which kvcd's eviction uses to keep prefixes whole. */
+static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct kvc_key *parent,
+		    const struct kvc_layout *l, uint32_t pos, uint64_t aux)
 {
 	struct kvc_req r = { .op = KVC_OP_STORE, .arg = pos, .key = *key, .layout = *l };
 	struct kvc_cqe cqe;
@@ -171,6 +173,16 @@ static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct k
 	if (aux) {
 		r.flags |= KVC_REQ_AUX;
 		r.len += aux;
+	}
+	if (parent) { /* after the rest, 8-aligned */
+		size_t cap, at = (r.len + 7) & ~(uint64_t)7;
+		uint8_t *stage = kvc_staging(k->c, &cap);
+
+		if (at + sizeof(*parent) <= cap) {
+			memcpy(stage + at, parent, sizeof(*parent));
+			r.flags |= KVC_REQ_PARENT;
+			r.len = at + sizeof(*parent);
+		}
 	}
 	err = kvc_submit(k->c, &r, 1, NULL);
 	if (err == 0)
@@ -220,7 +232,7 @@ int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc 
 
 			aux_put(m, s, &a, t0, k->chunk, stage + bytes + sbytes);
 		}
-		err = store_at(k, &keys[i], &l, t0, abytes);
+		err = store_at(k, &keys[i], i ? &keys[i - 1] : NULL, &l, t0, abytes);
 		if (!err)
 			k->bytes_stored += bytes;
 		if (!err || err == -EEXIST) {

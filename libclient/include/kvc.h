@@ -150,6 +150,12 @@ enum kvc_op {
 #define KVC_REQ_AUX \
 	4u /* STORE: a struct kvc_aux and its arrays follow the block (and
 				 * the scores, if any), 4-aligned; @len includes them */
+#define KVC_REQ_PARENT \
+	8u /* STORE: the last 16 bytes of @off..@off + @len are the block's
+				 * parent (the struct kvc_key of the chunk before it in its
+				 * chain), 8-aligned; @len includes them. kvcd evicts chains from
+				 * their tails and drops blocks whose prefix is gone first. A kvcd
+				 * older than protocol 2.3 gets the STORE without it */
 
 /* What an engine hands over for token selection (policies with select=h2o or snapkv). After
  * this header, f32 arrays in this order, each present when its bit is in @what:
@@ -236,6 +242,12 @@ int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout 
  * bits on the important tokens (MiKV). */
 int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
 		     size_t off);
+/* As kvc_store, naming the block's @parent in its chain (the key of the chunk before it;
+ * NULL: a chain's first block), which kvcd's eviction uses to keep whole prefixes. Writes
+ * the parent into staging after the block, at @off + kvc_layout_bytes(@layout) rounded up to
+ * 8 (16 bytes there must be free). */
+int kvc_store_chained(kvc_client *c, const struct kvc_key *key, const struct kvc_key *parent,
+		      const struct kvc_layout *layout, size_t off);
 
 /* Register compression policy @policy (e.g. "kivi:kbits=4,vbits=4,group=32,sink=4",
  * "int4:rotate=hadamard", "fp8", "none") for this client. Returns the id (1..8) to put in

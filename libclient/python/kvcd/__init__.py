@@ -30,6 +30,7 @@ __version__ = f"{_v >> 16}.{(_v >> 8) & 0xff}.{_v & 0xff}"  # the C library's: o
 
 F32, F16, BF16 = 1, 2, 3
 OP_NOP, OP_STORE, OP_FETCH, OP_LOOKUP, OP_DELETE, OP_PIN, OP_UNPIN = range(7)
+REQ_PARENT = 8  # STORE: the parent key follows the block (KVC_REQ_PARENT)
 ATTACH_BUSY_POLL = 1
 POLICY_NAMESPACE = 1
 
@@ -189,14 +190,21 @@ class Client:
     def nop(self) -> None:
         _check(lib.kvc_nop(self._live()), "nop")
 
-    def store(self, key: Key, block: Any, off: int = 0, policy_slot: int = 0) -> None:
+    def store(self, key: Key, block: Any, off: int = 0, policy_slot: int = 0,
+              parent: Optional[Key] = None) -> None:
         """Store ``block`` ([layers, 2, tokens, kv_heads, head_dim], float32/16 or bfloat16;
         numpy or torch) under ``key``. It is copied into staging at ``off`` unless it already
         is a view of that place. ``policy_slot``: a slot :meth:`policy` returned (0: the
-        namespace's policy)."""
+        namespace's policy). ``parent``: the key of the chunk before it in its chain, which
+        kvcd's eviction uses to keep prefixes whole (written to staging after the block)."""
         lay = self._put(block, off)
         lay.codec = policy_slot
-        _check(lib.kvc_store(self._live(), ctypes.byref(key), ctypes.byref(lay), off), "store")
+        if parent is None:
+            _check(lib.kvc_store(self._live(), ctypes.byref(key), ctypes.byref(lay), off),
+                   "store")
+        else:
+            _check(lib.kvc_store_chained(self._live(), ctypes.byref(key), ctypes.byref(parent),
+                                         ctypes.byref(lay), off), "store")
 
     def fetch(self, key: Key, off: int = 0, copy: bool = True,
               torch: bool = False) -> Optional[Any]:

@@ -134,6 +134,8 @@ _decl = {
     "kvc_nop": (ctypes.c_int, [_P]),
     "kvc_store": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.POINTER(Layout),
                                  ctypes.c_size_t]),
+    "kvc_store_chained": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.POINTER(Key),
+                                         ctypes.POINTER(Layout), ctypes.c_size_t]),
     "kvc_fetch": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t, ctypes.c_size_t,
                                  ctypes.POINTER(Layout)]),
     "kvc_lookup": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t,

@@ -72,8 +72,9 @@ def test_keys_chain_like_the_c_library(daemon):
     assert keys[0] != kvcd.key_chain("model-b", toks, 16)[0], "namespaces are salted in"
     assert keys[1] != kvcd.key_chain("model-a", [99] + toks[1:], 16)[1], "chained"
     with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
-        for k in keys[:2]:
-            c.store(k, block())
+        c.store(keys[0], block())
+        c.store(keys[1], block(), parent=keys[0])  # named in the chain, for eviction
+        assert np.array_equal(c.fetch(keys[1]), block())
         assert c.lookup(keys) == 2
         assert c.lookup(keys[1:]) == 1
         assert c.lookup([kvcd.Key(0, 0)] + keys) == 0
