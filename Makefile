@@ -104,7 +104,7 @@ ENGINE_OBJ := $(BUILD)/tools/llama.o $(BUILD)/tools/engine.o
 
 # kvcbench: the engine (the prefix scenario) and its peers: Redis through hiredis, a minimal
 # socket server.
-$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(ENGINE_OBJ) \
+$(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(BUILD)/tools/workload.o $(ENGINE_OBJ) \
 		   $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
 
@@ -141,6 +141,13 @@ $(BUILD)/tests/it_llama: tests/it_llama.c tests/t_util.h tools/llama.h $(ENGINE_
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -Itools -o $@ $< $(ENGINE_OBJ) $(DAEMON_OBJ) \
 		$(CODEC_LIB) $(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
+
+# unit_workload tests kvcbench's traces and references (tools/workload.c)
+$(BUILD)/tests/unit_workload: tests/unit_workload.c tests/t_util.h tools/workload.h \
+			      $(BUILD)/tools/workload.o $(DAEMON_OBJ) $(CODEC_LIB) $(BUILD)/libkvcclient.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -Itools -o $@ $< $(BUILD)/tools/workload.o \
+		$(DAEMON_OBJ) $(CODEC_LIB) $(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
 
 # The previous release's ABI as a program built then sees it: its header, and a link-time
 # stand-in of its library with its symbol versions (tests/abi/). At run time the program

@@ -611,8 +611,9 @@ static bool evictable(const struct kvcd_store *s, const struct kvcd_block *b, in
 
 /* The CLOCK, prefix-aware. A block whose parent is gone goes first: no LOOKUP of its chain
  * reaches it any more. Others get a second chance for their REF bit (recency) and one per
- * read up to FREQ_MAX (frequency); then leaves go before the blocks they extend, so that what
- * stays of a chain is still a prefix. After FREQ_MAX + 2 sweeps, inner blocks go too. */
+ * read beyond the first, up to FREQ_MAX (frequency); then, in chains that have been read,
+ * leaves go before the blocks they extend, so that what stays is still a prefix. After
+ * FREQ_MAX + 2 sweeps, inner blocks go too. */
 enum {
 	TAKE,
 	SPARE_REF,
@@ -634,7 +635,10 @@ static int clock_visit(struct kvcd_store *s, struct kvcd_block *b, uint32_t id, 
 		c->freq--;
 		return SPARE_FREQ;
 	}
-	return c->children && !late ? SPARE_INNER : TAKE;
+	/* A prefix that has been read (shared, reused) loses its tail before its head. A chain
+	 * nobody has read since it was stored goes head first, as plain CLOCK takes it, and its
+	 * orphans right after: sparing its inner blocks would only keep a dead chain longer. */
+	return c->children && b->hits && !late ? SPARE_INNER : TAKE;
 }
 
 /* Steps of the hand that make FREQ_MAX + 3 sweeps of pool @p: the last one may take inner
@@ -713,7 +717,7 @@ static bool pick_victims(struct kvcd_store *s, struct kvcd_pool *p, int who, uin
 		v = clock_visit(s, b, id, steps < p->blocks);
 		if (v != TAKE) {
 			if (v == SPARE_INNER)
-				s->npicked--;
+				s->npicked--; /* nothing changed */
 			else
 				s->picked[s->npicked - 1] |= v == SPARE_REF ? PICK_CLEARED
 									    : PICK_FREQ;

@@ -105,3 +105,44 @@ Test(it_bench, index_reports_each_size_and_leaves_nothing_behind)
 	cr_expect_not_null(strstr(out, "\"metadata_bytes_per_block\""), "%s", out);
 	cr_expect_eq(stat_blocks(), 0);
 }
+
+/* The workload scenario on a small generated trace: every replay completes without errors
+ * and with every kvcd it started gone, Belady bounds everything that replays it, and a
+ * compressing namespace holds more blocks in the same pool. */
+Test(it_bench, workload_replays_a_trace_on_kvcd_and_redis)
+{
+	char args[512], bin[256], *out = malloc(1 << 16);
+	double belady = 0, lru = 0, hit = 0, int8_hit = 0, compression = 0;
+	const char *at;
+
+	snprintf(bin, sizeof(bin), "%s", t_kvcd_bin());
+	snprintf(args, sizeof(args),
+		 "workload --kvcd %s --trace %s/trace.jsonl --seed 5 --requests 300 "
+		 "--fraction 0.1 --procs 1 --json",
+		 bin, D.dir);
+	cr_assert_eq(t_tool(&D, "kvcbench", args, out, 1 << 16), 0, "%s", out);
+	cr_assert_eq(access(strcat(strcpy(args, D.dir), "/trace.jsonl"), R_OK), 0,
+		     "the trace is kept for others to replay");
+	cr_assert_not_null(at = strstr(out, "\"belady\": {\"hit_rate\": "), "%s", out);
+	belady = strtod(at + 24, NULL);
+	cr_assert_not_null(at = strstr(out, "\"lru\": {\"hit_rate\": "), "%s", out);
+	lru = strtod(at + 21, NULL);
+	cr_assert_not_null(at = strstr(out, "\"name\": \"kvcd\""), "%s", out);
+	cr_assert_not_null(at = strstr(at, "\"hit_rate\": "));
+	hit = strtod(at + 12, NULL);
+	cr_assert_not_null(at = strstr(out, "\"name\": \"kvcd int8\""), "%s", out);
+	cr_assert_not_null(at = strstr(at, "\"compression\": "));
+	compression = strtod(at + 15, NULL);
+	cr_assert_not_null(at = strstr(at, "\"hit_rate\": "));
+	int8_hit = strtod(at + 12, NULL);
+	cr_assert(belady > 0 && belady >= lru && belady >= hit, "Belady %.4f, LRU %.4f, kvcd %.4f",
+		  belady, lru, hit);
+	cr_assert_gt(hit, 0, "kvcd hits: %s", out);
+	cr_assert_gt(compression, 1.5, "int8 compresses");
+	cr_assert_geq(int8_hit, hit, "more blocks fit, no fewer hits: %.4f %.4f", int8_hit, hit);
+	cr_assert_null(strstr(out, "\"failed\": 1"), "%s", out);
+	for (at = strstr(out, "\"errors\": "); at; at = strstr(at + 1, "\"errors\": "))
+		cr_assert_eq(strtoul(at + 10, NULL, 10), 0,
+			     "one process: no FETCH misses a LOOKUP hit");
+	free(out);
+}

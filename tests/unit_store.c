@@ -652,23 +652,46 @@ Test(store, adoption_keeps_only_committed_intact_blocks)
 	free(mem);
 }
 
-/* Plain CLOCK would take the chain's oldest block, its head, and leave six blocks no lookup
- * of the chain reaches; taken from its tail, the chain keeps a usable prefix of six. */
-Test(store, chains_are_evicted_from_their_tails)
+/* A chain that has been read: plain CLOCK would take its oldest block, its head, and leave
+ * six blocks no lookup of the chain reaches; taken from its tail, the chain keeps a usable
+ * prefix of six. */
+Test(store, read_chains_are_evicted_from_their_tails)
 {
 	struct kvcp_key chain[7];
+	struct kvcd_block *b;
 
 	cr_assert_eq(put(0, ONLY0, 1), 0);
 	for (uint64_t i = 1; i < 7; i++)
 		cr_assert_eq(put_child(i, i - 1), 0);
-	for (uint64_t i = 0; i < 7; i++)
+	for (uint64_t i = 0; i < 7; i++) { /* an engine hit the whole prefix once */
 		chain[i] = K(i);
+		cr_assert_eq(kvcd_store_get(&st, 0, &chain[i], &b), 0);
+		kvcd_store_put(&st, b, false);
+	}
 	cr_assert_eq(put(100, ONLY0, 1), 0);
 	cr_assert_eq(st.evictions, 1);
 	cr_assert_eq(kvcd_store_lookup(&st, 0, chain, 7), 6, "the prefix of six stays");
 	cr_assert(!cached(6), "the tail went");
 	cr_assert_eq(put(101, ONLY0, 1), 0);
 	cr_assert_eq(kvcd_store_lookup(&st, 0, chain, 7), 5, "then the new tail");
+}
+
+/* A chain nobody has read goes head first, as plain CLOCK takes it, and the rest of it right
+ * after as orphans: sparing it would only keep a dead chain longer. */
+Test(store, unread_chains_go_head_first_and_whole)
+{
+	cr_assert_eq(put(0, ONLY0, 1), 0);
+	for (uint64_t i = 1; i < 4; i++)
+		cr_assert_eq(put_child(i, i - 1), 0);
+	for (uint64_t i = 4; i < 7; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	for (uint64_t i = 100; i < 104; i++)
+		cr_assert_eq(put(i, ONLY0, 1), 0);
+	cr_assert_eq(st.evictions, 4);
+	for (uint64_t i = 0; i < 4; i++)
+		cr_assert(!cached(i), "chain block %llu went", (unsigned long long)i);
+	for (uint64_t i = 4; i < 7; i++)
+		cr_assert(cached(i), "block %llu stayed", (unsigned long long)i);
 }
 
 /* A block whose parent is gone is reached by no lookup of its chain: it goes before older

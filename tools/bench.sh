@@ -118,6 +118,9 @@ $B remote --kvcd ./build/kvcd --cluster "$seeds" --block-size 2M --json \
 	| tee "$out/remote.json"
 ./tools/redis-cluster.sh stop "$dir/cluster"
 
+echo "== workload: the fleet trace replayed on kvcd, Redis (allkeys-lru), LRU and Belady, with the same memory"
+$B workload --kvcd ./build/kvcd --trace bench/traces/fleet-s1.jsonl --json | tee "$out/workload.json"
+
 echo "== codecs (in-process, each ISA this CPU has)"
 "$(dirname "$B")/kvccodec-bench" codec --iters 10 --json | tee "$dir/codec.jsonl"
 jq -s . "$dir/codec.jsonl" > "$out/codec.json"

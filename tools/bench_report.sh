@@ -223,5 +223,32 @@ j '"| 2 MiB fetch-through GB/s (raw Redis GET on the same cluster) | \(.remote_f
    "| recomputing that prefix / restoring it from the cluster | \(.recompute_over_remote_prefix) | ≥ 10 |",
    "| remote get batch p50 / p99 µs | \(.remote_get_p50_us) / \(.remote_get_p99_us) | |"' $r/remote.json
 fi
+if [ -f $r/workload.json ]; then
+cat <<'TXT'
+
+## Workload: a prefix-cache trace (kvcbench workload)
+
+`bench/traces/fleet-s1.jsonl` (bench/traces/README.md): 4000 requests of 16 tenants with
+Zipf-popular system prompts, multi-turn conversations, long shared documents and one-off
+prompts, in 16-token chunks. Two engine processes replay it (LOOKUP the prompt's chain, FETCH
+the cached prefix, STORE the rest and the generated chunks, naming each one's parent). The
+pool holds a tenth of the distinct blocks; Belady's MIN and LRU are computed on the trace for
+the same number of blocks; Redis gets the same memory as `maxmemory` with `allkeys-lru`.
+Blocks are Llama-3-8B's 16-token chunks with one of its 32 layers (64 KiB): hit rates depend
+on the capacity in blocks, not on their size. Compression runs use the same pool; their
+perplexity ratios are docs/quality.md's (64-token chunks there, 16 here).
+
+TXT
+# each policy's perplexity ratio, from docs/quality.md's table
+ppl=$(awk -F'|' '/^\| `/ { p = $2; gsub(/[` ]/, "", p); r = $4; gsub(/ /, "", r); print p "\t" r }' \
+	docs/quality.md | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") |
+	{(.[0]): .[1]}) | add + {"none": "1.000"}')
+j --argjson ppl "$ppl" '"Trace: \(.requests) requests, \(.tokens) prompt tokens, \(.distinct_blocks) distinct blocks; pool \(.pool_bytes / 1048576 | floor) MiB = \(.capacity_blocks) blocks.\n",
+   "| cache | token hit rate | vs Belady | tokens from cache per GB of pool | perplexity ratio | FETCH p50 / p99 µs per block | LOOKUP p50 / p99 µs | evictions |",
+   "|---|---|---|---|---|---|---|---|",
+   "| Belady MIN (offline optimum) | \(.belady.hit_rate) | 1.00 | | 1.000 | | | \(.belady.evictions) |",
+   "| LRU (offline) | \(.lru.hit_rate) | \((.lru.hit_rate / .belady.hit_rate * 100 | round) / 100) | | 1.000 | | | \(.lru.evictions) |",
+   (.belady.hit_rate as $b | .runs[] | "| \(.name)\(if .compression > 1.01 then " (\(.compression)x)" else "" end) | \(.hit_rate) | \((.hit_rate / $b * 100 | round) / 100) | \(.tokens_from_cache_per_gb) | \($ppl[.policy] // "?") | \(.fetch_p50_us) / \(.fetch_p99_us) | \(if .lookup_p50_us > 0 then "\(.lookup_p50_us) / \(.lookup_p99_us)" else "(in the GETs)" end) | \(.evictions) |")' $r/workload.json
+fi
 } > docs/performance.md
 echo "wrote docs/performance.md and docs/perf-*.png"

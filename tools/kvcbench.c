@@ -41,6 +41,7 @@
 #include "llama.h"
 #include "peers.h"
 #include "timing.h"
+#include "workload.h"
 
 static const char *g_sock;
 
@@ -892,6 +893,382 @@ static uint64_t wait_ready(pid_t pid, uint64_t t0)
 	}
 }
 
+/* ---- workload: a trace replayed by several engine processes ------------------------------ */
+
+/* Llama-3-8B's 16-token chunk (K and V, 8 KV heads of 128, f16) with one of its 32 layers:
+ * 64 KiB. Hit rates depend on the pool's capacity in blocks, not on their size; a whole
+ * model's 2 MiB blocks would only make the replay 32 times longer. */
+static const struct kvc_layout WL_LAYOUT = {
+	.dtype = KVC_F16, .layers = 1, .kv_heads = 8, .head_dim = 128, .tokens = WL_CHUNK_TOKENS
+};
+
+/* What the processes of one replay count, in shared memory. Samples are per request: the
+ * LOOKUP's time, then the mean time of a block fetched. */
+struct wl_share {
+	uint64_t hit_chunks, chunks, fetched_bytes, stored, errors;
+	uint64_t lookup_ns[]; /* [requests], then fetch_ns[requests] */
+};
+
+static int wl_replay_kvcd(const struct wl_trace *t, const char *sock, unsigned procs, unsigned id,
+			  bool parents, struct wl_share *sh)
+{
+	size_t bs = kvc_layout_bytes(&WL_LAYOUT), slot = (bs + 16 + 63) & ~(size_t)63, cap;
+	int err;
+	kvc_client *c = attach_to(sock, "workload", 64 * slot, 0, &err);
+	struct kvc_key *keys = malloc(WL_MAX_CHUNKS * sizeof(*keys));
+	unsigned char *stg;
+	uint64_t *fetch_ns = sh->lookup_ns + t->n;
+
+	if (!c || !keys)
+		return c ? -ENOMEM : err;
+	stg = kvc_staging(c, &cap);
+	for (size_t i = 0; i < 64; i++) /* KV-like bytes in every slot: small normal values */
+		for (size_t j = 0; j < bs / 2; j++)
+			((uint16_t *)(stg + i * slot))[j] =
+				(uint16_t)(0x3000 + (XXH64(&j, sizeof(j), i) & 0x7ff) +
+					   ((j & 1) << 15));
+	for (size_t r = id; r < t->n; r += procs) {
+		const struct wl_req *q = &t->req[r];
+		size_t n = wl_keys(q, 1, keys, WL_MAX_CHUNKS), hits = 0;
+		uint64_t t0 = now_ns();
+
+		err = kvc_lookup(c, keys, q->nchunks, &hits);
+		sh->lookup_ns[r] = now_ns() - t0;
+		if (err)
+			break;
+		t0 = now_ns();
+		for (size_t i0 = 0; i0 < hits;) { /* the hits, 64 per doorbell */
+			struct kvc_req rq[64];
+			struct kvc_cqe cq[64];
+			size_t m = hits - i0 < 64 ? hits - i0 : 64;
+			int sent, done = 0;
+
+			memset(rq, 0, sizeof(rq));
+			for (size_t j = 0; j < m; j++)
+				rq[j] = (struct kvc_req){ .op = KVC_OP_FETCH,
+							  .key = keys[i0 + j],
+							  .off = j * slot,
+							  .len = slot };
+			sent = kvc_submit(c, rq, (unsigned)m, NULL);
+			while (sent > 0 && done < sent) {
+				int w = kvc_wait(c, cq + done, 1, (unsigned)(sent - done), -1);
+
+				if (w < 0)
+					break;
+				done += w;
+			}
+			for (int j = 0; j < done; j++)
+				if (cq[j].res) /* evicted since the LOOKUP */
+					__atomic_fetch_add(&sh->errors, 1, __ATOMIC_RELAXED);
+				else
+					__atomic_fetch_add(&sh->fetched_bytes, cq[j].value,
+							   __ATOMIC_RELAXED);
+			if (sent <= 0 || done < sent)
+				break;
+			i0 += m;
+		}
+		fetch_ns[r] = hits ? (now_ns() - t0) / hits : 0;
+		for (size_t i = hits; i < n; i++) { /* the rest of the prompt, then the answer */
+			struct kvc_req rq = { .op = KVC_OP_STORE,
+					      .key = keys[i],
+					      .layout = WL_LAYOUT,
+					      .off = (i % 64) * slot,
+					      .len = bs };
+			struct kvc_cqe cq;
+
+			if (parents && i) {
+				memcpy(stg + rq.off + bs, &keys[i - 1], sizeof(keys[i - 1]));
+				rq.flags = KVC_REQ_PARENT;
+				rq.len = bs + sizeof(keys[i - 1]);
+			}
+			if (kvc_submit(c, &rq, 1, NULL) != 1 || kvc_wait(c, &cq, 1, 1, -1) != 1)
+				break;
+			if (!cq.res)
+				__atomic_fetch_add(&sh->stored, 1, __ATOMIC_RELAXED);
+			else if (cq.res != -EEXIST)
+				__atomic_fetch_add(&sh->errors, 1, __ATOMIC_RELAXED);
+		}
+		__atomic_fetch_add(&sh->hit_chunks, hits, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&sh->chunks, q->nchunks, __ATOMIC_RELAXED);
+	}
+	free(keys);
+	kvc_detach(c);
+	return err;
+}
+
+/* The same for Redis (allkeys-lru) at @sock: a pipelined GET of the prompt's blocks gives the
+ * cached prefix (the leading hits) and its bytes; a pipelined SET stores the rest. */
+static int wl_replay_redis(const struct wl_trace *t, const char *sock, unsigned procs, unsigned id,
+			   struct wl_share *sh)
+{
+	size_t bs = kvc_layout_bytes(&WL_LAYOUT);
+	redisContext *rc = redisConnectUnix(sock);
+	struct kvc_key *keys = malloc(WL_MAX_CHUNKS * sizeof(*keys));
+	char *val = malloc(bs);
+	uint64_t *fetch_ns = sh->lookup_ns + t->n;
+	int err = 0;
+
+	if (!rc || rc->err || !keys || !val)
+		return -EIO;
+	for (size_t j = 0; j < bs; j++)
+		val[j] = (char)(j * 131);
+	for (size_t r = id; r < t->n && !err; r += procs) {
+		const struct wl_req *q = &t->req[r];
+		size_t n = wl_keys(q, 1, keys, WL_MAX_CHUNKS), hits = 0;
+		bool gap = false;
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < q->nchunks; i++)
+			redisAppendCommand(rc, "GET wl:%016llx%016llx",
+					   (unsigned long long)keys[i].hi,
+					   (unsigned long long)keys[i].lo);
+		for (size_t i = 0; i < q->nchunks; i++) {
+			redisReply *rep = NULL;
+
+			if (redisGetReply(rc, (void **)&rep) != REDIS_OK || !rep) {
+				err = -EIO;
+				break;
+			}
+			if (rep->type == REDIS_REPLY_STRING && rep->len == bs && !gap) {
+				hits++;
+				__atomic_fetch_add(&sh->fetched_bytes, bs, __ATOMIC_RELAXED);
+			} else {
+				gap = true;
+			}
+			freeReplyObject(rep);
+		}
+		sh->lookup_ns[r] = now_ns() - t0;
+		fetch_ns[r] = hits ? sh->lookup_ns[r] / hits : 0;
+		for (size_t i = hits; i < n; i++)
+			redisAppendCommand(rc, "SET wl:%016llx%016llx %b",
+					   (unsigned long long)keys[i].hi,
+					   (unsigned long long)keys[i].lo, val, bs);
+		for (size_t i = hits; i < n && !err; i++) {
+			redisReply *rep = NULL;
+
+			if (redisGetReply(rc, (void **)&rep) != REDIS_OK || !rep) {
+				err = -EIO;
+				break;
+			}
+			if (rep->type == REDIS_REPLY_STATUS)
+				__atomic_fetch_add(&sh->stored, 1, __ATOMIC_RELAXED);
+			else
+				__atomic_fetch_add(&sh->errors, 1, __ATOMIC_RELAXED);
+			freeReplyObject(rep);
+		}
+		__atomic_fetch_add(&sh->hit_chunks, hits, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&sh->chunks, q->nchunks, __ATOMIC_RELAXED);
+	}
+	redisFree(rc);
+	free(keys);
+	free(val);
+	return err;
+}
+
+static double pct(uint64_t *v, size_t n, double p)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++) /* the requests that have a sample */
+		if (v[i])
+			v[k++] = v[i];
+	if (!k)
+		return 0;
+	qsort(v, k, sizeof(*v), cmp_u64);
+	return (double)v[(size_t)(p * (double)(k - 1))] / 1e3;
+}
+
+/* One replay of @t by @procs processes against kvcd @bin (a fresh one, @pool bytes, @policy
+ * for the namespace; @parents: STOREs name their parents) or, with @bin NULL, against a fresh
+ * redis-server with maxmemory @pool and allkeys-lru. Prints its JSON object. */
+static int wl_run(const struct wl_trace *t, const char *name, const char *bin, uint64_t pool,
+		  const char *policy, bool parents, unsigned procs, bool first)
+{
+	char dir[] = "/tmp/kvcbench-wl-XXXXXX", sock[128], conf[160], poolarg[32], mm[32];
+	size_t shbytes = sizeof(struct wl_share) + 2 * t->n * sizeof(uint64_t);
+	struct wl_share *sh = mmap(NULL, shbytes, PROT_READ | PROT_WRITE,
+				   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t server, kids[64];
+	uint64_t t0, evictions = 0;
+	double secs, ratio = 1;
+	int bad = 0;
+
+	if (sh == MAP_FAILED || !mkdtemp(dir))
+		return -ENOMEM;
+	procs = procs > 64 ? 64 : procs;
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	snprintf(poolarg, sizeof(poolarg), "%lluM", (unsigned long long)(pool >> 20));
+	if (bin) {
+		FILE *f;
+
+		snprintf(conf, sizeof(conf), "%s/kvcd.conf", dir);
+		f = fopen(conf, "w");
+		/* no background eviction: the pool is filled as the references fill theirs */
+		fprintf(f,
+			"[kvcd]\nhigh_watermark = 100\nlow_watermark = 100\n"
+			"[namespace workload]\npolicy = %s\n",
+			policy ? policy : "none");
+		fclose(f);
+		server = spawn_kvcd(bin, sock, poolarg, "--config", conf);
+		g_sock = sock;
+		if (!wait_ready(server, now_ns()))
+			return -EIO;
+	} else {
+		snprintf(mm, sizeof(mm), "%llu", (unsigned long long)pool);
+		server = fork();
+		if (server == 0) {
+			int fd = open("/dev/null", O_WRONLY);
+
+			dup2(fd, 1);
+			execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", sock,
+			       "--save", "", "--appendonly", "no", "--maxmemory", mm,
+			       "--maxmemory-policy", "allkeys-lru", "--dir", dir, (char *)NULL);
+			_exit(127);
+		}
+		for (int w = 0; w < 500 && access(sock, F_OK); w++)
+			usleep(10000);
+	}
+	t0 = now_ns();
+	for (unsigned p = 0; p < procs; p++) {
+		kids[p] = fork();
+		if (kids[p] == 0)
+			_exit((bin ? wl_replay_kvcd(t, sock, procs, p, parents, sh)
+				   : wl_replay_redis(t, sock, procs, p, sh)) != 0);
+	}
+	for (unsigned p = 0; p < procs; p++) {
+		int st = 0;
+
+		waitpid(kids[p], &st, 0);
+		bad |= !WIFEXITED(st) || WEXITSTATUS(st);
+	}
+	secs = (double)(now_ns() - t0) / 1e9;
+	if (bin) {
+		kvc_client *c = attach_to(sock, "workload", 4096, 0, &bad);
+		struct kvc_stats st;
+
+		if (c && !kvc_stats(c, &st, sizeof(st))) {
+			evictions = st.evictions;
+			ratio = st.bytes_stored ? (double)st.bytes_in / (double)st.bytes_stored : 1;
+		}
+		if (c)
+			kvc_detach(c);
+	} else {
+		redisContext *rc = redisConnectUnix(sock);
+		redisReply *rep = rc && !rc->err ? redisCommand(rc, "INFO stats") : NULL;
+		const char *e = rep && rep->type == REDIS_REPLY_STRING
+					? strstr(rep->str, "evicted_keys:")
+					: NULL;
+
+		if (e)
+			evictions = strtoull(e + 13, NULL, 10);
+		if (rep)
+			freeReplyObject(rep);
+		if (rc)
+			redisFree(rc);
+	}
+	kill(server, SIGTERM);
+	waitpid(server, NULL, 0);
+	snprintf(conf, sizeof(conf), "rm -rf %s", dir);
+	if (system(conf))
+		fprintf(stderr, "kvcbench: could not remove %s\n", dir);
+	double hit = sh->chunks ? (double)sh->hit_chunks / (double)sh->chunks : 0;
+
+	printf("%s{\"name\": \"%s\", \"policy\": \"%s\", \"compression\": %.2f, "
+	       "\"parents\": %s, \"hit_rate\": %.4f, "
+	       "\"hit_tokens\": %llu, \"tokens\": %llu, \"tokens_from_cache_per_gb\": %.0f, "
+	       "\"fetched_bytes\": %llu, \"lookup_p50_us\": %.1f, \"lookup_p99_us\": %.1f, "
+	       "\"fetch_p50_us\": %.1f, \"fetch_p99_us\": %.1f, \"evictions\": %llu, "
+	       "\"stored\": %llu, \"errors\": %llu, \"seconds\": %.2f, \"failed\": %d}",
+	       first ? "\n    " : ",\n    ", name, policy ? policy : "none", ratio,
+	       parents ? "true" : "false", hit,
+	       (unsigned long long)sh->hit_chunks * WL_CHUNK_TOKENS,
+	       (unsigned long long)sh->chunks * WL_CHUNK_TOKENS,
+	       (double)sh->hit_chunks * WL_CHUNK_TOKENS / ((double)pool / 1e9),
+	       (unsigned long long)sh->fetched_bytes, bin ? pct(sh->lookup_ns, t->n, 0.5) : 0.0,
+	       bin ? pct(sh->lookup_ns, t->n, 0.99) : 0.0, pct(sh->lookup_ns + t->n, t->n, 0.5),
+	       pct(sh->lookup_ns + t->n, t->n, 0.99), (unsigned long long)evictions,
+	       (unsigned long long)sh->stored, (unsigned long long)sh->errors, secs, bad);
+	fflush(stdout);
+	munmap(sh, shbytes);
+	return bad ? -EIO : 0;
+}
+
+/* kvcbench workload: generate the trace if it is not there, compute LRU and Belady on it,
+ * replay it on kvcd (prefix-aware eviction; then without parents; then compressed) and on
+ * Redis, all with the same memory. */
+static int bench_workload(const char *bin, const char *trace, uint64_t seed, unsigned requests,
+			  const char *pool_arg, double fraction, unsigned procs, bool full)
+{
+	struct wl_trace t;
+	struct wl_sim lru, opt;
+	struct wl_params p;
+	size_t bad_line = 0, bs = kvc_layout_bytes(&WL_LAYOUT), cap;
+	uint64_t pool;
+	int err;
+
+	if (access(trace, F_OK)) {
+		FILE *f = fopen(trace, "w");
+
+		wl_defaults(&p);
+		p.seed = seed;
+		p.requests = requests ? requests : p.requests;
+		err = f ? wl_generate(&p, f) : -errno;
+		if (f && fclose(f))
+			err = err ? err : -errno;
+		if (err) {
+			fprintf(stderr, "kvcbench: writing %s: %s\n", trace, strerror(-err));
+			return 1;
+		}
+		fprintf(stderr, "kvcbench: wrote the trace %s (seed %llu)\n", trace,
+			(unsigned long long)seed);
+	}
+	err = wl_load(trace, &t, &bad_line);
+	if (err) {
+		fprintf(stderr, "kvcbench: %s: %s (line %zu)\n", trace, strerror(-err), bad_line);
+		return 1;
+	}
+	err = wl_sim_lru(&t, SIZE_MAX, &lru); /* every block once: the working set */
+	if (err)
+		return 1;
+	if (pool_arg) {
+		size_t z;
+
+		if (parse_size(pool_arg, &z))
+			return 2;
+		pool = z;
+	} else { /* a pool that holds @fraction of the distinct blocks */
+		pool = (uint64_t)((double)lru.unique_blocks * fraction * (double)(bs + 64));
+		pool = (pool + (1 << 20) - 1) & ~(uint64_t)((1 << 20) - 1);
+	}
+	cap = (size_t)(pool / (bs + 64)); /* TLSF: the block and its 64-byte header */
+	if (wl_sim_lru(&t, cap, &lru) || wl_sim_belady(&t, cap, &opt))
+		return 1;
+	printf("{\"scenario\": \"workload\", \"trace\": \"%s\", \"requests\": %zu, \"tokens\": %llu, "
+	       "\"distinct_blocks\": %llu, \"block_bytes\": %zu, \"pool_bytes\": %llu, "
+	       "\"capacity_blocks\": %zu, \"procs\": %u,\n  \"belady\": {\"hit_rate\": %.4f, "
+	       "\"evictions\": %llu},\n  \"lru\": {\"hit_rate\": %.4f, \"evictions\": %llu},\n  "
+	       "\"runs\": [",
+	       trace, t.n, (unsigned long long)t.chunks * WL_CHUNK_TOKENS,
+	       (unsigned long long)lru.unique_blocks, bs, (unsigned long long)pool, cap, procs,
+	       (double)opt.hit_chunks / (double)opt.chunks, (unsigned long long)opt.evictions,
+	       (double)lru.hit_chunks / (double)lru.chunks, (unsigned long long)lru.evictions);
+	fflush(stdout);
+	err = wl_run(&t, "kvcd", bin, pool, NULL, true, procs, true);
+	err |= wl_run(&t, "kvcd without parents", bin, pool, NULL, false, procs, false);
+	if (!access("/usr/bin/redis-server", X_OK))
+		err |= wl_run(&t, "redis allkeys-lru", NULL, pool, NULL, false, procs, false);
+	err |= wl_run(&t, "kvcd int8", bin, pool, "int8", true, procs, false);
+	err |= wl_run(&t, "kvcd kivi", bin, pool, "kivi:kbits=6,vbits=5,group=64", true, procs,
+		      false);
+	if (full) /* capacity as hit rate: the pool halved and doubled */
+		for (int k = 0; k < 2; k++)
+			err |= wl_run(&t, k ? "kvcd, pool x2" : "kvcd, pool x0.5", bin,
+				      k ? 2 * pool : pool / 2, NULL, true, procs, false);
+	printf("\n  ]}\n");
+	wl_free(&t);
+	return err ? 1 : 0;
+}
+
 static void restart_reader(struct restart_share *sh, unsigned id, unsigned long nblocks, size_t bs)
 {
 	kvc_client *c = attach(2 * bs, 0);
@@ -1424,6 +1801,8 @@ static void usage(FILE *f)
 		"                [--policy P] [--heads QUERY_HEADS] [--json]\n"
 		"       kvcbench restart --kvcd BIN [--pool-size SIZE] [--procs N]\n"
 		"                [--block-size SIZE] [--json]\n"
+		"       kvcbench workload --kvcd BIN [--trace FILE] [--seed N] [--requests N]\n"
+		"                [--pool-size SIZE | --fraction F] [--procs N] [--full]\n"
 		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
 		"                [--blocks N] [--iters ROUNDS] [--model FILE] [--json]\n"
 		"kvccodec-bench measures the codecs in-process.\n");
@@ -1451,12 +1830,22 @@ int main(int argc, char **argv)
 					      { "kvcd", required_argument, 0, 'D' },
 					      { "pool-size", required_argument, 0, 'z' },
 					      { "cluster", required_argument, 0, 'C' },
+					      { "trace", required_argument, 0, 'T' },
+					      { "seed", required_argument, 0, 'e' },
+					      { "requests", required_argument, 0, 'r' },
+					      { "fraction", required_argument, 0, 'F' },
+					      { "full", no_argument, 0, 'L' },
 					      { 0, 0, 0, 0 } };
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
 	unsigned procs = 1, chunk = 8, chunks = 64, reps;
 	int o, json = 0, sleep_mode = 0, peers = 1;
 	const char *redis = NULL, *model = NULL, *kvcd = NULL, *pool = "4G", *cluster = NULL;
+	const char *trace = "bench/traces/fleet-s1.jsonl", *pool_given = NULL;
+	unsigned long long seed = 1;
+	unsigned requests = 0;
+	double fraction = 0.1;
+	bool full = false, procs_given = false;
 	pid_t pid = 0;
 	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
@@ -1465,7 +1854,8 @@ int main(int argc, char **argv)
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:", opts, NULL);
+		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:T:e:r:F:L", opts,
+				NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -1483,7 +1873,10 @@ int main(int argc, char **argv)
 			if (parse_size(optarg, &bs))
 				return 2;
 			break;
-		case 'p': procs = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'p':
+			procs = (unsigned)strtoul(optarg, NULL, 10);
+			procs_given = true;
+			break;
 		case 'i': iters = strtoul(optarg, NULL, 10); break;
 		case 'h': usage(stdout); return 0;
 		case 'P': policy = optarg; break;
@@ -1496,7 +1889,12 @@ int main(int argc, char **argv)
 		case 'k': chunk = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'K': chunks = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'D': kvcd = optarg; break;
-		case 'z': pool = optarg; break;
+		case 'z': pool = pool_given = optarg; break;
+		case 'T': trace = optarg; break;
+		case 'e': seed = strtoull(optarg, NULL, 10); break;
+		case 'r': requests = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'F': fraction = strtod(optarg, NULL); break;
+		case 'L': full = true; break;
 		case 'C': cluster = optarg; break;
 		default: usage(stderr); return 2;
 		}
@@ -1528,6 +1926,14 @@ int main(int argc, char **argv)
 		}
 		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 16 : (unsigned)blocks,
 				    reps == 21 ? 5 : reps, json, model);
+	}
+	if (!strcmp(cmd, "workload")) {
+		if (!kvcd || fraction <= 0 || fraction > 1) {
+			usage(stderr);
+			return 2;
+		}
+		return bench_workload(kvcd, trace, seed, requests, pool_given, fraction,
+				      procs_given ? procs : 2, full);
 	}
 	if (!strcmp(cmd, "restart")) {
 		if (!kvcd) {
