@@ -321,14 +321,17 @@ _Static_assert(KVCD_MAX_NODES <= 64, "a pool index fits its 6 bits");
 /* What eviction knows of a block beyond its record (which is full): its place in a chain,
  * from a STORE that named its parent, and how often it was read. Under the store lock. */
 struct kvcd_chain {
-	uint32_t parent;     /* record id + 1 of the block before it in its chain; 0: none;
-			      * UINT32_MAX: it was not cached when this one was stored */
-	uint32_t parent_gen; /* that record's gen when linked: another value means it is gone */
-	uint32_t gen;	     /* bumped each time this record's block is removed */
-	uint16_t children;   /* blocks linked to this one, still in the index */
-	uint8_t freq;	     /* reads, saturating: second chances beyond the REF bit */
-	uint8_t pad;
+	uint32_t parent;	  /* record id + 1 of the block before it in its chain; 0: none;
+				  * UINT32_MAX: it was not cached when this one was stored */
+	uint32_t parent_gen : 12; /* that record's gen when linked: another value means it is
+				   * gone (12 bits: a record reused 4096 times under a live link
+				   * would be missed, costing an eviction choice, nothing else) */
+	uint32_t gen : 12;	  /* bumped each time this record's block is removed */
+	uint32_t children : 6;	  /* blocks linked to it, still in the index; stuck at 63 */
+	uint32_t freq : 2;	  /* reads beyond the first, up to 3: second chances */
 };
+_Static_assert(sizeof(struct kvcd_chain) == 8, "chain record size");
+#define KVCD_CHAIN_CHILDREN_MAX 63
 
 /* Who holds pins: a session. Under the store lock. */
 struct kvcd_pin_owner {

@@ -552,8 +552,12 @@ static void kill(struct kvcd_store *s, struct kvcd_block *b)
 	uint32_t id = rec_id(b);
 	struct kvcd_chain *c = chain_at(s, id);
 
-	if (c->parent && !orphan(s, c))
-		chain_at(s, c->parent - 1)->children--;
+	if (c->parent && !orphan(s, c)) {
+		struct kvcd_chain *p = chain_at(s, c->parent - 1);
+
+		if (p->children && p->children < KVCD_CHAIN_CHILDREN_MAX) /* stuck once full */
+			p->children--;
+	}
 	c->parent = 0;
 	c->gen++; /* the blocks linked to it see their prefix is gone */
 
@@ -933,7 +937,7 @@ void kvcd_store_link(struct kvcd_store *s, uint16_t ns, struct kvcd_block *b,
 
 		c->parent = e->rec + 1;
 		c->parent_gen = p->gen;
-		p->children += p->children < UINT16_MAX;
+		p->children += p->children < KVCD_CHAIN_CHILDREN_MAX;
 	}
 	pthread_mutex_unlock(&s->lock);
 }

@@ -25,6 +25,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,16 +169,70 @@ static void lat_json(const char *name, const struct lat *l, int comma)
 	       name, l->p50, l->p99, l->p999, l->mean, l->max, comma ? ", " : "");
 }
 
+/* The floor under any shared-memory round trip: two threads passing a counter back and forth
+ * through one cache line, each spinning on it. */
+struct pingpong {
+	_Alignas(64) volatile uint64_t word;
+	unsigned long count;
+};
+
+static void *pong(void *arg)
+{
+	struct pingpong *pp = arg;
+
+	for (uint64_t i = 1; i <= 2 * (pp->count + pp->count / 10 + 100); i += 2) {
+		while (__atomic_load_n(&pp->word, __ATOMIC_ACQUIRE) != i)
+			__builtin_ia32_pause();
+		__atomic_store_n(&pp->word, i + 1, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
+static int pingpong_run(unsigned long count, struct lat *out)
+{
+	static struct pingpong pp;
+	uint64_t *lat = malloc(count * sizeof(*lat)), sum = 0, v = 0;
+	unsigned long warm = count / 10 + 100;
+	pthread_t t;
+
+	if (!lat)
+		return -ENOMEM;
+	pp.word = 0;
+	pp.count = count;
+	if (pthread_create(&t, NULL, pong, &pp)) {
+		free(lat);
+		return -EAGAIN;
+	}
+	for (unsigned long i = 0; i < warm + count; i++) {
+		uint64_t t0 = now_ns();
+
+		__atomic_store_n(&pp.word, ++v, __ATOMIC_RELEASE);
+		++v;
+		while (__atomic_load_n(&pp.word, __ATOMIC_ACQUIRE) != v)
+			__builtin_ia32_pause();
+		if (i >= warm) {
+			lat[i - warm] = now_ns() - t0;
+			sum += lat[i - warm];
+		}
+	}
+	pthread_join(t, NULL);
+	lat_summary(lat, count, sum, out);
+	free(lat);
+	return 0;
+}
+
 /* NOP round trips on kvcd, then the same count of no-ops on each peer (the minimal socket
- * server always, Redis PING when @redis names its socket). */
+ * server always, Redis PING when @redis names its socket), and the cache-line floor. */
 static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int json)
 {
 	char path[64];
-	struct lat k, sk, rd;
+	struct lat k, sk, rd, fl;
 	pid_t srv;
 	int err, have_redis = 0;
 
 	err = nop_run(NULL, NULL, count, sleep_mode, &k);
+	if (!err)
+		err = pingpong_run(count, &fl);
 	if (err)
 		return 1;
 	snprintf(path, sizeof(path), "/tmp/kvcbench-sock-%d", (int)getpid());
@@ -204,6 +259,8 @@ static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int
 		lat_json("socket", &sk, 1);
 		if (have_redis)
 			lat_json("redis", &rd, 1);
+		lat_json("cacheline_floor", &fl, 1);
+		printf("\"p50_over_floor\": %.2f, ", k.p50 / fl.p50);
 		printf("\"p50_socket_over_kvcd\": %.2f", sk.p50 / k.p50);
 		if (have_redis)
 			printf(", \"p50_redis_over_kvcd\": %.2f", rd.p50 / k.p50);
@@ -212,6 +269,8 @@ static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int
 	}
 	printf("nop %s: %lu round trips, p50 %.2f us, p99 %.2f us, p99.9 %.2f us, mean %.2f us\n",
 	       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean);
+	printf("  cache-line ping-pong (the floor): p50 %.3f us, p99 %.3f us (kvcd p50 %.2fx it)\n",
+	       fl.p50, fl.p99, k.p50 / fl.p50);
 	printf("  socket server: p50 %.2f us, p99 %.2f us, p99.9 %.2f us (p50 %.1fx kvcd)\n",
 	       sk.p50, sk.p99, sk.p999, sk.p50 / k.p50);
 	if (have_redis)
