@@ -5,7 +5,8 @@
 #   make run        deps + build + kvcd in the foreground on its embedded defaults
 #   make test       deps + build + the whole Criterion suite
 #   make asan       the suite under AddressSanitizer and UBSan (build-asan/)
-#   make bench      kvcbench scenarios, results in bench/results/
+#   make bench      kvcbench scenarios, results in bench/results/ (BENCH=full: all of them)
+#   make bench-docs docs/performance.md from bench/results/
 #   make eval       kvc-eval of every policy on the real model: docs/quality.md
 #   make docs       docs/policies.md from the policy table
 #   make format     clang-format the tree (make test runs make format-check)
@@ -258,6 +259,10 @@ run: deps all
 bench: all
 	./tools/bench.sh
 
+# docs/performance.md and its plots from bench/results (what make bench wrote)
+bench-docs:
+	./tools/bench_report.sh
+
 # docs/quality.md and docs/quality.png: every policy family measured by kvc-eval
 eval: deps all
 	./tools/eval.sh
@@ -312,6 +317,6 @@ uninstall:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench eval deps install uninstall clean docs format format-check \
+.PHONY: all test test-bin asan run bench bench-docs eval deps install uninstall clean docs format format-check \
 	fuzz chaos
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

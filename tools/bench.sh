@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# make bench: run every kvcbench scenario against its references in the same run and write
-# bench/results/*.json, the plots docs/perf-*.png and the summary docs/performance.md.
+# make bench: run kvcbench's scenarios against their references in the same run and write
+# bench/results/*.json only (make bench-docs turns them into docs/performance.md).
+#
+# BENCH=quick (the default, a few minutes): the ratios that have targets, each measured
+# RUNS (3) times with kvcd and its reference alternating inside each run (*_runs.json; the
+# median run is also written alone), the index, the prefix and the workload. BENCH=full:
+# everything else too (block sizes, process and pool scaling, SELECT, restart, the remote
+# tier, codecs). machine.json records the load average and the steal time around the runs:
+# the report calls a target noisy when they say the machine was busy.
 #
 # Peers: a private redis-server on a UNIX socket (no TCP port, no persistence), the minimal
 # socket server kvcbench forks itself, memcpy of the same bytes, and the model recomputing a
@@ -10,8 +17,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results
 model=${MODEL:-../shared/models/stories260K.bin}
+mode=${BENCH:-quick}
+runs=${RUNS:-3}
+case "$mode" in quick|full) ;; *) echo "BENCH=$mode: quick or full" >&2; exit 2 ;; esac
 mkdir -p "$out"
 dir=$(mktemp -d /tmp/kvcd-bench-XXXXXX)
+t_start=$(date +%s)
+step() { printf '[%4ds] == %s\n' $(( $(date +%s) - t_start )) "$*"; }
+steal() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+read -r steal0 total0 < <(steal)
+load0=$(cut -d' ' -f1 /proc/loadavg)
+# median_run FILE...: the run whose FIELD is the median of the runs
+median_run() { jq -s --arg f "$1" 'sort_by(.[$f]) | .[length / 2 | floor]'; }
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -47,34 +64,49 @@ pids+=($!)
 for i in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
 redis=(--redis "$dir/redis.sock")
 
-echo "== latency: NOP round trip against Redis PING and the minimal socket server"
+rm -f "$out"/*.json
 start_kvcd main 1G
-$B --socket "$sock" nop --count 200000 "${redis[@]}" --json | tee "$out/nop_busy.json"
-$B --socket "$sock" nop --count 100000 --sleep "${redis[@]}" --json | tee "$out/nop_sleep.json"
+step "latency: NOP round trip against the cache-line floor, Redis PING and the socket server ($runs runs)"
+for i in $(seq "$runs"); do
+	$B --socket "$sock" nop --count 50000 "${redis[@]}" --json
+done | tee "$out/nop_busy_runs.jsonl"
+median_run p50_socket_over_kvcd <"$out/nop_busy_runs.jsonl" >"$out/nop_busy.json"
+jq -s . "$out/nop_busy_runs.jsonl" >"$out/nop_busy_runs.json" && rm "$out/nop_busy_runs.jsonl"
+$B --socket "$sock" nop --count 50000 --sleep "${redis[@]}" --json | tee "$out/nop_sleep.json"
 
-echo "== throughput: STORE+FETCH against Redis SET+GET, the socket server and memcpy"
-for bs in 16K 64K 256K 1M 2M 8M 32M; do
-	$B --socket "$sock" throughput --block-size $bs "${redis[@]}" --json
-done | tee "$dir/tp.jsonl"
-jq -s . "$dir/tp.jsonl" > "$out/throughput.json"
+step "throughput: 2 MiB STORE+FETCH against Redis SET+GET, the socket server and memcpy ($runs runs)"
+for i in $(seq "$runs"); do
+	$B --socket "$sock" throughput --block-size 2M "${redis[@]}" --json
+done | tee "$dir/tp2.jsonl"
+jq -s . "$dir/tp2.jsonl" >"$out/throughput_2m_runs.json"
+if [ "$mode" = full ]; then
+	step "throughput: every block size"
+	for bs in 16K 64K 256K 1M 8M 32M; do
+		$B --socket "$sock" throughput --block-size $bs "${redis[@]}" --json
+	done | tee "$dir/tp.jsonl"
+fi
+touch "$dir/tp.jsonl"
+{ cat "$dir/tp.jsonl"; median_run ratio_vs_memcpy <"$dir/tp2.jsonl"; } |
+	jq -s 'sort_by(.block_size)' >"$out/throughput.json"
 
-echo "== scaling: client processes (2 MiB blocks)"
+step "scaling: index size (LOOKUP and STORE of 256-byte blocks, memory per block)"
+$B --socket "$sock" index --blocks 1000000 --pid "$kpid" --json | tee "$out/index.json"
+
+if [ -r "$model" ]; then
+	step "prefix hit path against recomputing the prefix ($model)"
+	$B --socket "$sock" prefix --model "$model" --json | tee "$out/prefix.json"
+else
+	step "prefix: model $model is absent; skipped"
+fi
+
+if [ "$mode" = full ]; then
+step "scaling: client processes (2 MiB blocks)"
 for n in 1 2 4 8 16; do
 	$B --socket "$sock" throughput --block-size 2M --procs $n --iters 128 --no-peers --json
 done | tee "$dir/procs.jsonl"
 jq -s . "$dir/procs.jsonl" > "$out/scaling_procs.json"
 
-echo "== scaling: index size (LOOKUP and STORE of 256-byte blocks, memory per block)"
-$B --socket "$sock" index --blocks 1000000 --pid "$kpid" --json | tee "$out/index.json"
-
-if [ -r "$model" ]; then
-	echo "== prefix hit path against recomputing the prefix ($model)"
-	$B --socket "$sock" prefix --model "$model" --json | tee "$out/prefix.json"
-else
-	echo "== prefix: model $model is absent; skipped"
-	rm -f "$out/prefix.json"
-fi
-echo "== select: retrieval over 10,000 blocks (8 KV heads x 128), recall on real keys"
+step "select: retrieval over 10,000 blocks (8 KV heads x 128), recall on real keys"
 sel_model=()
 [ -r "$model" ] && sel_model=(--model "$model")
 rm -f "$out"/select*.json
@@ -90,10 +122,16 @@ reps4 none:summary=reps,reps=4 8
 reps8 none:summary=reps8 8
 reps8_gqa none:summary=reps8 32
 SEL
+fi
 ./build/kvcctl --socket "$sock" stats --json > "$out/daemon_stats.json"
 stop_kvcd
 
-echo "== scaling: pool size"
+step "workload: the fleet trace replayed on kvcd, Redis (allkeys-lru), LRU and Belady, with the same memory"
+$B workload --kvcd ./build/kvcd --trace bench/traces/fleet-s1.jsonl --json | tee "$out/workload.json"
+
+if [ "$mode" = full ]; then
+
+step "scaling: pool size"
 for pool in ${POOLS:-64M 512M 2G 8G}; do
 	start_kvcd "pool$pool" "$pool"
 	tp=$($B --socket "$sock" throughput --block-size 2M --iters 256 --no-peers --json)
@@ -107,22 +145,28 @@ for pool in ${POOLS:-64M 512M 2G 8G}; do
 done | tee "$dir/pools.jsonl"
 jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
 
-echo "== warm restart: SIGKILL under 8 verifying readers, against the cold start of the same pool"
+step "warm restart: SIGKILL under 8 verifying readers, against the cold start of the same pool"
 $B restart --kvcd ./build/kvcd --pool-size ${RESTART_POOL:-4G} --procs 8 --json \
 	| tee "$out/restart.json"
 
-echo "== remote tier: fetch-through from a 3+3 Redis Cluster against raw GETs on the same cluster"
+step "remote tier: fetch-through from a 3+3 Redis Cluster against raw GETs on the same cluster"
 seeds=$(./tools/redis-cluster.sh start "$dir/cluster" "${CLUSTER_PORT:-21000}")
 $B remote --kvcd ./build/kvcd --cluster "$seeds" --block-size 2M --json \
 	$( [ -f "$model" ] && echo --model "$model") \
 	| tee "$out/remote.json"
 ./tools/redis-cluster.sh stop "$dir/cluster"
 
-echo "== workload: the fleet trace replayed on kvcd, Redis (allkeys-lru), LRU and Belady, with the same memory"
-$B workload --kvcd ./build/kvcd --trace bench/traces/fleet-s1.jsonl --json | tee "$out/workload.json"
-
-echo "== codecs (in-process, each ISA this CPU has)"
+step "codecs (in-process, each ISA this CPU has)"
 "$(dirname "$B")/kvccodec-bench" codec --iters 10 --json | tee "$dir/codec.jsonl"
 jq -s . "$dir/codec.jsonl" > "$out/codec.json"
+fi
 
-./tools/bench_report.sh
+read -r steal1 total1 < <(steal)
+jq -n --arg mode "$mode" --argjson runs "$runs" --argjson cpus "$(nproc)" \
+	--argjson load0 "$load0" --argjson load1 "$(cut -d' ' -f1 /proc/loadavg)" \
+	--argjson steal "$(awk -v a=$((steal1 - steal0)) -v b=$((total1 - total0)) \
+		'BEGIN { printf "%.2f", b ? 100 * a / b : 0 }')" \
+	--argjson seconds $(( $(date +%s) - t_start )) --arg host "$(uname -r)" \
+	'{mode: $mode, runs: $runs, cpus: $cpus, load1_start: $load0, load1_end: $load1,
+	  steal_pct: $steal, seconds: $seconds, kernel: $host}' | tee "$out/machine.json"
+step "done: bench/results/ (make bench-docs writes docs/performance.md from it)"
