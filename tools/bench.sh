@@ -100,6 +100,15 @@ else
 fi
 
 if [ "$mode" = full ]; then
+step "contention: NOP and 2 MiB STORE+FETCH with 2 CPU-burning processes per core beside"
+burn=$(( 2 * $(nproc) ))
+{
+	$B --socket "$sock" nop --count 20000 --burn $burn --json
+	$B --socket "$sock" nop --count 20000 --sleep --burn $burn --json
+	$B --socket "$sock" throughput --block-size 2M --iters 128 --burn $burn --json
+} | jq -s --argjson burn $burn '{burners: $burn, nop_busy: .[0], nop_sleep: .[1],
+	throughput: .[2]}' | tee "$out/contention.json"
+
 step "scaling: client processes (2 MiB blocks)"
 for n in 1 2 4 8 16; do
 	$B --socket "$sock" throughput --block-size 2M --procs $n --iters 128 --no-peers --json

@@ -300,6 +300,21 @@ j '"| 2 MiB fetch-through GB/s (raw Redis GET on the same cluster) | \(.remote_f
    "| recomputing that prefix / restoring it from the cluster | \(.recompute_over_remote_prefix) | ≥ 10 |",
    "| remote get batch p50 / p99 µs | \(.remote_get_p50_us) / \(.remote_get_p99_us) | |"' $r/remote.json
 fi
+if [ -f $r/contention.json ]; then
+cat <<'TXT'
+
+## Under CPU contention (kvcbench --burn)
+
+The same kvcd, with two CPU-burning processes per core running beside the client and the
+peers (`BENCH=full`). Means matter here: a client that is descheduled waits a whole slice.
+
+| path | p50 µs | mean µs | p99 µs | socket server p50 / mean / p99 µs |
+|---|---|---|---|---|
+TXT
+j '"| kvcd NOP, busy-poll client | \(.nop_busy.p50_us) | \(.nop_busy.mean_us) | \(.nop_busy.p99_us) | \(.nop_busy.socket.p50_us) / \(.nop_busy.socket.mean_us) / \(.nop_busy.socket.p99_us) |",
+   "| kvcd NOP, sleeping client | \(.nop_sleep.p50_us) | \(.nop_sleep.mean_us) | \(.nop_sleep.p99_us) | \(.nop_sleep.socket.p50_us) / \(.nop_sleep.socket.mean_us) / \(.nop_sleep.socket.p99_us) |",
+   "\n2 MiB STORE+FETCH: kvcd \(.throughput.store_fetch_gbps) GB/s, the socket server \(.throughput.socket.store_fetch_gbps) GB/s (\(.throughput.ratio_vs_socket)x), memcpy under the same load \(.throughput.memcpy_gbps) GB/s."' $r/contention.json
+fi
 if [ -f $r/workload.json ]; then
 cat <<'TXT'
 

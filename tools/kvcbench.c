@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,6 +168,36 @@ static void lat_json(const char *name, const struct lat *l, int comma)
 	printf("\"%s\": {\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"mean_us\": %.3f, "
 	       "\"max_us\": %.3f}%s",
 	       name, l->p50, l->p99, l->p999, l->mean, l->max, comma ? ", " : "");
+}
+
+/* --burn N: N processes that only burn CPU, beside whatever is measured (a loaded machine). */
+static pid_t g_burners[64];
+static unsigned g_nburners;
+
+static void burners_stop(void)
+{
+	for (unsigned i = 0; i < g_nburners; i++) {
+		kill(g_burners[i], SIGKILL);
+		waitpid(g_burners[i], NULL, 0);
+	}
+	g_nburners = 0;
+}
+
+static void burners_start(unsigned n)
+{
+	pid_t parent = getpid();
+
+	for (g_nburners = 0; g_nburners < n && g_nburners < 64; g_nburners++) {
+		g_burners[g_nburners] = fork();
+		if (g_burners[g_nburners] == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(0);
+			for (volatile uint64_t x = 0;; x++)
+				;
+		}
+	}
+	atexit(burners_stop);
 }
 
 /* The floor under any shared-memory round trip: two threads passing a counter back and forth
@@ -1864,6 +1895,7 @@ static void usage(FILE *f)
 		"                [--pool-size SIZE | --fraction F] [--procs N] [--full]\n"
 		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
 		"                [--blocks N] [--iters ROUNDS] [--model FILE] [--json]\n"
+		"Any command: --burn N runs N CPU-burning processes beside it (a loaded machine).\n"
 		"kvccodec-bench measures the codecs in-process.\n");
 }
 
@@ -1894,6 +1926,7 @@ int main(int argc, char **argv)
 					      { "requests", required_argument, 0, 'r' },
 					      { "fraction", required_argument, 0, 'F' },
 					      { "full", no_argument, 0, 'L' },
+					      { "burn", required_argument, 0, 'U' },
 					      { 0, 0, 0, 0 } };
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
@@ -1905,6 +1938,7 @@ int main(int argc, char **argv)
 	unsigned requests = 0;
 	double fraction = 0.1;
 	bool full = false, procs_given = false;
+	unsigned burn = 0;
 	pid_t pid = 0;
 	const char *policy = NULL;
 	unsigned qheads = 32; /* select: query heads over its 8 KV heads */
@@ -1913,8 +1947,8 @@ int main(int argc, char **argv)
 
 	/* options may come before or after the command */
 	while (optind < argc) {
-		o = getopt_long(argc, argv, "+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:T:e:r:F:L", opts,
-				NULL);
+		o = getopt_long(argc, argv,
+				"+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:T:e:r:F:LU:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -1954,6 +1988,7 @@ int main(int argc, char **argv)
 		case 'r': requests = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'F': fraction = strtod(optarg, NULL); break;
 		case 'L': full = true; break;
+		case 'U': burn = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'C': cluster = optarg; break;
 		default: usage(stderr); return 2;
 		}
@@ -1965,6 +2000,8 @@ int main(int argc, char **argv)
 	reps = iters ? (unsigned)iters : 21; /* remote: 5 when not given */
 	if (!iters)			     /* about 1 GiB moved per process by default */
 		iters = bs >= (1u << 30) ? 1 : (1u << 30) / bs;
+	if (burn)
+		burners_start(burn);
 	if (!strcmp(cmd, "nop"))
 		return bench_nop(count, sleep_mode, redis, json);
 	if (!strcmp(cmd, "throughput"))
