@@ -154,6 +154,12 @@ for pool in ${POOLS:-64M 512M 2G 8G}; do
 done | tee "$dir/pools.jsonl"
 jq -s . "$dir/pools.jsonl" > "$out/scaling_pool.json"
 
+step "cold working set: random blocks of a 4 GiB pool against memcpy of the same pattern"
+{
+	$B cold --kvcd ./build/kvcd --pool-size 4G --block-size 256K --json
+	$B cold --kvcd ./build/kvcd --pool-size 4G --block-size 2M --json
+} | jq -s . | tee "$out/cold.json"
+
 step "warm restart: SIGKILL under 8 verifying readers, against the cold start of the same pool"
 $B restart --kvcd ./build/kvcd --pool-size ${RESTART_POOL:-4G} --procs 8 --json \
 	| tee "$out/restart.json"

@@ -300,6 +300,21 @@ j '"| 2 MiB fetch-through GB/s (raw Redis GET on the same cluster) | \(.remote_f
    "| recomputing that prefix / restoring it from the cluster | \(.recompute_over_remote_prefix) | ≥ 10 |",
    "| remote get batch p50 / p99 µs | \(.remote_get_p50_us) / \(.remote_get_p99_us) | |"' $r/remote.json
 fi
+if [ -f $r/cold.json ]; then
+cat <<'TXT'
+
+## Cold working sets (kvcbench cold)
+
+A pool many times the last-level cache, filled; FETCH of blocks picked at random against
+memcpy of the same random pattern out of a client buffer as large as the pool (not two hot
+buffers); then STORE into the full pool, each STORE evicting, against memcpy into random
+places of that buffer (`BENCH=full`).
+
+| block | blocks | FETCH GB/s | memcpy random read GB/s | ratio | STORE evicting GB/s | memcpy random write GB/s | ratio |
+|---|---|---|---|---|---|---|---|
+TXT
+j '.[] | "| \(.block_bytes / 1024) KiB | \(.blocks) | \(.fetch_gbps) | \(.memcpy_random_read_gbps) | \(.fetch_vs_memcpy) | \(.store_evicting_gbps) | \(.memcpy_random_write_gbps) | \(.store_vs_memcpy) |"' $r/cold.json
+fi
 if [ -f $r/contention.json ]; then
 cat <<'TXT'
 

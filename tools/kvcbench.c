@@ -983,6 +983,124 @@ static uint64_t wait_ready(pid_t pid, uint64_t t0)
 	}
 }
 
+/* ---- cold working sets: random blocks of a pool far larger than the last-level cache ----- */
+
+/* kvcbench cold: a fresh kvcd with a @pool-byte pool, filled with blocks of @bs bytes; FETCH
+ * of @iters blocks picked at random against memcpy of the same random pattern out of a
+ * client buffer as large as the pool; then STORE into the full pool (each one evicts)
+ * against memcpy into random places of that buffer. */
+static int bench_cold(const char *bin, const char *pool_arg, size_t bs, unsigned long iters,
+		      int json)
+{
+	char dir[] = "/tmp/kvcbench-cold-XXXXXX", sock[96];
+	size_t pool, n, ssz;
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 };
+	uint64_t rng = 42, t, t_fetch, t_mc_read, t_store, t_mc_write, evict0;
+	struct kvc_stats st;
+	unsigned char *buf, *stg;
+	kvc_client *c;
+	pid_t pid;
+	int err = 0;
+
+	if (parse_size(pool_arg, &pool) || !mkdtemp(dir))
+		return 2;
+	l.tokens = (uint32_t)(bs / (2 * 2 * 64));
+	n = pool / (bs + 4096) * 9 / 10; /* what fits, headroom for the allocator */
+	snprintf(sock, sizeof(sock), "%s/k.sock", dir);
+	pid = spawn_kvcd(bin, sock, pool_arg, "--log-level", "warning");
+	g_sock = sock;
+	if (!wait_ready(pid, now_ns()))
+		return 1;
+	c = attach_to(sock, "cold", 2 * bs, 0, &err);
+	buf = malloc(n * bs);
+	if (!c || !buf)
+		return 1;
+	stg = kvc_staging(c, &ssz);
+	for (size_t i = 0; i < n * bs; i += 4096)
+		buf[i] = (unsigned char)i; /* faulted in, as the pool is */
+	fill(stg, bs, 7);
+	for (size_t i = 0; i < n && !err; i++) {
+		struct kvc_key k = { 0xc01d, i };
+
+		err = kvc_store(c, &k, &l, 0);
+	}
+	t = now_ns();
+	for (unsigned long i = 0; i < iters && !err; i++) {
+		struct kvc_key k = { 0xc01d, (rng = rng * 6364136223846793005ull + 1) >> 33 % n };
+
+		k.lo %= n;
+		err = kvc_fetch(c, &k, 0, bs, NULL);
+	}
+	t_fetch = now_ns() - t;
+	rng = 42;
+	t = now_ns();
+	for (unsigned long i = 0; i < iters; i++) {
+		size_t at = ((rng = rng * 6364136223846793005ull + 1) >> 33) % n;
+
+		memcpy(stg, buf + at * bs, bs);
+		__asm__ volatile("" : : "r"(stg) : "memory");
+	}
+	t_mc_read = now_ns() - t;
+	kvc_stats(c, &st, sizeof(st));
+	evict0 = st.evictions;
+	for (size_t i = 0; !err; i++) { /* fill up to the first eviction: the pool is full */
+		struct kvc_key k = { 0xf111, i };
+
+		err = kvc_store(c, &k, &l, 0);
+		kvc_stats(c, &st, sizeof(st));
+		if (st.evictions > evict0)
+			break;
+	}
+	evict0 = st.evictions;
+	t = now_ns();
+	for (unsigned long i = 0; i < iters && !err; i++) {
+		struct kvc_key k = { 0x5707e, i };
+
+		err = kvc_store(c, &k, &l, 0);
+	}
+	t_store = now_ns() - t;
+	kvc_stats(c, &st, sizeof(st));
+	rng = 43;
+	t = now_ns();
+	for (unsigned long i = 0; i < iters; i++) {
+		size_t at = ((rng = rng * 6364136223846793005ull + 1) >> 33) % n;
+
+		memcpy(buf + at * bs, stg, bs);
+		__asm__ volatile("" : : "r"(buf) : "memory");
+	}
+	t_mc_write = now_ns() - t;
+	kvc_detach(c);
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	free(buf);
+	snprintf(sock, sizeof(sock), "rm -rf %s", dir);
+	if (system(sock))
+		fprintf(stderr, "kvcbench: could not remove %s\n", dir);
+	if (err) {
+		fprintf(stderr, "kvcbench cold: %s\n", kvc_strerror(err));
+		return 1;
+	}
+	double gb = (double)bs * iters;
+
+	if (json)
+		printf("{\"scenario\": \"cold\", \"pool_bytes\": %zu, \"block_bytes\": %zu, "
+		       "\"blocks\": %zu, \"iters\": %lu, \"fetch_gbps\": %.3f, "
+		       "\"memcpy_random_read_gbps\": %.3f, \"fetch_vs_memcpy\": %.3f, "
+		       "\"store_evicting_gbps\": %.3f, \"memcpy_random_write_gbps\": %.3f, "
+		       "\"store_vs_memcpy\": %.3f, \"evictions\": %llu}\n",
+		       pool, bs, n, iters, gb / t_fetch, gb / t_mc_read,
+		       (double)t_mc_read / t_fetch, gb / t_store, gb / t_mc_write,
+		       (double)t_mc_write / t_store, (unsigned long long)(st.evictions - evict0));
+	else
+		printf("cold: %zu blocks of %zu KiB in a %zu MiB pool: FETCH of random blocks %.2f "
+		       "GB/s against memcpy of the same pattern %.2f GB/s (%.2fx); STORE into the full "
+		       "pool (evicting) %.2f GB/s against memcpy to random places %.2f GB/s (%.2fx)\n",
+		       n, bs >> 10, pool >> 20, gb / t_fetch, gb / t_mc_read,
+		       (double)t_mc_read / t_fetch, gb / t_store, gb / t_mc_write,
+		       (double)t_mc_write / t_store);
+	return 0;
+}
+
 /* ---- workload: a trace replayed by several engine processes ------------------------------ */
 
 /* Llama-3-8B's 16-token chunk (K and V, 8 KV heads of 128, f16) with one of its 32 layers:
@@ -1891,6 +2009,7 @@ static void usage(FILE *f)
 		"                [--policy P] [--heads QUERY_HEADS] [--json]\n"
 		"       kvcbench restart --kvcd BIN [--pool-size SIZE] [--procs N]\n"
 		"                [--block-size SIZE] [--json]\n"
+		"       kvcbench cold --kvcd BIN [--pool-size 4G] [--block-size 256K] [--iters N]\n"
 		"       kvcbench workload --kvcd BIN [--trace FILE] [--seed N] [--requests N]\n"
 		"                [--pool-size SIZE | --fraction F] [--procs N] [--full]\n"
 		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
@@ -1937,7 +2056,7 @@ int main(int argc, char **argv)
 	unsigned long long seed = 1;
 	unsigned requests = 0;
 	double fraction = 0.1;
-	bool full = false, procs_given = false;
+	bool full = false, procs_given = false, iters_given = false, bs_given = false;
 	unsigned burn = 0;
 	pid_t pid = 0;
 	const char *policy = NULL;
@@ -1965,12 +2084,16 @@ int main(int argc, char **argv)
 		case 'b':
 			if (parse_size(optarg, &bs))
 				return 2;
+			bs_given = true;
 			break;
 		case 'p':
 			procs = (unsigned)strtoul(optarg, NULL, 10);
 			procs_given = true;
 			break;
-		case 'i': iters = strtoul(optarg, NULL, 10); break;
+		case 'i':
+			iters = strtoul(optarg, NULL, 10);
+			iters_given = true;
+			break;
 		case 'h': usage(stdout); return 0;
 		case 'P': policy = optarg; break;
 		case 'H': qheads = (unsigned)strtoul(optarg, NULL, 10); break;
@@ -2022,6 +2145,16 @@ int main(int argc, char **argv)
 		}
 		return bench_remote(kvcd, cluster, bs, blocks == 1000000 ? 16 : (unsigned)blocks,
 				    reps == 21 ? 5 : reps, json, model);
+	}
+	if (!strcmp(cmd, "cold")) {
+		if (!kvcd) {
+			usage(stderr);
+			return 2;
+		}
+		size_t cbs = bs_given ? bs : 256u << 10;
+
+		return bench_cold(kvcd, pool_given ? pool_given : "4G", cbs,
+				  iters_given ? iters : (1ul << 30) / cbs, json);
 	}
 	if (!strcmp(cmd, "workload")) {
 		if (!kvcd || fraction <= 0 || fraction > 1) {
