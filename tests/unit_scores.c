@@ -200,3 +200,41 @@ Test(scores, adakv_budgets_sum_to_the_layer_and_respect_the_floor)
 			cr_assert_gt(counts[H - 1], counts[0], "the head with more mass gets more");
 	}
 }
+
+/* Head roles: the heads whose attention stays on the sinks and the window keep just those;
+ * the retrieval heads share the rest of the layer's budget, up to the block each. */
+Test(scores, head_budgets_give_streaming_heads_their_window_and_the_rest_to_retrieval)
+{
+	/* 4 heads of 64 tokens, 16 each on average: two look far (0.6, 0.8), two barely */
+	const float frac[4] = { 0.02f, 0.6f, 0.01f, 0.8f };
+	uint32_t counts[4], sum = 0;
+
+	kvcd_budget_heads(frac, 4, 64, 16, 8, 0.1, counts);
+	cr_assert_eq(counts[0], 8, "streaming head: sinks and window (%u)", counts[0]);
+	cr_assert_eq(counts[2], 8);
+	cr_assert_eq(counts[1], 24, "retrieval heads share the rest (%u)", counts[1]);
+	cr_assert_eq(counts[3], 24);
+	/* no head is streaming: uniform */
+	const float even[4] = { 0.5f, 0.5f, 0.5f, 0.5f };
+
+	kvcd_budget_heads(even, 4, 64, 16, 8, 0.1, counts);
+	for (int h = 0; h < 4; h++)
+		cr_assert_eq(counts[h], 16);
+	/* a retrieval head is capped at the block; the others take what it cannot */
+	const float one[4] = { 0.0f, 0.0f, 0.9f, 0.3f };
+
+	kvcd_budget_heads(one, 4, 40, 30, 4, 0.1, counts);
+	for (int h = 0; h < 4; h++)
+		sum += counts[h];
+	cr_assert_eq(counts[0], 4);
+	cr_assert_eq(counts[1], 4);
+	cr_assert_eq(counts[2], 40, "capped at the block (%u)", counts[2]);
+	cr_assert_eq(counts[3], 40);
+	cr_assert_eq(sum, 88, "all the block allows: %u", sum);
+	/* the last head is never streaming, even when every head keeps to its window */
+	const float none[2] = { 0.0f, 0.0f };
+
+	kvcd_budget_heads(none, 2, 64, 16, 8, 0.1, counts);
+	cr_assert_eq(counts[0] + counts[1], 32);
+	cr_assert(counts[0] == 8 || counts[1] == 8);
+}

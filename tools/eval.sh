@@ -44,7 +44,8 @@ none:select=recent,keep=50%,sink=4;none:select=keynorm,keep=50%;none:select=h2o,
 none:select=h2o,keep=50%,window=32;none:select=h2o,keep=50%,window=32,budget=pyramid;\
 none:select=h2o,keep=50%,window=32,budget=adakv;none:select=snapkv,keep=50%,window=16;\
 none:select=snapkv,keep=50%,window=16,kernel=7;none:select=snapkv,keep=50%,window=16,budget=pyramid;\
-none:$snap,keep=50%;none:select=recent,keep=50%,sink=4,merge=key;\
+none:$snap,keep=50%;none:select=snapkv,window=16,budget=heads,keep=50%;\
+none:select=snapkv,window=16,budget=heads,keep=25%;none:select=recent,keep=50%,sink=4,merge=key;\
 none:select=keynorm,keep=50%,merge=key;none:select=h2o,keep=50%,window=32,merge=key;\
 none:select=h2o,keep=50%,window=32,merge=value;none:$snap,keep=50%,merge=key;\
 none:$snap,keep=50%,merge=value;\
@@ -114,7 +115,11 @@ choice is made over all of it as an engine would at the end of prefill. Scores: 
 (StreamingLLM), \`keynorm\`, \`h2o\` (attention accumulated over the prefix, sent with the
 STORE), \`snapkv\` (the attention of the prefix's last 64 queries, sent with the STORE, with
 their log-sum-exp so it is their true softmax). Budgets: \`uniform\`, \`pyramid\` (PyramidKV),
-\`adakv\` (Ada-KV, floor 20%). \`merge=key\` folds each dropped token's value into the kept
+\`adakv\` (Ada-KV, floor 20%), \`heads\` (DuoAttention's head roles, told apart per block from
+the same attention: the heads that together send under 10% of the layer's attention beyond
+the sinks and the window keep just those, the others share the rest; on this model every
+head sends 97% or more of it beyond them, so no head is a streaming head and \`heads\` keeps
+what \`uniform\` keeps). \`merge=key\` folds each dropped token's value into the kept
 token of most similar key by attention mass and records the mass as an attention bias;
 \`merge=value\` does the same without the bias. \`rank=R\` keeps each (layer, KV head)'s K and
 V as a truncated SVD of rank R (LAPACKE), \`factors=int8\` its factors as int8 rows with a

@@ -167,6 +167,14 @@ void kvcd_budget_pyramid(uint64_t total, uint32_t layers, double beta, uint32_t 
  * uniform budget: round(n_i (1 - alpha) + alpha budget), so no head gets less than
  * floor(alpha budget) (Ada-KV's floor; alpha in [0, 1]); counts are capped at @t and sum to
  * heads * budget exactly (budget <= t). @tmp: heads * t floats. */
+/* Head roles (DuoAttention's retrieval and streaming heads, told apart per block): @frac[h]
+ * is the share of head h's attention that goes beyond the sinks and the local window. The
+ * heads with the least of it, together under @eps of the layer's sum, are streaming heads and
+ * keep @local tokens (their sinks and window); the other heads share what is left of
+ * @heads * @budget equally, up to @t each. Counts sum to @heads * @budget when @t allows.
+ * With no streaming head it is uniform. */
+void kvcd_budget_heads(const float *frac, uint32_t heads, uint32_t t, uint32_t budget,
+		       uint32_t local, double eps, uint32_t *counts);
 void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t budget,
 		       double alpha, float *tmp, uint32_t *counts);
 

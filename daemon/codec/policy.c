@@ -63,7 +63,7 @@ static const char *const off_on_rotate[] = { "none", "hadamard", NULL };
 static const char *const resid_names[] = { "exact", "quant", NULL };
 static const char *const params_names[] = { "f16", "u8", NULL };
 static const char *const select_names[] = { "none", "recent", "keynorm", "h2o", "snapkv", NULL };
-static const char *const budget_names[] = { "uniform", "pyramid", "adakv", NULL };
+static const char *const budget_names[] = { "uniform", "pyramid", "adakv", "heads", NULL };
 static const char *const merge_names[] = { "none", "key", "value", NULL };
 static const char *const summary_names[] = { "none", "quest", "reps", "reps8", NULL };
 static const char *const factors_names[] = { "dtype", "int8", NULL };
@@ -107,7 +107,8 @@ static const struct key keys[] = {
 	{ "window", NULL, K_UINT, C_ALL, F_ALWAYS, FIELD(window), 0, 0, 65535, 1, NULL,
 	  WITH(select), "0", "select: the block's last tokens, always kept" },
 	{ "budget", NULL, K_ENUM, C_ALL, 0, FIELD(budget), 0, 0, 0, 1, budget_names, 0, "uniform",
-	  "select: counts per (layer, head): equal, PyramidKV, or Ada-KV" },
+	  "select: counts per (layer, head): equal, PyramidKV, Ada-KV, or by head role (streaming "
+	  "heads keep sinks and window, retrieval heads share the rest)" },
 	{ "merge", NULL, K_ENUM, C_ALL, 0, FIELD(merge), 0, 0, 0, 1, merge_names, 0, "none",
 	  "select: fold dropped tokens into the kept token of most similar key; key also keeps "
 	  "the attention mass as a bias" },
@@ -613,7 +614,7 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	    (!p->mc && (p->mc_t || p->mc_keep)))
 		return WHY("bad minicache (first merged layer %d of %u layers)", (int)p->mc - 1,
 			   l->layers);
-	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_ADAKV ||
+	if (p->select > KVCD_SELECT_SNAPKV || p->budget > KVCD_BUDGET_HEADS ||
 	    p->merge > KVCD_MERGE_VALUE || (p->kernel && !(p->kernel & 1)) || p->keep > 10000 ||
 	    (p->select && (!p->keep || p->rope)) ||
 	    (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel)) ||

@@ -94,6 +94,7 @@ enum kvcd_budget {
 	KVCD_BUDGET_UNIFORM = 0, /* every (layer, head) keeps the same count */
 	KVCD_BUDGET_PYRAMID = 1, /* PyramidKV: per-layer counts falling with depth */
 	KVCD_BUDGET_ADAKV = 2,	 /* Ada-KV: a layer's heads share its budget by score */
+	KVCD_BUDGET_HEADS = 3,	 /* retrieval heads full, streaming heads sinks + window */
 };
 
 enum kvcd_merge {

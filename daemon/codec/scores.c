@@ -4,6 +4,7 @@
  * every buffer. sparse.c applies them to whole blocks. */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,6 +132,61 @@ static int desc(const void *a, const void *b)
 	float x = *(const float *)a, y = *(const float *)b;
 
 	return x > y ? -1 : x < y;
+}
+
+void kvcd_budget_heads(const float *frac, uint32_t heads, uint32_t t, uint32_t budget,
+		       uint32_t local, double eps, uint32_t *counts)
+{
+	uint64_t left = (uint64_t)heads * budget;
+	uint32_t order[256], nr = 0;
+	double sum = 0, cum = 0;
+	bool streaming[256] = { false };
+
+	heads = heads < 256 ? heads : 256;
+	local = local < budget ? local : budget; /* a streaming head never keeps more */
+	for (uint32_t h = 0; h < heads; h++) {
+		order[h] = h;
+		sum += frac[h] > 0 ? frac[h] : 0;
+	}
+	for (uint32_t i = 1; i < heads; i++) /* ascending share beyond the local tokens */
+		for (uint32_t k = i; k > 0 && frac[order[k]] < frac[order[k - 1]]; k--) {
+			uint32_t x = order[k];
+
+			order[k] = order[k - 1];
+			order[k - 1] = x;
+		}
+	for (uint32_t i = 0; i + 1 < heads; i++) { /* at least one retrieval head stays */
+		cum += frac[order[i]] > 0 ? frac[order[i]] : 0;
+		if (cum > eps * sum)
+			break;
+		streaming[order[i]] = true;
+	}
+	for (uint32_t h = 0; h < heads; h++) {
+		counts[h] = streaming[h] ? local : 0;
+		left -= counts[h];
+		nr += !streaming[h];
+	}
+	/* water-filling: the retrieval heads share what is left equally, each up to t */
+	while (left && nr) {
+		uint64_t each = left / nr, extra = left % nr;
+		uint32_t open = 0;
+
+		for (uint32_t h = 0; h < heads; h++) {
+			uint64_t want, give;
+
+			if (streaming[h] || counts[h] >= t)
+				continue;
+			want = each + (extra ? 1 : 0);
+			extra -= extra ? 1 : 0;
+			give = t - counts[h] < want ? t - counts[h] : want;
+			counts[h] += (uint32_t)give;
+			left -= give;
+			open += counts[h] < t;
+		}
+		if (open == nr && !each)
+			break;
+		nr = open;
+	}
 }
 
 void kvcd_budget_adakv(const float *score, uint32_t heads, uint32_t t, uint32_t budget,

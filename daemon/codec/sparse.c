@@ -14,6 +14,7 @@
 
 #define PYRAMID_BETA 20.0 /* PyramidKV's default: the deepest layer keeps m / 20 */
 #define ADAKV_ALPHA  0.2  /* Ada-KV's safeguard: a head keeps at least 20% of the mean */
+#define HEADS_EPS    0.1  /* streaming heads: together under 10% of the non-local attention */
 
 static uint32_t sinks_in(const struct kvcd_policy *p, uint32_t pos, uint32_t t)
 {
@@ -311,17 +312,29 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const str
 	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
 		return src ? err : -EINVAL;
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+		float frac[256];
+
 		err = load_layer(isa, l, src, ly, false, &w);
 		for (uint32_t hh = 0; hh < h && !err; hh++) {
 			float *s = w.score + (size_t)hh * t;
+			double all = 0, far = 0;
 
 			score_head(p, l, aux, ly, hh, &w, s);
 			/* sinks and the window are kept whatever their scores: they count first */
-			for (uint32_t i = 0; i < t; i++)
+			for (uint32_t i = 0; i < t; i++) {
+				all += s[i] > 0 ? s[i] : 0;
 				if (i < nsink || i + p->window >= t)
 					s[i] = INFINITY;
+				else
+					far += s[i] > 0 ? s[i] : 0;
+			}
+			if (hh < 256)
+				frac[hh] = all > 0 ? (float)(far / all) : 0.0f;
 		}
-		if (!err) /* the K plane is done with: it is the joint top-k's scratch */
+		if (!err && p->budget == KVCD_BUDGET_HEADS && h <= 256)
+			kvcd_budget_heads(frac, h, t, n, nsink + (p->window < t ? p->window : t),
+					  HEADS_EPS, counts + (size_t)ly * h);
+		else if (!err) /* the K plane is done with: it is the joint top-k's scratch */
 			kvcd_budget_adakv(w.score, h, t, n, ADAKV_ALPHA, w.kp,
 					  counts + (size_t)ly * h);
 	}
@@ -347,7 +360,7 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	if (!kvcp_layout_bytes(l))
 		return 0;
 	if (!counts) { /* without data: not for Ada-KV's or energy's data-chosen sizes */
-		if (p->budget == KVCD_BUDGET_ADAKV || p->energy || !(own = malloc(lh * 4)) ||
+		if (p->budget >= KVCD_BUDGET_ADAKV || p->energy || !(own = malloc(lh * 4)) ||
 		    kvcd_sel_plan(KVCD_ISA_SCALAR, p, l, pos, NULL, NULL, own)) {
 			free(own);
 			return 0;
