@@ -364,7 +364,15 @@ int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;
 	strcpy(c->sockpath, path);
 	ns_name(o->ns && *o->ns ? o->ns : "default", c->ns);
-	err = do_attach(c);
+	/* kvcd turns away the attaches of a uid beyond its handshakes in progress (-EBUSY, or a
+	 * reset before the reply is read): a burst of engine processes starting together meets
+	 * a busy daemon, not a dead one. Try again, backing off, for about a second. */
+	for (unsigned ms = 1, waited = 0;; waited += ms, ms *= 2) {
+		err = do_attach(c);
+		if ((err != -EBUSY && err != -ECONNRESET && err != -EPIPE) || waited >= 1000)
+			break;
+		usleep(ms * 1000 + (unsigned)(now_ns() % 1000)); /* jitter: not in step */
+	}
 	if (err)
 		goto out_free;
 	c->stash_cap = c->sq_entries + c->cq_entries;

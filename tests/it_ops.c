@@ -402,3 +402,41 @@ Test(ops, chained_stores_keep_a_prefix_under_pressure)
 	cr_assert_eq(kvc_fetch(c, &k, 0, size, NULL), -ENOENT, "nothing stored");
 	kvc_detach(c);
 }
+
+/* A burst of engine processes attaching at once, more than kvcd lets one uid have handshakes
+ * in progress: the ones turned away (-EBUSY) try again and all get in. */
+Test(ops, a_burst_of_attaches_beyond_the_handshake_limit_all_get_in)
+{
+	enum {
+		PROCS = 32
+	};
+	int go[2];
+
+	cr_assert_eq(pipe(go), 0);
+	for (int p = 0; p < PROCS; p++) {
+		char c;
+
+		if (fork())
+			continue;
+		close(go[1]);
+		if (read(go[0], &c, 1) < 0) /* all start together */
+			_exit(9);
+		kvc_client *cl = t_try_attach(&D, "burst", 1 << 20);
+
+		if (!cl)
+			_exit(10);
+		int err = kvc_nop(cl);
+
+		kvc_detach(cl);
+		_exit(err ? 11 : 0);
+	}
+	close(go[0]);
+	close(go[1]); /* EOF: every child's read returns now */
+	for (int p = 0; p < PROCS; p++) {
+		int st;
+
+		wait(&st);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a process did not get in (%d)",
+			  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
+}
