@@ -163,17 +163,12 @@ static void kvcd_with(struct t_daemon *d, const char *pool, const char *remote)
 
 static void kvcd_on(struct t_daemon *d, const char *pool, const char *extra)
 {
-	char conf[512];
-	const char *args[] = { "--config", conf, "--pool-size", pool, NULL };
-	FILE *f;
+	char remote[512];
 
-	memset(d, 0, sizeof(*d));
-	t_daemon_dir(d, conf, sizeof(conf));
-	f = fopen(conf, "w");
-	fprintf(f, "[remote]\nredis = 127.0.0.1:%d,127.0.0.1:%d\nop_timeout_ms = 300\n%s",
-		C.port[0], C.port[1], extra);
-	fclose(f);
-	cr_assert_eq(t_daemon_start_args(d, args), 0);
+	snprintf(remote, sizeof(remote),
+		 "[remote]\nredis = 127.0.0.1:%d,127.0.0.1:%d\nop_timeout_ms = 300\n%s", C.port[0],
+		 C.port[1], extra);
+	kvcd_with(d, pool, remote);
 }
 
 static struct kvc_stats *stats(const struct t_daemon *d)

@@ -25,6 +25,13 @@ dir=$(mktemp -d /tmp/kvcd-bench-XXXXXX)
 t_start=$(date +%s)
 step() { printf '[%4ds] == %s\n' $(( $(date +%s) - t_start )) "$*"; }
 steal() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# a build just before leaves its load in the 1-minute average: wait (up to 90 s) for the
+# machine to settle below half its CPUs, so that the load recorded is other work's
+for i in $(seq 90); do
+	awk -v c="$(nproc)" '{ exit !($1 > c / 2) }' /proc/loadavg || break
+	[ "$i" = 1 ] && step "waiting for the load average ($(cut -d' ' -f1 /proc/loadavg)) to settle"
+	sleep 1
+done
 read -r steal0 total0 < <(steal)
 load0=$(cut -d' ' -f1 /proc/loadavg)
 # median_run FILE...: the run whose FIELD is the median of the runs

@@ -131,8 +131,11 @@ why=$why target "LOOKUP p50 at $(j .blocks <<<"$ixn") blocks / at $(j .blocks <<
 target "metadata bytes per block (at $(j .blocks <<<"$ixn")) ≤ 128" 128 le \
 	$(j .metadata_bytes_per_block <<<"$ixn")
 if [ -f $r/remote.json ]; then
-	target "remote: 2 MiB fetch-through / raw Redis GET ≥ 0.8 (median of its rounds)" 0.8 ge \
-		$(j .remote_vs_raw_redis $r/remote.json)
+	# its rounds' lowest, median and highest: the spread shows, and rounds that disagree
+	# make it noisy
+	target "remote: 2 MiB fetch-through / raw Redis GET ≥ 0.8 (over its rounds)" 0.8 ge \
+		$(j '.remote_vs_raw_redis_min, .remote_vs_raw_redis, .remote_vs_raw_redis_max' \
+			$r/remote.json)
 	target "remote: the model's 63-chunk prefix / one chunk ≤ 3" 3 le \
 		$(j .model_prefix_vs_one_chunk $r/remote.json)
 	target "remote: recompute / restore from the cluster ≥ 10" 10 ge \
