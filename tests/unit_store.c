@@ -632,6 +632,8 @@ Test(store, adoption_keeps_only_committed_intact_blocks)
 	/* the process dies here: its records are gone, the pool's bytes stay */
 	free(s2.slabs[0]);
 	free(s2.slabs);
+	free(s2.chains[0]);
+	free(s2.chains);
 	free(s2.slots);
 	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
 	for (int i = 0; i < 256; i++)
