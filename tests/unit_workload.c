@@ -26,6 +26,8 @@ static void trace_of(const char *lines, struct wl_trace *t)
 	cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
 	close(fd);
 	cr_assert_eq(wl_load(path, t, &bad), 0, "line %zu", bad);
+	unlink(path); /* loaded: the file is not needed any more */
+	path[0] = '\0';
 }
 
 static char *generate(uint64_t seed, unsigned n, size_t *len)
@@ -97,6 +99,8 @@ Test(workload, keys_are_shared_exactly_up_to_the_first_difference)
 	cr_assert_eq(write(fd, junk, strlen(junk)), (ssize_t)strlen(junk));
 	close(fd);
 	cr_assert_eq(wl_load(path, &t, &bad), -EBADMSG);
+	unlink(path);
+	path[0] = '\0';
 	cr_assert_eq(bad, 2, "the bad line is named");
 }
 
