@@ -984,6 +984,43 @@ int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	return encode_body(isa, p, l, pos, src, p->hibits ? scores : NULL, dst);
 }
 
+/* The inverse of encode_fused(), for what it writes: row by row, each head's codes and
+ * parameters dequantized into an L1 buffer and the row converted straight into the engine's
+ * layout, where the unit-by-unit path fills a whole f32 plane first. The same bytes out. */
+static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
+			 const struct kvcp_layout *l, const uint8_t *in, const struct shape *sh,
+			 struct work *w, uint8_t *dst)
+{
+	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
+	size_t ngt = sh[0].ngt, gch = sh[0].gch, t = l->tokens;
+	float *x = w->plane;
+
+	for (uint32_t layer = 0; layer < l->layers; layer++)
+		for (int kv = 0; kv < 2; kv++) {
+			const uint8_t *base = in + layer * heads * (sh[0].bytes + sh[1].bytes) +
+					      kv * heads * sh[0].bytes;
+			uint8_t *out = dst + plane_base(l, layer, kv);
+			unsigned bits = sh[kv].bits;
+			size_t rowb = d * bits / 8;
+
+			for (size_t r = 0; r < t; r++) {
+				for (size_t h = 0; h < heads; h++) {
+					const uint8_t *u = base + h * sh[kv].bytes;
+
+					memcpy(w->par, u + r * ngt * 4, ngt * 4);
+					kvcd_unpack(u + t * ngt * 4 + r * rowb, d, bits, w->codes);
+					for (size_t g = 0; g < ngt; g++)
+						kvcd_dequant_group(isa, w->codes + g * gch, gch,
+								   w->par[2 * g], w->par[2 * g + 1],
+								   x + h * d + g * gch);
+					if (p->rotate) /* the rotation undone, as it was done */
+						kvcd_hadamard(x + h * d, (unsigned)d);
+				}
+				kvcd_from_f32(isa, l->dtype, x, out + r * hd * es, hd);
+			}
+		}
+}
+
 /* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
  * has checked against kvcd_units_size(), into @dst (layout @engine). */
 static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
@@ -1002,6 +1039,10 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 		return err;
 	rope_tables(p, engine, pos, &w);
 	w.e4m3 = p->kind == KVCD_CODEC_FP8 ? kvcd_e4m3_lut() : NULL;
+	if (fusable(p, sh)) {
+		decode_fused(isa, p, &v, in, sh, &w, dst);
+		return 0;
+	}
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
 			for (uint32_t head = 0; head < v.kv_heads && !err; head++) {
