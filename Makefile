@@ -38,7 +38,7 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
-	      daemon/metrics.c daemon/log.c daemon/remote.c libclient/metrics.c
+	      daemon/metrics.c daemon/log.c daemon/remote.c daemon/gpu.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
 	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)

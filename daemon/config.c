@@ -37,6 +37,7 @@ void kvcd_config_defaults(struct kvcd_config *c)
 	c->low_wm = 90;
 	c->lease_max_ms = 60000;
 	c->busy_poll_us = 100;
+	c->gpu_all = true; /* every CUDA device there is; none without a driver */
 	c->max_clients = 256;
 	c->max_pending = 64;
 	c->max_pending_per_uid = 8;
@@ -286,12 +287,45 @@ static const char *expected(const char *k)
 		{ "ttl", "seconds, 0 (none) to 31536000" },
 		{ "queue", "a size such as 256M" },
 		{ "read_replicas", "yes or no" },
+		{ "devices", "all, none, or device ordinals 0 to 15, comma-separated" },
 	};
 
 	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++)
 		if (!strcmp(forms[i].key, k))
 			return forms[i].what;
 	return "invalid value";
+}
+
+int kvcd_parse_gpus(struct kvcd_config *c, const char *v)
+{
+	char buf[128], *save = NULL;
+	unsigned n = 0;
+	int dev[KVCD_MAX_GPUS];
+
+	if (!strcmp(v, "all") || !strcmp(v, "none")) {
+		c->gpu_all = !strcmp(v, "all");
+		c->gpu_ndev = 0;
+		return 0;
+	}
+	if (strlen(v) >= sizeof(buf))
+		return -EINVAL;
+	strcpy(buf, v);
+	for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+		unsigned d;
+
+		if (parse_uint(t, KVCD_MAX_GPUS - 1, &d) || n == KVCD_MAX_GPUS)
+			return -EINVAL;
+		for (unsigned i = 0; i < n; i++)
+			if (dev[i] == (int)d)
+				return -EINVAL; /* named twice */
+		dev[n++] = (int)d;
+	}
+	if (!n)
+		return -EINVAL;
+	c->gpu_all = false;
+	c->gpu_ndev = n;
+	memcpy(c->gpu_dev, dev, n * sizeof(dev[0]));
+	return 0;
 }
 
 struct load_ctx {
@@ -326,6 +360,9 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = kvcd_parse_size(v, &c->remote_queue);
 		else if (!strcmp(k, "read_replicas"))
 			err = parse_bool(v, &c->remote_read_replicas);
+	} else if (!strcmp(section, "gpu")) {
+		if (!strcmp(k, "devices"))
+			err = kvcd_parse_gpus(x->c, v);
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(k, "listen"))
 			err = set_str(x->c->metrics_listen, sizeof(x->c->metrics_listen), v);

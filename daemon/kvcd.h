@@ -46,6 +46,8 @@ enum {
 	KVCD_HUGE_REQUIRE
 };
 
+#define KVCD_MAX_GPUS 16
+
 struct kvcd_config {
 	char socket[108];
 	char socket_group[64];
@@ -76,8 +78,12 @@ struct kvcd_config {
 	unsigned remote_connect_ms, remote_op_ms, remote_ttl;
 	uint64_t remote_queue;	   /* bytes of puts waiting; beyond, dropped */
 	bool remote_read_replicas; /* GETs go to a replica of the slot (READONLY) */
-	int log_level;		   /* LOG_ERR .. LOG_DEBUG */
-	bool strict_ns;		   /* refuse namespaces the config does not list */
+	/* [gpu] devices: which CUDA devices kvcd looks for (ordinals); gpu_all: every one */
+	bool gpu_all;
+	unsigned gpu_ndev;
+	int gpu_dev[KVCD_MAX_GPUS];
+	int log_level;	/* LOG_ERR .. LOG_DEBUG */
+	bool strict_ns; /* refuse namespaces the config does not list */
 	bool foreground;
 	struct kvcd_policy policy; /* [kvcd] policy: namespaces without their own */
 	struct kvcd_ns_acl ns[KVCD_MAX_NS];
@@ -87,6 +93,8 @@ struct kvcd_config {
 void kvcd_config_defaults(struct kvcd_config *c);
 /* Parse INI @path into @c. Returns 0 or -errno; messages go to stderr with file:line. */
 int kvcd_config_load(struct kvcd_config *c, const char *path);
+/* [gpu] devices = all | none | 0,2: into c->gpu_all, gpu_dev. Returns 0 or -EINVAL. */
+int kvcd_parse_gpus(struct kvcd_config *c, const char *v);
 /* "256M", "1G", "4096", "2MiB" -> bytes. Returns 0 or -EINVAL. */
 int kvcd_parse_size(const char *s, uint64_t *out);
 /* The ACL for @ns, or NULL when the namespace is not configured. */
@@ -610,6 +618,8 @@ struct kvcd {
 
 	void *metrics;		    /* the HTTP server of metrics.c, or NULL */
 	struct kvcd_remote *remote; /* remote.c, or NULL */
+	struct kvcp_gpu_stats gpu;  /* gpu.c: the devices found, as STATS reports them */
+	void *cuda;		    /* libcuda.so.1, when loaded */
 
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
@@ -655,6 +665,15 @@ void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
  * Freeing releases the get's hold on its namespace. */
 void kvcd_rget_release(struct kvcd_rget *g);
 void kvcd_rget_free(struct kvcd_rget *g);
+
+/* gpu.c: find the CUDA devices [gpu] asks for (the driver loaded at run time) and the NUMA
+ * node nearest each (@sysfs: the sysfs root, NULL: /sys), into d->gpu; logs what it finds or
+ * why there is none. Never fails: without a GPU kvcd serves from host memory. */
+void kvcd_gpu_probe(struct kvcd *d, const char *sysfs);
+void kvcd_gpu_close(struct kvcd *d);
+/* The numa_node of PCI function @pci ("0000:3b:00.0", either case) under sysfs root @sysfs
+ * (NULL: /sys): an OS node id, or -1 when unknown. */
+int kvcd_pci_numa_node(const char *sysfs, const char *pci);
 
 /* metrics.c: Prometheus text on HTTP from its own thread, when cfg.metrics_listen is set.
  * Returns 0 or -errno (printed). */

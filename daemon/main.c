@@ -1072,6 +1072,7 @@ static void shutdown_all(struct kvcd *d)
 	for (unsigned i = 0; i < d->nworkers; i++)
 		kvcd_worker_stop(&d->workers[i]);
 	kvcd_remote_stop(d); /* after the workers: they queue gets */
+	kvcd_gpu_close(d);
 	kvcd_store_fini(&d->store);
 	for (unsigned i = 0; i < d->npools; i++)
 		kvcd_pool_destroy(&d->pools[i]);
@@ -1102,6 +1103,7 @@ int main(int argc, char **argv)
 		d->boot_token = d->start_ns ^ (uint64_t)getpid() << 32;
 	/* before the pools: namespaces a warm restart brings back spill as an attach makes them */
 	err = kvcd_remote_start(d); /* a cluster that is down only delays the remote tier */
+	kvcd_gpu_probe(d, NULL);    /* no GPU, no driver: host tiers only, said once */
 	if (!err)
 		err = setup_pools(d);
 	if (err)

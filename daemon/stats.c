@@ -116,6 +116,7 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 	st->version = KVC_VERSION_MAJOR << 16 | KVC_VERSION_MINOR << 8 | KVC_VERSION_PATCH;
 	st->protocol = KVCP_MAJOR << 16 | KVCP_MINOR;
 	kvcd_remote_stats(d, &st->remote);
+	st->gpu = d->gpu;
 	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
 	pthread_mutex_lock(&d->sessions_lock);
 	st->clients = d->nsessions;

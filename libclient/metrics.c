@@ -160,6 +160,10 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 				{ "kvcd_remote_received_bytes_total", "counter",
 				  "Bytes read back from the cluster.", st->remote.bytes_in },
 				{ NULL, NULL, NULL, 0 } });
+	scalars(o, (const struct scalar[]){ { "kvcd_gpu_devices", "gauge",
+					      "CUDA devices kvcd found (0: none, or no driver).",
+					      st->gpu.ndev },
+					    { NULL, NULL, NULL, 0 } });
 	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
 		 st->node[i].bytes_total);
 	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",

@@ -344,6 +344,33 @@ struct kvcp_remote_stats {
 	uint64_t get_p50_ns, get_p99_ns; /* of a batch of gets */
 };
 
+/* Since 2.3: the GPU tier, as far as it is built: the CUDA devices kvcd found (its pools,
+ * the hand-off to engines and the movers are not built yet). */
+#define KVCP_MAX_GPUS 16
+enum kvcp_gpu_status {
+	KVCP_GPU_OFF = 0,	   /* [gpu] devices = none */
+	KVCP_GPU_NO_DRIVER = 1,	   /* libcuda.so.1 could not be loaded */
+	KVCP_GPU_DRIVER_ERROR = 2, /* it could, but cuInit or a query failed (why says which) */
+	KVCP_GPU_NO_DEVICE = 3,	   /* the driver sees none of the devices asked for */
+	KVCP_GPU_READY = 4,	   /* ndev devices found */
+};
+
+struct kvcp_gpu_dev {
+	int32_t ordinal;
+	int32_t numa_node; /* OS node nearest the device (its PCI function's); -1: unknown */
+	uint64_t mem_bytes;
+	char name[64];
+	char pci[16]; /* domain:bus:device.function */
+};
+
+struct kvcp_gpu_stats {
+	int32_t status;		/* enum kvcp_gpu_status */
+	int32_t driver_version; /* cuDriverGetVersion's, e.g. 13000; 0: none */
+	uint32_t ndev, pad;
+	char why[96]; /* what the status rests on, in words */
+	struct kvcp_gpu_dev dev[KVCP_MAX_GPUS];
+};
+
 struct kvcp_stats {
 	uint32_t nnodes, clients;
 	uint64_t boot_token, uptime_ms;
@@ -361,6 +388,7 @@ struct kvcp_stats {
 	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch */
 	uint32_t protocol; /* KVCP_MAJOR << 16 | KVCP_MINOR */
 	struct kvcp_remote_stats remote;
+	struct kvcp_gpu_stats gpu; /* 2.3 */
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)

@@ -278,3 +278,38 @@ Test(cli, sighup_reloads_the_configuration)
 	cr_assert_eq(t_daemon_stop(&D), 0, "SIGHUP never stopped it");
 	cr_assert_neq(access(pidfile, F_OK), 0, "the pidfile goes with kvcd");
 }
+
+/* kvcd starts whatever the GPUs: it says what it found (here, on a machine without a CUDA
+ * driver, that there is none) in STATS and kvcctl, and [gpu] devices = none turns the probe
+ * off. */
+Test(cli, gpu_devices_are_reported_driver_or_not)
+{
+	static char out[1 << 17];
+	struct kvc_stats st;
+	const char *s;
+
+	t_daemon_start(&D, "32M");
+	kvc_client *c = t_attach(&D, NULL, 4096);
+
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	kvc_detach(c);
+	cr_assert(st.gpu.status >= KVC_GPU_NO_DRIVER && st.gpu.status <= KVC_GPU_READY, "status %d",
+		  st.gpu.status);
+	cr_assert(st.gpu.why[0], "it says why");
+	cr_assert_eq(st.gpu.status == KVC_GPU_READY, st.gpu.ndev > 0);
+	cr_assert_eq(t_kvcctl(&D, "stats --json", out, sizeof(out)), 0, "%s", out);
+	cr_assert_not_null(s = strstr(out, "\"gpu\": {\"status\": \""), "%s", out);
+	cr_assert_not_null(strstr(out, "\"gpus\": ["), "%s", out);
+	if (access("/usr/lib/x86_64-linux-gnu/libcuda.so.1", F_OK) &&
+	    access("/usr/lib64/libcuda.so.1", F_OK) && access("/usr/lib/libcuda.so.1", F_OK)) {
+		cr_assert_eq(st.gpu.status, KVC_GPU_NO_DRIVER, "%s", st.gpu.why);
+		cr_assert_not_null(strstr(out, "\"gpus\": []"), "%s", out);
+	}
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_start_conf(&D, "[gpu]\ndevices = none\n");
+	c = t_attach(&D, NULL, 4096);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	kvc_detach(c);
+	cr_assert_eq(st.gpu.status, KVC_GPU_OFF);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+}

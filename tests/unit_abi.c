@@ -47,6 +47,9 @@ Test(abi, keys_layouts_and_fetch_forms_match_the_protocol)
 Test(abi, introspection_structs_match_the_protocol)
 {
 	SIZE(kvc_stats, kvcp_stats);
+	SAME(kvc_stats, kvcp_stats, gpu);
+	cr_assert_eq(sizeof(((struct kvc_stats *)0)->gpu), sizeof(struct kvcp_gpu_stats));
+	cr_assert_eq(KVC_GPU_READY, KVCP_GPU_READY);
 	SAME(kvc_stats, kvcp_stats, nnodes);
 	SAME(kvc_stats, kvcp_stats, clients);
 	SAME(kvc_stats, kvcp_stats, boot_token);

@@ -119,3 +119,32 @@ Test(config, values_checked_against_each_other)
 	cr_assert_eq(kvcd_config_ns(&c, "q")->quota, 2ull << 30);
 	cr_assert_eq(c.max_pins, 10);
 }
+
+Test(config, gpu_devices)
+{
+	struct kvcd_config c;
+
+	kvcd_config_defaults(&c);
+	cr_assert(c.gpu_all, "every device there is, by default");
+	cr_assert_eq(kvcd_parse_gpus(&c, "0, 2"), 0);
+	cr_assert(!c.gpu_all);
+	cr_assert_eq(c.gpu_ndev, 2);
+	cr_assert_eq(c.gpu_dev[1], 2);
+	cr_assert_eq(kvcd_parse_gpus(&c, "none"), 0);
+	cr_assert(!c.gpu_all && !c.gpu_ndev);
+	cr_assert_eq(kvcd_parse_gpus(&c, "all"), 0);
+	cr_assert(c.gpu_all);
+	cr_assert_eq(kvcd_parse_gpus(&c, "1,1"), -EINVAL, "named twice");
+	cr_assert_eq(kvcd_parse_gpus(&c, "16"), -EINVAL, "ordinals 0 to 15");
+	cr_assert_eq(kvcd_parse_gpus(&c, "gpu0"), -EINVAL);
+	cr_assert_eq(kvcd_parse_gpus(&c, ""), -EINVAL);
+	cr_assert(c.gpu_all, "a bad value changes nothing");
+	const char *p = write_tmp("[gpu]\ndevices = 3\n");
+
+	cr_assert_eq(kvcd_config_load(&c, p), 0);
+	cr_assert(!c.gpu_all && c.gpu_ndev == 1 && c.gpu_dev[0] == 3);
+	unlink(p);
+	p = write_tmp("[gpu]\ndevices = some\n");
+	cr_assert_neq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+}

@@ -84,3 +84,28 @@ Test(topo, distance_matrix_orders_the_fallbacks)
 	kvcd_topo_order(&t, m, -1, order);
 	cr_assert_arr_eq(order, ((uint8_t[]){ 1, 3, 0, 2 }), 4);
 }
+
+/* A GPU's nearest node is its PCI function's numa_node in sysfs, whatever the case of the
+ * bus id the driver gives; -1 (or nothing there) is unknown. */
+Test(topo, a_gpu_s_node_is_its_pci_function_s)
+{
+	char root[] = "/tmp/kvcd-sysfs-XXXXXX", dir[160], cmd[200];
+	const char *fn[] = { "0000:3b:00.0", "0000:86:00.0" }, *val[] = { "1\n", "-1\n" };
+
+	cr_assert_not_null(mkdtemp(root));
+	for (int i = 0; i < 2; i++) {
+		FILE *f;
+
+		snprintf(dir, sizeof(dir), "mkdir -p %s/bus/pci/devices/%s", root, fn[i]);
+		cr_assert_eq(system(dir), 0);
+		snprintf(dir, sizeof(dir), "%s/bus/pci/devices/%s/numa_node", root, fn[i]);
+		f = fopen(dir, "w");
+		fputs(val[i], f);
+		fclose(f);
+	}
+	cr_assert_eq(kvcd_pci_numa_node(root, "0000:3B:00.0"), 1, "upper case from the driver");
+	cr_assert_eq(kvcd_pci_numa_node(root, "0000:86:00.0"), -1, "the platform does not say");
+	cr_assert_eq(kvcd_pci_numa_node(root, "0000:af:00.0"), -1, "no such function");
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
+	cr_assert_eq(system(cmd), 0);
+}

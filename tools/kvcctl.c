@@ -56,6 +56,31 @@ static int ns_width(const struct kvc_stats *st)
 	return w;
 }
 
+static const char *gpu_status(int s)
+{
+	static const char *const names[] = { "off", "no driver", "driver error", "no device",
+					     "ready" };
+
+	return s >= 0 && s <= KVC_GPU_READY ? names[s] : "unknown";
+}
+
+/* @s (at most @n bytes, NUL-terminated or not) as a JSON string. */
+static void json_string(const char *s, size_t n)
+{
+	putchar('"');
+	for (size_t i = 0; i < n && s[i]; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
 static void print_stats_json(const struct kvc_stats *st)
 {
 	printf("{\"blocks\": %" PRIu64 ", \"bytes_used\": %" PRIu64 ", \"bytes_free\": %" PRIu64
@@ -93,7 +118,18 @@ static void print_stats_json(const struct kvc_stats *st)
 		       "}",
 		       i ? ", " : "", kvc_op_name(i), st->op[i].count, st->op[i].errors,
 		       st->op[i].p50_ns, st->op[i].p99_ns, st->op[i].p999_ns);
-	printf("}, \"remote\": ");
+	printf("}, \"gpu\": {\"status\": \"%s\", \"why\": ", gpu_status(st->gpu.status));
+	json_string(st->gpu.why, sizeof(st->gpu.why));
+	printf(", \"driver_version\": %d}, \"gpus\": [", st->gpu.driver_version);
+	for (unsigned i = 0; i < st->gpu.ndev && i < 16; i++) {
+		printf("%s{\"device\": %d, \"name\": ", i ? ", " : "", st->gpu.dev[i].ordinal);
+		json_string(st->gpu.dev[i].name, sizeof(st->gpu.dev[i].name));
+		printf(", \"pci\": ");
+		json_string(st->gpu.dev[i].pci, sizeof(st->gpu.dev[i].pci));
+		printf(", \"numa_node\": %d, \"mem_bytes\": %" PRIu64 "}", st->gpu.dev[i].numa_node,
+		       st->gpu.dev[i].mem_bytes);
+	}
+	printf("], \"remote\": ");
 	if (!st->remote.enabled)
 		printf("null}\n");
 	else
@@ -125,6 +161,13 @@ static void print_stats(const struct kvc_stats *st)
 	printf("metadata bytes  %" PRIu64 "\n", st->metadata_bytes);
 	printf("clients         %u\n", st->clients);
 	printf("uptime          %.1f s\n", st->uptime_ms / 1000.0);
+	printf("gpu             %s: %.*s\n", gpu_status(st->gpu.status), (int)sizeof(st->gpu.why),
+	       st->gpu.why);
+	for (unsigned i = 0; i < st->gpu.ndev && i < 16; i++)
+		printf("  gpu %d         %.*s, %.*s, %.1f GiB, nearest node %d\n",
+		       st->gpu.dev[i].ordinal, (int)sizeof(st->gpu.dev[i].name),
+		       st->gpu.dev[i].name, (int)sizeof(st->gpu.dev[i].pci), st->gpu.dev[i].pci,
+		       st->gpu.dev[i].mem_bytes / 1073741824.0, st->gpu.dev[i].numa_node);
 	if (st->remote.enabled)
 		printf("remote tier     %u nodes, %" PRIu64 " of 16384 slots up; %" PRIu64
 		       " puts, %" PRIu64 " gets (%" PRIu64 " hits), %" PRIu64 " errors, %" PRIu64

@@ -346,6 +346,26 @@ struct kvc_stats {
 		uint64_t bytes_out, bytes_in;
 		uint64_t get_p50_ns, get_p99_ns;
 	} remote;
+	/* the GPU tier (protocol 2.3): the CUDA devices kvcd found; status KVC_GPU_* */
+	struct {
+		int32_t status, driver_version;
+		uint32_t ndev, pad;
+		char why[96];
+		struct {
+			int32_t ordinal, numa_node; /* numa_node: -1 unknown */
+			uint64_t mem_bytes;
+			char name[64];
+			char pci[16];
+		} dev[16];
+	} gpu;
+};
+
+enum {
+	KVC_GPU_OFF = 0,	  /* [gpu] devices = none */
+	KVC_GPU_NO_DRIVER = 1,	  /* no CUDA driver (libcuda.so.1) */
+	KVC_GPU_DRIVER_ERROR = 2, /* the driver failed (why says how) */
+	KVC_GPU_NO_DEVICE = 3,	  /* none of the devices asked for */
+	KVC_GPU_READY = 4,
 };
 
 /* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */

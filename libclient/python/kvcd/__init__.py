@@ -31,6 +31,7 @@ __version__ = f"{_v >> 16}.{(_v >> 8) & 0xff}.{_v & 0xff}"  # the C library's: o
 F32, F16, BF16 = 1, 2, 3
 OP_NOP, OP_STORE, OP_FETCH, OP_LOOKUP, OP_DELETE, OP_PIN, OP_UNPIN = range(7)
 REQ_PARENT = 8  # STORE: the parent key follows the block (KVC_REQ_PARENT)
+GPU_STATUS = {0: "off", 1: "no driver", 2: "driver error", 3: "no device", 4: "ready"}
 ATTACH_BUSY_POLL = 1
 POLICY_NAMESPACE = 1
 
@@ -285,6 +286,12 @@ class Client:
                              for s, e in zip(st.ns[:st.nns], st.ns_ext[:st.nns])]
         r = st.remote
         out["remote"] = {k: getattr(r, k) for k, _ in r._fields_} if r.enabled else None
+        g = st.gpu
+        out["gpu"] = {"status": GPU_STATUS.get(g.status, str(g.status)), "why": g.why.decode(),
+                      "driver_version": g.driver_version,
+                      "devices": [{"device": d.ordinal, "name": d.name.decode(),
+                                   "numa_node": d.numa_node, "mem_bytes": d.mem_bytes,
+                                   "pci": d.pci.decode()} for d in g.dev[:g.ndev]]}
         out["ops"] = {}
         for i in range(13):
             name = lib.kvc_op_name(i)

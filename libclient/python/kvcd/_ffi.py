@@ -83,6 +83,17 @@ class RemoteStats(ctypes.Structure):
                 ("bytes_in", c_u64), ("get_p50_ns", c_u64), ("get_p99_ns", c_u64)]
 
 
+class GpuDev(ctypes.Structure):
+    _fields_ = [("ordinal", ctypes.c_int32), ("numa_node", ctypes.c_int32),
+                ("mem_bytes", c_u64), ("name", ctypes.c_char * 64), ("pci", ctypes.c_char * 16)]
+
+
+class GpuStats(ctypes.Structure):
+    _fields_ = [("status", ctypes.c_int32), ("driver_version", ctypes.c_int32),
+                ("ndev", c_u32), ("pad", c_u32), ("why", ctypes.c_char * 96),
+                ("dev", GpuDev * 16)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("nnodes", c_u32), ("clients", c_u32), ("boot_token", c_u64),
                 ("uptime_ms", c_u64), ("blocks", c_u64), ("bytes_used", c_u64),
@@ -92,7 +103,7 @@ class Stats(ctypes.Structure):
                 ("metadata_bytes", c_u64), ("node", NodeStats * 16), ("op", OpStats * 13),
                 ("nns", c_u32), ("pad", c_u32), ("ns", NsStats * 32), ("ns_ext", NsExt * 32),
                 ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
-                ("remote", RemoteStats)]
+                ("remote", RemoteStats), ("gpu", GpuStats)]
 
 
 def _find_library() -> str:

@@ -25,7 +25,7 @@ def test_structures_match_the_c_library():
     assert ctypes.sizeof(_ffi.AttachOpts) == 40
     assert ctypes.sizeof(_ffi.Req) == 56
     assert ctypes.sizeof(_ffi.Cqe) == 40
-    assert ctypes.sizeof(_ffi.Stats) == 15352
+    assert ctypes.sizeof(_ffi.Stats) == 17000
 
 
 def block(dtype=np.float16, layers=2, tokens=16, heads=2, dim=32, seed=0):
@@ -94,6 +94,13 @@ def test_errors_carry_errno_and_words(daemon):
     with pytest.raises(kvcd.KvcdError) as e:
         kvcd.Client(socket=daemon.sock + ".none")
     assert e.value.errno == errno.ENOENT
+
+
+def test_gpu_devices_are_reported(daemon):
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
+        g = c.stats()["gpu"]
+        assert g["status"] in ("no driver", "driver error", "no device", "ready")
+        assert g["why"] and (g["status"] == "ready") == bool(g["devices"])
 
 
 def test_policy_slots_and_stats(daemon):
