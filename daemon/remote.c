@@ -399,16 +399,18 @@ static void *sink_string(const redisReadTask *t, char *str, size_t len)
 	return rep;
 }
 
-static void sink_init(void)
+/* Returns false when hiredis could not make a reader (out of memory). */
+static bool sink_init(void)
 {
 	redisReader *rd = redisReaderCreate();
 
-	if (rd) { /* hiredis's own functions, to fall back on */
-		plain_fns = *rd->fn;
-		redisReaderFree(rd);
-	}
+	if (!rd)
+		return false;
+	plain_fns = *rd->fn; /* hiredis's own functions, to fall back on */
+	redisReaderFree(rd);
 	sink_fns = plain_fns;
 	sink_fns.createString = sink_string;
+	return true;
 }
 
 /* Every queued get, pipelined: all GETs go out to their nodes before a reply is read. */
@@ -624,10 +626,11 @@ int kvcd_remote_start(struct kvcd *d)
 	if (!d->cfg.remote_redis[0])
 		return 0;
 	r = calloc(1, sizeof(*r));
-	if (!r)
+	if (!r || !sink_init()) {
+		free(r);
 		return -ENOMEM;
+	}
 	crc16_init();
-	sink_init();
 	r->d = d;
 	r->gets_tail = &r->gets;
 	r->puts_tail = &r->puts;
