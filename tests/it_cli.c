@@ -306,6 +306,7 @@ Test(cli, gpu_devices_are_reported_driver_or_not)
 		cr_assert_not_null(strstr(out, "\"gpus\": []"), "%s", out);
 	}
 	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_cleanup(&D); /* its directory too: the next kvcd makes its own */
 	t_daemon_start_conf(&D, "[gpu]\ndevices = none\n");
 	c = t_attach(&D, NULL, 4096);
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
