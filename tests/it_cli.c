@@ -314,3 +314,30 @@ Test(cli, gpu_devices_are_reported_driver_or_not)
 	cr_assert_eq(st.gpu.status, KVC_GPU_OFF);
 	cr_assert_eq(t_daemon_stop(&D), 0);
 }
+
+/* A namespace is named by its client, quotes and backslashes allowed: kvcctl's JSON stays
+ * JSON with such a name in it. */
+Test(cli, json_output_escapes_client_named_namespaces)
+{
+	char args[256], out[4096];
+	const char *name = "we\"ird\\name";
+
+	t_daemon_start(&D, "32M");
+	kvc_client *c = t_attach(&D, name, 4096);
+
+	for (int k = 0; k < 2; k++) {
+		snprintf(args, sizeof(args), "%s --json > %s/out.json", k ? "clients" : "stats",
+			 D.dir);
+		cr_assert_eq(t_kvcctl(&D, args, out, sizeof(out)), 0, "%s", out);
+		cr_assert_eq(
+			t_sh(out, sizeof(out),
+			     "/usr/bin/python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); "
+			     "print(repr(d))' %s/out.json 2>&1",
+			     D.dir),
+			0, "not JSON: %s", out);
+		cr_assert_not_null(strstr(out, "we\"ird\\\\name"), "the name comes back: %.300s",
+				   out);
+	}
+	kvc_detach(c);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+}

@@ -102,15 +102,20 @@ static void print_stats_json(const struct kvc_stats *st)
 		       st->node[i].bytes_total, st->node[i].bytes_used,
 		       st->node[i].bytes_total - st->node[i].bytes_used, st->node[i].blocks);
 	printf("], \"namespaces\": [");
-	for (unsigned i = 0; i < st->nns && i < 32; i++)
-		printf("%s{\"name\": \"%s\", \"policy\": \"%s\", \"blocks\": %" PRIu64
-		       ", \"bytes_in\": %" PRIu64 ", \"bytes_stored\": %" PRIu64
-		       ", \"fallbacks\": %" PRIu64 ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64
-		       ", \"evictions\": %" PRIu64 ", \"quota\": %" PRIu64 "}",
-		       i ? ", " : "", st->ns[i].name, st->ns[i].policy, st->ns[i].blocks,
-		       st->ns[i].bytes_in, st->ns[i].bytes_stored, st->ns[i].fallbacks,
-		       st->ns_ext[i].hits, st->ns_ext[i].misses, st->ns_ext[i].evictions,
-		       st->ns_ext[i].quota);
+	for (unsigned i = 0; i < st->nns && i < 32; i++) {
+		/* a namespace is named by its client: quotes and backslashes are escaped */
+		printf("%s{\"name\": ", i ? ", " : "");
+		json_string(st->ns[i].name, sizeof(st->ns[i].name));
+		printf(", \"policy\": ");
+		json_string(st->ns[i].policy, sizeof(st->ns[i].policy));
+		printf(", \"blocks\": %" PRIu64 ", \"bytes_in\": %" PRIu64
+		       ", \"bytes_stored\": %" PRIu64 ", \"fallbacks\": %" PRIu64
+		       ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64 ", \"evictions\": %" PRIu64
+		       ", \"quota\": %" PRIu64 "}",
+		       st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
+		       st->ns[i].fallbacks, st->ns_ext[i].hits, st->ns_ext[i].misses,
+		       st->ns_ext[i].evictions, st->ns_ext[i].quota);
+	}
 	printf("], \"ops\": {");
 	for (unsigned i = 0; kvc_op_name(i); i++)
 		printf("%s\"%s\": {\"count\": %" PRIu64 ", \"errors\": %" PRIu64
@@ -287,14 +292,15 @@ static int cmd_clients(kvc_client *c, int json)
 		printf("%-6s %-8s %-6s %-6s %-4s %-6s %12s %8s  %s\n", "id", "pid", "uid", "gid",
 		       "node", "worker", "requests", "bad", "namespace");
 	for (int i = 0; i < n; i++) {
-		if (json)
+		if (json) {
 			printf("%s{\"id\": %u, \"pid\": %d, \"uid\": %u, \"gid\": %u, \"node\": %d, "
 			       "\"worker\": %u, \"requests\": %" PRIu64
-			       ", \"bad_requests\": %" PRIu64 ", \"namespace\": \"%s\"}",
+			       ", \"bad_requests\": %" PRIu64 ", \"namespace\": ",
 			       i ? ", " : "", ci[i].client_id, ci[i].pid, ci[i].uid, ci[i].gid,
-			       ci[i].node, ci[i].worker, ci[i].requests, ci[i].bad_requests,
-			       ci[i].ns);
-		else
+			       ci[i].node, ci[i].worker, ci[i].requests, ci[i].bad_requests);
+			json_string(ci[i].ns, sizeof(ci[i].ns));
+			printf("}");
+		} else
 			printf("%-6u %-8d %-6u %-6u %-4d %-6u %12" PRIu64 " %8" PRIu64 "  %s\n",
 			       ci[i].client_id, ci[i].pid, ci[i].uid, ci[i].gid, ci[i].node,
 			       ci[i].worker, ci[i].requests, ci[i].bad_requests, ci[i].ns);
