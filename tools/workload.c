@@ -377,11 +377,24 @@ static int dense_build(const struct wl_trace *t, struct dense *d)
 	return 0;
 }
 
+/* Request @r's hit, its prompt's longest prefix whose blocks are @cached (nonzero), counted
+ * into @out. Returns the index of its first access. */
+static size_t count_prefix(const struct dense *d, size_t r, const uint32_t *cached,
+			   struct wl_sim *out)
+{
+	size_t a = d->first[r], h = a;
+
+	while (h < a + d->prompt[r] && cached[d->id[h]])
+		h++;
+	out->hit_chunks += h - a;
+	out->chunks += d->prompt[r];
+	return a;
+}
+
 int wl_sim_lru(const struct wl_trace *t, size_t cap, struct wl_sim *out)
 {
 	struct dense d;
-	uint32_t *prev, *next, head = UINT32_MAX, tail = UINT32_MAX; /* head: most recent */
-	uint8_t *in;
+	uint32_t *prev, *next, *in, head = UINT32_MAX, tail = UINT32_MAX; /* head: most recent */
 	size_t used = 0;
 	int err = dense_build(t, &d);
 
@@ -389,17 +402,13 @@ int wl_sim_lru(const struct wl_trace *t, size_t cap, struct wl_sim *out)
 		return err;
 	prev = malloc(d.nblocks * sizeof(*prev));
 	next = malloc(d.nblocks * sizeof(*next));
-	in = calloc(d.nblocks, 1);
+	in = calloc(d.nblocks, sizeof(*in));
 	memset(out, 0, sizeof(*out));
 	out->unique_blocks = d.nblocks;
 	for (size_t r = 0; prev && next && in && r < t->n; r++) {
-		size_t a = d.first[r], b = d.first[r + 1], h = a;
+		size_t b = d.first[r + 1];
 
-		while (h < a + d.prompt[r] && in[d.id[h]])
-			h++;
-		out->hit_chunks += h - a;
-		out->chunks += d.prompt[r];
-		for (size_t j = a; j < b; j++) {
+		for (size_t j = count_prefix(&d, r, in, out); j < b; j++) {
 			uint32_t x = d.id[j];
 
 			if (in[x]) { /* unlink, to go to the front */
@@ -518,13 +527,9 @@ int wl_sim_belady(const struct wl_trace *t, size_t cap, struct wl_sim *out)
 	}
 	memset(cur, 0, d.nblocks * sizeof(*cur)); /* 0: not cached, else next use + 1 */
 	for (size_t r = 0; r < t->n; r++) {
-		size_t a = d.first[r], b = d.first[r + 1], k = a;
+		size_t b = d.first[r + 1];
 
-		while (k < a + d.prompt[r] && cur[d.id[k]])
-			k++;
-		out->hit_chunks += k - a;
-		out->chunks += d.prompt[r];
-		for (size_t j = a; j < b; j++) {
+		for (size_t j = count_prefix(&d, r, cur, out); j < b; j++) {
 			uint32_t x = d.id[j], nu = nextuse[j];
 
 			if (nu == UINT32_MAX) { /* never used again: not worth a place */

@@ -311,6 +311,9 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const str
 	}
 	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
 		return src ? err : -EINVAL;
+	/* head roles, for budget=heads (at most 256 KV heads; more fall back to Ada-KV) */
+	bool roles = p->budget == KVCD_BUDGET_HEADS && h <= 256;
+
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
 		float frac[256];
 
@@ -322,16 +325,19 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const str
 			score_head(p, l, aux, ly, hh, &w, s);
 			/* sinks and the window are kept whatever their scores: they count first */
 			for (uint32_t i = 0; i < t; i++) {
-				all += s[i] > 0 ? s[i] : 0;
-				if (i < nsink || i + p->window >= t)
+				bool local = i < nsink || i + p->window >= t;
+
+				if (roles && s[i] > 0) { /* the attention beyond them, as a share */
+					all += s[i];
+					far += local ? 0 : s[i];
+				}
+				if (local)
 					s[i] = INFINITY;
-				else
-					far += s[i] > 0 ? s[i] : 0;
 			}
-			if (hh < 256)
+			if (roles)
 				frac[hh] = all > 0 ? (float)(far / all) : 0.0f;
 		}
-		if (!err && p->budget == KVCD_BUDGET_HEADS && h <= 256)
+		if (!err && roles)
 			kvcd_budget_heads(frac, h, t, n, nsink + (p->window < t ? p->window : t),
 					  HEADS_EPS, counts + (size_t)ly * h);
 		else if (!err) /* the K plane is done with: it is the joint top-k's scratch */
