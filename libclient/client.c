@@ -489,6 +489,29 @@ static void to_sqe(struct kvcp_sqe *s, uint8_t op, uint8_t flags, uint32_t arg, 
 	s->len = len;
 }
 
+/* A kvcd older than protocol 2.3 does not know the parent trailer: a hint it cannot take, so
+ * the STORE goes without it. Its length becomes the block's, its scores' and its aux's,
+ * counted from the layout and the aux header in staging (the 8-byte alignment of the trailer
+ * may have left padding before it). */
+static void without_parent(kvc_client *c, uint8_t *flags, const struct kvc_layout *l, uint64_t off,
+			   uint64_t *len)
+{
+	uint64_t n = kvc_layout_bytes(l) + ((*flags & KVC_REQ_SCORES) ? 4ull * l->tokens : 0);
+	size_t size;
+	const char *stg = kvc_staging(c, &size);
+
+	if (!(*flags & KVC_REQ_PARENT) || c->hdr->minor >= 3)
+		return;
+	*flags &= (uint8_t)~KVC_REQ_PARENT;
+	if ((*flags & KVC_REQ_AUX) && stg && off + n + sizeof(struct kvcp_aux) <= size) {
+		struct kvcp_aux a;
+
+		memcpy(&a, stg + off + n, sizeof(a));
+		n += sizeof(a) + kvcp_aux_bytes(&a, (const struct kvcp_layout *)l);
+	}
+	*len = n; /* what does not add up, kvcd refuses as it would have */
+}
+
 static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 		      const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
 		      uint64_t len, uint64_t *ticket)
@@ -498,6 +521,8 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 
 	if (err)
 		return err;
+	if (op == KVCP_OP_STORE && layout)
+		without_parent(c, &flags, layout, off, &len);
 	to_sqe(&s, op, flags, arg, c->next_ticket, key, layout, off, len);
 	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache, &s);
 	if (err)
@@ -524,10 +549,7 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 		if (reqs[i].op > KVC_OP_UNPIN || (flags & ~REQ_FLAGS) ||
 		    ((flags & KVC_REQ_PARENT) && len < sizeof(struct kvc_key)))
 			break;
-		if ((flags & KVC_REQ_PARENT) && c->hdr->minor < 3) { /* a hint it cannot take */
-			flags &= (uint8_t)~KVC_REQ_PARENT;
-			len -= sizeof(struct kvc_key);
-		}
+		without_parent(c, &flags, &reqs[i].layout, reqs[i].off, &len);
 		to_sqe(&s, reqs[i].op, flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
 		       &reqs[i].layout, reqs[i].off, len);
 		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
@@ -759,24 +781,36 @@ int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_
 		       n + 4ull * layout->tokens, NULL);
 }
 
+int kvc_req_parent(kvc_client *c, struct kvc_req *r, const struct kvc_key *parent)
+{
+	size_t size, at = (r->off + r->len + 7) & ~(uint64_t)7;
+	char *stg = kvc_staging(c, &size);
+
+	if (r->op != KVC_OP_STORE || (r->flags & KVC_REQ_PARENT) || !stg || at < r->off ||
+	    at + sizeof(*parent) > size)
+		return -EINVAL;
+	memcpy(stg + at, parent, sizeof(*parent));
+	r->flags |= KVC_REQ_PARENT;
+	r->len = at + sizeof(*parent) - r->off;
+	return 0;
+}
+
 int kvc_store_chained(kvc_client *c, const struct kvc_key *key, const struct kvc_key *parent,
 		      const struct kvc_layout *layout, size_t off)
 {
-	size_t n = kvc_layout_bytes(layout), at = (off + n + 7) & ~(size_t)7, size;
-	char *stg = kvc_staging(c, &size);
-	int err = ensure_attached(c);
+	struct kvc_req r = { .op = KVC_OP_STORE, .key = *key, .layout = *layout, .off = off };
+	struct kvcp_cqe e;
+	int err;
 
-	if (err)
-		return err;
-	if (!n)
+	r.len = kvc_layout_bytes(layout);
+	if (!r.len)
 		return -EINVAL;
-	if (!parent || !stg || c->hdr->minor < 3)
+	if (!parent)
 		return kvc_store(c, key, layout, off);
-	if (at + sizeof(*parent) > size || at < off)
-		return -EINVAL;
-	memcpy(stg + at, parent, sizeof(*parent));
-	return sync_op(c, KVCP_OP_STORE, KVCP_SQE_F_PARENT, 0, key, layout, off,
-		       at + sizeof(*parent) - off, NULL);
+	err = kvc_req_parent(c, &r, parent);
+	if (!err)
+		err = sync_op(c, KVCP_OP_STORE, r.flags, 0, key, layout, off, r.len, &e);
+	return err < 0 ? err : 0;
 }
 
 int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,

@@ -385,6 +385,20 @@ Test(ops, chained_stores_keep_a_prefix_under_pressure)
 	cr_assert_eq(memcmp(stg, want, kvc_layout_bytes(&l)), 0, "its last block intact");
 	free(want);
 
+	/* kvc_req_parent: a STORE once, with room for the key after it */
+	struct kvc_req q = {
+		.op = KVC_OP_STORE, .key = { 9, 2000 }, .layout = l, .len = kvc_layout_bytes(&l)
+	};
+
+	cr_assert_eq(kvc_req_parent(c, &q, &keys[0]), 0);
+	cr_assert(q.flags & KVC_REQ_PARENT);
+	cr_assert_eq(q.len, kvc_layout_bytes(&l) + sizeof(struct kvc_key), "8-aligned already");
+	cr_assert_eq(kvc_req_parent(c, &q, &keys[0]), -EINVAL, "named twice");
+	q = (struct kvc_req){ .op = KVC_OP_FETCH, .len = 16 };
+	cr_assert_eq(kvc_req_parent(c, &q, &keys[0]), -EINVAL, "not a STORE");
+	q = (struct kvc_req){ .op = KVC_OP_STORE, .layout = l, .off = size - 8, .len = 8 };
+	cr_assert_eq(kvc_req_parent(c, &q, &keys[0]), -EINVAL, "no room in staging");
+
 	/* the trailer: too short for a key, or a parent not 8-aligned */
 	struct kvc_key k = { 9, 1000 };
 	struct kvc_req r = { .op = KVC_OP_STORE, .flags = KVC_REQ_PARENT, .key = k, .layout = l };

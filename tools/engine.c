@@ -174,16 +174,8 @@ static int store_at(struct llm_kvc *k, const struct kvc_key *key, const struct k
 		r.flags |= KVC_REQ_AUX;
 		r.len += aux;
 	}
-	if (parent) { /* after the rest, 8-aligned */
-		size_t cap, at = (r.len + 7) & ~(uint64_t)7;
-		uint8_t *stage = kvc_staging(k->c, &cap);
-
-		if (at + sizeof(*parent) <= cap) {
-			memcpy(stage + at, parent, sizeof(*parent));
-			r.flags |= KVC_REQ_PARENT;
-			r.len = at + sizeof(*parent);
-		}
-	}
+	if (parent) /* no room for it in staging: the STORE goes without it */
+		kvc_req_parent(k->c, &r, parent);
 	err = kvc_submit(k->c, &r, 1, NULL);
 	if (err == 0)
 		return -EAGAIN;

@@ -242,6 +242,12 @@ int kvc_store(kvc_client *c, const struct kvc_key *key, const struct kvc_layout 
  * bits on the important tokens (MiKV). */
 int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_layout *layout,
 		     size_t off);
+/* Name STORE request @r's @parent in its chain (the key of the chunk before it): writes it into
+ * staging after what @r already covers (@off, @len: the block, its scores and aux), at the
+ * next multiple of 8, and adds KVC_REQ_PARENT and those bytes to @r. Returns 0, or -EINVAL
+ * when @r is not a STORE, names a parent already or has no room in staging for it. */
+int kvc_req_parent(kvc_client *c, struct kvc_req *r, const struct kvc_key *parent);
+
 /* As kvc_store, naming the block's @parent in its chain (the key of the chunk before it;
  * NULL: a chain's first block), which kvcd's eviction uses to keep whole prefixes. Writes
  * the parent into staging after the block, at @off + kvc_layout_bytes(@layout) rounded up to

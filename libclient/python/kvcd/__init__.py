@@ -207,6 +207,12 @@ class Client:
             _check(lib.kvc_store_chained(self._live(), ctypes.byref(key), ctypes.byref(parent),
                                          ctypes.byref(lay), off), "store")
 
+    def name_parent(self, req: Req, parent: Key) -> None:
+        """Name STORE ``req``'s parent in its chain (kvc_req_parent): the key goes into
+        staging after what ``req`` covers, and ``req`` grows to take it in."""
+        _check(lib.kvc_req_parent(self._live(), ctypes.byref(req), ctypes.byref(parent)),
+               "store")
+
     def fetch(self, key: Key, off: int = 0, copy: bool = True,
               torch: bool = False) -> Optional[Any]:
         """The block under ``key`` as [layers, 2, tokens, kv_heads, head_dim], or None when

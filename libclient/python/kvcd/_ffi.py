@@ -147,6 +147,7 @@ _decl = {
                                  ctypes.c_size_t]),
     "kvc_store_chained": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.POINTER(Key),
                                          ctypes.POINTER(Layout), ctypes.c_size_t]),
+    "kvc_req_parent": (ctypes.c_int, [_P, ctypes.POINTER(Req), ctypes.POINTER(Key)]),
     "kvc_fetch": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t, ctypes.c_size_t,
                                  ctypes.POINTER(Layout)]),
     "kvc_lookup": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t,

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import (BF16, F16, F32, OP_FETCH, OP_STORE, REQ_PARENT, Client, Key, KvcdError, Layout,
+from . import (BF16, F16, F32, OP_FETCH, OP_STORE, Client, Key, KvcdError, Layout,
                Req, key_chain)
 
 _DT = {"f32": (F32, np.float32), "f16": (F16, np.float16), "bf16": (BF16, np.uint16)}
@@ -119,20 +119,14 @@ class KvcdConnector:
                 blk = _stack([self._layer_buf[l][:, t0:t0 + self.chunk]
                               for l in range(self.layers)])
             data = np.ascontiguousarray(_to_cache_dtype(blk, self.dtype)).reshape(-1).view(np.uint8)
-            n = data.size
-            if i:  # the parent key after the block: kvcd evicts chains from their tails
-                n = ((n + 7) & ~7) + ctypes.sizeof(Key)
-            if off + n > stg.size:
+            if off + data.size + 8 + ctypes.sizeof(Key) > stg.size:  # room for the parent
                 break
             stg[off:off + data.size] = data
-            flags = 0
-            if i:
-                at = off + ((data.size + 7) & ~7)
-                stg[at:at + ctypes.sizeof(Key)] = np.frombuffer(bytes(keys[i - 1]), np.uint8)
-                flags = REQ_PARENT
-            reqs.append(Req(op=OP_STORE, flags=flags, key=keys[i], layout=self.layout,
-                            off=off, len=n))
-            off += (n + 63) & ~63
+            r = Req(op=OP_STORE, key=keys[i], layout=self.layout, off=off, len=data.size)
+            if i:  # named after the block: kvcd evicts chains from their tails
+                self.client.name_parent(r, keys[i - 1])
+            reqs.append(r)
+            off += (r.len + 63) & ~63
         self._pending_save = self.client.submit(reqs)
         self._pending_reqs = len(reqs)
         self._layer_buf.clear()
