@@ -50,7 +50,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 CODEC_OBJ  := $(CODEC_SRC:%.c=$(BUILD)/%.o)
 CODEC_LIB  := $(BUILD)/libkvccodec.a
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
-INC        := -Iproto -Ilibclient/include -I$(BUILD)/include -Idaemon -Idaemon/codec
+INC        := -Iproto -Ilibclient/include -I$(BUILD)/include -Idaemon -Idaemon/codec -Idaemon/gpu
 VERSION_H  := $(BUILD)/include/kvc_version.h
 
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \

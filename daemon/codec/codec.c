@@ -101,6 +101,18 @@ int kvcd_codec_write(enum kvcd_isa isa, const struct kvcd_plan *plan, const void
 				 (uint8_t *)dst + sizeof(struct kvcd_codec_hdr));
 }
 
+int kvcd_codec_gpu_plan(const struct kvcd_plan *plan, struct kvcg_job *j)
+{
+	if (plan->raw || plan->scores)
+		return -ENOTSUP;
+	return kvcd_units_gpu_job(&plan->pol, &plan->layout, plan->pos, false, j);
+}
+
+void kvcd_codec_gpu_header(const struct kvcd_plan *plan, void *dst)
+{
+	put_hdr(plan, dst);
+}
+
 int kvcd_codec_summary(enum kvcd_isa isa, const struct kvcd_plan *plan, const void *src, void *dst)
 {
 	const struct kvcd_policy *p = &plan->pol;
@@ -165,6 +177,23 @@ uint64_t kvcd_codec_out_size(const void *src, uint64_t n)
 	if (kvcd_policy_sel(&h.pol))
 		return kvcd_sel_out_size(&h, src, n);
 	return kvcp_layout_bytes(&h.layout);
+}
+
+int kvcd_codec_gpu_read(const void *src, uint64_t n, struct kvcg_job *j)
+{
+	struct kvcd_codec_hdr h;
+	bool scores;
+	int err;
+
+	if (read_hdr(src, n, &h))
+		return -EBADMSG;
+	scores = h.flags & KVCD_CODEC_F_SCORES;
+	if (kvcd_policy_sel(&h.pol) || scores)
+		return -ENOTSUP;
+	err = kvcd_units_gpu_job(&h.pol, &h.layout, h.pos, false, j);
+	if (!err && j->bytes != n)
+		return -EBADMSG;
+	return err;
 }
 
 int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,

@@ -124,6 +124,19 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
  * kvcp_sparse form; 0 when the header is bad. */
 uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
 
+/* ---- the GPU codecs' view of a block ---------------------------------------------------------
+ * The kernels in daemon/gpu/ encode and decode blocks in the units form bit for bit as this
+ * library does, from a struct kvcg_job (gpujob.h) that fixes every count and offset. */
+struct kvcg_job;
+/* Describe the block @plan will write: 0, or -ENOTSUP when only the CPU codecs can write it
+ * (gpujob.h says which blocks the kernels take). */
+int kvcd_codec_gpu_plan(const struct kvcd_plan *plan, struct kvcg_job *j);
+/* The header such a block starts with: j->body bytes to @dst. */
+void kvcd_codec_gpu_header(const struct kvcd_plan *plan, void *dst);
+/* Describe the encoded block @src of @n bytes for the GPU decoder, from its header (checked
+ * as kvcd_codec_decode checks it): 0, -EBADMSG, or -ENOTSUP (decode it on the CPU). */
+int kvcd_codec_gpu_read(const void *src, uint64_t n, struct kvcg_job *j);
+
 /* ---- SELECT: scoring stored blocks for a query --------------------------------------------- */
 
 /* A SELECT request's queries [q_heads][head_dim], prepared once for every summary kind. */

@@ -9,6 +9,7 @@
 #define KVCD_CODEC_INTERNAL_H
 
 #include "codec.h"
+#include "gpujob.h"
 #include "quant.h"
 
 /* ---- codec.c: the header every encoded block starts with ---------------------------------- */
@@ -40,6 +41,11 @@ int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 		      uint32_t pos, const void *src, const float *scores, void *dst);
 int kvcd_units_decode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		      uint32_t pos, bool scores, const void *in, void *dst);
+
+/* The block of @p on @l at @pos as the GPU kernels see it (gpujob.h); -ENOTSUP when it needs
+ * the CPU codecs. */
+int kvcd_units_gpu_job(const struct kvcd_policy *p, const struct kvcp_layout *l, uint32_t pos,
+		       bool scores, struct kvcg_job *j);
 
 /* The e4m3 decoding table: kvcd_e4m3_to_f32 of every byte (convert.c). */
 const float *kvcd_e4m3_lut(void);

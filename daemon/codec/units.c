@@ -963,6 +963,61 @@ static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	return err;
 }
 
+_Static_assert(KVCG_INT == KVCD_CODEC_INT && KVCG_FP8 == KVCD_CODEC_FP8 &&
+		       KVCG_KIVI == KVCD_CODEC_KIVI && KVCG_F32 == KVCP_F32 &&
+		       KVCG_F16 == KVCP_F16 && KVCG_BF16 == KVCP_BF16,
+	       "gpujob.h names the codecs and dtypes by their protocol values");
+
+int kvcd_units_gpu_job(const struct kvcd_policy *p, const struct kvcp_layout *engine, uint32_t pos,
+		       bool scores, struct kvcg_job *j)
+{
+	struct kvcp_layout v = view_of(p, engine);
+	struct shape sh[2];
+
+	if (p->kind == KVCD_CODEC_NONE || kvcd_policy_sel(p) || p->rotate || p->rope || p->params ||
+	    p->sparse_ppm || p->summary)
+		return -ENOTSUP;
+	memset(j, 0, sizeof(*j));
+	for (int kv = 0; kv < 2; kv++) {
+		struct shape *s = &sh[kv];
+		struct kvcg_unit *u = &j->u[kv];
+
+		shape_of(p, &v, scores && p->hibits, pos, kv, s);
+		if (s->ne || s->nh || s->nsp)
+			return -ENOTSUP;
+		u->bytes = s->bytes;
+		u->nq = s->nq;
+		u->nres = s->nres;
+		u->per_channel = s->per_channel;
+		u->bits = p->kind == KVCD_CODEC_FP8 ? 8 : s->bits;
+		if (p->kind == KVCD_CODEC_FP8) {
+			u->nparams = s->nq * s->ngt;
+			u->codes_at = (uint64_t)u->nparams * 2;
+			u->code_bytes = (uint64_t)s->nq * s->d;
+		} else {
+			u->nparams = s->per_channel ? (s->nq + p->group - 1) / p->group * s->d
+						    : s->nq * s->ngt;
+			u->codes_at = (uint64_t)u->nparams * 4;
+			u->code_bytes = kvcd_packed_bytes((size_t)s->nq * s->d, s->bits);
+		}
+		u->res_at = u->codes_at + u->code_bytes;
+	}
+	j->kind = p->kind;
+	j->dtype = v.dtype;
+	j->es = sh[0].es;
+	j->layers = v.layers;
+	j->heads = v.kv_heads;
+	j->tokens = v.tokens;
+	j->hd = v.head_dim;
+	j->gch = sh[0].gch;
+	j->ngt = sh[0].ngt;
+	j->G = p->group;
+	j->body = sizeof(struct kvcd_codec_hdr);
+	j->bytes = size_of_view(p, &v, scores && p->hibits, pos);
+	j->raw_bytes = kvcp_layout_bytes(engine);
+	return 0;
+}
+
 uint64_t kvcd_units_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
 			 uint32_t pos)
 {
