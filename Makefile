@@ -7,6 +7,8 @@
 #   make asan       the suite under AddressSanitizer and UBSan (build-asan/)
 #   make bench      kvcbench scenarios, results in bench/results/ (BENCH=full: all of them)
 #   make bench-docs docs/performance.md from bench/results/
+#   make gpu-bundle everything the GPU checks run, in one folder (GPU_BUNDLE, build/gpu-bundle)
+#   make gpu-check  the GPU suites and kvccodec-bench gpu from that folder, on a GPU machine
 #   make eval       kvc-eval of every policy on the real model: docs/quality.md
 #   make docs       docs/policies.md from the policy table
 #   make format     clang-format the tree (make test runs make format-check)
@@ -38,12 +40,14 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
 	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
-	      daemon/metrics.c daemon/log.c daemon/remote.c daemon/gpu.c libclient/metrics.c
+	      daemon/metrics.c daemon/log.c daemon/remote.c daemon/gpu.c daemon/gpu/rt.c \
+	      daemon/gpu/fatbin.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
 	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
 CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c
-TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c))
+TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c \
+	      tests/gpu_*.c))
 FUZZERS    := policy config request decode # tests/fuzz/fuzz_*.c
 
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
@@ -56,6 +60,25 @@ VERSION_H  := $(BUILD)/include/kvc_version.h
 all: $(BUILD)/kvcd $(BUILD)/kvcctl $(BUILD)/kvcbench $(BUILD)/libkvcclient.so \
      $(BUILD)/libkvcclient.a $(BUILD)/kvcclient.pc $(BUILD)/kvc-llama $(BUILD)/kvc-eval \
      $(BUILD)/kvccodec-bench $(BUILD)/kvc-chaos
+
+# The GPU codec kernels (daemon/gpu/codec.cu): a fatbin for sm_80, sm_90 and sm_100 plus PTX,
+# embedded by fatbin.c, when nvcc is at $(CUDA_HOME); without it kvcd builds and says the GPU
+# codecs are left out. No fused multiply-add and IEEE division: the kernels must round as the
+# CPU codecs do.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+HAVE_NVCC := $(shell test -x $(NVCC) && echo yes)
+NVFLAGS   := -O3 --fmad=false -prec-div=true -prec-sqrt=true -Idaemon/gpu \
+	     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	     -gencode 'arch=compute_100,code=[sm_100,compute_100]'
+ifeq ($(HAVE_NVCC),yes)
+FATBIN    := $(BUILD)/gpu/kvcg.fatbin
+$(FATBIN): daemon/gpu/codec.cu daemon/gpu/kern.h daemon/codec/gpujob.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -fatbin -o $@ $<
+$(BUILD)/daemon/gpu/fatbin.o: $(FATBIN)
+$(BUILD)/daemon/gpu/fatbin.o: KFLAGS += -DKVCG_FATBIN='"$(FATBIN)"'
+endif
 
 # The codec sees proto/ and its own folder only: no daemon header, no package flags.
 $(BUILD)/daemon/codec/%.o: daemon/codec/%.c
@@ -109,11 +132,13 @@ $(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(BUILD)/too
 		   $(BUILD)/libkvcclient.a
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
 
-# kvccodec-bench: the codec in-process, no daemon; it links libkvccodec.a openly.
+# kvccodec-bench: the codec in-process, no daemon; it links libkvccodec.a openly, and the GPU
+# codec runtime for its gpu command.
 $(BUILD)/tools/kvccodec-bench.o: tools/kvccodec-bench.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -I$(BUILD)/include -c $< -o $@
-$(BUILD)/kvccodec-bench: $(BUILD)/tools/kvccodec-bench.o $(CODEC_LIB)
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -Idaemon/gpu -I$(BUILD)/include -c $< -o $@
+$(BUILD)/kvccodec-bench: $(BUILD)/tools/kvccodec-bench.o $(CODEC_LIB) $(BUILD)/daemon/gpu/rt.o \
+			 $(BUILD)/daemon/gpu/fatbin.o
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lm
 
 $(BUILD)/kvc-chaos: $(BUILD)/tools/kvc-chaos.o $(BUILD)/libkvcclient.a
@@ -256,6 +281,16 @@ docs: all
 run: deps all
 	./$(BUILD)/kvcd --foreground
 
+# The GPU checks (tools/gpu-check.sh): gpu-bundle builds here everything they run, with the
+# Debian libraries it loads, into one folder; gpu-check runs from that folder on a machine with
+# a CUDA device and compiles nothing, so it has no prerequisites.
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+gpu-bundle: all $(BUILD)/tests/unit_gpucodec $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/gpu_*.c))
+	BUILD=$(BUILD) tools/gpu-bundle.sh $(GPU_BUNDLE)
+
+gpu-check:
+	tools/gpu-check.sh $(GPU_BUNDLE)
+
 bench: all
 	./tools/bench.sh
 
@@ -317,6 +352,6 @@ uninstall:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-bin asan run bench bench-docs eval deps install uninstall clean docs format format-check \
+.PHONY: all test test-bin asan run bench bench-docs eval gpu-bundle gpu-check deps install uninstall clean docs format format-check \
 	fuzz chaos
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -5,8 +5,8 @@
  * library): kvcd has no link-time CUDA dependency, starts where there is no driver, and says
  * so in one log line and in STATS. A device's nearest node is its PCI function's numa_node
  * in sysfs (what hwloc reads for PCI locality); -1 there means the platform does not say,
- * which is logged. The GPU pools, their hand-off to engines, the movers and the GPU codecs
- * are not built yet (docs/architecture.md).
+ * which is logged. The driver table and the codec kernels are daemon/gpu/; the GPU pools,
+ * their hand-off to engines and the movers are not built yet (docs/architecture.md).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -14,22 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/rt.h"
 #include "kvcd.h"
-
-/* The driver API's types, as its ABI has them (cuda.h is not needed to build kvcd). */
-typedef int CUresult; /* CUDA_SUCCESS == 0 */
-typedef int CUdevice;
-
-struct cu {
-	CUresult (*init)(unsigned flags);
-	CUresult (*driver_version)(int *v);
-	CUresult (*count)(int *n);
-	CUresult (*get)(CUdevice *d, int ordinal);
-	CUresult (*name)(char *name, int len, CUdevice d);
-	CUresult (*total_mem)(size_t *bytes, CUdevice d);
-	CUresult (*pci_bus_id)(char *id, int len, CUdevice d);
-	CUresult (*error_string)(CUresult e, const char **s);
-};
 
 int kvcd_pci_numa_node(const char *sysfs, const char *pci)
 {
@@ -50,45 +36,6 @@ int kvcd_pci_numa_node(const char *sysfs, const char *pci)
 		node = -1;
 	fclose(f);
 	return node;
-}
-
-static const char *cu_err(const struct cu *cu, CUresult e, char *buf, size_t len)
-{
-	const char *s = NULL;
-
-	if (cu->error_string && cu->error_string(e, &s) == 0 && s)
-		return s;
-	snprintf(buf, len, "CUDA error %d", e);
-	return buf;
-}
-
-/* Resolve every entry point or none; returns false naming the missing one in @why. */
-static bool cu_load(void *lib, struct cu *cu, char *why, size_t len)
-{
-	static const struct {
-		const char *sym;
-		size_t off;
-	} syms[] = {
-		{ "cuInit", offsetof(struct cu, init) },
-		{ "cuDriverGetVersion", offsetof(struct cu, driver_version) },
-		{ "cuDeviceGetCount", offsetof(struct cu, count) },
-		{ "cuDeviceGet", offsetof(struct cu, get) },
-		{ "cuDeviceGetName", offsetof(struct cu, name) },
-		{ "cuDeviceTotalMem_v2", offsetof(struct cu, total_mem) },
-		{ "cuDeviceGetPCIBusId", offsetof(struct cu, pci_bus_id) },
-		{ "cuGetErrorString", offsetof(struct cu, error_string) },
-	};
-
-	for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
-		void *f = dlsym(lib, syms[i].sym);
-
-		if (!f) {
-			snprintf(why, len, "libcuda.so.1 lacks %s", syms[i].sym);
-			return false;
-		}
-		memcpy((char *)cu + syms[i].off, &f, sizeof(f));
-	}
-	return true;
 }
 
 /* The ordinals [gpu] devices asks for, of @count there are: into @out; their number. */
@@ -113,7 +60,7 @@ static unsigned wanted(const struct kvcd_config *c, int count, int *out, char *w
 void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 {
 	struct kvcp_gpu_stats *g = &d->gpu;
-	struct cu cu;
+	struct kvcg_cu cu;
 	char err[64];
 	int count = 0, ord[KVCD_MAX_GPUS];
 	unsigned n;
@@ -125,21 +72,20 @@ void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 		snprintf(g->why, sizeof(g->why), "[gpu] devices = none");
 		return;
 	}
-	d->cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-	if (!d->cuda) {
+	e = kvcg_cu_load(&cu, &d->cuda, g->why, sizeof(g->why));
+	if (e == -ENOENT) {
 		g->status = KVCP_GPU_NO_DRIVER;
-		snprintf(g->why, sizeof(g->why), "no CUDA driver: %s", dlerror());
 		kvcd_log(LOG_NOTICE, "gpu: %s; host tiers only", g->why);
 		return;
 	}
-	e = 0;
-	if (!cu_load(d->cuda, &cu, g->why, sizeof(g->why)))
-		e = -1;
+	if (e) /* the library lacks an entry point: why says which */
+		;
 	else if ((e = cu.init(0)))
-		snprintf(g->why, sizeof(g->why), "cuInit: %s", cu_err(&cu, e, err, sizeof(err)));
+		snprintf(g->why, sizeof(g->why), "cuInit: %s",
+			 kvcg_cu_err(&cu, e, err, sizeof(err)));
 	else if ((e = cu.driver_version(&g->driver_version)) || (e = cu.count(&count)))
 		snprintf(g->why, sizeof(g->why), "the driver: %s",
-			 cu_err(&cu, e, err, sizeof(err)));
+			 kvcg_cu_err(&cu, e, err, sizeof(err)));
 	if (e) {
 		g->status = KVCP_GPU_DRIVER_ERROR;
 		kvcd_log(LOG_WARNING, "gpu: %s; host tiers only", g->why);
@@ -155,7 +101,7 @@ void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 		    (e = cu.total_mem(&mem, dev)) ||
 		    (e = cu.pci_bus_id(v->pci, sizeof(v->pci), dev))) {
 			kvcd_log(LOG_WARNING, "gpu: device %d: %s; left out", ord[i],
-				 cu_err(&cu, e, err, sizeof(err)));
+				 kvcg_cu_err(&cu, e, err, sizeof(err)));
 			memset(v, 0, sizeof(*v));
 			continue;
 		}
@@ -180,8 +126,9 @@ void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 		return;
 	}
 	g->status = KVCP_GPU_READY;
-	snprintf(g->why, sizeof(g->why), "%u device(s) found; GPU pools are not built yet",
-		 g->ndev);
+	snprintf(g->why, sizeof(g->why),
+		 "%u device(s) found; GPU pools are not built yet; GPU codecs %s", g->ndev,
+		 kvcg_fatbin_size() ? "built in" : "left out (no nvcc at build time)");
 }
 
 void kvcd_gpu_close(struct kvcd *d)

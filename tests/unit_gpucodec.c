@@ -4,54 +4,7 @@
  * that the device's arithmetic is the host's (tests/gpu_codec.c, make gpu-check). */
 #include <math.h>
 
-#include "t_util.h"
-#include "internal.h"
-#include "kern.h"
-
-static struct kvcd_policy P(const char *s) {
-	struct kvcd_policy p;
-	char why[128];
-
-	cr_assert_eq(kvcd_policy_parse(s, &p, why, sizeof(why)), 0, "%s: %s", s, why);
-	return p;
-}
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static double urand(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (double)(rng >> 11) * 0x1p-53;
-}
-
-static double nrand(void)
-{
-	return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand());
-}
-
-/* KV-like values in @dtype: per-channel offsets, a few large channels, some exact zeros and
- * constant groups (scale 0), and values on rounding boundaries of f16. */
-static void *block(const struct kvcp_layout *l)
-{
-	size_t n = kvcp_layout_bytes(l) / kvcp_dtype_size(l->dtype), d = l->head_dim;
-	float *x = malloc(n * 4);
-	void *out = malloc(kvcp_layout_bytes(l));
-
-	for (size_t i = 0; i < n; i++) {
-		size_t c = i % d;
-
-		x[i] = (float)(nrand() + 0.3 * (double)(c % 5)) * (c % 17 == 3 ? 9.0f : 1.0f);
-		if (i / d % 7 == 2)
-			x[i] = 0.25f; /* a constant row */
-		if (i % 97 == 5)
-			x[i] = 0.0f;
-	}
-	kvcd_from_f32(KVCD_ISA_SCALAR, l->dtype, x, out, n);
-	free(x);
-	return out;
-}
+#include "t_gpucodec.h"
 
 /* The kernels' two encoding phases, one item after another. */
 static int grid_encode(const struct kvcd_plan *plan, const struct kvcg_job *j, const void *src,
@@ -81,11 +34,10 @@ static void grid_decode(const struct kvcg_job *j, const uint8_t *in, void *raw)
 /* Encode and decode @pol on @l at @pos both ways, at every ISA; the bytes must agree. */
 static void same_bytes(const char *pol, struct kvcp_layout l, uint32_t pos)
 {
-	static const uint8_t dtypes[] = { KVCP_F16, KVCP_BF16, KVCP_F32 };
 	struct kvcd_policy p = P(pol);
 
 	for (size_t di = 0; di < 3; di++) {
-		l.dtype = dtypes[di];
+		l.dtype = t_dtypes[di];
 		uint64_t raw = kvcp_layout_bytes(&l);
 		void *src = block(&l);
 
@@ -129,46 +81,11 @@ static void same_bytes(const char *pol, struct kvcp_layout l, uint32_t pos)
 	}
 }
 
-static const struct kvcp_layout small = { .layers = 2, .kv_heads = 4, .head_dim = 64, .tokens = 40 };
-static const struct kvcp_layout wide = { .layers = 1, .kv_heads = 2, .head_dim = 128, .tokens = 37 };
-
-Test(gpucodec, int_every_width)
+Test(gpucodec, every_kind_of_block)
 {
-	same_bytes("int8", small, 0);
-	same_bytes("int4", small, 0);
-	same_bytes("int2", small, 0);
-	same_bytes("int:bits=3,group=32", small, 0);
-	same_bytes("int:bits=5,group=16", wide, 0);
-	same_bytes("int:bits=7,group=8", wide, 0);
-}
-
-Test(gpucodec, int_groups)
-{
-	same_bytes("int4:group=0", small, 0);	/* head_dim */
-	same_bytes("int4:group=48", small, 0);	/* a shorter last group in each row */
-	same_bytes("int4:group=256", small, 0); /* spanning the token's heads */
-	same_bytes("int:bits=3,group=5", wide, 0);
-}
-
-Test(gpucodec, fp8)
-{
-	same_bytes("fp8", small, 0);
-	same_bytes("fp8:group=32", wide, 0);
-	same_bytes("fp8:group=48", small, 0);
-}
-
-Test(gpucodec, kivi)
-{
-	same_bytes("kivi:kbits=4,vbits=2,group=32", small, 0); /* 8 residual keys */
-	same_bytes("kivi:kbits=2,vbits=2,group=16", wide, 0);
-	same_bytes("kivi:kbits=3,vbits=5,group=16,resid=quant", wide, 0); /* a short group */
-	same_bytes("kivi:kbits=4,vbits=4,group=64", small, 0);		  /* every key residual */
-}
-
-Test(gpucodec, sinks_before_the_block)
-{
-	/* sinks are the sequence's first tokens: a block after them has none */
-	same_bytes("int4:sink=4", small, 100);
+	for (size_t i = 0; i < sizeof(t_gpucases) / sizeof(t_gpucases[0]); i++)
+		same_bytes(t_gpucases[i].pol, t_gpulayout(t_gpucases[i].wide, 0),
+			   t_gpucases[i].pos);
 }
 
 Test(gpucodec, what_stays_on_the_cpu)
@@ -177,11 +94,8 @@ Test(gpucodec, what_stays_on_the_cpu)
 					  "int4:rotate=hadamard", "int4:params=u8",
 					  "int4:sparse=1%",	  "kivi:rope=10000",
 					  "none:minicache=1",	  "none" };
-	struct kvcp_layout l = small;
-	void *src;
-
-	l.dtype = KVCP_F16;
-	src = block(&l);
+	struct kvcp_layout l = t_gpulayout(0, KVCP_F16);
+	void *src = block(&l);
 	for (size_t i = 0; i < sizeof(cpu_only) / sizeof(cpu_only[0]); i++) {
 		struct kvcd_policy p = P(cpu_only[i]);
 		struct kvcd_plan plan;
@@ -206,14 +120,13 @@ Test(gpucodec, what_stays_on_the_cpu)
 
 Test(gpucodec, bad_values_and_bad_headers)
 {
-	struct kvcp_layout l = wide;
+	struct kvcp_layout l = t_gpulayout(1, KVCP_F32);
 	struct kvcd_policy p = P("int4");
 	struct kvcd_plan plan;
 	struct kvcg_job j;
 	float *x;
 	uint8_t *cpu, *gpu;
 
-	l.dtype = KVCP_F32;
 	x = block(&l);
 	cr_assert_eq(kvcd_codec_plan(KVCD_ISA_SCALAR, &p, &l, 0, x, NULL, NULL, &plan), 0);
 	cr_assert_eq(kvcd_codec_gpu_plan(&plan, &j), 0);

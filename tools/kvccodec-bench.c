@@ -6,6 +6,12 @@
  *       policy (default: int8, int4, int2, fp8, kivi) and each ISA this CPU has, against
  *       memcpy of the same bytes in the same run; compression ratio and relative error
  *       beside it.
+ *   kvccodec-bench gpu [--policy P] [shape options] [--iters N] [--json]
+ *       The GPU codec kernels on CUDA device 0 (int8, int4, fp8, kivi by default) on the
+ *       same block: encode and decode GB/s against cuMemcpyDtoD of the block measured in the
+ *       same run, pinned H2D and D2H copies beside them, the PCIe bytes a compressed
+ *       demotion saves, and whether the GPU wrote the CPU codec's bytes. Exits 3 when there
+ *       is no CUDA device.
  *   kvccodec-bench policies
  *       The policy grammar as Markdown, from the parser's own table (docs/policies.md).
  */
@@ -18,6 +24,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "rt.h"
 #include "kvc_version.h"
 #include "timing.h"
 
@@ -103,6 +110,23 @@ out:
 	return err < 0 ? 1 : err;
 }
 
+/* @n bytes of f16: N(0,1) by Box-Muller, with every @dim-th channel from 7 on larger. */
+static void fill_block(uint16_t *raw, uint64_t n, unsigned dim)
+{
+	uint64_t seed = 12345;
+
+	for (size_t i = 0; i < n / 2; i++) {
+		double u1, u2;
+
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		u1 = ((seed >> 11) + 1) * 0x1p-53;
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		u2 = (seed >> 11) * 0x1p-53;
+		raw[i] = kvcd_f32_to_f16((float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2) *
+						 (i % dim == 7 ? 8 : 1)));
+	}
+}
+
 static int bench_codec(const struct codec_args *a, int json)
 {
 	static const char *const dflt[] = {
@@ -115,7 +139,7 @@ static int bench_codec(const struct codec_args *a, int json)
 				 .kv_heads = (uint16_t)a->heads,
 				 .head_dim = (uint16_t)a->dim,
 				 .tokens = a->tokens };
-	uint64_t n = kvcp_layout_bytes(&l), seed = 12345;
+	uint64_t n = kvcp_layout_bytes(&l);
 	uint16_t *raw;
 	double mc;
 	int err = 0;
@@ -127,16 +151,7 @@ static int bench_codec(const struct codec_args *a, int json)
 	raw = malloc(n);
 	if (!raw)
 		return 1;
-	for (size_t i = 0; i < n / 2; i++) { /* N(0,1) by Box-Muller; a few larger channels */
-		double u1, u2;
-
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		u1 = ((seed >> 11) + 1) * 0x1p-53;
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		u2 = (seed >> 11) * 0x1p-53;
-		raw[i] = kvcd_f32_to_f16((float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2) *
-						 (i % a->dim == 7 ? 8 : 1)));
-	}
+	fill_block(raw, n, a->dim);
 	mc = memcpy_gbps(n, a->iters * 4);
 	for (int p = 0; pols[p] && !err; p++)
 		for (int isa = a->isa >= 0			   ? a->isa
@@ -152,12 +167,166 @@ static int bench_codec(const struct codec_args *a, int json)
 	return err;
 }
 
+/* ---- kvccodec-bench gpu ----------------------------------------------------------------- */
+
+/* Seconds per call of @what over @iters calls, the device drained before and after. */
+#define TIME_GPU(rt, iters, secs, what)                                    \
+	do {                                                               \
+		uint64_t t0_;                                              \
+		(rt)->cu.ctx_sync();                                       \
+		t0_ = now_ns();                                            \
+		for (unsigned long i_ = 0; i_ < (iters); i_++)             \
+			what;                                              \
+		(rt)->cu.ctx_sync();                                       \
+		(secs) = (double)(now_ns() - t0_) / 1e9 / (double)(iters); \
+	} while (0)
+
+/* One policy on device memory: encode and decode timed, and the GPU's bytes compared with the
+ * CPU codec's once. */
+static int bench_gpu_one(struct kvcg_rt *rt, const char *pol, const struct kvcp_layout *l,
+			 const void *raw, CUdeviceptr draw, CUdeviceptr dtmp, CUdeviceptr derr,
+			 unsigned long iters, const double ref[3], int json)
+{
+	struct kvcd_policy p;
+	struct kvcd_plan plan;
+	struct kvcg_job j;
+	char why[128], canon[KVCD_POLICY_STR];
+	uint64_t n = kvcp_layout_bytes(l);
+	uint8_t *cpu = NULL, *gpu = NULL;
+	CUdeviceptr denc = 0;
+	double te = 0, td = 0;
+	int kerr = 0, same = 0, ret = 1;
+
+	if (kvcd_policy_parse(pol, &p, why, sizeof(why))) {
+		fprintf(stderr, "kvccodec-bench: policy '%s': %s\n", pol, why);
+		return 2;
+	}
+	kvcd_policy_format(&p, canon, sizeof(canon));
+	if (kvcd_codec_plan(KVCD_ISA_SCALAR, &p, l, 256, raw, NULL, NULL, &plan) ||
+	    kvcd_codec_gpu_plan(&plan, &j)) {
+		fprintf(stderr, "kvccodec-bench: '%s' is not a block the GPU codecs take\n", canon);
+		kvcd_plan_fini(&plan);
+		return 2;
+	}
+	cpu = malloc(plan.stored);
+	gpu = malloc(plan.stored);
+	if (!cpu || !gpu || rt->cu.mem_alloc(&denc, plan.stored) ||
+	    kvcd_codec_write(kvcd_isa_best(), &plan, raw, NULL, NULL, cpu))
+		goto out;
+	if (kvcg_encode(rt, &j, draw, denc, derr, NULL) || rt->cu.ctx_sync() ||
+	    rt->cu.dtoh(&kerr, derr, sizeof(kerr)) || kerr || rt->cu.dtoh(gpu, denc, plan.stored))
+		goto out;
+	kvcd_codec_gpu_header(&plan, gpu);
+	same = !memcmp(cpu, gpu, plan.stored);
+	TIME_GPU(rt, iters, te, kvcg_encode(rt, &j, draw, denc, derr, NULL));
+	TIME_GPU(rt, iters, td, kvcg_decode(rt, &j, denc, dtmp, NULL));
+	double eg = (double)n / te / 1e9, dg = (double)n / td / 1e9;
+
+	if (json)
+		printf("{\"policy\": \"%s\", \"device\": \"%s\", \"bytes_in\": %llu, "
+		       "\"bytes_stored\": %llu, \"ratio\": %.3f, \"encode_gbps\": %.2f, "
+		       "\"decode_gbps\": %.2f, \"d2d_gbps\": %.2f, \"h2d_gbps\": %.2f, "
+		       "\"d2h_gbps\": %.2f, \"encode_vs_d2d\": %.3f, \"decode_vs_d2d\": %.3f, "
+		       "\"pcie_bytes_saved\": %llu, \"same_bytes_as_cpu\": %s}\n",
+		       canon, rt->name, (unsigned long long)n, (unsigned long long)plan.stored,
+		       (double)n / plan.stored, eg, dg, ref[0], ref[1], ref[2], eg / ref[0],
+		       dg / ref[0], (unsigned long long)(n - plan.stored), same ? "true" : "false");
+	else
+		printf("%-36s %6.2fx  encode %7.1f GB/s (%3.0f%% of D2D)  decode %7.1f GB/s "
+		       "(%3.0f%%)  PCIe bytes saved %4.1f%%  %s\n",
+		       canon, (double)n / plan.stored, eg, 100 * eg / ref[0], dg, 100 * dg / ref[0],
+		       100.0 * (double)(n - plan.stored) / (double)n,
+		       same ? "same bytes as the CPU" : "BYTES DIFFER FROM THE CPU");
+	ret = same ? 0 : 1;
+out:
+	if (ret)
+		fprintf(stderr, "kvccodec-bench: '%s' failed on the GPU (%s, kernel error %d)\n",
+			canon, "bytes differ from the CPU's or a CUDA call failed", kerr);
+	if (denc)
+		rt->cu.mem_free(denc);
+	kvcd_plan_fini(&plan);
+	free(cpu);
+	free(gpu);
+	return ret;
+}
+
+/* The GPU codec kernels on device 0 against what the same device copies in the same run:
+ * cuMemcpyDtoD of the raw block, and H2D / D2H from pinned memory. Exit 3 without a device. */
+static int bench_gpu(const struct codec_args *a, int json)
+{
+	static const char *const dflt[] = { "int8", "int4", "fp8", "kivi:kbits=4,vbits=4,group=32",
+					    NULL };
+	const char *one[] = { a->policy, NULL };
+	const char *const *pols = a->policy ? one : dflt;
+	struct kvcp_layout l = { .dtype = KVCP_F16,
+				 .layers = (uint16_t)a->layers,
+				 .kv_heads = (uint16_t)a->heads,
+				 .head_dim = (uint16_t)a->dim,
+				 .tokens = a->tokens };
+	uint64_t n = kvcp_layout_bytes(&l);
+	unsigned long iters = a->iters * 4;
+	struct kvcg_rt rt;
+	CUdeviceptr draw = 0, dtmp = 0, derr = 0;
+	void *host = NULL;
+	double ref[3], s;
+	char why[160];
+	int err;
+
+	if (!n) {
+		fprintf(stderr, "kvccodec-bench: bad block shape\n");
+		return 2;
+	}
+	err = kvcg_rt_open(&rt, 0, why, sizeof(why));
+	if (err) {
+		fprintf(stderr, "kvccodec-bench gpu: %s%s\n",
+			err == -ENOENT || err == -ENODEV ? "skipped: no CUDA device: " : "", why);
+		kvcg_rt_close(&rt);
+		return err == -ENOENT || err == -ENODEV ? 3 : 1;
+	}
+	err = 1;
+	if (rt.cu.host_alloc(&host, n) || rt.cu.mem_alloc(&draw, n) || rt.cu.mem_alloc(&dtmp, n) ||
+	    rt.cu.mem_alloc(&derr, sizeof(int)))
+		goto out;
+	fill_block(host, n, a->dim);
+	if (rt.cu.htod(draw, host, n) || rt.cu.dtod(dtmp, draw, n))
+		goto out;
+	TIME_GPU(&rt, iters, s, rt.cu.dtod(dtmp, draw, n));
+	ref[0] = (double)n / s / 1e9;
+	TIME_GPU(&rt, iters, s, rt.cu.htod(dtmp, host, n));
+	ref[1] = (double)n / s / 1e9;
+	TIME_GPU(&rt, iters, s, rt.cu.dtoh(host, dtmp, n));
+	ref[2] = (double)n / s / 1e9;
+	fill_block(host, n, a->dim); /* the D2H copies wrote the block back: the same bytes */
+	if (!json)
+		printf("%s: %llu-byte f16 block; D2D %.1f GB/s, H2D %.1f GB/s, D2H %.1f GB/s "
+		       "(pinned)\n",
+		       rt.name, (unsigned long long)n, ref[0], ref[1], ref[2]);
+	err = 0;
+	for (int p = 0; pols[p] && !err; p++)
+		err = bench_gpu_one(&rt, pols[p], &l, host, draw, dtmp, derr, iters, ref, json);
+out:
+	if (err == 1 && !draw)
+		fprintf(stderr, "kvccodec-bench gpu: cannot allocate %llu bytes on %s\n",
+			(unsigned long long)n, rt.name);
+	if (host)
+		rt.cu.host_free(host);
+	if (draw)
+		rt.cu.mem_free(draw);
+	if (dtmp)
+		rt.cu.mem_free(dtmp);
+	if (derr)
+		rt.cu.mem_free(derr);
+	kvcg_rt_close(&rt);
+	return err;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvccodec-bench [codec] [--policy P] [--isa scalar|avx2|avx512|avx512vnni]\n"
 		"                      [--layers N] [--heads N] [--dim N] [--tokens N] [--iters N]\n"
 		"                      [--json]\n"
+		"       kvccodec-bench gpu [--policy P] [shape options] [--iters N] [--json]\n"
 		"       kvccodec-bench policies\n");
 }
 
@@ -237,6 +406,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "codec"))
 		return bench_codec(&ca, json);
+	if (!strcmp(cmd, "gpu"))
+		return bench_gpu(&ca, json);
 	fprintf(stderr, "kvccodec-bench: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

@@ -1,0 +1,109 @@
+#!/bin/sh
+# gpu-check.sh BUNDLE - the GPU checks, run from a folder tools/gpu-bundle.sh made; compiles
+# nothing. For a machine with a CUDA device (make gpu-check GPU_BUNDLE=BUNDLE):
+#   1. the host walk of the kernels' grid and the GPU suites (tests/gpu_*)
+#   2. kvcd started on the machine as it is (mlock, hugepages or NUMA may be weaker than on
+#      Debian: kvcd says what it could not do), its STATS with the devices it found
+#   3. kvccodec-bench gpu: the codec kernels against the device's own copies
+# Writes bench/results/gpu-check.log, gpu-tests.txt, gpu-kvcd-stats.json and gpu.json, and
+# docs/gpu.md from them when a device was measured; with $OUT set (a device run) copies them
+# there too. Exits non-zero when a test fails; a machine without a device only skips.
+set -u
+bundle=$(cd "${1:?usage: gpu-check.sh BUNDLE}" && pwd)
+res=bench/results
+mkdir -p "$res" docs
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+log=$res/gpu-check.log
+fail=0
+: > "$log"
+
+say() { echo "$*" | tee -a "$log"; }
+
+say "== gpu-check $(date -u +%FT%TZ) on $(uname -n)"
+command -v nvidia-smi > /dev/null && nvidia-smi -L 2>&1 | tee -a "$log"
+
+say "== the GPU suites"
+: > "$res/gpu-tests.txt"
+for t in "$bundle"/tests/*; do
+	"$t" --verbose > "$res/gpu-test.out" 2>&1
+	rc=$?
+	cat "$res/gpu-test.out" >> "$res/gpu-tests.txt"
+	grep -E '^\[(SKIP|FAIL|====)\]' "$res/gpu-test.out" | tee -a "$log"
+	[ $rc -eq 0 ] || { say "FAILED: ${t##*/} (exit $rc)"; fail=1; }
+done
+rm -f "$res/gpu-test.out"
+
+say "== kvcd on this machine"
+tmp=$(mktemp -d /tmp/kvcd-gpucheck.XXXXXX)
+"$bundle/bin/kvcd" --foreground --socket "$tmp/kvcd.sock" --pool-size 256M \
+	--state-dir "$tmp/state" --log-level info > "$tmp/kvcd.log" 2>&1 &
+pid=$!
+i=0
+until "$bundle/bin/kvcctl" --socket "$tmp/kvcd.sock" ping > /dev/null 2>&1; do
+	i=$((i + 1))
+	if [ $i -gt 100 ] || ! kill -0 $pid 2> /dev/null; then
+		say "FAILED: kvcd did not start"
+		fail=1
+		break
+	fi
+	sleep 0.1
+done
+"$bundle/bin/kvcctl" --socket "$tmp/kvcd.sock" stats --json > "$res/gpu-kvcd-stats.json" 2>&1
+kill $pid 2> /dev/null
+wait $pid 2> /dev/null
+cat "$tmp/kvcd.log" >> "$log"
+grep -iE 'gpu|mlock|numa|hugepage' "$tmp/kvcd.log"
+rm -rf "$tmp"
+
+say "== kvccodec-bench gpu"
+"$bundle/bin/kvccodec-bench" gpu --json > "$res/gpu.json" 2>> "$log"
+rc=$?
+cat "$res/gpu.json" >> "$log"
+measured=0
+case $rc in
+0) measured=1 ;;
+3) say "no CUDA device: nothing measured" ;;
+*) say "FAILED: kvccodec-bench gpu (exit $rc)"; fail=1 ;;
+esac
+
+if [ $measured -eq 1 ]; then
+	python3 - "$res/gpu.json" "$res/gpu-tests.txt" > docs/gpu.md << 'PY'
+import json, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tests = open(sys.argv[2]).read()
+synth = re.findall(r"Synthesis: (.*)", tests)
+r0 = rows[0]
+print("# The GPU tier on a device\n")
+print("Written by `make gpu-check` (tools/gpu-check.sh) from `bench/results/gpu.json`; "
+      "do not edit by hand.\n")
+print(f"Device: {r0['device']}. Block: {r0['bytes_in']} bytes of f16 "
+      "(32 layers x 8 KV heads x 128 x 256 tokens).\n")
+print("## Tests\n")
+for s in synth:
+    print(f"- {s.strip()}")
+print("\n## Copies the device makes, measured in the same run\n")
+print(f"| D2D (cuMemcpyDtoD) | H2D from pinned | D2H to pinned |\n|---|---|---|")
+print(f"| {r0['d2d_gbps']:.1f} GB/s | {r0['h2d_gbps']:.1f} GB/s | {r0['d2h_gbps']:.1f} GB/s |\n")
+print("## Codec kernels (target: encode and decode at 50% of D2D or more)\n")
+print("| policy | ratio | encode GB/s | of D2D | decode GB/s | of D2D | PCIe bytes saved "
+      "per demotion | same bytes as the CPU |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    saved = 100.0 * r['pcie_bytes_saved'] / r['bytes_in']
+    print(f"| `{r['policy']}` | {r['ratio']:.2f}x | {r['encode_gbps']:.1f} | "
+          f"{100 * r['encode_vs_d2d']:.0f}% | {r['decode_gbps']:.1f} | "
+          f"{100 * r['decode_vs_d2d']:.0f}% | {saved:.0f}% | "
+          f"{'yes' if r['same_bytes_as_cpu'] else 'NO'} |")
+print("\nGB/s count the raw block's bytes per second. The GPU pools, the movers and the "
+      "two-process hand-off are not built yet: their checks are not in this run.")
+PY
+	say "docs/gpu.md written"
+fi
+
+if [ -n "${OUT:-}" ]; then
+	cp "$log" "$res/gpu-tests.txt" "$res/gpu-kvcd-stats.json" "$res/gpu.json" "$OUT/" \
+		2> /dev/null
+	[ $measured -eq 1 ] && cp docs/gpu.md "$OUT/"
+fi
+say "== gpu-check: $([ $fail -eq 0 ] && echo passed || echo FAILED)"
+exit $fail
