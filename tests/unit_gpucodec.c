@@ -6,29 +6,32 @@
 
 #include "t_gpucodec.h"
 
-/* The kernels' two encoding phases, one item after another. */
+/* The kernels' two encoding phases, one item after another: unit by unit, as the grid's rows. */
 static int grid_encode(const struct kvcd_plan *plan, const struct kvcg_job *j, const void *src,
 		       uint8_t *dst)
 {
 	int err = 0;
 
 	kvcd_codec_gpu_header(plan, dst);
-	for (uint64_t i = 0; i < kvcg_enc1_items(j); i++) {
-		int e = kvcg_enc_params(j, src, dst, i);
+	for (uint32_t u = 0; u < kvcg_units(j); u++)
+		for (uint32_t k = 0; k < kvcg_enc1_items(j, u / j->heads % 2); k++) {
+			int e = kvcg_enc_params(j, src, dst, u, k);
 
-		err = err ? err : e;
-	}
+			err = err ? err : e;
+		}
 	if (err)
 		return err;
-	for (uint64_t i = 0; i < kvcg_enc2_items(j); i++)
-		kvcg_enc_codes(j, src, dst, i);
+	for (uint32_t u = 0; u < kvcg_units(j); u++)
+		for (uint32_t k = 0; k < kvcg_enc2_items(j, u / j->heads % 2); k++)
+			kvcg_enc_codes(j, src, dst, u, k);
 	return 0;
 }
 
 static void grid_decode(const struct kvcg_job *j, const uint8_t *in, void *raw)
 {
-	for (uint64_t e = 0; e < kvcg_dec_items(j); e++)
-		kvcg_dec_elem(j, in, raw, e);
+	for (uint32_t u = 0; u < kvcg_units(j); u++)
+		for (uint32_t k = 0; k < kvcg_dec_items(j, u / j->heads % 2); k++)
+			kvcg_dec_elem(j, in, raw, u, k);
 }
 
 /* Encode and decode @pol on @l at @pos both ways, at every ISA; the bytes must agree. */

@@ -977,6 +977,9 @@ int kvcd_units_gpu_job(const struct kvcd_policy *p, const struct kvcp_layout *en
 	if (p->kind == KVCD_CODEC_NONE || kvcd_policy_sel(p) || p->rotate || p->rope || p->params ||
 	    p->sparse_ppm || p->summary)
 		return -ENOTSUP;
+	/* the kernels count a unit's items in 32 bits */
+	if ((uint64_t)v.tokens * v.head_dim * kvcp_dtype_size(v.dtype) > INT32_MAX)
+		return -ENOTSUP;
 	memset(j, 0, sizeof(*j));
 	for (int kv = 0; kv < 2; kv++) {
 		struct shape *s = &sh[kv];

@@ -10,7 +10,7 @@
  * -ffp-contract=off does the same. f16, bf16 and e4m3 conversions are integer code, the
  * CPU's reference algorithms.
  *
- * Items:
+ * Items, numbered within their unit (layer, K/V, head):
  *   encode, phase 1   one parameter group: its range, then f16 scale and zero (int, kivi)
  *                     or f16 scale (fp8), written into the unit
  *   encode, phase 2   one byte of a unit's packed codes (each code it holds computed from
@@ -237,65 +237,61 @@ KVCG_FN void kvcg_store(const struct kvcg_job *j, uint8_t *raw, uint64_t e, floa
 		((uint16_t *)raw)[e] = kvcg_to_bf16(x);
 }
 
-/* Item @i of a grid whose units have @n0 (K) and @n1 (V) items each: which unit, which item. */
-KVCG_FN void kvcg_split(const struct kvcg_job *j, uint64_t i, uint64_t n0, uint64_t n1,
-			uint32_t *layer, uint32_t *kv, uint32_t *head, uint64_t *k)
+/* The grid is two-dimensional: one row per unit, (layer, K/V, head) in the block's order, and
+ * along it the unit's items, so that no item divides a 64-bit index to find its unit. Every
+ * count inside a unit fits 32 bits (kvcd_units_gpu_job checks it). */
+KVCG_FN uint32_t kvcg_units(const struct kvcg_job *j)
 {
-	uint64_t per = (uint64_t)j->heads * (n0 + n1);
-
-	*layer = (uint32_t)(i / per);
-	i %= per;
-	if (i < (uint64_t)j->heads * n0) {
-		*kv = 0;
-		*head = (uint32_t)(i / n0);
-		*k = i % n0;
-	} else {
-		i -= (uint64_t)j->heads * n0;
-		*kv = 1;
-		*head = (uint32_t)(i / n1);
-		*k = i % n1;
-	}
+	return j->layers * 2 * j->heads;
 }
 
-KVCG_FN uint64_t kvcg_res_bytes(const struct kvcg_job *j, uint32_t kv)
+KVCG_FN void kvcg_unit_of(const struct kvcg_job *j, uint32_t unit, uint32_t *layer, uint32_t *kv,
+			  uint32_t *head)
 {
-	return (uint64_t)j->u[kv].nres * j->hd * j->es;
+	*layer = unit / (2 * j->heads);
+	*kv = unit / j->heads % 2;
+	*head = unit % j->heads;
 }
 
-KVCG_FN uint64_t kvcg_enc1_items(const struct kvcg_job *j)
+KVCG_FN uint32_t kvcg_res_bytes(const struct kvcg_job *j, uint32_t kv)
 {
-	return (uint64_t)j->layers * j->heads * ((uint64_t)j->u[0].nparams + j->u[1].nparams);
+	return j->u[kv].nres * j->hd * j->es;
 }
 
-KVCG_FN uint64_t kvcg_enc2_items(const struct kvcg_job *j)
+/* Items of a unit: phase 1 (its parameter groups), phase 2 (its code and residual bytes), and
+ * decoding (its elements). */
+KVCG_FN uint32_t kvcg_enc1_items(const struct kvcg_job *j, uint32_t kv)
 {
-	return (uint64_t)j->layers * j->heads *
-	       (j->u[0].code_bytes + kvcg_res_bytes(j, 0) + j->u[1].code_bytes +
-		kvcg_res_bytes(j, 1));
+	return j->u[kv].nparams;
 }
 
-KVCG_FN uint64_t kvcg_dec_items(const struct kvcg_job *j)
+KVCG_FN uint32_t kvcg_enc2_items(const struct kvcg_job *j, uint32_t kv)
 {
-	return j->raw_bytes / j->es;
+	return (uint32_t)j->u[kv].code_bytes + kvcg_res_bytes(j, kv);
+}
+
+KVCG_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
+{
+	(void)kv;
+	return j->tokens * j->hd;
 }
 
 /* Code @q of a unit: the token and channel it stands for, and where its group's parameters
  * are (the group's index). */
-KVCG_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, uint64_t q,
-			  uint32_t *t, uint32_t *c, uint64_t *g)
+KVCG_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, uint32_t q,
+			  uint32_t *t, uint32_t *c, uint32_t *g)
 {
 	if (u->per_channel) { /* codes [group][channel][token], the last group maybe shorter */
-		uint64_t grp = q / ((uint64_t)j->G * j->hd), in = q - grp * j->G * j->hd;
-		uint32_t gsz = u->nq - (uint32_t)grp * j->G < j->G ? u->nq - (uint32_t)grp * j->G
-								   : j->G;
+		uint32_t grp = q / (j->G * j->hd), in = q - grp * j->G * j->hd;
+		uint32_t gsz = u->nq - grp * j->G < j->G ? u->nq - grp * j->G : j->G;
 
-		*c = (uint32_t)(in / gsz);
-		*t = (uint32_t)(grp * j->G + in % gsz);
+		*c = in / gsz;
+		*t = grp * j->G + in % gsz;
 		*g = grp * j->hd + *c;
 	} else {
-		*t = (uint32_t)(q / j->hd);
-		*c = (uint32_t)(q % j->hd);
-		*g = (uint64_t)*t * j->ngt + *c / j->gch;
+		*t = q / j->hd;
+		*c = q % j->hd;
+		*g = *t * j->ngt + *c / j->gch;
 	}
 }
 
@@ -303,28 +299,26 @@ KVCG_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, u
 
 /* Phase 1, item @i: one group's parameters. Returns 0, -EINVAL (a value is inf or nan) or
  * -ERANGE (f16 cannot hold its scale or zero), as the CPU codec would. */
-KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst, uint64_t i)
+KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
+			    uint32_t unit, uint32_t k)
 {
 	uint32_t layer, kv, head, t0, ntok, c0, nch;
-	uint64_t k;
 	const struct kvcg_unit *u;
 	uint8_t *o;
 	float lo = INFINITY, hi = -INFINITY, amax = 0.0f;
 
-	kvcg_split(j, i, j->u[0].nparams, j->u[1].nparams, &layer, &kv, &head, &k);
+	kvcg_unit_of(j, unit, &layer, &kv, &head);
 	u = &j->u[kv];
 	o = dst + kvcg_unit_at(j, layer, kv, head);
 	if (u->per_channel) {
-		uint32_t grp = (uint32_t)(k / j->hd);
-
-		t0 = grp * j->G;
+		t0 = k / j->hd * j->G;
 		ntok = u->nq - t0 < j->G ? u->nq - t0 : j->G;
-		c0 = (uint32_t)(k % j->hd);
+		c0 = k % j->hd;
 		nch = 1;
 	} else {
-		t0 = (uint32_t)(k / j->ngt);
+		t0 = k / j->ngt;
 		ntok = 1;
-		c0 = (uint32_t)(k % j->ngt) * j->gch;
+		c0 = k % j->ngt * j->gch;
 		nch = j->hd - c0 < j->gch ? j->hd - c0 : j->gch;
 	}
 	for (uint32_t t = t0; t < t0 + ntok; t++)
@@ -345,7 +339,7 @@ KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		h = kvcg_to_f16(KVCG_DIV(amax, 448.0f));
 		while (KVCG_MUL(kvcg_from_f16(h), 448.0f) < amax)
 			h++;
-		kvcg_put16(o + k * 2, h);
+		kvcg_put16(o + (uint64_t)k * 2, h);
 		return 0;
 	}
 	{
@@ -360,8 +354,8 @@ KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		if (!(want <= 65504.0f))
 			return -ERANGE;
 		scale = kvcg_f16_directed(want, 0);
-		kvcg_put16(o + k * 4, scale);
-		kvcg_put16(o + k * 4 + 2, zero);
+		kvcg_put16(o + (uint64_t)k * 4, scale);
+		kvcg_put16(o + (uint64_t)k * 4 + 2, zero);
 	}
 	return 0;
 }
@@ -378,49 +372,46 @@ KVCG_FN uint32_t kvcg_quant(float x, uint16_t scale, uint16_t zero, uint32_t bit
 	return (uint32_t)q;
 }
 
-/* Phase 2, item @i: one byte of a unit's codes or residual rows. */
-KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst, uint64_t i)
+/* Phase 2, item @k of @unit: one byte of its codes or residual rows. */
+KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
+			    uint32_t unit, uint32_t k)
 {
-	uint32_t layer, kv, head, t, c;
-	uint64_t k, g;
+	uint32_t layer, kv, head, t, c, g;
 	const struct kvcg_unit *u;
 	uint8_t *o;
 
-	kvcg_split(j, i, j->u[0].code_bytes + kvcg_res_bytes(j, 0),
-		   j->u[1].code_bytes + kvcg_res_bytes(j, 1), &layer, &kv, &head, &k);
+	kvcg_unit_of(j, unit, &layer, &kv, &head);
 	u = &j->u[kv];
 	o = dst + kvcg_unit_at(j, layer, kv, head);
 	if (k >= u->code_bytes) { /* kivi's residual rows, as sent */
-		uint64_t b = k - u->code_bytes, row = (uint64_t)j->hd * j->es;
+		uint32_t b = k - (uint32_t)u->code_bytes, row = j->hd * j->es;
 
 		o[u->res_at + b] =
-			raw[kvcg_elem(j, layer, kv, u->nq + (uint32_t)(b / row), head, 0) * j->es +
-			    b % row];
+			raw[kvcg_elem(j, layer, kv, u->nq + b / row, head, 0) * j->es + b % row];
 		return;
 	}
 	if (j->kind == KVCG_FP8) {
 		float div, x;
 
 		kvcg_code_at(j, u, k, &t, &c, &g);
-		div = kvcg_from_f16(kvcg_get16(o + g * 2));
+		div = kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 2));
 		x = kvcg_load(j, raw, kvcg_elem(j, layer, kv, t, head, c));
 		o[u->codes_at + k] = div > 0.0f ? kvcg_to_e4m3(KVCG_DIV(x, div)) : 0;
 		return;
 	}
 	{
 		/* codes q0..q1 touch bits [8k, 8k + 8): packed LSB first, as kvcd_pack does */
-		uint64_t n = (uint64_t)u->nq * j->hd, q0 = k * 8 / u->bits,
-			 q1 = (k * 8 + 7) / u->bits;
+		uint32_t n = u->nq * j->hd, q0 = k * 8 / u->bits, q1 = (k * 8 + 7) / u->bits;
 		uint32_t acc = 0;
 
-		for (uint64_t q = q0; q <= q1 && q < n; q++) {
-			int64_t off = (int64_t)(q * u->bits) - (int64_t)(k * 8);
+		for (uint32_t q = q0; q <= q1 && q < n; q++) {
+			int32_t off = (int32_t)(q * u->bits) - (int32_t)(k * 8);
 			uint32_t code;
 
 			kvcg_code_at(j, u, q, &t, &c, &g);
 			code = kvcg_quant(kvcg_load(j, raw, kvcg_elem(j, layer, kv, t, head, c)),
-					  kvcg_get16(o + g * 4), kvcg_get16(o + g * 4 + 2),
-					  u->bits);
+					  kvcg_get16(o + (uint64_t)g * 4),
+					  kvcg_get16(o + (uint64_t)g * 4 + 2), u->bits);
 			acc |= off >= 0 ? code << off : code >> -off;
 		}
 		o[u->codes_at + k] = (uint8_t)acc;
@@ -429,19 +420,22 @@ KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_
 
 /* ---- decode --------------------------------------------------------------------------------- */
 
-/* Item @e: element e of the raw block from the encoded block @in. */
-KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t *raw, uint64_t e)
+/* Item @k of @unit: element (token k / hd, channel k % hd) of the unit, into the raw block. */
+KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t *raw, uint32_t unit,
+			   uint32_t k)
 {
-	uint64_t hd = (uint64_t)j->heads * j->hd, row = e / hd, w = e % hd, g, q;
-	uint32_t head = (uint32_t)(w / j->hd), c = (uint32_t)(w % j->hd), tt, cc;
-	uint32_t t = (uint32_t)(row % j->tokens), kv = (uint32_t)(row / j->tokens % 2),
-		 layer = (uint32_t)(row / j->tokens / 2);
-	const struct kvcg_unit *u = &j->u[kv];
-	const uint8_t *o = in + kvcg_unit_at(j, layer, kv, head);
+	uint32_t layer, kv, head, t = k / j->hd, c = k % j->hd, q, tt, cc, g;
+	const struct kvcg_unit *u;
+	const uint8_t *o;
+	uint64_t e;
 	float x;
 
+	kvcg_unit_of(j, unit, &layer, &kv, &head);
+	u = &j->u[kv];
+	o = in + kvcg_unit_at(j, layer, kv, head);
+	e = kvcg_elem(j, layer, kv, t, head, c);
 	if (t >= u->nq) { /* a residual row: its bytes as stored */
-		const uint8_t *s = o + u->res_at + ((uint64_t)(t - u->nq) * j->hd + c) * j->es;
+		const uint8_t *s = o + u->res_at + ((t - u->nq) * j->hd + c) * j->es;
 
 		for (uint32_t b = 0; b < j->es; b++)
 			raw[e * j->es + b] = s[b];
@@ -451,23 +445,23 @@ KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t 
 		uint32_t grp = t / j->G,
 			 gsz = u->nq - grp * j->G < j->G ? u->nq - grp * j->G : j->G;
 
-		q = (uint64_t)grp * j->G * j->hd + (uint64_t)c * gsz + (t - grp * j->G);
+		q = grp * j->G * j->hd + c * gsz + (t - grp * j->G);
 	} else {
-		q = (uint64_t)t * j->hd + c;
+		q = t * j->hd + c;
 	}
 	kvcg_code_at(j, u, q, &tt, &cc, &g);
 	if (j->kind == KVCG_FP8) {
 		x = KVCG_MUL(kvcg_from_e4m3(o[u->codes_at + q]),
-			     kvcg_from_f16(kvcg_get16(o + g * 2)));
+			     kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 2)));
 	} else {
-		uint64_t bit = q * u->bits, at = u->codes_at + bit / 8;
+		uint64_t bit = (uint64_t)q * u->bits, at = u->codes_at + bit / 8;
 		uint32_t sh = (uint32_t)(bit % 8), v = o[at];
 
 		if (sh + u->bits > 8)
 			v |= (uint32_t)o[at + 1] << 8;
 		v = (v >> sh) & ((1u << u->bits) - 1);
-		x = KVCG_ADD(KVCG_MUL((float)v, kvcg_from_f16(kvcg_get16(o + g * 4))),
-			     kvcg_from_f16(kvcg_get16(o + g * 4 + 2)));
+		x = KVCG_ADD(KVCG_MUL((float)v, kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 4))),
+			     kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 4 + 2)));
 	}
 	kvcg_store(j, raw, e, x);
 }

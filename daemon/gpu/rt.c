@@ -8,8 +8,8 @@
 #include "kern.h"
 #include "rt.h"
 
-/* Threads per block, and the most blocks a launch asks for: a grid-stride loop does the rest,
- * so a launch's size never depends on a client's block. */
+/* Threads per block, and the most blocks a launch asks for along each dimension: the kernels'
+ * grid-stride loops do the rest, so a launch's size is bounded whatever the block. */
 #define THREADS	   256
 #define MAX_BLOCKS 65535u
 
@@ -131,16 +131,21 @@ int kvcg_rt_bind(struct kvcg_rt *rt)
 	return rt->cu.ctx_set(rt->ctx) ? -EIO : 0;
 }
 
-static int launch(struct kvcg_rt *rt, CUfunction f, uint64_t items, CUstream s, void **params)
+/* A grid of one row per unit (up to the limit of y; the kernels stride over the rest) and as
+ * many columns as the largest unit has items for @items. */
+static int launch(struct kvcg_rt *rt, CUfunction f, const struct kvcg_job *j,
+		  uint32_t (*items)(const struct kvcg_job *, uint32_t), CUstream s, void **params)
 {
-	uint64_t blocks = (items + THREADS - 1) / THREADS;
+	uint32_t most = items(j, 0) > items(j, 1) ? items(j, 0) : items(j, 1);
+	uint64_t gx = ((uint64_t)most + THREADS - 1) / THREADS, gy = kvcg_units(j);
 
-	if (!items)
+	if (!most)
 		return 0;
-	if (blocks > MAX_BLOCKS)
-		blocks = MAX_BLOCKS;
-	return rt->cu.launch(f, (unsigned)blocks, 1, 1, THREADS, 1, 1, 0, s, params, NULL) ? -EIO
-											   : 0;
+	gx = gx < MAX_BLOCKS ? gx : MAX_BLOCKS;
+	gy = gy < MAX_BLOCKS ? gy : MAX_BLOCKS;
+	return rt->cu.launch(f, (unsigned)gx, (unsigned)gy, 1, THREADS, 1, 1, 0, s, params, NULL)
+		       ? -EIO
+		       : 0;
 }
 
 int kvcg_encode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr raw, CUdeviceptr dst,
@@ -151,10 +156,10 @@ int kvcg_encode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr raw, C
 
 	if (rt->cu.memset8(err, 0, sizeof(int)))
 		return -EIO;
-	if (launch(rt, rt->enc_params, kvcg_enc1_items(j), s, p1))
+	if (launch(rt, rt->enc_params, j, kvcg_enc1_items, s, p1))
 		return -EIO;
 	/* the stream orders phase 2 after phase 1: codes read the parameters it wrote */
-	return launch(rt, rt->enc_codes, kvcg_enc2_items(j), s, p2);
+	return launch(rt, rt->enc_codes, j, kvcg_enc2_items, s, p2);
 }
 
 int kvcg_decode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr in, CUdeviceptr raw,
@@ -163,5 +168,5 @@ int kvcg_decode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr in, CU
 	struct kvcg_job job = *j;
 	void *p[] = { &job, &in, &raw };
 
-	return launch(rt, rt->dec, kvcg_dec_items(j), s, p);
+	return launch(rt, rt->dec, j, kvcg_dec_items, s, p);
 }
