@@ -41,7 +41,7 @@ static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp
 	struct kvcd_policy p;
 	char why[128], canon[KVCD_POLICY_STR];
 	uint64_t n = kvcp_layout_bytes(l), e, t0, te = 0, td = 0;
-	void *enc = NULL, *dec = malloc(n);
+	void *enc = NULL, *dec = aligned_alloc(64, (n + 63) / 64 * 64); /* as staging is */
 	struct kvcp_layout back;
 	size_t cnt = n / 2;
 	float *x = malloc(cnt * 4), *y = malloc(cnt * 4);

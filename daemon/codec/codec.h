@@ -174,6 +174,11 @@ float kvcd_f16_to_f32(uint16_t h);
 void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n);
 void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n);
 
+/* kvcd_from_f32 writing around the caches where it can (f16, AVX2, @dst 32-byte aligned, @n a
+ * multiple of 16): for outputs larger than the caches, whose reader comes later. Returns
+ * whether it did; the caller then issues _mm_sfence() before publishing the bytes. */
+bool kvcd_from_f32_stream(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n);
+
 /* fp8 e4m3 (OCP, no infinities, max 448), round to nearest even, saturating. */
 uint8_t kvcd_f32_to_e4m3(float f);
 /* @n values v[i] / @div as kvcd_f32_to_e4m3 gives them (all 0 when @div is not positive);

@@ -116,6 +116,33 @@ __attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *s,
 		d[i] = kvcd_f32_to_f16(sat16(s[i]));
 }
 
+/* f32_to_f16_avx2 with non-temporal stores: @d 32-byte aligned, @n a multiple of 16. */
+__attribute__((target("avx2,f16c"))) static void f32_to_f16_nt(const float *s, uint16_t *d,
+							       size_t n)
+{
+	const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
+
+	for (size_t i = 0; i < n; i += 16) {
+		__m256 a = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(s + i), lo), hi);
+		__m256 b = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(s + i + 8), lo), hi);
+		__m128i ha = _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+		__m128i hb = _mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+		_mm256_stream_si256((__m256i *)(d + i), _mm256_set_m128i(hb, ha));
+	}
+}
+
+bool kvcd_from_f32_stream(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n)
+{
+	if (dtype != KVCP_F16 || isa < KVCD_ISA_AVX2 || !kvcd_has_f16c() || n % 16 ||
+	    (uintptr_t)dst % 32) {
+		kvcd_from_f32(isa, dtype, src, dst, n);
+		return false;
+	}
+	f32_to_f16_nt(src, dst, n);
+	return true;
+}
+
 void kvcd_to_f32(enum kvcd_isa isa, uint8_t dtype, const void *src, float *dst, size_t n)
 {
 	if (dtype == KVCP_F32) {

@@ -877,6 +877,19 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope && !p->params;
 }
 
+/* Ask for plane row @r + PREFETCH_ROWS of @t rows of @rowb bytes at @base. The rows are read
+ * in order, but the work on each row is long enough that the hardware prefetcher alone lets
+ * the next row's loads miss. */
+#define PREFETCH_ROWS 2
+static inline void prefetch_ahead(const uint8_t *base, size_t r, size_t t, size_t rowb)
+{
+	if (r + PREFETCH_ROWS >= t)
+		return;
+	base += (r + PREFETCH_ROWS) * rowb;
+	for (size_t o = 0; o < rowb; o += 64)
+		__builtin_prefetch(base + o);
+}
+
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
  * an L1 buffer, is rotated, ranged, quantized and packed there, and its codes and parameters
  * are written straight to each head's unit. Writes the same bytes as the unit-by-unit path. */
@@ -897,6 +910,7 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 			size_t rowb = d * bits / 8;
 
 			for (size_t r = 0; r < t; r++) {
+				prefetch_ahead(in, r, t, hd * es);
 				kvcd_to_f32(isa, l->dtype, in + r * hd * es, x, hd);
 				for (size_t h = 0; p->rotate && h < heads; h++)
 					kvcd_hadamard(x + h * d, (unsigned)d);
@@ -1042,6 +1056,11 @@ int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	return encode_body(isa, p, l, pos, src, p->hibits ? scores : NULL, dst);
 }
 
+/* Decoded blocks at least this large are written around the caches: the engine reads them
+ * later, by which time they would have left the caches anyway, and streaming stores save
+ * reading each destination line before it is overwritten. Smaller ones stay cached for it. */
+#define KVCD_STREAM_MIN (4u << 20)
+
 /* The inverse of encode_fused(), for what it writes: row by row, each head's codes and
  * parameters dequantized into an L1 buffer and the row converted straight into the engine's
  * layout, where the unit-by-unit path fills a whole f32 plane first. The same bytes out. */
@@ -1052,6 +1071,7 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
 	size_t ngt = sh[0].ngt, gch = sh[0].gch, t = l->tokens;
 	float *x = w->plane;
+	bool stream = kvcp_layout_bytes(l) >= KVCD_STREAM_MIN, streamed = false;
 
 	for (uint32_t layer = 0; layer < l->layers; layer++)
 		for (int kv = 0; kv < 2; kv++) {
@@ -1074,9 +1094,15 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 					if (p->rotate) /* the rotation undone, as it was done */
 						kvcd_hadamard(x + h * d, (unsigned)d);
 				}
-				kvcd_from_f32(isa, l->dtype, x, out + r * hd * es, hd);
+				if (stream)
+					streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
+									 out + r * hd * es, hd);
+				else
+					kvcd_from_f32(isa, l->dtype, x, out + r * hd * es, hd);
 			}
 		}
+	if (streamed) /* non-temporal stores are weakly ordered: done before the caller publishes */
+		_mm_sfence();
 }
 
 /* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
@@ -1088,6 +1114,7 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	struct kvcp_layout v = view_of(p, engine);
 	struct shape sh[2];
 	struct work w;
+	bool stream = kvcp_layout_bytes(engine) >= KVCD_STREAM_MIN, streamed = false;
 	int err = 0;
 
 	shape_of(p, &v, scores, pos, 0, &sh[0]);
@@ -1111,11 +1138,18 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 				w.tile = w.plane + (size_t)head * v.head_dim;
 				err = decode_unit(&u, &w, &in);
 			}
-			if (!err) /* the whole plane out in one sequential pass */
+			if (!err && stream) /* the whole plane out in one sequential pass */
+				streamed |= kvcd_from_f32_stream(isa, v.dtype, w.plane,
+								 (uint8_t *)dst +
+									 plane_base(&v, layer, kv),
+								 (size_t)v.tokens * w.ts);
+			else if (!err)
 				kvcd_from_f32(isa, v.dtype, w.plane,
 					      (uint8_t *)dst + plane_base(&v, layer, kv),
 					      (size_t)v.tokens * w.ts);
 		}
+	if (streamed)
+		_mm_sfence();
 	return err;
 }
 
