@@ -864,17 +864,19 @@ static size_t plane_base(const struct kvcp_layout *l, uint32_t layer, int kv)
 bool kvcd_codec_fused = true;
 
 /* Can the block go through encode_fused()? Every token of every unit regular and quantized per
- * token, each group within one head and each row's codes a whole number of bytes. */
+ * token; for int each group within one head and each row's codes a whole number of bytes. */
 static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 {
 	for (int kv = 0; kv < 2; kv++) {
 		const struct shape *s = &sh[kv];
 
-		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel || s->d % s->gch ||
-		    s->d * s->bits % 8)
+		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel)
+			return false;
+		if (p->kind == KVCD_CODEC_INT && (s->d % s->gch || s->d * s->bits % 8))
 			return false;
 	}
-	return kvcd_codec_fused && p->kind == KVCD_CODEC_INT && !p->rope && !p->params;
+	return kvcd_codec_fused && !p->rope &&
+	       ((p->kind == KVCD_CODEC_INT && !p->params) || p->kind == KVCD_CODEC_FP8);
 }
 
 /* Ask for plane row @r + PREFETCH_ROWS of @t rows of @rowb bytes at @base. The rows are read
@@ -888,6 +890,111 @@ static inline void prefetch_ahead(const uint8_t *base, size_t r, size_t t, size_
 	base += (r + PREFETCH_ROWS) * rowb;
 	for (size_t o = 0; o < rowb; o += 64)
 		__builtin_prefetch(base + o);
+}
+
+/* The largest |v[i]| of @n values, and whether all are finite (NaN and inf fail the < inf
+ * test). The same maximum as absmax(). */
+__attribute__((target("avx512f"))) static float absmax_finite_avx512(const float *v, size_t n,
+								     bool *finite)
+{
+	const __m512 inf = _mm512_set1_ps(INFINITY);
+	__m512 acc = _mm512_setzero_ps();
+	__mmask16 ok = 0xffff;
+	size_t i = 0;
+	float m;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512 a = _mm512_abs_ps(_mm512_loadu_ps(v + i));
+
+		ok &= _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
+		acc = _mm512_max_ps(a, acc);
+	}
+	m = _mm512_reduce_max_ps(acc);
+	*finite = ok == 0xffff;
+	for (; i < n; i++) {
+		*finite &= isfinite(v[i]) != 0;
+		m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+	}
+	return m;
+}
+
+static float absmax_finite(enum kvcd_isa isa, const float *v, size_t n, bool *finite)
+{
+	float m = 0.0f;
+
+	if (isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512)
+		return absmax_finite_avx512(v, n, finite);
+	*finite = true;
+	for (size_t i = 0; i < n; i++) {
+		*finite &= isfinite(v[i]) != 0;
+		m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+	}
+	return m;
+}
+
+/* One plane row @x (every head, f32) of token @r in fp8: each head's group scales and codes
+ * straight into its unit at @base, as enc_fp8 writes them. */
+static int fp8_row(enum kvcd_isa isa, const struct shape *s, const float *x, size_t heads, size_t r,
+		   uint8_t *base)
+{
+	for (size_t h = 0; h < heads; h++) {
+		uint8_t *u = base + h * s->bytes, *codes = u + (size_t)s->nq * s->ngt * 2;
+
+		for (uint32_t g = 0; g < s->ngt; g++) {
+			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
+			const float *v = x + h * s->d + c0;
+			bool finite;
+			float amax = absmax_finite(isa, v, len, &finite);
+			uint16_t sc;
+
+			if (!finite)
+				return -EINVAL;
+			if (amax > 65504.0f)
+				return -ERANGE;
+			sc = fp8_scale(amax);
+			memcpy(u + (r * s->ngt + g) * 2, &sc, 2);
+			kvcd_e4m3_n(isa, v, len, kvcd_f16_to_f32(sc), codes + r * s->d + c0);
+		}
+	}
+	return 0;
+}
+
+/* @n e4m3 codes times @sc into @out: the e4m3 table's values, from the code's bits as an f16
+ * (exponent bias 15 against e4m3's 7: times 256, exact) with the NaN codes put back, then
+ * one multiplication, as dec_fp8 does. */
+__attribute__((target("avx512f"))) static size_t e4m3_scale_avx512(const uint8_t *c, size_t n,
+								   float sc, float *out)
+{
+	const __m512i m7f = _mm512_set1_epi32(0x7f), m80 = _mm512_set1_epi32(0x80),
+		      qnan = _mm512_set1_epi32(0x7fc00000);
+	const __m512 k256 = _mm512_set1_ps(256.0f), vsc = _mm512_set1_ps(sc);
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + i)));
+		__m512i mag = _mm512_and_si512(b, m7f), sign = _mm512_and_si512(b, m80);
+		__m512i h = _mm512_or_si512(_mm512_slli_epi32(mag, 7), _mm512_slli_epi32(sign, 8));
+		__m512 f = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)), k256);
+		__mmask16 nan = _mm512_cmpeq_epi32_mask(mag, m7f);
+
+		if (nan) /* the table's NaN, signed like the code */
+			f = _mm512_mask_blend_ps(nan, f,
+						 _mm512_castsi512_ps(_mm512_or_si512(
+							 _mm512_slli_epi32(sign, 24), qnan)));
+		_mm512_storeu_ps(out + i, _mm512_mul_ps(f, vsc));
+	}
+	return i;
+}
+
+static void e4m3_scale(enum kvcd_isa isa, const float *lut, const uint8_t *c, size_t n, float sc,
+		       float *out)
+{
+	size_t i = 0;
+
+	if (isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512)
+		i = e4m3_scale_avx512(c, n, sc, out);
+	for (; i < n; i++)
+		out[i] = lut[c[i]] * sc;
 }
 
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
@@ -914,6 +1021,12 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 				kvcd_to_f32(isa, l->dtype, in + r * hd * es, x, hd);
 				for (size_t h = 0; p->rotate && h < heads; h++)
 					kvcd_hadamard(x + h * d, (unsigned)d);
+				if (p->kind == KVCD_CODEC_FP8) {
+					err = fp8_row(isa, &sh[kv], x, heads, r, base);
+					if (err)
+						return err;
+					continue;
+				}
 				if (kvcd_quant_ranges(isa, x, ng, gch, w->lo, w->hi))
 					return -EINVAL;
 				err = kvcd_quant_params(isa, w->lo, w->hi, ng, bits, w->par);
@@ -1082,7 +1195,23 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 			size_t rowb = d * bits / 8;
 
 			for (size_t r = 0; r < t; r++) {
-				for (size_t h = 0; h < heads; h++) {
+				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_FP8; h++) {
+					const uint8_t *u = base + h * sh[kv].bytes;
+					const uint8_t *codes = u + t * ngt * 2 + r * d;
+
+					for (size_t g = 0; g < ngt; g++) {
+						size_t c0 = g * gch,
+						       len = d - c0 < gch ? d - c0 : gch;
+						uint16_t sc;
+
+						memcpy(&sc, u + (r * ngt + g) * 2, 2);
+						e4m3_scale(isa, w->e4m3, codes + c0, len,
+							   kvcd_f16_to_f32(sc), x + h * d + c0);
+					}
+					if (p->rotate)
+						kvcd_hadamard(x + h * d, (unsigned)d);
+				}
+				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_INT; h++) {
 					const uint8_t *u = base + h * sh[kv].bytes;
 
 					memcpy(w->par, u + r * ngt * 4, ngt * 4);
