@@ -698,6 +698,19 @@ static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
 		}
 }
 
+/* Ask for plane row @r + PREFETCH_ROWS of @t rows of @rowb bytes at @base. The rows are read
+ * in order, but the work on each row is long enough that the hardware prefetcher alone lets
+ * the next row's loads miss. */
+#define PREFETCH_ROWS 2
+static inline void prefetch_ahead(const uint8_t *base, size_t r, size_t t, size_t rowb)
+{
+	if (r + PREFETCH_ROWS >= t)
+		return;
+	base += (r + PREFETCH_ROWS) * rowb;
+	for (size_t o = 0; o < rowb; o += 64)
+		__builtin_prefetch(base + o);
+}
+
 /* Any inf or nan in x[0..n)? (x - x is nan exactly for those.) */
 /* Convert one (layer, K/V) plane from staging in one sequential pass, a plane row (all heads
  * of one token) at a time, rejecting inf and nan. While the row is still in L1, find the range
@@ -711,6 +724,7 @@ static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint
 	for (uint32_t t = 0; t < l->tokens; t++) {
 		float *x = w->plane + t * hd;
 
+		prefetch_ahead(src, t, l->tokens, hd * es);
 		kvcd_to_f32(isa, l->dtype, src + t * hd * es, x, hd);
 		if (kvcd_quant_ranges(isa, x, w->prs, chunk, w->plo + t * w->prs,
 				      w->phi + t * w->prs))
@@ -877,19 +891,6 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 	}
 	return kvcd_codec_fused && !p->rope &&
 	       ((p->kind == KVCD_CODEC_INT && !p->params) || p->kind == KVCD_CODEC_FP8);
-}
-
-/* Ask for plane row @r + PREFETCH_ROWS of @t rows of @rowb bytes at @base. The rows are read
- * in order, but the work on each row is long enough that the hardware prefetcher alone lets
- * the next row's loads miss. */
-#define PREFETCH_ROWS 2
-static inline void prefetch_ahead(const uint8_t *base, size_t r, size_t t, size_t rowb)
-{
-	if (r + PREFETCH_ROWS >= t)
-		return;
-	base += (r + PREFETCH_ROWS) * rowb;
-	for (size_t o = 0; o < rowb; o += 64)
-		__builtin_prefetch(base + o);
 }
 
 /* The largest |v[i]| of @n values, and whether all are finite (NaN and inf fail the < inf
