@@ -20,7 +20,7 @@ CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
 # the one place: kvc.h, kvc_version(), kvcd --version, the .pc and Python's __version__
-VERSION := 0.5.0
+VERSION := 0.6.0
 PKGS    := libxxhash hwloc inih libsystemd libmicrohttpd hiredis
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
@@ -45,7 +45,7 @@ DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c dae
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
 	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
-CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c
+CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c libclient/gpu.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c \
 	      tests/gpu_*.c))
 FUZZERS    := policy config request decode # tests/fuzz/fuzz_*.c
@@ -160,6 +160,9 @@ $(BUILD)/tests/%: tests/%.c tests/t_util.h $(DAEMON_OBJ) $(CODEC_LIB) $(BUILD)/l
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KFLAGS) $(DEPS_CFLAGS) $(INC) -o $@ $< $(DAEMON_OBJ) $(CODEC_LIB) \
 		$(BUILD)/libkvcclient.a $(DEPS_LIBS) $(TEST_LIBS) -lm
+
+# unit_gpuabi checks the CUDA ABI kvcd and libkvcclient declare against the toolkit's cuda.h
+$(BUILD)/tests/unit_gpuabi: KFLAGS += $(if $(wildcard $(CUDA_HOME)/include/cuda.h),-I$(CUDA_HOME)/include)
 
 # it_llama drives the engine in-process too
 $(BUILD)/tests/it_llama: tests/it_llama.c tests/t_util.h tools/llama.h $(ENGINE_OBJ) $(DAEMON_OBJ) \

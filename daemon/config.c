@@ -38,6 +38,8 @@ void kvcd_config_defaults(struct kvcd_config *c)
 	c->lease_max_ms = 60000;
 	c->busy_poll_us = 100;
 	c->gpu_all = true; /* every CUDA device there is; none without a driver */
+	c->gpu_staging_default = 64ull << 20;
+	c->gpu_staging_max = 4ull << 30;
 	c->max_clients = 256;
 	c->max_pending = 64;
 	c->max_pending_per_uid = 8;
@@ -363,6 +365,10 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 	} else if (!strcmp(section, "gpu")) {
 		if (!strcmp(k, "devices"))
 			err = kvcd_parse_gpus(x->c, v);
+		else if (!strcmp(k, "staging_size"))
+			err = kvcd_parse_size(v, &x->c->gpu_staging_default);
+		else if (!strcmp(k, "staging_max"))
+			err = kvcd_parse_size(v, &x->c->gpu_staging_max);
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(k, "listen"))
 			err = set_str(x->c->metrics_listen, sizeof(x->c->metrics_listen), v);
@@ -431,6 +437,12 @@ int kvcd_config_check(const struct kvcd_config *c)
 			 "that takes the default would fail",
 			 (unsigned long long)c->staging_default,
 			 (unsigned long long)c->staging_max);
+		why = buf;
+	} else if (c->gpu_staging_default > c->gpu_staging_max) {
+		snprintf(buf, sizeof(buf),
+			 "[gpu] staging_size (%llu) is larger than its staging_max (%llu)",
+			 (unsigned long long)c->gpu_staging_default,
+			 (unsigned long long)c->gpu_staging_max);
 		why = buf;
 	} else if (!c->max_clients || !c->max_pending || !c->max_pending_per_uid) {
 		why = "max_clients, max_pending and max_pending_per_uid must be at least 1";

@@ -5,14 +5,23 @@
  * library): kvcd has no link-time CUDA dependency, starts where there is no driver, and says
  * so in one log line and in STATS. A device's nearest node is its PCI function's numa_node
  * in sysfs (what hwloc reads for PCI locality); -1 there means the platform does not say,
- * which is logged. The driver table and the codec kernels are daemon/gpu/; the GPU pools,
- * their hand-off to engines and the movers are not built yet (docs/architecture.md).
+ * which is logged. The driver table and the codec kernels are daemon/gpu/.
+ *
+ * At work (kvcd_gpu_start, after the pools): each device's primary context, a stream and a
+ * mover thread; a client that asks for GPU access gets GPU staging on each device (a VMM
+ * allocation exported as a POSIX fd, which kvcd maps too), and its STOREs from and FETCHes
+ * into that staging are copies between it and the host pools, done by the mover (encoded or
+ * decoded on the GPU when the kernels take the block). GPU pools, blocks kept in GPU memory,
+ * are not built yet (docs/architecture.md).
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <numa.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gpu/rt.h"
 #include "kvcd.h"
@@ -60,7 +69,7 @@ static unsigned wanted(const struct kvcd_config *c, int count, int *out, char *w
 void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 {
 	struct kvcp_gpu_stats *g = &d->gpu;
-	struct kvcg_cu cu;
+	struct kvcg_cu cu = { 0 };
 	char err[64];
 	int count = 0, ord[KVCD_MAX_GPUS];
 	unsigned n;
@@ -125,15 +134,399 @@ void kvcd_gpu_probe(struct kvcd *d, const char *sysfs)
 		kvcd_log(LOG_NOTICE, "gpu: %s; host tiers only", g->why);
 		return;
 	}
+	d->cu = cu;
 	g->status = KVCP_GPU_READY;
-	snprintf(g->why, sizeof(g->why),
-		 "%u device(s) found; GPU pools are not built yet; GPU codecs %s", g->ndev,
+	snprintf(g->why, sizeof(g->why), "%u device(s) found", g->ndev);
+}
+
+/* ---- the devices at work: GPU staging and the movers ---------------------------------------- */
+
+struct kvcd_gpu_dev {
+	struct kvcd *d;
+	unsigned index;
+	struct kvcg_dev dv;
+	bool open;  /* dv holds a context */
+	bool ready; /* staging can be handed out and the mover runs */
+	size_t gran;
+	int numa_node;
+	CUstream stream;
+	CUdeviceptr scratch, err; /* the mover's: encoded blocks on their way, the codec's error */
+	size_t scratch_size;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	struct kvcd_gpu_job *head, **tail;
+	bool stop;
+};
+
+static bool pools_registered;
+
+static struct kvcg_mem_prop staging_prop(int ordinal)
+{
+	struct kvcg_mem_prop p = { .type = KVCG_MEM_ALLOCATION_PINNED,
+				   .handle_types = KVCG_MEM_HANDLE_POSIX_FD };
+
+	p.location.type = KVCG_MEM_LOCATION_DEVICE;
+	p.location.id = ordinal;
+	return p;
+}
+
+/* The mover's device scratch, grown to @n bytes. */
+static int scratch_for(struct kvcd_gpu_dev *gd, size_t n)
+{
+	const struct kvcg_cu *cu = &gd->d->cu;
+
+	if (n <= gd->scratch_size)
+		return 0;
+	if (gd->scratch)
+		cu->mem_free(gd->scratch);
+	gd->scratch = 0;
+	gd->scratch_size = 0;
+	if (cu->mem_alloc(&gd->scratch, n))
+		return -ENOMEM;
+	gd->scratch_size = n;
+	return 0;
+}
+
+/* Do @j on @gd's stream and wait for it. */
+static int run_job(struct kvcd_gpu_dev *gd, struct kvcd_gpu_job *j)
+{
+	const struct kvcg_cu *cu = &gd->d->cu;
+	const struct kvcg_job *cj = &j->cj;
+	CUstream st = gd->stream;
+	int kerr = 0;
+
+	switch (j->op) {
+	case KVCD_GPU_D2H:
+		if (cu->dtoh_async(j->host, j->gptr, j->hlen, st) || cu->stream_sync(st))
+			return -EIO;
+		return 0;
+	case KVCD_GPU_H2D:
+		if (cu->htod_async(j->gptr, j->host, j->hlen, st) || cu->stream_sync(st))
+			return -EIO;
+		return 0;
+	case KVCD_GPU_ENCODE_D2H: /* the kernels write the units at their offsets after the header */
+		if (scratch_for(gd, cj->bytes))
+			return -ENOMEM;
+		if (kvcg_encode(cu, &gd->dv, cj, j->gptr, gd->scratch, gd->err, st) ||
+		    cu->dtoh_async((char *)j->host + cj->body, gd->scratch + cj->body,
+				   cj->bytes - cj->body, st) ||
+		    cu->dtoh_async(&kerr, gd->err, sizeof(kerr), st) || cu->stream_sync(st))
+			return -EIO;
+		return kerr;
+	case KVCD_GPU_H2D_DECODE:
+		if (scratch_for(gd, j->hlen))
+			return -ENOMEM;
+		if (cu->htod_async(gd->scratch, j->host, j->hlen, st) ||
+		    kvcg_decode(cu, &gd->dv, cj, gd->scratch, j->gptr, st) || cu->stream_sync(st))
+			return -EIO;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static void *mover(void *arg)
+{
+	struct kvcd_gpu_dev *gd = arg;
+	struct kvcd_gpu_job *j;
+
+	/* copies to and from host memory go fastest from the node nearest the device */
+	if (gd->numa_node >= 0 && numa_available() >= 0)
+		numa_run_on_node(gd->numa_node);
+	kvcg_dev_bind(&gd->d->cu, &gd->dv);
+	for (;;) {
+		uint32_t *wake;
+		int res;
+
+		pthread_mutex_lock(&gd->lock);
+		while (!gd->head && !gd->stop)
+			pthread_cond_wait(&gd->cv, &gd->lock);
+		j = gd->head;
+		if (j) {
+			gd->head = j->next;
+			if (!gd->head)
+				gd->tail = &gd->head;
+		}
+		pthread_mutex_unlock(&gd->lock);
+		if (!j)
+			break; /* stopped, and nothing left */
+		res = run_job(gd, j);
+		if (res == -EIO || res == -ENOMEM)
+			kvcd_log(LOG_WARNING, "gpu %d: a %s of %llu bytes failed: %s",
+				 gd->dv.ordinal,
+				 j->op == KVCD_GPU_D2H || j->op == KVCD_GPU_ENCODE_D2H ? "store"
+										       : "fetch",
+				 (unsigned long long)j->glen, strerror(-res));
+		wake = j->wake; /* j may be freed as soon as done is set */
+		j->res = res;
+		__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+		if (wake) {
+			__atomic_fetch_add(wake, 1, __ATOMIC_RELEASE);
+			kvcd_futex_wake(wake, 1, false);
+		}
+	}
+	return NULL;
+}
+
+int kvcd_gpu_submit(struct kvcd *d, struct kvcd_gpu_job *j)
+{
+	struct kvcd_gpu_dev *gd;
+
+	if (!d->gdev || j->dev >= d->gpu.ndev || !d->gdev[j->dev].ready)
+		return -ENODEV;
+	gd = &d->gdev[j->dev];
+	j->next = NULL;
+	j->done = 0;
+	pthread_mutex_lock(&gd->lock);
+	*gd->tail = j;
+	gd->tail = &j->next;
+	pthread_cond_signal(&gd->cv);
+	pthread_mutex_unlock(&gd->lock);
+	return 0;
+}
+
+int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
+			    struct kvcd_gpu_staging *st, int *fd)
+{
+	struct kvcd_gpu_dev *gd;
+	struct kvcg_mem_prop prop;
+	struct kvcg_mem_access acc = { .flags = KVCG_MEM_ACCESS_RW };
+	const struct kvcg_cu *cu = &d->cu;
+	char err[64];
+	CUresult e;
+
+	memset(st, 0, sizeof(*st));
+	*fd = -1;
+	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].ready)
+		return -ENODEV;
+	gd = &d->gdev[index];
+	prop = staging_prop(gd->dv.ordinal);
+	acc.location = prop.location;
+	size = (size + gd->gran - 1) / gd->gran * gd->gran;
+	kvcg_dev_bind(cu, &gd->dv);
+	if ((e = cu->mem_create(&st->h, size, &prop, 0))) {
+		kvcd_log(LOG_WARNING, "gpu %d: GPU staging of %llu bytes: %s", gd->dv.ordinal,
+			 (unsigned long long)size, kvcg_cu_err(cu, e, err, sizeof(err)));
+		st->h = 0;
+		return -ENOMEM;
+	}
+	if ((e = cu->va_reserve(&st->ptr, size, gd->gran, 0, 0))) {
+		st->ptr = 0;
+		goto fail;
+	}
+	if ((e = cu->mem_map(st->ptr, size, 0, st->h, 0))) {
+		cu->va_free(st->ptr, size);
+		st->ptr = 0;
+		goto fail;
+	}
+	st->size = size;
+	if ((e = cu->mem_set_access(st->ptr, size, &acc, 1)) ||
+	    (e = cu->mem_export(fd, st->h, KVCG_MEM_HANDLE_POSIX_FD, 0)))
+		goto fail;
+	return 0;
+fail:
+	kvcd_log(LOG_WARNING, "gpu %d: GPU staging: %s", gd->dv.ordinal,
+		 kvcg_cu_err(cu, e, err, sizeof(err)));
+	*fd = -1;
+	kvcd_gpu_staging_destroy(d, index, st);
+	return -ENOMEM;
+}
+
+void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_staging *st)
+{
+	const struct kvcg_cu *cu = &d->cu;
+
+	if (!st->h)
+		return;
+	kvcg_dev_bind(cu, &d->gdev[index].dv);
+	if (st->size) {
+		cu->mem_unmap(st->ptr, st->size);
+		cu->va_free(st->ptr, st->size);
+	}
+	cu->mem_release(st->h);
+	memset(st, 0, sizeof(*st));
+}
+
+/* Bring device @i of d->gpu.dev[] to work; false (said once) when it cannot share memory. */
+static bool start_dev(struct kvcd *d, unsigned i)
+{
+	struct kvcd_gpu_dev *gd = &d->gdev[i];
+	const struct kvcg_cu *cu = &d->cu;
+	struct kvcg_mem_prop prop;
+	int vmm = 0, posix = 0, ordinal = d->gpu.dev[i].ordinal;
+	char why[128], err[64];
+	sigset_t all, old;
+	CUresult e;
+
+	gd->d = d;
+	gd->index = i;
+	gd->numa_node = d->gpu.dev[i].numa_node;
+	gd->tail = &gd->head;
+	pthread_mutex_init(&gd->lock, NULL);
+	pthread_cond_init(&gd->cv, NULL);
+	if (kvcg_dev_open(cu, ordinal, &gd->dv, why, sizeof(why))) {
+		kvcd_log(LOG_WARNING, "gpu %d: %s; left out", ordinal, why);
+		return false;
+	}
+	gd->open = true;
+	if (!gd->dv.mod)
+		kvcd_log(LOG_NOTICE, "gpu %d: %s: blocks it moves are encoded on the CPU", ordinal,
+			 gd->dv.codec_why);
+	prop = staging_prop(ordinal);
+	if ((e = cu->attribute(&vmm, KVCG_ATTR_VMM_SUPPORTED, gd->dv.dev)) ||
+	    (e = cu->attribute(&posix, KVCG_ATTR_POSIX_FD_SUPPORTED, gd->dv.dev)) || !vmm ||
+	    !posix) {
+		kvcd_log(LOG_WARNING,
+			 "gpu %d: cannot share memory with engines (%s); no GPU staging there",
+			 ordinal,
+			 e	? kvcg_cu_err(cu, e, err, sizeof(err))
+			 : !vmm ? "no virtual memory management"
+				: "no POSIX file descriptor export");
+		return false;
+	}
+	if ((e = cu->mem_granularity(&gd->gran, &prop, KVCG_MEM_GRANULARITY_MINIMUM)) ||
+	    (e = cu->stream_create(&gd->stream, KVCG_STREAM_NON_BLOCKING)) ||
+	    (e = cu->mem_alloc(&gd->err, sizeof(int)))) {
+		kvcd_log(LOG_WARNING, "gpu %d: %s; no GPU staging there", ordinal,
+			 kvcg_cu_err(cu, e, err, sizeof(err)));
+		return false;
+	}
+	if (!pools_registered) { /* once, portable: every device's copies are DMA */
+		pools_registered = true;
+		for (unsigned p = 0; p < d->npools; p++)
+			if ((e = cu->host_register(d->pools[p].base, d->pools[p].size,
+						   KVCG_HOST_REGISTER_PORTABLE)))
+				kvcd_log(LOG_NOTICE,
+					 "gpu: pool %u could not be registered for DMA (%s): "
+					 "copies to the GPU go through the driver's buffers",
+					 p, kvcg_cu_err(cu, e, err, sizeof(err)));
+	}
+	/* the mover takes no signal: the main thread reads them from its signalfd */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	e = pthread_create(&gd->thread, NULL, mover, gd);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (e) {
+		kvcd_log(LOG_WARNING, "gpu %d: no mover thread: %s", ordinal, strerror(e));
+		return false;
+	}
+	pthread_setname_np(gd->thread, "kvcd-gpu-mover");
+	gd->ready = true;
+	return true;
+}
+
+void kvcd_gpu_start(struct kvcd *d)
+{
+	struct kvcp_gpu_stats *g = &d->gpu;
+	unsigned ready = 0;
+
+	if (g->status != KVCP_GPU_READY)
+		return;
+	d->gdev = calloc(g->ndev, sizeof(*d->gdev));
+	if (!d->gdev)
+		return;
+	for (unsigned i = 0; i < g->ndev; i++)
+		ready += start_dev(d, i);
+	snprintf(g->why, sizeof(g->why), "%u device(s), %u with GPU staging; GPU codecs %s",
+		 g->ndev, ready,
 		 kvcg_fatbin_size() ? "built in" : "left out (no nvcc at build time)");
+	kvcd_log(LOG_INFO, "gpu: %s", g->why);
 }
 
 void kvcd_gpu_close(struct kvcd *d)
 {
+	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++) {
+		struct kvcd_gpu_dev *gd = &d->gdev[i];
+
+		if (gd->ready) {
+			pthread_mutex_lock(&gd->lock);
+			gd->stop = true;
+			pthread_cond_signal(&gd->cv);
+			pthread_mutex_unlock(&gd->lock);
+			pthread_join(gd->thread, NULL);
+		}
+		if (gd->open) {
+			kvcg_dev_bind(&d->cu, &gd->dv);
+			if (gd->scratch)
+				d->cu.mem_free(gd->scratch);
+			if (gd->err)
+				d->cu.mem_free(gd->err);
+			if (gd->stream)
+				d->cu.stream_destroy(gd->stream);
+			if (pools_registered && i == 0)
+				for (unsigned p = 0; p < d->npools; p++)
+					d->cu.host_unregister(d->pools[p].base);
+			kvcg_dev_close(&d->cu, &gd->dv);
+		}
+		pthread_mutex_destroy(&gd->lock);
+		pthread_cond_destroy(&gd->cv);
+	}
+	free(d->gdev);
+	d->gdev = NULL;
+	pools_registered = false;
 	if (d->cuda)
 		dlclose(d->cuda);
 	d->cuda = NULL;
+}
+
+int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kvcd_session *s,
+		    struct kvcp_attach_gpu *msg, int *fds)
+{
+	uint64_t size = req->gpu_staging_size ? req->gpu_staging_size : d->cfg.gpu_staging_default;
+	uint64_t mask = req->gpu_mask, ready = 0;
+	int first = -1, err = 0;
+
+	memset(msg, 0, sizeof(*msg));
+	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++)
+		if (d->gdev[i].ready)
+			ready |= 1ull << i;
+	if (!ready)
+		return -ENODEV;
+	if (!mask)
+		mask = ready;
+	if (mask & ~ready)
+		return -ENODEV;
+	if (size > d->cfg.gpu_staging_max)
+		return -E2BIG;
+	for (unsigned i = 0; i < d->gpu.ndev && !err; i++) {
+		struct kvcp_attach_gpu_dev *m = &msg->dev[msg->ndev];
+
+		if (!(mask >> i & 1))
+			continue;
+		err = kvcd_gpu_staging_create(d, i, size, &s->gpu[i], &fds[msg->ndev]);
+		if (err)
+			break;
+		s->gpu_mask |= 1u << i;
+		m->index = i;
+		m->ordinal = d->gpu.dev[i].ordinal;
+		memcpy(m->pci, d->gpu.dev[i].pci, sizeof(m->pci));
+		m->size = s->gpu[i].size;
+		msg->ndev++;
+		first = first < 0 ? (int)i : first;
+	}
+	if (err) {
+		for (unsigned i = 0; i < msg->ndev; i++)
+			close(fds[i]);
+		msg->ndev = 0;
+		kvcd_gpu_detach(d, s);
+		return err;
+	}
+	/* blocks it stores from the GPU go to, and come back from, the node nearest it */
+	if (req->numa_node < 0 && d->gpu.dev[first].numa_node >= 0)
+		s->norder = kvcd_topo_order(&d->topo, req->cpus, d->gpu.dev[first].numa_node,
+					    s->order);
+	return 0;
+}
+
+void kvcd_gpu_detach(struct kvcd *d, struct kvcd_session *s)
+{
+	for (unsigned i = 0; i < KVCD_MAX_GPUS; i++)
+		if (s->gpu_mask >> i & 1)
+			kvcd_gpu_staging_destroy(d, i, &s->gpu[i]);
+	s->gpu_mask = 0;
+}
+
+bool kvcd_gpu_has_codecs(const struct kvcd *d, unsigned index)
+{
+	return d->gdev && index < d->gpu.ndev && d->gdev[index].ready && d->gdev[index].dv.mod;
 }

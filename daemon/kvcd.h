@@ -17,6 +17,8 @@
 
 #include "../proto/kvcp.h"
 #include "codec/codec.h"
+#include "codec/gpujob.h"
+#include "gpu/rt.h"
 
 #define KVCD_MAX_NODES KVCP_MAX_NODES
 #define KVCD_MAX_NS    32
@@ -82,6 +84,9 @@ struct kvcd_config {
 	bool gpu_all;
 	unsigned gpu_ndev;
 	int gpu_dev[KVCD_MAX_GPUS];
+	/* [gpu] staging_size, staging_max: the GPU staging a client that asks for GPU access
+	 * gets on each device, by default and at most */
+	uint64_t gpu_staging_default, gpu_staging_max;
 	int log_level;	/* LOG_ERR .. LOG_DEBUG */
 	bool strict_ns; /* refuse namespaces the config does not list */
 	bool foreground;
@@ -521,12 +526,21 @@ struct kvcd_session {
 	 * between and takes nothing else from this ring until it is done */
 	struct kvcd_cont {
 		bool active;
-		uint8_t kind;		/* KVCD_CONT_* */
-		struct kvcp_sqe sqe;	/* the request, as read */
-		uint64_t done;		/* keys looked up so far, all cached */
-		uint64_t ns;		/* service time so far */
-		struct kvcd_rget *rget; /* blocks asked of the remote tier */
+		uint8_t kind;		   /* KVCD_CONT_* */
+		struct kvcp_sqe sqe;	   /* the request, as read */
+		uint64_t done;		   /* keys looked up so far, all cached */
+		uint64_t ns;		   /* service time so far */
+		struct kvcd_rget *rget;	   /* blocks asked of the remote tier */
+		struct kvcd_gpu_job *gjob; /* a copy (and codec) a GPU's mover does */
 	} cont;
+
+	/* GPU staging, one allocation per device the client asked for (index as in STATS) */
+	uint32_t gpu_mask;
+	struct kvcd_gpu_staging {
+		CUmemGenericAllocationHandle h;
+		CUdeviceptr ptr; /* kvcd's own mapping */
+		uint64_t size;
+	} gpu[KVCD_MAX_GPUS];
 
 	uint64_t requests, bad_requests; /* written by the worker, read relaxed */
 	int broken;			 /* protocol violation: main thread disconnects */
@@ -535,7 +549,8 @@ struct kvcd_session {
 enum {
 	KVCD_CONT_LOOKUP,	 /* a LOOKUP, a slice at a time */
 	KVCD_CONT_REMOTE_LOOKUP, /* the chunks after the local prefix, asked of the remote tier */
-	KVCD_CONT_REMOTE_FETCH	 /* a local miss, asked of the remote tier */
+	KVCD_CONT_REMOTE_FETCH,	 /* a local miss, asked of the remote tier */
+	KVCD_CONT_GPU		 /* a STORE or FETCH of GPU staging, at a GPU's mover */
 };
 
 struct kvcd;
@@ -601,6 +616,10 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 		  struct kvcp_cqe *cqe);
 /* Go on with s->cont for one more slice; true when @cqe holds its completion. */
 bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe);
+/* A session going away with a request at a GPU's mover: wait for the mover to be done with
+ * it, then give back what it held (the block reserved or referenced, its buffers). Main
+ * thread, after the worker let the session go. */
+void kvcd_cont_abandon(struct kvcd *d, struct kvcd_session *s);
 
 /* ---- main.c and stats.c: the daemon object --------------------------------------------------------------- */
 
@@ -620,6 +639,8 @@ struct kvcd {
 	struct kvcd_remote *remote; /* remote.c, or NULL */
 	struct kvcp_gpu_stats gpu;  /* gpu.c: the devices found, as STATS reports them */
 	void *cuda;		    /* libcuda.so.1, when loaded */
+	struct kvcg_cu cu;	    /* its entry points */
+	struct kvcd_gpu_dev *gdev;  /* one per device in gpu.dev[], or NULL */
 
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
@@ -670,7 +691,65 @@ void kvcd_rget_free(struct kvcd_rget *g);
  * node nearest each (@sysfs: the sysfs root, NULL: /sys), into d->gpu; logs what it finds or
  * why there is none. Never fails: without a GPU kvcd serves from host memory. */
 void kvcd_gpu_probe(struct kvcd *d, const char *sysfs);
+/* After the pools: open each device found (primary context, codec kernels, a stream), check
+ * that it can share memory with engines (VMM allocations exported as POSIX fds), register
+ * the pools with the driver for DMA and start its mover. A device that cannot is left out,
+ * said once; never fails. */
+void kvcd_gpu_start(struct kvcd *d);
 void kvcd_gpu_close(struct kvcd *d);
+
+/* A copy between a client's GPU staging and host memory (a pool block or a bounce buffer),
+ * with the GPU codec on the way where the job says, done by a device's mover thread so no
+ * worker waits on the GPU. The mover sets res (0, -EIO, or the codec's -EINVAL/-ERANGE),
+ * then done, and bumps *wake. */
+enum kvcd_gpu_op {
+	KVCD_GPU_D2H,	     /* staging -> host */
+	KVCD_GPU_ENCODE_D2H, /* staging -> encode on the GPU -> host (the units after the header) */
+	KVCD_GPU_H2D,	     /* host -> staging */
+	KVCD_GPU_H2D_DECODE  /* an encoded block, host -> the GPU -> decode -> staging */
+};
+
+struct kvcd_gpu_job {
+	struct kvcd_gpu_job *next;
+	int op;		  /* enum kvcd_gpu_op */
+	unsigned dev;	  /* index in d->gpu.dev[] */
+	CUdeviceptr gptr; /* the staging range */
+	uint64_t glen;
+	void *host; /* host bytes: the whole block (with its header when encoded) */
+	uint64_t hlen;
+	struct kvcg_job cj; /* ENCODE_D2H, H2D_DECODE */
+	uint32_t *wake;	    /* the waiting worker's futex word */
+	int res;
+	int done;
+
+	/* what the worker does on resuming, kept here across the wait */
+	int stage;		   /* ops.c's */
+	struct kvcd_block *blk;	   /* the block reserved (STORE) or referenced (FETCH) */
+	struct kvcd_plan plan;	   /* STORE */
+	struct kvcd_policy pol;	   /* STORE */
+	void *bounce;		   /* host bytes of a block the CPU codec encodes or decodes */
+	uint64_t value;		   /* FETCH: the completion's */
+	struct kvcp_layout layout; /* FETCH: the completion's */
+};
+
+/* Does device @index have the codec kernels loaded? */
+bool kvcd_gpu_has_codecs(const struct kvcd *d, unsigned index);
+/* Queue @j on its device's mover. Returns 0, or -ENODEV when that mover is not running. */
+int kvcd_gpu_submit(struct kvcd *d, struct kvcd_gpu_job *j);
+/* GPU staging of @size bytes (rounded up to the device's granularity) on device @index, mapped
+ * in kvcd, and the POSIX fd that exports it (*@fd, the caller sends and closes it). Returns 0,
+ * -ENODEV (no such device ready) or -ENOMEM (with a log line saying why). */
+int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
+			    struct kvcd_gpu_staging *st, int *fd);
+void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_staging *st);
+/* The GPU part of an attach that asked for it: staging on each device of req->gpu_mask (0:
+ * every device that has staging), its session's pools ordered from the first device's node
+ * unless the client gave a node, and the second message with its fds (@fds, the caller
+ * sends and closes them). Returns 0, -ENODEV (no such device, or none can share memory),
+ * -E2BIG (over [gpu] staging_max) or -ENOMEM. kvcd_gpu_detach frees what it made. */
+int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kvcd_session *s,
+		    struct kvcp_attach_gpu *msg, int *fds);
+void kvcd_gpu_detach(struct kvcd *d, struct kvcd_session *s);
 /* The numa_node of PCI function @pci ("0000:3b:00.0", either case) under sysfs root @sysfs
  * (NULL: /sys): an OS node id, or -1 when unknown. */
 int kvcd_pci_numa_node(const char *sysfs, const char *pci);

@@ -101,6 +101,24 @@ static void unwatch(int fd)
 
 /* ---- attach -------------------------------------------------------------------------------- */
 
+/* The second message of a GPU attach: which devices, and their staging fds. */
+static int reply_gpu(int fd, const struct kvcp_attach_gpu *m, const int *fds)
+{
+	char cbuf[CMSG_SPACE(KVCP_MAX_GPUS * sizeof(int))] = { 0 };
+	struct iovec iov = { (void *)m, sizeof(*m) };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
+			     .msg_controllen = CMSG_SPACE(m->ndev * sizeof(int)) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(m->ndev * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, m->ndev * sizeof(int));
+	return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
+}
+
 static void reply(int fd, int status, const struct kvcd_session *s, const int fds[2])
 {
 	struct kvcp_attach_rep rep = { .status = status };
@@ -113,6 +131,7 @@ static void reply(int fd, int status, const struct kvcd_session *s, const int fd
 		rep.boot_token = g.d.boot_token;
 		rep.ctrl_size = s->ctrl_size;
 		rep.staging_size = s->staging_size;
+		rep.gpu_mask = s->gpu_mask;
 		mh.msg_control = cbuf;
 		mh.msg_controllen = sizeof(cbuf);
 		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
@@ -155,8 +174,9 @@ static int read_request(int fd, struct kvcp_attach_req *req)
 		return -EBADMSG;
 	if (req->major != KVCP_MAJOR)
 		return -EPROTO;
-	if (req->flags || req->reserved[0] || req->reserved[1] || req->reserved[2] ||
-	    req->reserved[3] || !memchr(req->ns, 0, sizeof(req->ns)) || !req->ns[0])
+	if ((req->flags & ~KVCP_ATTACH_F_GPU) || req->reserved[0] || req->reserved[1] ||
+	    (!(req->flags & KVCP_ATTACH_F_GPU) && (req->gpu_staging_size || req->gpu_mask)) ||
+	    !memchr(req->ns, 0, sizeof(req->ns)) || !req->ns[0])
 		return -EBADMSG;
 	for (const char *p = req->ns; *p; p++)
 		if (*p <= ' ' || *p > '~')
@@ -245,7 +265,8 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	socklen_t glen = sizeof(groups);
 	unsigned ngroups;
 	struct client *c;
-	int fds[2], err, ns, worker;
+	struct kvcp_attach_gpu gmsg = { 0 };
+	int fds[2], gfds[KVCP_MAX_GPUS], err, ns, worker;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
 		return -errno;
@@ -289,6 +310,14 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	err = kvcd_session_create(d, req, staging, &c->s, fds);
 	if (err)
 		goto out_free;
+	if (req->flags & KVCP_ATTACH_F_GPU) {
+		err = kvcd_gpu_attach(d, req, &c->s, &gmsg, gfds);
+		if (err) {
+			kvcd_log(LOG_WARNING, "refused pid %d GPU access: %s", (int)cred.pid,
+				 strerror(-err));
+			goto out_destroy;
+		}
+	}
 	c->ev_sock = (struct ev){ EV_SOCK, c };
 	c->ev_pidfd = (struct ev){ EV_PIDFD, c };
 	/* a worker with room was picked above and only this thread adds sessions: the client
@@ -304,6 +333,11 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	reply(fd, 0, &c->s, fds);
 	close(fds[0]);
 	close(fds[1]);
+	if (gmsg.ndev && reply_gpu(fd, &gmsg, gfds))
+		kvcd_log(LOG_WARNING, "GPU attach reply to client %u: %s", c->s.id,
+			 strerror(errno));
+	for (unsigned i = 0; i < gmsg.ndev; i++)
+		close(gfds[i]);
 	watch(fd, &c->ev_sock, EPOLLIN | EPOLLRDHUP);
 	if (c->s.pidfd >= 0)
 		watch(c->s.pidfd, &c->ev_pidfd, EPOLLIN);
@@ -312,8 +346,11 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 out_destroy:
 	close(fds[0]);
 	close(fds[1]);
+	for (unsigned i = 0; i < gmsg.ndev; i++)
+		close(gfds[i]);
 out_free:
 	c->s.sock = -1; /* the caller owns and closes fd */
+	kvcd_gpu_detach(d, &c->s);
 	kvcd_session_destroy(&c->s);
 	kvcd_store_ns_put(&d->store, c->s.ns_id);
 	free(c);
@@ -341,6 +378,8 @@ static void detach(struct kvcd *d, struct client *c)
 		}
 	d->bad_closed += s->bad_requests;
 	pthread_mutex_unlock(&d->sessions_lock);
+	kvcd_cont_abandon(d, s); /* a request still at a GPU's mover */
+	kvcd_gpu_detach(d, s);
 	kvcd_session_destroy(s);
 	kvcd_store_ns_put(&d->store, s->ns_id);
 	c->next_dead = g.dead;
@@ -1108,6 +1147,7 @@ int main(int argc, char **argv)
 		err = setup_pools(d);
 	if (err)
 		goto fail;
+	kvcd_gpu_start(d); /* after the pools, which it registers for DMA */
 	err = setup_loop();
 	if (err)
 		goto fail;

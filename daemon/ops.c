@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kvcd.h"
 
@@ -137,6 +138,24 @@ static int read_aux(const char *buf, uint64_t off, uint64_t len, uint64_t slack,
 	return 0;
 }
 
+/* store_as, falling back to raw (counted) when the namespace's policy cannot encode the block;
+ * a policy the session registered gives its error back instead. */
+static int store_with_fallback(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+			       const struct kvcd_policy *pol, const char *src, const float *scores,
+			       const struct kvcd_aux *aux, const struct kvcp_key *parent)
+{
+	int err = store_as(d, s, v, pol, src, scores, aux, parent);
+
+	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
+	    (pol->kind != KVCD_CODEC_NONE || kvcd_policy_sel(pol))) {
+		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
+
+		kvcd_store_fallback(&d->store, s->ns_id);
+		err = store_as(d, s, v, &raw, src, NULL, NULL, parent);
+	}
+	return err;
+}
+
 /* STORE: layout.codec 0 takes the namespace's policy, which falls back to raw (counted) when
  * it cannot encode this block; 1..8 take a policy this session registered, whose failures go
  * back to the client. */
@@ -196,14 +215,7 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 		}
 		src = memcpy(bounce, src, bytes); /* read once, like the rest */
 	}
-	err = store_as(d, s, v, &pol, src, scores, ap, pp);
-	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
-	    (pol.kind != KVCD_CODEC_NONE || kvcd_policy_sel(&pol))) {
-		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
-
-		kvcd_store_fallback(&d->store, s->ns_id);
-		err = store_as(d, s, v, &raw, src, NULL, NULL, pp);
-	}
+	err = store_with_fallback(d, s, v, &pol, src, scores, ap, pp);
 out:
 	free(bounce);
 	free(scores);
@@ -263,6 +275,264 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	}
 	kvcd_store_put(&d->store, b, bad);
 	return bad ? -EIO : 0;
+}
+
+/* ---- STORE and FETCH of GPU staging ------------------------------------------------------------
+ * The bytes are in the session's GPU staging (KVCP_SQE_F_GPU), which only a GPU copy can reach:
+ * the worker prepares the host side (a reserved pool block, or a bounce buffer), hands the copy
+ * to the device's mover (gpu.c) and serves its other sessions; the mover's completion wakes it,
+ * and kvcd_resume() finishes the request here. Blocks the GPU codec kernels take are encoded or
+ * decoded on the GPU, so only the encoded bytes cross PCIe; raw blocks are a plain copy; every
+ * other policy goes through a bounce buffer and the CPU codec. */
+
+enum {
+	GPU_STORE_DIRECT = 1, /* staging -> the reserved pool block (raw, or encoded on the GPU) */
+	GPU_STORE_BOUNCE,     /* staging -> a bounce buffer, then stored as a host STORE is */
+	GPU_FETCH	      /* a pool block or a bounce buffer -> staging */
+};
+
+static bool gpu_codecs(const struct kvcd *d, unsigned dev)
+{
+	return d->gdev && kvcd_gpu_has_codecs(d, dev);
+}
+
+/* Stage the STORE's bytes into a bounce buffer first. */
+static int gpu_store_bounce(struct kvcd *d, struct kvcd_gpu_job *j, uint64_t bytes)
+{
+	j->bounce = aligned_alloc(64, (bytes + 63) & ~63ull);
+	if (!j->bounce)
+		return -ENOMEM;
+	j->stage = GPU_STORE_BOUNCE;
+	j->op = KVCD_GPU_D2H;
+	j->host = j->bounce;
+	j->hlen = bytes;
+	return kvcd_gpu_submit(d, j);
+}
+
+static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     struct kvcd_gpu_job *j)
+{
+	uint64_t bytes = kvcp_layout_bytes(&v->layout);
+	struct kvcp_layout l;
+	struct kvcd_block *b;
+	int err;
+
+	if (!bytes || v->len != bytes)
+		return -EINVAL;
+	if (!v->layout.codec)
+		kvcd_store_policy(&d->store, s->ns_id, &j->pol);
+	else if (v->layout.codec <= s->npol)
+		j->pol = s->pol[v->layout.codec - 1];
+	else
+		return -EINVAL;
+	j->glen = bytes;
+	/* selection reads the block to plan it: the CPU's, from a bounce buffer */
+	if (kvcd_policy_sel(&j->pol))
+		return gpu_store_bounce(d, j, bytes);
+	err = kvcd_codec_plan(kvcd_isa_best(), &j->pol, &v->layout, v->arg, NULL, NULL, NULL,
+			      &j->plan);
+	if (err) {
+		kvcd_plan_fini(&j->plan);
+		return v->layout.codec ? err : gpu_store_bounce(d, j, bytes);
+	}
+	if (!j->plan.raw && (kvcd_codec_gpu_plan(&j->plan, &j->cj) || !gpu_codecs(d, j->dev))) {
+		kvcd_plan_fini(&j->plan);
+		return gpu_store_bounce(d, j, bytes);
+	}
+	l = j->plan.layout;
+	l.codec = j->plan.codec;
+	err = kvcd_store_reserve(&d->store, s->ns_id, &v->key, &l, j->plan.bytes, s->order,
+				 s->norder, &b);
+	if (err)
+		return err;
+	b->stored = j->plan.stored;
+	j->blk = b;
+	j->stage = GPU_STORE_DIRECT;
+	j->host = b->data;
+	j->hlen = j->plan.stored;
+	if (j->plan.raw) {
+		j->op = KVCD_GPU_D2H;
+	} else {
+		kvcd_codec_gpu_header(&j->plan, b->data);
+		j->op = KVCD_GPU_ENCODE_D2H;
+	}
+	err = kvcd_gpu_submit(d, j);
+	if (err) {
+		kvcd_store_commit(&d->store, b, false, false, 0);
+		j->blk = NULL;
+	}
+	return err;
+}
+
+/* The mover is done with a STORE: publish the block, or go on through the bounce buffer.
+ * Returns the request's result, or -EINPROGRESS when the job went back to the mover. */
+static int gpu_store_done(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+			  struct kvcd_gpu_job *j)
+{
+	enum kvcd_isa isa = kvcd_isa_best();
+	bool sum_on = __atomic_load_n(&d->cfg.checksum, __ATOMIC_RELAXED);
+	struct kvcd_block *b = j->blk;
+	uint64_t sum = 0;
+	int err = j->res;
+
+	if (j->stage == GPU_STORE_BOUNCE)
+		return err ? err
+			   : store_with_fallback(d, s, v, &j->pol, j->bounce, NULL, NULL, NULL);
+	j->blk = NULL;
+	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec) {
+		/* the namespace's policy cannot encode these values: the CPU codec decides, and
+		 * falls back to raw as for any STORE */
+		kvcd_store_commit(&d->store, b, false, false, 0);
+		kvcd_plan_fini(&j->plan);
+		memset(&j->plan, 0, sizeof(j->plan));
+		err = gpu_store_bounce(d, j, j->glen);
+		return err ? err : -EINPROGRESS;
+	}
+	if (!err && sum_on)
+		sum = kvcd_copy_sum(isa, NULL, b->data, b->stored);
+	if (!err && j->plan.summary_at) { /* raw blocks only: the pool's copy is the block */
+		err = kvcd_codec_summary(isa, &j->plan, b->data, b->data);
+		b->summary = !err;
+	}
+	if (!err && d->remote && d->store.ns[s->ns_id].remote == KVCD_REMOTE_ALL)
+		kvcd_remote_put(d, s->ns, &v->key, &b->layout, b->data, b->stored);
+	kvcd_store_commit(&d->store, b, !err, sum_on, sum);
+	return err;
+}
+
+static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		     struct kvcd_gpu_job *j, struct kvcp_cqe *cqe)
+{
+	struct kvcd_block *b;
+	struct kvcp_layout l;
+	uint64_t raw;
+	int err;
+
+	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
+	if (err)
+		return err;
+	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored)
+						  : kvcp_layout_bytes(&b->layout);
+	cqe->value = raw;
+	cqe->layout = b->layout;
+	if (raw > v->len) {
+		kvcd_store_put(&d->store, b, false);
+		return -ENOSPC;
+	}
+	/* the pool's bytes are summed here, before any of them leave for the GPU */
+	if (!raw || (b->has_sum &&
+		     kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum)) {
+		kvcd_store_put(&d->store, b, true);
+		return -EIO;
+	}
+	j->stage = GPU_FETCH;
+	j->blk = b;
+	j->value = raw;
+	j->layout = b->layout;
+	j->glen = raw;
+	j->op = KVCD_GPU_H2D;
+	j->host = b->data;
+	j->hlen = raw;
+	if (b->layout.codec == KVCD_CODEC_NONE) {
+		/* a plain copy */
+	} else if (!kvcd_codec_gpu_read(b->data, b->stored, &j->cj) && gpu_codecs(d, j->dev)) {
+		j->op = KVCD_GPU_H2D_DECODE;
+		j->hlen = b->stored;
+	} else {
+		j->bounce = aligned_alloc(64, (raw + 63) & ~63ull);
+		err = j->bounce ? kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, j->bounce,
+						    raw, &l)
+				: -ENOMEM;
+		if (err) {
+			kvcd_store_put(&d->store, b, err == -EBADMSG);
+			j->blk = NULL;
+			return err == -EBADMSG ? -EIO : err;
+		}
+		j->host = j->bounce;
+	}
+	err = kvcd_gpu_submit(d, j);
+	if (err) {
+		kvcd_store_put(&d->store, b, false);
+		j->blk = NULL;
+	}
+	return err;
+}
+
+static void gpu_job_free(struct kvcd_gpu_job *j)
+{
+	kvcd_plan_fini(&j->plan);
+	free(j->bounce);
+	free(j);
+}
+
+/* KVCP_SQE_F_GPU: a STORE or FETCH of GPU staging, begun here and finished in kvcd_resume(). */
+static int do_gpu(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		  struct kvcp_cqe *cqe)
+{
+	struct kvcd_gpu_job *j = calloc(1, sizeof(*j));
+	int err;
+
+	if (!j)
+		return -ENOMEM;
+	j->dev = v->gpu;
+	j->gptr = s->gpu[v->gpu].ptr + v->off;
+	j->wake = &d->workers[s->worker].wake;
+	err = v->opcode == KVCP_OP_STORE ? gpu_store(d, s, v, j) : gpu_fetch(d, s, v, j, cqe);
+	if (err) {
+		gpu_job_free(j);
+		return err;
+	}
+	s->cont.sqe = *v;
+	s->cont.kind = KVCD_CONT_GPU;
+	s->cont.gjob = j;
+	return -EINPROGRESS;
+}
+
+/* The mover is done with s->cont.gjob: the request's result (-EINPROGRESS: not yet). */
+static int gpu_done(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
+{
+	struct kvcd_gpu_job *j = s->cont.gjob;
+	int res;
+
+	if (j->stage == GPU_FETCH) {
+		kvcd_store_put(&d->store, j->blk, false);
+		j->blk = NULL;
+		cqe->value = j->value;
+		cqe->layout = j->layout;
+		res = j->res;
+	} else {
+		res = gpu_store_done(d, s, &s->cont.sqe, j);
+		if (res == -EINPROGRESS)
+			return res;
+	}
+	gpu_job_free(j);
+	s->cont.gjob = NULL;
+	return res;
+}
+
+void kvcd_cont_abandon(struct kvcd *d, struct kvcd_session *s)
+{
+	struct kvcd_gpu_job *j = s->cont.gjob;
+	uint64_t t0 = kvcd_now_ns();
+	bool said = false;
+
+	if (!j)
+		return;
+	while (!__atomic_load_n(&j->done, __ATOMIC_ACQUIRE)) {
+		if (!said && kvcd_now_ns() - t0 > 5000000000ull) {
+			kvcd_log(LOG_ERR, "client %u: a GPU copy has not finished in 5 s; waiting",
+				 s->id);
+			said = true;
+		}
+		usleep(1000);
+	}
+	if (j->blk && j->stage == GPU_FETCH)
+		kvcd_store_put(&d->store, j->blk, false);
+	else if (j->blk)
+		kvcd_store_commit(&d->store, j->blk, false, false, 0);
+	gpu_job_free(j);
+	s->cont.gjob = NULL;
+	s->cont.active = false;
 }
 
 /* POLICY: parse the string at off (read once); register it in a session slot, or set the
@@ -572,9 +842,27 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 
 	memset(cqe, 0, sizeof(*cqe));
 	cqe->user_data = v->user_data;
-	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) || v->reserved0 ||
+	if (v->opcode >= KVCP_OP__COUNT || (v->flags & ~KVCP_SQE_F_KNOWN) ||
+	    (v->gpu && !(v->flags & KVCP_SQE_F_GPU)) ||
 	    ((v->flags & KVCP_SQE_F_SCORES) && v->opcode != KVCP_OP_STORE)) {
 		res = -EBADMSG;
+		goto out;
+	}
+	if (v->flags & KVCP_SQE_F_GPU) {
+		if ((v->opcode != KVCP_OP_STORE && v->opcode != KVCP_OP_FETCH) ||
+		    v->flags != KVCP_SQE_F_GPU) {
+			res = -EINVAL;
+		} else if (v->gpu >= KVCD_MAX_GPUS || !(s->gpu_mask >> v->gpu & 1)) {
+			res = -ENODEV; /* no GPU staging on that device */
+		} else if (!kvcp_range_ok(v->off, v->len, s->gpu[v->gpu].size)) {
+			res = -EINVAL;
+		} else {
+			res = do_gpu(d, s, v, cqe);
+			if (res == -EINPROGRESS) {
+				s->cont.active = true;
+				return false;
+			}
+		}
 		goto out;
 	}
 	if (v->opcode != KVCP_OP_NOP && v->opcode != KVCP_OP_DELETE && v->opcode != KVCP_OP_PIN &&
@@ -632,6 +920,12 @@ bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 	cqe->user_data = c->sqe.user_data;
 	if (c->kind == KVCD_CONT_LOOKUP) {
 		res = lookup_slice(d, s);
+		if (res == -EINPROGRESS)
+			return false;
+	} else if (c->kind == KVCD_CONT_GPU) {
+		if (!__atomic_load_n(&c->gjob->done, __ATOMIC_ACQUIRE))
+			return false;
+		res = gpu_done(d, s, cqe);
 		if (res == -EINPROGRESS)
 			return false;
 	} else if (!g || __atomic_load_n(&g->done, __ATOMIC_ACQUIRE) != 1) {

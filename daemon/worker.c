@@ -62,6 +62,16 @@ static bool cq_room(struct kvcd *d, struct kvcd_session *s)
 	return s->cq_prod - cons < s->cq_entries;
 }
 
+/* Is the session's request in another thread's hands (the remote tier, a GPU's mover)? */
+static bool waiting(const struct kvcd_session *s)
+{
+	if (!s->cont.active)
+		return false;
+	if (s->cont.rget)
+		return __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) != 1;
+	return s->cont.gjob && !__atomic_load_n(&s->cont.gjob->done, __ATOMIC_ACQUIRE);
+}
+
 static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s)
 {
 	struct kvcp_sqe sqe;
@@ -73,9 +83,8 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 	while (n < BATCH && !s->broken && cq_room(d, s)) {
 		t0 = kvcd_now_ns();
-		if (s->cont.active && s->cont.rget &&
-		    __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) != 1)
-			break;	      /* waiting on the remote tier, which wakes us */
+		if (waiting(s))
+			break;	      /* the remote tier or a GPU's mover wakes us */
 		if (s->cont.active) { /* a long request: one more slice, then the next ring */
 			sqe = s->cont.sqe;
 			done = kvcd_resume(d, s, &cqe);
@@ -91,7 +100,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		s->cont.ns += kvcd_now_ns() - t0;
 		n++;
 		if (!done) {
-			if (s->cont.rget)
+			if (s->cont.rget || s->cont.gjob)
 				w->parked = true;
 			break;
 		}
@@ -113,8 +122,8 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
-	if (s->cont.active && s->cont.rget) /* waiting on the remote tier: it wakes us */
-		return !s->broken && __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) == 1;
+	if (s->cont.active && (s->cont.rget || s->cont.gjob)) /* the other thread wakes us */
+		return !s->broken && !waiting(s);
 	return !s->broken &&
 	       (s->cont.active || kvcp_ring_pending(&s->hdr->sq, s->sq_entries, s->sq_cons)) &&
 	       (s->cq_prod - s->cq_cons_cache < s->cq_entries ||
@@ -181,7 +190,7 @@ static void *worker_main(void *arg)
 			last = kvcd_now_ns();
 			continue;
 		}
-		/* A request that waits on the remote tier is woken by the remote thread: spinning
+		/* A request that waits on the remote tier (or a GPU's mover) is woken by it: spinning
 		 * for it would only take a core from that thread and from the cluster's nodes. */
 		if (!w->parked && kvcd_now_ns() - last < spin_ns) {
 			__builtin_ia32_pause();

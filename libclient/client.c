@@ -26,6 +26,7 @@
 
 #include "kvc.h"
 #include "../proto/kvcp.h"
+#include "gpu.h"
 
 static_assert(sizeof(struct kvc_key) == sizeof(struct kvcp_key), "key ABI");
 static_assert(sizeof(struct kvc_layout) == sizeof(struct kvcp_layout), "layout ABI");
@@ -36,6 +37,8 @@ static_assert(KVCP_OP__COUNT == 13, "kvc_stats.op has 13 entries");
 static_assert(sizeof(struct kvc_select_hit) == sizeof(struct kvcp_select_hit), "select ABI");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
 static_assert(KVC_REQ_PARENT == KVCP_SQE_F_PARENT, "parent flag");
+static_assert(KVC_REQ_GPU == KVCP_SQE_F_GPU, "GPU flag");
+static_assert(offsetof(struct kvc_req, gpu) == offsetof(struct kvcp_sqe, gpu), "request's device");
 static_assert(KVC_REQ_AUX == KVCP_SQE_F_AUX && KVC_AUX_MAGIC == KVCP_AUX_MAGIC &&
 		      KVC_AUX_ATTN == KVCP_AUX_ATTN && KVC_AUX_QUERIES == KVCP_AUX_QUERIES,
 	      "aux ABI");
@@ -75,6 +78,8 @@ struct kvc_client {
 	uint32_t stash_head, stash_n, stash_cap;
 	uint64_t *cancelled; /* tickets of timed-out calls: their completions are dropped */
 	uint32_t ncancelled;
+	uint64_t gpu_mask; /* devices with GPU staging mapped */
+	struct kvcc_gpu gpu[KVCP_MAX_GPUS];
 };
 
 unsigned kvc_version(void)
@@ -109,15 +114,41 @@ const char *kvc_default_socket(void)
 	return "/tmp/kvcd.sock";
 }
 
-__asm__(".symver kvc_attach_opts_init_0_4, kvc_attach_opts_init@@KVC_0.4");
-__asm__(".symver kvc_attach_0_4, kvc_attach@@KVC_0.4");
-void kvc_attach_opts_init_0_4(struct kvc_attach_opts *o);
-int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out);
+__asm__(".symver kvc_attach_opts_init_0_6, kvc_attach_opts_init@@KVC_0.6");
+__asm__(".symver kvc_attach_0_6, kvc_attach@@KVC_0.6");
+void kvc_attach_opts_init_0_6(struct kvc_attach_opts *o);
+int kvc_attach_0_6(const struct kvc_attach_opts *o, kvc_client **out);
 
-void kvc_attach_opts_init_0_4(struct kvc_attach_opts *o)
+void kvc_attach_opts_init_0_6(struct kvc_attach_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->numa_node = -1;
+}
+
+/* ---- releases 0.4 and 0.5's kvc_attach_opts: without the GPU fields -------------------------- */
+#define ATTACH_OPTS_SIZE_0_4 offsetof(struct kvc_attach_opts, gpu)
+
+__asm__(".symver kvc_attach_opts_init_0_4, kvc_attach_opts_init@KVC_0.4");
+__asm__(".symver kvc_attach_0_4, kvc_attach@KVC_0.4");
+void kvc_attach_opts_init_0_4(void *o);
+int kvc_attach_0_4(const void *o, kvc_client **out);
+
+void kvc_attach_opts_init_0_4(void *o)
+{
+	struct kvc_attach_opts x;
+
+	kvc_attach_opts_init_0_6(&x);
+	memcpy(o, &x, ATTACH_OPTS_SIZE_0_4);
+}
+
+int kvc_attach_0_4(const void *o, kvc_client **out)
+{
+	struct kvc_attach_opts x;
+
+	kvc_attach_opts_init_0_6(&x);
+	if (o)
+		memcpy(&x, o, ATTACH_OPTS_SIZE_0_4);
+	return kvc_attach_0_6(o ? &x : NULL, out);
 }
 
 /* ---- release 0.3's kvc_attach_opts: without op_timeout_ms ----------------------------------
@@ -134,7 +165,7 @@ void kvc_attach_opts_init_0_1(void *o)
 {
 	struct kvc_attach_opts x;
 
-	kvc_attach_opts_init_0_4(&x);
+	kvc_attach_opts_init_0_6(&x);
 	memcpy(o, &x, ATTACH_OPTS_SIZE_0_3);
 }
 
@@ -142,10 +173,10 @@ int kvc_attach_0_1(const void *o, kvc_client **out)
 {
 	struct kvc_attach_opts x;
 
-	kvc_attach_opts_init_0_4(&x);
+	kvc_attach_opts_init_0_6(&x);
 	if (o)
 		memcpy(&x, o, ATTACH_OPTS_SIZE_0_3);
-	return kvc_attach_0_4(o ? &x : NULL, out);
+	return kvc_attach_0_6(o ? &x : NULL, out);
 }
 
 static int futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
@@ -259,6 +290,56 @@ out_unmap:
 	return err;
 }
 
+/* The second message of a GPU attach: map each device's staging. */
+static int map_gpu(kvc_client *c, uint64_t mask)
+{
+	struct kvcp_attach_gpu m;
+	char cbuf[CMSG_SPACE(KVCP_MAX_GPUS * sizeof(int))];
+	struct iovec iov = { &m, sizeof(m) };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
+	int fds[KVCP_MAX_GPUS], nfd = 0, err = 0;
+	uint64_t got = 0;
+	ssize_t n;
+
+	do
+		n = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int fd;
+
+				memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				if (nfd < KVCP_MAX_GPUS)
+					fds[nfd++] = fd;
+				else
+					close(fd);
+			}
+	if (n != (ssize_t)sizeof(m) || m.ndev != (unsigned)nfd || m.ndev > KVCP_MAX_GPUS)
+		err = -EBADMSG;
+	for (unsigned i = 0; !err && i < m.ndev; i++) {
+		uint32_t x = m.dev[i].index;
+
+		if (x >= KVCP_MAX_GPUS || !(mask >> x & 1) || (got >> x & 1) ||
+		    m.dev[i].size > (1ull << 40)) {
+			err = -EBADMSG;
+			break;
+		}
+		kvcc_gpu_unmap(&c->gpu[x], 1); /* a re-attach: the address stays */
+		err = kvcc_gpu_map(&c->gpu[x], &m.dev[i], fds[i]);
+		got |= 1ull << x;
+	}
+	for (int i = 0; i < nfd; i++)
+		close(fds[i]);
+	c->gpu_mask = err ? 0 : got;
+	return err;
+}
+
 static void fill_cpus(struct kvcp_attach_req *req)
 {
 	cpu_set_t set;
@@ -291,6 +372,11 @@ static int do_attach(kvc_client *c)
 	req.minor = KVCP_MINOR;
 	req.staging_size = c->staging ? c->staging_size : c->opts.staging_size;
 	req.numa_node = c->opts.numa_node;
+	if (c->opts.gpu) {
+		req.flags = KVCP_ATTACH_F_GPU;
+		req.gpu_staging_size = c->opts.gpu_staging_size;
+		req.gpu_mask = c->opts.gpu_mask;
+	}
 	fill_cpus(&req);
 	memcpy(req.ns, c->ns, sizeof(req.ns));
 	if (send(c->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
@@ -309,6 +395,8 @@ static int do_attach(kvc_client *c)
 	for (int i = 0; i < 2; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
+	if (!err && c->opts.gpu)
+		err = rep.gpu_mask ? map_gpu(c, rep.gpu_mask) : -ENODEV;
 	if (err)
 		goto out_close;
 	c->dead = 0;
@@ -334,7 +422,7 @@ static void ns_name(const char *ns, char out[KVCP_NS_MAX])
 	snprintf(out, KVCP_NS_MAX, "%.46s~%016llx", ns, (unsigned long long)XXH64(ns, n, 0));
 }
 
-int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
+int kvc_attach_0_6(const struct kvc_attach_opts *o, kvc_client **out)
 {
 	struct kvc_attach_opts def;
 	const char *path;
@@ -345,7 +433,7 @@ int kvc_attach_0_4(const struct kvc_attach_opts *o, kvc_client **out)
 		return -EINVAL;
 	*out = NULL;
 	if (!o) {
-		kvc_attach_opts_init_0_4(&def);
+		kvc_attach_opts_init_0_6(&def);
 		o = &def;
 	}
 	path = o->socket ? o->socket : kvc_default_socket();
@@ -388,6 +476,9 @@ out_unmap:
 	unmap_ctrl(c);
 	munmap(c->staging, c->staging_size);
 out_free:
+	for (unsigned i = 0; i < KVCP_MAX_GPUS; i++)
+		if (c->gpu[i].va)
+			kvcc_gpu_unmap(&c->gpu[i], 0);
 	free(c->stash);
 	free(c->cancelled);
 	free(c);
@@ -398,6 +489,9 @@ void kvc_detach(kvc_client *c)
 {
 	if (!c)
 		return;
+	for (unsigned i = 0; i < KVCP_MAX_GPUS; i++)
+		if (c->gpu[i].va)
+			kvcc_gpu_unmap(&c->gpu[i], 0);
 	unmap_ctrl(c);
 	if (c->staging)
 		munmap(c->staging, c->staging_size);
@@ -411,6 +505,27 @@ void *kvc_staging(kvc_client *c, size_t *size)
 	if (size)
 		*size = c->staging_size;
 	return c->staging;
+}
+
+uint64_t kvc_gpu_staging(kvc_client *c, unsigned index, size_t *size)
+{
+	bool have = index < KVCP_MAX_GPUS && (c->gpu_mask >> index & 1);
+
+	if (size)
+		*size = have ? c->gpu[index].size : 0;
+	return have ? c->gpu[index].va : 0;
+}
+
+int kvc_gpu_index(kvc_client *c, int ordinal)
+{
+	int dev;
+
+	if (!c->gpu_mask || kvcc_gpu_device(ordinal, &dev))
+		return -ENODEV;
+	for (unsigned i = 0; i < KVCP_MAX_GPUS; i++)
+		if ((c->gpu_mask >> i & 1) && c->gpu[i].device == dev)
+			return (int)i;
+	return -ENODEV;
 }
 
 /* The daemon never writes to the socket after the attach reply: readable or hung up means
@@ -472,13 +587,14 @@ static void ring_doorbell(kvc_client *c)
 	}
 }
 
-static void to_sqe(struct kvcp_sqe *s, uint8_t op, uint8_t flags, uint32_t arg, uint64_t ud,
-		   const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
-		   uint64_t len)
+static void to_sqe(struct kvcp_sqe *s, uint8_t op, uint8_t flags, uint16_t gpu, uint32_t arg,
+		   uint64_t ud, const struct kvc_key *key, const struct kvc_layout *layout,
+		   uint64_t off, uint64_t len)
 {
 	memset(s, 0, sizeof(*s));
 	s->opcode = op;
 	s->flags = flags;
+	s->gpu = gpu;
 	s->arg = arg;
 	s->user_data = ud;
 	if (key)
@@ -512,7 +628,7 @@ static void without_parent(kvc_client *c, uint8_t *flags, const struct kvc_layou
 	*len = n; /* what does not add up, kvcd refuses as it would have */
 }
 
-static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
+static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint16_t gpu, uint32_t arg,
 		      const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
 		      uint64_t len, uint64_t *ticket)
 {
@@ -523,7 +639,7 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 		return err;
 	if (op == KVCP_OP_STORE && layout)
 		without_parent(c, &flags, layout, off, &len);
-	to_sqe(&s, op, flags, arg, c->next_ticket, key, layout, off, len);
+	to_sqe(&s, op, flags, gpu, arg, c->next_ticket, key, layout, off, len);
 	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache, &s);
 	if (err)
 		return err;
@@ -532,7 +648,7 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 	return 0;
 }
 
-#define REQ_FLAGS (KVC_REQ_SCORES | KVC_REQ_AUX | KVC_REQ_PARENT)
+#define REQ_FLAGS (KVC_REQ_SCORES | KVC_REQ_AUX | KVC_REQ_PARENT | KVC_REQ_GPU)
 
 int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *tickets)
 {
@@ -550,8 +666,8 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 		    ((flags & KVC_REQ_PARENT) && len < sizeof(struct kvc_key)))
 			break;
 		without_parent(c, &flags, &reqs[i].layout, reqs[i].off, &len);
-		to_sqe(&s, reqs[i].op, flags, reqs[i].arg, c->next_ticket, &reqs[i].key,
-		       &reqs[i].layout, reqs[i].off, len);
+		to_sqe(&s, reqs[i].op, flags, reqs[i].gpu, reqs[i].arg, c->next_ticket,
+		       &reqs[i].key, &reqs[i].layout, reqs[i].off, len);
 		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
 				   &c->sq_cons_cache, &s))
 			break;
@@ -735,9 +851,9 @@ static uint64_t op_deadline(const kvc_client *c)
 					 : now_ns() + (uint64_t)c->opts.op_timeout_ms * 1000000ull;
 }
 
-static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
-		   const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
-		   uint64_t len, struct kvcp_cqe *cqe)
+static int sync_op_gpu(kvc_client *c, uint8_t op, uint8_t flags, uint16_t gpu, uint32_t arg,
+		       const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
+		       uint64_t len, struct kvcp_cqe *cqe)
 {
 	struct kvcp_cqe local;
 	uint64_t ticket;
@@ -747,17 +863,24 @@ static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
 
 	if (!cqe)
 		cqe = &local;
-	err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
+	err = submit_one(c, op, flags, gpu, arg, key, layout, off, len, &ticket);
 	while (err == -EAGAIN) { /* ring full of async requests: let the daemon drain it */
 		if (deadline && now_ns() >= deadline)
 			return -ETIMEDOUT;
 		sched_yield();
-		err = submit_one(c, op, flags, arg, key, layout, off, len, &ticket);
+		err = submit_one(c, op, flags, gpu, arg, key, layout, off, len, &ticket);
 	}
 	if (err)
 		return err;
 	err = wait_ticket(c, ticket, cqe, deadline);
 	return err ? err : cqe->res;
+}
+
+static int sync_op(kvc_client *c, uint8_t op, uint8_t flags, uint32_t arg,
+		   const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
+		   uint64_t len, struct kvcp_cqe *cqe)
+{
+	return sync_op_gpu(c, op, flags, 0, arg, key, layout, off, len, cqe);
 }
 
 int kvc_nop(kvc_client *c)
@@ -819,6 +942,30 @@ int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
 	struct kvcp_cqe e;
 	int err = sync_op(c, KVCP_OP_FETCH, 0, 0, key, NULL, off, cap, &e);
 
+	if (err >= 0 && layout)
+		memcpy(layout, &e.layout, sizeof(*layout));
+	return err < 0 ? err : 0;
+}
+
+int kvc_store_gpu(kvc_client *c, unsigned index, const struct kvc_key *key,
+		  const struct kvc_layout *layout, size_t off)
+{
+	if (index >= KVCP_MAX_GPUS || !(c->gpu_mask >> index & 1))
+		return -ENODEV;
+	return sync_op_gpu(c, KVCP_OP_STORE, KVCP_SQE_F_GPU, (uint16_t)index, 0, key, layout, off,
+			   kvc_layout_bytes(layout), NULL);
+}
+
+int kvc_fetch_gpu(kvc_client *c, unsigned index, const struct kvc_key *key, size_t off, size_t cap,
+		  struct kvc_layout *layout)
+{
+	struct kvcp_cqe e;
+	int err;
+
+	if (index >= KVCP_MAX_GPUS || !(c->gpu_mask >> index & 1))
+		return -ENODEV;
+	err = sync_op_gpu(c, KVCP_OP_FETCH, KVCP_SQE_F_GPU, (uint16_t)index, 0, key, NULL, off, cap,
+			  &e);
 	if (err >= 0 && layout)
 		memcpy(layout, &e.layout, sizeof(*layout));
 	return err < 0 ? err : 0;

@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     3
+#define KVCP_MINOR     4
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -36,8 +36,15 @@ struct kvcp_attach_req {
 	uint32_t flags;	       /* reserved, 0 */
 	uint64_t cpus[16];     /* the client's CPU affinity mask, 1024 CPUs */
 	char ns[KVCP_NS_MAX];  /* namespace, NUL-terminated */
-	uint64_t reserved[4];  /* 0 */
+	/* 2.4, with KVCP_ATTACH_F_GPU: GPU staging wanted on each device of @gpu_mask (bit i:
+	 * kvcd's device i, as STATS lists them; 0: every one), of @gpu_staging_size bytes each
+	 * (0: the daemon's default); else both 0 */
+	uint64_t gpu_staging_size;
+	uint64_t gpu_mask;
+	uint64_t reserved[2]; /* 0 */
 };
+
+#define KVCP_ATTACH_F_GPU 1u /* GPU access (2.4): a struct kvcp_attach_gpu follows the reply */
 
 #define KVCP_ATTACH_MAGIC 0x4b564341u /* "ACVK" */
 
@@ -47,7 +54,8 @@ struct kvcp_attach_rep {
 	uint64_t boot_token;   /* changes each time kvcd starts */
 	uint64_t ctrl_size;    /* size of fd 0, the control segment */
 	uint64_t staging_size; /* size of fd 1, the staging segment */
-	uint64_t reserved[4];
+	uint64_t gpu_mask;     /* 2.4: the devices whose GPU staging follows (KVCP_ATTACH_F_GPU) */
+	uint64_t reserved[3];
 };
 
 /* ---- shared segment header -------------------------------------------------------------- */
@@ -164,8 +172,12 @@ enum kvcp_op {
 	8u /* STORE (2.3): the last 16 bytes of off..off + len are the
 				 * block's parent, the struct kvcp_key of the chunk before it in
 				 * its chain, 8-aligned; len includes them. A hint for eviction */
-#define KVCP_SQE_F_KNOWN \
-	(KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX | KVCP_SQE_F_PARENT)
+#define KVCP_SQE_F_GPU \
+	16u /* STORE, FETCH (2.4): off/len address the session's GPU staging on
+				 * device sqe.gpu; not with the other flags */
+#define KVCP_SQE_F_KNOWN                                                               \
+	(KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX | KVCP_SQE_F_PARENT | \
+	 KVCP_SQE_F_GPU)
 
 /* What an engine hands over for token selection (policies with select=h2o or snapkv). After
  * the header, f32 arrays in this order, each present when its bit is in @what:
@@ -258,7 +270,7 @@ static inline uint64_t kvcp_sparse_bytes(const struct kvcp_layout *l, uint64_t t
 struct kvcp_sqe {
 	uint8_t opcode;
 	uint8_t flags;
-	uint16_t reserved0; /* 0 */
+	uint16_t gpu;	    /* KVCP_SQE_F_GPU: the device (kvcd's index); else 0 */
 	uint32_t arg;	    /* op-specific (lease ms, list start, MiB) */
 	uint64_t user_data; /* echoed in the completion */
 	struct kvcp_key key;
@@ -369,6 +381,19 @@ struct kvcp_gpu_stats {
 	uint32_t ndev, pad;
 	char why[96]; /* what the status rests on, in words */
 	struct kvcp_gpu_dev dev[KVCP_MAX_GPUS];
+};
+
+/* 2.4: after an attach reply whose gpu_mask is not 0, a second message with one fd per device
+ * of the mask, lowest index first: each a CUDA VMM allocation exported as a POSIX fd
+ * (cuMemImportFromShareableHandle), the client's GPU staging on that device. */
+struct kvcp_attach_gpu {
+	uint32_t ndev, pad;
+	struct kvcp_attach_gpu_dev {
+		uint32_t index;	 /* kvcd's device index */
+		int32_t ordinal; /* kvcd's CUDA ordinal; the client finds the device by @pci */
+		char pci[16];	 /* domain:bus:device.function */
+		uint64_t size;	 /* bytes of the allocation */
+	} dev[KVCP_MAX_GPUS];
 };
 
 struct kvcp_stats {
@@ -549,6 +574,7 @@ static_assert(offsetof(struct kvcp_shm_hdr, sq) == 4 * KVCP_CACHELINE, "sq at 25
 static_assert(sizeof(struct kvcp_shm_hdr) == 10 * KVCP_CACHELINE, "header is 640 bytes");
 static_assert(sizeof(struct kvcp_attach_req) == 248, "attach request size");
 static_assert(sizeof(struct kvcp_attach_rep) == 64, "attach reply size");
+static_assert(sizeof(struct kvcp_attach_gpu) == 8 + 16 * 32, "attach GPU message size");
 static_assert(sizeof(struct kvcp_list_ent) == 56, "list entry size");
 static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
 static_assert(sizeof(struct kvcp_ns_stats) == 192, "namespace stats size");

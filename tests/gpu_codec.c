@@ -37,13 +37,13 @@ static int gpu_encode(struct kvcg_rt *r, const struct kvcd_plan *plan, const str
 	CUdeviceptr draw, denc, derr;
 	int err = 0;
 
-	CU(kvcg_rt_bind(r));
+	CU(kvcg_dev_bind(&r->cu, &r->d));
 	CU(r->cu.mem_alloc(&draw, j->raw_bytes));
 	CU(r->cu.mem_alloc(&denc, j->bytes));
 	CU(r->cu.mem_alloc(&derr, sizeof(int)));
 	CU(r->cu.htod(draw, raw, j->raw_bytes));
 	CU(r->cu.memset8(denc, 0xa5, j->bytes)); /* every byte must be written */
-	CU(kvcg_encode(r, j, draw, denc, derr, NULL));
+	CU(kvcg_encode(&r->cu, &r->d, j, draw, denc, derr, NULL));
 	CU(r->cu.ctx_sync());
 	CU(r->cu.dtoh(&err, derr, sizeof(int)));
 	CU(r->cu.dtoh(out, denc, j->bytes));
@@ -58,12 +58,12 @@ static void gpu_decode(struct kvcg_rt *r, const struct kvcg_job *j, const uint8_
 {
 	CUdeviceptr draw, denc;
 
-	CU(kvcg_rt_bind(r));
+	CU(kvcg_dev_bind(&r->cu, &r->d));
 	CU(r->cu.mem_alloc(&draw, j->raw_bytes));
 	CU(r->cu.mem_alloc(&denc, j->bytes));
 	CU(r->cu.htod(denc, enc, j->bytes));
 	CU(r->cu.memset8(draw, 0x5a, j->raw_bytes));
-	CU(kvcg_decode(r, j, denc, draw, NULL));
+	CU(kvcg_decode(&r->cu, &r->d, j, denc, draw, NULL));
 	CU(r->cu.ctx_sync());
 	CU(r->cu.dtoh(raw, draw, j->raw_bytes));
 	r->cu.mem_free(draw);

@@ -104,7 +104,7 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 	struct kvcp_sqe bad[] = {
 		{ .opcode = 200, .user_data = 1 },
 		{ .opcode = KVCP_OP_NOP, .flags = 0x80, .user_data = 2 },
-		{ .opcode = KVCP_OP_NOP, .reserved0 = 1, .user_data = 3 },
+		{ .opcode = KVCP_OP_NOP, .gpu = 1, .user_data = 3 },
 		{ .opcode = KVCP_OP_FETCH, .off = UINT64_MAX - 10, .len = 100, .user_data = 4 },
 		{ .opcode = KVCP_OP_STORE,
 		  .off = 0,

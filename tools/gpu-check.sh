@@ -1,7 +1,8 @@
 #!/bin/sh
 # gpu-check.sh BUNDLE - the GPU checks, run from a folder tools/gpu-bundle.sh made; compiles
 # nothing. For a machine with a CUDA device (make gpu-check GPU_BUNDLE=BUNDLE):
-#   1. the host walk of the kernels' grid and the GPU suites (tests/gpu_*)
+#   1. the host walk of the kernels' grid and the GPU suites (tests/gpu_*): the codec
+#      kernels against the CPU codec, and GPU staging through a real kvcd between processes
 #   2. kvcd started on the machine as it is (mlock, hugepages or NUMA may be weaker than on
 #      Debian: kvcd says what it could not do), its STATS with the devices it found
 #   3. kvccodec-bench gpu: the codec kernels against the device's own copies
@@ -13,6 +14,7 @@ bundle=$(cd "${1:?usage: gpu-check.sh BUNDLE}" && pwd)
 res=bench/results
 mkdir -p "$res" docs
 export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export KVCD_BIN="$bundle/bin/kvcd" # the suites that start a kvcd start the bundle's
 log=$res/gpu-check.log
 fail=0
 : > "$log"

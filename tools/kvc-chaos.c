@@ -380,7 +380,7 @@ static void random_sqe(struct kvcp_sqe *e, uint64_t *x, size_t staging)
 	if (rnd(x) % 4) { /* plausible: a known opcode and a range inside staging */
 		e->opcode = (uint8_t)(rnd(x) % KVCP_OP__COUNT);
 		e->flags &= 7;
-		e->reserved0 = 0;
+		e->gpu = 0;
 		e->off = rnd(x) % staging;
 		e->len = rnd(x) % (staging - e->off + 1);
 		e->layout.layers = (uint16_t)(1 + rnd(x) % 4);

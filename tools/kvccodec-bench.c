@@ -213,13 +213,13 @@ static int bench_gpu_one(struct kvcg_rt *rt, const char *pol, const struct kvcp_
 	if (!cpu || !gpu || rt->cu.mem_alloc(&denc, plan.stored) ||
 	    kvcd_codec_write(kvcd_isa_best(), &plan, raw, NULL, NULL, cpu))
 		goto out;
-	if (kvcg_encode(rt, &j, draw, denc, derr, NULL) || rt->cu.ctx_sync() ||
+	if (kvcg_encode(&rt->cu, &rt->d, &j, draw, denc, derr, NULL) || rt->cu.ctx_sync() ||
 	    rt->cu.dtoh(&kerr, derr, sizeof(kerr)) || kerr || rt->cu.dtoh(gpu, denc, plan.stored))
 		goto out;
 	kvcd_codec_gpu_header(&plan, gpu);
 	same = !memcmp(cpu, gpu, plan.stored);
-	TIME_GPU(rt, iters, te, kvcg_encode(rt, &j, draw, denc, derr, NULL));
-	TIME_GPU(rt, iters, td, kvcg_decode(rt, &j, denc, dtmp, NULL));
+	TIME_GPU(rt, iters, te, kvcg_encode(&rt->cu, &rt->d, &j, draw, denc, derr, NULL));
+	TIME_GPU(rt, iters, td, kvcg_decode(&rt->cu, &rt->d, &j, denc, dtmp, NULL));
 	double eg = (double)n / te / 1e9, dg = (double)n / td / 1e9;
 
 	if (json)
@@ -228,7 +228,7 @@ static int bench_gpu_one(struct kvcg_rt *rt, const char *pol, const struct kvcp_
 		       "\"decode_gbps\": %.2f, \"d2d_gbps\": %.2f, \"h2d_gbps\": %.2f, "
 		       "\"d2h_gbps\": %.2f, \"encode_vs_d2d\": %.3f, \"decode_vs_d2d\": %.3f, "
 		       "\"pcie_bytes_saved\": %llu, \"same_bytes_as_cpu\": %s}\n",
-		       canon, rt->name, (unsigned long long)n, (unsigned long long)plan.stored,
+		       canon, rt->d.name, (unsigned long long)n, (unsigned long long)plan.stored,
 		       (double)n / plan.stored, eg, dg, ref[0], ref[1], ref[2], eg / ref[0],
 		       dg / ref[0], (unsigned long long)(n - plan.stored), same ? "true" : "false");
 	else
@@ -300,14 +300,14 @@ static int bench_gpu(const struct codec_args *a, int json)
 	if (!json)
 		printf("%s: %llu-byte f16 block; D2D %.1f GB/s, H2D %.1f GB/s, D2H %.1f GB/s "
 		       "(pinned)\n",
-		       rt.name, (unsigned long long)n, ref[0], ref[1], ref[2]);
+		       rt.d.name, (unsigned long long)n, ref[0], ref[1], ref[2]);
 	err = 0;
 	for (int p = 0; pols[p] && !err; p++)
 		err = bench_gpu_one(&rt, pols[p], &l, host, draw, dtmp, derr, iters, ref, json);
 out:
 	if (err == 1 && !draw)
 		fprintf(stderr, "kvccodec-bench gpu: cannot allocate %llu bytes on %s\n",
-			(unsigned long long)n, rt.name);
+			(unsigned long long)n, rt.d.name);
 	if (host)
 		rt.cu.host_free(host);
 	if (draw)

@@ -43,6 +43,25 @@ int kvcg_cu_load(struct kvcg_cu *cu, void **lib, char *why, size_t len)
 		{ "cuMemcpyDtoH_v2", offsetof(struct kvcg_cu, dtoh) },
 		{ "cuMemcpyDtoD_v2", offsetof(struct kvcg_cu, dtod) },
 		{ "cuMemsetD8_v2", offsetof(struct kvcg_cu, memset8) },
+		{ "cuMemsetD8Async", offsetof(struct kvcg_cu, memset8_async) },
+		{ "cuDeviceGetAttribute", offsetof(struct kvcg_cu, attribute) },
+		{ "cuStreamCreate", offsetof(struct kvcg_cu, stream_create) },
+		{ "cuStreamDestroy_v2", offsetof(struct kvcg_cu, stream_destroy) },
+		{ "cuStreamSynchronize", offsetof(struct kvcg_cu, stream_sync) },
+		{ "cuMemcpyHtoDAsync_v2", offsetof(struct kvcg_cu, htod_async) },
+		{ "cuMemcpyDtoHAsync_v2", offsetof(struct kvcg_cu, dtoh_async) },
+		{ "cuMemcpyDtoDAsync_v2", offsetof(struct kvcg_cu, dtod_async) },
+		{ "cuMemHostRegister_v2", offsetof(struct kvcg_cu, host_register) },
+		{ "cuMemHostUnregister", offsetof(struct kvcg_cu, host_unregister) },
+		{ "cuMemGetAllocationGranularity", offsetof(struct kvcg_cu, mem_granularity) },
+		{ "cuMemCreate", offsetof(struct kvcg_cu, mem_create) },
+		{ "cuMemRelease", offsetof(struct kvcg_cu, mem_release) },
+		{ "cuMemExportToShareableHandle", offsetof(struct kvcg_cu, mem_export) },
+		{ "cuMemAddressReserve", offsetof(struct kvcg_cu, va_reserve) },
+		{ "cuMemAddressFree", offsetof(struct kvcg_cu, va_free) },
+		{ "cuMemMap", offsetof(struct kvcg_cu, mem_map) },
+		{ "cuMemUnmap", offsetof(struct kvcg_cu, mem_unmap) },
+		{ "cuMemSetAccess", offsetof(struct kvcg_cu, mem_set_access) },
 	};
 
 	*lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -74,42 +93,78 @@ const char *kvcg_cu_err(const struct kvcg_cu *cu, CUresult e, char *buf, size_t 
 	return buf;
 }
 
-int kvcg_rt_open(struct kvcg_rt *rt, int ordinal, char *why, size_t len)
+int kvcg_dev_open(const struct kvcg_cu *cu, int ordinal, struct kvcg_dev *dv, char *why, size_t len)
 {
 	char err[64];
 	CUresult e;
-	int n = 0, ret;
+	int n = 0;
 
-	memset(rt, 0, sizeof(*rt));
-	rt->dev = -1;
-	ret = kvcg_cu_load(&rt->cu, &rt->lib, why, len);
-	if (ret)
-		return ret;
-	if ((e = rt->cu.init(0)) || (e = rt->cu.count(&n))) {
-		snprintf(why, len, "the driver: %s", kvcg_cu_err(&rt->cu, e, err, sizeof(err)));
+	memset(dv, 0, sizeof(*dv));
+	dv->ordinal = ordinal;
+	if ((e = cu->count(&n))) {
+		snprintf(why, len, "the driver: %s", kvcg_cu_err(cu, e, err, sizeof(err)));
 		return -ENODEV;
 	}
 	if (ordinal < 0 || ordinal >= n) {
 		snprintf(why, len, "no CUDA device %d (%d present)", ordinal, n);
 		return -ENODEV;
 	}
-	if ((e = rt->cu.get(&rt->dev, ordinal)) ||
-	    (e = rt->cu.name(rt->name, sizeof(rt->name), rt->dev)) ||
-	    (e = rt->cu.primary_retain(&rt->ctx, rt->dev)) || (e = rt->cu.ctx_set(rt->ctx))) {
-		snprintf(why, len, "device %d: %s", ordinal,
-			 kvcg_cu_err(&rt->cu, e, err, sizeof(err)));
+	if ((e = cu->get(&dv->dev, ordinal)) ||
+	    (e = cu->name(dv->name, sizeof(dv->name), dv->dev)) ||
+	    (e = cu->primary_retain(&dv->ctx, dv->dev)) || (e = cu->ctx_set(dv->ctx))) {
+		snprintf(why, len, "device %d: %s", ordinal, kvcg_cu_err(cu, e, err, sizeof(err)));
 		return -ENODEV;
 	}
-	if (!kvcg_fatbin_size()) {
-		snprintf(why, len, "the GPU codecs were not built (no nvcc at build time)");
-		return -ENOEXEC;
+	if (!kvcg_fatbin_size())
+		snprintf(dv->codec_why, sizeof(dv->codec_why),
+			 "the GPU codecs were not built (no nvcc at build time)");
+	else if ((e = cu->module_load(&dv->mod, kvcg_fatbin)) ||
+		 (e = cu->module_function(&dv->enc_params, dv->mod, "kvcg_encode_params")) ||
+		 (e = cu->module_function(&dv->enc_codes, dv->mod, "kvcg_encode_codes")) ||
+		 (e = cu->module_function(&dv->dec, dv->mod, "kvcg_decode"))) {
+		snprintf(dv->codec_why, sizeof(dv->codec_why), "the codec kernels: %s",
+			 kvcg_cu_err(cu, e, err, sizeof(err)));
+		if (dv->mod)
+			cu->module_unload(dv->mod);
+		dv->mod = NULL;
 	}
-	if ((e = rt->cu.module_load(&rt->mod, kvcg_fatbin)) ||
-	    (e = rt->cu.module_function(&rt->enc_params, rt->mod, "kvcg_encode_params")) ||
-	    (e = rt->cu.module_function(&rt->enc_codes, rt->mod, "kvcg_encode_codes")) ||
-	    (e = rt->cu.module_function(&rt->dec, rt->mod, "kvcg_decode"))) {
-		snprintf(why, len, "device %d (%s): the codec kernels: %s", ordinal, rt->name,
-			 kvcg_cu_err(&rt->cu, e, err, sizeof(err)));
+	return 0;
+}
+
+void kvcg_dev_close(const struct kvcg_cu *cu, struct kvcg_dev *dv)
+{
+	if (dv->mod)
+		cu->module_unload(dv->mod);
+	if (dv->ctx)
+		cu->primary_release(dv->dev);
+	dv->mod = NULL;
+	dv->ctx = NULL;
+}
+
+int kvcg_dev_bind(const struct kvcg_cu *cu, const struct kvcg_dev *dv)
+{
+	return cu->ctx_set(dv->ctx) ? -EIO : 0;
+}
+
+int kvcg_rt_open(struct kvcg_rt *rt, int ordinal, char *why, size_t len)
+{
+	char err[64];
+	CUresult e;
+	int ret;
+
+	memset(rt, 0, sizeof(*rt));
+	ret = kvcg_cu_load(&rt->cu, &rt->lib, why, len);
+	if (ret)
+		return ret;
+	if ((e = rt->cu.init(0))) {
+		snprintf(why, len, "cuInit: %s", kvcg_cu_err(&rt->cu, e, err, sizeof(err)));
+		return -ENODEV;
+	}
+	ret = kvcg_dev_open(&rt->cu, ordinal, &rt->d, why, len);
+	if (ret)
+		return ret;
+	if (!rt->d.mod) {
+		snprintf(why, len, "device %d (%s): %s", ordinal, rt->d.name, rt->d.codec_why);
 		return -ENOEXEC;
 	}
 	return 0;
@@ -117,23 +172,16 @@ int kvcg_rt_open(struct kvcg_rt *rt, int ordinal, char *why, size_t len)
 
 void kvcg_rt_close(struct kvcg_rt *rt)
 {
-	if (rt->mod)
-		rt->cu.module_unload(rt->mod);
-	if (rt->ctx)
-		rt->cu.primary_release(rt->dev);
-	if (rt->lib)
+	if (rt->lib) {
+		kvcg_dev_close(&rt->cu, &rt->d);
 		dlclose(rt->lib);
+	}
 	memset(rt, 0, sizeof(*rt));
-}
-
-int kvcg_rt_bind(struct kvcg_rt *rt)
-{
-	return rt->cu.ctx_set(rt->ctx) ? -EIO : 0;
 }
 
 /* A grid of one row per unit (up to the limit of y; the kernels stride over the rest) and as
  * many columns as the largest unit has items for @items. */
-static int launch(struct kvcg_rt *rt, CUfunction f, const struct kvcg_job *j,
+static int launch(const struct kvcg_cu *cu, CUfunction f, const struct kvcg_job *j,
 		  uint32_t (*items)(const struct kvcg_job *, uint32_t), CUstream s, void **params)
 {
 	uint32_t most = items(j, 0) > items(j, 1) ? items(j, 0) : items(j, 1);
@@ -143,30 +191,34 @@ static int launch(struct kvcg_rt *rt, CUfunction f, const struct kvcg_job *j,
 		return 0;
 	gx = gx < MAX_BLOCKS ? gx : MAX_BLOCKS;
 	gy = gy < MAX_BLOCKS ? gy : MAX_BLOCKS;
-	return rt->cu.launch(f, (unsigned)gx, (unsigned)gy, 1, THREADS, 1, 1, 0, s, params, NULL)
+	return cu->launch(f, (unsigned)gx, (unsigned)gy, 1, THREADS, 1, 1, 0, s, params, NULL)
 		       ? -EIO
 		       : 0;
 }
 
-int kvcg_encode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr raw, CUdeviceptr dst,
-		CUdeviceptr err, CUstream s)
+int kvcg_encode(const struct kvcg_cu *cu, const struct kvcg_dev *dv, const struct kvcg_job *j,
+		CUdeviceptr raw, CUdeviceptr dst, CUdeviceptr err, CUstream s)
 {
 	struct kvcg_job job = *j;
 	void *p1[] = { &job, &raw, &dst, &err }, *p2[] = { &job, &raw, &dst };
 
-	if (rt->cu.memset8(err, 0, sizeof(int)))
+	if (!dv->mod)
+		return -ENOEXEC;
+	if (cu->memset8_async(err, 0, sizeof(int), s))
 		return -EIO;
-	if (launch(rt, rt->enc_params, j, kvcg_enc1_items, s, p1))
+	if (launch(cu, dv->enc_params, j, kvcg_enc1_items, s, p1))
 		return -EIO;
 	/* the stream orders phase 2 after phase 1: codes read the parameters it wrote */
-	return launch(rt, rt->enc_codes, j, kvcg_enc2_items, s, p2);
+	return launch(cu, dv->enc_codes, j, kvcg_enc2_items, s, p2);
 }
 
-int kvcg_decode(struct kvcg_rt *rt, const struct kvcg_job *j, CUdeviceptr in, CUdeviceptr raw,
-		CUstream s)
+int kvcg_decode(const struct kvcg_cu *cu, const struct kvcg_dev *dv, const struct kvcg_job *j,
+		CUdeviceptr in, CUdeviceptr raw, CUstream s)
 {
 	struct kvcg_job job = *j;
 	void *p[] = { &job, &in, &raw };
 
-	return launch(rt, rt->dec, j, kvcg_dec_items, s, p);
+	if (!dv->mod)
+		return -ENOEXEC;
+	return launch(cu, dv->dec, j, kvcg_dec_items, s, p);
 }

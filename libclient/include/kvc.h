@@ -98,6 +98,13 @@ struct kvc_attach_opts {
 			      * still run later (kvcd stopped, not dead): its completion is
 			      * then discarded, but its staging range may still be read or
 			      * written until then. */
+	/* 0.6: GPU staging (protocol 2.4). With @gpu set, kvcd gives this client GPU memory
+	 * of its own on each device of @gpu_mask (bit i: kvcd's device i, as kvc_stats lists
+	 * them; 0: every device kvcd serves), @gpu_staging_size bytes each (0: kvcd's
+	 * default). The library then loads the CUDA driver; without @gpu it never does. */
+	int gpu;
+	size_t gpu_staging_size;
+	uint64_t gpu_mask;
 };
 #define KVC_OP_TIMEOUT_MS_DEFAULT 5000
 
@@ -108,7 +115,10 @@ void kvc_attach_opts_init(struct kvc_attach_opts *o);
  * kvc_detach(). Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -EACCES (uid/gid not allowed
  * for this namespace), -EPROTO (incompatible daemon), -EUSERS (too many clients), -EBUSY (too
  * many attaches of this uid in progress: retry), -E2BIG (staging_size above kvcd's
- * staging_max), -ENFILE (kvcd's namespace table is full), -ENOMEM.
+ * staging_max, or gpu_staging_size above its [gpu] staging_max), -ENFILE (kvcd's namespace
+ * table is full), -ENOMEM. With @gpu: -ENODEV when kvcd has no device that can share memory
+ * (no driver, no GPU, or one outside the mask), or this process has no CUDA driver or cannot
+ * see the device; a kvcd older than protocol 2.4 refuses the attach (-EBADMSG).
  *
  * After kvcd restarts, the next call returns -ECONNRESET and the handle re-attaches on its
  * own; policies registered with kvc_policy() belong to the old session: register them
@@ -121,6 +131,15 @@ void kvc_detach(kvc_client *c);
 /* The staging buffer: valid from kvc_attach() to kvc_detach(), at the same address even after
  * a daemon restart (its contents are then lost). *@size receives its length. */
 void *kvc_staging(kvc_client *c, size_t *size);
+
+/* GPU staging on kvcd's device @index (a CUdeviceptr, usable in every context of this process
+ * on that device): valid from kvc_attach() to kvc_detach(), at the same address after a
+ * daemon restart. 0 when there is none; *@size (may be NULL) receives its length. Engines
+ * write K/V there with their own kernels or copies and name it with KVC_REQ_GPU. */
+uint64_t kvc_gpu_staging(kvc_client *c, unsigned index, size_t *size);
+/* kvcd's index of this process's CUDA device @ordinal (the device CUDA_VISIBLE_DEVICES makes
+ * ordinal @ordinal here), or -ENODEV when this client has no GPU staging on it. */
+int kvc_gpu_index(kvc_client *c, int ordinal);
 
 /* Socket path used when kvc_attach_opts.socket is NULL: $KVCD_SOCKET, else
  * /run/kvcd/kvcd.sock, $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock, the first that exists. */
@@ -156,6 +175,12 @@ enum kvc_op {
 				 * chain), 8-aligned; @len includes them. kvcd evicts chains from
 				 * their tails and drops blocks whose prefix is gone first. A kvcd
 				 * older than protocol 2.3 gets the STORE without it */
+
+#define KVC_REQ_GPU \
+	16u /* STORE, FETCH: @off, @len address this client's GPU staging on
+				 * device @gpu, not its staging buffer; no other flag with it.
+				 * STORE's bytes go to the host pools, encoded on the GPU when
+				 * the policy's codec runs there; FETCH decodes on the GPU */
 
 /* What an engine hands over for token selection (policies with select=h2o or snapkv). After
  * this header, f32 arrays in this order, each present when its bit is in @what:
@@ -200,7 +225,7 @@ struct kvc_sparse {
 struct kvc_req {
 	uint8_t op;
 	uint8_t flags; /* KVC_REQ_* */
-	uint8_t reserved[2];
+	uint16_t gpu;  /* KVC_REQ_GPU: kvcd's device index; else 0 */
 	uint32_t arg;
 	struct kvc_key key;
 	struct kvc_layout layout;
@@ -270,6 +295,13 @@ int kvc_policy(kvc_client *c, const char *policy, unsigned flags, char *why, siz
  * mismatch: the block was dropped), -EINVAL. */
 int kvc_fetch(kvc_client *c, const struct kvc_key *key, size_t off, size_t cap,
 	      struct kvc_layout *layout);
+
+/* kvc_store and kvc_fetch of GPU staging on kvcd's device @index (KVC_REQ_GPU): the same
+ * results, and -ENODEV when this client has no GPU staging there. */
+int kvc_store_gpu(kvc_client *c, unsigned index, const struct kvc_key *key,
+		  const struct kvc_layout *layout, size_t off);
+int kvc_fetch_gpu(kvc_client *c, unsigned index, const struct kvc_key *key, size_t off, size_t cap,
+		  struct kvc_layout *layout);
 
 /* SELECT (Quest): which of the candidate blocks @keys[0..n) matter most for the queries @q
  * ([q_heads][head_dim] f32, post-RoPE) at @layer. kvcd keeps the channel-wise min and max of

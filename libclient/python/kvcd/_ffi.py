@@ -42,11 +42,12 @@ class AttachOpts(ctypes.Structure):
     _fields_ = [("socket", ctypes.c_char_p), ("ns", ctypes.c_char_p),
                 ("staging_size", ctypes.c_size_t), ("numa_node", ctypes.c_int),
                 ("flags", ctypes.c_uint), ("spin_us", ctypes.c_uint),
-                ("op_timeout_ms", ctypes.c_int)]
+                ("op_timeout_ms", ctypes.c_int), ("gpu", ctypes.c_int),
+                ("gpu_staging_size", ctypes.c_size_t), ("gpu_mask", c_u64)]
 
 
 class Req(ctypes.Structure):
-    _fields_ = [("op", c_u8), ("flags", c_u8), ("reserved", c_u8 * 2), ("arg", c_u32),
+    _fields_ = [("op", c_u8), ("flags", c_u8), ("gpu", ctypes.c_uint16), ("arg", c_u32),
                 ("key", Key), ("layout", Layout), ("off", c_u64), ("len", c_u64)]
 
 

@@ -22,7 +22,7 @@ def test_structures_match_the_c_library():
     # sizes of kvc.h's structures on this ABI (x86-64), as the C compiler lays them out
     assert ctypes.sizeof(_ffi.Key) == 16
     assert ctypes.sizeof(_ffi.Layout) == 16
-    assert ctypes.sizeof(_ffi.AttachOpts) == 40
+    assert ctypes.sizeof(_ffi.AttachOpts) == 64
     assert ctypes.sizeof(_ffi.Req) == 56
     assert ctypes.sizeof(_ffi.Cqe) == 40
     assert ctypes.sizeof(_ffi.Stats) == 17000
