@@ -854,7 +854,10 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 			res = -EINVAL;
 		} else if (v->gpu >= KVCD_MAX_GPUS || !(s->gpu_mask >> v->gpu & 1)) {
 			res = -ENODEV; /* no GPU staging on that device */
-		} else if (!kvcp_range_ok(v->off, v->len, s->gpu[v->gpu].size)) {
+		} else if (!kvcp_range_ok(v->off, v->len, s->gpu[v->gpu].size) ||
+			   v->off % KVCP_GPU_ALIGN) {
+			/* the kernels load and store elements aligned: a misaligned access
+			 * would fault the device for every client */
 			res = -EINVAL;
 		} else {
 			res = do_gpu(d, s, v, cqe);

@@ -477,8 +477,7 @@ out_unmap:
 	munmap(c->staging, c->staging_size);
 out_free:
 	for (unsigned i = 0; i < KVCP_MAX_GPUS; i++)
-		if (c->gpu[i].va)
-			kvcc_gpu_unmap(&c->gpu[i], 0);
+		kvcc_gpu_unmap(&c->gpu[i], 0);
 	free(c->stash);
 	free(c->cancelled);
 	free(c);
@@ -490,8 +489,7 @@ void kvc_detach(kvc_client *c)
 	if (!c)
 		return;
 	for (unsigned i = 0; i < KVCP_MAX_GPUS; i++)
-		if (c->gpu[i].va)
-			kvcc_gpu_unmap(&c->gpu[i], 0);
+		kvcc_gpu_unmap(&c->gpu[i], 0);
 	unmap_ctrl(c);
 	if (c->staging)
 		munmap(c->staging, c->staging_size);

@@ -29,6 +29,10 @@ static struct {
 		      size_t count);
 	int (*release)(unsigned long long h);
 	int (*error)(int e, const char **s);
+	int (*retain)(void **ctx, int dev);
+	int (*release_ctx)(int dev);
+	int (*push)(void *ctx);
+	int (*pop)(void **ctx);
 	int loaded; /* 1: ready, < 0: -errno of the failure */
 } cu;
 
@@ -49,6 +53,10 @@ static void load(void)
 		{ "cuMemSetAccess", (void **)&cu.access },
 		{ "cuMemRelease", (void **)&cu.release },
 		{ "cuGetErrorString", (void **)&cu.error },
+		{ "cuDevicePrimaryCtxRetain", (void **)&cu.retain },
+		{ "cuDevicePrimaryCtxRelease_v2", (void **)&cu.release_ctx },
+		{ "cuCtxPushCurrent_v2", (void **)&cu.push },
+		{ "cuCtxPopCurrent_v2", (void **)&cu.pop },
 	};
 	void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
 
@@ -76,20 +84,14 @@ static int ready(void)
 	return cu.loaded == 1 ? 0 : cu.loaded;
 }
 
-int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd)
+/* Import and map with the device's primary context pushed (the calls want a context; the
+ * primary one is the one CUDA runtimes and PyTorch use), the caller's own left as it was. */
+static int map_in_context(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd, int dev)
 {
 	struct kvcc_access_desc acc = { .location = { KVCC_LOC_DEVICE, 0 },
 					.flags = KVCC_ACCESS_RW };
 	unsigned long long h = 0;
-	char pci[sizeof(d->pci) + 1];
-	int err = ready(), dev;
 
-	if (err)
-		return err;
-	memcpy(pci, d->pci, sizeof(d->pci));
-	pci[sizeof(d->pci)] = '\0';
-	if (cu.by_pci(&dev, pci))
-		return -ENODEV; /* a device this process cannot see (CUDA_VISIBLE_DEVICES) */
 	if (g->va && d->size != g->size)
 		return -EPROTO; /* the new daemon grants another size: the address cannot stay */
 	if (cu.import(&h, (void *)(uintptr_t)fd, KVCC_HANDLE_POSIX_FD))
@@ -111,14 +113,43 @@ int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd
 		return -EACCES;
 	}
 	g->handle = h;
-	g->device = dev;
-	g->index = d->index;
 	g->mapped = 1;
 	return 0;
 }
 
+int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd)
+{
+	char pci[sizeof(d->pci) + 1];
+	void *ctx = NULL, *popped;
+	int err = ready(), dev;
+
+	if (err)
+		return err;
+	memcpy(pci, d->pci, sizeof(d->pci));
+	pci[sizeof(d->pci)] = '\0';
+	if (cu.by_pci(&dev, pci))
+		return -ENODEV; /* a device this process cannot see (CUDA_VISIBLE_DEVICES) */
+	if (!g->ctx) {
+		if (cu.retain(&ctx, dev))
+			return -ENODEV;
+		g->ctx = ctx;
+		g->device = dev;
+	}
+	if (cu.push(g->ctx))
+		return -ENODEV;
+	err = map_in_context(g, d, fd, dev);
+	cu.pop(&popped);
+	g->index = d->index;
+	return err;
+}
+
 void kvcc_gpu_unmap(struct kvcc_gpu *g, int keep_va)
 {
+	void *popped;
+
+	if (!g->ctx)
+		return;
+	cu.push(g->ctx);
 	if (g->mapped) {
 		cu.unmap(g->va, g->size);
 		cu.release(g->handle);
@@ -128,6 +159,11 @@ void kvcc_gpu_unmap(struct kvcc_gpu *g, int keep_va)
 		cu.free_va(g->va, g->size);
 		g->va = 0;
 		g->size = 0;
+	}
+	cu.pop(&popped);
+	if (!keep_va) {
+		cu.release_ctx(g->device);
+		g->ctx = NULL;
 	}
 }
 

@@ -26,6 +26,7 @@ struct kvcc_gpu {
 	unsigned long long va;	   /* the address, kept across re-attaches */
 	unsigned long long handle; /* the imported allocation */
 	uint64_t size;
+	void *ctx;	/* the device's primary context, retained while mapped */
 	int device;	/* this process's CUdevice */
 	uint32_t index; /* kvcd's device index */
 	int mapped;

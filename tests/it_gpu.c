@@ -173,3 +173,41 @@ Test(gpu, gpu_staging_settings)
 	D.dir[0] = '\0'; /* a fresh directory for the suite's own stop */
 	t_daemon_start(&D, "32M");
 }
+
+/* The toolkit's stub libcuda (every entry point, each failing) stands in for a driver that
+ * loads but cannot start: kvcd resolves every symbol it needs from it, says the driver
+ * failed and why, refuses GPU access and serves from host memory. */
+Test(gpu, a_driver_that_fails_is_reported_and_kvcd_serves)
+{
+	const char *home = getenv("CUDA_HOME") ? getenv("CUDA_HOME") : "/usr/local/cuda";
+	char stub[256], dir[] = "/tmp/kvcd-stub-XXXXXX", link[300], out[256];
+	struct kvc_attach_opts o;
+	struct kvc_stats st;
+	kvc_client *c, *g = NULL;
+
+	snprintf(stub, sizeof(stub), "%s/lib64/stubs/libcuda.so", home);
+	if (access(stub, R_OK)) {
+		cr_assert_eq(t_daemon_down(&D), 0); /* a skipped test runs no .fini */
+		cr_skip_test("skipped: no CUDA toolkit stub at %s", stub);
+	}
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(link, sizeof(link), "%s/libcuda.so.1", dir);
+	cr_assert_eq(symlink(stub, link), 0);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_cleanup(&D);
+	D.dir[0] = '\0';
+	setenv("LD_LIBRARY_PATH", dir, 1); /* read by kvcd's loader, not by this process's */
+	t_daemon_start(&D, "32M");
+	unsetenv("LD_LIBRARY_PATH");
+	c = t_attach(&D, NULL, 4096);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	cr_assert_eq(st.gpu.status, KVC_GPU_DRIVER_ERROR, "%d: %s", st.gpu.status, st.gpu.why);
+	cr_assert_not_null(strstr(st.gpu.why, "cuInit"), "%s", st.gpu.why);
+	kvc_attach_opts_init(&o);
+	o.socket = D.sock;
+	o.gpu = 1;
+	cr_assert_eq(kvc_attach(&o, &g), -ENODEV);
+	cr_assert_eq(kvc_nop(c), 0);
+	kvc_detach(c);
+	t_sh(out, sizeof(out), "rm -rf %s", dir);
+}

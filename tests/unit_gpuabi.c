@@ -72,6 +72,18 @@ Test(gpuabi, symbol_names_are_cuda_h_s)
 		{ "cuMemAllocHost", STR(cuMemAllocHost), "cuMemAllocHost_v2" },
 		{ "cuMemHostRegister", STR(cuMemHostRegister), "cuMemHostRegister_v2" },
 		{ "cuStreamDestroy", STR(cuStreamDestroy), "cuStreamDestroy_v2" },
+		{ "cuStreamSynchronize", STR(cuStreamSynchronize), "cuStreamSynchronize" },
+		{ "cuMemcpyHtoD", STR(cuMemcpyHtoD), "cuMemcpyHtoD_v2" },
+		{ "cuMemcpyDtoH", STR(cuMemcpyDtoH), "cuMemcpyDtoH_v2" },
+		{ "cuMemcpyDtoD", STR(cuMemcpyDtoD), "cuMemcpyDtoD_v2" },
+		{ "cuMemsetD8", STR(cuMemsetD8), "cuMemsetD8_v2" },
+		{ "cuMemsetD8Async", STR(cuMemsetD8Async), "cuMemsetD8Async" },
+		{ "cuMemcpyHtoDAsync", STR(cuMemcpyHtoDAsync), "cuMemcpyHtoDAsync_v2" },
+		{ "cuMemcpyDtoHAsync", STR(cuMemcpyDtoHAsync), "cuMemcpyDtoHAsync_v2" },
+		{ "cuMemcpyDtoDAsync", STR(cuMemcpyDtoDAsync), "cuMemcpyDtoDAsync_v2" },
+		{ "cuLaunchKernel", STR(cuLaunchKernel), "cuLaunchKernel" },
+		{ "cuCtxPushCurrent", STR(cuCtxPushCurrent), "cuCtxPushCurrent_v2" },
+		{ "cuCtxPopCurrent", STR(cuCtxPopCurrent), "cuCtxPopCurrent_v2" },
 	};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -178,7 +178,8 @@ enum kvc_op {
 
 #define KVC_REQ_GPU \
 	16u /* STORE, FETCH: @off, @len address this client's GPU staging on
-				 * device @gpu, not its staging buffer; no other flag with it.
+				 * device @gpu, not its staging buffer, @off a multiple of 16
+				 * (-EINVAL otherwise); no other flag with it.
 				 * STORE's bytes go to the host pools, encoded on the GPU when
 				 * the policy's codec runs there; FETCH decodes on the GPU */
 
