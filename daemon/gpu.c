@@ -157,6 +157,7 @@ struct kvcd_gpu_dev {
 	pthread_cond_t cv;
 	struct kvcd_gpu_job *head, **tail;
 	bool stop;
+	struct kvcp_gpu_use use; /* the mover's counts, and attach's; read relaxed by STATS */
 };
 
 static bool pools_registered;
@@ -225,6 +226,58 @@ static int run_job(struct kvcd_gpu_dev *gd, struct kvcd_gpu_job *j)
 	return -EINVAL;
 }
 
+#define ADD(x, v) __atomic_fetch_add(&(x), (v), __ATOMIC_RELAXED)
+
+static void count(struct kvcp_gpu_use *u, const struct kvcd_gpu_job *j, int res, uint64_t ns)
+{
+	bool off = j->op == KVCD_GPU_D2H || j->op == KVCD_GPU_ENCODE_D2H;
+
+	if (res) {
+		ADD(u->errors, 1);
+		return;
+	}
+	if (off) {
+		ADD(u->d2h_bytes,
+		    j->op == KVCD_GPU_ENCODE_D2H ? j->cj.bytes - j->cj.body : j->hlen);
+		ADD(u->d2h_ns, ns);
+	} else {
+		ADD(u->h2d_bytes, j->hlen);
+		ADD(u->h2d_ns, ns);
+	}
+	ADD(u->encoded, j->op == KVCD_GPU_ENCODE_D2H);
+	ADD(u->decoded, j->op == KVCD_GPU_H2D_DECODE);
+}
+
+void kvcd_gpu_use(const struct kvcd *d, struct kvcp_gpu_use *out)
+{
+	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++) {
+		const struct kvcp_gpu_use *u = &d->gdev[i].use;
+		struct kvcp_gpu_use *o = &out[i];
+
+		o->clients = __atomic_load_n(&u->clients, __ATOMIC_RELAXED);
+		o->staging_bytes = __atomic_load_n(&u->staging_bytes, __ATOMIC_RELAXED);
+		o->stores = __atomic_load_n(&u->stores, __ATOMIC_RELAXED);
+		o->fetches = __atomic_load_n(&u->fetches, __ATOMIC_RELAXED);
+		o->encoded = __atomic_load_n(&u->encoded, __ATOMIC_RELAXED);
+		o->decoded = __atomic_load_n(&u->decoded, __ATOMIC_RELAXED);
+		o->bounced = __atomic_load_n(&u->bounced, __ATOMIC_RELAXED);
+		o->errors = __atomic_load_n(&u->errors, __ATOMIC_RELAXED);
+		o->d2h_bytes = __atomic_load_n(&u->d2h_bytes, __ATOMIC_RELAXED);
+		o->h2d_bytes = __atomic_load_n(&u->h2d_bytes, __ATOMIC_RELAXED);
+		o->d2h_ns = __atomic_load_n(&u->d2h_ns, __ATOMIC_RELAXED);
+		o->h2d_ns = __atomic_load_n(&u->h2d_ns, __ATOMIC_RELAXED);
+	}
+}
+
+void kvcd_gpu_count_request(struct kvcd *d, unsigned index, bool store, bool bounced)
+{
+	if (!d->gdev || index >= d->gpu.ndev)
+		return;
+	ADD(*(store ? &d->gdev[index].use.stores : &d->gdev[index].use.fetches), 1);
+	if (bounced)
+		ADD(d->gdev[index].use.bounced, 1);
+}
+
 static void *mover(void *arg)
 {
 	struct kvcd_gpu_dev *gd = arg;
@@ -250,7 +303,10 @@ static void *mover(void *arg)
 		pthread_mutex_unlock(&gd->lock);
 		if (!j)
 			break; /* stopped, and nothing left */
+		uint64_t t0 = kvcd_now_ns();
+
 		res = run_job(gd, j);
+		count(&gd->use, j, res, kvcd_now_ns() - t0);
 		if (res == -EIO || res == -ENOMEM)
 			kvcd_log(LOG_WARNING, "gpu %d: a %s of %llu bytes failed: %s",
 				 gd->dv.ordinal,
@@ -497,6 +553,8 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 		if (err)
 			break;
 		s->gpu_mask |= 1u << i;
+		ADD(d->gdev[i].use.clients, 1);
+		ADD(d->gdev[i].use.staging_bytes, s->gpu[i].size);
 		m->index = i;
 		m->ordinal = d->gpu.dev[i].ordinal;
 		memcpy(m->pci, d->gpu.dev[i].pci, sizeof(m->pci));
@@ -521,8 +579,12 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 void kvcd_gpu_detach(struct kvcd *d, struct kvcd_session *s)
 {
 	for (unsigned i = 0; i < KVCD_MAX_GPUS; i++)
-		if (s->gpu_mask >> i & 1)
+		if (s->gpu_mask >> i & 1) {
+			__atomic_fetch_sub(&d->gdev[i].use.clients, 1, __ATOMIC_RELAXED);
+			__atomic_fetch_sub(&d->gdev[i].use.staging_bytes, s->gpu[i].size,
+					   __ATOMIC_RELAXED);
 			kvcd_gpu_staging_destroy(d, i, &s->gpu[i]);
+		}
 	s->gpu_mask = 0;
 }
 

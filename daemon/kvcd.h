@@ -732,6 +732,11 @@ struct kvcd_gpu_job {
 	struct kvcp_layout layout; /* FETCH: the completion's */
 };
 
+/* STATS' view of each device at work, into @out[gpu.ndev]. */
+void kvcd_gpu_use(const struct kvcd *d, struct kvcp_gpu_use *out);
+/* Count a GPU STORE or FETCH on device @index that is done (and whether it went through a
+ * bounce buffer). */
+void kvcd_gpu_count_request(struct kvcd *d, unsigned index, bool store, bool bounced);
 /* Does device @index have the codec kernels loaded? */
 bool kvcd_gpu_has_codecs(const struct kvcd *d, unsigned index);
 /* Queue @j on its device's mover. Returns 0, or -ENODEV when that mover is not running. */

@@ -505,6 +505,7 @@ static int gpu_done(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe
 		if (res == -EINPROGRESS)
 			return res;
 	}
+	kvcd_gpu_count_request(d, j->dev, j->stage != GPU_FETCH, j->bounce != NULL);
 	gpu_job_free(j);
 	s->cont.gjob = NULL;
 	return res;

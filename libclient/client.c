@@ -52,6 +52,10 @@ static_assert(offsetof(struct kvc_stats, ns_ext) == offsetof(struct kvcp_stats, 
 		      offsetof(struct kvc_stats, op_hist) == offsetof(struct kvcp_stats, op_hist) &&
 		      sizeof(struct kvc_stats) == sizeof(struct kvcp_stats),
 	      "0.4 stats ABI");
+static_assert(offsetof(struct kvc_stats, gpu) == offsetof(struct kvcp_stats, gpu) &&
+		      offsetof(struct kvc_stats, gpu_use) == offsetof(struct kvcp_stats, gpu_use) &&
+		      sizeof(((struct kvc_stats *)0)->gpu_use[0]) == sizeof(struct kvcp_gpu_use),
+	      "0.6 stats ABI");
 
 struct kvc_client {
 	int sock;

@@ -81,6 +81,14 @@ static const char *label(const char *s, char *buf, size_t len)
 			    (unsigned long long)(E));                          \
 	} while (0)
 
+#define PER_GPU(N, T, H, E)                                                           \
+	do {                                                                          \
+		head(o, N, T, H);                                                     \
+		for (unsigned i = 0; i < st->gpu.ndev && i < 16; i++)                 \
+			put(o, "%s{device=\"%d\"} %llu\n", N, st->gpu.dev[i].ordinal, \
+			    (unsigned long long)(E));                                 \
+	} while (0)
+
 #define PER_NS(N, T, H, F, E)                                          \
 	do {                                                           \
 		head(o, N, T, H);                                      \
@@ -164,6 +172,24 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 					      "CUDA devices kvcd found (0: none, or no driver).",
 					      st->gpu.ndev },
 					    { NULL, NULL, NULL, 0 } });
+	PER_GPU("kvcd_gpu_clients", "gauge", "Clients with GPU staging on the device.",
+		st->gpu_use[i].clients);
+	PER_GPU("kvcd_gpu_staging_bytes", "gauge", "GPU staging handed out on the device.",
+		st->gpu_use[i].staging_bytes);
+	PER_GPU("kvcd_gpu_stores_total", "counter", "STOREs from GPU staging.",
+		st->gpu_use[i].stores);
+	PER_GPU("kvcd_gpu_fetches_total", "counter", "FETCHes into GPU staging.",
+		st->gpu_use[i].fetches);
+	PER_GPU("kvcd_gpu_encoded_total", "counter", "Blocks encoded on the device.",
+		st->gpu_use[i].encoded);
+	PER_GPU("kvcd_gpu_decoded_total", "counter", "Blocks decoded on the device.",
+		st->gpu_use[i].decoded);
+	PER_GPU("kvcd_gpu_errors_total", "counter", "GPU copies or kernels that failed.",
+		st->gpu_use[i].errors);
+	PER_GPU("kvcd_gpu_d2h_bytes_total", "counter", "Bytes copied off the device.",
+		st->gpu_use[i].d2h_bytes);
+	PER_GPU("kvcd_gpu_h2d_bytes_total", "counter", "Bytes copied onto the device.",
+		st->gpu_use[i].h2d_bytes);
 	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
 		 st->node[i].bytes_total);
 	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",

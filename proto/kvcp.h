@@ -385,6 +385,19 @@ struct kvcp_gpu_stats {
 	struct kvcp_gpu_dev dev[KVCP_MAX_GPUS];
 };
 
+/* 2.4: the GPU tier at work on one device: its clients' GPU staging and the copies its mover
+ * made for them. */
+struct kvcp_gpu_use {
+	uint32_t clients, pad; /* clients with GPU staging on it */
+	uint64_t staging_bytes;
+	uint64_t stores, fetches;      /* GPU STOREs and FETCHes done (errors included) */
+	uint64_t encoded, decoded;     /* blocks encoded or decoded on it */
+	uint64_t bounced;	       /* through a bounce buffer and the CPU codec */
+	uint64_t errors;	       /* copies or kernels that failed */
+	uint64_t d2h_bytes, h2d_bytes; /* bytes copied off and onto it */
+	uint64_t d2h_ns, h2d_ns;       /* time spent on those copies, kernels included */
+};
+
 /* 2.4: after an attach reply whose gpu_mask is not 0, a second message with one fd per device
  * of the mask, lowest index first: each a CUDA VMM allocation exported as a POSIX fd
  * (cuMemImportFromShareableHandle), the client's GPU staging on that device. */
@@ -415,7 +428,8 @@ struct kvcp_stats {
 	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch */
 	uint32_t protocol; /* KVCP_MAJOR << 16 | KVCP_MINOR */
 	struct kvcp_remote_stats remote;
-	struct kvcp_gpu_stats gpu; /* 2.3 */
+	struct kvcp_gpu_stats gpu;		    /* 2.3 */
+	struct kvcp_gpu_use gpu_use[KVCP_MAX_GPUS]; /* 2.4: per device of gpu.dev[] */
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)

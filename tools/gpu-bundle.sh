@@ -4,7 +4,8 @@
 #
 #   DIR/bin        kvcd, kvcctl, kvccodec-bench (the GPU codec kernels embedded in each)
 #   DIR/tests      the GPU suites (tests/gpu_*) and the host walk of the kernels' grid
-#   DIR/lib        every shared library they load that a Debian package gave them, copied
+#   DIR/lib        libkvcclient.so.0 (for the Python binding), and every shared library they
+#                  load that a Debian package gave them, copied
 #                  from the package's installed file; the C library's own are left to the
 #                  machine (the binaries ask for no newer glibc than Ubuntu 22.04's)
 #   DIR/MANIFEST   each library with the Debian package and version it came from
@@ -20,6 +21,7 @@ cp "$build/kvcd" "$build/kvcctl" "$build/kvccodec-bench" "$out/bin/"
 find "$build/tests" -maxdepth 1 -type f \( -name 'gpu_*' -o -name unit_gpucodec \) \
 	! -name '*.d' -exec cp {} "$out/tests/" \;
 cp tools/gpu-check.sh "$out/"
+cp "$build/libkvcclient.so" "$out/lib/libkvcclient.so.0" # for the Python binding's tests
 : > "$out/MANIFEST"
 for f in "$out"/bin/* "$out"/tests/*; do ldd "$f"; done | awk '$3 ~ /^\// { print $3 }' | sort -u |
 while read -r lib; do

@@ -34,6 +34,14 @@ for t in "$bundle"/tests/*; do
 	[ $rc -eq 0 ] || { say "FAILED: ${t##*/} (exit $rc)"; fail=1; }
 done
 rm -f "$res/gpu-test.out"
+if python3 -c 'import torch, numpy, pytest' 2> /dev/null; then
+	say "== the Python binding's GPU tests"
+	KVCD_LIB="$bundle/lib/libkvcclient.so.0" python3 -m pytest -q -p no:cacheprovider \
+		libclient/python/tests/test_gpu.py >> "$res/gpu-tests.txt" 2>&1
+	rc=$?
+	tail -1 "$res/gpu-tests.txt" | tee -a "$log"
+	[ $rc -eq 0 ] || { say "FAILED: the Python GPU tests (exit $rc)"; fail=1; }
+fi
 
 say "== kvcd on this machine"
 tmp=$(mktemp -d /tmp/kvcd-gpucheck.XXXXXX)

@@ -56,6 +56,23 @@ static int ns_width(const struct kvc_stats *st)
 	return w;
 }
 
+/* GB/s of @bytes in @ns (0 when nothing was copied). */
+static double gbps(uint64_t bytes, uint64_t ns)
+{
+	return ns ? (double)bytes / (double)ns : 0.0;
+}
+
+static void gpu_use_json(const __typeof__(((struct kvc_stats *)0)->gpu_use[0]) *u)
+{
+	printf(", \"clients\": %u, \"staging_bytes\": %" PRIu64 ", \"stores\": %" PRIu64
+	       ", \"fetches\": %" PRIu64 ", \"encoded\": %" PRIu64 ", \"decoded\": %" PRIu64
+	       ", \"bounced\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"d2h_bytes\": %" PRIu64
+	       ", \"h2d_bytes\": %" PRIu64 ", \"d2h_gbps\": %.2f, \"h2d_gbps\": %.2f",
+	       u->clients, u->staging_bytes, u->stores, u->fetches, u->encoded, u->decoded,
+	       u->bounced, u->errors, u->d2h_bytes, u->h2d_bytes, gbps(u->d2h_bytes, u->d2h_ns),
+	       gbps(u->h2d_bytes, u->h2d_ns));
+}
+
 static const char *gpu_status(int s)
 {
 	static const char *const names[] = { "off", "no driver", "driver error", "no device",
@@ -131,8 +148,10 @@ static void print_stats_json(const struct kvc_stats *st)
 		json_string(st->gpu.dev[i].name, sizeof(st->gpu.dev[i].name));
 		printf(", \"pci\": ");
 		json_string(st->gpu.dev[i].pci, sizeof(st->gpu.dev[i].pci));
-		printf(", \"numa_node\": %d, \"mem_bytes\": %" PRIu64 "}", st->gpu.dev[i].numa_node,
+		printf(", \"numa_node\": %d, \"mem_bytes\": %" PRIu64, st->gpu.dev[i].numa_node,
 		       st->gpu.dev[i].mem_bytes);
+		gpu_use_json(&st->gpu_use[i]);
+		printf("}");
 	}
 	printf("], \"remote\": ");
 	if (!st->remote.enabled)
@@ -168,11 +187,21 @@ static void print_stats(const struct kvc_stats *st)
 	printf("uptime          %.1f s\n", st->uptime_ms / 1000.0);
 	printf("gpu             %s: %.*s\n", gpu_status(st->gpu.status), (int)sizeof(st->gpu.why),
 	       st->gpu.why);
-	for (unsigned i = 0; i < st->gpu.ndev && i < 16; i++)
+	for (unsigned i = 0; i < st->gpu.ndev && i < 16; i++) {
+		const __typeof__(st->gpu_use[0]) *u = &st->gpu_use[i];
+
 		printf("  gpu %d         %.*s, %.*s, %.1f GiB, nearest node %d\n",
 		       st->gpu.dev[i].ordinal, (int)sizeof(st->gpu.dev[i].name),
 		       st->gpu.dev[i].name, (int)sizeof(st->gpu.dev[i].pci), st->gpu.dev[i].pci,
 		       st->gpu.dev[i].mem_bytes / 1073741824.0, st->gpu.dev[i].numa_node);
+		printf("                %u client(s), %.1f MiB GPU staging; %" PRIu64
+		       " stores, %" PRIu64 " fetches (%" PRIu64 " encoded, %" PRIu64
+		       " decoded on the GPU, %" PRIu64 " on the CPU); %.2f GB/s off, %.2f GB/s "
+		       "on; %" PRIu64 " errors\n",
+		       u->clients, u->staging_bytes / 1048576.0, u->stores, u->fetches, u->encoded,
+		       u->decoded, u->bounced, gbps(u->d2h_bytes, u->d2h_ns),
+		       gbps(u->h2d_bytes, u->h2d_ns), u->errors);
+	}
 	if (st->remote.enabled)
 		printf("remote tier     %u nodes, %" PRIu64 " of 16384 slots up; %" PRIu64
 		       " puts, %" PRIu64 " gets (%" PRIu64 " hits), %" PRIu64 " errors, %" PRIu64

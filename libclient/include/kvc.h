@@ -397,6 +397,17 @@ struct kvc_stats {
 			char pci[16];
 		} dev[16];
 	} gpu;
+	/* since 0.6 (protocol 2.4): each device at work, as gpu.dev[] lists them */
+	struct {
+		uint32_t clients, pad; /* clients with GPU staging on it */
+		uint64_t staging_bytes;
+		uint64_t stores, fetches;      /* GPU STOREs and FETCHes done */
+		uint64_t encoded, decoded;     /* blocks encoded or decoded on the GPU */
+		uint64_t bounced;	       /* through a bounce buffer and the CPU codec */
+		uint64_t errors;	       /* copies or kernels that failed */
+		uint64_t d2h_bytes, h2d_bytes; /* bytes copied off and onto the device */
+		uint64_t d2h_ns, h2d_ns;       /* time those copies took, kernels included */
+	} gpu_use[16];
 };
 
 enum {

@@ -109,11 +109,14 @@ class Client:
     ``socket``: the daemon's UNIX socket (None: $KVCD_SOCKET, then the default paths);
     ``ns``: the namespace (model fingerprint), at most 63 bytes; ``staging_size``: bytes of the
     staging buffer (0: kvcd's default); ``op_timeout_ms``: synchronous calls give up after this
-    long (0: the library's default, < 0: never). Raises :class:`KvcdError` when kvcd refuses.
+    long (0: the library's default, < 0: never); ``gpu``: GPU staging too, on each device of
+    ``gpu_mask`` (0: every one kvcd serves), ``gpu_staging_size`` bytes each (0: kvcd's
+    default). Raises :class:`KvcdError` when kvcd refuses (ENODEV: no GPU staging to be had).
     """
 
     def __init__(self, socket: Optional[str] = None, ns: str = "default", staging_size: int = 0,
-                 numa_node: int = -1, busy_poll: bool = False, op_timeout_ms: int = 0):
+                 numa_node: int = -1, busy_poll: bool = False, op_timeout_ms: int = 0,
+                 gpu: bool = False, gpu_staging_size: int = 0, gpu_mask: int = 0):
         o = AttachOpts()
         lib.kvc_attach_opts_init(ctypes.byref(o))
         self._sock = socket.encode() if socket else None
@@ -124,6 +127,9 @@ class Client:
         o.numa_node = numa_node
         o.flags = ATTACH_BUSY_POLL if busy_poll else 0
         o.op_timeout_ms = op_timeout_ms
+        o.gpu = 1 if gpu else 0
+        o.gpu_staging_size = gpu_staging_size
+        o.gpu_mask = gpu_mask
         self._c = ctypes.c_void_p()
         _check(lib.kvc_attach(ctypes.byref(o), ctypes.byref(self._c)), "attach",
                socket or lib.kvc_default_socket().decode())
@@ -239,6 +245,71 @@ class Client:
             return _t.from_numpy(arr)
         return arr
 
+    # -- GPU staging (torch) --
+    def gpu_index(self, device: int = 0) -> int:
+        """kvcd's index of this process's CUDA device ``device``; raises ENODEV when this
+        client has no GPU staging there."""
+        return _check(lib.kvc_gpu_index(self._live(), device), "gpu_index")
+
+    def gpu_staging(self, device: int = 0) -> Any:
+        """This client's GPU staging on CUDA device ``device`` as a uint8 torch tensor on that
+        device, aliasing it (no copy): what :meth:`store_gpu` reads and :meth:`fetch_gpu`
+        writes."""
+        import torch as _t
+
+        idx = self.gpu_index(device)
+        size = ctypes.c_size_t()
+        ptr = lib.kvc_gpu_staging(self._live(), idx, ctypes.byref(size))
+
+        class _View:  # the CUDA array interface: torch aliases the memory
+            __cuda_array_interface__ = {"shape": (size.value,), "typestr": "|u1",
+                                        "data": (ptr, False), "version": 3}
+
+        return _t.as_tensor(_View(), device=f"cuda:{device}")
+
+    def store_gpu(self, key: Key, block: Any, off: int = 0, policy_slot: int = 0) -> None:
+        """Store the CUDA tensor ``block`` ([layers, 2, tokens, kv_heads, head_dim], float32,
+        float16 or bfloat16) under ``key``: copied on the device into GPU staging at ``off``
+        (a multiple of 16), then kvcd takes it from there, encoding on the GPU where the
+        policy's codec runs there."""
+        import torch as _t
+
+        dev = block.device.index or 0
+        flat = block.contiguous().view(-1).view(_t.uint8)
+        stg = self.gpu_staging(dev)
+        if off + flat.numel() > stg.numel():
+            raise KvcdError(_errno.ENOSPC, "store_gpu", f"{flat.numel()} bytes at {off}")
+        stg[off:off + flat.numel()].copy_(flat)
+        _t.cuda.synchronize(dev)  # the bytes are there before kvcd reads them
+        lay = layout_of(tuple(block.shape), str(block.dtype).replace("torch.", ""))
+        lay.codec = policy_slot
+        _check(lib.kvc_store_gpu(self._live(), self.gpu_index(dev), ctypes.byref(key),
+                                 ctypes.byref(lay), off), "store_gpu")
+
+    def fetch_gpu(self, key: Key, device: int = 0, off: int = 0, copy: bool = True) -> Any:
+        """The block under ``key`` as a CUDA tensor on ``device`` ([layers, 2, tokens,
+        kv_heads, head_dim]), decoded on the GPU where its codec runs there; None when kvcd
+        does not hold it. ``copy=False`` returns a view of GPU staging (valid until the next
+        request naming that range)."""
+        import torch as _t
+
+        stg = self.gpu_staging(device)
+        lay = Layout()
+        res = lib.kvc_fetch_gpu(self._live(), self.gpu_index(device), ctypes.byref(key), off,
+                                stg.numel() - off, ctypes.byref(lay))
+        if res == -_errno.ENOENT:
+            return None
+        _check(res, "fetch_gpu")
+        if lay.codec & 0x80:
+            raise KvcdError(_errno.EPROTO, "fetch_gpu",
+                            "the block holds selected tokens (the sparse form of kvc.h): "
+                            "this binding reads dense blocks only")
+        dt = {F32: _t.float32, F16: _t.float16, BF16: _t.bfloat16}[lay.dtype]
+        n = lib.kvc_layout_bytes(ctypes.byref(lay))
+        shape = (lay.layers, 2, lay.tokens, lay.kv_heads, lay.head_dim)
+        out = stg[off:off + n].view(dt).view(shape)
+        return out.clone() if copy else out
+
     def lookup(self, keys: Sequence[Key]) -> int:
         """How many leading keys of ``keys`` kvcd holds."""
         arr = (Key * max(len(keys), 1))(*keys)
@@ -297,7 +368,9 @@ class Client:
                       "driver_version": g.driver_version,
                       "devices": [{"device": d.ordinal, "name": d.name.decode(),
                                    "numa_node": d.numa_node, "mem_bytes": d.mem_bytes,
-                                   "pci": d.pci.decode()} for d in g.dev[:g.ndev]]}
+                                   "pci": d.pci.decode(),
+                                   **{k: getattr(u, k) for k, _ in u._fields_ if k != "pad"}}
+                                  for d, u in zip(g.dev[:g.ndev], st.gpu_use[:g.ndev])]}
         out["ops"] = {}
         for i in range(13):
             name = lib.kvc_op_name(i)

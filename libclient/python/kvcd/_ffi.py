@@ -95,6 +95,13 @@ class GpuStats(ctypes.Structure):
                 ("dev", GpuDev * 16)]
 
 
+class GpuUse(ctypes.Structure):
+    _fields_ = [("clients", c_u32), ("pad", c_u32), ("staging_bytes", c_u64), ("stores", c_u64),
+                ("fetches", c_u64), ("encoded", c_u64), ("decoded", c_u64), ("bounced", c_u64),
+                ("errors", c_u64), ("d2h_bytes", c_u64), ("h2d_bytes", c_u64), ("d2h_ns", c_u64),
+                ("h2d_ns", c_u64)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("nnodes", c_u32), ("clients", c_u32), ("boot_token", c_u64),
                 ("uptime_ms", c_u64), ("blocks", c_u64), ("bytes_used", c_u64),
@@ -104,7 +111,7 @@ class Stats(ctypes.Structure):
                 ("metadata_bytes", c_u64), ("node", NodeStats * 16), ("op", OpStats * 13),
                 ("nns", c_u32), ("pad", c_u32), ("ns", NsStats * 32), ("ns_ext", NsExt * 32),
                 ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
-                ("remote", RemoteStats), ("gpu", GpuStats)]
+                ("remote", RemoteStats), ("gpu", GpuStats), ("gpu_use", GpuUse * 16)]
 
 
 def _find_library() -> str:
@@ -167,6 +174,12 @@ _decl = {
     "kvc_wait": (ctypes.c_int, [_P, ctypes.POINTER(Cqe), ctypes.c_uint, ctypes.c_uint,
                                 ctypes.c_int]),
     "kvc_evict": (ctypes.c_int, [_P, c_u32]),
+    "kvc_gpu_staging": (c_u64, [_P, ctypes.c_uint, ctypes.POINTER(ctypes.c_size_t)]),
+    "kvc_gpu_index": (ctypes.c_int, [_P, ctypes.c_int]),
+    "kvc_store_gpu": (ctypes.c_int, [_P, ctypes.c_uint, ctypes.POINTER(Key),
+                                     ctypes.POINTER(Layout), ctypes.c_size_t]),
+    "kvc_fetch_gpu": (ctypes.c_int, [_P, ctypes.c_uint, ctypes.POINTER(Key), ctypes.c_size_t,
+                                     ctypes.c_size_t, ctypes.POINTER(Layout)]),
 }
 for _name, (_res, _args) in _decl.items():
     _f = getattr(lib, _name)
