@@ -336,10 +336,15 @@ static int map_gpu(kvc_client *c, uint64_t mask)
 		}
 		kvcc_gpu_unmap(&c->gpu[x], 1); /* a re-attach: the address stays */
 		err = kvcc_gpu_map(&c->gpu[x], &m.dev[i], fds[i]);
-		got |= 1ull << x;
+		if (err == -ENXIO) /* hidden from this process (CUDA_VISIBLE_DEVICES): the */
+			err = 0;   /* others serve */
+		else if (!err)
+			got |= 1ull << x;
 	}
 	for (int i = 0; i < nfd; i++)
 		close(fds[i]);
+	if (!err && !got)
+		err = -ENODEV;
 	c->gpu_mask = err ? 0 : got;
 	return err;
 }

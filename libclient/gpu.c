@@ -128,7 +128,7 @@ int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd
 	memcpy(pci, d->pci, sizeof(d->pci));
 	pci[sizeof(d->pci)] = '\0';
 	if (cu.by_pci(&dev, pci))
-		return -ENODEV; /* a device this process cannot see (CUDA_VISIBLE_DEVICES) */
+		return -ENXIO; /* a device this process cannot see (CUDA_VISIBLE_DEVICES) */
 	if (!g->ctx) {
 		if (cu.retain(&ctx, dev))
 			return -ENODEV;

@@ -33,8 +33,9 @@ struct kvcc_gpu {
 };
 
 /* Import @fd (the allocation kvcd exported for device @d) and map it at g->va (reserved on
- * first use). Returns 0, -ENODEV (no driver, or the device is not visible here), -EPROTO (a
- * re-attach granted another size), -EBADF, -ENOMEM or -EACCES. The caller closes @fd. */
+ * first use). Returns 0, -ENODEV (no driver), -ENXIO (the device is not visible here),
+ * -EPROTO (a re-attach granted another size), -EBADF, -ENOMEM or -EACCES. The caller closes
+ * @fd. */
 int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd);
 /* Unmap and release the allocation; the address range too unless @keep_va. */
 void kvcc_gpu_unmap(struct kvcc_gpu *g, int keep_va);

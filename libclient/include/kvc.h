@@ -117,8 +117,9 @@ void kvc_attach_opts_init(struct kvc_attach_opts *o);
  * many attaches of this uid in progress: retry), -E2BIG (staging_size above kvcd's
  * staging_max, or gpu_staging_size above its [gpu] staging_max), -ENFILE (kvcd's namespace
  * table is full), -ENOMEM. With @gpu: -ENODEV when kvcd has no device that can share memory
- * (no driver, no GPU, or one outside the mask), or this process has no CUDA driver or cannot
- * see the device; a kvcd older than protocol 2.4 refuses the attach (-EBADMSG).
+ * (no driver, no GPU, or one outside the mask), or this process has no CUDA driver or sees
+ * none of the devices (a device hidden by CUDA_VISIBLE_DEVICES is left out, the others
+ * served); a kvcd older than protocol 2.4 refuses the attach (-EBADMSG).
  *
  * After kvcd restarts, the next call returns -ECONNRESET and the handle re-attaches on its
  * own; policies registered with kvc_policy() belong to the old session: register them
