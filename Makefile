@@ -129,8 +129,9 @@ ENGINE_OBJ := $(BUILD)/tools/llama.o $(BUILD)/tools/engine.o
 # kvcbench: the engine (the prefix scenario) and its peers: Redis through hiredis, a minimal
 # socket server.
 $(BUILD)/kvcbench: $(BUILD)/tools/kvcbench.o $(BUILD)/tools/peers.o $(BUILD)/tools/workload.o $(ENGINE_OBJ) \
-		   $(BUILD)/libkvcclient.a
+		   $(BUILD)/libkvcclient.a $(BUILD)/daemon/gpu/rt.o $(BUILD)/daemon/gpu/fatbin.o
 	$(CC) $(CFLAGS) $(KFLAGS) -o $@ $^ -lhiredis -lxxhash -lm
+$(BUILD)/tools/kvcbench.o: KFLAGS += -Idaemon/gpu
 
 # kvccodec-bench: the codec in-process, no daemon; it links libkvccodec.a openly, and the GPU
 # codec runtime for its gpu command.

@@ -728,6 +728,7 @@ struct kvcd_gpu_job {
 	struct kvcd_plan plan;	   /* STORE */
 	struct kvcd_policy pol;	   /* STORE */
 	void *bounce;		   /* host bytes of a block the CPU codec encodes or decodes */
+	bool corrupt;		   /* FETCH: the pool's bytes did not match their checksum */
 	uint64_t value;		   /* FETCH: the completion's */
 	struct kvcp_layout layout; /* FETCH: the completion's */
 };

@@ -419,9 +419,7 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		kvcd_store_put(&d->store, b, false);
 		return -ENOSPC;
 	}
-	/* the pool's bytes are summed here, before any of them leave for the GPU */
-	if (!raw || (b->has_sum &&
-		     kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum)) {
+	if (!raw) { /* a header that does not check out */
 		kvcd_store_put(&d->store, b, true);
 		return -EIO;
 	}
@@ -439,6 +437,13 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		j->op = KVCD_GPU_H2D_DECODE;
 		j->hlen = b->stored;
 	} else {
+		/* the CPU decodes: the pool's bytes are summed first, as a host FETCH does */
+		if (b->has_sum &&
+		    kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum) {
+			kvcd_store_put(&d->store, b, true);
+			j->blk = NULL;
+			return -EIO;
+		}
 		j->bounce = aligned_alloc(64, (raw + 63) & ~63ull);
 		err = j->bounce ? kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, j->bounce,
 						    raw, &l)
@@ -454,8 +459,14 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	if (err) {
 		kvcd_store_put(&d->store, b, false);
 		j->blk = NULL;
+		return err;
 	}
-	return err;
+	/* the pool's bytes are summed while the device copies them (the block is referenced:
+	 * they cannot change); a mismatch makes the FETCH fail when the copy is done */
+	if (!j->bounce && b->has_sum &&
+	    kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum)
+		j->corrupt = true;
+	return 0;
 }
 
 static void gpu_job_free(struct kvcd_gpu_job *j)
@@ -495,11 +506,11 @@ static int gpu_done(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe
 	int res;
 
 	if (j->stage == GPU_FETCH) {
-		kvcd_store_put(&d->store, j->blk, false);
+		kvcd_store_put(&d->store, j->blk, j->corrupt);
 		j->blk = NULL;
 		cqe->value = j->value;
 		cqe->layout = j->layout;
-		res = j->res;
+		res = j->corrupt ? -EIO : j->res;
 	} else {
 		res = gpu_store_done(d, s, &s->cont.sqe, j);
 		if (res == -EINPROGRESS)
@@ -528,7 +539,7 @@ void kvcd_cont_abandon(struct kvcd *d, struct kvcd_session *s)
 		usleep(1000);
 	}
 	if (j->blk && j->stage == GPU_FETCH)
-		kvcd_store_put(&d->store, j->blk, false);
+		kvcd_store_put(&d->store, j->blk, j->corrupt);
 	else if (j->blk)
 		kvcd_store_commit(&d->store, j->blk, false, false, 0);
 	gpu_job_free(j);

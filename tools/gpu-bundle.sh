@@ -2,7 +2,7 @@
 # gpu-bundle.sh DIR - what make gpu-check runs, built here, in one folder that runs on a machine
 # with a CUDA driver but without Debian's packages or a compiler that could build kvcd there.
 #
-#   DIR/bin        kvcd, kvcctl, kvccodec-bench (the GPU codec kernels embedded in each)
+#   DIR/bin        kvcd, kvcctl, kvcbench, kvccodec-bench (the GPU codec kernels embedded)
 #   DIR/tests      the GPU suites (tests/gpu_*) and the host walk of the kernels' grid
 #   DIR/lib        libkvcclient.so.0 (for the Python binding), and every shared library they
 #                  load that a Debian package gave them, copied
@@ -17,7 +17,7 @@ build=${BUILD:-build}
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/tests" "$out/lib"
-cp "$build/kvcd" "$build/kvcctl" "$build/kvccodec-bench" "$out/bin/"
+cp "$build/kvcd" "$build/kvcctl" "$build/kvccodec-bench" "$build/kvcbench" "$out/bin/"
 find "$build/tests" -maxdepth 1 -type f \( -name 'gpu_*' -o -name unit_gpucodec \) \
 	! -name '*.d' -exec cp {} "$out/tests/" \;
 cp tools/gpu-check.sh "$out/"

@@ -5,7 +5,8 @@
 #      kernels against the CPU codec, and GPU staging through a real kvcd between processes
 #   2. kvcd started on the machine as it is (mlock, hugepages or NUMA may be weaker than on
 #      Debian: kvcd says what it could not do), its STATS with the devices it found
-#   3. kvccodec-bench gpu: the codec kernels against the device's own copies
+#   3. kvcbench gpu (GPU staging through that kvcd) and kvccodec-bench gpu (the codec kernels),
+#      each against the device's own copies
 # Writes bench/results/gpu-check.log, gpu-tests.txt, gpu-kvcd-stats.json and gpu.json, and
 # docs/gpu.md from them when a device was measured; with $OUT set (a device run) copies them
 # there too. Exits non-zero when a test fails; a machine without a device only skips.
@@ -45,7 +46,7 @@ fi
 
 say "== kvcd on this machine"
 tmp=$(mktemp -d /tmp/kvcd-gpucheck.XXXXXX)
-"$bundle/bin/kvcd" --foreground --socket "$tmp/kvcd.sock" --pool-size 256M \
+"$bundle/bin/kvcd" --foreground --socket "$tmp/kvcd.sock" --pool-size 1G \
 	--state-dir "$tmp/state" --log-level info > "$tmp/kvcd.log" 2>&1 &
 pid=$!
 i=0
@@ -58,6 +59,14 @@ until "$bundle/bin/kvcctl" --socket "$tmp/kvcd.sock" ping > /dev/null 2>&1; do
 	fi
 	sleep 0.1
 done
+say "== kvcbench gpu: GPU staging through kvcd against the device's own copies"
+"$bundle/bin/kvcbench" --socket "$tmp/kvcd.sock" gpu --json > "$res/gpu-tier.json" 2>> "$log"
+rc=$?
+cat "$res/gpu-tier.json" >> "$log"
+case $rc in
+0 | 3) ;;
+*) say "FAILED: kvcbench gpu (exit $rc)"; fail=1 ;;
+esac
 "$bundle/bin/kvcctl" --socket "$tmp/kvcd.sock" stats --json > "$res/gpu-kvcd-stats.json" 2>&1
 kill $pid 2> /dev/null
 wait $pid 2> /dev/null
@@ -77,10 +86,11 @@ case $rc in
 esac
 
 if [ $measured -eq 1 ]; then
-	python3 - "$res/gpu.json" "$res/gpu-tests.txt" > docs/gpu.md << 'PY'
+	python3 - "$res/gpu.json" "$res/gpu-tests.txt" "$res/gpu-tier.json" > docs/gpu.md << 'PY'
 import json, re, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tests = open(sys.argv[2]).read()
+tier = [json.loads(l) for l in open(sys.argv[3]) if l.strip().startswith("{")]
 synth = re.findall(r"Synthesis: (.*)", tests)
 r0 = rows[0]
 print("# The GPU tier on a device\n")
@@ -104,6 +114,18 @@ for r in rows:
           f"{100 * r['encode_vs_d2d']:.0f}% | {r['decode_gbps']:.1f} | "
           f"{100 * r['decode_vs_d2d']:.0f}% | {saved:.0f}% | "
           f"{'yes' if r['same_bytes_as_cpu'] else 'NO'} |")
+if tier:
+    t = tier[0]
+    print("\n## GPU staging through kvcd (kvcbench gpu), against the same copies\n")
+    print("| | GB/s | of the device's own copy (target 90%) |\n|---|---|---|")
+    print(f"| FETCH into GPU staging, raw | {t['fetch_gpu_gbps']:.1f} | "
+          f"{100 * t['fetch_vs_h2d']:.0f}% of H2D ({t['ref_h2d_gbps']:.1f}) |")
+    print(f"| STORE from GPU staging, raw | {t['store_gpu_gbps']:.1f} | "
+          f"{100 * t['store_vs_d2h']:.0f}% of D2H ({t['ref_d2h_gbps']:.1f}) |")
+    print(f"| FETCH, int8 decoded on the GPU | {t['fetch_int8_gbps']:.1f} | |")
+    print(f"| STORE, int8 encoded on the GPU | {t['store_int8_gbps']:.1f} | |")
+    print(f"\nA {t['block_bytes']}-byte block took {t['int8_stored_bytes']} pool bytes "
+          f"under int8 against {t['raw_stored_bytes']} raw: the PCIe bytes of its copy.")
 print("\nGB/s count the raw block's bytes per second. The GPU tier's suites (GPU staging "
       "between processes through kvcd) are in the tests above; GPU pools are not built yet.")
 PY
@@ -111,7 +133,8 @@ PY
 fi
 
 if [ -n "${OUT:-}" ]; then
-	cp "$log" "$res/gpu-tests.txt" "$res/gpu-kvcd-stats.json" "$res/gpu.json" "$OUT/" \
+	cp "$log" "$res/gpu-tests.txt" "$res/gpu-kvcd-stats.json" "$res/gpu.json" \
+		"$res/gpu-tier.json" "$OUT/" \
 		2> /dev/null
 	[ $measured -eq 1 ] && cp docs/gpu.md "$OUT/"
 fi

@@ -18,7 +18,14 @@
  *       SELECT over N blocks stored under a policy with a summary; with --model, recall of
  *       the chunk that matters on the model's own keys and queries.
  *
- * Codec speed in-process, without a daemon, is kvccodec-bench's. kvcbench uses kvc.h only.
+ *   kvcbench [--socket PATH] gpu [--block-size 32M] [--iters N] [--json]
+ *       GPU staging through kvcd on CUDA device 0: FETCH into it and STORE from it, raw and
+ *       int8 (encoded and decoded on the GPU), against the device's own H2D and D2H copies
+ *       from pinned memory in the same run. Exits 3 without a device or GPU staging.
+ *
+ * Codec speed in-process, without a daemon, is kvccodec-bench's. kvcbench talks to kvcd
+ * through kvc.h only; its gpu scenario loads the CUDA driver (daemon/gpu/rt.c) for the
+ * reference copies and to put a block into GPU staging.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +48,7 @@
 
 #include "cli.h"
 #include "llama.h"
+#include "rt.h"
 #include "peers.h"
 #include "timing.h"
 #include "workload.h"
@@ -2014,8 +2022,148 @@ static void usage(FILE *f)
 		"                [--pool-size SIZE | --fraction F] [--procs N] [--full]\n"
 		"       kvcbench remote --kvcd BIN --cluster HOST:PORT[,...] [--block-size SIZE]\n"
 		"                [--blocks N] [--iters ROUNDS] [--model FILE] [--json]\n"
+		"       kvcbench [--socket PATH] gpu [--block-size 32M] [--iters N] [--json]\n"
 		"Any command: --burn N runs N CPU-burning processes beside it (a loaded machine).\n"
 		"kvccodec-bench measures the codecs in-process.\n");
+}
+
+/* ---- gpu: kvcd's GPU staging against the device's own copies ------------------------------- */
+
+/* Seconds per call of @what over @n calls. */
+#define SECS_PER(n, secs, what)                                        \
+	do {                                                           \
+		uint64_t t0_ = now_ns();                               \
+		for (unsigned long i_ = 0; i_ < (n); i_++)             \
+			what;                                          \
+		(secs) = (double)(now_ns() - t0_) / 1e9 / (double)(n); \
+	} while (0)
+
+/* Bytes the namespace's pool copies hold now (STATS): what a STORE put there. */
+static uint64_t ns_stored(kvc_client *c, const char *ns)
+{
+	struct kvc_stats st;
+
+	if (kvc_stats(c, &st, sizeof(st)))
+		return 0;
+	for (unsigned i = 0; i < st.nns && i < 32; i++)
+		if (!strcmp(st.ns[i].name, ns))
+			return st.ns[i].bytes_stored;
+	return 0;
+}
+
+/* STORE from GPU staging (then DELETE, untimed) and FETCH into it under policy slot @slot:
+ * seconds per STORE and per FETCH of the block at GPU staging offset 0; the pool bytes one
+ * stored block takes in *@stored. */
+static int gpu_round(kvc_client *c, unsigned idx, struct kvc_layout l, int slot,
+		     unsigned long iters, double *st, double *ft, uint64_t *stored)
+{
+	struct kvc_key k = { 0x67707562656e6368ull, (uint64_t)slot };
+	struct kvc_layout back;
+	uint64_t total = 0, t0, before;
+	size_t n = kvc_layout_bytes(&l);
+
+	l.codec = (uint8_t)slot;
+	for (unsigned long i = 0; i <= iters; i++) { /* the first is a warm-up */
+		kvc_delete(c, &k);
+		before = ns_stored(c, "gpubench");
+		t0 = now_ns();
+		if (kvc_store_gpu(c, idx, &k, &l, 0))
+			return -1;
+		if (i)
+			total += now_ns() - t0;
+		*stored = ns_stored(c, "gpubench") - before;
+	}
+	*st = (double)total / 1e9 / (double)iters;
+	SECS_PER(iters, *ft, kvc_fetch_gpu(c, idx, &k, 0, n, &back));
+	return kvc_fetch_gpu(c, idx, &k, 0, n, &back);
+}
+
+static int bench_gpu(size_t bs, unsigned long iters, int json)
+{
+	struct kvcg_rt rt;
+	struct kvc_attach_opts o;
+	struct kvc_layout l = { .dtype = KVC_F16, .layers = 32, .kv_heads = 8, .head_dim = 128 };
+	kvc_client *c = NULL;
+	CUdeviceptr dbuf = 0;
+	uint16_t *host = NULL;
+	double ref_h2d, ref_d2h, st, ft, st8, ft8;
+	uint64_t stored, stored8;
+	size_t n, gsz;
+	char why[160];
+	int err, idx, slot, slot8, ret = 1;
+
+	l.tokens = (uint32_t)(bs / (32u * 2 * 8 * 128 * 2));
+	if (!l.tokens)
+		l.tokens = 1;
+	n = kvc_layout_bytes(&l);
+	err = kvcg_rt_open(&rt, 0, why, sizeof(why));
+	if (err && err != -ENOEXEC) {
+		fprintf(stderr, "kvcbench gpu: skipped: no CUDA device: %s\n", why);
+		kvcg_rt_close(&rt);
+		return 3;
+	}
+	kvc_attach_opts_init(&o);
+	o.socket = g_sock;
+	o.ns = "gpubench";
+	o.staging_size = 4096;
+	o.gpu = 1;
+	o.gpu_staging_size = n;
+	err = kvc_attach(&o, &c);
+	if (err) {
+		fprintf(stderr, "kvcbench gpu: skipped: kvcd gives no GPU staging: %s\n",
+			kvc_strerror(err));
+		kvcg_rt_close(&rt);
+		return 3;
+	}
+	idx = kvc_gpu_index(c, 0);
+	slot = kvc_policy(c, "none", 0, why, sizeof(why));
+	slot8 = kvc_policy(c, "int8", 0, why, sizeof(why));
+	if (idx < 0 || !kvc_gpu_staging(c, (unsigned)idx, &gsz) || gsz < n || slot <= 0 ||
+	    slot8 <= 0 || rt.cu.host_alloc((void **)&host, n) || rt.cu.mem_alloc(&dbuf, n)) {
+		fprintf(stderr, "kvcbench gpu: setting up %zu bytes failed\n", n);
+		goto out;
+	}
+	for (size_t i = 0; i < n / 2; i++) /* KV-like values the int8 codec takes */
+		host[i] = f32_to_f16((float)((int)(i * 2654435761u % 2001) - 1000) / 300.0f);
+	if (rt.cu.htod(kvc_gpu_staging(c, (unsigned)idx, NULL), host, n) ||
+	    rt.cu.htod(dbuf, host, n))
+		goto out;
+	/* the references: what this device copies to and from pinned memory, in this run */
+	SECS_PER(iters, ref_h2d, rt.cu.htod(dbuf, host, n));
+	SECS_PER(iters, ref_d2h, rt.cu.dtoh(host, dbuf, n));
+	if (gpu_round(c, (unsigned)idx, l, slot, iters, &st, &ft, &stored) ||
+	    gpu_round(c, (unsigned)idx, l, slot8, iters, &st8, &ft8, &stored8)) {
+		fprintf(stderr, "kvcbench gpu: a GPU STORE or FETCH failed\n");
+		goto out;
+	}
+	if (json)
+		printf("{\"device\": \"%s\", \"block_bytes\": %zu, \"ref_h2d_gbps\": %.2f, "
+		       "\"ref_d2h_gbps\": %.2f, \"store_gpu_gbps\": %.2f, \"fetch_gpu_gbps\": %.2f, "
+		       "\"store_vs_d2h\": %.3f, \"fetch_vs_h2d\": %.3f, \"store_int8_gbps\": %.2f, "
+		       "\"fetch_int8_gbps\": %.2f, \"int8_stored_bytes\": %llu, "
+		       "\"raw_stored_bytes\": %llu}\n",
+		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / st / 1e9,
+		       n / ft / 1e9, ref_d2h / st, ref_h2d / ft, n / st8 / 1e9, n / ft8 / 1e9,
+		       (unsigned long long)stored8, (unsigned long long)stored);
+	else
+		printf("%s, %zu-byte f16 block\n"
+		       "  reference      H2D %7.2f GB/s   D2H %7.2f GB/s (pinned)\n"
+		       "  kvcd raw       FETCH into GPU staging %7.2f GB/s (%.0f%% of H2D), "
+		       "STORE from it %7.2f GB/s (%.0f%% of D2H)\n"
+		       "  kvcd int8      FETCH %7.2f GB/s, STORE %7.2f GB/s (raw bytes); "
+		       "%llu bytes in the pool against %llu raw\n",
+		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / ft / 1e9,
+		       100 * ref_h2d / ft, n / st / 1e9, 100 * ref_d2h / st, n / ft8 / 1e9,
+		       n / st8 / 1e9, (unsigned long long)stored8, (unsigned long long)stored);
+	ret = 0;
+out:
+	if (host)
+		rt.cu.host_free(host);
+	if (dbuf)
+		rt.cu.mem_free(dbuf);
+	kvc_detach(c);
+	kvcg_rt_close(&rt);
+	return ret;
 }
 
 int main(int argc, char **argv)
@@ -2172,6 +2320,8 @@ int main(int argc, char **argv)
 		return bench_restart(kvcd, pool, procs == 1 ? 8 : procs,
 				     bs == (2 << 20) ? 256 << 10 : bs, json);
 	}
+	if (!strcmp(cmd, "gpu"))
+		return bench_gpu(bs_given ? bs : 32u << 20, iters_given ? iters : 20, json);
 	if (!strcmp(cmd, "select"))
 		return bench_select(blocks == 1000000 ? 10000 : blocks, reps, model, policy, qheads,
 				    json);
