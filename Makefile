@@ -73,7 +73,7 @@ NVFLAGS   := -O3 --fmad=false -prec-div=true -prec-sqrt=true -Idaemon/gpu \
 	     -gencode 'arch=compute_100,code=[sm_100,compute_100]'
 ifeq ($(HAVE_NVCC),yes)
 FATBIN    := $(BUILD)/gpu/kvcg.fatbin
-$(FATBIN): daemon/gpu/codec.cu daemon/gpu/kern.h daemon/codec/gpujob.h
+$(FATBIN): daemon/gpu/codec.cu daemon/gpu/kern.h daemon/codec/gpujob.h daemon/codec/elem.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -fatbin -o $@ $<
 $(BUILD)/daemon/gpu/fatbin.o: $(FATBIN)

@@ -223,6 +223,28 @@ out:
 	return err;
 }
 
+/* The block FETCH @v names, referenced, and the bytes FETCH writes for it (*@raw: the raw
+ * block, its sparse form, or 0 when its header does not check out) with its layout in the
+ * completion. Returns 0, -ENOENT, or -ENOSPC (@v's range is too small; no reference kept). */
+static int fetch_begin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+		       struct kvcp_cqe *cqe, struct kvcd_block **b, uint64_t *raw)
+{
+	int err = kvcd_store_get(&d->store, s->ns_id, &v->key, b);
+
+	if (err)
+		return err;
+	*raw = (*b)->layout.codec & KVCP_CODEC_SPARSE
+		       ? kvcd_codec_out_size((*b)->data, (*b)->stored)
+		       : kvcp_layout_bytes(&(*b)->layout);
+	cqe->value = *raw;
+	cqe->layout = (*b)->layout;
+	if (*raw > v->len) {
+		kvcd_store_put(&d->store, *b, false);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
 static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v, char *buf,
 		    struct kvcp_cqe *cqe)
 {
@@ -232,17 +254,9 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	bool sum, bad = false;
 	int err;
 
-	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
+	err = fetch_begin(d, s, v, cqe, &b, &raw);
 	if (err)
 		return err;
-	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored)
-						  : kvcp_layout_bytes(&b->layout);
-	cqe->value = raw;
-	cqe->layout = b->layout;
-	if (raw > v->len) {
-		kvcd_store_put(&d->store, b, false);
-		return -ENOSPC;
-	}
 	sum = b->has_sum;
 	if (!raw) { /* a header that does not check out */
 		bad = true;
@@ -408,17 +422,9 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	uint64_t raw;
 	int err;
 
-	err = kvcd_store_get(&d->store, s->ns_id, &v->key, &b);
+	err = fetch_begin(d, s, v, cqe, &b, &raw);
 	if (err)
 		return err;
-	raw = b->layout.codec & KVCP_CODEC_SPARSE ? kvcd_codec_out_size(b->data, b->stored)
-						  : kvcp_layout_bytes(&b->layout);
-	cqe->value = raw;
-	cqe->layout = b->layout;
-	if (raw > v->len) {
-		kvcd_store_put(&d->store, b, false);
-		return -ENOSPC;
-	}
 	if (!raw) { /* a header that does not check out */
 		kvcd_store_put(&d->store, b, true);
 		return -EIO;

@@ -140,23 +140,35 @@ static struct kvc_key key_of(unsigned i)
 	return k;
 }
 
+/* A child's driver, client and GPU staging of at least @n bytes on device 0; 0, or the exit
+ * code that says which failed. */
+static int child_setup(struct kvcg_rt *rt, kvc_client **c, int *idx, size_t n)
+{
+	char why[160];
+	size_t size;
+
+	if (kvcg_rt_open(rt, 0, why, sizeof(why)) && !rt->d.ctx)
+		return 10;
+	if (gpu_attach(c))
+		return 15;
+	*idx = kvc_gpu_index(*c, 0);
+	if (*idx < 0 || !kvc_gpu_staging(*c, (unsigned)*idx, &size) || size < n)
+		return 11;
+	return 0;
+}
+
 /* The child: store every policy's block from its GPU staging, then exit. */
 static int store_all_from_gpu(void)
 {
 	struct kvcg_rt rt;
 	kvc_client *c;
-	size_t n = kvc_layout_bytes(&L), size;
+	size_t n = kvc_layout_bytes(&L);
 	uint16_t *raw = malloc(n);
 	char why[160];
-	int idx;
+	int idx, err;
 
-	if (kvcg_rt_open(&rt, 0, why, sizeof(why)) && !rt.d.ctx)
-		return 10;
-	if (gpu_attach(&c))
-		return 15;
-	idx = kvc_gpu_index(c, 0);
-	if (idx < 0 || !kvc_gpu_staging(c, (unsigned)idx, &size) || size < n)
-		return 11;
+	if ((err = child_setup(&rt, &c, &idx, n)))
+		return err;
 	for (unsigned i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
 		struct kvc_layout l = L;
 		struct kvc_key k = key_of(i);
@@ -255,19 +267,13 @@ static int store_until_killed(int fd)
 	struct kvcg_rt rt;
 	struct kvc_layout l = L;
 	kvc_client *c;
-	size_t n, size;
-	char why[160];
-	int idx;
+	size_t n;
+	int idx, err;
 
 	l.tokens = 1024; /* 16 MiB a block: the kill lands in the middle of copies */
 	n = kvc_layout_bytes(&l);
-	if (kvcg_rt_open(&rt, 0, why, sizeof(why)) && !rt.d.ctx)
-		return 10;
-	if (gpu_attach(&c))
-		return 15;
-	idx = kvc_gpu_index(c, 0);
-	if (idx < 0 || !kvc_gpu_staging(c, (unsigned)idx, &size) || size < n)
-		return 11;
+	if ((err = child_setup(&rt, &c, &idx, n)))
+		return err;
 	if (rt.cu.memset8(kvc_gpu_staging(c, (unsigned)idx, NULL), 0x3c, n))
 		return 12;
 	for (unsigned i = 1000;; i++) {

@@ -110,6 +110,18 @@ out:
 	return err < 0 ? 1 : err;
 }
 
+/* The block shape the command line asked for, in f16. */
+static struct kvcp_layout args_layout(const struct codec_args *a)
+{
+	struct kvcp_layout l = { .dtype = KVCP_F16,
+				 .layers = (uint16_t)a->layers,
+				 .kv_heads = (uint16_t)a->heads,
+				 .head_dim = (uint16_t)a->dim,
+				 .tokens = a->tokens };
+
+	return l;
+}
+
 /* @n bytes of f16: N(0,1) by Box-Muller, with every @dim-th channel from 7 on larger. */
 static void fill_block(uint16_t *raw, uint64_t n, unsigned dim)
 {
@@ -134,11 +146,7 @@ static int bench_codec(const struct codec_args *a, int json)
 	};
 	const char *one[] = { a->policy, NULL };
 	const char *const *pols = a->policy ? one : dflt;
-	struct kvcp_layout l = { .dtype = KVCP_F16,
-				 .layers = (uint16_t)a->layers,
-				 .kv_heads = (uint16_t)a->heads,
-				 .head_dim = (uint16_t)a->dim,
-				 .tokens = a->tokens };
+	struct kvcp_layout l = args_layout(a);
 	uint64_t n = kvcp_layout_bytes(&l);
 	uint16_t *raw;
 	double mc;
@@ -258,11 +266,7 @@ static int bench_gpu(const struct codec_args *a, int json)
 					    NULL };
 	const char *one[] = { a->policy, NULL };
 	const char *const *pols = a->policy ? one : dflt;
-	struct kvcp_layout l = { .dtype = KVCP_F16,
-				 .layers = (uint16_t)a->layers,
-				 .kv_heads = (uint16_t)a->heads,
-				 .head_dim = (uint16_t)a->dim,
-				 .tokens = a->tokens };
+	struct kvcp_layout l = args_layout(a);
 	uint64_t n = kvcp_layout_bytes(&l);
 	unsigned long iters = a->iters * 4;
 	struct kvcg_rt rt;

@@ -8,57 +8,19 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "elem.h"
 #include "internal.h"
 
 /* ---- f16 ------------------------------------------------------------------------------- */
 
 uint16_t kvcd_f32_to_f16(float f)
 {
-	uint32_t x;
-	uint32_t sign, mant;
-	int32_t exp;
-
-	memcpy(&x, &f, 4);
-	sign = (x >> 16) & 0x8000;
-	exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-	mant = x & 0x7fffff;
-	if (((x >> 23) & 0xff) == 0xff) /* inf or nan */
-		return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 | (mant >> 13) : 0));
-	if (exp >= 31)
-		return (uint16_t)(sign | 0x7c00);
-	if (exp <= 0) { /* subnormal f16 or zero */
-		if (exp < -10)
-			return (uint16_t)sign;
-		mant |= 0x800000;
-		uint32_t shift = (uint32_t)(14 - exp), h = mant >> shift;
-		uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-
-		if (rem > half || (rem == half && (h & 1)))
-			h++;
-		return (uint16_t)(sign | h);
-	}
-	uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rem = mant & 0x1fff;
-
-	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-		h++; /* may carry into the exponent, up to inf: correct */
-	return (uint16_t)(sign | h);
+	return kvce_to_f16(f);
 }
 
 float kvcd_f16_to_f32(uint16_t h)
 {
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, x;
-	float f;
-
-	if (exp == 0x1f) {
-		x = sign | 0x7f800000 | (mant << 13);
-	} else if (exp == 0) {
-		f = (float)mant * 0x1p-24f;
-		return sign ? -f : f;
-	} else {
-		x = sign | ((exp + 112) << 23) | (mant << 13);
-	}
-	memcpy(&f, &x, 4);
-	return f;
+	return kvce_from_f16(h);
 }
 
 /* ---- dtype conversion ---------------------------------------------------------------------- */
@@ -74,13 +36,7 @@ static float bf16_to_f32(uint16_t h)
 
 static uint16_t f32_to_bf16(float f)
 {
-	uint32_t x;
-
-	memcpy(&x, &f, 4);
-	if ((x & 0x7fffffff) > 0x7f800000)
-		return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
-	x += 0x7fff + ((x >> 16) & 1);
-	return (uint16_t)(x >> 16);
+	return kvce_to_bf16(f);
 }
 
 /* Decoded values can overshoot the input range by half a step: keep f16 output finite. */
@@ -189,31 +145,7 @@ void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst
 
 uint8_t kvcd_f32_to_e4m3(float f)
 {
-	uint32_t x, m, rem;
-	uint8_t sign;
-	int e;
-	float a = fabsf(f);
-
-	memcpy(&x, &f, 4);
-	sign = (uint8_t)((x >> 24) & 0x80);
-	if (isnan(f))
-		return sign | 0x7f;
-	if (a >= 448.0f)
-		return sign | 0x7e; /* saturate */
-	if (a < 0x1p-6f) /* subnormal: multiples of 2^-9; 8 * 2^-9 is the smallest normal */
-		return sign | (uint8_t)nearbyintf(a * 512.0f);
-	e = (int)((x >> 23) & 0xff) - 127;
-	m = (x >> 20) & 7;
-	rem = x & 0xfffff;
-	if (rem > 0x80000 || (rem == 0x80000 && (m & 1)))
-		m++;
-	if (m == 8) {
-		m = 0;
-		e++;
-	}
-	if (e > 8 || (e == 8 && m > 6))
-		return sign | 0x7e;
-	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
+	return kvce_to_e4m3(f);
 }
 
 /* kvcd_f32_to_e4m3 on 16 or 8 lanes, the same bits. Rounding to nearest even is an integer
@@ -307,13 +239,7 @@ void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t
 
 float kvcd_e4m3_to_f32(uint8_t b)
 {
-	unsigned e = (b >> 3) & 15, m = b & 7;
-	float f;
-
-	if ((b & 0x7f) == 0x7f)
-		return NAN;
-	f = e ? ldexpf(1.0f + (float)m / 8.0f, (int)e - 7) : ldexpf((float)m, -9);
-	return b & 0x80 ? -f : f;
+	return kvce_from_e4m3(b);
 }
 
 /* Decoding reads a table: one load per value instead of a ldexpf. Built once, then read-only. */

@@ -29,178 +29,24 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../codec/elem.h"
 #include "../codec/gpujob.h"
-
-#ifdef __CUDACC__
-#define KVCG_FN static __host__ __device__ inline
-#else
-#define KVCG_FN static inline
-#endif
-
-#ifdef __CUDA_ARCH__
-#define KVCG_ADD(a, b) __fadd_rn((a), (b))
-#define KVCG_SUB(a, b) __fsub_rn((a), (b))
-#define KVCG_MUL(a, b) __fmul_rn((a), (b))
-#define KVCG_DIV(a, b) __fdiv_rn((a), (b))
-#define KVCG_RINT(x)   rintf(x) /* round half to even */
-#else
-#define KVCG_ADD(a, b) ((a) + (b))
-#define KVCG_SUB(a, b) ((a) - (b))
-#define KVCG_MUL(a, b) ((a) * (b))
-#define KVCG_DIV(a, b) ((a) / (b))
-#define KVCG_RINT(x)   nearbyintf(x) /* the default rounding mode: half to even */
-#endif
-
-/* ---- element conversions (convert.c's reference algorithms) ---------------------------- */
-
-KVCG_FN uint32_t kvcg_bits(float f)
-{
-	uint32_t x;
-
-	memcpy(&x, &f, 4);
-	return x;
-}
-
-KVCG_FN float kvcg_float(uint32_t x)
-{
-	float f;
-
-	memcpy(&f, &x, 4);
-	return f;
-}
-
-KVCG_FN int kvcg_finite(float f)
-{
-	return (kvcg_bits(f) & 0x7f800000u) != 0x7f800000u;
-}
-
-KVCG_FN float kvcg_abs(float f)
-{
-	return kvcg_float(kvcg_bits(f) & 0x7fffffffu);
-}
-
-KVCG_FN uint16_t kvcg_to_f16(float f)
-{
-	uint32_t x = kvcg_bits(f), sign = (x >> 16) & 0x8000, mant = x & 0x7fffff, h, rem;
-	int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-
-	if (((x >> 23) & 0xff) == 0xff)
-		return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 | (mant >> 13) : 0));
-	if (exp >= 31)
-		return (uint16_t)(sign | 0x7c00);
-	if (exp <= 0) {
-		uint32_t shift, half;
-
-		if (exp < -10)
-			return (uint16_t)sign;
-		mant |= 0x800000;
-		shift = (uint32_t)(14 - exp);
-		h = mant >> shift;
-		rem = mant & ((1u << shift) - 1);
-		half = 1u << (shift - 1);
-		if (rem > half || (rem == half && (h & 1)))
-			h++;
-		return (uint16_t)(sign | h);
-	}
-	h = ((uint32_t)exp << 10) | (mant >> 13);
-	rem = mant & 0x1fff;
-	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-		h++;
-	return (uint16_t)(sign | h);
-}
-
-KVCG_FN float kvcg_from_f16(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-
-	if (exp == 0x1f)
-		return kvcg_float(sign | 0x7f800000 | (mant << 13));
-	if (exp == 0) {
-		float f = KVCG_MUL((float)mant, 0x1p-24f);
-
-		return sign ? -f : f;
-	}
-	return kvcg_float(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-KVCG_FN uint16_t kvcg_to_bf16(float f)
-{
-	uint32_t x = kvcg_bits(f);
-
-	if ((x & 0x7fffffff) > 0x7f800000)
-		return (uint16_t)((x >> 16) | 0x40);
-	x += 0x7fff + ((x >> 16) & 1);
-	return (uint16_t)(x >> 16);
-}
-
-KVCG_FN uint8_t kvcg_to_e4m3(float f)
-{
-	uint32_t x = kvcg_bits(f), m, rem;
-	uint8_t sign = (uint8_t)((x >> 24) & 0x80);
-	float a = kvcg_abs(f);
-	int e;
-
-	if ((x & 0x7fffffff) > 0x7f800000)
-		return sign | 0x7f;
-	if (a >= 448.0f)
-		return sign | 0x7e;
-	if (a < 0x1p-6f)
-		return sign | (uint8_t)KVCG_RINT(KVCG_MUL(a, 512.0f));
-	e = (int)((x >> 23) & 0xff) - 127;
-	m = (x >> 20) & 7;
-	rem = x & 0xfffff;
-	if (rem > 0x80000 || (rem == 0x80000 && (m & 1)))
-		m++;
-	if (m == 8) {
-		m = 0;
-		e++;
-	}
-	if (e > 8 || (e == 8 && m > 6))
-		return sign | 0x7e;
-	return (uint8_t)(sign | (uint8_t)((e + 7) << 3) | (uint8_t)m);
-}
-
-KVCG_FN float kvcg_from_e4m3(uint8_t b)
-{
-	uint32_t e = (b >> 3) & 15, m = b & 7, sign = (uint32_t)(b & 0x80) << 24;
-
-	if ((b & 0x7f) == 0x7f)
-		return kvcg_float(sign | 0x7fc00000u);
-	if (e)
-		return kvcg_float(sign | ((e - 7 + 127) << 23) | (m << 20));
-	return kvcg_float(sign | kvcg_bits(KVCG_MUL((float)m, 0x1p-9f)));
-}
-
-/* Largest f16 <= v (@down) or smallest f16 >= v (quant.c's f16_directed). */
-KVCG_FN uint16_t kvcg_f16_directed(float v, int down)
-{
-	uint16_t h = kvcg_to_f16(v);
-	float back = kvcg_from_f16(h);
-
-	if (down ? back <= v : back >= v)
-		return h;
-	if ((h & 0x7fff) == 0)
-		return down ? 0x8001 : 0x0001;
-	if (!(h & 0x8000))
-		return (uint16_t)(down ? h - 1 : h + 1);
-	return (uint16_t)(down ? h + 1 : h - 1);
-}
 
 /* ---- the block's geometry ------------------------------------------------------------------ */
 
-KVCG_FN uint16_t kvcg_get16(const uint8_t *p)
+KVCE_FN uint16_t kvcg_get16(const uint8_t *p)
 {
 	return (uint16_t)(p[0] | p[1] << 8);
 }
 
-KVCG_FN void kvcg_put16(uint8_t *p, uint16_t v)
+KVCE_FN void kvcg_put16(uint8_t *p, uint16_t v)
 {
 	p[0] = (uint8_t)v;
 	p[1] = (uint8_t)(v >> 8);
 }
 
 /* Element (layer, K/V, token, head, channel) of the raw block [layer][K,V][token][head][dim]. */
-KVCG_FN uint64_t kvcg_elem(const struct kvcg_job *j, uint32_t layer, uint32_t kv, uint32_t t,
+KVCE_FN uint64_t kvcg_elem(const struct kvcg_job *j, uint32_t layer, uint32_t kv, uint32_t t,
 			   uint32_t head, uint32_t c)
 {
 	return (((uint64_t)layer * 2 + kv) * j->tokens + t) * ((uint64_t)j->heads * j->hd) +
@@ -208,44 +54,44 @@ KVCG_FN uint64_t kvcg_elem(const struct kvcg_job *j, uint32_t layer, uint32_t kv
 }
 
 /* Where unit (layer, K/V, head) starts in the encoded block. */
-KVCG_FN uint64_t kvcg_unit_at(const struct kvcg_job *j, uint32_t layer, uint32_t kv, uint32_t head)
+KVCE_FN uint64_t kvcg_unit_at(const struct kvcg_job *j, uint32_t layer, uint32_t kv, uint32_t head)
 {
 	return j->body + (uint64_t)layer * j->heads * (j->u[0].bytes + j->u[1].bytes) +
 	       (uint64_t)kv * j->heads * j->u[0].bytes + (uint64_t)head * j->u[kv].bytes;
 }
 
-KVCG_FN float kvcg_load(const struct kvcg_job *j, const uint8_t *raw, uint64_t e)
+KVCE_FN float kvcg_load(const struct kvcg_job *j, const uint8_t *raw, uint64_t e)
 {
 	if (j->dtype == KVCG_F32)
 		return ((const float *)raw)[e];
 	if (j->dtype == KVCG_F16)
-		return kvcg_from_f16(((const uint16_t *)raw)[e]);
-	return kvcg_float((uint32_t)((const uint16_t *)raw)[e] << 16);
+		return kvce_from_f16(((const uint16_t *)raw)[e]);
+	return kvce_float((uint32_t)((const uint16_t *)raw)[e] << 16);
 }
 
 /* kvcd_from_f32: f16 saturates, so that a value decoded half a step past the range stays
  * finite. */
-KVCG_FN void kvcg_store(const struct kvcg_job *j, uint8_t *raw, uint64_t e, float x)
+KVCE_FN void kvcg_store(const struct kvcg_job *j, uint8_t *raw, uint64_t e, float x)
 {
 	if (j->dtype == KVCG_F32)
 		((float *)raw)[e] = x;
 	else if (j->dtype == KVCG_F16)
-		((uint16_t *)raw)[e] = kvcg_to_f16(x > 65504.0f	   ? 65504.0f
+		((uint16_t *)raw)[e] = kvce_to_f16(x > 65504.0f	   ? 65504.0f
 						   : x < -65504.0f ? -65504.0f
 								   : x);
 	else
-		((uint16_t *)raw)[e] = kvcg_to_bf16(x);
+		((uint16_t *)raw)[e] = kvce_to_bf16(x);
 }
 
 /* The grid is two-dimensional: one row per unit, (layer, K/V, head) in the block's order, and
  * along it the unit's items, so that no item divides a 64-bit index to find its unit. Every
  * count inside a unit fits 32 bits (kvcd_units_gpu_job checks it). */
-KVCG_FN uint32_t kvcg_units(const struct kvcg_job *j)
+KVCE_FN uint32_t kvcg_units(const struct kvcg_job *j)
 {
 	return j->layers * 2 * j->heads;
 }
 
-KVCG_FN void kvcg_unit_of(const struct kvcg_job *j, uint32_t unit, uint32_t *layer, uint32_t *kv,
+KVCE_FN void kvcg_unit_of(const struct kvcg_job *j, uint32_t unit, uint32_t *layer, uint32_t *kv,
 			  uint32_t *head)
 {
 	*layer = unit / (2 * j->heads);
@@ -253,24 +99,24 @@ KVCG_FN void kvcg_unit_of(const struct kvcg_job *j, uint32_t unit, uint32_t *lay
 	*head = unit % j->heads;
 }
 
-KVCG_FN uint32_t kvcg_res_bytes(const struct kvcg_job *j, uint32_t kv)
+KVCE_FN uint32_t kvcg_res_bytes(const struct kvcg_job *j, uint32_t kv)
 {
 	return j->u[kv].nres * j->hd * j->es;
 }
 
 /* Items of a unit: phase 1 (its parameter groups), phase 2 (its code and residual bytes), and
  * decoding (its elements). */
-KVCG_FN uint32_t kvcg_enc1_items(const struct kvcg_job *j, uint32_t kv)
+KVCE_FN uint32_t kvcg_enc1_items(const struct kvcg_job *j, uint32_t kv)
 {
 	return j->u[kv].nparams;
 }
 
-KVCG_FN uint32_t kvcg_enc2_items(const struct kvcg_job *j, uint32_t kv)
+KVCE_FN uint32_t kvcg_enc2_items(const struct kvcg_job *j, uint32_t kv)
 {
 	return (uint32_t)j->u[kv].code_bytes + kvcg_res_bytes(j, kv);
 }
 
-KVCG_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
+KVCE_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
 {
 	(void)kv;
 	return j->tokens * j->hd;
@@ -278,7 +124,7 @@ KVCG_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
 
 /* Code @q of a unit: the token and channel it stands for, and where its group's parameters
  * are (the group's index). */
-KVCG_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, uint32_t q,
+KVCE_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, uint32_t q,
 			  uint32_t *t, uint32_t *c, uint32_t *g)
 {
 	if (u->per_channel) { /* codes [group][channel][token], the last group maybe shorter */
@@ -299,7 +145,7 @@ KVCG_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, u
 
 /* Phase 1, item @i: one group's parameters. Returns 0, -EINVAL (a value is inf or nan) or
  * -ERANGE (f16 cannot hold its scale or zero), as the CPU codec would. */
-KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
+KVCE_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
 			    uint32_t unit, uint32_t k)
 {
 	uint32_t layer, kv, head, t0, ntok, c0, nch;
@@ -325,19 +171,19 @@ KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		for (uint32_t c = c0; c < c0 + nch; c++) {
 			float x = kvcg_load(j, raw, kvcg_elem(j, layer, kv, t, head, c));
 
-			if (!kvcg_finite(x))
+			if (!kvce_finite(x))
 				return -EINVAL;
 			lo = x < lo ? x : lo;
 			hi = x > hi ? x : hi;
-			amax = kvcg_abs(x) > amax ? kvcg_abs(x) : amax;
+			amax = kvce_abs(x) > amax ? kvce_abs(x) : amax;
 		}
 	if (j->kind == KVCG_FP8) { /* smallest f16 scale s with s * 448 >= amax */
 		uint16_t h;
 
 		if (amax > 65504.0f)
 			return -ERANGE;
-		h = kvcg_to_f16(KVCG_DIV(amax, 448.0f));
-		while (KVCG_MUL(kvcg_from_f16(h), 448.0f) < amax)
+		h = kvce_to_f16(KVCE_DIV(amax, 448.0f));
+		while (KVCE_MUL(kvce_from_f16(h), 448.0f) < amax)
 			h++;
 		kvcg_put16(o + (uint64_t)k * 2, h);
 		return 0;
@@ -346,14 +192,14 @@ KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		float levels = (float)((1u << u->bits) - 1), z, want;
 		uint16_t zero, scale;
 
-		if (!(kvcg_abs(lo) <= 65504.0f) || !(kvcg_abs(hi) <= 65504.0f))
+		if (!(kvce_abs(lo) <= 65504.0f) || !(kvce_abs(hi) <= 65504.0f))
 			return -ERANGE;
-		zero = kvcg_f16_directed(lo, 1);
-		z = kvcg_from_f16(zero);
-		want = KVCG_DIV(KVCG_SUB(hi, z), levels);
+		zero = kvce_f16_directed(lo, 1);
+		z = kvce_from_f16(zero);
+		want = KVCE_DIV(KVCE_SUB(hi, z), levels);
 		if (!(want <= 65504.0f))
 			return -ERANGE;
-		scale = kvcg_f16_directed(want, 0);
+		scale = kvce_f16_directed(want, 0);
 		kvcg_put16(o + (uint64_t)k * 4, scale);
 		kvcg_put16(o + (uint64_t)k * 4 + 2, zero);
 	}
@@ -362,18 +208,18 @@ KVCG_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 
 /* The code of value @x in a group of f16 @scale and @zero at @bits (quant.c's quant_one, with
  * the reciprocal rounded once as the CPU does per group). */
-KVCG_FN uint32_t kvcg_quant(float x, uint16_t scale, uint16_t zero, uint32_t bits)
+KVCE_FN uint32_t kvcg_quant(float x, uint16_t scale, uint16_t zero, uint32_t bits)
 {
-	float s = kvcg_from_f16(scale), z = kvcg_from_f16(zero), levels = (float)((1u << bits) - 1);
-	float r = s > 0.0f ? KVCG_DIV(1.0f, s) : 0.0f;
-	float q = s > 0.0f ? KVCG_RINT(KVCG_MUL(KVCG_SUB(x, z), r)) : 0.0f;
+	float s = kvce_from_f16(scale), z = kvce_from_f16(zero), levels = (float)((1u << bits) - 1);
+	float r = s > 0.0f ? KVCE_DIV(1.0f, s) : 0.0f;
+	float q = s > 0.0f ? KVCE_RINT(KVCE_MUL(KVCE_SUB(x, z), r)) : 0.0f;
 
 	q = q < 0.0f ? 0.0f : q > levels ? levels : q;
 	return (uint32_t)q;
 }
 
 /* Phase 2, item @k of @unit: one byte of its codes or residual rows. */
-KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
+KVCE_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_t *dst,
 			    uint32_t unit, uint32_t k)
 {
 	uint32_t layer, kv, head, t, c, g;
@@ -394,9 +240,9 @@ KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		float div, x;
 
 		kvcg_code_at(j, u, k, &t, &c, &g);
-		div = kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 2));
+		div = kvce_from_f16(kvcg_get16(o + (uint64_t)g * 2));
 		x = kvcg_load(j, raw, kvcg_elem(j, layer, kv, t, head, c));
-		o[u->codes_at + k] = div > 0.0f ? kvcg_to_e4m3(KVCG_DIV(x, div)) : 0;
+		o[u->codes_at + k] = div > 0.0f ? kvce_to_e4m3(KVCE_DIV(x, div)) : 0;
 		return;
 	}
 	{
@@ -421,7 +267,7 @@ KVCG_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_
 /* ---- decode --------------------------------------------------------------------------------- */
 
 /* Item @k of @unit: element (token k / hd, channel k % hd) of the unit, into the raw block. */
-KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t *raw, uint32_t unit,
+KVCE_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t *raw, uint32_t unit,
 			   uint32_t k)
 {
 	uint32_t layer, kv, head, t = k / j->hd, c = k % j->hd, q, tt, cc, g;
@@ -451,8 +297,8 @@ KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t 
 	}
 	kvcg_code_at(j, u, q, &tt, &cc, &g);
 	if (j->kind == KVCG_FP8) {
-		x = KVCG_MUL(kvcg_from_e4m3(o[u->codes_at + q]),
-			     kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 2)));
+		x = KVCE_MUL(kvce_from_e4m3(o[u->codes_at + q]),
+			     kvce_from_f16(kvcg_get16(o + (uint64_t)g * 2)));
 	} else {
 		uint64_t bit = (uint64_t)q * u->bits, at = u->codes_at + bit / 8;
 		uint32_t sh = (uint32_t)(bit % 8), v = o[at];
@@ -460,8 +306,8 @@ KVCG_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t 
 		if (sh + u->bits > 8)
 			v |= (uint32_t)o[at + 1] << 8;
 		v = (v >> sh) & ((1u << u->bits) - 1);
-		x = KVCG_ADD(KVCG_MUL((float)v, kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 4))),
-			     kvcg_from_f16(kvcg_get16(o + (uint64_t)g * 4 + 2)));
+		x = KVCE_ADD(KVCE_MUL((float)v, kvce_from_f16(kvcg_get16(o + (uint64_t)g * 4))),
+			     kvce_from_f16(kvcg_get16(o + (uint64_t)g * 4 + 2)));
 	}
 	kvcg_store(j, raw, e, x);
 }
