@@ -998,6 +998,34 @@ static void e4m3_scale(enum kvcd_isa isa, const float *lut, const uint8_t *c, si
 		out[i] = lut[c[i]] * sc;
 }
 
+/* @ng groups of @gch (a multiple of 16) f16 values at @src to f32 at @x, with each group's
+ * minimum and maximum: kvcd_to_f32 then kvcd_quant_ranges in one pass, the same values.
+ * Returns -EINVAL for an inf or a nan. */
+__attribute__((target("avx512f"))) static int f16_row_ranges(const uint8_t *src, float *x,
+							     size_t ng, size_t gch, float *lo,
+							     float *hi)
+{
+	const __m512 inf = _mm512_set1_ps(INFINITY);
+	__mmask16 ok = 0xffff;
+
+	for (size_t g = 0; g < ng; g++) {
+		__m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+
+		for (size_t i = g * gch; i < (g + 1) * gch; i += 16) {
+			__m512 v =
+				_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + 2 * i)));
+
+			ok &= _mm512_cmp_ps_mask(_mm512_abs_ps(v), inf, _CMP_LT_OQ);
+			_mm512_storeu_ps(x + i, v);
+			mn = _mm512_min_ps(mn, v);
+			mx = _mm512_max_ps(mx, v);
+		}
+		lo[g] = _mm512_reduce_min_ps(mn);
+		hi[g] = _mm512_reduce_max_ps(mx);
+	}
+	return ok == 0xffff ? 0 : -EINVAL;
+}
+
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
  * an L1 buffer, is rotated, ranged, quantized and packed there, and its codes and parameters
  * are written straight to each head's unit. Writes the same bytes as the unit-by-unit path. */
@@ -1007,6 +1035,10 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, es = kvcp_dtype_size(l->dtype);
 	size_t ngt = sh[0].ngt, ng = heads * ngt, gch = sh[0].gch, t = l->tokens;
 	float *x = w->plane;
+	/* f16 rows convert and range in one AVX-512 pass when nothing comes in between */
+	bool one_pass = l->dtype == KVCP_F16 && p->kind == KVCD_CODEC_INT && !p->rotate &&
+			gch % 16 == 0 && isa >= KVCD_ISA_AVX512 &&
+			kvcd_isa_best() >= KVCD_ISA_AVX512 && kvcd_has_f16c();
 	int err;
 
 	for (uint32_t layer = 0; layer < l->layers; layer++)
@@ -1018,8 +1050,15 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 			size_t rowb = d * bits / 8;
 
 			for (size_t r = 0; r < t; r++) {
+				const uint8_t *row = in + r * hd * es;
+
 				prefetch_ahead(in, r, t, hd * es);
-				kvcd_to_f32(isa, l->dtype, in + r * hd * es, x, hd);
+				if (one_pass) { /* converted and ranged together */
+					if (f16_row_ranges(row, x, ng, gch, w->lo, w->hi))
+						return -EINVAL;
+				} else {
+					kvcd_to_f32(isa, l->dtype, row, x, hd);
+				}
 				for (size_t h = 0; p->rotate && h < heads; h++)
 					kvcd_hadamard(x + h * d, (unsigned)d);
 				if (p->kind == KVCD_CODEC_FP8) {
@@ -1028,18 +1067,25 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 						return err;
 					continue;
 				}
-				if (kvcd_quant_ranges(isa, x, ng, gch, w->lo, w->hi))
+				if (!one_pass && kvcd_quant_ranges(isa, x, ng, gch, w->lo, w->hi))
 					return -EINVAL;
 				err = kvcd_quant_params(isa, w->lo, w->hi, ng, bits, w->par);
 				if (err)
 					return err;
-				kvcd_quant_apply(isa, x, ng, gch, bits, w->par, w->codes);
+				if (bits != 8) /* packed from one byte per code */
+					kvcd_quant_apply(isa, x, ng, gch, bits, w->par, w->codes);
 				for (size_t h = 0; h < heads; h++) {
 					uint8_t *u = base + h * sh[kv].bytes;
 
 					memcpy(u + r * ngt * 4, w->par + h * ngt * 2, ngt * 4);
-					kvcd_pack(w->codes + h * d, d, bits,
-						  u + t * ngt * 4 + r * rowb);
+					if (bits ==
+					    8) /* a code is a byte: straight into the unit */
+						kvcd_quant_apply(isa, x + h * d, ngt, gch, 8,
+								 w->par + h * ngt * 2,
+								 u + t * ngt * 4 + r * rowb);
+					else
+						kvcd_pack(w->codes + h * d, d, bits,
+							  u + t * ngt * 4 + r * rowb);
 				}
 			}
 		}
