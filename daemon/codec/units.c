@@ -563,6 +563,53 @@ static void dec_fp8(const struct unit_io *u, struct work *w, const uint8_t **in)
 	*in = codes + (size_t)s->nq * s->d;
 }
 
+/* Are the @n ascending token indices at @rows consecutive? */
+static inline bool rows_follow(const uint32_t *rows, uint32_t n)
+{
+	return n && rows[n - 1] - rows[0] == n - 1;
+}
+
+/* 8 x 8 floats from rows @src (@ss apart) into columns of @dst (@ds apart). */
+__attribute__((target("avx2"))) static void transpose8(const float *src, size_t ss, float *dst,
+						       size_t ds)
+{
+	__m256 r[8], t[8], u[8];
+
+	for (int i = 0; i < 8; i++)
+		r[i] = _mm256_loadu_ps(src + i * ss);
+	for (int i = 0; i < 8; i += 2) {
+		t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+		t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+	}
+	for (int i = 0; i < 8; i += 4) {
+		u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+		u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+		u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+		u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+	}
+	for (int i = 0; i < 4; i++) {
+		_mm256_storeu_ps(dst + i * ds, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+		_mm256_storeu_ps(dst + (i + 4) * ds, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+	}
+}
+
+/* dst[c * @ds + i] = src[i * @ss + c] for @rows rows i and @cols columns c: 8 x 8 tiles in
+ * AVX2 where both are multiples of 8, element by element otherwise (the same values). */
+static void transpose(enum kvcd_isa isa, const float *src, size_t ss, uint32_t rows, uint32_t cols,
+		      float *dst, size_t ds)
+{
+	if (isa >= KVCD_ISA_AVX2 && kvcd_isa_best() >= KVCD_ISA_AVX2 && rows % 8 == 0 &&
+	    cols % 8 == 0) {
+		for (uint32_t i = 0; i < rows; i += 8)
+			for (uint32_t c = 0; c < cols; c += 8)
+				transpose8(src + i * ss + c, ss, dst + c * ds + i, ds);
+		return;
+	}
+	for (uint32_t i = 0; i < rows; i++)
+		for (uint32_t c = 0; c < cols; c++)
+			dst[c * ds + i] = src[i * ss + c];
+}
+
 /* KIVI keys: per channel over groups of G regular tokens; codes [group][channel][token]. With
  * resid=quant the last group may be shorter (nq % G tokens). Each group is transposed once
  * into w->chan, [channel][token] (sparse values replaced as dense_group does), so ranges,
@@ -579,11 +626,14 @@ static int enc_per_channel(const struct unit_io *u, struct work *w, uint8_t **o)
 		float *xt = w->chan + (size_t)g * G * d;
 		uint8_t *mt = w->chanm + (size_t)g * G * d;
 
+		if (rows_follow(w->reg + g * G, gsz)) /* the common case: one block move */
+			transpose(u->isa, w->tile + (size_t)w->reg[g * G] * w->ts, w->ts, gsz, d,
+				  xt, gsz);
 		for (uint32_t i = 0; i < gsz; i++) {
 			const float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
 			const uint8_t *m = w->mask + (size_t)(g * G + i) * d;
 
-			for (uint32_t c = 0; c < d; c++)
+			for (uint32_t c = 0; !rows_follow(w->reg + g * G, gsz) && c < d; c++)
 				xt[(size_t)c * gsz + i] = x[c];
 			for (uint32_t c = 0; s->nsp && c < d; c++)
 				mt[(size_t)c * gsz + i] = m[c];
@@ -626,7 +676,12 @@ static int dec_per_channel(const struct unit_io *u, struct work *w, const uint8_
 		for (uint32_t c = 0; c < d; c++, par += 2)
 			kvcd_dequant_group(u->isa, q + (size_t)c * gsz, gsz, par[0], par[1],
 					   w->chan + (size_t)c * gsz);
-		for (uint32_t i = 0; i < gsz; i++) { /* back to token rows */
+		if (rows_follow(w->reg + g * G, gsz)) { /* back to token rows */
+			transpose(u->isa, w->chan, gsz, d, gsz,
+				  w->tile + (size_t)w->reg[g * G] * w->ts, w->ts);
+			continue;
+		}
+		for (uint32_t i = 0; i < gsz; i++) {
 			float *x = w->tile + (size_t)w->reg[g * G + i] * w->ts;
 
 			for (uint32_t c = 0; c < d; c++)
@@ -698,6 +753,34 @@ static void choose_sparse(const struct shape *s, struct work *w, uint8_t *o)
 		}
 }
 
+/* @ng groups of @gch (a multiple of 16) f16 values at @src to f32 at @x, with each group's
+ * minimum and maximum: kvcd_to_f32 then kvcd_quant_ranges in one pass, the same values.
+ * Returns -EINVAL for an inf or a nan. */
+__attribute__((target("avx512f"))) static int f16_row_ranges(const uint8_t *src, float *x,
+							     size_t ng, size_t gch, float *lo,
+							     float *hi)
+{
+	const __m512 inf = _mm512_set1_ps(INFINITY);
+	__mmask16 ok = 0xffff;
+
+	for (size_t g = 0; g < ng; g++) {
+		__m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+
+		for (size_t i = g * gch; i < (g + 1) * gch; i += 16) {
+			__m512 v =
+				_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + 2 * i)));
+
+			ok &= _mm512_cmp_ps_mask(_mm512_abs_ps(v), inf, _CMP_LT_OQ);
+			_mm512_storeu_ps(x + i, v);
+			mn = _mm512_min_ps(mn, v);
+			mx = _mm512_max_ps(mx, v);
+		}
+		lo[g] = _mm512_reduce_min_ps(mn);
+		hi[g] = _mm512_reduce_max_ps(mx);
+	}
+	return ok == 0xffff ? 0 : -EINVAL;
+}
+
 /* Ask for plane row @r + PREFETCH_ROWS of @t rows of @rowb bytes at @base. The rows are read
  * in order, but the work on each row is long enough that the hardware prefetcher alone lets
  * the next row's loads miss. */
@@ -721,10 +804,19 @@ static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint
 	size_t hd = (size_t)l->kv_heads * l->head_dim, es = kvcp_dtype_size(l->dtype);
 	size_t chunk = hd / w->prs;
 
+	bool one_pass = l->dtype == KVCP_F16 && chunk % 16 == 0 && isa >= KVCD_ISA_AVX512 &&
+			kvcd_isa_best() >= KVCD_ISA_AVX512 && kvcd_has_f16c();
+
 	for (uint32_t t = 0; t < l->tokens; t++) {
 		float *x = w->plane + t * hd;
 
 		prefetch_ahead(src, t, l->tokens, hd * es);
+		if (one_pass) {
+			if (f16_row_ranges(src + t * hd * es, x, w->prs, chunk, w->plo + t * w->prs,
+					   w->phi + t * w->prs))
+				return -EINVAL;
+			continue;
+		}
 		kvcd_to_f32(isa, l->dtype, src + t * hd * es, x, hd);
 		if (kvcd_quant_ranges(isa, x, w->prs, chunk, w->plo + t * w->prs,
 				      w->phi + t * w->prs))
@@ -996,34 +1088,6 @@ static void e4m3_scale(enum kvcd_isa isa, const float *lut, const uint8_t *c, si
 		i = e4m3_scale_avx512(c, n, sc, out);
 	for (; i < n; i++)
 		out[i] = lut[c[i]] * sc;
-}
-
-/* @ng groups of @gch (a multiple of 16) f16 values at @src to f32 at @x, with each group's
- * minimum and maximum: kvcd_to_f32 then kvcd_quant_ranges in one pass, the same values.
- * Returns -EINVAL for an inf or a nan. */
-__attribute__((target("avx512f"))) static int f16_row_ranges(const uint8_t *src, float *x,
-							     size_t ng, size_t gch, float *lo,
-							     float *hi)
-{
-	const __m512 inf = _mm512_set1_ps(INFINITY);
-	__mmask16 ok = 0xffff;
-
-	for (size_t g = 0; g < ng; g++) {
-		__m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
-
-		for (size_t i = g * gch; i < (g + 1) * gch; i += 16) {
-			__m512 v =
-				_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + 2 * i)));
-
-			ok &= _mm512_cmp_ps_mask(_mm512_abs_ps(v), inf, _CMP_LT_OQ);
-			_mm512_storeu_ps(x + i, v);
-			mn = _mm512_min_ps(mn, v);
-			mx = _mm512_max_ps(mx, v);
-		}
-		lo[g] = _mm512_reduce_min_ps(mn);
-		hi[g] = _mm512_reduce_max_ps(mx);
-	}
-	return ok == 0xffff ? 0 : -EINVAL;
 }
 
 /* The common case in one pass: each plane row (one token, every head) goes from staging into
