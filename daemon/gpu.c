@@ -530,7 +530,7 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 {
 	uint64_t size = req->gpu_staging_size ? req->gpu_staging_size : d->cfg.gpu_staging_default;
 	uint64_t mask = req->gpu_mask, ready = 0;
-	int first = -1, err = 0;
+	int err = 0;
 
 	memset(msg, 0, sizeof(*msg));
 	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++)
@@ -560,7 +560,6 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 		memcpy(m->pci, d->gpu.dev[i].pci, sizeof(m->pci));
 		m->size = s->gpu[i].size;
 		msg->ndev++;
-		first = first < 0 ? (int)i : first;
 	}
 	if (err) {
 		for (unsigned i = 0; i < msg->ndev; i++)
@@ -570,10 +569,21 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 		return err;
 	}
 	/* blocks it stores from the GPU go to, and come back from, the node nearest it */
-	if (req->numa_node < 0 && d->gpu.dev[first].numa_node >= 0)
-		s->norder = kvcd_topo_order(&d->topo, req->cpus, d->gpu.dev[first].numa_node,
+	if (kvcd_gpu_node(&d->gpu, s->gpu_mask, req->numa_node) >= 0)
+		s->norder = kvcd_topo_order(&d->topo, req->cpus,
+					    kvcd_gpu_node(&d->gpu, s->gpu_mask, req->numa_node),
 					    s->order);
 	return 0;
+}
+
+int kvcd_gpu_node(const struct kvcp_gpu_stats *g, uint64_t mask, int hint)
+{
+	if (hint >= 0)
+		return hint;
+	for (unsigned i = 0; i < g->ndev && i < KVCD_MAX_GPUS; i++)
+		if ((mask >> i & 1) && g->dev[i].numa_node >= 0)
+			return g->dev[i].numa_node;
+	return -1;
 }
 
 void kvcd_gpu_detach(struct kvcd *d, struct kvcd_session *s)

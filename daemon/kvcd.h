@@ -756,6 +756,9 @@ void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_st
 int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kvcd_session *s,
 		    struct kvcp_attach_gpu *msg, int *fds);
 void kvcd_gpu_detach(struct kvcd *d, struct kvcd_session *s);
+/* The node a GPU client's blocks go to: its own @hint (an OS node, -1: none), else the node
+ * nearest the first device of @mask that has one, else -1 (the client's CPUs decide). Pure. */
+int kvcd_gpu_node(const struct kvcp_gpu_stats *g, uint64_t mask, int hint);
 /* The numa_node of PCI function @pci ("0000:3b:00.0", either case) under sysfs root @sysfs
  * (NULL: /sys): an OS node id, or -1 when unknown. */
 int kvcd_pci_numa_node(const char *sysfs, const char *pci);

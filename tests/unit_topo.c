@@ -109,3 +109,30 @@ Test(topo, a_gpu_s_node_is_its_pci_function_s)
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
 	cr_assert_eq(system(cmd), 0);
 }
+
+/* A GPU client's blocks go to the node nearest its device, on a two-node machine whose GPUs
+ * sit on different nodes; a client's own node wins, and a device whose node is unknown leaves
+ * it to the client's CPUs. */
+Test(topo, gpu_clients_are_placed_by_their_device)
+{
+	struct kvcd_topo t;
+	struct kvcp_gpu_stats g = { .status = KVCP_GPU_READY, .ndev = 3 };
+	uint64_t m[16];
+	uint8_t order[KVCD_MAX_NODES];
+
+	cr_assert_eq(kvcd_topo_load(&t, "pack:2 [numa] core:4 pu:1"), 0);
+	g.dev[0].numa_node = t.os_index[1];
+	g.dev[1].numa_node = t.os_index[0];
+	g.dev[2].numa_node = -1;
+	cpus_of(&t, 0, m); /* the client runs on node 0 */
+	kvcd_topo_order(&t, m, kvcd_gpu_node(&g, 1u << 0, -1), order);
+	cr_assert_eq(order[0], 1, "device 0's node first");
+	kvcd_topo_order(&t, m, kvcd_gpu_node(&g, 1u << 0 | 1u << 1, -1), order);
+	cr_assert_eq(order[0], 1, "the first device of the mask decides");
+	kvcd_topo_order(&t, m, kvcd_gpu_node(&g, 1u << 1, -1), order);
+	cr_assert_eq(order[0], 0);
+	cr_assert_eq(kvcd_gpu_node(&g, 1u << 2, -1), -1, "unknown: the CPUs decide");
+	kvcd_topo_order(&t, m, kvcd_gpu_node(&g, 1u << 2, -1), order);
+	cr_assert_eq(order[0], 0);
+	cr_assert_eq(kvcd_gpu_node(&g, 1u << 0, t.os_index[0]), t.os_index[0], "a hint wins");
+}
