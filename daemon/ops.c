@@ -879,6 +879,10 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 			res = -EINVAL;
 		} else {
 			res = do_gpu(d, s, v, cqe);
+			if (res == -ENOENT && v->opcode == KVCP_OP_FETCH && remote_on(d, s)) {
+				s->cont.sqe = *v; /* the cluster first, then the GPU copy */
+				res = remote_ask(d, s, &v->key, 1, KVCD_CONT_REMOTE_FETCH);
+			}
 			if (res == -EINPROGRESS) {
 				s->cont.active = true;
 				return false;
@@ -960,8 +964,16 @@ bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 		cqe->value = got;
 	} else {
 		res = g->err[0]; /* rejected bytes are a miss, like none */
-		if (!res || res == -ENOENT || res == -EBADMSG)
+		if ((!res || res == -ENOENT || res == -EBADMSG) &&
+		    (c->sqe.flags & KVCP_SQE_F_GPU)) {
+			kvcd_rget_free(g); /* now the copy into GPU staging, at the mover */
+			c->rget = g = NULL;
+			res = do_gpu(d, s, &c->sqe, cqe);
+			if (res == -EINPROGRESS)
+				return false;
+		} else if (!res || res == -ENOENT || res == -EBADMSG) {
 			res = do_fetch(d, s, &c->sqe, region(s, &c->sqe, &size), cqe);
+		}
 	}
 	if (g && c->kind != KVCD_CONT_LOOKUP) {
 		kvcd_rget_free(g);
