@@ -333,16 +333,16 @@ static int attach(struct kvcd *d, int fd, const struct kvcp_attach_req *req, str
 	reply(fd, 0, &c->s, fds);
 	close(fds[0]);
 	close(fds[1]);
-	if (gmsg.ndev && reply_gpu(fd, &gmsg, gfds))
-		kvcd_log(LOG_WARNING, "GPU attach reply to client %u: %s", c->s.id,
-			 strerror(errno));
+	err = gmsg.ndev ? reply_gpu(fd, &gmsg, gfds) : 0;
 	for (unsigned i = 0; i < gmsg.ndev; i++)
 		close(gfds[i]);
 	watch(fd, &c->ev_sock, EPOLLIN | EPOLLRDHUP);
 	if (c->s.pidfd >= 0)
 		watch(c->s.pidfd, &c->ev_pidfd, EPOLLIN);
 	*out = c;
-	return 0;
+	/* the client waits for the GPU message: without it, the caller's detach hangs it up,
+	 * which the client reads as a reset */
+	return err;
 out_destroy:
 	close(fds[0]);
 	close(fds[1]);
