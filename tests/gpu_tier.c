@@ -14,8 +14,23 @@
 
 static struct t_daemon D;
 
+/* kvcd's log to stderr (make gpu-check keeps what the suites print): on a GPU machine it says
+ * what each device could and could not do. */
+static void show_log(void)
+{
+	char line[512];
+	FILE *f = D.log[0] ? fopen(D.log, "r") : NULL;
+
+	while (f && fgets(line, sizeof(line), f))
+		fprintf(stderr, "  kvcd: %s", line);
+	if (f)
+		fclose(f);
+}
+
 static void down(void)
 {
+	if (D.pid > 0)
+		show_log();
 	cr_assert_eq(t_daemon_down(&D), 0, "kvcd exits 0 on SIGTERM");
 }
 
@@ -47,6 +62,7 @@ static void start_or_skip(void)
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	kvc_detach(c);
 	if (st.gpu.status != KVC_GPU_READY || strstr(st.gpu.why, " 0 with GPU staging")) {
+		show_log();
 		cr_assert_eq(t_daemon_down(&D), 0);
 		cr_skip_test("skipped: kvcd serves no GPU staging here (%s)", st.gpu.why);
 	}
