@@ -35,7 +35,8 @@ struct kvcg_unit {
 	uint32_t nparams;     /* parameter groups */
 	uint32_t bits;	      /* int, kivi; 8 for fp8 */
 	uint32_t per_channel; /* kivi K: groups of G tokens of one channel */
-	uint32_t pad;
+	uint32_t one_pass;    /* each per-token group's codes fill whole bytes: phase 1 writes
+			       * them too, and phase 2 has nothing to do */
 };
 
 struct kvcg_job {

@@ -1230,6 +1230,10 @@ int kvcd_units_gpu_job(const struct kvcd_policy *p, const struct kvcp_layout *en
 		u->nq = s->nq;
 		u->nres = s->nres;
 		u->per_channel = s->per_channel;
+		/* a group's codes start and end on byte boundaries, its last one's too */
+		u->one_pass = !s->per_channel &&
+			      (p->kind == KVCD_CODEC_FP8 ||
+			       (s->gch * s->bits % 8 == 0 && s->d * s->bits % 8 == 0));
 		u->bits = p->kind == KVCD_CODEC_FP8 ? 8 : s->bits;
 		if (p->kind == KVCD_CODEC_FP8) {
 			u->nparams = s->nq * s->ngt;

@@ -12,10 +12,12 @@
  *
  * Items, numbered within their unit (layer, K/V, head):
  *   encode, phase 1   one parameter group: its range, then f16 scale and zero (int, kivi)
- *                     or f16 scale (fp8), written into the unit
- *   encode, phase 2   one byte of a unit's packed codes (each code it holds computed from
- *                     its value and its group's parameters), or one byte of kivi's
- *                     residual rows
+ *                     or f16 scale (fp8), written into the unit; where each group's codes
+ *                     fill whole bytes (per-token groups, the common case), its codes too,
+ *                     in the same pass over its values
+ *   encode, phase 2   the other units (kivi keys): one byte of packed codes (each code it
+ *                     holds computed from its value and its group's parameters), or one
+ *                     byte of kivi's residual rows
  *   decode            one element of the raw block
  * The header is written by the host (kvcd_codec_gpu_header). Raw blocks are aligned to
  * their element size; encoded bytes are read and written a byte at a time, since params and
@@ -113,7 +115,7 @@ KVCE_FN uint32_t kvcg_enc1_items(const struct kvcg_job *j, uint32_t kv)
 
 KVCE_FN uint32_t kvcg_enc2_items(const struct kvcg_job *j, uint32_t kv)
 {
-	return (uint32_t)j->u[kv].code_bytes + kvcg_res_bytes(j, kv);
+	return j->u[kv].one_pass ? 0 : (uint32_t)j->u[kv].code_bytes + kvcg_res_bytes(j, kv);
 }
 
 KVCE_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
@@ -142,6 +144,43 @@ KVCE_FN void kvcg_code_at(const struct kvcg_job *j, const struct kvcg_unit *u, u
 }
 
 /* ---- encode --------------------------------------------------------------------------------- */
+
+/* The code of value @x in a group of f16 @scale and @zero at @bits (quant.c's quant_one, with
+ * the reciprocal rounded once as the CPU does per group). */
+KVCE_FN uint32_t kvcg_quant(float x, uint16_t scale, uint16_t zero, uint32_t bits)
+{
+	float s = kvce_from_f16(scale), z = kvce_from_f16(zero), levels = (float)((1u << bits) - 1);
+	float r = s > 0.0f ? KVCE_DIV(1.0f, s) : 0.0f;
+	float q = s > 0.0f ? KVCE_RINT(KVCE_MUL(KVCE_SUB(x, z), r)) : 0.0f;
+
+	q = q < 0.0f ? 0.0f : q > levels ? levels : q;
+	return (uint32_t)q;
+}
+
+/* A one-pass unit's group (token @t, channels @c0.. @c0 + @nch) encoded with its parameters
+ * just computed: its codes, packed LSB first from the byte where they start, as kvcd_pack
+ * lays out a row (fp8: one e4m3 byte each, of x / scale). */
+KVCE_FN void kvcg_group_codes(const struct kvcg_job *j, const struct kvcg_unit *u,
+			      const uint8_t *raw, uint8_t *o, uint32_t layer, uint32_t kv,
+			      uint32_t head, uint32_t t, uint32_t c0, uint32_t nch, uint16_t scale,
+			      uint16_t zero)
+{
+	uint8_t *out = o + u->codes_at + ((uint64_t)t * j->hd + c0) * u->bits / 8;
+	uint32_t acc = 0, have = 0;
+	float div = kvce_from_f16(scale);
+
+	for (uint32_t c = c0; c < c0 + nch; c++) {
+		float x = kvcg_load(j, raw, kvcg_elem(j, layer, kv, t, head, c));
+
+		if (j->kind == KVCG_FP8) {
+			*out++ = div > 0.0f ? kvce_to_e4m3(KVCE_DIV(x, div)) : 0;
+			continue;
+		}
+		acc |= kvcg_quant(x, scale, zero, u->bits) << have;
+		for (have += u->bits; have >= 8; have -= 8, acc >>= 8)
+			*out++ = (uint8_t)acc;
+	}
+}
 
 /* Phase 1, item @i: one group's parameters. Returns 0, -EINVAL (a value is inf or nan) or
  * -ERANGE (f16 cannot hold its scale or zero), as the CPU codec would. */
@@ -186,6 +225,8 @@ KVCE_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		while (KVCE_MUL(kvce_from_f16(h), 448.0f) < amax)
 			h++;
 		kvcg_put16(o + (uint64_t)k * 2, h);
+		if (u->one_pass)
+			kvcg_group_codes(j, u, raw, o, layer, kv, head, t0, c0, nch, h, 0);
 		return 0;
 	}
 	{
@@ -202,20 +243,10 @@ KVCE_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 		scale = kvce_f16_directed(want, 0);
 		kvcg_put16(o + (uint64_t)k * 4, scale);
 		kvcg_put16(o + (uint64_t)k * 4 + 2, zero);
+		if (u->one_pass)
+			kvcg_group_codes(j, u, raw, o, layer, kv, head, t0, c0, nch, scale, zero);
 	}
 	return 0;
-}
-
-/* The code of value @x in a group of f16 @scale and @zero at @bits (quant.c's quant_one, with
- * the reciprocal rounded once as the CPU does per group). */
-KVCE_FN uint32_t kvcg_quant(float x, uint16_t scale, uint16_t zero, uint32_t bits)
-{
-	float s = kvce_from_f16(scale), z = kvce_from_f16(zero), levels = (float)((1u << bits) - 1);
-	float r = s > 0.0f ? KVCE_DIV(1.0f, s) : 0.0f;
-	float q = s > 0.0f ? KVCE_RINT(KVCE_MUL(KVCE_SUB(x, z), r)) : 0.0f;
-
-	q = q < 0.0f ? 0.0f : q > levels ? levels : q;
-	return (uint32_t)q;
 }
 
 /* Phase 2, item @k of @unit: one byte of its codes or residual rows. */
