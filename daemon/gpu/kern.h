@@ -120,8 +120,7 @@ KVCE_FN uint32_t kvcg_enc2_items(const struct kvcg_job *j, uint32_t kv)
 
 KVCE_FN uint32_t kvcg_dec_items(const struct kvcg_job *j, uint32_t kv)
 {
-	(void)kv;
-	return j->tokens * j->hd;
+	return j->u[kv].one_pass ? j->u[kv].nparams : j->tokens * j->hd;
 }
 
 /* Code @q of a unit: the token and channel it stands for, and where its group's parameters
@@ -297,11 +296,42 @@ KVCE_FN void kvcg_enc_codes(const struct kvcg_job *j, const uint8_t *raw, uint8_
 
 /* ---- decode --------------------------------------------------------------------------------- */
 
-/* Item @k of @unit: element (token k / hd, channel k % hd) of the unit, into the raw block. */
+/* A one-pass unit's group @k (token k / ngt, its channels), decoded with its parameters read
+ * once: what kvcg_dec_elem gives for each of its elements. */
+KVCE_FN void kvcg_dec_group(const struct kvcg_job *j, const struct kvcg_unit *u, const uint8_t *o,
+			    uint8_t *raw, uint32_t layer, uint32_t kv, uint32_t head, uint32_t k)
+{
+	uint32_t t = k / j->ngt, c0 = k % j->ngt * j->gch,
+		 nch = j->hd - c0 < j->gch ? j->hd - c0 : j->gch;
+	uint64_t e = kvcg_elem(j, layer, kv, t, head, c0);
+	const uint8_t *in = o + u->codes_at + ((uint64_t)t * j->hd + c0) * u->bits / 8;
+	uint32_t acc = 0, have = 0, mask = (1u << u->bits) - 1;
+
+	if (j->kind == KVCG_FP8) {
+		float sc = kvce_from_f16(kvcg_get16(o + (uint64_t)k * 2));
+
+		for (uint32_t i = 0; i < nch; i++)
+			kvcg_store(j, raw, e + i, KVCE_MUL(kvce_from_e4m3(in[i]), sc));
+		return;
+	}
+	float s = kvce_from_f16(kvcg_get16(o + (uint64_t)k * 4)),
+	      z = kvce_from_f16(kvcg_get16(o + (uint64_t)k * 4 + 2));
+
+	for (uint32_t i = 0; i < nch; i++) { /* LSB first, from the group's first byte */
+		for (; have < u->bits; have += 8)
+			acc |= (uint32_t)*in++ << have;
+		kvcg_store(j, raw, e + i, KVCE_ADD(KVCE_MUL((float)(acc & mask), s), z));
+		acc >>= u->bits;
+		have -= u->bits;
+	}
+}
+
+/* Item @k of @unit: in a one-pass unit its group @k, else its element (token k / hd,
+ * channel k % hd), into the raw block. */
 KVCE_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t *raw, uint32_t unit,
 			   uint32_t k)
 {
-	uint32_t layer, kv, head, t = k / j->hd, c = k % j->hd, q, tt, cc, g;
+	uint32_t layer, kv, head, t, c, q, tt, cc, g;
 	const struct kvcg_unit *u;
 	const uint8_t *o;
 	uint64_t e;
@@ -310,6 +340,12 @@ KVCE_FN void kvcg_dec_elem(const struct kvcg_job *j, const uint8_t *in, uint8_t 
 	kvcg_unit_of(j, unit, &layer, &kv, &head);
 	u = &j->u[kv];
 	o = in + kvcg_unit_at(j, layer, kv, head);
+	if (u->one_pass) {
+		kvcg_dec_group(j, u, o, raw, layer, kv, head, k);
+		return;
+	}
+	t = k / j->hd;
+	c = k % j->hd;
 	e = kvcg_elem(j, layer, kv, t, head, c);
 	if (t >= u->nq) { /* a residual row: its bytes as stored */
 		const uint8_t *s = o + u->res_at + ((t - u->nq) * j->hd + c) * j->es;
