@@ -11,6 +11,12 @@ waits for those STOREs.
 The engine's cache is one tensor ``[layers, 2, seq_len, kv_heads, head_dim]`` (K then V);
 kvcd's blocks are chunks of ``chunk`` tokens, ``[layers, 2, chunk, kv_heads, head_dim]`` in the
 cache dtype, the layout the C engine (tools/engine.c) stores, so either engine hits the other's.
+
+A cache on a CUDA device whose client has GPU staging there (``Client(gpu=True)``) moves on the
+GPU: chunks are copied into GPU staging and stored from it, and fetched into it and copied into
+the cache, never through host memory (kvcd encodes and decodes on the GPU where the namespace's
+codec runs there). GPU STOREs name no parent. The fetched chunks are views of GPU staging until
+the next save.
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ import numpy as np
 
 from . import (BF16, F16, F32, OP_FETCH, OP_STORE, Client, Key, KvcdError, Layout,
                Req, key_chain)
+
+REQ_GPU = 16  # KVC_REQ_GPU: the request addresses GPU staging
+_TORCH_DT = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 _DT = {"f32": (F32, np.float32), "f16": (F16, np.float16), "bf16": (BF16, np.uint16)}
 
@@ -73,11 +82,47 @@ class KvcdConnector:
         hit = self.client.lookup(keys) * self.chunk if keys else 0
         return max(0, hit - num_computed_tokens)
 
+    # -- GPU staging --
+    def _gpu(self, t: Any) -> Optional[int]:
+        """The CUDA device of tensor ``t`` when this client has GPU staging there, else None."""
+        if not getattr(t, "is_cuda", False):
+            return None
+        dev = t.device.index or 0
+        try:
+            self.client.gpu_index(dev)
+        except KvcdError:
+            return None
+        return dev
+
+    def _gpu_fetch(self, keys: List[Key], dev: int) -> List[Any]:
+        import torch
+
+        idx, stg = self.client.gpu_index(dev), self.client.gpu_staging(dev)
+        stride = (self.block_bytes + 63) & ~63
+        keys = keys[:stg.numel() // stride]
+        reqs = [Req(op=OP_FETCH, flags=REQ_GPU, gpu=idx, key=k, off=i * stride,
+                    len=self.block_bytes) for i, k in enumerate(keys)]
+        shape = (self.layers, 2, self.chunk, self.kv_heads, self.head_dim)
+        dt = getattr(torch, _TORCH_DT[self.dtype])
+        out: List[Any] = []
+        for i, c in enumerate(self.client.run(reqs) if reqs else []):
+            if c.res == -errno.ENOENT:
+                break
+            if c.res < 0:
+                raise KvcdError(c.res, "fetch")
+            out.append(stg[i * stride:i * stride + self.block_bytes].view(dt).view(shape))
+        return out
+
     # -- worker side: loading --
     def start_load_kv(self, tokens: Sequence[int], kv_cache: Any, num_tokens: int) -> None:
         """Fetch the first ``num_tokens`` tokens' chunks (one batch) for ``kv_cache``."""
         n = num_tokens // self.chunk
         keys = key_chain(self.keyns, tokens[:n * self.chunk], self.chunk)
+        dev = self._gpu(kv_cache)
+        if dev is not None:
+            self._loaded = self._gpu_fetch(keys, dev)
+            self._load_at = {"cache": kv_cache, "tokens": len(self._loaded) * self.chunk}
+            return
         blocks = self.client.fetch_many(keys, self.block_bytes) if keys else []
         got = 0
         for b in blocks:  # a chunk evicted since the lookup ends the prefix
@@ -92,8 +137,11 @@ class KvcdConnector:
         loaded (fewer than asked when a chunk was evicted meanwhile)."""
         cache = self._load_at.get("cache")
         for i, b in enumerate(self._loaded):
-            kv = _from_cache_dtype(b[layer], self.dtype)  # [2, chunk, heads, dim]
             t0 = i * self.chunk
+            if hasattr(b, "is_cuda"):  # a view of GPU staging: a copy on the device
+                cache[layer, :, t0:t0 + self.chunk] = b[layer].to(cache.dtype)
+                continue
+            kv = _from_cache_dtype(b[layer], self.dtype)  # [2, chunk, heads, dim]
             cache[layer, :, t0:t0 + self.chunk] = _as_like(cache, kv)
         return int(self._load_at.get("tokens", 0))
 
@@ -109,6 +157,10 @@ class KvcdConnector:
         layer came through :meth:`save_kv_layer`. Returns the chunks queued."""
         keys = key_chain(self.keyns, tokens, self.chunk)
         first = start_token // self.chunk
+        dev = self._gpu(kv_cache if kv_cache is not None else
+                        next(iter(self._layer_buf.values()), None))
+        if dev is not None:
+            return self._gpu_save(keys, first, kv_cache, dev)
         reqs, off = [], 0
         stg = self.client.staging
         for i in range(first, len(keys)):
@@ -127,6 +179,32 @@ class KvcdConnector:
                 self.client.name_parent(r, keys[i - 1])
             reqs.append(r)
             off += (r.len + 63) & ~63
+        self._pending_save = self.client.submit(reqs)
+        self._pending_reqs = len(reqs)
+        self._layer_buf.clear()
+        return len(reqs)
+
+    def _gpu_save(self, keys: List[Key], first: int, kv_cache: Any, dev: int) -> int:
+        import torch
+
+        idx, stg = self.client.gpu_index(dev), self.client.gpu_staging(dev)
+        dt = getattr(torch, _TORCH_DT[self.dtype])
+        reqs, off = [], 0
+        for i in range(first, len(keys)):
+            t0 = i * self.chunk
+            if kv_cache is not None:
+                blk = kv_cache[:, :, t0:t0 + self.chunk]
+            else:
+                blk = torch.stack([self._layer_buf[l][:, t0:t0 + self.chunk]
+                                   for l in range(self.layers)])
+            data = blk.to(dt).contiguous().view(-1).view(torch.uint8)
+            if off + data.numel() > stg.numel():
+                break
+            stg[off:off + data.numel()].copy_(data)
+            reqs.append(Req(op=OP_STORE, flags=REQ_GPU, gpu=idx, key=keys[i],
+                            layout=self.layout, off=off, len=data.numel()))
+            off += (data.numel() + 63) & ~63
+        torch.cuda.synchronize(dev)  # the bytes are in GPU staging before kvcd reads them
         self._pending_save = self.client.submit(reqs)
         self._pending_reqs = len(reqs)
         self._layer_buf.clear()
