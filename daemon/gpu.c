@@ -197,6 +197,10 @@ static int run_job(struct kvcd_gpu_dev *gd, struct kvcd_gpu_job *j)
 	CUstream st = gd->stream;
 	int kerr = 0;
 
+	/* a STORE's parent, from the end of its range, for the worker to link the block with */
+	if (j->has_parent &&
+	    cu->dtoh_async(&j->parent, j->gptr + j->parent_off, sizeof(j->parent), st))
+		return -EIO;
 	switch (j->op) {
 	case KVCD_GPU_D2H:
 		if (cu->dtoh_async(j->host, j->gptr, j->hlen, st) || cu->stream_sync(st))

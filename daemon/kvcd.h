@@ -723,12 +723,15 @@ struct kvcd_gpu_job {
 	int done;
 
 	/* what the worker does on resuming, kept here across the wait */
-	int stage;		   /* ops.c's */
-	struct kvcd_block *blk;	   /* the block reserved (STORE) or referenced (FETCH) */
-	struct kvcd_plan plan;	   /* STORE */
-	struct kvcd_policy pol;	   /* STORE */
-	void *bounce;		   /* host bytes of a block the CPU codec encodes or decodes */
-	bool corrupt;		   /* FETCH: the pool's bytes did not match their checksum */
+	int stage;		/* ops.c's */
+	struct kvcd_block *blk; /* the block reserved (STORE) or referenced (FETCH) */
+	struct kvcd_plan plan;	/* STORE */
+	struct kvcd_policy pol; /* STORE */
+	void *bounce;		/* host bytes of a block the CPU codec encodes or decodes */
+	bool corrupt;		/* FETCH: the pool's bytes did not match their checksum */
+	bool has_parent;	/* STORE: the staging range ends with the block's parent */
+	uint64_t parent_off;	/* its offset from gptr, copied by the mover into parent */
+	struct kvcp_key parent;
 	uint64_t value;		   /* FETCH: the completion's */
 	struct kvcp_layout layout; /* FETCH: the completion's */
 };

@@ -326,12 +326,20 @@ static int gpu_store_bounce(struct kvcd *d, struct kvcd_gpu_job *j, uint64_t byt
 static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		     struct kvcd_gpu_job *j)
 {
-	uint64_t bytes = kvcp_layout_bytes(&v->layout);
+	uint64_t bytes = kvcp_layout_bytes(&v->layout), len = v->len;
 	struct kvcp_layout l;
 	struct kvcd_block *b;
 	int err;
 
-	if (!bytes || v->len != bytes)
+	if (v->flags & KVCP_SQE_F_PARENT) { /* the last 16 bytes, 8-aligned, after padding */
+		if (len < sizeof(j->parent) + bytes || (v->off + len - sizeof(j->parent)) % 8 ||
+		    len - sizeof(j->parent) - bytes >= 8)
+			return -EINVAL;
+		j->has_parent = true;
+		j->parent_off = len - sizeof(j->parent);
+		len = bytes;
+	}
+	if (!bytes || len != bytes)
 		return -EINVAL;
 	if (!v->layout.codec)
 		kvcd_store_policy(&d->store, s->ns_id, &j->pol);
@@ -391,7 +399,8 @@ static int gpu_store_done(struct kvcd *d, struct kvcd_session *s, const struct k
 
 	if (j->stage == GPU_STORE_BOUNCE)
 		return err ? err
-			   : store_with_fallback(d, s, v, &j->pol, j->bounce, NULL, NULL, NULL);
+			   : store_with_fallback(d, s, v, &j->pol, j->bounce, NULL, NULL,
+						 j->has_parent ? &j->parent : NULL);
 	j->blk = NULL;
 	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec) {
 		/* the namespace's policy cannot encode these values: the CPU codec decides, and
@@ -410,6 +419,8 @@ static int gpu_store_done(struct kvcd *d, struct kvcd_session *s, const struct k
 	}
 	if (!err && d->remote && d->store.ns[s->ns_id].remote == KVCD_REMOTE_ALL)
 		kvcd_remote_put(d, s->ns, &v->key, &b->layout, b->data, b->stored);
+	if (!err && j->has_parent)
+		kvcd_store_link(&d->store, s->ns_id, b, &j->parent);
 	kvcd_store_commit(&d->store, b, !err, sum_on, sum);
 	return err;
 }
@@ -868,7 +879,9 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	}
 	if (v->flags & KVCP_SQE_F_GPU) {
 		if ((v->opcode != KVCP_OP_STORE && v->opcode != KVCP_OP_FETCH) ||
-		    v->flags != KVCP_SQE_F_GPU) {
+		    (v->flags != KVCP_SQE_F_GPU &&
+		     (v->flags != (KVCP_SQE_F_GPU | KVCP_SQE_F_PARENT) ||
+		      v->opcode != KVCP_OP_STORE))) {
 			res = -EINVAL;
 		} else if (v->gpu >= KVCD_MAX_GPUS || !(s->gpu_mask >> v->gpu & 1)) {
 			res = -ENODEV; /* no GPU staging on that device */

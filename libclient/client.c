@@ -915,11 +915,23 @@ int kvc_req_parent(kvc_client *c, struct kvc_req *r, const struct kvc_key *paren
 {
 	size_t size, at = (r->off + r->len + 7) & ~(uint64_t)7;
 	char *stg = kvc_staging(c, &size);
+	bool gpu = r->flags & KVC_REQ_GPU;
 
-	if (r->op != KVC_OP_STORE || (r->flags & KVC_REQ_PARENT) || !stg || at < r->off ||
+	if (gpu && (r->gpu >= KVCP_MAX_GPUS || !(c->gpu_mask >> r->gpu & 1)))
+		return -ENODEV;
+	if (gpu)
+		size = c->gpu[r->gpu].size;
+	if (r->op != KVC_OP_STORE || (r->flags & KVC_REQ_PARENT) || (!gpu && !stg) || at < r->off ||
 	    at + sizeof(*parent) > size)
 		return -EINVAL;
-	memcpy(stg + at, parent, sizeof(*parent));
+	if (gpu) { /* the trailer goes where the block is, in GPU staging */
+		int err = kvcc_gpu_htod(&c->gpu[r->gpu], at, parent, sizeof(*parent));
+
+		if (err)
+			return err;
+	} else {
+		memcpy(stg + at, parent, sizeof(*parent));
+	}
 	r->flags |= KVC_REQ_PARENT;
 	r->len = at + sizeof(*parent) - r->off;
 	return 0;

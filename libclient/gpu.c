@@ -33,6 +33,7 @@ static struct {
 	int (*release_ctx)(int dev);
 	int (*push)(void *ctx);
 	int (*pop)(void **ctx);
+	int (*htod)(unsigned long long dst, const void *src, size_t n);
 	int loaded; /* 1: ready, < 0: -errno of the failure */
 } cu;
 
@@ -57,6 +58,7 @@ static void load(void)
 		{ "cuDevicePrimaryCtxRelease_v2", (void **)&cu.release_ctx },
 		{ "cuCtxPushCurrent_v2", (void **)&cu.push },
 		{ "cuCtxPopCurrent_v2", (void **)&cu.pop },
+		{ "cuMemcpyHtoD_v2", (void **)&cu.htod },
 	};
 	void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
 
@@ -165,6 +167,18 @@ void kvcc_gpu_unmap(struct kvcc_gpu *g, int keep_va)
 		cu.release_ctx(g->device);
 		g->ctx = NULL;
 	}
+}
+
+int kvcc_gpu_htod(struct kvcc_gpu *g, uint64_t off, const void *src, size_t n)
+{
+	void *popped;
+	int err;
+
+	if (!g->mapped || off > g->size || n > g->size - off || cu.push(g->ctx))
+		return -EINVAL;
+	err = cu.htod(g->va + off, src, n) ? -EIO : 0;
+	cu.pop(&popped);
+	return err;
 }
 
 int kvcc_gpu_device(int ordinal, int *dev)

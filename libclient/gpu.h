@@ -39,6 +39,8 @@ struct kvcc_gpu {
 int kvcc_gpu_map(struct kvcc_gpu *g, const struct kvcp_attach_gpu_dev *d, int fd);
 /* Unmap and release the allocation; the address range too unless @keep_va. */
 void kvcc_gpu_unmap(struct kvcc_gpu *g, int keep_va);
+/* Copy @n bytes from host @src to GPU staging offset @off (synchronous). 0, -EINVAL, -EIO. */
+int kvcc_gpu_htod(struct kvcc_gpu *g, uint64_t off, const void *src, size_t n);
 /* The CUdevice of this process's CUDA ordinal @ordinal. */
 int kvcc_gpu_device(int ordinal, int *dev);
 

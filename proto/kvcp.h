@@ -174,8 +174,9 @@ enum kvcp_op {
 				 * its chain, 8-aligned; len includes them. A hint for eviction */
 #define KVCP_SQE_F_GPU \
 	16u /* STORE, FETCH (2.4): off/len address the session's GPU staging on
-				 * device sqe.gpu, off a multiple of KVCP_GPU_ALIGN; not with
-				 * the other flags */
+				 * device sqe.gpu, off a multiple of KVCP_GPU_ALIGN; with no
+				 * other flag but KVCP_SQE_F_PARENT on a STORE (its trailer in
+				 * GPU staging too) */
 #define KVCP_GPU_ALIGN 16
 #define KVCP_SQE_F_KNOWN                                                               \
 	(KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX | KVCP_SQE_F_PARENT | \

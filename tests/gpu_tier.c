@@ -277,6 +277,55 @@ Test(gpu_tier, host_store_comes_back_into_gpu_staging)
 	free(got);
 }
 
+/* GPU STOREs that name their parent (the trailer in GPU staging, written by the library): both
+ * stored, both whole. */
+Test(gpu_tier, gpu_stores_name_their_parents)
+{
+	struct kvcg_rt rt;
+	size_t n = kvc_layout_bytes(&L), size;
+	struct kvc_key k0 = key_of(300), k1 = key_of(301);
+	struct kvc_req r[2] = {
+		{ .op = KVC_OP_STORE, .flags = KVC_REQ_GPU, .key = k0, .layout = L, .len = n },
+		{ .op = KVC_OP_STORE, .flags = KVC_REQ_GPU, .key = k1, .layout = L, .len = n },
+	};
+	struct kvc_cqe cqe[2];
+	struct kvc_layout back;
+	uint16_t *raw = malloc(n);
+	char *stg;
+	kvc_client *c;
+	int idx, got = 0;
+
+	start_or_skip();
+	cuda_open(&rt);
+	c = gpu_client();
+	idx = kvc_gpu_index(c, 0);
+	r[1].off = (n + 16 + 63) & ~(size_t)63;
+	for (int i = 0; i < 2; i++) {
+		r[i].gpu = (uint16_t)idx;
+		make_block(raw, n / 2, 300 + (unsigned)i);
+		cr_assert_eq(rt.cu.htod(kvc_gpu_staging(c, (unsigned)idx, NULL) + r[i].off, raw, n),
+			     0);
+	}
+	cr_assert_eq(kvc_req_parent(c, &r[1], &k0), 0);
+	cr_assert_eq(r[1].flags, KVC_REQ_GPU | KVC_REQ_PARENT);
+	cr_assert_eq(kvc_submit(c, r, 2, NULL), 2);
+	while (got < 2) {
+		int m = kvc_wait(c, cqe + got, 1, 2 - (unsigned)got, 5000);
+
+		cr_assert_gt(m, 0);
+		got += m;
+	}
+	cr_assert_eq(cqe[0].res, 0);
+	cr_assert_eq(cqe[1].res, 0);
+	stg = kvc_staging(c, &size);
+	make_block(raw, n / 2, 301);
+	cr_assert_eq(kvc_fetch(c, &k1, 0, size, &back), 0);
+	cr_assert_eq(memcmp(stg, raw, n), 0);
+	kvc_detach(c);
+	kvcg_rt_close(&rt);
+	free(raw);
+}
+
 /* The child: GPU STOREs of fresh keys until it is killed; says when the first is in. */
 static int store_until_killed(int fd)
 {

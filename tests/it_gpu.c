@@ -65,6 +65,12 @@ Test(gpu, attach_for_gpu_staging_is_refused_without_a_device)
 	cr_assert_eq(size, 0);
 	cr_assert_eq(kvc_gpu_index(c, 0), -ENODEV);
 	cr_assert_eq(kvc_store_gpu(c, 0, &k, &L, 0), -ENODEV);
+	struct kvc_req r = {
+		.op = KVC_OP_STORE, .flags = KVC_REQ_GPU, .key = k, .layout = L, .len = n
+	};
+
+	cr_assert_eq(kvc_req_parent(c, &r, &k), -ENODEV, "no GPU staging for its parent");
+	cr_assert_eq(r.flags, KVC_REQ_GPU, "the request is left as it was");
 	cr_assert_eq(kvc_fetch_gpu(c, 0, &k, 0, n, &back), -ENODEV);
 	kvc_detach(c);
 }
@@ -100,6 +106,13 @@ Test(gpu, gpu_requests_a_session_cannot_make_are_refused)
 		    .layout = l },
 		  -EINVAL },
 		{ { .opcode = KVCP_OP_FETCH, .gpu = 1, .len = n }, -EBADMSG },
+		{ { .opcode = KVCP_OP_FETCH, .flags = KVCP_SQE_F_GPU | KVCP_SQE_F_PARENT, .len = n },
+		  -EINVAL },
+		{ { .opcode = KVCP_OP_STORE,
+		    .flags = KVCP_SQE_F_GPU | KVCP_SQE_F_PARENT,
+		    .len = n + 16,
+		    .layout = l },
+		  -ENODEV },
 	};
 
 	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), 0);

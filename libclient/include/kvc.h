@@ -180,7 +180,8 @@ enum kvc_op {
 #define KVC_REQ_GPU \
 	16u /* STORE, FETCH: @off, @len address this client's GPU staging on
 				 * device @gpu, not its staging buffer, @off a multiple of 16
-				 * (-EINVAL otherwise); no other flag with it.
+				 * (-EINVAL otherwise); no other flag with it but
+				 * KVC_REQ_PARENT on a STORE (kvc_req_parent).
 				 * STORE's bytes go to the host pools, encoded on the GPU when
 				 * the policy's codec runs there; FETCH decodes on the GPU */
 
@@ -271,8 +272,10 @@ int kvc_store_scored(kvc_client *c, const struct kvc_key *key, const struct kvc_
 		     size_t off);
 /* Name STORE request @r's @parent in its chain (the key of the chunk before it): writes it into
  * staging after what @r already covers (@off, @len: the block, its scores and aux), at the
- * next multiple of 8, and adds KVC_REQ_PARENT and those bytes to @r. Returns 0, or -EINVAL
- * when @r is not a STORE, names a parent already or has no room in staging for it. */
+ * next multiple of 8, and adds KVC_REQ_PARENT and those bytes to @r. A KVC_REQ_GPU request's
+ * parent goes into its GPU staging (a copy to the device). Returns 0, -EINVAL when @r is not a
+ * STORE, names a parent already or has no room in staging for it, -ENODEV (a GPU request
+ * for a device this client has no GPU staging on), -EIO (the copy failed). */
 int kvc_req_parent(kvc_client *c, struct kvc_req *r, const struct kvc_key *parent);
 
 /* As kvc_store, naming the block's @parent in its chain (the key of the chunk before it;

@@ -15,8 +15,7 @@ cache dtype, the layout the C engine (tools/engine.c) stores, so either engine h
 A cache on a CUDA device whose client has GPU staging there (``Client(gpu=True)``) moves on the
 GPU: chunks are copied into GPU staging and stored from it, and fetched into it and copied into
 the cache, never through host memory (kvcd encodes and decodes on the GPU where the namespace's
-codec runs there). GPU STOREs name no parent. The fetched chunks are views of GPU staging until
-the next save.
+codec runs there). The fetched chunks are views of GPU staging until the next save.
 """
 from __future__ import annotations
 
@@ -198,12 +197,15 @@ class KvcdConnector:
                 blk = torch.stack([self._layer_buf[l][:, t0:t0 + self.chunk]
                                    for l in range(self.layers)])
             data = blk.to(dt).contiguous().view(-1).view(torch.uint8)
-            if off + data.numel() > stg.numel():
+            if off + data.numel() + 8 + ctypes.sizeof(Key) > stg.numel():  # and the parent
                 break
             stg[off:off + data.numel()].copy_(data)
-            reqs.append(Req(op=OP_STORE, flags=REQ_GPU, gpu=idx, key=keys[i],
-                            layout=self.layout, off=off, len=data.numel()))
-            off += (data.numel() + 63) & ~63
+            r = Req(op=OP_STORE, flags=REQ_GPU, gpu=idx, key=keys[i], layout=self.layout,
+                    off=off, len=data.numel())
+            if i:  # named after the block, in GPU staging (the library copies it there)
+                self.client.name_parent(r, keys[i - 1])
+            reqs.append(r)
+            off += (r.len + 63) & ~63
         torch.cuda.synchronize(dev)  # the bytes are in GPU staging before kvcd reads them
         self._pending_save = self.client.submit(reqs)
         self._pending_reqs = len(reqs)
