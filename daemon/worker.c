@@ -115,6 +115,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		if (kvcp_load_relaxed(&s->hdr->cq.flags) & KVCP_RING_NEED_WAKEUP) {
 			__atomic_fetch_add(&s->hdr->cq.futex, 1, __ATOMIC_RELEASE);
 			kvcd_futex_wake(&s->hdr->cq.futex, 1, true);
+			w->woke = true;
 		}
 	}
 	return n;
@@ -166,6 +167,7 @@ static void *worker_main(void *arg)
 	struct kvcd_session *local[KVCD_WORKER_MAX_SESSIONS];
 	unsigned n = 0;
 	uint64_t last = kvcd_now_ns(), spin_ns = w->d->cfg.busy_poll_us * 1000ull;
+	bool nospin = false;
 
 	for (;;) {
 		if (__atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) != w->seen_gen) {
@@ -184,15 +186,20 @@ static void *worker_main(void *arg)
 		}
 		unsigned did = 0;
 
+		w->woke = false;
 		for (unsigned i = 0; i < n; i++)
 			did += process(w->d, w, local[i]);
 		if (did) {
 			last = kvcd_now_ns();
+			/* spin for the next request only if its client is spinning too: one that had
+			 * gone to sleep (we just woke it) takes a wake-up to answer, and spinning meanwhile
+			 * only keeps a core from it on a busy machine */
+			nospin = w->woke;
 			continue;
 		}
 		/* A request that waits on the remote tier (or a GPU's mover) is woken by it: spinning
 		 * for it would only take a core from that thread and from the cluster's nodes. */
-		if (!w->parked && kvcd_now_ns() - last < spin_ns) {
+		if (!w->parked && !nospin && kvcd_now_ns() - last < spin_ns) {
 			__builtin_ia32_pause();
 			continue;
 		}
