@@ -82,7 +82,8 @@ struct kvc_client {
 	uint32_t stash_head, stash_n, stash_cap;
 	uint64_t *cancelled; /* tickets of timed-out calls: their completions are dropped */
 	uint32_t ncancelled;
-	uint64_t gpu_mask; /* devices with GPU staging mapped */
+	struct kvcp_spin spin; /* how long a wait spins before sleeping (opts.spin_us at most) */
+	uint64_t gpu_mask;     /* devices with GPU staging mapped */
 	struct kvcc_gpu gpu[KVCP_MAX_GPUS];
 };
 
@@ -457,6 +458,7 @@ int kvc_attach_0_6(const struct kvc_attach_opts *o, kvc_client **out)
 	c->opts.ns = NULL;
 	if (!c->opts.spin_us)
 		c->opts.spin_us = 50;
+	kvcp_spin_init(&c->spin, c->opts.spin_us * 1000ull);
 	if (!c->opts.op_timeout_ms)
 		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;
 	strcpy(c->sockpath, path);
@@ -749,15 +751,20 @@ int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
 static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 {
 	struct kvcp_ring *cq;
-	uint64_t t0 = now_ns(), spin_end = t0 + c->opts.spin_us * 1000ull, next_check = t0;
+	uint64_t t0 = now_ns(), next_check = t0, spin_end;
+	bool spinning = true, busy = c->opts.flags & KVC_ATTACH_BUSY_POLL;
 	uint32_t fv;
 
 	if (c->dead || !c->hdr)
 		return -ECONNRESET;
 	cq = &c->hdr->cq;
+	spin_end = t0 + kvcp_spin_begin(&c->spin);
 	for (;;) {
-		if (kvcp_ring_pending(cq, c->cq_entries, c->cq_cons))
+		if (kvcp_ring_pending(cq, c->cq_entries, c->cq_cons)) {
+			if (spinning && !busy)
+				kvcp_spin_end(&c->spin, 1);
 			return 0;
+		}
 		uint64_t t = now_ns();
 
 		if (deadline_ns && t >= deadline_ns)
@@ -769,9 +776,14 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 			}
 			next_check = t + 10000000ull;
 		}
-		if (t < spin_end || (c->opts.flags & KVC_ATTACH_BUSY_POLL)) {
+		if (busy || t < spin_end) {
+			kvcp_spin_tick(&c->spin, t);
 			__builtin_ia32_pause();
 			continue;
+		}
+		if (spinning) {
+			kvcp_spin_end(&c->spin, 0);
+			spinning = false;
 		}
 		/* The worker stops draining our SQ while our CQ is full and may have gone to
 		 * sleep; we have since made room, so wake it before we sleep ourselves. */

@@ -462,6 +462,63 @@ struct kvcp_client_ent {
 #define kvcp_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define kvcp_fence()		 __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
+/* ---- a client's spin before it sleeps on its completion queue, adapted ---------------------
+ * Spinning for a completion saves the wake-up on an idle core and wastes the core the daemon
+ * needs on a busy machine. Each spin watches its own clock: a gap between two looks longer
+ * than KVCP_SPIN_GAP_NS means this thread was descheduled while spinning; such a spin that
+ * found nothing halves the budget, and one that found its completion doubles it again, up to
+ * the configured most. At nothing, one wait in KVCP_SPIN_PROBE_EVERY spins KVCP_SPIN_PROBE_NS
+ * to learn whether the machine is quiet again. */
+#define KVCP_SPIN_GAP_NS      20000u
+#define KVCP_SPIN_PROBE_NS    2000u
+#define KVCP_SPIN_PROBE_EVERY 16u
+
+struct kvcp_spin {
+	uint64_t max_ns;    /* what was configured */
+	uint64_t budget_ns; /* what the next wait may spin */
+	uint64_t last_ns;   /* the spin's previous look at the clock; 0: none yet */
+	uint32_t idle;	    /* waits since the budget fell to nothing */
+	uint32_t preempted; /* the current spin was descheduled */
+};
+
+static inline void kvcp_spin_init(struct kvcp_spin *s, uint64_t max_ns)
+{
+	s->max_ns = s->budget_ns = max_ns;
+	s->last_ns = 0;
+	s->idle = s->preempted = 0;
+}
+
+/* How long the wait that begins now may spin. */
+static inline uint64_t kvcp_spin_begin(struct kvcp_spin *s)
+{
+	s->last_ns = 0;
+	s->preempted = 0;
+	if (s->budget_ns)
+		return s->budget_ns;
+	return ++s->idle % KVCP_SPIN_PROBE_EVERY ? 0 : KVCP_SPIN_PROBE_NS;
+}
+
+/* One look at the clock while spinning. */
+static inline void kvcp_spin_tick(struct kvcp_spin *s, uint64_t now_ns)
+{
+	if (s->last_ns && now_ns - s->last_ns > KVCP_SPIN_GAP_NS)
+		s->preempted = 1;
+	s->last_ns = now_ns;
+}
+
+/* The spin ended: @found, the completion came while it spun. */
+static inline void kvcp_spin_end(struct kvcp_spin *s, int found)
+{
+	uint64_t b = s->budget_ns ? s->budget_ns * 2 : KVCP_SPIN_PROBE_NS;
+
+	if (s->preempted && !found)
+		s->budget_ns = s->budget_ns / 2 < KVCP_SPIN_PROBE_NS ? 0 : s->budget_ns / 2;
+	else if (found && s->budget_ns < s->max_ns)
+		s->budget_ns = b < s->max_ns ? b : s->max_ns;
+	if (s->budget_ns)
+		s->idle = 0;
+}
+
 static inline int kvcp_is_pow2(uint32_t n)
 {
 	return n && !(n & (n - 1));
