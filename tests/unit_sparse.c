@@ -810,3 +810,148 @@ Test(sparse, minicache_at_t0_and_t1_returns_one_layer_exactly)
 	free(dec);
 	cr_assert_eq(kvcd_policy_parse("int8:minicache=1", &p, NULL, 0), -EINVAL);
 }
+
+/* A chain of blocks selected together (kvcd_codec_chain_select, then each block encoded with
+ * its share) keeps exactly the tokens and rows one block holding the whole chain keeps. */
+Test(sparse, a_chain_selects_as_one_block_holding_it)
+{
+	static struct blk b;
+	static const uint32_t len[3] = { 20, 17, 13 }; /* T in all */
+	const char *pols[] = {
+		"none:select=snapkv,keep=50%,window=4,budget=adakv,sink=2",
+		"none:select=snapkv,keep=30%,window=3,kernel=3",
+		"none:select=snapkv,keep=50%,window=4,budget=heads",
+		"none:select=h2o,keep=40%,window=2,budget=pyramid",
+		"none:select=keynorm,keep=50%",
+		"none:select=recent,keep=25%,sink=4",
+		"int8:select=snapkv,keep=50%,window=4,budget=adakv",
+	};
+
+	make(&b);
+	b.aux.q_pos = T - W; /* the window is the chain's last tokens: causal inside it */
+	for (size_t pi = 0; pi < sizeof(pols) / sizeof(pols[0]); pi++) {
+		struct kvcd_policy p = pol(pols[pi]);
+		struct kvcp_layout ls[3];
+		float *src[3], *attn[3];
+		uint8_t *keep[3];
+		struct view whole;
+		void *wdec = roundtrip(&b, pols[pi], 0, &whole);
+		uint32_t off = 0;
+
+		for (int i = 0; i < 3; i++) {
+			ls[i] = LAY;
+			ls[i].tokens = len[i];
+			src[i] = malloc(kvcp_layout_bytes(&ls[i]));
+			attn[i] = malloc(LY * H * len[i] * 4);
+			keep[i] = malloc(kvcd_codec_keep_bytes(&ls[i]));
+			for (uint32_t ly = 0; ly < LY; ly++)
+				for (int kv = 0; kv < 2; kv++)
+					for (uint32_t t = 0; t < len[i]; t++)
+						memcpy(src[i] + (((size_t)ly * 2 + kv) * len[i] + t) * H * D,
+						       row(&b, ly, kv, off + t, 0), H * D * 4);
+			for (uint32_t lh = 0; lh < LY * H; lh++)
+				memcpy(attn[i] + lh * len[i], b.attn + lh * T + off, len[i] * 4);
+			off += len[i];
+		}
+		cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &p, 3, ls,
+						     (const void *const *)src, 0, &b.aux, keep),
+			     0, "%s", pols[pi]);
+		/* each block's share, encoded and decoded, against the whole block's lists */
+		const uint32_t *wtok = whole.tok;
+		const float *wrow = whole.rows;
+		size_t wkept[LY * H] = { 0 }; /* of each (layer, head)'s list, matched so far */
+
+		off = 0;
+		for (int i = 0; i < 3; i++) {
+			struct kvcd_aux a = b.aux;
+			uint32_t counts[LY * H];
+			struct kvcp_layout got;
+			struct view v;
+			uint64_t n, out;
+			void *enc, *dec;
+
+			a.q_pos = b.aux.q_pos - (int32_t)off;
+			a.attn = attn[i];
+			a.keep = keep[i];
+			cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &ls[i], off, src[i], &a,
+						   counts),
+				     0);
+			n = kvcd_sel_size(&p, &ls[i], false, off, counts);
+			enc = malloc(n);
+			cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &ls[i], off, src[i], NULL,
+						     &a, counts, enc),
+				     0, "%s: block %d", pols[pi], i);
+			out = kvcd_codec_out_size(enc, n);
+			dec = malloc(out);
+			cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), 0);
+			v = view_of(dec);
+			cr_assert_eq(v.h.tokens, len[i]);
+
+			const uint32_t *tok = v.tok;
+			const float *r = v.rows;
+			const uint32_t *wt = wtok;
+			const float *wr = wrow;
+
+			for (uint32_t u = 0; u < LY * H; u++) {
+				uint32_t m = v.count[u], wn = whole.count[u];
+
+				for (uint32_t j = 0; j < m; j++) {
+					size_t w = wkept[u] + j;
+
+					cr_assert_lt(w, wn, "%s: block %d (l,h) %u keeps more",
+						     pols[pi], i, u);
+					cr_assert_eq(tok[j] + off, wt[w], "%s: block %d (l,h) %u",
+						     pols[pi], i, u);
+					cr_assert_eq(memcmp(r + j * D, wr + w * D, D * 4), 0, "K");
+					cr_assert_eq(memcmp(r + (m + j) * D, wr + (wn + w) * D, D * 4),
+						     0, "V");
+				}
+				/* and it kept every whole-block token that falls in it */
+				cr_assert(wkept[u] + m == wn || wt[wkept[u] + m] >= off + len[i],
+					  "%s: block %d (l,h) %u misses a token", pols[pi], i, u);
+				wkept[u] += m;
+				tok += m;
+				r += 2 * m * D;
+				wt += wn;
+				wr += 2 * wn * D;
+			}
+			off += len[i];
+			free(enc);
+			free(dec);
+		}
+		for (uint32_t u = 0; u < LY * H; u++)
+			cr_assert_eq(wkept[u], whole.count[u], "%s: (l,h) %u", pols[pi], u);
+		for (int i = 0; i < 3; i++) {
+			free(src[i]);
+			free(attn[i]);
+			free(keep[i]);
+		}
+		free(wdec);
+	}
+}
+
+Test(sparse, a_chain_refuses_what_it_cannot_select)
+{
+	static struct blk b;
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *src[2] = { b.x, b.x };
+	uint8_t k0[LY * H * 7], k1[LY * H * 7];
+	uint8_t *keep[2] = { k0, k1 };
+	struct kvcd_policy sel = pol("none:select=snapkv,keep=50%"), q = pol("int8");
+	struct kvcd_aux none = { 0 };
+
+	make(&b);
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &q, 2, ls, src, 0, &b.aux, keep),
+		     -EINVAL, "nothing to select");
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &none, keep),
+		     -EINVAL, "no queries");
+	ls[1].head_dim = 4;
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep),
+		     -EINVAL, "shapes differ");
+	ls[1] = LAY;
+	b.x[3] = NAN;
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep),
+		     -EINVAL, "a key is nan");
+	b.x[3] = 0;
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep), 0);
+}

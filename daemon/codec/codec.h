@@ -55,6 +55,10 @@ struct kvcd_aux {
 	const float *attn; /* [layers][kv_heads][tokens] */
 	const float *q;	   /* [layers][q_heads][window][head_dim] */
 	const float *lse;  /* [layers][q_heads][window] */
+	/* Not from the wire: the tokens a selection across a chain of blocks kept in this
+	 * block (kvcd_codec_chain_select), a bitmap of ceil(tokens / 8) bytes per (layer, KV
+	 * head), LSB first. With it the block keeps exactly these, whatever its budget. */
+	const uint8_t *keep;
 };
 
 /* ---- the entry points ------------------------------------------------------------------ */
@@ -123,6 +127,27 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 /* Bytes FETCH writes for the encoded block @src of @n bytes: the raw block, or its struct
  * kvcp_sparse form; 0 when the header is bad. */
 uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
+
+/* ---- selection across a chain of blocks -----------------------------------------------------
+ * An engine that stores its prefill in chunks can have the chain's tokens selected as if one
+ * block held the whole prefix (one observation window, one budget), once the prefill is done
+ * (KVCP_OP_RECOMPRESS): the tokens each block keeps are chosen here, then each block is
+ * encoded with aux.keep set to its share. */
+
+/* Bytes of one block's keep bitmaps (struct kvcd_aux.keep) for layout @l. */
+size_t kvcd_codec_keep_bytes(const struct kvcp_layout *l);
+
+/* Choose the tokens that policy @p (with select=) keeps across the @n raw blocks @srcs of
+ * layouts @ls (the same shape but for tokens), consecutive in one sequence from position
+ * @pos: sinks are the sequence's first tokens, the window the chain's last tokens, the budget
+ * the chain's, and @aux is the chain's (q_pos from the first block's first token, attn over
+ * every token of the chain). Writes each block's bitmaps to @keep[i]
+ * (kvcd_codec_keep_bytes). Exactly what one block holding the whole chain would keep. Returns
+ * 0, -EINVAL (@p selects nothing or merges layers, shapes differ, @aux lacks what select=
+ * needs, a key is inf/nan) or -ENOMEM. */
+int kvcd_codec_chain_select(enum kvcd_isa isa, const struct kvcd_policy *p, uint32_t n,
+			    const struct kvcp_layout *ls, const void *const *srcs, uint32_t pos,
+			    const struct kvcd_aux *aux, uint8_t *const *keep);
 
 /* ---- the GPU codecs' view of a block ---------------------------------------------------------
  * The kernels in daemon/gpu/ encode and decode blocks in the units form bit for bit as this

@@ -147,6 +147,10 @@ void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 		       const float *lse, uint32_t g, uint32_t w, int64_t qpos, uint32_t kernel,
 		       float *tmp, float *score);
 
+/* Max-pool @score[t] over @kernel neighbouring tokens (odd; 1: none), same padding. @tmp: t
+ * floats. */
+void kvcd_score_pool(float *score, uint32_t t, uint32_t kernel, float *tmp);
+
 /* Key-norm: the smaller a key's L2 norm, the higher its score (-||k||). */
 void kvcd_score_keynorm(const float *keys, uint32_t stride, uint32_t t, uint32_t d, float *score);
 

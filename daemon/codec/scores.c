@@ -42,6 +42,11 @@ void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 			for (uint32_t k = 0; k < seen; k++)
 				score[k] += tmp[k] / sum;
 		}
+	kvcd_score_pool(score, t, kernel, tmp);
+}
+
+void kvcd_score_pool(float *score, uint32_t t, uint32_t kernel, float *tmp)
+{
 	if (kernel <= 1)
 		return;
 	memcpy(tmp, score, (size_t)t * sizeof(*tmp));

@@ -243,7 +243,16 @@ static uint32_t gather(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	size_t stride = (size_t)l->kv_heads * l->head_dim;
 	uint32_t d = l->head_dim;
 
-	if (p->select) {
+	if (aux && aux->keep) { /* chosen across a chain: the scores only weigh merges */
+		const uint8_t *bits = aux->keep + ((size_t)ly * l->kv_heads + hh) * ((l->tokens + 7) / 8);
+
+		if (p->merge)
+			score_head(p, l, aux, ly, hh, w, w->score);
+		m = 0;
+		for (uint32_t i = 0; i < l->tokens; i++)
+			if (bits[i / 8] >> (i % 8) & 1)
+				w->keep[m++] = i;
+	} else if (p->select) {
 		score_head(p, l, aux, ly, hh, w, w->score);
 		m = kvcd_select_keep(w->score, l->tokens, m, nsink, p->window, w->utmp, w->keep);
 	} else {
@@ -290,6 +299,40 @@ static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 	return err;
 }
 
+/* The counts of one layer's @h heads under budget=adakv or heads, from their scores @score
+ * (@h x @t), whose sinks and window this sets to INFINITY; @tmp: @h x @t floats. */
+static void layer_counts(const struct kvcd_policy *p, uint32_t h, uint32_t t, uint32_t n,
+			 uint32_t nsink, float *score, float *tmp, uint32_t *counts)
+{
+	/* head roles, for budget=heads (at most 256 KV heads; more fall back to Ada-KV) */
+	bool roles = p->budget == KVCD_BUDGET_HEADS && h <= 256;
+	float frac[256];
+
+	for (uint32_t hh = 0; hh < h; hh++) {
+		float *s = score + (size_t)hh * t;
+		double all = 0, far = 0;
+
+		/* sinks and the window are kept whatever their scores: they count first */
+		for (uint32_t i = 0; i < t; i++) {
+			bool local = i < nsink || i + p->window >= t;
+
+			if (roles && s[i] > 0) { /* the attention beyond them, as a share */
+				all += s[i];
+				far += local ? 0 : s[i];
+			}
+			if (local)
+				s[i] = INFINITY;
+		}
+		if (roles)
+			frac[hh] = all > 0 ? (float)(far / all) : 0.0f;
+	}
+	if (roles)
+		kvcd_budget_heads(frac, h, t, n, nsink + (p->window < t ? p->window : t), HEADS_EPS,
+				  counts);
+	else
+		kvcd_budget_adakv(score, h, t, n, ADAKV_ALPHA, tmp, counts);
+}
+
 static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		       uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
 {
@@ -297,6 +340,16 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const str
 	struct sel_work w;
 	int err;
 
+	if (aux && aux->keep) { /* chosen across a chain (kvcd_codec_chain_select) */
+		size_t bm = (t + 7) / 8;
+
+		for (size_t u = 0; u < (size_t)l->layers * h; u++) {
+			counts[u] = 0;
+			for (size_t i = 0; i < bm; i++)
+				counts[u] += (uint32_t)__builtin_popcount(aux->keep[u * bm + i]);
+		}
+		return 0;
+	}
 	if (p->budget == KVCD_BUDGET_UNIFORM) { /* low-rank alone keeps every token */
 		for (size_t i = 0; i < (size_t)l->layers * h; i++)
 			counts[i] = p->select ? n : t;
@@ -311,38 +364,12 @@ static int plan_counts(enum kvcd_isa isa, const struct kvcd_policy *p, const str
 	}
 	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
 		return src ? err : -EINVAL;
-	/* head roles, for budget=heads (at most 256 KV heads; more fall back to Ada-KV) */
-	bool roles = p->budget == KVCD_BUDGET_HEADS && h <= 256;
-
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
-		float frac[256];
-
 		err = load_layer(isa, l, src, ly, false, &w);
-		for (uint32_t hh = 0; hh < h && !err; hh++) {
-			float *s = w.score + (size_t)hh * t;
-			double all = 0, far = 0;
-
-			score_head(p, l, aux, ly, hh, &w, s);
-			/* sinks and the window are kept whatever their scores: they count first */
-			for (uint32_t i = 0; i < t; i++) {
-				bool local = i < nsink || i + p->window >= t;
-
-				if (roles && s[i] > 0) { /* the attention beyond them, as a share */
-					all += s[i];
-					far += local ? 0 : s[i];
-				}
-				if (local)
-					s[i] = INFINITY;
-			}
-			if (roles)
-				frac[hh] = all > 0 ? (float)(far / all) : 0.0f;
-		}
-		if (!err && roles)
-			kvcd_budget_heads(frac, h, t, n, nsink + (p->window < t ? p->window : t),
-					  HEADS_EPS, counts + (size_t)ly * h);
-		else if (!err) /* the K plane is done with: it is the joint top-k's scratch */
-			kvcd_budget_adakv(w.score, h, t, n, ADAKV_ALPHA, w.kp,
-					  counts + (size_t)ly * h);
+		for (uint32_t hh = 0; hh < h && !err; hh++)
+			score_head(p, l, aux, ly, hh, &w, w.score + (size_t)hh * t);
+		if (!err) /* the K plane is done with: it is the joint top-k's scratch */
+			layer_counts(p, h, t, n, nsink, w.score, w.kp, counts + (size_t)ly * h);
 	}
 	free(w.kp);
 	return err;
@@ -354,6 +381,135 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 	int err = plan_counts(isa, p, l, pos, src, aux, counts);
 
 	return err || !p->energy ? err : plan_ranks(isa, p, l, pos, src, aux, counts);
+}
+
+size_t kvcd_codec_keep_bytes(const struct kvcp_layout *l)
+{
+	return (size_t)l->layers * l->kv_heads * ((l->tokens + 7) / 8);
+}
+
+/* The chain's scores of (@ly, every head) into @score (H x @t, the chain's tokens), one block's
+ * keys at a time through @kp. */
+static int chain_scores(enum kvcd_isa isa, const struct kvcd_policy *p, uint32_t n,
+			const struct kvcp_layout *ls, const void *const *srcs,
+			const struct kvcd_aux *a, uint32_t ly, uint32_t t, float *kp, float *tmp,
+			float *score)
+{
+	uint32_t h = ls[0].kv_heads, d = ls[0].head_dim, off = 0;
+
+	for (uint32_t i = 0; i < n; off += ls[i++].tokens) {
+		uint32_t bt = ls[i].tokens;
+		int err = load_planes(isa, &ls[i], srcs[i], ly, kp, NULL);
+
+		if (err)
+			return err;
+		for (uint32_t hh = 0; hh < h; hh++) {
+			float *row = score + (size_t)hh * t + off;
+			const float *keys = kp + (size_t)hh * d;
+
+			switch (p->select) {
+			case KVCD_SELECT_RECENT:
+				for (uint32_t k = 0; k < bt; k++)
+					row[k] = (float)(off + k);
+				break;
+			case KVCD_SELECT_KEYNORM:
+				kvcd_score_keynorm(keys, h * d, bt, d, row);
+				break;
+			case KVCD_SELECT_H2O:
+				memcpy(row, a->attn + ((size_t)ly * h + hh) * t + off, (size_t)bt * 4);
+				break;
+			default: { /* snapkv: the same sums as over one block; pooled below */
+				uint32_t g = a->q_heads / h;
+				size_t q0 = ((size_t)ly * a->q_heads + (size_t)hh * g) * a->window;
+
+				kvcd_score_snapkv(keys, h * d, bt, d, a->q + q0 * d, a->lse + q0, g,
+						  a->window, (int64_t)a->q_pos - off, 1, tmp, row);
+			}
+			}
+		}
+	}
+	for (uint32_t hh = 0; p->select == KVCD_SELECT_SNAPKV && p->kernel > 1 && hh < h; hh++)
+		kvcd_score_pool(score + (size_t)hh * t, t, p->kernel, tmp);
+	return 0;
+}
+
+int kvcd_codec_chain_select(enum kvcd_isa isa, const struct kvcd_policy *p, uint32_t n,
+			    const struct kvcp_layout *ls, const void *const *srcs, uint32_t pos,
+			    const struct kvcd_aux *aux, uint8_t *const *keep)
+{
+	struct kvcp_layout all;
+	uint64_t total = 0;
+	uint32_t maxt = 0, t, h, mean, nsink, *counts, *idx;
+	float *score, *copy, *tmp, *kp;
+	char why[8];
+	int err = 0;
+
+	if (!n || !p->select || p->mc || need_aux(p, aux))
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		if (ls[i].dtype != ls[0].dtype || ls[i].layers != ls[0].layers ||
+		    ls[i].kv_heads != ls[0].kv_heads || ls[i].head_dim != ls[0].head_dim ||
+		    !ls[i].tokens)
+			return -EINVAL;
+		total += ls[i].tokens;
+		maxt = ls[i].tokens > maxt ? ls[i].tokens : maxt;
+	}
+	all = ls[0];
+	all.codec = 0;
+	all.tokens = total < UINT32_MAX ? (uint32_t)total : 0;
+	if (!all.tokens || kvcd_policy_check(p, &all, why, sizeof(why)))
+		return -EINVAL;
+	t = all.tokens;
+	h = all.kv_heads;
+	mean = mean_count(p, t);
+	nsink = sinks_in(p, pos, t);
+	score = malloc((size_t)h * t * 4 * 2 + ((size_t)h * t + maxt) * 4 +
+		       (size_t)maxt * h * all.head_dim * 4 + (size_t)t * 4 * 2 +
+		       ((size_t)all.layers + h) * 4);
+	if (!score)
+		return -ENOMEM;
+	copy = score + (size_t)h * t;
+	tmp = copy + (size_t)h * t;
+	kp = tmp + (size_t)h * t + maxt;
+	idx = (uint32_t *)(kp + (size_t)maxt * h * all.head_dim);
+	counts = idx + (size_t)t * 2; /* layers (pyramid), then h */
+	if (p->budget == KVCD_BUDGET_PYRAMID)
+		pyramid(all.layers, t, mean, counts);
+	for (uint32_t i = 0; i < n; i++)
+		memset(keep[i], 0, kvcd_codec_keep_bytes(&ls[i]));
+	for (uint32_t ly = 0; ly < all.layers && !err; ly++) {
+		uint32_t *c = counts + all.layers;
+
+		err = chain_scores(isa, p, n, ls, srcs, aux, ly, t, kp, tmp, score);
+		if (err)
+			break;
+		for (uint32_t hh = 0; hh < h; hh++)
+			c[hh] = p->budget == KVCD_BUDGET_UNIFORM ? mean
+				: p->budget == KVCD_BUDGET_PYRAMID ? counts[ly]
+								   : 0;
+		if (p->budget != KVCD_BUDGET_UNIFORM && p->budget != KVCD_BUDGET_PYRAMID) {
+			/* the budgets mark sinks and window; the keep set sees the scores */
+			memcpy(copy, score, (size_t)h * t * 4);
+			layer_counts(p, h, t, mean, nsink, copy, tmp, c);
+		}
+		for (uint32_t hh = 0; hh < h; hh++) {
+			uint32_t m = kvcd_select_keep(score + (size_t)hh * t, t, c[hh], nsink,
+						      p->window, idx + t, idx);
+			uint32_t b = 0, off = 0;
+
+			for (uint32_t j = 0; j < m; j++) { /* ascending: walk the blocks once */
+				size_t bm;
+
+				while (idx[j] >= off + ls[b].tokens)
+					off += ls[b++].tokens;
+				bm = (ls[b].tokens + 7) / 8;
+				keep[b][((size_t)ly * h + hh) * bm + (idx[j] - off) / 8] |=
+					(uint8_t)(1u << ((idx[j] - off) % 8));
+			}
+		}
+	}
+	free(score);
+	return err;
 }
 
 uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l, bool scores,
