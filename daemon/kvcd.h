@@ -441,6 +441,24 @@ void kvcd_store_link(struct kvcd_store *s, uint16_t ns, struct kvcd_block *b,
 /* Publish (@ok) or drop a reserved block; @has_sum says whether @checksum is valid. */
 void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool has_sum,
 		       uint64_t checksum);
+/* Rewriting committed block @b (referenced by the caller, and by nobody else) in a new form
+ * (RECOMPRESS): _begin reserves @stored bytes for it, evicting others when needed (never @b),
+ * at rw->data; the caller writes them (and may lower rw->stored to the bytes its checksum
+ * covers, as kvcd_block.stored); _end publishes them as @b's (@ok) and frees the old bytes,
+ * or drops them. Both return -EBUSY, the block unchanged, when someone else reads @b, it is
+ * pinned or it was removed; _begin also -ENOSPC or -EDQUOT as kvcd_store_reserve. */
+struct kvcd_rewrite {
+	void *data;
+	uint64_t stored;
+	unsigned pool;
+	uint8_t codec;
+};
+int kvcd_store_rewrite_begin(struct kvcd_store *s, struct kvcd_block *b, uint64_t stored,
+			     uint8_t codec, const uint8_t *order, unsigned norder,
+			     struct kvcd_rewrite *rw);
+int kvcd_store_rewrite_end(struct kvcd_store *s, struct kvcd_block *b,
+			   const struct kvcd_rewrite *rw, bool ok, bool has_sum, uint64_t checksum,
+			   bool summary);
 /* Find a live block and take a reference. Returns 0 or -ENOENT. */
 /* SELECT: a reference on each of @keys[0..n) that is committed, in @out[i] (NULL when not),
  * with no hit counted and no CLOCK bit set; keys are copied once. Release with
@@ -645,6 +663,7 @@ struct kvcd {
 
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
+	struct kvcp_recompress_stats recompress; /* atomics (ops.c) */
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;

@@ -861,6 +861,222 @@ static void complete(struct kvcd_session *s, struct kvcp_cqe *cqe, int res)
 	__atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
 }
 
+/* ---- RECOMPRESS -----------------------------------------------------------------------------
+ * A chain of raw blocks rewritten under a policy once the engine's prefill is done; with token
+ * selection, chosen over the whole chain (kvcd_codec_chain_select). The worker encodes as it
+ * does for a STORE, from the pool's bytes, which no client can change; each block is swapped
+ * for its new form only while nobody else reads it (kvcd_store_rewrite_*). */
+
+/* Rewrite block @b (raw, its checksum checked) under @pol from position @pos, with @aux (its
+ * share of the chain's selection) or NULL. Counts what happened in d->recompress; true when
+ * it was rewritten. */
+static bool rewrite_one(struct kvcd *d, struct kvcd_session *s, const struct kvcd_policy *pol,
+			struct kvcd_block *b, uint32_t pos, const struct kvcd_aux *aux,
+			uint64_t *saved)
+{
+	enum kvcd_isa isa = kvcd_isa_best();
+	bool sum_on = __atomic_load_n(&d->cfg.checksum, __ATOMIC_RELAXED);
+	struct kvcp_layout l = b->layout;
+	struct kvcd_rewrite rw;
+	struct kvcd_plan plan;
+	uint64_t sum = 0, before = b->stored;
+	bool summary = false;
+	int err;
+
+	l.codec = 0;
+	err = kvcd_codec_plan(isa, pol, &l, pos, b->data, NULL, aux, &plan);
+	if (!err && (plan.raw || plan.bytes >= before))
+		err = -ERANGE; /* nothing to gain: it stays as it is */
+	if (!err)
+		err = kvcd_store_rewrite_begin(&d->store, b, plan.bytes, plan.codec, s->order,
+					       s->norder, &rw);
+	if (err) {
+		__atomic_fetch_add(err == -EBUSY ? &d->recompress.busy : &d->recompress.kept, 1,
+				   __ATOMIC_RELAXED);
+		kvcd_plan_fini(&plan);
+		return false;
+	}
+	err = kvcd_codec_write(isa, &plan, b->data, NULL, aux, rw.data);
+	if (!err && plan.summary_at) {
+		err = kvcd_codec_summary(isa, &plan, b->data, rw.data);
+		summary = !err;
+	}
+	if (!err && sum_on)
+		sum = kvcd_copy_sum(isa, NULL, rw.data, plan.stored);
+	rw.stored = plan.stored;
+	kvcd_plan_fini(&plan);
+	err = kvcd_store_rewrite_end(&d->store, b, &rw, !err, sum_on, sum, summary);
+	if (!err) {
+		__atomic_fetch_add(&d->recompress.blocks, 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&d->recompress.bytes_before, before, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&d->recompress.bytes_after, rw.stored, __ATOMIC_RELAXED);
+		*saved += before - rw.stored;
+		return true;
+	}
+	__atomic_fetch_add(err == -EBUSY ? &d->recompress.busy : &d->recompress.kept, 1,
+			   __ATOMIC_RELAXED);
+	return false;
+}
+
+/* The blocks [@first, @end) of @b, raw and of one shape, rewritten under @pol; @aux (NULL:
+ * none) is the chain's from block 0, whose first token is at @pos. Returns the blocks
+ * rewritten, or -errno (none was). */
+static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kvcd_policy *pol,
+			 struct kvcd_block **b, uint32_t first, uint32_t end, uint32_t pos,
+			 const struct kvcd_aux *aux, uint64_t chain_tokens, uint64_t *saved)
+{
+	uint32_t n = end - first, lh = b[first]->layout.layers * b[first]->layout.kv_heads;
+	uint64_t off0 = 0, off = 0, kb = 0;
+	int done = 0;
+	struct kvcp_layout *ls = calloc(n, sizeof(*ls));
+	const void **src = calloc(n, sizeof(*src));
+	uint8_t **keep = calloc(n, sizeof(*keep)), *kmem = NULL;
+	float *attn = NULL;
+	int err = ls && src && keep ? 0 : -ENOMEM;
+
+	for (uint32_t i = 0; i < first; i++)
+		off0 += b[i]->layout.tokens;
+	for (uint32_t i = 0; !err && i < n; i++) {
+		ls[i] = b[first + i]->layout;
+		ls[i].codec = 0;
+		src[i] = b[first + i]->data;
+		kb += kvcd_codec_keep_bytes(&ls[i]);
+	}
+	if (!err && pol->select) { /* the run's tokens, chosen together */
+		struct kvcd_aux run = *aux;
+
+		kmem = malloc(kb);
+		attn = aux->attn ? malloc((chain_tokens - off0) * lh * 4) : NULL;
+		err = kmem && (attn || !aux->attn) ? 0 : -ENOMEM;
+		for (uint32_t i = 0, k = 0; !err && i < n; i++) {
+			keep[i] = kmem + k;
+			k += (uint32_t)kvcd_codec_keep_bytes(&ls[i]);
+		}
+		run.q_pos = (int32_t)(aux->q_pos - (int64_t)off0);
+		for (uint32_t u = 0; !err && attn && u < lh; u++) /* [layer][head][the run's tokens] */
+			memcpy(attn + u * (chain_tokens - off0), aux->attn + u * chain_tokens + off0,
+			       (chain_tokens - off0) * 4);
+		run.attn = attn;
+		if (!err)
+			err = kvcd_codec_chain_select(kvcd_isa_best(), pol, n, ls, src,
+						      pos + (uint32_t)off0, &run, keep);
+	}
+	for (uint32_t i = 0; !err && i < n; off += ls[i++].tokens) {
+		struct kvcd_aux a = { 0 };
+		float *blk = NULL;
+
+		if (pol->select) {
+			a = *aux;
+			a.q_pos = (int32_t)(aux->q_pos - (int64_t)(off0 + off));
+			a.keep = keep[i];
+			if (aux->attn) {
+				blk = malloc((size_t)ls[i].tokens * lh * 4);
+				if (!blk) {
+					err = -ENOMEM;
+					break;
+				}
+				for (uint32_t u = 0; u < lh; u++)
+					memcpy(blk + (size_t)u * ls[i].tokens,
+					       aux->attn + u * chain_tokens + off0 + off,
+					       (size_t)ls[i].tokens * 4);
+				a.attn = blk;
+			}
+		}
+		done += rewrite_one(d, s, pol, b[first + i], pos + (uint32_t)(off0 + off),
+				    pol->select ? &a : NULL, saved);
+		free(blk);
+	}
+	free(attn);
+	free(kmem);
+	free(keep);
+	free(src);
+	free(ls);
+	return err ? err : done;
+}
+
+static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
+			 const char *buf, struct kvcp_cqe *cqe)
+{
+	struct kvcp_recompress h;
+	struct kvcp_key *keys = NULL;
+	struct kvcd_block **b = NULL;
+	struct kvcd_policy pol;
+	struct kvcd_aux aux = { 0 };
+	struct kvcp_layout cl;
+	float *auxmem = NULL;
+	uint64_t tokens = 0, saved = 0;
+	uint32_t n, first = 0, end;
+	int err = 0;
+
+	if (v->len < sizeof(h))
+		return -EINVAL;
+	memcpy(&h, buf + v->off, sizeof(h)); /* read once, like the keys */
+	if (h.magic != KVCP_RECOMPRESS_MAGIC || !h.nkeys || h.nkeys > KVCP_RECOMPRESS_MAX_KEYS ||
+	    h.reserved0 || h.reserved[0] || h.reserved[1] ||
+	    v->len != sizeof(h) + (uint64_t)h.nkeys * sizeof(*keys) ||
+	    (h.aux_len && !kvcp_range_ok(h.aux_off, h.aux_len, s->staging_size)))
+		return -EINVAL;
+	if (!v->layout.codec)
+		kvcd_store_policy(&d->store, s->ns_id, &pol);
+	else if (v->layout.codec <= s->npol)
+		pol = s->pol[v->layout.codec - 1];
+	else
+		return -EINVAL;
+	if (pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&pol))
+		return -EINVAL; /* it keeps blocks raw */
+	if (!h.aux_len && (pol.select == KVCD_SELECT_H2O || pol.select == KVCD_SELECT_SNAPKV))
+		return -EINVAL; /* what it selects by is missing */
+	n = h.nkeys;
+	keys = malloc((size_t)n * sizeof(*keys));
+	b = calloc(n, sizeof(*b));
+	if (!keys || !b) {
+		err = -ENOMEM;
+		goto out;
+	}
+	memcpy(keys, buf + v->off + sizeof(h), (size_t)n * sizeof(*keys));
+	kvcd_store_ref_many(&d->store, s->ns_id, keys, n, b);
+	/* encoded blocks first (a shared prefix compressed before), then the raw ones */
+	while (first < n && b[first] && b[first]->layout.codec)
+		first++;
+	for (end = first; end < n && b[end] && !b[end]->layout.codec; end++)
+		if (b[end]->has_sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b[end]->data,
+						     b[end]->stored) != b[end]->checksum) {
+			kvcd_store_put(&d->store, b[end], true); /* corrupt: dropped, as FETCH does */
+			b[end] = NULL;
+			break;
+		}
+	for (uint32_t i = 0; i < end; i++) {
+		const struct kvcp_layout *l = &b[i]->layout, *l0 = &b[0]->layout;
+
+		if (l->dtype != l0->dtype || l->layers != l0->layers ||
+		    l->kv_heads != l0->kv_heads || l->head_dim != l0->head_dim) {
+			err = -EINVAL; /* one chain, one model */
+			goto out;
+		}
+		tokens += l->tokens;
+	}
+	if (first == end)
+		goto out; /* nothing raw: nothing to do */
+	cl = b[0]->layout;
+	cl.codec = 0;
+	cl.tokens = tokens <= UINT32_MAX ? (uint32_t)tokens : 0;
+	if (h.aux_len)
+		err = cl.tokens ? read_aux(s->staging, h.aux_off, h.aux_len, h.aux_len, &cl, &aux,
+					   &auxmem)
+				: -EINVAL;
+	if (!err)
+		err = rewrite_chain(d, s, &pol, b, first, end, h.pos, &aux, tokens, &saved);
+out:
+	for (uint32_t i = 0; b && i < n; i++)
+		if (b[i])
+			kvcd_store_put(&d->store, b[i], false);
+	free(auxmem);
+	free(b);
+	free(keys);
+	cqe->value = saved;
+	return err;
+}
+
 bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		  struct kvcp_cqe *cqe)
 {
@@ -935,6 +1151,7 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_UNPIN: res = kvcd_store_unpin(&d->store, s->ns_id, &v->key, &s->pins); break;
 	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;
 	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
+	case KVCP_OP_RECOMPRESS: res = do_recompress(d, s, v, buf, cqe); break;
 	default: res = do_admin(d, s, v, buf, cqe); break;
 	}
 	if (res == -EINPROGRESS) {

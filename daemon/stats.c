@@ -127,13 +127,15 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 						    __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&d->sessions_lock);
 	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
+		struct kvcp_op_stats *o =
+			op < KVCP_OP_STATS_N ? &st->op[op] : &st->op_more[op - KVCP_OP_STATS_N];
 		struct kvcd_hist h = { { 0 } };
 
 		for (unsigned w = 0; w < nworkers; w++) {
 			struct kvcd_worker *wk = &d->workers[w];
 
-			st->op[op].count += __atomic_load_n(&wk->ops.count[op], __ATOMIC_RELAXED);
-			st->op[op].errors += __atomic_load_n(&wk->ops.errors[op], __ATOMIC_RELAXED);
+			o->count += __atomic_load_n(&wk->ops.count[op], __ATOMIC_RELAXED);
+			o->errors += __atomic_load_n(&wk->ops.errors[op], __ATOMIC_RELAXED);
 			for (unsigned b = 0; b < KVCD_HIST; b++)
 				h.b[b] += __atomic_load_n(&wk->ops.hist[op].b[b], __ATOMIC_RELAXED);
 		}
@@ -141,15 +143,22 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 
 		for (unsigned b = 0; b < KVCD_HIST; b++)
 			total += h.b[b];
-		for (unsigned b = 0; b < KVCD_HIST; b++) { /* log-linear to powers of two */
+		for (unsigned b = 0; op < KVCP_OP_STATS_N && b < KVCD_HIST; b++) {
+			/* log-linear to powers of two */
 			uint64_t lo = b < 8 ? b : kvcd_hist_value(b);
 			unsigned k = lo ? 64u - (unsigned)__builtin_clzll(lo) : 0;
 
 			st->op_hist[op][k < KVCP_HIST_BUCKETS ? k : KVCP_HIST_BUCKETS - 1] +=
 				h.b[b];
 		}
-		st->op[op].p50_ns = percentile(&h, total, 0.50);
-		st->op[op].p99_ns = percentile(&h, total, 0.99);
-		st->op[op].p999_ns = percentile(&h, total, 0.999);
+		o->p50_ns = percentile(&h, total, 0.50);
+		o->p99_ns = percentile(&h, total, 0.99);
+		o->p999_ns = percentile(&h, total, 0.999);
 	}
+	st->recompress.blocks = __atomic_load_n(&d->recompress.blocks, __ATOMIC_RELAXED);
+	st->recompress.busy = __atomic_load_n(&d->recompress.busy, __ATOMIC_RELAXED);
+	st->recompress.kept = __atomic_load_n(&d->recompress.kept, __ATOMIC_RELAXED);
+	st->recompress.bytes_before =
+		__atomic_load_n(&d->recompress.bytes_before, __ATOMIC_RELAXED);
+	st->recompress.bytes_after = __atomic_load_n(&d->recompress.bytes_after, __ATOMIC_RELAXED);
 }

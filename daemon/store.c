@@ -96,21 +96,40 @@ static inline struct kvcd_btag *tag_of(void *data)
 	return kvcd_alloc_tag(data);
 }
 
-static void tag_write(struct kvcd_block *b, uint16_t ns, const struct kvcp_key *k, uint32_t id)
+/* The tag of the block at @data, not yet committed: what a restart reads back. */
+static void tag_put(void *data, const struct kvcp_layout *l, uint8_t codec, uint64_t stored,
+		    uint16_t ns, const struct kvcp_key *k, uint32_t id)
 {
-	struct kvcd_btag *t = tag_of(b->data);
+	struct kvcd_btag *t = tag_of(data);
 
 	t->key = *k;
-	t->dtype = b->layout.dtype;
-	t->codec = b->layout.codec;
-	t->layers = b->layout.layers;
-	t->kv_heads = b->layout.kv_heads;
-	t->head_dim = b->layout.head_dim;
-	t->tokens = b->layout.tokens;
+	t->dtype = l->dtype;
+	t->codec = codec;
+	t->layers = l->layers;
+	t->kv_heads = l->kv_heads;
+	t->head_dim = l->head_dim;
+	t->tokens = l->tokens;
 	t->rec = id;
 	t->checksum = 0;
-	t->word = (b->stored & ((1ull << 40) - 1)) | (uint64_t)(ns & 0xff) << 40 |
+	t->word = (stored & ((1ull << 40) - 1)) | (uint64_t)(ns & 0xff) << 40 |
 		  (uint64_t)TAG_MAGIC << 56;
+}
+
+static void tag_write(struct kvcd_block *b, uint16_t ns, const struct kvcp_key *k, uint32_t id)
+{
+	tag_put(b->data, &b->layout, b->layout.codec, b->stored, ns, k, id);
+}
+
+/* The tag says committed last: a restart never adopts a half-written block. */
+static void tag_commit(void *data, bool has_sum, bool summary, uint64_t checksum)
+{
+	struct kvcd_btag *t = tag_of(data);
+
+	t->checksum = checksum;
+	t->word = (t->word & ~(0xffull << 48)) |
+		  (uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) |
+			     (summary ? TAG_SUMMARY : 0))
+			  << 48;
 }
 
 /* ---- the index ---------------------------------------------------------------------------- */
@@ -952,16 +971,9 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 	if (ok) {
 		uint16_t ns = s->slots[b->slot].ns;
 
-		struct kvcd_btag *t = tag_of(b->data);
-
 		b->flags &= (uint8_t)~KVCD_BLK_WRITING;
 		s->slots[b->slot].state = KVCD_SLOT_LIVE;
-		/* the tag says committed last: a restart never adopts a half-written block */
-		t->checksum = checksum;
-		t->word = (t->word & ~(0xffull << 48)) |
-			  (uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) |
-				     (b->summary ? TAG_SUMMARY : 0))
-				  << 48;
+		tag_commit(b->data, has_sum, b->summary, checksum);
 		s->bytes_in += kvcp_layout_bytes(&b->layout);
 		s->bytes_stored += b->stored;
 		s->ns[ns].blocks++;
@@ -971,6 +983,86 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 		kill(s, b);
 	}
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* Rewriting a committed block in place: its new bytes go to a new allocation, which takes
+ * the old one's place only while nobody else reads the block, so a reader never sees bytes
+ * change under it and the old bytes are freed at once. */
+static bool rewritable(const struct kvcd_block *b)
+{
+	return b->refs == 1 && !b->pins && !(b->flags & (KVCD_BLK_DEAD | KVCD_BLK_WRITING));
+}
+
+int kvcd_store_rewrite_begin(struct kvcd_store *s, struct kvcd_block *b, uint64_t stored,
+			     uint8_t codec, const uint8_t *order, unsigned norder,
+			     struct kvcd_rewrite *rw)
+{
+	uint16_t ns;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (!rewritable(b)) {
+		err = -EBUSY;
+		goto out;
+	}
+	ns = s->slots[b->slot].ns;
+	err = make_quota(s, ns, stored); /* never evicts @b: it is referenced */
+	rw->data = err ? NULL : place(s, ns, stored, order, norder, &rw->pool);
+	if (!rw->data) {
+		err = err ? err : -ENOSPC;
+		goto out;
+	}
+	rw->stored = stored;
+	rw->codec = codec;
+	s->ns[ns].charged += kvcd_alloc_charge(rw->data);
+	tag_put(rw->data, &b->layout, codec, stored, ns, &s->slots[b->slot].key, rec_id(b));
+out:
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+int kvcd_store_rewrite_end(struct kvcd_store *s, struct kvcd_block *b,
+			   const struct kvcd_rewrite *rw, bool ok, bool has_sum, uint64_t checksum,
+			   bool summary)
+{
+	uint16_t ns;
+	uint32_t id = rec_id(b);
+	unsigned old_pool = b->pool;
+	void *old = b->data;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	ns = s->slots[b->slot].ns;
+	if (!ok || !rewritable(b)) { /* a reader came meanwhile: the old bytes stay */
+		s->ns[ns].charged -= kvcd_alloc_charge(rw->data);
+		kvcd_free(&s->pools[rw->pool].alloc, rw->data);
+		err = ok ? -EBUSY : -ECANCELED;
+		goto out;
+	}
+	/* the old tag stops being committed first: a restart in between loses the block, it
+	 * never finds it twice */
+	tag_of(old)->word &= ~((uint64_t)TAG_COMMITTED << 48);
+	tag_commit(rw->data, has_sum, summary, checksum);
+	s->bytes_stored += rw->stored - b->stored;
+	s->ns[ns].bytes_stored += rw->stored - b->stored;
+	s->ns[ns].charged -= kvcd_alloc_charge(old);
+	b->data = rw->data;
+	b->stored = rw->stored;
+	b->layout.codec = rw->codec;
+	b->checksum = checksum;
+	b->has_sum = has_sum;
+	b->summary = summary;
+	if (rw->pool != old_pool) {
+		ring_remove(s, &s->pools[old_pool], b, id);
+		s->pools[old_pool].blocks--;
+		b->pool = rw->pool & 63;
+		ring_insert(s, &s->pools[rw->pool], id);
+		s->pools[rw->pool].blocks++;
+	}
+	kvcd_free(&s->pools[old_pool].alloc, old);
+out:
+	pthread_mutex_unlock(&s->lock);
+	return err;
 }
 
 /* The committed block of (@ns, @k), or NULL. */

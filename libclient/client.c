@@ -33,7 +33,7 @@ static_assert(sizeof(struct kvc_layout) == sizeof(struct kvcp_layout), "layout A
 static_assert(sizeof(struct kvc_stats) == sizeof(struct kvcp_stats), "stats ABI");
 static_assert(sizeof(struct kvc_block_info) == sizeof(struct kvcp_list_ent), "list ABI");
 static_assert(sizeof(struct kvc_client_info) == sizeof(struct kvcp_client_ent), "client ABI");
-static_assert(KVCP_OP__COUNT == 13, "kvc_stats.op has 13 entries");
+static_assert(KVCP_OP_STATS_N == 13, "kvc_stats.op has 13 entries");
 static_assert(sizeof(struct kvc_select_hit) == sizeof(struct kvcp_select_hit), "select ABI");
 static_assert(KVC_REQ_SCORES == KVCP_SQE_F_SCORES, "scores flag");
 static_assert(KVC_REQ_PARENT == KVCP_SQE_F_PARENT, "parent flag");
@@ -56,6 +56,11 @@ static_assert(offsetof(struct kvc_stats, gpu) == offsetof(struct kvcp_stats, gpu
 		      offsetof(struct kvc_stats, gpu_use) == offsetof(struct kvcp_stats, gpu_use) &&
 		      sizeof(((struct kvc_stats *)0)->gpu_use[0]) == sizeof(struct kvcp_gpu_use),
 	      "0.6 stats ABI");
+static_assert(offsetof(struct kvc_stats, op_more) == offsetof(struct kvcp_stats, op_more) &&
+		      offsetof(struct kvc_stats, recompress) ==
+			      offsetof(struct kvcp_stats, recompress) &&
+		      KVC_RECOMPRESS_MAX_KEYS == KVCP_RECOMPRESS_MAX_KEYS,
+	      "recompress ABI");
 
 struct kvc_client {
 	int sock;
@@ -1143,6 +1148,35 @@ int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t lay
 	if ((uint32_t)err > k)
 		return -EBADMSG;
 	memcpy(out, c->scratch, (size_t)err * sizeof(*out));
+	return err;
+}
+
+int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos,
+		   uint8_t codec, size_t aux_off, uint64_t *saved)
+{
+	struct kvcp_recompress h = { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = (uint32_t)n, .pos = pos };
+	struct kvc_layout l = { .codec = codec };
+	size_t len = sizeof(h) + n * sizeof(*keys);
+	struct kvcp_cqe cqe;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	if (!n || codec > KVCP_POLICY_SLOTS)
+		return -EINVAL;
+	if (n > KVCP_RECOMPRESS_MAX_KEYS || len > c->scratch_size)
+		return -EMSGSIZE;
+	if (aux_off != KVC_RECOMPRESS_NO_AUX) {
+		if (aux_off > c->staging_size || c->staging_size - aux_off < sizeof(struct kvcp_aux))
+			return -EINVAL;
+		h.aux_off = aux_off;
+		h.aux_len = c->staging_size - aux_off; /* kvcd reads what the header says */
+	}
+	memcpy(c->scratch, &h, sizeof(h));
+	memcpy((uint8_t *)c->scratch + sizeof(h), keys, n * sizeof(*keys));
+	err = sync_op(c, KVCP_OP_RECOMPRESS, KVCP_SQE_F_SCRATCH, 0, NULL, &l, 0, len, &cqe);
+	if (err >= 0 && saved)
+		*saved = cqe.value;
 	return err;
 }
 

@@ -16,7 +16,7 @@ const char *kvc_op_name(unsigned i)
 {
 	static const char *const names[] = { "nop",   "store",	"fetch", "lookup", "delete",
 					     "pin",   "unpin",	"stats", "list",   "clients",
-					     "evict", "policy", "select" };
+					     "evict", "policy", "select", "recompress" };
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }
@@ -221,13 +221,14 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 	       "%llu", (unsigned long long)st->ns_ext[i].quota);
 
 	PER_OP("kvcd_requests_total", "counter", "Requests executed, per operation.",
-	       st->op[i].count);
+	       kvc_stats_op(st, i)->count);
 	PER_OP("kvcd_request_errors_total", "counter",
-	       "Requests that failed (not counting misses), per operation.", st->op[i].errors);
+	       "Requests that failed (not counting misses), per operation.",
+	       kvc_stats_op(st, i)->errors);
 	/* service times: buckets from 128 ns to 2^34 ns (17 s), powers of two */
 	head(o, "kvcd_request_duration_seconds", "histogram",
 	     "Service time inside kvcd, per operation.");
-	for (unsigned i = 0; kvc_op_name(i); i++) {
+	for (unsigned i = 0; i < 13; i++) { /* the ops of op_hist */
 		uint64_t cum = 0, sum_ns = 0;
 
 		for (unsigned k = 0; k < 64; k++) {

@@ -158,8 +158,17 @@ enum kvcp_op {
 				 * written at off (NUL-terminated, cqe.value bytes). */
 	KVCP_OP_SELECT = 12, /* off, len: struct kvcp_select, its keys, its queries; res = n
 				 * blocks, struct kvcp_select_hit[n] written back at off */
+	KVCP_OP_RECOMPRESS = 13, /* 2.4: off, len: struct kvcp_recompress and its keys;
+				  * layout.codec: the policy (0: the namespace's, 1..8 this
+				  * session's); res = blocks rewritten, value = pool bytes
+				  * freed */
 	KVCP_OP__COUNT
 };
+
+/* Ops with an entry in kvcp_stats.op[] and op_hist[] (those of 2.3); later ones are in
+ * kvcp_stats.op_more[]. */
+#define KVCP_OP_STATS_N 13
+#define KVCP_OP_MORE	4
 
 #define KVCP_SQE_F_SCRATCH 1u /* off/len address the scratch area, not staging */
 #define KVCP_SQE_F_SCORES \
@@ -312,6 +321,38 @@ struct kvcp_select {
 	uint64_t reserved[2]; /* 0 */
 };
 
+/* RECOMPRESS: rewrite the chain of blocks @keys (consecutive chunks of one sequence, the first
+ * at position @pos) under a policy, once the engine's prefill is done. With token selection
+ * the chain is selected as one block holding all of it would be: one observation window (the
+ * aux section, as a STORE's, for a block of the chain's layout and every token of it; q_pos
+ * counts from the first block's first token), one budget over the chain's tokens, sinks at
+ * its start and the window at its end. Only blocks stored raw are rewritten: the chain's
+ * first blocks may already be encoded (a shared prefix, compressed before), and they are left
+ * as they are and out of the selection; the chain ends at the first block that is missing,
+ * or encoded after a raw one. A block someone else is reading or has pinned keeps its raw
+ * bytes (counted as busy). The aux section is read from staging[aux_off, aux_off + aux_len)
+ * (aux_len 0: none), this header and the keys from the request's region. */
+#define KVCP_RECOMPRESS_MAGIC	 0x4352564bu /* "KVRC" */
+#define KVCP_RECOMPRESS_MAX_KEYS 4096
+
+struct kvcp_recompress {
+	uint32_t magic;		   /* KVCP_RECOMPRESS_MAGIC */
+	uint32_t nkeys;		   /* 1..KVCP_RECOMPRESS_MAX_KEYS */
+	uint32_t pos;		   /* sequence position of the first block's first token */
+	uint32_t reserved0;	   /* 0 */
+	uint64_t aux_off, aux_len; /* in staging */
+	uint64_t reserved[2];	   /* 0 */
+};
+
+/* What RECOMPRESS did, since kvcd started (kvcp_stats.recompress). */
+struct kvcp_recompress_stats {
+	uint64_t blocks;		  /* rewritten */
+	uint64_t busy;			  /* left raw: read, pinned or removed meanwhile */
+	uint64_t kept;			  /* left raw: the policy could not encode it, or saved
+					   * nothing */
+	uint64_t bytes_before, bytes_after; /* pool bytes of the rewritten blocks */
+};
+
 struct kvcp_select_hit {
 	uint32_t index; /* into keys[] */
 	float score;	/* the Quest bound */
@@ -419,18 +460,21 @@ struct kvcp_stats {
 	uint64_t hits, misses, evictions, pinned, bad_requests, checksum_failures;
 	uint64_t metadata_bytes; /* daemon bytes spent on index and block records */
 	struct kvcp_node_stats node[KVCP_MAX_NODES];
-	struct kvcp_op_stats op[KVCP_OP__COUNT];
+	struct kvcp_op_stats op[KVCP_OP_STATS_N];
 	uint32_t nns, pad;
 	struct kvcp_ns_stats ns[KVCP_MAX_NS_STATS];
 	/* 2.2: appended; a STATS of KVCP_STATS_SIZE_2_1 bytes gets what 2.1 sent */
 	struct kvcp_ns_ext ns_ext[KVCP_MAX_NS_STATS];
 	/* service times: op_hist[op][k] counts requests of k == 0: 0 ns, else [2^(k-1), 2^k) ns */
-	uint64_t op_hist[KVCP_OP__COUNT][KVCP_HIST_BUCKETS];
+	uint64_t op_hist[KVCP_OP_STATS_N][KVCP_HIST_BUCKETS];
 	uint32_t version;  /* kvcd's release: major << 16 | minor << 8 | patch */
 	uint32_t protocol; /* KVCP_MAJOR << 16 | KVCP_MINOR */
 	struct kvcp_remote_stats remote;
 	struct kvcp_gpu_stats gpu;		    /* 2.3 */
 	struct kvcp_gpu_use gpu_use[KVCP_MAX_GPUS]; /* 2.4: per device of gpu.dev[] */
+	/* 2.4: ops from KVCP_OP_STATS_N on, and RECOMPRESS's work */
+	struct kvcp_op_stats op_more[KVCP_OP_MORE];
+	struct kvcp_recompress_stats recompress;
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)
@@ -652,5 +696,7 @@ static_assert(sizeof(struct kvcp_attach_gpu) == 8 + 16 * 32, "attach GPU message
 static_assert(sizeof(struct kvcp_list_ent) == 56, "list entry size");
 static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
 static_assert(sizeof(struct kvcp_ns_stats) == 192, "namespace stats size");
+static_assert(sizeof(struct kvcp_recompress) == 48, "recompress request size");
+static_assert(KVCP_OP__COUNT <= KVCP_OP_STATS_N + KVCP_OP_MORE, "every op has its stats");
 
 #endif /* KVCP_H */

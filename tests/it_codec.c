@@ -1,7 +1,8 @@
 /* it_codec.c - compression policies through a real kvcd: namespace policies from the config,
  * policies registered per client, FETCH restoring the engine's dtype and layout within the
- * codec's bound, importance scores, the raw fallback, per-namespace bytes in and stored, and
- * old blocks staying readable across policy changes. */
+ * codec's bound, importance scores, the raw fallback, per-namespace bytes in and stored, old
+ * blocks staying readable across policy changes, and RECOMPRESS selecting a chain of raw
+ * chunks as one block. */
 #include <math.h>
 
 #include "t_util.h"
@@ -15,6 +16,7 @@ static void up(void)
 				"[namespace kivi]\npolicy = kivi:kbits=4,vbits=4,group=32,sink=4,"
 				"rotate=hadamard\n"
 				"[namespace raw]\npolicy = none\n"
+				"[namespace defer]\npolicy = none\n"
 				"[namespace rot]\npolicy = int4:rotate=hadamard\n");
 }
 
@@ -450,4 +452,159 @@ Test(codec_ops, kvcctl_shows_and_sets_policies)
 	cr_assert_str_eq(buf, "int:bits=4,group=64,sink=2\n");
 	cr_assert_neq(t_kvcctl(&D, "policy int99", buf, sizeof(buf)), 0, "a bad policy fails");
 	cr_assert_not_null(strstr(buf, "unknown codec"), "%s", buf);
+}
+
+/* The kept tokens of (layer, head) @u in the sparse FETCH form at @dst: count, indices, rows
+ * (K then V, head_dim 64 f16 each). */
+struct sparse_view {
+	uint32_t lh, total;
+	const uint32_t *cnt, *tok;
+	const uint16_t *rows;
+};
+
+static struct sparse_view sparse_of(const unsigned char *dst, uint32_t lh)
+{
+	struct kvc_sparse sp;
+	struct sparse_view v = { .lh = lh };
+
+	memcpy(&sp, dst, sizeof(sp));
+	cr_assert_eq(sp.magic, KVC_SPARSE_MAGIC);
+	v.total = sp.total;
+	v.cnt = (const uint32_t *)(dst + sizeof(sp));
+	v.tok = v.cnt + lh;
+	v.rows = (const uint16_t *)(dst + sizeof(sp) + lh * 4 + (size_t)sp.total * 8);
+	return v;
+}
+
+/* RECOMPRESS: four raw 16-token chunks, selected as a chain, keep exactly the tokens and rows
+ * that one 64-token block stored under the same policy keeps; what it cannot or must not
+ * rewrite stays raw. */
+Test(codec_ops, recompress_selects_a_chain_as_one_block)
+{
+	kvc_client *c = t_attach(&D, "defer", 4 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	struct kvc_layout lw = L, lc = L, got;
+	const size_t n = kvc_layout_bytes(&L), lh = (size_t)L.layers * L.kv_heads, row = 256;
+	struct kvc_aux a = { .magic = KVC_AUX_MAGIC, .what = KVC_AUX_ATTN };
+	const size_t ab = kvc_aux_bytes(&a, &L), A = 2 << 20, F = 1 << 20;
+	struct kvc_key kw = { 30, 1 }, keys[4], more[3];
+	unsigned char *whole = malloc(n), *ws = malloc(n * 2);
+	float *attn = malloc(ab);
+	uint64_t saved = 0, seed = 7;
+	char why[128];
+	int id = kvc_policy(c, "none:select=h2o,keep=50%,window=4", 0, why, sizeof(why));
+	int i8 = kvc_policy(c, "int8", 0, why, sizeof(why));
+
+	cr_assert_gt(id, 0, "%s", why);
+	cr_assert_gt(i8, 0, "%s", why);
+	lc.tokens = 16;
+	fill_f16(stg, &L, 31);
+	memcpy(whole, stg, n);
+	for (size_t i = 0; i < lh * L.tokens; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		attn[i] = (float)(seed >> 40) / (float)(1 << 24);
+	}
+	memcpy(stg + n, &a, sizeof(a));
+	memcpy(stg + n + sizeof(a), attn, ab);
+	lw.codec = (uint8_t)id;
+	cr_assert_eq(store_req(c, &kw, &lw, KVC_REQ_AUX, n + sizeof(a) + ab), 0);
+	cr_assert_eq(kvc_fetch(c, &kw, F, n * 2, &got), 0);
+	memcpy(ws, stg + F, n * 2);
+
+	/* the same tokens in four raw chunks: [layer][K,V][token][head][dim] */
+	for (uint64_t i = 0; i < 4; i++) {
+		keys[i] = (struct kvc_key){ 31, i };
+		for (size_t lk = 0; lk < (size_t)L.layers * 2; lk++)
+			memcpy(stg + lk * 16 * row, whole + (lk * 64 + i * 16) * row, 16 * row);
+		cr_assert_eq(kvc_store(c, &keys[i], &lc, 0), 0);
+	}
+	memcpy(stg + A, &a, sizeof(a));
+	memcpy(stg + A + sizeof(a), attn, ab);
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, KVC_RECOMPRESS_NO_AUX, NULL),
+		     -EINVAL, "h2o without attention");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, 9, A, NULL), -EINVAL, "no such policy");
+	a.magic ^= 1;
+	memcpy(stg + A, &a, sizeof(a));
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, NULL), -EINVAL, "bad aux");
+	a.magic ^= 1;
+	memcpy(stg + A, &a, sizeof(a));
+	cr_assert_eq(kvc_fetch(c, &keys[2], F, n, &got), 0);
+	cr_assert_eq(got.codec, 0, "the refusals left it raw");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, &saved), 4);
+	cr_assert_gt(saved, 4 * n / 4 / 3, "about half of each chunk freed");
+
+	struct sparse_view w = sparse_of(ws, (uint32_t)lh);
+	size_t wrow[16] = { 0 }, at[16], base = 0; /* per (layer, head): matched, first row */
+
+	for (size_t u = 0; u < lh; u++) {
+		at[u] = base;
+		base += w.cnt[u];
+	}
+	for (uint64_t i = 0; i < 4; i++) {
+		cr_assert_eq(kvc_fetch(c, &keys[i], F, n, &got), 0);
+		cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
+		cr_assert_eq(got.tokens, 16);
+
+		struct sparse_view v = sparse_of(stg + F, (uint32_t)lh);
+		const uint32_t *tok = v.tok;
+		const uint16_t *r = v.rows;
+
+		for (size_t u = 0; u < lh; u++) {
+			for (uint32_t j = 0; j < v.cnt[u]; j++) {
+				size_t wj = wrow[u] + j;
+
+				cr_assert_lt(wj, w.cnt[u]);
+				cr_assert_eq(tok[j] + 16 * i, w.tok[at[u] + wj],
+					     "chunk %lu, (layer, head) %zu", (unsigned long)i, u);
+				cr_assert_eq(memcmp(r + j * 64, w.rows + (2 * at[u] + wj) * 64, 128), 0,
+					     "K row");
+				cr_assert_eq(memcmp(r + (v.cnt[u] + j) * 64,
+						    w.rows + (2 * at[u] + w.cnt[u] + wj) * 64, 128),
+					     0, "V row");
+			}
+			wrow[u] += v.cnt[u];
+			tok += v.cnt[u];
+			r += 2 * (size_t)v.cnt[u] * 64;
+		}
+	}
+	for (size_t u = 0; u < lh; u++)
+		cr_assert_eq(wrow[u], w.cnt[u], "every token the whole block kept");
+
+	/* a pinned block stays raw; later the chain goes on from the first raw block */
+	for (uint64_t i = 0; i < 3; i++) {
+		more[i] = (struct kvc_key){ 32, i };
+		fill_f16(stg, &lc, 40 + i);
+		cr_assert_eq(kvc_store(c, &more[i], &lc, 0), 0);
+	}
+	struct kvc_stats st;
+
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	uint64_t busy = st.recompress.busy;
+
+	cr_assert_eq(kvc_pin(c, &more[1], 0), 0);
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 2);
+	cr_assert_eq(kvc_fetch(c, &more[1], 0, n, &got), 0);
+	cr_assert_eq(got.codec, 0, "pinned: raw");
+	cr_assert_eq(kvc_fetch(c, &more[2], 0, n, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_INT);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	cr_assert_eq(st.recompress.busy, busy + 1);
+	cr_assert_eq(kvc_unpin(c, &more[1]), 0);
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 1,
+		     "the encoded first block is skipped, the chain ends at the next encoded");
+	cr_assert_eq(kvc_fetch(c, &more[1], 0, n, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_INT);
+	fill_f16(stg + n, &lc, 41);
+	cr_assert_lt(rel_err(stg, stg + n, &lc), 0.01, "int8 of what was stored");
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 0);
+	more[0].lo = 99; /* missing: the chain ends before it begins */
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 0);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	cr_assert_geq(st.recompress.blocks, 7);
+	cr_assert_eq(st.op_more[0].count, 7, "RECOMPRESS counted as an op");
+	cr_assert_gt(st.recompress.bytes_before, st.recompress.bytes_after);
+	free(whole);
+	free(ws);
+	free(attn);
+	kvc_detach(c);
 }

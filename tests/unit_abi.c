@@ -91,7 +91,13 @@ Test(abi, introspection_structs_match_the_protocol)
 	SAME(kvc_stats, kvcp_stats, ns[0].bytes_stored);
 	SAME(kvc_stats, kvcp_stats, ns[0].fallbacks);
 	cr_expect_eq(sizeof(((struct kvc_stats *)0)->op) / sizeof(struct kvc_op_stats),
-		     KVCP_OP__COUNT, "kvc_stats.op has an entry per opcode");
+		     KVCP_OP_STATS_N, "kvc_stats.op has an entry per opcode of 2.3");
+	cr_expect_eq(sizeof(((struct kvc_stats *)0)->op_more) / sizeof(struct kvc_op_stats),
+		     KVCP_OP_MORE, "and op_more one per later opcode");
+	cr_expect_leq(KVCP_OP__COUNT, KVCP_OP_STATS_N + KVCP_OP_MORE);
+	SAME(kvc_stats, kvcp_stats, op_more);
+	SAME(kvc_stats, kvcp_stats, recompress.blocks);
+	SAME(kvc_stats, kvcp_stats, recompress.bytes_after);
 	SIZE(kvc_block_info, kvcp_list_ent);
 	SAME(kvc_block_info, kvcp_list_ent, key);
 	SAME(kvc_block_info, kvcp_list_ent, layout);

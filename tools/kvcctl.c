@@ -134,12 +134,19 @@ static void print_stats_json(const struct kvc_stats *st)
 		       st->ns_ext[i].evictions, st->ns_ext[i].quota);
 	}
 	printf("], \"ops\": {");
-	for (unsigned i = 0; kvc_op_name(i); i++)
+	for (unsigned i = 0; kvc_op_name(i); i++) {
+		const struct kvc_op_stats *o = kvc_stats_op(st, i);
+
 		printf("%s\"%s\": {\"count\": %" PRIu64 ", \"errors\": %" PRIu64
 		       ", \"p50_ns\": %" PRIu64 ", \"p99_ns\": %" PRIu64 ", \"p999_ns\": %" PRIu64
 		       "}",
-		       i ? ", " : "", kvc_op_name(i), st->op[i].count, st->op[i].errors,
-		       st->op[i].p50_ns, st->op[i].p99_ns, st->op[i].p999_ns);
+		       i ? ", " : "", kvc_op_name(i), o->count, o->errors, o->p50_ns, o->p99_ns,
+		       o->p999_ns);
+	}
+	printf("}, \"recompress\": {\"blocks\": %" PRIu64 ", \"busy\": %" PRIu64
+	       ", \"kept\": %" PRIu64 ", \"bytes_before\": %" PRIu64 ", \"bytes_after\": %" PRIu64,
+	       st->recompress.blocks, st->recompress.busy, st->recompress.kept,
+	       st->recompress.bytes_before, st->recompress.bytes_after);
 	printf("}, \"gpu\": {\"status\": \"%s\", \"why\": ", gpu_status(st->gpu.status));
 	json_string(st->gpu.why, sizeof(st->gpu.why));
 	printf(", \"driver_version\": %d}, \"gpus\": [", st->gpu.driver_version);
@@ -224,14 +231,22 @@ static void print_stats(const struct kvc_stats *st)
 		       st->ns[i].bytes_stored, ratio(st->ns[i].bytes_in, st->ns[i].bytes_stored),
 		       ratio(st->ns_ext[i].hits, st->ns_ext[i].hits + st->ns_ext[i].misses),
 		       st->ns_ext[i].evictions, st->ns[i].fallbacks, st->ns[i].policy);
-	printf("\n%-8s %12s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
+	printf("\n%-10s %10s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
 	       "p99.9 us");
-	for (unsigned i = 0; kvc_op_name(i); i++)
-		if (st->op[i].count)
-			printf("%-8s %12" PRIu64 " %8" PRIu64 " %10.2f %10.2f %10.2f\n",
-			       kvc_op_name(i), st->op[i].count, st->op[i].errors,
-			       st->op[i].p50_ns / 1e3, st->op[i].p99_ns / 1e3,
-			       st->op[i].p999_ns / 1e3);
+	for (unsigned i = 0; kvc_op_name(i); i++) {
+		const struct kvc_op_stats *o = kvc_stats_op(st, i);
+
+		if (o->count)
+			printf("%-10s %10" PRIu64 " %8" PRIu64 " %10.2f %10.2f %10.2f\n",
+			       kvc_op_name(i), o->count, o->errors, o->p50_ns / 1e3,
+			       o->p99_ns / 1e3, o->p999_ns / 1e3);
+	}
+	if (st->recompress.blocks + st->recompress.busy + st->recompress.kept)
+		printf("\nrecompressed %" PRIu64 " blocks, %.1f -> %.1f MiB; left raw: %" PRIu64
+		       " busy, %" PRIu64 " not smaller or not encodable\n",
+		       st->recompress.blocks, st->recompress.bytes_before / 1048576.0,
+		       st->recompress.bytes_after / 1048576.0, st->recompress.busy,
+		       st->recompress.kept);
 }
 
 static const char *shape(const struct kvc_layout *l, char *buf, size_t len)

@@ -323,6 +323,25 @@ struct kvc_select_hit {
 	float score;
 };
 
+/* RECOMPRESS: once its prefill is done, an engine that stored the prompt in chunks raw has the
+ * chain @keys[0..n) (consecutive chunks of one sequence, the first at position @pos) rewritten
+ * under policy @codec (0: the namespace's, 1..8: one kvc_policy registered). With token
+ * selection (select=) the chain's tokens are chosen as one block holding all of it would have
+ * them chosen: one observation window, one budget over the chain, sinks at its start and the
+ * window at its end. The selection's input is the aux section at staging[@aux_off] (a struct
+ * kvc_aux and its arrays, as after a STORE's block, for a block of the chain's layout
+ * holding every token of the chain; q_pos counts from the first block's first token), or
+ * none when @aux_off is KVC_RECOMPRESS_NO_AUX. Only raw blocks are rewritten; encoded ones at
+ * the chain's start are left as they are, the chain ends at the first block missing; a block
+ * another request is reading or has pinned stays raw. Returns the blocks rewritten and, in
+ * *@saved (may be NULL), the pool bytes that freed; -EINVAL (a bad request, a policy that
+ * keeps blocks raw, select= without the aux it needs, shapes that differ), -EMSGSIZE (more
+ * keys than the scratch area holds or KVC_RECOMPRESS_MAX_KEYS). */
+#define KVC_RECOMPRESS_MAX_KEYS 4096
+#define KVC_RECOMPRESS_NO_AUX	((size_t)-1)
+int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos,
+		   uint8_t codec, size_t aux_off, uint64_t *saved);
+
 int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
 	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out);
 
@@ -414,6 +433,14 @@ struct kvc_stats {
 		uint64_t d2h_bytes, h2d_bytes; /* bytes copied off and onto the device */
 		uint64_t d2h_ns, h2d_ns;       /* time those copies took, kernels included */
 	} gpu_use[16];
+	/* since 0.6: RECOMPRESS's counts (op_more[0]), and what it did to blocks */
+	struct kvc_op_stats op_more[4];
+	struct {
+		uint64_t blocks;		    /* rewritten */
+		uint64_t busy;			    /* left raw: read, pinned or gone meanwhile */
+		uint64_t kept;			    /* left raw: not encodable, or no smaller */
+		uint64_t bytes_before, bytes_after; /* pool bytes of the rewritten blocks */
+	} recompress;
 };
 
 enum {
@@ -424,8 +451,15 @@ enum {
 	KVC_GPU_READY = 4,
 };
 
-/* Name of op @i in kvc_stats.op ("nop", "store", ..., "evict"), or NULL past the end. */
+/* Name of op @i ("nop", "store", ..., "select", "recompress"), or NULL past the end; its
+ * counts are kvc_stats_op(st, i). */
 const char *kvc_op_name(unsigned i);
+
+/* The counts of op @i (below 17): kvc_stats.op for the first 13, then op_more. */
+static inline const struct kvc_op_stats *kvc_stats_op(const struct kvc_stats *st, unsigned i)
+{
+	return i < 13 ? &st->op[i] : &st->op_more[i - 13];
+}
 
 /* Fill the first @size bytes of @st (pass sizeof(*st)); fields beyond what this library knows
  * are zeroed. Returns 0 or -errno. */

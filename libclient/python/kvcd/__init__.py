@@ -339,6 +339,20 @@ class Client:
                              POLICY_NAMESPACE if namespace else 0, why, len(why))
         return _check(res, "policy", why.value.decode())
 
+    def recompress(self, keys: Sequence[Key], pos: int = 0, policy_slot: int = 0,
+                   aux_off: Optional[int] = None) -> Tuple[int, int]:
+        """Rewrite the chain ``keys`` (consecutive chunks stored raw, the first at ``pos``)
+        under a policy (0: the namespace's, else a :meth:`policy` slot), selecting its tokens
+        as one block holding the whole chain; ``aux_off``: where in staging a struct kvc_aux
+        and its arrays for the chain lie (needed by select=h2o and snapkv). Returns (blocks
+        rewritten, pool bytes freed)."""
+        arr = (Key * max(len(keys), 1))(*keys)
+        saved = ctypes.c_uint64()
+        off = (1 << 64) - 1 if aux_off is None else aux_off
+        res = lib.kvc_recompress(self._live(), arr, len(keys), pos, policy_slot, off,
+                                 ctypes.byref(saved))
+        return _check(res, "recompress"), saved.value
+
     def evict(self, mib: int = 0) -> int:
         """Evict unpinned blocks until ``mib`` MiB are free (0: all); admin only."""
         return _check(lib.kvc_evict(self._live(), mib), "evict")
@@ -372,12 +386,13 @@ class Client:
                                    **{k: getattr(u, k) for k, _ in u._fields_ if k != "pad"}}
                                   for d, u in zip(g.dev[:g.ndev], st.gpu_use[:g.ndev])]}
         out["ops"] = {}
-        for i in range(13):
+        for i in range(17):
             name = lib.kvc_op_name(i)
             if name:
-                o = st.op[i]
+                o = st.op[i] if i < 13 else st.op_more[i - 13]
                 out["ops"][name.decode()] = {"count": o.count, "errors": o.errors,
                                              "p50_ns": o.p50_ns, "p99_ns": o.p99_ns}
+        out["recompress"] = {k: getattr(st.recompress, k) for k, _ in st.recompress._fields_}
         return out
 
     # -- batches --

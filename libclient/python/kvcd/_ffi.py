@@ -102,6 +102,11 @@ class GpuUse(ctypes.Structure):
                 ("h2d_ns", c_u64)]
 
 
+class RecompressStats(ctypes.Structure):
+    _fields_ = [("blocks", c_u64), ("busy", c_u64), ("kept", c_u64), ("bytes_before", c_u64),
+                ("bytes_after", c_u64)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("nnodes", c_u32), ("clients", c_u32), ("boot_token", c_u64),
                 ("uptime_ms", c_u64), ("blocks", c_u64), ("bytes_used", c_u64),
@@ -111,7 +116,8 @@ class Stats(ctypes.Structure):
                 ("metadata_bytes", c_u64), ("node", NodeStats * 16), ("op", OpStats * 13),
                 ("nns", c_u32), ("pad", c_u32), ("ns", NsStats * 32), ("ns_ext", NsExt * 32),
                 ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
-                ("remote", RemoteStats), ("gpu", GpuStats), ("gpu_use", GpuUse * 16)]
+                ("remote", RemoteStats), ("gpu", GpuStats), ("gpu_use", GpuUse * 16),
+                ("op_more", OpStats * 4), ("recompress", RecompressStats)]
 
 
 def _find_library() -> str:
@@ -174,6 +180,9 @@ _decl = {
     "kvc_wait": (ctypes.c_int, [_P, ctypes.POINTER(Cqe), ctypes.c_uint, ctypes.c_uint,
                                 ctypes.c_int]),
     "kvc_evict": (ctypes.c_int, [_P, c_u32]),
+    "kvc_recompress": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t, c_u32,
+                                      ctypes.c_uint8, ctypes.c_size_t,
+                                      ctypes.POINTER(c_u64)]),
     "kvc_gpu_staging": (c_u64, [_P, ctypes.c_uint, ctypes.POINTER(ctypes.c_size_t)]),
     "kvc_gpu_index": (ctypes.c_int, [_P, ctypes.c_int]),
     "kvc_store_gpu": (ctypes.c_int, [_P, ctypes.c_uint, ctypes.POINTER(Key),

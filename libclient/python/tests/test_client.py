@@ -25,7 +25,7 @@ def test_structures_match_the_c_library():
     assert ctypes.sizeof(_ffi.AttachOpts) == 64
     assert ctypes.sizeof(_ffi.Req) == 56
     assert ctypes.sizeof(_ffi.Cqe) == 40
-    assert ctypes.sizeof(_ffi.Stats) == 18536
+    assert ctypes.sizeof(_ffi.Stats) == 18736
 
 
 def block(dtype=np.float16, layers=2, tokens=16, heads=2, dim=32, seed=0):
@@ -115,6 +115,28 @@ def test_policy_slots_and_stats(daemon):
         assert ns["bytes_stored"] < ns["bytes_in"], "int8 is smaller"
         assert st["ops"]["store"]["count"] >= 1
         assert st["version"] == kvcd.__version__
+
+
+def test_recompress_a_chain_stored_raw(daemon):
+    with kvcd.Client(socket=daemon.sock, ns="py-recompress", staging_size=1 << 20) as c:
+        keys = [kvcd.Key(200, i) for i in range(3)]
+        for i, k in enumerate(keys):
+            c.store(k, block(seed=i))
+        slot = c.policy("int8")
+        n, saved = c.recompress(keys, policy_slot=slot)
+        assert n == 3 and saved > block().nbytes
+        for i, k in enumerate(keys):
+            got = c.fetch(k)
+            assert not np.array_equal(got, block(seed=i)), "int8 now"
+            assert np.abs(got.astype(np.float32) - block(seed=i).astype(np.float32)).max() < 0.1
+        assert c.recompress(keys, policy_slot=slot) == (0, 0), "nothing raw is left"
+        sel = c.policy("none:select=snapkv,keep=50%")
+        with pytest.raises(kvcd.KvcdError) as e:
+            c.recompress([kvcd.Key(201, 0)], policy_slot=sel)
+        assert e.value.errno == errno.EINVAL, "snapkv needs the window's queries"
+        st = c.stats()
+        assert st["recompress"]["blocks"] >= 3
+        assert st["ops"]["recompress"]["count"] == 3
 
 
 def test_batches(daemon):
