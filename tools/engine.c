@@ -1,5 +1,6 @@
 /* engine.c - the engine's side of kvcd for kvc-llama and kvc-eval: chained chunk keys,
- * LOOKUP of the longest cached prefix, FETCH into the KV cache, STORE of new chunks. */
+ * LOOKUP of the longest cached prefix, FETCH into the KV cache, STORE of new chunks, and
+ * RECOMPRESS of a prefill's chunks once it is done. */
 #include "llama.h"
 
 #include <errno.h>
@@ -234,4 +235,37 @@ int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc 
 	}
 	free(keys);
 	return err < 0 ? err : stored;
+}
+
+int llm_kvc_recompress(const struct llm *m, const struct llm_state *s, struct llm_kvc *k,
+		       const int32_t *tok, size_t last, uint8_t codec, uint64_t *saved)
+{
+	uint32_t end = (uint32_t)(last * k->chunk);
+	struct kvc_aux a = aux_of(m, k, 0, end);
+	struct kvc_layout l;
+	struct kvc_key *keys;
+	size_t cap, abytes = 0;
+	uint8_t *stage = kvc_staging(k->c, &cap);
+	int err;
+
+	if (!last)
+		return 0;
+	llm_block_layout(m, s, end, &l); /* one block holding the chain: its aux */
+	if (k->aux) {
+		abytes = sizeof(a) + kvc_aux_bytes(&a, &l);
+		if (abytes == sizeof(a))
+			return -EINVAL;
+		if (abytes > cap)
+			return -ENOSPC;
+		aux_put(m, s, &a, 0, end, stage);
+	}
+	keys = malloc(last * sizeof(*keys));
+	if (!keys)
+		return -ENOMEM;
+	err = kvc_key_chain_all(k->keyns, tok, end, k->chunk, keys, last);
+	if (err >= 0)
+		err = kvc_recompress(k->c, keys, last, 0, codec,
+				     k->aux ? 0 : KVC_RECOMPRESS_NO_AUX, saved);
+	free(keys);
+	return err;
 }

@@ -2,7 +2,7 @@
  *
  *   kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]
  *            --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]
- *            [--plot FILE.png] [--md FILE] [--window W]
+ *            [--plot FILE.png] [--md FILE] [--window W] [--defer]
  *
  * For each sequence of P + C + 1 tokens (sampled from the model from BOS, or the first
  * P + C + 1 ids of a line of --tokens FILE) and each policy:
@@ -10,7 +10,10 @@
  *     token's accumulated attention as its score, and for selection policies the same per
  *     (layer, KV head) and the prefix's last W queries), FETCHed back into a fresh cache
  *     (tokens a policy dropped masked out of attention); prefix
- *     tokens after the last whole chunk are recomputed on top of it, as an engine would;
+ *     tokens after the last whole chunk are recomputed on top of it, as an engine would; with
+ *     --defer the chunks are stored raw and then RECOMPRESSed under the policy as one chain
+ *     (selection over the whole prefix with one window), as an engine does once its prefill
+ *     is done;
  *   - the C continuation tokens are teacher-forced at positions P .. P+C-1 (their own KV stays
  *     exact), and the prediction of each next token is compared with the run that kept the
  *     whole prefix exact (the cache dtype, f16 by default).
@@ -50,7 +53,7 @@ struct result {
 
 static struct {
 	const char *sock, *model, *tokens, *policies, *plot, *md;
-	int seqs, prefix, cont, chunk, json, window;
+	int seqs, prefix, cont, chunk, json, window, defer;
 	float temp;
 	unsigned long seed;
 } opt = {
@@ -62,7 +65,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]\n"
 		"                --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]\n"
-		"                [--plot FILE.png] [--md FILE] [--window W]\n");
+		"                [--plot FILE.png] [--md FILE] [--window W] [--defer]\n");
 	exit(2);
 }
 
@@ -251,7 +254,21 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 		memcpy(s.acc_lh, seqs[i].acc_lh, (size_t)c->layers * c->kv_heads * c->seq_len * 4);
 		memcpy(s.qs, seqs[i].qs, (size_t)opt.prefix * c->layers * c->dim * 4);
 		memcpy(s.lse, seqs[i].lse, (size_t)opt.prefix * c->layers * c->heads * 4);
-		err = llm_kvc_save(m, &s, &k, seqs[i].tok, 0, nchunks);
+		if (opt.defer) { /* raw now, the policy's form once the prefill is done */
+			struct llm_kvc raw = k;
+
+			raw.codec = 0;
+			raw.scores = false;
+			raw.aux = 0;
+			err = llm_kvc_save(m, &s, &raw, seqs[i].tok, 0, nchunks);
+			if (err >= 0)
+				err = llm_kvc_recompress(m, &s, &k, seqs[i].tok, nchunks, k.codec,
+							 NULL);
+			if (err >= 0 && err != (int)nchunks)
+				err = -EAGAIN; /* a chunk stayed raw: the figures would mix */
+		} else {
+			err = llm_kvc_save(m, &s, &k, seqs[i].tok, 0, nchunks);
+		}
 		llm_state_free(&s);
 		if (err < 0)
 			break;
@@ -412,7 +429,8 @@ int main(int argc, char **argv)
 					      { "policies", 1, 0, 'p' }, { "chunk", 1, 0, 'k' },
 					      { "json", 0, 0, 'j' },	 { "plot", 1, 0, 'g' },
 					      { "md", 1, 0, 'M' },	 { "window", 1, 0, 'w' },
-					      { "help", 0, 0, 'h' },	 { 0 } };
+					      { "defer", 0, 0, 'D' },	 { "help", 0, 0, 'h' },
+					      { 0 } };
 	struct llm m;
 	struct seq *seqs = NULL;
 	struct result *res = NULL;
@@ -438,6 +456,7 @@ int main(int argc, char **argv)
 		case 'g': opt.plot = optarg; break;
 		case 'M': opt.md = optarg; break;
 		case 'w': opt.window = atoi(optarg); break;
+		case 'D': opt.defer = 1; break;
 		default: usage();
 		}
 	}

@@ -105,3 +105,10 @@ int llm_kvc_restore(const struct llm *m, struct llm_state *s, struct llm_kvc *k,
  * token's position. Already cached chunks count as stored. Returns the count, or -errno. */
 int llm_kvc_save(const struct llm *m, const struct llm_state *s, struct llm_kvc *k,
 		 const int32_t *tok, size_t first, size_t last);
+
+/* Once the prefill is done: RECOMPRESS chunks [0, @last) of @tok, stored raw, under policy
+ * @codec (kvc_layout.codec), with the aux k->aux names for the whole chain (the window: the
+ * last k->window queries before chunk @last ends). Returns the blocks rewritten, or -errno;
+ * *@saved: the pool bytes freed. */
+int llm_kvc_recompress(const struct llm *m, const struct llm_state *s, struct llm_kvc *k,
+		       const int32_t *tok, size_t last, uint8_t codec, uint64_t *saved);
