@@ -120,13 +120,16 @@ static void tag_write(struct kvcd_block *b, uint16_t ns, const struct kvcp_key *
 	tag_put(b->data, &b->layout, b->layout.codec, b->stored, ns, k, id);
 }
 
-/* The tag says committed last: a restart never adopts a half-written block. */
-static void tag_commit(void *data, bool has_sum, bool summary, uint64_t checksum)
+/* The tag says committed last: a restart never adopts a half-written block. @stored: the
+ * bytes the checksum covers, which a summary after them makes fewer than were reserved. */
+static void tag_commit(void *data, uint64_t stored, bool has_sum, bool summary,
+		       uint64_t checksum)
 {
 	struct kvcd_btag *t = tag_of(data);
 
 	t->checksum = checksum;
-	t->word = (t->word & ~(0xffull << 48)) |
+	t->word = (t->word & ~(0xffull << 48) & ~((1ull << 40) - 1)) |
+		  (stored & ((1ull << 40) - 1)) |
 		  (uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) |
 			     (summary ? TAG_SUMMARY : 0))
 			  << 48;
@@ -973,7 +976,7 @@ void kvcd_store_commit(struct kvcd_store *s, struct kvcd_block *b, bool ok, bool
 
 		b->flags &= (uint8_t)~KVCD_BLK_WRITING;
 		s->slots[b->slot].state = KVCD_SLOT_LIVE;
-		tag_commit(b->data, has_sum, b->summary, checksum);
+		tag_commit(b->data, b->stored, has_sum, b->summary, checksum);
 		s->bytes_in += kvcp_layout_bytes(&b->layout);
 		s->bytes_stored += b->stored;
 		s->ns[ns].blocks++;
@@ -1042,7 +1045,7 @@ int kvcd_store_rewrite_end(struct kvcd_store *s, struct kvcd_block *b,
 	/* the old tag stops being committed first: a restart in between loses the block, it
 	 * never finds it twice */
 	tag_of(old)->word &= ~((uint64_t)TAG_COMMITTED << 48);
-	tag_commit(rw->data, has_sum, summary, checksum);
+	tag_commit(rw->data, rw->stored, has_sum, summary, checksum);
 	s->bytes_stored += rw->stored - b->stored;
 	s->ns[ns].bytes_stored += rw->stored - b->stored;
 	s->ns[ns].charged -= kvcd_alloc_charge(old);

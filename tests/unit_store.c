@@ -735,3 +735,99 @@ Test(store, reads_beyond_the_first_earn_second_chances)
 	cr_assert(cached(0), "the block read three times stayed");
 	cr_assert(!cached(1) && !cached(2) && !cached(3), "the blocks stored with it went");
 }
+
+/* RECOMPRESS's rewrite: only the one reader that asks may swap a block's bytes; the record,
+ * its index slot and the accounting follow; a failed or refused rewrite changes nothing; a
+ * restart finds the new bytes, at the length their checksum covers, and not the old ones. */
+Test(store, a_rewritten_block_keeps_its_place_and_a_restart_finds_its_new_bytes)
+{
+	static struct kvcd_pool p2[1];
+	struct kvcd_pin_owner o = { .id = 3 };
+	struct kvcd_store s2;
+	struct kvcd_adopt_stats as;
+	struct kvcd_rewrite rw;
+	struct kvcd_block *b, *held;
+	struct kvcp_key k0 = K(0), k1 = K(1);
+	uint64_t raw = kvcp_layout_bytes(&L), used;
+	int map[256];
+	void *mem;
+
+	cr_assert_eq(posix_memalign(&mem, 4096, 2 * POOL), 0);
+	memset(&p2[0], 0, sizeof(p2[0]));
+	p2[0].base = mem;
+	p2[0].size = 2 * POOL;
+	kvcd_pool_format(&p2[0]);
+	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	for (uint64_t i = 0; i < 2; i++) {
+		struct kvcp_key k = K(i);
+
+		cr_assert_eq(kvcd_store_reserve(&s2, 0, &k, &L, raw, ONLY0, 1, &b), 0);
+		memset(b->data, (int)i + 1, raw);
+		kvcd_store_commit(&s2, b, true, true,
+				  kvcd_copy_sum(KVCD_ISA_SCALAR, NULL, b->data, raw));
+	}
+	kvcd_store_ref_many(&s2, 0, &k0, 1, &b);
+	cr_assert_not_null(b);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k0, &held), 0);
+	cr_assert_eq(kvcd_store_rewrite_begin(&s2, b, 4096, 1, ONLY0, 1, &rw), -EBUSY, "read");
+	kvcd_store_put(&s2, held, false);
+	cr_assert_eq(kvcd_store_pin(&s2, 0, &k0, &o, UINT64_MAX, 8), 0);
+	cr_assert_eq(kvcd_store_rewrite_begin(&s2, b, 4096, 1, ONLY0, 1, &rw), -EBUSY, "pinned");
+	cr_assert_eq(kvcd_store_unpin(&s2, 0, &k0, &o), 0);
+
+	used = p2[0].alloc.used;
+	cr_assert_eq(kvcd_store_rewrite_begin(&s2, b, 4096, 1, ONLY0, 1, &rw), 0);
+	cr_assert_eq(kvcd_store_rewrite_end(&s2, b, &rw, false, false, 0, false), -ECANCELED);
+	cr_assert_eq(p2[0].alloc.used, used, "a failed rewrite gives its room back");
+	cr_assert_eq(((unsigned char *)b->data)[5], 1, "and keeps the old bytes");
+
+	cr_assert_eq(kvcd_store_rewrite_begin(&s2, b, 4096, 1, ONLY0, 1, &rw), 0);
+	memset(rw.data, 0x5a, 4096);
+	rw.stored = 4000; /* a summary after the checksummed bytes, as a policy may add */
+	cr_assert_eq(kvcd_store_rewrite_end(&s2, b, &rw, true, true,
+					    kvcd_copy_sum(KVCD_ISA_SCALAR, NULL, rw.data, 4000),
+					    false),
+		     0);
+	cr_assert_eq(b->stored, 4000);
+	cr_assert_eq(b->layout.codec, 1);
+	cr_assert_eq(s2.ns[0].bytes_stored, raw + 4000);
+	cr_assert_eq(s2.ns[0].bytes_in, 2 * raw);
+	cr_assert_eq(s2.ns[0].charged, p2[0].alloc.used, "charges follow the bytes");
+	cr_assert_eq(kvcd_alloc_check(&p2[0].alloc), 0);
+	kvcd_store_put(&s2, b, false);
+	cr_assert_eq(kvcd_store_lookup(&s2, 0, (struct kvcp_key[]){ k0, k1 }, 2), 2);
+
+	/* a STORE with a SELECT summary after its bytes: reserved longer than it is stored */
+	struct kvcp_key k2 = K(2);
+
+	cr_assert_eq(kvcd_store_reserve(&s2, 0, &k2, &L, raw + 512, ONLY0, 1, &b), 0);
+	memset(b->data, 3, raw + 512);
+	b->stored = raw;
+	b->summary = 1;
+	kvcd_store_commit(&s2, b, true, true, kvcd_copy_sum(KVCD_ISA_SCALAR, NULL, b->data, raw));
+
+	/* the process dies: a restart finds block 0's new bytes, block 1 as it was, and block 2
+	 * with its summary */
+	free(s2.slabs[0]);
+	free(s2.slabs);
+	free(s2.chains[0]);
+	free(s2.chains);
+	free(s2.slots);
+	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	for (int i = 0; i < 256; i++)
+		map[i] = i;
+	cr_assert_eq(kvcd_store_adopt(&s2, 0, map, true, &as), 0);
+	cr_assert_eq(as.kept, 3);
+	cr_assert_eq(as.bad_sum + as.bad_tag + as.uncommitted, 0);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k2, &b), 0);
+	cr_assert_eq(b->stored, raw, "the length the checksum covers");
+	cr_assert(b->summary);
+	kvcd_store_put(&s2, b, false);
+	cr_assert_eq(kvcd_store_get(&s2, 0, &k0, &b), 0);
+	cr_assert_eq(b->stored, 4000);
+	cr_assert_eq(b->layout.codec, 1);
+	cr_assert_eq(((unsigned char *)b->data)[7], 0x5a);
+	kvcd_store_put(&s2, b, false);
+	kvcd_store_fini(&s2);
+	free(mem);
+}
