@@ -360,6 +360,52 @@ Test(codec, hadamard_rotation_lowers_error)
 	free(c);
 }
 
+/* Channels that sit far from zero (an offset much larger than their spread): the virtual
+ * token takes the offsets out, so int4's per-token ranges shrink and the error drops; it costs
+ * one row per unit quantized per token (KIVI's keys, per channel, go without). */
+Test(codec, virtual_token_takes_channel_offsets_out)
+{
+	struct kvcp_layout l = {
+		.dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 32, .tokens = 64
+	};
+	size_t n = kvcp_layout_bytes(&l) / 2;
+	uint16_t *x = malloc(n * 2);
+	float *xf = malloc(n * 4), *af = malloc(n * 4), *bf = malloc(n * 4);
+	uint64_t na, nb, nk, nkv;
+	struct kvcd_policy p = P("int4:rotate=hadamard,virtual=mean");
+	char buf[128];
+
+	for (size_t i = 0; i < n; i++) {
+		size_t c = i % 32;
+
+		x[i] = kvcd_f32_to_f16((float)(nrand() + (c % 7 == 2 ? 40.0 - 3.0 * c : 0.0)));
+	}
+	kvcd_policy_format(&p, buf, sizeof(buf));
+	cr_assert_str_eq(buf, "int:bits=4,group=64,rotate=hadamard,virtual=mean");
+	cr_assert_eq(p.rotate, KVCD_XFORM_HADAMARD | KVCD_XFORM_VIRTUAL);
+	p = P("int4:virtual=mean,virtual=none");
+	cr_assert_eq(p.rotate, 0);
+	uint16_t *a = roundtrip("int4", &l, x, NULL, &na), *b = roundtrip("int4:virtual=mean", &l,
+									  x, NULL, &nb);
+
+	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, x, xf, n);
+	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, a, af, n);
+	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, b, bf, n);
+	double ea = kvcd_quality_of(xf, af, n).rel_frob, eb = kvcd_quality_of(xf, bf, n).rel_frob;
+
+	cr_assert_lt(eb, ea * 0.5, "virtual token %g vs plain %g", eb, ea);
+	cr_assert_eq(nb - na, 2 * 2 * 2 * 32 * 2, "one f16 row per (layer, K/V, head)");
+	free(roundtrip("kivi:kbits=4,vbits=4,group=32", &l, x, NULL, &nk));
+	free(roundtrip("kivi:kbits=4,vbits=4,group=32,virtual=mean", &l, x, NULL, &nkv));
+	cr_assert_eq(nkv - nk, 2 * 2 * 32 * 2, "values only: keys are quantized per channel");
+	free(x);
+	free(xf);
+	free(af);
+	free(bf);
+	free(a);
+	free(b);
+}
+
 /* f16 block: sinks and the outlier token come back bit for bit; so do KIVI's residual keys. */
 Test(codec, exact_tokens_are_bit_exact)
 {
@@ -560,7 +606,10 @@ Test(codec, simd_equals_scalar_on_blocks)
 	};
 	const char *pols[] = { "int8", "int4:group=32",
 			       "int3", "kivi:kbits=2,vbits=4,group=16",
-			       "fp8",  "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1" };
+			       "fp8",  "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1",
+			       "int4:virtual=mean,sparse=0.01,outliers=1",
+			       "fp8:rotate=hadamard,virtual=mean",
+			       "kivi:kbits=2,vbits=4,group=16,virtual=mean" };
 	size_t raw = kvcp_layout_bytes(&l);
 	uint16_t *x = malloc(raw);
 

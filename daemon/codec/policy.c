@@ -60,6 +60,7 @@ struct key {
 
 static const char *const codec_names[] = { "none", "int", "fp8", "kivi", NULL };
 static const char *const off_on_rotate[] = { "none", "hadamard", NULL };
+static const char *const virtual_names[] = { "none", "mean", NULL };
 static const char *const resid_names[] = { "exact", "quant", NULL };
 static const char *const params_names[] = { "f16", "u8", NULL };
 static const char *const select_names[] = { "none", "recent", "keynorm", "h2o", "snapkv", NULL };
@@ -128,9 +129,15 @@ static const struct key keys[] = {
 	  "the sequence's first tokens, kept exact (and always kept by select)" },
 	{ "outliers", NULL, K_UINT, C_QUANT, 0, FIELD(outliers), 0, 0, 65535, 1, NULL, 0, "0",
 	  "tokens of largest key magnitude per (layer, head), kept exact" },
-	{ "rotate", NULL, K_ENUM, C_QUANT, 0, FIELD(rotate), 0, 0, 0, 1, off_on_rotate, 0, "none",
+	{ "rotate", NULL, K_FLAG, C_QUANT, 0, FIELD(rotate), KVCD_XFORM_HADAMARD, 0, 0, 1,
+	  off_on_rotate, 0, "none",
 	  "Walsh-Hadamard rotation of each token's channels before quantizing (power-of-two "
 	  "head_dim)" },
+	{ "virtual", NULL, K_FLAG, C_QUANT, 0, FIELD(rotate), KVCD_XFORM_VIRTUAL, 0, 0, 1,
+	  virtual_names, 0, "none",
+	  "a virtual token: each channel's mean over the rows quantized per token, kept in the "
+	  "engine's dtype and subtracted before quantizing, so outlier channels no longer "
+	  "stretch every token's range" },
 	{ "sparse", NULL, K_FRAC, C_QUANT, 0, FIELD(sparse_ppm), 0, 0, 0.1, 1e6, NULL, 0, "0",
 	  "share of quantized values of largest magnitude kept exact (KVQuant's dense-and-sparse)" },
 	{ "hibits", NULL, K_UINT, C_QUANT, F_ZERO_OFF, FIELD(hibits), 0, 2, 8, 1, NULL, 0,
@@ -633,7 +640,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	if (p->kind == KVCD_CODEC_KIVI && !p->group)
 		return WHY("kivi needs a group");
 	dim = kvcd_policy_spans(p, l) ? (uint32_t)l->kv_heads * l->head_dim : l->head_dim;
-	if (p->rotate > 1 || (p->rotate && (dim & (dim - 1))))
+	if (p->rotate > (KVCD_XFORM_HADAMARD | KVCD_XFORM_VIRTUAL) ||
+	    ((p->rotate & KVCD_XFORM_HADAMARD) && (dim & (dim - 1))))
 		return WHY("rotate=hadamard needs a power-of-two %s (got %u)",
 			   dim == l->head_dim ? "head_dim" : "kv_heads x head_dim", dim);
 	if (p->rope && l->head_dim % 2)

@@ -30,7 +30,7 @@ enum kvcd_codec_kind {
 struct kvcd_policy {
 	uint8_t kind;	      /* enum kvcd_codec_kind */
 	uint8_t kbits, vbits; /* int, kivi: 2..8 */
-	uint8_t rotate;	      /* 1: Walsh-Hadamard */
+	uint8_t rotate;	      /* KVCD_XFORM_*: transforms of the quantized rows */
 	uint16_t group;	      /* channels (int, fp8, kivi V) or tokens (kivi K); 0: head_dim */
 	uint16_t sink;	      /* first tokens kept exact */
 	uint16_t outliers;    /* largest-key tokens per (layer, head) kept exact */
@@ -68,6 +68,12 @@ struct kvcd_policy {
 				 * its rank is the smallest that reaches it, at most rank= (the
 				 * plan takes the SVDs); 0: every matrix has rank= */
 };
+
+#define KVCD_XFORM_HADAMARD 1 /* rotate=hadamard: Walsh-Hadamard rotation of each row */
+#define KVCD_XFORM_VIRTUAL                                                                     \
+	2 /* virtual=mean: each channel's mean over the unit's quantized rows moves into one
+	   * virtual token in the engine's dtype, added back on decode (rows quantized per
+	   * token only: per-channel keys do not need it) */
 
 #define KVCD_LOWRANK_INT8 \
 	1 /* factors as int8 rows with an f32 scale each; else the

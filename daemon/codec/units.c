@@ -75,6 +75,7 @@ struct shape {
 	uint64_t reg_bytes;	    /* regular params and codes */
 	unsigned bits;		    /* regular bits */
 	bool per_channel;	    /* kivi K */
+	bool virt;		    /* a virtual token (virtual=mean) precedes the codes */
 	uint64_t bytes;		    /* the whole unit */
 };
 
@@ -103,10 +104,12 @@ static void shape_of(const struct kvcd_policy *p, const struct kvcp_layout *l, b
 	} else {
 		s->nq = s->nr;
 	}
+	s->virt = (p->rotate & KVCD_XFORM_VIRTUAL) && !s->per_channel;
 	if (p->sparse_ppm)
 		s->nsp = ((uint64_t)s->nq * d * p->sparse_ppm + 999999) / 1000000;
 	b += (uint64_t)(s->ne + s->nh) * 4;
 	b += (uint64_t)s->ne * d * s->es;
+	b += s->virt ? (uint64_t)d * s->es : 0;
 	b += kvcd_params_bytes((size_t)s->nh * s->ngt, p->params) +
 	     kvcd_packed_bytes((size_t)s->nh * d, p->hibits);
 	if (p->kind == KVCD_CODEC_FP8) {
@@ -172,6 +175,7 @@ struct work {
 	const float *e4m3;  /* decode: kvcd_e4m3_lut(), looked up once per block */
 	uint8_t *chanm;	    /* T x D: their sparse marks, the same way */
 	float *rcos, *rsin; /* T x head_dim / 2: RoPE angles, for policies with rope */
+	float *ctr;	    /* D: the virtual token (virtual=mean) */
 	void *mem;
 };
 
@@ -230,7 +234,7 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	size_t gch = p->group && p->group < d ? p->group : d,
 	       pr = t * l->kv_heads * ((d + gch - 1) / gch);
 	size_t sz = plane * 4 + pr * 4 * 2 + td * 4 * 2 + gd * 4 * 2 + gd * 4 + gd + td + t +
-		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + td * 4 + gd * 2 + td + 64;
+		    t * 4 * 3 + (size_t)l->kv_heads * ne * 4 + td * 4 + gd * 2 + td + d * 4 + 64;
 	char *m = work_mem(sz);
 
 	if (!m)
@@ -256,6 +260,7 @@ static int work_init(struct work *w, const struct kvcd_policy *p, const struct k
 	w->rsin = w->rcos + td / 2;
 	w->pc = (uint8_t *)(w->rsin + td / 2);
 	w->chanm = w->pc + gd * 2;
+	w->ctr = (float *)(((uintptr_t)(w->chanm + td) + 3) & ~(uintptr_t)3);
 	return 0;
 }
 
@@ -825,6 +830,41 @@ static int load_plane(enum kvcd_isa isa, const struct kvcp_layout *l, const uint
 	return 0;
 }
 
+/* Add @sign x the virtual token w->ctr to the @n rows @rows of the unit. */
+static void shift_rows(struct work *w, const uint32_t *rows, uint32_t n, uint32_t d, float sign)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		float *r = w->tile + (size_t)rows[i] * w->ts;
+
+		for (uint32_t c = 0; c < d; c++)
+			r[c] += sign * w->ctr[c];
+	}
+}
+
+/* virtual=mean: each channel's mean over the rows about to be quantized per token (important
+ * and regular), rounded to the engine's dtype as the unit stores it, is taken out of them: a
+ * channel whose values all sit far from zero no longer widens every token's range. */
+static void put_virtual(const struct unit_io *u, struct work *w, uint8_t **o)
+{
+	const struct shape *s = u->s;
+	uint32_t n = s->nh + s->nq;
+
+	for (uint32_t c = 0; c < s->d; c++) {
+		double sum = 0;
+
+		for (uint32_t i = 0; i < s->nh; i++)
+			sum += w->tile[(size_t)w->imp[i] * w->ts + c];
+		for (uint32_t i = 0; i < s->nq; i++)
+			sum += w->tile[(size_t)w->reg[i] * w->ts + c];
+		w->ctr[c] = n ? (float)(sum / n) : 0.0f;
+	}
+	kvcd_from_f32(u->isa, u->dtype, w->ctr, *o, s->d);
+	kvcd_to_f32(u->isa, u->dtype, *o, w->ctr, s->d); /* what decode will add back */
+	*o += (size_t)s->d * s->es;
+	shift_rows(w, w->imp, s->nh, s->d, -1.0f);
+	shift_rows(w, w->reg, s->nq, s->d, -1.0f);
+}
+
 static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact, bool choose,
 		       uint8_t **o)
 {
@@ -856,7 +896,9 @@ static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact,
 		rope_rows(u, w, w->imp, s->nh, -1.0f);
 		rope_rows(u, w, w->reg, s->nq, -1.0f);
 	}
-	if (p->rotate) {
+	if (s->virt)
+		put_virtual(u, w, o);
+	if (p->rotate & KVCD_XFORM_HADAMARD) {
 		for (uint32_t i = 0; i < s->nh; i++)
 			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
@@ -918,6 +960,10 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 		kvcd_to_f32(u->isa, u->dtype, *in, w->tile + (size_t)exact[i] * w->ts, s->d);
 		*in += (size_t)s->d * s->es;
 	}
+	if (s->virt) {
+		kvcd_to_f32(u->isa, u->dtype, *in, w->ctr, s->d);
+		*in += (size_t)s->d * s->es;
+	}
 	if (s->nh && dec_per_token(u, w, w->imp, s->nh, p->hibits, in))
 		return -EBADMSG;
 	if (p->kind == KVCD_CODEC_FP8)
@@ -944,11 +990,15 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 		}
 		*in += s->nsp * 8;
 	}
-	if (p->rotate) {
+	if (p->rotate & KVCD_XFORM_HADAMARD) {
 		for (uint32_t i = 0; i < s->nh; i++)
 			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
 			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
+	}
+	if (s->virt) { /* the virtual token back into every row it left */
+		shift_rows(w, w->imp, s->nh, s->d, 1.0f);
+		shift_rows(w, w->reg, s->nq, s->d, 1.0f);
 	}
 	if (p->rope && u->kv == 0) {
 		rope_rows(u, w, w->imp, s->nh, 1.0f);
@@ -976,7 +1026,7 @@ static bool fusable(const struct kvcd_policy *p, const struct shape *sh)
 	for (int kv = 0; kv < 2; kv++) {
 		const struct shape *s = &sh[kv];
 
-		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel)
+		if (s->ne || s->nh || s->nres || s->nsp || s->per_channel || s->virt)
 			return false;
 		if (p->kind == KVCD_CODEC_INT && (s->d % s->gch || s->d * s->bits % 8))
 			return false;
@@ -1123,7 +1173,7 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 				} else {
 					kvcd_to_f32(isa, l->dtype, row, x, hd);
 				}
-				for (size_t h = 0; p->rotate && h < heads; h++)
+				for (size_t h = 0; (p->rotate & KVCD_XFORM_HADAMARD) && h < heads; h++)
 					kvcd_hadamard(x + h * d, (unsigned)d);
 				if (p->kind == KVCD_CODEC_FP8) {
 					err = fp8_row(isa, &sh[kv], x, heads, r, base);
@@ -1323,7 +1373,7 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 						e4m3_scale(isa, w->e4m3, codes + c0, len,
 							   kvcd_f16_to_f32(sc), x + h * d + c0);
 					}
-					if (p->rotate)
+					if (p->rotate & KVCD_XFORM_HADAMARD)
 						kvcd_hadamard(x + h * d, (unsigned)d);
 				}
 				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_INT; h++) {
@@ -1335,7 +1385,7 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 						kvcd_dequant_group(isa, w->codes + g * gch, gch,
 								   w->par[2 * g], w->par[2 * g + 1],
 								   x + h * d + g * gch);
-					if (p->rotate) /* the rotation undone, as it was done */
+					if (p->rotate & KVCD_XFORM_HADAMARD) /* the rotation undone, as it was done */
 						kvcd_hadamard(x + h * d, (unsigned)d);
 				}
 				if (stream)
