@@ -955,3 +955,112 @@ Test(sparse, a_chain_refuses_what_it_cannot_select)
 	b.x[3] = 0;
 	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep), 0);
 }
+
+/* tensor=tucker: at energy 100% the higher-order SVD is exact to float precision; a tensor of
+ * multilinear rank (2, 1, 1) needs those ranks and no more; lower energy keeps fewer bytes
+ * and loses more; ranks a block claims beyond its dimensions are refused. */
+Test(sparse, tucker_ranks_by_energy_and_round_trips)
+{
+	static struct blk b;
+	struct view v;
+	double k00, e, prev = 0;
+	uint64_t prev_bytes = UINT64_MAX;
+	struct kvcp_layout got;
+	void *dec;
+
+	make(&b);
+	for (uint32_t t = 0; t < T; t++) /* layer 0's K: head 0 a_t f_c, head 1 b_t f_c: ranks
+					  * (2, 2, 1) */
+		for (uint32_t h = 0; h < H; h++)
+			for (int c = 0; c < D; c++)
+				row(&b, 0, 0, t, h)[c] = (float)(h ? (int)(t % 3) - 1 : (int)(t % 5) - 2) *
+							 (float)(c - 3.5);
+	dec = roundtrip(&b, "none:rank=64,tensor=tucker,energy=100%", 0, &v);
+	e = rel_err(&b, &v, &k00);
+	cr_assert_leq(e, 1e-5, "full ranks: float precision (%g)", e);
+	free(dec);
+	for (int pct = 99; pct >= 60; pct -= 9) {
+		char s[64];
+
+		snprintf(s, sizeof(s), "none:rank=64,tensor=tucker,energy=%d%%", pct);
+		dec = roundtrip(&b, s, 0, &v);
+		e = rel_err(&b, &v, &k00);
+		if (pct >= 90)
+			cr_assert_leq(k00, 1e-4, "%s: layer 0's K has ranks (2, 2, 1): exact (%g)", s,
+				      k00);
+		cr_assert_geq(e, prev - 1e-6, "%s: less energy, more error", s);
+		cr_assert_lt(last_bytes, prev_bytes, "%s: fewer bytes", s);
+		prev = e;
+		prev_bytes = last_bytes;
+		free(dec);
+	}
+
+	/* the block's first rank byte (layer 0's K token rank) claims more than there are */
+	struct kvcd_policy p = pol("none:rank=64,tensor=tucker,energy=90%");
+	uint32_t counts[LY * H + 6 * LY];
+	uint64_t n;
+	void *enc;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, &b.aux, counts), 0);
+	cr_assert_eq(counts[LY * H], 2, "layer 0's K: token rank 2");
+	cr_assert_eq(counts[LY * H + 1], 2, "head rank 2");
+	cr_assert_eq(counts[LY * H + 2], 1, "channel rank 1");
+	n = kvcd_sel_size(&p, &LAY, false, 0, counts);
+	enc = malloc(n);
+	dec = malloc(kvcp_sparse_bytes(&LAY, LY * H * T));
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     0);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec,
+				       kvcp_sparse_bytes(&LAY, LY * H * T), &got),
+		     0);
+	uint8_t *rk = (uint8_t *)enc + sizeof(struct kvcd_codec_hdr) + LY * H * 4;
+
+	rk[1] = H + 1;
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec,
+				       kvcp_sparse_bytes(&LAY, LY * H * T), &got),
+		     -EBADMSG, "a head rank above the heads");
+	rk[1] = 0;
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec,
+				       kvcp_sparse_bytes(&LAY, LY * H * T), &got),
+		     -EBADMSG, "a zero rank");
+	free(enc);
+	free(dec);
+	for (const char **s = (const char *[]){ "none:rank=8,tensor=tucker",
+						"none:rank=8,tensor=tucker,energy=90%,svd=layer",
+						"none:tensor=tucker,energy=90%",
+						"none:rank=8,tensor=tucker,energy=90%,select=recent",
+						NULL };
+	     *s; s++) {
+		struct kvcd_policy q;
+		char why[160];
+
+		cr_assert_eq(kvcd_policy_parse(*s, &q, why, sizeof(why)), -EINVAL, "%s", *s);
+	}
+}
+
+/* The Tucker factors at full ranks on four heads (no mode of two, where every orthogonal
+ * factor may be its own transpose): put then get gives the tensor back. */
+Test(sparse, tucker_full_ranks_on_four_heads)
+{
+	const struct kvcp_layout l = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 4, .head_dim = 8, .tokens = 10
+	};
+	const uint32_t r[3] = { 10, 4, 8 };
+	float x[10 * 4 * 8], y[10 * 4 * 8];
+	float *buf = malloc(kvcd_tk_buf_floats(&l) * 4);
+	uint8_t *o = malloc(kvcd_tk_bytes(&l, r));
+	double num = 0, den = 0;
+
+	for (size_t i = 0; i < sizeof(x) / 4; i++)
+		x[i] = nrand();
+	cr_assert(kvcd_tk_ranks_ok(&(struct kvcd_policy){ .rank = 64 }, &l, r));
+	cr_assert_eq(kvcd_tk_put(KVCD_ISA_SCALAR, &l, x, r, buf, o), 0);
+	kvcd_tk_get(KVCD_ISA_SCALAR, &l, o, r, buf, y);
+	for (size_t i = 0; i < sizeof(x) / 4; i++) {
+		num += (x[i] - y[i]) * (x[i] - y[i]);
+		den += x[i] * x[i];
+	}
+	cr_assert_leq(sqrt(num / den), 1e-5);
+	free(buf);
+	free(o);
+}

@@ -117,6 +117,19 @@ int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 void kvcd_lr_layer_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		       const uint8_t *in, float *buf, uint8_t *out);
 size_t kvcd_lr_layer_get_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l);
+/* tensor=tucker (lowrank.c): one layer's K or V plane @x ([T][H][D] f32) as a Tucker core and
+ * three factors with ranks @r (token, head, channel). kvcd_tk_ranks picks them by energy=
+ * (the token rank capped by rank=); kvcd_tk_put writes them (kvcd_tk_bytes, engine dtype);
+ * kvcd_tk_get multiplies them back into @x. @buf: kvcd_tk_buf_floats floats. */
+uint64_t kvcd_tk_bytes(const struct kvcp_layout *l, const uint32_t *r);
+size_t kvcd_tk_buf_floats(const struct kvcp_layout *l);
+bool kvcd_tk_ranks_ok(const struct kvcd_policy *p, const struct kvcp_layout *l, const uint32_t *r);
+int kvcd_tk_ranks(const struct kvcd_policy *p, const struct kvcp_layout *l, const float *x,
+		  float *buf, uint32_t *r);
+int kvcd_tk_put(enum kvcd_isa isa, const struct kvcp_layout *l, const float *x, const uint32_t *r,
+		float *buf, uint8_t *o);
+void kvcd_tk_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *in,
+		 const uint32_t *r, float *buf, float *x);
 
 /* ---- minicache.c ---------------------------------------------------------------------------- */
 

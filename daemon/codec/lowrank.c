@@ -213,3 +213,196 @@ size_t kvcd_lr_layer_get_bytes(const struct kvcd_policy *p, const struct kvcp_la
 		return 0;
 	return (t * r + r * hd + hd) * 4 + t * hd * kvcp_dtype_size(l->dtype);
 }
+/* ---- tensor=tucker: a layer's K (and V) as one 3-way tensor [tokens][heads][head_dim] ------
+ * Higher-order SVD: each mode's factor is the leading left singular vectors of that mode's
+ * unfolding, with the smallest rank keeping energy= of its squared singular values (the
+ * token mode capped by rank=); the core is the tensor projected on the three factors. Stored
+ * in the engine's dtype: core [r1][r2][r3], then U1 [T][r1], U2 [H][r2], U3 [D][r3]. */
+
+static inline uint32_t min_u32(uint32_t a, uint32_t b)
+{
+	return a < b ? a : b;
+}
+
+uint64_t kvcd_tk_bytes(const struct kvcp_layout *l, const uint32_t *r)
+{
+	return ((uint64_t)r[0] * r[1] * r[2] + (uint64_t)l->tokens * r[0] +
+		(uint64_t)l->kv_heads * r[1] + (uint64_t)l->head_dim * r[2]) *
+	       kvcp_dtype_size(l->dtype);
+}
+
+size_t kvcd_tk_buf_floats(const struct kvcp_layout *l)
+{
+	size_t t = l->tokens, h = l->kv_heads, d = l->head_dim, n = t * h * d;
+
+	return 8 * n + 2 * h * h + 2 * d * d + t + h * d + 16;
+}
+
+bool kvcd_tk_ranks_ok(const struct kvcd_policy *p, const struct kvcp_layout *l, const uint32_t *r)
+{
+	uint32_t hd = (uint32_t)l->kv_heads * l->head_dim;
+
+	return r[0] >= 1 && r[0] <= min_u32(min_u32(l->tokens, hd), p->rank) && r[1] >= 1 &&
+	       r[1] <= min_u32(l->kv_heads, 255) && r[2] >= 1 && r[2] <= min_u32(l->head_dim, 255);
+}
+
+/* Floats of a mode's left singular vectors, the largest of the three. */
+static size_t tk_u_floats(const struct kvcp_layout *l)
+{
+	size_t h = l->kv_heads, d = l->head_dim;
+
+	return (size_t)l->tokens * h * d + h * h + d * d;
+}
+
+/* Mode @mode's unfolding of @x ([T][H][D]) into @m: rows the mode's index, columns the other
+ * two in order. Returns its row count; *@cols the columns. */
+static uint32_t unfold(const struct kvcp_layout *l, const float *x, int mode, float *m,
+		       uint32_t *cols)
+{
+	uint32_t t = l->tokens, h = l->kv_heads, d = l->head_dim;
+
+	if (mode == 0) {
+		memcpy(m, x, (size_t)t * h * d * 4);
+		*cols = h * d;
+		return t;
+	}
+	for (uint32_t i = 0; i < t; i++)
+		for (uint32_t j = 0; j < h; j++)
+			for (uint32_t c = 0; c < d; c++) {
+				float v = x[((size_t)i * h + j) * d + c];
+
+				if (mode == 1)
+					m[(size_t)j * t * d + (size_t)i * d + c] = v;
+				else
+					m[(size_t)c * t * h + (size_t)i * h + j] = v;
+			}
+	*cols = mode == 1 ? t * d : t * h;
+	return mode == 1 ? h : d;
+}
+
+/* The SVD of mode @mode's unfolding: singular values in @sv, left vectors in @u (rows x k,
+ * k = min(rows, cols)) when @vectors. @buf: the unfolding's copy and V^T. Returns k, or 0. */
+static uint32_t mode_svd(const struct kvcp_layout *l, const float *x, int mode, bool vectors,
+			 float *buf, float *u, float *sv)
+{
+	uint32_t cols, rows = unfold(l, x, mode, buf, &cols), k = min_u32(rows, cols);
+	float *vt = buf + (size_t)rows * cols;
+
+	if (sgesdd(LAPACK_ROW_MAJOR, vectors ? 'S' : 'N', (lapack_int)rows, (lapack_int)cols, buf,
+		   (lapack_int)cols, sv, u, (lapack_int)k, vt, (lapack_int)cols))
+		return 0;
+	return k;
+}
+
+static uint32_t energy_of(const float *sv, uint32_t k, uint32_t pct, uint32_t cap)
+{
+	double total = 0, acc = 0;
+	uint32_t r = 0;
+
+	for (uint32_t i = 0; i < k; i++)
+		total += (double)sv[i] * sv[i];
+	while (r < k && acc < total * pct / 100.0 * (1 - 1e-12)) {
+		acc += (double)sv[r] * sv[r];
+		r++;
+	}
+	r = r ? r : 1;
+	return r < cap ? r : cap;
+}
+
+int kvcd_tk_ranks(const struct kvcd_policy *p, const struct kvcp_layout *l, const float *x,
+		  float *buf, uint32_t *r)
+{
+	size_t n = (size_t)l->tokens * l->kv_heads * l->head_dim;
+	float *u = buf + 2 * n, *sv = u + tk_u_floats(l); /* 'N': u is not written */
+	uint32_t caps[3] = { p->rank, 255, 255 };
+	int err = lapack_ready();
+
+	for (int m = 0; m < 3 && !err; m++) {
+		uint32_t k = mode_svd(l, x, m, false, buf, u, sv);
+
+		if (!k)
+			return -EINVAL;
+		r[m] = energy_of(sv, k, p->energy, caps[m]);
+	}
+	return err;
+}
+
+/* Multiply the [a][b][c] tensor @x along its middle index by the @b x @nb matrix @f
+ * (transposed when @t): out [a][nb][c]. */
+static void mode_mul(const float *x, uint32_t a, uint32_t b, uint32_t c, const float *f,
+		     uint32_t nb, bool t, float *out)
+{
+	memset(out, 0, (size_t)a * nb * c * 4);
+	for (uint32_t i = 0; i < a; i++)
+		for (uint32_t j = 0; j < b; j++)
+			for (uint32_t q = 0; q < nb; q++) {
+				float w = t ? f[(size_t)j * nb + q] : f[(size_t)q * b + j];
+				const float *src = x + ((size_t)i * b + j) * c;
+				float *dst = out + ((size_t)i * nb + q) * c;
+
+				for (uint32_t z = 0; z < c; z++)
+					dst[z] += w * src[z];
+			}
+}
+
+int kvcd_tk_put(enum kvcd_isa isa, const struct kvcp_layout *l, const float *x, const uint32_t *r,
+		float *buf, uint8_t *o)
+{
+	uint32_t t = l->tokens, h = l->kv_heads, d = l->head_dim;
+	size_t n = (size_t)t * h * d, es = kvcp_dtype_size(l->dtype);
+	float *u = buf + 2 * n, *sv = u + tk_u_floats(l), *f[3], *y1, *y2, *g;
+	uint32_t dim[3] = { t, h, d };
+	int err = lapack_ready();
+
+	if (err)
+		return err;
+	f[0] = sv + t + (size_t)h * d + 16;
+	f[1] = f[0] + (size_t)t * r[0];
+	f[2] = f[1] + (size_t)h * r[1];
+	y1 = f[2] + (size_t)d * r[2];
+	y2 = y1 + n;
+	g = y2 + n;
+	for (int m = 0; m < 3; m++) { /* U_m: the first r[m] left singular vectors */
+		uint32_t k = mode_svd(l, x, m, true, buf, u, sv);
+
+		if (!k || r[m] > k)
+			return -EINVAL;
+		for (uint32_t i = 0; i < dim[m]; i++)
+			memcpy(f[m] + (size_t)i * r[m], u + (size_t)i * k, (size_t)r[m] * 4);
+	}
+	/* core = x x1 U1^T x2 U2^T x3 U3^T: tokens, then heads, then channels */
+	mode_mul(x, 1, t, h * d, f[0], r[0], true, y1);	 /* [r1][h * d] */
+	mode_mul(y1, r[0], h, d, f[1], r[1], true, y2);	 /* [r1][r2][d] */
+	mode_mul(y2, r[0] * r[1], d, 1, f[2], r[2], true, g); /* [r1 r2][r3] */
+	kvcd_from_f32(isa, l->dtype, g, o, (size_t)r[0] * r[1] * r[2]);
+	o += (size_t)r[0] * r[1] * r[2] * es;
+	for (int m = 0; m < 3; m++) {
+		kvcd_from_f32(isa, l->dtype, f[m], o, (size_t)dim[m] * r[m]);
+		o += (size_t)dim[m] * r[m] * es;
+	}
+	return 0;
+}
+
+void kvcd_tk_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *in,
+		 const uint32_t *r, float *buf, float *x)
+{
+	uint32_t t = l->tokens, h = l->kv_heads, d = l->head_dim;
+	size_t n = (size_t)t * h * d, es = kvcp_dtype_size(l->dtype);
+	float *g = buf, *f[3], *w2, *w1;
+	uint32_t dim[3] = { t, h, d };
+
+	f[0] = g + n;
+	f[1] = f[0] + (size_t)t * r[0];
+	f[2] = f[1] + (size_t)h * r[1];
+	w2 = f[2] + (size_t)d * r[2];
+	w1 = w2 + n;
+	kvcd_to_f32(isa, l->dtype, in, g, (size_t)r[0] * r[1] * r[2]);
+	in += (size_t)r[0] * r[1] * r[2] * es;
+	for (int m = 0; m < 3; m++) {
+		kvcd_to_f32(isa, l->dtype, in, f[m], (size_t)dim[m] * r[m]);
+		in += (size_t)dim[m] * r[m] * es;
+	}
+	mode_mul(g, r[0] * r[1], r[2], 1, f[2], d, false, w2); /* [r1 r2][d] */
+	mode_mul(w2, r[0], r[1], d, f[1], h, false, w1);       /* [r1][h][d] */
+	mode_mul(w1, 1, r[0], h * d, f[0], t, false, x);       /* [t][h d] */
+}

@@ -69,6 +69,7 @@ static const char *const merge_names[] = { "none", "key", "value", NULL };
 static const char *const summary_names[] = { "none", "quest", "reps", "reps8", NULL };
 static const char *const factors_names[] = { "dtype", "int8", NULL };
 static const char *const svd_names[] = { "head", "layer", NULL };
+static const char *const tensor_names[] = { "none", "tucker", NULL };
 
 /* In the order the canonical string lists them. */
 static const struct key keys[] = {
@@ -96,6 +97,11 @@ static const struct key keys[] = {
 	  "an f32 scale each" },
 	{ "svd", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LAYER, 0, 0, 1, svd_names, 0,
 	  "head", "one SVD per (layer, KV head), or per layer across its heads" },
+	{ "tensor", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_TUCKER, 0, 0, 1,
+	  tensor_names, 0, "none",
+	  "each layer's K and V as one [tokens][heads][head_dim] tensor: a Tucker core and a "
+	  "factor per mode (higher-order SVD), each mode's rank chosen by energy=, the tokens' "
+	  "at most rank=" },
 	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL, 0,
 	  "off",
 	  "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
@@ -193,13 +199,20 @@ static bool r_mc(const struct kvcd_policy *p, uint64_t seen)
 
 static bool r_rank(const struct kvcd_policy *p, uint64_t seen)
 {
-	return (SEEN("factors") || SEEN("svd") || SEEN("energy")) && !p->rank;
+	return (SEEN("factors") || SEEN("svd") || SEEN("energy") || SEEN("tensor")) && !p->rank;
 }
 
 static bool r_svd(const struct kvcd_policy *p, uint64_t seen)
 {
 	(void)seen;
 	return (p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy);
+}
+
+static bool r_tensor(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return (p->lowrank & KVCD_LOWRANK_TUCKER) &&
+	       (p->select || !p->energy || (p->lowrank & ~KVCD_LOWRANK_TUCKER));
 }
 
 static bool r_energy(const struct kvcd_policy *p, uint64_t seen)
@@ -249,9 +262,11 @@ static const struct rule rules[] = {
 	{ r_page, "page and reps need summary=quest, reps or reps8" },
 	{ r_reps, "reps needs summary=reps or reps8" },
 	{ r_mc, "slerp and retain need minicache=" },
-	{ r_rank, "factors, svd and energy need rank=" },
+	{ r_rank, "factors, svd, tensor and energy need rank=" },
 	{ r_svd,
 	  "svd=layer needs every head's tokens and a fixed rank: not with select or energy" },
+	{ r_tensor, "tensor=tucker takes every token, ranks by energy= and factors in the engine's "
+		    "dtype: not with select, svd=layer or factors=int8, and energy= is needed" },
 	{ r_energy, "energy picks ranks before merging: it does not compose with merge" },
 	{ r_mc_alone, "minicache does not compose with select or rank yet" },
 	{ r_select, "keep, window, budget, merge, kernel and cold need select=" },
@@ -612,8 +627,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	    p->reps > 16)
 		return WHY("bad summary");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
-	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER)) ||
+	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)) ||
 	    ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy)) ||
+	    ((p->lowrank & KVCD_LOWRANK_TUCKER) &&
+	     (p->select || !p->energy || (p->lowrank & ~KVCD_LOWRANK_TUCKER))) ||
 	    (p->energy && (!p->rank || p->energy > 100 || p->merge)))
 		return WHY("bad rank");
 	if ((p->mc && (p->kind != KVCD_CODEC_NONE || p->select || p->rank || p->mc_t > 100 ||

@@ -78,6 +78,9 @@ struct kvcd_policy {
 #define KVCD_LOWRANK_INT8 \
 	1 /* factors as int8 rows with an f32 scale each; else the
 				 * engine's dtype */
+#define KVCD_LOWRANK_TUCKER \
+	4 /* tensor=tucker: each layer's K and V as one [tokens][heads][head_dim] tensor,
+	   * a Tucker core and three factors with ranks chosen by energy= */
 #define KVCD_LOWRANK_LAYER \
 	2 /* one SVD per layer across its heads ([tokens][heads x
 				 * head_dim]); else one per (layer, KV head) */

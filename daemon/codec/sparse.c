@@ -62,21 +62,39 @@ static uint64_t cold_size(const struct kvcd_policy *p, const struct kvcp_layout 
 	return kvcd_units_size(&c, &m, false, pos);
 }
 
-/* energy=: the plan also holds each (layer, head)'s K and V ranks, after the counts; the
- * block stores them as bytes after its counts. */
-static size_t plan_words(const struct kvcd_policy *p, size_t lh)
+static bool tucker(const struct kvcd_policy *p)
 {
-	return p->energy ? 3 * lh : lh;
+	return p->rank && (p->lowrank & KVCD_LOWRANK_TUCKER);
 }
 
-static size_t ranks_bytes(const struct kvcd_policy *p, size_t lh)
+/* energy=: the plan also holds each (layer, head)'s K and V ranks after the counts, and with
+ * tensor=tucker each layer's K then V ranks of its token, head and channel modes; the block
+ * stores them as bytes after its counts. */
+static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return p->energy ? 2 * lh : 0;
+	return tucker(p) ? 6 * (size_t)l->layers
+			 : p->energy ? 2 * (size_t)l->layers * l->kv_heads : 0;
+}
+
+static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return (size_t)l->layers * l->kv_heads + ranks_bytes(p, l);
+}
+
+/* The ranks of (layer, head) @u in a plan (for tucker, its layer's six), or NULL. */
+static const uint32_t *ranks_at(const struct kvcd_policy *p, const struct kvcp_layout *l,
+				const uint32_t *counts, size_t u)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads;
+
+	if (tucker(p))
+		return counts + lh + 6 * (u / l->kv_heads);
+	return p->energy ? counts + lh + 2 * u : NULL;
 }
 
 size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return plan_words(p, (size_t)l->layers * l->kv_heads);
+	return plan_words(p, l);
 }
 
 /* Bytes of the body of (layer, head) @u's @n kept rows: the codec's units (and with cold=,
@@ -96,6 +114,8 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return kvcd_mc_role(p, l->layers, layer) == 1 ? kvcd_mc_pair_size(p, l) : 0;
 	if (!p->rank)
 		return kvcd_units_size(p, &m, scores, pos) + cold_size(p, l, n, pos);
+	if (tucker(p)) /* the layer's K and V tensors, on its first head */
+		return u % l->kv_heads || !rk ? 0 : kvcd_tk_bytes(l, rk) + kvcd_tk_bytes(l, rk + 3);
 	if (p->lowrank & KVCD_LOWRANK_LAYER)
 		return u % l->kv_heads ? 0
 				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
@@ -277,6 +297,21 @@ static int plan_ranks(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
 
 	if (!src || (err = need_aux(p, aux)) || (err = work_alloc(&w, l)))
 		return src ? err : -EINVAL;
+	if (tucker(p)) { /* each layer's K and V tensors: three ranks each */
+		float *buf = malloc(kvcd_tk_buf_floats(l) * 4);
+
+		err = buf ? 0 : -ENOMEM;
+		for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
+			err = load_layer(isa, l, src, ly, true, &w);
+			if (!err)
+				err = kvcd_tk_ranks(p, l, w.kp, buf, rk + 6 * ly);
+			if (!err)
+				err = kvcd_tk_ranks(p, l, w.vp, buf, rk + 6 * ly + 3);
+		}
+		free(buf);
+		free(w.kp);
+		return err;
+	}
 	for (uint32_t ly = 0; ly < l->layers && !err; ly++) {
 		err = load_layer(isa, l, src, ly, true, &w);
 		for (uint32_t hh = 0; hh < l->kv_heads && !err; hh++) {
@@ -529,10 +564,10 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 		}
 		counts = own;
 	}
-	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, lh) +
+	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, l) +
 	    lh * ((l->tokens + 7) / 8);
 	for (size_t i = 0; i < lh; i++) {
-		const uint32_t *rk = p->energy ? counts + lh + 2 * i : NULL;
+		const uint32_t *rk = ranks_at(p, l, counts, i);
 
 		if (counts[i] > l->tokens) {
 			free(own);
@@ -654,7 +689,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		if (!isfinite(scores[i]))
 			return -EINVAL;
 	if (!counts) {
-		own = malloc(plan_words(p, lh) * 4);
+		own = malloc(plan_words(p, l) * 4);
 		if (!own)
 			return -ENOMEM;
 		err = kvcd_sel_plan(isa, p, l, pos, src, aux, own);
@@ -671,10 +706,11 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	h.pos = pos;
 	h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
 	err = h.bytes ? work_alloc(&w, l) : -EINVAL;
-	if (!err && (p->lowrank & KVCD_LOWRANK_LAYER)) {
+	if (!err && (p->lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER))) {
 		size_t hd = (size_t)l->kv_heads * d, k = t < hd ? t : hd;
 
-		lbuf = malloc((t * hd + t * k + k + 1 + k * hd) * 4);
+		lbuf = malloc(tucker(p) ? kvcd_tk_buf_floats(l) * 4
+					: (t * hd + t * k + k + 1 + k * hd) * 4);
 		err = lbuf ? 0 : -ENOMEM;
 		if (err)
 			free(w.kp);
@@ -687,9 +723,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		total += counts[i];
 	memcpy(o, &h, sizeof(h));
 	memcpy(o + sizeof(h), counts, lh * 4);
-	for (size_t i = 0; i < ranks_bytes(p, lh); i++) /* energy=: each rank, 1..255 */
+	for (size_t i = 0; i < ranks_bytes(p, l); i++) /* energy=: each rank, 1..255 */
 		o[sizeof(h) + lh * 4 + i] = (uint8_t)counts[lh + i];
-	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, lh);
+	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, l);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
 	body = wts + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -746,7 +782,15 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 					wts += (size_t)m * 2;
 				}
 			}
-			if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
+			if (tucker(p)) {
+				const uint32_t *rk = counts + lh + 6 * ly;
+
+				if (!hh) /* the layer's K then V tensor, with its first head */
+					err = kvcd_tk_put(isa, l, w.kp, rk, lbuf, body);
+				if (!hh && !err)
+					err = kvcd_tk_put(isa, l, w.vp, rk + 3, lbuf,
+							  body + kvcd_tk_bytes(l, rk));
+			} else if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
 			} else if (p->rank) {
@@ -768,8 +812,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				err = cold_put(
 					isa, p, l, pos, hh, m, &w,
 					body + (m ? kvcd_units_size(p, &mini, scores, pos) : 0));
-			body += body_size(p, l, u, m, scores, pos,
-					  p->energy ? counts + lh + 2 * u : NULL);
+			body += body_size(p, l, u, m, scores, pos, ranks_at(p, l, counts, u));
 		}
 	}
 	free(w.kp);
@@ -784,7 +827,7 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 {
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
-	size_t rb = ranks_bytes(&h->pol, lh);
+	size_t rb = ranks_bytes(&h->pol, l);
 	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4, *bits = rk + rb;
 
 	*total = 0;
@@ -798,9 +841,11 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 			pop += (uint32_t)__builtin_popcount(bits[i * bm + b]);
 		if (counts[i] > l->tokens || pop != counts[i] ||
 		    (l->tokens % 8 && bits[i * bm + bm - 1] >> (l->tokens % 8)) ||
-		    ((h->pol.lowrank & KVCD_LOWRANK_LAYER) && counts[i] != l->tokens))
+		    ((h->pol.lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)) &&
+		     counts[i] != l->tokens))
 			return -EBADMSG;
-		for (size_t j = 2 * i; j < 2 * i + 2 && rb; j++) { /* energy=: 1..cap, 0 if empty */
+		for (size_t j = 2 * i; j < 2 * i + 2 && rb && !tucker(&h->pol); j++) {
+			/* energy=: 1..cap, 0 if empty */
 			counts[lh + j] = rk[j];
 			if ((rk[j] == 0) != (counts[i] == 0) ||
 			    rk[j] > kvcd_lr_rank(&h->pol, counts[i], l->head_dim))
@@ -808,6 +853,11 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		}
 		*total += counts[i];
 	}
+	for (size_t j = 0; tucker(&h->pol) && j < rb; j++)
+		counts[lh + j] = rk[j];
+	for (size_t j = 0; tucker(&h->pol) && j < rb; j += 3)
+		if (!kvcd_tk_ranks_ok(&h->pol, l, counts + lh + j))
+			return -EBADMSG;
 	if (kvcd_sel_size(&h->pol, l, h->flags & KVCD_CODEC_F_SCORES, h->pos, counts) != n)
 		return -EBADMSG;
 	return 0;
@@ -864,6 +914,27 @@ static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	return err;
 }
 
+/* tensor=tucker: a layer's K and V tensors at @in (ranks @rk) back into every head's K and V
+ * rows at @out (per head T K rows, then T V rows). @buf: kvcd_tk_buf_floats + T x H x D
+ * floats, then T x H rows of the engine's dtype. */
+static void tucker_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *in,
+		       const uint32_t *rk, float *buf, uint8_t *out)
+{
+	size_t t = l->tokens, h = l->kv_heads, row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
+	float *x = buf + kvcd_tk_buf_floats(l);
+	uint8_t *plane = (uint8_t *)(x + t * h * l->head_dim);
+
+	for (int kv = 0; kv < 2; kv++) {
+		kvcd_tk_get(isa, l, in, rk + 3 * kv, buf, x);
+		kvcd_from_f32(isa, l->dtype, x, plane, t * h * l->head_dim);
+		for (size_t hh = 0; hh < h; hh++)
+			for (size_t j = 0; j < t; j++)
+				memcpy(out + ((hh * 2 + kv) * t + j) * row, plane + (j * h + hh) * row,
+				       row);
+		in += kvcd_tk_bytes(l, rk);
+	}
+}
+
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		    void *dst, uint64_t cap, struct kvcp_layout *l)
 {
@@ -871,7 +942,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
 	size_t row = (size_t)hl->head_dim * kvcp_dtype_size(hl->dtype);
 	bool scores = h->flags & KVCD_CODEC_F_SCORES;
-	uint32_t *counts = malloc(plan_words(&h->pol, lh) * 4), *tok;
+	uint32_t *counts = malloc(plan_words(&h->pol, hl) * 4), *tok;
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	const uint8_t *bits, *wts, *in;
@@ -893,7 +964,12 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		      ? malloc(((size_t)hl->tokens * (hl->head_dim + 2) +
 				(size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) *
 				       4 +
-			       2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl))
+			       2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl) +
+			       (tucker(&h->pol) ? (kvcd_tk_buf_floats(hl) +
+						   (size_t)hl->tokens * hl->kv_heads * hl->head_dim) *
+							  4 +
+							  (size_t)hl->tokens * hl->kv_heads * row
+						: 0))
 		      : NULL;
 	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);
@@ -907,7 +983,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		return -ENOSPC;
 	}
 	sp.total = (uint32_t)all;
-	bits = (const uint8_t *)src + sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, lh);
+	bits = (const uint8_t *)src + sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, hl);
 	wts = bits + lh * bm;
 	in = wts + (h->pol.merge == KVCD_MERGE_KEY ? total * 2 : 0);
 	memcpy(dst, &sp, sizeof(sp));
@@ -960,7 +1036,10 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			rows += 2 * tr;
 			continue;
 		}
-		if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
+		if (tucker(&h->pol)) {
+			if (!(i % hl->kv_heads)) /* writes every head of the layer */
+				tucker_get(isa, hl, in, counts + lh + 6 * ly, fac, rows);
+		} else if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
 				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
 		} else if (h->pol.rank) {
@@ -979,7 +1058,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			err = kvcd_units_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
 		in += body_size(&h->pol, hl, i, counts[i], scores, h->pos,
-				h->pol.energy ? counts + lh + 2 * i : NULL);
+				ranks_at(&h->pol, hl, counts, i));
 		rows += 2 * (size_t)(h->pol.cold ? hl->tokens : counts[i]) * row;
 	}
 	free(counts);
