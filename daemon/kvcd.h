@@ -663,7 +663,8 @@ struct kvcd {
 
 	pthread_mutex_t sessions_lock; /* protects the list and bad_closed */
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
-	struct kvcp_recompress_stats recompress; /* atomics (ops.c) */
+	/* what RECOMPRESS did: atomics (ops.c) */
+	struct kvcp_recompress_stats recompress;
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;

@@ -953,9 +953,10 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 			k += (uint32_t)kvcd_codec_keep_bytes(&ls[i]);
 		}
 		run.q_pos = (int32_t)(aux->q_pos - (int64_t)off0);
-		for (uint32_t u = 0; !err && attn && u < lh; u++) /* [layer][head][the run's tokens] */
-			memcpy(attn + u * (chain_tokens - off0), aux->attn + u * chain_tokens + off0,
-			       (chain_tokens - off0) * 4);
+		for (uint32_t u = 0; !err && attn && u < lh;
+		     u++) /* [layer][head][the run's tokens] */
+			memcpy(attn + u * (chain_tokens - off0),
+			       aux->attn + u * chain_tokens + off0, (chain_tokens - off0) * 4);
 		run.attn = attn;
 		if (!err)
 			err = kvcd_codec_chain_select(kvcd_isa_best(), pol, n, ls, src,
@@ -1041,7 +1042,8 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	for (end = first; end < n && b[end] && !b[end]->layout.codec; end++)
 		if (b[end]->has_sum && kvcd_copy_sum(kvcd_isa_best(), NULL, b[end]->data,
 						     b[end]->stored) != b[end]->checksum) {
-			kvcd_store_put(&d->store, b[end], true); /* corrupt: dropped, as FETCH does */
+			kvcd_store_put(&d->store, b[end],
+				       true); /* corrupt: dropped, as FETCH does */
 			b[end] = NULL;
 			break;
 		}

@@ -127,8 +127,8 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 						    __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&d->sessions_lock);
 	for (unsigned op = 0; op < KVCP_OP__COUNT; op++) {
-		struct kvcp_op_stats *o =
-			op < KVCP_OP_STATS_N ? &st->op[op] : &st->op_more[op - KVCP_OP_STATS_N];
+		struct kvcp_op_stats *o = op < KVCP_OP_STATS_N ? &st->op[op]
+							       : &st->op_more[op - KVCP_OP_STATS_N];
 		struct kvcd_hist h = { { 0 } };
 
 		for (unsigned w = 0; w < nworkers; w++) {
@@ -158,7 +158,7 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 	st->recompress.blocks = __atomic_load_n(&d->recompress.blocks, __ATOMIC_RELAXED);
 	st->recompress.busy = __atomic_load_n(&d->recompress.busy, __ATOMIC_RELAXED);
 	st->recompress.kept = __atomic_load_n(&d->recompress.kept, __ATOMIC_RELAXED);
-	st->recompress.bytes_before =
-		__atomic_load_n(&d->recompress.bytes_before, __ATOMIC_RELAXED);
+	st->recompress.bytes_before = __atomic_load_n(&d->recompress.bytes_before,
+						      __ATOMIC_RELAXED);
 	st->recompress.bytes_after = __atomic_load_n(&d->recompress.bytes_after, __ATOMIC_RELAXED);
 }

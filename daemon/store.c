@@ -122,17 +122,15 @@ static void tag_write(struct kvcd_block *b, uint16_t ns, const struct kvcp_key *
 
 /* The tag says committed last: a restart never adopts a half-written block. @stored: the
  * bytes the checksum covers, which a summary after them makes fewer than were reserved. */
-static void tag_commit(void *data, uint64_t stored, bool has_sum, bool summary,
-		       uint64_t checksum)
+static void tag_commit(void *data, uint64_t stored, bool has_sum, bool summary, uint64_t checksum)
 {
 	struct kvcd_btag *t = tag_of(data);
 
 	t->checksum = checksum;
-	t->word = (t->word & ~(0xffull << 48) & ~((1ull << 40) - 1)) |
-		  (stored & ((1ull << 40) - 1)) |
-		  (uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) |
-			     (summary ? TAG_SUMMARY : 0))
-			  << 48;
+	t->word =
+		(t->word & ~(0xffull << 48) & ~((1ull << 40) - 1)) | (stored & ((1ull << 40) - 1)) |
+		(uint64_t)(TAG_COMMITTED | (has_sum ? TAG_HAS_SUM : 0) | (summary ? TAG_SUMMARY : 0))
+			<< 48;
 }
 
 /* ---- the index ---------------------------------------------------------------------------- */

@@ -1151,10 +1151,12 @@ int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t lay
 	return err;
 }
 
-int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos,
-		   uint8_t codec, size_t aux_off, uint64_t *saved)
+int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos, uint8_t codec,
+		   size_t aux_off, uint64_t *saved)
 {
-	struct kvcp_recompress h = { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = (uint32_t)n, .pos = pos };
+	struct kvcp_recompress h = { .magic = KVCP_RECOMPRESS_MAGIC,
+				     .nkeys = (uint32_t)n,
+				     .pos = pos };
 	struct kvc_layout l = { .codec = codec };
 	size_t len = sizeof(h) + n * sizeof(*keys);
 	struct kvcp_cqe cqe;
@@ -1167,7 +1169,8 @@ int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t
 	if (n > KVCP_RECOMPRESS_MAX_KEYS || len > c->scratch_size)
 		return -EMSGSIZE;
 	if (aux_off != KVC_RECOMPRESS_NO_AUX) {
-		if (aux_off > c->staging_size || c->staging_size - aux_off < sizeof(struct kvcp_aux))
+		if (aux_off > c->staging_size ||
+		    c->staging_size - aux_off < sizeof(struct kvcp_aux))
 			return -EINVAL;
 		h.aux_off = aux_off;
 		h.aux_len = c->staging_size - aux_off; /* kvcd reads what the header says */

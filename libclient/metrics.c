@@ -14,8 +14,8 @@
 /* Here rather than in client.c: kvcd links this file, and names its operations the same. */
 const char *kvc_op_name(unsigned i)
 {
-	static const char *const names[] = { "nop",   "store",	"fetch", "lookup", "delete",
-					     "pin",   "unpin",	"stats", "list",   "clients",
+	static const char *const names[] = { "nop",   "store",	"fetch",  "lookup",    "delete",
+					     "pin",   "unpin",	"stats",  "list",      "clients",
 					     "evict", "policy", "select", "recompress" };
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;

@@ -158,10 +158,9 @@ enum kvcp_op {
 				 * written at off (NUL-terminated, cqe.value bytes). */
 	KVCP_OP_SELECT = 12, /* off, len: struct kvcp_select, its keys, its queries; res = n
 				 * blocks, struct kvcp_select_hit[n] written back at off */
-	KVCP_OP_RECOMPRESS = 13, /* 2.4: off, len: struct kvcp_recompress and its keys;
-				  * layout.codec: the policy (0: the namespace's, 1..8 this
-				  * session's); res = blocks rewritten, value = pool bytes
-				  * freed */
+	/* 2.4: off, len: struct kvcp_recompress and its keys; layout.codec: the policy (0: the
+	 * namespace's, 1..8 this session's); res = blocks rewritten, value = pool bytes freed */
+	KVCP_OP_RECOMPRESS = 13,
 	KVCP_OP__COUNT
 };
 
@@ -346,11 +345,11 @@ struct kvcp_recompress {
 
 /* What RECOMPRESS did, since kvcd started (kvcp_stats.recompress). */
 struct kvcp_recompress_stats {
-	uint64_t blocks;		  /* rewritten */
-	uint64_t busy;			  /* left raw: read, pinned or removed meanwhile */
-	uint64_t kept;			  /* left raw: the policy could not encode it, or saved
-					   * nothing */
-	uint64_t bytes_before, bytes_after; /* pool bytes of the rewritten blocks */
+	uint64_t blocks; /* rewritten */
+	uint64_t busy;	 /* left raw: read, pinned or removed meanwhile */
+	uint64_t kept;	 /* left raw: the policy could not encode it, or it saved nothing */
+	/* pool bytes of the rewritten blocks, before and after */
+	uint64_t bytes_before, bytes_after;
 };
 
 struct kvcp_select_hit {

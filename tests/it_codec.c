@@ -556,8 +556,9 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 				cr_assert_lt(wj, w.cnt[u]);
 				cr_assert_eq(tok[j] + 16 * i, w.tok[at[u] + wj],
 					     "chunk %lu, (layer, head) %zu", (unsigned long)i, u);
-				cr_assert_eq(memcmp(r + j * 64, w.rows + (2 * at[u] + wj) * 64, 128), 0,
-					     "K row");
+				cr_assert_eq(
+					memcmp(r + j * 64, w.rows + (2 * at[u] + wj) * 64, 128), 0,
+					"K row");
 				cr_assert_eq(memcmp(r + (v.cnt[u] + j) * 64,
 						    w.rows + (2 * at[u] + w.cnt[u] + wj) * 64, 128),
 					     0, "V row");

@@ -385,8 +385,8 @@ Test(codec, virtual_token_takes_channel_offsets_out)
 	cr_assert_eq(p.rotate, KVCD_XFORM_HADAMARD | KVCD_XFORM_VIRTUAL);
 	p = P("int4:virtual=mean,virtual=none");
 	cr_assert_eq(p.rotate, 0);
-	uint16_t *a = roundtrip("int4", &l, x, NULL, &na), *b = roundtrip("int4:virtual=mean", &l,
-									  x, NULL, &nb);
+	uint16_t *a = roundtrip("int4", &l, x, NULL, &na),
+		 *b = roundtrip("int4:virtual=mean", &l, x, NULL, &nb);
 
 	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, x, xf, n);
 	kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16, a, af, n);
@@ -604,9 +604,12 @@ Test(codec, simd_equals_scalar_on_blocks)
 	struct kvcp_layout l = {
 		.dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 64, .tokens = 48
 	};
-	const char *pols[] = { "int8", "int4:group=32",
-			       "int3", "kivi:kbits=2,vbits=4,group=16",
-			       "fp8",  "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1",
+	const char *pols[] = { "int8",
+			       "int4:group=32",
+			       "int3",
+			       "kivi:kbits=2,vbits=4,group=16",
+			       "fp8",
+			       "int4:rotate=hadamard,sparse=0.01,sink=2,outliers=1",
 			       "int4:virtual=mean,sparse=0.01,outliers=1",
 			       "fp8:rotate=hadamard,virtual=mean",
 			       "kivi:kbits=2,vbits=4,group=16,virtual=mean" };

@@ -847,7 +847,9 @@ Test(sparse, a_chain_selects_as_one_block_holding_it)
 			for (uint32_t ly = 0; ly < LY; ly++)
 				for (int kv = 0; kv < 2; kv++)
 					for (uint32_t t = 0; t < len[i]; t++)
-						memcpy(src[i] + (((size_t)ly * 2 + kv) * len[i] + t) * H * D,
+						memcpy(src[i] + (((size_t)ly * 2 + kv) * len[i] +
+								 t) * H *
+									D,
 						       row(&b, ly, kv, off + t, 0), H * D * 4);
 			for (uint32_t lh = 0; lh < LY * H; lh++)
 				memcpy(attn[i] + lh * len[i], b.attn + lh * T + off, len[i] * 4);
@@ -873,9 +875,9 @@ Test(sparse, a_chain_selects_as_one_block_holding_it)
 			a.q_pos = b.aux.q_pos - (int32_t)off;
 			a.attn = attn[i];
 			a.keep = keep[i];
-			cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &ls[i], off, src[i], &a,
-						   counts),
-				     0);
+			cr_assert_eq(
+				kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &ls[i], off, src[i], &a, counts),
+				0);
 			n = kvcd_sel_size(&p, &ls[i], false, off, counts);
 			enc = malloc(n);
 			cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &ls[i], off, src[i], NULL,
@@ -903,8 +905,9 @@ Test(sparse, a_chain_selects_as_one_block_holding_it)
 					cr_assert_eq(tok[j] + off, wt[w], "%s: block %d (l,h) %u",
 						     pols[pi], i, u);
 					cr_assert_eq(memcmp(r + j * D, wr + w * D, D * 4), 0, "K");
-					cr_assert_eq(memcmp(r + (m + j) * D, wr + (wn + w) * D, D * 4),
-						     0, "V");
+					cr_assert_eq(
+						memcmp(r + (m + j) * D, wr + (wn + w) * D, D * 4),
+						0, "V");
 				}
 				/* and it kept every whole-block token that falls in it */
 				cr_assert(wkept[u] + m == wn || wt[wkept[u] + m] >= off + len[i],
@@ -953,7 +956,8 @@ Test(sparse, a_chain_refuses_what_it_cannot_select)
 	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep),
 		     -EINVAL, "a key is nan");
 	b.x[3] = 0;
-	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep), 0);
+	cr_assert_eq(kvcd_codec_chain_select(KVCD_ISA_SCALAR, &sel, 2, ls, src, 0, &b.aux, keep),
+		     0);
 }
 
 /* tensor=tucker: at energy 100% the higher-order SVD is exact to float precision; a tensor of
@@ -973,8 +977,9 @@ Test(sparse, tucker_ranks_by_energy_and_round_trips)
 					  * (2, 2, 1) */
 		for (uint32_t h = 0; h < H; h++)
 			for (int c = 0; c < D; c++)
-				row(&b, 0, 0, t, h)[c] = (float)(h ? (int)(t % 3) - 1 : (int)(t % 5) - 2) *
-							 (float)(c - 3.5);
+				row(&b, 0, 0, t,
+				    h)[c] = (float)(h ? (int)(t % 3) - 1 : (int)(t % 5) - 2) *
+					    (float)(c - 3.5);
 	dec = roundtrip(&b, "none:rank=64,tensor=tucker,energy=100%", 0, &v);
 	e = rel_err(&b, &v, &k00);
 	cr_assert_leq(e, 1e-5, "full ranks: float precision (%g)", e);
@@ -986,8 +991,8 @@ Test(sparse, tucker_ranks_by_energy_and_round_trips)
 		dec = roundtrip(&b, s, 0, &v);
 		e = rel_err(&b, &v, &k00);
 		if (pct >= 90)
-			cr_assert_leq(k00, 1e-4, "%s: layer 0's K has ranks (2, 2, 1): exact (%g)", s,
-				      k00);
+			cr_assert_leq(k00, 1e-4, "%s: layer 0's K has ranks (2, 2, 1): exact (%g)",
+				      s, k00);
 		cr_assert_geq(e, prev - 1e-6, "%s: less energy, more error", s);
 		cr_assert_lt(last_bytes, prev_bytes, "%s: fewer bytes", s);
 		prev = e;
@@ -1025,11 +1030,11 @@ Test(sparse, tucker_ranks_by_energy_and_round_trips)
 		     -EBADMSG, "a zero rank");
 	free(enc);
 	free(dec);
-	for (const char **s = (const char *[]){ "none:rank=8,tensor=tucker",
-						"none:rank=8,tensor=tucker,energy=90%,svd=layer",
-						"none:tensor=tucker,energy=90%",
-						"none:rank=8,tensor=tucker,energy=90%,select=recent",
-						NULL };
+	for (const char **s =
+		     (const char *[]){ "none:rank=8,tensor=tucker",
+				       "none:rank=8,tensor=tucker,energy=90%,svd=layer",
+				       "none:tensor=tucker,energy=90%",
+				       "none:rank=8,tensor=tucker,energy=90%,select=recent", NULL };
 	     *s; s++) {
 		struct kvcd_policy q;
 		char why[160];

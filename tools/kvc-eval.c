@@ -422,14 +422,22 @@ static int write_plot(const struct result *r, int np, const char *png)
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = { { "socket", 1, 0, 'S' },	 { "model", 1, 0, 'm' },
-					      { "tokens", 1, 0, 'T' },	 { "seqs", 1, 0, 'n' },
-					      { "temp", 1, 0, 't' },	 { "seed", 1, 0, 'r' },
-					      { "prefix", 1, 0, 'P' },	 { "cont", 1, 0, 'C' },
-					      { "policies", 1, 0, 'p' }, { "chunk", 1, 0, 'k' },
-					      { "json", 0, 0, 'j' },	 { "plot", 1, 0, 'g' },
-					      { "md", 1, 0, 'M' },	 { "window", 1, 0, 'w' },
-					      { "defer", 0, 0, 'D' },	 { "help", 0, 0, 'h' },
+	static const struct option opts[] = { { "socket", 1, 0, 'S' },
+					      { "model", 1, 0, 'm' },
+					      { "tokens", 1, 0, 'T' },
+					      { "seqs", 1, 0, 'n' },
+					      { "temp", 1, 0, 't' },
+					      { "seed", 1, 0, 'r' },
+					      { "prefix", 1, 0, 'P' },
+					      { "cont", 1, 0, 'C' },
+					      { "policies", 1, 0, 'p' },
+					      { "chunk", 1, 0, 'k' },
+					      { "json", 0, 0, 'j' },
+					      { "plot", 1, 0, 'g' },
+					      { "md", 1, 0, 'M' },
+					      { "window", 1, 0, 'w' },
+					      { "defer", 0, 0, 'D' },
+					      { "help", 0, 0, 'h' },
 					      { 0 } };
 	struct llm m;
 	struct seq *seqs = NULL;

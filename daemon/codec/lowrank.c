@@ -371,8 +371,8 @@ int kvcd_tk_put(enum kvcd_isa isa, const struct kvcp_layout *l, const float *x, 
 			memcpy(f[m] + (size_t)i * r[m], u + (size_t)i * k, (size_t)r[m] * 4);
 	}
 	/* core = x x1 U1^T x2 U2^T x3 U3^T: tokens, then heads, then channels */
-	mode_mul(x, 1, t, h * d, f[0], r[0], true, y1);	 /* [r1][h * d] */
-	mode_mul(y1, r[0], h, d, f[1], r[1], true, y2);	 /* [r1][r2][d] */
+	mode_mul(x, 1, t, h * d, f[0], r[0], true, y1);	      /* [r1][h * d] */
+	mode_mul(y1, r[0], h, d, f[1], r[1], true, y2);	      /* [r1][r2][d] */
 	mode_mul(y2, r[0] * r[1], d, 1, f[2], r[2], true, g); /* [r1 r2][r3] */
 	kvcd_from_f32(isa, l->dtype, g, o, (size_t)r[0] * r[1] * r[2]);
 	o += (size_t)r[0] * r[1] * r[2] * es;

@@ -70,7 +70,7 @@ struct kvcd_policy {
 };
 
 #define KVCD_XFORM_HADAMARD 1 /* rotate=hadamard: Walsh-Hadamard rotation of each row */
-#define KVCD_XFORM_VIRTUAL                                                                     \
+#define KVCD_XFORM_VIRTUAL \
 	2 /* virtual=mean: each channel's mean over the unit's quantized rows moves into one
 	   * virtual token in the engine's dtype, added back on decode (rows quantized per
 	   * token only: per-channel keys do not need it) */

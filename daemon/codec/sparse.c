@@ -72,8 +72,9 @@ static bool tucker(const struct kvcd_policy *p)
  * stores them as bytes after its counts. */
 static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return tucker(p) ? 6 * (size_t)l->layers
-			 : p->energy ? 2 * (size_t)l->layers * l->kv_heads : 0;
+	return tucker(p)   ? 6 * (size_t)l->layers
+	       : p->energy ? 2 * (size_t)l->layers * l->kv_heads
+			   : 0;
 }
 
 static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
@@ -264,7 +265,8 @@ static uint32_t gather(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	uint32_t d = l->head_dim;
 
 	if (aux && aux->keep) { /* chosen across a chain: the scores only weigh merges */
-		const uint8_t *bits = aux->keep + ((size_t)ly * l->kv_heads + hh) * ((l->tokens + 7) / 8);
+		const uint8_t *bits = aux->keep +
+				      ((size_t)ly * l->kv_heads + hh) * ((l->tokens + 7) / 8);
 
 		if (p->merge)
 			score_head(p, l, aux, ly, hh, w, w->score);
@@ -451,7 +453,8 @@ static int chain_scores(enum kvcd_isa isa, const struct kvcd_policy *p, uint32_t
 				kvcd_score_keynorm(keys, h * d, bt, d, row);
 				break;
 			case KVCD_SELECT_H2O:
-				memcpy(row, a->attn + ((size_t)ly * h + hh) * t + off, (size_t)bt * 4);
+				memcpy(row, a->attn + ((size_t)ly * h + hh) * t + off,
+				       (size_t)bt * 4);
 				break;
 			default: { /* snapkv: the same sums as over one block; pooled below */
 				uint32_t g = a->q_heads / h;
@@ -519,7 +522,7 @@ int kvcd_codec_chain_select(enum kvcd_isa isa, const struct kvcd_policy *p, uint
 		if (err)
 			break;
 		for (uint32_t hh = 0; hh < h; hh++)
-			c[hh] = p->budget == KVCD_BUDGET_UNIFORM ? mean
+			c[hh] = p->budget == KVCD_BUDGET_UNIFORM   ? mean
 				: p->budget == KVCD_BUDGET_PYRAMID ? counts[ly]
 								   : 0;
 		if (p->budget != KVCD_BUDGET_UNIFORM && p->budget != KVCD_BUDGET_PYRAMID) {
@@ -564,8 +567,7 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 		}
 		counts = own;
 	}
-	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, l) +
-	    lh * ((l->tokens + 7) / 8);
+	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, l) + lh * ((l->tokens + 7) / 8);
 	for (size_t i = 0; i < lh; i++) {
 		const uint32_t *rk = ranks_at(p, l, counts, i);
 
@@ -920,7 +922,8 @@ static int cold_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 static void tucker_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *in,
 		       const uint32_t *rk, float *buf, uint8_t *out)
 {
-	size_t t = l->tokens, h = l->kv_heads, row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
+	size_t t = l->tokens, h = l->kv_heads,
+	       row = (size_t)l->head_dim * kvcp_dtype_size(l->dtype);
 	float *x = buf + kvcd_tk_buf_floats(l);
 	uint8_t *plane = (uint8_t *)(x + t * h * l->head_dim);
 
@@ -929,10 +932,18 @@ static void tucker_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uin
 		kvcd_from_f32(isa, l->dtype, x, plane, t * h * l->head_dim);
 		for (size_t hh = 0; hh < h; hh++)
 			for (size_t j = 0; j < t; j++)
-				memcpy(out + ((hh * 2 + kv) * t + j) * row, plane + (j * h + hh) * row,
-				       row);
+				memcpy(out + ((hh * 2 + kv) * t + j) * row,
+				       plane + (j * h + hh) * row, row);
 		in += kvcd_tk_bytes(l, rk);
 	}
+}
+
+/* What tucker_get's @buf needs (0 unless tensor=tucker). */
+static size_t tucker_get_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	size_t n = (size_t)l->tokens * l->kv_heads * l->head_dim;
+
+	return tucker(p) ? (kvcd_tk_buf_floats(l) + n) * 4 + n * kvcp_dtype_size(l->dtype) : 0;
 }
 
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
@@ -965,11 +976,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 				(size_t)hl->head_dim * hl->head_dim + 2 * (size_t)hl->head_dim) *
 				       4 +
 			       2 * (size_t)hl->tokens * row + kvcd_lr_layer_get_bytes(&h->pol, hl) +
-			       (tucker(&h->pol) ? (kvcd_tk_buf_floats(hl) +
-						   (size_t)hl->tokens * hl->kv_heads * hl->head_dim) *
-							  4 +
-							  (size_t)hl->tokens * hl->kv_heads * row
-						: 0))
+			       tucker_get_bytes(&h->pol, hl))
 		      : NULL;
 	if ((h->pol.rank || h->pol.mc || h->pol.cold) && !fac) {
 		free(counts);

@@ -1173,7 +1173,8 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 				} else {
 					kvcd_to_f32(isa, l->dtype, row, x, hd);
 				}
-				for (size_t h = 0; (p->rotate & KVCD_XFORM_HADAMARD) && h < heads; h++)
+				for (size_t h = 0; (p->rotate & KVCD_XFORM_HADAMARD) && h < heads;
+				     h++)
 					kvcd_hadamard(x + h * d, (unsigned)d);
 				if (p->kind == KVCD_CODEC_FP8) {
 					err = fp8_row(isa, &sh[kv], x, heads, r, base);
@@ -1385,7 +1386,8 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 						kvcd_dequant_group(isa, w->codes + g * gch, gch,
 								   w->par[2 * g], w->par[2 * g + 1],
 								   x + h * d + g * gch);
-					if (p->rotate & KVCD_XFORM_HADAMARD) /* the rotation undone, as it was done */
+					if (p->rotate &
+					    KVCD_XFORM_HADAMARD) /* the rotation undone, as it was done */
 						kvcd_hadamard(x + h * d, (unsigned)d);
 				}
 				if (stream)

@@ -339,8 +339,8 @@ struct kvc_select_hit {
  * keys than the scratch area holds or KVC_RECOMPRESS_MAX_KEYS). */
 #define KVC_RECOMPRESS_MAX_KEYS 4096
 #define KVC_RECOMPRESS_NO_AUX	((size_t)-1)
-int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos,
-		   uint8_t codec, size_t aux_off, uint64_t *saved);
+int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos, uint8_t codec,
+		   size_t aux_off, uint64_t *saved);
 
 int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
 	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out);
