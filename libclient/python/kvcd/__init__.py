@@ -22,15 +22,19 @@ import numpy as np
 
 from ._ffi import AttachOpts, Cqe, Key, Layout, Req, Stats, lib
 
-__all__ = ["Client", "KvcdError", "Key", "Layout", "key_chain", "layout_of", "__version__",
-           "F32", "F16", "BF16", "OP_STORE", "OP_FETCH", "OP_LOOKUP", "OP_DELETE"]
+__all__ = ["Client", "KvcdError", "Key", "Layout", "Sparse", "key_chain", "layout_of",
+           "__version__", "F32", "F16", "BF16", "OP_STORE", "OP_FETCH", "OP_LOOKUP",
+           "OP_DELETE"]
 
 _v = lib.kvc_version()
 __version__ = f"{_v >> 16}.{(_v >> 8) & 0xff}.{_v & 0xff}"  # the C library's: one source
 
 F32, F16, BF16 = 1, 2, 3
 OP_NOP, OP_STORE, OP_FETCH, OP_LOOKUP, OP_DELETE, OP_PIN, OP_UNPIN = range(7)
+REQ_AUX = 4  # STORE: a struct kvc_aux and its arrays follow the block (KVC_REQ_AUX)
 REQ_PARENT = 8  # STORE: the parent key follows the block (KVC_REQ_PARENT)
+AUX_MAGIC, AUX_ATTN, AUX_QUERIES = 0x5841564B, 1, 2  # struct kvc_aux
+SPARSE_MAGIC, CODEC_SPARSE = 0x3153564B, 0x80  # struct kvc_sparse
 GPU_STATUS = {0: "off", 1: "no driver", 2: "driver error", 3: "no device", 4: "ready"}
 ATTACH_BUSY_POLL = 1
 POLICY_NAMESPACE = 1
@@ -101,6 +105,62 @@ def _as_numpy(a: Any) -> np.ndarray:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
     return np.asarray(a)
+
+
+class Sparse:
+    """A block stored under a token-selection policy, as FETCH gives it back (struct
+    kvc_sparse): per (layer, KV head) the tokens kept, each one's attention bias (0 unless
+    dropped tokens were merged into it) and their K and V rows. Dropped tokens are masked
+    out of attention by the engine.
+
+    ``tokens``: the block's tokens; ``index[l][h]``, ``bias[l][h]``: arrays of the kept
+    tokens' block-relative positions (ascending) and biases; ``k[l][h]``, ``v[l][h]``:
+    [kept, head_dim] arrays in the block's dtype (bfloat16 as uint16 bits)."""
+
+    def __init__(self, raw: np.ndarray, lay: Layout):
+        hdr = raw[:16].view(np.uint32)
+        if int(hdr[0]) != SPARSE_MAGIC:
+            raise KvcdError(_errno.EBADMSG, "fetch", "not a sparse block")
+        total, self.tokens = int(hdr[1]), int(hdr[2])
+        lh, d = lay.layers * lay.kv_heads, lay.head_dim
+        es = 2 if lay.dtype in (F16, BF16) else 4
+        dt = np.dtype(np.uint16) if lay.dtype == BF16 else _NP[lay.dtype]
+        o = 16
+        counts = raw[o:o + 4 * lh].view(np.uint32).astype(np.int64)
+        o += 4 * lh
+        tok = raw[o:o + 4 * total].view(np.uint32)
+        o += 4 * total
+        bias = raw[o:o + 4 * total].view(np.float32)
+        o += 4 * total
+        self.index, self.bias, self.k, self.v = [], [], [], []
+        t0 = 0
+        for u in range(lh):
+            n = int(counts[u])
+            if u % lay.kv_heads == 0:
+                for lst in (self.index, self.bias, self.k, self.v):
+                    lst.append([])
+            rows = raw[o:o + 2 * n * d * es].view(dt).reshape(2, n, d)
+            self.index[-1].append(tok[t0:t0 + n].astype(np.int64))
+            self.bias[-1].append(bias[t0:t0 + n].copy())
+            self.k[-1].append(rows[0].copy())
+            self.v[-1].append(rows[1].copy())
+            o += 2 * n * d * es
+            t0 += n
+
+    def dense(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The block as [layers, 2, tokens, kv_heads, head_dim] with dropped rows zero, and the
+        kept mask [layers, kv_heads, tokens]."""
+        layers, heads = len(self.k), len(self.k[0])
+        d, dt = self.k[0][0].shape[1], self.k[0][0].dtype
+        out = np.zeros((layers, 2, self.tokens, heads, d), dtype=dt)
+        mask = np.zeros((layers, heads, self.tokens), dtype=bool)
+        for li in range(layers):
+            for h in range(heads):
+                idx = self.index[li][h]
+                out[li, 0, idx, h] = self.k[li][h]
+                out[li, 1, idx, h] = self.v[li][h]
+                mask[li, h, idx] = True
+        return out, mask
 
 
 class Client:
@@ -197,15 +257,69 @@ class Client:
     def nop(self) -> None:
         _check(lib.kvc_nop(self._live()), "nop")
 
+    def write_aux(self, off: int, attn: Any = None, queries: Any = None, lse: Any = None,
+                  q_pos: int = 0) -> int:
+        """Write what token selection reads (struct kvc_aux and its arrays) to staging at
+        ``off`` (a multiple of 4); returns its bytes. ``attn``: [layers, kv_heads, tokens],
+        each token's accumulated attention (H2O); ``queries``: [layers, q_heads, window,
+        head_dim] post-RoPE queries of an observation window whose first query sits at
+        block-relative position ``q_pos``, with ``lse`` [layers, q_heads, window] their
+        log-sum-exp over every key they attended (SnapKV)."""
+        what, parts = 0, []
+        if attn is not None:
+            what |= AUX_ATTN
+            parts.append(np.ascontiguousarray(_as_numpy(attn), dtype=np.float32))
+        qh = win = 0
+        if queries is not None:
+            q = np.ascontiguousarray(_as_numpy(queries), dtype=np.float32)
+            ls = np.ascontiguousarray(_as_numpy(lse), dtype=np.float32)
+            if q.ndim != 4 or ls.shape != q.shape[:3]:
+                raise ValueError("queries are [layers, q_heads, window, head_dim] and lse "
+                                 "[layers, q_heads, window]")
+            what |= AUX_QUERIES
+            qh, win = q.shape[1], q.shape[2]
+            parts += [q, ls]
+        if not what or off % 4:
+            raise ValueError("write_aux needs attn or queries, at a multiple of 4")
+        hdr = np.zeros(8, dtype=np.uint32)
+        hdr[0], hdr[1] = AUX_MAGIC, what
+        hdr[2] = qh | (win << 16)
+        hdr[3] = np.uint32(np.int32(q_pos).view(np.uint32))
+        n = 32 + sum(a.nbytes for a in parts)
+        if off + n > self._staging.size:
+            raise KvcdError(_errno.ENOSPC, "aux", f"{n} bytes at {off} exceed staging")
+        self._staging[off:off + 32] = hdr.view(np.uint8)
+        o = off + 32
+        for a in parts:
+            self._staging[o:o + a.nbytes] = a.reshape(-1).view(np.uint8)
+            o += a.nbytes
+        return n
+
     def store(self, key: Key, block: Any, off: int = 0, policy_slot: int = 0,
-              parent: Optional[Key] = None) -> None:
+              parent: Optional[Key] = None, pos: int = 0, **aux: Any) -> None:
         """Store ``block`` ([layers, 2, tokens, kv_heads, head_dim], float32/16 or bfloat16;
         numpy or torch) under ``key``. It is copied into staging at ``off`` unless it already
         is a view of that place. ``policy_slot``: a slot :meth:`policy` returned (0: the
         namespace's policy). ``parent``: the key of the chunk before it in its chain, which
-        kvcd's eviction uses to keep prefixes whole (written to staging after the block)."""
+        kvcd's eviction uses to keep prefixes whole (written to staging after the block).
+        ``pos``: the block's first token's position in its sequence. ``attn``, ``queries``,
+        ``lse``, ``q_pos``: what a token-selection policy reads (:meth:`write_aux`), written
+        after the block."""
         lay = self._put(block, off)
         lay.codec = policy_slot
+        if aux or pos:
+            n = lib.kvc_layout_bytes(ctypes.byref(lay))
+            at = (off + n + 3) & ~3
+            if at != off + n and aux:
+                raise ValueError("the block's bytes must end on a multiple of 4 for aux")
+            ab = self.write_aux(at, **aux) if aux else 0
+            r = Req(op=OP_STORE, flags=REQ_AUX if aux else 0, key=key, layout=lay, off=off,
+                    len=n + ab, arg=pos)
+            if parent is not None:
+                self.name_parent(r, parent)
+            c = self.run([r])[0]
+            _check(c.res, "store")
+            return
         if parent is None:
             _check(lib.kvc_store(self._live(), ctypes.byref(key), ctypes.byref(lay), off),
                    "store")
@@ -223,17 +337,16 @@ class Client:
               torch: bool = False) -> Optional[Any]:
         """The block under ``key`` as [layers, 2, tokens, kv_heads, head_dim], or None when
         kvcd does not hold it. ``copy=False`` returns a view of staging (valid until the next
-        request naming that range); ``torch=True`` a torch tensor."""
+        request naming that range); ``torch=True`` a torch tensor. A block stored under a
+        token-selection policy comes back as a :class:`Sparse`."""
         lay = Layout()
         res = lib.kvc_fetch(self._live(), ctypes.byref(key), off, self._staging.size - off,
                             ctypes.byref(lay))
         if res == -_errno.ENOENT:
             return None
         _check(res, "fetch")
-        if lay.codec & 0x80:
-            raise KvcdError(_errno.EPROTO, "fetch",
-                            "the block holds selected tokens (the sparse form of kvc.h): "
-                            "this binding reads dense blocks only")
+        if lay.codec & CODEC_SPARSE:  # the kept tokens, copied out whatever ``copy``
+            return Sparse(self._staging[off:], lay)
         arr = self.view(off, lay)
         if copy:
             arr = arr.copy()
@@ -340,12 +453,16 @@ class Client:
         return _check(res, "policy", why.value.decode())
 
     def recompress(self, keys: Sequence[Key], pos: int = 0, policy_slot: int = 0,
-                   aux_off: Optional[int] = None) -> Tuple[int, int]:
+                   aux_off: Optional[int] = None, **aux: Any) -> Tuple[int, int]:
         """Rewrite the chain ``keys`` (consecutive chunks stored raw, the first at ``pos``)
         under a policy (0: the namespace's, else a :meth:`policy` slot), selecting its tokens
-        as one block holding the whole chain; ``aux_off``: where in staging a struct kvc_aux
-        and its arrays for the chain lie (needed by select=h2o and snapkv). Returns (blocks
-        rewritten, pool bytes freed)."""
+        as one block holding the whole chain would. What select=h2o or snapkv reads is given
+        as ``attn``/``queries``/``lse``/``q_pos`` for the whole chain (:meth:`write_aux`,
+        written to staging at ``aux_off``, 0 by default), or already lies at ``aux_off``.
+        Returns (blocks rewritten, pool bytes freed)."""
+        if aux:
+            aux_off = aux_off or 0
+            self.write_aux(aux_off, **aux)
         arr = (Key * max(len(keys), 1))(*keys)
         saved = ctypes.c_uint64()
         off = (1 << 64) - 1 if aux_off is None else aux_off

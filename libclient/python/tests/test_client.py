@@ -139,6 +139,40 @@ def test_recompress_a_chain_stored_raw(daemon):
         assert st["ops"]["recompress"]["count"] == 3
 
 
+def test_selection_from_python_per_chunk_and_deferred(daemon):
+    """A token-selection policy from Python: attention sent with a STORE keeps each chunk's
+    best half; sent with RECOMPRESS for the chain, the best half of the whole prefix."""
+    r = np.random.default_rng(5)
+    with kvcd.Client(socket=daemon.sock, ns="py-select", staging_size=1 << 20) as c:
+        sel = c.policy("none:select=h2o,keep=50%")
+        whole = block(tokens=64, seed=9)  # [layers 2, K/V, 64 tokens, 2 heads, 32]
+        attn = r.random((2, 2, 64)).astype(np.float32)
+        c.store(kvcd.Key(300, 0), whole[:, :, :16], policy_slot=sel, attn=attn[:, :, :16])
+        sp = c.fetch(kvcd.Key(300, 0))
+        assert isinstance(sp, kvcd.Sparse) and sp.tokens == 16
+        for li in range(2):
+            for h in range(2):
+                top = np.sort(np.argsort(-attn[li, h, :16], kind="stable")[:8])
+                assert np.array_equal(sp.index[li][h], top)
+                assert np.array_equal(sp.k[li][h], whole[li, 0, top, h])
+                assert np.array_equal(sp.v[li][h], whole[li, 1, top, h])
+        keys = [kvcd.Key(301, i) for i in range(4)]
+        for i, k in enumerate(keys):  # raw while the prefill goes
+            c.store(k, whole[:, :, 16 * i:16 * i + 16])
+        assert c.recompress(keys, policy_slot=sel, aux_off=1 << 19, attn=attn)[0] == 4
+        for li in range(2):
+            for h in range(2):
+                top = np.sort(np.argsort(-attn[li, h], kind="stable")[:32])
+                got = np.concatenate([c.fetch(k).index[li][h] + 16 * i
+                                      for i, k in enumerate(keys)])
+                assert np.array_equal(got, top), "the whole prefix's best half"
+        dense, mask = c.fetch(keys[1]).dense()
+        assert dense.shape == (2, 2, 16, 2, 32) and mask.shape == (2, 2, 16)
+        kept = mask[0, 0]  # layer 0, head 0: its kept rows, dropped ones zero
+        assert np.array_equal(dense[0][:, kept, 0], whole[0, :, 16:32][:, kept, 0])
+        assert not dense[0][:, ~kept, 0].any()
+
+
 def test_batches(daemon):
     with kvcd.Client(socket=daemon.sock, staging_size=4 << 20) as c:
         keys = [kvcd.Key(100, i) for i in range(40)]
