@@ -99,7 +99,7 @@ static uint64_t last_bytes; /* the encoded size of roundtrip's last block */
 static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *v)
 {
 	struct kvcd_policy p = pol(s);
-	uint32_t counts[3 * LY * H]; /* energy=: ranks too */
+	uint32_t counts[3 * LY * H + 6 * LY]; /* energy=: ranks too (tucker: six per layer) */
 	uint64_t n, out;
 	struct kvcp_layout got;
 	void *enc, *dec;
