@@ -813,6 +813,9 @@ Test(store, a_rewritten_block_keeps_its_place_and_a_restart_finds_its_new_bytes)
 	free(s2.chains[0]);
 	free(s2.chains);
 	free(s2.slots);
+	free(s2.pins);
+	free(s2.pin_heads);
+	free(s2.picked);
 	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
 	for (int i = 0; i < 256; i++)
 		map[i] = i;

@@ -375,8 +375,8 @@ static int cmd_top(kvc_client *c, double interval, unsigned long long count)
 		dt = (double)(cur->uptime_ms - prev->uptime_ms) / 1e3;
 		dt = dt > 0 ? dt : interval;
 		for (unsigned i = 0; kvc_op_name(i); i++) {
-			ops += cur->op[i].count;
-			ops0 += prev->op[i].count;
+			ops += kvc_stats_op(cur, i)->count;
+			ops0 += kvc_stats_op(prev, i)->count;
 		}
 		if (tty)
 			printf("\033[H\033[2J");
