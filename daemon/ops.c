@@ -96,6 +96,20 @@ out:
 	return err;
 }
 
+/* The policy a request's layout.codec names: 0 the namespace's, 1..8 one this session
+ * registered. Returns 0 or -EINVAL. */
+static int policy_of(struct kvcd *d, const struct kvcd_session *s, uint8_t codec,
+		     struct kvcd_policy *pol)
+{
+	if (!codec)
+		kvcd_store_policy(&d->store, s->ns_id, pol);
+	else if (codec <= s->npol)
+		*pol = s->pol[codec - 1];
+	else
+		return -EINVAL;
+	return 0;
+}
+
 /* The auxiliary section of a STORE at @buf[@off, @off + @len) (up to @slack bytes of padding
  * after it): header checked against the block's layout, arrays copied (read once) and checked
  * finite. *@mem is the copy. */
@@ -185,11 +199,7 @@ static int do_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 	if (!bytes || (!has_aux && len != bytes + sbytes) || (has_aux && len <= bytes + sbytes) ||
 	    (scored && (v->off + bytes) % 4))
 		return -EINVAL;
-	if (!v->layout.codec)
-		kvcd_store_policy(&d->store, s->ns_id, &pol);
-	else if (v->layout.codec <= s->npol)
-		pol = s->pol[v->layout.codec - 1];
-	else
+	if (policy_of(d, s, v->layout.codec, &pol))
 		return -EINVAL;
 	if (has_aux) {
 		err = read_aux(buf, v->off + bytes + sbytes, len - bytes - sbytes, pp ? 7 : 0,
@@ -341,11 +351,7 @@ static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	}
 	if (!bytes || len != bytes)
 		return -EINVAL;
-	if (!v->layout.codec)
-		kvcd_store_policy(&d->store, s->ns_id, &j->pol);
-	else if (v->layout.codec <= s->npol)
-		j->pol = s->pol[v->layout.codec - 1];
-	else
+	if (policy_of(d, s, v->layout.codec, &j->pol))
 		return -EINVAL;
 	j->glen = bytes;
 	/* selection reads the block to plan it: the CPU's, from a bounce buffer */
@@ -1017,11 +1023,7 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	    v->len != sizeof(h) + (uint64_t)h.nkeys * sizeof(*keys) ||
 	    (h.aux_len && !kvcp_range_ok(h.aux_off, h.aux_len, s->staging_size)))
 		return -EINVAL;
-	if (!v->layout.codec)
-		kvcd_store_policy(&d->store, s->ns_id, &pol);
-	else if (v->layout.codec <= s->npol)
-		pol = s->pol[v->layout.codec - 1];
-	else
+	if (policy_of(d, s, v->layout.codec, &pol))
 		return -EINVAL;
 	if (pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&pol))
 		return -EINVAL; /* it keeps blocks raw */

@@ -596,6 +596,37 @@ Test(store, empty_namespaces_are_reclaimed)
 /* A restart adopts committed blocks whose bytes match their checksum, and nothing else: not
  * a STORE that never finished, not a block deleted while a reader held it, not one whose
  * bytes changed. */
+/* A pool with a superblock, as kvcd makes them, of 2 MiB at *@mem, and a store over it. */
+static void warm_pool(struct kvcd_pool *p, struct kvcd_store *s, void **mem)
+{
+	cr_assert_eq(posix_memalign(mem, 4096, 2 * POOL), 0);
+	memset(p, 0, sizeof(*p));
+	p->base = *mem;
+	p->size = 2 * POOL;
+	kvcd_pool_format(p);
+	cr_assert_eq(kvcd_store_init(s, p, 1, 95, 50), 0);
+}
+
+/* The process dies: its records go, the pool's bytes stay; a new store adopts them with
+ * namespace ids unchanged. */
+static void crash_and_adopt(struct kvcd_pool *p, struct kvcd_store *s, struct kvcd_adopt_stats *as)
+{
+	int map[256];
+
+	free(s->slabs[0]);
+	free(s->slabs);
+	free(s->chains[0]);
+	free(s->chains);
+	free(s->slots);
+	free(s->pins);
+	free(s->pin_heads);
+	free(s->picked);
+	cr_assert_eq(kvcd_store_init(s, p, 1, 95, 50), 0);
+	for (int i = 0; i < 256; i++)
+		map[i] = i;
+	cr_assert_eq(kvcd_store_adopt(s, 0, map, true, as), 0);
+}
+
 Test(store, adoption_keeps_only_committed_intact_blocks)
 {
 	static struct kvcd_pool p2[1];
@@ -603,16 +634,9 @@ Test(store, adoption_keeps_only_committed_intact_blocks)
 	struct kvcd_adopt_stats as;
 	struct kvcd_block *b, *held;
 	struct kvcp_key k;
-	int map[256];
 	void *mem;
 
-	/* a pool with a superblock, as kvcd makes them */
-	cr_assert_eq(posix_memalign(&mem, 4096, 2 * POOL), 0);
-	memset(&p2[0], 0, sizeof(p2[0]));
-	p2[0].base = mem;
-	p2[0].size = 2 * POOL;
-	kvcd_pool_format(&p2[0]);
-	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	warm_pool(&p2[0], &s2, &mem);
 	for (uint64_t i = 0; i < 4; i++) { /* 0, 1, 2 committed and checksummed; 3 unfinished */
 		k = K(i);
 		cr_assert_eq(
@@ -629,16 +653,7 @@ Test(store, adoption_keeps_only_committed_intact_blocks)
 	cr_assert_eq(kvcd_store_get(&s2, 0, &k, &b), 0);
 	((unsigned char *)b->data)[1000] ^= 1; /* bytes changed behind the checksum */
 	kvcd_store_put(&s2, b, false);
-	/* the process dies here: its records are gone, the pool's bytes stay */
-	free(s2.slabs[0]);
-	free(s2.slabs);
-	free(s2.chains[0]);
-	free(s2.chains);
-	free(s2.slots);
-	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
-	for (int i = 0; i < 256; i++)
-		map[i] = i;
-	cr_assert_eq(kvcd_store_adopt(&s2, 0, map, true, &as), 0);
+	crash_and_adopt(&p2[0], &s2, &as); /* the process dies here */
 	cr_assert_eq(as.seen, 4);
 	cr_assert_eq(as.kept, 1, "block 0 only");
 	cr_assert_eq(as.uncommitted, 2, "the unfinished and the deleted one");
@@ -749,15 +764,9 @@ Test(store, a_rewritten_block_keeps_its_place_and_a_restart_finds_its_new_bytes)
 	struct kvcd_block *b, *held;
 	struct kvcp_key k0 = K(0), k1 = K(1);
 	uint64_t raw = kvcp_layout_bytes(&L), used;
-	int map[256];
 	void *mem;
 
-	cr_assert_eq(posix_memalign(&mem, 4096, 2 * POOL), 0);
-	memset(&p2[0], 0, sizeof(p2[0]));
-	p2[0].base = mem;
-	p2[0].size = 2 * POOL;
-	kvcd_pool_format(&p2[0]);
-	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
+	warm_pool(&p2[0], &s2, &mem);
 	for (uint64_t i = 0; i < 2; i++) {
 		struct kvcp_key k = K(i);
 
@@ -808,18 +817,7 @@ Test(store, a_rewritten_block_keeps_its_place_and_a_restart_finds_its_new_bytes)
 
 	/* the process dies: a restart finds block 0's new bytes, block 1 as it was, and block 2
 	 * with its summary */
-	free(s2.slabs[0]);
-	free(s2.slabs);
-	free(s2.chains[0]);
-	free(s2.chains);
-	free(s2.slots);
-	free(s2.pins);
-	free(s2.pin_heads);
-	free(s2.picked);
-	cr_assert_eq(kvcd_store_init(&s2, p2, 1, 95, 50), 0);
-	for (int i = 0; i < 256; i++)
-		map[i] = i;
-	cr_assert_eq(kvcd_store_adopt(&s2, 0, map, true, &as), 0);
+	crash_and_adopt(&p2[0], &s2, &as);
 	cr_assert_eq(as.kept, 3);
 	cr_assert_eq(as.bad_sum + as.bad_tag + as.uncommitted, 0);
 	cr_assert_eq(kvcd_store_get(&s2, 0, &k2, &b), 0);

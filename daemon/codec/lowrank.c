@@ -83,22 +83,13 @@ static int lapack_ready(void)
 	return sgesdd ? 0 : -ENOSYS; /* liblapacke.so.3 is not installed: make deps */
 }
 
-/* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
- * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). @u, @sv, @vt as
- * for lowrank_put. */
-uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap, float *u,
-			     float *sv, float *vt, int *err)
+/* The smallest rank whose squared singular values @sv[0..k) reach @pct percent of their sum
+ * (at least 1), at most @cap. */
+static uint32_t energy_of(const float *sv, uint32_t k, uint32_t pct, uint32_t cap)
 {
-	uint32_t k = n < d ? n : d, r = 0;
 	double total = 0, acc = 0;
+	uint32_t r = 0;
 
-	if ((*err = lapack_ready()))
-		return 0;
-	if (sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
-		   (lapack_int)k, vt, (lapack_int)d)) {
-		*err = -EINVAL;
-		return 0;
-	}
 	for (uint32_t i = 0; i < k; i++)
 		total += (double)sv[i] * sv[i];
 	while (r < k && acc < total * pct / 100.0 * (1 - 1e-12)) {
@@ -107,6 +98,24 @@ uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uin
 	}
 	r = r ? r : 1;
 	return r < cap ? r : cap;
+}
+
+/* energy=: the smallest rank whose squared singular values (of @x, [n][d], destroyed) reach
+ * @pct percent of their sum, at most @cap; 0 on failure (-errno in *@err). @u, @sv, @vt as
+ * for lowrank_put. */
+uint32_t kvcd_lr_energy_rank(float *x, uint32_t n, uint32_t d, uint32_t pct, uint32_t cap, float *u,
+			     float *sv, float *vt, int *err)
+{
+	uint32_t k = n < d ? n : d;
+
+	if ((*err = lapack_ready()))
+		return 0;
+	if (sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)n, (lapack_int)d, x, (lapack_int)d, sv, u,
+		   (lapack_int)k, vt, (lapack_int)d)) {
+		*err = -EINVAL;
+		return 0;
+	}
+	return energy_of(sv, k, pct, cap);
 }
 
 /* The rank-r factors of @x ([n][d] f32, destroyed): U_r S_r [n][r] then V_r^T [r][d], to @o
@@ -292,21 +301,6 @@ static uint32_t mode_svd(const struct kvcp_layout *l, const float *x, int mode, 
 		   (lapack_int)cols, sv, u, (lapack_int)k, vt, (lapack_int)cols))
 		return 0;
 	return k;
-}
-
-static uint32_t energy_of(const float *sv, uint32_t k, uint32_t pct, uint32_t cap)
-{
-	double total = 0, acc = 0;
-	uint32_t r = 0;
-
-	for (uint32_t i = 0; i < k; i++)
-		total += (double)sv[i] * sv[i];
-	while (r < k && acc < total * pct / 100.0 * (1 - 1e-12)) {
-		acc += (double)sv[r] * sv[r];
-		r++;
-	}
-	r = r ? r : 1;
-	return r < cap ? r : cap;
 }
 
 int kvcd_tk_ranks(const struct kvcd_policy *p, const struct kvcp_layout *l, const float *x,
