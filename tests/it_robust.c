@@ -143,9 +143,44 @@ Test(robust, malformed_requests_get_errors_not_crashes)
 		cr_assert_eq(cqe.user_data, bad[i].user_data);
 		cr_assert_eq(cqe.res, want[i], "request %u: got %d want %d", i, cqe.res, want[i]);
 	}
+	/* RECOMPRESS, written by hand: every malformed header is refused */
+	struct {
+		struct kvcp_recompress h;
+		uint64_t len;
+		uint8_t codec;
+		int want;
+	} rc[] = {
+		{ { .magic = 0, .nkeys = 1 }, 48 + 16, 0, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 0 }, 48, 0, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 5000 }, 48 + 5000 * 16, 0, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 2 }, 48 + 16, 0, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 1, .reserved0 = 1 }, 64, 0, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC,
+		    .nkeys = 1,
+		    .aux_off = (1 << 20) - 8,
+		    .aux_len = 64 },
+		  64,
+		  0,
+		  -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 1 }, 64, 9, -EINVAL },
+		{ { .magic = KVCP_RECOMPRESS_MAGIC, .nkeys = 1 }, 64, 0, -EINVAL }, /* raw policy */
+	};
+
+	for (unsigned i = 0; i < sizeof(rc) / sizeof(rc[0]); i++) {
+		struct kvcp_sqe q = { .opcode = KVCP_OP_RECOMPRESS,
+				      .off = 4096,
+				      .len = rc[i].len,
+				      .user_data = 100 + i,
+				      .layout = { .codec = rc[i].codec } };
+
+		memset(r.staging + 4096, 0, rc[i].len);
+		memcpy(r.staging + 4096, &rc[i].h, sizeof(rc[i].h));
+		cr_assert_eq(t_raw_call(&r, &q, &cqe), 0, "recompress %u answered", i);
+		cr_assert_eq(cqe.res, rc[i].want, "recompress %u: got %d", i, cqe.res);
+	}
 	struct kvc_stats st = stats_of();
 
-	cr_assert_geq(st.bad_requests, 8);
+	cr_assert_geq(st.bad_requests, 8 + 8);
 	/* now break the ring itself: a producer index far ahead of anything written */
 	__atomic_store_n(&r.hdr->sq.prod, r.sq_prod + 100000, __ATOMIC_RELEASE);
 	__atomic_fetch_add(&r.hdr->sq.futex, 1, __ATOMIC_RELEASE);
