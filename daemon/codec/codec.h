@@ -209,6 +209,10 @@ uint8_t kvcd_f32_to_e4m3(float f);
 /* @n values v[i] / @div as kvcd_f32_to_e4m3 gives them (all 0 when @div is not positive);
  * the same bytes whatever @isa. */
 void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t *out);
+/* kvcd_e4m3_n on @n runs of @len values, run r at @v + r * @len divided by @div[r] into
+ * @out[r]: the same bytes, in one loop where the ISA allows. */
+void kvcd_e4m3_runs(enum kvcd_isa isa, const float *v, size_t n, size_t len, const float *div,
+		    uint8_t *const *out);
 float kvcd_e4m3_to_f32(uint8_t b);
 
 /* In-place orthonormal Walsh-Hadamard transform of @n (a power of two) values; its own

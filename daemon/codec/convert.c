@@ -152,35 +152,60 @@ uint8_t kvcd_f32_to_e4m3(float f)
  * add on the float's exponent-and-mantissa bits (a carry moves into the exponent), then the
  * exponent is rebiased from 127 to 7 (960 = 120 << 3) and the code saturates at 0x7e; below
  * 2^-6 the value is a multiple of 2^-9, and NaN is 0x7f. */
-__attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
-								      float div, uint8_t *out)
+/* 16 quotients' e4m3 codes in the low byte of each lane. */
+__attribute__((target("avx512f,avx512bw"))) static inline __m512i e4m3_x16(__m512i x)
 {
 	const __m512i abs = _mm512_set1_epi32(0x7fffffff), half = _mm512_set1_epi32(0x7ffff);
 	const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(960);
 	const __m512i top = _mm512_set1_epi32(0x7e), inf = _mm512_set1_epi32(0x7f800000);
-	const __m512 vd = _mm512_set1_ps(div), tiny = _mm512_set1_ps(0x1p-6f);
+	const __m512 tiny = _mm512_set1_ps(0x1p-6f);
+	__m512i ax = _mm512_and_si512(x, abs);
+	__m512i t = _mm512_add_epi32(
+		ax, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ax, 20), one)));
+	__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias), top);
+	__m512 a = _mm512_castsi512_ps(ax);
+	__m512i sub = _mm512_cvtps_epi32(
+		_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
+				     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+
+	code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
+	code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
+				     _mm512_set1_epi32(0x7f));
+	return _mm512_or_si512(code, _mm512_srli_epi32(_mm512_andnot_si512(abs, x), 24));
+}
+
+__attribute__((target("avx512f,avx512bw"))) static size_t e4m3_avx512(const float *v, size_t n,
+								      float div, uint8_t *out)
+{
+	const __m512 vd = _mm512_set1_ps(div);
 	size_t i = 0;
 
 	for (; i + 16 <= n; i += 16) {
 		__m512i x = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(v + i), vd));
-		__m512i ax = _mm512_and_si512(x, abs);
-		__m512i t = _mm512_add_epi32(
-			ax,
-			_mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ax, 20), one)));
-		__m512i code = _mm512_min_epi32(_mm512_sub_epi32(_mm512_srli_epi32(t, 20), bias),
-						top);
-		__m512 a = _mm512_castsi512_ps(ax);
-		__m512i sub = _mm512_cvtps_epi32(
-			_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
-					     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 
-		code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ), sub);
-		code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(ax, inf),
-					     _mm512_set1_epi32(0x7f));
-		code = _mm512_or_si512(code, _mm512_srli_epi32(_mm512_andnot_si512(abs, x), 24));
-		_mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(code));
+		_mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(e4m3_x16(x)));
 	}
 	return i;
+}
+
+/* Runs of a multiple of 16 values in one loop: no call or scalar work between runs holds the
+ * next run's divisions back. */
+__attribute__((target("avx512f,avx512bw"))) static void e4m3_runs_avx512(const float *v, size_t n,
+									 size_t len,
+									 const float *div,
+									 uint8_t *const *out)
+{
+	for (size_t r = 0; r < n; r++) {
+		const __m512 vd = _mm512_set1_ps(div[r]);
+		const float *x = v + r * len;
+
+		for (size_t i = 0; i < len; i += 16) {
+			__m512i q = _mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(x + i), vd));
+
+			_mm_storeu_si128((__m128i *)(out[r] + i),
+					 _mm512_cvtepi32_epi8(e4m3_x16(q)));
+		}
+	}
 }
 
 __attribute__((target("avx2"))) static size_t e4m3_avx2(const float *v, size_t n, float div,
@@ -235,6 +260,21 @@ void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t
 		i = e4m3_avx2(v, n, div, out);
 	for (; i < n; i++)
 		out[i] = kvcd_f32_to_e4m3(v[i] / div);
+}
+
+void kvcd_e4m3_runs(enum kvcd_isa isa, const float *v, size_t n, size_t len, const float *div,
+		    uint8_t *const *out)
+{
+	bool pos = true;
+
+	for (size_t r = 0; r < n; r++)
+		pos &= div[r] > 0.0f;
+	if (pos && len % 16 == 0 && isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512) {
+		e4m3_runs_avx512(v, n, len, div, out);
+		return;
+	}
+	for (size_t r = 0; r < n; r++)
+		kvcd_e4m3_n(isa, v + r * len, len, div[r], out[r]);
 }
 
 float kvcd_e4m3_to_f32(uint8_t b)
