@@ -925,14 +925,14 @@ static bool rewrite_one(struct kvcd *d, struct kvcd_session *s, const struct kvc
 }
 
 /* The blocks [@first, @end) of @b, raw and of one shape, rewritten under @pol; @aux (NULL:
- * none) is the chain's from block 0, whose first token is at @pos. Returns the blocks
- * rewritten, or -errno (none was). */
+ * none) is the chain's from block 0, whose first token is at @pos, its attention array
+ * @chain_tokens long. Returns the blocks rewritten, or -errno (none was). */
 static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kvcd_policy *pol,
 			 struct kvcd_block **b, uint32_t first, uint32_t end, uint32_t pos,
 			 const struct kvcd_aux *aux, uint64_t chain_tokens, uint64_t *saved)
 {
 	uint32_t n = end - first, lh = b[first]->layout.layers * b[first]->layout.kv_heads;
-	uint64_t off0 = 0, off = 0, kb = 0;
+	uint64_t off0 = 0, off = 0, kb = 0, rt = 0; /* rt: the run's tokens */
 	int done = 0;
 	struct kvcp_layout *ls = calloc(n, sizeof(*ls));
 	const void **src = calloc(n, sizeof(*src));
@@ -947,22 +947,21 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 		ls[i].codec = 0;
 		src[i] = b[first + i]->data;
 		kb += kvcd_codec_keep_bytes(&ls[i]);
+		rt += ls[i].tokens;
 	}
 	if (!err && pol->select) { /* the run's tokens, chosen together */
 		struct kvcd_aux run = *aux;
 
 		kmem = malloc(kb);
-		attn = aux->attn ? malloc((chain_tokens - off0) * lh * 4) : NULL;
+		attn = aux->attn ? malloc(rt * lh * 4) : NULL;
 		err = kmem && (attn || !aux->attn) ? 0 : -ENOMEM;
 		for (uint32_t i = 0, k = 0; !err && i < n; i++) {
 			keep[i] = kmem + k;
 			k += (uint32_t)kvcd_codec_keep_bytes(&ls[i]);
 		}
 		run.q_pos = (int32_t)(aux->q_pos - (int64_t)off0);
-		for (uint32_t u = 0; !err && attn && u < lh;
-		     u++) /* [layer][head][the run's tokens] */
-			memcpy(attn + u * (chain_tokens - off0),
-			       aux->attn + u * chain_tokens + off0, (chain_tokens - off0) * 4);
+		for (uint32_t u = 0; !err && attn && u < lh; u++) /* [layer][head][the run's] */
+			memcpy(attn + u * rt, aux->attn + u * chain_tokens + off0, rt * 4);
 		run.attn = attn;
 		if (!err)
 			err = kvcd_codec_chain_select(kvcd_isa_best(), pol, n, ls, src,
@@ -999,6 +998,27 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 	free(src);
 	free(ls);
 	return err ? err : done;
+}
+
+/* The tokens RECOMPRESS's aux section of exactly @len bytes at @p counts for blocks shaped
+ * like @l: its attention array's length says, when it has one (at least the @found tokens of
+ * the blocks found, else 0); otherwise @found. */
+static uint32_t aux_tokens(const char *p, uint64_t len, const struct kvcp_layout *l, uint64_t found)
+{
+	uint64_t lh = (uint64_t)l->layers * l->kv_heads, q = 0, t;
+	struct kvcp_aux a;
+
+	if (len < sizeof(a))
+		return found <= UINT32_MAX ? (uint32_t)found : 0;
+	memcpy(&a, p, sizeof(a));
+	if (!(a.what & KVCP_AUX_ATTN) || !lh)
+		return found <= UINT32_MAX ? (uint32_t)found : 0;
+	if (a.what & KVCP_AUX_QUERIES)
+		q = (uint64_t)l->layers * a.q_heads * a.window * ((uint64_t)l->head_dim + 1) * 4;
+	if (len - sizeof(a) < q || (len - sizeof(a) - q) % (lh * 4))
+		return 0;
+	t = (len - sizeof(a) - q) / (lh * 4);
+	return t >= found && t <= UINT32_MAX ? (uint32_t)t : 0;
 }
 
 static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
@@ -1063,13 +1083,12 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 		goto out; /* nothing raw: nothing to do */
 	cl = b[0]->layout;
 	cl.codec = 0;
-	cl.tokens = tokens <= UINT32_MAX ? (uint32_t)tokens : 0;
+	cl.tokens = aux_tokens(s->staging + h.aux_off, h.aux_len, &cl, tokens);
 	if (h.aux_len)
-		err = cl.tokens ? read_aux(s->staging, h.aux_off, h.aux_len, h.aux_len, &cl, &aux,
-					   &auxmem)
+		err = cl.tokens ? read_aux(s->staging, h.aux_off, h.aux_len, 0, &cl, &aux, &auxmem)
 				: -EINVAL;
 	if (!err)
-		err = rewrite_chain(d, s, &pol, b, first, end, h.pos, &aux, tokens, &saved);
+		err = rewrite_chain(d, s, &pol, b, first, end, h.pos, &aux, cl.tokens, &saved);
 out:
 	for (uint32_t i = 0; b && i < n; i++)
 		if (b[i])

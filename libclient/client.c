@@ -1152,7 +1152,7 @@ int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t lay
 }
 
 int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos, uint8_t codec,
-		   size_t aux_off, uint64_t *saved)
+		   size_t aux_off, size_t aux_len, uint64_t *saved)
 {
 	struct kvcp_recompress h = { .magic = KVCP_RECOMPRESS_MAGIC,
 				     .nkeys = (uint32_t)n,
@@ -1168,12 +1168,12 @@ int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t
 		return -EINVAL;
 	if (n > KVCP_RECOMPRESS_MAX_KEYS || len > c->scratch_size)
 		return -EMSGSIZE;
-	if (aux_off != KVC_RECOMPRESS_NO_AUX) {
-		if (aux_off > c->staging_size ||
-		    c->staging_size - aux_off < sizeof(struct kvcp_aux))
+	if (aux_len) {
+		if (aux_len < sizeof(struct kvcp_aux) || aux_off > c->staging_size ||
+		    c->staging_size - aux_off < aux_len)
 			return -EINVAL;
 		h.aux_off = aux_off;
-		h.aux_len = c->staging_size - aux_off; /* kvcd reads what the header says */
+		h.aux_len = aux_len;
 	}
 	memcpy(c->scratch, &h, sizeof(h));
 	memcpy((uint8_t *)c->scratch + sizeof(h), keys, n * sizeof(*keys));

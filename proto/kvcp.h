@@ -329,8 +329,10 @@ struct kvcp_select {
  * first blocks may already be encoded (a shared prefix, compressed before), and they are left
  * as they are and out of the selection; the chain ends at the first block that is missing,
  * or encoded after a raw one. A block someone else is reading or has pinned keeps its raw
- * bytes (counted as busy). The aux section is read from staging[aux_off, aux_off + aux_len)
- * (aux_len 0: none), this header and the keys from the request's region. */
+ * bytes (counted as busy). The aux section is staging[aux_off, aux_off + aux_len) exactly
+ * (aux_len 0: none); its attention array (KVCP_AUX_ATTN) holds as many tokens as that length
+ * says, which may be more than the blocks found (a chain cut short by a missing block). This
+ * header and the keys are read from the request's region. */
 #define KVCP_RECOMPRESS_MAGIC	 0x4352564bu /* "KVRC" */
 #define KVCP_RECOMPRESS_MAX_KEYS 4096
 

@@ -520,17 +520,21 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	}
 	memcpy(stg + A, &a, sizeof(a));
 	memcpy(stg + A + sizeof(a), attn, ab);
-	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, KVC_RECOMPRESS_NO_AUX, NULL),
-		     -EINVAL, "h2o without attention");
-	cr_assert_eq(kvc_recompress(c, keys, 4, 0, 9, A, NULL), -EINVAL, "no such policy");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, 0, 0, NULL), -EINVAL,
+		     "h2o without attention");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, 9, A, sizeof(a) + ab, NULL), -EINVAL,
+		     "no such policy");
 	a.magic ^= 1;
 	memcpy(stg + A, &a, sizeof(a));
-	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, NULL), -EINVAL, "bad aux");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, sizeof(a) + ab, NULL), -EINVAL,
+		     "bad aux");
 	a.magic ^= 1;
 	memcpy(stg + A, &a, sizeof(a));
 	cr_assert_eq(kvc_fetch(c, &keys[2], F, n, &got), 0);
 	cr_assert_eq(got.codec, 0, "the refusals left it raw");
-	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, &saved), 4);
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, sizeof(a) + ab - 4, NULL),
+		     -EINVAL, "aux one float short");
+	cr_assert_eq(kvc_recompress(c, keys, 4, 0, (uint8_t)id, A, sizeof(a) + ab, &saved), 4);
 	cr_assert_gt(saved, 4 * n / 4 / 3, "about half of each chunk freed");
 
 	struct sparse_view w = sparse_of(ws, (uint32_t)lh);
@@ -571,6 +575,50 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	for (size_t u = 0; u < lh; u++)
 		cr_assert_eq(wrow[u], w.cnt[u], "every token the whole block kept");
 
+	/* a chain cut short by a missing block: the attention still covers all 64 tokens, and
+	 * the two chunks found keep half of their 32: the window (the run's last 4) and the 12
+	 * best of the rest by their own rows of it */
+	struct kvc_key cut[4];
+
+	for (uint64_t i = 0; i < 4; i++) {
+		cut[i] = (struct kvc_key){ 33, i };
+		for (size_t lk = 0; lk < (size_t)L.layers * 2; lk++)
+			memcpy(stg + lk * 16 * row, whole + (lk * 64 + i * 16) * row, 16 * row);
+		cr_assert_eq(kvc_store(c, &cut[i], &lc, 0), 0);
+	}
+	cr_assert_eq(kvc_delete(c, &cut[2]), 0);
+	memcpy(stg + A, &a, sizeof(a));
+	memcpy(stg + A + sizeof(a), attn, ab);
+	cr_assert_eq(kvc_recompress(c, cut, 4, 0, (uint8_t)id, A, sizeof(a) + ab, NULL), 2);
+	for (size_t u = 0; u < lh; u++) {
+		const float *sc = attn + u * 64;
+		uint32_t kept = 0, win = 0;
+
+		for (uint64_t i = 0; i < 2; i++) {
+			cr_assert_eq(kvc_fetch(c, &cut[i], F, n, &got), 0);
+			struct sparse_view v = sparse_of(stg + F, (uint32_t)lh);
+			const uint32_t *tok = v.tok;
+
+			for (size_t w2 = 0; w2 < u; w2++)
+				tok += v.cnt[w2];
+			for (uint32_t j = 0; j < v.cnt[u]; j++) {
+				uint32_t t = tok[j] + 16 * (uint32_t)i, better = 0;
+
+				if (t >= 28) {
+					win++;
+					continue;
+				}
+				for (uint32_t o = 0; o < 28; o++)
+					better += sc[o] > sc[t];
+				cr_assert_lt(better, 12, "(l,h) %zu token %u is among the 12 best",
+					     u, t);
+			}
+			kept += v.cnt[u];
+		}
+		cr_assert_eq(kept, 16, "(l,h) %zu: half of the 32 tokens found", u);
+		cr_assert_eq(win, 4, "(l,h) %zu: the run's last 4 tokens, its window", u);
+	}
+
 	/* a pinned block stays raw; later the chain goes on from the first raw block */
 	for (uint64_t i = 0; i < 3; i++) {
 		more[i] = (struct kvc_key){ 32, i };
@@ -583,7 +631,7 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	uint64_t busy = st.recompress.busy;
 
 	cr_assert_eq(kvc_pin(c, &more[1], 0), 0);
-	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 2);
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, 0, 0, NULL), 2);
 	cr_assert_eq(kvc_fetch(c, &more[1], 0, n, &got), 0);
 	cr_assert_eq(got.codec, 0, "pinned: raw");
 	cr_assert_eq(kvc_fetch(c, &more[2], 0, n, &got), 0);
@@ -591,18 +639,18 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	cr_assert_eq(st.recompress.busy, busy + 1);
 	cr_assert_eq(kvc_unpin(c, &more[1]), 0);
-	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 1,
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, 0, 0, NULL), 1,
 		     "the encoded first block is skipped, the chain ends at the next encoded");
 	cr_assert_eq(kvc_fetch(c, &more[1], 0, n, &got), 0);
 	cr_assert_eq(got.codec, KVC_CODEC_INT);
 	fill_f16(stg + n, &lc, 41);
 	cr_assert_lt(rel_err(stg, stg + n, &lc), 0.01, "int8 of what was stored");
-	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 0);
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, 0, 0, NULL), 0);
 	more[0].lo = 99; /* missing: the chain ends before it begins */
-	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, KVC_RECOMPRESS_NO_AUX, NULL), 0);
+	cr_assert_eq(kvc_recompress(c, more, 3, 0, (uint8_t)i8, 0, 0, NULL), 0);
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
-	cr_assert_geq(st.recompress.blocks, 7);
-	cr_assert_eq(st.op_more[0].count, 7, "RECOMPRESS counted as an op");
+	cr_assert_geq(st.recompress.blocks, 9);
+	cr_assert_eq(st.op_more[0].count, 9, "RECOMPRESS counted as an op");
 	cr_assert_gt(st.recompress.bytes_before, st.recompress.bytes_after);
 	free(whole);
 	free(ws);

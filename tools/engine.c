@@ -264,8 +264,7 @@ int llm_kvc_recompress(const struct llm *m, const struct llm_state *s, struct ll
 		return -ENOMEM;
 	err = kvc_key_chain_all(k->keyns, tok, end, k->chunk, keys, last);
 	if (err >= 0)
-		err = kvc_recompress(k->c, keys, last, 0, codec, k->aux ? 0 : KVC_RECOMPRESS_NO_AUX,
-				     saved);
+		err = kvc_recompress(k->c, keys, last, 0, codec, 0, abytes, saved);
 	free(keys);
 	return err;
 }

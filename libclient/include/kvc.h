@@ -328,19 +328,20 @@ struct kvc_select_hit {
  * under policy @codec (0: the namespace's, 1..8: one kvc_policy registered). With token
  * selection (select=) the chain's tokens are chosen as one block holding all of it would have
  * them chosen: one observation window, one budget over the chain, sinks at its start and the
- * window at its end. The selection's input is the aux section at staging[@aux_off] (a struct
- * kvc_aux and its arrays, as after a STORE's block, for a block of the chain's layout
- * holding every token of the chain; q_pos counts from the first block's first token), or
- * none when @aux_off is KVC_RECOMPRESS_NO_AUX. Only raw blocks are rewritten; encoded ones at
+ * window at its end. The selection's input is the aux section at staging[@aux_off], @aux_len
+ * bytes exactly (0: none): a struct kvc_aux and its arrays, as after a STORE's block, for a
+ * block of the chain's layout holding every token of the chain as the engine counts them
+ * (kvcd takes the attention array's length from @aux_len, so a chain cut short by a missing
+ * block still finds its tokens' rows); q_pos counts from the first block's first token. Only
+ * raw blocks are rewritten; encoded ones at
  * the chain's start are left as they are, the chain ends at the first block missing; a block
  * another request is reading or has pinned stays raw. Returns the blocks rewritten and, in
  * *@saved (may be NULL), the pool bytes that freed; -EINVAL (a bad request, a policy that
  * keeps blocks raw, select= without the aux it needs, shapes that differ), -EMSGSIZE (more
  * keys than the scratch area holds or KVC_RECOMPRESS_MAX_KEYS). */
 #define KVC_RECOMPRESS_MAX_KEYS 4096
-#define KVC_RECOMPRESS_NO_AUX	((size_t)-1)
 int kvc_recompress(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t pos, uint8_t codec,
-		   size_t aux_off, uint64_t *saved);
+		   size_t aux_off, size_t aux_len, uint64_t *saved);
 
 int kvc_select(kvc_client *c, const struct kvc_key *keys, size_t n, uint32_t layer, const float *q,
 	       uint32_t q_heads, uint32_t head_dim, uint32_t k, struct kvc_select_hit *out);

@@ -453,21 +453,19 @@ class Client:
         return _check(res, "policy", why.value.decode())
 
     def recompress(self, keys: Sequence[Key], pos: int = 0, policy_slot: int = 0,
-                   aux_off: Optional[int] = None, **aux: Any) -> Tuple[int, int]:
+                   aux_off: int = 0, aux_len: int = 0, **aux: Any) -> Tuple[int, int]:
         """Rewrite the chain ``keys`` (consecutive chunks stored raw, the first at ``pos``)
         under a policy (0: the namespace's, else a :meth:`policy` slot), selecting its tokens
         as one block holding the whole chain would. What select=h2o or snapkv reads is given
         as ``attn``/``queries``/``lse``/``q_pos`` for the whole chain (:meth:`write_aux`,
-        written to staging at ``aux_off``, 0 by default), or already lies at ``aux_off``.
+        written to staging at ``aux_off``), or already lies there, ``aux_len`` bytes.
         Returns (blocks rewritten, pool bytes freed)."""
         if aux:
-            aux_off = aux_off or 0
-            self.write_aux(aux_off, **aux)
+            aux_len = self.write_aux(aux_off, **aux)
         arr = (Key * max(len(keys), 1))(*keys)
         saved = ctypes.c_uint64()
-        off = (1 << 64) - 1 if aux_off is None else aux_off
-        res = lib.kvc_recompress(self._live(), arr, len(keys), pos, policy_slot, off,
-                                 ctypes.byref(saved))
+        res = lib.kvc_recompress(self._live(), arr, len(keys), pos, policy_slot, aux_off,
+                                 aux_len, ctypes.byref(saved))
         return _check(res, "recompress"), saved.value
 
     def evict(self, mib: int = 0) -> int:

@@ -181,7 +181,7 @@ _decl = {
                                 ctypes.c_int]),
     "kvc_evict": (ctypes.c_int, [_P, c_u32]),
     "kvc_recompress": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t, c_u32,
-                                      ctypes.c_uint8, ctypes.c_size_t,
+                                      ctypes.c_uint8, ctypes.c_size_t, ctypes.c_size_t,
                                       ctypes.POINTER(c_u64)]),
     "kvc_gpu_staging": (c_u64, [_P, ctypes.c_uint, ctypes.POINTER(ctypes.c_size_t)]),
     "kvc_gpu_index": (ctypes.c_int, [_P, ctypes.c_int]),
