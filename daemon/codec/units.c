@@ -1075,26 +1075,37 @@ static float absmax_finite(enum kvcd_isa isa, const float *v, size_t n, bool *fi
 	return m;
 }
 
+/* The scale of the fp8 group @v[0..n): -EINVAL on inf/nan, -ERANGE beyond f16's range. */
+static int fp8_group(enum kvcd_isa isa, const float *v, size_t n, uint16_t *sc)
+{
+	bool finite;
+	float amax = absmax_finite(isa, v, n, &finite);
+
+	if (!finite)
+		return -EINVAL;
+	if (amax > 65504.0f)
+		return -ERANGE;
+	*sc = fp8_scale(amax);
+	return 0;
+}
+
 /* One plane row @x (every head, f32) of token @r in fp8: each head's group scales and codes
  * straight into its unit at @base, as enc_fp8 writes them. */
 static int fp8_row(enum kvcd_isa isa, const struct shape *s, const float *x, size_t heads, size_t r,
 		   uint8_t *base)
 {
+	uint16_t sc;
+	int err;
+
 	if (s->ngt == 1 && heads <= 64) { /* one group a head: every head's codes in one loop */
 		float div[64];
 		uint8_t *out[64];
 
 		for (size_t h = 0; h < heads; h++) {
 			uint8_t *u = base + h * s->bytes;
-			bool finite;
-			float amax = absmax_finite(isa, x + h * s->d, s->d, &finite);
-			uint16_t sc;
 
-			if (!finite)
-				return -EINVAL;
-			if (amax > 65504.0f)
-				return -ERANGE;
-			sc = fp8_scale(amax);
+			if ((err = fp8_group(isa, x + h * s->d, s->d, &sc)))
+				return err;
 			memcpy(u + r * 2, &sc, 2);
 			div[h] = kvcd_f16_to_f32(sc);
 			out[h] = u + (size_t)s->nq * 2 + r * s->d;
@@ -1108,15 +1119,9 @@ static int fp8_row(enum kvcd_isa isa, const struct shape *s, const float *x, siz
 		for (uint32_t g = 0; g < s->ngt; g++) {
 			uint32_t c0 = g * s->gch, len = s->d - c0 < s->gch ? s->d - c0 : s->gch;
 			const float *v = x + h * s->d + c0;
-			bool finite;
-			float amax = absmax_finite(isa, v, len, &finite);
-			uint16_t sc;
 
-			if (!finite)
-				return -EINVAL;
-			if (amax > 65504.0f)
-				return -ERANGE;
-			sc = fp8_scale(amax);
+			if ((err = fp8_group(isa, v, len, &sc)))
+				return err;
 			memcpy(u + (r * s->ngt + g) * 2, &sc, 2);
 			kvcd_e4m3_n(isa, v, len, kvcd_f16_to_f32(sc), codes + r * s->d + c0);
 		}
