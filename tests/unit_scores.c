@@ -238,3 +238,46 @@ Test(scores, head_budgets_give_streaming_heads_their_window_and_the_rest_to_retr
 	cr_assert_eq(counts[0] + counts[1], 32);
 	cr_assert(counts[0] == 8 || counts[1] == 8);
 }
+
+/* SnapKV's vector dot products give the scalar loop's floats: every score equal, for block
+ * lengths around the vector widths, causal windows inside and after the block, with and
+ * without the sequence's lse. */
+Test(scores, snapkv_vector_path_equals_the_scalar_one)
+{
+	static const uint32_t ts[] = { 5, 16, 17, 63, 64, 65, 130 }, ds[] = { 8, 64, 128 };
+	uint64_t x = 12345;
+
+	for (size_t ti = 0; ti < sizeof(ts) / sizeof(ts[0]); ti++)
+		for (size_t di = 0; di < sizeof(ds) / sizeof(ds[0]); di++) {
+			uint32_t t = ts[ti], d = ds[di], g = 2, w = 6, stride = 3 * d;
+			float *keys = malloc((size_t)t * stride * 4),
+			      *q = malloc((size_t)g * w * d * 4);
+			float lse[12], tmp[130], a[130], b[130];
+
+			for (size_t i = 0; i < (size_t)t * stride; i++) {
+				x = x * 6364136223846793005ull + 1442695040888963407ull;
+				keys[i] = (float)((int64_t)(x >> 40) - (1 << 23)) /
+					  (float)(1 << 21);
+			}
+			for (size_t i = 0; i < (size_t)g * w * d; i++) {
+				x = x * 6364136223846793005ull + 1442695040888963407ull;
+				q[i] = (float)((int64_t)(x >> 40) - (1 << 23)) / (float)(1 << 22);
+			}
+			for (int i = 0; i < 12; i++)
+				lse[i] = 3.0f + (float)i / 7;
+			for (int64_t qpos = -3; qpos <= (int64_t)t; qpos += (int64_t)t / 2 + 1)
+				for (int l = 0; l < 2; l++) {
+					kvcd_scores_simd = false;
+					kvcd_score_snapkv(keys, stride, t, d, q, l ? lse : NULL, g,
+							  w, qpos, 1, tmp, a);
+					kvcd_scores_simd = true;
+					kvcd_score_snapkv(keys, stride, t, d, q, l ? lse : NULL, g,
+							  w, qpos, 1, tmp, b);
+					cr_assert_eq(memcmp(a, b, t * 4), 0,
+						     "t %u d %u qpos %lld lse %d", t, d,
+						     (long long)qpos, l);
+				}
+			free(keys);
+			free(q);
+		}
+}

@@ -156,6 +156,8 @@ size_t kvcd_mc_get(enum kvcd_isa isa, const struct kvcd_policy *p, const struct 
  * every key it attended) the weights are its true softmax; with NULL, a softmax over the
  * block's keys it sees. Summed over the window and the group, then max-pooled over @kernel
  * neighbouring tokens (odd; 1: none). @score[t]. @tmp: t floats. */
+/* Whether SnapKV's dot products may take the AVX-512 path (the same floats; tests compare). */
+extern bool kvcd_scores_simd;
 void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t d, const float *q,
 		       const float *lse, uint32_t g, uint32_t w, int64_t qpos, uint32_t kernel,
 		       float *tmp, float *score);
