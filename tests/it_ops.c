@@ -264,7 +264,17 @@ Test(ops, eviction_under_pressure_spares_pinned_blocks)
 	struct kvc_key last = { 5, 199 };
 
 	cr_assert_eq(kvc_fetch(c, &last, 1 << 20, 1 << 20, NULL), 0, "the newest is there");
-	cr_assert_eq(kvc_evict(c, 0), (int)st.blocks - 1, "admin evicts all but the pinned");
+	/* the background reclaim may still be taking blocks since the STATS above: EVICT takes
+	 * what is left, and of this namespace only the pinned block stays */
+	int ev = kvc_evict(c, 0);
+
+	cr_assert(ev > 0 && ev <= (int)st.blocks - 1, "admin evicts (%d of %llu)", ev,
+		  (unsigned long long)st.blocks);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	for (unsigned i = 0; i < st.nns && i < 32; i++)
+		if (!strcmp(st.ns[i].name, "evict"))
+			cr_assert_eq(st.ns[i].blocks, 1, "all but the pinned");
+	cr_assert_eq(kvc_fetch(c, &pinned, 1 << 20, 1 << 20, NULL), 0, "which is still there");
 	cr_assert_eq(kvc_unpin(c, &pinned), 0);
 	kvc_detach(c);
 }
