@@ -281,3 +281,23 @@ Test(scores, snapkv_vector_path_equals_the_scalar_one)
 			free(q);
 		}
 }
+
+/* SnapKV's own exponential (the same float on every path) is e^x to a few ulps over the range
+ * softmax weights take, 0 far below it. */
+Test(scores, snapkv_exponential_is_accurate)
+{
+	float key = 1.0f, tmp[1], score[1];
+
+	for (double x = -86.0; x <= 88.0; x += 0.37) {
+		float q = (float)x, lse = 0.0f;
+		double want = exp((double)q);
+
+		kvcd_score_snapkv(&key, 1, 1, 1, &q, &lse, 1, 1, 0, 1, tmp, score);
+		cr_assert_leq(fabs(score[0] - want), want * 5e-7, "e^%g: %g against %g", x,
+			      (double)score[0], want);
+	}
+	float q = -100.0f, lse = 0.0f;
+
+	kvcd_score_snapkv(&key, 1, 1, 1, &q, &lse, 1, 1, 0, 1, tmp, score);
+	cr_assert_eq(score[0], 0.0f);
+}

@@ -51,6 +51,66 @@ __attribute__((target("avx512f"))) static void dots_avx512(const float *kt, size
 	}
 }
 
+/* e^x, for SnapKV's softmax weights, the same float on every path: Cody-Waite reduction by
+ * ln 2 and a degree-6 Taylor polynomial on [-ln2/2, ln2/2] (within about an ulp), each step a
+ * separate IEEE multiply or add, so the scalar and the vector code agree bit for bit where
+ * libm's expf and a vector exp would not. Below -87 it is 0; above 88, e^88. */
+#define EXP_LOG2E  1.44269504f
+#define EXP_LN2_HI 0.693145752f /* ln 2 in its upper bits, so that n * it is exact */
+#define EXP_LN2_LO 1.42860677e-06f
+
+static const float exp_c[7] = { 1.0f, 1.0f, 0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720 };
+
+static float exp_det(float x)
+{
+	float n, r, p = exp_c[6];
+	uint32_t e;
+
+	if (!(x > -87.0f))
+		return 0.0f;
+	x = x < 88.0f ? x : 88.0f;
+	n = rintf(x * EXP_LOG2E);
+	r = x - n * EXP_LN2_HI;
+	r = r - n * EXP_LN2_LO;
+	for (int i = 5; i >= 0; i--)
+		p = p * r + exp_c[i];
+	e = (uint32_t)((int32_t)n + 127) << 23;
+	memcpy(&n, &e, sizeof(n));
+	return p * n;
+}
+
+/* exp_det of 16 lanes. */
+__attribute__((target("avx512f"))) static __m512 exp_det16(__m512 x)
+{
+	__mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NGT_UQ);
+	__m512 n, r, p = _mm512_set1_ps(exp_c[6]);
+
+	x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+	n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
+				 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_HI)));
+	r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_LO)));
+	for (int i = 5; i >= 0; i--)
+		p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(exp_c[i]));
+	p = _mm512_mul_ps(
+		p, _mm512_castsi512_ps(_mm512_slli_epi32(
+			   _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23)));
+	return _mm512_mask_mov_ps(p, zero, _mm512_setzero_ps());
+}
+
+/* tmp[k] = e^(tmp[k] - mx) for k < n, 16 at a time. */
+__attribute__((target("avx512f"))) static void exps_avx512(float *tmp, uint32_t n, float mx)
+{
+	const __m512 vmx = _mm512_set1_ps(mx);
+
+	for (uint32_t k = 0; k < n; k += 16) {
+		__mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+		__m512 x = _mm512_maskz_loadu_ps(m, tmp + k);
+
+		_mm512_mask_storeu_ps(tmp + k, m, exp_det16(_mm512_sub_ps(x, vmx)));
+	}
+}
+
 /* Keys @keys ([t] rows @stride apart, @d channels) transposed to [d][tp], tp = t rounded up
  * to 64 (the rest zero), or NULL when the vector path does not apply. */
 static float *keys_t(const float *keys, uint32_t stride, uint32_t t, uint32_t d, size_t *tp)
@@ -97,10 +157,12 @@ void kvcd_score_snapkv(const float *keys, uint32_t stride, uint32_t t, uint32_t 
 				mx = tmp[k] > mx ? tmp[k] : mx;
 			if (lse) /* the sequence's normaliser: the block's share of attention */
 				mx = lse[(size_t)h * w + i];
-			for (uint32_t k = 0; k < seen; k++) {
-				tmp[k] = expf(tmp[k] - mx);
+			if (kt)
+				exps_avx512(tmp, seen, mx);
+			for (uint32_t k = 0; !kt && k < seen; k++)
+				tmp[k] = exp_det(tmp[k] - mx);
+			for (uint32_t k = 0; k < seen; k++)
 				sum += tmp[k];
-			}
 			sum = lse ? 1.0f : sum;
 			for (uint32_t k = 0; k < seen; k++)
 				score[k] += tmp[k] / sum;
