@@ -975,7 +975,8 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 			a = *aux;
 			a.q_pos = (int32_t)(aux->q_pos - (int64_t)(off0 + off));
 			a.keep = keep[i];
-			if (aux->attn) {
+			a.attn = NULL; /* the chain's rows: only merging reads the block's */
+			if (aux->attn && pol->merge) {
 				blk = malloc((size_t)ls[i].tokens * lh * 4);
 				if (!blk) {
 					err = -ENOMEM;
@@ -1031,6 +1032,7 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	struct kvcd_aux aux = { 0 };
 	struct kvcp_layout cl;
 	float *auxmem = NULL;
+	char *auxcopy = NULL;
 	uint64_t tokens = 0, saved = 0;
 	uint32_t n, first = 0, end;
 	int err = 0;
@@ -1083,10 +1085,17 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 		goto out; /* nothing raw: nothing to do */
 	cl = b[0]->layout;
 	cl.codec = 0;
-	cl.tokens = aux_tokens(s->staging + h.aux_off, h.aux_len, &cl, tokens);
+	if (h.aux_len) { /* read once: its header says how long its arrays are */
+		auxcopy = malloc(h.aux_len);
+		if (!auxcopy) {
+			err = -ENOMEM;
+			goto out;
+		}
+		memcpy(auxcopy, s->staging + h.aux_off, h.aux_len);
+	}
+	cl.tokens = aux_tokens(auxcopy, h.aux_len, &cl, tokens);
 	if (h.aux_len)
-		err = cl.tokens ? read_aux(s->staging, h.aux_off, h.aux_len, 0, &cl, &aux, &auxmem)
-				: -EINVAL;
+		err = cl.tokens ? read_aux(auxcopy, 0, h.aux_len, 0, &cl, &aux, &auxmem) : -EINVAL;
 	if (!err)
 		err = rewrite_chain(d, s, &pol, b, first, end, h.pos, &aux, cl.tokens, &saved);
 out:
@@ -1094,6 +1103,7 @@ out:
 		if (b[i])
 			kvcd_store_put(&d->store, b[i], false);
 	free(auxmem);
+	free(auxcopy);
 	free(b);
 	free(keys);
 	cqe->value = saved;

@@ -225,6 +225,23 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 	PER_OP("kvcd_request_errors_total", "counter",
 	       "Requests that failed (not counting misses), per operation.",
 	       kvc_stats_op(st, i)->errors);
+	scalars(o, (const struct scalar[]){
+			   { "kvcd_recompress_blocks_total", "counter",
+			     "Raw blocks RECOMPRESS rewrote in a policy's form.",
+			     st->recompress.blocks },
+			   { "kvcd_recompress_busy_total", "counter",
+			     "Blocks RECOMPRESS left raw: read, pinned or removed meanwhile.",
+			     st->recompress.busy },
+			   { "kvcd_recompress_kept_total", "counter",
+			     "Blocks RECOMPRESS left raw: not encodable, or no smaller.",
+			     st->recompress.kept },
+			   { "kvcd_recompress_bytes_before_total", "counter",
+			     "Pool bytes of the blocks RECOMPRESS rewrote, before.",
+			     st->recompress.bytes_before },
+			   { "kvcd_recompress_bytes_after_total", "counter",
+			     "Pool bytes of the blocks RECOMPRESS rewrote, after.",
+			     st->recompress.bytes_after },
+			   { NULL, NULL, NULL, 0 } });
 	/* service times: buckets from 128 ns to 2^34 ns (17 s), powers of two */
 	head(o, "kvcd_request_duration_seconds", "histogram",
 	     "Service time inside kvcd, per operation.");

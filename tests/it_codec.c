@@ -652,6 +652,15 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	cr_assert_geq(st.recompress.blocks, 9);
 	cr_assert_eq(st.op_more[0].count, 9, "RECOMPRESS counted as an op");
 	cr_assert_gt(st.recompress.bytes_before, st.recompress.bytes_after);
+	char prom[1 << 16], line[96];
+
+	cr_assert_gt(kvc_stats_prometheus(&st, prom, sizeof(prom)), 0);
+	snprintf(line, sizeof(line), "\nkvcd_recompress_blocks_total %llu\n",
+		 (unsigned long long)st.recompress.blocks);
+	cr_assert_not_null(strstr(prom, line), "%s", line);
+	snprintf(line, sizeof(line), "\nkvcd_recompress_busy_total %llu\n",
+		 (unsigned long long)st.recompress.busy);
+	cr_assert_not_null(strstr(prom, line), "%s", line);
 	free(whole);
 	free(ws);
 	free(attn);

@@ -152,6 +152,8 @@ static void pyramid(uint32_t layers, uint32_t t, uint32_t mean, uint32_t *out)
 
 static int need_aux(const struct kvcd_policy *p, const struct kvcd_aux *a)
 {
+	if (a && a->keep && !p->merge) /* chosen already: no score is read */
+		return 0;
 	if (p->select == KVCD_SELECT_H2O && !(a && (a->what & KVCP_AUX_ATTN) && a->attn))
 		return -EINVAL;
 	if (p->select == KVCD_SELECT_SNAPKV &&
