@@ -115,8 +115,12 @@ static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *
 	out = kvcd_codec_out_size(enc, n);
 	cr_assert_gt(out, 0);
 	dec = malloc(out);
-	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out - 1, &got), -ENOSPC);
-	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), 0, "%s", s);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, b->aux.basis, b->aux.basis_len,
+					    dec, out - 1, &got),
+		     -ENOSPC);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, b->aux.basis, b->aux.basis_len,
+					    dec, out, &got),
+		     0, "%s", s);
 	cr_assert_eq(got.codec, KVCP_CODEC_SPARSE);
 	cr_assert_eq(got.tokens, T);
 	*v = view_of(dec);
@@ -1068,4 +1072,145 @@ Test(sparse, tucker_full_ranks_on_four_heads)
 	cr_assert_leq(sqrt(num / den), 1e-5);
 	free(buf);
 	free(o);
+}
+
+/* learned=: a basis learned from calibration blocks whose rows lie in a 3-dimensional
+ * subspace per (layer, K/V, head) has rank 3 everywhere; an unseen block from the same
+ * subspaces comes back exactly from its coefficients alone, in fewer bytes than a per-block
+ * SVD of the same rank (which stores its factors too), and a block from elsewhere does not;
+ * a block decodes with its own basis only, and a damaged basis is refused. */
+static void in_subspaces(struct blk *b, const float *sub)
+{
+	for (uint32_t ly = 0; ly < LY; ly++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < H; h++) {
+				const float *s = sub + (((size_t)ly * 2 + kv) * H + h) * 3 * D;
+
+				for (uint32_t t = 0; t < T; t++) {
+					float z[3] = { nrand(), nrand(), nrand() };
+
+					for (int c = 0; c < D; c++)
+						row(b, ly, kv, t, h)[c] = z[0] * s[c] +
+									  z[1] * s[D + c] +
+									  z[2] * s[2 * D + c];
+				}
+			}
+}
+
+Test(sparse, learned_basis_decodes_unseen_blocks_from_coefficients)
+{
+	static struct blk cal[2], b, other;
+	static float sub[LY * 2 * H * 3 * D];
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *srcs[2] = { cal[0].x, cal[1].x };
+	void *basis, *basis2;
+	uint64_t len, len2, id;
+	struct view v;
+	double k00;
+
+	for (size_t i = 0; i < sizeof(sub) / 4; i++)
+		sub[i] = nrand();
+	for (int i = 0; i < 2; i++) {
+		make(&cal[i]);
+		in_subspaces(&cal[i], sub);
+	}
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 1, &basis, &len), 0);
+	cr_assert_eq(kvcd_basis_check(basis, len), 0);
+	kvcd_basis_seal(basis, 0x1234);
+	for (size_t j = 0; j < 2 * LY * H; j++)
+		cr_assert_eq(kvcd_basis_ranks(basis)[j], 3, "unit %zu: the calibration's rank", j);
+	make(&b);
+	in_subspaces(&b, sub);
+	b.aux.basis = basis;
+	b.aux.basis_len = len;
+	void *dec = roundtrip(&b, "none:rank=8,learned=on", 0, &v);
+	uint64_t learned_bytes = last_bytes;
+
+	cr_assert_leq(rel_err(&b, &v, &k00), 1e-5, "an unseen block of the same subspaces");
+	free(dec);
+	free(roundtrip(&b, "none:rank=3", 0, &v));
+	cr_assert_lt(learned_bytes, last_bytes, "no factors in the block: %llu vs %llu",
+		     (unsigned long long)learned_bytes, (unsigned long long)last_bytes);
+	/* rank= caps the basis's ranks: fewer bytes, and the third direction is lost */
+	dec = roundtrip(&b, "none:rank=2,learned=on", 0, &v);
+	cr_assert_lt(last_bytes, learned_bytes);
+	cr_assert_gt(rel_err(&b, &v, &k00), 0.05);
+	free(dec);
+	/* int8 coefficients: int8 precision, not float precision */
+	dec = roundtrip(&b, "none:rank=8,learned=on,factors=int8", 0, &v);
+	double e8 = rel_err(&b, &v, &k00);
+
+	cr_assert_leq(e8, 0.01, "%g", e8);
+	cr_assert_gt(e8, 1e-5, "%g", e8);
+	free(dec);
+	/* with selection, the kept rows come back from their coefficients */
+	dec = roundtrip(&b, "none:select=recent,keep=50%,rank=8,learned=on", 0, &v);
+	for (uint32_t i = 0; i < v.count[0]; i++)
+		for (int c = 0; c < D; c++)
+			cr_assert_float_eq(v.rows[i * D + c], row(&b, 0, 0, v.tok[i], 0)[c], 1e-4);
+	free(dec);
+	/* a block from elsewhere projects badly: the basis is not the block's own SVD */
+	make(&other);
+	other.aux.basis = basis;
+	other.aux.basis_len = len;
+	dec = roundtrip(&other, "none:rank=8,learned=on", 0, &v);
+	cr_assert_gt(rel_err(&other, &v, &k00), 0.3);
+	free(dec);
+
+	/* each block names its basis: without it, or with another, it does not decode */
+	struct kvcd_policy p = pol("none:rank=8,learned=on");
+	uint32_t counts[3 * LY * H];
+	struct kvcp_layout got;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, counts), -ENOKEY);
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, &b.aux, counts), 0);
+	uint64_t n = kvcd_sel_size(&p, &LAY, false, 0, counts), out;
+	uint8_t *enc = malloc(n);
+
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, NULL, counts, enc),
+		     -ENOKEY);
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     0);
+	cr_assert_eq(kvcd_codec_basis_of(enc, n, &id), 1);
+	cr_assert_eq(id, 0x1234);
+	out = kvcd_codec_out_size(enc, n);
+	cr_assert_gt(out, 0, "sizes are known without the basis");
+	dec = malloc(out);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), -ENOKEY);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 2, &basis2, &len2), 0);
+	kvcd_basis_seal(basis2, 0x1234);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis2, len2, dec, out, &got),
+		     -ENOKEY, "another version");
+	struct kvcd_basis_hdr bh;
+
+	memcpy(&bh, basis2, sizeof(bh));
+	bh.version = 1;
+	memcpy(basis2, &bh, sizeof(bh));
+	kvcd_basis_seal(basis2, 0x4321);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis2, len2, dec, out, &got),
+		     -ENOKEY, "another id");
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis, len, dec, out, &got),
+		     0);
+	/* a damaged basis is refused */
+	uint8_t *rk = (uint8_t *)basis + sizeof(struct kvcd_basis_hdr);
+
+	rk[0] = D + 1;
+	cr_assert_eq(kvcd_basis_check(basis, len), -EBADMSG);
+	rk[0] = 3;
+	float nan = NAN;
+
+	memcpy((uint8_t *)basis + len - 4, &nan, 4);
+	cr_assert_eq(kvcd_basis_check(basis, len), -EBADMSG);
+	cr_assert_eq(kvcd_basis_check(basis, len - 4), -EBADMSG);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis, len, dec, out, &got),
+		     -ENOKEY);
+	/* calibration takes raw blocks of one shape */
+	free(basis2);
+	ls[1].head_dim = 4;
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 3, &basis2, &len2),
+		     -EINVAL);
+	cr_assert_null(basis2);
+	free(enc);
+	free(dec);
+	free(basis);
 }

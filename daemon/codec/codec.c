@@ -162,8 +162,8 @@ static int read_hdr(const void *src, uint64_t n, struct kvcd_codec_hdr *h)
 	if (h->magic != KVCD_CODEC_MAGIC || h->version != KVCD_CODEC_VERSION ||
 	    (h->flags & ~KVCD_CODEC_F_SCORES) ||
 	    (h->pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&h->pol)) || h->layout.codec ||
-	    h->reserved || h->bytes != n ||
-	    kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
+	    (h->reserved != 0) != (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LEARNED)) ||
+	    h->bytes != n || kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
 		return -EBADMSG;
 	return 0;
 }
@@ -196,8 +196,24 @@ int kvcd_codec_gpu_read(const void *src, uint64_t n, struct kvcg_job *j)
 	return err;
 }
 
+uint32_t kvcd_codec_basis_of(const void *src, uint64_t n, uint64_t *id)
+{
+	struct kvcd_codec_hdr h;
+
+	*id = 0;
+	if (read_hdr(src, n, &h) || !kvcd_policy_sel(&h.pol))
+		return 0;
+	return kvcd_sel_basis_id(&h, src, n, id);
+}
+
 int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
 		      struct kvcp_layout *l)
+{
+	return kvcd_codec_decode_with(isa, src, n, NULL, 0, dst, cap, l);
+}
+
+int kvcd_codec_decode_with(enum kvcd_isa isa, const void *src, uint64_t n, const void *basis,
+			   uint64_t basis_len, void *dst, uint64_t cap, struct kvcp_layout *l)
 {
 	struct kvcd_codec_hdr h;
 	bool scores;
@@ -205,7 +221,7 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 	if (read_hdr(src, n, &h))
 		return -EBADMSG;
 	if (kvcd_policy_sel(&h.pol))
-		return kvcd_sel_decode(isa, &h, src, n, dst, cap, l);
+		return kvcd_sel_decode(isa, &h, src, n, basis, basis_len, dst, cap, l);
 	scores = h.flags & KVCD_CODEC_F_SCORES;
 	if (kvcd_codec_size(&h.pol, &h.layout, scores, h.pos) != n)
 		return -EBADMSG;

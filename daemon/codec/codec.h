@@ -59,6 +59,10 @@ struct kvcd_aux {
 	 * block (kvcd_codec_chain_select), a bitmap of ceil(tokens / 8) bytes per (layer, KV
 	 * head), LSB first. With it the block keeps exactly these, whatever its budget. */
 	const uint8_t *keep;
+	/* Not from the wire: learned=, the namespace's newest basis (kvcd_basis_learn), checked
+	 * (kvcd_basis_check) and held unchanged from plan to write; NULL: none. */
+	const void *basis;
+	uint64_t basis_len;
 };
 
 /* ---- the entry points ------------------------------------------------------------------ */
@@ -124,6 +128,16 @@ extern bool kvcd_codec_fused;
 int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst, uint64_t cap,
 		      struct kvcp_layout *l);
 
+/* kvcd_codec_decode for any block, those of learned= too: @basis (@basis_len bytes, checked
+ * with kvcd_basis_check) is the one kvcd_codec_basis_of names, or NULL. A learned block
+ * without its basis, or with another, gives -ENOKEY. */
+int kvcd_codec_decode_with(enum kvcd_isa isa, const void *src, uint64_t n, const void *basis,
+			   uint64_t basis_len, void *dst, uint64_t cap, struct kvcp_layout *l);
+
+/* The basis version the encoded block @src of @n bytes was written with (learned=), its id
+ * in *@id; 0 when it needs none (or its header is bad: decoding says so). */
+uint32_t kvcd_codec_basis_of(const void *src, uint64_t n, uint64_t *id);
+
 /* Bytes FETCH writes for the encoded block @src of @n bytes: the raw block, or its struct
  * kvcp_sparse form; 0 when the header is bad. */
 uint64_t kvcd_codec_out_size(const void *src, uint64_t n);
@@ -148,6 +162,41 @@ size_t kvcd_codec_keep_bytes(const struct kvcp_layout *l);
 int kvcd_codec_chain_select(enum kvcd_isa isa, const struct kvcd_policy *p, uint32_t n,
 			    const struct kvcp_layout *ls, const void *const *srcs, uint32_t pos,
 			    const struct kvcd_aux *aux, uint8_t *const *keep);
+
+/* ---- learned=: a namespace's basis -------------------------------------------------------
+ * For each (layer, KV head), K and V each get the leading eigenvectors of their rows' second
+ * moment over calibration blocks (the right singular vectors of those rows, as rank= would
+ * find in one block), as many as keep @energy percent of it. A block under learned= stores
+ * only each row's coefficients over them; the basis is stored once, by the daemon, and named
+ * in each block by its version and id. */
+
+#define KVCD_BASIS_MAGIC      0x3142564bu /* "KVB1" */
+#define KVCD_BASIS_MAX_TOKENS 8192	  /* calibration tokens read at most */
+
+/* The basis's first bytes. Then u8 ranks[layers * kv_heads * 2] (K then V of each (layer,
+ * head), 1..head_dim), zero-padded to 8 bytes, then f32 rows: for each (layer, head), K's
+ * rank orthonormal rows of head_dim, then V's. */
+struct kvcd_basis_hdr {
+	uint32_t magic;
+	uint32_t version; /* 1, 2, ... within its namespace */
+	uint64_t id;	  /* what blocks name it by: set by the caller (kvcd_basis_seal) */
+	uint32_t layers, kv_heads, head_dim;
+	uint32_t energy; /* percent of the calibration rows' second moment the ranks keep */
+	uint64_t tokens; /* calibration tokens it was learned from */
+	uint64_t bytes;	 /* the whole basis, this header included */
+};
+
+/* Learn a basis from the @n raw blocks @srcs of layouts @ls (one shape but for tokens; the
+ * first KVCD_BASIS_MAX_TOKENS tokens are read) into a malloc'd *@out of *@len bytes, with
+ * version @version and id 0. Returns 0, -EINVAL (no blocks, shapes differ, a block is not
+ * raw, head_dim above 255, a value inf/nan), -ENOSYS (no LAPACKE) or -ENOMEM. */
+int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls,
+		     const void *const *srcs, uint32_t energy, uint32_t version, void **out,
+		     uint64_t *len);
+/* Give the basis @b its @id (what the blocks written with it record). */
+void kvcd_basis_seal(void *b, uint64_t id);
+/* Is @b (@len bytes) a basis this library wrote: sizes, ranks and rows finite? 0 or -EBADMSG. */
+int kvcd_basis_check(const void *b, uint64_t len);
 
 /* ---- the GPU codecs' view of a block ---------------------------------------------------------
  * The kernels in daemon/gpu/ encode and decode blocks in the units form bit for bit as this

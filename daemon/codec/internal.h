@@ -28,7 +28,7 @@ struct kvcd_codec_hdr {
 	struct kvcd_policy pol;
 	struct kvcp_layout layout; /* the engine's layout (codec 0) */
 	uint32_t pos;		   /* position of the block's first token in its sequence */
-	uint32_t reserved;	   /* 0 */
+	uint32_t reserved;	   /* 0; learned=: the version of the basis it names */
 	uint64_t bytes;		   /* encoded size, this header included */
 };
 
@@ -89,7 +89,12 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		    const uint32_t *counts, void *dst);
 /* For kvcd_codec_decode and _out_size, after the header checked out. */
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
-		    void *dst, uint64_t cap, struct kvcp_layout *l);
+		    const void *basis, uint64_t basis_len, void *dst, uint64_t cap,
+		    struct kvcp_layout *l);
+/* learned=: the basis version block @src names (its header's reserved word), its id in *@id;
+ * 0 for other blocks. */
+uint32_t kvcd_sel_basis_id(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
+			   uint64_t *id);
 uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n);
 
 /* ---- lowrank.c ---------------------------------------------------------------------------- */
@@ -111,6 +116,19 @@ int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, f
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
 void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const uint8_t *in,
 		 uint32_t n, uint32_t d, uint32_t r, float *a, uint8_t *out);
+/* learned=: a basis's ranks (K then V of each (layer, head)) and the rows of unit @u's K
+ * (@kv 0) or V (1), from a basis kvcd_basis_check accepted. */
+const uint8_t *kvcd_basis_ranks(const void *b);
+const float *kvcd_basis_rows(const void *b, size_t u, int kv);
+/* learned=: bytes of @n rows' rank-@r coefficients (engine dtype, or factors=int8: int8 rows
+ * and an f32 scale each); the coefficients of @x ([n][d]) over the basis rows @bt ([r][d])
+ * to @o (@c: n x r floats); and @n rows back from them into @out (@a: n x r + d floats). */
+uint64_t kvcd_lr_coef_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t n, uint32_t r);
+void kvcd_lr_coef_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const float *x,
+		      uint32_t n, uint32_t d, uint32_t r, const float *bt, float *c, uint8_t *o);
+void kvcd_lr_coef_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
+		      const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+		      float *a, uint8_t *out);
 /* svd=layer: a layer's K and V planes as factors, and back into every head's rows. */
 int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		      const float *kp, const float *vp, float *buf, uint8_t *o);

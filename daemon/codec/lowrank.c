@@ -5,6 +5,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <lapacke.h>
+#include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -399,4 +401,242 @@ void kvcd_tk_get(enum kvcd_isa isa, const struct kvcp_layout *l, const uint8_t *
 	mode_mul(g, r[0] * r[1], r[2], 1, f[2], d, false, w2); /* [r1 r2][d] */
 	mode_mul(w2, r[0], r[1], d, f[1], h, false, w1);       /* [r1][h][d] */
 	mode_mul(w1, 1, r[0], h * d, f[0], t, false, x);       /* [t][h d] */
+}
+
+/* ---- learned=: coefficients over a namespace's basis (codec.h) ------------------------------- */
+
+static size_t basis_lh(const struct kvcd_basis_hdr *h)
+{
+	return (size_t)h->layers * h->kv_heads;
+}
+
+/* Where the rows start: after the header and the ranks, padded to 8 bytes. */
+static size_t basis_rows_at(const struct kvcd_basis_hdr *h)
+{
+	return (sizeof(*h) + 2 * basis_lh(h) + 7) & ~(size_t)7;
+}
+
+const uint8_t *kvcd_basis_ranks(const void *b)
+{
+	return (const uint8_t *)b + sizeof(struct kvcd_basis_hdr);
+}
+
+const float *kvcd_basis_rows(const void *b, size_t u, int kv)
+{
+	struct kvcd_basis_hdr h;
+	const uint8_t *rk = kvcd_basis_ranks(b);
+	size_t at = 0;
+
+	memcpy(&h, b, sizeof(h));
+	for (size_t i = 0; i < 2 * u + (size_t)kv; i++)
+		at += rk[i];
+	return (const float *)((const uint8_t *)b + basis_rows_at(&h)) + at * h.head_dim;
+}
+
+int kvcd_basis_check(const void *b, uint64_t len)
+{
+	struct kvcd_basis_hdr h;
+	uint64_t rows = 0;
+	const uint8_t *rk;
+	const float *x;
+
+	if (len < sizeof(h))
+		return -EBADMSG;
+	memcpy(&h, b, sizeof(h));
+	if (h.magic != KVCD_BASIS_MAGIC || !h.version || h.bytes != len || !h.layers ||
+	    !h.kv_heads || !h.head_dim || h.head_dim > 255 || !h.energy || h.energy > 100 ||
+	    basis_lh(&h) > (1u << 20) || len < basis_rows_at(&h))
+		return -EBADMSG;
+	rk = kvcd_basis_ranks(b);
+	for (size_t i = 0; i < 2 * basis_lh(&h); i++) {
+		if (!rk[i] || rk[i] > h.head_dim)
+			return -EBADMSG;
+		rows += rk[i];
+	}
+	if (len != basis_rows_at(&h) + rows * h.head_dim * 4)
+		return -EBADMSG;
+	x = (const float *)((const uint8_t *)b + basis_rows_at(&h));
+	for (uint64_t i = 0; i < rows * h.head_dim; i++)
+		if (!isfinite(x[i]))
+			return -EBADMSG;
+	return 0;
+}
+
+void kvcd_basis_seal(void *b, uint64_t id)
+{
+	memcpy((uint8_t *)b + offsetof(struct kvcd_basis_hdr, id), &id, sizeof(id));
+}
+
+/* @x's rows' second moment, the upper triangle accumulated into @g (d x d, full on return). */
+static void gram_add(const float *x, size_t n, size_t stride, uint32_t d, float *g)
+{
+	for (size_t t = 0; t < n; t++) {
+		const float *r = x + t * stride;
+
+		for (uint32_t i = 0; i < d; i++) {
+			float a = r[i];
+			float *gi = g + (size_t)i * d;
+
+			for (uint32_t j = i; j < d; j++)
+				gi[j] += a * r[j];
+		}
+	}
+}
+
+int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls,
+		     const void *const *srcs, uint32_t energy, uint32_t version, void **out,
+		     uint64_t *len)
+{
+	struct kvcd_basis_hdr h = { .magic = KVCD_BASIS_MAGIC, .version = version };
+	uint32_t d, use = 0;
+	uint64_t tokens = 0, rows = 0, maxt = 0;
+	size_t lh, es, plane_n;
+	float *g = NULL, *plane = NULL, *u = NULL, *sv = NULL, *vt = NULL;
+	uint8_t *b = NULL, *rk;
+	int err;
+
+	*out = NULL;
+	*len = 0;
+	if (!n || !version || !energy || energy > 100)
+		return -EINVAL;
+	for (uint32_t i = 0; i < n && tokens < KVCD_BASIS_MAX_TOKENS; i++, use++) {
+		if (ls[i].codec || ls[i].dtype != ls[0].dtype || ls[i].layers != ls[0].layers ||
+		    ls[i].kv_heads != ls[0].kv_heads || ls[i].head_dim != ls[0].head_dim ||
+		    !kvcp_layout_bytes(&ls[i]))
+			return -EINVAL;
+		tokens += ls[i].tokens;
+		maxt = ls[i].tokens > maxt ? ls[i].tokens : maxt;
+	}
+	d = ls[0].head_dim;
+	if (d > 255)
+		return -EINVAL;
+	if ((err = lapack_ready()))
+		return err;
+	h.layers = ls[0].layers;
+	h.kv_heads = ls[0].kv_heads;
+	h.head_dim = d;
+	h.energy = energy;
+	h.tokens = tokens;
+	lh = basis_lh(&h);
+	es = kvcp_dtype_size(ls[0].dtype);
+	plane_n = (size_t)maxt * h.kv_heads * d;
+	/* at most every vector: the rows are compacted once the ranks are known */
+	b = malloc(basis_rows_at(&h) + lh * 2 * d * d * 4);
+	g = malloc((size_t)h.kv_heads * d * d * 4);
+	plane = malloc(plane_n * 4);
+	u = malloc((size_t)d * d * 4);
+	sv = malloc(((size_t)d + 1) * 4);
+	vt = malloc((size_t)d * d * 4);
+	err = b && g && plane && u && sv && vt ? 0 : -ENOMEM;
+	if (!err) {
+		memset(b, 0, basis_rows_at(&h));
+		rk = b + sizeof(h);
+	}
+	for (uint32_t ly = 0; !err && ly < h.layers; ly++) {
+		for (int kv = 0; !err && kv < 2; kv++) {
+			memset(g, 0, (size_t)h.kv_heads * d * d * 4);
+			for (uint32_t i = 0; i < use; i++) {
+				size_t pn = (size_t)ls[i].tokens * h.kv_heads * d;
+				const uint8_t *src = (const uint8_t *)srcs[i] +
+						     ((size_t)ly * 2 + (size_t)kv) * pn * es;
+
+				kvcd_to_f32(isa, ls[i].dtype, src, plane, pn);
+				for (size_t k = 0; k < pn; k++)
+					if (!isfinite(plane[k]))
+						err = -EINVAL;
+				for (uint32_t hh = 0; !err && hh < h.kv_heads; hh++)
+					gram_add(plane + (size_t)hh * d, ls[i].tokens,
+						 (size_t)h.kv_heads * d, d, g + (size_t)hh * d * d);
+			}
+			for (uint32_t hh = 0; !err && hh < h.kv_heads; hh++) {
+				float *gh = g + (size_t)hh * d * d;
+				size_t unit = ((size_t)ly * h.kv_heads + hh) * 2 + (size_t)kv;
+				uint32_t r;
+
+				for (uint32_t i = 0; i < d; i++) /* the lower triangle too */
+					for (uint32_t j = 0; j < i; j++)
+						gh[(size_t)i * d + j] = gh[(size_t)j * d + i];
+				if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)d, (lapack_int)d, gh,
+					   (lapack_int)d, sv, u, (lapack_int)d, vt,
+					   (lapack_int)d)) {
+					err = -EINVAL;
+					break;
+				}
+				/* a second moment's singular values are its eigenvalues, the
+				 * squared singular values of the rows themselves */
+				for (uint32_t i = 0; i < d; i++)
+					sv[i] = sqrtf(fmaxf(sv[i], 0.0f));
+				r = energy_of(sv, d, energy, d);
+				rk[unit] = (uint8_t)r;
+				/* parked at the unit's full-size place; compacted below */
+				memcpy(b + basis_rows_at(&h) + unit * (size_t)d * d * 4, vt,
+				       (size_t)r * d * 4);
+			}
+		}
+	}
+	for (size_t unit = 0; !err && unit < 2 * lh; unit++) { /* compact, in unit order */
+		memmove(b + basis_rows_at(&h) + rows * d * 4,
+			b + basis_rows_at(&h) + unit * (size_t)d * d * 4, (size_t)rk[unit] * d * 4);
+		rows += rk[unit];
+	}
+	if (!err) {
+		h.bytes = basis_rows_at(&h) + rows * d * 4;
+		memcpy(b, &h, sizeof(h));
+		*out = b;
+		*len = h.bytes;
+		b = NULL;
+	}
+	free(b);
+	free(g);
+	free(plane);
+	free(u);
+	free(sv);
+	free(vt);
+	return err;
+}
+
+uint64_t kvcd_lr_coef_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t n, uint32_t r)
+{
+	uint64_t e = (uint64_t)n * r;
+
+	return p->lowrank & KVCD_LOWRANK_INT8 ? e + (uint64_t)n * sizeof(float)
+					      : e * kvcp_dtype_size(dtype);
+}
+
+void kvcd_lr_coef_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const float *x,
+		      uint32_t n, uint32_t d, uint32_t r, const float *bt, float *c, uint8_t *o)
+{
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < r; j++) {
+			const float *row = x + (size_t)i * d, *v = bt + (size_t)j * d;
+			float s = 0;
+
+			for (uint32_t k = 0; k < d; k++)
+				s += row[k] * v[k];
+			c[(size_t)i * r + j] = s;
+		}
+	if (p->lowrank & KVCD_LOWRANK_INT8)
+		rows_to_i8(c, n, r, (int8_t *)o, o + (size_t)n * r);
+	else
+		kvcd_from_f32(isa, dtype, c, o, (size_t)n * r);
+}
+
+void kvcd_lr_coef_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
+		      const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+		      float *a, uint8_t *out)
+{
+	size_t es = kvcp_dtype_size(dtype);
+	float *row = a + (size_t)n * r;
+
+	if (p->lowrank & KVCD_LOWRANK_INT8)
+		rows_from_i8((const int8_t *)in, in + (size_t)n * r, n, r, a);
+	else
+		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
+	for (uint32_t i = 0; i < n; i++) {
+		memset(row, 0, (size_t)d * 4);
+		for (uint32_t j = 0; j < r; j++)
+			for (uint32_t c = 0; c < d; c++)
+				row[c] += a[(size_t)i * r + j] * bt[(size_t)j * d + c];
+		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
+	}
 }

@@ -70,6 +70,7 @@ static const char *const summary_names[] = { "none", "quest", "reps", "reps8", N
 static const char *const factors_names[] = { "dtype", "int8", NULL };
 static const char *const svd_names[] = { "head", "layer", NULL };
 static const char *const tensor_names[] = { "none", "tucker", NULL };
+static const char *const learned_names[] = { "off", "on", NULL };
 
 /* In the order the canonical string lists them. */
 static const struct key keys[] = {
@@ -102,6 +103,12 @@ static const struct key keys[] = {
 	  "each layer's K and V as one [tokens][heads][head_dim] tensor: a Tucker core and a "
 	  "factor per mode (higher-order SVD), each mode's rank chosen by energy=, the tokens' "
 	  "at most rank=" },
+	{ "learned", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LEARNED, 0, 0, 1,
+	  learned_names, 0, "off",
+	  "K and V rows as coefficients over the namespace's basis learned by `kvcctl "
+	  "calibrate` (at most rank= per (layer, KV head), fewer where the basis has fewer), "
+	  "stored once instead of in every block; coefficients in the engine's dtype or, with "
+	  "factors=int8, int8" },
 	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL, 0,
 	  "off",
 	  "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
@@ -199,7 +206,16 @@ static bool r_mc(const struct kvcd_policy *p, uint64_t seen)
 
 static bool r_rank(const struct kvcd_policy *p, uint64_t seen)
 {
-	return (SEEN("factors") || SEEN("svd") || SEEN("energy") || SEEN("tensor")) && !p->rank;
+	return (SEEN("factors") || SEEN("svd") || SEEN("energy") || SEEN("tensor") ||
+		SEEN("learned")) &&
+	       !p->rank;
+}
+
+static bool r_learned(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return (p->lowrank & KVCD_LOWRANK_LEARNED) &&
+	       (p->energy || (p->lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)));
 }
 
 static bool r_svd(const struct kvcd_policy *p, uint64_t seen)
@@ -262,7 +278,9 @@ static const struct rule rules[] = {
 	{ r_page, "page and reps need summary=quest, reps or reps8" },
 	{ r_reps, "reps needs summary=reps or reps8" },
 	{ r_mc, "slerp and retain need minicache=" },
-	{ r_rank, "factors, svd, tensor and energy need rank=" },
+	{ r_rank, "factors, svd, tensor, learned and energy need rank=" },
+	{ r_learned, "learned takes its ranks from the basis: not with energy, svd=layer or "
+		     "tensor" },
 	{ r_svd,
 	  "svd=layer needs every head's tokens and a fixed rank: not with select or energy" },
 	{ r_tensor, "tensor=tucker takes every token, ranks by energy= and factors in the engine's "
@@ -627,7 +645,10 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	    p->reps > 16)
 		return WHY("bad summary");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
-	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)) ||
+	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER |
+			    KVCD_LOWRANK_LEARNED)) ||
+	    ((p->lowrank & KVCD_LOWRANK_LEARNED) &&
+	     (p->energy || (p->lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)))) ||
 	    ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy)) ||
 	    ((p->lowrank & KVCD_LOWRANK_TUCKER) &&
 	     (p->select || !p->energy || (p->lowrank & ~KVCD_LOWRANK_TUCKER))) ||

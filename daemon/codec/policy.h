@@ -81,6 +81,9 @@ struct kvcd_policy {
 #define KVCD_LOWRANK_TUCKER \
 	4 /* tensor=tucker: each layer's K and V as one [tokens][heads][head_dim] tensor,
 	   * a Tucker core and three factors with ranks chosen by energy= */
+#define KVCD_LOWRANK_LEARNED \
+	8 /* learned=on: K and V rows as coefficients over the namespace's learned basis, at
+	   * most rank= of them per (layer, head); the block names the basis */
 #define KVCD_LOWRANK_LAYER \
 	2 /* one SVD per layer across its heads ([tokens][heads x
 				 * head_dim]); else one per (layer, KV head) */

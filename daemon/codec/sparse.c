@@ -67,19 +67,42 @@ static bool tucker(const struct kvcd_policy *p)
 	return p->rank && (p->lowrank & KVCD_LOWRANK_TUCKER);
 }
 
-/* energy=: the plan also holds each (layer, head)'s K and V ranks after the counts, and with
- * tensor=tucker each layer's K then V ranks of its token, head and channel modes; the block
- * stores them as bytes after its counts. */
+static bool learned(const struct kvcd_policy *p)
+{
+	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
+}
+
+/* energy= and learned=: the plan also holds each (layer, head)'s K and V ranks after the
+ * counts, and with tensor=tucker each layer's K then V ranks of its token, head and channel
+ * modes; the block stores them as bytes after its counts (learned=: after the basis's id). */
+static size_t ranks_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return tucker(p)		 ? 6 * (size_t)l->layers
+	       : p->energy || learned(p) ? 2 * (size_t)l->layers * l->kv_heads
+					 : 0;
+}
+
 static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return tucker(p)   ? 6 * (size_t)l->layers
-	       : p->energy ? 2 * (size_t)l->layers * l->kv_heads
-			   : 0;
+	return ranks_n(p, l) + (learned(p) ? 8 : 0);
 }
 
 static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return (size_t)l->layers * l->kv_heads + ranks_bytes(p, l);
+	return (size_t)l->layers * l->kv_heads + ranks_n(p, l);
+}
+
+/* learned=: the basis in @aux, checked against @l's shape; NULL when there is none. */
+static const void *basis_for(const struct kvcp_layout *l, const struct kvcd_aux *aux)
+{
+	struct kvcd_basis_hdr h;
+
+	if (!aux || !aux->basis || kvcd_basis_check(aux->basis, aux->basis_len))
+		return NULL;
+	memcpy(&h, aux->basis, sizeof(h));
+	return h.layers == l->layers && h.kv_heads == l->kv_heads && h.head_dim == l->head_dim
+		       ? aux->basis
+		       : NULL;
 }
 
 /* The ranks of (layer, head) @u in a plan (for tucker, its layer's six), or NULL. */
@@ -90,7 +113,7 @@ static const uint32_t *ranks_at(const struct kvcd_policy *p, const struct kvcp_l
 
 	if (tucker(p))
 		return counts + lh + 6 * (u / l->kv_heads);
-	return p->energy ? counts + lh + 2 * u : NULL;
+	return p->energy || learned(p) ? counts + lh + 2 * u : NULL;
 }
 
 size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
@@ -121,6 +144,9 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return u % l->kv_heads ? 0
 				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
 								  kvcd_lr_rank(p, n, hd), hd);
+	if (rk && learned(p)) /* coefficients only: the basis is the namespace's */
+		return kvcd_lr_coef_bytes(p, l->dtype, n, rk[0]) +
+		       kvcd_lr_coef_bytes(p, l->dtype, n, rk[1]);
 	if (rk) /* energy=: the plan's ranks of K and V */
 		return kvcd_lr_factor_bytes(p, l->dtype, n, rk[0], l->head_dim) +
 		       kvcd_lr_factor_bytes(p, l->dtype, n, rk[1], l->head_dim);
@@ -418,7 +444,18 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 		  uint32_t pos, const void *src, const struct kvcd_aux *aux, uint32_t *counts)
 {
 	int err = plan_counts(isa, p, l, pos, src, aux, counts);
+	size_t lh = (size_t)l->layers * l->kv_heads;
 
+	if (!err && learned(p)) { /* the basis's ranks, capped by rank= */
+		const void *b = basis_for(l, aux);
+		const uint8_t *brk = b ? kvcd_basis_ranks(b) : NULL;
+
+		if (!b)
+			return -ENOKEY;
+		for (size_t j = 0; j < 2 * lh; j++)
+			counts[lh + j] = !counts[j / 2] ? 0 : brk[j] < p->rank ? brk[j] : p->rank;
+		return 0;
+	}
 	return err || !p->energy ? err : plan_ranks(isa, p, l, pos, src, aux, counts);
 }
 
@@ -562,7 +599,8 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	if (!kvcp_layout_bytes(l))
 		return 0;
 	if (!counts) { /* without data: not for Ada-KV's or energy's data-chosen sizes */
-		if (p->budget >= KVCD_BUDGET_ADAKV || p->energy || !(own = malloc(lh * 4)) ||
+		if (p->budget >= KVCD_BUDGET_ADAKV || p->energy || learned(p) ||
+		    !(own = malloc(lh * 4)) ||
 		    kvcd_sel_plan(KVCD_ISA_SCALAR, p, l, pos, NULL, NULL, own)) {
 			free(own);
 			return 0;
@@ -682,12 +720,18 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	uint64_t total = 0;
 	uint8_t *o = dst, *bits, *wts, *body;
 	float *lbuf = NULL; /* svd=layer */
+	const void *basis = learned(p) ? basis_for(l, aux) : NULL;
+	struct kvcd_basis_hdr bh = { 0 };
 	struct sel_work w;
 	char why[8];
 	int err;
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)) || !kvcd_policy_sel(p) || need_aux(p, aux))
 		return -EINVAL;
+	if (learned(p) && !basis)
+		return -ENOKEY;
+	if (basis)
+		memcpy(&bh, basis, sizeof(bh));
 	scores = p->hibits ? scores : NULL;
 	for (uint32_t i = 0; scores && i < t; i++)
 		if (!isfinite(scores[i]))
@@ -703,11 +747,18 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		}
 		counts = own;
 	}
+	for (size_t j = 0; basis && j < 2 * lh; j++) /* a plan for this basis */
+		if (counts[lh + j] > kvcd_basis_ranks(basis)[j] || counts[lh + j] > p->rank ||
+		    (counts[lh + j] == 0) != (counts[j / 2] == 0)) {
+			free(own);
+			return -EINVAL;
+		}
 	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
 	h.pol = *p;
 	h.layout = *l;
 	h.layout.codec = 0;
 	h.pos = pos;
+	h.reserved = bh.version; /* learned=: which of the namespace's bases */
 	h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
 	err = h.bytes ? work_alloc(&w, l) : -EINVAL;
 	if (!err && (p->lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER))) {
@@ -727,8 +778,10 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		total += counts[i];
 	memcpy(o, &h, sizeof(h));
 	memcpy(o + sizeof(h), counts, lh * 4);
-	for (size_t i = 0; i < ranks_bytes(p, l); i++) /* energy=: each rank, 1..255 */
-		o[sizeof(h) + lh * 4 + i] = (uint8_t)counts[lh + i];
+	if (basis) /* learned=: the basis's id, then the ranks */
+		memcpy(o + sizeof(h) + lh * 4, &bh.id, 8);
+	for (size_t i = 0; i < ranks_n(p, l); i++) /* energy=, learned=: each rank, 1..255 */
+		o[sizeof(h) + lh * 4 + (basis ? 8 : 0) + i] = (uint8_t)counts[lh + i];
 	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, l);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
@@ -797,6 +850,17 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			} else if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
+			} else if (learned(p)) {
+				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
+
+				if (m) {
+					kvcd_lr_coef_put(isa, p, l->dtype, w.rows, m, d, rk,
+							 kvcd_basis_rows(basis, u, 0), w.u, body);
+					kvcd_lr_coef_put(
+						isa, p, l->dtype, w.rows + (size_t)m * d, m, d, rv,
+						kvcd_basis_rows(basis, u, 1), w.u,
+						body + kvcd_lr_coef_bytes(p, l->dtype, m, rk));
+				}
 			} else if (p->rank) {
 				uint32_t rk = p->energy ? counts[lh + 2 * u]
 							: kvcd_lr_rank(p, m, d);
@@ -831,8 +895,9 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 {
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
-	size_t rb = ranks_bytes(&h->pol, l);
-	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4, *bits = rk + rb;
+	size_t rb = ranks_bytes(&h->pol, l), rn = ranks_n(&h->pol, l);
+	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 + (rb - rn);
+	const uint8_t *bits = rk + rn;
 
 	*total = 0;
 	if (n < sizeof(*h) + lh * (4 + bm) + rb)
@@ -848,18 +913,22 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		    ((h->pol.lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)) &&
 		     counts[i] != l->tokens))
 			return -EBADMSG;
-		for (size_t j = 2 * i; j < 2 * i + 2 && rb && !tucker(&h->pol); j++) {
-			/* energy=: 1..cap, 0 if empty */
+		for (size_t j = 2 * i; j < 2 * i + 2 && rn && !tucker(&h->pol); j++) {
+			/* energy=: 1..cap, 0 if empty; learned=: at most rank= and head_dim */
+			uint32_t cap = learned(&h->pol)
+					       ? (h->pol.rank < l->head_dim ? h->pol.rank
+									    : l->head_dim)
+					       : kvcd_lr_rank(&h->pol, counts[i], l->head_dim);
+
 			counts[lh + j] = rk[j];
-			if ((rk[j] == 0) != (counts[i] == 0) ||
-			    rk[j] > kvcd_lr_rank(&h->pol, counts[i], l->head_dim))
+			if ((rk[j] == 0) != (counts[i] == 0) || rk[j] > cap)
 				return -EBADMSG;
 		}
 		*total += counts[i];
 	}
-	for (size_t j = 0; tucker(&h->pol) && j < rb; j++)
+	for (size_t j = 0; tucker(&h->pol) && j < rn; j++)
 		counts[lh + j] = rk[j];
-	for (size_t j = 0; tucker(&h->pol) && j < rb; j += 3)
+	for (size_t j = 0; tucker(&h->pol) && j < rn; j += 3)
 		if (!kvcd_tk_ranks_ok(&h->pol, l, counts + lh + j))
 			return -EBADMSG;
 	if (kvcd_sel_size(&h->pol, l, h->flags & KVCD_CODEC_F_SCORES, h->pos, counts) != n)
@@ -948,8 +1017,43 @@ static size_t tucker_get_bytes(const struct kvcd_policy *p, const struct kvcp_la
 	return tucker(p) ? (kvcd_tk_buf_floats(l) + n) * 4 + n * kvcp_dtype_size(l->dtype) : 0;
 }
 
+/* learned=: is @b (@len bytes) the basis block @src (header @h, plan @counts) was written
+ * with? */
+static bool basis_fits(const struct kvcd_codec_hdr *h, const void *src, const uint32_t *counts,
+		       const void *b, uint64_t len)
+{
+	const struct kvcp_layout *l = &h->layout;
+	size_t lh = (size_t)l->layers * l->kv_heads;
+	struct kvcd_basis_hdr bh;
+	uint64_t id;
+
+	if (!b || kvcd_basis_check(b, len))
+		return false;
+	memcpy(&bh, b, sizeof(bh));
+	memcpy(&id, (const uint8_t *)src + sizeof(*h) + lh * 4, 8);
+	if (bh.version != h->reserved || bh.id != id || bh.layers != l->layers ||
+	    bh.kv_heads != l->kv_heads || bh.head_dim != l->head_dim)
+		return false;
+	for (size_t j = 0; j < 2 * lh; j++)
+		if (counts[lh + j] > kvcd_basis_ranks(b)[j])
+			return false;
+	return true;
+}
+
+uint32_t kvcd_sel_basis_id(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
+			   uint64_t *id)
+{
+	size_t at = sizeof(*h) + (size_t)h->layout.layers * h->layout.kv_heads * 4;
+
+	if (!learned(&h->pol) || n < at + 8)
+		return 0;
+	memcpy(id, (const uint8_t *)src + at, 8);
+	return h->reserved;
+}
+
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
-		    void *dst, uint64_t cap, struct kvcp_layout *l)
+		    const void *basis, uint64_t basis_len, void *dst, uint64_t cap,
+		    struct kvcp_layout *l)
 {
 	const struct kvcp_layout *hl = &h->layout;
 	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
@@ -969,6 +1073,10 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	if (read_sel(h, src, n, counts, &total)) {
 		free(counts);
 		return -EBADMSG;
+	}
+	if (learned(&h->pol) && !basis_fits(h, src, counts, basis, basis_len)) {
+		free(counts);
+		return -ENOKEY;
 	}
 	all = out_total(h, total);
 	/* low-rank factors of the largest head: n x r + r x d + d floats, r <= d; MiniCache:
@@ -1051,6 +1159,16 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
 				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
+		} else if (learned(&h->pol)) {
+			uint32_t c = counts[i], d = hl->head_dim;
+			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
+
+			kvcd_lr_coef_get(isa, &h->pol, hl->dtype, in, c, d, rk,
+					 kvcd_basis_rows(basis, i, 0), fac, rows);
+			kvcd_lr_coef_get(isa, &h->pol, hl->dtype,
+					 in + kvcd_lr_coef_bytes(&h->pol, hl->dtype, c, rk), c, d,
+					 rv, kvcd_basis_rows(basis, i, 1), fac,
+					 rows + (size_t)c * row);
 		} else if (h->pol.rank) {
 			uint32_t c = counts[i], d = hl->head_dim, r = kvcd_lr_rank(&h->pol, c, d);
 			uint32_t rk = h->pol.energy ? counts[lh + 2 * i] : r;
