@@ -20,7 +20,7 @@ CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
 # the one place: kvc.h, kvc_version(), kvcd --version, the .pc and Python's __version__
-VERSION := 0.6.0
+VERSION := 0.7.0
 PKGS    := libxxhash hwloc inih libsystemd libmicrohttpd hiredis
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
@@ -39,7 +39,8 @@ DEB_PKGS := build-essential pkg-config libnuma-dev libhwloc-dev hwloc libcriteri
 	    libmicrohttpd-dev prometheus python3-numpy python3-torch python3-pytest man-db
 
 DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c daemon/pool.c \
-	      daemon/store.c daemon/session.c daemon/worker.c daemon/ops.c daemon/stats.c daemon/sum.c \
+	      daemon/store.c daemon/basis.c daemon/session.c daemon/worker.c daemon/ops.c \
+	      daemon/stats.c daemon/sum.c \
 	      daemon/metrics.c daemon/log.c daemon/remote.c daemon/gpu.c daemon/gpu/rt.c \
 	      daemon/gpu/fatbin.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone

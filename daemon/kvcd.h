@@ -508,6 +508,46 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
 unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
 			 struct kvcp_list_ent *out, unsigned max);
 
+/* Take one more reference on @b, which the caller holds already (or is writing). */
+void kvcd_store_hold(struct kvcd_store *s, struct kvcd_block *b);
+/* Start-up: @fn(@arg, its namespace, its key, it) for every committed block whose key.hi is
+ * @hi, under the store lock (@fn must not call the store); each one @fn returns true for is
+ * referenced for the caller. Returns how many. */
+unsigned kvcd_store_hold_hi(struct kvcd_store *s, uint64_t hi,
+			    bool (*fn)(void *arg, uint16_t ns, const struct kvcp_key *k,
+				       struct kvcd_block *b),
+			    void *arg);
+
+/* ---- basis.c: the learned bases of learned= policies, pool blocks of their namespace ------- */
+
+#define KVCD_BASES_MAX	   8  /* per namespace: older ones are dropped */
+#define KVCD_BASES_DROPPED 64 /* start-up: surplus bases found in the pools, let go */
+
+struct kvcd_bases {
+	pthread_mutex_t lock; /* before the store's lock, never after */
+	struct kvcd_basis_slot {
+		struct kvcd_block *b; /* referenced by the table; NULL: free */
+		uint32_t version;
+	} at[KVCD_STORE_NS][KVCD_BASES_MAX];
+	struct kvcd_block *dropped[KVCD_BASES_DROPPED]; /* start-up only */
+	unsigned ndropped;
+};
+
+struct kvcd;
+struct kvcd_session;
+/* Is @k a basis's key (which clients may not store, fetch, delete or pin)? */
+bool kvcd_basis_key(const struct kvcp_key *k);
+/* After the pools are adopted, before the workers: hold the bases found in them. */
+int kvcd_bases_init(struct kvcd *d);
+void kvcd_bases_fini(struct kvcd *d);
+/* Basis @version of namespace @ns (0: its newest), referenced (kvcd_store_put). Returns 0 or
+ * -ENOKEY. */
+int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_block **out);
+/* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG: the new basis's
+ * version and its size in *@bytes, or -EPERM, -EINVAL, -ENOENT (no raw block), -ENOSYS
+ * (no LAPACKE), -ENOSPC, -EDQUOT, -ENOMEM. */
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_t *bytes);
+
 /* ---- session.c: one attached client --------------------------------------------------------- */
 
 struct kvcd_session {
@@ -665,6 +705,7 @@ struct kvcd {
 	uint64_t bad_closed;	       /* bad requests of sessions already gone */
 	/* what RECOMPRESS did: atomics (ops.c) */
 	struct kvcp_recompress_stats recompress;
+	struct kvcd_bases bases; /* basis.c */
 	struct kvcd_session **sessions;
 	unsigned nsessions, cap_sessions;
 	uint32_t next_id;

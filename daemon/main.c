@@ -1112,6 +1112,7 @@ static void shutdown_all(struct kvcd *d)
 		kvcd_worker_stop(&d->workers[i]);
 	kvcd_remote_stop(d); /* after the workers: they queue gets */
 	kvcd_gpu_close(d);
+	kvcd_bases_fini(d);
 	kvcd_store_fini(&d->store);
 	for (unsigned i = 0; i < d->npools; i++)
 		kvcd_pool_destroy(&d->pools[i]);
@@ -1145,6 +1146,8 @@ int main(int argc, char **argv)
 	kvcd_gpu_probe(d, NULL);    /* no GPU, no driver: host tiers only, said once */
 	if (!err)
 		err = setup_pools(d);
+	if (!err)
+		err = kvcd_bases_init(d); /* the learned bases the pools brought back */
 	if (err)
 		goto fail;
 	kvcd_gpu_start(d); /* after the pools, which it registers for DMA */

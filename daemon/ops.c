@@ -39,6 +39,37 @@ static bool misaligned(const void *p)
 
 /* ---- request execution ------------------------------------------------------------------- */
 
+static bool learned(const struct kvcd_policy *p)
+{
+	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
+}
+
+/* Decode block @b of namespace @ns into @dst (@cap bytes), with the basis it names when it
+ * needs one. A block whose basis is gone can never be read again: it is removed, and the
+ * read is a miss (-ENOENT). Otherwise as kvcd_codec_decode. */
+static int decode_block(struct kvcd *d, uint16_t ns, const struct kvcp_key *key,
+			const struct kvcd_block *b, void *dst, uint64_t cap, struct kvcp_layout *l)
+{
+	struct kvcd_block *basis = NULL;
+	uint64_t id;
+	uint32_t version = kvcd_codec_basis_of(b->data, b->stored, &id);
+	int err = 0;
+
+	if (version)
+		err = kvcd_basis_get(d, ns, version, &basis);
+	if (!err)
+		err = kvcd_codec_decode_with(kvcd_isa_best(), b->data, b->stored,
+					     basis ? basis->data : NULL, basis ? basis->stored : 0,
+					     dst, cap, l);
+	if (basis)
+		kvcd_store_put(&d->store, basis, false);
+	if (err == -ENOKEY) {
+		kvcd_store_delete(&d->store, ns, key);
+		err = -ENOENT;
+	}
+	return err;
+}
+
 static char *region(struct kvcd_session *s, const struct kvcp_sqe *v, size_t *size)
 {
 	if (v->flags & KVCP_SQE_F_SCRATCH) {
@@ -158,9 +189,25 @@ static int store_with_fallback(struct kvcd *d, struct kvcd_session *s, const str
 			       const struct kvcd_policy *pol, const char *src, const float *scores,
 			       const struct kvcd_aux *aux, const struct kvcp_key *parent)
 {
-	int err = store_as(d, s, v, pol, src, scores, aux, parent);
+	struct kvcd_block *basis = NULL;
+	struct kvcd_aux with = { 0 };
+	int err = 0;
 
-	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec &&
+	if (kvcd_basis_key(&v->key))
+		return -EPERM;
+	if (learned(pol)) { /* the namespace's newest basis, held while it is used */
+		err = kvcd_basis_get(d, s->ns_id, 0, &basis);
+		if (aux)
+			with = *aux;
+		with.basis = basis ? basis->data : NULL;
+		with.basis_len = basis ? basis->stored : 0;
+		aux = &with;
+	}
+	if (!err)
+		err = store_as(d, s, v, pol, src, scores, aux, parent);
+	if (basis)
+		kvcd_store_put(&d->store, basis, false);
+	if ((err == -EINVAL || err == -ERANGE || err == -ENOKEY) && !v->layout.codec &&
 	    (pol->kind != KVCD_CODEC_NONE || kvcd_policy_sel(pol))) {
 		struct kvcd_policy raw = { .kind = KVCD_CODEC_NONE };
 
@@ -239,7 +286,8 @@ out:
 static int fetch_begin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		       struct kvcp_cqe *cqe, struct kvcd_block **b, uint64_t *raw)
 {
-	int err = kvcd_store_get(&d->store, s->ns_id, &v->key, b);
+	int err = kvcd_basis_key(&v->key) ? -EPERM
+					  : kvcd_store_get(&d->store, s->ns_id, &v->key, b);
 
 	if (err)
 		return err;
@@ -286,8 +334,8 @@ static int do_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sq
 			kvcd_store_put(&d->store, b, false);
 			return -ENOMEM;
 		}
-		err = kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, bounce ? bounce : dst,
-					bounce ? raw : v->len, &l);
+		err = decode_block(d, s->ns_id, &v->key, b, bounce ? bounce : dst,
+				   bounce ? raw : v->len, &l);
 		if (bounce && !err)
 			memcpy(dst, bounce, raw);
 		free(bounce);
@@ -351,6 +399,8 @@ static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	}
 	if (!bytes || len != bytes)
 		return -EINVAL;
+	if (kvcd_basis_key(&v->key))
+		return -EPERM;
 	if (policy_of(d, s, v->layout.codec, &j->pol))
 		return -EINVAL;
 	j->glen = bytes;
@@ -468,8 +518,7 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 			return -EIO;
 		}
 		j->bounce = aligned_alloc(64, (raw + 63) & ~63ull);
-		err = j->bounce ? kvcd_codec_decode(kvcd_isa_best(), b->data, b->stored, j->bounce,
-						    raw, &l)
+		err = j->bounce ? decode_block(d, s->ns_id, &v->key, b, j->bounce, raw, &l)
 				: -ENOMEM;
 		if (err) {
 			kvcd_store_put(&d->store, b, err == -EBADMSG);
@@ -968,7 +1017,7 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 						      pos + (uint32_t)off0, &run, keep);
 	}
 	for (uint32_t i = 0; !err && i < n; off += ls[i++].tokens) {
-		struct kvcd_aux a = { 0 };
+		struct kvcd_aux a = { .basis = aux->basis, .basis_len = aux->basis_len };
 		float *blk = NULL;
 
 		if (pol->select) {
@@ -989,8 +1038,8 @@ static int rewrite_chain(struct kvcd *d, struct kvcd_session *s, const struct kv
 				a.attn = blk;
 			}
 		}
-		done += rewrite_one(d, s, pol, b[first + i], pos + (uint32_t)(off0 + off),
-				    pol->select ? &a : NULL, saved);
+		done += rewrite_one(d, s, pol, b[first + i], pos + (uint32_t)(off0 + off), &a,
+				    saved);
 		free(blk);
 	}
 	free(attn);
@@ -1030,6 +1079,7 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	struct kvcd_block **b = NULL;
 	struct kvcd_policy pol;
 	struct kvcd_aux aux = { 0 };
+	struct kvcd_block *basis = NULL;
 	struct kvcp_layout cl;
 	float *auxmem = NULL;
 	char *auxcopy = NULL;
@@ -1096,12 +1146,18 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	cl.tokens = aux_tokens(auxcopy, h.aux_len, &cl, tokens);
 	if (h.aux_len)
 		err = cl.tokens ? read_aux(auxcopy, 0, h.aux_len, 0, &cl, &aux, &auxmem) : -EINVAL;
+	if (!err && learned(&pol)) /* the namespace's newest basis, held while it is used */
+		err = kvcd_basis_get(d, s->ns_id, 0, &basis);
+	aux.basis = basis ? basis->data : NULL;
+	aux.basis_len = basis ? basis->stored : 0;
 	if (!err)
 		err = rewrite_chain(d, s, &pol, b, first, end, h.pos, &aux, cl.tokens, &saved);
 out:
 	for (uint32_t i = 0; b && i < n; i++)
 		if (b[i])
 			kvcd_store_put(&d->store, b[i], false);
+	if (basis)
+		kvcd_store_put(&d->store, basis, false);
 	free(auxmem);
 	free(auxcopy);
 	free(b);
@@ -1154,7 +1210,7 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	}
 	if (v->opcode != KVCP_OP_NOP && v->opcode != KVCP_OP_DELETE && v->opcode != KVCP_OP_PIN &&
 	    v->opcode != KVCP_OP_UNPIN && v->opcode != KVCP_OP_EVICT &&
-	    !kvcp_range_ok(v->off, v->len, size)) {
+	    v->opcode != KVCP_OP_CALIBRATE && !kvcp_range_ok(v->off, v->len, size)) {
 		res = -EINVAL;
 		goto out;
 	}
@@ -1172,8 +1228,15 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 		s->cont.kind = KVCD_CONT_LOOKUP;
 		res = do_lookup(d, s, v);
 		break;
-	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
+	case KVCP_OP_DELETE:
+		res = kvcd_basis_key(&v->key) ? -EPERM
+					      : kvcd_store_delete(&d->store, s->ns_id, &v->key);
+		break;
 	case KVCP_OP_PIN:
+		if (kvcd_basis_key(&v->key)) {
+			res = -EPERM;
+			break;
+		}
 		ms = __atomic_load_n(&d->cfg.lease_max_ms,
 				     __ATOMIC_RELAXED); /* SIGHUP may change it */
 		ms = v->arg && v->arg < ms ? v->arg : ms;
@@ -1185,6 +1248,7 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;
 	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
 	case KVCP_OP_RECOMPRESS: res = do_recompress(d, s, v, buf, cqe); break;
+	case KVCP_OP_CALIBRATE: res = kvcd_calibrate(d, s, v->arg, &cqe->value); break;
 	default: res = do_admin(d, s, v, buf, cqe); break;
 	}
 	if (res == -EINPROGRESS) {

@@ -1117,6 +1117,37 @@ void kvcd_store_put(struct kvcd_store *s, struct kvcd_block *b, bool corrupt)
 	pthread_mutex_unlock(&s->lock);
 }
 
+void kvcd_store_hold(struct kvcd_store *s, struct kvcd_block *b)
+{
+	pthread_mutex_lock(&s->lock);
+	b->refs++;
+	pthread_mutex_unlock(&s->lock);
+}
+
+unsigned kvcd_store_hold_hi(struct kvcd_store *s, uint64_t hi,
+			    bool (*fn)(void *arg, uint16_t ns, const struct kvcp_key *k,
+				       struct kvcd_block *b),
+			    void *arg)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nslots; i++) {
+		const struct kvcd_slot *e = &s->slots[i];
+		struct kvcd_block *b;
+
+		if (e->state != KVCD_SLOT_LIVE || e->key.hi != hi)
+			continue;
+		b = rec_at(s, e->rec);
+		if (fn(arg, e->ns, &e->key, b)) {
+			b->refs++;
+			n++;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
 /* Keys come in batches: the slots of a whole batch are asked for before the first is read,
  * so a LOOKUP of a long prefix waits for about one cache miss, not one per key. */
 #define BATCH 16

@@ -1301,6 +1301,20 @@ int kvc_evict(kvc_client *c, uint32_t mib)
 	return sync_op(c, KVCP_OP_EVICT, 0, mib, NULL, NULL, 0, 0, NULL);
 }
 
+int kvc_calibrate(kvc_client *c, uint32_t blocks, uint32_t energy, uint64_t *bytes)
+{
+	struct kvcp_cqe cqe;
+	int err;
+
+	if (blocks > 0xffff || !energy || energy > 100)
+		return -EINVAL;
+	err = sync_op(c, KVCP_OP_CALIBRATE, 0, KVCP_CALIBRATE_ARG(blocks, energy), NULL, NULL, 0, 0,
+		      &cqe);
+	if (err > 0 && bytes)
+		*bytes = cqe.value;
+	return err;
+}
+
 const char *kvc_strerror(int err)
 {
 	switch (err) {
@@ -1323,6 +1337,7 @@ const char *kvc_strerror(int err)
 	case -ETIMEDOUT:
 		return "timed out waiting for kvcd (op_timeout_ms, or the attach deadline)";
 	case -ERANGE: return "a value is beyond what the compression policy's f16 scales hold";
+	case -ENOKEY: return "the namespace has no learned basis yet (kvcctl calibrate)";
 	}
 	if (err < 0) {
 		const char *s = strerrordesc_np(-err);

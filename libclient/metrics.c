@@ -14,9 +14,10 @@
 /* Here rather than in client.c: kvcd links this file, and names its operations the same. */
 const char *kvc_op_name(unsigned i)
 {
-	static const char *const names[] = { "nop",   "store",	"fetch",  "lookup",    "delete",
-					     "pin",   "unpin",	"stats",  "list",      "clients",
-					     "evict", "policy", "select", "recompress" };
+	static const char *const names[] = {
+		"nop",	"store",   "fetch", "lookup", "delete", "pin",	      "unpin",	  "stats",
+		"list", "clients", "evict", "policy", "select", "recompress", "calibrate"
+	};
 
 	return i < sizeof(names) / sizeof(names[0]) ? names[i] : NULL;
 }

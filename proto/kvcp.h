@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     4
+#define KVCP_MINOR     5
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -161,6 +161,11 @@ enum kvcp_op {
 	/* 2.4: off, len: struct kvcp_recompress and its keys; layout.codec: the policy (0: the
 	 * namespace's, 1..8 this session's); res = blocks rewritten, value = pool bytes freed */
 	KVCP_OP_RECOMPRESS = 13,
+	/* 2.5: learn a basis for learned= policies from the session's namespace's raw blocks
+	 * (admin only): arg = blocks to read (KVCP_CALIBRATE_ARG; 0: as many as the daemon
+	 * reads) and the energy the ranks keep; res = the new basis's version, value = its
+	 * bytes */
+	KVCP_OP_CALIBRATE = 14,
 	KVCP_OP__COUNT
 };
 
@@ -247,6 +252,13 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
 #define KVCP_CODEC_FP8	  2u
 #define KVCP_CODEC_KIVI	  3u
 #define KVCP_CODEC_SPARSE 0x80u
+/* 2.5: a learned basis (KVCP_OP_CALIBRATE), kept by kvcd under a KVCP_BASIS_KEY_HI key of its
+ * namespace: LIST shows it; STORE, FETCH, DELETE and PIN of such keys are refused (-EPERM) */
+#define KVCP_CODEC_BASIS  0x40u
+#define KVCP_BASIS_KEY_HI \
+	0x7369736162647663ull /* "cvdbasis": key.hi of the bases, key.lo their version */
+/* CALIBRATE's arg: @blocks (0..65535) and the @energy percent (1..100) the ranks keep */
+#define KVCP_CALIBRATE_ARG(blocks, energy) ((uint32_t)(blocks) | (uint32_t)(energy) << 16)
 
 /* What FETCH writes for a block whose policy selected tokens (layout.codec has
  * KVCP_CODEC_SPARSE): this header, then

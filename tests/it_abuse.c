@@ -287,7 +287,8 @@ Test(abuse, stopped_daemon_times_out_calls)
 	cr_assert_eq(t_daemon_stop(&D), 0);
 }
 
-/* Without admin rights a client sees its own uid's clients and namespaces only. */
+/* Without admin rights a client sees its own uid's clients and namespaces only, and may not
+ * EVICT or CALIBRATE. */
 Test(abuse, listings_show_other_users_nothing)
 {
 	int ready[2], done[2];
@@ -320,6 +321,8 @@ Test(abuse, listings_show_other_users_nothing)
 			_exit(93);
 		if (kvc_stats(c, &st, sizeof(st)) || st.nns != 1 || strcmp(st.ns[0].name, "mine"))
 			_exit(94);
+		if (kvc_calibrate(c, 0, 99, NULL) != -EPERM || kvc_evict(c, 0) != -EPERM)
+			_exit(95); /* the administrators' */
 		kvc_detach(c);
 		_exit(0);
 	}

@@ -666,3 +666,185 @@ Test(codec_ops, recompress_selects_a_chain_as_one_block)
 	free(attn);
 	kvc_detach(c);
 }
+
+/* f16 blocks whose rows (per layer, K or V, head) lie in a 4-dimensional subspace of the 64
+ * channels, the same subspaces for every seed: what a learned basis captures. */
+static void fill_sub(void *stg, const struct kvc_layout *l, uint64_t seed)
+{
+	uint16_t *x = stg;
+	uint64_t s = 99;
+	float sub[4 * 64], z[4];
+
+	for (uint32_t ly = 0; ly < l->layers; ly++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < l->kv_heads; h++) {
+				for (int i = 0; i < 4 * 64; i++) { /* this (ly, kv, h)'s subspace */
+					s = s * 6364136223846793005ull + 1442695040888963407ull;
+					sub[i] = (float)((int64_t)(s >> 40) - (1 << 23)) /
+						 (1 << 24);
+				}
+				for (uint32_t t = 0; t < l->tokens; t++) {
+					uint16_t *row = x +
+							(((size_t)ly * 2 + kv) * l->tokens + t) *
+								l->kv_heads * 64 +
+							(size_t)h * 64;
+
+					for (int k = 0; k < 4; k++) {
+						seed = seed * 6364136223846793005ull +
+						       1442695040888963407ull;
+						z[k] = (float)((int64_t)(seed >> 40) - (1 << 23)) /
+						       (1 << 22);
+					}
+					for (int c = 0; c < 64; c++)
+						row[c] = kvcd_f32_to_f16(
+							z[0] * sub[c] + z[1] * sub[64 + c] +
+							z[2] * sub[128 + c] + z[3] * sub[192 + c]);
+				}
+			}
+}
+
+/* The sparse FETCH form of a block that kept every token, back in the engine's layout. */
+static void dense_of(const unsigned char *dst, const struct kvc_layout *l, uint16_t *out)
+{
+	struct sparse_view v = sparse_of(dst, l->layers * l->kv_heads);
+	size_t row = 64;
+
+	cr_assert_eq(v.total, l->layers * l->kv_heads * l->tokens, "every token kept");
+	for (uint32_t ly = 0; ly < l->layers; ly++)
+		for (uint32_t h = 0; h < l->kv_heads; h++)
+			for (int kv = 0; kv < 2; kv++)
+				for (uint32_t t = 0; t < l->tokens; t++)
+					memcpy(out +
+						       (((size_t)ly * 2 + kv) * l->tokens + t) *
+							       l->kv_heads * row +
+						       (size_t)h * row,
+					       v.rows + ((((size_t)ly * l->kv_heads + h) * 2 + kv) *
+								 l->tokens +
+							 t) * row,
+					       row * 2);
+}
+
+/* learned=: CALIBRATE learns the namespace's basis from its raw blocks; a block stored under
+ * learned= keeps only coefficients and comes back within f16 rounding; basis keys are the
+ * daemon's; a namespace keeps its 8 newest bases, and a block whose basis was dropped reads
+ * as a miss, once and for good. */
+Test(codec_ops, learned_basis_from_calibration)
+{
+	kvc_client *c = t_attach(&D, "learn", 8 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	size_t n = kvc_layout_bytes(&L);
+	struct kvc_layout l = L, got;
+	uint64_t bytes = 0;
+	char why[160];
+	int raw = kvc_policy(c, "none", 0, why, sizeof(why));
+	int lr = kvc_policy(c, "none:rank=64,learned=on", 0, why, sizeof(why));
+	int lr8 = kvc_policy(c, "none:rank=64,learned=on,factors=int8", 0, why, sizeof(why));
+
+	cr_assert_gt(raw, 0);
+	cr_assert_gt(lr, 0, "%s", why);
+	cr_assert_gt(lr8, 0, "%s", why);
+	cr_assert_eq(kvc_calibrate(c, 0, 99, &bytes), -ENOENT, "no raw block to learn from");
+	cr_assert_eq(kvc_calibrate(c, 0, 0, &bytes), -EINVAL);
+	fill_sub(stg, &l, 1);
+	l.codec = (uint8_t)lr;
+	struct kvc_key k = { 7, 100 };
+
+	cr_assert_eq(kvc_store(c, &k, &l, 0), -ENOKEY, "no basis yet");
+	l.codec = (uint8_t)raw;
+	for (uint64_t i = 0; i < 4; i++) {
+		struct kvc_key ki = { 7, i };
+
+		fill_sub(stg, &l, 10 + i);
+		cr_assert_eq(kvc_store(c, &ki, &l, 0), 0);
+	}
+	cr_assert_eq(kvc_calibrate(c, 4, 99, &bytes), 1);
+	/* 4 layers x 2 heads x K, V: 4 directions of 64 f32 each, and a header */
+	cr_assert_geq(bytes, 16 * 4 * 64 * 4);
+	cr_assert_lt(bytes, 16 * 8 * 64 * 4, "the ranks the data has, not head_dim: %llu",
+		     (unsigned long long)bytes);
+
+	unsigned char *orig = malloc(n);
+	uint16_t *back = malloc(n);
+
+	fill_sub(stg, &l, 77); /* a block calibration never saw */
+	memcpy(orig, stg, n);
+	l.codec = (uint8_t)lr;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	struct kvc_key k8 = { 7, 101 };
+
+	l.codec = (uint8_t)lr8;
+	cr_assert_eq(kvc_store(c, &k8, &l, 0), 0);
+	unsigned i;
+	const struct kvc_stats *st = ns_stats(c, "learn", &i);
+
+	/* 4 raw blocks, the basis, and two blocks of 4 coefficients a row (f16, int8) */
+	cr_assert_lt(st->ns[i].bytes_stored, 4 * n + bytes + n / 4, "%llu",
+		     (unsigned long long)st->ns[i].bytes_stored);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
+	dense_of(stg, &L, back);
+	double e = rel_err(orig, back, &L);
+
+	cr_assert_lt(e, 0.01, "within f16 rounding of the coefficients: %g", e);
+	cr_assert_eq(kvc_fetch(c, &k8, 0, 8 << 20, &got), 0);
+	dense_of(stg, &L, back);
+	e = rel_err(orig, back, &L);
+	cr_assert_lt(e, 0.02, "int8 coefficients: %g", e);
+	cr_assert_gt(e, 1e-3, "int8, not f16: %g", e);
+	/* the bases' keys are the daemon's */
+	struct kvc_key bk = { KVCP_BASIS_KEY_HI, 1 };
+
+	cr_assert_eq(kvc_fetch(c, &bk, 0, 8 << 20, &got), -EPERM);
+	cr_assert_eq(kvc_delete(c, &bk), -EPERM);
+	cr_assert_eq(kvc_pin(c, &bk, 0), -EPERM);
+	l.codec = (uint8_t)raw;
+	cr_assert_eq(kvc_store(c, &bk, &l, 0), -EPERM);
+	cr_assert_eq(kvc_evict(c, 0) >= 0, 1);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), -ENOENT, "evicted");
+	/* eviction took every block but the basis: a new block still has it */
+	fill_sub(stg, &l, 78);
+	l.codec = (uint8_t)lr;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0, "the basis outlived EVICT");
+	/* the namespace's policy can be learned= too */
+	cr_assert_eq(
+		kvc_policy(c, "none:rank=8,learned=on", KVC_POLICY_NAMESPACE, why, sizeof(why)), 0,
+		"%s", why);
+	struct kvc_key kn = { 7, 102 };
+
+	l.codec = 0;
+	cr_assert_eq(kvc_store(c, &kn, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &kn, 0, 8 << 20, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
+	/* eight more bases: the first is dropped, and blocks that name it with it */
+	l.codec = (uint8_t)raw;
+	for (uint64_t j = 0; j < 4; j++) {
+		struct kvc_key ki = { 7, j };
+
+		fill_sub(stg, &l, 10 + j);
+		cr_assert_eq(kvc_store(c, &ki, &l, 0), 0);
+	}
+	for (int v = 2; v <= 9; v++)
+		cr_assert_eq(kvc_calibrate(c, 4, 99, NULL), v);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), -ENOENT, "its basis is gone");
+	size_t hits = 1;
+
+	cr_assert_eq(kvc_lookup(c, &k, 1, &hits), 0);
+	cr_assert_eq(hits, 0, "and so is the block");
+	l.codec = (uint8_t)lr;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0, "under the newest basis");
+	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), 0);
+	/* and from kvcctl */
+	char out[256];
+
+	cr_assert_eq(
+		t_kvcctl(&D, "--ns learn calibrate --from-blocks 4 --energy 95", out, sizeof(out)),
+		0, "%s", out);
+	cr_assert_not_null(strstr(out, "basis 10 of namespace learn: "), "%s", out);
+	cr_assert_neq(t_kvcctl(&D, "--ns learn calibrate --energy 0", out, sizeof(out)), 0);
+	cr_assert_not_null(strstr(out, "--energy"), "%s", out);
+	cr_assert_neq(t_kvcctl(&D, "--ns nobody calibrate", out, sizeof(out)), 0);
+	cr_assert_not_null(strstr(out, "no raw block"), "%s", out);
+	free(orig);
+	free(back);
+	kvc_detach(c);
+}

@@ -312,3 +312,51 @@ Test(restart, systemd_fd_store_keeps_the_pools)
 	close(ns);
 	cr_assert_eq(t_daemon_stop(&D), 0);
 }
+
+/* A learned basis is a block of its namespace: a restart brings it back with the blocks
+ * stored under it, which read as before, and the next CALIBRATE continues its versions. */
+Test(restart, learned_bases_come_back)
+{
+	size_t size, n = kvc_layout_bytes(&L);
+	unsigned char *want = malloc(n);
+	struct kvc_layout l = L;
+	struct kvc_key k = { 0x2000, 1 };
+
+	prepare();
+	start();
+	kvc_client *c = attach_ns("learn");
+	unsigned char *stg = kvc_staging(c, &size);
+	int raw = kvc_policy(c, "none", 0, NULL, 0),
+	    lr = kvc_policy(c, "none:rank=16,learned=on", 0, NULL, 0);
+
+	cr_assert_gt(lr, 0);
+	l.codec = (uint8_t)raw;
+	for (unsigned i = 0; i < 8; i++) {
+		struct kvc_key ki = { 0x2001, i };
+
+		for (size_t j = 0; j < n; j++) /* finite f16 values */
+			stg[j] = (unsigned char)(t_urand() * 256) & (j % 2 ? 0x3b : 0xff);
+		cr_assert_eq(kvc_store(c, &ki, &l, 0), 0);
+	}
+	cr_assert_eq(kvc_calibrate(c, 0, 90, NULL), 1);
+	l.codec = (uint8_t)lr;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &k, 0, size, NULL), 0);
+	memcpy(want, stg, n);
+	cr_assert_eq(kill(D.pid, SIGKILL), 0);
+	waitpid(D.pid, NULL, 0);
+	D.pid = 0;
+	start();
+	cr_assert_eq(kvc_nop(c), -ECONNRESET);
+	memset(stg, 0, n);
+	cr_assert_eq(kvc_fetch(c, &k, 0, size, NULL), 0, "its basis came back");
+	cr_assert_eq(memcmp(stg, want, n), 0, "the same bytes");
+	cr_assert_eq(kvc_calibrate(c, 0, 90, NULL), 2, "versions go on");
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	start();
+	cr_assert_eq(kvc_nop(c), -ECONNRESET);
+	cr_assert_eq(kvc_fetch(c, &k, 0, size, NULL), 0, "and after a clean stop");
+	cr_assert_eq(memcmp(stg, want, n), 0);
+	kvc_detach(c);
+	free(want);
+}

@@ -2,6 +2,7 @@
  *
  *   kvcctl [--socket PATH] [--ns NAME] ping | stats [--json|--prometheus] | ls [--json]
  *          | clients [--json] | evict SIZE|--all | policy [STRING] | top [--interval S]
+ *          | calibrate [--from-blocks N] [--energy PCT]
  *
  * Every argument is parsed strictly: an unknown command, flag or malformed number is an error
  * that names it, and changes nothing.
@@ -430,6 +431,10 @@ static void usage(FILE *f)
 		"                       kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
 		"                       the encoding they were written with; every key:\n"
 		"                       docs/policies.md\n"
+		"  calibrate [--from-blocks N] [--energy PERCENT]\n"
+		"                       learn the namespace's basis for learned= policies from\n"
+		"                       N of its raw blocks (default: as many as kvcd reads) and\n"
+		"                       keep PERCENT (default 99) of their energy\n"
 		"  top [--interval SECONDS] [--count N]\n"
 		"                       live view: ops/s, hit ratio, bytes and evictions per\n"
 		"                       namespace\n"
@@ -549,6 +554,11 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "policy")) {
 		if (!args_ok(cmd, n, rest, none, 1))
 			return 2;
+	} else if (!strcmp(cmd, "calibrate")) {
+		static const char *const cal_flags[] = { "--from-blocks", "--energy", NULL };
+
+		if (!args_ok(cmd, n, rest, cal_flags, 2))
+			return 2;
 	} else {
 		fprintf(stderr, "kvcctl: unknown command '%s' (kvcctl --help lists them)\n", cmd);
 		return 2;
@@ -585,9 +595,37 @@ int main(int argc, char **argv)
 		if ((iv && !has(n, rest, "--interval")) || (n % 2))
 			return 2;
 	}
+	unsigned long long blocks = 0, energy = 99;
+
+	if (!strcmp(cmd, "calibrate")) {
+		const char *bv = value(n, rest, "--from-blocks"), *ev = value(n, rest, "--energy");
+		int flags = has(n, rest, "--from-blocks") + has(n, rest, "--energy");
+
+		if ((bv && cli_uint("kvcctl calibrate", "--from-blocks", bv, 1, 65535, &blocks)) ||
+		    (ev && cli_uint("kvcctl calibrate", "--energy", ev, 1, 100, &energy)))
+			return 2;
+		if (n != 2 * flags) {
+			fprintf(stderr, "kvcctl calibrate: --from-blocks and --energy each take a "
+					"number\n");
+			return 2;
+		}
+	}
 	if (attach(sock, ns, &c))
 		return 1;
-	if (!strcmp(cmd, "ping")) {
+	if (!strcmp(cmd, "calibrate")) {
+		uint64_t bytes_b = 0;
+
+		err = kvc_calibrate(c, (uint32_t)blocks, (uint32_t)energy, &bytes_b);
+		if (err > 0)
+			printf("basis %d of namespace %s: %" PRIu64 " bytes\n", err,
+			       ns ? ns : "default", bytes_b);
+		if (err == -ENOENT) { /* not a miss: nothing to learn from */
+			fprintf(stderr, "kvcctl calibrate: no raw block in the namespace to learn "
+					"from (store some under policy none first)\n");
+			kvc_detach(c);
+			return 1;
+		}
+	} else if (!strcmp(cmd, "ping")) {
 		err = kvc_nop(c);
 		if (!err)
 			printf("ok\n");

@@ -502,6 +502,16 @@ int kvc_clients(kvc_client *c, struct kvc_client_info *out, size_t max, size_t s
  * daemon's uid or root. Returns the number of blocks evicted, or -EPERM. */
 int kvc_evict(kvc_client *c, uint32_t mib);
 
+/* Learn a basis for the learned= policies of this session's namespace from up to @blocks of
+ * its raw blocks (0: as many as kvcd reads, KVCD_BASIS_MAX_TOKENS tokens at most, all of the
+ * first block's shape): for each (layer, KV head), K's and V's leading directions, as many
+ * as keep @energy percent (1..100) of their rows' second moment. STOREs under learned= then
+ * keep only each row's coefficients over it; blocks stored under an older basis still decode
+ * while kvcd keeps it (its 8 newest per namespace). Needs the daemon's uid or root. Returns
+ * the basis's version (1, 2, ...) and its bytes in *@bytes (may be NULL); -EPERM, -EINVAL,
+ * -ENOENT (no raw block to learn from), -ENOSYS (kvcd lacks LAPACKE), -ENOSPC, -EDQUOT. */
+int kvc_calibrate(kvc_client *c, uint32_t blocks, uint32_t energy, uint64_t *bytes);
+
 /* Message for a return value of this library ("Success" for 0). Never NULL. */
 const char *kvc_strerror(int err);
 

@@ -468,6 +468,14 @@ class Client:
                                  aux_len, ctypes.byref(saved))
         return _check(res, "recompress"), saved.value
 
+    def calibrate(self, blocks: int = 0, energy: int = 99) -> Tuple[int, int]:
+        """Learn this namespace's basis for ``learned=on`` policies from up to ``blocks``
+        of its raw blocks (0: as many as kvcd reads), keeping ``energy`` percent of their
+        rows' energy; admin only. Returns (the basis's version, its bytes)."""
+        size = ctypes.c_uint64(0)
+        res = lib.kvc_calibrate(self._live(), blocks, energy, ctypes.byref(size))
+        return _check(res, "calibrate"), size.value
+
     def evict(self, mib: int = 0) -> int:
         """Evict unpinned blocks until ``mib`` MiB are free (0: all); admin only."""
         return _check(lib.kvc_evict(self._live(), mib), "evict")

@@ -180,6 +180,7 @@ _decl = {
     "kvc_wait": (ctypes.c_int, [_P, ctypes.POINTER(Cqe), ctypes.c_uint, ctypes.c_uint,
                                 ctypes.c_int]),
     "kvc_evict": (ctypes.c_int, [_P, c_u32]),
+    "kvc_calibrate": (ctypes.c_int, [_P, c_u32, c_u32, ctypes.POINTER(c_u64)]),
     "kvc_recompress": (ctypes.c_int, [_P, ctypes.POINTER(Key), ctypes.c_size_t, c_u32,
                                       ctypes.c_uint8, ctypes.c_size_t, ctypes.c_size_t,
                                       ctypes.POINTER(c_u64)]),

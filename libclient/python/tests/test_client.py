@@ -139,6 +139,36 @@ def test_recompress_a_chain_stored_raw(daemon):
         assert st["ops"]["recompress"]["count"] == 3
 
 
+def test_learned_basis_from_python(daemon):
+    """calibrate() learns the namespace's basis from its raw blocks; a block whose rows lie in
+    the calibration blocks' subspaces comes back from its coefficients alone."""
+    r = np.random.default_rng(9)
+    sub = r.standard_normal((2, 2, 2, 3, 32))  # [layer][K,V][head]: 3 directions of 32
+
+    def lowrank(seed):
+        z = np.random.default_rng(seed).standard_normal((2, 2, 16, 2, 3))
+        return np.einsum("lxthk,lxhkd->lxthd", z, sub).astype(np.float16)
+
+    with kvcd.Client(socket=daemon.sock, ns="py-learned", staging_size=1 << 20) as c:
+        raw, lr = c.policy("none"), c.policy("none:rank=32,learned=on")
+        with pytest.raises(kvcd.KvcdError) as e:
+            c.store(kvcd.Key(300, 9), lowrank(9), policy_slot=lr)
+        assert e.value.errno == errno.ENOKEY, "no basis yet"
+        for i in range(4):
+            c.store(kvcd.Key(300, i), lowrank(i), policy_slot=raw)
+        version, size = c.calibrate(blocks=4, energy=99)
+        assert version == 1 and 0 < size < 2 * 2 * 2 * 4 * 32 * 4 + 256
+        want = lowrank(9)
+        c.store(kvcd.Key(300, 9), want, policy_slot=lr)
+        got = c.fetch(kvcd.Key(300, 9))
+        assert isinstance(got, kvcd.Sparse)
+        dense, mask = got.dense()
+        assert mask.all()
+        err = np.linalg.norm(dense.astype(np.float32) - want.astype(np.float32))
+        assert err / np.linalg.norm(want.astype(np.float32)) < 0.01
+        assert c.stats()["ops"]["calibrate"]["count"] == 1
+
+
 def test_selection_from_python_per_chunk_and_deferred(daemon):
     """A token-selection policy from Python: attention sent with a STORE keeps each chunk's
     best half; sent with RECOMPRESS for the chain, the best half of the whole prefix."""

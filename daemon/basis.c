@@ -1,0 +1,235 @@
+/* basis.c - the learned bases of learned= policies (codec.h, Palu/LoRC-style projections).
+ *
+ * CALIBRATE learns a basis from a namespace's raw blocks and keeps it as a block of that
+ * namespace under the key (KVCP_BASIS_KEY_HI, version), layout.codec KVCP_CODEC_BASIS. As a
+ * pool block it is checksummed, charged to the namespace and kept across restarts as every
+ * block is (the pools are); kvcd holds a reference on each, which eviction and RECOMPRESS
+ * respect, and clients cannot store, fetch, delete or pin such keys. A namespace keeps its
+ * KVCD_BASES_MAX newest bases: a STORE under learned= uses the newest, a FETCH the one its
+ * block names, and a block whose basis was dropped is removed when read (a miss).
+ *
+ * The table is under its own lock, always taken before the store's, never after.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "kvcd.h"
+
+static struct kvcp_key basis_key(uint32_t version)
+{
+	struct kvcp_key k = { .hi = KVCP_BASIS_KEY_HI, .lo = version };
+
+	return k;
+}
+
+bool kvcd_basis_key(const struct kvcp_key *k)
+{
+	return k->hi == KVCP_BASIS_KEY_HI;
+}
+
+/* Start-up (one thread, the store lock held by kvcd_store_hold_hi): a basis block found in the
+ * pools, referenced for us. Kept when its bytes check out and there is room. */
+static bool adopt_one(void *arg, uint16_t ns, const struct kvcp_key *k, struct kvcd_block *b)
+{
+	struct kvcd_bases *t = arg;
+	struct kvcd_basis_slot *at = t->at[ns], *low = NULL;
+	struct kvcd_basis_hdr h;
+
+	if (b->layout.codec != KVCP_CODEC_BASIS || kvcd_basis_check(b->data, b->stored))
+		return false;
+	memcpy(&h, b->data, sizeof(h));
+	if (h.version != k->lo)
+		return false;
+	for (int i = 0; i < KVCD_BASES_MAX; i++) /* a free slot, else the oldest */
+		if (!low || !at[i].b || (low->b && at[i].version < low->version))
+			low = &at[i];
+	if (low->b && (low->version > h.version || t->ndropped == KVCD_BASES_DROPPED))
+		return false;
+	if (low->b)
+		t->dropped[t->ndropped++] = low->b; /* released by the caller */
+	low->b = b;
+	low->version = h.version;
+	return true;
+}
+
+int kvcd_bases_init(struct kvcd *d)
+{
+	struct kvcd_bases *t = &d->bases;
+	unsigned n;
+
+	memset(t->at, 0, sizeof(t->at));
+	t->ndropped = 0;
+	pthread_mutex_init(&t->lock, NULL);
+	n = kvcd_store_hold_hi(&d->store, KVCP_BASIS_KEY_HI, adopt_one, t);
+	/* more than KVCD_BASES_MAX in a namespace (not written by this kvcd): the older ones
+	 * stay in the pool unheld, evictable like any block */
+	for (unsigned i = 0; i < t->ndropped; i++)
+		kvcd_store_put(&d->store, t->dropped[i], false);
+	n -= t->ndropped;
+	t->ndropped = 0;
+	if (n)
+		kvcd_log(LOG_INFO, "learned bases: %u kept from the pools", n);
+	return 0;
+}
+
+void kvcd_bases_fini(struct kvcd *d)
+{
+	struct kvcd_bases *t = &d->bases;
+
+	for (unsigned ns = 0; ns < KVCD_STORE_NS; ns++)
+		for (int i = 0; i < KVCD_BASES_MAX; i++)
+			if (t->at[ns][i].b) {
+				kvcd_store_put(&d->store, t->at[ns][i].b, false);
+				t->at[ns][i].b = NULL;
+			}
+	pthread_mutex_destroy(&t->lock);
+}
+
+int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_block **out)
+{
+	struct kvcd_bases *t = &d->bases;
+	struct kvcd_basis_slot *best = NULL;
+
+	pthread_mutex_lock(&t->lock);
+	for (int i = 0; i < KVCD_BASES_MAX; i++) {
+		struct kvcd_basis_slot *e = &t->at[ns][i];
+
+		if (e->b && (version ? e->version == version : !best || e->version > best->version))
+			best = e;
+	}
+	if (best)
+		kvcd_store_hold(&d->store, best->b);
+	*out = best ? best->b : NULL;
+	pthread_mutex_unlock(&t->lock);
+	return best ? 0 : -ENOKEY;
+}
+
+/* The namespace's raw blocks CALIBRATE reads: up to @want (0: no count) of the first shape
+ * found, at most KVCD_BASIS_MAX_TOKENS tokens, referenced into @b. Returns how many. */
+static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_block **b)
+{
+	enum {
+		LIST = 4096
+	};
+	struct kvcp_list_ent *e = malloc(LIST * sizeof(*e));
+	struct kvcp_key *keys = malloc(LIST * sizeof(*keys));
+	uint32_t n = 0, m, got = 0;
+	uint64_t tokens = 0;
+
+	if (!e || !keys) {
+		free(e);
+		free(keys);
+		return 0;
+	}
+	m = kvcd_store_list(&d->store, ns, 0, e, LIST);
+	for (uint32_t i = 0; i < m && (!want || n < want) && tokens < KVCD_BASIS_MAX_TOKENS; i++) {
+		const struct kvcp_layout *l = &e[i].layout;
+
+		if (l->codec || kvcd_basis_key(&e[i].key) ||
+		    (n &&
+		     (l->dtype != e[0].layout.dtype || l->layers != e[0].layout.layers ||
+		      l->kv_heads != e[0].layout.kv_heads || l->head_dim != e[0].layout.head_dim)))
+			continue;
+		if (!n)
+			e[0].layout = *l; /* the shape every source must have */
+		keys[n++] = e[i].key;
+		tokens += l->tokens;
+	}
+	kvcd_store_ref_many(&d->store, ns, keys, n, b);
+	for (uint32_t i = 0; i < n; i++) /* gone, or rewritten, since the list */
+		if (b[i] && !b[i]->layout.codec)
+			b[got++] = b[i];
+		else if (b[i])
+			kvcd_store_put(&d->store, b[i], false);
+	free(e);
+	free(keys);
+	return got;
+}
+
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_t *bytes)
+{
+	struct kvcd_bases *t = &d->bases;
+	uint32_t want = arg & 0xffff, energy = arg >> 16, n, version = 1;
+	bool sum_on = __atomic_load_n(&d->cfg.checksum, __ATOMIC_RELAXED);
+	struct kvcd_block **src = NULL, *b = NULL, *old = NULL;
+	struct kvcp_layout *ls = NULL, l;
+	const void **data = NULL;
+	struct kvcp_key key;
+	void *basis = NULL;
+	uint64_t len = 0;
+	uint32_t old_version = 0;
+	int err;
+
+	if (!s->admin)
+		return -EPERM;
+	if (!energy || energy > 100)
+		return -EINVAL;
+	src = calloc(4096, sizeof(*src));
+	ls = calloc(4096, sizeof(*ls));
+	data = calloc(4096, sizeof(*data));
+	err = src && ls && data ? 0 : -ENOMEM;
+	n = err ? 0 : sources(d, s->ns_id, want, src);
+	if (!err && !n)
+		err = -ENOENT;	      /* no raw block to learn from */
+	pthread_mutex_lock(&t->lock); /* versions: one CALIBRATE at a time per daemon */
+	for (int i = 0; !err && i < KVCD_BASES_MAX; i++)
+		if (t->at[s->ns_id][i].b && t->at[s->ns_id][i].version >= version)
+			version = t->at[s->ns_id][i].version + 1;
+	for (uint32_t i = 0; i < n; i++) {
+		ls[i] = src[i]->layout;
+		data[i] = src[i]->data;
+	}
+	if (!err)
+		err = kvcd_basis_learn(kvcd_isa_best(), n, ls, data, energy, version, &basis, &len);
+	for (uint32_t i = 0; i < n; i++)
+		kvcd_store_put(&d->store, src[i], false);
+	if (!err) {
+		struct kvcd_basis_hdr h;
+
+		memcpy(&h, basis, sizeof(h));
+		kvcd_basis_seal(basis, XXH3_64bits(basis, len) ^ h.version);
+		l = (struct kvcp_layout){ .dtype = KVCP_F32,
+					  .codec = KVCP_CODEC_BASIS,
+					  .layers = h.layers,
+					  .kv_heads = h.kv_heads,
+					  .head_dim = h.head_dim,
+					  .tokens = 1 };
+		key = basis_key(version);
+		err = kvcd_store_reserve(&d->store, s->ns_id, &key, &l, len, s->order, s->norder,
+					 &b);
+	}
+	if (!err) {
+		uint64_t sum = sum_on ? kvcd_copy_sum(kvcd_isa_best(), b->data, basis, len) : 0;
+		struct kvcd_basis_slot *low = NULL;
+
+		if (!sum_on)
+			memcpy(b->data, basis, len);
+		b->stored = len;
+		kvcd_store_hold(&d->store, b); /* ours from before it is visible */
+		kvcd_store_commit(&d->store, b, true, sum_on, sum);
+		for (int i = 0; i < KVCD_BASES_MAX; i++) /* a free slot, else the oldest */
+			if (!low || !t->at[s->ns_id][i].b ||
+			    (low->b && t->at[s->ns_id][i].version < low->version))
+				low = &t->at[s->ns_id][i];
+		old = low->b;
+		old_version = low->version;
+		low->b = b;
+		low->version = version;
+		*bytes = len;
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (old) { /* the oldest basis goes; blocks that name it are removed when read */
+		key = basis_key(old_version);
+		kvcd_store_delete(&d->store, s->ns_id, &key);
+		kvcd_store_put(&d->store, old, false);
+		kvcd_log(LOG_INFO, "namespace %s: basis %u dropped for basis %u", s->ns,
+			 old_version, version);
+	}
+	free(basis);
+	free(src);
+	free(ls);
+	free(data);
+	return err ? err : (int)version;
+}
