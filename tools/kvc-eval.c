@@ -53,19 +53,29 @@ struct result {
 
 static struct {
 	const char *sock, *model, *tokens, *policies, *plot, *md;
-	int seqs, prefix, cont, chunk, json, window, defer;
+	int seqs, prefix, cont, chunk, json, window, defer, calibrate, cal_energy;
 	float temp;
-	unsigned long seed;
-} opt = {
-	.seqs = 16, .prefix = 256, .cont = 128, .chunk = 64, .temp = 0.8f, .seed = 1, .window = 16
-};
+	unsigned long seed, cal_seed;
+} opt = { .seqs = 16,
+	  .prefix = 256,
+	  .cont = 128,
+	  .chunk = 64,
+	  .temp = 0.8f,
+	  .seed = 1,
+	  .window = 16,
+	  .cal_seed = 3,
+	  .cal_energy = 100 };
+
+static int basis_version; /* --calibrate: the basis learned= policies use, and its bytes */
+static uint64_t basis_bytes;
 
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]\n"
 		"                --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]\n"
-		"                [--plot FILE.png] [--md FILE] [--window W] [--defer]\n");
+		"                [--plot FILE.png] [--md FILE] [--window W] [--defer]\n"
+		"                [--calibrate N [--calibrate-seed S] [--calibrate-energy PCT]]\n");
 	exit(2);
 }
 
@@ -200,6 +210,80 @@ static int ns_counters(kvc_client *c, const char *ns, uint64_t *in, uint64_t *st
 		}
 	*in = *stored = 0;
 	return 0;
+}
+
+/* @n sequences of @need tokens sampled from BOS with @seed. */
+static struct seq *sample(const struct llm *m, int n, int need, unsigned long seed)
+{
+	struct seq *seqs = calloc((size_t)n, sizeof(*seqs));
+
+	for (int i = 0; seqs && i < n; i++) {
+		struct llm_state s;
+		uint64_t rng = (seed * 1000003ull + (uint64_t)i) * 2 + 1;
+
+		if (llm_state_init(m, &s, KVC_F16))
+			return NULL;
+		seqs[i].tok = malloc((size_t)need * 4);
+		seqs[i].tok[0] = 1;
+		for (int p = 0; p + 1 < need; p++) {
+			llm_forward(m, &s, seqs[i].tok[p], p);
+			seqs[i].tok[p + 1] = llm_sample(s.logits, m->c.vocab, opt.temp, &rng);
+		}
+		llm_state_free(&s);
+	}
+	return seqs;
+}
+
+/* --calibrate N: the prefixes of N sequences sampled with --calibrate-seed (sequences the
+ * figures are never measured on) are stored raw in kvc-eval's namespace, kvcd learns the
+ * namespace's basis from them, and they are deleted: learned= policies use that basis. */
+static int calibrate(const struct llm *m)
+{
+	struct seq *cal = sample(m, opt.calibrate, opt.prefix, opt.cal_seed);
+	struct kvc_attach_opts ao;
+	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk };
+	size_t nchunks = opt.prefix / opt.chunk;
+	int err;
+
+	if (!cal)
+		return -ENOMEM;
+	kvc_attach_opts_init(&ao);
+	ao.socket = opt.sock;
+	ao.ns = "kvc-eval";
+	err = kvc_attach(&ao, &k.c);
+	if (err)
+		return err;
+	err = kvc_policy(k.c, "none", 0, NULL, 0);
+	k.codec = (uint8_t)(err > 0 ? err : 0);
+	snprintf(k.keyns, sizeof(k.keyns), "kvc-eval/%ld.%ld/calibration", (long)getpid(),
+		 (long)time(NULL));
+	for (int i = 0; err > 0 && i < opt.calibrate; i++) {
+		struct llm_state s;
+
+		if ((err = llm_state_init(m, &s, KVC_F16)))
+			break;
+		for (int p = 0; p < opt.prefix; p++)
+			llm_forward(m, &s, cal[i].tok[p], p);
+		err = llm_kvc_save(m, &s, &k, cal[i].tok, 0, nchunks);
+		err = err == (int)nchunks ? 1 : err < 0 ? err : -EAGAIN;
+		llm_state_free(&s);
+	}
+	if (err > 0)
+		err = kvc_calibrate(k.c, 0, (uint32_t)opt.cal_energy, &basis_bytes);
+	if (err > 0)
+		basis_version = err;
+	for (int i = 0; i < opt.calibrate; i++) {
+		struct kvc_key keys[64];
+		int nk = kvc_key_chain_all(k.keyns, cal[i].tok, nchunks * opt.chunk, opt.chunk,
+					   keys, 64);
+
+		for (int j = 0; j < nk; j++)
+			kvc_delete(k.c, &keys[j]);
+		free(cal[i].tok);
+	}
+	free(cal);
+	kvc_detach(k.c);
+	return err < 0 ? err : 0;
 }
 
 static void run_policy(const struct llm *m, struct seq *seqs, int n, double base_nll, int idx,
@@ -437,6 +521,9 @@ int main(int argc, char **argv)
 					      { "md", 1, 0, 'M' },
 					      { "window", 1, 0, 'w' },
 					      { "defer", 0, 0, 'D' },
+					      { "calibrate", 1, 0, 'c' },
+					      { "calibrate-seed", 1, 0, 'e' },
+					      { "calibrate-energy", 1, 0, 'E' },
 					      { "help", 0, 0, 'h' },
 					      { 0 } };
 	struct llm m;
@@ -465,12 +552,16 @@ int main(int argc, char **argv)
 		case 'M': opt.md = optarg; break;
 		case 'w': opt.window = atoi(optarg); break;
 		case 'D': opt.defer = 1; break;
+		case 'c': opt.calibrate = atoi(optarg); break;
+		case 'e': opt.cal_seed = strtoul(optarg, NULL, 10); break;
+		case 'E': opt.cal_energy = atoi(optarg); break;
 		default: usage();
 		}
 	}
 	if (!opt.model || !opt.policies || opt.seqs <= 0 || opt.prefix <= 0 || opt.cont <= 0 ||
 	    opt.chunk <= 0 || opt.chunk > opt.prefix || opt.prefix / opt.chunk > 64 ||
-	    opt.window <= 0 || opt.window > 4096)
+	    opt.window <= 0 || opt.window > 4096 || opt.calibrate < 0 ||
+	    (long)opt.calibrate * opt.prefix > 8192 || opt.cal_energy < 1 || opt.cal_energy > 100)
 		usage();
 	err = llm_load(opt.model, &m, &why);
 	if (err) {
@@ -492,22 +583,21 @@ int main(int argc, char **argv)
 		}
 	} else {
 		n = opt.seqs;
-		seqs = calloc((size_t)n, sizeof(*seqs));
-		for (int i = 0; i < n; i++) {
-			struct llm_state s;
-			uint64_t rng = (opt.seed * 1000003ull + (uint64_t)i) * 2 + 1;
-
-			if (llm_state_init(&m, &s, KVC_F16))
-				return 1;
-			seqs[i].tok = malloc((size_t)need * 4);
-			seqs[i].tok[0] = 1;
-			for (int p = 0; p + 1 < need; p++) {
-				llm_forward(&m, &s, seqs[i].tok[p], p);
-				seqs[i].tok[p + 1] = llm_sample(s.logits, m.c.vocab, opt.temp,
-								&rng);
-			}
-			llm_state_free(&s);
+		seqs = sample(&m, n, need, opt.seed);
+		if (!seqs)
+			return 1;
+	}
+	if (opt.calibrate) {
+		err = calibrate(&m);
+		if (err) {
+			fprintf(stderr, "kvc-eval: --calibrate: %s\n", kvc_strerror(err));
+			return 1;
 		}
+		fprintf(stderr,
+			"kvc-eval: basis %d (%llu bytes) learned from %d sequences of seed %lu, "
+			"%d%% energy\n",
+			basis_version, (unsigned long long)basis_bytes, opt.calibrate, opt.cal_seed,
+			opt.cal_energy);
 	}
 	for (int i = 0; i < n; i++)
 		if (exact_run(&m, &seqs[i], &base_nll))
@@ -531,8 +621,14 @@ int main(int argc, char **argv)
 
 	if (opt.json) {
 		printf("{\"model\": \"%s\", \"seqs\": %d, \"prefix\": %d, \"cont\": %d, \"chunk\": %d, "
-		       "\"temp\": %g, \"seed\": %lu, \"base_nll\": %.6f, \"policies\": [",
+		       "\"temp\": %g, \"seed\": %lu, \"base_nll\": %.6f, ",
 		       opt.model, n, opt.prefix, opt.cont, opt.chunk, opt.temp, opt.seed, base_nll);
+		if (basis_version) /* learned= policies' ratios leave it out: it is per namespace */
+			printf("\"basis\": {\"bytes\": %llu, \"calibration_seqs\": %d, \"seed\": %lu, "
+			       "\"energy_pct\": %d}, ",
+			       (unsigned long long)basis_bytes, opt.calibrate, opt.cal_seed,
+			       opt.cal_energy);
+		printf("\"policies\": [");
 		for (int i = 0; i < np; i++) {
 			printf("%s\n  {\"policy\": \"%s\"", i ? "," : "", res[i].policy);
 			if (res[i].err) {
@@ -551,6 +647,10 @@ int main(int argc, char **argv)
 		printf("%d sequences, prefix %d, continuation %d, chunk %d; base NLL %.4f "
 		       "(perplexity %.3f)\n",
 		       n, opt.prefix, opt.cont, opt.chunk, base_nll, exp(base_nll));
+		if (basis_version)
+			printf("learned= policies: basis of %llu bytes, not counted in their ratios, "
+			       "from %d sequences of seed %lu\n",
+			       (unsigned long long)basis_bytes, opt.calibrate, opt.cal_seed);
 		printf("%-48s %7s %9s %7s %9s  attention-output error per layer\n", "policy",
 		       "ratio", "ppl ratio", "top-1", "KL");
 		for (int i = 0; i < np; i++) {
