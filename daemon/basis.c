@@ -62,6 +62,7 @@ int kvcd_bases_init(struct kvcd *d)
 	memset(t->at, 0, sizeof(t->at));
 	t->ndropped = 0;
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->calibrating, NULL);
 	n = kvcd_store_hold_hi(&d->store, KVCP_BASIS_KEY_HI, adopt_one, t);
 	/* more than KVCD_BASES_MAX in a namespace (not written by this kvcd): the older ones
 	 * stay in the pool unheld, evictable like any block */
@@ -85,6 +86,7 @@ void kvcd_bases_fini(struct kvcd *d)
 				t->at[ns][i].b = NULL;
 			}
 	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->calibrating);
 }
 
 int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_block **out)
@@ -151,7 +153,8 @@ static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_
 int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_t *bytes)
 {
 	struct kvcd_bases *t = &d->bases;
-	uint32_t want = arg & 0xffff, energy = arg >> 16, n, version = 1;
+	struct kvcd_basis_slot *at = t->at[s->ns_id];
+	uint32_t want = arg & 0xffff, energy = arg >> 16, n, version = 1, old_version = 0;
 	bool sum_on = __atomic_load_n(&d->cfg.checksum, __ATOMIC_RELAXED);
 	struct kvcd_block **src = NULL, *b = NULL, *old = NULL;
 	struct kvcp_layout *ls = NULL, l;
@@ -159,7 +162,6 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 	struct kvcp_key key;
 	void *basis = NULL;
 	uint64_t len = 0;
-	uint32_t old_version = 0;
 	int err;
 
 	if (!s->admin)
@@ -172,11 +174,15 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 	err = src && ls && data ? 0 : -ENOMEM;
 	n = err ? 0 : sources(d, s->ns_id, want, src);
 	if (!err && !n)
-		err = -ENOENT;	      /* no raw block to learn from */
-	pthread_mutex_lock(&t->lock); /* versions: one CALIBRATE at a time per daemon */
-	for (int i = 0; !err && i < KVCD_BASES_MAX; i++)
-		if (t->at[s->ns_id][i].b && t->at[s->ns_id][i].version >= version)
-			version = t->at[s->ns_id][i].version + 1;
+		err = -ENOENT; /* no raw block to learn from */
+	/* one CALIBRATE at a time, so versions stay unique; the table's lock only while it is
+	 * read and changed, so FETCHes and STOREs go on while a basis is learned */
+	pthread_mutex_lock(&t->calibrating);
+	pthread_mutex_lock(&t->lock);
+	for (int i = 0; i < KVCD_BASES_MAX; i++)
+		if (at[i].b && at[i].version >= version)
+			version = at[i].version + 1;
+	pthread_mutex_unlock(&t->lock);
 	for (uint32_t i = 0; i < n; i++) {
 		ls[i] = src[i]->layout;
 		data[i] = src[i]->data;
@@ -209,17 +215,18 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 		b->stored = len;
 		kvcd_store_hold(&d->store, b); /* ours from before it is visible */
 		kvcd_store_commit(&d->store, b, true, sum_on, sum);
+		pthread_mutex_lock(&t->lock);
 		for (int i = 0; i < KVCD_BASES_MAX; i++) /* a free slot, else the oldest */
-			if (!low || !t->at[s->ns_id][i].b ||
-			    (low->b && t->at[s->ns_id][i].version < low->version))
-				low = &t->at[s->ns_id][i];
+			if (!low || !at[i].b || (low->b && at[i].version < low->version))
+				low = &at[i];
 		old = low->b;
 		old_version = low->version;
 		low->b = b;
 		low->version = version;
+		pthread_mutex_unlock(&t->lock);
 		*bytes = len;
 	}
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&t->calibrating);
 	if (old) { /* the oldest basis goes; blocks that name it are removed when read */
 		key = basis_key(old_version);
 		kvcd_store_delete(&d->store, s->ns_id, &key);

@@ -524,7 +524,8 @@ unsigned kvcd_store_hold_hi(struct kvcd_store *s, uint64_t hi,
 #define KVCD_BASES_DROPPED 64 /* start-up: surplus bases found in the pools, let go */
 
 struct kvcd_bases {
-	pthread_mutex_t lock; /* before the store's lock, never after */
+	pthread_mutex_t lock;	     /* before the store's lock, never after */
+	pthread_mutex_t calibrating; /* held through a CALIBRATE: one at a time */
 	struct kvcd_basis_slot {
 		struct kvcd_block *b; /* referenced by the table; NULL: free */
 		uint32_t version;
