@@ -150,6 +150,22 @@ int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, f
 	return 0;
 }
 
+/* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, one row at a time through
+ * @row (d floats). */
+static void rows_times(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n, uint32_t r,
+		       const float *b, uint32_t d, float *row, uint8_t *out)
+{
+	size_t es = kvcp_dtype_size(dtype);
+
+	for (uint32_t i = 0; i < n; i++) {
+		memset(row, 0, (size_t)d * 4);
+		for (uint32_t j = 0; j < r; j++)
+			for (uint32_t c = 0; c < d; c++)
+				row[c] += a[(size_t)i * r + j] * b[(size_t)j * d + c];
+		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
+	}
+}
+
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
 void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const uint8_t *in,
 		 uint32_t n, uint32_t d, uint32_t r, float *a, uint8_t *out)
@@ -165,13 +181,7 @@ void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, 
 		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
 		kvcd_to_f32(isa, dtype, in + (size_t)n * r * es, b, (size_t)r * d);
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		memset(row, 0, (size_t)d * 4);
-		for (uint32_t j = 0; j < r; j++)
-			for (uint32_t c = 0; c < d; c++)
-				row[c] += a[(size_t)i * r + j] * b[(size_t)j * d + c];
-		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
-	}
+	rows_times(isa, dtype, a, n, r, b, d, row, out);
 }
 
 /* svd=layer: the layer's K and V planes (@kp, @vp: [T][heads x d]) as rank-r factors to
@@ -625,18 +635,11 @@ void kvcd_lr_coef_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dt
 		      const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, const float *bt,
 		      float *a, uint8_t *out)
 {
-	size_t es = kvcp_dtype_size(dtype);
 	float *row = a + (size_t)n * r;
 
 	if (p->lowrank & KVCD_LOWRANK_INT8)
 		rows_from_i8((const int8_t *)in, in + (size_t)n * r, n, r, a);
 	else
 		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
-	for (uint32_t i = 0; i < n; i++) {
-		memset(row, 0, (size_t)d * 4);
-		for (uint32_t j = 0; j < r; j++)
-			for (uint32_t c = 0; c < d; c++)
-				row[c] += a[(size_t)i * r + j] * bt[(size_t)j * d + c];
-		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
-	}
+	rows_times(isa, dtype, a, n, r, bt, d, row, out);
 }
