@@ -575,6 +575,7 @@ struct kvcd_session {
 	uint32_t sq_entries, cq_entries;
 	/* daemon-private ring indices: never read back from shared memory */
 	uint32_t sq_cons, cq_prod, cq_cons_cache;
+	bool phase; /* phase-tagged ring entries (KVCP_COMPAT_PHASE) */
 
 	/* policies registered with KVCP_OP_POLICY: slot i is layout.codec i + 1 (worker only) */
 	struct kvcd_policy pol[KVCP_POLICY_SLOTS];

@@ -174,7 +174,8 @@ static int read_request(int fd, struct kvcp_attach_req *req)
 		return -EBADMSG;
 	if (req->major != KVCP_MAJOR)
 		return -EPROTO;
-	if ((req->flags & ~KVCP_ATTACH_F_GPU) || req->reserved[0] || req->reserved[1] ||
+	if ((req->flags & ~(KVCP_ATTACH_F_GPU | KVCP_ATTACH_F_PHASE)) || req->reserved[0] ||
+	    req->reserved[1] ||
 	    (!(req->flags & KVCP_ATTACH_F_GPU) && (req->gpu_staging_size || req->gpu_mask)) ||
 	    !memchr(req->ns, 0, sizeof(req->ns)) || !req->ns[0])
 		return -EBADMSG;

@@ -54,7 +54,7 @@ static void init_header(struct kvcd *d, struct kvcd_session *s)
 	h->major = KVCP_MAJOR;
 	h->minor = KVCP_MINOR;
 	h->hdr_size = sizeof(*h);
-	h->compat = c->checksum ? KVCP_COMPAT_CHECKSUM : 0;
+	h->compat = (c->checksum ? KVCP_COMPAT_CHECKSUM : 0) | (s->phase ? KVCP_COMPAT_PHASE : 0);
 	h->boot_token = d->boot_token;
 	h->client_id = s->id;
 	h->sq_entries = s->sq_entries;
@@ -98,6 +98,7 @@ int kvcd_session_create(struct kvcd *d, const struct kvcp_attach_req *req, size_
 		goto out_ctrl;
 	s->staging = map;
 	s->norder = kvcd_topo_order(&d->topo, req->cpus, req->numa_node, s->order);
+	s->phase = req->flags & KVCP_ATTACH_F_PHASE;
 	init_header(d, s);
 	return 0;
 out_ctrl:

@@ -80,6 +80,8 @@ struct kvc_client {
 	size_t staging_size;
 
 	uint32_t sq_prod, sq_cons_cache, cq_cons;
+	bool phase;    /* phase-tagged ring entries (KVCP_COMPAT_PHASE) */
+	bool no_phase; /* the daemon refused to tag them (before 2.6): not asked again */
 	uint64_t next_ticket;
 	uint64_t boot_token;
 
@@ -293,6 +295,7 @@ static int map_segments(kvc_client *c, const struct kvcp_attach_rep *rep, const 
 	/* the daemon starts both rings at 0; a fresh segment means fresh indices */
 	c->sq_prod = c->sq_cons_cache = kvcp_load_acquire(&c->hdr->sq.prod);
 	c->cq_cons = kvcp_load_acquire(&c->hdr->cq.cons);
+	c->phase = c->hdr->compat & KVCP_COMPAT_PHASE;
 	c->boot_token = rep->boot_token;
 	return 0;
 out_unmap:
@@ -387,8 +390,9 @@ static int do_attach(kvc_client *c)
 	req.minor = KVCP_MINOR;
 	req.staging_size = c->staging ? c->staging_size : c->opts.staging_size;
 	req.numa_node = c->opts.numa_node;
+	req.flags = c->no_phase ? 0 : KVCP_ATTACH_F_PHASE;
 	if (c->opts.gpu) {
-		req.flags = KVCP_ATTACH_F_GPU;
+		req.flags |= KVCP_ATTACH_F_GPU;
 		req.gpu_staging_size = c->opts.gpu_staging_size;
 		req.gpu_mask = c->opts.gpu_mask;
 	}
@@ -405,6 +409,12 @@ static int do_attach(kvc_client *c)
 		goto out_close;
 	}
 	err = recv_reply(c->sock, &rep, fds);
+	if (err == -EBADMSG && !c->no_phase) { /* a kvcd before 2.6: the classic rings */
+		close(c->sock);
+		c->sock = -1;
+		c->no_phase = true;
+		return do_attach(c);
+	}
 	if (!err)
 		err = map_segments(c, &rep, fds);
 	for (int i = 0; i < 2; i++)
@@ -642,6 +652,24 @@ static void without_parent(kvc_client *c, uint8_t *flags, const struct kvc_layou
 	*len = n; /* what does not add up, kvcd refuses as it would have */
 }
 
+static int sq_push(kvc_client *c, const struct kvcp_sqe *s)
+{
+	if (c->phase)
+		return kvcp_ring_push_phase(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
+					    &c->sq_cons_cache, s, KVCP_SQE_PHASE_WORD,
+					    KVCP_SQE_PHASE_BIT);
+	return kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache, s);
+}
+
+/* Is a completion waiting? */
+static bool cq_ready(const kvc_client *c)
+{
+	if (c->phase)
+		return kvcp_ring_ready_phase(c->cq, c->cq_entries, c->cq_cons, KVCP_CQE_PHASE_WORD,
+					     KVCP_CQE_PHASE_BIT);
+	return kvcp_ring_pending(&c->hdr->cq, c->cq_entries, c->cq_cons) != 0;
+}
+
 static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint16_t gpu, uint32_t arg,
 		      const struct kvc_key *key, const struct kvc_layout *layout, uint64_t off,
 		      uint64_t len, uint64_t *ticket)
@@ -654,7 +682,7 @@ static int submit_one(kvc_client *c, uint8_t op, uint8_t flags, uint16_t gpu, ui
 	if (op == KVCP_OP_STORE && layout)
 		without_parent(c, &flags, layout, off, &len);
 	to_sqe(&s, op, flags, gpu, arg, c->next_ticket, key, layout, off, len);
-	err = kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod, &c->sq_cons_cache, &s);
+	err = sq_push(c, &s);
 	if (err)
 		return err;
 	*ticket = c->next_ticket++;
@@ -682,8 +710,7 @@ int kvc_submit(kvc_client *c, const struct kvc_req *reqs, unsigned n, uint64_t *
 		without_parent(c, &flags, &reqs[i].layout, reqs[i].off, &len);
 		to_sqe(&s, reqs[i].op, flags, reqs[i].gpu, reqs[i].arg, c->next_ticket,
 		       &reqs[i].key, &reqs[i].layout, reqs[i].off, len);
-		if (kvcp_ring_push(&c->hdr->sq, c->sq, c->sq_entries, &c->sq_prod,
-				   &c->sq_cons_cache, &s))
+		if (sq_push(c, &s))
 			break;
 		if (tickets)
 			tickets[i] = c->next_ticket;
@@ -731,7 +758,9 @@ static int cq_pop(kvc_client *c, struct kvcp_cqe *e)
 	if (c->dead || !c->hdr)
 		return 0;
 	do
-		r = kvcp_ring_pop(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons, e);
+		r = c->phase ? kvcp_ring_pop_phase(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons,
+						   e, KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT)
+			     : kvcp_ring_pop(&c->hdr->cq, c->cq, c->cq_entries, &c->cq_cons, e);
 	while (r == 1 && c->ncancelled && was_cancelled(c, e->user_data));
 	return r;
 }
@@ -764,11 +793,15 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 		return -ECONNRESET;
 	cq = &c->hdr->cq;
 	spin_end = t0 + kvcp_spin_begin(&c->spin);
-	for (;;) {
-		if (kvcp_ring_pending(cq, c->cq_entries, c->cq_cons)) {
+	for (unsigned looks = 1;; looks++) {
+		if (cq_ready(c)) {
 			if (spinning && !busy)
 				kvcp_spin_end(&c->spin, 1);
 			return 0;
+		}
+		if (spinning && looks % 8) { /* the clock one look in 8: looks find the reply */
+			__builtin_ia32_pause();
+			continue;
 		}
 		uint64_t t = now_ns();
 
@@ -798,7 +831,7 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 		kvcp_store_relaxed(&cq->flags, KVCP_RING_NEED_WAKEUP);
 		/* Pairs with the daemon's fence between publishing prod and reading flags. */
 		kvcp_fence();
-		if (!kvcp_ring_pending(cq, c->cq_entries, c->cq_cons)) {
+		if (!cq_ready(c)) {
 			struct timespec ts = { 0,
 					       10000000 }; /* wake to check the daemon's health */
 
@@ -880,14 +913,15 @@ static int sync_op_gpu(kvc_client *c, uint8_t op, uint8_t flags, uint16_t gpu, u
 		       uint64_t len, struct kvcp_cqe *cqe)
 {
 	struct kvcp_cqe local;
-	uint64_t ticket;
+	uint64_t ticket, deadline = 0;
 	int err;
-
-	uint64_t deadline = op_deadline(c);
 
 	if (!cqe)
 		cqe = &local;
+	/* the request first, then the clock: kvcd works on it while we read the time */
 	err = submit_one(c, op, flags, gpu, arg, key, layout, off, len, &ticket);
+	if (err == -EAGAIN || !err)
+		deadline = op_deadline(c);
 	while (err == -EAGAIN) { /* ring full of async requests: let the daemon drain it */
 		if (deadline && now_ns() >= deadline)
 			return -ETIMEDOUT;

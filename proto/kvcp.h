@@ -17,12 +17,15 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     5
+#define KVCP_MINOR     6
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
 #define KVCP_INCOMPAT_KNOWN  0ull
 #define KVCP_COMPAT_CHECKSUM (1ull << 0) /* blocks carry an xxh3 checksum */
+#define KVCP_COMPAT_PHASE \
+	(1ull << 1) /* 2.6: both rings' entries carry a phase bit (KVCP_ATTACH_F_PHASE): a  \
+		     * consumer sees an entry is there from the entry itself, not from prod */
 
 /* ---- attach handshake (UNIX socket, SOCK_SEQPACKET) ---------------------------------- */
 
@@ -45,6 +48,10 @@ struct kvcp_attach_req {
 };
 
 #define KVCP_ATTACH_F_GPU 1u /* GPU access (2.4): a struct kvcp_attach_gpu follows the reply */
+#define KVCP_ATTACH_F_PHASE \
+	2u /* 2.6: phase-tagged ring entries (KVCP_COMPAT_PHASE in the header says granted);
+	    * a kvcd before 2.6 refuses the attach with -EBADMSG, and the client asks again
+	    * without it */
 
 #define KVCP_ATTACH_MAGIC 0x4b564341u /* "ACVK" */
 
@@ -190,7 +197,11 @@ enum kvcp_op {
 				 * device sqe.gpu, off a multiple of KVCP_GPU_ALIGN; with no
 				 * other flag but KVCP_SQE_F_PARENT on a STORE (its trailer in
 				 * GPU staging too) */
-#define KVCP_GPU_ALIGN 16
+#define KVCP_GPU_ALIGN	 16
+/* With KVCP_COMPAT_PHASE: the phase bit of an SQE, in its flags, and of a CQE, in its flags
+ * (never set otherwise; a consumer clears it in its copy) */
+#define KVCP_SQE_F_PHASE 0x80u
+#define KVCP_CQE_F_PHASE 1u
 #define KVCP_SQE_F_KNOWN                                                               \
 	(KVCP_SQE_F_SCRATCH | KVCP_SQE_F_SCORES | KVCP_SQE_F_AUX | KVCP_SQE_F_PARENT | \
 	 KVCP_SQE_F_GPU)
@@ -637,6 +648,82 @@ static inline int kvcp_ring_pop(struct kvcp_ring *ring, const void *entries, uin
 	return 1;
 }
 
+/* ---- phase-tagged rings (KVCP_COMPAT_PHASE) -------------------------------------------------
+ * The ring memory starts zeroed. The producer writes an entry's 32-bit word that holds its
+ * phase bit last, with release order, the bit set on the ring's first lap, clear on the
+ * second, and so on; the consumer reads that word with acquire order and finds the entry
+ * there when the bit is what this lap expects. So the consumer's first look at the entry
+ * tells it the entry is there: one cache line crosses cores where prod and the entry were
+ * two. prod is still published after each entry (for the sleep/wake protocol and tools),
+ * cons as before (the producer's room). NVMe's completion queues work this way. */
+
+#define KVCP_SQE_PHASE_WORD 0	    /* byte offset of the word: opcode, flags, gpu */
+#define KVCP_SQE_PHASE_BIT  0x8000u /* KVCP_SQE_F_PHASE in it (little-endian) */
+#define KVCP_CQE_PHASE_WORD 12	    /* flags */
+#define KVCP_CQE_PHASE_BIT  KVCP_CQE_F_PHASE
+
+/* The phase bit the entry at index @i of a ring of @n (a power of two) entries carries. */
+static inline int kvcp_phase(uint32_t i, uint32_t n)
+{
+	return !(i & n);
+}
+
+/* kvcp_ring_push, the entry's phase word (at byte @word, bit @bit) written last. */
+static inline int kvcp_ring_push_phase(struct kvcp_ring *ring, void *entries, uint32_t nentries,
+				       uint32_t *prod, uint32_t *cons_cache, const void *entry,
+				       size_t word, uint32_t bit)
+{
+	char *slot = (char *)entries + (size_t)(*prod & (nentries - 1)) * 64;
+	uint32_t w;
+
+	if (kvcp_ring_count(*prod, *cons_cache) >= nentries) {
+		/* A2: pairs with R2 in kvcp_ring_pop_phase(): the consumer is done with it */
+		*cons_cache = kvcp_load_acquire(&ring->cons);
+		if (kvcp_ring_count(*prod, *cons_cache) >= nentries)
+			return -EAGAIN;
+	}
+	memcpy(&w, (const char *)entry + word, 4);
+	w = kvcp_phase(*prod, nentries) ? w | bit : w & ~bit;
+	memcpy(slot, entry, word);
+	memcpy(slot + word + 4, (const char *)entry + word + 4, 64 - word - 4);
+	/* R1: pairs with A1 in kvcp_ring_pop_phase(): the entry is whole once its phase is */
+	kvcp_store_release((uint32_t *)(void *)(slot + word), w);
+	(*prod)++;
+	kvcp_store_release(&ring->prod, *prod);
+	return 0;
+}
+
+/* Is the entry at the consumer's index @cons there? */
+static inline int kvcp_ring_ready_phase(const void *entries, uint32_t nentries, uint32_t cons,
+					size_t word, uint32_t bit)
+{
+	const char *slot = (const char *)entries + (size_t)(cons & (nentries - 1)) * 64;
+	/* A1: pairs with R1 in kvcp_ring_push_phase() */
+	uint32_t w = kvcp_load_acquire((const uint32_t *)(const void *)(slot + word));
+
+	return !(w & bit) == !kvcp_phase(cons, nentries);
+}
+
+/* kvcp_ring_pop for a phase-tagged ring: 1 with the entry in @entry (its phase bit
+ * cleared), or 0 when the next one is not there yet. */
+static inline int kvcp_ring_pop_phase(struct kvcp_ring *ring, const void *entries,
+				      uint32_t nentries, uint32_t *cons, void *entry, size_t word,
+				      uint32_t bit)
+{
+	uint32_t w;
+
+	if (!kvcp_ring_ready_phase(entries, nentries, *cons, word, bit))
+		return 0;
+	kvcp_entry_read(entry, (const char *)entries + (size_t)(*cons & (nentries - 1)) * 64);
+	memcpy(&w, (char *)entry + word, 4);
+	w &= ~bit;
+	memcpy((char *)entry + word, &w, 4);
+	(*cons)++;
+	/* R2: pairs with A2 in kvcp_ring_push_phase(): slot read before cons moves */
+	kvcp_store_release(&ring->cons, *cons);
+	return 1;
+}
+
 /* Entries waiting for the consumer whose index is @cons, or UINT32_MAX when impossible. */
 static inline uint32_t kvcp_ring_pending(const struct kvcp_ring *ring, uint32_t nentries,
 					 uint32_t cons)
@@ -698,6 +785,10 @@ static_assert(offsetof(struct kvcp_sqe, off) == 32, "sqe.off");
 static_assert(offsetof(struct kvcp_sqe, layout) == 48, "sqe.layout");
 static_assert(offsetof(struct kvcp_cqe, res) == 8, "cqe.res");
 static_assert(offsetof(struct kvcp_cqe, layout) == 24, "cqe.layout");
+static_assert(offsetof(struct kvcp_sqe, flags) == KVCP_SQE_PHASE_WORD + 1 &&
+		      KVCP_SQE_PHASE_BIT == KVCP_SQE_F_PHASE << 8,
+	      "sqe phase bit: flags, the word's second byte");
+static_assert(offsetof(struct kvcp_cqe, flags) == KVCP_CQE_PHASE_WORD, "cqe phase word");
 static_assert(sizeof(struct kvcp_ring) == 3 * KVCP_CACHELINE, "ring is 3 lines");
 static_assert(offsetof(struct kvcp_ring, cons) == KVCP_CACHELINE, "cons on its own line");
 static_assert(offsetof(struct kvcp_ring, flags) == 2 * KVCP_CACHELINE, "flags on its own line");

@@ -144,7 +144,7 @@ Test(gpu, attach_requests_with_gpu_fields)
 	req.gpu_staging_size = 1 << 20;
 	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -EBADMSG, "a size without the flag");
 	close(r.sock);
-	req.flags = 2;
+	req.flags = 0x100; /* neither GPU nor PHASE */
 	req.gpu_staging_size = 0;
 	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), -EBADMSG, "an unknown flag");
 	close(r.sock);

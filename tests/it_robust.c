@@ -380,3 +380,63 @@ Test(robust, too_little_memlock_fails_before_ready)
 	snprintf(cmd, sizeof(cmd), "%s/memlock.sock", D.dir);
 	cr_assert(access(cmd, F_OK) != 0, "no socket was left behind");
 }
+
+/* Phase-tagged rings (KVCP_ATTACH_F_PHASE), written by hand: entries are taken over several
+ * laps, a bad one is an error as in the classic rings, completions come back with the phase
+ * bit, and an entry that does not carry this lap's bit is not there, whatever prod says. */
+Test(robust, phase_tagged_rings_take_only_entries_of_this_lap)
+{
+	struct kvcp_attach_req req = kvcp_raw_request("default");
+	struct kvcp_raw r;
+	struct kvcp_cqe cqe;
+	struct kvcp_sqe nop = { .opcode = KVCP_OP_NOP }, bad = { .opcode = 200, .user_data = 7 };
+
+	req.flags = KVCP_ATTACH_F_PHASE;
+	cr_assert_eq(kvcp_raw_attach(D.sock, &req, &r), 0);
+	cr_assert(r.hdr->compat & KVCP_COMPAT_PHASE, "granted");
+	for (uint32_t i = 0; i < 3 * r.hdr->sq_entries; i++) {
+		nop.user_data = 1000 + i;
+		cr_assert_eq(t_raw_call(&r, &nop, &cqe), 0, "NOP %u answered", i);
+		cr_assert_eq(cqe.user_data, 1000 + i);
+		cr_assert_eq(cqe.res, 0);
+		cr_assert_eq(cqe.flags, 0, "the copy has no phase bit");
+	}
+	cr_assert_eq(t_raw_call(&r, &bad, &cqe), 0);
+	cr_assert_eq(cqe.res, -EBADMSG);
+	/* the next slot, written as a classic ring would (no phase bit on this lap), and prod
+	 * moved: not taken */
+	struct kvcp_sqe *slot = (struct kvcp_sqe *)((char *)r.hdr + r.hdr->sq_off) +
+				(r.sq_prod & (r.hdr->sq_entries - 1));
+	bool lap_bit = kvcp_phase(r.sq_prod, r.hdr->sq_entries);
+
+	nop.user_data = 99;
+	nop.flags = lap_bit ? 0 : KVCP_SQE_F_PHASE;
+	memcpy(slot, &nop, sizeof(nop));
+	__atomic_store_n(&r.hdr->sq.prod, r.sq_prod + 1, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&r.hdr->sq.futex, 1, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &r.hdr->sq.futex, 1, 1, NULL, NULL, 0);
+	usleep(200000);
+	cr_assert_not(kvcp_ring_ready_phase((char *)r.hdr + r.hdr->cq_off, r.hdr->cq_entries,
+					    r.cq_cons, KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT),
+		      "no completion for it");
+	/* with its bit, it is */
+	nop.flags = lap_bit ? KVCP_SQE_F_PHASE : 0;
+	memcpy(slot, &nop, sizeof(nop));
+	__atomic_fetch_add(&r.hdr->sq.futex, 1, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &r.hdr->sq.futex, 1, 1, NULL, NULL, 0);
+	for (int i = 0;
+	     i < 2000 && !kvcp_ring_ready_phase((char *)r.hdr + r.hdr->cq_off, r.hdr->cq_entries,
+						r.cq_cons, KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT);
+	     i++)
+		usleep(1000);
+	cr_assert_eq(kvcp_ring_pop_phase(&r.hdr->cq, (char *)r.hdr + r.hdr->cq_off,
+					 r.hdr->cq_entries, &r.cq_cons, &cqe, KVCP_CQE_PHASE_WORD,
+					 KVCP_CQE_PHASE_BIT),
+		     1);
+	cr_assert_eq(cqe.user_data, 99);
+	kvcp_raw_close(&r);
+	kvc_client *c = t_attach(&D, NULL, 4096);
+
+	cr_assert_eq(kvc_nop(c), 0, "and others are served");
+	kvc_detach(c);
+}

@@ -319,17 +319,28 @@ static inline int t_raw_call(struct kvcp_raw *r, const struct kvcp_sqe *sqe, str
 	struct kvcp_ring *sq = &r->hdr->sq;
 	char *base = (char *)r->hdr;
 
-	cr_assert_eq(kvcp_ring_push(sq, base + r->hdr->sq_off, r->hdr->sq_entries, &r->sq_prod,
-				    &r->sq_cons_cache, sqe),
-		     0);
+	bool phase = r->hdr->compat & KVCP_COMPAT_PHASE;
+
+	if (phase)
+		cr_assert_eq(kvcp_ring_push_phase(sq, base + r->hdr->sq_off, r->hdr->sq_entries,
+						  &r->sq_prod, &r->sq_cons_cache, sqe,
+						  KVCP_SQE_PHASE_WORD, KVCP_SQE_PHASE_BIT),
+			     0);
+	else
+		cr_assert_eq(kvcp_ring_push(sq, base + r->hdr->sq_off, r->hdr->sq_entries,
+					    &r->sq_prod, &r->sq_cons_cache, sqe),
+			     0);
 	kvcp_fence();
 	if (kvcp_load_relaxed(&sq->flags) & KVCP_RING_NEED_WAKEUP) {
 		__atomic_fetch_add(&sq->futex, 1, __ATOMIC_RELEASE);
 		syscall(SYS_futex, &sq->futex, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
 	}
 	for (int i = 0; i < 200000; i++) {
-		if (kvcp_ring_pop(&r->hdr->cq, base + r->hdr->cq_off, r->hdr->cq_entries,
-				  &r->cq_cons, cqe) == 1)
+		if ((phase ? kvcp_ring_pop_phase(&r->hdr->cq, base + r->hdr->cq_off,
+						 r->hdr->cq_entries, &r->cq_cons, cqe,
+						 KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT)
+			   : kvcp_ring_pop(&r->hdr->cq, base + r->hdr->cq_off, r->hdr->cq_entries,
+					   &r->cq_cons, cqe)) == 1)
 			return 0;
 		if (i > 1000)
 			usleep(10);

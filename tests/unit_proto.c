@@ -79,6 +79,71 @@ Test(proto, impossible_producer_index_is_rejected)
 	cr_assert_eq(kvcp_ring_pending(&t.r, 8, cons), UINT32_MAX);
 }
 
+/* Phase-tagged rings: an entry is there when its phase bit is this lap's (set on the first
+ * lap of zeroed memory, clear on the second, ...), for SQEs (in flags) and CQEs alike; the
+ * popped copy never carries the bit, and what the entry said besides is kept. */
+Test(proto, phase_tagged_rings_over_laps)
+{
+	struct t_ring t = { 0 };
+	struct {
+		struct kvcp_ring r;
+		struct kvcp_cqe e[8];
+	} c = { 0 };
+	uint32_t prod = 0, cc = 0, cons = 0, cprod = 0, ccc = 0, ccons = 0;
+
+	for (unsigned lap = 0; lap < 5; lap++) {
+		for (unsigned i = 0; i < 8; i++) {
+			struct kvcp_sqe s = { .opcode = 7,
+					      .flags = KVCP_SQE_F_SCRATCH,
+					      .gpu = 3,
+					      .user_data = lap * 100 + i };
+			struct kvcp_cqe q = { .user_data = lap * 100 + i, .res = -5, .value = i };
+
+			cr_assert_not(kvcp_ring_ready_phase(t.e, 8, prod, KVCP_SQE_PHASE_WORD,
+							    KVCP_SQE_PHASE_BIT),
+				      "lap %u, %u: not there before it is written", lap, i);
+			cr_assert_eq(kvcp_ring_push_phase(&t.r, t.e, 8, &prod, &cc, &s,
+							  KVCP_SQE_PHASE_WORD, KVCP_SQE_PHASE_BIT),
+				     0);
+			cr_assert_eq(!!(t.e[i].flags & KVCP_SQE_F_PHASE), lap % 2 == 0,
+				     "lap %u: the slot's bit", lap);
+			cr_assert_eq(kvcp_ring_push_phase(&c.r, c.e, 8, &cprod, &ccc, &q,
+							  KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT),
+				     0);
+			cr_assert_eq(t.r.prod, prod, "prod is still published");
+		}
+		struct kvcp_sqe s = { 0 };
+
+		cr_assert_eq(kvcp_ring_push_phase(&t.r, t.e, 8, &prod, &cc, &s, KVCP_SQE_PHASE_WORD,
+						  KVCP_SQE_PHASE_BIT),
+			     -EAGAIN, "full");
+		for (unsigned i = 0; i < 8; i++) {
+			struct kvcp_sqe got;
+			struct kvcp_cqe q;
+
+			cr_assert_eq(kvcp_ring_pop_phase(&t.r, t.e, 8, &cons, &got,
+							 KVCP_SQE_PHASE_WORD, KVCP_SQE_PHASE_BIT),
+				     1);
+			cr_assert_eq(got.user_data, lap * 100 + i);
+			cr_assert_eq(got.flags, KVCP_SQE_F_SCRATCH, "the phase bit cleared");
+			cr_assert_eq(got.opcode, 7);
+			cr_assert_eq(got.gpu, 3);
+			cr_assert_eq(kvcp_ring_pop_phase(&c.r, c.e, 8, &ccons, &q,
+							 KVCP_CQE_PHASE_WORD, KVCP_CQE_PHASE_BIT),
+				     1);
+			cr_assert_eq(q.user_data, lap * 100 + i);
+			cr_assert_eq(q.flags, 0);
+			cr_assert_eq(q.res, -5);
+			cr_assert_eq(t.r.cons, cons, "cons is published");
+		}
+		struct kvcp_sqe got;
+
+		cr_assert_eq(kvcp_ring_pop_phase(&t.r, t.e, 8, &cons, &got, KVCP_SQE_PHASE_WORD,
+						 KVCP_SQE_PHASE_BIT),
+			     0, "lap %u: the old lap's entries are not taken again", lap);
+	}
+}
+
 static struct kvcp_shm_hdr *good_header(size_t *size)
 {
 	static char buf[64 * 1024] __attribute__((aligned(64)));
