@@ -185,7 +185,7 @@ static void *worker_main(void *arg)
 	struct kvcd_session *local[KVCD_WORKER_MAX_SESSIONS];
 	unsigned n = 0;
 	uint64_t last = kvcd_now_ns(), spin_ns = w->d->cfg.busy_poll_us * 1000ull;
-	unsigned looks = 0;
+	unsigned looks = 0, per_clock = 1;
 	bool nospin = false;
 
 	for (;;) {
@@ -199,6 +199,9 @@ static void *worker_main(void *arg)
 			}
 			n = w->nsessions;
 			memcpy(local, w->sessions, n * sizeof(local[0]));
+			per_clock = SPIN_LOOKS;
+			for (unsigned i = 0; i < n; i++)
+				per_clock = local[i]->phase ? per_clock : 1;
 			w->seen_gen = w->gen;
 			pthread_cond_broadcast(&w->acked);
 			pthread_mutex_unlock(&w->lock);
@@ -217,11 +220,13 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		/* A request that waits on the remote tier (or a GPU's mover) is woken by it: spinning
-		 * for it would only take a core from that thread and from the cluster's nodes. The
-		 * clock is read one look in SPIN_LOOKS: a look at the rings is what finds the next
-		 * request, and the clock would slow every one. */
+		 * for it would only take a core from that thread and from the cluster's nodes. With
+		 * phase-tagged rings only, the clock is read one look in SPIN_LOOKS: a look at an
+		 * entry is what finds the next request, and the clock would slow every one. A
+		 * classic ring's prod is better looked at less often: each look takes its line
+		 * from the client that is about to write it. */
 		if (!w->parked && !nospin &&
-		    (++looks % SPIN_LOOKS || kvcd_now_ns() - last < spin_ns)) {
+		    (++looks % per_clock || kvcd_now_ns() - last < spin_ns)) {
 			__builtin_ia32_pause();
 			continue;
 		}
