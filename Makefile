@@ -203,18 +203,19 @@ test-bin: all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/abi-0.2-client $(BUILD)/ubsan
 FUZZ_S ?= 60
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
 
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(DAEMON_OBJ) $(CODEC_LIB)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/seedblock.h $(DAEMON_OBJ) $(CODEC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(filter-out -MMD -MP,$(KFLAGS)) $(DEPS_CFLAGS) $(INC) -fsanitize=fuzzer \
 		-o $@ $(filter %.c %.o %.a,$^) $(DEPS_LIBS) -lm
 
-$(BUILD)/fuzz-replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(DAEMON_OBJ) $(CODEC_LIB)
+$(BUILD)/fuzz-replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/seedblock.h \
+			     $(DAEMON_OBJ) $(CODEC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(filter-out -MMD -MP,$(KFLAGS)) $(DEPS_CFLAGS) $(INC) -o $@ \
 		$(filter %.c %.o %.a,$^) $(DEPS_LIBS) -lm
 
-$(BUILD)/fuzz-mkseeds: tests/fuzz/mkseeds.c $(CODEC_LIB)
-	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -o $@ $^ -lm
+$(BUILD)/fuzz-mkseeds: tests/fuzz/mkseeds.c tests/fuzz/seedblock.h $(CODEC_LIB)
+	$(CC) $(CFLAGS) $(KFLAGS) -Iproto -Idaemon/codec -o $@ $(filter %.c %.a,$^) -lm
 
 fuzz: deps
 	$(MAKE) BUILD=build-fuzz CC=clang-14 CFLAGS="$(FUZZ_CFLAGS)" \

@@ -11,6 +11,7 @@
 
 #include "codec.h"
 #include "kvcp.h"
+#include "seedblock.h"
 
 static const char *root;
 
@@ -46,37 +47,24 @@ static const char *const policies[] = {
 	"none:minicache=1",
 	"none:summary=quest",
 	"int8:summary=reps8",
+	"none:rank=32,learned=on",
+	"none:select=keynorm,keep=50%,rank=8,learned=on,factors=int8",
 };
-
-static uint16_t f16(float x)
-{
-	_Float16 h = (_Float16)x;
-	uint16_t u;
-
-	memcpy(&u, &h, 2);
-	return u;
-}
 
 int main(int argc, char **argv)
 {
-	struct kvcp_layout l = {
-		.dtype = KVCP_F16, .layers = 2, .kv_heads = 2, .head_dim = 32, .tokens = 16
-	};
-	size_t raw = kvcp_layout_bytes(&l);
-	uint16_t *src = aligned_alloc(64, raw);
-	uint64_t x = 88172645463325252ull;
+	struct kvcp_layout l = fuzz_layout;
+	uint16_t *src = fuzz_block();
+	uint64_t blen = 0;
+	void *basis = src ? fuzz_basis(src, &blen) : NULL;
 
-	if (argc != 2 || !src)
+	if (argc != 2 || !src || !basis)
 		return 2;
 	root = argv[1];
 	mkdir(root, 0755);
-	for (size_t i = 0; i < raw / 2; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		src[i] = f16((float)((double)(x >> 11) * 0x1p-53 * 4 - 2));
-	}
 	for (unsigned i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+		struct kvcd_aux aux = { .basis = basis, .basis_len = blen };
+		struct kvcd_plan plan;
 		struct kvcd_policy p;
 		char why[128], name[32];
 		uint64_t n;
@@ -88,14 +76,20 @@ int main(int argc, char **argv)
 			fprintf(stderr, "%s: %s\n", policies[i], why);
 			return 1;
 		}
-		n = kvcd_codec_size(&p, &l, false, 0);
-		if (!n || (p.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&p)))
-			continue; /* raw, or a size that depends on the data */
+		if (p.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&p))
+			continue; /* raw */
+		/* learned= blocks name the basis fuzz_decode decodes with */
+		if (kvcd_codec_plan(KVCD_ISA_SCALAR, &p, &l, 0, src, NULL, &aux, &plan)) {
+			kvcd_plan_fini(&plan);
+			continue;
+		}
+		n = plan.stored;
 		dst = aligned_alloc(64, (n + 63) & ~63ull);
-		if (kvcd_codec_encode(KVCD_ISA_SCALAR, &p, &l, 0, src, NULL, dst) == 0) {
+		if (kvcd_codec_write(KVCD_ISA_SCALAR, &plan, src, NULL, &aux, dst) == 0) {
 			snprintf(name, sizeof(name), "b%02u", i);
 			put("decode", name, dst, n);
 		}
+		kvcd_plan_fini(&plan);
 		free(dst);
 	}
 	static const char conf[] =
