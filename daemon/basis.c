@@ -108,6 +108,27 @@ int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_bl
 	return best ? 0 : -ENOKEY;
 }
 
+void kvcd_bases_stats(struct kvcd *d, const uint16_t *ids, struct kvcp_stats *st)
+{
+	struct kvcd_bases *t = &d->bases;
+
+	pthread_mutex_lock(&t->lock);
+	for (uint32_t i = 0; i < st->nns && i < KVCP_MAX_NS_STATS; i++) {
+		struct kvcp_ns_bases *o = &st->ns_bases[i];
+
+		for (int k = 0; k < KVCD_BASES_MAX; k++) {
+			const struct kvcd_basis_slot *e = &t->at[ids[i]][k];
+
+			if (!e->b)
+				continue;
+			o->count++;
+			o->bytes += e->b->stored; /* fixed since its commit */
+			o->newest = e->version > o->newest ? e->version : o->newest;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
 /* The namespace's raw blocks CALIBRATE reads: up to @want (0: no count) of the first shape
  * found, at most KVCD_BASIS_MAX_TOKENS tokens, referenced into @b. Returns how many. */
 static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_block **b)

@@ -501,8 +501,9 @@ struct kvcd_adopt_stats {
  * or -EBADMSG when the pool's chain of blocks is broken (nothing written: format it). */
 int kvcd_store_adopt(struct kvcd_store *s, unsigned pool, const int ns_map[256], bool verify,
 		     struct kvcd_adopt_stats *st);
-/* Fill the store's part of @st, listing the namespaces @show (NULL: all) shows. */
-void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
+/* Fill the store's part of @st, listing the namespaces @show (NULL: all) shows; the id of
+ * st->ns[i] in @ids[i] (KVCP_MAX_NS_STATS of them). */
+void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st, uint16_t *ids,
 		      bool (*show)(const char *name, void *arg), void *arg);
 /* Up to @max blocks of @ns from position @start on, in index order. */
 unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
@@ -544,6 +545,8 @@ void kvcd_bases_fini(struct kvcd *d);
 /* Basis @version of namespace @ns (0: its newest), referenced (kvcd_store_put). Returns 0 or
  * -ENOKEY. */
 int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_block **out);
+/* STATS: the bases of the namespaces st->ns lists, whose ids are @ids. */
+void kvcd_bases_stats(struct kvcd *d, const uint16_t *ids, struct kvcp_stats *st);
 /* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG: the new basis's
  * version and its size in *@bytes, or -EPERM, -EINVAL, -ENOENT (no raw block), -ENOSYS
  * (no LAPACKE), -ENOSPC, -EDQUOT, -ENOMEM. */

@@ -107,11 +107,13 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 {
 	struct ns_filter f = { d, asker ? asker->uid : 0 };
 	unsigned nworkers = __atomic_load_n(&d->nworkers, __ATOMIC_ACQUIRE);
+	uint16_t ids[KVCP_MAX_NS_STATS];
 
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&d->sessions_lock); /* before the store lock, as everywhere */
-	kvcd_store_stats(&d->store, st, asker && !asker->admin ? ns_visible : NULL, &f);
+	kvcd_store_stats(&d->store, st, ids, asker && !asker->admin ? ns_visible : NULL, &f);
 	pthread_mutex_unlock(&d->sessions_lock);
+	kvcd_bases_stats(d, ids, st);
 	st->boot_token = d->boot_token;
 	st->version = KVC_VERSION_MAJOR << 16 | KVC_VERSION_MINOR << 8 | KVC_VERSION_PATCH;
 	st->protocol = KVCP_MAJOR << 16 | KVCP_MINOR;

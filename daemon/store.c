@@ -1361,7 +1361,7 @@ uint64_t kvcd_store_reclaim(struct kvcd_store *s, uint64_t target_free)
 	return n;
 }
 
-void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
+void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st, uint16_t *ids,
 		      bool (*show)(const char *name, void *arg), void *arg)
 {
 	pthread_mutex_lock(&s->lock);
@@ -1386,7 +1386,7 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st,
 
 		if (!s->ns[i].name[0] || (show && !show(s->ns[i].name, arg)))
 			continue;
-		st->nns++;
+		ids[st->nns++] = (uint16_t)i;
 		memcpy(n->name, s->ns[i].name, sizeof(n->name));
 		kvcd_policy_format(&s->ns[i].policy, n->policy, sizeof(n->policy));
 		n->blocks = s->ns[i].blocks;

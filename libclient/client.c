@@ -61,6 +61,9 @@ static_assert(offsetof(struct kvc_stats, op_more) == offsetof(struct kvcp_stats,
 			      offsetof(struct kvcp_stats, recompress) &&
 		      KVC_RECOMPRESS_MAX_KEYS == KVCP_RECOMPRESS_MAX_KEYS,
 	      "recompress ABI");
+static_assert(offsetof(struct kvc_stats, ns_bases) == offsetof(struct kvcp_stats, ns_bases) &&
+		      sizeof(((struct kvc_stats *)0)->ns_bases[0]) == sizeof(struct kvcp_ns_bases),
+	      "0.7 stats ABI");
 
 struct kvc_client {
 	int sock;

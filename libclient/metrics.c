@@ -220,6 +220,12 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 	       (unsigned long long)st->ns[i].fallbacks);
 	PER_NS("kvcd_namespace_quota_bytes", "gauge", "Pool bytes it may hold (0: no quota).",
 	       "%llu", (unsigned long long)st->ns_ext[i].quota);
+	PER_NS("kvcd_namespace_learned_bases", "gauge",
+	       "Learned bases kept for the namespace (CALIBRATE).", "%u", st->ns_bases[i].count);
+	PER_NS("kvcd_namespace_learned_basis_version", "gauge",
+	       "The basis learned= STOREs use (0: none).", "%u", st->ns_bases[i].newest);
+	PER_NS("kvcd_namespace_learned_basis_bytes", "gauge", "Pool bytes the bases hold.", "%llu",
+	       (unsigned long long)st->ns_bases[i].bytes);
 
 	PER_OP("kvcd_requests_total", "counter", "Requests executed, per operation.",
 	       kvc_stats_op(st, i)->count);

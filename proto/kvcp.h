@@ -413,6 +413,14 @@ struct kvcp_ns_ext {
 	uint64_t charged; /* pool bytes it holds */
 };
 
+/* Since 2.6: the learned bases (KVCP_OP_CALIBRATE) of the namespace of ns[i], in
+ * ns_bases[i]. */
+struct kvcp_ns_bases {
+	uint32_t count;	 /* bases kvcd keeps for it (its newest ones) */
+	uint32_t newest; /* the version learned= STOREs use; 0: none */
+	uint64_t bytes;	 /* pool bytes they hold */
+};
+
 /* Since 2.2: the remote tier (zero when none is configured). */
 struct kvcp_remote_stats {
 	uint32_t enabled, nodes;
@@ -499,6 +507,7 @@ struct kvcp_stats {
 	/* 2.4: ops from KVCP_OP_STATS_N on, and RECOMPRESS's work */
 	struct kvcp_op_stats op_more[KVCP_OP_MORE];
 	struct kvcp_recompress_stats recompress;
+	struct kvcp_ns_bases ns_bases[KVCP_MAX_NS_STATS]; /* 2.6: of ns[i] */
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)

@@ -757,7 +757,15 @@ Test(codec_ops, learned_basis_from_calibration)
 		fill_sub(stg, &l, 10 + i);
 		cr_assert_eq(kvc_store(c, &ki, &l, 0), 0);
 	}
+	unsigned i;
+	const struct kvc_stats *st = ns_stats(c, "learn", &i);
+
+	cr_assert_eq(st->ns_bases[i].count, 0);
 	cr_assert_eq(kvc_calibrate(c, 4, 99, &bytes), 1);
+	st = ns_stats(c, "learn", &i);
+	cr_assert_eq(st->ns_bases[i].count, 1);
+	cr_assert_eq(st->ns_bases[i].newest, 1);
+	cr_assert_eq(st->ns_bases[i].bytes, bytes);
 	/* 4 layers x 2 heads x K, V: 4 directions of 64 f32 each, and a header */
 	cr_assert_geq(bytes, 16 * 4 * 64 * 4);
 	cr_assert_lt(bytes, 16 * 8 * 64 * 4, "the ranks the data has, not head_dim: %llu",
@@ -774,9 +782,7 @@ Test(codec_ops, learned_basis_from_calibration)
 
 	l.codec = (uint8_t)lr8;
 	cr_assert_eq(kvc_store(c, &k8, &l, 0), 0);
-	unsigned i;
-	const struct kvc_stats *st = ns_stats(c, "learn", &i);
-
+	st = ns_stats(c, "learn", &i);
 	/* 4 raw blocks, the basis, and two blocks of 4 coefficients a row (f16, int8) */
 	cr_assert_lt(st->ns[i].bytes_stored, 4 * n + bytes + n / 4, "%llu",
 		     (unsigned long long)st->ns[i].bytes_stored);
@@ -825,6 +831,9 @@ Test(codec_ops, learned_basis_from_calibration)
 	}
 	for (int v = 2; v <= 9; v++)
 		cr_assert_eq(kvc_calibrate(c, 4, 99, NULL), v);
+	st = ns_stats(c, "learn", &i);
+	cr_assert_eq(st->ns_bases[i].count, 8, "the 8 newest");
+	cr_assert_eq(st->ns_bases[i].newest, 9);
 	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), -ENOENT, "its basis is gone");
 	size_t hits = 1;
 
@@ -840,6 +849,14 @@ Test(codec_ops, learned_basis_from_calibration)
 		t_kvcctl(&D, "--ns learn calibrate --from-blocks 4 --energy 95", out, sizeof(out)),
 		0, "%s", out);
 	cr_assert_not_null(strstr(out, "basis 10 of namespace learn: "), "%s", out);
+	char big[1 << 16];
+
+	cr_assert_eq(t_kvcctl(&D, "stats --json", big, sizeof(big)), 0);
+	cr_assert_not_null(strstr(big, "\"bases\": {\"count\": 8, \"newest\": 10,"), "%s", big);
+	cr_assert_eq(t_kvcctl(&D, "stats --prometheus", big, sizeof(big)), 0);
+	cr_assert_not_null(strstr(big, "kvcd_namespace_learned_basis_version{namespace=\"learn\"} "
+				       "10\n"),
+			   "%s", big);
 	cr_assert_neq(t_kvcctl(&D, "--ns learn calibrate --energy 0", out, sizeof(out)), 0);
 	cr_assert_not_null(strstr(out, "--energy"), "%s", out);
 	cr_assert_neq(t_kvcctl(&D, "--ns nobody calibrate", out, sizeof(out)), 0);

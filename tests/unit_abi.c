@@ -98,6 +98,9 @@ Test(abi, introspection_structs_match_the_protocol)
 	SAME(kvc_stats, kvcp_stats, op_more);
 	SAME(kvc_stats, kvcp_stats, recompress.blocks);
 	SAME(kvc_stats, kvcp_stats, recompress.bytes_after);
+	SAME(kvc_stats, kvcp_stats, ns_bases[0].count);
+	SAME(kvc_stats, kvcp_stats, ns_bases[0].newest);
+	SAME(kvc_stats, kvcp_stats, ns_bases[31].bytes);
 	SIZE(kvc_block_info, kvcp_list_ent);
 	SAME(kvc_block_info, kvcp_list_ent, key);
 	SAME(kvc_block_info, kvcp_list_ent, layout);

@@ -129,10 +129,12 @@ static void print_stats_json(const struct kvc_stats *st)
 		printf(", \"blocks\": %" PRIu64 ", \"bytes_in\": %" PRIu64
 		       ", \"bytes_stored\": %" PRIu64 ", \"fallbacks\": %" PRIu64
 		       ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64 ", \"evictions\": %" PRIu64
-		       ", \"quota\": %" PRIu64 "}",
+		       ", \"quota\": %" PRIu64 ", \"bases\": {\"count\": %u, \"newest\": %u"
+		       ", \"bytes\": %" PRIu64 "}}",
 		       st->ns[i].blocks, st->ns[i].bytes_in, st->ns[i].bytes_stored,
 		       st->ns[i].fallbacks, st->ns_ext[i].hits, st->ns_ext[i].misses,
-		       st->ns_ext[i].evictions, st->ns_ext[i].quota);
+		       st->ns_ext[i].evictions, st->ns_ext[i].quota, st->ns_bases[i].count,
+		       st->ns_bases[i].newest, st->ns_bases[i].bytes);
 	}
 	printf("], \"ops\": {");
 	for (unsigned i = 0; kvc_op_name(i); i++) {
@@ -232,6 +234,11 @@ static void print_stats(const struct kvc_stats *st)
 		       st->ns[i].bytes_stored, ratio(st->ns[i].bytes_in, st->ns[i].bytes_stored),
 		       ratio(st->ns_ext[i].hits, st->ns_ext[i].hits + st->ns_ext[i].misses),
 		       st->ns_ext[i].evictions, st->ns[i].fallbacks, st->ns[i].policy);
+	for (unsigned i = 0; i < st->nns && i < 32; i++)
+		if (st->ns_bases[i].count)
+			printf("%-*s learned bases: %u, newest %u (%.1f KiB)\n", w, st->ns[i].name,
+			       st->ns_bases[i].count, st->ns_bases[i].newest,
+			       st->ns_bases[i].bytes / 1024.0);
 	printf("\n%-10s %10s %8s %10s %10s %10s\n", "op", "count", "errors", "p50 us", "p99 us",
 	       "p99.9 us");
 	for (unsigned i = 0; kvc_op_name(i); i++) {

@@ -442,6 +442,12 @@ struct kvc_stats {
 		uint64_t kept;			    /* left raw: not encodable, or no smaller */
 		uint64_t bytes_before, bytes_after; /* pool bytes of the rewritten blocks */
 	} recompress;
+	/* since 0.7: the learned bases of ns[i] (kvc_calibrate) */
+	struct {
+		uint32_t count;	 /* bases kvcd keeps for it (its newest ones) */
+		uint32_t newest; /* the version learned= STOREs use; 0: none */
+		uint64_t bytes;	 /* pool bytes they hold */
+	} ns_bases[32];
 };
 
 enum {

@@ -496,8 +496,11 @@ class Client:
         out["namespaces"] = [{"name": s.name.decode(), "policy": s.policy.decode(),
                               "blocks": s.blocks, "bytes_in": s.bytes_in,
                               "bytes_stored": s.bytes_stored, "fallbacks": s.fallbacks,
-                              "hits": e.hits, "misses": e.misses, "evictions": e.evictions}
-                             for s, e in zip(st.ns[:st.nns], st.ns_ext[:st.nns])]
+                              "hits": e.hits, "misses": e.misses, "evictions": e.evictions,
+                              "bases": {"count": b.count, "newest": b.newest,
+                                        "bytes": b.bytes}}
+                             for s, e, b in zip(st.ns[:st.nns], st.ns_ext[:st.nns],
+                                                st.ns_bases[:st.nns])]
         r = st.remote
         out["remote"] = {k: getattr(r, k) for k, _ in r._fields_} if r.enabled else None
         g = st.gpu

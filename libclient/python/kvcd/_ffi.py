@@ -107,6 +107,10 @@ class RecompressStats(ctypes.Structure):
                 ("bytes_after", c_u64)]
 
 
+class NsBases(ctypes.Structure):
+    _fields_ = [("count", c_u32), ("newest", c_u32), ("bytes", c_u64)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("nnodes", c_u32), ("clients", c_u32), ("boot_token", c_u64),
                 ("uptime_ms", c_u64), ("blocks", c_u64), ("bytes_used", c_u64),
@@ -117,7 +121,8 @@ class Stats(ctypes.Structure):
                 ("nns", c_u32), ("pad", c_u32), ("ns", NsStats * 32), ("ns_ext", NsExt * 32),
                 ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
                 ("remote", RemoteStats), ("gpu", GpuStats), ("gpu_use", GpuUse * 16),
-                ("op_more", OpStats * 4), ("recompress", RecompressStats)]
+                ("op_more", OpStats * 4), ("recompress", RecompressStats),
+                ("ns_bases", NsBases * 32)]
 
 
 def _find_library() -> str:

@@ -25,7 +25,7 @@ def test_structures_match_the_c_library():
     assert ctypes.sizeof(_ffi.AttachOpts) == 64
     assert ctypes.sizeof(_ffi.Req) == 56
     assert ctypes.sizeof(_ffi.Cqe) == 40
-    assert ctypes.sizeof(_ffi.Stats) == 18736
+    assert ctypes.sizeof(_ffi.Stats) == 19248
 
 
 def block(dtype=np.float16, layers=2, tokens=16, heads=2, dim=32, seed=0):
@@ -166,7 +166,10 @@ def test_learned_basis_from_python(daemon):
         assert mask.all()
         err = np.linalg.norm(dense.astype(np.float32) - want.astype(np.float32))
         assert err / np.linalg.norm(want.astype(np.float32)) < 0.01
-        assert c.stats()["ops"]["calibrate"]["count"] == 1
+        st = c.stats()
+        assert st["ops"]["calibrate"]["count"] == 1
+        ns = [n for n in st["namespaces"] if n["name"] == "py-learned"][0]
+        assert ns["bases"] == {"count": 1, "newest": 1, "bytes": size}
 
 
 def test_selection_from_python_per_chunk_and_deferred(daemon):
