@@ -1,6 +1,7 @@
 /* stress_fuzz.c - a hostile client scribbles over everything it can write (ring entries,
  * indices, flags, futex words, staging) for a bounded time, re-attaching whenever kvcd hangs
- * up on it, while a well-behaved client keeps storing and verifying. kvcd must never crash,
+ * up on it (every other time with phase-tagged rings), while a well-behaved client keeps
+ * storing and verifying. kvcd must never crash,
  * and the good client must never see a wrong byte. */
 #include <pwd.h>
 #include <sys/prctl.h>
@@ -45,7 +46,12 @@ static void hostile(const char *sock, uint64_t seed, unsigned ms)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	end = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + ms;
 	for (;;) {
-		if (kvcp_raw_attach(sock, NULL, &r))
+		struct kvcp_attach_req req = kvcp_raw_request("default");
+
+		/* every other attach with phase-tagged rings: scribbles with and without the bit
+		 * kvcd takes an entry by */
+		req.flags = attaches % 2 ? KVCP_ATTACH_F_PHASE : 0;
+		if (kvcp_raw_attach(sock, &req, &r))
 			_exit(2);
 		attaches++;
 		for (int i = 0; i < 100000; i++) {
