@@ -161,11 +161,16 @@ static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_
 		tokens += l->tokens;
 	}
 	kvcd_store_ref_many(&d->store, ns, keys, n, b);
-	for (uint32_t i = 0; i < n; i++) /* gone, or rewritten, since the list */
-		if (b[i] && !b[i]->layout.codec)
+	for (uint32_t i = 0; i < n; i++) { /* gone, rewritten or replaced since the list */
+		const struct kvcp_layout *l = b[i] ? &b[i]->layout : NULL;
+
+		if (l && !l->codec && l->dtype == e[0].layout.dtype &&
+		    l->layers == e[0].layout.layers && l->kv_heads == e[0].layout.kv_heads &&
+		    l->head_dim == e[0].layout.head_dim)
 			b[got++] = b[i];
 		else if (b[i])
 			kvcd_store_put(&d->store, b[i], false);
+	}
 	free(e);
 	free(keys);
 	return got;

@@ -573,7 +573,8 @@ static void reattach(kvc_client *c)
 	unmap_ctrl(c);
 	c->dead = 1;
 	c->stash_n = c->stash_head = 0;
-	c->ncancelled = 0; /* the dead daemon's requests will never complete */
+	c->ncancelled = 0;   /* the dead daemon's requests will never complete */
+	c->no_phase = false; /* the new kvcd may be another release */
 	if (do_attach(c) == 0 && c->sq_entries + c->cq_entries > c->stash_cap) {
 		size_t cap = c->sq_entries + c->cq_entries;
 		struct kvcp_cqe *s = realloc(c->stash, cap * sizeof(*s));
