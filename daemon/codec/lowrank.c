@@ -40,6 +40,10 @@ uint64_t kvcd_lr_factor_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32
 typedef lapack_int (*sgesdd_fn)(int, char, lapack_int, lapack_int, float *, lapack_int, float *,
 				float *, lapack_int, float *, lapack_int);
 static sgesdd_fn sgesdd;
+/* CBLAS's ssyrk, from the BLAS LAPACKE depends on (the CBLAS enums by value: RowMajor 101,
+ * Upper 121, Trans 112); NULL: the plain loop in gram_add */
+typedef void (*ssyrk_fn)(int, int, int, int, int, float, const float *, int, float, float *, int);
+static ssyrk_fn ssyrk;
 
 static void lapack_load(void)
 {
@@ -49,6 +53,7 @@ static void lapack_load(void)
 	if (!h)
 		return;
 	sgesdd = (sgesdd_fn)dlsym(h, "LAPACKE_sgesdd");
+	ssyrk = (ssyrk_fn)dlsym(h, "cblas_ssyrk");
 	threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
 	if (threads)
 		threads(1); /* tiny matrices, on the worker's own core */
@@ -477,9 +482,15 @@ void kvcd_basis_seal(void *b, uint64_t id)
 	memcpy((uint8_t *)b + offsetof(struct kvcd_basis_hdr, id), &id, sizeof(id));
 }
 
-/* @x's rows' second moment, the upper triangle accumulated into @g (d x d, full on return). */
+/* @x's @n rows' (@stride apart) second moment, accumulated into the upper triangle of @g
+ * (d x d): by BLAS when there is one (a calibration of a large model is billions of
+ * multiply-adds), else plainly. */
 static void gram_add(const float *x, size_t n, size_t stride, uint32_t d, float *g)
 {
+	if (ssyrk && n <= INT32_MAX && stride <= INT32_MAX) {
+		ssyrk(101, 121, 112, (int)d, (int)n, 1.0f, x, (int)stride, 1.0f, g, (int)d);
+		return;
+	}
 	for (size_t t = 0; t < n; t++) {
 		const float *r = x + t * stride;
 
