@@ -21,7 +21,7 @@
 
 #include "cli.h"
 
-static int attach(const char *sock, const char *ns, kvc_client **c)
+static int attach(const char *sock, const char *ns, int timeout_ms, kvc_client **c)
 {
 	struct kvc_attach_opts o;
 	int err;
@@ -30,6 +30,8 @@ static int attach(const char *sock, const char *ns, kvc_client **c)
 	o.socket = sock;
 	o.ns = ns;
 	o.staging_size = 4096; /* admin requests use the scratch area */
+	if (timeout_ms)
+		o.op_timeout_ms = timeout_ms;
 	err = kvc_attach(&o, c);
 	if (err)
 		cli_attach_error("kvcctl", sock, ns, err);
@@ -519,7 +521,7 @@ int main(int argc, char **argv)
 		printf("kvcctl %s\n", KVC_VERSION_STRING);
 		if (optind < argc)
 			return 2;
-		if (attach(sock, ns, &c))
+		if (attach(sock, ns, 0, &c))
 			return 1;
 		err = kvc_stats(c, &st, sizeof(st));
 		if (!err)
@@ -617,7 +619,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (attach(sock, ns, &c))
+	/* a large model's calibration takes seconds on kvcd's worker: wait for it */
+	if (attach(sock, ns, !strcmp(cmd, "calibrate") ? 600000 : 0, &c))
 		return 1;
 	if (!strcmp(cmd, "calibrate")) {
 		uint64_t bytes_b = 0;

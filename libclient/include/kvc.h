@@ -515,7 +515,10 @@ int kvc_evict(kvc_client *c, uint32_t mib);
  * keep only each row's coefficients over it; blocks stored under an older basis still decode
  * while kvcd keeps it (its 8 newest per namespace). Needs the daemon's uid or root. Returns
  * the basis's version (1, 2, ...) and its bytes in *@bytes (may be NULL); -EPERM, -EINVAL,
- * -ENOENT (no raw block to learn from), -ENOSYS (kvcd lacks LAPACKE), -ENOSPC, -EDQUOT. */
+ * -ENOENT (no raw block to learn from), -ENOSYS (kvcd lacks LAPACKE), -ENOSPC, -EDQUOT.
+ * kvcd works on it for up to seconds with a large model (kvcctl waits up to 10 minutes):
+ * attach with an op_timeout_ms that allows it, or -ETIMEDOUT comes back while kvcd goes on
+ * and keeps the basis. */
 int kvc_calibrate(kvc_client *c, uint32_t blocks, uint32_t energy, uint64_t *bytes);
 
 /* Message for a return value of this library ("Success" for 0). Never NULL. */

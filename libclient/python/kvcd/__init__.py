@@ -471,7 +471,8 @@ class Client:
     def calibrate(self, blocks: int = 0, energy: int = 99) -> Tuple[int, int]:
         """Learn this namespace's basis for ``learned=on`` policies from up to ``blocks``
         of its raw blocks (0: as many as kvcd reads), keeping ``energy`` percent of their
-        rows' energy; admin only. Returns (the basis's version, its bytes)."""
+        rows' energy; admin only. Returns (the basis's version, its bytes). With a large
+        model kvcd works on it for seconds: give the Client an op_timeout_ms that allows it."""
         size = ctypes.c_uint64(0)
         res = lib.kvc_calibrate(self._live(), blocks, energy, ctypes.byref(size))
         return _check(res, "calibrate"), size.value
