@@ -44,6 +44,9 @@ static sgesdd_fn sgesdd;
  * Upper 121, Trans 112); NULL: the plain loop in gram_add */
 typedef void (*ssyrk_fn)(int, int, int, int, int, float, const float *, int, float, float *, int);
 static ssyrk_fn ssyrk;
+/* LAPACKE's symmetric eigensolver, for the Gram matrices (NULL: their SVD instead) */
+typedef lapack_int (*ssyevd_fn)(int, char, char, lapack_int, float *, lapack_int, float *);
+static ssyevd_fn ssyevd;
 
 static void lapack_load(void)
 {
@@ -54,6 +57,7 @@ static void lapack_load(void)
 		return;
 	sgesdd = (sgesdd_fn)dlsym(h, "LAPACKE_sgesdd");
 	ssyrk = (ssyrk_fn)dlsym(h, "cblas_ssyrk");
+	ssyevd = (ssyevd_fn)dlsym(h, "LAPACKE_ssyevd");
 	threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
 	if (threads)
 		threads(1); /* tiny matrices, on the worker's own core */
@@ -504,6 +508,30 @@ static void gram_add(const float *x, size_t n, size_t stride, uint32_t d, float 
 	}
 }
 
+/* The eigenvectors of the symmetric @g (d x d, destroyed) as rows of @vt, largest first,
+ * and the square roots of their eigenvalues (the rows' singular values) in @sv; @u: d x d
+ * floats of scratch. A second moment's singular values are its eigenvalues, so the SVD
+ * serves where LAPACKE lacks the symmetric solver, only slower. */
+static int gram_eig(float *g, uint32_t d, float *sv, float *u, float *vt)
+{
+	if (ssyevd) {
+		if (ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)d, g, (lapack_int)d, u))
+			return -EINVAL;
+		for (uint32_t k = 0; k < d; k++) { /* ascending: the last is the largest */
+			sv[k] = sqrtf(fmaxf(u[d - 1 - k], 0.0f));
+			for (uint32_t i = 0; i < d; i++)
+				vt[(size_t)k * d + i] = g[(size_t)i * d + (d - 1 - k)];
+		}
+		return 0;
+	}
+	if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)d, (lapack_int)d, g, (lapack_int)d, sv, u,
+		   (lapack_int)d, vt, (lapack_int)d))
+		return -EINVAL;
+	for (uint32_t i = 0; i < d; i++)
+		sv[i] = sqrtf(fmaxf(sv[i], 0.0f));
+	return 0;
+}
+
 int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls,
 		     const void *const *srcs, uint32_t energy, uint32_t version, void **out,
 		     uint64_t *len)
@@ -577,16 +605,9 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 				for (uint32_t i = 0; i < d; i++) /* the lower triangle too */
 					for (uint32_t j = 0; j < i; j++)
 						gh[(size_t)i * d + j] = gh[(size_t)j * d + i];
-				if (sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)d, (lapack_int)d, gh,
-					   (lapack_int)d, sv, u, (lapack_int)d, vt,
-					   (lapack_int)d)) {
-					err = -EINVAL;
+				err = gram_eig(gh, d, sv, u, vt);
+				if (err)
 					break;
-				}
-				/* a second moment's singular values are its eigenvalues, the
-				 * squared singular values of the rows themselves */
-				for (uint32_t i = 0; i < d; i++)
-					sv[i] = sqrtf(fmaxf(sv[i], 0.0f));
 				r = energy_of(sv, d, energy, d);
 				rk[unit] = (uint8_t)r;
 				/* parked at the unit's full-size place; compacted below */
