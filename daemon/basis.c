@@ -29,12 +29,23 @@ bool kvcd_basis_key(const struct kvcp_key *k)
 	return k->hi == KVCP_BASIS_KEY_HI;
 }
 
+/* Where a namespace's next basis goes in its table @at: a free slot, else its oldest. */
+static struct kvcd_basis_slot *slot_for(struct kvcd_basis_slot *at)
+{
+	struct kvcd_basis_slot *low = &at[0];
+
+	for (int i = 1; i < KVCD_BASES_MAX && low->b; i++)
+		if (!at[i].b || at[i].version < low->version)
+			low = &at[i];
+	return low;
+}
+
 /* Start-up (one thread, the store lock held by kvcd_store_hold_hi): a basis block found in the
  * pools, referenced for us. Kept when its bytes check out and there is room. */
 static bool adopt_one(void *arg, uint16_t ns, const struct kvcp_key *k, struct kvcd_block *b)
 {
 	struct kvcd_bases *t = arg;
-	struct kvcd_basis_slot *at = t->at[ns], *low = NULL;
+	struct kvcd_basis_slot *at = t->at[ns], *low;
 	struct kvcd_basis_hdr h;
 
 	if (b->layout.codec != KVCP_CODEC_BASIS || kvcd_basis_check(b->data, b->stored))
@@ -42,9 +53,7 @@ static bool adopt_one(void *arg, uint16_t ns, const struct kvcp_key *k, struct k
 	memcpy(&h, b->data, sizeof(h));
 	if (h.version != k->lo)
 		return false;
-	for (int i = 0; i < KVCD_BASES_MAX; i++) /* a free slot, else the oldest */
-		if (!low || !at[i].b || (low->b && at[i].version < low->version))
-			low = &at[i];
+	low = slot_for(at);
 	if (low->b && (low->version > h.version || t->ndropped == KVCD_BASES_DROPPED))
 		return false;
 	if (low->b)
@@ -234,7 +243,7 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 	}
 	if (!err) {
 		uint64_t sum = sum_on ? kvcd_copy_sum(kvcd_isa_best(), b->data, basis, len) : 0;
-		struct kvcd_basis_slot *low = NULL;
+		struct kvcd_basis_slot *low;
 
 		if (!sum_on)
 			memcpy(b->data, basis, len);
@@ -242,9 +251,7 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 		kvcd_store_hold(&d->store, b); /* ours from before it is visible */
 		kvcd_store_commit(&d->store, b, true, sum_on, sum);
 		pthread_mutex_lock(&t->lock);
-		for (int i = 0; i < KVCD_BASES_MAX; i++) /* a free slot, else the oldest */
-			if (!low || !at[i].b || (low->b && at[i].version < low->version))
-				low = &at[i];
+		low = slot_for(at);
 		old = low->b;
 		old_version = low->version;
 		low->b = b;

@@ -39,11 +39,6 @@ static bool misaligned(const void *p)
 
 /* ---- request execution ------------------------------------------------------------------- */
 
-static bool learned(const struct kvcd_policy *p)
-{
-	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
-}
-
 /* Decode block @b of namespace @ns into @dst (@cap bytes), with the basis it names when it
  * needs one. A block whose basis is gone can never be read again: it is removed, and the
  * read is a miss (-ENOENT). Otherwise as kvcd_codec_decode. */
@@ -52,7 +47,10 @@ static int decode_block(struct kvcd *d, uint16_t ns, const struct kvcp_key *key,
 {
 	struct kvcd_block *basis = NULL;
 	uint64_t id;
-	uint32_t version = kvcd_codec_basis_of(b->data, b->stored, &id);
+	/* only the sparse form carries a basis: other blocks' headers are parsed once, below */
+	uint32_t version = b->layout.codec & KVCP_CODEC_SPARSE
+				   ? kvcd_codec_basis_of(b->data, b->stored, &id)
+				   : 0;
 	int err = 0;
 
 	if (version)
@@ -195,7 +193,7 @@ static int store_with_fallback(struct kvcd *d, struct kvcd_session *s, const str
 
 	if (kvcd_basis_key(&v->key))
 		return -EPERM;
-	if (learned(pol)) { /* the namespace's newest basis, held while it is used */
+	if (kvcd_policy_learned(pol)) { /* the namespace's newest basis, held while it is used */
 		err = kvcd_basis_get(d, s->ns_id, 0, &basis);
 		if (aux)
 			with = *aux;
@@ -1146,7 +1144,8 @@ static int do_recompress(struct kvcd *d, struct kvcd_session *s, const struct kv
 	cl.tokens = aux_tokens(auxcopy, h.aux_len, &cl, tokens);
 	if (h.aux_len)
 		err = cl.tokens ? read_aux(auxcopy, 0, h.aux_len, 0, &cl, &aux, &auxmem) : -EINVAL;
-	if (!err && learned(&pol)) /* the namespace's newest basis, held while it is used */
+	if (!err &&
+	    kvcd_policy_learned(&pol)) /* the namespace's newest basis, held while it is used */
 		err = kvcd_basis_get(d, s->ns_id, 0, &basis);
 	aux.basis = basis ? basis->data : NULL;
 	aux.basis_len = basis ? basis->stored : 0;

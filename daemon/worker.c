@@ -52,7 +52,7 @@ static bool cq_room(struct kvcd *d, struct kvcd_session *s)
 
 	if (s->cq_prod - s->cq_cons_cache < s->cq_entries)
 		return true;
-	/* A3: pairs with R2 of the client's kvcp_ring_pop() on the CQ */
+	/* A3: pairs with R2 of the client's kvcp_ring_take() on the CQ */
 	cons = kvcp_load_acquire(&s->hdr->cq.cons);
 	if (s->cq_prod - cons > s->cq_entries) {
 		mark_broken(d, s, "completion ring consumer index out of range");

@@ -618,17 +618,35 @@ static inline void kvcp_entry_read(void *dst, const void *src)
 		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
 }
 
+/* Is there room for the entry at @prod? Reloads the consumer index only when the cached copy
+ * @*cons_cache says full. */
+static inline int kvcp_ring_room(struct kvcp_ring *ring, uint32_t nentries, uint32_t prod,
+				 uint32_t *cons_cache)
+{
+	if (kvcp_ring_count(prod, *cons_cache) < nentries)
+		return 1;
+	/* A2: pairs with R2 in kvcp_ring_take(): the consumer is done with the slots */
+	*cons_cache = kvcp_load_acquire(&ring->cons);
+	return kvcp_ring_count(prod, *cons_cache) < nentries;
+}
+
+/* Consumer side: copy the entry at @*cons into @entry (read once) and hand the slot back. */
+static inline void kvcp_ring_take(struct kvcp_ring *ring, const void *entries, uint32_t nentries,
+				  uint32_t *cons, void *entry)
+{
+	kvcp_entry_read(entry, (const char *)entries + (size_t)(*cons & (nentries - 1)) * 64);
+	(*cons)++;
+	/* R2: pairs with A2 in kvcp_ring_room(): slot read before cons moves */
+	kvcp_store_release(&ring->cons, *cons);
+}
+
 /* Producer side, used by the side that owns @ring->prod and keeps its own copy @*prod and a
  * cached copy of the consumer index @*cons_cache. Returns 0 or -EAGAIN when full. */
 static inline int kvcp_ring_push(struct kvcp_ring *ring, void *entries, uint32_t nentries,
 				 uint32_t *prod, uint32_t *cons_cache, const void *entry)
 {
-	if (kvcp_ring_count(*prod, *cons_cache) >= nentries) {
-		/* A2: pairs with R2 in kvcp_ring_pop(): the consumer is done with the slots */
-		*cons_cache = kvcp_load_acquire(&ring->cons);
-		if (kvcp_ring_count(*prod, *cons_cache) >= nentries)
-			return -EAGAIN;
-	}
+	if (!kvcp_ring_room(ring, nentries, *prod, cons_cache))
+		return -EAGAIN;
 	memcpy((char *)entries + (size_t)(*prod & (nentries - 1)) * 64, entry, 64);
 	(*prod)++;
 	/* R1: pairs with A1 in kvcp_ring_pop(): the entry is written before prod moves */
@@ -650,10 +668,7 @@ static inline int kvcp_ring_pop(struct kvcp_ring *ring, const void *entries, uin
 		return 0;
 	if (n > nentries)
 		return -EBADMSG;
-	kvcp_entry_read(entry, (const char *)entries + (size_t)(*cons & (nentries - 1)) * 64);
-	(*cons)++;
-	/* R2: pairs with A2 in kvcp_ring_push(): slot read before cons moves */
-	kvcp_store_release(&ring->cons, *cons);
+	kvcp_ring_take(ring, entries, nentries, cons, entry);
 	return 1;
 }
 
@@ -685,12 +700,8 @@ static inline int kvcp_ring_push_phase(struct kvcp_ring *ring, void *entries, ui
 	char *slot = (char *)entries + (size_t)(*prod & (nentries - 1)) * 64;
 	uint32_t w;
 
-	if (kvcp_ring_count(*prod, *cons_cache) >= nentries) {
-		/* A2: pairs with R2 in kvcp_ring_pop_phase(): the consumer is done with it */
-		*cons_cache = kvcp_load_acquire(&ring->cons);
-		if (kvcp_ring_count(*prod, *cons_cache) >= nentries)
-			return -EAGAIN;
-	}
+	if (!kvcp_ring_room(ring, nentries, *prod, cons_cache))
+		return -EAGAIN;
 	memcpy(&w, (const char *)entry + word, 4);
 	w = kvcp_phase(*prod, nentries) ? w | bit : w & ~bit;
 	memcpy(slot, entry, word);
@@ -723,13 +734,10 @@ static inline int kvcp_ring_pop_phase(struct kvcp_ring *ring, const void *entrie
 
 	if (!kvcp_ring_ready_phase(entries, nentries, *cons, word, bit))
 		return 0;
-	kvcp_entry_read(entry, (const char *)entries + (size_t)(*cons & (nentries - 1)) * 64);
+	kvcp_ring_take(ring, entries, nentries, cons, entry);
 	memcpy(&w, (char *)entry + word, 4);
 	w &= ~bit;
 	memcpy((char *)entry + word, &w, 4);
-	(*cons)++;
-	/* R2: pairs with A2 in kvcp_ring_push_phase(): slot read before cons moves */
-	kvcp_store_release(&ring->cons, *cons);
 	return 1;
 }
 

@@ -162,8 +162,8 @@ static int read_hdr(const void *src, uint64_t n, struct kvcd_codec_hdr *h)
 	if (h->magic != KVCD_CODEC_MAGIC || h->version != KVCD_CODEC_VERSION ||
 	    (h->flags & ~KVCD_CODEC_F_SCORES) ||
 	    (h->pol.kind == KVCD_CODEC_NONE && !kvcd_policy_sel(&h->pol)) || h->layout.codec ||
-	    (h->reserved != 0) != (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LEARNED)) ||
-	    h->bytes != n || kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
+	    (h->reserved != 0) != kvcd_policy_learned(&h->pol) || h->bytes != n ||
+	    kvcd_policy_check(&h->pol, &h->layout, why, sizeof(why)))
 		return -EBADMSG;
 	return 0;
 }

@@ -94,6 +94,12 @@ static inline bool kvcd_policy_sel(const struct kvcd_policy *p)
 	return p->select || p->rank || p->mc;
 }
 
+/* Does @p store coefficients over its namespace's learned basis (learned=on)? */
+static inline bool kvcd_policy_learned(const struct kvcd_policy *p)
+{
+	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
+}
+
 enum kvcd_select {
 	KVCD_SELECT_NONE = 0,
 	KVCD_SELECT_RECENT = 1,	 /* StreamingLLM: sinks and the most recent tokens */

@@ -67,24 +67,19 @@ static bool tucker(const struct kvcd_policy *p)
 	return p->rank && (p->lowrank & KVCD_LOWRANK_TUCKER);
 }
 
-static bool learned(const struct kvcd_policy *p)
-{
-	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
-}
-
 /* energy= and learned=: the plan also holds each (layer, head)'s K and V ranks after the
  * counts, and with tensor=tucker each layer's K then V ranks of its token, head and channel
  * modes; the block stores them as bytes after its counts (learned=: after the basis's id). */
 static size_t ranks_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return tucker(p)		 ? 6 * (size_t)l->layers
-	       : p->energy || learned(p) ? 2 * (size_t)l->layers * l->kv_heads
-					 : 0;
+	return tucker(p)			     ? 6 * (size_t)l->layers
+	       : p->energy || kvcd_policy_learned(p) ? 2 * (size_t)l->layers * l->kv_heads
+						     : 0;
 }
 
 static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return ranks_n(p, l) + (learned(p) ? 8 : 0);
+	return ranks_n(p, l) + (kvcd_policy_learned(p) ? 8 : 0);
 }
 
 static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
@@ -113,7 +108,7 @@ static const uint32_t *ranks_at(const struct kvcd_policy *p, const struct kvcp_l
 
 	if (tucker(p))
 		return counts + lh + 6 * (u / l->kv_heads);
-	return p->energy || learned(p) ? counts + lh + 2 * u : NULL;
+	return p->energy || kvcd_policy_learned(p) ? counts + lh + 2 * u : NULL;
 }
 
 size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
@@ -144,7 +139,7 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return u % l->kv_heads ? 0
 				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
 								  kvcd_lr_rank(p, n, hd), hd);
-	if (rk && learned(p)) /* coefficients only: the basis is the namespace's */
+	if (rk && kvcd_policy_learned(p)) /* coefficients only: the basis is the namespace's */
 		return kvcd_lr_coef_bytes(p, l->dtype, n, rk[0]) +
 		       kvcd_lr_coef_bytes(p, l->dtype, n, rk[1]);
 	if (rk) /* energy=: the plan's ranks of K and V */
@@ -446,7 +441,7 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 	int err = plan_counts(isa, p, l, pos, src, aux, counts);
 	size_t lh = (size_t)l->layers * l->kv_heads;
 
-	if (!err && learned(p)) { /* the basis's ranks, capped by rank= */
+	if (!err && kvcd_policy_learned(p)) { /* the basis's ranks, capped by rank= */
 		const void *b = basis_for(l, aux);
 		const uint8_t *brk = b ? kvcd_basis_ranks(b) : NULL;
 
@@ -599,7 +594,7 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	if (!kvcp_layout_bytes(l))
 		return 0;
 	if (!counts) { /* without data: not for Ada-KV's or energy's data-chosen sizes */
-		if (p->budget >= KVCD_BUDGET_ADAKV || p->energy || learned(p) ||
+		if (p->budget >= KVCD_BUDGET_ADAKV || p->energy || kvcd_policy_learned(p) ||
 		    !(own = malloc(lh * 4)) ||
 		    kvcd_sel_plan(KVCD_ISA_SCALAR, p, l, pos, NULL, NULL, own)) {
 			free(own);
@@ -720,7 +715,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	uint64_t total = 0;
 	uint8_t *o = dst, *bits, *wts, *body;
 	float *lbuf = NULL; /* svd=layer */
-	const void *basis = learned(p) ? basis_for(l, aux) : NULL;
+	const void *basis = kvcd_policy_learned(p) ? basis_for(l, aux) : NULL;
 	struct kvcd_basis_hdr bh = { 0 };
 	struct sel_work w;
 	char why[8];
@@ -728,7 +723,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 
 	if (kvcd_policy_check(p, l, why, sizeof(why)) || !kvcd_policy_sel(p) || need_aux(p, aux))
 		return -EINVAL;
-	if (learned(p) && !basis)
+	if (kvcd_policy_learned(p) && !basis)
 		return -ENOKEY;
 	if (basis)
 		memcpy(&bh, basis, sizeof(bh));
@@ -850,7 +845,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			} else if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
-			} else if (learned(p)) {
+			} else if (kvcd_policy_learned(p)) {
 				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
 
 				if (m) {
@@ -915,7 +910,7 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 			return -EBADMSG;
 		for (size_t j = 2 * i; j < 2 * i + 2 && rn && !tucker(&h->pol); j++) {
 			/* energy=: 1..cap, 0 if empty; learned=: at most rank= and head_dim */
-			uint32_t cap = learned(&h->pol)
+			uint32_t cap = kvcd_policy_learned(&h->pol)
 					       ? (h->pol.rank < l->head_dim ? h->pol.rank
 									    : l->head_dim)
 					       : kvcd_lr_rank(&h->pol, counts[i], l->head_dim);
@@ -1045,7 +1040,7 @@ uint32_t kvcd_sel_basis_id(const struct kvcd_codec_hdr *h, const void *src, uint
 {
 	size_t at = sizeof(*h) + (size_t)h->layout.layers * h->layout.kv_heads * 4;
 
-	if (!learned(&h->pol) || n < at + 8)
+	if (!kvcd_policy_learned(&h->pol) || n < at + 8)
 		return 0;
 	memcpy(id, (const uint8_t *)src + at, 8);
 	return h->reserved;
@@ -1074,7 +1069,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		free(counts);
 		return -EBADMSG;
 	}
-	if (learned(&h->pol) && !basis_fits(h, src, counts, basis, basis_len)) {
+	if (kvcd_policy_learned(&h->pol) && !basis_fits(h, src, counts, basis, basis_len)) {
 		free(counts);
 		return -ENOKEY;
 	}
@@ -1159,7 +1154,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
 				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
-		} else if (learned(&h->pol)) {
+		} else if (kvcd_policy_learned(&h->pol)) {
 			uint32_t c = counts[i], d = hl->head_dim;
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
 
