@@ -661,7 +661,7 @@ struct kvcd_worker {
 	uint32_t wake; /* private futex: list changed or stop */
 	bool stop;
 	bool parked; /* the latest request it began waits on the remote tier: sleep, not spin */
-	bool woke;   /* its latest pass woke a sleeping client */
+	bool spin;   /* its latest pass answered a client that spins for its answers */
 	struct kvcd_op_stats ops; /* what this worker executed (stats.c) */
 };
 

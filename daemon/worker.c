@@ -123,13 +123,19 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		kvcd_op_record(&w->ops, sqe.opcode, cqe.res, s->cont.ns);
 	}
 	if (n) {
+		uint32_t hint;
+		bool woke = false;
+
 		/* Pairs with the client's fence between setting NEED_WAKEUP and re-checking. */
 		kvcp_fence();
 		if (kvcp_load_relaxed(&s->hdr->cq.flags) & KVCP_RING_NEED_WAKEUP) {
 			__atomic_fetch_add(&s->hdr->cq.futex, 1, __ATOMIC_RELEASE);
 			kvcd_futex_wake(&s->hdr->cq.futex, 1, true);
-			w->woke = true;
+			woke = true;
 		}
+		hint = kvcp_load_relaxed(&s->hdr->cq.hint);
+		if (hint == KVCP_HINT_SPIN || (hint != KVCP_HINT_SLEEP && !woke))
+			w->spin = true;
 	}
 	return n;
 }
@@ -208,15 +214,14 @@ static void *worker_main(void *arg)
 		}
 		unsigned did = 0;
 
-		w->woke = false;
+		w->spin = false;
 		for (unsigned i = 0; i < n; i++)
 			did += process(w->d, w, local[i]);
 		if (did) {
 			last = kvcd_now_ns();
-			/* spin for the next request only if its client is spinning too: one that had
-			 * gone to sleep (we just woke it) takes a wake-up to answer, and spinning meanwhile
-			 * only keeps a core from it on a busy machine */
-			nospin = w->woke;
+			/* spin for the next request only if a client answered is spinning too (its
+			 * cq.hint, see kvcp.h) */
+			nospin = !w->spin;
 			continue;
 		}
 		/* A request that waits on the remote tier (or a GPU's mover) is woken by it: spinning

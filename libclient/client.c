@@ -92,7 +92,8 @@ struct kvc_client {
 	uint32_t stash_head, stash_n, stash_cap;
 	uint64_t *cancelled; /* tickets of timed-out calls: their completions are dropped */
 	uint32_t ncancelled;
-	struct kvcp_spin spin; /* how long a wait spins before sleeping (opts.spin_us at most) */
+	struct kvcp_spin spin; /* whether a wait spins (opts.spin_us at most) or sleeps at once */
+	uint32_t hint;	       /* what cq.hint says (KVCP_HINT_*) */
 	uint64_t gpu_mask;     /* devices with GPU staging mapped */
 	struct kvcc_gpu gpu[KVCP_MAX_GPUS];
 };
@@ -299,6 +300,7 @@ static int map_segments(kvc_client *c, const struct kvcp_attach_rep *rep, const 
 	c->sq_prod = c->sq_cons_cache = kvcp_load_acquire(&c->hdr->sq.prod);
 	c->cq_cons = kvcp_load_acquire(&c->hdr->cq.cons);
 	c->phase = c->hdr->compat & KVCP_COMPAT_PHASE;
+	c->hint = 0; /* a fresh segment says nothing yet: the next wait writes it */
 	c->boot_token = rep->boot_token;
 	return 0;
 out_unmap:
@@ -475,7 +477,7 @@ int kvc_attach_0_6(const struct kvc_attach_opts *o, kvc_client **out)
 	c->opts.socket = NULL;
 	c->opts.ns = NULL;
 	if (!c->opts.spin_us)
-		c->opts.spin_us = 50;
+		c->opts.spin_us = 200;
 	kvcp_spin_init(&c->spin, c->opts.spin_us * 1000ull);
 	if (!c->opts.op_timeout_ms)
 		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;
@@ -789,28 +791,38 @@ int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
 static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 {
 	struct kvcp_ring *cq;
-	uint64_t t0 = now_ns(), next_check = t0, spin_end;
+	uint64_t t0 = now_ns(), next_check = t0, spin_end, t;
 	bool spinning = true, busy = c->opts.flags & KVC_ATTACH_BUSY_POLL;
 	uint32_t fv;
 
 	if (c->dead || !c->hdr)
 		return -ECONNRESET;
 	cq = &c->hdr->cq;
-	spin_end = t0 + kvcp_spin_begin(&c->spin);
+	spin_end = busy ? UINT64_MAX : t0 + kvcp_spin_begin(&c->spin, t0);
+	fv = busy || c->spin.cur == KVCP_WAIT_SPIN ? KVCP_HINT_SPIN : KVCP_HINT_SLEEP;
+	if (fv != c->hint) { /* the worker reads it when it answers (kvcp.h) */
+		kvcp_store_relaxed(&cq->hint, fv);
+		c->hint = fv;
+	}
 	for (unsigned looks = 1;; looks++) {
 		if (cq_ready(c)) {
-			if (spinning && !busy)
-				kvcp_spin_end(&c->spin, 1);
+			/* found before the clock was read again: a few pauses, counted as none,
+			 * which spares the clock a round trip that has it already */
+			t = looks < 8 ? t0 : now_ns();
+			if (!busy)
+				kvcp_spin_end(&c->spin, t - t0, t);
 			return 0;
 		}
 		if (spinning && looks % 8) { /* the clock one look in 8: looks find the reply */
 			__builtin_ia32_pause();
 			continue;
 		}
-		uint64_t t = now_ns();
-
-		if (deadline_ns && t >= deadline_ns)
+		t = now_ns();
+		if (deadline_ns && t >= deadline_ns) {
+			if (!busy)
+				kvcp_spin_end(&c->spin, t - t0, t);
 			return -ETIMEDOUT;
+		}
 		if (t >= next_check) { /* a syscall, so at most every 10 ms */
 			if (daemon_gone(c)) {
 				reattach(c);
@@ -818,15 +830,11 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 			}
 			next_check = t + 10000000ull;
 		}
-		if (busy || t < spin_end) {
-			kvcp_spin_tick(&c->spin, t);
+		if (t < spin_end) {
 			__builtin_ia32_pause();
 			continue;
 		}
-		if (spinning) {
-			kvcp_spin_end(&c->spin, 0);
-			spinning = false;
-		}
+		spinning = false;
 		/* The worker stops draining our SQ while our CQ is full and may have gone to
 		 * sleep; we have since made room, so wake it before we sleep ourselves. */
 		if (c->sq_prod != kvcp_load_acquire(&c->hdr->sq.cons))

@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     6
+#define KVCP_MINOR     7
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -77,13 +77,23 @@ struct kvcp_ring {
 	uint32_t pad1[15];
 	uint32_t flags; /* written by the side that may sleep */
 	uint32_t futex; /* bumped by the side that wakes it, then FUTEX_WAKE */
-	uint32_t pad2[14];
+	uint32_t hint;	/* 2.7, CQ only: how the client waits (KVCP_HINT_*); 0 in the SQ */
+	uint32_t pad2[13];
 };
 
 /* SQ: the daemon sets NEED_WAKEUP before it sleeps; a client that sees it after publishing
  * bumps sq.futex and wakes. CQ: the client sets NEED_WAKEUP before it sleeps; the daemon that
  * sees it after publishing bumps cq.futex and wakes. */
 #define KVCP_RING_NEED_WAKEUP 1u
+
+/* cq.hint (2.7), written by the client when its way of waiting changes, read by the worker
+ * after it publishes (the line it reads flags from): whether the worker, having answered,
+ * should spin for the client's next request. A client that sleeps at once takes a wake-up to
+ * send it, and spinning meanwhile only keeps a core from it on a busy machine; one that spins
+ * sends it at once, even if this answer had to wake it. 0 (clients before 2.7): the worker
+ * spins unless it had to wake the client. */
+#define KVCP_HINT_SPIN	1u
+#define KVCP_HINT_SLEEP 2u
 
 struct kvcp_shm_hdr {
 	uint64_t magic; /* stored last, with release order */
@@ -540,60 +550,138 @@ struct kvcp_client_ent {
 #define kvcp_fence()		 __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
 /* ---- a client's spin before it sleeps on its completion queue, adapted ---------------------
- * Spinning for a completion saves the wake-up on an idle core and wastes the core the daemon
- * needs on a busy machine. Each spin watches its own clock: a gap between two looks longer
- * than KVCP_SPIN_GAP_NS means this thread was descheduled while spinning; such a spin that
- * found nothing halves the budget, and one that found its completion doubles it again, up to
- * the configured most. At nothing, one wait in KVCP_SPIN_PROBE_EVERY spins KVCP_SPIN_PROBE_NS
- * to learn whether the machine is quiet again. */
-#define KVCP_SPIN_GAP_NS      20000u
-#define KVCP_SPIN_PROBE_NS    2000u
-#define KVCP_SPIN_PROBE_EVERY 16u
+ * A wait either spins (up to the configured most, then sleeps) or sleeps at once. Spinning
+ * saves the wake-up while the worker runs on another core; on a busy machine the spinner is
+ * descheduled for whole slices, or holds the core the worker was woken onto, and sleeping at
+ * once is faster. Which one pays depends on the load, the scheduler's placement and the cost
+ * of a cross-core wake-up, so it is measured, not guessed: waits are timed, each way's mean
+ * kept, and every so often a short trial of the other way is run. The trial's first wait is
+ * not counted (the worker still does what the old way told it: sleeps, or spins for the next
+ * request; cq.hint); nor is the first after it. The other way is adopted when its mean is
+ * lower by a tenth; a trial ends as soon as it cannot be. While the way in use keeps winning,
+ * trials come less often, down to one a second, so a quiet machine pays a couple of sleeping
+ * waits a second at most. A wait counts at most KVCP_SPIN_CAP_NS: the way changes a long
+ * request's wait little, and one would drown the others.
+ * A trial is short, and the cost of spinning on a busy machine comes as rare waits of a
+ * whole time slice, which a trial seldom meets but a spell in use does. So the mean a way
+ * had when it was dropped is kept, halved every KVCP_SPIN_FORGET_NS, and a trial of that way
+ * is judged by the larger of that and its own mean: a way that lost over a long spell is not
+ * taken back on a few lucky waits, and is once the loss is old. Nor is the way in use judged
+ * on fewer than KVCP_SPIN_MIN_N waits. */
+#define KVCP_SPIN_TRIAL	    7u		  /* counted waits of a trial of the other way */
+#define KVCP_SPIN_EVERY_NS  20000000ull	  /* trials: at first, and after a change */
+#define KVCP_SPIN_EVERY_MAX 1000000000ull /* trials: least often */
+#define KVCP_SPIN_CAP_NS    10000000ull	  /* most a wait counts for */
+#define KVCP_SPIN_FORGET_NS 250000000ull  /* a dropped way's mean halves this often */
+#define KVCP_SPIN_MIN_N	    32u		  /* waits of the way in use before a trial */
+
+enum {
+	KVCP_WAIT_SPIN,
+	KVCP_WAIT_SLEEP
+};
 
 struct kvcp_spin {
-	uint64_t max_ns;    /* what was configured */
-	uint64_t budget_ns; /* what the next wait may spin */
-	uint64_t last_ns;   /* the spin's previous look at the clock; 0: none yet */
-	uint32_t idle;	    /* waits since the budget fell to nothing */
-	uint32_t preempted; /* the current spin was descheduled */
+	uint64_t max_ns;    /* what was configured: a spinning wait's most */
+	uint64_t sum_ns[2]; /* counted waits' time in each way since the last trial */
+	uint32_t n[2];	    /* and their number */
+	uint32_t mode;	    /* KVCP_WAIT_*: what waits do outside trials */
+	uint32_t cur;	    /* KVCP_WAIT_*: what the current wait does */
+	uint32_t trial;	   /* waits left in a trial of the other way, its first included; 0: none */
+	uint32_t settle;   /* the next wait is not counted */
+	uint64_t next_ns;  /* when the next trial begins; 0: not set yet */
+	uint64_t every_ns; /* between trials */
+	uint64_t lost_ns[2]; /* each way's mean when it was last dropped; 0: never */
+	uint64_t lost_at[2]; /* and when */
+	uint32_t trials;     /* trials run and ways changed, for tests and statistics */
+	uint32_t changes;
 };
+
+/* Trials less often: twice the time apart, up to KVCP_SPIN_EVERY_MAX. */
+static inline void kvcp_spin_back_off(struct kvcp_spin *s)
+{
+	s->every_ns = s->every_ns * 2 < KVCP_SPIN_EVERY_MAX ? s->every_ns * 2 : KVCP_SPIN_EVERY_MAX;
+}
+
+/* What is remembered of @way's mean from when it was dropped, at @now_ns. */
+static inline uint64_t kvcp_spin_lost(const struct kvcp_spin *s, uint32_t way, uint64_t now_ns)
+{
+	uint64_t halvings = (now_ns - s->lost_at[way]) / KVCP_SPIN_FORGET_NS;
+
+	return halvings >= 64 ? 0 : s->lost_ns[way] >> halvings;
+}
 
 static inline void kvcp_spin_init(struct kvcp_spin *s, uint64_t max_ns)
 {
-	s->max_ns = s->budget_ns = max_ns;
-	s->last_ns = 0;
-	s->idle = s->preempted = 0;
+	*s = (struct kvcp_spin){ .max_ns = max_ns,
+				 .mode = KVCP_WAIT_SPIN,
+				 .every_ns = KVCP_SPIN_EVERY_NS };
 }
 
-/* How long the wait that begins now may spin. */
-static inline uint64_t kvcp_spin_begin(struct kvcp_spin *s)
+/* The way of the wait that begins now (@now_ns, also in s->cur), as how long it may spin. */
+static inline uint64_t kvcp_spin_begin(struct kvcp_spin *s, uint64_t now_ns)
 {
-	s->last_ns = 0;
-	s->preempted = 0;
-	if (s->budget_ns)
-		return s->budget_ns;
-	return ++s->idle % KVCP_SPIN_PROBE_EVERY ? 0 : KVCP_SPIN_PROBE_NS;
+	uint32_t in = s->mode;
+
+	if (!s->trial && !s->next_ns)
+		s->next_ns = now_ns + s->every_ns;
+	else if (!s->trial && now_ns >= s->next_ns && s->n[in] >= KVCP_SPIN_MIN_N) {
+		if ((unsigned __int128)kvcp_spin_lost(s, in ^ 1, now_ns) * s->n[in] * 10 >=
+		    (unsigned __int128)s->sum_ns[in] * 9) {
+			/* the dropped way's loss is too recent for it to win: no trial yet */
+			kvcp_spin_back_off(s);
+			s->next_ns = now_ns + s->every_ns;
+			s->sum_ns[in] = 0;
+			s->n[in] = 0;
+		} else {
+			s->trial = KVCP_SPIN_TRIAL + 1;
+			s->settle = 1;
+			s->trials++;
+		}
+	}
+	s->cur = s->trial ? s->mode ^ 1 : s->mode;
+	return s->cur == KVCP_WAIT_SPIN ? s->max_ns : 0;
 }
 
-/* One look at the clock while spinning. */
-static inline void kvcp_spin_tick(struct kvcp_spin *s, uint64_t now_ns)
+/* The wait begun by kvcp_spin_begin took @wait_ns; it ended at @now_ns. */
+static inline void kvcp_spin_end(struct kvcp_spin *s, uint64_t wait_ns, uint64_t now_ns)
 {
-	if (s->last_ns && now_ns - s->last_ns > KVCP_SPIN_GAP_NS)
-		s->preempted = 1;
-	s->last_ns = now_ns;
-}
+	uint32_t other = s->mode ^ 1, in = s->mode;
+	/* other's mean below 9/10 of in's, as a product (128 bits: no overflow) */
+	unsigned __int128 a, b;
 
-/* The spin ended: @found, the completion came while it spun. */
-static inline void kvcp_spin_end(struct kvcp_spin *s, int found)
-{
-	uint64_t b = s->budget_ns ? s->budget_ns * 2 : KVCP_SPIN_PROBE_NS;
+	uint64_t lost;
 
-	if (s->preempted && !found)
-		s->budget_ns = s->budget_ns / 2 < KVCP_SPIN_PROBE_NS ? 0 : s->budget_ns / 2;
-	else if (found && s->budget_ns < s->max_ns)
-		s->budget_ns = b < s->max_ns ? b : s->max_ns;
-	if (s->budget_ns)
-		s->idle = 0;
+	if (s->settle)
+		s->settle--;
+	else {
+		s->sum_ns[s->cur] += wait_ns < KVCP_SPIN_CAP_NS ? wait_ns : KVCP_SPIN_CAP_NS;
+		s->n[s->cur]++;
+	}
+	if (!s->trial)
+		return;
+	s->trial--;
+	/* the trial's sum, or what the dropped mean says its whole trial would sum to */
+	lost = kvcp_spin_lost(s, other, now_ns);
+	a = (unsigned __int128)s->sum_ns[other] * s->n[in] * 10;
+	if (a < (unsigned __int128)lost * KVCP_SPIN_TRIAL * s->n[in] * 10)
+		a = (unsigned __int128)lost * KVCP_SPIN_TRIAL * s->n[in] * 10;
+	b = (unsigned __int128)s->sum_ns[in] * KVCP_SPIN_TRIAL * 9;
+	if (s->trial && !(s->n[in] && a >= b))
+		return; /* the trial goes on: it can still win */
+	if (!s->trial && a < b) {
+		s->lost_ns[in] = s->sum_ns[in] / s->n[in];
+		s->lost_at[in] = now_ns;
+		s->mode = other;
+		s->every_ns = KVCP_SPIN_EVERY_NS;
+		s->changes++;
+	} else {
+		kvcp_spin_back_off(s);
+	}
+	s->trial = 0;
+	s->settle = 1; /* back in the way: its first wait is the change's */
+	s->sum_ns[0] = s->sum_ns[1] = 0;
+	s->n[0] = s->n[1] = 0;
+	s->next_ns = now_ns + s->every_ns;
 }
 
 static inline int kvcp_is_pow2(uint32_t n)
@@ -809,6 +897,7 @@ static_assert(offsetof(struct kvcp_cqe, flags) == KVCP_CQE_PHASE_WORD, "cqe phas
 static_assert(sizeof(struct kvcp_ring) == 3 * KVCP_CACHELINE, "ring is 3 lines");
 static_assert(offsetof(struct kvcp_ring, cons) == KVCP_CACHELINE, "cons on its own line");
 static_assert(offsetof(struct kvcp_ring, flags) == 2 * KVCP_CACHELINE, "flags on its own line");
+static_assert(offsetof(struct kvcp_ring, hint) == 2 * KVCP_CACHELINE + 8, "hint beside flags");
 static_assert(offsetof(struct kvcp_shm_hdr, sq) == 4 * KVCP_CACHELINE, "sq at 256");
 static_assert(sizeof(struct kvcp_shm_hdr) == 10 * KVCP_CACHELINE, "header is 640 bytes");
 static_assert(sizeof(struct kvcp_attach_req) == 248, "attach request size");

@@ -440,3 +440,88 @@ Test(robust, phase_tagged_rings_take_only_entries_of_this_lap)
 	cr_assert_eq(kvc_nop(c), 0, "and others are served");
 	kvc_detach(c);
 }
+
+/* The state letter of kvcd's worker thread ("kvcd-w0") in /proc: R while it spins, S asleep. */
+static char worker_state(pid_t pid)
+{
+	char path[320], buf[256];
+	DIR *d;
+	struct dirent *e;
+	char state = '?';
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	cr_assert_not_null(d);
+	while (state == '?' && (e = readdir(d))) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/comm", (int)pid, e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f) && !strcmp(buf, "kvcd-w0\n")) {
+			fclose(f);
+			snprintf(path, sizeof(path), "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+			f = fopen(path, "r");
+			cr_assert_not_null(f);
+			cr_assert_not_null(fgets(buf, sizeof(buf), f));
+			state = strrchr(buf, ')')[2];
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return state;
+}
+
+/* Whether the worker, having answered a NOP, spins for the next request: @hint in cq.hint,
+ * and @asleep: the client says (cq.flags) it is asleep, so the answer has to wake it. */
+static bool worker_spins_after(struct t_daemon *t, struct kvcp_raw *r, uint32_t hint, bool asleep)
+{
+	struct kvcp_sqe nop = { .opcode = KVCP_OP_NOP, .user_data = 5 };
+	struct kvcp_cqe cqe;
+	char s = '?';
+
+	for (int i = 0; i < 300 && (s = worker_state(t->pid)) != 'S'; i++) /* asleep first */
+		usleep(10000);
+	cr_assert_eq(s, 'S', "the worker sleeps when nothing is asked");
+	kvcp_store_relaxed(&r->hdr->cq.hint, hint);
+	kvcp_store_relaxed(&r->hdr->cq.flags, asleep ? KVCP_RING_NEED_WAKEUP : 0);
+	cr_assert_eq(t_raw_call(r, &nop, &cqe), 0);
+	cr_assert_eq(cqe.res, 0);
+	kvcp_store_relaxed(&r->hdr->cq.flags, 0);
+	/* busy_poll_us is a second: a spinning worker runs throughout the next half; one that
+	 * does not spin is asleep well within it (a loaded machine may take a moment) */
+	for (int i = 0; i < 50; i++) {
+		usleep(10000);
+		if (worker_state(t->pid) == 'S')
+			return false;
+	}
+	return true;
+}
+
+/* cq.hint (protocol 2.7): the worker spins after answering a client whose waits spin, even
+ * when the answer had to wake it, and not after one that sleeps at once; without a hint
+ * (clients before 2.7) it spins unless it had to wake the client. */
+Test(robust, worker_spins_only_for_clients_that_spin)
+{
+	struct t_daemon d2 = { 0 };
+	struct kvcp_attach_req req = kvcp_raw_request("default");
+	struct kvcp_raw r;
+
+	t_daemon_start_conf(&d2, "[kvcd]\nbusy_poll_us = 1000000\nworkers = 1\n");
+	req.flags = KVCP_ATTACH_F_PHASE;
+	cr_assert_eq(kvcp_raw_attach(d2.sock, &req, &r), 0);
+	/* a first request, so that taking the session over is behind the worker */
+	worker_spins_after(&d2, &r, KVCP_HINT_SLEEP, false);
+	bool spin_woken = worker_spins_after(&d2, &r, KVCP_HINT_SPIN, true);
+	bool sleep = worker_spins_after(&d2, &r, KVCP_HINT_SLEEP, false);
+	bool none_woken = worker_spins_after(&d2, &r, 0, true);
+	bool none = worker_spins_after(&d2, &r, 0, false);
+
+	kvcp_raw_close(&r);
+	cr_assert_eq(t_daemon_down(&d2), 0);
+	cr_assert(spin_woken, "hint SPIN, woken: spins");
+	cr_assert_not(sleep, "hint SLEEP: sleeps");
+	cr_assert_not(none_woken, "no hint, woken: sleeps");
+	cr_assert(none, "no hint, not woken: spins");
+}

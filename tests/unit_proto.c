@@ -229,3 +229,104 @@ Test(proto, range_checks_do_not_overflow)
 	cr_assert_not(kvcp_range_ok(UINT64_MAX, 2, 100));
 	cr_assert_not(kvcp_range_ok(2, UINT64_MAX, 100));
 }
+
+/* ---- how a client waits (struct kvcp_spin) -------------------------------------------------- */
+
+/* Waits of @n at a steady clock, each taking what its way costs: @spin_ns when it spins,
+ * @sleep_ns when it sleeps at once. Returns how many of them spun. */
+static unsigned spin_run(struct kvcp_spin *s, uint64_t *now, unsigned n, uint64_t spin_ns,
+			 uint64_t sleep_ns)
+{
+	unsigned spun = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t budget = kvcp_spin_begin(s, *now);
+		uint64_t took = s->cur == KVCP_WAIT_SPIN ? spin_ns : sleep_ns;
+
+		cr_assert_eq(budget, s->cur == KVCP_WAIT_SPIN ? s->max_ns : 0);
+		spun += s->cur == KVCP_WAIT_SPIN;
+		*now += took + 1000; /* and a microsecond between waits */
+		kvcp_spin_end(s, took, *now);
+	}
+	return spun;
+}
+
+Test(proto, waits_take_the_way_that_measures_faster)
+{
+	struct kvcp_spin s;
+	uint64_t now = 1000000000ull;
+	unsigned spun;
+
+	/* a quiet machine: spinning pays; trials of sleeping come ever less often and end at
+	 * their first counted wait, so they cost a few sleeping waits a second */
+	kvcp_spin_init(&s, 200000);
+	spun = spin_run(&s, &now, 2000000, 300, 50000);
+	cr_assert_eq(s.mode, KVCP_WAIT_SPIN);
+	cr_assert_eq(s.changes, 0);
+	cr_assert_eq(s.every_ns, KVCP_SPIN_EVERY_MAX);
+	cr_assert_gt(s.trials, 3);
+	cr_assert_leq(2000000 - spun, 2 * s.trials, "%u sleeping waits in %u trials",
+		      2000000 - spun, s.trials);
+
+	/* the machine gets busy: spinning now costs more than sleeping; the next trial (within
+	 * a second) finds it, and every wait after sleeps at once */
+	uint64_t t_busy = now;
+
+	while (!s.changes && now - t_busy < 2 * KVCP_SPIN_EVERY_MAX)
+		spin_run(&s, &now, 1, 80000, 10000);
+	cr_assert_eq(s.mode, KVCP_WAIT_SLEEP);
+	cr_assert_eq(s.changes, 1);
+
+	/* a lucky trial of spinning (waits of a fraction of a microsecond: spinning's cost on a
+	 * busy machine is the rare lost time slice) does not bring it back while its loss is
+	 * recent... */
+	uint64_t t_change = now;
+
+	unsigned trials = s.trials;
+
+	spin_run(&s, &now, 20000, 300, 10000);
+	cr_assert_eq(s.mode, KVCP_WAIT_SLEEP, "taken back %.3f s after it lost",
+		     (now - t_change) / 1e9);
+	cr_assert_eq(s.trials, trials, "trials of a way whose loss is recent are not run");
+	/* ...and does once the loss is old: its remembered mean halves every 250 ms */
+	cr_assert_lt(now - t_change, 2 * KVCP_SPIN_FORGET_NS);
+	spin_run(&s, &now, 400000, 300, 10000);
+	cr_assert_eq(s.mode, KVCP_WAIT_SPIN);
+	cr_assert_eq(s.changes, 2);
+}
+
+Test(proto, a_wait_trial_is_judged_on_enough_waits)
+{
+	struct kvcp_spin s;
+	uint64_t now = 5000;
+
+	/* no trial before KVCP_SPIN_MIN_N waits of the way in use, whatever the clock says */
+	kvcp_spin_init(&s, 50000);
+	for (unsigned i = 0; i < KVCP_SPIN_MIN_N - 1; i++) {
+		kvcp_spin_begin(&s, now);
+		now += KVCP_SPIN_EVERY_MAX;
+		kvcp_spin_end(&s, 100000, now);
+	}
+	cr_assert_eq(s.trials, 0);
+	cr_assert_eq(s.cur, KVCP_WAIT_SPIN);
+
+	/* a trial is its first wait (not counted) and KVCP_SPIN_TRIAL counted ones; it wins by a
+	 * tenth or more, and a wait counts KVCP_SPIN_CAP_NS at most */
+	kvcp_spin_begin(&s, now);
+	kvcp_spin_end(&s, 100 * KVCP_SPIN_CAP_NS, now); /* the incumbent's mean: the cap */
+	cr_assert_eq(s.sum_ns[KVCP_WAIT_SPIN],
+		     (KVCP_SPIN_MIN_N - 1) * 100000ull + KVCP_SPIN_CAP_NS);
+	now += KVCP_SPIN_EVERY_MAX;
+	uint64_t mean = s.sum_ns[KVCP_WAIT_SPIN] / s.n[KVCP_WAIT_SPIN];
+
+	for (unsigned i = 0; i <= KVCP_SPIN_TRIAL; i++) {
+		kvcp_spin_begin(&s, now);
+		cr_assert_eq(s.cur, KVCP_WAIT_SLEEP, "trial wait %u", i);
+		/* the uncounted first wait is dreadful; the counted ones just under 0.9x */
+		kvcp_spin_end(&s, i ? mean * 9 / 10 - 10 : KVCP_SPIN_CAP_NS, now);
+	}
+	cr_assert_eq(s.trials, 1);
+	cr_assert_eq(s.mode, KVCP_WAIT_SLEEP);
+	cr_assert_eq(s.every_ns, KVCP_SPIN_EVERY_NS);
+	cr_assert_eq(s.lost_ns[KVCP_WAIT_SPIN], mean);
+}

@@ -92,9 +92,10 @@ struct kvc_attach_opts {
 	size_t staging_size; /* 0: the daemon's default */
 	int numa_node;	     /* -1: let kvcd place by the CPUs this thread runs on */
 	unsigned flags;	     /* KVC_ATTACH_* */
-	unsigned spin_us;    /* busy-poll at most this long before sleeping (less on a busy
-			      * machine: a spin that was descheduled and found nothing halves
-			      * it, one that found its completion doubles it); 0: 50 us */
+	unsigned spin_us;    /* a wait that spins does so at most this long, then sleeps;
+			      * whether waits spin or sleep at once is measured (the mean
+			      * wait of each way, with short trials of the other), so a busy
+			      * machine soon has them sleep; 0: 200 us */
 	int op_timeout_ms;   /* a synchronous call gives up after this long (-ETIMEDOUT):
 			      * 0: KVC_OP_TIMEOUT_MS_DEFAULT, < 0: never. Its request may
 			      * still run later (kvcd stopped, not dead): its completion is
