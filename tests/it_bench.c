@@ -81,6 +81,29 @@ Test(it_bench, throughput_moves_every_byte_through_kvcd_redis_and_the_socket_ser
 	cr_expect_eq(stat_blocks(), 0, "the benchmark deletes what it stored");
 }
 
+/* The adaptive client's runs: NOP without peers, and STORE+FETCH that names its client. */
+Test(it_bench, adaptive_clients_are_measured_as_such)
+{
+	char out[4096];
+
+	cr_assert_eq(t_tool(&D, "kvcbench", "nop --count 2000 --adaptive --no-peers --json", out,
+			    sizeof(out)),
+		     0, "%s", out);
+	cr_expect_not_null(strstr(out, "\"mode\": \"adaptive\""), "%s", out);
+	cr_expect_not_null(strstr(out, "\"p50_over_floor\""), "%s", out);
+	cr_expect_null(strstr(out, "socket"), "no peers: %s", out);
+	cr_assert_eq(t_tool(&D, "kvcbench",
+			    "throughput --block-size 64K --iters 8 --adaptive --no-peers --json",
+			    out, sizeof(out)),
+		     0, "%s", out);
+	cr_expect_not_null(strstr(out, "\"client\": \"adaptive\""), "%s", out);
+	cr_assert_eq(t_tool(&D, "kvcbench", "nop --count 500 --sleep --json", out, sizeof(out)), 0,
+		     "%s", out);
+	cr_expect_not_null(strstr(out, "\"mode\": \"sleep\""), "%s", out);
+	cr_expect_not_null(strstr(out, "\"socket\""), "%s", out);
+	cr_expect_eq(stat_blocks(), 0);
+}
+
 Test(it_bench, a_missing_redis_is_an_error_not_a_result)
 {
 	char args[256], out[4096];

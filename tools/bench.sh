@@ -106,16 +106,33 @@ else
 	step "prefix: model $model is absent; skipped"
 fi
 
-if [ "$mode" = full ]; then
-step "contention: NOP and 2 MiB STORE+FETCH with 2 CPU-burning processes per core beside"
+step "waiting: libkvcclient's default (adaptive) waits against a busy-polling client, quiet ($runs runs)"
+for i in $(seq "$runs"); do
+	nb=$($B --socket "$sock" nop --count 50000 --no-peers --json)
+	na=$($B --socket "$sock" nop --count 50000 --adaptive --no-peers --json)
+	tb=$($B --socket "$sock" throughput --block-size 2M --no-peers --json)
+	ta=$($B --socket "$sock" throughput --block-size 2M --adaptive --no-peers --json)
+	jq -nc --argjson nb "$nb" --argjson na "$na" --argjson tb "$tb" --argjson ta "$ta" \
+		'{nop_busy_p50_us: $nb.p50_us, nop_adaptive_p50_us: $na.p50_us,
+		  nop_adaptive_over_busy: ($na.p50_us / $nb.p50_us * 1000 | round / 1000),
+		  tp_busy_gbps: $tb.store_fetch_gbps, tp_adaptive_gbps: $ta.store_fetch_gbps,
+		  tp_adaptive_over_busy: ($ta.store_fetch_gbps / $tb.store_fetch_gbps * 1000 | round / 1000)}'
+done | tee "$dir/waiting.jsonl"
+jq -s . "$dir/waiting.jsonl" >"$out/waiting_quiet.json"
+
+step "contention: NOP and 2 MiB STORE+FETCH with 2 CPU-burning processes per core beside ($runs runs)"
 burn=$(( 2 * $(nproc) ))
-{
+for i in $(seq "$runs"); do
 	$B --socket "$sock" nop --count 20000 --burn $burn --json
+	$B --socket "$sock" nop --count 20000 --adaptive --burn $burn --json
 	$B --socket "$sock" nop --count 20000 --sleep --burn $burn --json
 	$B --socket "$sock" throughput --block-size 2M --iters 128 --burn $burn --json
-} | jq -s --argjson burn $burn '{burners: $burn, nop_busy: .[0], nop_sleep: .[1],
-	throughput: .[2]}' | tee "$out/contention.json"
+	$B --socket "$sock" throughput --block-size 2M --iters 128 --adaptive --burn $burn --json
+done | jq -s --argjson burn $burn '{burners: $burn, runs: [range(0; length; 5) as $k |
+	{nop_busy: .[$k], nop_adaptive: .[$k + 1], nop_sleep: .[$k + 2], throughput: .[$k + 3],
+	 throughput_adaptive: .[$k + 4]}]}' | tee "$out/contention.json"
 
+if [ "$mode" = full ]; then
 step "scaling: client processes (2 MiB blocks)"
 for n in 1 2 4 8 16; do
 	$B --socket "$sock" throughput --block-size 2M --procs $n --iters 128 --no-peers --json

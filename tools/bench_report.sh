@@ -141,6 +141,18 @@ if [ -f $r/remote.json ]; then
 	target "remote: recompute / restore from the cluster ≥ 10" 10 ge \
 		$(j .recompute_over_remote_prefix $r/remote.json)
 fi
+if [ -f $r/waiting_quiet.json ]; then
+	target "quiet: NOP p50, adaptive client / busy-polling client ≤ 1.1" 1.1 le \
+		$(runs_of '.[].nop_adaptive_over_busy' $r/waiting_quiet.json)
+	target "quiet: 2 MiB STORE+FETCH, adaptive client / busy-polling client ≥ 0.9" 0.9 ge \
+		$(runs_of '.[].tp_adaptive_over_busy' $r/waiting_quiet.json)
+fi
+if [ "$(j '.runs // empty | length' $r/contention.json 2>/dev/null)" ]; then
+	target "contention: NOP mean, socket server / kvcd (adaptive client) ≥ 1" 1 ge \
+		$(runs_of '.runs[].nop_adaptive | .socket.mean_us / .mean_us' $r/contention.json)
+	target "contention: 2 MiB STORE+FETCH, kvcd (adaptive client) / socket server ≥ 1" 1 ge \
+		$(runs_of '.runs[].throughput_adaptive.ratio_vs_socket' $r/contention.json)
+fi
 if [ -f $r/workload.json ]; then
 	target "workload: kvcd's token hit rate ≥ LRU's ($(j .lru.hit_rate $r/workload.json))" \
 		"$(j .lru.hit_rate $r/workload.json)" ge \
@@ -318,20 +330,46 @@ places of that buffer (`BENCH=full`).
 TXT
 j '.[] | "| \(.block_bytes / 1024) KiB | \(.blocks) | \(.fetch_gbps) | \(.memcpy_random_read_gbps) | \(.fetch_vs_memcpy) | \(.store_evicting_gbps) | \(.memcpy_random_write_gbps) | \(.store_vs_memcpy) |"' $r/cold.json
 fi
-if [ -f $r/contention.json ]; then
+if [ "$(j '.runs // empty | length' $r/contention.json 2>/dev/null)" ]; then
 cat <<'TXT'
 
 ## Under CPU contention (kvcbench --burn)
 
 The same kvcd, with two CPU-burning processes per core running beside the client and the
-peers (`BENCH=full`). Means matter here: a client that is descheduled waits a whole slice.
+peers. Means matter here: a client that is descheduled waits a whole slice. Clients:
+busy-poll spins and never sleeps (`KVC_ATTACH_BUSY_POLL`, for engines with cores of their
+own); adaptive is libkvcclient's default, which measures whether spinning or sleeping at once
+pays and takes that way (docs/architecture.md, "Waiting"); sleep is the adaptive client
+pausing between requests, so each finds the worker idle. The socket server's client runs the
+same loop, pauses included. Each row is the run with the median kvcd mean.
 
 | path | p50 µs | mean µs | p99 µs | socket server p50 / mean / p99 µs |
 |---|---|---|---|---|
 TXT
-j '"| kvcd NOP, busy-poll client | \(.nop_busy.p50_us) | \(.nop_busy.mean_us) | \(.nop_busy.p99_us) | \(.nop_busy.socket.p50_us) / \(.nop_busy.socket.mean_us) / \(.nop_busy.socket.p99_us) |",
-   "| kvcd NOP, sleeping client | \(.nop_sleep.p50_us) | \(.nop_sleep.mean_us) | \(.nop_sleep.p99_us) | \(.nop_sleep.socket.p50_us) / \(.nop_sleep.socket.mean_us) / \(.nop_sleep.socket.p99_us) |",
-   "\n2 MiB STORE+FETCH: kvcd \(.throughput.store_fetch_gbps) GB/s, the socket server \(.throughput.socket.store_fetch_gbps) GB/s (\(.throughput.ratio_vs_socket)x), memcpy under the same load \(.throughput.memcpy_gbps) GB/s."' $r/contention.json
+for k in busy:busy-poll adaptive:adaptive sleep:sleeping; do
+	j --arg k "nop_${k%%:*}" --arg name "${k#*:}" '.runs | sort_by(.[$k].mean_us) | .[length / 2 | floor][$k] |
+		"| kvcd NOP, \($name) client | \(.p50_us) | \(.mean_us) | \(.p99_us) | \(.socket.p50_us) / \(.socket.mean_us) / \(.socket.p99_us) |"' $r/contention.json
+done
+cat <<'TXT'
+
+| 2 MiB STORE+FETCH | kvcd GB/s | socket server GB/s | kvcd / socket server | memcpy under the same load GB/s |
+|---|---|---|---|---|
+TXT
+for k in throughput:busy-poll throughput_adaptive:adaptive; do
+	j --arg k "${k%%:*}" --arg name "${k#*:}" '.runs | sort_by(.[$k].ratio_vs_socket) | .[length / 2 | floor][$k] |
+		"| \($name) client | \(.store_fetch_gbps) | \(.socket.store_fetch_gbps) | \(.ratio_vs_socket) | \(.memcpy_gbps) |"' $r/contention.json
+done
+fi
+if [ -f $r/waiting_quiet.json ]; then
+cat <<'TXT'
+
+On the quiet machine, the adaptive client against a busy-polling one (each run: one after the
+other on the same kvcd):
+
+| run | NOP p50 µs, busy-poll | adaptive | ratio | 2 MiB STORE+FETCH GB/s, busy-poll | adaptive | ratio |
+|---|---|---|---|---|---|---|
+TXT
+j 'to_entries[] | .value as $v | "| \(.key + 1) | \($v.nop_busy_p50_us) | \($v.nop_adaptive_p50_us) | \($v.nop_adaptive_over_busy) | \($v.tp_busy_gbps) | \($v.tp_adaptive_gbps) | \($v.tp_adaptive_over_busy) |"' $r/waiting_quiet.json
 fi
 if [ -f $r/workload.json ]; then
 cat <<'TXT'

@@ -1,10 +1,15 @@
 /* kvcbench - measure kvcd against the physical reference in the same run.
  *
- *   kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]
- *       NOP round trips; by default the client busy-polls (--sleep: it sleeps in futex
- *       after the usual spin). p50/p99/p99.9 in microseconds.
- *   kvcbench [--socket PATH] throughput [--block-size 2M] [--procs N] [--iters N] [--json]
- *       Each process STOREs a block, FETCHes it back and DELETEs it, N times; store and
+ *   kvcbench [--socket PATH] nop [--count N] [--adaptive | --sleep] [--no-peers] [--json]
+ *       NOP round trips; by default the client busy-polls. --adaptive: libkvcclient's
+ *       default waits (spin or sleep, whichever its measure says pays). --sleep: the same,
+ *       and the client sleeps a moment between requests, so each one finds the worker
+ *       idle (the wake-up path). The socket server's client runs the same loop, pauses
+ *       included (--no-peers: kvcd and the floor only). p50/p99/p99.9 in microseconds.
+ *   kvcbench [--socket PATH] throughput [--block-size 2M] [--procs N] [--iters N]
+ *            [--adaptive] [--json]
+ *       Each process (a busy-polling client; --adaptive: default waits) STOREs a block,
+ *       FETCHes it back and DELETEs it, N times; store and
  *       fetch bandwidth against memcpy of the same bytes between two buffers of the same
  *       size, measured in the same run.
  *       With --redis SOCK the same against Redis SET/GET, and (unless --no-peers) against
@@ -120,6 +125,14 @@ struct lat {
 	double p50, p99, p999, mean, max; /* microseconds */
 };
 
+/* How a NOP client waits: kvcbench nop's default, --sleep, --adaptive. */
+enum {
+	NOP_BUSY,
+	NOP_SLEEP,
+	NOP_ADAPTIVE
+};
+static const char *const nop_mode_name[] = { "busy-poll", "sleep", "adaptive" };
+
 static void lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct lat *out)
 {
 	qsort(lat, count, sizeof(*lat), cmp_u64);
@@ -129,8 +142,8 @@ static void lat_summary(uint64_t *lat, unsigned long count, uint64_t sum, struct
 }
 
 /* Round trips of one client: kvcd NOP when @ops is NULL, else the peer's no-op. */
-static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long count,
-		   int sleep_mode, struct lat *out)
+static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long count, int mode,
+		   struct lat *out)
 {
 	kvc_client *c = NULL;
 	struct peer *p = NULL;
@@ -142,7 +155,7 @@ static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long c
 	if (ops)
 		p = ops->open(addr, 0);
 	else
-		c = attach(4096, sleep_mode ? 0 : KVC_ATTACH_BUSY_POLL);
+		c = attach(4096, mode == NOP_BUSY ? KVC_ATTACH_BUSY_POLL : 0);
 	if (ops && !p) {
 		free(lat);
 		return -ECONNREFUSED;
@@ -155,8 +168,8 @@ static int nop_run(const struct peer_ops *ops, const char *addr, unsigned long c
 		err = ops ? ops->nop(p) : kvc_nop(c);
 		lat[i] = now_ns() - t0;
 		sum += lat[i];
-		if (sleep_mode)
-			usleep(0); /* let the worker go idle now and then: measures the wake path */
+		if (mode == NOP_SLEEP)
+			usleep(0); /* let the worker go idle: measures the wake path */
 	}
 	if (!err)
 		lat_summary(lat, count, sum, out);
@@ -262,29 +275,42 @@ static int pingpong_run(unsigned long count, struct lat *out)
 
 /* NOP round trips on kvcd, then the same count of no-ops on each peer (the minimal socket
  * server always, Redis PING when @redis names its socket), and the cache-line floor. */
-static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int json)
+static int bench_nop(unsigned long count, int mode, const char *redis, int peers, int json)
 {
 	char path[64];
 	struct lat k, sk, rd, fl;
 	pid_t srv;
 	int err, have_redis = 0;
 
-	err = nop_run(NULL, NULL, count, sleep_mode, &k);
+	err = nop_run(NULL, NULL, count, mode, &k);
 	if (!err)
 		err = pingpong_run(count, &fl);
 	if (err)
 		return 1;
+	if (!peers) { /* kvcd and the floor only */
+		if (json)
+			printf("{\"mode\": \"%s\", \"count\": %lu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
+			       "\"p999_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f, "
+			       "\"p50_over_floor\": %.2f}\n",
+			       nop_mode_name[mode], count, k.p50, k.p99, k.p999, k.mean, k.max,
+			       k.p50 / fl.p50);
+		else
+			printf("nop %s: %lu round trips, p50 %.2f us, p99 %.2f us, mean %.2f us "
+			       "(p50 %.2fx the floor)\n",
+			       nop_mode_name[mode], count, k.p50, k.p99, k.mean, k.p50 / fl.p50);
+		return 0;
+	}
 	snprintf(path, sizeof(path), "/tmp/kvcbench-sock-%d", (int)getpid());
 	srv = peer_sock_start(path);
 	if (srv < 0) {
 		fprintf(stderr, "kvcbench: socket server: %s\n", strerror((int)-srv));
 		return 1;
 	}
-	err = nop_run(&peer_sock, path, count, 0, &sk);
+	err = nop_run(&peer_sock, path, count, mode, &sk);
 	peer_sock_stop(srv);
 	unlink(path);
 	if (!err && redis) {
-		err = nop_run(&peer_redis, redis, count, 0, &rd);
+		err = nop_run(&peer_redis, redis, count, mode, &rd);
 		have_redis = !err;
 	}
 	if (err)
@@ -293,8 +319,7 @@ static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int
 		/* kvcd's figures at the top level (what scripts read), the peers' inside */
 		printf("{\"mode\": \"%s\", \"count\": %lu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
 		       "\"p999_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f, ",
-		       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean,
-		       k.max);
+		       nop_mode_name[mode], count, k.p50, k.p99, k.p999, k.mean, k.max);
 		lat_json("socket", &sk, 1);
 		if (have_redis)
 			lat_json("redis", &rd, 1);
@@ -307,7 +332,7 @@ static int bench_nop(unsigned long count, int sleep_mode, const char *redis, int
 		return 0;
 	}
 	printf("nop %s: %lu round trips, p50 %.2f us, p99 %.2f us, p99.9 %.2f us, mean %.2f us\n",
-	       sleep_mode ? "sleep" : "busy-poll", count, k.p50, k.p99, k.p999, k.mean);
+	       nop_mode_name[mode], count, k.p50, k.p99, k.p999, k.mean);
 	printf("  cache-line ping-pong (the floor): p50 %.3f us, p99 %.3f us (kvcd p50 %.2fx it)\n",
 	       fl.p50, fl.p99, k.p50 / fl.p50);
 	printf("  socket server: p50 %.2f us, p99 %.2f us, p99.9 %.2f us (p50 %.1fx kvcd)\n",
@@ -330,9 +355,10 @@ static void fill(unsigned char *b, size_t n, unsigned id)
 }
 
 /* kvcd: the engine's block is in staging already (that is where it writes it). */
-static void tp_worker(size_t bs, unsigned long iters, unsigned id, struct tp_result *r)
+static void tp_worker(size_t bs, unsigned long iters, unsigned id, unsigned flags,
+		      struct tp_result *r)
 {
-	kvc_client *c = attach(2 * bs, KVC_ATTACH_BUSY_POLL);
+	kvc_client *c = attach(2 * bs, flags);
 	size_t ssz;
 	unsigned char *stg = kvc_staging(c, &ssz);
 	struct kvc_layout l = { .dtype = KVC_F16, .layers = 1, .kv_heads = 1, .head_dim = 64 };
@@ -402,6 +428,9 @@ struct tp_sum {
 	double store, fetch, both; /* GB/s, per-process bandwidth summed over processes */
 };
 
+/* How throughput's kvcd clients attach: busy-polling, or (--adaptive) libkvcclient's default. */
+static unsigned g_tp_flags = KVC_ATTACH_BUSY_POLL;
+
 /* @procs processes each move @iters blocks of @bs through kvcd (@ops NULL) or a peer. */
 static int tp_run(const struct peer_ops *ops, const char *addr, size_t bs, unsigned procs,
 		  unsigned long iters, struct tp_sum *out)
@@ -421,7 +450,7 @@ static int tp_run(const struct peer_ops *ops, const char *addr, size_t bs, unsig
 			if (ops)
 				peer_worker(ops, addr, bs, iters, p, &res[p]);
 			else
-				tp_worker(bs, iters, p, &res[p]);
+				tp_worker(bs, iters, p, g_tp_flags, &res[p]);
 			_exit(0);
 		}
 		if (pids[p] < 0)
@@ -485,10 +514,11 @@ static int bench_throughput(size_t bs, unsigned procs, unsigned long iters, cons
 			return 1;
 	}
 	if (json) {
-		printf("{\"block_size\": %zu, \"procs\": %u, \"iters\": %lu, \"store_gbps\": %.3f, "
-		       "\"fetch_gbps\": %.3f, \"store_fetch_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-		       "\"ratio_vs_memcpy\": %.3f",
-		       bs, procs, iters, k.store, k.fetch, k.both, mc, k.both / mc);
+		printf("{\"block_size\": %zu, \"procs\": %u, \"iters\": %lu, \"client\": \"%s\", "
+		       "\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, \"store_fetch_gbps\": %.3f, "
+		       "\"memcpy_gbps\": %.3f, \"ratio_vs_memcpy\": %.3f",
+		       bs, procs, iters, g_tp_flags ? "busy-poll" : "adaptive", k.store, k.fetch,
+		       k.both, mc, k.both / mc);
 		if (peers)
 			printf(", \"socket\": {\"store_gbps\": %.3f, \"fetch_gbps\": %.3f, "
 			       "\"store_fetch_gbps\": %.3f}, \"ratio_vs_socket\": %.3f",
@@ -2007,9 +2037,10 @@ static int bench_remote(const char *bin, const char *cluster, size_t bs, unsigne
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kvcbench [--socket PATH] nop [--count N] [--sleep] [--json]\n"
+		"usage: kvcbench [--socket PATH] nop [--count N] [--adaptive | --sleep] [--no-peers]\n"
+		"                [--json]\n"
 		"       kvcbench [--socket PATH] throughput [--block-size SIZE] [--procs N]\n"
-		"                [--iters N] [--redis PATH] [--no-peers] [--json]\n"
+		"                [--iters N] [--adaptive] [--redis PATH] [--no-peers] [--json]\n"
 		"       kvcbench [--socket PATH] index [--blocks N] [--count N] [--pid PID] [--json]\n"
 		"       kvcbench [--socket PATH] prefix --model FILE [--chunk N] [--chunks N]\n"
 		"                [--iters N] [--json]\n"
@@ -2171,6 +2202,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = { { "socket", required_argument, 0, 's' },
 					      { "count", required_argument, 0, 'c' },
 					      { "sleep", no_argument, 0, 'S' },
+					      { "adaptive", no_argument, 0, 'A' },
 					      { "json", no_argument, 0, 'j' },
 					      { "block-size", required_argument, 0, 'b' },
 					      { "procs", required_argument, 0, 'p' },
@@ -2198,7 +2230,7 @@ int main(int argc, char **argv)
 	unsigned long count = 100000, iters = 0, blocks = 1000000;
 	size_t bs = 2 << 20;
 	unsigned procs = 1, chunk = 8, chunks = 64, reps;
-	int o, json = 0, sleep_mode = 0, peers = 1;
+	int o, json = 0, nop_mode = NOP_BUSY, peers = 1;
 	const char *redis = NULL, *model = NULL, *kvcd = NULL, *pool = "4G", *cluster = NULL;
 	const char *trace = "bench/traces/fleet-s1.jsonl", *pool_given = NULL;
 	unsigned long long seed = 1;
@@ -2215,7 +2247,7 @@ int main(int argc, char **argv)
 	/* options may come before or after the command */
 	while (optind < argc) {
 		o = getopt_long(argc, argv,
-				"+s:c:Sjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:T:e:r:F:LU:", opts, NULL);
+				"+s:c:SAjb:p:i:hP:H:R:NB:d:M:k:K:D:z:C:T:e:r:F:LU:", opts, NULL);
 		if (o == -1) {
 			if (cmd) {
 				usage(stderr);
@@ -2227,7 +2259,8 @@ int main(int argc, char **argv)
 		switch (o) {
 		case 's': g_sock = optarg; break;
 		case 'c': count = strtoul(optarg, NULL, 10); break;
-		case 'S': sleep_mode = 1; break;
+		case 'S': nop_mode = NOP_SLEEP; break;
+		case 'A': nop_mode = NOP_ADAPTIVE; break;
 		case 'j': json = 1; break;
 		case 'b':
 			if (parse_size(optarg, &bs))
@@ -2274,7 +2307,9 @@ int main(int argc, char **argv)
 	if (burn)
 		burners_start(burn);
 	if (!strcmp(cmd, "nop"))
-		return bench_nop(count, sleep_mode, redis, json);
+		return bench_nop(count, nop_mode, redis, peers, json);
+	if (nop_mode == NOP_ADAPTIVE)
+		g_tp_flags = 0;
 	if (!strcmp(cmd, "throughput"))
 		return bench_throughput(bs, procs, iters, redis, peers, json);
 	if (!strcmp(cmd, "index"))
