@@ -192,7 +192,7 @@ static void *worker_main(void *arg)
 	unsigned n = 0;
 	uint64_t last = kvcd_now_ns(), spin_ns = w->d->cfg.busy_poll_us * 1000ull;
 	unsigned looks = 0, per_clock = 1;
-	bool nospin = false;
+	bool nospin = true; /* spin only after answering a client that spins */
 
 	for (;;) {
 		if (__atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) != w->seen_gen) {
@@ -237,6 +237,9 @@ static void *worker_main(void *arg)
 		}
 		sleep_on(w, local, n);
 		last = kvcd_now_ns();
+		/* woken by a request, it answers it before it may spin; by the one-second timeout
+		 * or a new session list, nobody is waiting for it to spin */
+		nospin = true;
 	}
 }
 

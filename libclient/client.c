@@ -477,7 +477,7 @@ int kvc_attach_0_6(const struct kvc_attach_opts *o, kvc_client **out)
 	c->opts.socket = NULL;
 	c->opts.ns = NULL;
 	if (!c->opts.spin_us)
-		c->opts.spin_us = 200;
+		c->opts.spin_us = 500;
 	kvcp_spin_init(&c->spin, c->opts.spin_us * 1000ull);
 	if (!c->opts.op_timeout_ms)
 		c->opts.op_timeout_ms = KVC_OP_TIMEOUT_MS_DEFAULT;

@@ -558,7 +558,7 @@ struct kvcp_client_ent {
  * kept, and every so often a short trial of the other way is run. The trial's first wait is
  * not counted (the worker still does what the old way told it: sleeps, or spins for the next
  * request; cq.hint); nor is the first after it. The other way is adopted when its mean is
- * lower by a tenth; a trial ends as soon as it cannot be. While the way in use keeps winning,
+ * lower by a tenth in KVCP_SPIN_WINS trials in a row; a trial ends as soon as it cannot be. While the way in use keeps winning,
  * trials come less often, down to one a second, so a quiet machine pays a couple of sleeping
  * waits a second at most. A wait counts at most KVCP_SPIN_CAP_NS: the way changes a long
  * request's wait little, and one would drown the others.
@@ -574,6 +574,7 @@ struct kvcp_client_ent {
 #define KVCP_SPIN_CAP_NS    10000000ull	  /* most a wait counts for */
 #define KVCP_SPIN_FORGET_NS 250000000ull  /* a dropped way's mean halves this often */
 #define KVCP_SPIN_MIN_N	    32u		  /* waits of the way in use before a trial */
+#define KVCP_SPIN_WINS	    2u		  /* trials in a row the other way wins to be taken */
 
 enum {
 	KVCP_WAIT_SPIN,
@@ -592,6 +593,7 @@ struct kvcp_spin {
 	uint64_t every_ns; /* between trials */
 	uint64_t lost_ns[2]; /* each way's mean when it was last dropped; 0: never */
 	uint64_t lost_at[2]; /* and when */
+	uint32_t wins;	     /* trials in a row the other way won */
 	uint32_t trials;     /* trials run and ways changed, for tests and statistics */
 	uint32_t changes;
 };
@@ -667,15 +669,22 @@ static inline void kvcp_spin_end(struct kvcp_spin *s, uint64_t wait_ns, uint64_t
 		a = (unsigned __int128)lost * KVCP_SPIN_TRIAL * s->n[in] * 10;
 	b = (unsigned __int128)s->sum_ns[in] * KVCP_SPIN_TRIAL * 9;
 	if (s->trial && !(s->n[in] && a >= b))
-		return; /* the trial goes on: it can still win */
-	if (!s->trial && a < b) {
+		return;		  /* the trial goes on: it can still win */
+	if (s->trial || a >= b) { /* lost */
+		s->wins = 0;
+		kvcp_spin_back_off(s);
+	} else if (++s->wins < KVCP_SPIN_WINS) {
+		/* won once: another trial soon, against a fresh spell of the way in use, so that one
+		 * stall that fell in this spell (it would have whichever way it waited) decides
+		 * nothing */
+		s->every_ns = KVCP_SPIN_EVERY_NS;
+	} else {
 		s->lost_ns[in] = s->sum_ns[in] / s->n[in];
 		s->lost_at[in] = now_ns;
 		s->mode = other;
 		s->every_ns = KVCP_SPIN_EVERY_NS;
+		s->wins = 0;
 		s->changes++;
-	} else {
-		kvcp_spin_back_off(s);
 	}
 	s->trial = 0;
 	s->settle = 1; /* back in the way: its first wait is the change's */

@@ -473,6 +473,26 @@ static char worker_state(pid_t pid)
 	return state;
 }
 
+/* User and system CPU time of process @pid, in clock ticks. */
+static uint64_t cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	cr_assert_not_null(f);
+	cr_assert_not_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	p = strrchr(buf, ')');
+	/* after the name: state, then 10 fields, then utime and stime */
+	cr_assert_eq(
+		sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st),
+		2);
+	return ut + st;
+}
+
 /* Whether the worker, having answered a NOP, spins for the next request: @hint in cq.hint,
  * and @asleep: the client says (cq.flags) it is asleep, so the answer has to wake it. */
 static bool worker_spins_after(struct t_daemon *t, struct kvcp_raw *r, uint32_t hint, bool asleep)
@@ -502,26 +522,42 @@ static bool worker_spins_after(struct t_daemon *t, struct kvcp_raw *r, uint32_t 
 /* cq.hint (protocol 2.7): the worker spins after answering a client whose waits spin, even
  * when the answer had to wake it, and not after one that sleeps at once; without a hint
  * (clients before 2.7) it spins unless it had to wake the client. */
-Test(robust, worker_spins_only_for_clients_that_spin)
+static struct t_daemon D_spin;
+
+static void spin_down(void)
 {
-	struct t_daemon d2 = { 0 };
+	t_daemon_down(&D_spin); /* also when an assertion ended the test */
+}
+
+Test(robust, worker_spins_only_for_clients_that_spin, .fini = spin_down)
+{
+	struct t_daemon *d2 = &D_spin;
 	struct kvcp_attach_req req = kvcp_raw_request("default");
 	struct kvcp_raw r;
+	uint64_t utime0, utime1;
 
-	t_daemon_start_conf(&d2, "[kvcd]\nbusy_poll_us = 1000000\nworkers = 1\n");
+	t_daemon_start_conf(d2, "[kvcd]\nbusy_poll_us = 1000000\nworkers = 1\n");
 	req.flags = KVCP_ATTACH_F_PHASE;
-	cr_assert_eq(kvcp_raw_attach(d2.sock, &req, &r), 0);
+	cr_assert_eq(kvcp_raw_attach(d2->sock, &req, &r), 0);
 	/* a first request, so that taking the session over is behind the worker */
-	worker_spins_after(&d2, &r, KVCP_HINT_SLEEP, false);
-	bool spin_woken = worker_spins_after(&d2, &r, KVCP_HINT_SPIN, true);
-	bool sleep = worker_spins_after(&d2, &r, KVCP_HINT_SLEEP, false);
-	bool none_woken = worker_spins_after(&d2, &r, 0, true);
-	bool none = worker_spins_after(&d2, &r, 0, false);
+	worker_spins_after(d2, &r, KVCP_HINT_SLEEP, false);
+	bool spin_woken = worker_spins_after(d2, &r, KVCP_HINT_SPIN, true);
+	bool sleeps = worker_spins_after(d2, &r, KVCP_HINT_SLEEP, false);
+	bool none_woken = worker_spins_after(d2, &r, 0, true);
+	bool none = worker_spins_after(d2, &r, 0, false);
 
+	/* with nobody to answer, the worker does not spin when its one-second timeout wakes it */
 	kvcp_raw_close(&r);
-	cr_assert_eq(t_daemon_down(&d2), 0);
+	for (int i = 0; i < 300 && worker_state(d2->pid) != 'S'; i++)
+		usleep(10000);
+	utime0 = cpu_ticks(d2->pid);
+	sleep(3);
+	utime1 = cpu_ticks(d2->pid);
+	cr_assert_eq(t_daemon_down(d2), 0);
 	cr_assert(spin_woken, "hint SPIN, woken: spins");
-	cr_assert_not(sleep, "hint SLEEP: sleeps");
+	cr_assert_not(sleeps, "hint SLEEP: sleeps");
 	cr_assert_not(none_woken, "no hint, woken: sleeps");
 	cr_assert(none, "no hint, not woken: spins");
+	cr_assert_lt(utime1 - utime0, 50, "idle kvcd used %llu clock ticks of CPU in 3 s",
+		     (unsigned long long)(utime1 - utime0));
 }

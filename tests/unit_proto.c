@@ -325,8 +325,35 @@ Test(proto, a_wait_trial_is_judged_on_enough_waits)
 		/* the uncounted first wait is dreadful; the counted ones just under 0.9x */
 		kvcp_spin_end(&s, i ? mean * 9 / 10 - 10 : KVCP_SPIN_CAP_NS, now);
 	}
+	/* one win is not enough: the spell it was judged against may have met a stall that had
+	 * nothing to do with spinning, as this one did */
 	cr_assert_eq(s.trials, 1);
+	cr_assert_eq(s.mode, KVCP_WAIT_SPIN);
+	cr_assert_eq(s.wins, 1);
+	cr_assert_eq(s.every_ns, KVCP_SPIN_EVERY_NS, "the next trial comes soon");
+	/* a fresh spell without the stall: sleeping no longer wins */
+	for (unsigned i = 0; i < 1000 && (s.trials < 2 || s.trial); i++) {
+		kvcp_spin_begin(&s, now);
+		now += KVCP_SPIN_EVERY_NS / KVCP_SPIN_MIN_N;
+		kvcp_spin_end(&s, s.cur == KVCP_WAIT_SPIN ? 100000 : mean * 9 / 10 - 10, now);
+	}
+	cr_assert_eq(s.trials, 2);
+	cr_assert_eq(s.mode, KVCP_WAIT_SPIN);
+	cr_assert_eq(s.wins, 0);
+	/* two wins in a row take the other way, and remember the mean of the one dropped */
+	for (unsigned round = 0; round < KVCP_SPIN_WINS; round++) {
+		for (unsigned i = 0; i <= KVCP_SPIN_MIN_N; i++) { /* its first is not counted */
+			kvcp_spin_begin(&s, now);
+			now += KVCP_SPIN_EVERY_MAX / KVCP_SPIN_MIN_N;
+			kvcp_spin_end(&s, 100000, now);
+		}
+		for (unsigned i = 0; i <= KVCP_SPIN_TRIAL; i++) {
+			kvcp_spin_begin(&s, now);
+			cr_assert_eq(s.cur, KVCP_WAIT_SLEEP, "round %u, trial wait %u", round, i);
+			kvcp_spin_end(&s, 80000, now);
+		}
+	}
 	cr_assert_eq(s.mode, KVCP_WAIT_SLEEP);
-	cr_assert_eq(s.every_ns, KVCP_SPIN_EVERY_NS);
-	cr_assert_eq(s.lost_ns[KVCP_WAIT_SPIN], mean);
+	cr_assert_eq(s.changes, 1);
+	cr_assert_eq(s.lost_ns[KVCP_WAIT_SPIN], 100000);
 }

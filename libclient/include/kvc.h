@@ -95,7 +95,7 @@ struct kvc_attach_opts {
 	unsigned spin_us;    /* a wait that spins does so at most this long, then sleeps;
 			      * whether waits spin or sleep at once is measured (the mean
 			      * wait of each way, with short trials of the other), so a busy
-			      * machine soon has them sleep; 0: 200 us */
+			      * machine soon has them sleep; 0: 500 us */
 	int op_timeout_ms;   /* a synchronous call gives up after this long (-ETIMEDOUT):
 			      * 0: KVC_OP_TIMEOUT_MS_DEFAULT, < 0: never. Its request may
 			      * still run later (kvcd stopped, not dead): its completion is
