@@ -596,6 +596,7 @@ struct kvcd_session {
 		struct kvcd_rget *rget;	   /* blocks asked of the remote tier */
 		struct kvcd_gpu_job *gjob; /* a copy (and codec) a GPU's mover does */
 	} cont;
+	bool said_long; /* sq.hint says KVCP_HINT_LONG (worker.c) */
 
 	/* GPU staging, one allocation per device the client asked for (index as in STATS) */
 	uint32_t gpu_mask;

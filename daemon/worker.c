@@ -72,6 +72,16 @@ static bool waiting(const struct kvcd_session *s)
 	return s->cont.gjob && !__atomic_load_n(&s->cont.gjob->done, __ATOMIC_ACQUIRE);
 }
 
+/* Tell the client whether the request in hand takes long (sq.hint, kvcp.h); written only when
+ * it changes, so the line stays in the client's cache while it spins. */
+static void say_long(struct kvcd_session *s, bool on)
+{
+	if (s->said_long == on)
+		return;
+	s->said_long = on;
+	kvcp_store_relaxed(&s->hdr->sq.hint, on ? KVCP_HINT_LONG : 0);
+}
+
 static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_session *s)
 {
 	struct kvcp_sqe sqe;
@@ -108,9 +118,11 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 			s->cont.ns += kvcd_now_ns() - t0;
 			if (s->cont.rget || s->cont.gjob)
 				w->parked = true;
+			say_long(s, true);
 			break;
 		}
 		w->parked = false;
+		say_long(s, false);
 		/* the completion first: the client waits for it, not for our bookkeeping */
 		if (s->phase)
 			kvcp_ring_push_phase(&s->hdr->cq, s->cq, s->cq_entries, &s->cq_prod,

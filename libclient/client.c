@@ -830,6 +830,9 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 			}
 			next_check = t + 10000000ull;
 		}
+		/* the worker says the request takes long (the remote tier, a GPU's mover): sleep */
+		if (t < spin_end && !busy && (kvcp_load_relaxed(&c->hdr->sq.hint) & KVCP_HINT_LONG))
+			spin_end = t;
 		if (t < spin_end) {
 			__builtin_ia32_pause();
 			continue;

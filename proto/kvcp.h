@@ -77,7 +77,8 @@ struct kvcp_ring {
 	uint32_t pad1[15];
 	uint32_t flags; /* written by the side that may sleep */
 	uint32_t futex; /* bumped by the side that wakes it, then FUTEX_WAKE */
-	uint32_t hint;	/* 2.7, CQ only: how the client waits (KVCP_HINT_*); 0 in the SQ */
+	uint32_t hint;	/* 2.7: in the CQ, how the client waits (KVCP_HINT_SPIN/SLEEP); in the
+			 * SQ, KVCP_HINT_LONG or 0 (below) */
 	uint32_t pad2[13];
 };
 
@@ -94,6 +95,12 @@ struct kvcp_ring {
  * spins unless it had to wake the client. */
 #define KVCP_HINT_SPIN	1u
 #define KVCP_HINT_SLEEP 2u
+
+/* sq.hint (2.7), written by the worker: the request it has in hand for this client takes
+ * long (it waits on the remote tier or a GPU's mover, or runs in slices between other
+ * clients'), so a client spinning for its answer had better sleep; cleared before the
+ * answer is published. A busy-polling client (KVC_ATTACH_BUSY_POLL) spins regardless. */
+#define KVCP_HINT_LONG 1u
 
 struct kvcp_shm_hdr {
 	uint64_t magic; /* stored last, with release order */

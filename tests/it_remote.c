@@ -439,3 +439,53 @@ Test(remote, auth_user_and_password)
 		     "the log says why: %s", out);
 	cr_assert_eq(t_daemon_stop(&A), 0);
 }
+
+/* While a FETCH waits on the remote tier, sq.hint tells its client so (KVCP_HINT_LONG), and a
+ * spinning client goes to sleep; the hint is gone once the answer is there. The cluster is
+ * stopped (SIGSTOP), so the get waits out the tier's op_timeout_ms. */
+Test(remote, a_fetch_waiting_on_the_remote_tier_says_so)
+{
+	struct kvcp_attach_req req = kvcp_raw_request("shared");
+	struct kvcp_raw r;
+	struct kvcp_sqe fetch = { .opcode = KVCP_OP_FETCH, .user_data = 77, .off = 0, .len = 4096 };
+	struct kvcp_cqe cqe;
+	char *base;
+	int said = 0, popped = 0;
+
+	cluster_ports(&C);
+	cluster_start(&C);
+	kvcd_on(&R, "16M", "[namespace shared]\nremote = all\n");
+	req.flags = KVCP_ATTACH_F_PHASE;
+	cr_assert_eq(kvcp_raw_attach(R.sock, &req, &r), 0);
+	base = (char *)r.hdr;
+	cr_assert_eq(kvcp_load_relaxed(&r.hdr->sq.hint), 0, "nothing in hand");
+	for (int i = 0; i < NODES; i++)
+		kill(C.pid[i], SIGSTOP);
+	fetch.key = (struct kvcp_key){ 0xfeed, 999 };
+	cr_assert_eq(kvcp_ring_push_phase(&r.hdr->sq, base + r.hdr->sq_off, r.hdr->sq_entries,
+					  &r.sq_prod, &r.sq_cons_cache, &fetch, KVCP_SQE_PHASE_WORD,
+					  KVCP_SQE_PHASE_BIT),
+		     0);
+	kvcp_fence();
+	__atomic_fetch_add(&r.hdr->sq.futex, 1, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &r.hdr->sq.futex, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+	for (int i = 0; i < 3000 && !popped; i++) {
+		said |= kvcp_load_relaxed(&r.hdr->sq.hint) == KVCP_HINT_LONG;
+		popped = kvcp_ring_pop_phase(&r.hdr->cq, base + r.hdr->cq_off, r.hdr->cq_entries,
+					     &r.cq_cons, &cqe, KVCP_CQE_PHASE_WORD,
+					     KVCP_CQE_PHASE_BIT) == 1;
+		usleep(1000);
+	}
+	uint32_t after = kvcp_load_relaxed(&r.hdr->sq.hint);
+
+	for (int i = 0; i < NODES; i++)
+		kill(C.pid[i], SIGCONT);
+	kvcp_raw_close(&r);
+	cr_assert(popped, "answered once the tier gave up");
+	cr_assert_eq(cqe.user_data, 77);
+	cr_assert_lt(cqe.res, 0, "a miss");
+	cr_assert(said, "sq.hint said the request takes long while it waited");
+	cr_assert_eq(after, 0, "and not once it was answered");
+	t_daemon_cleanup(&R);
+	cluster_stop(&C);
+}
