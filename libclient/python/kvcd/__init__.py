@@ -169,14 +169,18 @@ class Client:
     ``socket``: the daemon's UNIX socket (None: $KVCD_SOCKET, then the default paths);
     ``ns``: the namespace (model fingerprint), at most 63 bytes; ``staging_size``: bytes of the
     staging buffer (0: kvcd's default); ``op_timeout_ms``: synchronous calls give up after this
-    long (0: the library's default, < 0: never); ``gpu``: GPU staging too, on each device of
+    long (0: the library's default, < 0: never); ``busy_poll``: waits spin and never sleep
+    (for a thread with a core of its own); otherwise a wait spins at most ``spin_us`` (0: the
+    library's 500) or sleeps at once, whichever the library measures to pay; ``gpu``: GPU
+    staging too, on each device of
     ``gpu_mask`` (0: every one kvcd serves), ``gpu_staging_size`` bytes each (0: kvcd's
     default). Raises :class:`KvcdError` when kvcd refuses (ENODEV: no GPU staging to be had).
     """
 
     def __init__(self, socket: Optional[str] = None, ns: str = "default", staging_size: int = 0,
                  numa_node: int = -1, busy_poll: bool = False, op_timeout_ms: int = 0,
-                 gpu: bool = False, gpu_staging_size: int = 0, gpu_mask: int = 0):
+                 gpu: bool = False, gpu_staging_size: int = 0, gpu_mask: int = 0,
+                 spin_us: int = 0):
         o = AttachOpts()
         lib.kvc_attach_opts_init(ctypes.byref(o))
         self._sock = socket.encode() if socket else None
@@ -186,6 +190,7 @@ class Client:
         o.staging_size = staging_size
         o.numa_node = numa_node
         o.flags = ATTACH_BUSY_POLL if busy_poll else 0
+        o.spin_us = spin_us
         o.op_timeout_ms = op_timeout_ms
         o.gpu = 1 if gpu else 0
         o.gpu_staging_size = gpu_staging_size

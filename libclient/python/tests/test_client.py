@@ -46,6 +46,16 @@ def test_store_and_fetch_arrays(daemon, dtype):
         assert c.delete(k) and not c.delete(k)
 
 
+@pytest.mark.parametrize("opts", [dict(busy_poll=True), dict(spin_us=1), dict()])
+def test_every_way_of_waiting_gets_its_answers(daemon, opts):
+    with kvcd.Client(socket=daemon.sock, staging_size=1 << 20, **opts) as c:
+        b = block(np.float16)
+        for i in range(200):
+            c.store(kvcd.Key(7, i), b)
+            assert np.array_equal(c.fetch(kvcd.Key(7, i)), b)
+            assert c.delete(kvcd.Key(7, i))
+
+
 def test_zero_copy_from_staging(daemon):
     with kvcd.Client(socket=daemon.sock, staging_size=1 << 20) as c:
         lay = kvcd.layout_of((2, 2, 16, 2, 32), "float16")
