@@ -565,9 +565,9 @@ struct kvcp_client_ent {
  * kept, and every so often a short trial of the other way is run. The trial's first wait is
  * not counted (the worker still does what the old way told it: sleeps, or spins for the next
  * request; cq.hint); nor is the first after it. The other way is adopted when its mean is
- * lower by a tenth in KVCP_SPIN_WINS trials in a row; a trial ends as soon as it cannot be. While the way in use keeps winning,
- * trials come less often, down to one a second, so a quiet machine pays a couple of sleeping
- * waits a second at most. A wait counts at most KVCP_SPIN_CAP_NS: the way changes a long
+ * lower by a tenth in KVCP_SPIN_WINS trials in a row; a trial ends as soon as it cannot be.
+ * While the way in use keeps winning, trials come less often, down to one a second, so a
+ * quiet machine pays a couple of sleeping waits a second at most. A wait counts at most KVCP_SPIN_CAP_NS: the way changes a long
  * request's wait little, and one would drown the others.
  * A trial is short, and the cost of spinning on a busy machine comes as rare waits of a
  * whole time slice, which a trial seldom meets but a spell in use does. So the mean a way
@@ -655,9 +655,7 @@ static inline uint64_t kvcp_spin_begin(struct kvcp_spin *s, uint64_t now_ns)
 static inline void kvcp_spin_end(struct kvcp_spin *s, uint64_t wait_ns, uint64_t now_ns)
 {
 	uint32_t other = s->mode ^ 1, in = s->mode;
-	/* other's mean below 9/10 of in's, as a product (128 bits: no overflow) */
-	unsigned __int128 a, b;
-
+	unsigned __int128 a, b; /* other's mean below 9/10 of in's is a < b (no overflow) */
 	uint64_t lost;
 
 	if (s->settle)
