@@ -793,16 +793,16 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 	struct kvcp_ring *cq;
 	uint64_t t0 = now_ns(), next_check = t0, spin_end, t;
 	bool spinning = true, busy = c->opts.flags & KVC_ATTACH_BUSY_POLL;
-	uint32_t fv;
+	uint32_t fv, hint;
 
 	if (c->dead || !c->hdr)
 		return -ECONNRESET;
 	cq = &c->hdr->cq;
 	spin_end = busy ? UINT64_MAX : t0 + kvcp_spin_begin(&c->spin, t0);
-	fv = busy || c->spin.cur == KVCP_WAIT_SPIN ? KVCP_HINT_SPIN : KVCP_HINT_SLEEP;
-	if (fv != c->hint) { /* the worker reads it when it answers (kvcp.h) */
-		kvcp_store_relaxed(&cq->hint, fv);
-		c->hint = fv;
+	hint = busy || c->spin.cur == KVCP_WAIT_SPIN ? KVCP_HINT_SPIN : KVCP_HINT_SLEEP;
+	if (hint != c->hint) { /* the worker reads it when it answers (kvcp.h) */
+		kvcp_store_relaxed(&cq->hint, hint);
+		c->hint = hint;
 	}
 	for (unsigned looks = 1;; looks++) {
 		if (cq_ready(c)) {
