@@ -8,11 +8,16 @@
  * KVCD_BASES_MAX newest bases: a STORE under learned= uses the newest, a FETCH the one its
  * block names, and a block whose basis was dropped is removed when read (a miss).
  *
- * The table is under its own lock, always taken before the store's, never after.
+ * The table is under its own lock, always taken before the store's, never after. A CALIBRATE
+ * learns on a thread of its own (struct kvcd_cal_job), so that its worker serves its other
+ * sessions meanwhile.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "kvcd.h"
@@ -87,6 +92,17 @@ int kvcd_bases_init(struct kvcd *d)
 void kvcd_bases_fini(struct kvcd *d)
 {
 	struct kvcd_bases *t = &d->bases;
+	uint64_t t0 = kvcd_now_ns();
+	bool said = false;
+
+	/* a CALIBRATE still learning uses the store and the table: let it finish */
+	while (__atomic_load_n(&t->running, __ATOMIC_ACQUIRE)) {
+		if (!said && kvcd_now_ns() - t0 > 1000000000ull) {
+			kvcd_log(LOG_NOTICE, "stopping: waiting for a CALIBRATE to finish");
+			said = true;
+		}
+		usleep(1000);
+	}
 
 	for (unsigned ns = 0; ns < KVCD_STORE_NS; ns++)
 		for (int i = 0; i < KVCD_BASES_MAX; i++)
@@ -185,11 +201,13 @@ static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_
 	return got;
 }
 
-int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_t *bytes)
+/* The CALIBRATE of @j: the new basis's version (its size in j->bytes), or -errno. */
+static int calibrate(struct kvcd_cal_job *j)
 {
+	struct kvcd *d = j->d;
 	struct kvcd_bases *t = &d->bases;
-	struct kvcd_basis_slot *at = t->at[s->ns_id];
-	uint32_t want = arg & 0xffff, energy = arg >> 16, n, version = 1, old_version = 0;
+	struct kvcd_basis_slot *at = t->at[j->ns_id];
+	uint32_t want = j->arg & 0xffff, energy = j->arg >> 16, n, version = 1, old_version = 0;
 	bool sum_on = __atomic_load_n(&d->cfg.checksum, __ATOMIC_RELAXED);
 	struct kvcd_block **src = NULL, *b = NULL, *old = NULL;
 	struct kvcp_layout *ls = NULL, l;
@@ -199,15 +217,11 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 	uint64_t len = 0;
 	int err;
 
-	if (!s->admin)
-		return -EPERM;
-	if (!energy || energy > 100)
-		return -EINVAL;
 	src = calloc(4096, sizeof(*src));
 	ls = calloc(4096, sizeof(*ls));
 	data = calloc(4096, sizeof(*data));
 	err = src && ls && data ? 0 : -ENOMEM;
-	n = err ? 0 : sources(d, s->ns_id, want, src);
+	n = err ? 0 : sources(d, j->ns_id, want, src);
 	if (!err && !n)
 		err = -ENOENT; /* no raw block to learn from */
 	/* one CALIBRATE at a time, so versions stay unique; the table's lock only while it is
@@ -238,7 +252,7 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 					  .head_dim = h.head_dim,
 					  .tokens = 1 };
 		key = basis_key(version);
-		err = kvcd_store_reserve(&d->store, s->ns_id, &key, &l, len, s->order, s->norder,
+		err = kvcd_store_reserve(&d->store, j->ns_id, &key, &l, len, j->order, j->norder,
 					 &b);
 	}
 	if (!err) {
@@ -257,14 +271,14 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 		low->b = b;
 		low->version = version;
 		pthread_mutex_unlock(&t->lock);
-		*bytes = len;
+		j->bytes = len;
 	}
 	pthread_mutex_unlock(&t->calibrating);
 	if (old) { /* the oldest basis goes; blocks that name it are removed when read */
 		key = basis_key(old_version);
-		kvcd_store_delete(&d->store, s->ns_id, &key);
+		kvcd_store_delete(&d->store, j->ns_id, &key);
 		kvcd_store_put(&d->store, old, false);
-		kvcd_log(LOG_INFO, "namespace %s: basis %u dropped for basis %u", s->ns,
+		kvcd_log(LOG_INFO, "namespace %s: basis %u dropped for basis %u", j->ns,
 			 old_version, version);
 	}
 	free(basis);
@@ -272,4 +286,82 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_
 	free(ls);
 	free(data);
 	return err ? err : (int)version;
+}
+
+void kvcd_cal_free(struct kvcd_cal_job *j)
+{
+	kvcd_store_ns_put(&j->d->store, j->ns_id);
+	free(j);
+}
+
+void kvcd_cal_release(struct kvcd_cal_job *j)
+{
+	int running = 0;
+
+	/* running -> orphaned: the thread frees it; already done: we do */
+	if (!__atomic_compare_exchange_n(&j->done, &running, 2, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		kvcd_cal_free(j);
+}
+
+static void *calibrate_main(void *arg)
+{
+	struct kvcd_cal_job *j = arg;
+	struct kvcd_bases *t = &j->d->bases;
+	uint32_t *wake = j->wake;
+	int running = 0;
+
+	j->res = calibrate(j);
+	if (__atomic_compare_exchange_n(&j->done, &running, 1, false, __ATOMIC_ACQ_REL,
+					__ATOMIC_ACQUIRE)) {
+		/* the worker may free j as soon as done is set: only @wake from here on */
+		__atomic_fetch_add(wake, 1, __ATOMIC_RELEASE);
+		kvcd_futex_wake(wake, 1, false);
+	} else { /* its session went away meanwhile: nobody else to tell */
+		if (j->res < 0)
+			kvcd_log(LOG_WARNING, "namespace %s: CALIBRATE failed: %s", j->ns,
+				 strerror(-j->res));
+		else
+			kvcd_log(LOG_INFO, "namespace %s: basis %d learned (%llu bytes)", j->ns,
+				 j->res, (unsigned long long)j->bytes);
+		kvcd_cal_free(j);
+	}
+	__atomic_fetch_sub(&t->running, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, struct kvcd_cal_job **out)
+{
+	struct kvcd_cal_job *j;
+	pthread_attr_t attr;
+	pthread_t th;
+	int err;
+
+	if (!s->admin)
+		return -EPERM;
+	if (!(arg >> 16) || arg >> 16 > 100)
+		return -EINVAL; /* no energy, or more than all of it */
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->d = d;
+	j->ns_id = s->ns_id;
+	j->arg = arg;
+	memcpy(j->order, s->order, sizeof(j->order));
+	j->norder = s->norder;
+	snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
+	j->wake = &d->workers[s->worker].wake;
+	kvcd_store_ns_hold(&d->store, s->ns_id); /* the session may go before the job is done */
+	__atomic_fetch_add(&d->bases.running, 1, __ATOMIC_ACQ_REL);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	err = -pthread_create(&th, &attr, calibrate_main, j);
+	pthread_attr_destroy(&attr);
+	if (err) {
+		__atomic_fetch_sub(&d->bases.running, 1, __ATOMIC_RELEASE);
+		kvcd_cal_free(j);
+		return err == -EAGAIN ? -EAGAIN : -ENOMEM;
+	}
+	*out = j;
+	return -EINPROGRESS;
 }

@@ -533,6 +533,7 @@ struct kvcd_bases {
 	} at[KVCD_STORE_NS][KVCD_BASES_MAX];
 	struct kvcd_block *dropped[KVCD_BASES_DROPPED]; /* start-up only */
 	unsigned ndropped;
+	unsigned running; /* CALIBRATE threads not yet finished (atomic) */
 };
 
 struct kvcd;
@@ -547,10 +548,30 @@ void kvcd_bases_fini(struct kvcd *d);
 int kvcd_basis_get(struct kvcd *d, uint16_t ns, uint32_t version, struct kvcd_block **out);
 /* STATS: the bases of the namespaces st->ns lists, whose ids are @ids. */
 void kvcd_bases_stats(struct kvcd *d, const uint16_t *ids, struct kvcp_stats *st);
-/* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG: the new basis's
- * version and its size in *@bytes, or -EPERM, -EINVAL, -ENOENT (no raw block), -ENOSYS
- * (no LAPACKE), -ENOSPC, -EDQUOT, -ENOMEM. */
-int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, uint64_t *bytes);
+/* A CALIBRATE, learned on a thread of its own (seconds for a large model) while the worker
+ * serves its other sessions. @done: 0 while it runs, 1 when @res and @bytes are the result
+ * (the worker takes it, is woken through @wake), 2 when its session went away first (the
+ * thread frees it). */
+struct kvcd_cal_job {
+	struct kvcd *d;
+	uint16_t ns_id;
+	uint32_t arg;
+	uint8_t order[KVCD_MAX_NODES];
+	unsigned norder;
+	char ns[KVCP_NS_MAX];
+	uint32_t *wake;
+	int done;
+	int res; /* the new basis's version, or -errno */
+	uint64_t bytes;
+};
+/* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG: -EINPROGRESS with the
+ * job in *@out, or at once -EPERM, -EINVAL, -ENOMEM, -EAGAIN. The job ends with the new
+ * basis's version and its size, or -ENOENT (no raw block), -ENOSYS (no LAPACKE), -ENOSPC,
+ * -EDQUOT, -ENOMEM. */
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, struct kvcd_cal_job **out);
+/* The job's session goes: its thread frees it when done (or now, when it is). */
+void kvcd_cal_release(struct kvcd_cal_job *j);
+void kvcd_cal_free(struct kvcd_cal_job *j);
 
 /* ---- session.c: one attached client --------------------------------------------------------- */
 
@@ -595,6 +616,7 @@ struct kvcd_session {
 		uint64_t ns;		   /* service time so far */
 		struct kvcd_rget *rget;	   /* blocks asked of the remote tier */
 		struct kvcd_gpu_job *gjob; /* a copy (and codec) a GPU's mover does */
+		struct kvcd_cal_job *cjob; /* a CALIBRATE, on its own thread */
 	} cont;
 	bool said_long; /* sq.hint says KVCP_HINT_LONG (worker.c) */
 
@@ -614,7 +636,8 @@ enum {
 	KVCD_CONT_LOOKUP,	 /* a LOOKUP, a slice at a time */
 	KVCD_CONT_REMOTE_LOOKUP, /* the chunks after the local prefix, asked of the remote tier */
 	KVCD_CONT_REMOTE_FETCH,	 /* a local miss, asked of the remote tier */
-	KVCD_CONT_GPU		 /* a STORE or FETCH of GPU staging, at a GPU's mover */
+	KVCD_CONT_GPU,		 /* a STORE or FETCH of GPU staging, at a GPU's mover */
+	KVCD_CONT_CALIBRATE	 /* a CALIBRATE, on its own thread */
 };
 
 struct kvcd;

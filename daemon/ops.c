@@ -1247,7 +1247,13 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_POLICY: res = do_policy(d, s, v, buf, size, cqe); break;
 	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
 	case KVCP_OP_RECOMPRESS: res = do_recompress(d, s, v, buf, cqe); break;
-	case KVCP_OP_CALIBRATE: res = kvcd_calibrate(d, s, v->arg, &cqe->value); break;
+	case KVCP_OP_CALIBRATE:
+		res = kvcd_calibrate(d, s, v->arg, &s->cont.cjob);
+		if (res == -EINPROGRESS) { /* learned on its own thread: the worker goes on */
+			s->cont.sqe = *v;
+			s->cont.kind = KVCD_CONT_CALIBRATE;
+		}
+		break;
 	default: res = do_admin(d, s, v, buf, cqe); break;
 	}
 	if (res == -EINPROGRESS) {
@@ -1273,6 +1279,13 @@ bool kvcd_resume(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe)
 		res = lookup_slice(d, s);
 		if (res == -EINPROGRESS)
 			return false;
+	} else if (c->kind == KVCD_CONT_CALIBRATE) {
+		if (__atomic_load_n(&c->cjob->done, __ATOMIC_ACQUIRE) != 1)
+			return false;
+		res = c->cjob->res;
+		cqe->value = res >= 0 ? c->cjob->bytes : 0;
+		kvcd_cal_free(c->cjob);
+		c->cjob = NULL;
 	} else if (c->kind == KVCD_CONT_GPU) {
 		if (!__atomic_load_n(&c->gjob->done, __ATOMIC_ACQUIRE))
 			return false;

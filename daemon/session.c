@@ -114,6 +114,9 @@ void kvcd_session_destroy(struct kvcd_session *s)
 	if (s->cont.rget) /* a remote get still out for this session */
 		kvcd_rget_release(s->cont.rget);
 	s->cont.rget = NULL;
+	if (s->cont.cjob) /* a CALIBRATE still learning for this session */
+		kvcd_cal_release(s->cont.cjob);
+	s->cont.cjob = NULL;
 	if (s->hdr)
 		kvcd_os.munmap(s->hdr, s->ctrl_size);
 	if (s->staging)

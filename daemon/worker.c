@@ -62,13 +62,16 @@ static bool cq_room(struct kvcd *d, struct kvcd_session *s)
 	return s->cq_prod - cons < s->cq_entries;
 }
 
-/* Is the session's request in another thread's hands (the remote tier, a GPU's mover)? */
+/* Is the session's request in another thread's hands (the remote tier, a GPU's mover, a
+ * CALIBRATE's thread)? */
 static bool waiting(const struct kvcd_session *s)
 {
 	if (!s->cont.active)
 		return false;
 	if (s->cont.rget)
 		return __atomic_load_n(&s->cont.rget->done, __ATOMIC_ACQUIRE) != 1;
+	if (s->cont.cjob)
+		return __atomic_load_n(&s->cont.cjob->done, __ATOMIC_ACQUIRE) != 1;
 	return s->cont.gjob && !__atomic_load_n(&s->cont.gjob->done, __ATOMIC_ACQUIRE);
 }
 
@@ -116,7 +119,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		n++;
 		if (!done) {
 			s->cont.ns += kvcd_now_ns() - t0;
-			if (s->cont.rget || s->cont.gjob)
+			if (s->cont.rget || s->cont.gjob || s->cont.cjob)
 				w->parked = true;
 			say_long(s, true);
 			break;
@@ -154,7 +157,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
-	if (s->cont.active && (s->cont.rget || s->cont.gjob)) /* the other thread wakes us */
+	if (s->cont.active && (s->cont.rget || s->cont.gjob || s->cont.cjob)) /* woken by it */
 		return !s->broken && !waiting(s);
 	return !s->broken &&
 	       (s->cont.active ||

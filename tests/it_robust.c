@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include "t_util.h"
+#include "codec.h"
 
 static struct t_daemon D;
 
@@ -560,4 +561,120 @@ Test(robust, worker_spins_only_for_clients_that_spin, .fini = spin_down)
 	cr_assert(none, "no hint, not woken: spins");
 	cr_assert_lt(utime1 - utime0, 50, "idle kvcd used %llu clock ticks of CPU in 3 s",
 		     (unsigned long long)(utime1 - utime0));
+}
+
+/* A CALIBRATE learns on a thread of its own: the worker serves its other sessions meanwhile
+ * (a NOP of another client is answered while the CALIBRATE is still out), the CALIBRATE's
+ * answer comes when it is done, and one whose client went away still lands its basis, and
+ * kvcd stops cleanly after it. The namespace is a Llama-3-8B shape (32 layers, 8 KV heads of
+ * 128, f16), 1024 tokens: long enough to learn that the NOP cannot have waited for it. */
+static struct t_daemon D_cal;
+
+static void cal_down(void)
+{
+	t_daemon_down(&D_cal);
+}
+
+/* Push a CALIBRATE of namespace-wide raw blocks on @r and ring. */
+static void raw_calibrate(struct kvcp_raw *r, uint64_t user_data)
+{
+	struct kvcp_sqe cal = { .opcode = KVCP_OP_CALIBRATE,
+				.user_data = user_data,
+				.arg = KVCP_CALIBRATE_ARG(0, 99) };
+	char *base = (char *)r->hdr;
+
+	cr_assert_eq(kvcp_ring_push(&r->hdr->sq, base + r->hdr->sq_off, r->hdr->sq_entries,
+				    &r->sq_prod, &r->sq_cons_cache, &cal),
+		     0);
+	kvcp_fence();
+	__atomic_fetch_add(&r->hdr->sq.futex, 1, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &r->hdr->sq.futex, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+}
+
+Test(robust, calibrate_does_not_hold_the_worker, .fini = cal_down, .timeout = 120)
+{
+	struct kvc_layout l = {
+		.dtype = KVC_F16, .layers = 32, .kv_heads = 8, .head_dim = 128, .tokens = 16
+	};
+	size_t n = kvc_layout_bytes(&l), size;
+	struct kvcp_attach_req req = kvcp_raw_request("big");
+	struct kvcp_raw r;
+	struct kvcp_cqe cqe;
+	struct kvc_stats st;
+	int pending = 1;
+
+	char conf[160];
+	const char *args[] = { "--config", conf, "--pool-size", "512M", NULL };
+	FILE *f;
+
+	t_daemon_dir(&D_cal, conf, sizeof(conf));
+	f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fputs("[kvcd]\nworkers = 1\n", f);
+	fclose(f);
+	cr_assert_eq(t_daemon_start_args(&D_cal, args), 0);
+	kvc_client *big = t_attach(&D_cal, "big", n), *other = t_attach(&D_cal, NULL, 4096);
+	unsigned char *stg = kvc_staging(big, &size);
+
+	for (unsigned i = 0; i < 64; i++) {
+		struct kvc_key k = { 0xca1, i };
+
+		uint16_t *x = (uint16_t *)stg;
+
+		for (size_t e = 0; e < n / 2; e++) /* finite values: CALIBRATE refuses inf/nan */
+			x[e] = kvcd_f32_to_f16(t_nrand());
+		cr_assert_eq(kvc_store(big, &k, &l, 0), 0);
+	}
+	cr_assert_eq(kvcp_raw_attach(D_cal.sock, &req, &r), 0);
+	raw_calibrate(&r, 41);
+	for (int i = 0; i < 5000 && kvcp_load_acquire(&r.hdr->sq.cons) != r.sq_prod; i++)
+		usleep(100);
+	/* taken: the worker answers another client's NOP and STATS while the basis is learned,
+	 * which a worker learning it itself would only do once the basis was there */
+	cr_assert_eq(kvc_nop(other), 0);
+	cr_assert_eq(kvc_stats(other, &st, sizeof(st)), 0);
+	for (unsigned k = 0; k < st.nns && k < 32; k++)
+		cr_assert(strcmp(st.ns[k].name, "big") || !st.ns_bases[k].newest,
+			  "served before the basis was learned");
+	pending = kvcp_ring_pop(&r.hdr->cq, (char *)r.hdr + r.hdr->cq_off, r.hdr->cq_entries,
+				&r.cq_cons, &cqe) != 1;
+	cr_assert(pending, "and the CALIBRATE's answer comes after");
+	for (int i = 0; i < 60000 && pending; i++) {
+		pending = kvcp_ring_pop(&r.hdr->cq, (char *)r.hdr + r.hdr->cq_off,
+					r.hdr->cq_entries, &r.cq_cons, &cqe) != 1;
+		if (pending)
+			usleep(1000);
+	}
+	cr_assert_not(pending, "the CALIBRATE is answered once it is done");
+	cr_assert_eq(cqe.user_data, 41);
+	cr_assert_eq(cqe.res, 1, "basis version 1: %d", cqe.res);
+	cr_assert_gt(cqe.value, 0, "its size");
+
+	/* a second one whose client goes once kvcd has taken it: the basis still lands */
+	raw_calibrate(&r, 42);
+	for (int i = 0; i < 5000 && kvcp_load_acquire(&r.hdr->sq.cons) != r.sq_prod; i++)
+		usleep(1000);
+	cr_assert_eq(kvcp_load_acquire(&r.hdr->sq.cons), r.sq_prod, "taken");
+	kvcp_raw_close(&r);
+	for (int i = 0; i < 600; i++) {
+		cr_assert_eq(kvc_stats(other, &st, sizeof(st)), 0);
+		bool found = false;
+
+		for (unsigned k = 0; k < st.nns && k < 32; k++)
+			found |= !strcmp(st.ns[k].name, "big") && st.ns_bases[k].newest == 2;
+		if (found)
+			break;
+		cr_assert_lt(i, 599, "the orphaned CALIBRATE's basis lands");
+		usleep(100000);
+	}
+	cr_assert_eq(kvc_nop(other), 0);
+	kvc_detach(big);
+	kvc_detach(other);
+	/* and one still learning when kvcd stops: kvcd waits for it and exits cleanly */
+	cr_assert_eq(kvcp_raw_attach(D_cal.sock, &req, &r), 0);
+	raw_calibrate(&r, 43);
+	for (int i = 0; i < 5000 && kvcp_load_acquire(&r.hdr->sq.cons) != r.sq_prod; i++)
+		usleep(1000);
+	cr_assert_eq(t_daemon_stop(&D_cal), 0, "a clean exit with a CALIBRATE in flight");
+	kvcp_raw_close(&r);
 }
