@@ -296,11 +296,7 @@ void kvcd_cal_free(struct kvcd_cal_job *j)
 
 void kvcd_cal_release(struct kvcd_cal_job *j)
 {
-	int running = 0;
-
-	/* running -> orphaned: the thread frees it; already done: we do */
-	if (!__atomic_compare_exchange_n(&j->done, &running, 2, false, __ATOMIC_ACQ_REL,
-					 __ATOMIC_ACQUIRE))
+	if (!kvcd_job_orphan(&j->done)) /* already done: its thread is through with it */
 		kvcd_cal_free(j);
 }
 
@@ -308,16 +304,9 @@ static void *calibrate_main(void *arg)
 {
 	struct kvcd_cal_job *j = arg;
 	struct kvcd_bases *t = &j->d->bases;
-	uint32_t *wake = j->wake;
-	int running = 0;
 
 	j->res = calibrate(j);
-	if (__atomic_compare_exchange_n(&j->done, &running, 1, false, __ATOMIC_ACQ_REL,
-					__ATOMIC_ACQUIRE)) {
-		/* the worker may free j as soon as done is set: only @wake from here on */
-		__atomic_fetch_add(wake, 1, __ATOMIC_RELEASE);
-		kvcd_futex_wake(wake, 1, false);
-	} else { /* its session went away meanwhile: nobody else to tell */
+	if (!kvcd_job_deliver(&j->done, j->wake)) { /* its session went away: nobody to tell */
 		if (j->res < 0)
 			kvcd_log(LOG_WARNING, "namespace %s: CALIBRATE failed: %s", j->ns,
 				 strerror(-j->res));

@@ -153,6 +153,34 @@ int kvcd_pidfd_open(pid_t pid);
 struct futex_waitv;
 int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns);
 int kvcd_futex_wake(uint32_t *uaddr, int n, bool shared);
+
+/* A job another thread does for a session (a remote get, a CALIBRATE): *@done is 0 while it
+ * runs, 1 once the thread hands it back, 2 once its session went away first. The thread
+ * calls kvcd_job_deliver: true when handed back (then it bumps and wakes @wake, when not
+ * NULL, and must not touch the job again: its worker may free it at once); false when
+ * orphaned (the thread frees it). The session's teardown calls kvcd_job_orphan: true when the
+ * thread will free it; false when it was done already (the caller frees it). */
+static inline bool kvcd_job_deliver(int *done, uint32_t *wake)
+{
+	int running = 0;
+
+	if (!__atomic_compare_exchange_n(done, &running, 1, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return false;
+	if (wake) {
+		__atomic_fetch_add(wake, 1, __ATOMIC_RELEASE);
+		kvcd_futex_wake(wake, 1, false);
+	}
+	return true;
+}
+
+static inline bool kvcd_job_orphan(int *done)
+{
+	int running = 0;
+
+	return __atomic_compare_exchange_n(done, &running, 2, false, __ATOMIC_ACQ_REL,
+					   __ATOMIC_ACQUIRE);
+}
 bool kvcd_has_cap_ipc_lock(void);
 uint64_t kvcd_now_ns(void);
 

@@ -506,19 +506,9 @@ static void run_gets(struct kvcd_remote *r, struct kvcd_rget *list)
 	r->lat.b[kvcd_hist_bucket(kvcd_now_ns() - t0)]++;
 	pthread_mutex_unlock(&r->lock);
 	for (struct kvcd_rget *g = list, *next; g; g = next) {
-		uint32_t *wake = g->wake;
-		int pending = 0;
-
-		next = g->next; /* the worker may free g as soon as done is set */
-		if (__atomic_compare_exchange_n(&g->done, &pending, 1, false, __ATOMIC_ACQ_REL,
-						__ATOMIC_ACQUIRE)) {
-			if (wake) {
-				__atomic_fetch_add(wake, 1, __ATOMIC_RELEASE);
-				kvcd_futex_wake(wake, 1, false);
-			}
-		} else { /* its session went away meanwhile */
+		next = g->next; /* the worker may free g as soon as it is delivered */
+		if (!kvcd_job_deliver(&g->done, g->wake)) /* its session went away meanwhile */
 			kvcd_rget_free(g);
-		}
 	}
 }
 
@@ -750,11 +740,7 @@ void kvcd_rget_free(struct kvcd_rget *g)
 
 void kvcd_rget_release(struct kvcd_rget *g)
 {
-	int pending = 0;
-
-	/* pending -> orphaned: the remote thread frees it; already done: we do */
-	if (!__atomic_compare_exchange_n(&g->done, &pending, 2, false, __ATOMIC_ACQ_REL,
-					 __ATOMIC_ACQUIRE))
+	if (!kvcd_job_orphan(&g->done)) /* already done: the remote thread is through with it */
 		kvcd_rget_free(g);
 }
 
