@@ -308,7 +308,14 @@ static uid_t nobody(void)
 	return pw ? pw->pw_uid : 65534;
 }
 
-Test(robust, uid_outside_the_allow_list_is_refused)
+static struct t_daemon D_acl; /* in D's directory: D's teardown removes it */
+
+static void acl_down(void)
+{
+	t_daemon_stop(&D_acl); /* also when an assertion ended the test */
+}
+
+Test(robust, uid_outside_the_allow_list_is_refused, .fini = acl_down)
 {
 	char conf[128];
 	FILE *f;
@@ -325,6 +332,7 @@ Test(robust, uid_outside_the_allow_list_is_refused)
 	snprintf(d2.sock, sizeof(d2.sock), "%s/acl.sock", D.dir);
 	snprintf(d2.log, sizeof(d2.log), "%s/acl.log", D.dir);
 	cr_assert_eq(t_daemon_start_args(&d2, args), 0);
+	D_acl = d2;
 	pid_t pid = fork();
 
 	if (pid == 0) {
@@ -349,6 +357,7 @@ Test(robust, uid_outside_the_allow_list_is_refused)
 	kvc_client *c = t_attach(&d2, "secret", 4096); /* root is on the list */
 
 	kvc_detach(c);
+	D_acl.pid = 0;
 	cr_assert_eq(t_daemon_stop(&d2), 0);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
 		  "nobody must get EACCES for 'secret' and a session for 'public' (status %d)", st);
