@@ -122,15 +122,18 @@ jq -s . "$dir/waiting.jsonl" >"$out/waiting_quiet.json"
 
 step "contention: NOP and 2 MiB STORE+FETCH with 2 CPU-burning processes per core beside ($runs runs)"
 burn=$(( 2 * $(nproc) ))
-# 512 blocks each way: about a second under the load, long enough for the scheduler's
-# placement and the adaptive client's choice of waiting to settle, as in an engine that runs
-# for hours; 128 mostly measured their first moments
+# BENCH=full: 512 blocks each way, about a second under the load, so that the scheduler's
+# placement and the adaptive client's choice of waiting settle as in an engine that runs for
+# hours; quick: 128, to stay within its time
+tp_iters=128
+[ "$mode" = full ] && tp_iters=512
 for i in $(seq "$runs"); do
 	$B --socket "$sock" nop --count 20000 --burn $burn --json
 	$B --socket "$sock" nop --count 20000 --adaptive --burn $burn --json
 	$B --socket "$sock" nop --count 20000 --sleep --burn $burn --json
-	$B --socket "$sock" throughput --block-size 2M --iters 512 --burn $burn --json
-	$B --socket "$sock" throughput --block-size 2M --iters 512 --adaptive --burn $burn --json
+	$B --socket "$sock" throughput --block-size 2M --iters $tp_iters --burn $burn --json
+	$B --socket "$sock" throughput --block-size 2M --iters $tp_iters --adaptive --burn $burn \
+		--json
 done | jq -s --argjson burn $burn '{burners: $burn, runs: [range(0; length; 5) as $k |
 	{nop_busy: .[$k], nop_adaptive: .[$k + 1], nop_sleep: .[$k + 2], throughput: .[$k + 3],
 	 throughput_adaptive: .[$k + 4]}]}' | tee "$out/contention.json"
