@@ -154,6 +154,12 @@ void kvcd_bases_stats(struct kvcd *d, const uint16_t *ids, struct kvcp_stats *st
 	pthread_mutex_unlock(&t->lock);
 }
 
+static bool same_shape(const struct kvcp_layout *a, const struct kvcp_layout *b)
+{
+	return a->dtype == b->dtype && a->layers == b->layers && a->kv_heads == b->kv_heads &&
+	       a->head_dim == b->head_dim;
+}
+
 /* The namespace's raw blocks CALIBRATE reads: up to @want (0: no count) of the first shape
  * found, at most KVCD_BASIS_MAX_TOKENS tokens, referenced into @b. Returns how many. */
 static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_block **b)
@@ -163,6 +169,7 @@ static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_
 	};
 	struct kvcp_list_ent *e = malloc(LIST * sizeof(*e));
 	struct kvcp_key *keys = malloc(LIST * sizeof(*keys));
+	struct kvcp_layout shape; /* of the first source: every other must have it */
 	uint32_t n = 0, m, got = 0;
 	uint64_t tokens = 0;
 
@@ -175,23 +182,16 @@ static uint32_t sources(struct kvcd *d, uint16_t ns, uint32_t want, struct kvcd_
 	for (uint32_t i = 0; i < m && (!want || n < want) && tokens < KVCD_BASIS_MAX_TOKENS; i++) {
 		const struct kvcp_layout *l = &e[i].layout;
 
-		if (l->codec || kvcd_basis_key(&e[i].key) ||
-		    (n &&
-		     (l->dtype != e[0].layout.dtype || l->layers != e[0].layout.layers ||
-		      l->kv_heads != e[0].layout.kv_heads || l->head_dim != e[0].layout.head_dim)))
+		if (l->codec || kvcd_basis_key(&e[i].key) || (n && !same_shape(l, &shape)))
 			continue;
 		if (!n)
-			e[0].layout = *l; /* the shape every source must have */
+			shape = *l;
 		keys[n++] = e[i].key;
 		tokens += l->tokens;
 	}
 	kvcd_store_ref_many(&d->store, ns, keys, n, b);
 	for (uint32_t i = 0; i < n; i++) { /* gone, rewritten or replaced since the list */
-		const struct kvcp_layout *l = b[i] ? &b[i]->layout : NULL;
-
-		if (l && !l->codec && l->dtype == e[0].layout.dtype &&
-		    l->layers == e[0].layout.layers && l->kv_heads == e[0].layout.kv_heads &&
-		    l->head_dim == e[0].layout.head_dim)
+		if (b[i] && !b[i]->layout.codec && same_shape(&b[i]->layout, &shape))
 			b[got++] = b[i];
 		else if (b[i])
 			kvcd_store_put(&d->store, b[i], false);

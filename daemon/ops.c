@@ -191,8 +191,6 @@ static int store_with_fallback(struct kvcd *d, struct kvcd_session *s, const str
 	struct kvcd_aux with = { 0 };
 	int err = 0;
 
-	if (kvcd_basis_key(&v->key))
-		return -EPERM;
 	if (kvcd_policy_learned(pol)) { /* the namespace's newest basis, held while it is used */
 		err = kvcd_basis_get(d, s->ns_id, 0, &basis);
 		if (aux)
@@ -284,8 +282,7 @@ out:
 static int fetch_begin(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe *v,
 		       struct kvcp_cqe *cqe, struct kvcd_block **b, uint64_t *raw)
 {
-	int err = kvcd_basis_key(&v->key) ? -EPERM
-					  : kvcd_store_get(&d->store, s->ns_id, &v->key, b);
+	int err = kvcd_store_get(&d->store, s->ns_id, &v->key, b);
 
 	if (err)
 		return err;
@@ -397,8 +394,6 @@ static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	}
 	if (!bytes || len != bytes)
 		return -EINVAL;
-	if (kvcd_basis_key(&v->key))
-		return -EPERM;
 	if (policy_of(d, s, v->layout.codec, &j->pol))
 		return -EINVAL;
 	j->glen = bytes;
@@ -1181,6 +1176,13 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 		res = -EBADMSG;
 		goto out;
 	}
+	/* a namespace's learned bases are kvcd's (basis.c): no client stores, fetches, deletes
+	 * or pins them, on the host or through GPU staging */
+	if (kvcd_basis_key(&v->key) && (v->opcode == KVCP_OP_STORE || v->opcode == KVCP_OP_FETCH ||
+					v->opcode == KVCP_OP_DELETE || v->opcode == KVCP_OP_PIN)) {
+		res = -EPERM;
+		goto out;
+	}
 	if (v->flags & KVCP_SQE_F_GPU) {
 		if ((v->opcode != KVCP_OP_STORE && v->opcode != KVCP_OP_FETCH) ||
 		    (v->flags != KVCP_SQE_F_GPU &&
@@ -1227,15 +1229,8 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 		s->cont.kind = KVCD_CONT_LOOKUP;
 		res = do_lookup(d, s, v);
 		break;
-	case KVCP_OP_DELETE:
-		res = kvcd_basis_key(&v->key) ? -EPERM
-					      : kvcd_store_delete(&d->store, s->ns_id, &v->key);
-		break;
+	case KVCP_OP_DELETE: res = kvcd_store_delete(&d->store, s->ns_id, &v->key); break;
 	case KVCP_OP_PIN:
-		if (kvcd_basis_key(&v->key)) {
-			res = -EPERM;
-			break;
-		}
 		ms = __atomic_load_n(&d->cfg.lease_max_ms,
 				     __ATOMIC_RELAXED); /* SIGHUP may change it */
 		ms = v->arg && v->arg < ms ? v->arg : ms;

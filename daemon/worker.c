@@ -62,8 +62,14 @@ static bool cq_room(struct kvcd *d, struct kvcd_session *s)
 	return s->cq_prod - cons < s->cq_entries;
 }
 
-/* Is the session's request in another thread's hands (the remote tier, a GPU's mover, a
- * CALIBRATE's thread)? */
+/* Was the session's request handed to another thread (the remote tier, a GPU's mover, a
+ * CALIBRATE's thread), which wakes the worker when it is done? */
+static bool handed_off(const struct kvcd_session *s)
+{
+	return s->cont.rget || s->cont.gjob || s->cont.cjob;
+}
+
+/* Is it still in that thread's hands? */
 static bool waiting(const struct kvcd_session *s)
 {
 	if (!s->cont.active)
@@ -96,7 +102,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 	while (n < BATCH && !s->broken && cq_room(d, s)) {
 		if (waiting(s))
-			break;	      /* the remote tier or a GPU's mover wakes us */
+			break;	      /* the thread that has it wakes us */
 		if (s->cont.active) { /* a long request: one more slice, then the next ring */
 			t0 = kvcd_now_ns();
 			sqe = s->cont.sqe;
@@ -119,7 +125,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 		n++;
 		if (!done) {
 			s->cont.ns += kvcd_now_ns() - t0;
-			if (s->cont.rget || s->cont.gjob || s->cont.cjob)
+			if (handed_off(s))
 				w->parked = true;
 			say_long(s, true);
 			break;
@@ -157,7 +163,7 @@ static unsigned process(struct kvcd *d, struct kvcd_worker *w, struct kvcd_sessi
 
 static bool has_work(struct kvcd_session *s)
 {
-	if (s->cont.active && (s->cont.rget || s->cont.gjob || s->cont.cjob)) /* woken by it */
+	if (s->cont.active && handed_off(s)) /* the thread that has it wakes us */
 		return !s->broken && !waiting(s);
 	return !s->broken &&
 	       (s->cont.active ||
@@ -239,8 +245,8 @@ static void *worker_main(void *arg)
 			nospin = !w->spin;
 			continue;
 		}
-		/* A request that waits on the remote tier (or a GPU's mover) is woken by it: spinning
-		 * for it would only take a core from that thread and from the cluster's nodes. With
+		/* A request handed to another thread (the remote tier, a GPU's mover, a CALIBRATE)
+		 * is woken by it: spinning for it would only take a core from that thread. With
 		 * phase-tagged rings only, the clock is read one look in SPIN_LOOKS: a look at an
 		 * entry is what finds the next request, and the clock would slow every one. A
 		 * classic ring's prod is better looked at less often: each look takes its line

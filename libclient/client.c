@@ -788,6 +788,10 @@ int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
 
 /* Wait until the CQ holds something, @deadline_ns passes (0: never) or the daemon is gone.
  * Returns 0, -ETIMEDOUT or -ECONNRESET (after re-attaching if possible). */
+/* A spinning wait reads the clock one look at its CQ in this many: a look is what finds the
+ * answer, and the clock would slow every one. */
+#define LOOKS_PER_CLOCK 8u
+
 static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 {
 	struct kvcp_ring *cq;
@@ -808,12 +812,12 @@ static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 		if (cq_ready(c)) {
 			/* found before the clock was read again: a few pauses, counted as none,
 			 * which spares the clock a round trip that has it already */
-			t = looks < 8 ? t0 : now_ns();
+			t = looks < LOOKS_PER_CLOCK ? t0 : now_ns();
 			if (!busy)
 				kvcp_spin_end(&c->spin, t - t0, t);
 			return 0;
 		}
-		if (spinning && looks % 8) { /* the clock one look in 8: looks find the reply */
+		if (spinning && looks % LOOKS_PER_CLOCK) {
 			__builtin_ia32_pause();
 			continue;
 		}

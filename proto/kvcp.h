@@ -97,8 +97,8 @@ struct kvcp_ring {
 #define KVCP_HINT_SLEEP 2u
 
 /* sq.hint (2.7), written by the worker: the request it has in hand for this client takes
- * long (it waits on the remote tier or a GPU's mover, or runs in slices between other
- * clients'), so a client spinning for its answer had better sleep; cleared before the
+ * long (it waits on the remote tier, a GPU's mover or a CALIBRATE's thread, or runs in slices
+ * between other clients'), so a client spinning for its answer had better sleep; cleared before the
  * answer is published. A busy-polling client (KVC_ATTACH_BUSY_POLL) spins regardless. */
 #define KVCP_HINT_LONG 1u
 
