@@ -212,6 +212,7 @@ static int calibrate(struct kvcd_cal_job *j)
 	struct kvcd_block **src = NULL, *b = NULL, *old = NULL;
 	struct kvcp_layout *ls = NULL, l;
 	const void **data = NULL;
+	uint64_t *pos = NULL;
 	struct kvcp_key key;
 	void *basis = NULL;
 	uint64_t len = 0;
@@ -220,10 +221,13 @@ static int calibrate(struct kvcd_cal_job *j)
 	src = calloc(4096, sizeof(*src));
 	ls = calloc(4096, sizeof(*ls));
 	data = calloc(4096, sizeof(*data));
-	err = src && ls && data ? 0 : -ENOMEM;
+	pos = calloc(4096, sizeof(*pos));
+	err = src && ls && data && pos ? 0 : -ENOMEM;
 	n = err ? 0 : sources(d, j->ns_id, want, src);
 	if (!err && !n)
 		err = -ENOENT; /* no raw block to learn from */
+	if (!err && j->weight && j->wlayers != src[0]->layout.layers)
+		err = -EINVAL; /* weights for another model */
 	/* one CALIBRATE at a time, so versions stay unique; the table's lock only while it is
 	 * read and changed, so FETCHes and STOREs go on while a basis is learned */
 	pthread_mutex_lock(&t->calibrating);
@@ -232,12 +236,28 @@ static int calibrate(struct kvcd_cal_job *j)
 		if (at[i].b && at[i].version >= version)
 			version = at[i].version + 1;
 	pthread_mutex_unlock(&t->lock);
+	if (!err && j->rope) { /* keys before RoPE: only blocks whose chain says where they are */
+		uint32_t k = 0;
+
+		for (uint32_t i = 0; i < n; i++) {
+			if (!kvcd_store_chain_pos(&d->store, src[i], &pos[k]))
+				src[k++] = src[i];
+			else
+				kvcd_store_put(&d->store, src[i], false);
+		}
+		n = k;
+		err = n ? 0 : -ENOENT;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		ls[i] = src[i]->layout;
 		data[i] = src[i]->data;
 	}
-	if (!err)
-		err = kvcd_basis_learn(kvcd_isa_best(), n, ls, data, energy, version, &basis, &len);
+	if (!err) {
+		struct kvcd_cal_opts o = { .weight = j->weight, .rope = j->rope, .pos = pos };
+
+		err = kvcd_basis_learn(kvcd_isa_best(), n, ls, data, energy, &o, version, &basis,
+				       &len);
+	}
 	for (uint32_t i = 0; i < n; i++)
 		kvcd_store_put(&d->store, src[i], false);
 	if (!err) {
@@ -285,6 +305,7 @@ static int calibrate(struct kvcd_cal_job *j)
 	free(src);
 	free(ls);
 	free(data);
+	free(pos);
 	return err ? err : (int)version;
 }
 
@@ -319,8 +340,10 @@ static void *calibrate_main(void *arg)
 	return NULL;
 }
 
-int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, struct kvcd_cal_job **out)
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, const char *req,
+		   uint64_t len, struct kvcd_cal_job **out)
 {
+	struct kvcp_calibrate c = { 0 };
 	struct kvcd_cal_job *j;
 	pthread_attr_t attr;
 	pthread_t th;
@@ -330,9 +353,24 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, struct 
 		return -EPERM;
 	if (!(arg >> 16) || arg >> 16 > 100)
 		return -EINVAL; /* no energy, or more than all of it */
-	j = calloc(1, sizeof(*j));
+	if (len) { /* read once: the client may write its staging while the job learns */
+		if (len < sizeof(c))
+			return -EINVAL;
+		memcpy(&c, req, sizeof(c));
+		if (c.magic != KVCP_CALIBRATE_MAGIC || c.reserved || c.pad ||
+		    c.layers > UINT16_MAX || c.rope > 100000000 ||
+		    len != sizeof(c) + 8ull * c.layers)
+			return -EINVAL;
+	}
+	j = calloc(1, sizeof(*j) + 8ull * c.layers);
 	if (!j)
 		return -ENOMEM;
+	if (c.layers) { /* each weight is checked where the blocks' layers are known */
+		j->weight = (float *)(j + 1);
+		j->wlayers = c.layers;
+		memcpy(j->weight, req + sizeof(c), 8ull * c.layers);
+	}
+	j->rope = c.rope;
 	j->d = d;
 	j->ns_id = s->ns_id;
 	j->arg = arg;

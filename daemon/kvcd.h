@@ -537,6 +537,10 @@ void kvcd_store_stats(struct kvcd_store *s, struct kvcp_stats *st, uint16_t *ids
 unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
 			 struct kvcp_list_ent *out, unsigned max);
 
+/* The position of @b's first token in its sequence, from the chain its STOREs named: 0 when
+ * it was stored without a parent, else its parent's plus the parent's tokens. -ENOENT when a
+ * block of the chain is gone (or was not cached when the next one was stored). */
+int kvcd_store_chain_pos(struct kvcd_store *s, const struct kvcd_block *b, uint64_t *pos);
 /* Take one more reference on @b, which the caller holds already (or is writing). */
 void kvcd_store_hold(struct kvcd_store *s, struct kvcd_block *b);
 /* Start-up: @fn(@arg, its namespace, its key, it) for every committed block whose key.hi is
@@ -591,12 +595,17 @@ struct kvcd_cal_job {
 	int done;
 	int res; /* the new basis's version, or -errno */
 	uint64_t bytes;
+	float *weight;	  /* the request's [layers][2] weights (after the job), or NULL */
+	uint32_t wlayers; /* their layers */
+	uint32_t rope;	  /* the request's RoPE base, 0: none */
 };
-/* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG: -EINPROGRESS with the
- * job in *@out, or at once -EPERM, -EINVAL, -ENOMEM, -EAGAIN. The job ends with the new
- * basis's version and its size, or -ENOENT (no raw block), -ENOSYS (no LAPACKE), -ENOSPC,
- * -EDQUOT, -ENOMEM. */
-int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, struct kvcd_cal_job **out);
+/* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG, @req: @len bytes of
+ * struct kvcp_calibrate and its weights (len 0: none): -EINPROGRESS with the job in *@out, or
+ * at once -EPERM, -EINVAL, -ENOMEM, -EAGAIN. The job ends with the new basis's version and
+ * its size, or -ENOENT (no raw block), -EINVAL (weights for other layers, or one not above 0),
+ * -ENOSYS (no LAPACKE), -ENOSPC, -EDQUOT, -ENOMEM. */
+int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, const char *req,
+		   uint64_t len, struct kvcd_cal_job **out);
 /* The job's session goes: its thread frees it when done (or now, when it is). */
 void kvcd_cal_release(struct kvcd_cal_job *j);
 void kvcd_cal_free(struct kvcd_cal_job *j);

@@ -1243,7 +1243,9 @@ bool kvcd_execute(struct kvcd *d, struct kvcd_session *s, const struct kvcp_sqe 
 	case KVCP_OP_SELECT: res = do_select(d, s, v, buf, cqe); break;
 	case KVCP_OP_RECOMPRESS: res = do_recompress(d, s, v, buf, cqe); break;
 	case KVCP_OP_CALIBRATE:
-		res = kvcd_calibrate(d, s, v->arg, &s->cont.cjob);
+		res = v->len && (!kvcp_range_ok(v->off, v->len, size) || v->off % 4)
+			      ? -EINVAL
+			      : kvcd_calibrate(d, s, v->arg, buf + v->off, v->len, &s->cont.cjob);
 		if (res == -EINPROGRESS) { /* learned on its own thread: the worker goes on */
 			s->cont.sqe = *v;
 			s->cont.kind = KVCD_CONT_CALIBRATE;

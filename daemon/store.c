@@ -1535,3 +1535,27 @@ int kvcd_store_adopt(struct kvcd_store *s, unsigned pool, const int ns_map[256],
 	pthread_mutex_unlock(&s->lock);
 	return err;
 }
+
+int kvcd_store_chain_pos(struct kvcd_store *s, const struct kvcd_block *b, uint64_t *pos)
+{
+	uint32_t id = rec_id(b), hops = 0;
+	uint64_t p = 0;
+	int err = -ENOENT;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		const struct kvcd_chain *c = chain_at(s, id);
+
+		if (!c->parent) {
+			err = 0;
+			break;
+		}
+		if (orphan(s, c) || ++hops > s->count) /* broken, or (never) a loop */
+			break;
+		id = c->parent - 1;
+		p += rec_at(s, id)->layout.tokens;
+	}
+	pthread_mutex_unlock(&s->lock);
+	*pos = p;
+	return err;
+}

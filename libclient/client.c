@@ -1368,6 +1368,31 @@ int kvc_calibrate(kvc_client *c, uint32_t blocks, uint32_t energy, uint64_t *byt
 	return err;
 }
 
+int kvc_calibrate_model(kvc_client *c, uint32_t blocks, uint32_t energy, uint32_t rope,
+			const float *weight, uint32_t layers, uint64_t *bytes)
+{
+	struct kvcp_calibrate h = { .magic = KVCP_CALIBRATE_MAGIC, .layers = layers, .rope = rope };
+	size_t len = sizeof(h) + 8ull * layers;
+	struct kvcp_cqe cqe;
+	int err = ensure_attached(c);
+
+	if (err)
+		return err;
+	if (blocks > 0xffff || !energy || energy > 100 || (!weight && layers) || layers > 0xffff ||
+	    rope > 100000000)
+		return -EINVAL;
+	if (len > c->scratch_size)
+		return -EMSGSIZE;
+	memcpy(c->scratch, &h, sizeof(h));
+	if (layers)
+		memcpy((uint8_t *)c->scratch + sizeof(h), weight, 8ull * layers);
+	err = sync_op(c, KVCP_OP_CALIBRATE, KVCP_SQE_F_SCRATCH, KVCP_CALIBRATE_ARG(blocks, energy),
+		      NULL, NULL, 0, len, &cqe);
+	if (err > 0 && bytes)
+		*bytes = cqe.value;
+	return err;
+}
+
 const char *kvc_strerror(int err)
 {
 	switch (err) {

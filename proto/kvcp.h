@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     7
+#define KVCP_MINOR     8
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -188,7 +188,7 @@ enum kvcp_op {
 	/* 2.5: learn a basis for learned= policies from the session's namespace's raw blocks
 	 * (admin only): arg = blocks to read (KVCP_CALIBRATE_ARG; 0: as many as the daemon
 	 * reads) and the energy the ranks keep; res = the new basis's version, value = its
-	 * bytes */
+	 * bytes. 2.8: off, len: a struct kvcp_calibrate and its weights (len 0: none) */
 	KVCP_OP_CALIBRATE = 14,
 	KVCP_OP__COUNT
 };
@@ -287,6 +287,23 @@ static inline uint64_t kvcp_aux_bytes(const struct kvcp_aux *a, const struct kvc
 	0x7369736162647663ull /* "cvdbasis": key.hi of the bases, key.lo their version */
 /* CALIBRATE's arg: @blocks (0..65535) and the @energy percent (1..100) the ranks keep */
 #define KVCP_CALIBRATE_ARG(blocks, energy) ((uint32_t)(blocks) | (uint32_t)(energy) << 16)
+
+/* 2.8: what an engine tells CALIBRATE beyond the blocks, at off (4-aligned), len = its size
+ * with the weights. Then f32 weight[layers][2]: what an error in each layer's K, and V, costs
+ * the model (e.g. the loss's growth per unit of squared error, as the engine measured it on
+ * calibration prompts), each finite and above 0; learned=on policies with kbits and vbits spend
+ * their bits where an error costs most. Without them every weight is 1. With @rope, keys are
+ * learned (and such blocks coded) as they were before RoPE; a block's position comes from its
+ * chain (the parents its STOREs named, a block stored without one being at 0), and blocks
+ * whose chain is broken are not read. */
+#define KVCP_CALIBRATE_MAGIC 0x4c43564bu /* "KVCL" */
+struct kvcp_calibrate {
+	uint32_t magic;	   /* KVCP_CALIBRATE_MAGIC */
+	uint32_t layers;   /* 0, or the blocks' layers: weight[] holds 2 x layers floats */
+	uint32_t rope;	   /* the model's RoPE base (e.g. 10000), pairs (2i, 2i+1); 0: none */
+	uint32_t reserved; /* 0 */
+	uint64_t pad;	   /* 0 */
+};
 
 /* What FETCH writes for a block whose policy selected tokens (layout.codec has
  * KVCP_CODEC_SPARSE): this header, then
@@ -921,6 +938,7 @@ static_assert(sizeof(struct kvcp_list_ent) == 56, "list entry size");
 static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
 static_assert(sizeof(struct kvcp_ns_stats) == 192, "namespace stats size");
 static_assert(sizeof(struct kvcp_recompress) == 48, "recompress request size");
+static_assert(sizeof(struct kvcp_calibrate) == 24, "calibrate request size");
 static_assert(KVCP_OP__COUNT <= KVCP_OP_STATS_N + KVCP_OP_MORE, "every op has its stats");
 
 #endif /* KVCP_H */

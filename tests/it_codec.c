@@ -865,3 +865,80 @@ Test(codec_ops, learned_basis_from_calibration)
 	free(back);
 	kvc_detach(c);
 }
+
+/* learned=on with kbits/vbits: CALIBRATE takes the engine's weights and RoPE base; keys are
+ * learned at the positions their chains give, blocks of broken chains are not read, bad
+ * weights are refused, and a block comes back at its bits' precision. */
+Test(codec_ops, coded_coefficients_from_a_calibration_with_the_models_weights)
+{
+	kvc_client *c = t_attach(&D, "coded", 8 << 20);
+	unsigned char *stg = kvc_staging(c, NULL);
+	size_t n = kvc_layout_bytes(&L);
+	struct kvc_layout l = L, got;
+	float w[2 * 4] = { 8, 4, 2, 1, 1, 1, 1, 1 };
+	uint64_t bytes = 0;
+	char why[160];
+	int raw = kvc_policy(c, "none", 0, why, sizeof(why));
+	int k5 = kvc_policy(c, "none:rank=64,learned=on,kbits=5,vbits=5", 0, why, sizeof(why));
+	int k8 = kvc_policy(c, "none:rank=64,learned=on,kbits=8,vbits=8", 0, why, sizeof(why));
+	struct kvc_key root = { 9, 1 }, mid = { 9, 2 }, tail = { 9, 3 };
+
+	cr_assert_gt(raw, 0);
+	cr_assert_gt(k5, 0, "%s", why);
+	cr_assert_gt(k8, 0, "%s", why);
+	l.codec = (uint8_t)raw;
+	/* a chain of three; the middle one goes, so only the root's position is known */
+	fill_sub(stg, &l, 31);
+	cr_assert_eq(kvc_store_chained(c, &root, NULL, &l, 0), 0);
+	fill_sub(stg, &l, 32);
+	cr_assert_eq(kvc_store_chained(c, &mid, &root, &l, 0), 0);
+	fill_sub(stg, &l, 33);
+	cr_assert_eq(kvc_store_chained(c, &tail, &mid, &l, 0), 0);
+	cr_assert_eq(kvc_delete(c, &root), 0);
+	cr_assert_eq(kvc_calibrate_model(c, 0, 100, 10000, NULL, 0, &bytes), -ENOENT,
+		     "no block whose position is known");
+	cr_assert_eq(kvc_calibrate_model(c, 0, 100, 0, w, 3, &bytes), -EINVAL,
+		     "weights for three layers, blocks of four");
+	w[3] = 0;
+	cr_assert_eq(kvc_calibrate_model(c, 0, 100, 0, w, 4, &bytes), -EINVAL, "a weight of 0");
+	w[3] = 1;
+	cr_assert_eq(kvc_calibrate_model(c, 0, 100, 0, NULL, 4, &bytes), -EINVAL);
+	fill_sub(stg, &l, 34);
+	cr_assert_eq(kvc_store_chained(c, &root, NULL, &l, 0), 0);
+	cr_assert_eq(kvc_calibrate_model(c, 0, 10000, 0, w, 4, &bytes), -EINVAL, "energy");
+	cr_assert_eq(kvc_calibrate_model(c, 0, 99, 0, w, 4, &bytes), 1);
+	cr_assert_gt(bytes, 0);
+
+	unsigned char *orig = malloc(n);
+	uint16_t *back = malloc(n);
+	struct kvc_key k = { 9, 100 }, kk = { 9, 101 };
+	double e5, e8;
+
+	fill_sub(stg, &l, 77); /* a block calibration never saw */
+	memcpy(orig, stg, n);
+	l.codec = (uint8_t)k5;
+	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	l.codec = (uint8_t)k8;
+	cr_assert_eq(kvc_store(c, &kk, &l, 0), 0);
+	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), 0);
+	cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
+	dense_of(stg, &L, back);
+	e5 = rel_err(orig, back, &L);
+	cr_assert_eq(kvc_fetch(c, &kk, 0, 8 << 20, &got), 0);
+	dense_of(stg, &L, back);
+	e8 = rel_err(orig, back, &L);
+	cr_assert_lt(e5, 0.05, "five bits a coefficient: %g", e5);
+	cr_assert_lt(e8, e5 / 4, "eight bits: %g against %g", e8, e5);
+	/* and from kvcctl */
+	char out[256];
+
+	cr_assert_eq(t_kvcctl(&D, "--ns coded calibrate --rope 10000 --weights 8,4,2,1,1,1,1,1",
+			      out, sizeof(out)),
+		     0, "%s", out);
+	cr_assert_not_null(strstr(out, "basis 2 of namespace coded"), "%s", out);
+	cr_assert_eq(t_kvcctl(&D, "--ns coded calibrate --weights 8,4,x", out, sizeof(out)), 2,
+		     "%s", out);
+	free(orig);
+	free(back);
+	kvc_detach(c);
+}

@@ -99,7 +99,8 @@ static uint64_t last_bytes; /* the encoded size of roundtrip's last block */
 static void *roundtrip(struct blk *b, const char *s, uint32_t pos, struct view *v)
 {
 	struct kvcd_policy p = pol(s);
-	uint32_t counts[3 * LY * H + 6 * LY]; /* energy=: ranks too (tucker: six per layer) */
+	/* energy=: ranks too (tucker: six per layer); kbits/vbits: bits per direction */
+	uint32_t counts[3 * LY * H + 6 * LY + 2 * LY * H * D];
 	uint64_t n, out;
 	struct kvcp_layout got;
 	void *enc, *dec;
@@ -417,7 +418,9 @@ Test(sparse, policy_strings)
 			     "none:rank=8,energy=90%",
 			     "none:select=snapkv,rank=6,energy=0.75,factors=int8",
 			     "none:rank=4,svd=layer",
-			     "none:rank=12,factors=int8,svd=layer,bounds=quest" };
+			     "none:rank=12,factors=int8,svd=layer,bounds=quest",
+			     "none:rank=8,learned=on,kbits=5,vbits=4",
+			     "none:select=snapkv,bits=3,rank=8,learned=on" };
 	const char *bad[] = { "none:select=h2o,keep=0",
 			      "none:keep=50%",
 			      "int8:merge=key",
@@ -448,7 +451,12 @@ Test(sparse, policy_strings)
 			      "none:svd=layer",
 			      "none:select=h2o,rank=4,svd=layer",
 			      "none:rank=4,energy=90%,svd=layer",
-			      "none:rank=4,svd=both" };
+			      "none:rank=4,svd=both",
+			      "none:kbits=4,vbits=4,rank=8",
+			      "none:kbits=4,rank=8,learned=on",
+			      "none:kbits=4,vbits=4,rank=8,learned=on,factors=int8",
+			      "none:kbits=9,vbits=4,rank=8,learned=on",
+			      "int4:rank=8,learned=on" };
 	char buf[KVCD_POLICY_STR], why[128];
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -1114,7 +1122,7 @@ Test(sparse, learned_basis_decodes_unseen_blocks_from_coefficients)
 		make(&cal[i]);
 		in_subspaces(&cal[i], sub);
 	}
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 1, &basis, &len), 0);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, NULL, 1, &basis, &len), 0);
 	cr_assert_eq(kvcd_basis_check(basis, len), 0);
 	kvcd_basis_seal(basis, 0x1234);
 	for (size_t j = 0; j < 2 * LY * H; j++)
@@ -1177,7 +1185,8 @@ Test(sparse, learned_basis_decodes_unseen_blocks_from_coefficients)
 	cr_assert_gt(out, 0, "sizes are known without the basis");
 	dec = malloc(out);
 	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, n, dec, out, &got), -ENOKEY);
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 2, &basis2, &len2), 0);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, NULL, 2, &basis2, &len2),
+		     0);
 	kvcd_basis_seal(basis2, 0x1234);
 	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis2, len2, dec, out, &got),
 		     -ENOKEY, "another version");
@@ -1207,10 +1216,199 @@ Test(sparse, learned_basis_decodes_unseen_blocks_from_coefficients)
 	/* calibration takes raw blocks of one shape */
 	free(basis2);
 	ls[1].head_dim = 4;
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, 3, &basis2, &len2),
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 99, NULL, 3, &basis2, &len2),
 		     -EINVAL);
 	cr_assert_null(basis2);
 	free(enc);
 	free(dec);
 	free(basis);
+}
+
+/* learned=on with kbits/vbits: the directions' bits follow the engine's weights and the
+ * calibration's variances, add up to the budget (K's and V's together), and more bits give
+ * less error; a corrupt bit count is refused, and a basis without variances serves the plain
+ * coefficients but not these. */
+Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
+{
+	static struct blk cal[2], b;
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *srcs[2] = { cal[0].x, cal[1].x };
+	float weight[2 * LY];
+	struct kvcd_cal_opts o = { .weight = weight };
+	size_t lh = LY * H;
+	void *basis;
+	uint64_t len;
+	struct view v;
+	double k00, err[3];
+
+	for (int i = 0; i < 2 * LY; i++)
+		weight[i] = 1.0f;
+	weight[0] = 256.0f; /* an error in layer 0's K costs 256 times more: 4 bits more */
+	for (int i = 0; i < 2; i++) { /* channel c has variance 2^-c */
+		make(&cal[i]);
+		for (size_t e = 0; e < sizeof(cal[i].x) / 4; e++)
+			cal[i].x[e] *= (float)exp2(-(double)(e % D) / 2);
+	}
+	make(&b);
+	for (size_t e = 0; e < sizeof(b.x) / 4; e++)
+		b.x[e] *= (float)exp2(-(double)(e % D) / 2);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, &o, 1, &basis, &len), 0);
+	cr_assert_eq(kvcd_basis_check(basis, len), 0);
+	kvcd_basis_seal(basis, 0x77);
+	b.aux.basis = basis;
+	b.aux.basis_len = len;
+
+	struct kvcd_policy p = pol("none:rank=8,learned=on,kbits=4,vbits=3");
+	uint32_t counts[3 * LY * H + 2 * LY * H * D], sum = 0, l0 = 0, l1 = 0;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b.x, &b.aux, counts), 0);
+	for (size_t u = 0; u < lh; u++)
+		for (int kv = 0; kv < 2; kv++) {
+			const uint32_t *bits = counts + 3 * lh + (2 * u + kv) * D;
+
+			cr_assert_eq(counts[lh + 2 * u + kv], D, "full rank");
+			for (int j = 0; j < D; j++) {
+				cr_assert_leq(bits[j], 8);
+				cr_assert(!j || bits[j] <= bits[j - 1],
+					  "unit %zu/%d: bits fall with the variance", u, kv);
+				sum += bits[j];
+				l0 += !kv && u < H ? bits[j] : 0;
+				l1 += !kv && u >= H && u < 2 * H ? bits[j] : 0;
+			}
+		}
+	cr_assert_eq(sum, lh * D * (4 + 3), "the budget, every bit of it");
+	cr_assert_gt(l0, l1 + 3 * H * D / 2, "layer 0's K takes bits: %u against %u", l0, l1);
+
+	/* more bits, less error; the sizes are the plan's (roundtrip checks them) */
+	const char *ps[3] = { "none:rank=8,learned=on,kbits=2,vbits=2",
+			      "none:rank=8,learned=on,kbits=5,vbits=5",
+			      "none:rank=8,learned=on,kbits=8,vbits=8" };
+	uint64_t bytes[3];
+
+	for (int i = 0; i < 3; i++) {
+		free(roundtrip(&b, ps[i], 0, &v));
+		err[i] = rel_err(&b, &v, &k00);
+		bytes[i] = last_bytes;
+	}
+	cr_assert_lt(err[1], err[0] / 3, "%g %g", err[1], err[0]);
+	cr_assert_lt(err[2], err[1] / 3, "%g %g", err[2], err[1]);
+	cr_assert_lt(err[2], 0.01, "%g", err[2]);
+	cr_assert_lt(bytes[0], bytes[1]);
+	cr_assert_lt(bytes[1], bytes[2]);
+	cr_assert_lt(bytes[1], sizeof(b.x) * 5 / 32 + 4096, "about 5 bits a value: %llu",
+		     (unsigned long long)bytes[1]);
+
+	/* a plan with 9 bits is refused; so is a block whose bits say 9 */
+	struct kvcd_policy q = pol(ps[1]);
+	struct kvcp_layout got;
+	uint64_t n, out;
+	uint8_t *enc;
+	void *dec;
+
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, &b.aux, counts), 0);
+	n = kvcd_sel_size(&q, &LAY, false, 0, counts);
+	enc = malloc(n);
+	counts[3 * lh] = 9;
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     -EINVAL);
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, &b.aux, counts), 0);
+	cr_assert_eq(kvcd_sel_encode(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, NULL, &b.aux, counts, enc),
+		     0);
+	out = kvcd_codec_out_size(enc, n);
+	dec = malloc(out);
+	/* the nibbles follow the header, the counts, the basis id and the ranks */
+	size_t at = sizeof(struct kvcd_codec_hdr) + lh * 4 + 8 + 2 * lh;
+
+	cr_assert_eq(enc[at] & 15, counts[3 * lh], "the first direction's bits");
+	enc[at] = (uint8_t)((enc[at] & 0xf0) | 9);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc, n, basis, len, dec, out, &got),
+		     -EBADMSG);
+	free(enc);
+	free(dec);
+
+	/* a KVB1 basis (no variances, no weights) cannot plan these, but still serves the plain
+	 * coefficients */
+	struct kvcd_basis_hdr bh;
+	uint64_t rows = 2 * lh * D, v1 = len - (8 + (2 * LY + rows) * 4);
+
+	memcpy(&bh, basis, sizeof(bh));
+	bh.magic = KVCD_BASIS_MAGIC_V1;
+	bh.bytes = v1;
+	memcpy(basis, &bh, sizeof(bh));
+	cr_assert_eq(kvcd_basis_check(basis, v1), 0);
+	b.aux.basis_len = v1;
+	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, &b.aux, counts), -ENOKEY);
+	free(roundtrip(&b, "none:rank=8,learned=on", 0, &v));
+	cr_assert_lt(rel_err(&b, &v, &k00), 1e-3);
+	/* weights must be positive */
+	weight[1] = 0;
+	free(basis);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, &o, 2, &basis, &len),
+		     -EINVAL);
+	cr_assert_null(basis);
+}
+
+/* RoPE as llama applies it: pairs (2i, 2i + 1) turned by pos * base^(-2i / d). */
+static void rope_fwd(float *x, double pos, double base)
+{
+	for (int i = 0; i < D / 2; i++) {
+		double a = pos * pow(base, -2.0 * i / D), x0 = x[2 * i], x1 = x[2 * i + 1];
+
+		x[2 * i] = (float)(x0 * cos(a) - x1 * sin(a));
+		x[2 * i + 1] = (float)(x0 * sin(a) + x1 * cos(a));
+	}
+}
+
+/* Keys that lie in a plane before RoPE fill four dimensions after it: a basis learned with
+ * the model's RoPE (and the calibration blocks' positions) codes them in two directions at a
+ * block's own position, one learned on the keys as stored cannot. */
+Test(sparse, coded_keys_are_projected_as_before_rope)
+{
+	static struct blk cal[2], b;
+	static float sub[LY * 2 * H * 3 * D];
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *srcs[2] = { cal[0].x, cal[1].x };
+	uint64_t at[2] = { 0, T }, len;
+	struct kvcd_cal_opts o = { .rope = 10000, .pos = at };
+	const char *ps = "none:rank=2,learned=on,kbits=8,vbits=8";
+	double e_rope, e_plain, k00;
+	void *basis;
+	struct view v;
+
+	for (size_t i = 0; i < sizeof(sub) / 4; i++)
+		sub[i] = nrand();
+	/* each K plane spans channels 0 and 2, of two different RoPE pairs */
+	for (size_t i = 0; i < LY * 2 * H; i++)
+		for (int c = 0; c < D; c++) {
+			sub[i * 3 * D + c] = c == 0 ? 1.0f : 0.0f;
+			sub[i * 3 * D + D + c] = c == 2 ? 1.0f : 0.0f;
+			sub[i * 3 * D + 2 * D + c] = 0.0f;
+		}
+	for (int i = 0; i < 3; i++) {
+		struct blk *x = i < 2 ? &cal[i] : &b;
+		uint32_t p0 = i < 2 ? (uint32_t)at[i] : 3 * T;
+
+		make(x);
+		in_subspaces(x, sub);
+		for (uint32_t ly = 0; ly < LY; ly++)
+			for (uint32_t t = 0; t < T; t++)
+				for (uint32_t h = 0; h < H; h++)
+					rope_fwd(row(x, ly, 0, t, h), p0 + t, 10000);
+	}
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, &o, 1, &basis, &len), 0);
+	kvcd_basis_seal(basis, 1);
+	b.aux.basis = basis;
+	b.aux.basis_len = len;
+	free(roundtrip(&b, ps, 3 * T, &v));
+	e_rope = rel_err(&b, &v, &k00);
+	free(basis);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, NULL, 1, &basis, &len), 0);
+	kvcd_basis_seal(basis, 1);
+	b.aux.basis = basis;
+	b.aux.basis_len = len;
+	free(roundtrip(&b, ps, 3 * T, &v));
+	e_plain = rel_err(&b, &v, &k00);
+	free(basis);
+	cr_assert_lt(e_rope, 0.01, "two directions hold the keys before RoPE: %g", e_rope);
+	cr_assert_gt(e_plain, 0.1, "and not after it: %g", e_plain);
 }

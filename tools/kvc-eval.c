@@ -53,7 +53,8 @@ struct result {
 
 static struct {
 	const char *sock, *model, *tokens, *policies, *plot, *md;
-	int seqs, prefix, cont, chunk, json, window, defer, calibrate, cal_energy;
+	int seqs, prefix, cont, chunk, json, window, defer, calibrate, cal_energy, cal_weights;
+	int cal_rope;
 	float temp;
 	unsigned long seed, cal_seed;
 } opt = { .seqs = 16,
@@ -64,10 +65,12 @@ static struct {
 	  .seed = 1,
 	  .window = 16,
 	  .cal_seed = 3,
-	  .cal_energy = 100 };
+	  .cal_energy = 100,
+	  .cal_weights = 1 };
 
 static int basis_version; /* --calibrate: the basis learned= policies use, and its bytes */
 static uint64_t basis_bytes;
+static float cal_weight[2 * 256]; /* and the weights it was given ([layers][2]), for the report */
 
 static void usage(void)
 {
@@ -75,7 +78,8 @@ static void usage(void)
 		"usage: kvc-eval --socket PATH --model FILE [--tokens FILE | --seqs N --temp T --seed S]\n"
 		"                --prefix P --cont C --policies 'none;int8;...' [--chunk N] [--json]\n"
 		"                [--plot FILE.png] [--md FILE] [--window W] [--defer]\n"
-		"                [--calibrate N [--calibrate-seed S] [--calibrate-energy PCT]]\n");
+		"                [--calibrate N [--calibrate-seed S] [--calibrate-energy PCT]\n"
+		"                 [--calibrate-weights 0|1] [--calibrate-rope BASE]]\n");
 	exit(2);
 }
 
@@ -234,19 +238,100 @@ static struct seq *sample(const struct llm *m, int n, int need, unsigned long se
 	return seqs;
 }
 
+/* A standard normal draw (Box-Muller) from *@rng. */
+static double gauss(uint64_t *rng)
+{
+	double u1, u2;
+
+	*rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+	u1 = ((double)(*rng >> 11) + 0.5) / 9007199254740992.0;
+	*rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+	u2 = ((double)(*rng >> 11) + 0.5) / 9007199254740992.0;
+	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+/* What an error in each layer's K, and V, costs the model, as kvc_calibrate_model takes it:
+ * on the calibration sequences @cal (their exact runs done), noise of a twentieth of the
+ * unit's RMS is added to that layer's K (or V) over the prefix, and the continuation's mean KL
+ * divergence from the exact run, divided by the noise's variance, is the weight. Into @w
+ * ([layers][2]). */
+static int sensitivity(const struct llm *m, struct seq *cal, int n, float *w)
+{
+	const struct llm_config *c = &m->c;
+	size_t cache = (size_t)c->layers * c->seq_len * c->kv_dim, lo;
+	float *lp = malloc((size_t)c->vocab * 4);
+	uint64_t rng = 0x5eed;
+
+	if (!lp)
+		return -ENOMEM;
+	for (int u = 0; u < 2 * c->layers; u++) {
+		int ly = u / 2, kv = u % 2;
+		double kl = 0.0, var = 0.0, sd;
+		long count = 0;
+
+		lo = (size_t)ly * c->seq_len * c->kv_dim;
+		for (int i = 0; i < n; i++) { /* the unit's mean square over the prefixes */
+			const float *x = (kv ? cal[i].vc : cal[i].kc) + lo;
+
+			for (size_t e = 0; e < (size_t)opt.prefix * c->kv_dim; e++)
+				var += (double)x[e] * x[e];
+		}
+		sd = 0.05 * sqrt(var / ((double)n * opt.prefix * c->kv_dim));
+		for (int i = 0; i < n; i++) {
+			struct llm_state s;
+			float *x;
+
+			if (llm_state_init(m, &s, KVC_F16)) {
+				free(lp);
+				return -ENOMEM;
+			}
+			memcpy(s.kc, cal[i].kc, cache * 4);
+			memcpy(s.vc, cal[i].vc, cache * 4);
+			x = (kv ? s.vc : s.kc) + lo;
+			for (size_t e = 0; e < (size_t)opt.prefix * c->kv_dim; e++)
+				x[e] += (float)(sd * gauss(&rng));
+			for (int j = 0; j < opt.cont; j++) {
+				const float *bp = cal[i].logp + (size_t)j * c->vocab;
+
+				llm_forward(m, &s, cal[i].tok[opt.prefix + j], opt.prefix + j);
+				log_softmax(s.logits, c->vocab, lp);
+				for (int v = 0; v < c->vocab; v++)
+					kl += exp((double)bp[v]) * ((double)bp[v] - (double)lp[v]);
+				count++;
+			}
+			llm_state_free(&s);
+		}
+		/* a KL of 0 (a layer that does not matter) still gets a weight above 0 */
+		w[u] = (float)fmax(kl / (double)count / (sd * sd), 1e-12);
+	}
+	free(lp);
+	return 0;
+}
+
 /* --calibrate N: the prefixes of N sequences sampled with --calibrate-seed (sequences the
  * figures are never measured on) are stored raw in kvc-eval's namespace, kvcd learns the
- * namespace's basis from them, and they are deleted: learned= policies use that basis. */
+ * namespace's basis from them, and they are deleted: learned= policies use that basis. With
+ * --calibrate-weights (the default), their continuations also measure what an error in each
+ * layer costs (sensitivity), which the basis keeps for kbits/vbits policies. */
 static int calibrate(const struct llm *m)
 {
-	struct seq *cal = sample(m, opt.calibrate, opt.prefix, opt.cal_seed);
+	struct seq *cal = sample(m, opt.calibrate, opt.prefix + opt.cont + 1, opt.cal_seed);
+	float *w = calloc(2 * (size_t)m->c.layers, sizeof(float));
+	double ignored = 0.0;
 	struct kvc_attach_opts ao;
 	struct llm_kvc k = { .chunk = (uint32_t)opt.chunk };
 	size_t nchunks = opt.prefix / opt.chunk;
 	int err;
 
-	if (!cal)
+	if (!cal || !w)
 		return -ENOMEM;
+	for (int i = 0; opt.cal_weights && i < opt.calibrate; i++)
+		if ((err = exact_run(m, &cal[i], &ignored)))
+			return err;
+	if (opt.cal_weights && (err = sensitivity(m, cal, opt.calibrate, w)))
+		return err;
+	for (int i = 0; opt.cal_weights && i < 2 * m->c.layers; i++)
+		cal_weight[i] = w[i];
 	kvc_attach_opts_init(&ao);
 	ao.socket = opt.sock;
 	ao.ns = "kvc-eval";
@@ -269,7 +354,10 @@ static int calibrate(const struct llm *m)
 		llm_state_free(&s);
 	}
 	if (err > 0)
-		err = kvc_calibrate(k.c, 0, (uint32_t)opt.cal_energy, &basis_bytes);
+		err = kvc_calibrate_model(k.c, 0, (uint32_t)opt.cal_energy, (uint32_t)opt.cal_rope,
+					  opt.cal_weights ? w : NULL,
+					  opt.cal_weights ? (uint32_t)m->c.layers : 0,
+					  &basis_bytes);
 	if (err > 0)
 		basis_version = err;
 	for (int i = 0; i < opt.calibrate; i++) {
@@ -280,8 +368,17 @@ static int calibrate(const struct llm *m)
 		for (int j = 0; j < nk; j++)
 			kvc_delete(k.c, &keys[j]);
 		free(cal[i].tok);
+		free(cal[i].acc);
+		free(cal[i].kc);
+		free(cal[i].vc);
+		free(cal[i].logp);
+		free(cal[i].attn);
+		free(cal[i].acc_lh);
+		free(cal[i].qs);
+		free(cal[i].lse);
 	}
 	free(cal);
+	free(w);
 	kvc_detach(k.c);
 	return err < 0 ? err : 0;
 }
@@ -524,6 +621,8 @@ int main(int argc, char **argv)
 					      { "calibrate", 1, 0, 'c' },
 					      { "calibrate-seed", 1, 0, 'e' },
 					      { "calibrate-energy", 1, 0, 'E' },
+					      { "calibrate-weights", 1, 0, 'W' },
+					      { "calibrate-rope", 1, 0, 'R' },
 					      { "help", 0, 0, 'h' },
 					      { 0 } };
 	struct llm m;
@@ -555,13 +654,16 @@ int main(int argc, char **argv)
 		case 'c': opt.calibrate = atoi(optarg); break;
 		case 'e': opt.cal_seed = strtoul(optarg, NULL, 10); break;
 		case 'E': opt.cal_energy = atoi(optarg); break;
+		case 'W': opt.cal_weights = atoi(optarg); break;
+		case 'R': opt.cal_rope = atoi(optarg); break;
 		default: usage();
 		}
 	}
 	if (!opt.model || !opt.policies || opt.seqs <= 0 || opt.prefix <= 0 || opt.cont <= 0 ||
 	    opt.chunk <= 0 || opt.chunk > opt.prefix || opt.prefix / opt.chunk > 64 ||
 	    opt.window <= 0 || opt.window > 4096 || opt.calibrate < 0 ||
-	    (long)opt.calibrate * opt.prefix > 8192 || opt.cal_energy < 1 || opt.cal_energy > 100)
+	    (long)opt.calibrate * opt.prefix > 8192 || opt.cal_energy < 1 || opt.cal_energy > 100 ||
+	    opt.cal_rope < 0)
 		usage();
 	err = llm_load(opt.model, &m, &why);
 	if (err) {
@@ -569,6 +671,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	need = opt.prefix + opt.cont + 1;
+	if (opt.calibrate && m.c.layers > 256) {
+		fprintf(stderr, "kvc-eval: --calibrate: at most 256 layers (the model has %d)\n",
+			m.c.layers);
+		return 2;
+	}
 	if (need > m.c.seq_len) {
 		fprintf(stderr,
 			"kvc-eval: prefix + cont + 1 = %d exceeds the model's %d positions\n", need,
@@ -598,6 +705,9 @@ int main(int argc, char **argv)
 			"%d%% energy\n",
 			basis_version, (unsigned long long)basis_bytes, opt.calibrate, opt.cal_seed,
 			opt.cal_energy);
+		for (int i = 0; opt.cal_weights && i < m.c.layers; i++)
+			fprintf(stderr, "kvc-eval: layer %d: weight of K %.4g, of V %.4g\n", i,
+				cal_weight[2 * i], cal_weight[2 * i + 1]);
 	}
 	for (int i = 0; i < n; i++)
 		if (exact_run(&m, &seqs[i], &base_nll))

@@ -2,7 +2,7 @@
  *
  *   kvcctl [--socket PATH] [--ns NAME] ping | stats [--json|--prometheus] | ls [--json]
  *          | clients [--json] | evict SIZE|--all | policy [STRING] | top [--interval S]
- *          | calibrate [--from-blocks N] [--energy PCT]
+ *          | calibrate [--from-blocks N] [--energy PCT] [--weights K0,V0,...] [--rope BASE]
  *
  * Every argument is parsed strictly: an unknown command, flag or malformed number is an error
  * that names it, and changes nothing.
@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -440,10 +441,14 @@ static void usage(FILE *f)
 		"                       kivi:kbits=4,vbits=4,group=32,sink=4); stored blocks keep\n"
 		"                       the encoding they were written with; every key:\n"
 		"                       docs/policies.md\n"
-		"  calibrate [--from-blocks N] [--energy PERCENT]\n"
+		"  calibrate [--from-blocks N] [--energy PERCENT] [--weights K0,V0,K1,V1,...]\n"
+		"            [--rope BASE]\n"
 		"                       learn the namespace's basis for learned= policies from\n"
 		"                       N of its raw blocks (default: as many as kvcd reads) and\n"
-		"                       keep PERCENT (default 99) of their energy\n"
+		"                       keep PERCENT (default 99) of their energy; --weights:\n"
+		"                       what an error in each layer's K and V costs the model\n"
+		"                       (kbits/vbits policies spend their bits by it); --rope:\n"
+		"                       the model's RoPE base, keys learned as before RoPE\n"
 		"  top [--interval SECONDS] [--count N]\n"
 		"                       live view: ops/s, hit ratio, bytes and evictions per\n"
 		"                       namespace\n"
@@ -564,9 +569,10 @@ int main(int argc, char **argv)
 		if (!args_ok(cmd, n, rest, none, 1))
 			return 2;
 	} else if (!strcmp(cmd, "calibrate")) {
-		static const char *const cal_flags[] = { "--from-blocks", "--energy", NULL };
+		static const char *const cal_flags[] = { "--from-blocks", "--energy", "--weights",
+							 "--rope", NULL };
 
-		if (!args_ok(cmd, n, rest, cal_flags, 2))
+		if (!args_ok(cmd, n, rest, cal_flags, 4))
 			return 2;
 	} else {
 		fprintf(stderr, "kvcctl: unknown command '%s' (kvcctl --help lists them)\n", cmd);
@@ -604,18 +610,42 @@ int main(int argc, char **argv)
 		if ((iv && !has(n, rest, "--interval")) || (n % 2))
 			return 2;
 	}
-	unsigned long long blocks = 0, energy = 99;
+	unsigned long long blocks = 0, energy = 99, rope = 0;
+	static float weight[2 * 65535];
+	uint32_t nweight = 0;
 
 	if (!strcmp(cmd, "calibrate")) {
 		const char *bv = value(n, rest, "--from-blocks"), *ev = value(n, rest, "--energy");
-		int flags = has(n, rest, "--from-blocks") + has(n, rest, "--energy");
+		const char *wv = value(n, rest, "--weights"), *rv = value(n, rest, "--rope");
+		int flags = has(n, rest, "--from-blocks") + has(n, rest, "--energy") +
+			    has(n, rest, "--weights") + has(n, rest, "--rope");
 
 		if ((bv && cli_uint("kvcctl calibrate", "--from-blocks", bv, 1, 65535, &blocks)) ||
-		    (ev && cli_uint("kvcctl calibrate", "--energy", ev, 1, 100, &energy)))
+		    (ev && cli_uint("kvcctl calibrate", "--energy", ev, 1, 100, &energy)) ||
+		    (rv && cli_uint("kvcctl calibrate", "--rope", rv, 1, 100000000, &rope)))
 			return 2;
 		if (n != 2 * flags) {
-			fprintf(stderr, "kvcctl calibrate: --from-blocks and --energy each take a "
-					"number\n");
+			fprintf(stderr, "kvcctl calibrate: --from-blocks, --energy, --weights and "
+					"--rope each take a value\n");
+			return 2;
+		}
+		for (const char *p = wv; p && *p && nweight < 2 * 65535;) {
+			char *end;
+			float x = strtof(p, &end);
+
+			if (end == p || (*end && *end != ',') || !isfinite(x) || !(x > 0))
+				break;
+			weight[nweight++] = x;
+			p = *end ? end + 1 : end;
+			if (!*p) {
+				wv = NULL; /* every value read */
+				break;
+			}
+		}
+		if (wv || nweight % 2) {
+			fprintf(stderr,
+				"kvcctl calibrate: --weights takes a positive number for each "
+				"layer's K and V, comma-separated (K0,V0,K1,V1,...)\n");
 			return 2;
 		}
 	}
@@ -625,7 +655,11 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "calibrate")) {
 		uint64_t bytes_b = 0;
 
-		err = kvc_calibrate(c, (uint32_t)blocks, (uint32_t)energy, &bytes_b);
+		err = nweight || rope
+			      ? kvc_calibrate_model(c, (uint32_t)blocks, (uint32_t)energy,
+						    (uint32_t)rope, nweight ? weight : NULL,
+						    nweight / 2, &bytes_b)
+			      : kvc_calibrate(c, (uint32_t)blocks, (uint32_t)energy, &bytes_b);
 		if (err > 0)
 			printf("basis %d of namespace %s: %" PRIu64 " bytes\n", err,
 			       ns ? ns : "default", bytes_b);

@@ -170,12 +170,18 @@ int kvcd_codec_chain_select(enum kvcd_isa isa, const struct kvcd_policy *p, uint
  * only each row's coefficients over them; the basis is stored once, by the daemon, and named
  * in each block by its version and id. */
 
-#define KVCD_BASIS_MAGIC      0x3142564bu /* "KVB1" */
+#define KVCD_BASIS_MAGIC      0x3242564bu /* "KVB2": with the tail below */
+#define KVCD_BASIS_MAGIC_V1   0x3142564bu /* "KVB1": without (still read) */
 #define KVCD_BASIS_MAX_TOKENS 8192	  /* calibration tokens read at most */
 
 /* The basis's first bytes. Then u8 ranks[layers * kv_heads * 2] (K then V of each (layer,
  * head), 1..head_dim), zero-padded to 8 bytes, then f32 rows: for each (layer, head), K's
- * rank orthonormal rows of head_dim, then V's. */
+ * rank orthonormal rows of head_dim, then V's. KVB2 then has f32 weight[layers][2] (what an
+ * error in each layer's K and V costs, as the CALIBRATE's engine measured it; 1 when it gave
+ * none) and f32 var[] (each row's mean square coefficient over the calibration tokens, rows
+ * in the same order): what learned=on with kbits/vbits spreads its bits by. The tail starts
+ * with u32 rope, u32 0: the RoPE base K's rows were learned under (keys as before RoPE, which
+ * blocks under kbits/vbits are projected as), 0: keys as stored. */
 struct kvcd_basis_hdr {
 	uint32_t magic;
 	uint32_t version; /* 1, 2, ... within its namespace */
@@ -188,11 +194,17 @@ struct kvcd_basis_hdr {
 
 /* Learn a basis from the @n raw blocks @srcs of layouts @ls (one shape but for tokens; the
  * first KVCD_BASIS_MAX_TOKENS tokens are read) into a malloc'd *@out of *@len bytes, with
- * version @version and id 0. Returns 0, -EINVAL (no blocks, shapes differ, a block is not
- * raw, head_dim above 255, a value inf/nan), -ENOSYS (no LAPACKE) or -ENOMEM. */
+ * version @version and id 0, with @o's weights and RoPE (@o may be NULL: none). Returns 0,
+ * -EINVAL (no blocks, shapes differ, a block is not raw, head_dim above 255 or odd with rope,
+ * a value inf/nan, a weight not positive), -ENOSYS (no LAPACKE) or -ENOMEM. */
+struct kvcd_cal_opts {
+	const float *weight; /* [layers][2] (K, V) positive weights, or NULL (all 1) */
+	uint32_t rope;	     /* the model's RoPE base: keys learned as before RoPE; 0: as stored */
+	const uint64_t *pos; /* with rope: the position of each block's first token */
+};
 int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls,
-		     const void *const *srcs, uint32_t energy, uint32_t version, void **out,
-		     uint64_t *len);
+		     const void *const *srcs, uint32_t energy, const struct kvcd_cal_opts *o,
+		     uint32_t version, void **out, uint64_t *len);
 /* Give the basis @b its @id (what the blocks written with it record). */
 void kvcd_basis_seal(void *b, uint64_t id);
 /* Is @b (@len bytes) a basis this library wrote: sizes, ranks and rows finite? 0 or -EBADMSG. */

@@ -129,6 +129,33 @@ void kvcd_lr_coef_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dt
 void kvcd_lr_coef_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype,
 		      const uint8_t *in, uint32_t n, uint32_t d, uint32_t r, const float *bt,
 		      float *a, uint8_t *out);
+/* learned=on with kbits/vbits (kvcd_policy_coded): a KVB2 basis's mean square coefficient on
+ * each of unit @u's K (@kv 0) or V (1) rows, and the engine's weight of an error in @layer's K
+ * or V (NULL and 1 for a KVB1 basis, which cannot serve such policies). */
+const float *kvcd_basis_vars(const void *b, size_t u, int kv);
+float kvcd_basis_weight(const void *b, uint32_t layer, int kv);
+/* The bits of every direction: @counts is a plan (lh counts, then K and V ranks of each
+ * unit); @bits gets 2 x lh x head_dim words, unit by unit K then V, 0 past the rank. K's
+ * directions share kbits x their number, V's vbits x theirs. 0 or -ENOMEM. */
+int kvcd_lr_alloc(const struct kvcd_policy *p, const struct kvcp_layout *l, const void *basis,
+		  const uint32_t *counts, uint32_t *bits);
+/* Bytes of @n rows' @r coefficients with @bits each: a byte of grid for the unit, each
+ * direction's range as two int8 on its grid (set by the basis's variance @var), then the
+ * codes, direction by direction, packed least significant bit first; the coefficients of @x
+ * ([n][d]) over @bt ([r][d]) to @o (@c: n x r floats; -ERANGE when one is not finite or
+ * beyond any grid); and @n rows back from them into @out (@a: n x r + d floats). */
+uint64_t kvcd_lr_coded_bytes(uint32_t n, uint32_t r, const uint32_t *bits);
+int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+		      const float *var, const uint32_t *bits, float *c, uint8_t *o);
+void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n, uint32_t d,
+		       uint32_t r, const float *bt, const float *var, const uint32_t *bits,
+		       uint32_t rope, uint32_t pos, const uint32_t *tok, float *a, uint8_t *out);
+/* A basis learned with RoPE base @rope (kvcd_basis_rope; 0: none) holds keys as they were
+ * before RoPE: @n rows of @d at positions @pos + @tok[i] (@tok NULL: + i) are turned back by
+ * it, in place, before they are projected (kvcd_lr_coded_get turns them forward again). */
+uint32_t kvcd_basis_rope(const void *b);
+void kvcd_lr_unrope(float *x, uint32_t n, uint32_t d, uint32_t rope, uint32_t pos,
+		    const uint32_t *tok);
 /* svd=layer: a layer's K and V planes as factors, and back into every head's rows. */
 int kvcd_lr_layer_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		      const float *kp, const float *vp, float *buf, uint8_t *o);

@@ -159,10 +159,41 @@ int kvcd_lr_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, f
 	return 0;
 }
 
+/* RoPE's rotation of a row @x of @d (pairs 2i, 2i+1) at position @p, or its inverse (@sign
+ * -1); @inv: the d/2 frequencies, base^(-2i/d). */
+static void rope_row(float *x, uint32_t d, double p, const double *inv, double sign)
+{
+	for (uint32_t i = 0; i < d / 2; i++) {
+		double a = sign * p * inv[i], c = cos(a), sn = sin(a);
+		double x0 = x[2 * i], x1 = x[2 * i + 1];
+
+		x[2 * i] = (float)(x0 * c - x1 * sn);
+		x[2 * i + 1] = (float)(x0 * sn + x1 * c);
+	}
+}
+
+/* @inv: the frequencies of RoPE base @rope for rows of @d (at most 255 channels). */
+static void rope_freqs(uint32_t rope, uint32_t d, double *inv)
+{
+	for (uint32_t i = 0; i < d / 2; i++)
+		inv[i] = pow((double)rope, -2.0 * i / d);
+}
+
+void kvcd_lr_unrope(float *x, uint32_t n, uint32_t d, uint32_t rope, uint32_t pos,
+		    const uint32_t *tok)
+{
+	double inv[128];
+
+	rope_freqs(rope, d, inv);
+	for (uint32_t i = 0; i < n; i++)
+		rope_row(x + (size_t)i * d, d, (double)pos + (tok ? tok[i] : i), inv, -1.0);
+}
+
 /* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, one row at a time through
- * @row (d floats). */
-static void rows_times(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n, uint32_t r,
-		       const float *b, uint32_t d, float *row, uint8_t *out)
+ * @row (d floats), each rotated by RoPE of frequencies @inv (NULL: none) at @pos + @tok[i]. */
+static void rows_times_rope(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n,
+			    uint32_t r, const float *b, uint32_t d, const double *inv, uint32_t pos,
+			    const uint32_t *tok, float *row, uint8_t *out)
 {
 	size_t es = kvcp_dtype_size(dtype);
 
@@ -171,8 +202,18 @@ static void rows_times(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_
 		for (uint32_t j = 0; j < r; j++)
 			for (uint32_t c = 0; c < d; c++)
 				row[c] += a[(size_t)i * r + j] * b[(size_t)j * d + c];
+		if (inv)
+			rope_row(row, d, (double)pos + (tok ? tok[i] : i), inv, 1.0);
 		kvcd_from_f32(isa, dtype, row, out + (size_t)i * d * es, d);
 	}
+}
+
+/* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, one row at a time through
+ * @row (d floats). */
+static void rows_times(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n, uint32_t r,
+		       const float *b, uint32_t d, float *row, uint8_t *out)
+{
+	rows_times_rope(isa, dtype, a, n, r, b, d, NULL, 0, NULL, row, out);
 }
 
 /* @n rows of @d from the factors at @in into @out (@dtype). @a: n x r + r x d + d floats. */
@@ -435,48 +476,128 @@ static size_t basis_rows_at(const struct kvcd_basis_hdr *h)
 	return (sizeof(*h) + 2 * basis_lh(h) + 7) & ~(size_t)7;
 }
 
+/* Rows of every unit together: the sum of the ranks. */
+static uint64_t basis_nrows(const struct kvcd_basis_hdr *h, const uint8_t *rk)
+{
+	uint64_t rows = 0;
+
+	for (size_t i = 0; i < 2 * basis_lh(h); i++)
+		rows += rk[i];
+	return rows;
+}
+
+/* KVB2's tail, after the rows: u32 rope, u32 0, f32 weight[layers][2] (K, V), then f32
+ * var[rows]. */
+#define TAIL_HEAD 8
+static size_t basis_tail_bytes(const struct kvcd_basis_hdr *h, uint64_t rows)
+{
+	return h->magic == KVCD_BASIS_MAGIC ? TAIL_HEAD + ((size_t)h->layers * 2 + rows) * 4 : 0;
+}
+
 const uint8_t *kvcd_basis_ranks(const void *b)
 {
 	return (const uint8_t *)b + sizeof(struct kvcd_basis_hdr);
 }
 
-const float *kvcd_basis_rows(const void *b, size_t u, int kv)
+/* Rows before unit @u's K (@kv 0) or V (1). */
+static size_t rows_before(const void *b, size_t u, int kv)
 {
-	struct kvcd_basis_hdr h;
 	const uint8_t *rk = kvcd_basis_ranks(b);
 	size_t at = 0;
 
-	memcpy(&h, b, sizeof(h));
 	for (size_t i = 0; i < 2 * u + (size_t)kv; i++)
 		at += rk[i];
-	return (const float *)((const uint8_t *)b + basis_rows_at(&h)) + at * h.head_dim;
+	return at;
+}
+
+const float *kvcd_basis_rows(const void *b, size_t u, int kv)
+{
+	struct kvcd_basis_hdr h;
+
+	memcpy(&h, b, sizeof(h));
+	return (const float *)((const uint8_t *)b + basis_rows_at(&h)) +
+	       rows_before(b, u, kv) * h.head_dim;
+}
+
+/* The tail, or NULL for a KVB1 basis (which has none). */
+static const uint8_t *basis_tail(const void *b)
+{
+	struct kvcd_basis_hdr h;
+
+	memcpy(&h, b, sizeof(h));
+	if (h.magic != KVCD_BASIS_MAGIC)
+		return NULL;
+	return (const uint8_t *)b + basis_rows_at(&h) +
+	       basis_nrows(&h, kvcd_basis_ranks(b)) * h.head_dim * 4;
+}
+
+static const float *basis_weights(const void *b)
+{
+	const uint8_t *t = basis_tail(b);
+
+	return t ? (const float *)(t + TAIL_HEAD) : NULL;
+}
+
+uint32_t kvcd_basis_rope(const void *b)
+{
+	const uint8_t *t = basis_tail(b);
+	uint32_t r = 0;
+
+	if (t)
+		memcpy(&r, t, 4);
+	return r;
+}
+
+const float *kvcd_basis_vars(const void *b, size_t u, int kv)
+{
+	struct kvcd_basis_hdr h;
+	const float *w = basis_weights(b);
+
+	memcpy(&h, b, sizeof(h));
+	return w ? w + 2 * (size_t)h.layers + rows_before(b, u, kv) : NULL;
+}
+
+float kvcd_basis_weight(const void *b, uint32_t layer, int kv)
+{
+	const float *w = basis_weights(b);
+
+	return w ? w[2 * (size_t)layer + (size_t)kv] : 1.0f;
 }
 
 int kvcd_basis_check(const void *b, uint64_t len)
 {
 	struct kvcd_basis_hdr h;
-	uint64_t rows = 0;
+	uint64_t rows;
 	const uint8_t *rk;
 	const float *x;
+	uint32_t pad;
 
 	if (len < sizeof(h))
 		return -EBADMSG;
 	memcpy(&h, b, sizeof(h));
-	if (h.magic != KVCD_BASIS_MAGIC || !h.version || h.bytes != len || !h.layers ||
-	    !h.kv_heads || !h.head_dim || h.head_dim > 255 || !h.energy || h.energy > 100 ||
-	    basis_lh(&h) > (1u << 20) || len < basis_rows_at(&h))
+	if ((h.magic != KVCD_BASIS_MAGIC && h.magic != KVCD_BASIS_MAGIC_V1) || !h.version ||
+	    h.bytes != len || !h.layers || !h.kv_heads || !h.head_dim || h.head_dim > 255 ||
+	    !h.energy || h.energy > 100 || basis_lh(&h) > (1u << 20) || len < basis_rows_at(&h))
 		return -EBADMSG;
 	rk = kvcd_basis_ranks(b);
-	for (size_t i = 0; i < 2 * basis_lh(&h); i++) {
+	for (size_t i = 0; i < 2 * basis_lh(&h); i++)
 		if (!rk[i] || rk[i] > h.head_dim)
 			return -EBADMSG;
-		rows += rk[i];
-	}
-	if (len != basis_rows_at(&h) + rows * h.head_dim * 4)
+	rows = basis_nrows(&h, rk);
+	if (len != basis_rows_at(&h) + rows * h.head_dim * 4 + basis_tail_bytes(&h, rows))
 		return -EBADMSG;
 	x = (const float *)((const uint8_t *)b + basis_rows_at(&h));
 	for (uint64_t i = 0; i < rows * h.head_dim; i++)
 		if (!isfinite(x[i]))
+			return -EBADMSG;
+	if (!basis_tail_bytes(&h, rows))
+		return 0;
+	x += rows * h.head_dim + TAIL_HEAD / 4;
+	memcpy(&pad, x - 1, 4);
+	if (pad || kvcd_basis_rope(b) > 100000000 || (kvcd_basis_rope(b) && h.head_dim % 2))
+		return -EBADMSG;
+	for (uint64_t i = 0; i < 2 * (uint64_t)h.layers + rows; i++) /* weights > 0, vars >= 0 */
+		if (!isfinite(x[i]) || x[i] < 0 || (i < 2 * (uint64_t)h.layers && !(x[i] > 0)))
 			return -EBADMSG;
 	return 0;
 }
@@ -533,14 +654,17 @@ static int gram_eig(float *g, uint32_t d, float *sv, float *u, float *vt)
 }
 
 int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls,
-		     const void *const *srcs, uint32_t energy, uint32_t version, void **out,
-		     uint64_t *len)
+		     const void *const *srcs, uint32_t energy, const struct kvcd_cal_opts *o,
+		     uint32_t version, void **out, uint64_t *len)
 {
+	const float *weight = o ? o->weight : NULL;
+	uint32_t rope = o && o->pos ? o->rope : 0;
+	double inv[128];
 	struct kvcd_basis_hdr h = { .magic = KVCD_BASIS_MAGIC, .version = version };
 	uint32_t d, use = 0;
 	uint64_t tokens = 0, rows = 0, maxt = 0;
 	size_t lh, es, plane_n;
-	float *g = NULL, *plane = NULL, *u = NULL, *sv = NULL, *vt = NULL;
+	float *g = NULL, *plane = NULL, *u = NULL, *sv = NULL, *vt = NULL, *var = NULL;
 	uint8_t *b = NULL, *rk;
 	int err;
 
@@ -557,8 +681,12 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 		maxt = ls[i].tokens > maxt ? ls[i].tokens : maxt;
 	}
 	d = ls[0].head_dim;
-	if (d > 255)
+	if (d > 255 || (rope && (d % 2 || rope > 100000000)))
 		return -EINVAL;
+	rope_freqs(rope, d, inv);
+	for (uint32_t i = 0; weight && i < 2 * ls[0].layers; i++)
+		if (!isfinite(weight[i]) || !(weight[i] > 0))
+			return -EINVAL;
 	if ((err = lapack_ready()))
 		return err;
 	h.layers = ls[0].layers;
@@ -569,14 +697,17 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 	lh = basis_lh(&h);
 	es = kvcp_dtype_size(ls[0].dtype);
 	plane_n = (size_t)maxt * h.kv_heads * d;
-	/* at most every vector: the rows are compacted once the ranks are known */
-	b = malloc(basis_rows_at(&h) + lh * 2 * d * d * 4);
+	/* at most every vector: the rows are compacted once the ranks are known, the tail
+	 * (weights, then each row's variance) written after them */
+	b = malloc(basis_rows_at(&h) + lh * 2 * d * d * 4 + TAIL_HEAD +
+		   (2 * (size_t)h.layers + lh * 2 * d) * 4);
+	var = malloc(lh * 2 * d * 4);
 	g = malloc((size_t)h.kv_heads * d * d * 4);
 	plane = malloc(plane_n * 4);
 	u = malloc((size_t)d * d * 4);
 	sv = malloc(((size_t)d + 1) * 4);
 	vt = malloc((size_t)d * d * 4);
-	err = b && g && plane && u && sv && vt ? 0 : -ENOMEM;
+	err = b && g && plane && u && sv && vt && var ? 0 : -ENOMEM;
 	if (!err) {
 		memset(b, 0, basis_rows_at(&h));
 		rk = b + sizeof(h);
@@ -593,6 +724,11 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 				for (size_t k = 0; k < pn; k++)
 					if (!isfinite(plane[k]))
 						err = -EINVAL;
+				/* keys as they were before RoPE: each row back by its position */
+				for (size_t k = 0; rope && !kv && k < pn; k += d)
+					rope_row(plane + k, d,
+						 (double)(o->pos[i] + k / d / h.kv_heads), inv,
+						 -1.0);
 				for (uint32_t hh = 0; !err && hh < h.kv_heads; hh++)
 					gram_add(plane + (size_t)hh * d, ls[i].tokens,
 						 (size_t)h.kv_heads * d, d, g + (size_t)hh * d * d);
@@ -610,6 +746,9 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 					break;
 				r = energy_of(sv, d, energy, d);
 				rk[unit] = (uint8_t)r;
+				/* each direction's mean square coefficient: its eigenvalue / tokens */
+				for (uint32_t k = 0; k < d; k++)
+					var[unit * d + k] = sv[k] * sv[k] / (float)tokens;
 				/* parked at the unit's full-size place; compacted below */
 				memcpy(b + basis_rows_at(&h) + unit * (size_t)d * d * 4, vt,
 				       (size_t)r * d * 4);
@@ -621,8 +760,20 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 			b + basis_rows_at(&h) + unit * (size_t)d * d * 4, (size_t)rk[unit] * d * 4);
 		rows += rk[unit];
 	}
-	if (!err) {
-		h.bytes = basis_rows_at(&h) + rows * d * 4;
+	if (!err) { /* the tail: RoPE, the engine's weights (1 without), the kept rows' vars */
+		uint8_t *t0 = b + basis_rows_at(&h) + rows * d * 4;
+		float *tail = (float *)(t0 + TAIL_HEAD);
+		size_t at = 2 * (size_t)h.layers;
+
+		memcpy(t0, &rope, 4);
+		memset(t0 + 4, 0, TAIL_HEAD - 4);
+
+		for (size_t i = 0; i < 2 * (size_t)h.layers; i++)
+			tail[i] = weight ? weight[i] : 1.0f;
+		for (size_t unit = 0; unit < 2 * lh; unit++)
+			for (uint32_t k = 0; k < rk[unit]; k++)
+				tail[at++] = var[unit * d + k];
+		h.bytes = basis_rows_at(&h) + rows * d * 4 + TAIL_HEAD + at * 4;
 		memcpy(b, &h, sizeof(h));
 		*out = b;
 		*len = h.bytes;
@@ -634,6 +785,7 @@ int kvcd_basis_learn(enum kvcd_isa isa, uint32_t n, const struct kvcp_layout *ls
 	free(u);
 	free(sv);
 	free(vt);
+	free(var);
 	return err;
 }
 
@@ -674,4 +826,295 @@ void kvcd_lr_coef_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dt
 	else
 		kvcd_to_f32(isa, dtype, in, a, (size_t)n * r);
 	rows_times(isa, dtype, a, n, r, bt, d, row, out);
+}
+
+/* ---- learned=on with kbits/vbits: coefficients quantized with bits by direction -------------
+ * Transform coding: the basis decorrelates a head's rows, and its variances say how much each
+ * direction's error costs; bits go where they cut the most expected error, weight x variance x
+ * 4^-bits (each bit quarters a direction's error), the weight being what the engine said an
+ * error in that layer's K or V costs it. Greedy allocation, one bit at a time, is optimal for
+ * that convex cost; it is computed as a threshold on the bits' worth, in fixed point, so that
+ * the same basis and plan give the same bits on every machine. */
+
+#define WORTH_ONE      1024	       /* fixed point of log2 */
+#define WORTH_BIT      (2 * WORTH_ONE) /* a bit quarters the error: log2 falls by 2 */
+#define CODED_MAX_BITS 8
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+	return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+/* Bits of a direction of worth @e whose bits are worth more than @th (at most 8). */
+static uint32_t bits_above(int64_t e, int64_t th)
+{
+	int64_t k = e > th ? floor_div(e - th - 1, WORTH_BIT) + 1 : 0;
+
+	return k > CODED_MAX_BITS ? CODED_MAX_BITS : (uint32_t)k;
+}
+
+/* One of K's or V's allocations: @n directions of worth @e, @budget bits in all. */
+static void alloc_bits(const int64_t *e, size_t n, uint64_t budget, uint32_t *bits)
+{
+	int64_t lo = INT64_MAX, hi = INT64_MIN;
+	uint64_t got = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		lo = e[i] < lo ? e[i] : lo;
+		hi = e[i] > hi ? e[i] : hi;
+	}
+	if (!n)
+		return;
+	if (budget >= (uint64_t)n * CODED_MAX_BITS) {
+		for (size_t i = 0; i < n; i++)
+			bits[i] = CODED_MAX_BITS;
+		return;
+	}
+	/* the smallest threshold th with sum bits_above(e, th) <= budget */
+	lo -= (int64_t)CODED_MAX_BITS * WORTH_BIT + 1;
+	while (lo < hi) { /* invariant: the sum at hi is <= budget, at lo above it */
+		int64_t mid = lo + (hi - lo) / 2;
+		uint64_t sum = 0;
+
+		for (size_t i = 0; i < n; i++)
+			sum += bits_above(e[i], mid);
+		if (sum <= budget)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	for (size_t i = 0; i < n; i++)
+		got += bits[i] = bits_above(e[i], hi);
+	/* the bits worth exactly th, in direction order, while the budget lasts */
+	for (size_t i = 0; i < n && got < budget; i++)
+		if (bits[i] < CODED_MAX_BITS && e[i] - (int64_t)bits[i] * WORTH_BIT == hi) {
+			bits[i]++;
+			got++;
+		}
+}
+
+int kvcd_lr_alloc(const struct kvcd_policy *p, const struct kvcp_layout *l, const void *basis,
+		  const uint32_t *counts, uint32_t *bits)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads, d = l->head_dim;
+	const uint32_t *rk = counts + lh;
+	int64_t *e = malloc(2 * lh * d * sizeof(*e));
+	uint32_t *b = malloc(2 * lh * d * sizeof(*b));
+
+	if (!e || !b) {
+		free(e);
+		free(b);
+		return -ENOMEM;
+	}
+	memset(bits, 0, 2 * lh * d * sizeof(*bits));
+	{
+		size_t n = 0;
+		uint64_t budget = 0;
+
+		for (int kv = 0; kv < 2; kv++)
+			for (size_t u = 0; u < lh; u++) {
+				const float *var = kvcd_basis_vars(basis, u, kv);
+				double w = kvcd_basis_weight(basis, (uint32_t)(u / l->kv_heads),
+							     kv);
+
+				for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++) {
+					double x = w * (double)var[j];
+
+					e[n++] = x > 1e-30 ? (int64_t)llround(log2(x) * WORTH_ONE)
+							   : (int64_t)-100 * WORTH_ONE;
+					budget += kv ? p->vbits : p->kbits;
+				}
+			}
+		alloc_bits(e, n, budget, b);
+		n = 0;
+		for (int kv = 0; kv < 2; kv++)
+			for (size_t u = 0; u < lh; u++)
+				for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++)
+					bits[(2 * u + (size_t)kv) * d + j] = b[n++];
+	}
+	free(e);
+	free(b);
+	return 0;
+}
+
+uint64_t kvcd_lr_coded_bytes(uint32_t n, uint32_t r, const uint32_t *bits)
+{
+	uint64_t codes = 0;
+
+	for (uint32_t j = 0; j < r; j++)
+		codes += (uint64_t)n * bits[j];
+	return 1 + 2ull * r + (codes + 7) / 8;
+}
+
+/* @b bits of @v at bit @at of @o (zeroed before), least significant bit first. */
+static void put_code(uint8_t *o, uint64_t at, uint32_t v, uint32_t b)
+{
+	for (uint32_t i = 0; i < b; i++, at++)
+		o[at / 8] |= (uint8_t)(((v >> i) & 1u) << (at % 8));
+}
+
+static uint32_t get_code(const uint8_t *in, uint64_t at, uint32_t b)
+{
+	uint32_t v = 0;
+
+	for (uint32_t i = 0; i < b; i++, at++)
+		v |= (uint32_t)((in[at / 8] >> (at % 8)) & 1u) << i;
+	return v;
+}
+
+/* The grid a direction's range is written on: a sixteenth of its calibration RMS @var's root,
+ * times 2^(@s / 4). Two int8 grid points hold the range of a block that stays within 8 RMS of
+ * 0, so the unit's @s is 0 but where a block has outliers. A direction without variance
+ * takes its unit's largest one's grid (@top), so that it still has one. */
+static double coded_grid(float var, float top, uint32_t s)
+{
+	double v = var > top * 1e-12f ? var : top > 0 ? top : 1e-30;
+
+	return sqrt(v) / 16.0 * exp2((double)s / 4.0);
+}
+
+static float top_var(const float *var, uint32_t r)
+{
+	float t = 0;
+
+	for (uint32_t j = 0; j < r; j++)
+		t = var[j] > t ? var[j] : t;
+	return t;
+}
+
+/* Squared error of @n values @c (@r apart) coded with @bits on the range [@a, @b] x @g. */
+static double coded_err(const float *c, uint32_t n, uint32_t r, long a, long b, double g,
+			uint32_t bits)
+{
+	double lo = a * g, step = (double)(b - a) * g / (double)((1u << bits) - 1), e = 0;
+	double top = (double)((1u << bits) - 1);
+
+	for (uint32_t i = 0; i < n; i++) {
+		double v = c[(size_t)i * r], q = step > 0 ? round((v - lo) / step) : 0;
+
+		q = q < 0 ? 0 : q > top ? top : q;
+		e += (lo + q * step - v) * (lo + q * step - v);
+	}
+	return e;
+}
+
+/* The range of @n values @c (@r apart, from @lo to @hi) on grid @g for @bits: the whole
+ * range, or one clipped towards its middle where that costs less squared error (the few
+ * values beyond it lose more than every other value gains from the finer step: with few
+ * bits, clipping pays), into [*@a, *@b], int8 grid points. */
+static void coded_range(const float *c, uint32_t n, uint32_t r, float lo, float hi, double g,
+			uint32_t bits, long *a, long *b)
+{
+	static const double shrink[] = { 1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5 };
+	double mid = ((double)lo + hi) / 2, half = ((double)hi - lo) / 2, best = INFINITY;
+
+	for (size_t k = 0; k < sizeof(shrink) / sizeof(shrink[0]); k++) {
+		long x = (long)floor((mid - half * shrink[k]) / g);
+		long y = (long)ceil((mid + half * shrink[k]) / g);
+		double e;
+
+		x = x < -128 ? -128 : x > 127 ? 127 : x;
+		y = y < -128 ? -128 : y > 127 ? 127 : y;
+		e = coded_err(c, n, r, x, y, g, bits);
+		if (e < best) {
+			best = e;
+			*a = x;
+			*b = y;
+		}
+	}
+}
+
+int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+		      const float *var, const uint32_t *bits, float *c, uint8_t *o)
+{
+	uint8_t *codes = o + 1 + 2ull * r;
+	float top = top_var(var, r);
+	uint64_t at = 0;
+	uint32_t s = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < r; j++) {
+			const float *row = x + (size_t)i * d, *v = bt + (size_t)j * d;
+			float sum = 0;
+
+			for (uint32_t k = 0; k < d; k++)
+				sum += row[k] * v[k];
+			c[(size_t)i * r + j] = sum;
+		}
+	/* the unit's grid: the finest on which every direction's range fits in int8 */
+	for (uint32_t j = 0; j < r; j++)
+		for (uint32_t i = 0; i < n; i++) {
+			double a = fabs((double)c[(size_t)i * r + j]);
+
+			if (!isfinite(a))
+				return -ERANGE;
+			while (a > 127.0 * coded_grid(var[j], top, s)) {
+				if (++s > 255)
+					return -ERANGE; /* a grid beyond this byte's reach */
+			}
+		}
+	o[0] = (uint8_t)s;
+	memset(codes, 0, kvcd_lr_coded_bytes(n, r, bits) - 1 - 2ull * r);
+	for (uint32_t j = 0; j < r; j++) {
+		double g = coded_grid(var[j], top, s), mean = 0;
+		float lo = INFINITY, hi = -INFINITY, step, top_code;
+		long a, b;
+
+		for (uint32_t i = 0; i < n; i++) {
+			float v = c[(size_t)i * r + j];
+
+			lo = v < lo ? v : lo;
+			hi = v > hi ? v : hi;
+			mean += v;
+		}
+		if (!bits[j]) { /* one value for every row: the mean is the least squared error */
+			a = b = lround(mean / n / g);
+			a = b = a < -128 ? -128 : a > 127 ? 127 : a;
+		} else { /* the range on the grid that costs the least squared error */
+			a = b = 0;
+			coded_range(c + j, n, r, lo, hi, g, bits[j], &a, &b);
+		}
+		o[1 + 2 * j] = (uint8_t)(int8_t)a;
+		o[2 + 2 * j] = (uint8_t)(int8_t)b;
+		lo = (float)(a * g);
+		step = bits[j] ? (float)((b - a) * g) / (float)((1u << bits[j]) - 1) : 0.0f;
+		top_code = (float)((1u << bits[j]) - 1);
+		for (uint32_t i = 0; i < n && bits[j]; i++) {
+			float q = step > 0 ? roundf((c[(size_t)i * r + j] - lo) / step) : 0.0f;
+
+			put_code(codes, at,
+				 (uint32_t)(q < 0	   ? 0
+					    : q > top_code ? top_code
+							   : q),
+				 bits[j]);
+			at += bits[j];
+		}
+	}
+	return 0;
+}
+
+void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n, uint32_t d,
+		       uint32_t r, const float *bt, const float *var, const uint32_t *bits,
+		       uint32_t rope, uint32_t pos, const uint32_t *tok, float *a, uint8_t *out)
+{
+	double inv[128];
+	const uint8_t *codes = in + 1 + 2ull * r;
+	float *row = a + (size_t)n * r, top = top_var(var, r);
+	uint64_t at = 0;
+
+	for (uint32_t j = 0; j < r; j++) {
+		double g = coded_grid(var[j], top, in[0]);
+		long lo_c = (int8_t)in[1 + 2 * j], hi_c = (int8_t)in[2 + 2 * j];
+		float lo = (float)(lo_c * g);
+		float step = bits[j] ? (float)((hi_c - lo_c) * g) / (float)((1u << bits[j]) - 1)
+				     : 0.0f;
+
+		for (uint32_t i = 0; i < n; i++) {
+			a[(size_t)i * r + j] = lo + step * (float)get_code(codes, at, bits[j]);
+			at += bits[j];
+		}
+	}
+	if (rope)
+		rope_freqs(rope, d, inv);
+	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, row, out);
 }

@@ -74,12 +74,14 @@ static const char *const learned_names[] = { "off", "on", NULL };
 
 /* In the order the canonical string lists them. */
 static const struct key keys[] = {
-	{ "bits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD2(kbits, vbits), 0, 2, 8, 1, NULL, 0,
-	  "int: 8 (intN: N)", "bits of K and V codes" },
-	{ "kbits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD(kbits), 0, 2, 8, 1, NULL, 0, "kivi: 4",
-	  "bits of K codes" },
-	{ "vbits", NULL, K_UINT, C_INT | C_KIVI, 0, FIELD(vbits), 0, 2, 8, 1, NULL, 0, "kivi: 4",
-	  "bits of V codes" },
+	{ "bits", NULL, K_UINT, C_NONE | C_INT | C_KIVI, 0, FIELD2(kbits, vbits), 0, 2, 8, 1, NULL,
+	  0, "int: 8 (intN: N)", "bits of K and V codes" },
+	{ "kbits", NULL, K_UINT, C_NONE | C_INT | C_KIVI, 0, FIELD(kbits), 0, 2, 8, 1, NULL, 0,
+	  "kivi: 4",
+	  "bits of K codes; none with learned=on: K's coefficients' mean bits, spread by the "
+	  "basis over (layer, head, direction) where they cut the most error" },
+	{ "vbits", NULL, K_UINT, C_NONE | C_INT | C_KIVI, 0, FIELD(vbits), 0, 2, 8, 1, NULL, 0,
+	  "kivi: 4", "bits of V codes; none with learned=on: as kbits, for V" },
 	{ "group", NULL, K_UINT, C_QUANT, F_ALWAYS, FIELD(group), 0, 0, 65535, 1, NULL, WITH(kind),
 	  "int: 64, kivi: 32, fp8: 0",
 	  "channels per group of a token (int, fp8, kivi V; 0: head_dim; longer than head_dim: "
@@ -243,6 +245,14 @@ static bool r_mc_alone(const struct kvcd_policy *p, uint64_t seen)
 	return p->mc && (p->select || p->rank);
 }
 
+static bool r_coded(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return p->kind == KVCD_CODEC_NONE && (p->kbits || p->vbits) &&
+	       (!p->kbits || !p->vbits || !kvcd_policy_learned(p) ||
+		(p->lowrank & KVCD_LOWRANK_INT8));
+}
+
 static bool r_select(const struct kvcd_policy *p, uint64_t seen)
 {
 	return !p->select && (SEEN("keep") || SEEN("window") || SEEN("budget") || SEEN("merge") ||
@@ -287,6 +297,8 @@ static const struct rule rules[] = {
 		    "dtype: not with select, svd=layer or factors=int8, and energy= is needed" },
 	{ r_energy, "energy picks ranks before merging: it does not compose with merge" },
 	{ r_mc_alone, "minicache does not compose with select or rank yet" },
+	{ r_coded, "bits, kbits and vbits on 'none' quantize learned=on's coefficients: both "
+		   "kbits and vbits, with learned=on and without factors=int8" },
 	{ r_select, "keep, window, budget, merge, kernel and cold need select=" },
 	{ r_cold, "cold keeps the dropped tokens: it does not compose with merge or rank" },
 	{ r_rope, "rope does not compose with select (kept tokens are not contiguous)" },
@@ -531,7 +543,8 @@ static bool shown(const struct kvcd_policy *p, const struct key *k, uint64_t v)
 	if (!strcmp(k->name, "bits"))
 		return p->kind == KVCD_CODEC_INT && same;
 	if (!strcmp(k->name, "kbits") || !strcmp(k->name, "vbits"))
-		return p->kind == KVCD_CODEC_KIVI || (p->kind == KVCD_CODEC_INT && !same);
+		return p->kind == KVCD_CODEC_KIVI || (p->kind == KVCD_CODEC_INT && !same) ||
+		       (p->kind == KVCD_CODEC_NONE && v);
 	if (k->type == K_FLAG)
 		return v & k->mask;
 	return v || ((k->flags & F_ALWAYS) && get_field(p, k->with, 1));
@@ -665,9 +678,12 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 	    (!p->select && (p->keep || p->window || p->budget || p->merge || p->kernel)) ||
 	    (p->cold && (!p->select || p->cold < 2 || p->cold > 8 || p->merge || p->rank)))
 		return WHY("bad selection fields");
+	if (p->kind == KVCD_CODEC_NONE && (p->kbits || p->vbits) &&
+	    (!kvcd_policy_coded(p) || p->kbits < 2 || p->kbits > 8 || p->vbits < 2 || p->vbits > 8))
+		return WHY("'none' takes kbits and vbits (2..8) only with learned=on");
 	if (p->kind == KVCD_CODEC_NONE)
-		return (p->outliers | p->rotate | p->kbits | p->vbits | p->group | p->hibits |
-			p->hipct | p->sparse_ppm | p->rope | p->resid | p->params) ||
+		return (p->outliers | p->rotate | p->group | p->hibits | p->hipct | p->sparse_ppm |
+			p->rope | p->resid | p->params) ||
 				       (p->sink && !p->select)
 			       ? WHY("'none' with codec options")
 			       : 0;

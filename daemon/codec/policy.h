@@ -29,7 +29,8 @@ enum kvcd_codec_kind {
 /* A parsed policy. Plain data, stored verbatim in every encoded block's header. */
 struct kvcd_policy {
 	uint8_t kind;	      /* enum kvcd_codec_kind */
-	uint8_t kbits, vbits; /* int, kivi: 2..8 */
+	uint8_t kbits, vbits; /* int, kivi: 2..8; none with learned=on: the coefficients' mean
+			       * bits (kvcd_policy_coded), 0: coefficients in the engine's dtype */
 	uint8_t rotate;	      /* KVCD_XFORM_*: transforms of the quantized rows */
 	uint16_t group;	      /* channels (int, fp8, kivi V) or tokens (kivi K); 0: head_dim */
 	uint16_t sink;	      /* first tokens kept exact */
@@ -98,6 +99,14 @@ static inline bool kvcd_policy_sel(const struct kvcd_policy *p)
 static inline bool kvcd_policy_learned(const struct kvcd_policy *p)
 {
 	return p->rank && (p->lowrank & KVCD_LOWRANK_LEARNED);
+}
+
+/* Does @p quantize learned=on's coefficients (kbits and vbits on codec none)? Each coefficient
+ * direction of each (layer, head) gets its own bits, from the basis (lowrank.c). */
+static inline bool kvcd_policy_coded(const struct kvcd_policy *p)
+{
+	return kvcd_policy_learned(p) && p->kind == KVCD_CODEC_NONE && p->kbits &&
+	       !(p->lowrank & KVCD_LOWRANK_INT8);
 }
 
 enum kvcd_select {

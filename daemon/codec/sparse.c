@@ -77,14 +77,31 @@ static size_t ranks_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
 						     : 0;
 }
 
+/* learned=on with kbits/vbits: the plan then holds each direction's bits, 2 x head_dim words
+ * per (layer, head) (K's, then V's, 0 past the rank), after the ranks; the block stores them
+ * as nibbles after its ranks. */
+static size_t coded_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return kvcd_policy_coded(p) ? 2 * (size_t)l->layers * l->kv_heads * l->head_dim : 0;
+}
+
 static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return ranks_n(p, l) + (kvcd_policy_learned(p) ? 8 : 0);
+	return ranks_n(p, l) + (kvcd_policy_learned(p) ? 8 : 0) + coded_n(p, l) / 2;
 }
 
 static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return (size_t)l->layers * l->kv_heads + ranks_n(p, l);
+	return (size_t)l->layers * l->kv_heads + ranks_n(p, l) + coded_n(p, l);
+}
+
+/* The bits of (layer, head) @u's directions in a plan (K's head_dim words, then V's), or NULL. */
+static const uint32_t *bits_at(const struct kvcd_policy *p, const struct kvcp_layout *l,
+			       const uint32_t *counts, size_t u)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads;
+
+	return kvcd_policy_coded(p) ? counts + lh + ranks_n(p, l) + 2 * u * l->head_dim : NULL;
 }
 
 /* learned=: the basis in @aux, checked against @l's shape; NULL when there is none. */
@@ -119,10 +136,13 @@ size_t kvcd_sel_plan_words(const struct kvcd_policy *p, const struct kvcp_layout
 /* Bytes of the body of (layer, head) @u's @n kept rows: the codec's units (and with cold=,
  * the dropped rows' after them), the K and V factors (svd=layer: the layer's, on its first
  * head), or (MiniCache) the pair's whole body on its first layer and nothing on its second.
- * @rk: energy='s K and V ranks, else NULL. */
+ * @plan: the block's plan (its ranks and bits), or NULL where they do not matter. */
 static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout *l, size_t u,
-			  uint32_t n, bool scores, uint32_t pos, const uint32_t *rk)
+			  uint32_t n, bool scores, uint32_t pos, const uint32_t *plan)
 {
+	const uint32_t *rk = plan ? ranks_at(p, l, plan, u) : NULL;
+	const uint32_t *bits = plan ? bits_at(p, l, plan, u) : NULL;
+
 	struct kvcp_layout m = mini_of(l, n);
 	uint32_t layer = (uint32_t)(u / l->kv_heads), r = kvcd_lr_rank(p, n, l->head_dim);
 	uint32_t hd = (uint32_t)l->kv_heads * l->head_dim;
@@ -139,6 +159,9 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return u % l->kv_heads ? 0
 				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
 								  kvcd_lr_rank(p, n, hd), hd);
+	if (rk && bits) /* coefficients with their bits: the basis is the namespace's */
+		return kvcd_lr_coded_bytes(n, rk[0], bits) +
+		       kvcd_lr_coded_bytes(n, rk[1], bits + l->head_dim);
 	if (rk && kvcd_policy_learned(p)) /* coefficients only: the basis is the namespace's */
 		return kvcd_lr_coef_bytes(p, l->dtype, n, rk[0]) +
 		       kvcd_lr_coef_bytes(p, l->dtype, n, rk[1]);
@@ -445,11 +468,11 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 		const void *b = basis_for(l, aux);
 		const uint8_t *brk = b ? kvcd_basis_ranks(b) : NULL;
 
-		if (!b)
-			return -ENOKEY;
+		if (!b || (kvcd_policy_coded(p) && !kvcd_basis_vars(b, 0, 0)))
+			return -ENOKEY; /* none, or a KVB1 basis: no variances to spread bits by */
 		for (size_t j = 0; j < 2 * lh; j++)
 			counts[lh + j] = !counts[j / 2] ? 0 : brk[j] < p->rank ? brk[j] : p->rank;
-		return 0;
+		return kvcd_policy_coded(p) ? kvcd_lr_alloc(p, l, b, counts, counts + 3 * lh) : 0;
 	}
 	return err || !p->energy ? err : plan_ranks(isa, p, l, pos, src, aux, counts);
 }
@@ -604,14 +627,12 @@ uint64_t kvcd_sel_size(const struct kvcd_policy *p, const struct kvcp_layout *l,
 	}
 	b = sizeof(struct kvcd_codec_hdr) + lh * 4 + ranks_bytes(p, l) + lh * ((l->tokens + 7) / 8);
 	for (size_t i = 0; i < lh; i++) {
-		const uint32_t *rk = ranks_at(p, l, counts, i);
-
 		if (counts[i] > l->tokens) {
 			free(own);
 			return 0;
 		}
 		total += counts[i];
-		b += body_size(p, l, i, counts[i], scores, pos, rk);
+		b += body_size(p, l, i, counts[i], scores, pos, counts);
 	}
 	free(own);
 	return b + (p->merge == KVCD_MERGE_KEY ? total * 2 : 0);
@@ -748,6 +769,15 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			free(own);
 			return -EINVAL;
 		}
+	for (size_t j = 0; j < coded_n(p, l); j++) /* bits 0..8, none past a rank */
+		if (counts[3 * lh + j] > 8 || (j % d >= counts[lh + j / d] && counts[3 * lh + j])) {
+			free(own);
+			return -EINVAL;
+		}
+	if (kvcd_policy_coded(p) && !kvcd_basis_vars(basis, 0, 0)) {
+		free(own);
+		return -ENOKEY;
+	}
 	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
 	h.pol = *p;
 	h.layout = *l;
@@ -777,6 +807,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		memcpy(o + sizeof(h) + lh * 4, &bh.id, 8);
 	for (size_t i = 0; i < ranks_n(p, l); i++) /* energy=, learned=: each rank, 1..255 */
 		o[sizeof(h) + lh * 4 + (basis ? 8 : 0) + i] = (uint8_t)counts[lh + i];
+	for (size_t i = 0; i < coded_n(p, l); i += 2) /* kbits/vbits: each direction's, 0..8 */
+		o[sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + i / 2] =
+			(uint8_t)(counts[3 * lh + i] | counts[3 * lh + i + 1] << 4);
 	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, l);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
@@ -845,6 +878,23 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			} else if (p->rank && (p->lowrank & KVCD_LOWRANK_LAYER)) {
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
+			} else if (kvcd_policy_coded(p)) {
+				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
+				const uint32_t *bk = bits_at(p, l, counts, u);
+
+				if (m && kvcd_basis_rope(basis)) /* keys before RoPE */
+					kvcd_lr_unrope(w.rows, m, d, kvcd_basis_rope(basis), pos,
+						       w.keep);
+				if (m)
+					err = kvcd_lr_coded_put(
+						w.rows, m, d, rk, kvcd_basis_rows(basis, u, 0),
+						kvcd_basis_vars(basis, u, 0), bk, w.u, body);
+				if (m && !err)
+					err = kvcd_lr_coded_put(
+						w.rows + (size_t)m * d, m, d, rv,
+						kvcd_basis_rows(basis, u, 1),
+						kvcd_basis_vars(basis, u, 1), bk + d, w.u,
+						body + kvcd_lr_coded_bytes(m, rk, bk));
 			} else if (kvcd_policy_learned(p)) {
 				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
 
@@ -875,7 +925,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				err = cold_put(
 					isa, p, l, pos, hh, m, &w,
 					body + (m ? kvcd_units_size(p, &mini, scores, pos) : 0));
-			body += body_size(p, l, u, m, scores, pos, ranks_at(p, l, counts, u));
+			body += body_size(p, l, u, m, scores, pos, counts);
 		}
 	}
 	free(w.kp);
@@ -890,9 +940,9 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 {
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
-	size_t rb = ranks_bytes(&h->pol, l), rn = ranks_n(&h->pol, l);
-	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 + (rb - rn);
-	const uint8_t *bits = rk + rn;
+	size_t rb = ranks_bytes(&h->pol, l), rn = ranks_n(&h->pol, l), cn = coded_n(&h->pol, l);
+	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 + (rb - rn - cn / 2);
+	const uint8_t *nib = rk + rn, *bits = nib + cn / 2;
 
 	*total = 0;
 	if (n < sizeof(*h) + lh * (4 + bm) + rb)
@@ -920,6 +970,13 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 				return -EBADMSG;
 		}
 		*total += counts[i];
+	}
+	for (size_t j = 0; j < cn; j++) { /* kbits/vbits: 0..8 per direction, 0 past its rank */
+		uint32_t b = nib[j / 2] >> (j % 2 * 4) & 15;
+
+		counts[lh + rn + j] = b;
+		if (b > 8 || (b && j % l->head_dim >= counts[lh + j / l->head_dim]))
+			return -EBADMSG;
 	}
 	for (size_t j = 0; tucker(&h->pol) && j < rn; j++)
 		counts[lh + j] = rk[j];
@@ -1058,7 +1115,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	const uint8_t *bits, *wts, *in;
-	uint64_t total, all;
+	uint64_t total, all, kept = 0; /* rows written so far: where a head's tokens start */
 	float *bias;
 	uint8_t *rows;
 	int err = 0;
@@ -1146,6 +1203,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			}
 			in += body_size(&h->pol, hl, i, counts[i], scores, h->pos, NULL);
 			rows += 2 * tr;
+			kept += hl->tokens;
 			continue;
 		}
 		if (tucker(&h->pol)) {
@@ -1154,6 +1212,23 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (h->pol.rank && (h->pol.lowrank & KVCD_LOWRANK_LAYER)) {
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
 				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
+		} else if (kvcd_policy_coded(&h->pol)) {
+			uint32_t c = counts[i], d = hl->head_dim;
+			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
+			const uint32_t *bk = bits_at(&h->pol, hl, counts, i);
+
+			if (!kvcd_basis_vars(basis, 0, 0)) { /* a KVB1 basis: no grids */
+				err = -ENOKEY;
+				break;
+			}
+			kvcd_lr_coded_get(isa, hl->dtype, in, c, d, rk,
+					  kvcd_basis_rows(basis, i, 0),
+					  kvcd_basis_vars(basis, i, 0), bk, kvcd_basis_rope(basis),
+					  h->pos, tok + kept, fac, rows);
+			kvcd_lr_coded_get(isa, hl->dtype, in + kvcd_lr_coded_bytes(c, rk, bk), c, d,
+					  rv, kvcd_basis_rows(basis, i, 1),
+					  kvcd_basis_vars(basis, i, 1), bk + d, 0, 0, NULL, fac,
+					  rows + (size_t)c * row);
 		} else if (kvcd_policy_learned(&h->pol)) {
 			uint32_t c = counts[i], d = hl->head_dim;
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
@@ -1179,9 +1254,9 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 		} else if (counts[i]) {
 			err = kvcd_units_decode(isa, &h->pol, &mini, h->pos, scores, in, rows);
 		}
-		in += body_size(&h->pol, hl, i, counts[i], scores, h->pos,
-				ranks_at(&h->pol, hl, counts, i));
+		in += body_size(&h->pol, hl, i, counts[i], scores, h->pos, counts);
 		rows += 2 * (size_t)(h->pol.cold ? hl->tokens : counts[i]) * row;
+		kept += h->pol.cold ? hl->tokens : counts[i];
 	}
 	free(counts);
 	free(fac);

@@ -521,6 +521,18 @@ int kvc_evict(kvc_client *c, uint32_t mib);
  * attach with an op_timeout_ms that allows it, or -ETIMEDOUT comes back while kvcd goes on
  * and keeps the basis. */
 int kvc_calibrate(kvc_client *c, uint32_t blocks, uint32_t energy, uint64_t *bytes);
+/* Since 0.8 (kvcd 0.8, protocol 2.8): kvc_calibrate with what the engine knows of its model,
+ * for policies with learned=on, kbits and vbits. @weight[@layers][2] (NULL and 0: none): what
+ * an error in each layer's K, then V, costs the model (e.g. how much the loss grows per unit
+ * of squared error put there, measured on calibration prompts), each finite and above 0,
+ * @layers the blocks' own: bits go where an error costs more. @rope (0: none): the model's
+ * RoPE base (pairs 2i, 2i+1 of each head), so that keys are learned and coded as they were
+ * before RoPE; kvcd finds each block's position from the parents its STOREs named
+ * (kvc_store_chained), reads no block whose chain is broken, and takes a block stored without
+ * a parent as starting at 0. Also -EINVAL when the weights are not for the blocks' layers,
+ * -EMSGSIZE when they do not fit the scratch area; a kvcd before 0.8 ignores both. */
+int kvc_calibrate_model(kvc_client *c, uint32_t blocks, uint32_t energy, uint32_t rope,
+			const float *weight, uint32_t layers, uint64_t *bytes);
 
 /* Message for a return value of this library ("Success" for 0). Never NULL. */
 const char *kvc_strerror(int err);

@@ -49,6 +49,8 @@ static const char *const policies[] = {
 	"int8:summary=reps8",
 	"none:rank=32,learned=on",
 	"none:select=keynorm,keep=50%,rank=8,learned=on,factors=int8",
+	"none:kbits=5,vbits=4,rank=8,learned=on",
+	"none:select=keynorm,keep=50%,kbits=3,vbits=2,rank=8,learned=on",
 };
 
 int main(int argc, char **argv)

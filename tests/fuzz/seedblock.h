@@ -38,7 +38,7 @@ static inline void *fuzz_basis(const uint16_t *src, uint64_t *len)
 	const void *srcs[1] = { src };
 	void *b = NULL;
 
-	if (kvcd_basis_learn(KVCD_ISA_SCALAR, 1, &fuzz_layout, srcs, 90, 1, &b, len))
+	if (kvcd_basis_learn(KVCD_ISA_SCALAR, 1, &fuzz_layout, srcs, 90, NULL, 1, &b, len))
 		return NULL;
 	kvcd_basis_seal(b, FUZZ_BASIS_ID);
 	return b;

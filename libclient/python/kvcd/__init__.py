@@ -473,13 +473,28 @@ class Client:
                                  aux_len, ctypes.byref(saved))
         return _check(res, "recompress"), saved.value
 
-    def calibrate(self, blocks: int = 0, energy: int = 99) -> Tuple[int, int]:
+    def calibrate(self, blocks: int = 0, energy: int = 99, rope: int = 0,
+                  weights=None) -> Tuple[int, int]:
         """Learn this namespace's basis for ``learned=on`` policies from up to ``blocks``
         of its raw blocks (0: as many as kvcd reads), keeping ``energy`` percent of their
         rows' energy; admin only. Returns (the basis's version, its bytes). With a large
-        model kvcd works on it for seconds: give the Client an op_timeout_ms that allows it."""
+        model kvcd works on it for seconds: give the Client an op_timeout_ms that allows it.
+
+        For policies with ``kbits``/``vbits`` on the coefficients: ``weights``, shaped
+        [layers][2] (K, V), says what an error in each layer costs the model (bits go where
+        it costs most); ``rope``, the model's RoPE base, has keys learned and coded as they
+        were before RoPE (positions from the chains the blocks were stored in)."""
         size = ctypes.c_uint64(0)
-        res = lib.kvc_calibrate(self._live(), blocks, energy, ctypes.byref(size))
+        if not rope and weights is None:
+            res = lib.kvc_calibrate(self._live(), blocks, energy, ctypes.byref(size))
+            return _check(res, "calibrate"), size.value
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+        if w is not None and (w.ndim != 2 or w.shape[1] != 2):
+            raise ValueError("weights: one (K, V) pair per layer, shaped [layers][2]")
+        res = lib.kvc_calibrate_model(
+            self._live(), blocks, energy, rope,
+            None if w is None else w.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            0 if w is None else w.shape[0], ctypes.byref(size))
         return _check(res, "calibrate"), size.value
 
     def evict(self, mib: int = 0) -> int:

@@ -182,6 +182,34 @@ def test_learned_basis_from_python(daemon):
         assert ns["bases"] == {"count": 1, "newest": 1, "bytes": size}
 
 
+def test_coded_coefficients_from_python(daemon):
+    """calibrate(weights=) gives the basis the engine's weights: a kbits/vbits policy then
+    codes a block within its bits' precision; weights for other layers are refused."""
+    r = np.random.default_rng(11)
+    sub = r.standard_normal((2, 2, 2, 3, 32))
+
+    def lowrank(seed):
+        z = np.random.default_rng(seed).standard_normal((2, 2, 16, 2, 3))
+        return np.einsum("lxthk,lxhkd->lxthd", z, sub).astype(np.float16)
+
+    with kvcd.Client(socket=daemon.sock, ns="py-coded", staging_size=1 << 20) as c:
+        raw = c.policy("none")
+        coded = c.policy("none:rank=32,learned=on,kbits=6,vbits=6")
+        for i in range(4):
+            c.store(kvcd.Key(301, i), lowrank(i), policy_slot=raw)
+        with pytest.raises(kvcd.KvcdError) as e:
+            c.calibrate(energy=99, weights=np.ones((3, 2)))
+        assert e.value.errno == errno.EINVAL, "weights for three layers, blocks of two"
+        version, size = c.calibrate(energy=99, weights=[[4.0, 2.0], [1.0, 1.0]])
+        assert version == 1 and size > 0
+        want = lowrank(9)
+        c.store(kvcd.Key(301, 9), want, policy_slot=coded)
+        dense, mask = c.fetch(kvcd.Key(301, 9)).dense()
+        assert mask.all()
+        err = np.linalg.norm(dense.astype(np.float32) - want.astype(np.float32))
+        assert err / np.linalg.norm(want.astype(np.float32)) < 0.05
+
+
 def test_selection_from_python_per_chunk_and_deferred(daemon):
     """A token-selection policy from Python: attention sent with a STORE keeps each chunk's
     best half; sent with RECOMPRESS for the chain, the best half of the whole prefix."""
