@@ -731,6 +731,33 @@ Test(store, a_block_whose_prefix_is_gone_goes_first)
 		cr_assert(cached(i), "block %llu stayed", (unsigned long long)i);
 }
 
+/* A block's position in its sequence, from its chain: 0 for a block stored without a parent,
+ * the tokens of every block before it otherwise; unknown once a block of the chain is gone. */
+Test(store, a_chain_gives_each_block_its_position)
+{
+	struct kvcp_key k[4] = { K(0), K(1), K(2), K(3) };
+	struct kvcd_block *b;
+	uint64_t pos;
+
+	cr_assert_eq(put(0, ONLY0, 1), 0);
+	cr_assert_eq(put_child(1, 0), 0);
+	cr_assert_eq(put_child(2, 1), 0);
+	cr_assert_eq(put_child(3, 9), 0); /* its parent was never cached */
+	for (uint64_t i = 0; i < 3; i++) {
+		cr_assert_eq(kvcd_store_get(&st, 0, &k[i], &b), 0);
+		cr_assert_eq(kvcd_store_chain_pos(&st, b, &pos), 0);
+		cr_assert_eq(pos, i * L.tokens, "block %llu", (unsigned long long)i);
+		kvcd_store_put(&st, b, false);
+	}
+	cr_assert_eq(kvcd_store_get(&st, 0, &k[3], &b), 0);
+	cr_assert_eq(kvcd_store_chain_pos(&st, b, &pos), -ENOENT);
+	kvcd_store_put(&st, b, false);
+	cr_assert_eq(kvcd_store_delete(&st, 0, &k[1]), 0);
+	cr_assert_eq(kvcd_store_get(&st, 0, &k[2], &b), 0);
+	cr_assert_eq(kvcd_store_chain_pos(&st, b, &pos), -ENOENT, "its parent is gone");
+	kvcd_store_put(&st, b, false);
+}
+
 /* Reads beyond the first earn second chances: after its REF bit, a block read three times
  * outlives blocks read once, which plain CLOCK would not have let it. */
 Test(store, reads_beyond_the_first_earn_second_chances)

@@ -21,7 +21,14 @@ kivi:kbits=6,vbits=5,group=32,params=u8;kivi:kbits=7,vbits=5,group=64,params=u8;
 kivi:kbits=6,vbits=5,group=32,sparse=0.2%,rope=10000,params=u8;\
 int4:sparse=1%;int4:virtual=mean;int4:rotate=hadamard,virtual=mean;int4:sparse=1%,virtual=mean;\
 int5:virtual=mean;fp8:virtual=mean;kivi:kbits=5,vbits=4,group=64,params=u8,virtual=mean;\
-kivi:kbits=6,vbits=5,group=32,params=u8,virtual=mean"
+kivi:kbits=6,vbits=5,group=32,params=u8,virtual=mean;\
+none:rank=8,learned=on,kbits=6,vbits=5;none:rank=8,learned=on,kbits=5,vbits=5;\
+none:rank=8,learned=on,kbits=5,vbits=4;none:rank=8,learned=on,kbits=4,vbits=4;\
+none:rank=8,learned=on,kbits=4,vbits=3"
+# learned= policies take a basis learned from other sequences (seed 3, never measured on),
+# with each layer's weight measured on them and keys as before RoPE (the model's base 10000)
+cseed=${CALIB_SEED:-3}
+cal=(--calibrate 16 --calibrate-seed "$cseed" --calibrate-rope 10000)
 dir=$(mktemp -d /tmp/kvcd-eval-XXXXXX)
 sock="$dir/kvcd.sock"
 ./build/kvcd --foreground --socket "$sock" --pool-size 256M 2>"$dir/kvcd.log" &
@@ -29,7 +36,7 @@ pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for i in $(seq 100); do ./build/kvcctl --socket "$sock" ping >/dev/null 2>&1 && break; sleep 0.05; done
 args=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
-      --cont "$cont" --policies "$policies")
+      --cont "$cont" --policies "$policies" "${cal[@]}")
 ./build/kvc-eval "${args[@]}" --md "$dir/table.md" --plot docs/quality.png | tee "$dir/table.txt"
 mkdir -p bench/results
 ./build/kvc-eval "${args[@]}" --json > bench/results/quality.json
@@ -65,9 +72,12 @@ none:rank=64,tensor=tucker,energy=99%;none:rank=64,tensor=tucker,energy=98%;\
 none:rank=64,tensor=tucker,energy=95%;\
 none:$snap,keep=50%,cold=8;none:$snap,keep=50%,cold=4;none:$snap,keep=25%,cold=4;\
 none:$snap,keep=50%,cold=2;$q54,$snap,keep=50%,resid=quant,cold=2;\
-none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1"
+none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minicache=1;\
+none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5;none:$snap,keep=80%,rank=8,learned=on,kbits=5,vbits=5;\
+none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8,learned=on,kbits=5,vbits=4;\
+none:$snap,keep=66%,rank=8,learned=on,kbits=5,vbits=4;none:$snap,keep=50%,rank=8,learned=on,kbits=5,vbits=5"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
-       --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel")
+       --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel" "${cal[@]}")
 ./build/kvc-eval "${sargs[@]}" --md "$dir/select.md" --plot docs/quality_select.png |
 	tee "$dir/select.txt"
 ./build/kvc-eval "${sargs[@]}" --json > bench/results/quality_select.json
@@ -77,13 +87,20 @@ sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix 
 rseed=${REPORT_SEED:-2}
 rep="none;int8;int6;kivi:kbits=7,vbits=5,group=64,params=u8;kivi:kbits=6,vbits=5,group=32,params=u8;\
 kivi:kbits=6,vbits=5,group=32,sparse=0.2%,rope=10000,params=u8;$q54;kivi:kbits=4,vbits=4,group=32;\
-$q54,virtual=mean;kivi:kbits=6,vbits=5,group=32,params=u8,virtual=mean"
+$q54,virtual=mean;kivi:kbits=6,vbits=5,group=32,params=u8,virtual=mean;\
+none:rank=8,learned=on,kbits=6,vbits=5;none:rank=8,learned=on,kbits=5,vbits=5;\
+none:rank=8,learned=on,kbits=5,vbits=4;none:rank=8,learned=on,kbits=4,vbits=4;\
+none:rank=8,learned=on,kbits=4,vbits=3"
 rsel="$q65,$snap,keep=75%;$q54,$snap,keep=75%,resid=quant;$q54,$snap,keep=50%,resid=quant;\
-none:$snap,keep=50%;none:$snap,keep=50%,cold=4;$q54,$snap,keep=50%,resid=quant,cold=2"
+none:$snap,keep=50%;none:$snap,keep=50%,cold=4;$q54,$snap,keep=50%,resid=quant,cold=2;\
+none:rank=8,learned=on,kbits=5,vbits=5;none:rank=8,learned=on,kbits=5,vbits=4;\
+none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5;none:$snap,keep=80%,rank=8,learned=on,kbits=5,vbits=5;\
+none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8,learned=on,kbits=5,vbits=4"
 rargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --seed "$rseed")
-./build/kvc-eval "${rargs[@]}" --policies "$rep" --md "$dir/report.md" | tee "$dir/report.txt"
-./build/kvc-eval "${rargs[@]}" --chunk "$prefix" --window 64 --policies "$rsel" \
+./build/kvc-eval "${rargs[@]}" --policies "$rep" "${cal[@]}" --md "$dir/report.md" |
+	tee "$dir/report.txt"
+./build/kvc-eval "${rargs[@]}" --chunk "$prefix" --window 64 --policies "$rsel" "${cal[@]}" \
 	--md "$dir/report_select.md" | tee "$dir/report_select.txt"
 # Selection at the right granularity: the prefix in chunks of 64 tokens, each chunk selecting
 # on its own (with the prefix's window); the same chunks stored raw and RECOMPRESSed as one
@@ -116,7 +133,6 @@ PY
 # Learned projections: a basis per namespace learned from other sequences (seed 3, never
 # measured on), against the per-block SVD that stores its factors in every block, in 64-token
 # chunks and in one block, on the tuning and the report sets.
-cseed=${CALIB_SEED:-3}
 learn="int8;none:rank=8,factors=int8;none:rank=8,learned=on,factors=int8;\
 none:rank=7,factors=int8;none:rank=7,learned=on,factors=int8;none:rank=7;none:rank=7,learned=on;\
 none:rank=6;none:rank=6,learned=on;none:rank=4;none:rank=4,learned=on;\
@@ -142,6 +158,60 @@ print("|---|---|---|---|---|")
 for row in zip(*[r["policies"] for r in runs]):
     cells = [f"{r['compression_ratio']:.2f}x, {r['ppl_ratio']:.3f}" if "error" not in r
              else "error: " + r["error"] for r in row]
+    print(f"| `{row[0]['policy']}` | " + " | ".join(cells) + " |")
+PY
+
+# Coded coefficients: learned=on with kbits/vbits against KIVI at about the same bytes, in
+# chunks and in one block, on both sets; then what the weights and RoPE each bring.
+coded="kivi:kbits=6,vbits=5,group=32,params=u8;$q54;kivi:kbits=4,vbits=4,group=64,params=u8;\
+kivi:kbits=4,vbits=3,group=64,params=u8;none:rank=8,learned=on,kbits=6,vbits=5;\
+none:rank=8,learned=on,kbits=5,vbits=5;none:rank=8,learned=on,kbits=5,vbits=4;\
+none:rank=8,learned=on,kbits=4,vbits=4;none:rank=8,learned=on,kbits=4,vbits=3"
+for set in tuning:1 report:$rseed; do
+	name=${set%%:*} sd=${set#*:}
+	cargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
+	       --cont "$cont" --seed "$sd" --policies "$coded" --json "${cal[@]}")
+	./build/kvc-eval "${cargs[@]}" --chunk 64 > "$dir/coded_${name}_chunk.json"
+	./build/kvc-eval "${cargs[@]}" --chunk "$prefix" > "$dir/coded_${name}_whole.json"
+done
+abl="none:rank=8,learned=on,kbits=5,vbits=5;none:rank=8,learned=on,kbits=5,vbits=4"
+for v in "1 10000" "1 0" "0 10000" "0 0"; do
+	set -- $v
+	./build/kvc-eval --socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" \
+		--prefix "$prefix" --cont "$cont" --seed "$rseed" --policies "$abl" --json \
+		--calibrate 16 --calibrate-seed "$cseed" --calibrate-weights "$1" \
+		--calibrate-rope "$2" > "$dir/abl_$1_$2.json"
+done
+/usr/bin/python3 - "$dir" > "$dir/coded.md" <<'PY'
+import json, sys
+d = sys.argv[1]
+runs = [json.load(open(f"{d}/coded_{s}_{c}.json"))
+        for s in ("tuning", "report") for c in ("chunk", "whole")]
+w = runs[0]["basis"]["weights"]
+print("Weights kvc-eval measured on the calibration sequences (mean KL per unit of noise "
+      "variance), K then V:\n")
+print("| layer | " + " | ".join(str(i) for i in range(len(w) // 2)) + " |")
+print("|---|" + "---|" * (len(w) // 2))
+print("| K | " + " | ".join(f"{x:.3g}" for x in w[0::2]) + " |")
+print("| V | " + " | ".join(f"{x:.3g}" for x in w[1::2]) + " |")
+print()
+print("| policy | tuning, 64-token chunks | tuning, one block | report, 64-token chunks "
+      "| report, one block |")
+print("|---|---|---|---|---|")
+for row in zip(*[r["policies"] for r in runs]):
+    cells = [f"{r['compression_ratio']:.2f}x, {r['ppl_ratio']:.3f} (KL {r['kl']:.4f})"
+             if "error" not in r else "error: " + r["error"] for r in row]
+    print(f"| `{row[0]['policy']}` | " + " | ".join(cells) + " |")
+print()
+print("Report set, 64-token chunks, with and without the weights and RoPE "
+      "(compression, perplexity ratio, KL):\n")
+print("| policy | weights and RoPE | weights only | RoPE only | neither |")
+print("|---|---|---|---|---|")
+abl = [json.load(open(f"{d}/abl_{v}.json"))["policies"]
+       for v in ("1_10000", "1_0", "0_10000", "0_0")]
+for row in zip(*abl):
+    cells = [f"{r['compression_ratio']:.2f}x, {r['ppl_ratio']:.3f}, {r['kl']:.4f}"
+             if "error" not in r else "error: " + r["error"] for r in row]
     print(f"| `{row[0]['policy']}` | " + " | ".join(cells) + " |")
 PY
 
@@ -266,7 +336,9 @@ What the numbers say on this model:
   merging does not pay off on this model: quantization gives 2.6x for 1.03.
 - Below 3.2x pure quantization wins; from about 3.5x on, SnapKV+Ada-KV at 75% or 50% on top of
   KIVI beats every pure quantization policy at the same memory, and above 6x nothing else
-  is usable.
+  is usable. Coded coefficients over a learned basis (below) move both: without selection
+  they beat KIVI at every ratio measured, and SnapKV+Ada-KV at 75-80% on top of them gives
+  3.7-4.1x for 1.075-1.103.
 SELTAIL
 	cat <<REP
 
@@ -335,6 +407,47 @@ What the numbers say on this model (head_dim 8):
   this model a lot; larger heads whose keys are closer to low-rank are where a learned basis
   can cut ranks cheaply.
 LEARNTAIL
+	cat <<CODED
+
+## Coded coefficients: bits where an error costs most (\`learned=on\` with \`kbits\`, \`vbits\`)
+
+Transform coding over the namespace's basis. The basis decorrelates each (layer, KV head)'s
+rows and records how much of the calibration rows' energy each direction holds; the engine
+tells CALIBRATE what an error in each layer's K and V costs it (\`kvc_calibrate_model\`,
+\`kvcctl calibrate --weights\`; here kvc-eval adds noise of a twentieth of the RMS to one
+layer's K or V over the calibration prefixes and takes the continuation's KL divergence per
+unit of noise variance) and the model's RoPE base, so that keys are learned and coded as they
+were before RoPE, each block turned back by its own positions. A block then spends kbits per
+K coefficient and vbits per V coefficient on average, K's and V's together, bit by bit where
+weight x variance x 4^-bits falls most (each bit quarters a direction's error), 0 to 8 bits
+per direction: each direction's codes over the block's tokens, on a range of two int8 points
+on a grid set by its calibration variance (clipped where that costs less error), the bits of
+each direction as a nibble in the block. The basis's bytes are not in the ratios.
+
+CODED
+	cat "$dir/coded.md"
+	cat <<'CODEDTAIL'
+What the numbers say on this model:
+- At equal bytes the coded coefficients beat KIVI by a wide margin: in 64-token chunks 3.22x
+  for a perplexity ratio of 1.062 (tuning) and 1.069 (report) against KIVI 5/4's 3.23x for
+  1.168 and 1.181; 4.03x for 1.246-1.256 against KIVI 4/3's 1.84-1.94. At 2.68x they reach
+  1.016-1.019, where KIVI 6/5 gives 1.033-1.035 at 2.63x.
+- The engine's weights carry most of it. This model's first layers cost far more per unit of
+  error (layer 0's V 39 against layer 4's 0.25), so spreading the bits by them halves the KL
+  of the same bytes (report, 5/4: 0.060 with weights against 0.171 without, RoPE kept in
+  both); learning and coding the keys as before RoPE adds a little more (0.060 against 0.072,
+  weights kept in both).
+- One block holding the whole 256-token prefix pays less for the ranges (3.10x against 2.92x
+  at 5/5) but codes each direction over all its tokens on one range: per byte it is a little
+  worse than 64-token chunks at 4.5 bits and about the same at 5 (report: 3.10x for 1.038).
+- Composed with SnapKV+Ada-KV over the whole prefix (the selection table), keeping 75% and
+  coding at 5/5 gives 4.09x for 1.103 on the tuning set and 4.08x for 1.092 on the report set,
+  where the best at 4x or more was 1.44 (4.23x, tuning) and 1.57 (5.42x, report), and KIVI
+  5/4 with SnapKV at 75% gives 3.67x for 1.165-1.196.
+- Issue targets on the report set: 1.03 at 3x is not reached (the best at 3x or more is
+  1.038 at 3.10x, one block; 1.069 at 3.22x in chunks); 1.10 at 4x is reached (1.092 at
+  4.08x), by a margin within what the tuning set's 1.103 shows these figures move by.
+CODEDTAIL
 } > docs/quality.md
 echo "wrote docs/quality.md, docs/quality.png, docs/quality_select.png," \
      "bench/results/quality.json, bench/results/quality_select.json"

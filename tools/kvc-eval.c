@@ -733,11 +733,15 @@ int main(int argc, char **argv)
 		printf("{\"model\": \"%s\", \"seqs\": %d, \"prefix\": %d, \"cont\": %d, \"chunk\": %d, "
 		       "\"temp\": %g, \"seed\": %lu, \"base_nll\": %.6f, ",
 		       opt.model, n, opt.prefix, opt.cont, opt.chunk, opt.temp, opt.seed, base_nll);
-		if (basis_version) /* learned= policies' ratios leave it out: it is per namespace */
+		if (basis_version) { /* learned= policies' ratios leave it out: it is per namespace */
 			printf("\"basis\": {\"bytes\": %llu, \"calibration_seqs\": %d, \"seed\": %lu, "
-			       "\"energy_pct\": %d}, ",
+			       "\"energy_pct\": %d, \"rope\": %d, \"weights\": [",
 			       (unsigned long long)basis_bytes, opt.calibrate, opt.cal_seed,
-			       opt.cal_energy);
+			       opt.cal_energy, opt.cal_rope);
+			for (int i = 0; opt.cal_weights && i < 2 * m.c.layers; i++)
+				printf("%s%.4g", i ? ", " : "", cal_weight[i]);
+			printf("]}, ");
+		}
 		printf("\"policies\": [");
 		for (int i = 0; i < np; i++) {
 			printf("%s\n  {\"policy\": \"%s\"", i ? "," : "", res[i].policy);
@@ -803,7 +807,7 @@ int main(int argc, char **argv)
 		fprintf(f,
 			"\nFrontier: at each compression, the policy with the lowest perplexity "
 			"ratio among those that compress at least as much, without and with token "
-			"selection.\n\n| at least | quantization only | ratio | perplexity ratio | "
+			"selection.\n\n| at least | without selection | ratio | perplexity ratio | "
 			"with selection | ratio | perplexity ratio |\n|---|---|---|---|---|---|---|\n");
 		static const double at[] = { 1.5, 2, 2.5, 3, 3.2, 4, 5, 6, 8, 10, 12, 16 };
 

@@ -946,20 +946,24 @@ uint64_t kvcd_lr_coded_bytes(uint32_t n, uint32_t r, const uint32_t *bits)
 	return 1 + 2ull * r + (codes + 7) / 8;
 }
 
-/* @b bits of @v at bit @at of @o (zeroed before), least significant bit first. */
+/* @b (at most 8) bits of @v at bit @at of @o (zeroed before), least significant bit first:
+ * they span at most two bytes. */
 static void put_code(uint8_t *o, uint64_t at, uint32_t v, uint32_t b)
 {
-	for (uint32_t i = 0; i < b; i++, at++)
-		o[at / 8] |= (uint8_t)(((v >> i) & 1u) << (at % 8));
+	uint32_t sh = (uint32_t)(at % 8);
+
+	o[at / 8] |= (uint8_t)(v << sh);
+	if (sh + b > 8)
+		o[at / 8 + 1] |= (uint8_t)(v >> (8 - sh));
 }
 
 static uint32_t get_code(const uint8_t *in, uint64_t at, uint32_t b)
 {
-	uint32_t v = 0;
+	uint32_t sh = (uint32_t)(at % 8), v = in[at / 8] >> sh;
 
-	for (uint32_t i = 0; i < b; i++, at++)
-		v |= (uint32_t)((in[at / 8] >> (at % 8)) & 1u) << i;
-	return v;
+	if (sh + b > 8) /* the second byte only when the code reaches it: it may be the last */
+		v |= (uint32_t)in[at / 8 + 1] << (8 - sh);
+	return v & ((1u << b) - 1);
 }
 
 /* The grid a direction's range is written on: a sixteenth of its calibration RMS @var's root,
@@ -1110,7 +1114,8 @@ void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint
 				     : 0.0f;
 
 		for (uint32_t i = 0; i < n; i++) {
-			a[(size_t)i * r + j] = lo + step * (float)get_code(codes, at, bits[j]);
+			a[(size_t)i * r + j] =
+				lo + (bits[j] ? step * (float)get_code(codes, at, bits[j]) : 0.0f);
 			at += bits[j];
 		}
 	}
