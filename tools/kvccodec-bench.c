@@ -35,6 +35,105 @@ struct codec_args {
 	unsigned long iters;
 };
 
+/* The rows of a sparse FETCH form that kept every token (@o) back in the engine's layout, f32,
+ * into @x. */
+static void dense_rows(const uint8_t *o, const struct kvcp_layout *l, float *x)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads, t = l->tokens, d = l->head_dim;
+	struct kvcp_sparse h;
+	const uint16_t *rows;
+
+	memcpy(&h, o, sizeof(h));
+	rows = (const uint16_t *)(o + sizeof(h) + lh * 4 + (size_t)h.total * 8);
+	for (size_t u = 0; u < lh; u++)
+		for (int kv = 0; kv < 2; kv++)
+			for (size_t i = 0; i < t; i++)
+				kvcd_to_f32(KVCD_ISA_SCALAR, KVCP_F16,
+					    rows + ((u * 2 + (size_t)kv) * t + i) * d,
+					    x + ((((u / l->kv_heads) * 2 + (size_t)kv) * t + i) *
+							 l->kv_heads +
+						 u % l->kv_heads) *
+							    d,
+					    d);
+}
+
+/* A learned= policy: the basis learned from the block itself (every direction, engine weights
+ * 1, no RoPE), plan and write timed as the encode, decode with the basis, into the sparse
+ * form. */
+static int bench_learned(const struct kvcd_policy *p, const char *canon, enum kvcd_isa isa,
+			 const struct kvcp_layout *l, const void *raw, unsigned long iters,
+			 double mc, int json)
+{
+	uint64_t n = kvcp_layout_bytes(l), blen = 0, t0, te = 0, td = 0, e = 0, out;
+	const void *srcs[1] = { raw };
+	struct kvcd_aux aux = { 0 };
+	struct kvcd_plan plan;
+	struct kvcp_layout back;
+	size_t cnt = n / 2;
+	float *x = malloc(cnt * 4), *y = malloc(cnt * 4);
+	void *basis = NULL, *enc = NULL, *dec = NULL;
+	int err = x && y ? 0 : -ENOMEM;
+
+	if (!err)
+		err = kvcd_basis_learn(isa, 1, l, srcs, 100, NULL, 1, &basis, &blen);
+	if (!err) {
+		kvcd_basis_seal(basis, 1);
+		aux.basis = basis;
+		aux.basis_len = blen;
+	}
+	for (unsigned long i = 0; i <= iters && !err; i++) { /* the first is the warm-up */
+		t0 = now_ns();
+		err = kvcd_codec_plan(isa, p, l, 256, raw, NULL, &aux, &plan);
+		if (!err && !enc) {
+			e = plan.stored;
+			enc = malloc(e);
+			err = enc ? 0 : -ENOMEM;
+		}
+		if (!err)
+			err = kvcd_codec_write(isa, &plan, raw, NULL, &aux, enc);
+		kvcd_plan_fini(&plan);
+		te += i ? now_ns() - t0 : 0;
+		out = err ? 0 : kvcd_codec_out_size(enc, e);
+		if (!err && !dec)
+			err = (dec = malloc(out)) ? 0 : -ENOMEM;
+		t0 = now_ns();
+		if (!err)
+			err = kvcd_codec_decode_with(isa, enc, e, basis, blen, dec, out, &back);
+		td += i ? now_ns() - t0 : 0;
+	}
+	if (err) {
+		fprintf(stderr, "kvccodec-bench: codec '%s' failed: %s\n", canon, strerror(-err));
+		err = 1;
+		goto out;
+	}
+	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, raw, x, cnt);
+	dense_rows(dec, l, y);
+	struct kvcd_quality q = kvcd_quality_of(x, y, cnt);
+	double eg = (double)n * iters / te, dg = (double)n * iters / td;
+
+	if (json)
+		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
+		       "\"bytes_stored\": %llu, \"basis_bytes\": %llu, \"ratio\": %.3f, "
+		       "\"encode_gbps\": %.3f, \"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
+		       "\"encode_vs_memcpy\": %.3f, \"decode_vs_memcpy\": %.3f, "
+		       "\"rel_frob\": %.6f, \"cosine\": %.6f}\n",
+		       canon, kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
+		       (unsigned long long)blen, (double)n / e, eg, dg, mc, eg / mc, dg / mc,
+		       q.rel_frob, q.cosine);
+	else
+		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
+		       "memcpy %6.2f  err %.4f (basis %llu bytes)\n",
+		       canon, kvcd_isa_name(isa), (double)n / e, eg, 100 * eg / mc, dg,
+		       100 * dg / mc, mc, q.rel_frob, (unsigned long long)blen);
+out:
+	free(basis);
+	free(enc);
+	free(dec);
+	free(x);
+	free(y);
+	return err;
+}
+
 static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp_layout *l,
 			   const void *raw, unsigned long iters, double mc, int json)
 {
@@ -57,6 +156,10 @@ static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp
 		goto out;
 	}
 	kvcd_policy_format(&p, canon, sizeof(canon));
+	if (kvcd_policy_learned(&p)) {
+		err = bench_learned(&p, canon, isa, l, raw, iters, mc, json);
+		goto out;
+	}
 	e = kvcd_codec_size(&p, l, false, 256);
 	if (!e) {
 		fprintf(stderr, "kvccodec-bench: policy '%s' does not fit the layout\n", pol);

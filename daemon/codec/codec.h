@@ -129,8 +129,9 @@ int kvcd_codec_decode(enum kvcd_isa isa, const void *src, uint64_t n, void *dst,
 		      struct kvcp_layout *l);
 
 /* kvcd_codec_decode for any block, those of learned= too: @basis (@basis_len bytes, checked
- * with kvcd_basis_check) is the one kvcd_codec_basis_of names, or NULL. A learned block
- * without its basis, or with another, gives -ENOKEY. */
+ * with kvcd_basis_check once by the caller: here only its shape is) is the one
+ * kvcd_codec_basis_of names, or NULL. A learned block without its basis, or with another,
+ * gives -ENOKEY. */
 int kvcd_codec_decode_with(enum kvcd_isa isa, const void *src, uint64_t n, const void *basis,
 			   uint64_t basis_len, void *dst, uint64_t cap, struct kvcp_layout *l);
 

@@ -119,6 +119,10 @@ void kvcd_lr_get(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, 
 /* learned=: a basis's ranks (K then V of each (layer, head)) and the rows of unit @u's K
  * (@kv 0) or V (1), from a basis kvcd_basis_check accepted. */
 const uint8_t *kvcd_basis_ranks(const void *b);
+/* kvcd_basis_check without reading the values: what a codec needs of a basis that was checked
+ * whole once (at CALIBRATE, or when kvcd found it in its pools), so that a STORE or FETCH does
+ * not read every float of it. 0 or -EBADMSG. */
+int kvcd_basis_shape_ok(const void *b, uint64_t len);
 const float *kvcd_basis_rows(const void *b, size_t u, int kv);
 /* learned=: bytes of @n rows' rank-@r coefficients (engine dtype, or factors=int8: int8 rows
  * and an f32 scale each); the coefficients of @x ([n][d]) over the basis rows @bt ([r][d])

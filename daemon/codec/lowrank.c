@@ -47,6 +47,11 @@ static ssyrk_fn ssyrk;
 /* LAPACKE's symmetric eigensolver, for the Gram matrices (NULL: their SVD instead) */
 typedef lapack_int (*ssyevd_fn)(int, char, char, lapack_int, float *, lapack_int, float *);
 static ssyevd_fn ssyevd;
+/* CBLAS's sgemm (RowMajor 101, NoTrans 111, Trans 112): learned='s projections, which a plain
+ * loop does two orders of magnitude slower; NULL: that loop */
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
+			 int, float, float *, int);
+static sgemm_fn sgemm;
 
 static void lapack_load(void)
 {
@@ -57,6 +62,7 @@ static void lapack_load(void)
 		return;
 	sgesdd = (sgesdd_fn)dlsym(h, "LAPACKE_sgesdd");
 	ssyrk = (ssyrk_fn)dlsym(h, "cblas_ssyrk");
+	sgemm = (sgemm_fn)dlsym(h, "cblas_sgemm");
 	ssyevd = (ssyevd_fn)dlsym(h, "LAPACKE_ssyevd");
 	threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
 	if (threads)
@@ -191,12 +197,52 @@ void kvcd_lr_unrope(float *x, uint32_t n, uint32_t d, uint32_t rope, uint32_t po
 
 /* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, one row at a time through
  * @row (d floats), each rotated by RoPE of frequencies @inv (NULL: none) at @pos + @tok[i]. */
+static int lapack_ready(void);
+
+/* @c ([n][r]) = @x ([n][d]) times the transpose of @bt ([r][d]): each row's coefficients over
+ * the basis rows. */
+static void project(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt, float *c)
+{
+	lapack_ready();
+	if (sgemm && n && r) {
+		sgemm(101, 111, 112, (int)n, (int)r, (int)d, 1.0f, x, (int)d, bt, (int)d, 0.0f, c,
+		      (int)r);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < r; j++) {
+			const float *row = x + (size_t)i * d, *v = bt + (size_t)j * d;
+			float s = 0;
+
+			for (uint32_t k = 0; k < d; k++)
+				s += row[k] * v[k];
+			c[(size_t)i * r + j] = s;
+		}
+}
+
 static void rows_times_rope(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n,
 			    uint32_t r, const float *b, uint32_t d, const double *inv, uint32_t pos,
 			    const uint32_t *tok, float *row, uint8_t *out)
 {
 	size_t es = kvcp_dtype_size(dtype);
+	float *all = NULL;
 
+	lapack_ready();
+	if (sgemm && n && r && (size_t)n * d <= (1u << 24))
+		all = malloc((size_t)n * d * 4);
+	if (all) { /* every row at once, then each turned and converted */
+		sgemm(101, 111, 111, (int)n, (int)d, (int)r, 1.0f, a, (int)r, b, (int)d, 0.0f, all,
+		      (int)d);
+		for (uint32_t i = 0; i < n; i++) {
+			float *x = all + (size_t)i * d;
+
+			if (inv)
+				rope_row(x, d, (double)pos + (tok ? tok[i] : i), inv, 1.0);
+			kvcd_from_f32(isa, dtype, x, out + (size_t)i * d * es, d);
+		}
+		free(all);
+		return;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		memset(row, 0, (size_t)d * 4);
 		for (uint32_t j = 0; j < r; j++)
@@ -564,13 +610,10 @@ float kvcd_basis_weight(const void *b, uint32_t layer, int kv)
 	return w ? w[2 * (size_t)layer + (size_t)kv] : 1.0f;
 }
 
-int kvcd_basis_check(const void *b, uint64_t len)
+int kvcd_basis_shape_ok(const void *b, uint64_t len)
 {
 	struct kvcd_basis_hdr h;
-	uint64_t rows;
 	const uint8_t *rk;
-	const float *x;
-	uint32_t pad;
 
 	if (len < sizeof(h))
 		return -EBADMSG;
@@ -583,9 +626,23 @@ int kvcd_basis_check(const void *b, uint64_t len)
 	for (size_t i = 0; i < 2 * basis_lh(&h); i++)
 		if (!rk[i] || rk[i] > h.head_dim)
 			return -EBADMSG;
-	rows = basis_nrows(&h, rk);
-	if (len != basis_rows_at(&h) + rows * h.head_dim * 4 + basis_tail_bytes(&h, rows))
+	return len == basis_rows_at(&h) + basis_nrows(&h, rk) * h.head_dim * 4 +
+				       basis_tail_bytes(&h, basis_nrows(&h, rk))
+		       ? 0
+		       : -EBADMSG;
+}
+
+int kvcd_basis_check(const void *b, uint64_t len)
+{
+	struct kvcd_basis_hdr h;
+	uint64_t rows;
+	const float *x;
+	uint32_t pad;
+
+	if (kvcd_basis_shape_ok(b, len))
 		return -EBADMSG;
+	memcpy(&h, b, sizeof(h));
+	rows = basis_nrows(&h, kvcd_basis_ranks(b));
 	x = (const float *)((const uint8_t *)b + basis_rows_at(&h));
 	for (uint64_t i = 0; i < rows * h.head_dim; i++)
 		if (!isfinite(x[i]))
@@ -800,15 +857,7 @@ uint64_t kvcd_lr_coef_bytes(const struct kvcd_policy *p, uint8_t dtype, uint32_t
 void kvcd_lr_coef_put(enum kvcd_isa isa, const struct kvcd_policy *p, uint8_t dtype, const float *x,
 		      uint32_t n, uint32_t d, uint32_t r, const float *bt, float *c, uint8_t *o)
 {
-	for (uint32_t i = 0; i < n; i++)
-		for (uint32_t j = 0; j < r; j++) {
-			const float *row = x + (size_t)i * d, *v = bt + (size_t)j * d;
-			float s = 0;
-
-			for (uint32_t k = 0; k < d; k++)
-				s += row[k] * v[k];
-			c[(size_t)i * r + j] = s;
-		}
+	project(x, n, d, r, bt, c);
 	if (p->lowrank & KVCD_LOWRANK_INT8)
 		rows_to_i8(c, n, r, (int8_t *)o, o + (size_t)n * r);
 	else
@@ -987,25 +1036,45 @@ static float top_var(const float *var, uint32_t r)
 }
 
 /* Squared error of @n values @c (@r apart) coded with @bits on the range [@a, @b] x @g. */
+/* The code of @v on levels @lo + k / @inv, k = 0..@top: clamped first, so that a plain
+ * conversion rounds it (no libm call per value). */
+static inline float code_of(float v, float lo, float inv, float top)
+{
+	float x = (v - lo) * inv;
+
+	x = x > 0 ? x : 0; /* NaN too */
+	x = x < top ? x : top;
+	return (float)(int)(x + 0.5f);
+}
+
 static double coded_err(const float *c, uint32_t n, uint32_t r, long a, long b, double g,
 			uint32_t bits)
 {
-	double lo = a * g, step = (double)(b - a) * g / (double)((1u << bits) - 1), e = 0;
-	double top = (double)((1u << bits) - 1);
+	float lo = (float)(a * g), top = (float)((1u << bits) - 1);
+	float step = (float)((double)(b - a) * g) / top, inv = step > 0 ? 1.0f / step : 0.0f;
+	float e0 = 0, e1 = 0; /* two sums: a shorter chain of dependent adds */
+	uint32_t i = 0;
 
-	for (uint32_t i = 0; i < n; i++) {
-		double v = c[(size_t)i * r], q = step > 0 ? round((v - lo) / step) : 0;
+	for (; i + 2 <= n; i += 2) {
+		float v0 = c[(size_t)i * r], q0 = code_of(v0, lo, inv, top);
+		float v1 = c[(size_t)(i + 1) * r], q1 = code_of(v1, lo, inv, top);
 
-		q = q < 0 ? 0 : q > top ? top : q;
-		e += (lo + q * step - v) * (lo + q * step - v);
+		e0 += (lo + q0 * step - v0) * (lo + q0 * step - v0);
+		e1 += (lo + q1 * step - v1) * (lo + q1 * step - v1);
 	}
-	return e;
+	if (i < n) {
+		float v = c[(size_t)i * r], q = code_of(v, lo, inv, top);
+
+		e0 += (lo + q * step - v) * (lo + q * step - v);
+	}
+	return (double)e0 + e1;
 }
 
 /* The range of @n values @c (@r apart, from @lo to @hi) on grid @g for @bits: the whole
  * range, or one clipped towards its middle where that costs less squared error (the few
- * values beyond it lose more than every other value gains from the finer step: with few
- * bits, clipping pays), into [*@a, *@b], int8 grid points. */
+ * values beyond it lose less than every other value gains from the finer step: with few
+ * bits, clipping pays), into [*@a, *@b], int8 grid points. The clips are tried from the least
+ * on, up to the first that costs more than the one before. */
 static void coded_range(const float *c, uint32_t n, uint32_t r, float lo, float hi, double g,
 			uint32_t bits, long *a, long *b)
 {
@@ -1020,11 +1089,11 @@ static void coded_range(const float *c, uint32_t n, uint32_t r, float lo, float 
 		x = x < -128 ? -128 : x > 127 ? 127 : x;
 		y = y < -128 ? -128 : y > 127 ? 127 : y;
 		e = coded_err(c, n, r, x, y, g, bits);
-		if (e < best) {
-			best = e;
-			*a = x;
-			*b = y;
-		}
+		if (e >= best)
+			break; /* past the least error: it only grows with more clipping */
+		best = e;
+		*a = x;
+		*b = y;
 	}
 }
 
@@ -1032,31 +1101,25 @@ int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const 
 		      const float *var, const uint32_t *bits, float *c, uint8_t *o)
 {
 	uint8_t *codes = o + 1 + 2ull * r;
-	float top = top_var(var, r);
+	float top = top_var(var, r), amax[255];
 	uint64_t at = 0;
 	uint32_t s = 0;
 
+	project(x, n, d, r, bt, c);
+	/* the unit's grid: the finest on which every direction's range fits in int8 */
+	memset(amax, 0, sizeof(amax));
 	for (uint32_t i = 0; i < n; i++)
 		for (uint32_t j = 0; j < r; j++) {
-			const float *row = x + (size_t)i * d, *v = bt + (size_t)j * d;
-			float sum = 0;
+			float v = fabsf(c[(size_t)i * r + j]);
 
-			for (uint32_t k = 0; k < d; k++)
-				sum += row[k] * v[k];
-			c[(size_t)i * r + j] = sum;
-		}
-	/* the unit's grid: the finest on which every direction's range fits in int8 */
-	for (uint32_t j = 0; j < r; j++)
-		for (uint32_t i = 0; i < n; i++) {
-			double a = fabs((double)c[(size_t)i * r + j]);
-
-			if (!isfinite(a))
+			if (!isfinite(v))
 				return -ERANGE;
-			while (a > 127.0 * coded_grid(var[j], top, s)) {
-				if (++s > 255)
-					return -ERANGE; /* a grid beyond this byte's reach */
-			}
+			amax[j] = v > amax[j] ? v : amax[j];
 		}
+	for (uint32_t j = 0; j < r; j++)
+		while ((double)amax[j] > 127.0 * coded_grid(var[j], top, s))
+			if (++s > 255)
+				return -ERANGE; /* a grid beyond this byte's reach */
 	o[0] = (uint8_t)s;
 	memset(codes, 0, kvcd_lr_coded_bytes(n, r, bits) - 1 - 2ull * r);
 	for (uint32_t j = 0; j < r; j++) {
@@ -1084,13 +1147,10 @@ int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const 
 		step = bits[j] ? (float)((b - a) * g) / (float)((1u << bits[j]) - 1) : 0.0f;
 		top_code = (float)((1u << bits[j]) - 1);
 		for (uint32_t i = 0; i < n && bits[j]; i++) {
-			float q = step > 0 ? roundf((c[(size_t)i * r + j] - lo) / step) : 0.0f;
+			float q = code_of(c[(size_t)i * r + j], lo, step > 0 ? 1.0f / step : 0.0f,
+					  top_code);
 
-			put_code(codes, at,
-				 (uint32_t)(q < 0	   ? 0
-					    : q > top_code ? top_code
-							   : q),
-				 bits[j]);
+			put_code(codes, at, (uint32_t)q, bits[j]);
 			at += bits[j];
 		}
 	}

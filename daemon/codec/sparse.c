@@ -109,7 +109,7 @@ static const void *basis_for(const struct kvcp_layout *l, const struct kvcd_aux 
 {
 	struct kvcd_basis_hdr h;
 
-	if (!aux || !aux->basis || kvcd_basis_check(aux->basis, aux->basis_len))
+	if (!aux || !aux->basis || kvcd_basis_shape_ok(aux->basis, aux->basis_len))
 		return NULL;
 	memcpy(&h, aux->basis, sizeof(h));
 	return h.layers == l->layers && h.kv_heads == l->kv_heads && h.head_dim == l->head_dim
@@ -1079,7 +1079,7 @@ static bool basis_fits(const struct kvcd_codec_hdr *h, const void *src, const ui
 	struct kvcd_basis_hdr bh;
 	uint64_t id;
 
-	if (!b || kvcd_basis_check(b, len))
+	if (!b || kvcd_basis_shape_ok(b, len))
 		return false;
 	memcpy(&bh, b, sizeof(bh));
 	memcpy(&id, (const uint8_t *)src + sizeof(*h) + lh * 4, 8);
