@@ -1228,6 +1228,18 @@ Test(sparse, learned_basis_decodes_unseen_blocks_from_coefficients)
 	free(basis);
 }
 
+/* The relative error of @b's round trip under @s at position @pos, and its size in last_bytes. */
+static double roundtrip_err(struct blk *b, const char *s, uint32_t pos)
+{
+	struct view v;
+	double k00, e;
+	void *dec = roundtrip(b, s, pos, &v);
+
+	e = rel_err(b, &v, &k00);
+	free(dec);
+	return e;
+}
+
 /* learned=on with kbits/vbits: the directions' bits follow the engine's weights and the
  * calibration's variances, add up to the budget (K's and V's together), and more bits give
  * less error; a corrupt bit count is refused, and a basis without variances serves the plain
@@ -1242,8 +1254,7 @@ Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
 	size_t lh = LY * H;
 	void *basis;
 	uint64_t len;
-	struct view v;
-	double k00, err[3];
+	double err[3];
 
 	for (int i = 0; i < 2 * LY; i++)
 		weight[i] = 1.0f;
@@ -1290,8 +1301,7 @@ Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
 	uint64_t bytes[3];
 
 	for (int i = 0; i < 3; i++) {
-		free(roundtrip(&b, ps[i], 0, &v));
-		err[i] = rel_err(&b, &v, &k00);
+		err[i] = roundtrip_err(&b, ps[i], 0);
 		bytes[i] = last_bytes;
 	}
 	cr_assert_lt(err[1], err[0] / 3, "%g %g", err[1], err[0]);
@@ -1342,8 +1352,7 @@ Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
 	cr_assert_eq(kvcd_basis_check(basis, v1), 0);
 	b.aux.basis_len = v1;
 	cr_assert_eq(kvcd_sel_plan(KVCD_ISA_SCALAR, &q, &LAY, 0, b.x, &b.aux, counts), -ENOKEY);
-	free(roundtrip(&b, "none:rank=8,learned=on", 0, &v));
-	cr_assert_lt(rel_err(&b, &v, &k00), 1e-3);
+	cr_assert_lt(roundtrip_err(&b, "none:rank=8,learned=on", 0), 1e-3);
 	/* weights must be positive */
 	weight[1] = 0;
 	free(basis);
@@ -1375,9 +1384,8 @@ Test(sparse, coded_keys_are_projected_as_before_rope)
 	uint64_t at[2] = { 0, T }, len;
 	struct kvcd_cal_opts o = { .rope = 10000, .pos = at };
 	const char *ps = "none:rank=2,learned=on,kbits=8,vbits=8";
-	double e_rope, e_plain, k00;
+	double e_rope, e_plain;
 	void *basis;
-	struct view v;
 
 	for (size_t i = 0; i < sizeof(sub) / 4; i++)
 		sub[i] = nrand();
@@ -1399,20 +1407,16 @@ Test(sparse, coded_keys_are_projected_as_before_rope)
 				for (uint32_t h = 0; h < H; h++)
 					rope_fwd(row(x, ly, 0, t, h), p0 + t, 10000);
 	}
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, &o, 1, &basis, &len), 0);
-	kvcd_basis_seal(basis, 1);
-	b.aux.basis = basis;
-	b.aux.basis_len = len;
-	free(roundtrip(&b, ps, 3 * T, &v));
-	e_rope = rel_err(&b, &v, &k00);
-	free(basis);
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, NULL, 1, &basis, &len), 0);
-	kvcd_basis_seal(basis, 1);
-	b.aux.basis = basis;
-	b.aux.basis_len = len;
-	free(roundtrip(&b, ps, 3 * T, &v));
-	e_plain = rel_err(&b, &v, &k00);
-	free(basis);
+	for (int i = 0; i < 2; i++) { /* with RoPE, then without */
+		cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, i ? NULL : &o, 1,
+					      &basis, &len),
+			     0);
+		kvcd_basis_seal(basis, 1);
+		b.aux.basis = basis;
+		b.aux.basis_len = len;
+		*(i ? &e_plain : &e_rope) = roundtrip_err(&b, ps, 3 * T);
+		free(basis);
+	}
 	cr_assert_lt(e_rope, 0.01, "two directions hold the keys before RoPE: %g", e_rope);
 	cr_assert_gt(e_plain, 0.1, "and not after it: %g", e_plain);
 }

@@ -35,6 +35,32 @@ struct codec_args {
 	unsigned long iters;
 };
 
+/* One policy's line (or JSON object): @n bytes in, @e stored (and a learned= policy's @blen
+ * bytes of basis, not counted), encode and decode GB/s against memcpy's @mc, the error. */
+static void report(const char *canon, enum kvcd_isa isa, uint64_t n, uint64_t e, uint64_t blen,
+		   double eg, double dg, double mc, struct kvcd_quality q, int json)
+{
+	if (json) {
+		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
+		       "\"bytes_stored\": %llu, ",
+		       canon, kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e);
+		if (blen)
+			printf("\"basis_bytes\": %llu, ", (unsigned long long)blen);
+		printf("\"ratio\": %.3f, \"encode_gbps\": %.3f, \"decode_gbps\": %.3f, "
+		       "\"memcpy_gbps\": %.3f, \"encode_vs_memcpy\": %.3f, \"decode_vs_memcpy\": %.3f, "
+		       "\"rel_frob\": %.6f, \"cosine\": %.6f}\n",
+		       (double)n / e, eg, dg, mc, eg / mc, dg / mc, q.rel_frob, q.cosine);
+		return;
+	}
+	printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
+	       "memcpy %6.2f  err %.4f",
+	       canon, kvcd_isa_name(isa), (double)n / e, eg, 100 * eg / mc, dg, 100 * dg / mc, mc,
+	       q.rel_frob);
+	if (blen)
+		printf(" (basis %llu bytes)", (unsigned long long)blen);
+	printf("\n");
+}
+
 /* The rows of a sparse FETCH form that kept every token (@o) back in the engine's layout, f32,
  * into @x. */
 static void dense_rows(const uint8_t *o, const struct kvcp_layout *l, float *x)
@@ -108,23 +134,8 @@ static int bench_learned(const struct kvcd_policy *p, const char *canon, enum kv
 	}
 	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, raw, x, cnt);
 	dense_rows(dec, l, y);
-	struct kvcd_quality q = kvcd_quality_of(x, y, cnt);
-	double eg = (double)n * iters / te, dg = (double)n * iters / td;
-
-	if (json)
-		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
-		       "\"bytes_stored\": %llu, \"basis_bytes\": %llu, \"ratio\": %.3f, "
-		       "\"encode_gbps\": %.3f, \"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-		       "\"encode_vs_memcpy\": %.3f, \"decode_vs_memcpy\": %.3f, "
-		       "\"rel_frob\": %.6f, \"cosine\": %.6f}\n",
-		       canon, kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
-		       (unsigned long long)blen, (double)n / e, eg, dg, mc, eg / mc, dg / mc,
-		       q.rel_frob, q.cosine);
-	else
-		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
-		       "memcpy %6.2f  err %.4f (basis %llu bytes)\n",
-		       canon, kvcd_isa_name(isa), (double)n / e, eg, 100 * eg / mc, dg,
-		       100 * dg / mc, mc, q.rel_frob, (unsigned long long)blen);
+	report(canon, isa, n, e, blen, (double)n * iters / te, (double)n * iters / td, mc,
+	       kvcd_quality_of(x, y, cnt), json);
 out:
 	free(basis);
 	free(enc);
@@ -190,21 +201,8 @@ static int bench_one_codec(const char *pol, enum kvcd_isa isa, const struct kvcp
 	}
 	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, raw, x, cnt);
 	kvcd_to_f32(KVCD_ISA_SCALAR, l->dtype, dec, y, cnt);
-	struct kvcd_quality q = kvcd_quality_of(x, y, cnt);
-	double eg = (double)n * iters / te, dg = (double)n * iters / td;
-
-	if (json)
-		printf("{\"policy\": \"%s\", \"isa\": \"%s\", \"bytes_in\": %llu, "
-		       "\"bytes_stored\": %llu, \"ratio\": %.3f, \"encode_gbps\": %.3f, "
-		       "\"decode_gbps\": %.3f, \"memcpy_gbps\": %.3f, \"encode_vs_memcpy\": %.3f, "
-		       "\"decode_vs_memcpy\": %.3f, \"rel_frob\": %.6f, \"cosine\": %.6f}\n",
-		       canon, kvcd_isa_name(isa), (unsigned long long)n, (unsigned long long)e,
-		       (double)n / e, eg, dg, mc, eg / mc, dg / mc, q.rel_frob, q.cosine);
-	else
-		printf("%-44s %-7s %6.2fx  encode %6.2f GB/s (%3.0f%%)  decode %6.2f GB/s (%3.0f%%)  "
-		       "memcpy %6.2f  err %.4f\n",
-		       canon, kvcd_isa_name(isa), (double)n / e, eg, 100 * eg / mc, dg,
-		       100 * dg / mc, mc, q.rel_frob);
+	report(canon, isa, n, e, 0, (double)n * iters / te, (double)n * iters / td, mc,
+	       kvcd_quality_of(x, y, cnt), json);
 out:
 	free(enc);
 	free(dec);
