@@ -153,6 +153,16 @@ if [ "$(j '.runs // empty | length' $r/contention.json 2>/dev/null)" ]; then
 	target "contention: 2 MiB STORE+FETCH, kvcd (adaptive client) / socket server ≥ 1" 1 ge \
 		$(runs_of '.runs[].throughput_adaptive.ratio_vs_socket' $r/contention.json)
 fi
+# codecs at memory speed: each codec's slower direction on its fastest ISA, against memcpy
+if [ -f $r/codec.json ]; then
+	for c in "int:bits=8,group=64 0.4 int8" "int:bits=4,group=64 0.4 int4" \
+		"fp8:group=0 0.3 fp8" "kivi:kbits=4,vbits=4,group=32 0.3 KIVI-4"; do
+		set -- $c
+		target "codec $3: encode and decode / memcpy ≥ $2 (the slower, best ISA)" "$2" ge \
+			$(j --arg p "$1" '[.[] | select(.policy == $p) |
+				[.encode_vs_memcpy, .decode_vs_memcpy] | min] | max' $r/codec.json)
+	done
+fi
 if [ -f $r/workload.json ]; then
 	target "workload: kvcd's token hit rate ≥ LRU's ($(j .lru.hit_rate $r/workload.json))" \
 		"$(j .lru.hit_rate $r/workload.json)" ge \
