@@ -139,5 +139,21 @@ int main(int argc, char **argv)
 	r.e[2].flags = KVCP_SQE_F_SCRATCH;
 	r.e[2].len = sizeof(struct kvcp_stats);
 	put("request", "policy_stats", &r, sizeof(r));
+	/* CALIBRATE descriptions kvcd must refuse before it starts learning: a wrong magic, an
+	 * odd offset, a length that is not the weights' */
+	struct kvcp_calibrate cal = { .magic = KVCP_CALIBRATE_MAGIC ^ 1, .layers = 1 };
+
+	memset(&r, 0, sizeof(r));
+	r.count = 2;
+	for (int i = 0; i < 3; i++) {
+		r.e[i].opcode = KVCP_OP_CALIBRATE;
+		r.e[i].user_data = (uint64_t)i + 1;
+		r.e[i].arg = KVCP_CALIBRATE_ARG(0, 99);
+		r.e[i].len = sizeof(cal) + 8;
+	}
+	r.e[1].off = 2;
+	r.e[2].len = sizeof(cal) + 4;
+	memcpy(r.staging, &cal, sizeof(cal));
+	put("request", "calibrate_refused", &r, sizeof(r));
 	return 0;
 }
