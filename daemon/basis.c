@@ -13,6 +13,7 @@
  * sessions meanwhile.
  */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -349,11 +350,10 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, const c
 	pthread_t th;
 	int err;
 
-	if (!s->admin)
-		return -EPERM;
+	/* the request's own checks first, so that they are the same for every client */
 	if (!(arg >> 16) || arg >> 16 > 100)
 		return -EINVAL; /* no energy, or more than all of it */
-	if (len) { /* read once: the client may write its staging while the job learns */
+	if (len) {
 		if (len < sizeof(c))
 			return -EINVAL;
 		memcpy(&c, req, sizeof(c));
@@ -362,13 +362,20 @@ int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, const c
 		    len != sizeof(c) + 8ull * c.layers)
 			return -EINVAL;
 	}
+	if (!s->admin)
+		return -EPERM;
 	j = calloc(1, sizeof(*j) + 8ull * c.layers);
 	if (!j)
 		return -ENOMEM;
-	if (c.layers) { /* each weight is checked where the blocks' layers are known */
+	if (c.layers) { /* read once: the client may write its staging while the job learns */
 		j->weight = (float *)(j + 1);
 		j->wlayers = c.layers;
 		memcpy(j->weight, req + sizeof(c), 8ull * c.layers);
+		for (uint32_t i = 0; i < 2 * c.layers; i++)
+			if (!isfinite(j->weight[i]) || !(j->weight[i] > 0)) {
+				free(j);
+				return -EINVAL;
+			}
 	}
 	j->rope = c.rope;
 	j->d = d;

@@ -601,9 +601,10 @@ struct kvcd_cal_job {
 };
 /* CALIBRATE for session @s (its namespace), @arg as KVCP_CALIBRATE_ARG, @req: @len bytes of
  * struct kvcp_calibrate and its weights (len 0: none): -EINPROGRESS with the job in *@out, or
- * at once -EPERM, -EINVAL, -ENOMEM, -EAGAIN. The job ends with the new basis's version and
- * its size, or -ENOENT (no raw block), -EINVAL (weights for other layers, or one not above 0),
- * -ENOSYS (no LAPACKE), -ENOSPC, -EDQUOT, -ENOMEM. */
+ * at once -EINVAL (checked first, for any client: no energy, a bad description, a weight
+ * not above 0), -EPERM, -ENOMEM, -EAGAIN. The job ends with the new basis's version and its
+ * size, or -ENOENT (no raw block), -EINVAL (weights for other layers), -ENOSYS (no LAPACKE),
+ * -ENOSPC, -EDQUOT, -ENOMEM. */
 int kvcd_calibrate(struct kvcd *d, struct kvcd_session *s, uint32_t arg, const char *req,
 		   uint64_t len, struct kvcd_cal_job **out);
 /* The job's session goes: its thread frees it when done (or now, when it is). */
