@@ -1035,7 +1035,6 @@ static float top_var(const float *var, uint32_t r)
 	return t;
 }
 
-/* Squared error of @n values @c (@r apart) coded with @bits on the range [@a, @b] x @g. */
 /* The code of @v on levels @lo + k / @inv, k = 0..@top: clamped first, so that a plain
  * conversion rounds it (no libm call per value). */
 static inline float code_of(float v, float lo, float inv, float top)
@@ -1047,6 +1046,7 @@ static inline float code_of(float v, float lo, float inv, float top)
 	return (float)(int)(x + 0.5f);
 }
 
+/* Squared error of @n values @c (@r apart) coded with @bits on the range [@a, @b] x @g. */
 static double coded_err(const float *c, uint32_t n, uint32_t r, long a, long b, double g,
 			uint32_t bits)
 {
