@@ -309,3 +309,40 @@ Test(quant, compact_params_cover_and_stay_tight)
 	cr_assert_eq(kvcd_quant_params_u8(lo, hi, NG, 4, ref, codes, sz), -ERANGE);
 	cr_assert_eq(kvcd_quant_params_u8(lo, hi, NG, 9, ref, codes, sz), -EINVAL);
 }
+
+/* KIVI keys straight into token rows give the floats the per-channel way gives, bit for bit;
+ * shapes that are not whole 16 x 16 tiles are left to the per-channel way. */
+Test(quant, dequant_into_rows_equals_per_channel)
+{
+	enum {
+		D = 48,
+		N = 32,
+		TS = 56
+	};
+	static uint8_t q[D * N];
+	static uint16_t par[2 * D];
+	static float rows[N * TS], want[N * TS], chan[N];
+	uint32_t x = 12345;
+
+	for (size_t i = 0; i < sizeof(q); i++)
+		q[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
+	for (int c = 0; c < D; c++) {
+		par[2 * c] = kvcd_f32_to_f16(0.01f + 0.003f * (float)c);
+		par[2 * c + 1] = kvcd_f32_to_f16(-1.5f + 0.07f * (float)c);
+	}
+	for (int c = 0; c < D; c++) {
+		kvcd_dequant_group(kvcd_isa_best(), q + c * N, N, par[2 * c], par[2 * c + 1], chan);
+		for (int i = 0; i < N; i++)
+			want[i * TS + c] = chan[i];
+	}
+	if (!kvcd_dequant_rows(kvcd_isa_best(), q, D, N, par, rows, TS)) {
+		cr_assert(kvcd_isa_best() < KVCD_ISA_AVX512 || !kvcd_has_f16c(),
+			  "refused on a CPU that has what it needs");
+		return;
+	}
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(memcmp(rows + i * TS, want + i * TS, D * 4), 0, "token %d", i);
+	cr_assert(!kvcd_dequant_rows(kvcd_isa_best(), q, D - 8, N, par, rows, TS), "not tiles");
+	cr_assert(!kvcd_dequant_rows(kvcd_isa_best(), q, D, N - 8, par, rows, TS), "not tiles");
+	cr_assert(!kvcd_dequant_rows(KVCD_ISA_AVX2, q, D, N, par, rows, TS), "AVX-512 only");
+}

@@ -519,6 +519,72 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 		dequant_scalar(q, n, s, z, out);
 }
 
+/* 16 rows of 16 bytes (@src, @ss apart) into their 16 columns, @out[j] = column j: bytes,
+ * then pairs, then quads, then halves interleaved. */
+__attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, size_t ss,
+							   __m128i *out)
+{
+	__m128i r[16], t[16], u[16], v[16];
+
+	for (int i = 0; i < 16; i++)
+		r[i] = _mm_loadu_si128((const __m128i *)(src + i * ss));
+	for (int k = 0; k < 8; k++) { /* t[2k], t[2k + 1]: rows 2k, 2k + 1, columns 0-7, 8-15 */
+		t[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+		t[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+	}
+	for (int g = 0; g < 4; g++) { /* u[4g + q]: rows 4g..4g + 3, columns 4q..4q + 3 */
+		u[4 * g + 0] = _mm_unpacklo_epi16(t[4 * g + 0], t[4 * g + 2]);
+		u[4 * g + 1] = _mm_unpackhi_epi16(t[4 * g + 0], t[4 * g + 2]);
+		u[4 * g + 2] = _mm_unpacklo_epi16(t[4 * g + 1], t[4 * g + 3]);
+		u[4 * g + 3] = _mm_unpackhi_epi16(t[4 * g + 1], t[4 * g + 3]);
+	}
+	for (int h = 0; h < 2; h++) /* v[8h + m]: rows 8h..8h + 7, columns 2m, 2m + 1 */
+		for (int q = 0; q < 4; q++) {
+			v[8 * h + 2 * q] = _mm_unpacklo_epi32(u[8 * h + q], u[8 * h + 4 + q]);
+			v[8 * h + 2 * q + 1] = _mm_unpackhi_epi32(u[8 * h + q], u[8 * h + 4 + q]);
+		}
+	for (int m = 0; m < 8; m++) {
+		out[2 * m] = _mm_unpacklo_epi64(v[m], v[8 + m]);
+		out[2 * m + 1] = _mm_unpackhi_epi64(v[m], v[8 + m]);
+	}
+}
+
+__attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_avx512(
+	const uint8_t *q, size_t d, size_t n, const uint16_t *par, float *out, size_t ts)
+{
+	float s[1024], z[1024];
+	__m128i col[16];
+
+	for (size_t c = 0; c < d; c++) {
+		s[c] = hw_from_f16(par[2 * c]);
+		z[c] = hw_from_f16(par[2 * c + 1]);
+	}
+	for (size_t c = 0; c < d; c += 16) {
+		__m512 vs = _mm512_loadu_ps(s + c), vz = _mm512_loadu_ps(z + c);
+
+		for (size_t i = 0; i < n; i += 16) { /* tokens i..i + 15 of channels c..c + 15 */
+			transpose16_u8(q + c * n + i, n, col);
+			for (int k = 0; k < 16; k++) {
+				__m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(col[k]));
+
+				/* multiply, then add, as dequant_avx512 does: the same floats */
+				_mm512_storeu_ps(out + (i + (size_t)k) * ts + c,
+						 _mm512_add_ps(_mm512_mul_ps(x, vs), vz));
+			}
+		}
+	}
+}
+
+bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, const uint16_t *par,
+		       float *out, size_t ts)
+{
+	if (kvcd_isa_clamp(isa) < KVCD_ISA_AVX512 || !kvcd_has_f16c() || d % 16 || n % 16 ||
+	    d > 1024)
+		return false;
+	dequant_rows_avx512(q, d, n, par, out, ts);
+	return true;
+}
+
 /* ---- packing: little-endian bit stream, LSB first ---------------------------------------- */
 
 /* 4-bit codes, two per byte, low nibble first: 32 codes per step. */

@@ -56,6 +56,13 @@ static inline size_t kvcd_params_bytes(size_t ng, bool u8)
 /* x'[i] = q[i] * scale + zero. */
 void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t scale,
 			uint16_t zero, float *out);
+/* KIVI keys back to token rows: @d channels of @n codes each (@q, [channel][token]), channel c
+ * with the f16 scale and zero @par[2c], @par[2c + 1], into @n rows of @d floats @ts apart at
+ * @out: the floats kvcd_dequant_group gives, a 16 x 16 tile of codes at a time. false where
+ * this way does not apply (no AVX-512 or F16C, @d or @n not a multiple of 16, @d above 1024),
+ * and nothing is written: then it is channel by channel. */
+bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, const uint16_t *par,
+		       float *out, size_t ts);
 
 /* Pack @n codes of @bits each (one per byte in @q) into @out: ceil(n * bits / 8) bytes. */
 void kvcd_pack(const uint8_t *q, size_t n, unsigned bits, uint8_t *out);

@@ -678,6 +678,13 @@ static int dec_per_channel(const struct unit_io *u, struct work *w, const uint8_
 		uint32_t gsz = s->nq - g * G < G ? s->nq - g * G : G;
 		const uint8_t *q = w->codes + (size_t)g * G * d;
 
+		/* the common case: the group's tokens follow each other, straight into their rows */
+		if (rows_follow(w->reg + g * G, gsz) &&
+		    kvcd_dequant_rows(u->isa, q, d, gsz, par,
+				      w->tile + (size_t)w->reg[g * G] * w->ts, w->ts)) {
+			par += 2 * (size_t)d;
+			continue;
+		}
 		for (uint32_t c = 0; c < d; c++, par += 2)
 			kvcd_dequant_group(u->isa, q + (size_t)c * gsz, gsz, par[0], par[1],
 					   w->chan + (size_t)c * gsz);
