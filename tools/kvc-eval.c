@@ -95,6 +95,16 @@ static void log_softmax(const float *x, int n, float *out)
 		out[i] = (float)((double)x[i] - max - log(sum));
 }
 
+/* KL(p || q) of two distributions given as @n log-probabilities. */
+static double kl_div(const float *p, const float *q, int n)
+{
+	double d = 0.0;
+
+	for (int v = 0; v < n; v++)
+		d += exp((double)p[v]) * ((double)p[v] - (double)q[v]);
+	return d;
+}
+
 static int argmax(const float *x, int n)
 {
 	int b = 0;
@@ -295,8 +305,7 @@ static int sensitivity(const struct llm *m, struct seq *cal, int n, float *w)
 
 				llm_forward(m, &s, cal[i].tok[opt.prefix + j], opt.prefix + j);
 				log_softmax(s.logits, c->vocab, lp);
-				for (int v = 0; v < c->vocab; v++)
-					kl += exp((double)bp[v]) * ((double)bp[v] - (double)lp[v]);
+				kl += kl_div(bp, lp, c->vocab);
 				count++;
 			}
 			llm_state_free(&s);
@@ -478,14 +487,11 @@ static void run_policy(const struct llm *m, struct seq *seqs, int n, double base
 		for (int j = 0; j < opt.cont; j++) {
 			const float *bp = q->logp + (size_t)j * c->vocab;
 			const float *ba = q->attn + (size_t)j * c->layers * c->dim;
-			double d = 0.0;
 
 			llm_forward(m, &s, q->tok[opt.prefix + j], opt.prefix + j);
 			log_softmax(s.logits, c->vocab, lp);
 			nll -= lp[q->tok[opt.prefix + j + 1]];
-			for (int v = 0; v < c->vocab; v++)
-				d += exp((double)bp[v]) * ((double)bp[v] - (double)lp[v]);
-			kl += d;
+			kl += kl_div(bp, lp, c->vocab);
 			agree += argmax(lp, c->vocab) == argmax(bp, c->vocab);
 			count++;
 			for (int l = 0; l < c->layers; l++)

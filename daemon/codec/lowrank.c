@@ -195,8 +195,6 @@ void kvcd_lr_unrope(float *x, uint32_t n, uint32_t d, uint32_t rope, uint32_t po
 		rope_row(x + (size_t)i * d, d, (double)pos + (tok ? tok[i] : i), inv, -1.0);
 }
 
-/* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, one row at a time through
- * @row (d floats), each rotated by RoPE of frequencies @inv (NULL: none) at @pos + @tok[i]. */
 static int lapack_ready(void);
 
 /* @c ([n][r]) = @x ([n][d]) times the transpose of @bt ([r][d]): each row's coefficients over
@@ -220,6 +218,9 @@ static void project(const float *x, uint32_t n, uint32_t d, uint32_t r, const fl
 		}
 }
 
+/* The @n rows of @a ([n][r]) times @b ([r][d]) to @out in @dtype, each rotated by RoPE of
+ * frequencies @inv (NULL: none) at @pos + @tok[i] (@tok NULL: + i): by sgemm into one buffer,
+ * or where there is none, one row at a time through @row (d floats). */
 static void rows_times_rope(enum kvcd_isa isa, uint8_t dtype, const float *a, uint32_t n,
 			    uint32_t r, const float *b, uint32_t d, const double *inv, uint32_t pos,
 			    const uint32_t *tok, float *row, uint8_t *out)
@@ -902,7 +903,7 @@ static uint32_t bits_above(int64_t e, int64_t th)
 	return k > CODED_MAX_BITS ? CODED_MAX_BITS : (uint32_t)k;
 }
 
-/* One of K's or V's allocations: @n directions of worth @e, @budget bits in all. */
+/* @n directions of worth @e share @budget bits: into @bits. */
 static void alloc_bits(const int64_t *e, size_t n, uint64_t budget, uint32_t *bits)
 {
 	int64_t lo = INT64_MAX, hi = INT64_MIN;
@@ -949,6 +950,8 @@ int kvcd_lr_alloc(const struct kvcd_policy *p, const struct kvcp_layout *l, cons
 	const uint32_t *rk = counts + lh;
 	int64_t *e = malloc(2 * lh * d * sizeof(*e));
 	uint32_t *b = malloc(2 * lh * d * sizeof(*b));
+	uint64_t budget = 0;
+	size_t n = 0;
 
 	if (!e || !b) {
 		free(e);
@@ -956,31 +959,25 @@ int kvcd_lr_alloc(const struct kvcd_policy *p, const struct kvcp_layout *l, cons
 		return -ENOMEM;
 	}
 	memset(bits, 0, 2 * lh * d * sizeof(*bits));
-	{
-		size_t n = 0;
-		uint64_t budget = 0;
+	for (int kv = 0; kv < 2; kv++) /* K's and V's directions in one allocation */
+		for (size_t u = 0; u < lh; u++) {
+			const float *var = kvcd_basis_vars(basis, u, kv);
+			double w = kvcd_basis_weight(basis, (uint32_t)(u / l->kv_heads), kv);
 
-		for (int kv = 0; kv < 2; kv++)
-			for (size_t u = 0; u < lh; u++) {
-				const float *var = kvcd_basis_vars(basis, u, kv);
-				double w = kvcd_basis_weight(basis, (uint32_t)(u / l->kv_heads),
-							     kv);
+			for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++) {
+				double x = w * (double)var[j];
 
-				for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++) {
-					double x = w * (double)var[j];
-
-					e[n++] = x > 1e-30 ? (int64_t)llround(log2(x) * WORTH_ONE)
-							   : (int64_t)-100 * WORTH_ONE;
-					budget += kv ? p->vbits : p->kbits;
-				}
+				e[n++] = x > 1e-30 ? (int64_t)llround(log2(x) * WORTH_ONE)
+						   : (int64_t)-100 * WORTH_ONE;
+				budget += kv ? p->vbits : p->kbits;
 			}
-		alloc_bits(e, n, budget, b);
-		n = 0;
-		for (int kv = 0; kv < 2; kv++)
-			for (size_t u = 0; u < lh; u++)
-				for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++)
-					bits[(2 * u + (size_t)kv) * d + j] = b[n++];
-	}
+		}
+	alloc_bits(e, n, budget, b);
+	n = 0;
+	for (int kv = 0; kv < 2; kv++)
+		for (size_t u = 0; u < lh; u++)
+			for (uint32_t j = 0; j < rk[2 * u + (size_t)kv]; j++)
+				bits[(2 * u + (size_t)kv) * d + j] = b[n++];
 	free(e);
 	free(b);
 	return 0;
@@ -1035,6 +1032,15 @@ static float top_var(const float *var, uint32_t r)
 	return t;
 }
 
+/* The levels of a direction's range [@a, @b] on grid @g with @bits: the first, *@lo, and the
+ * step between them (0 with no bits: one value). Encoder and decoder take them from here, so
+ * that they agree to the last bit. */
+static float coded_levels(long a, long b, double g, uint32_t bits, float *lo)
+{
+	*lo = (float)(a * g);
+	return bits ? (float)((double)(b - a) * g) / (float)((1u << bits) - 1) : 0.0f;
+}
+
 /* The code of @v on levels @lo + k / @inv, k = 0..@top: clamped first, so that a plain
  * conversion rounds it (no libm call per value). */
 static inline float code_of(float v, float lo, float inv, float top)
@@ -1050,8 +1056,8 @@ static inline float code_of(float v, float lo, float inv, float top)
 static double coded_err(const float *c, uint32_t n, uint32_t r, long a, long b, double g,
 			uint32_t bits)
 {
-	float lo = (float)(a * g), top = (float)((1u << bits) - 1);
-	float step = (float)((double)(b - a) * g) / top, inv = step > 0 ? 1.0f / step : 0.0f;
+	float lo, top = (float)((1u << bits) - 1), step = coded_levels(a, b, g, bits, &lo);
+	float inv = step > 0 ? 1.0f / step : 0.0f;
 	float e0 = 0, e1 = 0; /* two sums: a shorter chain of dependent adds */
 	uint32_t i = 0;
 
@@ -1143,8 +1149,7 @@ int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const 
 		}
 		o[1 + 2 * j] = (uint8_t)(int8_t)a;
 		o[2 + 2 * j] = (uint8_t)(int8_t)b;
-		lo = (float)(a * g);
-		step = bits[j] ? (float)((b - a) * g) / (float)((1u << bits[j]) - 1) : 0.0f;
+		step = coded_levels(a, b, g, bits[j], &lo);
 		top_code = (float)((1u << bits[j]) - 1);
 		for (uint32_t i = 0; i < n && bits[j]; i++) {
 			float q = code_of(c[(size_t)i * r + j], lo, step > 0 ? 1.0f / step : 0.0f,
@@ -1168,10 +1173,8 @@ void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint
 
 	for (uint32_t j = 0; j < r; j++) {
 		double g = coded_grid(var[j], top, in[0]);
-		long lo_c = (int8_t)in[1 + 2 * j], hi_c = (int8_t)in[2 + 2 * j];
-		float lo = (float)(lo_c * g);
-		float step = bits[j] ? (float)((hi_c - lo_c) * g) / (float)((1u << bits[j]) - 1)
-				     : 0.0f;
+		float lo, step = coded_levels((int8_t)in[1 + 2 * j], (int8_t)in[2 + 2 * j], g,
+					      bits[j], &lo);
 
 		for (uint32_t i = 0; i < n; i++) {
 			a[(size_t)i * r + j] =

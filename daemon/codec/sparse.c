@@ -472,7 +472,9 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 			return -ENOKEY; /* none, or a KVB1 basis: no variances to spread bits by */
 		for (size_t j = 0; j < 2 * lh; j++)
 			counts[lh + j] = !counts[j / 2] ? 0 : brk[j] < p->rank ? brk[j] : p->rank;
-		return kvcd_policy_coded(p) ? kvcd_lr_alloc(p, l, b, counts, counts + 3 * lh) : 0;
+		return kvcd_policy_coded(p)
+			       ? kvcd_lr_alloc(p, l, b, counts, counts + lh + ranks_n(p, l))
+			       : 0;
 	}
 	return err || !p->energy ? err : plan_ranks(isa, p, l, pos, src, aux, counts);
 }
@@ -733,6 +735,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	struct kvcd_codec_hdr h = { .magic = KVCD_CODEC_MAGIC, .version = KVCD_CODEC_VERSION };
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
 	uint32_t t = l->tokens, d = l->head_dim, nsink = sinks_in(p, pos, t), *own = NULL;
+	const uint32_t *pb;
 	uint64_t total = 0;
 	uint8_t *o = dst, *bits, *wts, *body;
 	float *lbuf = NULL; /* svd=layer */
@@ -769,14 +772,15 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			free(own);
 			return -EINVAL;
 		}
-	for (size_t j = 0; j < coded_n(p, l); j++) /* bits 0..8, none past a rank */
-		if (counts[3 * lh + j] > 8 || (j % d >= counts[lh + j / d] && counts[3 * lh + j])) {
+	pb = counts + lh + ranks_n(p, l);	   /* kbits/vbits: each direction's bits */
+	for (size_t j = 0; j < coded_n(p, l); j++) /* 0..8, none past a rank */
+		if (pb[j] > 8 || (j % d >= counts[lh + j / d] && pb[j])) {
 			free(own);
 			return -EINVAL;
 		}
 	if (kvcd_policy_coded(p) && !kvcd_basis_vars(basis, 0, 0)) {
 		free(own);
-		return -ENOKEY;
+		return -ENOKEY; /* a KVB1 basis: no variances for the grids */
 	}
 	h.flags = scores ? KVCD_CODEC_F_SCORES : 0;
 	h.pol = *p;
@@ -807,9 +811,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		memcpy(o + sizeof(h) + lh * 4, &bh.id, 8);
 	for (size_t i = 0; i < ranks_n(p, l); i++) /* energy=, learned=: each rank, 1..255 */
 		o[sizeof(h) + lh * 4 + (basis ? 8 : 0) + i] = (uint8_t)counts[lh + i];
-	for (size_t i = 0; i < coded_n(p, l); i += 2) /* kbits/vbits: each direction's, 0..8 */
-		o[sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + i / 2] =
-			(uint8_t)(counts[3 * lh + i] | counts[3 * lh + i + 1] << 4);
+	for (size_t i = 0; i < coded_n(p, l); i += 2) /* kbits/vbits: two nibbles a byte */
+		o[sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + i / 2] = (uint8_t)(pb[i] | pb[i + 1]
+											      << 4);
 	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, l);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
@@ -1089,7 +1093,8 @@ static bool basis_fits(const struct kvcd_codec_hdr *h, const void *src, const ui
 	for (size_t j = 0; j < 2 * lh; j++)
 		if (counts[lh + j] > kvcd_basis_ranks(b)[j])
 			return false;
-	return true;
+	/* coded coefficients' ranges are on grids from the basis's variances: a KVB2 basis */
+	return !kvcd_policy_coded(&h->pol) || kvcd_basis_vars(b, 0, 0);
 }
 
 uint32_t kvcd_sel_basis_id(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
@@ -1217,10 +1222,6 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
 			const uint32_t *bk = bits_at(&h->pol, hl, counts, i);
 
-			if (!kvcd_basis_vars(basis, 0, 0)) { /* a KVB1 basis: no grids */
-				err = -ENOKEY;
-				break;
-			}
 			kvcd_lr_coded_get(isa, hl->dtype, in, c, d, rk,
 					  kvcd_basis_rows(basis, i, 0),
 					  kvcd_basis_vars(basis, i, 0), bk, kvcd_basis_rope(basis),
