@@ -45,7 +45,7 @@ DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c dae
 	      daemon/gpu/fatbin.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \
-	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c)
+	      scores.c sparse.c lowrank.c minicache.c summary.c quality.c rc.c)
 CLIENT_SRC := libclient/client.c libclient/keys.c libclient/metrics.c libclient/gpu.c
 TESTS      := $(patsubst tests/%.c,%,$(wildcard tests/unit_*.c tests/it_*.c tests/stress_*.c \
 	      tests/gpu_*.c))

@@ -1361,6 +1361,119 @@ Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
 	cr_assert_null(basis);
 }
 
+/* @b under @s through the codec's entry points (plan, write, decode): the relative error,
+ * and the encoded block in *@enc (free) of *@n bytes. */
+static double planned_roundtrip(struct blk *b, const char *s, uint8_t **enc, uint64_t *n)
+{
+	struct kvcd_policy p = pol(s);
+	struct kvcd_plan plan;
+	struct kvcp_layout got;
+	struct view v;
+	uint64_t out;
+	double k00, e;
+	void *dec;
+
+	cr_assert_eq(kvcd_codec_plan(KVCD_ISA_SCALAR, &p, &LAY, 0, b->x, NULL, &b->aux, &plan), 0,
+		     "%s", s);
+	*n = plan.stored;
+	*enc = malloc(*n);
+	cr_assert_eq(kvcd_codec_write(KVCD_ISA_SCALAR, &plan, b->x, NULL, &b->aux, *enc), 0);
+	kvcd_plan_fini(&plan);
+	out = kvcd_codec_out_size(*enc, *n);
+	cr_assert_gt(out, 0);
+	dec = malloc(out);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, *enc, *n, b->aux.basis,
+					    b->aux.basis_len, dec, out, &got),
+		     0, "%s", s);
+	v = view_of(dec);
+	e = rel_err(b, &v, &k00);
+	free(dec);
+	return e;
+}
+
+/* entropy=on: the coefficients on their bits' steps, range coded. Fewer bytes than the
+ * fixed-width codes of the same bits for an error of the same order, the same bytes every
+ * time, and a block whose stream sizes lie is refused. */
+Test(sparse, entropy_coding_spends_fewer_bytes_on_the_same_coefficients)
+{
+	static struct blk cal[2], b;
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *srcs[2] = { cal[0].x, cal[1].x };
+	size_t lh = LY * H;
+	void *basis, *dec;
+	uint64_t len, n, n2, nf, out;
+	uint8_t *enc, *enc2;
+	double ef, ee, e6;
+	struct kvcp_layout got;
+
+	for (int i = 0; i < 2; i++) { /* channel c has variance 2^-c */
+		make(&cal[i]);
+		for (size_t e = 0; e < sizeof(cal[i].x) / 4; e++)
+			cal[i].x[e] *= (float)exp2(-(double)(e % D) / 2);
+	}
+	make(&b);
+	for (size_t e = 0; e < sizeof(b.x) / 4; e++)
+		b.x[e] *= (float)exp2(-(double)(e % D) / 2);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, NULL, 1, &basis, &len), 0);
+	kvcd_basis_seal(basis, 0x78);
+	b.aux.basis = basis;
+	b.aux.basis_len = len;
+
+	ef = roundtrip_err(&b, "none:rank=8,learned=on,kbits=5,vbits=5", 0);
+	nf = last_bytes;
+	ee = planned_roundtrip(&b, "none:rank=8,learned=on,kbits=5,vbits=5,entropy=on", &enc, &n);
+	cr_assert_lt(n, nf * 95 / 100, "entropy %llu bytes, fixed %llu", (unsigned long long)n,
+		     (unsigned long long)nf);
+	cr_assert_lt(ee, 2 * ef, "entropy %g, fixed %g", ee, ef);
+	cr_assert_lt(ee, 0.05, "%g", ee);
+	e6 = planned_roundtrip(&b, "none:rank=8,learned=on,kbits=6,vbits=6,entropy=on", &enc2, &n2);
+	cr_assert_lt(e6, ee * 0.6, "a bit more halves the step: %g against %g", e6, ee);
+	cr_assert_gt(n2, n);
+	free(enc2);
+
+	/* the same bytes again */
+	cr_assert_eq(planned_roundtrip(&b, "none:rank=8,learned=on,kbits=5,vbits=5,entropy=on",
+				       &enc2, &n2),
+		     ee);
+	cr_assert_eq(n2, n);
+	cr_assert_eq(memcmp(enc, enc2, n), 0);
+
+	/* stream sizes follow the nibbles: one a byte short and the next a byte long keep the
+	 * block's size, but the first stream then needs more bytes than it has */
+	size_t at = sizeof(struct kvcd_codec_hdr) + lh * 4 + 8 + 2 * lh + lh * D;
+	uint32_t s0, s1;
+
+	out = kvcd_codec_out_size(enc, n);
+	dec = malloc(out);
+	memcpy(&s0, enc2 + at, 4);
+	memcpy(&s1, enc2 + at + 4, 4);
+	cr_assert_gt(s0, 5);
+	s0--, s1++;
+	memcpy(enc2 + at, &s0, 4);
+	memcpy(enc2 + at + 4, &s1, 4);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc2, n, basis, len, dec, out, &got),
+		     -EBADMSG);
+	s1 += 7; /* sizes that no longer add up to the block's */
+	memcpy(enc2 + at + 4, &s1, 4);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc2, n, basis, len, dec, out, &got),
+		     -EBADMSG);
+	s0 = 0; /* an empty stream for a head that keeps tokens */
+	memcpy(enc2 + at, &s0, 4);
+	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc2, n, basis, len, dec, out, &got),
+		     -EBADMSG);
+	/* entropy=on codes kbits/vbits coefficients only */
+	struct kvcd_policy q;
+	char why[128];
+
+	cr_assert_neq(kvcd_policy_parse("none:rank=8,learned=on,entropy=on", &q, why, sizeof(why)),
+		      0);
+	cr_assert_neq(kvcd_policy_parse("int8:entropy=on", &q, why, sizeof(why)), 0);
+	free(enc);
+	free(enc2);
+	free(dec);
+	free(basis);
+}
+
 /* RoPE as llama applies it: pairs (2i, 2i + 1) turned by pos * base^(-2i / d). */
 static void rope_fwd(float *x, double pos, double base)
 {

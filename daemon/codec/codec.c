@@ -19,6 +19,29 @@ static uint8_t stored_codec(const struct kvcd_policy *p)
 	return (uint8_t)(p->kind | (kvcd_policy_sel(p) ? KVCP_CODEC_SPARSE : 0));
 }
 
+/* entropy=on: a block's size is known once it is encoded, so the plan encodes it (into room
+ * for the raw block's bytes besides its header: a stream that needs more is -ERANGE, and the
+ * STORE falls back to raw) and keeps it; writing copies it. */
+static int plan_entropy(enum kvcd_isa isa, struct kvcd_plan *plan, const void *src,
+			const struct kvcd_aux *aux)
+{
+	struct kvcd_codec_hdr h;
+	int err;
+
+	if (!src)
+		return -EINVAL;
+	plan->enc = malloc(plan->stored + kvcp_layout_bytes(&plan->layout));
+	if (!plan->enc)
+		return -ENOMEM;
+	err = kvcd_sel_encode(isa, &plan->pol, &plan->layout, plan->pos, src, NULL, aux,
+			      plan->words, plan->enc);
+	if (err)
+		return err;
+	memcpy(&h, plan->enc, sizeof(h));
+	plan->stored = h.bytes;
+	return 0;
+}
+
 int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
 		    struct kvcd_plan *plan)
@@ -46,6 +69,9 @@ int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		if (err)
 			return err;
 		plan->stored = kvcd_sel_size(p, &plan->layout, plan->scores, pos, plan->words);
+		if (plan->stored && kvcd_policy_entropy(p) &&
+		    (err = plan_entropy(isa, plan, src, aux)))
+			return err;
 	} else {
 		plan->stored = kvcd_codec_size(p, &plan->layout, plan->scores, pos);
 	}
@@ -62,7 +88,9 @@ int kvcd_codec_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 void kvcd_plan_fini(struct kvcd_plan *plan)
 {
 	free(plan->words);
+	free(plan->enc);
 	plan->words = NULL;
+	plan->enc = NULL;
 }
 
 /* The header of a block in the units or the sparse form. */
@@ -93,6 +121,10 @@ int kvcd_codec_write(enum kvcd_isa isa, const struct kvcd_plan *plan, const void
 	for (uint32_t t = 0; scores && t < l->tokens; t++)
 		if (!isfinite(scores[t]))
 			return -EINVAL;
+	if (plan->enc) {
+		memcpy(dst, plan->enc, plan->stored);
+		return 0;
+	}
 	if (kvcd_policy_sel(&plan->pol))
 		return kvcd_sel_encode(isa, &plan->pol, l, plan->pos, src, scores, aux, plan->words,
 				       dst);

@@ -81,6 +81,8 @@ struct kvcd_plan {
 	uint64_t summary_at;	   /* where its SELECT summary starts; 0: none */
 	uint64_t bytes;		   /* what to reserve: the block and its summary */
 	uint32_t *words;	   /* sparse forms: per (layer, head) counts and ranks */
+	uint8_t *enc;		   /* entropy=on: the block itself, encoded when planned (its
+				    * size is its values'); NULL: encoded when written */
 };
 
 /* Plan a block of layout @l whose first token is at position @pos of its sequence (sinks are

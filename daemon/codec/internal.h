@@ -154,6 +154,25 @@ int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const 
 void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n, uint32_t d,
 		       uint32_t r, const float *bt, const float *var, const uint32_t *bits,
 		       uint32_t rope, uint32_t pos, const uint32_t *tok, float *a, uint8_t *out);
+/* entropy=on: the same coefficients on steps with no range, range coded (rc.h) with the
+ * models @m, which learn from them: a block's encoder and decoder each start one with
+ * kvcd_ent_model_init and carry it through the block's streams in the same order. The stream
+ * of @x's coefficients into @o (at most @cap bytes): its bytes, or -ERANGE (a coefficient not
+ * finite, or the stream longer than @cap). Decoding @len bytes of it: 0, or -EBADMSG when
+ * the stream needs more bytes than it has. */
+#define KVCD_ENT_OCTAVES 23 /* magnitudes up to 2^23 - 1 steps */
+struct kvcd_ent_model {
+	uint16_t zero[9], sign[9]; /* by the direction's bits */
+	uint16_t oct[9][KVCD_ENT_OCTAVES], top[9][KVCD_ENT_OCTAVES][3];
+};
+void kvcd_ent_model_init(struct kvcd_ent_model *m);
+int64_t kvcd_lr_ent_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+			const float *var, const uint32_t *bits, struct kvcd_ent_model *m, float *c,
+			uint8_t *o, size_t cap);
+int kvcd_lr_ent_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
+		    uint32_t d, uint32_t r, const float *bt, const float *var, const uint32_t *bits,
+		    struct kvcd_ent_model *m, uint32_t rope, uint32_t pos, const uint32_t *tok,
+		    float *a, uint8_t *out);
 /* A basis learned with RoPE base @rope (kvcd_basis_rope; 0: none) holds keys as they were
  * before RoPE: @n rows of @d at positions @pos + @tok[i] (@tok NULL: + i) are turned back by
  * it, in place, before they are projected (kvcd_lr_coded_get turns them forward again). */

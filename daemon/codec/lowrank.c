@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "rc.h"
 
 /* ---- low-rank: a (layer, head)'s kept rows of K, and of V, as a truncated SVD ----------- */
 
@@ -1185,4 +1186,134 @@ void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint
 	if (rope)
 		rope_freqs(rope, d, inv);
 	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, row, out);
+}
+
+/* ---- entropy=on: the coefficients on steps, then range coded --------------------------------
+ * A direction of b bits is quantized with no range to fit: on the step a b-bit code would
+ * have over 7 of its RMS (the span a fixed-rate code needs for bell-shaped values), rounded
+ * to the nearest multiple, so a value far out costs bits instead of clipping. The codes are
+ * range coded (rc.h) with models shared by the directions of equal bits: such directions'
+ * codes have the same spread in steps, whatever their variance. The caller carries the models
+ * from stream to stream of a block, so that they learn once. Zero or not, the sign, the
+ * magnitude's octave in unary, its first bit below the leading one are modelled; the rest go
+ * at even odds. */
+
+#define ENT_OCTAVES KVCD_ENT_OCTAVES
+#define ENT_QMAX    ((float)((1u << ENT_OCTAVES) - 1))
+
+void kvcd_ent_model_init(struct kvcd_ent_model *m)
+{
+	uint16_t *p = (uint16_t *)m;
+
+	for (size_t i = 0; i < sizeof(*m) / sizeof(*p); i++)
+		p[i] = KVCD_RC_P_INIT;
+}
+
+/* Direction @j's step for @bits bits (@top: the unit's largest variance). */
+static float ent_step(const float *var, float top, uint32_t j, uint32_t bits)
+{
+	return (float)(coded_grid(var[j], top, 0) * 112.0 / (double)(1u << bits));
+}
+
+static void ent_put(struct kvcd_rce *e, struct kvcd_ent_model *m, uint32_t b, int32_t q)
+{
+	uint32_t mag = (uint32_t)(q < 0 ? -q : q), k = 0;
+
+	kvcd_rce_bit(e, &m->zero[b], !mag);
+	if (!mag)
+		return;
+	kvcd_rce_bit(e, &m->sign[b], q < 0);
+	while (mag >> (k + 1))
+		k++;
+	for (uint32_t i = 0; i < k; i++)
+		kvcd_rce_bit(e, &m->oct[b][i], 1);
+	if (k + 1 < ENT_OCTAVES)
+		kvcd_rce_bit(e, &m->oct[b][k], 0);
+	if (k) { /* the two bits below the leading one modelled: values thin out within an octave */
+		uint32_t hi = mag >> (k - 1) & 1;
+
+		kvcd_rce_bit(e, &m->top[b][k][0], hi);
+		if (k > 1)
+			kvcd_rce_bit(e, &m->top[b][k][1 + hi], mag >> (k - 2) & 1);
+		if (k > 2)
+			kvcd_rce_direct(e, mag, k - 2);
+	}
+}
+
+static int32_t ent_get(struct kvcd_rcd *dc, struct kvcd_ent_model *m, uint32_t b)
+{
+	uint32_t k = 0, mag;
+	int32_t neg;
+
+	if (kvcd_rcd_bit(dc, &m->zero[b]))
+		return 0;
+	neg = (int32_t)kvcd_rcd_bit(dc, &m->sign[b]);
+	while (k + 1 < ENT_OCTAVES && kvcd_rcd_bit(dc, &m->oct[b][k]))
+		k++;
+	mag = 1u << k;
+	if (k) {
+		uint32_t hi = kvcd_rcd_bit(dc, &m->top[b][k][0]);
+
+		mag |= hi << (k - 1);
+		if (k > 1)
+			mag |= kvcd_rcd_bit(dc, &m->top[b][k][1 + hi]) << (k - 2);
+		if (k > 2)
+			mag |= kvcd_rcd_direct(dc, k - 2);
+	}
+	return neg ? -(int32_t)mag : (int32_t)mag;
+}
+
+int64_t kvcd_lr_ent_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+			const float *var, const uint32_t *bits, struct kvcd_ent_model *m, float *c,
+			uint8_t *o, size_t cap)
+{
+	float top = top_var(var, r);
+	struct kvcd_rce e;
+	size_t bytes;
+
+	project(x, n, d, r, bt, c);
+	for (size_t i = 0; i < (size_t)n * r; i++)
+		if (!isfinite(c[i]))
+			return -ERANGE;
+	kvcd_rce_init(&e, o, cap);
+	for (uint32_t j = 0; j < r; j++) {
+		float inv;
+
+		if (!bits[j])
+			continue;
+		inv = 1.0f / ent_step(var, top, j, bits[j]);
+		for (uint32_t i = 0; i < n; i++) {
+			float v = c[(size_t)i * r + j] * inv;
+
+			v = v > ENT_QMAX ? ENT_QMAX : v < -ENT_QMAX ? -ENT_QMAX : v;
+			ent_put(&e, m, bits[j], (int32_t)floorf(v + 0.5f));
+		}
+	}
+	bytes = kvcd_rce_end(&e);
+	return bytes ? (int64_t)bytes : -ERANGE;
+}
+
+int kvcd_lr_ent_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
+		    uint32_t d, uint32_t r, const float *bt, const float *var, const uint32_t *bits,
+		    struct kvcd_ent_model *m, uint32_t rope, uint32_t pos, const uint32_t *tok,
+		    float *a, uint8_t *out)
+{
+	double inv[128];
+	float *row = a + (size_t)n * r, top = top_var(var, r);
+	struct kvcd_rcd dc;
+
+	kvcd_rcd_init(&dc, in, len);
+	for (uint32_t j = 0; j < r; j++) {
+		float step = bits[j] ? ent_step(var, top, j, bits[j]) : 0.0f;
+
+		for (uint32_t i = 0; i < n; i++)
+			a[(size_t)i * r + j] = bits[j] ? step * (float)ent_get(&dc, m, bits[j])
+						       : 0.0f;
+	}
+	if (!kvcd_rcd_ok(&dc))
+		return -EBADMSG;
+	if (rope)
+		rope_freqs(rope, d, inv);
+	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, row, out);
+	return 0;
 }

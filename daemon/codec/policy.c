@@ -70,7 +70,7 @@ static const char *const summary_names[] = { "none", "quest", "reps", "reps8", N
 static const char *const factors_names[] = { "dtype", "int8", NULL };
 static const char *const svd_names[] = { "head", "layer", NULL };
 static const char *const tensor_names[] = { "none", "tucker", NULL };
-static const char *const learned_names[] = { "off", "on", NULL };
+static const char *const off_on_names[] = { "off", "on", NULL };
 
 /* In the order the canonical string lists them. */
 static const struct key keys[] = {
@@ -106,11 +106,15 @@ static const struct key keys[] = {
 	  "factor per mode (higher-order SVD), each mode's rank chosen by energy=, the tokens' "
 	  "at most rank=" },
 	{ "learned", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_LEARNED, 0, 0, 1,
-	  learned_names, 0, "off",
+	  off_on_names, 0, "off",
 	  "K and V rows as coefficients over the namespace's basis learned by `kvcctl "
 	  "calibrate` (at most rank= per (layer, KV head), fewer where the basis has fewer), "
 	  "stored once instead of in every block; coefficients in the engine's dtype or, with "
 	  "factors=int8, int8" },
+	{ "entropy", NULL, K_FLAG, C_NONE, 0, FIELD(lowrank), KVCD_LOWRANK_ENTROPY, 0, 0, 1,
+	  off_on_names, 0, "off",
+	  "kbits/vbits coefficients quantized on the step of their bits with no range to fit, "
+	  "then range coded: smaller blocks for the same error, sized by their values" },
 	{ "energy", NULL, K_FRAC, C_NONE, F_WHOLE | F_PCT, FIELD(energy), 0, 0.01, 1, 100, NULL, 0,
 	  "off",
 	  "rank= becomes a cap: each K or V takes the smallest rank keeping this share "
@@ -253,6 +257,12 @@ static bool r_coded(const struct kvcd_policy *p, uint64_t seen)
 		(p->lowrank & KVCD_LOWRANK_INT8));
 }
 
+static bool r_entropy(const struct kvcd_policy *p, uint64_t seen)
+{
+	(void)seen;
+	return (p->lowrank & KVCD_LOWRANK_ENTROPY) && !kvcd_policy_coded(p);
+}
+
 static bool r_select(const struct kvcd_policy *p, uint64_t seen)
 {
 	return !p->select && (SEEN("keep") || SEEN("window") || SEEN("budget") || SEEN("merge") ||
@@ -299,6 +309,7 @@ static const struct rule rules[] = {
 	{ r_mc_alone, "minicache does not compose with select or rank yet" },
 	{ r_coded, "bits, kbits and vbits on 'none' quantize learned=on's coefficients: both "
 		   "kbits and vbits, with learned=on and without factors=int8" },
+	{ r_entropy, "entropy codes learned=on's kbits/vbits coefficients: it needs both" },
 	{ r_select, "keep, window, budget, merge, kernel and cold need select=" },
 	{ r_cold, "cold keeps the dropped tokens: it does not compose with merge or rank" },
 	{ r_rope, "rope does not compose with select (kept tokens are not contiguous)" },
@@ -659,7 +670,8 @@ int kvcd_policy_check(const struct kvcd_policy *p, const struct kvcp_layout *l, 
 		return WHY("bad summary");
 	if ((p->rank && p->kind != KVCD_CODEC_NONE) || (p->lowrank && !p->rank) ||
 	    (p->lowrank & ~(KVCD_LOWRANK_INT8 | KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER |
-			    KVCD_LOWRANK_LEARNED)) ||
+			    KVCD_LOWRANK_LEARNED | KVCD_LOWRANK_ENTROPY)) ||
+	    ((p->lowrank & KVCD_LOWRANK_ENTROPY) && !kvcd_policy_coded(p)) ||
 	    ((p->lowrank & KVCD_LOWRANK_LEARNED) &&
 	     (p->energy || (p->lowrank & (KVCD_LOWRANK_LAYER | KVCD_LOWRANK_TUCKER)))) ||
 	    ((p->lowrank & KVCD_LOWRANK_LAYER) && (p->select || p->energy)) ||

@@ -85,6 +85,9 @@ struct kvcd_policy {
 #define KVCD_LOWRANK_LEARNED \
 	8 /* learned=on: K and V rows as coefficients over the namespace's learned basis, at
 	   * most rank= of them per (layer, head); the block names the basis */
+#define KVCD_LOWRANK_ENTROPY \
+	16 /* entropy=on: kbits/vbits coefficients on steps without a range, range coded; a
+	    * block's size then depends on its values */
 #define KVCD_LOWRANK_LAYER \
 	2 /* one SVD per layer across its heads ([tokens][heads x
 				 * head_dim]); else one per (layer, KV head) */
@@ -107,6 +110,12 @@ static inline bool kvcd_policy_coded(const struct kvcd_policy *p)
 {
 	return kvcd_policy_learned(p) && p->kind == KVCD_CODEC_NONE && p->kbits &&
 	       !(p->lowrank & KVCD_LOWRANK_INT8);
+}
+
+/* Are @p's coded coefficients range coded (entropy=on)? */
+static inline bool kvcd_policy_entropy(const struct kvcd_policy *p)
+{
+	return kvcd_policy_coded(p) && (p->lowrank & KVCD_LOWRANK_ENTROPY);
 }
 
 enum kvcd_select {

@@ -85,14 +85,31 @@ static size_t coded_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
 	return kvcd_policy_coded(p) ? 2 * (size_t)l->layers * l->kv_heads * l->head_dim : 0;
 }
 
+/* entropy=on: then each (layer, head)'s K and V streams' bytes, 2 words per (layer, head)
+ * after the bits; the block stores them as u32 after the nibbles. */
+static size_t ent_n(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return kvcd_policy_entropy(p) ? 2 * (size_t)l->layers * l->kv_heads : 0;
+}
+
 static size_t ranks_bytes(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return ranks_n(p, l) + (kvcd_policy_learned(p) ? 8 : 0) + coded_n(p, l) / 2;
+	return ranks_n(p, l) + (kvcd_policy_learned(p) ? 8 : 0) + coded_n(p, l) / 2 +
+	       4 * ent_n(p, l);
 }
 
 static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *l)
 {
-	return (size_t)l->layers * l->kv_heads + ranks_n(p, l) + coded_n(p, l);
+	return (size_t)l->layers * l->kv_heads + ranks_n(p, l) + coded_n(p, l) + ent_n(p, l);
+}
+
+/* entropy=on: the stream bytes in a plan (K's then V's of each (layer, head)), or NULL. */
+static const uint32_t *streams_at(const struct kvcd_policy *p, const struct kvcp_layout *l,
+				  const uint32_t *counts)
+{
+	size_t lh = (size_t)l->layers * l->kv_heads;
+
+	return ent_n(p, l) ? counts + lh + ranks_n(p, l) + coded_n(p, l) : NULL;
 }
 
 /* The bits of (layer, head) @u's directions in a plan (K's head_dim words, then V's), or NULL. */
@@ -159,6 +176,8 @@ static uint64_t body_size(const struct kvcd_policy *p, const struct kvcp_layout 
 		return u % l->kv_heads ? 0
 				       : 2 * kvcd_lr_factor_bytes(p, l->dtype, n,
 								  kvcd_lr_rank(p, n, hd), hd);
+	if (rk && bits && kvcd_policy_entropy(p)) /* as long as their streams came out */
+		return (uint64_t)streams_at(p, l, plan)[2 * u] + streams_at(p, l, plan)[2 * u + 1];
 	if (rk && bits) /* coefficients with their bits: the basis is the namespace's */
 		return kvcd_lr_coded_bytes(n, rk[0], bits) +
 		       kvcd_lr_coded_bytes(n, rk[1], bits + l->head_dim);
@@ -472,6 +491,8 @@ int kvcd_sel_plan(enum kvcd_isa isa, const struct kvcd_policy *p, const struct k
 			return -ENOKEY; /* none, or a KVB1 basis: no variances to spread bits by */
 		for (size_t j = 0; j < 2 * lh; j++)
 			counts[lh + j] = !counts[j / 2] ? 0 : brk[j] < p->rank ? brk[j] : p->rank;
+		if (ent_n(p, l)) /* known once written */
+			memset(counts + lh + ranks_n(p, l) + coded_n(p, l), 0, ent_n(p, l) * 4);
 		return kvcd_policy_coded(p)
 			       ? kvcd_lr_alloc(p, l, b, counts, counts + lh + ranks_n(p, l))
 			       : 0;
@@ -728,6 +749,30 @@ static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	return kvcd_units_encode(isa, &cp, &mini, pos, w->raw, NULL, o);
 }
 
+/* entropy=on: (layer, head) @u's K rows (w->rows, @m of @d, already turned back by RoPE
+ * where the basis says) and V rows as two streams at @o, within *@left bytes (taken from
+ * it), with the block's models for K and V (@em); their bytes into @sz[0], @sz[1]. -ERANGE
+ * past *@left. */
+static int ent_streams(struct sel_work *w, uint32_t m, uint32_t d, uint32_t rk, uint32_t rv,
+		       const void *basis, size_t u, const uint32_t *bk, struct kvcd_ent_model *em,
+		       uint8_t *o, uint64_t *left, uint32_t *sz)
+{
+	for (int kv = 0; kv < 2; kv++) {
+		int64_t n = kvcd_lr_ent_put(w->rows + (size_t)kv * m * d, m, d, kv ? rv : rk,
+					    kvcd_basis_rows(basis, u, kv),
+					    kvcd_basis_vars(basis, u, kv), bk + (size_t)kv * d,
+					    &em[kv], w->u, o,
+					    *left > UINT32_MAX ? UINT32_MAX : *left);
+
+		if (n < 0)
+			return (int)n;
+		sz[kv] = (uint32_t)n;
+		*left -= (uint64_t)n;
+		o += n;
+	}
+	return 0;
+}
+
 int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct kvcp_layout *l,
 		    uint32_t pos, const void *src, const float *scores, const struct kvcd_aux *aux,
 		    const uint32_t *counts, void *dst)
@@ -736,7 +781,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
 	uint32_t t = l->tokens, d = l->head_dim, nsink = sinks_in(p, pos, t), *own = NULL;
 	const uint32_t *pb;
-	uint64_t total = 0;
+	uint32_t *streams = NULL;    /* entropy=on: filled in as they come out */
+	struct kvcd_ent_model em[2]; /* entropy=on: K's and V's, carried through the block */
+	uint64_t total = 0, ent_left = kvcp_layout_bytes(l);
 	uint8_t *o = dst, *bits, *wts, *body;
 	float *lbuf = NULL; /* svd=layer */
 	const void *basis = kvcd_policy_learned(p) ? basis_for(l, aux) : NULL;
@@ -765,6 +812,17 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			return err;
 		}
 		counts = own;
+	}
+	if (kvcd_policy_entropy(p)) { /* the streams' bytes are known once they are written */
+		if (!own && !(own = malloc(plan_words(p, l) * 4)))
+			return -ENOMEM;
+		if (own != counts)
+			memcpy(own, counts, plan_words(p, l) * 4);
+		counts = own;
+		streams = (uint32_t *)streams_at(p, l, own);
+		memset(streams, 0, ent_n(p, l) * 4);
+		kvcd_ent_model_init(&em[0]);
+		kvcd_ent_model_init(&em[1]);
 	}
 	for (size_t j = 0; basis && j < 2 * lh; j++) /* a plan for this basis */
 		if (counts[lh + j] > kvcd_basis_ranks(basis)[j] || counts[lh + j] > p->rank ||
@@ -889,11 +947,14 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				if (m && kvcd_basis_rope(basis)) /* keys before RoPE */
 					kvcd_lr_unrope(w.rows, m, d, kvcd_basis_rope(basis), pos,
 						       w.keep);
-				if (m)
+				if (m && streams)
+					err = ent_streams(&w, m, d, rk, rv, basis, u, bk, em, body,
+							  &ent_left, streams + 2 * u);
+				if (m && !streams)
 					err = kvcd_lr_coded_put(
 						w.rows, m, d, rk, kvcd_basis_rows(basis, u, 0),
 						kvcd_basis_vars(basis, u, 0), bk, w.u, body);
-				if (m && !err)
+				if (m && !streams && !err)
 					err = kvcd_lr_coded_put(
 						w.rows + (size_t)m * d, m, d, rv,
 						kvcd_basis_rows(basis, u, 1),
@@ -932,6 +993,12 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 			body += body_size(p, l, u, m, scores, pos, counts);
 		}
 	}
+	if (!err && streams) { /* the streams' bytes, and with them the block's */
+		memcpy(o + sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + coded_n(p, l) / 2, streams,
+		       ent_n(p, l) * 4);
+		h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
+		memcpy(o, &h, sizeof(h));
+	}
 	free(w.kp);
 	free(lbuf);
 	free(own);
@@ -945,8 +1012,10 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 	const struct kvcp_layout *l = &h->layout;
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
 	size_t rb = ranks_bytes(&h->pol, l), rn = ranks_n(&h->pol, l), cn = coded_n(&h->pol, l);
-	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 + (rb - rn - cn / 2);
-	const uint8_t *nib = rk + rn, *bits = nib + cn / 2;
+	size_t en = ent_n(&h->pol, l);
+	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 +
+			    (kvcd_policy_learned(&h->pol) ? 8 : 0);
+	const uint8_t *nib = rk + rn, *streams = nib + cn / 2, *bits = streams + 4 * en;
 
 	*total = 0;
 	if (n < sizeof(*h) + lh * (4 + bm) + rb)
@@ -982,6 +1051,13 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		if (b > 8 || (b && j % l->head_dim >= counts[lh + j / l->head_dim]))
 			return -EBADMSG;
 	}
+	/* entropy=on: each stream's bytes, none where its (layer, head) keeps no token (the
+	 * sum is checked with the size below) */
+	memcpy(counts + lh + rn + cn, streams, en * 4);
+	for (size_t j = 0; j < en; j++)
+		if ((counts[lh + rn + cn + j] == 0) != (counts[j / 2] == 0) ||
+		    counts[lh + rn + cn + j] > n)
+			return -EBADMSG;
 	for (size_t j = 0; tucker(&h->pol) && j < rn; j++)
 		counts[lh + j] = rk[j];
 	for (size_t j = 0; tucker(&h->pol) && j < rn; j += 3)
@@ -1119,6 +1195,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	uint32_t *counts = malloc(plan_words(&h->pol, hl) * 4), *tok;
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
+	struct kvcd_ent_model em[2]; /* entropy=on: as the encoder carried them */
 	const uint8_t *bits, *wts, *in;
 	uint64_t total, all, kept = 0; /* rows written so far: where a head's tokens start */
 	float *bias;
@@ -1127,6 +1204,8 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 
 	if (!counts)
 		return -ENOMEM;
+	kvcd_ent_model_init(&em[0]);
+	kvcd_ent_model_init(&em[1]);
 	if (read_sel(h, src, n, counts, &total)) {
 		free(counts);
 		return -EBADMSG;
@@ -1221,15 +1300,31 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			uint32_t c = counts[i], d = hl->head_dim;
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
 			const uint32_t *bk = bits_at(&h->pol, hl, counts, i);
+			const uint32_t *sz = streams_at(&h->pol, hl, counts);
 
-			kvcd_lr_coded_get(isa, hl->dtype, in, c, d, rk,
-					  kvcd_basis_rows(basis, i, 0),
-					  kvcd_basis_vars(basis, i, 0), bk, kvcd_basis_rope(basis),
-					  h->pos, tok + kept, fac, rows);
-			kvcd_lr_coded_get(isa, hl->dtype, in + kvcd_lr_coded_bytes(c, rk, bk), c, d,
-					  rv, kvcd_basis_rows(basis, i, 1),
-					  kvcd_basis_vars(basis, i, 1), bk + d, 0, 0, NULL, fac,
-					  rows + (size_t)c * row);
+			if (sz) {
+				err = kvcd_lr_ent_get(isa, hl->dtype, in, sz[2 * i], c, d, rk,
+						      kvcd_basis_rows(basis, i, 0),
+						      kvcd_basis_vars(basis, i, 0), bk, &em[0],
+						      kvcd_basis_rope(basis), h->pos, tok + kept,
+						      fac, rows);
+				if (!err)
+					err = kvcd_lr_ent_get(
+						isa, hl->dtype, in + sz[2 * i], sz[2 * i + 1], c, d,
+						rv, kvcd_basis_rows(basis, i, 1),
+						kvcd_basis_vars(basis, i, 1), bk + d, &em[1], 0, 0,
+						NULL, fac, rows + (size_t)c * row);
+			} else {
+				kvcd_lr_coded_get(
+					isa, hl->dtype, in, c, d, rk, kvcd_basis_rows(basis, i, 0),
+					kvcd_basis_vars(basis, i, 0), bk, kvcd_basis_rope(basis),
+					h->pos, tok + kept, fac, rows);
+				kvcd_lr_coded_get(isa, hl->dtype,
+						  in + kvcd_lr_coded_bytes(c, rk, bk), c, d, rv,
+						  kvcd_basis_rows(basis, i, 1),
+						  kvcd_basis_vars(basis, i, 1), bk + d, 0, 0, NULL,
+						  fac, rows + (size_t)c * row);
+			}
 		} else if (kvcd_policy_learned(&h->pol)) {
 			uint32_t c = counts[i], d = hl->head_dim;
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];

@@ -51,6 +51,8 @@ static const char *const policies[] = {
 	"none:select=keynorm,keep=50%,rank=8,learned=on,factors=int8",
 	"none:kbits=5,vbits=4,rank=8,learned=on",
 	"none:select=keynorm,keep=50%,kbits=3,vbits=2,rank=8,learned=on",
+	"none:kbits=5,vbits=4,rank=8,learned=on,entropy=on",
+	"none:select=keynorm,keep=50%,kbits=3,vbits=2,rank=8,learned=on,entropy=on",
 };
 
 int main(int argc, char **argv)
