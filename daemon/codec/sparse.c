@@ -1005,6 +1005,16 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	return err;
 }
 
+/* Could the @n bytes of a block with header @h hold its counts and ranks? Checked before a
+ * plan's words are allocated for it: their number comes from the header. */
+static bool words_fit(const struct kvcd_codec_hdr *h, uint64_t n)
+{
+	size_t lh = (size_t)h->layout.layers * h->layout.kv_heads;
+
+	return lh <= n / 4 && h->layout.head_dim <= 255 &&
+	       sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, &h->layout) <= n;
+}
+
 /* Counts and bitmaps of an encoded block, checked against each other and its size. */
 static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n, uint32_t *counts,
 		    uint64_t *total)
@@ -1078,7 +1088,8 @@ static uint64_t out_total(const struct kvcd_codec_hdr *h, uint64_t kept)
 
 uint64_t kvcd_sel_out_size(const struct kvcd_codec_hdr *h, const void *src, uint64_t n)
 {
-	uint32_t *counts = malloc(kvcd_sel_plan_words(&h->pol, &h->layout) * 4);
+	uint32_t *counts = words_fit(h, n) ? malloc(kvcd_sel_plan_words(&h->pol, &h->layout) * 4)
+					   : NULL;
 	uint64_t total, out = 0;
 
 	if (counts && !read_sel(h, src, n, counts, &total))
@@ -1192,7 +1203,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	size_t lh = (size_t)hl->layers * hl->kv_heads, bm = (hl->tokens + 7) / 8;
 	size_t row = (size_t)hl->head_dim * kvcp_dtype_size(hl->dtype);
 	bool scores = h->flags & KVCD_CODEC_F_SCORES;
-	uint32_t *counts = malloc(plan_words(&h->pol, hl) * 4), *tok;
+	uint32_t *counts = words_fit(h, n) ? malloc(plan_words(&h->pol, hl) * 4) : NULL, *tok;
 	float *fac;
 	struct kvcp_sparse sp = { .magic = KVCP_SPARSE_MAGIC, .tokens = hl->tokens };
 	struct kvcd_ent_model em[2]; /* entropy=on: as the encoder carried them */
@@ -1203,7 +1214,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 	int err = 0;
 
 	if (!counts)
-		return -ENOMEM;
+		return words_fit(h, n) ? -ENOMEM : -EBADMSG;
 	kvcd_ent_model_init(&em[0]);
 	kvcd_ent_model_init(&em[1]);
 	if (read_sel(h, src, n, counts, &total)) {
