@@ -881,6 +881,8 @@ Test(codec_ops, coded_coefficients_from_a_calibration_with_the_models_weights)
 	int raw = kvc_policy(c, "none", 0, why, sizeof(why));
 	int k5 = kvc_policy(c, "none:rank=64,learned=on,kbits=5,vbits=5", 0, why, sizeof(why));
 	int k8 = kvc_policy(c, "none:rank=64,learned=on,kbits=8,vbits=8", 0, why, sizeof(why));
+	int ent = kvc_policy(c, "none:rank=64,learned=on,kbits=5,vbits=5,entropy=on", 0, why,
+			     sizeof(why));
 	struct kvc_key root = { 9, 1 }, mid = { 9, 2 }, tail = { 9, 3 };
 
 	cr_assert_gt(raw, 0);
@@ -911,15 +913,25 @@ Test(codec_ops, coded_coefficients_from_a_calibration_with_the_models_weights)
 
 	unsigned char *orig = malloc(n);
 	uint16_t *back = malloc(n);
-	struct kvc_key k = { 9, 100 }, kk = { 9, 101 };
-	double e5, e8;
+	struct kvc_key k = { 9, 100 }, kk = { 9, 101 }, ke = { 9, 102 };
+	uint64_t stored[4];
+	unsigned j;
+	double e5, e8, ee;
 
 	fill_sub(stg, &l, 77); /* a block calibration never saw */
 	memcpy(orig, stg, n);
+	/* each block's stored bytes: what the namespace's count grows by */
+	stored[0] = ns_stats(c, "coded", &j)->ns[j].bytes_stored;
 	l.codec = (uint8_t)k5;
 	cr_assert_eq(kvc_store(c, &k, &l, 0), 0);
+	stored[1] = ns_stats(c, "coded", &j)->ns[j].bytes_stored;
 	l.codec = (uint8_t)k8;
 	cr_assert_eq(kvc_store(c, &kk, &l, 0), 0);
+	stored[2] = ns_stats(c, "coded", &j)->ns[j].bytes_stored;
+	l.codec = (uint8_t)ent; /* sized by its values: the plan encodes it */
+	cr_assert_gt(ent, 0, "%s", why);
+	cr_assert_eq(kvc_store(c, &ke, &l, 0), 0);
+	stored[3] = ns_stats(c, "coded", &j)->ns[j].bytes_stored;
 	cr_assert_eq(kvc_fetch(c, &k, 0, 8 << 20, &got), 0);
 	cr_assert_eq(got.codec, KVC_CODEC_SPARSE);
 	dense_of(stg, &L, back);
@@ -929,6 +941,15 @@ Test(codec_ops, coded_coefficients_from_a_calibration_with_the_models_weights)
 	e8 = rel_err(orig, back, &L);
 	cr_assert_lt(e5, 0.05, "five bits a coefficient: %g", e5);
 	cr_assert_lt(e8, e5 / 4, "eight bits: %g against %g", e8, e5);
+	cr_assert_eq(kvc_fetch(c, &ke, 0, 8 << 20, &got), 0);
+	dense_of(stg, &L, back);
+	ee = rel_err(orig, back, &L);
+	/* entropy=on: its steps are those of 5 bits without a range to fit, so on these values
+	 * (spread evenly, not bell-shaped) it spends fewer bytes for a coarser step */
+	cr_assert_lt(stored[3] - stored[2], stored[1] - stored[0], "%llu bytes against %llu",
+		     (unsigned long long)(stored[3] - stored[2]),
+		     (unsigned long long)(stored[1] - stored[0]));
+	cr_assert_lt(ee, 2 * e5, "%g against %g", ee, e5);
 	/* and from kvcctl */
 	char out[256];
 
