@@ -1461,6 +1461,21 @@ Test(sparse, entropy_coding_spends_fewer_bytes_on_the_same_coefficients)
 	memcpy(enc2 + at, &s0, 4);
 	cr_assert_eq(kvcd_codec_decode_with(KVCD_ISA_SCALAR, enc2, n, basis, len, dec, out, &got),
 		     -EBADMSG);
+	/* a stream that would outgrow its room is -ERANGE (the STORE then falls back to raw) */
+	uint32_t bits8[D];
+	float cf[T * D], rows8[T * D];
+	uint8_t small[16];
+	struct kvcd_ent_model em;
+
+	kvcd_ent_model_init(&em);
+	for (int j = 0; j < D; j++)
+		bits8[j] = 8;
+	for (int i = 0; i < T * D; i++)
+		rows8[i] = b.x[i];
+	cr_assert_eq(kvcd_lr_ent_put(rows8, T, D, D, kvcd_basis_rows(basis, 0, 0),
+				     kvcd_basis_vars(basis, 0, 0), bits8, &em, cf, small,
+				     sizeof(small)),
+		     -ERANGE);
 	/* entropy=on codes kbits/vbits coefficients only */
 	struct kvcd_policy q;
 	char why[128];
