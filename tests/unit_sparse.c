@@ -1240,6 +1240,29 @@ static double roundtrip_err(struct blk *b, const char *s, uint32_t pos)
 	return e;
 }
 
+/* Two calibration blocks and a block @b whose channel c has variance 2^-c, and a basis
+ * learned from the calibration ones (with @o), sealed with @id and set in @b's aux. */
+static void graded_basis(struct blk cal[2], struct blk *b, const struct kvcd_cal_opts *o,
+			 uint64_t id, void **basis, uint64_t *len)
+{
+	struct kvcp_layout ls[2] = { LAY, LAY };
+	const void *srcs[2] = { cal[0].x, cal[1].x };
+
+	for (int i = 0; i < 2; i++) {
+		make(&cal[i]);
+		for (size_t e = 0; e < sizeof(cal[i].x) / 4; e++)
+			cal[i].x[e] *= (float)exp2(-(double)(e % D) / 2);
+	}
+	make(b);
+	for (size_t e = 0; e < sizeof(b->x) / 4; e++)
+		b->x[e] *= (float)exp2(-(double)(e % D) / 2);
+	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, o, 1, basis, len), 0);
+	cr_assert_eq(kvcd_basis_check(*basis, *len), 0);
+	kvcd_basis_seal(*basis, id);
+	b->aux.basis = *basis;
+	b->aux.basis_len = *len;
+}
+
 /* learned=on with kbits/vbits: the directions' bits follow the engine's weights and the
  * calibration's variances, add up to the budget (K's and V's together), and more bits give
  * less error; a corrupt bit count is refused, and a basis without variances serves the plain
@@ -1259,19 +1282,7 @@ Test(sparse, coded_coefficients_spend_their_bits_by_weight_and_variance)
 	for (int i = 0; i < 2 * LY; i++)
 		weight[i] = 1.0f;
 	weight[0] = 256.0f; /* an error in layer 0's K costs 256 times more: 4 bits more */
-	for (int i = 0; i < 2; i++) { /* channel c has variance 2^-c */
-		make(&cal[i]);
-		for (size_t e = 0; e < sizeof(cal[i].x) / 4; e++)
-			cal[i].x[e] *= (float)exp2(-(double)(e % D) / 2);
-	}
-	make(&b);
-	for (size_t e = 0; e < sizeof(b.x) / 4; e++)
-		b.x[e] *= (float)exp2(-(double)(e % D) / 2);
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, &o, 1, &basis, &len), 0);
-	cr_assert_eq(kvcd_basis_check(basis, len), 0);
-	kvcd_basis_seal(basis, 0x77);
-	b.aux.basis = basis;
-	b.aux.basis_len = len;
+	graded_basis(cal, &b, &o, 0x77, &basis, &len);
 
 	struct kvcd_policy p = pol("none:rank=8,learned=on,kbits=4,vbits=3");
 	uint32_t counts[3 * LY * H + 2 * LY * H * D], sum = 0, l0 = 0, l1 = 0;
@@ -1397,8 +1408,6 @@ static double planned_roundtrip(struct blk *b, const char *s, uint8_t **enc, uin
 Test(sparse, entropy_coding_spends_fewer_bytes_on_the_same_coefficients)
 {
 	static struct blk cal[2], b;
-	struct kvcp_layout ls[2] = { LAY, LAY };
-	const void *srcs[2] = { cal[0].x, cal[1].x };
 	size_t lh = LY * H;
 	void *basis, *dec;
 	uint64_t len, n, n2, nf, out;
@@ -1406,18 +1415,7 @@ Test(sparse, entropy_coding_spends_fewer_bytes_on_the_same_coefficients)
 	double ef, ee, e6;
 	struct kvcp_layout got;
 
-	for (int i = 0; i < 2; i++) { /* channel c has variance 2^-c */
-		make(&cal[i]);
-		for (size_t e = 0; e < sizeof(cal[i].x) / 4; e++)
-			cal[i].x[e] *= (float)exp2(-(double)(e % D) / 2);
-	}
-	make(&b);
-	for (size_t e = 0; e < sizeof(b.x) / 4; e++)
-		b.x[e] *= (float)exp2(-(double)(e % D) / 2);
-	cr_assert_eq(kvcd_basis_learn(KVCD_ISA_SCALAR, 2, ls, srcs, 100, NULL, 1, &basis, &len), 0);
-	kvcd_basis_seal(basis, 0x78);
-	b.aux.basis = basis;
-	b.aux.basis_len = len;
+	graded_basis(cal, &b, NULL, 0x78, &basis, &len);
 
 	ef = roundtrip_err(&b, "none:rank=8,learned=on,kbits=5,vbits=5", 0);
 	nf = last_bytes;
