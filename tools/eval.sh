@@ -46,6 +46,8 @@ mkdir -p bench/results
 # policies run again on the same blocks, for the frontier at equal memory.
 q54="kivi:kbits=5,vbits=4,group=64,params=u8" q65="kivi:kbits=6,vbits=5,group=32,params=u8"
 snap="select=snapkv,window=16,budget=adakv"
+# the same keeping the prefix's last 48 tokens: chosen on the tuning set for entropy=on below
+snap48="select=snapkv,window=48,budget=adakv"
 sel="kivi:kbits=6,vbits=5,group=32,sparse=0.2%,rope=10000,params=u8;$q54;\
 kivi:kbits=4,vbits=4,group=64,params=u8;kivi:kbits=4,vbits=3,group=64,params=u8;\
 kivi:kbits=3,vbits=3,group=64,params=u8;int3:params=u8;kivi:kbits=2,vbits=2,group=64,params=u8;\
@@ -78,7 +80,9 @@ none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8
 none:$snap,keep=66%,rank=8,learned=on,kbits=5,vbits=4;none:$snap,keep=50%,rank=8,learned=on,kbits=5,vbits=5;\
 none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;none:rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
 none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on"
+none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel" "${cal[@]}")
 ./build/kvc-eval "${sargs[@]}" --md "$dir/select.md" --plot docs/quality_select.png |
@@ -102,7 +106,9 @@ none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5;none:$snap,keep=80%,rank=8
 none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8,learned=on,kbits=5,vbits=4;\
 none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;none:rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
 none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on"
+none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on"
 rargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --seed "$rseed")
 ./build/kvc-eval "${rargs[@]}" --policies "$rep" "${cal[@]}" --md "$dir/report.md" |
@@ -191,6 +197,41 @@ for v in "1 10000" "1 0" "0 10000" "0 0"; do
 		--calibrate 16 --calibrate-seed "$cseed" --calibrate-weights "$1" \
 		--calibrate-rope "$2" > "$dir/abl_$1_$2.json"
 done
+# The issue's targets on more draws: a perplexity ratio over 16 sequences moves by about 0.01
+# from one draw to the next, so one report set can meet a target by luck. These policies
+# again on twelve more sets of 16 sequences, one block holding the prefix.
+draws=${DRAW_SEEDS:-5 7 9 11 13 15 17 19 21 23 25 27}
+tgt="none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;\
+none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on;\
+none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on"
+for sd in $draws; do
+	./build/kvc-eval --socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" \
+		--prefix "$prefix" --cont "$cont" --seed "$sd" --chunk "$prefix" --window 64 \
+		--policies "$tgt" --json "${cal[@]}" > "$dir/draw_$sd.json"
+done
+/usr/bin/python3 - "$dir" $draws > "$dir/draws.md" <<'PY'
+import json, sys
+d, seeds = sys.argv[1], sys.argv[2:]
+runs = [json.load(open(f"{d}/draw_{s}.json"))["policies"] for s in seeds]
+goal = [(3.0, 1.03), (3.0, 1.03), (4.0, 1.10), (4.0, 1.10)]
+print("| policy | target | met | perplexity ratio: mean, worst | compression: least |")
+print("|---|---|---|---|---|")
+for i, (r0, p0) in enumerate(goal):
+    rows = [run[i] for run in runs]
+    met = sum(r["compression_ratio"] >= r0 and r["ppl_ratio"] <= p0 for r in rows)
+    ppl = [r["ppl_ratio"] for r in rows]
+    print(f"| `{rows[0]['policy']}` | {p0} at {r0:g}x | {met} of {len(rows)} | "
+          f"{sum(ppl) / len(ppl):.3f}, {max(ppl):.3f} | "
+          f"{min(r['compression_ratio'] for r in rows):.3f}x |")
+print()
+print("Each draw (compression, perplexity ratio), by seed:\n")
+print("| seed | " + " | ".join(f"policy {i + 1}" for i in range(len(goal))) + " |")
+print("|---|" + "---|" * len(goal))
+for s, run in zip(seeds, runs):
+    print(f"| {s} | " + " | ".join(f"{r['compression_ratio']:.3f}x, {r['ppl_ratio']:.3f}"
+                                   for r in run) + " |")
+PY
 /usr/bin/python3 - "$dir" > "$dir/coded.md" <<'PY'
 import json, sys
 d = sys.argv[1]
@@ -463,12 +504,36 @@ What the numbers say on this model:
   1.064-1.068). Its error no longer depends on how many tokens share a range, so chunks and
   one block differ only in their headers. With SnapKV+Ada-KV keeping 80% and 6/5, 4.09x
   for 1.091 (tuning) and 1.075 (report).
-- Issue targets on the report set: 1.03 at 3x is reached with `entropy=on` (6/6, one block:
-  3.01x for 1.022; 3.00x for 1.022 on the tuning set), by a wide margin in quality and a
-  thin one in size; 1.10 at 4x is reached (SnapKV+Ada-KV 80% with entropy-coded 6/5: 4.09x
-  for 1.075; 1.091 on the tuning set). Without entropy coding the best were 1.034 at 3.10x
-  and 1.090 at 4.08x.
+- Keeping the prefix's last 48 tokens rather than 16 (`window=48`, chosen on the tuning set)
+  is what selection needed here: SnapKV+Ada-KV 80% with entropy-coded 6/5 goes from 1.091 to
+  1.065 (tuning) at 4.09x, and 95% with 6/6 gives 3.16x for 1.023 on both sets.
+- Issue targets on the report set: 1.03 at 3x is reached (6/6 in one block: 3.01x for 1.022,
+  a thin margin in size; with SnapKV+Ada-KV 95% and `window=48`: 3.16x for 1.023), and so is
+  1.10 at 4x (SnapKV+Ada-KV 80%, `window=48`, 6/5: 4.09x for 1.068). Without entropy coding
+  the best were 1.034 at 3.10x and 1.090 at 4.08x. How steady they are over other draws is
+  below.
 CODEDTAIL
+	cat <<'DRAWS'
+
+## The targets on more draws
+
+Over 16 sequences a perplexity ratio moves by about 0.01 from one draw to the next, so a
+single report set can meet a target by luck. The policies that meet the issue's targets on the
+report set (1.03 at 3x, 1.10 at 4x), each in one block holding the prefix, again on twelve
+more sets of 16 sequences (seeds 5 to 27, odd; the basis as above). `window=48` was chosen on
+the tuning set, after these policies' first runs with `window=16`.
+
+DRAWS
+	cat "$dir/draws.md"
+	cat <<'DRAWSTAIL'
+
+- 1.10 at 4x holds on every draw with `window=48` (mean 1.066, worst 1.081), and not with
+  `window=16` (mean 1.088, two draws above 1.10).
+- 1.03 at 3x holds on average (means 1.020 and 1.023, worst 1.030 and 1.032). 6/6 without
+  selection misses on size three times (2.98-2.997x, a ratio that depends on how compressible
+  each draw's values are); SnapKV+Ada-KV 95% has room in size (3.13x at least) and misses on
+  quality twice, by at most 0.002.
+DRAWSTAIL
 } > docs/quality.md
 echo "wrote docs/quality.md, docs/quality.png, docs/quality_select.png," \
      "bench/results/quality.json, bench/results/quality_select.json"
