@@ -204,10 +204,13 @@ def test_coded_coefficients_from_python(daemon):
         assert version == 1 and size > 0
         want = lowrank(9)
         c.store(kvcd.Key(301, 9), want, policy_slot=coded)
-        dense, mask = c.fetch(kvcd.Key(301, 9)).dense()
-        assert mask.all()
-        err = np.linalg.norm(dense.astype(np.float32) - want.astype(np.float32))
-        assert err / np.linalg.norm(want.astype(np.float32)) < 0.05
+        ranged = c.policy("none:rank=32,learned=on,kbits=6,vbits=6,entropy=on")
+        c.store(kvcd.Key(301, 10), want, policy_slot=ranged)
+        for k in (9, 10):  # fixed-width codes, then range-coded ones
+            dense, mask = c.fetch(kvcd.Key(301, k)).dense()
+            assert mask.all()
+            err = np.linalg.norm(dense.astype(np.float32) - want.astype(np.float32))
+            assert err / np.linalg.norm(want.astype(np.float32)) < 0.05, k
 
 
 def test_selection_from_python_per_chunk_and_deferred(daemon):
