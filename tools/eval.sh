@@ -48,6 +48,12 @@ q54="kivi:kbits=5,vbits=4,group=64,params=u8" q65="kivi:kbits=6,vbits=5,group=32
 snap="select=snapkv,window=16,budget=adakv"
 # the same keeping the prefix's last 48 tokens: chosen on the tuning set for entropy=on below
 snap48="select=snapkv,window=48,budget=adakv"
+# entropy-coded coefficients, alone and after selection: in both selection runs below
+ent_sel="none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;none:rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
+none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on"
 sel="kivi:kbits=6,vbits=5,group=32,sparse=0.2%,rope=10000,params=u8;$q54;\
 kivi:kbits=4,vbits=4,group=64,params=u8;kivi:kbits=4,vbits=3,group=64,params=u8;\
 kivi:kbits=3,vbits=3,group=64,params=u8;int3:params=u8;kivi:kbits=2,vbits=2,group=64,params=u8;\
@@ -78,11 +84,7 @@ none:minicache=3;none:minicache=3,retain=20%;none:minicache=3,slerp=0;none:minic
 none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5;none:$snap,keep=80%,rank=8,learned=on,kbits=5,vbits=5;\
 none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8,learned=on,kbits=5,vbits=4;\
 none:$snap,keep=66%,rank=8,learned=on,kbits=5,vbits=4;none:$snap,keep=50%,rank=8,learned=on,kbits=5,vbits=5;\
-none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;none:rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on"
+$ent_sel"
 sargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --chunk "$prefix" --window 64 --policies "$sel" "${cal[@]}")
 ./build/kvc-eval "${sargs[@]}" --md "$dir/select.md" --plot docs/quality_select.png |
@@ -104,11 +106,7 @@ none:$snap,keep=50%;none:$snap,keep=50%,cold=4;$q54,$snap,keep=50%,resid=quant,c
 none:rank=8,learned=on,kbits=5,vbits=5;none:rank=8,learned=on,kbits=5,vbits=4;\
 none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5;none:$snap,keep=80%,rank=8,learned=on,kbits=5,vbits=5;\
 none:$snap,keep=75%,rank=8,learned=on,kbits=5,vbits=5;none:$snap,keep=85%,rank=8,learned=on,kbits=5,vbits=4;\
-none:rank=8,learned=on,kbits=6,vbits=6,entropy=on;none:rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap,keep=75%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap48,keep=80%,rank=8,learned=on,kbits=6,vbits=5,entropy=on;\
-none:$snap48,keep=95%,rank=8,learned=on,kbits=6,vbits=6,entropy=on"
+$ent_sel"
 rargs=(--socket "$sock" --model "$model" --seqs "$seqs" --temp "$temp" --prefix "$prefix"
        --cont "$cont" --seed "$rseed")
 ./build/kvc-eval "${rargs[@]}" --policies "$rep" "${cal[@]}" --md "$dir/report.md" |
