@@ -1546,3 +1546,35 @@ Test(sparse, coded_keys_are_projected_as_before_rope)
 	cr_assert_lt(e_rope, 0.01, "two directions hold the keys before RoPE: %g", e_rope);
 	cr_assert_gt(e_plain, 0.1, "and not after it: %g", e_plain);
 }
+
+/* Heads wider than 255 channels (a u16 head_dim: Gemma's are 256) select and decode like any
+ * other: the check that a header's counts fit its block must not refuse them. */
+Test(sparse, wide_heads_select_and_decode)
+{
+	const struct kvcp_layout wide = {
+		.dtype = KVCP_F32, .layers = 1, .kv_heads = 2, .head_dim = 256, .tokens = 8
+	};
+	struct kvcd_policy p = pol("none:select=recent,keep=50%");
+	struct kvcd_plan plan;
+	struct kvcp_layout got;
+	size_t n = kvcp_layout_bytes(&wide) / 4;
+	float *x = malloc(n * 4);
+	uint64_t out;
+	void *enc, *dec;
+
+	for (size_t i = 0; i < n; i++)
+		x[i] = nrand();
+	cr_assert_eq(kvcd_codec_plan(KVCD_ISA_SCALAR, &p, &wide, 0, x, NULL, NULL, &plan), 0);
+	enc = malloc(plan.stored);
+	cr_assert_eq(kvcd_codec_write(KVCD_ISA_SCALAR, &plan, x, NULL, NULL, enc), 0);
+	out = kvcd_codec_out_size(enc, plan.stored);
+	cr_assert_gt(out, 0);
+	dec = malloc(out);
+	cr_assert_eq(kvcd_codec_decode(KVCD_ISA_SCALAR, enc, plan.stored, dec, out, &got), 0);
+	cr_assert_eq(got.head_dim, 256);
+	cr_assert_eq(view_of(dec).h.total, 2 * 4, "half of 8 tokens on each of 2 heads");
+	kvcd_plan_fini(&plan);
+	free(x);
+	free(enc);
+	free(dec);
+}

@@ -1011,8 +1011,8 @@ static bool words_fit(const struct kvcd_codec_hdr *h, uint64_t n)
 {
 	size_t lh = (size_t)h->layout.layers * h->layout.kv_heads;
 
-	return lh <= n / 4 && h->layout.head_dim <= 255 &&
-	       sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, &h->layout) <= n;
+	/* lh within n / 4 keeps lh x head_dim (a u16) from overflowing below */
+	return lh <= n / 4 && sizeof(*h) + lh * 4 + ranks_bytes(&h->pol, &h->layout) <= n;
 }
 
 /* Counts and bitmaps of an encoded block, checked against each other and its size. */
