@@ -786,12 +786,12 @@ int kvc_poll(kvc_client *c, struct kvc_cqe *out, unsigned max)
 	return (int)got;
 }
 
-/* Wait until the CQ holds something, @deadline_ns passes (0: never) or the daemon is gone.
- * Returns 0, -ETIMEDOUT or -ECONNRESET (after re-attaching if possible). */
 /* A spinning wait reads the clock one look at its CQ in this many: a look is what finds the
  * answer, and the clock would slow every one. */
 #define LOOKS_PER_CLOCK 8u
 
+/* Wait until the CQ holds something, @deadline_ns passes (0: never) or the daemon is gone.
+ * Returns 0, -ETIMEDOUT or -ECONNRESET (after re-attaching if possible). */
 static int wait_cq(kvc_client *c, uint64_t deadline_ns)
 {
 	struct kvcp_ring *cq;

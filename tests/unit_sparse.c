@@ -1470,9 +1470,9 @@ Test(sparse, entropy_coding_spends_fewer_bytes_on_the_same_coefficients)
 		bits8[j] = 8;
 	for (int i = 0; i < T * D; i++)
 		rows8[i] = b.x[i];
-	cr_assert_eq(kvcd_lr_ent_put(rows8, T, D, D, kvcd_basis_rows(basis, 0, 0),
-				     kvcd_basis_vars(basis, 0, 0), bits8, &em, cf, small,
-				     sizeof(small)),
+	cr_assert_eq(kvcd_lr_coded_put(rows8, T, D, D, kvcd_basis_rows(basis, 0, 0),
+				       kvcd_basis_vars(basis, 0, 0), bits8, &em, cf, small,
+				       sizeof(small)),
 		     -ERANGE);
 	/* entropy=on codes kbits/vbits coefficients only */
 	struct kvcd_policy q;

@@ -143,36 +143,32 @@ float kvcd_basis_weight(const void *b, uint32_t layer, int kv);
  * directions share kbits x their number, V's vbits x theirs. 0 or -ENOMEM. */
 int kvcd_lr_alloc(const struct kvcd_policy *p, const struct kvcp_layout *l, const void *basis,
 		  const uint32_t *counts, uint32_t *bits);
-/* Bytes of @n rows' @r coefficients with @bits each: a byte of grid for the unit, each
- * direction's range as two int8 on its grid (set by the basis's variance @var), then the
- * codes, direction by direction, packed least significant bit first; the coefficients of @x
- * ([n][d]) over @bt ([r][d]) to @o (@c: n x r floats; -ERANGE when one is not finite or
- * beyond any grid); and @n rows back from them into @out (@a: n x r + d floats). */
-uint64_t kvcd_lr_coded_bytes(uint32_t n, uint32_t r, const uint32_t *bits);
-int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
-		      const float *var, const uint32_t *bits, float *c, uint8_t *o);
-void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n, uint32_t d,
-		       uint32_t r, const float *bt, const float *var, const uint32_t *bits,
-		       uint32_t rope, uint32_t pos, const uint32_t *tok, float *a, uint8_t *out);
-/* entropy=on: the same coefficients on steps with no range, range coded (rc.h) with the
- * models @m, which learn from them: a block's encoder and decoder each start one with
- * kvcd_ent_model_init and carry it through the block's streams in the same order. The stream
- * of @x's coefficients into @o (at most @cap bytes): its bytes, or -ERANGE (a coefficient not
- * finite, or the stream longer than @cap). Decoding @len bytes of it: 0, or -EBADMSG when
- * the stream needs more bytes than it has. */
+/* learned=on with kbits/vbits: @n rows' @r coefficients, each direction with its @bits,
+ * written one of two ways.
+ * - Fixed-width (@m NULL): kvcd_lr_coded_bytes of them, a byte of grid for the unit, each
+ *   direction's range as two int8 on its grid (set by the basis's variance @var), then the
+ *   codes, direction by direction, packed least significant bit first.
+ * - entropy=on (@m the block's models for K or V): on steps with no range, range coded
+ *   (rc.h); the models learn from the codes, so a block's encoder and decoder each start
+ *   them with kvcd_ent_model_init and carry them through its streams in the same order.
+ * kvcd_lr_coded_put writes the coefficients of @x ([n][d]) over @bt ([r][d]) to @o, at most
+ * @cap bytes (@c: n x r floats): their bytes, or -ERANGE (a coefficient not finite or beyond
+ * any grid, or more than @cap bytes). kvcd_lr_coded_get turns @len bytes of them back into
+ * @n rows at @out (@a: n x r + d floats): 0, or -EBADMSG when they need more than @len. */
 #define KVCD_ENT_OCTAVES 23 /* magnitudes up to 2^23 - 1 steps */
 struct kvcd_ent_model {
 	uint16_t zero[9], sign[9]; /* by the direction's bits */
 	uint16_t oct[9][KVCD_ENT_OCTAVES], top[9][KVCD_ENT_OCTAVES][3];
 };
 void kvcd_ent_model_init(struct kvcd_ent_model *m);
-int64_t kvcd_lr_ent_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
-			const float *var, const uint32_t *bits, struct kvcd_ent_model *m, float *c,
-			uint8_t *o, size_t cap);
-int kvcd_lr_ent_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
-		    uint32_t d, uint32_t r, const float *bt, const float *var, const uint32_t *bits,
-		    struct kvcd_ent_model *m, uint32_t rope, uint32_t pos, const uint32_t *tok,
-		    float *a, uint8_t *out);
+uint64_t kvcd_lr_coded_bytes(uint32_t n, uint32_t r, const uint32_t *bits);
+int64_t kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+			  const float *var, const uint32_t *bits, struct kvcd_ent_model *m,
+			  float *c, uint8_t *o, size_t cap);
+int kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
+		      uint32_t d, uint32_t r, const float *bt, const float *var,
+		      const uint32_t *bits, struct kvcd_ent_model *m, uint32_t rope, uint32_t pos,
+		      const uint32_t *tok, float *a, uint8_t *out);
 /* A basis learned with RoPE base @rope (kvcd_basis_rope; 0: none) holds keys as they were
  * before RoPE: @n rows of @d at positions @pos + @tok[i] (@tok NULL: + i) are turned back by
  * it, in place, before they are projected (kvcd_lr_coded_get turns them forward again). */

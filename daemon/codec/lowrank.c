@@ -1104,23 +1104,21 @@ static void coded_range(const float *c, uint32_t n, uint32_t r, float lo, float 
 	}
 }
 
-int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
-		      const float *var, const uint32_t *bits, float *c, uint8_t *o)
+/* Fixed-width codes of the @n x @r coefficients @c (finite) to @o. -ERANGE beyond any grid. */
+static int fixed_put(const float *c, uint32_t n, uint32_t r, const float *var, const uint32_t *bits,
+		     uint8_t *o)
 {
 	uint8_t *codes = o + 1 + 2ull * r;
 	float top = top_var(var, r), amax[255];
 	uint64_t at = 0;
 	uint32_t s = 0;
 
-	project(x, n, d, r, bt, c);
 	/* the unit's grid: the finest on which every direction's range fits in int8 */
 	memset(amax, 0, sizeof(amax));
 	for (uint32_t i = 0; i < n; i++)
 		for (uint32_t j = 0; j < r; j++) {
 			float v = fabsf(c[(size_t)i * r + j]);
 
-			if (!isfinite(v))
-				return -ERANGE;
 			amax[j] = v > amax[j] ? v : amax[j];
 		}
 	for (uint32_t j = 0; j < r; j++)
@@ -1163,13 +1161,12 @@ int kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const 
 	return 0;
 }
 
-void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint32_t n, uint32_t d,
-		       uint32_t r, const float *bt, const float *var, const uint32_t *bits,
-		       uint32_t rope, uint32_t pos, const uint32_t *tok, float *a, uint8_t *out)
+/* The @n x @r coefficients of fixed-width codes @in into @a. */
+static void fixed_get(const uint8_t *in, uint32_t n, uint32_t r, const float *var,
+		      const uint32_t *bits, float *a)
 {
-	double inv[128];
 	const uint8_t *codes = in + 1 + 2ull * r;
-	float *row = a + (size_t)n * r, top = top_var(var, r);
+	float top = top_var(var, r);
 	uint64_t at = 0;
 
 	for (uint32_t j = 0; j < r; j++) {
@@ -1183,9 +1180,6 @@ void kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, uint
 			at += bits[j];
 		}
 	}
-	if (rope)
-		rope_freqs(rope, d, inv);
-	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, row, out);
 }
 
 /* ---- entropy=on: the coefficients on steps, then range coded --------------------------------
@@ -1263,18 +1257,15 @@ static int32_t ent_get(struct kvcd_rcd *dc, struct kvcd_ent_model *m, uint32_t b
 	return neg ? -(int32_t)mag : (int32_t)mag;
 }
 
-int64_t kvcd_lr_ent_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
-			const float *var, const uint32_t *bits, struct kvcd_ent_model *m, float *c,
-			uint8_t *o, size_t cap)
+/* The range-coded stream of the @n x @r coefficients @c (finite) to @o, at most @cap bytes:
+ * its bytes, or -ERANGE when it needs more. */
+static int64_t ent_codes_put(const float *c, uint32_t n, uint32_t r, const float *var,
+			     const uint32_t *bits, struct kvcd_ent_model *m, uint8_t *o, size_t cap)
 {
 	float top = top_var(var, r);
 	struct kvcd_rce e;
 	size_t bytes;
 
-	project(x, n, d, r, bt, c);
-	for (size_t i = 0; i < (size_t)n * r; i++)
-		if (!isfinite(c[i]))
-			return -ERANGE;
 	kvcd_rce_init(&e, o, cap);
 	for (uint32_t j = 0; j < r; j++) {
 		float inv;
@@ -1293,13 +1284,12 @@ int64_t kvcd_lr_ent_put(const float *x, uint32_t n, uint32_t d, uint32_t r, cons
 	return bytes ? (int64_t)bytes : -ERANGE;
 }
 
-int kvcd_lr_ent_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
-		    uint32_t d, uint32_t r, const float *bt, const float *var, const uint32_t *bits,
-		    struct kvcd_ent_model *m, uint32_t rope, uint32_t pos, const uint32_t *tok,
-		    float *a, uint8_t *out)
+/* The @n x @r coefficients of the @len-byte stream @in into @a: 0, or -EBADMSG when the
+ * stream needs more bytes than it has. */
+static int ent_codes_get(const uint8_t *in, size_t len, uint32_t n, uint32_t r, const float *var,
+			 const uint32_t *bits, struct kvcd_ent_model *m, float *a)
 {
-	double inv[128];
-	float *row = a + (size_t)n * r, top = top_var(var, r);
+	float top = top_var(var, r);
 	struct kvcd_rcd dc;
 
 	kvcd_rcd_init(&dc, in, len);
@@ -1310,10 +1300,47 @@ int kvcd_lr_ent_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t 
 			a[(size_t)i * r + j] = bits[j] ? step * (float)ent_get(&dc, m, bits[j])
 						       : 0.0f;
 	}
-	if (!kvcd_rcd_ok(&dc))
-		return -EBADMSG;
+	return kvcd_rcd_ok(&dc) ? 0 : -EBADMSG;
+}
+
+int64_t kvcd_lr_coded_put(const float *x, uint32_t n, uint32_t d, uint32_t r, const float *bt,
+			  const float *var, const uint32_t *bits, struct kvcd_ent_model *m,
+			  float *c, uint8_t *o, size_t cap)
+{
+	uint64_t fixed = kvcd_lr_coded_bytes(n, r, bits);
+	int err;
+
+	project(x, n, d, r, bt, c);
+	for (size_t i = 0; i < (size_t)n * r; i++)
+		if (!isfinite(c[i]))
+			return -ERANGE;
+	if (m)
+		return ent_codes_put(c, n, r, var, bits, m, o, cap);
+	if (fixed > cap)
+		return -ERANGE;
+	err = fixed_put(c, n, r, var, bits, o);
+	return err ? err : (int64_t)fixed;
+}
+
+int kvcd_lr_coded_get(enum kvcd_isa isa, uint8_t dtype, const uint8_t *in, size_t len, uint32_t n,
+		      uint32_t d, uint32_t r, const float *bt, const float *var,
+		      const uint32_t *bits, struct kvcd_ent_model *m, uint32_t rope, uint32_t pos,
+		      const uint32_t *tok, float *a, uint8_t *out)
+{
+	double inv[128];
+	int err = 0;
+
+	if (m)
+		err = ent_codes_get(in, len, n, r, var, bits, m, a);
+	else if (len < kvcd_lr_coded_bytes(n, r, bits))
+		err = -EBADMSG;
+	else
+		fixed_get(in, n, r, var, bits, a);
+	if (err)
+		return err;
 	if (rope)
 		rope_freqs(rope, d, inv);
-	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, row, out);
+	rows_times_rope(isa, dtype, a, n, r, bt, d, rope ? inv : NULL, pos, tok, a + (size_t)n * r,
+			out);
 	return 0;
 }

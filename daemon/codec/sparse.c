@@ -103,6 +103,25 @@ static size_t plan_words(const struct kvcd_policy *p, const struct kvcp_layout *
 	return (size_t)l->layers * l->kv_heads + ranks_n(p, l) + coded_n(p, l) + ent_n(p, l);
 }
 
+/* Where a sparse block's rank bytes start: after its header, its counts and (learned=) its
+ * basis's id. The bits' nibbles (kbits/vbits) follow the ranks, then the streams' bytes
+ * (entropy=on). Encoder and decoder both take the places from here. */
+static size_t ranks_off(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return sizeof(struct kvcd_codec_hdr) + (size_t)l->layers * l->kv_heads * 4 +
+	       (kvcd_policy_learned(p) ? 8 : 0);
+}
+
+static size_t nibbles_off(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return ranks_off(p, l) + ranks_n(p, l);
+}
+
+static size_t streams_off(const struct kvcd_policy *p, const struct kvcp_layout *l)
+{
+	return nibbles_off(p, l) + coded_n(p, l) / 2;
+}
+
 /* entropy=on: the stream bytes in a plan (K's then V's of each (layer, head)), or NULL. */
 static const uint32_t *streams_at(const struct kvcd_policy *p, const struct kvcp_layout *l,
 				  const uint32_t *counts)
@@ -749,25 +768,29 @@ static int cold_put(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	return kvcd_units_encode(isa, &cp, &mini, pos, w->raw, NULL, o);
 }
 
-/* entropy=on: (layer, head) @u's K rows (w->rows, @m of @d, already turned back by RoPE
- * where the basis says) and V rows as two streams at @o, within *@left bytes (taken from
- * it), with the block's models for K and V (@em); their bytes into @sz[0], @sz[1]. -ERANGE
- * past *@left. */
-static int ent_streams(struct sel_work *w, uint32_t m, uint32_t d, uint32_t rk, uint32_t rv,
-		       const void *basis, size_t u, const uint32_t *bk, struct kvcd_ent_model *em,
-		       uint8_t *o, uint64_t *left, uint32_t *sz)
+/* learned=on with kbits/vbits: (layer, head) @u's K rows (w->rows, @m of @d, already turned
+ * back by RoPE where the basis says) and V rows, of ranks @rkv[0], @rkv[1] and bits @bk, to
+ * @o. entropy=on (@em the block's models for K and V): within *@left bytes (taken from it),
+ * the two streams' bytes into @sz[0], @sz[1]; -ERANGE past *@left. */
+static int coded_put(struct sel_work *w, uint32_t m, uint32_t d, const uint32_t *rkv,
+		     const void *basis, size_t u, const uint32_t *bk, struct kvcd_ent_model *em,
+		     uint8_t *o, uint64_t *left, uint32_t *sz)
 {
 	for (int kv = 0; kv < 2; kv++) {
-		int64_t n = kvcd_lr_ent_put(w->rows + (size_t)kv * m * d, m, d, kv ? rv : rk,
-					    kvcd_basis_rows(basis, u, kv),
-					    kvcd_basis_vars(basis, u, kv), bk + (size_t)kv * d,
-					    &em[kv], w->u, o,
-					    *left > UINT32_MAX ? UINT32_MAX : *left);
+		int64_t n = kvcd_lr_coded_put(w->rows + (size_t)kv * m * d, m, d, rkv[kv],
+					      kvcd_basis_rows(basis, u, kv),
+					      kvcd_basis_vars(basis, u, kv), bk + (size_t)kv * d,
+					      em ? &em[kv] : NULL, w->u, o,
+					      !em		   ? SIZE_MAX
+					      : *left > UINT32_MAX ? UINT32_MAX
+								   : *left);
 
 		if (n < 0)
 			return (int)n;
-		sz[kv] = (uint32_t)n;
-		*left -= (uint64_t)n;
+		if (em) {
+			sz[kv] = (uint32_t)n;
+			*left -= (uint64_t)n;
+		}
 		o += n;
 	}
 	return 0;
@@ -868,10 +891,9 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 	if (basis) /* learned=: the basis's id, then the ranks */
 		memcpy(o + sizeof(h) + lh * 4, &bh.id, 8);
 	for (size_t i = 0; i < ranks_n(p, l); i++) /* energy=, learned=: each rank, 1..255 */
-		o[sizeof(h) + lh * 4 + (basis ? 8 : 0) + i] = (uint8_t)counts[lh + i];
+		o[ranks_off(p, l) + i] = (uint8_t)counts[lh + i];
 	for (size_t i = 0; i < coded_n(p, l); i += 2) /* kbits/vbits: two nibbles a byte */
-		o[sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + i / 2] = (uint8_t)(pb[i] | pb[i + 1]
-											      << 4);
+		o[nibbles_off(p, l) + i / 2] = (uint8_t)(pb[i] | pb[i + 1] << 4);
 	bits = o + sizeof(h) + lh * 4 + ranks_bytes(p, l);
 	memset(bits, 0, lh * bm);
 	wts = bits + lh * bm;
@@ -941,25 +963,14 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 				if (!hh) /* the whole layer, stored with its first head */
 					err = kvcd_lr_layer_put(isa, p, l, w.kp, w.vp, lbuf, body);
 			} else if (kvcd_policy_coded(p)) {
-				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
-				const uint32_t *bk = bits_at(p, l, counts, u);
-
 				if (m && kvcd_basis_rope(basis)) /* keys before RoPE */
 					kvcd_lr_unrope(w.rows, m, d, kvcd_basis_rope(basis), pos,
 						       w.keep);
-				if (m && streams)
-					err = ent_streams(&w, m, d, rk, rv, basis, u, bk, em, body,
-							  &ent_left, streams + 2 * u);
-				if (m && !streams)
-					err = kvcd_lr_coded_put(
-						w.rows, m, d, rk, kvcd_basis_rows(basis, u, 0),
-						kvcd_basis_vars(basis, u, 0), bk, w.u, body);
-				if (m && !streams && !err)
-					err = kvcd_lr_coded_put(
-						w.rows + (size_t)m * d, m, d, rv,
-						kvcd_basis_rows(basis, u, 1),
-						kvcd_basis_vars(basis, u, 1), bk + d, w.u,
-						body + kvcd_lr_coded_bytes(m, rk, bk));
+				if (m)
+					err = coded_put(&w, m, d, counts + lh + 2 * u, basis, u,
+							bits_at(p, l, counts, u),
+							streams ? em : NULL, body, &ent_left,
+							streams ? streams + 2 * u : NULL);
 			} else if (kvcd_policy_learned(p)) {
 				uint32_t rk = counts[lh + 2 * u], rv = counts[lh + 2 * u + 1];
 
@@ -994,8 +1005,7 @@ int kvcd_sel_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const struct
 		}
 	}
 	if (!err && streams) { /* the streams' bytes, and with them the block's */
-		memcpy(o + sizeof(h) + lh * 4 + 8 + ranks_n(p, l) + coded_n(p, l) / 2, streams,
-		       ent_n(p, l) * 4);
+		memcpy(o + streams_off(p, l), streams, ent_n(p, l) * 4);
 		h.bytes = kvcd_sel_size(p, l, scores, pos, counts);
 		memcpy(o, &h, sizeof(h));
 	}
@@ -1023,9 +1033,10 @@ static int read_sel(const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 	size_t lh = (size_t)l->layers * l->kv_heads, bm = (l->tokens + 7) / 8;
 	size_t rb = ranks_bytes(&h->pol, l), rn = ranks_n(&h->pol, l), cn = coded_n(&h->pol, l);
 	size_t en = ent_n(&h->pol, l);
-	const uint8_t *rk = (const uint8_t *)src + sizeof(*h) + lh * 4 +
-			    (kvcd_policy_learned(&h->pol) ? 8 : 0);
-	const uint8_t *nib = rk + rn, *streams = nib + cn / 2, *bits = streams + 4 * en;
+	const uint8_t *rk = (const uint8_t *)src + ranks_off(&h->pol, l);
+	const uint8_t *nib = (const uint8_t *)src + nibbles_off(&h->pol, l);
+	const uint8_t *streams = (const uint8_t *)src + streams_off(&h->pol, l),
+		      *bits = streams + 4 * en;
 
 	*total = 0;
 	if (n < sizeof(*h) + lh * (4 + bm) + rb)
@@ -1195,6 +1206,35 @@ uint32_t kvcd_sel_basis_id(const struct kvcd_codec_hdr *h, const void *src, uint
 	return h->reserved;
 }
 
+/* learned=on with kbits/vbits: (layer, head) @i's K and V rows from its body @in into @rows
+ * (@fac: scratch); entropy=on streams with the block's models @em. 0 or -EBADMSG. */
+static int coded_get(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const uint8_t *in, size_t i,
+		     const uint32_t *counts, const void *basis, struct kvcd_ent_model *em,
+		     const uint32_t *tok, float *fac, uint8_t *rows)
+{
+	const struct kvcp_layout *hl = &h->layout;
+	size_t lh = (size_t)hl->layers * hl->kv_heads;
+	uint32_t c = counts[i], d = hl->head_dim;
+	const uint32_t *bk = bits_at(&h->pol, hl, counts, i);
+	const uint32_t *sz = streams_at(&h->pol, hl, counts);
+
+	for (int kv = 0; kv < 2; kv++) { /* K turned forward by RoPE where the basis says */
+		uint32_t r = counts[lh + 2 * i + (size_t)kv];
+		const uint32_t *b = bk + (size_t)kv * d;
+		uint64_t len = sz ? sz[2 * i + (size_t)kv] : kvcd_lr_coded_bytes(c, r, b);
+		int err = kvcd_lr_coded_get(
+			isa, hl->dtype, in, len, c, d, r, kvcd_basis_rows(basis, i, kv),
+			kvcd_basis_vars(basis, i, kv), b, sz ? &em[kv] : NULL,
+			kv ? 0 : kvcd_basis_rope(basis), kv ? 0 : h->pos, kv ? NULL : tok, fac,
+			rows + (size_t)kv * c * d * kvcp_dtype_size(hl->dtype));
+
+		if (err)
+			return err;
+		in += len;
+	}
+	return 0;
+}
+
 int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const void *src, uint64_t n,
 		    const void *basis, uint64_t basis_len, void *dst, uint64_t cap,
 		    struct kvcp_layout *l)
@@ -1308,34 +1348,7 @@ int kvcd_sel_decode(enum kvcd_isa isa, const struct kvcd_codec_hdr *h, const voi
 			if (!(i % hl->kv_heads)) /* writes every head of the layer */
 				kvcd_lr_layer_get(isa, &h->pol, hl, in, fac, rows);
 		} else if (kvcd_policy_coded(&h->pol)) {
-			uint32_t c = counts[i], d = hl->head_dim;
-			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
-			const uint32_t *bk = bits_at(&h->pol, hl, counts, i);
-			const uint32_t *sz = streams_at(&h->pol, hl, counts);
-
-			if (sz) {
-				err = kvcd_lr_ent_get(isa, hl->dtype, in, sz[2 * i], c, d, rk,
-						      kvcd_basis_rows(basis, i, 0),
-						      kvcd_basis_vars(basis, i, 0), bk, &em[0],
-						      kvcd_basis_rope(basis), h->pos, tok + kept,
-						      fac, rows);
-				if (!err)
-					err = kvcd_lr_ent_get(
-						isa, hl->dtype, in + sz[2 * i], sz[2 * i + 1], c, d,
-						rv, kvcd_basis_rows(basis, i, 1),
-						kvcd_basis_vars(basis, i, 1), bk + d, &em[1], 0, 0,
-						NULL, fac, rows + (size_t)c * row);
-			} else {
-				kvcd_lr_coded_get(
-					isa, hl->dtype, in, c, d, rk, kvcd_basis_rows(basis, i, 0),
-					kvcd_basis_vars(basis, i, 0), bk, kvcd_basis_rope(basis),
-					h->pos, tok + kept, fac, rows);
-				kvcd_lr_coded_get(isa, hl->dtype,
-						  in + kvcd_lr_coded_bytes(c, rk, bk), c, d, rv,
-						  kvcd_basis_rows(basis, i, 1),
-						  kvcd_basis_vars(basis, i, 1), bk + d, 0, 0, NULL,
-						  fac, rows + (size_t)c * row);
-			}
+			err = coded_get(isa, h, in, i, counts, basis, em, tok + kept, fac, rows);
 		} else if (kvcd_policy_learned(&h->pol)) {
 			uint32_t c = counts[i], d = hl->head_dim;
 			uint32_t rk = counts[lh + 2 * i], rv = counts[lh + 2 * i + 1];
