@@ -346,3 +346,106 @@ Test(quant, dequant_into_rows_equals_per_channel)
 	cr_assert(!kvcd_dequant_rows(kvcd_isa_best(), q, D, N - 8, par, rows, TS), "not tiles");
 	cr_assert(!kvcd_dequant_rows(KVCD_ISA_AVX2, q, D, N, par, rows, TS), "AVX-512 only");
 }
+
+/* A group's range decides its parameters' bits whatever the sign of a zero at its ends, so no
+ * kernel's order of folding (min(-0, +0) may be either) shows in the bytes. */
+Test(quant, a_zeros_sign_does_not_change_the_parameters)
+{
+	float lo[2] = { -0.0f, 0.0f }, hi[2] = { 3.0f, 3.0f }, lo2[2] = { -2.0f, -2.0f },
+	      hi2[2] = { -0.0f, 0.0f };
+
+	for (enum kvcd_isa isa = KVCD_ISA_SCALAR; isa <= kvcd_isa_best(); isa++)
+		for (unsigned bits = 2; bits <= 8; bits += 2) {
+			uint16_t a[4], b[4];
+
+			cr_assert_eq(kvcd_quant_params(isa, lo, hi, 2, bits, a), 0);
+			cr_assert_eq(memcmp(a, a + 2, 4), 0, "%s: zero at the minimum, bits %u",
+				     kvcd_isa_name(isa), bits);
+			cr_assert_eq(kvcd_quant_params(isa, lo2, hi2, 2, bits, b), 0);
+			cr_assert_eq(memcmp(b, b + 2, 4), 0, "%s: zero at the maximum, bits %u",
+				     kvcd_isa_name(isa), bits);
+		}
+}
+
+/* The one-pass f16 row kernel writes what ranges, params, apply and pack write, to the same
+ * places: rows of 1 to 40 groups (so batches of 16 and a short one), groups of 16 to 128
+ * values, with constant groups, zeros of both signs at a group's ends, and ties; an inf or a
+ * nan anywhere is -EINVAL. */
+Test(quant, one_pass_rows_equal_the_three_phases)
+{
+	enum {
+		MAXV = 40 * 128
+	};
+	static const size_t gchs[] = { 16, 48, 64, 128 };
+	uint16_t *h = malloc(MAXV * 2);
+	float *x = malloc(MAXV * 4), *scratch = malloc(MAXV * 4), lo[40], hi[40];
+	uint8_t *want = malloc(3 * MAXV), *got = malloc(3 * MAXV), q[128];
+	uint16_t sz[80];
+	uint64_t r = 99;
+
+	if (!kvcd_quant_row_f16_ok(kvcd_isa_best(), 64, 8))
+		cr_skip_test("this CPU has no AVX-512 with F16C");
+	cr_assert_eq(kvcd_quant_row_f16(KVCD_ISA_AVX2, (const uint8_t *)h, 1, 64, 1, 8, 64, scratch,
+					got, got),
+		     -EOPNOTSUPP);
+	cr_assert_eq(kvcd_quant_row_f16(kvcd_isa_best(), (const uint8_t *)h, 1, 64, 1, 3, 64,
+					scratch, got, got),
+		     -EOPNOTSUPP);
+	for (size_t gi = 0; gi < 4; gi++)
+		for (unsigned bits = 4; bits <= 8; bits += 4)
+			for (size_t ng = 1; ng <= 40; ng += 3) {
+				size_t gch = gchs[gi], per = ng % 2 ? 1 : 2;
+				size_t cb = gch * bits / 8, stride = per * (4 + cb) + 8;
+				size_t nh = ng / per, out = nh * stride;
+
+				for (size_t g = 0; g < ng; g++) {
+					fill_group(x + g * gch, gch, &r, (int)((g + ng) % 6));
+					if (g % 5 == 1) /* a zero of each sign at the minimum */
+						for (size_t i = 0; i < gch; i++)
+							x[g * gch + i] =
+								i == 1	 ? -0.0f
+								: i == 2 ? 0.0f
+									 : fabsf(x[g * gch + i]);
+				}
+				for (size_t i = 0; i < ng * gch; i++) {
+					h[i] = kvcd_f32_to_f16(x[i]);
+					x[i] = kvcd_f16_to_f32(h[i]);
+				}
+				memset(want, 0xa5, out);
+				memset(got, 0xa5, out);
+				cr_assert_eq(kvcd_quant_ranges(KVCD_ISA_SCALAR, x, ng, gch, lo, hi),
+					     0);
+				cr_assert_eq(
+					kvcd_quant_params(KVCD_ISA_SCALAR, lo, hi, ng, bits, sz),
+					0);
+				for (size_t g = 0; g < ng; g++) {
+					uint8_t *u = want + g / per * stride;
+
+					memcpy(u + g % per * 4, &sz[2 * g], 4);
+					kvcd_quant_apply(KVCD_ISA_SCALAR, x + g * gch, 1, gch, bits,
+							 &sz[2 * g], q);
+					kvcd_pack(q, gch, bits, u + per * 4 + g % per * cb);
+				}
+				cr_assert_eq(kvcd_quant_row_f16(kvcd_isa_best(), (const uint8_t *)h,
+								ng, gch, per, bits, stride, scratch,
+								got, got + per * 4),
+					     0);
+				cr_assert_eq(memcmp(want, got, out), 0,
+					     "gch %zu bits %u groups %zu", gch, bits, ng);
+				/* an inf, a nan: refused wherever they are */
+				size_t at = (size_t)(r % (ng * gch));
+				uint16_t keep = h[at];
+
+				h[at] = at % 2 ? 0xfc00 : 0x7e00;
+				cr_assert_eq(kvcd_quant_row_f16(kvcd_isa_best(), (const uint8_t *)h,
+								ng, gch, per, bits, stride, scratch,
+								got, got + per * 4),
+					     -EINVAL, "value %zu of %zu", at, ng * gch);
+				h[at] = keep;
+			}
+	free(h);
+	free(x);
+	free(scratch);
+	free(want);
+	free(got);
+}

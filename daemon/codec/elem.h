@@ -55,6 +55,15 @@ KVCE_FN int kvce_finite(float f)
 	return (kvce_bits(f) & 0x7f800000u) != 0x7f800000u;
 }
 
+/* @x with a zero made +0. A group's minimum or maximum is exact in any order but for the
+ * sign of a zero (min(-0, +0) may be either), which would change the f16 zero or scale's bits;
+ * every encoder takes its range through this before the parameters, so that the order a
+ * kernel folds in never shows in its bytes. */
+KVCE_FN float kvce_canon0(float x)
+{
+	return KVCE_ADD(x, 0.0f);
+}
+
 KVCE_FN float kvce_abs(float f)
 {
 	return kvce_float(kvce_bits(f) & 0x7fffffffu);

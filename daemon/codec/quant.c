@@ -40,6 +40,8 @@ static int params(float lo, float hi, unsigned bits, uint16_t *scale, uint16_t *
 {
 	float levels = (float)((1u << bits) - 1), z;
 
+	lo = kvce_canon0(lo);
+	hi = kvce_canon0(hi);
 	if (!(fabsf(lo) <= 65504.0f) || !(fabsf(hi) <= 65504.0f))
 		return -ERANGE;
 	*zero = f16_directed(lo, 1, hw);
@@ -318,7 +320,9 @@ __attribute__((target("avx2,f16c"))) static int params_x8(const float *lo, const
 {
 	const __m256 lim = _mm256_set1_ps(65504.0f),
 		     absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-	__m256 vlo = _mm256_loadu_ps(lo), vhi = _mm256_loadu_ps(hi), z, want;
+	/* + 0: kvce_canon0 */
+	__m256 vlo = _mm256_add_ps(_mm256_loadu_ps(lo), _mm256_setzero_ps()),
+	       vhi = _mm256_add_ps(_mm256_loadu_ps(hi), _mm256_setzero_ps()), z, want;
 	__m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(vlo, absmask), lim, _CMP_LE_OQ),
 				  _mm256_cmp_ps(_mm256_and_ps(vhi, absmask), lim, _CMP_LE_OQ));
 	__m128i zh, sh;
@@ -583,6 +587,153 @@ bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, 
 		return false;
 	dequant_rows_avx512(q, d, n, par, out, ts);
 	return true;
+}
+
+/* ---- f16 rows in one pass (AVX-512) ------------------------------------------------------- */
+
+/* Lane g of the result: the minimum (@max false) or maximum of v[g]'s 16 lanes. Pairs of
+ * vectors fold into one four times over, each fold halving the lanes a vector's partial
+ * results take, so 16 reductions cost 45 independent operations instead of 16 chains of 8.
+ * After the folds lane 4k + j holds v[4j + k]; the last permutation puts it in order. */
+__attribute__((target("avx512f"))) static __m512 fold16(const __m512 *v, bool max)
+{
+#define FOLD(a, b) (max ? _mm512_max_ps(a, b) : _mm512_min_ps(a, b))
+	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
+					       0);
+	__m512 a[8], b[4], c[2];
+
+	for (int i = 0; i < 8; i++) /* 128-bit blocks: v[2i] in 0-1, v[2i+1] in 2-3 */
+		a[i] = FOLD(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+			    _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+	for (int i = 0; i < 4; i++) /* one block each */
+		b[i] = FOLD(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+			    _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xdd));
+	for (int i = 0; i < 2; i++) /* two lanes each, within the blocks */
+		c[i] = FOLD(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+			    _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xee));
+	return _mm512_permutexvar_ps(order, FOLD(_mm512_shuffle_ps(c[0], c[1], 0x88),
+						 _mm512_shuffle_ps(c[0], c[1], 0xdd)));
+#undef FOLD
+}
+
+/* 64 codes from four vectors of 16 (a group's order: @c[0] first), each in 0..@levels after
+ * rounding but not yet clamped, to bytes clamped as kvcd_quant_apply clamps: the saturating
+ * packs give 0..255 (a negative value to 0), a minimum the rest. The packs interleave the
+ * vectors' 128-bit lanes (dword 4k + v of the result is c[v]'s lane k); one permutation puts
+ * the 16-byte runs back in order. */
+__attribute__((target("avx512f,avx512bw"))) static inline __m512i codes64(const __m512i c[4],
+									  unsigned bits)
+{
+	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
+					       0);
+	__m512i q = _mm512_packus_epi16(_mm512_packus_epi32(c[0], c[1]),
+					_mm512_packus_epi32(c[2], c[3]));
+
+	q = _mm512_permutexvar_epi32(order, q);
+	return bits == 8 ? q : _mm512_min_epu8(q, _mm512_set1_epi8((char)((1u << bits) - 1)));
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
+	const uint8_t *src, size_t ng, size_t gch, size_t per, unsigned bits, size_t stride,
+	float *x, uint8_t *par, uint8_t *codes)
+{
+	size_t cb = gch * bits / 8, head = 0, gi = 0; /* a group's code bytes; where it goes */
+
+	for (size_t g0 = 0; g0 < ng; g0 += 16) {
+		size_t nb = ng - g0 < 16 ? ng - g0 : 16;
+		__m512 mn[16], mx[16], bad = _mm512_setzero_ps();
+		float lo[16], hi[16], s[16], z[16];
+		uint16_t sz[32];
+
+		/* convert and range. An inf or nan makes its group's sum times 0 a nan (finite
+		 * f16 values cannot add up to an inf): a chain of adds per group, where a running
+		 * mask of compares would be one chain through the whole row. */
+		for (size_t j = 0; j < 16; j++) { /* a short batch repeats its last group */
+			size_t g = g0 + (j < nb ? j : nb - 1);
+			const uint8_t *h = src + 2 * g * gch;
+			__m512 acc = _mm512_setzero_ps();
+
+			mn[j] = _mm512_set1_ps(INFINITY);
+			mx[j] = _mm512_set1_ps(-INFINITY);
+			for (size_t i = 0; i < gch; i += 16) {
+				__m512 v = _mm512_cvtph_ps(
+					_mm256_loadu_si256((const __m256i *)(h + 2 * i)));
+
+				_mm512_storeu_ps(x + g * gch + i, v);
+				acc = _mm512_add_ps(acc, v);
+				mn[j] = _mm512_min_ps(mn[j], v);
+				mx[j] = _mm512_max_ps(mx[j], v);
+			}
+			bad = _mm512_add_ps(bad, _mm512_mul_ps(acc, _mm512_setzero_ps()));
+		}
+		__m512 vlo = fold16(mn, false), vhi = fold16(mx, true);
+
+		if (_mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q))
+			return -EINVAL;
+		_mm512_storeu_ps(lo, vlo);
+		_mm512_storeu_ps(hi, vhi);
+		if (kvcd_quant_params(KVCD_ISA_AVX2, lo, hi, nb, bits, sz))
+			return -ERANGE;
+		for (size_t j = 0; j < nb; j++) {
+			s[j] = hw_from_f16(sz[2 * j]);
+			z[j] = hw_from_f16(sz[2 * j + 1]);
+		}
+		/* quantize from the converted copy, 64 codes at a time */
+		for (size_t j = 0; j < nb; j++, gi = gi + 1 < per ? gi + 1 : 0, head += !gi) {
+			size_t g = g0 + j;
+			uint8_t *q = codes + head * stride + gi * cb;
+			const float *v = x + g * gch;
+			__m512 vz = _mm512_set1_ps(z[j]), vr = _mm512_set1_ps(1.0f / s[j]);
+
+			memcpy(par + head * stride + gi * 4, &sz[2 * j], 4);
+			if (!(s[j] > 0.0f) || gch % 64) { /* constant, or not in 64s */
+				uint8_t one[64];
+
+				for (size_t i = 0; i < gch; i += 64) {
+					size_t m = gch - i < 64 ? gch - i : 64;
+
+					apply_avx512(v + i, m, s[j], z[j],
+						     (float)((1u << bits) - 1), one);
+					kvcd_pack(one, m, bits, q + i * bits / 8);
+				}
+				continue;
+			}
+			for (size_t i = 0; i < gch; i += 64) {
+				__m512i c[4], b;
+
+				for (int k = 0; k < 4; k++)
+					c[k] = _mm512_cvt_roundps_epi32(
+						_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(v + i +
+											    16 * k),
+									    vz),
+							      vr),
+						_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+				b = codes64(c, bits);
+				if (bits == 8) {
+					_mm512_storeu_si512(q + i, b);
+				} else { /* two to a byte, the even one low */
+					b = _mm512_maddubs_epi16(b, _mm512_set1_epi16(0x1001));
+					_mm256_storeu_si256((__m256i *)(q + i / 2),
+							    _mm512_cvtepi16_epi8(b));
+				}
+			}
+		}
+	}
+	return 0;
+}
+
+int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
+		       unsigned bits, size_t stride, float *x, uint8_t *par, uint8_t *codes)
+{
+	if (!kvcd_quant_row_f16_ok(isa, gch, bits))
+		return -EOPNOTSUPP;
+	return row_f16_avx512(src, ng, gch, per, bits, stride, x, par, codes);
+}
+
+bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits)
+{
+	return (bits == 8 || bits == 4) && gch && gch % 16 == 0 &&
+	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c();
 }
 
 /* ---- packing: little-endian bit stream, LSB first ---------------------------------------- */

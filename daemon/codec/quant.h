@@ -37,6 +37,17 @@ int kvcd_quant_params(enum kvcd_isa isa, const float *lo, const float *hi, size_
 		      uint16_t *sz);
 void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, unsigned bits,
 		      const uint16_t *sz, uint8_t *q);
+/* One row of f16 values (@ng groups of @gch) ranged, parametrized and quantized in one
+ * pass, with the bytes kvcd_quant_ranges, _params, _apply and kvcd_pack give: group g's f16
+ * scale and zero (4 bytes) at @par + (g / @per) * @stride + (g % @per) * 4 and its codes,
+ * packed, at @codes + (g / @per) * @stride + (g % @per) * @gch * @bits / 8 (@per groups to a
+ * head, a head's output @stride bytes from the last). Only where kvcd_quant_row_f16_ok says
+ * so (AVX-512 and F16C, 8 or 4 bits, groups of a multiple of 16): -EOPNOTSUPP elsewhere;
+ * @x is room for the row as floats (@ng * @gch);
+ * -EINVAL for an inf or nan, -ERANGE as kvcd_quant_params. */
+bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits);
+int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
+		       unsigned bits, size_t stride, float *x, uint8_t *par, uint8_t *codes);
 /* Compact parameters for @ng groups from their ranges: a 12-byte reference (f32 lowest zero,
  * zero step, largest scale) and 2 bytes per group (zero step count, then scale as 2^(-k/16) of
  * the largest), decoded to the f16 pairs in @sz that kvcd_quant_apply takes. Each group's

@@ -1196,11 +1196,21 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 					kv * heads * sh[0].bytes;
 			unsigned bits = sh[kv].bits;
 			size_t rowb = d * bits / 8;
+			/* f16 rows at 8 or 4 bits: the whole row's work in one kernel */
+			bool row_kernel = one_pass && kvcd_quant_row_f16_ok(isa, gch, bits);
 
 			for (size_t r = 0; r < t; r++) {
 				const uint8_t *row = in + r * hd * es;
 
 				prefetch_ahead(in, r, t, hd * es);
+				if (row_kernel) {
+					err = kvcd_quant_row_f16(
+						isa, row, ng, gch, ngt, bits, sh[kv].bytes, x,
+						base + r * ngt * 4, base + t * ngt * 4 + r * rowb);
+					if (err)
+						return err;
+					continue;
+				}
 				if (one_pass) { /* converted and ranged together */
 					if (f16_row_ranges(row, x, ng, gch, w->lo, w->hi))
 						return -EINVAL;

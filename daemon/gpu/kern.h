@@ -234,6 +234,8 @@ KVCE_FN int kvcg_enc_params(const struct kvcg_job *j, const uint8_t *raw, uint8_
 
 		if (!(kvce_abs(lo) <= 65504.0f) || !(kvce_abs(hi) <= 65504.0f))
 			return -ERANGE;
+		lo = kvce_canon0(lo);
+		hi = kvce_canon0(hi);
 		zero = kvce_f16_directed(lo, 1);
 		z = kvce_from_f16(zero);
 		want = KVCE_DIV(KVCE_SUB(hi, z), levels);
