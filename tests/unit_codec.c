@@ -1037,3 +1037,77 @@ Test(codec, compact_params_save_bytes_and_keep_the_error)
 	cr_assert_eq(kvcd_policy_check(&p, &l, why, sizeof(why)), -EINVAL);
 	free(x);
 }
+
+/* The one-pass fp8 row kernel writes what the per-group steps write (the smallest f16 scale s
+ * with s * 448 >= the group's largest magnitude, then kvcd_f32_to_e4m3 of each value over s),
+ * to the same places: rows of 1 to 40 groups of 16 to 192 values, with all-zero groups, values
+ * in e4m3's subnormal range, zeros of both signs and the largest magnitude of either sign; an
+ * inf or a nan anywhere is -EINVAL. */
+Test(codec, fp8_rows_equal_the_per_group_steps)
+{
+	enum {
+		MAXV = 40 * 192
+	};
+	static const size_t gchs[] = { 16, 48, 64, 128, 192 };
+	uint16_t *h = malloc(MAXV * 2);
+	float *x = malloc(MAXV * 4);
+	uint8_t *want = malloc(2 * MAXV), *got = malloc(2 * MAXV);
+
+	if (!kvcd_fp8_row_f16_ok(kvcd_isa_best(), 64))
+		cr_skip_test("this CPU has no AVX-512 with F16C");
+	cr_assert_eq(kvcd_fp8_row_f16(KVCD_ISA_AVX2, (const uint8_t *)h, 1, 64, 1, 64, x, got, got),
+		     -EOPNOTSUPP);
+	for (size_t gi = 0; gi < 5; gi++)
+		for (size_t ng = 1; ng <= 40; ng += 3) {
+			size_t gch = gchs[gi], per = ng % 2 ? 1 : 2, stride = per * (2 + gch) + 8;
+			size_t out = ng / per * stride;
+
+			for (size_t g = 0; g < ng; g++)
+				for (size_t i = 0; i < gch; i++) {
+					double v = nrand() * (g % 4 == 1 ? 1e-3 : 3.0);
+
+					h[g * gch + i] = kvcd_f32_to_f16(
+						g % 7 == 3 ? 0.0f : /* all zero */
+							i == 5 ? -0.0f
+						: i == 9       ? (g % 2 ? -1.0f : 1.0f) * 40.0f
+							       : (float)v);
+				}
+			memset(want, 0xa5, out);
+			memset(got, 0xa5, out);
+			for (size_t g = 0; g < ng; g++) {
+				uint8_t *u = want + g / per * stride;
+				float amax = 0.0f, s;
+				uint16_t sc;
+
+				for (size_t i = 0; i < gch; i++)
+					amax = fmaxf(amax, fabsf(kvcd_f16_to_f32(h[g * gch + i])));
+				for (sc = kvcd_f32_to_f16(amax / 448.0f);
+				     kvcd_f16_to_f32(sc) * 448.0f < amax; sc++)
+					;
+				memcpy(u + g % per * 2, &sc, 2);
+				s = kvcd_f16_to_f32(sc);
+				for (size_t i = 0; i < gch; i++)
+					u[per * 2 + g % per * gch + i] =
+						s > 0.0f ? kvcd_f32_to_e4m3(
+								   kvcd_f16_to_f32(h[g * gch + i]) /
+								   s)
+							 : 0;
+			}
+			cr_assert_eq(kvcd_fp8_row_f16(kvcd_isa_best(), (const uint8_t *)h, ng, gch,
+						      per, stride, x, got, got + per * 2),
+				     0);
+			cr_assert_eq(memcmp(want, got, out), 0, "gch %zu groups %zu", gch, ng);
+			size_t at = (size_t)(urand() * (double)(ng * gch));
+			uint16_t keep = h[at];
+
+			h[at] = at % 2 ? 0x7c00 : 0xfe01;
+			cr_assert_eq(kvcd_fp8_row_f16(kvcd_isa_best(), (const uint8_t *)h, ng, gch,
+						      per, stride, x, got, got + per * 2),
+				     -EINVAL, "value %zu of %zu", at, ng * gch);
+			h[at] = keep;
+		}
+	free(h);
+	free(x);
+	free(want);
+	free(got);
+}

@@ -278,6 +278,16 @@ void kvcd_e4m3_n(enum kvcd_isa isa, const float *v, size_t n, float div, uint8_t
 void kvcd_e4m3_runs(enum kvcd_isa isa, const float *v, size_t n, size_t len, const float *div,
 		    uint8_t *const *out);
 float kvcd_e4m3_to_f32(uint8_t b);
+/* One row of f16 values (@ng groups of @gch) in fp8 in one pass, with the bytes the fused
+ * encoder's per-group steps give (scale: the smallest f16 s with s * 448 >= the group's
+ * largest magnitude; codes: kvcd_e4m3_n of the values over s): group g's scale (2 bytes) at
+ * @par + (g / @per) * @stride + (g % @per) * 2, its codes at @codes + (g / @per) * @stride +
+ * (g % @per) * @gch. @x is room for the row as floats. Only where kvcd_fp8_row_f16_ok says so
+ * (AVX-512 and F16C, groups of a multiple of 16): -EOPNOTSUPP elsewhere; -EINVAL for an inf
+ * or a nan. */
+bool kvcd_fp8_row_f16_ok(enum kvcd_isa isa, size_t gch);
+int kvcd_fp8_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
+		     size_t stride, float *x, uint8_t *par, uint8_t *codes);
 
 /* In-place orthonormal Walsh-Hadamard transform of @n (a power of two) values; its own
  * inverse. */

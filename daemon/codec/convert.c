@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "elem.h"
+#include "fold.h"
 #include "internal.h"
 
 /* ---- f16 ------------------------------------------------------------------------------- */
@@ -275,6 +276,129 @@ void kvcd_e4m3_runs(enum kvcd_isa isa, const float *v, size_t n, size_t len, con
 	}
 	for (size_t r = 0; r < n; r++)
 		kvcd_e4m3_n(isa, v + r * len, len, div[r], out[r]);
+}
+
+/* e4m3_x16 without what a group's own quotients never need: @q are finite with |q| <= 448
+ * (the scale is the smallest f16 with scale * 448 >= the group's largest magnitude), so there is
+ * no nan to map and nothing to saturate; and no sign, which the caller puts back on the bytes.
+ * From 2^-6 up, Veltkamp's split (a * (2^20 + 1), then c - (c - a)) rounds a to four
+ * significant bits, to nearest even (checked on every float from 2^-6 to 448), which leaves
+ * the code in the exponent and top mantissa bits; below, the subnormal codes round once, in
+ * the conversion. */
+__attribute__((target("avx512f"))) static inline __m512i e4m3_mag_x16(__m512 q)
+{
+	__m512 a = _mm512_abs_ps(q), c = _mm512_mul_ps(a, _mm512_set1_ps(1048577.0f));
+	__m512i r = _mm512_castps_si512(_mm512_sub_ps(c, _mm512_sub_ps(c, a)));
+	__m512i code = _mm512_sub_epi32(_mm512_srli_epi32(r, 20), _mm512_set1_epi32(960));
+	__m512i sub = _mm512_cvt_roundps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
+					       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+	return _mm512_mask_mov_epi32(
+		code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ), sub);
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) static int fp8_row_avx512(
+	const uint8_t *src, size_t ng, size_t gch, size_t per, size_t stride, float *x,
+	uint8_t *par, uint8_t *codes)
+{
+	size_t head = 0, gi = 0;
+
+	for (size_t g0 = 0; g0 < ng; g0 += 16) {
+		size_t nb = ng - g0 < 16 ? ng - g0 : 16;
+		__m512 mx[16], bad = _mm512_setzero_ps();
+		float amax[16];
+
+		/* convert, and each group's largest magnitude; an inf or nan makes its group's
+		 * sum times 0 a nan (as in the int row kernel) */
+		for (size_t j = 0; j < 16; j++) { /* a short batch repeats its last group */
+			size_t g = g0 + (j < nb ? j : nb - 1);
+			const uint8_t *h = src + 2 * g * gch;
+			__m512 acc = _mm512_setzero_ps();
+
+			mx[j] = _mm512_setzero_ps();
+			for (size_t i = 0; i < gch; i += 16) {
+				__m512 v = _mm512_cvtph_ps(
+					_mm256_loadu_si256((const __m256i *)(h + 2 * i)));
+
+				_mm512_storeu_ps(x + g * gch + i, v);
+				acc = _mm512_add_ps(acc, v);
+				mx[j] = _mm512_max_ps(mx[j], _mm512_abs_ps(v));
+			}
+			bad = _mm512_add_ps(bad, _mm512_mul_ps(acc, _mm512_setzero_ps()));
+		}
+		if (_mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q))
+			return -EINVAL;
+		_mm512_storeu_ps(amax, kvcd_fold16(mx, true));
+		for (size_t j = 0; j < nb; j++, gi = gi + 1 < per ? gi + 1 : 0, head += !gi) {
+			size_t g = g0 + j;
+			uint8_t *q = codes + head * stride + gi * gch;
+			const float *v = x + g * gch;
+			/* fp8_scale, with F16C's conversions (the same on finite values) */
+			uint16_t sc = (uint16_t)_cvtss_sh(amax[j] / 448.0f,
+							  _MM_FROUND_TO_NEAREST_INT);
+			float s;
+
+			while (_cvtsh_ss(sc) * 448.0f < amax[j])
+				sc++;
+			memcpy(par + head * stride + gi * 2, &sc, 2);
+			s = _cvtsh_ss(sc);
+			if (!(s > 0.0f)) { /* all zeros */
+				memset(q, 0, gch);
+				continue;
+			}
+			const __m512 vs = _mm512_set1_ps(s);
+			size_t i = 0;
+
+			for (; i + 64 <= gch; i += 64) {
+				const uint8_t *h = src + 2 * (g * gch + i);
+				/* the signs, straight from the f16 values: x / s has x's */
+				__mmask64 neg =
+					(__mmask64)_mm512_movepi16_mask(_mm512_loadu_si512(h)) |
+					(__mmask64)_mm512_movepi16_mask(_mm512_loadu_si512(h + 64))
+						<< 32;
+
+				__m512i c[4] = {
+					e4m3_mag_x16(_mm512_div_ps(_mm512_loadu_ps(v + i), vs)),
+					e4m3_mag_x16(
+						_mm512_div_ps(_mm512_loadu_ps(v + i + 16), vs)),
+					e4m3_mag_x16(
+						_mm512_div_ps(_mm512_loadu_ps(v + i + 32), vs)),
+					e4m3_mag_x16(_mm512_div_ps(_mm512_loadu_ps(v + i + 48), vs))
+				};
+				__m512i b =
+					kvcd_pack64(c); /* magnitudes are below 0x80: + 0x80 sets
+							      the sign */
+				_mm512_storeu_si512(
+					q + i,
+					_mm512_mask_add_epi8(b, neg, b, _mm512_set1_epi8(-128)));
+			}
+			for (; i < gch; i += 16) {
+				__m512 d = _mm512_div_ps(_mm512_loadu_ps(v + i), vs);
+				__m512i c = _mm512_or_si512(
+					e4m3_mag_x16(d),
+					_mm512_srli_epi32(
+						_mm512_andnot_si512(_mm512_set1_epi32(0x7fffffff),
+								    _mm512_castps_si512(d)),
+						24));
+
+				_mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(c));
+			}
+		}
+	}
+	return 0;
+}
+
+bool kvcd_fp8_row_f16_ok(enum kvcd_isa isa, size_t gch)
+{
+	return gch && gch % 16 == 0 && kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c();
+}
+
+int kvcd_fp8_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
+		     size_t stride, float *x, uint8_t *par, uint8_t *codes)
+{
+	if (!kvcd_fp8_row_f16_ok(isa, gch))
+		return -EOPNOTSUPP;
+	return fp8_row_avx512(src, ng, gch, per, stride, x, par, codes);
 }
 
 float kvcd_e4m3_to_f32(uint8_t b)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "elem.h"
+#include "fold.h"
 #include "quant.h"
 
 __attribute__((target("f16c"))) static uint16_t hw_to_f16(float f)
@@ -591,45 +592,14 @@ bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, 
 
 /* ---- f16 rows in one pass (AVX-512) ------------------------------------------------------- */
 
-/* Lane g of the result: the minimum (@max false) or maximum of v[g]'s 16 lanes. Pairs of
- * vectors fold into one four times over, each fold halving the lanes a vector's partial
- * results take, so 16 reductions cost 45 independent operations instead of 16 chains of 8.
- * After the folds lane 4k + j holds v[4j + k]; the last permutation puts it in order. */
-__attribute__((target("avx512f"))) static __m512 fold16(const __m512 *v, bool max)
-{
-#define FOLD(a, b) (max ? _mm512_max_ps(a, b) : _mm512_min_ps(a, b))
-	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
-					       0);
-	__m512 a[8], b[4], c[2];
-
-	for (int i = 0; i < 8; i++) /* 128-bit blocks: v[2i] in 0-1, v[2i+1] in 2-3 */
-		a[i] = FOLD(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-			    _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
-	for (int i = 0; i < 4; i++) /* one block each */
-		b[i] = FOLD(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
-			    _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xdd));
-	for (int i = 0; i < 2; i++) /* two lanes each, within the blocks */
-		c[i] = FOLD(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
-			    _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xee));
-	return _mm512_permutexvar_ps(order, FOLD(_mm512_shuffle_ps(c[0], c[1], 0x88),
-						 _mm512_shuffle_ps(c[0], c[1], 0xdd)));
-#undef FOLD
-}
-
-/* 64 codes from four vectors of 16 (a group's order: @c[0] first), each in 0..@levels after
- * rounding but not yet clamped, to bytes clamped as kvcd_quant_apply clamps: the saturating
- * packs give 0..255 (a negative value to 0), a minimum the rest. The packs interleave the
- * vectors' 128-bit lanes (dword 4k + v of the result is c[v]'s lane k); one permutation puts
- * the 16-byte runs back in order. */
+/* 64 codes, four vectors of 16 each in 0..@levels after rounding (a value is at most a few
+ * ulps past the top level) but not yet clamped, to bytes clamped as kvcd_quant_apply clamps:
+ * the saturating packs give 0..255, a minimum the rest. */
 __attribute__((target("avx512f,avx512bw"))) static inline __m512i codes64(const __m512i c[4],
 									  unsigned bits)
 {
-	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
-					       0);
-	__m512i q = _mm512_packus_epi16(_mm512_packus_epi32(c[0], c[1]),
-					_mm512_packus_epi32(c[2], c[3]));
+	__m512i q = kvcd_pack64(c);
 
-	q = _mm512_permutexvar_epi32(order, q);
 	return bits == 8 ? q : _mm512_min_epu8(q, _mm512_set1_epi8((char)((1u << bits) - 1)));
 }
 
@@ -666,7 +636,7 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 			}
 			bad = _mm512_add_ps(bad, _mm512_mul_ps(acc, _mm512_setzero_ps()));
 		}
-		__m512 vlo = fold16(mn, false), vhi = fold16(mx, true);
+		__m512 vlo = kvcd_fold16(mn, false), vhi = kvcd_fold16(mx, true);
 
 		if (_mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q))
 			return -EINVAL;

@@ -1196,13 +1196,26 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 					kv * heads * sh[0].bytes;
 			unsigned bits = sh[kv].bits;
 			size_t rowb = d * bits / 8;
-			/* f16 rows at 8 or 4 bits: the whole row's work in one kernel */
+			/* f16 rows at 8 or 4 bits, or in fp8: the whole row's work in one kernel */
 			bool row_kernel = one_pass && kvcd_quant_row_f16_ok(isa, gch, bits);
+			bool fp8_kernel = l->dtype == KVCP_F16 && p->kind == KVCD_CODEC_FP8 &&
+					  !p->rotate && sh[kv].d % sh[kv].gch == 0 &&
+					  kvcd_fp8_row_f16_ok(isa, sh[kv].gch);
 
 			for (size_t r = 0; r < t; r++) {
 				const uint8_t *row = in + r * hd * es;
 
 				prefetch_ahead(in, r, t, hd * es);
+				if (fp8_kernel) {
+					err = kvcd_fp8_row_f16(
+						isa, row, heads * sh[kv].ngt, sh[kv].gch,
+						sh[kv].ngt, sh[kv].bytes, x,
+						base + r * sh[kv].ngt * 2,
+						base + (size_t)sh[kv].nq * sh[kv].ngt * 2 + r * d);
+					if (err)
+						return err;
+					continue;
+				}
 				if (row_kernel) {
 					err = kvcd_quant_row_f16(
 						isa, row, ng, gch, ngt, bits, sh[kv].bytes, x,
