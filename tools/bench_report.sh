@@ -409,8 +409,10 @@ on the capacity in blocks, not on their size. Compression runs use the same pool
 perplexity ratios are docs/quality.md's (64-token chunks there, 16 here).
 
 TXT
-# each policy's perplexity ratio, from docs/quality.md's table
-ppl=$(awk -F'|' '/^\| `/ { p = $2; gsub(/[` ]/, "", p); r = $4; gsub(/ /, "", r); print p "\t" r }' \
+# each policy's perplexity ratio, from docs/quality.md's first table (later tables reuse the
+# policy column for other figures)
+ppl=$(awk -F'|' '/^\| `/ { p = $2; gsub(/[` ]/, "", p); if (seen[p]++) next
+	r = $4; gsub(/ /, "", r); print p "\t" r }' \
 	docs/quality.md | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") |
 	{(.[0]): .[1]}) | add + {"none": "1.000"}')
 j --argjson ppl "$ppl" '"Trace: \(.requests) requests, \(.tokens) prompt tokens, \(.distinct_blocks) distinct blocks; pool \(.pool_bytes / 1048576 | floor) MiB = \(.capacity_blocks) blocks.\n",
