@@ -16,7 +16,8 @@
 __attribute__((target("avx512f"))) static inline __m512 kvcd_fold16(const __m512 *v, bool max)
 {
 #define FOLD(a, b) (max ? _mm512_max_ps(a, b) : _mm512_min_ps(a, b))
-	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
+					       0);
 	__m512 a[8], b[4], c[2];
 
 	for (int i = 0; i < 8; i++) /* 128-bit blocks: v[2i] in 0-1, v[2i+1] in 2-3 */
@@ -40,7 +41,8 @@ __attribute__((target("avx512f"))) static inline __m512 kvcd_fold16(const __m512
  * permutation puts the runs of four bytes back in order. */
 __attribute__((target("avx512f,avx512bw"))) static inline __m512i kvcd_pack64(const __m512i c[4])
 {
-	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4,
+					       0);
 
 	return _mm512_permutexvar_epi32(order,
 					_mm512_packus_epi16(_mm512_packus_epi32(c[0], c[1]),

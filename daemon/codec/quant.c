@@ -618,8 +618,8 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 		/* convert and range. An inf or nan makes its group's sum times 0 a nan (finite
 		 * f16 values cannot add up to an inf): a chain of adds per group, where a running
 		 * mask of compares would be one chain through the whole row. */
-		for (size_t j = 0; j < 16; j++) { /* a short batch repeats its last group */
-			size_t g = g0 + (j < nb ? j : nb - 1);
+		for (size_t j = 0; j < nb; j++) {
+			size_t g = g0 + j;
 			const uint8_t *h = src + 2 * g * gch;
 			__m512 acc = _mm512_setzero_ps();
 
@@ -635,6 +635,10 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 				mx[j] = _mm512_max_ps(mx[j], v);
 			}
 			bad = _mm512_add_ps(bad, _mm512_mul_ps(acc, _mm512_setzero_ps()));
+		}
+		for (size_t j = nb; j < 16; j++) { /* a short batch folds its last group again */
+			mn[j] = mn[nb - 1];
+			mx[j] = mx[nb - 1];
 		}
 		__m512 vlo = kvcd_fold16(mn, false), vhi = kvcd_fold16(mx, true);
 
