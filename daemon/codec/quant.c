@@ -603,6 +603,53 @@ __attribute__((target("avx512f,avx512bw"))) static inline __m512i codes64(const 
 	return bits == 8 ? q : _mm512_min_epu8(q, _mm512_set1_epi8((char)((1u << bits) - 1)));
 }
 
+/* f16_directed on 16 lanes, each f16 in the low half of a 32-bit lane: directed_x8's steps. */
+__attribute__((target("avx512f,f16c"))) static inline __m512i directed_x16(__m512 v, int down)
+{
+	__m256i h16 = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512i h = _mm512_cvtepu16_epi32(h16), one = _mm512_set1_epi32(1);
+	__m512 back = _mm512_cvtph_ps(h16);
+	__mmask16 wrong = down ? _mm512_cmp_ps_mask(back, v, _CMP_GT_OQ) /* immediates */
+			       : _mm512_cmp_ps_mask(back, v, _CMP_LT_OQ);
+	__mmask16 neg = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x8000));
+	__mmask16 zero = _mm512_testn_epi32_mask(h, _mm512_set1_epi32(0x7fff));
+	/* down: positive h - 1, negative h + 1; up: the opposite; +-0 to -/+ the smallest */
+	__m512i step = _mm512_mask_add_epi32(_mm512_sub_epi32(h, one), down ? neg : (__mmask16)~neg,
+					     h, one);
+
+	step = _mm512_mask_mov_epi32(step, zero, _mm512_set1_epi32(down ? 0x8001 : 0x0001));
+	return _mm512_mask_mov_epi32(h, wrong, step);
+}
+
+/* params() on the 16 lanes of @lo and @hi: the f16 pairs to @sz (scale, zero) and as floats
+ * to @s and @z, with 1 / s to @r. Returns -ERANGE when any lane is out of range. */
+__attribute__((target("avx512f,f16c"))) static int params_x16(__m512 lo, __m512 hi, unsigned bits,
+							      float *s, float *z, float *r,
+							      uint16_t *sz)
+{
+	const __m512 lim = _mm512_set1_ps(65504.0f);
+	__m512i zh, sh;
+	__m512 zf, sf, want;
+
+	lo = _mm512_add_ps(lo, _mm512_setzero_ps()); /* kvce_canon0 */
+	hi = _mm512_add_ps(hi, _mm512_setzero_ps());
+	if (_mm512_cmp_ps_mask(_mm512_abs_ps(lo), lim, _CMP_NLE_UQ) |
+	    _mm512_cmp_ps_mask(_mm512_abs_ps(hi), lim, _CMP_NLE_UQ))
+		return -ERANGE;
+	zh = directed_x16(lo, 1);
+	zf = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(zh));
+	want = _mm512_div_ps(_mm512_sub_ps(hi, zf), _mm512_set1_ps((float)((1u << bits) - 1)));
+	if (_mm512_cmp_ps_mask(want, lim, _CMP_NLE_UQ))
+		return -ERANGE;
+	sh = directed_x16(want, 0);
+	sf = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sh));
+	_mm512_storeu_si512(sz, _mm512_or_si512(sh, _mm512_slli_epi32(zh, 16)));
+	_mm512_storeu_ps(s, sf);
+	_mm512_storeu_ps(z, zf);
+	_mm512_storeu_ps(r, _mm512_div_ps(_mm512_set1_ps(1.0f), sf));
+	return 0;
+}
+
 __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 	const uint8_t *src, size_t ng, size_t gch, size_t per, unsigned bits, size_t stride,
 	float *x, uint8_t *par, uint8_t *codes)
@@ -612,7 +659,7 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 	for (size_t g0 = 0; g0 < ng; g0 += 16) {
 		size_t nb = ng - g0 < 16 ? ng - g0 : 16;
 		__m512 mn[16], mx[16], bad = _mm512_setzero_ps();
-		float lo[16], hi[16], s[16], z[16];
+		float s[16], z[16], r[16];
 		uint16_t sz[32];
 
 		/* convert and range. An inf or nan makes its group's sum times 0 a nan (finite
@@ -644,20 +691,14 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 
 		if (_mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q))
 			return -EINVAL;
-		_mm512_storeu_ps(lo, vlo);
-		_mm512_storeu_ps(hi, vhi);
-		if (kvcd_quant_params(KVCD_ISA_AVX2, lo, hi, nb, bits, sz))
+		if (params_x16(vlo, vhi, bits, s, z, r, sz))
 			return -ERANGE;
-		for (size_t j = 0; j < nb; j++) {
-			s[j] = hw_from_f16(sz[2 * j]);
-			z[j] = hw_from_f16(sz[2 * j + 1]);
-		}
 		/* quantize from the converted copy, 64 codes at a time */
 		for (size_t j = 0; j < nb; j++, gi = gi + 1 < per ? gi + 1 : 0, head += !gi) {
 			size_t g = g0 + j;
 			uint8_t *q = codes + head * stride + gi * cb;
 			const float *v = x + g * gch;
-			__m512 vz = _mm512_set1_ps(z[j]), vr = _mm512_set1_ps(1.0f / s[j]);
+			__m512 vz = _mm512_set1_ps(z[j]), vr = _mm512_set1_ps(r[j]);
 
 			memcpy(par + head * stride + gi * 4, &sz[2 * j], 4);
 			if (!(s[j] > 0.0f) || gch % 64) { /* constant, or not in 64s */
