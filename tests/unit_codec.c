@@ -650,7 +650,7 @@ Test(codec, simd_equals_scalar_on_blocks)
 	free(x);
 }
 
-/* The fused one-pass encoder (int and fp8) writes the same bytes, and refuses the same blocks,
+/* The fused one-pass encoder (int, fp8 and KIVI) writes the same bytes, and refuses the same blocks,
  * as the unit-by-unit path, in every ISA and dtype, with fewer tokens than heads too; the
  * fused decoder gives back the same bytes as the unit-by-unit one. */
 Test(codec, fused_pass_writes_the_unit_path_bytes)
@@ -663,7 +663,11 @@ Test(codec, fused_pass_writes_the_unit_path_bytes)
 			       "int4:sink=4",
 			       "fp8",
 			       "fp8:group=48",
-			       "fp8:rotate=hadamard" };
+			       "fp8:rotate=hadamard",
+			       "kivi:kbits=4,vbits=4,group=32",
+			       "kivi:kbits=2,vbits=8,group=16",
+			       "kivi:kbits=8,vbits=4,group=16",
+			       "kivi:kbits=4,vbits=4,group=32,resid=quant" };
 	const uint8_t dtypes[] = { KVCP_F16, KVCP_BF16, KVCP_F32 };
 	const uint32_t tokens[] = { 40, 2 };
 

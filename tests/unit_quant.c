@@ -449,3 +449,83 @@ Test(quant, one_pass_rows_equal_the_three_phases)
 	free(want);
 	free(got);
 }
+
+/* KIVI's per-channel key kernel writes what the three phases and pack write on the rows
+ * turned to [channel][token]: 2, 4 and 8 bits over groups of 16 to 64 tokens, rows with a
+ * stride, constant channels and zeros of both signs; an inf or a nan is -EINVAL. */
+Test(quant, channel_kernel_equals_the_three_phases)
+{
+	static const size_t Gs[] = { 16, 32, 64 }, ds[] = { 16, 64, 128 };
+	enum {
+		MAXG = 64,
+		MAXD = 128,
+		RS = 2 * MAXD + 32
+	};
+	uint8_t *src = malloc(MAXG * RS), *want = malloc(MAXD * MAXG), *got = malloc(MAXD * MAXG);
+	float *xt = malloc(MAXD * MAXG * 4), *scratch = malloc(MAXG * 16 * 4), lo[MAXD], hi[MAXD];
+	uint8_t *q = malloc(MAXD * MAXG);
+	uint16_t sz[2 * MAXD], par[2 * MAXD];
+	uint64_t r = 5;
+
+	if (!kvcd_quant_chan_f16_ok(kvcd_isa_best(), 32, 128, 4))
+		cr_skip_test("this CPU has no AVX-512 with F16C");
+	cr_assert(!kvcd_quant_chan_f16_ok(kvcd_isa_best(), 32, 128, 3));
+	cr_assert(!kvcd_quant_chan_f16_ok(kvcd_isa_best(), 32, 120, 4));
+	cr_assert(!kvcd_quant_chan_f16_ok(kvcd_isa_best(), 8, 128, 4)); /* 4 bytes a channel */
+	for (size_t gi = 0; gi < 3; gi++)
+		for (size_t di = 0; di < 3; di++)
+			for (unsigned bits = 2; bits <= 8; bits *= 2) {
+				size_t G = Gs[gi], d = ds[di], n = G * bits / 8;
+
+				if (!kvcd_quant_chan_f16_ok(kvcd_isa_best(), G, d, bits))
+					continue;
+				for (size_t c = 0; c < d; c++) {
+					fill_group(xt + c * G, G, &r, (int)(c % 6));
+					if (c % 7 ==
+					    2) /* zeros of each sign at the channel's minimum */
+						for (size_t t = 0; t < G; t++)
+							xt[c * G + t] =
+								t == 0	 ? 0.0f
+								: t == 3 ? -0.0f
+									 : fabsf(xt[c * G + t]);
+				}
+				for (size_t t = 0; t < G; t++)
+					for (size_t c = 0; c < d; c++) {
+						uint16_t h = kvcd_f32_to_f16(xt[c * G + t]);
+
+						memcpy(src + t * RS + 2 * c, &h, 2);
+						xt[c * G + t] = kvcd_f16_to_f32(h);
+					}
+				cr_assert_eq(kvcd_quant_ranges(KVCD_ISA_SCALAR, xt, d, G, lo, hi),
+					     0);
+				cr_assert_eq(
+					kvcd_quant_params(KVCD_ISA_SCALAR, lo, hi, d, bits, sz), 0);
+				kvcd_quant_apply(KVCD_ISA_SCALAR, xt, d, G, bits, sz, q);
+				kvcd_pack(q, d * G, bits, want);
+				memset(got, 0xa5, d * n);
+				cr_assert_eq(kvcd_quant_chan_f16(kvcd_isa_best(), src, RS, G, d,
+								 bits, scratch, (uint8_t *)par,
+								 got),
+					     0);
+				cr_assert_eq(memcmp(sz, par, d * 4), 0,
+					     "params: G %zu d %zu bits %u", G, d, bits);
+				cr_assert_eq(memcmp(want, got, d * n), 0,
+					     "codes: G %zu d %zu bits %u", G, d, bits);
+				size_t t = (size_t)(r % G), c = (size_t)(r >> 20) % d;
+				uint16_t keep, bad = r & 1 ? 0x7c00 : 0xfe00;
+
+				memcpy(&keep, src + t * RS + 2 * c, 2);
+				memcpy(src + t * RS + 2 * c, &bad, 2);
+				cr_assert_eq(kvcd_quant_chan_f16(kvcd_isa_best(), src, RS, G, d,
+								 bits, scratch, (uint8_t *)par,
+								 got),
+					     -EINVAL);
+				memcpy(src + t * RS + 2 * c, &keep, 2);
+			}
+	free(src);
+	free(want);
+	free(got);
+	free(xt);
+	free(scratch);
+	free(q);
+}

@@ -701,19 +701,13 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 			__m512 vz = _mm512_set1_ps(z[j]), vr = _mm512_set1_ps(r[j]);
 
 			memcpy(par + head * stride + gi * 4, &sz[2 * j], 4);
-			if (!(s[j] > 0.0f) || gch % 64) { /* constant, or not in 64s */
-				uint8_t one[64];
-
-				for (size_t i = 0; i < gch; i += 64) {
-					size_t m = gch - i < 64 ? gch - i : 64;
-
-					apply_avx512(v + i, m, s[j], z[j],
-						     (float)((1u << bits) - 1), one);
-					kvcd_pack(one, m, bits, q + i * bits / 8);
-				}
+			if (!(s[j] > 0.0f)) { /* a constant group: every code 0 */
+				memset(q, 0, cb);
 				continue;
 			}
-			for (size_t i = 0; i < gch; i += 64) {
+			size_t i = 0;
+
+			for (; i + 64 <= gch; i += 64) {
 				__m512i c[4], b;
 
 				for (int k = 0; k < 4; k++)
@@ -732,6 +726,23 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 							    _mm512_cvtepi16_epi8(b));
 				}
 			}
+			for (; i < gch; i += 16) { /* groups not in 64s: 16 codes at a time */
+				__m512i c = _mm512_min_epi32(
+					_mm512_cvt_roundps_epi32(
+						_mm512_mul_ps(
+							_mm512_sub_ps(_mm512_loadu_ps(v + i), vz),
+							vr),
+						_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+					_mm512_set1_epi32((int)((1u << bits) - 1)));
+
+				if (bits == 8) /* each 64-bit lane a pair: the odd one up 4 bits */
+					_mm_storeu_si128((__m128i *)(q + i),
+							 _mm512_cvtepi32_epi8(c));
+				else
+					_mm_storel_epi64((__m128i *)(q + i / 2),
+							 _mm512_cvtepi64_epi8(_mm512_or_si512(
+								 c, _mm512_srli_epi64(c, 28))));
+			}
 		}
 	}
 	return 0;
@@ -749,6 +760,111 @@ bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits)
 {
 	return (bits == 8 || bits == 4) && gch && gch % 16 == 0 &&
 	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c();
+}
+
+/* ---- KIVI keys: f16 token rows quantized per channel (AVX-512) ----------------------------- */
+
+/* r[k] becomes column k of the 16 x 16 bytes r[0..15] (rows): four rounds of pairing register
+ * i with i + 8 byte by byte, each moving one bit of the row index into the byte's position. */
+__attribute__((target("avx512f"))) static inline void transpose16x16(__m128i r[16])
+{
+	for (int round = 0; round < 4; round++) {
+		__m128i t[16];
+
+		for (int i = 0; i < 8; i++) {
+			t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+			t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+		}
+		memcpy(r, t, sizeof(t));
+	}
+}
+
+bool kvcd_quant_chan_f16_ok(enum kvcd_isa isa, size_t G, size_t d, unsigned bits)
+{
+	size_t n = G * bits / 8;
+
+	return (bits == 2 || bits == 4 || bits == 8) && G * bits % 8 == 0 &&
+	       (n == 8 || n == 16 || n == 32) && d && d % 16 == 0 &&
+	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c();
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) static int chan_f16_avx512(const uint8_t *src,
+									    size_t rs, size_t G,
+									    size_t d, unsigned bits,
+									    float *x, uint8_t *par,
+									    uint8_t *codes)
+{
+	const size_t n = G * bits / 8, per = 8 / bits; /* bytes a channel, tokens a byte */
+	const __m512i top = _mm512_set1_epi32((int)((1u << bits) - 1));
+
+	for (size_t k = 0; k < d; k += 16) { /* 16 channels: a lane each */
+		__m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+		__m512 acc = _mm512_setzero_ps(), vz, vr;
+		float s[16], z[16], r[16];
+		uint16_t sz[32];
+		__m128i m[32];
+		__mmask16 live;
+
+		/* each channel's range runs down the rows: no reduction across lanes */
+		for (size_t t = 0; t < G; t++) {
+			__m512 v = _mm512_cvtph_ps(
+				_mm256_loadu_si256((const __m256i *)(src + t * rs + 2 * k)));
+
+			_mm512_storeu_ps(x + t * 16, v);
+			acc = _mm512_add_ps(acc, v);
+			lo = _mm512_min_ps(lo, v);
+			hi = _mm512_max_ps(hi, v);
+		}
+		/* an inf or nan: the sum times 0 is a nan (as in the row kernels) */
+		acc = _mm512_mul_ps(acc, _mm512_setzero_ps());
+		if (_mm512_cmp_ps_mask(acc, acc, _CMP_UNORD_Q))
+			return -EINVAL;
+		if (params_x16(lo, hi, bits, s, z, r, sz))
+			return -ERANGE;
+		memcpy(par + k * 4, sz, 64);
+		vz = _mm512_loadu_ps(z);
+		vr = _mm512_loadu_ps(r);
+		live = _mm512_cmp_ps_mask(_mm512_loadu_ps(s), _mm512_setzero_ps(), _CMP_GT_OQ);
+		/* codes of @per consecutive tokens into one byte per channel, then the bytes turned
+		 * from [token][channel] to [channel][token] */
+		for (size_t u = 0; u < n; u++) {
+			__m512i b = _mm512_setzero_si512();
+
+			for (size_t j = 0; j < per; j++) {
+				__m512 v = _mm512_mul_ps(
+					_mm512_sub_ps(_mm512_loadu_ps(x + (u * per + j) * 16), vz),
+					vr);
+				__m512i q = _mm512_maskz_cvt_roundps_epi32(
+					live, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+				b = _mm512_or_si512(b, _mm512_slli_epi32(_mm512_min_epi32(q, top),
+									 (unsigned)(j * bits)));
+			}
+			m[u] = _mm512_cvtepi32_epi8(b);
+		}
+		for (size_t u = n; u < 16; u++)
+			m[u] = _mm_setzero_si128();
+		for (size_t h = 0; h < n; h += 16) { /* 16 bytes of each channel at a time */
+			transpose16x16(m + h);
+			for (size_t c = 0; c < 16; c++) {
+				uint8_t *o = codes + (k + c) * n + h;
+
+				if (n == 8)
+					_mm_storel_epi64((__m128i *)o, m[h + c]);
+				else
+					_mm_storeu_si128((__m128i *)o, m[h + c]);
+			}
+		}
+	}
+	return 0;
+}
+
+int kvcd_quant_chan_f16(enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d,
+			unsigned bits, float *x, uint8_t *par, uint8_t *codes)
+{
+	if (!kvcd_quant_chan_f16_ok(isa, G, d, bits))
+		return -EOPNOTSUPP;
+	return chan_f16_avx512(src, rs, G, d, bits, x, par, codes);
 }
 
 /* ---- packing: little-endian bit stream, LSB first ---------------------------------------- */

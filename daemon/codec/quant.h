@@ -48,6 +48,16 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
 bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits);
 int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
 		       unsigned bits, size_t stride, float *x, uint8_t *par, uint8_t *codes);
+/* KIVI's keys of one head in one pass: @G token rows of @d f16 channels (row t at @src + t *
+ * @rs) quantized per channel at @bits, with the bytes kvcd_quant_ranges, _params, _apply and
+ * kvcd_pack give on the rows turned to [channel][token]: the d channels' f16 (scale, zero)
+ * pairs to @par, their codes (G * @bits / 8 bytes each, in channel order) to @codes. Only
+ * where kvcd_quant_chan_f16_ok says so (AVX-512 and F16C, 2, 4 or 8 bits, 8, 16 or 32 bytes
+ * a channel, channels in 16s): -EOPNOTSUPP elsewhere; -EINVAL for an inf or a nan. @x is room
+ * for G * 16 floats. */
+bool kvcd_quant_chan_f16_ok(enum kvcd_isa isa, size_t G, size_t d, unsigned bits);
+int kvcd_quant_chan_f16(enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d,
+			unsigned bits, float *x, uint8_t *par, uint8_t *codes);
 /* Compact parameters for @ng groups from their ranges: a 12-byte reference (f32 lowest zero,
  * zero step, largest scale) and 2 bytes per group (zero step count, then scale as 2^(-k/16) of
  * the largest), decoded to the f16 pairs in @sz that kvcd_quant_apply takes. Each group's

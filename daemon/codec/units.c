@@ -1264,6 +1264,72 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 	return 0;
 }
 
+/* KIVI without the per-token extras (sinks, outliers, scores, sparse values, the virtual
+ * token, rotation, rope, params=u8), on f16 with AVX-512: whole groups of keys through the
+ * per-channel kernel and every value row through the row kernel, straight from staging. */
+static bool kivi_fusable(enum kvcd_isa isa, const struct kvcd_policy *p,
+			 const struct kvcp_layout *l, const struct shape *sh)
+{
+	const struct shape *k = &sh[0], *v = &sh[1];
+
+	if (!kvcd_codec_fused || p->kind != KVCD_CODEC_KIVI || l->dtype != KVCP_F16 || p->rope ||
+	    p->rotate || p->params || !p->group)
+		return false;
+	for (int kv = 0; kv < 2; kv++)
+		if (sh[kv].ne || sh[kv].nh || sh[kv].nsp || sh[kv].virt)
+			return false;
+	return k->nq % p->group == 0 && kvcd_quant_chan_f16_ok(isa, p->group, k->d, k->bits) &&
+	       v->d % v->gch == 0 && v->d * v->bits % 8 == 0 &&
+	       kvcd_quant_row_f16_ok(isa, v->gch, v->bits);
+}
+
+/* The units kivi_fusable takes, with the bytes of the unit-by-unit path: each group of G key
+ * rows for every head while it is in cache, then the residual keys as they are, then the
+ * value rows. */
+static int encode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
+			     const struct kvcp_layout *l, const uint8_t *src,
+			     const struct shape *sh, struct work *w, uint8_t *o)
+{
+	const struct shape *k = &sh[0], *v = &sh[1];
+	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, t = l->tokens, G = p->group;
+	size_t kpar = (size_t)k->nq / G * d * 4;
+	size_t kcodes = kvcd_packed_bytes((size_t)k->nq * d, k->bits), rowb = d * v->bits / 8;
+	int err;
+
+	for (uint32_t layer = 0; layer < l->layers; layer++) {
+		const uint8_t *kin = src + plane_base(l, layer, 0),
+			      *vin = src + plane_base(l, layer, 1);
+		uint8_t *kbase = o + layer * heads * (k->bytes + v->bytes);
+		uint8_t *vbase = kbase + heads * k->bytes;
+
+		for (size_t g = 0; g < k->nq / G; g++)
+			for (size_t h = 0; h < heads; h++) {
+				uint8_t *u = kbase + h * k->bytes;
+
+				err = kvcd_quant_chan_f16(isa, kin + (g * G * hd + h * d) * 2,
+							  hd * 2, G, d, k->bits, w->plane,
+							  u + g * d * 4,
+							  u + kpar + g * G * d * k->bits / 8);
+				if (err)
+					return err;
+			}
+		for (size_t r = k->nq; r < t; r++) /* the residual keys, exact */
+			for (size_t h = 0; h < heads; h++)
+				memcpy(kbase + h * k->bytes + kpar + kcodes + (r - k->nq) * d * 2,
+				       kin + (r * hd + h * d) * 2, d * 2);
+		for (size_t r = 0; r < t; r++) {
+			prefetch_ahead(vin, r, t, hd * 2);
+			err = kvcd_quant_row_f16(isa, vin + r * hd * 2, heads * v->ngt, v->gch,
+						 v->ngt, v->bits, v->bytes, w->plane,
+						 vbase + r * v->ngt * 4,
+						 vbase + t * v->ngt * 4 + r * rowb);
+			if (err)
+				return err;
+		}
+	}
+	return 0;
+}
+
 /* The units of a block under @p (a codec, not NONE), without the header, to @o. */
 static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 		       const struct kvcp_layout *engine, uint32_t pos, const void *src,
@@ -1289,6 +1355,8 @@ static int encode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 		qsort_r(w.order, l->tokens, 4, cmp_score, (void *)scores);
 	if (fusable(p, sh))
 		return encode_fused(isa, p, l, src, sh, &w, o);
+	if (kivi_fusable(isa, p, l, sh))
+		return encode_kivi_fused(isa, p, l, src, sh, &w, o);
 	/* one (layer, K/V) plane at a time, read in one sequential pass */
 	for (uint32_t layer = 0; layer < l->layers && !err; layer++)
 		for (int kv = 0; kv < 2 && !err; kv++) {
