@@ -735,10 +735,10 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 						_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
 					_mm512_set1_epi32((int)((1u << bits) - 1)));
 
-				if (bits == 8) /* each 64-bit lane a pair: the odd one up 4 bits */
+				if (bits == 8)
 					_mm_storeu_si128((__m128i *)(q + i),
 							 _mm512_cvtepi32_epi8(c));
-				else
+				else /* each 64-bit lane a pair: the odd one up 4 bits */
 					_mm_storel_epi64((__m128i *)(q + i / 2),
 							 _mm512_cvtepi64_epi8(_mm512_or_si512(
 								 c, _mm512_srli_epi64(c, 28))));
