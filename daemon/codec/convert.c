@@ -89,6 +89,31 @@ __attribute__((target("avx2,f16c"))) static void f32_to_f16_nt(const float *s, u
 	}
 }
 
+/* The two above on 16 lanes: half the instructions. */
+__attribute__((target("avx512f"))) static void f32_to_f16_avx512(const float *s, uint16_t *d,
+								 size_t n, bool nt)
+{
+	const __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(s + i), lo), hi);
+		__m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+		if (nt)
+			_mm256_stream_si256((__m256i *)(d + i), h);
+		else
+			_mm256_storeu_si256((__m256i *)(d + i), h);
+	}
+	for (; i < n; i++)
+		d[i] = kvcd_f32_to_f16(sat16(s[i]));
+}
+
+static bool avx512_f16(enum kvcd_isa isa)
+{
+	return isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512 && kvcd_has_f16c();
+}
+
 bool kvcd_from_f32_stream(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst, size_t n)
 {
 	if (dtype != KVCP_F16 || isa < KVCD_ISA_AVX2 || !kvcd_has_f16c() || n % 16 ||
@@ -96,7 +121,10 @@ bool kvcd_from_f32_stream(enum kvcd_isa isa, uint8_t dtype, const float *src, vo
 		kvcd_from_f32(isa, dtype, src, dst, n);
 		return false;
 	}
-	f32_to_f16_nt(src, dst, n);
+	if (avx512_f16(isa))
+		f32_to_f16_avx512(src, dst, n, true);
+	else
+		f32_to_f16_nt(src, dst, n);
 	return true;
 }
 
@@ -128,6 +156,10 @@ void kvcd_from_f32(enum kvcd_isa isa, uint8_t dtype, const float *src, void *dst
 	} else if (dtype == KVCP_F16) {
 		uint16_t *d = dst;
 
+		if (avx512_f16(isa)) {
+			f32_to_f16_avx512(src, d, n, false);
+			return;
+		}
 		if (isa >= KVCD_ISA_AVX2 && kvcd_has_f16c()) {
 			f32_to_f16_avx2(src, d, n);
 			return;

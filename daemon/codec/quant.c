@@ -524,15 +524,13 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 		dequant_scalar(q, n, s, z, out);
 }
 
-/* 16 rows of 16 bytes (@src, @ss apart) into their 16 columns, @out[j] = column j: bytes,
- * then pairs, then quads, then halves interleaved. */
-__attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, size_t ss,
-							   __m128i *out)
+/* 16 rows of 16 bytes @r into their 16 columns, @out[j] = column j: bytes, then pairs, then
+ * quads, then halves interleaved. */
+__attribute__((target("avx2"))) static inline void transpose16_u8_regs(const __m128i *r,
+								       __m128i *out)
 {
-	__m128i r[16], t[16], u[16], v[16];
+	__m128i t[16], u[16], v[16];
 
-	for (int i = 0; i < 16; i++)
-		r[i] = _mm_loadu_si128((const __m128i *)(src + i * ss));
 	for (int k = 0; k < 8; k++) { /* t[2k], t[2k + 1]: rows 2k, 2k + 1, columns 0-7, 8-15 */
 		t[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
 		t[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
@@ -552,6 +550,17 @@ __attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, s
 		out[2 * m] = _mm_unpacklo_epi64(v[m], v[8 + m]);
 		out[2 * m + 1] = _mm_unpackhi_epi64(v[m], v[8 + m]);
 	}
+}
+
+/* The same from memory: 16 rows of 16 bytes at @src, @ss apart. */
+__attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, size_t ss,
+							   __m128i *out)
+{
+	__m128i r[16];
+
+	for (int i = 0; i < 16; i++)
+		r[i] = _mm_loadu_si128((const __m128i *)(src + i * ss));
+	transpose16_u8_regs(r, out);
 }
 
 __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_avx512(
@@ -764,21 +773,6 @@ bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits)
 
 /* ---- KIVI keys: f16 token rows quantized per channel (AVX-512) ----------------------------- */
 
-/* r[k] becomes column k of the 16 x 16 bytes r[0..15] (rows): four rounds of pairing register
- * i with i + 8 byte by byte, each moving one bit of the row index into the byte's position. */
-__attribute__((target("avx512f"))) static inline void transpose16x16(__m128i r[16])
-{
-	for (int round = 0; round < 4; round++) {
-		__m128i t[16];
-
-		for (int i = 0; i < 8; i++) {
-			t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
-			t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
-		}
-		memcpy(r, t, sizeof(t));
-	}
-}
-
 bool kvcd_quant_chan_f16_ok(enum kvcd_isa isa, size_t G, size_t d, unsigned bits)
 {
 	size_t n = G * bits / 8;
@@ -845,22 +839,25 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int chan_f16_avx512(cons
 		for (size_t u = n; u < 16; u++)
 			m[u] = _mm_setzero_si128();
 		for (size_t h = 0; h < n; h += 16) { /* 16 bytes of each channel at a time */
-			transpose16x16(m + h);
+			__m128i col[16];
+
+			transpose16_u8_regs(m + h, col);
 			for (size_t c = 0; c < 16; c++) {
 				uint8_t *o = codes + (k + c) * n + h;
 
 				if (n == 8)
-					_mm_storel_epi64((__m128i *)o, m[h + c]);
+					_mm_storel_epi64((__m128i *)o, col[c]);
 				else
-					_mm_storeu_si128((__m128i *)o, m[h + c]);
+					_mm_storeu_si128((__m128i *)o, col[c]);
 			}
 		}
 	}
 	return 0;
 }
 
-int kvcd_quant_chan_f16(enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d,
-			unsigned bits, float *x, uint8_t *par, uint8_t *codes)
+__attribute__((target("avx512f,avx512bw,f16c"))) int kvcd_quant_chan_f16(
+	enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d, unsigned bits,
+	float *x, uint8_t *par, uint8_t *codes)
 {
 	if (!kvcd_quant_chan_f16_ok(isa, G, d, bits))
 		return -EOPNOTSUPP;
