@@ -1528,6 +1528,86 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 
 /* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
  * has checked against kvcd_units_size(), into @dst (layout @engine). */
+/* The blocks encode_kivi_fused writes (and any other KIVI block of that form: whole groups of
+ * 16s of keys), on AVX-512 for the keys' transposition: each group of key rows for every head
+ * into a buffer of rows, then out as f16, the residual keys copied, each value row dequantized
+ * and out. The same bytes as the unit-by-unit path. */
+static bool kivi_decodable(enum kvcd_isa isa, const struct kvcd_policy *p,
+			   const struct kvcp_layout *l, const struct shape *sh)
+{
+	const struct shape *k = &sh[0], *v = &sh[1];
+
+	if (!kvcd_codec_fused || p->kind != KVCD_CODEC_KIVI || l->dtype != KVCP_F16 || p->rope ||
+	    p->rotate || p->params || !p->group)
+		return false;
+	for (int kv = 0; kv < 2; kv++)
+		if (sh[kv].ne || sh[kv].nh || sh[kv].nsp || sh[kv].virt)
+			return false;
+	return k->nq % p->group == 0 && p->group % 16 == 0 && k->d % 16 == 0 && k->d <= 1024 &&
+	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c() && v->d % v->gch == 0 &&
+	       v->d * v->bits % 8 == 0;
+}
+
+static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
+			      const struct kvcp_layout *l, const uint8_t *in,
+			      const struct shape *sh, struct work *w, uint8_t *dst)
+{
+	const struct shape *k = &sh[0], *v = &sh[1];
+	size_t d = l->head_dim, heads = l->kv_heads, hd = heads * d, t = l->tokens, G = p->group;
+	size_t kpar = (size_t)k->nq / G * d * 4,
+	       kcodes = kvcd_packed_bytes((size_t)k->nq * d, k->bits);
+	size_t ngt = v->ngt, gch = v->gch, rowb = d * v->bits / 8;
+	bool stream = kvcp_layout_bytes(l) >= KVCD_STREAM_MIN, streamed = false;
+	float *x = w->plane;
+
+	for (uint32_t layer = 0; layer < l->layers; layer++) {
+		const uint8_t *kbase = in + layer * heads * (k->bytes + v->bytes);
+		const uint8_t *vbase = kbase + heads * k->bytes;
+		uint8_t *kout = dst + plane_base(l, layer, 0),
+			*vout = dst + plane_base(l, layer, 1);
+
+		for (size_t g = 0; g < k->nq / G; g++) {
+			for (size_t h = 0; h < heads; h++) {
+				const uint8_t *u = kbase + h * k->bytes;
+
+				memcpy(w->par, u + g * d * 4, d * 4);
+				kvcd_unpack(u + kpar + g * G * d * k->bits / 8, G * d, k->bits,
+					    w->codes);
+				kvcd_dequant_rows(isa, w->codes, d, G, w->par, x + h * d, hd);
+			}
+			if (stream)
+				streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
+								 kout + g * G * hd * 2, G * hd);
+			else
+				kvcd_from_f32(isa, l->dtype, x, kout + g * G * hd * 2, G * hd);
+		}
+		for (size_t r = k->nq; r < t; r++) /* the residual keys, as they are */
+			for (size_t h = 0; h < heads; h++)
+				memcpy(kout + (r * hd + h * d) * 2,
+				       kbase + h * k->bytes + kpar + kcodes + (r - k->nq) * d * 2,
+				       d * 2);
+		for (size_t r = 0; r < t; r++) {
+			for (size_t h = 0; h < heads; h++) {
+				const uint8_t *u = vbase + h * v->bytes;
+
+				memcpy(w->par, u + r * ngt * 4, ngt * 4);
+				kvcd_unpack(u + t * ngt * 4 + r * rowb, d, v->bits, w->codes);
+				for (size_t g = 0; g < ngt; g++)
+					kvcd_dequant_group(isa, w->codes + g * gch, gch,
+							   w->par[2 * g], w->par[2 * g + 1],
+							   x + h * d + g * gch);
+			}
+			if (stream)
+				streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
+								 vout + r * hd * 2, hd);
+			else
+				kvcd_from_f32(isa, l->dtype, x, vout + r * hd * 2, hd);
+		}
+	}
+	if (streamed) /* non-temporal stores are weakly ordered: done before the caller publishes */
+		_mm_sfence();
+}
+
 static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 		       const struct kvcp_layout *engine, uint32_t pos, bool scores,
 		       const uint8_t *in, void *dst)
@@ -1547,6 +1627,10 @@ static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 	w.e4m3 = p->kind == KVCD_CODEC_FP8 ? kvcd_e4m3_lut() : NULL;
 	if (fusable(p, sh)) {
 		decode_fused(isa, p, &v, in, sh, &w, dst);
+		return 0;
+	}
+	if (kivi_decodable(isa, p, &v, sh)) {
+		decode_kivi_fused(isa, p, &v, in, sh, &w, dst);
 		return 0;
 	}
 	for (uint32_t layer = 0; layer < v.layers && !err; layer++)
