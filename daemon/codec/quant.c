@@ -524,13 +524,15 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
 		dequant_scalar(q, n, s, z, out);
 }
 
-/* 16 rows of 16 bytes @r into their 16 columns, @out[j] = column j: bytes, then pairs, then
- * quads, then halves interleaved. */
-__attribute__((target("avx2"))) static inline void transpose16_u8_regs(const __m128i *r,
-								       __m128i *out)
+/* 16 rows of 16 bytes (@src, @ss apart) into their 16 columns, @out[j] = column j: bytes,
+ * then pairs, then quads, then halves interleaved. */
+__attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, size_t ss,
+							   __m128i *out)
 {
-	__m128i t[16], u[16], v[16];
+	__m128i r[16], t[16], u[16], v[16];
 
+	for (int i = 0; i < 16; i++)
+		r[i] = _mm_loadu_si128((const __m128i *)(src + i * ss));
 	for (int k = 0; k < 8; k++) { /* t[2k], t[2k + 1]: rows 2k, 2k + 1, columns 0-7, 8-15 */
 		t[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
 		t[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
@@ -550,17 +552,6 @@ __attribute__((target("avx2"))) static inline void transpose16_u8_regs(const __m
 		out[2 * m] = _mm_unpacklo_epi64(v[m], v[8 + m]);
 		out[2 * m + 1] = _mm_unpackhi_epi64(v[m], v[8 + m]);
 	}
-}
-
-/* The same from memory: 16 rows of 16 bytes at @src, @ss apart. */
-__attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, size_t ss,
-							   __m128i *out)
-{
-	__m128i r[16];
-
-	for (int i = 0; i < 16; i++)
-		r[i] = _mm_loadu_si128((const __m128i *)(src + i * ss));
-	transpose16_u8_regs(r, out);
 }
 
 __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_avx512(
@@ -788,15 +779,21 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int chan_f16_avx512(cons
 									    float *x, uint8_t *par,
 									    uint8_t *codes)
 {
-	const size_t n = G * bits / 8, per = 8 / bits; /* bytes a channel, tokens a byte */
+	/* bytes and 32-bit words a channel, tokens a word */
+	const size_t n = G * bits / 8, m = n / 4, tpw = 32 / bits;
 	const __m512i top = _mm512_set1_epi32((int)((1u << bits) - 1));
+	/* lane i: i / m, the channel its word comes from (+ 16 / m per vector); lanes i % m == 0 */
+	const __m512i base = _mm512_srli_epi32(
+		_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+		(unsigned)__builtin_ctz((unsigned)m));
+	const unsigned every = m == 2 ? 0x5555 : m == 4 ? 0x1111 : 0x0101;
 
 	for (size_t k = 0; k < d; k += 16) { /* 16 channels: a lane each */
 		__m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
 		__m512 acc = _mm512_setzero_ps(), vz, vr;
 		float s[16], z[16], r[16];
 		uint16_t sz[32];
-		__m128i m[32];
+		__m512i w[8];
 		__mmask16 live;
 
 		/* each channel's range runs down the rows: no reduction across lanes */
@@ -819,37 +816,30 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int chan_f16_avx512(cons
 		vz = _mm512_loadu_ps(z);
 		vr = _mm512_loadu_ps(r);
 		live = _mm512_cmp_ps_mask(_mm512_loadu_ps(s), _mm512_setzero_ps(), _CMP_GT_OQ);
-		/* codes of @per consecutive tokens into one byte per channel, then the bytes turned
-		 * from [token][channel] to [channel][token] */
-		for (size_t u = 0; u < n; u++) {
-			__m512i b = _mm512_setzero_si512();
+		/* the codes of 32 / bits consecutive tokens into one 32-bit word per channel,
+		 * little-endian as kvcd_pack has them, then the words turned from [token][channel]
+		 * to [channel][token]: output word i of vector o is word i % m of channel
+		 * (16 o + i) / m, one masked permutation per source word */
+		for (size_t v = 0; v < m; v++)
+			w[v] = _mm512_setzero_si512();
+		for (size_t t = 0; t < G; t++) {
+			__m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + t * 16), vz),
+						 vr);
+			__m512i q = _mm512_maskz_cvt_roundps_epi32(
+				live, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 
-			for (size_t j = 0; j < per; j++) {
-				__m512 v = _mm512_mul_ps(
-					_mm512_sub_ps(_mm512_loadu_ps(x + (u * per + j) * 16), vz),
-					vr);
-				__m512i q = _mm512_maskz_cvt_roundps_epi32(
-					live, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-
-				b = _mm512_or_si512(b, _mm512_slli_epi32(_mm512_min_epi32(q, top),
-									 (unsigned)(j * bits)));
-			}
-			m[u] = _mm512_cvtepi32_epi8(b);
+			w[t / tpw] = _mm512_or_si512(w[t / tpw],
+						     _mm512_slli_epi32(_mm512_min_epi32(q, top),
+								       (unsigned)(t % tpw * bits)));
 		}
-		for (size_t u = n; u < 16; u++)
-			m[u] = _mm_setzero_si128();
-		for (size_t h = 0; h < n; h += 16) { /* 16 bytes of each channel at a time */
-			__m128i col[16];
+		for (size_t o = 0; o < m; o++) {
+			__m512i out = _mm512_setzero_si512(),
+				idx = _mm512_add_epi32(base, _mm512_set1_epi32((int)(16 / m * o)));
 
-			transpose16_u8_regs(m + h, col);
-			for (size_t c = 0; c < 16; c++) {
-				uint8_t *o = codes + (k + c) * n + h;
-
-				if (n == 8)
-					_mm_storel_epi64((__m128i *)o, col[c]);
-				else
-					_mm_storeu_si128((__m128i *)o, col[c]);
-			}
+			for (size_t v = 0; v < m; v++)
+				out = _mm512_mask_permutexvar_epi32(out, (__mmask16)(every << v),
+								    idx, w[v]);
+			_mm512_storeu_si512(codes + k * n + o * 64, out);
 		}
 	}
 	return 0;

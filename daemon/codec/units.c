@@ -1306,6 +1306,12 @@ static int encode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 			for (size_t h = 0; h < heads; h++) {
 				uint8_t *u = kbase + h * k->bytes;
 
+				/* the next group's rows read across, one head's slice at a time: the
+				 * hardware prefetcher does not follow that pattern */
+				for (size_t r = (g + 1) * G; r < (g + 2) * G && r < k->nq; r++)
+					for (size_t off = 0; off < d * 2; off += 64)
+						__builtin_prefetch(kin + (r * hd + h * d) * 2 +
+								   off);
 				err = kvcd_quant_chan_f16(isa, kin + (g * G * hd + h * d) * 2,
 							  hd * 2, G, d, k->bits, w->plane,
 							  u + g * d * 4,
