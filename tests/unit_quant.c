@@ -529,3 +529,83 @@ Test(quant, channel_kernel_equals_the_three_phases)
 	free(scratch);
 	free(q);
 }
+
+/* The f16 decoders write what kvcd_dequant_group (or _rows) then kvcd_from_f32 write,
+ * streamed or not, saturating values past f16's range; a streamed write to a misaligned
+ * row is refused and writes nothing. */
+Test(quant, f16_decoders_equal_dequant_then_convert)
+{
+	enum {
+		D = 128,
+		N = 32,
+		PER = 2,
+		NG = 8
+	};
+	static const unsigned widths[] = { 4, 8 };
+	uint16_t *want = aligned_alloc(64, N * D * 2 + 64),
+		 *got = aligned_alloc(64, N * D * 2 + 64);
+	uint8_t *q = malloc(N * D), *unit = malloc(4096);
+	float *f = malloc(N * D * 4);
+	uint16_t par[2 * D];
+	uint64_t r = 17;
+
+	if (!kvcd_quant_row_f16_ok(kvcd_isa_best(), 16, 8))
+		cr_skip_test("this CPU has no AVX-512 with F16C");
+	for (size_t c = 0; c < D; c++) { /* a few channels that overflow f16 when dequantized */
+		par[2 * c] = kvcd_f32_to_f16(c % 9 == 4 ? 600.0f : (float)(c % 5 + 1) * 0.01f);
+		par[2 * c + 1] = kvcd_f32_to_f16(c % 9 == 4 ? 65000.0f : -0.5f * (float)(c % 3));
+	}
+	for (size_t i = 0; i < N * D; i++) {
+		r = r * 6364136223846793005ull + 1442695040888963407ull;
+		q[i] = (uint8_t)(r >> 56);
+	}
+	for (int nt = 0; nt < 2; nt++) {
+		/* rows: channels of N codes each, [channel][token] */
+		for (size_t c = 0; c < D; c++)
+			kvcd_dequant_group(KVCD_ISA_SCALAR, q + c * N, N, par[2 * c],
+					   par[2 * c + 1], f + c * N);
+		for (size_t t = 0; t < N; t++)
+			for (size_t c = 0; c < D; c++)
+				want[t * D + c] = kvcd_f32_to_f16(
+					fminf(fmaxf(f[c * N + t], -65504.0f), 65504.0f));
+		memset(got, 0, N * D * 2);
+		cr_assert(kvcd_dequant_rows_f16(kvcd_isa_best(), q, D, N, par, got, D, nt));
+		cr_assert_eq(memcmp(want, got, N * D * 2), 0, "rows, nt %d", nt);
+		if (nt)
+			cr_assert(!kvcd_dequant_rows_f16(kvcd_isa_best(), q, D, N, par, got + 1, D,
+							 true));
+		/* one row of NG heads of PER groups of 16 codes, in the row kernel's layout */
+		for (size_t wi = 0; wi < 2; wi++) {
+			unsigned bits = widths[wi];
+			size_t cb = 16 * bits / 8, stride = PER * (4 + cb) + 12;
+
+			for (size_t g = 0; g < NG * PER; g++) {
+				uint8_t *u = unit + g / PER * stride;
+
+				memcpy(u + g % PER * 4, &par[2 * g], 4);
+				for (size_t i = 0; i < 16; i++)
+					q[i] = (uint8_t)((q[g * 16 + i] + g) & ((1u << bits) - 1));
+				kvcd_pack(q, 16, bits, u + PER * 4 + g % PER * cb);
+				kvcd_dequant_group(KVCD_ISA_SCALAR, q, 16, par[2 * g],
+						   par[2 * g + 1], f + g * 16);
+			}
+			kvcd_from_f32(KVCD_ISA_SCALAR, KVCP_F16, f, want, NG * PER * 16);
+			memset(got, 0, NG * PER * 32);
+			cr_assert(kvcd_dequant_row_f16(kvcd_isa_best(), unit, unit + PER * 4,
+						       NG * PER, 16, PER, bits, stride, got, nt));
+			cr_assert_eq(memcmp(want, got, NG * PER * 32), 0, "row, bits %u nt %d",
+				     bits, nt);
+			cr_assert(!kvcd_dequant_row_f16(kvcd_isa_best(), unit, unit + PER * 4,
+							NG * PER, 16, PER, 3, stride, got, nt));
+			if (nt)
+				cr_assert(!kvcd_dequant_row_f16(kvcd_isa_best(), unit,
+								unit + PER * 4, NG * PER, 16, PER,
+								bits, stride, got + 1, true));
+		}
+	}
+	free(want);
+	free(got);
+	free(q);
+	free(unit);
+	free(f);
+}

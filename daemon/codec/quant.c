@@ -554,8 +554,25 @@ __attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, s
 	}
 }
 
+/* @x (q * s + z) to f16 as kvcd_from_f32 gives it: saturated to f16's range, rounded to
+ * nearest; streamed when @nt. */
+__attribute__((target("avx512f,f16c"))) static inline void put_f16x16(uint16_t *o, __m512 x,
+								      bool nt)
+{
+	__m256i h = _mm512_cvtps_ph(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-65504.0f)),
+						  _mm512_set1_ps(65504.0f)),
+				    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+	if (nt)
+		_mm256_stream_si256((__m256i *)o, h);
+	else
+		_mm256_storeu_si256((__m256i *)o, h);
+}
+
+/* With @out16, f16 rows there (@nt: streamed) instead of floats at @out. */
 __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_avx512(
-	const uint8_t *q, size_t d, size_t n, const uint16_t *par, float *out, size_t ts)
+	const uint8_t *q, size_t d, size_t n, const uint16_t *par, float *out, size_t ts,
+	uint16_t *out16, bool nt)
 {
 	float s[1024], z[1024];
 	__m128i col[16];
@@ -573,8 +590,11 @@ __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_a
 				__m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(col[k]));
 
 				/* multiply, then add, as dequant_avx512 does: the same floats */
-				_mm512_storeu_ps(out + (i + (size_t)k) * ts + c,
-						 _mm512_add_ps(_mm512_mul_ps(x, vs), vz));
+				x = _mm512_add_ps(_mm512_mul_ps(x, vs), vz);
+				if (out16)
+					put_f16x16(out16 + (i + (size_t)k) * ts + c, x, nt);
+				else
+					_mm512_storeu_ps(out + (i + (size_t)k) * ts + c, x);
 			}
 		}
 	}
@@ -586,7 +606,62 @@ bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, 
 	if (kvcd_isa_clamp(isa) < KVCD_ISA_AVX512 || !kvcd_has_f16c() || d % 16 || n % 16 ||
 	    d > 1024)
 		return false;
-	dequant_rows_avx512(q, d, n, par, out, ts);
+	dequant_rows_avx512(q, d, n, par, out, ts, NULL, false);
+	return true;
+}
+
+bool kvcd_dequant_rows_f16(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n,
+			   const uint16_t *par, uint16_t *out, size_t ts, bool nt)
+{
+	if (kvcd_isa_clamp(isa) < KVCD_ISA_AVX512 || !kvcd_has_f16c() || d % 16 || n % 16 ||
+	    d > 1024 || (nt && ((uintptr_t)out % 32 || ts % 16)))
+		return false;
+	dequant_rows_avx512(q, d, n, par, NULL, ts, out, nt);
+	return true;
+}
+
+/* 16 codes of @bits (8 or 4: two a byte, the low nibble first) at @c, as 32-bit lanes */
+__attribute__((target("avx512f,avx512bw"))) static inline __m512i codes16(const uint8_t *c,
+									  unsigned bits)
+{
+	if (bits == 8)
+		return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+	__m128i b = _mm_loadl_epi64((const __m128i *)c), m = _mm_set1_epi8(0x0f);
+
+	return _mm512_cvtepu8_epi32(
+		_mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m)));
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) static void dequant_row_avx512(
+	const uint8_t *par, const uint8_t *codes, size_t ng, size_t gch, size_t per, unsigned bits,
+	size_t stride, uint16_t *out, bool nt)
+{
+	size_t cb = gch * bits / 8, head = 0, gi = 0;
+
+	for (size_t g = 0; g < ng; g++, gi = gi + 1 < per ? gi + 1 : 0, head += !gi) {
+		const uint8_t *q = codes + head * stride + gi * cb;
+		uint16_t sz[2];
+
+		memcpy(sz, par + head * stride + gi * 4, 4);
+		__m512 vs = _mm512_set1_ps(hw_from_f16(sz[0])),
+		       vz = _mm512_set1_ps(hw_from_f16(sz[1]));
+
+		for (size_t i = 0; i < gch; i += 16) {
+			__m512 x = _mm512_cvtepi32_ps(codes16(q + i * bits / 8, bits));
+
+			/* multiply, then add, as dequant_avx512 does: the same floats */
+			put_f16x16(out + g * gch + i, _mm512_add_ps(_mm512_mul_ps(x, vs), vz), nt);
+		}
+	}
+}
+
+bool kvcd_dequant_row_f16(enum kvcd_isa isa, const uint8_t *par, const uint8_t *codes, size_t ng,
+			  size_t gch, size_t per, unsigned bits, size_t stride, uint16_t *out,
+			  bool nt)
+{
+	if (!kvcd_quant_row_f16_ok(isa, gch, bits) || (nt && (uintptr_t)out % 32))
+		return false;
+	dequant_row_avx512(par, codes, ng, gch, per, bits, stride, out, nt);
 	return true;
 }
 

@@ -82,6 +82,18 @@ void kvcd_dequant_group(enum kvcd_isa isa, const uint8_t *q, size_t n, uint16_t 
  * @out: the floats kvcd_dequant_group gives, a 16 x 16 tile of codes at a time. false where
  * this way does not apply (no AVX-512 or F16C, @d or @n not a multiple of 16, @d above 1024),
  * and nothing is written: then it is channel by channel. */
+/* kvcd_dequant_rows into f16 rows (@ts values apart) as kvcd_from_f32 would write its floats;
+ * streamed when @nt (then false unless @out is 32-byte aligned and @ts a multiple of 16: the
+ * caller fences before publishing). */
+bool kvcd_dequant_rows_f16(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n,
+			   const uint16_t *par, uint16_t *out, size_t ts, bool nt);
+/* The inverse of kvcd_quant_row_f16, from its layout (@par, @codes, @per, @stride) to a row of
+ * @ng * @gch f16 values at @out, as kvcd_dequant_group then kvcd_from_f32 give them; streamed
+ * when @nt. false where kvcd_quant_row_f16_ok says no, or @nt with @out not 32-byte aligned:
+ * nothing is written. */
+bool kvcd_dequant_row_f16(enum kvcd_isa isa, const uint8_t *par, const uint8_t *codes, size_t ng,
+			  size_t gch, size_t per, unsigned bits, size_t stride, uint16_t *out,
+			  bool nt);
 bool kvcd_dequant_rows(enum kvcd_isa isa, const uint8_t *q, size_t d, size_t n, const uint16_t *par,
 		       float *out, size_t ts);
 

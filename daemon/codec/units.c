@@ -1491,7 +1491,22 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 			unsigned bits = sh[kv].bits;
 			size_t rowb = d * bits / 8;
 
+			/* f16 rows at 8 or 4 bits: straight out of one kernel */
+			bool row_kernel = p->kind == KVCD_CODEC_INT && !p->rotate &&
+					  l->dtype == KVCP_F16 &&
+					  kvcd_quant_row_f16_ok(isa, gch, bits);
+
 			for (size_t r = 0; r < t; r++) {
+				if (row_kernel &&
+				    kvcd_dequant_row_f16(
+					    isa, base + r * ngt * 4, base + t * ngt * 4 + r * rowb,
+					    heads * ngt, gch, ngt, bits, sh[kv].bytes,
+					    (uint16_t *)(out + r * hd * es),
+					    stream && (uintptr_t)(out + r * hd * es) % 32 == 0)) {
+					streamed |= stream &&
+						    (uintptr_t)(out + r * hd * es) % 32 == 0;
+					continue;
+				}
 				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_FP8; h++) {
 					const uint8_t *u = base + h * sh[kv].bytes;
 					const uint8_t *codes = u + t * ngt * 2 + r * d;
@@ -1563,7 +1578,9 @@ static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 	size_t kpar = (size_t)k->nq / G * d * 4,
 	       kcodes = kvcd_packed_bytes((size_t)k->nq * d, k->bits);
 	size_t ngt = v->ngt, gch = v->gch, rowb = d * v->bits / 8;
-	bool stream = kvcp_layout_bytes(l) >= KVCD_STREAM_MIN, streamed = false;
+	/* f16 straight out of the kernels; the value rows streamed as decode_body streams */
+	bool nt = kvcp_layout_bytes(l) >= KVCD_STREAM_MIN && (uintptr_t)dst % 32 == 0;
+	bool vrow = kvcd_quant_row_f16_ok(isa, gch, v->bits);
 	float *x = w->plane;
 
 	for (uint32_t layer = 0; layer < l->layers; layer++) {
@@ -1572,27 +1589,32 @@ static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 		uint8_t *kout = dst + plane_base(l, layer, 0),
 			*vout = dst + plane_base(l, layer, 1);
 
-		for (size_t g = 0; g < k->nq / G; g++) {
+		for (size_t g = 0; g < k->nq / G; g++)
 			for (size_t h = 0; h < heads; h++) {
 				const uint8_t *u = kbase + h * k->bytes;
 
 				memcpy(w->par, u + g * d * 4, d * 4);
 				kvcd_unpack(u + kpar + g * G * d * k->bits / 8, G * d, k->bits,
 					    w->codes);
-				kvcd_dequant_rows(isa, w->codes, d, G, w->par, x + h * d, hd);
+				/* not streamed: it writes 32 bytes at a time, rows apart, and
+				 * streamed half lines would go out one by one */
+				kvcd_dequant_rows_f16(isa, w->codes, d, G, w->par,
+						      (uint16_t *)(kout + (g * G * hd + h * d) * 2),
+						      hd, false);
 			}
-			if (stream)
-				streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
-								 kout + g * G * hd * 2, G * hd);
-			else
-				kvcd_from_f32(isa, l->dtype, x, kout + g * G * hd * 2, G * hd);
-		}
 		for (size_t r = k->nq; r < t; r++) /* the residual keys, as they are */
 			for (size_t h = 0; h < heads; h++)
 				memcpy(kout + (r * hd + h * d) * 2,
 				       kbase + h * k->bytes + kpar + kcodes + (r - k->nq) * d * 2,
 				       d * 2);
 		for (size_t r = 0; r < t; r++) {
+			if (vrow) {
+				kvcd_dequant_row_f16(isa, vbase + r * ngt * 4,
+						     vbase + t * ngt * 4 + r * rowb, heads * ngt,
+						     gch, ngt, v->bits, v->bytes,
+						     (uint16_t *)(vout + r * hd * 2), nt);
+				continue;
+			}
 			for (size_t h = 0; h < heads; h++) {
 				const uint8_t *u = vbase + h * v->bytes;
 
@@ -1603,14 +1625,10 @@ static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 							   w->par[2 * g], w->par[2 * g + 1],
 							   x + h * d + g * gch);
 			}
-			if (stream)
-				streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
-								 vout + r * hd * 2, hd);
-			else
-				kvcd_from_f32(isa, l->dtype, x, vout + r * hd * 2, hd);
+			kvcd_from_f32(isa, l->dtype, x, vout + r * hd * 2, hd);
 		}
 	}
-	if (streamed) /* non-temporal stores are weakly ordered: done before the caller publishes */
+	if (nt) /* non-temporal stores are weakly ordered: done before the caller publishes */
 		_mm_sfence();
 }
 
