@@ -1265,22 +1265,28 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 }
 
 /* KIVI without the per-token extras (sinks, outliers, scores, sparse values, the virtual
- * token, rotation, rope, params=u8), on f16 with AVX-512: whole groups of keys through the
- * per-channel kernel and every value row through the row kernel, straight from staging. */
-static bool kivi_fusable(enum kvcd_isa isa, const struct kvcd_policy *p,
-			 const struct kvcp_layout *l, const struct shape *sh)
+ * token, rotation, rope, params=u8), on f16, whose keys are whole groups: the blocks the fused
+ * KIVI encoder and decoder take. */
+static bool kivi_plain(const struct kvcd_policy *p, const struct kvcp_layout *l,
+		       const struct shape *sh)
 {
-	const struct shape *k = &sh[0], *v = &sh[1];
-
 	if (!kvcd_codec_fused || p->kind != KVCD_CODEC_KIVI || l->dtype != KVCP_F16 || p->rope ||
 	    p->rotate || p->params || !p->group)
 		return false;
 	for (int kv = 0; kv < 2; kv++)
 		if (sh[kv].ne || sh[kv].nh || sh[kv].nsp || sh[kv].virt)
 			return false;
-	return k->nq % p->group == 0 && kvcd_quant_chan_f16_ok(isa, p->group, k->d, k->bits) &&
-	       v->d % v->gch == 0 && v->d * v->bits % 8 == 0 &&
-	       kvcd_quant_row_f16_ok(isa, v->gch, v->bits);
+	return sh[0].nq % p->group == 0 && sh[1].d % sh[1].gch == 0 &&
+	       sh[1].d * sh[1].bits % 8 == 0;
+}
+
+/* kivi_plain, with AVX-512: whole groups of keys through the per-channel kernel and every
+ * value row through the row kernel, straight from staging. */
+static bool kivi_fusable(enum kvcd_isa isa, const struct kvcd_policy *p,
+			 const struct kvcp_layout *l, const struct shape *sh)
+{
+	return kivi_plain(p, l, sh) && kvcd_quant_chan_f16_ok(isa, p->group, sh[0].d, sh[0].bits) &&
+	       kvcd_quant_row_f16_ok(isa, sh[1].gch, sh[1].bits);
 }
 
 /* The units kivi_fusable takes, with the bytes of the unit-by-unit path: each group of G key
@@ -1547,26 +1553,15 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 		_mm_sfence();
 }
 
-/* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
- * has checked against kvcd_units_size(), into @dst (layout @engine). */
-/* The blocks encode_kivi_fused writes (and any other KIVI block of that form: whole groups of
- * 16s of keys), on AVX-512 for the keys' transposition: each group of key rows for every head
- * into a buffer of rows, then out as f16, the residual keys copied, each value row dequantized
- * and out. The same bytes as the unit-by-unit path. */
+/* kivi_plain, whose keys come in 16s of tokens and channels, with AVX-512 for their
+ * transposition (the blocks encode_kivi_fused writes among them): each group of key rows for
+ * every head straight to f16 rows, the residual keys copied, each value row dequantized and
+ * out. The same bytes as the unit-by-unit path. */
 static bool kivi_decodable(enum kvcd_isa isa, const struct kvcd_policy *p,
 			   const struct kvcp_layout *l, const struct shape *sh)
 {
-	const struct shape *k = &sh[0], *v = &sh[1];
-
-	if (!kvcd_codec_fused || p->kind != KVCD_CODEC_KIVI || l->dtype != KVCP_F16 || p->rope ||
-	    p->rotate || p->params || !p->group)
-		return false;
-	for (int kv = 0; kv < 2; kv++)
-		if (sh[kv].ne || sh[kv].nh || sh[kv].nsp || sh[kv].virt)
-			return false;
-	return k->nq % p->group == 0 && p->group % 16 == 0 && k->d % 16 == 0 && k->d <= 1024 &&
-	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c() && v->d % v->gch == 0 &&
-	       v->d * v->bits % 8 == 0;
+	return kivi_plain(p, l, sh) && p->group % 16 == 0 && sh[0].d % 16 == 0 && sh[0].d <= 1024 &&
+	       kvcd_isa_clamp(isa) >= KVCD_ISA_AVX512 && kvcd_has_f16c();
 }
 
 static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
@@ -1632,6 +1627,8 @@ static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 		_mm_sfence();
 }
 
+/* Decode the units of a block under @p (a codec, not NONE) from @in, whose size the caller
+ * has checked against kvcd_units_size(), into @dst (layout @engine). */
 static int decode_body(enum kvcd_isa isa, const struct kvcd_policy *p,
 		       const struct kvcp_layout *engine, uint32_t pos, bool scores,
 		       const uint8_t *in, void *dst)
