@@ -53,6 +53,7 @@ static const char *const policies[] = {
 	"none:select=keynorm,keep=50%,kbits=3,vbits=2,rank=8,learned=on",
 	"none:kbits=5,vbits=4,rank=8,learned=on,entropy=on",
 	"none:select=keynorm,keep=50%,kbits=3,vbits=2,rank=8,learned=on,entropy=on",
+	"kivi:kbits=4,vbits=4,group=16", /* whole groups of keys: the fused KIVI decoder */
 };
 
 int main(int argc, char **argv)
