@@ -53,8 +53,8 @@ int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t 
  * kvcd_pack give on the rows turned to [channel][token]: the d channels' f16 (scale, zero)
  * pairs to @par, their codes (G * @bits / 8 bytes each, in channel order) to @codes. Only
  * where kvcd_quant_chan_f16_ok says so (AVX-512 and F16C, 2, 4 or 8 bits, 8, 16 or 32 bytes
- * a channel, channels in 16s): -EOPNOTSUPP elsewhere; -EINVAL for an inf or a nan. @x is room
- * for G * 16 floats. */
+ * a channel, channels in 16s): -EOPNOTSUPP elsewhere; -EINVAL for an inf or a nan, -ERANGE as
+ * kvcd_quant_params. @x is room for G * 16 floats. */
 bool kvcd_quant_chan_f16_ok(enum kvcd_isa isa, size_t G, size_t d, unsigned bits);
 int kvcd_quant_chan_f16(enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d,
 			unsigned bits, float *x, uint8_t *par, uint8_t *codes);
