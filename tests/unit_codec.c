@@ -204,23 +204,34 @@ Test(codec, hadamard)
 	float a[2] = { 1, 0 }, b[4] = { 1, 1, 1, 1 }, x[128], y[128];
 	double n1 = 0, n2 = 0;
 
-	kvcd_hadamard(a, 2);
+	kvcd_hadamard(KVCD_ISA_SCALAR, a, 2);
 	cr_assert_float_eq(a[0], (float)M_SQRT1_2, 1e-7);
 	cr_assert_float_eq(a[1], (float)M_SQRT1_2, 1e-7);
-	kvcd_hadamard(b, 4);
+	kvcd_hadamard(KVCD_ISA_SCALAR, b, 4);
 	cr_assert_float_eq(b[0], 2.0f, 1e-7);
 	cr_assert_float_eq(b[1] + b[2] + b[3], 0.0f, 1e-7);
 	for (int i = 0; i < 128; i++) {
 		x[i] = y[i] = (float)nrand();
 		n1 += (double)x[i] * x[i];
 	}
-	kvcd_hadamard(y, 128);
+	kvcd_hadamard(KVCD_ISA_SCALAR, y, 128);
 	for (int i = 0; i < 128; i++)
 		n2 += (double)y[i] * y[i];
 	cr_assert_float_eq(n1, n2, 1e-4 * n1, "orthonormal");
-	kvcd_hadamard(y, 128);
+	kvcd_hadamard(KVCD_ISA_SCALAR, y, 128);
 	for (int i = 0; i < 128; i++)
 		cr_assert_float_eq(x[i], y[i], 1e-5, "its own inverse");
+	/* every ISA gives the scalar loop's bits, at every size */
+	for (unsigned n = 2; n <= 128; n *= 2)
+		for (int isa = 1; isa <= (int)kvcd_isa_best(); isa++) {
+			float p[128], q[128];
+
+			for (unsigned i = 0; i < n; i++)
+				p[i] = q[i] = (float)(nrand() * (i % 7 == 3 ? 1e4 : 1.0));
+			kvcd_hadamard(KVCD_ISA_SCALAR, p, n);
+			kvcd_hadamard((enum kvcd_isa)isa, q, n);
+			cr_assert_eq(memcmp(p, q, n * sizeof(float)), 0, "n %u isa %d", n, isa);
+		}
 }
 
 /* Worked out by hand: int2, one group of 4 channels, f32. K token 0 = 0,1,2,3 gives zero 0,

@@ -290,8 +290,8 @@ int kvcd_fp8_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gc
 		     size_t stride, float *x, uint8_t *par, uint8_t *codes);
 
 /* In-place orthonormal Walsh-Hadamard transform of @n (a power of two) values; its own
- * inverse. */
-void kvcd_hadamard(float *x, unsigned n);
+ * inverse. The same bits whatever @isa. */
+void kvcd_hadamard(enum kvcd_isa isa, float *x, unsigned n);
 
 struct kvcd_quality {
 	double rel_frob; /* ||X - X'||_F / ||X||_F */

@@ -472,10 +472,48 @@ const float *kvcd_e4m3_lut(void)
 
 /* ---- Walsh-Hadamard ------------------------------------------------------------------------ */
 
-void kvcd_hadamard(float *x, unsigned n)
+/* Stages below 16 within each vector of 16 (lane j pairs with lane j ^ h: the lower one takes
+ * a + b, the upper one a - b, the scalar loop's two operations), then the stages across
+ * vectors: every value goes through the same additions, in the same order, as in the scalar
+ * loop, so the same bits. */
+__attribute__((target("avx512f"))) static void hadamard_avx512(float *x, unsigned n, float norm)
+{
+	const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+	static const __mmask16 upper[4] = { 0xaaaa, 0xcccc, 0xf0f0, 0xff00 };
+
+	for (unsigned k = 0; k < n; k += 16) {
+		__m512 v = _mm512_loadu_ps(x + k);
+
+		for (unsigned s = 0; s < 4; s++) {
+			__m512 w = _mm512_permutexvar_ps(
+				_mm512_xor_si512(iota, _mm512_set1_epi32(1 << s)), v);
+
+			v = _mm512_mask_blend_ps(upper[s], _mm512_add_ps(v, w),
+						 _mm512_sub_ps(w, v));
+		}
+		_mm512_storeu_ps(x + k, v);
+	}
+	for (unsigned h = 16; h < n; h <<= 1)
+		for (unsigned i = 0; i < n; i += 2 * h)
+			for (unsigned j = i; j < i + h; j += 16) {
+				__m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
+
+				_mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
+				_mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
+			}
+	for (unsigned i = 0; i < n; i += 16)
+		_mm512_storeu_ps(x + i,
+				 _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(norm)));
+}
+
+void kvcd_hadamard(enum kvcd_isa isa, float *x, unsigned n)
 {
 	float norm = 1.0f / sqrtf((float)n);
 
+	if (n >= 16 && isa >= KVCD_ISA_AVX512 && kvcd_isa_best() >= KVCD_ISA_AVX512) {
+		hadamard_avx512(x, n, norm);
+		return;
+	}
 	for (unsigned h = 1; h < n; h <<= 1)
 		for (unsigned i = 0; i < n; i += 2 * h)
 			for (unsigned j = i; j < i + h; j++) {

@@ -907,9 +907,9 @@ static int encode_unit(const struct unit_io *u, struct work *w, uint32_t *exact,
 		put_virtual(u, w, o);
 	if (p->rotate & KVCD_XFORM_HADAMARD) {
 		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
+			kvcd_hadamard(u->isa, w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
+			kvcd_hadamard(u->isa, w->tile + (size_t)w->reg[i] * w->ts, s->d);
 	}
 	if (s->nh) {
 		err = enc_per_token(u, w, w->imp, s->nh, p->hibits, o);
@@ -999,9 +999,9 @@ static int decode_unit(const struct unit_io *u, struct work *w, const uint8_t **
 	}
 	if (p->rotate & KVCD_XFORM_HADAMARD) {
 		for (uint32_t i = 0; i < s->nh; i++)
-			kvcd_hadamard(w->tile + (size_t)w->imp[i] * w->ts, s->d);
+			kvcd_hadamard(u->isa, w->tile + (size_t)w->imp[i] * w->ts, s->d);
 		for (uint32_t i = 0; i < s->nq; i++)
-			kvcd_hadamard(w->tile + (size_t)w->reg[i] * w->ts, s->d);
+			kvcd_hadamard(u->isa, w->tile + (size_t)w->reg[i] * w->ts, s->d);
 	}
 	if (s->virt) { /* the virtual token back into every row it left */
 		shift_rows(w, w->imp, s->nh, s->d, 1.0f);
@@ -1232,7 +1232,7 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 				}
 				for (size_t h = 0; (p->rotate & KVCD_XFORM_HADAMARD) && h < heads;
 				     h++)
-					kvcd_hadamard(x + h * d, (unsigned)d);
+					kvcd_hadamard(isa, x + h * d, (unsigned)d);
 				if (p->kind == KVCD_CODEC_FP8) {
 					err = fp8_row(isa, &sh[kv], x, heads, r, base);
 					if (err)
@@ -1527,7 +1527,7 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 							   kvcd_f16_to_f32(sc), x + h * d + c0);
 					}
 					if (p->rotate & KVCD_XFORM_HADAMARD)
-						kvcd_hadamard(x + h * d, (unsigned)d);
+						kvcd_hadamard(isa, x + h * d, (unsigned)d);
 				}
 				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_INT; h++) {
 					const uint8_t *u = base + h * sh[kv].bytes;
@@ -1540,7 +1540,7 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 								   x + h * d + g * gch);
 					if (p->rotate &
 					    KVCD_XFORM_HADAMARD) /* the rotation undone, as it was done */
-						kvcd_hadamard(x + h * d, (unsigned)d);
+						kvcd_hadamard(isa, x + h * d, (unsigned)d);
 				}
 				if (stream)
 					streamed |= kvcd_from_f32_stream(isa, l->dtype, x,
