@@ -670,6 +670,8 @@ Test(codec, fused_pass_writes_the_unit_path_bytes)
 			       "int4:group=32",
 			       "int3",
 			       "int2:rotate=hadamard",
+			       "int4:rotate=hadamard",
+			       "int8:rotate=hadamard,group=32",
 			       "int5:group=16",
 			       "int4:sink=4",
 			       "fp8",

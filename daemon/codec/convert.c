@@ -476,21 +476,30 @@ const float *kvcd_e4m3_lut(void)
  * a + b, the upper one a - b, the scalar loop's two operations), then the stages across
  * vectors: every value goes through the same additions, in the same order, as in the scalar
  * loop, so the same bits. */
+/* One stage below 16: lane j takes v[j] + v[j ^ h] where j & h is clear (@upper's bit not
+ * set), v[j ^ h] - v[j] where it is set, @idx holding j ^ h. */
+__attribute__((target("avx512f"))) static inline __m512 hstage(__m512 v, __m512i idx,
+							       __mmask16 upper)
+{
+	__m512 w = _mm512_permutexvar_ps(idx, v);
+
+	return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, w), _mm512_sub_ps(w, v));
+}
+
 __attribute__((target("avx512f"))) static void hadamard_avx512(float *x, unsigned n, float norm)
 {
-	const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-	static const __mmask16 upper[4] = { 0xaaaa, 0xcccc, 0xf0f0, 0xff00 };
+	const __m512i x1 = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+	const __m512i x2 = _mm512_set_epi32(13, 12, 15, 14, 9, 8, 11, 10, 5, 4, 7, 6, 1, 0, 3, 2);
+	const __m512i x4 = _mm512_set_epi32(11, 10, 9, 8, 15, 14, 13, 12, 3, 2, 1, 0, 7, 6, 5, 4);
+	const __m512i x8 = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
 
 	for (unsigned k = 0; k < n; k += 16) {
 		__m512 v = _mm512_loadu_ps(x + k);
 
-		for (unsigned s = 0; s < 4; s++) {
-			__m512 w = _mm512_permutexvar_ps(
-				_mm512_xor_si512(iota, _mm512_set1_epi32(1 << s)), v);
-
-			v = _mm512_mask_blend_ps(upper[s], _mm512_add_ps(v, w),
-						 _mm512_sub_ps(w, v));
-		}
+		v = hstage(v, x1, 0xaaaa);
+		v = hstage(v, x2, 0xcccc);
+		v = hstage(v, x4, 0xf0f0);
+		v = hstage(v, x8, 0xff00);
 		_mm512_storeu_ps(x + k, v);
 	}
 	for (unsigned h = 16; h < n; h <<= 1)

@@ -725,6 +725,7 @@ __attribute__((target("avx512f,f16c"))) static int params_x16(__m512 lo, __m512 
 	return 0;
 }
 
+/* From f16 values at @src, converted into @x; or, with @src NULL, from the floats at @x. */
 __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 	const uint8_t *src, size_t ng, size_t gch, size_t per, unsigned bits, size_t stride,
 	float *x, uint8_t *par, uint8_t *codes)
@@ -742,16 +743,21 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
 		 * mask of compares would be one chain through the whole row. */
 		for (size_t j = 0; j < nb; j++) {
 			size_t g = g0 + j;
-			const uint8_t *h = src + 2 * g * gch;
+			const uint8_t *h = src ? src + 2 * g * gch : NULL;
 			__m512 acc = _mm512_setzero_ps();
 
 			mn[j] = _mm512_set1_ps(INFINITY);
 			mx[j] = _mm512_set1_ps(-INFINITY);
 			for (size_t i = 0; i < gch; i += 16) {
-				__m512 v = _mm512_cvtph_ps(
-					_mm256_loadu_si256((const __m256i *)(h + 2 * i)));
+				__m512 v;
 
-				_mm512_storeu_ps(x + g * gch + i, v);
+				if (src) {
+					v = _mm512_cvtph_ps(
+						_mm256_loadu_si256((const __m256i *)(h + 2 * i)));
+					_mm512_storeu_ps(x + g * gch + i, v);
+				} else {
+					v = _mm512_loadu_ps(x + g * gch + i);
+				}
 				acc = _mm512_add_ps(acc, v);
 				mn[j] = _mm512_min_ps(mn[j], v);
 				mx[j] = _mm512_max_ps(mx[j], v);
@@ -829,6 +835,14 @@ int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t 
 	if (!kvcd_quant_row_f16_ok(isa, gch, bits))
 		return -EOPNOTSUPP;
 	return row_f16_avx512(src, ng, gch, per, bits, stride, x, par, codes);
+}
+
+int kvcd_quant_row_f32(enum kvcd_isa isa, float *x, size_t ng, size_t gch, size_t per,
+		       unsigned bits, size_t stride, uint8_t *par, uint8_t *codes)
+{
+	if (!kvcd_quant_row_f16_ok(isa, gch, bits))
+		return -EOPNOTSUPP;
+	return row_f16_avx512(NULL, ng, gch, per, bits, stride, x, par, codes);
 }
 
 bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits)

@@ -46,6 +46,11 @@ void kvcd_quant_apply(enum kvcd_isa isa, const float *x, size_t ng, size_t n, un
  * @x is room for the row as floats (@ng * @gch);
  * -EINVAL for an inf or nan, -ERANGE as kvcd_quant_params. */
 bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits);
+/* The same from a row already in floats at @x (rotated, say), under the same conditions. The
+ * inf-or-nan test sums each group, so floats whose sum overflows read as -EINVAL where the
+ * three phases say -ERANGE; f16 values, rotated or not, cannot. */
+int kvcd_quant_row_f32(enum kvcd_isa isa, float *x, size_t ng, size_t gch, size_t per,
+		       unsigned bits, size_t stride, uint8_t *par, uint8_t *codes);
 int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t gch, size_t per,
 		       unsigned bits, size_t stride, float *x, uint8_t *par, uint8_t *codes);
 /* KIVI's keys of one head in one pass: @G token rows of @d f16 channels (row t at @src + t *

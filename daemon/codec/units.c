@@ -1198,6 +1198,9 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 			size_t rowb = d * bits / 8;
 			/* f16 rows at 8 or 4 bits, or in fp8: the whole row's work in one kernel */
 			bool row_kernel = one_pass && kvcd_quant_row_f16_ok(isa, gch, bits);
+			/* f16 rows rotated first: the kernel from the rotated floats */
+			bool rot_kernel = l->dtype == KVCP_F16 && p->kind == KVCD_CODEC_INT &&
+					  p->rotate && kvcd_quant_row_f16_ok(isa, gch, bits);
 			bool fp8_kernel = l->dtype == KVCP_F16 && p->kind == KVCD_CODEC_FP8 &&
 					  !p->rotate && sh[kv].d % sh[kv].gch == 0 &&
 					  kvcd_fp8_row_f16_ok(isa, sh[kv].gch);
@@ -1233,6 +1236,14 @@ static int encode_fused(enum kvcd_isa isa, const struct kvcd_policy *p, const st
 				for (size_t h = 0; (p->rotate & KVCD_XFORM_HADAMARD) && h < heads;
 				     h++)
 					kvcd_hadamard(isa, x + h * d, (unsigned)d);
+				if (rot_kernel) { /* the rotated row, through the row kernel */
+					err = kvcd_quant_row_f32(isa, x, ng, gch, ngt, bits,
+								 sh[kv].bytes, base + r * ngt * 4,
+								 base + t * ngt * 4 + r * rowb);
+					if (err)
+						return err;
+					continue;
+				}
 				if (p->kind == KVCD_CODEC_FP8) {
 					err = fp8_row(isa, &sh[kv], x, heads, r, base);
 					if (err)
