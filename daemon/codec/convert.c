@@ -90,21 +90,13 @@ __attribute__((target("avx2,f16c"))) static void f32_to_f16_nt(const float *s, u
 }
 
 /* The two above on 16 lanes: half the instructions. */
-__attribute__((target("avx512f"))) static void f32_to_f16_avx512(const float *s, uint16_t *d,
-								 size_t n, bool nt)
+__attribute__((target("avx512f,f16c"))) static void f32_to_f16_avx512(const float *s, uint16_t *d,
+								      size_t n, bool nt)
 {
-	const __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
 	size_t i = 0;
 
-	for (; i + 16 <= n; i += 16) {
-		__m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(s + i), lo), hi);
-		__m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-
-		if (nt)
-			_mm256_stream_si256((__m256i *)(d + i), h);
-		else
-			_mm256_storeu_si256((__m256i *)(d + i), h);
-	}
+	for (; i + 16 <= n; i += 16)
+		kvcd_put_f16x16(d + i, _mm512_loadu_ps(s + i), nt);
 	for (; i < n; i++)
 		d[i] = kvcd_f32_to_f16(sat16(s[i]));
 }
@@ -472,10 +464,6 @@ const float *kvcd_e4m3_lut(void)
 
 /* ---- Walsh-Hadamard ------------------------------------------------------------------------ */
 
-/* Stages below 16 within each vector of 16 (lane j pairs with lane j ^ h: the lower one takes
- * a + b, the upper one a - b, the scalar loop's two operations), then the stages across
- * vectors: every value goes through the same additions, in the same order, as in the scalar
- * loop, so the same bits. */
 /* One stage below 16: lane j takes v[j] + v[j ^ h] where j & h is clear (@upper's bit not
  * set), v[j ^ h] - v[j] where it is set, @idx holding j ^ h. */
 __attribute__((target("avx512f"))) static inline __m512 hstage(__m512 v, __m512i idx,
@@ -486,6 +474,10 @@ __attribute__((target("avx512f"))) static inline __m512 hstage(__m512 v, __m512i
 	return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, w), _mm512_sub_ps(w, v));
 }
 
+/* Stages below 16 within each vector of 16 (lane j pairs with lane j ^ h: the lower one takes
+ * a + b, the upper one a - b, the scalar loop's two operations), then the stages across
+ * vectors: every value goes through the same additions, in the same order, as in the scalar
+ * loop, so the same bits. */
 __attribute__((target("avx512f"))) static void hadamard_avx512(float *x, unsigned n, float norm)
 {
 	const __m512i x1 = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);

@@ -1,12 +1,13 @@
 /* fold.h - AVX-512 steps the codec's one-pass row kernels (quant.c, convert.c) share: a
- * group's range or largest magnitude for sixteen groups at once, and codes from 32-bit lanes to
- * bytes. Static inline, each under its own target attribute, so a file includes it without
+ * group's range or largest magnitude for sixteen groups at once, codes from 32-bit lanes to
+ * bytes, and 16 floats out as f16. Static inline, each under its own target attribute, so a file includes it without
  * building for AVX-512 as a whole; callers check kvcd_isa_best() first. */
 #ifndef KVCD_FOLD_H
 #define KVCD_FOLD_H
 
 #include <immintrin.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* Lane g of the result: the minimum (@max false) or maximum of v[g]'s 16 lanes. Pairs of
  * vectors fold into one four times over, each fold halving the lanes a vector's partial
@@ -47,6 +48,21 @@ __attribute__((target("avx512f,avx512bw"))) static inline __m512i kvcd_pack64(co
 	return _mm512_permutexvar_epi32(order,
 					_mm512_packus_epi16(_mm512_packus_epi32(c[0], c[1]),
 							    _mm512_packus_epi32(c[2], c[3])));
+}
+
+/* 16 floats to f16 at @o as kvcd_from_f32 writes them: saturated to f16's range, rounded to
+ * nearest; streamed when @nt (@o then 32-byte aligned). */
+__attribute__((target("avx512f,f16c"))) static inline void kvcd_put_f16x16(uint16_t *o, __m512 x,
+									   bool nt)
+{
+	__m256i h = _mm512_cvtps_ph(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-65504.0f)),
+						  _mm512_set1_ps(65504.0f)),
+				    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+
+	if (nt)
+		_mm256_stream_si256((__m256i *)o, h);
+	else
+		_mm256_storeu_si256((__m256i *)o, h);
 }
 
 #endif /* KVCD_FOLD_H */

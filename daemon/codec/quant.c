@@ -554,21 +554,6 @@ __attribute__((target("avx2"))) static void transpose16_u8(const uint8_t *src, s
 	}
 }
 
-/* @x (q * s + z) to f16 as kvcd_from_f32 gives it: saturated to f16's range, rounded to
- * nearest; streamed when @nt. */
-__attribute__((target("avx512f,f16c"))) static inline void put_f16x16(uint16_t *o, __m512 x,
-								      bool nt)
-{
-	__m256i h = _mm512_cvtps_ph(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-65504.0f)),
-						  _mm512_set1_ps(65504.0f)),
-				    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-
-	if (nt)
-		_mm256_stream_si256((__m256i *)o, h);
-	else
-		_mm256_storeu_si256((__m256i *)o, h);
-}
-
 /* With @out16, f16 rows there (@nt: streamed) instead of floats at @out. */
 __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_avx512(
 	const uint8_t *q, size_t d, size_t n, const uint16_t *par, float *out, size_t ts,
@@ -592,7 +577,7 @@ __attribute__((target("avx512f,avx512bw,avx2,f16c"))) static void dequant_rows_a
 				/* multiply, then add, as dequant_avx512 does: the same floats */
 				x = _mm512_add_ps(_mm512_mul_ps(x, vs), vz);
 				if (out16)
-					put_f16x16(out16 + (i + (size_t)k) * ts + c, x, nt);
+					kvcd_put_f16x16(out16 + (i + (size_t)k) * ts + c, x, nt);
 				else
 					_mm512_storeu_ps(out + (i + (size_t)k) * ts + c, x);
 			}
@@ -650,7 +635,8 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static void dequant_row_avx512(
 			__m512 x = _mm512_cvtepi32_ps(codes16(q + i * bits / 8, bits));
 
 			/* multiply, then add, as dequant_avx512 does: the same floats */
-			put_f16x16(out + g * gch + i, _mm512_add_ps(_mm512_mul_ps(x, vs), vz), nt);
+			kvcd_put_f16x16(out + g * gch + i, _mm512_add_ps(_mm512_mul_ps(x, vs), vz),
+					nt);
 		}
 	}
 }
@@ -726,9 +712,11 @@ __attribute__((target("avx512f,f16c"))) static int params_x16(__m512 lo, __m512 
 }
 
 /* From f16 values at @src, converted into @x; or, with @src NULL, from the floats at @x. */
-__attribute__((target("avx512f,avx512bw,f16c"))) static int row_f16_avx512(
-	const uint8_t *src, size_t ng, size_t gch, size_t per, unsigned bits, size_t stride,
-	float *x, uint8_t *par, uint8_t *codes)
+__attribute__((target("avx512f,avx512bw,f16c"))) static int row_avx512(const uint8_t *src,
+								       size_t ng, size_t gch,
+								       size_t per, unsigned bits,
+								       size_t stride, float *x,
+								       uint8_t *par, uint8_t *codes)
 {
 	size_t cb = gch * bits / 8, head = 0, gi = 0; /* a group's code bytes; where it goes */
 
@@ -834,7 +822,7 @@ int kvcd_quant_row_f16(enum kvcd_isa isa, const uint8_t *src, size_t ng, size_t 
 {
 	if (!kvcd_quant_row_f16_ok(isa, gch, bits))
 		return -EOPNOTSUPP;
-	return row_f16_avx512(src, ng, gch, per, bits, stride, x, par, codes);
+	return row_avx512(src, ng, gch, per, bits, stride, x, par, codes);
 }
 
 int kvcd_quant_row_f32(enum kvcd_isa isa, float *x, size_t ng, size_t gch, size_t per,
@@ -842,7 +830,7 @@ int kvcd_quant_row_f32(enum kvcd_isa isa, float *x, size_t ng, size_t gch, size_
 {
 	if (!kvcd_quant_row_f16_ok(isa, gch, bits))
 		return -EOPNOTSUPP;
-	return row_f16_avx512(NULL, ng, gch, per, bits, stride, x, par, codes);
+	return row_avx512(NULL, ng, gch, per, bits, stride, x, par, codes);
 }
 
 bool kvcd_quant_row_f16_ok(enum kvcd_isa isa, size_t gch, unsigned bits)
@@ -934,9 +922,8 @@ __attribute__((target("avx512f,avx512bw,f16c"))) static int chan_f16_avx512(cons
 	return 0;
 }
 
-__attribute__((target("avx512f,avx512bw,f16c"))) int kvcd_quant_chan_f16(
-	enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d, unsigned bits,
-	float *x, uint8_t *par, uint8_t *codes)
+int kvcd_quant_chan_f16(enum kvcd_isa isa, const uint8_t *src, size_t rs, size_t G, size_t d,
+			unsigned bits, float *x, uint8_t *par, uint8_t *codes)
 {
 	if (!kvcd_quant_chan_f16_ok(isa, G, d, bits))
 		return -EOPNOTSUPP;

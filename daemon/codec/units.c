@@ -1488,6 +1488,26 @@ int kvcd_units_encode(enum kvcd_isa isa, const struct kvcd_policy *p, const stru
  * reading each destination line before it is overwritten. Smaller ones stay cached for it. */
 #define KVCD_STREAM_MIN (4u << 20)
 
+/* Row @r of the per-token int units at @base (head h's @ustride bytes on; @t rows of @ngt
+ * groups of @gch codes at @bits), every head's values as floats into @x: unpacked, then
+ * dequantized group by group. */
+static void dequant_int_row(enum kvcd_isa isa, const uint8_t *base, size_t ustride, size_t t,
+			    size_t r, size_t heads, size_t d, size_t ngt, size_t gch, unsigned bits,
+			    struct work *w, float *x)
+{
+	size_t rowb = d * bits / 8;
+
+	for (size_t h = 0; h < heads; h++) {
+		const uint8_t *u = base + h * ustride;
+
+		memcpy(w->par, u + r * ngt * 4, ngt * 4);
+		kvcd_unpack(u + t * ngt * 4 + r * rowb, d, bits, w->codes);
+		for (size_t g = 0; g < ngt; g++)
+			kvcd_dequant_group(isa, w->codes + g * gch, gch, w->par[2 * g],
+					   w->par[2 * g + 1], x + h * d + g * gch);
+	}
+}
+
 /* The inverse of encode_fused(), for what it writes: row by row, each head's codes and
  * parameters dequantized into an L1 buffer and the row converted straight into the engine's
  * layout, where the unit-by-unit path fills a whole f32 plane first. The same bytes out. */
@@ -1514,14 +1534,15 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 					  kvcd_quant_row_f16_ok(isa, gch, bits);
 
 			for (size_t r = 0; r < t; r++) {
+				uint8_t *row = out + r * hd * es;
+				bool nt = stream && (uintptr_t)row % 32 == 0;
+
 				if (row_kernel &&
-				    kvcd_dequant_row_f16(
-					    isa, base + r * ngt * 4, base + t * ngt * 4 + r * rowb,
-					    heads * ngt, gch, ngt, bits, sh[kv].bytes,
-					    (uint16_t *)(out + r * hd * es),
-					    stream && (uintptr_t)(out + r * hd * es) % 32 == 0)) {
-					streamed |= stream &&
-						    (uintptr_t)(out + r * hd * es) % 32 == 0;
+				    kvcd_dequant_row_f16(isa, base + r * ngt * 4,
+							 base + t * ngt * 4 + r * rowb, heads * ngt,
+							 gch, ngt, bits, sh[kv].bytes,
+							 (uint16_t *)row, nt)) {
+					streamed |= nt;
 					continue;
 				}
 				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_FP8; h++) {
@@ -1540,17 +1561,12 @@ static void decode_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 					if (p->rotate & KVCD_XFORM_HADAMARD)
 						kvcd_hadamard(isa, x + h * d, (unsigned)d);
 				}
-				for (size_t h = 0; h < heads && p->kind == KVCD_CODEC_INT; h++) {
-					const uint8_t *u = base + h * sh[kv].bytes;
-
-					memcpy(w->par, u + r * ngt * 4, ngt * 4);
-					kvcd_unpack(u + t * ngt * 4 + r * rowb, d, bits, w->codes);
-					for (size_t g = 0; g < ngt; g++)
-						kvcd_dequant_group(isa, w->codes + g * gch, gch,
-								   w->par[2 * g], w->par[2 * g + 1],
-								   x + h * d + g * gch);
-					if (p->rotate &
-					    KVCD_XFORM_HADAMARD) /* the rotation undone, as it was done */
+				if (p->kind == KVCD_CODEC_INT) {
+					dequant_int_row(isa, base, sh[kv].bytes, t, r, heads, d,
+							ngt, gch, bits, w, x);
+					/* the rotation undone, as it was done */
+					for (size_t h = 0;
+					     (p->rotate & KVCD_XFORM_HADAMARD) && h < heads; h++)
 						kvcd_hadamard(isa, x + h * d, (unsigned)d);
 				}
 				if (stream)
@@ -1614,24 +1630,19 @@ static void decode_kivi_fused(enum kvcd_isa isa, const struct kvcd_policy *p,
 				       kbase + h * k->bytes + kpar + kcodes + (r - k->nq) * d * 2,
 				       d * 2);
 		for (size_t r = 0; r < t; r++) {
-			if (vrow) {
-				kvcd_dequant_row_f16(isa, vbase + r * ngt * 4,
-						     vbase + t * ngt * 4 + r * rowb, heads * ngt,
-						     gch, ngt, v->bits, v->bytes,
-						     (uint16_t *)(vout + r * hd * 2), nt);
-				continue;
-			}
-			for (size_t h = 0; h < heads; h++) {
-				const uint8_t *u = vbase + h * v->bytes;
+			uint8_t *row = vout + r * hd * 2;
 
-				memcpy(w->par, u + r * ngt * 4, ngt * 4);
-				kvcd_unpack(u + t * ngt * 4 + r * rowb, d, v->bits, w->codes);
-				for (size_t g = 0; g < ngt; g++)
-					kvcd_dequant_group(isa, w->codes + g * gch, gch,
-							   w->par[2 * g], w->par[2 * g + 1],
-							   x + h * d + g * gch);
-			}
-			kvcd_from_f32(isa, l->dtype, x, vout + r * hd * 2, hd);
+			if (vrow &&
+			    kvcd_dequant_row_f16(isa, vbase + r * ngt * 4,
+						 vbase + t * ngt * 4 + r * rowb, heads * ngt, gch,
+						 ngt, v->bits, v->bytes, (uint16_t *)row, nt))
+				continue;
+			dequant_int_row(isa, vbase, v->bytes, t, r, heads, d, ngt, gch, v->bits, w,
+					x);
+			if (nt)
+				kvcd_from_f32_stream(isa, l->dtype, x, row, hd);
+			else
+				kvcd_from_f32(isa, l->dtype, x, row, hd);
 		}
 	}
 	if (nt) /* non-temporal stores are weakly ordered: done before the caller publishes */
