@@ -42,6 +42,7 @@ DAEMON_SRC := daemon/config.c daemon/os_linux.c daemon/topo.c daemon/alloc.c dae
 	      daemon/store.c daemon/basis.c daemon/session.c daemon/worker.c daemon/ops.c \
 	      daemon/stats.c daemon/sum.c \
 	      daemon/metrics.c daemon/log.c daemon/remote.c daemon/gpu.c daemon/gpu/rt.c \
+	      daemon/gpu/pool.c \
 	      daemon/gpu/fatbin.c libclient/metrics.c
 # libkvccodec.a: the block codecs, a library of their own that depends on proto/ alone
 CODEC_SRC  := $(addprefix daemon/codec/,isa.c convert.c quant.c units.c codec.c policy.c \

@@ -369,6 +369,8 @@ static int on_kv(void *user, const char *section, const char *k, const char *v)
 			err = kvcd_parse_size(v, &x->c->gpu_staging_default);
 		else if (!strcmp(k, "staging_max"))
 			err = kvcd_parse_size(v, &x->c->gpu_staging_max);
+		else if (!strcmp(k, "pool_size"))
+			err = kvcd_parse_size(v, &x->c->gpu_pool_size);
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(k, "listen"))
 			err = set_str(x->c->metrics_listen, sizeof(x->c->metrics_listen), v);
@@ -444,6 +446,9 @@ int kvcd_config_check(const struct kvcd_config *c)
 			 (unsigned long long)c->gpu_staging_default,
 			 (unsigned long long)c->gpu_staging_max);
 		why = buf;
+	} else if (c->gpu_pool_size && c->gpu_pool_size < (2u << 20)) {
+		why = "[gpu] pool_size: 0 (no GPU pool) or at least 2M, a device's allocation "
+		      "granularity";
 	} else if (!c->max_clients || !c->max_pending || !c->max_pending_per_uid) {
 		why = "max_clients, max_pending and max_pending_per_uid must be at least 1";
 	} else if (c->max_pending_per_uid > c->max_pending) {

@@ -11,8 +11,13 @@
  * mover thread; a client that asks for GPU access gets GPU staging on each device (a VMM
  * allocation exported as a POSIX fd, which kvcd maps too), and its STOREs from and FETCHes
  * into that staging are copies between it and the host pools, done by the mover (encoded or
- * decoded on the GPU when the kernels take the block). GPU pools, blocks kept in GPU memory,
- * are not built yet (docs/architecture.md).
+ * decoded on the GPU when the kernels take the block). With [gpu] pool_size, each device also
+ * has a GPU pool (one more VMM allocation, private to kvcd) holding copies of blocks, kept
+ * account of on the host (gpu/pool.c): a GPU FETCH of a block with a copy there is a
+ * device-to-device copy, or a decode on the device, with nothing crossing PCIe; a GPU STORE
+ * leaves its block's bytes there as it writes them to the host pool, and a FETCH that misses
+ * leaves them there on the way (promotion). The store tells the pools when a block's bytes go
+ * (kvcd_store.forget).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -158,6 +163,9 @@ struct kvcd_gpu_dev {
 	struct kvcd_gpu_job *head, **tail;
 	bool stop;
 	struct kvcp_gpu_use use; /* the mover's counts, and attach's; read relaxed by STATS */
+	struct kvcd_gpu_staging pool_mem; /* the GPU pool's memory; h 0: no pool */
+	struct kvcd_gpool pool;		  /* and its account */
+	bool pool_failed;		  /* [gpu] pool_size could not be had */
 };
 
 static bool pools_registered;
@@ -203,27 +211,50 @@ static int run_job(struct kvcd_gpu_dev *gd, struct kvcd_gpu_job *j)
 		return -EIO;
 	switch (j->op) {
 	case KVCD_GPU_D2H:
-		if (cu->dtoh_async(j->host, j->gptr, j->hlen, st) || cu->stream_sync(st))
+		if (cu->dtoh_async(j->host, j->gptr, j->hlen, st) ||
+		    (j->pool && cu->dtod_async(j->pool, j->gptr, j->hlen, st)) ||
+		    cu->stream_sync(st))
 			return -EIO;
 		return 0;
-	case KVCD_GPU_H2D:
-		if (cu->htod_async(j->gptr, j->host, j->hlen, st) || cu->stream_sync(st))
+	case KVCD_GPU_H2D: /* through the pool's copy when one is filled on the way */
+		if (j->pool ? cu->htod_async(j->pool, j->host, j->hlen, st) ||
+				      cu->dtod_async(j->gptr, j->pool, j->hlen, st)
+			    : cu->htod_async(j->gptr, j->host, j->hlen, st))
 			return -EIO;
-		return 0;
-	case KVCD_GPU_ENCODE_D2H: /* the kernels write the units at their offsets after the header */
-		if (scratch_for(gd, cj->bytes))
+		return cu->stream_sync(st) ? -EIO : 0;
+	case KVCD_GPU_ENCODE_D2H: {
+		/* the kernels write the units at their offsets after the header: into the pool's
+		 * copy, which also takes the header from the host, or into the scratch */
+		CUdeviceptr to = j->pool;
+
+		if (!to && scratch_for(gd, cj->bytes))
 			return -ENOMEM;
-		if (kvcg_encode(cu, &gd->dv, cj, j->gptr, gd->scratch, gd->err, st) ||
-		    cu->dtoh_async((char *)j->host + cj->body, gd->scratch + cj->body,
-				   cj->bytes - cj->body, st) ||
+		to = to ? to : gd->scratch;
+		if ((j->pool && cu->htod_async(j->pool, j->host, cj->body, st)) ||
+		    kvcg_encode(cu, &gd->dv, cj, j->gptr, to, gd->err, st) ||
+		    cu->dtoh_async((char *)j->host + cj->body, to + cj->body, cj->bytes - cj->body,
+				   st) ||
 		    cu->dtoh_async(&kerr, gd->err, sizeof(kerr), st) || cu->stream_sync(st))
 			return -EIO;
 		return kerr;
-	case KVCD_GPU_H2D_DECODE:
-		if (scratch_for(gd, j->hlen))
+	}
+	case KVCD_GPU_H2D_DECODE: {
+		CUdeviceptr from = j->pool;
+
+		if (!from && scratch_for(gd, j->hlen))
 			return -ENOMEM;
-		if (cu->htod_async(gd->scratch, j->host, j->hlen, st) ||
-		    kvcg_decode(cu, &gd->dv, cj, gd->scratch, j->gptr, st) || cu->stream_sync(st))
+		from = from ? from : gd->scratch;
+		if (cu->htod_async(from, j->host, j->hlen, st) ||
+		    kvcg_decode(cu, &gd->dv, cj, from, j->gptr, st) || cu->stream_sync(st))
+			return -EIO;
+		return 0;
+	}
+	case KVCD_GPU_POOL_COPY:
+		if (cu->dtod_async(j->gptr, j->pool, j->glen, st) || cu->stream_sync(st))
+			return -EIO;
+		return 0;
+	case KVCD_GPU_POOL_DECODE:
+		if (kvcg_decode(cu, &gd->dv, cj, j->pool, j->gptr, st) || cu->stream_sync(st))
 			return -EIO;
 		return 0;
 	}
@@ -244,12 +275,14 @@ static void count(struct kvcp_gpu_use *u, const struct kvcd_gpu_job *j, int res,
 		ADD(u->d2h_bytes,
 		    j->op == KVCD_GPU_ENCODE_D2H ? j->cj.bytes - j->cj.body : j->hlen);
 		ADD(u->d2h_ns, ns);
+	} else if (j->op == KVCD_GPU_POOL_COPY || j->op == KVCD_GPU_POOL_DECODE) {
+		/* nothing crossed PCIe: the pool's own counts say what it served */
 	} else {
 		ADD(u->h2d_bytes, j->hlen);
 		ADD(u->h2d_ns, ns);
 	}
 	ADD(u->encoded, j->op == KVCD_GPU_ENCODE_D2H);
-	ADD(u->decoded, j->op == KVCD_GPU_H2D_DECODE);
+	ADD(u->decoded, j->op == KVCD_GPU_H2D_DECODE || j->op == KVCD_GPU_POOL_DECODE);
 }
 
 void kvcd_gpu_use(const struct kvcd *d, struct kvcp_gpu_use *out)
@@ -345,10 +378,12 @@ int kvcd_gpu_submit(struct kvcd *d, struct kvcd_gpu_job *j)
 	return 0;
 }
 
-int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
-			    struct kvcd_gpu_staging *st, int *fd)
+/* A VMM allocation of @size bytes (rounded up to the granularity) on @gd's device, mapped in
+ * kvcd; with @fd, exported as a POSIX fd there. @what names it in the log. */
+static int vmm_create(struct kvcd_gpu_dev *gd, uint64_t size, struct kvcd_gpu_staging *st, int *fd,
+		      const char *what)
 {
-	struct kvcd_gpu_dev *gd;
+	struct kvcd *d = gd->d;
 	struct kvcg_mem_prop prop;
 	struct kvcg_mem_access acc = { .flags = KVCG_MEM_ACCESS_RW };
 	const struct kvcg_cu *cu = &d->cu;
@@ -356,16 +391,14 @@ int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
 	CUresult e;
 
 	memset(st, 0, sizeof(*st));
-	*fd = -1;
-	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].ready)
-		return -ENODEV;
-	gd = &d->gdev[index];
+	if (fd)
+		*fd = -1;
 	prop = staging_prop(gd->dv.ordinal);
 	acc.location = prop.location;
 	size = (size + gd->gran - 1) / gd->gran * gd->gran;
 	kvcg_dev_bind(cu, &gd->dv);
 	if ((e = cu->mem_create(&st->h, size, &prop, 0))) {
-		kvcd_log(LOG_WARNING, "gpu %d: GPU staging of %llu bytes: %s", gd->dv.ordinal,
+		kvcd_log(LOG_WARNING, "gpu %d: %s of %llu bytes: %s", gd->dv.ordinal, what,
 			 (unsigned long long)size, kvcg_cu_err(cu, e, err, sizeof(err)));
 		st->h = 0;
 		return -ENOMEM;
@@ -381,15 +414,26 @@ int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
 	}
 	st->size = size;
 	if ((e = cu->mem_set_access(st->ptr, size, &acc, 1)) ||
-	    (e = cu->mem_export(fd, st->h, KVCG_MEM_HANDLE_POSIX_FD, 0)))
+	    (fd && (e = cu->mem_export(fd, st->h, KVCG_MEM_HANDLE_POSIX_FD, 0))))
 		goto fail;
 	return 0;
 fail:
-	kvcd_log(LOG_WARNING, "gpu %d: GPU staging: %s", gd->dv.ordinal,
+	kvcd_log(LOG_WARNING, "gpu %d: %s: %s", gd->dv.ordinal, what,
 		 kvcg_cu_err(cu, e, err, sizeof(err)));
-	*fd = -1;
-	kvcd_gpu_staging_destroy(d, index, st);
+	if (fd)
+		*fd = -1;
+	kvcd_gpu_staging_destroy(d, gd->index, st);
 	return -ENOMEM;
+}
+
+int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
+			    struct kvcd_gpu_staging *st, int *fd)
+{
+	memset(st, 0, sizeof(*st));
+	*fd = -1;
+	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].ready)
+		return -ENODEV;
+	return vmm_create(&d->gdev[index], size, st, fd, "GPU staging");
 }
 
 void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_staging *st)
@@ -405,6 +449,35 @@ void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_st
 	}
 	cu->mem_release(st->h);
 	memset(st, 0, sizeof(*st));
+}
+
+/* Device @gd's GPU pool of [gpu] pool_size; false (said, with what to change) when the device
+ * does not have the memory for it. */
+static bool make_pool(struct kvcd_gpu_dev *gd)
+{
+	struct kvcd *d = gd->d;
+	uint64_t size = (d->cfg.gpu_pool_size + gd->gran - 1) / gd->gran * gd->gran;
+	size_t total = 0;
+	int err;
+
+	d->cu.total_mem(&total, gd->dv.dev);
+	if (vmm_create(gd, size, &gd->pool_mem, NULL, "GPU pool")) {
+		kvcd_log(LOG_ERR,
+			 "gpu %d: no GPU pool of %llu bytes (the device has %llu in all, some of "
+			 "it in use): lower [gpu] pool_size or --gpu-pool-size, or set it to 0",
+			 gd->dv.ordinal, (unsigned long long)size, (unsigned long long)total);
+		return false;
+	}
+	err = kvcd_gpool_init(&gd->pool, gd->pool_mem.size, d->cfg.high_wm, d->cfg.low_wm);
+	if (err) {
+		kvcd_log(LOG_ERR, "gpu %d: the GPU pool's account on the host: %s", gd->dv.ordinal,
+			 strerror(-err));
+		kvcd_gpu_staging_destroy(d, gd->index, &gd->pool_mem);
+		return false;
+	}
+	kvcd_log(LOG_INFO, "gpu %d: GPU pool of %llu MiB", gd->dv.ordinal,
+		 (unsigned long long)(gd->pool_mem.size >> 20));
+	return true;
 }
 
 /* Bring device @i of d->gpu.dev[] to work; false (said once) when it cannot share memory. */
@@ -451,6 +524,10 @@ static bool start_dev(struct kvcd *d, unsigned i)
 			 kvcg_cu_err(cu, e, err, sizeof(err)));
 		return false;
 	}
+	if (d->cfg.gpu_pool_size && !make_pool(gd)) {
+		gd->pool_failed = true;
+		return false;
+	}
 	if (!pools_registered) { /* once, portable: every device's copies are DMA */
 		pools_registered = true;
 		for (unsigned p = 0; p < d->npools; p++)
@@ -475,26 +552,74 @@ static bool start_dev(struct kvcd *d, unsigned i)
 	return true;
 }
 
-void kvcd_gpu_start(struct kvcd *d)
+/* The store freed or rewrote record @rec's bytes: no pool keeps a copy of the old ones. */
+static void forget(struct kvcd_store *s, uint32_t rec, void *arg)
+{
+	struct kvcd *d = arg;
+
+	(void)s;
+	for (unsigned i = 0; i < d->gpu.ndev; i++)
+		if (d->gdev[i].pool.inited)
+			kvcd_gpool_forget(&d->gdev[i].pool, rec);
+}
+
+int kvcd_gpu_start(struct kvcd *d)
 {
 	struct kvcp_gpu_stats *g = &d->gpu;
-	unsigned ready = 0;
+	unsigned ready = 0, pools = 0;
 
-	if (g->status != KVCP_GPU_READY)
-		return;
+	if (g->status != KVCP_GPU_READY) {
+		if (d->cfg.gpu_pool_size)
+			kvcd_log(LOG_NOTICE, "gpu: no GPU pool (%s); host tiers only", g->why);
+		return 0;
+	}
 	d->gdev = calloc(g->ndev, sizeof(*d->gdev));
 	if (!d->gdev)
-		return;
-	for (unsigned i = 0; i < g->ndev; i++)
+		return -ENOMEM;
+	for (unsigned i = 0; i < g->ndev; i++) {
 		ready += start_dev(d, i);
-	snprintf(g->why, sizeof(g->why), "%u device(s), %u with GPU staging; GPU codecs %s",
-		 g->ndev, ready,
+		if (d->gdev[i].pool_failed)
+			return -ENOMEM;
+		pools += d->gdev[i].pool.inited;
+	}
+	if (pools) {
+		pthread_mutex_lock(&d->store.lock);
+		d->store.forget_arg = d;
+		d->store.forget = forget;
+		pthread_mutex_unlock(&d->store.lock);
+	}
+	snprintf(g->why, sizeof(g->why),
+		 "%u device(s), %u with GPU staging, %u with a GPU pool; GPU codecs %s", g->ndev,
+		 ready, pools,
 		 kvcg_fatbin_size() ? "built in" : "left out (no nvcc at build time)");
 	kvcd_log(LOG_INFO, "gpu: %s", g->why);
+	return 0;
+}
+
+struct kvcd_gpool *kvcd_gpu_pool(struct kvcd *d, unsigned index)
+{
+	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].pool.inited)
+		return NULL;
+	return &d->gdev[index].pool;
+}
+
+CUdeviceptr kvcd_gpu_pool_at(struct kvcd *d, unsigned index, uint64_t off)
+{
+	return d->gdev[index].pool_mem.ptr + off;
+}
+
+void kvcd_gpu_pools(struct kvcd *d, struct kvcp_gpu_pool *out)
+{
+	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++)
+		if (d->gdev[i].pool.inited)
+			kvcd_gpool_stats(&d->gdev[i].pool, &out[i]);
 }
 
 void kvcd_gpu_close(struct kvcd *d)
 {
+	pthread_mutex_lock(&d->store.lock);
+	d->store.forget = NULL;
+	pthread_mutex_unlock(&d->store.lock);
 	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++) {
 		struct kvcd_gpu_dev *gd = &d->gdev[i];
 
@@ -507,6 +632,8 @@ void kvcd_gpu_close(struct kvcd *d)
 		}
 		if (gd->open) {
 			kvcg_dev_bind(&d->cu, &gd->dv);
+			kvcd_gpu_staging_destroy(d, i, &gd->pool_mem);
+			kvcd_gpool_fini(&gd->pool);
 			if (gd->scratch)
 				d->cu.mem_free(gd->scratch);
 			if (gd->err)

@@ -87,6 +87,9 @@ struct kvcd_config {
 	/* [gpu] staging_size, staging_max: the GPU staging a client that asks for GPU access
 	 * gets on each device, by default and at most */
 	uint64_t gpu_staging_default, gpu_staging_max;
+	/* [gpu] pool_size: device memory kvcd keeps copies of blocks in, on each device; 0: none
+	 * (engines size their own use of GPU memory, and kvcd takes none unless told) */
+	uint64_t gpu_pool_size;
 	int log_level;	/* LOG_ERR .. LOG_DEBUG */
 	bool strict_ns; /* refuse namespaces the config does not list */
 	bool foreground;
@@ -431,6 +434,10 @@ struct kvcd_store {
 	 * held): the remote tier copies it */
 	void (*evicting)(struct kvcd_store *s, const struct kvcd_block *b, uint16_t ns, void *arg);
 	void *evicting_arg;
+	/* the bytes of block record @rec are freed, or replaced by a rewrite (store lock held):
+	 * the GPU pools drop their copies of them */
+	void (*forget)(struct kvcd_store *s, uint32_t rec, void *arg);
+	void *forget_arg;
 	void *ns_arg;
 	/* counters, under lock */
 	uint64_t hits, misses, evictions, bytes_in, bytes_stored, npins, checksum_failures;
@@ -541,6 +548,8 @@ unsigned kvcd_store_list(struct kvcd_store *s, uint16_t ns, uint32_t start,
  * it was stored without a parent, else its parent's plus the parent's tokens. -ENOENT when a
  * block of the chain is gone (or was not cached when the next one was stored). */
 int kvcd_store_chain_pos(struct kvcd_store *s, const struct kvcd_block *b, uint64_t *pos);
+/* @b's record id: what names it until its bytes are freed (kvcd_store.forget). */
+uint32_t kvcd_store_rec(const struct kvcd_block *b);
 /* Take one more reference on @b, which the caller holds already (or is writing). */
 void kvcd_store_hold(struct kvcd_store *s, struct kvcd_block *b);
 /* Start-up: @fn(@arg, its namespace, its key, it) for every committed block whose key.hi is
@@ -816,26 +825,82 @@ void kvcd_remote_stats(struct kvcd *d, struct kvcp_remote_stats *st);
 void kvcd_rget_release(struct kvcd_rget *g);
 void kvcd_rget_free(struct kvcd_rget *g);
 
+/* gpu/pool.c: a device's GPU pool as the host keeps account of it (no CUDA call there). The
+ * pool is inclusive: a copy holds a committed host block's stored bytes, found by the block's
+ * record id, so it can be dropped at any time; dropping the least recently used ones when the
+ * pool crosses its high watermark is the GPU tier's demotion. Offsets come from alloc.c's TLSF
+ * run over a MAP_NORESERVE host mirror of the device range, whose pages are touched only
+ * where the allocator's headers are. Every call takes p->lock; the store may call
+ * kvcd_gpool_forget under its own lock (store lock, then a pool's, never the other way). */
+struct kvcd_gpool_ent {
+	uint32_t rec;  /* the host block's record id */
+	uint32_t refs; /* its filler and its readers */
+	uint64_t off;  /* in the device pool, 64-byte aligned */
+	uint64_t len;  /* the block's stored bytes */
+	uint8_t state; /* gpu/pool.c's */
+	struct kvcd_gpool_ent *hnext, *lprev, *lnext;
+};
+
+struct kvcd_gpool {
+	pthread_mutex_t lock;
+	bool inited;
+	void *mirror;
+	char *mirror_base;
+	size_t mirror_size;
+	uint64_t size; /* device bytes */
+	struct kvcd_alloc alloc;
+	struct kvcd_gpool_ent **buckets;
+	size_t nbuckets, count;
+	struct kvcd_gpool_ent lru; /* lnext: least recently used */
+	unsigned high_wm, low_wm;  /* percent of size */
+	uint64_t blocks, hits, misses, promotions, demotions, no_room, forgotten;
+};
+
+/* Account for a device pool of @size bytes. Returns 0, -ENOMEM or -EINVAL (too small). */
+int kvcd_gpool_init(struct kvcd_gpool *p, uint64_t size, unsigned high_wm, unsigned low_wm);
+void kvcd_gpool_fini(struct kvcd_gpool *p);
+/* The live copy of block record @rec, referenced (kvcd_gpool_put) and made most recently
+ * used; NULL when there is none. Counted as a hit or a miss. */
+struct kvcd_gpool_ent *kvcd_gpool_get(struct kvcd_gpool *p, uint32_t rec);
+/* Room for a copy of record @rec, @len bytes, referenced for its filler and invisible until
+ * kvcd_gpool_filled: least recently used copies nobody reads are dropped to make it (down to
+ * the low watermark once the high one would be crossed). NULL when a copy exists or is being
+ * filled, or when there is no room even so (counted). */
+struct kvcd_gpool_ent *kvcd_gpool_fill(struct kvcd_gpool *p, uint32_t rec, uint64_t len);
+/* The filler is done: @ok publishes the copy (a promotion), else it goes. Drops the filler's
+ * reference. */
+void kvcd_gpool_filled(struct kvcd_gpool *p, struct kvcd_gpool_ent *e, bool ok);
+void kvcd_gpool_put(struct kvcd_gpool *p, struct kvcd_gpool_ent *e);
+/* The bytes of record @rec's block are freed or rewritten: its copy goes (now, or when its last
+ * reader puts it). */
+void kvcd_gpool_forget(struct kvcd_gpool *p, uint32_t rec);
+void kvcd_gpool_stats(struct kvcd_gpool *p, struct kvcp_gpu_pool *out);
+
 /* gpu.c: find the CUDA devices [gpu] asks for (the driver loaded at run time) and the NUMA
  * node nearest each (@sysfs: the sysfs root, NULL: /sys), into d->gpu; logs what it finds or
  * why there is none. Never fails: without a GPU kvcd serves from host memory. */
 void kvcd_gpu_probe(struct kvcd *d, const char *sysfs);
 /* After the pools: open each device found (primary context, codec kernels, a stream), check
- * that it can share memory with engines (VMM allocations exported as POSIX fds), register
- * the pools with the driver for DMA and start its mover. A device that cannot is left out,
- * said once; never fails. */
-void kvcd_gpu_start(struct kvcd *d);
+ * that it can share memory with engines (VMM allocations exported as POSIX fds), give it its
+ * GPU pool ([gpu] pool_size), register the pools with the driver for DMA and start its
+ * mover. A device that cannot share memory is left out, said once. Returns 0, or -ENOMEM
+ * (said, with what to change) when a device at work cannot have its GPU pool, which stops
+ * kvcd before it is ready. */
+int kvcd_gpu_start(struct kvcd *d);
 void kvcd_gpu_close(struct kvcd *d);
 
 /* A copy between a client's GPU staging and host memory (a pool block or a bounce buffer),
- * with the GPU codec on the way where the job says, done by a device's mover thread so no
- * worker waits on the GPU. The mover sets res (0, -EIO, or the codec's -EINVAL/-ERANGE),
- * then done, and bumps *wake. */
+ * or the device's GPU pool, with the GPU codec on the way where the job says, done by a
+ * device's mover thread so no worker waits on the GPU. With @pool, the first four also leave
+ * the block's stored bytes at @pool in the GPU pool (a copy being filled). The mover sets res
+ * (0, -EIO, or the codec's -EINVAL/-ERANGE), then done, and bumps *wake. */
 enum kvcd_gpu_op {
 	KVCD_GPU_D2H,	     /* staging -> host */
 	KVCD_GPU_ENCODE_D2H, /* staging -> encode on the GPU -> host (the units after the header) */
 	KVCD_GPU_H2D,	     /* host -> staging */
-	KVCD_GPU_H2D_DECODE  /* an encoded block, host -> the GPU -> decode -> staging */
+	KVCD_GPU_H2D_DECODE, /* an encoded block, host -> the GPU -> decode -> staging */
+	KVCD_GPU_POOL_COPY,  /* a raw block's copy in the GPU pool -> staging */
+	KVCD_GPU_POOL_DECODE /* an encoded block's copy in the GPU pool -> decode -> staging */
 };
 
 struct kvcd_gpu_job {
@@ -846,8 +911,12 @@ struct kvcd_gpu_job {
 	uint64_t glen;
 	void *host; /* host bytes: the whole block (with its header when encoded) */
 	uint64_t hlen;
-	struct kvcg_job cj; /* ENCODE_D2H, H2D_DECODE */
-	uint32_t *wake;	    /* the waiting worker's futex word */
+	struct kvcg_job cj; /* ENCODE_D2H, H2D_DECODE, POOL_DECODE */
+	CUdeviceptr pool;   /* the block's bytes in the GPU pool (read, or written on the way);
+			     * 0: none */
+	struct kvcd_gpool_ent *pent; /* that copy, referenced: filled (!hit) or read (hit) */
+	bool hit;
+	uint32_t *wake; /* the waiting worker's futex word */
 	int res;
 	int done;
 
@@ -870,6 +939,12 @@ void kvcd_gpu_use(const struct kvcd *d, struct kvcp_gpu_use *out);
 /* Count a GPU STORE or FETCH on device @index that is done (and whether it went through a
  * bounce buffer). */
 void kvcd_gpu_count_request(struct kvcd *d, unsigned index, bool store, bool bounced);
+/* Device @index's GPU pool, or NULL when it has none. */
+struct kvcd_gpool *kvcd_gpu_pool(struct kvcd *d, unsigned index);
+/* Its device address at pool offset @off. */
+CUdeviceptr kvcd_gpu_pool_at(struct kvcd *d, unsigned index, uint64_t off);
+/* STATS' view of each device's GPU pool, into @out[gpu.ndev] (left 0 where none). */
+void kvcd_gpu_pools(struct kvcd *d, struct kvcp_gpu_pool *out);
 /* Does device @index have the codec kernels loaded? */
 bool kvcd_gpu_has_codecs(const struct kvcd *d, unsigned index);
 /* Queue @j on its device's mover. Returns 0, or -ENODEV when that mover is not running. */

@@ -798,13 +798,15 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
-		"            [--state-dir DIR] [--log-level LEVEL] [--pidfile FILE] [--foreground]\n"
-		"            [--version]\n"
+		"            [--gpu-pool-size SIZE] [--state-dir DIR] [--log-level LEVEL]\n"
+		"            [--pidfile FILE] [--foreground] [--version]\n"
 		"  --config FILE     INI configuration (default: embedded defaults)\n"
 		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
 		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
 		"  --pool-size SIZE  pinned pool per NUMA node, e.g. 256M, 4G (default 256M)\n"
 		"  --workers N       ring-draining threads\n"
+		"  --gpu-pool-size SIZE\n"
+		"                    GPU pool per CUDA device, e.g. 8G (default 0: none)\n"
 		"  --state-dir DIR   keep the pools in DIR (tmpfs or hugetlbfs) so that a restart\n"
 		"                    finds the cache warm (under systemd they are kept anyway)\n"
 		"  --log-level LEVEL err, warning, notice, info (default) or debug\n"
@@ -816,7 +818,7 @@ static void usage(FILE *f)
 
 /* The command line, kept: a reload reads the file again and applies it on top, as at start. */
 static struct {
-	const char *config, *sock, *pool, *workers, *state, *log_level, *pidfile;
+	const char *config, *sock, *pool, *gpu_pool, *workers, *state, *log_level, *pidfile;
 	bool foreground;
 } cli;
 
@@ -844,6 +846,11 @@ static int configure(struct kvcd_config *c)
 		kvcd_log(LOG_ERR, "--pool-size %s: expected a size of at least 1M", cli.pool);
 		return -EINVAL;
 	}
+	if (cli.gpu_pool && kvcd_parse_size(cli.gpu_pool, &c->gpu_pool_size)) {
+		kvcd_log(LOG_ERR, "--gpu-pool-size %s: expected a size such as 8G, or 0",
+			 cli.gpu_pool);
+		return -EINVAL;
+	}
 	if (cli.workers &&
 	    (sscanf(cli.workers, "%u", &c->workers) != 1 || !c->workers || c->workers > 64)) {
 		kvcd_log(LOG_ERR, "--workers %s: expected 1..64", cli.workers);
@@ -865,6 +872,7 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { "socket", required_argument, 0, 's' },
 					      { "pool-size", required_argument, 0, 'p' },
 					      { "workers", required_argument, 0, 'w' },
+					      { "gpu-pool-size", required_argument, 0, 'G' },
 					      { "state-dir", required_argument, 0, 'd' },
 					      { "log-level", required_argument, 0, 'l' },
 					      { "pidfile", required_argument, 0, 'P' },
@@ -874,12 +882,13 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { 0, 0, 0, 0 } };
 	int o;
 
-	while ((o = getopt_long(argc, argv, "c:s:p:w:d:l:P:fhV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "c:s:p:w:G:d:l:P:fhV", opts, NULL)) != -1) {
 		switch (o) {
 		case 'c': cli.config = optarg; break;
 		case 's': cli.sock = optarg; break;
 		case 'p': cli.pool = optarg; break;
 		case 'w': cli.workers = optarg; break;
+		case 'G': cli.gpu_pool = optarg; break;
 		case 'd': cli.state = optarg; break;
 		case 'l': cli.log_level = optarg; break;
 		case 'P': cli.pidfile = optarg; break;
@@ -938,6 +947,7 @@ static void reload(struct kvcd *d)
 	KEEP(socket_mode, "%o");
 	KEEP(pool_size, "%" PRIu64);
 	KEEP(workers, "%u");
+	KEEP(gpu_pool_size, "%" PRIu64);
 	KEEP(hugepages, "%d");
 	KEEP(state_dir, "%s");
 	KEEP(max_clients, "%u");
@@ -1151,8 +1161,9 @@ int main(int argc, char **argv)
 		err = kvcd_bases_init(d); /* the learned bases the pools brought back */
 	if (err)
 		goto fail;
-	kvcd_gpu_start(d); /* after the pools, which it registers for DMA */
-	err = setup_loop();
+	err = kvcd_gpu_start(d); /* after the pools, which it registers for DMA */
+	if (!err)
+		err = setup_loop();
 	if (err)
 		goto fail;
 	g.lfd = listen_socket(&d->cfg);

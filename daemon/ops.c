@@ -363,6 +363,34 @@ static bool gpu_codecs(const struct kvcd *d, unsigned dev)
 	return d->gdev && kvcd_gpu_has_codecs(d, dev);
 }
 
+/* A copy of block @b in the job's device's GPU pool, to be filled by the job, when the device
+ * has a pool with room. */
+static void pool_fill(struct kvcd *d, struct kvcd_gpu_job *j, struct kvcd_block *b)
+{
+	struct kvcd_gpool *gp = kvcd_gpu_pool(d, j->dev);
+
+	if (!gp)
+		return;
+	j->pent = kvcd_gpool_fill(gp, kvcd_store_rec(b), b->stored);
+	j->pool = j->pent ? kvcd_gpu_pool_at(d, j->dev, j->pent->off) : 0;
+}
+
+/* The job is done with its GPU pool copy: a filled one is published when @ok, a read one let
+ * go. */
+static void pool_done(struct kvcd *d, struct kvcd_gpu_job *j, bool ok)
+{
+	struct kvcd_gpool *gp = kvcd_gpu_pool(d, j->dev);
+
+	if (!j->pent)
+		return;
+	if (j->hit)
+		kvcd_gpool_put(gp, j->pent);
+	else
+		kvcd_gpool_filled(gp, j->pent, ok);
+	j->pent = NULL;
+	j->pool = 0;
+}
+
 /* Stage the STORE's bytes into a bounce buffer first. */
 static int gpu_store_bounce(struct kvcd *d, struct kvcd_gpu_job *j, uint64_t bytes)
 {
@@ -427,8 +455,12 @@ static int gpu_store(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 		kvcd_codec_gpu_header(&j->plan, b->data);
 		j->op = KVCD_GPU_ENCODE_D2H;
 	}
+	/* the block's bytes stay in the GPU pool too, as the mover writes them */
+	if (j->plan.raw || j->cj.bytes <= j->plan.stored)
+		pool_fill(d, j, b);
 	err = kvcd_gpu_submit(d, j);
 	if (err) {
+		pool_done(d, j, false);
 		kvcd_store_commit(&d->store, b, false, false, 0);
 		j->blk = NULL;
 	}
@@ -454,6 +486,7 @@ static int gpu_store_done(struct kvcd *d, struct kvcd_session *s, const struct k
 	if ((err == -EINVAL || err == -ERANGE) && !v->layout.codec) {
 		/* the namespace's policy cannot encode these values: the CPU codec decides, and
 		 * falls back to raw as for any STORE */
+		pool_done(d, j, false);
 		kvcd_store_commit(&d->store, b, false, false, 0);
 		kvcd_plan_fini(&j->plan);
 		memset(&j->plan, 0, sizeof(j->plan));
@@ -471,6 +504,7 @@ static int gpu_store_done(struct kvcd *d, struct kvcd_session *s, const struct k
 	if (!err && j->has_parent)
 		kvcd_store_link(&d->store, s->ns_id, b, &j->parent);
 	kvcd_store_commit(&d->store, b, !err, sum_on, sum);
+	pool_done(d, j, !err); /* a block dropped took its copy with it already */
 	return err;
 }
 
@@ -497,11 +531,32 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	j->op = KVCD_GPU_H2D;
 	j->host = b->data;
 	j->hlen = raw;
-	if (b->layout.codec == KVCD_CODEC_NONE) {
-		/* a plain copy */
-	} else if (!kvcd_codec_gpu_read(b->data, b->stored, &j->cj) && gpu_codecs(d, j->dev)) {
-		j->op = KVCD_GPU_H2D_DECODE;
-		j->hlen = b->stored;
+	if (b->layout.codec == KVCD_CODEC_NONE ||
+	    (!kvcd_codec_gpu_read(b->data, b->stored, &j->cj) && gpu_codecs(d, j->dev))) {
+		struct kvcd_gpool *gp = kvcd_gpu_pool(d, j->dev);
+		bool plain = b->layout.codec == KVCD_CODEC_NONE;
+
+		if (!plain) {
+			j->op = KVCD_GPU_H2D_DECODE;
+			j->hlen = b->stored;
+		}
+		/* a copy in the GPU pool is read there, checked when it was made; a FETCH that
+		 * misses leaves one on its way */
+		j->pent = gp ? kvcd_gpool_get(gp, kvcd_store_rec(b)) : NULL;
+		if (j->pent) {
+			j->hit = true;
+			j->pool = kvcd_gpu_pool_at(d, j->dev, j->pent->off);
+			j->op = plain ? KVCD_GPU_POOL_COPY : KVCD_GPU_POOL_DECODE;
+			err = kvcd_gpu_submit(d, j);
+			if (err) {
+				pool_done(d, j, false);
+				kvcd_store_put(&d->store, b, false);
+				j->blk = NULL;
+			}
+			return err;
+		}
+		if (j->hlen <= b->stored)
+			pool_fill(d, j, b);
 	} else {
 		/* the CPU decodes: the pool's bytes are summed first, as a host FETCH does */
 		if (b->has_sum &&
@@ -522,6 +577,7 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	}
 	err = kvcd_gpu_submit(d, j);
 	if (err) {
+		pool_done(d, j, false);
 		kvcd_store_put(&d->store, b, false);
 		j->blk = NULL;
 		return err;
@@ -571,6 +627,7 @@ static int gpu_done(struct kvcd *d, struct kvcd_session *s, struct kvcp_cqe *cqe
 	int res;
 
 	if (j->stage == GPU_FETCH) {
+		pool_done(d, j, !j->res && !j->corrupt);
 		kvcd_store_put(&d->store, j->blk, j->corrupt);
 		j->blk = NULL;
 		cqe->value = j->value;
@@ -603,6 +660,7 @@ void kvcd_cont_abandon(struct kvcd *d, struct kvcd_session *s)
 		}
 		usleep(1000);
 	}
+	pool_done(d, j, false);
 	if (j->blk && j->stage == GPU_FETCH)
 		kvcd_store_put(&d->store, j->blk, j->corrupt);
 	else if (j->blk)

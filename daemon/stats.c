@@ -120,6 +120,7 @@ void kvcd_stats(struct kvcd *d, const struct kvcd_session *asker, struct kvcp_st
 	kvcd_remote_stats(d, &st->remote);
 	st->gpu = d->gpu;
 	kvcd_gpu_use(d, st->gpu_use);
+	kvcd_gpu_pools(d, st->gpu_pool);
 	st->uptime_ms = (kvcd_now_ns() - d->start_ns) / 1000000;
 	pthread_mutex_lock(&d->sessions_lock);
 	st->clients = d->nsessions;

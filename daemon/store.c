@@ -69,6 +69,11 @@ static inline uint32_t rec_id(const struct kvcd_block *b)
 	       (uint32_t)(((uintptr_t)b - base) / sizeof(*b));
 }
 
+uint32_t kvcd_store_rec(const struct kvcd_block *b)
+{
+	return rec_id(b);
+}
+
 /* ---- block tags ------------------------------------------------------------------------------
  * Each block's allocation header carries its record (alloc.c's tag): the key, namespace,
  * layout, size and checksum, so a restarted kvcd can find every block in the pool again
@@ -559,6 +564,8 @@ static void destroy(struct kvcd_store *s, struct kvcd_block *b)
 {
 	struct kvcd_pool *p = &s->pools[b->pool];
 
+	if (s->forget)
+		s->forget(s, rec_id(b), s->forget_arg);
 	kvcd_free(&p->alloc, b->data);
 	p->blocks--;
 	rec_free(s, b);
@@ -1043,6 +1050,8 @@ int kvcd_store_rewrite_end(struct kvcd_store *s, struct kvcd_block *b,
 	/* the old tag stops being committed first: a restart in between loses the block, it
 	 * never finds it twice */
 	tag_of(old)->word &= ~((uint64_t)TAG_COMMITTED << 48);
+	if (s->forget)
+		s->forget(s, id, s->forget_arg);
 	tag_commit(rw->data, rw->stored, has_sum, summary, checksum);
 	s->bytes_stored += rw->stored - b->stored;
 	s->ns[ns].bytes_stored += rw->stored - b->stored;

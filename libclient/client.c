@@ -64,6 +64,9 @@ static_assert(offsetof(struct kvc_stats, op_more) == offsetof(struct kvcp_stats,
 static_assert(offsetof(struct kvc_stats, ns_bases) == offsetof(struct kvcp_stats, ns_bases) &&
 		      sizeof(((struct kvc_stats *)0)->ns_bases[0]) == sizeof(struct kvcp_ns_bases),
 	      "0.7 stats ABI");
+static_assert(offsetof(struct kvc_stats, gpu_pool) == offsetof(struct kvcp_stats, gpu_pool) &&
+		      sizeof(((struct kvc_stats *)0)->gpu_pool[0]) == sizeof(struct kvcp_gpu_pool),
+	      "0.9 stats ABI");
 
 struct kvc_client {
 	int sock;

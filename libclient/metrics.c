@@ -191,6 +191,21 @@ size_t kvc_stats_prometheus(const struct kvc_stats *st, char *buf, size_t len)
 		st->gpu_use[i].d2h_bytes);
 	PER_GPU("kvcd_gpu_h2d_bytes_total", "counter", "Bytes copied onto the device.",
 		st->gpu_use[i].h2d_bytes);
+	PER_GPU("kvcd_gpu_pool_size_bytes", "gauge", "GPU pool on the device (0: none).",
+		st->gpu_pool[i].pool_bytes);
+	PER_GPU("kvcd_gpu_pool_used_bytes", "gauge", "GPU pool bytes holding copies of blocks.",
+		st->gpu_pool[i].bytes_used);
+	PER_GPU("kvcd_gpu_pool_blocks", "gauge", "Copies of blocks in the GPU pool.",
+		st->gpu_pool[i].blocks);
+	PER_GPU("kvcd_gpu_pool_hits_total", "counter", "GPU FETCHes served from the GPU pool.",
+		st->gpu_pool[i].hits);
+	PER_GPU("kvcd_gpu_pool_misses_total", "counter", "GPU FETCHes the GPU pool missed.",
+		st->gpu_pool[i].misses);
+	PER_GPU("kvcd_gpu_promotions_total", "counter", "Copies of blocks made in the GPU pool.",
+		st->gpu_pool[i].promotions);
+	PER_GPU("kvcd_gpu_demotions_total", "counter",
+		"Copies dropped from the GPU pool for room, least recently used first.",
+		st->gpu_pool[i].demotions);
 	PER_NODE("kvcd_pool_size_bytes", "gauge", "Pool size per NUMA node.",
 		 st->node[i].bytes_total);
 	PER_NODE("kvcd_pool_used_bytes", "gauge", "Pool bytes in use per NUMA node.",

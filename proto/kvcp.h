@@ -17,7 +17,7 @@
 
 #define KVCP_MAGIC     0x3144434b4356434bull /* "KCVCKCD1" little-endian */
 #define KVCP_MAJOR     2
-#define KVCP_MINOR     8
+#define KVCP_MINOR     9
 #define KVCP_CACHELINE 64
 
 /* Feature bits. A client refuses a segment with incompat bits it does not know. */
@@ -506,6 +506,18 @@ struct kvcp_gpu_use {
 	uint64_t d2h_ns, h2d_ns;       /* time spent on those copies, kernels included */
 };
 
+/* 2.9: a device's GPU pool: copies of host blocks kept in device memory, which GPU FETCHes
+ * read without crossing PCIe. */
+struct kvcp_gpu_pool {
+	uint64_t pool_bytes;   /* 0: the device has no pool */
+	uint64_t bytes_used;   /* by copies, the allocator's headers included */
+	uint64_t blocks;       /* copies held */
+	uint64_t hits, misses; /* GPU FETCHes served from a copy, or not */
+	uint64_t promotions;   /* copies made (by a GPU STORE, or a FETCH that missed) */
+	uint64_t demotions;    /* copies dropped for room, least recently used first */
+	uint64_t no_room;      /* copies not made: every copy was being read */
+};
+
 /* 2.4: after an attach reply whose gpu_mask is not 0, a second message with one fd per device
  * of the mask, lowest index first: each a CUDA VMM allocation exported as a POSIX fd
  * (cuMemImportFromShareableHandle), the client's GPU staging on that device. */
@@ -542,6 +554,7 @@ struct kvcp_stats {
 	struct kvcp_op_stats op_more[KVCP_OP_MORE];
 	struct kvcp_recompress_stats recompress;
 	struct kvcp_ns_bases ns_bases[KVCP_MAX_NS_STATS]; /* 2.6: of ns[i] */
+	struct kvcp_gpu_pool gpu_pool[KVCP_MAX_GPUS];	  /* 2.9: per device of gpu.dev[] */
 };
 
 #define KVCP_STATS_SIZE_2_1 offsetof(struct kvcp_stats, ns_ext)
@@ -939,6 +952,7 @@ static_assert(sizeof(struct kvcp_client_ent) == 104, "client entry size");
 static_assert(sizeof(struct kvcp_ns_stats) == 192, "namespace stats size");
 static_assert(sizeof(struct kvcp_recompress) == 48, "recompress request size");
 static_assert(sizeof(struct kvcp_calibrate) == 24, "calibrate request size");
+static_assert(sizeof(struct kvcp_gpu_pool) == 64, "GPU pool stats size");
 static_assert(KVCP_OP__COUNT <= KVCP_OP_STATS_N + KVCP_OP_MORE, "every op has its stats");
 
 #endif /* KVCP_H */

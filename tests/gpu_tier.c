@@ -36,11 +36,13 @@ static void down(void)
 
 TestSuite(gpu_tier, .fini = down, .timeout = 120);
 
-/* Start kvcd, or skip (before anything is started: a skipped test runs no .fini) when there is
- * no CUDA device or kvcd serves no GPU staging. The device is probed in a child, so this
- * process has not touched the driver when it forks its own children. */
-static void start_or_skip(void)
+/* Start kvcd (with a GPU pool of @gpu_pool on each device, NULL: none), or skip (before
+ * anything is started: a skipped test runs no .fini) when there is no CUDA device or kvcd
+ * serves no GPU staging. The device is probed in a child, so this process has not touched the
+ * driver when it forks its own children. */
+static void start_with_or_skip(const char *gpu_pool)
 {
+	const char *args[] = { "--pool-size", "256M", "--gpu-pool-size", gpu_pool, NULL };
 	struct kvc_stats st;
 	kvc_client *c;
 	int status;
@@ -57,7 +59,9 @@ static void start_or_skip(void)
 	cr_assert_eq(waitpid(pid, &status, 0), pid);
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 3)
 		cr_skip_test("skipped: no CUDA device");
-	t_daemon_start(&D, "256M");
+	if (!gpu_pool)
+		args[2] = NULL;
+	cr_assert_eq(t_daemon_start_args(&D, args), 0, "kvcd failed to start");
 	c = t_attach(&D, NULL, 4096);
 	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
 	kvc_detach(c);
@@ -66,6 +70,11 @@ static void start_or_skip(void)
 		cr_assert_eq(t_daemon_down(&D), 0);
 		cr_skip_test("skipped: kvcd serves no GPU staging here (%s)", st.gpu.why);
 	}
+}
+
+static void start_or_skip(void)
+{
+	start_with_or_skip(NULL);
 }
 
 static const struct kvc_layout L = {
@@ -363,7 +372,7 @@ Test(gpu_tier, sigkill_in_the_middle_of_gpu_stores)
 	kvc_client *c;
 	struct kvc_key k;
 
-	start_or_skip();
+	start_with_or_skip("64M"); /* copies in the GPU pool are being filled at the kill too */
 	cr_assert_eq(pipe(p), 0);
 	pid = fork();
 	cr_assert_geq(pid, 0);
@@ -404,4 +413,110 @@ Test(gpu_tier, sigkill_in_the_middle_of_gpu_stores)
 	cr_assert_eq(st.clients, 1, "the killed client's session went away");
 	kvc_detach(c);
 	kvcg_rt_close(&rt);
+}
+
+/* The GPU pool: a GPU FETCH that misses leaves a copy there and the next one is served from it
+ * (a device-to-device copy, or a decode on the device), with the same bytes; a GPU STORE
+ * leaves one too; a block deleted and stored again with other bytes is never served from the
+ * old copy; and past the high watermark the least recently used copies go, every FETCH still
+ * right. */
+static struct kvc_gpu_pool_stats {
+	uint64_t pool_bytes, blocks, hits, misses, promotions, demotions;
+} pool_stats(kvc_client *c, int idx)
+{
+	struct kvc_stats st;
+
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	return (struct kvc_gpu_pool_stats){
+		st.gpu_pool[idx].pool_bytes, st.gpu_pool[idx].blocks,	  st.gpu_pool[idx].hits,
+		st.gpu_pool[idx].misses,     st.gpu_pool[idx].promotions, st.gpu_pool[idx].demotions
+	};
+}
+
+/* FETCH @k into GPU staging and compare with @want (@m bytes). */
+static void fetch_gpu_equals(struct kvcg_rt *rt, kvc_client *c, int idx, struct kvc_key k,
+			     const char *want, size_t m, char *got, const char *what)
+{
+	struct kvc_layout back;
+
+	memset(got, 0, m);
+	cr_assert_eq(kvc_fetch_gpu(c, (unsigned)idx, &k, 0, 2 * m, &back), 0, "%s", what);
+	cr_assert_eq(rt->cu.dtoh(got, kvc_gpu_staging(c, (unsigned)idx, NULL), m), 0);
+	cr_assert_eq(memcmp(got, want, m), 0, "%s", what);
+}
+
+Test(gpu_tier, the_gpu_pool_serves_fetches_and_drops_copies_for_room)
+{
+	struct kvcg_rt rt;
+	size_t n = kvc_layout_bytes(&L), size;
+	char *want = malloc(2 * n), *got = malloc(2 * n), *stg, why[160];
+	struct kvc_gpu_pool_stats a, b;
+	struct kvc_layout l = L;
+	kvc_client *c;
+	int idx, slot;
+
+	start_with_or_skip("48M");
+	cuda_open(&rt);
+	c = gpu_client();
+	idx = kvc_gpu_index(c, 0);
+	stg = kvc_staging(c, &size);
+	a = pool_stats(c, idx);
+	cr_assert_geq(a.pool_bytes, 48u << 20, "the pool was made");
+
+	/* a host STORE: promoted by the first GPU FETCH, served from the pool by the second */
+	struct kvc_key k = key_of(300);
+
+	make_block((uint16_t *)stg, n / 2, 300);
+	memcpy(want, stg, n);
+	cr_assert_eq(kvc_store(c, &k, &L, 0), 0);
+	fetch_gpu_equals(&rt, c, idx, k, want, n, got, "a miss, through the host");
+	fetch_gpu_equals(&rt, c, idx, k, want, n, got, "a hit, from the pool");
+	b = pool_stats(c, idx);
+	cr_assert_eq(b.promotions, a.promotions + 1);
+	cr_assert_eq(b.hits, a.hits + 1);
+
+	/* deleted and stored again with other bytes: the old copy is never served */
+	cr_assert_eq(kvc_delete(c, &k), 0);
+	make_block((uint16_t *)stg, n / 2, 301);
+	memcpy(want, stg, n);
+	cr_assert_eq(kvc_store(c, &k, &L, 0), 0);
+	fetch_gpu_equals(&rt, c, idx, k, want, n, got, "the new bytes");
+	fetch_gpu_equals(&rt, c, idx, k, want, n, got, "the new bytes, from the pool");
+
+	/* a GPU STORE under a policy the device encodes: its copy decodes on the device */
+	slot = kvc_policy(c, "int8", 0, why, sizeof(why));
+	cr_assert_gt(slot, 0, "%s", why);
+	l.codec = (uint8_t)slot;
+	k = key_of(302);
+	make_block((uint16_t *)stg, n / 2, 302);
+	cr_assert_eq(rt.cu.htod(kvc_gpu_staging(c, (unsigned)idx, NULL), stg, n), 0);
+	size_t m = expected("int8", stg, want, 2 * n);
+
+	a = pool_stats(c, idx);
+	cr_assert_eq(kvc_store_gpu(c, (unsigned)idx, &k, &l, 0), 0);
+	fetch_gpu_equals(&rt, c, idx, k, want, m, got, "int8, decoded from the pool");
+	b = pool_stats(c, idx);
+	cr_assert_eq(b.promotions, a.promotions + 1, "the STORE left its copy");
+	cr_assert_eq(b.hits, a.hits + 1);
+
+	/* more than the pool holds: the least recently used copies go, every FETCH is right */
+	for (unsigned i = 0; i < 96; i++) {
+		k = key_of(400 + i);
+		make_block((uint16_t *)stg, n / 2, 400 + i);
+		memcpy(want, stg, n);
+		cr_assert_eq(kvc_store(c, &k, &L, 0), 0);
+		fetch_gpu_equals(&rt, c, idx, k, want, n, got, "filling the pool");
+	}
+	b = pool_stats(c, idx);
+	cr_assert_gt(b.demotions, 0);
+	cr_assert_leq(b.blocks * n, b.pool_bytes);
+	for (unsigned i = 0; i < 96; i += 7) {
+		k = key_of(400 + i);
+		make_block((uint16_t *)want, n / 2, 400 + i);
+		fetch_gpu_equals(&rt, c, idx, k, want, n, got, "after demotions");
+	}
+	kvc_detach(c);
+	kvcg_rt_close(&rt);
+	free(want);
+	free(got);
 }

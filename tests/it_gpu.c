@@ -224,3 +224,56 @@ Test(gpu, a_driver_that_fails_is_reported_and_kvcd_serves)
 	kvc_detach(c);
 	t_sh(out, sizeof(out), "rm -rf %s", dir);
 }
+
+/* [gpu] pool_size where no device can hold it: kvcd says so in one line and serves from host
+ * memory, every GPU pool reported empty; a size no device could use is refused at start. */
+Test(gpu, a_gpu_pool_without_a_device_is_said_and_kvcd_serves)
+{
+	const char *args[] = { "--pool-size", "32M", "--gpu-pool-size", "1G", NULL };
+	const char *tiny[] = { "--pool-size", "32M", "--gpu-pool-size", "1M", NULL };
+	const char *junk[] = { "--pool-size", "32M", "--gpu-pool-size", "lots", NULL };
+	char out[8192];
+	struct kvc_stats st;
+	struct kvc_key k = { 3, 4 };
+	struct kvc_layout back;
+	kvc_client *c;
+	size_t n = kvc_layout_bytes(&L), size;
+
+	if (has_gpu_staging()) {
+		cr_assert_eq(t_daemon_down(&D), 0); /* a skipped test runs no .fini */
+		cr_skip_test("skipped: this kvcd has a device (tests/gpu_tier.c)");
+	}
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_cleanup(&D);
+	D.dir[0] = '\0';
+	cr_assert_eq(t_daemon_start_args(&D, args), 0);
+	c = t_attach(&D, NULL, 1 << 20);
+	cr_assert_eq(kvc_stats(c, &st, sizeof(st)), 0);
+	for (unsigned i = 0; i < 16; i++)
+		cr_assert_eq(st.gpu_pool[i].pool_bytes, 0);
+	char *stg = kvc_staging(c, &size);
+
+	t_fill(stg, n, 9);
+	cr_assert_eq(kvc_store(c, &k, &L, 0), 0);
+	memset(stg + n, 0, n);
+	cr_assert_eq(kvc_fetch(c, &k, n, n, &back), 0);
+	cr_assert_eq(memcmp(stg, stg + n, n), 0, "served from host memory");
+	kvc_detach(c);
+	t_sh(out, sizeof(out), "cat %s", D.log);
+	cr_assert_not_null(strstr(out, "no GPU pool"), "%s", out);
+	cr_assert_eq(t_daemon_stop(&D), 0);
+	t_daemon_cleanup(&D);
+
+	D.dir[0] = '\0';
+	cr_assert_eq(t_daemon_start_args(&D, tiny), 1002, "below a device's granularity");
+	t_sh(out, sizeof(out), "cat %s", D.log);
+	cr_assert_not_null(strstr(out, "pool_size"), "%s", out);
+	t_daemon_cleanup(&D);
+	D.dir[0] = '\0';
+	cr_assert_eq(t_daemon_start_args(&D, junk), 1002);
+	t_sh(out, sizeof(out), "cat %s", D.log);
+	cr_assert_not_null(strstr(out, "--gpu-pool-size lots"), "%s", out);
+	t_daemon_cleanup(&D);
+	D.dir[0] = '\0';
+	t_daemon_start(&D, "32M");
+}

@@ -101,6 +101,9 @@ Test(abi, introspection_structs_match_the_protocol)
 	SAME(kvc_stats, kvcp_stats, ns_bases[0].count);
 	SAME(kvc_stats, kvcp_stats, ns_bases[0].newest);
 	SAME(kvc_stats, kvcp_stats, ns_bases[31].bytes);
+	SAME(kvc_stats, kvcp_stats, gpu_pool[0].pool_bytes);
+	SAME(kvc_stats, kvcp_stats, gpu_pool[0].no_room);
+	SAME(kvc_stats, kvcp_stats, gpu_pool[15].demotions);
 	SIZE(kvc_block_info, kvcp_list_ent);
 	SAME(kvc_block_info, kvcp_list_ent, key);
 	SAME(kvc_block_info, kvcp_list_ent, layout);

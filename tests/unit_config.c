@@ -138,6 +138,19 @@ Test(config, gpu_devices)
 	cr_assert_eq(kvcd_parse_gpus(&c, "16"), -EINVAL, "ordinals 0 to 15");
 	cr_assert_eq(kvcd_parse_gpus(&c, "gpu0"), -EINVAL);
 	cr_assert_eq(kvcd_parse_gpus(&c, ""), -EINVAL);
+
+	kvcd_config_defaults(&c);
+	cr_assert_eq(c.gpu_pool_size, 0, "no GPU memory taken unless asked");
+	const char *q = write_tmp("[gpu]\npool_size = 8G\n");
+	cr_assert_eq(kvcd_config_load(&c, q), 0);
+	unlink(q);
+	cr_assert_eq(c.gpu_pool_size, 8ull << 30);
+	cr_assert_eq(kvcd_config_check(&c), 0);
+	c.gpu_pool_size = 1u << 20;
+	cr_assert_eq(kvcd_config_check(&c), -EINVAL, "below a device's granularity");
+	q = write_tmp("[gpu]\npool_size = much\n");
+	cr_assert_neq(kvcd_config_load(&c, q), 0);
+	unlink(q);
 	cr_assert(c.gpu_all, "a bad value changes nothing");
 	const char *p = write_tmp("[gpu]\ndevices = 3\n");
 

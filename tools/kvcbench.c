@@ -2109,16 +2109,42 @@ static int gpu_round(kvc_client *c, unsigned idx, struct kvc_layout l, int slot,
 	return kvc_fetch_gpu(c, idx, &k, 0, n, &back);
 }
 
+/* FETCH into GPU staging of a block a host STORE has just put in the pool (STORE and DELETE
+ * untimed): seconds per FETCH, each one a miss of the GPU pool, through PCIe. The block's
+ * bytes are in host staging. */
+static int gpu_miss_round(kvc_client *c, unsigned idx, struct kvc_layout l, unsigned long iters,
+			  double *ft)
+{
+	struct kvc_key k = { 0x67707562656e6368ull, 0x6d697373ull };
+	struct kvc_layout back;
+	uint64_t total = 0, t0;
+	size_t n = kvc_layout_bytes(&l);
+
+	for (unsigned long i = 0; i <= iters; i++) {
+		kvc_delete(c, &k);
+		if (kvc_store(c, &k, &l, 0))
+			return -1;
+		t0 = now_ns();
+		if (kvc_fetch_gpu(c, idx, &k, 0, n, &back))
+			return -1;
+		if (i)
+			total += now_ns() - t0;
+	}
+	*ft = (double)total / 1e9 / (double)iters;
+	return 0;
+}
+
 static int bench_gpu(size_t bs, unsigned long iters, int json)
 {
 	struct kvcg_rt rt;
 	struct kvc_attach_opts o;
 	struct kvc_layout l = { .dtype = KVC_F16, .layers = 32, .kv_heads = 8, .head_dim = 128 };
 	kvc_client *c = NULL;
-	CUdeviceptr dbuf = 0;
+	CUdeviceptr dbuf = 0, dbuf2 = 0;
 	uint16_t *host = NULL;
-	double ref_h2d, ref_d2h, st, ft, st8, ft8;
-	uint64_t stored, stored8;
+	double ref_h2d, ref_d2h, ref_d2d, st, ft, st8, ft8, fmiss;
+	uint64_t stored, stored8, pool = 0;
+	struct kvc_stats kst;
 	size_t n, gsz;
 	char why[160];
 	int err, idx, slot, slot8, ret = 1;
@@ -2136,7 +2162,7 @@ static int bench_gpu(size_t bs, unsigned long iters, int json)
 	kvc_attach_opts_init(&o);
 	o.socket = g_sock;
 	o.ns = "gpubench";
-	o.staging_size = 4096;
+	o.staging_size = n;
 	o.gpu = 1;
 	o.gpu_staging_size = n;
 	err = kvc_attach(&o, &c);
@@ -2150,48 +2176,70 @@ static int bench_gpu(size_t bs, unsigned long iters, int json)
 	slot = kvc_policy(c, "none", 0, why, sizeof(why));
 	slot8 = kvc_policy(c, "int8", 0, why, sizeof(why));
 	if (idx < 0 || !kvc_gpu_staging(c, (unsigned)idx, &gsz) || gsz < n || slot <= 0 ||
-	    slot8 <= 0 || rt.cu.host_alloc((void **)&host, n) || rt.cu.mem_alloc(&dbuf, n)) {
+	    slot8 <= 0 || rt.cu.host_alloc((void **)&host, n) || rt.cu.mem_alloc(&dbuf, n) ||
+	    rt.cu.mem_alloc(&dbuf2, n) || kvc_stats(c, &kst, sizeof(kst))) {
 		fprintf(stderr, "kvcbench gpu: setting up %zu bytes failed\n", n);
 		goto out;
 	}
 	for (size_t i = 0; i < n / 2; i++) /* KV-like values the int8 codec takes */
 		host[i] = f32_to_f16((float)((int)(i * 2654435761u % 2001) - 1000) / 300.0f);
+	pool = kst.gpu_pool[idx].pool_bytes;
+	memcpy(kvc_staging(c, NULL), host, n);
 	if (rt.cu.htod(kvc_gpu_staging(c, (unsigned)idx, NULL), host, n) ||
 	    rt.cu.htod(dbuf, host, n))
 		goto out;
-	/* the references: what this device copies to and from pinned memory, in this run */
+	/* the references: what this device copies to and from pinned memory, and within its own
+	 * memory, in this run */
 	SECS_PER(iters, ref_h2d, rt.cu.htod(dbuf, host, n));
 	SECS_PER(iters, ref_d2h, rt.cu.dtoh(host, dbuf, n));
+	SECS_PER(iters, ref_d2d, rt.cu.dtod(dbuf2, dbuf, n));
+	/* with a GPU pool, a FETCH after the STORE is served from the pool's copy; one after a
+	 * host STORE misses it and crosses PCIe */
 	if (gpu_round(c, (unsigned)idx, l, slot, iters, &st, &ft, &stored) ||
-	    gpu_round(c, (unsigned)idx, l, slot8, iters, &st8, &ft8, &stored8)) {
+	    gpu_round(c, (unsigned)idx, l, slot8, iters, &st8, &ft8, &stored8) ||
+	    gpu_miss_round(c, (unsigned)idx, l, iters, &fmiss)) {
 		fprintf(stderr, "kvcbench gpu: a GPU STORE or FETCH failed\n");
 		goto out;
 	}
-	if (json)
+	if (json) {
 		printf("{\"device\": \"%s\", \"block_bytes\": %zu, \"ref_h2d_gbps\": %.2f, "
-		       "\"ref_d2h_gbps\": %.2f, \"store_gpu_gbps\": %.2f, \"fetch_gpu_gbps\": %.2f, "
-		       "\"store_vs_d2h\": %.3f, \"fetch_vs_h2d\": %.3f, \"store_int8_gbps\": %.2f, "
-		       "\"fetch_int8_gbps\": %.2f, \"int8_stored_bytes\": %llu, "
-		       "\"raw_stored_bytes\": %llu}\n",
-		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / st / 1e9,
-		       n / ft / 1e9, ref_d2h / st, ref_h2d / ft, n / st8 / 1e9, n / ft8 / 1e9,
-		       (unsigned long long)stored8, (unsigned long long)stored);
-	else
+		       "\"ref_d2h_gbps\": %.2f, \"ref_d2d_gbps\": %.2f, \"store_gpu_gbps\": %.2f, "
+		       "\"fetch_gpu_gbps\": %.2f, \"store_vs_d2h\": %.3f, \"fetch_vs_h2d\": %.3f, "
+		       "\"store_int8_gbps\": %.2f, \"fetch_int8_gbps\": %.2f, "
+		       "\"int8_stored_bytes\": %llu, \"raw_stored_bytes\": %llu, "
+		       "\"gpu_pool_bytes\": %llu",
+		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / ref_d2d / 1e9,
+		       n / st / 1e9, n / fmiss / 1e9, ref_d2h / st, ref_h2d / fmiss, n / st8 / 1e9,
+		       n / ft8 / 1e9, (unsigned long long)stored8, (unsigned long long)stored,
+		       (unsigned long long)pool);
+		if (pool)
+			printf(", \"fetch_pool_gbps\": %.2f, \"pool_vs_d2d\": %.3f}\n",
+			       n / ft / 1e9, ref_d2d / ft);
+		else
+			printf(", \"fetch_pool_gbps\": null, \"pool_vs_d2d\": null}\n");
+	} else {
 		printf("%s, %zu-byte f16 block\n"
-		       "  reference      H2D %7.2f GB/s   D2H %7.2f GB/s (pinned)\n"
+		       "  reference      H2D %7.2f GB/s   D2H %7.2f GB/s (pinned)   D2D %7.2f GB/s\n"
 		       "  kvcd raw       FETCH into GPU staging %7.2f GB/s (%.0f%% of H2D), "
 		       "STORE from it %7.2f GB/s (%.0f%% of D2H)\n"
 		       "  kvcd int8      FETCH %7.2f GB/s, STORE %7.2f GB/s (raw bytes); "
 		       "%llu bytes in the pool against %llu raw\n",
-		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / ft / 1e9,
-		       100 * ref_h2d / ft, n / st / 1e9, 100 * ref_d2h / st, n / ft8 / 1e9,
-		       n / st8 / 1e9, (unsigned long long)stored8, (unsigned long long)stored);
+		       rt.d.name, n, n / ref_h2d / 1e9, n / ref_d2h / 1e9, n / ref_d2d / 1e9,
+		       n / fmiss / 1e9, 100 * ref_h2d / fmiss, n / st / 1e9, 100 * ref_d2h / st,
+		       n / ft8 / 1e9, n / st8 / 1e9, (unsigned long long)stored8,
+		       (unsigned long long)stored);
+		if (pool)
+			printf("  GPU pool       FETCH from its copy %7.2f GB/s (%.0f%% of D2D)\n",
+			       n / ft / 1e9, 100 * ref_d2d / ft);
+	}
 	ret = 0;
 out:
 	if (host)
 		rt.cu.host_free(host);
 	if (dbuf)
 		rt.cu.mem_free(dbuf);
+	if (dbuf2)
+		rt.cu.mem_free(dbuf2);
 	kvc_detach(c);
 	kvcg_rt_close(&rt);
 	return ret;

@@ -77,6 +77,15 @@ static void gpu_use_json(const __typeof__(((struct kvc_stats *)0)->gpu_use[0]) *
 	       gbps(u->h2d_bytes, u->h2d_ns));
 }
 
+static void gpu_pool_json(const __typeof__(((struct kvc_stats *)0)->gpu_pool[0]) *p)
+{
+	printf(", \"pool_bytes\": %" PRIu64 ", \"bytes_used\": %" PRIu64 ", \"blocks\": %" PRIu64
+	       ", \"pool_hits\": %" PRIu64 ", \"pool_misses\": %" PRIu64
+	       ", \"promotions\": %" PRIu64 ", \"demotions\": %" PRIu64 ", \"no_room\": %" PRIu64,
+	       p->pool_bytes, p->bytes_used, p->blocks, p->hits, p->misses, p->promotions,
+	       p->demotions, p->no_room);
+}
+
 static const char *gpu_status(int s)
 {
 	static const char *const names[] = { "off", "no driver", "driver error", "no device",
@@ -164,6 +173,7 @@ static void print_stats_json(const struct kvc_stats *st)
 		printf(", \"numa_node\": %d, \"mem_bytes\": %" PRIu64, st->gpu.dev[i].numa_node,
 		       st->gpu.dev[i].mem_bytes);
 		gpu_use_json(&st->gpu_use[i]);
+		gpu_pool_json(&st->gpu_pool[i]);
 		printf("}");
 	}
 	printf("], \"remote\": ");
@@ -214,6 +224,14 @@ static void print_stats(const struct kvc_stats *st)
 		       u->clients, u->staging_bytes / 1048576.0, u->stores, u->fetches, u->encoded,
 		       u->decoded, u->bounced, gbps(u->d2h_bytes, u->d2h_ns),
 		       gbps(u->h2d_bytes, u->h2d_ns), u->errors);
+		if (st->gpu_pool[i].pool_bytes)
+			printf("                GPU pool %.1f MiB, %.1f MiB used by %" PRIu64
+			       " copies; %" PRIu64 " hits, %" PRIu64 " misses; %" PRIu64
+			       " promotions, %" PRIu64 " demotions\n",
+			       st->gpu_pool[i].pool_bytes / 1048576.0,
+			       st->gpu_pool[i].bytes_used / 1048576.0, st->gpu_pool[i].blocks,
+			       st->gpu_pool[i].hits, st->gpu_pool[i].misses,
+			       st->gpu_pool[i].promotions, st->gpu_pool[i].demotions);
 	}
 	if (st->remote.enabled)
 		printf("remote tier     %u nodes, %" PRIu64 " of 16384 slots up; %" PRIu64

@@ -449,6 +449,17 @@ struct kvc_stats {
 		uint32_t newest; /* the version learned= STOREs use; 0: none */
 		uint64_t bytes;	 /* pool bytes they hold */
 	} ns_bases[32];
+	/* since 0.9 (protocol 2.9): each device's GPU pool, as gpu.dev[] lists them: copies of
+	 * host blocks in device memory, which GPU FETCHes read without crossing PCIe */
+	struct {
+		uint64_t pool_bytes;   /* 0: no pool on that device */
+		uint64_t bytes_used;   /* by copies, the allocator's headers included */
+		uint64_t blocks;       /* copies held */
+		uint64_t hits, misses; /* GPU FETCHes served from a copy, or not */
+		uint64_t promotions;   /* copies made (GPU STORE, or a FETCH that missed) */
+		uint64_t demotions;    /* copies dropped for room, least recently used first */
+		uint64_t no_room;      /* copies not made: every copy was being read */
+	} gpu_pool[16];
 };
 
 enum {

@@ -530,8 +530,10 @@ class Client:
                       "devices": [{"device": d.ordinal, "name": d.name.decode(),
                                    "numa_node": d.numa_node, "mem_bytes": d.mem_bytes,
                                    "pci": d.pci.decode(),
-                                   **{k: getattr(u, k) for k, _ in u._fields_ if k != "pad"}}
-                                  for d, u in zip(g.dev[:g.ndev], st.gpu_use[:g.ndev])]}
+                                   **{k: getattr(u, k) for k, _ in u._fields_ if k != "pad"},
+                                   "pool": {k: getattr(p, k) for k, _ in p._fields_}}
+                                  for d, u, p in zip(g.dev[:g.ndev], st.gpu_use[:g.ndev],
+                                                     st.gpu_pool[:g.ndev])]}
         out["ops"] = {}
         for i in range(17):
             name = lib.kvc_op_name(i)

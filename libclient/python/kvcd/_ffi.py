@@ -102,6 +102,11 @@ class GpuUse(ctypes.Structure):
                 ("h2d_ns", c_u64)]
 
 
+class GpuPool(ctypes.Structure):
+    _fields_ = [("pool_bytes", c_u64), ("bytes_used", c_u64), ("blocks", c_u64), ("hits", c_u64),
+                ("misses", c_u64), ("promotions", c_u64), ("demotions", c_u64), ("no_room", c_u64)]
+
+
 class RecompressStats(ctypes.Structure):
     _fields_ = [("blocks", c_u64), ("busy", c_u64), ("kept", c_u64), ("bytes_before", c_u64),
                 ("bytes_after", c_u64)]
@@ -122,7 +127,7 @@ class Stats(ctypes.Structure):
                 ("op_hist", (c_u64 * 64) * 13), ("version", c_u32), ("protocol", c_u32),
                 ("remote", RemoteStats), ("gpu", GpuStats), ("gpu_use", GpuUse * 16),
                 ("op_more", OpStats * 4), ("recompress", RecompressStats),
-                ("ns_bases", NsBases * 32)]
+                ("ns_bases", NsBases * 32), ("gpu_pool", GpuPool * 16)]
 
 
 def _find_library() -> str:
