@@ -515,7 +515,8 @@ struct kvcp_gpu_pool {
 	uint64_t hits, misses; /* GPU FETCHes served from a copy, or not */
 	uint64_t promotions;   /* copies made (by a GPU STORE, or a FETCH that missed) */
 	uint64_t demotions;    /* copies dropped for room, least recently used first */
-	uint64_t no_room;      /* copies not made: every copy was being read */
+	uint64_t no_room;      /* copies not made: no room without those in use, or over
+				 * the high watermark alone */
 };
 
 /* 2.4: after an attach reply whose gpu_mask is not 0, a second message with one fd per device

@@ -83,6 +83,12 @@ Test(gpool, crossing_the_high_watermark_drops_the_least_recently_used_to_the_low
 	cr_assert(!has(2) && !has(3), "the least recently used went first");
 	cr_assert_eq(gp.blocks, gp.count);
 	cr_assert_eq(kvcd_alloc_check(&gp.alloc), 0);
+
+	uint64_t blocks = gp.blocks, demoted = gp.demotions;
+
+	cr_assert_null(kvcd_gpool_fill(&gp, 99, high), "a copy above the high watermark alone");
+	cr_assert_eq(gp.blocks, blocks, "pushes nothing out");
+	cr_assert_eq(gp.demotions, demoted);
 }
 
 Test(gpool, copies_being_read_or_filled_are_never_dropped)

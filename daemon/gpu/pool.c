@@ -173,6 +173,8 @@ static void *make_room(struct kvcd_gpool *p, uint64_t want)
 	struct kvcd_gpool_ent *e = p->lru.lnext, *next;
 	void *at;
 
+	if (want + KVCD_ALLOC_OVERHEAD > high)
+		return NULL; /* it would push out everything and still cross the watermark */
 	for (; e != &p->lru; e = next) {
 		next = e->lnext;
 		if (!over || p->alloc.used + want + KVCD_ALLOC_OVERHEAD <= low)

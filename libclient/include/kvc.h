@@ -458,7 +458,8 @@ struct kvc_stats {
 		uint64_t hits, misses; /* GPU FETCHes served from a copy, or not */
 		uint64_t promotions;   /* copies made (GPU STORE, or a FETCH that missed) */
 		uint64_t demotions;    /* copies dropped for room, least recently used first */
-		uint64_t no_room;      /* copies not made: every copy was being read */
+		uint64_t no_room;      /* copies not made: no room without those in use, or
+					* over the high watermark alone */
 	} gpu_pool[16];
 };
 
