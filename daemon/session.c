@@ -5,10 +5,13 @@
  * anything but its own rings and staging bytes:
  *   control: struct kvcp_shm_hdr | SQ entries | CQ entries | scratch area
  *   staging: the bytes STORE reads and FETCH writes
- * Pages are allocated here (fallocate + MAP_POPULATE) so they are charged to the daemon.
+ * Pages are allocated here (fallocate) so they are charged to the daemon, on the node the
+ * session's blocks go to first (the client's, or its GPU's): every STORE and FETCH copies
+ * between the staging and those blocks, and the client reads and writes it.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <numaif.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,31 +22,59 @@
 #define PAGE	       4096ull
 #define ROUND_UP(x, a) (((x) + (a)-1) / (a) * (a))
 
-static int make_segment(const char *name, size_t size, int *fd, void **map)
+/* A sealed memfd of @size bytes mapped at *@map, its pages allocated on OS node @node when it
+ * can be had (-1: wherever the kernel puts them). The policy is the file's own (shmem's
+ * shared policy, set through the mapping before fallocate allocates), and only preferred: a
+ * node out of memory, or one the kernel does not know, costs locality, never the attach. */
+static int make_segment(const char *name, size_t size, int node, int *fd, void **map)
 {
+	unsigned long mask[KVCD_MAX_NODES / (8 * sizeof(unsigned long)) + 1] = { 0 };
 	int err;
 
+	*map = MAP_FAILED;
 	*fd = kvcd_os.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (*fd < 0)
 		return -errno;
-	if (kvcd_os.ftruncate(*fd, (off_t)size) || kvcd_os.fallocate(*fd, 0, 0, (off_t)size)) {
+	if (kvcd_os.ftruncate(*fd, (off_t)size)) {
 		err = -errno;
 		goto out_close;
 	}
-	if (fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
-		err = -errno;
-		goto out_close;
-	}
-	*map = kvcd_os.mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, *fd, 0);
+	*map = kvcd_os.mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
 	if (*map == MAP_FAILED) {
 		err = -errno;
 		goto out_close;
 	}
+	if (node >= 0 && (size_t)node < sizeof(mask) * 8) {
+		mask[node / (8 * sizeof(unsigned long))] |= 1ul
+							    << (node % (8 * sizeof(unsigned long)));
+		if (kvcd_os.mbind(*map, size, MPOL_PREFERRED, mask, sizeof(mask) * 8, 0))
+			kvcd_log(LOG_DEBUG, "%s: could not prefer node %d: %s", name, node,
+				 strerror(errno));
+	}
+	if (kvcd_os.fallocate(*fd, 0, 0, (off_t)size) ||
+	    fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+		err = -errno;
+		goto out_unmap;
+	}
+	/* kvcd's page tables too, as MAP_POPULATE would (kernels before 5.14 fault them in at
+	 * first use instead) */
+	kvcd_os.madvise(*map, size, MADV_POPULATE_WRITE);
 	return 0;
+out_unmap:
+	kvcd_os.munmap(*map, size);
+	*map = MAP_FAILED;
 out_close:
 	close(*fd);
 	*fd = -1;
 	return err;
+}
+
+/* The OS node a session's staging goes on: that of the first pool its blocks go to. */
+static int staging_node(const struct kvcd *d, const struct kvcd_session *s)
+{
+	if (!s->norder || s->order[0] >= d->topo.nnodes || d->topo.nnodes < 2)
+		return -1; /* one node: nothing to choose */
+	return d->topo.os_index[s->order[0]];
 }
 
 static void init_header(struct kvcd *d, struct kvcd_session *s)
@@ -89,15 +120,23 @@ int kvcd_session_create(struct kvcd *d, const struct kvcp_attach_req *req, size_
 		(uint64_t)(s->sq_entries + s->cq_entries) * 64;
 	s->ctrl_size = ROUND_UP(ROUND_UP(rings, PAGE) + c->scratch_size, PAGE);
 	s->staging_size = ROUND_UP(staging, PAGE);
-	err = make_segment("kvcd-ctrl", s->ctrl_size, &fds[0], &map);
+	/* a GPU client's blocks go near its device (kvcd_gpu_attach orders them again for the
+	 * devices it is given), so its staging does too */
+	s->norder = kvcd_topo_order(&d->topo, req->cpus,
+				    req->flags & KVCP_ATTACH_F_GPU
+					    ? kvcd_gpu_node(&d->gpu,
+							    req->gpu_mask ? req->gpu_mask : ~0ull,
+							    req->numa_node)
+					    : req->numa_node,
+				    s->order);
+	err = make_segment("kvcd-ctrl", s->ctrl_size, staging_node(d, s), &fds[0], &map);
 	if (err)
 		return err;
 	s->hdr = map;
-	err = make_segment("kvcd-staging", s->staging_size, &fds[1], &map);
+	err = make_segment("kvcd-staging", s->staging_size, staging_node(d, s), &fds[1], &map);
 	if (err)
 		goto out_ctrl;
 	s->staging = map;
-	s->norder = kvcd_topo_order(&d->topo, req->cpus, req->numa_node, s->order);
 	s->phase = req->flags & KVCP_ATTACH_F_PHASE;
 	init_header(d, s);
 	return 0;

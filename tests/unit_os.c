@@ -1,5 +1,6 @@
 /* unit_os.c - failure injection through the kvcd_os table: a pool that cannot be locked or
  * bound, or a memfd that cannot be made, fails with an error and leaks no mapping. */
+#include <numaif.h>
 #include <sys/mman.h>
 
 #include "t_util.h"
@@ -122,5 +123,82 @@ Test(os, session_without_memfd_fails_cleanly)
 	kvcd_os.memfd_create = fail_memfd;
 	cr_assert_eq(kvcd_session_create(&d, &req, 1 << 20, &s, fds), -EMFILE);
 	cr_assert_eq(fds[0], -1);
+	cr_assert_eq(mapped, unmapped);
+}
+
+/* Where a session's segments go: the recorder passes each mbind on to the kernel and keeps the
+ * node it asked for (a node this machine lacks is refused there, and must cost nothing). */
+static int bound_node[8], nbound;
+static long (*real_mbind)(void *, unsigned long, int, const unsigned long *, unsigned long,
+			  unsigned);
+
+static long record_mbind(void *a, unsigned long l, int m, const unsigned long *n, unsigned long mx,
+			 unsigned f)
+{
+	int node = -1;
+
+	for (unsigned long i = 0; i < mx; i++)
+		if (n[i / (8 * sizeof(unsigned long))] >> (i % (8 * sizeof(unsigned long))) & 1) {
+			node = (int)i;
+			break;
+		}
+	if (nbound < 8)
+		bound_node[nbound++] = m == MPOL_PREFERRED ? node : -2;
+	return real_mbind(a, l, m, n, mx, f);
+}
+
+/* @cpus: the client's CPUs, those of topology node @on. */
+static void cpus_on(const struct kvcd_topo *t, unsigned on, uint64_t cpus[16])
+{
+	memcpy(cpus, t->cpus[on], 16 * sizeof(uint64_t));
+}
+
+static int session_node(struct kvcd *d, const struct kvcp_attach_req *req)
+{
+	struct kvcd_session s = { .sock = -1, .pidfd = -1 };
+	int fds[2];
+
+	nbound = 0;
+	cr_assert_eq(kvcd_session_create(d, req, 1 << 20, &s, fds), 0);
+	cr_assert_eq(((volatile char *)s.staging)[4095] = 1, 1, "the staging is there");
+	close(fds[0]);
+	close(fds[1]);
+	kvcd_session_destroy(&s);
+	cr_assert_eq(nbound, 2, "both segments placed");
+	cr_assert_eq(bound_node[0], bound_node[1]);
+	return bound_node[1];
+}
+
+Test(os, a_session_s_staging_goes_to_its_client_s_or_its_gpu_s_node)
+{
+	static struct kvcd d;
+	struct kvcp_attach_req req = { .numa_node = -1 };
+
+	kvcd_config_defaults(&d.cfg);
+	cr_assert_eq(kvcd_topo_load(&d.topo, "pack:2 [numa] core:2 pu:1"), 0);
+	d.gpu.status = KVCP_GPU_READY;
+	d.gpu.ndev = 2;
+	d.gpu.dev[0].numa_node = d.topo.os_index[1];
+	d.gpu.dev[1].numa_node = d.topo.os_index[0];
+	real_mbind = kvcd_os.mbind;
+	kvcd_os.mbind = record_mbind;
+
+	cpus_on(&d.topo, 0, req.cpus);
+	cr_assert_eq(session_node(&d, &req), d.topo.os_index[0], "the client's own node");
+	req.flags = KVCP_ATTACH_F_GPU;
+	cr_assert_eq(session_node(&d, &req), d.topo.os_index[1], "its first GPU's node");
+	req.gpu_mask = 1u << 1;
+	cr_assert_eq(session_node(&d, &req), d.topo.os_index[0], "the GPU it asked for");
+	req.numa_node = d.topo.os_index[1];
+	cr_assert_eq(session_node(&d, &req), d.topo.os_index[1], "a node it names wins");
+
+	kvcd_os.mbind = fail_mbind; /* a kernel that places nothing: the attach goes on */
+	struct kvcd_session s = { .sock = -1, .pidfd = -1 };
+	int fds[2];
+
+	cr_assert_eq(kvcd_session_create(&d, &req, 1 << 20, &s, fds), 0);
+	close(fds[0]);
+	close(fds[1]);
+	kvcd_session_destroy(&s);
 	cr_assert_eq(mapped, unmapped);
 }
