@@ -547,16 +547,9 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 			j->hit = true;
 			j->pool = kvcd_gpu_pool_at(d, j->dev, j->pent->off);
 			j->op = plain ? KVCD_GPU_POOL_COPY : KVCD_GPU_POOL_DECODE;
-			err = kvcd_gpu_submit(d, j);
-			if (err) {
-				pool_done(d, j, false);
-				kvcd_store_put(&d->store, b, false);
-				j->blk = NULL;
-			}
-			return err;
-		}
-		if (j->hlen <= b->stored)
+		} else if (j->hlen <= b->stored) {
 			pool_fill(d, j, b);
+		}
 	} else {
 		/* the CPU decodes: the pool's bytes are summed first, as a host FETCH does */
 		if (b->has_sum &&
@@ -584,7 +577,7 @@ static int gpu_fetch(struct kvcd *d, struct kvcd_session *s, const struct kvcp_s
 	}
 	/* the pool's bytes are summed while the device copies them (the block is referenced:
 	 * they cannot change); a mismatch makes the FETCH fail when the copy is done */
-	if (!j->bounce && b->has_sum &&
+	if (!j->bounce && !j->hit && b->has_sum &&
 	    kvcd_copy_sum(kvcd_isa_best(), NULL, b->data, b->stored) != b->checksum)
 		j->corrupt = true;
 	return 0;
