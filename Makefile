@@ -20,7 +20,7 @@ CC      ?= gcc
 BUILD   ?= build
 PREFIX  ?= /usr/local
 # the one place: kvc.h, kvc_version(), kvcd --version, the .pc and Python's __version__
-VERSION := 0.8.2
+VERSION := 0.9.0
 PKGS    := libxxhash hwloc inih libsystemd libmicrohttpd hiredis
 CFLAGS  ?= -O2 -g
 # project flags: kept even when CFLAGS is given on the command line (make asan does)
