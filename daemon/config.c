@@ -197,6 +197,13 @@ static int set_daemon_key(struct kvcd_config *c, const char *k, const char *v)
 			c->hugepages = KVCD_HUGE_REQUIRE;
 		else
 			return -EINVAL;
+	} else if (!strcmp(k, "memlock")) {
+		if (!strcmp(v, "try"))
+			c->memlock_try = true;
+		else if (!strcmp(v, "require"))
+			c->memlock_try = false;
+		else
+			return -EINVAL;
 	} else if (!strcmp(k, "checksum")) {
 		return parse_bool(v, &c->checksum);
 	} else if (!strcmp(k, "high_watermark")) {
@@ -264,6 +271,7 @@ static const char *expected(const char *k)
 		{ "workers", "1 to 64" },
 		{ "ring_entries", "a power of two from 8 to 32768" },
 		{ "hugepages", "never, try or require" },
+		{ "memlock", "require or try" },
 		{ "checksum", "yes or no" },
 		{ "strict_namespaces", "yes or no" },
 		{ "high_watermark", "a percentage, 0 to 100" },

@@ -60,6 +60,9 @@ struct kvcd_config {
 	unsigned sq_entries, cq_entries;
 	uint32_t scratch_size;
 	int hugepages; /* KVCD_HUGE_* */
+	/* memlock = require (default): pools that cannot be locked in RAM stop kvcd, saying what
+	 * to raise; try: kvcd says so and goes on with them unlocked (sandboxed kernels) */
+	bool memlock_try;
 	bool checksum;
 	unsigned high_wm, low_wm; /* percent of a pool */
 	uint32_t lease_max_ms;
@@ -294,13 +297,14 @@ struct kvcd_pool {
 	uint64_t pinned; /* blocks with pins */
 };
 
-/* Map the pool's file, bind it to @node (when @bind), lock and prefault @size bytes. The file
+/* Map the pool's file, bind it to @node (when @bind), lock and prefault @size bytes (with
+ * @lock_try, a lock refused is said and the pages only prefaulted). The file
  * is @fd when >= 0 (handed back by the service manager), else @path when given (created or
  * reused), else a new memfd. p->warm says whether it holds an intact superblock of this
  * format for this size: then kvcd_store_adopt() takes its blocks, else kvcd_pool_format()
  * empties it. Errors are printed with what to change. Returns 0 or -errno. */
 int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, int hugepages,
-		   bool bind, int fd, const char *path);
+		   bool bind, bool lock_try, int fd, const char *path);
 /* An empty pool on a new memfd: kvcd_pool_open() + kvcd_pool_format(). */
 int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, bool bind);
 void kvcd_pool_format(struct kvcd_pool *p);

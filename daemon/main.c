@@ -604,7 +604,8 @@ out_err:
 	return -errno;
 }
 
-/* Fail before READY when the pools cannot be locked, saying what to raise. */
+/* Fail before READY when the pools cannot be locked, saying what to raise (unless memlock =
+ * try). */
 static int check_memlock(const struct kvcd_config *c, unsigned nodes)
 {
 	struct rlimit rl;
@@ -613,6 +614,13 @@ static int check_memlock(const struct kvcd_config *c, unsigned nodes)
 	if (kvcd_has_cap_ipc_lock() || getrlimit(RLIMIT_MEMLOCK, &rl) ||
 	    rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
 		return 0;
+	if (c->memlock_try) { /* each pool says whether it could be locked */
+		kvcd_log(LOG_WARNING,
+			 "memlock limit too low for %llu MiB of pools (RLIMIT_MEMLOCK %llu KiB, no "
+			 "CAP_IPC_LOCK); memlock = try: going on with what the kernel locks",
+			 (unsigned long long)(need >> 20), (unsigned long long)(rl.rlim_cur >> 10));
+		return 0;
+	}
 	kvcd_log(LOG_ERR,
 		 "memlock limit too low: %u pool(s) of %llu MiB need %llu MiB locked, but "
 		 "RLIMIT_MEMLOCK is %llu KiB and kvcd lacks CAP_IPC_LOCK. Raise the limit "
@@ -713,7 +721,7 @@ static int setup_pools(struct kvcd *d)
 
 		snprintf(path, sizeof(path), "%s/kvcd-pool-%u", d->cfg.state_dir, i);
 		err = kvcd_pool_open(&d->pools[i], i, d->topo.os_index[i], d->cfg.pool_size,
-				     d->cfg.hugepages, bind, fd,
+				     d->cfg.hugepages, bind, d->cfg.memlock_try, fd,
 				     fd < 0 && d->cfg.state_dir[0] ? path : NULL);
 		if (err)
 			break;
@@ -798,8 +806,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvcd [--config FILE] [--socket PATH] [--pool-size SIZE] [--workers N]\n"
-		"            [--gpu-pool-size SIZE] [--state-dir DIR] [--log-level LEVEL]\n"
-		"            [--pidfile FILE] [--foreground] [--version]\n"
+		"            [--gpu-pool-size SIZE] [--memlock require|try] [--state-dir DIR]\n"
+		"            [--log-level LEVEL] [--pidfile FILE] [--foreground] [--version]\n"
 		"  --config FILE     INI configuration (default: embedded defaults)\n"
 		"  --socket PATH     UNIX socket (default: $KVCD_SOCKET, /run/kvcd/kvcd.sock,\n"
 		"                    $XDG_RUNTIME_DIR/kvcd.sock or /tmp/kvcd.sock)\n"
@@ -807,6 +815,8 @@ static void usage(FILE *f)
 		"  --workers N       ring-draining threads\n"
 		"  --gpu-pool-size SIZE\n"
 		"                    GPU pool per CUDA device, e.g. 8G (default 0: none)\n"
+		"  --memlock try     go on with pools the kernel will not lock in RAM, saying so\n"
+		"                    (default require: stop, saying what to raise)\n"
 		"  --state-dir DIR   keep the pools in DIR (tmpfs or hugetlbfs) so that a restart\n"
 		"                    finds the cache warm (under systemd they are kept anyway)\n"
 		"  --log-level LEVEL err, warning, notice, info (default) or debug\n"
@@ -819,6 +829,7 @@ static void usage(FILE *f)
 /* The command line, kept: a reload reads the file again and applies it on top, as at start. */
 static struct {
 	const char *config, *sock, *pool, *gpu_pool, *workers, *state, *log_level, *pidfile;
+	const char *memlock;
 	bool foreground;
 } cli;
 
@@ -851,6 +862,12 @@ static int configure(struct kvcd_config *c)
 			 cli.gpu_pool);
 		return -EINVAL;
 	}
+	if (cli.memlock && strcmp(cli.memlock, "try") && strcmp(cli.memlock, "require")) {
+		kvcd_log(LOG_ERR, "--memlock %s: expected require or try", cli.memlock);
+		return -EINVAL;
+	}
+	if (cli.memlock)
+		c->memlock_try = !strcmp(cli.memlock, "try");
 	if (cli.workers &&
 	    (sscanf(cli.workers, "%u", &c->workers) != 1 || !c->workers || c->workers > 64)) {
 		kvcd_log(LOG_ERR, "--workers %s: expected 1..64", cli.workers);
@@ -873,6 +890,7 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { "pool-size", required_argument, 0, 'p' },
 					      { "workers", required_argument, 0, 'w' },
 					      { "gpu-pool-size", required_argument, 0, 'G' },
+					      { "memlock", required_argument, 0, 'M' },
 					      { "state-dir", required_argument, 0, 'd' },
 					      { "log-level", required_argument, 0, 'l' },
 					      { "pidfile", required_argument, 0, 'P' },
@@ -882,13 +900,14 @@ static int parse_args(int argc, char **argv, struct kvcd_config *c)
 					      { 0, 0, 0, 0 } };
 	int o;
 
-	while ((o = getopt_long(argc, argv, "c:s:p:w:G:d:l:P:fhV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "c:s:p:w:G:M:d:l:P:fhV", opts, NULL)) != -1) {
 		switch (o) {
 		case 'c': cli.config = optarg; break;
 		case 's': cli.sock = optarg; break;
 		case 'p': cli.pool = optarg; break;
 		case 'w': cli.workers = optarg; break;
 		case 'G': cli.gpu_pool = optarg; break;
+		case 'M': cli.memlock = optarg; break;
 		case 'd': cli.state = optarg; break;
 		case 'l': cli.log_level = optarg; break;
 		case 'P': cli.pidfile = optarg; break;
@@ -949,6 +968,7 @@ static void reload(struct kvcd *d)
 	KEEP(workers, "%u");
 	KEEP(gpu_pool_size, "%" PRIu64);
 	KEEP(hugepages, "%d");
+	KEEP(memlock_try, "%d");
 	KEEP(state_dir, "%s");
 	KEEP(max_clients, "%u");
 	KEEP(max_pending, "%u");

@@ -149,7 +149,7 @@ static void memlock_advice(size_t size, int err)
 }
 
 int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, int hugepages,
-		   bool bind, int fd, const char *path)
+		   bool bind, bool lock_try, int fd, const char *path)
 {
 	unsigned long mask[KVCD_MAX_NODES * 64 / (8 * sizeof(unsigned long)) + 64] = { 0 };
 	struct stat st;
@@ -209,8 +209,17 @@ int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, i
 	}
 	if (kvcd_os.mlock(p->base, size)) { /* faults every page in, on the bound node */
 		err = -errno;
-		memlock_advice(size, -err);
-		goto out_unmap;
+		if (!lock_try) {
+			memlock_advice(size, -err);
+			goto out_unmap;
+		}
+		/* where the kernel will not lock (a sandbox): the pool works, and may be paged
+		 * out; its pages are still made now, on the bound node */
+		kvcd_log(LOG_WARNING,
+			 "node %d: the %zu MiB pool is not locked in RAM (%s; memlock = try): the "
+			 "kernel may page it out",
+			 node, size >> 20, strerror(-err));
+		kvcd_os.madvise(p->base, size, MADV_POPULATE_WRITE);
 	}
 	p->warm = sb_intact(p);
 	return 0;
@@ -226,7 +235,7 @@ out_close:
 
 int kvcd_pool_create(struct kvcd_pool *p, int node, size_t size, int hugepages, bool bind)
 {
-	int err = kvcd_pool_open(p, 0, node, size, hugepages, bind, -1, NULL);
+	int err = kvcd_pool_open(p, 0, node, size, hugepages, bind, false, -1, NULL);
 
 	if (!err)
 		kvcd_pool_format(p);

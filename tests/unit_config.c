@@ -161,3 +161,19 @@ Test(config, gpu_devices)
 	cr_assert_neq(kvcd_config_load(&c, p), 0);
 	unlink(p);
 }
+
+Test(config, memlock)
+{
+	struct kvcd_config c;
+	const char *p;
+
+	kvcd_config_defaults(&c);
+	cr_assert_not(c.memlock_try, "pools that cannot be locked stop kvcd by default");
+	p = write_tmp("[kvcd]\nmemlock = try\n");
+	cr_assert_eq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+	cr_assert(c.memlock_try);
+	p = write_tmp("[kvcd]\nmemlock = maybe\n");
+	cr_assert_neq(kvcd_config_load(&c, p), 0);
+	unlink(p);
+}

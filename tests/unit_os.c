@@ -75,6 +75,22 @@ Test(os, pool_without_memlock_fails_and_unmaps)
 	cr_assert_null(p.base);
 }
 
+/* memlock = try: a kernel that will not lock the pool costs its locking, not the pool */
+Test(os, pool_without_memlock_goes_on_when_told_to_try)
+{
+	struct kvcd_pool p;
+
+	kvcd_os.mlock = fail_mlock;
+	cr_assert_eq(kvcd_pool_open(&p, 0, 0, 4 << 20, KVCD_HUGE_NEVER, false, true, -1, NULL), 0);
+	kvcd_pool_format(&p);
+	void *b = kvcd_alloc(&p.alloc, 1 << 20);
+
+	cr_assert_not_null(b);
+	memset(b, 0x5a, 1 << 20);
+	kvcd_pool_destroy(&p);
+	cr_assert_eq(mapped, unmapped);
+}
+
 Test(os, pool_that_cannot_be_bound_fails)
 {
 	struct kvcd_pool p;
