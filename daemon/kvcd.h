@@ -159,6 +159,8 @@ int kvcd_pidfd_open(pid_t pid);
 struct futex_waitv;
 int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns);
 int kvcd_futex_wake(uint32_t *uaddr, int n, bool shared);
+/* FUTEX_WAIT on one private word for at most @rel_ns. */
+int kvcd_futex_wait(uint32_t *uaddr, uint32_t val, uint64_t rel_ns);
 
 /* A job another thread does for a session (a remote get, a CALIBRATE): *@done is 0 while it
  * runs, 1 once the thread hands it back, 2 once its session went away first. The thread
@@ -737,6 +739,7 @@ struct kvcd_worker {
 	bool stop;
 	bool parked; /* the latest request it began waits on the remote tier: sleep, not spin */
 	bool spin;   /* its latest pass answered a client that spins for its answers */
+	unsigned poll_us; /* without futex_waitv: how long an idle look at the rings sleeps */
 	struct kvcd_op_stats ops; /* what this worker executed (stats.c) */
 };
 

@@ -50,6 +50,13 @@ int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns)
 	return (int)syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC);
 }
 
+int kvcd_futex_wait(uint32_t *uaddr, uint32_t val, uint64_t rel_ns)
+{
+	struct timespec ts = { (time_t)(rel_ns / 1000000000u), (long)(rel_ns % 1000000000u) };
+
+	return (int)syscall(SYS_futex, uaddr, FUTEX_WAIT_PRIVATE, val, &ts, NULL, 0);
+}
+
 int kvcd_futex_wake(uint32_t *uaddr, int n, bool shared)
 {
 	return (int)syscall(SYS_futex, uaddr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n, NULL,

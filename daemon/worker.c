@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvcd.h"
@@ -174,6 +175,32 @@ static bool has_work(struct kvcd_session *s)
 		s->cq_prod - kvcp_load_acquire(&s->hdr->cq.cons) < s->cq_entries);
 }
 
+#define POLL_MIN_US 50u
+#define POLL_MAX_US 1000u
+
+/* Without futex_waitv (Linux before 5.16, and sandboxes such as gVisor): a worker with no
+ * session waits on its own word alone; one with sessions cannot wait on their doorbells, so it
+ * looks at its rings again after a sleep that doubles while it stays idle, from POLL_MIN_US
+ * to POLL_MAX_US (a sleeping client's request waits that long at most). Said once. */
+static void poll_wait(struct kvcd_worker *w, struct futex_waitv *wv, unsigned k)
+{
+	static int said;
+
+	if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+		kvcd_log(LOG_WARNING,
+			 "futex_waitv is not available (a kernel before 5.16, or a sandbox): idle "
+			 "workers look at their rings every %u to %u us",
+			 POLL_MIN_US, POLL_MAX_US);
+	if (k == 1) {
+		kvcd_futex_wait(&w->wake, (uint32_t)wv[0].val, 1000000000ull);
+		return;
+	}
+	struct timespec ts = { 0, (long)w->poll_us * 1000 };
+
+	nanosleep(&ts, NULL);
+	w->poll_us = w->poll_us * 2 > POLL_MAX_US ? POLL_MAX_US : w->poll_us * 2;
+}
+
 /* Sleep until a client rings, the session list changes or one second passes. */
 static void sleep_on(struct kvcd_worker *w, struct kvcd_session **ss, unsigned n)
 {
@@ -198,8 +225,9 @@ static void sleep_on(struct kvcd_worker *w, struct kvcd_session **ss, unsigned n
 	kvcp_fence();
 	for (unsigned i = 0; i < n && !work; i++)
 		work = has_work(ss[i]);
-	if (!work && __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) == w->seen_gen)
-		kvcd_futex_waitv(wv, k, kvcd_now_ns() + 1000000000ull);
+	if (!work && __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE) == w->seen_gen &&
+	    kvcd_futex_waitv(wv, k, kvcd_now_ns() + 1000000000ull) < 0 && errno == ENOSYS)
+		poll_wait(w, wv, k);
 	for (unsigned i = 0; i < n; i++)
 		kvcp_store_relaxed(&ss[i]->hdr->sq.flags, 0);
 }
@@ -239,6 +267,7 @@ static void *worker_main(void *arg)
 		for (unsigned i = 0; i < n; i++)
 			did += process(w->d, w, local[i]);
 		if (did) {
+			w->poll_us = POLL_MIN_US;
 			last = kvcd_now_ns();
 			/* spin for the next request only if a client answered is spinning too (its
 			 * cq.hint, see kvcp.h) */
@@ -287,6 +316,7 @@ int kvcd_worker_start(struct kvcd_worker *w, struct kvcd *d, unsigned id)
 	memset(w, 0, sizeof(*w));
 	w->d = d;
 	w->id = id;
+	w->poll_us = POLL_MIN_US;
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->acked, NULL);
 	err = -pthread_create(&w->thread, NULL, worker_main, w);

@@ -1,7 +1,12 @@
 /* it_robust.c - hostile and dying clients, bad attaches, access control, memlock, and a
  * daemon restart under an attached client. The daemon must keep serving and leak nothing. */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pwd.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 
 #include "t_util.h"
 #include "codec.h"
@@ -723,4 +728,57 @@ Test(robust, calibrate_does_not_hold_the_worker, .fini = cal_down, .timeout = 12
 		usleep(1000);
 	cr_assert_eq(t_daemon_stop(&D_cal), 0, "a clean exit with a CALIBRATE in flight");
 	kvcp_raw_close(&r);
+}
+
+/* A kernel without futex_waitv (before 5.16, or a sandbox such as gVisor), made here with a
+ * seccomp filter that answers it ENOSYS: kvcd says so once, and its workers still take every
+ * request, from clients that sleep for their answers, and still stop on SIGTERM. */
+static void without_futex_waitv(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex_waitv, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		_exit(126);
+}
+
+Test(robust, workers_without_futex_waitv_poll_and_serve)
+{
+	struct t_daemon d2 = { 0 };
+	const char *args[] = { "--pool-size", "16M", "--workers", "2", NULL };
+	struct kvc_attach_opts o;
+	kvc_client *c[3];
+	char log[4096];
+
+	t_pre_exec = without_futex_waitv;
+	cr_assert_eq(t_daemon_start_args(&d2, args), 0);
+	t_pre_exec = NULL;
+	for (int i = 0; i < 3; i++) {
+		kvc_attach_opts_init(&o);
+		o.socket = d2.sock;
+		o.staging_size = 1 << 16;
+		cr_assert_eq(kvc_attach(&o, &c[i]), 0);
+	}
+	int bad = 0;
+
+	for (int r = 0; r < 300; r++) {
+		bad += kvc_nop(c[r % 3]) != 0;
+		if (r % 50 == 0)
+			t_sleep_ms(20); /* long enough for the workers to go idle */
+	}
+	for (int i = 0; i < 3; i++)
+		kvc_detach(c[i]);
+	t_sh(log, sizeof(log), "cat %s", d2.log);
+	int st = t_daemon_stop(&d2);
+
+	t_daemon_cleanup(&d2);
+	cr_assert_eq(bad, 0);
+	cr_assert_eq(st, 0, "stops on SIGTERM: %s", log);
+	cr_assert_not_null(strstr(log, "futex_waitv is not available"), "%s", log);
 }

@@ -77,6 +77,9 @@ static inline void t_daemon_dir(struct t_daemon *t, char *conf, size_t len)
 		snprintf(conf, len, "%s/kvcd.conf", t->dir);
 }
 
+/* Called in the child just before kvcd is executed, when set (a test's sandbox for it). */
+static void (*t_pre_exec)(void);
+
 /* Start kvcd with extra arguments (NULL-terminated) and wait until it answers. The log goes
  * to t->log. Returns 0, or the daemon's exit status + 1000 when it exited instead. */
 static inline int t_daemon_start_args(struct t_daemon *t, const char *const *extra)
@@ -97,6 +100,8 @@ static inline int t_daemon_start_args(struct t_daemon *t, const char *const *ext
 		dup2(fd, 2);
 		dup2(fd, 1);
 		unsetenv("NOTIFY_SOCKET");
+		if (t_pre_exec)
+			t_pre_exec();
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
