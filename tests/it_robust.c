@@ -430,7 +430,9 @@ Test(robust, too_little_memlock_fails_before_ready_unless_told_to_try)
 	t_sh(buf, sizeof(buf), "cat %s/log; rm -rf %s", dir, dir);
 	cr_assert_gt(pid, 0);
 	cr_assert_eq(served, 0, "serves: %s / %s", out, buf);
-	cr_assert_not_null(strstr(buf, "not locked in RAM"), "says so: %s", buf);
+	/* the limit is said at start; each pool the kernel would not lock says so too (a
+	 * sanitizer's mlock always succeeds, so only the first is asked for here) */
+	cr_assert_not_null(strstr(buf, "memlock = try"), "says so: %s", buf);
 }
 
 /* Phase-tagged rings (KVCP_ATTACH_F_PHASE), written by hand: entries are taken over several
