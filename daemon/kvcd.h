@@ -882,6 +882,8 @@ void kvcd_gpool_put(struct kvcd_gpool *p, struct kvcd_gpool_ent *e);
  * reader puts it). */
 void kvcd_gpool_forget(struct kvcd_gpool *p, uint32_t rec);
 void kvcd_gpool_stats(struct kvcd_gpool *p, struct kvcp_gpu_pool *out);
+/* New watermarks (a reload); @p NULL: nothing. */
+void kvcd_gpool_watermarks(struct kvcd_gpool *p, unsigned high_wm, unsigned low_wm);
 
 /* gpu.c: find the CUDA devices [gpu] asks for (the driver loaded at run time) and the NUMA
  * node nearest each (@sysfs: the sysfs root, NULL: /sys), into d->gpu; logs what it finds or

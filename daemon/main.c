@@ -996,6 +996,8 @@ static void reload(struct kvcd *d)
 	d->store.high_wm = n->high_wm;
 	d->store.low_wm = n->low_wm;
 	pthread_mutex_unlock(&d->store.lock);
+	for (unsigned i = 0; i < d->gpu.ndev; i++) /* the GPU pools keep the same watermarks */
+		kvcd_gpool_watermarks(kvcd_gpu_pool(d, i), n->high_wm, n->low_wm);
 	kvcd_log_level(n->log_level);
 	/* workers read these four while we write: they change by single atomic stores */
 	checksum = n->checksum;

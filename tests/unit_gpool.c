@@ -89,6 +89,11 @@ Test(gpool, crossing_the_high_watermark_drops_the_least_recently_used_to_the_low
 	cr_assert_null(kvcd_gpool_fill(&gp, 99, high), "a copy above the high watermark alone");
 	cr_assert_eq(gp.blocks, blocks, "pushes nothing out");
 	cr_assert_eq(gp.demotions, demoted);
+
+	/* a reload lowers the watermarks: the next copy makes room down to the new low one */
+	kvcd_gpool_watermarks(&gp, 40, 20);
+	cr_assert_not_null(copy(100, MIB));
+	cr_assert_leq(gp.alloc.used, gp.size / 100 * 20 + MIB + KVCD_ALLOC_OVERHEAD);
 }
 
 Test(gpool, copies_being_read_or_filled_are_never_dropped)

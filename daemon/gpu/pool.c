@@ -269,6 +269,16 @@ void kvcd_gpool_forget(struct kvcd_gpool *p, uint32_t rec)
 	pthread_mutex_unlock(&p->lock);
 }
 
+void kvcd_gpool_watermarks(struct kvcd_gpool *p, unsigned high_wm, unsigned low_wm)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->lock);
+	p->high_wm = high_wm;
+	p->low_wm = low_wm;
+	pthread_mutex_unlock(&p->lock);
+}
+
 void kvcd_gpool_stats(struct kvcd_gpool *p, struct kvcp_gpu_pool *out)
 {
 	pthread_mutex_lock(&p->lock);
