@@ -559,7 +559,7 @@ static void forget(struct kvcd_store *s, uint32_t rec, void *arg)
 
 	(void)s;
 	for (unsigned i = 0; i < d->gpu.ndev; i++)
-		if (d->gdev[i].pool.inited)
+		if (d->gdev[i].pool.mirror)
 			kvcd_gpool_forget(&d->gdev[i].pool, rec);
 }
 
@@ -580,7 +580,7 @@ int kvcd_gpu_start(struct kvcd *d)
 		ready += start_dev(d, i);
 		if (d->gdev[i].pool_failed)
 			return -ENOMEM;
-		pools += d->gdev[i].pool.inited;
+		pools += d->gdev[i].pool.mirror != NULL;
 	}
 	if (pools) {
 		pthread_mutex_lock(&d->store.lock);
@@ -598,7 +598,7 @@ int kvcd_gpu_start(struct kvcd *d)
 
 struct kvcd_gpool *kvcd_gpu_pool(struct kvcd *d, unsigned index)
 {
-	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].pool.inited)
+	if (!d->gdev || index >= d->gpu.ndev || !d->gdev[index].pool.mirror)
 		return NULL;
 	return &d->gdev[index].pool;
 }
@@ -611,7 +611,7 @@ CUdeviceptr kvcd_gpu_pool_at(struct kvcd *d, unsigned index, uint64_t off)
 void kvcd_gpu_pools(struct kvcd *d, struct kvcp_gpu_pool *out)
 {
 	for (unsigned i = 0; d->gdev && i < d->gpu.ndev; i++)
-		if (d->gdev[i].pool.inited)
+		if (d->gdev[i].pool.mirror)
 			kvcd_gpool_stats(&d->gdev[i].pool, &out[i]);
 }
 
@@ -699,11 +699,6 @@ int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kv
 		kvcd_gpu_detach(d, s);
 		return err;
 	}
-	/* blocks it stores from the GPU go to, and come back from, the node nearest it */
-	if (kvcd_gpu_node(&d->gpu, s->gpu_mask, req->numa_node) >= 0)
-		s->norder = kvcd_topo_order(&d->topo, req->cpus,
-					    kvcd_gpu_node(&d->gpu, s->gpu_mask, req->numa_node),
-					    s->order);
 	return 0;
 }
 

@@ -155,6 +155,9 @@ struct kvcd_os {
 extern struct kvcd_os kvcd_os;
 
 int kvcd_pidfd_open(pid_t pid);
+/* mbind [@addr, @addr + @len) to OS node @node alone with @mode (MPOL_BIND, MPOL_PREFERRED),
+ * through kvcd_os.mbind. Returns 0, or -1 with errno. */
+int kvcd_mbind_node(void *addr, size_t len, int mode, int node);
 /* futex_waitv on up to 128 words; @abs_ns is an absolute CLOCK_MONOTONIC deadline. */
 struct futex_waitv;
 int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns);
@@ -850,11 +853,8 @@ struct kvcd_gpool_ent {
 
 struct kvcd_gpool {
 	pthread_mutex_t lock;
-	bool inited;
-	void *mirror;
-	char *mirror_base;
-	size_t mirror_size;
-	uint64_t size; /* device bytes */
+	char *mirror;  /* the host mirror of the device range; NULL: no pool */
+	uint64_t size; /* bytes of both */
 	struct kvcd_alloc alloc;
 	struct kvcd_gpool_ent **buckets;
 	size_t nbuckets, count;
@@ -964,9 +964,9 @@ int kvcd_gpu_submit(struct kvcd *d, struct kvcd_gpu_job *j);
 int kvcd_gpu_staging_create(struct kvcd *d, unsigned index, uint64_t size,
 			    struct kvcd_gpu_staging *st, int *fd);
 void kvcd_gpu_staging_destroy(struct kvcd *d, unsigned index, struct kvcd_gpu_staging *st);
-/* The GPU part of an attach that asked for it: staging on each device of req->gpu_mask (0:
- * every device that has staging), its session's pools ordered from the first device's node
- * unless the client gave a node, and the second message with its fds (@fds, the caller
+/* The GPU part of an attach that asked for it (whose session kvcd_session_create ordered from
+ * its device's node): staging on each device of req->gpu_mask (0: every device that has
+ * staging), and the second message with its fds (@fds, the caller
  * sends and closes them). Returns 0, -ENODEV (no such device, or none can share memory),
  * -E2BIG (over [gpu] staging_max) or -ENOMEM. kvcd_gpu_detach frees what it made. */
 int kvcd_gpu_attach(struct kvcd *d, const struct kvcp_attach_req *req, struct kvcd_session *s,

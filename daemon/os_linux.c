@@ -50,6 +50,18 @@ int kvcd_futex_waitv(struct futex_waitv *w, unsigned n, uint64_t abs_ns)
 	return (int)syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC);
 }
 
+int kvcd_mbind_node(void *addr, size_t len, int mode, int node)
+{
+	unsigned long mask[8192 / (8 * sizeof(unsigned long))] = { 0 }; /* the kernel's limit */
+
+	if (node < 0 || (size_t)node >= sizeof(mask) * 8) {
+		errno = EINVAL;
+		return -1;
+	}
+	mask[node / (8 * sizeof(unsigned long))] |= 1ul << (node % (8 * sizeof(unsigned long)));
+	return (int)kvcd_os.mbind(addr, len, mode, mask, sizeof(mask) * 8, 0);
+}
+
 int kvcd_futex_wait(uint32_t *uaddr, uint32_t val, uint64_t rel_ns)
 {
 	struct timespec ts = { (time_t)(rel_ns / 1000000000u), (long)(rel_ns % 1000000000u) };

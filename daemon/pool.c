@@ -151,7 +151,6 @@ static void memlock_advice(size_t size, int err)
 int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, int hugepages,
 		   bool bind, bool lock_try, int fd, const char *path)
 {
-	unsigned long mask[KVCD_MAX_NODES * 64 / (8 * sizeof(unsigned long)) + 64] = { 0 };
 	struct stat st;
 	int err;
 
@@ -192,15 +191,10 @@ int kvcd_pool_open(struct kvcd_pool *p, unsigned index, int node, size_t size, i
 	}
 	if (!p->huge && hugepages == KVCD_HUGE_TRY)
 		kvcd_os.madvise(p->base, size, MADV_HUGEPAGE); /* transparent huge pages, if any */
-	if (bind && node >= 0 && (size_t)node < sizeof(mask) * 8) {
-		mask[node / (8 * sizeof(unsigned long))] |= 1ul
-							    << (node % (8 * sizeof(unsigned long)));
-		if (kvcd_os.mbind(p->base, size, MPOL_BIND, mask, sizeof(mask) * 8, 0)) {
-			err = -errno;
-			kvcd_log(LOG_ERR, "cannot bind pool to NUMA node %d: %s", node,
-				 strerror(-err));
-			goto out_unmap;
-		}
+	if (bind && node >= 0 && kvcd_mbind_node(p->base, size, MPOL_BIND, node)) {
+		err = -errno;
+		kvcd_log(LOG_ERR, "cannot bind pool to NUMA node %d: %s", node, strerror(-err));
+		goto out_unmap;
 	}
 	if (kvcd_os.madvise(p->base, size, MADV_DONTFORK)) {
 		err = -errno;

@@ -28,7 +28,6 @@
  * node out of memory, or one the kernel does not know, costs locality, never the attach. */
 static int make_segment(const char *name, size_t size, int node, int *fd, void **map)
 {
-	unsigned long mask[KVCD_MAX_NODES / (8 * sizeof(unsigned long)) + 1] = { 0 };
 	int err;
 
 	*map = MAP_FAILED;
@@ -44,13 +43,9 @@ static int make_segment(const char *name, size_t size, int node, int *fd, void *
 		err = -errno;
 		goto out_close;
 	}
-	if (node >= 0 && (size_t)node < sizeof(mask) * 8) {
-		mask[node / (8 * sizeof(unsigned long))] |= 1ul
-							    << (node % (8 * sizeof(unsigned long)));
-		if (kvcd_os.mbind(*map, size, MPOL_PREFERRED, mask, sizeof(mask) * 8, 0))
-			kvcd_log(LOG_DEBUG, "%s: could not prefer node %d: %s", name, node,
-				 strerror(errno));
-	}
+	if (node >= 0 && kvcd_mbind_node(*map, size, MPOL_PREFERRED, node))
+		kvcd_log(LOG_DEBUG, "%s: could not prefer node %d: %s", name, node,
+			 strerror(errno));
 	if (kvcd_os.fallocate(*fd, 0, 0, (off_t)size) ||
 	    fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
 		err = -errno;
@@ -120,8 +115,8 @@ int kvcd_session_create(struct kvcd *d, const struct kvcp_attach_req *req, size_
 		(uint64_t)(s->sq_entries + s->cq_entries) * 64;
 	s->ctrl_size = ROUND_UP(ROUND_UP(rings, PAGE) + c->scratch_size, PAGE);
 	s->staging_size = ROUND_UP(staging, PAGE);
-	/* a GPU client's blocks go near its device (kvcd_gpu_attach orders them again for the
-	 * devices it is given), so its staging does too */
+	/* a GPU client's blocks go to the node nearest the first device it asked for (0: the
+	 * first kvcd found with a known node), and so does its staging */
 	s->norder = kvcd_topo_order(&d->topo, req->cpus,
 				    req->flags & KVCP_ATTACH_F_GPU
 					    ? kvcd_gpu_node(&d->gpu,

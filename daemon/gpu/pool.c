@@ -83,7 +83,7 @@ static int grow(struct kvcd_gpool *p)
 /* Free @e's bytes and record; it is out of the LRU list already. */
 static void release(struct kvcd_gpool *p, struct kvcd_gpool_ent *e)
 {
-	kvcd_free(&p->alloc, p->mirror_base + e->off);
+	kvcd_free(&p->alloc, p->mirror + e->off);
 	p->blocks--;
 	free(e);
 }
@@ -106,40 +106,40 @@ static void drop(struct kvcd_gpool *p, struct kvcd_gpool_ent **at)
 
 int kvcd_gpool_init(struct kvcd_gpool *p, uint64_t size, unsigned high_wm, unsigned low_wm)
 {
+	void *m;
+	int err;
+
 	memset(p, 0, sizeof(*p));
-	p->mirror = mmap(NULL, size, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p->mirror == MAP_FAILED) {
-		p->mirror = NULL;
+	m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		 -1, 0);
+	if (m == MAP_FAILED)
 		return -ENOMEM;
+	err = kvcd_alloc_init(&p->alloc, m, size) ? -EINVAL : grow(p);
+	if (err) {
+		munmap(m, size);
+		return err;
 	}
-	p->mirror_size = size;
-	if (kvcd_alloc_init(&p->alloc, p->mirror, size) || grow(p)) {
-		kvcd_gpool_fini(p);
-		return -EINVAL;
-	}
-	p->mirror_base = (char *)p->mirror;
+	p->mirror = m;
 	p->size = size;
 	p->high_wm = high_wm;
 	p->low_wm = low_wm;
 	p->lru.lprev = p->lru.lnext = &p->lru;
 	pthread_mutex_init(&p->lock, NULL);
-	p->inited = true;
 	return 0;
 }
 
 void kvcd_gpool_fini(struct kvcd_gpool *p)
 {
+	if (!p->mirror)
+		return;
 	for (size_t i = 0; i < p->nbuckets; i++)
 		for (struct kvcd_gpool_ent *e = p->buckets[i], *next; e; e = next) {
 			next = e->hnext;
 			free(e);
 		}
 	free(p->buckets);
-	if (p->mirror)
-		munmap(p->mirror, p->mirror_size);
-	if (p->inited)
-		pthread_mutex_destroy(&p->lock);
+	munmap(p->mirror, p->size);
+	pthread_mutex_destroy(&p->lock);
 	memset(p, 0, sizeof(*p));
 }
 
@@ -217,7 +217,7 @@ struct kvcd_gpool_ent *kvcd_gpool_fill(struct kvcd_gpool *p, uint32_t rec, uint6
 		goto out;
 	}
 	e->rec = rec;
-	e->off = (uint64_t)((char *)payload - p->mirror_base);
+	e->off = (uint64_t)((char *)payload - p->mirror);
 	e->len = len;
 	e->refs = 1;
 	e->state = ENT_FILLING;
